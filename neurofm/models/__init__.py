@@ -1,0 +1,1 @@
+"""Plain nn.Module models: Neuroformer, BaRISTA and decoding heads (no Lightning here)."""

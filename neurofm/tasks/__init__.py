@@ -1,0 +1,1 @@
+"""Lightning tasks: pretraining and fine-tuning objectives, optimisers and schedules."""
