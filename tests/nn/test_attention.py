@@ -1,0 +1,75 @@
+"""The one attention function: every path computes the same thing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neurofm.nn.attention import attention, attention_backend, varlen_attention
+
+
+def _reference(q, k, v, mask):
+    """Plain float64 softmax attention with a boolean mask (True = may attend)."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, -1).nan_to_num(0.0)
+    return w @ v
+
+
+def test_backend_is_sdpa_on_cpu():
+    assert attention_backend(torch.randn(1, 1, 4, 8)) == "sdpa"
+
+
+@pytest.mark.parametrize("lq,lk", [(6, 6), (1, 9), (4, 9)])
+def test_causal_is_bottom_right_aligned(lq, lk):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, lq, 8), torch.randn(2, 3, lk, 8), torch.randn(2, 3, lk, 8)
+    mask = torch.arange(lk)[None, :] <= torch.arange(lk - lq, lk)[:, None]
+    out = attention(q, k, v, causal=True)
+    torch.testing.assert_close(out.double(), _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_key_padding_and_empty_rows_are_zero_not_nan():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
+    kpm = torch.tensor([[True, True, True, False, False], [False] * 5])
+    out = attention(q, k, v, key_padding_mask=kpm)
+    assert torch.isfinite(out).all()
+    assert out[1].abs().max() == 0  # sample 1 has no real key at all
+    ref = _reference(q, k, v, kpm[:, None, None, :].expand(2, 2, 5, 5))
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    # padded keys carry no information: changing them changes nothing
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 3:] = 100.0
+    v2[0, :, 3:] = -100.0
+    torch.testing.assert_close(attention(q, k2, v2, key_padding_mask=kpm), out)
+
+
+def test_matches_sdpa_without_mask():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(3, 4, 7, 16) for _ in range(3))
+    torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_equals_per_sequence_attention(causal):
+    torch.manual_seed(3)
+    lens_q, lens_k = [3, 1, 5], [3, 4, 5]
+    cu_q = torch.tensor([0, 3, 4, 9], dtype=torch.int32)
+    cu_k = torch.tensor([0, 3, 7, 12], dtype=torch.int32)
+    q, k, v = torch.randn(9, 2, 8), torch.randn(12, 2, 8), torch.randn(12, 2, 8)
+    out = varlen_attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal)
+    for i in range(3):
+        sq, sk = slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], cu_k[i + 1])
+        one = attention(*(t[s].transpose(0, 1)[None] for t, s in ((q, sq), (k, sk), (v, sk))), causal=causal)
+        torch.testing.assert_close(out[sq], one[0].transpose(0, 1), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_matches_float64():
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(2, 4, 128, 64, device="cuda") for _ in range(3))
+    ref = _reference(q, k, v, torch.ones(128, 128, dtype=torch.bool, device="cuda").tril())
+    out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True).double()
+    assert ((out - ref).norm() / ref.norm()) < 1e-2
