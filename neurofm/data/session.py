@@ -10,12 +10,14 @@ Layout (times in seconds, float64)::
     /continuous       data (float32, [T, C], chunked along time),
                       attrs: sampling_rate, unit, t_start
     /channels         name (str), x, y, z (float, mm; attrs coordinate_space),
-                      region/<atlas> (str per channel), bad (bool)
-    /behavior/<name>  timestamps (float64), values (float32, [T] or [T, D])
+                      region/<atlas> (str per channel, "" = unknown), bad (bool),
+                      optional type (str: seeg, ecog, ecg, misc, ...)
+    /behavior/<name>  timestamps (float64), values (float32, [T] or [T, D]); attrs e.g. unit
     /stimulus/<name>  timestamps (float64), frames ([T, ...])
     /events/<name>    onset (float64), duration (float64), label (str)
-    /intervals/<name> start, end (float64)
+    /intervals/<name> start, end (float64), optional per-interval columns
     /ground_truth/... anything a simulator knows (kept, never required)
+    anything else     kept and listed by Session.extra_groups, never an error
 
 :class:`SessionWriter` writes to a temporary file beside the target and renames it into
 place only when everything was written, so a crash never leaves a half file under the final
@@ -52,6 +54,48 @@ class SessionFormatError(ValueError):
         if fix:
             msg += f" ({fix})"
         super().__init__(msg)
+
+
+class ConvertError(SessionFormatError):
+    """An input recording (NWB, EDF, BIDS sidecar, ...) cannot be converted to a session file.
+
+    Same message shape as :class:`SessionFormatError`, but ``file`` is the INPUT file (the
+    thing the user has to fix); converters raise it before anything is written under the
+    output name.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# conventions shared by the converters
+# --------------------------------------------------------------------------------------------
+
+UNKNOWN_LABELS = frozenset({"", "n/a", "na", "nan", "none", "unknown", "unknown label"})
+
+_MM_PER_UNIT = {
+    "m": 1e3, "meter": 1e3, "meters": 1e3, "metre": 1e3, "metres": 1e3,
+    "cm": 10.0, "centimeter": 10.0, "centimeters": 10.0,
+    "mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
+    "um": 1e-3, "µm": 1e-3, "μm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
+    "micrometers": 1e-3,
+}
+
+
+def clean_labels(labels) -> np.ndarray:
+    """Atlas labels as str with every spelling of "unknown" (``n/a``, ``Unknown``, NaN, None)
+    turned into ``""``, the format's one value for unknown (category 0 downstream)."""
+    out = []
+    for v in labels:
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            out.append("")
+            continue
+        v = v.decode() if isinstance(v, bytes) else str(v)
+        out.append("" if v.strip().lower() in UNKNOWN_LABELS else v.strip())
+    return np.asarray(out, dtype=object)
+
+
+def mm_per_unit(unit: str) -> float | None:
+    """Millimetres in one ``unit`` (``"m"`` -> 1000, ``"um"`` -> 0.001); None if not a length."""
+    return _MM_PER_UNIT.get(str(unit).strip().lower())
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,21 +142,41 @@ class SessionWriter:
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._closed = True  # until the temp file exists, there is nothing to clean up
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
-        self._h5 = h5py.File(self._tmp, "w")
-        root = self._h5.attrs
-        root["neurofm_format"] = FORMAT_VERSION
-        for key, value in dict(session_id=session_id, subject_id=subject_id, species=species,
-                               lab=lab, source=source, **attrs).items():
-            root[key] = value
+        try:
+            self._h5 = h5py.File(self._tmp, "w")
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self._closed = False
+        try:
+            root = self._h5.attrs
+            root["neurofm_format"] = FORMAT_VERSION
+            for key, value in dict(session_id=session_id, subject_id=subject_id, species=species,
+                                   lab=lab, source=source, **attrs).items():
+                root[key] = "" if value is None else value
+        except BaseException:
+            self.abort()
+            raise
         self._t_min = np.inf
         self._t_max = -np.inf
         self._n_units: int | None = None
         self._n_channels: int | None = None
         self._cont_rows = 0
-        self._closed = False
+        self._nan_policy = "raise"
+        self._nonfinite = np.zeros(0, dtype=bool)
+
+    def __del__(self):
+        # A writer dropped without close() (no ``with``, an exception before close) must not
+        # leave its temporary file behind.
+        try:
+            if not self._closed:
+                self.abort()
+        except Exception:
+            pass
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> "SessionWriter":
@@ -201,6 +265,7 @@ class SessionWriter:
             raise self._err("/continuous/data", f"must be 2-D (time, channel), got shape {data.shape}")
         if not sampling_rate or sampling_rate <= 0:
             raise self._err("/continuous", f"sampling_rate must be positive, got {sampling_rate}")
+        nan_policy = str(nan_policy).replace("-", "_")
         if nan_policy not in ("raise", "mark_bad"):
             raise ValueError(f"nan_policy must be 'raise' or 'mark_bad', got {nan_policy!r}")
         self._nan_policy = nan_policy
@@ -220,6 +285,9 @@ class SessionWriter:
 
     def append_continuous(self, chunk) -> None:
         """Append ``chunk`` (T, C) samples to ``/continuous/data``."""
+        if "continuous" not in self._h5:
+            raise self._err("/continuous/data", "append_continuous() called before add_continuous()",
+                            "call add_continuous(first_chunk, sampling_rate) first")
         chunk = np.asarray(chunk, dtype=np.float32)
         dset = self._h5["continuous/data"]
         if chunk.ndim != 2 or chunk.shape[1] != dset.shape[1]:
@@ -247,8 +315,13 @@ class SessionWriter:
         self._span(self._cont_t0, self._cont_t0 + self._cont_rows / self._sr)
 
     def add_channels(self, names, x=None, y=None, z=None, regions: Mapping[str, Any] | None = None,
-                     bad=None, coordinate_space: str = "unknown") -> None:
-        """Channel table: names (C,), coordinates in mm (NaN where unknown), atlas labels."""
+                     bad=None, coordinate_space: str = "unknown", types=None) -> None:
+        """Channel table: names (C,), coordinates in mm (NaN where unknown), atlas labels.
+
+        ``regions`` maps an atlas name (e.g. ``"destrieux"``) to one label per channel, ``""``
+        for unknown. ``types`` (optional, C strings) records what each channel is (``seeg``,
+        ``ecog``, ``ecg``, ``misc``...) so models can leave out non-neural channels.
+        """
         names = _strings(names)
         n = len(names)
         if self._n_channels is not None and self._n_channels != n:
@@ -269,28 +342,43 @@ class SessionWriter:
                 raise self._err(f"/channels/region/{atlas}", f"has {len(labels)} labels for {n} channels")
             rg.create_dataset(atlas, data=labels, dtype=_STR)
         bad = np.zeros(n, dtype=bool) if bad is None else np.asarray(bad, dtype=bool)
+        if bad.shape != (n,):
+            raise self._err("/channels/bad", f"has shape {bad.shape}, expected ({n},)")
         g.create_dataset("bad", data=bad)
+        if types is not None:
+            types = _strings(types)
+            if len(types) != n:
+                raise self._err("/channels/type", f"has {len(types)} entries for {n} channels")
+            g.create_dataset("type", data=types, dtype=_STR)
 
     # -- behaviour, stimulus, events, intervals --------------------------------------------
-    def add_behavior(self, name: str, timestamps, values) -> None:
-        """A behaviour variable: ``timestamps`` (T,) s, strictly increasing; ``values`` (T,) or (T, D)."""
+    def add_behavior(self, name: str, timestamps, values, **attrs) -> None:
+        """A behaviour variable: ``timestamps`` (T,) s, strictly increasing; ``values`` (T,) or (T, D).
+
+        ``attrs`` (e.g. ``unit="cm"``, ``description=...``) are stored on the group.
+        """
         ts = np.asarray(timestamps, dtype=np.float64).ravel()
         values = np.asarray(values, dtype=np.float32)
+        self._check_name("behavior", name)
         self._check_timestamps(f"/behavior/{name}", ts, len(values))
         g = self._h5.require_group("behavior").create_group(name)
         g.create_dataset("timestamps", data=ts, **_compression())
         g.create_dataset("values", data=values, **_compression())
+        g.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
         if ts.size:
             self._span(ts[0], ts[-1])
 
-    def add_stimulus(self, name: str, timestamps, frames) -> None:
+    def add_stimulus(self, name: str, timestamps, frames, **attrs) -> None:
         """A stimulus stream: ``timestamps`` (T,) s, ``frames`` (T, ...) e.g. (T, H, W) uint8."""
         ts = np.asarray(timestamps, dtype=np.float64).ravel()
         frames = np.asarray(frames)
+        self._check_name("stimulus", name)
         self._check_timestamps(f"/stimulus/{name}", ts, len(frames))
         g = self._h5.require_group("stimulus").create_group(name)
         g.create_dataset("timestamps", data=ts)
         g.create_dataset("frames", data=frames, chunks=(1,) + frames.shape[1:], **_compression())
+        g.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
+        # the stimulus does not widen the recording's span: it may run past the neural data
 
     def add_events(self, name: str, onset, duration=None, label=None) -> None:
         """Point or extended events: onsets (s), durations (s, default 0), string labels."""
@@ -299,6 +387,9 @@ class SessionWriter:
         label = _strings([name] * len(onset) if label is None else label)
         if not (len(duration) == len(label) == len(onset)):
             raise self._err(f"/events/{name}", "onset, duration and label must have the same length")
+        self._check_name("events", name)
+        if not np.isfinite(onset).all() or not np.isfinite(duration).all():
+            raise self._err(f"/events/{name}", "onset or duration contains NaN or inf", "drop those events")
         g = self._h5.require_group("events").create_group(name)
         g.create_dataset("onset", data=onset)
         g.create_dataset("duration", data=duration)
@@ -310,11 +401,14 @@ class SessionWriter:
         end = np.asarray(end, dtype=np.float64).ravel()
         if start.shape != end.shape or np.any(end < start):
             raise self._err(f"/intervals/{name}", "start and end must pair up with end >= start")
+        self._check_name("intervals", name)
         g = self._h5.require_group("intervals").create_group(name)
         g.create_dataset("start", data=start)
         g.create_dataset("end", data=end)
         for key, col in columns.items():
             col = np.asarray(col)
+            if len(col) != len(start):
+                raise self._err(f"/intervals/{name}/{key}", f"has {len(col)} rows for {len(start)} intervals")
             g.create_dataset(key, data=_strings(col) if col.dtype.kind in "OUS" else col,
                              dtype=_STR if col.dtype.kind in "OUS" else None)
 
@@ -322,6 +416,13 @@ class SessionWriter:
         """Any extra dataset (e.g. ``ground_truth/connectivity``); kept by every reader."""
         dset = self._h5.create_dataset(path, data=data)
         dset.attrs.update(attrs)
+
+    def _check_name(self, group: str, name: str) -> None:
+        if not name or "/" in name or name in (".", ".."):
+            raise self._err(f"/{group}/{name}", "is not a valid group name (empty or contains '/')",
+                            "pick a name without '/'")
+        if f"{group}/{name}" in self._h5:
+            raise self._err(f"/{group}/{name}", "was written twice", "give each stream its own name")
 
     def _check_timestamps(self, field: str, ts: np.ndarray, n_values: int) -> None:
         if ts.size != n_values:
@@ -374,17 +475,34 @@ class SessionWriter:
 
 @dataclass(frozen=True)
 class Channels:
-    """Channel metadata. ``xyz`` (C, 3) mm, NaN where unknown; ``regions[atlas]`` (C,) str."""
+    """Channel metadata. ``xyz`` (C, 3) mm, NaN where unknown; ``regions[atlas]`` (C,) str
+    (``""`` = unknown); ``bad`` (C,) bool; ``types`` (C,) str or None when not recorded."""
 
     names: list[str]
     xyz: np.ndarray
     regions: dict[str, np.ndarray]
     bad: np.ndarray
     coordinate_space: str
+    types: np.ndarray | None = None
 
 
 def _decode(a) -> np.ndarray:
     return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object)
+
+
+def _jsonable(v):
+    """Attribute values (numpy scalars, bytes) as plain JSON types."""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+_KNOWN_GROUPS = ("units", "spikes", "continuous", "channels", "behavior", "stimulus", "events", "intervals",
+                 "ground_truth")
 
 
 class Session:
@@ -402,8 +520,15 @@ class Session:
                                     f"`neurofm convert` or simulate one with `neurofm simulate`)")
         self._h5: h5py.File | None = None
         self._pid = None
-        f = self.h5
-        attrs = f.attrs
+        self._cache: dict[str, Any] = {}  # per-process: small arrays and open dataset handles
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        attrs = self.h5.attrs
         if "neurofm_format" not in attrs:
             raise SessionFormatError(self.path, "/ attrs neurofm_format", "missing: not a neurofm session file",
                                      "convert the recording with `neurofm convert`")
@@ -412,7 +537,7 @@ class Session:
             raise SessionFormatError(self.path, "/ attrs neurofm_format",
                                      f"format version {version} is newer than this neurofm reads ({FORMAT_VERSION})",
                                      "upgrade neurofm: pip install -U neurofm")
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        self.attrs = {k: _jsonable(v) for k, v in attrs.items()}
         self.session_id = str(self.attrs.get("session_id", self.path.stem))
         self.subject_id = str(self.attrs.get("subject_id", ""))
         self.t_start = float(self.attrs.get("t_start", 0.0))
@@ -424,16 +549,22 @@ class Session:
     def h5(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
             try:
-                self._h5 = h5py.File(self.path, "r")
+                # 8 MiB chunk cache per dataset (h5py's default is 1 MiB): a window of a few
+                # seconds of 100+ channels, plus its neighbour, stays decompressed, so
+                # overlapping windows (stride < window) do not decompress the same chunks again
+                self._h5 = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
             except OSError as e:
                 raise SessionFormatError(self.path, "/", f"cannot be opened as HDF5 ({e})",
                                          "the file is truncated or not HDF5: write it again") from None
             self._pid = os.getpid()
+            self._cache = {}
         return self._h5
 
     def close(self) -> None:
+        self._cache = {}
         if self._h5 is not None:
-            self._h5.close()
+            if self._pid == os.getpid():
+                self._h5.close()
             self._h5 = None
 
     def __enter__(self) -> "Session":
@@ -445,26 +576,60 @@ class Session:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_h5"] = None
+        state["_cache"] = {}
         return state
 
     def __repr__(self) -> str:
         return f"Session({str(self.path)!r}, kinds={self.kinds}, {self.duration:.1f} s)"
 
+    def _dset(self, path: str) -> h5py.Dataset:
+        """An open dataset, kept for the life of the file handle: HDF5 caches decompressed
+        chunks per open dataset, so reusing the handle makes neighbouring windows nearly free
+        (reopening by path costs a lookup and a fresh decompression every time)."""
+        f = self.h5
+        key = "dset:" + path
+        if key not in self._cache:
+            self._cache[key] = f[path]
+        return self._cache[key]
+
+    def _bad(self, field: str, problem: str) -> SessionFormatError:
+        return SessionFormatError(self.path, field, problem,
+                                  "the file is damaged or was not written by SessionWriter: write it again")
+
     def _validate(self) -> None:
+        """Cheap structural checks (shapes and presence only; no bulk data is read)."""
         f = self.h5
         if "spikes" in f:
             for key in ("times", "unit_index"):
                 if key not in f["spikes"]:
-                    raise SessionFormatError(self.path, f"/spikes/{key}", "missing")
+                    raise self._bad(f"/spikes/{key}", "missing")
             if "units" not in f or "id" not in f["units"]:
-                raise SessionFormatError(self.path, "/units/id", "missing while /spikes exists")
+                raise self._bad("/units/id", "missing while /spikes exists")
             if f["spikes/times"].shape != f["spikes/unit_index"].shape:
-                raise SessionFormatError(self.path, "/spikes/unit_index", "length differs from /spikes/times")
+                raise self._bad("/spikes/unit_index", "length differs from /spikes/times")
         if "continuous" in f:
             if "data" not in f["continuous"] or f["continuous/data"].ndim != 2:
-                raise SessionFormatError(self.path, "/continuous/data", "missing or not 2-D (time, channel)")
+                raise self._bad("/continuous/data", "missing or not 2-D (time, channel)")
             if "sampling_rate" not in f["continuous"].attrs:
-                raise SessionFormatError(self.path, "/continuous attrs sampling_rate", "missing")
+                raise self._bad("/continuous attrs sampling_rate", "missing")
+            if "channels" in f and "name" in f["channels"]:
+                n_ch, n_names = f["continuous/data"].shape[1], f["channels/name"].shape[0]
+                if n_ch != n_names:
+                    raise self._bad("/channels/name", f"{n_names} channel names for {n_ch} columns of /continuous/data")
+        if "channels" in f and "name" not in f["channels"]:
+            raise self._bad("/channels/name", "missing")
+        for group, key in (("behavior", "values"), ("stimulus", "frames")):
+            for name, g in f[group].items() if group in f else ():
+                if not isinstance(g, h5py.Group) or "timestamps" not in g or key not in g:
+                    raise self._bad(f"/{group}/{name}", f"needs datasets 'timestamps' and '{key}'")
+                if g["timestamps"].shape[0] != g[key].shape[0]:
+                    raise self._bad(f"/{group}/{name}/{key}",
+                                    f"{g[key].shape[0]} samples for {g['timestamps'].shape[0]} timestamps")
+        for group, keys in (("events", ("onset",)), ("intervals", ("start", "end"))):
+            for name, g in f[group].items() if group in f else ():
+                for key in keys:
+                    if not isinstance(g, h5py.Group) or key not in g:
+                        raise self._bad(f"/{group}/{name}/{key}", "missing")
 
     # -- summary --------------------------------------------------------------------------
     @property
@@ -474,6 +639,105 @@ class Session:
     @property
     def duration(self) -> float:
         return self.t_end - self.t_start
+
+    @property
+    def extra_groups(self) -> list[str]:
+        """Top-level groups/datasets this version does not interpret (kept, never an error)."""
+        return sorted(k for k in self.h5.keys() if k not in _KNOWN_GROUPS)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything ``neurofm inspect --json`` prints: plain JSON types only.
+
+        Reads only shapes, attributes and the small tables (channels, events, intervals).
+        """
+        f = self.h5
+        a = self.attrs
+        out: dict[str, Any] = {
+            "path": str(self.path),
+            "session_id": self.session_id,
+            "subject_id": self.subject_id,
+            "species": str(a.get("species", "")),
+            "lab": str(a.get("lab", "")),
+            "source": str(a.get("source", "")),
+            "neurofm_format": int(a.get("neurofm_format", FORMAT_VERSION)),
+            "kinds": self.kinds,
+            "t_start": self.t_start,
+            "t_end": self.t_end,
+            "duration_s": self.duration,
+            "n_units": self.n_units,
+            "n_spikes": self.n_spikes,
+            "spike_rate_hz": (self.n_spikes / self.duration) if self.n_spikes and self.duration > 0 else None,
+            "unit_columns": sorted(k for k in f["units"].keys() if k != "id") if "units" in f else [],
+            "n_channels": self.n_channels,
+            "n_samples": self.n_samples,
+            "sampling_rate": self.sampling_rate,
+            "signal_unit": str(_jsonable(f["continuous"].attrs.get("unit", ""))) if "continuous" in f else None,
+            "n_bad_channels": 0,
+            "n_channels_with_coords": 0,
+            "coordinate_space": None,
+            "atlases": [],
+            "channel_types": {},
+            "behavior": self.behavior_names,
+            "behavior_shapes": {n: list(f[f"behavior/{n}/values"].shape) for n in self.behavior_names},
+            "stimulus": self.stimulus_names,
+            "stimulus_shapes": {n: list(f[f"stimulus/{n}/frames"].shape) for n in self.stimulus_names},
+            "events": self.event_names,
+            "n_events": {n: int(f[f"events/{n}/onset"].shape[0]) for n in self.event_names},
+            "intervals": self.interval_names,
+            "n_intervals": {n: int(f[f"intervals/{n}/start"].shape[0]) for n in self.interval_names},
+            "extra_groups": self.extra_groups,
+            "extra_attrs": {k: _jsonable(v) for k, v in a.items()
+                            if k not in ("session_id", "subject_id", "species", "lab", "source",
+                                         "neurofm_format", "t_start", "t_end")},
+        }
+        if "channels" in f:
+            ch = self.channels()
+            out["n_bad_channels"] = int(np.sum(ch.bad))
+            out["n_channels_with_coords"] = int(np.isfinite(ch.xyz).all(axis=1).sum())
+            out["coordinate_space"] = ch.coordinate_space
+            out["atlases"] = sorted(ch.regions)
+            if ch.types is not None:
+                kinds, counts = np.unique(ch.types.astype(str), return_counts=True)
+                out["channel_types"] = {str(k): int(c) for k, c in zip(kinds, counts)}
+        return out
+
+    def describe(self) -> str:
+        """A few lines a person reads (``neurofm inspect``)."""
+        s = self.summary()
+
+        def names(xs, counts=None, unit=""):
+            if not xs:
+                return "-"
+            return ", ".join(f"{x} ({counts[x]:,}{unit})" if counts else str(x) for x in xs)
+
+        who = ", ".join(f"{k} {s[k]}" for k in ("subject_id", "species", "lab") if s[k]) or "no subject metadata"
+        lines = [
+            f"session {s['session_id']} ({who})",
+            f"  file       {s['path']} (neurofm format {s['neurofm_format']}); source: {s['source'] or '-'}",
+            f"  time       {s['t_start']:.3f} .. {s['t_end']:.3f} s ({s['duration_s']:.3f} s)",
+        ]
+        if "spikes" in s["kinds"]:
+            rate = f", {s['spike_rate_hz']:.2f} spikes/s summed" if s["spike_rate_hz"] else ""
+            cols = ", ".join(s["unit_columns"]) or "-"
+            lines.append(f"  spikes     {s['n_units']:,} units, {s['n_spikes']:,} spikes{rate}; unit columns: {cols}")
+        if "continuous" in s["kinds"]:
+            lines.append(f"  continuous {s['n_channels']:,} channels x {s['n_samples']:,} samples at "
+                         f"{s['sampling_rate']:g} Hz ({s['signal_unit']}); {s['n_bad_channels']} bad")
+        if s["n_channels"] and s["coordinate_space"] is not None:
+            types = ", ".join(f"{k} {v}" for k, v in s["channel_types"].items())
+            lines.append(f"  channels   {s['n_channels_with_coords']}/{s['n_channels']} with coordinates "
+                         f"(space {s['coordinate_space']}); atlases: {names(s['atlases'])}"
+                         + (f"; types: {types}" if types else ""))
+        shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["behavior_shapes"].items()}
+        lines.append(f"  behavior   " + (", ".join(f"{n} ({shapes[n]})" for n in s["behavior"]) or "-"))
+        if s["stimulus"]:
+            shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["stimulus_shapes"].items()}
+            lines.append(f"  stimulus   " + ", ".join(f"{n} ({shapes[n]})" for n in s["stimulus"]))
+        lines.append(f"  events     {names(s['events'], s['n_events'])}")
+        lines.append(f"  intervals  {names(s['intervals'], s['n_intervals'])}")
+        if s["extra_groups"]:
+            lines.append(f"  extra      {names(s['extra_groups'])} (kept, not interpreted)")
+        return "\n".join(lines)
 
     # -- units and spikes -----------------------------------------------------------------
     @property
@@ -494,44 +758,63 @@ class Session:
 
     def check_window(self, t0: float, t1: float) -> None:
         """Raise if ``[t0, t1)`` is empty or longer than the recording."""
-        if t1 <= t0:
-            raise ValueError(f"{self.path}: window [{t0}, {t1}) is empty")
+        if not (np.isfinite(t0) and np.isfinite(t1)) or t1 <= t0:
+            raise SessionFormatError(self.path, "window", f"[{t0}, {t1}) is empty or not finite",
+                                     "give a window with t_end > t_start (seconds)")
         if t1 - t0 > self.duration + 1e-9:
             raise SessionFormatError(self.path, "window",
-                                     f"window of {t1 - t0:.3f} s is longer than the recording ({self.duration:.3f} s)",
-                                     "use a shorter window")
+                                     f"window of {t1 - t0:.3f} s is longer than the recording ({self.duration:.3f} s, "
+                                     f"{self.t_start:.3f}..{self.t_end:.3f} s)",
+                                     f"use a window of at most {self.duration:.3f} s")
+
+    def _spike_index(self) -> tuple[np.ndarray, float, float] | None:
+        """The coarse index (one offset per ``step`` seconds; small, cached per process)."""
+        if "spikes/index" not in self._cache:
+            g = self.h5["spikes"]
+            if "index" not in g:
+                self._cache["spikes/index"] = None
+            else:
+                idx = g["index"]
+                self._cache["spikes/index"] = (idx[()], float(idx.attrs["t_start"]), float(idx.attrs["step"]))
+        return self._cache["spikes/index"]
 
     def _spike_range(self, t0: float, t1: float) -> tuple[int, int]:
-        """Indices ``[i0, i1)`` of the spikes with ``t0 <= t < t1``, reading only nearby chunks."""
-        g = self.h5["spikes"]
-        times = g["times"]
+        """Indices ``[i0, i1)`` of the spikes with ``t0 <= t < t1``, reading only nearby chunks.
+
+        The coarse index brackets each bound between two index entries (one bucket of margin
+        on each side absorbs float rounding of the bucket edges); a binary search inside that
+        bracket reads only the chunks of ``/spikes/times`` it spans.
+        """
+        times = self._dset("spikes/times")
         n = times.shape[0]
-        if "index" in g:
-            idx = g["index"]
-            ts, step = float(idx.attrs["t_start"]), float(idx.attrs["step"])
-            m = idx.shape[0]
+        index = self._spike_index()
+        if index is None:
+            all_times = times[()]
+            return int(np.searchsorted(all_times, t0)), int(np.searchsorted(all_times, t1))
+        idx, ts, step = index
+        m = idx.shape[0]
 
-            def bound(t: float) -> int:
-                if not np.isfinite(t):
-                    return n if t > 0 else 0
-                k = int(np.floor((t - ts) / step))  # idx[k] <= answer <= idx[k + 1]
-                lo = 0 if k < 0 else int(idx[min(k, m - 1)])
-                hi = n if k + 1 >= m else int(idx[max(k + 1, 0)])
-                return lo + int(np.searchsorted(times[lo:hi], t, side="left"))
+        def bound(t: float) -> int:
+            if not np.isfinite(t):
+                return n if t > 0 else 0
+            k = int(np.floor((t - ts) / step))  # idx[k] <= answer <= idx[k + 1], up to rounding
+            lo = 0 if k - 1 < 0 else int(idx[min(k - 1, m - 1)])
+            hi = n if k + 2 >= m else int(idx[max(k + 2, 0)])
+            return lo + int(np.searchsorted(times[lo:hi], t, side="left"))
 
-            return bound(t0), bound(t1)
-        all_times = times[()]
-        return int(np.searchsorted(all_times, t0)), int(np.searchsorted(all_times, t1))
+        i0 = bound(t0)
+        return i0, max(i0, bound(t1))
 
     def spikes(self, t0: float | None = None, t1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Spikes with ``t0 <= t < t1``: ``(times (N,) float64 s, unit_index (N,) int32)``."""
         if "spikes" not in self.h5:
-            raise SessionFormatError(self.path, "/spikes", "this session has no spikes")
-        g = self.h5["spikes"]
+            raise SessionFormatError(self.path, "/spikes", "this session has no spikes",
+                                     f"it holds {self.kinds or 'no neural data'}; use a spike session")
+        times, unit_index = self._dset("spikes/times"), self._dset("spikes/unit_index")
         if t0 is None and t1 is None:
-            return g["times"][()], g["unit_index"][()]
-        i0, i1 = self._spike_range(self.t_start if t0 is None else t0, np.inf if t1 is None else t1)
-        return g["times"][i0:i1], g["unit_index"][i0:i1]
+            return times[()], unit_index[()]
+        i0, i1 = self._spike_range(-np.inf if t0 is None else t0, np.inf if t1 is None else t1)
+        return times[i0:i1], unit_index[i0:i1]
 
     # -- continuous -----------------------------------------------------------------------
     @property
@@ -549,24 +832,43 @@ class Session:
         return len(self.h5["channels/name"]) if "channels" in self.h5 else 0
 
     def continuous(self, t0: float | None = None, t1: float | None = None) -> np.ndarray:
-        """Samples in ``[t0, t1)`` as ``(T, C)`` float32 (reads only the chunks it needs)."""
-        g = self.h5["continuous"]
-        sr, ct0 = float(g.attrs["sampling_rate"]), float(g.attrs.get("t_start", 0.0))
-        i0 = 0 if t0 is None else max(0, int(round((t0 - ct0) * sr)))
-        i1 = g["data"].shape[0] if t1 is None else int(round((t1 - ct0) * sr))
+        """Samples in ``[t0, t1)`` as ``(T, C)`` float32 (reads only the chunks it needs).
+
+        Sample ``i`` is at ``t_start + i / sampling_rate``; the bounds are rounded to the
+        nearest sample, so every window of the same length has the same ``T``. Parts of the
+        window outside the recording are left out (``T`` shrinks).
+        """
+        if "continuous" not in self.h5:
+            raise SessionFormatError(self.path, "/continuous", "this session has no continuous data",
+                                     f"it holds {self.kinds or 'no neural data'}; use an iEEG/LFP session")
+        if "continuous/timing" not in self._cache:
+            g = self.h5["continuous"]
+            self._cache["continuous/timing"] = (float(g.attrs["sampling_rate"]), float(g.attrs.get("t_start", 0.0)))
+        sr, ct0 = self._cache["continuous/timing"]
+        i0 = 0 if t0 is None else int(round((t0 - ct0) * sr))
+        i1 = self._dset("continuous/data").shape[0] if t1 is None else int(round((t1 - ct0) * sr))
         return self.continuous_samples(i0, i1)
 
     def continuous_samples(self, i0: int, i1: int) -> np.ndarray:
-        """Rows ``[i0, i1)`` of ``/continuous/data`` as ``(T, C)`` float32."""
-        return self.h5["continuous/data"][i0:i1]
+        """Rows ``[i0, i1)`` of ``/continuous/data`` as ``(T, C)`` float32 (clipped to the recording)."""
+        dset = self._dset("continuous/data")
+        n = dset.shape[0]
+        i0 = min(max(int(i0), 0), n)
+        i1 = min(max(int(i1), i0), n)
+        return dset[i0:i1]
 
     def channels(self) -> Channels:
+        if "channels" not in self.h5:
+            raise KeyError(f"{self.path}: no /channels (this session holds {self.kinds}; channel tables come "
+                           f"with continuous data)")
         g = self.h5["channels"]
-        xyz = np.stack([g[a][()] for a in ("x", "y", "z")], axis=1) if "x" in g else np.full((len(g["name"]), 3), np.nan)
+        n = len(g["name"])
+        xyz = np.stack([g[a][()] for a in ("x", "y", "z")], axis=1) if "x" in g else np.full((n, 3), np.nan)
         regions = {k: _decode(v[()]) for k, v in g["region"].items()} if "region" in g else {}
-        bad = g["bad"][()] if "bad" in g else np.zeros(len(g["name"]), dtype=bool)
+        bad = g["bad"][()] if "bad" in g else np.zeros(n, dtype=bool)
+        types = _decode(g["type"][()]) if "type" in g else None
         return Channels(names=_decode(g["name"][()]).tolist(), xyz=xyz, regions=regions, bad=bad,
-                        coordinate_space=str(g.attrs.get("coordinate_space", "unknown")))
+                        coordinate_space=str(_jsonable(g.attrs.get("coordinate_space", "unknown"))), types=types)
 
     # -- behaviour, stimulus, events, intervals --------------------------------------------
     def _names(self, group: str) -> list[str]:
@@ -597,19 +899,31 @@ class Session:
         return self._timeseries("stimulus", name, "frames", t0, t1)
 
     def _timeseries(self, group: str, name: str, key: str, t0, t1):
+        """Timestamps are cached per process (8 bytes a sample) so that many windows cost one
+        binary search each; only the rows of ``key`` inside the window are read."""
         if f"{group}/{name}" not in self.h5:
             raise KeyError(f"{self.path}: no /{group}/{name}; available: {self._names(group)}")
-        g = self.h5[f"{group}/{name}"]
-        ts = g["timestamps"][()]
+        cache_key = f"{group}/{name}/timestamps"
+        if cache_key not in self._cache:
+            self._cache[cache_key] = self.h5[cache_key][()]
+        ts = self._cache[cache_key]
         i0 = 0 if t0 is None else int(np.searchsorted(ts, t0, side="left"))
         i1 = len(ts) if t1 is None else int(np.searchsorted(ts, t1, side="left"))
-        return ts[i0:i1], g[key][i0:i1]
+        i1 = max(i0, i1)
+        return ts[i0:i1].copy(), self._dset(f"{group}/{name}/{key}")[i0:i1]
 
     def events(self, name: str) -> dict[str, np.ndarray]:
+        if f"events/{name}" not in self.h5:
+            raise KeyError(f"{self.path}: no /events/{name}; available: {self.event_names}")
         g = self.h5[f"events/{name}"]
-        return {"onset": g["onset"][()], "duration": g["duration"][()], "label": _decode(g["label"][()])}
+        n = g["onset"].shape[0]
+        return {"onset": g["onset"][()],
+                "duration": g["duration"][()] if "duration" in g else np.zeros(n),
+                "label": _decode(g["label"][()]) if "label" in g else np.full(n, name, dtype=object)}
 
     def intervals(self, name: str) -> dict[str, np.ndarray]:
+        if f"intervals/{name}" not in self.h5:
+            raise KeyError(f"{self.path}: no /intervals/{name}; available: {self.interval_names}")
         g = self.h5[f"intervals/{name}"]
         return {k: (_decode(g[k][()]) if g[k].dtype.kind in "OS" else g[k][()]) for k in g}
 

@@ -1,0 +1,503 @@
+"""Intracranial EEG (anything MNE reads, BIDS-iEEG aware) -> session file (DESIGN.md 2.2).
+
+What goes where::
+
+    raw samples (EDF, BDF, BrainVision, FIF, EEGLAB, ...)  -> /continuous (microvolts for
+        voltage channels, streamed in blocks of rows; t_start = time of the first sample on
+        the file's own clock, ``raw.first_time``)
+    channel names, types, bads                              -> /channels name, type, bad
+    *_electrodes.tsv (or --electrodes FILE)                 -> /channels x, y, z (mm) and
+        every non-standard column (``destrieux``, ``desikan-killiany``, ...) as
+        /channels/region/<column name>; ``n/a`` and ``Unknown`` labels become "" (unknown)
+    *_coordsystem.json                                      -> coordinate unit and space
+    *_channels.tsv                                          -> type, ``status == bad``
+    annotations, or a BIDS *_events.tsv when there is one   -> /events/annotations (one group,
+        one ``label`` per event = the description / trial_type)
+    annotations whose description starts with "BAD"        -> also /intervals/bad_segments
+
+Events go to ONE group with labels rather than a group per description: descriptions are
+free text (spaces, slashes, hundreds of distinct values in clinical files) and event
+classification wants every label in one place. Where BIDS has an events.tsv, it is the
+source of truth (as in mne-bids' ``read_raw_bids``) and replaces the file's own annotations.
+
+Sidecars are found with mne-bids when it is installed (``BIDSPath.find_matching_sidecar``),
+else by BIDS naming: ``<recording prefix>_electrodes.tsv`` beside the recording (or in a parent
+folder), shortening the prefix one ``key-value`` entity at a time and allowing a ``space-``
+entity. A plain ``recording.edf`` beside ``recording_electrodes.tsv`` is found the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurofm.data.session import ConvertError, SessionFormatError, SessionWriter, clean_labels, mm_per_unit
+
+#: Samples x channels converted per block (bounds memory for long clinical recordings).
+BLOCK_VALUES = 1 << 22
+
+#: Columns the BIDS specification defines for *_electrodes.tsv; any other column is an atlas.
+BIDS_ELECTRODE_COLUMNS = frozenset({"name", "x", "y", "z", "size", "material", "manufacturer", "group",
+                                    "hemisphere", "type", "impedance", "dimension"})
+_NA = {"", "n/a", "na", "nan"}
+_MODALITY_SUFFIXES = ("_ieeg", "_eeg", "_meg", "_raw")
+
+
+def _mne():
+    try:
+        import mne
+    except ImportError as e:
+        raise ImportError(f"reading iEEG files needs MNE ({e}): install neurofm[ieeg] "
+                          f"(pip install 'neurofm[ieeg]')") from None
+    return mne
+
+
+def _mne_bids():
+    """mne-bids when installed, else None (sidecars are then found by BIDS naming)."""
+    try:
+        import mne_bids
+    except ImportError:
+        return None
+    return mne_bids
+
+
+# -- public entry point ------------------------------------------------------------------------
+
+
+def convert_ieeg(
+    in_path,
+    out_path: str | os.PathLike,
+    *,
+    electrodes: str | os.PathLike | None = None,
+    session_id: str | None = None,
+    nan_policy: str = "raise",
+    overwrite: bool = True,
+    channels_tsv: str | os.PathLike | None = None,
+    coordinate_unit: str | None = None,
+) -> Path:
+    """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
+
+    Parameters
+    ----------
+    in_path : a file MNE reads (``.edf``, ``.bdf``, ``.vhdr``, ``.fif``, ``.set``, ...), or an
+        ``mne_bids.BIDSPath``. Inside a BIDS-iEEG dataset its ``*_electrodes.tsv``,
+        ``*_coordsystem.json``, ``*_channels.tsv`` and ``*_events.tsv`` are picked up.
+    electrodes : an electrodes TSV (``name, x, y, z`` + atlas columns) to use instead of the
+        one found beside the recording.
+    nan_policy : ``"raise"`` (default) or ``"mark_bad"`` (zero NaN/inf samples, flag the channel).
+    channels_tsv : a BIDS channels TSV to use instead of the one found beside the recording.
+    coordinate_unit : unit of the electrodes' x, y, z when no coordsystem.json gives it
+        (otherwise inferred from their magnitude, with a warning).
+
+    Raises
+    ------
+    FileNotFoundError; ConvertError (a ``ValueError``) naming the file, the field and the fix;
+    ImportError when MNE is missing.
+    """
+    mne = _mne()
+    in_path = Path(getattr(in_path, "fpath", in_path))  # BIDSPath -> its file
+    out_path = Path(out_path)
+    if not in_path.exists():
+        raise FileNotFoundError(f"{in_path}: no such recording (check the path; convert_ieeg reads EDF, "
+                                f"BrainVision .vhdr, FIF and the other formats MNE reads)")
+    if in_path.resolve() == out_path.resolve():
+        raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    for given in (electrodes, channels_tsv):
+        if given is not None and not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such sidecar file (check the path)")
+    raw = _read_raw(mne, in_path)
+    side = find_sidecars(in_path)
+    if electrodes is not None:
+        side["electrodes"] = Path(electrodes)
+        guess = Path(str(electrodes).replace("_electrodes.tsv", "_coordsystem.json"))
+        side["coordsystem"] = guess if guess != Path(electrodes) and guess.exists() else None
+    if channels_tsv is not None:
+        side["channels"] = Path(channels_tsv)
+
+    names = list(raw.ch_names)
+    table = _channel_table(raw, names, in_path, side, coordinate_unit)
+    onset, duration, label, events_source = _events(raw, side)
+    entities = _bids_entities(in_path)
+    subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
+    meas = raw.info.get("meas_date")
+    attrs: dict[str, Any] = dict(
+        session_id=session_id or _recording_prefix(in_path),
+        subject_id=str(subject),
+        species="",
+        lab="",
+        source=str(in_path),
+        source_format="mne:" + in_path.suffix.lower().lstrip("."),
+        recording_start=meas.isoformat() if meas is not None else "",
+        electrodes_file=str(side["electrodes"] or ""),
+        channels_file=str(side["channels"] or ""),
+        events_source=events_source,
+    )
+    try:
+        with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
+            _write_continuous(w, raw, names, table, in_path, nan_policy)
+            if onset.size:
+                w.add_events("annotations", onset, duration, label)
+                is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
+                if is_bad.any():
+                    w.add_intervals("bad_segments", onset[is_bad], onset[is_bad] + duration[is_bad],
+                                    label=label[is_bad])
+    except ConvertError:
+        raise
+    except SessionFormatError as e:  # found while writing (NaN samples, ...): a problem of the input
+        raise ConvertError(in_path, e.field, e.problem, e.fix) from None
+    except FileExistsError:
+        raise
+    except (OSError, ValueError) as e:  # MNE failing to read a damaged file mid-way
+        raise ConvertError(in_path, "data", f"read failed mid-way: {type(e).__name__}: {e}",
+                           "the file is truncated or damaged: copy or export it again") from None
+    return out_path
+
+
+# -- reading the recording ---------------------------------------------------------------------
+
+
+def _read_raw(mne, in_path: Path):
+    """Open lazily (preload=False); truncation MNE would paper over becomes an error."""
+    if in_path.suffix.lower() in (".edf", ".bdf"):
+        _check_edf_size(in_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            raw = mne.io.read_raw(in_path, preload=False, verbose="error")
+        except Exception as e:
+            raise ConvertError(in_path, "header", f"MNE cannot read it: {type(e).__name__}: {e}",
+                               "the file is truncated, damaged or not a format MNE reads "
+                               "(EDF, BDF, BrainVision .vhdr, FIF, EEGLAB .set, ...)") from None
+    for wm in caught:
+        text = str(wm.message)
+        if "Invalid tag" in text or "truncat" in text.lower():
+            raise ConvertError(in_path, "data", f"MNE reports a damaged file: {text}",
+                               "the file is truncated: copy or export it again")
+    if raw.n_times == 0:
+        raise ConvertError(in_path, "data", "holds no samples", "convert a recording with data in it")
+    return raw
+
+
+def _check_edf_size(path: Path) -> None:
+    """EDF/BDF headers state the number of data records; MNE silently reads fewer when the
+    file was cut short, so compare the promised size with the file's."""
+    fix = "the file is truncated: copy it again from the source, or export it again"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(256)
+        if len(head) < 256:
+            raise ConvertError(path, "EDF header", f"only {len(head)} of 256 header bytes", fix)
+        try:
+            n_records = int(head[236:244].strip() or b"-1")
+            record_s = float(head[244:252].strip() or b"0")
+            ns = int(head[252:256].strip())
+            f.seek(256 + ns * 216)
+            per_record = [int(f.read(8).strip()) for _ in range(ns)]
+        except ValueError as e:
+            raise ConvertError(path, "EDF header", f"unreadable ({e})", fix) from None
+    width = 3 if path.suffix.lower() == ".bdf" else 2
+    expected = 256 * (ns + 1) + max(n_records, 0) * sum(per_record) * width
+    if n_records > 0 and size < expected:
+        have = (size - 256 * (ns + 1)) / max(sum(per_record) * width, 1)
+        raise ConvertError(path, "EDF data records",
+                           f"the header promises {n_records} records ({n_records * record_s:g} s, {expected:,} bytes) "
+                           f"but the file has {size:,} bytes (about {max(have, 0):.1f} records)", fix)
+
+
+# -- sidecars ----------------------------------------------------------------------------------
+
+
+def _strip_extension(name: str) -> str:
+    for ext in (".fif.gz", ".nii.gz"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _recording_prefix(path: Path) -> str:
+    """File name without extension and modality suffix: ``sub-01_task-x_run-1_ieeg.edf`` ->
+    ``sub-01_task-x_run-1``; ``sample_seeg.edf`` -> ``sample_seeg``."""
+    stem = _strip_extension(path.name)
+    for suffix in _MODALITY_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _bids_entities(path: Path) -> dict[str, str]:
+    return dict(part.split("-", 1) for part in _recording_prefix(path).split("_") if "-" in part)
+
+
+def find_sidecars(path: str | os.PathLike) -> dict[str, Path | None]:
+    """The BIDS sidecars of a recording: ``{"electrodes", "coordsystem", "channels", "events"}``
+    -> path or None. mne-bids finds them when installed; BIDS naming otherwise (and for
+    recordings outside a BIDS tree, e.g. ``rec.edf`` + ``rec_electrodes.tsv``).
+
+    Where several electrodes files fit (one per ``space-``, or a placeholder of ``n/a``
+    positions next to a real one), the one with the most known positions wins; a warning
+    lists them when more than one has positions.
+    """
+    path = Path(path)
+    wanted = {"electrodes": ".tsv", "coordsystem": ".json", "channels": ".tsv", "events": ".tsv"}
+    found: dict[str, Path | None] = {k: None for k in wanted}
+    mne_bids = _mne_bids()
+    if mne_bids is not None and _bids_entities(path).get("sub"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bp = mne_bids.get_bids_path_from_fname(path, check=False)
+                for suffix, ext in wanted.items():
+                    hit = bp.find_matching_sidecar(suffix=suffix, extension=ext, on_error="ignore")
+                    found[suffix] = Path(hit) if hit else None
+        except Exception:  # not parseable as BIDS: fall back to naming
+            pass
+    for suffix, ext in wanted.items():
+        candidates = _sidecars_by_name(path, suffix, ext)
+        if suffix == "electrodes":
+            pool = list(dict.fromkeys(([found[suffix]] if found[suffix] else []) + candidates))
+            found[suffix] = _most_informative(path, pool)
+        elif found[suffix] is None and candidates:
+            found[suffix] = candidates[0]
+    if found["electrodes"] is not None:
+        # the coordsystem.json that belongs to THIS electrodes file (same entities, same space)
+        paired = Path(str(found["electrodes"]).replace("_electrodes.tsv", "_coordsystem.json"))
+        if paired.exists():
+            found["coordsystem"] = paired
+    return found
+
+
+def _most_informative(path: Path, candidates: list[Path]) -> Path | None:
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    known = []
+    for c in candidates:
+        try:
+            known.append(int(np.isfinite(read_electrodes_tsv(c)["xyz"]).all(axis=1).sum()))
+        except ConvertError:
+            known.append(-1)
+    best = int(np.argmax(known))  # first of the best: mne-bids' pick, then name order
+    if sum(k > 0 for k in known) > 1:
+        warnings.warn(f"{path}: {len(candidates)} electrodes files fit ({[c.name for c in candidates]}); using "
+                      f"{candidates[best].name} ({known[best]} positions). Pass electrodes=FILE (CLI --electrodes) "
+                      f"to choose another", stacklevel=3)
+    return candidates[best]
+
+
+def _sidecars_by_name(path: Path, suffix: str, ext: str) -> list[Path]:
+    """Sidecars named like the recording, most specific prefix first; all the files found at
+    the first prefix (and folder) that has any."""
+    parts = _recording_prefix(path).split("_")
+    folders = [path.parent]
+    for parent in list(path.parents)[:3]:  # BIDS inheritance: ses/, sub/, dataset root
+        if parent not in folders:
+            folders.append(parent)
+    n = len(parts)
+    while n > 0:
+        prefix = "_".join(parts[:n])
+        for folder in folders:
+            exact = folder / f"{prefix}_{suffix}{ext}"
+            hits = ([exact] if exact.exists() else []) + sorted(folder.glob(f"{prefix}_space-*_{suffix}{ext}"))
+            if hits:
+                return hits
+        if "-" not in parts[n - 1]:
+            break  # only BIDS key-value entities are dropped from a name
+        n -= 1
+    return []
+
+
+def read_tsv(path: str | os.PathLike) -> dict[str, list[str]]:
+    """A BIDS TSV as ``{column: [cell, ...]}`` (strings, as written)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise ConvertError(path, "header", "the file is empty", "write a header row (name, x, y, z, ...)")
+    header = [h.strip() for h in rows[0]]
+    table: dict[str, list[str]] = {h: [] for h in header}
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ConvertError(path, f"line {i}", f"has {len(row)} cells for {len(header)} columns",
+                               "separate cells with exactly one tab and write n/a for missing values")
+        for h, cell in zip(header, row):
+            table[h].append(cell.strip())
+    return table
+
+
+def _floats(cells: list[str]) -> np.ndarray:
+    out = np.full(len(cells), np.nan)
+    for i, c in enumerate(cells):
+        if c.lower() not in _NA:
+            try:
+                out[i] = float(c)
+            except ValueError:
+                pass
+    return out
+
+
+def read_electrodes_tsv(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"names": [E], "xyz": (E, 3) float (file units, NaN for n/a), "regions": {col: (E,) str}}``.
+
+    Every column outside the BIDS standard set becomes an atlas; its labels are cleaned
+    (``n/a``, ``Unknown`` -> ``""``).
+    """
+    path = Path(path)
+    t = read_tsv(path)
+    if "name" not in t:
+        raise ConvertError(path, "name", f"no 'name' column (columns: {list(t)})",
+                           "the first column of a BIDS electrodes file is 'name'")
+    n = len(t["name"])
+    xyz = np.stack([_floats(t[a]) if a in t else np.full(n, np.nan) for a in "xyz"], axis=1)
+    regions = {c: clean_labels(v) for c, v in t.items() if c.lower() not in BIDS_ELECTRODE_COLUMNS}
+    return {"names": t["name"], "xyz": xyz, "regions": regions}
+
+
+def _norm(name: str) -> str:
+    return "".join(str(name).split()).casefold()
+
+
+def _match(channel_names: list[str], other: list[str]) -> np.ndarray:
+    """Row of ``other`` for every channel (-1 if none): exact name first, then ignoring case
+    and whitespace."""
+    exact = {nm: i for i, nm in enumerate(other)}
+    loose = {}
+    for i, nm in enumerate(other):
+        loose.setdefault(_norm(nm), i)
+    return np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
+
+
+def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> tuple[np.ndarray, str]:
+    """Electrode coordinates in mm and the coordinate space's name."""
+    space = "unknown"
+    unit = coordinate_unit
+    if side.get("coordsystem") is not None:
+        try:
+            meta = json.loads(Path(side["coordsystem"]).read_text())
+        except (OSError, ValueError) as e:
+            raise ConvertError(side["coordsystem"], "json", f"unreadable ({e})", "fix or remove the file") from None
+        space = str(meta.get("iEEGCoordinateSystem") or space)
+        unit = unit or meta.get("iEEGCoordinateUnits")
+    entities = dict(p.split("-", 1) for p in Path(side["electrodes"]).stem.split("_") if "-" in p)
+    if space == "unknown" and "space" in entities:
+        space = entities["space"]
+    finite = np.abs(xyz[np.isfinite(xyz)])
+    if unit is not None and str(unit).lower() not in _NA:
+        scale = mm_per_unit(unit)
+        if scale is None:  # "pixels" or anything not a length: no physical coordinates
+            warnings.warn(f"{side['electrodes']}: coordinates are in {unit!r}, not a length; left unknown", stacklevel=4)
+            return np.full_like(xyz, np.nan), space
+        return xyz * scale, space
+    if finite.size == 0:
+        return xyz, space
+    scale, guess = (1e3, "metres") if finite.max() < 1.0 else (1.0, "millimetres")
+    warnings.warn(f"{side['electrodes']}: no coordinate unit (no *_coordsystem.json with iEEGCoordinateUnits); "
+                  f"largest |coordinate| is {finite.max():g}, so assumed {guess}. Pass coordinate_unit= "
+                  f"(CLI --coordinate-unit) if that is wrong", stacklevel=4)
+    return xyz * scale, space
+
+
+def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit) -> dict[str, Any]:
+    """/channels columns for the recording's channels (in its order)."""
+    n = len(names)
+    types = np.asarray(raw.get_channel_types(), dtype=object)
+    bad = np.isin(names, raw.info["bads"])
+    if side.get("channels") is not None:
+        t = read_tsv(side["channels"])
+        if "name" not in t:
+            raise ConvertError(side["channels"], "name", "no 'name' column", "write a BIDS channels.tsv header")
+        row = _match(names, t["name"])
+        has = row >= 0
+        if not has.any():
+            raise ConvertError(side["channels"], "name",
+                               f"none of its names matches a channel of {in_path} (file: {t['name'][:4]}, "
+                               f"recording: {names[:4]})", "pass the channels.tsv that belongs to this recording")
+        if "type" in t:
+            file_types = np.asarray([x.lower() for x in t["type"]], dtype=object)
+            types = np.where(has, file_types[np.maximum(row, 0)], types)
+        if "status" in t:
+            status = np.asarray([x.lower() for x in t["status"]], dtype=object)
+            bad |= has & (status[np.maximum(row, 0)] == "bad")
+    xyz = np.full((n, 3), np.nan)
+    regions: dict[str, np.ndarray] = {}
+    space = "unknown"
+    if side.get("electrodes") is not None:
+        epath = Path(side["electrodes"])
+        el = read_electrodes_tsv(epath)
+        row = _match(names, el["names"])
+        has = row >= 0
+        if not has.any():
+            raise ConvertError(epath, "name",
+                               f"none of its {len(el['names'])} electrode names matches one of the {n} channels of "
+                               f"{in_path} (electrodes e.g. {el['names'][:4]}, channels e.g. {names[:4]})",
+                               "rename the electrodes to the recording's channel names, or pass the electrodes file "
+                               "that belongs to this recording (--electrodes)")
+        used = np.zeros(len(el["names"]), dtype=bool)
+        used[row[has]] = True
+        if (~has).any() or (~used).any():
+            extra = [el["names"][i] for i in np.nonzero(~used)[0][:4]]
+            missing = [names[i] for i in np.nonzero(~has)[0][:4]]
+            warnings.warn(f"{epath}: {int((~used).sum())} of {len(used)} electrodes match no channel of {in_path}"
+                          + (f" (e.g. {extra})" if extra else "")
+                          + f"; {int((~has).sum())} of {n} channels have no electrode row"
+                          + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
+                          stacklevel=3)
+        mm, space = _coords_to_mm(el["xyz"], side, coordinate_unit)
+        xyz[has] = mm[row[has]]
+        for atlas, labels in el["regions"].items():
+            regions[atlas] = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
+    else:
+        locs = np.asarray([ch["loc"][:3] for ch in raw.info["chs"]], dtype=np.float64)  # metres, MNE always
+        known = np.isfinite(locs).all(axis=1) & (np.abs(locs).sum(axis=1) > 0)
+        if known.any():
+            xyz[known] = locs[known] * 1e3
+            montage = raw.get_montage()
+            space = str(montage.get_positions()["coord_frame"]) if montage is not None else "unknown"
+    return dict(names=names, x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], regions=regions, bad=bad,
+                coordinate_space=space, types=types)
+
+
+def _events(raw, side: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(onset s, duration s, label, source)``, on the same clock as /continuous."""
+    if side.get("events") is not None:
+        path = Path(side["events"])
+        t = read_tsv(path)
+        if "onset" not in t:
+            raise ConvertError(path, "onset", "no 'onset' column", "write a BIDS events.tsv header (onset, duration, ...)")
+        onset = _floats(t["onset"])
+        duration = np.nan_to_num(_floats(t["duration"]) if "duration" in t else np.zeros(len(onset)))
+        label_col = next((c for c in ("trial_type", "value", "stim_type") if c in t), None)
+        label = np.asarray(t[label_col] if label_col else ["event"] * len(onset), dtype=object)
+        label = np.asarray(["" if x.lower() in _NA else x for x in label], dtype=object)
+        keep = np.isfinite(onset)
+        return onset[keep] + raw.first_time, duration[keep], label[keep], str(path)
+    ann = raw.annotations
+    # MNE's annotation onsets and raw.first_time share one clock (seconds since meas_date).
+    return (np.asarray(ann.onset, dtype=np.float64), np.asarray(ann.duration, dtype=np.float64),
+            np.asarray(ann.description, dtype=object), "annotations" if len(ann) else "")
+
+
+def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:
+    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them."""
+    from mne.io.constants import FIFF
+
+    n_ch, n = len(names), raw.n_times
+    to_uv = np.asarray([1e6 if ch["unit"] == FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])  # (C,)
+    rows = max(1, BLOCK_VALUES // max(n_ch, 1))
+    for i0 in range(0, n, rows):
+        block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
+        block = (block.T * to_uv).astype(np.float32)  # (T, C)
+        if i0 == 0:
+            w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
+                             nan_policy=nan_policy, channel_names=names)
+            w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
+                           bad=table["bad"], coordinate_space=table["coordinate_space"], types=table["types"])
+        else:
+            w.append_continuous(block)

@@ -1,0 +1,563 @@
+"""NWB -> session file (DESIGN.md 2.2).
+
+What is taken from an NWB 2 file, and where it goes::
+
+    units table             -> /units (id + per-unit columns), /spikes (times, unit_index)
+      spike_times             ragged per unit; concatenated and sorted once, vectorised
+      tetrode, location, ...  scalar columns kept as they are
+      electrodes              ragged row indices -> "3;4;5" strings, plus ``electrode`` (first
+                              one) and, when the units table lacks them, ``location`` /
+                              ``brain_region`` copied from that electrode's row
+    processing/<module>     -> /behavior/<name>
+      TimeSeries, SpatialSeries, and those inside Position / BehavioralTimeSeries /
+      CompassDirection / PupilTracking ... containers; timestamps or starting_time + rate;
+      data * conversion + offset (the series' own unit kept as an attribute)
+    acquisition ElectricalSeries -> /continuous (microvolts, streamed in blocks of rows)
+      its electrodes table rows -> /channels: name, x, y, z (mm), location / brain_region /
+      other region-like string columns -> /channels/region/<column>
+    stimulus TimeSeries     -> /stimulus/<name> (only data stored inside the file)
+    trials, epochs, invalid_times, other TimeIntervals -> /intervals/<name>
+      start_time/stop_time -> start/end, scalar columns kept, ragged ones (tags) joined by ";"
+
+Nothing is written under the output name unless the whole conversion succeeds
+(:class:`~neurofm.data.session.SessionWriter` writes a temporary file and renames it).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from neurofm.data.session import ConvertError, SessionFormatError, SessionWriter, clean_labels, mm_per_unit
+
+#: Rows of an ElectricalSeries converted per block: bounds memory at ~32 MB of float64 whatever
+#: the recording's length.
+BLOCK_VALUES = 1 << 22
+
+#: Electrodes-table string columns that describe anatomy (become ``/channels/region/<col>``);
+#: any other column whose name contains one of these words is taken too.
+_REGION_WORDS = ("location", "region", "atlas", "parcel", "area", "structure", "destrieux", "desikan", "ccf")
+_NAME_COLUMNS = ("channel_name", "label", "name", "electrode_name")
+_UNIT_SKIP = {"spike_times", "obs_intervals", "waveforms", "spike_amplitudes"}
+
+
+def _pynwb():
+    try:
+        import pynwb
+    except ImportError as e:
+        raise ImportError(f"reading NWB files needs pynwb ({e}): install neurofm[nwb] "
+                          f"(pip install 'neurofm[nwb]')") from None
+    return pynwb
+
+
+def convert_nwb(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    session_id: str | None = None,
+    nan_policy: str = "raise",
+    overwrite: bool = True,
+    electrical_series: str | bool | None = None,
+    coordinate_unit: str | None = None,
+) -> Path:
+    """Convert one NWB file to a neurofm session file; returns ``out_path``.
+
+    Parameters
+    ----------
+    in_path : the ``.nwb`` file (HDF5 backend).
+    out_path : the session file to write (``.h5``).
+    session_id : defaults to the input file's stem.
+    nan_policy : ``"raise"`` (default) stops at the first NaN/inf voltage sample, naming the
+        channel and time; ``"mark_bad"`` zeros them and flags the channel in ``/channels/bad``.
+    overwrite : replace an existing ``out_path`` (the old file stays untouched if conversion fails).
+    electrical_series : which ElectricalSeries becomes ``/continuous`` when the file holds
+        several (by name); ``False`` leaves voltage traces out (e.g. spikes-only sessions from
+        files that also carry 30 kHz raw data). Default: the only one, or the first (warned).
+    coordinate_unit : unit of the electrodes table's x, y, z when the file does not say
+        (NWB >= 2.8 asks for microns, which is the default assumption, with a warning).
+
+    Raises
+    ------
+    FileNotFoundError, ConvertError (a ``ValueError``) naming the input file, the NWB path and
+    the fix; ImportError when pynwb is missing.
+    """
+    pynwb = _pynwb()
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.exists():
+        raise FileNotFoundError(f"{in_path}: no such NWB file (check the path; convert_nwb reads .nwb files)")
+    if in_path.resolve() == out_path.resolve():
+        raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    try:
+        io = pynwb.NWBHDF5IO(str(in_path), "r")
+    except Exception as e:  # h5py raises OSError for truncated / non-HDF5 files
+        raise ConvertError(in_path, "/", f"cannot be opened as NWB (HDF5): {e}",
+                           "the file is truncated or not an NWB 2 HDF5 file: copy or export it again") from None
+    try:
+        try:
+            nwb = io.read()
+        except Exception as e:
+            raise ConvertError(in_path, "/", f"cannot be read as NWB: {type(e).__name__}: {e}",
+                               "the file is damaged or not NWB 2: validate it with `pynwb-validate` and export it again") from None
+        return _convert(nwb, in_path, out_path, session_id=session_id, nan_policy=nan_policy, overwrite=overwrite,
+                        electrical_series=electrical_series, coordinate_unit=coordinate_unit)
+    except FileExistsError:
+        raise
+    except OSError as e:  # h5py: a read from a damaged input file failed mid-way (the writer has cleaned up)
+        raise ConvertError(in_path, "/", f"read failed mid-way: {e}",
+                           "the file is truncated or damaged: copy or export it again") from None
+    finally:
+        io.close()
+
+
+def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, overwrite, electrical_series,
+             coordinate_unit) -> Path:
+    pynwb = _pynwb()
+    units = nwb.units if nwb.units is not None and len(nwb.units) > 0 else None
+    series = _pick_electrical_series(nwb, in_path, electrical_series)
+    if units is None and series is None:
+        raise ConvertError(in_path, "units / acquisition ElectricalSeries",
+                           "has neither a units table with spike times nor an ElectricalSeries of voltage traces",
+                           "neurofm needs spikes or continuous data: add a units table (nwbfile.add_unit) or an "
+                           "ElectricalSeries in acquisition, or convert the file that holds them")
+    # Read and check everything small before the writer exists, so that input errors never
+    # create even a temporary file.
+    unit_ids, unit_cols, spike_t, spike_u = _read_units(units, nwb, in_path) if units is not None else (None,) * 4
+    behaviour = list(_read_behaviour(nwb, in_path, pynwb))
+    stimuli = list(_read_stimuli(nwb, in_path, pynwb))
+    intervals = list(_read_intervals(nwb, in_path))
+    channels = _read_channels(series, in_path, coordinate_unit) if series is not None else None
+
+    subject = nwb.subject
+    attrs: dict[str, Any] = dict(
+        session_id=session_id or in_path.stem,
+        subject_id=(getattr(subject, "subject_id", None) or "") if subject is not None else "",
+        species=(getattr(subject, "species", None) or "") if subject is not None else "",
+        lab=nwb.lab or "",
+        source=str(in_path),
+        source_format="nwb",
+        nwb_identifier=nwb.identifier or "",
+        session_description=nwb.session_description or "",
+        session_start_time=nwb.session_start_time.isoformat() if nwb.session_start_time else "",
+    )
+    try:
+        with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
+            if units is not None:
+                w.add_units(unit_ids, **unit_cols)
+                w.add_spikes(spike_t, spike_u)
+            if series is not None:
+                _write_continuous(w, series, channels, in_path, nan_policy)
+            for name, ts, values, extra in behaviour:
+                w.add_behavior(name, ts, values, **extra)
+            for name, ts, frames, extra in stimuli:
+                w.add_stimulus(name, ts, frames, **extra)
+            for name, start, end, cols in intervals:
+                w.add_intervals(name, start, end, **cols)
+    except ConvertError:
+        raise
+    except SessionFormatError as e:  # problems found while writing are problems of the input
+        raise ConvertError(in_path, e.field, e.problem, e.fix) from None
+    return out_path
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+
+def _column_values(table, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(values, ends)`` of one DynamicTable column; ``ends`` is None for a plain column,
+    else the ragged index (row ``i`` owns ``values[ends[i-1]:ends[i]]``). Object references
+    (e.g. ElectrodeGroup) become their names."""
+    from hdmf.common.table import DynamicTableRegion, VectorIndex
+
+    col = table[name]
+    ends = None
+    if isinstance(col, VectorIndex):
+        ends = np.asarray(col.data[:], dtype=np.int64)
+        col = col.target
+    data = col.data
+    if isinstance(col, DynamicTableRegion):
+        values = np.asarray(data[:], dtype=np.int64)
+    else:
+        values = np.asarray(data[:]) if not isinstance(data, np.ndarray) else data
+    if values.dtype == object and values.size and hasattr(values.flat[0], "name"):
+        values = np.asarray([getattr(v, "name", str(v)) for v in values], dtype=object)
+    if values.dtype.kind == "S":
+        values = np.asarray([v.decode() for v in values], dtype=object)
+    return values, ends
+
+
+def _ragged_strings(values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.asarray([";".join(str(v) for v in values[a:b]) for a, b in zip(starts, ends)], dtype=object)
+
+
+def _read_units(units, nwb, in_path: Path):
+    """Unit ids, per-unit columns, and all spikes sorted by time with their unit index."""
+    n = len(units)
+    ids = np.asarray(units.id.data[:]).astype(str)
+    flat, ends = _column_values(units, "spike_times")
+    flat = np.asarray(flat, dtype=np.float64)
+    if ends is None or ends.shape != (n,):
+        raise ConvertError(in_path, "units/spike_times", "is not a ragged column with one list per unit",
+                           "write spike times with nwbfile.add_unit(spike_times=...)")
+    counts = np.diff(np.concatenate([[0], ends]))
+    unit_index = np.repeat(np.arange(n, dtype=np.int32), counts)  # (S,)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        u = ids[unit_index[bad][0]]
+        raise ConvertError(in_path, "units/spike_times", f"{int(bad.sum())} spike times are NaN or inf (first in unit {u})",
+                           "drop those spikes in the NWB file")
+    if flat.size > 1:
+        within = unit_index[1:] == unit_index[:-1]  # pairs inside one unit
+        backwards = within & (np.diff(flat) < 0)
+        if backwards.any():
+            bad_units = np.unique(unit_index[1:][backwards])
+            warnings.warn(f"{in_path}: units/spike_times: spike times of {len(bad_units)} unit(s) were not sorted "
+                          f"(e.g. unit {ids[bad_units[0]]}); sorted them", stacklevel=3)
+    order = np.argsort(flat, kind="stable")
+    spike_t, spike_u = flat[order], unit_index[order]
+
+    columns: dict[str, np.ndarray] = {}
+    skipped = []
+    for name in units.colnames:
+        if name in _UNIT_SKIP or name.endswith("_index"):
+            continue
+        try:
+            values, col_ends = _column_values(units, name)
+        except Exception:
+            skipped.append(name)
+            continue
+        if col_ends is not None:
+            if values.ndim != 1:
+                skipped.append(name)
+                continue
+            if name == "electrodes":
+                e_ids = np.asarray(nwb.electrodes.id.data[:])
+                columns["electrodes"] = _ragged_strings(e_ids[values], col_ends)
+                columns.update(_first_electrode_columns(nwb, values, col_ends, e_ids, units.colnames))
+            else:
+                columns[name] = _ragged_strings(values, col_ends)
+        elif len(values) == n and values.dtype.kind in "iufb":
+            columns[name] = values  # any trailing shape, e.g. waveform_mean (N, T, C)
+        elif len(values) == n and values.ndim == 1:
+            columns[name] = clean_labels(values)
+        else:
+            skipped.append(name)
+    if skipped:
+        warnings.warn(f"{in_path}: units columns {skipped} are not per-unit scalars or strings; left out", stacklevel=3)
+    return ids, columns, spike_t, spike_u
+
+
+def _first_electrode_columns(nwb, rows, ends, e_ids, unit_colnames) -> dict[str, np.ndarray]:
+    """``electrode`` (id of each unit's first electrode, -1 if none) and anatomy columns
+    (``location``, ``brain_region``) copied from that electrode's row when the units table
+    lacks them."""
+    starts = np.concatenate([[0], ends[:-1]])
+    has = ends > starts
+    first = np.zeros(len(ends), dtype=np.int64)  # row of each unit's first electrode
+    first[has] = rows[starts[has]]
+    out = {"electrode": np.where(has, e_ids[first], -1).astype(np.int64)}
+    for col in ("location", "brain_region"):
+        if col in unit_colnames or col not in nwb.electrodes.colnames:
+            continue
+        labels, _ = _column_values(nwb.electrodes, col)
+        labels = clean_labels(labels)
+        out[col] = np.where(has, labels[first], "").astype(object)
+    return out
+
+
+# -- behaviour and stimulus --------------------------------------------------------------------
+
+
+def _series_in(container, pynwb) -> Iterator[tuple[str, Any]]:
+    """``(path, TimeSeries)`` inside a processing module: bare series and the ones held by
+    MultiContainerInterfaces (Position, BehavioralTimeSeries, ...)."""
+    from pynwb.ecephys import ElectricalSeries
+
+    for name, obj in container.data_interfaces.items():
+        if isinstance(obj, pynwb.TimeSeries):
+            yield name, obj
+            continue
+        for attr in ("spatial_series", "time_series"):
+            children = getattr(obj, attr, None)
+            if isinstance(children, dict):
+                for child_name, child in children.items():
+                    if isinstance(child, pynwb.TimeSeries) and not isinstance(child, ElectricalSeries):
+                        yield f"{name}/{child_name}", child
+
+
+def _timestamps(ts, field: str, in_path: Path) -> np.ndarray:
+    n = ts.data.shape[0] if hasattr(ts.data, "shape") else len(ts.data)
+    if ts.timestamps is not None:
+        t = np.asarray(ts.timestamps[:], dtype=np.float64)
+    elif ts.rate:
+        t = float(ts.starting_time or 0.0) + np.arange(n, dtype=np.float64) / float(ts.rate)
+    else:
+        raise ConvertError(in_path, f"{field}/timestamps", "has neither timestamps nor starting_time + rate",
+                           "give the series timestamps or a rate")
+    if t.shape != (n,):
+        raise ConvertError(in_path, f"{field}/timestamps", f"{t.size} timestamps for {n} samples",
+                           "give one timestamp per sample")
+    if not np.isfinite(t).all():
+        raise ConvertError(in_path, f"{field}/timestamps", "contains NaN or inf", "drop those samples")
+    d = np.diff(t)
+    if d.size and (d < 0).any():
+        i = int(np.argmax(d < 0))
+        raise ConvertError(in_path, f"{field}/timestamps",
+                           f"do not increase: they go back in time at sample {i + 1} ({t[i]} -> {t[i + 1]} s; "
+                           f"{int((d < 0).sum())} places)",
+                           "sort the samples by time in the NWB file (or fix the clock that stamped them)")
+    return t
+
+
+def _drop_repeats(t: np.ndarray, values: np.ndarray, field: str, in_path: Path):
+    """Samples stamped with the same time as the one before (a camera clock glitch, seen in
+    real files) are dropped, keeping the first, with a warning: the session format needs
+    strictly increasing timestamps, and a repeated stamp carries no new time information."""
+    repeat = np.concatenate([[False], np.diff(t) == 0])
+    if repeat.any():
+        i = int(np.argmax(repeat))
+        warnings.warn(f"{in_path}: {field}/timestamps: {int(repeat.sum())} sample(s) repeat the previous timestamp "
+                      f"(first at sample {i}, t = {t[i]} s); kept the first of each", stacklevel=4)
+        t, values = t[~repeat], values[~repeat]
+    return t, values
+
+
+def _scaled(ts) -> np.ndarray:
+    values = np.asarray(ts.data[:])
+    if values.dtype.kind in "iufb":
+        conv = float(getattr(ts, "conversion", 1.0) or 1.0)
+        offset = float(getattr(ts, "offset", 0.0) or 0.0)
+        values = values.astype(np.float64) * conv + offset
+    return values
+
+
+def _read_behaviour(nwb, in_path: Path, pynwb):
+    """``(name, timestamps, values, attrs)`` for every numeric series under processing/."""
+    from pynwb.ecephys import ElectricalSeries
+    from pynwb.image import ImageSeries
+
+    found = []
+    for module_name, module in nwb.processing.items():
+        for path, ts in _series_in(module, pynwb):
+            if isinstance(ts, (ElectricalSeries, ImageSeries)):
+                continue  # LFP belongs to continuous data, images to stimulus
+            field = f"processing/{module_name}/{path}"
+            shape = getattr(ts.data, "shape", None) or np.shape(ts.data)
+            dtype = getattr(ts.data, "dtype", np.asarray(ts.data[:1]).dtype)
+            if len(shape) > 2 or np.dtype(dtype).kind not in "iufb":
+                warnings.warn(f"{in_path}: {field}: shape {tuple(shape)} / dtype {dtype} is not a (T,) or (T, D) "
+                              f"numeric series; left out of /behavior", stacklevel=3)
+                continue
+            t, values = _drop_repeats(_timestamps(ts, field, in_path), _scaled(ts), field, in_path)
+            found.append((module_name, path, ts.name, t, values,
+                          dict(unit=str(getattr(ts, "unit", "") or ""), description=str(ts.description or ""),
+                               nwb_path=field)))
+    counts: dict[str, int] = {}
+    for _, _, name, *_ in found:
+        counts[name] = counts.get(name, 0) + 1
+    for module_name, path, name, t, values, extra in found:
+        # keep the series' own name ("position"); disambiguate only on collisions
+        out_name = name if counts[name] == 1 else f"{module_name}_{path}".replace("/", "_")
+        yield out_name, t, values, extra
+
+
+def _read_stimuli(nwb, in_path: Path, pynwb):
+    for name, ts in nwb.stimulus.items():
+        if not isinstance(ts, pynwb.TimeSeries):
+            continue
+        if getattr(ts, "external_file", None) is not None and ts.data is not None and len(ts.data) == 0:
+            warnings.warn(f"{in_path}: stimulus/{name}: frames live in an external file; left out", stacklevel=3)
+            continue
+        t, frames = _drop_repeats(_timestamps(ts, f"stimulus/{name}", in_path), np.asarray(ts.data[:]),
+                                  f"stimulus/{name}", in_path)
+        yield name, t, frames, dict(
+            unit=str(getattr(ts, "unit", "") or ""), nwb_path=f"stimulus/{name}")
+
+
+def _read_intervals(nwb, in_path: Path):
+    """``(name, start, end, columns)`` for trials, epochs, invalid_times and other TimeIntervals."""
+    for name, table in (nwb.intervals or {}).items():
+        if table is None or len(table) == 0:
+            continue
+        start = np.asarray(table["start_time"].data[:], dtype=np.float64)
+        end = np.asarray(table["stop_time"].data[:], dtype=np.float64)
+        if np.any(end < start) or not (np.isfinite(start).all() and np.isfinite(end).all()):
+            raise ConvertError(in_path, f"intervals/{name}", "has rows with stop_time < start_time or NaN times",
+                               "fix those rows in the NWB file")
+        cols: dict[str, np.ndarray] = {}
+        for col in table.colnames:
+            if col in ("start_time", "stop_time") or col.endswith("_index"):
+                continue
+            try:
+                values, ends = _column_values(table, col)
+            except Exception:
+                continue
+            if ends is not None:
+                if values.ndim == 1 and values.dtype.kind in "OUSifb":
+                    cols[col] = _ragged_strings(values, ends)
+            elif values.ndim == 1 and len(values) == len(start) and values.dtype.kind in "OUSifb":
+                cols[col] = values if values.dtype.kind != "O" else np.asarray([str(v) for v in values], dtype=object)
+        yield name, start, end, cols
+
+
+# -- continuous data ---------------------------------------------------------------------------
+
+
+def _pick_electrical_series(nwb, in_path: Path, choice):
+    """The ElectricalSeries that becomes /continuous (acquisition first, then processing)."""
+    if choice is False:
+        return None
+    from pynwb.ecephys import ElectricalSeries
+
+    def walk(objects, prefix):
+        for name, obj in objects.items():
+            if isinstance(obj, ElectricalSeries):
+                yield f"{prefix}/{name}", obj
+            for child_name, child in (getattr(obj, "electrical_series", None) or {}).items():
+                yield f"{prefix}/{name}/{child_name}", child
+
+    found = list(walk(nwb.acquisition, "acquisition"))
+    if not found:
+        for module_name, module in nwb.processing.items():
+            found += list(walk(module.data_interfaces, f"processing/{module_name}"))
+    if isinstance(choice, str):
+        hits = [(p, s) for p, s in found if s.name == choice or p == choice]
+        if not hits:
+            raise ConvertError(in_path, f"ElectricalSeries {choice!r}", "not found",
+                               f"pick one of {[p for p, _ in found] or 'none (the file has no ElectricalSeries)'}")
+        return hits[0]
+    if not found:
+        return None
+    if len(found) > 1:
+        warnings.warn(f"{in_path}: {len(found)} ElectricalSeries ({[p for p, _ in found]}); converting "
+                      f"{found[0][0]} (choose with electrical_series=NAME, CLI --electrical-series)", stacklevel=3)
+    return found[0]
+
+
+def _read_channels(picked, in_path: Path, coordinate_unit: str | None) -> dict[str, Any]:
+    """The electrodes-table rows of ``picked`` as /channels columns (coordinates in mm)."""
+    field, es = picked
+    n_ch = es.data.shape[1] if len(es.data.shape) > 1 else 1
+    region = es.electrodes
+    if region is None:
+        return dict(names=[f"ch{i}" for i in range(n_ch)])
+    rows = np.asarray(region.data[:], dtype=np.int64)
+    table = region.table
+    if len(rows) != n_ch:
+        raise ConvertError(in_path, f"{field}/electrodes", f"lists {len(rows)} electrodes for {n_ch} data columns",
+                           "make the electrodes region match the data's channel axis")
+    colnames = list(table.colnames)
+    e_ids = np.asarray(table.id.data[:])[rows]
+
+    def col(name):
+        values, ends = _column_values(table, name)
+        return None if ends is not None else values[rows]
+
+    names = None
+    for c in _NAME_COLUMNS:
+        if c in colnames and (v := col(c)) is not None:
+            names = [str(x) for x in v]
+            break
+    if names is None:
+        groups = col("group_name") if "group_name" in colnames else None
+        names = [f"{g}-{i}" if groups is not None else f"e{i}" for g, i in
+                 zip(groups if groups is not None else e_ids, e_ids)]
+    if len(set(names)) != len(names):
+        names = [f"{nm}-{i}" for nm, i in zip(names, e_ids)]
+    out: dict[str, Any] = dict(names=names, coordinate_space="nwb electrodes table")
+    if all(a in colnames for a in "xyz"):
+        xyz = np.stack([np.asarray(col(a), dtype=np.float64) for a in "xyz"], axis=1)
+        out["x"], out["y"], out["z"] = (xyz * _nwb_mm_per_unit(table, xyz, in_path, coordinate_unit)).T
+    regions = {}
+    for c in colnames:
+        if c in ("group", "group_name") or c in _NAME_COLUMNS:
+            continue
+        if any(w in c.lower() for w in _REGION_WORDS):
+            v = col(c)
+            if v is not None and v.dtype.kind in "OUS":
+                regions[c] = clean_labels(v)
+    out["regions"] = regions
+    if "bad" in colnames:
+        out["bad"] = np.asarray(col("bad"), dtype=bool)
+    elif "good" in colnames:
+        out["bad"] = ~np.asarray(col("good"), dtype=bool)
+    return out
+
+
+def _nwb_mm_per_unit(table, xyz: np.ndarray, in_path: Path, coordinate_unit: str | None) -> float:
+    if coordinate_unit is not None:
+        scale = mm_per_unit(coordinate_unit)
+        if scale is None:
+            raise ValueError(f"coordinate_unit {coordinate_unit!r} is not a length unit (m, mm, um)")
+        return scale
+    unit = None
+    for a in "xyz":
+        attrs = getattr(table[a].data, "attrs", {})
+        unit = unit or attrs.get("unit") or attrs.get("units")
+    if unit is not None and mm_per_unit(unit) is not None:
+        return mm_per_unit(unit)
+    finite = np.abs(xyz[np.isfinite(xyz)])
+    if finite.size == 0:
+        return 1.0
+    warnings.warn(f"{in_path}: electrodes x/y/z: no unit recorded; assumed microns as NWB >= 2.8 specifies "
+                  f"(largest |coordinate| {finite.max():g}); pass coordinate_unit='mm' (CLI --coordinate-unit) "
+                  f"if they are millimetres", stacklevel=4)
+    return 1e-3
+
+
+def _write_continuous(w: SessionWriter, picked, channels: dict, in_path: Path, nan_policy: str) -> None:
+    """Stream the ElectricalSeries into /continuous in blocks of rows, in microvolts."""
+    field, es = picked
+    data = es.data
+    shape = data.shape
+    n, n_ch = shape[0], (shape[1] if len(shape) > 1 else 1)
+    if es.rate:
+        sr, t0 = float(es.rate), float(es.starting_time or 0.0)
+    else:
+        sr, t0 = _rate_from_timestamps(es, field, in_path)
+    scale = float(es.conversion or 1.0) * 1e6  # volts -> microvolts
+    offset = float(getattr(es, "offset", 0.0) or 0.0) * 1e6
+    per_channel = np.ones(n_ch)
+    if getattr(es, "channel_conversion", None) is not None:
+        per_channel = np.asarray(es.channel_conversion[:], dtype=np.float64)
+    rows = max(1, BLOCK_VALUES // max(n_ch, 1))
+    for i0 in range(0, max(n, 1), rows):
+        block = np.asarray(data[i0:min(n, i0 + rows)], dtype=np.float64).reshape(-1, n_ch)
+        block = (block * per_channel * scale + offset).astype(np.float32)
+        if i0 == 0:
+            w.add_continuous(block, sampling_rate=sr, unit="uV", t_start=t0, nan_policy=nan_policy,
+                             channel_names=channels["names"])
+            w.add_channels(channels["names"], x=channels.get("x"), y=channels.get("y"), z=channels.get("z"),
+                           regions=channels.get("regions"), bad=channels.get("bad"),
+                           coordinate_space=channels.get("coordinate_space", "unknown"))
+        else:
+            w.append_continuous(block)
+
+
+def _rate_from_timestamps(es, field: str, in_path: Path) -> tuple[float, float]:
+    """Sampling rate of a series given by timestamps; they must lie on a regular grid
+    (within half a sample), checked block by block without loading them all."""
+    ts = es.timestamps
+    n = len(ts)
+    if n < 2:
+        raise ConvertError(in_path, f"{field}/timestamps", "fewer than two samples", "give the series a rate")
+    t0, t1 = float(ts[0]), float(ts[n - 1])
+    if not t1 > t0:
+        raise ConvertError(in_path, f"{field}/timestamps", "do not increase", "give the series a rate")
+    sr = (n - 1) / (t1 - t0)
+    step = 1 << 20
+    for i0 in range(0, n, step):
+        t = np.asarray(ts[i0:i0 + step], dtype=np.float64)
+        dev = np.abs(t - (t0 + np.arange(i0, i0 + t.size) / sr))
+        if not np.all(dev < 0.5 / sr):
+            i = i0 + int(np.argmax(~(dev < 0.5 / sr)))
+            raise ConvertError(in_path, f"{field}/timestamps",
+                               f"are not regularly sampled (sample {i} is {dev[i - i0] * sr:.2f} samples off a "
+                               f"{sr:.3f} Hz grid)", "resample the series to a fixed rate before converting")
+    return sr, t0

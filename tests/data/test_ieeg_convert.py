@@ -1,0 +1,327 @@
+"""iEEG -> session conversion (neurofm.data.ieeg): EDF / BrainVision / FIF written in the
+test, a BIDS-iEEG dataset in tmp_path, and the real sample_seeg recording."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+mne = pytest.importorskip("mne")
+
+import neurofm.data.ieeg as ieeg  # noqa: E402
+from neurofm.data.ieeg import convert_ieeg, find_sidecars  # noqa: E402
+from neurofm.data.session import ConvertError, Session  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+SEEG = SHARED / "ieeg" / "sample_seeg.edf"
+SEEG_ELECTRODES = SHARED / "ieeg" / "sample_seeg_electrodes.tsv"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent (real recordings not available)")
+
+NAMES = ["A1", "A2", "B1", "B2"]
+SR = 200.0
+
+
+def signal(n_t=800, n_ch=4) -> np.ndarray:
+    """(T, C) microvolts, distinct per channel."""
+    t = np.arange(n_t) / SR
+    return (np.sin(2 * np.pi * 3 * t)[:, None] * 50 + np.arange(n_ch) * 10).astype(np.float32)
+
+
+def write_brainvision(base: Path, data_uv: np.ndarray, names, sfreq=SR, markers=()) -> Path:
+    """A BrainVision recording (.vhdr/.vmrk/.eeg, float32 multiplexed), written by hand."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".eeg").write_bytes(np.asarray(data_uv, dtype="<f4").tobytes())
+    channels = "\n".join(f"Ch{i + 1}={n},,1,µV" for i, n in enumerate(names))
+    base.with_suffix(".vhdr").write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={base.name}.eeg\nMarkerFile={base.name}.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
+        f"NumberOfChannels={len(names)}\nSamplingInterval={1e6 / sfreq:g}\n\n[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n\n"
+        f"[Channel Infos]\n{channels}\n", encoding="utf-8")
+    marks = "".join(f"Mk{i + 2}=Comment,{desc},{int(round(onset * sfreq)) + 1},1,0\n" for i, (onset, desc) in enumerate(markers))
+    base.with_suffix(".vmrk").write_text(
+        "Brain Vision Data Exchange Marker File Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={base.name}.eeg\n\n[Marker Infos]\nMk1=New Segment,,1,1,0,20200101000000000000\n{marks}", encoding="utf-8")
+    return base.with_suffix(".vhdr")
+
+
+def write_edf(path: Path, data_uv: np.ndarray, names, sfreq=SR, record_s=1.0) -> Path:
+    """A plain EDF (16-bit, one-second records), written by hand: (T, C) microvolts."""
+    n_t, n_ch = data_uv.shape
+    per_record = int(sfreq * record_s)
+    n_rec = n_t // per_record
+    pmin, pmax, dmin, dmax = -3276.8, 3276.7, -32768, 32767
+    digital = np.round((data_uv[: n_rec * per_record] - pmin) / (pmax - pmin) * (dmax - dmin) + dmin).astype("<i2")
+
+    def field(values, width):
+        return "".join(f"{v:<{width}}"[:width] for v in values)
+
+    header = (f"{'0':<8}{'X X X X':<80}{'Startdate 01-JAN-2020 X X X':<80}{'01.01.20':<8}{'00.00.00':<8}"
+              f"{256 * (n_ch + 1):<8}{'':<44}{n_rec:<8}{record_s:<8g}{n_ch:<4}")
+    header += (field(names, 16) + field(["electrode"] * n_ch, 80) + field(["uV"] * n_ch, 8)
+               + field([pmin] * n_ch, 8) + field([pmax] * n_ch, 8) + field([dmin] * n_ch, 8) + field([dmax] * n_ch, 8)
+               + field([""] * n_ch, 80) + field([per_record] * n_ch, 8) + field([""] * n_ch, 32))
+    records = digital.reshape(n_rec, per_record, n_ch).transpose(0, 2, 1)  # (records, C, samples)
+    path.write_bytes(header.encode("ascii") + records.tobytes())
+    return path
+
+
+def write_tsv(path: Path, header, rows) -> Path:
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def assert_nothing_written(out: Path):
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+ELECTRODE_HEADER = ["name", "x", "y", "z", "size", "hemisphere", "destrieux", "desikan-killiany"]
+
+
+def electrode_rows(scale=1.0):
+    return [["A1", 10 * scale, 20 * scale, 30 * scale, "n/a", "L", "ctx_lh_G_front_sup", "ctx-lh-superiorfrontal"],
+            ["A2", 11 * scale, 21 * scale, 31 * scale, "n/a", "L", "Unknown", "n/a"],
+            ["B1", -5 * scale, 2 * scale, 3 * scale, "n/a", "R", "Left-Hippocampus", "Left-Hippocampus"],
+            ["B2", "n/a", "n/a", "n/a", "n/a", "R", "n/a", "Unknown"]]
+
+
+@pytest.fixture(scope="module")
+def bids_root(tmp_path_factory):
+    """sub-01/ses-01/ieeg via mne-bids' write_raw_bids (BrainVision copied as is), then the
+    electrodes/coordsystem sidecars (metres, ACPC, two atlas columns) and a bad channel by hand."""
+    mne_bids = pytest.importorskip("mne_bids")
+    tmp = tmp_path_factory.mktemp("bids")
+    vhdr = write_brainvision(tmp / "src" / "rec", signal(), NAMES, markers=[(0.5, "cue"), (2.0, "go")])
+    raw = mne.io.read_raw_brainvision(vhdr, verbose="error")
+    raw.set_channel_types({n: "seeg" for n in NAMES}, verbose="error")
+    root = tmp / "ds"
+    bp = mne_bids.BIDSPath(subject="01", session="01", task="rest", run="01", datatype="ieeg", root=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mne_bids.write_raw_bids(raw, bp, overwrite=True, verbose="error")
+    folder = root / "sub-01" / "ses-01" / "ieeg"
+    write_tsv(folder / "sub-01_ses-01_space-ACPC_electrodes.tsv", ELECTRODE_HEADER, electrode_rows(scale=1e-3))
+    (folder / "sub-01_ses-01_space-ACPC_coordsystem.json").write_text(
+        json.dumps({"iEEGCoordinateSystem": "ACPC", "iEEGCoordinateUnits": "m"}))
+    channels = folder / "sub-01_ses-01_task-rest_run-01_channels.tsv"
+    lines = channels.read_text().splitlines()
+    col = lines[0].split("\t").index("status")
+    for i, line in enumerate(lines):
+        cells = line.split("\t")
+        if cells[0] == "B1":
+            cells[col] = "bad"
+            lines[i] = "\t".join(cells)
+    channels.write_text("\n".join(lines) + "\n")
+    return folder / "sub-01_ses-01_task-rest_run-01_ieeg.vhdr"
+
+
+def check_bids_session(out: Path):
+    with Session(out) as s:
+        assert s.session_id == "sub-01_ses-01_task-rest_run-01" and s.subject_id == "01"
+        assert s.sampling_rate == SR and s.n_samples == 800
+        np.testing.assert_allclose(s.continuous(), signal(), atol=1e-3)
+        ch = s.channels()
+        assert ch.names == NAMES and ch.coordinate_space == "ACPC"
+        np.testing.assert_allclose(ch.xyz[:3], [[10, 20, 30], [11, 21, 31], [-5, 2, 3]])  # metres -> mm
+        assert np.isnan(ch.xyz[3]).all()
+        assert ch.regions["destrieux"].tolist() == ["ctx_lh_G_front_sup", "", "Left-Hippocampus", ""]
+        assert ch.regions["desikan-killiany"].tolist() == ["ctx-lh-superiorfrontal", "", "Left-Hippocampus", ""]
+        assert "hemisphere" not in ch.regions and "size" not in ch.regions  # BIDS standard columns
+        assert ch.bad.tolist() == [False, False, True, False]  # channels.tsv status == bad
+        assert ch.types.tolist() == ["seeg"] * 4
+        ev = s.events("annotations")
+        assert ev["label"].tolist() == ["Comment/cue", "Comment/go"] and np.allclose(ev["onset"], [0.5, 2.0])
+        assert s.attrs["events_source"].endswith("_events.tsv")
+
+
+def test_bids_sidecars_found_with_mne_bids(bids_root, tmp_path):
+    side = find_sidecars(bids_root)
+    assert side["electrodes"].name == "sub-01_ses-01_space-ACPC_electrodes.tsv"
+    assert side["coordsystem"].name == "sub-01_ses-01_space-ACPC_coordsystem.json"
+    assert side["channels"].name == "sub-01_ses-01_task-rest_run-01_channels.tsv"
+    out = tmp_path / "s.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # everything matched, unit known: no warning at all
+        convert_ieeg(bids_root, out)
+    check_bids_session(out)
+
+
+def test_bids_path_object_and_no_mne_bids(bids_root, tmp_path, monkeypatch):
+    mne_bids = pytest.importorskip("mne_bids")
+    bp = mne_bids.get_bids_path_from_fname(bids_root)
+    convert_ieeg(bp, tmp_path / "a.h5")
+    check_bids_session(tmp_path / "a.h5")
+    # without mne-bids, the sidecars are found by BIDS naming alone: the same files
+    with_mne_bids = find_sidecars(bids_root)
+    monkeypatch.setattr(ieeg, "_mne_bids", lambda: None)
+    side = find_sidecars(bids_root)
+    assert {k: Path(v).resolve() for k, v in side.items()} == {k: Path(v).resolve() for k, v in with_mne_bids.items()}
+    assert side["electrodes"].name == "sub-01_ses-01_space-ACPC_electrodes.tsv"
+    assert side["channels"].name == "sub-01_ses-01_task-rest_run-01_channels.tsv"
+    assert side["events"].name == "sub-01_ses-01_task-rest_run-01_events.tsv"
+    convert_ieeg(bids_root, tmp_path / "b.h5")
+    check_bids_session(tmp_path / "b.h5")
+
+
+def test_electrodes_matching_no_channel(tmp_path):
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    tsv = write_tsv(tmp_path / "other_electrodes.tsv", ["name", "x", "y", "z"], [["LA1", 1, 2, 3], ["LA2", 1, 2, 4]])
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err:
+        convert_ieeg(vhdr, out, electrodes=tsv)
+    msg = str(err.value)
+    assert msg.startswith(f"{tsv}: name:") and str(vhdr) in msg
+    assert "'LA1'" in msg and "'A1'" in msg and "--electrodes" in msg
+    assert_nothing_written(out)
+
+
+def test_partial_match_keeps_and_counts(tmp_path):
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    rows = electrode_rows()[:2] + [["Z9", 1, 1, 1, "n/a", "L", "x", "y"], ["Z10", 1, 1, 1, "n/a", "L", "x", "y"]]
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, rows)
+    out = tmp_path / "s.h5"
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(vhdr, out)  # found beside the recording by name
+    text = " ".join(str(w.message) for w in record)
+    assert f"{tsv}: 2 of 4 electrodes match no channel" in text and "['Z9', 'Z10']" in text
+    assert "2 of 4 channels have no electrode row" in text and "['B1', 'B2']" in text
+    assert "assumed millimetres" in text
+    with Session(out) as s:
+        ch = s.channels()
+        np.testing.assert_allclose(ch.xyz[:2], [[10, 20, 30], [11, 21, 31]])
+        assert np.isnan(ch.xyz[2:]).all() and ch.regions["destrieux"].tolist() == ["ctx_lh_G_front_sup", "", "", ""]
+        assert s.attrs["electrodes_file"] == str(tsv)
+
+
+def test_metre_coordinates_without_coordsystem_are_inferred(tmp_path):
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    tsv = write_tsv(tmp_path / "coords.tsv", ELECTRODE_HEADER, electrode_rows(scale=1e-3))
+    with pytest.warns(UserWarning, match=r"largest \|coordinate\| is 0.031, so assumed metres"):
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv)
+    with Session(tmp_path / "s.h5") as s:
+        np.testing.assert_allclose(s.channels().xyz[0], [10, 20, 30])
+    convert_ieeg(vhdr, tmp_path / "t.h5", electrodes=tsv, coordinate_unit="cm")  # said explicitly: no guess
+    with Session(tmp_path / "t.h5") as s:
+        np.testing.assert_allclose(s.channels().xyz[0], [0.1, 0.2, 0.3])
+
+
+def test_nan_samples_raise_or_mark_bad(tmp_path):
+    data = signal()
+    data[300, 2] = np.nan
+    vhdr = write_brainvision(tmp_path / "rec", data, NAMES)
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err:
+        convert_ieeg(vhdr, out)
+    msg = str(err.value)
+    assert str(vhdr) in msg and "/continuous/data" in msg and "channel B1 at t = 1.5000 s" in msg
+    assert "--nan mark-bad" in msg
+    assert_nothing_written(out)
+    convert_ieeg(vhdr, out, nan_policy="mark-bad")
+    with Session(out) as s:
+        assert s.channels().bad.tolist() == [False, False, True, False]
+        x = s.continuous()
+    assert np.isfinite(x).all() and x[300, 2] == 0.0
+
+
+def test_edf_and_truncated_edf(tmp_path):
+    data = signal(n_t=1000)
+    edf = write_edf(tmp_path / "rec.edf", data, NAMES)
+    convert_ieeg(edf, tmp_path / "ok.h5")
+    with Session(tmp_path / "ok.h5") as s:
+        assert s.n_samples == 1000 and s.duration == pytest.approx(5.0)
+        np.testing.assert_allclose(s.continuous(), data, atol=0.1)  # 16-bit resolution 0.1 uV
+    cut = tmp_path / "cut.edf"
+    cut.write_bytes(edf.read_bytes()[: 256 * 5 + 2 * 4 * 200 * 3])  # 3 of 5 records
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err:
+        convert_ieeg(cut, out)
+    msg = str(err.value)
+    assert msg.startswith(f"{cut}: EDF data records:") and "promises 5 records" in msg and "truncated" in msg
+    assert_nothing_written(out)
+    (tmp_path / "junk.edf").write_bytes(b"0" * 100)
+    with pytest.raises(ConvertError, match="junk.edf: EDF header"):
+        convert_ieeg(tmp_path / "junk.edf", out)
+    assert_nothing_written(out)
+
+
+def test_missing_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.edf: no such recording"):
+        convert_ieeg(tmp_path / "nope.edf", tmp_path / "s.h5")
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    with pytest.raises(FileNotFoundError, match="missing_electrodes.tsv: no such sidecar"):
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tmp_path / "missing_electrodes.tsv")
+    assert_nothing_written(tmp_path / "s.h5")
+
+
+def test_fif_montage_positions_and_bad_annotations(tmp_path):
+    info = mne.create_info(NAMES, SR, "ecog")
+    raw = mne.io.RawArray(signal().T.astype(np.float64) * 1e-6, info, verbose="error")
+    positions = {n: np.array([0.01 * i, 0.02, 0.03]) for i, n in enumerate(NAMES)}  # metres
+    raw.set_montage(mne.channels.make_dig_montage(ch_pos=positions, coord_frame="head"), verbose="error")
+    raw.set_annotations(mne.Annotations([1.0, 2.0], [0.0, 0.5], ["word/cat", "BAD_motion"]))
+    raw.info["bads"] = ["A2"]
+    fif = tmp_path / "rec_raw.fif"
+    raw.save(fif, verbose="error")
+    convert_ieeg(fif, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        np.testing.assert_allclose(ch.xyz[:, 0], [0, 10, 20, 30]) and np.testing.assert_allclose(ch.xyz[:, 2], 30)
+        assert ch.coordinate_space == "head" and ch.bad.tolist() == [False, True, False, False]
+        assert ch.types.tolist() == ["ecog"] * 4 and s.session_id == "rec"
+        ev = s.events("annotations")
+        assert ev["label"].tolist() == ["word/cat", "BAD_motion"]
+        bad = s.intervals("bad_segments")
+        assert bad["start"].tolist() == [2.0] and bad["end"].tolist() == [2.5]
+        np.testing.assert_allclose(s.continuous(), signal(), atol=1e-3)
+
+
+def test_missing_mne_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mne", None)
+    with pytest.raises(ImportError, match=r"neurofm\[ieeg\]"):
+        convert_ieeg(tmp_path / "x.edf", tmp_path / "s.h5")
+
+
+@needs_shared
+def test_sample_seeg(tmp_path):
+    out = tmp_path / "seeg.h5"
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(SEEG, out, electrodes=SEEG_ELECTRODES)
+    text = " ".join(str(w.message) for w in record)
+    assert "3 of 101 electrodes match no channel" in text and "0 of 98 channels have no electrode row" in text
+    assert "assumed millimetres" in text
+    raw = mne.io.read_raw_edf(SEEG, verbose="error")
+    with Session(out) as s:
+        assert s.kinds == ["continuous"] and s.n_channels == 98
+        assert s.sampling_rate == 1000.0 and s.duration == pytest.approx(20.0)
+        np.testing.assert_allclose(s.continuous(5.0, 5.5), raw.get_data(start=5000, stop=5500).T * 1e6,
+                                   rtol=1e-5, atol=1e-3)
+        ev = s.events("annotations")
+        assert len(ev["onset"]) == 3
+        assert sorted(ev["label"].tolist()) == ["test annotation", "test annotation", "test mark"]
+        ch = s.channels()
+        assert ch.names == raw.ch_names
+        assert set(ch.regions) >= {"destriuex", "desikan-killiany"}
+        # labels matched by name: compare with the TSV row of each channel
+        rows = {r.split("\t")[0]: r.split("\t") for r in SEEG_ELECTRODES.read_text().splitlines()[1:]}
+        for i, name in enumerate(ch.names):
+            x = rows[name][1]
+            if x == "n/a":
+                assert np.isnan(ch.xyz[i]).all()
+            else:
+                np.testing.assert_allclose(ch.xyz[i], [float(v) for v in rows[name][1:4]], rtol=1e-6)
+            label = rows[name][5]
+            assert ch.regions["destriuex"][i] == ("" if label in ("n/a", "Unknown") else label)
+        assert int(np.isfinite(ch.xyz).all(axis=1).sum()) == 88
+        assert (ch.regions["destriuex"] != "").sum() > 40
+    # the electrodes file beside the recording is found by name, without --electrodes
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        convert_ieeg(SEEG, tmp_path / "auto.h5")
+    assert any("3 of 101 electrodes" in str(w.message) for w in record)
+    with Session(tmp_path / "auto.h5") as s:
+        assert s.attrs["electrodes_file"] == str(SEEG_ELECTRODES)

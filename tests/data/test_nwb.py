@@ -1,0 +1,278 @@
+"""NWB -> session conversion (neurofm.data.nwb), on small pynwb-built files and the real
+linear-track recording."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pynwb = pytest.importorskip("pynwb")
+from pynwb import NWBHDF5IO, NWBFile, TimeSeries  # noqa: E402
+from pynwb.behavior import BehavioralTimeSeries, Position, SpatialSeries  # noqa: E402
+from pynwb.ecephys import ElectricalSeries  # noqa: E402
+from pynwb.file import Subject  # noqa: E402
+
+import neurofm.data.nwb as nwb_mod  # noqa: E402
+from neurofm.data.nwb import convert_nwb  # noqa: E402
+from neurofm.data.session import ConvertError, Session  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+LINEAR_TRACK = SHARED / "spikes" / "linear-track.nwb"
+
+SPIKES = [[1.10, 1.50, 1.90], [1.20, 1.30], []]  # per unit, seconds
+SR = 1000.0
+
+
+def make_nwb(path: Path, *, units=True, electrical=True, behaviour=True, intervals=True, spikes=SPIKES,
+             es_data=None, es_timestamps=None, pos_timestamps=None) -> Path:
+    """A small but complete NWB file: 4 electrodes, 3 units, 1 s of 4-channel voltage, position
+    (SpatialSeries in Position, timestamps), speed (TimeSeries in BehavioralTimeSeries, rate),
+    a bare TimeSeries, trials with a column, epochs with tags."""
+    nwb = NWBFile(session_description="unit test", identifier="test-id",
+                  session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc), lab="Lab X",
+                  subject=Subject(subject_id="mouse7", species="Mus musculus"))
+    device = nwb.create_device("probe")
+    group = nwb.create_electrode_group("tt0", description="tetrode", location="CA1", device=device)
+    nwb.add_electrode_column("brain_region", "atlas region")
+    for i, (loc, region) in enumerate([("CA1", "HPF"), ("CA1", "HPF"), ("n/a", "Unknown"), ("DG", "HPF")]):
+        nwb.add_electrode(group=group, location=loc, brain_region=region, x=100.0 * i, y=2000.0, z=-50.0)
+    if electrical:
+        data = np.arange(1000 * 4, dtype=np.int16).reshape(1000, 4) % 97 if es_data is None else es_data
+        region = nwb.create_electrode_table_region([0, 1, 2, 3], "all electrodes")
+        timing = dict(timestamps=es_timestamps) if es_timestamps is not None else dict(starting_time=1.0, rate=SR)
+        nwb.add_acquisition(ElectricalSeries(name="raw", data=data, electrodes=region, conversion=2e-6, **timing))
+    if units:
+        nwb.add_unit_column("tetrode", "tetrode number")
+        for k, times in enumerate(spikes):
+            nwb.add_unit(spike_times=times, tetrode=k, electrodes=[k, k + 1] if k < 3 else [k])
+    if behaviour:
+        module = nwb.create_processing_module("behavior", "behaviour")
+        ts = np.linspace(1.0, 2.0, 61) if pos_timestamps is None else pos_timestamps
+        position = Position()
+        position.add_spatial_series(SpatialSeries(name="position", data=np.stack([ts * 10, ts * 20], axis=1),
+                                                  timestamps=ts, reference_frame="arena", unit="cm"))
+        module.add(position)
+        bts = BehavioralTimeSeries()
+        bts.add_timeseries(TimeSeries(name="speed", data=np.arange(30, dtype=np.int32), starting_time=1.0, rate=30.0,
+                                      unit="cm/s", conversion=0.5))
+        module.add(bts)
+        module.add(TimeSeries(name="licks", data=np.ones(5), timestamps=np.linspace(1.1, 1.9, 5), unit="a.u."))
+    if intervals:
+        nwb.add_trial_column("side", "which side")
+        nwb.add_trial(start_time=1.0, stop_time=1.4, side="left")
+        nwb.add_trial(start_time=1.5, stop_time=1.9, side="right")
+        nwb.add_epoch(start_time=1.0, stop_time=2.0, tags=["run", "light"])
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_nwb(tmp_path_factory):
+    return make_nwb(tmp_path_factory.mktemp("nwb") / "small.nwb")
+
+
+def assert_nothing_written(out: Path):
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_small_file_everything(small_nwb, tmp_path):
+    out = tmp_path / "s.h5"
+    with pytest.warns(UserWarning, match="assumed microns"):
+        assert convert_nwb(small_nwb, out) == out
+    with Session(out) as s:
+        a = s.attrs
+        assert (a["session_id"], a["subject_id"], a["species"], a["lab"]) == ("small", "mouse7", "Mus musculus", "Lab X")
+        assert a["source"] == str(small_nwb) and a["source_format"] == "nwb" and a["nwb_identifier"] == "test-id"
+        assert s.kinds == ["spikes", "continuous"]
+        # units and spikes
+        table = s.unit_table()
+        assert table["id"].tolist() == ["0", "1", "2"]
+        assert table["tetrode"].tolist() == [0, 1, 2]
+        assert table["electrodes"].tolist() == ["0;1", "1;2", "2;3"]
+        assert table["electrode"].tolist() == [0, 1, 2]
+        assert table["location"].tolist() == ["CA1", "CA1", ""]  # "n/a" -> unknown
+        assert table["brain_region"].tolist() == ["HPF", "HPF", ""]
+        t, u = s.spikes()
+        assert t.tolist() == [1.10, 1.20, 1.30, 1.50, 1.90] and u.tolist() == [0, 1, 1, 0, 0]
+        # continuous: int16 counts * conversion (V) -> uV, starting_time kept
+        assert s.sampling_rate == SR and s.h5["continuous"].attrs["unit"] == "uV"
+        expected = (np.arange(4000).reshape(1000, 4) % 97) * 2.0
+        np.testing.assert_allclose(s.continuous(), expected, rtol=1e-6)
+        np.testing.assert_allclose(s.continuous(1.1, 1.2), expected[100:200], rtol=1e-6)
+        ch = s.channels()
+        assert ch.names == ["tt0-0", "tt0-1", "tt0-2", "tt0-3"]
+        np.testing.assert_allclose(ch.xyz[:, 0], [0.0, 0.1, 0.2, 0.3])  # microns -> mm
+        np.testing.assert_allclose(ch.xyz[:, 1], 2.0)
+        assert ch.regions["location"].tolist() == ["CA1", "CA1", "", "DG"]
+        assert ch.regions["brain_region"].tolist() == ["HPF", "HPF", "", "HPF"]
+        # behaviour: SpatialSeries in Position, TimeSeries in BehavioralTimeSeries, bare TimeSeries
+        assert s.behavior_names == ["licks", "position", "speed"]
+        ts, pos = s.behavior("position")
+        assert pos.shape == (61, 2) and np.allclose(pos[:, 1], ts * 20, rtol=1e-6)
+        assert s.h5["behavior/position"].attrs["unit"] == "cm"
+        ts, speed = s.behavior("speed")
+        np.testing.assert_allclose(ts, 1.0 + np.arange(30) / 30.0)
+        np.testing.assert_allclose(speed, np.arange(30) * 0.5)  # conversion applied
+        # intervals
+        trials = s.intervals("trials")
+        assert trials["start"].tolist() == [1.0, 1.5] and trials["side"].tolist() == ["left", "right"]
+        assert s.intervals("epochs")["tags"].tolist() == ["run;light"]
+
+
+def test_continuous_is_streamed_in_blocks(small_nwb, tmp_path, monkeypatch):
+    reads = []
+    original = nwb_mod._write_continuous
+
+    class Recorder:  # every read of the voltage array goes through here
+        def __init__(self, data):
+            self.data, self.shape, self.dtype = data, data.shape, data.dtype
+
+        def __getitem__(self, sel):
+            reads.append(sel)
+            return self.data[sel]
+
+    class Series:  # the ElectricalSeries with its data behind the Recorder
+        def __init__(self, es):
+            self._es, self.data = es, Recorder(es.data)
+
+        def __getattr__(self, name):
+            return getattr(self._es, name)
+
+    def spy(w, picked, *args, **kwargs):
+        return original(w, (picked[0], Series(picked[1])), *args, **kwargs)
+
+    monkeypatch.setattr(nwb_mod, "BLOCK_VALUES", 4 * 128)  # 128 rows a block
+    monkeypatch.setattr(nwb_mod, "_write_continuous", spy)
+    out = tmp_path / "s.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(small_nwb, out)
+    assert len(reads) == 8 and all(isinstance(r, slice) and r.stop - r.start <= 128 for r in reads)
+    with Session(out) as s:
+        np.testing.assert_allclose(s.continuous(), (np.arange(4000).reshape(1000, 4) % 97) * 2.0, rtol=1e-6)
+
+
+def test_timestamped_electrical_series_and_spikes_only_option(tmp_path):
+    ts = 5.0 + np.arange(500) / 250.0 + 1e-5  # regular 250 Hz grid given as timestamps
+    path = make_nwb(tmp_path / "ts.nwb", es_data=np.ones((500, 4), dtype=np.float32), es_timestamps=ts,
+                    behaviour=False, intervals=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(path, tmp_path / "a.h5", coordinate_unit="mm")
+        convert_nwb(path, tmp_path / "b.h5", electrical_series=False)
+    with Session(tmp_path / "a.h5") as s:
+        assert s.sampling_rate == pytest.approx(250.0)
+        assert s.h5["continuous"].attrs["t_start"] == pytest.approx(5.00001)
+        np.testing.assert_allclose(s.channels().xyz[:, 0], [0.0, 100.0, 200.0, 300.0])  # given as mm
+    with Session(tmp_path / "b.h5") as s:
+        assert s.kinds == ["spikes"]
+
+
+def test_unsorted_spike_times_are_sorted_with_warning(tmp_path):
+    path = make_nwb(tmp_path / "u.nwb", spikes=[[1.5, 1.1, 1.9], [1.2, 1.3]], electrical=False, behaviour=False,
+                    intervals=False)
+    with pytest.warns(UserWarning, match=r"units/spike_times: spike times of 1 unit\(s\) were not sorted"):
+        convert_nwb(path, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        t, u = s.spikes()
+    assert t.tolist() == [1.1, 1.2, 1.3, 1.5, 1.9] and u.tolist() == [0, 1, 1, 0, 0]
+
+
+def test_neither_units_nor_electrical_series(tmp_path):
+    path = make_nwb(tmp_path / "empty.nwb", units=False, electrical=False)
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err:
+        convert_nwb(path, out)
+    msg = str(err.value)
+    assert str(path) in msg and "units / acquisition ElectricalSeries" in msg and "add a units table" in msg
+    assert_nothing_written(out)
+
+
+def test_missing_and_truncated_input(small_nwb, tmp_path):
+    out = tmp_path / "s.h5"
+    with pytest.raises(FileNotFoundError, match="no-such.nwb: no such NWB file"):
+        convert_nwb(tmp_path / "no-such.nwb", out)
+    cut = tmp_path / "cut.nwb"
+    cut.write_bytes(small_nwb.read_bytes()[: small_nwb.stat().st_size // 2])
+    with pytest.raises(ConvertError) as err:
+        convert_nwb(cut, out)
+    msg = str(err.value)
+    assert msg.startswith(f"{cut}: /:") and "truncated" in msg and "copy or export it again" in msg
+    assert_nothing_written(out)
+
+
+def test_nan_in_voltage(tmp_path):
+    data = np.zeros((300, 4), dtype=np.float32)
+    data[150, 2] = np.nan
+    path = make_nwb(tmp_path / "nan.nwb", es_data=data, behaviour=False, intervals=False)
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(path, out)
+    msg = str(err.value)
+    assert str(path) in msg and "/continuous/data" in msg and "channel tt0-2" in msg and "t = 1.1500 s" in msg
+    assert "--nan mark-bad" in msg
+    assert_nothing_written(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(path, out, nan_policy="mark_bad")
+    with Session(out) as s:
+        assert s.channels().bad.tolist() == [False, False, True, False]
+        assert np.isfinite(s.continuous()).all()
+
+
+def test_behaviour_timestamps_going_back(tmp_path):
+    ts = np.linspace(1.0, 2.0, 61)
+    ts[30], ts[31] = ts[31], ts[30]
+    path = make_nwb(tmp_path / "back.nwb", pos_timestamps=ts, electrical=False)
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err:
+        convert_nwb(path, out)
+    msg = str(err.value)
+    assert str(path) in msg and "processing/behavior/Position/position/timestamps" in msg
+    assert "go back in time at sample 31" in msg and "sort the samples" in msg
+    assert_nothing_written(out)
+
+
+def test_repeated_behaviour_timestamps_are_dropped(tmp_path):
+    ts = np.linspace(1.0, 2.0, 61)
+    ts[31] = ts[30]
+    path = make_nwb(tmp_path / "rep.nwb", pos_timestamps=ts, electrical=False)
+    with pytest.warns(UserWarning, match=r"1 sample\(s\) repeat the previous timestamp"):
+        convert_nwb(path, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        t, v = s.behavior("position")
+    assert t.size == 60 and np.all(np.diff(t) > 0) and v.shape == (60, 2)
+
+
+def test_missing_pynwb_says_what_to_install(small_nwb, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynwb", None)
+    with pytest.raises(ImportError, match=r"neurofm\[nwb\]"):
+        convert_nwb(small_nwb, tmp_path / "s.h5")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent (real recordings not available)")
+def test_linear_track(tmp_path):
+    out = tmp_path / "lt.h5"
+    with pytest.warns(UserWarning, match="repeat the previous timestamp"):
+        convert_nwb(LINEAR_TRACK, out)
+    with Session(out) as s:
+        assert s.kinds == ["spikes"]
+        assert s.n_units == 31 and s.n_spikes == 28_829
+        t, u = s.spikes()
+        assert t[0] == pytest.approx(4397.0, abs=0.05) and t[-1] == pytest.approx(6365.1, abs=0.05)
+        assert np.all(np.diff(t) >= 0) and u.max() == 30
+        assert "tetrode" in s.unit_table()
+        assert s.behavior_names == ["position"]
+        ts, xy = s.behavior("position")
+        assert abs(ts.size - 118_965) <= 2 and xy.shape == (ts.size, 2)  # 1 repeated camera stamp dropped
+        assert 0 < xy[:, 0].max() <= 640 and 0 < xy[:, 1].max() <= 480
+        assert np.median(np.diff(ts)) == pytest.approx(1 / 60, rel=0.01)
+        assert s.attrs["lab"].startswith("Kemere lab")

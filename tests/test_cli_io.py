@@ -1,0 +1,153 @@
+"""`neurofm convert` and `neurofm inspect` (the I/O half of the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurofm.cli import main
+from neurofm.data.session import FORMAT_VERSION, Session, SessionWriter
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent (real recordings not available)")
+REPO = Path(__file__).resolve().parents[1]
+
+JSON_KEYS = {"kinds", "n_units", "n_spikes", "duration_s", "behavior", "n_channels", "sampling_rate", "atlases",
+             "events", "intervals", "session_id"}
+
+
+def write_session(path: Path) -> Path:
+    with SessionWriter(path, session_id="demo", subject_id="m1") as w:
+        w.add_units(["a", "b"])
+        w.add_spikes([0.5, 1.0, 2.5], [0, 1, 0], t_start=0.0, t_end=4.0)
+        w.add_continuous(np.zeros((400, 2), dtype=np.float32), sampling_rate=100.0)
+        w.add_channels(["c1", "c2"], x=[1, 2], y=[0, 0], z=[0, 0], regions={"desikan": ["ctx-lh-insula", ""]})
+        w.add_behavior("speed", np.linspace(0, 4, 9), np.arange(9.0))
+        w.add_events("cues", [1.0, 2.0], label=["left", "right"])
+        w.add_intervals("trials", [0.0, 2.0], [1.5, 3.5])
+    return path
+
+
+def write_brainvision(base: Path, data_uv: np.ndarray, names, sfreq=100.0) -> Path:
+    base.with_suffix(".eeg").write_bytes(np.asarray(data_uv, dtype="<f4").tobytes())
+    channels = "\n".join(f"Ch{i + 1}={n},,1,µV" for i, n in enumerate(names))
+    base.with_suffix(".vhdr").write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={base.name}.eeg\nMarkerFile={base.name}.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
+        f"NumberOfChannels={len(names)}\nSamplingInterval={1e6 / sfreq:g}\n\n[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n\n"
+        f"[Channel Infos]\n{channels}\n", encoding="utf-8")
+    base.with_suffix(".vmrk").write_text(
+        "Brain Vision Data Exchange Marker File Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={base.name}.eeg\n\n[Marker Infos]\nMk1=New Segment,,1,1,0,20200101000000000000\n"
+        "Mk2=Comment,cue,51,1,0\n", encoding="utf-8")
+    return base.with_suffix(".vhdr")
+
+
+def test_inspect_json_and_text(tmp_path, capsys):
+    path = write_session(tmp_path / "s.h5")
+    assert main(["inspect", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert JSON_KEYS <= set(summary)
+    assert summary["kinds"] == ["spikes", "continuous"] and summary["n_units"] == 2 and summary["n_spikes"] == 3
+    assert summary["duration_s"] == 4.0 and summary["sampling_rate"] == 100.0 and summary["n_channels"] == 2
+    assert summary["atlases"] == ["desikan"] and summary["behavior"] == ["speed"]
+    assert summary["events"] == ["cues"] and summary["intervals"] == ["trials"] and summary["session_id"] == "demo"
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "session demo" in text and "2 units, 3 spikes" in text and "atlases: desikan" in text
+
+
+def test_inspect_bad_files(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "none.h5")]) == 2
+    assert "none.h5: no such session file" in capsys.readouterr().err
+    path = write_session(tmp_path / "s.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[:3000])
+    assert main(["inspect", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cut}: /: cannot be opened as HDF5" in err and "write it again" in err
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f.attrs["neurofm_format"] = FORMAT_VERSION + 1
+    assert main(["inspect", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "neurofm_format" in err and "newer" in err and "pip install -U neurofm" in err
+
+
+def test_convert_ieeg_with_nan_option(tmp_path, capsys):
+    data = np.ones((300, 3), dtype=np.float32)
+    data[120, 1] = np.nan
+    vhdr = write_brainvision(tmp_path / "rec", data, ["L1", "L2", "L3"])
+    (tmp_path / "rec_electrodes.tsv").write_text("name\tx\ty\tz\taal\nL1\t1\t2\t3\tPrecentral_L\nL2\t4\t5\t6\tn/a\n")
+    out = tmp_path / "s.h5"
+    assert main(["convert", "ieeg", str(vhdr), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(vhdr) in err and "channel L2 at t = 1.2000 s" in err and "--nan mark-bad" in err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    assert main(["convert", "ieeg", str(vhdr), str(out), "--nan", "mark-bad", "--session-id", "p1",
+                 "--coordinate-unit", "mm"]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {out}" in captured.out
+    assert "1 of 3 channels have no electrode row" in captured.err  # converter warnings shown as notes
+    with Session(out) as s:
+        assert s.session_id == "p1" and s.channels().bad.tolist() == [False, True, False]
+        assert s.channels().regions["aal"].tolist() == ["Precentral_L", "", ""]
+    assert main(["convert", "ieeg", str(vhdr), str(out), "--nan", "mark-bad", "--no-overwrite"]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_convert_errors_write_nothing(tmp_path, capsys):
+    out = tmp_path / "s.h5"
+    assert main(["convert", "nwb", str(tmp_path / "missing.nwb"), str(out)]) == 2
+    assert "missing.nwb: no such NWB file" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.nwb"
+    bogus.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    assert main(["convert", "nwb", str(bogus), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bogus}: /: cannot be opened as NWB" in err and "truncated" in err
+    vhdr = write_brainvision(tmp_path / "rec", np.zeros((100, 2), dtype=np.float32), ["A", "B"])
+    tsv = tmp_path / "wrong_electrodes.tsv"
+    tsv.write_text("name\tx\ty\tz\nQ1\t1\t2\t3\n")
+    assert main(["convert", "ieeg", str(vhdr), str(out), "--electrodes", str(tsv)]) == 2
+    err = capsys.readouterr().err
+    assert str(tsv) in err and str(vhdr) in err and "['Q1']" in err and "['A', 'B']" in err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+@needs_shared
+def test_linear_track_through_the_console_script(tmp_path):
+    """The installed entry point, end to end, on the real NWB recording."""
+    out = tmp_path / "lt.h5"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    cmd = [sys.executable, "-c", "import sys; from neurofm.cli import main; sys.exit(main(sys.argv[1:]))"]
+    done = subprocess.run(cmd + ["convert", "nwb", str(SHARED / "spikes" / "linear-track.nwb"), str(out)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "repeat the previous timestamp" in done.stderr  # the one duplicated camera stamp, reported
+    done = subprocess.run(cmd + ["inspect", str(out), "--json"], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=120)
+    summary = json.loads(done.stdout)
+    assert summary["n_units"] == 31 and summary["n_spikes"] == 28_829 and summary["behavior"] == ["position"]
+    assert summary["kinds"] == ["spikes"] and summary["session_id"] == "linear-track"
+    assert summary["duration_s"] > 1968.0
+
+
+@needs_shared
+def test_sample_seeg_inspect(tmp_path, capsys):
+    out = tmp_path / "seeg.h5"
+    ieeg = SHARED / "ieeg"
+    assert main(["convert", "ieeg", str(ieeg / "sample_seeg.edf"), str(out), "--electrodes",
+                 str(ieeg / "sample_seeg_electrodes.tsv")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_channels"] == 98 and summary["sampling_rate"] == 1000.0 and summary["duration_s"] == 20.0
+    assert set(summary["atlases"]) == {"destriuex", "desikan-killiany"}
+    assert summary["events"] == ["annotations"] and summary["n_events"] == {"annotations": 3}
