@@ -1,0 +1,457 @@
+"""Simple baselines that every neurofm number is reported against (DESIGN.md 8).
+
+- Spikes: :class:`MeanRatePoisson` (each unit's training mean rate, the floor of bits/spike)
+  and :class:`PoissonGLM` (each unit's next-bin count from a few bins of every unit's
+  history: the classic coupled GLM of Pillow et al., 2008).
+- Behaviour: :class:`SpikeRidgeDecoder` (ridge regression from lagged binned counts).
+- iEEG classification: :class:`BandPowerRidge` (ridge on log band power per channel).
+
+Each baseline is fitted on a training block and scored on a held-out block with the same
+metrics as the models (:mod:`neurofm.metrics`). Helpers turn session data into arrays:
+:func:`bin_spikes`, :func:`bin_timeseries`, :func:`aligned_counts`, :func:`history_features`,
+:func:`band_power`. Everything is vectorised NumPy/SciPy; nothing loops over spikes or bins.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import optimize, signal, sparse
+
+from neurofm import metrics
+
+__all__ = [
+    "bin_spikes", "bin_timeseries", "aligned_counts", "history_features", "band_power", "BANDS",
+    "MeanRatePoisson", "PoissonGLM", "Ridge", "SpikeRidgeDecoder", "BandPowerRidge",
+]
+
+# Canonical iEEG bands (Hz), [low, high).
+BANDS: dict[str, tuple[float, float]] = {
+    "delta": (1.0, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
+    "gamma": (30.0, 70.0), "high_gamma": (70.0, 150.0),
+}
+DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
+
+
+def _n_bins(t0: float, t1: float, bin_size: float) -> int:
+    if not bin_size > 0:
+        raise ValueError(f"bin_size must be positive, got {bin_size}")
+    if not t1 > t0:
+        raise ValueError(f"need t1 > t0, got [{t0}, {t1}]")
+    return int(np.floor((t1 - t0) / bin_size + 1e-9))
+
+
+def bin_spikes(times, unit_index, n_units: int, t0: float, t1: float, bin_size: float) -> np.ndarray:
+    """Spike counts per bin: ``(T, N)`` int64 with ``T = floor((t1 - t0) / bin_size)``.
+
+    Bin ``k`` covers ``[t0 + k * bin_size, t0 + (k + 1) * bin_size)``; spikes outside the
+    ``T`` whole bins are dropped. ``times`` (s) and ``unit_index`` (int, < ``n_units``) pair up.
+    """
+    times = np.asarray(times, dtype=np.float64).ravel()
+    unit_index = np.asarray(unit_index, dtype=np.int64).ravel()
+    if times.shape != unit_index.shape:
+        raise ValueError(f"bin_spikes: {times.size} times but {unit_index.size} unit indices")
+    if unit_index.size and (unit_index.min() < 0 or unit_index.max() >= n_units):
+        raise ValueError(f"bin_spikes: unit_index must be in [0, {n_units})")
+    T = _n_bins(t0, t1, bin_size)
+    k = np.floor((times - t0) / bin_size).astype(np.int64)
+    keep = (k >= 0) & (k < T)
+    flat = np.bincount(k[keep] * n_units + unit_index[keep], minlength=T * n_units)
+    return flat.reshape(T, n_units).astype(np.int64)
+
+
+def bin_timeseries(timestamps, values, t0: float, t1: float, bin_size: float) -> np.ndarray:
+    """Mean of a sampled variable (e.g. behaviour) in each bin of :func:`bin_spikes`.
+
+    ``values`` (S,) or (S, D) at ``timestamps`` (S,) s. Returns (T,) or (T, D) float64 with
+    NaN in bins that hold no sample (drop those bins before fitting or scoring).
+    """
+    ts = np.asarray(timestamps, dtype=np.float64).ravel()
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[:1] != ts.shape:
+        raise ValueError(f"bin_timeseries: {ts.size} timestamps but values of shape {values.shape}")
+    v2 = values.reshape(len(ts), -1)
+    T = _n_bins(t0, t1, bin_size)
+    k = np.floor((ts - t0) / bin_size).astype(np.int64)
+    keep = (k >= 0) & (k < T)
+    n = np.bincount(k[keep], minlength=T).astype(np.float64)
+    sums = np.stack([np.bincount(k[keep], weights=v2[keep, d], minlength=T) for d in range(v2.shape[1])], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n[:, None] > 0, sums / n[:, None], np.nan)
+    return mean[:, 0] if values.ndim == 1 else mean
+
+
+def aligned_counts(times, unit_index, n_units: int, onsets, t_before: float, t_after: float,
+                   bin_size: float) -> np.ndarray:
+    """Counts in bins aligned to each onset: ``(K, T, N)`` for K onsets (PSTHs, :func:`metrics.psth_r`).
+
+    Trial ``k`` covers ``[onsets[k] - t_before, onsets[k] + t_after)`` in
+    ``T = floor((t_before + t_after) / bin_size)`` bins. ``times`` must be sorted (as
+    session files store them).
+    """
+    times = np.asarray(times, dtype=np.float64).ravel()
+    unit_index = np.asarray(unit_index, dtype=np.int64).ravel()
+    onsets = np.asarray(onsets, dtype=np.float64).ravel()
+    if times.shape != unit_index.shape:
+        raise ValueError(f"aligned_counts: {times.size} times but {unit_index.size} unit indices")
+    if times.size > 1 and np.any(np.diff(times) < 0):
+        raise ValueError("aligned_counts: spike times must be sorted")
+    T = _n_bins(-t_before, t_after, bin_size)
+    starts = onsets - t_before
+    i0 = np.searchsorted(times, starts, side="left")
+    i1 = np.searchsorted(times, onsets + t_after, side="left")
+    n = i1 - i0
+    trial = np.repeat(np.arange(onsets.size), n)
+    # index of every selected spike: i0[trial] + position within its trial
+    within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    idx = i0[trial] + within
+    k = np.floor((times[idx] - starts[trial]) / bin_size).astype(np.int64)
+    keep = (k >= 0) & (k < T)
+    flat = np.bincount((trial[keep] * T + k[keep]) * n_units + unit_index[idx][keep],
+                       minlength=onsets.size * T * n_units)
+    return flat.reshape(onsets.size, T, n_units)
+
+
+def history_features(counts, n_lags: int, *, include_current: bool = False, context=None) -> np.ndarray:
+    """Lagged copies of every unit's counts: ``(T, n_lags * N)``, lag-major columns.
+
+    Column block ``l`` holds ``counts[t - lag]`` with ``lag = l + 1`` (``include_current=False``:
+    only the past, as an encoding model needs) or ``lag = l`` (``include_current=True``: the
+    current bin too, as a decoder may use). Bins before the start come from ``context``
+    ((Tc, N) counts that precede ``counts``, e.g. the end of the training block) or are 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2:
+        raise ValueError(f"history_features: counts must be (T, N), got shape {counts.shape}")
+    if n_lags < 1:
+        raise ValueError(f"history_features: n_lags must be >= 1, got {n_lags}")
+    T, N = counts.shape
+    pad = np.zeros((n_lags, N))
+    if context is not None:
+        context = np.asarray(context, dtype=np.float64)
+        if context.ndim != 2 or context.shape[1] != N:
+            raise ValueError(f"history_features: context must be (Tc, {N}), got shape {context.shape}")
+        pad = np.concatenate([pad, context])[-n_lags:]
+    full = np.concatenate([pad, counts])  # row n_lags + t is bin t
+    first = 0 if include_current else 1
+    return np.concatenate([full[n_lags - lag: n_lags - lag + T] for lag in range(first, first + n_lags)], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# spike encoding baselines
+# --------------------------------------------------------------------------------------------
+
+
+class MeanRatePoisson:
+    """Each unit fires at its training mean rate: the null model of bits/spike.
+
+    ``fit(counts (T, N))``; ``predict(n_bins) -> (n_bins, N)`` rates in spikes per bin. On
+    held-out data it scores slightly below 0 bits/spike (the NLB null uses the held-out mean).
+    """
+
+    def fit(self, counts) -> "MeanRatePoisson":
+        counts = np.asarray(counts, dtype=np.float64)
+        if counts.ndim != 2:
+            raise ValueError(f"MeanRatePoisson.fit: counts must be (T, N), got shape {counts.shape}")
+        self.rate_ = counts.mean(axis=0)  # (N,) spikes per bin
+        return self
+
+    def predict(self, n_bins: int) -> np.ndarray:
+        return np.broadcast_to(self.rate_, (int(n_bins), self.rate_.size)).copy()
+
+
+class PoissonGLM:
+    """Coupled Poisson GLM: each unit's count in bin t from the last ``n_history`` bins of all units.
+
+    ``rate[t, i] = exp(b_i + sum_{lag, j} coupling[lag - 1, i, j] * counts[t - lag, j] + covariates[t] @ beta_i)``
+
+    fitted by maximising the Poisson log-likelihood with an L2 penalty ``l2 / 2 * ||w||^2``
+    on all weights but the biases (a N(0, 1 / l2) prior on the effect of one spike on the
+    log-rate), jointly for all units with L-BFGS (analytic gradient; the history design is
+    sparse, so each evaluation is two sparse matrix products). With ``n_history * bin_size``
+    spanning the coupling time constant, the GLM captures the directed interactions that a
+    mean-rate model cannot.
+
+    ``l2`` may be a sequence: each value is then fitted on the first ``1 - val_fraction`` of
+    the training bins and scored (bits/spike) on the rest, and the best is refitted on all.
+    Few spikes per unit and many units call for a strong penalty (the default 10 keeps a
+    30-unit, 4-lag model from overfitting a couple of minutes of data).
+    """
+
+    def __init__(self, n_history: int = 5, l2: float | Sequence[float] = 10.0, val_fraction: float = 0.2,
+                 max_iter: int = 500, tol: float = 1e-7):
+        self.n_history = int(n_history)
+        self.l2s = np.atleast_1d(np.asarray(l2, dtype=np.float64))
+        if (self.l2s < 0).any():
+            raise ValueError(f"PoissonGLM: l2 must be >= 0, got {l2}")
+        self.val_fraction, self.max_iter, self.tol = float(val_fraction), int(max_iter), float(tol)
+
+    def _design(self, counts, covariates, context):
+        X = history_features(counts, self.n_history, include_current=False, context=context)
+        if covariates is not None:
+            cov = np.asarray(covariates, dtype=np.float64).reshape(len(X), -1)
+            X = np.concatenate([X, (cov - self.cov_mean_) / self.cov_std_], axis=1)
+        if X.size and np.count_nonzero(X) < 0.2 * X.size:
+            return sparse.csr_matrix(X)
+        return X
+
+    def _fit_weights(self, X, Y, l2: float, theta0: np.ndarray | None = None):
+        T, N = Y.shape
+        F = X.shape[1]
+        XT = X.T.tocsr() if sparse.issparse(X) else X.T
+
+        def objective(theta):
+            Wb = theta.reshape(F + 1, N)
+            eta = np.clip(X @ Wb[:F] + Wb[F], -30.0, 20.0)  # (T, N)
+            mu = np.exp(eta)
+            resid = mu - Y
+            loss = (mu - Y * eta).sum() + 0.5 * l2 * (Wb[:F] ** 2).sum()
+            grad = np.concatenate([XT @ resid + l2 * Wb[:F], resid.sum(axis=0, keepdims=True)])
+            return loss / T, grad.ravel() / T
+
+        if theta0 is None:
+            theta0 = np.zeros((F + 1, N))
+            theta0[F] = np.log(Y.mean(axis=0) + 1e-3)
+        res = optimize.minimize(objective, theta0.ravel(), jac=True, method="L-BFGS-B",
+                                options={"maxiter": self.max_iter, "gtol": self.tol})
+        return res.x.reshape(F + 1, N), res
+
+    def fit(self, counts, covariates=None) -> "PoissonGLM":
+        """``counts`` (T, N) training counts in time order; ``covariates`` (T, D) optional extra
+        regressors (e.g. binned speed), standardised internally."""
+        Y = np.asarray(counts, dtype=np.float64)
+        if Y.ndim != 2:
+            raise ValueError(f"PoissonGLM.fit: counts must be (T, N), got shape {Y.shape}")
+        T, N = Y.shape
+        self.has_covariates_ = covariates is not None
+        if covariates is not None:
+            cov = np.asarray(covariates, dtype=np.float64).reshape(T, -1)
+            if len(cov) != T:
+                raise ValueError(f"PoissonGLM.fit: {len(cov)} covariate rows for {T} bins")
+            self.cov_mean_, self.cov_std_ = cov.mean(axis=0), np.where(cov.std(axis=0) > 0, cov.std(axis=0), 1.0)
+        X = self._design(Y, covariates, None)  # (T, F)
+        theta = None
+        if self.l2s.size > 1:
+            n_fit = int(T * (1 - self.val_fraction))
+            Xv = X[n_fit:]
+            self.val_bits_per_spike_ = []
+            for l2 in np.sort(self.l2s)[::-1]:  # strong to weak penalty, warm-started
+                theta, _ = self._fit_weights(X[:n_fit], Y[:n_fit], l2, theta)
+                rates = np.exp(np.clip(Xv @ theta[:-1] + theta[-1], -30.0, 20.0))
+                self.val_bits_per_spike_.append((l2, metrics.bits_per_spike(rates, Y[n_fit:],
+                                                                            null_rates=Y[:n_fit].mean(axis=0))))
+            self.l2_ = max(self.val_bits_per_spike_, key=lambda pair: pair[1])[0]
+        else:
+            self.l2_ = float(self.l2s[0])
+        Wb, res = self._fit_weights(X, Y, self.l2_)
+        F = X.shape[1]
+        self.weights_, self.bias_ = Wb[:F], Wb[F]  # (F, N), (N,)
+        self.n_units_, self.converged_, self.n_iter_ = N, bool(res.success), int(res.nit)
+        return self
+
+    @property
+    def coupling_(self) -> np.ndarray:
+        """``(n_history, N, N)``: ``coupling_[lag - 1, i, j]`` = effect of one spike of j, ``lag``
+        bins ago, on i's log-rate (same convention as the simulator's ground truth)."""
+        N = self.n_units_
+        return self.weights_[: self.n_history * N].reshape(self.n_history, N, N).transpose(0, 2, 1)
+
+    def predict(self, counts, covariates=None, context=None) -> np.ndarray:
+        """One-step-ahead rates ``(T, N)`` (spikes per bin) for bins with observed ``counts``
+        (T, N): each bin from the recorded history before it. ``context`` (Tc, N): counts
+        just before ``counts`` (e.g. the training block's end) so the first bins have history."""
+        if (covariates is not None) != self.has_covariates_:
+            raise ValueError("PoissonGLM.predict: pass covariates exactly when the model was fitted with them")
+        X = self._design(counts, covariates, context)
+        return np.exp(np.clip(X @ self.weights_ + self.bias_, -30.0, 20.0))
+
+
+# --------------------------------------------------------------------------------------------
+# ridge regression and decoders
+# --------------------------------------------------------------------------------------------
+
+
+class Ridge:
+    """Ridge regression in closed form, ``alpha`` chosen on a contiguous inner validation block.
+
+    Features are standardised with training statistics and targets centred, so ``alpha`` is
+    on the scale of the number of samples. With several ``alphas``, the model is fitted on
+    the first ``1 - val_fraction`` of the training samples (minus ``gap`` samples at the
+    boundary, so autocorrelated neighbours do not leak) and scored on the last
+    ``val_fraction``; the best alpha (``score``, default negative MSE) is refitted on all
+    training samples. Samples must be in time order. One eigendecomposition of ``X^T X``
+    serves every alpha.
+    """
+
+    def __init__(self, alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2, gap: int = 0,
+                 score: Callable[[np.ndarray, np.ndarray], float] | None = None):
+        self.alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+        if (self.alphas < 0).any():
+            raise ValueError(f"Ridge: alphas must be >= 0, got {self.alphas}")
+        self.val_fraction, self.gap = float(val_fraction), int(gap)
+        self.score = score or (lambda y, p: -float(np.mean((y - p) ** 2)))
+
+    @staticmethod
+    def _solve(X, Y, alphas):
+        """Standardise, then return (mean, std, y_mean, list of (F, D) weights per alpha)."""
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        Z = (X - mu) / sd
+        y_mean = Y.mean(axis=0)
+        evals, evecs = np.linalg.eigh(Z.T @ Z)
+        proj = evecs.T @ (Z.T @ (Y - y_mean))  # (F, D)
+        weights = [evecs @ (proj / (np.clip(evals, 0, None) + a)[:, None]) for a in alphas]
+        return mu, sd, y_mean, weights
+
+    def fit(self, X, y) -> "Ridge":
+        """``X`` (n, F) features, ``y`` (n,) or (n, D) targets, in time order."""
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(y, dtype=np.float64)
+        self._one_d = Y.ndim == 1
+        Y = Y.reshape(len(Y), -1)
+        if X.ndim != 2 or len(X) != len(Y):
+            raise ValueError(f"Ridge.fit: X must be (n, F) and y (n,) or (n, D); got {X.shape} and {np.shape(y)}")
+        if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+            raise ValueError("Ridge.fit: X or y contains NaN/inf; drop those samples first")
+        alphas = self.alphas
+        if alphas.size > 1:
+            n_fit = int(len(X) * (1 - self.val_fraction))
+            train, val = slice(0, max(n_fit - self.gap, 1)), slice(n_fit, len(X))
+            if n_fit - self.gap < 2 or len(X) - n_fit < 2:
+                raise ValueError(f"Ridge.fit: {len(X)} samples are too few to choose alpha on an inner "
+                                 f"validation block; pass a single alpha")
+            mu, sd, y_mean, weights = self._solve(X[train], Y[train], alphas)
+            Zv = (X[val] - mu) / sd
+            self.val_scores_ = np.array([self.score(Y[val], Zv @ w + y_mean) for w in weights])
+            self.alpha_ = float(alphas[int(np.nanargmax(self.val_scores_))])
+        else:
+            self.alpha_ = float(alphas[0])
+        self.x_mean_, self.x_std_, self.y_mean_, (self.coef_,) = self._solve(X, Y, [self.alpha_])
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """``(n,)`` or ``(n, D)`` predictions, matching the training targets."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:
+            raise ValueError(f"Ridge.predict: X must be (n, {self.coef_.shape[0]}), got {X.shape}")
+        out = (X - self.x_mean_) / self.x_std_ @ self.coef_ + self.y_mean_
+        return out[:, 0] if self._one_d else out
+
+
+class SpikeRidgeDecoder:
+    """Ridge from binned counts with history to behaviour (the DESIGN.md 8 floor).
+
+    Features for bin t: every unit's counts in bins ``t - n_history + 1 .. t`` (the current
+    bin and ``n_history - 1`` before it; :func:`history_features` with ``include_current``).
+    ``fit(counts (T, N), y (T,) or (T, D))``, ``predict(counts, context) -> (T,) or (T, D)``.
+    Bins with NaN targets are dropped from the fit (their features still serve as history).
+    """
+
+    def __init__(self, n_history: int = 6, alphas: float | Sequence[float] = DEFAULT_ALPHAS,
+                 val_fraction: float = 0.2, gap: int = 0):
+        self.n_history = int(n_history)
+        self.ridge = Ridge(alphas, val_fraction=val_fraction, gap=gap)
+
+    def features(self, counts, context=None) -> np.ndarray:
+        return history_features(counts, self.n_history, include_current=True, context=context)
+
+    def fit(self, counts, y) -> "SpikeRidgeDecoder":
+        X = self.features(counts)
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(X):
+            raise ValueError(f"SpikeRidgeDecoder.fit: {len(X)} bins of counts but {len(y)} targets")
+        ok = np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+        self.ridge.fit(X[ok], y[ok])
+        return self
+
+    def predict(self, counts, context=None) -> np.ndarray:
+        return self.ridge.predict(self.features(counts, context))
+
+
+# --------------------------------------------------------------------------------------------
+# iEEG: band power
+# --------------------------------------------------------------------------------------------
+
+
+def band_power(x, sampling_rate: float, bands: Mapping[str, tuple[float, float]] | None = None,
+               *, log: bool = True) -> np.ndarray:
+    """Mean power spectral density per band (Welch): ``(..., C, n_bands)`` for ``x`` (..., C, T).
+
+    Welch segments of ``min(T, sampling_rate / 2)`` samples (2 Hz resolution) with 50%
+    overlap; ``log`` returns log10 power, which makes band powers roughly Gaussian and
+    comparable across bands. Every band must contain at least one frequency bin below
+    Nyquist (choose bands for the sampling rate; :class:`BandPowerRidge` does).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    bands = dict(BANDS if bands is None else bands)
+    if x.ndim < 1 or x.shape[-1] < 4:
+        raise ValueError(f"band_power: x must be (..., C, T) with T >= 4 samples, got shape {x.shape}")
+    nperseg = int(min(x.shape[-1], max(4, sampling_rate // 2)))
+    freqs, psd = signal.welch(x, fs=sampling_rate, nperseg=nperseg, axis=-1)
+    out = []
+    for name, (lo, hi) in bands.items():
+        sel = (freqs >= lo) & (freqs < hi)
+        if not sel.any():
+            raise ValueError(f"band_power: band {name!r} [{lo}, {hi}) Hz holds no frequency bin at "
+                             f"{sampling_rate} Hz sampling with {nperseg}-sample segments; drop or widen it")
+        out.append(psd[..., sel].mean(axis=-1))
+    power = np.stack(out, axis=-1)
+    return np.log10(power + 1e-20) if log else power
+
+
+class BandPowerRidge:
+    """Ridge classifier on log band power per channel: the iEEG baseline of DESIGN.md 8.
+
+    Features: :func:`band_power` of every channel in each band below Nyquist, flattened
+    (C * n_bands). Classes are regressed one-vs-rest on +-1 targets (binary: one column);
+    ``alpha`` is chosen by AUROC on the last ``val_fraction`` of the (time-ordered) training
+    segments. ``decision_function`` gives scores for :func:`neurofm.metrics.auroc`.
+    """
+
+    def __init__(self, sampling_rate: float, bands: Mapping[str, tuple[float, float]] | None = None,
+                 alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2):
+        self.sampling_rate = float(sampling_rate)
+        nyquist = self.sampling_rate / 2
+        bands = dict(BANDS if bands is None else bands)
+        self.bands = {k: (lo, min(hi, nyquist)) for k, (lo, hi) in bands.items() if lo < nyquist - 2.0}
+        self.alphas, self.val_fraction = alphas, val_fraction
+
+    def features(self, segments) -> np.ndarray:
+        """``(B, C, T)`` segments -> ``(B, C * n_bands)`` log band powers."""
+        segments = np.asarray(segments, dtype=np.float64)
+        if segments.ndim != 3:
+            raise ValueError(f"BandPowerRidge: segments must be (B, C, T), got shape {segments.shape}")
+        bp = band_power(segments, self.sampling_rate, self.bands)
+        return bp.reshape(len(segments), -1)
+
+    def _auroc_score(self, Y, P) -> float:
+        labels = np.argmax(Y, axis=1) if Y.shape[1] > 1 else (Y[:, 0] > 0).astype(int)
+        try:
+            return metrics.auroc(labels, P if P.shape[1] > 1 else P[:, 0])
+        except ValueError:  # one class only in the validation block: fall back to MSE
+            return -float(np.mean((Y - P) ** 2))
+
+    def fit(self, segments, labels) -> "BandPowerRidge":
+        """``segments`` (B, C, T) in time order, ``labels`` (B,) int class indices ``0..K-1``."""
+        labels = np.asarray(labels)
+        X = self.features(segments)
+        if labels.shape != (len(X),):
+            raise ValueError(f"BandPowerRidge.fit: labels must be ({len(X)},), got shape {labels.shape}")
+        self.classes_ = np.unique(labels)
+        if self.classes_.size < 2:
+            raise ValueError("BandPowerRidge.fit: training labels hold a single class")
+        onehot = (labels[:, None] == self.classes_[None, :]).astype(np.float64) * 2 - 1  # (B, K)
+        Y = onehot[:, 1:] if self.classes_.size == 2 else onehot
+        self.ridge = Ridge(self.alphas, val_fraction=self.val_fraction, score=self._auroc_score).fit(X, Y)
+        return self
+
+    def decision_function(self, segments) -> np.ndarray:
+        """Scores: ``(B,)`` for two classes (higher = ``classes_[1]``), else ``(B, K)``."""
+        scores = self.ridge.predict(self.features(segments))
+        return scores[:, 0] if self.classes_.size == 2 else scores
+
+    def predict(self, segments) -> np.ndarray:
+        scores = self.decision_function(segments)
+        idx = (scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
+        return self.classes_[idx]

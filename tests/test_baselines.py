@@ -1,0 +1,175 @@
+"""Baselines on simulated sessions: each must find the structure the generator put there."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from neurofm import baselines, metrics
+from neurofm.data import synthetic
+from neurofm.data.session import Session
+
+N_UNITS, DURATION = 30, 150.0
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory) -> dict:
+    path = synthetic.simulate_spikes(tmp_path_factory.mktemp("net") / "net.h5", n_units=N_UNITS,
+                                     duration=DURATION, seed=1)
+    with Session(path) as s:
+        times, units = s.spikes()
+        ts, speed = s.behavior("speed")
+        W = s.ground_truth()["connectivity"]
+    return dict(times=times, units=units, speed_t=ts, speed=speed, W=W)
+
+
+# --------------------------------------------------------------------------------------------
+# binning helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_bin_spikes_counts_and_edges():
+    times = np.array([0.0, 0.05, 0.099, 0.1, 0.25, 0.31, -0.01, 0.4])
+    units = np.array([0, 1, 0, 0, 2, 1, 0, 2])
+    counts = baselines.bin_spikes(times, units, 3, 0.0, 0.3, 0.1)
+    assert counts.shape == (3, 3)
+    np.testing.assert_array_equal(counts, [[2, 1, 0], [1, 0, 0], [0, 0, 1]])  # 0.31, 0.4, -0.01 dropped
+    with pytest.raises(ValueError, match="unit_index"):
+        baselines.bin_spikes(times, units + 5, 3, 0.0, 0.3, 0.1)
+
+
+def test_bin_timeseries_means_and_gaps():
+    ts = np.array([0.0, 0.02, 0.11, 0.35])
+    v = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0], [7.0, 70.0]])
+    out = baselines.bin_timeseries(ts, v, 0.0, 0.4, 0.1)
+    np.testing.assert_allclose(out[[0, 1, 3]], [[2.0, 20.0], [5.0, 50.0], [7.0, 70.0]])
+    assert np.isnan(out[2]).all()
+    assert baselines.bin_timeseries(ts, v[:, 0], 0.0, 0.4, 0.1).shape == (4,)
+
+
+def test_aligned_counts_matches_bin_spikes(network):
+    times, units = network["times"], network["units"]
+    onsets = np.array([10.0, 33.3, 70.05])
+    trials = baselines.aligned_counts(times, units, N_UNITS, onsets, 0.2, 0.5, 0.05)
+    assert trials.shape == (3, 14, N_UNITS)
+    for k, t in enumerate(onsets):
+        np.testing.assert_array_equal(trials[k], baselines.bin_spikes(times, units, N_UNITS, t - 0.2, t + 0.5, 0.05))
+
+
+def test_history_features_lags_and_context():
+    counts = np.arange(10.0).reshape(5, 2)
+    past = baselines.history_features(counts, 2)
+    np.testing.assert_array_equal(past[2], [2, 3, 0, 1])  # bin 2: lag 1 = bin 1, lag 2 = bin 0
+    np.testing.assert_array_equal(past[0], 0)
+    with_now = baselines.history_features(counts, 2, include_current=True, context=np.array([[-1.0, -2.0]]))
+    np.testing.assert_array_equal(with_now[0], [0, 1, -1, -2])
+
+
+# --------------------------------------------------------------------------------------------
+# spike encoding: GLM vs mean rate
+# --------------------------------------------------------------------------------------------
+
+
+def test_glm_recovers_history_effects_better_than_mean_rate(network):
+    counts = baselines.bin_spikes(network["times"], network["units"], N_UNITS, 0.0, DURATION, 0.005)
+    n = int(0.8 * len(counts))  # first 80% train, last 20% test
+    train, test = counts[:n], counts[n:]
+    glm = baselines.PoissonGLM(n_history=4).fit(train)
+    assert glm.converged_
+    rates_glm = glm.predict(test, context=train)
+    rates_mean = baselines.MeanRatePoisson().fit(train).predict(len(test))
+    assert rates_glm.shape == rates_mean.shape == test.shape
+    bps_glm = metrics.bits_per_spike(rates_glm, test)
+    bps_mean = metrics.bits_per_spike(rates_mean, test)
+    assert bps_mean < 0.005  # the training mean is no better than the held-out mean
+    assert bps_glm > bps_mean + 0.015
+    # the fitted lag-1 couplings follow the true W (row = target, column = source)
+    W = network["W"]
+    off = ~np.eye(N_UNITS, dtype=bool)
+    lag1 = glm.coupling_[0]
+    assert glm.coupling_.shape == (4, N_UNITS, N_UNITS)
+    assert np.corrcoef(lag1[off], W[off])[0, 1] > 0.35
+    assert np.corrcoef(lag1[off], W.T[off])[0, 1] < 0.2  # and not the transpose
+    assert np.mean(np.diag(lag1)) < -0.1  # self-inhibition (refractoriness)
+
+
+def test_glm_selects_penalty_and_takes_covariates(network):
+    counts = baselines.bin_spikes(network["times"], network["units"], N_UNITS, 0.0, 60.0, 0.02)
+    speed = baselines.bin_timeseries(network["speed_t"], network["speed"], 0.0, 60.0, 0.02)
+    glm = baselines.PoissonGLM(n_history=2, l2=(1.0, 100.0)).fit(counts, covariates=speed)
+    assert glm.l2_ in (1.0, 100.0) and len(glm.val_bits_per_spike_) == 2
+    assert glm.predict(counts[:10], covariates=speed[:10]).shape == (10, N_UNITS)
+    with pytest.raises(ValueError, match="covariates"):
+        glm.predict(counts[:10])
+
+
+# --------------------------------------------------------------------------------------------
+# behaviour decoding: ridge
+# --------------------------------------------------------------------------------------------
+
+
+def test_ridge_closed_form_matches_normal_equations():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = X @ np.array([1.0, -2.0, 0.0, 0.5, 3.0]) + 4.0 + 0.1 * rng.standard_normal(200)
+    model = baselines.Ridge(alphas=10.0).fit(X, y)
+    Z = (X - X.mean(0)) / X.std(0)
+    w = np.linalg.solve(Z.T @ Z + 10.0 * np.eye(5), Z.T @ (y - y.mean()))
+    np.testing.assert_allclose(model.coef_[:, 0], w, rtol=1e-8)
+    assert model.predict(X).shape == (200,)
+    # alpha chosen on an inner block: tiny noise -> a small alpha wins
+    chosen = baselines.Ridge().fit(X, y)
+    assert chosen.alpha_ <= 10.0 and metrics.r2_score(y, chosen.predict(X)) > 0.99
+
+
+def test_ridge_decodes_speed_on_held_out_block(network):
+    bin_size = 0.05
+    counts = baselines.bin_spikes(network["times"], network["units"], N_UNITS, 0.0, DURATION, bin_size)
+    speed = baselines.bin_timeseries(network["speed_t"], network["speed"], 0.0, DURATION, bin_size)
+    n = int(0.8 * len(counts))  # contiguous held-out block: the last 20% of the session
+    dec = baselines.SpikeRidgeDecoder(n_history=6, gap=20).fit(counts[:n], speed[:n])
+    pred = dec.predict(counts[n:], context=counts[:n])
+    r2 = metrics.r2_score(speed[n:], pred)
+    assert r2 > 0.3, f"held-out speed R2 {r2:.3f}"
+    assert metrics.pearson_r(speed[n:], pred) > 0.6
+    # shuffling time destroys it: the decoder uses the neural signal, not the target's mean
+    rng = np.random.default_rng(0)
+    shuffled = counts[:n][rng.permutation(n)]
+    null = baselines.SpikeRidgeDecoder(n_history=6).fit(shuffled, speed[:n]).predict(counts[n:], context=counts[:n])
+    assert metrics.r2_score(speed[n:], null) < r2 - 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# iEEG: band power classifier
+# --------------------------------------------------------------------------------------------
+
+
+def test_band_power_finds_the_right_band():
+    fs = 256.0
+    t = np.arange(512) / fs
+    rng = np.random.default_rng(0)
+    x = np.stack([np.sin(2 * np.pi * 10 * t), np.sin(2 * np.pi * 100 * t)]) + 0.01 * rng.standard_normal((2, 512))
+    bp = baselines.band_power(x, fs)
+    assert bp.shape == (2, 6)
+    names = list(baselines.BANDS)
+    assert names[int(np.argmax(bp[0]))] == "alpha" and names[int(np.argmax(bp[1]))] == "high_gamma"
+    with pytest.raises(ValueError, match="high_gamma"):
+        baselines.band_power(x, 100.0)  # 70-150 Hz is above Nyquist at 100 Hz
+
+
+def test_band_power_ridge_detects_speech_events(tmp_path):
+    path = synthetic.simulate_ieeg(tmp_path / "seeg.h5", n_channels=24, duration=300.0, sampling_rate=256.0,
+                                   n_regions=3, seed=2)
+    with Session(path) as s:
+        fs = s.sampling_rate
+        events = s.events("word_onset")
+        segments = np.stack([s.continuous(t, t + 0.5).T for t in events["onset"]])  # (B, C, T): 500 ms after onset
+    labels = (events["label"] == "speech").astype(int)
+    n = int(0.8 * len(labels))
+    clf = baselines.BandPowerRidge(fs).fit(segments[:n], labels[:n])
+    scores = clf.decision_function(segments[n:])
+    assert scores.shape == (len(labels) - n,)
+    auc = metrics.auroc(labels[n:], scores)
+    assert auc > 0.8, f"held-out AUROC {auc:.3f}"
+    assert set(clf.predict(segments[n:])) <= {0, 1}
