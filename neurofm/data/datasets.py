@@ -1,0 +1,808 @@
+"""Datasets over session files: Neuroformer spike windows and BaRISTA iEEG segments.
+
+Two access patterns, one reading code path each:
+
+* map-style (:class:`SpikeWindowDataset`, :class:`IEEGSegmentDataset`): ``dataset[i]`` reads
+  window ``i`` lazily from its session file (``Session.spikes(t0, t1)`` /
+  ``Session.continuous_samples``). Use them with :class:`~neurofm.data.samplers.BlockShuffleSampler`
+  and :func:`collate_spikes` / :func:`collate_ieeg`. Good for validation, small data and
+  random access.
+* streaming (:class:`StreamingSpikeDataset`, :class:`StreamingIEEGDataset`): walk many
+  sessions block by block (one file read per block of consecutive windows), shard by
+  distributed rank AND dataloader worker so each window is read exactly once per epoch
+  across all of them, shuffle blocks by ``(seed, epoch)`` and windows through a bounded
+  buffer, and yield collated batches. Memory is one block plus the buffer, whatever the
+  number or length of the sessions. Use with ``DataLoader(ds, batch_size=None)`` or
+  :class:`EpochDataLoader`.
+
+Windows come from :mod:`neurofm.data.splits`: a window is in a split only if everything it
+reads lies inside one of that split's time blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, shard_bounds, stream_pieces,
+                                   worker_info)
+from neurofm.data.segmenter import IEEGSegmenter
+from neurofm.data.session import Session
+from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
+from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
+
+def open_sessions(sessions) -> list[Session]:
+    """Session objects for paths (or Sessions, kept as they are)."""
+    if isinstance(sessions, (str, os.PathLike, Session)):
+        sessions = [sessions]
+    out = [s if isinstance(s, Session) else Session(s) for s in sessions]
+    if not out:
+        raise ValueError("no session files given")
+    return out
+
+
+def _warn_if_empty(session: Session, split: str | None, n: int, what: str) -> None:
+    if n == 0:
+        warnings.warn(f"{session.path}: no {what} fits wholly inside split {split!r} "
+                      f"(recording {session.t_start:.3f}..{session.t_end:.3f} s); this session adds nothing "
+                      f"to the split", stacklevel=3)
+
+
+def _split_blocks(session: Session, split: str | None, splits) -> Intervals:
+    """The time blocks of ``split`` in ``session`` (the whole recording for ``split=None``)."""
+    if split is None:
+        return Intervals([session.t_start], [session.t_end])
+    blocks = (splits or TimeBlockSplit())(session)
+    if split not in blocks:
+        raise KeyError(f"{session.path}: no split {split!r}; the splitter gives {list(blocks)}")
+    return blocks[split]
+
+
+# --------------------------------------------------------------------------------------------
+# behaviour and stimulus per window
+# --------------------------------------------------------------------------------------------
+
+
+def behavior_features(ts: np.ndarray, values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      seq_len: int = 0, max_gap: float = 0.25) -> dict[str, np.ndarray]:
+    """Per-window behaviour target and input samples, vectorised over windows.
+
+    ``ts`` (T,) s sorted, ``values`` (T,) or (T, D) (rows with NaN are ignored);
+    ``starts``/``ends`` (W,) window bounds. Returns ``mean`` (W, D) float32 (mean over samples
+    in ``[start, end)``, 0 where none), ``mask`` (W,) bool (there were samples), and when
+    ``seq_len > 0``: ``seq`` (W, Tb, D) float32 linearly interpolated at ``Tb`` evenly spaced
+    times (bin centres) inside each window, ``seq_t`` (W, Tb) those times relative to the
+    window start, ``seq_mask`` (W, Tb) True where the two samples around a time are at most
+    ``max_gap`` s apart (zeros elsewhere).
+    """
+    ts = np.asarray(ts, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64).reshape(len(ts), -1)
+    D = v.shape[1]
+    ok = np.isfinite(v).all(axis=1)
+    if not ok.all():
+        ts, v = ts[ok], v[ok]
+    starts, ends = np.asarray(starts, np.float64), np.asarray(ends, np.float64)
+    lo = np.searchsorted(ts, starts - _BOUNDARY_EPS_S, side="left")  # same window edges as the tokens
+    hi = np.searchsorted(ts, ends - _BOUNDARY_EPS_S, side="left")
+    cnt = hi - lo
+    cs = np.concatenate([np.zeros((1, D)), np.cumsum(v, axis=0)], axis=0)
+    mean = (cs[hi] - cs[lo]) / np.maximum(cnt, 1)[:, None]
+    out = {"mean": mean.astype(np.float32), "mask": cnt > 0}
+    if seq_len > 0:
+        W, n = len(starts), len(ts)
+        rel = (np.arange(seq_len) + 0.5)[None, :] * ((ends - starts) / seq_len)[:, None]  # (W, Tb)
+        q = starts[:, None] + rel
+        r = np.searchsorted(ts, q, side="right")
+        left = r - 1
+        lc, rc = np.clip(left, 0, max(n - 1, 0)), np.clip(r, 0, max(n - 1, 0))
+        if n:
+            exact = (left >= 0) & (ts[lc] == q)
+            both = (left >= 0) & (r < n) & (ts[rc] - ts[lc] <= max_gap)
+            span = np.where(both, ts[rc] - ts[lc], 1.0)
+            w = np.where(both, (q - ts[lc]) / span, 0.0)[..., None]
+            seq = v[lc] + w * (v[rc] - v[lc])
+            valid = exact | both
+            seq[~valid] = 0.0
+        else:
+            seq, valid = np.zeros((W, seq_len, D)), np.zeros((W, seq_len), bool)
+        out.update(seq=seq.astype(np.float32), seq_t=rel.astype(np.float32), seq_mask=valid)
+    return out
+
+
+def _frames_float(frames: np.ndarray) -> np.ndarray:
+    """Frames as float32; integer frames scaled to [0, 1] by their dtype's maximum."""
+    if frames.dtype.kind in "ui":
+        return frames.astype(np.float32) / float(np.iinfo(frames.dtype).max)
+    return frames.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# spike windows
+# --------------------------------------------------------------------------------------------
+
+
+class _SpikeReader:
+    """Reads and tokenizes windows of one session at a time (shared by both dataset kinds)."""
+
+    def __init__(self, sessions: list[Session], tokenizer: SpikeTokenizer, behavior: Sequence[str] = (),
+                 behavior_seq_len: int = 8, behavior_max_gap: float = 0.25, stimulus: str | None = None,
+                 stimulus_frames: int = 3, stimulus_window: float = 0.15):
+        self.sessions, self.tokenizer = sessions, tokenizer
+        self.behavior = [behavior] if isinstance(behavior, str) else list(behavior or ())
+        self.behavior_seq_len, self.behavior_max_gap = int(behavior_seq_len), float(behavior_max_gap)
+        self.stimulus, self.stimulus_frames, self.stimulus_window = stimulus, int(stimulus_frames), float(stimulus_window)
+        vocab = tokenizer.vocab
+        for s in sessions:
+            if "spikes" not in s.kinds:
+                raise ValueError(f"{s.path}: /spikes: missing; a spike dataset needs spike sessions "
+                                 f"(this one holds {s.kinds})")
+            vocab.bind(s.session_id, s.unit_ids)  # raises UnknownUnitError naming missing units
+            for name in self.behavior:
+                if name not in s.behavior_names:
+                    raise KeyError(f"{s.path}: /behavior/{name}: missing (available: {s.behavior_names})")
+            if stimulus is not None and stimulus not in s.stimulus_names:
+                raise KeyError(f"{s.path}: /stimulus/{stimulus}: missing (available: {s.stimulus_names})")
+
+    @property
+    def before(self) -> float:
+        """Seconds a window reads before its end (previous + current window, stimulus too)."""
+        tk = self.tokenizer
+        b = tk.window_curr + tk.window_prev
+        if self.stimulus is not None:
+            b = max(b, self.stimulus_window - tk.window_curr)
+        return b
+
+    @property
+    def after(self) -> float:
+        """Seconds after its end a window reads (the stimulus leads the spikes by one window)."""
+        return self.tokenizer.window_curr if self.stimulus is not None else 0.0
+
+    def read(self, s: int, ends: np.ndarray) -> dict[str, Any]:
+        """Batch-shaped numpy arrays (leading dim W) for windows of session ``s`` ending at ``ends``."""
+        session, tk = self.sessions[s], self.tokenizer
+        ends = np.asarray(ends, dtype=np.float64)
+        out: dict[str, Any] = tk.tokenize_session(session, ends)
+        out["session"] = np.full(len(ends), s, dtype=np.int64)
+        starts = ends - tk.window_curr
+        if self.behavior:
+            out.update(behavior={}, behavior_mask={})
+            if self.behavior_seq_len:
+                out.update(behavior_seq={}, behavior_seq_mask={})
+            g = self.behavior_max_gap
+            for name in self.behavior:
+                ts, vals = session.behavior(name, float(starts.min()) - g, float(ends.max()) + g)
+                f = behavior_features(ts, vals, starts, ends, self.behavior_seq_len, g)
+                out["behavior"][name], out["behavior_mask"][name] = f["mean"], f["mask"]
+                if self.behavior_seq_len:
+                    out["behavior_seq"][name], out["behavior_seq_mask"][name] = f["seq"], f["seq_mask"]
+                    out["behavior_seq_t"] = f["seq_t"]
+        if self.stimulus is not None:
+            out["stimulus"] = self._stimulus(session, ends + tk.window_curr)
+        return out
+
+    def _stimulus(self, session: Session, stim_end: np.ndarray) -> np.ndarray:
+        """The last ``stimulus_frames`` frames in ``[end - stimulus_window, end)`` per window, zero-padded."""
+        n, win = self.stimulus_frames, self.stimulus_window
+        eps = _BOUNDARY_EPS_S
+        ts, frames = session.stimulus(self.stimulus, float(stim_end.min()) - win - eps, float(stim_end.max()))
+        W = len(stim_end)
+        out = np.zeros((W, n) + tuple(frames.shape[1:]), dtype=np.float32)
+        if not len(ts):
+            return out
+        hi = np.searchsorted(ts, stim_end - eps, side="left")  # (W,)
+        lo = np.searchsorted(ts, stim_end - win - eps, side="left")
+        idx = hi[:, None] - n + np.arange(n)[None, :]  # (W, n) newest frame last
+        valid = idx >= lo[:, None]
+        fr = _frames_float(frames)
+        out[valid] = fr[idx[valid]]
+        return out
+
+
+def _row(batch: dict[str, Any], i: int) -> dict[str, Any]:
+    """Item ``i`` of a batch-shaped dict (nested dicts too)."""
+    return {k: (_row(v, i) if isinstance(v, dict) else v[i]) for k, v in batch.items()}
+
+
+def _spike_index(sessions: list[Session], reader: _SpikeReader, split: str | None, splits, stride: float | None
+                 ) -> WindowIndex:
+    stride = reader.tokenizer.window_curr if stride is None else float(stride)
+    parts = []
+    for s, session in enumerate(sessions):
+        blocks = _split_blocks(session, split, splits)
+        k0, count = grid_runs(blocks, session.t_start, stride, reader.before, reader.after)
+        _warn_if_empty(session, split, int(count.sum()), "spike window")
+        parts.append(WindowIndex.grid(s, session.t_start, stride, k0, count))
+    return WindowIndex.concat(parts)
+
+
+class SpikeWindowDataset(Dataset):
+    """Map-style Neuroformer windows over many session files, read lazily.
+
+    Window ``i`` is the current window ending at ``interval`` (on a per-session grid
+    ``t_start + k * stride``, default stride = ``window_curr``) with its previous window;
+    items are dicts of numpy arrays without a batch dimension (see :func:`collate_spikes`).
+
+    Args:
+        sessions: session file paths (or :class:`Session` objects); ``batch["session"]``
+            indexes this list.
+        tokenizer: the :class:`SpikeTokenizer`; its ``vocab`` must know every unit (build it
+            with ``UnitVocab.from_sessions``, or extend it for a new lab).
+        split: ``"train"``/``"valid"``/``"test"`` (names of ``splits``), or ``None`` for all.
+        splits: a splitter (``TimeBlockSplit()`` by default; ``BlockedKFold``, ``TrialSplit``).
+        behavior: behaviour variable names: per-window targets and input sequences.
+        behavior_seq_len: samples per window of the behaviour input (0 = no input sequence).
+        stimulus: stimulus stream name; ``stimulus_frames`` frames from the
+            ``stimulus_window`` s ending at ``interval + window_curr``.
+    """
+
+    def __init__(self, sessions, tokenizer: SpikeTokenizer, split: str | None = None, *, splits=None,
+                 stride: float | None = None, behavior: Sequence[str] = (), behavior_seq_len: int = 8,
+                 behavior_max_gap: float = 0.25, stimulus: str | None = None, stimulus_frames: int = 3,
+                 stimulus_window: float = 0.15):
+        self.sessions = open_sessions(sessions)
+        self.tokenizer, self.split = tokenizer, split
+        self.reader = _SpikeReader(self.sessions, tokenizer, behavior, behavior_seq_len, behavior_max_gap,
+                                   stimulus, stimulus_frames, stimulus_window)
+        self.index = _spike_index(self.sessions, self.reader, split, splits, stride)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def window(self, i: int) -> tuple[int, float]:
+        """``(session index, interval)`` of window ``i`` without reading it."""
+        s, t, _ = self.index.locate(i)
+        return s, t
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s, t, _ = self.index.locate(int(i))
+        return _row(self.reader.read(s, np.array([t])), 0)
+
+
+class _Streaming(IterableDataset):
+    """Shared epoch / shard / shuffle-buffer logic of the streaming datasets.
+
+    A subclass reads one piece (consecutive windows of one session) into a *block* with
+    ``_read_piece``, takes rows of blocks with ``_take(block, rows)`` and joins taken rows into
+    a batch with ``_join(parts)``. The shuffle buffer holds whole blocks and draws random
+    ``(block, row)`` pairs from them, so a batch is a few fancy-indexing gathers, not one
+    Python object per window.
+    """
+
+    index: WindowIndex
+    sessions: list[Session]
+
+    def _init_stream(self, batch_size: int, shuffle: bool, seed: int, block_windows: int, shuffle_buffer: int | None,
+                     rank: int | None, world_size: int | None, even_ranks: bool, num_workers: int,
+                     drop_last: bool) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
+        self.block_windows = max(int(block_windows), 1)
+        self.shuffle_buffer = 2 * self.block_windows if shuffle_buffer is None else max(int(shuffle_buffer), 0)
+        self._rank, self._world = rank, world_size
+        self.even_ranks, self.num_workers, self.drop_last = even_ranks, max(int(num_workers), 1), drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle (call before iterating; :class:`EpochDataLoader` does)."""
+        self.epoch = int(epoch)
+
+    def _ranks(self) -> tuple[int, int]:
+        r, w = distributed_info()
+        return (r if self._rank is None else self._rank), (w if self._world is None else self._world)
+
+    def _worker_batches(self, n: int) -> int:
+        b = self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __len__(self) -> int:
+        """Batches this rank yields in an epoch (over ``num_workers`` workers)."""
+        rank, world = self._ranks()
+        n = rank_share(len(self.index), rank, world, self.even_ranks)
+        return sum(self._worker_batches(hi - lo) for lo, hi in
+                   (shard_bounds(n, w, self.num_workers) for w in range(self.num_workers)))
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.index)
+
+    def _read_piece(self, blocks: WindowIndex, r: int, j0: int, j1: int):
+        raise NotImplementedError
+
+    @staticmethod
+    def _n_rows(block) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def _take(block, rows: np.ndarray):
+        raise NotImplementedError
+
+    @staticmethod
+    def _join(parts: list) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _merge(parts: list):
+        """One block made of the taken ``parts``, sharing no memory with their source blocks."""
+        raise NotImplementedError
+
+    def _emit(self, held: dict, bids: np.ndarray, rows: np.ndarray) -> dict[str, Any] | None:
+        parts = [self._take(held[b], rows[bids == b]) for b in np.unique(bids)]
+        parts = [p for p in parts if self._n_rows(p)]
+        return self._join(parts) if parts else None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = self._ranks()
+        worker, n_workers = worker_info()
+        blocks, pieces = stream_pieces(self.index, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                                       rank=rank, world_size=world, worker=worker, n_workers=n_workers,
+                                       block=self.block_windows, even_ranks=self.even_ranks)
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, rank, worker, 0x5EED])
+        B = self.batch_size
+        keep = self.shuffle_buffer if self.shuffle else 0  # windows held back for mixing
+        held: dict[int, Any] = {}  # block id -> block
+        pool_b = np.zeros(0, np.int64)  # (P,) block id of each buffered window
+        pool_r = np.zeros(0, np.int64)  # (P,) its row in the block
+        last_session = None
+        next_id = 0
+        for r, j0, j1 in pieces:
+            s = int(blocks.session[r])
+            if last_session is not None and last_session != s:
+                self.sessions[last_session].close()  # one open file per worker at a time
+            last_session = s
+            # Random draws leave a few rows of old blocks behind. Copy the rows left in blocks
+            # less than half full into ONE block, so a stray row never pins a whole block (memory
+            # stays ~ shuffle_buffer + one block) and a batch gathers from a few blocks only.
+            stale = [b for b in held if 2 * int(np.count_nonzero(pool_b == b)) < self._n_rows(held[b])]
+            if len(stale) > 1 or (stale and len(held) > 2):
+                parts, offset = [], 0
+                for b in stale:
+                    where = np.flatnonzero(pool_b == b)
+                    parts.append(self._take(held.pop(b), pool_r[where]))
+                    pool_b[where] = next_id
+                    pool_r[where] = offset + np.arange(len(where))
+                    offset += len(where)
+                held[next_id] = self._merge(parts)
+                next_id += 1
+            block = self._read_piece(blocks, r, j0, j1)
+            n = self._n_rows(block)
+            bid, next_id = next_id, next_id + 1
+            held[bid] = block
+            pool_b = np.concatenate([pool_b, np.full(n, bid)])
+            pool_r = np.concatenate([pool_r, np.arange(n)])
+            while len(pool_b) >= keep + B:
+                pick = rng.choice(len(pool_b), B, replace=False) if self.shuffle else np.arange(B)
+                out = self._emit(held, pool_b[pick], pool_r[pick])
+                pool_b, pool_r = np.delete(pool_b, pick), np.delete(pool_r, pick)
+                for b in set(held) - set(np.unique(pool_b).tolist()):
+                    del held[b]  # fully consumed
+                if out is not None:
+                    yield out
+        if last_session is not None:
+            self.sessions[last_session].close()
+        order = rng.permutation(len(pool_b)) if self.shuffle else np.arange(len(pool_b))
+        for i in range(0, len(order), B):
+            pick = order[i:i + B]
+            if len(pick) < B and self.drop_last:
+                break
+            out = self._emit(held, pool_b[pick], pool_r[pick])
+            if out is not None:
+                yield out
+
+
+def _auto_block(n_windows_per_s: float, items_per_s: float, target_items: float, lo: int, hi: int) -> int:
+    """Windows per block so that one block reads about ``target_items`` spikes (or samples)."""
+    if items_per_s <= 0 or n_windows_per_s <= 0:
+        return lo
+    return int(np.clip(round(target_items / items_per_s * n_windows_per_s), lo, hi))
+
+
+def _take_rows(batch: dict, rows: np.ndarray) -> dict:
+    return {k: (_take_rows(v, rows) if isinstance(v, dict) else v[rows]) for k, v in batch.items()}
+
+
+def _merge_arrays(parts: list[dict]) -> dict:
+    """Batch-shaped dicts joined along the window axis (new arrays)."""
+    return {k: (_merge_arrays([p[k] for p in parts]) if isinstance(v, dict) else np.concatenate([p[k] for p in parts]))
+            for k, v in parts[0].items()}
+
+
+def _to_torch(batch: dict) -> dict[str, Any]:
+    return {k: (_to_torch(v) if isinstance(v, dict) else torch.from_numpy(np.ascontiguousarray(v)))
+            for k, v in batch.items()}
+
+
+def _join_arrays(parts: list[dict]) -> dict[str, Any]:
+    return _to_torch(parts[0] if len(parts) == 1 else _merge_arrays(parts))
+
+
+class StreamingSpikeDataset(_Streaming):
+    """Iterable Neuroformer windows streamed block by block; yields collated batches.
+
+    Same windows and arguments as :class:`SpikeWindowDataset`, plus: ``batch_size``;
+    ``shuffle`` and ``seed`` (the order is a function of ``(seed, epoch)``; call
+    :meth:`set_epoch`); ``block_windows`` consecutive windows read with one file access
+    (default: about 2^18 spikes' worth, from the sessions' mean rate); ``shuffle_buffer``
+    windows held back for mixing (default two blocks); ``rank``/``world_size`` (default: from
+    ``torch.distributed`` or ``RANK``/``WORLD_SIZE``); ``even_ranks`` drops the last
+    ``< world_size`` windows of the epoch order so every rank yields the same number of batches
+    (DDP needs it); ``num_workers`` only sizes ``len()``. Batches are the dicts of
+    :func:`collate_spikes`.
+    """
+
+    def __init__(self, sessions, tokenizer: SpikeTokenizer, split: str | None = None, *, splits=None,
+                 stride: float | None = None, behavior: Sequence[str] = (), behavior_seq_len: int = 8,
+                 behavior_max_gap: float = 0.25, stimulus: str | None = None, stimulus_frames: int = 3,
+                 stimulus_window: float = 0.15, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
+                 block_windows: int | None = None, shuffle_buffer: int | None = None, rank: int | None = None,
+                 world_size: int | None = None, even_ranks: bool = True, num_workers: int = 0,
+                 drop_last: bool = False):
+        self.sessions = open_sessions(sessions)
+        self.tokenizer, self.split = tokenizer, split
+        self.reader = _SpikeReader(self.sessions, tokenizer, behavior, behavior_seq_len, behavior_max_gap,
+                                   stimulus, stimulus_frames, stimulus_window)
+        self.index = _spike_index(self.sessions, self.reader, split, splits, stride)
+        if block_windows is None:  # about 2^18 spikes per read, and at most ~64 MB of tokenized windows
+            rate = sum(s.n_spikes for s in self.sessions) / max(sum(s.duration for s in self.sessions), 1e-9)
+            block_windows = _auto_block(1.0 / (stride or tokenizer.window_curr), rate, 2 ** 18, 64, 4096)
+            per_window = 8 * 6 * (tokenizer.block_size + tokenizer.block_size_prev)  # bytes of int64 rows
+            if stimulus is not None:
+                frame = self.sessions[0].stimulus(stimulus, self.sessions[0].t_start, self.sessions[0].t_start)[1]
+                per_window += 4 * stimulus_frames * int(np.prod(frame.shape[1:]))
+            block_windows = int(max(16, min(block_windows, (64 << 20) // per_window)))
+        self._init_stream(batch_size, shuffle, seed, block_windows, shuffle_buffer, rank, world_size,
+                          even_ranks, num_workers, drop_last)
+
+    def _read_piece(self, blocks, r, j0, j1):
+        return self.reader.read(int(blocks.session[r]), blocks.anchors(r, j0, j1))
+
+    @staticmethod
+    def _n_rows(block) -> int:
+        return len(block["interval"])
+
+    _take = staticmethod(_take_rows)
+    _join = staticmethod(_join_arrays)
+    _merge = staticmethod(_merge_arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# iEEG segments
+# --------------------------------------------------------------------------------------------
+
+
+def _continuous_t0(session: Session) -> float:
+    """Time (s) of the first continuous sample (``/continuous`` attr ``t_start``)."""
+    return float(session.h5["continuous"].attrs.get("t_start", 0.0))
+
+
+class _IEEGReader:
+    """Reads, preprocesses and cuts segments of one session at a time."""
+
+    def __init__(self, sessions: list[Session], segmenter: IEEGSegmenter, spatial_vocab=None,
+                 spatial_scale: str | None = None, events: str | None = None, event_locked: bool = False,
+                 event_offset: float = 0.0, label_map: Mapping[str, int] | None = None, target: str | None = None,
+                 context_s: float | None = None):
+        self.sessions, self.segmenter = sessions, segmenter
+        self.events, self.event_locked, self.event_offset = events, event_locked, float(event_offset)
+        self.target = target
+        self.plans, self.cplans, self.spatial, self.t0 = [], [], [], []
+        filtering = segmenter.line_noise or segmenter.sampling_rate
+        self.context_s = (0.5 if filtering else 0.0) if context_s is None else float(context_s)
+        for s in sessions:
+            if "continuous" not in s.kinds:
+                raise ValueError(f"{s.path}: /continuous: missing; an iEEG dataset needs continuous data "
+                                 f"(this one holds {s.kinds})")
+            plan = segmenter.plan(s.sampling_rate)
+            try:
+                channels = s.channels()
+            except KeyError:
+                channels = None
+            cplan = segmenter.channel_plan(channels, s.n_channels)
+            self.plans.append(plan)
+            self.cplans.append(cplan)
+            self.t0.append(_continuous_t0(s))
+            if events is not None and events not in s.event_names:
+                raise KeyError(f"{s.path}: /events/{events}: missing (available: {s.event_names})")
+            if target is not None and target not in s.behavior_names:
+                raise KeyError(f"{s.path}: /behavior/{target}: missing (available: {s.behavior_names})")
+        if spatial_vocab == "auto":
+            from neurofm.data.atlas import SpatialVocab
+
+            chans = [c.channels for c in self.cplans if c.channels is not None]
+            spatial_vocab = SpatialVocab.from_channels(chans) if chans else None
+        self.spatial_vocab = spatial_vocab
+        for cplan in self.cplans:
+            C = len(cplan.keep)
+            if spatial_vocab is not None and cplan.channels is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # unknown labels are expected (index 0)
+                    self.spatial.append(IEEGSegmenter.spatial(cplan.channels, spatial_vocab, spatial_scale))
+            else:
+                self.spatial.append({"coords": np.full((C, 3), -1, np.int64), "parcel": np.zeros(C, np.int64),
+                                     "lobe": np.zeros(C, np.int64)})
+        self.label_map = dict(label_map) if label_map is not None else None
+        if events is not None and event_locked and self.label_map is None:
+            labels = sorted({str(x) for s in sessions for x in s.events(events)["label"]})
+            self.label_map = {lab: i for i, lab in enumerate(labels)}
+        self._events_cache: dict[int, np.ndarray] = {}
+
+    def n_channels(self, s: int) -> int:
+        return len(self.cplans[s].keep)
+
+    def _onsets(self, s: int) -> np.ndarray:
+        if s not in self._events_cache:
+            self._events_cache[s] = np.sort(self.sessions[s].events(self.events)["onset"])
+        return self._events_cache[s]
+
+    def read(self, s: int, t0s: np.ndarray, labels: np.ndarray) -> tuple[list[dict[str, Any]], int]:
+        """Items for segments of session ``s`` starting at ``t0s`` (s); also the number skipped (NaN)."""
+        session, plan, cplan = self.sessions[s], self.plans[s], self.cplans[s]
+        t0s = np.asarray(t0s, dtype=np.float64)
+        sr, ct0 = plan.source_rate, self.t0[s]
+        seg_s = plan.segment_s
+        a = max(int(math.floor((float(t0s.min()) - ct0 - self.context_s) * sr)), 0)
+        b = int(math.ceil((float(t0s.max()) + seg_s - ct0 + self.context_s) * sr)) + 1
+        raw = session.continuous_samples(a, b)  # (T, C)
+        x = self.segmenter.preprocess(raw, plan, cplan)  # (T', C') at plan.rate
+        starts = np.rint((t0s - ct0 - a / sr) * plan.rate).astype(np.int64)
+        seg, kept, cmask = self.segmenter.cut(x, starts, plan)
+        n_skipped = len(t0s) - len(kept)
+        sp = self.spatial[s]
+        extra: dict[str, np.ndarray] = {}
+        if self.events is not None:
+            if self.event_locked:
+                extra["label"] = labels.astype(np.int64)
+            else:
+                on = self._onsets(s)
+                hit = np.searchsorted(on, t0s + seg_s, "left") - np.searchsorted(on, t0s, "left")
+                extra["label"] = (hit > 0).astype(np.int64)
+        if self.target is not None:
+            ts, vals = session.behavior(self.target, float(t0s.min()), float(t0s.max()) + seg_s)
+            f = behavior_features(ts, vals, t0s, t0s + seg_s)
+            extra["target"], extra["target_mask"] = f["mean"], f["mask"]
+        items = []
+        for j, i in enumerate(kept):
+            item = {"x": seg[j], "channel_mask": cmask[j], "coords": sp["coords"], "parcel": sp["parcel"],
+                    "lobe": sp["lobe"], "session": s, "t0": float(t0s[i])}
+            for k, v in extra.items():
+                item[k] = v[i]
+            items.append(item)
+        return items, n_skipped
+
+
+def _ieeg_index(sessions: list[Session], reader: _IEEGReader, split, splits, stride_s: float | None) -> WindowIndex:
+    parts = []
+    for s, session in enumerate(sessions):
+        blocks = _split_blocks(session, split, splits)
+        seg_s = reader.plans[s].segment_s
+        if reader.events is not None and reader.event_locked:
+            ev = session.events(reader.events)
+            t0 = np.asarray(ev["onset"], dtype=np.float64) + reader.event_offset
+            lab = np.asarray([reader.label_map.get(str(x), -1) for x in ev["label"]], dtype=np.int64)
+            keep = blocks.contains(t0, t0 + seg_s) & (lab >= 0)
+            order = np.argsort(t0[keep], kind="stable")
+            t0, lab = t0[keep][order], lab[keep][order]
+            n = len(t0)
+            _warn_if_empty(session, split, n, f"event-locked segment ({seg_s:.3f} s)")
+            parts.append(WindowIndex(np.full(n, s), t0, np.ones(n), np.zeros(n), np.ones(n), lab))
+        else:
+            stride = seg_s if stride_s is None else float(stride_s)
+            k0, count = grid_runs(blocks, reader.t0[s], stride, 0.0, seg_s)
+            _warn_if_empty(session, split, int(count.sum()), f"segment ({seg_s:.3f} s)")
+            parts.append(WindowIndex.grid(s, reader.t0[s], stride, k0, count))
+    return WindowIndex.concat(parts)
+
+
+class IEEGSegmentDataset(Dataset):
+    """Map-style BaRISTA segments over many session files, read lazily.
+
+    Segments lie on a per-session grid (start ``t0 = t_start + k * stride``, default stride =
+    segment length) inside the split's blocks; or, with ``events`` and ``event_locked=True``,
+    start at each event onset + ``event_offset`` and carry the event's class (``label_map``,
+    default: sorted labels -> 0, 1, ...). With ``events`` on the grid, ``label`` is 1 when an
+    event onset falls in the segment. ``target`` names a behaviour variable: its mean over the
+    segment (``target``, ``target_mask``).
+
+    Channels are selected and re-referenced per session by ``segmenter``; ``spatial_vocab``
+    (a :class:`~neurofm.data.atlas.SpatialVocab`, ``"auto"`` to build one from these sessions,
+    or ``None`` for unknown everywhere) gives ``coords``/``parcel``/``lobe``. A segment with
+    NaN/inf samples is skipped: ``dataset[i]`` is then ``None``, which :func:`collate_ieeg`
+    leaves out and counts in ``batch["n_skipped"]``.
+    """
+
+    def __init__(self, sessions, segmenter: IEEGSegmenter | None = None, split: str | None = None, *, splits=None,
+                 stride_s: float | None = None, spatial_vocab="auto", spatial_scale: str | None = None,
+                 events: str | None = None, event_locked: bool = False, event_offset: float = 0.0,
+                 label_map: Mapping[str, int] | None = None, target: str | None = None,
+                 context_s: float | None = None):
+        self.sessions = open_sessions(sessions)
+        self.segmenter = segmenter or IEEGSegmenter()
+        self.split = split
+        self.reader = _IEEGReader(self.sessions, self.segmenter, spatial_vocab, spatial_scale, events, event_locked,
+                                  event_offset, label_map, target, context_s)
+        self.index = _ieeg_index(self.sessions, self.reader, split, splits, stride_s)
+
+    @property
+    def spatial_vocab(self):
+        return self.reader.spatial_vocab
+
+    def channel_names(self, s: int) -> list[str]:
+        """Names of the channels session ``s`` contributes (after dropping/re-referencing)."""
+        ch = self.reader.cplans[s].channels
+        return list(ch.names) if ch is not None else [f"ch{i}" for i in self.reader.cplans[s].keep]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        s, t0, label = self.index.locate(int(i))
+        items, _ = self.reader.read(s, np.array([t0]), np.array([label]))
+        return items[0] if items else None
+
+
+class StreamingIEEGDataset(_Streaming):
+    """Iterable BaRISTA segments streamed block by block; yields collated batches.
+
+    Arguments as :class:`IEEGSegmentDataset` plus the streaming ones of
+    :class:`StreamingSpikeDataset`. ``block_windows`` consecutive segments share one read and
+    one preprocessing pass. NaN segments are skipped; ``skipped`` counts them (per process).
+    """
+
+    def __init__(self, sessions, segmenter: IEEGSegmenter | None = None, split: str | None = None, *, splits=None,
+                 stride_s: float | None = None, spatial_vocab="auto", spatial_scale: str | None = None,
+                 events: str | None = None, event_locked: bool = False, event_offset: float = 0.0,
+                 label_map: Mapping[str, int] | None = None, target: str | None = None,
+                 context_s: float | None = None, batch_size: int = 8, shuffle: bool = True, seed: int = 0,
+                 block_windows: int | None = None, shuffle_buffer: int | None = None, rank: int | None = None,
+                 world_size: int | None = None, even_ranks: bool = True, num_workers: int = 0,
+                 drop_last: bool = False):
+        self.sessions = open_sessions(sessions)
+        self.segmenter = segmenter or IEEGSegmenter()
+        self.split = split
+        self.reader = _IEEGReader(self.sessions, self.segmenter, spatial_vocab, spatial_scale, events, event_locked,
+                                  event_offset, label_map, target, context_s)
+        self.index = _ieeg_index(self.sessions, self.reader, split, splits, stride_s)
+        if block_windows is None:  # about 2^22 raw samples (16 MB of float32) per read
+            seg = max(p.segment_samples * p.source_rate / p.rate * s.n_channels
+                      for p, s in zip(self.reader.plans, self.sessions))
+            block_windows = int(np.clip(2 ** 22 // max(seg, 1), 1, 64))
+        self._init_stream(batch_size, shuffle, seed, block_windows, shuffle_buffer, rank, world_size,
+                          even_ranks, num_workers, drop_last)
+        self.skipped = 0
+
+    @property
+    def spatial_vocab(self):
+        return self.reader.spatial_vocab
+
+    def _read_piece(self, blocks, r, j0, j1):
+        t0s = blocks.anchors(r, j0, j1)
+        items, n_skipped = self.reader.read(int(blocks.session[r]), t0s, np.full(len(t0s), blocks.label[r]))
+        self.skipped += n_skipped
+        return items
+
+    @staticmethod
+    def _n_rows(block) -> int:
+        return len(block)
+
+    @staticmethod
+    def _take(block, rows):
+        return [block[i] for i in rows.tolist()]
+
+    @staticmethod
+    def _merge(parts):
+        # items hold views of their block's segment array: copy them so the block can go
+        return [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in it.items()} for p in parts for it in p]
+
+    @staticmethod
+    def _join(parts):
+        return collate_ieeg([it for p in parts for it in p])
+
+
+# --------------------------------------------------------------------------------------------
+# collate
+# --------------------------------------------------------------------------------------------
+
+
+def _stack(values: list) -> torch.Tensor:
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(values)
+    return torch.from_numpy(np.stack([np.asarray(v) for v in values]))
+
+
+def collate_spikes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack Neuroformer items into the batch dict of the brief (sequences are pre-padded).
+
+    ``id``/``dt``/``target_*``/``*_prev`` int64, masks bool, ``interval`` float64, behaviour
+    float32; nested dicts (``behavior`` ...) are stacked per variable.
+    """
+    items = [it for it in items if it is not None]
+    if not items:
+        raise ValueError("collate_spikes: empty batch")
+    out: dict[str, Any] = {}
+    for key, first in items[0].items():
+        if isinstance(first, dict):
+            out[key] = {name: _stack([it[key][name] for it in items]) for name in first}
+        else:
+            out[key] = _stack([it[key] for it in items])
+    for key in ("session", "n_dropped", "n_dropped_prev"):
+        if key in out:
+            out[key] = out[key].long()
+    if "interval" in out:
+        out["interval"] = out["interval"].double()
+    return out
+
+
+def collate_ieeg(items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Batch BaRISTA items, padding the channel axis to the largest C in the batch.
+
+    ``x`` (B, C, T) float32 (zeros on padding), ``channel_mask`` (B, C) bool (False on
+    padding), ``coords`` (B, C, 3) int64 (-1 on padding), ``parcel``/``lobe`` (B, C) int64
+    (0 on padding), ``session`` (B,) int64, ``t0`` (B,) float64, ``label`` (B,) int64 and
+    ``target`` (B, D) float32 when present, ``n_skipped`` () int64 segments left out (NaN).
+    """
+    kept = [it for it in items if it is not None]
+    if not kept:
+        raise ValueError("collate_ieeg: every segment of the batch was skipped (NaN/inf samples)")
+    B = len(kept)
+    C = max(len(it["channel_mask"]) for it in kept)
+    T = kept[0]["x"].shape[-1]
+    if any(it["x"].shape[-1] != T for it in kept):
+        raise ValueError("collate_ieeg: segments of different lengths in one batch; use one segmenter "
+                         "(same sampling rate / patch length) for all sessions of a dataset")
+    x = np.zeros((B, C, T), np.float32)
+    mask = np.zeros((B, C), bool)
+    coords = np.full((B, C, 3), -1, np.int64)
+    parcel = np.zeros((B, C), np.int64)
+    lobe = np.zeros((B, C), np.int64)
+    for b, it in enumerate(kept):
+        c = len(it["channel_mask"])
+        x[b, :c] = it["x"]
+        mask[b, :c] = it["channel_mask"]
+        coords[b, :c] = it["coords"]
+        parcel[b, :c] = it["parcel"]
+        lobe[b, :c] = it["lobe"]
+    out = {"x": torch.from_numpy(x), "channel_mask": torch.from_numpy(mask), "coords": torch.from_numpy(coords),
+           "parcel": torch.from_numpy(parcel), "lobe": torch.from_numpy(lobe),
+           "session": torch.tensor([int(it["session"]) for it in kept], dtype=torch.int64),
+           "t0": torch.tensor([float(it["t0"]) for it in kept], dtype=torch.float64),
+           "n_skipped": torch.tensor(len(items) - B, dtype=torch.int64)}
+    if "label" in kept[0]:
+        out["label"] = torch.tensor([int(it["label"]) for it in kept], dtype=torch.int64)
+    if "target" in kept[0]:
+        out["target"] = torch.from_numpy(np.stack([np.asarray(it["target"], np.float32) for it in kept]))
+        out["target_mask"] = torch.tensor([bool(it["target_mask"]) for it in kept])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# loader
+# --------------------------------------------------------------------------------------------
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader that tells its streaming dataset the epoch before the workers start.
+
+    Lightning calls ``set_epoch`` only on samplers, which iterable datasets do not have;
+    ``epoch_fn()`` (e.g. ``lambda: trainer.current_epoch``) gives the epoch, else the loader
+    counts its own iterations. Workers must not be persistent (they would keep the old epoch).
+    """
+
+    def __init__(self, dataset, *args, epoch_fn: Callable[[], int] | None = None, **kwargs):
+        if kwargs.get("persistent_workers"):
+            raise ValueError("EpochDataLoader: persistent_workers=True would freeze the epoch's shuffle")
+        super().__init__(dataset, *args, **kwargs)
+        self._epoch_fn = epoch_fn
+        self._iterations = 0
+
+    def __iter__(self):
+        epoch = self._epoch_fn() if self._epoch_fn is not None else self._iterations
+        self._iterations += 1
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return super().__iter__()

@@ -1,0 +1,301 @@
+"""Train/valid/test splits by contiguous time blocks with a gap, and blocked cross-validation.
+
+Neighbouring windows of a recording are strongly correlated (shared slow drifts, the same
+behavioural bout), so a random split of individual windows leaks the test set into training
+(one of the reference's bugs, DESIGN.md 3 and 8). Here a split is a set of time blocks per
+session; consecutive blocks of different splits are separated by ``gap`` seconds; and a
+window belongs to a split only if EVERYTHING it reads (previous window, current window,
+stimulus lead) lies wholly inside one of that split's blocks. Windows that straddle a
+boundary or fall in a gap are dropped, so no window is in two splits.
+
+Every splitter is a callable ``splitter(session) -> {split name: Intervals}``; datasets turn
+those blocks into windows with :func:`grid_runs`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from neurofm.data.session import Session
+
+_TOL = 1e-9  # s; float slack when testing "window inside block"
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Sorted, non-overlapping half-open time blocks ``[start[i], end[i])`` in seconds."""
+
+    start: np.ndarray
+    end: np.ndarray
+
+    def __post_init__(self):
+        start = np.atleast_1d(np.asarray(self.start, dtype=np.float64))
+        end = np.atleast_1d(np.asarray(self.end, dtype=np.float64))
+        if start.shape != end.shape or start.ndim != 1:
+            raise ValueError(f"Intervals: start {start.shape} and end {end.shape} must be 1-D of one length")
+        if np.any(end < start):
+            raise ValueError("Intervals: every end must be >= its start")
+        order = np.argsort(start, kind="stable")
+        start, end = start[order], end[order]
+        if start.size > 1 and np.any(start[1:] < end[:-1] - _TOL):
+            i = int(np.argmax(start[1:] < end[:-1] - _TOL))
+            raise ValueError(f"Intervals: blocks [{start[i]}, {end[i]}) and [{start[i + 1]}, {end[i + 1]}) overlap")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Sequence[float]]) -> "Intervals":
+        pairs = [tuple(p) for p in pairs]
+        if not pairs:
+            return cls.empty()
+        a = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+        return cls(a[:, 0], a[:, 1])
+
+    @classmethod
+    def empty(cls) -> "Intervals":
+        return cls(np.zeros(0), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def duration(self) -> float:
+        return float(np.sum(self.end - self.start))
+
+    def pairs(self) -> list[tuple[float, float]]:
+        return list(zip(self.start.tolist(), self.end.tolist()))
+
+    def contains(self, t0, t1) -> np.ndarray:
+        """``True`` where ``[t0, t1]`` lies wholly inside ONE block (vectorised)."""
+        t0, t1 = np.asarray(t0, dtype=np.float64), np.asarray(t1, dtype=np.float64)
+        i = np.searchsorted(self.start, t0 + _TOL, side="right") - 1
+        ok = i >= 0
+        i = np.clip(i, 0, max(len(self) - 1, 0))
+        if not len(self):
+            return np.zeros(np.broadcast(t0, t1).shape, dtype=bool)
+        return ok & (t0 >= self.start[i] - _TOL) & (t1 <= self.end[i] + _TOL)
+
+    def clip(self, t0: float, t1: float) -> "Intervals":
+        """The blocks cut to ``[t0, t1)`` (empty pieces dropped)."""
+        s, e = np.maximum(self.start, t0), np.minimum(self.end, t1)
+        keep = e > s
+        return Intervals(s[keep], e[keep])
+
+    def distance_to(self, other: "Intervals") -> float:
+        """Smallest gap (s) between a block of ``self`` and one of ``other`` (0 if they touch)."""
+        if not len(self) or not len(other):
+            return math.inf
+        gaps = np.maximum(other.start[None, :] - self.end[:, None], self.start[:, None] - other.end[None, :])
+        return float(max(gaps.min(), 0.0))
+
+
+# --------------------------------------------------------------------------------------------
+# splitters
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
+
+
+def _session_span(session: "Session") -> tuple[float, float]:
+    t0, t1 = float(session.t_start), float(session.t_end)
+    if not t1 > t0:
+        raise ValueError(f"{session.path}: recording spans [{t0}, {t1}] s, nothing to split")
+    return t0, t1
+
+
+def _check_disjoint(blocks: Mapping[str, Intervals], gap: float, where: str) -> None:
+    names = list(blocks)
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            d = blocks[names[a]].distance_to(blocks[names[b]])
+            pa, pb = blocks[names[a]], blocks[names[b]]
+            overlap = any(s < e2 - _TOL and s2 < e - _TOL for s, e in pa.pairs() for s2, e2 in pb.pairs())
+            if overlap:
+                raise ValueError(f"{where}: split blocks {names[a]!r} and {names[b]!r} overlap in time "
+                                 f"(a window could then be in both); make the blocks disjoint")
+            if d < gap - _TOL:
+                warnings.warn(f"{where}: split blocks {names[a]!r} and {names[b]!r} are only {d:.3f} s apart, "
+                              f"less than the gap of {gap} s", stacklevel=3)
+
+
+def time_blocks(t_start: float, t_end: float, fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+                gap: float = 1.0) -> dict[str, Intervals]:
+    """Cut ``[t_start, t_end)`` into one contiguous block per split, in the order given.
+
+    The boundary between consecutive splits sits at the cumulative fraction and a gap of
+    ``gap`` seconds is centred on it (half taken from each side). Fractions are normalised
+    to sum to 1; a fraction of 0 gives an empty split.
+    """
+    names = list(fractions)
+    f = np.asarray([float(fractions[n]) for n in names])
+    if np.any(f < 0) or f.sum() <= 0:
+        raise ValueError(f"split fractions must be >= 0 and not all 0, got {dict(fractions)}")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0 s, got {gap}")
+    edges = t_start + (t_end - t_start) * np.concatenate([[0.0], np.cumsum(f / f.sum())])
+    active = [i for i in range(len(names)) if f[i] > 0]
+    out = {}
+    for i, name in enumerate(names):
+        if f[i] == 0:
+            out[name] = Intervals.empty()
+            continue
+        a = edges[i] + (gap / 2 if i != active[0] else 0.0)
+        b = edges[i + 1] - (gap / 2 if i != active[-1] else 0.0)
+        out[name] = Intervals([a], [b]) if b > a else Intervals.empty()
+    return out
+
+
+class TimeBlockSplit:
+    """Contiguous train/valid/test blocks per session, separated by ``gap`` seconds.
+
+    ``fractions``: ``{name: fraction}`` in time order (default 0.8 / 0.1 / 0.1). With
+    ``from_file=True`` a session that has ``/intervals/<name>`` for EVERY split name uses those
+    blocks instead (checked to be disjoint; a warning when closer than ``gap``).
+    ``blocks`` gives explicit blocks instead of fractions: ``{name: [(t0, t1), ...]}`` for all
+    sessions, or ``{session_id: {name: [...]}}`` per session.
+    """
+
+    def __init__(self, fractions: Mapping[str, float] | Sequence[float] = DEFAULT_FRACTIONS, gap: float = 1.0,
+                 from_file: bool = True, blocks: Mapping | None = None):
+        if not isinstance(fractions, Mapping):
+            fractions = dict(zip(DEFAULT_FRACTIONS, fractions))
+        self.fractions = dict(fractions)
+        self.gap = float(gap)
+        self.from_file = from_file
+        self.blocks = blocks
+
+    @property
+    def names(self) -> list[str]:
+        if self.blocks is not None:
+            first = next(iter(self.blocks.values()), {})
+            return list(first) if isinstance(first, Mapping) else list(self.blocks)
+        return list(self.fractions)
+
+    def __call__(self, session: "Session") -> dict[str, Intervals]:
+        where = str(session.path)
+        if self.blocks is not None:
+            if all(isinstance(v, Mapping) for v in self.blocks.values()):  # {session_id: {name: pairs}}
+                if session.session_id not in self.blocks:
+                    raise KeyError(f"{where}: no explicit split blocks for session {session.session_id!r}; "
+                                   f"blocks are given for {list(self.blocks)}")
+                spec = self.blocks[session.session_id]
+            else:  # {name: pairs}, the same for every session
+                spec = self.blocks
+            out = {name: Intervals.from_pairs(pairs) for name, pairs in spec.items()}
+            _check_disjoint(out, self.gap, where)
+            return out
+        names = list(self.fractions)
+        in_file = [n for n in names if n in session.interval_names] if self.from_file else []
+        if in_file and len(in_file) < len(names):
+            warnings.warn(f"{where}: /intervals has {in_file} but not {sorted(set(names) - set(in_file))}; "
+                          f"splitting by fractions {self.fractions} instead (write all split names, or none)",
+                          stacklevel=2)
+        if self.from_file and names and len(in_file) == len(names):
+            out = {}
+            for n in names:
+                iv = session.intervals(n)
+                out[n] = Intervals(iv["start"], iv["end"])
+            _check_disjoint(out, self.gap, f"{where}: /intervals")
+            return out
+        return time_blocks(*_session_span(session), self.fractions, self.gap)
+
+    def __repr__(self) -> str:
+        return f"TimeBlockSplit(fractions={self.fractions}, gap={self.gap}, from_file={self.from_file})"
+
+
+class BlockedKFold:
+    """Blocked K-fold cross-validation: ``n_folds`` contiguous blocks; fold ``i`` tests block ``i``.
+
+    The training set is the rest of the recording minus ``gap`` seconds on each side of the
+    test block. ``splitter(session)`` gives ``{"train", "test"}`` for ``self.fold``;
+    :meth:`folds` gives all of them.
+    """
+
+    def __init__(self, n_folds: int = 5, fold: int = 0, gap: float = 5.0):
+        if n_folds < 2:
+            raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"fold must be in [0, {n_folds}), got {fold}")
+        self.n_folds, self.fold, self.gap = int(n_folds), int(fold), float(gap)
+
+    names = ("train", "test")
+
+    def split_span(self, t_start: float, t_end: float, fold: int) -> dict[str, Intervals]:
+        edges = np.linspace(t_start, t_end, self.n_folds + 1)
+        a, b = edges[fold], edges[fold + 1]
+        train = [(t_start, a - self.gap), (b + self.gap, t_end)]
+        return {"train": Intervals.from_pairs([(s, e) for s, e in train if e > s]),
+                "test": Intervals([a], [b])}
+
+    def folds(self, session: "Session") -> list[dict[str, Intervals]]:
+        span = _session_span(session)
+        return [self.split_span(*span, k) for k in range(self.n_folds)]
+
+    def __call__(self, session: "Session") -> dict[str, Intervals]:
+        return self.split_span(*_session_span(session), self.fold)
+
+    def __repr__(self) -> str:
+        return f"BlockedKFold(n_folds={self.n_folds}, fold={self.fold}, gap={self.gap})"
+
+
+class TrialSplit:
+    """Whole trials (``/intervals/<trials>``) to splits, in contiguous groups in time order.
+
+    Windows must lie inside one trial. A trial that starts less than ``gap`` seconds after
+    the previous group's last trial ends is dropped, so groups stay ``gap`` apart.
+    """
+
+    def __init__(self, fractions: Mapping[str, float] = DEFAULT_FRACTIONS, gap: float = 1.0,
+                 trials: str = "trials"):
+        self.fractions, self.gap, self.trials = dict(fractions), float(gap), trials
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.fractions)
+
+    def __call__(self, session: "Session") -> dict[str, Intervals]:
+        if self.trials not in session.interval_names:
+            raise KeyError(f"{session.path}: /intervals/{self.trials}: missing; TrialSplit needs the trials "
+                           f"as intervals (available: {session.interval_names})")
+        iv = session.intervals(self.trials)
+        order = np.argsort(iv["start"], kind="stable")
+        s, e = iv["start"][order], iv["end"][order]
+        f = np.asarray(list(self.fractions.values()), dtype=np.float64)
+        cuts = np.rint(np.concatenate([[0.0], np.cumsum(f / f.sum())]) * len(s)).astype(int)
+        out, last_end = {}, -np.inf
+        for i, name in enumerate(self.fractions):
+            ss, ee = s[cuts[i]:cuts[i + 1]], e[cuts[i]:cuts[i + 1]]
+            keep = ss >= last_end + self.gap - _TOL if i else np.ones(len(ss), bool)
+            out[name] = Intervals(ss[keep], ee[keep])
+            if len(ee):
+                last_end = float(ee.max())
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# windows inside blocks
+# --------------------------------------------------------------------------------------------
+
+
+def grid_runs(blocks: Intervals, origin: float, stride: float, before: float, after: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Windows on the grid ``anchor_k = origin + k * stride`` that lie wholly inside a block.
+
+    A window anchored at ``t`` reads ``[t - before, t + after]``. Returns ``(k_first (R,),
+    count (R,))`` per block (blocks with no window left out): a run of ``count`` windows
+    starting at grid index ``k_first``. Windows are on one grid per session whatever the
+    split, so the same window means the same data in every split definition.
+    """
+    if stride <= 0:
+        raise ValueError(f"window stride must be positive, got {stride}")
+    k_lo = np.ceil((blocks.start + before - origin) / stride - 1e-6).astype(np.int64)
+    k_hi = np.floor((blocks.end - after - origin) / stride + 1e-6).astype(np.int64)
+    count = np.maximum(k_hi - k_lo + 1, 0)
+    keep = count > 0
+    return k_lo[keep], count[keep]

@@ -1,0 +1,91 @@
+"""LightningDataModules: loaders per split, no train/valid overlap, reshuffling under a Trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm.data.datamodule import IEEGDataModule, SpikeDataModule
+from neurofm.data.segmenter import IEEGSegmenter
+from neurofm.data.session import SessionWriter
+
+
+@pytest.fixture(scope="module")
+def spike_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dm_spikes")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, (T, n_units) in enumerate([(12.0, 4), (9.0, 6)]):
+        t = np.sort(rng.uniform(0, T, int(T * n_units * 15)))
+        bt = np.arange(0, T, 1 / 50)
+        with SessionWriter(d / f"s{k}.h5", session_id=f"s{k}") as w:
+            w.add_units([f"u{i}" for i in range(n_units)])
+            w.add_spikes(t, rng.integers(0, n_units, len(t)), t_start=0.0, t_end=T)
+            w.add_behavior("speed", bt, np.stack([bt, 2 * bt], 1))
+        paths.append(d / f"s{k}.h5")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ieeg_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dm_ieeg")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, C in enumerate((3, 5)):
+        with SessionWriter(d / f"e{k}.h5", session_id=f"e{k}") as w:
+            w.add_continuous(rng.normal(size=(4000, C)).astype(np.float32), 100.0)
+            w.add_channels([f"A{i + 1}" for i in range(C)], x=np.arange(C, dtype=float), y=np.zeros(C), z=np.zeros(C),
+                           regions={"destrieux": (["ctx_lh_G_front_sup", "ctx_lh_S_central"] * C)[:C]})
+        paths.append(d / f"e{k}.h5")
+    return paths
+
+
+def _keys(batch):
+    return list(zip(batch["session"].tolist(), np.round(batch["interval"].numpy(), 6).tolist()))
+
+
+def test_spike_datamodule_map_and_streaming(spike_files):
+    for streaming in (False, True):
+        dm = SpikeDataModule(spike_files, window_curr=0.05, window_prev=0.05, dt=0.01, block_size=16,
+                             block_size_prev=16, batch_size=8, streaming=streaming, seed=1, behavior=["speed"])
+        dm.setup("fit")
+        tr, va = dm.train_dataloader(), dm.val_dataloader()
+        b = next(iter(tr))
+        assert b["id"].shape == (8, 16) and "speed" in b["behavior"]
+        train_keys = {k for bt in tr for k in _keys(bt)}
+        val_keys = {k for bt in va for k in _keys(bt)}
+        assert train_keys and val_keys and not train_keys & val_keys
+        assert dm.state_dict()["tokenizer"]["vocab"]["units"][0] == "s0/u0"
+
+
+def test_datamodule_under_lightning_trainer_reshuffles_each_epoch(spike_files):
+    import lightning as L
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list] = {}
+
+        def training_step(self, batch, i):
+            self.seen.setdefault(self.current_epoch, []).extend(_keys(batch))
+            return (self.w * batch["id"].float().mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = SpikeDataModule(spike_files, block_size=16, block_size_prev=16, batch_size=16, streaming=True, seed=2)
+    probe = Probe()
+    trainer = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(probe, datamodule=dm)
+    assert sorted(probe.seen[0]) == sorted(probe.seen[1]) and probe.seen[0] != probe.seen[1]
+
+
+def test_ieeg_datamodule(ieeg_files):
+    dm = IEEGDataModule(ieeg_files, IEEGSegmenter(segment_s=2.0, n_patches=4), batch_size=4, streaming=True)
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    assert b["x"].shape[0] == 4 and b["x"].shape[2] == 200 and b["channel_mask"].any()
+    assert dm.state_dict()["spatial_vocab"]["parcels"] == ["ctx_lh_G_front_sup", "ctx_lh_S_central"]
