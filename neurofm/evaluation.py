@@ -1,0 +1,695 @@
+"""The behaviour-decoding evaluation protocol of DESIGN.md 8, as reusable pure functions.
+
+Every behaviour number neurofm reports (ridge floor, Neuroformer pretrained or from scratch,
+few-shot fine-tuning) goes through the same four steps, so numbers side by side are
+comparable:
+
+1. **Bins** (:func:`session_position_data`): spikes counted in ``bin_size`` bins over the
+   span where both spikes and behaviour exist; the behaviour is the mean of its samples in
+   each bin (NaN where a bin holds none).
+2. **What is scored** (:func:`moving_mask`): recordings mix behaviour and rest (linear-track:
+   a run, then rest with the animal still), and a position decoder scored on rest bins
+   mostly measures where the animal sat. Only bins where the smoothed speed exceeds a
+   threshold are scored (and, by default, trained on).
+3. **Folds** (:func:`blocked_folds`): blocked K-fold cross-validation. Each test block is a
+   contiguous stretch of bins; ``gap_s`` seconds on each side of it are removed from
+   training, because neighbouring bins share the same behavioural bout and slow drifts
+   (a random split of bins leaks the test set into training).
+4. **Scores** (:func:`evaluate_decoder`): the held-out predictions of all folds are pooled
+   and R2 and Pearson r are computed once over every scored bin (per output, then
+   averaged over outputs, e.g. x and y), not averaged per fold.
+
+:class:`DecodingProtocol` holds every choice and :meth:`DecodingProtocol.describe` states
+them in one line, to print next to every number. :func:`decoding_setup` builds the bins,
+folds and masks once so that several decoders (ridge, Neuroformer) share them exactly;
+:func:`ridge_floor` is the DESIGN.md 8 floor (ridge on binned counts with history) plus a
+mean-position null on the same setup. Few-shot decoding labels only a fraction of the
+training bins, in contiguous chunks (:func:`few_shot_mask`).
+
+Units: times and durations in seconds; position in the file's unit (``/behavior/<name>``
+attribute ``unit``; camera pixels for linear-track); speed in position units per second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from neurofm import metrics
+from neurofm.baselines import DEFAULT_ALPHAS, Ridge, bin_spikes, bin_timeseries, history_features
+from neurofm.data.session import Session, SessionFormatError
+
+__all__ = [
+    "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict",
+    "speed_from_position", "moving_mask", "blocked_folds", "few_shot_mask", "evaluate_decoder",
+    "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
+]
+
+Fold = tuple[np.ndarray, np.ndarray]  # (train_idx, test_idx), int64 bin indices
+
+
+# --------------------------------------------------------------------------------------------
+# the protocol
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodingProtocol:
+    """Every choice behind a behaviour-decoding number (defaults: DESIGN.md 8, linear-track).
+
+    Attributes
+    ----------
+    bin_size : s. One decoded value per bin (50 ms).
+    n_history : bins of spike counts a decoder may read for bin t: t and the
+        ``n_history - 1`` bins before it (6 bins = 300 ms). The first ``n_history - 1`` bins
+        of the recording lack a full history and are neither trained on nor scored.
+    behavior : name of the decoded variable under ``/behavior``.
+    speed_name : a ``/behavior`` variable holding speed; when the file has none, speed is
+        computed from ``behavior`` by finite differences (:func:`speed_from_position`).
+    speed_threshold : position units per second (px/s on linear-track). A bin is "moving"
+        when its smoothed speed is above this. 20 px/s on linear-track sits above the
+        tracking jitter of a still animal (smoothed speed mode about 5 px/s) and below
+        running speeds (50-130 px/s). The floor depends on it (ridge R2 0.17 at 10, 0.19
+        at 20, 0.26 at 30 px/s: faster bins are easier), so quote it with every number.
+    smooth_s : s, standard deviation of the Gaussian that smooths speed before the
+        threshold (so single jittery bins neither enter nor leave a run).
+    n_folds, gap_s : blocked K-fold CV; ``gap_s`` seconds are removed from training on
+        each side of every test block.
+    fold_span : "recording" (default: the K blocks tile every bin, rest included, so on
+        linear-track, whose second half is rest, only the first 3 of 5 folds hold scored
+        bins) or "moving" (the blocks tile the bins from the first to the last moving bin;
+        bins outside are never tested or trained on).
+    train_on : "moving" (fit only on moving bins, as scored; default) or "all" (every
+        training bin with behaviour, rest included).
+    label_fraction : fraction of the eligible training bins whose behaviour is labelled
+        (few-shot decoding; 1.0 = all). Chosen in contiguous chunks of ``chunk_s``.
+    chunk_s : s, length of one labelled chunk in few-shot decoding.
+    contiguous_labels : label chunks (default) or independent single bins (only to show
+        how much random single bins inflate a few-shot score; :func:`few_shot_mask`).
+    seed : seeds the few-shot chunk choice (fold ``k`` uses ``[seed, k]``).
+    alpha : ridge penalty: "blocked_cv" (chosen per outer fold by ``inner_folds``-fold
+        blocked CV on that fold's training bins, with the same gap, maximising pooled R2),
+        "holdout" (last 20% of the training bins, :class:`neurofm.baselines.Ridge`), or a
+        number (fixed).
+    alphas : candidate penalties (features are standardised, so alpha is in units of
+        "number of bins").
+    inner_folds : folds of the inner CV that chooses alpha.
+    """
+
+    bin_size: float = 0.05
+    n_history: int = 6
+    behavior: str = "position"
+    speed_name: str = "speed"
+    speed_threshold: float = 20.0
+    smooth_s: float = 0.5
+    n_folds: int = 5
+    gap_s: float = 5.0
+    fold_span: str = "recording"
+    train_on: str = "moving"
+    label_fraction: float = 1.0
+    chunk_s: float = 5.0
+    contiguous_labels: bool = True
+    seed: int = 0
+    alpha: str | float = "blocked_cv"
+    alphas: tuple[float, ...] = tuple(float(a) for a in DEFAULT_ALPHAS)
+    inner_folds: int = 4
+
+    def __post_init__(self):
+        if not self.bin_size > 0:
+            raise ValueError(f"DecodingProtocol.bin_size must be > 0 s, got {self.bin_size}")
+        if self.n_history < 1:
+            raise ValueError(f"DecodingProtocol.n_history must be >= 1 bin, got {self.n_history}")
+        if self.n_folds < 2:
+            raise ValueError(f"DecodingProtocol.n_folds must be >= 2, got {self.n_folds}")
+        if self.gap_s < 0 or self.smooth_s < 0 or self.speed_threshold < 0:
+            raise ValueError("DecodingProtocol: gap_s, smooth_s and speed_threshold must be >= 0")
+        if self.fold_span not in ("recording", "moving"):
+            raise ValueError(f"DecodingProtocol.fold_span must be 'recording' or 'moving', got {self.fold_span!r}")
+        if self.train_on not in ("moving", "all"):
+            raise ValueError(f"DecodingProtocol.train_on must be 'moving' or 'all', got {self.train_on!r}")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"DecodingProtocol.label_fraction must be in (0, 1], got {self.label_fraction}")
+        if isinstance(self.alpha, str) and self.alpha not in ("blocked_cv", "holdout"):
+            raise ValueError(f"DecodingProtocol.alpha must be 'blocked_cv', 'holdout' or a number, got {self.alpha!r}")
+
+    def replace(self, **changes) -> "DecodingProtocol":
+        """A copy with some fields changed (e.g. ``label_fraction=0.1``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def gap_bins(self) -> int:
+        """The gap in whole bins (rounded up, so the gap is never shorter than ``gap_s``)."""
+        return int(math.ceil(self.gap_s / self.bin_size - 1e-9))
+
+    @property
+    def chunk_bins(self) -> int:
+        return max(1, int(round(self.chunk_s / self.bin_size)))
+
+    def describe(self, unit: str = "") -> str:
+        """The protocol in one line, to print next to every number it produced."""
+        u = f" {unit}" if unit else " units"
+        alpha = (f"alpha by {self.inner_folds}-fold inner blocked CV" if self.alpha == "blocked_cv"
+                 else "alpha on the last 20% of training bins" if self.alpha == "holdout" else f"alpha {self.alpha:g}")
+        span = "whole recording" if self.fold_span == "recording" else "moving span"
+        how = f"{self.chunk_s:g} s chunks" if self.contiguous_labels else "random single bins"
+        labels = ("all training bins labelled" if self.label_fraction >= 1 else
+                  f"{self.label_fraction:.0%} of training bins labelled ({how}, seed {self.seed})")
+        return (f"{self.behavior}: {self.bin_size * 1e3:g} ms bins, {self.n_history} bins of history "
+                f"(current + {self.n_history - 1} past); scored on moving bins (speed Gaussian-smoothed "
+                f"sigma {self.smooth_s:g} s > {self.speed_threshold:g}{u}/s); trained on {self.train_on} bins; "
+                f"{self.n_folds}-fold blocked CV over the {span}, {self.gap_s:g} s gap each side; {labels}; {alpha}; "
+                f"R2 and Pearson r pooled over held-out bins, averaged over outputs")
+
+
+# --------------------------------------------------------------------------------------------
+# masks and folds
+# --------------------------------------------------------------------------------------------
+
+
+def _fill_nan(a: np.ndarray) -> np.ndarray:
+    """Linear interpolation over NaN rows of (T,) or (T, D) (constant beyond the ends)."""
+    a = np.array(a, dtype=np.float64)
+    a2 = a.reshape(len(a), -1)
+    ok = np.isfinite(a2).all(axis=1)
+    if not ok.any():
+        raise ValueError("no finite sample to interpolate from")
+    if ok.all():
+        return a
+    idx = np.arange(len(a2))
+    for d in range(a2.shape[1]):
+        a2[:, d] = np.interp(idx, idx[ok], a2[ok, d])
+    return a2.reshape(a.shape)
+
+
+def speed_from_position(position, bin_size: float) -> np.ndarray:
+    """Speed per bin, (T,) in position units per second, from binned position (T,) or (T, D).
+
+    Central differences (one-sided at the ends) of the position, NaN bins first filled by
+    linear interpolation between their neighbours; speed is the Euclidean norm over the D
+    coordinates. Bins whose position was NaN get the interpolated speed (they are never
+    scored, having no position).
+    """
+    position = np.asarray(position, dtype=np.float64)
+    if position.ndim not in (1, 2) or len(position) < 2:
+        raise ValueError(f"speed_from_position: position must be (T,) or (T, D) with T >= 2, got {position.shape}")
+    if not bin_size > 0:
+        raise ValueError(f"speed_from_position: bin_size must be > 0 s, got {bin_size}")
+    p = _fill_nan(position).reshape(len(position), -1)
+    velocity = np.gradient(p, axis=0) / bin_size  # (T, D) units / s
+    return np.linalg.norm(velocity, axis=1)
+
+
+def moving_mask(speed, bin_size: float, threshold: float, smooth_s: float) -> np.ndarray:
+    """Bins where the animal moves: Gaussian-smoothed speed > ``threshold``; (T,) bool.
+
+    Parameters
+    ----------
+    speed : (T,) speed per bin, position units per second (NaN allowed: filled by
+        interpolation before smoothing, and never "moving" themselves).
+    bin_size : s per bin.
+    threshold : position units per second.
+    smooth_s : s, standard deviation of the Gaussian kernel (0 = no smoothing).
+    """
+    speed = np.asarray(speed, dtype=np.float64)
+    if speed.ndim != 1:
+        raise ValueError(f"moving_mask: speed must be (T,), got shape {speed.shape}")
+    if not bin_size > 0 or smooth_s < 0:
+        raise ValueError(f"moving_mask: need bin_size > 0 and smooth_s >= 0, got {bin_size}, {smooth_s}")
+    finite = np.isfinite(speed)
+    if not finite.any():
+        return np.zeros(speed.shape, dtype=bool)
+    s = _fill_nan(speed)
+    if smooth_s > 0:
+        s = gaussian_filter1d(s, smooth_s / bin_size, mode="nearest")
+    return (s > threshold) & finite
+
+
+def blocked_folds(bins, n_folds: int = 5, gap_s: float = 5.0, bin_size: float | None = None) -> list[Fold]:
+    """Blocked K-fold CV over a regular grid of bins: ``[(train_idx, test_idx), ...]``.
+
+    The ``T`` bins are cut into ``n_folds`` contiguous test blocks of (nearly) equal length,
+    block ``k`` = bins ``[e_k, e_{k+1})`` with ``e = round(linspace(0, T, n_folds + 1))``, so
+    every bin is a test bin in exactly one fold. Fold ``k`` trains on every other bin except
+    ``g = ceil(gap_s / bin_size)`` bins on each side of its test block: between the end of
+    the last training bin and the start of the first test bin (and vice versa) lie at
+    least ``gap_s`` seconds.
+
+    This is :class:`neurofm.data.splits.BlockedKFold`'s layout (equal blocks, fold k tests
+    block k, gap on both sides) on the bin grid. ``BlockedKFold`` cuts the time axis in
+    seconds for windowed datasets; its block edges fall inside bins, and any rule turning
+    those edges into bins either drops straddling bins from every test set or shortens the
+    gap by up to a bin, so here the edges are whole bins.
+
+    Parameters
+    ----------
+    bins : int ``T`` (number of bins) or (T,) bin times in s (a regular grid, e.g. bin starts).
+    n_folds : number of test blocks.
+    gap_s : s removed from training on each side of the test block.
+    bin_size : s per bin; required with an int, inferred from (and checked against) times.
+    """
+    if np.ndim(bins) == 0:
+        T = int(bins)
+        if bin_size is None:
+            raise ValueError("blocked_folds: pass bin_size (s) with a number of bins, or pass the bin times")
+    else:
+        times = np.asarray(bins, dtype=np.float64)
+        if times.ndim != 1 or len(times) < 2:
+            raise ValueError(f"blocked_folds: bin times must be (T,) with T >= 2, got shape {times.shape}")
+        steps = np.diff(times)
+        step = float(np.median(steps))
+        if bin_size is None:
+            bin_size = step
+        if not np.allclose(steps, bin_size, rtol=1e-6, atol=1e-9):
+            raise ValueError(f"blocked_folds: bin times are not a regular grid of {bin_size} s "
+                             f"(steps {steps.min():.6g}..{steps.max():.6g} s); pass regular bins")
+        T = len(times)
+    if not bin_size > 0:
+        raise ValueError(f"blocked_folds: bin_size must be > 0 s, got {bin_size}")
+    if n_folds < 2 or T < n_folds:
+        raise ValueError(f"blocked_folds: need 2 <= n_folds <= number of bins, got n_folds={n_folds}, T={T}")
+    if gap_s < 0:
+        raise ValueError(f"blocked_folds: gap_s must be >= 0, got {gap_s}")
+    g = int(math.ceil(gap_s / bin_size - 1e-9))
+    edges = np.round(np.linspace(0, T, n_folds + 1)).astype(np.int64)
+    folds = []
+    for k in range(n_folds):
+        a, b = int(edges[k]), int(edges[k + 1])
+        train = np.concatenate([np.arange(0, max(a - g, 0)), np.arange(min(b + g, T), T)]).astype(np.int64)
+        if train.size == 0:
+            raise ValueError(f"blocked_folds: fold {k} has no training bins left ({T} bins, {n_folds} folds, "
+                             f"gap {gap_s} s = {g} bins); use fewer folds or a shorter gap")
+        folds.append((train, np.arange(a, b, dtype=np.int64)))
+    return folds
+
+
+def few_shot_mask(train_idx, fraction: float, seed=0, contiguous: bool = True, chunk: int = 100) -> np.ndarray:
+    """Which training bins are labelled in few-shot decoding: (len(train_idx),) bool.
+
+    ``round(fraction * n)`` of the ``n`` training bins (at least 1) are labelled. With
+    ``contiguous`` (default), the training bins, in time order, are cut into chunks of
+    ``chunk`` consecutive entries and whole chunks are drawn at random (the last drawn chunk
+    trimmed to hit the count exactly).
+
+    Why chunks and not random single bins: in practice labels come as stretches of a
+    recording (a few minutes tracked or annotated), and behaviour is autocorrelated over
+    seconds, so 10% of 50 ms bins drawn one by one would sample the whole trajectory
+    densely, each labelled bin next to unlabelled bins with nearly the same position, and
+    the "few-shot" score would be close to the fully labelled one. Chunks of a few seconds
+    cover only part of the trajectory, which is what having little labelled data means.
+    A chunk holds ``chunk`` consecutive *training* bins: where training bins skip (rest
+    bins left out, the test block and its gaps), a chunk spans more time.
+
+    Parameters
+    ----------
+    train_idx : (n,) training bin indices in time order (only their count and order matter).
+    fraction : in (0, 1].
+    seed : int or sequence of ints for ``np.random.default_rng``.
+    contiguous : chunks (True) or independent single bins (False).
+    chunk : bins per chunk.
+    """
+    n = len(np.asarray(train_idx))
+    if not 0 < fraction <= 1:
+        raise ValueError(f"few_shot_mask: fraction must be in (0, 1], got {fraction}")
+    if chunk < 1:
+        raise ValueError(f"few_shot_mask: chunk must be >= 1 bin, got {chunk}")
+    mask = np.zeros(n, dtype=bool)
+    if n == 0:
+        return mask
+    n_label = max(1, int(round(fraction * n)))
+    if n_label >= n:
+        mask[:] = True
+        return mask
+    rng = np.random.default_rng(seed)
+    if not contiguous:
+        mask[rng.choice(n, n_label, replace=False)] = True
+        return mask
+    n_chunks = -(-n // chunk)
+    remaining = n_label
+    for c in rng.permutation(n_chunks):
+        a = int(c) * chunk
+        b = min(a + chunk, n)
+        take = min(b - a, remaining)
+        mask[a:a + take] = True
+        remaining -= take
+        if remaining == 0:
+            break
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# scoring
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_decoder(fit_predict: Callable, X, Y, folds: Sequence[Fold], score_mask, *, train_mask=None,
+                     label_fraction: float = 1.0, chunk: int = 100, seed=0, contiguous: bool = True) -> dict:
+    """Cross-validated decoding scored on pooled held-out predictions.
+
+    For each fold ``k``: the training bins are ``train_idx`` where ``train_mask`` holds and
+    ``Y`` is finite, then (few-shot) only the labelled fraction of them
+    (:func:`few_shot_mask` with seed ``[seed, k]``); the decoder is fitted on them and
+    predicts the fold's test bins where ``score_mask`` holds and ``Y`` is finite. The
+    predictions of all folds are pooled and scored once: R2 and Pearson r per output
+    (:func:`neurofm.metrics.r2_score`, :func:`neurofm.metrics.pearson_r`), and their means
+    over outputs.
+
+    Parameters
+    ----------
+    fit_predict : ``fit_predict(X_train, Y_train, X_test) -> (n_test, D)`` predictions; a
+        fresh model per call. ``X`` rows are selected with integer index arrays, so ``X``
+        may be any per-bin array: lagged counts (T, F), or simply the bin indices
+        ``np.arange(T)`` for a model that reads its own inputs (e.g. spike-token windows
+        ending at each bin).
+    X : (T, ...) per-bin inputs.
+    Y : (T,) or (T, D) targets; NaN where unknown (never trained on or scored).
+    folds : from :func:`blocked_folds`.
+    score_mask : (T,) bool, bins that are scored (e.g. moving bins).
+    train_mask : (T,) bool, bins that may be trained on (default: all).
+    label_fraction, chunk, seed, contiguous : few-shot labelling (:func:`few_shot_mask`).
+
+    Returns
+    -------
+    dict: ``r2`` (D,), ``r2_mean``, ``pearson_r`` (D,), ``pearson_r_mean``, ``n_scored``,
+    ``n_train`` (per fold), ``predictions`` (T, D) (NaN outside scored test bins),
+    ``scored`` (T,) bool (the bins behind the scores).
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    Y2 = Y.reshape(len(Y), -1)  # (T, D)
+    T, D = Y2.shape
+    if len(X) != T:
+        raise ValueError(f"evaluate_decoder: X has {len(X)} rows but Y has {T}; one row per bin in both")
+    score_mask = np.asarray(score_mask, dtype=bool)
+    train_mask = np.ones(T, dtype=bool) if train_mask is None else np.asarray(train_mask, dtype=bool)
+    if score_mask.shape != (T,) or train_mask.shape != (T,):
+        raise ValueError(f"evaluate_decoder: score_mask {score_mask.shape} and train_mask {train_mask.shape} "
+                         f"must both be ({T},)")
+    known = np.isfinite(Y2).all(axis=1)
+    predictions = np.full((T, D), np.nan)
+    scored = np.zeros(T, dtype=bool)
+    n_train = []
+    seen = np.zeros(T, dtype=bool)
+    for k, (train_idx, test_idx) in enumerate(folds):
+        train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+        if seen[test_idx].any() or np.intersect1d(train_idx, test_idx).size:
+            raise ValueError(f"evaluate_decoder: fold {k}'s test bins overlap its training bins or an earlier "
+                             f"fold's test bins; use blocked_folds")
+        seen[test_idx] = True
+        tr = train_idx[train_mask[train_idx] & known[train_idx]]
+        if label_fraction < 1:
+            tr = tr[few_shot_mask(tr, label_fraction, seed=[int(seed), k], contiguous=contiguous, chunk=chunk)]
+        te = test_idx[score_mask[test_idx] & known[test_idx]]
+        n_train.append(int(tr.size))
+        if te.size == 0:
+            continue
+        if tr.size == 0:
+            raise ValueError(f"evaluate_decoder: fold {k} has no labelled training bins (train_mask and Y leave "
+                             f"none); widen train_mask or use fewer folds")
+        pred = np.asarray(fit_predict(X[tr], Y2[tr] if Y.ndim > 1 else Y[tr], X[te]), dtype=np.float64)
+        pred = pred.reshape(len(te), -1)
+        if pred.shape != (len(te), D):
+            raise ValueError(f"evaluate_decoder: fit_predict returned shape {pred.shape} for {len(te)} test bins "
+                             f"of {D} outputs")
+        predictions[te] = pred
+        scored[te] = True
+    if scored.sum() < 2:
+        raise ValueError("evaluate_decoder: fewer than 2 scored bins over all folds; check score_mask "
+                         "(e.g. the speed threshold) and that Y has values there")
+    y, p = Y2[scored], predictions[scored]
+    r2 = np.atleast_1d(metrics.r2_score(y, p, multioutput="raw_values"))
+    r = np.atleast_1d(metrics.pearson_r(y, p, multioutput="raw_values"))
+    return {"r2": r2, "r2_mean": float(np.mean(r2)), "pearson_r": r, "pearson_r_mean": float(np.mean(r)),
+            "n_scored": int(scored.sum()), "n_train": n_train, "predictions": predictions, "scored": scored}
+
+
+def mean_fit_predict(X_train, Y_train, X_test) -> np.ndarray:
+    """Null decoder: every test bin gets the training mean of Y (ignores the spikes).
+
+    Pooled over folds its R2 is at most 0 and is exactly 0 only when every fold's training
+    mean equals the pooled mean of the scored bins; a negative value measures how much the
+    behaviour's mean differs between blocks.
+    """
+    Y_train = np.asarray(Y_train, dtype=np.float64)
+    return np.broadcast_to(Y_train.mean(axis=0), (len(X_test),) + Y_train.shape[1:]).copy()
+
+
+class RidgeFitPredict:
+    """Ridge (:class:`neurofm.baselines.Ridge`) as a ``fit_predict`` for :func:`evaluate_decoder`.
+
+    ``alpha="blocked_cv"``: the penalty is chosen on the training bins alone by
+    ``inner_folds``-fold blocked CV (:func:`blocked_folds` over the training rows in time
+    order, ``gap`` rows removed each side: rows skip rest bins, so ``gap`` rows span at
+    least ``gap`` bins), maximising the pooled R2 averaged over outputs; one
+    eigendecomposition per inner fold scores every alpha. ``"holdout"``: Ridge's own
+    choice on the last 20% of the training rows (after a gap). A number: fixed. The chosen
+    alpha of each call is appended to ``alphas_``.
+    """
+
+    def __init__(self, alpha: str | float = "blocked_cv", alphas: Sequence[float] = DEFAULT_ALPHAS,
+                 inner_folds: int = 4, gap: int = 100):
+        self.alpha, self.alphas = alpha, np.asarray(alphas, dtype=np.float64)
+        self.inner_folds, self.gap = int(inner_folds), int(gap)
+        self.alphas_: list[float] = []
+
+    def choose_alpha(self, X, Y) -> float:
+        n = len(X)
+        try:
+            folds = blocked_folds(n, self.inner_folds, gap_s=float(self.gap), bin_size=1.0)
+        except ValueError as e:
+            raise ValueError(f"RidgeFitPredict: {n} training bins are too few for {self.inner_folds}-fold inner CV "
+                             f"with a gap of {self.gap} bins ({e}); pass a fixed alpha") from None
+        preds = np.zeros((self.alphas.size,) + Y.shape)
+        for tr, te in folds:
+            mu, sd, y_mean, weights = Ridge._solve(X[tr], Y[tr], self.alphas)
+            Z = (X[te] - mu) / sd
+            for i, w in enumerate(weights):
+                preds[i, te] = Z @ w + y_mean
+        ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+        ss_tot = np.where(ss_tot > 0, ss_tot, 1.0)
+        scores = [np.mean(1 - ((Y - p) ** 2).sum(axis=0) / ss_tot) for p in preds]
+        return float(self.alphas[int(np.argmax(scores))])
+
+    def __call__(self, X_train, Y_train, X_test) -> np.ndarray:
+        X_train = np.asarray(X_train, dtype=np.float64)
+        Y_train = np.asarray(Y_train, dtype=np.float64)
+        Y2 = Y_train.reshape(len(Y_train), -1)
+        if self.alpha == "blocked_cv":
+            model = Ridge(self.choose_alpha(X_train, Y2))
+        elif self.alpha == "holdout":
+            model = Ridge(self.alphas, val_fraction=0.2, gap=self.gap)
+        else:
+            model = Ridge(float(self.alpha))
+        model.fit(X_train, Y2)
+        self.alphas_.append(model.alpha_)
+        return model.predict(np.asarray(X_test, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# from a session file
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodingData:
+    """A session's spikes and behaviour on one bin grid (see :func:`session_position_data`).
+
+    ``counts`` (T, N) int64 spikes per unit per bin; ``position`` (T, D) float64, mean of the
+    behaviour's samples in each bin (NaN where none); ``speed`` (T,) position units / s;
+    ``bin_times`` (T,) s, bin starts (bin t covers ``[bin_times[t], bin_times[t] + bin_size)``);
+    ``moving`` (T,) bool (also False where position is NaN).
+    """
+
+    counts: np.ndarray
+    position: np.ndarray
+    speed: np.ndarray
+    bin_times: np.ndarray
+    moving: np.ndarray
+    bin_size: float
+    unit: str = ""
+    speed_source: str = ""
+    unit_ids: list[str] = field(default_factory=list)
+    session_id: str = ""
+    behavior: str = "position"
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.bin_times)
+
+    @property
+    def bin_end(self) -> np.ndarray:
+        """(T,) s: bin ends (a Neuroformer window's ``interval`` is its end time)."""
+        return self.bin_times + self.bin_size
+
+
+def _open(session) -> tuple[Session, bool]:
+    if isinstance(session, Session):
+        return session, False
+    if isinstance(session, (str, os.PathLike)):
+        return Session(session), True
+    raise TypeError(f"expected a Session or the path of a session file, got {type(session).__name__}")
+
+
+def session_position_data(session, protocol: DecodingProtocol | None = None) -> DecodingData:
+    """Bin a session's spikes and behaviour for decoding (DESIGN.md 8).
+
+    The bins cover the span where both exist: from the later of the first spike and the
+    first behaviour sample to the earlier of the last ones (the file does not store the
+    spike recording's own bounds, and a decoder has nothing to read, or nothing to score,
+    outside that overlap). Speed comes from ``/behavior/<protocol.speed_name>`` when the
+    file has it (its binned mean, absolute value or norm over columns), else from the
+    binned position by finite differences (:func:`speed_from_position`).
+
+    ``session``: a :class:`~neurofm.data.session.Session` or a session file path.
+    """
+    protocol = protocol or DecodingProtocol()
+    s, opened = _open(session)
+    try:
+        if protocol.behavior not in s.behavior_names:
+            raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}",
+                                     f"missing (behaviour in this file: {s.behavior_names or 'none'})",
+                                     "set DecodingProtocol.behavior to one of them, or convert a recording "
+                                     "with tracking")
+        if s.n_spikes == 0:
+            raise SessionFormatError(s.path, "/spikes", "no spikes", "decode from a session that holds spikes")
+        times, unit_index = s.spikes()
+        ts, values = s.behavior(protocol.behavior)
+        if len(ts) < 2:
+            raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}", f"{len(ts)} sample(s)",
+                                     "decoding needs a sampled behaviour trace")
+        t0, t1 = max(float(times[0]), float(ts[0])), min(float(times[-1]), float(ts[-1]))
+        if t1 - t0 < protocol.bin_size * protocol.n_folds * 2:
+            raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}",
+                                     f"spikes and behaviour overlap only in [{t0:.3f}, {t1:.3f}] s",
+                                     "decode a session whose behaviour is tracked while spikes are recorded")
+        counts = bin_spikes(times, unit_index, s.n_units, t0, t1, protocol.bin_size)  # (T, N)
+        T = len(counts)
+        position = bin_timeseries(ts, values, t0, t1, protocol.bin_size).reshape(T, -1)  # (T, D)
+        unit = str(s.h5[f"behavior/{protocol.behavior}"].attrs.get("unit", ""))
+        if isinstance(unit, bytes):
+            unit = unit.decode()
+        if protocol.speed_name in s.behavior_names and protocol.speed_name != protocol.behavior:
+            st, sv = s.behavior(protocol.speed_name)
+            sv = np.asarray(sv, dtype=np.float64)
+            sv = np.abs(sv) if sv.ndim == 1 else np.linalg.norm(sv, axis=1)
+            speed = bin_timeseries(st, sv, t0, t1, protocol.bin_size)
+            source = f"/behavior/{protocol.speed_name}"
+        else:
+            if not np.isfinite(position).all(axis=1).any():
+                raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}", "no sample inside the spike span",
+                                         "check that spike and behaviour timestamps share one clock")
+            speed = speed_from_position(position, protocol.bin_size)
+            source = f"finite differences of /behavior/{protocol.behavior}"
+        moving = moving_mask(speed, protocol.bin_size, protocol.speed_threshold, protocol.smooth_s)
+        moving &= np.isfinite(position).all(axis=1)
+        bin_times = t0 + protocol.bin_size * np.arange(T)
+        return DecodingData(counts=counts, position=position, speed=speed, bin_times=bin_times, moving=moving,
+                            bin_size=protocol.bin_size, unit=unit, speed_source=source,
+                            unit_ids=s.unit_ids, session_id=s.session_id, behavior=protocol.behavior)
+    finally:
+        if opened:
+            s.close()
+
+
+@dataclass
+class DecodingSetup:
+    """Bins, folds and masks shared by every decoder scored under one protocol.
+
+    ``score_mask``: moving bins with a position and a full spike history. ``train_mask``:
+    the same (``train_on="moving"``) or every bin with a position and a full history
+    (``"all"``). ``folds``: :func:`blocked_folds` over all bins (``fold_span="recording"``:
+    folds are contiguous stretches of the recording, whatever is scored in them) or over the
+    span from the first to the last moving bin (``"moving"``).
+    """
+
+    protocol: DecodingProtocol
+    data: DecodingData
+    folds: list[Fold]
+    score_mask: np.ndarray
+    train_mask: np.ndarray
+
+    def evaluate(self, fit_predict: Callable, X) -> dict:
+        """:func:`evaluate_decoder` on this setup (few-shot settings from the protocol)."""
+        p = self.protocol
+        return evaluate_decoder(fit_predict, X, self.data.position, self.folds, self.score_mask,
+                                train_mask=self.train_mask, label_fraction=p.label_fraction, chunk=p.chunk_bins,
+                                seed=p.seed, contiguous=p.contiguous_labels)
+
+    def describe(self) -> str:
+        return self.protocol.describe(self.data.unit)
+
+
+def decoding_setup(session, protocol: DecodingProtocol | None = None, data: DecodingData | None = None
+                   ) -> DecodingSetup:
+    """Bins (:func:`session_position_data`, or ``data`` already binned), folds and masks.
+
+    The moving mask is recomputed from ``data.speed`` with this protocol's threshold and
+    smoothing, so one binned ``data`` serves protocols that differ in those.
+    """
+    protocol = protocol or DecodingProtocol()
+    data = data if data is not None else session_position_data(session, protocol)
+    if abs(data.bin_size - protocol.bin_size) > 1e-12 or data.behavior != protocol.behavior:
+        raise ValueError(f"decoding_setup: data hold {data.behavior!r} in {data.bin_size} s bins but the protocol "
+                         f"asks for {protocol.behavior!r} in {protocol.bin_size} s bins; bin again with this protocol")
+    T = data.n_bins
+    history = np.arange(T) >= protocol.n_history - 1  # a full n_history-bin window of counts
+    has_pos = np.isfinite(data.position).all(axis=1)
+    moving = moving_mask(data.speed, protocol.bin_size, protocol.speed_threshold, protocol.smooth_s)
+    score = moving & has_pos & history
+    train = score.copy() if protocol.train_on == "moving" else has_pos & history
+    if protocol.fold_span == "recording":
+        folds = blocked_folds(T, protocol.n_folds, protocol.gap_s, protocol.bin_size)
+    else:
+        moving_bins = np.flatnonzero(score)
+        if moving_bins.size < protocol.n_folds:
+            raise ValueError(f"decoding_setup: {moving_bins.size} moving bins, too few for {protocol.n_folds} folds; "
+                             f"lower DecodingProtocol.speed_threshold ({protocol.speed_threshold})")
+        a, b = int(moving_bins[0]), int(moving_bins[-1]) + 1
+        span_folds = blocked_folds(b - a, protocol.n_folds, protocol.gap_s, protocol.bin_size)
+        folds = [(tr + a, te + a) for tr, te in span_folds]
+    return DecodingSetup(protocol=protocol, data=data, folds=folds, score_mask=score, train_mask=train)
+
+
+def ridge_floor(session_path, protocol: DecodingProtocol | None = None, *, setup: DecodingSetup | None = None
+                ) -> dict:
+    """The DESIGN.md 8 floor: ridge on binned counts with history, plus a mean null, one setup.
+
+    Features for bin t: every unit's counts in bins ``t - n_history + 1 .. t``
+    (:func:`neurofm.baselines.history_features` with the current bin), standardised by
+    the ridge. ``protocol.label_fraction < 1`` gives the few-shot floor.
+
+    Parameters
+    ----------
+    session_path : session file (or open Session); not read when ``setup`` is given and
+        ``protocol`` bins the same way (same ``bin_size``, ``behavior``, ``speed_name``).
+    protocol : defaults to :class:`DecodingProtocol` (``setup.protocol`` when only a setup
+        is given). With a ``setup`` and a different protocol, the setup's binned data are
+        reused and the masks and folds rebuilt for the new protocol (threshold, smoothing,
+        history, folds, few-shot and alpha may all differ).
+    setup : a :func:`decoding_setup` to reuse (its bins, folds and masks).
+
+    Returns
+    -------
+    dict: ``protocol`` (the describe line), ``ridge`` and ``null`` (:func:`evaluate_decoder`
+    results; ``ridge["alphas"]`` the chosen penalty per fold), ``n_bins``, ``n_units``,
+    ``n_moving``, ``setup`` (for other decoders to reuse).
+    """
+    if setup is None:
+        setup = decoding_setup(session_path, protocol)
+    elif protocol is not None and protocol != setup.protocol:
+        same_bins = (protocol.bin_size, protocol.behavior, protocol.speed_name) == \
+            (setup.protocol.bin_size, setup.protocol.behavior, setup.protocol.speed_name)
+        setup = decoding_setup(session_path, protocol, data=setup.data if same_bins else None)
+    p = setup.protocol
+    data = setup.data
+    X = history_features(data.counts, p.n_history, include_current=True)  # (T, n_history * N)
+    ridge = RidgeFitPredict(p.alpha, p.alphas, p.inner_folds, gap=p.gap_bins)
+    result_ridge = setup.evaluate(ridge, X)
+    result_ridge["alphas"] = list(ridge.alphas_)
+    result_null = setup.evaluate(mean_fit_predict, X)
+    return {"protocol": setup.describe(), "ridge": result_ridge, "null": result_null, "n_bins": data.n_bins,
+            "n_units": data.counts.shape[1], "n_moving": int(setup.score_mask.sum()), "setup": setup}
