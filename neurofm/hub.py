@@ -138,6 +138,12 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
     return _REGISTRY[model_type].from_pretrained(folder, **kwargs)
 
 
+def pretrained_config(name_or_path: str | os.PathLike, **kwargs) -> dict:
+    """``config.json`` of a local pretrained folder or Hub repo, without loading weights."""
+    return read_config(_resolve(name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token"),
+                                local_files_only=kwargs.get("local_files_only", False)))
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     """The parsed ``config.json`` of a pretrained folder, validated."""
     path = Path(folder) / CONFIG_NAME

@@ -8,7 +8,12 @@ shard by rank and worker themselves. In both cases:
 * splits are contiguous time blocks with a gap (``splits``, default
   ``TimeBlockSplit({"train": .8, "valid": .1, "test": .1}, gap=1.0)``, or ``/intervals/train``
   etc. when the files have them), so no validation window overlaps a training window;
-* the training order is a function of ``(seed, epoch)`` only -- a resumed run replays it;
+* the training order is a function of ``(seed, epoch)`` only, and the training loaders
+  (:class:`~neurofm.data.datasets.ResumableDataLoader`,
+  :class:`~neurofm.data.datasets.EpochDataLoader`) save their position inside the epoch in
+  Lightning's checkpoints: a run resumed from a mid-epoch checkpoint skips the batches it
+  already trained on without reading them and then sees exactly the batches the
+  uninterrupted run would have seen;
 * under DDP every rank reads its own share (the rank comes from the trainer).
 """
 
@@ -19,8 +24,9 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, SpikeWindowDataset, StreamingIEEGDataset,
-                                   StreamingSpikeDataset, collate_ieeg, collate_spikes, open_sessions)
+from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, ResumableDataLoader, SpikeWindowDataset,
+                                   StreamingIEEGDataset, StreamingSpikeDataset, collate_ieeg, collate_spikes,
+                                   open_sessions)
 from neurofm.data.samplers import BlockShuffleSampler, distributed_info
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.splits import TimeBlockSplit
@@ -76,9 +82,9 @@ class _WindowDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         sampler = BlockShuffleSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed,
                                       block=self.shuffle_block if train else 1, drop_last=False)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self._collate, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        loader = ResumableDataLoader if train else DataLoader
+        return loader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                      collate_fn=self._collate, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.split_names[0], train=True)

@@ -15,6 +15,12 @@ Two access patterns, one reading code path each:
   number or length of the sessions. Use with ``DataLoader(ds, batch_size=None)`` or
   :class:`EpochDataLoader`.
 
+The training loaders, :class:`ResumableDataLoader` (map-style, over a
+:class:`~neurofm.data.samplers.BlockShuffleSampler`) and :class:`EpochDataLoader`
+(streaming), keep their position inside the epoch in Lightning checkpoints, so a run resumed
+from a mid-epoch checkpoint skips the batches it already trained on without reading them and
+then sees exactly the batches the uninterrupted run would have seen.
+
 Windows come from :mod:`neurofm.data.splits`: a window is in a split only if everything it
 reads lies inside one of that split's time blocks.
 """
@@ -30,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, shard_bounds, stream_pieces,
-                                   worker_info)
+from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, shard_bounds, shuffle_buffer_plan,
+                                   stream_pieces, worker_info)
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
@@ -267,11 +273,13 @@ class SpikeWindowDataset(Dataset):
 class _Streaming(IterableDataset):
     """Shared epoch / shard / shuffle-buffer logic of the streaming datasets.
 
-    A subclass reads one piece (consecutive windows of one session) into a *block* with
-    ``_read_piece``, takes rows of blocks with ``_take(block, rows)`` and joins taken rows into
-    a batch with ``_join(parts)``. The shuffle buffer holds whole blocks and draws random
-    ``(block, row)`` pairs from them, so a batch is a few fancy-indexing gathers, not one
-    Python object per window.
+    A subclass reads one piece (consecutive windows of one session) into a *block* of
+    ``j1 - j0`` rows with ``_read_piece``, takes rows of blocks with ``_take(block, rows)``,
+    copies taken rows into a new block with ``_merge(parts)`` and joins taken rows into a
+    batch with ``_join(parts)``. Which rows go into which batch is
+    :func:`~neurofm.data.samplers.shuffle_buffer_plan`, a function of the block sizes and
+    ``(seed, epoch, rank, worker)`` alone; that is what lets a resumed worker skip the batches
+    it already yielded without reading them.
     """
 
     index: WindowIndex
@@ -288,10 +296,26 @@ class _Streaming(IterableDataset):
         self._rank, self._world = rank, world_size
         self.even_ranks, self.num_workers, self.drop_last = even_ranks, max(int(num_workers), 1), drop_last
         self.epoch = 0
+        self._skip: list[int] | None = None
+        self._first_worker = 0
+        self._report_position = False
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle (call before iterating; :class:`EpochDataLoader` does)."""
+    def set_epoch(self, epoch: int, skip: Sequence[int] | None = None, first_worker: int = 0,
+                  report_position: bool = False) -> None:
+        """Select the next iteration's epoch (call before iterating; :class:`EpochDataLoader` does).
+
+        For a mid-epoch resume: ``skip[w]`` batches that worker ``w`` already made in this
+        epoch are planned but neither read nor yielded, and DataLoader worker ``i`` plays
+        worker ``(first_worker + i) % num_workers``. The DataLoader takes batches from its
+        workers in turn starting with worker 0, so starting the turn at the worker that was
+        next when the run stopped keeps the order of batches. ``report_position`` adds
+        ``batch["_position"] = (worker, batches this worker has made so far)``, which
+        :class:`EpochDataLoader` takes out again to know where each worker stands.
+        """
         self.epoch = int(epoch)
+        self._skip = None if skip is None else [int(k) for k in skip]
+        self._first_worker = int(first_worker)
+        self._report_position = bool(report_position)
 
     def _ranks(self) -> tuple[int, int]:
         r, w = distributed_info()
@@ -313,10 +337,7 @@ class _Streaming(IterableDataset):
         return len(self.index)
 
     def _read_piece(self, blocks: WindowIndex, r: int, j0: int, j1: int):
-        raise NotImplementedError
-
-    @staticmethod
-    def _n_rows(block) -> int:
+        """The ``j1 - j0`` windows of piece ``(r, j0, j1)`` as one block (one row per window)."""
         raise NotImplementedError
 
     @staticmethod
@@ -324,7 +345,8 @@ class _Streaming(IterableDataset):
         raise NotImplementedError
 
     @staticmethod
-    def _join(parts: list) -> dict[str, Any]:
+    def _join(parts: list) -> dict[str, Any] | None:
+        """One batch of taken rows (``None``: nothing to yield, e.g. every row was skipped)."""
         raise NotImplementedError
 
     @staticmethod
@@ -332,68 +354,116 @@ class _Streaming(IterableDataset):
         """One block made of the taken ``parts``, sharing no memory with their source blocks."""
         raise NotImplementedError
 
-    def _emit(self, held: dict, bids: np.ndarray, rows: np.ndarray) -> dict[str, Any] | None:
-        parts = [self._take(held[b], rows[bids == b]) for b in np.unique(bids)]
-        parts = [p for p in parts if self._n_rows(p)]
-        return self._join(parts) if parts else None
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # not a generator: the epoch and skip are read now, when the DataLoader (or its
+        # worker) starts the iteration, and the one-shot skip is cleared at once
         rank, world = self._ranks()
         worker, n_workers = worker_info()
+        worker = (worker + self._first_worker) % n_workers
+        skip, self._skip = self._skip, None
+        if skip is not None and len(skip) != n_workers:
+            raise ValueError(f"resume state holds positions of {len(skip)} dataloader workers but this loader runs "
+                             f"{n_workers}; resume with num_workers={len(skip) if len(skip) > 1 else 0}")
         blocks, pieces = stream_pieces(self.index, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
                                        rank=rank, world_size=world, worker=worker, n_workers=n_workers,
                                        block=self.block_windows, even_ranks=self.even_ranks)
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, rank, worker, 0x5EED])
-        B = self.batch_size
-        keep = self.shuffle_buffer if self.shuffle else 0  # windows held back for mixing
-        held: dict[int, Any] = {}  # block id -> block
-        pool_b = np.zeros(0, np.int64)  # (P,) block id of each buffered window
-        pool_r = np.zeros(0, np.int64)  # (P,) its row in the block
+        rng = None
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, rank, worker, 0x5EED])
+        plan = shuffle_buffer_plan([j1 - j0 for _, j0, j1 in pieces], self.batch_size,
+                                   self.shuffle_buffer if self.shuffle else 0, rng, self.drop_last)
+        return self._run(plan, blocks, pieces, worker, skip[worker] if skip else 0, self._report_position)
+
+    def _run(self, plan, blocks: WindowIndex, pieces: list, worker: int, n_skip: int, report: bool):
+        # held[bid] = (block, lut): plan row i of block bid is row lut[i] of block (lut None: row i)
+        held = self._fast_forward(plan, blocks, pieces, n_skip) if n_skip else {}
+
+        def take(b: int, rows: np.ndarray, pop: bool = False):
+            block, lut = held.pop(b) if pop else held[b]
+            return self._take(block, rows if lut is None else lut[rows])
+
+        made = n_skip  # batches of the plan made so far (yielded or not)
         last_session = None
-        next_id = 0
-        for r, j0, j1 in pieces:
-            s = int(blocks.session[r])
-            if last_session is not None and last_session != s:
-                self.sessions[last_session].close()  # one open file per worker at a time
-            last_session = s
-            # Random draws leave a few rows of old blocks behind. Copy the rows left in blocks
-            # less than half full into ONE block, so a stray row never pins a whole block (memory
-            # stays ~ shuffle_buffer + one block) and a batch gathers from a few blocks only.
-            stale = [b for b in held if 2 * int(np.count_nonzero(pool_b == b)) < self._n_rows(held[b])]
-            if len(stale) > 1 or (stale and len(held) > 2):
-                parts, offset = [], 0
-                for b in stale:
-                    where = np.flatnonzero(pool_b == b)
-                    parts.append(self._take(held.pop(b), pool_r[where]))
-                    pool_b[where] = next_id
-                    pool_r[where] = offset + np.arange(len(where))
-                    offset += len(where)
-                held[next_id] = self._merge(parts)
-                next_id += 1
-            block = self._read_piece(blocks, r, j0, j1)
-            n = self._n_rows(block)
-            bid, next_id = next_id, next_id + 1
-            held[bid] = block
-            pool_b = np.concatenate([pool_b, np.full(n, bid)])
-            pool_r = np.concatenate([pool_r, np.arange(n)])
-            while len(pool_b) >= keep + B:
-                pick = rng.choice(len(pool_b), B, replace=False) if self.shuffle else np.arange(B)
-                out = self._emit(held, pool_b[pick], pool_r[pick])
-                pool_b, pool_r = np.delete(pool_b, pick), np.delete(pool_r, pick)
-                for b in set(held) - set(np.unique(pool_b).tolist()):
-                    del held[b]  # fully consumed
+        for op in plan:
+            if op[0] == "read":
+                r, j0, j1 = pieces[op[2]]
+                s = int(blocks.session[r])
+                if last_session is not None and last_session != s:
+                    self.sessions[last_session].close()  # one open file per worker at a time
+                last_session = s
+                held[op[1]] = (self._read_piece(blocks, r, j0, j1), None)
+            elif op[0] == "merge":
+                held[op[1]] = (self._merge([take(b, rows, pop=True) for b, rows in op[2]]), None)
+            elif op[0] == "free":
+                for b in op[1]:
+                    del held[b]
+            else:
+                made += 1
+                out = self._join([take(b, rows) for b, rows in op[1]])
                 if out is not None:
+                    if report:
+                        out["_position"] = (worker, made)
                     yield out
         if last_session is not None:
             self.sessions[last_session].close()
-        order = rng.permutation(len(pool_b)) if self.shuffle else np.arange(len(pool_b))
-        for i in range(0, len(order), B):
-            pick = order[i:i + B]
-            if len(pick) < B and self.drop_last:
-                break
-            out = self._emit(held, pool_b[pick], pool_r[pick])
-            if out is not None:
-                yield out
+
+    def _read_rows(self, blocks: WindowIndex, r: int, j0: int, j1: int, rows: np.ndarray):
+        """Rows ``rows`` of piece ``(r, j0, j1)``, exactly as :meth:`_read_piece` makes them.
+
+        This default reads the whole piece (right when a window's values depend on its
+        neighbours' samples, e.g. filtering); a subclass may read just those windows.
+        """
+        return self._take(self._read_piece(blocks, r, j0, j1), rows)
+
+    def _fast_forward(self, plan, blocks: WindowIndex, pieces: list, n_batches: int) -> dict[int, tuple]:
+        """Run the plan past its first ``n_batches`` batches tracking only where rows come from
+        and which are still in the buffer; then read just those rows and rebuild the buffer.
+
+        Every window the worker has not yet put in a batch is either in the buffer now or in
+        a piece still to be read, so a resumed worker reads each of its remaining windows once
+        and nothing of the batches it skips.
+        """
+        source: dict[int, np.ndarray] = {}  # block id -> (rows, 2) [piece, row in piece]
+        alive: dict[int, np.ndarray] = {}  # block id -> (rows,) bool, row still in the buffer
+        done = 0
+        for op in plan:
+            if op[0] == "read":
+                _, j0, j1 = pieces[op[2]]
+                source[op[1]] = np.stack([np.full(j1 - j0, op[2]), np.arange(j1 - j0)], axis=1)
+                alive[op[1]] = np.ones(j1 - j0, bool)
+            elif op[0] == "merge":
+                source[op[1]] = np.concatenate([source.pop(b)[rows] for b, rows in op[2]])
+                alive[op[1]] = np.ones(len(source[op[1]]), bool)
+                for b, _ in op[2]:
+                    del alive[b]
+            elif op[0] == "free":
+                for b in op[1]:
+                    del source[b], alive[b]
+            else:
+                for b, rows in op[1]:
+                    alive[b][rows] = False
+                done += 1
+                if done == n_batches:
+                    break
+        wanted = np.concatenate([source[b][alive[b]] for b in source] or [np.zeros((0, 2), np.int64)])
+        read: dict[int, tuple[Any, np.ndarray]] = {}  # piece -> (its wanted rows as a block, lut)
+        for p in np.unique(wanted[:, 0]).tolist():
+            r, j0, j1 = pieces[p]
+            rows = np.unique(wanted[wanted[:, 0] == p, 1])
+            lut = np.full(j1 - j0, -1, np.int64)
+            lut[rows] = np.arange(len(rows))
+            read[p] = (self._read_rows(blocks, r, j0, j1, rows), lut)
+        for s in {int(blocks.session[pieces[p][0]]) for p in read}:
+            self.sessions[s].close()
+        held = {}
+        for b, src in source.items():
+            keep = np.flatnonzero(alive[b])
+            lut = np.full(len(src), -1, np.int64)
+            lut[keep] = np.arange(len(keep))
+            runs = np.split(src[keep], np.flatnonzero(np.diff(src[keep, 0])) + 1) if len(keep) else []
+            parts = [self._take(read[int(run[0, 0])][0], read[int(run[0, 0])][1][run[:, 1]]) for run in runs]
+            held[b] = (self._merge(parts) if parts else None, lut)
+        return held
 
 
 def _auto_block(n_windows_per_s: float, items_per_s: float, target_items: float, lo: int, hi: int) -> int:
@@ -462,9 +532,9 @@ class StreamingSpikeDataset(_Streaming):
     def _read_piece(self, blocks, r, j0, j1):
         return self.reader.read(int(blocks.session[r]), blocks.anchors(r, j0, j1))
 
-    @staticmethod
-    def _n_rows(block) -> int:
-        return len(block["interval"])
+    def _read_rows(self, blocks, r, j0, j1, rows):
+        # a window's tokens depend on its own spikes only: read just these windows
+        return self.reader.read(int(blocks.session[r]), blocks.anchors(r, j0, j1)[rows])
 
     _take = staticmethod(_take_rows)
     _join = staticmethod(_join_arrays)
@@ -474,11 +544,6 @@ class StreamingSpikeDataset(_Streaming):
 # --------------------------------------------------------------------------------------------
 # iEEG segments
 # --------------------------------------------------------------------------------------------
-
-
-def _continuous_t0(session: Session) -> float:
-    """Time (s) of the first continuous sample (``/continuous`` attr ``t_start``)."""
-    return float(session.h5["continuous"].attrs.get("t_start", 0.0))
 
 
 class _IEEGReader:
@@ -506,7 +571,7 @@ class _IEEGReader:
             cplan = segmenter.channel_plan(channels, s.n_channels)
             self.plans.append(plan)
             self.cplans.append(cplan)
-            self.t0.append(_continuous_t0(s))
+            self.t0.append(s.continuous_t_start)
             if events is not None and events not in s.event_names:
                 raise KeyError(f"{s.path}: /events/{events}: missing (available: {s.event_names})")
             if target is not None and target not in s.behavior_names:
@@ -540,8 +605,10 @@ class _IEEGReader:
             self._events_cache[s] = np.sort(self.sessions[s].events(self.events)["onset"])
         return self._events_cache[s]
 
-    def read(self, s: int, t0s: np.ndarray, labels: np.ndarray) -> tuple[list[dict[str, Any]], int]:
-        """Items for segments of session ``s`` starting at ``t0s`` (s); also the number skipped (NaN)."""
+    def read(self, s: int, t0s: np.ndarray, labels: np.ndarray) -> list[dict[str, Any] | None]:
+        """Items for segments of session ``s`` starting at ``t0s`` (s), one per start; ``None``
+        for a segment that is skipped (NaN/inf samples, or past the data), so positions stay
+        those of the index whatever the data holds."""
         session, plan, cplan = self.sessions[s], self.plans[s], self.cplans[s]
         t0s = np.asarray(t0s, dtype=np.float64)
         sr, ct0 = plan.source_rate, self.t0[s]
@@ -552,7 +619,6 @@ class _IEEGReader:
         x = self.segmenter.preprocess(raw, plan, cplan)  # (T', C') at plan.rate
         starts = np.rint((t0s - ct0 - a / sr) * plan.rate).astype(np.int64)
         seg, kept, cmask = self.segmenter.cut(x, starts, plan)
-        n_skipped = len(t0s) - len(kept)
         sp = self.spatial[s]
         extra: dict[str, np.ndarray] = {}
         if self.events is not None:
@@ -566,14 +632,14 @@ class _IEEGReader:
             ts, vals = session.behavior(self.target, float(t0s.min()), float(t0s.max()) + seg_s)
             f = behavior_features(ts, vals, t0s, t0s + seg_s)
             extra["target"], extra["target_mask"] = f["mean"], f["mask"]
-        items = []
-        for j, i in enumerate(kept):
+        items: list[dict[str, Any] | None] = [None] * len(t0s)
+        for j, i in enumerate(kept.tolist()):
             item = {"x": seg[j], "channel_mask": cmask[j], "coords": sp["coords"], "parcel": sp["parcel"],
                     "lobe": sp["lobe"], "session": s, "t0": float(t0s[i])}
             for k, v in extra.items():
                 item[k] = v[i]
-            items.append(item)
-        return items, n_skipped
+            items[i] = item
+        return items
 
 
 def _ieeg_index(sessions: list[Session], reader: _IEEGReader, split, splits, stride_s: float | None) -> WindowIndex:
@@ -642,8 +708,7 @@ class IEEGSegmentDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         s, t0, label = self.index.locate(int(i))
-        items, _ = self.reader.read(s, np.array([t0]), np.array([label]))
-        return items[0] if items else None
+        return self.reader.read(s, np.array([t0]), np.array([label]))[0]
 
 
 class StreamingIEEGDataset(_Streaming):
@@ -651,7 +716,9 @@ class StreamingIEEGDataset(_Streaming):
 
     Arguments as :class:`IEEGSegmentDataset` plus the streaming ones of
     :class:`StreamingSpikeDataset`. ``block_windows`` consecutive segments share one read and
-    one preprocessing pass. NaN segments are skipped; ``skipped`` counts them (per process).
+    one preprocessing pass. NaN segments are skipped: left out of their batch and counted in
+    ``batch["n_skipped"]`` (as :func:`collate_ieeg` does for the map-style dataset) and in
+    ``skipped`` (per process); a batch of skipped segments only is not yielded.
     """
 
     def __init__(self, sessions, segmenter: IEEGSegmenter | None = None, split: str | None = None, *, splits=None,
@@ -682,13 +749,9 @@ class StreamingIEEGDataset(_Streaming):
 
     def _read_piece(self, blocks, r, j0, j1):
         t0s = blocks.anchors(r, j0, j1)
-        items, n_skipped = self.reader.read(int(blocks.session[r]), t0s, np.full(len(t0s), blocks.label[r]))
-        self.skipped += n_skipped
+        items = self.reader.read(int(blocks.session[r]), t0s, np.full(len(t0s), blocks.label[r]))
+        self.skipped += sum(it is None for it in items)
         return items
-
-    @staticmethod
-    def _n_rows(block) -> int:
-        return len(block)
 
     @staticmethod
     def _take(block, rows):
@@ -697,11 +760,13 @@ class StreamingIEEGDataset(_Streaming):
     @staticmethod
     def _merge(parts):
         # items hold views of their block's segment array: copy them so the block can go
-        return [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in it.items()} for p in parts for it in p]
+        return [None if it is None else {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in it.items()}
+                for p in parts for it in p]
 
     @staticmethod
     def _join(parts):
-        return collate_ieeg([it for p in parts for it in p])
+        items = [it for p in parts for it in p]
+        return collate_ieeg(items) if any(it is not None for it in items) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -785,12 +850,115 @@ def collate_ieeg(items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-class EpochDataLoader(DataLoader):
-    """A DataLoader that tells its streaming dataset the epoch before the workers start.
+class _ResumablePosition:
+    """Where a training loader stands in its epoch, for exact mid-epoch resume under Lightning.
+
+    Lightning (2.x) puts ``state_dict()`` of every training loader that has
+    ``state_dict``/``load_state_dict`` into its checkpoints
+    (``loops["fit_loop"]["state_dict"]["combined_loader"]``) and, when
+    ``trainer.fit(ckpt_path=...)`` resumes inside an epoch, calls ``load_state_dict`` before
+    it iterates the loader again. The state is ``{"epoch", "batches"}`` -- batches handed
+    out in that epoch -- plus the layout they assume (batch size, world size, workers). It
+    does not prefetch from a loader with a length, so ``batches`` is what the trainer took.
+
+    Iterating is lazy: nothing (not the epoch, not the workers) starts before the first
+    batch is asked for. Lightning creates the training iterator before it calls
+    ``set_epoch`` and before a resumed run settles its epoch counter; an eager start would
+    pick the wrong epoch. A loaded position is used once, by the next iteration, and only if
+    that iteration is of the saved epoch (a checkpoint taken at the end of an epoch is
+    followed by a fresh one).
+    """
+
+    _position_epoch: int | None = None
+    _position_batches: int = 0
+    _resume: dict | None = None
+
+    def _layout(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _current_epoch(self) -> int:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._resume is not None:  # loaded and not yet used: keep it
+            return dict(self._resume)
+        epoch = self._current_epoch() if self._position_epoch is None else self._position_epoch
+        return {"epoch": int(epoch), "batches": int(self._position_batches), **self._layout()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = {"epoch", "batches"} - set(state)
+        if missing:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: the state lacks {sorted(missing)}; it must come "
+                           f"from {type(self).__name__}.state_dict()")
+        self._resume = dict(state)
+
+    def _take_resume(self, epoch: int) -> dict | None:
+        """The loaded state if it says where to resume ``epoch``; else ``None`` (used once)."""
+        state, self._resume = self._resume, None
+        if state is None or int(state["epoch"]) != epoch or int(state["batches"]) <= 0:
+            return None
+        diff = {k: (state[k], v) for k, v in self._layout().items() if k in state and state[k] != v}
+        if diff:
+            what = ", ".join(f"{k}={old} (now {new})" for k, (old, new) in diff.items())
+            raise ValueError(f"cannot resume epoch {epoch} after batch {state['batches']}: the checkpoint's loader "
+                             f"ran with {what}; resume with the same settings, or from a checkpoint taken at the "
+                             f"end of an epoch")
+        return state
+
+
+class ResumableDataLoader(_ResumablePosition, DataLoader):
+    """A map-style DataLoader that resumes exactly in the middle of an epoch.
+
+    Give it a sampler with ``epoch`` and ``set_start`` (a
+    :class:`~neurofm.data.samplers.BlockShuffleSampler`) and a ``batch_size``. After
+    ``load_state_dict(state)`` the next iteration of ``state["epoch"]`` starts at the
+    sampler's ``state["batches"] * batch_size``-th index: the windows of the batches already
+    trained on are never read, and every following batch is the one the uninterrupted run
+    would have made (any ``num_workers``: the sampler runs in the main process). Under DDP
+    every rank skips inside its own share; ranks hold equal shares, so rank 0's state (the
+    one in the checkpoint) fits all of them.
+    """
+
+    def _current_epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def _layout(self) -> dict[str, int]:
+        return {"batch_size": int(self.batch_size or 0), "world_size": int(getattr(self.sampler, "num_replicas", 1))}
+
+    def __iter__(self):
+        return self._iterate()
+
+    def _iterate(self):
+        epoch = self._current_epoch()
+        state = self._take_resume(epoch)
+        skip = int(state["batches"]) if state else 0
+        if hasattr(self.sampler, "set_start"):
+            self.sampler.set_start(skip * int(self.batch_size or 1))
+        elif skip:
+            raise ValueError(f"cannot resume epoch {epoch} after batch {skip}: the sampler "
+                             f"{type(self.sampler).__name__} has no set_start(); use BlockShuffleSampler")
+        self._position_epoch, self._position_batches = epoch, skip
+        for batch in super().__iter__():
+            self._position_batches += 1
+            yield batch
+
+
+class EpochDataLoader(_ResumablePosition, DataLoader):
+    """A DataLoader for the streaming datasets: the epoch, and exact mid-epoch resume.
 
     Lightning calls ``set_epoch`` only on samplers, which iterable datasets do not have;
     ``epoch_fn()`` (e.g. ``lambda: trainer.current_epoch``) gives the epoch, else the loader
     counts its own iterations. Workers must not be persistent (they would keep the old epoch).
+
+    Each batch of a streaming dataset carries, between its worker and this loader, which
+    worker made it and how many that worker has made; the loader keeps the latest count per
+    worker (``state_dict()["worker_batches"]``) and the worker whose turn is next
+    (``"next_worker"``). After ``load_state_dict`` every worker of the next iteration of that
+    epoch replays its shuffle plan without reading data up to its count, reads only the
+    windows its shuffle buffer held at that point (for iEEG, whose filters span windows, the
+    blocks they are in), and continues exactly as before; the turn
+    starts at ``next_worker``, so the workers' batches interleave as they did. Resume needs
+    the same ``num_workers``, batch size and world size.
     """
 
     def __init__(self, dataset, *args, epoch_fn: Callable[[], int] | None = None, **kwargs):
@@ -799,10 +967,61 @@ class EpochDataLoader(DataLoader):
         super().__init__(dataset, *args, **kwargs)
         self._epoch_fn = epoch_fn
         self._iterations = 0
+        self._worker_batches = [0] * max(self.num_workers, 1)
+        self._next_worker = 0
+
+    def _current_epoch(self) -> int:
+        return int(self._epoch_fn()) if self._epoch_fn is not None else self._iterations
+
+    def _layout(self) -> dict[str, int]:
+        ds = self.dataset
+        if not isinstance(ds, _Streaming):
+            return {}
+        return {"batch_size": ds.batch_size, "world_size": ds._ranks()[1], "num_workers": max(self.num_workers, 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.setdefault("worker_batches", list(self._worker_batches))
+        state.setdefault("next_worker", self._next_worker)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self._epoch_fn is None:
+            self._iterations = int(state["epoch"])
 
     def __iter__(self):
-        epoch = self._epoch_fn() if self._epoch_fn is not None else self._iterations
-        self._iterations += 1
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        return super().__iter__()
+        return self._iterate()
+
+    def _iterate(self):
+        epoch = self._current_epoch()
+        self._iterations = epoch + 1
+        state = self._take_resume(epoch)
+        ds = self.dataset
+        n_workers = max(self.num_workers, 1)
+        skip = [int(k) for k in state.get("worker_batches", ())] if state else None
+        if isinstance(ds, _Streaming):
+            if state and len(skip) != n_workers:
+                raise ValueError(f"cannot resume epoch {epoch}: the checkpoint's loader state has no per-worker "
+                                 f"positions for {n_workers} workers (it holds {skip})")
+            ds.set_epoch(epoch, skip=skip, first_worker=int(state.get("next_worker", 0)) if state else 0,
+                         report_position=True)
+        elif state:
+            raise ValueError(f"cannot resume epoch {epoch} after batch {state['batches']}: "
+                             f"{type(ds).__name__} cannot skip batches; use a streaming dataset of neurofm")
+        elif hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
+        self._position_epoch, self._position_batches = epoch, int(state["batches"]) if state else 0
+        self._worker_batches = list(skip) if skip else [0] * n_workers
+        self._next_worker = int(state.get("next_worker", 0)) if state else 0
+        batches = super().__iter__()  # the workers (or the dataset's iterator) have taken the skip now
+        if isinstance(ds, _Streaming):
+            ds.set_epoch(epoch)  # no skip and no positions for anyone else iterating this dataset
+        for batch in batches:
+            position = batch.pop("_position", None) if isinstance(batch, dict) else None
+            if position is not None:
+                worker = int(position[0])
+                self._worker_batches[worker] = int(position[1])
+                self._next_worker = (worker + 1) % n_workers
+            self._position_batches += 1
+            yield batch

@@ -12,13 +12,16 @@ sees the same data in the same order.
   inside each block.
 * :func:`stream_pieces` -- what one (rank, worker) of a streaming dataset reads in an
   epoch: each window exactly once across all ranks x workers.
+* :func:`shuffle_buffer_plan` -- how a streaming worker's blocks become batches through its
+  shuffle buffer, as index operations only, so a resumed run can fast-forward past the
+  batches it already trained on without reading them.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -152,7 +155,9 @@ class BlockShuffleSampler(DistributedSampler):
     Subclasses :class:`~torch.utils.data.DistributedSampler`, so Lightning leaves it in place
     and calls :meth:`set_epoch` every epoch. ``drop_last=False`` pads the ranks to equal
     length by repeating the first indices of the order (as torch's sampler does);
-    ``drop_last=True`` drops the last ``< world_size`` instead.
+    ``drop_last=True`` drops the last ``< world_size`` instead. :meth:`set_start` makes an
+    iteration begin part-way through this rank's share (mid-epoch resume); ``len()`` stays
+    the whole share, because the trainer counts the batches it already ran.
     """
 
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
@@ -169,12 +174,24 @@ class BlockShuffleSampler(DistributedSampler):
         self.dataset, self.num_replicas, self.rank = dataset, int(num_replicas), int(rank)
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, int(seed), drop_last, 0
         self.block = max(int(block), 1)
+        self.start = 0
         self.n = n
         if drop_last:
             self.num_samples = n // self.num_replicas
         else:
             self.num_samples = -(-n // self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
+
+    def set_start(self, start: int) -> None:
+        """Iterations yield this rank's share from its ``start``-th index on (0 = the whole share).
+
+        Set by :class:`~neurofm.data.datasets.ResumableDataLoader` before every iteration:
+        ``batches already trained * batch_size`` when resuming mid-epoch, else 0. The skipped
+        indices are never handed to the dataset, so their windows are not read.
+        """
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.start = int(start)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The full permutation of this epoch (identical on every rank)."""
@@ -200,7 +217,7 @@ class BlockShuffleSampler(DistributedSampler):
         else:
             order = order[: self.total_size]
         lo, hi = self.rank * self.num_samples, (self.rank + 1) * self.num_samples
-        return iter(order[lo:hi].tolist())
+        return iter(order[min(lo + self.start, hi):hi].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -235,3 +252,76 @@ def rank_share(n: int, rank: int, world_size: int, even_ranks: bool) -> int:
         n -= n % world_size
     lo, hi = shard_bounds(n, rank, world_size)
     return hi - lo
+
+
+def shuffle_buffer_plan(sizes: Sequence[int], batch_size: int, keep: int, rng: np.random.Generator | None,
+                        drop_last: bool = False) -> Iterator[tuple]:
+    """The batches one streaming worker makes of its blocks, as operations on block rows only.
+
+    Blocks (``sizes[p]`` rows each, in reading order) enter a buffer of ``(block, row)``
+    pairs; once it holds ``keep + batch_size`` rows, ``batch_size`` random rows (``rng``;
+    ``None`` = in order) leave it as one batch; at the end the rest leave in a random order.
+    Holding whole blocks and drawing rows keeps each batch a few gathers. Rows left behind in
+    blocks that are less than half full are copied into one new block before the next read,
+    so a stray row never pins a whole block (memory stays ~ ``keep`` rows + one block).
+
+    Nothing here touches data: the plan is a function of ``sizes`` and the ``rng`` seed, so a
+    resumed worker can replay it up to where it stopped and read only the blocks still in the
+    buffer. Yields, in order (block ids ``bid`` count up from 0):
+
+    * ``("read", bid, p)`` -- read block ``p`` and hold it as ``bid``;
+    * ``("merge", bid, [(old_bid, rows), ...])`` -- hold the given rows of older blocks, in
+      that order, as ``bid``; the older blocks are dropped;
+    * ``("batch", [(bid, rows), ...])`` -- one batch: those rows of those held blocks, the
+      blocks in the order their first row was drawn (without ``rng``: reading order); every
+      row of every block is in exactly one batch (``drop_last`` leaves out a short last one);
+    * ``("free", [bid, ...])`` -- blocks with no rows left in the buffer.
+    """
+    B = int(batch_size)
+    if B < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size: dict[int, int] = {}  # held block id -> rows
+    pool_b = np.zeros(0, np.int64)  # (P,) block id of each buffered row
+    pool_r = np.zeros(0, np.int64)  # (P,) its row in the block
+    next_id = 0
+
+    def batch(pick: np.ndarray) -> tuple:
+        bids, rows = pool_b[pick], pool_r[pick]
+        ub, first = np.unique(bids, return_index=True)
+        return "batch", [(int(b), rows[bids == b]) for b in ub[np.argsort(first)]]
+
+    for p, n in enumerate(sizes):
+        stale = [b for b in size if 2 * int(np.count_nonzero(pool_b == b)) < size[b]]
+        if len(stale) > 1 or (stale and len(size) > 2):
+            parts, offset = [], 0
+            for b in stale:
+                where = np.flatnonzero(pool_b == b)
+                parts.append((b, pool_r[where]))
+                pool_b[where] = next_id
+                pool_r[where] = offset + np.arange(len(where))
+                offset += len(where)
+                del size[b]
+            size[next_id] = offset
+            yield "merge", next_id, parts
+            next_id += 1
+        n = int(n)
+        size[next_id] = n
+        yield "read", next_id, p
+        pool_b = np.concatenate([pool_b, np.full(n, next_id)])
+        pool_r = np.concatenate([pool_r, np.arange(n)])
+        next_id += 1
+        while len(pool_b) >= keep + B:
+            pick = rng.choice(len(pool_b), B, replace=False) if rng is not None else np.arange(B)
+            yield batch(pick)
+            pool_b, pool_r = np.delete(pool_b, pick), np.delete(pool_r, pick)
+            gone = sorted(set(size) - set(np.unique(pool_b).tolist()))
+            if gone:
+                for b in gone:
+                    del size[b]
+                yield "free", gone
+    order = rng.permutation(len(pool_b)) if rng is not None else np.arange(len(pool_b))
+    for i in range(0, len(order), B):
+        pick = order[i:i + B]
+        if len(pick) < B and drop_last:
+            break
+        yield batch(pick)

@@ -822,6 +822,14 @@ class Session:
         return float(self.h5["continuous"].attrs["sampling_rate"]) if "continuous" in self.h5 else None
 
     @property
+    def continuous_t_start(self) -> float | None:
+        """Time (s) of row 0 of ``/continuous/data`` (attr ``t_start``, 0 when absent); None without continuous data.
+
+        Not always the session's ``t_start``: spikes or events may start before the samples.
+        """
+        return float(self.h5["continuous"].attrs.get("t_start", 0.0)) if "continuous" in self.h5 else None
+
+    @property
     def n_samples(self) -> int:
         return self.h5["continuous/data"].shape[0] if "continuous" in self.h5 else 0
 

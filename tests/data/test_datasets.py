@@ -305,6 +305,20 @@ def test_ieeg_nan_segments_skipped_and_counted(ieeg_files, monkeypatch):
     assert n == len(ds) - 2 and st.skipped == 2
 
 
+def test_ieeg_segments_start_at_the_continuous_t_start(tmp_path, spike_files):
+    rng = np.random.default_rng(2)
+    with SessionWriter(tmp_path / "late.h5", session_id="late") as w:
+        w.add_continuous(rng.normal(size=(1000, 2)).astype(np.float32), 100.0, t_start=5.0)
+    assert Session(tmp_path / "late.h5").continuous_t_start == 5.0
+    assert Session(spike_files[0]).continuous_t_start is None
+    ds = IEEGSegmentDataset([tmp_path / "late.h5"], IEEGSegmenter(segment_s=2.0, n_patches=4, line_noise=None), None,
+                            spatial_vocab=None, context_s=0.0)
+    assert [ds.index.locate(i)[1] for i in range(len(ds))] == [5.0, 7.0, 9.0, 11.0, 13.0]
+    raw = Session(tmp_path / "late.h5").continuous(9.0, 11.0)  # (200, 2): the third segment's samples
+    z = (raw - raw.mean(0)) / raw.std(0)
+    np.testing.assert_allclose(ds[2]["x"], z.T, atol=1e-4)
+
+
 def test_real_seeg_recording_streams(tmp_path):
     """The real 98-contact sEEG EDF (1000 Hz, 20 s) through Laplacian, notch, drops, segments."""
     edf = SHARED / "sample_seeg.edf"

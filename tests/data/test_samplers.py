@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from neurofm.data.samplers import BlockShuffleSampler, WindowIndex, rank_share, shard_bounds, stream_pieces
+from neurofm.data.samplers import (BlockShuffleSampler, WindowIndex, rank_share, shard_bounds, shuffle_buffer_plan,
+                                   stream_pieces)
 
 
 def test_window_index_runs_locate_and_split():
@@ -46,6 +47,12 @@ def test_block_shuffle_sampler_is_seeded_sharded_and_local():
         again.set_epoch(epoch)
         assert list(again) == shards[0]  # reproducible
     assert orders[0] != orders[1]
+    # a mid-epoch resume starts part-way through the share; the length stays the whole share
+    s = BlockShuffleSampler(ds, num_replicas=2, rank=1, seed=7, block=8)
+    s.set_epoch(1)
+    whole = list(s)
+    s.set_start(20)
+    assert list(s) == whole[20:] and len(s) == 52
     # blocks stay together: consecutive draws come from the same block of 8 most of the time
     o = BlockShuffleSampler(ds, num_replicas=1, rank=0, seed=7, block=8).order(0)
     assert np.mean(np.asarray(o[1:]) // 8 == np.asarray(o[:-1]) // 8) > 0.8
@@ -60,3 +67,37 @@ def test_stream_pieces_partition_every_epoch():
                                            worker=worker, n_workers=2, block=7, even_ranks=False)
             got += [(int(blocks.session[r]), round(t, 6)) for r, j0, j1 in pieces for t in blocks.anchors(r, j0, j1)]
         assert len(got) == len(set(got)) == len(idx) == 101
+
+
+def _play(sizes, batch_size, keep, seed, drop_last=False):
+    """Run a plan on (block, row) labels; also the most rows ever held."""
+    rng = None if seed is None else np.random.default_rng(seed)
+    held, batches, peak = {}, [], 0
+    for op in shuffle_buffer_plan(sizes, batch_size, keep, rng, drop_last):
+        if op[0] == "read":
+            held[op[1]] = [(op[2], j) for j in range(sizes[op[2]])]
+        elif op[0] == "merge":
+            held[op[1]] = [held[b][j] for b, rows in op[2] for j in rows.tolist()]
+            for b, _ in op[2]:
+                del held[b]
+        elif op[0] == "free":
+            for b in op[1]:
+                del held[b]
+        else:
+            batches.append([held[b][j] for b, rows in op[1] for j in rows.tolist()])
+        peak = max(peak, sum(map(len, held.values())))
+    return batches, peak
+
+
+def test_shuffle_buffer_plan_uses_every_row_once_in_bounded_memory():
+    sizes = np.random.default_rng(0).integers(1, 11, 60).tolist()
+    batches, peak = _play(sizes, 8, 24, seed=3)
+    rows = [r for b in batches for r in b]
+    assert sorted(rows) == [(p, j) for p, n in enumerate(sizes) for j in range(n)]
+    assert all(len(b) == 8 for b in batches[:-1]) and len(batches) == -(-sum(sizes) // 8)
+    assert peak <= 2 * (24 + 8 + 10)  # blocks are let go (or compacted) as their rows leave
+    assert _play(sizes, 8, 24, seed=3)[0] == batches and _play(sizes, 8, 24, seed=4)[0] != batches
+    in_order, _ = _play(sizes, 8, 0, seed=None)
+    assert [r for b in in_order for r in b] == [(p, j) for p, n in enumerate(sizes) for j in range(n)]
+    dropped, _ = _play(sizes, 8, 24, seed=3, drop_last=True)
+    assert len(dropped) == sum(sizes) // 8 and all(len(b) == 8 for b in dropped)
