@@ -1,0 +1,1376 @@
+"""Neuroformer: a multimodal, multitask GPT over spike tokens (Antoniades et al., 2023,
+arXiv 2310.16240), faithful to the reference with its known bugs fixed (DESIGN.md 3, 9).
+
+Tokens. A window's spikes become ``[SOS] spikes [EOS] PAD...``: one ID token per spike (unit
+``k`` -> ``3 + k``; ``PAD = 0, SOS = 1, EOS = 2``) and, aligned with it, a dt token: the spike's
+offset from the window start in units of ``window.dt``. The current window (``window.curr``
+seconds ending at the batch's ``interval``) is predicted token by token; the previous window
+(``window.prev`` seconds before it) is context.
+
+Stack (each stage optional except the first)::
+
+    current tokens --emb--> causal self-attention  (layers.state)        -> neural features
+                             cross-attention to the previous window       (layers.state_history;
+                                 the previous window is encoded first by   layers.prev_encoder
+                                 non-causal self-attention layers)
+                             cross-attention to the stimulus               (layers.stimulus; frames
+                                 -> Conv3d patches -> LayerNorm -> ReLU     encoded by
+                                 + 3-D positional encoding -> self-attn     layers.stimulus_encoder)
+                             cross-attention to each behaviour group      (layers.behavior)
+                             causal self-attention                         (layers.self_att)
+                             LayerNorm -> next-ID head, next-dt head, behaviour heads (pooled)
+
+Losses: next-ID and next-dt cross-entropy (PAD ignored, EOS trained), behaviour regression
+(MSE) / classification (CE) on the padding-masked mean of the final states, and a symmetric
+InfoNCE between the pooled neural features and each other input modality.
+
+Reference bugs fixed here, each with a test in ``tests/models/test_neuroformer.py``:
+the 3-D positional encoding of the stimulus was computed and then discarded; a LayerNorm over
+a single behaviour feature zeroed every behaviour input; pooling averaged over PAD positions;
+``clip_embd`` was never read (projections stayed ``n_embd`` wide); "free-running" generation
+read the true previous window.
+
+Choices where the reference is loose or the paper silent:
+
+* The contrastive neural feature is the padding-masked mean of the ``state`` stage output,
+  *before* any fusion (the paper's contrastive feature encoder): after cross-attending to the
+  stimulus, the neural state could solve the alignment by copying it.
+* Cross-attention keys/values come from each source's own encoder, normalised once by its final
+  LayerNorm (see :mod:`neurofm.nn.transformer`); the stack ends with one LayerNorm.
+* Attention dropout is DropKey (pre-softmax masking; see :class:`neurofm.nn.transformer.Attention`).
+* ``forward`` drops trailing positions that are PAD in every window of the batch before
+  computing (outputs at real positions are unchanged): a 700-token previous-window block that
+  holds ~65 spikes costs ~65 tokens, not 700.
+
+Modules here are plain ``nn.Module``s; training lives in :mod:`neurofm.tasks.neuroformer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neurofm.nn.embedding import UnitEmbedding
+from neurofm.nn.transformer import Block, CrossKVCache, Dropout, KVCache
+
+__all__ = [
+    "PAD", "SOS", "EOS", "N_SPECIAL",
+    "WindowConfig", "BlockSizeConfig", "LayerConfig", "DropoutConfig", "ContrastiveConfig",
+    "LossWeights", "BehaviorVariable", "StimulusConfig", "NeuroformerConfig",
+    "Neuroformer", "GeneratedSpikes", "DecodeState",
+    "info_nce", "masked_mean", "sinusoidal_embedding", "positional_encoding_3d",
+    "window_tokens", "synthetic_batch",
+]
+
+# ID vocabulary: specials first so that new units are an append (DESIGN.md, shared contracts).
+PAD, SOS, EOS = 0, 1, 2
+N_SPECIAL = 3
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration: plain nested dataclasses of JSON types (save_pretrained writes config.json).
+# --------------------------------------------------------------------------------------------
+@dataclass
+class WindowConfig:
+    """Window lengths and dt resolution, in seconds (reference ``window`` / ``resolution``)."""
+
+    curr: float = 0.05
+    prev: float = 0.05
+    dt: float = 0.01
+
+
+@dataclass
+class BlockSizeConfig:
+    """Token capacity of the current (``id``) and previous (``prev_id``) window sequences,
+    specials included (reference ``block_size``)."""
+
+    id: int = 100
+    prev_id: int = 700
+
+
+@dataclass
+class LayerConfig:
+    """Layers per stage.
+
+    ``state``: causal self-attention over the current window. ``prev_encoder``: non-causal
+    self-attention encoding the previous window. ``state_history``: cross-attention to it.
+    ``stimulus_encoder``: self-attention over the stimulus patches. ``stimulus``:
+    cross-attention to them. ``behavior``: cross-attention layers per behaviour input group.
+    ``self_att``: the final causal self-attention. The reference had no previous-window
+    encoder (its cross-attention read raw token embeddings); one layer lets every previous
+    token see the whole previous window for ~0.8 M parameters (paper size 25.0 M instead of
+    24.2 M).
+    """
+
+    state: int = 6
+    prev_encoder: int = 1
+    state_history: int = 6
+    stimulus_encoder: int = 6
+    stimulus: int = 6
+    behavior: int = 4
+    self_att: int = 6
+
+
+@dataclass
+class DropoutConfig:
+    """Dropout rates (reference: 0.2 everywhere)."""
+
+    embd: float = 0.2  # on the summed input embeddings (all modalities)
+    attn: float = 0.2  # attention dropout, as DropKey (see neurofm.nn.transformer.Attention)
+    resid: float = 0.2  # on every residual branch
+
+
+@dataclass
+class ContrastiveConfig:
+    """Symmetric InfoNCE between pooled neural features and each other input modality.
+
+    ``modalities``: which to align (``"stimulus"`` and/or behaviour group names); empty = every
+    input modality the model has. ``clip_embd``: width of the shared contrastive space.
+    """
+
+    enabled: bool = True
+    temperature: float = 0.5
+    clip_embd: int = 512
+    modalities: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms. When no contrastive term is computed, ``id`` and ``dt`` are
+    rescaled to keep their share (0.45/0.30 -> 0.6/0.4), as the reference does."""
+
+    id: float = 0.45
+    dt: float = 0.30
+    contrastive: float = 0.25
+    behavior: float = 1.0  # per behaviour target
+
+
+@dataclass
+class BehaviorVariable:
+    """One behaviour variable (e.g. ``speed``, ``position`` with ``dim=2``).
+
+    ``group``: name of the input group it joins (a cross-attention stage per group, reading the
+    batch's ``behavior_seq[name]``), or ``None`` if it is not an input. ``target``: decode it
+    from the pooled neural state (batch ``behavior[name]``). ``task``: ``"regression"`` (MSE
+    over ``dim`` outputs) or ``"classification"`` (CE over ``n_classes``; the batch holds the
+    class index as a float in column 0). Inputs should be roughly standardised by the dataset.
+    """
+
+    name: str
+    dim: int = 1
+    task: str = "regression"
+    n_classes: int = 0
+    group: str | None = None
+    target: bool = False
+
+
+@dataclass
+class StimulusConfig:
+    """Frames of the stimulus window (batch ``stimulus``: ``(B, n_frames, height, width)``) and
+    the Conv3d patch (kernel = stride, ``[time, height, width]``)."""
+
+    n_frames: int = 6
+    height: int = 30
+    width: int = 50
+    patch: list[int] = field(default_factory=lambda: [3, 5, 5])
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        pt, ph, pw = self.patch
+        return self.n_frames // pt, self.height // ph, self.width // pw
+
+    @property
+    def n_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+
+_NESTED = {
+    "window": WindowConfig, "block_size": BlockSizeConfig, "layers": LayerConfig,
+    "dropout": DropoutConfig, "contrastive": ContrastiveConfig, "loss": LossWeights,
+}
+
+
+def _build(cls, value, where: str):
+    """Dataclass ``cls`` from a dict (strict: unknown keys are an error naming them)."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"NeuroformerConfig.{where} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(f"NeuroformerConfig.{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**dict(value))
+
+
+@dataclass
+class NeuroformerConfig:
+    """Everything that defines a Neuroformer's shape and objectives; JSON-serialisable.
+
+    Vocabulary sizes are derived, never stored twice: ``id_vocab_size = 3 + n_units``;
+    ``dt_vocab_size = K + 4`` with ``K = round(max(window.curr, window.prev) / window.dt)``
+    (offsets ``0..K``, then ``SOS_dt = K+1``, ``EOS_dt = K+2``, ``PAD_dt = K+3``).
+
+    Fields that fix parameter shapes (transfer to a new dataset must keep them, except
+    ``n_units``/``units`` which :meth:`Neuroformer.extend_vocab` changes): ``n_units``,
+    ``n_embd``, ``n_head``, ``temporal_hidden``, ``window``, ``block_size``, ``layers``,
+    ``contrastive.clip_embd``, ``behavior``, ``stimulus``.
+    """
+
+    n_units: int = 1
+    units: list[str] = field(default_factory=list)  # optional "<session_id>/<unit_id>" per unit
+    n_embd: int = 256
+    n_head: int = 8
+    temporal_hidden: int = 128
+    window: WindowConfig = field(default_factory=WindowConfig)
+    block_size: BlockSizeConfig = field(default_factory=BlockSizeConfig)
+    layers: LayerConfig = field(default_factory=LayerConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    behavior: list[BehaviorVariable] = field(default_factory=list)
+    stimulus: StimulusConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in _NESTED.items():
+            setattr(self, name, _build(cls, getattr(self, name), name))
+        self.behavior = [_build(BehaviorVariable, v, f"behavior[{i}]") for i, v in enumerate(self.behavior)]
+        if self.stimulus is not None:
+            self.stimulus = _build(StimulusConfig, self.stimulus, "stimulus")
+        self.units = list(self.units)
+        self.validate()
+
+    # -- derived sizes -----------------------------------------------------------------------
+    @property
+    def id_vocab_size(self) -> int:
+        return N_SPECIAL + self.n_units
+
+    @property
+    def dt_max(self) -> int:
+        """K: the largest dt offset index of either window."""
+        return round(max(self.window.curr, self.window.prev) / self.window.dt)
+
+    @property
+    def dt_max_curr(self) -> int:
+        """Largest dt offset index inside the current window."""
+        return round(self.window.curr / self.window.dt)
+
+    @property
+    def sos_dt(self) -> int:
+        return self.dt_max + 1
+
+    @property
+    def eos_dt(self) -> int:
+        return self.dt_max + 2
+
+    @property
+    def pad_dt(self) -> int:
+        return self.dt_max + 3
+
+    @property
+    def dt_vocab_size(self) -> int:
+        return self.dt_max + 4
+
+    def behavior_groups(self) -> dict[str, list[BehaviorVariable]]:
+        """Input groups in config order: group name -> its variables."""
+        groups: dict[str, list[BehaviorVariable]] = {}
+        for v in self.behavior:
+            if v.group is not None:
+                groups.setdefault(v.group, []).append(v)
+        return groups
+
+    def behavior_targets(self) -> list[BehaviorVariable]:
+        return [v for v in self.behavior if v.target]
+
+    def validate(self) -> None:
+        def bad(fieldname: str, problem: str) -> ValueError:
+            return ValueError(f"NeuroformerConfig.{fieldname}: {problem}")
+
+        if self.n_units < 1:
+            raise bad("n_units", f"must be >= 1, got {self.n_units}")
+        if self.units and len(self.units) != self.n_units:
+            raise bad("units", f"has {len(self.units)} names for n_units={self.n_units}")
+        if self.n_embd % self.n_head:
+            raise bad("n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}")
+        w = self.window
+        if min(w.curr, w.prev, w.dt) <= 0:
+            raise bad("window", f"curr, prev and dt must be > 0, got {w}")
+        if self.block_size.id < 2 or self.block_size.prev_id < 2:
+            raise bad("block_size", f"need room for SOS and EOS, got {self.block_size}")
+        for f in dataclasses.fields(self.layers):
+            if getattr(self.layers, f.name) < 0:
+                raise bad(f"layers.{f.name}", "must be >= 0")
+        if self.contrastive.temperature <= 0:
+            raise bad("contrastive.temperature", "must be > 0")
+        names = [v.name for v in self.behavior]
+        if len(set(names)) != len(names):
+            raise bad("behavior", f"variable names are not unique: {names}")
+        for v in self.behavior:
+            if not v.name or "." in v.name or "/" in v.name:
+                raise bad("behavior", f"variable name {v.name!r} must be non-empty without '.' or '/'")
+            if v.group is not None and (not v.group or "." in v.group or "/" in v.group):
+                raise bad("behavior", f"group name {v.group!r} of {v.name!r} must be non-empty without '.' or '/'")
+            if v.task not in ("regression", "classification"):
+                raise bad("behavior", f"{v.name}.task must be 'regression' or 'classification', got {v.task!r}")
+            if v.task == "classification" and v.target and v.n_classes < 2:
+                raise bad("behavior", f"{v.name} is a classification target: set n_classes >= 2")
+            if v.dim < 1:
+                raise bad("behavior", f"{v.name}.dim must be >= 1")
+            if v.group is not None and v.target:
+                warnings.warn(f"behaviour variable {v.name!r} is both an input (group {v.group!r}) and a target: "
+                              "the model can read the answer from its input window", stacklevel=3)
+        if self.stimulus is not None:
+            s = self.stimulus
+            if len(s.patch) != 3 or min(s.patch) < 1:
+                raise bad("stimulus.patch", f"must be 3 positive ints [time, height, width], got {s.patch}")
+            if min(s.grid) < 1:
+                raise bad("stimulus", f"frames ({s.n_frames}, {s.height}, {s.width}) are smaller than one "
+                                      f"patch {s.patch}")
+        known = ({"stimulus"} if self.stimulus is not None else set()) | set(self.behavior_groups())
+        unknown = set(self.contrastive.modalities) - known
+        if unknown:
+            raise bad("contrastive.modalities",
+                      f"{sorted(unknown)} are not input modalities of this model ({sorted(known)})")
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of JSON types (``json.dumps`` works on it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "NeuroformerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"NeuroformerConfig: unknown field(s) {sorted(unknown)}")
+        return cls(**dict(d))
+
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, n_units: int, **overrides: Any) -> "NeuroformerConfig":
+        """The published size (lateral config): n_embd 256, 8 heads, 6 layers per stage
+        (4 per behaviour group), block 100 / 700, windows 50 ms / 50 ms, dt 10 ms."""
+        return cls(n_units=n_units, **overrides)
+
+    @classmethod
+    def small(cls, n_units: int, **overrides: Any) -> "NeuroformerConfig":
+        """n_embd 64, 4 heads, 1 layer per stage (the benchmark's small size)."""
+        layers = dict(state=1, prev_encoder=1, state_history=1, stimulus_encoder=1, stimulus=1, behavior=1, self_att=1)
+        layers.update(overrides.pop("layers", {}))
+        return cls(n_units=n_units, n_embd=64, n_head=4, layers=layers, **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Small functional pieces
+# --------------------------------------------------------------------------------------------
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over dim 1 of ``x`` (B, L, d) counting only ``mask`` (B, L) True positions -> (B, d).
+
+    The reference averaged over PAD too, so a window's pooled state depended on how much
+    padding the batch happened to carry.
+    """
+    if mask is None:
+        return x.mean(1)
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def sinusoidal_embedding(pos: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """Transformer sin/cos features of real-valued positions: (...) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float32) / max(half, 1))
+    ang = pos.float().unsqueeze(-1) * freqs  # (..., half)
+    emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def positional_encoding_3d(t: int, h: int, w: int, dim: int) -> Tensor:
+    """Sinusoidal encoding of a (time, height, width) patch grid -> (t*h*w, dim), row-major.
+
+    Each axis gets ``2*ceil(dim/6)`` channels (sin/cos of its own index); the three are
+    concatenated and cut to ``dim``. Unlike the reference, this is *added* to the patch
+    features (the reference computed it and then used the frames without it).
+    """
+    c = 2 * math.ceil(dim / 6)
+    et = sinusoidal_embedding(torch.arange(t), c)[:, None, None, :].expand(t, h, w, c)
+    eh = sinusoidal_embedding(torch.arange(h), c)[None, :, None, :].expand(t, h, w, c)
+    ew = sinusoidal_embedding(torch.arange(w), c)[None, None, :, :].expand(t, h, w, c)
+    return torch.cat([et, eh, ew], dim=-1)[..., :dim].reshape(t * h * w, dim).contiguous()
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE (CLIP) between matched rows of ``a`` and ``b`` (B, c): the positive of
+    row ``i`` is row ``i`` of the other modality, every other row of the batch a negative."""
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    logits = a @ b.t() / temperature  # (B, B)
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def _real_length(mask: Tensor) -> int:
+    """1 + the last position that is real in any row (0 for an all-PAD batch)."""
+    if mask.shape[1] == 0:
+        return 0
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return int((mask.long() * pos).amax())
+
+
+def _right_padded(mask: Tensor) -> bool:
+    """True if every row is real tokens then PAD (no real token after a PAD)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+
+
+def window_tokens(offsets: Tensor, tokens: Tensor, block: int, config: NeuroformerConfig) -> dict[str, Tensor | int]:
+    """Token sequence of one window from its spikes (the contract's construction).
+
+    Args:
+        offsets: ``(n,)`` int dt offsets ``round((t - window_start) / dt)`` of the spikes.
+        tokens: ``(n,)`` int ID tokens (``3 + unit``).
+        block: sequence length (``block_size.id`` or ``.prev_id``).
+
+    Spikes are ordered by offset then token; overflow keeps the latest ``block - 2``.
+    Returns ``id``, ``dt``, ``target_id``, ``target_dt`` ``(block,)`` int64, ``mask`` ``(block,)``
+    bool and ``n_dropped``.
+    """
+    offsets = offsets.long().reshape(-1)
+    tokens = tokens.long().reshape(-1)
+    order = torch.argsort(offsets * (config.id_vocab_size + 1) + tokens, stable=True)
+    offsets, tokens = offsets[order], tokens[order]
+    keep = block - 2
+    n_dropped = max(0, int(offsets.numel()) - keep)
+    offsets, tokens = offsets[n_dropped:], tokens[n_dropped:]
+    n = int(tokens.numel())
+    seq_id = torch.full((block + 1,), PAD, dtype=torch.long)
+    seq_dt = torch.full((block + 1,), config.pad_dt, dtype=torch.long)
+    seq_id[0], seq_dt[0] = SOS, 0
+    seq_id[1:n + 1], seq_dt[1:n + 1] = tokens, offsets
+    seq_id[n + 1], seq_dt[n + 1] = EOS, config.eos_dt
+    return dict(id=seq_id[:block], dt=seq_dt[:block], target_id=seq_id[1:], target_dt=seq_dt[1:],
+                mask=seq_id[:block] != PAD, n_dropped=n_dropped)
+
+
+# --------------------------------------------------------------------------------------------
+# Modality encoders
+# --------------------------------------------------------------------------------------------
+class TemporalEmbedding(nn.Module):
+    """Learned embedding of a dt index used as a float: MLP 1 -> hidden -> n_embd (reference).
+
+    dt indices take few values (``dt_vocab_size``), so the MLP is evaluated once per call on
+    all of them and looked up: the same function, a fraction of the work.
+    """
+
+    def __init__(self, n_embd: int, hidden: int, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.GELU(), nn.Linear(hidden, n_embd))
+
+    def table(self) -> Tensor:
+        """The embedding of every dt index, (V_dt, d)."""
+        values = torch.arange(self.vocab_size, device=self.mlp[0].weight.device, dtype=self.mlp[0].weight.dtype)
+        return self.mlp(values.unsqueeze(-1))
+
+    def forward(self, dt: Tensor, table: Tensor | None = None) -> Tensor:  # (B, L) int64 -> (B, L, d)
+        return F.embedding(dt, self.table() if table is None else table)
+
+
+class StimulusEncoder(nn.Module):
+    """Frames ``(B, T, H, W)`` -> stimulus tokens ``(B, N, d)``, N = (T/pt)(H/ph)(W/pw).
+
+    Conv3d(1 -> d, kernel = stride = patch) -> LayerNorm -> ReLU (reference), plus a 3-D
+    sinusoidal positional encoding that is really added (reference bug fixed), then
+    ``layers.stimulus_encoder`` self-attention blocks and a final LayerNorm (the keys/values
+    the cross-attention stage reads). The convolution is computed as patch-reshape + matmul,
+    which equals Conv3d with kernel = stride and is much faster on CPU.
+    """
+
+    def __init__(self, config: NeuroformerConfig):
+        super().__init__()
+        s, d = config.stimulus, config.n_embd
+        self.frame_shape = (s.n_frames, s.height, s.width)
+        self.patch = tuple(s.patch)
+        self.grid = s.grid
+        self.conv = nn.Conv3d(1, d, kernel_size=self.patch, stride=self.patch)
+        self.norm = nn.LayerNorm(d)
+        self.register_buffer("pos", positional_encoding_3d(*self.grid, d), persistent=False)  # (N, d)
+        self.drop = Dropout(config.dropout.embd)
+        self.blocks = nn.ModuleList(
+            Block(d, config.n_head, attn_dropout=config.dropout.attn, resid_dropout=config.dropout.resid)
+            for _ in range(config.layers.stimulus_encoder))
+        self.ln_out = nn.LayerNorm(d)
+
+    def patchify(self, frames: Tensor) -> Tensor:
+        """(B, T, H, W) -> (B, N, d): the Conv3d, as a matmul over non-overlapping patches."""
+        if tuple(frames.shape[1:]) != self.frame_shape:
+            raise ValueError(
+                f"batch['stimulus'] has frames of shape {tuple(frames.shape[1:])} (T, H, W), but the model was "
+                f"built for {self.frame_shape} (NeuroformerConfig.stimulus n_frames, height, width); make the "
+                "dataset's frame window match the config or build the model with the dataset's shape")
+        b = frames.shape[0]
+        (gt, gh, gw), (pt, ph, pw) = self.grid, self.patch
+        x = frames[:, :gt * pt, :gh * ph, :gw * pw].to(self.conv.weight.dtype)
+        x = x.reshape(b, gt, pt, gh, ph, gw, pw).permute(0, 1, 3, 5, 2, 4, 6).reshape(b, gt * gh * gw, pt * ph * pw)
+        return F.linear(x, self.conv.weight.flatten(1), self.conv.bias)
+
+    def forward(self, frames: Tensor, *, positional: bool = True) -> Tensor:
+        x = F.relu(self.norm(self.patchify(frames)))  # (B, N, d)
+        if positional:
+            x = x + self.pos.to(x.dtype)
+        x = self.drop(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.ln_out(x)
+
+
+class BehaviorEncoder(nn.Module):
+    """One behaviour input group -> tokens ``(B, n_vars * Tb, d)`` and their mask.
+
+    Each sample of each variable becomes a token: value projection (MLP dim -> 2d -> d, no
+    normalisation before it: the reference's LayerNorm over a single feature output 0 for every
+    input) + sinusoidal embedding of its time (in units of ``window.dt``) + a learned
+    per-variable embedding; the sum is normalised over ``n_embd`` (a real normalisation).
+    """
+
+    def __init__(self, variables: Sequence[BehaviorVariable], config: NeuroformerConfig):
+        super().__init__()
+        d = config.n_embd
+        self.names = [v.name for v in variables]
+        self.dims = {v.name: v.dim for v in variables}
+        self.dt = config.window.dt
+        self.value = nn.ModuleDict({
+            v.name: nn.Sequential(nn.Linear(v.dim, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for v in variables})
+        self.var_emb = nn.Parameter(torch.randn(len(variables), d) * 0.02)
+        self.ln = nn.LayerNorm(d)
+        self.drop = Dropout(config.dropout.embd)
+
+    def forward(self, seq: Mapping[str, Tensor], t: Tensor,
+                masks: Mapping[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """``seq[name]`` (B, Tb, D), ``t`` (B, Tb) s from the window start, ``masks[name]`` (B, Tb)."""
+        time = sinusoidal_embedding(t / self.dt, self.var_emb.shape[1]).to(self.var_emb.dtype)  # (B, Tb, d)
+        tokens, keep = [], []
+        for i, name in enumerate(self.names):
+            x = seq[name]
+            if x.dim() == 2:
+                x = x.unsqueeze(-1)
+            if x.shape[-1] != self.dims[name]:
+                raise ValueError(f"batch['behavior_seq'][{name!r}] has {x.shape[-1]} features per sample, the "
+                                 f"config says dim={self.dims[name]} (NeuroformerConfig.behavior)")
+            tokens.append(self.value[name](x.to(self.var_emb.dtype)) + time + self.var_emb[i])
+            m = masks.get(name) if masks is not None else None
+            keep.append(m.bool() if m is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
+        return self.drop(self.ln(torch.cat(tokens, dim=1))), torch.cat(keep, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Sources:
+    """Encoded key/value sources of one batch of windows (computed once, read by every layer)."""
+
+    prev: Tensor | None = None  # (B, Sp, d)
+    prev_mask: Tensor | None = None  # (B, Sp) bool
+    stimulus: Tensor | None = None  # (B, Ns, d)
+    behavior: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # group -> ((B, Sb, d), (B, Sb))
+
+
+@dataclass
+class DecodeState:
+    """Everything incremental decoding carries between steps (see :meth:`Neuroformer.init_decode`)."""
+
+    sources: _Sources
+    caches: dict[str, list]
+    pos: int = 0
+    dt_table: Tensor | None = None  # the current window's dt embeddings, computed once
+
+
+class Neuroformer(nn.Module):
+    """Neuroformer over the batch dict of the spike dataset (DESIGN.md shared contracts).
+
+    ``forward(batch)`` returns logits and features; ``loss(batch, out)`` the loss terms and
+    their weighted ``total``; ``generate(batch)`` samples spikes window by window. Every
+    modality except the current window is optional: a stage runs only when its batch keys are
+    present and the config built it.
+    """
+
+    def __init__(self, config: NeuroformerConfig | Mapping[str, Any]):
+        super().__init__()
+        if not isinstance(config, NeuroformerConfig):
+            config = NeuroformerConfig.from_dict(config)
+        self.config = config
+        c, d = config, config.n_embd
+        dropout = dict(attn_dropout=c.dropout.attn, resid_dropout=c.dropout.resid)
+
+        # -- embeddings: one token table for both windows, per-window position and dt embedding
+        self.tok_emb = UnitEmbedding(c.id_vocab_size, d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, c.block_size.id, d))
+        self.pos_emb_prev = nn.Parameter(torch.zeros(1, c.block_size.prev_id, d))
+        self.temp_emb = TemporalEmbedding(d, c.temporal_hidden, c.dt_vocab_size)
+        self.temp_emb_prev = TemporalEmbedding(d, c.temporal_hidden, c.dt_vocab_size)
+        self.drop = Dropout(c.dropout.embd)
+
+        # -- stages
+        def blocks(n: int, **kind) -> nn.ModuleList:
+            return nn.ModuleList(Block(d, c.n_head, **kind, **dropout) for _ in range(n))
+
+        self.state_blocks = blocks(c.layers.state, causal=True)
+        self.prev_blocks = blocks(c.layers.prev_encoder)
+        self.ln_prev = nn.LayerNorm(d)
+        self.history_blocks = blocks(c.layers.state_history, cross=True)
+        if c.stimulus is not None:
+            self.stimulus_encoder = StimulusEncoder(c)
+            self.stimulus_blocks = blocks(c.layers.stimulus, cross=True)
+        else:
+            self.stimulus_encoder = None
+            self.stimulus_blocks = nn.ModuleList()
+        groups = c.behavior_groups()
+        self.behavior_embed = nn.ModuleDict({g: BehaviorEncoder(vs, c) for g, vs in groups.items()})
+        self.behavior_blocks = nn.ModuleDict({g: blocks(c.layers.behavior, cross=True) for g in groups})
+        self.self_att_blocks = blocks(c.layers.self_att, causal=True)
+        self.ln_f = nn.LayerNorm(d)
+
+        # -- heads
+        self.head_id = nn.Linear(d, c.id_vocab_size, bias=False)
+        self.head_dt = nn.Linear(d, c.dt_vocab_size, bias=False)
+        self.behavior_heads = nn.ModuleDict({
+            v.name: nn.Linear(d, v.n_classes if v.task == "classification" else v.dim) for v in c.behavior_targets()})
+        modalities = self.contrastive_modalities()
+        self.contrastive_proj = nn.ModuleDict()
+        if modalities:
+            for name in ["neural", *modalities]:
+                self.contrastive_proj[name] = nn.Sequential(
+                    nn.LayerNorm(d), nn.Linear(d, c.contrastive.clip_embd, bias=False))
+
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # Reference init: N(0, 0.02) weights, zero biases, unit LayerNorms; positional
+        # embeddings stay zero; the token table initialises itself the same way.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def contrastive_modalities(self) -> list[str]:
+        """Input modalities aligned with the neural features (empty if contrastive is off)."""
+        c = self.config
+        if not c.contrastive.enabled:
+            return []
+        available = (["stimulus"] if c.stimulus is not None else []) + list(c.behavior_groups())
+        wanted = c.contrastive.modalities or available
+        return [m for m in available if m in wanted]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def stage_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by stage, from the input up (for freezing and gradual unfreezing).
+
+        Stages: ``embeddings``, ``state``, ``state_history``, ``stimulus``, ``behavior``,
+        ``self_att`` (with the final norm and the next-token heads), ``heads`` (behaviour
+        and contrastive heads).
+        """
+        def params(*mods) -> list[nn.Parameter]:
+            out: list[nn.Parameter] = []
+            for m in mods:
+                if m is None:
+                    continue
+                out.extend([m] if isinstance(m, nn.Parameter) else m.parameters())
+            return out
+
+        return {
+            "embeddings": params(self.tok_emb, self.pos_emb, self.pos_emb_prev, self.temp_emb, self.temp_emb_prev),
+            "state": params(self.state_blocks),
+            "state_history": params(self.prev_blocks, self.ln_prev, self.history_blocks),
+            "stimulus": params(self.stimulus_encoder, self.stimulus_blocks),
+            "behavior": params(self.behavior_embed, self.behavior_blocks),
+            "self_att": params(self.self_att_blocks, self.ln_f, self.head_id, self.head_dt),
+            "heads": params(self.behavior_heads, self.contrastive_proj),
+        }
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def extend_vocab(self, n_new: int, names: Sequence[str] | None = None) -> None:
+        """Add ``n_new`` units (new ID tokens ``3 + n_units ...``): new rows in the token table
+        and the next-ID head, existing rows kept bit for bit. Build the optimizer afterwards
+        (the resized parameters are new tensors; see :class:`UnitEmbedding`)."""
+        if self.config.units and (names is None or len(names) != n_new):
+            raise ValueError(f"extend_vocab: this model names its units (config.units); pass names= with {n_new} "
+                             "names for the new units")
+        if not self.config.units and names is not None:
+            raise ValueError("extend_vocab: this model's units are unnamed (config.units is empty); names= cannot "
+                             "be attached to only the new ones")
+        self.tok_emb.extend_vocab(n_new)
+        old = self.head_id.weight
+        new_rows = torch.empty(n_new, old.shape[1], dtype=old.dtype, device=old.device).normal_(0.0, 0.02)
+        self.head_id.weight = nn.Parameter(torch.cat([old.detach(), new_rows]), requires_grad=old.requires_grad)
+        self.head_id.out_features = self.head_id.weight.shape[0]
+        self.config.n_units += n_new
+        if names is not None:
+            self.config.units = [*self.config.units, *names]
+
+    @torch.no_grad()
+    def subset_vocab(self, units: Sequence[int]) -> None:
+        """Keep only ``units`` (unit indices, not tokens), renumbered ``0..len(units)-1`` in that
+        order; the specials are kept. Build the optimizer afterwards."""
+        units = [int(u) for u in units]
+        if not units or min(units) < 0 or max(units) >= self.config.n_units:
+            raise IndexError(f"subset_vocab: unit indices must be in [0, {self.config.n_units})")
+        rows = list(range(N_SPECIAL)) + [N_SPECIAL + u for u in units]
+        self.tok_emb.subset_vocab(rows)
+        old = self.head_id.weight
+        self.head_id.weight = nn.Parameter(old.detach()[rows].clone(), requires_grad=old.requires_grad)
+        self.head_id.out_features = len(rows)
+        if self.config.units:
+            self.config.units = [self.config.units[u] for u in units]
+        self.config.n_units = len(units)
+
+    # -- input checks --------------------------------------------------------------------------
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """Fail early, and clearly, on tokens the model cannot embed."""
+        c = self.config
+        v_id = c.id_vocab_size
+        for key in ("id", "target_id", "id_prev"):
+            if key not in batch:
+                continue
+            t = batch[key]
+            if t.numel() == 0:
+                continue
+            hi, lo = int(t.max()), int(t.min())
+            if lo < 0:
+                raise ValueError(f"batch[{key!r}] holds a negative token ({lo}); ID tokens are PAD=0, SOS=1, "
+                                 "EOS=2, unit k -> 3+k")
+            if hi >= v_id:
+                raise ValueError(
+                    f"batch[{key!r}] holds token {hi} = unit index {hi - N_SPECIAL}, but this model's vocabulary has "
+                    f"{c.n_units} units (unit indices 0..{c.n_units - 1}, tokens 0..{v_id - 1}). The data has units "
+                    f"the model has not seen: call model.extend_vocab({hi - v_id + 1}) to append embedding rows for "
+                    "them, then build a new optimizer")
+        for key in ("dt", "target_dt", "dt_prev"):
+            if key in batch and batch[key].numel() and int(batch[key].max()) >= c.dt_vocab_size:
+                raise ValueError(
+                    f"batch[{key!r}] holds dt token {int(batch[key].max())} >= dt vocabulary size {c.dt_vocab_size} "
+                    f"(window curr={c.window.curr}, prev={c.window.prev}, dt={c.window.dt}); the dataset and the "
+                    "model disagree on NeuroformerConfig.window")
+        for key, size, name in (("id", c.block_size.id, "id"), ("id_prev", c.block_size.prev_id, "prev_id")):
+            if key in batch and batch[key].shape[1] > size:
+                raise ValueError(f"batch[{key!r}] has {batch[key].shape[1]} positions > block_size.{name}={size} "
+                                 f"(NeuroformerConfig.block_size.{name} must match the dataset's)")
+
+    # -- encoders ------------------------------------------------------------------------------
+    def _embed(self, ids: Tensor, dts: Tensor, pos: Tensor, temp: TemporalEmbedding) -> Tensor:
+        return self.drop(self.tok_emb(ids) + pos + temp(dts))  # (B, L, d)
+
+    def encode_prev(self, id_prev: Tensor, dt_prev: Tensor, mask_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """Previous window -> keys/values ``(B, Sp, d)`` (non-causal encoder + LayerNorm) and mask."""
+        x = self._embed(id_prev, dt_prev, self.pos_emb_prev[:, :id_prev.shape[1]], self.temp_emb_prev)
+        for blk in self.prev_blocks:
+            x = blk(x, key_padding_mask=mask_prev)
+        return self.ln_prev(x), mask_prev
+
+    def encode_sources(self, batch: Mapping[str, Any], *, trim_padding: bool = True) -> _Sources:
+        """Encode every context modality present in ``batch`` and built into the model."""
+        src = _Sources()
+        if self.history_blocks and "id_prev" in batch:
+            id_prev, dt_prev = batch["id_prev"], batch["dt_prev"]
+            mask_prev = batch["mask_prev"] if "mask_prev" in batch else id_prev != PAD
+            if trim_padding:
+                n = max(_real_length(mask_prev), 1)
+                id_prev, dt_prev, mask_prev = id_prev[:, :n], dt_prev[:, :n], mask_prev[:, :n]
+            src.prev, src.prev_mask = self.encode_prev(id_prev, dt_prev, mask_prev.bool())
+        if "stimulus" in batch:
+            if self.stimulus_encoder is None:
+                _warn_once("the batch has 'stimulus' but the model was built without NeuroformerConfig.stimulus: "
+                           "ignored")
+            else:
+                src.stimulus = self.stimulus_encoder(batch["stimulus"])
+        seq = batch.get("behavior_seq")
+        for group, encoder in self.behavior_embed.items():
+            if seq is None or not all(name in seq for name in encoder.names):
+                continue
+            src.behavior[group] = encoder(seq, batch["behavior_seq_t"], batch.get("behavior_seq_mask"))
+        return src
+
+    def _run_stack(self, x: Tensor, src: _Sources, self_mask: Tensor | None = None,
+                   caches: dict[str, list] | None = None) -> tuple[Tensor, Tensor]:
+        """The fusion stack on embedded current tokens ``x`` (B, L, d).
+
+        Returns the output of the causal ``state`` stage (the neural features) and of the whole
+        stack (before the final norm). ``caches`` switches on incremental decoding.
+        """
+        def cache(stage: str, i: int):
+            return caches[stage][i] if caches is not None else None
+
+        for i, blk in enumerate(self.state_blocks):
+            x = blk(x, key_padding_mask=self_mask, cache=cache("state", i))
+        state = x
+        if src.prev is not None:
+            for i, blk in enumerate(self.history_blocks):
+                x = blk(x, src.prev, key_padding_mask=src.prev_mask, cache=cache("state_history", i))
+        if src.stimulus is not None:
+            for i, blk in enumerate(self.stimulus_blocks):
+                x = blk(x, src.stimulus, cache=cache("stimulus", i))
+        for group, (kv, kv_mask) in src.behavior.items():
+            for i, blk in enumerate(self.behavior_blocks[group]):
+                x = blk(x, kv, key_padding_mask=kv_mask, cache=cache(f"behavior/{group}", i))
+        for i, blk in enumerate(self.self_att_blocks):
+            x = blk(x, key_padding_mask=self_mask, cache=cache("self_att", i))
+        return state, x
+
+    # -- forward and loss ----------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any], *, trim_padding: bool = True) -> dict[str, Any]:
+        """Run the model on a batch (keys of the spike dataset's collate).
+
+        ``trim_padding`` drops the trailing positions that are PAD in every window of the batch
+        before computing anything (the outputs at real positions are the same, padding never
+        reaches them); logits then cover the first ``Lt <= L`` positions.
+
+        Returns:
+            ``id_logits`` (B, Lt, V_id), ``dt_logits`` (B, Lt, V_dt), ``hidden`` (B, Lt, d) final
+            normalised states, ``mask`` (B, Lt), ``pooled`` (B, d) padding-masked mean of
+            ``hidden`` (behaviour heads read it), ``neural_features`` (B, d) padding-masked mean
+            of the ``state`` stage output, ``behavior`` {name: (B, dim or n_classes)},
+            ``contrastive`` {modality: (neural (B, clip_embd), modality (B, clip_embd))}.
+        """
+        self.check_batch(batch)
+        ids, dts = batch["id"], batch["dt"]
+        mask = batch["mask"].bool() if "mask" in batch else ids != PAD
+        if trim_padding:
+            n = max(_real_length(mask), 1)
+            ids, dts, mask = ids[:, :n], dts[:, :n], mask[:, :n]
+        src = self.encode_sources(batch, trim_padding=trim_padding)
+        x = self._embed(ids, dts, self.pos_emb[:, :ids.shape[1]], self.temp_emb)
+        # Right-padded sequences need no key mask under causal attention: no real query can see a
+        # later PAD key. Anything else (left padding, holes) gets an explicit mask.
+        self_mask = None if _right_padded(mask) else mask
+        state, h = self._run_stack(x, src, self_mask)
+        h = self.ln_f(h)
+        pooled = masked_mean(h, mask)
+        neural = masked_mean(state, mask)
+        out: dict[str, Any] = {
+            "id_logits": self.head_id(h),
+            "dt_logits": self.head_dt(h),
+            "hidden": h,
+            "mask": mask,
+            "pooled": pooled,
+            "neural_features": neural,
+            "behavior": {name: head(pooled) for name, head in self.behavior_heads.items()},
+            "contrastive": {},
+        }
+        if self.contrastive_proj:
+            z_neural = self.contrastive_proj["neural"](neural)
+            feats = {}
+            if src.stimulus is not None:
+                feats["stimulus"] = src.stimulus.mean(1)
+            for group, (kv, kv_mask) in src.behavior.items():
+                feats[group] = masked_mean(kv, kv_mask)
+            for name, f in feats.items():
+                if name in self.contrastive_proj:
+                    out["contrastive"][name] = (z_neural, self.contrastive_proj[name](f))
+        return out
+
+    def loss(self, batch: Mapping[str, Any], out: Mapping[str, Any],
+             terms: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Loss terms and their weighted ``total``.
+
+        Args:
+            terms: which objectives to compute among ``"id"``, ``"dt"``, ``"contrastive"``,
+                ``"behavior"`` (default: all that the batch and model allow).
+
+        Returns:
+            ``id``, ``dt`` (token cross-entropy, PAD targets ignored, EOS trained),
+            ``contrastive`` (mean symmetric InfoNCE over the aligned modalities),
+            ``behavior/<name>`` (MSE or CE averaged over the windows where ``behavior_mask`` is
+            True), and ``total``.
+        """
+        c = self.config
+        terms = {"id", "dt", "contrastive", "behavior"} if terms is None else set(terms)
+        losses: dict[str, Tensor] = {}
+        n = out["id_logits"].shape[1]
+        if "id" in terms or "dt" in terms:
+            tid, tdt = _trimmed_targets(batch, n, c)
+            if "id" in terms:
+                losses["id"] = F.cross_entropy(out["id_logits"].flatten(0, 1).float(), tid.flatten(), ignore_index=PAD)
+            if "dt" in terms:
+                losses["dt"] = F.cross_entropy(out["dt_logits"].flatten(0, 1).float(), tdt.flatten(),
+                                               ignore_index=c.pad_dt)
+        if "contrastive" in terms and out["contrastive"]:
+            pairs = [info_nce(a, b, c.contrastive.temperature) for a, b in out["contrastive"].values()]
+            losses["contrastive"] = torch.stack(pairs).mean()
+        if "behavior" in terms:
+            targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
+            for v in c.behavior_targets():
+                if v.name not in targets:
+                    continue
+                pred, y = out["behavior"][v.name].float(), targets[v.name]
+                if y.dim() == 1:
+                    y = y.unsqueeze(-1)
+                if v.task == "regression":
+                    per_window = ((pred - y.float()) ** 2).mean(-1)
+                else:
+                    per_window = F.cross_entropy(pred, y[:, 0].round().long(), reduction="none")
+                m = masks.get(v.name)
+                m = torch.ones_like(per_window) if m is None else m.to(per_window.dtype)
+                losses[f"behavior/{v.name}"] = (per_window * m).sum() / m.sum().clamp(min=1.0)
+
+        w = c.loss
+        scale = 1.0
+        if "contrastive" not in losses and ("id" in losses or "dt" in losses) and w.id + w.dt > 0:
+            scale = (w.id + w.dt + w.contrastive) / (w.id + w.dt)
+        total = torch.zeros((), device=out["id_logits"].device)
+        for name, value in losses.items():
+            weight = {"id": w.id * scale, "dt": w.dt * scale, "contrastive": w.contrastive}.get(name, w.behavior)
+            total = total + weight * value
+        losses["total"] = total
+        return losses
+
+    # -- incremental decoding ------------------------------------------------------------------
+    def init_decode(self, batch: Mapping[str, Any] | _Sources, max_len: int | None = None) -> DecodeState:
+        """Encode a batch's context once and allocate the KV caches for decoding its windows."""
+        src = batch if isinstance(batch, _Sources) else self.encode_sources(batch)
+        max_len = max_len or self.config.block_size.id
+        caches: dict[str, list] = {
+            "state": [KVCache(max_len) for _ in self.state_blocks],
+            "state_history": [CrossKVCache() for _ in self.history_blocks],
+            "stimulus": [CrossKVCache() for _ in self.stimulus_blocks],
+            "self_att": [KVCache(max_len) for _ in self.self_att_blocks],
+        }
+        for group, blocks in self.behavior_blocks.items():
+            caches[f"behavior/{group}"] = [CrossKVCache() for _ in blocks]
+        return DecodeState(src, caches, 0, self.temp_emb.table())
+
+    def decode_step(self, state: DecodeState, ids: Tensor, dts: Tensor) -> tuple[Tensor, Tensor]:
+        """Feed the next ``n`` tokens ``(B, n)`` of every window; return their logits
+        ``(B, n, V_id)``, ``(B, n, V_dt)`` -- equal to a full forward's at those positions."""
+        n = ids.shape[1]
+        if state.pos + n > self.config.block_size.id:
+            raise ValueError(f"decoding past block_size.id={self.config.block_size.id}")
+        x = self.drop(self.tok_emb(ids) + self.pos_emb[:, state.pos:state.pos + n]
+                      + self.temp_emb(dts, state.dt_table))
+        _, h = self._run_stack(x, state.sources, None, caches=state.caches)
+        state.pos += n
+        h = self.ln_f(h)
+        return self.head_id(h), self.head_dt(h)
+
+    def _full_logits(self, ids: Tensor, dts: Tensor, src: _Sources) -> tuple[Tensor, Tensor]:
+        """Logits of the last position from a full (uncached) pass over the prefix."""
+        x = self._embed(ids, dts, self.pos_emb[:, :ids.shape[1]], self.temp_emb)
+        _, h = self._run_stack(x, src, None)
+        h = self.ln_f(h[:, -1:])
+        return self.head_id(h), self.head_dt(h)
+
+    # -- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        mode: str = "teacher_forced",
+        temperature_id: float = 1.0,
+        temperature_dt: float = 1.0,
+        top_k_id: int | None = None,
+        top_p_id: float | None = 0.95,
+        top_k_dt: int | None = None,
+        top_p_dt: float | None = 0.95,
+        max_spikes: int | None = None,
+        stop_at_eos: bool = True,
+        use_cache: bool = True,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        seed_prev: bool = True,
+    ) -> "GeneratedSpikes":
+        """Sample the spikes of the batch's current windows, one token at a time.
+
+        Each window starts from SOS; the next ID and dt are drawn from their heads
+        (temperature, then top-k, then top-p; only units and EOS can be drawn as IDs and only
+        offsets inside the current window as dts) until EOS or the block is full (the block's
+        last slot is EOS). All windows of a batch decode together with KV caches.
+
+        Args:
+            batch: needs ``interval`` (B,) window END times (s); context keys as in training
+                (``id_prev``/``dt_prev``/``mask_prev``, ``stimulus``, ``behavior_seq``...).
+                ``session`` (B,) separates recordings in free-running mode.
+            mode: ``"teacher_forced"``: each window reads the batch's true previous window.
+                ``"free_running"``: windows that follow one another (same session, interval
+                one ``window.curr`` apart) form a chain; the previous window of every window
+                after the first of its chain is built from the spikes this call generated
+                for the windows before it -- never from the batch's ``id_prev``. Chains decode
+                in parallel, one window per chain per step.
+            seed_prev: free-running only: the first window of a chain reads its true previous
+                window as the initial condition (``False``: starts from an empty past).
+            max_spikes: cap per window (default ``block_size.id - 2``).
+            stop_at_eos: ``False`` ignores EOS until ``max_spikes`` (fixed-length benchmarks).
+            use_cache: KV cache (``False`` reruns the full prefix for every token: slow,
+                for comparison).
+            seed / generator: random source; a fixed seed gives the same spikes.
+
+        Returns:
+            :class:`GeneratedSpikes` with one entry per window, in the batch's order.
+        """
+        if mode not in ("teacher_forced", "free_running"):
+            raise ValueError(f"mode must be 'teacher_forced' or 'free_running', got {mode!r}")
+        if generator is None:
+            generator = torch.Generator(device=self.pos_emb.device)
+            generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        c = self.config
+        max_spikes = c.block_size.id - 2 if max_spikes is None else min(max_spikes, c.block_size.id - 2)
+        sampling = dict(temperature_id=temperature_id, temperature_dt=temperature_dt, top_k_id=top_k_id,
+                        top_p_id=top_p_id, top_k_dt=top_k_dt, top_p_dt=top_p_dt, max_len=max_spikes + 2,
+                        stop_at_eos=stop_at_eos, use_cache=use_cache, generator=generator)
+        was_training = self.training
+        self.eval()
+        try:
+            interval = _as_numpy(batch["interval"]).astype(np.float64)
+            b = len(interval)
+            session = _as_numpy(batch["session"]).astype(np.int64) if "session" in batch else np.zeros(b, np.int64)
+            if mode == "teacher_forced":
+                ids, dts, lengths = self._sample_windows(batch, **sampling)
+                return GeneratedSpikes.from_tokens(ids, dts, lengths, interval, session, c)
+            return self._free_running(batch, interval, session, seed_prev, sampling)
+        finally:
+            self.train(was_training)
+
+    def _sample_windows(self, batch: Mapping[str, Any], *, temperature_id: float, temperature_dt: float,
+                        top_k_id: int | None, top_p_id: float | None, top_k_dt: int | None, top_p_dt: float | None,
+                        max_len: int, stop_at_eos: bool, use_cache: bool,
+                        generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Decode every window of ``batch`` at once. Returns ``id``, ``dt`` (B, max_len) token
+        sequences ``[SOS, spikes, EOS, PAD...]`` and the number of spikes per window (B,)."""
+        c = self.config
+        device = self.pos_emb.device
+        b = len(batch["interval"])
+        src = self.encode_sources(batch)
+        ids = torch.full((b, max_len), PAD, dtype=torch.long, device=device)
+        dts = torch.full((b, max_len), c.pad_dt, dtype=torch.long, device=device)
+        ids[:, 0], dts[:, 0] = SOS, 0
+        # Sampling constraints as additive logit biases: IDs are units or EOS; dts are offsets
+        # inside the current window.
+        id_bias = torch.zeros(c.id_vocab_size, device=device)
+        id_bias[[PAD, SOS]] = -math.inf
+        if not stop_at_eos:
+            id_bias[EOS] = -math.inf
+        dt_bias = torch.full((c.dt_vocab_size,), -math.inf, device=device)
+        dt_bias[:c.dt_max_curr + 1] = 0.0
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        lengths = torch.zeros(b, dtype=torch.long, device=device)
+        state = self.init_decode(src, max_len) if use_cache else None
+        for pos in range(max_len - 1):
+            if use_cache:
+                lid, ldt = self.decode_step(state, ids[:, pos:pos + 1], dts[:, pos:pos + 1])
+            else:
+                lid, ldt = self._full_logits(ids[:, :pos + 1], dts[:, :pos + 1], src)
+            if pos + 2 == max_len:  # the last slot of the block is EOS
+                nid = torch.full((b,), EOS, dtype=torch.long, device=device)
+            else:
+                nid = _sample(lid[:, -1].float() + id_bias, temperature_id, top_k_id, top_p_id, generator)
+            ndt = _sample(ldt[:, -1].float() + dt_bias, temperature_dt, top_k_dt, top_p_dt, generator)
+            eos = nid == EOS
+            ndt = torch.where(eos, c.eos_dt, ndt)
+            ids[:, pos + 1] = torch.where(done, PAD, nid)
+            dts[:, pos + 1] = torch.where(done, c.pad_dt, ndt)
+            lengths += (~done & ~eos).long()
+            done = done | eos
+            if bool(done.all()):
+                break
+        return ids, dts, lengths
+
+    def _free_running(self, batch: Mapping[str, Any], interval: np.ndarray, session: np.ndarray,
+                      seed_prev: bool, sampling: dict) -> "GeneratedSpikes":
+        c = self.config
+        b = len(interval)
+        curr, prev, dt = c.window.curr, c.window.prev, c.window.dt
+        # Chains: a window follows the one of its session that ends window.curr earlier.
+        order = np.lexsort((interval, session))
+        parent = np.full(b, -1)
+        for i, j in zip(order[:-1], order[1:]):
+            if session[i] == session[j] and abs(interval[j] - interval[i] - curr) < dt / 2:
+                parent[j] = i
+        root, depth = np.arange(b), np.zeros(b, dtype=np.int64)
+        for j in order:  # parents come first in this order
+            if parent[j] >= 0:
+                root[j], depth[j] = root[parent[j]], depth[parent[j]] + 1
+        uses_prev = len(self.history_blocks) > 0
+        no_spikes = (torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+        history: dict[int, tuple[Tensor, Tensor]] = {}  # chain root -> spike times (s), ID tokens
+        results: list[tuple[Tensor, Tensor]] = [no_spikes] * b  # per window: ID tokens, dt offsets
+        for wave in range(int(depth.max()) + 1 if b else 0):
+            idx = np.flatnonzero(depth == wave)
+            sub = _select_rows(batch, idx, exclude=("id_prev", "dt_prev", "mask_prev"))
+            if uses_prev:
+                if wave == 0:  # initial condition of each chain: its true past, or nothing
+                    seeded = seed_prev and "id_prev" in batch
+                    for i in idx:
+                        history[int(i)] = _decode_prev_spikes(batch, int(i), interval[i], c) if seeded else no_spikes
+                prev_windows = [_prev_window(*history[int(root[i])], interval[i], c) for i in idx]
+                width = max(max(_real_length(w["mask"][None]) for w in prev_windows), 1)
+                for key in ("id", "dt", "mask"):
+                    sub[f"{key}_prev"] = torch.stack([w[key][:width] for w in prev_windows]).to(self.pos_emb.device)
+            ids, dts, lengths = self._sample_windows(sub, **sampling)
+            for row, i in enumerate(idx):
+                n = int(lengths[row])
+                toks, offs = ids[row, 1:n + 1].cpu(), dts[row, 1:n + 1].cpu()
+                results[i] = (toks, offs)
+                if uses_prev:
+                    old_t, old_tok = history[int(root[i])]
+                    keep = old_t >= interval[i] - prev - 1e-9  # spikes the next window can still see
+                    new_t = _spike_times(offs, interval[i] - curr, c)
+                    history[int(root[i])] = (torch.cat([old_t[keep], new_t]), torch.cat([old_tok[keep], toks]))
+        return GeneratedSpikes(
+            interval=interval, session=session,
+            times=[_spike_times(offs, interval[i] - curr, c).numpy() for i, (_, offs) in enumerate(results)],
+            tokens=[r[0].numpy() for r in results],
+            dt=[r[1].numpy() for r in results],
+            window=c.window.curr,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Generation helpers
+# --------------------------------------------------------------------------------------------
+def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+            generator: torch.Generator) -> Tensor:
+    """Draw one index per row of ``logits`` (B, V): temperature, then top-k, then top-p
+    (nucleus: the fewest most likely tokens whose mass reaches ``top_p``). ``temperature <= 0``
+    is greedy. Sampling is by inverse CDF on one uniform per row (cheaper than
+    ``torch.multinomial`` per decoding step)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    v = logits.shape[-1]
+    order = None
+    if top_k is not None and 0 < top_k < v:
+        logits, order = torch.topk(logits, top_k, dim=-1)  # sorted, descending
+    elif top_p is not None and top_p < 1.0:
+        logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = logits.softmax(-1)  # (B, V')
+    if top_p is not None and top_p < 1.0:
+        # keep a token while the tokens before it hold less than top_p (the first always stays)
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+    cdf = probs.cumsum(-1)
+    # u strictly below the total mass, so the first cdf entry above u is a step of the cdf: a
+    # token with non-zero probability (masked tokens are flat stretches and can never be hit)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * (cdf[:, -1:] * (1 - 1e-6))
+    j = torch.searchsorted(cdf, u, right=True)
+    return (order.gather(-1, j) if order is not None else j).squeeze(-1)
+
+
+def _spike_times(dts: Tensor, window_start: float, config: NeuroformerConfig) -> Tensor:
+    """dt offsets -> spike times (s, float64) inside ``[window_start, window_start + curr)``.
+
+    Offset ``k`` stands for a spike within half a bin of ``start + k*dt``; the last offset
+    (``round(curr/dt)``) is placed a quarter bin before the window's end, so the time stays in
+    its window and re-tokenises to the same offset.
+    """
+    c = config
+    t = window_start + dts.double() * c.window.dt
+    return t.clamp(max=window_start + c.window.curr - c.window.dt / 4)
+
+
+def _prev_window(times: Tensor, tokens: Tensor, interval: float, config: NeuroformerConfig) -> dict[str, Any]:
+    """Previous-window tokens of the window ending at ``interval``, from spike times (s) and ID
+    tokens: the spikes in ``[interval - curr - prev, interval - curr)``, dt measured from that
+    window's start."""
+    c = config
+    start = interval - c.window.curr - c.window.prev
+    sel = (times >= start - 1e-9) & (times < start + c.window.prev - 1e-9)
+    offsets = torch.round((times[sel] - start) / c.window.dt).long().clamp(0, c.dt_max)
+    return window_tokens(offsets, tokens[sel], c.block_size.prev_id, c)
+
+
+def _decode_prev_spikes(batch: Mapping[str, Any], i: int, interval: float,
+                        config: NeuroformerConfig) -> tuple[Tensor, Tensor]:
+    """Spike times and tokens of window ``i``'s true previous window (free-running seed)."""
+    c = config
+    ids, dts = batch["id_prev"][i].cpu(), batch["dt_prev"][i].cpu()
+    real = ids >= N_SPECIAL
+    start = interval - c.window.curr - c.window.prev
+    t = start + dts[real].double() * c.window.dt
+    return t.clamp(max=start + c.window.prev - c.window.dt / 4), ids[real].long()
+
+
+def _select_rows(batch: Mapping[str, Any], idx: np.ndarray, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Rows ``idx`` of every tensor in a (possibly nested) batch dict."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key in exclude:
+            continue
+        if isinstance(value, Mapping):
+            out[key] = _select_rows(value, idx)
+        elif isinstance(value, Tensor):
+            out[key] = value[torch.as_tensor(idx, device=value.device)]
+        elif isinstance(value, np.ndarray):
+            out[key] = value[idx]
+        else:
+            out[key] = value
+    return out
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _trimmed_targets(batch: Mapping[str, Any], n: int, config: NeuroformerConfig) -> tuple[Tensor, Tensor]:
+    """Targets cut to the ``n`` positions the logits cover; cut positions must be PAD."""
+    tid, tdt = batch["target_id"], batch["target_dt"]
+    if tid.shape[1] > n:
+        if bool((tid[:, n:] != PAD).any()):
+            raise ValueError("batch['target_id'] has non-PAD targets at positions whose inputs are all PAD; "
+                             "targets must be the input sequence shifted left by one")
+        tid, tdt = tid[:, :n], tdt[:, :n]
+    return tid, tdt
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+@dataclass
+class GeneratedSpikes:
+    """Spikes sampled by :meth:`Neuroformer.generate`, one entry per window (batch order).
+
+    ``times[w]`` (s, float64) and ``tokens[w]`` (ID tokens, ``unit = token - 3``) in generated
+    order; ``dt[w]`` the dt offsets; ``interval`` (W,) window END times; ``session`` (W,).
+    """
+
+    interval: np.ndarray
+    session: np.ndarray
+    times: list[np.ndarray]
+    tokens: list[np.ndarray]
+    dt: list[np.ndarray]
+    window: float
+
+    @classmethod
+    def from_tokens(cls, ids: Tensor, dts: Tensor, lengths: Tensor, interval: np.ndarray, session: np.ndarray,
+                    config: NeuroformerConfig) -> "GeneratedSpikes":
+        ids, dts, lengths = ids.cpu(), dts.cpu(), lengths.cpu()
+        toks, offs, times = [], [], []
+        for w in range(ids.shape[0]):
+            n = int(lengths[w])
+            toks.append(ids[w, 1:n + 1].numpy())
+            offs.append(dts[w, 1:n + 1].numpy())
+            times.append(_spike_times(dts[w, 1:n + 1], float(interval[w]) - config.window.curr, config).numpy())
+        return cls(interval=interval, session=session, times=times, tokens=toks, dt=offs, window=config.window.curr)
+
+    @property
+    def unit_index(self) -> list[np.ndarray]:
+        """Per window, index of each spike's unit in the model's unit list."""
+        return [t - N_SPECIAL for t in self.tokens]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def spikes(self, session: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All spikes (of one session), sorted by time: ``times`` (n,) s and ``unit_index`` (n,)."""
+        sel = [w for w in range(len(self)) if session is None or self.session[w] == session]
+        if not sel:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        t = np.concatenate([self.times[w] for w in sel])
+        u = np.concatenate([self.tokens[w] - N_SPECIAL for w in sel]).astype(np.int64)
+        order = np.argsort(t, kind="stable")
+        return t[order], u[order]
+
+    def to_session(self, path: str | Path, unit_ids: Sequence[str], *, session_id: str,
+                   session: int | None = None, **attrs: Any) -> Path:
+        """Write the generated spikes as a session file (``unit_ids``: the model's unit list)."""
+        from neurofm.data.session import SessionWriter
+
+        times, units = self.spikes(session)
+        if units.size and units.max() >= len(unit_ids):
+            raise ValueError(f"generated unit index {int(units.max())} but only {len(unit_ids)} unit_ids were given")
+        sel = [w for w in range(len(self)) if session is None or self.session[w] == session]
+        t0 = float(min(self.interval[w] for w in sel)) - self.window if sel else 0.0
+        t1 = float(max(self.interval[w] for w in sel)) if sel else 0.0
+        with SessionWriter(path, session_id=session_id, source="neurofm generate", **attrs) as w:
+            w.add_units(list(unit_ids))
+            w.add_spikes(times, units, t_start=t0, t_end=t1)
+        return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic batches (tests, benchmarks, smoke checks)
+# --------------------------------------------------------------------------------------------
+def synthetic_batch(config: NeuroformerConfig, batch_size: int, *, rate_hz: float = 6.3,
+                    generator: torch.Generator | None = None, structured: bool = True,
+                    t0: float = 1.0) -> dict[str, Any]:
+    """A batch in the spike dataset's collate format, from Poisson spiking.
+
+    Every unit fires at ``rate_hz``; with ``structured``, unit ``u`` fires only at dt offset
+    ``u mod round(curr/dt)`` (a learnable ID -> dt mapping). Windows are consecutive (one
+    ``window.curr`` apart, one session). Adds ``stimulus`` and behaviour keys when the config
+    has them (behaviour targets are a function of the spike count, so they are decodable).
+    """
+    c = config
+    g = generator or torch.Generator().manual_seed(0)
+    kc = max(c.dt_max_curr, 1)
+    rows: dict[str, list] = {k: [] for k in ("id", "dt", "target_id", "target_dt", "mask", "n_dropped",
+                                             "id_prev", "dt_prev", "mask_prev", "n_dropped_prev")}
+    counts = []
+
+    def window(length_s: float, block: int) -> dict:
+        lam = torch.full((c.n_units,), rate_hz * length_s)
+        per_unit = torch.poisson(lam, generator=g).long()
+        units = torch.repeat_interleave(torch.arange(c.n_units), per_unit)
+        k_max = round(length_s / c.window.dt)
+        if structured:
+            offsets = (units % kc) + kc * torch.randint(0, max(k_max // kc, 1), units.shape, generator=g)
+        else:
+            offsets = torch.randint(0, max(k_max, 1), units.shape, generator=g)
+        return window_tokens(offsets.clamp(max=c.dt_max), units + N_SPECIAL, block, c)
+
+    for _ in range(batch_size):
+        cur = window(c.window.curr, c.block_size.id)
+        prv = window(c.window.prev, c.block_size.prev_id)
+        for k in ("id", "dt", "target_id", "target_dt", "mask"):
+            rows[k].append(cur[k])
+        rows["n_dropped"].append(cur["n_dropped"])
+        rows["id_prev"].append(prv["id"])
+        rows["dt_prev"].append(prv["dt"])
+        rows["mask_prev"].append(prv["mask"])
+        rows["n_dropped_prev"].append(prv["n_dropped"])
+        counts.append(int(cur["mask"].sum()) - 2)
+    batch: dict[str, Any] = {k: torch.stack(v) if isinstance(v[0], Tensor) else torch.tensor(v)
+                             for k, v in rows.items()}
+    batch["interval"] = t0 + c.window.curr * torch.arange(1, batch_size + 1, dtype=torch.float64)
+    batch["session"] = torch.zeros(batch_size, dtype=torch.long)
+    count = torch.tensor(counts, dtype=torch.float32)
+    if c.stimulus is not None:
+        s = c.stimulus
+        batch["stimulus"] = torch.rand(batch_size, s.n_frames, s.height, s.width, generator=g)
+    if c.behavior:
+        tb = 5
+        batch["behavior_seq_t"] = torch.linspace(0, c.window.curr, tb).expand(batch_size, tb).contiguous()
+        batch["behavior"], batch["behavior_mask"] = {}, {}
+        batch["behavior_seq"], batch["behavior_seq_mask"] = {}, {}
+        z = (count - count.mean()) / count.std().clamp(min=1e-6)
+        for v in c.behavior:
+            if v.task == "classification":
+                value = (z > 0).float()[:, None].expand(batch_size, v.dim)
+            else:
+                value = z[:, None].expand(batch_size, v.dim) + 0.1 * torch.randn(batch_size, v.dim, generator=g)
+            batch["behavior"][v.name] = value.contiguous()
+            batch["behavior_mask"][v.name] = torch.ones(batch_size, dtype=torch.bool)
+            batch["behavior_seq"][v.name] = value[:, None, :].expand(batch_size, tb, v.dim).contiguous()
+            batch["behavior_seq_mask"][v.name] = torch.ones(batch_size, tb, dtype=torch.bool)
+    return batch

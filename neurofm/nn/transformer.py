@@ -1,0 +1,270 @@
+"""GPT pieces shared by the Neuroformer stages: MLP, attention, pre-LN block and KV caches.
+
+One :class:`Block` serves every stage of the Neuroformer stack (DESIGN.md 3, 9)::
+
+    x = x + attn(ln1(x), kv)      # self-attention (kv = x) or cross-attention (kv = a source)
+    x = x + mlp(ln2(x))
+
+Keys and values of a cross-attention enter **as given**: the block does not normalise them.
+Every key/value source in Neuroformer is already normalised once by the final LayerNorm of its
+own encoder (previous-window encoder, stimulus encoder, behaviour embedding), which is the
+same function as a per-block ``ln_kv`` with tied weights, and lets generation project a
+source's keys/values once per window instead of once per generated token. (The reference
+passed raw, unnormalised sources and added one more LayerNorm on every block's output; the
+extra per-block norm is dropped here, the stack ends with one final norm instead.)
+
+All attention goes through :func:`neurofm.nn.attention.attention` (SDPA or flash-attn).
+Shapes: ``B`` batch, ``L`` query length, ``S`` key length, ``d`` = n_embd, ``H`` heads,
+``Dh = d / H``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neurofm.nn.attention import attention
+
+__all__ = ["MLP", "Attention", "Block", "KVCache", "CrossKVCache", "Dropout", "dropout", "keep_mask"]
+
+
+def keep_mask(shape: Sequence[int], p: float, device: torch.device | str | None = None) -> Tensor:
+    """Bool tensor of ``shape``, each entry True with probability ``1 - p`` (independently).
+
+    On CPU, one 64-bit draw from torch's default generator gives four 16-bit uniforms, compared
+    against ``p`` quantised to 1/65536 (0.2 -> 0.19999): several times cheaper than
+    ``bernoulli_``, which draws one number per element (~18 ns/element on the 2-core benchmark
+    machine, more than the matmuls around it). ``torch.manual_seed`` makes draws repeatable.
+    """
+    n = math.prod(shape)
+    if torch.device(device or "cpu").type != "cpu":
+        return torch.rand(tuple(shape), device=device) >= p
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+    r = bits.view(torch.int16)[:n].view(tuple(shape))  # uniform in [-32768, 32767]
+    return r >= round(p * 65536) - 32768  # P(r < threshold) = p
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Inverted dropout, the distribution of :func:`torch.nn.functional.dropout`, with the
+    cheap CPU random draws of :func:`keep_mask` (about 3x faster end to end on CPU); other
+    devices use ``F.dropout`` (a fused kernel)."""
+    if not training or p <= 0.0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    return x * (keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - p))).to(x.dtype)
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module (drop-in for ``nn.Dropout``)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear(d -> 4d), GELU, Linear(4d -> d), dropout."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, expansion: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, expansion * n_embd)
+        self.proj = nn.Linear(expansion * n_embd, n_embd)
+        self.drop = Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, d) -> (B, L, d)
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class KVCache:
+    """Keys and values of the positions already decoded, for one causal self-attention layer.
+
+    litgpt-style: a buffer of the final length is allocated once (on the first append, with the
+    keys' batch, heads, dtype and device), each decoding step writes its new keys/values in
+    place and attention reads the filled prefix (a strided view, no copy). All sequences of the
+    batch advance together, one position per step, so one ``length`` serves the whole batch.
+
+    Args:
+        max_len: the most positions the cache will hold (the block size).
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.length = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``(B, H, n, Dh)`` new keys/values; return all filled ``(B, H, length, Dh)``."""
+        if self.k is None:
+            b, h, _, dh = k.shape
+            self.k = k.new_zeros(b, h, self.max_len, dh)
+            self.v = v.new_zeros(b, h, self.max_len, dh)
+        n = k.shape[2]
+        end = self.length + n
+        if end > self.max_len:
+            raise RuntimeError(f"KVCache is full: {self.length} + {n} positions > max_len {self.max_len}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CrossKVCache:
+    """Projected keys/values of a fixed cross-attention source (previous window, stimulus,
+    behaviour), computed on the first decoding step and reused on every later one."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    @property
+    def filled(self) -> bool:
+        return self.k is not None
+
+    def store(self, k: Tensor, v: Tensor) -> None:
+        self.k, self.v = k, v
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+
+class Attention(nn.Module):
+    """Multi-head attention with fused projections.
+
+    Self-attention projects q, k, v with one ``(d -> 3d)`` matmul; cross-attention projects q
+    from the queries and k, v from the source with one ``(d_kv -> 2d)`` matmul.
+
+    ``attn_dropout`` is applied as DropKey (Li et al., CVPR 2023): in training, each
+    (query, key) pair is masked out *before* the softmax with that probability (one pattern
+    shared by the heads, which makes the mask H times cheaper to draw and apply), passed to
+    :func:`attention` as a boolean mask. The reference dropped attention weights *after* the
+    softmax, which no fused SDPA kernel on CPU supports (the unfused path made attention ~5x
+    slower); both regularise attention the same way, and with ``attn_dropout = 0`` they
+    coincide.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, *, cross: bool = False, kv_dim: int | None = None,
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.cross = cross
+        self.attn_dropout = attn_dropout
+        if cross:
+            self.q = nn.Linear(n_embd, n_embd)
+            self.kv = nn.Linear(kv_dim or n_embd, 2 * n_embd)
+        else:
+            self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.resid_drop = Dropout(resid_dropout)
+
+    def _heads(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
+        """(B, L, n*d) -> n tensors (B, H, L, Dh)."""
+        b, length, _ = x.shape
+        x = x.view(b, length, n, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return x.unbind(0)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None, *, causal: bool = False,
+                key_padding_mask: Tensor | None = None,
+                cache: KVCache | CrossKVCache | None = None) -> Tensor:
+        """
+        Args:
+            x: ``(B, L, d)`` normalised queries.
+            kv: ``(B, S, d_kv)`` cross-attention source (ignored for self-attention, and once a
+                :class:`CrossKVCache` is filled).
+            causal: query ``i`` sees keys ``<= i`` (bottom-right aligned with a cache).
+            key_padding_mask: ``(B, S)`` bool, True for real keys.
+            cache: :class:`KVCache` for self-attention decoding, :class:`CrossKVCache` for
+                cross-attention decoding.
+
+        Returns:
+            ``(B, L, d)``.
+        """
+        b, length, d = x.shape
+        if self.cross:
+            (q,) = self._heads(self.q(x), 1)
+            if isinstance(cache, CrossKVCache) and cache.filled:
+                k, v = cache.k, cache.v
+            else:
+                if kv is None:
+                    raise ValueError("cross-attention needs a key/value source `kv`")
+                k, v = self._heads(self.kv(kv), 2)
+                if isinstance(cache, CrossKVCache):
+                    cache.store(k, v)
+        else:
+            q, k, v = self._heads(self.qkv(x), 3)
+            if isinstance(cache, KVCache):
+                k, v = cache.append(k, v)
+                # one new query sees every cached key: the causal mask is all-True, skip it
+                if length == 1:
+                    causal = False
+        # attention dropout as DropKey (see the class docstring): keeps the fused SDPA kernel
+        keep = None
+        if self.training and self.attn_dropout > 0:
+            keep = keep_mask((b, 1, length, k.shape[2]), self.attn_dropout, x.device)
+        dtype = q.dtype
+        if q.device.type == "cpu" and (dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+            # CPU SDPA kernels are ~10x slower in bf16 than in fp32 (forward + backward) at these
+            # sizes, while the projections gain from bf16 (AMX): attend in fp32 (autocast off, it
+            # would cast back), then return to the projections' dtype.
+            with torch.autocast("cpu", enabled=False):
+                y = attention(q.float(), k.float(), v.float(), causal=causal, key_padding_mask=key_padding_mask,
+                              attn_mask=keep)
+        else:
+            y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_mask=keep)  # (B, H, L, Dh)
+        y = y.transpose(1, 2).reshape(b, length, d).to(dtype)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln1(x), kv)`` then ``x + mlp(ln2(x))``.
+
+    Args:
+        n_embd, n_head: width and heads.
+        cross: cross-attention to a source given at call time (else self-attention).
+        causal: causal self-attention (a block property: the Neuroformer stages are either
+            causal over the current window or bidirectional over a source).
+        kv_dim: width of the cross-attention source (default ``n_embd``).
+        attn_dropout, resid_dropout: dropout on attention weights / on each residual branch.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, *, cross: bool = False, causal: bool = False,
+                 kv_dim: int | None = None, attn_dropout: float = 0.0, resid_dropout: float = 0.0):
+        super().__init__()
+        if cross and causal:
+            raise ValueError("a cross-attention block cannot be causal")
+        self.causal = causal
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = Attention(n_embd, n_head, cross=cross, kv_dim=kv_dim,
+                              attn_dropout=attn_dropout, resid_dropout=resid_dropout)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, resid_dropout)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None, *, key_padding_mask: Tensor | None = None,
+                cache: KVCache | CrossKVCache | None = None) -> Tensor:
+        """``x`` (B, L, d); ``kv`` (B, S, d_kv) for cross-attention; returns (B, L, d).
+
+        ``key_padding_mask`` (B, S) masks padded keys: the source's for cross-attention, the
+        sequence's own for self-attention (a right-padded causal sequence needs none, since
+        causality already hides the trailing padding from every real query).
+        """
+        x = x + self.attn(self.ln1(x), kv, causal=self.causal, key_padding_mask=key_padding_mask, cache=cache)
+        return x + self.mlp(self.ln2(x))

@@ -1,0 +1,211 @@
+"""Lightning task for Neuroformer: pretraining and behaviour fine-tuning.
+
+The model (:class:`neurofm.models.neuroformer.Neuroformer`) stays a plain ``nn.Module``; this
+task adds the objectives, the optimiser (AdamW (0.9, 0.95), decay on Linear weights only), the
+warm-up + cosine schedule sized from ``trainer.estimated_stepping_batches``, logging and the
+NaN guard. Gradient clipping (norm 1.0, DESIGN.md 3) comes from the Trainer
+(``gradient_clip_val``); if the Trainer sets none, :meth:`configure_gradient_clipping`
+applies ``grad_clip`` itself, so the reference's clipping is never silently lost.
+
+Modes:
+
+* ``"pretrain"``: next-ID + next-dt + contrastive + behaviour terms (whatever the batch has).
+* ``"finetune"``: behaviour terms only (``objectives`` overrides), optionally with a frozen
+  backbone (``freeze_backbone``) that is unfrozen stage by stage from the top every
+  ``unfreeze_every`` epochs (gradual unfreezing). Frozen parameters stay in the optimizer
+  with ``grad = None``, which AdamW skips, so unfreezing needs no new optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig
+from neurofm.tasks.optim import param_groups, warmup_cosine_scheduler
+
+__all__ = ["NeuroformerTask"]
+
+# Stages from the output down: the order gradual unfreezing releases them in.
+_UNFREEZE_ORDER = ("self_att", "behavior", "stimulus", "state_history", "state", "embeddings")
+
+
+class NeuroformerTask(L.LightningModule):
+    """Train a :class:`Neuroformer` on batches of the spike data module.
+
+    Args:
+        config: the model config (dataclass or dict); stored in the checkpoint's
+            hyperparameters so ``NeuroformerTask.load_from_checkpoint(path)`` rebuilds it.
+        model: an existing model (e.g. pretrained, possibly with an extended vocabulary) to
+            train instead of a fresh one built from ``config``.
+        mode: ``"pretrain"`` or ``"finetune"``.
+        objectives: loss terms to train (``"id"``, ``"dt"``, ``"contrastive"``,
+            ``"behavior"``); default: all in pretraining, ``("behavior",)`` in fine-tuning.
+        lr, betas, weight_decay: AdamW (reference: 1e-4, (0.9, 0.95)); weight decay on
+            ``nn.Linear`` weights only.
+        warmup_fraction, max_warmup_steps, final_lr_ratio: linear warm-up over this fraction
+            of the run's optimizer steps (capped), then cosine to ``final_lr_ratio * lr``.
+        grad_clip: gradient-norm clip used when the Trainer sets no ``gradient_clip_val``.
+        freeze_backbone: fine-tuning: train only the heads (and ``trainable`` prefixes).
+        unfreeze_every: with ``freeze_backbone``, unfreeze one more stage (from the top) every
+            this many epochs.
+        trainable: parameter-name prefixes kept trainable under ``freeze_backbone`` (e.g.
+            ``("tok_emb",)`` to learn the rows of newly added units).
+    """
+
+    def __init__(
+        self,
+        config: NeuroformerConfig | Mapping[str, Any] | None = None,
+        model: Neuroformer | None = None,
+        *,
+        mode: str = "pretrain",
+        objectives: Sequence[str] | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.1,
+        warmup_fraction: float = 0.05,
+        max_warmup_steps: int = 2000,
+        final_lr_ratio: float = 0.1,
+        grad_clip: float = 1.0,
+        freeze_backbone: bool = False,
+        unfreeze_every: int | None = None,
+        trainable: Sequence[str] = (),
+    ):
+        super().__init__()
+        if model is None and config is None:
+            raise ValueError("NeuroformerTask needs a config or a model")
+        if model is None:
+            model = Neuroformer(config)
+        if mode not in ("pretrain", "finetune"):
+            raise ValueError(f"mode must be 'pretrain' or 'finetune', got {mode!r}")
+        if objectives is None:
+            objectives = ("id", "dt", "contrastive", "behavior") if mode == "pretrain" else ("behavior",)
+        unknown = set(objectives) - {"id", "dt", "contrastive", "behavior"}
+        if unknown:
+            raise ValueError(f"unknown objectives {sorted(unknown)}; choose from id, dt, contrastive, behavior")
+        self.model = model
+        self.objectives = tuple(objectives)
+        self.save_hyperparameters({
+            "config": model.config.to_dict(), "mode": mode, "objectives": list(self.objectives), "lr": lr,
+            "betas": list(betas), "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
+            "max_warmup_steps": max_warmup_steps, "final_lr_ratio": final_lr_ratio, "grad_clip": grad_clip,
+            "freeze_backbone": freeze_backbone, "unfreeze_every": unfreeze_every, "trainable": list(trainable),
+        })
+        self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        if freeze_backbone:
+            self._apply_freezing(n_unfrozen=0)
+
+    # -- freezing ------------------------------------------------------------------------------
+    def _apply_freezing(self, n_unfrozen: int) -> None:
+        """Freeze the backbone except the top ``n_unfrozen`` stages, the heads and ``trainable``."""
+        stages = self.model.stage_parameters()
+        released = set(_UNFREEZE_ORDER[:n_unfrozen]) | {"heads"}
+        trainable_ids = {id(p) for name in released for p in stages[name]}
+        prefixes = tuple(self.hparams.trainable)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(id(p) in trainable_ids or (bool(prefixes) and name.startswith(prefixes)))
+
+    def on_train_epoch_start(self) -> None:
+        every = self.hparams.unfreeze_every
+        if self.hparams.freeze_backbone and every:
+            self._apply_freezing(n_unfrozen=self.current_epoch // every)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return self.model(batch)
+
+    def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        out = self.model(batch)
+        losses = self.model.loss(batch, out, terms=self.objectives)
+        self._check_finite(losses, batch, stage)
+        b = batch["id"].shape[0]
+        opts = dict(batch_size=b, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train")
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "total", **opts)
+        for name, acc in _token_accuracy(batch, out, self.model.config.pad_dt).items():
+            self.log(f"{stage}/{name}", acc, **opts)
+        for key in ("n_dropped", "n_dropped_prev"):  # spikes lost to block overflow in this batch
+            if key in batch:
+                self.log(f"{stage}/{key}", batch[key].sum().float(), reduce_fx="sum", **opts)
+        return losses, out
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        losses, _ = self._step(batch, "train")
+        return losses["total"]
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        _, out = self._step(batch, "val")
+        targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
+        for v in self.model.config.behavior_targets():
+            if v.task != "regression" or v.name not in targets:
+                continue
+            keep = masks.get(v.name)
+            pred, y = out["behavior"][v.name].detach(), targets[v.name]
+            if keep is not None:
+                pred, y = pred[keep.bool()], y[keep.bool()]
+            self._val_behavior.setdefault(v.name, []).append((pred.float().cpu(), y.float().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        """R2 and Pearson r per behaviour target, pooled over all validation windows."""
+        for name, pairs in self._val_behavior.items():
+            pred = torch.cat([p for p, _ in pairs])
+            y = torch.cat([t for _, t in pairs])
+            if y.shape[0] < 2:
+                continue
+            ss_res = ((y - pred) ** 2).sum(0)
+            ss_tot = ((y - y.mean(0)) ** 2).sum(0).clamp(min=1e-12)
+            r2 = (1 - ss_res / ss_tot).mean()
+            pc, yc = pred - pred.mean(0), y - y.mean(0)
+            r = ((pc * yc).sum(0) / (pc.norm(dim=0) * yc.norm(dim=0)).clamp(min=1e-12)).mean()
+            self.log(f"val/{name}_r2", r2)
+            self.log(f"val/{name}_pearson", r)
+        self._val_behavior.clear()
+
+    def _check_finite(self, losses: Mapping[str, Tensor], batch: Mapping[str, Any], stage: str) -> None:
+        """Stop on a NaN/inf loss, before the optimizer writes it into the weights (so the last
+        checkpoint written stays a good one), naming the step and the batch's windows."""
+        total = losses["total"]
+        if bool(torch.isfinite(total.detach())):
+            return
+        bad = {k: float(v) for k, v in losses.items() if not bool(torch.isfinite(v.detach()))}
+        sessions = batch["session"].tolist() if "session" in batch else "?"
+        intervals = [round(float(t), 6) for t in batch["interval"]] if "interval" in batch else "?"
+        raise FloatingPointError(
+            f"non-finite {stage} loss at global step {self.global_step} (epoch {self.current_epoch}): {bad}; "
+            f"batch sessions {sessions}, window end times (s) {intervals}. Lower the learning rate or check these "
+            "windows; training stopped before the bad step reached the weights, so resume from the last checkpoint")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The vocabulary may have grown since __init__ (extend_vocab): store the config the
+        # weights actually have, so load_from_checkpoint rebuilds matching shapes.
+        checkpoint.setdefault("hyper_parameters", {})["config"] = self.model.config.to_dict()
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.model, hp.weight_decay, include_frozen=True)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = warmup_cosine_scheduler(opt, total, warmup_fraction=hp.warmup_fraction,
+                                        max_warmup_steps=hp.max_warmup_steps, final_ratio=hp.final_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip,
+                                gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+
+def _token_accuracy(batch: Mapping[str, Any], out: Mapping[str, Any], pad_dt: int) -> dict[str, Tensor]:
+    """Top-1 next-ID and next-dt accuracy over the non-PAD targets."""
+    n = out["id_logits"].shape[1]
+    tid, tdt = batch["target_id"][:, :n], batch["target_dt"][:, :n]
+    keep_id, keep_dt = tid != PAD, tdt != pad_dt
+    with torch.no_grad():
+        acc_id = (out["id_logits"].argmax(-1) == tid)[keep_id].float().mean()
+        acc_dt = (out["dt_logits"].argmax(-1) == tdt)[keep_dt].float().mean()
+    return {"id_acc": acc_id, "dt_acc": acc_dt}
