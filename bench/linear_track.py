@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             path = convert_nwb(args.nwb, Path(tmp) / "linear-track.h5")
-        for w in caught:
-            print(f"(convert warning: {str(w.message)[:160]})")
+        for w in caught:  # whole: a converter warning names the file, the field and the fix
+            print(f"(convert warning: {w.message})")
         setup = decoding_setup(path, protocol)
         data = setup.data
         print(f"linear-track: {data.counts.shape[1]} units, {data.n_bins:,} bins of {protocol.bin_size * 1e3:g} ms "

@@ -69,6 +69,60 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- training, fine-tuning, export --------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from neurofm.experiment import main as train_main
+
+    return train_main(args.args)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from neurofm.experiment import family_of, print_result, recipe_for, run
+
+    recipe = recipe_for(family_of(args.pretrained))
+    cfg = recipe.finetune_config(args.pretrained, args.data, task=args.task, behavior=args.behavior,
+                                 events=args.events, label_fraction=args.label_fraction, run_dir=args.run_dir,
+                                 freeze_backbone=args.freeze_backbone, overrides=args.overrides)
+    print_result(run(cfg))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neurofm.experiment import evaluate_pretrained
+
+    metrics = evaluate_pretrained(args.pretrained, args.data, task=args.task, behavior=args.behavior,
+                                  events=args.events, out_dir=Path(args.out), overrides=args.overrides)
+    print(json.dumps({k: metrics[k] for k in ("metrics", "baselines", "protocol") if k in metrics}, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from neurofm.experiment import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.checkpoint, args.output, family=args.family)}")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from neurofm.cards import write_card
+
+    print(f"wrote {write_card(args.run_dir, args.out)}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from neurofm.recipes.neuroformer import generate_session
+
+    out = generate_session(args.pretrained, args.data, args.output, mode=args.mode, start=args.start,
+                           seconds=args.seconds, top_p=args.top_p, seed=args.seed, plot=not args.no_plot)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neurofm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -82,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channels", help="BIDS channels.tsv (type, status); iEEG only (default: found beside the recording)")
     c.add_argument("--electrical-series", help="NWB only: the ElectricalSeries to convert when there are several, "
                                                "or 'none' for spikes only")
-    c.add_argument("--coordinate-unit", help="unit of electrode x, y, z when the input does not say (m, mm, um)")
+    c.add_argument("--coordinate-unit", choices=["m", "cm", "mm", "um"],
+                   help="unit of electrode x, y, z (overrides the input's own; default: what the input says, else "
+                        "inferred with a warning)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.add_argument("--nan", choices=["raise", "mark-bad"], default="raise",
                    help="NaN/inf in continuous data: stop with an error (default) or zero them and mark the channel bad")
@@ -110,6 +166,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-regions", type=int, default=8, help="ieeg only: brain regions with their own source (2-16)")
     s.add_argument("--line-noise", type=float, default=60.0, help="ieeg only: mains frequency in Hz, 0 for none")
     s.set_defaults(func=_cmd_simulate)
+
+    t = sub.add_parser("train", help="train as a config says (same as `python train.py`)",
+                       description="neurofm train [CONFIG.yaml] [key=value ...]; no config: the Neuroformer CPU demo")
+    t.add_argument("args", nargs=argparse.REMAINDER, help="config file and key=value overrides")
+    t.set_defaults(func=_cmd_train)
+
+    def finetune_args(p, required_out: bool = False):
+        p.add_argument("--pretrained", required=True, help="pretrained folder (or Hub repo id)")
+        p.add_argument("--data", nargs="+", required=True, help="session files (.h5) of the new recording(s)")
+        p.add_argument("--task", default="decode", choices=["decode", "classify", "regress", "reconstruct"],
+                       help="decode behaviour (Neuroformer); classify events / regress behaviour / reconstruct "
+                            "channels (BaRISTA)")
+        p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress")
+        p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes")
+        p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5)")
+
+    f = sub.add_parser("finetune", help="fine-tune a pretrained model on new recordings")
+    finetune_args(f)
+    f.add_argument("--label-fraction", type=float, default=1.0,
+                   help="fraction of training windows with behaviour labels (few-shot), in contiguous chunks")
+    f.add_argument("--freeze-backbone", action="store_true", help="train the heads (and new unit rows) only")
+    f.add_argument("--run-dir", help="default runs/finetune-<first data file>")
+    f.set_defaults(func=_cmd_finetune)
+
+    e = sub.add_parser("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data")
+    finetune_args(e)
+    e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
+    e.set_defaults(func=_cmd_evaluate)
+
+    x = sub.add_parser("export", help="Lightning checkpoint -> from_pretrained folder (config.json + model.safetensors)")
+    x.add_argument("checkpoint")
+    x.add_argument("output")
+    x.add_argument("--family", choices=["neuroformer", "barista"],
+                   help="default: read from the run's config.yaml next to the checkpoints folder")
+    x.set_defaults(func=_cmd_export)
+
+    k = sub.add_parser("card", help="write the model card of a run from its metrics.json")
+    k.add_argument("run_dir")
+    k.add_argument("--out", help="default RUN_DIR/pretrained/README.md")
+    k.set_defaults(func=_cmd_card)
+
+    g = sub.add_parser("generate", help="generate spikes with a pretrained Neuroformer and write them as a session file")
+    g.add_argument("pretrained")
+    g.add_argument("data", help="session file whose windows (and previous windows) condition the generation")
+    g.add_argument("output", help="session file of generated spikes (.h5)")
+    g.add_argument("--mode", default="teacher_forced", choices=["teacher_forced", "free_running"])
+    g.add_argument("--start", type=float, help="first window start, s (default: the recording's start)")
+    g.add_argument("--seconds", type=float, default=10.0)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-plot", action="store_true", help="skip the recorded-vs-generated raster PNG")
+    g.set_defaults(func=_cmd_generate)
     return p
 
 

@@ -49,7 +49,8 @@ from neurofm import metrics
 from neurofm.baselines import DEFAULT_ALPHAS, BandPowerRidge
 from neurofm.data.datasets import StreamingIEEGDataset
 from neurofm.data.segmenter import IEEGSegmenter, SegmentPlan, parse_contact, zscore
-from neurofm.data.session import Channels, Session
+from neurofm.data.session import NON_NEURAL_NAMES as _SESSION_NON_NEURAL_NAMES
+from neurofm.data.session import Channels, Session, channel_types_from_names
 from neurofm.data.splits import Intervals, TimeBlockSplit
 
 __all__ = [
@@ -61,10 +62,13 @@ __all__ = [
 ]
 
 #: Channel names that carry no neural signal even when a file types them "eeg" (the sample
-#: sEEG's DC01..DC08 analogue inputs and EKG1/2 are typed EEG by its EDF). Matched at the start
-#: of the name, case-insensitively, when not followed by another letter ("DC03" yes, "DCA1" no).
-NON_NEURAL_NAMES = (r"^(?:DC|EKG|ECG|EOG|EMG|MARK|MARKER|MARKERS|TRIG|TRIGGER|STI|STIM|EVENT|EVENTS|PHOTIC|"
-                    r"RESP|SPO2|PULSE|PLETH|OSAT|REF|GND)(?![A-Z])")
+#: sEEG's DC01..DC08 analogue inputs and EKG1/2 are typed EEG by its EDF). The one rule the
+#: iEEG converter also types channels by (:data:`neurofm.data.session.NON_NEURAL_NAMES`): a
+#: known prefix at the start of the name, case-insensitively, not followed by another letter
+#: ("DC03" yes, "DCA1" no). Sessions converted since then carry those channels typed
+#: (``ecg``, ``misc``, ...) and the segmenter drops them before this is consulted; the name
+#: rule still covers files converted before, or written by other tools.
+NON_NEURAL_NAMES = _SESSION_NON_NEURAL_NAMES
 
 Predictor = Callable[[Mapping[str, Any]], Any]
 
@@ -264,7 +268,13 @@ class ReconstructionProtocol:
 
 
 def non_neural_names(names: Sequence[str], pattern: str = NON_NEURAL_NAMES) -> np.ndarray:
-    """``(C,) bool``: names matching ``pattern`` (case-insensitive, at the start)."""
+    """``(C,) bool``: names matching ``pattern`` (case-insensitive, at the start).
+
+    With the default pattern this is :func:`neurofm.data.session.channel_types_from_names`
+    (the converter's rule) saying the name is of a non-neural type.
+    """
+    if pattern == NON_NEURAL_NAMES:
+        return np.asarray(channel_types_from_names(names) != "", dtype=bool).reshape(len(names))
     rx = re.compile(pattern, re.IGNORECASE)
     return np.array([bool(rx.search(str(n).strip())) for n in names], dtype=bool)
 

@@ -121,6 +121,47 @@ def test_convert_errors_write_nothing(tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
+def test_convert_coordinate_unit_is_a_choice(tmp_path, capsys):
+    """An unknown unit used to be accepted and written as unknown positions for every channel."""
+    vhdr = write_brainvision(tmp_path / "rec", np.zeros((100, 2), dtype=np.float32), ["A1", "A2"])
+    out = tmp_path / "s.h5"
+    with pytest.raises(SystemExit) as done:
+        main(["convert", "ieeg", str(vhdr), str(out), "--coordinate-unit", "furlong"])
+    assert done.value.code == 2
+    assert "--coordinate-unit: invalid choice: 'furlong'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_linear_track_bench_prints_convert_warnings_whole(tmp_path, monkeypatch, capsys):
+    """bench/linear_track.py cut converter warnings at 160 characters ("(first at sample )")."""
+    import importlib.util
+    import warnings
+
+    spec = importlib.util.spec_from_file_location("bench_linear_track", REPO / "bench" / "linear_track.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    message = ("linear-track.nwb: processing/behavior/Position/position/timestamps: 1 sample(s) repeat the previous "
+               "timestamp (first at sample 57123, t = 5348.2 s); kept the first of each")
+
+    class Stop(Exception):
+        pass
+
+    def convert(src, out):
+        warnings.warn(message)
+        return out
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(bench, "convert_nwb", convert)
+    monkeypatch.setattr(bench, "decoding_setup", stop)
+    nwb = tmp_path / "x.nwb"
+    nwb.write_bytes(b"")
+    with pytest.raises(Stop):
+        bench.main(["--nwb", str(nwb), "--quick"])
+    assert f"(convert warning: {message})" in capsys.readouterr().out
+
+
 @needs_shared
 def test_linear_track_through_the_console_script(tmp_path):
     """The installed entry point, end to end, on the real NWB recording."""

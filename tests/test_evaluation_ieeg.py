@@ -75,6 +75,10 @@ def test_evaluation_channels_need_both_same_shaft_neighbours():
              "EKG1", "EKG2", "X5", "RH 03", "RH 02", "RH 04", "Cz"]
     usable = ~ei.non_neural_names(names)
     assert not usable[[9, 10, 11, 12, 13]].any() and usable[[0, 14, 15, 18]].all()
+    # one rule with the converter's channel typing
+    from neurofm.data.session import channel_types_from_names
+
+    assert usable.tolist() == (channel_types_from_names(names) == "").tolist()
     idx, nb = ei.evaluation_channels(names, usable)
     assert [names[i] for i in idx] == ["L'2", "L'10", "N'3", "RH 03"]
     assert [(names[p], names[q]) for p, q in nb] == [("L'1", "L'3"), ("L'9", "L'11"), ("N'2", "N'4"),
@@ -242,12 +246,15 @@ def test_sample_seeg_reconstruction_baselines(tmp_path):
         pytest.skip(f"shared data folder absent ({SHARED})")
     from neurofm.data.ieeg import convert_ieeg
 
-    with pytest.warns(UserWarning):  # unmatched MARK rows, unit inferred as mm
+    with pytest.warns(UserWarning):  # unmatched MARK rows, unit inferred as mm, EKG/DC typed by name
         path = convert_ieeg(SEEG, tmp_path / "seeg.h5", electrodes=SEEG_ELECTRODES)
     protocol = ei.ReconstructionProtocol(segment_s=1.0, n_patches=4, test_fraction=0.3, gap_s=1.0)
     data = ei.reconstruction_data(path, protocol)
     names = data.channel_names
-    assert len(names) == 98 and len(data.eval_channels) == 76 and len(data.test) == 5
+    # the converter types EKG1/2 (ecg) and DC01..08 (misc) by name, and the segmenter drops them:
+    # 98 - 10 channels reach the batches, all usable; the same 76 contacts are evaluated
+    assert len(names) == 88 and data.usable.all() and not any(n.startswith(("DC", "EKG")) for n in names)
+    assert len(data.eval_channels) == 76 and len(data.test) == 5
     for c, (lo, hi) in zip(data.eval_channels, data.neighbours):
         shaft, n = parse_contact(names[c])
         assert parse_contact(names[lo]) == (shaft, n - 1) and parse_contact(names[hi]) == (shaft, n + 1)

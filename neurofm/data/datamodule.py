@@ -107,7 +107,9 @@ class SpikeDataModule(_WindowDataModule):
         tokenizer: a :class:`SpikeTokenizer`; or leave it out and give ``window_curr``,
             ``window_prev``, ``dt``, ``block_size``, ``block_size_prev`` (reference defaults of
             the lateral config: 0.05 s, 0.05 s, 0.01 s, 100, 700 in the paper; smaller here).
-        vocab: a :class:`UnitVocab` (e.g. from a checkpoint); default: built from ``sessions``.
+            Its vocabulary is used when it has units; an empty one is replaced by ``vocab``.
+        vocab: a :class:`UnitVocab` (e.g. from a checkpoint); default: the tokenizer's if it
+            has units, else built from ``sessions``.
             With ``extend_vocab=True`` units it lacks are appended (fine-tuning on a new lab).
         behavior, behavior_seq_len, stimulus, stimulus_frames, stimulus_window, stride: as in
             :class:`~neurofm.data.datasets.SpikeWindowDataset`.
@@ -132,13 +134,16 @@ class SpikeDataModule(_WindowDataModule):
         self.sessions = open_sessions(self.paths)
         if isinstance(vocab, Mapping):
             vocab = UnitVocab.from_dict(vocab)
-        if tokenizer is not None:
-            vocab = tokenizer.vocab if vocab is None else vocab
-            tokenizer.vocab = vocab
+        if vocab is None and tokenizer is not None and tokenizer.vocab is not None and tokenizer.vocab.n_units:
+            vocab = tokenizer.vocab  # a tokenizer built with a vocabulary (e.g. from a checkpoint)
+        # An EMPTY vocabulary (SpikeTokenizer(...) without one) means "not given": build it from
+        # the sessions, as with no tokenizer at all; using it would fail on every unit.
         if vocab is None:
             vocab = UnitVocab.from_sessions(self.sessions)
         elif extend_vocab:
             vocab.extend_from_sessions(self.sessions)
+        if tokenizer is not None:
+            tokenizer.vocab = vocab
         self.vocab = vocab
         self.tokenizer = tokenizer or SpikeTokenizer(window_curr, window_prev, dt, block_size, block_size_prev, vocab)
         self.dataset_kwargs = dict(stride=stride, behavior=tuple(behavior), behavior_seq_len=behavior_seq_len,

@@ -154,6 +154,34 @@ class _SpikeReader:
                     raise KeyError(f"{s.path}: /behavior/{name}: missing (available: {s.behavior_names})")
             if stimulus is not None and stimulus not in s.stimulus_names:
                 raise KeyError(f"{s.path}: /stimulus/{stimulus}: missing (available: {s.stimulus_names})")
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every session must give a variable the same width (stimulus: the same frame shape).
+
+        Windows of different sessions share batches (and the streaming shuffle buffer); a
+        variable that is ``(T, 2)`` in one file and ``(T,)`` in another would otherwise fail
+        mid-epoch inside the collate with a bare numpy error. ``(T,)`` and ``(T, 1)`` are the
+        same width (one value per sample).
+        """
+        def check(group: str, name: str, key: str, width) -> None:
+            first = None
+            for s in self.sessions:
+                shape = tuple(s.h5[f"{group}/{name}/{key}"].shape)
+                if first is None:
+                    first = (s, shape)
+                elif width(shape) != width(first[1]):
+                    raise ValueError(
+                        f"/{group}/{name}: {first[0].path} has shape {first[1]} but {s.path} has shape {shape}; "
+                        f"sessions batched together need the same {'width' if group == 'behavior' else 'frame shape'}"
+                        f" per variable. Convert them to one layout (e.g. position as (T, 2) in every file), rename "
+                        f"the variable where it means something else, or leave it out of "
+                        f"{'behavior=' if group == 'behavior' else 'stimulus='}")
+
+        for name in self.behavior:
+            check("behavior", name, "values", lambda shape: int(np.prod(shape[1:], dtype=np.int64)))
+        if self.stimulus is not None:
+            check("stimulus", self.stimulus, "frames", lambda shape: shape[1:])
 
     @property
     def before(self) -> float:

@@ -6,6 +6,8 @@ What goes where::
         voltage channels, streamed in blocks of rows; t_start = time of the first sample on
         the file's own clock, ``raw.first_time``)
     channel names, types, bads                              -> /channels name, type, bad
+        (without a channels.tsv, channels NAMED like non-neural inputs -- EKG1, DC01,
+        TRIG -- that the file types as EEG get the type their name says: ecg, misc, stim)
     *_electrodes.tsv (or --electrodes FILE)                 -> /channels x, y, z (mm) and
         every non-standard column (``destrieux``, ``desikan-killiany``, ...) as
         /channels/region/<column name>; ``n/a`` and ``Unknown`` labels become "" (unknown)
@@ -37,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from neurofm.data.session import ConvertError, SessionFormatError, SessionWriter, clean_labels, mm_per_unit
+from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
+                                  check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
 BLOCK_VALUES = 1 << 22
@@ -92,8 +95,10 @@ def convert_ieeg(
         one found beside the recording.
     nan_policy : ``"raise"`` (default) or ``"mark_bad"`` (zero NaN/inf samples, flag the channel).
     channels_tsv : a BIDS channels TSV to use instead of the one found beside the recording.
-    coordinate_unit : unit of the electrodes' x, y, z when no coordsystem.json gives it
-        (otherwise inferred from their magnitude, with a warning).
+    coordinate_unit : unit of the electrodes' x, y, z (``"m"``, ``"cm"``, ``"mm"``, ``"um"``);
+        overrides a coordsystem.json. Without either it is inferred from their magnitude, with
+        a warning. Positions farther than 300 mm from the origin are warned about, with the
+        unit that would fit.
 
     Raises
     ------
@@ -110,6 +115,8 @@ def convert_ieeg(
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    if coordinate_unit is not None:
+        coordinate_scale(coordinate_unit, in_path)  # not a length: an error now, not unknown positions later
     for given in (electrodes, channels_tsv):
         if given is not None and not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such sidecar file (check the path)")
@@ -374,8 +381,8 @@ def _match(channel_names: list[str], other: list[str]) -> np.ndarray:
     return np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
 
 
-def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> tuple[np.ndarray, str]:
-    """Electrode coordinates in mm and the coordinate space's name."""
+def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> tuple[np.ndarray, str, float]:
+    """Electrode coordinates in mm, the coordinate space's name and the mm per file unit used."""
     space = "unknown"
     unit = coordinate_unit
     if side.get("coordsystem") is not None:
@@ -391,17 +398,50 @@ def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> t
     finite = np.abs(xyz[np.isfinite(xyz)])
     if unit is not None and str(unit).lower() not in _NA:
         scale = mm_per_unit(unit)
-        if scale is None:  # "pixels" or anything not a length: no physical coordinates
-            warnings.warn(f"{side['electrodes']}: coordinates are in {unit!r}, not a length; left unknown", stacklevel=4)
-            return np.full_like(xyz, np.nan), space
-        return xyz * scale, space
+        if scale is None:  # a coordsystem.json's "pixels" (BIDS allows it for photos): no physical coordinates
+            warnings.warn(f"{side['coordsystem']}: iEEGCoordinateUnits: coordinates are in {unit!r}, not a length; "
+                          f"left unknown. Pass coordinate_unit= (CLI --coordinate-unit) if they are in m, cm, mm "
+                          f"or um", stacklevel=4)
+            return np.full_like(xyz, np.nan), space, 1.0
+        return xyz * scale, space, scale
     if finite.size == 0:
-        return xyz, space
+        return xyz, space, 1.0
     scale, guess = (1e3, "metres") if finite.max() < 1.0 else (1.0, "millimetres")
     warnings.warn(f"{side['electrodes']}: no coordinate unit (no *_coordsystem.json with iEEGCoordinateUnits); "
                   f"largest |coordinate| is {finite.max():g}, so assumed {guess}. Pass coordinate_unit= "
                   f"(CLI --coordinate-unit) if that is wrong", stacklevel=4)
-    return xyz * scale, space
+    return xyz * scale, space, scale
+
+
+#: Channel types that say "a neural signal, or we do not know": EDF and some other formats
+#: type every channel like this, so a name that says otherwise (EKG1, DC01) wins over them.
+_GENERIC_NEURAL_TYPES = frozenset({"eeg", "seeg", "ecog", "dbs"})
+
+
+def _types_from_names(types: np.ndarray, names: list[str], typed_by_file: np.ndarray, in_path: Path) -> np.ndarray:
+    """Channel types with non-neural NAMES typed as such where no channels.tsv row typed them.
+
+    MNE types every EDF channel ``eeg``, so ECG leads, DC analogue inputs and trigger lines
+    would pass as neural (and DC01, DC02 would even become Laplacian neighbours of each other
+    on a shaft "DC"). The rule is :func:`neurofm.data.session.channel_types_from_names`.
+    """
+    said = channel_types_from_names(names)
+    generic = np.asarray([str(t).lower() in _GENERIC_NEURAL_TYPES for t in types], dtype=bool)
+    change = (said != "") & generic & ~typed_by_file
+    if not change.any():
+        return types
+    was = sorted({str(t) for t in types[change]})
+    types = types.copy()
+    types[change] = said[change]
+    by_type: dict[str, list[str]] = {}
+    for i in np.flatnonzero(change):
+        by_type.setdefault(str(said[i]), []).append(names[i])
+    shown = "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
+    warnings.warn(f"{in_path}: /channels/type: {int(change.sum())} of {len(names)} channels typed {'/'.join(was)} "
+                  f"by the file are named like non-neural inputs, so typed by their names ({shown}); the segmenter "
+                  f"leaves them out. Give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types "
+                  f"yourself", stacklevel=4)
+    return types
 
 
 def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit) -> dict[str, Any]:
@@ -409,6 +449,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
     n = len(names)
     types = np.asarray(raw.get_channel_types(), dtype=object)
     bad = np.isin(names, raw.info["bads"])
+    typed_by_file = np.zeros(n, dtype=bool)  # a channels.tsv row gave the type
     if side.get("channels") is not None:
         t = read_tsv(side["channels"])
         if "name" not in t:
@@ -422,6 +463,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
         if "type" in t:
             file_types = np.asarray([x.lower() for x in t["type"]], dtype=object)
             types = np.where(has, file_types[np.maximum(row, 0)], types)
+            typed_by_file = has
         if "status" in t:
             status = np.asarray([x.lower() for x in t["status"]], dtype=object)
             bad |= has & (status[np.maximum(row, 0)] == "bad")
@@ -449,8 +491,9 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
                           + f"; {int((~has).sum())} of {n} channels have no electrode row"
                           + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
                           stacklevel=3)
-        mm, space = _coords_to_mm(el["xyz"], side, coordinate_unit)
+        mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
         xyz[has] = mm[row[has]]
+        check_brain_coordinates(xyz[has], scale, epath, "x, y, z", stacklevel=4)
         for atlas, labels in el["regions"].items():
             regions[atlas] = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
     else:
@@ -460,6 +503,8 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             xyz[known] = locs[known] * 1e3
             montage = raw.get_montage()
             space = str(montage.get_positions()["coord_frame"]) if montage is not None else "unknown"
+            check_brain_coordinates(xyz[known], 1e3, in_path, "channel positions (montage)", stacklevel=4)
+    types = _types_from_names(types, names, typed_by_file, in_path)
     return dict(names=names, x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], regions=regions, bad=bad,
                 coordinate_space=space, types=types)
 

@@ -32,7 +32,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from neurofm.data.session import ConvertError, SessionFormatError, SessionWriter, clean_labels, mm_per_unit
+from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, check_brain_coordinates,
+                                  clean_labels, coordinate_scale, mm_per_unit)
 
 #: Rows of an ElectricalSeries converted per block: bounds memory at ~32 MB of float64 whatever
 #: the recording's length.
@@ -77,8 +78,14 @@ def convert_nwb(
     electrical_series : which ElectricalSeries becomes ``/continuous`` when the file holds
         several (by name); ``False`` leaves voltage traces out (e.g. spikes-only sessions from
         files that also carry 30 kHz raw data). Default: the only one, or the first (warned).
-    coordinate_unit : unit of the electrodes table's x, y, z when the file does not say
-        (NWB >= 2.8 asks for microns, which is the default assumption, with a warning).
+    coordinate_unit : unit of the electrodes table's x, y, z (``"m"``, ``"cm"``, ``"mm"``,
+        ``"um"``) when the file does not say (NWB >= 2.8 asks for microns, which is the default
+        assumption, with a warning). Positions farther than 300 mm from the origin are warned
+        about, with the unit that would fit.
+
+    The session spans every spike, behaviour sample and trials/epochs/other interval (and
+    the voltage traces when converted), not just first..last spike, so that time-block
+    splits cut the real recording.
 
     Raises
     ------
@@ -93,6 +100,8 @@ def convert_nwb(
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    if coordinate_unit is not None:
+        coordinate_scale(coordinate_unit, in_path)  # not a length: say so before reading anything
     try:
         io = pynwb.NWBHDF5IO(str(in_path), "r")
     except Exception as e:  # h5py raises OSError for truncated / non-HDF5 files
@@ -149,7 +158,7 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
             if units is not None:
                 w.add_units(unit_ids, **unit_cols)
-                w.add_spikes(spike_t, spike_u)
+                w.add_spikes(spike_t, spike_u, *_recording_span(spike_t, behaviour, intervals))
             if series is not None:
                 _write_continuous(w, series, channels, in_path, nan_policy)
             for name, ts, values, extra in behaviour:
@@ -163,6 +172,26 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
     except SessionFormatError as e:  # problems found while writing are problems of the input
         raise ConvertError(in_path, e.field, e.problem, e.fix) from None
     return out_path
+
+
+def _recording_span(spike_t: np.ndarray, behaviour: list, intervals: list) -> tuple[float | None, float | None]:
+    """``(t_start, t_end)`` over spikes, behaviour samples and intervals (trials, epochs, ...).
+
+    A spikes-only session would otherwise span first..last spike, and fractional time-block
+    splits would be fractions of that rather than of the recording the trials describe.
+    ``None`` when there is nothing to span. (Stimulus frames are left out, as the session
+    writer leaves them out: a stimulus may run past the neural data.)
+    """
+    lo, hi = [], []
+    for t in [spike_t] + [ts for _, ts, _, _ in behaviour]:
+        if len(t):
+            lo.append(float(t[0]))
+            hi.append(float(t[-1]))
+    for _, start, end, _ in intervals:
+        if len(start):
+            lo.append(float(np.min(start)))
+            hi.append(float(np.max(end)))
+    return (min(lo), max(hi)) if lo else (None, None)
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -473,7 +502,9 @@ def _read_channels(picked, in_path: Path, coordinate_unit: str | None) -> dict[s
     out: dict[str, Any] = dict(names=names, coordinate_space="nwb electrodes table")
     if all(a in colnames for a in "xyz"):
         xyz = np.stack([np.asarray(col(a), dtype=np.float64) for a in "xyz"], axis=1)
-        out["x"], out["y"], out["z"] = (xyz * _nwb_mm_per_unit(table, xyz, in_path, coordinate_unit)).T
+        scale = _nwb_mm_per_unit(table, xyz, in_path, coordinate_unit)
+        out["x"], out["y"], out["z"] = (xyz * scale).T
+        check_brain_coordinates(xyz * scale, scale, in_path, "electrodes x, y, z", stacklevel=5)
     regions = {}
     for c in colnames:
         if c in ("group", "group_name") or c in _NAME_COLUMNS:
@@ -492,10 +523,7 @@ def _read_channels(picked, in_path: Path, coordinate_unit: str | None) -> dict[s
 
 def _nwb_mm_per_unit(table, xyz: np.ndarray, in_path: Path, coordinate_unit: str | None) -> float:
     if coordinate_unit is not None:
-        scale = mm_per_unit(coordinate_unit)
-        if scale is None:
-            raise ValueError(f"coordinate_unit {coordinate_unit!r} is not a length unit (m, mm, um)")
-        return scale
+        return coordinate_scale(coordinate_unit, in_path)
     unit = None
     for a in "xyz":
         attrs = getattr(table[a].data, "attrs", {})

@@ -28,6 +28,7 @@ the chunks a window needs.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -96,6 +97,96 @@ def clean_labels(labels) -> np.ndarray:
 def mm_per_unit(unit: str) -> float | None:
     """Millimetres in one ``unit`` (``"m"`` -> 1000, ``"um"`` -> 0.001); None if not a length."""
     return _MM_PER_UNIT.get(str(unit).strip().lower())
+
+
+#: Electrode-coordinate units a user can name (``coordinate_unit=``, CLI ``--coordinate-unit``),
+#: largest first. Longer spellings (``"metres"``, ``"microns"``) are accepted in Python too.
+COORDINATE_UNITS = ("m", "cm", "mm", "um")
+
+#: No electrode of a brain lies farther than this from the origin of any brain coordinate
+#: space (MNI/ACPC/scanner RAS: within about +-100 mm; rodent atlases: tens of mm). Beyond it
+#: the coordinates were almost surely read in the wrong unit.
+BRAIN_EXTENT_MM = 300.0
+
+
+def coordinate_scale(unit: str, file: str | os.PathLike, field: str = "coordinate_unit") -> float:
+    """Millimetres in one ``unit`` a user gave for electrode coordinates.
+
+    Raises :class:`ConvertError` naming the input ``file`` and ``field`` when ``unit`` is not a
+    length: guessing would write unknown (or wrong) positions for every channel.
+    """
+    scale = mm_per_unit(unit)
+    if scale is None:
+        raise ConvertError(file, field, f"{unit!r} is not a length unit for electrode x, y, z",
+                           f"give one of {', '.join(COORDINATE_UNITS)}; CLI --coordinate-unit "
+                           f"{'|'.join(COORDINATE_UNITS)}")
+    return scale
+
+
+def check_brain_coordinates(xyz_mm, scale: float, file: str | os.PathLike, field: str, stacklevel: int = 3) -> bool:
+    """Warn when electrode positions (mm) cannot be in a brain: ``|x|``, ``|y|`` or ``|z|`` >
+    :data:`BRAIN_EXTENT_MM`. ``scale`` is the mm per unit they were read with; the warning
+    names the unit that would bring them into range (e.g. microns read as millimetres).
+    Returns True when it warned."""
+    xyz_mm = np.asarray(xyz_mm, dtype=np.float64).reshape(-1, 3)
+    finite = np.abs(xyz_mm[np.isfinite(xyz_mm)])
+    if not finite.size or finite.max() <= BRAIN_EXTENT_MM:
+        return False
+    biggest = float(finite.max())
+    n_far = int((np.abs(np.nan_to_num(xyz_mm)) > BRAIN_EXTENT_MM).any(axis=1).sum())
+    read_as = next((u for u in COORDINATE_UNITS if np.isclose(_MM_PER_UNIT[u], scale)), f"{scale:g} mm units")
+    # units that bring the largest coordinate into [1, BRAIN_EXTENT_MM] mm
+    reach = {u: biggest / scale * _MM_PER_UNIT[u] for u in COORDINATE_UNITS if _MM_PER_UNIT[u] < scale}
+    fits = [u for u, v in reach.items() if 1.0 <= v <= BRAIN_EXTENT_MM] or \
+        [u for u, v in reach.items() if v <= BRAIN_EXTENT_MM][:1]
+    if len(fits) == 1:
+        fix = (f"if they are in {fits[0]}, convert again with coordinate_unit={fits[0]!r} "
+               f"(CLI --coordinate-unit {fits[0]})")
+    elif fits:
+        fix = (f"read in {fits[0]} they would reach {reach[fits[0]]:g} mm"
+               + "".join(f", in {u} {reach[u]:g} mm" for u in fits[1:])
+               + f": convert again with the right coordinate_unit= (CLI --coordinate-unit {'|'.join(fits)})")
+    else:
+        fix = "check the coordinates and their unit"
+    n_known = int(np.isfinite(xyz_mm).any(axis=1).sum())
+    warnings.warn(f"{file}: {field}: {n_far} of {n_known} known electrode positions lie more than "
+                  f"{BRAIN_EXTENT_MM:g} mm from the origin (largest |coordinate| {biggest:g} mm, read as {read_as}), "
+                  f"too far for a brain; {fix}", stacklevel=stacklevel)
+    return True
+
+
+# Channel names that carry no neural signal even where a file types them EEG: EDF has no
+# channel types, so MNE types every EDF channel "eeg" (the sample sEEG's EKG1/2 and DC01..08
+# analogue inputs included). Name prefix -> BIDS / MNE channel type.
+_NON_NEURAL_PREFIXES = {
+    "ecg": ("ECG", "EKG"),
+    "emg": ("EMG",),
+    "eog": ("EOG",),
+    "resp": ("RESP",),
+    "stim": ("TRIG", "TRIGGER", "STI", "STIM", "MARK", "MARKER", "MARKERS", "EVENT", "EVENTS", "PHOTIC"),
+    "bio": ("SPO2", "PULSE", "PLETH", "OSAT"),
+    "misc": ("DC", "REF", "GND"),
+}
+_PREFIX_TYPE = {p: t for t, ps in _NON_NEURAL_PREFIXES.items() for p in ps}
+
+#: The one rule for "named like a non-neural channel" (converters type such channels, the
+#: iEEG evaluation leaves them out): a prefix of :data:`_NON_NEURAL_PREFIXES` at the start
+#: of the name (after an optional ``EEG``/``POL``/``SEEG`` label prefix), not followed by
+#: another letter ("DC03", "EKG1", "POL DC01", "STI 014" yes; "DCA1", "EMGA" no). Use with
+#: ``re.IGNORECASE``.
+NON_NEURAL_NAMES = (r"^(?:(?:EEG|POL|SEEG)\s+)?(?P<prefix>"
+                    + "|".join(sorted(_PREFIX_TYPE, key=lambda p: (-len(p), p))) + r")(?![A-Z])")
+_NON_NEURAL_RX = re.compile(NON_NEURAL_NAMES, re.IGNORECASE)
+
+
+def channel_types_from_names(names) -> np.ndarray:
+    """``(C,)`` str: the channel type a name says (``"ecg"``, ``"misc"``, ``"stim"``, ...), or
+    ``""`` where the name says nothing (a neural contact, or unknown). See :data:`NON_NEURAL_NAMES`."""
+    out = []
+    for name in names:
+        m = _NON_NEURAL_RX.search(str(name).strip())
+        out.append(_PREFIX_TYPE[m.group("prefix").upper()] if m else "")
+    return np.asarray(out, dtype=object)
 
 
 # --------------------------------------------------------------------------------------------

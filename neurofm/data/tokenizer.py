@@ -141,8 +141,9 @@ class UnitVocab:
 
     def _unknown(self, names: Sequence[str]) -> UnknownUnitError:
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        what = f"unit {shown} is" if len(names) == 1 else f"units {shown} are"
         return UnknownUnitError(
-            f"unit {shown} is not in the unit vocabulary ({self.n_units} units): a recording the "
+            f"{what} not in the unit vocabulary ({self.n_units} units): a recording the "
             f"vocabulary was not built from. Extend the vocabulary with "
             f"vocab.extend_from_sessions([session]) (or vocab.extend([...names])) and grow the "
             f"model's ID embedding by the added rows (DESIGN.md 7, vocabulary extension)")

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from neurofm.nn.embedding import UnitEmbedding
 from neurofm.nn.transformer import Block, CrossKVCache, Dropout, KVCache
+from neurofm.hub import PretrainedMixin
 
 __all__ = [
     "PAD", "SOS", "EOS", "N_SPECIAL",
@@ -171,6 +172,16 @@ class BehaviorVariable:
     n_classes: int = 0
     group: str | None = None
     target: bool = False
+    mean: list[float] = field(default_factory=list)  # per-feature training mean ([] = 0)
+    std: list[float] = field(default_factory=list)  # per-feature training std ([] = 1)
+
+    def scale(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, std)`` as tensors like ``like``, ``(dim,)`` each: inputs are standardised
+        with them and regression heads predict in standardised units, so one checkpoint decodes
+        in the recording's own units (cm, px, ...)."""
+        mean = torch.tensor(self.mean or [0.0] * self.dim, dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.std or [1.0] * self.dim, dtype=like.dtype, device=like.device)
+        return mean, std
 
 
 @dataclass
@@ -548,6 +559,7 @@ class BehaviorEncoder(nn.Module):
         d = config.n_embd
         self.names = [v.name for v in variables]
         self.dims = {v.name: v.dim for v in variables}
+        self.variables = {v.name: v for v in variables}
         self.dt = config.window.dt
         self.value = nn.ModuleDict({
             v.name: nn.Sequential(nn.Linear(v.dim, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for v in variables})
@@ -567,7 +579,9 @@ class BehaviorEncoder(nn.Module):
             if x.shape[-1] != self.dims[name]:
                 raise ValueError(f"batch['behavior_seq'][{name!r}] has {x.shape[-1]} features per sample, the "
                                  f"config says dim={self.dims[name]} (NeuroformerConfig.behavior)")
-            tokens.append(self.value[name](x.to(self.var_emb.dtype)) + time + self.var_emb[i])
+            x = x.to(self.var_emb.dtype)
+            mean, std = self.variables[name].scale(x)
+            tokens.append(self.value[name]((x - mean) / std) + time + self.var_emb[i])
             m = masks.get(name) if masks is not None else None
             keep.append(m.bool() if m is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
         return self.drop(self.ln(torch.cat(tokens, dim=1))), torch.cat(keep, dim=1)
@@ -596,7 +610,7 @@ class DecodeState:
     dt_table: Tensor | None = None  # the current window's dt embeddings, computed once
 
 
-class Neuroformer(nn.Module):
+class Neuroformer(nn.Module, PretrainedMixin):
     """Neuroformer over the batch dict of the spike dataset (DESIGN.md shared contracts).
 
     ``forward(batch)`` returns logits and features; ``loss(batch, out)`` the loss terms and
@@ -604,6 +618,8 @@ class Neuroformer(nn.Module):
     modality except the current window is optional: a stage runs only when its batch keys are
     present and the config built it.
     """
+
+    config_class = NeuroformerConfig
 
     def __init__(self, config: NeuroformerConfig | Mapping[str, Any]):
         super().__init__()
@@ -725,6 +741,40 @@ class Neuroformer(nn.Module):
         self.config.n_units += n_new
         if names is not None:
             self.config.units = [*self.config.units, *names]
+
+    def _behavior_output(self, name: str, z: Tensor) -> Tensor:
+        """Regression heads predict standardised values; return them in the data's units."""
+        v = next(v for v in self.config.behavior if v.name == name)
+        if v.task != "regression":
+            return z
+        mean, std = v.scale(z)
+        return z * std + mean
+
+    def set_behavior_stats(self, stats: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> None:
+        """Set each behaviour variable's training ``(mean, std)`` (per feature), e.g. from the
+        training split. Stored in the config, so ``save_pretrained`` keeps them."""
+        for v in self.config.behavior:
+            if v.name in stats:
+                mean, std = (list(map(float, x)) for x in stats[v.name])
+                if len(mean) != v.dim or len(std) != v.dim or min(std) <= 0:
+                    raise ValueError(f"set_behavior_stats: {v.name!r} needs {v.dim} means and {v.dim} positive stds, "
+                                     f"got {mean} / {std}")
+                v.mean, v.std = mean, std
+
+    def add_behavior(self, variables: Sequence[BehaviorVariable]) -> None:
+        """Add behaviour TARGETS (new decoding heads) to a pretrained model, e.g. to fine-tune it
+        on a variable it never saw. New input groups would need new layers: build a new model."""
+        for v in variables:
+            v = _build(BehaviorVariable, v, "behavior")
+            if v.group is not None or not v.target:
+                raise ValueError(f"add_behavior: {v.name!r} must be a target without an input group")
+            if any(old.name == v.name for old in self.config.behavior):
+                raise ValueError(f"add_behavior: the model already has a behaviour variable {v.name!r}")
+            head = nn.Linear(self.config.n_embd, v.n_classes if v.task == "classification" else v.dim)
+            self._init_weights(head)
+            self.behavior_heads[v.name] = head.to(self.head_id.weight.device)
+            self.config.behavior.append(v)
+        self.config.validate()
 
     @torch.no_grad()
     def subset_vocab(self, units: Sequence[int]) -> None:
@@ -871,7 +921,7 @@ class Neuroformer(nn.Module):
             "mask": mask,
             "pooled": pooled,
             "neural_features": neural,
-            "behavior": {name: head(pooled) for name, head in self.behavior_heads.items()},
+            "behavior": {name: self._behavior_output(name, head(pooled)) for name, head in self.behavior_heads.items()},
             "contrastive": {},
         }
         if self.contrastive_proj:
@@ -922,8 +972,9 @@ class Neuroformer(nn.Module):
                 pred, y = out["behavior"][v.name].float(), targets[v.name]
                 if y.dim() == 1:
                     y = y.unsqueeze(-1)
-                if v.task == "regression":
-                    per_window = ((pred - y.float()) ** 2).mean(-1)
+                if v.task == "regression":  # MSE in standardised units (std from the training data)
+                    _, std = v.scale(pred)
+                    per_window = (((pred - y.float()) / std) ** 2).mean(-1)
                 else:
                     per_window = F.cross_entropy(pred, y[:, 0].round().long(), reduction="none")
                 m = masks.get(v.name)

@@ -33,6 +33,25 @@ __all__ = ["NeuroformerTask"]
 _UNFREEZE_ORDER = ("self_att", "behavior", "stimulus", "state_history", "state", "embeddings")
 
 
+class LabelSubset:
+    """Which training windows keep their behaviour labels (few-shot fine-tuning).
+
+    The recording is cut into chunks of ``chunk_s``; a seeded draw keeps ``fraction`` of them.
+    Whole chunks, not single windows, so labelled windows are not interleaved with unlabelled
+    neighbours that share most of their spikes.
+    """
+
+    def __init__(self, fraction: float, chunk_s: float, seed: int):
+        self.fraction, self.chunk_s, self.seed = float(fraction), float(chunk_s), int(seed)
+
+    def __call__(self, session: torch.Tensor, interval: torch.Tensor) -> torch.Tensor:
+        chunk = torch.floor(interval.double() / self.chunk_s).long()
+        key = (chunk * 1_000_003 + session.long() * 7919 + self.seed) % 2_147_483_647
+        # a fixed pseudo-random number in [0, 1) per (session, chunk)
+        u = ((key * 48271) % 2_147_483_647).double() / 2_147_483_647
+        return u < self.fraction
+
+
 class NeuroformerTask(L.LightningModule):
     """Train a :class:`Neuroformer` on batches of the spike data module.
 
@@ -54,6 +73,9 @@ class NeuroformerTask(L.LightningModule):
             this many epochs.
         trainable: parameter-name prefixes kept trainable under ``freeze_backbone`` (e.g.
             ``("tok_emb",)`` to learn the rows of newly added units).
+        label_fraction, label_chunk_s, label_seed: few-shot decoding: only this fraction of the
+            training windows keep their behaviour labels, in whole chunks of ``label_chunk_s``
+            seconds (:class:`LabelSubset`); validation and test keep all labels.
     """
 
     def __init__(
@@ -73,6 +95,9 @@ class NeuroformerTask(L.LightningModule):
         freeze_backbone: bool = False,
         unfreeze_every: int | None = None,
         trainable: Sequence[str] = (),
+        label_fraction: float = 1.0,
+        label_chunk_s: float = 10.0,
+        label_seed: int = 0,
     ):
         super().__init__()
         if model is None and config is None:
@@ -93,7 +118,9 @@ class NeuroformerTask(L.LightningModule):
             "betas": list(betas), "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
             "max_warmup_steps": max_warmup_steps, "final_lr_ratio": final_lr_ratio, "grad_clip": grad_clip,
             "freeze_backbone": freeze_backbone, "unfreeze_every": unfreeze_every, "trainable": list(trainable),
+            "label_fraction": label_fraction, "label_chunk_s": label_chunk_s, "label_seed": label_seed,
         })
+        self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
         if freeze_backbone:
             self._apply_freezing(n_unfrozen=0)
@@ -133,6 +160,9 @@ class NeuroformerTask(L.LightningModule):
         return losses, out
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        if self.label_subset is not None and batch.get("behavior_mask"):
+            labelled = self.label_subset(batch["session"], batch["interval"]).to(batch["id"].device)
+            batch = {**batch, "behavior_mask": {k: m & labelled for k, m in batch["behavior_mask"].items()}}
         losses, _ = self._step(batch, "train")
         return losses["total"]
 

@@ -9,6 +9,7 @@ import torch
 from neurofm.data.datamodule import IEEGDataModule, SpikeDataModule
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import SessionWriter
+from neurofm.data.tokenizer import SpikeTokenizer, UnitVocab
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,19 @@ def test_spike_datamodule_map_and_streaming(spike_files):
         val_keys = {k for bt in va for k in _keys(bt)}
         assert train_keys and val_keys and not train_keys & val_keys
         assert dm.state_dict()["tokenizer"]["vocab"]["units"][0] == "s0/u0"
+
+
+def test_tokenizer_without_vocabulary_gets_one_built_from_the_sessions(spike_files):
+    """An empty tokenizer vocabulary means "not given" (it used to fail with UnknownUnitError)."""
+    tk = SpikeTokenizer(0.05, 0.05, 0.01, 16, 16)
+    dm = SpikeDataModule(spike_files, tokenizer=tk, batch_size=4)
+    dm.setup("fit")
+    assert dm.vocab.n_units == 4 + 6 and tk.vocab is dm.vocab and dm.tokenizer is tk
+    assert next(iter(dm.train_dataloader()))["id"].shape == (4, 16)
+    # a tokenizer that HAS a vocabulary (e.g. a checkpoint's) keeps it; extend_vocab appends
+    known = UnitVocab(["s0/u0", "s0/u1", "s0/u2", "s0/u3"])
+    dm = SpikeDataModule(spike_files, tokenizer=SpikeTokenizer(0.05, 0.05, 0.01, 16, 16, known), extend_vocab=True)
+    assert dm.vocab is known and known.units[:4] == ["s0/u0", "s0/u1", "s0/u2", "s0/u3"] and known.n_units == 10
 
 
 def test_datamodule_under_lightning_trainer_reshuffles_each_epoch(spike_files):

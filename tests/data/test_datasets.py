@@ -93,6 +93,27 @@ def test_behavior_and_stimulus_per_window(spike_files, tokenizer):
         np.testing.assert_allclose(st[i, :, 0, 0], want, atol=1e-6)
 
 
+def test_behaviour_width_mismatch_across_sessions_is_named_when_the_dataset_is_built(tmp_path):
+    """position (T, 2) in one file and (T,) in another used to crash mid-epoch in the collate."""
+    paths = []
+    for k, values in enumerate((np.ones((100, 2)), np.ones(100), np.ones((100, 1)))):
+        with SessionWriter(tmp_path / f"w{k}.h5", session_id=f"w{k}") as w:
+            w.add_units(["u0"])
+            w.add_spikes(np.linspace(0.1, 1.9, 30), np.zeros(30, int), t_start=0.0, t_end=2.0)
+            w.add_behavior("position", np.arange(100) / 50, values)
+        paths.append(tmp_path / f"w{k}.h5")
+    tk = SpikeTokenizer(0.05, 0.05, 0.01, 8, 8, UnitVocab.from_sessions([Session(p) for p in paths]))
+    for cls in (SpikeWindowDataset, StreamingSpikeDataset):
+        with pytest.raises(ValueError) as err:
+            cls(paths[:2], tk, None, behavior=["position"])
+        msg = str(err.value)
+        assert "/behavior/position" in msg and str(paths[0]) in msg and str(paths[1]) in msg
+        assert "(100, 2)" in msg and "(100,)" in msg and "leave it out of behavior=" in msg
+    # (T,) and (T, 1) are the same width: fine together, one value per window
+    ds = StreamingSpikeDataset(paths[1:], tk, None, behavior=["position"], batch_size=64, shuffle=True)
+    assert all(b["behavior"]["position"].shape[1:] == (1,) for b in ds)
+
+
 def test_behavior_features_gaps_and_missing():
     ts = np.array([0.0, 0.1, 0.2, 1.0, 1.1])
     v = np.array([0.0, 1.0, np.nan, 10.0, 11.0])

@@ -210,6 +210,63 @@ def test_metre_coordinates_without_coordsystem_are_inferred(tmp_path):
         np.testing.assert_allclose(s.channels().xyz[0], [0.1, 0.2, 0.3])
 
 
+def test_unknown_coordinate_unit_is_an_error_naming_the_file(tmp_path):
+    """It used to warn and write unknown (NaN) positions for every channel."""
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    tsv = write_tsv(tmp_path / "coords.tsv", ELECTRODE_HEADER, electrode_rows())
+    out = tmp_path / "s.h5"
+    for unit in ("furlong", "pixels"):
+        with pytest.raises(ConvertError) as err:
+            convert_ieeg(vhdr, out, electrodes=tsv, coordinate_unit=unit)
+        msg = str(err.value)
+        assert msg.startswith(f"{vhdr}: coordinate_unit: '{unit}' is not a length unit") and "m, cm, mm, um" in msg
+        assert_nothing_written(out)
+
+
+def test_coordinates_too_far_for_a_brain_warn_with_the_unit_that_fits(tmp_path):
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    tsv = write_tsv(tmp_path / "coords.tsv", ELECTRODE_HEADER, electrode_rows(scale=1e3))  # microns
+    with pytest.warns(UserWarning) as record:  # magnitude >= 1: guessed millimetres, 31000 mm is no brain
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv)
+    text = " ".join(str(w.message) for w in record)
+    assert f"{tsv}: x, y, z: 3 of 3 known electrode positions lie more than 300 mm from the origin" in text
+    assert "largest |coordinate| 31000 mm, read as mm" in text and "coordinate_unit='um'" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # told the unit: plausible, no warning at all
+        convert_ieeg(vhdr, tmp_path / "t.h5", electrodes=tsv, coordinate_unit="um")
+    with Session(tmp_path / "t.h5") as s:
+        np.testing.assert_allclose(s.channels().xyz[0], [10, 20, 30])
+
+
+def test_edf_non_neural_channels_typed_by_name_and_left_out_by_the_segmenter(tmp_path):
+    """EDF has no channel types (MNE says "eeg" for all): EKG/DC/TRIG inputs used to pass as
+    neural, and DC01/DC02 even became Laplacian neighbours on a shaft "DC"."""
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    names = ["A1", "A2", "A3", "EKG1", "DC01", "DC02", "TRIG"]
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=600, n_ch=len(names)), names)
+    with pytest.warns(UserWarning, match=r"rec.edf: /channels/type: 4 of 7 channels typed eeg by the file are named "
+                                         r"like non-neural inputs, so typed by their names \(ecg: EKG1 \(1\); "
+                                         r"misc: DC01, DC02 \(2\); stim: TRIG \(1\)\)"):
+        convert_ieeg(edf, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        assert s.n_channels == 7  # kept in the file, typed
+        assert ch.types.tolist() == ["eeg", "eeg", "eeg", "ecg", "misc", "misc", "stim"]
+    plan = IEEGSegmenter(laplacian=True).channel_plan(ch)
+    assert plan.channels.names == ["A1", "A2", "A3"]
+    assert plan.dropped["non-neural type"] == ["EKG1", "DC01", "DC02", "TRIG"]
+    assert (plan.reference[:, 3:] == 0).all()  # never a neighbour
+    # a channels.tsv has the last word: its types are kept, even for a name like DC01
+    tsv = write_tsv(tmp_path / "rec_channels.tsv", ["name", "type", "status"],
+                    [[n, "seeg" if n != "EKG1" else "ecg", "good"] for n in names])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_ieeg(edf, tmp_path / "t.h5", channels_tsv=tsv)
+    with Session(tmp_path / "t.h5") as s:
+        assert s.channels().types.tolist() == ["seeg"] * 3 + ["ecg"] + ["seeg"] * 3
+
+
 def test_nan_samples_raise_or_mark_bad(tmp_path):
     data = signal()
     data[300, 2] = np.nan
@@ -294,6 +351,8 @@ def test_sample_seeg(tmp_path):
     text = " ".join(str(w.message) for w in record)
     assert "3 of 101 electrodes match no channel" in text and "0 of 98 channels have no electrode row" in text
     assert "assumed millimetres" in text
+    assert "10 of 98 channels typed eeg by the file are named like non-neural inputs" in text
+    assert "more than 300 mm" not in text  # mm coordinates of a human head
     raw = mne.io.read_raw_edf(SEEG, verbose="error")
     with Session(out) as s:
         assert s.kinds == ["continuous"] and s.n_channels == 98
@@ -305,6 +364,9 @@ def test_sample_seeg(tmp_path):
         assert sorted(ev["label"].tolist()) == ["test annotation", "test annotation", "test mark"]
         ch = s.channels()
         assert ch.names == raw.ch_names
+        types = dict(zip(ch.names, ch.types.tolist()))
+        assert types["EKG1"] == types["EKG2"] == "ecg" and {types[f"DC0{i}"] for i in range(1, 9)} == {"misc"}
+        assert sum(t == "eeg" for t in types.values()) == 88
         assert set(ch.regions) >= {"destriuex", "desikan-killiany"}
         # labels matched by name: compare with the TSV row of each channel
         rows = {r.split("\t")[0]: r.split("\t") for r in SEEG_ELECTRODES.read_text().splitlines()[1:]}

@@ -175,6 +175,45 @@ def test_timestamped_electrical_series_and_spikes_only_option(tmp_path):
         assert s.kinds == ["spikes"]
 
 
+def test_spikes_only_session_spans_trials_epochs_and_behaviour(tmp_path):
+    """t_start/t_end used to be first..last spike (1.1..1.9 s) without the voltage traces."""
+    path = make_nwb(tmp_path / "span.nwb", electrical=False, behaviour=False)  # trials 1.0.., epochs ..2.0
+    convert_nwb(path, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        assert (s.t_start, s.t_end) == (1.0, 2.0)
+        assert s.h5["spikes/index"].attrs["t_start"] == 1.0
+        t, _ = s.spikes(1.0, 1.15)
+        assert t.tolist() == [1.1]
+    ts = np.linspace(0.5, 2.5, 61)  # behaviour wider than the intervals: it sets the span
+    path = make_nwb(tmp_path / "wide.nwb", electrical=False, pos_timestamps=ts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(path, tmp_path / "w.h5")
+    with Session(tmp_path / "w.h5") as s:
+        assert (s.t_start, s.t_end) == (0.5, 2.5)
+
+
+def test_coordinate_unit_not_a_length_names_the_file(small_nwb, tmp_path):
+    out = tmp_path / "s.h5"
+    with pytest.raises(ConvertError) as err:
+        convert_nwb(small_nwb, out, coordinate_unit="furlong")
+    msg = str(err.value)
+    assert msg.startswith(f"{small_nwb}: coordinate_unit: 'furlong' is not a length unit") and "m, cm, mm, um" in msg
+    assert_nothing_written(out)
+
+
+def test_coordinates_too_far_for_a_brain_warn(small_nwb, tmp_path):
+    # electrodes x = 0..300, y = 2000, z = -50: microns (2 mm) fit a brain, millimetres (2 m) do not
+    with pytest.warns(UserWarning) as record:
+        convert_nwb(small_nwb, tmp_path / "s.h5", coordinate_unit="mm")
+    text = " ".join(str(w.message) for w in record)
+    assert f"{small_nwb}: electrodes x, y, z: 4 of 4 known electrode positions lie more than 300 mm" in text
+    assert "coordinate_unit='um'" in text
+    with pytest.warns(UserWarning) as record:
+        convert_nwb(small_nwb, tmp_path / "t.h5")  # NWB's microns assumed: plausible
+    assert not any("300 mm" in str(w.message) for w in record)
+
+
 def test_unsorted_spike_times_are_sorted_with_warning(tmp_path):
     path = make_nwb(tmp_path / "u.nwb", spikes=[[1.5, 1.1, 1.9], [1.2, 1.3]], electrical=False, behaviour=False,
                     intervals=False)

@@ -14,7 +14,10 @@ from neurofm.data.session import (
     Session,
     SessionFormatError,
     SessionWriter,
+    channel_types_from_names,
+    check_brain_coordinates,
     clean_labels,
+    coordinate_scale,
     mm_per_unit,
 )
 
@@ -376,3 +379,24 @@ def test_label_and_unit_helpers():
     assert clean_labels(["n/a", "Unknown", None, float("nan"), " ctx_lh_X ", b"Left-Hippocampus"]).tolist() == [
         "", "", "", "", "ctx_lh_X", "Left-Hippocampus"]
     assert mm_per_unit("m") == 1000.0 and mm_per_unit("um") == 1e-3 and mm_per_unit("pixels") is None
+
+
+def test_channel_types_from_names():
+    names = ["DC01", "dc-2", "EKG1", "ECG", "POL DC03", "EEG EKG2", "STI 014", "TRIG", "Markers", "EMG1", "EOG L",
+             "RESP", "SpO2", "REF", "DCA1", "EMGA", "LA1", "L'3", "RH 03", "Cz", "STIR1"]
+    assert channel_types_from_names(names).tolist() == [
+        "misc", "misc", "ecg", "ecg", "misc", "ecg", "stim", "stim", "stim", "emg", "eog",
+        "resp", "bio", "misc", "", "", "", "", "", "", ""]
+
+
+def test_coordinate_unit_helpers(recwarn):
+    assert coordinate_scale("cm", "rec.edf") == 10.0 and coordinate_scale("microns", "rec.edf") == 1e-3
+    with pytest.raises(SessionFormatError, match=r"^rec.edf: coordinate_unit: 'px' is not a length unit.*m, cm, mm"):
+        coordinate_scale("px", "rec.edf")
+    xyz = np.array([[10.0, -20, 30], [np.nan] * 3])
+    assert not check_brain_coordinates(xyz, 1.0, "e.tsv", "x, y, z")  # a head in mm: fine
+    assert check_brain_coordinates(xyz * 1e3, 1.0, "e.tsv", "x, y, z")  # microns read as mm
+    assert check_brain_coordinates(xyz * 1e3, 1e3, "e.tsv", "x, y, z")  # mm read as metres
+    um, m = (str(w.message) for w in recwarn)
+    assert um.startswith("e.tsv: x, y, z: 1 of 1 known electrode positions lie more than 300 mm") and "'um'" in um
+    assert "read as m" in m and "in mm 30 mm" in m and "--coordinate-unit cm|mm" in m

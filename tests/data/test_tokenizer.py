@@ -204,6 +204,10 @@ def test_vocab_layout_extension_and_unknown_units(tmp_path):
         v.bind("c", ["x"])
     with pytest.raises(KeyError, match="bind"):
         v.encode("never", [0])
+    with pytest.raises(UnknownUnitError, match=r"^unit 'c/x' is not in"):  # one unit: singular
+        v.bind("c", ["x"])
+    with pytest.raises(UnknownUnitError, match=r"^units 'c/u0', .*'c/u4' and 3 more are not in"):
+        v.bind("c", [f"u{i}" for i in range(8)])
     # session files: vocabulary from one, extended by another
     for sid, units in (("s1", ["u0", "u1"]), ("s2", ["u0", "u9"])):
         with SessionWriter(tmp_path / f"{sid}.h5", session_id=sid) as w:
