@@ -10,22 +10,31 @@ A config tree has five parts (DESIGN.md 6)::
     task:    ...                           objective, optimiser, schedule
     trainer: ...                           TrainerConfig below (devices, strategy, precision...)
 
-Unknown keys and wrong types are errors naming the key (:mod:`neurofm.config`). The resolved
-config is saved as ``run_dir/config.yaml`` beside the checkpoints; the run writes
-``run_dir/metrics.json``, ``run_dir/pretrained/`` (``from_pretrained`` folder + model card) and
-``run_dir/plots/``.
+Unknown keys and wrong types are errors naming the key (:mod:`neurofm.config`); ``main``
+prints them, and other errors that name a file or key, without a traceback (exit status 2).
+The resolved config is saved as ``run_dir/config.yaml`` beside the checkpoints; the run
+writes ``run_dir/metrics.json``, ``run_dir/pretrained/`` (``from_pretrained`` folder + model
+card) and ``run_dir/plots/``.
 
-Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch, or every
-``trainer.checkpoint_every_n_steps`` steps, plus ``best.ckpt`` by the recipe's monitored metric)
-go through Lightning's atomic save (temp file, then rename) and carry the RNG states and the
-training loader's position, so a run killed at any point and restarted with ``resume=auto``
-continues from the last checkpoint with the same step count, the same data order and the same
-random draws, and ends with the same weights as an uninterrupted run.
+Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch and, with
+``trainer.checkpoint_every_n_steps``, every N steps too; ``best.ckpt`` by the recipe's
+monitored metric) go through Lightning's atomic save (temp file, then rename) and hold
+tensors and plain values only (``torch.load(weights_only=True)`` reads them). Every training
+step is seeded from ``(seed, rank, epoch, batch)`` and the training loader's position is
+restored on resume, so a run killed at any point and restarted with ``resume=auto``
+continues from the last checkpoint with the same step count, the same data order and the
+same random draws, and ends with the same weights as an uninterrupted run. Resuming under a
+different ``model``, ``data`` or ``task`` config is an error naming the keys
+(:func:`check_resume_config`).
+
+``trainer.record_batches=true`` makes every process write ``run_dir/ranks/rank{r}.json`` (the
+windows of each training batch and a hash of its final weights) to check DDP sharding.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import logging
@@ -35,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +80,9 @@ class TrainerConfig:
     progress_bar: bool = True
     early_stopping_patience: int = 0  # 0 = off; else epochs without improvement of the monitored metric
     checkpoint_every_n_steps: int = 0  # 0 = at the end of every epoch; else also every N optimizer steps
+    # Diagnostics: every process writes run_dir/ranks/rank{r}.json with the (session, time) of each
+    # training batch it trained on and a hash of its final weights (checks DDP sharding and sync).
+    record_batches: bool = False
 
 
 @dataclass
@@ -104,7 +116,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     family = dict(OmegaConf.from_dotlist([o for o in overrides if o.startswith("family=")])).get(
         "family", raw.get("family", "neuroformer"))
     recipe = recipe_for(family)
-    return from_dict(recipe.RunConfig, raw, overrides=list(overrides), where=str(path))
+    cfg = from_dict(recipe.RunConfig, raw, where=str(path))  # the file's own mistakes name the file
+    if overrides:
+        cfg = from_dict(recipe.RunConfig, raw, overrides=list(overrides), where=f"command line (over {path.name})")
+    return cfg
 
 
 def save_config(cfg, path: Path) -> None:
@@ -138,49 +153,137 @@ def _devices(value: str):
     return int(value)
 
 
-def _rng_callback():
-    """A callback that saves Python / NumPy / torch RNG states in checkpoints and restores them."""
+def _exact_resume_callback(seed: int):
+    """A callback that makes a run resumed from a checkpoint continue exactly as the
+    uninterrupted run did: same batches, same random draws, same weights.
+
+    * Randomness. Every training batch starts from Python / NumPy / torch RNG states derived
+      from ``(seed, rank, epoch, batch index)``, so the dropout masks (and any other draw) of a
+      step do not depend on what the process did before it: a fresh process, a loader that drew
+      its base seed from the global RNG at the start of an epoch, validation. A resumed step
+      therefore draws what the uninterrupted step drew, and no RNG state needs saving.
+    * Loader position. Lightning (2.x) saves the training loader's position in the checkpoint
+      (``loops.fit_loop.state_dict.combined_loader``) but hands it back only when it builds the
+      training loader after restoring the checkpoint. A task whose ``configure_optimizers``
+      reads ``trainer.estimated_stepping_batches`` (neurofm's tasks size their schedules by it)
+      makes Lightning build the loader first, and the position is dropped: the resumed epoch
+      would start again from its first batch. This callback keeps the positions from the
+      checkpoint and loads them into the training loaders when training starts, before the
+      first batch is drawn (neurofm's loaders start iterating lazily), in Lightning's order
+      of the stateful loaders.
+    """
     import lightning as L
 
-    class _RNG(L.Callback):
-        # Only tensors, ints and strings: the checkpoint stays loadable with weights_only=True.
-        def state_dict(self) -> dict:
-            name, keys, pos, has_gauss, gauss = np.random.get_state()
-            return {"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    class _ExactResume(L.Callback):
+        def __init__(self):
+            self.loader_states: list[dict] = []
 
-        def load_state_dict(self, state: dict) -> None:
-            random.setstate(state["python"])
-            name, keys, pos, has_gauss, gauss = state["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            torch.set_rng_state(state["torch"])
-            if state.get("cuda") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda"])
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+            loops = checkpoint.get("loops", {}).get("fit_loop", {})
+            self.loader_states = list(loops.get("state_dict", {}).get("combined_loader", []))
 
-    return _RNG()
+        def on_train_start(self, trainer, pl_module) -> None:
+            states, self.loader_states = self.loader_states, []
+            if not states:
+                return
+            loaders = [dl for dl in _flat(trainer.train_dataloader)
+                       if hasattr(dl, "state_dict") and hasattr(dl, "load_state_dict")]
+            if len(loaders) != len(states):
+                raise RuntimeError(f"resume: the checkpoint holds positions of {len(states)} training loaders, this "
+                                   f"run has {len(loaders)}; resume with the same data config")
+            for loader, state in zip(loaders, states):
+                loader.load_state_dict(state)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            key = [seed, int(trainer.global_rank), int(trainer.current_epoch), int(batch_idx)]
+            s = np.random.SeedSequence(key).generate_state(4, dtype=np.uint32)
+            torch.manual_seed((int(s[0]) << 32) | int(s[1]))
+            np.random.seed(int(s[2]))
+            random.seed(int(s[3]))
+
+    return _ExactResume()
+
+
+def _flat(loaders) -> list:
+    """The loaders of ``trainer.train_dataloader`` (one loader, or a list / dict of them)."""
+    if isinstance(loaders, Mapping):
+        return [dl for v in loaders.values() for dl in _flat(v)]
+    if isinstance(loaders, (list, tuple)):
+        return [dl for v in loaders for dl in _flat(v)]
+    return [] if loaders is None else [loaders]
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state_dict: names, dtypes, shapes and the exact bytes of every tensor.
+
+    Two models hash equal only if every tensor is bit-identical (DDP replicas after training,
+    a checkpoint and its export).
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _batch_recorder(out_dir: Path):
+    """A callback (``trainer.record_batches``) that writes ``out_dir/rank{r}.json`` per process.
+
+    The file lists, for every training batch this process trained on, its epoch, global step
+    and the ``(session, time)`` of each window (``time``: a spike window's end, ``interval``, or
+    an iEEG segment's start, ``t0``), and ends with ``weights_sha256`` (:func:`state_sha256`
+    of the task's final state_dict). Under DDP the ranks' windows of an epoch should be
+    disjoint and cover the epoch, and their hashes should match. A resumed run records only
+    the batches it trained on itself.
+    """
+    import lightning as L
+
+    class _BatchRecorder(L.Callback):
+        def __init__(self):
+            self.batches: list[dict] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            times = batch["interval"] if "interval" in batch else batch["t0"]
+            self.batches.append({"epoch": int(trainer.current_epoch), "step": int(trainer.global_step),
+                                 "session": batch["session"].tolist(), "time": times.double().tolist()})
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            record = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
+                      "global_step": int(trainer.global_step), "batches": self.batches,
+                      "weights_sha256": state_sha256(pl_module.state_dict())}
+            _atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
+
+    return _BatchRecorder()
 
 
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
-                  extra_callbacks: Sequence[Any] = ()):
-    """A Lightning Trainer writing checkpoints and CSV logs under ``run_dir``."""
+                  extra_callbacks: Sequence[Any] = (), seed: int = 0):
+    """A Lightning Trainer writing checkpoints and CSV logs under ``run_dir``; ``seed`` seeds
+    every training step (see :func:`_exact_resume_callback`)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     ckpt_dir = run_dir / "checkpoints"
-    every_steps = tc.checkpoint_every_n_steps or None
-    callbacks = [
-        # last.ckpt: what resume=auto continues from (every epoch, or every N steps)
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=every_steps,
-                        every_n_epochs=None if every_steps else 1, save_on_train_epoch_end=True),
-        _rng_callback(),
-        LearningRateMonitor(logging_interval="step"),
-        *extra_callbacks,
-    ]
+    # last.ckpt: what resume=auto continues from. Written at the end of every epoch (so at the
+    # end of training it holds the final weights) and, with checkpoint_every_n_steps, also every
+    # N optimizer steps; Lightning takes one schedule per callback, hence two callbacks, both
+    # overwriting last.ckpt (no version counter, which would make the second one last-v1.ckpt).
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)]
+    if tc.checkpoint_every_n_steps > 0:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                         every_n_train_steps=tc.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
+    callbacks += [_exact_resume_callback(seed), LearningRateMonitor(logging_interval="step")]
+    if tc.record_batches:
+        callbacks.append(_batch_recorder(run_dir / "ranks"))
+    callbacks += list(extra_callbacks)
     if monitor:
         callbacks.insert(1, ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                                            save_top_k=1, auto_insert_metric_name=False))
+                                            save_top_k=1, auto_insert_metric_name=False,
+                                            enable_version_counter=False))
     if monitor and tc.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience))
     return L.Trainer(
@@ -211,6 +314,49 @@ def resume_path(resume: str, run_dir: Path) -> str | None:
     return str(resume)
 
 
+#: config sections that decide what a checkpoint's weights and data order mean; a resumed run
+#: must match the run that wrote the checkpoint in all of them (trainer and eval may change,
+#: e.g. more epochs or another device count).
+RESUME_SECTIONS = ("model", "data", "task")
+
+
+def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
+    """Refuse to resume ``checkpoint`` under a config that differs from the one that wrote it.
+
+    The run that wrote ``RUN/checkpoints/X.ckpt`` saved its resolved config as
+    ``RUN/config.yaml``; any difference in :data:`RESUME_SECTIONS` would continue a different
+    model or data order from these weights (or fail later on a shape), so it is a
+    :class:`ConfigError` naming every differing key. No saved config: nothing to compare.
+    """
+    saved_path = Path(checkpoint).resolve().parent.parent / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
+    new = to_dict(cfg)
+    diffs = []
+    for section in RESUME_SECTIONS:
+        old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
+        for key in sorted(set(old_flat) | set(new_flat)):
+            a, b = old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
+            if a != b:
+                diffs.append(f"{key}: {a!r} -> {b!r}")
+    if diffs:
+        shown = "; ".join(diffs[:10]) + (f" (+{len(diffs) - 10} more)" if len(diffs) > 10 else "")
+        raise ConfigError(f"resume: {checkpoint} was written by a run with another config ({saved_path}): {shown}. "
+                          f"A checkpoint only continues the run that wrote it: use a new run_dir, or resume=none "
+                          f"to start this run_dir over")
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}`` (lists are compared whole)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}.{k}"))
+    return out
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -223,15 +369,17 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     t_start = time.time()
     cfg = recipe.prepare(cfg)  # simulate the demo session once; resolve a pretrained model's shape
+    ckpt = resume_path(cfg.resume, run_dir)
+    if ckpt:
+        check_resume_config(cfg, ckpt)
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     if cfg.trainer.compile:
         task.model.compile()
     trainer = build_trainer(cfg.trainer, run_dir, monitor=recipe.MONITOR[0], mode=recipe.MONITOR[1],
-                            extra_callbacks=extra_callbacks)
+                            extra_callbacks=extra_callbacks, seed=cfg.seed)
     if trainer.global_rank == 0:
         save_config(cfg, run_dir / "config.yaml")
-    ckpt = resume_path(cfg.resume, run_dir)
     if ckpt and trainer.global_rank == 0:
         print(f"neurofm: resuming from {ckpt}")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
@@ -333,6 +481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     path = argv.pop(0) if argv and "=" not in argv[0] else None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(path, argv)
-    print_result(run(cfg))
+    from neurofm.data.session import SessionFormatError
+    from neurofm.hub import PretrainedError
+
+    try:
+        print_result(run(load_config(path, argv)))
+    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError) as e:
+        # These name the file or key and the fix: show them without a traceback. Anything
+        # else (a failure inside training) keeps its traceback.
+        print(f"neurofm train: error: {e}", file=sys.stderr)
+        return 2
     return 0

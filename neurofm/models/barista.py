@@ -1,0 +1,1055 @@
+"""BaRISTA: a spatiotemporal transformer for intracranial EEG (NeurIPS 2025, arXiv 2512.12135).
+
+Written from the paper and DESIGN.md 4 / 10 (the reference code is non-commercial and was not
+read). Data flow for a batch of segments ``x`` (B, C, T), ``T = n_patches * patch_len``::
+
+    patches (B, C, n, L) --CNN tokenizer + Linear(L -> d)--> tokens (B, n, C, d)   time-major
+    tokens [masked channels -> mask token] + spatial embedding of each channel's category
+    --> joint attention over all n*C tokens (RoPE on the patch index) --> (B, n, C, d)
+
+Pretraining (:class:`Barista`) masks whole spatial categories at the MASK scale, predicts the
+EMA tokenizer's tokens of the masked positions, and exports :class:`BaristaEncoder` (EMA
+tokenizer + backbone + spatial table) for fine-tuning with the heads at the end of the file.
+
+Shapes: ``B`` batch, ``C`` channels (padded to the batch's largest), ``n`` patches, ``L``
+samples per patch, ``d`` model width, ``H`` heads, ``N = n * C`` tokens per sample.
+Padded channels (``channel_mask`` False) are never attended to, never masked and never
+pooled, so they change no real token's output.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from neurofm.hub import PretrainedMixin
+from neurofm.nn.attention import attention
+from neurofm.nn.norms import RMSNorm
+from neurofm.nn.rope import RotaryEmbedding, apply_rotary
+
+__all__ = [
+    "BaristaConfig", "CNNTokenizer", "SpatialEmbedding", "BaristaBackbone", "BaristaEncoder", "Barista",
+    "Predictor", "TokenWeightingHead", "PooledHead", "ChannelReconstructionHead", "spatial_mask",
+]
+
+ENCODE_SCALES = ("coords", "parcel", "lobe")
+MASK_SCALES = ("channel", "parcel", "lobe")
+_SCALE_ALIASES = {"channel": "coords", "coord": "coords", "coordinates": "coords", "parcels": "parcel",
+                  "lobes": "lobe"}
+_MASK_ALIASES = {"coords": "channel", "coord": "channel", "coordinates": "channel", "channels": "channel",
+                 "parcels": "parcel", "lobes": "lobe"}
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaristaConfig:
+    """Everything that defines a BaRISTA model; JSON-serialisable (:meth:`to_dict`).
+
+    Defaults are the published encoder (DESIGN.md 10): d 64, 12 layers, 4 heads, 12 patches
+    of 512 samples (3 s at 2048 Hz), parcel encoding with channel masking (the paper's best
+    pairing), 30% of tokens masked.
+
+    Spatial scales: ``encode_scale`` picks the table added to tokens (``coords`` = channel
+    coordinates, ``parcel``, ``lobe``); ``mask_scale`` picks the categories masked whole
+    (``channel``, ``parcel``, ``lobe``). ``"channel"`` is accepted for ``encode_scale`` and
+    ``"coords"`` for ``mask_scale`` (the channel scale is encoded by coordinates).
+
+    ``cnn_chunk``, ``checkpoint_cnn`` and ``checkpoint_blocks`` trade speed for memory and do
+    not change any number the model computes.
+    """
+
+    # shape
+    d_model: int = 64
+    n_layers: int = 12
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    patch_len: int = 512
+    n_patches: int = 12
+    cnn_channels: int = 5
+    cnn_kernel: int = 3
+    cnn_dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
+    n_coord_bins: int = 200
+    n_parcels: int = 121
+    n_lobes: int = 21
+    encode_scale: str = "parcel"
+    # pretraining
+    mask_scale: str = "channel"
+    mask_ratio: float = 0.3
+    predictor_layers: int = 3
+    predictor_final_gelu: bool = False
+    mask_token_std: float = 0.02
+    # regularisation and numerics
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    predictor_dropout: float = 0.1
+    norm_eps: float = 1e-6
+    rope_theta: float = 10_000.0
+    rope_learned_freq: bool = False
+    init_std: float | None = None  # None: fan_in ** -0.5 (see _init_weights)
+    sampling_rate: float = 2048.0  # Hz of the data the model was trained on (for re-patching)
+    # memory / speed (no effect on results)
+    cnn_chunk: int = 256
+    checkpoint_cnn: bool = True
+    checkpoint_blocks: bool = False
+    # the category vocabulary the parcel indices refer to (SpatialVocab.to_dict())
+    spatial_vocab: dict[str, Any] | None = None
+
+    #: Fields that fix parameter shapes; a checkpoint loads only into a config that agrees on them.
+    SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "patch_len", "cnn_channels", "cnn_kernel",
+                    "cnn_dilations", "n_coord_bins", "n_parcels", "n_lobes", "encode_scale", "predictor_layers")
+
+    def __post_init__(self):
+        self.cnn_dilations = tuple(int(d) for d in self.cnn_dilations)
+        self.encode_scale = _SCALE_ALIASES.get(self.encode_scale, self.encode_scale)
+        self.mask_scale = _MASK_ALIASES.get(self.mask_scale, self.mask_scale)
+        if self.encode_scale not in ENCODE_SCALES:
+            raise ValueError(f"BaristaConfig.encode_scale must be one of {ENCODE_SCALES}, got {self.encode_scale!r}")
+        if self.mask_scale not in MASK_SCALES:
+            raise ValueError(f"BaristaConfig.mask_scale must be one of {MASK_SCALES}, got {self.mask_scale!r}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"BaristaConfig: d_model {self.d_model} must split into {self.n_heads} heads of "
+                             "even size (RoPE rotates feature pairs)")
+        if self.cnn_kernel % 2 == 0:
+            raise ValueError(f"BaristaConfig.cnn_kernel must be odd ('same' padding), got {self.cnn_kernel}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"BaristaConfig.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.spatial_vocab is not None:
+            from neurofm.data.atlas import SpatialVocab
+
+            vocab = SpatialVocab.from_dict(self.spatial_vocab)
+            if vocab.n_parcels > self.n_parcels:
+                raise ValueError(f"BaristaConfig: the spatial vocabulary has {vocab.n_parcels} parcel rows "
+                                 f"(unknown included) but n_parcels is {self.n_parcels}; build the config with "
+                                 "BaristaConfig.for_vocab(vocab, ...) or raise n_parcels")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def segment_len(self) -> int:
+        """Samples per segment, ``n_patches * patch_len``."""
+        return self.n_patches * self.patch_len
+
+    @classmethod
+    def for_vocab(cls, vocab, **kwargs) -> "BaristaConfig":
+        """Config whose parcel table fits ``vocab`` (a :class:`~neurofm.data.atlas.SpatialVocab`)."""
+        return cls(n_parcels=vocab.n_parcels, n_lobes=vocab.n_lobes, n_coord_bins=vocab.n_coord_bins,
+                   spatial_vocab=vocab.to_dict(), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["cnn_dilations"] = list(self.cnn_dilations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BaristaConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (never silently dropped)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"BaristaConfig.from_dict: unknown fields {unknown}; this config was written by "
+                             "another neurofm version or is not a BaRISTA config")
+        return cls(**dict(d))
+
+    def replace(self, **changes) -> "BaristaConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _as_config(config) -> BaristaConfig:
+    if isinstance(config, BaristaConfig):
+        return config
+    if isinstance(config, Mapping):
+        return BaristaConfig.from_dict(config)
+    raise TypeError(f"expected a BaristaConfig or its dict, got {type(config).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer: shared univariate dilated residual CNN + Linear(L -> d)
+# --------------------------------------------------------------------------------------------
+
+
+def _shifted_terms(kernel: int, dilation: int, L: int) -> list[tuple[int, int]]:
+    """``(tap j, shift s_j)`` of the off-centre taps that reach inside a patch of ``L`` samples."""
+    centre = (kernel - 1) // 2
+    return [(j, (j - centre) * dilation) for j in range(kernel)
+            if j != centre and abs((j - centre) * dilation) < L]
+
+
+def _shift_mm(out: Tensor, w: Tensor, src: Tensor, s: int, P: int, L: int) -> None:
+    """``out[:, t] += w @ src[:, t + s]`` for every sample ``t`` whose ``t + s`` lies in the
+    same patch (``out``/``src`` are ``(C, P*L)``; contributions from beyond a patch edge are 0).
+
+    One matrix product over the flattened samples reads ``src`` through a column-offset view
+    (no copy); it also adds, at the ``|s|`` edge samples of each patch, terms from the
+    neighbouring patch, which a small product over just those samples then takes away.
+    """
+    N = P * L
+    if s > 0:
+        out[:, :N - s].addmm_(w, src[:, s:])
+        if P > 1:  # samples L-s.. of patch p received patch p+1's first s samples
+            wrong = w @ src.view(-1, P, L)[:, 1:, :s].reshape(src.shape[0], -1)
+            out.view(-1, P, L)[:, :-1, L - s:] -= wrong.view(-1, P - 1, s)
+    else:
+        a = -s
+        out[:, a:].addmm_(w, src[:, :N - a])
+        if P > 1:  # samples ..a of patch p received patch p-1's last a samples
+            wrong = w @ src.view(-1, P, L)[:, :-1, L - a:].reshape(src.shape[0], -1)
+            out.view(-1, P, L)[:, 1:, :a] -= wrong.view(-1, P - 1, a)
+
+
+def _shift_mm_weight(g: Tensor, x: Tensor, s: int, P: int, L: int) -> Tensor:
+    """``sum_t g[:, t] x[:, t + s]^T`` over the samples ``t`` whose ``t + s`` is in the same patch."""
+    N = P * L
+    if s > 0:
+        grad = g[:, :N - s] @ x[:, s:].t()
+        if P > 1:
+            gw = g.view(-1, P, L)[:, :-1, L - s:].reshape(g.shape[0], -1)
+            xw = x.view(-1, P, L)[:, 1:, :s].reshape(x.shape[0], -1)
+            grad -= gw @ xw.t()
+    else:
+        a = -s
+        grad = g[:, a:] @ x[:, :N - a].t()
+        if P > 1:
+            gw = g.view(-1, P, L)[:, 1:, :a].reshape(g.shape[0], -1)
+            xw = x.view(-1, P, L)[:, :-1, L - a:].reshape(x.shape[0], -1)
+            grad -= gw @ xw.t()
+    return grad
+
+
+class _PatchConv(torch.autograd.Function):
+    """'Same' dilated 1-D convolution of many patches, channel-major ``(C, P, L)`` layout.
+
+    With 1-5 channels, ``conv1d`` on CPU spends its time in layout handling and its backward
+    is slow. Here each kernel tap is one matrix product ``W_j (C_out, C_in) @ x (C_in, P*L)``
+    over all samples of all patches, read at an offset of ``s_j`` samples (a view: no im2col
+    copy), with a small correction at each patch's edges (:func:`_shift_mm`). The backward
+    pass is built the same way by hand. Equal to ``F.conv1d(x.transpose(0, 1), w, b,
+    padding=dilation * (k - 1) // 2, dilation=dilation)`` per patch; keeps only ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):  # computes in x's dtype (bf16 under autocast)
+            return _PatchConv._forward(ctx, x, weight, bias, dilation)
+
+    @staticmethod
+    def _forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+        c_in, P, L = x.shape
+        c_out, _, k = weight.shape
+        x = x.contiguous()
+        w = weight.to(x.dtype)
+        X = x.view(c_in, P * L)
+        centre = (k - 1) // 2
+        out = torch.addmm(bias[:, None].to(x.dtype), w[:, :, centre], X)
+        for j, s in _shifted_terms(k, dilation, L):
+            _shift_mm(out, w[:, :, j], X, s, P, L)
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return out.view(c_out, P, L)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        with torch.autocast(grad.device.type, enabled=False):
+            return _PatchConv._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        c_in, P, L = x.shape
+        c_out, _, k = weight.shape
+        centre = (k - 1) // 2
+        taps = _shifted_terms(k, ctx.dilation, L)
+        G = grad.contiguous().to(x.dtype).view(c_out, P * L)  # under autocast: bf16 activations, fp32 weights
+        X = x.view(c_in, P * L)
+        w = weight.to(x.dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # grad_x[u] = sum_j W_j^T g[u - s_j]: the same shifted products with W transposed, shift reversed
+            gx = w[:, :, centre].t() @ G
+            for j, s in taps:
+                _shift_mm(gx, w[:, :, j].t(), G, -s, P, L)
+            grad_x = gx.view(c_in, P, L)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+            grad_w[:, :, centre] = G @ X.t()
+            for j, s in taps:
+                grad_w[:, :, j] = _shift_mm_weight(G, X, s, P, L)
+        if ctx.needs_input_grad[2]:
+            grad_b = G.sum(1, dtype=torch.float32).to(weight.dtype)
+        return grad_x, grad_w, grad_b, None
+
+
+def _time_norm(x: Tensor, eps: float) -> Tensor:
+    """Parameter-free LayerNorm over time (the last axis)."""
+    return F.layer_norm(x, (x.shape[-1],), eps=eps)
+
+
+class ResidualBlock(nn.Module):
+    """Dilated residual block (TCN-style): two convolutions, each followed by a parameter-free
+    LayerNorm over time and GELU; a 1x1 projector on the skip path when the width changes.
+
+    ``out = GELU(LN(conv2(GELU(LN(conv1(x))))) + skip(x))``. The convolution biases are kept
+    for the published parameter count although the LayerNorm that follows removes them.
+    Activations are channel-major ``(C, P, L)``: channels, patches, samples.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, eps: float = 1e-5):
+        super().__init__()
+        self.dilation, self.eps = dilation, eps
+        pad = dilation * (kernel - 1) // 2
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, padding=pad)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel, dilation=dilation, padding=pad)
+        self.proj = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: Tensor) -> Tensor:  # (C_in, P, L) -> (C_out, P, L)
+        inplace = not torch.is_grad_enabled()  # no graph: reuse buffers (less memory traffic)
+        gelu = torch.ops.aten.gelu_ if inplace else F.gelu
+        h = gelu(_time_norm(_PatchConv.apply(x, self.conv1.weight, self.conv1.bias, self.dilation), self.eps))
+        h = _time_norm(_PatchConv.apply(h, self.conv2.weight, self.conv2.bias, self.dilation), self.eps)
+        if self.proj is None:
+            skip = x
+        else:
+            c_in, P, L = x.shape
+            skip = torch.addmm(self.proj.bias[:, None].to(x.dtype), self.proj.weight[:, :, 0].to(x.dtype),
+                               x.reshape(c_in, P * L)).view(-1, P, L)
+        return gelu(h.add_(skip) if inplace else h + skip)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """The same block with ``nn.Conv1d`` on ``(P, C, L)`` (for tests; slow on CPU)."""
+        L = x.shape[-1]
+        h = F.gelu(F.layer_norm(self.conv1(x), (L,), eps=self.eps))
+        h = F.layer_norm(self.conv2(h), (L,), eps=self.eps)
+        return F.gelu(h + (x if self.proj is None else self.proj(x)))
+
+
+class _RecomputedTokens(torch.autograd.Function):
+    """Activation checkpoint of one chunk of the tokenizer: the forward runs without building
+    a graph and keeps only the chunk's patches; the backward runs the chunk again with
+    gradients and back-propagates through it.
+
+    (``torch.utils.checkpoint`` in its non-reentrant form keeps every op's autograd node
+    alive until the backward; with hundreds of small chunks those nodes interleave with the
+    large freed activations on the C heap and glibc then keeps gigabytes of freed memory
+    mapped. One node per chunk avoids that.)
+    """
+
+    @staticmethod
+    def forward(ctx, patches: Tensor, tokenizer: "CNNTokenizer", *params: Tensor) -> Tensor:
+        ctx.tokenizer = tokenizer
+        ctx.device_type = patches.device.type
+        ctx.autocast = (torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type))
+        ctx.save_for_backward(patches)
+        with torch.no_grad():
+            return tokenizer._tokens(patches)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (patches,) = ctx.saved_tensors
+        params = list(ctx.tokenizer.parameters())
+        needs = ctx.needs_input_grad
+        inputs = patches.detach().requires_grad_(needs[0])
+        wanted = ([inputs] if needs[0] else []) + [p for p, n in zip(params, needs[2:]) if n]
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
+            out = ctx.tokenizer._tokens(inputs)
+        got = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        grad_patches = next(got) if needs[0] else None
+        return (grad_patches, None, *[next(got) if n else None for n in needs[2:]])
+
+
+class CNNTokenizer(nn.Module):
+    """Patch -> token: a univariate dilated residual CNN shared by every channel, then
+    ``Linear(L -> d, no bias)``.
+
+    Widths ``1-5-5-5-5-1`` (``cnn_channels`` = 5), kernel 3, dilations 1, 2, 4, 8, 16: 616
+    parameters; the projection ``L * d`` (32,768 at L 512, d 64).
+
+    Patches are processed ``cnn_chunk`` at a time. With ``checkpoint_cnn`` and gradients on,
+    a chunk keeps only its patches for the backward pass and recomputes the rest: the CNN's
+    activations are ~150 K floats per token (some 30 planes of L samples per convolution,
+    ten convolutions), about 20x what the transformer keeps per token. With the convolutions
+    frozen (fine-tuning) they run without a graph and only the projection is trained.
+    """
+
+    def __init__(self, config: BaristaConfig):
+        super().__init__()
+        c = config.cnn_channels
+        widths = [1] + [c] * (len(config.cnn_dilations) - 1) + [1]
+        self.blocks = nn.ModuleList(ResidualBlock(widths[i], widths[i + 1], config.cnn_kernel, d)
+                                    for i, d in enumerate(config.cnn_dilations))
+        self.proj = nn.Linear(config.patch_len, config.d_model, bias=False)
+        self.patch_len = config.patch_len
+        self.chunk = config.cnn_chunk
+        self.checkpoint = config.checkpoint_cnn
+
+    def _cnn(self, patches: Tensor) -> Tensor:  # (P, L) -> (P, L)
+        h = patches.reshape(1, *patches.shape)  # (1, P, L) channel-major
+        for block in self.blocks:
+            h = block(h)
+        return h.view(h.shape[1], h.shape[2])
+
+    def _tokens(self, patches: Tensor) -> Tensor:  # (P, L) -> (P, d)
+        return self.proj(self._cnn(patches))
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """``(P, L)`` patches (any leading shape flattened by the caller) -> ``(P, d)`` tokens."""
+        if patches.shape[-1] != self.patch_len:
+            raise ValueError(f"CNNTokenizer: patches of {patches.shape[-1]} samples, model expects "
+                             f"{self.patch_len} (config.patch_len)")
+        if patches.shape[0] == 0:
+            return patches.new_zeros(0, self.proj.out_features)
+        chunk = self.chunk if self.chunk and self.chunk > 0 else patches.shape[0]
+        params = tuple(self.parameters())
+        grad = torch.is_grad_enabled() and (patches.requires_grad or any(p.requires_grad for p in params))
+        if grad and not patches.requires_grad and not any(p.requires_grad for p in self.blocks.parameters()):
+            with torch.no_grad():  # frozen CNN: no graph, no recomputation; the projection still trains
+                h = torch.cat([self._cnn(part) for part in patches.split(chunk)])
+            return self.proj(h)
+        outs = []
+        for part in patches.split(chunk):
+            if grad and self.checkpoint:
+                outs.append(_RecomputedTokens.apply(part, self, *params))
+            else:
+                outs.append(self._tokens(part))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def reference_forward(self, patches: Tensor) -> Tensor:
+        """Same function with ``nn.Conv1d`` (for tests)."""
+        h = patches[:, None]
+        for block in self.blocks:
+            h = block.reference_forward(h)
+        return self.proj(h[:, 0])
+
+
+# --------------------------------------------------------------------------------------------
+# spatial embedding
+# --------------------------------------------------------------------------------------------
+
+
+class SpatialEmbedding(nn.Module):
+    """Where each channel is, at the encoding scale, as a ``d`` vector added to its tokens.
+
+    * ``coords``: three 200-row tables (x, y, z 1-mm bins) summed; a bin of -1 (unknown)
+      contributes zero.
+    * ``parcel`` / ``lobe``: one table; row 0 (unknown) is fixed at zero (``padding_idx``).
+    """
+
+    def __init__(self, config: BaristaConfig):
+        super().__init__()
+        self.scale = config.encode_scale
+        d = config.d_model
+        if self.scale == "coords":
+            self.x = nn.Embedding(config.n_coord_bins, d)
+            self.y = nn.Embedding(config.n_coord_bins, d)
+            self.z = nn.Embedding(config.n_coord_bins, d)
+        elif self.scale == "parcel":
+            self.parcel = nn.Embedding(config.n_parcels, d, padding_idx=0)
+        else:
+            self.lobe = nn.Embedding(config.n_lobes, d, padding_idx=0)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``(B, C, d)`` from ``batch["coords"]`` (B, C, 3) or ``batch["parcel"|"lobe"]`` (B, C)."""
+        key = self.scale
+        if key not in batch:
+            raise KeyError(f"BaRISTA encodes at the {key!r} scale but the batch has no {key!r} entry "
+                           "(see the BaRISTA batch contract; SpatialVocab.encode gives it)")
+        idx = batch[key].long()
+        if self.scale == "coords":
+            known = (idx >= 0).all(-1, keepdim=True)  # (B, C, 1)
+            self._check(idx, self.x.num_embeddings, "coords", "n_coord_bins")
+            i = idx.clamp(min=0)
+            return (self.x(i[..., 0]) + self.y(i[..., 1]) + self.z(i[..., 2])) * known
+        table = getattr(self, key)
+        self._check(idx, table.num_embeddings, key, f"n_{key}s")
+        return table(idx.clamp(min=0))
+
+    @staticmethod
+    def _check(idx: Tensor, rows: int, key: str, field: str) -> None:
+        if idx.numel() and int(idx.max()) >= rows:
+            raise IndexError(f"batch[{key!r}] holds index {int(idx.max())} but the {key} table has {rows} rows "
+                             f"(config.{field}); build the model from BaristaConfig.for_vocab(vocab) with the "
+                             "vocabulary that encoded this data")
+
+
+# --------------------------------------------------------------------------------------------
+# backbone
+# --------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Joint multi-head self-attention over all tokens of a sample, RoPE on the patch index."""
+
+    def __init__(self, config: BaristaConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_learned_freq)
+        self.attn_dropout = config.attn_dropout
+
+    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None) -> Tensor:
+        B, N, d = x.shape
+        C = N // n_patches
+        qkv = self.qkv(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+        # time-major tokens (n, C): every channel of patch p is rotated by angle(p); q and k together
+        cos, sin = self.rope.cos_sin(torch.arange(n_patches, device=x.device)[:, None])  # (n, 1, Dh)
+        qk = apply_rotary(qkv[:2].reshape(2, B, self.n_heads, n_patches, C, self.head_dim), cos, sin)
+        q, k = qk.view(2, B, self.n_heads, N, self.head_dim).unbind(0)
+        v = qkv[2].contiguous()  # so the (B, H, N, 3 Dh) projection is not kept alive for v alone
+        o = attention(q, k, v, key_padding_mask=key_padding_mask,
+                      dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, N, Dh)
+        return self.out(o.transpose(1, 2).reshape(B, N, d))
+
+
+class _RecomputedGatedMLP(torch.autograd.Function):
+    """``W_out (value * GELU(gate)) + b_out`` with ``[value, gate] = W_in x + b_in``, keeping
+    only ``x`` for the backward pass and recomputing the 8d-wide hidden layer there.
+
+    The hidden activations are 12x the block's input per token; storing them was most of
+    the backbone's activation memory. Recomputing costs one ``d x 8d`` matrix product per
+    layer (under a tenth of the layer's time: attention dominates).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_in, b_in, w_out, b_out):
+        ctx.save_for_backward(x, w_in, b_in, w_out)
+        ctx.device_type = x.device.type
+        ctx.autocast = (torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type))
+        value, gate = F.linear(x, w_in, b_in).chunk(2, dim=-1)
+        return F.linear(value * F.gelu(gate), w_out, b_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_in, b_in, w_out = ctx.saved_tensors
+        enabled, dtype = ctx.autocast
+        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
+            value, gate = F.linear(x, w_in, b_in).chunk(2, dim=-1)
+            act = F.gelu(gate)
+            hidden = value * act
+            g = grad.reshape(-1, grad.shape[-1])
+            grad_hidden = (g @ w_out.to(g.dtype)).view_as(hidden)
+            grad_w_out = g.t() @ hidden.reshape(-1, hidden.shape[-1]).to(g.dtype)
+            grad_b_out = g.sum(0)
+            grad_value = grad_hidden * act
+            grad_gate = torch.ops.aten.gelu_backward(grad_hidden * value, gate)
+            grad_u = torch.cat((grad_value, grad_gate), dim=-1).reshape(-1, w_in.shape[0])
+            x2 = x.reshape(-1, x.shape[-1])
+            grad_x = (grad_u @ w_in.to(grad_u.dtype)).view_as(x) if ctx.needs_input_grad[0] else None
+            grad_w_in = grad_u.t() @ x2.to(grad_u.dtype)
+            grad_b_in = grad_u.sum(0)
+        return (None if grad_x is None else grad_x.to(x.dtype), grad_w_in.to(w_in.dtype), grad_b_in.to(b_in.dtype),
+                grad_w_out.to(w_out.dtype), grad_b_out.to(w_out.dtype))
+
+
+class GatedMLP(nn.Module):
+    """``Linear(d -> 2*4d)`` split into value and gate, ``value * GELU(gate)``, ``Linear(4d -> d)``.
+
+    While training, the hidden layer is recomputed in the backward pass instead of stored
+    (:class:`_RecomputedGatedMLP`); the numbers are the same.
+    """
+
+    def __init__(self, config: BaristaConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.d_model
+        self.w_in = nn.Linear(config.d_model, 2 * hidden)
+        self.w_out = nn.Linear(hidden, config.d_model)
+        self.recompute = True
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d) -> (..., d)
+        if self.recompute and torch.is_grad_enabled():
+            return _RecomputedGatedMLP.apply(x, self.w_in.weight, self.w_in.bias, self.w_out.weight, self.w_out.bias)
+        value, gate = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(value * F.gelu(gate))
+
+
+class Block(nn.Module):
+    """Pre-RMSNorm transformer block with residual dropout.
+
+    Parameters at d 64, 4 heads: qkv 12,480 + out 4,160 + gated MLP 49,728 + two norms 128 +
+    RoPE frequencies 8 = 66,504 (DESIGN.md 10).
+    """
+
+    def __init__(self, config: BaristaConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = SelfAttention(config)
+        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = GatedMLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), n_patches, key_padding_mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class BaristaBackbone(nn.Module):
+    """``n_layers`` blocks of joint attention over all ``n * C`` tokens, then a final RMSNorm."""
+
+    def __init__(self, config: BaristaConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.checkpoint = config.checkpoint_blocks
+
+    def forward(self, tokens: Tensor, channel_mask: Tensor | None = None) -> Tensor:
+        """``tokens`` (B, n, C, d) time-major, ``channel_mask`` (B, C) True = real -> (B, n, C, d)."""
+        B, n, C, d = tokens.shape
+        key_padding = None
+        if channel_mask is not None and not bool(channel_mask.all()):
+            key_padding = channel_mask[:, None, :].expand(B, n, C).reshape(B, n * C)  # (B, N)
+        h = tokens.reshape(B, n * C, d)
+        for block in self.blocks:
+            if self.checkpoint and torch.is_grad_enabled():
+                h = checkpoint(block, h, n, key_padding, use_reentrant=False)
+            else:
+                h = block(h, n, key_padding)
+        return self.norm(h).view(B, n, C, d)
+
+
+# --------------------------------------------------------------------------------------------
+# encoder (what fine-tuning uses)
+# --------------------------------------------------------------------------------------------
+
+
+def _init_weights(module: nn.Module, std: float | None, n_layers: int = 1) -> None:
+    """Linear weights truncated-normal with ``std`` (default ``fan_in ** -0.5``: variance
+    preserving, since at d 64 the GPT value 0.02 would make every layer a near-identity),
+    biases zero; the output projections of residual branches scaled by ``(2 n_layers) ** -0.5``
+    (GPT-2) so the residual stream keeps its scale over depth; embeddings N(0, d ** -0.5) with
+    the unknown row at zero. Convolutions keep PyTorch's default."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            s = std if std is not None else m.in_features ** -0.5
+            if name.endswith(("attn.out", "mlp.w_out")):
+                s = s / math.sqrt(2 * n_layers)
+            nn.init.trunc_normal_(m.weight, std=s, a=-2 * s, b=2 * s)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std if std is not None else m.embedding_dim ** -0.5)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+
+class BaristaEncoder(nn.Module, PretrainedMixin):
+    """Tokenizer + spatial table (encoding scale) + backbone: segment -> contextual tokens.
+
+    Parameters at the default size: 869,896 (coords), 839,240 (parcels), 832,840 (lobes).
+    """
+
+    config_class = BaristaConfig
+
+    def __init__(self, config: BaristaConfig | Mapping[str, Any]):
+        super().__init__()
+        self.config = _as_config(config)
+        self.tokenizer = CNNTokenizer(self.config)
+        self.spatial = SpatialEmbedding(self.config)
+        self.backbone = BaristaBackbone(self.config)
+        _init_weights(self, self.config.init_std, self.config.n_layers)
+
+    @property
+    def spatial_vocab(self):
+        """The :class:`~neurofm.data.atlas.SpatialVocab` this model's parcel rows refer to, if stored."""
+        if self.config.spatial_vocab is None:
+            return None
+        from neurofm.data.atlas import SpatialVocab
+
+        return SpatialVocab.from_dict(self.config.spatial_vocab)
+
+    def patches(self, x: Tensor) -> Tensor:
+        """``(B, C, T)`` -> ``(B, C, n, L)`` (a view)."""
+        cfg = self.config
+        if x.dim() != 3:
+            raise ValueError(f"BaRISTA: batch['x'] must be (B, C, T), got shape {tuple(x.shape)}")
+        if x.shape[-1] != cfg.segment_len:
+            raise ValueError(f"BaRISTA: segments of {x.shape[-1]} samples, the model expects n_patches x patch_len "
+                             f"= {cfg.n_patches} x {cfg.patch_len} = {cfg.segment_len}; cut segments of that "
+                             "length (resample, or re-patch with a config whose n_patches/patch_len fit)")
+        return x.view(x.shape[0], x.shape[1], cfg.n_patches, cfg.patch_len)
+
+    def tokenize(self, x: Tensor, keep: Tensor | None = None, tokenizer: CNNTokenizer | None = None) -> Tensor:
+        """Tokens ``(B, n, C, d)`` time-major; only channels with ``keep`` (B, C) are computed,
+        the rest are zero (they are masked or padding and their tokens are replaced/ignored)."""
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
+        patches = self.patches(x)  # (B, C, n, L)
+        B, C, n, L = patches.shape
+        if keep is None or bool(keep.all()):
+            tok = tokenizer(patches.reshape(B * C * n, L)).view(B, C, n, -1)
+        else:
+            idx = keep.reshape(-1).nonzero().squeeze(1)  # rows of (B*C)
+            sel = tokenizer(patches.reshape(B * C, n * L).index_select(0, idx).view(-1, L))
+            tok = sel.new_zeros(B * C, n, sel.shape[-1]).index_copy(0, idx, sel.view(-1, n, sel.shape[-1]))
+            tok = tok.view(B, C, n, -1)
+        return tok.transpose(1, 2)  # (B, n, C, d)
+
+    def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None,
+                mask_token: Tensor | None = None) -> Tensor:
+        """Contextual tokens ``(B, n, C, d)``.
+
+        Args:
+            batch: the BaRISTA batch (``x``, ``channel_mask``, and the encoding scale's indices).
+            mask: ``(B, C)`` True where the channel's tokens are replaced by ``mask_token`` (d,).
+        """
+        x = batch["x"]
+        channel_mask = batch.get("channel_mask")
+        if channel_mask is not None:
+            channel_mask = channel_mask.bool()
+        keep = channel_mask
+        if mask is not None:
+            if mask_token is None:
+                raise ValueError("BaristaEncoder: a mask needs a mask_token")
+            keep = ~mask if keep is None else keep & ~mask
+        tokens = self.tokenize(x, keep)  # (B, n, C, d)
+        if mask is not None:
+            tokens = torch.where(mask[:, None, :, None], mask_token.to(tokens.dtype), tokens)
+        tokens = tokens + self.spatial(batch)[:, None].to(tokens.dtype)  # (B, 1, C, d) over patches
+        return self.backbone(tokens, channel_mask)
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts by part, as DESIGN.md 10 lists them."""
+        def count(m):
+            return sum(p.numel() for p in m.parameters())
+        return {"blocks": count(self.backbone.blocks), "final_norm": count(self.backbone.norm),
+                "cnn": count(self.tokenizer.blocks), "projection": count(self.tokenizer.proj),
+                "spatial": count(self.spatial), "total": count(self)}
+
+
+# --------------------------------------------------------------------------------------------
+# pretraining
+# --------------------------------------------------------------------------------------------
+
+
+class Predictor(nn.Sequential):
+    """MLP from a contextual token to a target: ``layers`` x (Linear(d, d), GELU, dropout),
+    then ``Linear(d, out)`` (+ GELU when ``final_gelu``; off by default because the targets
+    are unbounded)."""
+
+    def __init__(self, d: int, out: int, layers: int = 3, dropout: float = 0.1, final_gelu: bool = False):
+        mods: list[nn.Module] = []
+        for _ in range(layers):
+            mods += [nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout)]
+        mods.append(nn.Linear(d, out))
+        if final_gelu:
+            mods.append(nn.GELU())
+        super().__init__(*mods)
+
+
+def spatial_mask(category: Tensor, channel_mask: Tensor | None, ratio: float,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Choose whole categories per sample until about ``ratio`` of the real channels are masked.
+
+    Args:
+        category: ``(B, C)`` int64 category of each channel at the masking scale; 0 = unknown,
+            and each unknown channel is its own category (it is masked alone).
+        channel_mask: ``(B, C)`` True for real channels; padding is never chosen.
+        ratio: target fraction of real channels (= of tokens: all patches of a chosen channel
+            are masked).
+
+    Returns:
+        ``(B, C)`` bool, True = masked. Categories are taken in random order while the running
+        total gets closer to the target, so the masked fraction is the closest a prefix of
+        that order can reach; at least one category is masked and at least one observed per
+        sample. A sample with a single category falls back to channel-scale masking (warned).
+    """
+    B, C = category.shape
+    device = category.device
+    real = torch.ones(B, C, dtype=torch.bool, device=device) if channel_mask is None else channel_mask.bool()
+    n_real = real.sum(1)
+    if bool((n_real < 2).any()):
+        raise ValueError("spatial_mask: every sample needs at least 2 real channels (one masked, one observed); "
+                         f"samples {torch.nonzero(n_real < 2).flatten().tolist()} have fewer; drop such segments")
+    channel_ids = torch.arange(C, device=device).expand(B, C)
+    category = category.long()
+    K = int(category.max()) + 1 if category.numel() else 1
+    ids = torch.where(category > 0, category, K + channel_ids)  # unknown -> own category
+    M = K + C
+
+    def present_counts(ids):
+        return torch.zeros(B, M, device=device).scatter_add_(1, ids, real.float())  # (B, M)
+
+    size = present_counts(ids)
+    single = (size > 0).sum(1) < 2
+    if bool(single.any()):
+        warnings.warn(f"spatial_mask: {int(single.sum())} sample(s) have one category at the masking scale; "
+                      "masking channels instead for them", stacklevel=2)
+        ids = torch.where(single[:, None], K + channel_ids, ids)
+        size = present_counts(ids)
+    present = size > 0
+    priority = torch.rand(B, M, generator=generator, device=device if generator is None else generator.device)
+    priority = priority.to(device).masked_fill(~present, 2.0)  # absent categories sort last
+    order = priority.argsort(dim=1)
+    s = size.gather(1, order)  # (B, M) sizes in random order
+    before = s.cumsum(1) - s
+    target = ratio * n_real.float()[:, None]
+    chosen = present.gather(1, order) & (before + 0.5 * s < target)  # adding it gets closer to target
+    chosen[:, 0] = True  # at least one masked (rank 0 is always present)
+    n_present = present.sum(1)
+    all_chosen = chosen.sum(1) >= n_present
+    if bool(all_chosen.any()):  # keep at least one observed: drop the last chosen category
+        last = (n_present - 1).clamp(min=1)
+        chosen[all_chosen, last[all_chosen]] = False
+    chosen_by_id = torch.zeros_like(chosen).scatter_(1, order, chosen)
+    return chosen_by_id.gather(1, ids) & real
+
+
+class Barista(nn.Module, PretrainedMixin):
+    """The pretraining model: online encoder, EMA target tokenizer, mask token, predictor.
+
+    ``pretrain_loss(batch)`` masks whole categories at ``config.mask_scale``, replaces their
+    tokens by the mask token (plus their spatial embedding), runs the backbone over all
+    tokens and predicts, at the masked positions, the tokens the EMA tokenizer makes of the
+    original patches (stop-gradient targets). :meth:`update_ema` after each optimizer step;
+    :meth:`export_encoder` for fine-tuning.
+    """
+
+    config_class = BaristaConfig
+
+    def __init__(self, config: BaristaConfig | Mapping[str, Any]):
+        super().__init__()
+        self.config = _as_config(config)
+        cfg = self.config
+        self.encoder = BaristaEncoder(cfg)
+        self.target_tokenizer = copy.deepcopy(self.encoder.tokenizer).requires_grad_(False)
+        self.mask_token = nn.Parameter(torch.randn(cfg.d_model) * cfg.mask_token_std)
+        self.predictor = Predictor(cfg.d_model, cfg.d_model, cfg.predictor_layers, cfg.predictor_dropout,
+                                   cfg.predictor_final_gelu)
+        _init_weights(self.predictor, cfg.init_std)
+
+    def train(self, mode: bool = True) -> "Barista":
+        super().train(mode)
+        self.target_tokenizer.eval()
+        return self
+
+    def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Contextual tokens ``(B, n, C, d)`` of unmasked input (online encoder)."""
+        return self.encoder(batch)
+
+    def mask_categories(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``(B, C)`` category of each channel at the masking scale (0 = unknown)."""
+        scale = self.config.mask_scale
+        B, C = batch["x"].shape[:2]
+        if scale == "channel":
+            return torch.arange(1, C + 1, device=batch["x"].device).expand(B, C)
+        if scale not in batch:
+            raise KeyError(f"BaRISTA masks at the {scale!r} scale but the batch has no {scale!r} entry")
+        return batch[scale].long()
+
+    def choose_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """``(B, C)`` bool: the channels masked this step (whole categories, ~mask_ratio)."""
+        return spatial_mask(self.mask_categories(batch), batch.get("channel_mask"), self.config.mask_ratio, generator)
+
+    def pretrain_loss(self, batch: Mapping[str, Tensor], mask: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Masked latent reconstruction.
+
+        Returns ``{"loss", "pred_std", "target_std", "mask_ratio"}``: MSE over masked tokens
+        and features; the standard deviation over masked tokens of predictions and targets,
+        averaged over features (a collapse watch: both should stay well above zero); the
+        fraction of real tokens masked.
+        """
+        if mask is None:
+            mask = self.choose_mask(batch, generator)
+        h = self.encoder(batch, mask=mask, mask_token=self.mask_token)  # (B, n, C, d)
+        pred = self.predictor(h.transpose(1, 2)[mask])  # (M, n, d): masked channels, all patches
+        with torch.no_grad():
+            patches = self.encoder.patches(batch["x"])[mask]  # (M, n, L)
+            target = self.target_tokenizer(patches.reshape(-1, patches.shape[-1])).view_as(pred)
+        loss = F.mse_loss(pred.float(), target.float())
+        channel_mask = batch.get("channel_mask")
+        n_real = mask.numel() if channel_mask is None else int(channel_mask.sum())
+        flat_p, flat_t = pred.detach().reshape(-1, pred.shape[-1]).float(), target.reshape(-1, pred.shape[-1]).float()
+        return {"loss": loss, "pred_std": flat_p.std(0).mean(), "target_std": flat_t.std(0).mean(),
+                "mask_ratio": mask.sum() / max(n_real, 1)}
+
+    @torch.no_grad()
+    def update_ema(self, momentum: float) -> None:
+        """``target = momentum * target + (1 - momentum) * online`` for the tokenizer."""
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"update_ema: momentum must be in [0, 1], got {momentum}")
+        tgt = list(self.target_tokenizer.parameters())
+        src = [p.detach() for p in self.encoder.tokenizer.parameters()]
+        torch._foreach_mul_(tgt, momentum)
+        torch._foreach_add_(tgt, src, alpha=1.0 - momentum)
+
+    def export_encoder(self) -> BaristaEncoder:
+        """A :class:`BaristaEncoder` with the EMA tokenizer, the backbone and the spatial table."""
+        enc = BaristaEncoder(self.config)
+        enc.load_state_dict(self.encoder.state_dict())
+        enc.tokenizer.load_state_dict(self.target_tokenizer.state_dict())
+        p = next(self.parameters())
+        return enc.to(device=p.device, dtype=p.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# fine-tuning heads
+# --------------------------------------------------------------------------------------------
+
+
+def _real_tokens(h: Tensor, channel_mask: Tensor | None) -> Tensor:
+    """``(B, n, C)`` bool of real tokens."""
+    B, n, C, _ = h.shape
+    if channel_mask is None:
+        return torch.ones(B, n, C, dtype=torch.bool, device=h.device)
+    return channel_mask.bool()[:, None, :].expand(B, n, C)
+
+
+class TokenWeightingHead(nn.Module):
+    """Faithful head for one fixed electrode layout: a learned weight per (patch, channel)
+    token, a weighted mean over the real tokens, then ``Linear(d -> out_dim)``.
+
+    ``pooled = sum_t w_t h_t / n_real``: the weights start at 1 (a plain mean) and are
+    parameterised around 1 so that Adam's step size (~lr per step) is relative to their scale.
+    The layout (``n_channels`` in a fixed order) must be the same in every batch; for layouts
+    that differ across sessions use :class:`PooledHead`.
+    """
+
+    def __init__(self, d_model: int, n_channels: int, n_patches: int, out_dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.n_channels, self.n_patches = n_channels, n_patches
+        self.token_weight = nn.Parameter(torch.ones(n_patches, n_channels))
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(d_model, out_dim)
+
+    def forward(self, h: Tensor, channel_mask: Tensor | None = None) -> Tensor:  # (B, n, C, d) -> (B, out)
+        B, n, C, d = h.shape
+        if (n, C) != (self.n_patches, self.n_channels):
+            raise ValueError(f"TokenWeightingHead was built for {self.n_patches} patches x {self.n_channels} channels, "
+                             f"got {n} x {C}; use PooledHead (head='pooled') when layouts differ across sessions")
+        real = _real_tokens(h, channel_mask)  # (B, n, C)
+        w = self.token_weight * real / real.sum((1, 2), keepdim=True).clamp(min=1)
+        pooled = torch.einsum("bnc,bncd->bd", w.to(h.dtype), h)
+        return self.out(self.drop(pooled))
+
+
+class PooledHead(nn.Module):
+    """Layout-free head: attention pooling over the real tokens (a learned score per token's
+    content, softmax over the sample's tokens; starts as a plain mean), then ``Linear``."""
+
+    def __init__(self, d_model: int, out_dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.score = nn.Linear(d_model, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(d_model, out_dim)
+
+    def forward(self, h: Tensor, channel_mask: Tensor | None = None) -> Tensor:  # (B, n, C, d) -> (B, out)
+        B = h.shape[0]
+        logits = self.score(h).squeeze(-1).float()  # (B, n, C)
+        logits = logits.masked_fill(~_real_tokens(h, channel_mask), float("-inf"))
+        w = torch.softmax(logits.view(B, -1), dim=1).view_as(logits).to(h.dtype)
+        pooled = torch.einsum("bnc,bncd->bd", w, h)
+        return self.out(self.drop(pooled))
+
+
+class ChannelReconstructionHead(nn.Module):
+    """Reconstruct masked channels' raw samples from the other channels.
+
+    The masked channels enter the encoder as ``mask_token`` (plus their spatial embedding);
+    each of their contextual tokens goes through a predictor and ``Linear(d -> L)`` to the
+    patch's ``L`` samples.
+    """
+
+    def __init__(self, config: BaristaConfig | Mapping[str, Any]):
+        super().__init__()
+        cfg = _as_config(config)
+        self.mask_token = nn.Parameter(torch.randn(cfg.d_model) * cfg.mask_token_std)
+        self.predictor = Predictor(cfg.d_model, cfg.d_model, cfg.predictor_layers, cfg.predictor_dropout,
+                                   cfg.predictor_final_gelu)
+        self.out = nn.Linear(cfg.d_model, cfg.patch_len)
+        _init_weights(self, cfg.init_std)
+
+    def init_from_pretraining(self, model: Barista) -> "ChannelReconstructionHead":
+        """Start from the pretrained mask token and predictor (the output layer stays new)."""
+        self.mask_token.data.copy_(model.mask_token.data)
+        self.predictor.load_state_dict(model.predictor.state_dict())
+        return self
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        """``h`` (B, n, C, d), ``mask`` (B, C) -> ``(M, n, L)`` samples of the masked channels
+        (in ``mask.nonzero()`` order)."""
+        return self.out(self.predictor(h.transpose(1, 2)[mask]))
+
+
+# --------------------------------------------------------------------------------------------
+# a fine-tuned model as one from_pretrained folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaristaFinetunedConfig:
+    """Encoder config + which head sits on it (what ``from_pretrained`` needs to rebuild it)."""
+
+    encoder: BaristaConfig = dataclasses.field(default_factory=BaristaConfig)
+    task: str = "classification"  # classification | regression | reconstruction
+    head: str = "pooled"  # pooled | token_weighting
+    out_dim: int = 2  # classes, or regression outputs
+    n_channels: int = 0  # token_weighting only: the fixed layout's channel count
+    head_dropout: float = 0.1
+    label_names: list[str] = dataclasses.field(default_factory=list)  # class index -> event label
+
+    def __post_init__(self):
+        self.encoder = _as_config(self.encoder)
+
+
+class BaristaFinetuned(nn.Module, PretrainedMixin):
+    """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head.
+
+    ``forward(batch)`` gives logits (B, K) or outputs (B, D); for reconstruction,
+    ``forward(batch, mask)`` gives the masked channels' samples (M, n, L).
+    """
+
+    config_class = BaristaFinetunedConfig
+
+    def __init__(self, config: BaristaFinetunedConfig | Mapping[str, Any]):
+        super().__init__()
+        if isinstance(config, Mapping):
+            from neurofm.config import from_dict
+
+            config = from_dict(BaristaFinetunedConfig, config)
+        self.config = config
+        enc = config.encoder
+        self.encoder = BaristaEncoder(enc)
+        if config.task == "reconstruction":
+            self.head = ChannelReconstructionHead(enc)
+        elif config.head == "token_weighting":
+            self.head = TokenWeightingHead(enc.d_model, config.n_channels, enc.n_patches, config.out_dim,
+                                           config.head_dropout)
+        else:
+            self.head = PooledHead(enc.d_model, config.out_dim, config.head_dropout)
+
+    @classmethod
+    def from_task(cls, task) -> "BaristaFinetuned":
+        """The model of a :class:`~neurofm.tasks.barista.BaristaFinetuneTask` (weights copied)."""
+        hp = task.hparams
+        out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
+        config = BaristaFinetunedConfig(encoder=task.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
+                                        n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
+                                        label_names=list(getattr(task, "label_names", []) or []))
+        model = cls(config)
+        model.encoder.load_state_dict(task.encoder.state_dict())
+        model.head.load_state_dict(task.head.state_dict())
+        return model.to(next(task.parameters()).device)
+
+    def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        if self.config.task == "reconstruction":
+            if mask is None:
+                raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
+            return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
+        return self.head(self.encoder(batch), batch.get("channel_mask"))

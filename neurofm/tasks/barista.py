@@ -1,0 +1,325 @@
+"""Lightning tasks for BaRISTA: spatially masked pretraining and fine-tuning.
+
+The models (:mod:`neurofm.models.barista`) stay plain ``nn.Module``\\ s; these tasks add the
+objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
+
+* :class:`BaristaPretrainTask` -- masked latent reconstruction. AdamW (lr 1e-3, weight decay
+  1e-2 on Linear weights), linear warm-up over 5 epochs then x0.99 per epoch (stepped every
+  optimizer step, so the warm-up is smooth); the EMA target tokenizer's momentum rises
+  linearly from 0 to 0.996 over the first 10 epochs and is applied after every optimizer
+  step. Logs the loss and the spread of predictions and targets (``pred_std``,
+  ``target_std``): if either falls towards zero the representation is collapsing.
+* :class:`BaristaFinetuneTask` -- segment classification (cross-entropy, validation AUROC),
+  continuous-behaviour regression (MSE, validation R2) or channel reconstruction (masked
+  channels' raw samples from the others, validation R2) on an exported
+  :class:`~neurofm.models.barista.BaristaEncoder`. The CNN is frozen by default, the
+  backbone trains at 1e-4, the head at 1e-3, the spatial tables stay trainable (a new
+  subject's categories need their rows learned) at ``lr_spatial``. Early stopping on the
+  monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neurofm.metrics import auroc, r2_score
+from neurofm.models.barista import (
+    Barista,
+    BaristaConfig,
+    BaristaEncoder,
+    ChannelReconstructionHead,
+    PooledHead,
+    TokenWeightingHead,
+    spatial_mask,
+)
+from neurofm.tasks.optim import param_groups, warmup_then_exponential_scheduler
+
+__all__ = ["BaristaPretrainTask", "BaristaFinetuneTask"]
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    return int(batch["x"].shape[0])
+
+
+def _steps_per_epoch(trainer) -> int:
+    """Optimizer steps per epoch of the running fit (at least 1)."""
+    n = getattr(trainer, "num_training_batches", float("inf"))
+    accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1)))
+    if isinstance(n, (int, float)) and math.isfinite(n) and n > 0:
+        return max(1, math.ceil(n / accumulate))
+    total, epochs = trainer.estimated_stepping_batches, trainer.max_epochs
+    if math.isfinite(total) and epochs and epochs > 0:
+        return max(1, int(total) // epochs)
+    raise ValueError("BaRISTA schedules are per epoch but the epoch length is unknown (an iterable dataset "
+                     "without __len__ and no max_epochs); pass steps_per_epoch= to the task")
+
+
+class BaristaPretrainTask(L.LightningModule):
+    """Pretrain a :class:`~neurofm.models.barista.Barista` on BaRISTA batches.
+
+    Args:
+        config: the model config (dataclass or dict); stored in the checkpoint so
+            ``BaristaPretrainTask.load_from_checkpoint(path)`` rebuilds the model.
+        model: an existing model to train instead of a fresh one from ``config``.
+        lr, weight_decay, betas: AdamW (paper: 1e-3, 1e-2); decay on Linear weights only.
+        warmup_epochs, lr_gamma: linear warm-up, then ``lr_gamma`` per epoch.
+        ema_start, ema_end, ema_epochs: EMA momentum schedule of the target tokenizer.
+        steps_per_epoch: optimizer steps per epoch; default from the trainer.
+    """
+
+    def __init__(self, config: BaristaConfig | Mapping[str, Any] | None = None, model: Barista | None = None, *,
+                 lr: float = 1e-3, weight_decay: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 warmup_epochs: int = 5, lr_gamma: float = 0.99, ema_start: float = 0.0, ema_end: float = 0.996,
+                 ema_epochs: int = 10, steps_per_epoch: int | None = None):
+        super().__init__()
+        if model is None:
+            model = Barista(config if config is not None else BaristaConfig())
+        self.model = model
+        self.save_hyperparameters({
+            "config": model.config.to_dict(), "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
+            "warmup_epochs": warmup_epochs, "lr_gamma": lr_gamma, "ema_start": ema_start, "ema_end": ema_end,
+            "ema_epochs": ema_epochs, "steps_per_epoch": steps_per_epoch,
+        })
+        self._ema_updated_at = -1
+
+    # -- schedules -----------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        return self.hparams.steps_per_epoch or _steps_per_epoch(self.trainer)
+
+    def ema_momentum(self, step: int) -> float:
+        """Momentum after optimizer step ``step`` (0-based): linear ``ema_start -> ema_end``
+        over ``ema_epochs`` epochs, then constant."""
+        hp = self.hparams
+        ramp = hp.ema_epochs * self.steps_per_epoch()
+        frac = 1.0 if ramp <= 0 else min(1.0, step / ramp)
+        return hp.ema_start + (hp.ema_end - hp.ema_start) * frac
+
+    # -- steps ---------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Contextual tokens ``(B, n, C, d)`` of an unmasked batch."""
+        return self.model.encode(batch)
+
+    def _log_out(self, out: Mapping[str, Tensor], stage: str, b: int) -> None:
+        on_step = stage == "train"
+        for name in ("loss", "pred_std", "target_std", "mask_ratio"):
+            self.log(f"{stage}/{name}", out[name].detach().float(), batch_size=b, on_step=on_step, on_epoch=True,
+                     prog_bar=name == "loss")
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.model.pretrain_loss(batch)
+        if not bool(torch.isfinite(out["loss"].detach())):
+            raise FloatingPointError(
+                f"non-finite pretraining loss at global step {self.global_step} (epoch {self.current_epoch}), "
+                f"sessions {batch['session'].tolist() if 'session' in batch else '?'}; lower the learning rate or "
+                "check these segments. The bad step did not reach the weights: resume from the last checkpoint")
+        self._log_out(out, "train", _batch_size(batch))
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # After the optimizer step (skipped while gradients accumulate): one EMA update per step.
+        step = self.global_step
+        if step > 0 and step - 1 != self._ema_updated_at:
+            self.model.update_ema(self.ema_momentum(step - 1))
+            self._ema_updated_at = step - 1
+            self.log("train/ema_momentum", self.ema_momentum(step - 1), on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        # The same masks every epoch (seeded by batch index), so validation losses compare.
+        g = torch.Generator(device="cpu").manual_seed(1_000_003 * (batch_idx + 1))
+        out = self.model.pretrain_loss(batch, generator=g)
+        self._log_out(out, "val", _batch_size(batch))
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        sched = warmup_then_exponential_scheduler(opt, warmup_epochs=hp.warmup_epochs, gamma=hp.lr_gamma,
+                                                  steps_per_epoch=self.steps_per_epoch())
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def export_encoder(self) -> BaristaEncoder:
+        return self.model.export_encoder()
+
+
+TASKS = ("classification", "regression", "reconstruction")
+HEADS = ("pooled", "token_weighting")
+
+
+class BaristaFinetuneTask(L.LightningModule):
+    """Fine-tune an exported :class:`~neurofm.models.barista.BaristaEncoder`.
+
+    Args:
+        encoder: the encoder (e.g. ``pretrain_task.export_encoder()``), or its config (dict
+            or dataclass) for a randomly initialised one (the paper's "random init" baseline;
+            also how ``load_from_checkpoint`` rebuilds it before loading the weights).
+        task: ``"classification"`` (``batch["label"]``), ``"regression"`` (``batch["target"]``
+            (B, D), masked by ``batch["target_mask"]`` when present) or ``"reconstruction"``.
+        n_classes: classes of the classification head.
+        target_dim: outputs of the regression head.
+        head: ``"pooled"`` (attention pooling, any electrode layout) or ``"token_weighting"``
+            (the paper's head: one learned weight per (patch, channel) token; needs one fixed
+            layout of ``n_channels`` channels).
+        freeze_cnn: keep the tokenizer's convolutions fixed (the projection trains with the
+            backbone).
+        lr_backbone, lr_head, lr_spatial, weight_decay: AdamW groups.
+        recon_mask_ratio, recon_mask_scale: channels hidden for reconstruction (default: the
+            pretraining ratio, whole channels).
+        pretrained_head: a :class:`~neurofm.models.barista.Barista` whose mask token and
+            predictor start the reconstruction head.
+        early_stopping_patience: epochs without improvement of the monitored metric before
+            stopping (None: no early stopping).
+    """
+
+    def __init__(self, encoder: BaristaEncoder | BaristaConfig | Mapping[str, Any], *, task: str = "classification",
+                 n_classes: int = 2, target_dim: int = 1, head: str = "pooled", n_channels: int | None = None,
+                 freeze_cnn: bool = True, lr_backbone: float = 1e-4, lr_head: float = 1e-3,
+                 lr_spatial: float = 1e-3, weight_decay: float = 1e-2, head_dropout: float = 0.1,
+                 recon_mask_ratio: float | None = None, recon_mask_scale: str = "channel",
+                 pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"BaristaFinetuneTask: task must be one of {TASKS}, got {task!r}")
+        if head not in HEADS:
+            raise ValueError(f"BaristaFinetuneTask: head must be one of {HEADS}, got {head!r}")
+        if not isinstance(encoder, BaristaEncoder):
+            encoder = BaristaEncoder(encoder)
+        self.encoder = encoder
+        cfg = encoder.config
+        d = cfg.d_model
+        if task == "reconstruction":
+            self.head = ChannelReconstructionHead(cfg)
+            if pretrained_head is not None:
+                self.head.init_from_pretraining(pretrained_head)
+        else:
+            out_dim = n_classes if task == "classification" else target_dim
+            if head == "token_weighting":
+                if n_channels is None:
+                    raise ValueError("head='token_weighting' learns one weight per channel of a fixed layout: pass "
+                                     "n_channels (or use head='pooled' for layouts that differ across sessions)")
+                self.head = TokenWeightingHead(d, n_channels, cfg.n_patches, out_dim, head_dropout)
+            else:
+                self.head = PooledHead(d, out_dim, head_dropout)
+        if recon_mask_scale not in ("channel", "parcel", "lobe"):
+            raise ValueError(f"recon_mask_scale must be channel, parcel or lobe, got {recon_mask_scale!r}")
+        self.save_hyperparameters({
+            "encoder": cfg.to_dict(), "task": task, "n_classes": n_classes, "target_dim": target_dim, "head": head,
+            "n_channels": n_channels, "freeze_cnn": freeze_cnn, "lr_backbone": lr_backbone, "lr_head": lr_head,
+            "lr_spatial": lr_spatial, "weight_decay": weight_decay, "head_dropout": head_dropout,
+            "recon_mask_ratio": recon_mask_ratio, "recon_mask_scale": recon_mask_scale,
+            "early_stopping_patience": early_stopping_patience,
+        })
+        self.encoder.tokenizer.blocks.requires_grad_(not freeze_cnn)
+        self._val: list[tuple[Tensor, Tensor]] = []
+
+    @classmethod
+    def from_pretraining(cls, pretrained: "Barista | BaristaPretrainTask", **kwargs) -> "BaristaFinetuneTask":
+        """Start from a pretrained model: its exported encoder (EMA tokenizer + backbone + spatial
+        table), and for reconstruction its mask token and predictor."""
+        model = pretrained.model if isinstance(pretrained, BaristaPretrainTask) else pretrained
+        if kwargs.get("task") == "reconstruction":
+            kwargs.setdefault("pretrained_head", model)
+        return cls(model.export_encoder(), **kwargs)
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric early stopping and checkpointing should follow (higher is better)."""
+        return "val/auroc" if self.hparams.task == "classification" else "val/r2"
+
+    # -- forward -------------------------------------------------------------------------------
+    def recon_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """``(B, C)`` channels hidden for reconstruction."""
+        scale = self.hparams.recon_mask_scale
+        B, C = batch["x"].shape[:2]
+        cat = (torch.arange(1, C + 1, device=batch["x"].device).expand(B, C) if scale == "channel"
+               else batch[scale].long())
+        ratio = self.hparams.recon_mask_ratio or self.encoder.config.mask_ratio
+        return spatial_mask(cat, batch.get("channel_mask"), ratio, generator)
+
+    def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        """Classification logits (B, K), regression outputs (B, D), or, for reconstruction,
+        the masked channels' samples (M, n, L) (``mask`` (B, C) chosen if not given)."""
+        if self.hparams.task == "reconstruction":
+            mask = self.recon_mask(batch) if mask is None else mask
+            h = self.encoder(batch, mask=mask, mask_token=self.head.mask_token)
+            return self.head(h, mask)
+        h = self.encoder(batch)
+        return self.head(h, batch.get("channel_mask"))
+
+    def _loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, predictions, truth) of one batch; predictions/truth in the metric's form."""
+        task = self.hparams.task
+        if task == "classification":
+            if "label" not in batch:
+                raise KeyError("classification fine-tuning needs batch['label'] (segment labels from events)")
+            logits = self(batch)
+            y = batch["label"].long()
+            return F.cross_entropy(logits.float(), y), logits.detach().float(), y
+        if task == "regression":
+            if "target" not in batch:
+                raise KeyError("regression fine-tuning needs batch['target'] (B, D) (a behaviour variable)")
+            pred = self(batch).float()
+            y = batch["target"].float().reshape(pred.shape)
+            keep = batch.get("target_mask")
+            if keep is not None:
+                pred, y = pred[keep.bool()], y[keep.bool()]
+            loss = F.mse_loss(pred, y) if y.numel() else pred.sum() * 0.0
+            return loss, pred.detach(), y
+        mask = self.recon_mask(batch, generator)
+        pred = self(batch, mask=mask).float()  # (M, n, L)
+        y = self.encoder.patches(batch["x"])[mask].float()  # (M, n, L)
+        return F.mse_loss(pred, y), pred.detach().reshape(-1, 1), y.reshape(-1, 1)
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _, _ = self._loss(batch)
+        self.log("train/loss", loss.detach(), batch_size=_batch_size(batch), on_step=True, on_epoch=True,
+                 prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        g = torch.Generator(device="cpu").manual_seed(1_000_003 * (batch_idx + 1))
+        loss, pred, y = self._loss(batch, g)
+        self.log("val/loss", loss, batch_size=_batch_size(batch), on_epoch=True)
+        self._val.append((pred.cpu(), y.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        """AUROC (classification) or R2 pooled over all validation predictions."""
+        if not self._val:
+            return
+        pred = torch.cat([p for p, _ in self._val]).numpy()
+        y = torch.cat([t for _, t in self._val]).numpy()
+        self._val.clear()
+        if self.hparams.task == "classification":
+            probs = torch.softmax(torch.from_numpy(pred), -1).numpy()
+            scores = probs[:, 1] if probs.shape[1] == 2 else probs
+            value = auroc(y, scores) if len(np.unique(y)) > 1 else float("nan")
+            self.log("val/auroc", float(value))
+            self.log("val/accuracy", float((pred.argmax(-1) == y).mean()))
+        elif len(y) >= 2:
+            self.log("val/r2", float(r2_score(y, pred)))
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = []
+        parts = ((self.encoder.tokenizer, hp.lr_backbone), (self.encoder.backbone, hp.lr_backbone),
+                 (self.encoder.spatial, hp.lr_spatial), (self.head, hp.lr_head))
+        for module, lr in parts:
+            for group in param_groups(module, hp.weight_decay):
+                groups.append({**group, "lr": lr})
+        return torch.optim.AdamW(groups, lr=hp.lr_head)
+
+    def configure_callbacks(self):
+        patience = self.hparams.early_stopping_patience
+        if not patience:
+            return []
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        return [EarlyStopping(monitor=self.monitor, mode="max", patience=patience, check_finite=False)]

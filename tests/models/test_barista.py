@@ -1,0 +1,456 @@
+"""BaRISTA model: published parameter counts, tokenizer, spatial masking, padding, EMA, export."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neurofm.data.atlas import SpatialVocab
+from neurofm.models.barista import (
+    Barista, BaristaConfig, BaristaEncoder, ChannelReconstructionHead, CNNTokenizer, PooledHead,
+    TokenWeightingHead, _PatchConv, spatial_mask,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models run fastest on one thread (two OpenMP threads spin on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(**kw) -> BaristaConfig:
+    base = dict(d_model=16, n_layers=2, n_heads=2, patch_len=32, n_patches=3, n_parcels=12, dropout=0.0,
+                predictor_dropout=0.0, cnn_chunk=5)
+    base.update(kw)
+    return BaristaConfig(**base)
+
+
+def make_batch(cfg: BaristaConfig, B: int = 3, C: int = 8, n_real=None, seed: int = 0, n_parcels: int = 4):
+    """A BaRISTA batch by the contract: padded channels are zeros / -1 / 0 and channel_mask False."""
+    g = torch.Generator().manual_seed(seed)
+    n_real = [C] * B if n_real is None else n_real
+    mask = torch.zeros(B, C, dtype=torch.bool)
+    for b, n in enumerate(n_real):
+        mask[b, :n] = True
+    x = torch.randn(B, C, cfg.segment_len, generator=g) * mask[..., None]
+    coords = torch.randint(0, 200, (B, C, 3), generator=g).masked_fill(~mask[..., None], -1)
+    parcel = torch.randint(1, n_parcels + 1, (B, C), generator=g) * mask
+    lobe = torch.randint(1, 21, (B, C), generator=g) * mask
+    return {"x": x, "channel_mask": mask, "coords": coords, "parcel": parcel, "lobe": lobe,
+            "label": torch.randint(0, 2, (B,), generator=g), "session": torch.zeros(B, dtype=torch.long)}
+
+
+# -- parameter counts (DESIGN.md 10) -----------------------------------------------------------
+
+@pytest.mark.parametrize("scale, spatial, total", [("coords", 38_400, 869_896), ("parcel", 7_744, 839_240),
+                                                   ("lobe", 1_344, 832_840)])
+def test_published_parameter_counts(scale, spatial, total):
+    enc = BaristaEncoder(BaristaConfig(encode_scale=scale))
+    counts = enc.param_counts()
+    assert counts == {"blocks": 798_048, "final_norm": 64, "cnn": 616, "projection": 32_768, "spatial": spatial,
+                      "total": total}
+    assert sum(p.numel() for p in enc.backbone.blocks[0].parameters()) == 66_504
+    # the pretraining model adds the EMA tokenizer, the mask token and the predictor (4 Linear(64, 64))
+    model = Barista(BaristaConfig(encode_scale=scale))
+    assert sum(p.numel() for p in model.parameters()) == total + (616 + 32_768) + 64 + 4 * (64 * 64 + 64)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+def test_config_json_round_trip_and_validation():
+    vocab = SpatialVocab(["ctx_lh_G_front_sup", "Left-Hippocampus"])
+    cfg = BaristaConfig.for_vocab(vocab, encode_scale="channel", mask_scale="coords", d_model=32)
+    assert cfg.encode_scale == "coords" and cfg.mask_scale == "channel" and cfg.n_parcels == 3
+    d = json.loads(json.dumps(cfg.to_dict()))
+    again = BaristaConfig.from_dict(d)
+    assert again == cfg and again.cnn_dilations == (1, 2, 4, 8, 16)
+    assert BaristaEncoder(d).spatial_vocab == vocab
+    with pytest.raises(ValueError, match="unknown fields"):
+        BaristaConfig.from_dict({**d, "n_embd": 3})
+    with pytest.raises(ValueError, match="encode_scale"):
+        BaristaConfig(encode_scale="region")
+    with pytest.raises(ValueError, match="mask_scale"):
+        BaristaConfig(mask_scale="hemisphere")
+    with pytest.raises(ValueError, match="n_parcels"):
+        BaristaConfig(n_parcels=2, spatial_vocab=vocab.to_dict())
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("P, L, k, d", [(3, 20, 3, 1), (3, 20, 3, 4), (1, 20, 3, 4), (2, 10, 3, 16), (4, 12, 5, 3)])
+def test_patch_conv_matches_conv1d_and_gradcheck(P, L, k, d):
+    """Per-patch 'same' convolution, incl. shifts longer than a patch and a single patch."""
+    torch.manual_seed(0)
+    x = torch.randn(2, P, L, dtype=torch.double, requires_grad=True)  # (C_in, P, L)
+    w = torch.randn(3, 2, k, dtype=torch.double, requires_grad=True)
+    b = torch.randn(3, dtype=torch.double, requires_grad=True)
+    ref = F.conv1d(x.transpose(0, 1), w, b, padding=d * (k - 1) // 2, dilation=d).transpose(0, 1)
+    assert torch.allclose(_PatchConv.apply(x, w, b, d), ref, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, w, b: _PatchConv.apply(x, w, b, d), (x, w, b))
+
+
+def test_tokenizer_equals_conv1d_reference_with_gradients():
+    torch.manual_seed(0)
+    cfg = BaristaConfig(d_model=8, patch_len=64, cnn_chunk=7)  # the published CNN on 64-sample patches
+    tok = CNNTokenizer(cfg)
+    assert sum(p.numel() for p in tok.blocks.parameters()) == 616
+    p = torch.randn(20, 64)
+    out = tok(p)
+    ref = tok.reference_forward(p)
+    assert out.shape == (20, 8)
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, list(tok.parameters()), g)
+    ref_grads = torch.autograd.grad(ref, list(tok.parameters()), g)
+    for a, r in zip(grads, ref_grads):
+        assert torch.allclose(a, r, atol=1e-4 * max(1.0, float(r.abs().max())))
+    with pytest.raises(ValueError, match="patch_len"):
+        tok(torch.randn(2, 63))
+
+
+def test_checkpointed_chunks_match_plain_backprop():
+    """Recomputed chunks (the memory-saving path) give the same gradients, input's included."""
+    torch.manual_seed(0)
+    a = CNNTokenizer(small(cnn_chunk=4, checkpoint_cnn=True))
+    b = CNNTokenizer(small(cnn_chunk=0, checkpoint_cnn=False))
+    b.load_state_dict(a.state_dict())
+    p = torch.randn(10, 32)
+    pa, pb = p.clone().requires_grad_(), p.clone().requires_grad_()
+    g = torch.randn(10, 16)
+    ga = torch.autograd.grad(a(pa), [pa] + list(a.parameters()), g)
+    gb = torch.autograd.grad(b(pb), [pb] + list(b.parameters()), g)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-5)
+    b.blocks.requires_grad_(False)  # frozen CNN (fine-tuning): only the projection gets a gradient
+    a.blocks.requires_grad_(False)
+    a(p).sum().backward()
+    assert a.proj.weight.grad is not None and all(q.grad is None for q in a.blocks.parameters())
+
+
+def test_recomputed_mlp_matches_plain_mlp():
+    from neurofm.models.barista import GatedMLP
+
+    torch.manual_seed(0)
+    cfg = small()
+    a, b = GatedMLP(cfg), GatedMLP(cfg)
+    b.load_state_dict(a.state_dict())
+    b.recompute = False
+    x = torch.randn(2, 7, 16)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = a(xa), b(xb)
+    assert torch.allclose(ya, yb, atol=1e-6)
+    g = torch.randn_like(ya)
+    for u, v in zip(torch.autograd.grad(ya, [xa] + list(a.parameters()), g),
+                    torch.autograd.grad(yb, [xb] + list(b.parameters()), g)):
+        assert torch.allclose(u, v, atol=1e-5)
+
+
+def test_tokenizer_is_univariate_per_patch():
+    """A patch's token depends only on that patch (shared CNN, 'same' padding inside the patch)."""
+    torch.manual_seed(0)
+    tok = CNNTokenizer(small())
+    p = torch.randn(6, 32)
+    q = p.clone()
+    q[3] += torch.randn(32)
+    a, b = tok(p), tok(q)
+    assert torch.allclose(a[[0, 1, 2, 4, 5]], b[[0, 1, 2, 4, 5]], atol=1e-6)
+    assert not torch.allclose(a[3], b[3])
+
+
+# -- masking -----------------------------------------------------------------------------------
+
+def test_channel_scale_mask_ratio_is_closest_to_target():
+    g = torch.Generator().manual_seed(0)
+    cat = torch.arange(1, 21).expand(50, 20)
+    m = spatial_mask(cat, None, 0.3, g)
+    assert (m.sum(1) == 6).all()  # 30% of 20 channels, every sample
+    real = torch.ones(4, 20, dtype=torch.bool)
+    real[1, 10:] = False  # 10 real channels -> 3 masked
+    m = spatial_mask(torch.arange(1, 21).expand(4, 20), real, 0.3, g)
+    assert m.sum(1).tolist() == [6, 3, 6, 6] and not (m & ~real).any()
+
+
+@pytest.mark.parametrize("scale", ["parcel", "lobe"])
+def test_whole_categories_are_masked(scale):
+    g = torch.Generator().manual_seed(1)
+    B, C = 200, 24
+    real = torch.rand(B, C, generator=g) < 0.85
+    real[:, :3] = True
+    n_cat = 8 if scale == "parcel" else 5
+    cat = torch.randint(1, n_cat + 1, (B, C), generator=g)
+    cat[:, 0] = 0  # unknown channels are masked alone
+    cat[:, 1] = 0
+    m = spatial_mask(cat * real, real, 0.3, g)
+    assert not (m & ~real).any()  # padding never chosen
+    for b in range(B):
+        r = real[b]
+        assert m[b][r].any() and (~m[b][r]).any()  # >= 1 masked and >= 1 observed
+        for k in range(1, n_cat + 1):  # a category is masked whole or not at all
+            members = m[b][(cat[b] == k) & r]
+            assert members.all() or not members.any()
+    ratio = (m.sum(1).float() / real.sum(1)).mean()
+    assert 0.22 < float(ratio) < 0.38
+    # unknown channels are their own categories: sometimes one is masked without the other
+    assert (m[:, 0] != m[:, 1]).any()
+
+
+def test_single_category_sample_falls_back_to_channels():
+    cat = torch.ones(2, 10, dtype=torch.long)
+    cat[1, 5:] = 2
+    with pytest.warns(UserWarning, match="one category"):
+        m = spatial_mask(cat, None, 0.3, torch.Generator().manual_seed(0))
+    assert m[0].sum() == 3  # channel scale for the single-parcel sample
+    assert m[1, :5].all() != m[1, 5:].all()  # whole parcels for the other
+    with pytest.raises(ValueError, match="at least 2 real channels"):
+        spatial_mask(cat, torch.tensor([[True] + [False] * 9, [True] * 10]), 0.3)
+
+
+@pytest.mark.parametrize("mask_scale", ["channel", "parcel", "lobe"])
+def test_masked_channels_are_hidden_at_every_patch(mask_scale):
+    """Changing a masked channel's signal (any patch) changes no encoder output: every patch of
+    it entered as the mask token. Changing it does change the targets."""
+    torch.manual_seed(0)
+    cfg = small(mask_scale=mask_scale)
+    model = Barista(cfg).eval()
+    batch = make_batch(cfg)
+    mask = model.choose_mask(batch, torch.Generator().manual_seed(3))
+    assert mask.any()
+    h = model.encoder(batch, mask=mask, mask_token=model.mask_token)
+    other = dict(batch, x=batch["x"] + 5.0 * mask[..., None] * torch.randn_like(batch["x"]))
+    h2 = model.encoder(other, mask=mask, mask_token=model.mask_token)
+    assert torch.allclose(h, h2, atol=1e-6)
+    l1 = model.pretrain_loss(batch, mask=mask)["loss"]
+    l2 = model.pretrain_loss(other, mask=mask)["loss"]
+    assert not torch.isclose(l1, l2)
+
+
+def test_pretrain_loss_outputs():
+    torch.manual_seed(0)
+    cfg = small()
+    model = Barista(cfg)
+    out = model.pretrain_loss(make_batch(cfg, n_real=[8, 5, 3]), generator=torch.Generator().manual_seed(0))
+    assert set(out) == {"loss", "pred_std", "target_std", "mask_ratio"}
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"]) and out["loss"] > 0
+    assert out["pred_std"] > 0 and out["target_std"] > 0
+    assert 0.15 < float(out["mask_ratio"]) < 0.45
+
+
+# -- encoding scale, padding, batching ---------------------------------------------------------
+
+def test_encoding_scale_changes_only_the_spatial_embedding():
+    torch.manual_seed(0)
+    encs = {s: BaristaEncoder(small(encode_scale=s)).eval() for s in ("coords", "parcel", "lobe")}
+    ref = encs["parcel"]
+    shared = {k: v for k, v in ref.state_dict().items() if not k.startswith("spatial.")}
+    for s, enc in encs.items():
+        keys = set(enc.state_dict())
+        assert {k for k in keys if not k.startswith("spatial.")} == set(shared)
+        enc.load_state_dict({**enc.state_dict(), **shared})
+    batch = make_batch(small())
+    outs = {s: e(batch) for s, e in encs.items()}
+    assert not torch.allclose(outs["parcel"], outs["lobe"]) and not torch.allclose(outs["coords"], outs["lobe"])
+    with torch.no_grad():
+        for e in encs.values():
+            for p in e.spatial.parameters():
+                p.zero_()
+    outs = [e(batch) for e in encs.values()]
+    assert all(torch.allclose(outs[0], o) for o in outs[1:])
+
+
+def test_unknown_categories_get_a_zero_embedding():
+    for scale, key, unknown in (("coords", "coords", -1), ("parcel", "parcel", 0), ("lobe", "lobe", 0)):
+        enc = BaristaEncoder(small(encode_scale=scale))
+        batch = make_batch(small())
+        batch[key][0, 2] = unknown
+        emb = enc.spatial(batch)
+        assert torch.equal(emb[0, 2], torch.zeros(16)) and emb[0, 1].abs().sum() > 0
+    enc = BaristaEncoder(small(encode_scale="parcel"))
+    batch = make_batch(small())
+    batch["parcel"][0, 0] = 99
+    with pytest.raises(IndexError, match="n_parcels"):
+        enc(batch)
+
+
+@pytest.mark.parametrize("scale", ["coords", "parcel", "lobe"])
+def test_padded_channels_change_no_real_output(scale):
+    torch.manual_seed(0)
+    cfg = small(encode_scale=scale)
+    model = Barista(cfg).eval()
+    enc = model.encoder
+    batch = make_batch(cfg, B=2, C=5)
+    padded = make_batch(cfg, B=2, C=9, seed=1)  # 4 extra channels per sample, garbage in them
+    for key in ("x", "coords", "parcel", "lobe"):
+        padded[key][:, :5] = batch[key]
+    padded["channel_mask"][:] = False
+    padded["channel_mask"][:, :5] = True
+    h = enc(batch)
+    hp = enc(padded)
+    assert torch.allclose(h, hp[:, :, :5], atol=1e-5)
+    # same with masking: a fixed mask on the real channels, padding never masked
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, 1] = True
+    mask_p = torch.zeros(2, 9, dtype=torch.bool)
+    mask_p[:, 1] = True
+    la = model.pretrain_loss(batch, mask=mask)
+    lb = model.pretrain_loss(padded, mask=mask_p)
+    assert torch.allclose(la["loss"], lb["loss"], atol=1e-6)
+    # pooled head ignores padding too
+    head = PooledHead(16, 3).eval()
+    assert torch.allclose(head(h, batch["channel_mask"]), head(hp, padded["channel_mask"]), atol=1e-5)
+
+
+def test_attention_never_crosses_samples():
+    torch.manual_seed(0)
+    cfg = small()
+    enc = BaristaEncoder(cfg).eval()
+    batch = make_batch(cfg, n_real=[8, 6, 8])
+    other = copy.deepcopy(batch)
+    other["x"][1:] = torch.randn_like(other["x"][1:]) * other["channel_mask"][1:, :, None]
+    assert torch.allclose(enc(batch)[0], enc(other)[0], atol=1e-6)
+
+
+def test_channel_order_carries_no_position():
+    """RoPE is on the patch index only: permuting channels (with their metadata) permutes the output."""
+    torch.manual_seed(0)
+    cfg = small()
+    enc = BaristaEncoder(cfg).eval()
+    batch = make_batch(cfg, B=2, C=6)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    permuted = {k: (v[:, perm] if k in ("x", "channel_mask", "coords", "parcel", "lobe") else v)
+                for k, v in batch.items()}
+    assert torch.allclose(enc(batch)[:, :, perm], enc(permuted), atol=1e-5)
+    # while time order matters
+    shifted = dict(batch, x=torch.roll(batch["x"], cfg.patch_len, dims=-1))
+    assert not torch.allclose(enc(batch)[:, 1:], enc(shifted)[:, :-1], atol=1e-3)
+
+
+def test_segment_length_error():
+    enc = BaristaEncoder(small())
+    batch = make_batch(small())
+    batch["x"] = batch["x"][..., :-1]
+    with pytest.raises(ValueError, match="n_patches x patch_len"):
+        enc(batch)
+
+
+# -- EMA and export ----------------------------------------------------------------------------
+
+def test_ema_update_math_and_stop_gradient():
+    torch.manual_seed(0)
+    cfg = small()
+    model = Barista(cfg)
+    online, target = model.encoder.tokenizer, model.target_tokenizer
+    assert all(torch.equal(a, b) for a, b in zip(online.parameters(), target.parameters()))
+    assert not any(p.requires_grad for p in target.parameters())
+    out = model.pretrain_loss(make_batch(cfg))
+    out["loss"].backward()
+    assert all(p.grad is None for p in target.parameters())  # no gradient reaches the targets
+    assert online.proj.weight.grad is not None and online.proj.weight.grad.abs().sum() > 0
+    assert model.mask_token.grad is not None
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in target.parameters()]
+    model.update_ema(0.9)
+    for t, b, o in zip(target.parameters(), before, online.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o, atol=1e-6)
+    model.update_ema(1.0)
+    for t, b, o in zip(target.parameters(), before, online.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o, atol=1e-6)
+    model.update_ema(0.0)
+    assert all(torch.equal(t, o) for t, o in zip(target.parameters(), online.parameters()))
+    with pytest.raises(ValueError, match="momentum"):
+        model.update_ema(1.5)
+
+
+def test_export_encoder_holds_ema_tokenizer_backbone_and_tables():
+    torch.manual_seed(0)
+    cfg = small(encode_scale="lobe")
+    model = Barista(cfg)
+    with torch.no_grad():
+        for p in model.target_tokenizer.parameters():
+            p.add_(1.0)  # make the EMA tokenizer differ from the online one
+    enc = model.export_encoder()
+    assert isinstance(enc, BaristaEncoder) and enc.config == cfg
+    sd, online = enc.state_dict(), model.encoder.state_dict()
+    for k, v in model.target_tokenizer.state_dict().items():
+        assert torch.equal(sd[f"tokenizer.{k}"], v) and not torch.equal(online[f"tokenizer.{k}"], v)
+    for k, v in online.items():
+        if not k.startswith("tokenizer."):
+            assert torch.equal(sd[k], v)
+    assert any(k.startswith("spatial.lobe") for k in sd)
+    assert sum(p.numel() for p in enc.parameters()) == sum(p.numel() for p in model.encoder.parameters())
+    assert enc(make_batch(cfg)).shape == (3, cfg.n_patches, 8, cfg.d_model)
+
+
+@pytest.mark.parametrize("encode_scale", ["coords", "parcel", "lobe"])
+@pytest.mark.parametrize("mask_scale", ["channel", "parcel", "lobe"])
+def test_every_scale_pair_trains_from_config_alone(encode_scale, mask_scale):
+    torch.manual_seed(0)
+    cfg = BaristaConfig.from_dict(json.loads(json.dumps(small(encode_scale=encode_scale,
+                                                              mask_scale=mask_scale).to_dict())))
+    model = Barista(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = make_batch(cfg, n_real=[8, 6, 4])
+    before = copy.deepcopy(model.state_dict())
+    loss = model.pretrain_loss(batch)["loss"]
+    loss.backward()
+    opt.step()
+    model.update_ema(0.5)
+    assert torch.isfinite(loss)
+    after = model.state_dict()
+    qkv = "encoder.backbone.blocks.0.attn.qkv.weight"
+    assert not torch.equal(before[qkv], after[qkv])
+    assert not torch.equal(before["target_tokenizer.proj.weight"], after["target_tokenizer.proj.weight"])
+    spatial_keys = [k for k in after if k.startswith("encoder.spatial.")]
+    assert spatial_keys and any(not torch.equal(before[k], after[k]) for k in spatial_keys)
+
+
+def test_bf16_autocast_training_step():
+    torch.manual_seed(0)
+    cfg = small()
+    model = Barista(cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.pretrain_loss(make_batch(cfg))
+        out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    for p in model.encoder.parameters():
+        assert p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all())
+    assert model.encoder.tokenizer.blocks[0].conv1.weight.grad.abs().sum() > 0
+
+
+# -- heads -------------------------------------------------------------------------------------
+
+def test_heads():
+    torch.manual_seed(0)
+    cfg = small()
+    enc = BaristaEncoder(cfg)
+    batch = make_batch(cfg, n_real=[8, 5, 8])
+    h = enc(batch)
+    tw = TokenWeightingHead(16, n_channels=8, n_patches=3, out_dim=2).eval()
+    assert tw(h, batch["channel_mask"]).shape == (3, 2)
+    # padded channels get zero weight
+    h2 = h.clone()
+    h2[1, :, 5:] = 100.0
+    assert torch.allclose(tw(h, batch["channel_mask"])[1], tw(h2, batch["channel_mask"])[1])
+    with pytest.raises(ValueError, match="PooledHead"):
+        tw(h[:, :, :6], batch["channel_mask"][:, :6])
+    pooled = PooledHead(16, 4)
+    assert pooled(h, batch["channel_mask"]).shape == (3, 4)
+    # starts as a plain mean over real tokens
+    mean = (h * batch["channel_mask"][:, None, :, None]).sum((1, 2)) / (batch["channel_mask"].sum(1) * 3)[:, None]
+    assert torch.allclose(pooled.eval()(h, batch["channel_mask"]), pooled.out(mean), atol=1e-5)
+    recon = ChannelReconstructionHead(cfg)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[0, 1] = mask[2, 3] = mask[2, 4] = True
+    hm = enc(batch, mask=mask, mask_token=recon.mask_token)
+    out = recon(hm, mask)
+    assert out.shape == (3, cfg.n_patches, cfg.patch_len)
+    model = Barista(cfg)
+    recon.init_from_pretraining(model)
+    assert torch.equal(recon.mask_token, model.mask_token)
+    assert F.mse_loss(out, enc.patches(batch["x"])[mask]).item() > 0
