@@ -15,9 +15,12 @@ at one of three scales, and masks whole categories at one of the same scales:
   20 categories + unknown = 21 rows (:data:`LOBES`).
 
 White matter, corpus callosum, "Unknown", "n/a" and empty labels are unknown (index 0) at
-the parcel and lobe scales, as are structures outside the lobe table (ventricles, cerebellum,
-brainstem). The vocabulary is stored with a model (:meth:`SpatialVocab.to_dict`) so that a
-new subject's labels map to the same rows the model was trained with.
+the parcel and lobe scales; structures outside the lobe table (ventricles, cerebellum,
+brainstem) keep their own parcel but have lobe 0. Channels unknown at a scale get a zero
+spatial embedding there; :meth:`SpatialVocab.encode` counts them in a warning and raises only
+when no channel of the session is known. The vocabulary is stored with a model
+(:meth:`SpatialVocab.to_dict`) so that a new subject's labels map to the same rows the model
+was trained with.
 """
 
 from __future__ import annotations
@@ -311,7 +314,8 @@ class SpatialVocab:
             raise ValueError("SpatialVocab.from_dict: the stored lobe table differs from this neurofm version's "
                              f"({len(lobes)} vs {len(LOBES)} rows); load the checkpoint with the neurofm "
                              "version that wrote it")
-        if d.get("n_coord_bins", N_COORD_BINS) != N_COORD_BINS or d.get("coord_origin_mm", COORD_ORIGIN_MM) != COORD_ORIGIN_MM:
+        binning = (d.get("n_coord_bins", N_COORD_BINS), d.get("coord_origin_mm", COORD_ORIGIN_MM))
+        if binning != (N_COORD_BINS, COORD_ORIGIN_MM):
             raise ValueError("SpatialVocab.from_dict: the stored coordinate binning differs from 200 x 1 mm "
                              "centred on 0")
         return cls(parcels=list(d.get("parcels", [])), atlas=d.get("atlas", "destrieux"))
