@@ -130,8 +130,15 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
                       local_files_only=kwargs.get("local_files_only", False))
     model_type = read_config(folder).get("model_type")
     if model_type not in _REGISTRY:
-        # model classes register on import
-        import neurofm.models  # noqa: F401
+        # model classes register when their module is imported; neurofm.models imports none of
+        # them itself (a fresh process that only did `from neurofm.hub import ...` has none)
+        import importlib
+        import pkgutil
+
+        import neurofm.models
+
+        for info in pkgutil.iter_modules(neurofm.models.__path__):
+            importlib.import_module(f"neurofm.models.{info.name}")
     if model_type not in _REGISTRY:
         raise PretrainedError(f"{folder / CONFIG_NAME}: unknown model_type {model_type!r}; "
                               f"known: {sorted(_REGISTRY)}")

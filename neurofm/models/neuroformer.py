@@ -1353,7 +1353,8 @@ class GeneratedSpikes:
         sel = [w for w in range(len(self)) if session is None or self.session[w] == session]
         t0 = float(min(self.interval[w] for w in sel)) - self.window if sel else 0.0
         t1 = float(max(self.interval[w] for w in sel)) if sel else 0.0
-        with SessionWriter(path, session_id=session_id, source="neurofm generate", **attrs) as w:
+        attrs = {"source": "neurofm generate", **attrs}  # a caller's source (e.g. which model) wins
+        with SessionWriter(path, session_id=session_id, **attrs) as w:
             w.add_units(list(unit_ids))
             w.add_spikes(times, units, t_start=t0, t_end=t1)
         return Path(path)

@@ -305,10 +305,10 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
             else [Path(p).stem for p in cfg.data.sessions]}
     if isinstance(task, BaristaPretrainTask):
         metrics, baselines, extra = _evaluate_pretraining(cfg, task, dm)
-        return {"name": f"barista-{Path(cfg.run_dir).name}", "metrics": metrics, "baselines": baselines,
+        return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
                 "protocol": protocol + extra, "data": data}
     metrics = _evaluate_finetuned(cfg, task, dm)
-    return {"name": f"barista-{Path(cfg.run_dir).name}", "metrics": metrics, "baselines": {},
+    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": {},
             "protocol": protocol + f"; {cfg.task.finetune_task} scored on the test block", "data": data}
 
 

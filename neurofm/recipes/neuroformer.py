@@ -2,18 +2,24 @@
 
 Evaluation (all on the test block of the same time-block split, with a gap):
 
-* next-spike **ID bits/spike**: the model's log-likelihood of each held-out spike's unit ID
-  minus that of a unigram null (each unit's share of the training spikes), in bits per spike.
-  Positive means the model predicts which neuron fires next better than its firing rate does.
+* next-spike **ID bits/spike**: the model's log-likelihood of each held-out spike's unit ID,
+  given that the next token is a spike (the ID distribution renormalised over the unit tokens:
+  the null says nothing about when a window ends, so the model's EOS mass is not charged to
+  it), minus that of a unigram null (each unit's share of the training spikes), in bits per
+  spike. Positive means the model predicts which neuron fires next better than its firing
+  rate does.
 * **window F1** of generated spikes (teacher-forced past, top-p 0.95, DESIGN.md 9) against the
   recorded ID sets, beside a mean-rate Poisson generator with the training rates.
 * **behaviour decoding** R2 / Pearson r of each regression target from the model's pooled
   head, beside ridge regression on the same windows' spike counts (current + previous
-  window per unit), fitted on the training windows.
+  window per unit), fitted on the training windows the model's behaviour loss saw (few-shot:
+  the same labelled windows; then also ridge with every training label). With
+  ``eval.moving_threshold`` only windows where the animal moves are scored (DESIGN.md 8).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -85,6 +91,14 @@ class NeuroformerEvalConfig:
     top_p: float = 0.95
     raster_seconds: float = 5.0
     seed: int = 0
+    # Behaviour scoring on moving windows only (0 = score every test window). A window is scored
+    # when every 50 ms bin of its current window is moving: speed (the file's /behavior/speed, else
+    # derived from /behavior/<moving_behavior>) Gaussian-smoothed with sigma speed_smooth_s, above
+    # moving_threshold (behaviour units per second; 20 px/s on linear-track). Bits/spike and
+    # window F1 stay on every test window.
+    moving_threshold: float = 0.0
+    speed_smooth_s: float = 0.5
+    moving_behavior: str = "position"
 
 
 @dataclass
@@ -192,26 +206,100 @@ def datamodule(cfg: RunConfig):
                               f"matched to new recordings")
         vocab = UnitVocab(pre["units"])
     split = TimeBlockSplit({"train": d.split.train, "valid": d.split.valid, "test": d.split.test}, gap=d.split.gap)
-    return SpikeDataModule(
+    dm = SpikeDataModule(
         session_paths(cfg), window_curr=m.window.curr, window_prev=m.window.prev, dt=m.window.dt,
         block_size=m.block_size.id, block_size_prev=m.block_size.prev_id, vocab=vocab,
         extend_vocab=vocab is not None, splits=split, stride=d.stride or None, behavior=d.behavior,
         stimulus="gratings" if m.stimulus is not None else None,
         stimulus_frames=m.stimulus.n_frames if m.stimulus is not None else 3,
         batch_size=d.batch_size, num_workers=d.num_workers, streaming=d.streaming, seed=cfg.seed)
+    if _few_shot_fit(cfg):
+        before = m.window.curr + m.window.prev
+        after = 0.0
+        if m.stimulus is not None:
+            before = max(before, dm.dataset_kwargs["stimulus_window"] - m.window.curr)
+            after = m.window.curr
+        dm.splits = FewShotSplit(split, _label_subset(cfg), session_paths(cfg), before=before, after=after)
+    return dm
+
+
+def _label_subset(cfg: RunConfig):
+    """The task's few-shot label draw (the same chunks for the model, the split and ridge)."""
+    from neurofm.tasks.neuroformer import LabelSubset
+
+    return LabelSubset(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed)
+
+
+def _few_shot_fit(cfg: RunConfig) -> bool:
+    """Few labels and behaviour the only objective: unlabelled windows add nothing to training."""
+    objectives = set(cfg.task.objectives or (["behavior"] if cfg.task.mode == "finetune" else ["id"]))
+    return cfg.data.label_fraction < 1.0 and objectives == {"behavior"}
+
+
+class FewShotSplit:
+    """Few-shot fine-tuning on behaviour alone: the ``train`` split keeps only labelled windows.
+
+    :class:`~neurofm.tasks.neuroformer.LabelSubset` labels a window when its end time falls in
+    a drawn chunk. With behaviour as the only objective every other training window carries no
+    loss, yet costs a forward and backward pass and an optimizer step on zero gradients (in
+    which AdamW still moves the weights, by momentum and decay). So ``train`` is the training
+    blocks cut to the labelled chunks (the windows ending in chunk ``c`` read
+    ``[c * chunk_s - before, (c + 1) * chunk_s + after)``), and the extra ``train_all`` keeps the
+    whole training block for the baselines (ridge with every label) and the unigram null.
+    ``paths``: the data module's session files, in order (LabelSubset draws per session index).
+    """
+
+    def __init__(self, base, subset, paths: list[str], *, before: float, after: float = 0.0):
+        self.base, self.subset, self.before, self.after = base, subset, float(before), float(after)
+        self.index = {str(Path(p).resolve()): i for i, p in enumerate(paths)}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base.names)
+
+    def __call__(self, session) -> dict:
+        from neurofm.data.splits import Intervals
+
+        blocks = dict(self.base(session))
+        train = blocks["train"]
+        chunk_s = self.subset.chunk_s
+        chunks = np.arange(math.floor(session.t_start / chunk_s), math.floor(session.t_end / chunk_s) + 1)
+        s_idx = self.index[str(Path(session.path).resolve())]
+        keep = self.subset(torch.full((len(chunks),), s_idx), torch.as_tensor((chunks + 0.5) * chunk_s)).numpy()
+        c = chunks[keep]
+        if len(c):  # one block per run of consecutive labelled chunks
+            first = np.concatenate([[True], np.diff(c) != 1])
+            last = np.concatenate([np.diff(c) != 1, [True]])
+            lab_start, lab_end = c[first] * chunk_s - self.before, (c[last] + 1) * chunk_s - 1e-6 + self.after
+        else:
+            lab_start = lab_end = np.zeros(0)
+        start = np.maximum(train.start[:, None], lab_start[None, :]).ravel()
+        end = np.minimum(train.end[:, None], lab_end[None, :]).ravel()
+        ok = end > start
+        blocks["train_all"], blocks["train"] = train, Intervals(start[ok], end[ok])
+        return blocks
+
+
+def _train_windows_loader(dm):
+    """Every training window, in time order (``train_all`` under :class:`FewShotSplit`)."""
+    name = "train_all" if isinstance(dm.splits, FewShotSplit) else "train"
+    if name not in dm.datasets:
+        dm.datasets[name] = dm._make(name, dm.streaming, shuffle=False, rank=0, world=1)
+    return dm._loader(name, train=False)
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
-    """Mean and std of each behaviour target over the training windows (for standardising)."""
-    from neurofm.data.datasets import behavior_features
-
+    """Mean and std of each behaviour variable over its samples inside the training blocks (the
+    labelled ones under :class:`FewShotSplit`), for standardising; all samples if none fall there."""
     stats = {}
     for name in names:
-        values = []
+        values, inside = [], []
         for s in dm.sessions:
             ts, v = s.behavior(name)
             values.append(np.asarray(v, dtype=np.float64).reshape(len(ts), -1))
-        v = np.concatenate(values)
+            inside.append(dm.splits(s)["train"].contains(ts, ts))
+        v, inside = np.concatenate(values), np.concatenate(inside)
+        v = v[inside] if inside.any() else v
         std = v.std(0)
         stats[name] = (v.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist())
     return stats
@@ -232,7 +320,9 @@ def build_model(cfg: RunConfig, dm) -> Neuroformer:
             model.extend_vocab(len(new), names=new if model.config.units else None)
         _add_behavior_heads(model, cfg)
         return model
-    config = dataclasses.replace(cfg.model, n_units=dm.vocab.n_units, units=list(dm.vocab.units))
+    # A deep copy: the model owns its config and writes into it (behaviour statistics, vocabulary
+    # growth); the run config must stay what the user asked for (it is saved and compared on resume).
+    config = dataclasses.replace(copy.deepcopy(cfg.model), n_units=dm.vocab.n_units, units=list(dm.vocab.units))
     return Neuroformer(config)
 
 
@@ -241,7 +331,7 @@ def _add_behavior_heads(model: Neuroformer, cfg: RunConfig) -> None:
     wanted = {v.name: v for v in cfg.model.behavior}
     have = {v.name for v in model.config.behavior}
     if set(wanted) - have:
-        model.add_behavior([wanted[n] for n in wanted if n not in have])
+        model.add_behavior([copy.deepcopy(wanted[n]) for n in wanted if n not in have])
 
 
 def task(cfg: RunConfig, dm):
@@ -250,9 +340,12 @@ def task(cfg: RunConfig, dm):
     if cfg.task.mode not in ("pretrain", "finetune"):
         raise ConfigError(f"task.mode: {cfg.task.mode!r} is not 'pretrain' or 'finetune'")
     model = build_model(cfg, dm)
-    if model.config.behavior:
-        stats = _behavior_stats(dm, [v.name for v in model.config.behavior])
-        model.set_behavior_stats(stats)
+    # Standardisation statistics are part of the model: a pretrained / fine-tuned model keeps the
+    # ones it was trained with (so `neurofm evaluate` scores it as it is); only variables without
+    # them (a fresh model, a new head) get them from this run's training data.
+    unset = [v.name for v in model.config.behavior if not v.mean]
+    if unset:
+        model.set_behavior_stats(_behavior_stats(dm, unset))
     t = cfg.task
     module = NeuroformerTask(
         model=model, mode=t.mode, objectives=t.objectives or None, lr=t.lr, weight_decay=t.weight_decay,
@@ -323,34 +416,76 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
 
 
 @torch.no_grad()
-def _collect(model: Neuroformer, loader, keep_windows: int = 0) -> dict[str, Any]:
-    """Run the model over a loader: per-spike log-probs of the true next ID, behaviour
-    predictions, window spike counts for the ridge baseline, and the first batches covering
-    ``keep_windows`` windows (for generation)."""
+def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool = True) -> dict[str, Any]:
+    """Run the model over a loader: per-spike log-probs of the true next ID (given that the
+    next token is a spike: log-softmax over the unit tokens only), behaviour predictions,
+    window spike counts for the ridge baseline, each window's end time and session, and the
+    first batches covering ``keep_windows`` windows (for generation). ``run_model=False``
+    reads only the data (the training windows: the baselines need their counts and labels)."""
     model.eval()
     n_units = model.config.n_units
+    targets = [v.name for v in model.config.behavior_targets()]
     logp_id, target_ids, counts, beh_pred, beh_true, beh_mask, batches = [], [], [], {}, {}, {}, []
+    interval, session = [], []
     for batch in loader:
-        out = model(batch)
-        n = out["id_logits"].shape[1]
-        tid = batch["target_id"][:, :n]
-        lp = torch.log_softmax(out["id_logits"].float(), -1).gather(-1, tid.clamp(min=0)[..., None])[..., 0]
+        tid = batch["target_id"]
+        if run_model:
+            out = model(batch)
+            n = out["id_logits"].shape[1]
+            tid = tid[:, :n]
+            unit_logp = torch.log_softmax(out["id_logits"][..., N_SPECIAL:].float(), -1)
+            lp = unit_logp.gather(-1, (tid - N_SPECIAL).clamp(min=0)[..., None])[..., 0]
+            logp_id.append(lp[tid >= N_SPECIAL].numpy())
+            for name, pred in out.get("behavior", {}).items():
+                beh_pred.setdefault(name, []).append(pred.float().numpy())
         spike = tid >= N_SPECIAL
-        logp_id.append(lp[spike].numpy())
         target_ids.append((tid[spike] - N_SPECIAL).numpy())
         counts.append(_window_counts(batch, n_units))
-        for name, pred in out.get("behavior", {}).items():
-            beh_pred.setdefault(name, []).append(pred.float().numpy())
-            beh_true.setdefault(name, []).append(batch["behavior"][name].reshape(len(pred), -1).numpy())
-            beh_mask.setdefault(name, []).append(batch["behavior_mask"][name].numpy())
+        interval.append(np.asarray(batch["interval"], dtype=np.float64))
+        session.append(np.asarray(batch["session"], dtype=np.int64))
+        for name in targets:
+            if name in batch.get("behavior", {}):
+                beh_true.setdefault(name, []).append(batch["behavior"][name].reshape(len(tid), -1).numpy())
+                beh_mask.setdefault(name, []).append(batch["behavior_mask"][name].numpy())
         if sum(len(b["interval"]) for b in batches) < keep_windows:
             batches.append(batch)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
     return {"logp_id": cat(logp_id), "target_ids": cat(target_ids).astype(np.int64), "counts": np.concatenate(counts),
+            "interval": cat(interval), "session": cat(session).astype(np.int64),
             "beh_pred": {k: np.concatenate(v) for k, v in beh_pred.items()},
             "beh_true": {k: np.concatenate(v) for k, v in beh_true.items()},
             "beh_mask": {k: np.concatenate(v).astype(bool) for k, v in beh_mask.items()},
             "batches": batches}
+
+
+def _moving_windows(cfg: RunConfig, dm, coll: dict) -> np.ndarray:
+    """(n,) bool: the collected windows to score behaviour on (``eval.moving_threshold``).
+
+    Every window when the threshold is 0; else windows whose current window lies inside the
+    behaviour's bin grid with every 50 ms bin moving (:func:`neurofm.evaluation.moving_mask`).
+    """
+    n = len(coll["interval"])
+    e = cfg.eval
+    if e.moving_threshold <= 0:
+        return np.ones(n, dtype=bool)
+    from neurofm.evaluation import DecodingProtocol, session_position_data
+
+    protocol = DecodingProtocol(behavior=e.moving_behavior, speed_threshold=e.moving_threshold,
+                                smooth_s=e.speed_smooth_s)
+    out = np.zeros(n, dtype=bool)
+    for s_idx, session in enumerate(dm.sessions):
+        sel = np.flatnonzero(coll["session"] == s_idx)
+        if not len(sel):
+            continue
+        d = session_position_data(session, protocol)
+        ends = coll["interval"][sel] - 1e-9
+        starts = coll["interval"][sel] - cfg.model.window.curr + 1e-9
+        i0 = np.searchsorted(d.bin_times + d.bin_size, starts, side="right")  # first bin ending after start
+        i1 = np.searchsorted(d.bin_times, ends, side="left")  # one past the last bin starting before end
+        still = np.concatenate([[0], np.cumsum(~d.moving)])
+        inside = (starts >= d.bin_times[0]) & (ends <= d.bin_end[-1]) & (i1 > i0)
+        out[sel] = inside & (still[np.clip(i1, 0, d.n_bins)] - still[np.clip(i0, 0, d.n_bins)] == 0)
+    return out
 
 
 def _window_counts(batch, n_units: int) -> np.ndarray:
@@ -375,68 +510,117 @@ def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: n
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     from neurofm import metrics as M
-    from neurofm.baselines import Ridge
 
     model = task.model.cpu().eval()
     n_units = model.config.n_units
     dm.setup("fit")
     dm.setup("test")
-    train = _collect(model, dm._loader("train", train=False))
+    train = _collect(model, _train_windows_loader(dm), run_model=False)
     test = _collect(model, dm._loader("test", train=False), keep_windows=cfg.eval.generate_windows)
+    scored = _moving_windows(cfg, dm, test)
+    few_shot = cfg.data.label_fraction < 1.0
+    labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
+                if few_shot else np.ones(len(train["interval"]), dtype=bool))
     train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
                                                                        train_unit_counts)}
     baselines: dict[str, dict[str, float]] = {"unigram (firing-rate) null": {"id_bits_per_spike": 0.0}}
 
     # behaviour decoding vs ridge on the same windows' counts
+    n_labelled = {}
+    stride = cfg.data.stride or cfg.model.window.curr
+    regression = {v.name for v in model.config.behavior_targets() if v.task == "regression"}
     for name, pred in test["beh_pred"].items():
-        m = test["beh_mask"][name]
+        if name not in regression or name not in test["beh_true"]:
+            continue
+        m = test["beh_mask"][name] & scored
         if m.sum() < 2:
             continue
         y = test["beh_true"][name][m]
         results[f"{name}_r2"] = float(M.r2_score(y, pred[m]))
         results[f"{name}_pearson_r"] = float(np.mean(M.pearson_r(y, pred[m], multioutput="raw_values")))
-        mt = train["beh_mask"][name]
-        ridge = Ridge().fit(train["counts"][mt], train["beh_true"][name][mt])
-        ridge_pred = ridge.predict(test["counts"][m])
-        baselines.setdefault("ridge on window counts", {})[f"{name}_r2"] = float(M.r2_score(y, ridge_pred))
-        baselines["ridge on window counts"][f"{name}_pearson_r"] = float(
-            np.mean(M.pearson_r(y, ridge_pred, multioutput="raw_values")))
+        results[f"{name}_n_scored"] = int(m.sum())
+        # ridge on the training windows whose labels the model's behaviour loss saw (few-shot:
+        # the same chunks), then, few-shot, on every training label
+        fits = {"ridge on window counts": train["beh_mask"][name] & labelled}
+        if few_shot:
+            fits["ridge on window counts, all labels"] = train["beh_mask"][name]
+        n_labelled[name] = int(fits["ridge on window counts"].sum())
+        for label, mt in fits.items():
+            ridge_pred = _ridge_fit_predict(train["counts"][mt], train["beh_true"][name][mt], test["counts"][m], stride)
+            row = baselines.setdefault(label, {})
+            row[f"{name}_r2"] = float(M.r2_score(y, ridge_pred))
+            row[f"{name}_pearson_r"] = float(np.mean(M.pearson_r(y, ridge_pred, multioutput="raw_values")))
 
     # generation: window F1 vs a mean-rate Poisson generator
     if cfg.eval.generate_windows > 0:
-        gen_metrics, gen_base = _generation_metrics(cfg, model, test["batches"], train_unit_counts, dm, run_dir)
+        gen_metrics, gen_base = _generation_metrics(cfg, model, test["batches"], train_unit_counts,
+                                                    len(train["interval"]), run_dir)
         results.update(gen_metrics)
         for k, v in gen_base.items():
             baselines.setdefault("mean-rate Poisson generator", {})[k] = v
 
     for name in test["beh_pred"]:
-        _decoding_plot(name, test, run_dir)
-    d, s = cfg.data, cfg.data.split
+        if name in regression and name in test["beh_true"]:
+            _decoding_plot(name, test, run_dir)
+    d = cfg.data
     return {
-        "name": f"neuroformer-{Path(cfg.run_dir).name}",
+        "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
-        "protocol": (f"contiguous time blocks per session (train {s.train:.0%} / valid {s.valid:.0%} / test "
-                     f"{s.test:.0%}, {s.gap} s gaps); windows of {cfg.model.window.curr * 1e3:.0f} ms "
-                     f"(previous {cfg.model.window.prev * 1e3:.0f} ms, dt {cfg.model.window.dt * 1e3:.0f} ms); "
-                     f"all metrics on the test block; baselines fitted on the training block"),
+        "protocol": _protocol(cfg, dm),
         "data": {"description": "simulated recurrent spiking network (neurofm simulate spikes)" if not d.sessions
                  else "session files: " + ", ".join(Path(p).name for p in d.sessions),
                  "datasets": ["neurofm-simulated-spikes"] if not d.sessions else [Path(p).stem for p in d.sessions],
-                 "n_units": n_units, "n_test_spikes": int(len(test["target_ids"]))},
+                 "n_units": n_units, "n_test_spikes": int(len(test["target_ids"])),
+                 "n_train_windows": int(len(train["interval"])), "n_test_windows": int(len(test["interval"])),
+                 **({"n_labelled_train_windows": n_labelled} if few_shot else {})},
     }
 
 
-def _generation_metrics(cfg, model, batches, train_unit_counts, dm, run_dir):
+def _protocol(cfg: RunConfig, dm) -> str:
+    """The evaluation protocol in one line, as the numbers were produced."""
+    s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
+    names = ("train", "valid", "test")
+    if all(all(n in sess.interval_names for n in names) for sess in dm.sessions):
+        split = "time blocks from each session file's /intervals/train, valid, test"
+    else:
+        split = (f"contiguous time blocks per session (train {s.train:.0%} / valid {s.valid:.0%} / test "
+                 f"{s.test:.0%}, {s.gap} s gaps)")
+    text = (f"{split}; windows of {w.curr * 1e3:.0f} ms (previous {w.prev * 1e3:.0f} ms, dt {w.dt * 1e3:.0f} ms); "
+            f"all metrics on the test block; baselines fitted on the training block")
+    if d.label_fraction < 1.0:
+        text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
+                 f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
+    if e.moving_threshold > 0:
+        text += (f"; behaviour scored on moving test windows only (every 50 ms bin of the current window with "
+                 f"speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, > {e.moving_threshold:g} units/s)")
+    return text
+
+
+def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride: float, gap_s: float = 5.0):
+    """Ridge on window counts with the penalty chosen as DESIGN.md 8 does: 4-fold blocked CV over
+    the training windows (in time order, ``gap_s`` of windows removed around each inner test
+    block), maximising pooled R2. A single holdout block (the last 20% of the windows) picks
+    badly when that block differs from the rest (on linear-track it chose the largest penalty
+    and shrank the predictions to the mean). Too few windows for 4 folds: the holdout choice."""
+    from neurofm.baselines import Ridge
+    from neurofm.evaluation import RidgeFitPredict
+
+    try:
+        return RidgeFitPredict("blocked_cv", gap=int(math.ceil(gap_s / stride)))(X, Y, X_test)
+    except ValueError:
+        return Ridge().fit(X, Y).predict(X_test)
+
+
+def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir):
     from neurofm import metrics as M
 
     n_units = model.config.n_units
     need = cfg.eval.generate_windows
     true_sets, gen_sets, gen_all, rng = [], [], [], np.random.default_rng(cfg.eval.seed)
     # mean rate per unit per window from the training spikes
-    n_train_windows = max(1, len(dm.datasets["train"]))
-    rate_per_window = train_unit_counts / n_train_windows
+    rate_per_window = train_unit_counts / max(1, n_train_windows)
     base_sets = []
     for batch in batches:
         if len(true_sets) >= need:

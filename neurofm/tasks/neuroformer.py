@@ -111,7 +111,9 @@ class NeuroformerTask(L.LightningModule):
         unknown = set(objectives) - {"id", "dt", "contrastive", "behavior"}
         if unknown:
             raise ValueError(f"unknown objectives {sorted(unknown)}; choose from id, dt, contrastive, behavior")
-        self.model = model
+        # from_pretrained returns a model in eval mode, and Lightning keeps the modes it finds at the
+        # start of fit: without this, fine-tuning a pretrained model would train with dropout off.
+        self.model = model.train()
         self.objectives = tuple(objectives)
         self.save_hyperparameters({
             "config": model.config.to_dict(), "mode": mode, "objectives": list(self.objectives), "lr": lr,

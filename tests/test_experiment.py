@@ -1,0 +1,296 @@
+"""End to end: ``python train.py`` -> run folder, strict config errors, resume after SIGKILL,
+DDP on two CPU processes, ``neurofm export`` / ``neurofm card``.
+
+Every run is a tiny Neuroformer (12 simulated units, n_embd 32) on one 40 s simulated
+session made once for the module. Subprocesses get ``OMP_NUM_THREADS=1``: on a small shared
+machine a second OpenMP thread per process only adds contention.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from neurofm import cli
+from neurofm.experiment import check_resume_config, load_config, main as train_main, state_sha256
+from neurofm.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_EVERY = 3  # checkpoint_every_n_steps of the resume runs
+BATCHES = 8  # limit_train_batches of the resume runs: 2 epochs = 16 steps
+
+# The model and data: small enough that one training step takes milliseconds.
+TINY = [
+    "data.simulate.duration=40", "data.simulate.n_units=12", "data.batch_size=32",
+    "model.n_embd=32", "model.n_head=2", "model.temporal_hidden=32",
+    "model.block_size.id=16", "model.block_size.prev_id=32",
+    "eval.generate_windows=0", "trainer.progress_bar=false", "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+]
+RESUMABLE = [*TINY, "trainer.max_epochs=2", f"trainer.limit_train_batches={BATCHES}",
+             f"trainer.checkpoint_every_n_steps={STEP_EVERY}"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore"}
+
+
+def _train(run_dir: Path, sim: Path, *extra: str, check: bool = True, timeout: float = 300):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"run_dir={run_dir}", f"data.simulate.path={sim}", *extra]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def _ckpt_step(path: Path) -> int:
+    """global_step of a checkpoint, read with weights_only=True: it must hold no pickled objects."""
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    from neurofm.data.synthetic import simulate_spikes
+
+    return Path(simulate_spikes(tmp_path_factory.mktemp("sim") / "sim.h5", n_units=12, duration=40.0, seed=0))
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, sim) -> Path:
+    """An uninterrupted run: 2 epochs, checkpoints every STEP_EVERY steps."""
+    run_dir = tmp_path_factory.mktemp("runs") / "a"
+    _train(run_dir, sim, *RESUMABLE)
+    return run_dir
+
+
+def _first_test_batch(run_dir: Path) -> dict:
+    from neurofm.recipes import neuroformer as recipe
+
+    cfg = load_config(run_dir / "config.yaml")
+    dm = recipe.datamodule(cfg)
+    return next(iter(dm._loader("test", train=False)))
+
+
+# -- 1. the run folder ---------------------------------------------------------------------------
+
+
+def test_train_writes_run_folder_that_loads_in_a_fresh_process(run_a, sim, tmp_path):
+    # config.yaml is the resolved config, and loads back as the same typed config
+    saved = OmegaConf.load(run_a / "config.yaml")
+    assert saved.model.n_embd == 32 and saved.data.simulate.path == str(sim) and saved.run_dir == str(run_a)
+    assert saved.trainer.checkpoint_every_n_steps == STEP_EVERY and saved.model.window.dt > 0  # defaults filled in
+    assert load_config(run_a / "config.yaml").model.block_size.id == 16
+
+    metrics = json.loads((run_a / "metrics.json").read_text())
+    assert {"metrics", "baselines", "protocol", "training", "data", "n_params"} <= metrics.keys()
+    assert np.isfinite(metrics["metrics"]["id_bits_per_spike"])
+    assert "unigram (firing-rate) null" in metrics["baselines"]
+    assert "ridge on window counts" in metrics["baselines"]  # the demo config decodes speed
+    assert "test block" in metrics["protocol"]
+    assert metrics["training"]["steps"] == 2 * BATCHES and metrics["training"]["epochs"] == 2
+
+    pre = run_a / "pretrained"
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in pre.iterdir()}
+    card = (pre / "README.md").read_text()
+    front = card.split("---")[1]
+    assert card.startswith("---\n") and "library_name: neurofm" in front and "- id_bits_per_spike" in front
+    assert json.loads((pre / "config.json").read_text())["model_type"] == "Neuroformer"
+
+    # The in-run model (last.ckpt: end of the final epoch) against the exported folder loaded in a
+    # fresh, offline process: identical tensors, identical outputs on a held-out batch.
+    ckpt = torch.load(run_a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 * BATCHES
+    in_run = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    _assert_same_weights(in_run, _weights(pre))
+
+    # The fresh process imports only the hub and the model (no Lightning, no data layer): it
+    # gets a held-out batch as a tensor file and returns its outputs.
+    batch = _first_test_batch(run_a)
+    torch.save(batch, tmp_path / "batch.pt")
+    out = tmp_path / "fresh.pt"
+    code = f"""
+import torch
+torch.set_num_threads(1)
+from neurofm.hub import load_pretrained
+from neurofm.experiment import state_sha256
+model = load_pretrained({str(pre)!r})
+batch = torch.load({str(tmp_path / 'batch.pt')!r}, weights_only=True)
+with torch.no_grad():
+    o = model(batch)
+torch.save({{"id_logits": o["id_logits"], "dt_logits": o["dt_logits"], "sha": state_sha256(model.state_dict()),
+            "type": type(model).__name__}}, {str(out)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = torch.load(out, weights_only=True)
+    assert fresh["type"] == "Neuroformer" and fresh["sha"] == state_sha256(in_run)
+
+    from neurofm.tasks.neuroformer import NeuroformerTask
+
+    model = NeuroformerTask.load_from_checkpoint(run_a / "checkpoints" / "last.ckpt", map_location="cpu").model.eval()
+    with torch.no_grad():
+        o = model(batch)
+    torch.testing.assert_close(fresh["id_logits"], o["id_logits"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fresh["dt_logits"], o["dt_logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_card_command_rewrites_the_card(run_a, tmp_path):
+    card = run_a / "pretrained" / "README.md"
+    original = card.read_text()
+    card.write_text("stale\n")
+    assert cli.main(["card", str(run_a)]) == 0
+    assert card.read_text() == original  # rendered from metrics.json + config.yaml again
+    assert cli.main(["card", str(run_a), "--out", str(tmp_path / "CARD.md")]) == 0
+    assert (tmp_path / "CARD.md").read_text() == original
+    assert cli.main(["card", str(tmp_path)]) == 2  # no metrics.json: a clear error, no traceback
+
+
+# -- 2. config errors ----------------------------------------------------------------------------
+
+
+def test_unknown_key_on_the_command_line_is_a_clean_error(tmp_path, sim):
+    out = _train(tmp_path / "x", sim, "model.n_embdd=3", check=False, timeout=120)
+    assert out.returncode == 2
+    assert "model.n_embdd" in out.stderr and "n_embd" in out.stderr and "command line" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "x").exists()  # nothing written for a config that does not load
+
+
+def test_wrong_type_on_the_command_line_is_a_clean_error(tmp_path, capsys):
+    assert cli.main(["train", f"run_dir={tmp_path / 'x'}", "trainer.max_epochs=lots"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_epochs" in err and "lots" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(None, ["data.batch_size=1.5"])
+    # a mistake in the file names the file, not the command line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: neuroformer\nmodel: {n_layers: 2}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'model\.n_layers'"):
+        load_config(bad, ["trainer.max_epochs=1"])
+
+
+# -- 3. resume after SIGKILL ---------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(run_a, sim, tmp_path, capsys):
+    run_b = tmp_path / "b"
+    cmd = [sys.executable, str(ROOT / "train.py"), f"run_dir={run_b}", f"data.simulate.path={sim}", *RESUMABLE]
+    log = tmp_path / "b.log"  # a file, not a pipe nobody reads while it runs (a full pipe would block it)
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log_file, stderr=subprocess.STDOUT)
+    last = run_b / "checkpoints" / "last.ckpt"
+    killed_at = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            # Lightning saves atomically (temp file, then rename): an existing last.ckpt is whole
+            step = _ckpt_step(last) if last.exists() else None
+            if step is not None and step >= STEP_EVERY:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert killed_at is not None, (f"run B ended (rc {proc.returncode}) before a step checkpoint: "
+                                   f"{log.read_text()[-3000:]}")
+    assert proc.returncode == -signal.SIGKILL
+    assert STEP_EVERY <= _ckpt_step(last) < 2 * BATCHES, "killed mid-run"
+    assert not (run_b / "metrics.json").exists()
+
+    out = _train(run_b, sim, *RESUMABLE)  # resume=auto is the default
+    assert f"resuming from {last}" in out.stdout
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (run_a, run_b))
+    assert b["training"]["steps"] == a["training"]["steps"] == 2 * BATCHES
+    _assert_same_weights(_weights(run_a / "pretrained"), _weights(run_b / "pretrained"))
+    assert b["metrics"] == a["metrics"]
+
+    # Resuming the same run_dir under another model config is an error naming the keys
+    before = _weights(run_b / "pretrained")
+    code = train_main([f"run_dir={run_b}", f"data.simulate.path={sim}", *RESUMABLE, "model.n_embd=48",
+                       "task.lr=0.01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "model.n_embd: 32 -> 48" in err and "task.lr" in err and "resume=none" in err
+    _assert_same_weights(before, _weights(run_b / "pretrained"))
+    assert OmegaConf.load(run_b / "config.yaml").model.n_embd == 32  # the saved config is untouched
+
+
+def test_resume_config_check_allows_trainer_changes(run_a):
+    cfg = load_config(run_a / "config.yaml", ["trainer.max_epochs=5", "trainer.devices=2", "eval.top_p=0.5"])
+    check_resume_config(cfg, run_a / "checkpoints" / "last.ckpt")  # no error: same model, data, task
+    changed = load_config(run_a / "config.yaml", ["data.split.gap=2.0"])
+    with pytest.raises(ConfigError, match=r"data\.split\.gap: 1\.0 -> 2\.0"):
+        check_resume_config(changed, run_a / "checkpoints" / "last.ckpt")
+
+
+# -- 4. DDP on two CPU processes -----------------------------------------------------------------
+
+
+def test_ddp_two_cpu_ranks_see_disjoint_data_and_end_identical(sim, tmp_path):
+    run_dir = tmp_path / "ddp"
+    _train(run_dir, sim, *TINY, "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.strategy=ddp", "trainer.record_batches=true", timeout=400)
+    ranks = [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training"]["world_size"] == 2
+
+    from neurofm.recipes import neuroformer as recipe
+
+    dm = recipe.datamodule(load_config(run_dir / "config.yaml"))
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    every = [(s, round(t, 6)) for s, t in (train.window(i) for i in range(len(train)))]
+    assert len(set(every)) == len(every)
+
+    seen = [[(s, round(t, 6)) for b in r["batches"] for s, t in zip(b["session"], b["time"])] for r in ranks]
+    n = len(every)
+    padded = -(-n // 2) * 2 - n  # the sampler pads the ranks to equal shares by repeating windows
+    assert len(seen[0]) == len(seen[1]) == -(-n // 2)
+    assert all(len(set(s)) == len(s) for s in seen), "a rank saw a window twice in one epoch"
+    assert len(set(seen[0]) & set(seen[1])) == padded, "the ranks' windows overlap"
+    assert set(seen[0]) | set(seen[1]) == set(every), "some training windows were never seen"
+    assert [b["step"] for b in ranks[0]["batches"]] == [b["step"] for b in ranks[1]["batches"]]
+
+    # gradients were all-reduced: both replicas end bit-identical, and equal to the export
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    exported = {f"model.{k}": v for k, v in _weights(run_dir / "pretrained").items()}
+    assert state_sha256(exported) == ranks[0]["weights_sha256"]
+
+
+# -- 5. export ---------------------------------------------------------------------------------
+
+
+def test_export_command_matches_the_run_pretrained_folder(run_a, tmp_path):
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(run_a / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    _assert_same_weights(_weights(run_a / "pretrained"), _weights(out))
+    a, b = (json.loads((d / "config.json").read_text()) for d in (run_a / "pretrained", out))
+    assert a["config"] == b["config"] and b["model_type"] == "Neuroformer"
+    assert cli.main(["export", str(tmp_path / "missing.ckpt"), str(out)]) == 2
