@@ -69,6 +69,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_split(args: argparse.Namespace) -> int:
+    from neurofm.data.session import set_intervals
+
+    blocks = {}
+    for name in ("train", "valid", "test"):
+        for text in getattr(args, name) or []:
+            try:
+                start, end = (float(x) for x in text.split(":"))
+            except ValueError:
+                raise ValueError(f"--{name} {text!r}: give blocks as START:END in seconds, e.g. 4400:5000") from None
+            blocks.setdefault(name, []).append((start, end))
+    if set(blocks) != {"train", "valid", "test"}:
+        raise ValueError("give at least one --train, --valid and --test block (START:END seconds)")
+    set_intervals(args.file, blocks, overwrite=args.overwrite)
+    print(f"wrote /intervals/train|valid|test to {args.file}; data modules now split by them")
+    return 0
+
+
 # -- training, fine-tuning, export --------------------------------------------------------------
 
 
@@ -166,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-regions", type=int, default=8, help="ieeg only: brain regions with their own source (2-16)")
     s.add_argument("--line-noise", type=float, default=60.0, help="ieeg only: mains frequency in Hz, 0 for none")
     s.set_defaults(func=_cmd_simulate)
+
+    sp = sub.add_parser("split", help="fix the train / valid / test time blocks of a session file",
+                        description="Writes /intervals/train|valid|test; TimeBlockSplit then uses them instead of "
+                                    "its fractions (e.g. to hold out a block of running, not the final rest).")
+    sp.add_argument("file")
+    for name in ("train", "valid", "test"):
+        sp.add_argument(f"--{name}", action="append", metavar="START:END", help="block in seconds (repeatable)")
+    sp.add_argument("--overwrite", action="store_true", help="replace existing /intervals/train|valid|test")
+    sp.set_defaults(func=_cmd_split)
 
     t = sub.add_parser("train", help="train as a config says (same as `python train.py`)",
                        description="neurofm train [CONFIG.yaml] [key=value ...]; no config: the Neuroformer CPU demo")

@@ -192,3 +192,30 @@ def test_sample_seeg_inspect(tmp_path, capsys):
     assert summary["n_channels"] == 98 and summary["sampling_rate"] == 1000.0 and summary["duration_s"] == 20.0
     assert set(summary["atlases"]) == {"destriuex", "desikan-killiany"}
     assert summary["events"] == ["annotations"] and summary["n_events"] == {"annotations": 3}
+
+
+def test_split_writes_intervals_used_by_time_block_split(tmp_path):
+    import numpy as np
+
+    from neurofm.cli import main
+    from neurofm.data.session import Session, SessionFormatError, SessionWriter
+    from neurofm.data.splits import TimeBlockSplit
+
+    path = tmp_path / "s.h5"
+    with SessionWriter(path, session_id="s") as w:
+        w.add_units(["a", "b"])
+        w.add_spikes(np.linspace(0.5, 99.5, 200), np.arange(200) % 2, t_start=0.0, t_end=100.0)
+    assert main(["split", str(path), "--train", "0:40", "--train", "60:100", "--valid", "41:45",
+                 "--test", "46:59"]) == 0
+    with Session(path) as s:
+        assert s.intervals("train")["start"].tolist() == [0.0, 60.0]
+        blocks = TimeBlockSplit()(s)
+    assert blocks["test"].pairs() == [(46.0, 59.0)]
+    # existing blocks are kept unless --overwrite; a block outside the recording is refused
+    assert main(["split", str(path), "--train", "0:40", "--valid", "41:45", "--test", "46:59"]) == 2
+    with pytest.raises(SessionFormatError, match="inside the recording"):
+        from neurofm.data.session import set_intervals
+
+        set_intervals(path, {"test": [(90.0, 120.0)]}, overwrite=True)
+    with Session(path) as s:  # the failed call left the file as it was
+        assert s.intervals("test")["end"].tolist() == [59.0]

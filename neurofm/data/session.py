@@ -1042,3 +1042,45 @@ def open_sessions(paths) -> Iterator[Session]:
         paths = [paths]
     for p in paths:
         yield Session(p)
+
+
+def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwrite: bool = False) -> None:
+    """Add ``/intervals/<name>`` groups to an existing session file, atomically.
+
+    ``blocks`` maps a name to ``[(start, end), ...]`` in seconds, e.g. the ``train`` / ``valid``
+    / ``test`` blocks that :class:`~neurofm.data.splits.TimeBlockSplit` then uses instead of
+    its fractions (useful when the default "test = last block" would fall in a rest period).
+    The file is copied, edited and renamed into place, so a crash leaves the original intact.
+    """
+    import shutil
+
+    path = Path(path)
+    with Session(path) as s:
+        t0, t1 = s.t_start, s.t_end
+    parsed = {}
+    for name, pairs in blocks.items():
+        arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+        if np.any(arr[:, 1] <= arr[:, 0]) or arr.min() < t0 - 1e-9 or arr.max() > t1 + 1e-9:
+            raise SessionFormatError(path, f"/intervals/{name}",
+                                     f"blocks {arr.tolist()} must have end > start inside the recording "
+                                     f"[{t0:.3f}, {t1:.3f}] s", "give start:end pairs in seconds inside that span")
+        parsed[name] = arr
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            g = f.require_group("intervals")
+            for name, arr in parsed.items():
+                if name in g:
+                    if not overwrite:
+                        raise SessionFormatError(path, f"/intervals/{name}", "already exists",
+                                                 "pass overwrite=True (CLI: --overwrite) to replace it")
+                    del g[name]
+                sub = g.create_group(name)
+                sub.create_dataset("start", data=arr[:, 0])
+                sub.create_dataset("end", data=arr[:, 1])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
