@@ -104,6 +104,16 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
 
     lq, lk = q.shape[-2], k.shape[-2]
+    if key_padding_mask is not None and attn_mask is None and not causal:
+        # Padding only: a broadcast (B, 1, 1, Lk) mask, never a (B, 1, Lq, Lk) one (BaRISTA's
+        # padded batches would otherwise keep one full mask per layer for the backward pass).
+        kpm = key_padding_mask.bool()
+        empty_b = ~kpm.any(-1)  # samples without a single real key
+        has_empty = bool(empty_b.any())
+        if has_empty:
+            kpm = kpm | empty_b[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=kpm[:, None, None, :], dropout_p=dropout_p)
+        return out.masked_fill(empty_b[:, None, None, None], 0.0) if has_empty else out
     mask = torch.ones(1, 1, lq, lk, dtype=torch.bool, device=q.device)
     if causal:
         mask = mask & _causal_mask(lq, lk, q.device)

@@ -73,3 +73,22 @@ def test_cuda_bf16_matches_float64():
     ref = _reference(q, k, v, torch.ones(128, 128, dtype=torch.bool, device="cuda").tril())
     out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True).double()
     assert ((out - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_single_query_decoding_step_matches_full_attention(batch):
+    """A KV-cache decoding step (one query against a strided prefix of the cache buffer, with
+    padded keys and a row whose keys are all padding) equals that row of full attention."""
+    torch.manual_seed(5)
+    h, lmax, n, dh = 3, 12, 7, 8
+    q_all = torch.randn(batch, h, n, dh)
+    k_buf, v_buf = torch.randn(batch, h, lmax, dh), torch.randn(batch, h, lmax, dh)
+    k, v = k_buf[:, :, :n], v_buf[:, :, :n]  # the cache's filled prefix: a view, not contiguous
+    kpm = torch.rand(batch, n) > 0.3
+    kpm[0] = False  # one window with no real key at all
+    full = attention(q_all, k, v, causal=True, key_padding_mask=kpm)
+    step = attention(q_all[:, :, -1:], k, v, causal=True, key_padding_mask=kpm)
+    torch.testing.assert_close(step, full[:, :, -1:], atol=1e-6, rtol=1e-6)
+    assert step[0].abs().max() == 0
+    ref = _reference(q_all[:, :, -1:], k, v, kpm[:, None, None, :].expand(batch, h, 1, n))
+    torch.testing.assert_close(step.double(), ref, atol=1e-6, rtol=1e-5)
