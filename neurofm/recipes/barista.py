@@ -210,7 +210,7 @@ def task(cfg: RunConfig, dm):
             raise ConfigError(f"task.pretrained: {t.pretrained} holds a {type(loaded).__name__}, not a BaRISTA encoder")
     else:
         encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
-    n_classes, target_dim = 2, 1
+    n_classes, target_dim, label_map, n_channels = 2, 1, {}, None
     if t.finetune_task == "classification":
         dm.setup("fit")
         label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
@@ -221,9 +221,25 @@ def task(cfg: RunConfig, dm):
         with Session(session_paths(cfg)[0]) as s:
             _, v = s.behavior(cfg.data.target)
         target_dim = int(np.prod(v.shape[1:])) if v.ndim > 1 else 1
-    return BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
-                               freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone, lr_head=t.lr_head,
-                               early_stopping_patience=None)
+    if t.head == "token_weighting" and t.finetune_task != "reconstruction":
+        n_channels = _fixed_layout_channels(cfg, dm)
+    task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
+                               n_channels=n_channels, freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone,
+                               lr_head=t.lr_head, early_stopping_patience=None)
+    # class index -> event label, exported with the model (BaristaFinetuned.config.label_names)
+    task.label_names = [name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+    return task
+
+
+def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
+    """Channels of the one electrode layout a token-weighting head needs (every session the same count)."""
+    dm.setup("fit")
+    reader = dm.datasets["train"].reader
+    counts = {reader.n_channels(i) for i in range(len(session_paths(cfg)))}
+    if len(counts) != 1:
+        raise ConfigError(f"task.head: token_weighting learns one weight per channel of a fixed layout, but the "
+                          f"sessions have {sorted(counts)} channels; use task.head=pooled")
+    return counts.pop()
 
 
 def export(task):
@@ -286,9 +302,18 @@ def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     from neurofm.baselines import Ridge
     from neurofm.metrics import auroc
 
+    def score(y, p):  # y, p (n, 1); one class only in the inner block: fall back to MSE
+        try:
+            return float(auroc((y[:, 0] > 0.5).astype(int), p[:, 0]))
+        except ValueError:
+            return -float(np.mean((y - p) ** 2))
+
+    # Penalty chosen by AUROC on the last 20% of the training segments, as BandPowerRidge
+    # chooses its own, so the probe and the band-power row are fitted alike (chosen by MSE on a
+    # few dozen segments, the largest penalty wins almost always).
     (xtr, ytr), (xte, yte) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    model = Ridge().fit((xtr - mu) / sd, ytr.astype(float))
+    model = Ridge(score=score).fit((xtr - mu) / sd, ytr.astype(float))
     return float(auroc(yte, model.predict((xte - mu) / sd).ravel()))
 
 
@@ -308,7 +333,10 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
                 "protocol": protocol + extra, "data": data}
     metrics = _evaluate_finetuned(cfg, task, dm)
-    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": {},
+    baselines = {}
+    if cfg.task.finetune_task == "classification":  # DESIGN.md 8: ridge on band power, same test segments
+        baselines["ridge on band power"] = {"test_auroc": _band_power_auroc(dm, cfg)}
+    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
             "protocol": protocol + f"; {cfg.task.finetune_task} scored on the test block", "data": data}
 
 

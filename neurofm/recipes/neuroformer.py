@@ -593,8 +593,12 @@ def _protocol(cfg: RunConfig, dm) -> str:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
     if e.moving_threshold > 0:
+        field = f"behavior/{e.moving_behavior}"
+        unit = dm.sessions[0].h5[field].attrs.get("unit", "") if field in dm.sessions[0].h5 else ""
+        unit = (unit.decode() if isinstance(unit, bytes) else str(unit)) or "units"
+        unit = {"pixels": "px", "pixel": "px"}.get(unit, unit)
         text += (f"; behaviour scored on moving test windows only (every 50 ms bin of the current window with "
-                 f"speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, > {e.moving_threshold:g} units/s)")
+                 f"speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, > {e.moving_threshold:g} {unit}/s)")
     return text
 
 

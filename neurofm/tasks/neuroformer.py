@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,11 +46,24 @@ class LabelSubset:
         self.fraction, self.chunk_s, self.seed = float(fraction), float(chunk_s), int(seed)
 
     def __call__(self, session: torch.Tensor, interval: torch.Tensor) -> torch.Tensor:
-        chunk = torch.floor(interval.double() / self.chunk_s).long()
-        key = (chunk * 1_000_003 + session.long() * 7919 + self.seed) % 2_147_483_647
-        # a fixed pseudo-random number in [0, 1) per (session, chunk)
-        u = ((key * 48271) % 2_147_483_647).double() / 2_147_483_647
-        return u < self.fraction
+        """``(B,)`` bool: which windows (session index, end time in s) are labelled."""
+        chunk = np.floor(interval.detach().cpu().double().numpy() / self.chunk_s).astype(np.int64)
+        # a fixed pseudo-random number in [0, 1) per (seed, session, chunk): splitmix64 chained
+        # over the three, so every seed draws an unrelated set of chunks
+        h = _splitmix64(np.full(chunk.shape, self.seed, dtype=np.int64).view(np.uint64))
+        h = _splitmix64(h ^ session.detach().cpu().numpy().astype(np.int64).view(np.uint64))
+        h = _splitmix64(h ^ chunk.view(np.uint64))
+        u = (h >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+        return torch.from_numpy(u < self.fraction).to(session.device)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a well-mixed hash."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 class NeuroformerTask(L.LightningModule):

@@ -119,3 +119,24 @@ def test_checkpoint_reload_after_vocab_extension(tmp_path):
     assert again.model.config.n_units == 13
     for k, v in task.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[k], v), k
+
+
+def test_label_subset_draws_whole_chunks_and_each_seed_its_own():
+    from neurofm.tasks.neuroformer import LabelSubset
+
+    t = torch.arange(0.0, 4000.0, 0.25, dtype=torch.float64)
+    s = torch.zeros(len(t), dtype=torch.long)
+    chunk = torch.floor(t / 5.0).long()
+    draws = []
+    for seed in range(3):
+        m = LabelSubset(0.1, 5.0, seed)(s, t)
+        assert torch.equal(m, LabelSubset(0.1, 5.0, seed)(s, t))  # deterministic
+        assert 0.06 < m.float().mean() < 0.14
+        labelled = set(chunk[m].tolist())
+        assert not (set(chunk[~m].tolist()) & labelled)  # whole chunks, never part of one
+        draws.append(labelled)
+    # another seed (or session) is a new draw: the overlap is what independent 10% draws give (~10%)
+    for other in draws[1:]:
+        assert len(draws[0] & other) < 0.3 * len(draws[0])
+    m_other_session = LabelSubset(0.1, 5.0, 0)(torch.ones_like(s), t)
+    assert len(set(chunk[m_other_session].tolist()) & draws[0]) < 0.3 * len(draws[0])

@@ -1,0 +1,145 @@
+"""Neuroformer recipe evaluation pieces: few-shot training split, moving-window scoring, ID
+bits/spike conditional on a spike, ridge penalty choice. Tiny hand-made sessions, no training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm.config import from_dict
+from neurofm.data.session import SessionWriter
+from neurofm.models.neuroformer import N_SPECIAL
+from neurofm.recipes import neuroformer as recipe
+from neurofm.tasks.neuroformer import LabelSubset
+
+DURATION = 60.0  # s
+
+
+def _session(path: Path, *, still_after: float = 30.0, n_units: int = 4, seed: int = 0) -> str:
+    """Poisson spikes (5 Hz per unit) and a 1-D position that moves at 100 units/s back and forth
+    on a 0..200 track until ``still_after`` s, then stays put."""
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(5.0 * DURATION * n_units)
+    times = np.sort(rng.uniform(0.0, DURATION, n))
+    units = rng.integers(0, n_units, n)
+    ts = np.arange(0.0, DURATION, 0.01)
+    x = 200.0 * np.abs(((np.minimum(ts, still_after) * 100.0 / 200.0) % 2.0) - 1.0)  # triangle wave
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_units([f"u{i}" for i in range(n_units)])
+        w.add_spikes(times, units, t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    return str(path)
+
+
+def _config(sessions, **data) -> recipe.RunConfig:
+    return from_dict(recipe.RunConfig, {
+        "data": {"sessions": list(sessions), "behavior": ["position"], "batch_size": 16, **data},
+        "model": {"n_embd": 16, "n_head": 2, "temporal_hidden": 16, "window": {"curr": 0.25, "prev": 0.25, "dt": 0.01},
+                  "block_size": {"id": 16, "prev_id": 16},
+                  "layers": {"state": 1, "prev_encoder": 1, "state_history": 1, "stimulus_encoder": 0, "stimulus": 0,
+                             "behavior": 0, "self_att": 1},
+                  "contrastive": {"enabled": False},
+                  "behavior": [{"name": "position", "dim": 1, "task": "regression", "target": True}]},
+        "task": {"mode": "finetune", "objectives": ["behavior"]},
+        "eval": {"generate_windows": 0},
+    }, where="test")
+
+
+def _windows(ds) -> set[tuple[int, float]]:
+    return {(s, round(t, 6)) for s, t in (ds.window(i) for i in range(len(ds)))}
+
+
+def test_few_shot_split_trains_on_exactly_the_labelled_windows(tmp_path):
+    paths = [_session(tmp_path / "a.h5", seed=0), _session(tmp_path / "b.h5", seed=1)]
+    cfg = _config(paths, label_fraction=0.3, label_chunk_s=4.0)
+    dm = recipe.datamodule(cfg)
+    assert isinstance(dm.splits, recipe.FewShotSplit)
+    dm.setup("fit")
+    fit = _windows(dm.datasets["train"])
+    all_ds = recipe._train_windows_loader(dm).dataset
+    every = _windows(all_ds)
+    s = torch.tensor([w[0] for w in sorted(every)])
+    t = torch.tensor([w[1] for w in sorted(every)], dtype=torch.float64)
+    labelled = LabelSubset(0.3, 4.0, cfg.seed)(s, t).numpy()
+    expected = {w for w, keep in zip(sorted(every), labelled) if keep}
+    assert 0 < len(expected) < len(every)
+    assert fit == expected
+    # both sessions contribute labelled windows, each from its own draw
+    assert {w[0] for w in fit} == {0, 1}
+    # the behaviour statistics come from the labelled training blocks (samples, so only close to
+    # the labelled windows' means: the blocks also hold each run's first previous window)
+    task = recipe.task(cfg, dm)
+    (mean,), (std,) = task.model.config.behavior[0].mean, task.model.config.behavior[0].std
+    ys = np.array([dm.datasets["train"][i]["behavior"]["position"][0] for i in range(len(dm.datasets["train"]))])
+    assert abs(mean - ys.mean()) < 0.2 * ys.std()
+    assert 0.8 < std / ys.std() < 1.25
+
+
+def test_no_few_shot_split_when_spikes_are_trained_too(tmp_path):
+    cfg = _config([_session(tmp_path / "a.h5")], label_fraction=0.3)
+    cfg.task.objectives = ["id", "behavior"]
+    assert not isinstance(recipe.datamodule(cfg).splits, recipe.FewShotSplit)
+    cfg.data.label_fraction = 1.0
+    cfg.task.objectives = []
+    assert not isinstance(recipe.datamodule(cfg).splits, recipe.FewShotSplit)
+
+
+def test_moving_windows_score_only_where_the_animal_moves(tmp_path):
+    cfg = _config([_session(tmp_path / "a.h5", still_after=30.0)])
+    dm = recipe.datamodule(cfg)
+    ends = np.arange(1.0, 59.0, 0.25)
+    coll = {"interval": ends, "session": np.zeros(len(ends), dtype=np.int64)}
+    assert recipe._moving_windows(cfg, dm, coll).all()  # threshold 0: every window
+    cfg.eval.moving_threshold = 20.0
+    moving = recipe._moving_windows(cfg, dm, coll)
+    # 100 units/s until 30 s, then still; the 0.5 s smoothing blurs the edge by ~1.5 s
+    assert moving[ends < 28.0].all()
+    assert not moving[ends > 32.0].any()
+
+
+class _StubModel(torch.nn.Module):
+    """ID logits: EOS gets most of the mass, the units share the rest as ``unit_p``."""
+
+    def __init__(self, unit_p: np.ndarray):
+        super().__init__()
+        self.unit_logits = torch.log(torch.as_tensor(unit_p, dtype=torch.float32))
+        self.config = type("C", (), {"n_units": len(unit_p), "behavior_targets": lambda self: []})()
+
+    def forward(self, batch):
+        b, length = batch["target_id"].shape
+        logits = torch.full((b, length, N_SPECIAL + len(self.unit_logits)), -30.0)
+        logits[..., 2] = math.log(9.0)  # EOS: 90% of the probability
+        logits[..., N_SPECIAL:] = self.unit_logits  # units: 10%, in proportion unit_p
+        return {"id_logits": logits, "behavior": {}}
+
+
+def test_id_bits_per_spike_is_conditional_on_a_spike():
+    rng = np.random.default_rng(0)
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    ids = rng.choice(4, size=(64, 12), p=p) + N_SPECIAL
+    batch = {"target_id": torch.as_tensor(ids), "id": torch.as_tensor(ids), "id_prev": torch.as_tensor(ids[:, :4]),
+             "interval": torch.arange(64, dtype=torch.float64), "session": torch.zeros(64, dtype=torch.long)}
+    model = _StubModel(p)
+    coll = recipe._collect(model, [batch])
+    train_counts = p * 1e6  # the training spikes follow the same unigram
+    bits = recipe._id_bits_per_spike(coll["logp_id"], coll["target_ids"], train_counts)
+    assert abs(bits) < 1e-3  # the model IS the unigram once it is told a spike comes next
+    # a model that knows better than the unigram gains bits
+    better = _StubModel(np.where(np.arange(4) == 0, 0.7, 0.1))
+    assert recipe._id_bits_per_spike(recipe._collect(better, [batch])["logp_id"], coll["target_ids"], train_counts) < 0
+    assert coll["counts"].shape == (64, 8)
+
+
+def test_ridge_penalty_by_blocked_cv_and_fallback():
+    rng = np.random.default_rng(1)
+    X = rng.poisson(3.0, size=(400, 6)).astype(float)
+    y = (X @ np.array([1.0, -0.5, 0.0, 0.0, 0.2, 0.0]) + rng.normal(0, 0.5, 400))[:, None]
+    pred = recipe._ridge_fit_predict(X[:300], y[:300], X[300:], stride=0.25)
+    r2 = 1 - ((y[300:] - pred) ** 2).sum() / ((y[300:] - y[300:].mean()) ** 2).sum()
+    assert r2 > 0.8
+    few = recipe._ridge_fit_predict(X[:12], y[:12], X[300:], stride=0.25)  # too few rows for 4 inner folds
+    assert few.shape == (100, 1) and np.isfinite(few).all()
