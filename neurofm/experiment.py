@@ -285,7 +285,10 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
                                             save_top_k=1, auto_insert_metric_name=False,
                                             enable_version_counter=False))
     if monitor and tc.early_stopping_patience > 0:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience))
+        # check_finite=False: a validation block with one class gives AUROC NaN for that epoch;
+        # it counts as no improvement instead of stopping the run.
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience,
+                                       check_finite=False))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=tc.max_epochs, max_steps=tc.max_steps,
@@ -376,7 +379,10 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     task = recipe.task(cfg, dm)
     if cfg.trainer.compile:
         task.model.compile()
-    trainer = build_trainer(cfg.trainer, run_dir, monitor=recipe.MONITOR[0], mode=recipe.MONITOR[1],
+    # A task that names its own validation metric (BaRISTA fine-tuning: val/auroc or val/r2,
+    # higher is better) is checkpointed and early-stopped on it; otherwise the recipe's.
+    monitor, mode = (task.monitor, "max") if isinstance(getattr(task, "monitor", None), str) else recipe.MONITOR
+    trainer = build_trainer(cfg.trainer, run_dir, monitor=monitor, mode=mode,
                             extra_callbacks=extra_callbacks, seed=cfg.seed)
     if trainer.global_rank == 0:
         save_config(cfg, run_dir / "config.yaml")

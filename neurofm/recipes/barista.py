@@ -205,7 +205,7 @@ def task(cfg: RunConfig, dm):
         from neurofm.hub import load_pretrained
 
         loaded = load_pretrained(t.pretrained)
-        encoder = getattr(loaded, "encoder", loaded)
+        encoder = getattr(loaded, "encoder", loaded).train()  # from_pretrained returns eval mode: dropout on
         if not isinstance(encoder, BaristaEncoder):
             raise ConfigError(f"task.pretrained: {t.pretrained} holds a {type(loaded).__name__}, not a BaRISTA encoder")
     else:
