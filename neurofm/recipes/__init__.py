@@ -16,3 +16,29 @@ Each recipe module (``neuroformer``, ``barista``) defines:
 
 :mod:`neurofm.experiment` runs any recipe the same way.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+
+def session_paths(data) -> list[str]:
+    """The run's session files: ``data.sessions``, or the simulated demo's path when empty."""
+    return list(data.sessions) or [data.simulate.path]
+
+
+def ensure_sessions(data, *, convert_hint: str, simulate: Callable[[], None], what: str) -> None:
+    """Check that ``data.sessions`` exist, or write the simulated demo once if none are given.
+
+    ``convert_hint`` is the command that makes a session file from a recording; ``simulate``
+    writes ``data.simulate.path``; ``what`` describes it in the progress line.
+    """
+    if data.sessions:
+        missing = [p for p in data.sessions if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"data.sessions: {missing[0]} does not exist (convert a recording with "
+                                    f"`{convert_hint}`)")
+    elif not Path(data.simulate.path).exists():
+        print(f"neurofm: simulating the demo {what} -> {data.simulate.path}")
+        simulate()

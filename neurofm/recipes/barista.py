@@ -21,6 +21,7 @@ import torch
 from neurofm.config import ConfigError
 from neurofm.experiment import TrainerConfig
 from neurofm.models.barista import BaristaConfig
+from neurofm.recipes import ensure_sessions, session_paths
 
 MONITOR = ("val/loss", "min")
 
@@ -101,28 +102,20 @@ class RunConfig:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def session_paths(cfg: RunConfig) -> list[str]:
-    return list(cfg.data.sessions) or [cfg.data.simulate.path]
-
-
 def prepare(cfg: RunConfig) -> RunConfig:
     """Simulate the demo once; size the model's patches to the data; take a pretrained shape."""
     from neurofm.data.session import Session
 
-    if cfg.data.sessions:
-        missing = [p for p in cfg.data.sessions if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(f"data.sessions: {missing[0]} does not exist (convert a recording with "
-                                    f"`neurofm convert ieeg IN OUT.h5 --electrodes electrodes.tsv`)")
-    else:
-        sim = cfg.data.simulate
-        if not Path(sim.path).exists():
-            from neurofm.data.synthetic import simulate_ieeg
+    sim = cfg.data.simulate
 
-            print(f"neurofm: simulating the demo iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s) "
-                  f"-> {sim.path}")
-            simulate_ieeg(sim.path, n_channels=sim.n_channels, duration=sim.duration,
-                          sampling_rate=sim.sampling_rate, n_regions=sim.n_regions, seed=sim.seed)
+    def simulate():
+        from neurofm.data.synthetic import simulate_ieeg
+
+        simulate_ieeg(sim.path, n_channels=sim.n_channels, duration=sim.duration, sampling_rate=sim.sampling_rate,
+                      n_regions=sim.n_regions, seed=sim.seed)
+
+    ensure_sessions(cfg.data, convert_hint="neurofm convert ieeg IN OUT.h5 --electrodes electrodes.tsv",
+                    simulate=simulate, what=f"iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s)")
     if cfg.task.pretrained:
         from neurofm.config import from_dict
         from neurofm.hub import pretrained_config
@@ -131,7 +124,7 @@ def prepare(cfg: RunConfig) -> RunConfig:
         enc = meta["config"].get("encoder", meta["config"])
         model = from_dict(BaristaConfig, enc, where=f"{cfg.task.pretrained}/config.json")
         return dataclasses.replace(cfg, model=model)
-    with Session(session_paths(cfg)[0]) as s:
+    with Session(session_paths(cfg.data)[0]) as s:
         rate = cfg.data.sampling_rate or s.sampling_rate
     samples = cfg.data.segment_s * rate
     patch = samples / cfg.data.n_patches
@@ -175,7 +168,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
 
         vocab = SpatialVocab.from_dict(cfg.model.spatial_vocab)
     return IEEGDataModule(
-        session_paths(cfg), _segmenter(cfg, segment_s), spatial_vocab=vocab, spatial_scale=None,
+        session_paths(cfg.data), _segmenter(cfg, segment_s), spatial_vocab=vocab, spatial_scale=None,
         events=events or None, event_locked=locked,
         target=(d.target or None) if finetune and cfg.task.finetune_task == "regression" else None,
         stride_s=d.stride_s or None, splits=_splits(cfg), batch_size=d.batch_size, num_workers=d.num_workers,
@@ -218,7 +211,7 @@ def task(cfg: RunConfig, dm):
     elif t.finetune_task == "regression":
         from neurofm.data.session import Session
 
-        with Session(session_paths(cfg)[0]) as s:
+        with Session(session_paths(cfg.data)[0]) as s:
             _, v = s.behavior(cfg.data.target)
         target_dim = int(np.prod(v.shape[1:])) if v.ndim > 1 else 1
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
@@ -235,7 +228,7 @@ def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
     """Channels of the one electrode layout a token-weighting head needs (every session the same count)."""
     dm.setup("fit")
     reader = dm.datasets["train"].reader
-    counts = {reader.n_channels(i) for i in range(len(session_paths(cfg)))}
+    counts = {reader.n_channels(i) for i in range(len(session_paths(cfg.data)))}
     if len(counts) != 1:
         raise ConfigError(f"task.head: token_weighting learns one weight per channel of a fixed layout, but the "
                           f"sessions have {sorted(counts)} channels; use task.head=pooled")

@@ -32,6 +32,7 @@ import torch
 from neurofm.config import ConfigError
 from neurofm.experiment import TrainerConfig
 from neurofm.models.neuroformer import N_SPECIAL, Neuroformer, NeuroformerConfig
+from neurofm.recipes import ensure_sessions, session_paths
 
 MONITOR = ("val/total", "min")
 
@@ -117,27 +118,20 @@ class RunConfig:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def session_paths(cfg: RunConfig) -> list[str]:
-    return list(cfg.data.sessions) or [cfg.data.simulate.path]
-
-
 def prepare(cfg: RunConfig) -> RunConfig:
     """Resolve what the config leaves to the data: the simulated demo session (written once)
     and, when fine-tuning, the pretrained model's shape (windows, dt, blocks come from it)."""
     if cfg.task.pretrained:
         cfg = dataclasses.replace(cfg, model=_pretrained_model_config(cfg))
-    if cfg.data.sessions:
-        missing = [p for p in cfg.data.sessions if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(f"data.sessions: {missing[0]} does not exist (convert a recording with "
-                                    f"`neurofm convert nwb IN.nwb OUT.h5`)")
-        return cfg
     sim = cfg.data.simulate
-    if not Path(sim.path).exists():
+
+    def simulate():
         from neurofm.data.synthetic import simulate_spikes
 
-        print(f"neurofm: simulating the demo session ({sim.n_units} units, {sim.duration:.0f} s) -> {sim.path}")
         simulate_spikes(sim.path, n_units=sim.n_units, duration=sim.duration, seed=sim.seed, stimulus=sim.stimulus)
+
+    ensure_sessions(cfg.data, convert_hint="neurofm convert nwb IN.nwb OUT.h5", simulate=simulate,
+                    what=f"session ({sim.n_units} units, {sim.duration:.0f} s)")
     return cfg
 
 
@@ -207,7 +201,7 @@ def datamodule(cfg: RunConfig):
         vocab = UnitVocab(pre["units"])
     split = TimeBlockSplit({"train": d.split.train, "valid": d.split.valid, "test": d.split.test}, gap=d.split.gap)
     dm = SpikeDataModule(
-        session_paths(cfg), window_curr=m.window.curr, window_prev=m.window.prev, dt=m.window.dt,
+        session_paths(cfg.data), window_curr=m.window.curr, window_prev=m.window.prev, dt=m.window.dt,
         block_size=m.block_size.id, block_size_prev=m.block_size.prev_id, vocab=vocab,
         extend_vocab=vocab is not None, splits=split, stride=d.stride or None, behavior=d.behavior,
         stimulus="gratings" if m.stimulus is not None else None,
@@ -219,7 +213,7 @@ def datamodule(cfg: RunConfig):
         if m.stimulus is not None:
             before = max(before, dm.dataset_kwargs["stimulus_window"] - m.window.curr)
             after = m.window.curr
-        dm.splits = FewShotSplit(split, _label_subset(cfg), session_paths(cfg), before=before, after=after)
+        dm.splits = FewShotSplit(split, _label_subset(cfg), session_paths(cfg.data), before=before, after=after)
     return dm
 
 
