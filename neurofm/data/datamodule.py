@@ -19,14 +19,14 @@ shard by rank and worker themselves. In both cases:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, ResumableDataLoader, SpikeWindowDataset,
-                                   StreamingIEEGDataset, StreamingSpikeDataset, collate_ieeg, collate_spikes,
-                                   open_sessions)
+                                   StreamingIEEGDataset, StreamingSpikeDataset, collate_ieeg, collate_packed_spikes,
+                                   collate_spikes, open_sessions, pack_spikes)
 from neurofm.data.samplers import BlockShuffleSampler, distributed_info
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.splits import TimeBlockSplit
@@ -50,6 +50,10 @@ class _WindowDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     _collate = staticmethod(collate_spikes)
+
+    def _collate_fns(self, train: bool) -> tuple[Callable, Callable | None]:
+        """(map-style items -> batch, function applied to each streamed batch or None)."""
+        return self._collate, None
 
     # -- distributed --------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -76,15 +80,16 @@ class _WindowDataModule(L.LightningDataModule):
         if name not in self.datasets:
             self.setup({"train": "fit", "valid": "validate"}.get(name, "test"))
         ds = self.datasets[name]
+        collate, finish = self._collate_fns(train)
         if self.streaming:
             return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                   epoch_fn=self._epoch if train else (lambda: 0))
+                                   epoch_fn=self._epoch if train else (lambda: 0), collate_fn=finish)
         rank, world = self._rank_world()
         sampler = BlockShuffleSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed,
                                       block=self.shuffle_block if train else 1, drop_last=False)
         loader = ResumableDataLoader if train else DataLoader
         return loader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                      collate_fn=self._collate, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+                      collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.split_names[0], train=True)
@@ -117,6 +122,10 @@ class SpikeDataModule(_WindowDataModule):
         streaming: stream blocks of windows (large data) instead of map-style random access.
         batch_size, num_workers, seed, shuffle_block (windows per shuffled block, map-style),
         block_windows / shuffle_buffer (streaming), pin_memory.
+        pack: emit packed training batches (:func:`~neurofm.data.datasets.pack_spikes`:
+            windows concatenated with ``cu_seqlens``, no padding) instead of padded ones: the
+            GPU path, where flash-attn's varlen kernels make padding free. Validation and test
+            batches stay padded (evaluation reads windows; the losses are the same).
     """
 
     def __init__(self, sessions: Sequence, tokenizer: SpikeTokenizer | None = None, *, window_curr: float = 0.05,
@@ -126,7 +135,7 @@ class SpikeDataModule(_WindowDataModule):
                  stimulus: str | None = None, stimulus_frames: int = 3, stimulus_window: float = 0.15,
                  batch_size: int = 32, num_workers: int = 0, streaming: bool = False, seed: int = 0,
                  shuffle_block: int = 64, block_windows: int | None = None, shuffle_buffer: int | None = None,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, pack: bool = False):
         super().__init__(batch_size=batch_size, num_workers=num_workers, streaming=streaming, seed=seed,
                          splits=splits, shuffle_block=shuffle_block, pin_memory=pin_memory,
                          split_names=getattr(splits, "names", None) or ("train", "valid", "test"))
@@ -149,6 +158,12 @@ class SpikeDataModule(_WindowDataModule):
         self.dataset_kwargs = dict(stride=stride, behavior=tuple(behavior), behavior_seq_len=behavior_seq_len,
                                    stimulus=stimulus, stimulus_frames=stimulus_frames, stimulus_window=stimulus_window)
         self.block_windows, self.shuffle_buffer = block_windows, shuffle_buffer
+        self.pack = pack
+
+    def _collate_fns(self, train: bool) -> tuple[Callable, Callable | None]:
+        if self.pack and train:
+            return collate_packed_spikes, pack_spikes
+        return collate_spikes, None
 
     def _make(self, split, streaming, shuffle, rank, world):
         if streaming:

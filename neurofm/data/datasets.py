@@ -42,6 +42,8 @@ from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
+from neurofm.nn.attention import Packed
+
 
 def open_sessions(sessions) -> list[Session]:
     """Session objects for paths (or Sessions, kept as they are)."""
@@ -829,6 +831,46 @@ def collate_spikes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if "interval" in out:
         out["interval"] = out["interval"].double()
     return out
+
+
+# padded token keys -> (their mask key, cu_seqlens key, max_seqlen key) in a packed batch
+_PACK_GROUPS = (
+    (("id", "dt", "target_id", "target_dt"), "mask", "cu_seqlens", "max_seqlen"),
+    (("id_prev", "dt_prev"), "mask_prev", "cu_seqlens_prev", "max_seqlen_prev"),
+)
+
+
+def pack_spikes(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A padded Neuroformer batch as a packed one: no PAD token left anywhere.
+
+    The real tokens of all windows are concatenated window after window: ``id``, ``dt``,
+    ``target_id``, ``target_dt`` become ``(N,)`` with ``cu_seqlens`` ``(B + 1,)`` int32 and
+    ``max_seqlen`` (int); ``id_prev``, ``dt_prev`` become ``(Np,)`` with ``cu_seqlens_prev``
+    and ``max_seqlen_prev``. ``mask`` / ``mask_prev`` are dropped; per-window keys
+    (``interval``, ``behavior``...) are unchanged. :class:`~neurofm.models.neuroformer.Neuroformer`
+    gives the same loss on either form; with flash-attn the packed one costs nothing for padding.
+    """
+    out = dict(batch)
+    for keys, mask_key, cu_key, max_key in _PACK_GROUPS:
+        if keys[0] not in batch:
+            continue
+        mask = batch[mask_key].bool() if mask_key in batch else batch[keys[0]] != 0
+        lengths = mask.sum(1)
+        if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None])).all()):
+            raise ValueError(f"pack_spikes: batch[{mask_key!r}] is not right-padded (a PAD before a real token); "
+                             "windows from the spike tokenizer always are")
+        for key in keys:
+            if key in batch:
+                out[key] = batch[key][mask]
+        layout = Packed.from_lengths(lengths)
+        out[cu_key], out[max_key] = layout.cu_seqlens, layout.max_seqlen
+        out.pop(mask_key, None)
+    return out
+
+
+def collate_packed_spikes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`collate_spikes` then :func:`pack_spikes`."""
+    return pack_spikes(collate_spikes(items))
 
 
 def collate_ieeg(items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neurofm.nn.attention import Packed, pack
 from neurofm.nn.embedding import UnitEmbedding
 from neurofm.nn.transformer import Block, CrossKVCache, Dropout, KVCache
 from neurofm.hub import PretrainedMixin
@@ -594,8 +595,9 @@ class BehaviorEncoder(nn.Module):
 class _Sources:
     """Encoded key/value sources of one batch of windows (computed once, read by every layer)."""
 
-    prev: Tensor | None = None  # (B, Sp, d)
-    prev_mask: Tensor | None = None  # (B, Sp) bool
+    prev: Tensor | None = None  # (B, Sp, d), or (Np, d) packed
+    prev_mask: Tensor | None = None  # (B, Sp) bool (padded)
+    prev_seqs: Packed | None = None  # layout of a packed previous window
     stimulus: Tensor | None = None  # (B, Ns, d)
     behavior: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # group -> ((B, Sb, d), (B, Sb))
 
@@ -820,31 +822,43 @@ class Neuroformer(nn.Module, PretrainedMixin):
                     f"(window curr={c.window.curr}, prev={c.window.prev}, dt={c.window.dt}); the dataset and the "
                     "model disagree on NeuroformerConfig.window")
         for key, size, name in (("id", c.block_size.id, "id"), ("id_prev", c.block_size.prev_id, "prev_id")):
-            if key in batch and batch[key].shape[1] > size:
-                raise ValueError(f"batch[{key!r}] has {batch[key].shape[1]} positions > block_size.{name}={size} "
+            if key not in batch:
+                continue
+            longest = batch[_PACKED[key][1]] if _PACKED[key][0] in batch else batch[key].shape[1]
+            if longest > size:
+                raise ValueError(f"batch[{key!r}] has {longest} positions > block_size.{name}={size} "
                                  f"(NeuroformerConfig.block_size.{name} must match the dataset's)")
 
     # -- encoders ------------------------------------------------------------------------------
     def _embed(self, ids: Tensor, dts: Tensor, pos: Tensor, temp: TemporalEmbedding) -> Tensor:
         return self.drop(self.tok_emb(ids) + pos + temp(dts))  # (B, L, d)
 
-    def encode_prev(self, id_prev: Tensor, dt_prev: Tensor, mask_prev: Tensor) -> tuple[Tensor, Tensor]:
-        """Previous window -> keys/values ``(B, Sp, d)`` (non-causal encoder + LayerNorm) and mask."""
-        x = self._embed(id_prev, dt_prev, self.pos_emb_prev[:, :id_prev.shape[1]], self.temp_emb_prev)
+    def encode_prev(self, id_prev: Tensor, dt_prev: Tensor, mask_prev: Tensor | None,
+                    seqs: Packed | None = None) -> Tensor:
+        """Previous window -> keys/values (non-causal encoder + LayerNorm).
+
+        Padded: ``id_prev``, ``dt_prev``, ``mask_prev`` (B, Sp) -> ``(B, Sp, d)``. Packed
+        (``seqs`` given): ``(Np,)`` tokens -> ``(Np, d)``, attention within each window.
+        """
+        pos = self.pos_emb_prev[:, :id_prev.shape[1]] if seqs is None else self.pos_emb_prev[0, seqs.positions]
+        x = self._embed(id_prev, dt_prev, pos, self.temp_emb_prev)
         for blk in self.prev_blocks:
-            x = blk(x, key_padding_mask=mask_prev)
-        return self.ln_prev(x), mask_prev
+            x = blk(x, key_padding_mask=mask_prev, seqs=seqs)
+        return self.ln_prev(x)
 
     def encode_sources(self, batch: Mapping[str, Any], *, trim_padding: bool = True) -> _Sources:
         """Encode every context modality present in ``batch`` and built into the model."""
         src = _Sources()
         if self.history_blocks and "id_prev" in batch:
             id_prev, dt_prev = batch["id_prev"], batch["dt_prev"]
-            mask_prev = batch["mask_prev"] if "mask_prev" in batch else id_prev != PAD
-            if trim_padding:
-                n = max(_real_length(mask_prev), 1)
-                id_prev, dt_prev, mask_prev = id_prev[:, :n], dt_prev[:, :n], mask_prev[:, :n]
-            src.prev, src.prev_mask = self.encode_prev(id_prev, dt_prev, mask_prev.bool())
+            src.prev_seqs = packed_layout(batch, "id_prev")
+            if src.prev_seqs is None:
+                mask_prev = batch["mask_prev"] if "mask_prev" in batch else id_prev != PAD
+                if trim_padding:
+                    n = max(_real_length(mask_prev), 1)
+                    id_prev, dt_prev, mask_prev = id_prev[:, :n], dt_prev[:, :n], mask_prev[:, :n]
+                src.prev_mask = mask_prev.bool()
+            src.prev = self.encode_prev(id_prev, dt_prev, src.prev_mask, src.prev_seqs)
         if "stimulus" in batch:
             if self.stimulus_encoder is None:
                 _warn_once("the batch has 'stimulus' but the model was built without NeuroformerConfig.stimulus: "
@@ -859,8 +873,9 @@ class Neuroformer(nn.Module, PretrainedMixin):
         return src
 
     def _run_stack(self, x: Tensor, src: _Sources, self_mask: Tensor | None = None,
-                   caches: dict[str, list] | None = None) -> tuple[Tensor, Tensor]:
-        """The fusion stack on embedded current tokens ``x`` (B, L, d).
+                   caches: dict[str, list] | None = None, seqs: Packed | None = None) -> tuple[Tensor, Tensor]:
+        """The fusion stack on embedded current tokens ``x`` (B, L, d), or (N, d) packed as
+        ``seqs`` (every source is then packed too, once, before the layers).
 
         Returns the output of the causal ``state`` stage (the neural features) and of the whole
         stack (before the final norm). ``caches`` switches on incremental decoding.
@@ -868,20 +883,41 @@ class Neuroformer(nn.Module, PretrainedMixin):
         def cache(stage: str, i: int):
             return caches[stage][i] if caches is not None else None
 
+        # (kv, key padding mask, packed layout) of each cross-attention source
+        prev = (src.prev, src.prev_mask, src.prev_seqs)
+        stimulus = (src.stimulus, None, None)
+        behavior = {group: (kv, kv_mask, None) for group, (kv, kv_mask) in src.behavior.items()}
+        if seqs is not None:
+            if src.prev is not None and src.prev_seqs is None:
+                kv, layout = pack(src.prev, src.prev_mask)
+                prev = (kv, None, layout)
+            if src.stimulus is not None:
+                b, ns, _ = src.stimulus.shape
+                stimulus = (src.stimulus.reshape(b * ns, -1), None,
+                            Packed.from_lengths(torch.full((b,), ns, device=x.device)))
+            for group, (kv, kv_mask) in src.behavior.items():
+                if kv_mask is None:
+                    kv_mask = torch.ones(kv.shape[:2], dtype=torch.bool, device=kv.device)
+                kv, layout = pack(kv, kv_mask)
+                behavior[group] = (kv, None, layout)
+
         for i, blk in enumerate(self.state_blocks):
-            x = blk(x, key_padding_mask=self_mask, cache=cache("state", i))
+            x = blk(x, key_padding_mask=self_mask, cache=cache("state", i), seqs=seqs)
         state = x
         if src.prev is not None:
+            kv, kv_mask, kv_seqs = prev
             for i, blk in enumerate(self.history_blocks):
-                x = blk(x, src.prev, key_padding_mask=src.prev_mask, cache=cache("state_history", i))
+                x = blk(x, kv, key_padding_mask=kv_mask, cache=cache("state_history", i), seqs=seqs, seqs_kv=kv_seqs)
         if src.stimulus is not None:
+            kv, _, kv_seqs = stimulus
             for i, blk in enumerate(self.stimulus_blocks):
-                x = blk(x, src.stimulus, cache=cache("stimulus", i))
-        for group, (kv, kv_mask) in src.behavior.items():
+                x = blk(x, kv, cache=cache("stimulus", i), seqs=seqs, seqs_kv=kv_seqs)
+        for group, (kv, kv_mask, kv_seqs) in behavior.items():
             for i, blk in enumerate(self.behavior_blocks[group]):
-                x = blk(x, kv, key_padding_mask=kv_mask, cache=cache(f"behavior/{group}", i))
+                x = blk(x, kv, key_padding_mask=kv_mask, cache=cache(f"behavior/{group}", i), seqs=seqs,
+                        seqs_kv=kv_seqs)
         for i, blk in enumerate(self.self_att_blocks):
-            x = blk(x, key_padding_mask=self_mask, cache=cache("self_att", i))
+            x = blk(x, key_padding_mask=self_mask, cache=cache("self_att", i), seqs=seqs)
         return state, x
 
     # -- forward and loss ----------------------------------------------------------------------
@@ -892,6 +928,11 @@ class Neuroformer(nn.Module, PretrainedMixin):
         before computing anything (the outputs at real positions are the same, padding never
         reaches them); logits then cover the first ``Lt <= L`` positions.
 
+        A packed batch (:func:`neurofm.data.datasets.pack_spikes`: windows concatenated, with
+        ``cu_seqlens`` / ``max_seqlen``) gives the same numbers at every real token, with the
+        token axes flattened: ``id_logits`` (N, V_id), ``dt_logits`` (N, V_dt), ``hidden``
+        (N, d), ``mask`` None; the per-window outputs keep their shapes.
+
         Returns:
             ``id_logits`` (B, Lt, V_id), ``dt_logits`` (B, Lt, V_dt), ``hidden`` (B, Lt, d) final
             normalised states, ``mask`` (B, Lt), ``pooled`` (B, d) padding-masked mean of
@@ -901,19 +942,26 @@ class Neuroformer(nn.Module, PretrainedMixin):
         """
         self.check_batch(batch)
         ids, dts = batch["id"], batch["dt"]
-        mask = batch["mask"].bool() if "mask" in batch else ids != PAD
-        if trim_padding:
-            n = max(_real_length(mask), 1)
-            ids, dts, mask = ids[:, :n], dts[:, :n], mask[:, :n]
+        seqs = packed_layout(batch, "id")
+        if seqs is None:
+            mask = batch["mask"].bool() if "mask" in batch else ids != PAD
+            if trim_padding:
+                n = max(_real_length(mask), 1)
+                ids, dts, mask = ids[:, :n], dts[:, :n], mask[:, :n]
+            pos = self.pos_emb[:, :ids.shape[1]]
+        else:
+            mask, pos = None, self.pos_emb[0, seqs.positions]
         src = self.encode_sources(batch, trim_padding=trim_padding)
-        x = self._embed(ids, dts, self.pos_emb[:, :ids.shape[1]], self.temp_emb)
+        x = self._embed(ids, dts, pos, self.temp_emb)
         # Right-padded sequences need no key mask under causal attention: no real query can see a
         # later PAD key. Anything else (left padding, holes) gets an explicit mask.
-        self_mask = None if _right_padded(mask) else mask
-        state, h = self._run_stack(x, src, self_mask)
+        self_mask = None if mask is None or _right_padded(mask) else mask
+        state, h = self._run_stack(x, src, self_mask, seqs=seqs)
         h = self.ln_f(h)
-        pooled = masked_mean(h, mask)
-        neural = masked_mean(state, mask)
+        if seqs is None:
+            pooled, neural = masked_mean(h, mask), masked_mean(state, mask)
+        else:
+            pooled, neural = seqs.mean(h), seqs.mean(state)
         out: dict[str, Any] = {
             "id_logits": self.head_id(h),
             "dt_logits": self.head_dt(h),
@@ -953,13 +1001,13 @@ class Neuroformer(nn.Module, PretrainedMixin):
         c = self.config
         terms = {"id", "dt", "contrastive", "behavior"} if terms is None else set(terms)
         losses: dict[str, Tensor] = {}
-        n = out["id_logits"].shape[1]
         if "id" in terms or "dt" in terms:
-            tid, tdt = _trimmed_targets(batch, n, c)
+            tid, tdt = token_targets(batch, out, c)
             if "id" in terms:
-                losses["id"] = F.cross_entropy(out["id_logits"].flatten(0, 1).float(), tid.flatten(), ignore_index=PAD)
+                losses["id"] = F.cross_entropy(out["id_logits"].reshape(tid.numel(), -1).float(), tid.flatten(),
+                                               ignore_index=PAD)
             if "dt" in terms:
-                losses["dt"] = F.cross_entropy(out["dt_logits"].flatten(0, 1).float(), tdt.flatten(),
+                losses["dt"] = F.cross_entropy(out["dt_logits"].reshape(tdt.numel(), -1).float(), tdt.flatten(),
                                                ignore_index=c.pad_dt)
         if "contrastive" in terms and out["contrastive"]:
             pairs = [info_nce(a, b, c.contrastive.temperature) for a, b in out["contrastive"].values()]
@@ -1277,15 +1325,38 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def _trimmed_targets(batch: Mapping[str, Any], n: int, config: NeuroformerConfig) -> tuple[Tensor, Tensor]:
-    """Targets cut to the ``n`` positions the logits cover; cut positions must be PAD."""
+def token_targets(batch: Mapping[str, Any], out: Mapping[str, Any], config: NeuroformerConfig) -> tuple[Tensor, Tensor]:
+    """Next-ID and next-dt targets aligned with ``out``'s logits: ``(B, Lt)`` cut to the
+    positions a padded forward kept (the cut positions must be PAD), or ``(N,)`` packed."""
     tid, tdt = batch["target_id"], batch["target_dt"]
+    if packed_layout(batch, "id") is not None:
+        return tid, tdt
+    n = out["id_logits"].shape[1]
     if tid.shape[1] > n:
         if bool((tid[:, n:] != PAD).any()):
             raise ValueError("batch['target_id'] has non-PAD targets at positions whose inputs are all PAD; "
                              "targets must be the input sequence shifted left by one")
         tid, tdt = tid[:, :n], tdt[:, :n]
     return tid, tdt
+
+
+# packed token keys -> (their cu_seqlens key, their max_seqlen key)
+_PACKED = {"id": ("cu_seqlens", "max_seqlen"), "id_prev": ("cu_seqlens_prev", "max_seqlen_prev")}
+
+
+def packed_layout(batch: Mapping[str, Any], key: str = "id") -> Packed | None:
+    """The :class:`~neurofm.nn.attention.Packed` layout of ``batch[key]`` (``"id"``: the
+    current windows, ``"id_prev"``: the previous ones) in a packed batch, else None."""
+    cu, longest = _PACKED[key]
+    if cu not in batch:
+        return None
+    return Packed(batch[cu], int(batch[longest]))
+
+
+def batch_size(batch: Mapping[str, Any]) -> int:
+    """Number of windows in a padded or packed spike batch."""
+    seqs = packed_layout(batch, "id")
+    return batch["id"].shape[0] if seqs is None else seqs.num_seqs
 
 
 _warned: set[str] = set()

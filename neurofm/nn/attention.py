@@ -16,6 +16,7 @@ Shapes follow SDPA: ``(B, H, L, Dh)``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -131,58 +132,141 @@ def attention(
     return out
 
 
+@dataclass
+class Packed:
+    """Layout of ``S`` variable-length sequences concatenated along one axis (no padding).
+
+    Sequence ``i`` holds rows ``cu_seqlens[i]:cu_seqlens[i+1]`` of a packed tensor -- the
+    ``cu_seqlens`` / ``max_seqlen`` pair flash-attn's varlen kernels take.
+
+    Attributes:
+        cu_seqlens: ``(S + 1,)`` int32 cumulative lengths, starting at 0.
+        max_seqlen: the longest sequence (a Python int: kernels size their grids with it).
+    """
+
+    cu_seqlens: Tensor
+    max_seqlen: int
+
+    @classmethod
+    def from_lengths(cls, lengths: Tensor) -> "Packed":
+        """From ``(S,)`` sequence lengths (any integer dtype)."""
+        lengths = lengths.to(torch.int32)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=lengths.device)
+        torch.cumsum(lengths, 0, out=cu[1:])
+        return cls(cu, int(lengths.max()) if len(lengths) else 0)
+
+    @property
+    def lengths(self) -> Tensor:  # (S,) int64
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
+
+    @property
+    def num_seqs(self) -> int:
+        return self.cu_seqlens.shape[0] - 1
+
+    @property
+    def total(self) -> int:
+        return int(self.cu_seqlens[-1])
+
+    @property
+    def seq_ids(self) -> Tensor:
+        """``(N,)`` int64: the sequence each packed row belongs to."""
+        return torch.repeat_interleave(torch.arange(self.num_seqs, device=self.cu_seqlens.device), self.lengths,
+                                       output_size=self.total)
+
+    @property
+    def positions(self) -> Tensor:
+        """``(N,)`` int64: each packed row's position inside its own sequence."""
+        n = self.total
+        return torch.arange(n, device=self.cu_seqlens.device) - self.cu_seqlens[:-1].long().repeat_interleave(
+            self.lengths, output_size=n)
+
+    def to(self, device: torch.device | str) -> "Packed":
+        return Packed(self.cu_seqlens.to(device), self.max_seqlen)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """Per-sequence mean of packed rows ``(N, ...)`` -> ``(S, ...)`` (0 for an empty sequence)."""
+        sums = x.new_zeros((self.num_seqs, *x.shape[1:])).index_add_(0, self.seq_ids, x)
+        shape = (self.num_seqs,) + (1,) * (x.dim() - 1)
+        return sums / self.lengths.clamp(min=1).to(x.dtype).view(shape)
+
+
+def pack(x: Tensor, mask: Tensor) -> tuple[Tensor, Packed]:
+    """Keep the real entries of a padded batch, sequence after sequence.
+
+    Args:
+        x: ``(S, L, ...)`` padded sequences.
+        mask: ``(S, L)`` bool, True for real entries. Real entries need not be contiguous: a
+            sequence is its real entries in order.
+
+    Returns:
+        ``(N, ...)`` the real rows, and their :class:`Packed` layout.
+    """
+    mask = mask.bool()
+    packed = Packed.from_lengths(mask.sum(1))
+    return x[mask], packed
+
+
+def unpack(x: Tensor, packed: Packed, length: int | None = None) -> Tensor:
+    """Inverse of :func:`pack` for left-aligned sequences: ``(N, ...)`` -> ``(S, L, ...)``,
+    zeros after each sequence's end; ``L = length`` or ``packed.max_seqlen``."""
+    length = packed.max_seqlen if length is None else length
+    flat = packed.seq_ids * length + packed.positions
+    out = x.new_zeros((packed.num_seqs * length, *x.shape[1:]))
+    return out.index_copy(0, flat, x).view(packed.num_seqs, length, *x.shape[1:])
+
+
 def varlen_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    cu_seqlens_q: Tensor,
-    cu_seqlens_k: Tensor,
-    max_seqlen_q: int,
-    max_seqlen_k: int,
+    seqs_q: Packed,
+    seqs_k: Packed | None = None,
     *,
     causal: bool = False,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """Attention over packed variable-length sequences (no padding).
+    """Attention over packed variable-length sequences: sequence ``i`` of the queries attends
+    to sequence ``i`` of the keys, never to another.
 
     Args:
-        q: ``(Nq, H, Dh)`` all sequences' queries concatenated; sequence ``i`` is rows
-            ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``.
-        k, v: ``(Nk, H, Dh)`` likewise with ``cu_seqlens_k``.
-        cu_seqlens_q, cu_seqlens_k: ``(S + 1,)`` int32 cumulative lengths starting at 0.
-        max_seqlen_q, max_seqlen_k: longest sequence (flash-attn needs them up front).
-        causal: bottom-right aligned within each sequence.
+        q: ``(Nq, H, Dh)`` every sequence's queries, concatenated as ``seqs_q`` says.
+        k, v: ``(Nk, H, Dh)`` keys and values, laid out as ``seqs_k`` (default: ``seqs_q``,
+            self-attention).
+        causal: bottom-right aligned within each sequence (query ``j`` of a sequence with
+            ``lq`` queries and ``lk`` keys sees keys ``<= j + lk - lq``).
 
     Returns:
-        ``(Nq, H, Dh)``. A token never attends outside its own sequence.
+        ``(Nq, H, Dh)``. A query whose sequence has no key returns zeros.
+
+    On CUDA with flash-attn and fp16/bf16 inputs this is ``flash_attn_varlen_func``: padding
+    costs nothing. Elsewhere the sequences are padded to the longest, attended with SDPA and
+    packed again -- the same numbers, the padded cost.
     """
+    seqs_k = seqs_q if seqs_k is None else seqs_k
+    if seqs_q.num_seqs != seqs_k.num_seqs:
+        raise ValueError(f"varlen_attention: {seqs_q.num_seqs} query sequences but {seqs_k.num_seqs} key sequences")
     if attention_backend(q) == "flash_attn":
         _log_backend_once("flash_attn_varlen")
-        return flash_attn_varlen_func(
-            q, k, v, cu_seqlens_q.int(), cu_seqlens_k.int(), max_seqlen_q, max_seqlen_k,
+        out = flash_attn_varlen_func(
+            q, k, v, seqs_q.cu_seqlens, seqs_k.cu_seqlens, seqs_q.max_seqlen, seqs_k.max_seqlen,
             dropout_p=dropout_p, causal=causal,
         )
-    # SDPA fallback: one block-diagonal mask over the whole pack. Memory O(Nq * Nk), fine for
-    # the CPU sizes this path serves; the GPU path above is the fast one.
+        if bool((seqs_k.lengths == 0).any()):  # no key: zeros, as the SDPA path gives
+            out = out.masked_fill((seqs_k.lengths == 0)[seqs_q.seq_ids][:, None, None], 0.0)
+        return out
     _log_backend_once("sdpa_varlen")
-    seq_q = _segment_ids(cu_seqlens_q, q.shape[0])
-    seq_k = _segment_ids(cu_seqlens_k, k.shape[0])
-    mask = seq_q[:, None] == seq_k[None, :]  # (Nq, Nk)
-    if causal:
-        lens_q = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
-        lens_k = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
-        # bottom-right alignment: query j of a sequence sits at key position j + len_k - len_q
-        pos_q = torch.arange(q.shape[0], device=q.device) - cu_seqlens_q[seq_q] + (lens_k - lens_q)[seq_q]
-        pos_k = torch.arange(k.shape[0], device=k.device) - cu_seqlens_k[seq_k]
-        mask = mask & (pos_k[None, :] <= pos_q[:, None])
-    out = attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        attn_mask=mask[None, None], dropout_p=dropout_p,
-    )
-    return out[0].transpose(0, 1)
-
-
-def _segment_ids(cu_seqlens: Tensor, total: int) -> Tensor:
-    """Sequence index of every packed row, ``(total,)`` long."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    return torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths, output_size=total)
+    lq, lk = max(seqs_q.max_seqlen, 1), max(seqs_k.max_seqlen, 1)
+    qp, kp, vp = (unpack(t, s, n).transpose(1, 2) for t, s, n in ((q, seqs_q, lq), (k, seqs_k, lk), (v, seqs_k, lk)))
+    len_q, len_k = seqs_q.lengths, seqs_k.lengths
+    key_real = torch.arange(lk, device=q.device)[None, :] < len_k[:, None]  # (S, Lk)
+    if causal and bool((len_q == len_k).all()):
+        # Right-padded and aligned: causality alone hides every padded key from every real query.
+        out = attention(qp, kp, vp, causal=True, dropout_p=dropout_p)
+    elif causal:
+        shift = (len_k - len_q)[:, None, None]  # bottom-right alignment per sequence
+        visible = torch.arange(lk, device=q.device)[None, None, :] <= torch.arange(lq, device=q.device)[None, :, None] + shift
+        out = attention(qp, kp, vp, attn_mask=(visible & key_real[:, None, :])[:, None], dropout_p=dropout_p)
+    else:
+        out = attention(qp, kp, vp, key_padding_mask=key_real, dropout_p=dropout_p)
+    out = out.transpose(1, 2).reshape(-1, *q.shape[1:])  # (S * Lq, H, Dh)
+    return out.index_select(0, seqs_q.seq_ids * lq + seqs_q.positions)

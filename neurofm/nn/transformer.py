@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neurofm.nn.attention import attention
+from neurofm.nn.attention import Packed, attention, varlen_attention
 
 __all__ = ["MLP", "Attention", "Block", "KVCache", "CrossKVCache", "Dropout", "dropout", "keep_mask"]
 
@@ -150,12 +150,12 @@ class Attention(nn.Module):
     Self-attention projects q, k, v with one ``(d -> 3d)`` matmul; cross-attention projects q
     from the queries and k, v from the source with one ``(d_kv -> 2d)`` matmul.
 
-    ``attn_dropout`` is applied as DropKey (Li et al., CVPR 2023): in training, each
-    (query, key) pair is masked out *before* the softmax with that probability (one pattern
-    shared by the heads, which makes the mask H times cheaper to draw and apply), passed to
-    :func:`attention` as a boolean mask. The reference dropped attention weights *after* the
-    softmax, which no fused SDPA kernel on CPU supports (the unfused path made attention ~5x
-    slower); both regularise attention the same way, and with ``attn_dropout = 0`` they
+    ``attn_dropout``: on GPU, dropout on the attention weights after the softmax, as the
+    reference does (fused in the flash / SDPA kernels). On CPU no fused kernel supports that
+    (the unfused path made attention ~5x slower), so it is applied as DropKey (Li et al., CVPR
+    2023): each (query, key) pair is masked out *before* the softmax with that probability
+    (one pattern shared by the heads, H times cheaper to draw), passed to :func:`attention` as
+    a boolean mask. Both regularise attention the same way; with ``attn_dropout = 0`` they
     coincide.
     """
 
@@ -184,20 +184,25 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, kv: Tensor | None = None, *, causal: bool = False,
                 key_padding_mask: Tensor | None = None,
-                cache: KVCache | CrossKVCache | None = None) -> Tensor:
+                cache: KVCache | CrossKVCache | None = None,
+                seqs: Packed | None = None, seqs_kv: Packed | None = None) -> Tensor:
         """
         Args:
-            x: ``(B, L, d)`` normalised queries.
-            kv: ``(B, S, d_kv)`` cross-attention source (ignored for self-attention, and once a
-                :class:`CrossKVCache` is filled).
+            x: ``(B, L, d)`` normalised queries, or ``(N, d)`` packed ones with ``seqs``.
+            kv: ``(B, S, d_kv)`` cross-attention source (``(Nk, d_kv)`` packed with ``seqs_kv``);
+                ignored for self-attention, and once a :class:`CrossKVCache` is filled.
             causal: query ``i`` sees keys ``<= i`` (bottom-right aligned with a cache).
-            key_padding_mask: ``(B, S)`` bool, True for real keys.
+            key_padding_mask: ``(B, S)`` bool, True for real keys (padded batches only).
             cache: :class:`KVCache` for self-attention decoding, :class:`CrossKVCache` for
                 cross-attention decoding.
+            seqs, seqs_kv: :class:`~neurofm.nn.attention.Packed` layouts of packed queries and
+                of a packed cross-attention source: attention stays inside each sequence.
 
         Returns:
-            ``(B, L, d)``.
+            ``(B, L, d)``, or ``(N, d)`` when packed.
         """
+        if seqs is not None:
+            return self._forward_packed(x, kv, causal, seqs, seqs_kv)
         b, length, d = x.shape
         if self.cross:
             (q,) = self._heads(self.q(x), 1)
@@ -216,10 +221,12 @@ class Attention(nn.Module):
                 # one new query sees every cached key: the causal mask is all-True, skip it
                 if length == 1:
                     causal = False
-        # attention dropout as DropKey (see the class docstring): keeps the fused SDPA kernel
-        keep = None
+        keep, dropout_p = None, 0.0
         if self.training and self.attn_dropout > 0:
-            keep = keep_mask((b, 1, length, k.shape[2]), self.attn_dropout, x.device)
+            if x.device.type == "cpu":  # DropKey (see the class docstring): keeps the fused CPU kernel
+                keep = keep_mask((b, 1, length, k.shape[2]), self.attn_dropout, x.device)
+            else:  # GPU kernels fuse dropout on the attention weights (the reference's regulariser)
+                dropout_p = self.attn_dropout
         dtype = q.dtype
         if q.device.type == "cpu" and (dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
             # CPU SDPA kernels are ~10x slower in bf16 than in fp32 (forward + backward) at these
@@ -229,9 +236,35 @@ class Attention(nn.Module):
                 y = attention(q.float(), k.float(), v.float(), causal=causal, key_padding_mask=key_padding_mask,
                               attn_mask=keep)
         else:
-            y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_mask=keep)  # (B, H, L, Dh)
+            y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_mask=keep,
+                          dropout_p=dropout_p)  # (B, H, L, Dh)
         y = y.transpose(1, 2).reshape(b, length, d).to(dtype)
         return self.resid_drop(self.proj(y))
+
+    def _forward_packed(self, x: Tensor, kv: Tensor | None, causal: bool, seqs: Packed,
+                        seqs_kv: Packed | None) -> Tensor:
+        """Packed sequences ``x`` (N, d) -> (N, d) through :func:`varlen_attention`.
+
+        Attention dropout here is dropout on the attention weights, which the GPU kernels fuse
+        (packing is the GPU path; on CPU the varlen fallback pads anyway)."""
+        n, d = x.shape
+        if self.cross:
+            if kv is None or seqs_kv is None:
+                raise ValueError("packed cross-attention needs a packed source `kv` and its layout `seqs_kv`")
+            q = self.q(x).view(n, self.n_head, self.head_dim)
+            k, v = self.kv(kv).view(kv.shape[0], 2, self.n_head, self.head_dim).unbind(1)
+        else:
+            q, k, v = self.qkv(x).view(n, 3, self.n_head, self.head_dim).unbind(1)
+            seqs_kv = seqs
+        dropout_p = self.attn_dropout if self.training else 0.0
+        dtype = q.dtype
+        if q.device.type == "cpu" and (dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+            with torch.autocast("cpu", enabled=False):  # as in forward: CPU attention in fp32
+                y = varlen_attention(q.float(), k.float(), v.float(), seqs, seqs_kv, causal=causal,
+                                     dropout_p=dropout_p)
+        else:
+            y = varlen_attention(q, k, v, seqs, seqs_kv, causal=causal, dropout_p=dropout_p)  # (N, H, Dh)
+        return self.resid_drop(self.proj(y.reshape(n, d).to(dtype)))
 
 
 class Block(nn.Module):
@@ -259,12 +292,16 @@ class Block(nn.Module):
         self.mlp = MLP(n_embd, resid_dropout)
 
     def forward(self, x: Tensor, kv: Tensor | None = None, *, key_padding_mask: Tensor | None = None,
-                cache: KVCache | CrossKVCache | None = None) -> Tensor:
+                cache: KVCache | CrossKVCache | None = None, seqs: Packed | None = None,
+                seqs_kv: Packed | None = None) -> Tensor:
         """``x`` (B, L, d); ``kv`` (B, S, d_kv) for cross-attention; returns (B, L, d).
 
         ``key_padding_mask`` (B, S) masks padded keys: the source's for cross-attention, the
         sequence's own for self-attention (a right-padded causal sequence needs none, since
-        causality already hides the trailing padding from every real query).
+        causality already hides the trailing padding from every real query). Packed input:
+        ``x`` (N, d) laid out as ``seqs``, ``kv`` (Nk, d_kv) as ``seqs_kv`` (see
+        :meth:`Attention.forward`).
         """
-        x = x + self.attn(self.ln1(x), kv, causal=self.causal, key_padding_mask=key_padding_mask, cache=cache)
+        x = x + self.attn(self.ln1(x), kv, causal=self.causal, key_padding_mask=key_padding_mask, cache=cache,
+                          seqs=seqs, seqs_kv=seqs_kv)
         return x + self.mlp(self.ln2(x))

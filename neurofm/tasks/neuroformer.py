@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig
+from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
 from neurofm.tasks.optim import param_groups, warmup_cosine_scheduler
 
 __all__ = ["NeuroformerTask"]
@@ -164,11 +164,10 @@ class NeuroformerTask(L.LightningModule):
         out = self.model(batch)
         losses = self.model.loss(batch, out, terms=self.objectives)
         self._check_finite(losses, batch, stage)
-        b = batch["id"].shape[0]
-        opts = dict(batch_size=b, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train")
+        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True, sync_dist=stage != "train")
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "total", **opts)
-        for name, acc in _token_accuracy(batch, out, self.model.config.pad_dt).items():
+        for name, acc in _token_accuracy(batch, out, self.model.config).items():
             self.log(f"{stage}/{name}", acc, **opts)
         for key in ("n_dropped", "n_dropped_prev"):  # spikes lost to block overflow in this batch
             if key in batch:
@@ -246,11 +245,10 @@ class NeuroformerTask(L.LightningModule):
                                 gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
 
-def _token_accuracy(batch: Mapping[str, Any], out: Mapping[str, Any], pad_dt: int) -> dict[str, Tensor]:
-    """Top-1 next-ID and next-dt accuracy over the non-PAD targets."""
-    n = out["id_logits"].shape[1]
-    tid, tdt = batch["target_id"][:, :n], batch["target_dt"][:, :n]
-    keep_id, keep_dt = tid != PAD, tdt != pad_dt
+def _token_accuracy(batch: Mapping[str, Any], out: Mapping[str, Any], config: NeuroformerConfig) -> dict[str, Tensor]:
+    """Top-1 next-ID and next-dt accuracy over the non-PAD targets (padded or packed batch)."""
+    tid, tdt = token_targets(batch, out, config)
+    keep_id, keep_dt = tid != PAD, tdt != config.pad_dt
     with torch.no_grad():
         acc_id = (out["id_logits"].argmax(-1) == tid)[keep_id].float().mean()
         acc_dt = (out["dt_logits"].argmax(-1) == tdt)[keep_dt].float().mean()

@@ -60,6 +60,26 @@ def test_spike_datamodule_map_and_streaming(spike_files):
         assert dm.state_dict()["tokenizer"]["vocab"]["units"][0] == "s0/u0"
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_spike_datamodule_packed_batches_hold_the_padded_ones_tokens(spike_files, streaming):
+    kwargs = dict(window_curr=0.05, window_prev=0.05, dt=0.01, block_size=16, block_size_prev=16, batch_size=8,
+                  streaming=streaming, seed=1, behavior=["speed"])
+    padded, packed = SpikeDataModule(spike_files, **kwargs), SpikeDataModule(spike_files, pack=True, **kwargs)
+    for dm in (padded, packed):
+        dm.setup("fit")
+    n = 0
+    for b, p in zip(padded.train_dataloader(), packed.train_dataloader()):
+        assert _keys(b) == _keys(p) and "mask" not in p and p["id"].dim() == 1
+        for key, mask_key, cu in (("id", "mask", "cu_seqlens"), ("target_dt", "mask", "cu_seqlens"),
+                                  ("id_prev", "mask_prev", "cu_seqlens_prev")):
+            assert torch.equal(p[key], b[key][b[mask_key]])
+            assert p[cu].tolist() == [0] + b[mask_key].sum(1).cumsum(0).tolist()
+        assert p["max_seqlen"] == int(b["mask"].sum(1).max())
+        assert torch.equal(p["behavior"]["speed"], b["behavior"]["speed"])
+        n += 1
+    assert n == len(padded.train_dataloader()) > 1
+
+
 def test_tokenizer_without_vocabulary_gets_one_built_from_the_sessions(spike_files):
     """An empty tokenizer vocabulary means "not given" (it used to fail with UnknownUnitError)."""
     tk = SpikeTokenizer(0.05, 0.05, 0.01, 16, 16)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from neurofm.data.datasets import pack_spikes
 from neurofm.models.neuroformer import (
     EOS, PAD, SOS, Neuroformer, NeuroformerConfig, StimulusConfig, info_nce, masked_mean,
     synthetic_batch, window_tokens,
@@ -126,6 +127,50 @@ def test_forward_shapes_all_modalities():
     losses = m.loss(b, out)
     assert {"id", "dt", "contrastive", "behavior/position", "behavior/running", "total"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("config_fn", [full_config, tiny_config])
+def test_packed_batch_gives_the_same_losses_and_gradients(config_fn):
+    """pack_spikes' batch (no PAD token, cu_seqlens) = the padded batch: same logits at every
+    real token, same pooled features, same loss terms, same gradients (float32)."""
+    c = config_fn()
+    m = model_for(c).train()
+    b = pad_more(batch_for(c, b=5, seed=3), config=c)
+    if "behavior_seq_mask" in b:  # a missing behaviour input sample must stay masked when packed
+        b["behavior_seq_mask"] = {k: v.clone() for k, v in b["behavior_seq_mask"].items()}
+        b["behavior_seq_mask"]["speed"][1, -3:] = False
+    p = pack_spikes(b)
+    assert p["id"].dim() == 1 and int(p["cu_seqlens"][-1]) == int(b["mask"].sum()) and "mask" not in p
+    assert p["id_prev"].numel() == int(b["mask_prev"].sum())
+
+    out_b, out_p = m(b, trim_padding=False), m(p)
+    mask = b["mask"]
+    torch.testing.assert_close(out_p["id_logits"], out_b["id_logits"][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_p["dt_logits"], out_b["dt_logits"][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_p["pooled"], out_b["pooled"], atol=1e-5, rtol=1e-5)
+    for name in out_b["behavior"]:
+        torch.testing.assert_close(out_p["behavior"][name], out_b["behavior"][name], atol=1e-5, rtol=1e-5)
+    loss_b, loss_p = m.loss(b, out_b), m.loss(p, out_p)
+    assert set(loss_b) == set(loss_p)
+    for name in loss_b:
+        torch.testing.assert_close(loss_p[name], loss_b[name], atol=1e-5, rtol=1e-5)
+    params = [q for q in m.parameters() if q.requires_grad]
+    g_b = torch.autograd.grad(loss_b["total"], params, allow_unused=True)
+    g_p = torch.autograd.grad(loss_p["total"], params, allow_unused=True)
+    for (name, _), gb, gp in zip(m.named_parameters(), g_b, g_p):
+        if gb is None:
+            assert gp is None, name
+            continue
+        torch.testing.assert_close(gp, gb, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_pack_spikes_refuses_holes():
+    c = tiny_config()
+    b = batch_for(c)
+    b["mask"] = b["mask"].clone()
+    b["mask"][0, 0] = False
+    with pytest.raises(ValueError, match="not right-padded"):
+        pack_spikes(b)
 
 
 def test_spikes_alone_train():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neurofm.nn.attention import attention, attention_backend, varlen_attention
+from neurofm.nn.attention import Packed, attention, attention_backend, pack, unpack, varlen_attention
 
 
 def _reference(q, k, v, mask):
@@ -52,17 +52,56 @@ def test_matches_sdpa_without_mask():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_varlen_equals_per_sequence_attention(causal):
+@pytest.mark.parametrize("lens_q,lens_k", [([3, 1, 5], [3, 4, 5]), ([3, 1, 5], [3, 1, 5]), ([2, 3, 1], [0, 4, 2])])
+def test_varlen_equals_per_sequence_attention(causal, lens_q, lens_k):
     torch.manual_seed(3)
-    lens_q, lens_k = [3, 1, 5], [3, 4, 5]
-    cu_q = torch.tensor([0, 3, 4, 9], dtype=torch.int32)
-    cu_k = torch.tensor([0, 3, 7, 12], dtype=torch.int32)
-    q, k, v = torch.randn(9, 2, 8), torch.randn(12, 2, 8), torch.randn(12, 2, 8)
-    out = varlen_attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal)
+    sq_, sk_ = Packed.from_lengths(torch.tensor(lens_q)), Packed.from_lengths(torch.tensor(lens_k))
+    q, k, v = torch.randn(sum(lens_q), 2, 8), torch.randn(sum(lens_k), 2, 8), torch.randn(sum(lens_k), 2, 8)
+    out = varlen_attention(q, k, v, sq_, sk_, causal=causal)
+    assert out.shape == q.shape
+    cq, ck = sq_.cu_seqlens.tolist(), sk_.cu_seqlens.tolist()
     for i in range(3):
-        sq, sk = slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], cu_k[i + 1])
+        sq, sk = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
+        if lens_k[i] == 0:  # no key to attend to: zeros, never NaN
+            assert out[sq].abs().max() == 0
+            continue
         one = attention(*(t[s].transpose(0, 1)[None] for t, s in ((q, sq), (k, sk), (v, sk))), causal=causal)
         torch.testing.assert_close(out[sq], one[0].transpose(0, 1), atol=1e-6, rtol=1e-5)
+
+
+def test_varlen_never_mixes_sequences_and_gradients_match_padded():
+    """Changing one sequence's keys changes no other sequence's output; packed and padded
+    attention give the same outputs and the same input gradients."""
+    torch.manual_seed(4)
+    lens = torch.tensor([5, 2, 7])
+    mask = torch.arange(7)[None, :] < lens[:, None]  # (S, L) right-padded
+    xp = torch.randn(3, 7, 2, 8, requires_grad=True)  # padded (S, L, H, Dh), q = k = v
+    xs, seqs = pack(xp, mask)
+    out = varlen_attention(xs, xs, xs, seqs, causal=True)
+    ref = attention(*(xp.transpose(1, 2),) * 3, causal=True).transpose(1, 2)[mask]
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    (g1,) = torch.autograd.grad(out.square().sum(), xp)
+    (g2,) = torch.autograd.grad(ref.square().sum(), xp)
+    torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
+    k2 = xs.detach().clone()
+    k2[seqs.seq_ids == 1] += 10.0
+    out2 = varlen_attention(xs.detach(), k2, k2, seqs, causal=True)
+    keep = seqs.seq_ids != 1
+    torch.testing.assert_close(out2[keep], out.detach()[keep])
+    assert not torch.allclose(out2[~keep], out.detach()[~keep])
+
+
+def test_pack_unpack_roundtrip_and_layout():
+    lens = torch.tensor([2, 0, 3])
+    mask = torch.arange(4)[None, :] < lens[:, None]
+    x = torch.arange(12.0).view(3, 4)
+    xs, seqs = pack(x, mask)
+    assert xs.tolist() == [0.0, 1.0, 8.0, 9.0, 10.0]
+    assert seqs.cu_seqlens.tolist() == [0, 2, 2, 5] and seqs.cu_seqlens.dtype == torch.int32
+    assert seqs.max_seqlen == 3 and seqs.num_seqs == 3 and seqs.total == 5
+    assert seqs.seq_ids.tolist() == [0, 0, 2, 2, 2] and seqs.positions.tolist() == [0, 1, 0, 1, 2]
+    assert unpack(xs, seqs, 4).tolist() == (x * mask).tolist()
+    assert seqs.mean(xs).tolist() == [0.5, 0.0, 9.0]
 
 
 @pytest.mark.gpu
