@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from neurofm.hub import PretrainedMixin
-from neurofm.nn.attention import attention
+from neurofm.nn.attention import Packed, attention, pack, varlen_attention, varlen_is_free
 from neurofm.nn.norms import RMSNorm
 from neurofm.nn.rope import RotaryEmbedding, apply_rotary
 
@@ -502,7 +502,12 @@ class SelfAttention(nn.Module):
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_learned_freq)
         self.attn_dropout = config.attn_dropout
 
-    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None,
+                seqs: Packed | None = None, patch_index: Tensor | None = None) -> Tensor:
+        """``x`` (B, N, d) with N = n_patches x C time-major, or packed (Ntot, d) laid out as
+        ``seqs`` with each token's ``patch_index`` (Ntot,) -> same shape."""
+        if seqs is not None:
+            return self._forward_packed(x, n_patches, seqs, patch_index)
         B, N, d = x.shape
         C = N // n_patches
         qkv = self.qkv(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
@@ -514,6 +519,15 @@ class SelfAttention(nn.Module):
         o = attention(q, k, v, key_padding_mask=key_padding_mask,
                       dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, N, Dh)
         return self.out(o.transpose(1, 2).reshape(B, N, d))
+
+    def _forward_packed(self, x: Tensor, n_patches: int, seqs: Packed, patch_index: Tensor) -> Tensor:
+        N, d = x.shape
+        q, k, v = self.qkv(x).view(N, 3, self.n_heads, self.head_dim).unbind(1)  # (N, H, Dh) each
+        cos, sin = self.rope.cos_sin(torch.arange(n_patches, device=x.device))  # (n, Dh)
+        cos, sin = cos[patch_index][:, None], sin[patch_index][:, None]  # (N, 1, Dh)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        o = varlen_attention(q, k, v, seqs, dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.out(o.reshape(N, d))
 
 
 class _RecomputedGatedMLP(torch.autograd.Function):
@@ -592,33 +606,58 @@ class Block(nn.Module):
         self.mlp = GatedMLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), n_patches, key_padding_mask))
+    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None,
+                seqs: Packed | None = None, patch_index: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), n_patches, key_padding_mask, seqs, patch_index))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class BaristaBackbone(nn.Module):
-    """``n_layers`` blocks of joint attention over all ``n * C`` tokens, then a final RMSNorm."""
+    """``n_layers`` blocks of joint attention over all ``n * C`` tokens, then a final RMSNorm.
+
+    Batches of sessions with different channel counts arrive padded on the channel axis.
+    With ``pack`` the real tokens are packed (no padded channel) before the blocks and put back
+    in place after the final norm: attention runs through
+    :func:`~neurofm.nn.attention.varlen_attention`, so with flash-attn padding costs nothing,
+    and the MLPs never see a padded token either. ``pack = None`` (default) packs when the
+    batch has padding and flash-attn serves its device; ``True`` / ``False`` force it. The
+    outputs are the same either way (a test compares them).
+    """
 
     def __init__(self, config: BaristaConfig):
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.checkpoint = config.checkpoint_blocks
+        self.pack: bool | None = None
 
     def forward(self, tokens: Tensor, channel_mask: Tensor | None = None) -> Tensor:
-        """``tokens`` (B, n, C, d) time-major, ``channel_mask`` (B, C) True = real -> (B, n, C, d)."""
+        """``tokens`` (B, n, C, d) time-major, ``channel_mask`` (B, C) True = real -> (B, n, C, d)
+        (padded channels' outputs are zero when packed, undefined otherwise: never read them)."""
         B, n, C, d = tokens.shape
-        key_padding = None
+        real = None
         if channel_mask is not None and not bool(channel_mask.all()):
-            key_padding = channel_mask[:, None, :].expand(B, n, C).reshape(B, n * C)  # (B, N)
+            real = channel_mask[:, None, :].expand(B, n, C).reshape(B, n * C)  # (B, N)
         h = tokens.reshape(B, n * C, d)
+        pack_tokens = self.pack if self.pack is not None else (real is not None and varlen_is_free(tokens))
+        if not pack_tokens:
+            return self.norm(self._blocks(h, n, real)).view(B, n, C, d)
+        if real is None:
+            real = torch.ones(B, n * C, dtype=torch.bool, device=tokens.device)
+        packed, seqs = pack(h, real)  # (Ntot, d), one sequence per sample
+        patch_index = (torch.arange(n * C, device=tokens.device) // C).expand(B, n * C)[real]  # (Ntot,)
+        packed = self.norm(self._blocks(packed, n, None, seqs, patch_index))
+        where = real.reshape(-1).nonzero().squeeze(1)
+        return packed.new_zeros(B * n * C, d).index_copy(0, where, packed).view(B, n, C, d)
+
+    def _blocks(self, h: Tensor, n: int, key_padding: Tensor | None, seqs: Packed | None = None,
+                patch_index: Tensor | None = None) -> Tensor:
         for block in self.blocks:
             if self.checkpoint and torch.is_grad_enabled():
-                h = checkpoint(block, h, n, key_padding, use_reentrant=False)
+                h = checkpoint(block, h, n, key_padding, seqs, patch_index, use_reentrant=False)
             else:
-                h = block(h, n, key_padding)
-        return self.norm(h).view(B, n, C, d)
+                h = block(h, n, key_padding, seqs, patch_index)
+        return h
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,6 +54,14 @@ def attention_backend(q: Tensor, needs_mask: bool = False) -> str:
     return "sdpa"
 
 
+def varlen_is_free(x: Tensor) -> bool:
+    """Whether :func:`varlen_attention` on activations like ``x`` runs flash-attn's varlen
+    kernel (CUDA, flash-attn installed, half precision or CUDA autocast), where packing
+    sequences saves all the work padding would cost; elsewhere it pads internally."""
+    half = x.dtype in (torch.float16, torch.bfloat16) or (x.is_cuda and torch.is_autocast_enabled("cuda"))
+    return HAS_FLASH_ATTN and x.is_cuda and half
+
+
 def _causal_mask(lq: int, lk: int, device: torch.device) -> Tensor:
     """Bottom-right aligned causal mask (True = may attend), shape (lq, lk).
 

@@ -67,6 +67,7 @@ class SpikeDataConfig:
     batch_size: int = 32
     num_workers: int = 0
     streaming: bool = False
+    pack: bool = False  # packed training batches (no padding; free with flash-attn on GPU)
     split: SplitConfig = field(default_factory=SplitConfig)
     label_fraction: float = 1.0  # fine-tuning: fraction of training windows whose behaviour is labelled
     label_chunk_s: float = 10.0  # labelled windows come in contiguous chunks of this length
@@ -206,7 +207,7 @@ def datamodule(cfg: RunConfig):
         extend_vocab=vocab is not None, splits=split, stride=d.stride or None, behavior=d.behavior,
         stimulus="gratings" if m.stimulus is not None else None,
         stimulus_frames=m.stimulus.n_frames if m.stimulus is not None else 3,
-        batch_size=d.batch_size, num_workers=d.num_workers, streaming=d.streaming, seed=cfg.seed)
+        batch_size=d.batch_size, num_workers=d.num_workers, streaming=d.streaming, seed=cfg.seed, pack=d.pack)
     if _few_shot_fit(cfg):
         before = m.window.curr + m.window.prev
         after = 0.0

@@ -39,7 +39,7 @@ from neurofm.models.barista import (
     TokenWeightingHead,
     spatial_mask,
 )
-from neurofm.tasks.optim import param_groups, warmup_then_exponential_scheduler
+from neurofm.tasks.optim import adamw, param_groups, warmup_then_exponential_scheduler
 
 __all__ = ["BaristaPretrainTask", "BaristaFinetuneTask"]
 
@@ -139,7 +139,7 @@ class BaristaPretrainTask(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        opt = adamw(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
         sched = warmup_then_exponential_scheduler(opt, warmup_epochs=hp.warmup_epochs, gamma=hp.lr_gamma,
                                                   steps_per_epoch=self.steps_per_epoch())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
@@ -314,7 +314,7 @@ class BaristaFinetuneTask(L.LightningModule):
         for module, lr in parts:
             for group in param_groups(module, hp.weight_decay):
                 groups.append({**group, "lr": lr})
-        return torch.optim.AdamW(groups, lr=hp.lr_head)
+        return adamw(groups, lr=hp.lr_head)
 
     def configure_callbacks(self):
         patience = self.hparams.early_stopping_patience

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
-from neurofm.tasks.optim import param_groups, warmup_cosine_scheduler
+from neurofm.tasks.optim import adamw, param_groups, warmup_cosine_scheduler
 
 __all__ = ["NeuroformerTask"]
 
@@ -232,7 +232,7 @@ class NeuroformerTask(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups(self.model, hp.weight_decay, include_frozen=True)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        opt = adamw(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)
         sched = warmup_cosine_scheduler(opt, total, warmup_fraction=hp.warmup_fraction,
                                         max_warmup_steps=hp.max_warmup_steps, final_ratio=hp.final_lr_ratio)

@@ -314,6 +314,42 @@ def test_attention_never_crosses_samples():
     assert torch.allclose(enc(batch)[0], enc(other)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("checkpoint_blocks", [False, True])
+def test_packed_backbone_gives_the_same_outputs_losses_and_gradients(checkpoint_blocks):
+    """Sessions with different channel counts: packing the real tokens (varlen attention, no
+    padded token in the MLPs) = the padded batch with key masks; channels excluded in the middle
+    of a layout (channel_mask False) are handled like trailing padding."""
+    cfg = small(checkpoint_blocks=checkpoint_blocks)
+    batch = make_batch(cfg, B=3, C=7, n_real=[7, 4, 5], seed=2)
+    batch["channel_mask"][0, 2] = False  # an excluded channel inside sample 0
+    masks = torch.zeros(3, 7, dtype=torch.bool)
+    masks[0, 1], masks[1, 3], masks[2, 0] = True, True, True
+    results = []
+    for pack_tokens in (False, True):
+        torch.manual_seed(0)
+        model = Barista(cfg).train()
+        model.encoder.backbone.pack = pack_tokens
+        h = model.encoder(batch)
+        out = model.pretrain_loss(batch, mask=masks)
+        grads = torch.autograd.grad(out["loss"], [p for p in model.parameters() if p.requires_grad])
+        results.append((h, out, grads))
+    (h0, o0, g0), (h1, o1, g1) = results
+    real = batch["channel_mask"][:, None, :].expand_as(h0[..., 0])
+    torch.testing.assert_close(h1[real], h0[real], atol=1e-5, rtol=1e-5)
+    assert h1[~real].abs().max() == 0  # packed: padded positions come back as zeros
+    for key in ("loss", "pred_std", "target_std"):
+        torch.testing.assert_close(o1[key], o0[key], atol=1e-6, rtol=1e-5)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_backbone_packs_only_where_flash_attn_serves():
+    from neurofm.nn.attention import varlen_is_free
+
+    assert not varlen_is_free(torch.zeros(2, 3))  # CPU: the varlen fallback pads anyway
+    assert BaristaEncoder(small()).backbone.pack is None  # auto by default
+
+
 def test_channel_order_carries_no_position():
     """RoPE is on the patch index only: permuting channels (with their metadata) permutes the output."""
     torch.manual_seed(0)

@@ -90,3 +90,25 @@ def test_warmup_then_exponential_barista():
         per_epoch.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.99 ** 2)
     assert math.isclose(warmup_then_exponential(0, 0), 1.0)
+
+
+def test_adamw_is_fused_and_updates_like_the_default():
+    from neurofm.tasks.optim import adamw
+
+    torch.manual_seed(0)
+    a = nn.Linear(8, 4)
+    b = nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    frozen = nn.Parameter(torch.ones(3))  # grad None: skipped, as by the default AdamW
+    fused = adamw(param_groups(a, 0.1) + [{"params": [frozen], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95))
+    plain = torch.optim.AdamW(param_groups(b, 0.1), lr=1e-2, betas=(0.9, 0.95))
+    assert fused.defaults["fused"] is True  # CPU has a fused kernel in this torch
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+    assert torch.equal(frozen, torch.ones(3))
