@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from neurofm.models.barista import Barista, BaristaConfig  # noqa: E402
+from neurofm.tasks.optim import adamw  # noqa: E402
 
 # DESIGN.md 11: reference code, 2-core CPU, torch 2.13.
 REFERENCE = {98: {"step_s": 14.6, "tok_s": 644.0, "peak_gb": 4.6},
@@ -70,7 +71,7 @@ def run_one(channels: int, batch: int, steps: int, precision: str, latency: bool
     torch.manual_seed(0)
     cfg = BaristaConfig()
     model = Barista(cfg).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-2)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-2)  # fused, as in training
     data = make_batch(batch, channels, cfg)
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
     rss_before = _rss_kb("VmRSS")
