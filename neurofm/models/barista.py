@@ -1080,7 +1080,7 @@ class BaristaFinetuned(nn.Module, PretrainedMixin):
         out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
         config = BaristaFinetunedConfig(encoder=task.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
                                         n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
-                                        label_names=list(getattr(task, "label_names", []) or []))
+                                        label_names=list(hp.get("label_names", [])))
         model = cls(config)
         model.encoder.load_state_dict(task.encoder.state_dict())
         model.head.load_state_dict(task.head.state_dict())

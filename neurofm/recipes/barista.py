@@ -218,9 +218,8 @@ def task(cfg: RunConfig, dm):
         n_channels = _fixed_layout_channels(cfg, dm)
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
                                n_channels=n_channels, freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone,
-                               lr_head=t.lr_head, early_stopping_patience=None)
-    # class index -> event label, exported with the model (BaristaFinetuned.config.label_names)
-    task.label_names = [name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+                               lr_head=t.lr_head, early_stopping_patience=None,
+                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])])
     return task
 
 

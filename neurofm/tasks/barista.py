@@ -21,7 +21,7 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -175,6 +175,8 @@ class BaristaFinetuneTask(L.LightningModule):
             predictor start the reconstruction head.
         early_stopping_patience: epochs without improvement of the monitored metric before
             stopping (None: no early stopping).
+        label_names: classification: the event label of each class index (stored in the
+            checkpoint and exported with the model).
     """
 
     def __init__(self, encoder: BaristaEncoder | BaristaConfig | Mapping[str, Any], *, task: str = "classification",
@@ -182,7 +184,8 @@ class BaristaFinetuneTask(L.LightningModule):
                  freeze_cnn: bool = True, lr_backbone: float = 1e-4, lr_head: float = 1e-3,
                  lr_spatial: float = 1e-3, weight_decay: float = 1e-2, head_dropout: float = 0.1,
                  recon_mask_ratio: float | None = None, recon_mask_scale: str = "channel",
-                 pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15):
+                 pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15,
+                 label_names: Sequence[str] = ()):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"BaristaFinetuneTask: task must be one of {TASKS}, got {task!r}")
@@ -213,7 +216,7 @@ class BaristaFinetuneTask(L.LightningModule):
             "n_channels": n_channels, "freeze_cnn": freeze_cnn, "lr_backbone": lr_backbone, "lr_head": lr_head,
             "lr_spatial": lr_spatial, "weight_decay": weight_decay, "head_dropout": head_dropout,
             "recon_mask_ratio": recon_mask_ratio, "recon_mask_scale": recon_mask_scale,
-            "early_stopping_patience": early_stopping_patience,
+            "early_stopping_patience": early_stopping_patience, "label_names": list(label_names),
         })
         self.encoder.tokenizer.blocks.requires_grad_(not freeze_cnn)
         self._val: list[tuple[Tensor, Tensor]] = []

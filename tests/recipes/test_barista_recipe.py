@@ -31,15 +31,23 @@ def _config(sessions, **task) -> recipe.RunConfig:
     return recipe.prepare(cfg)
 
 
-def test_classifier_knows_its_class_names_and_exports_them(session):
+def test_classifier_knows_its_class_names_and_exports_them(session, tmp_path):
     from neurofm.models.barista import BaristaFinetuned
 
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
-    assert task.label_names == ["nonspeech", "speech"]  # class index order of the data's label map
+    assert task.hparams.label_names == ["nonspeech", "speech"]  # class index order of the data's label map
     assert dm.datasets["train"].reader.label_map == {"nonspeech": 0, "speech": 1}
     assert BaristaFinetuned.from_task(task).config.label_names == ["nonspeech", "speech"]
+    # the names travel in the Lightning checkpoint: `neurofm export CKPT` keeps them
+    import lightning as L
+
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "ft.ckpt")
+    loaded = recipe.load_task(tmp_path / "ft.ckpt")
+    assert recipe.export(loaded).config.label_names == ["nonspeech", "speech"]
 
 
 def test_token_weighting_head_gets_the_sessions_layout(session, tmp_path):
