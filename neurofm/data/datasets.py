@@ -856,7 +856,7 @@ def pack_spikes(batch: Mapping[str, Any]) -> dict[str, Any]:
             continue
         mask = batch[mask_key].bool() if mask_key in batch else batch[keys[0]] != 0
         lengths = mask.sum(1)
-        if not bool((mask == (torch.arange(mask.shape[1]) < lengths[:, None])).all()):
+        if not bool((mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()):
             raise ValueError(f"pack_spikes: batch[{mask_key!r}] is not right-padded (a PAD before a real token); "
                              "windows from the spike tokenizer always are")
         for key in keys:
