@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from neurofm.models.neuroformer import (  # noqa: E402
     Neuroformer, NeuroformerConfig, StimulusConfig, synthetic_batch,
 )
-from neurofm.tasks.optim import param_groups  # noqa: E402
+from neurofm.tasks.optim import adamw, param_groups  # noqa: E402
 
 # DESIGN.md 11: the reference code on this kind of machine.
 REFERENCE = {
@@ -56,10 +56,24 @@ def small_config() -> NeuroformerConfig:
     return NeuroformerConfig.small(N_UNITS, stimulus=StimulusConfig(n_frames=6, height=30, width=50, patch=[3, 5, 5]))
 
 
-def autocast(precision: str):
+def autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def train_step(model: Neuroformer, opt: torch.optim.Optimizer, batch: dict, precision: str,
+               device_type: str = "cpu", net=None) -> torch.Tensor:
+    """One training step as the task takes it: forward (through ``net``, e.g. a compiled
+    ``model``, when given), loss, backward, gradient clipping at 1, optimizer step. Returns the
+    detached loss (no host sync: ``bench/gpu.py`` times CUDA steps with events)."""
+    with autocast(precision, device_type):
+        loss = model.loss(batch, (model if net is None else net)(batch))["total"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
 
 
 def gemm_probe(threads: int) -> float:
@@ -82,19 +96,12 @@ def gemm_probe(threads: int) -> float:
 def bench_train(config: NeuroformerConfig, steps: int, precision: str) -> dict:
     torch.manual_seed(0)
     model = Neuroformer(config).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95))
+    opt = adamw(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95))  # fused, as training uses it
     batch = synthetic_batch(config, BATCH, rate_hz=RATE_HZ, structured=False,
                             generator=torch.Generator().manual_seed(1))
 
     def step() -> float:
-        with autocast(precision):
-            out = model(batch)
-            loss = model.loss(batch, out)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return float(loss.detach())
+        return float(train_step(model, opt, batch, precision))
 
     step()  # warm-up: allocator, kernels, optimizer state
     wall, cpu = [], []
