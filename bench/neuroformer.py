@@ -10,11 +10,17 @@ torch 2.13, synthetic data: 200 units at 6.3 Hz, ~63 spikes per 50 ms window, ba
 * generation with the small model: windows/s with and without the KV cache, batched (32 and
   128 windows at once) and one window at a time; every window is decoded to its full block
   (``stop_at_eos=False``: SOS + 98 spikes + EOS = 100 tokens; the reference's ~62).
+* the KV cache's speed-up (issue 3's target: >= 10x at 100 tokens per window): windows/s with
+  and without the cache for the small AND the paper-size model, one window at a time and 32
+  windows batched, their ratio, and the time of one decoding step. Next to it the machine's
+  cost of one tiny torch op: a cached step of a small model is a fixed number of such ops
+  (the cache removes compute, not calls), which caps what the cache can buy at batch 1.
 
 Usage::
 
-    python bench/neuroformer.py            # fp32 and bf16, ~3-5 min on 2 cores
+    python bench/neuroformer.py            # fp32 and bf16, ~6-9 min on 2 cores
     python bench/neuroformer.py --quick    # fewer steps
+    python bench/neuroformer.py --quick --no-train   # generation only, < 1 min
     python bench/neuroformer.py --precision fp32 --json out.json
 """
 
@@ -93,6 +99,22 @@ def gemm_probe(threads: int) -> float:
     return 4 * 2 * 2048 * 1024 * 1024 / best / 1e9
 
 
+def op_probe() -> float:
+    """Microseconds per tiny torch op (an add of two 64-float tensors, one thread): the fixed
+    cost every layer call pays at batch 1, whatever the model size."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.randn(1, 1, 64)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(2000):
+            x + x
+        best = min(best, time.perf_counter() - t)
+    torch.set_num_threads(previous)
+    return best / 2000 * 1e6
+
+
 def bench_train(config: NeuroformerConfig, steps: int, precision: str) -> dict:
     torch.manual_seed(0)
     model = Neuroformer(config).train()
@@ -152,8 +174,11 @@ def bench_generate(config: NeuroformerConfig, n_windows: int, batched: bool, use
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     best = min(wall)
+    steps = config.block_size.id - 1  # 99 decoding steps per window, each over the whole batch
     return {
         "windows": n_windows,
+        "batch": n_windows if batched else 1,
+        "ms_per_step": 1e3 * best / (steps if batched else n_windows * steps),
         "s_per_window": best / n_windows,
         "cpu_s_per_window": min(cpu) / n_windows,
         "windows_per_s": n_windows / best,
@@ -173,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                         "OpenMP barriers between them cost more than a second core gives back)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--skip-paper", action="store_true", help="skip the paper-size train step")
+    p.add_argument("--no-train", action="store_true", help="generation only")
     args = p.parse_args(argv)
     default_threads = torch.get_num_threads()
     train_threads = args.threads or default_threads
@@ -182,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     probe_before = gemm_probe(train_threads)
     torch.set_num_threads(train_threads)
-    for prec in precisions:
+    for prec in [] if args.no_train else precisions:
         if not args.skip_paper:
             results[f"train_paper_{prec}"] = bench_train(paper_config(), paper_steps, prec)
         results[f"train_small_{prec}"] = bench_train(small_config(), small_steps, prec)
@@ -195,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     results["gen_cache_single"] = bench_generate(small, n_single, False, True)
     results["gen_nocache_batched"] = bench_generate(small, 32, True, False)
     results["gen_nocache_single"] = bench_generate(small, 2 if args.quick else 4, False, False)
+    if not args.quick:  # where the small model's cache reaches 10x: wide batches
+        results["gen_nocache_batched_128"] = bench_generate(small, 128, True, False)
+    # the KV cache's speed-up at the paper size (the small model's rows are above); --quick
+    # batches 4 windows instead of 32 (a paper-size window without the cache costs ~3 s)
+    paper = paper_config()
+    paper_batch = 4 if args.quick else 32
+    results["gen_paper_cache_single"] = bench_generate(paper, 1 if args.quick else 2, False, True)
+    results["gen_paper_nocache_single"] = bench_generate(paper, 1, False, False)
+    results["gen_paper_cache_batched"] = bench_generate(paper, paper_batch, True, True, 1 if args.quick else 2)
+    results["gen_paper_nocache_batched"] = bench_generate(paper, paper_batch, True, False)
+    op_us = op_probe()
     torch.set_num_threads(default_threads)
 
     probe_after = gemm_probe(train_threads)
@@ -234,12 +271,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:60s} {r['windows_per_s']:9.1f} win/s {ref_w:9.2f} win/s {ratio:6.1f}x {target:>7s}")
         print(f"{'   ms/window, best of %d (CPU %.1f ms)' % (r['repeats'], 1e3 * r['cpu_s_per_window']):60s} "
               f"{1e3 * r['s_per_window']:12.1f} ms {1e3 * REFERENCE['generate']['s_per_window']:12.0f} ms")
+    print(f"\nKV cache speed-up, 100 tokens per window (issue 3 target >= 10x); one tiny torch op costs "
+          f"{op_us:.1f} us here right now")
+    header = f"{'workload':60s} {'KV cache':>11s} {'no cache':>11s} {'ratio':>7s} {'target':>7s} {'ms/step':>16s}"
+    print(header)
+    print("-" * len(header))
+    for size, pre, key in (("small", "gen", "single"), ("small", "gen", "batched"), ("small", "gen", "batched_128"),
+                           ("paper size", "gen_paper", "single"), ("paper size", "gen_paper", "batched")):
+        if f"{pre}_nocache_{key}" in results:
+            cached, plain = results[f"{pre}_cache_{key}"], results[f"{pre}_nocache_{key}"]
+            n = cached["batch"]
+            name = f"generate {size}, " + ("one window at a time" if n == 1 else f"{n} windows batched")
+            ratio = cached["windows_per_s"] / plain["windows_per_s"]
+            steps = f"{cached['ms_per_step']:6.1f} / {plain['ms_per_step']:6.1f}"
+            print(f"{name:60s} {cached['windows_per_s']:7.2f} w/s {plain['windows_per_s']:7.2f} w/s {ratio:6.1f}x "
+                  f"{'>=10x':>7s} {steps:>16s}")
+    print("ms/step: one decoding step (over the whole batch), with / without the cache; without it every step "
+          "re-runs the prefix and re-projects the cross-attention sources.")
     print("\nreference: DESIGN.md 11 (public Neuroformer code, same kind of 2-core machine, fp32; its generation "
           "decoded ~62 spikes per window, ours decode the full 100-token block). Times are the best of the repeats: "
           "the machine is shared, so the fastest run is the least disturbed; CPU = process CPU time.")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "reference": REFERENCE, "load_average": load,
-                                         "gemm_gflops": [probe_before, probe_after],
+                                         "gemm_gflops": [probe_before, probe_after], "op_us": op_us,
                                          "torch": torch.__version__, "train_threads": train_threads,
                                          "gen_threads": args.gen_threads}, indent=2))
         print(f"wrote {args.json}")

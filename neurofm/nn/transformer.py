@@ -138,7 +138,9 @@ class CrossKVCache:
         return self.k is not None
 
     def store(self, k: Tensor, v: Tensor) -> None:
-        self.k, self.v = k, v
+        """Keep ``(B, H, S, Dh)`` keys/values as contiguous copies: the projection hands over
+        strided head views, which the CPU SDPA kernel reads more slowly on every later step."""
+        self.k, self.v = k.contiguous(), v.contiguous()
 
     def reset(self) -> None:
         self.k = self.v = None
