@@ -42,7 +42,7 @@ from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
-from neurofm.nn.attention import Packed
+from neurofm.nn.attention import Packed, unpack
 
 
 def open_sessions(sessions) -> list[Session]:
@@ -865,6 +865,24 @@ def pack_spikes(batch: Mapping[str, Any]) -> dict[str, Any]:
         layout = Packed.from_lengths(lengths)
         out[cu_key], out[max_key] = layout.cu_seqlens, layout.max_seqlen
         out.pop(mask_key, None)
+    return out
+
+
+def unpack_spikes(batch: Mapping[str, Any], pad_dt: int) -> dict[str, Any]:
+    """Inverse of :func:`pack_spikes`: each window's tokens padded to the batch's longest
+    (``PAD`` = 0 for IDs, ``pad_dt`` for dt tokens) and the masks rebuilt. A padded batch is
+    returned as it is."""
+    out = dict(batch)
+    for keys, mask_key, cu_key, max_key in _PACK_GROUPS:
+        if cu_key not in batch:
+            continue
+        seqs = Packed(batch[cu_key], int(batch[max_key]))
+        mask = torch.arange(seqs.max_seqlen, device=seqs.cu_seqlens.device) < seqs.lengths[:, None]
+        for key in keys:
+            if key in batch:
+                out[key] = unpack(batch[key], seqs).masked_fill(~mask, pad_dt if "dt" in key else 0)
+        out[mask_key] = mask
+        del out[cu_key], out[max_key]
     return out
 
 

@@ -1123,7 +1123,13 @@ class Neuroformer(nn.Module, PretrainedMixin):
 
         Returns:
             :class:`GeneratedSpikes` with one entry per window, in the batch's order.
+
+        A packed batch (:func:`~neurofm.data.datasets.pack_spikes`) is unpacked first: the
+        windows decode side by side, one position per step.
         """
+        from neurofm.data.datasets import unpack_spikes
+
+        batch = unpack_spikes(batch, self.config.pad_dt)
         if mode not in ("teacher_forced", "free_running"):
             raise ValueError(f"mode must be 'teacher_forced' or 'free_running', got {mode!r}")
         if generator is None:

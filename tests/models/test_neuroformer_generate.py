@@ -227,3 +227,24 @@ def test_close_windows_ends_at_the_first_eos():
     assert dts.tolist() == [[0, 1, 2, e, p, p],
                             [0, e, p, p, p, p],
                             [0, 2, 2, 2, 2, e]]
+
+
+def test_generation_from_a_packed_batch_equals_the_padded_one():
+    """A packed training batch can be handed to generate: it is unpacked (unpack_spikes is
+    pack_spikes' inverse on the real tokens) and gives the same spikes with the same seed."""
+    from neurofm.data.datasets import pack_spikes, unpack_spikes
+
+    c = config()
+    m, b = model(c), batch(c, 5, seed=2)
+    p = pack_spikes(b)
+    u = unpack_spikes(p, c.pad_dt)
+    for key, mask_key in (("id", "mask"), ("dt", "mask"), ("target_dt", "mask"), ("id_prev", "mask_prev")):
+        n = u[key].shape[1]
+        assert torch.equal(u[mask_key], b[mask_key][:, :n]) and not b[mask_key][:, n:].any()
+        assert torch.equal(u[key], b[key][:, :n])  # the fill values too: PAD / pad_dt
+    for mode in ("teacher_forced", "free_running"):
+        g_pad = m.generate(b, mode=mode, seed=3)
+        g_pack = m.generate(p, mode=mode, seed=3)
+        assert len(g_pack.times) == len(g_pad.times) == 5
+        for t_pad, t_pack, u_pad, u_pack in zip(g_pad.times, g_pack.times, g_pad.tokens, g_pack.tokens):
+            assert np.array_equal(t_pad, t_pack) and np.array_equal(u_pad, u_pack)
