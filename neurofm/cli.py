@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from neurofm import log_to_stderr
+
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     import warnings
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log_to_stderr()
     if getattr(args, "nan", None) == "mark-bad":
         args.nan = "mark_bad"
     try:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from neurofm import log_to_stderr
 from neurofm.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger("neurofm")
@@ -486,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0
     path = argv.pop(0) if argv and "=" not in argv[0] else None
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_to_stderr()
     from neurofm.data.session import SessionFormatError
     from neurofm.hub import PretrainedError
 
