@@ -1,8 +1,10 @@
 """BaRISTA recipe pieces: the fine-tuning task it builds (class names, token-weighting layout),
-the band-power row next to a fine-tuned classifier, the linear probe. A small simulated
-session, a tiny model, no training."""
+the band-power row next to a fine-tuned classifier, the linear probe, the notch of a simulated
+session's line noise. A small simulated session, a tiny model, no training."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +25,9 @@ def session(tmp_path_factory) -> str:
 
 def _config(sessions, **task) -> recipe.RunConfig:
     cfg = from_dict(recipe.RunConfig, {
-        "data": {"sessions": list(sessions), "segment_s": 1.0, "n_patches": 4, "events": "word_onset",
-                 "batch_size": 16, "split": {"train": 0.6, "valid": 0.2, "test": 0.2, "gap": 2.0}},
+        "data": {"sessions": list(sessions), "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0,
+                 "events": "word_onset", "batch_size": 16,
+                 "split": {"train": 0.6, "valid": 0.2, "test": 0.2, "gap": 2.0}},
         "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "encode_scale": "parcel"},
         "task": {"mode": "finetune", "finetune_task": "classification", **task},
     }, where="test")
@@ -67,6 +70,10 @@ def test_finetuned_classifier_is_reported_next_to_band_power_on_the_same_segment
     task = recipe.task(cfg, dm)  # random init, untrained: only the report's shape is checked
     out = recipe.evaluate(cfg, task, dm, tmp_path)
     assert 0.0 <= out["metrics"]["test_auroc"] <= 1.0
+    n_test = len(dm.datasets["test"])  # one segment per test-block event: how much the AUROC can be trusted
+    assert out["data"]["test_segments"] == n_test > 0
+    per_class = out["data"]["test_segments_per_class"]
+    assert set(per_class) == {"nonspeech", "speech"} and sum(per_class.values()) == n_test
     band = out["baselines"]["ridge on band power"]["test_auroc"]
     # speech events evoke an ERP and high-gamma: band power separates them on the held-out block
     assert band > 0.6
@@ -84,3 +91,30 @@ def test_probe_separates_classes_when_one_feature_carries_them():
     assert recipe._probe_auroc(split(80), split(40)) > 0.9
     x, y = split(80)
     assert recipe._probe_auroc((x, y), (x[:, ::-1].copy(), y)) < 0.8  # scrambled features: no free lunch
+
+
+def _line_peak(cfg) -> float:
+    """60 Hz power over the power 4-12 Hz away, in the training segments the recipe cuts."""
+    from scipy import signal
+
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit")
+    x = next(iter(dm._loader("train", train=False)))["x"].numpy()  # (B, C, T) z-scored
+    f, p = signal.welch(x, fs=cfg.model.sampling_rate, nperseg=x.shape[-1], axis=-1)
+    p = p.mean((0, 1))
+    return p[np.argmin(np.abs(f - 60))] / p[(np.abs(f - 60) > 4) & (np.abs(f - 60) < 12)].mean()
+
+
+def test_demo_config_notches_the_simulated_line_noise(session):
+    """simulate_ieeg adds 60 Hz mains, which the paper's preprocessing notches: the demo config
+    notches it, and a config that leaves it in every pretraining target is warned."""
+    from neurofm.experiment import load_config
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "barista" / "demo.yaml"
+    over = [f"data.sessions=[{session}]", "data.segment_s=1.0", "data.n_patches=4", "data.batch_size=32"]
+    cfg = recipe.prepare(load_config(demo, over))
+    assert cfg.data.line_noise == 60.0
+    notched = _line_peak(cfg)
+    with pytest.warns(UserWarning, match="data.line_noise=60"):
+        raw = recipe.prepare(load_config(demo, over + ["data.line_noise=0"]))
+    assert notched < 1 and _line_peak(raw) > 5  # measured: 0.09 notched, 20 un-notched
