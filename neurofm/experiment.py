@@ -393,10 +393,13 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     train_seconds = time.time() - t_start
     if trainer.global_rank != 0:
         return RunResult(run_dir, None, {})
+    restored = _restore_best(trainer, task, monitor) if cfg.trainer.early_stopping_patience > 0 else None
     metrics = recipe.evaluate(cfg, task, dm, run_dir)
     metrics.setdefault("training", {}).update(
         steps=int(trainer.global_step), epochs=int(trainer.current_epoch), wall_time_s=round(train_seconds, 1),
         device=str(trainer.strategy.root_device), world_size=int(trainer.world_size))
+    if restored:
+        metrics["training"]["evaluated_checkpoint"] = restored
     import neurofm
 
     metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
@@ -408,6 +411,20 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
 
     model.save_pretrained(pretrained_dir, card=render_card(metrics, (run_dir / "config.yaml").read_text()))
     return RunResult(run_dir, pretrained_dir, metrics)
+
+
+def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | None) -> dict | None:
+    """With early stopping, training ends ``patience`` epochs past the best one: put the best
+    checkpoint's weights back (they are what gets evaluated and exported). Returns what was
+    restored, or None when there is no best checkpoint to restore."""
+    best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == monitor and cb.best_model_path), None)
+    if best is None or not Path(best.best_model_path).exists():
+        return None
+    state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+    task.load_state_dict(state["state_dict"])
+    score = best.best_model_score
+    return {"path": str(best.best_model_path), "monitor": monitor, "epoch": int(state.get("epoch", -1)),
+            "score": float(score) if score is not None else None}
 
 
 def _json_default(o):

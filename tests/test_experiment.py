@@ -294,3 +294,40 @@ def test_export_command_matches_the_run_pretrained_folder(run_a, tmp_path):
     a, b = (json.loads((d / "config.json").read_text()) for d in (run_a / "pretrained", out))
     assert a["config"] == b["config"] and b["model_type"] == "Neuroformer"
     assert cli.main(["export", str(tmp_path / "missing.ckpt"), str(out)]) == 2
+
+
+def test_early_stopped_runs_evaluate_the_best_checkpoint(tmp_path):
+    """With early stopping the run ends `patience` epochs past its best epoch: the best
+    checkpoint's weights are put back before evaluation and export."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from neurofm.experiment import _restore_best
+
+    class Toy(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            return (self.w - 1.0).square().sum()  # w walks towards 1 every step
+
+        def validation_step(self, batch, i):
+            self.log("val/score", -float(self.current_epoch))  # best (max) at epoch 0
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    toy = Toy()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/score", mode="max", save_top_k=1)
+    trainer = L.Trainer(max_epochs=3, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    data = DataLoader([torch.zeros(1)] * 4, batch_size=2)
+    trainer.fit(toy, train_dataloaders=data, val_dataloaders=data)
+    w_final = float(toy.w)
+    restored = _restore_best(trainer, toy, "val/score")
+    assert restored["epoch"] == 0 and restored["score"] == 0.0
+    w_best = float(torch.load(restored["path"], weights_only=True)["state_dict"]["w"])
+    assert float(toy.w) == w_best != w_final
+    assert _restore_best(trainer, toy, "val/other") is None  # no checkpoint follows that metric
