@@ -14,15 +14,6 @@ from neurofm.models.barista import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest on one thread (two OpenMP threads spin on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(**kw) -> BaristaConfig:
     base = dict(d_model=16, n_layers=2, n_heads=2, patch_len=32, n_patches=3, n_parcels=12, dropout=0.0,
                 predictor_dropout=0.0, cnn_chunk=5)

@@ -21,15 +21,6 @@ from neurofm.models.neuroformer import (
 N_UNITS = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two and steady on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(**overrides) -> NeuroformerConfig:
     """n_embd 32, 1 layer per stage, 30 ms windows at 10 ms (dt vocab 0..3 + 3 specials)."""
     base = dict(

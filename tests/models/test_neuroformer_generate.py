@@ -20,14 +20,6 @@ from neurofm.models.neuroformer import (
 from neurofm.nn.transformer import CrossKVCache
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def config(n_units: int = 12, **overrides) -> NeuroformerConfig:
     """n_embd 32, 1 layer per stage, 30 ms windows at 10 ms, a stimulus (every cross stage)."""
     base = dict(
