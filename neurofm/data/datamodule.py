@@ -163,7 +163,7 @@ class SpikeDataModule(_WindowDataModule):
     def _collate_fns(self, train: bool) -> tuple[Callable, Callable | None]:
         if self.pack and train:
             return collate_packed_spikes, pack_spikes
-        return collate_spikes, None
+        return super()._collate_fns(train)
 
     def _make(self, split, streaming, shuffle, rank, world):
         if streaming:

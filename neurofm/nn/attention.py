@@ -188,9 +188,6 @@ class Packed:
         return torch.arange(n, device=self.cu_seqlens.device) - self.cu_seqlens[:-1].long().repeat_interleave(
             self.lengths, output_size=n)
 
-    def to(self, device: torch.device | str) -> "Packed":
-        return Packed(self.cu_seqlens.to(device), self.max_seqlen)
-
     def mean(self, x: Tensor) -> Tensor:
         """Per-sequence mean of packed rows ``(N, ...)`` -> ``(S, ...)`` (0 for an empty sequence)."""
         sums = x.new_zeros((self.num_seqs, *x.shape[1:])).index_add_(0, self.seq_ids, x)

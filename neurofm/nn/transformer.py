@@ -146,6 +146,19 @@ class CrossKVCache:
         self.k = self.v = None
 
 
+def _attend(fn, q: Tensor, k: Tensor, v: Tensor, *args, **kwargs) -> Tensor:
+    """``fn(q, k, v, *args, **kwargs)`` (an attention function), returned in ``q``'s dtype.
+
+    CPU SDPA kernels are ~10x slower in bf16 than in fp32 (forward + backward) at these sizes,
+    while the projections gain from bf16 (AMX): on CPU, attention runs in fp32 (autocast off,
+    it would cast back) and the result returns to the projections' dtype.
+    """
+    if q.device.type == "cpu" and (q.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+        with torch.autocast("cpu", enabled=False):
+            return fn(q.float(), k.float(), v.float(), *args, **kwargs).to(q.dtype)
+    return fn(q, k, v, *args, **kwargs)
+
+
 class Attention(nn.Module):
     """Multi-head attention with fused projections.
 
@@ -229,19 +242,9 @@ class Attention(nn.Module):
                 keep = keep_mask((b, 1, length, k.shape[2]), self.attn_dropout, x.device)
             else:  # GPU kernels fuse dropout on the attention weights (the reference's regulariser)
                 dropout_p = self.attn_dropout
-        dtype = q.dtype
-        if q.device.type == "cpu" and (dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
-            # CPU SDPA kernels are ~10x slower in bf16 than in fp32 (forward + backward) at these
-            # sizes, while the projections gain from bf16 (AMX): attend in fp32 (autocast off, it
-            # would cast back), then return to the projections' dtype.
-            with torch.autocast("cpu", enabled=False):
-                y = attention(q.float(), k.float(), v.float(), causal=causal, key_padding_mask=key_padding_mask,
-                              attn_mask=keep)
-        else:
-            y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_mask=keep,
-                          dropout_p=dropout_p)  # (B, H, L, Dh)
-        y = y.transpose(1, 2).reshape(b, length, d).to(dtype)
-        return self.resid_drop(self.proj(y))
+        y = _attend(attention, q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_mask=keep,
+                    dropout_p=dropout_p)  # (B, H, L, Dh)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, length, d)))
 
     def _forward_packed(self, x: Tensor, kv: Tensor | None, causal: bool, seqs: Packed,
                         seqs_kv: Packed | None) -> Tensor:
@@ -259,14 +262,8 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).view(n, 3, self.n_head, self.head_dim).unbind(1)
             seqs_kv = seqs
         dropout_p = self.attn_dropout if self.training else 0.0
-        dtype = q.dtype
-        if q.device.type == "cpu" and (dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
-            with torch.autocast("cpu", enabled=False):  # as in forward: CPU attention in fp32
-                y = varlen_attention(q.float(), k.float(), v.float(), seqs, seqs_kv, causal=causal,
-                                     dropout_p=dropout_p)
-        else:
-            y = varlen_attention(q, k, v, seqs, seqs_kv, causal=causal, dropout_p=dropout_p)  # (N, H, Dh)
-        return self.resid_drop(self.proj(y.reshape(n, d).to(dtype)))
+        y = _attend(varlen_attention, q, k, v, seqs, seqs_kv, causal=causal, dropout_p=dropout_p)  # (N, H, Dh)
+        return self.resid_drop(self.proj(y.reshape(n, d)))
 
 
 class Block(nn.Module):
