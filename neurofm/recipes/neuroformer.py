@@ -30,8 +30,10 @@ import numpy as np
 import torch
 
 from neurofm.config import ConfigError
+from neurofm.data.session import SessionWriter
 from neurofm.experiment import TrainerConfig
 from neurofm.models.neuroformer import N_SPECIAL, Neuroformer, NeuroformerConfig
+from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.recipes import ensure_sessions, session_paths
 
 MONITOR = ("val/total", "min")
@@ -361,6 +363,21 @@ def load_task(checkpoint):
 
 
 @torch.no_grad()
+def write_generated(gen: GeneratedSpikes, path, unit_ids, *, session_id: str, session: int | None = None,
+                    **attrs: Any) -> Path:
+    """Write generated spikes (of one ``session`` index, or all) as a session file; ``unit_ids``:
+    the model's unit list. Extra ``attrs`` (e.g. ``source``) go to the file's root attributes."""
+    times, units = gen.spikes(session)
+    if units.size and units.max() >= len(unit_ids):
+        raise ValueError(f"generated unit index {int(units.max())} but only {len(unit_ids)} unit_ids were given")
+    t0, t1 = gen.span(session)
+    attrs = {"source": "neurofm generate", **attrs}  # a caller's source (e.g. which model) wins
+    with SessionWriter(path, session_id=session_id, **attrs) as w:
+        w.add_units(list(unit_ids))
+        w.add_spikes(times, units, t_start=t0, t_end=t1)
+    return Path(path)
+
+
 def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher_forced", start: float | None = None,
                      seconds: float = 10.0, top_p: float = 0.95, seed: int = 0, plot: bool = True) -> Path:
     """Generate ``seconds`` of spikes window by window and write them as a session file.
@@ -389,8 +406,8 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
     batch["session"] = torch.zeros(len(ends), dtype=torch.long)
     gen = model.generate(batch, mode=mode, top_p_id=top_p, top_p_dt=top_p, seed=seed)
     names = [u.split("/", 1)[1] if "/" in u else u for u in c.units]
-    out = gen.to_session(out_path, names, session_id=f"{session_id}-generated-{mode}",
-                         source=f"neurofm generate {pretrained} ({mode})")
+    out = write_generated(gen, out_path, names, session_id=f"{session_id}-generated-{mode}",
+                          source=f"neurofm generate {pretrained} ({mode})")
     if plot:
         from neurofm import plots
 
