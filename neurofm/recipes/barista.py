@@ -269,12 +269,11 @@ def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
 
 
 def export(task):
-    from neurofm.models.barista import BaristaFinetuned
     from neurofm.tasks.barista import BaristaPretrainTask
 
     if isinstance(task, BaristaPretrainTask):
         return task.export_encoder()
-    return BaristaFinetuned.from_task(task)
+    return task.export_model()
 
 
 def load_task(checkpoint):
