@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from neurofm.atomic import OutputError, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
@@ -113,8 +114,7 @@ def convert_ieeg(
                                 f"BrainVision .vhdr, FIF and the other formats MNE reads)")
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
     if coordinate_unit is not None:
         coordinate_scale(coordinate_unit, in_path)  # not a length: an error now, not unknown positions later
     for given in (electrodes, channels_tsv):
@@ -160,7 +160,7 @@ def convert_ieeg(
         raise
     except SessionFormatError as e:  # found while writing (NaN samples, ...): a problem of the input
         raise ConvertError(in_path, e.field, e.problem, e.fix) from None
-    except FileExistsError:
+    except (FileExistsError, OutputError):  # the output's problem, already named as such
         raise
     except (OSError, ValueError) as e:  # MNE failing to read a damaged file mid-way
         raise ConvertError(in_path, "data", f"read failed mid-way: {type(e).__name__}: {e}",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
+
+from neurofm.atomic import atomic_output, check_destination, is_output_errno, output_error, publish, temp_beside
 
 FORMAT_VERSION = 1
 INDEX_STEP_S = 1.0  # spacing of the coarse spike-time index
@@ -202,6 +203,24 @@ def _strings(values) -> np.ndarray:
     return np.asarray([str(v) for v in values], dtype=object)
 
 
+def _writes(method):
+    """Check the output file after a writing method: a failed write (disk full...) becomes an
+    :class:`~neurofm.atomic.OutputError` naming the output, and the temporary file goes."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            out = method(self, *args, **kwargs)
+        except BaseException:
+            self._raise_if_write_failed()
+            raise
+        self._raise_if_write_failed()
+        return out
+
+    return wrapper
+
+
 class SessionWriter:
     """Write one session file atomically.
 
@@ -229,18 +248,18 @@ class SessionWriter:
         overwrite: bool = True,
         **attrs: Any,
     ):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = check_destination(path, overwrite)  # a directory there, or exists and not overwrite
+        self._overwrite = overwrite
         self._closed = True  # until the temp file exists, there is nothing to clean up
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_beside(self.path)
         try:
-            self._h5 = h5py.File(self._tmp, "w")
-        except BaseException:
+            self._file = _OutputFile(self._tmp)
+            self._h5 = h5py.File(self._file, "w")
+        except BaseException as e:
+            getattr(self, "_file", None) and self._file.close()
             self._tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise output_error(e, self.path) from None
             raise
         self._closed = False
         try:
@@ -276,8 +295,14 @@ class SessionWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
+            return
+        self.abort()
+
+    def _raise_if_write_failed(self) -> None:
+        failed = None if self._closed else self._file.error
+        if failed is not None:
             self.abort()
+            raise output_error(failed, self.path) from None
 
     def _span(self, t0: float, t1: float) -> None:
         self._t_min = min(self._t_min, float(t0))
@@ -287,6 +312,7 @@ class SessionWriter:
         return SessionFormatError(self.path, field, problem, fix)
 
     # -- units and spikes -----------------------------------------------------------------
+    @_writes
     def add_units(self, ids, **columns) -> None:
         """Unit table: ``ids`` (N,) names, plus optional per-unit columns of length N."""
         ids = _strings(ids)
@@ -304,6 +330,7 @@ class SessionWriter:
                 g.create_dataset(name, data=col)
         self._n_units = len(ids)
 
+    @_writes
     def add_spikes(self, times, unit_index, t_start: float | None = None, t_end: float | None = None) -> None:
         """Spike times (s) and the index of each spike's unit in ``/units``.
 
@@ -327,9 +354,11 @@ class SessionWriter:
             order = np.argsort(times, kind="stable")
             times, unit_index = times[order], unit_index[order]
         g = self._h5.create_group("spikes")
-        chunk = (min(max(times.size, 1), 1 << 16),)
-        g.create_dataset("times", data=times, chunks=chunk, **_compression())
-        g.create_dataset("unit_index", data=unit_index.astype(np.int32), chunks=chunk, **_compression())
+        # chunked and compressed when there is data; a recording without spikes (every unit
+        # silent) gets empty contiguous datasets (HDF5 refuses a chunk larger than the data)
+        layout = dict(chunks=(min(times.size, 1 << 16),), **_compression()) if times.size else {}
+        g.create_dataset("times", data=times, **layout)
+        g.create_dataset("unit_index", data=unit_index.astype(np.int32), **layout)
         lo = float(times[0]) if times.size else 0.0
         hi = float(times[-1]) if times.size else 0.0
         t0 = lo if t_start is None else float(t_start)
@@ -342,6 +371,7 @@ class SessionWriter:
         self._span(t0, t1)
 
     # -- continuous data ------------------------------------------------------------------
+    @_writes
     def add_continuous(self, data, sampling_rate: float, unit: str = "uV", t_start: float = 0.0,
                        nan_policy: str = "raise", channel_names=None) -> None:
         """Continuous samples ``data`` (T, C) float32 at ``sampling_rate`` Hz from ``t_start`` s.
@@ -374,6 +404,7 @@ class SessionWriter:
         self._sr, self._cont_t0 = float(sampling_rate), float(t_start)
         self.append_continuous(data)
 
+    @_writes
     def append_continuous(self, chunk) -> None:
         """Append ``chunk`` (T, C) samples to ``/continuous/data``."""
         if "continuous" not in self._h5:
@@ -405,6 +436,7 @@ class SessionWriter:
         self._cont_rows = n + chunk.shape[0]
         self._span(self._cont_t0, self._cont_t0 + self._cont_rows / self._sr)
 
+    @_writes
     def add_channels(self, names, x=None, y=None, z=None, regions: Mapping[str, Any] | None = None,
                      bad=None, coordinate_space: str = "unknown", types=None) -> None:
         """Channel table: names (C,), coordinates in mm (NaN where unknown), atlas labels.
@@ -443,6 +475,7 @@ class SessionWriter:
             g.create_dataset("type", data=types, dtype=_STR)
 
     # -- behaviour, stimulus, events, intervals --------------------------------------------
+    @_writes
     def add_behavior(self, name: str, timestamps, values, **attrs) -> None:
         """A behaviour variable: ``timestamps`` (T,) s, strictly increasing; ``values`` (T,) or (T, D).
 
@@ -459,6 +492,7 @@ class SessionWriter:
         if ts.size:
             self._span(ts[0], ts[-1])
 
+    @_writes
     def add_stimulus(self, name: str, timestamps, frames, **attrs) -> None:
         """A stimulus stream: ``timestamps`` (T,) s, ``frames`` (T, ...) e.g. (T, H, W) uint8."""
         ts = np.asarray(timestamps, dtype=np.float64).ravel()
@@ -471,6 +505,7 @@ class SessionWriter:
         g.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
         # the stimulus does not widen the recording's span: it may run past the neural data
 
+    @_writes
     def add_events(self, name: str, onset, duration=None, label=None) -> None:
         """Point or extended events: onsets (s), durations (s, default 0), string labels."""
         onset = np.asarray(onset, dtype=np.float64).ravel()
@@ -486,6 +521,7 @@ class SessionWriter:
         g.create_dataset("duration", data=duration)
         g.create_dataset("label", data=label, dtype=_STR)
 
+    @_writes
     def add_intervals(self, name: str, start, end, **columns) -> None:
         """Time intervals (s), e.g. trials or train/valid/test blocks; end >= start."""
         start = np.asarray(start, dtype=np.float64).ravel()
@@ -503,6 +539,7 @@ class SessionWriter:
             g.create_dataset(key, data=_strings(col) if col.dtype.kind in "OUS" else col,
                              dtype=_STR if col.dtype.kind in "OUS" else None)
 
+    @_writes
     def add_array(self, path: str, data, **attrs) -> None:
         """Any extra dataset (e.g. ``ground_truth/connectivity``); kept by every reader."""
         dset = self._h5.create_dataset(path, data=data)
@@ -528,7 +565,13 @@ class SessionWriter:
 
     # -- finishing ------------------------------------------------------------------------
     def close(self) -> Path:
-        """Finish the file and move it into place. Returns the final path."""
+        """Finish the file and move it into place. Returns the final path.
+
+        Everything is flushed BEFORE the HDF5 file is closed, so a write error (disk full)
+        surfaces here as an :class:`~neurofm.atomic.OutputError` naming the output, and the
+        temporary file is removed; with ``overwrite=False`` the file is published with an
+        exclusive link, so a file created at ``path`` meanwhile is never replaced.
+        """
         if self._closed:
             return self.path
         try:
@@ -539,24 +582,89 @@ class SessionWriter:
             root = self._h5.attrs
             root["t_start"] = float(self._t_min) if np.isfinite(self._t_min) else 0.0
             root["t_end"] = float(self._t_max) if np.isfinite(self._t_max) else 0.0
+            self._h5.flush()
+            self._raise_if_write_failed()
             self._h5.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
+            self._raise_if_write_failed()
+            self._file.close()
+        except BaseException as e:
             self.abort()
+            if isinstance(e, OSError) and is_output_errno(e):
+                raise output_error(e, self.path) from None
             raise
         self._closed = True
+        publish(self._tmp, self.path, overwrite=self._overwrite)
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary file; nothing appears under the final name."""
+        """Drop the temporary file; nothing appears under the final name.
+
+        Writes are discarded from here on: HDF5 flushes its caches when the file closes, and a
+        flush that fails (the disk that just filled up) would make h5py crash the process
+        (segfault) when it frees the file's objects."""
         if self._closed:
             return
+        self._file.discard = True
         try:
             self._h5.close()
         except Exception:
             pass
+        self._file.close()
         self._tmp.unlink(missing_ok=True)
         self._closed = True
+
+
+class _OutputFile:
+    """The binary file h5py writes a session through (h5py's file-object driver).
+
+    A write that fails (disk full, quota, file size limit) is remembered in ``error`` and
+    from then on every write is accepted and dropped (``discard``): HDF5 is never shown the
+    failure, because its error paths leave the library in a state where h5py later crashes
+    the process (segfault) when it frees the file's objects or flushes on close. The writer
+    checks ``error`` after each call and reports it as an output error naming the output;
+    the temporary file is then removed."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "r+b", buffering=0)  # unbuffered: a failed write fails at its call
+        self.error: OSError | None = None
+        self.discard = False
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        if not self.discard:
+            try:
+                done = 0
+                while done < view.nbytes:  # a raw write may be short (e.g. the last blocks of a disk)
+                    done += self._f.write(view[done:])
+            except OSError as e:
+                self.error, self.discard = e, True
+        return view.nbytes
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if not self.discard:
+            try:
+                return self._f.truncate(size)
+            except OSError as e:
+                self.error, self.discard = e, True
+        return self._f.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered: nothing held back
+
+    def close(self) -> None:
+        self._f.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1065,9 +1173,7 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                                      f"blocks {arr.tolist()} must have end > start inside the recording "
                                      f"[{t0:.3f}, {t1:.3f}] s", "give start:end pairs in seconds inside that span")
         parsed[name] = arr
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         shutil.copy2(path, tmp)
         with h5py.File(tmp, "r+") as f:
             g = f.require_group("intervals")
@@ -1080,7 +1186,3 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                 sub = g.create_group(name)
                 sub.create_dataset("start", data=arr[:, 0])
                 sub.create_dataset("end", data=arr[:, 1])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
