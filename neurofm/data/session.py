@@ -704,6 +704,28 @@ _KNOWN_GROUPS = ("units", "spikes", "continuous", "channels", "behavior", "stimu
                  "ground_truth")
 
 
+def _reads(field: str):
+    """Turn an HDF5 read failure (a damaged chunk: h5py's bare OSError) into a
+    :class:`SessionFormatError` naming the file and ``field``."""
+    import functools
+
+    def wrap(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (SessionFormatError, FileNotFoundError):
+                raise
+            except OSError as e:
+                where = field.format(*args, **kwargs) if "{" in field else field
+                raise SessionFormatError(self.path, where, f"cannot be read ({str(e).splitlines()[0]}): the file is "
+                                         "damaged", "copy it again from its source, or convert the recording "
+                                         "again") from None
+        return wrapper
+
+    return wrap
+
+
 class Session:
     """A session file opened for lazy reading.
 
@@ -731,7 +753,14 @@ class Session:
         if "neurofm_format" not in attrs:
             raise SessionFormatError(self.path, "/ attrs neurofm_format", "missing: not a neurofm session file",
                                      "convert the recording with `neurofm convert`")
-        version = int(attrs["neurofm_format"])
+        try:
+            version = int(attrs["neurofm_format"])
+        except (TypeError, ValueError):
+            raise SessionFormatError(self.path, "/ attrs neurofm_format",
+                                     f"{_jsonable(attrs['neurofm_format'])!r} is not a format version number "
+                                     f"(this neurofm writes {FORMAT_VERSION})",
+                                     "the file was not written by neurofm's SessionWriter: convert the recording "
+                                     "again with `neurofm convert`") from None
         if version > FORMAT_VERSION:
             raise SessionFormatError(self.path, "/ attrs neurofm_format",
                                      f"format version {version} is newer than this neurofm reads ({FORMAT_VERSION})",
@@ -829,6 +858,114 @@ class Session:
                 for key in keys:
                     if not isinstance(g, h5py.Group) or key not in g:
                         raise self._bad(f"/{group}/{name}/{key}", "missing")
+
+    @_reads("/ (contents)")
+    def validate(self, block: int = 1 << 22) -> None:
+        """Check the contents, not only the structure (``neurofm validate``; data modules run it
+        before training). Raises :class:`SessionFormatError` naming the file, the path inside
+        it, what is wrong and the fix. Vectorised NumPy over blocks of ``block`` values: one
+        pass over the spikes, memory bounded whatever the file's size.
+
+        Checked: spike times float64, finite, sorted; unit indices integers in range; unit ids
+        unique; ``/spikes/index`` consistent with the times (a file edited in place after it
+        was written fails here); behaviour / stimulus timestamps float, finite and increasing;
+        continuous data float with a positive sampling rate and one channel row per column;
+        events finite; intervals with end >= start.
+        """
+        f = self.h5
+        rewrite = "write the file again with SessionWriter (neurofm convert / neurofm simulate)"
+        if "units" in f and "id" in f["units"]:
+            ids = _decode(f["units/id"][()])
+            uniq, counts = np.unique(ids.astype(str), return_counts=True)
+            if (counts > 1).any():
+                raise SessionFormatError(self.path, "/units/id", f"unit ids are not unique: {uniq[counts > 1][:5].tolist()}",
+                                         "give every unit its own id and " + rewrite)
+        if "spikes" in f:
+            self._validate_spikes(block, rewrite)
+        for group, key in (("behavior", "values"), ("stimulus", "frames")):
+            for name, g in f[group].items() if group in f else ():
+                self._validate_timestamps(f"/{group}/{name}/timestamps", g["timestamps"], rewrite)
+                if group == "behavior" and g[key].dtype.kind not in "fiu":
+                    raise SessionFormatError(self.path, f"/{group}/{name}/{key}", f"dtype {g[key].dtype} is not numeric",
+                                             rewrite)
+        if "continuous" in f:
+            d = f["continuous/data"]
+            if d.dtype.kind != "f":
+                raise SessionFormatError(self.path, "/continuous/data", f"dtype {d.dtype} is not float", rewrite)
+            sr = float(f["continuous"].attrs["sampling_rate"])
+            if not np.isfinite(sr) or sr <= 0:
+                raise SessionFormatError(self.path, "/continuous attrs sampling_rate", f"{sr} is not a positive rate",
+                                         rewrite)
+            if "channels" not in f:
+                raise SessionFormatError(self.path, "/channels", "missing while /continuous exists", rewrite)
+        for name, g in f["events"].items() if "events" in f else ():
+            onset = g["onset"][()]
+            if onset.dtype.kind != "f" or not np.isfinite(onset).all():
+                raise SessionFormatError(self.path, f"/events/{name}/onset", "must be finite float seconds", rewrite)
+        for name, g in f["intervals"].items() if "intervals" in f else ():
+            start, end = g["start"][()], g["end"][()]
+            if start.shape != end.shape or not (np.isfinite(start).all() and np.isfinite(end).all()) \
+                    or np.any(end < start):
+                raise SessionFormatError(self.path, f"/intervals/{name}", "start and end must be finite pairs with "
+                                         "end >= start", rewrite)
+
+    def _validate_timestamps(self, field: str, dset: h5py.Dataset, rewrite: str) -> None:
+        ts = dset[()]
+        if ts.dtype.kind != "f":
+            raise SessionFormatError(self.path, field, f"dtype {ts.dtype}, must be float64 seconds", rewrite)
+        if not np.isfinite(ts).all():
+            raise SessionFormatError(self.path, field, f"{int((~np.isfinite(ts)).sum())} timestamps are NaN or inf",
+                                     "drop those samples and " + rewrite)
+        if ts.size > 1 and np.any(np.diff(ts) <= 0):
+            i = int(np.argmax(np.diff(ts) <= 0))
+            raise SessionFormatError(self.path, field, f"timestamps do not increase at sample {i + 1} "
+                                     f"({ts[i]} -> {ts[i + 1]} s)", "sort the samples, drop duplicates and " + rewrite)
+
+    def _validate_spikes(self, block: int, rewrite: str) -> None:
+        f = self.h5
+        times, units = f["spikes/times"], f["spikes/unit_index"]
+        if times.dtype != np.float64:
+            raise SessionFormatError(self.path, "/spikes/times", f"dtype {times.dtype}, must be float64 seconds",
+                                     "convert the times to float64 seconds and " + rewrite)
+        if units.dtype.kind not in "iu":
+            raise SessionFormatError(self.path, "/spikes/unit_index", f"dtype {units.dtype} is not an integer type",
+                                     rewrite)
+        n_units, n = self.n_units, times.shape[0]
+        index = f["spikes/index"] if "index" in f["spikes"] else None
+        if index is not None:
+            stored = index[()]
+            edges = float(index.attrs["t_start"]) + float(index.attrs["step"]) * np.arange(len(stored))
+            counted = np.zeros(len(stored), dtype=np.int64)
+        prev = -np.inf
+        for a in range(0, n, block):
+            t = times[a:a + block]
+            u = units[a:a + block]
+            bad = ~np.isfinite(t)
+            if bad.any():
+                i = a + int(np.argmax(bad))
+                raise SessionFormatError(self.path, "/spikes/times", f"spike {i} has time {t[i - a]}: "
+                                         f"{int(bad.sum())} or more times are NaN or inf",
+                                         "drop those spikes and " + rewrite)
+            step_back = np.diff(np.concatenate([[prev], t])) < 0
+            if step_back.any():
+                i = a + int(np.argmax(step_back))
+                raise SessionFormatError(self.path, "/spikes/times", f"not sorted: spike {i} at {times[i]} s comes "
+                                         f"after one at {times[i - 1]} s", "sort the spikes (units paired) and " + rewrite)
+            out = (u < 0) | (u >= n_units)
+            if out.any():
+                i = a + int(np.argmax(out))
+                raise SessionFormatError(self.path, "/spikes/unit_index", f"spike {i} has unit index {u[i - a]}, "
+                                         f"outside [0, {n_units}) (/units/id has {n_units} units)",
+                                         "the unit table and the spikes do not belong together: " + rewrite)
+            if index is not None:
+                counted += np.searchsorted(t, edges, side="left")
+            prev = t[-1] if t.size else prev
+        if index is not None and not np.array_equal(counted, stored):
+            k = int(np.argmax(counted != stored))
+            raise SessionFormatError(self.path, "/spikes/index",
+                                     f"does not match /spikes/times (entry {k}, t = {edges[k]:.3f} s: {stored[k]} "
+                                     f"stored, {counted[k]} counted); the times were changed after the file was written",
+                                     rewrite + ", which rebuilds the index")
 
     # -- summary --------------------------------------------------------------------------
     @property
@@ -1004,6 +1141,7 @@ class Session:
         i0 = bound(t0)
         return i0, max(i0, bound(t1))
 
+    @_reads("/spikes")
     def spikes(self, t0: float | None = None, t1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Spikes with ``t0 <= t < t1``: ``(times (N,) float64 s, unit_index (N,) int32)``."""
         if "spikes" not in self.h5:
@@ -1038,6 +1176,7 @@ class Session:
             return self.h5["continuous/data"].shape[1]
         return len(self.h5["channels/name"]) if "channels" in self.h5 else 0
 
+    @_reads("/continuous/data")
     def continuous(self, t0: float | None = None, t1: float | None = None) -> np.ndarray:
         """Samples in ``[t0, t1)`` as ``(T, C)`` float32 (reads only the chunks it needs).
 
@@ -1056,6 +1195,7 @@ class Session:
         i1 = self._dset("continuous/data").shape[0] if t1 is None else int(round((t1 - ct0) * sr))
         return self.continuous_samples(i0, i1)
 
+    @_reads("/continuous/data")
     def continuous_samples(self, i0: int, i1: int) -> np.ndarray:
         """Rows ``[i0, i1)`` of ``/continuous/data`` as ``(T, C)`` float32 (clipped to the recording)."""
         dset = self._dset("continuous/data")
@@ -1064,6 +1204,7 @@ class Session:
         i1 = min(max(int(i1), i0), n)
         return dset[i0:i1]
 
+    @_reads("/channels")
     def channels(self) -> Channels:
         if "channels" not in self.h5:
             raise KeyError(f"{self.path}: no /channels (this session holds {self.kinds}; channel tables come "
@@ -1105,6 +1246,7 @@ class Session:
         """``(timestamps (T,), frames (T, ...))`` of stimulus ``name`` within ``[t0, t1)``."""
         return self._timeseries("stimulus", name, "frames", t0, t1)
 
+    @_reads("/{0}/{1}")
     def _timeseries(self, group: str, name: str, key: str, t0, t1):
         """Timestamps are cached per process (8 bytes a sample) so that many windows cost one
         binary search each; only the rows of ``key`` inside the window are read."""
@@ -1119,6 +1261,7 @@ class Session:
         i1 = max(i0, i1)
         return ts[i0:i1].copy(), self._dset(f"{group}/{name}/{key}")[i0:i1]
 
+    @_reads("/events/{0}")
     def events(self, name: str) -> dict[str, np.ndarray]:
         if f"events/{name}" not in self.h5:
             raise KeyError(f"{self.path}: no /events/{name}; available: {self.event_names}")
@@ -1128,6 +1271,7 @@ class Session:
                 "duration": g["duration"][()] if "duration" in g else np.zeros(n),
                 "label": _decode(g["label"][()]) if "label" in g else np.full(n, name, dtype=object)}
 
+    @_reads("/intervals/{0}")
     def intervals(self, name: str) -> dict[str, np.ndarray]:
         if f"intervals/{name}" not in self.h5:
             raise KeyError(f"{self.path}: no /intervals/{name}; available: {self.interval_names}")
@@ -1142,6 +1286,20 @@ class Session:
         self.h5["ground_truth"].visititems(
             lambda k, v: out.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
         return out
+
+
+_VALIDATED: dict[tuple, bool] = {}
+
+
+def validate_sessions(sessions) -> None:
+    """:meth:`Session.validate` each session once per process and file version (path, size,
+    modification time): data modules call this at setup, before any training step."""
+    for s in sessions:
+        st = s.path.stat()
+        key = (str(s.path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _VALIDATED:
+            s.validate()
+            _VALIDATED[key] = True
 
 
 def open_sessions(paths) -> Iterator[Session]:
