@@ -197,14 +197,10 @@ def _few(items: list[str], n: int = 5) -> str:
 
 
 def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from neurofm.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        write(tmp)
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -255,8 +251,31 @@ def _config_from_meta(cls: type, meta: dict, folder: Path):
     except ConfigError as e:
         raise PretrainedError(f"{e} (folder written by neurofm {saved_version}, this is "
                               f"{neurofm.__version__})") from None
-    defaulted = sorted(set(to_dict(config)) - set(data))
+    except ValueError as e:  # the config class's own checks (e.g. units vs n_units) name no file
+        raise PretrainedError(f"{folder / CONFIG_NAME}: config: {e}; the folder's config.json is inconsistent: "
+                              f"save the model again (or fix that key)") from None
+    # every key, at any depth, that the file lacks and the current config class filled in
+    defaulted = sorted(set(_leaf_keys(to_dict(config))) - set(_leaf_keys(data)))
     if defaulted:
-        warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; keys {defaulted} "
-                      f"were absent and take this version's defaults", stacklevel=3)
+        now = _leaf_keys(to_dict(config))
+        shown = ", ".join(f"{k} = {now[k]!r}" for k in defaulted)
+        warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; {len(defaulted)} key(s) were "
+                      f"absent and take this version's defaults: {shown}. If the model was trained with other "
+                      f"values, add them to config.json", stacklevel=3)
     return config
+
+
+def _leaf_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"window": {"curr": 0.1}, "behavior": [{"name": "x"}]}`` ->
+    ``{"window.curr": 0.1, "behavior[0].name": "x"}`` (dicts and lists of dicts walked)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaf_keys(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(_leaf_keys(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: tree}

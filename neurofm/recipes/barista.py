@@ -281,7 +281,7 @@ def load_task(checkpoint):
 
     hp = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     cls = BaristaFinetuneTask if "encoder" in hp else BaristaPretrainTask
-    return cls.load_from_checkpoint(checkpoint, map_location="cpu")
+    return cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
 
 def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classify", behavior: list[str] = (),

@@ -359,7 +359,7 @@ def export(task) -> Neuroformer:
 def load_task(checkpoint):
     from neurofm.tasks.neuroformer import NeuroformerTask
 
-    return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()
