@@ -547,6 +547,7 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         save_config(cfg, run_dir / "config.yaml")
     if ckpt and trainer.global_rank == 0:
         print(f"neurofm: resuming from {ckpt}")
+    trained_before = _previous_training(run_dir) if ckpt else None
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
     train_seconds = time.time() - t_start
     if trainer.global_rank != 0:
@@ -558,17 +559,44 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         device=str(trainer.strategy.root_device), world_size=int(trainer.world_size))
     if restored:
         metrics["training"]["evaluated_checkpoint"] = restored
+    metrics["training"] = _keep_provenance(trained_before, metrics["training"])
     import neurofm
+    from neurofm.cards import data_sources, render_card, run_session_paths
+    from neurofm.hub import model_meta
 
     metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
+    metrics.setdefault("data", {})["sources"] = data_sources(run_session_paths(to_dict(cfg)))
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
     _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    from neurofm.cards import render_card
-
-    model.save_pretrained(pretrained_dir, card=render_card(metrics, (run_dir / "config.yaml").read_text()))
+    card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
+    model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
+
+
+def _previous_training(run_dir: Path) -> dict | None:
+    """The ``training`` section of the run folder's metrics.json, if a finished run left one."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text()).get("training") if path.exists() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _keep_provenance(before: dict | None, now: dict) -> dict:
+    """Training provenance of a resumed run. Re-running a finished run trains nothing: keep the
+    record of the run that trained (its wall time, device...), noting the re-evaluation. A run
+    resumed to train further adds this session's steps and time to the earlier ones."""
+    if not before or "steps" not in before:
+        return now
+    if int(before["steps"]) == int(now["steps"]):
+        kept = {k: v for k, v in before.items() if k != "reevaluated"}
+        if "evaluated_checkpoint" in now:
+            kept["evaluated_checkpoint"] = now["evaluated_checkpoint"]
+        return {**kept, "reevaluated": True}
+    return {**now, "wall_time_s": round(float(before.get("wall_time_s", 0.0)) + float(now["wall_time_s"]), 1),
+            "resumed_at_step": int(before["steps"])}
 
 
 def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | None) -> dict | None:
