@@ -31,7 +31,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from neurofm.data.session import SessionWriter
 
-__all__ = ["simulate_spikes", "simulate_ieeg", "IEEG_REGIONS"]
+__all__ = ["simulate_spikes", "simulate_place_cells", "simulate_ieeg", "IEEG_REGIONS"]
 
 
 def _params_attr(**params) -> str:
@@ -323,6 +323,165 @@ def simulate_spikes(
             w.add_array(gt + "preferred_orientation", preferred_orientation, unit="rad")
             w.add_array(gt + "orientation_gain", orientation_gain, unit="log-rate at the preferred orientation")
             w.add_array(gt + "stimulus_orientation", stim_orientation, unit="rad (NaN = blank frame)")
+        return w.close()
+
+
+# --------------------------------------------------------------------------------------------
+# place cells in a 2-D arena
+# --------------------------------------------------------------------------------------------
+
+
+def _run_rest_epochs(rng: np.random.Generator, duration: float, run_s: float, rest_s: float,
+                     final_rest: float) -> np.ndarray:
+    """(E, 2) run epochs (s): runs and rests alternate, each lasting 0.5-1.5x its mean
+    (``run_s``, ``rest_s``); the last ``final_rest`` fraction of the recording is one long rest
+    (a session that ends in the home cage, as linear-track does)."""
+    end_runs = duration * (1.0 - final_rest)
+    epochs, t, running = [], float(rng.uniform(0.2, 1.0) * min(rest_s, 5.0)), True
+    while t < end_runs:
+        length = rng.uniform(0.5, 1.5) * (run_s if running else rest_s)
+        if running:
+            epochs.append((t, min(t + length, end_runs)))
+        t += length
+        running = not running
+    return np.asarray(epochs, dtype=np.float64).reshape(-1, 2)
+
+
+def _arena_trajectory(rng: np.random.Generator, n: int, fs: float, epochs: np.ndarray, arena: float,
+                      run_speed: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Position (n, 2) cm in a square ``arena`` and speed (n,) cm/s at ``fs`` Hz.
+
+    Running: a smooth random walk (heading turns with an OU angular velocity, 1 s time
+    constant, ~90 deg/s), each run with its own cruising speed in ``run_speed``; walls reflect.
+    Resting: the animal stays where it stopped. The speed profile is smoothed (0.4 s) so the
+    animal starts and stops smoothly.
+    """
+    cruise = np.zeros(n)
+    for a, b in epochs:
+        cruise[int(a * fs):int(b * fs)] = rng.uniform(*run_speed)
+    speed = np.clip(gaussian_filter1d(cruise, 0.4 * fs, mode="constant"), 0.0, None)
+    a = np.exp(-1.0 / fs)
+    omega = signal.lfilter([np.sqrt(1 - a * a)], [1, -a], rng.standard_normal(n)) * np.pi / 2  # rad/s
+    heading = rng.uniform(0, 2 * np.pi) + np.cumsum(omega) / fs
+    step = speed[:, None] / fs * np.stack([np.cos(heading), np.sin(heading)], axis=1)  # (n, 2)
+    raw = rng.uniform(0.2, 0.8, 2) * arena + np.concatenate([np.zeros((1, 2)), np.cumsum(step[:-1], axis=0)])
+    folded = np.mod(raw, 2 * arena)  # reflecting walls: fold the unbounded walk into [0, arena]
+    position = arena - np.abs(folded - arena)
+    return position, speed
+
+
+def simulate_place_cells(
+    out_path: str | os.PathLike,
+    *,
+    n_units: int = 50,
+    duration: float = 900.0,
+    seed: int = 0,
+    rate_hz: float = 1.0,
+    frac_place: float = 0.6,
+    frac_speed: float = 0.2,
+    arena: float = 100.0,
+    run_s: float = 30.0,
+    rest_s: float = 20.0,
+    final_rest: float = 0.0,
+    run_speed: tuple[float, float] = (10.0, 35.0),
+    burst_rate: float = 0.3,
+    behavior_rate: float = 50.0,
+    session_id: str | None = None,
+) -> Path:
+    """Simulate hippocampal-like place and speed cells in a 2-D arena with run/rest epochs.
+
+    The recording a lab brings for position decoding: an animal runs (random walk in a square
+    ``arena`` cm wide) and rests, and units are inhomogeneous Poisson processes (rates on the
+    ``1 / behavior_rate`` grid, spike times uniform inside each step) with
+
+    ``rate_i(t) = baseline[i] * exp(place_gain[i] * g(t) * field_i(pos(t)) + speed_gain[i] * speed(t) / 30)
+    + bursts``
+
+    where ``field_i`` is a 2-D Gaussian (centre uniform in the arena, width 8-20% of it),
+    ``g(t) = speed / (speed + 3)`` silences fields at rest, ``baseline`` is log-normal with
+    median ``rate_hz`` (0.3 Hz: sparse as tetrode data; 5 Hz: dense), and at rest
+    population bursts (``burst_rate`` per s, 100 ms, sharp-wave-like) make a random half of the
+    units fire at 8x their baseline, a rest-specific nuisance for a decoder.
+
+    ``frac_place`` of the units have fields (gain 1.5-3.0), ``frac_speed`` (drawn independently)
+    a speed gain in [0.5, 1.5] per 30 cm/s. Writes ``/behavior/position`` (T, 2) cm,
+    ``/behavior/speed`` cm/s, ``/intervals/running`` and ``/ground_truth`` (``place_center``
+    (N, 2), ``place_width``, ``place_gain``, ``speed_gain``, ``baseline_rate``); the same
+    arguments give the same file content.
+    """
+    for name, value in (("duration", duration), ("rate_hz", rate_hz), ("arena", arena), ("run_s", run_s),
+                        ("rest_s", rest_s), ("behavior_rate", behavior_rate)):
+        _check_positive(name, value)
+    if n_units < 1:
+        raise ValueError(f"n_units must be at least 1, got {n_units}")
+    if not 0 <= final_rest < 1:
+        raise ValueError(f"final_rest must be in [0, 1), got {final_rest}")
+    params = dict(n_units=n_units, duration=duration, seed=seed, rate_hz=rate_hz, frac_place=frac_place,
+                  frac_speed=frac_speed, arena=arena, run_s=run_s, rest_s=rest_s, final_rest=final_rest,
+                  run_speed=tuple(run_speed), burst_rate=burst_rate, behavior_rate=behavior_rate)
+    rng_units, rng_beh, rng_spk = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    N = n_units
+    baseline = rng_units.lognormal(np.log(rate_hz), 0.7, N)
+    is_place = rng_units.random(N) < frac_place
+    center = rng_units.uniform(0.0, arena, (N, 2))
+    width = rng_units.uniform(0.08, 0.2, N) * arena
+    place_gain = np.where(is_place, rng_units.uniform(1.5, 3.0, N), 0.0)
+    speed_gain = np.where(rng_units.random(N) < frac_speed, rng_units.uniform(0.5, 1.5, N), 0.0)
+
+    fs = behavior_rate
+    n = int(np.floor(duration * fs))
+    t = np.arange(n) / fs
+    epochs = _run_rest_epochs(rng_beh, duration, run_s, rest_s, final_rest)
+    position, speed = _arena_trajectory(rng_beh, n, fs, epochs, arena, run_speed)
+    moving_gate = speed / (speed + 3.0)
+    # bursts at rest: onsets Poisson(burst_rate) where the animal is still, 100 ms each
+    still = speed < 1.0
+    onsets = np.flatnonzero(still & (rng_beh.random(n) < burst_rate / fs))
+    burst = np.zeros(n, dtype=bool)
+    for k in range(max(1, int(round(0.1 * fs)))):
+        burst[np.clip(onsets + k, 0, n - 1)] = True
+    members = rng_beh.random((len(onsets), N)) < 0.5
+    burst_gain = np.zeros((n, N))
+    for k in range(max(1, int(round(0.1 * fs)))):
+        burst_gain[np.clip(onsets + k, 0, n - 1)] = np.maximum(burst_gain[np.clip(onsets + k, 0, n - 1)],
+                                                               members * np.log(8.0))
+
+    rates = np.empty((n, N))
+    chunk = 20000
+    for i0 in range(0, n, chunk):  # (chunk, N) at a time: the field term is (T, N)
+        sl = slice(i0, min(n, i0 + chunk))
+        d2 = ((position[sl, None, :] - center[None, :, :]) ** 2).sum(-1)  # (Tc, N)
+        field = np.exp(-0.5 * d2 / width[None, :] ** 2)
+        log_rate = (np.log(baseline)[None, :] + place_gain[None, :] * moving_gate[sl, None] * field
+                    + speed_gain[None, :] * speed[sl, None] / 30.0 + burst_gain[sl])
+        rates[sl] = np.exp(log_rate)
+    counts = rng_spk.poisson(rates / fs)  # (T, N)
+    step, unit = np.nonzero(counts)
+    reps = counts[step, unit]
+    step, unit = np.repeat(step, reps), np.repeat(unit, reps).astype(np.int32)
+    times = (step + rng_spk.random(step.size)) / fs
+    order = np.argsort(times, kind="stable")
+    times, unit = times[order], unit[order]
+
+    session_id = session_id or f"synthetic-place-seed{seed}"
+    with SessionWriter(out_path, session_id=session_id, subject_id=f"synthetic-place-seed{seed}",
+                       species="simulated", lab="neurofm", source="simulate_place_cells",
+                       generator="neurofm.data.synthetic.simulate_place_cells", generator_params=_params_attr(**params),
+                       seed=seed) as w:
+        w.add_units([f"cell{i:04d}" for i in range(N)],
+                    cell_type=np.where(is_place, "place", np.where(speed_gain > 0, "speed", "other")))
+        w.add_spikes(times, unit, t_start=0.0, t_end=n / fs)
+        w.add_behavior("position", t, position.astype(np.float32), unit="cm")
+        w.add_behavior("speed", t, speed.astype(np.float32), unit="cm/s")
+        if len(epochs):
+            w.add_intervals("running", epochs[:, 0], epochs[:, 1])
+        gt = "ground_truth/"
+        w.add_array(gt + "place_center", center, unit="cm")
+        w.add_array(gt + "place_width", width, unit="cm")
+        w.add_array(gt + "place_gain", place_gain, unit="log-rate at the field centre while running")
+        w.add_array(gt + "speed_gain", speed_gain, unit="log-rate per 30 cm/s")
+        w.add_array(gt + "baseline_rate", baseline, unit="Hz")
+        w.add_array(gt + "burst_onsets", t[onsets], unit="s")
         return w.close()
 
 
