@@ -107,7 +107,7 @@ def test_train_writes_run_folder_that_loads_in_a_fresh_process(run_a, sim, tmp_p
     assert {"metrics", "baselines", "protocol", "training", "data", "n_params"} <= metrics.keys()
     assert np.isfinite(metrics["metrics"]["id_bits_per_spike"])
     assert "unigram (firing-rate) null" in metrics["baselines"]
-    assert "ridge on window counts" in metrics["baselines"]  # the demo config decodes speed
+    assert "ridge on binned counts" in metrics["baselines"]  # the demo config decodes speed
     assert "test block" in metrics["protocol"]
     assert metrics["training"]["steps"] == 2 * BATCHES and metrics["training"]["epochs"] == 2
 
