@@ -494,7 +494,7 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
-    new = to_dict(cfg)
+    new = _as_saved(cfg)
     diffs = []
     for section in RESUME_SECTIONS:
         old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
@@ -507,6 +507,13 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
         raise ConfigError(f"resume: {checkpoint} was written by a run with another config ({saved_path}): {shown}. "
                           f"A checkpoint only continues the run that wrote it: use a new run_dir, or resume=none "
                           f"to start this run_dir over")
+
+
+def _as_saved(cfg) -> dict:
+    """``cfg`` as :func:`save_config` writes it and config.yaml reads back (tuples become lists,
+    ...), so a resumed run's config compares equal to the saved one whatever its Python types."""
+    text = OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)  # type: ignore[return-value]
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
@@ -531,6 +538,8 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     t_start = time.time()
     cfg = recipe.prepare(cfg)  # simulate the demo session once; resolve a pretrained model's shape
+    if hasattr(recipe, "preflight"):  # what the run needs after training, checked before it starts
+        recipe.preflight(cfg, training=True)
     ckpt = resume_path(cfg.resume, run_dir)
     if ckpt:
         check_resume_config(cfg, ckpt)
@@ -626,7 +635,7 @@ def _json_default(o):
 
 
 FAMILY_OF_MODEL = {"Neuroformer": "neuroformer", "Barista": "barista", "BaristaEncoder": "barista",
-                   "BaristaClassifier": "barista", "BaristaRegressor": "barista"}
+                   "BaristaClassifier": "barista", "BaristaRegressor": "barista", "BaristaFinetuned": "barista"}
 
 
 def family_of(pretrained: str | os.PathLike) -> str:
@@ -650,6 +659,8 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     cfg = recipe.finetune_config(pretrained, list(sessions), run_dir=str(out_dir), overrides=list(overrides),
                                  **options)
     cfg = recipe.prepare(cfg)
+    if hasattr(recipe, "preflight"):
+        recipe.preflight(cfg, training=False)
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))

@@ -110,6 +110,10 @@ class BaristaConfig:
     fast_kernels: bool = True  # False: plain PyTorch (nn.Conv1d, autograd, torch checkpoint), the reference
     # the category vocabulary the parcel indices refer to (SpatialVocab.to_dict())
     spatial_vocab: dict[str, Any] | None = None
+    # what the input went through beyond its rate and patch shape (notch, re-reference, channel
+    # selection, z-scoring): neurofm.data.segmenter.Preprocessing as a dict; fine-tuning and
+    # evaluation apply it (None: not recorded, folders of older versions)
+    preprocessing: dict[str, Any] | None = None
 
     #: Fields that fix parameter shapes; a checkpoint loads only into a config that agrees on them.
     SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "patch_len", "cnn_channels", "cnn_kernel",
