@@ -31,7 +31,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from neurofm.data.session import SessionWriter
 
-__all__ = ["simulate_spikes", "simulate_ieeg", "IEEG_REGIONS"]
+__all__ = ["simulate_spikes", "simulate_ieeg", "simulate_ieeg_subjects", "IEEG_REGIONS", "IEEG_BEHAVIOR_REGIONS"]
 
 
 def _params_attr(**params) -> str:
@@ -352,6 +352,8 @@ IEEG_REGIONS: tuple[tuple[str, str, tuple[float, float, float], float, bool], ..
     ("ctx_lh_G_postcentral", "ctx-lh-postcentral", (-44.0, -28.0, 52.0), 20.0, False),
     ("ctx_rh_G_front_inf-Opercular", "ctx-rh-parsopercularis", (50.0, 14.0, 14.0), 14.0, False),
 )
+#: regions whose high gamma a simulated continuous behaviour drives (sensorimotor, like grip force)
+IEEG_BEHAVIOR_REGIONS = ("ctx_lh_G_precentral", "ctx_lh_G_postcentral")
 _BACKGROUND_TAUS = (0.004, 0.016, 0.064, 0.256, 1.024)  # s; equal-variance AR(1)s sum to ~1/f
 
 
@@ -370,25 +372,27 @@ def _bandlimited(rng: np.random.Generator, n: int, fs: float, lo: float, hi: flo
 
 
 def _shafts(rng: np.random.Generator, n_channels: int, n_regions: int, contacts_per_shaft: int,
-            spacing: float = 3.5):
+            spacing: float = 3.5, regions=None, placement_sd: float = 2.0):
     """Depth shafts, one per target region in turn, contacts numbered from the deep tip.
 
     Returns names (C,), xyz (C, 3) mm, the target region of each contact (C,), and its tissue
     class (C,): 0 grey matter of the target region, 1 white matter, 2 outside the brain
     (label ``Unknown``). The first 12-20 mm of a shaft lie in the target; the rest is white
-    matter, and the outermost contact of some shafts is outside.
+    matter, and the outermost contact of some shafts is outside. ``regions`` (indices into
+    :data:`IEEG_REGIONS`) are the targets in turn (default: the first ``n_regions``); each tip
+    lies ``placement_sd`` mm (per axis) from the region's centroid.
     """
     n_shafts = int(np.ceil(n_channels / contacts_per_shaft))
     letters = {"L": 0, "R": 0}
     names, xyz, region, tissue = [], [], [], []
     for s in range(n_shafts):
-        r = s % n_regions
+        r = s % n_regions if regions is None else int(regions[s % len(regions)])
         centre = np.asarray(IEEG_REGIONS[r][2])
         side = "L" if centre[0] < 0 else "R"
         letter = letters[side]
         letters[side] += 1
         prefix = side + ("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[letter % 26]) + ("'" * (letter // 26))
-        tip = centre + rng.normal(0.0, 2.0, 3)
+        tip = centre + rng.normal(0.0, placement_sd, 3)
         direction = np.array([1.0 if side == "R" else -1.0, rng.normal(0, 0.3), rng.normal(0.2, 0.3)])
         direction /= np.linalg.norm(direction)
         grey_depth = rng.uniform(12.0, 20.0)
@@ -417,6 +421,13 @@ def simulate_ieeg(
     response_amplitude: float = 1.0,
     chunk_duration: float = 10.0,
     session_id: str | None = None,
+    regions=None,
+    placement_sd: float = 2.0,
+    coordinate_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    behavior: str | None = None,
+    behavior_regions: tuple[str, ...] = (),
+    behavior_rate: float = 100.0,
+    subject_id: str | None = None,
 ) -> Path:
     """Simulate a stereo-EEG session with region-structured sources and labelled events.
 
@@ -453,6 +464,21 @@ def simulate_ieeg(
     line_noise
         Mains frequency (50 or 60 Hz), added with its harmonics below Nyquist on every channel
         with a channel-specific amplitude and phase; ``None`` for none.
+    regions, placement_sd, coordinate_offset
+        Another subject's layout: the shafts aim at ``regions`` (indices into the first
+        ``n_regions`` rows of :data:`IEEG_REGIONS`, in turn; default all of them), each tip
+        ``placement_sd`` mm per axis from the region's centroid, and the coordinates are
+        written in the subject's own space, shifted by ``coordinate_offset`` mm (the sources,
+        their mixing and the atlas labels are those of the shared template).
+    behavior, behavior_regions, behavior_rate
+        A continuous behaviour ``/behavior/<behavior>`` (e.g. ``grip_force``, in mN, sampled at
+        ``behavior_rate`` Hz): a latent drive ``d(t) = softplus(1.5 u(t) - 0.5)`` of a
+        unit-variance Ornstein-Uhlenbeck ``u`` (1.5 s time constant) sets the amplitude of a
+        high-gamma (70-150 Hz) carrier added to the sources of ``behavior_regions``
+        (Destrieux names; default :data:`IEEG_BEHAVIOR_REGIONS`), and the recorded behaviour
+        is ``200 + 1000 d(t)`` mN. Decoding it needs those regions' high-gamma power.
+    subject_id
+        The file's ``subject_id`` (default ``synthetic-subject-seed<seed>``).
 
     Returns
     -------
@@ -475,17 +501,36 @@ def simulate_ieeg(
         _check_positive("line_noise", line_noise)
     if not 0 < event_interval[0] <= event_interval[1]:
         raise ValueError(f"event_interval must be (min, max) seconds with 0 < min <= max, got {event_interval}")
+    if regions is not None:
+        regions = [int(r) for r in regions]
+        if not regions or min(regions) < 0 or max(regions) >= n_regions:
+            raise ValueError(f"regions must be indices in [0, {n_regions}) (n_regions), got {regions}")
+    behavior_regions = tuple(behavior_regions) or IEEG_BEHAVIOR_REGIONS
+    beh_idx = np.asarray([r for r in range(n_regions) if IEEG_REGIONS[r][0] in behavior_regions], dtype=np.int64)
+    if behavior and beh_idx.size == 0:
+        raise ValueError(f"behavior={behavior!r}: none of behavior_regions {list(behavior_regions)} is among the "
+                         f"first n_regions={n_regions} regions of IEEG_REGIONS; raise n_regions to "
+                         f"{len(IEEG_REGIONS)} or name other regions")
+    if behavior:
+        _check_positive("behavior_rate", behavior_rate)
     params = dict(n_channels=n_channels, duration=duration, sampling_rate=sampling_rate, seed=seed,
                   n_regions=n_regions, line_noise=line_noise, contacts_per_shaft=contacts_per_shaft,
                   event_interval=tuple(event_interval), response_amplitude=response_amplitude)
-    streams = np.random.SeedSequence(seed).spawn(5 + len(_BACKGROUND_TAUS))
+    if regions is not None or behavior or placement_sd != 2.0 or any(coordinate_offset):
+        params.update(regions=regions, placement_sd=placement_sd, coordinate_offset=list(coordinate_offset),
+                      behavior=behavior, behavior_regions=[IEEG_REGIONS[r][0] for r in beh_idx] if behavior else [])
+    # one more stream (the behaviour's) after the original ones: spawned children do not depend
+    # on how many are spawned, so files without a behaviour are unchanged
+    streams = np.random.SeedSequence(seed).spawn(5 + len(_BACKGROUND_TAUS) + 1)
     rng_layout, rng_events, rng_osc, rng_noise, rng_line = (np.random.default_rng(s) for s in streams[:5])
-    rng_bg = [np.random.default_rng(s) for s in streams[5:]]
+    rng_bg = [np.random.default_rng(s) for s in streams[5:5 + len(_BACKGROUND_TAUS)]]
+    rng_beh = np.random.default_rng(streams[-1])
     fs, R = float(sampling_rate), n_regions
     table = IEEG_REGIONS[:R]
 
     # -- layout and mixing -------------------------------------------------------------------
-    names, xyz, shaft_region, tissue = _shafts(rng_layout, n_channels, R, contacts_per_shaft)
+    names, xyz, shaft_region, tissue = _shafts(rng_layout, n_channels, R, contacts_per_shaft, regions=regions,
+                                               placement_sd=placement_sd)
     C = len(names)
     centroids = np.asarray([row[2] for row in table])  # (R, 3)
     distance = np.linalg.norm(xyz[:, None, :] - centroids[None, :, :], axis=-1)  # (C, R)
@@ -537,14 +582,24 @@ def simulate_ieeg(
     osc_gain = rng_layout.uniform(0.8, 1.2, R) / np.sqrt([_ar2_variance(a1, osc_a2) for a1 in osc_a1])
     osc_state = [np.zeros(2) for _ in range(R)]
 
+    # -- behaviour: an OU latent sets the high-gamma amplitude of the behaviour regions ------------
+    beh_a = np.exp(-1.0 / (fs * 1.5))
+    beh_state = np.zeros(1)
+    hg_sos = signal.butter(4, [hg_lo, hg_hi], btype="bandpass", fs=fs, output="sos")
+    hg_state = np.zeros((hg_sos.shape[0], 2, max(1, beh_idx.size)))
+    hg_norm = np.sqrt(2 * (hg_hi - hg_lo) / fs)  # white noise through the band keeps this share of its sd
+    beh_step = max(1, int(round(fs / behavior_rate))) if behavior else 1
+    beh_t, beh_v = [], []
+
     n_total = int(round(duration * fs))
     n_chunk = max(1, int(round(chunk_duration * fs)))
     session_id = session_id or f"synthetic-ieeg-seed{seed}"
-    with SessionWriter(out_path, session_id=session_id, subject_id=f"synthetic-subject-seed{seed}",
+    with SessionWriter(out_path, session_id=session_id, subject_id=subject_id or f"synthetic-subject-seed{seed}",
                        species="simulated", lab="neurofm", source="simulate_ieeg",
                        generator="neurofm.data.synthetic.simulate_ieeg", generator_params=_params_attr(**params),
                        seed=seed) as w:
-        w.add_channels(names, x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2],
+        shown = xyz + np.asarray(coordinate_offset, dtype=np.float64)[None, :]  # the subject's own space
+        w.add_channels(names, x=shown[:, 0], y=shown[:, 1], z=shown[:, 2],
                        regions={"destrieux": destrieux, "desikan-killiany": desikan},
                        coordinate_space="MNI152 (simulated)")
         for i0 in range(0, n_total, n_chunk):
@@ -563,6 +618,16 @@ def simulate_ieeg(
             for e in hit:  # add each overlapping response's slice
                 a0, a1 = max(i0, onset_idx[e]), min(i1, onset_idx[e] + n_resp)
                 src[a0 - i0:a1 - i0] += responses[e][a0 - onset_idx[e]:a1 - onset_idx[e]]
+            if behavior:
+                u, beh_state = signal.lfilter([np.sqrt(1 - beh_a * beh_a)], [1, -beh_a], rng_beh.standard_normal(n),
+                                              zi=beh_state)
+                drive = np.logaddexp(0.0, 1.5 * u - 0.5)  # softplus, (n,)
+                carrier, hg_state = signal.sosfilt(hg_sos, rng_beh.standard_normal((n, beh_idx.size)), axis=0,
+                                                   zi=hg_state)
+                src[:, beh_idx] += 0.8 * drive[:, None] * carrier / hg_norm
+                keep = np.flatnonzero((i0 + np.arange(n)) % beh_step == 0)
+                beh_t.append((i0 + keep) / fs)
+                beh_v.append(200.0 + 1000.0 * drive[keep])
             x = src @ mixing.T + 0.3 * rng_noise.standard_normal((n, C))  # (n, C)
             if harmonics.size:
                 tt = (i0 + np.arange(n)) / fs
@@ -575,6 +640,15 @@ def simulate_ieeg(
                 w.append_continuous(x)
         w.add_events("word_onset", onsets, np.full(onsets.size, 0.5), np.where(is_speech, "speech", "nonspeech"))
         gt = "ground_truth/"
+        if behavior:
+            w.add_behavior(behavior, np.concatenate(beh_t), np.concatenate(beh_v).astype(np.float32), unit="mN",
+                           description="200 + 1000 * softplus(1.5 u - 0.5) of an OU latent u that sets the "
+                                       "high-gamma amplitude of the behaviour regions")
+            w.add_array(gt + "behavior_regions", beh_idx,
+                        description="regions (index into region_destrieux) whose high gamma the behaviour drives")
+        if any(coordinate_offset):
+            w.add_array(gt + "coordinate_offset", np.asarray(coordinate_offset, dtype=np.float64), unit="mm",
+                        description="the subject's coordinate space minus the template's (channels are shifted)")
         w.add_array(gt + "channel_region", channel_region.astype(np.int64),
                     description="index (into region_destrieux) of the region whose source dominates each channel")
         w.add_array(gt + "mixing", mixing, description="x_c = 50 uV * (sum_r mixing[c, r] s_r + noise)")
@@ -587,3 +661,91 @@ def simulate_ieeg(
                     description="per word_onset event and region: amplitude of the evoked response (0 = none)")
         return w.close()
 
+
+
+def simulate_ieeg_subjects(
+    out_dir: str | os.PathLike,
+    n_subjects: int = 4,
+    *,
+    n_channels: int = 30,
+    contacts_per_shaft: int = 5,
+    duration: float | tuple[float, ...] = 600.0,
+    sampling_rate: float = 256.0,
+    seed: int = 0,
+    line_noise: float | None = 60.0,
+    behavior: str | None = "grip_force",
+    placement_sd: float = 6.0,
+    offset_mm: float = 15.0,
+    prefix: str = "sub",
+) -> list[Path]:
+    """Several simulated sEEG subjects whose different layouts sample one shared set of regions.
+
+    All subjects share the 16 regions of :data:`IEEG_REGIONS` (the same sources' dynamics,
+    the same speech-responsive regions, the same behaviour regions, the same atlas labels),
+    so parcels and lobes mean the same thing in every subject, while coordinates do not:
+    each subject's shafts aim at its own subset of regions, its tips scatter
+    ``placement_sd`` mm around the region centroids, and its coordinates are written in its
+    own space, shifted by a uniform ``[-offset_mm, offset_mm]`` per axis (as native-space
+    coordinates of different brains are). Each subject has
+    ``ceil(n_channels / contacts_per_shaft)`` shafts: two aimed at speech-responsive regions,
+    one at a behaviour region (:data:`IEEG_BEHAVIOR_REGIONS`; with ``behavior``), the rest
+    at other regions drawn at random. The LAST subject draws its other regions only among
+    those the earlier subjects sample, so it can be held out: a model pretrained on the
+    others has seen every one of its parcels.
+
+    Parameters
+    ----------
+    out_dir
+        Folder for ``{prefix}-01.h5``, ``{prefix}-02.h5``, ...
+    n_subjects
+        Number of subjects (>= 2).
+    duration
+        Seconds per subject: one value for all, or one per subject (e.g. a short held-out one).
+    n_channels, contacts_per_shaft, sampling_rate, line_noise, behavior
+        As in :func:`simulate_ieeg` (``behavior=None``: events only).
+    seed
+        Everything derives from it; subject ``k`` is :func:`simulate_ieeg` with its own seed.
+
+    Returns
+    -------
+    The written paths, in subject order. Each file's ``/ground_truth`` is that of
+    :func:`simulate_ieeg` (plus ``coordinate_offset``).
+    """
+    if n_subjects < 2:
+        raise ValueError(f"n_subjects must be >= 2 (one to hold out), got {n_subjects}")
+    durations = (duration,) * n_subjects if np.isscalar(duration) else tuple(duration)
+    if len(durations) != n_subjects:
+        raise ValueError(f"duration: {len(durations)} values for {n_subjects} subjects; give one or one per subject")
+    n_shafts = int(np.ceil(n_channels / contacts_per_shaft))
+    need = 3 if behavior else 2
+    if n_shafts < need:
+        raise ValueError(f"n_channels={n_channels} with contacts_per_shaft={contacts_per_shaft} gives {n_shafts} "
+                         f"shaft(s); each subject needs at least {need} (two speech-responsive regions"
+                         f"{' and a behaviour region' if behavior else ''})")
+    R = len(IEEG_REGIONS)
+    responsive = [r for r in range(R) if IEEG_REGIONS[r][4]]
+    beh = [r for r in range(R) if IEEG_REGIONS[r][0] in IEEG_BEHAVIOR_REGIONS]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))  # layouts; subjects' signals below
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    paths = []
+    child = np.random.SeedSequence(seed).spawn(n_subjects)
+    for k in range(n_subjects):
+        chosen = list(rng.choice(responsive, 2, replace=False))
+        if behavior:
+            chosen.append(int(rng.choice(beh)))
+        pool = [r for r in range(R) if r not in chosen and (k < n_subjects - 1 or r in seen)]
+        n_other = min(n_shafts - len(chosen), len(pool))
+        chosen += [int(r) for r in rng.choice(pool, n_other, replace=False)]
+        order = [int(r) for r in rng.permutation(chosen)]
+        seen.update(order)
+        offset = tuple(float(v) for v in rng.uniform(-offset_mm, offset_mm, 3))
+        sub_seed = int(child[k].generate_state(1)[0])
+        paths.append(simulate_ieeg(
+            out_dir / f"{prefix}-{k + 1:02d}.h5", n_channels=n_channels, duration=float(durations[k]),
+            sampling_rate=sampling_rate, seed=sub_seed, n_regions=R, line_noise=line_noise,
+            contacts_per_shaft=contacts_per_shaft, regions=order, placement_sd=placement_sd,
+            coordinate_offset=offset, behavior=behavior, session_id=f"synthetic-ieeg-{prefix}-{k + 1:02d}-seed{seed}",
+            subject_id=f"synthetic-{prefix}-{k + 1:02d}-seed{seed}"))
+    return paths

@@ -1042,6 +1042,9 @@ class BaristaFinetunedConfig:
     n_channels: int = 0  # token_weighting only: the fixed layout's channel count
     head_dropout: float = 0.1
     label_names: list[str] = dataclasses.field(default_factory=list)  # class index -> event label
+    # regression: the training block's target mean / std (D,); outputs come back in the recording's units
+    target_mean: list[float] = dataclasses.field(default_factory=list)
+    target_std: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.encoder = _as_config(self.encoder)
@@ -1050,7 +1053,8 @@ class BaristaFinetunedConfig:
 class BaristaFinetuned(nn.Module, PretrainedMixin):
     """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head.
 
-    ``forward(batch)`` gives logits (B, K) or outputs (B, D); for reconstruction,
+    ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's
+    units, from the training statistics in the config); for reconstruction,
     ``forward(batch, mask)`` gives the masked channels' samples (M, n, L).
     """
 
@@ -1080,7 +1084,9 @@ class BaristaFinetuned(nn.Module, PretrainedMixin):
         out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
         config = BaristaFinetunedConfig(encoder=task.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
                                         n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
-                                        label_names=list(hp.get("label_names", [])))
+                                        label_names=list(hp.get("label_names", [])),
+                                        target_mean=list(hp.get("target_mean") or []),
+                                        target_std=list(hp.get("target_std") or []))
         model = cls(config)
         model.encoder.load_state_dict(task.encoder.state_dict())
         model.head.load_state_dict(task.head.state_dict())
@@ -1091,4 +1097,7 @@ class BaristaFinetuned(nn.Module, PretrainedMixin):
             if mask is None:
                 raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
             return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
-        return self.head(self.encoder(batch), batch.get("channel_mask"))
+        out = self.head(self.encoder(batch), batch.get("channel_mask"))
+        if self.config.task == "regression" and self.config.target_std:  # standardised -> recording's units
+            out = out * out.new_tensor(self.config.target_std) + out.new_tensor(self.config.target_mean)
+        return out

@@ -71,6 +71,7 @@ class BaristaTaskConfig:
     mode: str = "pretrain"  # pretrain | finetune
     finetune_task: str = "classification"  # classification | regression | reconstruction
     pretrained: str = ""  # encoder folder to start from ("" with mode=finetune: random init)
+    from_scratch: bool = False  # fine-tune: the pretrained model's shape and vocabulary, random weights
     head: str = "pooled"  # pooled | token_weighting (one fixed layout)
     lr: float = 1e-3  # pretraining
     weight_decay: float = 1e-2
@@ -228,7 +229,10 @@ def task(cfg: RunConfig, dm):
                                    warmup_epochs=t.warmup_epochs, ema_epochs=t.ema_epochs)
     if t.mode != "finetune":
         raise ConfigError(f"task.mode: {t.mode!r} is not 'pretrain' or 'finetune'")
-    if t.pretrained:
+    if t.pretrained and t.from_scratch:
+        torch.manual_seed(cfg.seed)
+        encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
+    elif t.pretrained:
         from neurofm.hub import load_pretrained
 
         loaded = load_pretrained(t.pretrained)
@@ -237,24 +241,49 @@ def task(cfg: RunConfig, dm):
             raise ConfigError(f"task.pretrained: {t.pretrained} holds a {type(loaded).__name__}, not a BaRISTA encoder")
     else:
         encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
-    n_classes, target_dim, label_map, n_channels = 2, 1, {}, None
+    n_classes, target_dim, label_map, n_channels, scale = 2, 1, {}, None, {}
     if t.finetune_task == "classification":
         dm.setup("fit")
         label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
         n_classes = max(2, len(label_map))
     elif t.finetune_task == "regression":
-        from neurofm.data.session import Session
-
-        with Session(session_paths(cfg.data)[0]) as s:
-            _, v = s.behavior(cfg.data.target)
-        target_dim = int(np.prod(v.shape[1:])) if v.ndim > 1 else 1
+        mean, std = target_stats(cfg, dm)
+        target_dim, scale = len(mean), {"target_mean": mean, "target_std": std}
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
                                n_channels=n_channels, freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone,
                                lr_head=t.lr_head, early_stopping_patience=None,
-                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])])
+                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
+                               **scale)
     return task
+
+
+def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation (D,) of ``/behavior/<data.target>`` over its samples in the
+    training blocks of every session: the regression head learns the target standardised with
+    them and the exported model maps its outputs back to the recording's units."""
+    name = cfg.data.target
+    values = []
+    for s in dm.sessions:
+        if name not in s.behavior_names:
+            raise ConfigError(f"data.target: {s.path} has no /behavior/{name} (available: {s.behavior_names}); "
+                              f"name one of those, or move a recorded channel there with neurofm convert "
+                              f"--behavior-channel")
+        ts, v = s.behavior(name)
+        v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
+        inside = dm.splits(s)["train"].contains(ts, ts)
+        values.append(v[inside & np.isfinite(v).all(1)])
+    v = np.concatenate(values)
+    if len(v) < 2:
+        raise ConfigError(f"data.target: /behavior/{name} has {len(v)} finite sample(s) inside the training "
+                          f"blocks of {[str(s.path) for s in dm.sessions]}; the regression target needs samples "
+                          f"there (check its timestamps against data.split or /intervals/train)")
+    std = v.std(0)
+    if not (std > 0).all():
+        raise ConfigError(f"data.target: /behavior/{name} is constant over the training blocks (std {std.tolist()}); "
+                          f"there is nothing to decode")
+    return v.mean(0).tolist(), std.tolist()
 
 
 def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
@@ -287,8 +316,9 @@ def load_task(checkpoint):
 
 def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classify", behavior: list[str] = (),
                     events: str | None = None, label_fraction: float = 1.0, run_dir: str | None = None,
-                    freeze_backbone: bool = False, overrides: list[str] = ()) -> RunConfig:
-    """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions``."""
+                    freeze_backbone: bool = False, overrides: list[str] = (), from_scratch: bool = False) -> RunConfig:
+    """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions`` (``from_scratch``: the
+    same model shape and spatial vocabulary, randomly initialised: what pretraining adds)."""
     from neurofm.config import from_dict
 
     kind = {"classify": "classification", "regress": "regression", "reconstruct": "reconstruction"}.get(task)
@@ -303,7 +333,8 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
                           "frozen by default: task.freeze_cnn)")
     base = {"family": "barista", "run_dir": run_dir or f"runs/finetune-{Path(sessions[0]).stem}",
             "data": {"sessions": list(sessions), "events": events or "", "target": behavior[0] if behavior else ""},
-            "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained)},
+            "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained),
+                     "from_scratch": bool(from_scratch)},
             "trainer": {"max_epochs": 30, "early_stopping_patience": 15}}
     return from_dict(RunConfig, base, overrides=list(overrides), where="neurofm finetune")
 
