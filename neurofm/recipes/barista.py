@@ -474,6 +474,7 @@ def task(cfg: RunConfig, dm):
                                    warmup_epochs=t.warmup_epochs, ema_epochs=t.ema_epochs)
     if t.mode != "finetune":
         raise ConfigError(f"task.mode: {t.mode!r} is not 'pretrain' or 'finetune'")
+    loaded = None
     if t.pretrained and t.from_scratch:
         torch.manual_seed(cfg.seed)
         encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
@@ -496,7 +497,9 @@ def task(cfg: RunConfig, dm):
         label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
         n_classes = max(2, len(label_map))
     elif t.finetune_task == "regression":
-        mean, std = target_stats(cfg, dm)
+        have = getattr(getattr(loaded, "config", None), "target_mean", None)
+        # a fine-tuned folder (neurofm evaluate) answers in the units it was trained with
+        mean, std = (loaded.config.target_mean, loaded.config.target_std) if have else target_stats(cfg, dm)
         target_dim, scale = len(mean), {"target_mean": mean, "target_std": std}
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
@@ -505,7 +508,7 @@ def task(cfg: RunConfig, dm):
                                lr_head=t.lr_head, early_stopping_patience=None,
                                label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
                                **scale)
-    if t.pretrained and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
+    if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
         _load_finetuned_head(task, loaded, t.pretrained)
     return task
 
