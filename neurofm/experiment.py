@@ -8,7 +8,7 @@ A config tree has five parts (DESIGN.md 6)::
     data:    ...                           the recipe's data config
     model:   ...                           the model's config dataclass
     task:    ...                           objective, optimiser, schedule
-    trainer: ...                           TrainerConfig below (devices, strategy, precision...)
+    trainer: ...                           TrainerConfig (neurofm.tasks.trainer: devices, strategy, precision...)
 
 Unknown keys and wrong types are errors naming the key (:mod:`neurofm.config`); ``main``
 prints them, and other errors that name a file or key, without a traceback (exit status 2).
@@ -52,38 +52,12 @@ from omegaconf import OmegaConf
 
 from neurofm import log_to_stderr
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("neurofm")
 
 FAMILIES = ("neuroformer", "barista")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "neuroformer" / "demo.yaml"
-
-
-@dataclass
-class TrainerConfig:
-    """What Lightning's Trainer gets; the same config runs on a laptop and a cluster."""
-
-    max_epochs: int = 10
-    max_steps: int = -1
-    accelerator: str = "auto"  # cpu | gpu | auto
-    devices: str = "auto"  # "auto", a count ("4") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp
-    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true elsewhere
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 1.0
-    log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    deterministic: bool = False
-    compile: bool = False  # torch.compile the model (GPU runs)
-    progress_bar: bool = True
-    early_stopping_patience: int = 0  # 0 = off; else epochs without improvement of the monitored metric
-    checkpoint_every_n_steps: int = 0  # 0 = at the end of every epoch; else also every N optimizer steps
-    # Diagnostics: every process writes run_dir/ranks/rank{r}.json with the (session, time) of each
-    # training batch it trained on and a hash of its final weights (checks DDP sharding and sync).
-    record_batches: bool = False
 
 
 @dataclass

@@ -131,13 +131,13 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
     model_type = read_config(folder).get("model_type")
     if model_type not in _REGISTRY:
         # model classes register when their module is imported; neurofm.models imports none of
-        # them itself (a fresh process that only did `from neurofm.hub import ...` has none)
+        # them itself (a fresh process that only did `from neurofm.hub import ...` has none).
+        # By name: the hub sits below the models (they import PretrainedMixin from here).
         import importlib
         import pkgutil
 
-        import neurofm.models
-
-        for info in pkgutil.iter_modules(neurofm.models.__path__):
+        models = importlib.import_module("neurofm.models")
+        for info in pkgutil.iter_modules(models.__path__):
             importlib.import_module(f"neurofm.models.{info.name}")
     if model_type not in _REGISTRY:
         raise PretrainedError(f"{folder / CONFIG_NAME}: unknown model_type {model_type!r}; "
