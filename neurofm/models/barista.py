@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from neurofm.atlas import SpatialVocab
-from neurofm.data.session import Session  # noqa: F401  (deliberate layering violation, reverted)
 from neurofm.config import from_dict
 from neurofm.hub import PretrainedMixin
 from neurofm.nn.attention import Packed, attention, pack, varlen_attention, varlen_is_free
