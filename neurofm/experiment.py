@@ -52,6 +52,7 @@ from omegaconf import OmegaConf
 
 from neurofm import log_to_stderr
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.io import atomic_write
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("neurofm")
@@ -98,14 +99,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def save_config(cfg, path: Path) -> None:
-    _atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
 
 # -- trainer ------------------------------------------------------------------------------------
@@ -227,7 +221,7 @@ def _batch_recorder(out_dir: Path):
             record = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
                       "global_step": int(trainer.global_step), "batches": self.batches,
                       "weights_sha256": state_sha256(pl_module.state_dict())}
-            _atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
+            atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
 
     return _BatchRecorder()
 
@@ -380,7 +374,7 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
     from neurofm.cards import render_card
 
     model.save_pretrained(pretrained_dir, card=render_card(metrics, (run_dir / "config.yaml").read_text()))
@@ -441,7 +435,7 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    _atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
     return metrics
 
 

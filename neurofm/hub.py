@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 import neurofm
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,10 @@ class PretrainedMixin:
             "model_type": type(self).__name__,
             "config": to_dict(self.config),  # type: ignore[attr-defined]
         }
-        _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
         if card is not None:
-            _atomic(out / "README.md", lambda p: p.write_text(card))
+            atomic_write(out / "README.md", lambda p: p.write_text(card))
         return out
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
@@ -194,17 +195,6 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
 
 def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

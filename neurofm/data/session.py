@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
+
+from neurofm.io import atomic_path, temp_beside
 
 FORMAT_VERSION = 1
 INDEX_STEP_S = 1.0  # spacing of the coarse spike-time index
@@ -234,9 +235,7 @@ class SessionWriter:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._closed = True  # until the temp file exists, there is nothing to clean up
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_beside(self.path)
         try:
             self._h5 = h5py.File(self._tmp, "w")
         except BaseException:
@@ -1065,9 +1064,7 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                                      f"blocks {arr.tolist()} must have end > start inside the recording "
                                      f"[{t0:.3f}, {t1:.3f}] s", "give start:end pairs in seconds inside that span")
         parsed[name] = arr
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         shutil.copy2(path, tmp)
         with h5py.File(tmp, "r+") as f:
             g = f.require_group("intervals")
@@ -1080,7 +1077,3 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                 sub = g.create_group(name)
                 sub.create_dataset("start", data=arr[:, 0])
                 sub.create_dataset("end", data=arr[:, 1])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
