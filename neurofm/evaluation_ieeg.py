@@ -153,7 +153,7 @@ def _spatial(channels: Channels | None, C: int, spatial_vocab) -> dict[str, np.n
                "lobe": np.zeros(C, np.int64)}
     if channels is None or spatial_vocab is None:
         return unknown
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unknown labels are expected (index 0)
@@ -355,7 +355,7 @@ def reconstruction_data(session, protocol: ReconstructionProtocol | None = None,
     """Read one session's train and test segments and find its evaluation channels.
 
     ``session``: a session file path or :class:`Session`. ``spatial_vocab``: the
-    :class:`~neurofm.data.atlas.SpatialVocab` whose indices fill ``coords``/``parcel``/``lobe``
+    :class:`~neurofm.atlas.SpatialVocab` whose indices fill ``coords``/``parcel``/``lobe``
     (pass the model's, ``model.spatial_vocab``); ``"auto"`` builds one from this session;
     None leaves them unknown. :func:`reconstruction_batches` can re-encode with another.
     """

@@ -8,7 +8,7 @@ A config tree has five parts (DESIGN.md 6)::
     data:    ...                           the recipe's data config
     model:   ...                           the model's config dataclass
     task:    ...                           objective, optimiser, schedule
-    trainer: ...                           TrainerConfig below (devices, strategy, precision...)
+    trainer: ...                           TrainerConfig (neurofm.tasks.trainer: devices, strategy, precision...)
 
 Unknown keys and wrong types are errors naming the key (:mod:`neurofm.config`); ``main``
 prints them, and other errors that name a file or key, without a traceback (exit status 2).
@@ -51,43 +51,14 @@ import torch
 from omegaconf import OmegaConf
 
 from neurofm import log_to_stderr
+from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("neurofm")
 
 FAMILIES = ("neuroformer", "barista")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "neuroformer" / "demo.yaml"
-
-
-@dataclass
-class TrainerConfig:
-    """What Lightning's Trainer gets; the same config runs on a laptop and a cluster."""
-
-    max_epochs: int = 10
-    max_steps: int = -1
-    accelerator: str = "auto"  # cpu | gpu | auto
-    devices: str = "auto"  # "auto", a count ("4") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp
-    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true elsewhere
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 1.0
-    log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    deterministic: bool = False
-    compile: bool = False  # torch.compile the model (GPU runs)
-    progress_bar: bool = True
-    early_stopping_patience: int = 0  # 0 = off; else epochs without improvement of the monitored metric
-    checkpoint_every_n_steps: int = 0  # 0 = at the end of every epoch; else also every N optimizer steps
-    # last.ckpt is also written when this many minutes of training passed since the last save
-    # (0 = off): a crash loses at most this much work, and a save every 10 min costs well under
-    # 1% of the time even for a 300 MB paper-size checkpoint (a few seconds to a local disk).
-    checkpoint_every_minutes: float = 10.0
-    # Diagnostics: every process writes run_dir/ranks/rank{r}.json with the (session, time) of each
-    # training batch it trained on and a hash of its final weights (checks DDP sharding and sync).
-    record_batches: bool = False
 
 
 @dataclass
@@ -128,13 +99,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def save_config(cfg, path: Path) -> None:
-    _atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from neurofm.atomic import write_text
-
-    write_text(path, text)
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
 
 # -- trainer ------------------------------------------------------------------------------------
@@ -256,7 +221,7 @@ def _batch_recorder(out_dir: Path):
             record = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
                       "global_step": int(trainer.global_step), "batches": self.batches,
                       "weights_sha256": state_sha256(pl_module.state_dict())}
-            _atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
+            atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
 
     return _BatchRecorder()
 
@@ -578,7 +543,7 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
     card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
     model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
@@ -664,7 +629,7 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    _atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
     return metrics
 
 

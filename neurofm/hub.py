@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 import neurofm
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         out.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(out)
         text = card if card is not None else str(self.generate_model_card(**(model_card_kwargs or {})))
-        _atomic(out / CARD_NAME, lambda p: p.write_text(text))
+        atomic_write(out / CARD_NAME, text)
         if push_to_hub:
             self.push_to_hub(repo_id or out.name, card=text, **push_to_hub_kwargs)
         return out
@@ -101,8 +102,8 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         state = _untie(state)
         meta = model_meta(self)
-        _atomic(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The card of these weights alone (no run, so no data or metrics): what the model is,
@@ -175,13 +176,13 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
     model_type = read_config(folder).get("model_type")
     if model_type not in _REGISTRY:
         # model classes register when their module is imported; neurofm.models imports none of
-        # them itself (a fresh process that only did `from neurofm.hub import ...` has none)
+        # them itself (a fresh process that only did `from neurofm.hub import ...` has none).
+        # By name: the hub sits below the models (they import PretrainedMixin from here).
         import importlib
         import pkgutil
 
-        import neurofm.models
-
-        for info in pkgutil.iter_modules(neurofm.models.__path__):
+        models = importlib.import_module("neurofm.models")
+        for info in pkgutil.iter_modules(models.__path__):
             importlib.import_module(f"neurofm.models.{info.name}")
     if model_type not in _REGISTRY:
         raise PretrainedError(f"{folder / CONFIG_NAME}: unknown model_type {model_type!r}; "
@@ -267,13 +268,6 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
 
 def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
-
-
-def _atomic(path: Path, write) -> None:
-    from neurofm.atomic import atomic_output
-
-    with atomic_output(path) as tmp:
-        write(tmp)
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

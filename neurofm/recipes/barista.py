@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from neurofm.config import ConfigError
-from neurofm.experiment import TrainerConfig
+from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig
 from neurofm.recipes import ensure_sessions, session_paths
 
@@ -444,7 +444,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     locked = bool(events) if event_locked is None else event_locked
     vocab = "auto"
     if cfg.model.spatial_vocab is not None:
-        from neurofm.data.atlas import SpatialVocab
+        from neurofm.atlas import SpatialVocab
 
         vocab = SpatialVocab.from_dict(cfg.model.spatial_vocab)
     return IEEGDataModule(

@@ -32,7 +32,7 @@ import torch
 
 from neurofm.config import ConfigError
 from neurofm.data.session import SessionWriter
-from neurofm.experiment import TrainerConfig
+from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.neuroformer import N_SPECIAL, Neuroformer, NeuroformerConfig
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.recipes import ensure_sessions, session_paths
