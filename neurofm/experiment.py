@@ -498,7 +498,7 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
-    new = to_dict(cfg)
+    new = _as_saved(cfg)
     diffs = []
     for section in RESUME_SECTIONS:
         old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
@@ -511,6 +511,13 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
         raise ConfigError(f"resume: {checkpoint} was written by a run with another config ({saved_path}): {shown}. "
                           f"A checkpoint only continues the run that wrote it: use a new run_dir, or resume=none "
                           f"to start this run_dir over")
+
+
+def _as_saved(cfg) -> dict:
+    """``cfg`` as :func:`save_config` writes it and config.yaml reads back (tuples become lists,
+    ...), so a resumed run's config compares equal to the saved one whatever its Python types."""
+    text = OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)  # type: ignore[return-value]
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
@@ -535,6 +542,8 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     t_start = time.time()
     cfg = recipe.prepare(cfg)  # simulate the demo session once; resolve a pretrained model's shape
+    if hasattr(recipe, "preflight"):  # what the run needs after training, checked before it starts
+        recipe.preflight(cfg, training=True)
     ckpt = resume_path(cfg.resume, run_dir)
     if ckpt:
         check_resume_config(cfg, ckpt)
@@ -551,6 +560,7 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         save_config(cfg, run_dir / "config.yaml")
     if ckpt and trainer.global_rank == 0:
         print(f"neurofm: resuming from {ckpt}")
+    trained_before = _previous_training(run_dir) if ckpt else None
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
     train_seconds = time.time() - t_start
     if trainer.global_rank != 0:
@@ -562,17 +572,44 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         device=str(trainer.strategy.root_device), world_size=int(trainer.world_size))
     if restored:
         metrics["training"]["evaluated_checkpoint"] = restored
+    metrics["training"] = _keep_provenance(trained_before, metrics["training"])
     import neurofm
+    from neurofm.cards import data_sources, render_card, run_session_paths
+    from neurofm.hub import model_meta
 
     metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
+    metrics.setdefault("data", {})["sources"] = data_sources(run_session_paths(to_dict(cfg)))
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
     _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    from neurofm.cards import render_card
-
-    model.save_pretrained(pretrained_dir, card=render_card(metrics, (run_dir / "config.yaml").read_text()))
+    card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
+    model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
+
+
+def _previous_training(run_dir: Path) -> dict | None:
+    """The ``training`` section of the run folder's metrics.json, if a finished run left one."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text()).get("training") if path.exists() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _keep_provenance(before: dict | None, now: dict) -> dict:
+    """Training provenance of a resumed run. Re-running a finished run trains nothing: keep the
+    record of the run that trained (its wall time, device...), noting the re-evaluation. A run
+    resumed to train further adds this session's steps and time to the earlier ones."""
+    if not before or "steps" not in before:
+        return now
+    if int(before["steps"]) == int(now["steps"]):
+        kept = {k: v for k, v in before.items() if k != "reevaluated"}
+        if "evaluated_checkpoint" in now:
+            kept["evaluated_checkpoint"] = now["evaluated_checkpoint"]
+        return {**kept, "reevaluated": True}
+    return {**now, "wall_time_s": round(float(before.get("wall_time_s", 0.0)) + float(now["wall_time_s"]), 1),
+            "resumed_at_step": int(before["steps"])}
 
 
 def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | None) -> dict | None:
@@ -602,7 +639,7 @@ def _json_default(o):
 
 
 FAMILY_OF_MODEL = {"Neuroformer": "neuroformer", "Barista": "barista", "BaristaEncoder": "barista",
-                   "BaristaClassifier": "barista", "BaristaRegressor": "barista"}
+                   "BaristaClassifier": "barista", "BaristaRegressor": "barista", "BaristaFinetuned": "barista"}
 
 
 def family_of(pretrained: str | os.PathLike) -> str:
@@ -626,6 +663,8 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     cfg = recipe.finetune_config(pretrained, list(sessions), run_dir=str(out_dir), overrides=list(overrides),
                                  **options)
     cfg = recipe.prepare(cfg)
+    if hasattr(recipe, "preflight"):
+        recipe.preflight(cfg, training=False)
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))

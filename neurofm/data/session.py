@@ -170,13 +170,25 @@ _NON_NEURAL_PREFIXES = {
 }
 _PREFIX_TYPE = {p: t for t, ps in _NON_NEURAL_PREFIXES.items() for p in ps}
 
+#: Body leads recorded on both sides carry the side right after the prefix: EKGL/EKGR (the
+#: sample EDFs of Nihon Kohden and Natus systems), ECGR, EMGL, EOGR.
+_SIDED_PREFIXES = ("ECG", "EKG", "EMG", "EOG")
+_SIDE = r"(?:LEFT|RIGHT|LT|RT|L|R)"
+
 #: The one rule for "named like a non-neural channel" (converters type such channels, the
 #: iEEG evaluation leaves them out): a prefix of :data:`_NON_NEURAL_PREFIXES` at the start
-#: of the name (after an optional ``EEG``/``POL``/``SEEG`` label prefix), not followed by
-#: another letter ("DC03", "EKG1", "POL DC01", "STI 014" yes; "DCA1", "EMGA" no). Use with
-#: ``re.IGNORECASE``.
+#: of the name (after an optional ``EEG``/``POL``/``SEEG`` label prefix), for ECG/EKG/EMG/EOG
+#: optionally followed by a side (``L``, ``R``, ``LT``, ``RT``, ``LEFT``, ``RIGHT``), and then
+#: not by another letter ("DC03", "EKG1", "EKGL", "EMG_L", "POL DC01", "STI 014" yes; "DCA1",
+#: "EMGA", "EKGLA1" no). Anchored at the start on purpose: sEEG shafts are named by side +
+#: structure ("LEC1" left entorhinal, "LEKG"...), and short names like "E1" are grid
+#: contacts in iEEG (EOG only in sleep montages), so neither is read as a body lead.
+#: A body lead's name also counts as a word of its own after a label ("Chin EMG", "Rt EMG",
+#: "X1-EKG"), never glued to a letter or digit before it. Use with ``re.IGNORECASE``.
 NON_NEURAL_NAMES = (r"^(?:(?:EEG|POL|SEEG)\s+)?(?P<prefix>"
-                    + "|".join(sorted(_PREFIX_TYPE, key=lambda p: (-len(p), p))) + r")(?![A-Z])")
+                    + "|".join(sorted(_PREFIX_TYPE, key=lambda p: (-len(p), p))) + r")"
+                    + r"(?:(?<=" + "|".join(_SIDED_PREFIXES) + r")" + _SIDE + r")?(?![A-Z])"
+                    + r"|(?<![A-Z0-9])(?P<word>" + "|".join(_SIDED_PREFIXES) + r")(?![A-Z])")
 _NON_NEURAL_RX = re.compile(NON_NEURAL_NAMES, re.IGNORECASE)
 
 
@@ -186,7 +198,7 @@ def channel_types_from_names(names) -> np.ndarray:
     out = []
     for name in names:
         m = _NON_NEURAL_RX.search(str(name).strip())
-        out.append(_PREFIX_TYPE[m.group("prefix").upper()] if m else "")
+        out.append(_PREFIX_TYPE[(m.group("prefix") or m.group("word")).upper()] if m else "")
     return np.asarray(out, dtype=object)
 
 
