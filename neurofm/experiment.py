@@ -16,10 +16,14 @@ The resolved config is saved as ``run_dir/config.yaml`` beside the checkpoints; 
 writes ``run_dir/metrics.json``, ``run_dir/pretrained/`` (``from_pretrained`` folder + model
 card) and ``run_dir/plots/``.
 
-Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch and, with
+Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch, every
+``trainer.checkpoint_every_minutes`` (default 10) of training and, with
 ``trainer.checkpoint_every_n_steps``, every N steps too; ``best.ckpt`` by the recipe's
-monitored metric) go through Lightning's atomic save (temp file, then rename) and hold
-tensors and plain values only (``torch.load(weights_only=True)`` reads them). Every training
+monitored metric) are written to a temporary file in the checkpoint folder, fsynced and
+renamed (atomic on every filesystem; the replaced ``last.ckpt`` is kept as
+``last.prev.ckpt``), and hold tensors and plain values only (``torch.load(weights_only=True)``
+reads them). ``resume=auto`` continues from the newest checkpoint that loads (an empty or
+truncated ``last.ckpt`` is reported and passed over), and appends to ``logs/metrics.csv``. Every training
 step is seeded from ``(seed, rank, epoch, batch)`` and the training loader's position is
 restored on resume, so a run killed at any point and restarted with ``resume=auto``
 continues from the last checkpoint with the same step count, the same data order and the

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from neurofm.atomic import OutputError, check_destination
+from neurofm.atomic import OutputError, atomic_output, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
@@ -649,7 +649,6 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
     import shutil
-    import tempfile
 
     import h5py
 
@@ -675,10 +674,8 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     if not keep.size:
         raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
                            "leave at least one channel in /continuous")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:  # temp beside it, umask, no race
         shutil.copy2(in_path, tmp)
         with h5py.File(tmp, "r+") as f:
             old = f["continuous/data"]
@@ -709,8 +706,4 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 b.attrs.update(unit=unit, source_channel=names[i])
         with Session(tmp):  # validates the edited file before it replaces anything
             pass
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path

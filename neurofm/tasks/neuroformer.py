@@ -164,7 +164,9 @@ class NeuroformerTask(L.LightningModule):
         out = self.model(batch)
         losses = self.model.loss(batch, out, terms=self.objectives)
         self._check_finite(losses, batch, stage)
-        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True, sync_dist=stage != "train")
+        # no sync_dist: every rank validates on every window (neurofm.data.datamodule), so each
+        # rank's epoch value already is the single-process one (a sum over ranks would double counts)
+        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True)
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "total", **opts)
         for name, acc in _token_accuracy(batch, out, self.model.config).items():
