@@ -130,3 +130,29 @@ def test_render_without_config_or_run():
     assert [r.metric_type for r in card.data.eval_results] == ["test_auroc"]
     weights_only = render_card(None, model_meta={"model_type": "Barista", "config": {"d_model": 64}})
     assert "None recorded with these weights" in weights_only and "model-index" not in weights_only
+
+
+def test_bids_dataset_licence_is_read_from_its_root(tmp_path):
+    from neurofm.data.ieeg import bids_license
+
+    rec = tmp_path / "ds" / "sub-01" / "ses-1" / "ieeg" / "sub-01_ses-1_task-x_ieeg.edf"
+    rec.parent.mkdir(parents=True)
+    assert bids_license(rec) == ""
+    (tmp_path / "ds" / "dataset_description.json").write_text(json.dumps({"Name": "x", "License": "CC0"}))
+    assert bids_license(rec) == "CC0"
+    assert weights_license([{"license": "CC0"}]) == "cc0-1.0"
+
+
+def test_converted_nwb_keeps_the_licence_given(tmp_path):
+    from pathlib import Path
+
+    from neurofm import cli
+
+    nwb = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "spikes" / "linear-track.nwb"
+    if not nwb.exists():
+        pytest.skip(f"{nwb} absent (sample recordings are not part of a clone)")
+    pytest.importorskip("pynwb")
+    out = tmp_path / "lt.h5"
+    assert cli.main(["convert", "nwb", str(nwb), str(out), "--license", "MIT", "--electrical-series", "none"]) == 0
+    (src,) = data_sources([out])
+    assert src["license"] == "MIT" and "Kemere" in src["lab"]

@@ -401,7 +401,9 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
         order = {name: i for i, name in enumerate(names)}
         ru_model = np.array([order.get(unit_ids[u], -1) for u in ru], dtype=np.int64)
         keep = ru_model >= 0
-        plots.raster_compare(rt[keep], ru_model[keep], gt, gu, t0, float(ends[-1]), n_units=len(names),
+        order, how = plots.unit_order(np.bincount(ru_model[keep], minlength=len(names))[None, :])  # by recorded rate
+        plots.raster_compare(rt[keep], ru_model[keep], gt, gu, t0, float(ends[-1]), order, n_units=len(names),
+                             unit_labels=names, order_label=how,
                              title=f"Recorded vs generated ({mode.replace('_', '-')})",
                              path=Path(out_path).with_suffix(".png"))
     return out
