@@ -156,3 +156,21 @@ def test_converted_nwb_keeps_the_licence_given(tmp_path):
     assert cli.main(["convert", "nwb", str(nwb), str(out), "--license", "MIT", "--electrical-series", "none"]) == 0
     (src,) = data_sources([out])
     assert src["license"] == "MIT" and "Kemere" in src["lab"]
+
+
+@pytest.mark.parametrize("name", ["neuroformer-demo", "barista-demo"])
+def test_published_cards_parse_and_describe_their_weights(name):
+    """model_cards/ are written by `neurofm card`: Hub-valid, and the embedded config.json is
+    self-consistent (a unit vocabulary of n_units names, never the run YAML's placeholder)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "model_cards" / f"{name}.md"
+    text = path.read_text()
+    card = ModelCard(text)
+    assert card.data.library_name == "neurofm" and card.data.license == "mit"  # simulated data: neurofm's licence
+    assert card.data.eval_results and card.data.model_name == name
+    meta = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    cfg = meta["config"]
+    if meta["model_type"] == "Neuroformer":
+        assert cfg["n_units"] == len(cfg["units"]) > 1
+    assert "## Citation" in text and "2311.00136" in text and "2512.12135" in text
