@@ -79,6 +79,9 @@ _HUB_LICENSES = {
     "mpl-2.0", "unlicense", "wtfpl", "isc", "zlib",
 }
 
+#: Spellings datasets use (BIDS recommends "CC0") -> the Hub id.
+_LICENSE_ALIASES = {"cc0": "cc0-1.0", "cc-0": "cc0-1.0", "public domain": "pddl"}
+
 #: Hub metric ids for neurofm metric names (by suffix); metrics without one are only in the
 #: model-index and the tables.
 _HUB_METRIC = (("_pearson_r", "pearsonr"), ("_r2", "r2"), ("auroc", "roc_auc"), ("_f1", "f1"),
@@ -143,7 +146,7 @@ def weights_license(sources: list[dict]) -> str | None:
     found = {s.get("license", "").strip() for s in sources}
     if not sources or "" in found or any(s.get("missing") for s in sources):
         return None
-    ids = {f.lower() for f in found}
+    ids = {_LICENSE_ALIASES.get(f.lower(), f.lower()) for f in found}
     if len(ids) == 1 and next(iter(ids)) in _HUB_LICENSES:
         return next(iter(ids))
     return "other"

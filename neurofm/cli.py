@@ -23,7 +23,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(f"neurofm convert: warning: {message}", file=sys.stderr)
 
     common = dict(session_id=args.session_id, nan_policy=args.nan, overwrite=not args.no_overwrite,
-                  coordinate_unit=args.coordinate_unit)
+                  coordinate_unit=args.coordinate_unit, license=args.license)
     with warnings.catch_warnings():
         warnings.showwarning = show
         if args.format == "session":
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iEEG / session: a channel that records behaviour (grip force, a joystick...) becomes "
                         "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
+    c.add_argument("--license", help="the data's licence as an SPDX id (e.g. CC-BY-4.0), kept in the session file "
+                                     "for model cards (default: a BIDS dataset's License, else none)")
     c.add_argument("--nan", choices=["raise", "mark-bad"], default="raise",
                    help="NaN/inf in continuous data: stop with an error (default) or zero them and mark the channel bad")
     c.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")

@@ -88,6 +88,9 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         half-written weights file beside a valid config. ``push_to_hub=True`` then uploads the
         folder as ``repo_id`` (default: the folder's name) with :meth:`push_to_hub`'s keywords.
         """
+        if push_to_hub_kwargs and not push_to_hub:
+            raise TypeError(f"save_pretrained: unexpected keywords {sorted(push_to_hub_kwargs)} (config.json is "
+                            f"written from model.config; other keywords are push_to_hub's: pass push_to_hub=True)")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(out)
@@ -127,7 +130,7 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, card=card, model_card_kwargs=model_card_kwargs)
+            self.save_pretrained(tmp, card=card, model_card_kwargs={"repo_id": repo_id, **(model_card_kwargs or {})})
             return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=tmp,
                                      commit_message=commit_message, revision=branch, create_pr=create_pr,
                                      allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,

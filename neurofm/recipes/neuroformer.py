@@ -419,7 +419,9 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
         order = {name: i for i, name in enumerate(names)}
         ru_model = np.array([order.get(unit_ids[u], -1) for u in ru], dtype=np.int64)
         keep = ru_model >= 0
-        plots.raster_compare(rt[keep], ru_model[keep], gt, gu, t0, float(ends[-1]), n_units=len(names),
+        order, how = plots.unit_order(np.bincount(ru_model[keep], minlength=len(names))[None, :])  # by recorded rate
+        plots.raster_compare(rt[keep], ru_model[keep], gt, gu, t0, float(ends[-1]), order, n_units=len(names),
+                             unit_labels=names, order_label=how,
                              title=f"Recorded vs generated ({mode.replace('_', '-')})",
                              path=Path(out_path).with_suffix(".png"))
     return out
@@ -602,15 +604,23 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 
     # generation: window F1 vs a mean-rate Poisson generator
     if cfg.eval.generate_windows > 0:
+        from neurofm.plots import unit_order
+
+        tuning = next((v for v in regression if v in train["beh_true"]), None)  # raster rows by preferred value
+        order = unit_order(train["counts"][:, :n_units], None if tuning is None else
+                           np.where(train["beh_mask"][tuning][:, None], train["beh_true"][tuning], np.nan),
+                           behavior_name=tuning or "behaviour")
         gen_metrics, gen_base = _generation_metrics(cfg, model, test["batches"], train_unit_counts,
-                                                    len(train["interval"]), run_dir)
+                                                    len(train["interval"]), run_dir, raster_order=order)
         results.update(gen_metrics)
         for k, v in gen_base.items():
             baselines.setdefault("mean-rate Poisson generator", {})[k] = v
 
     for name in test["beh_pred"]:
-        if name in regression and name in test["beh_true"]:
-            _decoding_plot(name, test, run_dir)
+        if name in regression and name in test["beh_true"] and f"{name}_r2" in results:
+            _decoding_plot(name, test, scored, results[f"{name}_r2"],
+                           {k: row[f"{name}_r2"] for k, row in baselines.items() if f"{name}_r2" in row},
+                           _behavior_unit(dm, name), run_dir)
     d = cfg.data
     return {
         "name": Path(cfg.run_dir).name,
@@ -730,7 +740,7 @@ def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride:
         return Ridge().fit(X, Y).predict(X_test)
 
 
-def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir):
+def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir, raster_order=None):
     from neurofm import metrics as M
 
     n_units = model.config.n_units
@@ -756,11 +766,12 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     results.update(generated_spikes_per_window=float(np.mean([len(g) for g in gen_sets])),
                    recorded_spikes_per_window=float(np.mean([len(t) for t in true_sets])))
     base = {f"window_{k}": float(base_f1[k]) for k in ("f1", "precision", "recall")}
-    _raster_plot(cfg, gen_all, batches, run_dir, n_units)
+    _raster_plot(cfg, gen_all, batches, run_dir, n_units, order=raster_order,
+                 unit_names=[u.split("/", 1)[-1] for u in model.config.units] or None)
     return results, base
 
 
-def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int) -> None:
+def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int, order=None, unit_names=None) -> None:
     from neurofm import plots
 
     intervals = np.concatenate([np.asarray(g.interval) for g in gens])
@@ -787,14 +798,37 @@ def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int) -> None:
     t0 = float(intervals[keep].min() - cfg.model.window.curr)
     t1 = float(intervals[keep].max())
     plots.raster_compare(np.concatenate(rt), np.concatenate(ru), np.concatenate(gt), np.concatenate(gu), t0, t1,
-                         n_units=n_units, title="Held-out windows: recorded vs generated (teacher-forced past)",
+                         None if order is None else order[0], n_units=n_units,
+                         unit_labels=unit_names if unit_names and len(unit_names) == n_units else None,
+                         order_label=None if order is None else order[1],
+                         title="Held-out windows: recorded vs generated (teacher-forced past)",
                          path=run_dir / "plots" / "raster_recorded_vs_generated.png")
 
 
-def _decoding_plot(name: str, test: dict, run_dir: Path) -> None:
+def _behavior_unit(dm, name: str) -> str:
+    """The ``unit`` attr of ``/behavior/<name>`` in the first session ("" when absent)."""
+    field = f"behavior/{name}"
+    h5 = dm.sessions[0].h5
+    unit = h5[field].attrs.get("unit", "") if field in h5 else ""
+    return unit.decode() if isinstance(unit, bytes) else str(unit)
+
+
+def _decoding_plot(name: str, test: dict, scored: np.ndarray, r2: float, baseline_r2: dict, unit: str,
+                   run_dir: Path):
+    """True vs decoded ``name`` over the first session's labelled test windows, against time
+    (each window's end, s); windows left out of scoring shaded; R2 and baselines' R2 on top."""
     from neurofm import plots
 
     true, pred, mask = test["beh_true"][name], test["beh_pred"][name], test["beh_mask"][name]
-    t = np.arange(len(true), dtype=float)
-    plots.decoding_trace(t[mask], true[mask], pred[mask], title=f"Decoded {name} (test windows)",
+    keep = mask & (test["session"] == test["session"][0])
+    t = test["interval"][keep]
+    order = np.argsort(t, kind="stable")
+    keep_idx = np.flatnonzero(keep)[order]
+    if len(keep_idx) < 2:
+        return None
+    n_scored = int((scored & mask).sum())
+    return plots.decoding_trace(t[order], true[keep_idx], pred[keep_idx], moving_mask=scored[keep_idx], r2=r2,
+                         names=[name] if true.ndim == 1 or true.shape[1] == 1 else None, unit=unit,
+                         baseline_r2=baseline_r2,
+                         title=f"Decoded {name}, held-out test block ({n_scored:,} scored windows)",
                          path=run_dir / "plots" / f"decoding_{name}.png")
