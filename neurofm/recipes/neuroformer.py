@@ -734,6 +734,11 @@ def _protocol(cfg: RunConfig, dm) -> str:
                  f"{s.test:.0%}, {s.gap} s gaps)")
     text = (f"{split}; windows of {w.curr * 1e3:.0f} ms (previous {w.prev * 1e3:.0f} ms, dt {w.dt * 1e3:.0f} ms); "
             f"all metrics on the test block; baselines fitted on the training block")
+    t = cfg.task
+    if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
+        text += (f"; fine-tuned {'from ' + str(t.pretrained) if t.pretrained else 'from scratch'} for at most "
+                 f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
+                 f"x{t.head_lr_ratio:g}, the checkpoint with the best validation R2 evaluated")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
