@@ -272,6 +272,63 @@ def _row(rep: dict, arm: str) -> dict:
     return next(r for r in rep["rows"] if r["arm"] == arm)
 
 
+# -- diagnosis (forward passes only) -----------------------------------------------------------------
+
+
+def diagnose(name: str, spec: dict, out: Path, mode: str) -> dict:
+    """Linear read-outs of what each representation holds, on the 100 %-label run's windows:
+    ridge on window counts (2 bins), on 50 ms binned counts (the ridge arm), on the frozen
+    pretrained pooled state, on the fine-tuned pooled state (its own head's input), and on
+    pooled state + binned counts; beside the fine-tuned head's own R2. If ridge on the fine-tuned
+    pooled state beats the head, training (not the representation) is short; if the pooled states
+    hold less than the counts, the head's input loses what ridge reads."""
+    import torch
+
+    from neurofm import metrics as M
+    from neurofm.hub import load_pretrained
+    from neurofm.recipes import neuroformer as recipe
+
+    path = out / "data" / f"{name}.h5"
+    run_dir = out / name / "pretrained-100pct-seed0"
+    behavior = spec["behavior"]
+    thr = moving_threshold(path) if behavior == "position" else 0.0
+    cfg = recipe.finetune_config(str(out / name / "pretrain" / "pretrained"), [str(path)], behavior=[behavior],
+                                 run_dir=str(out / name / "diagnose"),
+                                 overrides=[f"eval.moving_threshold={thr}"] if thr else [])
+    cfg = recipe.prepare(cfg)
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit")
+    dm.setup("test")
+    tuned = load_pretrained(run_dir / "pretrained").eval()
+    frozen = recipe.build_model(cfg, dm).eval()
+    torch.manual_seed(0)
+    feats = {}
+    for label, model in (("frozen", frozen), ("tuned", tuned)):
+        tr = recipe._collect(model, recipe._train_windows_loader(dm))
+        te = recipe._collect(model, dm._loader("test", train=False))
+        feats[label] = (tr, te)
+    tr, te = feats["tuned"]
+    scored = recipe._moving_windows(cfg, dm, te) & te["beh_mask"][behavior]
+    lab = tr["beh_mask"][behavior]
+    ytr, yte = tr["beh_true"][behavior][lab], te["beh_true"][behavior][scored]
+    stride = cfg.model.window.curr
+    fit = lambda a, b: float(M.r2_score(yte, recipe._ridge_fit_predict(a[lab], ytr, b[scored], stride)))  # noqa: E731
+    n_tr = len(ytr)
+    both_tr = np.concatenate([tr["pooled"], tr["binned"]], 1)
+    both_te = np.concatenate([te["pooled"], te["binned"]], 1)
+    out_d = {
+        "fine-tuned head (the model arm)": float(M.r2_score(yte, te["beh_pred"][behavior][scored])),
+        "ridge: window counts (curr + prev per unit)": fit(tr["counts"], te["counts"]),
+        "ridge: 50 ms binned counts": fit(tr["binned"], te["binned"]),
+        "ridge: frozen pretrained pooled state": fit(feats["frozen"][0]["pooled"], feats["frozen"][1]["pooled"]),
+        "ridge: fine-tuned pooled state": fit(tr["pooled"], te["pooled"]),
+        "ridge: fine-tuned pooled state + binned counts": fit(both_tr, both_te),
+        "n_train": n_tr, "n_scored": int(scored.sum()),
+    }
+    (out / name / "diagnosis.json").write_text(json.dumps(out_d, indent=2) + "\n")
+    return out_d
+
+
 # -- table ------------------------------------------------------------------------------------------
 
 
@@ -317,12 +374,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", nargs="*", help=f"subset of {list(SESSIONS)}")
     ap.add_argument("--held-out", action="store_true", help="run the held-out session(s) too (once, at the end)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalisation"))
+    ap.add_argument("--diagnose", action="store_true", help="only: linear read-outs of each representation "
+                    "(needs the sessions' runs)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out = Path(args.out)
     todo = {k: v for k, v in SESSIONS.items() if not args.sessions or k in args.sessions}
     if args.held_out:
         todo.update(HELD_OUT)
+    if args.diagnose:
+        for name, spec in todo.items():
+            if (out / name / "pretrained-100pct-seed0" / "metrics.json").exists():
+                print(name, json.dumps(diagnose(name, spec, out, mode), indent=1))
+        return 0
     results = []
     for name, spec in todo.items():
         print(f"== {name} ({mode})", file=sys.stderr, flush=True)
