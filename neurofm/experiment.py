@@ -514,6 +514,8 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         check_resume_config(cfg, ckpt)
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
+    if hasattr(recipe, "resolve_trainer"):  # Trainer settings sized from the data (e.g. a step budget)
+        cfg = dataclasses.replace(cfg, trainer=recipe.resolve_trainer(cfg, dm))
     if cfg.trainer.compile:
         task.model.compile()
     # A task that names its own validation metric (BaRISTA fine-tuning: val/auroc or val/r2,

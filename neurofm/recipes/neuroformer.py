@@ -88,6 +88,12 @@ class NeuroformerTaskConfig:
     freeze_backbone: bool = False
     unfreeze_every: int = 0  # with freeze_backbone: release one more stage every N epochs (0 = never)
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
+    head_lr_ratio: float = 1.0  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
+    # Optimizer steps: -1 = as trainer.max_epochs / max_steps say; 0 = a budget sized from the
+    # labelled training windows (step_budget_for: 30 passes over them, within [300, 3000] steps)
+    # unless trainer.max_epochs or max_steps is set (!= -1); N > 0 = N steps. With a budget, validation runs ~20 times and trainer.early_stopping_patience
+    # counts validation checks.
+    step_budget: int = -1
 
 
 @dataclass
@@ -151,6 +157,15 @@ def _pretrained_model_config(cfg: RunConfig) -> NeuroformerConfig:
     return dataclasses.replace(model, behavior=[*model.behavior, *extra])
 
 
+# The fine-tuning recipe, by rule rather than tuned to one recording (configs/neuroformer/finetune.yaml
+# says the same): the backbone at the reference AdamW lr (1e-4, DESIGN.md 9) and the fresh behaviour
+# heads 10x faster; a step budget sized from the labelled windows (step_budget_for) instead of an
+# epoch count; checkpointing and early stopping on validation R2 with a patience of a quarter of
+# the ~20 validation checks; the best checkpoint is evaluated.
+FINETUNE_RECIPE = {"task": {"lr": 1e-4, "head_lr_ratio": 10.0, "step_budget": 0},
+                   "trainer": {"max_epochs": -1, "max_steps": -1, "early_stopping_patience": 5}}
+
+
 def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str], task: str = "decode",
                     events: str | None = None, label_fraction: float = 1.0, run_dir: str | None = None,
                     freeze_backbone: bool = False, overrides: list[str] = ()) -> RunConfig:
@@ -174,10 +189,10 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
         "run_dir": run_dir or f"runs/finetune-{Path(sessions[0]).stem}",
         "data": {"sessions": list(sessions), "behavior": list(behavior), "label_fraction": label_fraction,
                  "split": {"gap": 5.0}},
-        "task": {"mode": "finetune", "pretrained": str(pretrained), "objectives": ["behavior"], "lr": 3e-4,
-                 "freeze_backbone": freeze_backbone},
+        "task": {"mode": "finetune", "pretrained": str(pretrained), "objectives": ["behavior"],
+                 "freeze_backbone": freeze_backbone, **FINETUNE_RECIPE["task"]},
         "eval": {"generate_windows": 0},
-        "trainer": {"max_epochs": 10, "early_stopping_patience": 3},
+        "trainer": dict(FINETUNE_RECIPE["trainer"]),
         "model": {"behavior": [{"name": n, "dim": dims[n], "task": "regression", "target": True} for n in behavior]},
     }
     return from_dict(RunConfig, base, overrides=list(overrides), where="neurofm finetune")
@@ -349,8 +364,42 @@ def task(cfg: RunConfig, dm):
         model=model, mode=t.mode, objectives=t.objectives or None, lr=t.lr, weight_decay=t.weight_decay,
         warmup_fraction=t.warmup_fraction, final_lr_ratio=t.final_lr_ratio, freeze_backbone=t.freeze_backbone,
         unfreeze_every=t.unfreeze_every or None, trainable=t.trainable, label_fraction=cfg.data.label_fraction,
-        label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed)
+        label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed, head_lr_ratio=t.head_lr_ratio)
     return module
+
+
+BUDGET_PASSES, BUDGET_MIN_STEPS, BUDGET_MAX_STEPS, BUDGET_CHECKS = 30, 300, 3000, 20
+
+
+def step_budget_for(n_labelled: int, batch_size: int) -> int:
+    """Optimizer steps for fine-tuning on ``n_labelled`` labelled windows: ``BUDGET_PASSES`` (30)
+    passes over them, at least ``BUDGET_MIN_STEPS`` (a few hundred steps: a fresh head needs them
+    whatever the data size) and at most ``BUDGET_MAX_STEPS`` (large sets converge in fewer
+    passes; early stopping on validation R2 ends most runs sooner anyway)."""
+    per_epoch = max(1, math.ceil(n_labelled / batch_size))
+    return int(min(BUDGET_MAX_STEPS, max(BUDGET_MIN_STEPS, BUDGET_PASSES * per_epoch)))
+
+
+def resolve_trainer(cfg: RunConfig, dm):
+    """The Trainer settings this run gets (called by :func:`neurofm.experiment.run` once the data
+    module exists): with ``task.step_budget = 0`` and no trainer limit (``trainer.max_epochs`` and
+    ``max_steps`` both -1, as the fine-tuning recipe leaves them; a user's own limit wins) the run
+    trains for a step budget sized from the labelled training windows (:func:`step_budget_for`);
+    ``step_budget = N > 0``: N steps. Validation then runs about ``BUDGET_CHECKS`` times (every
+    ``ceil(epochs / 20)`` epochs) so early stopping has checks to count."""
+    t = cfg.trainer
+    explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
+    if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
+        return t
+    dm.setup("fit")
+    n = len(dm.datasets["train"])  # under FewShotSplit: the labelled windows only
+    per_epoch = max(1, math.ceil(n / cfg.data.batch_size))
+    budget = cfg.task.step_budget or step_budget_for(n, cfg.data.batch_size)
+    epochs = math.ceil(budget / per_epoch)
+    every = max(1, math.ceil(epochs / BUDGET_CHECKS))
+    print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per epoch, "
+          f"{epochs} epochs, validation every {every} epoch(s))", file=sys.stderr)
+    return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=every)
 
 
 def export(task) -> Neuroformer:
@@ -712,6 +761,11 @@ def _protocol(cfg: RunConfig, dm) -> str:
                  f"{s.test:.0%}, {s.gap} s gaps)")
     text = (f"{split}; windows of {w.curr * 1e3:.0f} ms (previous {w.prev * 1e3:.0f} ms, dt {w.dt * 1e3:.0f} ms); "
             f"all metrics on the test block; baselines fitted on the training block")
+    t = cfg.task
+    if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
+        text += (f"; fine-tuned {'from ' + str(t.pretrained) if t.pretrained else 'from scratch'} for at most "
+                 f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
+                 f"x{t.head_lr_ratio:g}, the checkpoint with the best validation R2 evaluated")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
