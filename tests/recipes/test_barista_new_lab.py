@@ -284,3 +284,20 @@ def test_resume_check_compares_configs_as_saved(tmp_path):
     import dataclasses
 
     check_resume_config(dataclasses.replace(cfg, model=model), tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_every_saved_model_class_has_a_recipe():
+    """`neurofm evaluate` / `finetune` pick the recipe by config.json's model_type."""
+    import importlib
+    import pkgutil
+
+    import neurofm.models
+    from neurofm.experiment import FAMILY_OF_MODEL
+    from neurofm.hub import _REGISTRY
+
+    for info in pkgutil.iter_modules(neurofm.models.__path__):
+        importlib.import_module(f"neurofm.models.{info.name}")
+    saved = {name for name, cls in _REGISTRY.items() if cls.__module__.startswith("neurofm.models.")}
+    assert saved == set(FAMILY_OF_MODEL)
+    for name in saved:
+        assert FAMILY_OF_MODEL[name] == _REGISTRY[name].__module__.rsplit(".", 1)[-1]
