@@ -301,3 +301,13 @@ def test_every_saved_model_class_has_a_recipe():
     assert saved == set(FAMILY_OF_MODEL)
     for name in saved:
         assert FAMILY_OF_MODEL[name] == _REGISTRY[name].__module__.rsplit(".", 1)[-1]
+
+
+def test_preprocessing_in_a_folder_is_read_strictly(pretrained, sessions, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(pretrained, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["config"]["preprocessing"]["notch_hz"] = 60  # a key this neurofm does not know
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"bad/config.json: preprocessing: key 'notch_hz'"):
+        recipe.prepare(_finetune(str(bad), [sessions["new"]]))
