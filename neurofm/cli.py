@@ -71,6 +71,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from neurofm.data.session import Session, SessionFormatError
+
+    failed = 0
+    for path in args.files:
+        try:
+            with Session(path) as s:
+                s.validate()
+                print(f"{path}: ok ({s.n_units:,} units, {s.n_spikes:,} spikes, {s.duration:.3f} s)"
+                      if "spikes" in s.kinds else f"{path}: ok ({s.duration:.3f} s)")
+        except (SessionFormatError, OSError) as e:
+            print(f"neurofm validate: error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from neurofm.data import synthetic
 
@@ -189,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
     i.set_defaults(func=_cmd_inspect)
+
+    v = sub.add_parser("validate", help="check session files' contents (times sorted and finite, unit indices "
+                                        "in range, spike index, timestamps, shapes) before training")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("simulate", help="write a synthetic session with known ground truth")
     s.add_argument("kind", choices=["spikes", "ieeg"])

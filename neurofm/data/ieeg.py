@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from neurofm.atomic import OutputError, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
@@ -122,8 +123,7 @@ def convert_ieeg(
                                 f"BrainVision .vhdr, FIF and the other formats MNE reads)")
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
     if coordinate_unit is not None:
         coordinate_scale(coordinate_unit, in_path)  # not a length: an error now, not unknown positions later
     for given in (electrodes, channels_tsv):
@@ -178,7 +178,7 @@ def convert_ieeg(
         raise
     except SessionFormatError as e:  # found while writing (NaN samples, ...): a problem of the input
         raise ConvertError(in_path, e.field, e.problem, e.fix) from None
-    except FileExistsError:
+    except (FileExistsError, OutputError):  # the output's problem, already named as such
         raise
     except (OSError, ValueError) as e:  # MNE failing to read a damaged file mid-way
         raise ConvertError(in_path, "data", f"read failed mid-way: {type(e).__name__}: {e}",
@@ -357,14 +357,18 @@ def read_tsv(path: str | os.PathLike) -> dict[str, list[str]]:
     return table
 
 
-def _floats(cells: list[str]) -> np.ndarray:
+def _floats(cells: list[str], path: Path, column: str, names: list[str] | None = None) -> np.ndarray:
+    """Numbers of a TSV column (``n/a`` and the like -> NaN); anything else that is not a
+    number (``12,5``: a decimal comma) is an error naming the row and the column."""
     out = np.full(len(cells), np.nan)
     for i, c in enumerate(cells):
         if c.lower() not in _NA:
             try:
                 out[i] = float(c)
             except ValueError:
-                pass
+                row = f"row {i + 1}" + (f" ({names[i]!r})" if names else "")
+                raise ConvertError(path, f"column {column}, {row}", f"{c!r} is not a number",
+                                   "write numbers with a decimal point (12.5), or n/a where unknown") from None
     return out
 
 
@@ -380,7 +384,16 @@ def read_electrodes_tsv(path: str | os.PathLike) -> dict[str, Any]:
         raise ConvertError(path, "name", f"no 'name' column (columns: {list(t)})",
                            "the first column of a BIDS electrodes file is 'name'")
     n = len(t["name"])
-    xyz = np.stack([_floats(t[a]) if a in t else np.full(n, np.nan) for a in "xyz"], axis=1)
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(t["name"]):  # the match to channels ignores case and whitespace
+        seen.setdefault(_norm(name), []).append(i + 1)
+    dupes = {t["name"][rows[0] - 1]: rows for rows in seen.values() if len(rows) > 1}
+    if dupes:
+        shown = "; ".join(f"{name!r} in rows {rows}" for name, rows in list(dupes.items())[:5])
+        raise ConvertError(path, "name", f"{len(dupes)} electrode name(s) appear more than once "
+                           f"(names match channels ignoring case and spaces): {shown}",
+                           "keep one row per electrode")
+    xyz = np.stack([_floats(t[a], path, a, t["name"]) if a in t else np.full(n, np.nan) for a in "xyz"], axis=1)
     regions = {c: clean_labels(v) for c, v in t.items() if c.lower() not in BIDS_ELECTRODE_COLUMNS}
     return {"names": t["name"], "xyz": xyz, "regions": regions}
 
@@ -534,8 +547,8 @@ def _events(raw, side: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         t = read_tsv(path)
         if "onset" not in t:
             raise ConvertError(path, "onset", "no 'onset' column", "write a BIDS events.tsv header (onset, duration, ...)")
-        onset = _floats(t["onset"])
-        duration = np.nan_to_num(_floats(t["duration"]) if "duration" in t else np.zeros(len(onset)))
+        onset = _floats(t["onset"], path, "onset")
+        duration = np.nan_to_num(_floats(t["duration"], path, "duration") if "duration" in t else np.zeros(len(onset)))
         label_col = next((c for c in ("trial_type", "value", "stim_type") if c in t), None)
         label = np.asarray(t[label_col] if label_col else ["event"] * len(onset), dtype=object)
         label = np.asarray(["" if x.lower() in _NA else x for x in label], dtype=object)

@@ -72,6 +72,7 @@ class BaristaTaskConfig:
     mode: str = "pretrain"  # pretrain | finetune
     finetune_task: str = "classification"  # classification | regression | reconstruction
     pretrained: str = ""  # encoder folder to start from ("" with mode=finetune: random init)
+    from_scratch: bool = False  # fine-tune: the pretrained model's shape and vocabulary, random weights
     head: str = "pooled"  # pooled | token_weighting (one fixed layout)
     lr: float = 1e-3  # pretraining
     weight_decay: float = 1e-2
@@ -544,7 +545,11 @@ def task(cfg: RunConfig, dm):
                                    warmup_epochs=t.warmup_epochs, ema_epochs=t.ema_epochs)
     if t.mode != "finetune":
         raise ConfigError(f"task.mode: {t.mode!r} is not 'pretrain' or 'finetune'")
-    if t.pretrained:
+    loaded = None
+    if t.pretrained and t.from_scratch:
+        torch.manual_seed(cfg.seed)
+        encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
+    elif t.pretrained:
         from neurofm.hub import load_pretrained
 
         loaded = load_pretrained(t.pretrained)
@@ -557,24 +562,24 @@ def task(cfg: RunConfig, dm):
                                              preprocessing=cfg.model.preprocessing)
     else:
         encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
-    n_classes, target_dim, label_map, n_channels = 2, 1, {}, None
+    n_classes, target_dim, label_map, n_channels, scale = 2, 1, {}, None, {}
     if t.finetune_task == "classification":
         dm.setup("fit")
         label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
         n_classes = max(2, len(label_map))
     elif t.finetune_task == "regression":
-        from neurofm.data.session import Session
-
-        with Session(session_paths(cfg.data)[0]) as s:
-            _, v = s.behavior(cfg.data.target)
-        target_dim = int(np.prod(v.shape[1:])) if v.ndim > 1 else 1
+        have = getattr(getattr(loaded, "config", None), "target_mean", None)
+        # a fine-tuned folder (neurofm evaluate) answers in the units it was trained with
+        mean, std = (loaded.config.target_mean, loaded.config.target_std) if have else target_stats(cfg, dm)
+        target_dim, scale = len(mean), {"target_mean": mean, "target_std": std}
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
                                n_channels=n_channels, freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone,
                                lr_head=t.lr_head, early_stopping_patience=None,
-                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])])
-    if t.pretrained and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
+                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
+                               **scale)
+    if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
         _load_finetuned_head(task, loaded, t.pretrained)
     return task
 
@@ -590,6 +595,33 @@ def _load_finetuned_head(task, loaded, folder: str) -> None:
     load_state_strict(task.head, loaded.head.state_dict(), source=f"{folder} (head)")
 
 
+def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation (D,) of ``/behavior/<data.target>`` over its samples in the
+    training blocks of every session: the regression head learns the target standardised with
+    them and the exported model maps its outputs back to the recording's units."""
+    name = cfg.data.target
+    values = []
+    for s in dm.sessions:
+        if name not in s.behavior_names:
+            raise ConfigError(f"data.target: {s.path} has no /behavior/{name} (available: {s.behavior_names}); "
+                              f"name one of those, or move a recorded channel there with neurofm convert "
+                              f"--behavior-channel")
+        ts, v = s.behavior(name)
+        v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
+        inside = dm.splits(s)["train"].contains(ts, ts)
+        values.append(v[inside & np.isfinite(v).all(1)])
+    v = np.concatenate(values)
+    if len(v) < 2:
+        raise ConfigError(f"data.target: /behavior/{name} has {len(v)} finite sample(s) inside the training "
+                          f"blocks of {[str(s.path) for s in dm.sessions]}; the regression target needs samples "
+                          f"there (check its timestamps against data.split or /intervals/train)")
+    std = v.std(0)
+    if not (std > 0).all():
+        raise ConfigError(f"data.target: /behavior/{name} is constant over the training blocks (std {std.tolist()}); "
+                          f"there is nothing to decode")
+    return v.mean(0).tolist(), std.tolist()
+
+
 def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
     """Channels of the one electrode layout a token-weighting head needs (every session the same count)."""
     dm.setup("fit")
@@ -602,12 +634,11 @@ def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
 
 
 def export(task):
-    from neurofm.models.barista import BaristaFinetuned
     from neurofm.tasks.barista import BaristaPretrainTask
 
     if isinstance(task, BaristaPretrainTask):
         return task.export_encoder()
-    return BaristaFinetuned.from_task(task)
+    return task.export_model()
 
 
 def load_task(checkpoint):
@@ -615,7 +646,7 @@ def load_task(checkpoint):
 
     hp = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     cls = BaristaFinetuneTask if "encoder" in hp else BaristaPretrainTask
-    return cls.load_from_checkpoint(checkpoint, map_location="cpu")
+    return cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
 
 TASK_OF_ACTION = {"classify": "classification", "regress": "regression", "reconstruct": "reconstruction"}
@@ -624,9 +655,11 @@ ACTIONS_OF_TASK = {v: k for k, v in TASK_OF_ACTION.items()}
 
 def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classify", behavior: list[str] = (),
                     events: str | None = None, label_fraction: float = 1.0, run_dir: str | None = None,
-                    freeze_backbone: bool = False, overrides: list[str] = ()) -> RunConfig:
+                    freeze_backbone: bool = False, overrides: list[str] = (), from_scratch: bool = False) -> RunConfig:
     """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions`` (or, for ``neurofm
-    evaluate``, of a fine-tuned folder: ``task`` then defaults to the folder's own)."""
+    evaluate``, of a fine-tuned folder: ``task`` then defaults to the folder's own).
+    ``from_scratch``: the same model shape and spatial vocabulary, randomly initialised: what
+    pretraining adds."""
     from neurofm.config import from_dict
     from neurofm.hub import pretrained_config
 
@@ -645,7 +678,8 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
                           "frozen by default: task.freeze_cnn)")
     base = {"family": "barista", "run_dir": run_dir or f"runs/finetune-{Path(sessions[0]).stem}",
             "data": {"sessions": list(sessions), "events": events or "", "target": behavior[0] if behavior else ""},
-            "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained)},
+            "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained),
+                     "from_scratch": bool(from_scratch)},
             "trainer": {"max_epochs": 30, "early_stopping_patience": 15}}
     return from_dict(RunConfig, base, overrides=list(overrides), where="neurofm finetune")
 
@@ -701,12 +735,11 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         metrics, baselines, extra = _evaluate_pretraining(cfg, task, dm)
         return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
                 "protocol": protocol + extra, "data": data}
+    if cfg.task.finetune_task in ("classification", "regression"):
+        return _decode_evaluation(cfg, task, dm, Path(run_dir), protocol, data)
     metrics, counts = _evaluate_finetuned(cfg, task, dm)
-    data.update(counts)  # how many test events the AUROC rests on (its standard error)
-    baselines = {}
-    if cfg.task.finetune_task == "classification":  # DESIGN.md 8: ridge on band power, same test segments
-        baselines["ridge on band power"] = {"test_auroc": _band_power_auroc(dm, cfg)}
-    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
+    data.update(counts)
+    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": {},
             "protocol": protocol + f"; {cfg.task.finetune_task} scored on the test block", "data": data}
 
 
@@ -783,3 +816,185 @@ def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
         return {"test_auroc": float(auroc(y, probs[:, 1] if probs.shape[1] == 2 else probs)),
                 "test_accuracy": float((p.argmax(-1) == y).mean())}, counts
     return {"test_r2": float(r2_score(y, p))}, {}
+
+
+# -- the decode report of a classification / regression fine-tune ------------------------------
+
+MODEL_ARM = "BaRISTA fine-tuned"
+
+
+def _starting_encoder(cfg: RunConfig, task):
+    """The encoder this run started from, frozen: the pretrained one, or (random init / from
+    scratch) a fresh one of the same shape. The linear probe reads its features."""
+    from neurofm.models.barista import BaristaEncoder
+
+    t = cfg.task
+    if t.pretrained and not t.from_scratch:
+        from neurofm.hub import load_pretrained
+
+        loaded = load_pretrained(t.pretrained)
+        return getattr(loaded, "encoder", loaded).eval(), "pretrained"
+    torch.manual_seed(cfg.seed)
+    return BaristaEncoder(task.encoder.config).eval(), "random-init"
+
+
+@torch.no_grad()
+def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
+    """One pass over a split: per segment its label or target, start, session, the starting
+    encoder's token-mean features, log band power per channel, and (``task``) the fine-tuned
+    model's scores (classification) or predictions in the target's units (regression)."""
+    regression = task is not None and task.hparams.task == "regression"
+    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred")}
+    for i, batch in enumerate(loader):
+        keep = batch["target_mask"].bool() if "target_mask" in batch else torch.ones(len(batch["x"]), dtype=torch.bool)
+        if "target" in batch:
+            y = batch["target"].float().reshape(len(keep), -1)
+        else:
+            y = batch["label"].long()
+        h = encoder(batch)  # (B, n, C, d)
+        m = batch["channel_mask"].float()[:, None, :, None]
+        feat = (h * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)  # (B, d)
+        x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
+        bp = bands.features(x).reshape(len(x), x.shape[1], -1)  # (B, C, n_bands)
+        if task is not None:
+            if regression:
+                mean, std = task.target_scale()
+                pred = task(batch).float() * std + mean  # (B, D), the target's units
+            else:
+                pred = task(batch).float()  # (B, K) logits
+            out["pred"].append(pred[keep].numpy())
+        k = keep.numpy()
+        out["y"].append(y[keep].numpy())
+        out["t0"].append(batch["t0"].numpy()[k])
+        out["session"].append(batch["session"].numpy()[k])
+        out["feat"].append(feat[keep].numpy())
+        out["bp"].append(bp[k])
+    C = max((b.shape[1] for b in out["bp"]), default=0)
+    out["bp"] = [np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))) for b in out["bp"]]
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, data: dict) -> dict:
+    """Model, linear probe on the frozen starting encoder, band power and a null, all on the
+    same test segments (and fitted on the same training segments), with block-bootstrap CIs
+    (:func:`neurofm.evaluation_ieeg.decode_report`) and the run's plots."""
+    from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+    from neurofm.evaluation_ieeg import decode_report
+    from neurofm.metrics import pearson_r
+
+    classify = cfg.task.finetune_task == "classification"
+    task.cpu().eval()
+    dm.setup("fit")
+    dm.setup("test")
+    encoder0, start = _starting_encoder(cfg, task)
+    bands = BandPowerRidge(cfg.model.sampling_rate)
+    train = _segment_pass(dm._loader("train", train=False), encoder0, bands)
+    test = _segment_pass(dm._loader("test", train=False), encoder0, bands, task=task)
+    if len(test["y"]) < 2 or len(train["y"]) < 2:
+        raise ConfigError(f"{cfg.task.finetune_task}: {len(train['y'])} training and {len(test['y'])} test segments "
+                          f"in {cfg.data.sessions or 'the simulated session'}; the report needs at least 2 of each "
+                          f"(use a longer recording, shorter data.segment_s or other data.split fractions)")
+    C = max(train["bp"].shape[1], test["bp"].shape[1])
+    pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
+    bp_tr, bp_te = pad(train["bp"]), pad(test["bp"])
+    probe = f"linear probe on the frozen {start} encoder"
+    if classify:
+        names = list(task.hparams.get("label_names", [])) or [str(k) for k in range(task.hparams.n_classes)]
+        y = test["y"].astype(np.int64)
+        logits = test["pred"]
+        model_scores = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+        arms = {MODEL_ARM: model_scores,
+                "logistic on band power": BandPowerLogistic(bands.sampling_rate).fit_features(
+                    bp_tr, train["y"]).model.decision_function(bp_te),
+                "ridge on band power": _squeeze(Ridge(score=_auroc_or_mse).fit(
+                    bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
+                probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
+                "null (chance)": np.zeros(len(y))}
+        metric, key, baseline = "auroc", "test_auroc", "logistic on band power"
+    else:
+        y = test["y"]
+        arms = {MODEL_ARM: test["pred"],
+                "ridge on band power": Ridge().fit(bp_tr, train["y"]).predict(bp_te),
+                probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
+                "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
+        metric, key, baseline = "r2", "test_r2", "ridge on band power"
+    report = decode_report(arms, y, test["t0"], metric=metric, model=MODEL_ARM, baseline=baseline,
+                           session=test["session"], seed=cfg.seed)
+    a = report["arms"]
+    metrics: dict[str, Any] = {key: a[MODEL_ARM]["value"], f"{key}_ci95": a[MODEL_ARM]["ci"]}
+    baselines = {name: {key: a[name]["value"], f"{key}_ci95": a[name]["ci"]} for name in arms if name != MODEL_ARM}
+    if classify:
+        metrics["test_accuracy"] = float((test["pred"].argmax(-1) == y).mean())
+        data.update(test_segments=int(len(y)), test_segments_per_class={
+            n: int(c) for n, c in zip(names, np.bincount(y, minlength=len(names)))})
+    else:
+        metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
+        data.update(test_segments=int(len(y)), target=cfg.data.target)
+    data["train_segments"] = int(len(train["y"]))
+    limitations = [] if report["line"].startswith(f"{MODEL_ARM} beats") else [report["line"]]
+    _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
+    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
+                                     f"training block's mean and std)"
+    protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; every arm fitted on the same "
+                 f"training segments and scored on the same test segments; band power: log Welch power per channel "
+                 f"and band, penalty chosen on the last 20% of the training segments; {report['level']:.0%} CIs "
+                 f"from a bootstrap over {report['n_blocks']} contiguous blocks of the test period")
+    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
+            "data": data, "report": report, "limitations": limitations}
+
+
+def _auroc_or_mse(y: np.ndarray, p: np.ndarray) -> float:
+    """Penalty score of a ridge classifier on +-1 targets: AUROC, or -MSE with one class."""
+    from neurofm.metrics import auroc
+
+    labels = (y[:, 0] > 0).astype(int) if y.shape[1] == 1 else np.argmax(y, 1)
+    try:
+        return float(auroc(labels, p[:, 0] if p.shape[1] == 1 else p))
+    except ValueError:
+        return -float(np.mean((y - p) ** 2))
+
+
+def _squeeze(scores: np.ndarray) -> np.ndarray:
+    """(N, 1) scores of a binary one-vs-rest fit -> (N,)."""
+    return scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
+
+
+def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """+-1 one-vs-rest targets: (N, 1) for two classes, else (N, K)."""
+    onehot = (np.asarray(labels)[:, None] == np.arange(n_classes)[None, :]) * 2.0 - 1.0
+    return onehot[:, 1:] if n_classes == 2 else onehot
+
+
+def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report: dict,
+                  baseline: str, probe: str) -> None:
+    """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
+    ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
+    import warnings
+
+    from neurofm import plots
+    from neurofm.metrics import roc_curve
+
+    out = run_dir / "plots"
+    try:
+        if cfg.task.finetune_task == "classification":
+            if np.ndim(arms[MODEL_ARM]) != 1:
+                return  # the ROC plot is binary; multiclass runs report macro AUROC only
+            curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
+            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report['n_segments']} segments)",
+                             path=out / "roc.png")
+            return
+        first = test["session"] == test["session"].min()
+        order = np.argsort(test["t0"][first])
+        seg = cfg.data.segment_s
+        t = test["t0"][first][order] + seg / 2
+        unit = dm.sessions[int(test["session"].min())].h5[f"behavior/{cfg.data.target}"].attrs.get("unit", "")
+        unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+        a = report["arms"]
+        title = (f"{cfg.data.target}, test block: R² = {a[MODEL_ARM]['value']:.3f} "
+                 f"({baseline} {a[baseline]['value']:.3f})")
+        true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]
+        dims = true.shape[1] if true.ndim > 1 else 1
+        plots.decoding_trace(t, true, pred, names=[cfg.data.target] if dims == 1 else None, unit=unit, title=title,
+                             path=out / f"decoded_{cfg.data.target}.png")
+    except (ValueError, KeyError) as e:  # a plot must never cost the run its metrics
+        warnings.warn(f"{run_dir}: plot not written ({e})", stacklevel=2)
