@@ -211,6 +211,10 @@ def _from_pretrained(cfg: RunConfig) -> RunConfig:
     enc = meta["config"].get("encoder", meta["config"])
     model = from_dict(BaristaConfig, enc, where=where)
     d = cfg.data
+    made_for = meta["config"].get("task") if meta.get("model_type") == "BaristaFinetuned" else None
+    if made_for and made_for != cfg.task.finetune_task:
+        raise ConfigError(f"task.finetune_task: {folder} is a {made_for} model, not {cfg.task.finetune_task}; "
+                          f"evaluate it with --task {ACTIONS_OF_TASK.get(made_for, made_for)}")
 
     def note(text: str) -> None:
         log.info(f"neurofm: {text} (from the pretrained model {folder})")
@@ -313,6 +317,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
                                   f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
+    _check_spatial_scales(cfg)
     splits = ("train", "valid", "test") if training else ("test",)
     locked = bool(events)
 
@@ -356,6 +361,72 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                                   f"{d.segment_s:g} s; {metric}, which checkpointing and early stopping watch, needs "
                                   f"at least {need}. Give the split more time (data.split.* fractions, or "
                                   f"`neurofm split FILE --train ... --valid ... --test ...`) or shorten data.segment_s")
+
+
+def _check_spatial_scales(cfg: RunConfig) -> None:
+    """Refuse an encoding (or pretraining masking) scale that no channel of any session is known at.
+
+    Without atlas labels, ``encode_scale: parcel`` (or ``lobe``) gives every channel the
+    "unknown" (zero) embedding: the model cannot tell channels apart and nothing says so. This
+    is an error rather than a silent fallback to coordinates, because the scale is part of
+    the model (a pretrained encoder has no coordinate table to fall back to) and of the
+    question a run answers (the paper compares the scales).
+    """
+    from neurofm.data.atlas import SpatialVocab
+    from neurofm.data.session import Session
+
+    m = cfg.model
+    channels, names = [], []
+    seg = _segmenter(cfg)
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if "channels" not in s.h5:
+                continue
+            channels.append(seg.channel_plan(s.channels(), s.n_channels).channels)
+            names.append(path)
+    if not channels:
+        return
+    vocab = SpatialVocab.from_dict(m.spatial_vocab) if m.spatial_vocab is not None else \
+        SpatialVocab.from_channels(channels)
+    wanted = {"model.encode_scale": m.encode_scale}
+    if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
+        wanted["model.mask_scale"] = m.mask_scale
+    for key, scale in wanted.items():
+        if any(_known_at(vocab, ch, scale) for ch in channels):
+            continue
+        what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
+            else "atlas labels that map to a lobe"
+        add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
+               "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
+        own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
+        if scale == "parcel" and own and m.spatial_vocab is not None:
+            raise ConfigError(f"{key}: parcel, but none of the {vocab.atlas} labels of "
+                              f"{', '.join(Path(p).name for p in names)} (e.g. {own[:3]}) is one of the "
+                              f"{len(vocab.parcels)} parcels the pretrained model knows (e.g. {vocab.parcels[:3]}); "
+                              f"every channel would get the 'unknown' embedding. Label the electrodes with the "
+                              f"model's atlas ({vocab.atlas})")
+        if cfg.task.pretrained:
+            fix = (f"the pretrained model encodes channels by {scale}, so the sessions need {what}: {add}")
+        else:
+            other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and any(
+                _known_at(vocab, ch, sc) for ch in channels)]
+            fix = (f"{add}, or choose {key}={other[0]}" if other else add) + \
+                (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
+        raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
+                          f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _known_at(vocab, channels, scale: str) -> bool:
+    """Whether any of ``channels`` has a known category at ``scale``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = vocab.encode(channels)
+        except ValueError:
+            return False
+    return bool(((out["coords"] >= 0).all(axis=1) if scale == "coords" else out[scale] > 0).any())
 
 
 def _split_source(cfg: RunConfig) -> str:
@@ -518,9 +589,6 @@ def _load_finetuned_head(task, loaded, folder: str) -> None:
     from neurofm.hub import load_state_strict
 
     have, want = loaded.config, task.hparams
-    if have.task != want.task:
-        raise ConfigError(f"--task: {folder} is a {have.task} model, not {want.task}; evaluate it with "
-                          f"--task {ACTIONS_OF_TASK[have.task]}")
     if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
         raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
                           f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
