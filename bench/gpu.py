@@ -124,7 +124,8 @@ from bench.barista import make_batch as make_barista_batch  # noqa: E402
 from bench.neuroformer import N_UNITS, RATE_HZ, autocast, train_step  # noqa: E402
 from neurofm.data.datasets import pack_spikes  # noqa: E402
 from neurofm.models.barista import Barista, BaristaConfig  # noqa: E402
-from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig, synthetic_batch  # noqa: E402
+from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig  # noqa: E402
+from neurofm.testing import synthetic_batch  # noqa: E402
 from neurofm.nn.attention import (  # noqa: E402
     HAS_FLASH_ATTN, attention, attention_backend, flash_attn_func, flash_attn_varlen_func, pack, unpack,
     varlen_attention,

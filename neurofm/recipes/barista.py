@@ -60,12 +60,13 @@ class IEEGSplitConfig:
 class IEEGDataConfig:
     sessions: list[str] = field(default_factory=list)  # empty: the simulated demo
     simulate: SimulateIEEGConfig = field(default_factory=SimulateIEEGConfig)
-    segment_s: float = 3.0
-    n_patches: int = 12
-    sampling_rate: float = 0.0  # resample to this rate first (0 = keep the file's)
-    line_noise: float = 0.0  # notch at 50/60 Hz harmonics (0 = off)
-    laplacian: bool = False
-    drop_non_grey: bool = False
+    # 0 / None below: a pretrained model's own setting (task.pretrained), else the default named
+    segment_s: float = 0.0  # 0: the model's n_patches x patch_len at its rate; pretraining 3 s
+    n_patches: int = 0  # 0: the model's; pretraining 12
+    sampling_rate: float = 0.0  # resample to this rate first (0: the model's rate; pretraining the file's)
+    line_noise: float | None = None  # notch at 50/60 Hz harmonics (0 = off; None: the model's, pretraining off)
+    laplacian: bool | None = None  # same-shaft re-reference (None: the model's, pretraining off)
+    drop_non_grey: bool | None = None  # drop white matter / ventricle contacts (None: the model's, pretraining off)
     stride_s: float = 0.0  # between pretraining segments (0 = segment_s)
     events: str = ""  # /events/<name> for classification (and the pretraining probe)
     target: str = ""  # /behavior/<name> for regression
@@ -94,7 +95,7 @@ class BaristaTaskConfig:
 @dataclass
 class BaristaEvalConfig:
     probe_events: str = ""  # events for the pretraining linear probe ("" = data.events; none = skip)
-    probe_segment_s: float = 0.0  # 0 = data.segment_s
+    probe_segment_s: float = 0.0  # 0 = data.segment_s (the encoder reads segments of that length only)
 
 
 @dataclass
@@ -113,10 +114,19 @@ class RunConfig:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def prepare(cfg: RunConfig) -> RunConfig:
-    """Simulate the demo once; size the model's patches to the data; take a pretrained shape."""
-    from neurofm.data.session import Session
+#: Pretraining defaults of the settings a pretrained model fixes for fine-tuning (DESIGN.md 4).
+PRETRAIN_SEGMENT_S, PRETRAIN_N_PATCHES = 3.0, 12
 
+
+def prepare(cfg: RunConfig) -> RunConfig:
+    """Simulate the demo once; size the model's patches to the data (pretraining) or take a
+    pretrained model's shape and preprocessing (fine-tuning, evaluation); check the settings.
+
+    A pretrained folder fixes the sampling rate, the patch length and, unless the config says
+    otherwise, the segment length, the number of patches and the preprocessing (notch,
+    re-reference, channel selection): a recording at another rate is resampled to the model's.
+    Each setting taken from the model, and each resampling, is one log line.
+    """
     sim = cfg.data.simulate
 
     def simulate():
@@ -127,26 +137,260 @@ def prepare(cfg: RunConfig) -> RunConfig:
 
     ensure_sessions(cfg.data, convert_hint="neurofm convert ieeg IN OUT.h5 --electrodes electrodes.tsv",
                     simulate=simulate, what=f"iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s)")
+    cfg = _from_pretrained(cfg) if cfg.task.pretrained else _for_pretraining(cfg)
     _warn_unnotched_simulation(cfg)
-    if cfg.task.pretrained:
-        from neurofm.config import from_dict
-        from neurofm.hub import pretrained_config
+    _check_probe_length(cfg)
+    return cfg
 
-        meta = pretrained_config(cfg.task.pretrained)
-        enc = meta["config"].get("encoder", meta["config"])
-        model = from_dict(BaristaConfig, enc, where=f"{cfg.task.pretrained}/config.json")
-        return dataclasses.replace(cfg, model=model)
-    with Session(session_paths(cfg.data)[0]) as s:
-        rate = cfg.data.sampling_rate or s.sampling_rate
-    samples = cfg.data.segment_s * rate
-    patch = samples / cfg.data.n_patches
-    if abs(patch - round(patch)) > 1e-6:
-        raise ConfigError(f"data.segment_s: {cfg.data.segment_s} s at {rate} Hz is {samples:g} samples, which do not "
-                          f"split into {cfg.data.n_patches} patches; change segment_s or n_patches, or resample "
-                          f"with data.sampling_rate")
-    model = dataclasses.replace(cfg.model, patch_len=int(round(patch)), n_patches=cfg.data.n_patches,
-                                sampling_rate=float(rate))
-    return dataclasses.replace(cfg, model=model)
+
+def _session_rates(cfg: RunConfig) -> dict[str, float]:
+    from neurofm.data.session import Session
+
+    rates = {}
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if s.sampling_rate is None:
+                raise ConfigError(f"data.sessions: {path} has no /continuous data (it holds {s.kinds}); BaRISTA reads "
+                                  f"iEEG: convert a recording with `neurofm convert ieeg`")
+            rates[path] = float(s.sampling_rate)
+    return rates
+
+
+def _for_pretraining(cfg: RunConfig) -> RunConfig:
+    from neurofm.config import to_dict
+    from neurofm.data.segmenter import Preprocessing
+
+    d = cfg.data
+    rates = _session_rates(cfg)
+    if not d.sampling_rate and len(set(rates.values())) > 1:
+        raise ConfigError(f"data.sampling_rate: the sessions are recorded at different rates "
+                          f"({', '.join(f'{Path(p).name} {r:g} Hz' for p, r in rates.items())}); set data.sampling_rate "
+                          f"to the one rate the model should learn (they are resampled to it)")
+    rate = d.sampling_rate or next(iter(rates.values()))
+    segment_s, n_patches = d.segment_s or PRETRAIN_SEGMENT_S, d.n_patches or PRETRAIN_N_PATCHES
+    samples = segment_s * rate
+    patch = samples / n_patches
+    if abs(patch - round(patch)) > 1e-6 or round(patch) < 1:
+        raise ConfigError(f"data.segment_s: {segment_s} s at {rate:g} Hz is {samples:g} samples, which do not "
+                          f"split into {n_patches} patches (data.n_patches); change data.segment_s or data.n_patches, "
+                          f"or resample with data.sampling_rate")
+    prep = Preprocessing(line_noise=float(d.line_noise or 0.0), laplacian=bool(d.laplacian),
+                         drop_non_grey=bool(d.drop_non_grey))
+    _check_resampling(rates, d.sampling_rate or None)
+    data = dataclasses.replace(d, segment_s=float(segment_s), n_patches=int(n_patches), line_noise=prep.line_noise,
+                               laplacian=prep.laplacian, drop_non_grey=prep.drop_non_grey)
+    model = dataclasses.replace(cfg.model, patch_len=int(round(patch)), n_patches=int(n_patches),
+                                sampling_rate=float(rate), preprocessing=to_dict(prep))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
+def _check_resampling(rates: dict[str, float], target: float | None, why: str = "data.sampling_rate") -> None:
+    """Every session can be resampled to ``target`` (a rational ratio); one log line per session that is."""
+    import logging
+
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    if not target:
+        return
+    for path, rate in rates.items():
+        if rate == target:
+            continue
+        try:
+            IEEGSegmenter(segment_samples=1, n_patches=1, sampling_rate=target).plan(rate)
+        except ValueError as e:
+            raise ConfigError(f"{why}: {path} is recorded at {rate:g} Hz and cannot be resampled to {target:g} Hz "
+                              f"({e})") from None
+        logging.getLogger("neurofm").info(f"neurofm: {Path(path).name}: resampling {rate:g} Hz -> {target:g} Hz "
+                                          f"({why})")
+
+
+def _from_pretrained(cfg: RunConfig) -> RunConfig:
+    """Take the pretrained folder's model config and apply its preprocessing to the data config."""
+    import logging
+    import warnings
+
+    from neurofm.config import from_dict, to_dict
+    from neurofm.data.segmenter import Preprocessing
+    from neurofm.hub import pretrained_config
+
+    log = logging.getLogger("neurofm")
+    folder = cfg.task.pretrained
+    meta = pretrained_config(folder)
+    where = f"{folder}/config.json"
+    enc = meta["config"].get("encoder", meta["config"])
+    model = from_dict(BaristaConfig, enc, where=where)
+    d = cfg.data
+
+    def note(text: str) -> None:
+        log.info(f"neurofm: {text} (from the pretrained model {folder})")
+
+    # -- sampling rate: the model's patches are patch_len samples AT ITS RATE --------------------
+    rates = _session_rates(cfg)
+    rate = model.sampling_rate
+    if d.sampling_rate and d.sampling_rate != rate:
+        raise ConfigError(f"data.sampling_rate: {d.sampling_rate:g} Hz, but the pretrained model ({where}) was "
+                          f"trained at {rate:g} Hz: its patches are {model.patch_len} samples = "
+                          f"{model.patch_len / rate * 1e3:g} ms at that rate. Leave data.sampling_rate at 0 to resample "
+                          f"the recordings to {rate:g} Hz")
+    _check_resampling(rates, rate, why=f"data.sampling_rate: the model's {rate:g} Hz")
+
+    # -- segment length and patches: n_patches x patch_len samples at the model's rate ------------
+    patch_s = model.patch_len / rate
+    n = d.n_patches
+    if d.segment_s and not n:
+        n_real = d.segment_s / patch_s
+        n = int(round(n_real))
+        if abs(n_real - n) > 1e-6 or n < 1:
+            raise ConfigError(f"data.segment_s: {d.segment_s:g} s is {n_real:.4g} patches of the pretrained model "
+                              f"({model.patch_len} samples = {patch_s:g} s at {rate:g} Hz); use a whole number of "
+                              f"patches (e.g. {max(n, 1) * patch_s:g} s), or leave data.segment_s at 0 for the model's "
+                              f"{model.n_patches * patch_s:g} s")
+    n = n or model.n_patches
+    segment_s = n * patch_s
+    if d.segment_s and abs(d.segment_s - segment_s) > 1e-9 * max(segment_s, 1.0):
+        raise ConfigError(f"data.segment_s: {d.segment_s:g} s, but data.n_patches = {n} patches of "
+                          f"{model.patch_len} samples at {rate:g} Hz (the pretrained model's) make {segment_s:g} s; "
+                          f"give one of the two (or neither, for the model's {model.n_patches * patch_s:g} s)")
+    if n != model.n_patches:
+        if meta.get("model_type") == "BaristaFinetuned" and meta["config"].get("head") == "token_weighting":
+            raise ConfigError(f"data.n_patches: {n}, but the fine-tuned model ({where}) has a token-weighting head "
+                              f"for {model.n_patches} patches; leave data.segment_s and data.n_patches at 0")
+        note(f"segments of {n} patches ({segment_s:g} s) instead of the model's {model.n_patches} (data.n_patches)")
+    else:
+        note(f"segments of {n} x {model.patch_len} samples at {rate:g} Hz = {segment_s:g} s")
+
+    # -- preprocessing: the model's, unless the config says otherwise -----------------------------
+    if model.preprocessing is None:
+        warnings.warn(f"{where}: the folder does not record its preprocessing (written by an older neurofm); "
+                      f"data.line_noise, data.laplacian and data.drop_non_grey are as this run's config says "
+                      f"(unset = off): set them as the model was pretrained", stacklevel=3)
+        given = Preprocessing()
+    else:
+        given = from_dict(Preprocessing, model.preprocessing, where=f"{where}: preprocessing")
+    prep = dataclasses.replace(given)
+    for key, label in (("line_noise", "notch frequency (Hz, harmonics too; 0 = off)"),
+                       ("laplacian", "Laplacian re-reference"),
+                       ("drop_non_grey", "white matter / ventricle contacts dropped")):
+        mine = getattr(d, key)
+        theirs = getattr(given, key)
+        if mine is None:
+            if model.preprocessing is not None and theirs:
+                shown = theirs if isinstance(theirs, bool) else f"{theirs:g}"
+                note(f"data.{key} = {shown}: {label}, as in pretraining")
+            continue
+        if mine != theirs and model.preprocessing is not None:
+            log.warning(f"neurofm: data.{key} = {mine} overrides the pretrained model's {theirs} ({label}); "
+                        f"the model never saw data prepared this way")
+        setattr(prep, key, type(theirs)(mine))
+    data = dataclasses.replace(d, sampling_rate=float(rate), segment_s=float(segment_s), n_patches=int(n),
+                               line_noise=float(prep.line_noise), laplacian=bool(prep.laplacian),
+                               drop_non_grey=bool(prep.drop_non_grey))
+    model = dataclasses.replace(model, n_patches=int(n), preprocessing=to_dict(prep))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
+def preflight(cfg: RunConfig, *, training: bool = True) -> None:
+    """Check, before the first training step, what the run will need after it: the events or
+    behaviour it scores in every session, and enough segments in each split for the metric
+    that checkpointing and early stopping watch (and the test metric). Errors name the setting
+    and the fix; ``training=False`` (``neurofm evaluate``) checks the test split only.
+    """
+    import warnings
+
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.session import Session
+
+    d, t = cfg.data, cfg.task
+    finetune = t.mode == "finetune"
+    kind = t.finetune_task if finetune else "pretrain"
+    probe = "" if finetune else (cfg.eval.probe_events or d.events)
+    probe = "" if probe == "none" else probe
+    events = d.events if kind == "classification" else probe
+    setting = "data.events" if kind == "classification" or not cfg.eval.probe_events else "eval.probe_events"
+    if kind == "classification" and not d.events:
+        raise ConfigError("data.events: classification needs the /events/<name> whose labels are the classes "
+                          "(CLI --events NAME)")
+    if kind == "regression" and not d.target:
+        raise ConfigError("data.target: regression needs the /behavior/<name> to predict (CLI --behavior NAME)")
+    for path in session_paths(d):
+        with Session(path) as s:
+            if events and events not in s.event_names:
+                skip = "" if finetune else "; or eval.probe_events=none to skip the pretraining probe"
+                raise ConfigError(f"{setting}: {path} has no /events/{events} (its events: {s.event_names or 'none'});"
+                                  f" set {setting} to one of them, or add the events to the file{skip}")
+            if kind == "regression" and d.target not in s.behavior_names:
+                raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
+                                  f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
+                                  f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
+    splits = ("train", "valid", "test") if training else ("test",)
+    locked = bool(events)
+
+    def counts(split: str, segment_s: float | None = None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no segment fits split X": said below, as an error, if it matters
+            ds = IEEGSegmentDataset(session_paths(d), _segmenter(cfg, segment_s), split, splits=_splits(cfg),
+                                    stride_s=d.stride_s or None, spatial_vocab=None, events=events or None,
+                                    event_locked=locked)
+        index = ds.index
+        label_names = sorted(ds.reader.label_map or {}, key=(ds.reader.label_map or {}).get)
+        per_class = np.bincount(index.label[index.label >= 0], weights=index.count[index.label >= 0],
+                                minlength=len(label_names)).astype(int) if locked else np.zeros(0, int)
+        return int(index.count.sum()), dict(zip(label_names, per_class.tolist()))
+
+    where = _split_source(cfg)
+    for split in splits:
+        if kind in ("classification",) or (probe and split != "valid"):
+            n, per_class = counts(split)
+            present = [k for k, v in per_class.items() if v > 0]
+            what = ("the validation AUROC that checkpointing and early stopping watch (val/auroc)"
+                    if split == "valid" else "the test AUROC" if split == "test" else "training a classifier")
+            if kind != "classification":
+                what = f"the pretraining probe's {'test AUROC' if split == 'test' else 'training'}"
+            if len(present) < 2 and split == "valid" and n and not cfg.trainer.early_stopping_patience:
+                warnings.warn(f"{setting}: the valid split ({where}) has segments of one label only ({per_class}): "
+                              f"val/auroc is undefined, so no best checkpoint is kept; the final weights are scored",
+                              stacklevel=2)
+            elif len(present) < 2:
+                raise ConfigError(f"{setting}: the {split} split ({where}) has {n} event-locked segment(s) of "
+                                  f"/events/{events} ({per_class or 'no labels'}); {what} needs segments of at least "
+                                  f"two labels. Choose events with two or more labels in every split, move the split "
+                                  f"(data.split.* fractions, or `neurofm split FILE --train ... --valid ... --test "
+                                  f"...`){', or set eval.probe_events=none' if kind != 'classification' else ''}")
+        if kind != "classification" and split == "valid" or kind == "regression":
+            n, _ = counts(split)
+            need = 2 if kind == "regression" else 1
+            if n < need:
+                metric = {"regression": "val/r2", "reconstruction": "val/r2"}.get(kind, "val/loss")
+                raise ConfigError(f"data.split.{split}: the {split} split ({where}) holds {n} segment(s) of "
+                                  f"{d.segment_s:g} s; {metric}, which checkpointing and early stopping watch, needs "
+                                  f"at least {need}. Give the split more time (data.split.* fractions, or "
+                                  f"`neurofm split FILE --train ... --valid ... --test ...`) or shorten data.segment_s")
+
+
+def _split_source(cfg: RunConfig) -> str:
+    """How the run's train/valid/test blocks are chosen, in words (the protocol says it)."""
+    from neurofm.data.session import Session
+
+    s = cfg.data.split
+    fractions = f"fractions train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap:g} s gaps"
+    from_file = []
+    for path in session_paths(cfg.data):
+        with Session(path) as sess:
+            if {"train", "valid", "test"} <= set(sess.interval_names):
+                from_file.append(Path(path).name)
+    if not from_file:
+        return f"contiguous time blocks by {fractions}"
+    if len(from_file) == len(session_paths(cfg.data)):
+        return "the /intervals/train|valid|test blocks of the session file" + ("s" if len(from_file) > 1 else "")
+    return f"/intervals/train|valid|test in {', '.join(from_file)}, contiguous time blocks by {fractions} elsewhere"
+
+
+def _check_probe_length(cfg: RunConfig) -> None:
+    probe = cfg.eval.probe_segment_s
+    if cfg.task.mode == "pretrain" and probe and abs(probe - cfg.data.segment_s) > 1e-9:
+        raise ConfigError(f"eval.probe_segment_s: {probe:g} s, but the encoder reads segments of data.segment_s = "
+                          f"{cfg.data.segment_s:g} s ({cfg.model.n_patches} x {cfg.model.patch_len} samples); leave "
+                          f"eval.probe_segment_s at 0 (= data.segment_s) or set both to the same length")
 
 
 def _warn_unnotched_simulation(cfg: RunConfig) -> None:
@@ -164,7 +408,7 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
 
     from neurofm.data.session import Session
 
-    if cfg.data.line_noise:
+    if cfg.data.line_noise or cfg.task.pretrained:  # a pretrained model's preprocessing is its own
         return
     for path in session_paths(cfg.data):
         with Session(path) as s:
@@ -186,7 +430,8 @@ def _segmenter(cfg: RunConfig, segment_s: float | None = None):
 
     d = cfg.data
     return IEEGSegmenter(segment_s or d.segment_s, d.n_patches, sampling_rate=d.sampling_rate or None,
-                         line_noise=d.line_noise or None, laplacian=d.laplacian, drop_non_grey=d.drop_non_grey)
+                         line_noise=d.line_noise or None, laplacian=bool(d.laplacian),
+                         drop_non_grey=bool(d.drop_non_grey))
 
 
 def _splits(cfg: RunConfig):
@@ -238,6 +483,7 @@ def task(cfg: RunConfig, dm):
                                    warmup_epochs=t.warmup_epochs, ema_epochs=t.ema_epochs)
     if t.mode != "finetune":
         raise ConfigError(f"task.mode: {t.mode!r} is not 'pretrain' or 'finetune'")
+    loaded = None
     if t.pretrained and t.from_scratch:
         torch.manual_seed(cfg.seed)
         encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
@@ -248,6 +494,10 @@ def task(cfg: RunConfig, dm):
         encoder = getattr(loaded, "encoder", loaded).train()  # from_pretrained returns eval mode: dropout on
         if not isinstance(encoder, BaristaEncoder):
             raise ConfigError(f"task.pretrained: {t.pretrained} holds a {type(loaded).__name__}, not a BaRISTA encoder")
+        # what prepare() resolved from the folder and the data config: segments of n_patches (no
+        # weight depends on it) and the preprocessing the data now goes through
+        encoder.config = dataclasses.replace(encoder.config, n_patches=cfg.model.n_patches,
+                                             preprocessing=cfg.model.preprocessing)
     else:
         encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
     n_classes, target_dim, label_map, n_channels, scale = 2, 1, {}, None, {}
@@ -256,7 +506,9 @@ def task(cfg: RunConfig, dm):
         label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
         n_classes = max(2, len(label_map))
     elif t.finetune_task == "regression":
-        mean, std = target_stats(cfg, dm)
+        have = getattr(getattr(loaded, "config", None), "target_mean", None)
+        # a fine-tuned folder (neurofm evaluate) answers in the units it was trained with
+        mean, std = (loaded.config.target_mean, loaded.config.target_std) if have else target_stats(cfg, dm)
         target_dim, scale = len(mean), {"target_mean": mean, "target_std": std}
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
@@ -265,7 +517,23 @@ def task(cfg: RunConfig, dm):
                                lr_head=t.lr_head, early_stopping_patience=None,
                                label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
                                **scale)
+    if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
+        _load_finetuned_head(task, loaded, t.pretrained)
     return task
+
+
+def _load_finetuned_head(task, loaded, folder: str) -> None:
+    """Put a fine-tuned folder's head into ``task``, checking that it answers the same question."""
+    from neurofm.hub import load_state_strict
+
+    have, want = loaded.config, task.hparams
+    if have.task != want.task:
+        raise ConfigError(f"--task: {folder} is a {have.task} model, not {want.task}; evaluate it with "
+                          f"--task {ACTIONS_OF_TASK[have.task]}")
+    if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
+        raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
+                          f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
+    load_state_strict(task.head, loaded.head.state_dict(), source=f"{folder} (head)")
 
 
 def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
@@ -307,12 +575,11 @@ def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
 
 
 def export(task):
-    from neurofm.models.barista import BaristaFinetuned
     from neurofm.tasks.barista import BaristaPretrainTask
 
     if isinstance(task, BaristaPretrainTask):
         return task.export_encoder()
-    return BaristaFinetuned.from_task(task)
+    return task.export_model()
 
 
 def load_task(checkpoint):
@@ -320,17 +587,27 @@ def load_task(checkpoint):
 
     hp = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     cls = BaristaFinetuneTask if "encoder" in hp else BaristaPretrainTask
-    return cls.load_from_checkpoint(checkpoint, map_location="cpu")
+    return cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+
+
+TASK_OF_ACTION = {"classify": "classification", "regress": "regression", "reconstruct": "reconstruction"}
+ACTIONS_OF_TASK = {v: k for k, v in TASK_OF_ACTION.items()}
 
 
 def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classify", behavior: list[str] = (),
                     events: str | None = None, label_fraction: float = 1.0, run_dir: str | None = None,
                     freeze_backbone: bool = False, overrides: list[str] = (), from_scratch: bool = False) -> RunConfig:
-    """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions`` (``from_scratch``: the
-    same model shape and spatial vocabulary, randomly initialised: what pretraining adds)."""
+    """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions`` (or, for ``neurofm
+    evaluate``, of a fine-tuned folder: ``task`` then defaults to the folder's own).
+    ``from_scratch``: the same model shape and spatial vocabulary, randomly initialised: what
+    pretraining adds."""
     from neurofm.config import from_dict
+    from neurofm.hub import pretrained_config
 
-    kind = {"classify": "classification", "regress": "regression", "reconstruct": "reconstruction"}.get(task)
+    meta = pretrained_config(pretrained)
+    if meta.get("model_type") == "BaristaFinetuned" and task in (None, "", "decode"):
+        task = ACTIONS_OF_TASK[meta["config"].get("task", "classification")]  # what the fine-tuned model does
+    kind = TASK_OF_ACTION.get(task)
     if kind is None:
         raise ConfigError(f"BaRISTA fine-tuning: --task must be classify, regress or reconstruct, got {task!r}")
     if kind == "classification" and not events:
@@ -378,12 +655,13 @@ def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
+    from neurofm.config import from_dict
+    from neurofm.data.segmenter import Preprocessing
     from neurofm.tasks.barista import BaristaPretrainTask
 
-    s = cfg.data.split
-    protocol = (f"contiguous time blocks (train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap} s "
-                f"gaps); {cfg.data.segment_s} s segments of {cfg.model.n_patches} x {cfg.model.patch_len} samples, "
-                f"z-scored per channel per segment")
+    prep = from_dict(Preprocessing, cfg.model.preprocessing or {}, where="model.preprocessing")
+    protocol = (f"split: {_split_source(cfg)}; {cfg.data.segment_s:g} s segments of {cfg.model.n_patches} x "
+                f"{cfg.model.patch_len} samples at {cfg.model.sampling_rate:g} Hz, {prep.describe()}")
     data = {"description": "simulated region-structured iEEG (neurofm simulate ieeg)" if not cfg.data.sessions
             else "session files: " + ", ".join(Path(p).name for p in cfg.data.sessions),
             "datasets": ["neurofm-simulated-ieeg"] if not cfg.data.sessions

@@ -34,6 +34,8 @@ from neurofm.models.barista import (
     Barista,
     BaristaConfig,
     BaristaEncoder,
+    BaristaFinetuned,
+    BaristaFinetunedConfig,
     ChannelReconstructionHead,
     PooledHead,
     TokenWeightingHead,
@@ -358,6 +360,22 @@ class BaristaFinetuneTask(L.LightningModule):
             for group in param_groups(module, hp.weight_decay):
                 groups.append({**group, "lr": lr})
         return adamw(groups, lr=hp.lr_head)
+
+    # -- export --------------------------------------------------------------------------------
+    def export_model(self) -> BaristaFinetuned:
+        """This task's encoder and head as one :class:`~neurofm.models.barista.BaristaFinetuned`
+        (weights copied; what ``save_pretrained`` writes), described by the task's settings."""
+        hp = self.hparams
+        out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
+        config = BaristaFinetunedConfig(encoder=self.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
+                                        n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
+                                        label_names=list(hp.get("label_names", [])),
+                                        target_mean=list(hp.get("target_mean") or []),
+                                        target_std=list(hp.get("target_std") or []))
+        model = BaristaFinetuned(config)
+        model.encoder.load_state_dict(self.encoder.state_dict())
+        model.head.load_state_dict(self.head.state_dict())
+        return model.to(next(self.parameters()).device)
 
     def configure_callbacks(self):
         patience = self.hparams.early_stopping_patience

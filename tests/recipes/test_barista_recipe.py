@@ -35,14 +35,12 @@ def _config(sessions, **task) -> recipe.RunConfig:
 
 
 def test_classifier_knows_its_class_names_and_exports_them(session, tmp_path):
-    from neurofm.models.barista import BaristaFinetuned
-
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     assert task.hparams.label_names == ["nonspeech", "speech"]  # class index order of the data's label map
     assert dm.datasets["train"].reader.label_map == {"nonspeech": 0, "speech": 1}
-    assert BaristaFinetuned.from_task(task).config.label_names == ["nonspeech", "speech"]
+    assert task.export_model().config.label_names == ["nonspeech", "speech"]
     # the names travel in the Lightning checkpoint: `neurofm export CKPT` keeps them
     import lightning as L
 

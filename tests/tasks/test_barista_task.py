@@ -241,7 +241,7 @@ def test_regression_target_is_standardised_and_comes_back_in_the_recordings_unit
     tr.save_checkpoint(tmp_path / "reg.ckpt")
     again = BaristaFinetuneTask.load_from_checkpoint(tmp_path / "reg.ckpt")
     assert again.hparams.target_mean == mean and again.hparams.target_std == std
-    exported = BaristaFinetuned.from_task(again).eval()
+    exported = again.export_model().eval()
     exported.save_pretrained(tmp_path / "reg")
     loaded = BaristaFinetuned.from_pretrained(tmp_path / "reg").eval()
     task.eval()
