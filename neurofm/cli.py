@@ -93,6 +93,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.kind == "spikes":
         out = synthetic.simulate_spikes(args.output, n_units=args.n_units, duration=args.duration, seed=args.seed,
                                         dt=args.dt, stimulus=args.stimulus, session_id=args.session_id)
+    elif args.subjects:  # several subjects sampling shared regions: OUTPUT is a folder
+        paths = synthetic.simulate_ieeg_subjects(args.output, args.subjects, duration=args.duration,
+                                                 sampling_rate=args.sampling_rate, seed=args.seed,
+                                                 line_noise=args.line_noise or None,
+                                                 behavior=args.behavior or None)
+        out = ", ".join(str(p) for p in paths) + f" (hold out {paths[-1].name}: its parcels all occur in the others)"
     else:
         out = synthetic.simulate_ieeg(args.output, n_channels=args.n_channels, duration=args.duration,
                                       sampling_rate=args.sampling_rate, seed=args.seed, n_regions=args.n_regions,
@@ -227,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spikes only: add 20 Hz 16x16 drifting gratings that drive orientation-tuned units")
     s.add_argument("--n-regions", type=int, default=8, help="ieeg only: brain regions with their own source (2-16)")
     s.add_argument("--line-noise", type=float, default=60.0, help="ieeg only: mains frequency in Hz, 0 for none")
+    s.add_argument("--subjects", type=int, default=0,
+                   help="ieeg only: write this many subjects (OUTPUT is then a folder of sub-01.h5 ...), each with its "
+                        "own electrode layout and coordinate space sampling shared regions, 30 contacts each; the "
+                        "last one can be held out")
+    s.add_argument("--behavior", default="grip_force",
+                   help="ieeg --subjects only: name of the continuous behaviour driven by sensorimotor high gamma "
+                        "('' for none)")
     s.set_defaults(func=_cmd_simulate)
 
     sp = sub.add_parser("split", help="fix the train / valid / test time blocks of a session file",
