@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import log_to_stderr
+from neurofm import jsonio, log_to_stderr
 from neurofm.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger("neurofm")
@@ -406,7 +406,9 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    text = jsonio.dumps(metrics, default=_json_default)  # undefined metrics -> null, with null_reasons
+    _atomic_write(run_dir / "metrics.json", text + "\n")
+    metrics = json.loads(text)  # the card and the caller see what metrics.json holds
     from neurofm.cards import render_card
 
     model.save_pretrained(pretrained_dir, card=render_card(metrics, (run_dir / "config.yaml").read_text()))
@@ -467,7 +469,7 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    _atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    _atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
 
 

@@ -18,7 +18,7 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -90,6 +90,9 @@ class NeuroformerTask(L.LightningModule):
         label_fraction, label_chunk_s, label_seed: few-shot decoding: only this fraction of the
             training windows keep their behaviour labels, in whole chunks of ``label_chunk_s``
             seconds (:class:`LabelSubset`); validation and test keep all labels.
+        score_windows: ``(session, interval) -> bool`` per window, or None: the validation
+            block's behaviour (loss, R2) counts only these windows, the same kind the test scores
+            (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`). Not saved.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class NeuroformerTask(L.LightningModule):
         label_fraction: float = 1.0,
         label_chunk_s: float = 10.0,
         label_seed: int = 0,
+        score_windows: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         super().__init__()
         if model is None and config is None:
@@ -138,6 +142,7 @@ class NeuroformerTask(L.LightningModule):
         })
         self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.score_windows = score_windows
         if freeze_backbone:
             self._apply_freezing(n_unfrozen=0)
 
@@ -182,6 +187,9 @@ class NeuroformerTask(L.LightningModule):
         return losses["total"]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if self.score_windows is not None and batch.get("behavior_mask"):
+            scored = self.score_windows(batch["session"], batch["interval"]).to(batch["id"].device)
+            batch = {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
         _, out = self._step(batch, "val")
         targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
         for v in self.model.config.behavior_targets():
