@@ -54,7 +54,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     with Session(args.file) as s:
         summary = s.summary()
-        windows = _spike_window_stats(args, s) if summary["n_spikes"] else None
+        windows = None
+        if summary["n_spikes"]:
+            try:
+                windows = _spike_window_stats(args, s)
+            except ValueError as e:  # e.g. a recording too short for the default split
+                windows = {"error": str(e)}
         if args.json:
             if windows is not None:
                 summary["spikes_per_window"] = windows
@@ -90,6 +95,9 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
 def _describe_windows(w: dict) -> str:
     def row(p: dict) -> str:
         return ", ".join(f"{k} {v:.3g}" for k, v in p.items()) if p else "-"
+
+    if "error" in w:
+        return f"  windows    - ({w['error']})"
 
     lines = [f"  windows    spikes per window over the {w['n_train_windows']:,} training windows (default split or "
              f"/intervals/train; --window-curr/--window-prev to change):",

@@ -35,8 +35,9 @@ NWB = ROOT / ".." / "shared" / "data" / "spikes" / "linear-track.nwb"
 
 pytestmark = pytest.mark.skipif(not NWB.exists(), reason=f"real recording {NWB} not present (shared data folder)")
 
-MODEL = ["model.window.curr=0.25", "model.window.prev=0.5", "model.window.dt=0.01", "model.block_size.id=16",
-         "model.block_size.prev_id=32", "model.n_embd=32", "model.n_head=2", "model.temporal_hidden=32"]
+# block sizes left to the data, as a user leaves them
+MODEL = ["model.window.curr=0.25", "model.window.prev=0.5", "model.window.dt=0.01", "model.n_embd=32", "model.n_head=2",
+         "model.temporal_hidden=32"]
 # windows every second (not every 250 ms): a fifth of the windows, the same plumbing
 RUN = ["data.stride=1.0", "trainer.progress_bar=false", "trainer.max_epochs=1"]
 
@@ -94,7 +95,9 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     # position is scored on moving windows (threshold from the data), and the protocol says how many
     assert "test windows where the animal moves" in ft_metrics["protocol"]
     assert f"{ft_metrics['metrics']['position_n_scored']} of " in ft_metrics["protocol"]
-    assert ft_metrics["tokenizer"]["block_size"] == {"id": 16, "prev_id": 32}
+    # block sizes: chosen from the pretraining data (<= 0.5% dropped there), kept by the fine-tune
+    assert ft_metrics["tokenizer"]["block_size"] == pre_metrics["tokenizer"]["block_size"]
+    assert max(pre_metrics["tokenizer"]["dropped_fraction_train"].values()) <= 0.005
     assert (ft / "pretrained" / "README.md").read_text().startswith("---\n")
 
     # the fine-tuned folder is a Neuroformer with the backbone's units and a position head

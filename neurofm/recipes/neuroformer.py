@@ -477,7 +477,7 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
     if when == "moving" and threshold <= 0:
-        speeds = []
+        speeds, unit = [], ""
         for path in session_paths(cfg.data):
             with Session(path) as s:
                 if e.moving_behavior not in s.behavior_names:
@@ -486,6 +486,7 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                                       f"eval.moving_behavior=NAME or use --score-when all")
                 d = session_position_data(s, _protocol_for(cfg, threshold=0.0))
                 train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
+                unit = unit or d.unit
             smooth = gaussian_filter1d(_fill_nan(d.speed), e.speed_smooth_s / d.bin_size, mode="nearest")
             speeds.append(smooth[train & np.isfinite(d.position).all(axis=1)])
         speed = np.concatenate(speeds)
@@ -495,7 +496,7 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                               f"(units per second) or use --score-when all")
         threshold = float(MOVING_FRACTION * np.percentile(speed, 95))
         print(f"neurofm: scoring behaviour on moving windows: smoothed speed of {e.moving_behavior} > "
-              f"{threshold:.4g} units/s ({MOVING_FRACTION:g} x the training blocks' 95th-percentile speed "
+              f"{threshold:.4g} {unit or 'units'}/s ({MOVING_FRACTION:g} x the training blocks' 95th-percentile speed "
               f"{np.percentile(speed, 95):.4g}; set eval.moving_threshold to choose)")
     if (when, threshold) == (e.score_when, e.moving_threshold):
         return cfg
@@ -507,10 +508,12 @@ def check_test_target(cfg: RunConfig) -> None:
 
     Counts the test windows that would be scored (``eval.score_when``) and compares the
     target's variance over them with its variance over the training windows scored the same
-    way. Fewer than ``eval.min_scored_windows`` windows, or a variance ratio under 1% (e.g. a
-    test block of rest for position), is an error when fine-tuning (decoding is the point of
-    the run) and a warning when pretraining (behaviour is an auxiliary target there); under
-    10% a warning. Both give the numbers and the fix (``neurofm split``).
+    way. Fewer than ``eval.min_scored_windows`` test windows, or a variance ratio under 1%
+    (e.g. a test block of rest for position), is an error when fine-tuning (decoding is the
+    point of the run) and a warning when pretraining (behaviour is an auxiliary target there);
+    under 10% a warning; so is a validation block with fewer than ``eval.min_scored_windows``
+    scored windows (model selection scores it). All give the numbers and the fix
+    (``neurofm split``).
     ``eval.check_target=false`` skips the check.
     """
     from neurofm.data.datasets import behavior_features
@@ -524,7 +527,7 @@ def check_test_target(cfg: RunConfig) -> None:
     moving = MovingWindows(cfg, paths) if e.score_when == "moving" else None
     w = cfg.model.window.curr
     for v in targets:
-        values = {"train": [], "test": []}
+        values = {"train": [], "valid": [], "test": []}
         for k, path in enumerate(paths):
             with Session(path) as s:
                 ts, vals = s.behavior(v.name)
@@ -533,8 +536,12 @@ def check_test_target(cfg: RunConfig) -> None:
                     f = behavior_features(ts, vals, ends - w, ends)
                     keep = f["mask"] & (moving(np.full(len(ends), k), ends) if moving is not None else True)
                     values[split].append(f["mean"][keep].astype(np.float64))
-        train, test = (np.concatenate(values[x]) for x in ("train", "test"))
+        train, valid, test = (np.concatenate(values[x]) for x in ("train", "valid", "test"))
         which = "moving" if moving is not None else "all"
+        if len(valid) < e.min_scored_windows:
+            warnings.warn(f"{v.name}: the validation block has {len(valid)} scored windows ({which}), so model "
+                          f"selection (best checkpoint, early stopping) has little to go on; give it a block where "
+                          f"{v.name} varies with `neurofm split FILE ... --valid C:D`", stacklevel=2)
         fix = (f"hold out a block where {v.name} varies: `neurofm split FILE --train A:B --valid C:D --test E:F` "
                f"(seconds; `neurofm inspect FILE` shows the recording's span)"
                + (", or --score-when all" if moving is not None else "")

@@ -167,7 +167,8 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
 
 def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
     cfg = recipe.resolve_scoring(_config([_session(tmp_path / "a.h5", still_after=30.0)]))
-    with pytest.raises(ConfigError, match=r"position: the test block has 0 scored windows .*neurofm split"):
+    with pytest.raises(ConfigError, match=r"position: the test block has 0 scored windows .*neurofm split"), \
+            pytest.warns(UserWarning, match=r"the validation block has 0 scored windows \(moving\), so model selection"):
         recipe.check_test_target(cfg)
     cfg.eval.score_when = "all"  # every window: 23 still windows, the target constant
     with pytest.raises(ConfigError, match=r"variance is 0\.00% of that over the training windows.*neurofm split"):
@@ -247,6 +248,15 @@ def test_finetune_takes_shape_from_the_checkpoint_and_the_rest_from_the_run(pret
             recipe.prepare(bad)
     # ... and set to the checkpoint's own value, it is fine
     recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], overrides=[*FEW, "model.n_embd=16"]))
+
+
+def test_a_checkpoints_block_size_that_overflows_the_new_data_warns(pretrained, tmp_path):
+    folder, _ = pretrained
+    dense = _session(tmp_path / "a2.h5", rate=20.0, burst=True, still_after=60.0)
+    cfg = recipe.finetune_config(folder, [dense], behavior=["position"], overrides=FEW)
+    with pytest.warns(UserWarning, match=r"block_size.id = 12 \(from the pretrained model .*\) drops \d+\.\d%"):
+        out = recipe.prepare(cfg)
+    assert out.model.block_size.id == 12
 
 
 def test_from_scratch_is_the_checkpoint_shape_from_random_init_with_the_same_labels(pretrained):
