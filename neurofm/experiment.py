@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import log_to_stderr
+from neurofm import jsonio, log_to_stderr
 from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
@@ -549,7 +549,9 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    text = jsonio.dumps(metrics, default=_json_default)  # undefined metrics -> null, with null_reasons
+    atomic_write(run_dir / "metrics.json", text + "\n")
+    metrics = json.loads(text)  # the card and the caller see what metrics.json holds
     card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
     model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
@@ -636,7 +638,7 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
 
 
