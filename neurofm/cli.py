@@ -26,9 +26,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                   coordinate_unit=args.coordinate_unit)
     with warnings.catch_warnings():
         warnings.showwarning = show
+        if args.format == "session":
+            from neurofm.data.ieeg import move_channels_to_behavior
+
+            if not args.behavior_channel:
+                raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior: give --behavior-channel "
+                                 "NAME[=as_name] (repeatable)")
+            out = move_channels_to_behavior(args.input, args.output, args.behavior_channel,
+                                            overwrite=not args.no_overwrite)
+            print(f"wrote {out}")
+            return 0
         if args.format == "nwb":
             from neurofm.data.nwb import convert_nwb
 
+            if args.behavior_channel:
+                raise ValueError("--behavior-channel is for iEEG recordings and session files; NWB behaviour comes "
+                                 "from processing modules (or convert, then `neurofm convert session IN.h5 OUT.h5 "
+                                 "--behavior-channel NAME`)")
             if args.electrodes or args.channels:
                 raise ValueError("--electrodes / --channels are for iEEG recordings; an NWB file carries its own "
                                  "electrodes table")
@@ -41,7 +55,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.electrical_series:
                 raise ValueError("--electrical-series is for NWB files")
             out = convert_ieeg(args.input, args.output, electrodes=args.electrodes, channels_tsv=args.channels,
-                               **common)
+                               behavior_channels=args.behavior_channel or (), **common)
     print(f"wrote {out}")
     return 0
 
@@ -55,6 +69,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         else:
             print(s.describe())
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from neurofm.data.session import Session, SessionFormatError
+
+    failed = 0
+    for path in args.files:
+        try:
+            with Session(path) as s:
+                s.validate()
+                print(f"{path}: ok ({s.n_units:,} units, {s.n_spikes:,} spikes, {s.duration:.3f} s)"
+                      if "spikes" in s.kinds else f"{path}: ok ({s.duration:.3f} s)")
+        except (SessionFormatError, OSError) as e:
+            print(f"neurofm validate: error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -148,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert a recording (NWB, or EDF/BrainVision/FIF/BIDS iEEG) to a session file")
-    c.add_argument("format", choices=["nwb", "ieeg"])
-    c.add_argument("input", help="NWB file, or anything MNE reads (a BIDS-iEEG file picks up its sidecars)")
+    c.add_argument("format", choices=["nwb", "ieeg", "session"],
+                   help="session: an existing session file, to move --behavior-channel channels to /behavior")
+    c.add_argument("input", help="NWB file, or anything MNE reads (a BIDS-iEEG file picks up its sidecars), or a "
+                                 "session file (format session)")
     c.add_argument("output", help="session file to write (.h5)")
     c.add_argument("--electrodes", help="BIDS-style electrodes.tsv (name, x, y, z, atlas label columns); iEEG only "
                                         "(default: the *_electrodes.tsv found beside the recording)")
@@ -159,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--coordinate-unit", choices=["m", "cm", "mm", "um"],
                    help="unit of electrode x, y, z (overrides the input's own; default: what the input says, else "
                         "inferred with a warning)")
+    c.add_argument("--behavior-channel", action="append", metavar="NAME[=as_name]",
+                   help="iEEG / session: a channel that records behaviour (grip force, a joystick...) becomes "
+                        "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.add_argument("--nan", choices=["raise", "mark-bad"], default="raise",
                    help="NaN/inf in continuous data: stop with an error (default) or zero them and mark the channel bad")
@@ -170,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
     i.set_defaults(func=_cmd_inspect)
+
+    v = sub.add_parser("validate", help="check session files' contents (times sorted and finite, unit indices "
+                                        "in range, spike index, timestamps, shapes) before training")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("simulate", help="write a synthetic session with known ground truth")
     s.add_argument("kind", choices=["spikes", "ieeg"])

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from neurofm import metrics
-from neurofm.io import atomic_write
+from neurofm.atomic import atomic_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -68,7 +68,8 @@ def _save(fig: "Figure", path: PathLike | None, dpi: float, fn: str) -> None:
     if fmt not in supported:
         raise ValueError(f"{fn}: path {str(path)!r} has suffix .{fmt}, which matplotlib cannot write; "
                          f"use one of {', '.join('.' + s for s in sorted(supported))} (e.g. .png)")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
 
 
 def _finite_scalar(fn: str, name: str, value: Any) -> float:

@@ -107,7 +107,7 @@ def test_train_writes_run_folder_that_loads_in_a_fresh_process(run_a, sim, tmp_p
     assert {"metrics", "baselines", "protocol", "training", "data", "n_params"} <= metrics.keys()
     assert np.isfinite(metrics["metrics"]["id_bits_per_spike"])
     assert "unigram (firing-rate) null" in metrics["baselines"]
-    assert "ridge on window counts" in metrics["baselines"]  # the demo config decodes speed
+    assert "ridge on binned counts" in metrics["baselines"]  # the demo config decodes speed
     assert "test block" in metrics["protocol"]
     assert metrics["training"]["steps"] == 2 * BATCHES and metrics["training"]["epochs"] == 2
 
@@ -115,7 +115,9 @@ def test_train_writes_run_folder_that_loads_in_a_fresh_process(run_a, sim, tmp_p
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in pre.iterdir()}
     card = (pre / "README.md").read_text()
     front = card.split("---")[1]
-    assert card.startswith("---\n") and "library_name: neurofm" in front and "- id_bits_per_spike" in front
+    assert card.startswith("---\n") and "library_name: neurofm" in front and "type: id_bits_per_spike" in front
+    assert json.dumps(json.loads((pre / "config.json").read_text()), indent=2) in card  # the weights' config
+    assert metrics["data"]["sources"][0]["path"] == str(sim) and metrics["data"]["sources"][0]["license"]
     assert json.loads((pre / "config.json").read_text())["model_type"] == "Neuroformer"
 
     # The in-run model (last.ckpt: end of the final epoch) against the exported folder loaded in a
@@ -166,6 +168,19 @@ def test_card_command_rewrites_the_card(run_a, tmp_path):
     assert cli.main(["card", str(run_a), "--out", str(tmp_path / "CARD.md")]) == 0
     assert (tmp_path / "CARD.md").read_text() == original
     assert cli.main(["card", str(tmp_path)]) == 2  # no metrics.json: a clear error, no traceback
+
+
+def test_rerunning_a_finished_run_keeps_its_training_provenance(run_a, sim, tmp_path):
+    import shutil
+
+    run = tmp_path / "again"
+    shutil.copytree(run_a, run)
+    before = json.loads((run / "metrics.json").read_text())["training"]
+    out = _train(run, sim, *RESUMABLE)  # resume=auto: nothing left to train
+    assert "resuming from" in out.stdout
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["training"] == {**before, "reevaluated": True}  # wall_time_s of the run that trained
+    assert f"wall_time_s: {before['wall_time_s']:.4g}" in (run / "pretrained" / "README.md").read_text()
 
 
 # -- 2. config errors ----------------------------------------------------------------------------

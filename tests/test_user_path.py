@@ -112,7 +112,7 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     report = json.loads((ev / "metrics.json").read_text())
     assert printed["metrics"] == report["metrics"] and "position_r2" in printed["metrics"]
     r2 = report["metrics"]["position_r2"]
-    assert np.isfinite(r2) and np.isfinite(report["baselines"]["ridge on window counts"]["position_r2"])
+    assert np.isfinite(r2) and np.isfinite(report["baselines"]["ridge on binned counts"]["position_r2"])
     # the same model on the same test block scores what the fine-tuning run reported
     assert r2 == pytest.approx(ft_metrics["metrics"]["position_r2"], rel=1e-4, abs=1e-6)
     assert report["data"]["n_test_windows"] == ft_metrics["data"]["n_test_windows"] > 0

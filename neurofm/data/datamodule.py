@@ -29,6 +29,7 @@ from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, Resumabl
                                    collate_spikes, open_sessions, pack_spikes)
 from neurofm.data.samplers import BlockShuffleSampler, distributed_info
 from neurofm.data.segmenter import IEEGSegmenter
+from neurofm.data.session import validate_sessions
 from neurofm.data.splits import TimeBlockSplit
 from neurofm.data.tokenizer import SpikeTokenizer, UnitVocab
 
@@ -141,6 +142,7 @@ class SpikeDataModule(_WindowDataModule):
                          split_names=getattr(splits, "names", None) or ("train", "valid", "test"))
         self.paths = list(sessions)
         self.sessions = open_sessions(self.paths)
+        validate_sessions(self.sessions)  # contents checked before any step (neurofm validate)
         if isinstance(vocab, Mapping):
             vocab = UnitVocab.from_dict(vocab)
         if vocab is None and tokenizer is not None and tokenizer.vocab is not None and tokenizer.vocab.n_units:
@@ -212,6 +214,7 @@ class IEEGDataModule(_WindowDataModule):
                          split_names=getattr(splits, "names", None) or ("train", "valid", "test"))
         self.paths = list(sessions)
         self.sessions = open_sessions(self.paths)
+        validate_sessions(self.sessions)  # contents checked before any step (neurofm validate)
         self.segmenter = segmenter or IEEGSegmenter()
         if spatial_vocab == "auto":
             from neurofm.atlas import SpatialVocab

@@ -111,6 +111,10 @@ class BaristaConfig:
     fast_kernels: bool = True  # False: plain PyTorch (nn.Conv1d, autograd, torch checkpoint), the reference
     # the category vocabulary the parcel indices refer to (SpatialVocab.to_dict())
     spatial_vocab: dict[str, Any] | None = None
+    # what the input went through beyond its rate and patch shape (notch, re-reference, channel
+    # selection, z-scoring): neurofm.data.segmenter.Preprocessing as a dict; fine-tuning and
+    # evaluation apply it (None: not recorded, folders of older versions)
+    preprocessing: dict[str, Any] | None = None
 
     #: Fields that fix parameter shapes; a checkpoint loads only into a config that agrees on them.
     SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "patch_len", "cnn_channels", "cnn_kernel",
@@ -850,6 +854,9 @@ class BaristaFinetunedConfig:
     n_channels: int = 0  # token_weighting only: the fixed layout's channel count
     head_dropout: float = 0.1
     label_names: list[str] = dataclasses.field(default_factory=list)  # class index -> event label
+    # regression: the training block's target mean / std (D,); outputs come back in the recording's units
+    target_mean: list[float] = dataclasses.field(default_factory=list)
+    target_std: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.encoder = _as_config(self.encoder)
@@ -858,7 +865,8 @@ class BaristaFinetunedConfig:
 class BaristaFinetuned(nn.Module, PretrainedMixin):
     """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head.
 
-    ``forward(batch)`` gives logits (B, K) or outputs (B, D); for reconstruction,
+    ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's
+    units, from the training statistics in the config); for reconstruction,
     ``forward(batch, mask)`` gives the masked channels' samples (M, n, L).
     """
 
@@ -884,4 +892,7 @@ class BaristaFinetuned(nn.Module, PretrainedMixin):
             if mask is None:
                 raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
             return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
-        return self.head(self.encoder(batch), batch.get("channel_mask"))
+        out = self.head(self.encoder(batch), batch.get("channel_mask"))
+        if self.config.task == "regression" and self.config.target_std:  # standardised -> recording's units
+            out = out * out.new_tensor(self.config.target_std) + out.new_tensor(self.config.target_mean)
+        return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,7 +360,7 @@ def export(task) -> Neuroformer:
 def load_task(checkpoint):
     from neurofm.tasks.neuroformer import NeuroformerTask
 
-    return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()
@@ -438,7 +439,7 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
     n_units = model.config.n_units
     targets = [v.name for v in model.config.behavior_targets()]
     logp_id, target_ids, counts, beh_pred, beh_true, beh_mask, batches = [], [], [], {}, {}, {}, []
-    interval, session = [], []
+    interval, session, pooled, binned = [], [], [], []
     for batch in loader:
         tid = batch["target_id"]
         if run_model:
@@ -450,9 +451,12 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
             logp_id.append(lp[tid >= N_SPECIAL].numpy())
             for name, pred in out.get("behavior", {}).items():
                 beh_pred.setdefault(name, []).append(pred.float().numpy())
+            if "pooled" in out:
+                pooled.append(out["pooled"].float().numpy())
         spike = tid >= N_SPECIAL
         target_ids.append((tid[spike] - N_SPECIAL).numpy())
         counts.append(_window_counts(batch, n_units))
+        binned.append(_binned_counts(batch, n_units, model.config.window))
         interval.append(np.asarray(batch["interval"], dtype=np.float64))
         session.append(np.asarray(batch["session"], dtype=np.int64))
         for name in targets:
@@ -467,7 +471,7 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
             "beh_pred": {k: np.concatenate(v) for k, v in beh_pred.items()},
             "beh_true": {k: np.concatenate(v) for k, v in beh_true.items()},
             "beh_mask": {k: np.concatenate(v).astype(bool) for k, v in beh_mask.items()},
-            "batches": batches}
+            "pooled": cat(pooled), "binned": np.concatenate(binned), "batches": batches}
 
 
 def _moving_windows(cfg: RunConfig, dm, coll: dict) -> np.ndarray:
@@ -512,6 +516,29 @@ def _window_counts(batch, n_units: int) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+RIDGE_BIN_S = 0.05  # DESIGN.md 8: ridge on counts in 50 ms bins
+
+
+def _binned_counts(batch, n_units: int, window, bin_s: float = RIDGE_BIN_S) -> np.ndarray:
+    """(B, n_bins * n_units) counts per unit in ``bin_s`` bins over the span the model reads
+    (previous + current window, ``n_bins = ceil((prev + curr) / bin_s)``), bin-major with bin 0
+    the latest: the ridge and Bayes baselines see exactly the spikes the model sees (after any
+    block overflow, at the tokens' dt resolution), binned as DESIGN.md 8's floor bins them (50 ms
+    bins of history)."""
+    span = window.curr + window.prev
+    n_bins = max(1, int(math.ceil(span / bin_s - 1e-9)))
+    out = torch.zeros(len(batch["id"]), n_bins * n_units)
+    for key, back in (("id", window.curr), ("id_prev", span)):
+        ids, dts = batch[key], batch["dt" if key == "id" else "dt_prev"]
+        real = ids >= N_SPECIAL
+        offset = back - dts.double() * window.dt  # seconds before the window end
+        # bin b holds offsets in (b * bin_s, (b + 1) * bin_s]: bins closed at their start, as bin_spikes
+        b = torch.clamp(torch.ceil(offset / bin_s - 1e-9).long() - 1, 0, n_bins - 1)
+        col = b * n_units + (ids - N_SPECIAL).clamp(min=0, max=n_units - 1)
+        out.scatter_add_(1, torch.where(real, col, 0), real.float())
+    return out.numpy()
+
+
 def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: np.ndarray) -> float:
     """Mean log2-likelihood gain per held-out spike over the unigram (firing-rate) null."""
     if len(target_ids) == 0:
@@ -538,31 +565,40 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                                                                        train_unit_counts)}
     baselines: dict[str, dict[str, float]] = {"unigram (firing-rate) null": {"id_bits_per_spike": 0.0}}
 
-    # behaviour decoding vs ridge on the same windows' counts
-    n_labelled = {}
-    stride = cfg.data.stride or cfg.model.window.curr
+    # behaviour decoding: one decode report per regression target (model, linear probe, ridge,
+    # Bayes, null), every arm fitted on the same labelled training windows and scored on the
+    # same test windows
+    n_labelled, reports = {}, {}
     regression = {v.name for v in model.config.behavior_targets() if v.task == "regression"}
+    probe = _probe_features(cfg, dm, model, test) if any(n in regression for n in test["beh_pred"]) else None
     for name, pred in test["beh_pred"].items():
         if name not in regression or name not in test["beh_true"]:
             continue
         m = test["beh_mask"][name] & scored
-        if m.sum() < 2:
+        mt = train["beh_mask"][name] & labelled
+        n_labelled[name] = int(mt.sum())
+        if m.sum() < 2 or mt.sum() < 2:
             continue
         y = test["beh_true"][name][m]
-        results[f"{name}_r2"] = float(M.r2_score(y, pred[m]))
-        results[f"{name}_pearson_r"] = float(np.mean(M.pearson_r(y, pred[m], multioutput="raw_values")))
+        rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
+        reports[name] = rep
+        results[f"{name}_r2"] = rep.row("model").values["r2"]
+        results[f"{name}_pearson_r"] = rep.row("model").values["pearson_r"]
         results[f"{name}_n_scored"] = int(m.sum())
-        # ridge on the training windows whose labels the model's behaviour loss saw (few-shot:
-        # the same chunks), then, few-shot, on every training label
-        fits = {"ridge on window counts": train["beh_mask"][name] & labelled}
-        if few_shot:
-            fits["ridge on window counts, all labels"] = train["beh_mask"][name]
-        n_labelled[name] = int(fits["ridge on window counts"].sum())
-        for label, mt in fits.items():
-            ridge_pred = _ridge_fit_predict(train["counts"][mt], train["beh_true"][name][mt], test["counts"][m], stride)
-            row = baselines.setdefault(label, {})
-            row[f"{name}_r2"] = float(M.r2_score(y, ridge_pred))
-            row[f"{name}_pearson_r"] = float(np.mean(M.pearson_r(y, ridge_pred, multioutput="raw_values")))
+        for row in rep.rows[1:]:
+            baselines.setdefault(row.arm, {}).update({f"{name}_r2": row.values["r2"],
+                                                      f"{name}_pearson_r": row.values["pearson_r"]})
+        if few_shot:  # outside the report (its arms share one label fraction): what every label would give
+            every = train["beh_mask"][name]
+            ridge_all = _ridge_fit_predict(train["binned"][every], train["beh_true"][name][every], test["binned"][m],
+                                           cfg.data.stride or cfg.model.window.curr)
+            baselines.setdefault("ridge on binned counts, every training label", {}).update(
+                {f"{name}_r2": float(M.r2_score(y, ridge_all)),
+                 f"{name}_pearson_r": float(np.mean(M.pearson_r(y, ridge_all, multioutput="raw_values")))})
+        print(rep.to_text(), file=sys.stderr)
+    if reports:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "decode_report.md").write_text("\n\n".join(r.to_text() for r in reports.values()) + "\n")
 
     # generation: window F1 vs a mean-rate Poisson generator
     if cfg.eval.generate_windows > 0:
@@ -581,6 +617,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "metrics": results,
         "baselines": baselines,
         "protocol": _protocol(cfg, dm),
+        **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
         "data": {"description": "simulated recurrent spiking network (neurofm simulate spikes)" if not d.sessions
                  else "session files: " + ", ".join(Path(p).name for p in d.sessions),
                  "datasets": ["neurofm-simulated-spikes"] if not d.sessions else [Path(p).stem for p in d.sessions],
@@ -588,6 +625,70 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                  "n_train_windows": int(len(train["interval"])), "n_test_windows": int(len(test["interval"])),
                  **({"n_labelled_train_windows": n_labelled} if few_shot else {})},
     }
+
+
+def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict | None:
+    """Pooled features of the frozen model at ``task.pretrained`` (the linear probe's input) for
+    every training and test window; ``None`` without a pretrained model (from scratch).
+
+    Fine-tuning: the pretrained encoder before any fine-tuning (the classic linear probe,
+    beside full fine-tuning). ``neurofm evaluate``: ``task.pretrained`` is the evaluated folder,
+    so the probe reads that model's own features."""
+    if not cfg.task.pretrained:
+        return None
+    frozen = build_model(cfg, dm).eval()
+    train = _collect(frozen, _train_windows_loader(dm))
+    test_f = _collect(frozen, dm._loader("test", train=False))
+    if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
+        raise RuntimeError("linear probe: the test windows came in a different order on a second pass")
+    return {"train": train["pooled"], "test": test_f["pooled"], "source": str(cfg.task.pretrained)}
+
+
+def _scored_text(cfg: RunConfig, dm) -> str:
+    e = cfg.eval
+    if e.moving_threshold > 0:
+        return (f"moving test windows: speed (sigma {e.speed_smooth_s:g} s) > {e.moving_threshold:g} "
+                f"{_behavior_unit(dm, e.moving_behavior)}/s in every 50 ms bin")
+    return "every test window"
+
+
+def _behavior_unit(dm, name: str) -> str:
+    field = f"behavior/{name}"
+    unit = dm.sessions[0].h5[field].attrs.get("unit", "") if field in dm.sessions[0].h5 else ""
+    unit = (unit.decode() if isinstance(unit, bytes) else str(unit)) or "units"
+    return {"pixels": "px", "pixel": "px"}.get(unit, unit)
+
+
+def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, test: dict, m: np.ndarray,
+                   train: dict, mt: np.ndarray, probe: dict | None, scored_text: str):
+    """The decode report of one target: the model beside a linear probe on frozen pretrained
+    features, ridge on 50 ms binned counts of the spikes the model reads, a Poisson Bayes
+    decoder on those counts (1-D or 2-D targets) and the training-mean null; every baseline fitted
+    on the training windows ``mt`` (the model's labelled windows), all scored on test windows
+    ``m``. CIs from a block bootstrap over ``data.label_chunk_s`` blocks of the test period."""
+    from neurofm.baselines import PoissonBayesDecoder
+    from neurofm.report import decode_report, time_blocks
+
+    stride = cfg.data.stride or cfg.model.window.curr
+    ytr = train["beh_true"][name][mt]
+    arms, notes = {"model": pred}, {}
+    if probe is not None:
+        arms["linear probe"] = _ridge_fit_predict(probe["train"][mt], ytr, probe["test"][m], stride)
+        notes["linear probe"] = f"ridge on frozen pooled features of {Path(probe['source']).name or probe['source']}"
+    n_units = train["counts"].shape[1] // 2  # (current, previous) counts per unit
+    arms["ridge on binned counts"] = _ridge_fit_predict(train["binned"][mt], ytr, test["binned"][m], stride)
+    n_bins = train["binned"].shape[1] // n_units
+    notes["ridge on binned counts"] = f"{n_bins} x {RIDGE_BIN_S * 1e3:.0f} ms bins per unit"
+    if ytr.reshape(len(ytr), -1).shape[1] <= 2:
+        c_tr = train["binned"][mt].reshape(-1, n_bins, n_units).sum(1)
+        c_te = test["binned"][m].reshape(-1, n_bins, n_units).sum(1)
+        arms["Poisson Bayes"] = PoissonBayesDecoder().fit(c_tr, ytr).predict(c_te).reshape(y.shape)
+        notes["Poisson Bayes"] = "place/tuning fields from the same counts"
+    arms["null (training mean)"] = np.broadcast_to(ytr.mean(0), y.shape).copy()
+    block_s = cfg.data.label_chunk_s
+    blocks = time_blocks(test["interval"][m] + 1e7 * test["session"][m], block_s)
+    return decode_report(arms, y, blocks, target=name, label_fraction=cfg.data.label_fraction, scored=scored_text,
+                         block_s=block_s, notes=notes, seed=cfg.eval.seed)
 
 
 def _protocol(cfg: RunConfig, dm) -> str:
