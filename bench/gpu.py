@@ -121,7 +121,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from bench.barista import make_batch as make_barista_batch  # noqa: E402
 from bench.neuroformer import N_UNITS, RATE_HZ, autocast, train_step  # noqa: E402
 from neurofm.data.datasets import pack_spikes  # noqa: E402
-from neurofm.atomic import write_text  # noqa: E402
+from neurofm.atomic import atomic_write  # noqa: E402
 from neurofm.models.barista import Barista, BaristaConfig  # noqa: E402
 from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig  # noqa: E402
 from neurofm.testing import synthetic_batch  # noqa: E402
@@ -382,7 +382,7 @@ class Report:
                                if r["path"].startswith("neurofm.") or r["path"] == "varlen vs padded"]
         s["skipped_rows"] = sum(r["status"] == "skipped" for sec in self.data["sections"].values()
                                 for r in sec["rows"])
-        write_text(self.out, json.dumps(self.data, indent=1, default=_json_default))
+        atomic_write(self.out, json.dumps(self.data, indent=1, default=_json_default))
 
     def over_budget(self, need_s: float = 0.0) -> str | None:
         if self.left() < need_s:

@@ -79,6 +79,9 @@ _HUB_LICENSES = {
     "mpl-2.0", "unlicense", "wtfpl", "isc", "zlib",
 }
 
+#: Spellings datasets use (BIDS recommends "CC0") -> the Hub id.
+_LICENSE_ALIASES = {"cc0": "cc0-1.0", "cc-0": "cc0-1.0", "public domain": "pddl"}
+
 #: Hub metric ids for neurofm metric names (by suffix); metrics without one are only in the
 #: model-index and the tables.
 _HUB_METRIC = (("_pearson_r", "pearsonr"), ("_r2", "r2"), ("auroc", "roc_auc"), ("_f1", "f1"),
@@ -110,8 +113,9 @@ def _fmt(v) -> str:
 def data_sources(paths: Iterable[str | Path]) -> list[dict]:
     """Provenance of each session file: ``path``, ``session_id``, ``lab``, ``source``,
     ``license`` (root attrs; "" when absent). Files that do not exist are listed with
-    ``missing: True`` (a card can still be written from an old run)."""
-    from neurofm.data.session import Session
+    ``missing: True`` (a card can still be written from an old run). Only the root attributes
+    are read (h5py directly: cards sit below the data layer, since every saved model writes one)."""
+    import h5py
 
     out = []
     for p in paths:
@@ -119,10 +123,10 @@ def data_sources(paths: Iterable[str | Path]) -> list[dict]:
         if not p.exists():
             out.append({"path": str(p), "missing": True})
             continue
-        with Session(p) as s:
-            a = s.attrs
-            out.append({"path": str(p), "session_id": s.session_id,
-                        **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
+        with h5py.File(p, "r") as f:
+            a = {k: v.decode() if isinstance(v, bytes) else v for k, v in f.attrs.items()}
+        out.append({"path": str(p), "session_id": str(a.get("session_id", p.stem)),
+                    **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
     return out
 
 
@@ -142,7 +146,7 @@ def weights_license(sources: list[dict]) -> str | None:
     found = {s.get("license", "").strip() for s in sources}
     if not sources or "" in found or any(s.get("missing") for s in sources):
         return None
-    ids = {f.lower() for f in found}
+    ids = {_LICENSE_ALIASES.get(f.lower(), f.lower()) for f in found}
     if len(ids) == 1 and next(iter(ids)) in _HUB_LICENSES:
         return next(iter(ids))
     return "other"

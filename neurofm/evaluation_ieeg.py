@@ -821,15 +821,16 @@ def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int 
     """``(N,) int`` block index of each test segment: the test period cut into ``n_blocks``
     contiguous runs of (nearly) equal segment counts, in time order within each session.
 
-    Fewer blocks when there are fewer than ``min_per_block`` segments per block (at least 2
-    blocks when N >= 2; one block otherwise).
+    Fewer blocks when there are fewer than ``min_per_block`` segments per block, but never
+    fewer than ``min(5, N)`` (a bootstrap over fewer blocks has too few distinct resamples to
+    give an interval; :func:`decode_report` gives none below 5 blocks).
     """
     t0 = np.asarray(t0, dtype=np.float64).ravel()
     sess = np.zeros(len(t0), np.int64) if session is None else np.asarray(session, np.int64).ravel()
     if sess.shape != t0.shape:
         raise ValueError(f"test_period_blocks: session has {len(sess)} entries for {len(t0)} segments")
     n = len(t0)
-    k = int(min(n_blocks, max(2 if n >= 2 else 1, n // max(1, min_per_block))))
+    k = int(max(1, min(n_blocks, max(min(5, n), n // max(1, min_per_block)))))
     order = np.lexsort((t0, sess))  # session, then time
     blocks = np.empty(n, np.int64)
     blocks[order] = (np.arange(n) * k) // max(n, 1)
@@ -891,7 +892,7 @@ def decode_report(arms: Mapping[str, Any], y, t0, *, metric: str, model: str = "
     values = {n: fn(y, v) for n, v in scores.items()}
     rng = np.random.default_rng(seed)
     boot = {n: [] for n in names}
-    if k >= 2:
+    if k >= 5:  # fewer blocks: too few distinct resamples for an interval
         for _ in range(n_boot):
             idx = np.concatenate([members[b] for b in rng.integers(0, k, k)])
             for n in names:

@@ -16,10 +16,14 @@ The resolved config is saved as ``run_dir/config.yaml`` beside the checkpoints; 
 writes ``run_dir/metrics.json``, ``run_dir/pretrained/`` (``from_pretrained`` folder + model
 card) and ``run_dir/plots/``.
 
-Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch and, with
+Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch, every
+``trainer.checkpoint_every_minutes`` (default 10) of training and, with
 ``trainer.checkpoint_every_n_steps``, every N steps too; ``best.ckpt`` by the recipe's
-monitored metric) go through Lightning's atomic save (temp file, then rename) and hold
-tensors and plain values only (``torch.load(weights_only=True)`` reads them). Every training
+monitored metric) are written to a temporary file in the checkpoint folder, fsynced and
+renamed (atomic on every filesystem; the replaced ``last.ckpt`` is kept as
+``last.prev.ckpt``), and hold tensors and plain values only (``torch.load(weights_only=True)``
+reads them). ``resume=auto`` continues from the newest checkpoint that loads (an empty or
+truncated ``last.ckpt`` is reported and passed over), and appends to ``logs/metrics.csv``. Every training
 step is seeded from ``(seed, rank, epoch, batch)`` and the training loader's position is
 restored on resume, so a run killed at any point and restarted with ``resume=auto``
 continues from the last checkpoint with the same step count, the same data order and the
@@ -50,9 +54,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import log_to_stderr
+from neurofm import jsonio, log_to_stderr
+from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, from_dict, to_dict
-from neurofm.atomic import write_text
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("neurofm")
@@ -99,7 +103,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def save_config(cfg, path: Path) -> None:
-    write_text(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
 
 # -- trainer ------------------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def _batch_recorder(out_dir: Path):
             record = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
                       "global_step": int(trainer.global_step), "batches": self.batches,
                       "weights_sha256": state_sha256(pl_module.state_dict())}
-            write_text(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
+            atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
 
     return _BatchRecorder()
 
@@ -510,6 +514,8 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         check_resume_config(cfg, ckpt)
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
+    if hasattr(recipe, "resolve_trainer"):  # Trainer settings sized from the data (e.g. a step budget)
+        cfg = dataclasses.replace(cfg, trainer=recipe.resolve_trainer(cfg, dm))
     if cfg.trainer.compile:
         task.model.compile()
     # A task that names its own validation metric (BaRISTA fine-tuning: val/auroc or val/r2,
@@ -543,7 +549,9 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    text = jsonio.dumps(metrics, default=_json_default)  # undefined metrics -> null, with null_reasons
+    atomic_write(run_dir / "metrics.json", text + "\n")
+    metrics = json.loads(text)  # the card and the caller see what metrics.json holds
     card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
     model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
@@ -599,8 +607,9 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: The recipe of every model class the package saves (a test checks none is missing).
 FAMILY_OF_MODEL = {"Neuroformer": "neuroformer", "Barista": "barista", "BaristaEncoder": "barista",
-                   "BaristaClassifier": "barista", "BaristaRegressor": "barista", "BaristaFinetuned": "barista"}
+                   "BaristaFinetuned": "barista"}
 
 
 def family_of(pretrained: str | os.PathLike) -> str:
@@ -629,7 +638,7 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
 
 

@@ -280,7 +280,8 @@ def test_test_period_blocks_are_contiguous_and_balanced():
     assert set(b) == set(range(8)) and np.bincount(b).max() - np.bincount(b).min() <= 1
     order = np.lexsort((t0, sess))
     assert (np.diff(b[order]) >= 0).all()  # blocks follow time within sessions
-    assert ei.test_period_blocks(np.arange(6.0), n_blocks=10).max() == 1  # >= 5 segments per block
+    assert ei.test_period_blocks(np.arange(60.0), n_blocks=20).max() == 11  # >= 5 segments per block
+    assert ei.test_period_blocks(np.arange(6.0), n_blocks=10).max() == 4  # but at least 5 blocks for a CI
 
 
 def test_decode_report_gives_block_cis_and_a_plain_line():
@@ -303,3 +304,5 @@ def test_decode_report_gives_block_cis_and_a_plain_line():
     assert "cannot tell them apart" in reg["line"] and reg["metric"] == "r2"
     with pytest.raises(ValueError, match="predictions"):
         ei.decode_report({"model": good[:10]}, y, t0, metric="auroc")
+    few = ei.decode_report({"model": good[:4], "b": weak[:4]}, np.array([0, 1, 0, 1]), t0[:4], metric="auroc")
+    assert np.isnan(few["arms"]["model"]["ci"]).all() and "[no CI]" in few["line"]

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from neurofm.atomic import OutputError, check_destination
+from neurofm.atomic import OutputError, atomic_output, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
@@ -88,6 +88,7 @@ def convert_ieeg(
     channels_tsv: str | os.PathLike | None = None,
     coordinate_unit: str | None = None,
     behavior_channels: Sequence[str] = (),
+    license: str | None = None,
 ) -> Path:
     """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
 
@@ -109,6 +110,9 @@ def convert_ieeg(
         ``as_name``: the channel name) and leaves /continuous and /channels. A name matching
         no channel is an error listing the channels. For a session file that exists already:
         :func:`move_channels_to_behavior`.
+    license : the data's licence (SPDX id), stored as the root attr ``license`` that model
+        cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
+        when the recording sits in one, else none.
 
     Raises
     ------
@@ -155,6 +159,7 @@ def convert_ieeg(
         species="",
         lab="",
         source=str(in_path),
+        license=license if license is not None else bids_license(in_path),
         source_format="mne:" + in_path.suffix.lower().lstrip("."),
         recording_start=meas.isoformat() if meas is not None else "",
         electrodes_file=str(side["electrodes"] or ""),
@@ -259,6 +264,22 @@ def _recording_prefix(path: Path) -> str:
 
 def _bids_entities(path: Path) -> dict[str, str]:
     return dict(part.split("-", 1) for part in _recording_prefix(path).split("_") if "-" in part)
+
+
+def bids_license(path: str | os.PathLike, max_up: int = 6) -> str:
+    """``License`` of the BIDS dataset holding ``path`` (its root's ``dataset_description.json``,
+    the nearest one above the file), or "" when there is none or it states none."""
+    import json
+
+    for folder in list(Path(path).resolve().parents)[:max_up]:
+        desc = folder / "dataset_description.json"
+        if desc.exists():
+            try:
+                return str(json.loads(desc.read_text()).get("License", "") or "").strip()
+            except (json.JSONDecodeError, AttributeError, OSError):
+                warnings.warn(f"{desc}: not valid JSON; the dataset's licence is not recorded", stacklevel=3)
+                return ""
+    return ""
 
 
 def find_sidecars(path: str | os.PathLike) -> dict[str, Path | None]:
@@ -649,7 +670,6 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
     import shutil
-    import tempfile
 
     import h5py
 
@@ -675,10 +695,8 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     if not keep.size:
         raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
                            "leave at least one channel in /continuous")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:  # temp beside it, umask, no race
         shutil.copy2(in_path, tmp)
         with h5py.File(tmp, "r+") as f:
             old = f["continuous/data"]
@@ -709,8 +727,4 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 b.attrs.update(unit=unit, source_channel=names[i])
         with Session(tmp):  # validates the edited file before it replaces anything
             pass
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path

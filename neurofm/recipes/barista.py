@@ -4,9 +4,18 @@ Pretraining runs are evaluated by a **linear probe** on the held-out block: even
 segments of the training block are encoded by the frozen encoder, mean-pooled over tokens, and
 a ridge classifier is fitted on them; its ROC-AUC on the test block's segments is reported
 beside the same probe on a randomly initialised encoder (what pretraining adds) and ridge on
-band power (DESIGN.md 8). Fine-tuning runs report ROC-AUC (classification) or R2 (regression,
-reconstruction) on the test block; for classification, the report's ``data`` says how many test
-segments (per class) the AUROC rests on.
+band power (DESIGN.md 8), each with a 95% CI from blocks of the test period; when the probe
+does not beat the random-init encoder, the card's limitations say so in one line.
+
+Classification and regression fine-tunes write the **decode report** (``metrics.json``
+``report``; :func:`neurofm.evaluation_ieeg.decode_report`): the fine-tuned model, a linear
+probe on the frozen encoder the run started from, band power (logistic and ridge for
+classification, ridge for regression) and a null, all fitted on the same training segments
+and scored on the same test segments, with block-bootstrap CIs and one plain line saying
+whether the model beats band power; plus ``plots/roc.png`` or ``plots/decoded_<target>.png``.
+Regression targets are standardised with the training block's mean and std (kept in the
+checkpoint and the exported model, so predictions come back in the recording's units).
+Reconstruction fine-tunes report R2 on the test block.
 """
 
 from __future__ import annotations
@@ -211,6 +220,10 @@ def _from_pretrained(cfg: RunConfig) -> RunConfig:
     enc = meta["config"].get("encoder", meta["config"])
     model = from_dict(BaristaConfig, enc, where=where)
     d = cfg.data
+    made_for = meta["config"].get("task") if meta.get("model_type") == "BaristaFinetuned" else None
+    if made_for and made_for != cfg.task.finetune_task:
+        raise ConfigError(f"task.finetune_task: {folder} is a {made_for} model, not {cfg.task.finetune_task}; "
+                          f"evaluate it with --task {ACTIONS_OF_TASK.get(made_for, made_for)}")
 
     def note(text: str) -> None:
         log.info(f"neurofm: {text} (from the pretrained model {folder})")
@@ -313,6 +326,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
                                   f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
+    _check_spatial_scales(cfg)
     splits = ("train", "valid", "test") if training else ("test",)
     locked = bool(events)
 
@@ -356,6 +370,72 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                                   f"{d.segment_s:g} s; {metric}, which checkpointing and early stopping watch, needs "
                                   f"at least {need}. Give the split more time (data.split.* fractions, or "
                                   f"`neurofm split FILE --train ... --valid ... --test ...`) or shorten data.segment_s")
+
+
+def _check_spatial_scales(cfg: RunConfig) -> None:
+    """Refuse an encoding (or pretraining masking) scale that no channel of any session is known at.
+
+    Without atlas labels, ``encode_scale: parcel`` (or ``lobe``) gives every channel the
+    "unknown" (zero) embedding: the model cannot tell channels apart and nothing says so. This
+    is an error rather than a silent fallback to coordinates, because the scale is part of
+    the model (a pretrained encoder has no coordinate table to fall back to) and of the
+    question a run answers (the paper compares the scales).
+    """
+    from neurofm.data.atlas import SpatialVocab
+    from neurofm.data.session import Session
+
+    m = cfg.model
+    channels, names = [], []
+    seg = _segmenter(cfg)
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if "channels" not in s.h5:
+                continue
+            channels.append(seg.channel_plan(s.channels(), s.n_channels).channels)
+            names.append(path)
+    if not channels:
+        return
+    vocab = SpatialVocab.from_dict(m.spatial_vocab) if m.spatial_vocab is not None else \
+        SpatialVocab.from_channels(channels)
+    wanted = {"model.encode_scale": m.encode_scale}
+    if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
+        wanted["model.mask_scale"] = m.mask_scale
+    for key, scale in wanted.items():
+        if any(_known_at(vocab, ch, scale) for ch in channels):
+            continue
+        what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
+            else "atlas labels that map to a lobe"
+        add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
+               "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
+        own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
+        if scale == "parcel" and own and m.spatial_vocab is not None:
+            raise ConfigError(f"{key}: parcel, but none of the {vocab.atlas} labels of "
+                              f"{', '.join(Path(p).name for p in names)} (e.g. {own[:3]}) is one of the "
+                              f"{len(vocab.parcels)} parcels the pretrained model knows (e.g. {vocab.parcels[:3]}); "
+                              f"every channel would get the 'unknown' embedding. Label the electrodes with the "
+                              f"model's atlas ({vocab.atlas})")
+        if cfg.task.pretrained:
+            fix = (f"the pretrained model encodes channels by {scale}, so the sessions need {what}: {add}")
+        else:
+            other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and any(
+                _known_at(vocab, ch, sc) for ch in channels)]
+            fix = (f"{add}, or choose {key}={other[0]}" if other else add) + \
+                (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
+        raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
+                          f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _known_at(vocab, channels, scale: str) -> bool:
+    """Whether any of ``channels`` has a known category at ``scale``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = vocab.encode(channels)
+        except ValueError:
+            return False
+    return bool(((out["coords"] >= 0).all(axis=1) if scale == "coords" else out[scale] > 0).any())
 
 
 def _split_source(cfg: RunConfig) -> str:
@@ -518,9 +598,6 @@ def _load_finetuned_head(task, loaded, folder: str) -> None:
     from neurofm.hub import load_state_strict
 
     have, want = loaded.config, task.hparams
-    if have.task != want.task:
-        raise ConfigError(f"--task: {folder} is a {have.task} model, not {want.task}; evaluate it with "
-                          f"--task {ACTIONS_OF_TASK[have.task]}")
     if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
         raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
                           f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
@@ -619,20 +696,14 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _pooled_features(encoder, loader) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over real tokens of the encoder output, (N, d), and the segment labels (N,)."""
-    encoder.eval()
-    feats, labels = [], []
-    for batch in loader:
-        h = encoder(batch)  # (B, n, C, d)
-        m = batch["channel_mask"].float()[:, None, :, None]
-        feats.append(((h * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).float().numpy())
-        labels.append(batch["label"].numpy())
-    return np.concatenate(feats), np.concatenate(labels)
-
-
 def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
+    from neurofm.metrics import auroc
+
+    return float(auroc(test[1], _probe_scores(train, test)))
+
+
+def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Ridge probe scores (N,) of the test features, fitted on the training features and labels."""
     from neurofm.baselines import Ridge
     from neurofm.metrics import auroc
 
@@ -648,7 +719,7 @@ def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     (xtr, ytr), (xte, yte) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     model = Ridge(score=score).fit((xtr - mu) / sd, ytr.astype(float))
-    return float(auroc(yte, model.predict((xte - mu) / sd).ravel()))
+    return model.predict((xte - mu) / sd).ravel()
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
@@ -664,9 +735,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
             "datasets": ["neurofm-simulated-ieeg"] if not cfg.data.sessions
             else [Path(p).stem for p in cfg.data.sessions]}
     if isinstance(task, BaristaPretrainTask):
-        metrics, baselines, extra = _evaluate_pretraining(cfg, task, dm)
+        metrics, baselines, extra, limitations = _evaluate_pretraining(cfg, task, dm)
         return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
-                "protocol": protocol + extra, "data": data}
+                "protocol": protocol + extra, "data": data, "limitations": limitations}
     if cfg.task.finetune_task in ("classification", "regression"):
         return _decode_evaluation(cfg, task, dm, Path(run_dir), protocol, data)
     metrics, counts = _evaluate_finetuned(cfg, task, dm)
@@ -676,6 +747,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 
 
 def _evaluate_pretraining(cfg, task, dm):
+    from neurofm.evaluation_ieeg import decode_report
     from neurofm.models.barista import BaristaEncoder
 
     task.model.cpu().eval()
@@ -687,42 +759,53 @@ def _evaluate_pretraining(cfg, task, dm):
             losses.append(float(task.model.pretrain_loss(batch, generator=g)["loss"]))
     metrics: dict[str, Any] = {"test_masked_latent_mse": float(np.mean(losses)) if losses else float("nan")}
     baselines: dict[str, dict[str, float]] = {}
+    limitations: list[str] = []
     events = cfg.eval.probe_events or cfg.data.events
     extra = ""
     if events and events != "none":
         probe = datamodule(cfg, events=events, event_locked=True, segment_s=cfg.eval.probe_segment_s or None)
         probe.setup("fit")
         probe.setup("test")
-        train_loader, test_loader = probe._loader("train", train=False), probe._loader("test", train=False)
         enc = task.export_encoder()
-        metrics["probe_auroc"] = _probe_auroc(_pooled_features(enc, train_loader), _pooled_features(enc, test_loader))
         torch.manual_seed(cfg.seed)
         rand = BaristaEncoder(enc.config)
-        baselines["random-init encoder, same probe"] = {
-            "probe_auroc": _probe_auroc(_pooled_features(rand, train_loader), _pooled_features(rand, test_loader))}
-        baselines["ridge on band power"] = {"probe_auroc": _band_power_auroc(probe, cfg)}
+        arms, y, test = _probe_arms(cfg, probe, {"pretrained encoder, linear probe": enc,
+                                                 "random-init encoder, same probe": rand})
+        report = decode_report(arms, y, test["t0"], metric="auroc", model="pretrained encoder, linear probe",
+                               baseline="random-init encoder, same probe", session=test["session"], seed=cfg.seed)
+        a = report["arms"]
+        metrics["probe_auroc"] = a["pretrained encoder, linear probe"]["value"]
+        metrics["probe_auroc_ci95"] = a["pretrained encoder, linear probe"]["ci"]
+        for name in ("random-init encoder, same probe", "ridge on band power"):
+            baselines[name] = {"probe_auroc": a[name]["value"], "probe_auroc_ci95": a[name]["ci"]}
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
-                 f"the training block, ROC-AUC on the test block")
-    return metrics, baselines, extra
+                 f"the training block, ROC-AUC on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
+                 f"{report['n_blocks']} blocks of the test period)")
+        if not report["line"].startswith("pretrained encoder, linear probe beats"):
+            limitations.append(
+                report["line"] + " The probe is a ridge on the token MEAN, which discards which channel and patch "
+                "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
+                "not have left its trivial phase, where the predictor outputs the mean target.")
+    return metrics, baselines, extra, limitations
 
 
-def _band_power_auroc(dm, cfg) -> float:
-    from neurofm.baselines import BandPowerRidge
-    from neurofm.metrics import auroc
+def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
+    """Probe scores on the test segments of each frozen encoder, and of band power, all fitted
+    on the same training segments (ridge, penalty by AUROC on the last 20% of them)."""
+    from neurofm.baselines import BandPowerRidge, Ridge
 
-    def xy(split):
-        xs, ys = [], []
-        for b in dm._loader(split, train=False):
-            xs.append((b["x"] * b["channel_mask"][..., None]).numpy())
-            ys.append(b["label"].numpy())
-        c = max(x.shape[1] for x in xs)
-        xs = [np.pad(x, ((0, 0), (0, c - x.shape[1]), (0, 0))) for x in xs]
-        return np.concatenate(xs), np.concatenate(ys)
-
-    xtr, ytr = xy("train")
-    xte, yte = xy("test")
-    model = BandPowerRidge(cfg.model.sampling_rate).fit(xtr, ytr)
-    return float(auroc(yte, model.decision_function(xte)))
+    bands = BandPowerRidge(cfg.model.sampling_rate)
+    arms, train, test = {}, None, None
+    for name, enc in encoders.items():
+        train = _segment_pass(probe_dm._loader("train", train=False), enc.eval(), bands)
+        test = _segment_pass(probe_dm._loader("test", train=False), enc.eval(), bands)
+        arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]))
+    C = max(train["bp"].shape[1], test["bp"].shape[1])
+    pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
+    n_classes = int(max(train["y"].max(), test["y"].max())) + 1
+    arms["ridge on band power"] = _squeeze(Ridge(score=_auroc_or_mse).fit(
+        pad(train["bp"]), _pm_one(train["y"], n_classes)).predict(pad(test["bp"])))
+    return arms, test["y"].astype(np.int64), test
 
 
 def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:

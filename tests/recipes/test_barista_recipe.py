@@ -193,3 +193,17 @@ def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, 
     w_pre = pre.export_encoder().backbone.state_dict()
     w_new = task.encoder.backbone.state_dict()
     assert any(not torch.equal(w_pre[k], w_new[k]) for k in w_pre)
+
+
+def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(session, tmp_path):
+    cfg = _config([session])
+    cfg.task.mode = "pretrain"
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)  # untrained: its encoder is a random one, so it cannot beat random init
+    out = recipe.evaluate(cfg, task, dm, tmp_path)
+    lo, hi = out["metrics"]["probe_auroc_ci95"]
+    assert lo <= out["metrics"]["probe_auroc"] <= hi
+    assert set(out["baselines"]) == {"random-init encoder, same probe", "ridge on band power"}
+    assert out["baselines"]["ridge on band power"]["probe_auroc"] > 0.6
+    assert len(out["limitations"]) == 1 and "random-init encoder, same probe" in out["limitations"][0]
+    assert "token MEAN" in out["limitations"][0] and "blocks of the test period" in out["protocol"]
