@@ -1278,8 +1278,14 @@ def _decoding_plot(name: str, test: dict, scored: np.ndarray, r2: float, baselin
     if len(keep_idx) < 2:
         return None
     n_scored = int((scored & mask).sum())
-    return plots.decoding_trace(t[order], true[keep_idx], pred[keep_idx], moving_mask=scored[keep_idx], r2=r2,
+    # an R2 that is undefined on these windows (constant target) is said in the title, not drawn
+    finite = {k: v for k, v in baseline_r2.items() if v is not None and np.isfinite(v)}
+    defined = r2 is not None and bool(np.isfinite(r2))
+    title = f"Decoded {name}, held-out test block ({n_scored:,} scored windows)"
+    if not defined or len(finite) < len(baseline_r2):
+        title += "; R² undefined where not shown (target constant on the scored windows)"
+    return plots.decoding_trace(t[order], true[keep_idx], pred[keep_idx], moving_mask=scored[keep_idx],
+                         r2=r2 if defined else None,
                          names=[name] if true.ndim == 1 or true.shape[1] == 1 else None, unit=unit,
-                         baseline_r2=baseline_r2,
-                         title=f"Decoded {name}, held-out test block ({n_scored:,} scored windows)",
+                         baseline_r2=finite, title=title,
                          path=run_dir / "plots" / f"decoding_{name}.png")
