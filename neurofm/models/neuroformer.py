@@ -37,7 +37,8 @@ Choices where the reference is loose or the paper silent:
   stimulus, the neural state could solve the alignment by copying it.
 * Cross-attention keys/values come from each source's own encoder, normalised once by its final
   LayerNorm (see :mod:`neurofm.nn.transformer`); the stack ends with one LayerNorm.
-* Attention dropout is DropKey (pre-softmax masking; see :class:`neurofm.nn.transformer.Attention`).
+* Attention dropout is dropout on the attention weights after the softmax, the same on every
+  device and layout (see :func:`neurofm.nn.attention.attention`).
 * ``forward`` drops trailing positions that are PAD in every window of the batch before
   computing (outputs at real positions are unchanged): a 700-token previous-window block that
   holds ~65 spikes costs ~65 tokens, not 700.
@@ -129,7 +130,7 @@ class DropoutConfig:
     """Dropout rates (reference: 0.2 everywhere)."""
 
     embd: float = 0.2  # on the summed input embeddings (all modalities)
-    attn: float = 0.2  # attention dropout, as DropKey (see neurofm.nn.transformer.Attention)
+    attn: float = 0.2  # attention dropout, after the softmax (see neurofm.nn.attention.attention)
     resid: float = 0.2  # on every residual branch
 
 
