@@ -93,6 +93,33 @@ def test_default_run_writes_last_ckpt_every_epoch_and_resume_keeps_the_log(sim, 
     assert max(int(r["step"]) for r in after) >= 3 * seen[1][1] - 1
 
 
+def test_resume_mid_epoch_logs_every_step_once(sim, tmp_path):
+    """Killed after a step checkpoint: the rows logged between the checkpoint and the crash
+    are done again by the resumed run, so they are dropped from the old log, not doubled."""
+    import lightning as L
+
+    from neurofm.experiment import load_config, run
+
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", f"data.simulate.path={sim}", *TINY, "trainer.max_epochs=2",
+            "trainer.limit_train_batches=8", "trainer.checkpoint_every_n_steps=3"]
+
+    class CrashAtStep11(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 11:
+                raise _Crash("simulated crash at step 11")
+
+    with pytest.raises(_Crash):
+        run(load_config(None, args), extra_callbacks=[CrashAtStep11()])
+    assert int(_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"]) == 9
+    run(load_config(None, args))
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = [(int(r["step"]), r["epoch"], bool(r.get("val/total")), bool(r.get("train/total_epoch")))
+                for r in csv.DictReader(f)]
+    assert len(rows) == len(set(rows)), "a step was logged twice"
+    assert {row[0] for row in rows} == set(range(16))
+
+
 # -- 2: atomic checkpoint saves across filesystems ---------------------------------------------
 
 
