@@ -728,11 +728,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = argv.pop(0) if argv and "=" not in argv[0] else None
     log_to_stderr()
     from neurofm.data.session import SessionFormatError
+    from neurofm.atomic import OutputError
     from neurofm.hub import PretrainedError
 
     try:
         print_result(run(load_config(path, argv)))
-    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError) as e:
+    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError, OutputError) as e:
         # These name the file or key and the fix: show them without a traceback. Anything
         # else (a failure inside training) keeps its traceback.
         print(f"neurofm train: error: {e}", file=sys.stderr)

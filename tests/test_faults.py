@@ -586,3 +586,14 @@ def test_last_checkpoint_schedule_by_steps_and_minutes(tmp_path, monkeypatch):
     # steps 4 and 8 by count, 7 by time (10 min after the save at step 4), 12 by count, no repeat at the end
     assert saved == [4, 7, 8, 12], saved
     assert len(broadcasts) == 12  # once per optimizer step, on every rank
+
+
+def test_train_into_a_run_dir_that_is_a_file_is_a_clean_output_error(sim, tmp_path, capsys):
+    from neurofm.experiment import main as train_main
+
+    blocker = tmp_path / "run"
+    blocker.write_text("not a folder")
+    code = train_main([f"run_dir={blocker / 'sub'}", f"data.simulate.path={sim}", *TINY, "trainer.max_epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert "cannot write this output" in err and f"{blocker} is a file, not a folder" in err
