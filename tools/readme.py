@@ -15,7 +15,8 @@ All marked blocks run in order, in one fresh folder whose sibling ``../shared`` 
 repository's ``../shared`` (the sample recordings), so commands read as they do from the
 repository root and every file they write stays out of the repository. ``neurofm`` and
 ``python`` there are this interpreter with this repository's ``neurofm`` (``PYTHONPATH``).
-Output is stdout and stderr together, as a terminal shows them; trailing spaces are dropped.
+Output is stdout and stderr together, as a terminal shows them; trailing spaces are dropped;
+warnings of Python blocks read ``UserWarning: message`` (no file paths of this machine).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"^<!--\s*readme:\s*(output|run)\b([^>]*)-->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 RUNNABLE = ("bash", "sh", "python")
+#: Python blocks show a warning as ``Category: message``: what a user reads, without the file
+#: path and source line Python adds (this machine's paths, the sandbox's script name).
+WARNING_FORMAT = ("import warnings; warnings.formatwarning = lambda message, category, *_a, **_k: "
+                  "f'{category.__name__}: {message}\\n'\n")
 
 
 @dataclass
@@ -115,7 +120,7 @@ def _sandbox(tmp: Path) -> tuple[Path, dict]:
 def run_block(code: str, lang: str, work: Path, env: dict, where: str, timeout: float) -> str:
     if lang == "python":
         script = work.parent / "block.py"
-        script.write_text(code)
+        script.write_text(WARNING_FORMAT + code)
         cmd = [sys.executable, str(script)]
     else:
         cmd = ["bash", "-e", "-c", code]
