@@ -108,7 +108,7 @@ def test_demo_config_notches_the_simulated_line_noise(session):
     notches it, and a config that leaves it in every pretraining target is warned."""
     from neurofm.experiment import load_config
 
-    demo = Path(__file__).resolve().parents[2] / "configs" / "barista" / "demo.yaml"
+    demo = "barista/demo"  # the shipped config, by name
     over = [f"data.sessions=[{session}]", "data.segment_s=1.0", "data.n_patches=4", "data.batch_size=32"]
     cfg = recipe.prepare(load_config(demo, over))
     assert cfg.data.line_noise == 60.0
