@@ -382,10 +382,11 @@ def _citation_section(family: str) -> list[str]:
     return lines
 
 
-def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_card(run_dir: str | Path, out: str | Path | None = None, *, repo_id: str | None = None) -> Path:
     """Render a run's card at ``out`` (default ``run_dir/pretrained/README.md``) from
     ``metrics.json``, ``config.yaml`` and the exported ``pretrained/config.json``. The data's
-    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it."""
+    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it.
+    ``repo_id``: the Hub repo the usage snippet loads (default a placeholder)."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -400,7 +401,7 @@ def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if config_yaml and "sources" not in metrics.get("data", {}):
         paths = run_session_paths(yaml.safe_load(config_yaml) or {})
         metrics.setdefault("data", {})["sources"] = data_sources(paths)
-    card = render_card(metrics, config_yaml, model_meta=model_meta)
+    card = render_card(metrics, config_yaml, model_meta=model_meta, repo_id=repo_id)
     out = Path(out) if out else run_dir / "pretrained" / "README.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)

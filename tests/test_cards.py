@@ -65,6 +65,10 @@ def test_run_card_embeds_the_weights_config_and_parses_as_a_hub_card(tmp_path):
     assert embedded["config"]["units"] == model.config.units and embedded["config"]["n_units"] == 5
     assert "n_units: 1" not in text and "units: []" not in text
     assert "model: (see config.json" in text and "lr: 0.001" in text
+    from neurofm import cli
+
+    assert cli.main(["card", str(run), "--out", str(tmp_path / "c.md"), "--repo-id", "my-lab/nf"]) == 0
+    assert 'neurofm.from_pretrained("my-lab/nf")' in (tmp_path / "c.md").read_text()
 
 
 def test_counts_are_separate_from_metrics(tmp_path):
