@@ -113,8 +113,9 @@ def _fmt(v) -> str:
 def data_sources(paths: Iterable[str | Path]) -> list[dict]:
     """Provenance of each session file: ``path``, ``session_id``, ``lab``, ``source``,
     ``license`` (root attrs; "" when absent). Files that do not exist are listed with
-    ``missing: True`` (a card can still be written from an old run)."""
-    from neurofm.data.session import Session
+    ``missing: True`` (a card can still be written from an old run). Only the root attributes
+    are read (h5py directly: cards sit below the data layer, since every saved model writes one)."""
+    import h5py
 
     out = []
     for p in paths:
@@ -122,10 +123,10 @@ def data_sources(paths: Iterable[str | Path]) -> list[dict]:
         if not p.exists():
             out.append({"path": str(p), "missing": True})
             continue
-        with Session(p) as s:
-            a = s.attrs
-            out.append({"path": str(p), "session_id": s.session_id,
-                        **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
+        with h5py.File(p, "r") as f:
+            a = {k: v.decode() if isinstance(v, bytes) else v for k, v in f.attrs.items()}
+        out.append({"path": str(p), "session_id": str(a.get("session_id", p.stem)),
+                    **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
     return out
 
 

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 import neurofm
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         out.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(out)
         text = card if card is not None else str(self.generate_model_card(**(model_card_kwargs or {})))
-        _atomic(out / CARD_NAME, lambda p: p.write_text(text))
+        atomic_write(out / CARD_NAME, text)
         if push_to_hub:
             self.push_to_hub(repo_id or out.name, card=text, **push_to_hub_kwargs)
         return out
@@ -104,8 +105,8 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         state = _untie(state)
         meta = model_meta(self)
-        _atomic(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The card of these weights alone (no run, so no data or metrics): what the model is,
@@ -178,13 +179,13 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
     model_type = read_config(folder).get("model_type")
     if model_type not in _REGISTRY:
         # model classes register when their module is imported; neurofm.models imports none of
-        # them itself (a fresh process that only did `from neurofm.hub import ...` has none)
+        # them itself (a fresh process that only did `from neurofm.hub import ...` has none).
+        # By name: the hub sits below the models (they import PretrainedMixin from here).
         import importlib
         import pkgutil
 
-        import neurofm.models
-
-        for info in pkgutil.iter_modules(neurofm.models.__path__):
+        models = importlib.import_module("neurofm.models")
+        for info in pkgutil.iter_modules(models.__path__):
             importlib.import_module(f"neurofm.models.{info.name}")
     if model_type not in _REGISTRY:
         raise PretrainedError(f"{folder / CONFIG_NAME}: unknown model_type {model_type!r}; "
@@ -272,17 +273,6 @@ def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses shared storage; clone tensors that alias an earlier one."""
     seen: dict[tuple, str] = {}
@@ -345,8 +335,31 @@ def _config_from_meta(cls: type, meta: dict, folder: Path):
     except ConfigError as e:
         raise PretrainedError(f"{e} (folder written by neurofm {saved_version}, this is "
                               f"{neurofm.__version__})") from None
-    defaulted = sorted(set(to_dict(config)) - set(data))
+    except ValueError as e:  # the config class's own checks (e.g. units vs n_units) name no file
+        raise PretrainedError(f"{folder / CONFIG_NAME}: config: {e}; the folder's config.json is inconsistent: "
+                              f"save the model again (or fix that key)") from None
+    # every key, at any depth, that the file lacks and the current config class filled in
+    defaulted = sorted(set(_leaf_keys(to_dict(config))) - set(_leaf_keys(data)))
     if defaulted:
-        warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; keys {defaulted} "
-                      f"were absent and take this version's defaults", stacklevel=3)
+        now = _leaf_keys(to_dict(config))
+        shown = ", ".join(f"{k} = {now[k]!r}" for k in defaulted)
+        warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; {len(defaulted)} key(s) were "
+                      f"absent and take this version's defaults: {shown}. If the model was trained with other "
+                      f"values, add them to config.json", stacklevel=3)
     return config
+
+
+def _leaf_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"window": {"curr": 0.1}, "behavior": [{"name": "x"}]}`` ->
+    ``{"window.curr": 0.1, "behavior[0].name": "x"}`` (dicts and lists of dicts walked)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaf_keys(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(_leaf_keys(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: tree}

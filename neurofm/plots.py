@@ -22,11 +22,13 @@ import json
 import math
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+from neurofm import metrics
+from neurofm.atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -66,15 +68,7 @@ def _save(fig: "Figure", path: PathLike | None, dpi: float, fn: str) -> None:
     if fmt not in supported:
         raise ValueError(f"{fn}: path {str(path)!r} has suffix .{fmt}, which matplotlib cannot write; "
                          f"use one of {', '.join('.' + s for s in sorted(supported))} (e.g. .png)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
 
 
 def _finite_scalar(fn: str, name: str, value: Any) -> float:
@@ -144,9 +138,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 2:
         return float("nan")
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b / denom) if denom > 0 else float("nan")
+    return float(metrics.pearson_r(a[ok], b[ok]))
 
 
 def _fmt_r(r: float) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from neurofm.atomic import OutputError, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, check_brain_coordinates,
                                   clean_labels, coordinate_scale, mm_per_unit)
 
@@ -101,8 +102,7 @@ def convert_nwb(
         raise FileNotFoundError(f"{in_path}: no such NWB file (check the path; convert_nwb reads .nwb files)")
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
     if coordinate_unit is not None:
         coordinate_scale(coordinate_unit, in_path)  # not a length: say so before reading anything
     try:
@@ -118,7 +118,7 @@ def convert_nwb(
                                "the file is damaged or not NWB 2: validate it with `pynwb-validate` and export it again") from None
         return _convert(nwb, in_path, out_path, session_id=session_id, nan_policy=nan_policy, overwrite=overwrite,
                         electrical_series=electrical_series, coordinate_unit=coordinate_unit, license=license)
-    except FileExistsError:
+    except (FileExistsError, OutputError):  # the output's problem, already named as such
         raise
     except OSError as e:  # h5py: a read from a damaged input file failed mid-way (the writer has cleaned up)
         raise ConvertError(in_path, "/", f"read failed mid-way: {e}",
