@@ -220,7 +220,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     if metrics is not None:
         lines += _training_section(m.get("training", {}), config_yaml)
         lines += _evaluation_section(m.get("protocol", "(not recorded)"), scores, baselines, counts,
-                                     {k: v for k, v in data.items() if is_count(k) and k not in ("sources",)})
+                                     {k: v for k, v in data.items() if k not in _DATA_TEXT})
     else:
         lines += ["## Evaluation", "",
                   "None recorded with these weights. A training run's card (`neurofm card RUN_DIR`) has the "
@@ -239,6 +239,11 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]
     lines += _citation_section(family)
     return "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
+
+
+#: ``metrics.json`` ``data`` entries that describe the data; every other entry is a size the
+#: numbers rest on (n_units, n_test_windows, test_segments, per-class counts...).
+_DATA_TEXT = ("description", "datasets", "sources")
 
 
 def _split_counts(row: dict) -> tuple[dict, dict]:

@@ -128,7 +128,11 @@ def test_missing_metrics_is_a_clear_error(tmp_path):
 
 
 def test_render_without_config_or_run():
-    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177}})
+    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177},
+                        "data": {"description": "sEEG", "test_segments": 354,
+                                 "test_segments_per_class": {"rest": 177, "word_onset": 177}}})
+    assert "| test_segments | 354 |" in text and '| test_segments_per_class | {"rest": 177' in text
+    assert "| n_test_events | 177 |" in text
     card = ModelCard(text)
     assert card.data.library_name == "neurofm" and card.data.metrics == ["roc_auc"]
     assert [r.metric_type for r in card.data.eval_results] == ["test_auroc"]
