@@ -311,7 +311,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_card(args: argparse.Namespace) -> int:
     from neurofm.cards import write_card
 
-    print(f"wrote {write_card(args.run_dir, args.out)}")
+    print(f"wrote {write_card(args.run_dir, args.out, repo_id=args.repo_id)}")
     return 0
 
 
@@ -498,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("card", help="write the model card of a run from its metrics.json")
     k.add_argument("run_dir", help="run folder with metrics.json and config.yaml")
     k.add_argument("--out", help="default RUN_DIR/pretrained/README.md")
+    k.add_argument("--repo-id", help="Hub repo id the card's usage snippet loads (e.g. my-lab/neuroformer-v1)")
     k.set_defaults(func=_cmd_card)
 
     g = sub.add_parser("generate", help="generate spikes with a pretrained Neuroformer and write them as a session file")
