@@ -99,6 +99,8 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert ft_metrics["tokenizer"]["block_size"] == pre_metrics["tokenizer"]["block_size"]
     assert max(pre_metrics["tokenizer"]["dropped_fraction_train"].values()) <= 0.005
     assert (ft / "pretrained" / "README.md").read_text().startswith("---\n")
+    for folder in (pre, ft):  # the exported config.json parses strictly too
+        loads_strict((folder / "pretrained" / "config.json").read_text())
 
     # the fine-tuned folder is a Neuroformer with the backbone's units and a position head
     from neurofm.models.neuroformer import Neuroformer

@@ -279,8 +279,23 @@ def test_from_scratch_is_the_checkpoint_shape_from_random_init_with_the_same_lab
     t = torch.arange(0.0, DURATION, 0.25, dtype=torch.float64)
     s = torch.zeros_like(t, dtype=torch.long)
     assert torch.equal(recipe._label_subset(cfg_p)(s, t), recipe._label_subset(cfg_s)(s, t))
+    text = recipe._protocol(cfg_s, dm_s)
+    assert "from scratch" in text and f"fine-tuned from {folder}" not in text
     with pytest.raises(ConfigError, match="from_scratch"):
         recipe.prepare(_config([path], task={"mode": "finetune", "from_scratch": True}))
+
+
+def test_the_linear_probe_of_a_from_scratch_run_reads_the_pretrained_features(pretrained):
+    folder, path = pretrained
+    probes = []
+    for scratch in (False, True):
+        cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], from_scratch=scratch,
+                                                    overrides=FEW))
+        dm = recipe.datamodule(cfg)
+        dm.setup("fit"), dm.setup("test")
+        test = recipe._collect(recipe.build_model(cfg, dm), dm._loader("test", train=False))
+        probes.append(recipe._probe_features(cfg, dm, None, test))
+    assert np.array_equal(probes[0]["train"], probes[1]["train"]) and np.array_equal(probes[0]["test"], probes[1]["test"])
 
 
 def test_evaluate_fits_ridge_on_the_fine_tuning_runs_labels(tmp_path):
