@@ -1082,7 +1082,9 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     so the probe reads that model's own features."""
     if not cfg.task.pretrained:
         return None
-    frozen = build_model(cfg, dm).eval()
+    # the pretrained weights also for a --from-scratch run: the probe is the same arm in both
+    pretrained = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, from_scratch=False))
+    frozen = build_model(pretrained, dm).eval()
     train = _collect(frozen, _train_windows_loader(dm))
     test_f = _collect(frozen, dm._loader("test", train=False))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
@@ -1150,7 +1152,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
             f"all metrics on the test block; baselines fitted on the training block")
     t = cfg.task
     if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
-        text += (f"; fine-tuned {'from ' + str(t.pretrained) if t.pretrained else 'from scratch'} for at most "
+        start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
+        text += (f"; fine-tuned {start} for at most "
                  f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
                  f"x{t.head_lr_ratio:g}, the checkpoint with the best validation R2 evaluated")
     if d.label_fraction < 1.0:
