@@ -159,7 +159,7 @@ def test_binned_counts_are_the_spikes_the_model_reads_in_50ms_bins(tmp_path):
     dm = recipe.datamodule(cfg)
     dm.setup("fit")
     batch = next(iter(dm._loader("valid", train=False)))
-    got = recipe._binned_counts(batch, 3, cfg.model.window)  # (B, 10 bins * 3 units), bin 0 latest
+    got = recipe._binned_counts(batch, 3, cfg.model.window)  # (B, 3 units * 10 bins), unit-major, bin 0 latest
     assert got.shape == (len(batch["interval"]), 10 * 3)
     with Session(path) as s:
         t, u = s.spikes()
@@ -171,7 +171,7 @@ def test_binned_counts_are_the_spikes_the_model_reads_in_50ms_bins(tmp_path):
         keep = (t >= end - 0.5) & (t < end)
         want = bin_spikes(tq[keep] + 1e-7, u[keep], 3, end - 0.5, end + 1e-6, 0.05)[:10][::-1]  # latest bin first
         assert got[w].sum() == keep.sum()
-        np.testing.assert_array_equal(got[w].reshape(10, 3), want)
+        np.testing.assert_array_equal(got[w].reshape(3, 10).T, want)
 
 
 def test_decode_report_arms_share_windows_and_say_when_the_model_loses(tmp_path):
