@@ -253,3 +253,34 @@ def test_finetune_task_monitors_validation_r2_and_heads_train_faster(tmp_path):
     assert {lr for is_head, lr in lrs if not is_head} == {1e-4}
     pre = NeuroformerTask(model=task.model, mode="pretrain")
     assert pre.monitor is None
+
+
+def test_count_heads_start_at_the_ridge_solution(tmp_path):
+    """Fine-tuning starts each fresh count read-out at ridge on the labelled windows: before any
+    step, head(counts) equals ridge's prediction of the standardised target; trained heads are kept."""
+    from neurofm.baselines import Ridge
+    from neurofm.evaluation import RidgeFitPredict
+
+    path = _session(tmp_path / "a.h5", n_units=4)
+    base = _cfg_dict(_config([path], split={"gap": 1.0}))
+    base["model"]["behavior"][0]["count_bin"] = 0.05
+    cfg = from_dict(recipe.RunConfig, base, where="t")
+    dm = recipe.datamodule(cfg)
+    model = recipe.task(cfg, dm).model
+    head = model.count_heads["position"]
+    assert head.weight.abs().sum() > 0
+    X, Y = [], []
+    for batch in dm._loader("train", train=False):
+        X.append(recipe._binned_counts(batch, 4, cfg.model.window, 0.05))
+        Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
+    X, Y = np.concatenate(X), np.concatenate(Y)
+    (v,) = model.config.behavior
+    Z = (Y - v.mean[0]) / v.std[0]
+    alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / 0.25))).choose_alpha(X, Z)
+    want = Ridge(alpha).fit(X, Z).predict(X)
+    got = head(torch.as_tensor(X, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a head that already holds weights (a fine-tuned checkpoint, a resumed run) is left alone
+    with torch.no_grad():
+        head.weight.fill_(0.25)
+    assert recipe.init_count_heads(model, cfg, dm) == [] and float(head.weight[0, 0]) == 0.25
