@@ -447,7 +447,9 @@ def resolve_trainer(cfg: RunConfig, dm):
     ``max_steps`` both -1, as the fine-tuning recipe leaves them; a user's own limit wins) the run
     trains for a step budget sized from the labelled training windows (:func:`step_budget_for`);
     ``step_budget = N > 0``: N steps. Validation then runs about ``BUDGET_CHECKS`` times (every
-    ``ceil(epochs / 20)`` epochs) so early stopping has checks to count."""
+    ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
+    ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
+    stopping has checks to count."""
     t = cfg.trainer
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
@@ -456,6 +458,15 @@ def resolve_trainer(cfg: RunConfig, dm):
     n = len(dm.datasets["train"])  # under FewShotSplit: the labelled windows only
     per_epoch = max(1, math.ceil(n / cfg.data.batch_size))
     budget = cfg.task.step_budget or step_budget_for(n, cfg.data.batch_size)
+    check_steps = max(1, math.ceil(budget / BUDGET_CHECKS))
+    if per_epoch > check_steps:
+        # an epoch longer than the gap between checks: "epochs" of check_steps batches (each a fresh
+        # shuffle), so validation (and early stopping) still runs ~BUDGET_CHECKS times
+        epochs = math.ceil(budget / check_steps)
+        print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per pass; "
+              f"validation every {check_steps} steps)", file=sys.stderr)
+        return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=1,
+                                   limit_train_batches=check_steps)
     epochs = math.ceil(budget / per_epoch)
     every = max(1, math.ceil(epochs / BUDGET_CHECKS))
     print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per epoch, "

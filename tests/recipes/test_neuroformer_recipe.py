@@ -207,6 +207,10 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     per_epoch = math.ceil(n / 16)
     assert t.max_steps == recipe.step_budget_for(n, 16) and t.max_epochs == math.ceil(t.max_steps / per_epoch)
     assert t.check_val_every_n_epoch == max(1, math.ceil(t.max_epochs / 20))
+    # a budget shorter than 20 passes: validation every budget / 20 steps (epochs cut to that length)
+    short = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 40}}, where="t")
+    ts = recipe.resolve_trainer(short, dm)
+    assert ts.max_steps == 40 and ts.limit_train_batches == 2 and ts.max_epochs == 20
     # a user's trainer.max_epochs turns the budget off; an explicit step_budget always applies
     own = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": 2, "max_steps": -1}}, where="t")
     assert recipe.resolve_trainer(own, dm) == own.trainer
