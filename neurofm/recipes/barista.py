@@ -381,7 +381,7 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
     the model (a pretrained encoder has no coordinate table to fall back to) and of the
     question a run answers (the paper compares the scales).
     """
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
     from neurofm.data.session import Session
 
     m = cfg.model
