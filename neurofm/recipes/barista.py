@@ -406,7 +406,8 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
         what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
             else "atlas labels that map to a lobe"
         add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
-               "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
+               f"convert again with --electrodes electrodes.tsv carrying a {vocab.atlas} column" if scale == "parcel"
+               else "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
         own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
         if scale == "parcel" and own and m.spatial_vocab is not None:
             raise ConfigError(f"{key}: parcel, but none of the {vocab.atlas} labels of "
