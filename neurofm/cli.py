@@ -8,11 +8,13 @@ done from Python. Heavy imports (torch, pynwb, mne) happen inside the handlers, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
 
 from neurofm import log_to_stderr
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")  # key=value, key.sub=value, key[0]=value
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -61,13 +63,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from neurofm import jsonio
     from neurofm.data.session import Session
 
     with Session(args.file) as s:
+        summary = s.summary()
+        windows = None
+        if summary["n_spikes"]:
+            try:
+                windows = _spike_window_stats(args, s)
+            except ValueError as e:  # e.g. a recording too short for the default split
+                windows = {"error": str(e)}
         if args.json:
-            print(json.dumps(s.summary(), indent=2, default=str))
+            if windows is not None:
+                summary["spikes_per_window"] = windows
+            print(jsonio.dumps(summary, default=str))
         else:
             print(s.describe())
+            if windows is not None:
+                print(_describe_windows(windows))
     return 0
 
 
@@ -85,6 +99,49 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(f"neurofm validate: error: {e}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
+
+
+def _spike_window_stats(args: argparse.Namespace, session) -> dict:
+    """Spikes per current / previous window over the training block (the default split, or the
+    file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
+    from neurofm.data.tokenizer import block_size_for, window_count_percentiles
+    from neurofm.recipes.neuroformer import RunConfig, suggest_window, training_window_counts
+
+    cfg = RunConfig()
+    cfg.data.sessions = [str(session.path)]
+    w = cfg.model.window
+    if args.window_curr is not None:
+        w.curr = args.window_curr
+    if args.window_prev is not None:
+        w.prev = args.window_prev
+    curr, prev = training_window_counts(cfg)
+    hint = suggest_window(float(curr.mean()), w) if len(curr) else None
+    return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),
+            "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
+            "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
+            "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None}
+
+
+def _describe_windows(w: dict) -> str:
+    def row(p: dict) -> str:
+        return ", ".join(f"{k} {v:.3g}" for k, v in p.items()) if p else "-"
+
+    if "error" in w:
+        return f"  windows    - ({w['error']})"
+
+    lines = [f"  windows    spikes per window over the {w['n_train_windows']:,} training windows (default split or "
+             f"/intervals/train; --window-curr/--window-prev to change):",
+             f"             current  {w['window_curr_s'] * 1e3:g} ms: {row(w['curr'])}",
+             f"             previous {w['window_prev_s'] * 1e3:g} ms: {row(w['prev'])}"]
+    if w["auto_block_size"]:
+        b = w["auto_block_size"]
+        lines.append(f"             block sizes chosen from these (<= 0.5% of spikes dropped): id {b['id']}, "
+                     f"prev_id {b['prev_id']}")
+    if w["suggested_window_s"]:
+        sw = w["suggested_window_s"]
+        lines.append(f"             mostly empty windows: try model.window.curr={sw['curr']:g} "
+                     f"model.window.prev={sw['prev']:g}")
+    return "\n".join(lines)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -134,13 +191,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.args)
 
 
+def _split_overrides(args: argparse.Namespace, options: tuple[str, ...] = ("data", "behavior")) -> None:
+    """``key=value`` tokens swallowed by a many-valued option (``--behavior position
+    trainer.max_epochs=1``) are overrides: move them to ``args.overrides``. Paths and names
+    never look like ``dotted.key=...``."""
+    moved = []
+    for name in options:
+        values = getattr(args, name, None) or []
+        keep = [v for v in values if not _OVERRIDE.match(v)]
+        moved += [v for v in values if _OVERRIDE.match(v)]
+        setattr(args, name, keep)
+    args.overrides = moved + list(args.overrides or [])
+    bad = [o for o in args.overrides if not _OVERRIDE.match(o)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a key=value override (e.g. trainer.max_epochs=5); session files go "
+                         f"after --data, behaviour names after --behavior")
+    if not args.data:
+        raise ValueError("--data: give at least one session file (.h5)")
+
+
+def _recipe_options(fn, family: str, **options) -> dict:
+    """The options set on the command line (not None / False) that ``fn`` (a recipe's
+    ``finetune_config``) takes; one it does not take is an error naming the flag."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    out = {}
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        if name not in params:
+            raise ValueError(f"--{name.replace('_', '-')}: not available for {family} models")
+        out[name] = value
+    return out
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from neurofm.experiment import family_of, print_result, recipe_for, run
 
-    recipe = recipe_for(family_of(args.pretrained))
+    _split_overrides(args)
+    family = family_of(args.pretrained)
+    recipe = recipe_for(family)
+    extra = _recipe_options(recipe.finetune_config, family, from_scratch=args.from_scratch,
+                            score_when=args.score_when)
     cfg = recipe.finetune_config(args.pretrained, args.data, task=args.task, behavior=args.behavior,
                                  events=args.events, label_fraction=args.label_fraction, run_dir=args.run_dir,
-                                 freeze_backbone=args.freeze_backbone, overrides=args.overrides)
+                                 freeze_backbone=args.freeze_backbone, overrides=args.overrides, **extra)
     print_result(run(cfg))
     return 0
 
@@ -148,11 +244,29 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from neurofm.experiment import evaluate_pretrained
+    from neurofm import jsonio
+    from neurofm.experiment import evaluate_pretrained, family_of, recipe_for
 
+    _split_overrides(args)
+    family = family_of(args.pretrained)
+    recipe = recipe_for(family)
+    overrides = list(args.overrides)
+    label_fraction = args.label_fraction
+    if label_fraction is None:
+        # ridge on window counts fits the labelled windows the model was fine-tuned with
+        labels = getattr(recipe, "finetuned_labels", lambda _: None)(args.pretrained)
+        label_fraction = labels["label_fraction"] if labels else 1.0
+        if labels:
+            overrides = [f"seed={labels['seed']}", f"data.label_chunk_s={labels['label_chunk_s']}", *overrides]
+            print(f"neurofm evaluate: baselines fit the fine-tuning run's labels: {label_fraction:.0%} of the "
+                  f"training windows (seed {labels['seed']}, from {labels['config']}); --label-fraction to change",
+                  file=sys.stderr)
+    extra = _recipe_options(recipe.finetune_config, family, score_when=args.score_when)
     metrics = evaluate_pretrained(args.pretrained, args.data, task=args.task, behavior=args.behavior,
-                                  events=args.events, out_dir=Path(args.out), overrides=args.overrides)
-    print(json.dumps({k: metrics[k] for k in ("metrics", "baselines", "protocol") if k in metrics}, indent=2))
+                                  events=args.events, out_dir=Path(args.out), overrides=overrides,
+                                  label_fraction=label_fraction, **extra)
+    shown = {k: metrics[k] for k in ("metrics", "baselines", "protocol", "null_reasons") if k in metrics}
+    print(jsonio.dumps(shown))
     return 0
 
 
@@ -212,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
+    i.add_argument("--window-curr", type=float, help="spike files: current window (s) for the spikes-per-window "
+                                                     "percentiles (default: the run config's, 0.05)")
+    i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: the run config's)")
     i.set_defaults(func=_cmd_inspect)
 
     v = sub.add_parser("validate", help="check session files' contents (times sorted and finite, unit indices "
@@ -264,19 +381,32 @@ def build_parser() -> argparse.ArgumentParser:
                             "channels (BaRISTA)")
         p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress")
         p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes")
-        p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5)")
+        p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5), "
+                                                    "anywhere on the line (also after --data / --behavior)")
+        p.add_argument("--score-when", choices=["auto", "moving", "all"],
+                       help="Neuroformer: behaviour windows scored, in the test block and the validation block that "
+                            "selects the model: 'moving' = every 50 ms bin of the window has smoothed speed above "
+                            "eval.moving_threshold (the behaviour's units per second; default from the data: 0.2 x "
+                            "the training blocks' 95th-percentile speed); 'all'; 'auto' (default) = moving when "
+                            "decoding eval.moving_behavior (position), else all")
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained model on new recordings")
     finetune_args(f)
     f.add_argument("--label-fraction", type=float, default=1.0,
                    help="fraction of training windows with behaviour labels (few-shot), in contiguous chunks")
     f.add_argument("--freeze-backbone", action="store_true", help="train the heads (and new unit rows) only")
+    f.add_argument("--from-scratch", action="store_true",
+                   help="the same model shape and recipe from random init (the pretrained-vs-scratch control; the "
+                        "label draw depends only on seed and --label-fraction, so both arms see the same labels)")
     f.add_argument("--run-dir", help="default runs/finetune-<first data file>")
     f.set_defaults(func=_cmd_finetune)
 
     e = sub.add_parser("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data")
     finetune_args(e)
     e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
+    e.add_argument("--label-fraction", type=float,
+                   help="labelled training windows the baselines (ridge) fit, as in finetune (default: the "
+                        "fine-tuning run's, from RUN/config.yaml beside the pretrained folder, else 1.0)")
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="Lightning checkpoint -> from_pretrained folder (config.json + model.safetensors)")

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import log_to_stderr
+from neurofm import jsonio, log_to_stderr
 from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
@@ -322,22 +322,36 @@ def _last_checkpoint(ckpt_dir: Path, every_n_steps: int = 0, every_minutes: floa
     return _LastCheckpoint()
 
 
-def _csv_logger(run_dir: Path, append: bool):
-    """Lightning's CSVLogger (``run_dir/logs/metrics.csv``); with ``append`` (a resumed run) the
-    rows written before the crash are kept and the new ones follow (Lightning deletes a
-    non-empty log folder's metrics.csv when a logger starts there)."""
+def _csv_logger(run_dir: Path, resume_step: int | None = None):
+    """Lightning's CSVLogger (``run_dir/logs/metrics.csv``). A run resumed from a checkpoint
+    of global step ``resume_step`` keeps the rows logged before that checkpoint and appends
+    its own (Lightning deletes a non-empty log folder's metrics.csv when a logger starts
+    there); rows of steps after the checkpoint, which the resumed run does again, are dropped
+    so that no step appears twice."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+    from neurofm.atomic import atomic_output
+
     class _AppendingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
-            if not append:
+            if resume_step is None:
                 return super()._check_log_dir_exists()
-            if os.path.isfile(self.metrics_file_path):
-                with open(self.metrics_file_path, newline="") as f:
-                    self.metrics_keys = next(csv.reader(f), [])
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = list(reader.fieldnames or []), list(reader)
+            kept = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
+            if len(kept) < len(rows):
+                with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(kept)
+            self.metrics_keys = header
 
     class _CSVLogger(CSVLogger):
         @property
@@ -353,7 +367,7 @@ def _csv_logger(run_dir: Path, append: bool):
 
 
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
-                  extra_callbacks: Sequence[Any] = (), seed: int = 0, resuming: bool = False):
+                  extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
     """A Lightning Trainer writing checkpoints and CSV logs under ``run_dir``; ``seed`` seeds
     every training step (see :func:`_exact_resume_callback`)."""
     import lightning as L
@@ -385,7 +399,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         log_every_n_steps=tc.log_every_n_steps, check_val_every_n_epoch=tc.check_val_every_n_epoch,
         limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
         deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar,
-        logger=_csv_logger(run_dir, append=resuming),
+        logger=_csv_logger(run_dir, resume_step),
         callbacks=callbacks, plugins=[_checkpoint_io()],
         use_distributed_sampler=False,  # neurofm's samplers shard by rank themselves
     )
@@ -429,6 +443,13 @@ def resume_path(resume: str, run_dir: Path) -> str | None:
                           + "; ".join(f"{p.name}: {why}" for p, why in skipped)
                           + ". Start this run_dir over with resume=none (or give resume=PATH of a good checkpoint)")
     return None
+
+
+def _global_step(checkpoint: str | None) -> int | None:
+    """The global step a checkpoint was written at (None for no checkpoint)."""
+    if not checkpoint:
+        return None
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
 
 
 def _unloadable(path: Path) -> str | None:
@@ -522,7 +543,7 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     # higher is better) is checkpointed and early-stopped on it; otherwise the recipe's.
     monitor, mode = (task.monitor, "max") if isinstance(getattr(task, "monitor", None), str) else recipe.MONITOR
     trainer = build_trainer(cfg.trainer, run_dir, monitor=monitor, mode=mode,
-                            extra_callbacks=extra_callbacks, seed=cfg.seed, resuming=bool(ckpt))
+                            extra_callbacks=extra_callbacks, seed=cfg.seed, resume_step=_global_step(ckpt))
     if trainer.global_rank == 0:
         save_config(cfg, run_dir / "config.yaml")
     if ckpt and trainer.global_rank == 0:
@@ -549,7 +570,9 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    text = jsonio.dumps(metrics, default=_json_default)  # undefined metrics -> null, with null_reasons
+    atomic_write(run_dir / "metrics.json", text + "\n")
+    metrics = json.loads(text)  # the card and the caller see what metrics.json holds
     card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
     model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
@@ -636,7 +659,7 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
 
 
@@ -675,11 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = argv.pop(0) if argv and "=" not in argv[0] else None
     log_to_stderr()
     from neurofm.data.session import SessionFormatError
+    from neurofm.atomic import OutputError
     from neurofm.hub import PretrainedError
 
     try:
         print_result(run(load_config(path, argv)))
-    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError) as e:
+    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError, OutputError) as e:
         # These name the file or key and the fix: show them without a traceback. Anything
         # else (a failure inside training) keeps its traceback.
         print(f"neurofm train: error: {e}", file=sys.stderr)

@@ -37,7 +37,8 @@ Choices where the reference is loose or the paper silent:
   stimulus, the neural state could solve the alignment by copying it.
 * Cross-attention keys/values come from each source's own encoder, normalised once by its final
   LayerNorm (see :mod:`neurofm.nn.transformer`); the stack ends with one LayerNorm.
-* Attention dropout is DropKey (pre-softmax masking; see :class:`neurofm.nn.transformer.Attention`).
+* Attention dropout is dropout on the attention weights after the softmax, the same on every
+  device and layout (see :func:`neurofm.nn.attention.attention`).
 * ``forward`` drops trailing positions that are PAD in every window of the batch before
   computing (outputs at real positions are unchanged): a 700-token previous-window block that
   holds ~65 spikes costs ~65 tokens, not 700.
@@ -51,7 +52,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +94,9 @@ class WindowConfig:
 @dataclass
 class BlockSizeConfig:
     """Token capacity of the current (``id``) and previous (``prev_id``) window sequences,
-    specials included (reference ``block_size``)."""
+    specials included (reference ``block_size``). ``0`` = auto: a run config leaves it to the
+    recipe, which chooses it from the training data before a model is built
+    (:func:`neurofm.recipes.neuroformer.resolve_block_sizes`); a model needs it set."""
 
     id: int = 100
     prev_id: int = 700
@@ -127,7 +130,7 @@ class DropoutConfig:
     """Dropout rates (reference: 0.2 everywhere)."""
 
     embd: float = 0.2  # on the summed input embeddings (all modalities)
-    attn: float = 0.2  # attention dropout, as DropKey (see neurofm.nn.transformer.Attention)
+    attn: float = 0.2  # attention dropout, after the softmax (see neurofm.nn.attention.attention)
     resid: float = 0.2  # on every residual branch
 
 
@@ -227,10 +230,17 @@ class NeuroformerConfig:
     (offsets ``0..K``, then ``SOS_dt = K+1``, ``EOS_dt = K+2``, ``PAD_dt = K+3``).
 
     Fields that fix parameter shapes (transfer to a new dataset must keep them, except
-    ``n_units``/``units`` which :meth:`Neuroformer.extend_vocab` changes): ``n_units``,
-    ``n_embd``, ``n_head``, ``temporal_hidden``, ``window``, ``block_size``, ``layers``,
-    ``contrastive.clip_embd``, ``behavior``, ``stimulus``.
+    ``n_units``/``units`` which :meth:`Neuroformer.extend_vocab` changes) are listed in
+    :attr:`SHAPE_FIELDS`; the rest (dropout, loss weights, contrastive temperature) may change.
     """
+
+    #: Fields that fix parameter shapes (dotted paths): fine-tuning takes them from the
+    #: checkpoint, and a run that sets one to another value is an error naming it. ``n_units`` /
+    #: ``units`` grow by :meth:`Neuroformer.extend_vocab` and ``behavior`` by
+    #: :meth:`Neuroformer.add_behavior` (the checkpoint's variables kept, new ones appended).
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "n_units", "units", "n_embd", "n_head", "temporal_hidden", "window", "block_size", "layers",
+        "contrastive.enabled", "contrastive.clip_embd", "contrastive.modalities", "behavior", "stimulus")
 
     n_units: int = 1
     units: list[str] = field(default_factory=list)  # optional "<session_id>/<unit_id>" per unit
@@ -310,8 +320,8 @@ class NeuroformerConfig:
         w = self.window
         if min(w.curr, w.prev, w.dt) <= 0:
             raise bad("window", f"curr, prev and dt must be > 0, got {w}")
-        if self.block_size.id < 2 or self.block_size.prev_id < 2:
-            raise bad("block_size", f"need room for SOS and EOS, got {self.block_size}")
+        if any(b != 0 and b < 2 for b in (self.block_size.id, self.block_size.prev_id)):
+            raise bad("block_size", f"need room for SOS and EOS (>= 2, or 0 = auto), got {self.block_size}")
         for f in dataclasses.fields(self.layers):
             if getattr(self.layers, f.name) < 0:
                 raise bad(f"layers.{f.name}", "must be >= 0")
@@ -582,6 +592,9 @@ class Neuroformer(nn.Module, PretrainedMixin):
             config = NeuroformerConfig.from_dict(config)
         self.config = config
         c, d = config, config.n_embd
+        if 0 in (c.block_size.id, c.block_size.prev_id):
+            raise ValueError(f"NeuroformerConfig.block_size: {c.block_size} leaves a size to the data (0 = auto); "
+                             f"a model needs both set (neurofm.recipes.neuroformer.resolve_block_sizes chooses them)")
         dropout = dict(attn_dropout=c.dropout.attn, resid_dropout=c.dropout.resid)
 
         # -- embeddings: one token table for both windows, per-window position and dt embedding

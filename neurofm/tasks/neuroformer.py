@@ -18,7 +18,7 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -93,6 +93,9 @@ class NeuroformerTask(L.LightningModule):
         head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
             a randomly initialised head on a pretrained backbone learns faster than the backbone
             may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
+        score_windows: ``(session, interval) -> bool`` per window, or None: the validation
+            block's behaviour (loss, R2) counts only these windows, the same kind the test scores
+            (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`). Not saved.
 
     In fine-tuning with regression targets the task names its validation metric
     (:attr:`monitor`: ``val/behavior_r2``, the mean validation R2 over the regression targets),
@@ -120,6 +123,7 @@ class NeuroformerTask(L.LightningModule):
         label_chunk_s: float = 10.0,
         label_seed: int = 0,
         head_lr_ratio: float = 1.0,
+        score_windows: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         super().__init__()
         if model is None and config is None:
@@ -147,6 +151,7 @@ class NeuroformerTask(L.LightningModule):
         })
         self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.score_windows = score_windows
         if freeze_backbone:
             self._apply_freezing(n_unfrozen=0)
 
@@ -201,6 +206,9 @@ class NeuroformerTask(L.LightningModule):
         return losses["total"]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if self.score_windows is not None and batch.get("behavior_mask"):
+            scored = self.score_windows(batch["session"], batch["interval"]).to(batch["id"].device)
+            batch = {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
         _, out = self._step(batch, "val")
         targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
         for v in self.model.config.behavior_targets():

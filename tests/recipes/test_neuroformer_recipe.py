@@ -93,8 +93,9 @@ def test_moving_windows_score_only_where_the_animal_moves(tmp_path):
     dm = recipe.datamodule(cfg)
     ends = np.arange(1.0, 59.0, 0.25)
     coll = {"interval": ends, "session": np.zeros(len(ends), dtype=np.int64)}
-    assert recipe._moving_windows(cfg, dm, coll).all()  # threshold 0: every window
-    cfg.eval.moving_threshold = 20.0
+    cfg.eval.score_when = "all"
+    assert recipe._moving_windows(cfg, dm, coll).all()
+    cfg.eval.score_when, cfg.eval.moving_threshold = "moving", 20.0
     moving = recipe._moving_windows(cfg, dm, coll)
     # 100 units/s until 30 s, then still; the 0.5 s smoothing blurs the edge by ~1.5 s
     assert moving[ends < 28.0].all()
