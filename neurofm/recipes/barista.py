@@ -406,14 +406,15 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
         what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
             else "atlas labels that map to a lobe"
         add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
-               "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
+               f"convert again with --electrodes electrodes.tsv carrying a {vocab.atlas} column" if scale == "parcel"
+               else "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
         own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
         if scale == "parcel" and own and m.spatial_vocab is not None:
             raise ConfigError(f"{key}: parcel, but none of the {vocab.atlas} labels of "
-                              f"{', '.join(Path(p).name for p in names)} (e.g. {own[:3]}) is one of the "
-                              f"{len(vocab.parcels)} parcels the pretrained model knows (e.g. {vocab.parcels[:3]}); "
-                              f"every channel would get the 'unknown' embedding. Label the electrodes with the "
-                              f"model's atlas ({vocab.atlas})")
+                              f"{', '.join(Path(p).name for p in names)} (e.g. {own[:3]}) is among the "
+                              f"{len(vocab.parcels)} parcels the pretrained model learned (e.g. {vocab.parcels[:3]}): "
+                              f"every channel would get the 'unknown' embedding. Fine-tune a model pretrained on "
+                              f"recordings that sample these parcels, or one that encodes by lobe or coordinates")
         if cfg.task.pretrained:
             fix = (f"the pretrained model encodes channels by {scale}, so the sessions need {what}: {add}")
         else:
