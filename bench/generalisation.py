@@ -305,7 +305,7 @@ def diagnose(name: str, spec: dict, out: Path, mode: str) -> dict:
     feats = {}
     for label, model in (("frozen", frozen), ("tuned", tuned)):
         tr = recipe._collect(model, recipe._train_windows_loader(dm))
-        te = recipe._collect(model, dm._loader("test", train=False))
+        te = recipe._collect(model, dm.loader("test"))
         feats[label] = (tr, te)
     tr, te = feats["tuned"]
     scored = recipe._moving_windows(cfg, dm, te) & te["beh_mask"][behavior]

@@ -90,7 +90,7 @@ def _first_test_batch(run_dir: Path) -> dict:
 
     cfg = load_config(run_dir / "config.yaml")
     dm = recipe.datamodule(cfg)
-    return next(iter(dm._loader("test", train=False)))
+    return next(iter(dm.loader("test")))
 
 
 # -- 1. the run folder ---------------------------------------------------------------------------

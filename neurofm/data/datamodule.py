@@ -90,10 +90,21 @@ class _WindowDataModule(L.LightningDataModule):
                 self.datasets[name] = self._make(name, self.streaming, shuffle=train, rank=rank if train else 0,
                                                  world=world if train else 1)
 
-    def _loader(self, name: str, train: bool) -> DataLoader:
+    def dataset(self, name: str):
+        """The dataset of split ``name``, built on first use. A name outside ``split_names`` that
+        the split scheme defines (e.g. ``train_all`` under a few-shot split) is built whole, in
+        time order and unsharded, for evaluation."""
         if name not in self.datasets:
-            self.setup({"train": "fit", "valid": "validate"}.get(name, "test"))
-        ds = self.datasets[name]
+            if name in self.split_names:
+                self.setup({"train": "fit", "valid": "validate"}.get(name, "test"))
+            else:
+                self.datasets[name] = self._make(name, self.streaming, shuffle=False, rank=0, world=1)
+        return self.datasets[name]
+
+    def loader(self, name: str, train: bool = False) -> DataLoader:
+        """A loader over split ``name``: ``train=True`` shuffles and shards by rank (the training
+        loader); ``train=False`` (the default) reads every window in order, as evaluation does."""
+        ds = self.dataset(name)
         rank, world = self._rank_world() if train else (0, 1)  # evaluation reads every window
         if not train and self.streaming and world_of(ds) > 1:  # the training split, read for evaluation
             if name + ":all" not in self.datasets:
@@ -110,16 +121,16 @@ class _WindowDataModule(L.LightningDataModule):
                       collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split_names[0], train=True)
+        return self.loader(self.split_names[0], train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split_names[1], train=False)
+        return self.loader(self.split_names[1], train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split_names[-1], train=False)
+        return self.loader(self.split_names[-1], train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.split_names[-1], train=False)
+        return self.loader(self.split_names[-1], train=False)
 
 
 class SpikeDataModule(_WindowDataModule):

@@ -574,8 +574,7 @@ def task(cfg: RunConfig, dm):
         encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
     n_classes, target_dim, label_map, n_channels, scale = 2, 1, {}, None, {}
     if t.finetune_task == "classification":
-        dm.setup("fit")
-        label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
+        label_map = getattr(getattr(dm.dataset("train"), "reader", None), "label_map", None) or {}
         n_classes = max(2, len(label_map))
     elif t.finetune_task == "regression":
         have = getattr(getattr(loaded, "config", None), "target_mean", None)
@@ -634,8 +633,7 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
 
 def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
     """Channels of the one electrode layout a token-weighting head needs (every session the same count)."""
-    dm.setup("fit")
-    reader = dm.datasets["train"].reader
+    reader = dm.dataset("train").reader
     counts = {reader.n_channels(i) for i in range(len(session_paths(cfg.data)))}
     if len(counts) != 1:
         raise ConfigError(f"task.head: token_weighting learns one weight per channel of a fixed layout, but the "
@@ -754,7 +752,7 @@ def _evaluate_pretraining(cfg, task, dm):
     dm.setup("test")
     losses = []
     with torch.no_grad():
-        for i, batch in enumerate(dm._loader("test", train=False)):
+        for i, batch in enumerate(dm.loader("test")):
             g = torch.Generator().manual_seed(1_000_003 * (i + 1))
             losses.append(float(task.model.pretrain_loss(batch, generator=g)["loss"]))
     metrics: dict[str, Any] = {"test_masked_latent_mse": float(np.mean(losses)) if losses else float("nan")}
@@ -797,8 +795,8 @@ def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndar
     bands = BandPowerRidge(cfg.model.sampling_rate)
     arms, train, test = {}, None, None
     for name, enc in encoders.items():
-        train = _segment_pass(probe_dm._loader("train", train=False), enc.eval(), bands)
-        test = _segment_pass(probe_dm._loader("test", train=False), enc.eval(), bands)
+        train = _segment_pass(probe_dm.loader("train"), enc.eval(), bands)
+        test = _segment_pass(probe_dm.loader("test"), enc.eval(), bands)
         arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]))
     C = max(train["bp"].shape[1], test["bp"].shape[1])
     pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
@@ -816,7 +814,7 @@ def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
     dm.setup("test")
     preds, ys = [], []
     with torch.no_grad():
-        for i, batch in enumerate(dm._loader("test", train=False)):
+        for i, batch in enumerate(dm.loader("test")):
             _, p, y = task._loss(batch, torch.Generator().manual_seed(1_000_003 * (i + 1)))
             preds.append(p.numpy())
             ys.append(y.numpy())
@@ -902,8 +900,8 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     dm.setup("test")
     encoder0, start = _starting_encoder(cfg, task)
     bands = BandPowerRidge(cfg.model.sampling_rate)
-    train = _segment_pass(dm._loader("train", train=False), encoder0, bands)
-    test = _segment_pass(dm._loader("test", train=False), encoder0, bands, task=task)
+    train = _segment_pass(dm.loader("train"), encoder0, bands)
+    test = _segment_pass(dm.loader("test"), encoder0, bands, task=task)
     if len(test["y"]) < 2 or len(train["y"]) < 2:
         raise ConfigError(f"{cfg.task.finetune_task}: {len(train['y'])} training and {len(test['y'])} test segments "
                           f"in {cfg.data.sessions or 'the simulated session'}; the report needs at least 2 of each "

@@ -67,6 +67,7 @@ class SpikeDataConfig:
     sessions: list[str] = field(default_factory=list)  # session files; empty: the simulated demo
     simulate: SimulateSpikesConfig = field(default_factory=SimulateSpikesConfig)
     behavior: list[str] = field(default_factory=list)  # behaviour variables read per window
+    stimulus: str = "gratings"  # the /stimulus/<name> read per window when model.stimulus is set
     stride: float = 0.0  # seconds between windows; 0 = window.curr (non-overlapping)
     batch_size: int = 32
     num_workers: int = 0
@@ -625,7 +626,7 @@ def datamodule(cfg: RunConfig):
         session_paths(cfg.data), window_curr=m.window.curr, window_prev=m.window.prev, dt=m.window.dt,
         block_size=m.block_size.id, block_size_prev=m.block_size.prev_id, vocab=vocab,
         extend_vocab=vocab is not None, splits=split, stride=d.stride or None, behavior=d.behavior,
-        stimulus="gratings" if m.stimulus is not None else None,
+        stimulus=d.stimulus if m.stimulus is not None else None,
         stimulus_frames=m.stimulus.n_frames if m.stimulus is not None else 3,
         batch_size=d.batch_size, num_workers=d.num_workers, streaming=d.streaming, seed=cfg.seed, pack=d.pack)
     if _few_shot_fit(cfg):
@@ -697,10 +698,7 @@ class FewShotSplit:
 
 def _train_windows_loader(dm):
     """Every training window, in time order (``train_all`` under :class:`FewShotSplit`)."""
-    name = "train_all" if isinstance(dm.splits, FewShotSplit) else "train"
-    if name not in dm.datasets:
-        dm.datasets[name] = dm._make(name, dm.streaming, shuffle=False, rank=0, world=1)
-    return dm._loader(name, train=False)
+    return dm.loader("train_all" if isinstance(dm.splits, FewShotSplit) else "train")
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
@@ -805,7 +803,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
     n_units = model.config.n_units
     stride = cfg.data.stride or cfg.model.window.curr
     xs, ys, ms, ses, ivs = {v.name: [] for v in fresh}, {v.name: [] for v in fresh}, {v.name: [] for v in fresh}, [], []
-    for batch in dm._loader(dm.split_names[0], train=False):  # the training windows (few-shot: the labelled ones)
+    for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
         ses.append(batch["session"])
         ivs.append(batch["interval"])
         for v in fresh:
@@ -864,8 +862,7 @@ def resolve_trainer(cfg: RunConfig, dm):
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
         return t
-    dm.setup("fit")
-    n = len(dm.datasets["train"])  # under FewShotSplit: the labelled windows only
+    n = len(dm.dataset("train"))  # under FewShotSplit: the labelled windows only
     per_epoch = max(1, math.ceil(n / cfg.data.batch_size))
     budget = cfg.task.step_budget or step_budget_for(n, cfg.data.batch_size)
     check_steps = max(1, math.ceil(budget / BUDGET_CHECKS))
@@ -1056,7 +1053,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     dm.setup("fit")
     dm.setup("test")
     train = _collect(model, _train_windows_loader(dm), run_model=False)
-    test = _collect(model, dm._loader("test", train=False), keep_windows=cfg.eval.generate_windows)
+    test = _collect(model, dm.loader("test"), keep_windows=cfg.eval.generate_windows)
     scored = _moving_windows(cfg, dm, test)
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
@@ -1150,7 +1147,7 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     pretrained = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, from_scratch=False))
     frozen = build_model(pretrained, dm).eval()
     train = _collect(frozen, _train_windows_loader(dm))
-    test_f = _collect(frozen, dm._loader("test", train=False))
+    test_f = _collect(frozen, dm.loader("test"))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
         raise RuntimeError("linear probe: the test windows came in a different order on a second pass")
     return {"train": train["pooled"], "test": test_f["pooled"], "source": str(cfg.task.pretrained)}

@@ -95,7 +95,7 @@ def test_finetune_applies_it_and_resamples_a_new_labs_recording(pretrained, sess
     assert any("data.line_noise = 60: notch" in line for line in neurofm_log)
     dm = recipe.datamodule(cfg)
     dm.setup("fit")
-    batch = next(iter(dm._loader("train", train=False)))
+    batch = next(iter(dm.loader("train")))
     assert batch["x"].shape[-1] == 128  # 1 s at the model's 128 Hz, from a 256 Hz recording
     task = recipe.task(cfg, dm)
     assert task.encoder.config.preprocessing["line_noise"] == 60.0  # the fine-tune exports it too
@@ -197,7 +197,7 @@ def test_preflight_probe_length_follows_the_segment(sessions):
         recipe.prepare(_pretrain_cfg([sessions["home"]], "eval.probe_segment_s=3.0"))
     from neurofm.experiment import load_config
 
-    demo = Path(__file__).resolve().parents[2] / "configs" / "barista" / "demo.yaml"
+    demo = Path(__file__).resolve().parents[2] / "neurofm" / "configs" / "barista" / "demo.yaml"
     cfg = recipe.prepare(load_config(demo, [f"data.sessions=[{sessions['home']}]", "data.segment_s=1.0",
                                             "data.n_patches=4"]))
     assert cfg.eval.probe_segment_s in (0.0, 1.0)

@@ -97,7 +97,7 @@ def _line_peak(cfg) -> float:
 
     dm = recipe.datamodule(cfg)
     dm.setup("fit")
-    x = next(iter(dm._loader("train", train=False)))["x"].numpy()  # (B, C, T) z-scored
+    x = next(iter(dm.loader("train")))["x"].numpy()  # (B, C, T) z-scored
     f, p = signal.welch(x, fs=cfg.model.sampling_rate, nperseg=x.shape[-1], axis=-1)
     p = p.mean((0, 1))
     return p[np.argmin(np.abs(f - 60))] / p[(np.abs(f - 60) > 4) & (np.abs(f - 60) < 12)].mean()

@@ -295,7 +295,7 @@ def test_the_linear_probe_of_a_from_scratch_run_reads_the_pretrained_features(pr
                                                     overrides=FEW))
         dm = recipe.datamodule(cfg)
         dm.setup("fit"), dm.setup("test")
-        test = recipe._collect(recipe.build_model(cfg, dm), dm._loader("test", train=False))
+        test = recipe._collect(recipe.build_model(cfg, dm), dm.loader("test"))
         probes.append(recipe._probe_features(cfg, dm, None, test))
     for part in ("train", "test"):
         assert np.array_equal(probes[0][part], probes[1][part])

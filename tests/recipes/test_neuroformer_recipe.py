@@ -19,7 +19,8 @@ from neurofm.tasks.neuroformer import LabelSubset
 DURATION = 60.0  # s
 
 
-def _session(path: Path, *, still_after: float = 30.0, n_units: int = 4, seed: int = 0) -> str:
+def _session(path: Path, *, still_after: float = 30.0, n_units: int = 4, seed: int = 0,
+             stimulus: str | None = None) -> str:
     """Poisson spikes (5 Hz per unit) and a 1-D position that moves at 100 units/s back and forth
     on a 0..200 track until ``still_after`` s, then stays put."""
     rng = np.random.default_rng(seed)
@@ -32,6 +33,9 @@ def _session(path: Path, *, still_after: float = 30.0, n_units: int = 4, seed: i
         w.add_units([f"u{i}" for i in range(n_units)])
         w.add_spikes(times, units, t_start=0.0, t_end=DURATION)
         w.add_behavior("position", ts, x[:, None], unit="cm")
+        if stimulus is not None:  # 10 Hz 10x10 frames, each frame's pixels its index + 1
+            n = int(DURATION * 10)
+            w.add_stimulus(stimulus, np.arange(n) * 0.1, np.repeat(np.arange(1, n + 1) % 256, 100).reshape(n, 10, 10))
     return str(path)
 
 
@@ -159,7 +163,7 @@ def test_binned_counts_are_the_spikes_the_model_reads_in_50ms_bins(tmp_path):
     cfg = _config([path], split={"gap": 1.0})
     dm = recipe.datamodule(cfg)
     dm.setup("fit")
-    batch = next(iter(dm._loader("valid", train=False)))
+    batch = next(iter(dm.loader("valid")))
     got = recipe._binned_counts(batch, 3, cfg.model.window)  # (B, 3 units * 10 bins), unit-major, bin 0 latest
     assert got.shape == (len(batch["interval"]), 10 * 3)
     with Session(path) as s:
@@ -233,7 +237,7 @@ def test_finetune_recipe_defaults_are_the_rule():
     assert r["trainer"]["max_epochs"] == -1 and r["trainer"]["max_steps"] == -1
     from omegaconf import OmegaConf
 
-    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "neuroformer" / "finetune.yaml")
+    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "neurofm" / "configs" / "neuroformer" / "finetune.yaml")
     assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 10.0 and yaml.task.step_budget == 0
     assert yaml.trainer.max_epochs == -1 and yaml.trainer.early_stopping_patience == 5
 
@@ -275,7 +279,7 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path):
     head = model.count_heads["position"]
     assert head.weight.abs().sum() > 0
     X, Y = [], []
-    for batch in dm._loader("train", train=False):
+    for batch in dm.loader("train"):
         X.append(recipe._binned_counts(batch, 4, cfg.model.window, 0.05))
         Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
     X, Y = np.concatenate(X), np.concatenate(Y)
@@ -289,3 +293,18 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path):
     with torch.no_grad():
         head.weight.fill_(0.25)
     assert recipe.init_count_heads(model, cfg, dm) == [] and float(head.weight[0, 0]) == 0.25
+
+
+def test_stimulus_name_is_a_data_field(tmp_path):
+    """``data.stimulus`` names the /stimulus/<name> a stimulus model reads (default ``gratings``,
+    the simulated demo's); a lab's own name is read, and a missing one is an error naming it."""
+    path = _session(tmp_path / "s.h5", stimulus="movie")
+    stim = {"n_frames": 3, "height": 10, "width": 10, "patch": [3, 5, 5]}
+    assert recipe.RunConfig().data.stimulus == "gratings"
+    cfg = _config([path], stimulus="movie")
+    cfg.model.stimulus = from_dict(type(recipe.RunConfig().model), {"stimulus": stim}, where="test").stimulus
+    batch = next(iter(recipe.datamodule(cfg).loader("train")))
+    assert batch["stimulus"].shape[1:] == (3, 10, 10) and batch["stimulus"].abs().sum() > 0
+    cfg.data.stimulus = "gratings"
+    with pytest.raises(KeyError, match="/stimulus/gratings"):
+        recipe.datamodule(cfg).loader("train")
