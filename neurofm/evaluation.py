@@ -24,7 +24,8 @@ them in one line, to print next to every number. :func:`decoding_setup` builds t
 folds and masks once so that several decoders (ridge, Neuroformer) share them exactly;
 :func:`ridge_floor` is the DESIGN.md 8 floor (ridge on binned counts with history) plus a
 mean-position null on the same setup. Few-shot decoding labels only a fraction of the
-training bins, in contiguous chunks (:func:`few_shot_mask`).
+training bins, in contiguous chunks (:func:`neurofm.data.splits.labelled_windows`, the one
+few-shot definition, shared with fine-tuning and the recipes' decoder arms).
 
 Units: times and durations in seconds; position in the file's unit (``/behavior/<name>``
 attribute ``unit``; camera pixels for linear-track); speed in position units per second.
@@ -44,10 +45,11 @@ from scipy.ndimage import gaussian_filter1d
 from neurofm import metrics
 from neurofm.baselines import DEFAULT_ALPHAS, Ridge, bin_spikes, bin_timeseries, history_features
 from neurofm.data.session import Session, SessionFormatError
+from neurofm.data.splits import labelled_windows
 
 __all__ = [
     "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict",
-    "speed_from_position", "moving_mask", "blocked_folds", "few_shot_mask", "evaluate_decoder",
+    "speed_from_position", "moving_mask", "blocked_folds", "evaluate_decoder",
     "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
 ]
 
@@ -91,8 +93,10 @@ class DecodingProtocol:
         (few-shot decoding; 1.0 = all). Chosen in contiguous chunks of ``chunk_s``.
     chunk_s : s, length of one labelled chunk in few-shot decoding.
     contiguous_labels : label chunks (default) or independent single bins (only to show
-        how much random single bins inflate a few-shot score; :func:`few_shot_mask`).
-    seed : seeds the few-shot chunk choice (fold ``k`` uses ``[seed, k]``).
+        how much random single bins inflate a few-shot score): the chunks of
+        :func:`neurofm.data.splits.labelled_windows`, drawn per bin end time, one draw for
+        every fold.
+    seed : seeds the few-shot chunk choice.
     alpha : ridge penalty: "blocked_cv" (chosen per outer fold by ``inner_folds``-fold
         blocked CV on that fold's training bins, with the same gap, maximising pooled R2),
         "holdout" (last 20% of the training bins, :class:`neurofm.baselines.Ridge`), or a
@@ -146,10 +150,6 @@ class DecodingProtocol:
     def gap_bins(self) -> int:
         """The gap in whole bins (rounded up, so the gap is never shorter than ``gap_s``)."""
         return int(math.ceil(self.gap_s / self.bin_size - 1e-9))
-
-    @property
-    def chunk_bins(self) -> int:
-        return max(1, int(round(self.chunk_s / self.bin_size)))
 
     def describe(self, unit: str = "") -> str:
         """The protocol in one line, to print next to every number it produced."""
@@ -288,72 +288,17 @@ def blocked_folds(bins, n_folds: int = 5, gap_s: float = 5.0, bin_size: float | 
     return folds
 
 
-def few_shot_mask(train_idx, fraction: float, seed=0, contiguous: bool = True, chunk: int = 100) -> np.ndarray:
-    """Which training bins are labelled in few-shot decoding: (len(train_idx),) bool.
-
-    ``round(fraction * n)`` of the ``n`` training bins (at least 1) are labelled. With
-    ``contiguous`` (default), the training bins, in time order, are cut into chunks of
-    ``chunk`` consecutive entries and whole chunks are drawn at random (the last drawn chunk
-    trimmed to hit the count exactly).
-
-    Why chunks and not random single bins: in practice labels come as stretches of a
-    recording (a few minutes tracked or annotated), and behaviour is autocorrelated over
-    seconds, so 10% of 50 ms bins drawn one by one would sample the whole trajectory
-    densely, each labelled bin next to unlabelled bins with nearly the same position, and
-    the "few-shot" score would be close to the fully labelled one. Chunks of a few seconds
-    cover only part of the trajectory, which is what having little labelled data means.
-    A chunk holds ``chunk`` consecutive *training* bins: where training bins skip (rest
-    bins left out, the test block and its gaps), a chunk spans more time.
-
-    Parameters
-    ----------
-    train_idx : (n,) training bin indices in time order (only their count and order matter).
-    fraction : in (0, 1].
-    seed : int or sequence of ints for ``np.random.default_rng``.
-    contiguous : chunks (True) or independent single bins (False).
-    chunk : bins per chunk.
-    """
-    n = len(np.asarray(train_idx))
-    if not 0 < fraction <= 1:
-        raise ValueError(f"few_shot_mask: fraction must be in (0, 1], got {fraction}")
-    if chunk < 1:
-        raise ValueError(f"few_shot_mask: chunk must be >= 1 bin, got {chunk}")
-    mask = np.zeros(n, dtype=bool)
-    if n == 0:
-        return mask
-    n_label = max(1, int(round(fraction * n)))
-    if n_label >= n:
-        mask[:] = True
-        return mask
-    rng = np.random.default_rng(seed)
-    if not contiguous:
-        mask[rng.choice(n, n_label, replace=False)] = True
-        return mask
-    n_chunks = -(-n // chunk)
-    remaining = n_label
-    for c in rng.permutation(n_chunks):
-        a = int(c) * chunk
-        b = min(a + chunk, n)
-        take = min(b - a, remaining)
-        mask[a:a + take] = True
-        remaining -= take
-        if remaining == 0:
-            break
-    return mask
-
-
 # --------------------------------------------------------------------------------------------
 # scoring
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_decoder(fit_predict: Callable, X, Y, folds: Sequence[Fold], score_mask, *, train_mask=None,
-                     label_fraction: float = 1.0, chunk: int = 100, seed=0, contiguous: bool = True) -> dict:
+def evaluate_decoder(fit_predict: Callable, X, Y, folds: Sequence[Fold], score_mask, *, train_mask=None) -> dict:
     """Cross-validated decoding scored on pooled held-out predictions.
 
     For each fold ``k``: the training bins are ``train_idx`` where ``train_mask`` holds and
-    ``Y`` is finite, then (few-shot) only the labelled fraction of them
-    (:func:`few_shot_mask` with seed ``[seed, k]``); the decoder is fitted on them and
+    ``Y`` is finite (few-shot: ``train_mask`` holds only on the labelled bins,
+    :attr:`DecodingSetup.labelled`); the decoder is fitted on them and
     predicts the fold's test bins where ``score_mask`` holds and ``Y`` is finite. The
     predictions of all folds are pooled and scored once: R2 and Pearson r per output
     (:func:`neurofm.metrics.r2_score`, :func:`neurofm.metrics.pearson_r`), and their means
@@ -371,7 +316,6 @@ def evaluate_decoder(fit_predict: Callable, X, Y, folds: Sequence[Fold], score_m
     folds : from :func:`blocked_folds`.
     score_mask : (T,) bool, bins that are scored (e.g. moving bins).
     train_mask : (T,) bool, bins that may be trained on (default: all).
-    label_fraction, chunk, seed, contiguous : few-shot labelling (:func:`few_shot_mask`).
 
     Returns
     -------
@@ -401,8 +345,6 @@ def evaluate_decoder(fit_predict: Callable, X, Y, folds: Sequence[Fold], score_m
                              f"fold's test bins; use blocked_folds")
         seen[test_idx] = True
         tr = train_idx[train_mask[train_idx] & known[train_idx]]
-        if label_fraction < 1:
-            tr = tr[few_shot_mask(tr, label_fraction, seed=[int(seed), k], contiguous=contiguous, chunk=chunk)]
         te = test_idx[score_mask[test_idx] & known[test_idx]]
         n_train.append(int(tr.size))
         if te.size == 0:
@@ -612,12 +554,19 @@ class DecodingSetup:
     score_mask: np.ndarray
     train_mask: np.ndarray
 
-    def evaluate(self, fit_predict: Callable, X) -> dict:
-        """:func:`evaluate_decoder` on this setup (few-shot settings from the protocol)."""
+    @property
+    def labelled(self) -> np.ndarray:
+        """(T,) bool: the bins whose behaviour is labelled (few-shot: the protocol's fraction,
+        :func:`~neurofm.data.splits.labelled_windows` on bin end times, in ``chunk_s`` chunks or,
+        without ``contiguous_labels``, bin by bin)."""
         p = self.protocol
+        return labelled_windows(np.zeros(self.data.n_bins, dtype=np.int64), self.data.bin_end, p.label_fraction,
+                                p.chunk_s if p.contiguous_labels else p.bin_size, p.seed)
+
+    def evaluate(self, fit_predict: Callable, X) -> dict:
+        """:func:`evaluate_decoder` on this setup (few-shot: trained on the labelled bins only)."""
         return evaluate_decoder(fit_predict, X, self.data.position, self.folds, self.score_mask,
-                                train_mask=self.train_mask, label_fraction=p.label_fraction, chunk=p.chunk_bins,
-                                seed=p.seed, contiguous=p.contiguous_labels)
+                                train_mask=self.train_mask & self.labelled)
 
     def describe(self) -> str:
         return self.protocol.describe(self.data.unit)

@@ -9,7 +9,7 @@ import pytest
 
 from neurofm import evaluation as ev
 from neurofm.data.session import Session, SessionWriter
-from neurofm.data.splits import BlockedKFold
+from neurofm.data.splits import BlockedKFold, labelled_windows
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 LINEAR_TRACK = SHARED / "spikes" / "linear-track.nwb"
@@ -95,28 +95,29 @@ def test_speed_from_position_and_moving_mask_on_synthetic_trace():
         ev.moving_mask(np.zeros((3, 2)), bs, 1.0, 0.0)
 
 
-def test_few_shot_mask_fraction_contiguity_and_seeds():
-    train_idx = np.r_[np.arange(0, 3000), np.arange(4000, 9013)]  # 8013 bins, a hole for the test block
-    n = len(train_idx)
-    for fraction in (0.01, 0.1, 0.37):
-        m = ev.few_shot_mask(train_idx, fraction, seed=3, chunk=100)
-        assert m.sum() == round(fraction * n)
-        # runs of labelled entries: whole chunks aligned to multiples of 100, one trimmed
-        edges = np.flatnonzero(np.diff(np.r_[0, m.astype(int), 0]))
-        starts, ends = edges[::2], edges[1::2]
-        assert np.all(starts % 100 == 0)
-        partial = [(s, e) for s, e in zip(starts, ends) if (e - s) % 100 and e != n]
-        assert len(partial) <= 1
-        assert len(starts) <= -(-m.sum() // 100) + 1
-    a = ev.few_shot_mask(train_idx, 0.1, seed=1)
-    np.testing.assert_array_equal(a, ev.few_shot_mask(train_idx, 0.1, seed=1))
-    assert not np.array_equal(a, ev.few_shot_mask(train_idx, 0.1, seed=2))
-    single = ev.few_shot_mask(train_idx, 0.1, seed=1, contiguous=False)
-    assert single.sum() == round(0.1 * n)
+def test_labelled_windows_fraction_whole_chunks_and_seeds():
+    end = np.r_[np.arange(0, 3000), np.arange(4000, 9013)] * 0.05 + 0.05  # bin ends, a hole for the test block
+    session = np.zeros(len(end), dtype=np.int64)
+    for fraction in (0.05, 0.1, 0.37):
+        m = labelled_windows(session, end, fraction, 5.0, 3)
+        n_chunks = len(np.unique(np.floor(end / 5.0)))
+        # each 5 s chunk is labelled whole or not at all; the labelled share is a binomial draw
+        chunk = np.floor(end / 5.0)
+        assert all(len(set(m[chunk == c])) == 1 for c in np.unique(chunk))
+        k = len(np.unique(chunk[m]))
+        assert abs(k - fraction * n_chunks) < 4 * np.sqrt(n_chunks * fraction * (1 - fraction)) + 1
+    a = labelled_windows(session, end, 0.1, 5.0, 1)
+    np.testing.assert_array_equal(a, labelled_windows(session, end, 0.1, 5.0, 1))
+    assert not np.array_equal(a, labelled_windows(session, end, 0.1, 5.0, 2))
+    assert not np.array_equal(a, labelled_windows(session + 1, end, 0.1, 5.0, 1))  # each session its own draw
+    # a subset of the windows, in any order, gets the same labels (the draw is per window, not per list)
+    idx = np.random.default_rng(0).permutation(len(end))[:500]
+    np.testing.assert_array_equal(labelled_windows(session[idx], end[idx], 0.1, 5.0, 1), a[idx])
+    single = labelled_windows(session, end, 0.1, 0.05, 1)  # bin-sized chunks: random single bins
     assert np.sum(np.diff(single.astype(int)) == 1) > 300  # scattered, not chunks
-    assert ev.few_shot_mask(train_idx, 1.0).all()
+    assert labelled_windows(session, end, 1.0, 5.0, 0).all()
     with pytest.raises(ValueError, match="fraction"):
-        ev.few_shot_mask(train_idx, 0.0)
+        labelled_windows(session, end, 0.0, 5.0, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,9 +165,11 @@ def test_evaluate_decoder_pools_predictions_like_a_hand_computation():
     null = ev.evaluate_decoder(ev.mean_fit_predict, X, Y, folds, score, train_mask=train_ok)
     assert null["r2_mean"] < 0  # block means differ: the training mean is a worse guess than the pooled mean
 
-    few = ev.evaluate_decoder(ols, X, Y, folds, score, train_mask=train_ok, label_fraction=0.25, chunk=10)
-    full_train = out["n_train"]
-    assert all(abs(f - 0.25 * n) <= 1 for f, n in zip(few["n_train"], full_train))
+    labelled = labelled_windows(np.zeros(T, dtype=np.int64), np.arange(1, T + 1) * 0.1, 0.25, 1.0, 0)
+    few = ev.evaluate_decoder(ols, X, Y, folds, score, train_mask=train_ok & labelled)
+    ok_tr = train_ok & np.isfinite(Y).all(axis=1)
+    assert few["n_train"] == [int((ok_tr & labelled)[np.asarray(tr)].sum()) for tr, _ in folds]
+    assert all(f < n for f, n in zip(few["n_train"], out["n_train"]))
     with pytest.raises(ValueError, match="overlap"):
         ev.evaluate_decoder(ols, X, Y, [(np.arange(0, 300), np.arange(200, 400))], score)
 
@@ -178,7 +181,7 @@ def test_protocol_validation_and_describe():
                   "all training bins labelled", "pooled"):
         assert piece in text
     assert "10% of training bins labelled (5 s chunks, seed 0)" in p.replace(label_fraction=0.1).describe()
-    assert p.gap_bins == 100 and p.chunk_bins == 100
+    assert p.gap_bins == 100
     with pytest.raises(ValueError, match="label_fraction"):
         ev.DecodingProtocol(label_fraction=0.0)
     with pytest.raises(ValueError, match="alpha"):
@@ -244,7 +247,11 @@ def test_session_position_data_and_ridge_floor_on_place_cells(tmp_path):
     few = ev.ridge_floor(None, p.replace(label_fraction=0.1), setup=out["setup"])
     assert few["setup"].data is out["setup"].data
     np.testing.assert_array_equal(few["setup"].score_mask, out["setup"].score_mask)
-    assert all(abs(a - 0.1 * b) <= 1 for a, b in zip(few["ridge"]["n_train"], out["ridge"]["n_train"]))
+    fs, lab = few["setup"], few["setup"].labelled  # 10% of the 5 s chunks, one draw for every fold
+    known = np.isfinite(fs.data.position).all(axis=1)
+    assert 0 < lab.sum() < len(lab)
+    assert few["ridge"]["n_train"] == [int((fs.train_mask & lab & known)[tr].sum()) for tr, _ in fs.folds]
+    assert all(0 < a < b for a, b in zip(few["ridge"]["n_train"], out["ridge"]["n_train"]))
     assert few["ridge"]["r2_mean"] < out["ridge"]["r2_mean"]
 
 

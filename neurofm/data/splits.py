@@ -299,3 +299,48 @@ def grid_runs(blocks: Intervals, origin: float, stride: float, before: float, af
     count = np.maximum(k_hi - k_lo + 1, 0)
     keep = count > 0
     return k_lo[keep], count[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# few-shot labelling: the one definition every decoder arm uses
+# --------------------------------------------------------------------------------------------
+
+
+def labelled_windows(session, end, fraction: float, chunk_s: float, seed: int) -> np.ndarray:
+    """Which training windows (or bins) keep their behaviour labels in few-shot decoding:
+    ``(n,)`` bool for windows given by ``session`` (index, ``(n,)``) and ``end`` (end time in s,
+    ``(n,)``).
+
+    The recording is cut into chunks of ``chunk_s`` seconds; a seeded draw labels each
+    (session, chunk) with probability ``fraction``, so every window ending in a labelled chunk
+    is labelled. Whole chunks, not single windows, because behaviour is autocorrelated over
+    seconds: labelled windows interleaved with unlabelled neighbours that share most of their
+    spikes would make "10% of labels" nearly as good as all of them. The draw depends only on
+    (seed, session, chunk), so the model, the data split, ridge, the linear probe and Bayes
+    label exactly the same windows, whatever order or subset they see. ``fraction >= 1``
+    labels everything.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"labelled_windows: fraction must be in (0, 1], got {fraction}")
+    if not chunk_s > 0:
+        raise ValueError(f"labelled_windows: chunk_s must be > 0 s, got {chunk_s}")
+    end = np.asarray(end, dtype=np.float64)
+    if fraction >= 1:
+        return np.ones(end.shape, dtype=bool)
+    chunk = np.floor(end / chunk_s).astype(np.int64)
+    # a fixed pseudo-random number in [0, 1) per (seed, session, chunk): splitmix64 chained
+    # over the three, so every seed draws an unrelated set of chunks
+    h = _splitmix64(np.full(chunk.shape, int(seed), dtype=np.int64).view(np.uint64))
+    h = _splitmix64(h ^ np.broadcast_to(np.asarray(session, dtype=np.int64), chunk.shape).view(np.uint64))
+    h = _splitmix64(h ^ chunk.view(np.uint64))
+    u = (h >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
+    return u < fraction
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a well-mixed hash."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))

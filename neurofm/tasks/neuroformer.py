@@ -21,10 +21,10 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
+from neurofm.data.splits import labelled_windows
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
 from neurofm.tasks.optim import adamw, param_groups, warmup_cosine_scheduler
 
@@ -35,35 +35,18 @@ _UNFREEZE_ORDER = ("self_att", "behavior", "stimulus", "state_history", "state",
 
 
 class LabelSubset:
-    """Which training windows keep their behaviour labels (few-shot fine-tuning).
-
-    The recording is cut into chunks of ``chunk_s``; a seeded draw keeps ``fraction`` of them.
-    Whole chunks, not single windows, so labelled windows are not interleaved with unlabelled
-    neighbours that share most of their spikes.
-    """
+    """Which training windows keep their behaviour labels (few-shot fine-tuning): the task's
+    handle on :func:`neurofm.data.splits.labelled_windows` (the one definition, shared with
+    the few-shot split and every baseline arm) for batches of tensors."""
 
     def __init__(self, fraction: float, chunk_s: float, seed: int):
         self.fraction, self.chunk_s, self.seed = float(fraction), float(chunk_s), int(seed)
 
     def __call__(self, session: torch.Tensor, interval: torch.Tensor) -> torch.Tensor:
         """``(B,)`` bool: which windows (session index, end time in s) are labelled."""
-        chunk = np.floor(interval.detach().cpu().double().numpy() / self.chunk_s).astype(np.int64)
-        # a fixed pseudo-random number in [0, 1) per (seed, session, chunk): splitmix64 chained
-        # over the three, so every seed draws an unrelated set of chunks
-        h = _splitmix64(np.full(chunk.shape, self.seed, dtype=np.int64).view(np.uint64))
-        h = _splitmix64(h ^ session.detach().cpu().numpy().astype(np.int64).view(np.uint64))
-        h = _splitmix64(h ^ chunk.view(np.uint64))
-        u = (h >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
-        return torch.from_numpy(u < self.fraction).to(session.device)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a well-mixed hash."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        keep = labelled_windows(session.detach().cpu().numpy(), interval.detach().cpu().double().numpy(),
+                                self.fraction, self.chunk_s, self.seed)
+        return torch.from_numpy(keep).to(session.device)
 
 
 class NeuroformerTask(L.LightningModule):

@@ -83,6 +83,35 @@ def test_few_shot_split_trains_on_exactly_the_labelled_windows(tmp_path):
     assert 0.8 < std / ys.std() < 1.25
 
 
+def test_model_ridge_and_cv_protocol_label_the_same_windows(tmp_path):
+    """One few-shot definition (neurofm.data.splits.labelled_windows): the windows the model
+    trains on (the few-shot split, and the task's label mask), the windows ridge / probe / Bayes
+    fit in the recipe's evaluation, and the bins the CV protocol labels at the same end times
+    are one set."""
+    from neurofm import evaluation as ev
+
+    paths = [_session(tmp_path / "a.h5", seed=0)]
+    cfg = _config(paths, label_fraction=0.2, label_chunk_s=3.0)
+    cfg.seed = 11
+    dm = recipe.datamodule(cfg)
+    every = sorted(_windows(recipe._train_windows_loader(dm).dataset))
+    s = torch.tensor([w[0] for w in every])
+    t = torch.tensor([w[1] for w in every], dtype=torch.float64)
+    ridge = recipe._label_subset(cfg)(s, t).numpy()  # what evaluate() fits the baseline arms on
+    model_split = np.array([w in _windows(dm.dataset("train")) for w in every])
+    task_mask = recipe.task(cfg, dm).label_subset(s, t).numpy()
+    assert 0 < ridge.sum() < len(every)
+    np.testing.assert_array_equal(model_split, ridge)
+    np.testing.assert_array_equal(task_mask, ridge)
+    bin_size = 0.05
+    data = ev.DecodingData(counts=np.zeros((len(t), 1), np.int64), position=np.zeros((len(t), 1)),
+                           speed=np.zeros(len(t)), bin_times=t.numpy() - bin_size, moving=np.ones(len(t), bool),
+                           bin_size=bin_size)
+    protocol = ev.DecodingProtocol(bin_size=bin_size, label_fraction=0.2, chunk_s=3.0, seed=11)
+    cv = ev.DecodingSetup(protocol, data, [], np.ones(len(t), bool), np.ones(len(t), bool)).labelled
+    np.testing.assert_array_equal(cv, ridge)
+
+
 def test_no_few_shot_split_when_spikes_are_trained_too(tmp_path):
     cfg = _config([_session(tmp_path / "a.h5")], label_fraction=0.3)
     cfg.task.objectives = ["id", "behavior"]
