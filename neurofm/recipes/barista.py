@@ -204,6 +204,30 @@ def _check_resampling(rates: dict[str, float], target: float | None, why: str = 
                                           f"({why})")
 
 
+# what the weights were trained on, always the checkpoint's (_from_pretrained fits the data to them)
+_TRAINED_ON = ("sampling_rate", "n_patches", "spatial_vocab", "preprocessing")
+
+
+def _pretrained_model_config(mine: BaristaConfig, ckpt: BaristaConfig, folder: str) -> BaristaConfig:
+    """The run's model config on a checkpoint: the shape (:attr:`BaristaConfig.SHAPE_FIELDS`)
+    and what the weights were trained on (``_TRAINED_ON``) are the checkpoint's, and a run
+    that sets a shape field to another value is an error naming it; every other field
+    (dropout, masking, kernels, memory switches) is the run's where its config sets one (differs
+    from the default), else the checkpoint's, so numerics the weights were trained with
+    (``rope_theta``, ``norm_eps``) carry over unless the user changes them."""
+    default, changes = BaristaConfig(), {}
+    for f in dataclasses.fields(BaristaConfig):
+        value = getattr(mine, f.name)
+        if f.name in BaristaConfig.SHAPE_FIELDS:
+            if value != getattr(default, f.name) and value != getattr(ckpt, f.name):
+                raise ConfigError(f"model.{f.name}: this run sets {value}, but the pretrained model {folder} has "
+                                  f"{getattr(ckpt, f.name)}. It shapes the weights, so fine-tuning takes it from the "
+                                  f"checkpoint: drop the setting (or pretrain a model with it)")
+        elif f.name not in _TRAINED_ON and value != getattr(default, f.name):
+            changes[f.name] = value
+    return dataclasses.replace(ckpt, **changes)
+
+
 def _from_pretrained(cfg: RunConfig) -> RunConfig:
     """Take the pretrained folder's model config and apply its preprocessing to the data config."""
     import logging
@@ -218,7 +242,7 @@ def _from_pretrained(cfg: RunConfig) -> RunConfig:
     meta = pretrained_config(folder)
     where = f"{folder}/config.json"
     enc = meta["config"].get("encoder", meta["config"])
-    model = from_dict(BaristaConfig, enc, where=where)
+    model = _pretrained_model_config(cfg.model, from_dict(BaristaConfig, enc, where=where), folder)
     d = cfg.data
     made_for = meta["config"].get("task") if meta.get("model_type") == "BaristaFinetuned" else None
     if made_for and made_for != cfg.task.finetune_task:

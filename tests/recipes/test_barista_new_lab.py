@@ -122,6 +122,21 @@ def test_inconsistent_overrides_name_the_setting(pretrained, sessions, over, mat
         recipe.prepare(_finetune(pretrained, [sessions["new"]], *over))
 
 
+def test_finetune_takes_the_shape_from_the_checkpoint_and_the_rest_from_the_run(pretrained, sessions):
+    """BaristaConfig.SHAPE_FIELDS come from the checkpoint (setting one otherwise is an error
+    naming it); the run's own settings (dropout, kernels) win; unset ones stay the checkpoint's."""
+    cfg = recipe.prepare(_finetune(pretrained, [sessions["new"]], "model.dropout=0.25", "model.fast_kernels=false",
+                                   "model.d_model=16"))  # d_model: the checkpoint's own value, allowed
+    m = cfg.model
+    assert (m.d_model, m.n_heads, m.n_layers, m.patch_len) == (16, 2, 1, 32)  # the checkpoint's shape
+    assert m.dropout == 0.25 and m.fast_kernels is False  # the run's
+    assert m.attn_dropout == BaristaConfig().attn_dropout and m.sampling_rate == 128.0
+    BaristaEncoder(m).load_state_dict(BaristaEncoder.from_pretrained(pretrained).state_dict())
+    with pytest.raises(ConfigError, match=r"model.n_layers: this run sets 3, but the pretrained model .* has 1\. "
+                                          r"It shapes the weights"):
+        recipe.prepare(_finetune(pretrained, [sessions["new"]], "model.n_layers=3"))
+
+
 def test_folder_without_preprocessing_warns(pretrained, sessions, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(pretrained, old)
