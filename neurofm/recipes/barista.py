@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from neurofm.config import ConfigError
+from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig
 from neurofm.recipes import ensure_sessions, session_paths
@@ -83,13 +84,13 @@ class BaristaTaskConfig:
     pretrained: str = ""  # encoder folder to start from ("" with mode=finetune: random init)
     from_scratch: bool = False  # fine-tune: the pretrained model's shape and vocabulary, random weights
     head: str = "pooled"  # pooled | token_weighting (one fixed layout)
-    lr: float = 1e-3  # pretraining
-    weight_decay: float = 1e-2
-    warmup_epochs: int = 5
-    ema_epochs: int = 10
-    lr_backbone: float = 1e-4  # fine-tuning
-    lr_head: float = 1e-3
-    freeze_cnn: bool = True
+    lr: float = BARISTA_PRETRAIN_KNOBS["lr"]  # pretraining
+    weight_decay: float = BARISTA_PRETRAIN_KNOBS["weight_decay"]
+    warmup_epochs: int = BARISTA_PRETRAIN_KNOBS["warmup_epochs"]
+    ema_epochs: int = BARISTA_PRETRAIN_KNOBS["ema_epochs"]
+    lr_backbone: float = BARISTA_FINETUNE_KNOBS["lr_backbone"]  # fine-tuning
+    lr_head: float = BARISTA_FINETUNE_KNOBS["lr_head"]
+    freeze_cnn: bool = BARISTA_FINETUNE_KNOBS["freeze_cnn"]
 
 
 @dataclass
@@ -575,8 +576,7 @@ def task(cfg: RunConfig, dm):
 
     t = cfg.task
     if t.mode == "pretrain":
-        return BaristaPretrainTask(_sized_config(cfg, dm), lr=t.lr, weight_decay=t.weight_decay,
-                                   warmup_epochs=t.warmup_epochs, ema_epochs=t.ema_epochs)
+        return BaristaPretrainTask(_sized_config(cfg, dm), **{k: getattr(t, k) for k in BARISTA_PRETRAIN_KNOBS})
     if t.mode != "finetune":
         raise ConfigError(f"task.mode: {t.mode!r} is not 'pretrain' or 'finetune'")
     loaded = None
@@ -608,8 +608,8 @@ def task(cfg: RunConfig, dm):
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
-                               n_channels=n_channels, freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone,
-                               lr_head=t.lr_head, early_stopping_patience=None,
+                               n_channels=n_channels, early_stopping_patience=None,
+                               **{k: getattr(t, k) for k in BARISTA_FINETUNE_KNOBS},
                                label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
                                **scale)
     if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head

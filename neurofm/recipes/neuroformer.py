@@ -35,6 +35,7 @@ from neurofm.config import ConfigError
 from neurofm.data.session import SessionWriter
 from neurofm.models.neuroformer import N_SPECIAL, BlockSizeConfig, Neuroformer, NeuroformerConfig
 from neurofm.models.neuroformer_generate import GeneratedSpikes
+from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.recipes import ensure_sessions, session_paths
 
@@ -83,17 +84,17 @@ class NeuroformerTaskConfig:
     mode: str = "pretrain"  # pretrain | finetune
     objectives: list[str] = field(default_factory=list)  # empty: all (pretrain) or behaviour (finetune)
     pretrained: str = ""  # folder (or Hub id) to start from
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.05
-    final_lr_ratio: float = 0.1
-    freeze_backbone: bool = False
+    lr: float = NEUROFORMER_KNOBS["lr"]
+    weight_decay: float = NEUROFORMER_KNOBS["weight_decay"]
+    warmup_fraction: float = NEUROFORMER_KNOBS["warmup_fraction"]
+    final_lr_ratio: float = NEUROFORMER_KNOBS["final_lr_ratio"]
+    freeze_backbone: bool = NEUROFORMER_KNOBS["freeze_backbone"]
     # Fine-tuning arm without the pretrained weights: the checkpoint's model shape (SHAPE_FIELDS)
     # and this run's recipe from random init (`neurofm finetune --from-scratch`).
     from_scratch: bool = False
     unfreeze_every: int = 0  # with freeze_backbone: release one more stage every N epochs (0 = never)
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
-    head_lr_ratio: float = 1.0  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
+    head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
     # Optimizer steps: -1 = as trainer.max_epochs / max_steps say; 0 = a budget sized from the
     # labelled training windows (step_budget_for: 30 passes over them, within [300, 3000] steps)
     # unless trainer.max_epochs or max_steps is set (!= -1); N > 0 = N steps. With a budget, validation runs ~20 times and trainer.early_stopping_patience
@@ -773,10 +774,9 @@ def task(cfg: RunConfig, dm):
         init_count_heads(model, cfg, dm)
     t = cfg.task
     module = NeuroformerTask(
-        model=model, mode=t.mode, objectives=t.objectives or None, lr=t.lr, weight_decay=t.weight_decay,
-        warmup_fraction=t.warmup_fraction, final_lr_ratio=t.final_lr_ratio, freeze_backbone=t.freeze_backbone,
+        model=model, mode=t.mode, objectives=t.objectives or None, **{k: getattr(t, k) for k in NEUROFORMER_KNOBS},
         unfreeze_every=t.unfreeze_every or None, trainable=t.trainable, label_fraction=cfg.data.label_fraction,
-        label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed, head_lr_ratio=t.head_lr_ratio,
+        label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed,
         score_windows=MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None)
     return module
 

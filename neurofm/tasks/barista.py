@@ -41,6 +41,8 @@ from neurofm.models.barista import (
     TokenWeightingHead,
     spatial_mask,
 )
+from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS as _FT
+from neurofm.tasks.optim import BARISTA_PRETRAIN_KNOBS as _PRE
 from neurofm.tasks.optim import adamw, param_groups, warmup_then_exponential_scheduler
 
 __all__ = ["BaristaPretrainTask", "BaristaFinetuneTask"]
@@ -77,9 +79,10 @@ class BaristaPretrainTask(L.LightningModule):
     """
 
     def __init__(self, config: BaristaConfig | Mapping[str, Any] | None = None, model: Barista | None = None, *,
-                 lr: float = 1e-3, weight_decay: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
-                 warmup_epochs: int = 5, lr_gamma: float = 0.99, ema_start: float = 0.0, ema_end: float = 0.996,
-                 ema_epochs: int = 10, steps_per_epoch: int | None = None):
+                 lr: float = _PRE["lr"], weight_decay: float = _PRE["weight_decay"],
+                 betas: tuple[float, float] = (0.9, 0.999), warmup_epochs: int = _PRE["warmup_epochs"],
+                 lr_gamma: float = 0.99, ema_start: float = 0.0, ema_end: float = 0.996,
+                 ema_epochs: int = _PRE["ema_epochs"], steps_per_epoch: int | None = None):
         super().__init__()
         if model is None:
             model = Barista(config if config is not None else BaristaConfig())
@@ -190,7 +193,8 @@ class BaristaFinetuneTask(L.LightningModule):
 
     def __init__(self, encoder: BaristaEncoder | BaristaConfig | Mapping[str, Any], *, task: str = "classification",
                  n_classes: int = 2, target_dim: int = 1, head: str = "pooled", n_channels: int | None = None,
-                 freeze_cnn: bool = True, lr_backbone: float = 1e-4, lr_head: float = 1e-3,
+                 freeze_cnn: bool = _FT["freeze_cnn"], lr_backbone: float = _FT["lr_backbone"],
+                 lr_head: float = _FT["lr_head"],
                  lr_spatial: float = 1e-3, weight_decay: float = 1e-2, head_dropout: float = 0.1,
                  recon_mask_ratio: float | None = None, recon_mask_scale: str = "channel",
                  pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15,

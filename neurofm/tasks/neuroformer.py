@@ -26,7 +26,7 @@ from torch import Tensor
 
 from neurofm.data.splits import labelled_windows
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
-from neurofm.tasks.optim import adamw, param_groups, warmup_cosine_scheduler
+from neurofm.tasks.optim import NEUROFORMER_KNOBS, adamw, param_groups, warmup_cosine_scheduler
 
 __all__ = ["NeuroformerTask"]
 
@@ -92,20 +92,20 @@ class NeuroformerTask(L.LightningModule):
         *,
         mode: str = "pretrain",
         objectives: Sequence[str] | None = None,
-        lr: float = 1e-4,
+        lr: float = NEUROFORMER_KNOBS["lr"],
         betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.1,
-        warmup_fraction: float = 0.05,
+        weight_decay: float = NEUROFORMER_KNOBS["weight_decay"],
+        warmup_fraction: float = NEUROFORMER_KNOBS["warmup_fraction"],
         max_warmup_steps: int = 2000,
-        final_lr_ratio: float = 0.1,
+        final_lr_ratio: float = NEUROFORMER_KNOBS["final_lr_ratio"],
         grad_clip: float = 1.0,
-        freeze_backbone: bool = False,
+        freeze_backbone: bool = NEUROFORMER_KNOBS["freeze_backbone"],
         unfreeze_every: int | None = None,
         trainable: Sequence[str] = (),
         label_fraction: float = 1.0,
         label_chunk_s: float = 10.0,
         label_seed: int = 0,
-        head_lr_ratio: float = 1.0,
+        head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"],
         score_windows: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         super().__init__()

@@ -23,10 +23,18 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = [
-    "adamw",
+    "NEUROFORMER_KNOBS", "BARISTA_PRETRAIN_KNOBS", "BARISTA_FINETUNE_KNOBS", "adamw",
     "param_groups", "warmup_steps_for", "warmup_cosine", "warmup_cosine_scheduler",
     "warmup_then_exponential", "warmup_then_exponential_scheduler",
 ]
+
+# The defaults of the task knobs a recipe's config exposes (task.lr, ...): the one source that
+# the Lightning tasks' keyword defaults and the recipes' config dataclasses both read, here
+# (Lightning-free) so that recipes need not import the tasks to declare their configs.
+NEUROFORMER_KNOBS = {"lr": 1e-4, "weight_decay": 0.1, "warmup_fraction": 0.05, "final_lr_ratio": 0.1,
+                     "freeze_backbone": False, "head_lr_ratio": 1.0}
+BARISTA_PRETRAIN_KNOBS = {"lr": 1e-3, "weight_decay": 1e-2, "warmup_epochs": 5, "ema_epochs": 10}
+BARISTA_FINETUNE_KNOBS = {"lr_backbone": 1e-4, "lr_head": 1e-3, "freeze_cnn": True}
 
 
 def param_groups(model: nn.Module, weight_decay: float, *, include_frozen: bool = False) -> list[dict]:
