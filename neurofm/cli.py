@@ -16,6 +16,9 @@ from pathlib import Path
 
 from neurofm import __version__, log_to_stderr
 
+# Every other neurofm import is inside the command that needs it, on purpose: `neurofm --help`
+# then loads no torch or Lightning (0.1 s, against seconds for the recipes' imports).
+
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")  # key=value, key.sub=value, key[0]=value
 
 

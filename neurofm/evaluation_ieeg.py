@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from neurofm import metrics
+from neurofm.atlas import SpatialVocab
 from neurofm.baselines import DEFAULT_ALPHAS, BandPowerRidge
 from neurofm.data.datasets import StreamingIEEGDataset
 from neurofm.data.segmenter import IEEGSegmenter, SegmentPlan, parse_contact, zscore
@@ -150,8 +151,6 @@ def _spatial(channels: Channels | None, C: int, spatial_vocab) -> dict[str, np.n
                "lobe": np.zeros(C, np.int64)}
     if channels is None or spatial_vocab is None:
         return unknown
-    from neurofm.atlas import SpatialVocab
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unknown labels are expected (index 0)
         if isinstance(spatial_vocab, str):

@@ -55,8 +55,12 @@ import torch
 from omegaconf import OmegaConf
 
 from neurofm import jsonio, log_to_stderr
-from neurofm.atomic import atomic_write
+from neurofm.atomic import OutputError, atomic_output, atomic_write
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.cards import data_sources, render_card, run_session_paths
+from neurofm.data.session import SessionFormatError
+from neurofm.hub import PretrainedError, model_meta, pretrained_config
+from neurofm.threads import available_cores, resolve_threads
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("neurofm")
@@ -310,8 +314,6 @@ def _checkpoint_io():
     """
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from neurofm.atomic import atomic_output
-
     class AtomicCheckpointIO(TorchCheckpointIO):
         def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
             if storage_options is not None:
@@ -390,8 +392,6 @@ def _csv_logger(run_dir: Path, resume_step: int | None = None):
 
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-    from neurofm.atomic import atomic_output
 
     class _AppendingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
@@ -654,8 +654,6 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
 
     Runs with ``trainer.threads`` CPU threads (:mod:`neurofm.threads`), restored afterwards.
     """
-    from neurofm.threads import available_cores, resolve_threads
-
     logger_names(cfg.trainer)  # a missing logger package fails now, not after data preparation
     threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
     how = (f"auto: {available_cores()} cores, load {os.getloadavg()[0]:.1f}, at most {before}"
@@ -711,8 +709,6 @@ def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         metrics["training"]["evaluated_checkpoint"] = restored
     metrics["training"] = _keep_provenance(trained_before, metrics["training"])
     import neurofm
-    from neurofm.cards import data_sources, render_card, run_session_paths
-    from neurofm.hub import model_meta
 
     metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
     metrics.setdefault("data", {})["sources"] = data_sources(run_session_paths(to_dict(cfg)))
@@ -784,8 +780,6 @@ FAMILY_OF_MODEL = {"Neuroformer": "neuroformer", "Barista": "barista", "BaristaE
 
 def family_of(pretrained: str | os.PathLike) -> str:
     """Which recipe a pretrained folder belongs to (from its config.json)."""
-    from neurofm.hub import pretrained_config
-
     model_type = pretrained_config(pretrained)["model_type"]
     if model_type not in FAMILY_OF_MODEL:
         raise ConfigError(f"{pretrained}: model_type {model_type!r} has no fine-tuning recipe")
@@ -899,9 +893,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python train.py") -> in
               f"see {prog} --help", file=sys.stderr)
         return 2
     log_to_stderr()
-    from neurofm.data.session import SessionFormatError
-    from neurofm.atomic import OutputError
-    from neurofm.hub import PretrainedError
 
     try:
         print_result(run(resolve_config(path, argv)))

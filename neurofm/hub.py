@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 import neurofm
 from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.atomic import atomic_write
+from neurofm.cards import render_card
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         """The card of these weights alone (no run, so no data or metrics): what the model is,
         its config, how to load it, what to cite. A run's card (``neurofm card RUN_DIR``)
         adds data, licence and held-out metrics."""
-        from neurofm.cards import render_card
-
         n_params = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
         return ModelCard(render_card(None, model_meta=model_meta(self), n_params=n_params, **kwargs))
 

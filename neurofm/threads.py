@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 
+from neurofm.config import ConfigError
+
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
 
@@ -68,8 +70,6 @@ def resolve_threads(setting: str | int) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        from neurofm.config import ConfigError
-
         raise ConfigError(f"trainer.threads: {setting!r} is neither 'auto' nor a positive integer "
                           f"(e.g. trainer.threads=1 on a busy machine, trainer.threads={available_cores()} on an "
                           f"idle one)")

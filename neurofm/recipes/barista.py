@@ -28,11 +28,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurofm.config import ConfigError
+from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.models.barista import BaristaConfig
+from neurofm.models.barista import BaristaConfig, BaristaEncoder
 from neurofm.recipes import ensure_sessions, session_paths
+from neurofm import plots
+from neurofm.atlas import SpatialVocab
+from neurofm.atomic import atomic_write
+from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+from neurofm.data.datasets import IEEGSegmentDataset
+from neurofm.data.segmenter import IEEGSegmenter, Preprocessing
+from neurofm.data.session import Session
+from neurofm.data.splits import TimeBlockSplit
+from neurofm.data.synthetic import simulate_ieeg
+from neurofm.evaluation_ieeg import test_period_blocks
+from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
+from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
+from neurofm.report import decode_report
 
 MONITOR = ("val/loss", "min")
 
@@ -131,8 +144,6 @@ def prepare(cfg: RunConfig) -> RunConfig:
     sim = cfg.data.simulate
 
     def simulate():
-        from neurofm.data.synthetic import simulate_ieeg
-
         simulate_ieeg(sim.path, n_channels=sim.n_channels, duration=sim.duration, sampling_rate=sim.sampling_rate,
                       n_regions=sim.n_regions, seed=sim.seed)
 
@@ -145,8 +156,6 @@ def prepare(cfg: RunConfig) -> RunConfig:
 
 
 def _session_rates(cfg: RunConfig) -> dict[str, float]:
-    from neurofm.data.session import Session
-
     rates = {}
     for path in session_paths(cfg.data):
         with Session(path) as s:
@@ -158,9 +167,6 @@ def _session_rates(cfg: RunConfig) -> dict[str, float]:
 
 
 def _for_pretraining(cfg: RunConfig) -> RunConfig:
-    from neurofm.config import to_dict
-    from neurofm.data.segmenter import Preprocessing
-
     d = cfg.data
     rates = _session_rates(cfg)
     if not d.sampling_rate and len(set(rates.values())) > 1:
@@ -188,8 +194,6 @@ def _for_pretraining(cfg: RunConfig) -> RunConfig:
 def _check_resampling(rates: dict[str, float], target: float | None, why: str = "data.sampling_rate") -> None:
     """Every session can be resampled to ``target`` (a rational ratio); one log line per session that is."""
     import logging
-
-    from neurofm.data.segmenter import IEEGSegmenter
 
     if not target:
         return
@@ -233,10 +237,6 @@ def _from_pretrained(cfg: RunConfig) -> RunConfig:
     """Take the pretrained folder's model config and apply its preprocessing to the data config."""
     import logging
     import warnings
-
-    from neurofm.config import from_dict, to_dict
-    from neurofm.data.segmenter import Preprocessing
-    from neurofm.hub import pretrained_config
 
     log = logging.getLogger("neurofm")
     folder = cfg.task.pretrained
@@ -326,9 +326,6 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
     """
     import warnings
 
-    from neurofm.data.datasets import IEEGSegmentDataset
-    from neurofm.data.session import Session
-
     d, t = cfg.data, cfg.task
     finetune = t.mode == "finetune"
     kind = t.finetune_task if finetune else "pretrain"
@@ -406,9 +403,6 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
     the model (a pretrained encoder has no coordinate table to fall back to) and of the
     question a run answers (the paper compares the scales).
     """
-    from neurofm.atlas import SpatialVocab
-    from neurofm.data.session import Session
-
     m = cfg.model
     channels, names = [], []
     seg = _segmenter(cfg)
@@ -466,8 +460,6 @@ def _known_at(vocab, channels, scale: str) -> bool:
 
 def _split_source(cfg: RunConfig) -> str:
     """How the run's train/valid/test blocks are chosen, in words (the protocol says it)."""
-    from neurofm.data.session import Session
-
     s = cfg.data.split
     fractions = f"fractions train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap:g} s gaps"
     from_file = []
@@ -503,8 +495,6 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
     import json
     import warnings
 
-    from neurofm.data.session import Session
-
     if cfg.data.line_noise or cfg.task.pretrained:  # a pretrained model's preprocessing is its own
         return
     for path in session_paths(cfg.data):
@@ -523,8 +513,6 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
 
 
 def _segmenter(cfg: RunConfig, segment_s: float | None = None):
-    from neurofm.data.segmenter import IEEGSegmenter
-
     d = cfg.data
     return IEEGSegmenter(segment_s or d.segment_s, d.n_patches, sampling_rate=d.sampling_rate or None,
                          line_noise=d.line_noise or None, laplacian=bool(d.laplacian),
@@ -532,8 +520,6 @@ def _segmenter(cfg: RunConfig, segment_s: float | None = None):
 
 
 def _splits(cfg: RunConfig):
-    from neurofm.data.splits import TimeBlockSplit
-
     s = cfg.data.split
     return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
 
@@ -541,7 +527,7 @@ def _splits(cfg: RunConfig):
 def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool | None = None,
                segment_s: float | None = None):
     """Pretraining: segments on a grid. Classification: segments starting at each event."""
-    from neurofm.data.datamodule import IEEGDataModule
+    from neurofm.data.datamodule import IEEGDataModule  # lazy: Lightning
 
     d = cfg.data
     finetune = cfg.task.mode == "finetune"
@@ -550,7 +536,6 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     locked = bool(events) if event_locked is None else event_locked
     vocab = "auto"
     if cfg.model.spatial_vocab is not None:
-        from neurofm.atlas import SpatialVocab
 
         vocab = SpatialVocab.from_dict(cfg.model.spatial_vocab)
     return IEEGDataModule(
@@ -571,8 +556,7 @@ def _sized_config(cfg: RunConfig, dm) -> BaristaConfig:
 
 
 def task(cfg: RunConfig, dm):
-    from neurofm.models.barista import BaristaEncoder
-    from neurofm.tasks.barista import BaristaFinetuneTask, BaristaPretrainTask
+    from neurofm.tasks.barista import BaristaFinetuneTask, BaristaPretrainTask  # lazy: Lightning
 
     t = cfg.task
     if t.mode == "pretrain":
@@ -584,7 +568,6 @@ def task(cfg: RunConfig, dm):
         torch.manual_seed(cfg.seed)
         encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
     elif t.pretrained:
-        from neurofm.hub import load_pretrained
 
         loaded = load_pretrained(t.pretrained)
         encoder = getattr(loaded, "encoder", loaded).train()  # from_pretrained returns eval mode: dropout on
@@ -619,8 +602,6 @@ def task(cfg: RunConfig, dm):
 
 def _load_finetuned_head(task, loaded, folder: str) -> None:
     """Put a fine-tuned folder's head into ``task``, checking that it answers the same question."""
-    from neurofm.hub import load_state_strict
-
     have, want = loaded.config, task.hparams
     if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
         raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
@@ -666,7 +647,7 @@ def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
 
 
 def export(task):
-    from neurofm.tasks.barista import BaristaPretrainTask
+    from neurofm.tasks.barista import BaristaPretrainTask  # lazy: Lightning
 
     if isinstance(task, BaristaPretrainTask):
         return task.export_encoder()
@@ -674,7 +655,7 @@ def export(task):
 
 
 def load_task(checkpoint):
-    from neurofm.tasks.barista import BaristaFinetuneTask, BaristaPretrainTask
+    from neurofm.tasks.barista import BaristaFinetuneTask, BaristaPretrainTask  # lazy: Lightning
 
     hp = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     cls = BaristaFinetuneTask if "encoder" in hp else BaristaPretrainTask
@@ -692,9 +673,6 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
     evaluate``, of a fine-tuned folder: ``task`` then defaults to the folder's own).
     ``from_scratch``: the same model shape and spatial vocabulary, randomly initialised: what
     pretraining adds."""
-    from neurofm.config import from_dict
-    from neurofm.hub import pretrained_config
-
     meta = pretrained_config(pretrained)
     if meta.get("model_type") == "BaristaFinetuned" and task in (None, "", "decode"):
         task = ACTIONS_OF_TASK[meta["config"].get("task", "classification")]  # what the fine-tuned model does
@@ -720,16 +698,11 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
 
 
 def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
-    from neurofm.metrics import auroc
-
     return float(auroc(test[1], _probe_scores(train, test)))
 
 
 def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Ridge probe scores (N,) of the test features, fitted on the training features and labels."""
-    from neurofm.baselines import Ridge
-    from neurofm.metrics import auroc
-
     def score(y, p):  # y, p (n, 1); one class only in the inner block: fall back to MSE
         try:
             return float(auroc((y[:, 0] > 0.5).astype(int), p[:, 0]))
@@ -746,9 +719,7 @@ def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
-    from neurofm.config import from_dict
-    from neurofm.data.segmenter import Preprocessing
-    from neurofm.tasks.barista import BaristaPretrainTask
+    from neurofm.tasks.barista import BaristaPretrainTask  # lazy: Lightning
 
     prep = from_dict(Preprocessing, cfg.model.preprocessing or {}, where="model.preprocessing")
     protocol = (f"split: {_split_source(cfg)}; {cfg.data.segment_s:g} s segments of {cfg.model.n_patches} x "
@@ -770,8 +741,6 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 
 
 def _evaluate_pretraining(cfg, task, dm):
-    from neurofm.models.barista import BaristaEncoder
-
     task.model.cpu().eval()
     dm.setup("test")
     losses = []
@@ -814,8 +783,6 @@ def _evaluate_pretraining(cfg, task, dm):
 def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
     """Probe scores on the test segments of each frozen encoder, and of band power, all fitted
     on the same training segments (ridge, penalty by AUROC on the last 20% of them)."""
-    from neurofm.baselines import BandPowerRidge, Ridge
-
     bands = BandPowerRidge(cfg.model.sampling_rate)
     arms, train, test = {}, None, None
     for name, enc in encoders.items():
@@ -832,8 +799,6 @@ def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndar
 
 def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
     """Test-block metrics, and for classification the test segments per class label."""
-    from neurofm.metrics import auroc, r2_score
-
     task.cpu().eval()
     dm.setup("test")
     preds, ys = [], []
@@ -863,11 +828,8 @@ MODEL_ARM = "BaRISTA fine-tuned"
 def _starting_encoder(cfg: RunConfig, task):
     """The encoder this run started from, frozen: the pretrained one, or (random init / from
     scratch) a fresh one of the same shape. The linear probe reads its features."""
-    from neurofm.models.barista import BaristaEncoder
-
     t = cfg.task
     if t.pretrained and not t.from_scratch:
-        from neurofm.hub import load_pretrained
 
         loaded = load_pretrained(t.pretrained)
         return getattr(loaded, "encoder", loaded).eval(), "pretrained"
@@ -915,9 +877,6 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     """Model, linear probe on the frozen starting encoder, band power and a null, all on the
     same test segments (and fitted on the same training segments), with block-bootstrap CIs
     (:func:`neurofm.report.decode_report`, also written as ``decode_report.md``) and the run's plots."""
-    from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
-    from neurofm.metrics import pearson_r
-
     classify = cfg.task.finetune_task == "classification"
     task.cpu().eval()
     dm.setup("fit")
@@ -975,10 +934,9 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
                  f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
                  f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
-    from neurofm.atomic import write_text
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "decode_report.md", report.to_text() + "\n")
+    atomic_write(run_dir / "decode_report.md", report.to_text() + "\n")
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
             "data": data, "report": report.to_dict(), "limitations": limitations}
 
@@ -988,9 +946,6 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
     """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
     contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`), and
     its plain line about ``baseline`` (None when the reference beats it)."""
-    from neurofm.evaluation_ieeg import test_period_blocks
-    from neurofm.report import decode_report
-
     blocks = test_period_blocks(test["t0"], test["session"])
     rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
                         scored=f"all {len(y)} test segments", notes=notes, protocol=protocol, seed=seed)
@@ -1013,8 +968,6 @@ def _value_ci(rep, arm: str) -> tuple[float, list[float]]:
 
 def _auroc_or_mse(y: np.ndarray, p: np.ndarray) -> float:
     """Penalty score of a ridge classifier on +-1 targets: AUROC, or -MSE with one class."""
-    from neurofm.metrics import auroc
-
     labels = (y[:, 0] > 0).astype(int) if y.shape[1] == 1 else np.argmax(y, 1)
     try:
         return float(auroc(labels, p[:, 0] if p.shape[1] == 1 else p))
@@ -1038,9 +991,6 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
     import warnings
-
-    from neurofm import plots
-    from neurofm.metrics import roc_curve
 
     out = run_dir / "plots"
     try:

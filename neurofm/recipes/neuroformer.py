@@ -31,13 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurofm.config import ConfigError
-from neurofm.data.session import SessionWriter
-from neurofm.models.neuroformer import N_SPECIAL, BlockSizeConfig, Neuroformer, NeuroformerConfig
+from neurofm.config import ConfigError, from_dict
+from neurofm.data.session import Session, SessionWriter
+from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.recipes import ensure_sessions, session_paths
+from neurofm import metrics as M, plots
+from neurofm.plots import unit_order
+from neurofm.baselines import PoissonBayesDecoder, Ridge
+from neurofm.data.datasets import behavior_features
+from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
+from neurofm.data.synthetic import simulate_spikes
+from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
+                                    spikes_per_window, window_count_percentiles)
+from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, _fill_nan, session_position_data
+from neurofm.hub import load_pretrained, pretrained_config
+from neurofm.report import decode_report, time_blocks
 
 MONITOR = ("val/total", "min")
 
@@ -160,8 +171,6 @@ def prepare(cfg: RunConfig) -> RunConfig:
     sim = cfg.data.simulate
 
     def simulate():
-        from neurofm.data.synthetic import simulate_spikes
-
         simulate_spikes(sim.path, n_units=sim.n_units, duration=sim.duration, seed=sim.seed, stimulus=sim.stimulus)
 
     ensure_sessions(cfg.data, convert_hint="neurofm convert nwb IN.nwb OUT.h5", simulate=simulate,
@@ -176,8 +185,6 @@ def prepare(cfg: RunConfig) -> RunConfig:
 
 
 def _split(cfg: RunConfig):
-    from neurofm.data.splits import TimeBlockSplit
-
     s = cfg.data.split
     return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
 
@@ -186,8 +193,6 @@ def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarr
     """(W,) end times (s) of the windows of ``split`` in ``session``, as the data module lays
     them out (one grid per session, stride ``data.stride`` or ``window.curr``, each window with
     its previous window wholly inside a block)."""
-    from neurofm.data.splits import grid_runs
-
     w = cfg.model.window
     stride = cfg.data.stride or w.curr
     blocks = _split(cfg)(session)[split]
@@ -202,9 +207,6 @@ def training_window_counts(cfg: RunConfig, window=None) -> tuple[np.ndarray, np.
     """Spikes per current and per previous window ``(W,)`` each, over every training window of
     every session (``window``: a :class:`WindowConfig` other than the config's, e.g. for
     ``neurofm inspect``)."""
-    from neurofm.data.session import Session
-    from neurofm.data.tokenizer import spikes_per_window
-
     if window is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window=window))
     w = cfg.model.window
@@ -247,8 +249,6 @@ def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
     kept, with a warning naming the dropped share when it is over 1%. Also warns, with a
     suggested window, when current windows hold under one spike on average.
     """
-    from neurofm.data.tokenizer import block_size_for, dropped_fraction
-
     m = cfg.model
     curr, prev = training_window_counts(cfg)
     if not len(curr):
@@ -291,8 +291,6 @@ def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
 
 def block_size_report(cfg: RunConfig) -> dict[str, Any]:
     """The block sizes of a run and what they drop on its training windows (metrics.json)."""
-    from neurofm.data.tokenizer import dropped_fraction, window_count_percentiles
-
     curr, prev = training_window_counts(cfg)
     b = cfg.model.block_size
     return {"block_size": {"id": b.id, "prev_id": b.prev_id},
@@ -326,9 +324,6 @@ def _pretrained_model_config(cfg: RunConfig) -> NeuroformerConfig:
     this run adds. Everything else (dropout, loss weights, contrastive temperature) is the
     run's own: its config file and overrides.
     """
-    from neurofm.config import from_dict
-    from neurofm.hub import pretrained_config
-
     ckpt = from_dict(NeuroformerConfig, pretrained_config(cfg.task.pretrained)["config"],
                      where=f"{cfg.task.pretrained}/config.json")
     default = RunConfig().model
@@ -380,8 +375,6 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
                           f"got --task {task}{' --events ' + events if events else ''}")
     if not behavior:
         raise ConfigError("Neuroformer fine-tuning needs --behavior NAME [NAME ...] (a /behavior/<name> of the data)")
-    from neurofm.config import from_dict
-    from neurofm.data.session import Session
 
     with Session(sessions[0]) as s:
         dims = {}
@@ -433,8 +426,6 @@ SCORE_WHEN = ("auto", "moving", "all")
 
 
 def _protocol_for(cfg: RunConfig, threshold: float | None = None):
-    from neurofm.evaluation import DecodingProtocol
-
     e = cfg.eval
     return DecodingProtocol(behavior=e.moving_behavior, smooth_s=e.speed_smooth_s,
                             speed_threshold=e.moving_threshold if threshold is None else threshold)
@@ -452,8 +443,6 @@ class MovingWindows:
     """
 
     def __init__(self, cfg: RunConfig, sessions):
-        from neurofm.evaluation import session_position_data
-
         self.window = cfg.model.window.curr
         protocol = _protocol_for(cfg)
         self.grids = []
@@ -489,9 +478,6 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     a fifth of the animal's running speed, in the behaviour's own units per second.
     """
     from scipy.ndimage import gaussian_filter1d
-
-    from neurofm.data.session import Session
-    from neurofm.evaluation import _fill_nan, session_position_data
 
     e = cfg.eval
     if e.score_when not in SCORE_WHEN:
@@ -541,9 +527,6 @@ def check_test_target(cfg: RunConfig) -> None:
     (``neurofm split``).
     ``eval.check_target=false`` skips the check.
     """
-    from neurofm.data.datasets import behavior_features
-    from neurofm.data.session import Session
-
     e = cfg.eval
     targets = [v for v in cfg.model.behavior if v.target and v.task == "regression" and v.name in cfg.data.behavior]
     if not e.check_target or not targets:
@@ -605,9 +588,7 @@ def datamodule(cfg: RunConfig):
     Fine-tuning from ``task.pretrained`` starts from the checkpoint's unit vocabulary and
     appends the units it has never seen, so known units keep their token (and embedding row).
     """
-    from neurofm.data.datamodule import SpikeDataModule
-    from neurofm.data.splits import TimeBlockSplit
-    from neurofm.data.tokenizer import UnitVocab
+    from neurofm.data.datamodule import SpikeDataModule  # lazy: Lightning
 
     m, d = cfg.model, cfg.data
     if 0 in (m.block_size.id, m.block_size.prev_id):
@@ -615,7 +596,6 @@ def datamodule(cfg: RunConfig):
                           f"prepare(cfg) (experiment.run does) or set model.block_size.id and prev_id")
     vocab = None
     if cfg.task.pretrained:
-        from neurofm.hub import pretrained_config
 
         pre = pretrained_config(cfg.task.pretrained)["config"]
         if not pre.get("units"):
@@ -642,7 +622,7 @@ def datamodule(cfg: RunConfig):
 
 def _label_subset(cfg: RunConfig):
     """The task's few-shot label draw (the same chunks for the model, the split and ridge)."""
-    from neurofm.tasks.neuroformer import LabelSubset
+    from neurofm.tasks.neuroformer import LabelSubset  # lazy: Lightning
 
     return LabelSubset(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed)
 
@@ -675,8 +655,6 @@ class FewShotSplit:
         return list(self.base.names)
 
     def __call__(self, session) -> dict:
-        from neurofm.data.splits import Intervals
-
         blocks = dict(self.base(session))
         train = blocks["train"]
         chunk_s = self.subset.chunk_s
@@ -722,7 +700,6 @@ def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[f
 def build_model(cfg: RunConfig, dm) -> Neuroformer:
     """A fresh model sized to the data module's vocabulary, or the pretrained one extended to it."""
     if cfg.task.pretrained:
-        from neurofm.hub import load_pretrained
 
         pretrained = load_pretrained(cfg.task.pretrained)
         if not isinstance(pretrained, Neuroformer):
@@ -759,7 +736,7 @@ def _add_behavior_heads(model: Neuroformer, cfg: RunConfig) -> None:
 
 
 def task(cfg: RunConfig, dm):
-    from neurofm.tasks.neuroformer import NeuroformerTask
+    from neurofm.tasks.neuroformer import NeuroformerTask  # lazy: Lightning
 
     if cfg.task.mode not in ("pretrain", "finetune"):
         raise ConfigError(f"task.mode: {cfg.task.mode!r} is not 'pretrain' or 'finetune'")
@@ -791,9 +768,6 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
     predicts what ridge on the same counts predicts (plus the pooled head's small random term).
     Heads already trained (a fine-tuned checkpoint, a resumed run) are left alone. Returns the
     targets initialised."""
-    from neurofm.baselines import Ridge
-    from neurofm.evaluation import RidgeFitPredict
-
     fresh = [v for v in model.config.behavior_targets()
              if v.name in model.count_heads and v.task == "regression"
              and not model.count_heads[v.name].weight.detach().abs().sum() > 0]
@@ -886,7 +860,7 @@ def export(task) -> Neuroformer:
 
 
 def load_task(checkpoint):
-    from neurofm.tasks.neuroformer import NeuroformerTask
+    from neurofm.tasks.neuroformer import NeuroformerTask  # lazy: Lightning
 
     return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
@@ -915,10 +889,6 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
     only the first window does; after that the model reads its own output. Writes a
     recorded-vs-generated raster beside ``out_path`` (``.png``) unless ``plot=False``.
     """
-    from neurofm.data.session import Session
-    from neurofm.data.tokenizer import SpikeTokenizer, UnitVocab
-    from neurofm.hub import load_pretrained
-
     model = load_pretrained(pretrained)
     c = model.config
     if not c.units:
@@ -938,7 +908,6 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
     out = write_generated(gen, out_path, names, session_id=f"{session_id}-generated-{mode}",
                           source=f"neurofm generate {pretrained} ({mode})")
     if plot:
-        from neurofm import plots
 
         with Session(session_path) as s:
             rt, ru = s.spikes(t0, float(ends[-1]))
@@ -1032,8 +1001,6 @@ def _binned_counts(batch, n_units: int, window, bin_s: float = RIDGE_BIN_S) -> n
     (:func:`~neurofm.models.neuroformer.window_count_features`, unit-major): the ridge and Bayes
     baselines (and the model's count head) see exactly the spikes the model sees (after any block
     overflow, at the tokens' dt resolution), binned as DESIGN.md 8's floor bins them (50 ms)."""
-    from neurofm.models.neuroformer import window_count_features
-
     return window_count_features(batch, n_units, window, bin_s).numpy()
 
 
@@ -1046,8 +1013,6 @@ def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: n
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
-    from neurofm import metrics as M
-
     model = task.model.cpu().eval()
     n_units = model.config.n_units
     dm.setup("fit")
@@ -1100,7 +1065,6 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 
     # generation: window F1 vs a mean-rate Poisson generator
     if cfg.eval.generate_windows > 0:
-        from neurofm.plots import unit_order
 
         tuning = next((v for v in regression if v in train["beh_true"]), None)  # raster rows by preferred value
         order = unit_order(train["counts"][:, :n_units], None if tuning is None else
@@ -1175,9 +1139,6 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     decoder on those counts (1-D or 2-D targets) and the training-mean null; every baseline fitted
     on the training windows ``mt`` (the model's labelled windows), all scored on test windows
     ``m``. CIs from a block bootstrap over ``data.label_chunk_s`` blocks of the test period."""
-    from neurofm.baselines import PoissonBayesDecoder
-    from neurofm.report import decode_report, time_blocks
-
     stride = cfg.data.stride or cfg.model.window.curr
     ytr = train["beh_true"][name][mt]
     arms, notes = {"model": pred}, {}
@@ -1246,9 +1207,6 @@ def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride:
     block), maximising pooled R2. A single holdout block (the last 20% of the windows) picks
     badly when that block differs from the rest (on linear-track it chose the largest penalty
     and shrank the predictions to the mean). Too few windows for 4 folds: the holdout choice."""
-    from neurofm.baselines import Ridge
-    from neurofm.evaluation import RidgeFitPredict
-
     try:
         return RidgeFitPredict("blocked_cv", gap=int(math.ceil(gap_s / stride)))(X, Y, X_test)
     except ValueError:
@@ -1256,8 +1214,6 @@ def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride:
 
 
 def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir, raster_order=None):
-    from neurofm import metrics as M
-
     n_units = model.config.n_units
     need = cfg.eval.generate_windows
     true_sets, gen_sets, gen_all, rng = [], [], [], np.random.default_rng(cfg.eval.seed)
@@ -1287,8 +1243,6 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
 
 
 def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int, order=None, unit_names=None) -> None:
-    from neurofm import plots
-
     intervals = np.concatenate([np.asarray(g.interval) for g in gens])
     sessions = np.concatenate([np.asarray(g.session) for g in gens])
     first = sessions == sessions[0]
@@ -1332,8 +1286,6 @@ def _decoding_plot(name: str, test: dict, scored: np.ndarray, r2: float, baselin
                    run_dir: Path):
     """True vs decoded ``name`` over the first session's labelled test windows, against time
     (each window's end, s); windows left out of scoring shaded; R2 and baselines' R2 on top."""
-    from neurofm import plots
-
     true, pred, mask = test["beh_true"][name], test["beh_pred"][name], test["beh_mask"][name]
     keep = mask & (test["session"] == test["session"][0])
     t = test["interval"][keep]
