@@ -294,10 +294,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                   events=args.events, out_dir=out, overrides=overrides,
                                   label_fraction=label_fraction, **extra)
     shown = {k: metrics[k] for k in ("metrics", "baselines", "protocol", "null_reasons") if k in metrics}
-    print(jsonio.dumps(shown))
-    print(f"wrote {out / 'metrics.json'}")
+    print(jsonio.dumps(shown))  # stdout stays one JSON document; the files written go to stderr
+    print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
     for png in sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []:
-        print(f"wrote {png}")
+        print(f"wrote {png}", file=sys.stderr)
     return 0
 
 
