@@ -1,7 +1,8 @@
 """Output files that a crash, a full disk or a concurrent writer cannot leave half written.
 
 Every file neurofm writes (session files, checkpoints, ``model.safetensors``, ``config.json``,
-cards, metrics) goes through :func:`atomic_output`:
+cards, metrics, plots) goes through :func:`atomic_output` (or :func:`atomic_write` for one-shot
+writes):
 
 * the data is written to a temporary file IN THE DESTINATION DIRECTORY (``.NAME.XXXX.tmp``),
   so the final step is a rename within one filesystem, never a copy over the old file (a
@@ -28,7 +29,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: errno values that only a write can cause (a failed read never reports them)
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
@@ -207,8 +208,14 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
     publish(tmp, path, overwrite=overwrite, keep_previous=keep_previous)
 
 
-def write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[Path], object], **kwargs) -> Path:
+    """Write ``data`` (text, bytes, or a function that writes the file at the path it is given)
+    to ``path`` atomically (see :func:`atomic_output`, which takes the same ``kwargs``)."""
     with atomic_output(path, **kwargs) as tmp:
-        tmp.write_text(text)
+        if isinstance(data, str):
+            tmp.write_text(data)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
     return Path(path)

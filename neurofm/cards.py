@@ -79,6 +79,9 @@ _HUB_LICENSES = {
     "mpl-2.0", "unlicense", "wtfpl", "isc", "zlib",
 }
 
+#: Spellings datasets use (BIDS recommends "CC0") -> the Hub id.
+_LICENSE_ALIASES = {"cc0": "cc0-1.0", "cc-0": "cc0-1.0", "public domain": "pddl"}
+
 #: Hub metric ids for neurofm metric names (by suffix); metrics without one are only in the
 #: model-index and the tables.
 _HUB_METRIC = (("_pearson_r", "pearsonr"), ("_r2", "r2"), ("auroc", "roc_auc"), ("_f1", "f1"),
@@ -110,8 +113,9 @@ def _fmt(v) -> str:
 def data_sources(paths: Iterable[str | Path]) -> list[dict]:
     """Provenance of each session file: ``path``, ``session_id``, ``lab``, ``source``,
     ``license`` (root attrs; "" when absent). Files that do not exist are listed with
-    ``missing: True`` (a card can still be written from an old run)."""
-    from neurofm.data.session import Session
+    ``missing: True`` (a card can still be written from an old run). Only the root attributes
+    are read (h5py directly: cards sit below the data layer, since every saved model writes one)."""
+    import h5py
 
     out = []
     for p in paths:
@@ -119,10 +123,10 @@ def data_sources(paths: Iterable[str | Path]) -> list[dict]:
         if not p.exists():
             out.append({"path": str(p), "missing": True})
             continue
-        with Session(p) as s:
-            a = s.attrs
-            out.append({"path": str(p), "session_id": s.session_id,
-                        **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
+        with h5py.File(p, "r") as f:
+            a = {k: v.decode() if isinstance(v, bytes) else v for k, v in f.attrs.items()}
+        out.append({"path": str(p), "session_id": str(a.get("session_id", p.stem)),
+                    **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
     return out
 
 
@@ -142,7 +146,7 @@ def weights_license(sources: list[dict]) -> str | None:
     found = {s.get("license", "").strip() for s in sources}
     if not sources or "" in found or any(s.get("missing") for s in sources):
         return None
-    ids = {f.lower() for f in found}
+    ids = {_LICENSE_ALIASES.get(f.lower(), f.lower()) for f in found}
     if len(ids) == 1 and next(iter(ids)) in _HUB_LICENSES:
         return next(iter(ids))
     return "other"
@@ -216,7 +220,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     if metrics is not None:
         lines += _training_section(m.get("training", {}), config_yaml)
         lines += _evaluation_section(m.get("protocol", "(not recorded)"), scores, baselines, counts,
-                                     {k: v for k, v in data.items() if is_count(k) and k not in ("sources",)})
+                                     {k: v for k, v in data.items() if k not in _DATA_TEXT})
     else:
         lines += ["## Evaluation", "",
                   "None recorded with these weights. A training run's card (`neurofm card RUN_DIR`) has the "
@@ -235,6 +239,11 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]
     lines += _citation_section(family)
     return "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
+
+
+#: ``metrics.json`` ``data`` entries that describe the data; every other entry is a size the
+#: numbers rest on (n_units, n_test_windows, test_segments, per-class counts...).
+_DATA_TEXT = ("description", "datasets", "sources")
 
 
 def _split_counts(row: dict) -> tuple[dict, dict]:
@@ -379,10 +388,11 @@ def _citation_section(family: str) -> list[str]:
     return lines
 
 
-def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_card(run_dir: str | Path, out: str | Path | None = None, *, repo_id: str | None = None) -> Path:
     """Render a run's card at ``out`` (default ``run_dir/pretrained/README.md``) from
     ``metrics.json``, ``config.yaml`` and the exported ``pretrained/config.json``. The data's
-    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it."""
+    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it.
+    ``repo_id``: the Hub repo the usage snippet loads (default a placeholder)."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -397,7 +407,7 @@ def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if config_yaml and "sources" not in metrics.get("data", {}):
         paths = run_session_paths(yaml.safe_load(config_yaml) or {})
         metrics.setdefault("data", {})["sources"] = data_sources(paths)
-    card = render_card(metrics, config_yaml, model_meta=model_meta)
+    card = render_card(metrics, config_yaml, model_meta=model_meta, repo_id=repo_id)
     out = Path(out) if out else run_dir / "pretrained" / "README.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)

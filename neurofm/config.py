@@ -44,7 +44,7 @@ def from_dict(cls: type[T], data: Mapping | None = None, overrides: list[str] | 
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         if isinstance(e, ConfigKeyError) and key:
-            raise ConfigError(f"{where}: unknown field {key!r} ({_first_line(e)})") from None
+            raise ConfigError(f"{where}: key {key!r}: unknown field ({_first_line(e)})") from None
         raise ConfigError(f"{where}: {'key ' + repr(key) + ': ' if key else ''}{_first_line(e)}") from None
 
 

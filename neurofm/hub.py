@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 import neurofm
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,14 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         half-written weights file beside a valid config. ``push_to_hub=True`` then uploads the
         folder as ``repo_id`` (default: the folder's name) with :meth:`push_to_hub`'s keywords.
         """
+        if push_to_hub_kwargs and not push_to_hub:
+            raise TypeError(f"save_pretrained: unexpected keywords {sorted(push_to_hub_kwargs)} (config.json is "
+                            f"written from model.config; other keywords are push_to_hub's: pass push_to_hub=True)")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(out)
         text = card if card is not None else str(self.generate_model_card(**(model_card_kwargs or {})))
-        _atomic(out / CARD_NAME, lambda p: p.write_text(text))
+        atomic_write(out / CARD_NAME, text)
         if push_to_hub:
             self.push_to_hub(repo_id or out.name, card=text, **push_to_hub_kwargs)
         return out
@@ -101,8 +105,8 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         state = _untie(state)
         meta = model_meta(self)
-        _atomic(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The card of these weights alone (no run, so no data or metrics): what the model is,
@@ -126,7 +130,7 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, card=card, model_card_kwargs=model_card_kwargs)
+            self.save_pretrained(tmp, card=card, model_card_kwargs={"repo_id": repo_id, **(model_card_kwargs or {})})
             return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=tmp,
                                      commit_message=commit_message, revision=branch, create_pr=create_pr,
                                      allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
@@ -175,13 +179,13 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
     model_type = read_config(folder).get("model_type")
     if model_type not in _REGISTRY:
         # model classes register when their module is imported; neurofm.models imports none of
-        # them itself (a fresh process that only did `from neurofm.hub import ...` has none)
+        # them itself (a fresh process that only did `from neurofm.hub import ...` has none).
+        # By name: the hub sits below the models (they import PretrainedMixin from here).
         import importlib
         import pkgutil
 
-        import neurofm.models
-
-        for info in pkgutil.iter_modules(neurofm.models.__path__):
+        models = importlib.import_module("neurofm.models")
+        for info in pkgutil.iter_modules(models.__path__):
             importlib.import_module(f"neurofm.models.{info.name}")
     if model_type not in _REGISTRY:
         raise PretrainedError(f"{folder / CONFIG_NAME}: unknown model_type {model_type!r}; "
@@ -216,8 +220,9 @@ def push_pretrained(folder: str | os.PathLike, repo_id: str, *, commit_message: 
 
     folder = Path(folder)
     model = load_pretrained(folder)
-    if not (folder / CARD_NAME).exists():
-        model.save_pretrained(folder)  # writes the generated card beside identical weights
+    if not (folder / CARD_NAME).exists():  # only the card is added; the weights stay as they are
+        text = str(model.generate_model_card(repo_id=repo_id))
+        atomic_write(folder / CARD_NAME, text)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=commit_message,
@@ -267,13 +272,6 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
 
 def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
-
-
-def _atomic(path: Path, write) -> None:
-    from neurofm.atomic import atomic_output
-
-    with atomic_output(path) as tmp:
-        write(tmp)
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

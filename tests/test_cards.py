@@ -65,6 +65,10 @@ def test_run_card_embeds_the_weights_config_and_parses_as_a_hub_card(tmp_path):
     assert embedded["config"]["units"] == model.config.units and embedded["config"]["n_units"] == 5
     assert "n_units: 1" not in text and "units: []" not in text
     assert "model: (see config.json" in text and "lr: 0.001" in text
+    from neurofm import cli
+
+    assert cli.main(["card", str(run), "--out", str(tmp_path / "c.md"), "--repo-id", "my-lab/nf"]) == 0
+    assert 'neurofm.from_pretrained("my-lab/nf")' in (tmp_path / "c.md").read_text()
 
 
 def test_counts_are_separate_from_metrics(tmp_path):
@@ -124,9 +128,57 @@ def test_missing_metrics_is_a_clear_error(tmp_path):
 
 
 def test_render_without_config_or_run():
-    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177}})
+    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177},
+                        "data": {"description": "sEEG", "test_segments": 354,
+                                 "test_segments_per_class": {"rest": 177, "word_onset": 177}}})
+    assert "| test_segments | 354 |" in text and '| test_segments_per_class | {"rest": 177' in text
+    assert "| n_test_events | 177 |" in text
     card = ModelCard(text)
     assert card.data.library_name == "neurofm" and card.data.metrics == ["roc_auc"]
     assert [r.metric_type for r in card.data.eval_results] == ["test_auroc"]
     weights_only = render_card(None, model_meta={"model_type": "Barista", "config": {"d_model": 64}})
     assert "None recorded with these weights" in weights_only and "model-index" not in weights_only
+
+
+def test_bids_dataset_licence_is_read_from_its_root(tmp_path):
+    from neurofm.data.ieeg import bids_license
+
+    rec = tmp_path / "ds" / "sub-01" / "ses-1" / "ieeg" / "sub-01_ses-1_task-x_ieeg.edf"
+    rec.parent.mkdir(parents=True)
+    assert bids_license(rec) == ""
+    (tmp_path / "ds" / "dataset_description.json").write_text(json.dumps({"Name": "x", "License": "CC0"}))
+    assert bids_license(rec) == "CC0"
+    assert weights_license([{"license": "CC0"}]) == "cc0-1.0"
+
+
+def test_converted_nwb_keeps_the_licence_given(tmp_path):
+    from pathlib import Path
+
+    from neurofm import cli
+
+    nwb = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "spikes" / "linear-track.nwb"
+    if not nwb.exists():
+        pytest.skip(f"{nwb} absent (sample recordings are not part of a clone)")
+    pytest.importorskip("pynwb")
+    out = tmp_path / "lt.h5"
+    assert cli.main(["convert", "nwb", str(nwb), str(out), "--license", "MIT", "--electrical-series", "none"]) == 0
+    (src,) = data_sources([out])
+    assert src["license"] == "MIT" and "Kemere" in src["lab"]
+
+
+@pytest.mark.parametrize("name", ["neuroformer-demo", "barista-demo"])
+def test_published_cards_parse_and_describe_their_weights(name):
+    """model_cards/ are written by `neurofm card`: Hub-valid, and the embedded config.json is
+    self-consistent (a unit vocabulary of n_units names, never the run YAML's placeholder)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "model_cards" / f"{name}.md"
+    text = path.read_text()
+    card = ModelCard(text)
+    assert card.data.library_name == "neurofm" and card.data.license == "mit"  # simulated data: neurofm's licence
+    assert card.data.eval_results and card.data.model_name == name
+    meta = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    cfg = meta["config"]
+    if meta["model_type"] == "Neuroformer":
+        assert cfg["n_units"] == len(cfg["units"]) > 1
+    assert "## Citation" in text and "2311.00136" in text and "2512.12135" in text

@@ -316,9 +316,9 @@ def test_outputs_get_the_users_umask_not_0600(tmp_path):
             w.add_units(["a"])
             w.add_spikes([0.5, 1.0], [0, 0])
         folder = Neuroformer(NeuroformerConfig.small(n_units=2)).save_pretrained(tmp_path / "m", card="# card\n")
-        from neurofm.experiment import _atomic_write
+        from neurofm.atomic import atomic_write
 
-        _atomic_write(tmp_path / "metrics.json", "{}\n")
+        atomic_write(tmp_path / "metrics.json", "{}\n")
     finally:
         os.umask(old)
     for p in [tmp_path / "s.h5", folder / "model.safetensors", folder / "config.json", folder / "README.md",

@@ -144,6 +144,8 @@ def test_is_a_huggingface_hub_mixin_and_writes_a_parsable_card(tmp_path):
     # an explicit card (a run's) replaces whatever README.md was there
     m.save_pretrained(tmp_path / "m", card="---\nlibrary_name: neurofm\n---\n# run card\n")
     assert (tmp_path / "m" / "README.md").read_text().endswith("# run card\n")
+    with pytest.raises(TypeError, match=r"unexpected keywords \['config'\]"):
+        m.save_pretrained(tmp_path / "m", config={"d": 3})  # never silently ignored
 
 
 def _fake_hub_cache(cache, repo_id, model, commits):
@@ -229,6 +231,7 @@ def test_push_to_hub_uploads_weights_config_and_card(monkeypatch, tmp_path):
     assert sorted(call["files"]) == ["README.md", "config.json", "model.safetensors"]
     assert call["revision"] == "dev"
     assert b"library_name: neurofm" in call["files"]["README.md"]
+    assert b'neurofm.from_pretrained("lab/tiny")' in call["files"]["README.md"]  # the snippet names the repo
     m.push_to_hub("lab/tiny", card="---\nlicense: mit\n---\n# mine\n")
     assert _FakeApi.calls[-1]["files"]["README.md"].endswith(b"# mine\n")
 
@@ -251,6 +254,13 @@ def test_push_pretrained_uploads_a_run_folder_with_its_card(monkeypatch, tmp_pat
     with pytest.raises(PretrainedError):
         push_pretrained(tmp_path / "m", "lab/tiny")
     assert len(_FakeApi.calls) == 1
+    # a folder without a card gets one generated (naming the repo), its weights untouched
+    _model().save_pretrained(tmp_path / "bare")
+    (tmp_path / "bare" / "README.md").unlink()
+    weights = (tmp_path / "bare" / "model.safetensors").read_bytes()
+    push_pretrained(tmp_path / "bare", "lab/bare")
+    files = _FakeApi.calls[-1]["files"]
+    assert b'neurofm.from_pretrained("lab/bare")' in files["README.md"] and files["model.safetensors"] == weights
 
 
 def test_top_level_loader_and_model_classes_are_lazy(tmp_path):

@@ -210,7 +210,7 @@ class IEEGDataModule(_WindowDataModule):
     Args:
         sessions: session file paths.
         segmenter: an :class:`IEEGSegmenter` (default: 3 s, 12 patches, the file's rate).
-        spatial_vocab: a :class:`~neurofm.data.atlas.SpatialVocab` (from a checkpoint), or
+        spatial_vocab: a :class:`~neurofm.atlas.SpatialVocab` (from a checkpoint), or
             ``"auto"`` to build one from the sessions' channels.
         events, event_locked, event_offset, label_map, target, stride_s: as in
             :class:`~neurofm.data.datasets.IEEGSegmentDataset`.
@@ -234,7 +234,7 @@ class IEEGDataModule(_WindowDataModule):
         validate_sessions(self.sessions)  # contents checked before any step (neurofm validate)
         self.segmenter = segmenter or IEEGSegmenter()
         if spatial_vocab == "auto":
-            from neurofm.data.atlas import SpatialVocab
+            from neurofm.atlas import SpatialVocab
 
             chans = []
             for s in self.sessions:

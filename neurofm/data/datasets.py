@@ -607,7 +607,7 @@ class _IEEGReader:
             if target is not None and target not in s.behavior_names:
                 raise KeyError(f"{s.path}: /behavior/{target}: missing (available: {s.behavior_names})")
         if spatial_vocab == "auto":
-            from neurofm.data.atlas import SpatialVocab
+            from neurofm.atlas import SpatialVocab
 
             chans = [c.channels for c in self.cplans if c.channels is not None]
             spatial_vocab = SpatialVocab.from_channels(chans) if chans else None
@@ -706,7 +706,7 @@ class IEEGSegmentDataset(Dataset):
     segment (``target``, ``target_mask``).
 
     Channels are selected and re-referenced per session by ``segmenter``; ``spatial_vocab``
-    (a :class:`~neurofm.data.atlas.SpatialVocab`, ``"auto"`` to build one from these sessions,
+    (a :class:`~neurofm.atlas.SpatialVocab`, ``"auto"`` to build one from these sessions,
     or ``None`` for unknown everywhere) gives ``coords``/``parcel``/``lobe``. A segment with
     NaN/inf samples is skipped: ``dataset[i]`` is then ``None``, which :func:`collate_ieeg`
     leaves out and counts in ``batch["n_skipped"]``.

@@ -88,6 +88,7 @@ def convert_ieeg(
     channels_tsv: str | os.PathLike | None = None,
     coordinate_unit: str | None = None,
     behavior_channels: Sequence[str] = (),
+    license: str | None = None,
 ) -> Path:
     """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
 
@@ -109,6 +110,9 @@ def convert_ieeg(
         ``as_name``: the channel name) and leaves /continuous and /channels. A name matching
         no channel is an error listing the channels. For a session file that exists already:
         :func:`move_channels_to_behavior`.
+    license : the data's licence (SPDX id), stored as the root attr ``license`` that model
+        cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
+        when the recording sits in one, else none.
 
     Raises
     ------
@@ -155,6 +159,7 @@ def convert_ieeg(
         species="",
         lab="",
         source=str(in_path),
+        license=license if license is not None else bids_license(in_path),
         source_format="mne:" + in_path.suffix.lower().lstrip("."),
         recording_start=meas.isoformat() if meas is not None else "",
         electrodes_file=str(side["electrodes"] or ""),
@@ -259,6 +264,22 @@ def _recording_prefix(path: Path) -> str:
 
 def _bids_entities(path: Path) -> dict[str, str]:
     return dict(part.split("-", 1) for part in _recording_prefix(path).split("_") if "-" in part)
+
+
+def bids_license(path: str | os.PathLike, max_up: int = 6) -> str:
+    """``License`` of the BIDS dataset holding ``path`` (its root's ``dataset_description.json``,
+    the nearest one above the file), or "" when there is none or it states none."""
+    import json
+
+    for folder in list(Path(path).resolve().parents)[:max_up]:
+        desc = folder / "dataset_description.json"
+        if desc.exists():
+            try:
+                return str(json.loads(desc.read_text()).get("License", "") or "").strip()
+            except (json.JSONDecodeError, AttributeError, OSError):
+                warnings.warn(f"{desc}: not valid JSON; the dataset's licence is not recorded", stacklevel=3)
+                return ""
+    return ""
 
 
 def find_sidecars(path: str | os.PathLike) -> dict[str, Path | None]:

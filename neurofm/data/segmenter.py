@@ -35,7 +35,7 @@ import numpy as np
 from neurofm.data.session import Channels
 
 if TYPE_CHECKING:  # pragma: no cover
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
 # Labels (any atlas) that mean "not grey matter": white matter and ventricles.
 _NON_GREY = re.compile(r"white[-_ ]?matter|(^|[-_ ])wm([-_ ]|$)|ventric|(^|[-_])vent([-_]|$)|"

@@ -310,8 +310,8 @@ def simulate_spikes(
                        seed=seed) as w:
         w.add_units([f"unit{i:04d}" for i in range(N)], cell_type=np.where(inhibitory, "inhibitory", "excitatory"))
         w.add_spikes(times, units, t_start=0.0, t_end=n_steps * dt)
-        w.add_behavior("speed", beh_t, speed.astype(np.float32))
-        w.add_behavior("position", beh_t, position.astype(np.float32))
+        w.add_behavior("speed", beh_t, speed.astype(np.float32), unit="cm/s")
+        w.add_behavior("position", beh_t, position.astype(np.float32), unit="cm")
         w.add_intervals("running", run_epochs[:, 0], run_epochs[:, 1])
         if stimulus:
             w.add_stimulus("gratings", np.arange(n_frames) / frame_rate, frames)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from neurofm.atlas import SpatialVocab
 from neurofm.config import from_dict
 from neurofm.hub import PretrainedMixin
 from neurofm.nn.attention import Packed, attention, pack, varlen_attention, varlen_is_free
@@ -135,8 +136,6 @@ class BaristaConfig:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"BaristaConfig.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.spatial_vocab is not None:
-            from neurofm.data.atlas import SpatialVocab
-
             vocab = SpatialVocab.from_dict(self.spatial_vocab)
             if vocab.n_parcels > self.n_parcels:
                 raise ValueError(f"BaristaConfig: the spatial vocabulary has {vocab.n_parcels} parcel rows "
@@ -154,7 +153,7 @@ class BaristaConfig:
 
     @classmethod
     def for_vocab(cls, vocab, **kwargs) -> "BaristaConfig":
-        """Config whose parcel table fits ``vocab`` (a :class:`~neurofm.data.atlas.SpatialVocab`)."""
+        """Config whose parcel table fits ``vocab`` (a :class:`~neurofm.atlas.SpatialVocab`)."""
         return cls(n_parcels=vocab.n_parcels, n_lobes=vocab.n_lobes, n_coord_bins=vocab.n_coord_bins,
                    spatial_vocab=vocab.to_dict(), **kwargs)
 
@@ -519,11 +518,9 @@ class BaristaEncoder(nn.Module, PretrainedMixin):
 
     @property
     def spatial_vocab(self):
-        """The :class:`~neurofm.data.atlas.SpatialVocab` this model's parcel rows refer to, if stored."""
+        """The :class:`~neurofm.atlas.SpatialVocab` this model's parcel rows refer to, if stored."""
         if self.config.spatial_vocab is None:
             return None
-        from neurofm.data.atlas import SpatialVocab
-
         return SpatialVocab.from_dict(self.config.spatial_vocab)
 
     def patches(self, x: Tensor) -> Tensor:

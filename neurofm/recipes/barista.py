@@ -4,9 +4,18 @@ Pretraining runs are evaluated by a **linear probe** on the held-out block: even
 segments of the training block are encoded by the frozen encoder, mean-pooled over tokens, and
 a ridge classifier is fitted on them; its ROC-AUC on the test block's segments is reported
 beside the same probe on a randomly initialised encoder (what pretraining adds) and ridge on
-band power (DESIGN.md 8). Fine-tuning runs report ROC-AUC (classification) or R2 (regression,
-reconstruction) on the test block; for classification, the report's ``data`` says how many test
-segments (per class) the AUROC rests on.
+band power (DESIGN.md 8), each with a 95% CI from blocks of the test period; when the probe
+does not beat the random-init encoder, the card's limitations say so in one line.
+
+Classification and regression fine-tunes write the **decode report** (``metrics.json``
+``report``, and ``decode_report.md``; :func:`neurofm.report.decode_report`): the fine-tuned model, a linear
+probe on the frozen encoder the run started from, band power (logistic and ridge for
+classification, ridge for regression) and a null, all fitted on the same training segments
+and scored on the same test segments, with block-bootstrap CIs and one plain line saying
+whether the model beats band power; plus ``plots/roc.png`` or ``plots/decoded_<target>.png``.
+Regression targets are standardised with the training block's mean and std (kept in the
+checkpoint and the exported model, so predictions come back in the recording's units).
+Reconstruction fine-tunes report R2 on the test block.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 import torch
 
 from neurofm.config import ConfigError
-from neurofm.experiment import TrainerConfig
+from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig
 from neurofm.recipes import ensure_sessions, session_paths
 
@@ -211,6 +220,10 @@ def _from_pretrained(cfg: RunConfig) -> RunConfig:
     enc = meta["config"].get("encoder", meta["config"])
     model = from_dict(BaristaConfig, enc, where=where)
     d = cfg.data
+    made_for = meta["config"].get("task") if meta.get("model_type") == "BaristaFinetuned" else None
+    if made_for and made_for != cfg.task.finetune_task:
+        raise ConfigError(f"task.finetune_task: {folder} is a {made_for} model, not {cfg.task.finetune_task}; "
+                          f"evaluate it with --task {ACTIONS_OF_TASK.get(made_for, made_for)}")
 
     def note(text: str) -> None:
         log.info(f"neurofm: {text} (from the pretrained model {folder})")
@@ -313,6 +326,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
                                   f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
+    _check_spatial_scales(cfg)
     splits = ("train", "valid", "test") if training else ("test",)
     locked = bool(events)
 
@@ -356,6 +370,73 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                                   f"{d.segment_s:g} s; {metric}, which checkpointing and early stopping watch, needs "
                                   f"at least {need}. Give the split more time (data.split.* fractions, or "
                                   f"`neurofm split FILE --train ... --valid ... --test ...`) or shorten data.segment_s")
+
+
+def _check_spatial_scales(cfg: RunConfig) -> None:
+    """Refuse an encoding (or pretraining masking) scale that no channel of any session is known at.
+
+    Without atlas labels, ``encode_scale: parcel`` (or ``lobe``) gives every channel the
+    "unknown" (zero) embedding: the model cannot tell channels apart and nothing says so. This
+    is an error rather than a silent fallback to coordinates, because the scale is part of
+    the model (a pretrained encoder has no coordinate table to fall back to) and of the
+    question a run answers (the paper compares the scales).
+    """
+    from neurofm.atlas import SpatialVocab
+    from neurofm.data.session import Session
+
+    m = cfg.model
+    channels, names = [], []
+    seg = _segmenter(cfg)
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if "channels" not in s.h5:
+                continue
+            channels.append(seg.channel_plan(s.channels(), s.n_channels).channels)
+            names.append(path)
+    if not channels:
+        return
+    vocab = SpatialVocab.from_dict(m.spatial_vocab) if m.spatial_vocab is not None else \
+        SpatialVocab.from_channels(channels)
+    wanted = {"model.encode_scale": m.encode_scale}
+    if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
+        wanted["model.mask_scale"] = m.mask_scale
+    for key, scale in wanted.items():
+        if any(_known_at(vocab, ch, scale) for ch in channels):
+            continue
+        what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
+            else "atlas labels that map to a lobe"
+        add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
+               f"convert again with --electrodes electrodes.tsv carrying a {vocab.atlas} column" if scale == "parcel"
+               else "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
+        own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
+        if scale == "parcel" and own and m.spatial_vocab is not None:
+            raise ConfigError(f"{key}: parcel, but none of the {vocab.atlas} labels of "
+                              f"{', '.join(Path(p).name for p in names)} (e.g. {own[:3]}) is among the "
+                              f"{len(vocab.parcels)} parcels the pretrained model learned (e.g. {vocab.parcels[:3]}): "
+                              f"every channel would get the 'unknown' embedding. Fine-tune a model pretrained on "
+                              f"recordings that sample these parcels, or one that encodes by lobe or coordinates")
+        if cfg.task.pretrained:
+            fix = (f"the pretrained model encodes channels by {scale}, so the sessions need {what}: {add}")
+        else:
+            other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and any(
+                _known_at(vocab, ch, sc) for ch in channels)]
+            fix = (f"{add}, or choose {key}={other[0]}" if other else add) + \
+                (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
+        raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
+                          f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _known_at(vocab, channels, scale: str) -> bool:
+    """Whether any of ``channels`` has a known category at ``scale``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = vocab.encode(channels)
+        except ValueError:
+            return False
+    return bool(((out["coords"] >= 0).all(axis=1) if scale == "coords" else out[scale] > 0).any())
 
 
 def _split_source(cfg: RunConfig) -> str:
@@ -444,7 +525,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     locked = bool(events) if event_locked is None else event_locked
     vocab = "auto"
     if cfg.model.spatial_vocab is not None:
-        from neurofm.data.atlas import SpatialVocab
+        from neurofm.atlas import SpatialVocab
 
         vocab = SpatialVocab.from_dict(cfg.model.spatial_vocab)
     return IEEGDataModule(
@@ -518,9 +599,6 @@ def _load_finetuned_head(task, loaded, folder: str) -> None:
     from neurofm.hub import load_state_strict
 
     have, want = loaded.config, task.hparams
-    if have.task != want.task:
-        raise ConfigError(f"--task: {folder} is a {have.task} model, not {want.task}; evaluate it with "
-                          f"--task {ACTIONS_OF_TASK[have.task]}")
     if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
         raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
                           f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
@@ -619,20 +697,14 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _pooled_features(encoder, loader) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over real tokens of the encoder output, (N, d), and the segment labels (N,)."""
-    encoder.eval()
-    feats, labels = [], []
-    for batch in loader:
-        h = encoder(batch)  # (B, n, C, d)
-        m = batch["channel_mask"].float()[:, None, :, None]
-        feats.append(((h * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).float().numpy())
-        labels.append(batch["label"].numpy())
-    return np.concatenate(feats), np.concatenate(labels)
-
-
 def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
+    from neurofm.metrics import auroc
+
+    return float(auroc(test[1], _probe_scores(train, test)))
+
+
+def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Ridge probe scores (N,) of the test features, fitted on the training features and labels."""
     from neurofm.baselines import Ridge
     from neurofm.metrics import auroc
 
@@ -648,7 +720,7 @@ def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     (xtr, ytr), (xte, yte) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     model = Ridge(score=score).fit((xtr - mu) / sd, ytr.astype(float))
-    return float(auroc(yte, model.predict((xte - mu) / sd).ravel()))
+    return model.predict((xte - mu) / sd).ravel()
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
@@ -664,9 +736,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
             "datasets": ["neurofm-simulated-ieeg"] if not cfg.data.sessions
             else [Path(p).stem for p in cfg.data.sessions]}
     if isinstance(task, BaristaPretrainTask):
-        metrics, baselines, extra = _evaluate_pretraining(cfg, task, dm)
+        metrics, baselines, extra, limitations = _evaluate_pretraining(cfg, task, dm)
         return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
-                "protocol": protocol + extra, "data": data}
+                "protocol": protocol + extra, "data": data, "limitations": limitations}
     if cfg.task.finetune_task in ("classification", "regression"):
         return _decode_evaluation(cfg, task, dm, Path(run_dir), protocol, data)
     metrics, counts = _evaluate_finetuned(cfg, task, dm)
@@ -687,42 +759,53 @@ def _evaluate_pretraining(cfg, task, dm):
             losses.append(float(task.model.pretrain_loss(batch, generator=g)["loss"]))
     metrics: dict[str, Any] = {"test_masked_latent_mse": float(np.mean(losses)) if losses else float("nan")}
     baselines: dict[str, dict[str, float]] = {}
+    limitations: list[str] = []
     events = cfg.eval.probe_events or cfg.data.events
     extra = ""
     if events and events != "none":
         probe = datamodule(cfg, events=events, event_locked=True, segment_s=cfg.eval.probe_segment_s or None)
         probe.setup("fit")
         probe.setup("test")
-        train_loader, test_loader = probe._loader("train", train=False), probe._loader("test", train=False)
         enc = task.export_encoder()
-        metrics["probe_auroc"] = _probe_auroc(_pooled_features(enc, train_loader), _pooled_features(enc, test_loader))
         torch.manual_seed(cfg.seed)
         rand = BaristaEncoder(enc.config)
-        baselines["random-init encoder, same probe"] = {
-            "probe_auroc": _probe_auroc(_pooled_features(rand, train_loader), _pooled_features(rand, test_loader))}
-        baselines["ridge on band power"] = {"probe_auroc": _band_power_auroc(probe, cfg)}
+        arms, y, test = _probe_arms(cfg, probe, {"pretrained encoder, linear probe": enc,
+                                                 "random-init encoder, same probe": rand})
+        ref = "pretrained encoder, linear probe"
+        report, line = _shared_report(arms, y, test, task="classification", target=events, reference=ref,
+                                      baseline="random-init encoder, same probe", seed=cfg.seed)
+        metrics["probe_auroc"], metrics["probe_auroc_ci95"] = _value_ci(report, ref)
+        for name in ("random-init encoder, same probe", "ridge on band power"):
+            value, ci = _value_ci(report, name)
+            baselines[name] = {"probe_auroc": value, "probe_auroc_ci95": ci}
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
-                 f"the training block, ROC-AUC on the test block")
-    return metrics, baselines, extra
+                 f"the training block, ROC-AUC on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
+                 f"{report.n_blocks} blocks of the test period)")
+        if line is not None:
+            limitations.append(
+                line + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
+                "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
+                "not have left its trivial phase, where the predictor outputs the mean target.")
+    return metrics, baselines, extra, limitations
 
 
-def _band_power_auroc(dm, cfg) -> float:
-    from neurofm.baselines import BandPowerRidge
-    from neurofm.metrics import auroc
+def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
+    """Probe scores on the test segments of each frozen encoder, and of band power, all fitted
+    on the same training segments (ridge, penalty by AUROC on the last 20% of them)."""
+    from neurofm.baselines import BandPowerRidge, Ridge
 
-    def xy(split):
-        xs, ys = [], []
-        for b in dm._loader(split, train=False):
-            xs.append((b["x"] * b["channel_mask"][..., None]).numpy())
-            ys.append(b["label"].numpy())
-        c = max(x.shape[1] for x in xs)
-        xs = [np.pad(x, ((0, 0), (0, c - x.shape[1]), (0, 0))) for x in xs]
-        return np.concatenate(xs), np.concatenate(ys)
-
-    xtr, ytr = xy("train")
-    xte, yte = xy("test")
-    model = BandPowerRidge(cfg.model.sampling_rate).fit(xtr, ytr)
-    return float(auroc(yte, model.decision_function(xte)))
+    bands = BandPowerRidge(cfg.model.sampling_rate)
+    arms, train, test = {}, None, None
+    for name, enc in encoders.items():
+        train = _segment_pass(probe_dm._loader("train", train=False), enc.eval(), bands)
+        test = _segment_pass(probe_dm._loader("test", train=False), enc.eval(), bands)
+        arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]))
+    C = max(train["bp"].shape[1], test["bp"].shape[1])
+    pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
+    n_classes = int(max(train["y"].max(), test["y"].max())) + 1
+    arms["ridge on band power"] = _squeeze(Ridge(score=_auroc_or_mse).fit(
+        pad(train["bp"]), _pm_one(train["y"], n_classes)).predict(pad(test["bp"])))
+    return arms, test["y"].astype(np.int64), test
 
 
 def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
@@ -809,9 +892,8 @@ def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
 def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, data: dict) -> dict:
     """Model, linear probe on the frozen starting encoder, band power and a null, all on the
     same test segments (and fitted on the same training segments), with block-bootstrap CIs
-    (:func:`neurofm.evaluation_ieeg.decode_report`) and the run's plots."""
+    (:func:`neurofm.report.decode_report`, also written as ``decode_report.md``) and the run's plots."""
     from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
-    from neurofm.evaluation_ieeg import decode_report
     from neurofm.metrics import pearson_r
 
     classify = cfg.task.finetune_task == "classification"
@@ -850,11 +932,13 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                 probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
                 "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
         metric, key, baseline = "r2", "test_r2", "ridge on band power"
-    report = decode_report(arms, y, test["t0"], metric=metric, model=MODEL_ARM, baseline=baseline,
-                           session=test["session"], seed=cfg.seed)
-    a = report["arms"]
-    metrics: dict[str, Any] = {key: a[MODEL_ARM]["value"], f"{key}_ci95": a[MODEL_ARM]["ci"]}
-    baselines = {name: {key: a[name]["value"], f"{key}_ci95": a[name]["ci"]} for name in arms if name != MODEL_ARM}
+    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
+                                     f"training block's mean and std)"
+    report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
+                                  target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
+                                  notes={probe: "frozen features", baseline: "same segments"})
+    metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
+    baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
         metrics["test_accuracy"] = float((test["pred"].argmax(-1) == y).mean())
         data.update(test_segments=int(len(y)), test_segments_per_class={
@@ -863,16 +947,46 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
-    limitations = [] if report["line"].startswith(f"{MODEL_ARM} beats") else [report["line"]]
+    limitations = [] if line is None else [line]
     _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
-    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
-                                     f"training block's mean and std)"
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
-                 f"and band, penalty chosen on the last 20% of the training segments; {report['level']:.0%} CIs "
-                 f"from a bootstrap over {report['n_blocks']} contiguous blocks of the test period")
+                 f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
+                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
+    from neurofm.atomic import write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "decode_report.md", report.to_text() + "\n")
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
-            "data": data, "report": report, "limitations": limitations}
+            "data": data, "report": report.to_dict(), "limitations": limitations}
+
+
+def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,
+                   baseline: str, seed: int, notes: dict | None = None, protocol: str = ""):
+    """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
+    contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`), and
+    its plain line about ``baseline`` (None when the reference beats it)."""
+    from neurofm.evaluation_ieeg import test_period_blocks
+    from neurofm.report import decode_report
+
+    blocks = test_period_blocks(test["t0"], test["session"])
+    rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
+                        scored=f"all {len(y)} test segments", notes=notes, protocol=protocol, seed=seed)
+    m = rep.primary
+    compared = [r.arm for r in rep.rows if r.arm != reference and m in r.diff]
+    line = dict(zip(compared, rep.verdicts())).get(baseline)
+    if rep.n_blocks < 5:  # too few distinct resamples for an interval to mean anything
+        line = (f"{reference} vs {baseline}: {rep.n_blocks} blocks of the test period are too few for a "
+                f"confidence interval ({len(y)} test segments); the comparison is not established")
+    elif line is not None and line.startswith(f"{reference} beats"):
+        line = None
+    return rep, line
+
+
+def _value_ci(rep, arm: str) -> tuple[float, list[float]]:
+    """(point estimate, [lo, hi]) of the report's primary metric for ``arm``."""
+    row, m = rep.row(arm), rep.primary
+    return float(row.values[m]), [float(v) for v in row.ci[m]]
 
 
 def _auroc_or_mse(y: np.ndarray, p: np.ndarray) -> float:
@@ -897,7 +1011,7 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return onehot[:, 1:] if n_classes == 2 else onehot
 
 
-def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report: dict,
+def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
                   baseline: str, probe: str) -> None:
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
@@ -912,7 +1026,7 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
             if np.ndim(arms[MODEL_ARM]) != 1:
                 return  # the ROC plot is binary; multiclass runs report macro AUROC only
             curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
-            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report['n_segments']} segments)",
+            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
                              path=out / "roc.png")
             return
         first = test["session"] == test["session"].min()
@@ -921,9 +1035,8 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
         t = test["t0"][first][order] + seg / 2
         unit = dm.sessions[int(test["session"].min())].h5[f"behavior/{cfg.data.target}"].attrs.get("unit", "")
         unit = unit.decode() if isinstance(unit, bytes) else str(unit)
-        a = report["arms"]
-        title = (f"{cfg.data.target}, test block: R² = {a[MODEL_ARM]['value']:.3f} "
-                 f"({baseline} {a[baseline]['value']:.3f})")
+        title = (f"{cfg.data.target}, test block: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
+                 f"({baseline} {_value_ci(report, baseline)[0]:.3f})")
         true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]
         dims = true.shape[1] if true.ndim > 1 else 1
         plots.decoding_trace(t, true, pred, names=[cfg.data.target] if dims == 1 else None, unit=unit, title=title,

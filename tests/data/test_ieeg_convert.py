@@ -482,3 +482,21 @@ def test_body_leads_named_like_edf_systems_name_them_are_typed_non_neural(tmp_pa
         convert_ieeg(edf, tmp_path / "s.h5")
     with Session(tmp_path / "s.h5") as s:
         assert s.channels().types.tolist() == ["eeg", "eeg", "ecg", "ecg", "ecg", "emg", "eeg"]
+
+
+def test_behavior_channels_from_bids_and_fif(bids_root, tmp_path):
+    convert_ieeg(bids_root, tmp_path / "bids.h5", behavior_channels=["B2=grip"])
+    with Session(tmp_path / "bids.h5") as s:
+        ch = s.channels()
+        assert ch.names == NAMES[:3] and ch.bad.tolist() == [False, False, True]  # sidecars still line up
+        np.testing.assert_allclose(ch.xyz[:3], [[10, 20, 30], [11, 21, 31], [-5, 2, 3]])
+        t, v = s.behavior("grip")
+        np.testing.assert_allclose(v, signal()[:, 3], atol=1e-3)  # µV, as written
+        assert s.h5["behavior/grip"].attrs["unit"] == "µV" and len(t) == 800
+    raw, force = _raw_with_force()
+    fif = tmp_path / "rec_raw.fif"
+    raw.save(fif, verbose="error")
+    convert_ieeg(fif, tmp_path / "fif.h5", behavior_channels=["FORCE=grip", "EMG_R"])
+    with Session(tmp_path / "fif.h5") as s:
+        assert s.channels().names == ["A1", "A2", "A3"]
+        np.testing.assert_allclose(s.behavior("grip")[1], force, rtol=1e-6)

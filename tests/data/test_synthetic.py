@@ -327,7 +327,7 @@ def subject_files(tmp_path_factory) -> list[Path]:
 
 
 def test_subjects_share_parcels_but_not_coordinates(subject_files):
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
     channels = []
     for p in subject_files:
@@ -379,3 +379,15 @@ def test_subjects_reproducible_and_single_subject_default_unchanged(tmp_path, su
         synthetic.simulate_ieeg_subjects(tmp_path / "one", 1)
     with pytest.raises(ValueError, match="behavior_regions"):
         synthetic.simulate_ieeg(tmp_path / "b.h5", n_regions=8, duration=10.0, behavior="grip_force")
+
+
+def test_cli_simulate_subjects(tmp_path, capsys):
+    from neurofm.cli import main
+
+    assert main(["simulate", "ieeg", str(tmp_path / "subs"), "--subjects", "3", "--duration", "20",
+                 "--sampling-rate", "128"]) == 0
+    assert "hold out sub-03.h5" in capsys.readouterr().out
+    paths = sorted((tmp_path / "subs").glob("sub-*.h5"))
+    assert len(paths) == 3
+    with Session(paths[2]) as s:
+        assert s.n_channels == 30 and s.behavior_names == ["grip_force"]

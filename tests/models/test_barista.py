@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neurofm.data.atlas import SpatialVocab
+from neurofm.atlas import SpatialVocab
 from neurofm.models.barista import (
     Barista, BaristaConfig, BaristaEncoder, ChannelReconstructionHead, CNNTokenizer, PooledHead,
     TokenWeightingHead, spatial_mask,
@@ -61,7 +61,7 @@ def test_config_json_round_trip_and_validation():
     again = BaristaConfig.from_dict(d)
     assert again == cfg and again.cnn_dilations == (1, 2, 4, 8, 16)
     assert BaristaEncoder(d).spatial_vocab == vocab
-    with pytest.raises(ValueError, match="unknown field 'n_embd'"):
+    with pytest.raises(ValueError, match="key 'n_embd': unknown field"):
         BaristaConfig.from_dict({**d, "n_embd": 3})
     with pytest.raises(ValueError, match="encode_scale"):
         BaristaConfig(encode_scale="region")

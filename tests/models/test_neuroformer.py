@@ -88,7 +88,7 @@ def test_config_json_roundtrip_and_derived_vocab():
 def test_config_rejects_unknown_and_invalid_fields():
     with pytest.raises(ValueError, match="unknown field"):
         NeuroformerConfig.from_dict({"n_units": 3, "n_layers": 2})
-    with pytest.raises(ValueError, match="layers: unknown"):
+    with pytest.raises(ValueError, match="NeuroformerConfig.layers: key 'cross': unknown field"):
         tiny_config(layers={"cross": 1})
     with pytest.raises(ValueError, match="divisible"):
         tiny_config(n_embd=30)
