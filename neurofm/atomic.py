@@ -65,6 +65,9 @@ def output_error(e: OSError, path: str | os.PathLike) -> OutputError:
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         problem, fix = f"no permission to write in {path.parent} ({os.strerror(code)})", \
             "choose a folder you can write to"
+    elif code == errno.ENOTDIR:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        problem, fix = f"{blocker} is a file, not a folder", "remove or rename that file, or choose another path"
     elif code == errno.EISDIR:
         problem, fix = "is a directory", "give a file name inside it, e.g. " + str(path / "session.h5")
     else:

@@ -93,6 +93,33 @@ def test_default_run_writes_last_ckpt_every_epoch_and_resume_keeps_the_log(sim, 
     assert max(int(r["step"]) for r in after) >= 3 * seen[1][1] - 1
 
 
+def test_resume_mid_epoch_logs_every_step_once(sim, tmp_path):
+    """Killed after a step checkpoint: the rows logged between the checkpoint and the crash
+    are done again by the resumed run, so they are dropped from the old log, not doubled."""
+    import lightning as L
+
+    from neurofm.experiment import load_config, run
+
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", f"data.simulate.path={sim}", *TINY, "trainer.max_epochs=2",
+            "trainer.limit_train_batches=8", "trainer.checkpoint_every_n_steps=3"]
+
+    class CrashAtStep11(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 11:
+                raise _Crash("simulated crash at step 11")
+
+    with pytest.raises(_Crash):
+        run(load_config(None, args), extra_callbacks=[CrashAtStep11()])
+    assert int(_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"]) == 9
+    run(load_config(None, args))
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = [(int(r["step"]), r["epoch"], bool(r.get("val/total")), bool(r.get("train/total_epoch")))
+                for r in csv.DictReader(f)]
+    assert len(rows) == len(set(rows)), "a step was logged twice"
+    assert {row[0] for row in rows} == set(range(16))
+
+
 # -- 2: atomic checkpoint saves across filesystems ---------------------------------------------
 
 
@@ -348,25 +375,21 @@ def test_no_overwrite_never_replaces_a_file_created_during_the_write(tmp_path):
 # -- 12: output-side failures named as such; damaged files ---------------------------------------
 
 
-def test_output_path_is_a_directory_or_unwritable_is_named_as_the_output(tmp_path, sim):
-    from neurofm import cli
+def test_output_path_is_a_directory_or_unwritable_is_named_as_the_output(tmp_path, monkeypatch):
+    import tempfile
 
-    edf = ROOT.parent / "shared" / "data" / "ieeg" / "sample_seeg.edf"
     (tmp_path / "dir.h5").mkdir()
     with pytest.raises(OutputError, match=r"dir\.h5: cannot write this output: is a directory"):
         SessionWriter(tmp_path / "dir.h5", session_id="s")
-    if edf.exists():
-        assert cli.main(["convert", "ieeg", str(edf), str(tmp_path / "dir.h5")]) == 2
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):  # root ignores permissions: nothing to test
-            return
-        with pytest.raises(OutputError, match=r"locked/s\.h5: cannot write this output: no permission"):
-            SessionWriter(locked / "s.h5", session_id="s")
-    finally:
-        locked.chmod(0o700)
+
+    def no_permission(*a, **k):  # what a folder without write permission gives (root ignores modes)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_permission)
+    with pytest.raises(OutputError, match=r"locked/s\.h5: cannot write this output: no permission to write in "
+                                          r".*locked.*choose a folder you can write to"):
+        SessionWriter(tmp_path / "locked" / "s.h5", session_id="s")
+    assert not (tmp_path / "locked" / "s.h5").exists()
 
 
 def test_convert_into_a_directory_is_not_called_a_damaged_input(tmp_path, capsys):
@@ -559,3 +582,14 @@ def test_last_checkpoint_schedule_by_steps_and_minutes(tmp_path, monkeypatch):
     # steps 4 and 8 by count, 7 by time (10 min after the save at step 4), 12 by count, no repeat at the end
     assert saved == [4, 7, 8, 12], saved
     assert len(broadcasts) == 12  # once per optimizer step, on every rank
+
+
+def test_train_into_a_run_dir_that_is_a_file_is_a_clean_output_error(sim, tmp_path, capsys):
+    from neurofm.experiment import main as train_main
+
+    blocker = tmp_path / "run"
+    blocker.write_text("not a folder")
+    code = train_main([f"run_dir={blocker / 'sub'}", f"data.simulate.path={sim}", *TINY, "trainer.max_epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert "cannot write this output" in err and f"{blocker} is a file, not a folder" in err

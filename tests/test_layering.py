@@ -23,3 +23,25 @@ def test_import_contract_holds():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 broken" in run.stdout, run.stdout
+
+
+def test_every_neurofm_import_names_an_existing_module():
+    """Imports inside functions run only on their code path: one naming a module that moved
+    (e.g. ``neurofm.data.atlas`` after SpatialVocab moved to ``neurofm.atlas``) fails only when
+    a user reaches it. Every ``import neurofm...`` / ``from neurofm... import`` in the package
+    must resolve, wherever it sits."""
+    import ast
+    import importlib.util
+
+    missing = []
+    for path in sorted((ROOT / "neurofm").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] == "neurofm" and importlib.util.find_spec(name) is None:
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not missing, "\n".join(missing)

@@ -327,7 +327,7 @@ def subject_files(tmp_path_factory) -> list[Path]:
 
 
 def test_subjects_share_parcels_but_not_coordinates(subject_files):
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
     channels = []
     for p in subject_files:

@@ -239,6 +239,22 @@ def test_preflight_refuses_parcel_encoding_without_atlas(sessions, tmp_path):
     recipe.preflight(recipe.prepare(_pretrain_cfg([bare], "model.encode_scale=coords")))
 
 
+def test_preflight_refuses_parcels_a_pretrained_model_never_learned(pretrained, sessions, tmp_path):
+    def relabel(f):
+        for key in list(f["channels/region"]):
+            n = len(f[f"channels/region/{key}"])
+            del f[f"channels/region/{key}"]
+            f["channels/region"].create_dataset(key, data=np.array(["ctx_lh_G_cuneus"] * n, dtype=object),
+                                                dtype=h5py.string_dtype())
+
+    other = _edited_copy(sessions["new"], tmp_path / "other.h5", relabel)
+    cfg = recipe.prepare(_finetune(pretrained, [other]))
+    with pytest.raises(ConfigError, match=r"model.encode_scale: parcel, but none of the destrieux labels of other.h5 "
+                                          r"\(e.g. \['ctx_lh_G_cuneus'\]\) is among the \d+ parcels the pretrained "
+                                          r"model learned"):
+        recipe.preflight(cfg)
+
+
 def test_protocol_states_the_split_used(sessions, tmp_path):
     from neurofm.data.session import set_intervals
 
