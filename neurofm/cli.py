@@ -143,9 +143,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_pretrained(args.pretrained, args.data, task=args.task, behavior=args.behavior,
                                   events=args.events, out_dir=out, overrides=args.overrides)
     print(json.dumps({k: metrics[k] for k in ("metrics", "baselines", "protocol") if k in metrics}, indent=2))
-    print(f"wrote {out / 'metrics.json'}")
-    for png in sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []:
-        print(f"wrote {png}")
+    # stdout stays one JSON document; the files written are reported on stderr
+    for path in [out / "metrics.json", *(sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else [])]:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
