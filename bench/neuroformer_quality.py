@@ -111,7 +111,7 @@ def simulated(out: Path, quick: bool) -> dict:
 def _sim_table(r: dict) -> str:
     pre, ft = r["pretrain"], r["finetune"]
     mp, bp = pre["metrics"], pre["baselines"]
-    ridge = bp["ridge on window counts"]
+    ridge = bp["ridge on binned counts"]
     rows = [
         ("next-spike ID bits/spike (> 0 beats the null)", f"{mp['id_bits_per_spike']:+.3f}", "unigram null", "0"),
         ("window F1, generated vs recorded (teacher-forced)", f"{mp['window_f1']:.3f}",
@@ -119,12 +119,12 @@ def _sim_table(r: dict) -> str:
         ("  precision / recall", f"{mp['window_precision']:.3f} / {mp['window_recall']:.3f}", "",
          f"{bp['mean-rate Poisson generator']['window_precision']:.3f} / "
          f"{bp['mean-rate Poisson generator']['window_recall']:.3f}"),
-        ("speed R2, pretraining's auxiliary head", f"{mp['speed_r2']:.3f}", "ridge, window counts",
+        ("speed R2, pretraining's auxiliary head", f"{mp['speed_r2']:.3f}", "ridge, binned counts",
          f"{ridge['speed_r2']:.3f}"),
-        ("speed R2, fine-tuned on speed", f"{ft['metrics']['speed_r2']:.3f}", "ridge, window counts",
-         f"{ft['baselines']['ridge on window counts']['speed_r2']:.3f}"),
+        ("speed R2, fine-tuned on speed", f"{ft['metrics']['speed_r2']:.3f}", "ridge, binned counts",
+         f"{ft['baselines']['ridge on binned counts']['speed_r2']:.3f}"),
         ("speed Pearson r, fine-tuned", f"{ft['metrics']['speed_pearson_r']:.3f}", "ridge",
-         f"{ft['baselines']['ridge on window counts']['speed_pearson_r']:.3f}"),
+         f"{ft['baselines']['ridge on binned counts']['speed_pearson_r']:.3f}"),
     ]
     lines = [f"| {'metric (held-out test block)':<52} | {'Neuroformer':>13} | {'baseline':<21} | {'baseline':>13} |",
              f"|{'-' * 54}|{'-' * 15}|{'-' * 23}|{'-' * 15}|"]
@@ -257,16 +257,16 @@ def _lt_rows(r: dict) -> list[tuple[str, str, list[float], list[float]]]:
     few = f"{r['label_fraction']:.0%}"
     n_lab = [m["data"]["n_labelled_train_windows"]["position"] for m in ft]
     n_lab_txt = f"{few} ({min(n_lab)}-{max(n_lab)})" if len(set(n_lab)) > 1 else f"{few} ({n_lab[0]})"
-    same = [m["baselines"]["ridge on window counts"] for m in ft]
-    allb = [m["baselines"]["ridge on window counts, all labels"] for m in ft]
+    same = [m["baselines"]["ridge on binned counts"] for m in ft]
+    allb = [m["baselines"]["ridge on binned counts, every training label"] for m in ft]
     return [
         ("(i) Neuroformer, pretrained, fine-tuned", n_lab_txt, [m["metrics"]["position_r2"] for m in ft],
          [m["metrics"]["position_pearson_r"] for m in ft]),
         ("(ii) Neuroformer, from scratch", n_lab_txt, [m["metrics"]["position_r2"] for m in sc],
          [m["metrics"]["position_pearson_r"] for m in sc]),
-        ("(iii) ridge on window counts", n_lab_txt, [b["position_r2"] for b in same],
+        ("(iii) ridge on binned counts", n_lab_txt, [b["position_r2"] for b in same],
          [b["position_pearson_r"] for b in same]),
-        ("(iv) ridge on window counts", f"100% ({ft[0]['data']['n_train_windows']})", [allb[0]["position_r2"]],
+        ("(iv) ridge on binned counts", f"100% ({ft[0]['data']['n_train_windows']})", [allb[0]["position_r2"]],
          [allb[0]["position_pearson_r"]]),
         ("(v) Neuroformer, pretrained, fine-tuned", f"100% ({r['all_labels']['data']['n_train_windows']})",
          [r["all_labels"]["metrics"]["position_r2"]], [r["all_labels"]["metrics"]["position_pearson_r"]]),

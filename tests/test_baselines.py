@@ -173,3 +173,83 @@ def test_band_power_ridge_detects_speech_events(tmp_path):
     auc = metrics.auroc(labels[n:], scores)
     assert auc > 0.8, f"held-out AUROC {auc:.3f}"
     assert set(clf.predict(segments[n:])) <= {0, 1}
+
+
+def test_poisson_bayes_decoder_recovers_2d_position_from_place_cells():
+    """Units with Gaussian place fields in a 100 cm arena: the Bayes decoder finds the position
+    (R2 well above ridge's on the same counts, since fields are not linear in position)."""
+    rng = np.random.default_rng(0)
+    n, N = 6000, 40
+    pos = rng.uniform(0, 100, (n, 2))  # positions visited all over a 100 cm arena
+    centres = rng.uniform(0, 100, (N, 2))
+    rate = 0.2 + 3.0 * np.exp(-((pos[:, None, :] - centres[None]) ** 2).sum(-1) / (2 * 12.0 ** 2))  # per window
+    counts = rng.poisson(rate)
+    tr, te = slice(0, 4800), slice(4800, n)
+    dec = baselines.PoissonBayesDecoder().fit(counts[tr], pos[tr])
+    pred = dec.predict(counts[te])
+    assert pred.shape == (1200, 2)
+    r2_bayes = metrics.r2_score(pos[te], pred)
+    r2_ridge = metrics.r2_score(pos[te], baselines.Ridge().fit(counts[tr], pos[tr]).predict(counts[te]))
+    assert r2_bayes > 0.8 and r2_bayes > r2_ridge + 0.1
+    one_d = baselines.PoissonBayesDecoder().fit(counts[tr], pos[tr, 0]).predict(counts[te])
+    assert one_d.shape == (1200,) and metrics.r2_score(pos[te, 0], one_d) > 0.7
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        baselines.PoissonBayesDecoder().fit(counts[tr], np.zeros((4800, 3)))
+
+
+def test_place_cell_simulator(tmp_path):
+    path = synthetic.simulate_place_cells(tmp_path / "pc.h5", n_units=30, duration=300, rate_hz=0.5, seed=3,
+                                          run_s=20, rest_s=20, final_rest=0.3)
+    again = synthetic.simulate_place_cells(tmp_path / "pc2.h5", n_units=30, duration=300, rate_hz=0.5, seed=3,
+                                           run_s=20, rest_s=20, final_rest=0.3)
+    with Session(path) as s, Session(again) as s2:
+        t, u = s.spikes()
+        np.testing.assert_array_equal(t, s2.spikes()[0])  # same arguments, same spikes
+        assert s.n_units == 30 and s.behavior_names == ["position", "speed"]
+        ts, pos = s.behavior("position")
+        _, speed = s.behavior("speed")
+        assert pos.shape == (len(ts), 2) and pos.min() >= 0 and pos.max() <= 100
+        run = s.intervals("running")
+        assert run["end"].max() <= 300 * 0.7 + 1e-6  # the last 30% is rest
+        assert speed[ts > 300 * 0.7 + 1].max() < 0.5
+        gt = s.ground_truth()
+        # place cells fire more inside their field while running than outside
+        counts = baselines.bin_spikes(t, u, 30, 0, 300, 1.0 / 50)
+        moving = speed[: len(counts)] > 5
+        d = np.linalg.norm(pos[: len(counts), None, :] - gt["place_center"][None], axis=-1)
+        inside = (d < gt["place_width"][None]) & moving[:, None]
+        outside = (d > 3 * gt["place_width"][None]) & moving[:, None]
+        place = gt["place_gain"] > 0
+        rate_in = (counts * inside).sum(0)[place] / inside.sum(0)[place].clip(1)
+        rate_out = (counts * outside).sum(0)[place] / outside.sum(0)[place].clip(1)
+        assert np.median(rate_in / np.maximum(rate_out, 1e-3)) > 3
+
+
+def test_logistic_separates_and_picks_its_penalty_by_auroc():
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 20))
+        x[:, 5] += 1.5 * y
+        return x, y
+
+    (xtr, ytr), (xte, yte) = split(300), split(200)
+    model = baselines.Logistic().fit(xtr, ytr)
+    assert model.alpha_ in model.alphas and model.val_scores_.shape == model.alphas.shape
+    assert metrics.auroc(yte, model.decision_function(xte)) > 0.8
+    three = baselines.Logistic(alphas=10.0).fit(xtr, (ytr + (xtr[:, 0] > 1)).astype(int))
+    assert three.decision_function(xte).shape == (200, 3)
+    with pytest.raises(ValueError, match="single class"):
+        baselines.Logistic().fit(xtr, np.zeros(300))
+
+
+def test_band_power_logistic_finds_a_high_gamma_burst():
+    rng = np.random.default_rng(1)
+    fs, n, C, T = 256.0, 160, 4, 256
+    t = np.arange(T) / fs
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, C, T))
+    x[:, 1] += 1.5 * y[:, None] * np.sin(2 * np.pi * 100 * t)[None, :]  # 100 Hz in channel 1 for class 1
+    clf = baselines.BandPowerLogistic(fs).fit(x[:120], y[:120])
+    assert metrics.auroc(y[120:], clf.decision_function(x[120:])) > 0.9

@@ -18,7 +18,7 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -90,6 +90,16 @@ class NeuroformerTask(L.LightningModule):
         label_fraction, label_chunk_s, label_seed: few-shot decoding: only this fraction of the
             training windows keep their behaviour labels, in whole chunks of ``label_chunk_s``
             seconds (:class:`LabelSubset`); validation and test keep all labels.
+        head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
+            a randomly initialised head on a pretrained backbone learns faster than the backbone
+            may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
+        score_windows: ``(session, interval) -> bool`` per window, or None: the validation
+            block's behaviour (loss, R2) counts only these windows, the same kind the test scores
+            (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`). Not saved.
+
+    In fine-tuning with regression targets the task names its validation metric
+    (:attr:`monitor`: ``val/behavior_r2``, the mean validation R2 over the regression targets),
+    so the run checkpoints, early-stops and evaluates on decoding quality, not on the loss.
     """
 
     def __init__(
@@ -112,6 +122,8 @@ class NeuroformerTask(L.LightningModule):
         label_fraction: float = 1.0,
         label_chunk_s: float = 10.0,
         label_seed: int = 0,
+        head_lr_ratio: float = 1.0,
+        score_windows: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         super().__init__()
         if model is None and config is None:
@@ -135,9 +147,11 @@ class NeuroformerTask(L.LightningModule):
             "max_warmup_steps": max_warmup_steps, "final_lr_ratio": final_lr_ratio, "grad_clip": grad_clip,
             "freeze_backbone": freeze_backbone, "unfreeze_every": unfreeze_every, "trainable": list(trainable),
             "label_fraction": label_fraction, "label_chunk_s": label_chunk_s, "label_seed": label_seed,
+            "head_lr_ratio": head_lr_ratio,
         })
         self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.score_windows = score_windows
         if freeze_backbone:
             self._apply_freezing(n_unfrozen=0)
 
@@ -156,6 +170,14 @@ class NeuroformerTask(L.LightningModule):
         if self.hparams.freeze_backbone and every:
             self._apply_freezing(n_unfrozen=self.current_epoch // every)
 
+    @property
+    def monitor(self) -> str | None:
+        """``val/behavior_r2`` when fine-tuning regression targets (higher is better), else None."""
+        if self.hparams.mode == "finetune" and "behavior" in self.objectives and any(
+                v.task == "regression" for v in self.model.config.behavior_targets()):
+            return "val/behavior_r2"
+        return None
+
     # -- steps ---------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return self.model(batch)
@@ -164,7 +186,9 @@ class NeuroformerTask(L.LightningModule):
         out = self.model(batch)
         losses = self.model.loss(batch, out, terms=self.objectives)
         self._check_finite(losses, batch, stage)
-        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True, sync_dist=stage != "train")
+        # no sync_dist: every rank validates on every window (neurofm.data.datamodule), so each
+        # rank's epoch value already is the single-process one (a sum over ranks would double counts)
+        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True)
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "total", **opts)
         for name, acc in _token_accuracy(batch, out, self.model.config).items():
@@ -182,6 +206,9 @@ class NeuroformerTask(L.LightningModule):
         return losses["total"]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if self.score_windows is not None and batch.get("behavior_mask"):
+            scored = self.score_windows(batch["session"], batch["interval"]).to(batch["id"].device)
+            batch = {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
         _, out = self._step(batch, "val")
         targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
         for v in self.model.config.behavior_targets():
@@ -194,7 +221,10 @@ class NeuroformerTask(L.LightningModule):
             self._val_behavior.setdefault(v.name, []).append((pred.float().cpu(), y.float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        """R2 and Pearson r per behaviour target, pooled over all validation windows."""
+        """R2 and Pearson r per behaviour target, pooled over all validation windows, and their
+        mean R2 (``val/behavior_r2``, NaN when no target has 2 labelled windows: the monitor
+        then counts this check as no improvement)."""
+        r2s = []
         for name, pairs in self._val_behavior.items():
             pred = torch.cat([p for p, _ in pairs])
             y = torch.cat([t for _, t in pairs])
@@ -207,6 +237,9 @@ class NeuroformerTask(L.LightningModule):
             r = ((pc * yc).sum(0) / (pc.norm(dim=0) * yc.norm(dim=0)).clamp(min=1e-12)).mean()
             self.log(f"val/{name}_r2", r2)
             self.log(f"val/{name}_pearson", r)
+            r2s.append(r2)
+        if self.monitor is not None and not self.trainer.sanity_checking:
+            self.log("val/behavior_r2", torch.stack(r2s).mean() if r2s else torch.tensor(float("nan")))
         self._val_behavior.clear()
 
     def _check_finite(self, losses: Mapping[str, Tensor], batch: Mapping[str, Any], stage: str) -> None:
@@ -232,6 +265,16 @@ class NeuroformerTask(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups(self.model, hp.weight_decay, include_frozen=True)
+        ratio = hp.get("head_lr_ratio", 1.0)
+        if ratio != 1.0:  # the behaviour heads in groups of their own at lr * head_lr_ratio
+            head = {id(p) for p in self.model.behavior_heads.parameters()}
+            split = []
+            for g in groups:
+                for is_head in (False, True):
+                    ps = [p for p in g["params"] if (id(p) in head) == is_head]
+                    if ps:
+                        split.append({**g, "params": ps, **({"lr": hp.lr * ratio} if is_head else {})})
+            groups = split
         opt = adamw(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)
         sched = warmup_cosine_scheduler(opt, total, warmup_fraction=hp.warmup_fraction,

@@ -93,8 +93,9 @@ def test_moving_windows_score_only_where_the_animal_moves(tmp_path):
     dm = recipe.datamodule(cfg)
     ends = np.arange(1.0, 59.0, 0.25)
     coll = {"interval": ends, "session": np.zeros(len(ends), dtype=np.int64)}
-    assert recipe._moving_windows(cfg, dm, coll).all()  # threshold 0: every window
-    cfg.eval.moving_threshold = 20.0
+    cfg.eval.score_when = "all"
+    assert recipe._moving_windows(cfg, dm, coll).all()
+    cfg.eval.score_when, cfg.eval.moving_threshold = "moving", 20.0
     moving = recipe._moving_windows(cfg, dm, coll)
     # 100 units/s until 30 s, then still; the 0.5 s smoothing blurs the edge by ~1.5 s
     assert moving[ends < 28.0].all()
@@ -107,7 +108,10 @@ class _StubModel(torch.nn.Module):
     def __init__(self, unit_p: np.ndarray):
         super().__init__()
         self.unit_logits = torch.log(torch.as_tensor(unit_p, dtype=torch.float32))
-        self.config = type("C", (), {"n_units": len(unit_p), "behavior_targets": lambda self: []})()
+        from neurofm.models.neuroformer import WindowConfig
+
+        self.config = type("C", (), {"n_units": len(unit_p), "behavior_targets": lambda self: [],
+                                     "window": WindowConfig(curr=0.05, prev=0.05, dt=0.01)})()
 
     def forward(self, batch):
         b, length = batch["target_id"].shape
@@ -122,6 +126,7 @@ def test_id_bits_per_spike_is_conditional_on_a_spike():
     p = np.array([0.5, 0.3, 0.15, 0.05])
     ids = rng.choice(4, size=(64, 12), p=p) + N_SPECIAL
     batch = {"target_id": torch.as_tensor(ids), "id": torch.as_tensor(ids), "id_prev": torch.as_tensor(ids[:, :4]),
+             "dt": torch.zeros(64, 12, dtype=torch.long), "dt_prev": torch.zeros(64, 4, dtype=torch.long),
              "interval": torch.arange(64, dtype=torch.float64), "session": torch.zeros(64, dtype=torch.long)}
     model = _StubModel(p)
     coll = recipe._collect(model, [batch])
@@ -143,3 +148,144 @@ def test_ridge_penalty_by_blocked_cv_and_fallback():
     assert r2 > 0.8
     few = recipe._ridge_fit_predict(X[:12], y[:12], X[300:], stride=0.25)  # too few rows for 4 inner folds
     assert few.shape == (100, 1) and np.isfinite(few).all()
+
+
+def test_binned_counts_are_the_spikes_the_model_reads_in_50ms_bins(tmp_path):
+    """The ridge / Bayes features of a window equal bin_spikes over (prev + curr) before its end."""
+    from neurofm.baselines import bin_spikes
+    from neurofm.data.session import Session
+
+    path = _session(tmp_path / "a.h5", n_units=3)
+    cfg = _config([path], split={"gap": 1.0})
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit")
+    batch = next(iter(dm._loader("valid", train=False)))
+    got = recipe._binned_counts(batch, 3, cfg.model.window)  # (B, 3 units * 10 bins), unit-major, bin 0 latest
+    assert got.shape == (len(batch["interval"]), 10 * 3)
+    with Session(path) as s:
+        t, u = s.spikes()
+    for w in range(len(batch["interval"])):
+        end = float(batch["interval"][w])
+        # the model reads spike times at dt resolution from each window's start (prev: end - 0.5, curr: end - 0.25)
+        start = np.where(t < end - 0.25, end - 0.5, end - 0.25)
+        tq = start + np.round((t - start) / 0.01) * 0.01
+        keep = (t >= end - 0.5) & (t < end)
+        want = bin_spikes(tq[keep] + 1e-7, u[keep], 3, end - 0.5, end + 1e-6, 0.05)[:10][::-1]  # latest bin first
+        assert got[w].sum() == keep.sum()
+        np.testing.assert_array_equal(got[w].reshape(3, 10).T, want)
+
+
+def test_decode_report_arms_share_windows_and_say_when_the_model_loses(tmp_path):
+    """_decode_report: every arm on the same scored windows; a model predicting the mean loses to ridge."""
+    rng = np.random.default_rng(0)
+    n_tr, n_te, N = 400, 200, 4
+    binned_tr, binned_te = rng.poisson(1.0, (n_tr, 2 * N)).astype(float), rng.poisson(1.0, (n_te, 2 * N)).astype(float)
+    w = rng.normal(size=2 * N)
+    y_tr, y_te = (binned_tr @ w)[:, None], (binned_te @ w)[:, None]
+    train = {"beh_true": {"position": y_tr}, "binned": binned_tr, "counts": np.zeros((n_tr, 2 * N))}
+    test = {"interval": np.arange(n_te) * 0.5, "session": np.zeros(n_te, dtype=int), "binned": binned_te}
+    cfg = _config([])
+    m = np.ones(n_te, dtype=bool)
+    rep = recipe._decode_report(cfg, "position", np.full((n_te, 1), y_tr.mean()), y_te, test, m, train,
+                                np.ones(n_tr, dtype=bool), None, scored_text="every test window")
+    assert [r.arm for r in rep.rows] == ["model", "ridge on binned counts", "Poisson Bayes", "null (training mean)"]
+    assert rep.row("ridge on binned counts").values["r2"] > 0.9
+    assert "ridge on binned counts" in rep.loses_to() and rep.n_blocks == 10  # 100 s of test windows, 10 s blocks
+    assert any(v.startswith("MODEL LOSES to ridge on binned counts") for v in rep.verdicts())
+
+
+def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
+    assert recipe.step_budget_for(100, 32) == 300  # few windows: the floor (a fresh head needs steps)
+    assert recipe.step_budget_for(640, 32) == 600  # 30 passes over 20 batches
+    assert recipe.step_budget_for(10 ** 6, 32) == 3000  # many: the cap
+    path = _session(tmp_path / "a.h5")
+    cfg = _config([path], split={"gap": 1.0})
+    cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 0},
+                                       "trainer": {"max_epochs": -1, "max_steps": -1}}, where="test")
+    dm = recipe.datamodule(cfg)
+    t = recipe.resolve_trainer(cfg, dm)
+    n = len(dm.datasets["train"])
+    per_epoch = math.ceil(n / 16)
+    assert t.max_steps == recipe.step_budget_for(n, 16) and t.max_epochs == math.ceil(t.max_steps / per_epoch)
+    assert t.check_val_every_n_epoch == max(1, math.ceil(t.max_epochs / 20))
+    # a budget shorter than 20 passes: validation every budget / 20 steps (epochs cut to that length)
+    short = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 40}}, where="t")
+    ts = recipe.resolve_trainer(short, dm)
+    assert ts.max_steps == 40 and ts.limit_train_batches == 2 and ts.max_epochs == 20
+    # a user's trainer.max_epochs turns the budget off; an explicit step_budget always applies
+    own = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": 2, "max_steps": -1}}, where="t")
+    assert recipe.resolve_trainer(own, dm) == own.trainer
+    fixed = from_dict(recipe.RunConfig, {**_cfg_dict(own), "task": {"mode": "finetune", "step_budget": 7}}, where="t")
+    assert recipe.resolve_trainer(fixed, dm).max_steps == 7
+
+
+def _cfg_dict(cfg):
+    from neurofm.config import to_dict
+
+    return to_dict(cfg)
+
+
+def test_finetune_recipe_defaults_are_the_rule():
+    cfg = recipe.RunConfig()
+    assert cfg.task.step_budget == -1 and cfg.task.head_lr_ratio == 1.0  # pretraining unchanged
+    r = recipe.FINETUNE_RECIPE
+    assert r["task"] == {"lr": 1e-4, "head_lr_ratio": 10.0, "step_budget": 0}
+    assert r["trainer"]["max_epochs"] == -1 and r["trainer"]["max_steps"] == -1
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "neuroformer" / "finetune.yaml")
+    assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 10.0 and yaml.task.step_budget == 0
+    assert yaml.trainer.max_epochs == -1 and yaml.trainer.early_stopping_patience == 5
+
+
+def test_finetune_task_monitors_validation_r2_and_heads_train_faster(tmp_path):
+    from neurofm.tasks.neuroformer import NeuroformerTask
+
+    path = _session(tmp_path / "a.h5")
+    cfg = _config([path], split={"gap": 1.0})
+    cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "objectives": ["behavior"],
+                                                                  "lr": 1e-4, "head_lr_ratio": 10.0}}, where="t")
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    assert task.monitor == "val/behavior_r2"
+    task.trainer = type("T", (), {"estimated_stepping_batches": 100})()  # what configure_optimizers reads
+    opt = task.configure_optimizers()["optimizer"]
+    head = {id(p) for p in task.model.behavior_heads.parameters()}
+    lrs = {(any(id(p) in head for p in g["params"]), round(g["initial_lr"], 12)) for g in opt.param_groups}
+    assert all(any(id(p) in head for p in g["params"]) == all(id(p) in head for p in g["params"])
+               for g in opt.param_groups)  # heads in groups of their own
+    assert {lr for is_head, lr in lrs if is_head} == {1e-3}
+    assert {lr for is_head, lr in lrs if not is_head} == {1e-4}
+    pre = NeuroformerTask(model=task.model, mode="pretrain")
+    assert pre.monitor is None
+
+
+def test_count_heads_start_at_the_ridge_solution(tmp_path):
+    """Fine-tuning starts each fresh count read-out at ridge on the labelled windows: before any
+    step, head(counts) equals ridge's prediction of the standardised target; trained heads are kept."""
+    from neurofm.baselines import Ridge
+    from neurofm.evaluation import RidgeFitPredict
+
+    path = _session(tmp_path / "a.h5", n_units=4)
+    base = _cfg_dict(_config([path], split={"gap": 1.0}))
+    base["model"]["behavior"][0]["count_bin"] = 0.05
+    cfg = from_dict(recipe.RunConfig, base, where="t")
+    dm = recipe.datamodule(cfg)
+    model = recipe.task(cfg, dm).model
+    head = model.count_heads["position"]
+    assert head.weight.abs().sum() > 0
+    X, Y = [], []
+    for batch in dm._loader("train", train=False):
+        X.append(recipe._binned_counts(batch, 4, cfg.model.window, 0.05))
+        Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
+    X, Y = np.concatenate(X), np.concatenate(Y)
+    (v,) = model.config.behavior
+    Z = (Y - v.mean[0]) / v.std[0]
+    alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / 0.25))).choose_alpha(X, Z)
+    want = Ridge(alpha).fit(X, Z).predict(X)
+    got = head(torch.as_tensor(X, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a head that already holds weights (a fine-tuned checkpoint, a resumed run) is left alone
+    with torch.no_grad():
+        head.weight.fill_(0.25)
+    assert recipe.init_count_heads(model, cfg, dm) == [] and float(head.weight[0, 0]) == 0.25

@@ -1,0 +1,406 @@
+"""Generalisation harness (issue 10): does the fine-tuning recipe hold on recordings nobody tuned on?
+
+For every session below, with the recipe's defaults only (``finetune_config`` is what ``neurofm
+finetune`` runs; no per-session flags beyond the behaviour name and the split):
+
+1. pretrain a small Neuroformer on the session's spikes (cached per session: resumable);
+2. fine-tune with 100 % of the training labels: the decode report's arms (model, linear probe on
+   the frozen pretrained features, ridge on 50 ms binned counts, Poisson Bayes, training-mean null)
+   on the same scored test windows, with block-bootstrap CIs;
+3. with 10 % of the labels, over ``--draws`` label draws: the pretrained model vs the same model
+   from scratch vs ridge (every arm on the same labelled windows of each draw);
+4. the fraction of spikes the tokenizer drops (block overflow).
+
+Sessions and settings were chosen ONCE, written here before any result was seen, and are not
+tuned on (``HELD_OUT`` is not run until ``--held-out``):
+
+=================  ==========================================================================
+place-sparse-25    25 place/speed cells, median 0.5 Hz (~18 spikes/s summed: like the issue's
+                   tetrode recording), 2-D arena, runs ~40 s / rests ~30 s, 1200 s; position
+place-dense-120    120 cells, median 3 Hz (~500 spikes/s), runs ~20 s / rests ~20 s, 900 s; position
+place-runrest-60   60 cells, median 1 Hz, runs ~60 s / rests ~60 s and the last 40 % at rest
+                   (a session that ends in the home cage), 1200 s; position
+speed-network-200  200-unit recurrent Poisson GLM network driven by running speed (the demo's
+                   simulator), 600 s; speed
+linear-track       the shared real recording (31 units, ~15 spikes/s, run then rest); position
+HELD OUT:
+place-heldout-40   40 cells, median 1.5 Hz, runs ~30 s / rests ~15 s, 900 s; position
+=================  ==========================================================================
+
+Rules applied to every session alike (none chosen per session):
+
+* split: the valid and test blocks are the last 10 % + 10 % of the *behaving* span (up to the end
+  of the last moving stretch, so a session that ends at rest is not tested on rest), 5 s gaps;
+  the rest of the recording trains (``neurofm split``). Sessions without a final rest get the
+  default 80/10/10 blocks this way.
+* scored windows, position: moving windows (speed > 20 % of the session's 95th-percentile speed,
+  smoothed 0.5 s: 20 px/s on linear-track, as DESIGN.md 8); speed decoding scores every window.
+* pretraining: configs/neuroformer/demo.yaml's model (n_embd 64, 1 layer per stage), current
+  window 0.1 s + previous window 0.2 s (the 300 ms ridge reads: 6 x 50 ms bins), dt 10 ms, block
+  sizes = 99.9th percentile of spikes per window (+ SOS/EOS), a fixed step budget.
+* fine-tuning: the recipe's defaults (``FINETUNE_RECIPE``); from scratch = the same config with
+  random initialisation; label draws = seeds 0, 1, 2 (the same draw for every arm of a seed).
+
+``--quick`` caps every run's optimizer steps (the same cap for every session) and uses one label
+draw; the table says so. Runs go under ``--out`` (default runs/generalisation/) and are reused
+when their metrics.json exists, so an interrupted harness resumes. Run it under ``nice -n 10``
+with ``OMP_NUM_THREADS=1`` on a shared machine (two torch threads on two busy cores ran ~10x
+slower per step than one here).
+
+    OMP_NUM_THREADS=1 nice -n 10 python bench/generalisation.py --quick
+    python bench/generalisation.py --sessions place-sparse-25 linear-track
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LINEAR_TRACK_NWB = ROOT.parent / "shared" / "data" / "spikes" / "linear-track.nwb"
+
+SESSIONS = {
+    "place-sparse-25": dict(kind="place", behavior="position",
+                            args=dict(n_units=25, rate_hz=0.5, duration=1200.0, run_s=40.0, rest_s=30.0, seed=101)),
+    "place-dense-120": dict(kind="place", behavior="position",
+                            args=dict(n_units=120, rate_hz=3.0, duration=900.0, run_s=20.0, rest_s=20.0, seed=102)),
+    "place-runrest-60": dict(kind="place", behavior="position",
+                             args=dict(n_units=60, rate_hz=1.0, duration=1200.0, run_s=60.0, rest_s=60.0,
+                                       final_rest=0.4, seed=103)),
+    "speed-network-200": dict(kind="network", behavior="speed", args=dict(n_units=200, duration=600.0, seed=104)),
+    "linear-track": dict(kind="nwb", behavior="position", args={}),
+}
+HELD_OUT = {
+    "place-heldout-40": dict(kind="place", behavior="position",
+                             args=dict(n_units=40, rate_hz=1.5, duration=900.0, run_s=30.0, rest_s=15.0, seed=105)),
+}
+
+WINDOW = dict(curr=0.1, prev=0.2, dt=0.01)
+PRETRAIN_STEPS = {"full": 3000, "quick": 600}
+FINETUNE_CAP = {"full": None, "quick": 300}
+DRAWS = {"full": 3, "quick": 1}
+GAP = 5.0
+
+
+# -- sessions --------------------------------------------------------------------------------------
+
+
+def make_session(name: str, spec: dict, out: Path) -> Path:
+    from neurofm.data.synthetic import simulate_place_cells, simulate_spikes
+
+    path = out / "data" / f"{name}.h5"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec["kind"] == "place":
+        simulate_place_cells(path, session_id=name, **spec["args"])
+    elif spec["kind"] == "network":
+        simulate_spikes(path, session_id=name, **spec["args"])
+    else:
+        from neurofm.data.nwb import convert_nwb
+
+        if not LINEAR_TRACK_NWB.exists():
+            raise FileNotFoundError(f"{LINEAR_TRACK_NWB}: the shared linear-track recording is missing")
+        convert_nwb(LINEAR_TRACK_NWB, path)
+    set_split(path, spec["behavior"])
+    return path
+
+
+def _speed(session, behavior: str) -> tuple[np.ndarray, np.ndarray]:
+    """Speed trace (t, |v|): /behavior/speed when the file has it, else from position."""
+    from neurofm.evaluation import DecodingProtocol, session_position_data
+
+    d = session_position_data(session, DecodingProtocol(behavior="position" if "position" in session.behavior_names
+                                                        else behavior))
+    return d.bin_times, d.speed
+
+
+def moving_threshold(path: Path) -> float:
+    """20 % of the 95th-percentile speed (the harness's one rule for 'moving')."""
+    from neurofm.data.session import Session
+
+    with Session(path) as s:
+        _, speed = _speed(s, "position")
+    return float(0.2 * np.nanpercentile(speed, 95))
+
+
+def set_split(path: Path, behavior: str) -> dict:
+    """Valid + test = the last 20 % of the behaving span (see the module docstring)."""
+    from neurofm.data.session import Session, set_intervals
+    from neurofm.evaluation import moving_mask
+
+    with Session(path) as s:
+        t0, t1 = s.t_start, s.t_end
+        t, speed = _speed(s, behavior)
+        thr = 0.2 * np.nanpercentile(speed, 95)
+        moving = moving_mask(speed, float(t[1] - t[0]), thr, 0.5)
+        end = float(t[np.flatnonzero(moving)[-1]]) + 1.0 if moving.any() else t1
+        end = min(t1, end)
+    span = end - t0
+    test = (end - 0.1 * span, end)
+    valid = (test[0] - GAP - 0.1 * span, test[0] - GAP)
+    train = [(t0, valid[0] - GAP)] + ([(end + GAP, t1)] if t1 - end > 2 * GAP else [])
+    blocks = {"train": train, "valid": [valid], "test": [test]}
+    set_intervals(path, blocks, overwrite=True)
+    return blocks
+
+
+def block_sizes(path: Path) -> tuple[int, int]:
+    """99.9th percentile of spikes per current / previous window over the recording, + SOS/EOS."""
+    from neurofm.data.session import Session
+
+    with Session(path) as s:
+        times, _ = s.spikes()
+        t0, t1 = s.t_start, s.t_end
+    out = []
+    for w in (WINDOW["curr"], WINDOW["prev"]):
+        counts = np.histogram(times, bins=np.arange(t0, t1, w))[0]
+        out.append(int(np.ceil(np.percentile(counts, 99.9))) + 2)
+    return out[0], out[1]
+
+
+def dropped_fraction(path: Path, pretrained: Path) -> dict:
+    """Fraction of current- and previous-window spikes the tokenizer drops (all windows)."""
+    from neurofm.data.session import Session
+    from neurofm.data.tokenizer import SpikeTokenizer, UnitVocab
+    from neurofm.hub import pretrained_config
+
+    c = pretrained_config(pretrained)["config"]
+    vocab = UnitVocab(c["units"])
+    tok = SpikeTokenizer(c["window"]["curr"], c["window"]["prev"], c["window"]["dt"], c["block_size"]["id"],
+                         c["block_size"]["prev_id"], vocab)
+    with Session(path) as s:
+        ends = np.arange(s.t_start + c["window"]["prev"] + c["window"]["curr"], s.t_end, c["window"]["curr"])
+        arr = tok.tokenize_session(s, ends)
+        times, _ = s.spikes()
+    n_curr = np.diff(np.searchsorted(times, np.stack([ends - c["window"]["curr"], ends]), side="left"), axis=0).sum()
+    n_prev = np.diff(np.searchsorted(times, np.stack([ends - c["window"]["curr"] - c["window"]["prev"],
+                                                      ends - c["window"]["curr"]]), side="left"), axis=0).sum()
+    return {"curr": float(arr["n_dropped"].sum() / max(1, n_curr)),
+            "prev": float(arr["n_dropped_prev"].sum() / max(1, n_prev))}
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+
+def _done(run_dir: Path) -> dict | None:
+    f = run_dir / "metrics.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def pretrain(name: str, path: Path, out: Path, mode: str) -> Path:
+    from neurofm.experiment import load_config, run
+
+    run_dir = out / name / "pretrain"
+    if _done(run_dir):
+        return run_dir / "pretrained"
+    bid, bprev = block_sizes(path)
+    overrides = [f"run_dir={run_dir}", f"data.sessions=[{path}]", "data.behavior=[]", "model.behavior=[]",
+                 f"model.window.curr={WINDOW['curr']}", f"model.window.prev={WINDOW['prev']}",
+                 f"model.window.dt={WINDOW['dt']}", f"model.block_size.id={bid}", f"model.block_size.prev_id={bprev}",
+                 f"trainer.max_steps={PRETRAIN_STEPS[mode]}", "trainer.max_epochs=-1", "trainer.progress_bar=false",
+                 "eval.generate_windows=0", "data.split.gap=5.0"]
+    run(load_config(ROOT / "configs" / "neuroformer" / "demo.yaml", overrides))
+    return run_dir / "pretrained"
+
+
+def finetune(name: str, path: Path, behavior: str, pretrained: Path, out: Path, mode: str, *, label_fraction: float,
+             seed: int, scratch: bool, threshold: float) -> dict:
+    from neurofm.experiment import run
+    from neurofm.recipes import neuroformer as recipe
+
+    tag = f"{'scratch' if scratch else 'pretrained'}-{int(round(label_fraction * 100))}pct-seed{seed}"
+    run_dir = out / name / tag
+    done = _done(run_dir)
+    if done:
+        return done
+    overrides = [f"seed={seed}", "trainer.progress_bar=false"]
+    if threshold > 0:
+        overrides.append(f"eval.moving_threshold={threshold}")
+    if FINETUNE_CAP[mode]:
+        overrides.append(f"task.step_budget={FINETUNE_CAP[mode]}")
+    cfg = recipe.finetune_config(str(pretrained), [str(path)], behavior=[behavior], label_fraction=label_fraction,
+                                 run_dir=str(run_dir), overrides=overrides)
+    if scratch:  # the same model shape and recipe, random initialisation
+        cfg = recipe.prepare(cfg)
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, pretrained=""))
+    return run(cfg).metrics
+
+
+def session_results(name: str, spec: dict, out: Path, mode: str) -> dict:
+    res_file = out / name / f"results-{mode}.json"
+    if res_file.exists():
+        return json.loads(res_file.read_text())
+    t0 = time.time()
+    path = make_session(name, spec, out)
+    behavior = spec["behavior"]
+    thr = moving_threshold(path) if behavior == "position" else 0.0
+    pre = pretrain(name, path, out, mode)
+    result = {"session": name, "behavior": behavior, "moving_threshold": thr, "mode": mode,
+              "dropped": dropped_fraction(path, pre)}
+    full = finetune(name, path, behavior, pre, out, mode, label_fraction=1.0, seed=0, scratch=False, threshold=thr)
+    result["full"] = {"report": full["decode_report"][behavior], "training": full.get("training", {}),
+                      "protocol": full["protocol"]}
+    few = []
+    for seed in range(DRAWS[mode]):
+        row = {"seed": seed}
+        for scratch in (False, True):
+            m = finetune(name, path, behavior, pre, out, mode, label_fraction=0.1, seed=seed, scratch=scratch,
+                         threshold=thr)
+            rep = m["decode_report"][behavior]
+            arm = "scratch" if scratch else "pretrained"
+            row[arm] = _row(rep, "model")
+            row["ridge"] = _row(rep, "ridge on binned counts")
+            row["n_labelled"] = m["data"].get("n_labelled_train_windows", {}).get(behavior)
+        few.append(row)
+    result["few_shot"] = few
+    result["wall_s"] = round(time.time() - t0, 1)
+    res_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _row(rep: dict, arm: str) -> dict:
+    return next(r for r in rep["rows"] if r["arm"] == arm)
+
+
+# -- diagnosis (forward passes only) -----------------------------------------------------------------
+
+
+def diagnose(name: str, spec: dict, out: Path, mode: str) -> dict:
+    """Linear read-outs of what each representation holds, on the 100 %-label run's windows:
+    ridge on window counts (2 bins), on 50 ms binned counts (the ridge arm), on the frozen
+    pretrained pooled state, on the fine-tuned pooled state (its own head's input), and on
+    pooled state + binned counts; beside the fine-tuned head's own R2. If ridge on the fine-tuned
+    pooled state beats the head, training (not the representation) is short; if the pooled states
+    hold less than the counts, the head's input loses what ridge reads."""
+    import torch
+
+    from neurofm import metrics as M
+    from neurofm.hub import load_pretrained
+    from neurofm.recipes import neuroformer as recipe
+
+    path = out / "data" / f"{name}.h5"
+    run_dir = out / name / "pretrained-100pct-seed0"
+    behavior = spec["behavior"]
+    thr = moving_threshold(path) if behavior == "position" else 0.0
+    cfg = recipe.finetune_config(str(out / name / "pretrain" / "pretrained"), [str(path)], behavior=[behavior],
+                                 run_dir=str(out / name / "diagnose"),
+                                 overrides=[f"eval.moving_threshold={thr}"] if thr else [])
+    cfg = recipe.prepare(cfg)
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit")
+    dm.setup("test")
+    tuned = load_pretrained(run_dir / "pretrained").eval()
+    frozen = recipe.build_model(cfg, dm).eval()
+    torch.manual_seed(0)
+    feats = {}
+    for label, model in (("frozen", frozen), ("tuned", tuned)):
+        tr = recipe._collect(model, recipe._train_windows_loader(dm))
+        te = recipe._collect(model, dm._loader("test", train=False))
+        feats[label] = (tr, te)
+    tr, te = feats["tuned"]
+    scored = recipe._moving_windows(cfg, dm, te) & te["beh_mask"][behavior]
+    lab = tr["beh_mask"][behavior]
+    ytr, yte = tr["beh_true"][behavior][lab], te["beh_true"][behavior][scored]
+    stride = cfg.model.window.curr
+    fit = lambda a, b: float(M.r2_score(yte, recipe._ridge_fit_predict(a[lab], ytr, b[scored], stride)))  # noqa: E731
+    n_tr = len(ytr)
+    both_tr = np.concatenate([tr["pooled"], tr["binned"]], 1)
+    both_te = np.concatenate([te["pooled"], te["binned"]], 1)
+    out_d = {
+        "fine-tuned head (the model arm)": float(M.r2_score(yte, te["beh_pred"][behavior][scored])),
+        "ridge: window counts (curr + prev per unit)": fit(tr["counts"], te["counts"]),
+        "ridge: 50 ms binned counts": fit(tr["binned"], te["binned"]),
+        "ridge: frozen pretrained pooled state": fit(feats["frozen"][0]["pooled"], feats["frozen"][1]["pooled"]),
+        "ridge: fine-tuned pooled state": fit(tr["pooled"], te["pooled"]),
+        "ridge: fine-tuned pooled state + binned counts": fit(both_tr, both_te),
+        "n_train": n_tr, "n_scored": int(scored.sum()),
+    }
+    (out / name / "diagnosis.json").write_text(json.dumps(out_d, indent=2) + "\n")
+    return out_d
+
+
+# -- table ------------------------------------------------------------------------------------------
+
+
+def _ci(r: dict, m: str = "r2") -> str:
+    v, ci = r.get(m), r.get(f"{m}_ci") or [None, None]
+    f = lambda x: "nan" if x is None else f"{x:.3f}"  # noqa: E731
+    return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["## 100 % labels: R2 [95 % block-bootstrap CI] on the scored test windows", "",
+             "| session | scored windows | model (fine-tuned) | linear probe | ridge | Bayes | null | model vs ridge |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rep = r["full"]["report"]
+        arms = {row["arm"]: row for row in rep["rows"]}
+        get = lambda a: _ci(arms[a]) if a in arms else "-"  # noqa: E731
+        d = arms["ridge on binned counts"]["r2_diff_vs_model"]
+        verdict = "beats" if d[1] > 0 else ("LOSES" if d[2] < 0 else ("matches (below)" if d[0] < 0 else "matches"))
+        lines.append(f"| {r['session']} | {rep['n_windows']} | {get('model')} | {get('linear probe')} | "
+                     f"{get('ridge on binned counts')} | {get('Poisson Bayes')} | {get('null (training mean)')} | "
+                     f"{verdict} ({d[0]:+.3f}) |")
+    lines += ["", "## 10 % labels: R2 per label draw (pretrained / scratch / ridge, same labelled windows)", "",
+              "| session | draws | pretrained | scratch | ridge | pretrained > scratch |", "|---|---|---|---|---|---|"]
+    for r in results:
+        few = r["few_shot"]
+        p = [f["pretrained"]["r2"] for f in few]
+        s = [f["scratch"]["r2"] for f in few]
+        g = [f["ridge"]["r2"] for f in few]
+        fmt = lambda xs: ", ".join("nan" if x is None else f"{x:.3f}" for x in xs)  # noqa: E731
+        wins = sum(1 for a, b in zip(p, s) if a is not None and b is not None and a > b)
+        lines.append(f"| {r['session']} | {len(few)} | {fmt(p)} | {fmt(s)} | {fmt(g)} | {wins}/{len(few)} |")
+    lines += ["", "## tokenizer: spikes dropped (block overflow), current / previous window", "",
+              "| session | current | previous |", "|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['session']} | {r['dropped']['curr']:.2%} | {r['dropped']['prev']:.2%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="capped step budgets, one label draw")
+    ap.add_argument("--sessions", nargs="*", help=f"subset of {list(SESSIONS)}")
+    ap.add_argument("--held-out", action="store_true", help="run the held-out session(s) too (once, at the end)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "generalisation"))
+    ap.add_argument("--diagnose", action="store_true", help="only: linear read-outs of each representation "
+                    "(needs the sessions' runs)")
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    out = Path(args.out)
+    unknown = set(args.sessions or ()) - set(SESSIONS) - set(HELD_OUT)
+    if unknown:
+        ap.error(f"unknown sessions {sorted(unknown)}; choose from {list(SESSIONS)}")
+    todo = {k: SESSIONS[k] for k in args.sessions if k in SESSIONS} if args.sessions else dict(SESSIONS)
+    if args.held_out:
+        todo.update(HELD_OUT)
+    if args.diagnose:
+        for name, spec in todo.items():
+            if (out / name / "pretrained-100pct-seed0" / "metrics.json").exists():
+                print(name, json.dumps(diagnose(name, spec, out, mode), indent=1))
+        return 0
+    results = []
+    for name, spec in todo.items():
+        print(f"== {name} ({mode})", file=sys.stderr, flush=True)
+        results.append(session_results(name, spec, out, mode))
+        (out / f"table-{mode}.md").write_text(table(results) + "\n")
+    print(f"mode: {mode} (pretraining {PRETRAIN_STEPS[mode]} steps; fine-tuning "
+          f"{'the recipe budget' if not FINETUNE_CAP[mode] else f'capped at {FINETUNE_CAP[mode]} steps'}; "
+          f"{DRAWS[mode]} label draw(s))")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,323 @@
+"""One decode report for every model family: arms scored on the same windows, with block CIs.
+
+A decode report answers "how well does the model decode, and does it beat the simple
+decoders on the same data?" in a form that cannot mislead:
+
+* every **arm** (the model, a linear probe, ridge, a Bayes decoder, the null...) gives its
+  predictions for the **same scored windows** (one row each), fitted on the **same labelled
+  training windows** (the label fraction is stated once, for all arms);
+* each window carries the **block** of the test period it falls in (contiguous time blocks,
+  :func:`time_blocks`); confidence intervals come from a **block bootstrap** (whole blocks
+  resampled with replacement, so autocorrelated neighbouring windows are never treated as
+  independent), and every comparison with the reference arm is a *paired* bootstrap (the
+  same resampled blocks for both arms);
+* a plain line says when the reference arm loses to a baseline.
+
+Usage (spikes or iEEG alike)::
+
+    from neurofm.report import decode_report, time_blocks
+
+    blocks = time_blocks(window_end_times, block_s=10.0)
+    rep = decode_report({"model": pred, "ridge": ridge_pred, "null": null_pred}, y, blocks,
+                        task="regression", label_fraction=0.1, scored="moving test windows (speed > 20 px/s)")
+    print(rep.to_text())          # table + verdict lines
+    json.dumps(rep.to_dict())     # JSON-safe (no NaN: missing values are null)
+
+Classification (``task="classification"``): targets are class indices, predictions are
+scores ((n,) for two classes, higher = class 1; (n, K) one-vs-rest otherwise); the rows hold
+ROC-AUC (:func:`neurofm.metrics.auroc`) instead of R2 / r.
+
+Metric definitions follow :mod:`neurofm.metrics`: R2 pooled over all scored windows and
+averaged over output dimensions (x and y), Pearson r likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from neurofm import metrics as M
+
+__all__ = ["time_blocks", "block_bootstrap_counts", "decode_report", "DecodeReport", "ArmRow"]
+
+REGRESSION_METRICS = ("r2", "pearson_r")
+CLASSIFICATION_METRICS = ("auroc",)
+
+
+def time_blocks(times, block_s: float, t0: float | None = None) -> np.ndarray:
+    """Block id per window: ``floor((time - t0) / block_s)`` renumbered 0..K-1 in time order.
+
+    ``times`` (n,) s (e.g. window end times); ``t0`` defaults to the earliest time. Windows
+    of different sessions should get separate ids (offset them, e.g. ``ids + 10**6 * session``).
+    """
+    times = np.asarray(times, dtype=np.float64).ravel()
+    if not block_s > 0:
+        raise ValueError(f"time_blocks: block_s must be positive, got {block_s}")
+    if times.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    t0 = float(times.min()) if t0 is None else float(t0)
+    raw = np.floor((times - t0) / block_s).astype(np.int64)
+    return np.unique(raw, return_inverse=True)[1].astype(np.int64)
+
+
+def block_bootstrap_counts(blocks, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_boot, K)`` how many times each of the K blocks is drawn in each replicate (K draws
+    with replacement), and ``(n,)`` each window's block index into those K columns."""
+    _, inv = np.unique(np.asarray(blocks).ravel(), return_inverse=True)
+    K = int(inv.max()) + 1 if inv.size else 0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, K, size=(int(n_boot), K)) if K else np.zeros((int(n_boot), 0), dtype=np.int64)
+    counts = np.zeros((int(n_boot), K), dtype=np.float64)
+    if K:
+        np.add.at(counts, (np.repeat(np.arange(int(n_boot)), K), draws.ravel()), 1.0)
+    return counts, inv
+
+
+def _regression_stats(y: np.ndarray, p: np.ndarray, inv: np.ndarray, K: int) -> np.ndarray:
+    """Per-block sufficient statistics ``(K, 6, D)``: n, sum y, sum y^2, sum p, sum p^2, sum yp.
+    (sum (y - p)^2 follows from them.)"""
+    D = y.shape[1]
+    out = np.zeros((K, 6, D))
+    for j, v in enumerate((np.ones_like(y), y, y * y, p, p * p, y * p)):
+        for d in range(D):
+            out[:, j, d] = np.bincount(inv, weights=v[:, d], minlength=K)
+    return out
+
+
+def _r2_r_from_stats(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R2 and Pearson r (each averaged over outputs) from summed statistics ``(..., 6, D)``."""
+    n, sy, syy, sp, spp, syp = (s[..., j, :] for j in range(6))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ss_tot = syy - sy * sy / n
+        ss_res = syy - 2 * syp + spp
+        r2 = 1 - ss_res / ss_tot
+        cov = syp - sy * sp / n
+        var_p = spp - sp * sp / n
+        r = cov / np.sqrt(ss_tot * var_p)
+    r2 = np.where(ss_tot > 0, r2, np.nan)
+    r = np.where((ss_tot > 0) & (var_p > 0), r, np.nan)
+    return r2.mean(-1), r.mean(-1)
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+    try:
+        return float(M.auroc(y, s))
+    except ValueError:  # one class only in this resample
+        return float("nan")
+
+
+@dataclass
+class ArmRow:
+    """One arm's numbers: ``values[metric]`` (point estimate on all scored windows),
+    ``ci[metric]`` ((lo, hi) percentile interval of the block bootstrap) and, for baselines,
+    ``diff[metric]`` = reference minus this arm with its paired CI."""
+
+    arm: str
+    values: dict[str, float] = field(default_factory=dict)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    diff: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # (point, lo, hi)
+    note: str = ""
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, tuples lists, NumPy scalars Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+@dataclass
+class DecodeReport:
+    """Rows of one decode report (see the module docstring); ``to_dict`` / ``to_text``."""
+
+    target: str
+    task: str
+    rows: list[ArmRow]
+    reference: str
+    label_fraction: float
+    scored: str
+    n_windows: int
+    n_blocks: int
+    block_s: float | None
+    confidence: float
+    n_boot: int
+    protocol: str = ""
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
+
+    @property
+    def primary(self) -> str:
+        return self.metric_names[0]
+
+    def row(self, arm: str) -> ArmRow:
+        for r in self.rows:
+            if r.arm == arm:
+                return r
+        raise KeyError(f"decode report for {self.target!r}: no arm {arm!r} (arms: {[r.arm for r in self.rows]})")
+
+    def verdicts(self) -> list[str]:
+        """Plain lines: for each baseline, whether the reference arm beats it, ties within the
+        CI of the paired difference, or loses (on the primary metric)."""
+        m, lines = self.primary, []
+        ref = self.row(self.reference).values.get(m, float("nan"))
+        pct = f"{self.confidence:.0%}"
+        for r in self.rows:
+            if r.arm == self.reference or m not in r.diff:
+                continue
+            d, lo, hi = r.diff[m]
+            other = r.values.get(m, float("nan"))
+            if not np.isfinite(d):
+                lines.append(f"{self.reference} vs {r.arm}: {m} not comparable (undefined on these windows)")
+            elif hi < 0:
+                lines.append(f"{self.reference.upper()} LOSES to {r.arm}: {m} {ref:.3f} vs {other:.3f} "
+                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
+            elif d < 0:
+                lines.append(f"{self.reference} is below {r.arm} but within the CI: {m} {ref:.3f} vs {other:.3f} "
+                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
+            elif lo > 0:
+                lines.append(f"{self.reference} beats {r.arm}: {m} {ref:.3f} vs {other:.3f} "
+                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
+            else:
+                lines.append(f"{self.reference} matches {r.arm} within the CI: {m} {ref:.3f} vs {other:.3f} "
+                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
+        return lines
+
+    def loses_to(self) -> list[str]:
+        """Baselines whose primary metric is above the reference arm's (point estimate)."""
+        m = self.primary
+        return [r.arm for r in self.rows if r.arm != self.reference and m in r.diff and r.diff[m][0] < 0]
+
+    def describe(self) -> str:
+        blocks = f"{self.n_blocks} blocks" + (f" of {self.block_s:g} s" if self.block_s else "")
+        text = (f"{self.target}: {self.n_windows} scored windows ({self.scored}) in {blocks}; "
+                f"labels on {self.label_fraction:.0%} of the training windows, the same for every arm; "
+                f"{self.confidence:.0%} CIs from a block bootstrap ({self.n_boot} resamples of whole blocks)")
+        return text + (f"; {self.protocol}" if self.protocol else "")
+
+    def to_dict(self) -> dict:
+        return _clean({
+            "target": self.target, "task": self.task, "reference": self.reference,
+            "label_fraction": self.label_fraction, "scored": self.scored, "n_windows": self.n_windows,
+            "n_blocks": self.n_blocks, "block_s": self.block_s, "confidence": self.confidence, "n_boot": self.n_boot,
+            "protocol": self.describe(),
+            "rows": [{"arm": r.arm, **{k: v for k, v in r.values.items()},
+                      **{f"{k}_ci": list(v) for k, v in r.ci.items()},
+                      **{f"{k}_diff_vs_{self.reference}": list(v) for k, v in r.diff.items()},
+                      **({"note": r.note} if r.note else {})} for r in self.rows],
+            "verdicts": self.verdicts(),
+        })
+
+    def to_text(self) -> str:
+        names = self.metric_names
+        head = "| arm | " + " | ".join(f"{m} [{self.confidence:.0%} CI]" for m in names) + " |"
+        lines = [f"decode report: {self.describe()}", head, "|---" * (len(names) + 1) + "|"]
+        for r in self.rows:
+            cells = []
+            for m in names:
+                v, (lo, hi) = r.values.get(m, float("nan")), r.ci.get(m, (float("nan"), float("nan")))
+                cells.append(f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
+            lines.append(f"| {r.arm}{' (' + r.note + ')' if r.note else ''} | " + " | ".join(cells) + " |")
+        return "\n".join(lines + self.verdicts())
+
+
+def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regression", target: str = "target",
+                  reference: str | None = None, label_fraction: float = 1.0, scored: str = "all test windows",
+                  block_s: float | None = None, protocol: str = "", notes: Mapping[str, str] | None = None,
+                  n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> DecodeReport:
+    """Score every arm on the same windows, with block-bootstrap CIs and paired differences.
+
+    Parameters
+    ----------
+    arms : {name: predictions}, in display order; the first is the reference unless
+        ``reference`` names another. Regression: (n,) or (n, D) in the targets' units.
+        Classification: (n,) scores (two classes) or (n, K).
+    targets : (n,) or (n, D) regression targets; (n,) int class labels for classification.
+    blocks : (n,) block id of each window (:func:`time_blocks`); at least 2 distinct blocks.
+    label_fraction, scored, block_s, protocol : stated in the report (what the numbers mean).
+    notes : optional {arm: short note} shown beside the arm (e.g. "frozen pretrained features").
+    """
+    if task not in ("regression", "classification"):
+        raise ValueError(f"decode_report: task must be 'regression' or 'classification', got {task!r}")
+    if not arms:
+        raise ValueError("decode_report: no arms to score")
+    names = list(arms)
+    reference = reference or names[0]
+    if reference not in arms:
+        raise ValueError(f"decode_report: reference {reference!r} is not one of the arms {names}")
+    y = np.asarray(targets)
+    n = len(y)
+    blocks = np.asarray(blocks).ravel()
+    if blocks.shape != (n,):
+        raise ValueError(f"decode_report({target}): {n} targets but {blocks.size} block ids")
+    if n < 2:
+        raise ValueError(f"decode_report({target}): {n} scored window(s); need at least 2")
+    preds = {}
+    for name, p in arms.items():
+        p = np.asarray(p, dtype=np.float64)
+        if len(p) != n:
+            raise ValueError(f"decode_report({target}): arm {name!r} has {len(p)} predictions for {n} scored windows; "
+                             f"every arm must predict the same windows")
+        if not np.isfinite(p).all():
+            raise ValueError(f"decode_report({target}): arm {name!r} has NaN/inf predictions")
+        preds[name] = p
+    counts, inv = block_bootstrap_counts(blocks, n_boot, seed)
+    K = counts.shape[1]
+    alpha = (1 - confidence) / 2
+    q = lambda a: tuple(float(v) for v in np.nanquantile(a, [alpha, 1 - alpha])) if np.isfinite(a).any() \
+        else (float("nan"), float("nan"))  # noqa: E731
+
+    rows: list[ArmRow] = []
+    if task == "regression":
+        y2 = y.reshape(n, -1).astype(np.float64)
+        point, boot = {}, {}
+        for name, p in preds.items():
+            p2 = p.reshape(n, -1)
+            if p2.shape != y2.shape:
+                raise ValueError(f"decode_report({target}): arm {name!r} predictions {p.shape} do not match "
+                                 f"targets {y.shape}")
+            st = _regression_stats(y2, p2, inv, K)  # (K, 6, D)
+            point[name] = _r2_r_from_stats(st.sum(0))
+            boot[name] = _r2_r_from_stats(np.einsum("bk,kjd->bjd", counts, st))
+        for name in names:
+            row = ArmRow(name, note=(notes or {}).get(name, ""))
+            for i, m in enumerate(REGRESSION_METRICS):
+                row.values[m] = float(point[name][i])
+                row.ci[m] = q(boot[name][i])
+                if name != reference:
+                    d = boot[reference][i] - boot[name][i]
+                    row.diff[m] = (float(point[reference][i] - point[name][i]), *q(d))
+            rows.append(row)
+    else:
+        labels = y.astype(np.int64).ravel()
+        # windows of each bootstrap replicate: blocks repeated as drawn
+        members = [np.flatnonzero(inv == k) for k in range(K)]
+        rng_idx = []
+        for b in range(counts.shape[0]):
+            rep = np.repeat(np.arange(K), counts[b].astype(np.int64))
+            rng_idx.append(np.concatenate([members[k] for k in rep]) if len(rep) else np.zeros(0, dtype=np.int64))
+        point, boot = {}, {}
+        for name, p in preds.items():
+            point[name] = _auroc(labels, p)
+            boot[name] = np.array([_auroc(labels[ix], p[ix]) for ix in rng_idx])
+        for name in names:
+            row = ArmRow(name, note=(notes or {}).get(name, ""))
+            row.values["auroc"] = point[name]
+            row.ci["auroc"] = q(boot[name])
+            if name != reference:
+                row.diff["auroc"] = (point[reference] - point[name], *q(boot[reference] - boot[name]))
+            rows.append(row)
+    return DecodeReport(target=target, task=task, rows=rows, reference=reference, label_fraction=float(label_fraction),
+                        scored=scored, n_windows=n, n_blocks=K, block_s=block_s, confidence=confidence,
+                        n_boot=int(n_boot), protocol=protocol)

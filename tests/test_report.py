@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from neurofm import metrics as M
+from neurofm.report import block_bootstrap_counts, decode_report, time_blocks
+
+
+def _data(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * 0.25
+    y = np.stack([np.sin(t / 3), np.cos(t / 5)], 1) + 0.1 * rng.standard_normal((n, 2))
+    good = y + 0.2 * rng.standard_normal((n, 2))
+    bad = y + 1.0 * rng.standard_normal((n, 2))
+    null = np.broadcast_to(y.mean(0) + 0.3, y.shape)
+    return t, y, good, bad, null
+
+
+def test_time_blocks_contiguous_and_renumbered():
+    ids = time_blocks([100.0, 104.0, 109.9, 110.0, 135.0], block_s=10.0)
+    assert ids.tolist() == [0, 0, 0, 1, 2]  # the empty 120-130 s block does not leave a gap in the ids
+    with pytest.raises(ValueError, match="block_s"):
+        time_blocks([0.0], 0.0)
+
+
+def test_bootstrap_counts_draw_k_blocks_per_replicate():
+    counts, inv = block_bootstrap_counts([5, 5, 7, 9, 9, 9], n_boot=50, seed=1)
+    assert counts.shape == (50, 3) and (counts.sum(1) == 3).all()
+    assert inv.tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_point_estimates_match_metrics_and_cis_bracket_them():
+    t, y, good, bad, null = _data()
+    rep = decode_report({"model": good, "ridge": bad, "null": null}, y, time_blocks(t, 10.0), target="position",
+                        label_fraction=0.1, scored="moving test windows", block_s=10.0, n_boot=300)
+    row = rep.row("model")
+    assert row.values["r2"] == pytest.approx(M.r2_score(y, good))
+    assert row.values["pearson_r"] == pytest.approx(M.pearson_r(y, good))
+    assert rep.row("ridge").values["r2"] == pytest.approx(M.r2_score(y, bad))
+    for r in rep.rows:
+        lo, hi = r.ci["r2"]
+        assert lo <= r.values["r2"] <= hi and hi - lo > 0
+    assert rep.n_blocks == 15 and rep.n_windows == 600
+    assert rep.loses_to() == []
+    assert any(v.startswith("model beats ridge") for v in rep.verdicts())
+    assert "10% of the training windows" in rep.describe() and "moving test windows" in rep.describe()
+
+
+def test_verdict_says_plainly_when_the_model_loses():
+    t, y, good, bad, _ = _data()
+    rep = decode_report({"model": bad, "ridge": good}, y, time_blocks(t, 10.0), n_boot=300)
+    assert rep.loses_to() == ["ridge"]
+    assert rep.verdicts()[0].startswith("MODEL LOSES to ridge")
+    assert "MODEL LOSES" in rep.to_text()
+
+
+def test_blocks_widen_the_ci_under_autocorrelated_errors():
+    """Errors that drift slowly make neighbouring windows dependent: resampling 10 s blocks gives a
+    wider (honest) CI than resampling single windows as if they were independent."""
+    from scipy.ndimage import gaussian_filter1d
+
+    t, y, _, _, _ = _data()
+    rng = np.random.default_rng(3)
+    drift = gaussian_filter1d(rng.standard_normal((len(t), 2)), 20, axis=0) * 8
+    pred = y + drift
+    blocked = decode_report({"m": pred}, y, time_blocks(t, 10.0), n_boot=400).row("m").ci["r2"]
+    single = decode_report({"m": pred}, y, np.arange(len(t)), n_boot=400).row("m").ci["r2"]
+    assert blocked[1] - blocked[0] > 1.5 * (single[1] - single[0])
+
+
+def test_json_has_no_nan():
+    t, y, good, _, _ = _data(n=40)
+    const = np.zeros_like(good)  # Pearson r undefined for a constant prediction
+    rep = decode_report({"model": good, "null": const}, y, time_blocks(t, 1.0), n_boot=50)
+    text = json.dumps(rep.to_dict(), allow_nan=False)
+    d = json.loads(text)
+    assert d["rows"][1]["pearson_r"] is None and d["rows"][0]["arm"] == "model"
+    assert "r2_diff_vs_model" in d["rows"][1]
+
+
+def test_classification_auroc():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = (np.arange(n) // 7) % 2
+    good = labels + 0.5 * rng.standard_normal(n)
+    noise = rng.standard_normal(n)
+    rep = decode_report({"model": good, "band power ridge": noise}, labels, time_blocks(np.arange(n), 20.0),
+                        task="classification", target="event", n_boot=200)
+    assert rep.row("model").values["auroc"] == pytest.approx(M.auroc(labels, good))
+    assert rep.primary == "auroc" and rep.verdicts()[0].startswith("model beats band power ridge")
+
+
+def test_errors_name_the_arm():
+    t, y, good, _, _ = _data(n=50)
+    with pytest.raises(ValueError, match="arm 'ridge' has 49 predictions for 50"):
+        decode_report({"model": good, "ridge": good[1:]}, y, time_blocks(t, 1.0))
+    with pytest.raises(ValueError, match="NaN"):
+        decode_report({"model": np.full_like(good, np.nan)}, y, time_blocks(t, 1.0))
