@@ -362,20 +362,23 @@ def task(cfg: RunConfig, dm):
     unset = [v.name for v in model.config.behavior if not v.mean]
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
+    moving = MovingWindows.for_run(cfg, dm)
     if cfg.task.mode == "finetune":
-        init_count_heads(model, cfg, dm)
+        init_count_heads(model, cfg, dm, moving)
     t = cfg.task
     module = NeuroformerTask(
         model=model, mode=t.mode, objectives=t.objectives or None, lr=t.lr, weight_decay=t.weight_decay,
         warmup_fraction=t.warmup_fraction, final_lr_ratio=t.final_lr_ratio, freeze_backbone=t.freeze_backbone,
         unfreeze_every=t.unfreeze_every or None, trainable=t.trainable, label_fraction=cfg.data.label_fraction,
-        label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed, head_lr_ratio=t.head_lr_ratio)
+        label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed, head_lr_ratio=t.head_lr_ratio,
+        behavior_windows=moving)
     return module
 
 
 @torch.no_grad()
-def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
-    """Start each fresh (all-zero) count head at the ridge solution on the labelled training windows.
+def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWindows | None" = None) -> list[str]:
+    """Start each fresh (all-zero) count head at the ridge solution on the labelled training windows
+    (the moving ones, with a moving rule: ``moving``).
 
     Ridge (:func:`_ridge_fit_predict`'s penalty rule: 4-fold blocked CV over the windows in time
     order) from the head's binned counts to the standardised target, folded into the Linear
@@ -405,6 +408,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
     labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
     if cfg.data.label_fraction < 1.0:
         labelled = _label_subset(cfg)(torch.cat(ses), torch.cat(ivs))
+    if moving is not None:  # the labels the behaviour loss sees: moving windows only
+        labelled &= moving(torch.cat(ses), torch.cat(ivs))
     done = []
     for v in fresh:
         X = torch.cat(xs[v.name]).double().numpy()
@@ -586,28 +591,59 @@ def _moving_windows(cfg: RunConfig, dm, coll: dict) -> np.ndarray:
     Every window when the threshold is 0; else windows whose current window lies inside the
     behaviour's bin grid with every 50 ms bin moving (:func:`neurofm.evaluation.moving_mask`).
     """
-    n = len(coll["interval"])
-    e = cfg.eval
-    if e.moving_threshold <= 0:
-        return np.ones(n, dtype=bool)
-    from neurofm.evaluation import DecodingProtocol, session_position_data
+    lookup = MovingWindows.for_run(cfg, dm)
+    if lookup is None:
+        return np.ones(len(coll["interval"]), dtype=bool)
+    return lookup(coll["session"], coll["interval"])
 
-    protocol = DecodingProtocol(behavior=e.moving_behavior, speed_threshold=e.moving_threshold,
-                                smooth_s=e.speed_smooth_s)
-    out = np.zeros(n, dtype=bool)
-    for s_idx, session in enumerate(dm.sessions):
-        sel = np.flatnonzero(coll["session"] == s_idx)
-        if not len(sel):
-            continue
-        d = session_position_data(session, protocol)
-        ends = coll["interval"][sel] - 1e-9
-        starts = coll["interval"][sel] - cfg.model.window.curr + 1e-9
-        i0 = np.searchsorted(d.bin_times + d.bin_size, starts, side="right")  # first bin ending after start
-        i1 = np.searchsorted(d.bin_times, ends, side="left")  # one past the last bin starting before end
-        still = np.concatenate([[0], np.cumsum(~d.moving)])
-        inside = (starts >= d.bin_times[0]) & (ends <= d.bin_end[-1]) & (i1 > i0)
-        out[sel] = inside & (still[np.clip(i1, 0, d.n_bins)] - still[np.clip(i0, 0, d.n_bins)] == 0)
-    return out
+
+class MovingWindows:
+    """Which windows (session index, end time) move: every 50 ms bin of the current window has
+    smoothed speed above ``eval.moving_threshold`` (:func:`neurofm.evaluation.moving_mask`).
+
+    With a moving rule the behaviour labels that count are the moving ones everywhere: the
+    model's behaviour loss (training), validation R2 (model selection), every baseline's fit and
+    the test score. Trained on rest too, every decoder learns the rest position (the animal
+    parked at one end of linear-track) and scores below the null on the moving test windows
+    (DESIGN.md 8: ridge trained on rest bins too, R2 -1.28).
+    """
+
+    def __init__(self, grids: list[tuple[np.ndarray, float, np.ndarray]], window_curr: float):
+        self.grids, self.window_curr = grids, float(window_curr)  # per session: (bin starts, bin size, moving)
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, dm) -> "MovingWindows | None":
+        e = cfg.eval
+        if e.moving_threshold <= 0:
+            return None
+        from neurofm.evaluation import DecodingProtocol, session_position_data
+
+        protocol = DecodingProtocol(behavior=e.moving_behavior, speed_threshold=e.moving_threshold,
+                                    smooth_s=e.speed_smooth_s)
+        grids = []
+        for session in dm.sessions:
+            d = session_position_data(session, protocol)
+            grids.append((d.bin_times, d.bin_size, d.moving))
+        return cls(grids, cfg.model.window.curr)
+
+    def __call__(self, session, interval):
+        as_torch = isinstance(interval, torch.Tensor)
+        sess = session.detach().cpu().numpy() if as_torch else np.asarray(session)
+        ivl = interval.detach().cpu().double().numpy() if as_torch else np.asarray(interval, dtype=np.float64)
+        out = np.zeros(len(ivl), dtype=bool)
+        for s_idx, (bin_times, bin_size, moving) in enumerate(self.grids):
+            sel = np.flatnonzero(sess == s_idx)
+            if not len(sel):
+                continue
+            n_bins = len(bin_times)
+            ends = ivl[sel] - 1e-9
+            starts = ivl[sel] - self.window_curr + 1e-9
+            i0 = np.searchsorted(bin_times + bin_size, starts, side="right")  # first bin ending after start
+            i1 = np.searchsorted(bin_times, ends, side="left")  # one past the last bin starting before end
+            still = np.concatenate([[0], np.cumsum(~moving)])
+            inside = (starts >= bin_times[0]) & (ends <= bin_times[-1] + bin_size) & (i1 > i0)
+            out[sel] = inside & (still[np.clip(i1, 0, n_bins)] - still[np.clip(i0, 0, n_bins)] == 0)
+        return torch.from_numpy(out).to(interval.device) if as_torch else out
 
 
 def _window_counts(batch, n_units: int) -> np.ndarray:
@@ -656,6 +692,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
+    labelled &= _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
     train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
                                                                        train_unit_counts)}
