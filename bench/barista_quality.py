@@ -31,6 +31,28 @@ tasks and scored by the recipe's ``evaluate`` or by :mod:`neurofm.evaluation_iee
    14.5-20 s (the recipe needs a validation block), so it fits on 2 s less than the
    baselines, whose training block is 0-13.5 s; neither sees the test block.
 
+3. **Simulated subjects, held-out subject** (``--only subjects``;
+   :func:`neurofm.data.synthetic.simulate_ieeg_subjects`): per seed, 3 (full: 4) pretraining
+   subjects and one held-out subject, each with its own electrode layout (30 contacts on 6
+   shafts aimed at its own regions, tips scattered 6 mm) in its own coordinate space (shifted
+   up to 15 mm per axis), all sampling one shared set of 16 regions, so parcels and lobes
+   recur across subjects while coordinates do not; speech / nonspeech ``word_onset`` events
+   and a continuous ``grip_force`` (mN) driven by sensorimotor high gamma. Per encoding scale
+   (``coords``, ``parcel``, ``lobe``; channel masking): pretrain on the pretraining subjects,
+   then on the held-out subject fine-tune event detection (ROC-AUC) and grip-force regression
+   (R2; target standardised with the training block's statistics) from the pretrained encoder
+   and from random weights of the same shape (``task.from_scratch``), with the same budget;
+   band power (logistic for events, ridge for force) comes from each fine-tune run's decode
+   report on the same segments. Mean and 95% t-interval over seeds, plus the paired
+   differences (pretrained minus random init, pretrained minus band power) per seed.
+   Quick mode (what was run): 3 seeds, 3 x 200 s pretraining subjects, a 300 s held-out
+   subject (50% train / 10% valid / 40% test: about 50 training and 38 test events, 149 / 119
+   force segments), 0.5 s segments of 2 x 64 samples every 1 s, pretraining 12 epochs of
+   batch 8 (456 steps), fine-tuning 10 epochs; about 17 min per seed on the shared 2-core CPU
+   (load 10-14), 52 min in all. Full mode (not run): 5 seeds, 4 x 900 s + 600 s, 1 s segments
+   of 4 patches, pretraining 12 epochs (about 2,700 steps), fine-tuning 20 epochs: about
+   9-10 h on that machine.
+
 Budget: a shared 2-core CPU, one thread. The model is the demo's shape cut to 2 layers
 (d 64, 4 heads); pretraining is 10 epochs (620 steps of 16 segments), fine-tuning 15 epochs
 (315 steps), so read the rows as "what a few hundred CPU steps buy", not as the published
@@ -45,6 +67,8 @@ Usage::
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only simulated   # ~36 min, 2 seeds
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only seeg        # the real sEEG part only
     OMP_NUM_THREADS=1 python bench/barista_quality.py --quick    # smoke run: 1 seed, 600 s (simulated part ~2 min)
+    OMP_NUM_THREADS=1 nice -n 10 python bench/barista_quality.py --only subjects --quick   # part 3, ~50 min
+    OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects          # part 3 full, ~9-10 h
     python bench/barista_quality.py --only seeg --out runs/bq --json bq.json
 
 Measured, simulated part (2026-11-29, shared 2-core CPU, one thread, 2155 s): test ROC-AUC
@@ -396,13 +420,178 @@ def seeg_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+# -- 3. simulated subjects: pretrain on some, fine-tune on a held-out one --------------------------
+
+SCALES = ("coords", "parcel", "lobe")
+#: (full, quick) sizes of part 3
+SUBJECT_BUDGET = {
+    "seeds": ([0, 1, 2, 3, 4], [0, 1, 2]),
+    "n_pretrain_subjects": (4, 3),
+    "pretrain_s": (900.0, 200.0),  # s per pretraining subject
+    "heldout_s": (600.0, 300.0),  # s of the held-out subject (50% of it trains the fine-tune, 40% tests)
+    "segment": ((1.0, 4), (0.5, 2)),  # (s, patches of 64 samples at 256 Hz); segments start every 1 s
+    # batch 8: the masked-latent objective leaves its trivial phase (predictor = mean target) after
+    # a few hundred optimizer steps, so on a CPU steps matter more than samples per step
+    "pretrain_epochs": (12, 12),  # full ~225 steps/epoch, quick ~38
+    "finetune_epochs": (20, 10),
+}
+
+
+def _subject_size(key: str, quick: bool, override: Any = None):
+    return override if override is not None else SUBJECT_BUDGET[key][1 if quick else 0]
+
+
+def _subjects_data(sessions: list[str], segment: tuple[float, int], batch_size: int = 16) -> dict:
+    return {"sessions": sessions, "segment_s": segment[0], "n_patches": segment[1], "stride_s": 1.0,
+            "line_noise": 60.0, "batch_size": batch_size,
+            "split": {"train": 0.5, "valid": 0.1, "test": 0.4, "gap": 2.0}}
+
+
+def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epochs: int | None,
+             seeds: list[int] | None, partial: Path | None = None) -> dict:
+    """Per seed: simulate subjects (:func:`neurofm.data.synthetic.simulate_ieeg_subjects`),
+    pretrain at each encoding scale on all but the last, then fine-tune event detection and
+    grip-force regression on the last (held out), from the pretrained encoder and from a random
+    one of the same shape (``from_scratch``), with the same budget; band power comes with each
+    fine-tune run's report (same segments)."""
+    from neurofm.data.synthetic import simulate_ieeg_subjects
+
+    seeds = seeds if seeds is not None else _subject_size("seeds", quick)
+    n_pre = _subject_size("n_pretrain_subjects", quick)
+    pre_s, held_s = _subject_size("pretrain_s", quick), _subject_size("heldout_s", quick)
+    pre_epochs = _subject_size("pretrain_epochs", quick, pre_epochs)
+    ft_epochs = _subject_size("finetune_epochs", quick, ft_epochs)
+    segment = _subject_size("segment", quick)
+    runs: dict[str, Any] = {}
+    for seed in seeds:
+        folder = out / f"subjects_seed{seed}_{n_pre}x{pre_s:.0f}s_{held_s:.0f}s"
+        paths = sorted(folder.glob("sub-*.h5"))
+        if len(paths) != n_pre + 1:
+            print(f"  [{time.strftime('%H:%M:%S')}] seed {seed}: simulating {n_pre} + 1 subjects", flush=True)
+            paths = simulate_ieeg_subjects(folder, n_pre + 1, duration=(pre_s,) * n_pre + (held_s,), seed=seed)
+        pre_sessions, held = [str(p) for p in paths[:n_pre]], [str(paths[-1])]
+        for scale in SCALES:
+            tag = f"{seed}/{scale}"
+            pre = _timed_run({"family": "barista", "seed": seed, "resume": "none",
+                              "run_dir": str(out / f"subj{seed}-pretrain-{scale}"), "data": _subjects_data(pre_sessions, segment, batch_size=8),
+                              "model": _model(scale, layers), "eval": {"probe_events": "none"},
+                              "task": {"mode": "pretrain", "lr": 1e-3, "warmup_epochs": 1, "ema_epochs": 2},
+                              "trainer": _trainer(pre_epochs)}, f"seed {seed}: pretrain on {n_pre} subjects ({scale})")
+            pre["last_val"] = _last_val(pre["run_dir"])
+            runs[f"{tag}/pretrain"] = pre
+            for kind, data in (("classification", {"events": "word_onset"}), ("regression", {"target": "grip_force"})):
+                for arm, scratch in (("pretrained", False), ("random", True)):
+                    runs[f"{tag}/{kind}/{arm}"] = _timed_run(
+                        {"family": "barista", "seed": seed, "resume": "none",
+                         "run_dir": str(out / f"subj{seed}-{kind}-{arm}-{scale}"),
+                         "data": {**_subjects_data(held, segment), **data},
+                         "task": {"mode": "finetune", "finetune_task": kind, "pretrained": pre["pretrained_dir"],
+                                  "from_scratch": scratch},
+                         "trainer": _trainer(ft_epochs)},
+                        f"seed {seed}: held-out subject, {kind}, {arm} ({scale})")
+                if partial is not None:  # what is done so far survives an interrupted bench
+                    partial.write_text(json.dumps({"runs": runs, "rows": _subject_rows(runs, seeds)}, indent=2,
+                                                  default=_json_default))
+    rows = _subject_rows(runs, seeds)
+    first = runs[f"{seeds[0]}/parcel/classification/pretrained"]
+    protocol = (f"{n_pre} pretraining subjects x {pre_s:.0f} s + 1 held-out subject x {held_s:.0f} s per seed "
+                f"(simulate_ieeg_subjects: 30 contacts on 6 shafts per subject, each subject its own regions "
+                f"and coordinate space; 256 Hz, notched at 60 Hz); {segment[0]:g} s segments of {segment[1]} x 64 "
+                f"samples every 1 s; blocks train 50% / valid 10% / test 40%; pretraining {pre_epochs} epochs (batch 8) on all "
+                f"of the "
+                f"pretraining subjects' training blocks; fine-tuning {ft_epochs} epochs on the held-out subject "
+                f"(pretrained and random init alike, final weights scored); held-out subject's test block: "
+                f"{first['data'].get('test_segments')} event segments (seed {seeds[0]}); {first['protocol']}")
+    return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol,
+            "budget": {"pretrain_epochs": pre_epochs, "finetune_epochs": ft_epochs, "layers": layers,
+                       "n_pretrain_subjects": n_pre, "pretrain_s": pre_s, "heldout_s": held_s,
+                       "segment_s": segment[0], "n_patches": segment[1]}}
+
+
+def _seed_ci(values: list[float]) -> dict[str, Any]:
+    """Mean over seeds with a 95% t-interval (seed-to-seed spread: new subjects and new training)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    out = {"mean": float(v.mean()) if v.size else float("nan"), "values": [None if x is None else float(x)
+                                                                           for x in values]}
+    if v.size > 1:
+        half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+        out["ci"] = [out["mean"] - half, out["mean"] + half]
+    else:
+        out["ci"] = [float("nan"), float("nan")]
+    return out
+
+
+def _subject_rows(runs: dict, seeds: list[int]) -> list[dict]:
+    def metric(seed, scale, kind, arm):
+        r = runs.get(f"{seed}/{scale}/{kind}/{arm}")
+        if r is None:
+            return None
+        key = "test_auroc" if kind == "classification" else "test_r2"
+        if arm in ("pretrained", "random"):
+            return r["metrics"].get(key)
+        base = "logistic on band power" if kind == "classification" else "ridge on band power"
+        return r["baselines"].get(base, {}).get(key)
+
+    rows = []
+    for scale in SCALES:
+        for arm, src in (("pretrained", "pretrained"), ("random init", "random")):
+            rows.append({"scale": scale, "arm": arm,
+                         "auroc": _seed_ci([metric(s, scale, "classification", src) for s in seeds]),
+                         "r2": _seed_ci([metric(s, scale, "regression", src) for s in seeds]),
+                         "auroc_block_ci": [runs.get(f"{s}/{scale}/classification/{src}", {}).get("metrics", {})
+                                            .get("test_auroc_ci95") for s in seeds],
+                         "r2_block_ci": [runs.get(f"{s}/{scale}/regression/{src}", {}).get("metrics", {})
+                                         .get("test_r2_ci95") for s in seeds]})
+        for kind, name in (("classification", "auroc"), ("regression", "r2")):
+            p = [metric(s, scale, kind, "pretrained") for s in seeds]
+            rows[-2].setdefault("minus_random", {})[name] = _seed_ci(
+                [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "random")
+                                                                               for s in seeds])])
+            rows[-2].setdefault("minus_band_power", {})[name] = _seed_ci(
+                [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "band")
+                                                                               for s in seeds])])
+    rows.append({"scale": "-", "arm": "band power (logistic / ridge)",
+                 "auroc": _seed_ci([metric(s, "parcel", "classification", "band") for s in seeds]),
+                 "r2": _seed_ci([metric(s, "parcel", "regression", "band") for s in seeds])})
+    return rows
+
+
+def _fmt_ci(st: dict | None) -> str:
+    if not st or not np.isfinite(st["mean"]):
+        return "-"
+    lo, hi = st["ci"]
+    return f"{st['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{st['mean']:.3f}"
+
+
+def subjects_table(r: dict) -> str:
+    head = (f"| {'encoding':<8} | {'arm':<28} | {'held-out event ROC-AUC':>24} | {'held-out grip-force R2':>24} | "
+            f"{'per seed (AUROC; R2)':<40} |")
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    for row in r["rows"]:
+        per = "; ".join(", ".join("-" if v is None else f"{v:.3f}" for v in row[k]["values"]) for k in ("auroc", "r2"))
+        lines.append(f"| {row['scale']:<8} | {row['arm']:<28} | {_fmt_ci(row['auroc']):>24} | "
+                     f"{_fmt_ci(row['r2']):>24} | {per:<40} |")
+    lines += ["", f"mean [95% t-interval] over {len(r['seeds'])} seeds {r['seeds']} (each seed: new subjects, "
+              "new training seed); per-run block-bootstrap CIs in the JSON.", "",
+              "paired differences (pretrained minus ...), mean [95% t-interval] over seeds:"]
+    for row in r["rows"]:
+        if "minus_random" in row:
+            lines.append(f"  {row['scale']:<6}: - random init: AUROC {_fmt_ci(row['minus_random']['auroc'])}, "
+                         f"R2 {_fmt_ci(row['minus_random']['r2'])}; - band power: AUROC "
+                         f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}")
+    lines.append("protocol: " + r["protocol"])
+    return "\n".join(lines)
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 600 s, fewer epochs")
-    ap.add_argument("--only", choices=("simulated", "seeg"), default=None)
+    ap.add_argument("--only", choices=("simulated", "seeg", "subjects"), default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "barista-quality")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -427,6 +616,10 @@ def main(argv=None) -> dict:
     if args.only in (None, "seeg"):
         print("2. real sEEG (sample_seeg.edf), held-out channel reconstruction", flush=True)
         results["seeg"] = seeg(args.out, args.quick, args.layers, args.pretrain_epochs, args.finetune_epochs)
+    if args.only in (None, "subjects"):
+        print("3. simulated subjects: pretrain on several, fine-tune on a held-out one", flush=True)
+        results["subjects"] = subjects(args.out, args.quick, args.layers, args.pretrain_epochs, args.finetune_epochs,
+                                       args.seeds, partial=args.out / "subjects_partial.json")
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")
@@ -434,6 +627,9 @@ def main(argv=None) -> dict:
     if "seeg" in results:
         print("\n## Real sEEG: held-out channel reconstruction (test block)\n")
         print(seeg_table(results["seeg"]))
+    if "subjects" in results:
+        print("\n## Simulated subjects: held-out subject, pretrained vs random init vs band power (test block)\n")
+        print(subjects_table(results["subjects"]))
     print(f"\n({results['wall_time_s']:.0f} s in all)")
     text = json.dumps(results, indent=2, default=_json_default)
     (args.out / "barista_quality.json").write_text(text)

@@ -99,14 +99,12 @@ Exit status: 0; 1 when a correctness row of neurofm's own paths (``neurofm.atten
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -123,8 +121,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from bench.barista import make_batch as make_barista_batch  # noqa: E402
 from bench.neuroformer import N_UNITS, RATE_HZ, autocast, train_step  # noqa: E402
 from neurofm.data.datasets import pack_spikes  # noqa: E402
+from neurofm.atomic import atomic_write  # noqa: E402
 from neurofm.models.barista import Barista, BaristaConfig  # noqa: E402
-from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig, synthetic_batch  # noqa: E402
+from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig  # noqa: E402
+from neurofm.testing import synthetic_batch  # noqa: E402
 from neurofm.nn.attention import (  # noqa: E402
     HAS_FLASH_ATTN, attention, attention_backend, flash_attn_func, flash_attn_varlen_func, pack, unpack,
     varlen_attention,
@@ -382,16 +382,7 @@ class Report:
                                if r["path"].startswith("neurofm.") or r["path"] == "varlen vs padded"]
         s["skipped_rows"] = sum(r["status"] == "skipped" for sec in self.data["sections"].values()
                                 for r in sec["rows"])
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f, indent=1, default=_json_default)
-            os.replace(tmp, self.out)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.out, json.dumps(self.data, indent=1, default=_json_default))
 
     def over_budget(self, need_s: float = 0.0) -> str | None:
         if self.left() < need_s:

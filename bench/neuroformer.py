@@ -39,9 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neurofm.models.neuroformer import (  # noqa: E402
-    Neuroformer, NeuroformerConfig, StimulusConfig, synthetic_batch,
-)
+from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig, StimulusConfig  # noqa: E402
+from neurofm.testing import synthetic_batch  # noqa: E402
 from neurofm.tasks.optim import adamw, param_groups  # noqa: E402
 
 # DESIGN.md 11: the reference code on this kind of machine.

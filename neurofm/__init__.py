@@ -1,10 +1,46 @@
 """neurofm: pretrained foundation models of neural recordings.
 
 Neuroformer (spike tokens, multimodal GPT) and BaRISTA (spatiotemporal iEEG transformer),
-trained from HDF5 session files (:mod:`neurofm.data`).
+trained from HDF5 session files (:mod:`neurofm.data`)::
+
+    import neurofm
+    model = neurofm.from_pretrained("runs/neuroformer-demo/pretrained")   # any neurofm model, or "org/repo"
+    from neurofm import Neuroformer, Barista                              # the model classes
+
+The model classes and ``from_pretrained`` are imported on first use (they need torch), so
+``import neurofm`` and ``neurofm --help`` stay fast.
 """
 
 __version__ = "0.1.0"
+
+#: public name -> module that defines it (imported lazily by ``__getattr__``)
+_LAZY = {
+    "from_pretrained": "neurofm.hub",
+    "PretrainedError": "neurofm.hub",
+    "Neuroformer": "neurofm.models.neuroformer",
+    "NeuroformerConfig": "neurofm.models.neuroformer",
+    "Barista": "neurofm.models.barista",
+    "BaristaConfig": "neurofm.models.barista",
+    "BaristaEncoder": "neurofm.models.barista",
+    "BaristaFinetuned": "neurofm.models.barista",
+}
+
+__all__ = ["__version__", "log_to_stderr", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        value = getattr(module, "load_pretrained" if name == "from_pretrained" else name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'neurofm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def log_to_stderr() -> None:

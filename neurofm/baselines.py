@@ -4,7 +4,9 @@
   and :class:`PoissonGLM` (each unit's next-bin count from a few bins of every unit's
   history: the classic coupled GLM of Pillow et al., 2008).
 - Behaviour: :class:`SpikeRidgeDecoder` (ridge regression from lagged binned counts).
-- iEEG classification: :class:`BandPowerRidge` (ridge on log band power per channel).
+- iEEG classification: :class:`BandPowerRidge` (ridge on log band power per channel) and
+  :class:`BandPowerLogistic` (L2 logistic regression on the same features, :class:`Logistic`);
+  iEEG regression: :class:`Ridge` on ``BandPowerRidge(rate).features(segments)``.
 
 Each baseline is fitted on a training block and scored on a held-out block with the same
 metrics as the models (:mod:`neurofm.metrics`). Helpers turn session data into arrays:
@@ -24,6 +26,7 @@ from neurofm import metrics
 __all__ = [
     "bin_spikes", "bin_timeseries", "aligned_counts", "history_features", "band_power", "BANDS",
     "MeanRatePoisson", "PoissonGLM", "Ridge", "SpikeRidgeDecoder", "PoissonBayesDecoder", "BandPowerRidge",
+    "Logistic", "BandPowerLogistic",
 ]
 
 # Canonical iEEG bands (Hz), [low, high).
@@ -526,3 +529,103 @@ class BandPowerRidge:
         scores = self.decision_function(segments)
         idx = (scores > 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
         return self.classes_[idx]
+
+
+class Logistic:
+    """L2-penalised logistic regression (one-vs-rest for K > 2), penalty chosen by AUROC on a
+    contiguous inner validation block.
+
+    Features are standardised with training statistics; the loss is the mean log-loss plus
+    ``alpha / (2 n) * |w|^2`` (so ``alpha`` is on the scale of a number of samples, as in
+    :class:`Ridge`), minimised by L-BFGS. With several ``alphas`` each is fitted on the first
+    ``1 - val_fraction`` of the (time-ordered) samples and scored by AUROC on the rest; the
+    best is refitted on all of them.
+    """
+
+    def __init__(self, alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2):
+        self.alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+        if (self.alphas <= 0).any():
+            raise ValueError(f"Logistic: alphas must be > 0, got {self.alphas}")
+        self.val_fraction = float(val_fraction)
+
+    @staticmethod
+    def _fit_binary(Z: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+        """Weights (F + 1,) (intercept last) for 0/1 targets ``y``."""
+        n, F = Z.shape
+        X1 = np.hstack([Z, np.ones((n, 1))])
+
+        def loss(w):
+            z = X1 @ w
+            nll = np.mean(np.logaddexp(0.0, z) - y * z)
+            grad = X1.T @ (1.0 / (1.0 + np.exp(-z)) - y) / n
+            reg = 0.5 * alpha / n * (w[:F] @ w[:F])
+            grad[:F] += alpha / n * w[:F]
+            return nll + reg, grad
+
+        return optimize.minimize(loss, np.zeros(F + 1), jac=True, method="L-BFGS-B",
+                                 options={"maxiter": 500}).x
+
+    def _fit(self, X: np.ndarray, labels: np.ndarray, alpha: float):
+        mu, sd = X.mean(0), X.std(0)
+        sd = np.where(sd > 0, sd, 1.0)
+        Z = (X - mu) / sd
+        cols = self.classes_[1:] if self.classes_.size == 2 else self.classes_
+        W = np.stack([self._fit_binary(Z, (labels == c).astype(np.float64), alpha) for c in cols], 1)  # (F+1, K')
+        return mu, sd, W
+
+    @staticmethod
+    def _scores(X, mu, sd, W) -> np.ndarray:
+        Z = (np.asarray(X, dtype=np.float64) - mu) / sd
+        return Z @ W[:-1] + W[-1]
+
+    def fit(self, X, labels) -> "Logistic":
+        """``X`` (n, F) in time order, ``labels`` (n,) class labels (at least two classes)."""
+        X = np.asarray(X, dtype=np.float64)
+        labels = np.asarray(labels)
+        if X.ndim != 2 or labels.shape != (len(X),):
+            raise ValueError(f"Logistic.fit: X must be (n, F) and labels (n,); got {X.shape} and {labels.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("Logistic.fit: X contains NaN/inf; drop those samples first")
+        self.classes_ = np.unique(labels)
+        if self.classes_.size < 2:
+            raise ValueError("Logistic.fit: training labels hold a single class")
+        alpha = float(self.alphas[0])
+        if self.alphas.size > 1:
+            n_fit = int(len(X) * (1 - self.val_fraction))
+            inner, val = slice(0, n_fit), slice(n_fit, len(X))
+            if (np.unique(labels[inner]).size < self.classes_.size or np.unique(labels[val]).size < 2):
+                raise ValueError(f"Logistic.fit: {len(X)} samples leave a class missing from the inner fit or "
+                                 f"the validation block; pass a single alpha")
+            scores = []
+            for a in self.alphas:
+                s = self._scores(X[val], *self._fit(X[inner], labels[inner], a))
+                y = np.searchsorted(self.classes_, labels[val])
+                scores.append(metrics.auroc((y == 1).astype(int), s[:, 0]) if s.shape[1] == 1
+                              else metrics.auroc(y, s))
+            self.val_scores_ = np.asarray(scores)
+            alpha = float(self.alphas[int(np.nanargmax(self.val_scores_))])
+        self.alpha_ = alpha
+        self.x_mean_, self.x_std_, self.coef_ = self._fit(X, labels, alpha)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Log-odds: ``(n,)`` for two classes (higher = ``classes_[1]``), else ``(n, K)`` one-vs-rest."""
+        s = self._scores(X, self.x_mean_, self.x_std_, self.coef_)
+        return s[:, 0] if self.classes_.size == 2 else s
+
+
+class BandPowerLogistic(BandPowerRidge):
+    """:class:`Logistic` on the log band power features of :class:`BandPowerRidge`."""
+
+    def fit(self, segments, labels) -> "BandPowerLogistic":
+        """``segments`` (B, C, T) in time order, ``labels`` (B,) class indices."""
+        return self.fit_features(self.features(segments), labels)
+
+    def fit_features(self, X, labels) -> "BandPowerLogistic":
+        """Fit on precomputed ``features(segments)`` (B, C * n_bands)."""
+        self.model = Logistic(self.alphas, self.val_fraction).fit(X, labels)
+        self.classes_ = self.model.classes_
+        return self
+
+    def decision_function(self, segments) -> np.ndarray:
+        return self.model.decision_function(self.features(segments))

@@ -1,23 +1,37 @@
-"""Model cards written from a run's ``metrics.json``, never by hand.
+"""Model cards written from a run's files, never by hand.
 
-A run directory (written by :mod:`neurofm.experiment`) holds ``config.yaml`` (the resolved
-config) and ``metrics.json``::
+A run directory (written by :mod:`neurofm.experiment`) holds ``config.yaml`` (the resolved run
+config), ``metrics.json`` and ``pretrained/config.json`` (the exported model's own config)::
 
-    {"family": "neuroformer", "name": "...", "license": "mit",
-     "data": {"sessions": [...], "description": "...", "n_train_windows": ...},
+    {"family": "neuroformer", "name": "...",
+     "data": {"description": "...", "datasets": [...], "sources": [{session attrs}], "n_train_windows": ...},
      "protocol": "how the numbers were measured (split, gap, bins...)",
-     "metrics": {"bits_per_spike": 0.12, ...},
-     "baselines": {"mean-rate Poisson": {"bits_per_spike": 0.0}, ...},
+     "metrics": {"speed_r2": 0.89, "speed_n_scored": 1187, ...},
+     "baselines": {"ridge on window counts": {"speed_r2": 0.85}, ...},
      "training": {"steps": ..., "epochs": ..., "wall_time_s": ..., "device": "cpu"},
      "n_params": 340000, "neurofm_version": "0.1.0"}
 
-:func:`write_card` turns that into a Hugging Face model card (YAML front matter + markdown).
+:func:`render_card` turns that into a Hugging Face model card: YAML metadata written with
+huggingface_hub's own :class:`~huggingface_hub.ModelCardData` (``library_name``, ``license``,
+``tags``, ``metrics`` as Hub metric ids, a ``model-index`` holding the held-out metrics and
+the baselines), then markdown: the model and the config that matches its weights, a usage
+snippet, the data and their licence, training provenance, evaluation (metrics and counts in
+separate tables), intended use, limitations and BibTeX for the paper(s).
+
+Licences. The neurofm code is MIT. Weights are derived from their training data, so the card's
+``license`` is the data's when every session file states the same one (root attr ``license``,
+an SPDX id such as ``MIT`` or ``CC-BY-4.0``); when the files do not say, the card leaves the
+``license`` field out and says so, showing the files' ``lab`` / ``source`` attrs instead.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any, Iterable
+
+CODE_LICENSE = "MIT"
 
 _INTENDED = {
     "neuroformer": (
@@ -30,76 +44,370 @@ _INTENDED = {
     ),
 }
 
+#: model_type (config.json) -> family
+_FAMILY = {"Neuroformer": "neuroformer", "Barista": "barista", "BaristaEncoder": "barista",
+           "BaristaFinetuned": "barista"}
+
+#: BibTeX of the papers. Titles, authors and arXiv ids as on the arXiv listings (Neuroformer:
+#: arXiv 2311.00136, ICLR 2024; BaRISTA: arXiv 2512.12135, NeurIPS 2025).
+BIBTEX = {
+    "neuroformer": """@inproceedings{antoniades2024neuroformer,
+  title         = {Neuroformer: Multimodal and Multitask Generative Pretraining for Brain Data},
+  author        = {Antoniades, Antonis and Yu, Yiyi and Canzano, Joseph and Wang, William and Smith, Spencer LaVere},
+  booktitle     = {International Conference on Learning Representations (ICLR)},
+  year          = {2024},
+  eprint        = {2311.00136},
+  archivePrefix = {arXiv}
+}""",
+    "barista": """@inproceedings{oganesian2025barista,
+  title         = {{BaRISTA}: Brain Scale Informed Spatiotemporal Representation of Human Intracranial Neural Activity},
+  author        = {Oganesian, Lucine L. and Hashemi, Saba and Shanechi, Maryam M.},
+  booktitle     = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year          = {2025},
+  eprint        = {2512.12135},
+  archivePrefix = {arXiv}
+}""",
+}
+
+#: Hub licence ids (https://huggingface.co/docs/hub/repositories-licenses) a data licence maps to,
+#: keyed by its lower-cased SPDX id.
+_HUB_LICENSES = {
+    "mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "cc0-1.0", "cc-by-2.0",
+    "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0",
+    "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0",
+    "cc-by-nc-sa-4.0", "odc-by", "odbl", "pddl", "gpl-2.0", "gpl-3.0", "lgpl-2.1", "lgpl-3.0", "agpl-3.0",
+    "mpl-2.0", "unlicense", "wtfpl", "isc", "zlib",
+}
+
+#: Spellings datasets use (BIDS recommends "CC0") -> the Hub id.
+_LICENSE_ALIASES = {"cc0": "cc0-1.0", "cc-0": "cc0-1.0", "public domain": "pddl"}
+
+#: Hub metric ids for neurofm metric names (by suffix); metrics without one are only in the
+#: model-index and the tables.
+_HUB_METRIC = (("_pearson_r", "pearsonr"), ("_r2", "r2"), ("auroc", "roc_auc"), ("_f1", "f1"),
+               ("_precision", "precision"), ("_recall", "recall"), ("_mse", "mse"))
+
+#: A metrics entry is a count (how many windows / spikes / events a number rests on), not a
+#: score, when a word of its name is ``n`` (``speed_n_scored``, ``n_test_windows``).
+_COUNT = re.compile(r"(^|_)n_")
+
+
+def is_count(name: str, value: Any = None) -> bool:
+    """Whether a ``metrics`` entry is a count rather than a score (see :data:`_COUNT`)."""
+    return bool(_COUNT.search(name))
+
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
 
 
-def render_card(metrics: dict, config_yaml: str = "") -> str:
-    """Markdown model card (with YAML front matter) for one run's ``metrics.json`` content."""
-    family = metrics.get("family", "unknown")
-    names = sorted(metrics.get("metrics", {}))
-    tags = ["neuroscience", family, "spikes" if family == "neuroformer" else "ieeg", "pytorch"]
-    front = [
-        "---",
-        "library_name: neurofm",
-        f"license: {metrics.get('license', 'mit')}",
-        "tags:",
-        *[f"- {t}" for t in tags],
-        "datasets:",
-        *[f"- {d}" for d in metrics.get("data", {}).get("datasets", ["synthetic"])],
-        "metrics:",
-        *[f"- {m}" for m in names],
-        "---",
-    ]
-    title = metrics.get("name", f"neurofm {family}")
-    lines = [f"# {title}", "", _INTENDED.get(family, ""), ""]
-    data = metrics.get("data", {})
-    lines += ["## Data", "", data.get("description", "(not recorded)"), ""]
-    for k, v in data.items():
-        if k not in ("description", "datasets"):
-            lines.append(f"- {k}: {_fmt(v)}")
-    train = metrics.get("training", {})
-    lines += ["", "## Training recipe", ""]
-    lines += [f"- {k}: {_fmt(v)}" for k, v in train.items()]
-    if "n_params" in metrics:
-        lines.append(f"- parameters: {metrics['n_params']:,}")
-    if config_yaml:
-        lines += ["", "<details><summary>Resolved config</summary>", "", "```yaml", config_yaml.rstrip(), "```",
-                  "", "</details>"]
-    lines += ["", "## Evaluation", "", f"Protocol: {metrics.get('protocol', '(not recorded)')}", ""]
-    rows = {"this model": metrics.get("metrics", {}), **metrics.get("baselines", {})}
-    cols = sorted({c for r in rows.values() for c in r})
-    lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+# -- data provenance ------------------------------------------------------------------------------
+
+
+def data_sources(paths: Iterable[str | Path]) -> list[dict]:
+    """Provenance of each session file: ``path``, ``session_id``, ``lab``, ``source``,
+    ``license`` (root attrs; "" when absent). Files that do not exist are listed with
+    ``missing: True`` (a card can still be written from an old run). Only the root attributes
+    are read (h5py directly: cards sit below the data layer, since every saved model writes one)."""
+    import h5py
+
+    out = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            out.append({"path": str(p), "missing": True})
+            continue
+        with h5py.File(p, "r") as f:
+            a = {k: v.decode() if isinstance(v, bytes) else v for k, v in f.attrs.items()}
+        out.append({"path": str(p), "session_id": str(a.get("session_id", p.stem)),
+                    **{k: str(a.get(k, "")) for k in ("lab", "source", "license")}})
+    return out
+
+
+def run_session_paths(run_config: dict) -> list[str]:
+    """The session files a run read: ``data.sessions``, else the simulated ``data.simulate.path``."""
+    data = run_config.get("data", {}) or {}
+    sessions = list(data.get("sessions") or [])
+    if not sessions and (data.get("simulate") or {}).get("path"):
+        sessions = [data["simulate"]["path"]]
+    return [str(s) for s in sessions]
+
+
+def weights_license(sources: list[dict]) -> str | None:
+    """The Hub licence id of weights trained on ``sources``: the data's licence when every
+    file states the same Hub-known one, ``"other"`` when they state different or unknown
+    ones, ``None`` when any file states none (the card then omits the field and says so)."""
+    found = {s.get("license", "").strip() for s in sources}
+    if not sources or "" in found or any(s.get("missing") for s in sources):
+        return None
+    ids = {_LICENSE_ALIASES.get(f.lower(), f.lower()) for f in found}
+    if len(ids) == 1 and next(iter(ids)) in _HUB_LICENSES:
+        return next(iter(ids))
+    return "other"
+
+
+# -- the card ---------------------------------------------------------------------------------------
+
+
+def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict | None = None,
+                repo_id: str | None = None, n_params: int | None = None) -> str:
+    """Markdown model card (with YAML front matter).
+
+    Parameters
+    ----------
+    metrics : a run's ``metrics.json`` content, or None for a card of the weights alone
+        (:meth:`neurofm.hub.PretrainedMixin.generate_model_card`).
+    config_yaml : the run's ``config.yaml``: shown for its data / task / trainer settings (its
+        ``model`` section is the recipe's request; the model's real shape is ``model_meta``).
+    model_meta : the exported model's ``config.json`` (:func:`neurofm.hub.model_meta`): the
+        config that matches the weights, embedded in the card.
+    repo_id : what the usage snippet loads (default: ``"PATH_OR_REPO_ID"``).
+    n_params : parameter count, when ``metrics`` (which records it) is None.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    m = dict(metrics or {})
+    if n_params is not None:
+        m.setdefault("n_params", int(n_params))
+    model_type = (model_meta or {}).get("model_type", "")
+    family = m.get("family") or _FAMILY.get(model_type, "unknown")
+    data = m.get("data", {})
+    sources = data.get("sources", [])
+    scores, counts = _split_counts(m.get("metrics", {}))
+    baselines = {name: _split_counts(row)[0] for name, row in m.get("baselines", {}).items()}
+    name = m.get("name") or (f"neurofm-{model_type.lower()}" if model_type else f"neurofm-{family}")
+    licence = weights_license(sources) if metrics is not None else None
+
+    eval_results = []
+    if scores:
+        dataset_name = data.get("description") or "held-out test block"
+        dataset_type = _slug(data.get("datasets", [dataset_name])[0] if data.get("datasets") else dataset_name)
+        task_name = f"{family} evaluation on the held-out test block"
+        rows = [(None, scores)] + list(baselines.items())
+        for who, row in rows:
+            for key, value in row.items():
+                if not isinstance(value, (int, float)) or value != value:  # skip NaN: not valid in model-index
+                    continue
+                eval_results.append(EvalResult(
+                    task_type="other", task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+                    dataset_split="test", metric_type=key, metric_value=float(value),
+                    metric_name=key if who is None else f"{key} (baseline: {who})",
+                    metric_config=None if who is None else f"baseline: {who}"))
+    hub_metrics = sorted({hub for key in scores for suffix, hub in _HUB_METRIC if key.endswith(suffix)})
+    card_data = ModelCardData(
+        library_name="neurofm",
+        license=licence,
+        tags=["neuroscience", family, {"neuroformer": "spikes", "barista": "ieeg"}.get(family, "neural-data"),
+              "pytorch", "model_hub_mixin"],
+        datasets=[d for d in data.get("datasets", []) if "/" in str(d)] or None,  # Hub ids only
+        metrics=hub_metrics or None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+    lines = [f"# {name}", "", _INTENDED.get(family, ""), ""]
+    lines += _model_section(model_meta, m)
+    lines += _usage_section(family, model_type, repo_id)
+    if metrics is not None:
+        lines += _data_section(data, sources)
+    lines += _licence_section(sources, licence, metrics is not None)
+    if metrics is not None:
+        lines += _training_section(m.get("training", {}), config_yaml)
+        lines += _evaluation_section(m.get("protocol", "(not recorded)"), scores, baselines, counts,
+                                     {k: v for k, v in data.items() if k not in _DATA_TEXT})
+    else:
+        lines += ["## Evaluation", "",
+                  "None recorded with these weights. A training run's card (`neurofm card RUN_DIR`) has the "
+                  "held-out metrics and baselines.", ""]
     lines += [
-        "",
-        "## Intended use",
-        "",
+        "## Intended use", "",
         _INTENDED.get(family, ""),
-        "Research use on neural recordings; not a medical device and not for clinical decisions.",
-        "",
-        "## Limitations",
-        "",
-        *[f"- {x}" for x in metrics.get("limitations", [])],
-        f"- Trained on the data above only ({metrics.get('training', {}).get('device', 'cpu')}, "
-        f"{metrics.get('training', {}).get('steps', '?')} steps); numbers on other recordings will differ.",
-        f"- neurofm {metrics.get('neurofm_version', '?')}.",
-        "",
+        "Research use on neural recordings; not a medical device and not for clinical decisions.", "",
+        "## Limitations", "",
+        *[f"- {x}" for x in m.get("limitations", [])],
     ]
-    return "\n".join(front + [""] + lines)
+    if metrics is not None:
+        train = m.get("training", {})
+        lines.append(f"- Trained on the data above only ({train.get('device', '?')}, {train.get('steps', '?')} "
+                     f"steps); numbers on other recordings will differ.")
+    lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]
+    lines += _citation_section(family)
+    return "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
 
 
-def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Render ``run_dir/metrics.json`` into a card at ``out`` (default ``run_dir/pretrained/README.md``)."""
+#: ``metrics.json`` ``data`` entries that describe the data; every other entry is a size the
+#: numbers rest on (n_units, n_test_windows, test_segments, per-class counts...).
+_DATA_TEXT = ("description", "datasets", "sources")
+
+
+def _split_counts(row: dict) -> tuple[dict, dict]:
+    scores = {k: v for k, v in row.items() if not is_count(k, v)}
+    counts = {k: v for k, v in row.items() if is_count(k, v)}
+    return scores, counts
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", str(text).lower()).strip("-") or "dataset"
+
+
+def _model_section(model_meta: dict | None, m: dict) -> list[str]:
+    lines = ["## Model", ""]
+    if model_meta is None:
+        if "n_params" in m:
+            lines += [f"- parameters: {m['n_params']:,}", ""]
+        return lines + ["(config.json of the exported model not found: the run folder has no `pretrained/`.)", ""]
+    cfg = model_meta.get("config", {})
+    lines.append(f"- class: `{model_meta.get('model_type')}` (neurofm {model_meta.get('neurofm_version', '?')})")
+    if "n_params" in m:
+        lines.append(f"- parameters: {m['n_params']:,}")
+    units = cfg.get("units")
+    if isinstance(units, list) and units:
+        lines.append(f"- unit vocabulary: {len(units)} units (`{units[0]}` ... `{units[-1]}`); "
+                     f"new units get new embedding rows when fine-tuning")
+    for key in ("n_embd", "n_head", "d_model", "n_layers", "n_heads", "encode_scale", "mask_scale", "task", "head"):
+        if key in cfg and not isinstance(cfg[key], (dict, list)):
+            lines.append(f"- {key}: {cfg[key]}")
+    enc = cfg.get("encoder")
+    if isinstance(enc, dict):
+        lines += [f"- encoder {k}: {enc[k]}" for k in ("d_model", "n_layers", "encode_scale") if k in enc]
+    lines += ["", "<details><summary>config.json (the config that matches these weights)</summary>", "",
+              "```json", json.dumps(model_meta, indent=2), "```", "", "</details>", ""]
+    return lines
+
+
+def _usage_section(family: str, model_type: str, repo_id: str | None) -> list[str]:
+    where = repo_id or "PATH_OR_REPO_ID"
+    lines = ["## Usage", "", "```python", "import neurofm", "",
+             f'model = neurofm.from_pretrained("{where}")  # a local folder, or a Hub repo id (revision=, cache_dir=)']
+    if model_type:
+        lines.append(f"# or: from neurofm import {model_type}; model = {model_type}.from_pretrained(\"{where}\")")
+    lines += ["```", ""]
+    if family == "neuroformer":
+        lines += ["Fine-tune behaviour decoding on your own session file and score it on its test block:", "",
+                  "```bash",
+                  f"neurofm finetune --pretrained {where} --data my_recording.h5 --behavior position --run-dir runs/ft",
+                  "neurofm evaluate --pretrained runs/ft/pretrained --data my_recording.h5 --behavior position",
+                  "```", ""]
+    elif family == "barista":
+        lines += ["Fine-tune event detection on your own session file (any channel count):", "",
+                  "```bash",
+                  f"neurofm finetune --pretrained {where} --data my_ieeg.h5 --task classify --events word_onset",
+                  "```", ""]
+    return lines
+
+
+def _data_section(data: dict, sources: list[dict]) -> list[str]:
+    lines = ["## Data", "", data.get("description", "(not recorded)"), ""]
+    if sources:
+        lines += ["| session file | session_id | lab | source | licence |", "|---|---|---|---|---|"]
+        for s in sources:
+            if s.get("missing"):
+                lines.append(f"| {s['path']} | (file not found when the card was written) | | | |")
+            else:
+                lines.append(f"| {s['path']} | {s.get('session_id', '')} | {s.get('lab', '')} | "
+                             f"{s.get('source', '')} | {s.get('license') or 'not recorded'} |")
+        lines.append("")
+    return lines
+
+
+def _licence_section(sources: list[dict], licence: str | None, from_run: bool) -> list[str]:
+    lines = ["## Licence", "", f"- Code (neurofm): {CODE_LICENSE}."]
+    if not from_run:
+        lines.append("- Weights: follow the licence of the data they were trained on, which this card does not "
+                     "record (write the card from the training run: `neurofm card RUN_DIR`).")
+    elif licence is None:
+        labs = sorted({s.get("lab", "") for s in sources if s.get("lab")})
+        lines.append("- Weights: derived from the training data, whose licence the session files do not record "
+                     "(no `license` attribute)"
+                     + (f"; their `lab` attribute reads: {'; '.join(repr(x) for x in labs)}" if labs else "")
+                     + ". Check the data's terms before you redistribute these weights; the card's `license` "
+                       "field is left out for that reason.")
+    else:
+        stated = sorted({s.get("license", "") for s in sources})
+        lines.append(f"- Weights: `{licence}`, the licence the training data state "
+                     f"({', '.join(stated)}; session files' `license` attribute).")
+    return lines + [""]
+
+
+def _training_section(train: dict, config_yaml: str) -> list[str]:
+    lines = ["## Training", ""]
+    lines += [f"- {k}: {_fmt(v) if not isinstance(v, dict) else json.dumps(v)}" for k, v in train.items()]
+    if config_yaml:
+        lines += ["", "<details><summary>Run config (config.yaml: data, task and trainer settings; the model's "
+                  "shape is config.json above)</summary>", "", "```yaml", _without_model(config_yaml).rstrip(),
+                  "```", "", "</details>"]
+    return lines + [""]
+
+
+def _without_model(config_yaml: str) -> str:
+    """The run config without its ``model:`` section (the recipe's request, e.g. ``n_units: 1``
+    before the data set it; the exported config.json is the truth about the weights)."""
+    out, skipping = [], False
+    for line in config_yaml.splitlines():
+        if re.match(r"^model:", line):
+            skipping = True
+            out.append("model: (see config.json: the exported model's config)")
+            continue
+        if skipping and (line.startswith((" ", "-")) or not line.strip()):
+            continue
+        skipping = False
+        out.append(line)
+    return "\n".join(out)
+
+
+def _evaluation_section(protocol: str, scores: dict, baselines: dict, counts: dict, data_counts: dict) -> list[str]:
+    lines = ["## Evaluation", "", f"Protocol: {protocol}", ""]
+    rows = {"this model": scores, **{f"baseline: {k}": v for k, v in baselines.items()}}
+    cols = sorted({c for r in rows.values() for c in r})
+    if cols:
+        lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for who, r in rows.items():
+            lines.append(f"| {who} | " + " | ".join(_fmt(r[c]) if c in r else "" for c in cols) + " |")
+        lines.append("")
+    all_counts = {**data_counts, **counts}
+    if all_counts:
+        lines += ["What the numbers rest on:", "", "| count | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in all_counts.items()]
+        lines.append("")
+    return lines
+
+
+def _citation_section(family: str) -> list[str]:
+    order = [family] + [f for f in BIBTEX if f != family] if family in BIBTEX else list(BIBTEX)
+    lines = ["## Citation", "", "If you use this model, cite the paper it implements"
+             + (":" if family in BIBTEX else "s:"), "", "```bibtex", BIBTEX[order[0]], "```", ""]
+    if family in BIBTEX:
+        lines += ["neurofm also implements:", ""]
+    lines += ["```bibtex", "\n\n".join(BIBTEX[f] for f in order[1:]), "```", ""]
+    return lines
+
+
+def write_card(run_dir: str | Path, out: str | Path | None = None, *, repo_id: str | None = None) -> Path:
+    """Render a run's card at ``out`` (default ``run_dir/pretrained/README.md``) from
+    ``metrics.json``, ``config.yaml`` and the exported ``pretrained/config.json``. The data's
+    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it.
+    ``repo_id``: the Hub repo the usage snippet loads (default a placeholder)."""
+    import yaml
+
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path}: missing; run training first (it writes metrics.json)")
     metrics = json.loads(metrics_path.read_text())
     cfg_path = run_dir / "config.yaml"
-    card = render_card(metrics, cfg_path.read_text() if cfg_path.exists() else "")
+    config_yaml = cfg_path.read_text() if cfg_path.exists() else ""
+    meta_path = run_dir / "pretrained" / "config.json"
+    model_meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if config_yaml and "sources" not in metrics.get("data", {}):
+        paths = run_session_paths(yaml.safe_load(config_yaml) or {})
+        metrics.setdefault("data", {})["sources"] = data_sources(paths)
+    card = render_card(metrics, config_yaml, model_meta=model_meta, repo_id=repo_id)
     out = Path(out) if out else run_dir / "pretrained" / "README.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)

@@ -1,4 +1,5 @@
-"""The ``neurofm`` console script.
+"""neurofm: pretrained foundation models of neural recordings (Neuroformer for spikes, BaRISTA
+for intracranial EEG), from your lab's files to decoded behaviour.
 
 Each subcommand is a thin layer over a library function, so everything it does can also be
 done from Python. Heavy imports (torch, pynwb, mne) happen inside the handlers, which keeps
@@ -8,11 +9,14 @@ done from Python. Heavy imports (torch, pynwb, mne) happen inside the handlers, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
+from pathlib import Path
 
-from neurofm import log_to_stderr
+from neurofm import __version__, log_to_stderr
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")  # key=value, key.sub=value, key[0]=value
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -23,12 +27,26 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         print(f"neurofm convert: warning: {message}", file=sys.stderr)
 
     common = dict(session_id=args.session_id, nan_policy=args.nan, overwrite=not args.no_overwrite,
-                  coordinate_unit=args.coordinate_unit)
+                  coordinate_unit=args.coordinate_unit, license=args.license)
     with warnings.catch_warnings():
         warnings.showwarning = show
+        if args.format == "session":
+            from neurofm.data.ieeg import move_channels_to_behavior
+
+            if not args.behavior_channel:
+                raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior: give --behavior-channel "
+                                 "NAME[=as_name] (repeatable)")
+            out = move_channels_to_behavior(args.input, args.output, args.behavior_channel,
+                                            overwrite=not args.no_overwrite)
+            print(f"wrote {out}")
+            return 0
         if args.format == "nwb":
             from neurofm.data.nwb import convert_nwb
 
+            if args.behavior_channel:
+                raise ValueError("--behavior-channel is for iEEG recordings and session files; NWB behaviour comes "
+                                 "from processing modules (or convert, then `neurofm convert session IN.h5 OUT.h5 "
+                                 "--behavior-channel NAME`)")
             if args.electrodes or args.channels:
                 raise ValueError("--electrodes / --channels are for iEEG recordings; an NWB file carries its own "
                                  "electrodes table")
@@ -41,20 +59,91 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.electrical_series:
                 raise ValueError("--electrical-series is for NWB files")
             out = convert_ieeg(args.input, args.output, electrodes=args.electrodes, channels_tsv=args.channels,
-                               **common)
+                               behavior_channels=args.behavior_channel or (), **common)
     print(f"wrote {out}")
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from neurofm import jsonio
     from neurofm.data.session import Session
 
     with Session(args.file) as s:
+        summary = s.summary()
+        windows = None
+        if summary["n_spikes"]:
+            try:
+                windows = _spike_window_stats(args, s)
+            except ValueError as e:  # e.g. a recording too short for the default split
+                windows = {"error": str(e)}
         if args.json:
-            print(json.dumps(s.summary(), indent=2, default=str))
+            if windows is not None:
+                summary["spikes_per_window"] = windows
+            print(jsonio.dumps(summary, default=str))
         else:
             print(s.describe())
+            if windows is not None:
+                print(_describe_windows(windows))
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from neurofm.data.session import Session, SessionFormatError
+
+    failed = 0
+    for path in args.files:
+        try:
+            with Session(path) as s:
+                s.validate()
+                print(f"{path}: ok ({s.n_units:,} units, {s.n_spikes:,} spikes, {s.duration:.3f} s)"
+                      if "spikes" in s.kinds else f"{path}: ok ({s.duration:.3f} s)")
+        except (SessionFormatError, OSError) as e:
+            print(f"neurofm validate: error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
+def _spike_window_stats(args: argparse.Namespace, session) -> dict:
+    """Spikes per current / previous window over the training block (the default split, or the
+    file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
+    from neurofm.data.tokenizer import block_size_for, window_count_percentiles
+    from neurofm.recipes.neuroformer import RunConfig, suggest_window, training_window_counts
+
+    cfg = RunConfig()
+    cfg.data.sessions = [str(session.path)]
+    w = cfg.model.window
+    if args.window_curr is not None:
+        w.curr = args.window_curr
+    if args.window_prev is not None:
+        w.prev = args.window_prev
+    curr, prev = training_window_counts(cfg)
+    hint = suggest_window(float(curr.mean()), w) if len(curr) else None
+    return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),
+            "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
+            "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
+            "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None}
+
+
+def _describe_windows(w: dict) -> str:
+    def row(p: dict) -> str:
+        return ", ".join(f"{k} {v:.3g}" for k, v in p.items()) if p else "-"
+
+    if "error" in w:
+        return f"  windows    - ({w['error']})"
+
+    lines = [f"  windows    spikes per window over the {w['n_train_windows']:,} training windows (default split or "
+             f"/intervals/train; --window-curr/--window-prev to change):",
+             f"             current  {w['window_curr_s'] * 1e3:g} ms: {row(w['curr'])}",
+             f"             previous {w['window_prev_s'] * 1e3:g} ms: {row(w['prev'])}"]
+    if w["auto_block_size"]:
+        b = w["auto_block_size"]
+        lines.append(f"             block sizes chosen from these (<= 0.5% of spikes dropped): id {b['id']}, "
+                     f"prev_id {b['prev_id']}")
+    if w["suggested_window_s"]:
+        sw = w["suggested_window_s"]
+        lines.append(f"             mostly empty windows: try model.window.curr={sw['curr']:g} "
+                     f"model.window.prev={sw['prev']:g}")
+    return "\n".join(lines)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -63,6 +152,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.kind == "spikes":
         out = synthetic.simulate_spikes(args.output, n_units=args.n_units, duration=args.duration, seed=args.seed,
                                         dt=args.dt, stimulus=args.stimulus, session_id=args.session_id)
+    elif args.subjects:  # several subjects sampling shared regions: OUTPUT is a folder
+        paths = synthetic.simulate_ieeg_subjects(args.output, args.subjects, duration=args.duration,
+                                                 sampling_rate=args.sampling_rate, seed=args.seed,
+                                                 line_noise=args.line_noise or None,
+                                                 behavior=args.behavior or None)
+        out = ", ".join(str(p) for p in paths) + f" (hold out {paths[-1].name}: its parcels all occur in the others)"
     else:
         out = synthetic.simulate_ieeg(args.output, n_channels=args.n_channels, duration=args.duration,
                                       sampling_rate=args.sampling_rate, seed=args.seed, n_regions=args.n_regions,
@@ -95,16 +190,80 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from neurofm.experiment import main as train_main
 
-    return train_main(args.args)
+    return train_main(args.args, prog="neurofm train")
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from neurofm.config import to_dict
+    from neurofm.experiment import CONFIG_DIR, config_path, resolve_config, shipped_configs
+
+    if args.action == "list":  # each shipped config with the first line of its header comment
+        for name in shipped_configs():
+            first = config_path(name).read_text().splitlines()[0]
+            print(f"{name:<22} {first.lstrip('# ').split(': `')[0] if first.startswith('#') else ''}")
+        return 0
+    if args.config is None:
+        raise ValueError("config show: give a CONFIG (a YAML file or a shipped name: "
+                         f"{', '.join(shipped_configs())})")
+    config, overrides = args.config, list(args.overrides)
+    if "=" in config:  # only overrides: of the default config, as `neurofm train` reads them
+        config, overrides = None, [config, *overrides]
+    path = config_path(config)
+    shown = path.relative_to(CONFIG_DIR).with_suffix("").as_posix() + " (shipped)" if CONFIG_DIR in path.parents \
+        else str(path)
+    print(f"# {shown}" + (f" + {' '.join(overrides)}" if overrides else ""))
+    print(OmegaConf.to_yaml(OmegaConf.create(to_dict(resolve_config(config, overrides)))), end="")
+    return 0
+
+
+def _split_overrides(args: argparse.Namespace, options: tuple[str, ...] = ("data", "behavior")) -> None:
+    """``key=value`` tokens swallowed by a many-valued option (``--behavior position
+    trainer.max_epochs=1``) are overrides: move them to ``args.overrides``. Paths and names
+    never look like ``dotted.key=...``."""
+    moved = []
+    for name in options:
+        values = getattr(args, name, None) or []
+        keep = [v for v in values if not _OVERRIDE.match(v)]
+        moved += [v for v in values if _OVERRIDE.match(v)]
+        setattr(args, name, keep)
+    args.overrides = moved + list(args.overrides or [])
+    bad = [o for o in args.overrides if not _OVERRIDE.match(o)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a key=value override (e.g. trainer.max_epochs=5); session files go "
+                         f"after --data, behaviour names after --behavior")
+    if not args.data:
+        raise ValueError("--data: give at least one session file (.h5)")
+
+
+def _recipe_options(fn, family: str, **options) -> dict:
+    """The options set on the command line (not None / False) that ``fn`` (a recipe's
+    ``finetune_config``) takes; one it does not take is an error naming the flag."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    out = {}
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        if name not in params:
+            raise ValueError(f"--{name.replace('_', '-')}: not available for {family} models")
+        out[name] = value
+    return out
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from neurofm.experiment import family_of, print_result, recipe_for, run
 
-    recipe = recipe_for(family_of(args.pretrained))
+    _split_overrides(args)
+    family = family_of(args.pretrained)
+    recipe = recipe_for(family)
+    extra = _recipe_options(recipe.finetune_config, family, from_scratch=args.from_scratch,
+                            score_when=args.score_when)
     cfg = recipe.finetune_config(args.pretrained, args.data, task=args.task, behavior=args.behavior,
                                  events=args.events, label_fraction=args.label_fraction, run_dir=args.run_dir,
-                                 freeze_backbone=args.freeze_backbone, overrides=args.overrides)
+                                 freeze_backbone=args.freeze_backbone, overrides=args.overrides, **extra)
     print_result(run(cfg))
     return 0
 
@@ -112,11 +271,33 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from neurofm.experiment import evaluate_pretrained
+    from neurofm import jsonio
+    from neurofm.experiment import evaluate_pretrained, family_of, recipe_for
 
+    _split_overrides(args)
+    out = Path(args.out)
+    family = family_of(args.pretrained)
+    recipe = recipe_for(family)
+    overrides = list(args.overrides)
+    label_fraction = args.label_fraction
+    if label_fraction is None:
+        # ridge on window counts fits the labelled windows the model was fine-tuned with
+        labels = getattr(recipe, "finetuned_labels", lambda _: None)(args.pretrained)
+        label_fraction = labels["label_fraction"] if labels else 1.0
+        if labels:
+            overrides = [f"seed={labels['seed']}", f"data.label_chunk_s={labels['label_chunk_s']}", *overrides]
+            print(f"neurofm evaluate: baselines fit the fine-tuning run's labels: {label_fraction:.0%} of the "
+                  f"training windows (seed {labels['seed']}, from {labels['config']}); --label-fraction to change",
+                  file=sys.stderr)
+    extra = _recipe_options(recipe.finetune_config, family, score_when=args.score_when)
     metrics = evaluate_pretrained(args.pretrained, args.data, task=args.task, behavior=args.behavior,
-                                  events=args.events, out_dir=Path(args.out), overrides=args.overrides)
-    print(json.dumps({k: metrics[k] for k in ("metrics", "baselines", "protocol") if k in metrics}, indent=2))
+                                  events=args.events, out_dir=out, overrides=overrides,
+                                  label_fraction=label_fraction, **extra)
+    shown = {k: metrics[k] for k in ("metrics", "baselines", "protocol", "null_reasons") if k in metrics}
+    print(jsonio.dumps(shown))
+    print(f"wrote {out / 'metrics.json'}")
+    for png in sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []:
+        print(f"wrote {png}")
     return 0
 
 
@@ -130,7 +311,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_card(args: argparse.Namespace) -> int:
     from neurofm.cards import write_card
 
-    print(f"wrote {write_card(args.run_dir, args.out)}")
+    print(f"wrote {write_card(args.run_dir, args.out, repo_id=args.repo_id)}")
     return 0
 
 
@@ -140,16 +321,55 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = generate_session(args.pretrained, args.data, args.output, mode=args.mode, start=args.start,
                            seconds=args.seconds, top_p=args.top_p, seed=args.seed, plot=not args.no_plot)
     print(f"wrote {out}")
+    png = Path(out).with_suffix(".png")
+    if not args.no_plot and png.exists():
+        print(f"wrote {png} (recorded vs generated raster)")
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's default in its help, unless the help
+    already says it or there is none to show (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default == [] or default == argparse.SUPPRESS
+                or action.option_strings == [] and action.nargs in ("*", "+", argparse.REMAINDER)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EPILOG = """examples:
+  neurofm simulate spikes sim.h5 --n-units 50 --duration 120
+  neurofm convert nwb my_recording.nwb my_recording.h5 && neurofm inspect my_recording.h5
+  neurofm train                             # the Neuroformer CPU demo -> runs/neuroformer-demo
+  neurofm train barista/demo trainer.max_epochs=2
+  neurofm config show demo model.n_embd=128
+  neurofm finetune --pretrained runs/neuroformer-demo/pretrained --data my_recording.h5 --behavior position
+
+`neurofm COMMAND --help` describes each command. Docs: README.md of the neurofm repository."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurofm", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="neurofm", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                epilog=EPILOG, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"neurofm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def _add(name, **kw):  # every subcommand: its help as description, defaults shown
+        kw.setdefault("description", kw.get("help"))
+        return add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    sub.add_parser = _add
 
     c = sub.add_parser("convert", help="convert a recording (NWB, or EDF/BrainVision/FIF/BIDS iEEG) to a session file")
-    c.add_argument("format", choices=["nwb", "ieeg"])
-    c.add_argument("input", help="NWB file, or anything MNE reads (a BIDS-iEEG file picks up its sidecars)")
+    c.add_argument("format", choices=["nwb", "ieeg", "session"],
+                   help="nwb: NWB 2 file (pynwb); ieeg: anything MNE reads; session: an existing session file, "
+                        "to move --behavior-channel channels to /behavior")
+    c.add_argument("input", help="NWB file, or anything MNE reads (a BIDS-iEEG file picks up its sidecars), or a "
+                                 "session file (format session)")
     c.add_argument("output", help="session file to write (.h5)")
     c.add_argument("--electrodes", help="BIDS-style electrodes.tsv (name, x, y, z, atlas label columns); iEEG only "
                                         "(default: the *_electrodes.tsv found beside the recording)")
@@ -159,22 +379,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--coordinate-unit", choices=["m", "cm", "mm", "um"],
                    help="unit of electrode x, y, z (overrides the input's own; default: what the input says, else "
                         "inferred with a warning)")
+    c.add_argument("--behavior-channel", action="append", metavar="NAME[=as_name]",
+                   help="iEEG / session: a channel that records behaviour (grip force, a joystick...) becomes "
+                        "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
+    c.add_argument("--license", help="the data's licence as an SPDX id (e.g. CC-BY-4.0), kept in the session file "
+                                     "for model cards (default: a BIDS dataset's License, else none)")
     c.add_argument("--nan", choices=["raise", "mark-bad"], default="raise",
                    help="NaN/inf in continuous data: stop with an error (default) or zero them and mark the channel bad")
     c.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("inspect", help="summarise a session file")
-    i.add_argument("file")
+    i.add_argument("file", help="session file (.h5)")
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
+    i.add_argument("--window-curr", type=float, help="spike files: current window (s) for the spikes-per-window "
+                                                     "percentiles (default: the run config's, 0.05)")
+    i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: the run config's)")
     i.set_defaults(func=_cmd_inspect)
 
+    v = sub.add_parser("validate", help="check session files' contents (times sorted and finite, unit indices "
+                                        "in range, spike index, timestamps, shapes) before training")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(func=_cmd_validate)
+
     s = sub.add_parser("simulate", help="write a synthetic session with known ground truth")
-    s.add_argument("kind", choices=["spikes", "ieeg"])
-    s.add_argument("output")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("kind", choices=["spikes", "ieeg"], help="spiking network or sEEG")
+    s.add_argument("output", help="session file to write (.h5)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same arguments, same file)")
     s.add_argument("--duration", type=float, default=600.0, help="seconds")
     s.add_argument("--n-units", type=int, default=100, help="spikes only")
     s.add_argument("--n-channels", type=int, default=64, help="ieeg only")
@@ -185,21 +418,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spikes only: add 20 Hz 16x16 drifting gratings that drive orientation-tuned units")
     s.add_argument("--n-regions", type=int, default=8, help="ieeg only: brain regions with their own source (2-16)")
     s.add_argument("--line-noise", type=float, default=60.0, help="ieeg only: mains frequency in Hz, 0 for none")
+    s.add_argument("--subjects", type=int, default=0,
+                   help="ieeg only: write this many subjects (OUTPUT is then a folder of sub-01.h5 ...), each with its "
+                        "own electrode layout and coordinate space sampling shared regions, 30 contacts each; the "
+                        "last one can be held out")
+    s.add_argument("--behavior", default="grip_force",
+                   help="ieeg --subjects only: name of the continuous behaviour driven by sensorimotor high gamma "
+                        "('' for none)")
     s.set_defaults(func=_cmd_simulate)
 
     sp = sub.add_parser("split", help="fix the train / valid / test time blocks of a session file",
                         description="Writes /intervals/train|valid|test; TimeBlockSplit then uses them instead of "
                                     "its fractions (e.g. to hold out a block of running, not the final rest).")
-    sp.add_argument("file")
+    sp.add_argument("file", help="session file (.h5) to write the blocks into")
     for name in ("train", "valid", "test"):
         sp.add_argument(f"--{name}", action="append", metavar="START:END", help="block in seconds (repeatable)")
     sp.add_argument("--overwrite", action="store_true", help="replace existing /intervals/train|valid|test")
     sp.set_defaults(func=_cmd_split)
 
-    t = sub.add_parser("train", help="train as a config says (same as `python train.py`)",
-                       description="neurofm train [CONFIG.yaml] [key=value ...]; no config: the Neuroformer CPU demo")
-    t.add_argument("args", nargs=argparse.REMAINDER, help="config file and key=value overrides")
+    # `neurofm train ...` hands its arguments, --help included, to neurofm.experiment.main
+    # (the same as `python train.py`), whose help lists configs, override syntax and examples.
+    t = sub.add_parser("train", help="train as a config says (same as `python train.py`)", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]; --help for more")
     t.set_defaults(func=_cmd_train)
+
+    cf = sub.add_parser("config", help="print the resolved config a `neurofm train` command would run, or list "
+                                       "the shipped configs",
+                        epilog="examples:\n  neurofm config list\n  neurofm config show demo\n"
+                               "  neurofm config show barista/paper model.encode_scale=lobe\n"
+                               "  neurofm config show my_config.yaml trainer.max_epochs=3")
+    cf.add_argument("action", choices=["show", "list"], help="show: print CONFIG resolved as YAML; list: the shipped configs")
+    cf.add_argument("config", nargs="?", help="a YAML file or a shipped config name (see `neurofm config list`)")
+    cf.add_argument("overrides", nargs="*", help="key=value overrides, as for `neurofm train`")
+    cf.set_defaults(func=_cmd_config)
 
     def finetune_args(p, required_out: bool = False):
         p.add_argument("--pretrained", required=True, help="pretrained folder (or Hub repo id)")
@@ -209,48 +460,70 @@ def build_parser() -> argparse.ArgumentParser:
                             "channels (BaRISTA)")
         p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress")
         p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes")
-        p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5)")
+        p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5), "
+                                                    "anywhere on the line (also after --data / --behavior)")
+        p.add_argument("--score-when", choices=["auto", "moving", "all"],
+                       help="Neuroformer: behaviour windows scored, in the test block and the validation block that "
+                            "selects the model: 'moving' = every 50 ms bin of the window has smoothed speed above "
+                            "eval.moving_threshold (the behaviour's units per second; default from the data: 0.2 x "
+                            "the training blocks' 95th-percentile speed); 'all'; 'auto' (default) = moving when "
+                            "decoding eval.moving_behavior (position), else all")
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained model on new recordings")
     finetune_args(f)
     f.add_argument("--label-fraction", type=float, default=1.0,
                    help="fraction of training windows with behaviour labels (few-shot), in contiguous chunks")
     f.add_argument("--freeze-backbone", action="store_true", help="train the heads (and new unit rows) only")
+    f.add_argument("--from-scratch", action="store_true",
+                   help="the same model shape and recipe from random init (the pretrained-vs-scratch control; the "
+                        "label draw depends only on seed and --label-fraction, so both arms see the same labels)")
     f.add_argument("--run-dir", help="default runs/finetune-<first data file>")
     f.set_defaults(func=_cmd_finetune)
 
     e = sub.add_parser("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data")
     finetune_args(e)
     e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
+    e.add_argument("--label-fraction", type=float,
+                   help="labelled training windows the baselines (ridge) fit, as in finetune (default: the "
+                        "fine-tuning run's, from RUN/config.yaml beside the pretrained folder, else 1.0)")
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="Lightning checkpoint -> from_pretrained folder (config.json + model.safetensors)")
-    x.add_argument("checkpoint")
-    x.add_argument("output")
+    x.add_argument("checkpoint", help="a .ckpt of a neurofm run (e.g. RUN_DIR/checkpoints/best.ckpt)")
+    x.add_argument("output", help="folder to write")
     x.add_argument("--family", choices=["neuroformer", "barista"],
                    help="default: read from the run's config.yaml next to the checkpoints folder")
     x.set_defaults(func=_cmd_export)
 
     k = sub.add_parser("card", help="write the model card of a run from its metrics.json")
-    k.add_argument("run_dir")
+    k.add_argument("run_dir", help="run folder with metrics.json and config.yaml")
     k.add_argument("--out", help="default RUN_DIR/pretrained/README.md")
+    k.add_argument("--repo-id", help="Hub repo id the card's usage snippet loads (e.g. my-lab/neuroformer-v1)")
     k.set_defaults(func=_cmd_card)
 
     g = sub.add_parser("generate", help="generate spikes with a pretrained Neuroformer and write them as a session file")
-    g.add_argument("pretrained")
+    g.add_argument("pretrained", help="pretrained Neuroformer folder (or Hub repo id)")
     g.add_argument("data", help="session file whose windows (and previous windows) condition the generation")
     g.add_argument("output", help="session file of generated spikes (.h5)")
-    g.add_argument("--mode", default="teacher_forced", choices=["teacher_forced", "free_running"])
+    g.add_argument("--mode", default="teacher_forced", choices=["teacher_forced", "free_running"],
+                   help="previous window: the recorded one, or the model's own previous window")
     g.add_argument("--start", type=float, help="first window start, s (default: the recording's start)")
-    g.add_argument("--seconds", type=float, default=10.0)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seconds", type=float, default=10.0, help="how much to generate, s")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling for ID and dt tokens")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--no-plot", action="store_true", help="skip the recorded-vs-generated raster PNG")
     g.set_defaults(func=_cmd_generate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from neurofm.threads import set_wait_policy
+
+    set_wait_policy()  # before any handler imports torch (neurofm.threads)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after `train` (--help too) is train.py's
+        log_to_stderr()
+        return _cmd_train(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     log_to_stderr()
     if getattr(args, "nan", None) == "mark-bad":

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any, Mapping, TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 T = TypeVar("T")
 
@@ -43,6 +43,8 @@ def from_dict(cls: type[T], data: Mapping | None = None, overrides: list[str] | 
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        if isinstance(e, ConfigKeyError) and key:
+            raise ConfigError(f"{where}: key {key!r}: unknown field ({_first_line(e)})") from None
         raise ConfigError(f"{where}: {'key ' + repr(key) + ': ' if key else ''}{_first_line(e)}") from None
 
 

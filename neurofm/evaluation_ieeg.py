@@ -27,6 +27,11 @@ test blocks with a gap (events whose segment crosses a block edge are dropped). 
 :class:`~neurofm.baselines.BandPowerRidge` baseline is fitted on train, its penalty chosen by
 validation AUROC, and scored by test AUROC (:func:`score_auroc`).
 
+**Test-period blocks** (:func:`test_period_blocks`): the contiguous blocks of the test period
+that the decode report of a BaRISTA run (:func:`neurofm.report.decode_report`) resamples for
+its confidence intervals (neighbouring segments share slow fluctuations, so resampling single
+segments would make the intervals too narrow).
+
 Units: times in seconds, segments per-channel per-segment z-scored (unitless), shapes ``S``
 segments, ``C`` channels (after the segmenter's channel plan), ``T`` samples per segment,
 ``E`` evaluation channels, ``B`` batch rows.
@@ -58,7 +63,7 @@ __all__ = [
     "non_neural_names", "evaluation_channels", "reconstruction_data", "reconstruction_batches",
     "reconstruction_r2", "score_reconstruction", "neighbour_mean_baseline", "LeastSquaresBaseline",
     "reconstruction_baselines", "event_data", "event_batches", "score_auroc", "score_classifier",
-    "band_power_baseline",
+    "band_power_baseline", "test_period_blocks",
 ]
 
 #: Channel names that carry no neural signal even when a file types them "eeg" (the sample
@@ -145,7 +150,7 @@ def _spatial(channels: Channels | None, C: int, spatial_vocab) -> dict[str, np.n
                "lobe": np.zeros(C, np.int64)}
     if channels is None or spatial_vocab is None:
         return unknown
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unknown labels are expected (index 0)
@@ -347,7 +352,7 @@ def reconstruction_data(session, protocol: ReconstructionProtocol | None = None,
     """Read one session's train and test segments and find its evaluation channels.
 
     ``session``: a session file path or :class:`Session`. ``spatial_vocab``: the
-    :class:`~neurofm.data.atlas.SpatialVocab` whose indices fill ``coords``/``parcel``/``lobe``
+    :class:`~neurofm.atlas.SpatialVocab` whose indices fill ``coords``/``parcel``/``lobe``
     (pass the model's, ``model.spatial_vocab``); ``"auto"`` builds one from this session;
     None leaves them unknown. :func:`reconstruction_batches` can re-encode with another.
     """
@@ -802,3 +807,28 @@ def band_power_baseline(data: EventData) -> dict[str, Any]:
     return {"auroc": score_auroc(clf.decision_function(te.x), te.label), "auroc_valid": score_valid,
             "alpha": float(alpha), "n_train": len(tr), "n_valid": len(va), "n_test": len(te), "model": clf,
             "protocol": data.describe()}
+
+
+# --------------------------------------------------------------------------------------------
+# blocks of the test period (for the decode report's block bootstrap)
+# --------------------------------------------------------------------------------------------
+
+
+def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int = 5) -> np.ndarray:
+    """``(N,) int`` block index of each test segment: the test period cut into ``n_blocks``
+    contiguous runs of (nearly) equal segment counts, in time order within each session.
+
+    Fewer blocks when there are fewer than ``min_per_block`` segments per block, but never
+    fewer than ``min(5, N)`` (a bootstrap over fewer blocks has too few distinct resamples to
+    give an interval; the BaRISTA recipe states none below 5 blocks).
+    """
+    t0 = np.asarray(t0, dtype=np.float64).ravel()
+    sess = np.zeros(len(t0), np.int64) if session is None else np.asarray(session, np.int64).ravel()
+    if sess.shape != t0.shape:
+        raise ValueError(f"test_period_blocks: session has {len(sess)} entries for {len(t0)} segments")
+    n = len(t0)
+    k = int(max(1, min(n_blocks, max(min(5, n), n // max(1, min_per_block)))))
+    order = np.lexsort((t0, sess))  # session, then time
+    blocks = np.empty(n, np.int64)
+    blocks[order] = (np.arange(n) * k) // max(n, 1)
+    return blocks

@@ -8,7 +8,7 @@ A config tree has five parts (DESIGN.md 6)::
     data:    ...                           the recipe's data config
     model:   ...                           the model's config dataclass
     task:    ...                           objective, optimiser, schedule
-    trainer: ...                           TrainerConfig below (devices, strategy, precision...)
+    trainer: ...                           TrainerConfig (neurofm.tasks.trainer: devices, strategy, precision...)
 
 Unknown keys and wrong types are errors naming the key (:mod:`neurofm.config`); ``main``
 prints them, and other errors that name a file or key, without a traceback (exit status 2).
@@ -16,10 +16,14 @@ The resolved config is saved as ``run_dir/config.yaml`` beside the checkpoints; 
 writes ``run_dir/metrics.json``, ``run_dir/pretrained/`` (``from_pretrained`` folder + model
 card) and ``run_dir/plots/``.
 
-Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch and, with
+Checkpoints (``checkpoints/last.ckpt`` at the end of every epoch, every
+``trainer.checkpoint_every_minutes`` (default 10) of training and, with
 ``trainer.checkpoint_every_n_steps``, every N steps too; ``best.ckpt`` by the recipe's
-monitored metric) go through Lightning's atomic save (temp file, then rename) and hold
-tensors and plain values only (``torch.load(weights_only=True)`` reads them). Every training
+monitored metric) are written to a temporary file in the checkpoint folder, fsynced and
+renamed (atomic on every filesystem; the replaced ``last.ckpt`` is kept as
+``last.prev.ckpt``), and hold tensors and plain values only (``torch.load(weights_only=True)``
+reads them). ``resume=auto`` continues from the newest checkpoint that loads (an empty or
+truncated ``last.ckpt`` is reported and passed over), and appends to ``logs/metrics.csv``. Every training
 step is seeded from ``(seed, rank, epoch, batch)`` and the training loader's position is
 restored on resume, so a run killed at any point and restarted with ``resume=auto``
 continues from the last checkpoint with the same step count, the same data order and the
@@ -50,40 +54,17 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import log_to_stderr
+from neurofm import jsonio, log_to_stderr
+from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("neurofm")
 
 FAMILIES = ("neuroformer", "barista")
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "neuroformer" / "demo.yaml"
-
-
-@dataclass
-class TrainerConfig:
-    """What Lightning's Trainer gets; the same config runs on a laptop and a cluster."""
-
-    max_epochs: int = 10
-    max_steps: int = -1
-    accelerator: str = "auto"  # cpu | gpu | auto
-    devices: str = "auto"  # "auto", a count ("4") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp
-    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true elsewhere
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 1.0
-    log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    deterministic: bool = False
-    compile: bool = False  # torch.compile the model (GPU runs)
-    progress_bar: bool = True
-    early_stopping_patience: int = 0  # 0 = off; else epochs without improvement of the monitored metric
-    checkpoint_every_n_steps: int = 0  # 0 = at the end of every epoch; else also every N optimizer steps
-    # Diagnostics: every process writes run_dir/ranks/rank{r}.json with the (session, time) of each
-    # training batch it trained on and a hash of its final weights (checks DDP sharding and sync).
-    record_batches: bool = False
+#: the configs shipped inside the package: ``neurofm train NAME`` (e.g. ``demo``, ``barista/paper``)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "neuroformer" / "demo.yaml"
 
 
 @dataclass
@@ -108,9 +89,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
     Returns the recipe's typed run config. The ``family`` key picks the recipe.
     """
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such config file (see configs/ for examples)")
+    path = config_path(path)
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
@@ -123,15 +102,66 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return cfg
 
 
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``neuroformer/demo``, ``barista/paper``...)."""
+    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+def config_path(config: str | os.PathLike | None = None) -> Path:
+    """CONFIG as a user gives it -> a YAML file.
+
+    An existing file is used as is; otherwise CONFIG names a shipped config: ``barista/paper``,
+    or a Neuroformer one by its bare name (``demo``, ``paper``, ``finetune``), with or without
+    ``.yaml`` and a leading ``configs/`` (the repository's old layout). None: the CPU demo.
+    """
+    if config is None or str(config) == "":
+        return DEFAULT_CONFIG
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removesuffix(".yml").removeprefix("configs/")
+    shipped = CONFIG_DIR / (name if "/" in name else f"neuroformer/{name}")
+    if shipped.with_suffix(".yaml").is_file():
+        return shipped.with_suffix(".yaml")
+    raise FileNotFoundError(f"{config}: no such config file, nor a shipped config name (shipped: "
+                            f"{', '.join(shipped_configs())}; a bare name means neuroformer/NAME)")
+
+
+def run_dir_for(path: str | os.PathLike | None, overrides: Sequence[str], cfg) -> str:
+    """The run folder of a config file plus command-line ``overrides``: one folder per config.
+
+    An explicit ``run_dir=`` override is used as given. Otherwise overrides that change what a
+    checkpoint means (``family``, ``seed`` and the ``model`` / ``data`` / ``task`` sections, the
+    ones :func:`check_resume_config` compares) give the file's ``run_dir`` a suffix made of a
+    short hash of the changed settings (``runs/neuroformer-demo-3f9a2c``), so two commands with
+    different models never share, and refuse to resume, one folder. Overrides of ``trainer`` or
+    ``eval`` only (more epochs, other devices) keep the file's folder, and resume continues it.
+    """
+    if any(o.split("=", 1)[0].strip().lstrip("+") == "run_dir" for o in overrides):
+        return cfg.run_dir
+    base = load_config(path)
+    old, new = to_dict(base), to_dict(cfg)
+    changed = []
+    for section in ("family", "seed", *RESUME_SECTIONS):
+        old_flat, new_flat = _flatten(old.get(section), section), _flatten(new.get(section), section)
+        changed += [f"{k}={new_flat.get(k)!r}" for k in sorted(set(old_flat) | set(new_flat))
+                    if old_flat.get(k) != new_flat.get(k)]
+    if not changed:
+        return base.run_dir
+    digest = hashlib.sha1("\n".join(changed).encode()).hexdigest()[:6]
+    return f"{base.run_dir.rstrip('/')}-{digest}"
+
+
+def resolve_config(config: str | os.PathLike | None = None, overrides: Sequence[str] = ()):
+    """What ``neurofm train CONFIG key=value ...`` runs: :func:`load_config` plus the run
+    folder rule of :func:`run_dir_for`."""
+    cfg = load_config(config, overrides)
+    cfg.run_dir = run_dir_for(config, overrides, cfg)
+    return cfg
+
+
 def save_config(cfg, path: Path) -> None:
-    _atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
 
 # -- trainer ------------------------------------------------------------------------------------
@@ -253,30 +283,229 @@ def _batch_recorder(out_dir: Path):
             record = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size),
                       "global_step": int(trainer.global_step), "batches": self.batches,
                       "weights_sha256": state_sha256(pl_module.state_dict())}
-            _atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
+            atomic_write(out_dir / f"rank{trainer.global_rank}.json", json.dumps(record) + "\n")
 
     return _BatchRecorder()
 
 
+LAST = "last.ckpt"
+
+
+def previous_of(path: Path) -> Path:
+    """Where the checkpoint ``path`` replaced last is kept (``last.ckpt`` -> ``last.prev.ckpt``)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _checkpoint_io():
+    """Lightning's checkpoint writer, made atomic on every filesystem (:mod:`neurofm.atomic`).
+
+    Lightning 2.x writes a checkpoint to the system temp folder and moves it into place; when
+    the run folder is on another filesystem (usual on clusters) that move is a copy over the
+    old file, so a kill during a save leaves a truncated ``last.ckpt``. Here the checkpoint is
+    written to a temporary file in the checkpoint folder, fsynced and renamed over the old one;
+    the replaced ``last.ckpt`` is kept as ``last.prev.ckpt`` (a hard link: no copy), which
+    resume falls back to if ``last.ckpt`` is ever unreadable. Loading always uses
+    ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain values, never
+    pickled objects.
+    """
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from neurofm.atomic import atomic_output
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+            if storage_options is not None:
+                raise TypeError("neurofm's checkpoint writer takes no storage_options")
+            path = Path(path)
+            keep = previous_of(path) if path.name == LAST else None
+            with atomic_output(path, keep_previous=keep) as tmp:
+                torch.save(checkpoint, tmp)
+
+        def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+    return AtomicCheckpointIO()
+
+
+def _last_checkpoint(ckpt_dir: Path, every_n_steps: int = 0, every_minutes: float = 0.0):
+    """The callback that writes ``ckpt_dir/last.ckpt`` (what ``resume=auto`` continues from).
+
+    Saved at the end of every training epoch, after every ``every_n_steps`` optimizer steps
+    (0 = off) and when ``every_minutes`` of training passed since the last save (0 = off; rank
+    0's clock decides for all ranks). Lightning's own ``ModelCheckpoint(save_top_k=0,
+    save_last=True)`` does not do this (2.6): it writes ``last.ckpt`` at an epoch end only when
+    it also wrote a top-k checkpoint at that step, so with ``save_top_k=0`` nothing is written
+    until training ends, and a crash loses the whole run.
+    """
+    from lightning.pytorch.callbacks import Checkpoint
+
+    class _LastCheckpoint(Checkpoint):
+        monitor = None  # not a "best" checkpoint (see _restore_best)
+        best_model_path = ""
+
+        def __init__(self):
+            self.path = ckpt_dir / LAST
+            self._saved_step = -1
+            self._seen_step = -1
+            self._since = time.monotonic()
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self._since = time.monotonic()
+            self._saved_step = self._seen_step = int(trainer.global_step)  # a resumed run: already saved
+
+        def _save(self, trainer) -> None:
+            if trainer.global_step == self._saved_step or trainer.sanity_checking:
+                return
+            trainer.save_checkpoint(self.path)
+            self._saved_step = int(trainer.global_step)
+            self._since = time.monotonic()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == self._seen_step:  # accumulating gradients: no optimizer step yet
+                return
+            self._seen_step = int(trainer.global_step)
+            due = every_n_steps > 0 and trainer.global_step % every_n_steps == 0
+            if every_minutes > 0:
+                late = time.monotonic() - self._since >= 60.0 * every_minutes
+                due = bool(trainer.strategy.broadcast(due or late))  # every rank saves, or none
+            if due:
+                self._save(trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self._save(trainer)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._save(trainer)
+
+    return _LastCheckpoint()
+
+
+def _csv_logger(run_dir: Path, resume_step: int | None = None):
+    """Lightning's CSVLogger (``run_dir/logs/metrics.csv``). A run resumed from a checkpoint
+    of global step ``resume_step`` keeps the rows logged before that checkpoint and appends
+    its own (Lightning deletes a non-empty log folder's metrics.csv when a logger starts
+    there); rows of steps after the checkpoint, which the resumed run does again, are dropped
+    so that no step appears twice."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from neurofm.atomic import atomic_output
+
+    class _AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if resume_step is None:
+                return super()._check_log_dir_exists()
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = list(reader.fieldnames or []), list(reader)
+            kept = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < resume_step]
+            if len(kept) < len(rows):
+                with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(kept)
+            self.metrics_keys = header
+
+    class _CSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+            if self._experiment is None and rank_zero_only.rank == 0:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            return super().experiment
+
+    return _CSVLogger(run_dir, name="logs", version="")
+
+
+#: trainer.logger names -> (module the logger needs, extra that installs it)
+LOGGERS = {"csv": (None, None), "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+           "mlflow": ("mlflow", "mlflow")}
+
+
+def logger_names(tc: TrainerConfig) -> list[str]:
+    """``trainer.logger`` as a list of names, checked: an unknown name or a logger whose package
+    is not installed is a :class:`ConfigError` saying which extra to install."""
+    import importlib.util
+
+    names = [n.strip().lower() for n in str(tc.logger).split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"trainer.logger: empty; choose from {', '.join(LOGGERS)} (comma-separated for several)")
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"trainer.logger: {name!r} is not one of {', '.join(LOGGERS)} (comma-separated for "
+                              f"several, e.g. trainer.logger=csv,tensorboard)")
+        module, extra = LOGGERS[name]
+        # TensorBoard logging also works through tensorboardX, as in Lightning
+        found = module is None or any(importlib.util.find_spec(m) is not None
+                                      for m in ([module, "tensorboardX"] if name == "tensorboard" else [module]))
+        if not found:
+            raise ConfigError(f"trainer.logger={name}: the {module} package is not installed; pip install "
+                              f"\"neurofm[{extra}]\" (or pip install {module}), or use trainer.logger=csv")
+    return names
+
+
+def _loggers(tc: TrainerConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    """The Lightning loggers of ``trainer.logger``, all writing under ``run_dir``."""
+    from lightning.pytorch import loggers
+
+    out = []
+    for name in logger_names(tc):
+        if name == "csv":  # run_dir/logs/metrics.csv, appended to on resume
+            out.append(_csv_logger(run_dir, resume_step))
+        elif name == "tensorboard":  # run_dir/logs/events.out.tfevents.*
+            out.append(loggers.TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False))
+        elif name == "wandb":  # project from WANDB_PROJECT (default neurofm); files under run_dir/wandb
+            out.append(loggers.WandbLogger(save_dir=str(run_dir), name=run_dir.name,
+                                           project=os.environ.get("WANDB_PROJECT", "neurofm")))
+        elif name == "mlflow":  # MLFLOW_TRACKING_URI if set, else a file store in run_dir/mlruns
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+            out.append(loggers.MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "neurofm"),
+                                            run_name=run_dir.name, tracking_uri=uri))
+    return out
+
+
+#: Lightning's start-up lines that say nothing about a neurofm run: device availability, adverts
+#: for its cloud products, notes that a limit of 1.0 uses all batches.
+_LIGHTNING_NOISE = ("GPU available:", "TPU available:", "HPU available:", "\U0001f4a1 Tip:", "`Trainer(limit_",
+                    "Loading `train_dataloader` to estimate")
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_LIGHTNING_NOISE)
+
+
+def _quiet_lightning() -> None:
+    """Drop :data:`_LIGHTNING_NOISE` from Lightning's own loggers, and the FutureWarning that
+    Lightning's pytree helper triggers in recent torch (``LeafSpec``) from that module only."""
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
+            logger.addFilter(_DropLightningNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
-                  extra_callbacks: Sequence[Any] = (), seed: int = 0):
-    """A Lightning Trainer writing checkpoints and CSV logs under ``run_dir``; ``seed`` seeds
+                  extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
+    """A Lightning Trainer writing checkpoints and logs (``trainer.logger``) under ``run_dir``; ``seed`` seeds
     every training step (see :func:`_exact_resume_callback`)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
+    _quiet_lightning()
     ckpt_dir = run_dir / "checkpoints"
-    # last.ckpt: what resume=auto continues from. Written at the end of every epoch (so at the
-    # end of training it holds the final weights) and, with checkpoint_every_n_steps, also every
-    # N optimizer steps; Lightning takes one schedule per callback, hence two callbacks, both
-    # overwriting last.ckpt (no version counter, which would make the second one last-v1.ckpt).
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_epochs=1,
-                                 save_on_train_epoch_end=True, enable_version_counter=False)]
-    if tc.checkpoint_every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                         every_n_train_steps=tc.checkpoint_every_n_steps,
-                                         enable_version_counter=False))
+    # last.ckpt: what resume=auto continues from (see _last_checkpoint)
+    callbacks = [_last_checkpoint(ckpt_dir, tc.checkpoint_every_n_steps, tc.checkpoint_every_minutes)]
     callbacks += [_exact_resume_callback(seed), LearningRateMonitor(logging_interval="step")]
     if tc.record_batches:
         callbacks.append(_batch_recorder(run_dir / "ranks"))
@@ -300,22 +529,71 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         log_every_n_steps=tc.log_every_n_steps, check_val_every_n_epoch=tc.check_val_every_n_epoch,
         limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
         deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar,
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=callbacks,
+        logger=_loggers(tc, run_dir, resume_step),
+        callbacks=callbacks, plugins=[_checkpoint_io()],
         use_distributed_sampler=False,  # neurofm's samplers shard by rank themselves
     )
 
 
 def resume_path(resume: str, run_dir: Path) -> str | None:
-    """``resume``: ``auto`` (last checkpoint in run_dir if any), ``none``, or a checkpoint path."""
+    """``resume``: ``auto`` (the newest loadable checkpoint in ``run_dir/checkpoints`` if any),
+    ``none``, or a checkpoint path.
+
+    ``auto`` tries ``last.ckpt``, then ``last.prev.ckpt`` (the one it replaced), then any other
+    checkpoint there, newest first; passing over an unreadable one (empty, truncated) is
+    reported. Checkpoints exist but none loads, or an explicit path does not load: an error
+    naming the path and the fix.
+    """
     if resume in ("", "none", "never", None):
         return None
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(resume).exists():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint")
-    return str(resume)
+    if resume != "auto":
+        path = Path(resume)
+        if not path.exists():
+            raise FileNotFoundError(f"resume={resume}: no such checkpoint")
+        problem = _unloadable(path)
+        if problem:
+            raise ConfigError(f"resume={resume}: {path} cannot be loaded ({problem}); give another checkpoint, "
+                              f"or resume=none to start over")
+        return str(path)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / LAST
+    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if ckpt_dir.is_dir() else []
+    order = [p for p in (last, previous_of(last)) if p in found] + [p for p in found if p not in (last, previous_of(last))]
+    skipped = []
+    for path in order:
+        problem = _unloadable(path)
+        if not problem:
+            if skipped:
+                log.warning("neurofm: %s; resuming from %s, the newest checkpoint that loads",
+                            "; ".join(f"{p} cannot be loaded ({why})" for p, why in skipped), path)
+            return str(path)
+        skipped.append((path, problem))
+    if skipped:
+        raise ConfigError("resume=auto: no checkpoint in " + str(ckpt_dir) + " can be loaded: "
+                          + "; ".join(f"{p.name}: {why}" for p, why in skipped)
+                          + ". Start this run_dir over with resume=none (or give resume=PATH of a good checkpoint)")
+    return None
+
+
+def _global_step(checkpoint: str | None) -> int | None:
+    """The global step a checkpoint was written at (None for no checkpoint)."""
+    if not checkpoint:
+        return None
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+
+
+def _unloadable(path: Path) -> str | None:
+    """Why the checkpoint ``path`` cannot be loaded, or None if it loads (memory-mapped, with
+    ``weights_only=True``: tensors are not read, a truncated or empty file still fails)."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # EOFError, RuntimeError (PytorchStreamReader...), UnpicklingError, OSError
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'truncated'}"
+    if not isinstance(state, dict) or "state_dict" not in state:
+        return "not a Lightning checkpoint (no state_dict)"
+    return None
 
 
 #: config sections that decide what a checkpoint's weights and data order mean; a resumed run
@@ -336,7 +614,7 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
-    new = to_dict(cfg)
+    new = _as_saved(cfg)
     diffs = []
     for section in RESUME_SECTIONS:
         old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
@@ -349,6 +627,13 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
         raise ConfigError(f"resume: {checkpoint} was written by a run with another config ({saved_path}): {shown}. "
                           f"A checkpoint only continues the run that wrote it: use a new run_dir, or resume=none "
                           f"to start this run_dir over")
+
+
+def _as_saved(cfg) -> dict:
+    """``cfg`` as :func:`save_config` writes it and config.yaml reads back (tuples become lists,
+    ...), so a resumed run's config compares equal to the saved one whatever its Python types."""
+    text = OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)  # type: ignore[return-value]
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
@@ -365,7 +650,26 @@ def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
 
 
 def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
-    """Train, evaluate and export as ``cfg`` says. Returns where everything went."""
+    """Train, evaluate and export as ``cfg`` says. Returns where everything went.
+
+    Runs with ``trainer.threads`` CPU threads (:mod:`neurofm.threads`), restored afterwards.
+    """
+    from neurofm.threads import available_cores, resolve_threads
+
+    logger_names(cfg.trainer)  # a missing logger package fails now, not after data preparation
+    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
+    how = (f"auto: {available_cores()} cores, load {os.getloadavg()[0]:.1f}, at most {before}"
+           if str(cfg.trainer.threads).strip().lower() == "auto" and hasattr(os, "getloadavg") else "set")
+    log.info(f"neurofm: {threads} CPU thread{'s' if threads > 1 else ''} (trainer.threads={cfg.trainer.threads}; "
+             f"{how}), {os.environ.get('OMP_WAIT_POLICY', 'default')} OpenMP wait policy")
+    torch.set_num_threads(threads)
+    try:
+        return _run(cfg, extra_callbacks)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     import lightning as L
 
     recipe = recipe_for(cfg.family)
@@ -373,6 +677,8 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     t_start = time.time()
     cfg = recipe.prepare(cfg)  # simulate the demo session once; resolve a pretrained model's shape
+    if hasattr(recipe, "preflight"):  # what the run needs after training, checked before it starts
+        recipe.preflight(cfg, training=True)
     ckpt = resume_path(cfg.resume, run_dir)
     if ckpt:
         check_resume_config(cfg, ckpt)
@@ -386,11 +692,12 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     # higher is better) is checkpointed and early-stopped on it; otherwise the recipe's.
     monitor, mode = (task.monitor, "max") if isinstance(getattr(task, "monitor", None), str) else recipe.MONITOR
     trainer = build_trainer(cfg.trainer, run_dir, monitor=monitor, mode=mode,
-                            extra_callbacks=extra_callbacks, seed=cfg.seed)
+                            extra_callbacks=extra_callbacks, seed=cfg.seed, resume_step=_global_step(ckpt))
     if trainer.global_rank == 0:
         save_config(cfg, run_dir / "config.yaml")
     if ckpt and trainer.global_rank == 0:
         print(f"neurofm: resuming from {ckpt}")
+    trained_before = _previous_training(run_dir) if ckpt else None
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
     train_seconds = time.time() - t_start
     if trainer.global_rank != 0:
@@ -402,17 +709,46 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         device=str(trainer.strategy.root_device), world_size=int(trainer.world_size))
     if restored:
         metrics["training"]["evaluated_checkpoint"] = restored
+    metrics["training"] = _keep_provenance(trained_before, metrics["training"])
     import neurofm
+    from neurofm.cards import data_sources, render_card, run_session_paths
+    from neurofm.hub import model_meta
 
     metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
+    metrics.setdefault("data", {})["sources"] = data_sources(run_session_paths(to_dict(cfg)))
     pretrained_dir = run_dir / "pretrained"
     model = recipe.export(task)
     metrics.setdefault("n_params", int(sum(p.numel() for p in model.parameters())))
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    from neurofm.cards import render_card
-
-    model.save_pretrained(pretrained_dir, card=render_card(metrics, (run_dir / "config.yaml").read_text()))
+    text = jsonio.dumps(metrics, default=_json_default)  # undefined metrics -> null, with null_reasons
+    atomic_write(run_dir / "metrics.json", text + "\n")
+    metrics = json.loads(text)  # the card and the caller see what metrics.json holds
+    card = render_card(metrics, (run_dir / "config.yaml").read_text(), model_meta=model_meta(model))
+    model.save_pretrained(pretrained_dir, card=card)
     return RunResult(run_dir, pretrained_dir, metrics)
+
+
+def _previous_training(run_dir: Path) -> dict | None:
+    """The ``training`` section of the run folder's metrics.json, if a finished run left one."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text()).get("training") if path.exists() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _keep_provenance(before: dict | None, now: dict) -> dict:
+    """Training provenance of a resumed run. Re-running a finished run trains nothing: keep the
+    record of the run that trained (its wall time, device...), noting the re-evaluation. A run
+    resumed to train further adds this session's steps and time to the earlier ones."""
+    if not before or "steps" not in before:
+        return now
+    if int(before["steps"]) == int(now["steps"]):
+        kept = {k: v for k, v in before.items() if k != "reevaluated"}
+        if "evaluated_checkpoint" in now:
+            kept["evaluated_checkpoint"] = now["evaluated_checkpoint"]
+        return {**kept, "reevaluated": True}
+    return {**now, "wall_time_s": round(float(before.get("wall_time_s", 0.0)) + float(now["wall_time_s"]), 1),
+            "resumed_at_step": int(before["steps"])}
 
 
 def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | None) -> dict | None:
@@ -441,8 +777,9 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: The recipe of every model class the package saves (a test checks none is missing).
 FAMILY_OF_MODEL = {"Neuroformer": "neuroformer", "Barista": "barista", "BaristaEncoder": "barista",
-                   "BaristaClassifier": "barista", "BaristaRegressor": "barista"}
+                   "BaristaFinetuned": "barista"}
 
 
 def family_of(pretrained: str | os.PathLike) -> str:
@@ -466,10 +803,12 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     cfg = recipe.finetune_config(pretrained, list(sessions), run_dir=str(out_dir), overrides=list(overrides),
                                  **options)
     cfg = recipe.prepare(cfg)
+    if hasattr(recipe, "preflight"):
+        recipe.preflight(cfg, training=False)
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
-    _atomic_write(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
 
 
@@ -493,28 +832,82 @@ def print_result(result: RunResult) -> None:
     print(f"\nrun folder:       {result.run_dir}")
     print(f"pretrained model: {result.pretrained_dir}  (neurofm.hub.load_pretrained)")
     print(f"metrics:          {result.run_dir / 'metrics.json'}")
+    for sub in ("plots", "checkpoints", "logs"):  # every file the run wrote, by folder
+        files = sorted(f.relative_to(result.run_dir / sub).as_posix()
+                       for f in (result.run_dir / sub).rglob("*") if f.is_file())
+        if files:
+            print(f"{sub + ':':<17} {result.run_dir / sub}/ ({', '.join(files)})")
     for k, v in result.metrics.get("metrics", {}).items():
         print(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}")
     for name, row in result.metrics.get("baselines", {}).items():
         print(f"  baseline: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python train.py [CONFIG.yaml] [key=value ...]``."""
+def train_help(prog: str = "neurofm train") -> str:
+    """What ``neurofm train --help`` and ``python train.py --help`` print."""
+    names = ", ".join(shipped_configs())
+    return f"""usage: {prog} [CONFIG] [key=value ...]
+
+Train a Neuroformer or BaRISTA model as a config says, evaluate it on a held-out time block
+against baselines, and export a from_pretrained folder. With no CONFIG: the Neuroformer CPU
+demo (simulates a 40-unit spiking session once, trains a small model in a few minutes).
+
+CONFIG       a YAML file, or the name of a config shipped with neurofm: {names}
+             (a bare name means neuroformer/NAME: `demo` is neuroformer/demo)
+key=value    override any setting, dotted into the config tree (an unknown key or a wrong
+             type is an error naming the key); lists in brackets: data.sessions='[a.h5,b.h5]'.
+             Sections: family, run_dir, seed, resume, data, model, task, eval, trainer.
+             Print the resolved config with: neurofm config show CONFIG [key=value ...]
+
+Run folder   run_dir from the config; overrides of model / data / task / seed / family add
+             a short hash of the changed settings (runs/neuroformer-demo-3f9a2c), so runs of
+             different models never share a folder; set run_dir=... to choose it. resume=auto
+             (default) continues the folder's last checkpoint.
+Useful keys  trainer.max_epochs, trainer.max_steps, trainer.accelerator=cpu|gpu,
+             trainer.devices=N, trainer.strategy=ddp|fsdp, trainer.precision,
+             trainer.threads=auto|N (CPU threads; auto = free cores from the load average),
+             trainer.logger=csv|tensorboard|wandb|mlflow (comma-separated for several),
+             trainer.log_every_n_steps, trainer.early_stopping_patience, data.batch_size
+
+examples:
+  {prog}                                   # the CPU demo -> runs/neuroformer-demo
+  {prog} demo model.n_embd=128 trainer.max_epochs=20
+  {prog} barista/demo trainer.logger=csv,tensorboard
+  {prog} my_config.yaml run_dir=runs/exp1 trainer.devices=4 trainer.strategy=ddp
+
+Writes RUN_DIR/config.yaml, metrics.json, pretrained/ (config.json, model.safetensors,
+README.md), plots/, checkpoints/ (last.ckpt, best.ckpt) and logs/ (metrics.csv).
+"""
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python train.py") -> int:
+    """``python train.py [CONFIG] [key=value ...]`` (also ``neurofm train``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    path = argv.pop(0) if argv and "=" not in argv[0] and not argv[0].startswith("-") else None
+    if any(a in ("-h", "--help") for a in argv):
+        print(train_help(prog))
+        if path is not None:
+            try:
+                print(f"CONFIG {path}: {config_path(path)}; its settings: neurofm config show {path}")
+            except FileNotFoundError as e:
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                return 2
         return 0
-    path = argv.pop(0) if argv and "=" not in argv[0] else None
+    unknown = [a for a in argv if "=" not in a]
+    if unknown:
+        print(f"{prog}: error: {unknown[0]!r} is not key=value (only the first argument may be a CONFIG); "
+              f"see {prog} --help", file=sys.stderr)
+        return 2
     log_to_stderr()
     from neurofm.data.session import SessionFormatError
+    from neurofm.atomic import OutputError
     from neurofm.hub import PretrainedError
 
     try:
-        print_result(run(load_config(path, argv)))
-    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError) as e:
+        print_result(run(resolve_config(path, argv)))
+    except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError, OutputError) as e:
         # These name the file or key and the fix: show them without a traceback. Anything
         # else (a failure inside training) keeps its traceback.
-        print(f"neurofm train: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -5,12 +5,21 @@ holds::
 
     config.json          {"neurofm_version", "format", "model_type", "config": {...}}
     model.safetensors    the state_dict, tensors only
-    README.md            the model card, when one was written
+    README.md            the model card (a run's card, or one generated from the model)
 
 Loading is strict: a missing, unexpected or mis-shaped tensor is an error that names the key;
 a model never comes back partly random. A folder from an older neurofm loads when its
 config only lacks keys that have defaults now (a warning lists them); anything else is an
 error that says what differs.
+
+The mixin is huggingface_hub's :class:`~huggingface_hub.ModelHubMixin` with neurofm's own
+(strict) ``_save_pretrained`` / ``_from_pretrained``, so it keeps that class's conventions:
+``save_pretrained`` writes the model card (``README.md``) beside the weights and
+``push_to_hub`` uploads it; ``from_pretrained`` takes a local folder (never touches the
+network) or a Hub repo id with ``revision``, ``cache_dir``, ``force_download``,
+``local_files_only`` and ``token``, downloaded through ``snapshot_download`` into the usual
+Hugging Face cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only that cache). Log in
+for uploads with ``hf auth login``.
 """
 
 from __future__ import annotations
@@ -26,15 +35,19 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
+from huggingface_hub import ModelCard, ModelHubMixin
 from safetensors.torch import load_file, save_file
 
 import neurofm
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+_FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 FOLDER_FORMAT = 1
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -46,11 +59,13 @@ class PretrainedError(ValueError):
     """A pretrained folder is missing, corrupt, or does not match its model class."""
 
 
-class PretrainedMixin:
+class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience"]):
     """Adds ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` to an ``nn.Module``.
 
     The class sets ``config_class`` (a dataclass) and takes ``config`` as the only argument of
-    ``__init__``; the module keeps it as ``self.config``.
+    ``__init__``; the module keeps it as ``self.config``. Built on huggingface_hub's
+    ``ModelHubMixin`` (same method names and keywords), but ``config.json`` is neurofm's own
+    (``model_type`` + the typed config) and loading is strict.
     """
 
     config_class: type = None  # type: ignore[assignment]
@@ -60,52 +75,83 @@ class PretrainedMixin:
         _REGISTRY[cls.__name__] = cls
 
     # -- saving ---------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, *, card: str | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (and ``README.md`` if ``card``).
+    def save_pretrained(self, save_directory: str | os.PathLike, *, card: str | None = None,
+                        repo_id: str | None = None, push_to_hub: bool = False,
+                        model_card_kwargs: dict[str, Any] | None = None, **push_to_hub_kwargs) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and the model card ``README.md``.
 
-        Each file is written to a temporary name and renamed, so a crash never leaves a
-        half-written weights file beside a valid config.
+        ``card`` is the card's markdown (e.g. :func:`neurofm.cards.render_card` of a run);
+        without it the card is generated from the model itself (:meth:`generate_model_card`:
+        its config, parameter count, usage and citation, no evaluation). An existing
+        ``README.md`` is replaced: a card left from other weights would describe the wrong
+        model. Each file is written to a temporary name and renamed, so a crash never leaves a
+        half-written weights file beside a valid config. ``push_to_hub=True`` then uploads the
+        folder as ``repo_id`` (default: the folder's name) with :meth:`push_to_hub`'s keywords.
         """
+        if push_to_hub_kwargs and not push_to_hub:
+            raise TypeError(f"save_pretrained: unexpected keywords {sorted(push_to_hub_kwargs)} (config.json is "
+                            f"written from model.config; other keywords are push_to_hub's: pass push_to_hub=True)")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
-        state = _untie(state)
-        meta = {
-            "neurofm_version": neurofm.__version__,
-            "format": FOLDER_FORMAT,
-            "model_type": type(self).__name__,
-            "config": to_dict(self.config),  # type: ignore[attr-defined]
-        }
-        _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-        if card is not None:
-            _atomic(out / "README.md", lambda p: p.write_text(card))
+        self._save_pretrained(out)
+        text = card if card is not None else str(self.generate_model_card(**(model_card_kwargs or {})))
+        atomic_write(out / CARD_NAME, text)
+        if push_to_hub:
+            self.push_to_hub(repo_id or out.name, card=text, **push_to_hub_kwargs)
         return out
 
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
-                    commit_message: str = "Upload neurofm model", card: str | None = None) -> str:
-        """Save to a temporary folder and upload it as the Hub model repo ``repo_id``."""
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """``model.safetensors`` (tensors only) + ``config.json`` (:func:`model_meta`)."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        state = _untie(state)
+        meta = model_meta(self)
+        atomic_write(save_directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(save_directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """The card of these weights alone (no run, so no data or metrics): what the model is,
+        its config, how to load it, what to cite. A run's card (``neurofm card RUN_DIR``)
+        adds data, licence and held-out metrics."""
+        from neurofm.cards import render_card
+
+        n_params = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
+        return ModelCard(render_card(None, model_meta=model_meta(self), n_params=n_params, **kwargs))
+
+    def push_to_hub(self, repo_id: str, *, card: str | None = None, commit_message: str = "Upload neurofm model",
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    create_pr: bool | None = None, allow_patterns: list[str] | str | None = None,
+                    ignore_patterns: list[str] | str | None = None, delete_patterns: list[str] | str | None = None,
+                    model_card_kwargs: dict[str, Any] | None = None):
+        """Save to a temporary folder (weights, config, model card) and upload it in one commit
+        to the Hub model repo ``repo_id`` (created if needed). Needs a token: ``hf auth login``
+        or ``token=``. Returns the commit (its URL as a string), as huggingface_hub does."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, card=card)
-            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        return f"https://huggingface.co/{repo_id}"
+            self.save_pretrained(tmp, card=card, model_card_kwargs={"repo_id": repo_id, **(model_card_kwargs or {})})
+            return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=tmp,
+                                     commit_message=commit_message, revision=branch, create_pr=create_pr,
+                                     allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+                                     delete_patterns=delete_patterns)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls: type[M], name_or_path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
-                        revision: str | None = None, token: str | None = None,
-                        local_files_only: bool = False) -> M:
-        """Load a model from a local folder or a Hugging Face Hub repo id.
+                        revision: str | None = None, token: str | bool | None = None,
+                        local_files_only: bool = False, cache_dir: str | os.PathLike | None = None,
+                        force_download: bool = False) -> M:
+        """Load a model from a local folder or a Hugging Face Hub repo id (``"org/name"``).
 
-        A local folder never touches the network. The folder's ``model_type`` must be this
-        class (or, when called on :class:`PretrainedMixin`'s user-facing base, any registered
-        neurofm model).
+        A local folder never touches the network. A repo id is fetched with
+        ``snapshot_download`` (``revision``: branch, tag or commit; ``cache_dir``: default the
+        Hugging Face cache, ``HF_HUB_CACHE``; ``local_files_only`` or ``HF_HUB_OFFLINE=1``: the
+        cache only). The folder's ``model_type`` must be this class or a subclass of it; use
+        :func:`load_pretrained` (``neurofm.from_pretrained``) to load whatever it holds.
         """
-        folder = _resolve(name_or_path, revision=revision, token=token, local_files_only=local_files_only)
+        folder = _resolve(name_or_path, revision=revision, token=token, local_files_only=local_files_only,
+                          cache_dir=cache_dir, force_download=force_download)
         meta = read_config(folder)
         model_type = meta.get("model_type")
         target = cls
@@ -125,19 +171,21 @@ class PretrainedMixin:
 
 
 def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
-    """Load any neurofm model folder, whatever its class (read from ``config.json``)."""
-    folder = _resolve(name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token"),
-                      local_files_only=kwargs.get("local_files_only", False))
+    """Load any neurofm model folder or Hub repo, whatever its class (``model_type`` in
+    ``config.json``); keywords as :meth:`PretrainedMixin.from_pretrained`. This is
+    ``neurofm.from_pretrained``."""
+    folder = _resolve(name_or_path, **_hub_kwargs(kwargs))
+    kwargs = {k: v for k, v in kwargs.items() if k not in _HUB_KEYS}  # fetched once: the rest reads `folder`
     model_type = read_config(folder).get("model_type")
     if model_type not in _REGISTRY:
         # model classes register when their module is imported; neurofm.models imports none of
-        # them itself (a fresh process that only did `from neurofm.hub import ...` has none)
+        # them itself (a fresh process that only did `from neurofm.hub import ...` has none).
+        # By name: the hub sits below the models (they import PretrainedMixin from here).
         import importlib
         import pkgutil
 
-        import neurofm.models
-
-        for info in pkgutil.iter_modules(neurofm.models.__path__):
+        models = importlib.import_module("neurofm.models")
+        for info in pkgutil.iter_modules(models.__path__):
             importlib.import_module(f"neurofm.models.{info.name}")
     if model_type not in _REGISTRY:
         raise PretrainedError(f"{folder / CONFIG_NAME}: unknown model_type {model_type!r}; "
@@ -147,8 +195,38 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs) -> Any:
 
 def pretrained_config(name_or_path: str | os.PathLike, **kwargs) -> dict:
     """``config.json`` of a local pretrained folder or Hub repo, without loading weights."""
-    return read_config(_resolve(name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token"),
-                                local_files_only=kwargs.get("local_files_only", False)))
+    return read_config(_resolve(name_or_path, **_hub_kwargs(kwargs)))
+
+
+def model_meta(model: Any) -> dict:
+    """What ``config.json`` holds for ``model``: neurofm version, folder format, class name and
+    the typed config (the config that matches the weights; model cards embed it)."""
+    return {
+        "neurofm_version": neurofm.__version__,
+        "format": FOLDER_FORMAT,
+        "model_type": type(model).__name__,
+        "config": to_dict(model.config),
+    }
+
+
+def push_pretrained(folder: str | os.PathLike, repo_id: str, *, commit_message: str = "Upload neurofm model",
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    create_pr: bool | None = None):
+    """Upload an existing pretrained folder (e.g. ``runs/NAME/pretrained``, whose README.md is
+    the run's card) as the Hub model repo ``repo_id``. The folder is loaded strictly first, so
+    a folder whose weights do not match its config is never published; a folder without a
+    card gets one generated from the model."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    model = load_pretrained(folder)
+    if not (folder / CARD_NAME).exists():  # only the card is added; the weights stay as they are
+        text = str(model.generate_model_card(repo_id=repo_id))
+        atomic_write(folder / CARD_NAME, text)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=commit_message,
+                             revision=branch, create_pr=create_pr, allow_patterns=list(_FOLDER_FILES))
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -196,17 +274,6 @@ def _few(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses shared storage; clone tensors that alias an earlier one."""
     seen: dict[tuple, str] = {}
@@ -219,22 +286,36 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _resolve(name_or_path, *, revision, token, local_files_only) -> Path:
+_HUB_KEYS = ("revision", "token", "local_files_only", "cache_dir", "force_download")
+
+
+def _hub_kwargs(kwargs: dict) -> dict:
+    return {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
+
+
+def _resolve(name_or_path, *, revision=None, token=None, local_files_only=False, cache_dir=None,
+             force_download=False) -> Path:
+    """A local folder as is; a Hub repo id -> its snapshot folder in the cache."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     if not _REPO_ID.fullmatch(str(name_or_path)):
         raise PretrainedError(f"{name_or_path}: not a pretrained folder (expected a directory with "
                               f"{CONFIG_NAME} and {WEIGHTS_NAME}) nor a Hub repo id like 'org/name'")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=str(name_or_path), revision=revision, token=token,
-                                      local_files_only=local_files_only,
-                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"]))
-    except Exception as e:  # offline, unknown repo, auth
+        return Path(snapshot_download(repo_id=str(name_or_path), repo_type="model", revision=revision, token=token,
+                                      local_files_only=local_files_only, cache_dir=cache_dir,
+                                      force_download=force_download, allow_patterns=list(_FOLDER_FILES)))
+    except Exception as e:  # offline, unknown repo or revision, auth
+        offline = local_files_only or constants.HF_HUB_OFFLINE
+        where = f"cache {cache_dir or constants.HF_HUB_CACHE}"
+        hint = (f"offline (local_files_only or HF_HUB_OFFLINE=1), so only the {where} was read: download it "
+                f"once online, or pass the path of a local folder" if offline else
+                "check the repo id and revision, your network, and for a private repo your token (hf auth login)")
         raise PretrainedError(f"{name_or_path}: no local folder of that name, and the Hub repo could not be "
-                              f"fetched ({type(e).__name__}: {e})") from None
+                              f"fetched at revision {revision or 'main'} ({type(e).__name__}: {e}); {hint}") from None
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -255,8 +336,31 @@ def _config_from_meta(cls: type, meta: dict, folder: Path):
     except ConfigError as e:
         raise PretrainedError(f"{e} (folder written by neurofm {saved_version}, this is "
                               f"{neurofm.__version__})") from None
-    defaulted = sorted(set(to_dict(config)) - set(data))
+    except ValueError as e:  # the config class's own checks (e.g. units vs n_units) name no file
+        raise PretrainedError(f"{folder / CONFIG_NAME}: config: {e}; the folder's config.json is inconsistent: "
+                              f"save the model again (or fix that key)") from None
+    # every key, at any depth, that the file lacks and the current config class filled in
+    defaulted = sorted(set(_leaf_keys(to_dict(config))) - set(_leaf_keys(data)))
     if defaulted:
-        warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; keys {defaulted} "
-                      f"were absent and take this version's defaults", stacklevel=3)
+        now = _leaf_keys(to_dict(config))
+        shown = ", ".join(f"{k} = {now[k]!r}" for k in defaulted)
+        warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; {len(defaulted)} key(s) were "
+                      f"absent and take this version's defaults: {shown}. If the model was trained with other "
+                      f"values, add them to config.json", stacklevel=3)
     return config
+
+
+def _leaf_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"window": {"curr": 0.1}, "behavior": [{"name": "x"}]}`` ->
+    ``{"window.curr": 0.1, "behavior[0].name": "x"}`` (dicts and lists of dicts walked)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaf_keys(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(_leaf_keys(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: tree}

@@ -7,7 +7,7 @@ from a paper. Every function checks the shapes it is given and says which argume
 - Spikes: :func:`bits_per_spike` (Neural Latents Benchmark), :func:`psth_r` (per-neuron PSTH
   correlation), :func:`window_f1` (Neuroformer's window-level ID-set precision/recall/F1).
 - Behaviour: :func:`r2_score` (pooled over all held-out predictions), :func:`pearson_r`.
-- iEEG classification: :func:`auroc` (binary and one-vs-rest).
+- iEEG classification: :func:`auroc` (binary and one-vs-rest), :func:`roc_curve` (its curve).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.special import gammaln
 from scipy.stats import rankdata
 
-__all__ = ["bits_per_spike", "psth_r", "window_f1", "r2_score", "pearson_r", "auroc"]
+__all__ = ["bits_per_spike", "psth_r", "window_f1", "r2_score", "pearson_r", "auroc", "roc_curve"]
 
 _LN2 = np.log(2.0)
 
@@ -348,3 +348,29 @@ def auroc(y_true, scores, *, average: str = "macro"):
     if np.isnan(per_class).all():
         raise ValueError("auroc: no class has both positive and negative samples")
     return float(np.nanmean(per_class))
+
+
+def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Binary ROC curve: ``(fpr, tpr)`` (P,) from (0, 0) to (1, 1), one point per distinct score.
+
+    ``y_true`` (n,) 0/1 or bool, ``scores`` (n,) (higher = positive). Tied scores move the
+    curve diagonally, so the trapezoid area under it equals :func:`auroc` exactly.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.shape != y.shape:
+        raise ValueError(f"roc_curve: y_true and scores must both be (n,), got {y.shape} and {s.shape}")
+    if not np.isin(np.unique(y), [0, 1]).all():
+        raise ValueError("roc_curve: y_true must be binary (0/1 or bool)")
+    if not np.isfinite(s).all():
+        raise ValueError("roc_curve: scores contain NaN or inf")
+    y = y.astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_curve: y_true holds only one class, so the ROC curve is undefined")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]

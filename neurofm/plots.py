@@ -22,11 +22,13 @@ import json
 import math
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+from neurofm import metrics
+from neurofm.atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -66,15 +68,7 @@ def _save(fig: "Figure", path: PathLike | None, dpi: float, fn: str) -> None:
     if fmt not in supported:
         raise ValueError(f"{fn}: path {str(path)!r} has suffix .{fmt}, which matplotlib cannot write; "
                          f"use one of {', '.join('.' + s for s in sorted(supported))} (e.g. .png)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
 
 
 def _finite_scalar(fn: str, name: str, value: Any) -> float:
@@ -144,9 +138,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 2:
         return float("nan")
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b / denom) if denom > 0 else float("nan")
+    return float(metrics.pearson_r(a[ok], b[ok]))
 
 
 def _fmt_r(r: float) -> str:
@@ -158,8 +150,8 @@ def _fmt_r(r: float) -> str:
 
 def raster_compare(real_times, real_units, gen_times, gen_units, t0: float, t1: float, unit_order=None,
                    title: str = "Recorded vs generated spikes", *, unit_labels: Sequence[str] | None = None,
-                   n_units: int | None = None, bin_size: float | None = None, path: PathLike | None = None,
-                   dpi: float = 150) -> "Figure":
+                   n_units: int | None = None, bin_size: float | None = None, order_label: str | None = None,
+                   path: PathLike | None = None, dpi: float = 150) -> "Figure":
     """Recorded and generated spike rasters one above the other, on the same time range and
     unit axis, with per-unit rates beside each raster and the population PSTH underneath.
 
@@ -184,6 +176,9 @@ def raster_compare(real_times, real_units, gen_times, gen_units, t0: float, t1: 
         Name of each unit index (e.g. ``Session.unit_ids``) for the y tick labels.
     n_units : int, optional
         Size of the unit list; default: one past the largest index seen.
+    order_label : str, optional
+        How ``unit_order`` was chosen, for the unit axis label (e.g. ``"by preferred speed"``,
+        see :func:`unit_order`).
     bin_size : float, seconds, optional
         PSTH bin width; default the smallest 1-2-5 width giving at most 100 bins. Bins start at
         ``t0``; a remainder at ``t1`` shorter than half a bin joins the last bin (each bin's
@@ -269,7 +264,7 @@ def raster_compare(real_times, real_units, gen_times, gen_units, t0: float, t1: 
         ax.scatter(t, rows, marker="|", s=tick_len**2, c=colour, linewidths=0.8 if n_rows < 100 else 0.5,
                    rasterized=t.size > 20000)
         ax.set_ylim(n_rows - 0.5, -0.5)  # first unit of unit_order on top
-        ax.set_ylabel("unit" if unit_order is None else "unit (ordered)")
+        ax.set_ylabel("unit" if unit_order is None else f"unit ({order_label or 'ordered'})")
         ax.set_title(name, loc="left", fontweight="bold", color=colour)
         ax.set_title(f"{t.size:,} spikes, {t.size / span:.1f} spikes/s in {n_rows} units", loc="right",
                      fontsize="small", color="0.3")
@@ -304,6 +299,55 @@ def raster_compare(real_times, real_units, gen_times, gen_units, t0: float, t1: 
     return fig
 
 
+def unit_order(counts, behavior=None, *, behavior_name: str = "behaviour", n_bins: int = 20,
+               min_spikes: int = 5) -> tuple[np.ndarray, str]:
+    """Row order for a raster, and how it was chosen (for :func:`raster_compare`'s ``order_label``).
+
+    With ``behavior``, units are ordered by their preferred value of it (place-field order for
+    position): the bin centre where the unit's occupancy-normalised rate peaks, over
+    ``n_bins`` equal bins of the first dimension; units with fewer than ``min_spikes`` spikes
+    (no tuning to read) go last, by rate. Without it, by mean rate, highest first.
+
+    Parameters
+    ----------
+    counts : (W, N) spike counts per window (e.g. the training windows) and unit.
+    behavior : (W,) or (W, D) float, optional
+        The behaviour at each window (NaN: unlabelled, ignored).
+    behavior_name : used in the returned label.
+
+    Returns
+    -------
+    order : (N,) int, unit indices, top row first.
+    label : e.g. ``"by preferred speed"`` or ``"by rate"``.
+    """
+    fn = "unit_order"
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2:
+        raise ValueError(f"{fn}: counts must be (windows, units), got shape {counts.shape}")
+    rate_rank = np.argsort(-counts.sum(0), kind="stable")  # (N,)
+    if behavior is None:
+        return rate_rank, "by rate"
+    b = np.asarray(behavior, dtype=np.float64)
+    b = b.reshape(len(b), -1)[:, 0] if b.ndim > 1 else b
+    if b.shape[0] != counts.shape[0]:
+        raise ValueError(f"{fn}: behavior has {b.shape[0]} windows but counts has {counts.shape[0]}")
+    ok = np.isfinite(b)
+    if ok.sum() < 2 or np.ptp(b[ok]) == 0:
+        return rate_rank, "by rate"
+    edges = np.linspace(b[ok].min(), b[ok].max(), n_bins + 1)
+    which = np.clip(np.digitize(b[ok], edges[1:-1]), 0, n_bins - 1)  # (W_ok,)
+    occupancy = np.bincount(which, minlength=n_bins).astype(np.float64)  # windows per bin
+    spikes = np.zeros((n_bins, counts.shape[1]))
+    np.add.at(spikes, which, counts[ok])
+    rate = spikes / np.maximum(occupancy, 1)[:, None]  # (n_bins, N) spikes per window
+    centres = (edges[:-1] + edges[1:]) / 2
+    preferred = centres[np.argmax(rate, axis=0)]  # (N,)
+    tuned = counts[ok].sum(0) >= min_spikes
+    key = np.where(tuned, preferred, np.inf)
+    order = np.lexsort((np.argsort(rate_rank), key))  # preferred value, then rate among untuned
+    return order, f"by preferred {behavior_name}"
+
+
 def _unit_ticks(ax: "Axes", order: np.ndarray, labels: list[str] | None) -> None:
     """Row ticks named by unit label (or index): every row when few, else a few integer rows."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
@@ -331,8 +375,8 @@ def _false_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None = None, r2=None, *,
-                   unit: str = "", title: str = "Decoded behaviour", path: PathLike | None = None,
-                   dpi: float = 150) -> "Figure":
+                   unit: str = "", baseline_r2: Mapping[str, float] | None = None, title: str = "Decoded behaviour",
+                   path: PathLike | None = None, dpi: float = 150) -> "Figure":
     """True vs decoded behaviour over time, one panel per dimension, with the bins left out of
     scoring shaded.
 
@@ -356,6 +400,8 @@ def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None 
         R2 to print: one number goes in the figure title, one per dimension in each panel's.
     unit : str
         Unit of the behaviour values for the y labels (e.g. ``"cm"``).
+    baseline_r2 : {name: R2}, optional
+        R2 of baselines on the same scored bins, printed in the title beside the model's.
     title, path, dpi : see :func:`raster_compare`.
 
     Returns
@@ -435,7 +481,10 @@ def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None 
                    frameon=False, fontsize="small")
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(edges[0], edges[-1])
-    fig.suptitle(title if r2_total is None else f"{title}: R² = {r2_total:.3f}")
+    head = title if r2_total is None else f"{title}: R² = {_fmt_r(r2_total)}"
+    if baseline_r2:  # a baseline that could not be scored (NaN) reads n/a: a figure never fails a run
+        head += "\n" + "; ".join(f"{k}: R² = {_fmt_r(float(v))}" for k, v in baseline_r2.items())
+    fig.suptitle(head)
     _save(fig, path, dpi, fn)
     return fig
 

@@ -223,3 +223,33 @@ def test_place_cell_simulator(tmp_path):
         rate_in = (counts * inside).sum(0)[place] / inside.sum(0)[place].clip(1)
         rate_out = (counts * outside).sum(0)[place] / outside.sum(0)[place].clip(1)
         assert np.median(rate_in / np.maximum(rate_out, 1e-3)) > 3
+
+
+def test_logistic_separates_and_picks_its_penalty_by_auroc():
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 20))
+        x[:, 5] += 1.5 * y
+        return x, y
+
+    (xtr, ytr), (xte, yte) = split(300), split(200)
+    model = baselines.Logistic().fit(xtr, ytr)
+    assert model.alpha_ in model.alphas and model.val_scores_.shape == model.alphas.shape
+    assert metrics.auroc(yte, model.decision_function(xte)) > 0.8
+    three = baselines.Logistic(alphas=10.0).fit(xtr, (ytr + (xtr[:, 0] > 1)).astype(int))
+    assert three.decision_function(xte).shape == (200, 3)
+    with pytest.raises(ValueError, match="single class"):
+        baselines.Logistic().fit(xtr, np.zeros(300))
+
+
+def test_band_power_logistic_finds_a_high_gamma_burst():
+    rng = np.random.default_rng(1)
+    fs, n, C, T = 256.0, 160, 4, 256
+    t = np.arange(T) / fs
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, C, T))
+    x[:, 1] += 1.5 * y[:, None] * np.sin(2 * np.pi * 100 * t)[None, :]  # 100 Hz in channel 1 for class 1
+    clf = baselines.BandPowerLogistic(fs).fit(x[:120], y[:120])
+    assert metrics.auroc(y[120:], clf.decision_function(x[120:])) > 0.9

@@ -1,32 +1,125 @@
-"""Model cards come from a run's metrics.json."""
+"""Model cards come from a run's files: metrics.json, config.yaml and the exported config.json."""
 
 import json
 
 import pytest
+from huggingface_hub import ModelCard, ModelCardData
 
-from neurofm.cards import render_card, write_card
+from neurofm.cards import BIBTEX, data_sources, render_card, weights_license, write_card
+from neurofm.data.session import SessionWriter
 
 
-def test_card_front_matter_and_table(tmp_path):
-    metrics = {
-        "family": "neuroformer", "name": "neuroformer-demo", "license": "mit",
-        "data": {"description": "simulated network", "datasets": ["neurofm-simulated-spikes"], "n_units": 50},
-        "protocol": "last 20% of time held out, 1 s gap",
-        "metrics": {"bits_per_spike": 0.1234567},
-        "baselines": {"mean-rate Poisson": {"bits_per_spike": 0.0}},
-        "training": {"steps": 300, "device": "cpu"}, "n_params": 123456, "neurofm_version": "0.1.0",
+def _metrics(sources=None):
+    return {
+        "family": "neuroformer", "name": "neuroformer-demo",
+        "data": {"description": "simulated network", "datasets": ["neurofm-simulated-spikes"], "n_units": 40,
+                 "n_test_windows": 1187, **({"sources": sources} if sources is not None else {})},
+        "protocol": "last 10% of time held out, 1 s gap",
+        "metrics": {"speed_r2": 0.8888, "speed_pearson_r": 0.9435, "speed_n_scored": 1187, "window_f1": 0.286},
+        "baselines": {"ridge on window counts": {"speed_r2": 0.8535}, "unigram (firing-rate) null": {"id_bits": 0.0}},
+        "training": {"steps": 1800, "epochs": 6, "wall_time_s": 361.5, "device": "cpu"},
+        "n_params": 123456, "neurofm_version": "0.1.0",
     }
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
-    (tmp_path / "config.yaml").write_text("model:\n  n_embd: 64\n")
-    out = write_card(tmp_path)
-    text = out.read_text()
-    front = text.split("---")[1]
-    assert "library_name: neurofm" in front and "- bits_per_spike" in front
-    assert "- neurofm-simulated-spikes" in front
-    assert "| this model | 0.1235 |" in text
-    assert "| mean-rate Poisson | 0 |" in text or "| mean-rate Poisson | 0.0 |" in text
-    assert "n_embd: 64" in text and "123,456" in text
-    assert "last 20% of time held out" in text
+
+
+def _run_dir(tmp_path, license="MIT", lab="Some lab"):
+    """A run folder as experiment.run leaves it, with a real session file and model folder."""
+    import torch
+
+    from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
+
+    session = tmp_path / "s.h5"
+    attrs = {"license": license} if license else {}
+    with SessionWriter(session, session_id="s1", lab=lab, source="rig 3", **attrs) as w:
+        w.add_units([f"u{i}" for i in range(5)])
+        w.add_spikes([0.1, 0.2, 0.3], [0, 1, 4])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(_metrics()))
+    (run / "config.yaml").write_text(f"family: neuroformer\ndata:\n  sessions:\n  - {session}\nmodel:\n"
+                                     f"  n_units: 1\n  units: []\n  n_embd: 32\ntask:\n  lr: 0.001\n")
+    torch.manual_seed(0)
+    model = Neuroformer(NeuroformerConfig(n_units=5, units=[f"s1/u{i}" for i in range(5)], n_embd=32, n_head=2))
+    model.save_pretrained(run / "pretrained")
+    return run, model
+
+
+def test_run_card_embeds_the_weights_config_and_parses_as_a_hub_card(tmp_path):
+    run, model = _run_dir(tmp_path)
+    text = write_card(run).read_text()
+    card = ModelCard(text)  # huggingface_hub's own parsing: YAML, model-index -> EvalResults
+    data = card.data
+    assert isinstance(data, ModelCardData)
+    assert data.library_name == "neurofm" and data.license == "mit"
+    assert data.datasets is None  # local file names are not Hub dataset ids
+    assert set(data.metrics) == {"r2", "pearsonr", "f1"}
+    # model-index: the held-out metrics and the baselines, never the counts
+    results = {(r.metric_type, r.metric_config): r.metric_value for r in data.eval_results}
+    assert results[("speed_r2", None)] == pytest.approx(0.8888)
+    assert results[("speed_r2", "baseline: ridge on window counts")] == pytest.approx(0.8535)
+    assert not any("n_scored" in k for k, _ in results)
+    assert all(r.dataset_split == "test" for r in data.eval_results)
+    # the embedded config is the exported model's (5 units), not the run YAML's request (n_units: 1)
+    block = text.split("```json\n", 1)[1].split("\n```", 1)[0]
+    embedded = json.loads(block)
+    assert embedded["config"]["units"] == model.config.units and embedded["config"]["n_units"] == 5
+    assert "n_units: 1" not in text and "units: []" not in text
+    assert "model: (see config.json" in text and "lr: 0.001" in text
+    from neurofm import cli
+
+    assert cli.main(["card", str(run), "--out", str(tmp_path / "c.md"), "--repo-id", "my-lab/nf"]) == 0
+    assert 'neurofm.from_pretrained("my-lab/nf")' in (tmp_path / "c.md").read_text()
+
+
+def test_counts_are_separate_from_metrics(tmp_path):
+    run, _ = _run_dir(tmp_path)
+    text = write_card(run).read_text()
+    evaluation = text.split("## Evaluation", 1)[1].split("## Intended use", 1)[0]
+    metric_table, counts = evaluation.split("What the numbers rest on:")
+    header = next(line for line in metric_table.splitlines() if line.startswith("| model |"))
+    assert "speed_r2" in header and "n_scored" not in header and "n_test_windows" not in header
+    assert "| speed_n_scored | 1,187 |" in counts and "| n_test_windows | 1,187 |" in counts
+    assert "| baseline: ridge on window counts |  |  | 0.8535 |  |" in metric_table
+
+
+def test_data_licence_is_carried_and_shown(tmp_path):
+    run, _ = _run_dir(tmp_path, license="CC-BY-4.0", lab="Kemere lab")
+    text = write_card(run).read_text()
+    assert ModelCard(text).data.license == "cc-by-4.0"
+    assert "| Kemere lab | rig 3 | CC-BY-4.0 |" in text
+    assert "Code (neurofm): MIT" in text and "Weights: `cc-by-4.0`" in text
+
+
+def test_unknown_data_licence_is_not_claimed_as_mit(tmp_path):
+    run, _ = _run_dir(tmp_path, license=None, lab="Kemere lab (via nelpy/example-data, MIT licence)")
+    text = write_card(run).read_text()
+    assert ModelCard(text).data.license is None
+    assert "do not record" in text and "Kemere lab (via nelpy/example-data, MIT licence)" in text
+
+
+def test_weights_license_rules(tmp_path):
+    assert weights_license([{"license": "MIT"}, {"license": "mit"}]) == "mit"
+    assert weights_license([{"license": "MIT"}, {"license": "CC-BY-4.0"}]) == "other"
+    assert weights_license([{"license": "MIT"}, {"license": ""}]) is None
+    assert weights_license([]) is None
+    assert data_sources([tmp_path / "gone.h5"]) == [{"path": str(tmp_path / "gone.h5"), "missing": True}]
+
+
+def test_simulated_sessions_state_their_licence(tmp_path):
+    from neurofm.data.synthetic import SIMULATED_LICENSE, simulate_spikes
+
+    path = simulate_spikes(tmp_path / "sim.h5", n_units=4, duration=2.0, seed=0)
+    (src,) = data_sources([path])
+    assert src["license"] == SIMULATED_LICENSE and src["lab"] == "neurofm"
+
+
+def test_card_has_usage_and_citations():
+    text = render_card(_metrics([{"path": "x.h5", "license": "MIT"}]))
+    assert 'neurofm.from_pretrained("PATH_OR_REPO_ID")' in text
+    assert "neurofm finetune --pretrained" in text
+    citation = text.split("## Citation", 1)[1]
+    assert citation.index("2311.00136") < citation.index("2512.12135")  # the family's paper first
+    assert BIBTEX["neuroformer"] in text and BIBTEX["barista"] in text
 
 
 def test_missing_metrics_is_a_clear_error(tmp_path):
@@ -34,5 +127,58 @@ def test_missing_metrics_is_a_clear_error(tmp_path):
         write_card(tmp_path)
 
 
-def test_render_without_config():
-    assert render_card({"family": "barista", "metrics": {"auroc": 0.8}}).startswith("---\nlibrary_name: neurofm")
+def test_render_without_config_or_run():
+    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177},
+                        "data": {"description": "sEEG", "test_segments": 354,
+                                 "test_segments_per_class": {"rest": 177, "word_onset": 177}}})
+    assert "| test_segments | 354 |" in text and '| test_segments_per_class | {"rest": 177' in text
+    assert "| n_test_events | 177 |" in text
+    card = ModelCard(text)
+    assert card.data.library_name == "neurofm" and card.data.metrics == ["roc_auc"]
+    assert [r.metric_type for r in card.data.eval_results] == ["test_auroc"]
+    weights_only = render_card(None, model_meta={"model_type": "Barista", "config": {"d_model": 64}})
+    assert "None recorded with these weights" in weights_only and "model-index" not in weights_only
+
+
+def test_bids_dataset_licence_is_read_from_its_root(tmp_path):
+    from neurofm.data.ieeg import bids_license
+
+    rec = tmp_path / "ds" / "sub-01" / "ses-1" / "ieeg" / "sub-01_ses-1_task-x_ieeg.edf"
+    rec.parent.mkdir(parents=True)
+    assert bids_license(rec) == ""
+    (tmp_path / "ds" / "dataset_description.json").write_text(json.dumps({"Name": "x", "License": "CC0"}))
+    assert bids_license(rec) == "CC0"
+    assert weights_license([{"license": "CC0"}]) == "cc0-1.0"
+
+
+def test_converted_nwb_keeps_the_licence_given(tmp_path):
+    from pathlib import Path
+
+    from neurofm import cli
+
+    nwb = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "spikes" / "linear-track.nwb"
+    if not nwb.exists():
+        pytest.skip(f"{nwb} absent (sample recordings are not part of a clone)")
+    pytest.importorskip("pynwb")
+    out = tmp_path / "lt.h5"
+    assert cli.main(["convert", "nwb", str(nwb), str(out), "--license", "MIT", "--electrical-series", "none"]) == 0
+    (src,) = data_sources([out])
+    assert src["license"] == "MIT" and "Kemere" in src["lab"]
+
+
+@pytest.mark.parametrize("name", ["neuroformer-demo", "barista-demo"])
+def test_published_cards_parse_and_describe_their_weights(name):
+    """model_cards/ are written by `neurofm card`: Hub-valid, and the embedded config.json is
+    self-consistent (a unit vocabulary of n_units names, never the run YAML's placeholder)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "model_cards" / f"{name}.md"
+    text = path.read_text()
+    card = ModelCard(text)
+    assert card.data.library_name == "neurofm" and card.data.license == "mit"  # simulated data: neurofm's licence
+    assert card.data.eval_results and card.data.model_name == name
+    meta = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    cfg = meta["config"]
+    if meta["model_type"] == "Neuroformer":
+        assert cfg["n_units"] == len(cfg["units"]) > 1
+    assert "## Citation" in text and "2311.00136" in text and "2512.12135" in text

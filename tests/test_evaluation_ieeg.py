@@ -271,3 +271,14 @@ def test_sample_seeg_reconstruction_baselines(tmp_path):
     small = ei.score_reconstruction(ei.neighbour_mean_baseline, data, batch_size=7)
     assert small["r2"] == pytest.approx(r2["neighbour mean"], abs=1e-9)
     np.testing.assert_allclose(small["r2_per_channel"], res["neighbour mean"]["r2_per_channel"], atol=1e-9)
+
+
+def test_test_period_blocks_are_contiguous_and_balanced():
+    t0 = np.r_[np.arange(50) * 2.0, np.arange(30) * 2.0]  # two sessions with overlapping clocks
+    sess = np.r_[np.zeros(50, int), np.ones(30, int)]
+    b = ei.test_period_blocks(t0, sess, n_blocks=8)
+    assert set(b) == set(range(8)) and np.bincount(b).max() - np.bincount(b).min() <= 1
+    order = np.lexsort((t0, sess))
+    assert (np.diff(b[order]) >= 0).all()  # blocks follow time within sessions
+    assert ei.test_period_blocks(np.arange(60.0), n_blocks=20).max() == 11  # >= 5 segments per block
+    assert ei.test_period_blocks(np.arange(6.0), n_blocks=10).max() == 4  # but at least 5 blocks for a CI

@@ -115,7 +115,9 @@ def test_train_writes_run_folder_that_loads_in_a_fresh_process(run_a, sim, tmp_p
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in pre.iterdir()}
     card = (pre / "README.md").read_text()
     front = card.split("---")[1]
-    assert card.startswith("---\n") and "library_name: neurofm" in front and "- id_bits_per_spike" in front
+    assert card.startswith("---\n") and "library_name: neurofm" in front and "type: id_bits_per_spike" in front
+    assert json.dumps(json.loads((pre / "config.json").read_text()), indent=2) in card  # the weights' config
+    assert metrics["data"]["sources"][0]["path"] == str(sim) and metrics["data"]["sources"][0]["license"]
     assert json.loads((pre / "config.json").read_text())["model_type"] == "Neuroformer"
 
     # The in-run model (last.ckpt: end of the final epoch) against the exported folder loaded in a
@@ -166,6 +168,19 @@ def test_card_command_rewrites_the_card(run_a, tmp_path):
     assert cli.main(["card", str(run_a), "--out", str(tmp_path / "CARD.md")]) == 0
     assert (tmp_path / "CARD.md").read_text() == original
     assert cli.main(["card", str(tmp_path)]) == 2  # no metrics.json: a clear error, no traceback
+
+
+def test_rerunning_a_finished_run_keeps_its_training_provenance(run_a, sim, tmp_path):
+    import shutil
+
+    run = tmp_path / "again"
+    shutil.copytree(run_a, run)
+    before = json.loads((run / "metrics.json").read_text())["training"]
+    out = _train(run, sim, *RESUMABLE)  # resume=auto: nothing left to train
+    assert "resuming from" in out.stdout
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["training"] == {**before, "reevaluated": True}  # wall_time_s of the run that trained
+    assert f"wall_time_s: {before['wall_time_s']:.4g}" in (run / "pretrained" / "README.md").read_text()
 
 
 # -- 2. config errors ----------------------------------------------------------------------------
@@ -282,6 +297,36 @@ def test_ddp_two_cpu_ranks_see_disjoint_data_and_end_identical(sim, tmp_path):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     exported = {f"model.{k}": v for k, v in _weights(run_dir / "pretrained").items()}
     assert state_sha256(exported) == ranks[0]["weights_sha256"]
+
+
+def test_ddp_metrics_equal_the_single_process_run(sim, tmp_path):
+    """Validation and evaluation score every window on every rank: with the weights held equal
+    (lr 0, so the different number of steps does not matter), a 2-process run's metrics.json
+    and validation log equal one process's, window counts included (sharded evaluation scored
+    only rank 0's half)."""
+    frozen = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.accelerator=cpu", "task.lr=0"]
+    runs = {1: tmp_path / "one", 2: tmp_path / "two"}
+    _train(runs[1], sim, *frozen, "trainer.devices=1")
+    _train(runs[2], sim, *frozen, "trainer.devices=2", "trainer.strategy=ddp", timeout=400)
+    one, two = (json.loads((runs[k] / "metrics.json").read_text()) for k in (1, 2))
+    assert two["training"]["world_size"] == 2 and one["training"]["world_size"] == 1
+    for key in ("metrics", "baselines", "data", "protocol"):
+        assert one.get(key) == two.get(key), key
+    assert any(k.endswith("n_scored") for k in one["metrics"]) or one["metrics"], one["metrics"]
+
+    def val_rows(run_dir):
+        import csv
+
+        with open(run_dir / "logs" / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("val/total")]
+        return [{k: v for k, v in r.items() if k.startswith("val/") and v} for r in rows]
+
+    a, b = val_rows(runs[1]), val_rows(runs[2])
+    assert a and len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-5, abs=1e-6), k
 
 
 # -- 5. export ---------------------------------------------------------------------------------

@@ -218,3 +218,19 @@ def test_auroc_matches_torchmetrics():
     assert per_class.shape == (4,) and np.all(per_class > 0.7)
     with pytest.raises(ValueError, match="integers"):
         metrics.auroc(labels + 1, probs)
+
+
+def test_roc_curve_area_equals_auroc_with_ties():
+    from neurofm.metrics import auroc, roc_curve
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(y + rng.normal(0, 1.2, 300), 1)  # many ties
+    fpr, tpr = roc_curve(y, s)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
+    assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(auroc(y, s), abs=1e-12)
+    fpr, tpr = roc_curve([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4])  # perfect: up, then across
+    assert list(zip(fpr, tpr)) == [(0, 0), (0, 0.5), (0, 1), (0.5, 1), (1, 1)]
+    with pytest.raises(ValueError, match="one class"):
+        roc_curve([1, 1], [0.2, 0.3])

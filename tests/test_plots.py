@@ -345,3 +345,77 @@ def test_import_is_light_and_figures_need_no_display(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, timeout=60)
+
+
+# -- what the recipes draw -----------------------------------------------------------------------
+
+
+def test_decoding_title_carries_baselines():
+    t = np.linspace(0, 1, 11)
+    fig = plots.decoding_trace(t, np.arange(11.0), np.arange(11.0), r2=0.734, title="Decoded speed",
+                               baseline_r2={"ridge on window counts": 0.651})
+    assert fig.get_suptitle() == "Decoded speed: R² = 0.734\nridge on window counts: R² = 0.651"
+    fig = plots.decoding_trace(t, np.arange(11.0), np.arange(11.0), r2=float("nan"), title="Decoded speed",
+                               baseline_r2={"ridge": float("nan")})  # unscoreable: said, not raised
+    assert fig.get_suptitle() == "Decoded speed: R² = n/a\nridge: R² = n/a"
+
+
+def test_unit_order_by_preferred_value_then_rate():
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 100, 4000)  # (W,) cm
+    centres = np.array([70.0, 10.0, 40.0])  # units 0..2 have place fields; unit 3 is silent
+    lam = 2.0 * np.exp(-((pos[:, None] - centres) ** 2) / (2 * 8.0**2))
+    counts = np.concatenate([rng.poisson(lam), np.zeros((4000, 1))], axis=1)
+    order, label = plots.unit_order(counts, pos[:, None], behavior_name="position")
+    assert order.tolist() == [1, 2, 0, 3] and label == "by preferred position"
+    pos_nan = pos.copy()
+    pos_nan[:100] = np.nan  # unlabelled windows are ignored
+    assert plots.unit_order(counts, pos_nan, behavior_name="position")[0].tolist() == [1, 2, 0, 3]
+    by_rate, label = plots.unit_order(np.array([[1, 5, 0], [2, 5, 1]]))
+    assert by_rate.tolist() == [1, 0, 2] and label == "by rate"
+    with pytest.raises(ValueError, match="unit_order: behavior has 3 windows but counts has 2"):
+        plots.unit_order(np.ones((2, 2)), np.ones(3))
+
+
+def test_raster_rows_follow_the_order_and_are_labelled():
+    t = np.array([0.1, 0.2, 0.3])
+    u = np.array([0, 1, 2])
+    fig = plots.raster_compare(t, u, t, u, 0.0, 1.0, unit_order=[2, 0, 1], unit_labels=["a", "b", "c"],
+                               order_label="by preferred position")
+    rec = axis_titled(fig, "recorded")
+    assert rec.get_ylabel() == "unit (by preferred position)"
+    rows = rec.collections[0].get_offsets()[:, 1]
+    np.testing.assert_array_equal(rows, [1, 2, 0])  # unit 0 -> row 1, unit 1 -> row 2, unit 2 -> row 0
+    fig.canvas.draw()
+    assert [tk.get_text() for tk in rec.get_yticklabels()] == ["c", "a", "b"]
+
+
+def test_recipe_decoding_plot_is_in_seconds_with_scores_and_shading(tmp_path):
+    """The Neuroformer recipe's caller: x = each test window's end time (s) of the first session,
+    scored windows unshaded, R2 and baseline R2 in the title, the behaviour's unit on the y axis."""
+    from neurofm.recipes.neuroformer import _decoding_plot
+
+    n = 30
+    ends = 500.0 + 0.05 * np.arange(1, n + 1)  # (n,) s, as collected (window end times)
+    session = np.zeros(n, dtype=np.int64)
+    session[25:] = 1  # a second session's windows are not mixed into the time axis
+    true = np.linspace(0, 30, n)[:, None]
+    test = {"interval": ends, "session": session, "beh_true": {"speed": true}, "beh_pred": {"speed": true + 1},
+            "beh_mask": {"speed": np.r_[np.ones(20, bool), np.zeros(2, bool), np.ones(8, bool)]}}
+    scored = np.ones(n, dtype=bool)
+    scored[5:9] = False
+    fig = _decoding_plot("speed", test, scored, 0.8123, {"ridge on window counts": 0.5}, "cm/s", tmp_path)
+    (ax,) = fig.axes
+    x = ax.get_lines()[0].get_xdata()
+    keep = test["beh_mask"]["speed"] & (session == 0)
+    np.testing.assert_allclose(x, ends[keep])
+    lo, hi = ax.get_xlim()
+    assert lo == pytest.approx(ends[0] - 0.025) and hi == pytest.approx(ends[24] + 0.025)
+    assert ax.get_xlabel() == "time (s)" and ax.get_ylabel() == "speed (cm/s)"
+    (spans,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ((a, b),) = [(p.vertices[:, 0].min(), p.vertices[:, 0].max()) for p in spans.get_paths()]
+    assert a == pytest.approx(ends[5] - 0.025) and b == pytest.approx(ends[8] + 0.025)
+    title = fig.get_suptitle()
+    assert "R² = 0.812" in title and "ridge on window counts: R² = 0.500" in title
+    assert "24 scored windows" in title  # labelled and scored, every session (as the R2)
+    assert (tmp_path / "plots" / "decoding_speed.png").exists()

@@ -17,7 +17,6 @@ then validation, then training, 5 s apart.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -29,14 +28,16 @@ import pytest
 import torch
 
 from neurofm import cli
+from neurofm.jsonio import loads_strict  # every JSON neurofm writes parses strictly (no bare NaN)
 
 ROOT = Path(__file__).resolve().parents[1]
 NWB = ROOT / ".." / "shared" / "data" / "spikes" / "linear-track.nwb"
 
 pytestmark = pytest.mark.skipif(not NWB.exists(), reason=f"real recording {NWB} not present (shared data folder)")
 
-MODEL = ["model.window.curr=0.25", "model.window.prev=0.5", "model.window.dt=0.01", "model.block_size.id=16",
-         "model.block_size.prev_id=32", "model.n_embd=32", "model.n_head=2", "model.temporal_hidden=32"]
+# block sizes left to the data, as a user leaves them
+MODEL = ["model.window.curr=0.25", "model.window.prev=0.5", "model.window.dt=0.01", "model.n_embd=32", "model.n_head=2",
+         "model.temporal_hidden=32"]
 # windows every second (not every 250 ms): a fifth of the windows, the same plumbing
 RUN = ["data.stride=1.0", "trainer.progress_bar=false", "trainer.max_epochs=1"]
 
@@ -68,14 +69,14 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     blocks = _mark_blocks(data)
     capsys.readouterr()
     assert cli.main(["inspect", str(data), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = loads_strict(capsys.readouterr().out)
     assert summary["n_units"] == 31 and "position" in summary["behavior"]
 
     # pretrain on the spikes alone (no behaviour), briefly
     pre = tmp_path / "pre"
     assert cli.main(["train", f"run_dir={pre}", f"data.sessions=[{data}]", "data.behavior=[]", "model.behavior=[]",
                      *MODEL, *RUN, "trainer.limit_train_batches=8", "eval.generate_windows=8"]) == 0
-    pre_metrics = json.loads((pre / "metrics.json").read_text())
+    pre_metrics = loads_strict((pre / "metrics.json").read_text())
     assert np.isfinite(pre_metrics["metrics"]["id_bits_per_spike"])
     assert np.isfinite(pre_metrics["metrics"]["window_f1"])
     assert pre_metrics["data"]["n_units"] == 31
@@ -88,10 +89,18 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "position_r2" in out.stdout
-    ft_metrics = json.loads((ft / "metrics.json").read_text())
+    ft_metrics = loads_strict((ft / "metrics.json").read_text())
     assert 0 < ft_metrics["data"]["n_labelled_train_windows"]["position"] < ft_metrics["data"]["n_train_windows"]
     assert np.isfinite(ft_metrics["metrics"]["position_r2"])
+    # position is scored on moving windows (threshold from the data), and the protocol says how many
+    assert "test windows where the animal moves" in ft_metrics["protocol"]
+    assert f"{ft_metrics['metrics']['position_n_scored']} of " in ft_metrics["protocol"]
+    # block sizes: chosen from the pretraining data (<= 0.5% dropped there), kept by the fine-tune
+    assert ft_metrics["tokenizer"]["block_size"] == pre_metrics["tokenizer"]["block_size"]
+    assert max(pre_metrics["tokenizer"]["dropped_fraction_train"].values()) <= 0.005
     assert (ft / "pretrained" / "README.md").read_text().startswith("---\n")
+    for folder in (pre, ft):  # the exported config.json parses strictly too
+        loads_strict((folder / "pretrained" / "config.json").read_text())
 
     # the fine-tuned folder is a Neuroformer with the backbone's units and a position head
     from neurofm.models.neuroformer import Neuroformer
@@ -108,11 +117,14 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert cli.main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", str(data), "--behavior",
                      "position", "--out", str(ev), "data.stride=1.0"]) == 0
     stdout = capsys.readouterr().out
-    printed = json.loads(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{") else stdout)
-    report = json.loads((ev / "metrics.json").read_text())
+    printed = loads_strict(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{") else stdout)
+    report = loads_strict((ev / "metrics.json").read_text())
     assert printed["metrics"] == report["metrics"] and "position_r2" in printed["metrics"]
     r2 = report["metrics"]["position_r2"]
     assert np.isfinite(r2) and np.isfinite(report["baselines"]["ridge on binned counts"]["position_r2"])
+    # evaluate's baselines fit the fine-tuning run's labels (10%, its seed), and the protocol says so
+    assert "behaviour labels on 10% of the training windows" in report["protocol"]
+    assert report["data"]["n_labelled_train_windows"] == ft_metrics["data"]["n_labelled_train_windows"]
     # the same model on the same test block scores what the fine-tuning run reported
     assert r2 == pytest.approx(ft_metrics["metrics"]["position_r2"], rel=1e-4, abs=1e-6)
     assert report["data"]["n_test_windows"] == ft_metrics["data"]["n_test_windows"] > 0
@@ -124,6 +136,6 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     capsys.readouterr()
     assert gen.with_suffix(".png").stat().st_size > 0  # recorded-vs-generated raster
     assert cli.main(["inspect", str(gen), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = loads_strict(capsys.readouterr().out)
     assert info["n_units"] == 31 and info["n_spikes"] >= 0
     assert 0 < info["duration_s"] <= 5.0 + 1e-6

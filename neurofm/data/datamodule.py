@@ -14,7 +14,10 @@ shard by rank and worker themselves. In both cases:
   Lightning's checkpoints: a run resumed from a mid-epoch checkpoint skips the batches it
   already trained on without reading them and then sees exactly the batches the
   uninterrupted run would have seen;
-* under DDP every rank reads its own share (the rank comes from the trainer).
+* under DDP every rank reads its own share of the TRAINING windows (the rank comes from the
+  trainer); validation and test loaders are never sharded: every rank scores every window, so
+  validation metrics (checkpointing, early stopping) and the evaluation after training are
+  those of one process, whatever the device count (sharding them scored rank 0's half only).
 """
 
 from __future__ import annotations
@@ -29,8 +32,17 @@ from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, Resumabl
                                    collate_spikes, open_sessions, pack_spikes)
 from neurofm.data.samplers import BlockShuffleSampler, distributed_info
 from neurofm.data.segmenter import IEEGSegmenter
+from neurofm.data.session import validate_sessions
 from neurofm.data.splits import TimeBlockSplit
 from neurofm.data.tokenizer import SpikeTokenizer, UnitVocab
+
+
+def world_of(dataset) -> int:
+    """How many ranks a (streaming) dataset was sharded over (1 for map-style datasets, which
+    the sampler shards)."""
+    if not hasattr(dataset, "_world"):
+        return 1
+    return distributed_info()[1] if dataset._world is None else int(dataset._world)
 
 
 class _WindowDataModule(L.LightningDataModule):
@@ -74,17 +86,23 @@ class _WindowDataModule(L.LightningDataModule):
         for name in wanted:
             if name in self.split_names and name not in self.datasets:
                 train = name == self.split_names[0]
-                self.datasets[name] = self._make(name, self.streaming, shuffle=train, rank=rank, world=world)
+                # only the training split is sharded by rank (see the module docstring)
+                self.datasets[name] = self._make(name, self.streaming, shuffle=train, rank=rank if train else 0,
+                                                 world=world if train else 1)
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         if name not in self.datasets:
             self.setup({"train": "fit", "valid": "validate"}.get(name, "test"))
         ds = self.datasets[name]
+        rank, world = self._rank_world() if train else (0, 1)  # evaluation reads every window
+        if not train and self.streaming and world_of(ds) > 1:  # the training split, read for evaluation
+            if name + ":all" not in self.datasets:
+                self.datasets[name + ":all"] = self._make(name, True, shuffle=False, rank=0, world=1)
+            ds = self.datasets[name + ":all"]
         collate, finish = self._collate_fns(train)
         if self.streaming:
             return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                                    epoch_fn=self._epoch if train else (lambda: 0), collate_fn=finish)
-        rank, world = self._rank_world()
         sampler = BlockShuffleSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed,
                                       block=self.shuffle_block if train else 1, drop_last=False)
         loader = ResumableDataLoader if train else DataLoader
@@ -141,6 +159,7 @@ class SpikeDataModule(_WindowDataModule):
                          split_names=getattr(splits, "names", None) or ("train", "valid", "test"))
         self.paths = list(sessions)
         self.sessions = open_sessions(self.paths)
+        validate_sessions(self.sessions)  # contents checked before any step (neurofm validate)
         if isinstance(vocab, Mapping):
             vocab = UnitVocab.from_dict(vocab)
         if vocab is None and tokenizer is not None and tokenizer.vocab is not None and tokenizer.vocab.n_units:
@@ -191,7 +210,7 @@ class IEEGDataModule(_WindowDataModule):
     Args:
         sessions: session file paths.
         segmenter: an :class:`IEEGSegmenter` (default: 3 s, 12 patches, the file's rate).
-        spatial_vocab: a :class:`~neurofm.data.atlas.SpatialVocab` (from a checkpoint), or
+        spatial_vocab: a :class:`~neurofm.atlas.SpatialVocab` (from a checkpoint), or
             ``"auto"`` to build one from the sessions' channels.
         events, event_locked, event_offset, label_map, target, stride_s: as in
             :class:`~neurofm.data.datasets.IEEGSegmentDataset`.
@@ -212,9 +231,10 @@ class IEEGDataModule(_WindowDataModule):
                          split_names=getattr(splits, "names", None) or ("train", "valid", "test"))
         self.paths = list(sessions)
         self.sessions = open_sessions(self.paths)
+        validate_sessions(self.sessions)  # contents checked before any step (neurofm validate)
         self.segmenter = segmenter or IEEGSegmenter()
         if spatial_vocab == "auto":
-            from neurofm.data.atlas import SpatialVocab
+            from neurofm.atlas import SpatialVocab
 
             chans = []
             for s in self.sessions:

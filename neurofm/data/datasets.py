@@ -42,7 +42,7 @@ from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
-from neurofm.nn.attention import Packed, unpack
+from neurofm.tokens import pack_spikes, unpack_spikes  # noqa: F401 (unpack_spikes: the batch API)
 
 
 def open_sessions(sessions) -> list[Session]:
@@ -607,7 +607,7 @@ class _IEEGReader:
             if target is not None and target not in s.behavior_names:
                 raise KeyError(f"{s.path}: /behavior/{target}: missing (available: {s.behavior_names})")
         if spatial_vocab == "auto":
-            from neurofm.data.atlas import SpatialVocab
+            from neurofm.atlas import SpatialVocab
 
             chans = [c.channels for c in self.cplans if c.channels is not None]
             spatial_vocab = SpatialVocab.from_channels(chans) if chans else None
@@ -706,7 +706,7 @@ class IEEGSegmentDataset(Dataset):
     segment (``target``, ``target_mask``).
 
     Channels are selected and re-referenced per session by ``segmenter``; ``spatial_vocab``
-    (a :class:`~neurofm.data.atlas.SpatialVocab`, ``"auto"`` to build one from these sessions,
+    (a :class:`~neurofm.atlas.SpatialVocab`, ``"auto"`` to build one from these sessions,
     or ``None`` for unknown everywhere) gives ``coords``/``parcel``/``lobe``. A segment with
     NaN/inf samples is skipped: ``dataset[i]`` is then ``None``, which :func:`collate_ieeg`
     leaves out and counts in ``batch["n_skipped"]``.
@@ -830,59 +830,6 @@ def collate_spikes(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[key] = out[key].long()
     if "interval" in out:
         out["interval"] = out["interval"].double()
-    return out
-
-
-# padded token keys -> (their mask key, cu_seqlens key, max_seqlen key) in a packed batch
-_PACK_GROUPS = (
-    (("id", "dt", "target_id", "target_dt"), "mask", "cu_seqlens", "max_seqlen"),
-    (("id_prev", "dt_prev"), "mask_prev", "cu_seqlens_prev", "max_seqlen_prev"),
-)
-
-
-def pack_spikes(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """A padded Neuroformer batch as a packed one: no PAD token left anywhere.
-
-    The real tokens of all windows are concatenated window after window: ``id``, ``dt``,
-    ``target_id``, ``target_dt`` become ``(N,)`` with ``cu_seqlens`` ``(B + 1,)`` int32 and
-    ``max_seqlen`` (int); ``id_prev``, ``dt_prev`` become ``(Np,)`` with ``cu_seqlens_prev``
-    and ``max_seqlen_prev``. ``mask`` / ``mask_prev`` are dropped; per-window keys
-    (``interval``, ``behavior``...) are unchanged. :class:`~neurofm.models.neuroformer.Neuroformer`
-    gives the same loss on either form; with flash-attn the packed one costs nothing for padding.
-    """
-    out = dict(batch)
-    for keys, mask_key, cu_key, max_key in _PACK_GROUPS:
-        if keys[0] not in batch:
-            continue
-        mask = batch[mask_key].bool() if mask_key in batch else batch[keys[0]] != 0
-        lengths = mask.sum(1)
-        if not bool((mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()):
-            raise ValueError(f"pack_spikes: batch[{mask_key!r}] is not right-padded (a PAD before a real token); "
-                             "windows from the spike tokenizer always are")
-        for key in keys:
-            if key in batch:
-                out[key] = batch[key][mask]
-        layout = Packed.from_lengths(lengths)
-        out[cu_key], out[max_key] = layout.cu_seqlens, layout.max_seqlen
-        out.pop(mask_key, None)
-    return out
-
-
-def unpack_spikes(batch: Mapping[str, Any], pad_dt: int) -> dict[str, Any]:
-    """Inverse of :func:`pack_spikes`: each window's tokens padded to the batch's longest
-    (``PAD`` = 0 for IDs, ``pad_dt`` for dt tokens) and the masks rebuilt. A padded batch is
-    returned as it is."""
-    out = dict(batch)
-    for keys, mask_key, cu_key, max_key in _PACK_GROUPS:
-        if cu_key not in batch:
-            continue
-        seqs = Packed(batch[cu_key], int(batch[max_key]))
-        mask = torch.arange(seqs.max_seqlen, device=seqs.cu_seqlens.device) < seqs.lengths[:, None]
-        for key in keys:
-            if key in batch:
-                out[key] = unpack(batch[key], seqs).masked_fill(~mask, pad_dt if "dt" in key else 0)
-        out[mask_key] = mask
-        del out[cu_key], out[max_key]
     return out
 
 

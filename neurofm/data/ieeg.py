@@ -16,6 +16,9 @@ What goes where::
     annotations, or a BIDS *_events.tsv when there is one   -> /events/annotations (one group,
         one ``label`` per event = the description / trial_type)
     annotations whose description starts with "BAD"        -> also /intervals/bad_segments
+    channels named by ``behavior_channels`` (a grip-force   -> /behavior/<as_name> (timestamps
+        sensor, an accelerometer recorded as a channel)        from the sampling clock, values in
+        the channel's own unit, attr ``unit``), and out of /continuous and /channels
 
 Events go to ONE group with labels rather than a group per description: descriptions are
 free text (spaces, slashes, hundreds of distinct values in clinical files) and event
@@ -35,10 +38,11 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from neurofm.atomic import OutputError, atomic_output, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
@@ -83,6 +87,8 @@ def convert_ieeg(
     overwrite: bool = True,
     channels_tsv: str | os.PathLike | None = None,
     coordinate_unit: str | None = None,
+    behavior_channels: Sequence[str] = (),
+    license: str | None = None,
 ) -> Path:
     """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
 
@@ -99,6 +105,14 @@ def convert_ieeg(
         overrides a coordsystem.json. Without either it is inferred from their magnitude, with
         a warning. Positions farther than 300 mm from the origin are warned about, with the
         unit that would fit.
+    behavior_channels : ``"NAME"`` or ``"NAME=as_name"`` per channel that records behaviour
+        (grip force, a joystick, an accelerometer): it becomes ``/behavior/<as_name>`` (default
+        ``as_name``: the channel name) and leaves /continuous and /channels. A name matching
+        no channel is an error listing the channels. For a session file that exists already:
+        :func:`move_channels_to_behavior`.
+    license : the data's licence (SPDX id), stored as the root attr ``license`` that model
+        cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
+        when the recording sits in one, else none.
 
     Raises
     ------
@@ -113,8 +127,7 @@ def convert_ieeg(
                                 f"BrainVision .vhdr, FIF and the other formats MNE reads)")
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
     if coordinate_unit is not None:
         coordinate_scale(coordinate_unit, in_path)  # not a length: an error now, not unknown positions later
     for given in (electrodes, channels_tsv):
@@ -130,7 +143,12 @@ def convert_ieeg(
         side["channels"] = Path(channels_tsv)
 
     names = list(raw.ch_names)
+    moves = select_behavior_channels(names, behavior_channels, in_path)
     table = _channel_table(raw, names, in_path, side, coordinate_unit)
+    keep = np.setdiff1d(np.arange(len(names)), [i for i, _ in moves])
+    if not keep.size:
+        raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
+                           "leave at least one neural channel in /continuous")
     onset, duration, label, events_source = _events(raw, side)
     entities = _bids_entities(in_path)
     subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
@@ -141,6 +159,7 @@ def convert_ieeg(
         species="",
         lab="",
         source=str(in_path),
+        license=license if license is not None else bids_license(in_path),
         source_format="mne:" + in_path.suffix.lower().lstrip("."),
         recording_start=meas.isoformat() if meas is not None else "",
         electrodes_file=str(side["electrodes"] or ""),
@@ -149,7 +168,11 @@ def convert_ieeg(
     )
     try:
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
-            _write_continuous(w, raw, names, table, in_path, nan_policy)
+            _write_continuous(w, raw, names, table, in_path, nan_policy, keep=keep)
+            for i, as_name in moves:
+                values, unit = _channel_in_own_unit(raw, i)
+                times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
+                w.add_behavior(as_name, times, values, unit=unit, source_channel=names[i])
             if onset.size:
                 w.add_events("annotations", onset, duration, label)
                 is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
@@ -160,7 +183,7 @@ def convert_ieeg(
         raise
     except SessionFormatError as e:  # found while writing (NaN samples, ...): a problem of the input
         raise ConvertError(in_path, e.field, e.problem, e.fix) from None
-    except FileExistsError:
+    except (FileExistsError, OutputError):  # the output's problem, already named as such
         raise
     except (OSError, ValueError) as e:  # MNE failing to read a damaged file mid-way
         raise ConvertError(in_path, "data", f"read failed mid-way: {type(e).__name__}: {e}",
@@ -241,6 +264,22 @@ def _recording_prefix(path: Path) -> str:
 
 def _bids_entities(path: Path) -> dict[str, str]:
     return dict(part.split("-", 1) for part in _recording_prefix(path).split("_") if "-" in part)
+
+
+def bids_license(path: str | os.PathLike, max_up: int = 6) -> str:
+    """``License`` of the BIDS dataset holding ``path`` (its root's ``dataset_description.json``,
+    the nearest one above the file), or "" when there is none or it states none."""
+    import json
+
+    for folder in list(Path(path).resolve().parents)[:max_up]:
+        desc = folder / "dataset_description.json"
+        if desc.exists():
+            try:
+                return str(json.loads(desc.read_text()).get("License", "") or "").strip()
+            except (json.JSONDecodeError, AttributeError, OSError):
+                warnings.warn(f"{desc}: not valid JSON; the dataset's licence is not recorded", stacklevel=3)
+                return ""
+    return ""
 
 
 def find_sidecars(path: str | os.PathLike) -> dict[str, Path | None]:
@@ -339,14 +378,18 @@ def read_tsv(path: str | os.PathLike) -> dict[str, list[str]]:
     return table
 
 
-def _floats(cells: list[str]) -> np.ndarray:
+def _floats(cells: list[str], path: Path, column: str, names: list[str] | None = None) -> np.ndarray:
+    """Numbers of a TSV column (``n/a`` and the like -> NaN); anything else that is not a
+    number (``12,5``: a decimal comma) is an error naming the row and the column."""
     out = np.full(len(cells), np.nan)
     for i, c in enumerate(cells):
         if c.lower() not in _NA:
             try:
                 out[i] = float(c)
             except ValueError:
-                pass
+                row = f"row {i + 1}" + (f" ({names[i]!r})" if names else "")
+                raise ConvertError(path, f"column {column}, {row}", f"{c!r} is not a number",
+                                   "write numbers with a decimal point (12.5), or n/a where unknown") from None
     return out
 
 
@@ -362,7 +405,16 @@ def read_electrodes_tsv(path: str | os.PathLike) -> dict[str, Any]:
         raise ConvertError(path, "name", f"no 'name' column (columns: {list(t)})",
                            "the first column of a BIDS electrodes file is 'name'")
     n = len(t["name"])
-    xyz = np.stack([_floats(t[a]) if a in t else np.full(n, np.nan) for a in "xyz"], axis=1)
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(t["name"]):  # the match to channels ignores case and whitespace
+        seen.setdefault(_norm(name), []).append(i + 1)
+    dupes = {t["name"][rows[0] - 1]: rows for rows in seen.values() if len(rows) > 1}
+    if dupes:
+        shown = "; ".join(f"{name!r} in rows {rows}" for name, rows in list(dupes.items())[:5])
+        raise ConvertError(path, "name", f"{len(dupes)} electrode name(s) appear more than once "
+                           f"(names match channels ignoring case and spaces): {shown}",
+                           "keep one row per electrode")
+    xyz = np.stack([_floats(t[a], path, a, t["name"]) if a in t else np.full(n, np.nan) for a in "xyz"], axis=1)
     regions = {c: clean_labels(v) for c, v in t.items() if c.lower() not in BIDS_ELECTRODE_COLUMNS}
     return {"names": t["name"], "xyz": xyz, "regions": regions}
 
@@ -516,8 +568,8 @@ def _events(raw, side: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         t = read_tsv(path)
         if "onset" not in t:
             raise ConvertError(path, "onset", "no 'onset' column", "write a BIDS events.tsv header (onset, duration, ...)")
-        onset = _floats(t["onset"])
-        duration = np.nan_to_num(_floats(t["duration"]) if "duration" in t else np.zeros(len(onset)))
+        onset = _floats(t["onset"], path, "onset")
+        duration = np.nan_to_num(_floats(t["duration"], path, "duration") if "duration" in t else np.zeros(len(onset)))
         label_col = next((c for c in ("trial_type", "value", "stim_type") if c in t), None)
         label = np.asarray(t[label_col] if label_col else ["event"] * len(onset), dtype=object)
         label = np.asarray(["" if x.lower() in _NA else x for x in label], dtype=object)
@@ -529,20 +581,150 @@ def _events(raw, side: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
             np.asarray(ann.description, dtype=object), "annotations" if len(ann) else "")
 
 
-def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:
-    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them."""
+def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str,
+                      keep: np.ndarray | None = None) -> None:
+    """Stream raw data (channels ``keep``, default all) into /continuous; voltage channels in
+    microvolts, others as MNE gives them."""
     from mne.io.constants import FIFF
 
-    n_ch, n = len(names), raw.n_times
-    to_uv = np.asarray([1e6 if ch["unit"] == FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])  # (C,)
+    keep = np.arange(len(names)) if keep is None else np.asarray(keep, dtype=np.int64)
+    kept = [names[i] for i in keep]
+    n_ch, n = len(keep), raw.n_times
+    to_uv = np.asarray([1e6 if raw.info["chs"][i]["unit"] == FIFF.FIFF_UNIT_V else 1.0 for i in keep])  # (C,)
     rows = max(1, BLOCK_VALUES // max(n_ch, 1))
     for i0 in range(0, n, rows):
-        block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
+        block = raw.get_data(picks=keep, start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
         if i0 == 0:
             w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
-                             nan_policy=nan_policy, channel_names=names)
-            w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
-                           bad=table["bad"], coordinate_space=table["coordinate_space"], types=table["types"])
+                             nan_policy=nan_policy, channel_names=kept)
+            w.add_channels(kept, x=table["x"][keep], y=table["y"][keep], z=table["z"][keep],
+                           regions={k: np.asarray(v)[keep] for k, v in table["regions"].items()},
+                           bad=np.asarray(table["bad"])[keep], coordinate_space=table["coordinate_space"],
+                           types=np.asarray(table["types"])[keep])
         else:
             w.append_continuous(block)
+
+
+# -- channels that record behaviour --------------------------------------------------------------
+
+#: Voltage units MNE scales to volts on reading, and their size in volts.
+_VOLTS = {"v": 1.0, "mv": 1e-3, "uv": 1e-6, "µv": 1e-6, "μv": 1e-6, "nv": 1e-9}
+
+
+def parse_behavior_channels(specs: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:
+    """``["FORCE", "EMG_R=emg_right"]`` (or ``{"FORCE": "grip"}``) -> ``[(channel, as_name), ...]``."""
+    pairs = list(specs.items()) if isinstance(specs, Mapping) else \
+        [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in (str(v) for v in specs or ())]
+    out, seen = [], set()
+    for channel, as_name in pairs:
+        channel, as_name = str(channel).strip(), str(as_name).strip()
+        if not channel or not as_name or "/" in as_name:
+            raise ValueError(f"--behavior-channel {channel}={as_name}: give NAME or NAME=as_name, as_name without '/'")
+        if as_name in seen:
+            raise ValueError(f"--behavior-channel: two channels would become /behavior/{as_name}; give each its own "
+                             f"name with NAME=as_name")
+        seen.add(as_name)
+        out.append((channel, as_name))
+    return out
+
+
+def select_behavior_channels(names: Sequence[str], specs, source) -> list[tuple[int, str]]:
+    """``(channel index, as_name)`` for each behaviour channel spec; a name matching no channel
+    (exactly, else ignoring case and spaces) is a :class:`ConvertError` listing the channels."""
+    pairs = parse_behavior_channels(specs)
+    rows = _match([c for c, _ in pairs], list(names))
+    missing = [c for (c, _), r in zip(pairs, rows) if r < 0]
+    if missing:
+        shown = ", ".join(map(str, names[:60])) + (f" ... (+{len(names) - 60} more)" if len(names) > 60 else "")
+        raise ConvertError(source, "--behavior-channel", f"no channel named {', '.join(map(repr, missing))}; "
+                           f"the {len(names)} channels are: {shown}", "give one of these names (NAME or NAME=as_name)")
+    if len(set(rows.tolist())) < len(rows):
+        raise ConvertError(source, "--behavior-channel", "names the same channel twice", "give each channel once")
+    return [(int(r), as_name) for r, (_, as_name) in zip(rows, pairs)]
+
+
+def _channel_in_own_unit(raw, i: int) -> tuple[np.ndarray, str]:
+    """Channel ``i`` as ``(values (T,) float32, unit)``: in the unit the file records it in
+    (MNE reads µV/mV channels as volts: they are scaled back), unit ``""`` when the file has none."""
+    orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
+    data = raw.get_data(picks=[i], verbose="error")[0]  # (T,)
+    from mne.io.constants import FIFF
+
+    if raw.info["chs"][i]["unit"] == FIFF.FIFF_UNIT_V and orig.strip().lower() in _VOLTS:
+        data = data / _VOLTS[orig.strip().lower()]
+    elif raw.info["chs"][i]["unit"] == FIFF.FIFF_UNIT_V and not orig:
+        orig = "V"  # FIF and other files without original units: MNE's SI volts
+    unit = "" if orig.strip().lower() in _NA else orig.strip()
+    return data.astype(np.float32), unit
+
+
+def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.PathLike,
+                              behavior_channels: Sequence[str] | Mapping[str, str], *, overwrite: bool = True) -> Path:
+    """Move channels of an existing session file's /continuous to /behavior; returns ``out_path``.
+
+    The same as ``convert_ieeg(..., behavior_channels=...)`` for a file converted already
+    (any session with /continuous: iEEG, NWB LFP): each channel becomes ``/behavior/<as_name>``
+    (timestamps from the sampling clock, values in /continuous's unit, attr ``unit``) and is
+    removed from /continuous and /channels. Everything else is copied as it is. Written to a
+    temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
+    """
+    import shutil
+
+    import h5py
+
+    from neurofm.data.session import Session
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    if out_path.exists() and not overwrite and out_path.resolve() != in_path.resolve():
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    with Session(in_path) as s:
+        if "continuous" not in s.h5:
+            raise ConvertError(in_path, "/continuous", "this session has no continuous data to take channels from",
+                               "--behavior-channel moves channels of /continuous")
+        names = s.channels().names if "channels" in s.h5 else [f"#{i}" for i in range(s.n_channels)]
+        moves = select_behavior_channels(names, behavior_channels, in_path)
+        taken = [i for i, _ in moves]
+        for _, as_name in moves:
+            if as_name in s.behavior_names:
+                raise ConvertError(in_path, f"/behavior/{as_name}", "exists already",
+                                   "give the channel another name with NAME=as_name")
+        rate, t0, unit, n = s.sampling_rate, s.continuous_t_start, str(s.h5["continuous"].attrs.get("unit", "")), \
+            s.n_samples
+    keep = np.setdiff1d(np.arange(len(names)), taken)
+    if not keep.size:
+        raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
+                           "leave at least one channel in /continuous")
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:  # temp beside it, umask, no race
+        shutil.copy2(in_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            old = f["continuous/data"]
+            new = f["continuous"].create_dataset(
+                "data_kept", shape=(n, len(keep)), maxshape=(None, len(keep)), dtype=np.float32, chunks=(old.chunks[0], len(keep)) if old.chunks
+                else None, compression=old.compression, compression_opts=old.compression_opts, shuffle=old.shuffle)
+            moved = np.empty((n, len(taken)), dtype=np.float32)
+            rows = max(1, BLOCK_VALUES // max(len(names), 1))
+            for i0 in range(0, n, rows):
+                block = old[i0:i0 + rows]
+                new[i0:i0 + rows] = block[:, keep]
+                moved[i0:i0 + rows] = block[:, taken]
+            del f["continuous/data"]
+            f["continuous"].move("data_kept", "data")
+            if "channels" in f:
+                g = f["channels"]
+                for path in [k for k in g if isinstance(g[k], h5py.Dataset)] + \
+                        [f"region/{k}" for k in (g["region"] if "region" in g else [])]:
+                    values = g[path][()]
+                    dtype = g[path].dtype
+                    del g[path]
+                    g.create_dataset(path, data=values[keep], dtype=dtype)
+            times = t0 + np.arange(n) / rate
+            for j, (i, as_name) in enumerate(moves):
+                b = f.require_group("behavior").create_group(as_name)
+                b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
+                b.create_dataset("values", data=moved[:, j], compression="gzip", compression_opts=4, shuffle=True)
+                b.attrs.update(unit=unit, source_channel=names[i])
+        with Session(tmp):  # validates the edited file before it replaces anything
+            pass
+    return out_path

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from neurofm.atomic import OutputError, check_destination
 from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, check_brain_coordinates,
                                   clean_labels, coordinate_scale, mm_per_unit)
 
@@ -64,6 +65,7 @@ def convert_nwb(
     overwrite: bool = True,
     electrical_series: str | bool | None = None,
     coordinate_unit: str | None = None,
+    license: str | None = None,
 ) -> Path:
     """Convert one NWB file to a neurofm session file; returns ``out_path``.
 
@@ -82,6 +84,8 @@ def convert_nwb(
         ``"um"``) when the file does not say (NWB >= 2.8 asks for microns, which is the default
         assumption, with a warning). Positions farther than 300 mm from the origin are warned
         about, with the unit that would fit.
+    license : the data's licence as an SPDX id (e.g. ``"CC-BY-4.0"``), stored as the root attr
+        ``license`` that model cards carry (NWB files do not record one; DANDI sets state it).
 
     The session spans every spike, behaviour sample and trials/epochs/other interval (and
     the voltage traces when converted), not just first..last spike, so that time-block
@@ -98,8 +102,7 @@ def convert_nwb(
         raise FileNotFoundError(f"{in_path}: no such NWB file (check the path; convert_nwb reads .nwb files)")
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")
+    check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
     if coordinate_unit is not None:
         coordinate_scale(coordinate_unit, in_path)  # not a length: say so before reading anything
     try:
@@ -114,8 +117,8 @@ def convert_nwb(
             raise ConvertError(in_path, "/", f"cannot be read as NWB: {type(e).__name__}: {e}",
                                "the file is damaged or not NWB 2: validate it with `pynwb-validate` and export it again") from None
         return _convert(nwb, in_path, out_path, session_id=session_id, nan_policy=nan_policy, overwrite=overwrite,
-                        electrical_series=electrical_series, coordinate_unit=coordinate_unit)
-    except FileExistsError:
+                        electrical_series=electrical_series, coordinate_unit=coordinate_unit, license=license)
+    except (FileExistsError, OutputError):  # the output's problem, already named as such
         raise
     except OSError as e:  # h5py: a read from a damaged input file failed mid-way (the writer has cleaned up)
         raise ConvertError(in_path, "/", f"read failed mid-way: {e}",
@@ -125,7 +128,7 @@ def convert_nwb(
 
 
 def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, overwrite, electrical_series,
-             coordinate_unit) -> Path:
+             coordinate_unit, license=None) -> Path:
     pynwb = _pynwb()
     units = nwb.units if nwb.units is not None and len(nwb.units) > 0 else None
     series = _pick_electrical_series(nwb, in_path, electrical_series)
@@ -149,6 +152,7 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
         species=(getattr(subject, "species", None) or "") if subject is not None else "",
         lab=nwb.lab or "",
         source=str(in_path),
+        license=license or "",
         source_format="nwb",
         nwb_identifier=nwb.identifier or "",
         session_description=nwb.session_description or "",

@@ -35,7 +35,7 @@ import numpy as np
 from neurofm.data.session import Channels
 
 if TYPE_CHECKING:  # pragma: no cover
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
 # Labels (any atlas) that mean "not grey matter": white matter and ventricles.
 _NON_GREY = re.compile(r"white[-_ ]?matter|(^|[-_ ])wm([-_ ]|$)|ventric|(^|[-_])vent([-_]|$)|"
@@ -79,6 +79,44 @@ def zscore(x: np.ndarray, axis: int = -1, eps: float = 1e-8) -> tuple[np.ndarray
     z = ((x - mean) / np.where(flat, 1.0, std)).astype(np.float32)
     z[np.broadcast_to(flat, z.shape)] = 0.0
     return z, np.squeeze(flat, axis=axis)
+
+
+@dataclass
+class Preprocessing:
+    """What a BaRISTA model's input went through, beyond its sampling rate and patch shape (the
+    model config holds those: ``sampling_rate``, ``n_patches`` x ``patch_len``).
+
+    Saved with the model (``BaristaConfig.preprocessing`` in the pretrained folder's
+    config.json) so that fine-tuning and evaluation on a new lab's recording cut the same
+    segments: a model pretrained on notched, Laplacian-referenced data sees mains and common
+    reference signal it never saw when given raw data.
+
+    ``line_noise``: notch frequency (Hz, harmonics too; 0 = none); ``notch_q``: its quality
+    factor; ``laplacian``: same-shaft neighbour re-reference; ``drop_non_grey``: white-matter
+    and ventricle contacts left out; ``drop_bad``: bad and non-neural channels left out;
+    ``zscore``: how segments are normalised (``"channel_segment"``: each channel over each
+    segment, the paper's and the only one implemented).
+    """
+
+    line_noise: float = 0.0
+    notch_q: float = 30.0
+    laplacian: bool = False
+    drop_non_grey: bool = False
+    drop_bad: bool = True
+    zscore: str = "channel_segment"
+
+    def __post_init__(self):
+        if self.zscore != "channel_segment":
+            raise ValueError(f"Preprocessing.zscore: {self.zscore!r} is not implemented (only 'channel_segment': "
+                             "each channel z-scored over each segment)")
+
+    def describe(self) -> str:
+        parts = [f"notch {self.line_noise:g} Hz + harmonics" if self.line_noise else "no notch",
+                 "Laplacian re-reference" if self.laplacian else "as recorded (no re-reference)"]
+        if self.drop_non_grey:
+            parts.append("white matter / ventricle contacts dropped")
+        parts.append("z-scored per channel per segment")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
+
+from neurofm.atomic import atomic_output, check_destination, is_output_errno, output_error, publish, temp_beside
 
 FORMAT_VERSION = 1
 INDEX_STEP_S = 1.0  # spacing of the coarse spike-time index
@@ -169,13 +170,25 @@ _NON_NEURAL_PREFIXES = {
 }
 _PREFIX_TYPE = {p: t for t, ps in _NON_NEURAL_PREFIXES.items() for p in ps}
 
+#: Body leads recorded on both sides carry the side right after the prefix: EKGL/EKGR (the
+#: sample EDFs of Nihon Kohden and Natus systems), ECGR, EMGL, EOGR.
+_SIDED_PREFIXES = ("ECG", "EKG", "EMG", "EOG")
+_SIDE = r"(?:LEFT|RIGHT|LT|RT|L|R)"
+
 #: The one rule for "named like a non-neural channel" (converters type such channels, the
 #: iEEG evaluation leaves them out): a prefix of :data:`_NON_NEURAL_PREFIXES` at the start
-#: of the name (after an optional ``EEG``/``POL``/``SEEG`` label prefix), not followed by
-#: another letter ("DC03", "EKG1", "POL DC01", "STI 014" yes; "DCA1", "EMGA" no). Use with
-#: ``re.IGNORECASE``.
+#: of the name (after an optional ``EEG``/``POL``/``SEEG`` label prefix), for ECG/EKG/EMG/EOG
+#: optionally followed by a side (``L``, ``R``, ``LT``, ``RT``, ``LEFT``, ``RIGHT``), and then
+#: not by another letter ("DC03", "EKG1", "EKGL", "EMG_L", "POL DC01", "STI 014" yes; "DCA1",
+#: "EMGA", "EKGLA1" no). Anchored at the start on purpose: sEEG shafts are named by side +
+#: structure ("LEC1" left entorhinal, "LEKG"...), and short names like "E1" are grid
+#: contacts in iEEG (EOG only in sleep montages), so neither is read as a body lead.
+#: A body lead's name also counts as a word of its own after a label ("Chin EMG", "Rt EMG",
+#: "X1-EKG"), never glued to a letter or digit before it. Use with ``re.IGNORECASE``.
 NON_NEURAL_NAMES = (r"^(?:(?:EEG|POL|SEEG)\s+)?(?P<prefix>"
-                    + "|".join(sorted(_PREFIX_TYPE, key=lambda p: (-len(p), p))) + r")(?![A-Z])")
+                    + "|".join(sorted(_PREFIX_TYPE, key=lambda p: (-len(p), p))) + r")"
+                    + r"(?:(?<=" + "|".join(_SIDED_PREFIXES) + r")" + _SIDE + r")?(?![A-Z])"
+                    + r"|(?<![A-Z0-9])(?P<word>" + "|".join(_SIDED_PREFIXES) + r")(?![A-Z])")
 _NON_NEURAL_RX = re.compile(NON_NEURAL_NAMES, re.IGNORECASE)
 
 
@@ -185,7 +198,7 @@ def channel_types_from_names(names) -> np.ndarray:
     out = []
     for name in names:
         m = _NON_NEURAL_RX.search(str(name).strip())
-        out.append(_PREFIX_TYPE[m.group("prefix").upper()] if m else "")
+        out.append(_PREFIX_TYPE[(m.group("prefix") or m.group("word")).upper()] if m else "")
     return np.asarray(out, dtype=object)
 
 
@@ -200,6 +213,24 @@ def _compression() -> dict[str, Any]:
 
 def _strings(values) -> np.ndarray:
     return np.asarray([str(v) for v in values], dtype=object)
+
+
+def _writes(method):
+    """Check the output file after a writing method: a failed write (disk full...) becomes an
+    :class:`~neurofm.atomic.OutputError` naming the output, and the temporary file goes."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            out = method(self, *args, **kwargs)
+        except BaseException:
+            self._raise_if_write_failed()
+            raise
+        self._raise_if_write_failed()
+        return out
+
+    return wrapper
 
 
 class SessionWriter:
@@ -229,18 +260,18 @@ class SessionWriter:
         overwrite: bool = True,
         **attrs: Any,
     ):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = check_destination(path, overwrite)  # a directory there, or exists and not overwrite
+        self._overwrite = overwrite
         self._closed = True  # until the temp file exists, there is nothing to clean up
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_beside(self.path)
         try:
-            self._h5 = h5py.File(self._tmp, "w")
-        except BaseException:
+            self._file = _OutputFile(self._tmp)
+            self._h5 = h5py.File(self._file, "w")
+        except BaseException as e:
+            getattr(self, "_file", None) and self._file.close()
             self._tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise output_error(e, self.path) from None
             raise
         self._closed = False
         try:
@@ -276,8 +307,14 @@ class SessionWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
+            return
+        self.abort()
+
+    def _raise_if_write_failed(self) -> None:
+        failed = None if self._closed else self._file.error
+        if failed is not None:
             self.abort()
+            raise output_error(failed, self.path) from None
 
     def _span(self, t0: float, t1: float) -> None:
         self._t_min = min(self._t_min, float(t0))
@@ -287,6 +324,7 @@ class SessionWriter:
         return SessionFormatError(self.path, field, problem, fix)
 
     # -- units and spikes -----------------------------------------------------------------
+    @_writes
     def add_units(self, ids, **columns) -> None:
         """Unit table: ``ids`` (N,) names, plus optional per-unit columns of length N."""
         ids = _strings(ids)
@@ -304,6 +342,7 @@ class SessionWriter:
                 g.create_dataset(name, data=col)
         self._n_units = len(ids)
 
+    @_writes
     def add_spikes(self, times, unit_index, t_start: float | None = None, t_end: float | None = None) -> None:
         """Spike times (s) and the index of each spike's unit in ``/units``.
 
@@ -327,9 +366,11 @@ class SessionWriter:
             order = np.argsort(times, kind="stable")
             times, unit_index = times[order], unit_index[order]
         g = self._h5.create_group("spikes")
-        chunk = (min(max(times.size, 1), 1 << 16),)
-        g.create_dataset("times", data=times, chunks=chunk, **_compression())
-        g.create_dataset("unit_index", data=unit_index.astype(np.int32), chunks=chunk, **_compression())
+        # chunked and compressed when there is data; a recording without spikes (every unit
+        # silent) gets empty contiguous datasets (HDF5 refuses a chunk larger than the data)
+        layout = dict(chunks=(min(times.size, 1 << 16),), **_compression()) if times.size else {}
+        g.create_dataset("times", data=times, **layout)
+        g.create_dataset("unit_index", data=unit_index.astype(np.int32), **layout)
         lo = float(times[0]) if times.size else 0.0
         hi = float(times[-1]) if times.size else 0.0
         t0 = lo if t_start is None else float(t_start)
@@ -342,6 +383,7 @@ class SessionWriter:
         self._span(t0, t1)
 
     # -- continuous data ------------------------------------------------------------------
+    @_writes
     def add_continuous(self, data, sampling_rate: float, unit: str = "uV", t_start: float = 0.0,
                        nan_policy: str = "raise", channel_names=None) -> None:
         """Continuous samples ``data`` (T, C) float32 at ``sampling_rate`` Hz from ``t_start`` s.
@@ -374,6 +416,7 @@ class SessionWriter:
         self._sr, self._cont_t0 = float(sampling_rate), float(t_start)
         self.append_continuous(data)
 
+    @_writes
     def append_continuous(self, chunk) -> None:
         """Append ``chunk`` (T, C) samples to ``/continuous/data``."""
         if "continuous" not in self._h5:
@@ -405,6 +448,7 @@ class SessionWriter:
         self._cont_rows = n + chunk.shape[0]
         self._span(self._cont_t0, self._cont_t0 + self._cont_rows / self._sr)
 
+    @_writes
     def add_channels(self, names, x=None, y=None, z=None, regions: Mapping[str, Any] | None = None,
                      bad=None, coordinate_space: str = "unknown", types=None) -> None:
         """Channel table: names (C,), coordinates in mm (NaN where unknown), atlas labels.
@@ -443,6 +487,7 @@ class SessionWriter:
             g.create_dataset("type", data=types, dtype=_STR)
 
     # -- behaviour, stimulus, events, intervals --------------------------------------------
+    @_writes
     def add_behavior(self, name: str, timestamps, values, **attrs) -> None:
         """A behaviour variable: ``timestamps`` (T,) s, strictly increasing; ``values`` (T,) or (T, D).
 
@@ -459,6 +504,7 @@ class SessionWriter:
         if ts.size:
             self._span(ts[0], ts[-1])
 
+    @_writes
     def add_stimulus(self, name: str, timestamps, frames, **attrs) -> None:
         """A stimulus stream: ``timestamps`` (T,) s, ``frames`` (T, ...) e.g. (T, H, W) uint8."""
         ts = np.asarray(timestamps, dtype=np.float64).ravel()
@@ -471,6 +517,7 @@ class SessionWriter:
         g.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
         # the stimulus does not widen the recording's span: it may run past the neural data
 
+    @_writes
     def add_events(self, name: str, onset, duration=None, label=None) -> None:
         """Point or extended events: onsets (s), durations (s, default 0), string labels."""
         onset = np.asarray(onset, dtype=np.float64).ravel()
@@ -486,6 +533,7 @@ class SessionWriter:
         g.create_dataset("duration", data=duration)
         g.create_dataset("label", data=label, dtype=_STR)
 
+    @_writes
     def add_intervals(self, name: str, start, end, **columns) -> None:
         """Time intervals (s), e.g. trials or train/valid/test blocks; end >= start."""
         start = np.asarray(start, dtype=np.float64).ravel()
@@ -503,6 +551,7 @@ class SessionWriter:
             g.create_dataset(key, data=_strings(col) if col.dtype.kind in "OUS" else col,
                              dtype=_STR if col.dtype.kind in "OUS" else None)
 
+    @_writes
     def add_array(self, path: str, data, **attrs) -> None:
         """Any extra dataset (e.g. ``ground_truth/connectivity``); kept by every reader."""
         dset = self._h5.create_dataset(path, data=data)
@@ -528,7 +577,13 @@ class SessionWriter:
 
     # -- finishing ------------------------------------------------------------------------
     def close(self) -> Path:
-        """Finish the file and move it into place. Returns the final path."""
+        """Finish the file and move it into place. Returns the final path.
+
+        Everything is flushed BEFORE the HDF5 file is closed, so a write error (disk full)
+        surfaces here as an :class:`~neurofm.atomic.OutputError` naming the output, and the
+        temporary file is removed; with ``overwrite=False`` the file is published with an
+        exclusive link, so a file created at ``path`` meanwhile is never replaced.
+        """
         if self._closed:
             return self.path
         try:
@@ -539,24 +594,89 @@ class SessionWriter:
             root = self._h5.attrs
             root["t_start"] = float(self._t_min) if np.isfinite(self._t_min) else 0.0
             root["t_end"] = float(self._t_max) if np.isfinite(self._t_max) else 0.0
+            self._h5.flush()
+            self._raise_if_write_failed()
             self._h5.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
+            self._raise_if_write_failed()
+            self._file.close()
+        except BaseException as e:
             self.abort()
+            if isinstance(e, OSError) and is_output_errno(e):
+                raise output_error(e, self.path) from None
             raise
         self._closed = True
+        publish(self._tmp, self.path, overwrite=self._overwrite)
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary file; nothing appears under the final name."""
+        """Drop the temporary file; nothing appears under the final name.
+
+        Writes are discarded from here on: HDF5 flushes its caches when the file closes, and a
+        flush that fails (the disk that just filled up) would make h5py crash the process
+        (segfault) when it frees the file's objects."""
         if self._closed:
             return
+        self._file.discard = True
         try:
             self._h5.close()
         except Exception:
             pass
+        self._file.close()
         self._tmp.unlink(missing_ok=True)
         self._closed = True
+
+
+class _OutputFile:
+    """The binary file h5py writes a session through (h5py's file-object driver).
+
+    A write that fails (disk full, quota, file size limit) is remembered in ``error`` and
+    from then on every write is accepted and dropped (``discard``): HDF5 is never shown the
+    failure, because its error paths leave the library in a state where h5py later crashes
+    the process (segfault) when it frees the file's objects or flushes on close. The writer
+    checks ``error`` after each call and reports it as an output error naming the output;
+    the temporary file is then removed."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "r+b", buffering=0)  # unbuffered: a failed write fails at its call
+        self.error: OSError | None = None
+        self.discard = False
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        if not self.discard:
+            try:
+                done = 0
+                while done < view.nbytes:  # a raw write may be short (e.g. the last blocks of a disk)
+                    done += self._f.write(view[done:])
+            except OSError as e:
+                self.error, self.discard = e, True
+        return view.nbytes
+
+    def readinto(self, b) -> int:
+        return self._f.readinto(b)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if not self.discard:
+            try:
+                return self._f.truncate(size)
+            except OSError as e:
+                self.error, self.discard = e, True
+        return self._f.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered: nothing held back
+
+    def close(self) -> None:
+        self._f.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,6 +716,28 @@ _KNOWN_GROUPS = ("units", "spikes", "continuous", "channels", "behavior", "stimu
                  "ground_truth")
 
 
+def _reads(field: str):
+    """Turn an HDF5 read failure (a damaged chunk: h5py's bare OSError) into a
+    :class:`SessionFormatError` naming the file and ``field``."""
+    import functools
+
+    def wrap(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (SessionFormatError, FileNotFoundError):
+                raise
+            except OSError as e:
+                where = field.format(*args, **kwargs) if "{" in field else field
+                raise SessionFormatError(self.path, where, f"cannot be read ({str(e).splitlines()[0]}): the file is "
+                                         "damaged", "copy it again from its source, or convert the recording "
+                                         "again") from None
+        return wrapper
+
+    return wrap
+
+
 class Session:
     """A session file opened for lazy reading.
 
@@ -623,7 +765,14 @@ class Session:
         if "neurofm_format" not in attrs:
             raise SessionFormatError(self.path, "/ attrs neurofm_format", "missing: not a neurofm session file",
                                      "convert the recording with `neurofm convert`")
-        version = int(attrs["neurofm_format"])
+        try:
+            version = int(attrs["neurofm_format"])
+        except (TypeError, ValueError):
+            raise SessionFormatError(self.path, "/ attrs neurofm_format",
+                                     f"{_jsonable(attrs['neurofm_format'])!r} is not a format version number "
+                                     f"(this neurofm writes {FORMAT_VERSION})",
+                                     "the file was not written by neurofm's SessionWriter: convert the recording "
+                                     "again with `neurofm convert`") from None
         if version > FORMAT_VERSION:
             raise SessionFormatError(self.path, "/ attrs neurofm_format",
                                      f"format version {version} is newer than this neurofm reads ({FORMAT_VERSION})",
@@ -721,6 +870,114 @@ class Session:
                 for key in keys:
                     if not isinstance(g, h5py.Group) or key not in g:
                         raise self._bad(f"/{group}/{name}/{key}", "missing")
+
+    @_reads("/ (contents)")
+    def validate(self, block: int = 1 << 22) -> None:
+        """Check the contents, not only the structure (``neurofm validate``; data modules run it
+        before training). Raises :class:`SessionFormatError` naming the file, the path inside
+        it, what is wrong and the fix. Vectorised NumPy over blocks of ``block`` values: one
+        pass over the spikes, memory bounded whatever the file's size.
+
+        Checked: spike times float64, finite, sorted; unit indices integers in range; unit ids
+        unique; ``/spikes/index`` consistent with the times (a file edited in place after it
+        was written fails here); behaviour / stimulus timestamps float, finite and increasing;
+        continuous data float with a positive sampling rate and one channel row per column;
+        events finite; intervals with end >= start.
+        """
+        f = self.h5
+        rewrite = "write the file again with SessionWriter (neurofm convert / neurofm simulate)"
+        if "units" in f and "id" in f["units"]:
+            ids = _decode(f["units/id"][()])
+            uniq, counts = np.unique(ids.astype(str), return_counts=True)
+            if (counts > 1).any():
+                raise SessionFormatError(self.path, "/units/id", f"unit ids are not unique: {uniq[counts > 1][:5].tolist()}",
+                                         "give every unit its own id and " + rewrite)
+        if "spikes" in f:
+            self._validate_spikes(block, rewrite)
+        for group, key in (("behavior", "values"), ("stimulus", "frames")):
+            for name, g in f[group].items() if group in f else ():
+                self._validate_timestamps(f"/{group}/{name}/timestamps", g["timestamps"], rewrite)
+                if group == "behavior" and g[key].dtype.kind not in "fiu":
+                    raise SessionFormatError(self.path, f"/{group}/{name}/{key}", f"dtype {g[key].dtype} is not numeric",
+                                             rewrite)
+        if "continuous" in f:
+            d = f["continuous/data"]
+            if d.dtype.kind != "f":
+                raise SessionFormatError(self.path, "/continuous/data", f"dtype {d.dtype} is not float", rewrite)
+            sr = float(f["continuous"].attrs["sampling_rate"])
+            if not np.isfinite(sr) or sr <= 0:
+                raise SessionFormatError(self.path, "/continuous attrs sampling_rate", f"{sr} is not a positive rate",
+                                         rewrite)
+            if "channels" not in f:
+                raise SessionFormatError(self.path, "/channels", "missing while /continuous exists", rewrite)
+        for name, g in f["events"].items() if "events" in f else ():
+            onset = g["onset"][()]
+            if onset.dtype.kind != "f" or not np.isfinite(onset).all():
+                raise SessionFormatError(self.path, f"/events/{name}/onset", "must be finite float seconds", rewrite)
+        for name, g in f["intervals"].items() if "intervals" in f else ():
+            start, end = g["start"][()], g["end"][()]
+            if start.shape != end.shape or not (np.isfinite(start).all() and np.isfinite(end).all()) \
+                    or np.any(end < start):
+                raise SessionFormatError(self.path, f"/intervals/{name}", "start and end must be finite pairs with "
+                                         "end >= start", rewrite)
+
+    def _validate_timestamps(self, field: str, dset: h5py.Dataset, rewrite: str) -> None:
+        ts = dset[()]
+        if ts.dtype.kind != "f":
+            raise SessionFormatError(self.path, field, f"dtype {ts.dtype}, must be float64 seconds", rewrite)
+        if not np.isfinite(ts).all():
+            raise SessionFormatError(self.path, field, f"{int((~np.isfinite(ts)).sum())} timestamps are NaN or inf",
+                                     "drop those samples and " + rewrite)
+        if ts.size > 1 and np.any(np.diff(ts) <= 0):
+            i = int(np.argmax(np.diff(ts) <= 0))
+            raise SessionFormatError(self.path, field, f"timestamps do not increase at sample {i + 1} "
+                                     f"({ts[i]} -> {ts[i + 1]} s)", "sort the samples, drop duplicates and " + rewrite)
+
+    def _validate_spikes(self, block: int, rewrite: str) -> None:
+        f = self.h5
+        times, units = f["spikes/times"], f["spikes/unit_index"]
+        if times.dtype != np.float64:
+            raise SessionFormatError(self.path, "/spikes/times", f"dtype {times.dtype}, must be float64 seconds",
+                                     "convert the times to float64 seconds and " + rewrite)
+        if units.dtype.kind not in "iu":
+            raise SessionFormatError(self.path, "/spikes/unit_index", f"dtype {units.dtype} is not an integer type",
+                                     rewrite)
+        n_units, n = self.n_units, times.shape[0]
+        index = f["spikes/index"] if "index" in f["spikes"] else None
+        if index is not None:
+            stored = index[()]
+            edges = float(index.attrs["t_start"]) + float(index.attrs["step"]) * np.arange(len(stored))
+            counted = np.zeros(len(stored), dtype=np.int64)
+        prev = -np.inf
+        for a in range(0, n, block):
+            t = times[a:a + block]
+            u = units[a:a + block]
+            bad = ~np.isfinite(t)
+            if bad.any():
+                i = a + int(np.argmax(bad))
+                raise SessionFormatError(self.path, "/spikes/times", f"spike {i} has time {t[i - a]}: "
+                                         f"{int(bad.sum())} or more times are NaN or inf",
+                                         "drop those spikes and " + rewrite)
+            step_back = np.diff(np.concatenate([[prev], t])) < 0
+            if step_back.any():
+                i = a + int(np.argmax(step_back))
+                raise SessionFormatError(self.path, "/spikes/times", f"not sorted: spike {i} at {times[i]} s comes "
+                                         f"after one at {times[i - 1]} s", "sort the spikes (units paired) and " + rewrite)
+            out = (u < 0) | (u >= n_units)
+            if out.any():
+                i = a + int(np.argmax(out))
+                raise SessionFormatError(self.path, "/spikes/unit_index", f"spike {i} has unit index {u[i - a]}, "
+                                         f"outside [0, {n_units}) (/units/id has {n_units} units)",
+                                         "the unit table and the spikes do not belong together: " + rewrite)
+            if index is not None:
+                counted += np.searchsorted(t, edges, side="left")
+            prev = t[-1] if t.size else prev
+        if index is not None and not np.array_equal(counted, stored):
+            k = int(np.argmax(counted != stored))
+            raise SessionFormatError(self.path, "/spikes/index",
+                                     f"does not match /spikes/times (entry {k}, t = {edges[k]:.3f} s: {stored[k]} "
+                                     f"stored, {counted[k]} counted); the times were changed after the file was written",
+                                     rewrite + ", which rebuilds the index")
 
     # -- summary --------------------------------------------------------------------------
     @property
@@ -896,6 +1153,7 @@ class Session:
         i0 = bound(t0)
         return i0, max(i0, bound(t1))
 
+    @_reads("/spikes")
     def spikes(self, t0: float | None = None, t1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Spikes with ``t0 <= t < t1``: ``(times (N,) float64 s, unit_index (N,) int32)``."""
         if "spikes" not in self.h5:
@@ -930,6 +1188,7 @@ class Session:
             return self.h5["continuous/data"].shape[1]
         return len(self.h5["channels/name"]) if "channels" in self.h5 else 0
 
+    @_reads("/continuous/data")
     def continuous(self, t0: float | None = None, t1: float | None = None) -> np.ndarray:
         """Samples in ``[t0, t1)`` as ``(T, C)`` float32 (reads only the chunks it needs).
 
@@ -948,6 +1207,7 @@ class Session:
         i1 = self._dset("continuous/data").shape[0] if t1 is None else int(round((t1 - ct0) * sr))
         return self.continuous_samples(i0, i1)
 
+    @_reads("/continuous/data")
     def continuous_samples(self, i0: int, i1: int) -> np.ndarray:
         """Rows ``[i0, i1)`` of ``/continuous/data`` as ``(T, C)`` float32 (clipped to the recording)."""
         dset = self._dset("continuous/data")
@@ -956,6 +1216,7 @@ class Session:
         i1 = min(max(int(i1), i0), n)
         return dset[i0:i1]
 
+    @_reads("/channels")
     def channels(self) -> Channels:
         if "channels" not in self.h5:
             raise KeyError(f"{self.path}: no /channels (this session holds {self.kinds}; channel tables come "
@@ -997,6 +1258,7 @@ class Session:
         """``(timestamps (T,), frames (T, ...))`` of stimulus ``name`` within ``[t0, t1)``."""
         return self._timeseries("stimulus", name, "frames", t0, t1)
 
+    @_reads("/{0}/{1}")
     def _timeseries(self, group: str, name: str, key: str, t0, t1):
         """Timestamps are cached per process (8 bytes a sample) so that many windows cost one
         binary search each; only the rows of ``key`` inside the window are read."""
@@ -1011,6 +1273,7 @@ class Session:
         i1 = max(i0, i1)
         return ts[i0:i1].copy(), self._dset(f"{group}/{name}/{key}")[i0:i1]
 
+    @_reads("/events/{0}")
     def events(self, name: str) -> dict[str, np.ndarray]:
         if f"events/{name}" not in self.h5:
             raise KeyError(f"{self.path}: no /events/{name}; available: {self.event_names}")
@@ -1020,6 +1283,7 @@ class Session:
                 "duration": g["duration"][()] if "duration" in g else np.zeros(n),
                 "label": _decode(g["label"][()]) if "label" in g else np.full(n, name, dtype=object)}
 
+    @_reads("/intervals/{0}")
     def intervals(self, name: str) -> dict[str, np.ndarray]:
         if f"intervals/{name}" not in self.h5:
             raise KeyError(f"{self.path}: no /intervals/{name}; available: {self.interval_names}")
@@ -1034,6 +1298,20 @@ class Session:
         self.h5["ground_truth"].visititems(
             lambda k, v: out.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
         return out
+
+
+_VALIDATED: dict[tuple, bool] = {}
+
+
+def validate_sessions(sessions) -> None:
+    """:meth:`Session.validate` each session once per process and file version (path, size,
+    modification time): data modules call this at setup, before any training step."""
+    for s in sessions:
+        st = s.path.stat()
+        key = (str(s.path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _VALIDATED:
+            s.validate()
+            _VALIDATED[key] = True
 
 
 def open_sessions(paths) -> Iterator[Session]:
@@ -1065,9 +1343,7 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                                      f"blocks {arr.tolist()} must have end > start inside the recording "
                                      f"[{t0:.3f}, {t1:.3f}] s", "give start:end pairs in seconds inside that span")
         parsed[name] = arr
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         shutil.copy2(path, tmp)
         with h5py.File(tmp, "r+") as f:
             g = f.require_group("intervals")
@@ -1080,7 +1356,3 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                 sub = g.create_group(name)
                 sub.create_dataset("start", data=arr[:, 0])
                 sub.create_dataset("end", data=arr[:, 1])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

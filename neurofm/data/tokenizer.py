@@ -31,14 +31,11 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from neurofm.tokens import BOUNDARY_EPS_S as _BOUNDARY_EPS_S
+from neurofm.tokens import EOS, N_SPECIAL, PAD, SOS, window_sequences
+
 if TYPE_CHECKING:  # pragma: no cover
     from neurofm.data.session import Session
-
-# Window bounds are moved this many seconds earlier before the binary search, so that a spike
-# sitting exactly on a boundary lands in the window that starts there even when the bound was
-# computed with float round-off (0.2 - 0.05 = 0.15000000000000002 > 0.15). 1 ns is far below
-# any spike-time resolution (30 kHz sampling = 33 us).
-_BOUNDARY_EPS_S = 1e-9
 
 
 class UnknownUnitError(KeyError):
@@ -65,8 +62,8 @@ class UnitVocab:
     :meth:`bind` and used by :meth:`encode`; they are a cache, not part of the saved state.
     """
 
-    PAD, SOS, EOS = 0, 1, 2
-    N_SPECIAL = 3
+    PAD, SOS, EOS = PAD, SOS, EOS
+    N_SPECIAL = N_SPECIAL
     SPECIALS = ("PAD", "SOS", "EOS")
 
     def __init__(self, units: Iterable[str] = ()):
@@ -320,54 +317,9 @@ class SpikeTokenizer:
     # -- core ---------------------------------------------------------------------------------
     def _sequences(self, times: np.ndarray, tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                    block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Full sequences ``(W, block + 1)`` of IDs and dt indices for windows ``[starts, ends)``.
-
-        Also returns ``n_dropped (W,)``.
-        """
-        v, dv = self.vocab, self.dt_vocab
-        W, S, K = len(ends), block + 1, dv.K
-        cap = block - 2  # spikes that fit between SOS and EOS of the (block + 1)-long sequence
-        i0 = np.searchsorted(times, starts - _BOUNDARY_EPS_S, side="left").astype(np.int64)
-        i1 = np.searchsorted(times, ends - _BOUNDARY_EPS_S, side="left").astype(np.int64)
-        n = i1 - i0  # (W,) spikes per window
-        kept = np.minimum(n, cap)
-        n_dropped = n - kept
-        first = np.cumsum(n) - n  # (W,) offset of each window in the flat list of its spikes
-        ar = np.arange(int(n.sum()), dtype=np.int64)  # (M,) flat position
-        idx = np.repeat(i0 - first, n) + ar  # (M,) index into the spike train
-        x = times[idx]
-        x -= np.repeat(starts, n)
-        x *= 1.0 / self.dt
-        np.rint(x, out=x)
-        np.clip(x, 0, K, out=x)
-        d = x.astype(np.int64)  # (M,) dt index from the window's nominal start
-        # Order within a window: dt bin, then unit. Spikes are time-sorted, so the (window, dt
-        # bin) group number gd never decreases along the flat list; sorting the key
-        # gd * V + token orders tokens inside each group and leaves every group where it was.
-        V = int(tokens.max(initial=0)) + 1
-        gv = np.repeat(np.arange(W, dtype=np.int64) * (K + 1), n)
-        gv += d
-        gv *= V
-        key = tokens[idx]
-        key += gv
-        key.sort()
-        key -= gv
-        tok = key
-        # scatter into the (W, S) sequences; overflow keeps the LATEST cap spikes of a window
-        flat = np.repeat(np.arange(W, dtype=np.int64) * S + 1 - first - n_dropped, n) + ar
-        if n_dropped.any():
-            keep = ar >= np.repeat(first + n_dropped, n)
-            flat, tok, d = flat[keep], tok[keep], d[keep]
-        ids = np.full((W, S), v.PAD, dtype=np.int64)
-        dts = np.full((W, S), dv.PAD, dtype=np.int64)
-        ids[:, 0] = v.SOS
-        dts[:, 0] = 0  # SOS slot: dt index 0, also on overflow (reference bug 1 fixed)
-        ids.reshape(-1)[flat] = tok
-        dts.reshape(-1)[flat] = d
-        eos = np.arange(W) * S + 1 + kept
-        ids.reshape(-1)[eos] = v.EOS
-        dts.reshape(-1)[eos] = dv.EOS
-        return ids, dts, n_dropped
+        """Full sequences ``(W, block + 1)`` of IDs and dt indices for windows ``[starts, ends)``,
+        and ``n_dropped (W,)`` (:func:`neurofm.tokens.window_sequences`)."""
+        return window_sequences(times, tokens, starts, ends, block, self.dt, self.dt_vocab.K)
 
     def tokenize(self, times, tokens, intervals) -> dict[str, np.ndarray]:
         """Tokenize the windows ending at ``intervals`` (s) of one spike train.
@@ -418,3 +370,71 @@ class SpikeTokenizer:
         if session.session_id not in self.vocab._tables:
             self.vocab.bind(session.session_id, session.unit_ids)
         return self.tokenize(times, self.vocab.encode(session.session_id, unit_index), ends)
+
+
+# --------------------------------------------------------------------------------------------
+# spikes per window: the statistics block sizes are chosen from
+# --------------------------------------------------------------------------------------------
+
+#: The largest share of spikes a data-chosen block size may drop (see :func:`block_size_for`).
+MAX_DROPPED_FRACTION = 0.005
+
+
+def spikes_per_window(times, starts, ends) -> np.ndarray:
+    """(W,) int64: spikes of the sorted ``times`` in each window ``[starts, ends)`` (s).
+
+    Two binary searches, the tokenizer's own boundary rule: the count is exactly the number of
+    spikes :class:`SpikeTokenizer` would put in the window before any overflow.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    starts, ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+    i0 = np.searchsorted(times, starts - _BOUNDARY_EPS_S, side="left")
+    i1 = np.searchsorted(times, ends - _BOUNDARY_EPS_S, side="left")
+    return (i1 - i0).astype(np.int64)
+
+
+def dropped_fraction(counts, block_size: int) -> float:
+    """Share of the spikes in windows holding ``counts`` spikes that a sequence of
+    ``block_size`` tokens drops (it holds ``block_size - 2`` spikes, SOS and EOS included).
+    0.0 when there are no spikes."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    return float(np.maximum(counts - (int(block_size) - 2), 0).sum() / total)
+
+
+def block_size_for(counts, max_dropped: float = MAX_DROPPED_FRACTION) -> int:
+    """The smallest block size that drops at most ``max_dropped`` of the spikes in windows
+    holding ``counts`` spikes (the training windows' spikes-per-window distribution).
+
+    The rule: with capacity ``c = block_size - 2`` spikes, a window of ``n`` spikes loses
+    ``max(n - c, 0)``; the overflow summed over windows falls as ``c`` grows, and the smallest
+    ``c`` whose overflow is ``<= max_dropped`` of all spikes is chosen (0.5% by default: the
+    sequence is as short as the data allows, attention cost grows with its square, and the
+    rare dense windows lose their earliest few spikes). At least 4 (room for two spikes), so
+    a silent training block still gives a usable model. One pass over a histogram of the
+    counts: cheap for millions of windows.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return 4
+    hist = np.bincount(counts)  # hist[n]: windows with n spikes
+    n = np.arange(len(hist))
+    # overflow(c) = sum_{n > c} (n - c) hist[n], for c = 0..max: suffix sums
+    windows_above = np.concatenate([np.cumsum(hist[::-1])[::-1][1:], [0]])  # windows with n > c
+    spikes_above = np.concatenate([np.cumsum((n * hist)[::-1])[::-1][1:], [0]])  # their spikes
+    overflow = spikes_above - n * windows_above
+    c = int(np.argmax(overflow <= max_dropped * total))  # overflow is non-increasing: the first c
+    return max(c + 2, 4)
+
+
+def window_count_percentiles(counts, q=(50, 90, 99, 99.9, 100)) -> dict[str, float]:
+    """Spikes-per-window percentiles as ``{"p50": ..., "max": ...}`` (JSON-ready), plus the mean."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if not len(counts):
+        return {}
+    out = {("max" if p == 100 else f"p{p:g}"): float(np.percentile(counts, p)) for p in q}
+    out["mean"] = float(counts.mean())
+    return out

@@ -31,9 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from neurofm.atlas import SpatialVocab
+from neurofm.config import from_dict
 from neurofm.hub import PretrainedMixin
 from neurofm.nn.attention import Packed, attention, pack, varlen_attention, varlen_is_free
-from neurofm.nn.norms import RMSNorm
+from neurofm.nn.kernels import Recompute, gated_mlp, patch_conv1d
+from neurofm.nn.norms import RMSNorm, time_layer_norm
 from neurofm.nn.rope import RotaryEmbedding, apply_rotary
 
 __all__ = [
@@ -67,8 +70,9 @@ class BaristaConfig:
     (``channel``, ``parcel``, ``lobe``). ``"channel"`` is accepted for ``encode_scale`` and
     ``"coords"`` for ``mask_scale`` (the channel scale is encoded by coordinates).
 
-    ``cnn_chunk``, ``checkpoint_cnn`` and ``checkpoint_blocks`` trade speed for memory and do
-    not change any number the model computes.
+    ``cnn_chunk``, ``checkpoint_cnn`` and ``checkpoint_blocks`` trade speed for memory, and
+    ``fast_kernels`` picks the hand-written CPU kernels of :mod:`neurofm.nn.kernels` or their
+    plain PyTorch references; none changes a number the model computes beyond round-off.
     """
 
     # shape
@@ -104,8 +108,13 @@ class BaristaConfig:
     cnn_chunk: int = 256
     checkpoint_cnn: bool = True
     checkpoint_blocks: bool = False
+    fast_kernels: bool = True  # False: plain PyTorch (nn.Conv1d, autograd, torch checkpoint), the reference
     # the category vocabulary the parcel indices refer to (SpatialVocab.to_dict())
     spatial_vocab: dict[str, Any] | None = None
+    # what the input went through beyond its rate and patch shape (notch, re-reference, channel
+    # selection, z-scoring): neurofm.data.segmenter.Preprocessing as a dict; fine-tuning and
+    # evaluation apply it (None: not recorded, folders of older versions)
+    preprocessing: dict[str, Any] | None = None
 
     #: Fields that fix parameter shapes; a checkpoint loads only into a config that agrees on them.
     SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "patch_len", "cnn_channels", "cnn_kernel",
@@ -127,8 +136,6 @@ class BaristaConfig:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"BaristaConfig.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.spatial_vocab is not None:
-            from neurofm.data.atlas import SpatialVocab
-
             vocab = SpatialVocab.from_dict(self.spatial_vocab)
             if vocab.n_parcels > self.n_parcels:
                 raise ValueError(f"BaristaConfig: the spatial vocabulary has {vocab.n_parcels} parcel rows "
@@ -146,7 +153,7 @@ class BaristaConfig:
 
     @classmethod
     def for_vocab(cls, vocab, **kwargs) -> "BaristaConfig":
-        """Config whose parcel table fits ``vocab`` (a :class:`~neurofm.data.atlas.SpatialVocab`)."""
+        """Config whose parcel table fits ``vocab`` (a :class:`~neurofm.atlas.SpatialVocab`)."""
         return cls(n_parcels=vocab.n_parcels, n_lobes=vocab.n_lobes, n_coord_bins=vocab.n_coord_bins,
                    spatial_vocab=vocab.to_dict(), **kwargs)
 
@@ -158,13 +165,9 @@ class BaristaConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BaristaConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (never silently dropped)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"BaristaConfig.from_dict: unknown fields {unknown}; this config was written by "
-                             "another neurofm version or is not a BaRISTA config")
-        return cls(**dict(d))
+        """Inverse of :meth:`to_dict`, through the one config loader: unknown keys are an error
+        (never silently dropped)."""
+        return from_dict(cls, d, where="BaristaConfig")
 
     def replace(self, **changes) -> "BaristaConfig":
         return dataclasses.replace(self, **changes)
@@ -183,129 +186,15 @@ def _as_config(config) -> BaristaConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def _shifted_terms(kernel: int, dilation: int, L: int) -> list[tuple[int, int]]:
-    """``(tap j, shift s_j)`` of the off-centre taps that reach inside a patch of ``L`` samples."""
-    centre = (kernel - 1) // 2
-    return [(j, (j - centre) * dilation) for j in range(kernel)
-            if j != centre and abs((j - centre) * dilation) < L]
-
-
-def _shift_mm(out: Tensor, w: Tensor, src: Tensor, s: int, P: int, L: int) -> None:
-    """``out[:, t] += w @ src[:, t + s]`` for every sample ``t`` whose ``t + s`` lies in the
-    same patch (``out``/``src`` are ``(C, P*L)``; contributions from beyond a patch edge are 0).
-
-    One matrix product over the flattened samples reads ``src`` through a column-offset view
-    (no copy); it also adds, at the ``|s|`` edge samples of each patch, terms from the
-    neighbouring patch, which a small product over just those samples then takes away.
-    """
-    N = P * L
-    if s > 0:
-        out[:, :N - s].addmm_(w, src[:, s:])
-        if P > 1:  # samples L-s.. of patch p received patch p+1's first s samples
-            wrong = w @ src.view(-1, P, L)[:, 1:, :s].reshape(src.shape[0], -1)
-            out.view(-1, P, L)[:, :-1, L - s:] -= wrong.view(-1, P - 1, s)
-    else:
-        a = -s
-        out[:, a:].addmm_(w, src[:, :N - a])
-        if P > 1:  # samples ..a of patch p received patch p-1's last a samples
-            wrong = w @ src.view(-1, P, L)[:, :-1, L - a:].reshape(src.shape[0], -1)
-            out.view(-1, P, L)[:, 1:, :a] -= wrong.view(-1, P - 1, a)
-
-
-def _shift_mm_weight(g: Tensor, x: Tensor, s: int, P: int, L: int) -> Tensor:
-    """``sum_t g[:, t] x[:, t + s]^T`` over the samples ``t`` whose ``t + s`` is in the same patch."""
-    N = P * L
-    if s > 0:
-        grad = g[:, :N - s] @ x[:, s:].t()
-        if P > 1:
-            gw = g.view(-1, P, L)[:, :-1, L - s:].reshape(g.shape[0], -1)
-            xw = x.view(-1, P, L)[:, 1:, :s].reshape(x.shape[0], -1)
-            grad -= gw @ xw.t()
-    else:
-        a = -s
-        grad = g[:, a:] @ x[:, :N - a].t()
-        if P > 1:
-            gw = g.view(-1, P, L)[:, 1:, :a].reshape(g.shape[0], -1)
-            xw = x.view(-1, P, L)[:, :-1, L - a:].reshape(x.shape[0], -1)
-            grad -= gw @ xw.t()
-    return grad
-
-
-class _PatchConv(torch.autograd.Function):
-    """'Same' dilated 1-D convolution of many patches, channel-major ``(C, P, L)`` layout.
-
-    With 1-5 channels, ``conv1d`` on CPU spends its time in layout handling and its backward
-    is slow. Here each kernel tap is one matrix product ``W_j (C_out, C_in) @ x (C_in, P*L)``
-    over all samples of all patches, read at an offset of ``s_j`` samples (a view: no im2col
-    copy), with a small correction at each patch's edges (:func:`_shift_mm`). The backward
-    pass is built the same way by hand. Equal to ``F.conv1d(x.transpose(0, 1), w, b,
-    padding=dilation * (k - 1) // 2, dilation=dilation)`` per patch; keeps only ``x``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
-        with torch.autocast(x.device.type, enabled=False):  # computes in x's dtype (bf16 under autocast)
-            return _PatchConv._forward(ctx, x, weight, bias, dilation)
-
-    @staticmethod
-    def _forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
-        c_in, P, L = x.shape
-        c_out, _, k = weight.shape
-        x = x.contiguous()
-        w = weight.to(x.dtype)
-        X = x.view(c_in, P * L)
-        centre = (k - 1) // 2
-        out = torch.addmm(bias[:, None].to(x.dtype), w[:, :, centre], X)
-        for j, s in _shifted_terms(k, dilation, L):
-            _shift_mm(out, w[:, :, j], X, s, P, L)
-        ctx.save_for_backward(x, weight)
-        ctx.dilation = dilation
-        return out.view(c_out, P, L)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        with torch.autocast(grad.device.type, enabled=False):
-            return _PatchConv._backward(ctx, grad)
-
-    @staticmethod
-    def _backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        c_in, P, L = x.shape
-        c_out, _, k = weight.shape
-        centre = (k - 1) // 2
-        taps = _shifted_terms(k, ctx.dilation, L)
-        G = grad.contiguous().to(x.dtype).view(c_out, P * L)  # under autocast: bf16 activations, fp32 weights
-        X = x.view(c_in, P * L)
-        w = weight.to(x.dtype)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # grad_x[u] = sum_j W_j^T g[u - s_j]: the same shifted products with W transposed, shift reversed
-            gx = w[:, :, centre].t() @ G
-            for j, s in taps:
-                _shift_mm(gx, w[:, :, j].t(), G, -s, P, L)
-            grad_x = gx.view(c_in, P, L)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(weight)
-            grad_w[:, :, centre] = G @ X.t()
-            for j, s in taps:
-                grad_w[:, :, j] = _shift_mm_weight(G, X, s, P, L)
-        if ctx.needs_input_grad[2]:
-            grad_b = G.sum(1, dtype=torch.float32).to(weight.dtype)
-        return grad_x, grad_w, grad_b, None
-
-
-def _time_norm(x: Tensor, eps: float) -> Tensor:
-    """Parameter-free LayerNorm over time (the last axis)."""
-    return F.layer_norm(x, (x.shape[-1],), eps=eps)
-
-
 class ResidualBlock(nn.Module):
     """Dilated residual block (TCN-style): two convolutions, each followed by a parameter-free
     LayerNorm over time and GELU; a 1x1 projector on the skip path when the width changes.
 
     ``out = GELU(LN(conv2(GELU(LN(conv1(x))))) + skip(x))``. The convolution biases are kept
     for the published parameter count although the LayerNorm that follows removes them.
-    Activations are channel-major ``(C, P, L)``: channels, patches, samples.
+    :meth:`forward` is the plain ``nn.Conv1d`` block on ``(P, C, L)``; :meth:`forward_fast`
+    the same function on channel-major ``(C, P, L)`` activations with the hand-written
+    :func:`~neurofm.nn.kernels.patch_conv1d`.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, eps: float = 1e-5):
@@ -316,11 +205,16 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv1d(c_out, c_out, kernel, dilation=dilation, padding=pad)
         self.proj = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
 
-    def forward(self, x: Tensor) -> Tensor:  # (C_in, P, L) -> (C_out, P, L)
+    def forward(self, x: Tensor) -> Tensor:  # (P, C_in, L) -> (P, C_out, L)
+        h = F.gelu(time_layer_norm(self.conv1(x), self.eps))
+        h = time_layer_norm(self.conv2(h), self.eps)
+        return F.gelu(h + (x if self.proj is None else self.proj(x)))
+
+    def forward_fast(self, x: Tensor) -> Tensor:  # (C_in, P, L) -> (C_out, P, L)
         inplace = not torch.is_grad_enabled()  # no graph: reuse buffers (less memory traffic)
         gelu = torch.ops.aten.gelu_ if inplace else F.gelu
-        h = gelu(_time_norm(_PatchConv.apply(x, self.conv1.weight, self.conv1.bias, self.dilation), self.eps))
-        h = _time_norm(_PatchConv.apply(h, self.conv2.weight, self.conv2.bias, self.dilation), self.eps)
+        h = gelu(time_layer_norm(patch_conv1d(x, self.conv1.weight, self.conv1.bias, self.dilation), self.eps))
+        h = time_layer_norm(patch_conv1d(h, self.conv2.weight, self.conv2.bias, self.dilation), self.eps)
         if self.proj is None:
             skip = x
         else:
@@ -328,48 +222,6 @@ class ResidualBlock(nn.Module):
             skip = torch.addmm(self.proj.bias[:, None].to(x.dtype), self.proj.weight[:, :, 0].to(x.dtype),
                                x.reshape(c_in, P * L)).view(-1, P, L)
         return gelu(h.add_(skip) if inplace else h + skip)
-
-    def reference_forward(self, x: Tensor) -> Tensor:
-        """The same block with ``nn.Conv1d`` on ``(P, C, L)`` (for tests; slow on CPU)."""
-        L = x.shape[-1]
-        h = F.gelu(F.layer_norm(self.conv1(x), (L,), eps=self.eps))
-        h = F.layer_norm(self.conv2(h), (L,), eps=self.eps)
-        return F.gelu(h + (x if self.proj is None else self.proj(x)))
-
-
-class _RecomputedTokens(torch.autograd.Function):
-    """Activation checkpoint of one chunk of the tokenizer: the forward runs without building
-    a graph and keeps only the chunk's patches; the backward runs the chunk again with
-    gradients and back-propagates through it.
-
-    (``torch.utils.checkpoint`` in its non-reentrant form keeps every op's autograd node
-    alive until the backward; with hundreds of small chunks those nodes interleave with the
-    large freed activations on the C heap and glibc then keeps gigabytes of freed memory
-    mapped. One node per chunk avoids that.)
-    """
-
-    @staticmethod
-    def forward(ctx, patches: Tensor, tokenizer: "CNNTokenizer", *params: Tensor) -> Tensor:
-        ctx.tokenizer = tokenizer
-        ctx.device_type = patches.device.type
-        ctx.autocast = (torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type))
-        ctx.save_for_backward(patches)
-        with torch.no_grad():
-            return tokenizer._tokens(patches)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (patches,) = ctx.saved_tensors
-        params = list(ctx.tokenizer.parameters())
-        needs = ctx.needs_input_grad
-        inputs = patches.detach().requires_grad_(needs[0])
-        wanted = ([inputs] if needs[0] else []) + [p for p, n in zip(params, needs[2:]) if n]
-        enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
-            out = ctx.tokenizer._tokens(inputs)
-        got = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
-        grad_patches = next(got) if needs[0] else None
-        return (grad_patches, None, *[next(got) if n else None for n in needs[2:]])
 
 
 class CNNTokenizer(nn.Module):
@@ -384,6 +236,8 @@ class CNNTokenizer(nn.Module):
     activations are ~150 K floats per token (some 30 planes of L samples per convolution,
     ten convolutions), about 20x what the transformer keeps per token. With the convolutions
     frozen (fine-tuning) they run without a graph and only the projection is trained.
+    ``config.fast_kernels`` picks the hand-written convolution and recomputation
+    (:mod:`neurofm.nn.kernels`) or their plain PyTorch references.
     """
 
     def __init__(self, config: BaristaConfig):
@@ -396,11 +250,17 @@ class CNNTokenizer(nn.Module):
         self.patch_len = config.patch_len
         self.chunk = config.cnn_chunk
         self.checkpoint = config.checkpoint_cnn
+        self.fast = config.fast_kernels
 
     def _cnn(self, patches: Tensor) -> Tensor:  # (P, L) -> (P, L)
+        if not self.fast:
+            h = patches[:, None]  # (P, 1, L)
+            for block in self.blocks:
+                h = block(h)
+            return h[:, 0]
         h = patches.reshape(1, *patches.shape)  # (1, P, L) channel-major
         for block in self.blocks:
-            h = block(h)
+            h = block.forward_fast(h)
         return h.view(h.shape[1], h.shape[2])
 
     def _tokens(self, patches: Tensor) -> Tensor:  # (P, L) -> (P, d)
@@ -422,18 +282,13 @@ class CNNTokenizer(nn.Module):
             return self.proj(h)
         outs = []
         for part in patches.split(chunk):
-            if grad and self.checkpoint:
-                outs.append(_RecomputedTokens.apply(part, self, *params))
+            if grad and self.checkpoint and self.fast:
+                outs.append(Recompute.apply(part, self._tokens, *params))
+            elif grad and self.checkpoint:
+                outs.append(checkpoint(self._tokens, part, use_reentrant=False))
             else:
                 outs.append(self._tokens(part))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-    def reference_forward(self, patches: Tensor) -> Tensor:
-        """Same function with ``nn.Conv1d`` (for tests)."""
-        h = patches[:, None]
-        for block in self.blocks:
-            h = block.reference_forward(h)
-        return self.proj(h[:, 0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,51 +385,12 @@ class SelfAttention(nn.Module):
         return self.out(o.reshape(N, d))
 
 
-class _RecomputedGatedMLP(torch.autograd.Function):
-    """``W_out (value * GELU(gate)) + b_out`` with ``[value, gate] = W_in x + b_in``, keeping
-    only ``x`` for the backward pass and recomputing the 8d-wide hidden layer there.
-
-    The hidden activations are 12x the block's input per token; storing them was most of
-    the backbone's activation memory. Recomputing costs one ``d x 8d`` matrix product per
-    layer (under a tenth of the layer's time: attention dominates).
-    """
-
-    @staticmethod
-    def forward(ctx, x, w_in, b_in, w_out, b_out):
-        ctx.save_for_backward(x, w_in, b_in, w_out)
-        ctx.device_type = x.device.type
-        ctx.autocast = (torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type))
-        value, gate = F.linear(x, w_in, b_in).chunk(2, dim=-1)
-        return F.linear(value * F.gelu(gate), w_out, b_out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w_in, b_in, w_out = ctx.saved_tensors
-        enabled, dtype = ctx.autocast
-        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
-            value, gate = F.linear(x, w_in, b_in).chunk(2, dim=-1)
-            act = F.gelu(gate)
-            hidden = value * act
-            g = grad.reshape(-1, grad.shape[-1])
-            grad_hidden = (g @ w_out.to(g.dtype)).view_as(hidden)
-            grad_w_out = g.t() @ hidden.reshape(-1, hidden.shape[-1]).to(g.dtype)
-            grad_b_out = g.sum(0)
-            grad_value = grad_hidden * act
-            grad_gate = torch.ops.aten.gelu_backward(grad_hidden * value, gate)
-            grad_u = torch.cat((grad_value, grad_gate), dim=-1).reshape(-1, w_in.shape[0])
-            x2 = x.reshape(-1, x.shape[-1])
-            grad_x = (grad_u @ w_in.to(grad_u.dtype)).view_as(x) if ctx.needs_input_grad[0] else None
-            grad_w_in = grad_u.t() @ x2.to(grad_u.dtype)
-            grad_b_in = grad_u.sum(0)
-        return (None if grad_x is None else grad_x.to(x.dtype), grad_w_in.to(w_in.dtype), grad_b_in.to(b_in.dtype),
-                grad_w_out.to(w_out.dtype), grad_b_out.to(w_out.dtype))
-
-
 class GatedMLP(nn.Module):
     """``Linear(d -> 2*4d)`` split into value and gate, ``value * GELU(gate)``, ``Linear(4d -> d)``.
 
-    While training, the hidden layer is recomputed in the backward pass instead of stored
-    (:class:`_RecomputedGatedMLP`); the numbers are the same.
+    While training with ``config.fast_kernels``, the hidden layer is recomputed in the
+    backward pass instead of stored (:class:`~neurofm.nn.kernels.RecomputedGatedMLP`); the
+    numbers are the same.
     """
 
     def __init__(self, config: BaristaConfig):
@@ -582,13 +398,11 @@ class GatedMLP(nn.Module):
         hidden = config.mlp_ratio * config.d_model
         self.w_in = nn.Linear(config.d_model, 2 * hidden)
         self.w_out = nn.Linear(hidden, config.d_model)
-        self.recompute = True
+        self.recompute = config.fast_kernels
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d) -> (..., d)
-        if self.recompute and torch.is_grad_enabled():
-            return _RecomputedGatedMLP.apply(x, self.w_in.weight, self.w_in.bias, self.w_out.weight, self.w_out.bias)
-        value, gate = self.w_in(x).chunk(2, dim=-1)
-        return self.w_out(value * F.gelu(gate))
+        return gated_mlp(x, self.w_in.weight, self.w_in.bias, self.w_out.weight, self.w_out.bias,
+                         recompute=self.recompute)
 
 
 class Block(nn.Module):
@@ -704,11 +518,9 @@ class BaristaEncoder(nn.Module, PretrainedMixin):
 
     @property
     def spatial_vocab(self):
-        """The :class:`~neurofm.data.atlas.SpatialVocab` this model's parcel rows refer to, if stored."""
+        """The :class:`~neurofm.atlas.SpatialVocab` this model's parcel rows refer to, if stored."""
         if self.config.spatial_vocab is None:
             return None
-        from neurofm.data.atlas import SpatialVocab
-
         return SpatialVocab.from_dict(self.config.spatial_vocab)
 
     def patches(self, x: Tensor) -> Tensor:
@@ -1042,6 +854,9 @@ class BaristaFinetunedConfig:
     n_channels: int = 0  # token_weighting only: the fixed layout's channel count
     head_dropout: float = 0.1
     label_names: list[str] = dataclasses.field(default_factory=list)  # class index -> event label
+    # regression: the training block's target mean / std (D,); outputs come back in the recording's units
+    target_mean: list[float] = dataclasses.field(default_factory=list)
+    target_std: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.encoder = _as_config(self.encoder)
@@ -1050,7 +865,8 @@ class BaristaFinetunedConfig:
 class BaristaFinetuned(nn.Module, PretrainedMixin):
     """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head.
 
-    ``forward(batch)`` gives logits (B, K) or outputs (B, D); for reconstruction,
+    ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's
+    units, from the training statistics in the config); for reconstruction,
     ``forward(batch, mask)`` gives the masked channels' samples (M, n, L).
     """
 
@@ -1059,9 +875,7 @@ class BaristaFinetuned(nn.Module, PretrainedMixin):
     def __init__(self, config: BaristaFinetunedConfig | Mapping[str, Any]):
         super().__init__()
         if isinstance(config, Mapping):
-            from neurofm.config import from_dict
-
-            config = from_dict(BaristaFinetunedConfig, config)
+            config = from_dict(BaristaFinetunedConfig, config, where="BaristaFinetunedConfig")
         self.config = config
         enc = config.encoder
         self.encoder = BaristaEncoder(enc)
@@ -1073,22 +887,12 @@ class BaristaFinetuned(nn.Module, PretrainedMixin):
         else:
             self.head = PooledHead(enc.d_model, config.out_dim, config.head_dropout)
 
-    @classmethod
-    def from_task(cls, task) -> "BaristaFinetuned":
-        """The model of a :class:`~neurofm.tasks.barista.BaristaFinetuneTask` (weights copied)."""
-        hp = task.hparams
-        out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
-        config = BaristaFinetunedConfig(encoder=task.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
-                                        n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
-                                        label_names=list(hp.get("label_names", [])))
-        model = cls(config)
-        model.encoder.load_state_dict(task.encoder.state_dict())
-        model.head.load_state_dict(task.head.state_dict())
-        return model.to(next(task.parameters()).device)
-
     def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
         if self.config.task == "reconstruction":
             if mask is None:
                 raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
             return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
-        return self.head(self.encoder(batch), batch.get("channel_mask"))
+        out = self.head(self.encoder(batch), batch.get("channel_mask"))
+        if self.config.task == "regression" and self.config.target_std:  # standardised -> recording's units
+            out = out * out.new_tensor(self.config.target_std) + out.new_tensor(self.config.target_mean)
+        return out

@@ -37,7 +37,8 @@ Choices where the reference is loose or the paper silent:
   stimulus, the neural state could solve the alignment by copying it.
 * Cross-attention keys/values come from each source's own encoder, normalised once by its final
   LayerNorm (see :mod:`neurofm.nn.transformer`); the stack ends with one LayerNorm.
-* Attention dropout is DropKey (pre-softmax masking; see :class:`neurofm.nn.transformer.Attention`).
+* Attention dropout is dropout on the attention weights after the softmax, the same on every
+  device and layout (see :func:`neurofm.nn.attention.attention`).
 * ``forward`` drops trailing positions that are PAD in every window of the batch before
   computing (outputs at real positions are unchanged): a 700-token previous-window block that
   holds ~65 spikes costs ~65 tokens, not 700.
@@ -51,18 +52,20 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neurofm.config import from_dict
+from neurofm.hub import PretrainedMixin
+from neurofm.models import neuroformer_generate
+from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.nn.attention import Packed, pack
 from neurofm.nn.embedding import UnitEmbedding
 from neurofm.nn.transformer import Block, CrossKVCache, Dropout, KVCache
-from neurofm.hub import PretrainedMixin
+from neurofm.tokens import EOS, N_SPECIAL, PAD, SOS, packed_layout, real_length
 
 __all__ = [
     "PAD", "SOS", "EOS", "N_SPECIAL",
@@ -70,12 +73,10 @@ __all__ = [
     "LossWeights", "BehaviorVariable", "StimulusConfig", "NeuroformerConfig",
     "Neuroformer", "GeneratedSpikes", "DecodeState",
     "info_nce", "masked_mean", "sinusoidal_embedding", "positional_encoding_3d",
-    "window_tokens", "synthetic_batch",
+    "token_targets", "batch_size", "packed_layout",
 ]
 
-# ID vocabulary: specials first so that new units are an append (DESIGN.md, shared contracts).
-PAD, SOS, EOS = 0, 1, 2
-N_SPECIAL = 3
+# ID vocabulary (PAD, SOS, EOS, N_SPECIAL): neurofm.tokens, shared with the tokenizer.
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,7 +94,9 @@ class WindowConfig:
 @dataclass
 class BlockSizeConfig:
     """Token capacity of the current (``id``) and previous (``prev_id``) window sequences,
-    specials included (reference ``block_size``)."""
+    specials included (reference ``block_size``). ``0`` = auto: a run config leaves it to the
+    recipe, which chooses it from the training data before a model is built
+    (:func:`neurofm.recipes.neuroformer.resolve_block_sizes`); a model needs it set."""
 
     id: int = 100
     prev_id: int = 700
@@ -127,7 +130,7 @@ class DropoutConfig:
     """Dropout rates (reference: 0.2 everywhere)."""
 
     embd: float = 0.2  # on the summed input embeddings (all modalities)
-    attn: float = 0.2  # attention dropout, as DropKey (see neurofm.nn.transformer.Attention)
+    attn: float = 0.2  # attention dropout, after the softmax (see neurofm.nn.attention.attention)
     resid: float = 0.2  # on every residual branch
 
 
@@ -218,16 +221,9 @@ _NESTED = {
 
 
 def _build(cls, value, where: str):
-    """Dataclass ``cls`` from a dict (strict: unknown keys are an error naming them)."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError(f"NeuroformerConfig.{where} must be a {cls.__name__} or a dict, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(value) - known
-    if unknown:
-        raise ValueError(f"NeuroformerConfig.{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**dict(value))
+    """A nested config field as dataclass ``cls``: kept if it is one, else read from its dict
+    by the one config loader (:func:`neurofm.config.from_dict`: unknown keys are errors)."""
+    return value if isinstance(value, cls) else from_dict(cls, value, where=f"NeuroformerConfig.{where}")
 
 
 @dataclass
@@ -239,10 +235,17 @@ class NeuroformerConfig:
     (offsets ``0..K``, then ``SOS_dt = K+1``, ``EOS_dt = K+2``, ``PAD_dt = K+3``).
 
     Fields that fix parameter shapes (transfer to a new dataset must keep them, except
-    ``n_units``/``units`` which :meth:`Neuroformer.extend_vocab` changes): ``n_units``,
-    ``n_embd``, ``n_head``, ``temporal_hidden``, ``window``, ``block_size``, ``layers``,
-    ``contrastive.clip_embd``, ``behavior``, ``stimulus``.
+    ``n_units``/``units`` which :meth:`Neuroformer.extend_vocab` changes) are listed in
+    :attr:`SHAPE_FIELDS`; the rest (dropout, loss weights, contrastive temperature) may change.
     """
+
+    #: Fields that fix parameter shapes (dotted paths): fine-tuning takes them from the
+    #: checkpoint, and a run that sets one to another value is an error naming it. ``n_units`` /
+    #: ``units`` grow by :meth:`Neuroformer.extend_vocab` and ``behavior`` by
+    #: :meth:`Neuroformer.add_behavior` (the checkpoint's variables kept, new ones appended).
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "n_units", "units", "n_embd", "n_head", "temporal_hidden", "window", "block_size", "layers",
+        "contrastive.enabled", "contrastive.clip_embd", "contrastive.modalities", "behavior", "stimulus")
 
     n_units: int = 1
     units: list[str] = field(default_factory=list)  # optional "<session_id>/<unit_id>" per unit
@@ -322,8 +325,8 @@ class NeuroformerConfig:
         w = self.window
         if min(w.curr, w.prev, w.dt) <= 0:
             raise bad("window", f"curr, prev and dt must be > 0, got {w}")
-        if self.block_size.id < 2 or self.block_size.prev_id < 2:
-            raise bad("block_size", f"need room for SOS and EOS, got {self.block_size}")
+        if any(b != 0 and b < 2 for b in (self.block_size.id, self.block_size.prev_id)):
+            raise bad("block_size", f"need room for SOS and EOS (>= 2, or 0 = auto), got {self.block_size}")
         for f in dataclasses.fields(self.layers):
             if getattr(self.layers, f.name) < 0:
                 raise bad(f"layers.{f.name}", "must be >= 0")
@@ -366,11 +369,8 @@ class NeuroformerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "NeuroformerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"NeuroformerConfig: unknown field(s) {sorted(unknown)}")
-        return cls(**dict(d))
+        """Inverse of :meth:`to_dict`, through the one config loader (unknown keys are errors)."""
+        return from_dict(cls, d, where="NeuroformerConfig")
 
     # -- presets -------------------------------------------------------------------------------
     @classmethod
@@ -437,46 +437,9 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
-def _real_length(mask: Tensor) -> int:
-    """1 + the last position that is real in any row (0 for an all-PAD batch)."""
-    if mask.shape[1] == 0:
-        return 0
-    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    return int((mask.long() * pos).amax())
-
-
 def _right_padded(mask: Tensor) -> bool:
     """True if every row is real tokens then PAD (no real token after a PAD)."""
     return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
-
-
-def window_tokens(offsets: Tensor, tokens: Tensor, block: int, config: NeuroformerConfig) -> dict[str, Tensor | int]:
-    """Token sequence of one window from its spikes (the contract's construction).
-
-    Args:
-        offsets: ``(n,)`` int dt offsets ``round((t - window_start) / dt)`` of the spikes.
-        tokens: ``(n,)`` int ID tokens (``3 + unit``).
-        block: sequence length (``block_size.id`` or ``.prev_id``).
-
-    Spikes are ordered by offset then token; overflow keeps the latest ``block - 2``.
-    Returns ``id``, ``dt``, ``target_id``, ``target_dt`` ``(block,)`` int64, ``mask`` ``(block,)``
-    bool and ``n_dropped``.
-    """
-    offsets = offsets.long().reshape(-1)
-    tokens = tokens.long().reshape(-1)
-    order = torch.argsort(offsets * (config.id_vocab_size + 1) + tokens, stable=True)
-    offsets, tokens = offsets[order], tokens[order]
-    keep = block - 2
-    n_dropped = max(0, int(offsets.numel()) - keep)
-    offsets, tokens = offsets[n_dropped:], tokens[n_dropped:]
-    n = int(tokens.numel())
-    seq_id = torch.full((block + 1,), PAD, dtype=torch.long)
-    seq_dt = torch.full((block + 1,), config.pad_dt, dtype=torch.long)
-    seq_id[0], seq_dt[0] = SOS, 0
-    seq_id[1:n + 1], seq_dt[1:n + 1] = tokens, offsets
-    seq_id[n + 1], seq_dt[n + 1] = EOS, config.eos_dt
-    return dict(id=seq_id[:block], dt=seq_dt[:block], target_id=seq_id[1:], target_dt=seq_dt[1:],
-                mask=seq_id[:block] != PAD, n_dropped=n_dropped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,6 +597,9 @@ class Neuroformer(nn.Module, PretrainedMixin):
             config = NeuroformerConfig.from_dict(config)
         self.config = config
         c, d = config, config.n_embd
+        if 0 in (c.block_size.id, c.block_size.prev_id):
+            raise ValueError(f"NeuroformerConfig.block_size: {c.block_size} leaves a size to the data (0 = auto); "
+                             f"a model needs both set (neurofm.recipes.neuroformer.resolve_block_sizes chooses them)")
         dropout = dict(attn_dropout=c.dropout.attn, resid_dropout=c.dropout.resid)
 
         # -- embeddings: one token table for both windows, per-window position and dt embedding
@@ -678,6 +644,11 @@ class Neuroformer(nn.Module, PretrainedMixin):
 
         self.count_heads = nn.ModuleDict()  # target name -> Linear(n_units * n_bins -> out), see count_bin
         self.apply(self._init_weights)
+        #: Validate batches in :meth:`forward` (:meth:`check_batch`). ``None`` (default): every
+        #: batch on CPU, where the check is a few cheap reductions, and the first batch on an
+        #: accelerator, where each check is a host sync; ``True``: every batch; ``False``: never.
+        self.check_inputs: bool | None = None
+        self._checked_devices: set[str] = set()
         for v in c.behavior_targets():
             if v.count_bin > 0:
                 self._add_count_head(v)
@@ -869,10 +840,20 @@ class Neuroformer(nn.Module, PretrainedMixin):
         for key, size, name in (("id", c.block_size.id, "id"), ("id_prev", c.block_size.prev_id, "prev_id")):
             if key not in batch:
                 continue
-            longest = batch[_PACKED[key][1]] if _PACKED[key][0] in batch else batch[key].shape[1]
+            seqs = packed_layout(batch, key)
+            longest = batch[key].shape[1] if seqs is None else seqs.max_seqlen
             if longest > size:
                 raise ValueError(f"batch[{key!r}] has {longest} positions > block_size.{name}={size} "
                                  f"(NeuroformerConfig.block_size.{name} must match the dataset's)")
+
+    def _maybe_check(self, batch: Mapping[str, Any]) -> None:
+        """:meth:`check_batch` as :attr:`check_inputs` says."""
+        if self.check_inputs is False:
+            return
+        device = batch["id"].device.type
+        if self.check_inputs or device == "cpu" or device not in self._checked_devices:
+            self.check_batch(batch)
+            self._checked_devices.add(device)
 
     # -- encoders ------------------------------------------------------------------------------
     def _embed(self, ids: Tensor, dts: Tensor, pos: Tensor, temp: TemporalEmbedding) -> Tensor:
@@ -900,7 +881,7 @@ class Neuroformer(nn.Module, PretrainedMixin):
             if src.prev_seqs is None:
                 mask_prev = batch["mask_prev"] if "mask_prev" in batch else id_prev != PAD
                 if trim_padding:
-                    n = max(_real_length(mask_prev), 1)
+                    n = max(real_length(mask_prev), 1)
                     id_prev, dt_prev, mask_prev = id_prev[:, :n], dt_prev[:, :n], mask_prev[:, :n]
                 src.prev_mask = mask_prev.bool()
             src.prev = self.encode_prev(id_prev, dt_prev, src.prev_mask, src.prev_seqs)
@@ -985,13 +966,13 @@ class Neuroformer(nn.Module, PretrainedMixin):
             of the ``state`` stage output, ``behavior`` {name: (B, dim or n_classes)},
             ``contrastive`` {modality: (neural (B, clip_embd), modality (B, clip_embd))}.
         """
-        self.check_batch(batch)
+        self._maybe_check(batch)
         ids, dts = batch["id"], batch["dt"]
         seqs = packed_layout(batch, "id")
         if seqs is None:
             mask = batch["mask"].bool() if "mask" in batch else ids != PAD
             if trim_padding:
-                n = max(_real_length(mask), 1)
+                n = max(real_length(mask), 1)
                 ids, dts, mask = ids[:, :n], dts[:, :n], mask[:, :n]
             pos = self.pos_emb[:, :ids.shape[1]]
         else:
@@ -1115,238 +1096,18 @@ class Neuroformer(nn.Module, PretrainedMixin):
         h = self.ln_f(h)
         return self.head_id(h), self.head_dt(h)
 
-    def _full_logits(self, ids: Tensor, dts: Tensor, src: _Sources) -> tuple[Tensor, Tensor]:
-        """Logits of the last position from a full (uncached) pass over the prefix."""
-        x = self._embed(ids, dts, self.pos_emb[:, :ids.shape[1]], self.temp_emb)
-        _, h = self._run_stack(x, src, None)
-        h = self.ln_f(h[:, -1:])
-        return self.head_id(h), self.head_dt(h)
-
     # -- generation ----------------------------------------------------------------------------
-    @torch.inference_mode()  # like no_grad, minus autograd's version counting on every op
-    def generate(
-        self,
-        batch: Mapping[str, Any],
-        *,
-        mode: str = "teacher_forced",
-        temperature_id: float = 1.0,
-        temperature_dt: float = 1.0,
-        top_k_id: int | None = None,
-        top_p_id: float | None = 0.95,
-        top_k_dt: int | None = None,
-        top_p_dt: float | None = 0.95,
-        max_spikes: int | None = None,
-        stop_at_eos: bool = True,
-        use_cache: bool = True,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        seed_prev: bool = True,
-    ) -> "GeneratedSpikes":
-        """Sample the spikes of the batch's current windows, one token at a time.
-
-        Each window starts from SOS; the next ID and dt are drawn from their heads
-        (temperature, then top-k, then top-p; only units and EOS can be drawn as IDs and only
-        offsets inside the current window as dts) until EOS or the block is full (the block's
-        last slot is EOS). All windows of a batch decode together with KV caches.
-
-        Args:
-            batch: needs ``interval`` (B,) window END times (s); context keys as in training
-                (``id_prev``/``dt_prev``/``mask_prev``, ``stimulus``, ``behavior_seq``...).
-                ``session`` (B,) separates recordings in free-running mode.
-            mode: ``"teacher_forced"``: each window reads the batch's true previous window.
-                ``"free_running"``: windows that follow one another (same session, interval
-                one ``window.curr`` apart) form a chain; the previous window of every window
-                after the first of its chain is built from the spikes this call generated
-                for the windows before it -- never from the batch's ``id_prev``. Chains decode
-                in parallel, one window per chain per step.
-            seed_prev: free-running only: the first window of a chain reads its true previous
-                window as the initial condition (``False``: starts from an empty past).
-            max_spikes: cap per window (default ``block_size.id - 2``).
-            stop_at_eos: ``False`` ignores EOS until ``max_spikes`` (fixed-length benchmarks).
-            use_cache: KV cache (``False`` reruns the full prefix for every token: slow,
-                for comparison).
-            seed / generator: random source; a fixed seed gives the same spikes.
-
-        Returns:
-            :class:`GeneratedSpikes` with one entry per window, in the batch's order.
-
-        A packed batch (:func:`~neurofm.data.datasets.pack_spikes`) is unpacked first: the
-        windows decode side by side, one position per step.
-        """
-        from neurofm.data.datasets import unpack_spikes
-
-        batch = unpack_spikes(batch, self.config.pad_dt)
-        if mode not in ("teacher_forced", "free_running"):
-            raise ValueError(f"mode must be 'teacher_forced' or 'free_running', got {mode!r}")
-        if generator is None:
-            generator = torch.Generator(device=self.pos_emb.device)
-            generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-        c = self.config
-        max_spikes = c.block_size.id - 2 if max_spikes is None else min(max_spikes, c.block_size.id - 2)
-        sampling = dict(temperature_id=temperature_id, temperature_dt=temperature_dt, top_k_id=top_k_id,
-                        top_p_id=top_p_id, top_k_dt=top_k_dt, top_p_dt=top_p_dt, max_len=max_spikes + 2,
-                        stop_at_eos=stop_at_eos, use_cache=use_cache, generator=generator)
-        was_training = self.training
-        self.eval()
-        try:
-            interval = _as_numpy(batch["interval"]).astype(np.float64)
-            b = len(interval)
-            session = _as_numpy(batch["session"]).astype(np.int64) if "session" in batch else np.zeros(b, np.int64)
-            if mode == "teacher_forced":
-                ids, dts, lengths = self._sample_windows(batch, **sampling)
-                return GeneratedSpikes.from_tokens(ids, dts, lengths, interval, session, c)
-            return self._free_running(batch, interval, session, seed_prev, sampling)
-        finally:
-            self.train(was_training)
-
-    def _sample_windows(self, batch: Mapping[str, Any], *, temperature_id: float, temperature_dt: float,
-                        top_k_id: int | None, top_p_id: float | None, top_k_dt: int | None, top_p_dt: float | None,
-                        max_len: int, stop_at_eos: bool, use_cache: bool,
-                        generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Decode every window of ``batch`` at once. Returns ``id``, ``dt`` (B, max_len) token
-        sequences ``[SOS, spikes, EOS, PAD...]`` and the number of spikes per window (B,)."""
-        c = self.config
-        device = self.pos_emb.device
-        b = len(batch["interval"])
-        src = self.encode_sources(batch)
-        ids = torch.full((b, max_len), PAD, dtype=torch.long, device=device)
-        dts = torch.full((b, max_len), c.pad_dt, dtype=torch.long, device=device)
-        ids[:, 0], dts[:, 0] = SOS, 0
-        # Sampling constraints as additive logit biases: IDs are units or EOS; dts are offsets
-        # inside the current window.
-        id_bias = torch.zeros(c.id_vocab_size, device=device)
-        id_bias[[PAD, SOS]] = -math.inf
-        if not stop_at_eos:
-            id_bias[EOS] = -math.inf
-        dt_bias = torch.full((c.dt_vocab_size,), -math.inf, device=device)
-        dt_bias[:c.dt_max_curr + 1] = 0.0
-        # Per step: the model, one uniform draw per sampled head and window, two column writes.
-        # A window that emitted EOS keeps decoding (its later samples are never seen by the
-        # other windows, and are replaced by PAD below), so the loop carries no per-window
-        # bookkeeping; with stop_at_eos it stops once every window has an EOS.
-        eos_id = torch.full((b,), EOS, dtype=torch.long, device=device)
-        done = torch.zeros(b, dtype=torch.bool, device=device) if stop_at_eos else None
-        state = self.init_decode(src, max_len) if use_cache else None
-        for pos in range(max_len - 1):
-            if use_cache:
-                lid, ldt = self.decode_step(state, ids[:, pos:pos + 1], dts[:, pos:pos + 1])
-            else:
-                lid, ldt = self._full_logits(ids[:, :pos + 1], dts[:, :pos + 1], src)
-            lid, ldt = lid[:, -1], ldt[:, -1]  # (B, V_id), (B, V_dt)
-            if lid.dtype != torch.float32:  # sample in fp32 (bf16 autocast logits)
-                lid, ldt = lid.float(), ldt.float()
-            last = pos + 2 == max_len  # the last slot of the block is EOS
-            # one call draws the uniforms of both heads, in the order two calls would: ID, dt
-            n_draws = int(temperature_id > 0 and not last) + int(temperature_dt > 0)
-            u = torch.rand(n_draws, b, 1, generator=generator, device=device) if n_draws else None
-            nid = eos_id if last else _sample(lid + id_bias, temperature_id, top_k_id, top_p_id,
-                                               u=u[0] if temperature_id > 0 else None)
-            ndt = _sample(ldt + dt_bias, temperature_dt, top_k_dt, top_p_dt, u=u[-1] if temperature_dt > 0 else None)
-            ids[:, pos + 1] = nid
-            dts[:, pos + 1] = ndt
-            if done is not None:
-                done |= nid == EOS
-                if bool(done.all()):
-                    break
-        return ids, dts, _close_windows(ids, dts, c)
-
-    def _free_running(self, batch: Mapping[str, Any], interval: np.ndarray, session: np.ndarray,
-                      seed_prev: bool, sampling: dict) -> "GeneratedSpikes":
-        c = self.config
-        b = len(interval)
-        curr, prev, dt = c.window.curr, c.window.prev, c.window.dt
-        # Chains: a window follows the one of its session that ends window.curr earlier.
-        order = np.lexsort((interval, session))
-        parent = np.full(b, -1)
-        for i, j in zip(order[:-1], order[1:]):
-            if session[i] == session[j] and abs(interval[j] - interval[i] - curr) < dt / 2:
-                parent[j] = i
-        root, depth = np.arange(b), np.zeros(b, dtype=np.int64)
-        for j in order:  # parents come first in this order
-            if parent[j] >= 0:
-                root[j], depth[j] = root[parent[j]], depth[parent[j]] + 1
-        uses_prev = len(self.history_blocks) > 0
-        no_spikes = (torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
-        history: dict[int, tuple[Tensor, Tensor]] = {}  # chain root -> spike times (s), ID tokens
-        results: list[tuple[Tensor, Tensor]] = [no_spikes] * b  # per window: ID tokens, dt offsets
-        for wave in range(int(depth.max()) + 1 if b else 0):
-            idx = np.flatnonzero(depth == wave)
-            sub = _select_rows(batch, idx, exclude=("id_prev", "dt_prev", "mask_prev"))
-            if uses_prev:
-                if wave == 0:  # initial condition of each chain: its true past, or nothing
-                    seeded = seed_prev and "id_prev" in batch
-                    for i in idx:
-                        history[int(i)] = _decode_prev_spikes(batch, int(i), interval[i], c) if seeded else no_spikes
-                prev_windows = [_prev_window(*history[int(root[i])], interval[i], c) for i in idx]
-                width = max(max(_real_length(w["mask"][None]) for w in prev_windows), 1)
-                for key in ("id", "dt", "mask"):
-                    sub[f"{key}_prev"] = torch.stack([w[key][:width] for w in prev_windows]).to(self.pos_emb.device)
-            ids, dts, lengths = self._sample_windows(sub, **sampling)
-            for row, i in enumerate(idx):
-                n = int(lengths[row])
-                toks, offs = ids[row, 1:n + 1].cpu(), dts[row, 1:n + 1].cpu()
-                results[i] = (toks, offs)
-                if uses_prev:
-                    old_t, old_tok = history[int(root[i])]
-                    keep = old_t >= interval[i] - prev - 1e-9  # spikes the next window can still see
-                    new_t = _spike_times(offs, interval[i] - curr, c)
-                    history[int(root[i])] = (torch.cat([old_t[keep], new_t]), torch.cat([old_tok[keep], toks]))
-        return GeneratedSpikes(
-            interval=interval, session=session,
-            times=[_spike_times(offs, interval[i] - curr, c).numpy() for i, (_, offs) in enumerate(results)],
-            tokens=[r[0].numpy() for r in results],
-            dt=[r[1].numpy() for r in results],
-            window=c.window.curr,
-        )
+    def generate(self, batch: Mapping[str, Any], **kwargs: Any) -> GeneratedSpikes:
+        """Sample the spikes of the batch's current windows, one token at a time (KV cache,
+        all windows in step; ``mode="free_running"`` chains consecutive windows). The sampler
+        and the scheduler live in :mod:`neurofm.models.neuroformer_generate`; see
+        :func:`~neurofm.models.neuroformer_generate.generate` for the arguments."""
+        return neuroformer_generate.generate(self, batch, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
-# Generation helpers
+# Helpers of the model and its callers
 # --------------------------------------------------------------------------------------------
-def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-            generator: torch.Generator | None = None, *, u: Tensor | None = None) -> Tensor:
-    """Draw one index per row of ``logits`` (B, V): temperature, then top-k, then top-p
-    (nucleus: the fewest most likely tokens whose mass reaches ``top_p``). ``temperature <= 0``
-    is greedy. Sampling is by inverse CDF on one uniform per row (cheaper than
-    ``torch.multinomial`` per decoding step): ``u`` (B, 1) in [0, 1), or drawn from
-    ``generator``."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    if temperature != 1.0:
-        logits = logits / temperature
-    v = logits.shape[-1]
-    order = None
-    if top_k is not None and 0 < top_k < v:
-        logits, order = torch.topk(logits, top_k, dim=-1)  # sorted, descending
-    elif top_p is not None and top_p < 1.0:
-        logits, order = _sort_descending(logits)
-    probs = logits.softmax(-1)  # (B, V')
-    if top_p is not None and top_p < 1.0:
-        # keep a token while the tokens before it hold less than top_p (the first always stays)
-        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
-    cdf = probs.cumsum(-1)
-    # u strictly below the total mass, so the first cdf entry above u is a step of the cdf: a
-    # token with non-zero probability (masked tokens are flat stretches and can never be hit)
-    if u is None:
-        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device)
-    j = torch.searchsorted(cdf, u * (cdf[:, -1:] * (1 - 1e-6)), right=True)
-    return (order.gather(-1, j) if order is not None else j).squeeze(-1)
-
-
-def _sort_descending(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``torch.sort(x, -1, descending=True)`` for the sampler's (B, V) logits.
-
-    On CPU, torch's sort of the ID logits of many windows costs ~8 us per 200-wide row on the
-    2-core benchmark machine (1 ms per decoding step for 128 windows, more than the model);
-    NumPy's vectorised argsort gives the same order (ties aside, which draw with equal
-    probability either way) in a quarter of that. Small inputs stay with torch (fewer calls).
-    """
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[-1] < 32 or x.numel() < 2048:
-        return torch.sort(x, dim=-1, descending=True)
-    order = torch.from_numpy(np.argsort(-x.detach().numpy(), axis=-1))
-    return x.gather(-1, order), order
-
-
 def _without_full_masks(src: _Sources) -> _Sources:
     """``src`` with every all-True key padding mask replaced by None (a shallow copy).
 
@@ -1359,76 +1120,6 @@ def _without_full_masks(src: _Sources) -> _Sources:
 
     behavior = {g: (kv, None if full(mask) else mask) for g, (kv, mask) in src.behavior.items()}
     return dataclasses.replace(src, prev_mask=None if full(src.prev_mask) else src.prev_mask, behavior=behavior)
-
-
-def _close_windows(ids: Tensor, dts: Tensor, config: NeuroformerConfig) -> Tensor:
-    """End each decoded window of ``ids``, ``dts`` (B, L) at its first EOS (every window has
-    one), in place: that slot's dt becomes ``EOS_dt``, every later slot PAD. Returns the number
-    of spikes per window (B,)."""
-    body_id, body_dt = ids[:, 1:], dts[:, 1:]  # (B, L-1) views: the slots after SOS
-    eos = body_id == EOS
-    lengths = eos.long().argmax(1)  # the first EOS: spikes before it
-    slot = torch.arange(body_id.shape[1], device=ids.device)
-    after = slot > lengths[:, None]
-    body_id.masked_fill_(after, PAD)
-    body_dt.masked_fill_(after, config.pad_dt)
-    body_dt.masked_fill_(slot == lengths[:, None], config.eos_dt)
-    return lengths
-
-
-def _spike_times(dts: Tensor, window_start: float, config: NeuroformerConfig) -> Tensor:
-    """dt offsets -> spike times (s, float64) inside ``[window_start, window_start + curr)``.
-
-    Offset ``k`` stands for a spike within half a bin of ``start + k*dt``; the last offset
-    (``round(curr/dt)``) is placed a quarter bin before the window's end, so the time stays in
-    its window and re-tokenises to the same offset.
-    """
-    c = config
-    t = window_start + dts.double() * c.window.dt
-    return t.clamp(max=window_start + c.window.curr - c.window.dt / 4)
-
-
-def _prev_window(times: Tensor, tokens: Tensor, interval: float, config: NeuroformerConfig) -> dict[str, Any]:
-    """Previous-window tokens of the window ending at ``interval``, from spike times (s) and ID
-    tokens: the spikes in ``[interval - curr - prev, interval - curr)``, dt measured from that
-    window's start."""
-    c = config
-    start = interval - c.window.curr - c.window.prev
-    sel = (times >= start - 1e-9) & (times < start + c.window.prev - 1e-9)
-    offsets = torch.round((times[sel] - start) / c.window.dt).long().clamp(0, c.dt_max)
-    return window_tokens(offsets, tokens[sel], c.block_size.prev_id, c)
-
-
-def _decode_prev_spikes(batch: Mapping[str, Any], i: int, interval: float,
-                        config: NeuroformerConfig) -> tuple[Tensor, Tensor]:
-    """Spike times and tokens of window ``i``'s true previous window (free-running seed)."""
-    c = config
-    ids, dts = batch["id_prev"][i].cpu(), batch["dt_prev"][i].cpu()
-    real = ids >= N_SPECIAL
-    start = interval - c.window.curr - c.window.prev
-    t = start + dts[real].double() * c.window.dt
-    return t.clamp(max=start + c.window.prev - c.window.dt / 4), ids[real].long()
-
-
-def _select_rows(batch: Mapping[str, Any], idx: np.ndarray, exclude: Sequence[str] = ()) -> dict[str, Any]:
-    """Rows ``idx`` of every tensor in a (possibly nested) batch dict."""
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if key in exclude:
-            continue
-        if isinstance(value, Mapping):
-            out[key] = _select_rows(value, idx)
-        elif isinstance(value, Tensor):
-            out[key] = value[torch.as_tensor(idx, device=value.device)]
-        elif isinstance(value, np.ndarray):
-            out[key] = value[idx]
-        else:
-            out[key] = value
-    return out
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
 def token_targets(batch: Mapping[str, Any], out: Mapping[str, Any], config: NeuroformerConfig) -> tuple[Tensor, Tensor]:
@@ -1444,19 +1135,6 @@ def token_targets(batch: Mapping[str, Any], out: Mapping[str, Any], config: Neur
                              "targets must be the input sequence shifted left by one")
         tid, tdt = tid[:, :n], tdt[:, :n]
     return tid, tdt
-
-
-# packed token keys -> (their cu_seqlens key, their max_seqlen key)
-_PACKED = {"id": ("cu_seqlens", "max_seqlen"), "id_prev": ("cu_seqlens_prev", "max_seqlen_prev")}
-
-
-def packed_layout(batch: Mapping[str, Any], key: str = "id") -> Packed | None:
-    """The :class:`~neurofm.nn.attention.Packed` layout of ``batch[key]`` (``"id"``: the
-    current windows, ``"id_prev"``: the previous ones) in a packed batch, else None."""
-    cu, longest = _PACKED[key]
-    if cu not in batch:
-        return None
-    return Packed(batch[cu], int(batch[longest]))
 
 
 def window_count_features(batch: Mapping[str, Any], n_units: int, window: WindowConfig, bin_s: float) -> Tensor:
@@ -1500,134 +1178,3 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, stacklevel=3)
-
-
-@dataclass
-class GeneratedSpikes:
-    """Spikes sampled by :meth:`Neuroformer.generate`, one entry per window (batch order).
-
-    ``times[w]`` (s, float64) and ``tokens[w]`` (ID tokens, ``unit = token - 3``) in generated
-    order; ``dt[w]`` the dt offsets; ``interval`` (W,) window END times; ``session`` (W,).
-    """
-
-    interval: np.ndarray
-    session: np.ndarray
-    times: list[np.ndarray]
-    tokens: list[np.ndarray]
-    dt: list[np.ndarray]
-    window: float
-
-    @classmethod
-    def from_tokens(cls, ids: Tensor, dts: Tensor, lengths: Tensor, interval: np.ndarray, session: np.ndarray,
-                    config: NeuroformerConfig) -> "GeneratedSpikes":
-        ids, dts, lengths = ids.cpu(), dts.cpu(), lengths.cpu()
-        toks, offs, times = [], [], []
-        for w in range(ids.shape[0]):
-            n = int(lengths[w])
-            toks.append(ids[w, 1:n + 1].numpy())
-            offs.append(dts[w, 1:n + 1].numpy())
-            times.append(_spike_times(dts[w, 1:n + 1], float(interval[w]) - config.window.curr, config).numpy())
-        return cls(interval=interval, session=session, times=times, tokens=toks, dt=offs, window=config.window.curr)
-
-    @property
-    def unit_index(self) -> list[np.ndarray]:
-        """Per window, index of each spike's unit in the model's unit list."""
-        return [t - N_SPECIAL for t in self.tokens]
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def spikes(self, session: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """All spikes (of one session), sorted by time: ``times`` (n,) s and ``unit_index`` (n,)."""
-        sel = [w for w in range(len(self)) if session is None or self.session[w] == session]
-        if not sel:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        t = np.concatenate([self.times[w] for w in sel])
-        u = np.concatenate([self.tokens[w] - N_SPECIAL for w in sel]).astype(np.int64)
-        order = np.argsort(t, kind="stable")
-        return t[order], u[order]
-
-    def to_session(self, path: str | Path, unit_ids: Sequence[str], *, session_id: str,
-                   session: int | None = None, **attrs: Any) -> Path:
-        """Write the generated spikes as a session file (``unit_ids``: the model's unit list)."""
-        from neurofm.data.session import SessionWriter
-
-        times, units = self.spikes(session)
-        if units.size and units.max() >= len(unit_ids):
-            raise ValueError(f"generated unit index {int(units.max())} but only {len(unit_ids)} unit_ids were given")
-        sel = [w for w in range(len(self)) if session is None or self.session[w] == session]
-        t0 = float(min(self.interval[w] for w in sel)) - self.window if sel else 0.0
-        t1 = float(max(self.interval[w] for w in sel)) if sel else 0.0
-        attrs = {"source": "neurofm generate", **attrs}  # a caller's source (e.g. which model) wins
-        with SessionWriter(path, session_id=session_id, **attrs) as w:
-            w.add_units(list(unit_ids))
-            w.add_spikes(times, units, t_start=t0, t_end=t1)
-        return Path(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic batches (tests, benchmarks, smoke checks)
-# --------------------------------------------------------------------------------------------
-def synthetic_batch(config: NeuroformerConfig, batch_size: int, *, rate_hz: float = 6.3,
-                    generator: torch.Generator | None = None, structured: bool = True,
-                    t0: float = 1.0) -> dict[str, Any]:
-    """A batch in the spike dataset's collate format, from Poisson spiking.
-
-    Every unit fires at ``rate_hz``; with ``structured``, unit ``u`` fires only at dt offset
-    ``u mod round(curr/dt)`` (a learnable ID -> dt mapping). Windows are consecutive (one
-    ``window.curr`` apart, one session). Adds ``stimulus`` and behaviour keys when the config
-    has them (behaviour targets are a function of the spike count, so they are decodable).
-    """
-    c = config
-    g = generator or torch.Generator().manual_seed(0)
-    kc = max(c.dt_max_curr, 1)
-    rows: dict[str, list] = {k: [] for k in ("id", "dt", "target_id", "target_dt", "mask", "n_dropped",
-                                             "id_prev", "dt_prev", "mask_prev", "n_dropped_prev")}
-    counts = []
-
-    def window(length_s: float, block: int) -> dict:
-        lam = torch.full((c.n_units,), rate_hz * length_s)
-        per_unit = torch.poisson(lam, generator=g).long()
-        units = torch.repeat_interleave(torch.arange(c.n_units), per_unit)
-        k_max = round(length_s / c.window.dt)
-        if structured:
-            offsets = (units % kc) + kc * torch.randint(0, max(k_max // kc, 1), units.shape, generator=g)
-        else:
-            offsets = torch.randint(0, max(k_max, 1), units.shape, generator=g)
-        return window_tokens(offsets.clamp(max=c.dt_max), units + N_SPECIAL, block, c)
-
-    for _ in range(batch_size):
-        cur = window(c.window.curr, c.block_size.id)
-        prv = window(c.window.prev, c.block_size.prev_id)
-        for k in ("id", "dt", "target_id", "target_dt", "mask"):
-            rows[k].append(cur[k])
-        rows["n_dropped"].append(cur["n_dropped"])
-        rows["id_prev"].append(prv["id"])
-        rows["dt_prev"].append(prv["dt"])
-        rows["mask_prev"].append(prv["mask"])
-        rows["n_dropped_prev"].append(prv["n_dropped"])
-        counts.append(int(cur["mask"].sum()) - 2)
-    batch: dict[str, Any] = {k: torch.stack(v) if isinstance(v[0], Tensor) else torch.tensor(v)
-                             for k, v in rows.items()}
-    batch["interval"] = t0 + c.window.curr * torch.arange(1, batch_size + 1, dtype=torch.float64)
-    batch["session"] = torch.zeros(batch_size, dtype=torch.long)
-    count = torch.tensor(counts, dtype=torch.float32)
-    if c.stimulus is not None:
-        s = c.stimulus
-        batch["stimulus"] = torch.rand(batch_size, s.n_frames, s.height, s.width, generator=g)
-    if c.behavior:
-        tb = 5
-        batch["behavior_seq_t"] = torch.linspace(0, c.window.curr, tb).expand(batch_size, tb).contiguous()
-        batch["behavior"], batch["behavior_mask"] = {}, {}
-        batch["behavior_seq"], batch["behavior_seq_mask"] = {}, {}
-        z = (count - count.mean()) / count.std().clamp(min=1e-6)
-        for v in c.behavior:
-            if v.task == "classification":
-                value = (z > 0).float()[:, None].expand(batch_size, v.dim)
-            else:
-                value = z[:, None].expand(batch_size, v.dim) + 0.1 * torch.randn(batch_size, v.dim, generator=g)
-            batch["behavior"][v.name] = value.contiguous()
-            batch["behavior_mask"][v.name] = torch.ones(batch_size, dtype=torch.bool)
-            batch["behavior_seq"][v.name] = value[:, None, :].expand(batch_size, tb, v.dim).contiguous()
-            batch["behavior_seq_mask"][v.name] = torch.ones(batch_size, tb, dtype=torch.bool)
-    return batch

@@ -11,6 +11,15 @@ Backends, chosen per call from the inputs (never from a global switch):
 
 All paths compute the same thing (a test compares them), so models never branch on backend.
 Shapes follow SDPA: ``(B, H, L, Dh)``.
+
+Attention dropout (``dropout_p``) means one thing on every backend and layout: dropout on the
+attention weights after the softmax, each weight zeroed with probability ``p`` and the others
+scaled by ``1 / (1 - p)``, with one draw per (sample, head, key) shared by the queries. For
+any one query that is exactly the distribution of SDPA's / flash-attn's ``dropout_p``; sharing
+the draw across queries lets it be applied to the values (:func:`_drop_values`) before any
+fused kernel (CPU SDPA, flash-attn, varlen), which then runs without a dropout of its own:
+the same distribution on the padded and packed layouts and on every device, and no unfused
+path on CPU (where SDPA's own dropout is several times slower).
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from neurofm.nn.dropout import keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,15 @@ def varlen_is_free(x: Tensor) -> bool:
     return HAS_FLASH_ATTN and x.is_cuda and half
 
 
+def _drop_values(v: Tensor, p: float) -> Tensor:
+    """Post-softmax attention dropout as a mask on the values: ``v`` ``(B, H, S, Dh)`` or packed
+    ``(N, H, Dh)``; each (sample, head, key) row kept with probability ``1 - p`` and scaled by
+    ``1 / (1 - p)``. ``sum_j w_ij m_j v_j / (1 - p)`` is the output of dropping weight
+    ``w_ij`` (after the softmax) with the key's draw ``m_j``."""
+    keep = keep_mask((*v.shape[:-1], 1), p, v.device)
+    return v * (keep * (1.0 / (1.0 - p))).to(v.dtype)
+
+
 def _causal_mask(lq: int, lk: int, device: torch.device) -> Tensor:
     """Bottom-right aligned causal mask (True = may attend), shape (lq, lk).
 
@@ -93,11 +113,13 @@ def attention(
         key_padding_mask: ``(B, Lk)`` bool, True where the key is real, False for padding.
             A query row whose keys are all padding returns zeros (never NaN).
         attn_mask: ``(B or 1, H or 1, Lq, Lk)`` or ``(Lq, Lk)`` bool, True = may attend.
-        dropout_p: attention dropout (pass 0 in eval).
+        dropout_p: attention dropout after the softmax (module docstring; pass 0 in eval).
 
     Returns:
         ``(B, H, Lq, Dh)``.
     """
+    if dropout_p > 0.0:
+        v, dropout_p = _drop_values(v, dropout_p), 0.0
     needs_mask = key_padding_mask is not None or attn_mask is not None or (
         causal and q.shape[-2] != k.shape[-2]
     )
@@ -250,6 +272,8 @@ def varlen_attention(
     seqs_k = seqs_q if seqs_k is None else seqs_k
     if seqs_q.num_seqs != seqs_k.num_seqs:
         raise ValueError(f"varlen_attention: {seqs_q.num_seqs} query sequences but {seqs_k.num_seqs} key sequences")
+    if dropout_p > 0.0:  # the same dropout as the padded path's (module docstring)
+        v, dropout_p = _drop_values(v, dropout_p), 0.0
     if attention_backend(q) == "flash_attn":
         _log_backend_once("flash_attn_varlen")
         out = flash_attn_varlen_func(

@@ -20,59 +20,15 @@ Shapes: ``B`` batch, ``L`` query length, ``S`` key length, ``d`` = n_embd, ``H``
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neurofm.nn.attention import Packed, attention, varlen_attention
+from neurofm.nn.dropout import Dropout, dropout, keep_mask  # noqa: F401 (re-exported: this module's API)
 
 __all__ = ["MLP", "Attention", "Block", "KVCache", "CrossKVCache", "Dropout", "dropout", "keep_mask"]
-
-
-def keep_mask(shape: Sequence[int], p: float, device: torch.device | str | None = None) -> Tensor:
-    """Bool tensor of ``shape``, each entry True with probability ``1 - p`` (independently).
-
-    On CPU, one 64-bit draw from torch's default generator gives four 16-bit uniforms, compared
-    against ``p`` quantised to 1/65536 (0.2 -> 0.19999): several times cheaper than
-    ``bernoulli_``, which draws one number per element (~18 ns/element on the 2-core benchmark
-    machine, more than the matmuls around it). ``torch.manual_seed`` makes draws repeatable.
-    """
-    n = math.prod(shape)
-    if torch.device(device or "cpu").type != "cpu":
-        return torch.rand(tuple(shape), device=device) >= p
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-    r = bits.view(torch.int16)[:n].view(tuple(shape))  # uniform in [-32768, 32767]
-    return r >= round(p * 65536) - 32768  # P(r < threshold) = p
-
-
-def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """Inverted dropout, the distribution of :func:`torch.nn.functional.dropout`, with the
-    cheap CPU random draws of :func:`keep_mask` (about 3x faster end to end on CPU); other
-    devices use ``F.dropout`` (a fused kernel)."""
-    if not training or p <= 0.0:
-        return x
-    if p >= 1.0:
-        return x * 0.0
-    if x.device.type != "cpu":
-        return F.dropout(x, p, True)
-    return x * (keep_mask(x.shape, p, x.device) * (1.0 / (1.0 - p))).to(x.dtype)
-
-
-class Dropout(nn.Module):
-    """:func:`dropout` as a module (drop-in for ``nn.Dropout``)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class MLP(nn.Module):
@@ -165,13 +121,8 @@ class Attention(nn.Module):
     Self-attention projects q, k, v with one ``(d -> 3d)`` matmul; cross-attention projects q
     from the queries and k, v from the source with one ``(d_kv -> 2d)`` matmul.
 
-    ``attn_dropout``: on GPU, dropout on the attention weights after the softmax, as the
-    reference does (fused in the flash / SDPA kernels). On CPU no fused kernel supports that
-    (the unfused path made attention ~5x slower), so it is applied as DropKey (Li et al., CVPR
-    2023): each (query, key) pair is masked out *before* the softmax with that probability
-    (one pattern shared by the heads, H times cheaper to draw), passed to :func:`attention` as
-    a boolean mask. Both regularise attention the same way; with ``attn_dropout = 0`` they
-    coincide.
+    ``attn_dropout``: dropout on the attention weights after the softmax, the same on every
+    device and layout (see :func:`neurofm.nn.attention.attention`).
     """
 
     def __init__(self, n_embd: int, n_head: int, *, cross: bool = False, kv_dim: int | None = None,
@@ -236,22 +187,14 @@ class Attention(nn.Module):
                 # one new query sees every cached key: the causal mask is all-True, skip it
                 if length == 1:
                     causal = False
-        keep, dropout_p = None, 0.0
-        if self.training and self.attn_dropout > 0:
-            if x.device.type == "cpu":  # DropKey (see the class docstring): keeps the fused CPU kernel
-                keep = keep_mask((b, 1, length, k.shape[2]), self.attn_dropout, x.device)
-            else:  # GPU kernels fuse dropout on the attention weights (the reference's regulariser)
-                dropout_p = self.attn_dropout
-        y = _attend(attention, q, k, v, causal=causal, key_padding_mask=key_padding_mask, attn_mask=keep,
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y = _attend(attention, q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                     dropout_p=dropout_p)  # (B, H, L, Dh)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, length, d)))
 
     def _forward_packed(self, x: Tensor, kv: Tensor | None, causal: bool, seqs: Packed,
                         seqs_kv: Packed | None) -> Tensor:
-        """Packed sequences ``x`` (N, d) -> (N, d) through :func:`varlen_attention`.
-
-        Attention dropout here is dropout on the attention weights, which the GPU kernels fuse
-        (packing is the GPU path; on CPU the varlen fallback pads anyway)."""
+        """Packed sequences ``x`` (N, d) -> (N, d) through :func:`varlen_attention`."""
         n, d = x.shape
         if self.cross:
             if kv is None or seqs_kv is None:

@@ -4,9 +4,18 @@ Pretraining runs are evaluated by a **linear probe** on the held-out block: even
 segments of the training block are encoded by the frozen encoder, mean-pooled over tokens, and
 a ridge classifier is fitted on them; its ROC-AUC on the test block's segments is reported
 beside the same probe on a randomly initialised encoder (what pretraining adds) and ridge on
-band power (DESIGN.md 8). Fine-tuning runs report ROC-AUC (classification) or R2 (regression,
-reconstruction) on the test block; for classification, the report's ``data`` says how many test
-segments (per class) the AUROC rests on.
+band power (DESIGN.md 8), each with a 95% CI from blocks of the test period; when the probe
+does not beat the random-init encoder, the card's limitations say so in one line.
+
+Classification and regression fine-tunes write the **decode report** (``metrics.json``
+``report``, and ``decode_report.md``; :func:`neurofm.report.decode_report`): the fine-tuned model, a linear
+probe on the frozen encoder the run started from, band power (logistic and ridge for
+classification, ridge for regression) and a null, all fitted on the same training segments
+and scored on the same test segments, with block-bootstrap CIs and one plain line saying
+whether the model beats band power; plus ``plots/roc.png`` or ``plots/decoded_<target>.png``.
+Regression targets are standardised with the training block's mean and std (kept in the
+checkpoint and the exported model, so predictions come back in the recording's units).
+Reconstruction fine-tunes report R2 on the test block.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 import torch
 
 from neurofm.config import ConfigError
-from neurofm.experiment import TrainerConfig
+from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig
 from neurofm.recipes import ensure_sessions, session_paths
 
@@ -51,12 +60,13 @@ class IEEGSplitConfig:
 class IEEGDataConfig:
     sessions: list[str] = field(default_factory=list)  # empty: the simulated demo
     simulate: SimulateIEEGConfig = field(default_factory=SimulateIEEGConfig)
-    segment_s: float = 3.0
-    n_patches: int = 12
-    sampling_rate: float = 0.0  # resample to this rate first (0 = keep the file's)
-    line_noise: float = 0.0  # notch at 50/60 Hz harmonics (0 = off)
-    laplacian: bool = False
-    drop_non_grey: bool = False
+    # 0 / None below: a pretrained model's own setting (task.pretrained), else the default named
+    segment_s: float = 0.0  # 0: the model's n_patches x patch_len at its rate; pretraining 3 s
+    n_patches: int = 0  # 0: the model's; pretraining 12
+    sampling_rate: float = 0.0  # resample to this rate first (0: the model's rate; pretraining the file's)
+    line_noise: float | None = None  # notch at 50/60 Hz harmonics (0 = off; None: the model's, pretraining off)
+    laplacian: bool | None = None  # same-shaft re-reference (None: the model's, pretraining off)
+    drop_non_grey: bool | None = None  # drop white matter / ventricle contacts (None: the model's, pretraining off)
     stride_s: float = 0.0  # between pretraining segments (0 = segment_s)
     events: str = ""  # /events/<name> for classification (and the pretraining probe)
     target: str = ""  # /behavior/<name> for regression
@@ -71,6 +81,7 @@ class BaristaTaskConfig:
     mode: str = "pretrain"  # pretrain | finetune
     finetune_task: str = "classification"  # classification | regression | reconstruction
     pretrained: str = ""  # encoder folder to start from ("" with mode=finetune: random init)
+    from_scratch: bool = False  # fine-tune: the pretrained model's shape and vocabulary, random weights
     head: str = "pooled"  # pooled | token_weighting (one fixed layout)
     lr: float = 1e-3  # pretraining
     weight_decay: float = 1e-2
@@ -84,7 +95,7 @@ class BaristaTaskConfig:
 @dataclass
 class BaristaEvalConfig:
     probe_events: str = ""  # events for the pretraining linear probe ("" = data.events; none = skip)
-    probe_segment_s: float = 0.0  # 0 = data.segment_s
+    probe_segment_s: float = 0.0  # 0 = data.segment_s (the encoder reads segments of that length only)
 
 
 @dataclass
@@ -103,10 +114,19 @@ class RunConfig:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def prepare(cfg: RunConfig) -> RunConfig:
-    """Simulate the demo once; size the model's patches to the data; take a pretrained shape."""
-    from neurofm.data.session import Session
+#: Pretraining defaults of the settings a pretrained model fixes for fine-tuning (DESIGN.md 4).
+PRETRAIN_SEGMENT_S, PRETRAIN_N_PATCHES = 3.0, 12
 
+
+def prepare(cfg: RunConfig) -> RunConfig:
+    """Simulate the demo once; size the model's patches to the data (pretraining) or take a
+    pretrained model's shape and preprocessing (fine-tuning, evaluation); check the settings.
+
+    A pretrained folder fixes the sampling rate, the patch length and, unless the config says
+    otherwise, the segment length, the number of patches and the preprocessing (notch,
+    re-reference, channel selection): a recording at another rate is resampled to the model's.
+    Each setting taken from the model, and each resampling, is one log line.
+    """
     sim = cfg.data.simulate
 
     def simulate():
@@ -117,26 +137,332 @@ def prepare(cfg: RunConfig) -> RunConfig:
 
     ensure_sessions(cfg.data, convert_hint="neurofm convert ieeg IN OUT.h5 --electrodes electrodes.tsv",
                     simulate=simulate, what=f"iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s)")
+    cfg = _from_pretrained(cfg) if cfg.task.pretrained else _for_pretraining(cfg)
     _warn_unnotched_simulation(cfg)
-    if cfg.task.pretrained:
-        from neurofm.config import from_dict
-        from neurofm.hub import pretrained_config
+    _check_probe_length(cfg)
+    return cfg
 
-        meta = pretrained_config(cfg.task.pretrained)
-        enc = meta["config"].get("encoder", meta["config"])
-        model = from_dict(BaristaConfig, enc, where=f"{cfg.task.pretrained}/config.json")
-        return dataclasses.replace(cfg, model=model)
-    with Session(session_paths(cfg.data)[0]) as s:
-        rate = cfg.data.sampling_rate or s.sampling_rate
-    samples = cfg.data.segment_s * rate
-    patch = samples / cfg.data.n_patches
-    if abs(patch - round(patch)) > 1e-6:
-        raise ConfigError(f"data.segment_s: {cfg.data.segment_s} s at {rate} Hz is {samples:g} samples, which do not "
-                          f"split into {cfg.data.n_patches} patches; change segment_s or n_patches, or resample "
-                          f"with data.sampling_rate")
-    model = dataclasses.replace(cfg.model, patch_len=int(round(patch)), n_patches=cfg.data.n_patches,
-                                sampling_rate=float(rate))
-    return dataclasses.replace(cfg, model=model)
+
+def _session_rates(cfg: RunConfig) -> dict[str, float]:
+    from neurofm.data.session import Session
+
+    rates = {}
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if s.sampling_rate is None:
+                raise ConfigError(f"data.sessions: {path} has no /continuous data (it holds {s.kinds}); BaRISTA reads "
+                                  f"iEEG: convert a recording with `neurofm convert ieeg`")
+            rates[path] = float(s.sampling_rate)
+    return rates
+
+
+def _for_pretraining(cfg: RunConfig) -> RunConfig:
+    from neurofm.config import to_dict
+    from neurofm.data.segmenter import Preprocessing
+
+    d = cfg.data
+    rates = _session_rates(cfg)
+    if not d.sampling_rate and len(set(rates.values())) > 1:
+        raise ConfigError(f"data.sampling_rate: the sessions are recorded at different rates "
+                          f"({', '.join(f'{Path(p).name} {r:g} Hz' for p, r in rates.items())}); set data.sampling_rate "
+                          f"to the one rate the model should learn (they are resampled to it)")
+    rate = d.sampling_rate or next(iter(rates.values()))
+    segment_s, n_patches = d.segment_s or PRETRAIN_SEGMENT_S, d.n_patches or PRETRAIN_N_PATCHES
+    samples = segment_s * rate
+    patch = samples / n_patches
+    if abs(patch - round(patch)) > 1e-6 or round(patch) < 1:
+        raise ConfigError(f"data.segment_s: {segment_s} s at {rate:g} Hz is {samples:g} samples, which do not "
+                          f"split into {n_patches} patches (data.n_patches); change data.segment_s or data.n_patches, "
+                          f"or resample with data.sampling_rate")
+    prep = Preprocessing(line_noise=float(d.line_noise or 0.0), laplacian=bool(d.laplacian),
+                         drop_non_grey=bool(d.drop_non_grey))
+    _check_resampling(rates, d.sampling_rate or None)
+    data = dataclasses.replace(d, segment_s=float(segment_s), n_patches=int(n_patches), line_noise=prep.line_noise,
+                               laplacian=prep.laplacian, drop_non_grey=prep.drop_non_grey)
+    model = dataclasses.replace(cfg.model, patch_len=int(round(patch)), n_patches=int(n_patches),
+                                sampling_rate=float(rate), preprocessing=to_dict(prep))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
+def _check_resampling(rates: dict[str, float], target: float | None, why: str = "data.sampling_rate") -> None:
+    """Every session can be resampled to ``target`` (a rational ratio); one log line per session that is."""
+    import logging
+
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    if not target:
+        return
+    for path, rate in rates.items():
+        if rate == target:
+            continue
+        try:
+            IEEGSegmenter(segment_samples=1, n_patches=1, sampling_rate=target).plan(rate)
+        except ValueError as e:
+            raise ConfigError(f"{why}: {path} is recorded at {rate:g} Hz and cannot be resampled to {target:g} Hz "
+                              f"({e})") from None
+        logging.getLogger("neurofm").info(f"neurofm: {Path(path).name}: resampling {rate:g} Hz -> {target:g} Hz "
+                                          f"({why})")
+
+
+def _from_pretrained(cfg: RunConfig) -> RunConfig:
+    """Take the pretrained folder's model config and apply its preprocessing to the data config."""
+    import logging
+    import warnings
+
+    from neurofm.config import from_dict, to_dict
+    from neurofm.data.segmenter import Preprocessing
+    from neurofm.hub import pretrained_config
+
+    log = logging.getLogger("neurofm")
+    folder = cfg.task.pretrained
+    meta = pretrained_config(folder)
+    where = f"{folder}/config.json"
+    enc = meta["config"].get("encoder", meta["config"])
+    model = from_dict(BaristaConfig, enc, where=where)
+    d = cfg.data
+    made_for = meta["config"].get("task") if meta.get("model_type") == "BaristaFinetuned" else None
+    if made_for and made_for != cfg.task.finetune_task:
+        raise ConfigError(f"task.finetune_task: {folder} is a {made_for} model, not {cfg.task.finetune_task}; "
+                          f"evaluate it with --task {ACTIONS_OF_TASK.get(made_for, made_for)}")
+
+    def note(text: str) -> None:
+        log.info(f"neurofm: {text} (from the pretrained model {folder})")
+
+    # -- sampling rate: the model's patches are patch_len samples AT ITS RATE --------------------
+    rates = _session_rates(cfg)
+    rate = model.sampling_rate
+    if d.sampling_rate and d.sampling_rate != rate:
+        raise ConfigError(f"data.sampling_rate: {d.sampling_rate:g} Hz, but the pretrained model ({where}) was "
+                          f"trained at {rate:g} Hz: its patches are {model.patch_len} samples = "
+                          f"{model.patch_len / rate * 1e3:g} ms at that rate. Leave data.sampling_rate at 0 to resample "
+                          f"the recordings to {rate:g} Hz")
+    _check_resampling(rates, rate, why=f"data.sampling_rate: the model's {rate:g} Hz")
+
+    # -- segment length and patches: n_patches x patch_len samples at the model's rate ------------
+    patch_s = model.patch_len / rate
+    n = d.n_patches
+    if d.segment_s and not n:
+        n_real = d.segment_s / patch_s
+        n = int(round(n_real))
+        if abs(n_real - n) > 1e-6 or n < 1:
+            raise ConfigError(f"data.segment_s: {d.segment_s:g} s is {n_real:.4g} patches of the pretrained model "
+                              f"({model.patch_len} samples = {patch_s:g} s at {rate:g} Hz); use a whole number of "
+                              f"patches (e.g. {max(n, 1) * patch_s:g} s), or leave data.segment_s at 0 for the model's "
+                              f"{model.n_patches * patch_s:g} s")
+    n = n or model.n_patches
+    segment_s = n * patch_s
+    if d.segment_s and abs(d.segment_s - segment_s) > 1e-9 * max(segment_s, 1.0):
+        raise ConfigError(f"data.segment_s: {d.segment_s:g} s, but data.n_patches = {n} patches of "
+                          f"{model.patch_len} samples at {rate:g} Hz (the pretrained model's) make {segment_s:g} s; "
+                          f"give one of the two (or neither, for the model's {model.n_patches * patch_s:g} s)")
+    if n != model.n_patches:
+        if meta.get("model_type") == "BaristaFinetuned" and meta["config"].get("head") == "token_weighting":
+            raise ConfigError(f"data.n_patches: {n}, but the fine-tuned model ({where}) has a token-weighting head "
+                              f"for {model.n_patches} patches; leave data.segment_s and data.n_patches at 0")
+        note(f"segments of {n} patches ({segment_s:g} s) instead of the model's {model.n_patches} (data.n_patches)")
+    else:
+        note(f"segments of {n} x {model.patch_len} samples at {rate:g} Hz = {segment_s:g} s")
+
+    # -- preprocessing: the model's, unless the config says otherwise -----------------------------
+    if model.preprocessing is None:
+        warnings.warn(f"{where}: the folder does not record its preprocessing (written by an older neurofm); "
+                      f"data.line_noise, data.laplacian and data.drop_non_grey are as this run's config says "
+                      f"(unset = off): set them as the model was pretrained", stacklevel=3)
+        given = Preprocessing()
+    else:
+        given = from_dict(Preprocessing, model.preprocessing, where=f"{where}: preprocessing")
+    prep = dataclasses.replace(given)
+    for key, label in (("line_noise", "notch frequency (Hz, harmonics too; 0 = off)"),
+                       ("laplacian", "Laplacian re-reference"),
+                       ("drop_non_grey", "white matter / ventricle contacts dropped")):
+        mine = getattr(d, key)
+        theirs = getattr(given, key)
+        if mine is None:
+            if model.preprocessing is not None and theirs:
+                shown = theirs if isinstance(theirs, bool) else f"{theirs:g}"
+                note(f"data.{key} = {shown}: {label}, as in pretraining")
+            continue
+        if mine != theirs and model.preprocessing is not None:
+            log.warning(f"neurofm: data.{key} = {mine} overrides the pretrained model's {theirs} ({label}); "
+                        f"the model never saw data prepared this way")
+        setattr(prep, key, type(theirs)(mine))
+    data = dataclasses.replace(d, sampling_rate=float(rate), segment_s=float(segment_s), n_patches=int(n),
+                               line_noise=float(prep.line_noise), laplacian=bool(prep.laplacian),
+                               drop_non_grey=bool(prep.drop_non_grey))
+    model = dataclasses.replace(model, n_patches=int(n), preprocessing=to_dict(prep))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
+def preflight(cfg: RunConfig, *, training: bool = True) -> None:
+    """Check, before the first training step, what the run will need after it: the events or
+    behaviour it scores in every session, and enough segments in each split for the metric
+    that checkpointing and early stopping watch (and the test metric). Errors name the setting
+    and the fix; ``training=False`` (``neurofm evaluate``) checks the test split only.
+    """
+    import warnings
+
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.session import Session
+
+    d, t = cfg.data, cfg.task
+    finetune = t.mode == "finetune"
+    kind = t.finetune_task if finetune else "pretrain"
+    probe = "" if finetune else (cfg.eval.probe_events or d.events)
+    probe = "" if probe == "none" else probe
+    events = d.events if kind == "classification" else probe
+    setting = "data.events" if kind == "classification" or not cfg.eval.probe_events else "eval.probe_events"
+    if kind == "classification" and not d.events:
+        raise ConfigError("data.events: classification needs the /events/<name> whose labels are the classes "
+                          "(CLI --events NAME)")
+    if kind == "regression" and not d.target:
+        raise ConfigError("data.target: regression needs the /behavior/<name> to predict (CLI --behavior NAME)")
+    for path in session_paths(d):
+        with Session(path) as s:
+            if events and events not in s.event_names:
+                skip = "" if finetune else "; or eval.probe_events=none to skip the pretraining probe"
+                raise ConfigError(f"{setting}: {path} has no /events/{events} (its events: {s.event_names or 'none'});"
+                                  f" set {setting} to one of them, or add the events to the file{skip}")
+            if kind == "regression" and d.target not in s.behavior_names:
+                raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
+                                  f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
+                                  f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
+    _check_spatial_scales(cfg)
+    splits = ("train", "valid", "test") if training else ("test",)
+    locked = bool(events)
+
+    def counts(split: str, segment_s: float | None = None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no segment fits split X": said below, as an error, if it matters
+            ds = IEEGSegmentDataset(session_paths(d), _segmenter(cfg, segment_s), split, splits=_splits(cfg),
+                                    stride_s=d.stride_s or None, spatial_vocab=None, events=events or None,
+                                    event_locked=locked)
+        index = ds.index
+        label_names = sorted(ds.reader.label_map or {}, key=(ds.reader.label_map or {}).get)
+        per_class = np.bincount(index.label[index.label >= 0], weights=index.count[index.label >= 0],
+                                minlength=len(label_names)).astype(int) if locked else np.zeros(0, int)
+        return int(index.count.sum()), dict(zip(label_names, per_class.tolist()))
+
+    where = _split_source(cfg)
+    for split in splits:
+        if kind in ("classification",) or (probe and split != "valid"):
+            n, per_class = counts(split)
+            present = [k for k, v in per_class.items() if v > 0]
+            what = ("the validation AUROC that checkpointing and early stopping watch (val/auroc)"
+                    if split == "valid" else "the test AUROC" if split == "test" else "training a classifier")
+            if kind != "classification":
+                what = f"the pretraining probe's {'test AUROC' if split == 'test' else 'training'}"
+            if len(present) < 2 and split == "valid" and n and not cfg.trainer.early_stopping_patience:
+                warnings.warn(f"{setting}: the valid split ({where}) has segments of one label only ({per_class}): "
+                              f"val/auroc is undefined, so no best checkpoint is kept; the final weights are scored",
+                              stacklevel=2)
+            elif len(present) < 2:
+                raise ConfigError(f"{setting}: the {split} split ({where}) has {n} event-locked segment(s) of "
+                                  f"/events/{events} ({per_class or 'no labels'}); {what} needs segments of at least "
+                                  f"two labels. Choose events with two or more labels in every split, move the split "
+                                  f"(data.split.* fractions, or `neurofm split FILE --train ... --valid ... --test "
+                                  f"...`){', or set eval.probe_events=none' if kind != 'classification' else ''}")
+        if kind != "classification" and split == "valid" or kind == "regression":
+            n, _ = counts(split)
+            need = 2 if kind == "regression" else 1
+            if n < need:
+                metric = {"regression": "val/r2", "reconstruction": "val/r2"}.get(kind, "val/loss")
+                raise ConfigError(f"data.split.{split}: the {split} split ({where}) holds {n} segment(s) of "
+                                  f"{d.segment_s:g} s; {metric}, which checkpointing and early stopping watch, needs "
+                                  f"at least {need}. Give the split more time (data.split.* fractions, or "
+                                  f"`neurofm split FILE --train ... --valid ... --test ...`) or shorten data.segment_s")
+
+
+def _check_spatial_scales(cfg: RunConfig) -> None:
+    """Refuse an encoding (or pretraining masking) scale that no channel of any session is known at.
+
+    Without atlas labels, ``encode_scale: parcel`` (or ``lobe``) gives every channel the
+    "unknown" (zero) embedding: the model cannot tell channels apart and nothing says so. This
+    is an error rather than a silent fallback to coordinates, because the scale is part of
+    the model (a pretrained encoder has no coordinate table to fall back to) and of the
+    question a run answers (the paper compares the scales).
+    """
+    from neurofm.atlas import SpatialVocab
+    from neurofm.data.session import Session
+
+    m = cfg.model
+    channels, names = [], []
+    seg = _segmenter(cfg)
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if "channels" not in s.h5:
+                continue
+            channels.append(seg.channel_plan(s.channels(), s.n_channels).channels)
+            names.append(path)
+    if not channels:
+        return
+    vocab = SpatialVocab.from_dict(m.spatial_vocab) if m.spatial_vocab is not None else \
+        SpatialVocab.from_channels(channels)
+    wanted = {"model.encode_scale": m.encode_scale}
+    if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
+        wanted["model.mask_scale"] = m.mask_scale
+    for key, scale in wanted.items():
+        if any(_known_at(vocab, ch, scale) for ch in channels):
+            continue
+        what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
+            else "atlas labels that map to a lobe"
+        add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
+               f"convert again with --electrodes electrodes.tsv carrying a {vocab.atlas} column" if scale == "parcel"
+               else "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
+        own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
+        if scale == "parcel" and own and m.spatial_vocab is not None:
+            raise ConfigError(f"{key}: parcel, but none of the {vocab.atlas} labels of "
+                              f"{', '.join(Path(p).name for p in names)} (e.g. {own[:3]}) is among the "
+                              f"{len(vocab.parcels)} parcels the pretrained model learned (e.g. {vocab.parcels[:3]}): "
+                              f"every channel would get the 'unknown' embedding. Fine-tune a model pretrained on "
+                              f"recordings that sample these parcels, or one that encodes by lobe or coordinates")
+        if cfg.task.pretrained:
+            fix = (f"the pretrained model encodes channels by {scale}, so the sessions need {what}: {add}")
+        else:
+            other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and any(
+                _known_at(vocab, ch, sc) for ch in channels)]
+            fix = (f"{add}, or choose {key}={other[0]}" if other else add) + \
+                (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
+        raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
+                          f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _known_at(vocab, channels, scale: str) -> bool:
+    """Whether any of ``channels`` has a known category at ``scale``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = vocab.encode(channels)
+        except ValueError:
+            return False
+    return bool(((out["coords"] >= 0).all(axis=1) if scale == "coords" else out[scale] > 0).any())
+
+
+def _split_source(cfg: RunConfig) -> str:
+    """How the run's train/valid/test blocks are chosen, in words (the protocol says it)."""
+    from neurofm.data.session import Session
+
+    s = cfg.data.split
+    fractions = f"fractions train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap:g} s gaps"
+    from_file = []
+    for path in session_paths(cfg.data):
+        with Session(path) as sess:
+            if {"train", "valid", "test"} <= set(sess.interval_names):
+                from_file.append(Path(path).name)
+    if not from_file:
+        return f"contiguous time blocks by {fractions}"
+    if len(from_file) == len(session_paths(cfg.data)):
+        return "the /intervals/train|valid|test blocks of the session file" + ("s" if len(from_file) > 1 else "")
+    return f"/intervals/train|valid|test in {', '.join(from_file)}, contiguous time blocks by {fractions} elsewhere"
+
+
+def _check_probe_length(cfg: RunConfig) -> None:
+    probe = cfg.eval.probe_segment_s
+    if cfg.task.mode == "pretrain" and probe and abs(probe - cfg.data.segment_s) > 1e-9:
+        raise ConfigError(f"eval.probe_segment_s: {probe:g} s, but the encoder reads segments of data.segment_s = "
+                          f"{cfg.data.segment_s:g} s ({cfg.model.n_patches} x {cfg.model.patch_len} samples); leave "
+                          f"eval.probe_segment_s at 0 (= data.segment_s) or set both to the same length")
 
 
 def _warn_unnotched_simulation(cfg: RunConfig) -> None:
@@ -154,7 +480,7 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
 
     from neurofm.data.session import Session
 
-    if cfg.data.line_noise:
+    if cfg.data.line_noise or cfg.task.pretrained:  # a pretrained model's preprocessing is its own
         return
     for path in session_paths(cfg.data):
         with Session(path) as s:
@@ -176,7 +502,8 @@ def _segmenter(cfg: RunConfig, segment_s: float | None = None):
 
     d = cfg.data
     return IEEGSegmenter(segment_s or d.segment_s, d.n_patches, sampling_rate=d.sampling_rate or None,
-                         line_noise=d.line_noise or None, laplacian=d.laplacian, drop_non_grey=d.drop_non_grey)
+                         line_noise=d.line_noise or None, laplacian=bool(d.laplacian),
+                         drop_non_grey=bool(d.drop_non_grey))
 
 
 def _splits(cfg: RunConfig):
@@ -198,7 +525,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     locked = bool(events) if event_locked is None else event_locked
     vocab = "auto"
     if cfg.model.spatial_vocab is not None:
-        from neurofm.data.atlas import SpatialVocab
+        from neurofm.atlas import SpatialVocab
 
         vocab = SpatialVocab.from_dict(cfg.model.spatial_vocab)
     return IEEGDataModule(
@@ -228,33 +555,81 @@ def task(cfg: RunConfig, dm):
                                    warmup_epochs=t.warmup_epochs, ema_epochs=t.ema_epochs)
     if t.mode != "finetune":
         raise ConfigError(f"task.mode: {t.mode!r} is not 'pretrain' or 'finetune'")
-    if t.pretrained:
+    loaded = None
+    if t.pretrained and t.from_scratch:
+        torch.manual_seed(cfg.seed)
+        encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
+    elif t.pretrained:
         from neurofm.hub import load_pretrained
 
         loaded = load_pretrained(t.pretrained)
         encoder = getattr(loaded, "encoder", loaded).train()  # from_pretrained returns eval mode: dropout on
         if not isinstance(encoder, BaristaEncoder):
             raise ConfigError(f"task.pretrained: {t.pretrained} holds a {type(loaded).__name__}, not a BaRISTA encoder")
+        # what prepare() resolved from the folder and the data config: segments of n_patches (no
+        # weight depends on it) and the preprocessing the data now goes through
+        encoder.config = dataclasses.replace(encoder.config, n_patches=cfg.model.n_patches,
+                                             preprocessing=cfg.model.preprocessing)
     else:
         encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
-    n_classes, target_dim, label_map, n_channels = 2, 1, {}, None
+    n_classes, target_dim, label_map, n_channels, scale = 2, 1, {}, None, {}
     if t.finetune_task == "classification":
         dm.setup("fit")
         label_map = getattr(getattr(dm.datasets["train"], "reader", None), "label_map", None) or {}
         n_classes = max(2, len(label_map))
     elif t.finetune_task == "regression":
-        from neurofm.data.session import Session
-
-        with Session(session_paths(cfg.data)[0]) as s:
-            _, v = s.behavior(cfg.data.target)
-        target_dim = int(np.prod(v.shape[1:])) if v.ndim > 1 else 1
+        have = getattr(getattr(loaded, "config", None), "target_mean", None)
+        # a fine-tuned folder (neurofm evaluate) answers in the units it was trained with
+        mean, std = (loaded.config.target_mean, loaded.config.target_std) if have else target_stats(cfg, dm)
+        target_dim, scale = len(mean), {"target_mean": mean, "target_std": std}
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
                                n_channels=n_channels, freeze_cnn=t.freeze_cnn, lr_backbone=t.lr_backbone,
                                lr_head=t.lr_head, early_stopping_patience=None,
-                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])])
+                               label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
+                               **scale)
+    if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
+        _load_finetuned_head(task, loaded, t.pretrained)
     return task
+
+
+def _load_finetuned_head(task, loaded, folder: str) -> None:
+    """Put a fine-tuned folder's head into ``task``, checking that it answers the same question."""
+    from neurofm.hub import load_state_strict
+
+    have, want = loaded.config, task.hparams
+    if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
+        raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
+                          f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
+    load_state_strict(task.head, loaded.head.state_dict(), source=f"{folder} (head)")
+
+
+def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation (D,) of ``/behavior/<data.target>`` over its samples in the
+    training blocks of every session: the regression head learns the target standardised with
+    them and the exported model maps its outputs back to the recording's units."""
+    name = cfg.data.target
+    values = []
+    for s in dm.sessions:
+        if name not in s.behavior_names:
+            raise ConfigError(f"data.target: {s.path} has no /behavior/{name} (available: {s.behavior_names}); "
+                              f"name one of those, or move a recorded channel there with neurofm convert "
+                              f"--behavior-channel")
+        ts, v = s.behavior(name)
+        v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
+        inside = dm.splits(s)["train"].contains(ts, ts)
+        values.append(v[inside & np.isfinite(v).all(1)])
+    v = np.concatenate(values)
+    if len(v) < 2:
+        raise ConfigError(f"data.target: /behavior/{name} has {len(v)} finite sample(s) inside the training "
+                          f"blocks of {[str(s.path) for s in dm.sessions]}; the regression target needs samples "
+                          f"there (check its timestamps against data.split or /intervals/train)")
+    std = v.std(0)
+    if not (std > 0).all():
+        raise ConfigError(f"data.target: /behavior/{name} is constant over the training blocks (std {std.tolist()}); "
+                          f"there is nothing to decode")
+    return v.mean(0).tolist(), std.tolist()
 
 
 def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
@@ -269,12 +644,11 @@ def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
 
 
 def export(task):
-    from neurofm.models.barista import BaristaFinetuned
     from neurofm.tasks.barista import BaristaPretrainTask
 
     if isinstance(task, BaristaPretrainTask):
         return task.export_encoder()
-    return BaristaFinetuned.from_task(task)
+    return task.export_model()
 
 
 def load_task(checkpoint):
@@ -282,16 +656,27 @@ def load_task(checkpoint):
 
     hp = torch.load(checkpoint, map_location="cpu", weights_only=True).get("hyper_parameters", {})
     cls = BaristaFinetuneTask if "encoder" in hp else BaristaPretrainTask
-    return cls.load_from_checkpoint(checkpoint, map_location="cpu")
+    return cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+
+
+TASK_OF_ACTION = {"classify": "classification", "regress": "regression", "reconstruct": "reconstruction"}
+ACTIONS_OF_TASK = {v: k for k, v in TASK_OF_ACTION.items()}
 
 
 def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classify", behavior: list[str] = (),
                     events: str | None = None, label_fraction: float = 1.0, run_dir: str | None = None,
-                    freeze_backbone: bool = False, overrides: list[str] = ()) -> RunConfig:
-    """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions``."""
+                    freeze_backbone: bool = False, overrides: list[str] = (), from_scratch: bool = False) -> RunConfig:
+    """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions`` (or, for ``neurofm
+    evaluate``, of a fine-tuned folder: ``task`` then defaults to the folder's own).
+    ``from_scratch``: the same model shape and spatial vocabulary, randomly initialised: what
+    pretraining adds."""
     from neurofm.config import from_dict
+    from neurofm.hub import pretrained_config
 
-    kind = {"classify": "classification", "regress": "regression", "reconstruct": "reconstruction"}.get(task)
+    meta = pretrained_config(pretrained)
+    if meta.get("model_type") == "BaristaFinetuned" and task in (None, "", "decode"):
+        task = ACTIONS_OF_TASK[meta["config"].get("task", "classification")]  # what the fine-tuned model does
+    kind = TASK_OF_ACTION.get(task)
     if kind is None:
         raise ConfigError(f"BaRISTA fine-tuning: --task must be classify, regress or reconstruct, got {task!r}")
     if kind == "classification" and not events:
@@ -303,7 +688,8 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
                           "frozen by default: task.freeze_cnn)")
     base = {"family": "barista", "run_dir": run_dir or f"runs/finetune-{Path(sessions[0]).stem}",
             "data": {"sessions": list(sessions), "events": events or "", "target": behavior[0] if behavior else ""},
-            "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained)},
+            "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained),
+                     "from_scratch": bool(from_scratch)},
             "trainer": {"max_epochs": 30, "early_stopping_patience": 15}}
     return from_dict(RunConfig, base, overrides=list(overrides), where="neurofm finetune")
 
@@ -311,20 +697,14 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _pooled_features(encoder, loader) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over real tokens of the encoder output, (N, d), and the segment labels (N,)."""
-    encoder.eval()
-    feats, labels = [], []
-    for batch in loader:
-        h = encoder(batch)  # (B, n, C, d)
-        m = batch["channel_mask"].float()[:, None, :, None]
-        feats.append(((h * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).float().numpy())
-        labels.append(batch["label"].numpy())
-    return np.concatenate(feats), np.concatenate(labels)
-
-
 def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
+    from neurofm.metrics import auroc
+
+    return float(auroc(test[1], _probe_scores(train, test)))
+
+
+def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Ridge probe scores (N,) of the test features, fitted on the training features and labels."""
     from neurofm.baselines import Ridge
     from neurofm.metrics import auroc
 
@@ -340,30 +720,30 @@ def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     (xtr, ytr), (xte, yte) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     model = Ridge(score=score).fit((xtr - mu) / sd, ytr.astype(float))
-    return float(auroc(yte, model.predict((xte - mu) / sd).ravel()))
+    return model.predict((xte - mu) / sd).ravel()
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
+    from neurofm.config import from_dict
+    from neurofm.data.segmenter import Preprocessing
     from neurofm.tasks.barista import BaristaPretrainTask
 
-    s = cfg.data.split
-    protocol = (f"contiguous time blocks (train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap} s "
-                f"gaps); {cfg.data.segment_s} s segments of {cfg.model.n_patches} x {cfg.model.patch_len} samples, "
-                f"z-scored per channel per segment")
+    prep = from_dict(Preprocessing, cfg.model.preprocessing or {}, where="model.preprocessing")
+    protocol = (f"split: {_split_source(cfg)}; {cfg.data.segment_s:g} s segments of {cfg.model.n_patches} x "
+                f"{cfg.model.patch_len} samples at {cfg.model.sampling_rate:g} Hz, {prep.describe()}")
     data = {"description": "simulated region-structured iEEG (neurofm simulate ieeg)" if not cfg.data.sessions
             else "session files: " + ", ".join(Path(p).name for p in cfg.data.sessions),
             "datasets": ["neurofm-simulated-ieeg"] if not cfg.data.sessions
             else [Path(p).stem for p in cfg.data.sessions]}
     if isinstance(task, BaristaPretrainTask):
-        metrics, baselines, extra = _evaluate_pretraining(cfg, task, dm)
+        metrics, baselines, extra, limitations = _evaluate_pretraining(cfg, task, dm)
         return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
-                "protocol": protocol + extra, "data": data}
+                "protocol": protocol + extra, "data": data, "limitations": limitations}
+    if cfg.task.finetune_task in ("classification", "regression"):
+        return _decode_evaluation(cfg, task, dm, Path(run_dir), protocol, data)
     metrics, counts = _evaluate_finetuned(cfg, task, dm)
-    data.update(counts)  # how many test events the AUROC rests on (its standard error)
-    baselines = {}
-    if cfg.task.finetune_task == "classification":  # DESIGN.md 8: ridge on band power, same test segments
-        baselines["ridge on band power"] = {"test_auroc": _band_power_auroc(dm, cfg)}
-    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines,
+    data.update(counts)
+    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": {},
             "protocol": protocol + f"; {cfg.task.finetune_task} scored on the test block", "data": data}
 
 
@@ -379,42 +759,53 @@ def _evaluate_pretraining(cfg, task, dm):
             losses.append(float(task.model.pretrain_loss(batch, generator=g)["loss"]))
     metrics: dict[str, Any] = {"test_masked_latent_mse": float(np.mean(losses)) if losses else float("nan")}
     baselines: dict[str, dict[str, float]] = {}
+    limitations: list[str] = []
     events = cfg.eval.probe_events or cfg.data.events
     extra = ""
     if events and events != "none":
         probe = datamodule(cfg, events=events, event_locked=True, segment_s=cfg.eval.probe_segment_s or None)
         probe.setup("fit")
         probe.setup("test")
-        train_loader, test_loader = probe._loader("train", train=False), probe._loader("test", train=False)
         enc = task.export_encoder()
-        metrics["probe_auroc"] = _probe_auroc(_pooled_features(enc, train_loader), _pooled_features(enc, test_loader))
         torch.manual_seed(cfg.seed)
         rand = BaristaEncoder(enc.config)
-        baselines["random-init encoder, same probe"] = {
-            "probe_auroc": _probe_auroc(_pooled_features(rand, train_loader), _pooled_features(rand, test_loader))}
-        baselines["ridge on band power"] = {"probe_auroc": _band_power_auroc(probe, cfg)}
+        arms, y, test = _probe_arms(cfg, probe, {"pretrained encoder, linear probe": enc,
+                                                 "random-init encoder, same probe": rand})
+        ref = "pretrained encoder, linear probe"
+        report, line = _shared_report(arms, y, test, task="classification", target=events, reference=ref,
+                                      baseline="random-init encoder, same probe", seed=cfg.seed)
+        metrics["probe_auroc"], metrics["probe_auroc_ci95"] = _value_ci(report, ref)
+        for name in ("random-init encoder, same probe", "ridge on band power"):
+            value, ci = _value_ci(report, name)
+            baselines[name] = {"probe_auroc": value, "probe_auroc_ci95": ci}
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
-                 f"the training block, ROC-AUC on the test block")
-    return metrics, baselines, extra
+                 f"the training block, ROC-AUC on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
+                 f"{report.n_blocks} blocks of the test period)")
+        if line is not None:
+            limitations.append(
+                line + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
+                "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
+                "not have left its trivial phase, where the predictor outputs the mean target.")
+    return metrics, baselines, extra, limitations
 
 
-def _band_power_auroc(dm, cfg) -> float:
-    from neurofm.baselines import BandPowerRidge
-    from neurofm.metrics import auroc
+def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
+    """Probe scores on the test segments of each frozen encoder, and of band power, all fitted
+    on the same training segments (ridge, penalty by AUROC on the last 20% of them)."""
+    from neurofm.baselines import BandPowerRidge, Ridge
 
-    def xy(split):
-        xs, ys = [], []
-        for b in dm._loader(split, train=False):
-            xs.append((b["x"] * b["channel_mask"][..., None]).numpy())
-            ys.append(b["label"].numpy())
-        c = max(x.shape[1] for x in xs)
-        xs = [np.pad(x, ((0, 0), (0, c - x.shape[1]), (0, 0))) for x in xs]
-        return np.concatenate(xs), np.concatenate(ys)
-
-    xtr, ytr = xy("train")
-    xte, yte = xy("test")
-    model = BandPowerRidge(cfg.model.sampling_rate).fit(xtr, ytr)
-    return float(auroc(yte, model.decision_function(xte)))
+    bands = BandPowerRidge(cfg.model.sampling_rate)
+    arms, train, test = {}, None, None
+    for name, enc in encoders.items():
+        train = _segment_pass(probe_dm._loader("train", train=False), enc.eval(), bands)
+        test = _segment_pass(probe_dm._loader("test", train=False), enc.eval(), bands)
+        arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]))
+    C = max(train["bp"].shape[1], test["bp"].shape[1])
+    pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
+    n_classes = int(max(train["y"].max(), test["y"].max())) + 1
+    arms["ridge on band power"] = _squeeze(Ridge(score=_auroc_or_mse).fit(
+        pad(train["bp"]), _pm_one(train["y"], n_classes)).predict(pad(test["bp"])))
+    return arms, test["y"].astype(np.int64), test
 
 
 def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
@@ -440,3 +831,215 @@ def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
         return {"test_auroc": float(auroc(y, probs[:, 1] if probs.shape[1] == 2 else probs)),
                 "test_accuracy": float((p.argmax(-1) == y).mean())}, counts
     return {"test_r2": float(r2_score(y, p))}, {}
+
+
+# -- the decode report of a classification / regression fine-tune ------------------------------
+
+MODEL_ARM = "BaRISTA fine-tuned"
+
+
+def _starting_encoder(cfg: RunConfig, task):
+    """The encoder this run started from, frozen: the pretrained one, or (random init / from
+    scratch) a fresh one of the same shape. The linear probe reads its features."""
+    from neurofm.models.barista import BaristaEncoder
+
+    t = cfg.task
+    if t.pretrained and not t.from_scratch:
+        from neurofm.hub import load_pretrained
+
+        loaded = load_pretrained(t.pretrained)
+        return getattr(loaded, "encoder", loaded).eval(), "pretrained"
+    torch.manual_seed(cfg.seed)
+    return BaristaEncoder(task.encoder.config).eval(), "random-init"
+
+
+@torch.no_grad()
+def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
+    """One pass over a split: per segment its label or target, start, session, the starting
+    encoder's token-mean features, log band power per channel, and (``task``) the fine-tuned
+    model's scores (classification) or predictions in the target's units (regression)."""
+    regression = task is not None and task.hparams.task == "regression"
+    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred")}
+    for i, batch in enumerate(loader):
+        keep = batch["target_mask"].bool() if "target_mask" in batch else torch.ones(len(batch["x"]), dtype=torch.bool)
+        if "target" in batch:
+            y = batch["target"].float().reshape(len(keep), -1)
+        else:
+            y = batch["label"].long()
+        h = encoder(batch)  # (B, n, C, d)
+        m = batch["channel_mask"].float()[:, None, :, None]
+        feat = (h * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)  # (B, d)
+        x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
+        bp = bands.features(x).reshape(len(x), x.shape[1], -1)  # (B, C, n_bands)
+        if task is not None:
+            if regression:
+                mean, std = task.target_scale()
+                pred = task(batch).float() * std + mean  # (B, D), the target's units
+            else:
+                pred = task(batch).float()  # (B, K) logits
+            out["pred"].append(pred[keep].numpy())
+        k = keep.numpy()
+        out["y"].append(y[keep].numpy())
+        out["t0"].append(batch["t0"].numpy()[k])
+        out["session"].append(batch["session"].numpy()[k])
+        out["feat"].append(feat[keep].numpy())
+        out["bp"].append(bp[k])
+    C = max((b.shape[1] for b in out["bp"]), default=0)
+    out["bp"] = [np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))) for b in out["bp"]]
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, data: dict) -> dict:
+    """Model, linear probe on the frozen starting encoder, band power and a null, all on the
+    same test segments (and fitted on the same training segments), with block-bootstrap CIs
+    (:func:`neurofm.report.decode_report`, also written as ``decode_report.md``) and the run's plots."""
+    from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+    from neurofm.metrics import pearson_r
+
+    classify = cfg.task.finetune_task == "classification"
+    task.cpu().eval()
+    dm.setup("fit")
+    dm.setup("test")
+    encoder0, start = _starting_encoder(cfg, task)
+    bands = BandPowerRidge(cfg.model.sampling_rate)
+    train = _segment_pass(dm._loader("train", train=False), encoder0, bands)
+    test = _segment_pass(dm._loader("test", train=False), encoder0, bands, task=task)
+    if len(test["y"]) < 2 or len(train["y"]) < 2:
+        raise ConfigError(f"{cfg.task.finetune_task}: {len(train['y'])} training and {len(test['y'])} test segments "
+                          f"in {cfg.data.sessions or 'the simulated session'}; the report needs at least 2 of each "
+                          f"(use a longer recording, shorter data.segment_s or other data.split fractions)")
+    C = max(train["bp"].shape[1], test["bp"].shape[1])
+    pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
+    bp_tr, bp_te = pad(train["bp"]), pad(test["bp"])
+    probe = f"linear probe on the frozen {start} encoder"
+    if classify:
+        names = list(task.hparams.get("label_names", [])) or [str(k) for k in range(task.hparams.n_classes)]
+        y = test["y"].astype(np.int64)
+        logits = test["pred"]
+        model_scores = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+        arms = {MODEL_ARM: model_scores,
+                "logistic on band power": BandPowerLogistic(bands.sampling_rate).fit_features(
+                    bp_tr, train["y"]).model.decision_function(bp_te),
+                "ridge on band power": _squeeze(Ridge(score=_auroc_or_mse).fit(
+                    bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
+                probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
+                "null (chance)": np.zeros(len(y))}
+        metric, key, baseline = "auroc", "test_auroc", "logistic on band power"
+    else:
+        y = test["y"]
+        arms = {MODEL_ARM: test["pred"],
+                "ridge on band power": Ridge().fit(bp_tr, train["y"]).predict(bp_te),
+                probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
+                "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
+        metric, key, baseline = "r2", "test_r2", "ridge on band power"
+    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
+                                     f"training block's mean and std)"
+    report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
+                                  target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
+                                  notes={probe: "frozen features", baseline: "same segments"})
+    metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
+    baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
+    if classify:
+        metrics["test_accuracy"] = float((test["pred"].argmax(-1) == y).mean())
+        data.update(test_segments=int(len(y)), test_segments_per_class={
+            n: int(c) for n, c in zip(names, np.bincount(y, minlength=len(names)))})
+    else:
+        metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
+        data.update(test_segments=int(len(y)), target=cfg.data.target)
+    data["train_segments"] = int(len(train["y"]))
+    limitations = [] if line is None else [line]
+    _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
+    protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; every arm fitted on the same "
+                 f"training segments and scored on the same test segments; band power: log Welch power per channel "
+                 f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
+                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
+    from neurofm.atomic import write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "decode_report.md", report.to_text() + "\n")
+    return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
+            "data": data, "report": report.to_dict(), "limitations": limitations}
+
+
+def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,
+                   baseline: str, seed: int, notes: dict | None = None, protocol: str = ""):
+    """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
+    contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`), and
+    its plain line about ``baseline`` (None when the reference beats it)."""
+    from neurofm.evaluation_ieeg import test_period_blocks
+    from neurofm.report import decode_report
+
+    blocks = test_period_blocks(test["t0"], test["session"])
+    rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
+                        scored=f"all {len(y)} test segments", notes=notes, protocol=protocol, seed=seed)
+    m = rep.primary
+    compared = [r.arm for r in rep.rows if r.arm != reference and m in r.diff]
+    line = dict(zip(compared, rep.verdicts())).get(baseline)
+    if rep.n_blocks < 5:  # too few distinct resamples for an interval to mean anything
+        line = (f"{reference} vs {baseline}: {rep.n_blocks} blocks of the test period are too few for a "
+                f"confidence interval ({len(y)} test segments); the comparison is not established")
+    elif line is not None and line.startswith(f"{reference} beats"):
+        line = None
+    return rep, line
+
+
+def _value_ci(rep, arm: str) -> tuple[float, list[float]]:
+    """(point estimate, [lo, hi]) of the report's primary metric for ``arm``."""
+    row, m = rep.row(arm), rep.primary
+    return float(row.values[m]), [float(v) for v in row.ci[m]]
+
+
+def _auroc_or_mse(y: np.ndarray, p: np.ndarray) -> float:
+    """Penalty score of a ridge classifier on +-1 targets: AUROC, or -MSE with one class."""
+    from neurofm.metrics import auroc
+
+    labels = (y[:, 0] > 0).astype(int) if y.shape[1] == 1 else np.argmax(y, 1)
+    try:
+        return float(auroc(labels, p[:, 0] if p.shape[1] == 1 else p))
+    except ValueError:
+        return -float(np.mean((y - p) ** 2))
+
+
+def _squeeze(scores: np.ndarray) -> np.ndarray:
+    """(N, 1) scores of a binary one-vs-rest fit -> (N,)."""
+    return scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
+
+
+def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """+-1 one-vs-rest targets: (N, 1) for two classes, else (N, K)."""
+    onehot = (np.asarray(labels)[:, None] == np.arange(n_classes)[None, :]) * 2.0 - 1.0
+    return onehot[:, 1:] if n_classes == 2 else onehot
+
+
+def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
+                  baseline: str, probe: str) -> None:
+    """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
+    ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
+    import warnings
+
+    from neurofm import plots
+    from neurofm.metrics import roc_curve
+
+    out = run_dir / "plots"
+    try:
+        if cfg.task.finetune_task == "classification":
+            if np.ndim(arms[MODEL_ARM]) != 1:
+                return  # the ROC plot is binary; multiclass runs report macro AUROC only
+            curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
+            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
+                             path=out / "roc.png")
+            return
+        first = test["session"] == test["session"].min()
+        order = np.argsort(test["t0"][first])
+        seg = cfg.data.segment_s
+        t = test["t0"][first][order] + seg / 2
+        unit = dm.sessions[int(test["session"].min())].h5[f"behavior/{cfg.data.target}"].attrs.get("unit", "")
+        unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+        title = (f"{cfg.data.target}, test block: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
+                 f"({baseline} {_value_ci(report, baseline)[0]:.3f})")
+        true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]
+        dims = true.shape[1] if true.ndim > 1 else 1
+        plots.decoding_trace(t, true, pred, names=[cfg.data.target] if dims == 1 else None, unit=unit, title=title,
+                             path=out / f"decoded_{cfg.data.target}.png")
+    except (ValueError, KeyError) as e:  # a plot must never cost the run its metrics
+        warnings.warn(f"{run_dir}: plot not written ({e})", stacklevel=2)

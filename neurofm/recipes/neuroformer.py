@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ import numpy as np
 import torch
 
 from neurofm.config import ConfigError
-from neurofm.experiment import TrainerConfig
-from neurofm.models.neuroformer import N_SPECIAL, Neuroformer, NeuroformerConfig
+from neurofm.data.session import SessionWriter
+from neurofm.models.neuroformer import N_SPECIAL, BlockSizeConfig, Neuroformer, NeuroformerConfig
+from neurofm.models.neuroformer_generate import GeneratedSpikes
+from neurofm.tasks.trainer import TrainerConfig
 from neurofm.recipes import ensure_sessions, session_paths
 
 MONITOR = ("val/total", "min")
@@ -84,6 +87,9 @@ class NeuroformerTaskConfig:
     warmup_fraction: float = 0.05
     final_lr_ratio: float = 0.1
     freeze_backbone: bool = False
+    # Fine-tuning arm without the pretrained weights: the checkpoint's model shape (SHAPE_FIELDS)
+    # and this run's recipe from random init (`neurofm finetune --from-scratch`).
+    from_scratch: bool = False
     unfreeze_every: int = 0  # with freeze_backbone: release one more stage every N epochs (0 = never)
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
     head_lr_ratio: float = 1.0  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
@@ -100,14 +106,25 @@ class NeuroformerEvalConfig:
     top_p: float = 0.95
     raster_seconds: float = 5.0
     seed: int = 0
-    # Behaviour scoring on moving windows only (0 = score every test window). A window is scored
-    # when every 50 ms bin of its current window is moving: speed (the file's /behavior/speed, else
-    # derived from /behavior/<moving_behavior>) Gaussian-smoothed with sigma speed_smooth_s, above
-    # moving_threshold (behaviour units per second; 20 px/s on linear-track). Bits/spike and
+    # Which windows behaviour decoding is scored on, in the test block AND the validation block
+    # that selects the model (DESIGN.md 8): "moving", "all", or "auto" = "moving" when a decoded
+    # regression target is moving_behavior (position), else "all". A window is moving when every
+    # 50 ms bin of its current window is: speed (the file's /behavior/speed, else derived from
+    # /behavior/<moving_behavior>) Gaussian-smoothed with sigma speed_smooth_s, above
+    # moving_threshold (behaviour units per second). moving_threshold 0 = from the data:
+    # MOVING_FRACTION (a fifth) of the 95th percentile of that smoothed speed over the training
+    # blocks (a fifth of the animal's running speed: 19 px/s on linear-track, where still-animal
+    # jitter is ~5 px/s). prepare() writes the resolved choice here (config.yaml). Bits/spike and
     # window F1 stay on every test window.
+    score_when: str = "auto"
     moving_threshold: float = 0.0
     speed_smooth_s: float = 0.5
     moving_behavior: str = "position"
+    # Refuse to train when the test block cannot score the target (fewer than min_scored_windows
+    # scored windows, or its variance there under 1% of the training variance), and warn under
+    # 10%: R2 on such a block is undefined or meaningless. False: score anyway.
+    check_target: bool = True
+    min_scored_windows: int = 20
 
 
 @dataclass
@@ -117,7 +134,8 @@ class RunConfig:
     seed: int = 0
     resume: str = "auto"  # auto | none | path to a .ckpt
     data: SpikeDataConfig = field(default_factory=SpikeDataConfig)
-    model: NeuroformerConfig = field(default_factory=NeuroformerConfig)
+    # block sizes 0 = auto: chosen from the training data by prepare() (resolve_block_sizes)
+    model: NeuroformerConfig = field(default_factory=lambda: NeuroformerConfig(block_size=BlockSizeConfig(0, 0)))
     task: NeuroformerTaskConfig = field(default_factory=NeuroformerTaskConfig)
     eval: NeuroformerEvalConfig = field(default_factory=NeuroformerEvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -127,10 +145,16 @@ class RunConfig:
 
 
 def prepare(cfg: RunConfig) -> RunConfig:
-    """Resolve what the config leaves to the data: the simulated demo session (written once)
-    and, when fine-tuning, the pretrained model's shape (windows, dt, blocks come from it)."""
+    """Resolve what the config leaves to the data: the simulated demo session (written once);
+    when fine-tuning, the pretrained model's shape (:func:`_pretrained_model_config`); block
+    sizes left at 0 (:func:`resolve_block_sizes`); which windows behaviour is scored on
+    (:func:`resolve_scoring`). Checks, before any training, that the test block can score the
+    decoded target (:func:`check_test_target`)."""
     if cfg.task.pretrained:
         cfg = dataclasses.replace(cfg, model=_pretrained_model_config(cfg))
+    elif cfg.task.from_scratch:
+        raise ConfigError("task.from_scratch: takes the model shape from task.pretrained (--pretrained DIR); "
+                          "without one, a run trains from random init anyway")
     sim = cfg.data.simulate
 
     def simulate():
@@ -140,19 +164,189 @@ def prepare(cfg: RunConfig) -> RunConfig:
 
     ensure_sessions(cfg.data, convert_hint="neurofm convert nwb IN.nwb OUT.h5", simulate=simulate,
                     what=f"session ({sim.n_units} units, {sim.duration:.0f} s)")
+    cfg = resolve_block_sizes(cfg)
+    cfg = resolve_scoring(cfg)
+    check_test_target(cfg)
     return cfg
 
 
+# -- what the data decides: block sizes, window lengths ------------------------------------------
+
+
+def _split(cfg: RunConfig):
+    from neurofm.data.splits import TimeBlockSplit
+
+    s = cfg.data.split
+    return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+
+
+def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarray:
+    """(W,) end times (s) of the windows of ``split`` in ``session``, as the data module lays
+    them out (one grid per session, stride ``data.stride`` or ``window.curr``, each window with
+    its previous window wholly inside a block)."""
+    from neurofm.data.splits import grid_runs
+
+    w = cfg.model.window
+    stride = cfg.data.stride or w.curr
+    blocks = _split(cfg)(session)[split]
+    k0, count = grid_runs(blocks, session.t_start, stride, w.curr + w.prev, 0.0)
+    if not len(k0):
+        return np.zeros(0)
+    k = np.concatenate([k0[i] + np.arange(count[i]) for i in range(len(k0))])
+    return session.t_start + k * stride
+
+
+def training_window_counts(cfg: RunConfig, window=None) -> tuple[np.ndarray, np.ndarray]:
+    """Spikes per current and per previous window ``(W,)`` each, over every training window of
+    every session (``window``: a :class:`WindowConfig` other than the config's, e.g. for
+    ``neurofm inspect``)."""
+    from neurofm.data.session import Session
+    from neurofm.data.tokenizer import spikes_per_window
+
+    if window is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window=window))
+    w = cfg.model.window
+    curr, prev = [], []
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            ends = split_window_ends(cfg, s, "train")
+            times, _ = s.spikes()
+        curr.append(spikes_per_window(times, ends - w.curr, ends))
+        prev.append(spikes_per_window(times, ends - w.curr - w.prev, ends - w.curr))
+    return np.concatenate(curr), np.concatenate(prev)
+
+
+#: spikes per current window below which windows are "mostly empty" (suggest a longer window)
+MIN_MEAN_SPIKES_PER_WINDOW = 1.0
+#: a suggested window holds about this many spikes on average
+SUGGESTED_SPIKES_PER_WINDOW = 4.0
+_NICE_WINDOWS_S = (0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+def suggest_window(mean_spikes: float, window) -> tuple[float, float] | None:
+    """``(curr, prev)`` in s when windows are mostly empty (mean spikes per current window
+    below :data:`MIN_MEAN_SPIKES_PER_WINDOW`), else None: the shortest of a few round lengths
+    whose window holds :data:`SUGGESTED_SPIKES_PER_WINDOW` spikes at the population rate,
+    with the previous window scaled by the same factor."""
+    if mean_spikes >= MIN_MEAN_SPIKES_PER_WINDOW:
+        return None
+    rate = mean_spikes / window.curr  # population spikes/s
+    want = SUGGESTED_SPIKES_PER_WINDOW / rate if rate > 0 else _NICE_WINDOWS_S[-1]
+    curr = next((x for x in _NICE_WINDOWS_S if x >= want - 1e-9), _NICE_WINDOWS_S[-1])
+    return curr, round(window.prev * curr / window.curr, 6)
+
+
+def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
+    """Block sizes from the training data's spikes-per-window distribution.
+
+    ``model.block_size.id`` / ``prev_id`` at 0 (the default) become the smallest sizes that
+    drop at most 0.5% of the training windows' spikes (:func:`~neurofm.data.tokenizer.block_size_for`,
+    current and previous window each). A size the user set, or a pretrained model's, is
+    kept, with a warning naming the dropped share when it is over 1%. Also warns, with a
+    suggested window, when current windows hold under one spike on average.
+    """
+    from neurofm.data.tokenizer import block_size_for, dropped_fraction
+
+    m = cfg.model
+    curr, prev = training_window_counts(cfg)
+    if not len(curr):
+        if 0 in (m.block_size.id, m.block_size.prev_id):
+            raise ConfigError(f"model.block_size: no training window fits in {session_paths(cfg.data)} (windows of "
+                              f"{m.window.curr} + {m.window.prev} s) to choose block sizes from; check data.split "
+                              f"or set model.block_size.id and prev_id")
+        return cfg
+    source = f"the pretrained model {cfg.task.pretrained}" if cfg.task.pretrained else "your setting"
+    sizes = {}
+    for key, counts, what in (("id", curr, "current"), ("prev_id", prev, "previous")):
+        size = getattr(m.block_size, key)
+        if size == 0:
+            size = block_size_for(counts)
+            print(f"neurofm: model.block_size.{key} = {size} from the training data ({what} windows of "
+                  f"{getattr(m.window, 'curr' if key == 'id' else 'prev') * 1e3:g} ms hold up to "
+                  f"{int(counts.max())} spikes; this size drops {dropped_fraction(counts, size):.2%} of them)")
+        else:
+            lost = dropped_fraction(counts, size)
+            if lost > 0.01:
+                warnings.warn(f"model.block_size.{key} = {size} (from {source}) drops {lost:.1%} of the "
+                              f"{what}-window spikes of the training data ({what} windows hold up to "
+                              f"{int(counts.max())} spikes, median {np.median(counts):g}); "
+                              + ("fine-tune a model pretrained with longer blocks or shorter windows"
+                                 if cfg.task.pretrained else
+                                 f"set model.block_size.{key}={block_size_for(counts)} (drops <= 0.5%) or leave it "
+                                 f"at 0 to choose it from the data"), stacklevel=2)
+        sizes[key] = size
+    hint = suggest_window(float(curr.mean()), m.window)
+    if hint is not None:
+        warnings.warn(f"model.window.curr = {m.window.curr:g} s holds {curr.mean():.2f} spikes on average in the "
+                      f"training data: most windows are empty. At this population rate "
+                      f"({curr.mean() / m.window.curr:.1f} spikes/s) try model.window.curr={hint[0]:g} "
+                      f"model.window.prev={hint[1]:g} (about {SUGGESTED_SPIKES_PER_WINDOW:g} spikes per window)",
+                      stacklevel=2)
+    if (sizes["id"], sizes["prev_id"]) == (m.block_size.id, m.block_size.prev_id):
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, block_size=BlockSizeConfig(**sizes)))
+
+
+def block_size_report(cfg: RunConfig) -> dict[str, Any]:
+    """The block sizes of a run and what they drop on its training windows (metrics.json)."""
+    from neurofm.data.tokenizer import dropped_fraction, window_count_percentiles
+
+    curr, prev = training_window_counts(cfg)
+    b = cfg.model.block_size
+    return {"block_size": {"id": b.id, "prev_id": b.prev_id},
+            "dropped_fraction_train": {"curr": dropped_fraction(curr, b.id), "prev": dropped_fraction(prev, b.prev_id)},
+            "spikes_per_window_train": {"curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev)},
+            "n_train_windows": int(len(curr))}
+
+
+# -- the pretrained model's shape ---------------------------------------------------------------
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(obj, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, copy.deepcopy(value))
+
+
 def _pretrained_model_config(cfg: RunConfig) -> NeuroformerConfig:
-    """The checkpoint's model config, plus the behaviour targets this run adds."""
+    """The run's model config with the checkpoint's shape.
+
+    Shape fields (:attr:`NeuroformerConfig.SHAPE_FIELDS`) come from the checkpoint; a run that
+    sets one to another value (differing from the run config's default) is an error naming the
+    field. The behaviour variables are the checkpoint's (with their statistics) plus the ones
+    this run adds. Everything else (dropout, loss weights, contrastive temperature) is the
+    run's own: its config file and overrides.
+    """
     from neurofm.config import from_dict
     from neurofm.hub import pretrained_config
 
-    model = from_dict(NeuroformerConfig, pretrained_config(cfg.task.pretrained)["config"],
-                      where=f"{cfg.task.pretrained}/config.json")
-    have = {v.name for v in model.behavior}
-    extra = [v for v in cfg.model.behavior if v.name not in have]
-    return dataclasses.replace(model, behavior=[*model.behavior, *extra])
+    ckpt = from_dict(NeuroformerConfig, pretrained_config(cfg.task.pretrained)["config"],
+                     where=f"{cfg.task.pretrained}/config.json")
+    default = RunConfig().model
+    merged = copy.deepcopy(cfg.model)
+    for path in NeuroformerConfig.SHAPE_FIELDS:
+        if path not in ("n_units", "units", "behavior"):
+            mine, theirs = _get(cfg.model, path), _get(ckpt, path)
+            if mine != _get(default, path) and mine != theirs:
+                raise ConfigError(f"model.{path}: this run sets {_plain(mine)}, but the pretrained model "
+                                  f"{cfg.task.pretrained} has {_plain(theirs)}. It shapes the weights, so fine-tuning "
+                                  f"takes it from the checkpoint: drop the setting (or pretrain a model with it)")
+        _set(merged, path, _get(ckpt, path))
+    have = {v.name for v in ckpt.behavior}
+    merged.behavior = [*copy.deepcopy(ckpt.behavior), *[v for v in cfg.model.behavior if v.name not in have]]
+    return merged
+
+
+def _plain(value):
+    """A config value as the user would write it (dataclasses as dicts)."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 # The fine-tuning recipe, by rule rather than tuned to one recording (configs/neuroformer/finetune.yaml
@@ -170,8 +364,15 @@ FINETUNE_RECIPE = {"task": {"lr": 1e-4, "head_lr_ratio": 10.0, "step_budget": 0}
 
 def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str], task: str = "decode",
                     events: str | None = None, label_fraction: float = 1.0, run_dir: str | None = None,
-                    freeze_backbone: bool = False, overrides: list[str] = ()) -> RunConfig:
-    """A fine-tuning run: decode ``behavior`` from ``sessions`` starting at ``pretrained``."""
+                    freeze_backbone: bool = False, from_scratch: bool = False, score_when: str | None = None,
+                    overrides: list[str] = ()) -> RunConfig:
+    """A fine-tuning run: decode ``behavior`` from ``sessions`` starting at ``pretrained``.
+
+    ``from_scratch``: the same model shape and recipe from random init (the pretrained-vs-
+    scratch comparison is this one flag; the label draw depends only on ``seed`` and
+    ``label_fraction``, so both arms see the same labelled windows). ``score_when``:
+    ``moving`` | ``all`` | ``auto`` (default, see :class:`NeuroformerEvalConfig`).
+    """
     if task != "decode" or events:
         raise ConfigError(f"Neuroformer fine-tuning decodes behaviour (--task decode --behavior NAME); "
                           f"got --task {task}{' --events ' + events if events else ''}")
@@ -179,11 +380,14 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
         raise ConfigError("Neuroformer fine-tuning needs --behavior NAME [NAME ...] (a /behavior/<name> of the data)")
     from neurofm.config import from_dict
     from neurofm.data.session import Session
-    from neurofm.models.neuroformer import BehaviorVariable
 
     with Session(sessions[0]) as s:
         dims = {}
         for name in behavior:
+            if name not in s.behavior_names:
+                hint = (" (key=value overrides go after the options, or after --)" if "=" in name else "")
+                raise ConfigError(f"--behavior {name}: {sessions[0]} has no /behavior/{name}; it has "
+                                  f"{s.behavior_names or 'no behaviour'}{hint}")
             _, v = s.behavior(name, s.t_start, s.t_start + 1.0)
             dims[name] = int(np.prod(v.shape[1:])) if v.ndim > 1 else 1
     base = {
@@ -192,13 +396,205 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
         "data": {"sessions": list(sessions), "behavior": list(behavior), "label_fraction": label_fraction,
                  "split": {"gap": 5.0}},
         "task": {"mode": "finetune", "pretrained": str(pretrained), "objectives": ["behavior"],
-                 "freeze_backbone": freeze_backbone, **FINETUNE_RECIPE["task"]},
-        "eval": {"generate_windows": 0},
+                 "freeze_backbone": freeze_backbone, "from_scratch": from_scratch, **FINETUNE_RECIPE["task"]},
+        "eval": {"generate_windows": 0, **({"score_when": score_when} if score_when else {})},
         "trainer": dict(FINETUNE_RECIPE["trainer"]),
         "model": {"behavior": [{"name": n, "dim": dims[n], "task": "regression", "target": True,
                                 "count_bin": COUNT_BIN_S} for n in behavior]},
     }
     return from_dict(RunConfig, base, overrides=list(overrides), where="neurofm finetune")
+
+
+def finetuned_labels(pretrained) -> dict[str, Any] | None:
+    """The label draw of the fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
+    beside ``RUN/config.yaml``): ``{"label_fraction", "seed", "label_chunk_s", "config"}``, or
+    None when the folder is not a fine-tuning run's (then ridge uses every label). ``neurofm
+    evaluate`` fits its ridge on these windows, as the fine-tuning run did."""
+    from omegaconf import OmegaConf
+
+    path = Path(pretrained) / ".." / "config.yaml"
+    if not path.is_file():
+        return None
+    run = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    if run.get("family") != "neuroformer" or run.get("task", {}).get("mode") != "finetune":
+        return None
+    data = run.get("data", {})
+    return {"label_fraction": float(data.get("label_fraction", 1.0)), "seed": int(run.get("seed", 0)),
+            "label_chunk_s": float(data.get("label_chunk_s", 10.0)), "config": str(path.resolve())}
+
+
+# -- which windows behaviour is scored on (test AND validation) ----------------------------------
+
+#: the moving threshold, when not set, is this fraction of the 95th-percentile smoothed speed
+MOVING_FRACTION = 0.2
+SCORE_WHEN = ("auto", "moving", "all")
+
+
+def _protocol_for(cfg: RunConfig, threshold: float | None = None):
+    from neurofm.evaluation import DecodingProtocol
+
+    e = cfg.eval
+    return DecodingProtocol(behavior=e.moving_behavior, smooth_s=e.speed_smooth_s,
+                            speed_threshold=e.moving_threshold if threshold is None else threshold)
+
+
+class MovingWindows:
+    """Which windows to score behaviour on under ``eval.score_when: moving``: those whose
+    current window lies inside the behaviour's 50 ms bin grid with every bin moving
+    (:func:`neurofm.evaluation.moving_mask`: smoothed speed above ``eval.moving_threshold``).
+
+    Called with the windows' session indices (in ``sessions`` order, as batches number them)
+    and end times, numpy arrays or tensors; returns a bool array of the same kind. Used for the
+    test block (:func:`evaluate`), the validation block that selects the model (the task masks
+    the behaviour loss with it) and the check before training (:func:`check_test_target`).
+    """
+
+    def __init__(self, cfg: RunConfig, sessions):
+        from neurofm.evaluation import session_position_data
+
+        self.window = cfg.model.window.curr
+        protocol = _protocol_for(cfg)
+        self.grids = []
+        for session in sessions:
+            d = session_position_data(session, protocol)
+            self.grids.append((d.bin_times, d.bin_end[-1], d.n_bins, np.concatenate([[0], np.cumsum(~d.moving)]),
+                               d.bin_size))
+
+    def __call__(self, session, interval):
+        as_torch = isinstance(interval, torch.Tensor)
+        s_idx = np.asarray(session.cpu() if as_torch else session, dtype=np.int64)
+        ends_all = np.asarray(interval.detach().cpu().double() if as_torch else interval, dtype=np.float64)
+        out = np.zeros(len(ends_all), dtype=bool)
+        for k, (bin_times, t_last, n_bins, still, bin_size) in enumerate(self.grids):
+            sel = np.flatnonzero(s_idx == k)
+            if not len(sel):
+                continue
+            ends = ends_all[sel] - 1e-9
+            starts = ends_all[sel] - self.window + 1e-9
+            i0 = np.searchsorted(bin_times + bin_size, starts, side="right")  # first bin ending after start
+            i1 = np.searchsorted(bin_times, ends, side="left")  # one past the last bin starting before end
+            inside = (starts >= bin_times[0]) & (ends <= t_last) & (i1 > i0)
+            out[sel] = inside & (still[np.clip(i1, 0, n_bins)] - still[np.clip(i0, 0, n_bins)] == 0)
+        return torch.as_tensor(out, device=interval.device) if as_torch else out
+
+
+def resolve_scoring(cfg: RunConfig) -> RunConfig:
+    """``eval.score_when`` and, for ``moving``, ``eval.moving_threshold`` from the data.
+
+    ``auto`` is ``moving`` when a decoded regression target is ``eval.moving_behavior`` (or a
+    threshold is set), else ``all``. A threshold left at 0 becomes :data:`MOVING_FRACTION` of
+    the 95th percentile of the smoothed speed over the training blocks' bins (all sessions):
+    a fifth of the animal's running speed, in the behaviour's own units per second.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    from neurofm.data.session import Session
+    from neurofm.evaluation import _fill_nan, session_position_data
+
+    e = cfg.eval
+    if e.score_when not in SCORE_WHEN:
+        raise ConfigError(f"eval.score_when: {e.score_when!r} is not one of {SCORE_WHEN} (--score-when)")
+    targets = [v.name for v in cfg.model.behavior if v.target and v.task == "regression"]
+    when = e.score_when
+    if when == "auto":
+        when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
+    threshold = e.moving_threshold
+    if when == "moving" and threshold <= 0:
+        speeds, unit = [], ""
+        for path in session_paths(cfg.data):
+            with Session(path) as s:
+                if e.moving_behavior not in s.behavior_names:
+                    raise ConfigError(f"--score-when moving: {path} has no /behavior/{e.moving_behavior} to tell "
+                                      f"moving windows by (it has {s.behavior_names or 'no behaviour'}); set "
+                                      f"eval.moving_behavior=NAME or use --score-when all")
+                d = session_position_data(s, _protocol_for(cfg, threshold=0.0))
+                train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
+                unit = unit or d.unit
+            smooth = gaussian_filter1d(_fill_nan(d.speed), e.speed_smooth_s / d.bin_size, mode="nearest")
+            speeds.append(smooth[train & np.isfinite(d.position).all(axis=1)])
+        speed = np.concatenate(speeds)
+        if not len(speed) or not np.percentile(speed, 95) > 0:
+            raise ConfigError(f"--score-when moving: the training blocks hold no movement of "
+                              f"/behavior/{e.moving_behavior} to set a threshold from; set eval.moving_threshold "
+                              f"(units per second) or use --score-when all")
+        threshold = float(MOVING_FRACTION * np.percentile(speed, 95))
+        print(f"neurofm: scoring behaviour on moving windows: smoothed speed of {e.moving_behavior} > "
+              f"{threshold:.4g} {unit or 'units'}/s ({MOVING_FRACTION:g} x the training blocks' 95th-percentile speed "
+              f"{np.percentile(speed, 95):.4g}; set eval.moving_threshold to choose)")
+    if (when, threshold) == (e.score_when, e.moving_threshold):
+        return cfg
+    return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold))
+
+
+def check_test_target(cfg: RunConfig) -> None:
+    """Before training: can the test block score each decoded regression target?
+
+    Counts the test windows that would be scored (``eval.score_when``) and compares the
+    target's variance over them with its variance over the training windows scored the same
+    way. Fewer than ``eval.min_scored_windows`` test windows, or a variance ratio under 1%
+    (e.g. a test block of rest for position), is an error when fine-tuning (decoding is the
+    point of the run) and a warning when pretraining (behaviour is an auxiliary target there);
+    under 10% a warning; so is a validation block with fewer than ``eval.min_scored_windows``
+    scored windows (model selection scores it). All give the numbers and the fix
+    (``neurofm split``).
+    ``eval.check_target=false`` skips the check.
+    """
+    from neurofm.data.datasets import behavior_features
+    from neurofm.data.session import Session
+
+    e = cfg.eval
+    targets = [v for v in cfg.model.behavior if v.target and v.task == "regression" and v.name in cfg.data.behavior]
+    if not e.check_target or not targets:
+        return
+    paths = session_paths(cfg.data)
+    moving = MovingWindows(cfg, paths) if e.score_when == "moving" else None
+    w = cfg.model.window.curr
+    for v in targets:
+        values = {"train": [], "valid": [], "test": []}
+        for k, path in enumerate(paths):
+            with Session(path) as s:
+                ts, vals = s.behavior(v.name)
+                for split in values:
+                    ends = split_window_ends(cfg, s, split)
+                    f = behavior_features(ts, vals, ends - w, ends)
+                    keep = f["mask"] & (moving(np.full(len(ends), k), ends) if moving is not None else True)
+                    values[split].append(f["mean"][keep].astype(np.float64))
+        train, valid, test = (np.concatenate(values[x]) for x in ("train", "valid", "test"))
+        which = "moving" if moving is not None else "all"
+        if len(valid) < e.min_scored_windows:
+            warnings.warn(f"{v.name}: the validation block has {len(valid)} scored windows ({which}), so model "
+                          f"selection (best checkpoint, early stopping) has little to go on; give it a block where "
+                          f"{v.name} varies with `neurofm split FILE ... --valid C:D`", stacklevel=2)
+        fix = (f"hold out a block where {v.name} varies: `neurofm split FILE --train A:B --valid C:D --test E:F` "
+               f"(seconds; `neurofm inspect FILE` shows the recording's span)"
+               + (", or --score-when all" if moving is not None else "")
+               + ", or eval.check_target=false to score it anyway")
+        def refuse(text: str) -> None:
+            if cfg.task.mode == "finetune":
+                raise ConfigError(text)
+            warnings.warn(text, stacklevel=3)
+
+        if len(test) < e.min_scored_windows:
+            refuse(f"{v.name}: the test block has {len(test)} scored windows ({which} windows; "
+                   f"eval.min_scored_windows {e.min_scored_windows}), too few for R2. Fix: {fix}")
+            continue
+        var_train, var_test = train.var(0), test.var(0)
+        ok = var_train > 0
+        if not ok.any():
+            continue
+        ratio = float((var_test[ok] / var_train[ok]).min())
+        numbers = (f"{v.name}: over the {len(test)} scored test windows ({which}) its variance is {ratio:.2%} of "
+                   f"that over the training windows ({_fmt(var_test)} vs {_fmt(var_train)})")
+        if ratio < 0.01:
+            refuse(f"{numbers}: the target barely varies in the test block, so R2 there is undefined or "
+                   f"meaningless. Fix: {fix}")
+        elif ratio < 0.1:
+            warnings.warn(f"{numbers}: R2 on this test block rests on little variation. To change: {fix}",
+                          stacklevel=2)
+
+
+def _fmt(a: np.ndarray) -> str:
+    return ", ".join(f"{x:.3g}" for x in np.atleast_1d(a))
 
 
 def datamodule(cfg: RunConfig):
@@ -212,6 +608,9 @@ def datamodule(cfg: RunConfig):
     from neurofm.data.tokenizer import UnitVocab
 
     m, d = cfg.model, cfg.data
+    if 0 in (m.block_size.id, m.block_size.prev_id):
+        raise ConfigError(f"model.block_size: {m.block_size} is left to the data (0 = auto); resolve it with "
+                          f"prepare(cfg) (experiment.run does) or set model.block_size.id and prev_id")
     vocab = None
     if cfg.task.pretrained:
         from neurofm.hub import pretrained_config
@@ -326,10 +725,20 @@ def build_model(cfg: RunConfig, dm) -> Neuroformer:
     if cfg.task.pretrained:
         from neurofm.hub import load_pretrained
 
-        model = load_pretrained(cfg.task.pretrained)
-        if not isinstance(model, Neuroformer):
-            raise ConfigError(f"task.pretrained: {cfg.task.pretrained} holds a {type(model).__name__}, "
+        pretrained = load_pretrained(cfg.task.pretrained)
+        if not isinstance(pretrained, Neuroformer):
+            raise ConfigError(f"task.pretrained: {cfg.task.pretrained} holds a {type(pretrained).__name__}, "
                               f"not a Neuroformer")
+        # the run's model config (prepare: the checkpoint's shape, the run's dropout / loss
+        # weights); the checkpoint's weights unless from scratch. Same shape: strict load.
+        config = copy.deepcopy(cfg.model)
+        have = {v.name for v in pretrained.config.behavior}
+        config.behavior = [v for v in config.behavior if v.name in have]  # new heads: _add_behavior_heads
+        model = Neuroformer(config)
+        if cfg.task.from_scratch:
+            print(f"neurofm: from scratch: random init in the shape of {cfg.task.pretrained}")
+        else:
+            model.load_state_dict(pretrained.state_dict(), strict=True)
         new = dm.vocab.units[model.config.n_units:]
         if new:
             print(f"neurofm: {len(new)} units not in the checkpoint get new embedding rows")
@@ -362,7 +771,7 @@ def task(cfg: RunConfig, dm):
     unset = [v.name for v in model.config.behavior if not v.mean]
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
-    moving = MovingWindows.for_run(cfg, dm)
+    moving = MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None
     if cfg.task.mode == "finetune":
         init_count_heads(model, cfg, dm, moving)
     t = cfg.task
@@ -371,7 +780,7 @@ def task(cfg: RunConfig, dm):
         warmup_fraction=t.warmup_fraction, final_lr_ratio=t.final_lr_ratio, freeze_backbone=t.freeze_backbone,
         unfreeze_every=t.unfreeze_every or None, trainable=t.trainable, label_fraction=cfg.data.label_fraction,
         label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed, head_lr_ratio=t.head_lr_ratio,
-        behavior_windows=moving)
+        score_windows=moving)
     return module
 
 
@@ -486,10 +895,25 @@ def export(task) -> Neuroformer:
 def load_task(checkpoint):
     from neurofm.tasks.neuroformer import NeuroformerTask
 
-    return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    return NeuroformerTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()
+def write_generated(gen: GeneratedSpikes, path, unit_ids, *, session_id: str, session: int | None = None,
+                    **attrs: Any) -> Path:
+    """Write generated spikes (of one ``session`` index, or all) as a session file; ``unit_ids``:
+    the model's unit list. Extra ``attrs`` (e.g. ``source``) go to the file's root attributes."""
+    times, units = gen.spikes(session)
+    if units.size and units.max() >= len(unit_ids):
+        raise ValueError(f"generated unit index {int(units.max())} but only {len(unit_ids)} unit_ids were given")
+    t0, t1 = gen.span(session)
+    attrs = {"source": "neurofm generate", **attrs}  # a caller's source (e.g. which model) wins
+    with SessionWriter(path, session_id=session_id, **attrs) as w:
+        w.add_units(list(unit_ids))
+        w.add_spikes(times, units, t_start=t0, t_end=t1)
+    return Path(path)
+
+
 def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher_forced", start: float | None = None,
                      seconds: float = 10.0, top_p: float = 0.95, seed: int = 0, plot: bool = True) -> Path:
     """Generate ``seconds`` of spikes window by window and write them as a session file.
@@ -518,8 +942,8 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
     batch["session"] = torch.zeros(len(ends), dtype=torch.long)
     gen = model.generate(batch, mode=mode, top_p_id=top_p, top_p_dt=top_p, seed=seed)
     names = [u.split("/", 1)[1] if "/" in u else u for u in c.units]
-    out = gen.to_session(out_path, names, session_id=f"{session_id}-generated-{mode}",
-                         source=f"neurofm generate {pretrained} ({mode})")
+    out = write_generated(gen, out_path, names, session_id=f"{session_id}-generated-{mode}",
+                          source=f"neurofm generate {pretrained} ({mode})")
     if plot:
         from neurofm import plots
 
@@ -530,7 +954,9 @@ def generate_session(pretrained, session_path, out_path, *, mode: str = "teacher
         order = {name: i for i, name in enumerate(names)}
         ru_model = np.array([order.get(unit_ids[u], -1) for u in ru], dtype=np.int64)
         keep = ru_model >= 0
-        plots.raster_compare(rt[keep], ru_model[keep], gt, gu, t0, float(ends[-1]), n_units=len(names),
+        order, how = plots.unit_order(np.bincount(ru_model[keep], minlength=len(names))[None, :])  # by recorded rate
+        plots.raster_compare(rt[keep], ru_model[keep], gt, gu, t0, float(ends[-1]), order, n_units=len(names),
+                             unit_labels=names, order_label=how,
                              title=f"Recorded vs generated ({mode.replace('_', '-')})",
                              path=Path(out_path).with_suffix(".png"))
     return out
@@ -586,64 +1012,11 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
 
 
 def _moving_windows(cfg: RunConfig, dm, coll: dict) -> np.ndarray:
-    """(n,) bool: the collected windows to score behaviour on (``eval.moving_threshold``).
-
-    Every window when the threshold is 0; else windows whose current window lies inside the
-    behaviour's bin grid with every 50 ms bin moving (:func:`neurofm.evaluation.moving_mask`).
-    """
-    lookup = MovingWindows.for_run(cfg, dm)
-    if lookup is None:
+    """(n,) bool: the collected windows to score behaviour on (``eval.score_when``): every
+    window, or the moving ones (:class:`MovingWindows`)."""
+    if cfg.eval.score_when != "moving":
         return np.ones(len(coll["interval"]), dtype=bool)
-    return lookup(coll["session"], coll["interval"])
-
-
-class MovingWindows:
-    """Which windows (session index, end time) move: every 50 ms bin of the current window has
-    smoothed speed above ``eval.moving_threshold`` (:func:`neurofm.evaluation.moving_mask`).
-
-    With a moving rule the behaviour labels that count are the moving ones everywhere: the
-    model's behaviour loss (training), validation R2 (model selection), every baseline's fit and
-    the test score. Trained on rest too, every decoder learns the rest position (the animal
-    parked at one end of linear-track) and scores below the null on the moving test windows
-    (DESIGN.md 8: ridge trained on rest bins too, R2 -1.28).
-    """
-
-    def __init__(self, grids: list[tuple[np.ndarray, float, np.ndarray]], window_curr: float):
-        self.grids, self.window_curr = grids, float(window_curr)  # per session: (bin starts, bin size, moving)
-
-    @classmethod
-    def for_run(cls, cfg: RunConfig, dm) -> "MovingWindows | None":
-        e = cfg.eval
-        if e.moving_threshold <= 0:
-            return None
-        from neurofm.evaluation import DecodingProtocol, session_position_data
-
-        protocol = DecodingProtocol(behavior=e.moving_behavior, speed_threshold=e.moving_threshold,
-                                    smooth_s=e.speed_smooth_s)
-        grids = []
-        for session in dm.sessions:
-            d = session_position_data(session, protocol)
-            grids.append((d.bin_times, d.bin_size, d.moving))
-        return cls(grids, cfg.model.window.curr)
-
-    def __call__(self, session, interval):
-        as_torch = isinstance(interval, torch.Tensor)
-        sess = session.detach().cpu().numpy() if as_torch else np.asarray(session)
-        ivl = interval.detach().cpu().double().numpy() if as_torch else np.asarray(interval, dtype=np.float64)
-        out = np.zeros(len(ivl), dtype=bool)
-        for s_idx, (bin_times, bin_size, moving) in enumerate(self.grids):
-            sel = np.flatnonzero(sess == s_idx)
-            if not len(sel):
-                continue
-            n_bins = len(bin_times)
-            ends = ivl[sel] - 1e-9
-            starts = ivl[sel] - self.window_curr + 1e-9
-            i0 = np.searchsorted(bin_times + bin_size, starts, side="right")  # first bin ending after start
-            i1 = np.searchsorted(bin_times, ends, side="left")  # one past the last bin starting before end
-            still = np.concatenate([[0], np.cumsum(~moving)])
-            inside = (starts >= bin_times[0]) & (ends <= bin_times[-1] + bin_size) & (i1 > i0)
-            out[sel] = inside & (still[np.clip(i1, 0, n_bins)] - still[np.clip(i0, 0, n_bins)] == 0)
-        return torch.from_numpy(out).to(interval.device) if as_torch else out
+    return MovingWindows(cfg, dm.sessions)(coll["session"], coll["interval"])
 
 
 def _window_counts(batch, n_units: int) -> np.ndarray:
@@ -735,21 +1108,30 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 
     # generation: window F1 vs a mean-rate Poisson generator
     if cfg.eval.generate_windows > 0:
+        from neurofm.plots import unit_order
+
+        tuning = next((v for v in regression if v in train["beh_true"]), None)  # raster rows by preferred value
+        order = unit_order(train["counts"][:, :n_units], None if tuning is None else
+                           np.where(train["beh_mask"][tuning][:, None], train["beh_true"][tuning], np.nan),
+                           behavior_name=tuning or "behaviour")
         gen_metrics, gen_base = _generation_metrics(cfg, model, test["batches"], train_unit_counts,
-                                                    len(train["interval"]), run_dir)
+                                                    len(train["interval"]), run_dir, raster_order=order)
         results.update(gen_metrics)
         for k, v in gen_base.items():
             baselines.setdefault("mean-rate Poisson generator", {})[k] = v
 
     for name in test["beh_pred"]:
-        if name in regression and name in test["beh_true"]:
-            _decoding_plot(name, test, run_dir)
+        if name in regression and name in test["beh_true"] and f"{name}_r2" in results:
+            _decoding_plot(name, test, scored, results[f"{name}_r2"],
+                           {k: row[f"{name}_r2"] for k, row in baselines.items() if f"{name}_r2" in row},
+                           _behavior_unit(dm, name), run_dir)
     d = cfg.data
     return {
         "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
-        "protocol": _protocol(cfg, dm),
+        "protocol": _protocol(cfg, dm, scored),
+        "tokenizer": block_size_report(cfg),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
         "data": {"description": "simulated recurrent spiking network (neurofm simulate spikes)" if not d.sessions
                  else "session files: " + ", ".join(Path(p).name for p in d.sessions),
@@ -769,7 +1151,9 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     so the probe reads that model's own features."""
     if not cfg.task.pretrained:
         return None
-    frozen = build_model(cfg, dm).eval()
+    # the pretrained weights also for a --from-scratch run: the probe is the same arm in both
+    pretrained = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, from_scratch=False))
+    frozen = build_model(pretrained, dm).eval()
     train = _collect(frozen, _train_windows_loader(dm))
     test_f = _collect(frozen, dm._loader("test", train=False))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
@@ -779,8 +1163,8 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
 
 def _scored_text(cfg: RunConfig, dm) -> str:
     e = cfg.eval
-    if e.moving_threshold > 0:
-        return (f"moving test windows: speed (sigma {e.speed_smooth_s:g} s) > {e.moving_threshold:g} "
+    if e.score_when == "moving":
+        return (f"moving test windows: speed (sigma {e.speed_smooth_s:g} s) > {e.moving_threshold:.4g} "
                 f"{_behavior_unit(dm, e.moving_behavior)}/s in every 50 ms bin")
     return "every test window"
 
@@ -824,7 +1208,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
                          block_s=block_s, notes=notes, seed=cfg.eval.seed)
 
 
-def _protocol(cfg: RunConfig, dm) -> str:
+def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
     names = ("train", "valid", "test")
@@ -837,19 +1221,30 @@ def _protocol(cfg: RunConfig, dm) -> str:
             f"all metrics on the test block; baselines fitted on the training block")
     t = cfg.task
     if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
-        text += (f"; fine-tuned {'from ' + str(t.pretrained) if t.pretrained else 'from scratch'} for at most "
+        start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
+        text += (f"; fine-tuned {start} for at most "
                  f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
                  f"x{t.head_lr_ratio:g}, the checkpoint with the best validation R2 evaluated")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
-    if e.moving_threshold > 0:
+    elif cfg.model.behavior_targets():
+        text += "; behaviour labels on every training window (100%), for the model and ridge"
+    if cfg.task.from_scratch:
+        text += f"; model trained from random init in the shape of {cfg.task.pretrained} (from scratch)"
+    n = "" if scored is None else f"{int(scored.sum())} of {len(scored)} "
+    if not cfg.model.behavior_targets():
+        pass
+    elif e.score_when != "moving":
+        text += f"; behaviour scored on {n or 'all '}test windows (all, as on the validation block)"
+    else:
         field = f"behavior/{e.moving_behavior}"
         unit = dm.sessions[0].h5[field].attrs.get("unit", "") if field in dm.sessions[0].h5 else ""
         unit = (unit.decode() if isinstance(unit, bytes) else str(unit)) or "units"
         unit = {"pixels": "px", "pixel": "px"}.get(unit, unit)
-        text += (f"; behaviour scored on moving test windows only (every 50 ms bin of the current window with "
-                 f"speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, > {e.moving_threshold:g} {unit}/s)")
+        text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "
+                 f"(every 50 ms bin of the current window with speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, "
+                 f"> {e.moving_threshold:.4g} {unit}/s)")
     return text
 
 
@@ -868,7 +1263,7 @@ def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride:
         return Ridge().fit(X, Y).predict(X_test)
 
 
-def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir):
+def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir, raster_order=None):
     from neurofm import metrics as M
 
     n_units = model.config.n_units
@@ -894,11 +1289,12 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     results.update(generated_spikes_per_window=float(np.mean([len(g) for g in gen_sets])),
                    recorded_spikes_per_window=float(np.mean([len(t) for t in true_sets])))
     base = {f"window_{k}": float(base_f1[k]) for k in ("f1", "precision", "recall")}
-    _raster_plot(cfg, gen_all, batches, run_dir, n_units)
+    _raster_plot(cfg, gen_all, batches, run_dir, n_units, order=raster_order,
+                 unit_names=[u.split("/", 1)[-1] for u in model.config.units] or None)
     return results, base
 
 
-def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int) -> None:
+def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int, order=None, unit_names=None) -> None:
     from neurofm import plots
 
     intervals = np.concatenate([np.asarray(g.interval) for g in gens])
@@ -925,14 +1321,43 @@ def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int) -> None:
     t0 = float(intervals[keep].min() - cfg.model.window.curr)
     t1 = float(intervals[keep].max())
     plots.raster_compare(np.concatenate(rt), np.concatenate(ru), np.concatenate(gt), np.concatenate(gu), t0, t1,
-                         n_units=n_units, title="Held-out windows: recorded vs generated (teacher-forced past)",
+                         None if order is None else order[0], n_units=n_units,
+                         unit_labels=unit_names if unit_names and len(unit_names) == n_units else None,
+                         order_label=None if order is None else order[1],
+                         title="Held-out windows: recorded vs generated (teacher-forced past)",
                          path=run_dir / "plots" / "raster_recorded_vs_generated.png")
 
 
-def _decoding_plot(name: str, test: dict, run_dir: Path) -> None:
+def _behavior_unit(dm, name: str) -> str:
+    """The ``unit`` attr of ``/behavior/<name>`` in the first session ("" when absent)."""
+    field = f"behavior/{name}"
+    h5 = dm.sessions[0].h5
+    unit = h5[field].attrs.get("unit", "") if field in h5 else ""
+    return unit.decode() if isinstance(unit, bytes) else str(unit)
+
+
+def _decoding_plot(name: str, test: dict, scored: np.ndarray, r2: float, baseline_r2: dict, unit: str,
+                   run_dir: Path):
+    """True vs decoded ``name`` over the first session's labelled test windows, against time
+    (each window's end, s); windows left out of scoring shaded; R2 and baselines' R2 on top."""
     from neurofm import plots
 
     true, pred, mask = test["beh_true"][name], test["beh_pred"][name], test["beh_mask"][name]
-    t = np.arange(len(true), dtype=float)
-    plots.decoding_trace(t[mask], true[mask], pred[mask], title=f"Decoded {name} (test windows)",
+    keep = mask & (test["session"] == test["session"][0])
+    t = test["interval"][keep]
+    order = np.argsort(t, kind="stable")
+    keep_idx = np.flatnonzero(keep)[order]
+    if len(keep_idx) < 2:
+        return None
+    n_scored = int((scored & mask).sum())
+    # an R2 that is undefined on these windows (constant target) is said in the title, not drawn
+    finite = {k: v for k, v in baseline_r2.items() if v is not None and np.isfinite(v)}
+    defined = r2 is not None and bool(np.isfinite(r2))
+    title = f"Decoded {name}, held-out test block ({n_scored:,} scored windows)"
+    if not defined or len(finite) < len(baseline_r2):
+        title += "; R² undefined where not shown (target constant on the scored windows)"
+    return plots.decoding_trace(t[order], true[keep_idx], pred[keep_idx], moving_mask=scored[keep_idx],
+                         r2=r2 if defined else None,
+                         names=[name] if true.ndim == 1 or true.shape[1] == 1 else None, unit=unit,
+                         baseline_r2=finite, title=title,
                          path=run_dir / "plots" / f"decoding_{name}.png")

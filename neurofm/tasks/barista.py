@@ -34,6 +34,8 @@ from neurofm.models.barista import (
     Barista,
     BaristaConfig,
     BaristaEncoder,
+    BaristaFinetuned,
+    BaristaFinetunedConfig,
     ChannelReconstructionHead,
     PooledHead,
     TokenWeightingHead,
@@ -177,6 +179,13 @@ class BaristaFinetuneTask(L.LightningModule):
             stopping (None: no early stopping).
         label_names: classification: the event label of each class index (stored in the
             checkpoint and exported with the model).
+        target_mean, target_std: regression: the training block's mean and standard deviation
+            of each target dimension (D,). The head learns the standardised target
+            ``(y - mean) / std`` (a raw target in the recording's units, e.g. a force of 1e4,
+            leaves the MSE flat at its variance), and predictions are returned in the
+            recording's units. Stored in the checkpoint and exported with the model. None:
+            the target is used as is (mean 0, std 1), with a warning when its scale is far
+            from 1.
     """
 
     def __init__(self, encoder: BaristaEncoder | BaristaConfig | Mapping[str, Any], *, task: str = "classification",
@@ -185,7 +194,8 @@ class BaristaFinetuneTask(L.LightningModule):
                  lr_spatial: float = 1e-3, weight_decay: float = 1e-2, head_dropout: float = 0.1,
                  recon_mask_ratio: float | None = None, recon_mask_scale: str = "channel",
                  pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15,
-                 label_names: Sequence[str] = ()):
+                 label_names: Sequence[str] = (), target_mean: Sequence[float] | None = None,
+                 target_std: Sequence[float] | None = None):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"BaristaFinetuneTask: task must be one of {TASKS}, got {task!r}")
@@ -217,7 +227,16 @@ class BaristaFinetuneTask(L.LightningModule):
             "lr_spatial": lr_spatial, "weight_decay": weight_decay, "head_dropout": head_dropout,
             "recon_mask_ratio": recon_mask_ratio, "recon_mask_scale": recon_mask_scale,
             "early_stopping_patience": early_stopping_patience, "label_names": list(label_names),
+            "target_mean": None if target_mean is None else [float(v) for v in np.ravel(target_mean)],
+            "target_std": None if target_std is None else [float(v) for v in np.ravel(target_std)],
         })
+        mean, std = self.target_scale()
+        if task == "regression" and mean.numel() not in (1, target_dim):
+            raise ValueError(f"BaristaFinetuneTask: target_mean/target_std have {mean.numel()} entries but the "
+                             f"target has {target_dim} dimensions")
+        if (std <= 0).any() or not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError(f"BaristaFinetuneTask: target_std must be positive and finite, got {std.tolist()}")
+        self._scale_warned = target_mean is not None or task != "regression"
         self.encoder.tokenizer.blocks.requires_grad_(not freeze_cnn)
         self._val: list[tuple[Tensor, Tensor]] = []
 
@@ -229,6 +248,14 @@ class BaristaFinetuneTask(L.LightningModule):
         if kwargs.get("task") == "reconstruction":
             kwargs.setdefault("pretrained_head", model)
         return cls(model.export_encoder(), **kwargs)
+
+    def target_scale(self) -> tuple[Tensor, Tensor]:
+        """Regression: ``(mean, std)`` (D,) that map the head's standardised output to the
+        recording's units (``y = mean + std * out``); (0, 1) when none were given."""
+        hp = self.hparams
+        mean = torch.tensor(hp.get("target_mean") or [0.0], dtype=torch.float32)
+        std = torch.tensor(hp.get("target_std") or [1.0], dtype=torch.float32)
+        return mean, std
 
     @property
     def monitor(self) -> str:
@@ -268,17 +295,32 @@ class BaristaFinetuneTask(L.LightningModule):
         if task == "regression":
             if "target" not in batch:
                 raise KeyError("regression fine-tuning needs batch['target'] (B, D) (a behaviour variable)")
-            pred = self(batch).float()
-            y = batch["target"].float().reshape(pred.shape)
+            out = self(batch).float()  # (B, D), standardised units
+            y = batch["target"].float().reshape(out.shape)  # (B, D), the recording's units
             keep = batch.get("target_mask")
             if keep is not None:
-                pred, y = pred[keep.bool()], y[keep.bool()]
-            loss = F.mse_loss(pred, y) if y.numel() else pred.sum() * 0.0
-            return loss, pred.detach(), y
+                out, y = out[keep.bool()], y[keep.bool()]
+            mean, std = (v.to(out.device) for v in self.target_scale())
+            self._check_scale(y)
+            loss = F.mse_loss(out, (y - mean) / std) if y.numel() else out.sum() * 0.0
+            return loss, (out.detach() * std + mean), y
         mask = self.recon_mask(batch, generator)
         pred = self(batch, mask=mask).float()  # (M, n, L)
         y = self.encoder.patches(batch["x"])[mask].float()  # (M, n, L)
         return F.mse_loss(pred, y), pred.detach().reshape(-1, 1), y.reshape(-1, 1)
+
+    def _check_scale(self, y: Tensor) -> None:
+        """Warn once when an unstandardised regression target is far from unit scale."""
+        if self._scale_warned or y.numel() < 2:
+            return
+        self._scale_warned = True
+        rms = float(y.detach().float().pow(2).mean().sqrt())
+        if not 0.01 < rms < 100:
+            import warnings
+
+            warnings.warn(f"BaristaFinetuneTask: the regression target's RMS is {rms:.3g} and no target_mean/"
+                          "target_std were given, so the head must learn that scale and the MSE is dominated by "
+                          "it; pass the training block's statistics (the BaRISTA recipe does)", stacklevel=3)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         loss, _, _ = self._loss(batch)
@@ -318,6 +360,22 @@ class BaristaFinetuneTask(L.LightningModule):
             for group in param_groups(module, hp.weight_decay):
                 groups.append({**group, "lr": lr})
         return adamw(groups, lr=hp.lr_head)
+
+    # -- export --------------------------------------------------------------------------------
+    def export_model(self) -> BaristaFinetuned:
+        """This task's encoder and head as one :class:`~neurofm.models.barista.BaristaFinetuned`
+        (weights copied; what ``save_pretrained`` writes), described by the task's settings."""
+        hp = self.hparams
+        out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
+        config = BaristaFinetunedConfig(encoder=self.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
+                                        n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
+                                        label_names=list(hp.get("label_names", [])),
+                                        target_mean=list(hp.get("target_mean") or []),
+                                        target_std=list(hp.get("target_std") or []))
+        model = BaristaFinetuned(config)
+        model.encoder.load_state_dict(self.encoder.state_dict())
+        model.head.load_state_dict(self.head.state_dict())
+        return model.to(next(self.parameters()).device)
 
     def configure_callbacks(self):
         patience = self.hparams.early_stopping_patience

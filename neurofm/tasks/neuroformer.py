@@ -18,7 +18,7 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -90,12 +90,14 @@ class NeuroformerTask(L.LightningModule):
         label_fraction, label_chunk_s, label_seed: few-shot decoding: only this fraction of the
             training windows keep their behaviour labels, in whole chunks of ``label_chunk_s``
             seconds (:class:`LabelSubset`); validation and test keep all labels.
-        behavior_windows: optional ``(session, interval) -> (B,) bool``: only these windows'
-            behaviour labels count, in training and validation (e.g. moving windows, when
-            only those are scored). Not saved in the checkpoint (the recipe rebuilds it).
         head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
             a randomly initialised head on a pretrained backbone learns faster than the backbone
             may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
+        score_windows: ``(session, interval) -> bool`` per window, or None: the behaviour labels
+            of training and validation windows (loss, R2) count only for these windows, the same
+            kind the test scores (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`:
+            trained on rest too, every decoder learns the rest position and scores below the null
+            on moving test windows). Not saved.
 
     In fine-tuning with regression targets the task names its validation metric
     (:attr:`monitor`: ``val/behavior_r2``, the mean validation R2 over the regression targets),
@@ -123,7 +125,7 @@ class NeuroformerTask(L.LightningModule):
         label_chunk_s: float = 10.0,
         label_seed: int = 0,
         head_lr_ratio: float = 1.0,
-        behavior_windows=None,
+        score_windows: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         super().__init__()
         if model is None and config is None:
@@ -150,8 +152,8 @@ class NeuroformerTask(L.LightningModule):
             "head_lr_ratio": head_lr_ratio,
         })
         self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
-        self.behavior_windows = behavior_windows
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.score_windows = score_windows
         if freeze_backbone:
             self._apply_freezing(n_unfrozen=0)
 
@@ -186,7 +188,9 @@ class NeuroformerTask(L.LightningModule):
         out = self.model(batch)
         losses = self.model.loss(batch, out, terms=self.objectives)
         self._check_finite(losses, batch, stage)
-        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True, sync_dist=stage != "train")
+        # no sync_dist: every rank validates on every window (neurofm.data.datamodule), so each
+        # rank's epoch value already is the single-process one (a sum over ranks would double counts)
+        opts = dict(batch_size=batch_size(batch), on_step=stage == "train", on_epoch=True)
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value.detach(), prog_bar=name == "total", **opts)
         for name, acc in _token_accuracy(batch, out, self.model.config).items():
@@ -197,24 +201,25 @@ class NeuroformerTask(L.LightningModule):
         return losses, out
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        if (self.label_subset is not None or self.behavior_windows is not None) and batch.get("behavior_mask"):
+        if (self.label_subset is not None or self.score_windows is not None) and batch.get("behavior_mask"):
             batch = {**batch, "behavior_mask": self._counted(batch)}
         losses, _ = self._step(batch, "train")
         return losses["total"]
 
     def _counted(self, batch: Mapping[str, Any], few_shot: bool = True) -> dict[str, Tensor]:
         """The behaviour masks with only the windows whose labels count: the few-shot subset
-        (training) and ``behavior_windows`` (e.g. moving windows only, training and validation)."""
+        and ``score_windows`` (e.g. moving windows only: the labels that count are the scored kind)."""
         keep = torch.ones(len(batch["interval"]), dtype=torch.bool, device=batch["id"].device)
         if few_shot and self.label_subset is not None:
             keep &= self.label_subset(batch["session"], batch["interval"]).to(keep.device)
-        if self.behavior_windows is not None:
-            keep &= self.behavior_windows(batch["session"], batch["interval"]).to(keep.device)
+        if self.score_windows is not None:
+            keep &= self.score_windows(batch["session"], batch["interval"]).to(keep.device)
         return {k: m & keep for k, m in batch["behavior_mask"].items()}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        if self.behavior_windows is not None and batch.get("behavior_mask"):
-            batch = {**batch, "behavior_mask": self._counted(batch, few_shot=False)}
+        if self.score_windows is not None and batch.get("behavior_mask"):
+            scored = self.score_windows(batch["session"], batch["interval"]).to(batch["id"].device)
+            batch = {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
         _, out = self._step(batch, "val")
         targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
         for v in self.model.config.behavior_targets():

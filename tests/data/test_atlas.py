@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurofm.data.atlas import (
+from neurofm.atlas import (
     LOBES, N_COORD_BINS, SpatialVocab, coords_to_bins, is_unknown_label, label_to_lobe, lobe_table,
 )
 from neurofm.data.session import Channels

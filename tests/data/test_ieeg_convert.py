@@ -387,3 +387,116 @@ def test_sample_seeg(tmp_path):
     assert any("3 of 101 electrodes" in str(w.message) for w in record)
     with Session(tmp_path / "auto.h5") as s:
         assert s.attrs["electrodes_file"] == str(SEEG_ELECTRODES)
+
+
+# -- behaviour recorded as a channel ------------------------------------------------------------
+
+
+def _raw_with_force(n_t=1000, sfreq=SR):
+    """A small recording: 3 sEEG contacts (volts), a grip-force channel (newtons, a ramp) and an
+    EMG lead (volts)."""
+    rng = np.random.default_rng(0)
+    force = np.linspace(0.0, 5.0, n_t)  # N
+    data = np.vstack([rng.normal(0, 20e-6, (3, n_t)), force[None], rng.normal(0, 50e-6, (1, n_t))])
+    info = mne.create_info(["A1", "A2", "A3", "FORCE", "EMG_R"], sfreq, ["seeg"] * 3 + ["misc", "emg"])
+    return mne.io.RawArray(data, info, verbose="error"), force
+
+
+def _check_moved(out: Path, force: np.ndarray, force_unit: str, as_name="grip", n_t=1000):
+    with Session(out) as s:
+        assert s.channels().names == ["A1", "A2", "A3"] and s.n_channels == 3  # gone from /continuous, /channels
+        assert sorted(s.behavior_names) == sorted([as_name, "EMG_R"])
+        t, v = s.behavior(as_name)
+        np.testing.assert_allclose(t, s.continuous_t_start + np.arange(n_t) / SR)  # the sampling clock
+        np.testing.assert_allclose(v, force, atol=2e-3)  # in the channel's own unit
+        assert s.h5[f"behavior/{as_name}"].attrs["unit"] == force_unit
+        assert s.h5[f"behavior/{as_name}"].attrs["source_channel"] == "FORCE"
+        _, emg = s.behavior("EMG_R")
+        assert s.h5["behavior/EMG_R"].attrs["unit"] in ("µV", "uV") and 5 < emg.std() < 500  # volts -> µV
+
+
+def test_behavior_channels_from_edf(tmp_path):
+    pytest.importorskip("edfio")
+    raw, force = _raw_with_force()
+    edf = tmp_path / "rec.edf"
+    mne.export.export_raw(edf, raw, fmt="edf", verbose="error")
+    convert_ieeg(edf, tmp_path / "s.h5", behavior_channels=["FORCE=grip", "EMG_R"])
+    _check_moved(tmp_path / "s.h5", force, "")  # MNE writes misc channels to EDF without a unit
+    # a missing name is an error listing the channels, and nothing is written
+    with pytest.raises(ConvertError) as err:
+        convert_ieeg(edf, tmp_path / "t.h5", behavior_channels=["GRIP"])
+    msg = str(err.value)
+    assert f"{edf}: --behavior-channel: no channel named 'GRIP'; the 5 channels are: A1, A2, A3, FORCE, EMG_R" in msg
+    assert_nothing_written(tmp_path / "t.h5")
+
+
+def test_behavior_channels_from_brainvision_and_from_a_session_file(tmp_path):
+    pybv = pytest.importorskip("pybv")
+    raw, force = _raw_with_force()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pybv: "BrainVision supports only µV" (MNE reads other units fine)
+        pybv.write_brainvision(data=raw.get_data(), sfreq=SR, ch_names=raw.ch_names, fname_base="rec", folder_out=tmp_path,
+                               unit=["µV", "µV", "µV", "N", "µV"], overwrite=True)  # volts written as µV
+    vhdr = tmp_path / "rec.vhdr"
+    convert_ieeg(vhdr, tmp_path / "s.h5", behavior_channels=["force=grip", "EMG_R"])  # case-insensitive match
+    _check_moved(tmp_path / "s.h5", force, "N")
+
+    # the same from a session file converted before: neurofm convert session IN OUT --behavior-channel
+    from neurofm.cli import main
+
+    convert_ieeg(vhdr, tmp_path / "all.h5")
+    assert main(["convert", "session", str(tmp_path / "all.h5"), str(tmp_path / "moved.h5"),
+                 "--behavior-channel", "FORCE=grip", "--behavior-channel", "EMG_R"]) == 0
+    with Session(tmp_path / "moved.h5") as a, Session(tmp_path / "s.h5") as b:
+        np.testing.assert_array_equal(a.continuous(), b.continuous())
+        assert a.channels().types.tolist() == b.channels().types.tolist() == ["eeg"] * 3  # as BrainVision types them
+        np.testing.assert_allclose(a.behavior("grip")[1], b.behavior("grip")[1])
+        assert a.h5["behavior/grip"].attrs["unit"] == "uV"  # what /continuous stored it in
+    with Session(tmp_path / "all.h5") as s:
+        assert s.n_channels == 5 and not s.behavior_names  # the input is never modified
+    assert main(["convert", "session", str(tmp_path / "all.h5"), str(tmp_path / "x.h5"),
+                 "--behavior-channel", "GRIP"]) == 2
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_behavior_channel_cli_errors(tmp_path, capsys):
+    from neurofm.cli import main
+
+    edf = write_edf(tmp_path / "rec.edf", signal(), NAMES)
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--behavior-channel", "Z9"]) == 2
+    err = capsys.readouterr().err
+    assert "no channel named 'Z9'; the 4 channels are: A1, A2, B1, B2" in err and "NAME=as_name" in err
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--behavior-channel", "A1=x",
+                 "--behavior-channel", "A2=x"]) == 2
+    assert "two channels would become /behavior/x" in capsys.readouterr().err
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5")] + sum(
+        (["--behavior-channel", n] for n in NAMES), [])) == 2
+    assert "would move all 4 channels" in capsys.readouterr().err
+
+
+def test_body_leads_named_like_edf_systems_name_them_are_typed_non_neural(tmp_path):
+    """EKGL/EKGR (a side after the lead) stayed `eeg` and reached the model as brain signal."""
+    names = ["LA1", "LA2", "EKGL", "EKGR", "ECG1", "EMG_L", "E1"]
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=600, n_ch=len(names)), names)
+    with pytest.warns(UserWarning, match=r"4 of 7 channels typed eeg .* \(ecg: EKGL, EKGR, ECG1 \(3\); emg: EMG_L"):
+        convert_ieeg(edf, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        assert s.channels().types.tolist() == ["eeg", "eeg", "ecg", "ecg", "ecg", "emg", "eeg"]
+
+
+def test_behavior_channels_from_bids_and_fif(bids_root, tmp_path):
+    convert_ieeg(bids_root, tmp_path / "bids.h5", behavior_channels=["B2=grip"])
+    with Session(tmp_path / "bids.h5") as s:
+        ch = s.channels()
+        assert ch.names == NAMES[:3] and ch.bad.tolist() == [False, False, True]  # sidecars still line up
+        np.testing.assert_allclose(ch.xyz[:3], [[10, 20, 30], [11, 21, 31], [-5, 2, 3]])
+        t, v = s.behavior("grip")
+        np.testing.assert_allclose(v, signal()[:, 3], atol=1e-3)  # µV, as written
+        assert s.h5["behavior/grip"].attrs["unit"] == "µV" and len(t) == 800
+    raw, force = _raw_with_force()
+    fif = tmp_path / "rec_raw.fif"
+    raw.save(fif, verbose="error")
+    convert_ieeg(fif, tmp_path / "fif.h5", behavior_channels=["FORCE=grip", "EMG_R"])
+    with Session(tmp_path / "fif.h5") as s:
+        assert s.channels().names == ["A1", "A2", "A3"]
+        np.testing.assert_allclose(s.behavior("grip")[1], force, rtol=1e-6)

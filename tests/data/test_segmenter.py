@@ -143,7 +143,7 @@ def test_resampled_segments_keep_the_signal():
 
 
 def test_spatial_indices_from_the_atlas_vocabulary():
-    from neurofm.data.atlas import SpatialVocab
+    from neurofm.atlas import SpatialVocab
 
     ch = _channels(["A1", "A2", "B1"], {"destrieux": ["ctx_lh_G_front_sup", "Unknown", "ctx_rh_S_central"]},
                    xyz=[[1.5, -2.0, 3.0], [np.nan, 0, 0], [10, 10, 10]])

@@ -389,6 +389,21 @@ def test_channel_types_from_names():
         "resp", "bio", "misc", "", "", "", "", "", "", ""]
 
 
+def test_channel_types_from_real_world_names():
+    """Names from clinical EDF/BrainVision exports. Body leads with a side after the lead (EKGL,
+    EKGR: Nihon Kohden / Natus), glued or separated, and leads named after a label ("Chin EMG")
+    are non-neural; names that only CONTAIN the letters after a side or structure prefix
+    (sEEG shafts LEKG.., LEC.., REMG..), grid contacts E1/E2 and shafts DCA, EMGA stay neural."""
+    said = {"EKGL": "ecg", "EKGR": "ecg", "ekgl": "ecg", "ECGR1": "ecg", "ECG1": "ecg", "ECG L": "ecg",
+            "EKG-L": "ecg", "EKG+": "ecg", "ECG2-ECG1": "ecg", "POL EKGR": "ecg", "EEG EKGL-Ref": "ecg",
+            "X1-EKG": "ecg", "EMG_L": "emg", "EMGL": "emg", "EMG RT": "emg", "Chin EMG": "emg", "Rt EMG": "emg",
+            "EOGR": "eog", "EOGLEFT": "eog", "EOG-R": "eog", "TRIGGER": "stim", "DC04": "misc", "Pleth": "bio"}
+    neural = ["LEKG1", "LEKG", "LEC1", "REMG3", "LEMG1", "EKGLA1", "EMGA2", "E1", "E2", "DCA1", "REFL1", "RH 03",
+              "L'3", "Fp1", "STG4", "ST1", "LOF10"]
+    assert dict(zip(said, channel_types_from_names(list(said)))) == said
+    assert channel_types_from_names(neural).tolist() == [""] * len(neural)
+
+
 def test_coordinate_unit_helpers(recwarn):
     assert coordinate_scale("cm", "rec.edf") == 10.0 and coordinate_scale("microns", "rec.edf") == 1e-3
     with pytest.raises(SessionFormatError, match=r"^rec.edf: coordinate_unit: 'px' is not a length unit.*m, cm, mm"):

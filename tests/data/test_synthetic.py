@@ -318,3 +318,76 @@ def test_cli_simulate(tmp_path, capsys):
     with Session(out) as s:
         assert s.n_channels == 6 and s.sampling_rate == 200.0
         assert json.loads(s.attrs["generator_params"])["line_noise"] is None
+
+
+@pytest.fixture(scope="module")
+def subject_files(tmp_path_factory) -> list[Path]:
+    return synthetic.simulate_ieeg_subjects(tmp_path_factory.mktemp("subjects"), 4, duration=(90.0, 90.0, 90.0, 60.0),
+                                            sampling_rate=256.0, seed=2)
+
+
+def test_subjects_share_parcels_but_not_coordinates(subject_files):
+    from neurofm.atlas import SpatialVocab
+
+    channels = []
+    for p in subject_files:
+        with Session(p) as s:
+            channels.append(s.channels())
+            assert s.behavior_names == ["grip_force"] and "word_onset" in s.event_names
+    labels = [set(ch.regions["destrieux"]) - {"Unknown", "Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter"}
+              for ch in channels]
+    assert len({frozenset(x) for x in labels}) > 1  # each subject its own layout
+    assert labels[-1] <= set().union(*labels[:-1])  # the held-out subject's parcels were all seen
+    vocab = SpatialVocab.from_channels(channels[:-1])
+    held = vocab.encode(channels[-1])
+    grey = np.isin(channels[-1].regions["destrieux"], sorted(labels[-1]))
+    assert (held["parcel"][grey] > 0).all()  # every grey-matter contact maps to a pretrained parcel row
+    # the same region sits at different coordinates in different subjects (own space, own placement)
+    region = sorted(set.intersection(*labels))[0]
+    centres = [np.asarray(ch.xyz)[np.asarray(ch.regions["destrieux"]) == region].mean(0) for ch in channels]
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 3.0
+
+
+def test_subject_grip_force_follows_behaviour_region_high_gamma(subject_files):
+    from neurofm.baselines import band_power
+
+    with Session(subject_files[0]) as s:
+        x = s.continuous()
+        fs = s.sampling_rate
+        regions = np.asarray(s.channels().regions["destrieux"])
+        ts, force = s.behavior("grip_force")
+        assert s.h5["behavior/grip_force"].attrs["unit"] == "mN" and force.min() >= 200.0
+    x = np.asarray(x, dtype=np.float64)
+    motor = np.isin(regions, synthetic.IEEG_BEHAVIOR_REGIONS)
+    assert motor.any()
+    seg = int(fs)
+    n = len(x) // seg
+    segs = x[: n * seg].reshape(n, seg, -1).transpose(0, 2, 1)  # (n, C, T)
+    hg = band_power(segs, fs, {"hg": (70.0, 120.0)})[..., 0]  # (n, C) log power
+    f = np.array([force[(ts >= i) & (ts < i + 1)].mean() for i in range(n)])
+    r_motor = np.corrcoef(hg[:, motor].mean(1), f)[0, 1]
+    r_other = np.corrcoef(hg[:, ~motor & np.char.startswith(regions.astype(str), "ctx")].mean(1), f)[0, 1]
+    assert r_motor > 0.6 and r_motor > r_other + 0.3
+
+
+def test_subjects_reproducible_and_single_subject_default_unchanged(tmp_path, subject_files):
+    again = synthetic.simulate_ieeg_subjects(tmp_path / "again", 4, duration=(90.0, 90.0, 90.0, 60.0),
+                                             sampling_rate=256.0, seed=2)
+    with Session(again[1]) as a, Session(subject_files[1]) as b:
+        assert np.array_equal(np.asarray(a.h5["continuous/data"]), np.asarray(b.h5["continuous/data"]))
+    with pytest.raises(ValueError, match="n_subjects"):
+        synthetic.simulate_ieeg_subjects(tmp_path / "one", 1)
+    with pytest.raises(ValueError, match="behavior_regions"):
+        synthetic.simulate_ieeg(tmp_path / "b.h5", n_regions=8, duration=10.0, behavior="grip_force")
+
+
+def test_cli_simulate_subjects(tmp_path, capsys):
+    from neurofm.cli import main
+
+    assert main(["simulate", "ieeg", str(tmp_path / "subs"), "--subjects", "3", "--duration", "20",
+                 "--sampling-rate", "128"]) == 0
+    assert "hold out sub-03.h5" in capsys.readouterr().out
+    paths = sorted((tmp_path / "subs").glob("sub-*.h5"))
+    assert len(paths) == 3
+    with Session(paths[2]) as s:
+        assert s.n_channels == 30 and s.behavior_names == ["grip_force"]

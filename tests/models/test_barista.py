@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neurofm.data.atlas import SpatialVocab
+from neurofm.atlas import SpatialVocab
 from neurofm.models.barista import (
     Barista, BaristaConfig, BaristaEncoder, ChannelReconstructionHead, CNNTokenizer, PooledHead,
-    TokenWeightingHead, _PatchConv, spatial_mask,
+    TokenWeightingHead, spatial_mask,
 )
 
 
@@ -61,7 +61,7 @@ def test_config_json_round_trip_and_validation():
     again = BaristaConfig.from_dict(d)
     assert again == cfg and again.cnn_dilations == (1, 2, 4, 8, 16)
     assert BaristaEncoder(d).spatial_vocab == vocab
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match="key 'n_embd': unknown field"):
         BaristaConfig.from_dict({**d, "n_embd": 3})
     with pytest.raises(ValueError, match="encode_scale"):
         BaristaConfig(encode_scale="region")
@@ -73,31 +73,23 @@ def test_config_json_round_trip_and_validation():
 
 # -- tokenizer ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("P, L, k, d", [(3, 20, 3, 1), (3, 20, 3, 4), (1, 20, 3, 4), (2, 10, 3, 16), (4, 12, 5, 3)])
-def test_patch_conv_matches_conv1d_and_gradcheck(P, L, k, d):
-    """Per-patch 'same' convolution, incl. shifts longer than a patch and a single patch."""
-    torch.manual_seed(0)
-    x = torch.randn(2, P, L, dtype=torch.double, requires_grad=True)  # (C_in, P, L)
-    w = torch.randn(3, 2, k, dtype=torch.double, requires_grad=True)
-    b = torch.randn(3, dtype=torch.double, requires_grad=True)
-    ref = F.conv1d(x.transpose(0, 1), w, b, padding=d * (k - 1) // 2, dilation=d).transpose(0, 1)
-    assert torch.allclose(_PatchConv.apply(x, w, b, d), ref, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda x, w, b: _PatchConv.apply(x, w, b, d), (x, w, b))
-
-
-def test_tokenizer_equals_conv1d_reference_with_gradients():
+def test_tokenizer_fast_kernels_equal_the_conv1d_reference_with_gradients():
+    """The switch: fast_kernels (patch convolution, recomputed chunks) vs nn.Conv1d + torch
+    checkpoint, same weights: same tokens, same gradients."""
     torch.manual_seed(0)
     cfg = BaristaConfig(d_model=8, patch_len=64, cnn_chunk=7)  # the published CNN on 64-sample patches
     tok = CNNTokenizer(cfg)
+    plain = CNNTokenizer(cfg.replace(fast_kernels=False))
+    plain.load_state_dict(tok.state_dict())
     assert sum(p.numel() for p in tok.blocks.parameters()) == 616
     p = torch.randn(20, 64)
     out = tok(p)
-    ref = tok.reference_forward(p)
+    ref = plain(p)
     assert out.shape == (20, 8)
     assert torch.allclose(out, ref, atol=1e-5)
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, list(tok.parameters()), g)
-    ref_grads = torch.autograd.grad(ref, list(tok.parameters()), g)
+    ref_grads = torch.autograd.grad(ref, list(plain.parameters()), g)
     for a, r in zip(grads, ref_grads):
         assert torch.allclose(a, r, atol=1e-4 * max(1.0, float(r.abs().max())))
     with pytest.raises(ValueError, match="patch_len"):
@@ -139,6 +131,27 @@ def test_recomputed_mlp_matches_plain_mlp():
     for u, v in zip(torch.autograd.grad(ya, [xa] + list(a.parameters()), g),
                     torch.autograd.grad(yb, [xb] + list(b.parameters()), g)):
         assert torch.allclose(u, v, atol=1e-5)
+
+
+def test_fast_kernels_switch_keeps_the_pretraining_loss_and_gradients():
+    """The whole model with fast_kernels on (default) and off (plain PyTorch): same loss, same
+    gradient for every parameter, with the CNN checkpointed as in training."""
+    cfg = small(checkpoint_cnn=True)
+    torch.manual_seed(0)
+    fast = Barista(cfg)
+    plain = Barista(cfg.replace(fast_kernels=False))
+    plain.load_state_dict(fast.state_dict())
+    batch = make_batch(cfg, n_real=[8, 5, 6])
+    mask = fast.choose_mask(batch, torch.Generator().manual_seed(1))
+    lf, lp = fast.pretrain_loss(batch, mask)["loss"], plain.pretrain_loss(batch, mask)["loss"]
+    assert torch.allclose(lf, lp, rtol=1e-5)
+    lf.backward()
+    lp.backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        if a.grad is None:
+            assert b.grad is None, name
+            continue
+        assert torch.allclose(a.grad, b.grad, atol=1e-5 * max(1.0, float(b.grad.abs().max()))), name
 
 
 def test_tokenizer_is_univariate_per_patch():

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from neurofm.data.datasets import pack_spikes
-from neurofm.models.neuroformer import N_SPECIAL, Neuroformer, synthetic_batch, window_count_features
+from neurofm.models.neuroformer import N_SPECIAL, Neuroformer, window_count_features
+from neurofm.testing import synthetic_batch
 from tests.models.test_neuroformer import tiny_config
 
 POS = dict(name="position", dim=2, target=True, count_bin=0.01)

@@ -1,7 +1,7 @@
 """Neuroformer model: contract, masking, caching, generation and the reference-bug fixes.
 
 Batches are built by hand following the collate contract (DESIGN.md shared contracts), with
-``window_tokens`` / ``synthetic_batch`` from the model module for the token layout.
+``neurofm.tokens.window_sequences`` / ``neurofm.testing.synthetic_batch`` for the token layout.
 """
 
 import dataclasses
@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from neurofm.data.datasets import pack_spikes
+from neurofm.models import neuroformer_generate
 from neurofm.models.neuroformer import (
     EOS, PAD, SOS, Neuroformer, NeuroformerConfig, StimulusConfig, info_nce, masked_mean,
-    synthetic_batch, window_tokens,
 )
+from neurofm.testing import synthetic_batch
+from neurofm.tokens import window_sequences
 
 N_UNITS = 12
 
@@ -86,7 +88,7 @@ def test_config_json_roundtrip_and_derived_vocab():
 def test_config_rejects_unknown_and_invalid_fields():
     with pytest.raises(ValueError, match="unknown field"):
         NeuroformerConfig.from_dict({"n_units": 3, "n_layers": 2})
-    with pytest.raises(ValueError, match="layers: unknown"):
+    with pytest.raises(ValueError, match="NeuroformerConfig.layers: key 'cross': unknown field"):
         tiny_config(layers={"cross": 1})
     with pytest.raises(ValueError, match="divisible"):
         tiny_config(n_embd=30)
@@ -439,7 +441,7 @@ def test_top_k_one_is_greedy():
 
 
 def test_sampler_frequencies_top_p_and_top_k():
-    from neurofm.models.neuroformer import _sample
+    from neurofm.models.neuroformer_generate import _sample
 
     p = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = p.log().expand(20_000, 4)
@@ -468,7 +470,7 @@ def _corrupt_past(b, c, rows):
     return b2
 
 
-def test_free_running_never_reads_the_true_past_reference_bug():
+def test_free_running_never_reads_the_true_past_reference_bug(monkeypatch):
     """Reference "free-running" fed the true previous window. Here the previous window of every
     window after the first of its chain comes from the model's own spikes."""
     c = full_config()
@@ -479,11 +481,12 @@ def test_free_running_never_reads_the_true_past_reference_bug():
     assert all(np.array_equal(x, y) for x, y in zip(free.tokens, free_c.tokens))
     # teacher forcing, by contrast, reads the batch's previous windows as they are
     seen = []
-    original = m._sample_windows
-    m._sample_windows = lambda sub, **kw: (seen.append(sub["id_prev"]), original(sub, **kw))[1]
-    m.generate(corrupted, mode="teacher_forced", seed=1)
+    original = neuroformer_generate.sample_windows
+    with monkeypatch.context() as patch:
+        patch.setattr(neuroformer_generate, "sample_windows",
+                      lambda model, sub, **kw: (seen.append(sub["id_prev"]), original(model, sub, **kw))[1])
+        m.generate(corrupted, mode="teacher_forced", seed=1)
     assert torch.equal(seen[0][:, :seen[0].shape[1]], corrupted["id_prev"][:, :seen[0].shape[1]])
-    del m._sample_windows
     # without the seed past, even the first window ignores the batch's previous windows
     all_c = _corrupt_past(b, c, rows=[0, 1, 2, 3])
     a = m.generate(b, mode="free_running", seed=2, seed_prev=False)
@@ -495,34 +498,35 @@ def test_free_running_previous_window_is_the_generated_window(monkeypatch):
     c = full_config()
     m, b = model_for(c), batch_for(c, b=3)
     seen = []
-    original = m._sample_windows
+    original = neuroformer_generate.sample_windows
 
-    def spy(sub, **kw):
+    def spy(model, sub, **kw):
         seen.append({k: sub[k].clone() for k in ("id_prev", "dt_prev", "interval")})
-        return original(sub, **kw)
+        return original(model, sub, **kw)
 
-    monkeypatch.setattr(m, "_sample_windows", spy)
+    monkeypatch.setattr(neuroformer_generate, "sample_windows", spy)
     out = m.generate(b, mode="free_running", seed=4)
     assert len(seen) == 3  # one chain of three consecutive windows: three waves of one window
     for w in (1, 2):
         prev = seen[w]
         real = prev["id_prev"][0] >= 3
-        # window w-1 spans exactly window w's previous window (curr == prev): same offsets
-        expected = window_tokens(torch.as_tensor(out.dt[w - 1]), torch.as_tensor(out.tokens[w - 1]),
-                                 c.block_size.prev_id, c)
-        exp_real = expected["id"] >= 3
-        assert torch.equal(prev["id_prev"][0][real], expected["id"][exp_real])
-        assert torch.equal(prev["dt_prev"][0][real], expected["dt"][exp_real])
+        # window w-1 spans exactly window w's previous window (curr == prev): same offsets, in
+        # the token order (dt bin, then unit), the latest block - 2 kept
+        dts, toks = np.asarray(out.dt[w - 1]), np.asarray(out.tokens[w - 1])
+        order = np.lexsort((toks, dts))[-(c.block_size.prev_id - 2):]
+        assert prev["id_prev"][0][real].tolist() == toks[order].tolist()
+        assert prev["dt_prev"][0][real].tolist() == dts[order].tolist()
 
 
 def test_generated_spikes_write_a_session(tmp_path):
     from neurofm.data.session import Session
+    from neurofm.recipes.neuroformer import write_generated
 
     c = tiny_config()
     m, b = model_for(c), batch_for(c)
     g = m.generate(b, seed=0)
     units = [f"u{i}" for i in range(N_UNITS)]
-    path = g.to_session(tmp_path / "gen.h5", units, session_id="generated")
+    path = write_generated(g, tmp_path / "gen.h5", units, session_id="generated")
     times, unit_index = g.spikes()
     with Session(path) as s:
         t, u = s.spikes()
@@ -540,12 +544,18 @@ def test_stage_parameters_cover_every_parameter_once():
     assert set(ids) == {id(p) for p in m.parameters()}
 
 
-def test_window_tokens_layout_and_overflow():
+def test_window_sequences_layout_and_overflow():
+    """The one window construction (tokenizer, generation, synthetic batches) in the model's
+    vocabulary: SOS with dt 0, time order then unit order, EOS with EOS_dt, latest spikes kept."""
     c = tiny_config()
-    offsets = torch.tensor([2, 0, 0, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3])
-    units = torch.tensor([5, 9, 4, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11]) + 3
-    t = window_tokens(offsets, units, 12, c)
-    assert t["n_dropped"] == 3  # 13 spikes, room for 10: the 3 earliest go
-    assert t["id"][0] == SOS and t["dt"][0] == 0 and t["id"][-1] == EOS and t["dt"][-1] == c.eos_dt
-    assert t["dt"][1:-1].tolist() == [2] + [3] * 9  # time order kept, latest spikes kept
-    assert torch.equal(t["target_id"][:-1], t["id"][1:]) and t["target_id"][-1] == PAD
+    offsets = np.array([2, 0, 0, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3])
+    units = np.array([5, 9, 4, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11]) + 3
+    order = np.argsort(offsets, kind="stable")
+    ids, dts, n_dropped = window_sequences(offsets[order] * c.window.dt, units[order], np.zeros(1),
+                                           np.array([c.window.curr + c.window.dt]), 12, c.window.dt, c.dt_max)
+    ids, dts = ids[0], dts[0]  # (13,): input [:12], target [1:]
+    assert n_dropped[0] == 3  # 13 spikes, room for 10: the 3 earliest go
+    assert ids[0] == SOS and dts[0] == 0 and ids[11] == EOS and dts[11] == c.eos_dt
+    assert dts[1:11].tolist() == [2] + [3] * 9  # time order kept, latest spikes kept
+    assert ids[4:11].tolist() == [u + 3 for u in (5, 6, 7, 8, 9, 10, 11)]  # unit order inside a bin
+    assert ids[12] == PAD and dts[12] == c.pad_dt

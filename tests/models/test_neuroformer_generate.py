@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from neurofm.models.neuroformer import (
-    EOS, PAD, SOS, Neuroformer, NeuroformerConfig, _close_windows, _sample, _sort_descending, synthetic_batch,
-)
+from neurofm.models.neuroformer import EOS, PAD, SOS, Neuroformer, NeuroformerConfig
+from neurofm.models.neuroformer_generate import _close_windows, _sample, _sort_descending
+from neurofm.testing import synthetic_batch
 from neurofm.nn.transformer import CrossKVCache
 
 

@@ -131,3 +131,37 @@ def test_single_query_decoding_step_matches_full_attention(batch):
     assert step[0].abs().max() == 0
     ref = _reference(q_all[:, :, -1:], k, v, kpm[:, None, None, :].expand(batch, h, 1, n))
     torch.testing.assert_close(step.double(), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_dropout_has_the_same_statistics_padded_and_packed():
+    """Attention dropout is post-softmax weight dropout on both layouts (and every backend):
+    over many draws each output's mean is the dropout-free output and its variance the closed
+    form ``p / (1 - p) * sum_j w_ij^2 v_j^2`` (each weight kept with probability 1 - p and
+    scaled by 1 / (1 - p))."""
+    from neurofm.nn.attention import Packed, attention, pack, varlen_attention
+
+    torch.manual_seed(0)
+    p, R, H, Dh = 0.3, 4000, 2, 3
+    lengths = torch.tensor([5, 3, 4])
+    S, L = len(lengths), int(lengths.max())
+    real = torch.arange(L)[None, :] < lengths[:, None]  # (S, L)
+    q, k, v = (torch.randn(S, H, L, Dh, dtype=torch.float64) for _ in range(3))
+    w = torch.softmax((q @ k.transpose(-1, -2) / Dh ** 0.5).masked_fill(~real[:, None, None, :], -torch.inf), -1)
+    mean = w @ v  # (S, H, L, Dh) dropout-free
+    var = p / (1 - p) * (w ** 2) @ (v ** 2)
+    # R independent draws at once: the batch repeated R times (one draw per sample, head, key)
+    rep = lambda t: t.repeat(R, *([1] * (t.dim() - 1)))  # noqa: E731
+    padded = attention(rep(q), rep(k), rep(v), key_padding_mask=rep(real), dropout_p=p).view(R, S, H, L, Dh)
+    seqs = Packed.from_lengths(lengths.repeat(R))
+    flat = [pack(rep(t).transpose(1, 2), rep(real))[0] for t in (q, k, v)]  # (N, H, Dh)
+    packed_out = varlen_attention(*flat, seqs, dropout_p=p)
+    packed = torch.zeros(R * S, L, H, Dh, dtype=torch.float64)
+    packed[rep(real)] = packed_out
+    packed = packed.view(R, S, L, H, Dh).transpose(2, 3)
+    sel = real[:, None, :, None].expand(S, H, L, Dh)
+    for name, draws in (("padded", padded), ("packed", packed)):
+        m, s2 = draws.mean(0), draws.var(0)
+        se = (var / R).sqrt()
+        assert ((m - mean).abs() <= 5 * se + 1e-9)[sel].all(), name
+        rel = (s2 - var).abs() / var.clamp(min=1e-12)
+        assert rel[sel & (var > 1e-6)].max() < 0.15, (name, float(rel[sel].max()))

@@ -35,14 +35,12 @@ def _config(sessions, **task) -> recipe.RunConfig:
 
 
 def test_classifier_knows_its_class_names_and_exports_them(session, tmp_path):
-    from neurofm.models.barista import BaristaFinetuned
-
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     assert task.hparams.label_names == ["nonspeech", "speech"]  # class index order of the data's label map
     assert dm.datasets["train"].reader.label_map == {"nonspeech": 0, "speech": 1}
-    assert BaristaFinetuned.from_task(task).config.label_names == ["nonspeech", "speech"]
+    assert task.export_model().config.label_names == ["nonspeech", "speech"]
     # the names travel in the Lightning checkpoint: `neurofm export CKPT` keeps them
     import lightning as L
 
@@ -110,7 +108,7 @@ def test_demo_config_notches_the_simulated_line_noise(session):
     notches it, and a config that leaves it in every pretraining target is warned."""
     from neurofm.experiment import load_config
 
-    demo = Path(__file__).resolve().parents[2] / "configs" / "barista" / "demo.yaml"
+    demo = "barista/demo"  # the shipped config, by name
     over = [f"data.sessions=[{session}]", "data.segment_s=1.0", "data.n_patches=4", "data.batch_size=32"]
     cfg = recipe.prepare(load_config(demo, over))
     assert cfg.data.line_noise == 60.0
@@ -118,3 +116,96 @@ def test_demo_config_notches_the_simulated_line_noise(session):
     with pytest.warns(UserWarning, match="data.line_noise=60"):
         raw = recipe.prepare(load_config(demo, over + ["data.line_noise=0"]))
     assert notched < 1 and _line_peak(raw) > 5  # measured: 0.09 notched, 20 un-notched
+
+
+@pytest.fixture(scope="module")
+def force_session(tmp_path_factory) -> str:
+    """A session with a continuous grip force (mN) driven by precentral high gamma."""
+    path = tmp_path_factory.mktemp("barista_force") / "force.h5"
+    simulate_ieeg(path, n_channels=N_CHANNELS, duration=150.0, sampling_rate=128.0, n_regions=10, seed=0,
+                  regions=[9, 0, 2, 1], behavior="grip_force")
+    return str(path)
+
+
+def _regression_config(sessions, **task) -> recipe.RunConfig:
+    cfg = from_dict(recipe.RunConfig, {
+        "data": {"sessions": list(sessions), "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0,
+                 "target": "grip_force", "batch_size": 16,
+                 "split": {"train": 0.6, "valid": 0.2, "test": 0.2, "gap": 2.0}},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "encode_scale": "parcel"},
+        "task": {"mode": "finetune", "finetune_task": "regression", **task},
+    }, where="test")
+    return recipe.prepare(cfg)
+
+
+def test_regression_standardises_with_training_block_statistics_and_reports_every_arm(force_session, tmp_path):
+    from neurofm.data.session import Session
+
+    cfg = _regression_config([force_session])
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    with Session(force_session) as s:
+        ts, v = s.behavior("grip_force")
+        train = dm.splits(s)["train"]
+    inside = train.contains(ts, ts)
+    assert task.hparams.target_mean == pytest.approx([v[inside].mean()], rel=1e-6)
+    assert task.hparams.target_std == pytest.approx([v[inside].std()], rel=1e-5)
+    assert task.hparams.target_mean[0] > 200.0  # mN: far from unit scale, so it matters
+    out = recipe.evaluate(cfg, task, dm, tmp_path)  # untrained model: the report's shape and the baseline
+    arms = [row["arm"] for row in out["report"]["rows"]]  # neurofm.report's decode report, shared with spikes
+    assert arms == [recipe.MODEL_ARM, "ridge on band power", "linear probe on the frozen random-init encoder",
+                    "null (training mean)"]
+    assert out["report"]["task"] == "regression" and out["report"]["target"] == "grip_force"
+    assert out["baselines"]["ridge on band power"]["test_r2"] > 0.3  # precentral high gamma carries the force
+    lo, hi = out["metrics"]["test_r2_ci95"]
+    assert lo <= out["metrics"]["test_r2"] <= hi
+    assert out["data"]["test_segments"] == out["report"]["n_windows"] > 10
+    assert "decode report" in (tmp_path / "decode_report.md").read_text()
+    assert out["limitations"] and "ridge on band power" in out["limitations"][0]  # the plain line: it loses
+    assert (tmp_path / "plots" / "decoded_grip_force.png").stat().st_size > 0
+    with pytest.raises(ConfigError, match="no /behavior/speed"):
+        bad = _regression_config([force_session])
+        bad.data.target = "speed"
+        recipe.target_stats(bad, dm)
+
+
+def test_classification_report_and_roc_plot(session, tmp_path):
+    cfg = _config([session])
+    dm = recipe.datamodule(cfg)
+    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path)
+    assert {"logistic on band power", "ridge on band power", "null (chance)"} <= set(out["baselines"])
+    assert out["baselines"]["null (chance)"]["test_auroc"] == 0.5
+    assert out["baselines"]["logistic on band power"]["test_auroc"] > 0.6
+    assert len(out["report"]["verdicts"]) == 4 and "blocks of the test period" in out["protocol"]
+    assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
+
+
+def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, tmp_path):
+    import torch
+
+    pre_cfg = _config([session])
+    pre_cfg.task.mode = "pretrain"
+    pre = recipe.task(pre_cfg, recipe.datamodule(pre_cfg))
+    recipe.export(pre).save_pretrained(tmp_path / "enc")
+    cfg = recipe.prepare(recipe.finetune_config(str(tmp_path / "enc"), [session], events="word_onset",
+                                                from_scratch=True, run_dir=str(tmp_path / "ft")))
+    assert cfg.task.from_scratch and cfg.model.d_model == 16
+    task = recipe.task(cfg, recipe.datamodule(cfg))
+    assert task.encoder.config.to_dict() == pre.export_encoder().config.to_dict()
+    w_pre = pre.export_encoder().backbone.state_dict()
+    w_new = task.encoder.backbone.state_dict()
+    assert any(not torch.equal(w_pre[k], w_new[k]) for k in w_pre)
+
+
+def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(session, tmp_path):
+    cfg = _config([session])
+    cfg.task.mode = "pretrain"
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)  # untrained: its encoder is a random one, so it cannot beat random init
+    out = recipe.evaluate(cfg, task, dm, tmp_path)
+    lo, hi = out["metrics"]["probe_auroc_ci95"]
+    assert lo <= out["metrics"]["probe_auroc"] <= hi
+    assert set(out["baselines"]) == {"random-init encoder, same probe", "ridge on band power"}
+    assert out["baselines"]["ridge on band power"]["probe_auroc"] > 0.6
+    assert len(out["limitations"]) == 1 and "random-init encoder, same probe" in out["limitations"][0]
+    assert "token MEAN" in out["limitations"][0] and "blocks of the test period" in out["protocol"]

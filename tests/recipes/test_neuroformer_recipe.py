@@ -93,8 +93,9 @@ def test_moving_windows_score_only_where_the_animal_moves(tmp_path):
     dm = recipe.datamodule(cfg)
     ends = np.arange(1.0, 59.0, 0.25)
     coll = {"interval": ends, "session": np.zeros(len(ends), dtype=np.int64)}
-    assert recipe._moving_windows(cfg, dm, coll).all()  # threshold 0: every window
-    cfg.eval.moving_threshold = 20.0
+    cfg.eval.score_when = "all"
+    assert recipe._moving_windows(cfg, dm, coll).all()
+    cfg.eval.score_when, cfg.eval.moving_threshold = "moving", 20.0
     moving = recipe._moving_windows(cfg, dm, coll)
     # 100 units/s until 30 s, then still; the 0.5 s smoothing blurs the edge by ~1.5 s
     assert moving[ends < 28.0].all()
@@ -232,7 +233,7 @@ def test_finetune_recipe_defaults_are_the_rule():
     assert r["trainer"]["max_epochs"] == -1 and r["trainer"]["max_steps"] == -1
     from omegaconf import OmegaConf
 
-    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "neuroformer" / "finetune.yaml")
+    yaml = OmegaConf.load(Path(recipe.__file__).resolve().parents[1] / "configs" / "neuroformer" / "finetune.yaml")
     assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 10.0 and yaml.task.step_budget == 0
     assert yaml.trainer.max_epochs == -1 and yaml.trainer.early_stopping_patience == 5
 
@@ -296,10 +297,11 @@ def test_with_a_moving_rule_only_moving_labels_count_in_training_and_validation(
     path = _session(tmp_path / "a.h5", still_after=30.0)
     base = _cfg_dict(_config([path], split={"gap": 1.0}))
     base["eval"]["moving_threshold"] = 20.0
+    base["eval"]["score_when"] = "moving"
     cfg = from_dict(recipe.RunConfig, base, where="t")
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
-    assert isinstance(task.behavior_windows, recipe.MovingWindows)
+    assert isinstance(task.score_windows, recipe.MovingWindows)
     batch = next(iter(dm._loader("train", train=False)))
     kept = task._counted(batch)["position"]
     t = batch["interval"].numpy()
@@ -307,6 +309,7 @@ def test_with_a_moving_rule_only_moving_labels_count_in_training_and_validation(
     assert kept[torch.as_tensor((t > 2.0) & (t < 29.0))].all()  # moving windows keep their labels
     # the same windows, collected, are the scored / fitted ones in evaluation
     coll = {"session": batch["session"].numpy(), "interval": t}
-    np.testing.assert_array_equal(recipe._moving_windows(cfg, dm, coll), task.behavior_windows(coll["session"], t))
-    no_rule = recipe.task(_config([path], split={"gap": 1.0}), dm)
-    assert no_rule.behavior_windows is None
+    np.testing.assert_array_equal(recipe._moving_windows(cfg, dm, coll), task.score_windows(coll["session"], t))
+    base["eval"]["score_when"] = "all"
+    no_rule = recipe.task(from_dict(recipe.RunConfig, base, where="t"), dm)
+    assert no_rule.score_windows is None

@@ -195,3 +195,67 @@ def test_finetune_argument_errors():
     del batch["target"]
     with pytest.raises(KeyError, match="target"):
         task.training_step(batch, 0)
+
+
+class Scaled(Segments):
+    """The rhythm amplitude as a raw target far from unit scale (a force in mN, say)."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        item["target"] = 5000.0 + 2000.0 * item["target"]
+        return item
+
+
+def test_regression_target_is_standardised_and_comes_back_in_the_recordings_units(tmp_path):
+    from neurofm.models.barista import BaristaFinetuned
+
+    torch.manual_seed(0)
+    cfg = tiny()
+    data = Scaled(48, cfg)
+    ys = torch.stack([data[i]["target"] for i in range(len(data))])
+    mean, std = ys.mean(0).tolist(), ys.std(0, unbiased=False).tolist()
+    task = BaristaFinetuneTask(BaristaEncoder(cfg), task="regression", target_mean=mean, target_std=std,
+                               freeze_cnn=False, lr_head=1e-2, lr_backbone=1e-3)
+    batch = next(iter(DataLoader(data, batch_size=48)))
+    loss, pred, y = task._loss(batch)
+    # the loss is on the standardised target (order 1), predictions and truth in mN
+    assert float(loss.detach()) < 10.0 and float(y.mean()) > 1000.0 and float(pred.mean()) > 1000.0
+
+    def fit(t):
+        rec = Record()
+        torch.manual_seed(1)
+        trainer(6, rec).fit(t, DataLoader(data, batch_size=16, shuffle=True), DataLoader(Scaled(24, cfg, seed=1), 24))
+        return rec.val[-1]["val/r2"]
+
+    raw = BaristaFinetuneTask(BaristaEncoder(cfg), task="regression", freeze_cnn=False, lr_head=1e-2,
+                              lr_backbone=1e-3)
+    raw.encoder.load_state_dict(task.encoder.state_dict())
+    raw.head.load_state_dict(task.head.state_dict())
+    with pytest.warns(UserWarning, match="RMS"):
+        r2_raw = fit(raw)
+    r2 = fit(task)
+    assert r2 > 0.1 and r2_raw < -1.0  # the raw 5000 +- 2000 mN target is still far off after the same steps
+    # round trip: the Lightning checkpoint and the exported model keep the statistics
+    tr = trainer(0)
+    tr.strategy.connect(task)
+    tr.save_checkpoint(tmp_path / "reg.ckpt")
+    again = BaristaFinetuneTask.load_from_checkpoint(tmp_path / "reg.ckpt")
+    assert again.hparams.target_mean == mean and again.hparams.target_std == std
+    exported = again.export_model().eval()
+    exported.save_pretrained(tmp_path / "reg")
+    loaded = BaristaFinetuned.from_pretrained(tmp_path / "reg").eval()
+    task.eval()
+    with torch.no_grad():
+        out = task(batch)  # (B, 1) standardised
+        units = loaded(batch)
+    torch.testing.assert_close(units, out * torch.tensor(std) + torch.tensor(mean), rtol=1e-5, atol=1e-2)
+
+
+def test_unstandardised_regression_target_warns():
+    cfg = tiny()
+    task = BaristaFinetuneTask(BaristaEncoder(cfg), task="regression")
+    batch = next(iter(DataLoader(Scaled(8, cfg), batch_size=8)))
+    with pytest.warns(UserWarning, match="target_mean"):
+        task._loss(batch)
+    with pytest.raises(ValueError, match="target_std"):
+        BaristaFinetuneTask(BaristaEncoder(cfg), task="regression", target_mean=[0.0], target_std=[0.0])

@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from neurofm.data.datasets import pack_spikes
-from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig, synthetic_batch
+from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
+from neurofm.testing import synthetic_batch
 from neurofm.tasks.neuroformer import NeuroformerTask
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")

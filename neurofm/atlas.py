@@ -74,7 +74,7 @@ def is_unknown_label(label: Any) -> bool:
 @lru_cache(maxsize=1)
 def lobe_table() -> dict[str, str]:
     """``region name (lower-case, no hemisphere) -> lobe class`` from ``tables/lobes.tsv``."""
-    text = resources.files("neurofm.data").joinpath("tables/lobes.tsv").read_text()
+    text = resources.files("neurofm").joinpath("data/tables/lobes.tsv").read_text()
     table: dict[str, str] = {}
     for row in csv.DictReader(text.splitlines(), delimiter="\t"):
         region, lobe = row["region"].strip().lower(), row["lobe"].strip()

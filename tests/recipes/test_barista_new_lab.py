@@ -1,0 +1,332 @@
+"""BaRISTA on a new lab's recording: the pretrained folder's preprocessing applied (resampling
+included), evaluate on a fine-tuned folder, resume, and the checks that run before training.
+
+Pretrained folders are written by save_pretrained from an untrained encoder (what is checked
+is what travels with it, not what it learned); one tiny pretraining run checks that a run
+writes the preprocessing and resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.data.segmenter import Preprocessing
+from neurofm.data.synthetic import simulate_ieeg
+from neurofm.experiment import evaluate_pretrained, family_of, run
+from neurofm.models.barista import BaristaConfig, BaristaEncoder
+from neurofm.recipes import barista as recipe
+
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1}
+SPLIT = {"train": 0.5, "valid": 0.25, "test": 0.25, "gap": 2.0}
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> dict[str, str]:
+    """The lab the model was pretrained at records at 128 Hz; the new lab at 256 Hz."""
+    out = tmp_path_factory.mktemp("barista_new_lab")
+    paths = {"home": out / "home.h5", "new": out / "new.h5"}
+    simulate_ieeg(paths["home"], n_channels=12, duration=150.0, sampling_rate=128.0, n_regions=4, seed=0)
+    simulate_ieeg(paths["new"], n_channels=10, duration=150.0, sampling_rate=256.0, n_regions=4, seed=1)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def pretrained(sessions, tmp_path_factory) -> str:
+    """An encoder as a pretraining run at 128 Hz with a 60 Hz notch exports it."""
+    cfg = recipe.prepare(from_dict(recipe.RunConfig, {
+        "data": {"sessions": [sessions["home"]], "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0},
+        "model": TINY}, where="test"))
+    dm = recipe.datamodule(cfg)
+    folder = tmp_path_factory.mktemp("pretrained") / "enc"
+    BaristaEncoder(recipe._sized_config(cfg, dm)).save_pretrained(folder)
+    return str(folder)
+
+
+class _Log(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def neurofm_log():
+    handler = _Log()
+    log = logging.getLogger("neurofm")
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield handler.lines
+    log.removeHandler(handler)
+    log.setLevel(old)
+
+
+def _finetune(pretrained, sessions, *over, task="classify", **kw):
+    overrides = [f"data.split.{k}={v}" for k, v in SPLIT.items()] + list(over)
+    return recipe.finetune_config(pretrained, sessions, task=task, events=kw.pop("events", "word_onset"),
+                                  overrides=overrides, **kw)
+
+
+def test_pretrained_folder_carries_its_preprocessing(pretrained):
+    enc = json.loads((Path(pretrained) / "config.json").read_text())["config"]
+    assert (enc["sampling_rate"], enc["n_patches"], enc["patch_len"]) == (128.0, 4, 32)
+    assert enc["preprocessing"] == to_dict(Preprocessing(line_noise=60.0))
+    assert BaristaEncoder.from_pretrained(pretrained).config.preprocessing["line_noise"] == 60.0
+
+
+def test_finetune_applies_it_and_resamples_a_new_labs_recording(pretrained, sessions, neurofm_log):
+    """Before: `segments of 3000 samples, the model expects 5 x 100 = 500` until segment_s and
+    n_patches were repeated by hand, and the 60 Hz notch was lost."""
+    cfg = recipe.prepare(_finetune(pretrained, [sessions["new"]]))
+    d = cfg.data
+    assert (d.sampling_rate, d.segment_s, d.n_patches, d.line_noise) == (128.0, 1.0, 4, 60.0)
+    assert not d.laplacian and not d.drop_non_grey
+    assert any("new.h5: resampling 256 Hz -> 128 Hz" in line for line in neurofm_log)
+    assert any("segments of 4 x 32 samples at 128 Hz = 1 s" in line for line in neurofm_log)
+    assert any("data.line_noise = 60: notch" in line for line in neurofm_log)
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit")
+    batch = next(iter(dm._loader("train", train=False)))
+    assert batch["x"].shape[-1] == 128  # 1 s at the model's 128 Hz, from a 256 Hz recording
+    task = recipe.task(cfg, dm)
+    assert task.encoder.config.preprocessing["line_noise"] == 60.0  # the fine-tune exports it too
+    task.encoder(batch)  # the encoder reads these segments
+
+    # consistent overrides: 2 s = 8 of the model's 250 ms patches; a 50 Hz site's notch
+    neurofm_log.clear()
+    cfg = recipe.prepare(_finetune(pretrained, [sessions["new"]], "data.segment_s=2.0", "data.line_noise=50"))
+    assert (cfg.data.n_patches, cfg.model.n_patches, cfg.data.line_noise) == (8, 8, 50.0)
+    assert cfg.model.preprocessing["line_noise"] == 50.0
+    assert any("data.n_patches" in line and "8 patches (2 s)" in line for line in neurofm_log)
+    assert any("data.line_noise = 50.0 overrides the pretrained model's 60.0" in line for line in neurofm_log)
+
+
+@pytest.mark.parametrize("over, match", [
+    (["data.segment_s=1.1"], r"data.segment_s: 1.1 s is 4.4 patches of the pretrained model \(32 samples = 0.25 s "
+                             r"at 128 Hz\); use a whole number"),
+    (["data.segment_s=2.0", "data.n_patches=4"], r"data.segment_s: 2 s, but data.n_patches = 4 patches .* make 1 s"),
+    (["data.sampling_rate=512"], r"data.sampling_rate: 512 Hz, but the pretrained model .* was trained at 128 Hz: "
+                                 r"its patches are 32 samples = 250 ms .* Leave data.sampling_rate at 0"),
+])
+def test_inconsistent_overrides_name_the_setting(pretrained, sessions, over, match):
+    with pytest.raises(ConfigError, match=match):
+        recipe.prepare(_finetune(pretrained, [sessions["new"]], *over))
+
+
+def test_folder_without_preprocessing_warns(pretrained, sessions, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(pretrained, old)
+    meta = json.loads((old / "config.json").read_text())
+    del meta["config"]["preprocessing"]
+    (old / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="does not record its preprocessing"):
+        cfg = recipe.prepare(_finetune(str(old), [sessions["new"]]))
+    assert cfg.data.line_noise == 0.0 and cfg.data.sampling_rate == 128.0  # the rate is in the model config
+
+
+def test_evaluate_loads_a_barista_finetune(pretrained, sessions, tmp_path):
+    """Before: `model_type 'BaristaFinetuned' has no fine-tuning recipe`. The evaluated model is
+    the fine-tune itself (its head), so its test AUROC is the one the fine-tuning run scored."""
+    cfg = recipe.prepare(_finetune(pretrained, [sessions["new"]]))
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    expected = recipe.evaluate(cfg, task, dm, tmp_path / "run")["metrics"]
+    folder = tmp_path / "ft"
+    recipe.export(task).save_pretrained(folder)
+    assert family_of(folder) == "barista"
+    over = [f"data.split.{k}={v}" for k, v in SPLIT.items()]
+    got = evaluate_pretrained(str(folder), [sessions["new"]], out_dir=tmp_path / "ev", task="decode",
+                              events="word_onset", overrides=over)  # task: the folder's own
+    assert set(got["metrics"]) == set(expected) and "test_auroc" in expected
+    for key in ("test_auroc", "test_accuracy"):
+        assert got["metrics"][key] == pytest.approx(expected[key])
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
+    assert saved["test_auroc"] == pytest.approx(expected["test_auroc"])
+    with pytest.raises(ConfigError, match="is a classification model, not regression; evaluate it with --task "
+                                          "classify"):
+        cfg = recipe.prepare(_finetune(str(folder), [sessions["new"]], task="regress", behavior=["x"]))
+        recipe.task(cfg, recipe.datamodule(cfg))
+
+
+# -- checks before the first training step ----------------------------------------------------------
+
+
+def _edited_copy(src: str, dst: Path, edit) -> str:
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return str(dst)
+
+
+def _pretrain_cfg(sessions, *over):
+    base = {"data": {"sessions": list(sessions), "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0,
+                     "events": "word_onset", "split": SPLIT},
+            "model": TINY, "task": {"mode": "pretrain"}}
+    return from_dict(recipe.RunConfig, base, overrides=list(over), where="test")
+
+
+def test_preflight_missing_events_and_behaviour(sessions, tmp_path):
+    no_events = _edited_copy(sessions["home"], tmp_path / "no_events.h5", lambda f: f["events"].move(
+        "word_onset", "cue"))
+    cfg = recipe.prepare(_pretrain_cfg([sessions["home"], no_events]))
+    with pytest.raises(ConfigError, match=r"data.events: .*no_events.h5 has no /events/word_onset \(its events: "
+                                          r"\['cue'\]\).* or eval.probe_events=none to skip the pretraining probe"):
+        recipe.preflight(cfg)
+    recipe.preflight(recipe.prepare(_pretrain_cfg([sessions["home"], no_events], "eval.probe_events=none")))
+    cfg = recipe.prepare(from_dict(recipe.RunConfig, {
+        "data": {"sessions": [sessions["home"]], "target": "grip", "segment_s": 1.0, "n_patches": 4},
+        "model": TINY, "task": {"mode": "finetune", "finetune_task": "regression"}}, where="test"))
+    with pytest.raises(ConfigError, match=r"data.target: .*home.h5 has no /behavior/grip .*--behavior-channel "
+                                          r"NAME=grip"):
+        recipe.preflight(cfg)
+
+
+def test_preflight_probe_length_follows_the_segment(sessions):
+    """demo.yaml set eval.probe_segment_s: 3.0, so changing only data.segment_s crashed after training."""
+    with pytest.raises(ConfigError, match=r"eval.probe_segment_s: 3 s, but the encoder reads segments of "
+                                          r"data.segment_s = 1 s \(4 x 32 samples\)"):
+        recipe.prepare(_pretrain_cfg([sessions["home"]], "eval.probe_segment_s=3.0"))
+    from neurofm.experiment import load_config
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "barista" / "demo.yaml"
+    cfg = recipe.prepare(load_config(demo, [f"data.sessions=[{sessions['home']}]", "data.segment_s=1.0",
+                                            "data.n_patches=4"]))
+    assert cfg.eval.probe_segment_s in (0.0, 1.0)
+
+
+def test_preflight_events_per_split(sessions, tmp_path):
+    def one_event(f):
+        g = f["events/word_onset"]
+        for key in list(g):
+            values = g[key][()]
+            del g[key]
+            g.create_dataset(key, data=values[:1])
+
+    single = _edited_copy(sessions["home"], tmp_path / "one.h5", one_event)
+    cfg = recipe.prepare(from_dict(recipe.RunConfig, {
+        "data": {"sessions": [single], "events": "word_onset", "segment_s": 1.0, "n_patches": 4, "split": SPLIT},
+        "model": TINY, "task": {"mode": "finetune"}, "trainer": {"early_stopping_patience": 15}}, where="test"))
+    with pytest.raises(ConfigError, match=r"data.events: the train split \(contiguous time blocks by fractions train "
+                                          r"50% / valid 25% / test 25%, 2 s gaps\) has 1 event-locked segment"):
+        recipe.preflight(cfg)
+    # an empty validation split: before, a warning, then Lightning's "val/loss which is not available"
+    cfg = recipe.prepare(_pretrain_cfg([sessions["home"]], "data.split.valid=0.001", "eval.probe_events=none"))
+    with pytest.raises(ConfigError, match=r"data.split.valid: the valid split .* holds 0 segment\(s\) of 1 s; "
+                                          r"val/loss, which checkpointing and early stopping watch, needs at least 1"):
+        recipe.preflight(cfg)
+    # evaluation checks the test split only
+    cfg = recipe.prepare(_pretrain_cfg([sessions["home"]], "data.split.valid=0.001", "eval.probe_events=none"))
+    recipe.preflight(cfg, training=False)
+
+
+def test_preflight_refuses_parcel_encoding_without_atlas(sessions, tmp_path):
+    """Before: every channel got the 'unknown' parcel embedding without a word."""
+    bare = _edited_copy(sessions["home"], tmp_path / "bare.h5", lambda f: [f["channels/region"].pop(k) for k in
+                                                                          list(f["channels/region"])])
+    cfg = recipe.prepare(_pretrain_cfg([bare], "model.encode_scale=parcel"))
+    with pytest.raises(ConfigError, match=r"model.encode_scale: parcel, but no channel of bare.h5 has destrieux atlas "
+                                          r"labels .*--electrodes .*, or choose model.encode_scale=coords"):
+        recipe.preflight(cfg)
+    recipe.preflight(recipe.prepare(_pretrain_cfg([bare], "model.encode_scale=coords")))
+
+
+def test_preflight_refuses_parcels_a_pretrained_model_never_learned(pretrained, sessions, tmp_path):
+    def relabel(f):
+        for key in list(f["channels/region"]):
+            n = len(f[f"channels/region/{key}"])
+            del f[f"channels/region/{key}"]
+            f["channels/region"].create_dataset(key, data=np.array(["ctx_lh_G_cuneus"] * n, dtype=object),
+                                                dtype=h5py.string_dtype())
+
+    other = _edited_copy(sessions["new"], tmp_path / "other.h5", relabel)
+    cfg = recipe.prepare(_finetune(pretrained, [other]))
+    with pytest.raises(ConfigError, match=r"model.encode_scale: parcel, but none of the destrieux labels of other.h5 "
+                                          r"\(e.g. \['ctx_lh_G_cuneus'\]\) is among the \d+ parcels the pretrained "
+                                          r"model learned"):
+        recipe.preflight(cfg)
+
+
+def test_protocol_states_the_split_used(sessions, tmp_path):
+    from neurofm.data.session import set_intervals
+
+    path = tmp_path / "split.h5"
+    shutil.copy(sessions["home"], path)
+    cfg = recipe.prepare(_pretrain_cfg([str(path)]))
+    assert recipe._split_source(cfg).startswith("contiguous time blocks by fractions train 50%")
+    set_intervals(path, {"train": [(0, 80)], "valid": [(82, 110)], "test": [(112, 150)]})
+    assert recipe._split_source(cfg) == "the /intervals/train|valid|test blocks of the session file"
+
+
+# -- resume -------------------------------------------------------------------------------------------
+
+
+def test_barista_run_writes_its_preprocessing_and_resumes(sessions, tmp_path):
+    """Before: `resume: ... model.cnn_dilations: [1, 2, 4, 8, 16] -> (1, 2, 4, 8, 16)` (list vs tuple)."""
+    import torch
+
+    def cfg(epochs):
+        return _pretrain_cfg([sessions["home"]], f"run_dir={tmp_path / 'run'}", f"trainer.max_epochs={epochs}",
+                             "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
+                             "task.warmup_epochs=1", "task.ema_epochs=1", "eval.probe_events=none")
+
+    first = run(cfg(1))
+    assert first.metrics["training"]["epochs"] == 1
+    steps = first.metrics["training"]["steps"]
+    pre = json.loads((first.pretrained_dir / "config.json").read_text())["config"]["preprocessing"]
+    assert pre == to_dict(Preprocessing(line_noise=60.0))
+    second = run(cfg(2))  # resume=auto: continues from last.ckpt under the same config, one more epoch
+    assert second.metrics["training"]["steps"] == 2 * steps
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 * steps
+    with pytest.raises(ConfigError, match=r"model.n_layers: 1 -> 2"):  # a real difference still stops it
+        run(_pretrain_cfg([sessions["home"]], f"run_dir={tmp_path / 'run'}", "trainer.max_epochs=3",
+                          "model.n_layers=2", "eval.probe_events=none", "trainer.accelerator=cpu"))
+
+
+def test_resume_check_compares_configs_as_saved(tmp_path):
+    from neurofm.experiment import check_resume_config, save_config
+
+    cfg = from_dict(recipe.RunConfig, {"model": {"cnn_dilations": [1, 2, 4]}}, where="test")
+    assert isinstance(cfg.model.cnn_dilations, (tuple, list))
+    (tmp_path / "checkpoints").mkdir()
+    save_config(cfg, tmp_path / "config.yaml")
+    model = BaristaConfig(cnn_dilations=(1, 2, 4))  # a tuple, as BaristaConfig makes it
+    import dataclasses
+
+    check_resume_config(dataclasses.replace(cfg, model=model), tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_every_saved_model_class_has_a_recipe():
+    """`neurofm evaluate` / `finetune` pick the recipe by config.json's model_type."""
+    import importlib
+    import pkgutil
+
+    import neurofm.models
+    from neurofm.experiment import FAMILY_OF_MODEL
+    from neurofm.hub import _REGISTRY
+
+    for info in pkgutil.iter_modules(neurofm.models.__path__):
+        importlib.import_module(f"neurofm.models.{info.name}")
+    saved = {name for name, cls in _REGISTRY.items() if cls.__module__.startswith("neurofm.models.")}
+    assert saved == set(FAMILY_OF_MODEL)
+    for name in saved:
+        assert FAMILY_OF_MODEL[name] == _REGISTRY[name].__module__.rsplit(".", 1)[-1]
+
+
+def test_preprocessing_in_a_folder_is_read_strictly(pretrained, sessions, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(pretrained, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["config"]["preprocessing"]["notch_hz"] = 60  # a key this neurofm does not know
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"bad/config.json: preprocessing: .*'notch_hz'"):
+        recipe.prepare(_finetune(str(bad), [sessions["new"]]))

@@ -1,0 +1,353 @@
+"""Neuroformer run defaults that follow from the data and the checkpoint (issue 10, items 1-5):
+block sizes from the spikes-per-window distribution, the moving-window scoring rule and the
+check of the test block before training, the fine-tune config merge (shape from the
+checkpoint, the rest from the run), --from-scratch, CLI override parsing, JSON without NaN.
+Tiny hand-made sessions, no training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm import cli, jsonio
+from neurofm.config import ConfigError, from_dict
+from neurofm.data.session import SessionWriter
+from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction, spikes_per_window,
+                                    window_count_percentiles)
+from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
+from neurofm.recipes import neuroformer as recipe
+
+DURATION = 60.0  # s
+
+
+def _session(path: Path, *, still_after: float = 30.0, rate: float = 5.0, n_units: int = 4, seed: int = 0,
+             burst: bool = False) -> str:
+    """Poisson spikes (``rate`` Hz per unit) and a 1-D position moving at 100 cm/s back and forth
+    until ``still_after`` s, then still. ``burst``: one unit fires 40 extra spikes in 0.2 s every
+    5 s (dense windows that a small block overflows)."""
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(rate * DURATION * n_units)
+    times = rng.uniform(0.0, DURATION, n)
+    units = rng.integers(0, n_units, n)
+    if burst:
+        b = (np.arange(1, 12) * 5.0)[:, None] + rng.uniform(0, 0.2, (11, 40))
+        times, units = np.concatenate([times, b.ravel()]), np.concatenate([units, np.zeros(b.size, dtype=int)])
+    order = np.argsort(times)
+    ts = np.arange(0.0, DURATION, 0.01)
+    x = 200.0 * np.abs(((np.minimum(ts, still_after) * 100.0 / 200.0) % 2.0) - 1.0)
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_units([f"u{i}" for i in range(n_units)])
+        w.add_spikes(times[order], units[order], t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    return str(path)
+
+
+SMALL = {"n_embd": 16, "n_head": 2, "temporal_hidden": 16, "window": {"curr": 0.25, "prev": 0.25, "dt": 0.01},
+         "layers": {"state": 1, "prev_encoder": 1, "state_history": 1, "stimulus_encoder": 0, "stimulus": 0,
+                    "behavior": 0, "self_att": 1},
+         "contrastive": {"enabled": False}}
+
+
+def _config(sessions, model=None, **sections) -> recipe.RunConfig:
+    return from_dict(recipe.RunConfig, {
+        "data": {"sessions": list(sessions), "behavior": ["position"], "batch_size": 16},
+        "model": {**SMALL, "behavior": [{"name": "position", "dim": 1, "task": "regression", "target": True}],
+                  **(model or {})},
+        "task": {"mode": "finetune", "objectives": ["behavior"]},
+        "eval": {"generate_windows": 0},
+        **sections,
+    }, where="test")
+
+
+# -- 1. block sizes from the data ---------------------------------------------------------------
+
+
+def test_block_size_rule_closed_form():
+    # 100 windows: 90 with 2 spikes, 9 with 10, 1 with 100 -> 370 spikes
+    counts = np.array([2] * 90 + [10] * 9 + [100])
+    assert dropped_fraction(counts, 102) == 0.0
+    assert dropped_fraction(counts, 12) == pytest.approx(90 / 370)  # only the 100-spike window overflows
+    # smallest capacity c with overflow <= 0.5% of 370 = 1.85 spikes: c = 99 (1 spike lost), not 98 (2)
+    assert block_size_for(counts) == 101
+    assert block_size_for(counts, max_dropped=0.25) == 12  # 90/370 = 24.3% dropped at capacity 10
+    assert block_size_for(np.zeros(50, dtype=int)) == 4  # silent data: still room for two spikes
+    p = window_count_percentiles(counts)
+    assert p["max"] == 100 and p["p50"] == 2 and p["mean"] == pytest.approx(3.7)
+
+
+def test_block_size_drops_what_the_tokenizer_drops(tmp_path):
+    """The counts and the dropped share are the tokenizer's own: same window edges, same cap."""
+    path = _session(tmp_path / "a.h5", rate=20.0, burst=True)
+    from neurofm.data.session import Session
+
+    with Session(path) as s:
+        times, _ = s.spikes()
+        ends = np.arange(1.0, DURATION, 0.25)
+        counts = spikes_per_window(times, ends - 0.25, ends)
+        block = block_size_for(counts)
+        tok = SpikeTokenizer(0.25, 0.25, 0.01, block, block, UnitVocab.from_sessions([s]))
+        out = tok.tokenize_session(s, ends)
+    kept = (out["id"] >= 3).sum(1)
+    assert np.array_equal(kept + out["n_dropped"], counts)
+    assert out["n_dropped"].sum() / counts.sum() == pytest.approx(dropped_fraction(counts, block))
+    assert dropped_fraction(counts, block) <= 0.005 < dropped_fraction(counts, block - 1)
+
+
+def test_unset_block_sizes_come_from_the_training_windows_and_are_recorded(tmp_path):
+    path = _session(tmp_path / "a.h5", rate=20.0, burst=True)
+    cfg = _config([path])
+    assert (cfg.model.block_size.id, cfg.model.block_size.prev_id) == (0, 0)  # the default: auto
+    resolved = recipe.resolve_block_sizes(cfg)
+    curr, prev = recipe.training_window_counts(resolved)
+    chosen = resolved.model.block_size
+    assert (chosen.id, chosen.prev_id) == (block_size_for(curr), block_size_for(prev))
+    report = recipe.block_size_report(resolved)
+    assert report["dropped_fraction_train"]["curr"] <= 0.005
+    assert report["block_size"] == {"id": resolved.model.block_size.id, "prev_id": resolved.model.block_size.prev_id}
+    # only training windows count: the 80% training block of a 60 s session, 0.25 s stride
+    assert 0.75 * 48 / 0.25 < len(curr) <= 48 / 0.25
+    # the config file of the run holds the chosen numbers
+    from neurofm.experiment import save_config
+
+    save_config(resolved, tmp_path / "config.yaml")
+    assert f"id: {resolved.model.block_size.id}" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="prepare"):
+        recipe.datamodule(cfg)  # unresolved sizes never reach a tokenizer
+
+
+def test_a_block_size_that_drops_over_one_percent_warns_with_the_fraction(tmp_path):
+    path = _session(tmp_path / "a.h5", rate=20.0, burst=True)
+    cfg = _config([path], model={"block_size": {"id": 8, "prev_id": 200}})
+    with pytest.warns(UserWarning, match=r"block_size.id = 8 \(from your setting\) drops \d+\.\d% .*block_size.id=\d+"):
+        out = recipe.resolve_block_sizes(cfg)
+    assert out.model.block_size.id == 8  # the user's setting is kept
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe.resolve_block_sizes(_config([path], model={"block_size": {"id": 200, "prev_id": 200}}))
+
+
+def test_mostly_empty_windows_get_a_longer_window_suggested(tmp_path):
+    path = _session(tmp_path / "a.h5", rate=0.5)  # 4 units x 0.5 Hz = 2 spikes/s: 0.1 per 50 ms window
+    cfg = _config([path], model={"window": {"curr": 0.05, "prev": 0.1, "dt": 0.01}})
+    # ~1.9 spikes/s measured: 4 spikes need 2.1 s, so the next round length, 5 s (prev scaled x100)
+    with pytest.warns(UserWarning, match=r"holds 0\.09 spikes on average.*try model.window.curr=5 "
+                                         r"model.window.prev=10 "):
+        recipe.resolve_block_sizes(cfg)
+    assert recipe.suggest_window(1.5, cfg.model.window) is None
+
+
+def test_inspect_shows_spikes_per_window(tmp_path, capsys):
+    path = _session(tmp_path / "a.h5", rate=20.0)
+    assert cli.main(["inspect", path, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "current  250 ms: p50" in text and "previous 500 ms" in text and "block sizes chosen" in text
+    assert cli.main(["inspect", path, "--json", "--window-curr", "0.25"]) == 0
+    info = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]
+    assert info["window_curr_s"] == 0.25 and 15 < info["curr"]["p50"] < 25  # 80 spikes/s x 0.25 s
+    assert info["curr"]["p90"] + 2 <= info["auto_block_size"]["id"] <= info["curr"]["max"] + 2
+
+
+# -- 2. scoring that cannot mislead -------------------------------------------------------------
+
+
+def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_path):
+    cfg = _config([_session(tmp_path / "a.h5", still_after=60.0)])
+    out = recipe.resolve_scoring(cfg)
+    assert out.eval.score_when == "moving"
+    # moving at 100 cm/s through the training block: 0.2 x its 95th-percentile speed ~ 20 cm/s
+    assert 15.0 < out.eval.moving_threshold < 21.0
+    assert recipe.resolve_scoring(_config([tmp_path / "a.h5"], eval={"score_when": "all"})).eval.score_when == "all"
+    set_by_user = recipe.resolve_scoring(_config([tmp_path / "a.h5"], eval={"moving_threshold": 7.0}))
+    assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
+
+
+def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
+    cfg = recipe.resolve_scoring(_config([_session(tmp_path / "a.h5", still_after=30.0)]))
+    with pytest.raises(ConfigError, match=r"position: the test block has 0 scored windows .*neurofm split"), \
+            pytest.warns(UserWarning, match=r"the validation block has 0 scored windows \(moving\), so model"):
+        recipe.check_test_target(cfg)
+    cfg.eval.score_when = "all"  # every window: 23 still windows, the target constant
+    with pytest.raises(ConfigError, match=r"variance is 0\.00% of that over the training windows.*neurofm split"):
+        recipe.check_test_target(cfg)
+    cfg.eval.check_target = False
+    recipe.check_test_target(cfg)
+    # a session that moves throughout passes
+    recipe.check_test_target(recipe.resolve_scoring(_config([_session(tmp_path / "b.h5", still_after=60.0)])))
+
+
+def test_validation_scores_the_same_windows_as_the_test(tmp_path):
+    """The moving rule masks the validation block's behaviour loss and R2, as at test time."""
+    path = _session(tmp_path / "a.h5", still_after=30.0)
+    cfg = recipe.resolve_block_sizes(_config([path], eval={"score_when": "moving", "moving_threshold": 20.0},
+                                             data={"sessions": [path], "behavior": ["position"], "batch_size": 16,
+                                                   "split": {"train": 0.4, "valid": 0.3, "test": 0.3}}))
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit")
+    task = recipe.task(cfg, dm)
+    assert isinstance(task.score_windows, recipe.MovingWindows)
+    task.eval()
+    n_scored = n_all = 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            task.validation_step(batch, 0)
+            n_all += len(batch["interval"])
+            n_scored += int(task.score_windows(batch["session"], batch["interval"]).sum())
+    collected = sum(len(y) for _, y in task._val_behavior["position"])
+    assert 0 < collected == n_scored < n_all  # the validation block spans the start of the rest
+
+
+def test_json_has_no_bare_nan():
+    text = jsonio.dumps({"metrics": {"position_r2": float("nan"), "ok": np.float32(0.5)}, "x": [np.inf]})
+    data = jsonio.loads_strict(text)
+    assert data["metrics"] == {"position_r2": None, "ok": 0.5} and data["x"] == [None]
+    assert set(data["null_reasons"]) == {"metrics.position_r2", "x[0]"}
+    with pytest.raises(ValueError, match="NaN"):
+        jsonio.loads_strict('{"a": NaN}')
+
+
+# -- 3 and 5. fine-tune config: shape from the checkpoint, the rest from the run; from scratch ----
+
+
+FEW = ["eval.min_scored_windows=5"]  # a 60 s session's test block (5 s gaps) holds ~12 windows
+
+
+@pytest.fixture
+def pretrained(tmp_path) -> tuple[str, str]:
+    path = _session(tmp_path / "a.h5", still_after=60.0)
+    config = from_dict(NeuroformerConfig, {**SMALL, "n_units": 4, "units": [f"a/u{i}" for i in range(4)],
+                                           "block_size": {"id": 12, "prev_id": 20},
+                                           "dropout": {"embd": 0.1, "attn": 0.1, "resid": 0.1}})
+    torch.manual_seed(0)
+    folder = Neuroformer(config).save_pretrained(tmp_path / "pre")
+    return str(folder), path
+
+
+def test_finetune_takes_shape_from_the_checkpoint_and_the_rest_from_the_run(pretrained):
+    folder, path = pretrained
+    cfg = recipe.finetune_config(folder, [path], behavior=["position"],
+                                 overrides=[*FEW, "model.dropout.embd=0.3", "model.loss.behavior=2.0"])
+    out = recipe.prepare(cfg)
+    m = out.model
+    assert (m.n_embd, m.n_head, m.block_size.id, m.block_size.prev_id, m.window.curr) == (16, 2, 12, 20, 0.25)
+    assert m.dropout.embd == 0.3 and m.loss.behavior == 2.0  # the run's, not the checkpoint's 0.1 / 1.0
+    assert [v.name for v in m.behavior] == ["position"] and m.units == [f"a/u{i}" for i in range(4)]
+    dm = recipe.datamodule(out)
+    model = recipe.build_model(out, dm)
+    assert model.drop.p == 0.3
+    ckpt = Neuroformer.from_pretrained(folder).state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt.items())  # the checkpoint's weights
+    # a shape field set to another value is an error naming it
+    for override, field in (("model.n_embd=32", "model.n_embd"), ("model.block_size.id=40", "model.block_size"),
+                            ("model.window.curr=0.5", "model.window")):
+        bad = recipe.finetune_config(folder, [path], behavior=["position"], overrides=[*FEW, override])
+        with pytest.raises(ConfigError, match=rf"{field}: this run sets .* the pretrained model .* has"):
+            recipe.prepare(bad)
+    # ... and set to the checkpoint's own value, it is fine
+    recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], overrides=[*FEW, "model.n_embd=16"]))
+
+
+def test_a_checkpoints_block_size_that_overflows_the_new_data_warns(pretrained, tmp_path):
+    folder, _ = pretrained
+    dense = _session(tmp_path / "a2.h5", rate=20.0, burst=True, still_after=60.0)
+    cfg = recipe.finetune_config(folder, [dense], behavior=["position"], overrides=FEW)
+    with pytest.warns(UserWarning, match=r"block_size.id = 12 \(from the pretrained model .*\) drops \d+\.\d%"):
+        out = recipe.prepare(cfg)
+    assert out.model.block_size.id == 12
+
+
+def test_from_scratch_is_the_checkpoint_shape_from_random_init_with_the_same_labels(pretrained):
+    folder, path = pretrained
+    arms = {}
+    for scratch in (False, True):
+        cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], label_fraction=0.3,
+                                                    from_scratch=scratch, overrides=FEW))
+        dm = recipe.datamodule(cfg)
+        arms[scratch] = (cfg, dm, recipe.build_model(cfg, dm))
+    (cfg_p, dm_p, pre), (cfg_s, dm_s, scratch) = arms[False], arms[True]
+    assert cfg_s.task.from_scratch and cfg_s.model == cfg_p.model
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(pre) == shapes(scratch)
+    assert not torch.equal(pre.head_id.weight, scratch.head_id.weight)
+    # the same labelled windows: the split and ridge both read them from (seed, fraction)
+    dm_p.setup("fit"), dm_s.setup("fit")
+    windows = lambda ds: [ds.window(i) for i in range(len(ds))]  # noqa: E731
+    assert windows(dm_p.datasets["train"]) == windows(dm_s.datasets["train"])
+    t = torch.arange(0.0, DURATION, 0.25, dtype=torch.float64)
+    s = torch.zeros_like(t, dtype=torch.long)
+    assert torch.equal(recipe._label_subset(cfg_p)(s, t), recipe._label_subset(cfg_s)(s, t))
+    text = recipe._protocol(cfg_s, dm_s)
+    assert "from scratch" in text and f"fine-tuned from {folder}" not in text
+    with pytest.raises(ConfigError, match="from_scratch"):
+        recipe.prepare(_config([path], task={"mode": "finetune", "from_scratch": True}))
+
+
+def test_the_linear_probe_of_a_from_scratch_run_reads_the_pretrained_features(pretrained):
+    folder, path = pretrained
+    probes = []
+    for scratch in (False, True):
+        cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], from_scratch=scratch,
+                                                    overrides=FEW))
+        dm = recipe.datamodule(cfg)
+        dm.setup("fit"), dm.setup("test")
+        test = recipe._collect(recipe.build_model(cfg, dm), dm._loader("test", train=False))
+        probes.append(recipe._probe_features(cfg, dm, None, test))
+    for part in ("train", "test"):
+        assert np.array_equal(probes[0][part], probes[1][part])
+
+
+def test_evaluate_fits_ridge_on_the_fine_tuning_runs_labels(tmp_path):
+    run = tmp_path / "ft"
+    (run / "pretrained").mkdir(parents=True)
+    (run / "config.yaml").write_text("family: neuroformer\nseed: 3\ntask: {mode: finetune}\n"
+                                     "data: {label_fraction: 0.1, label_chunk_s: 5.0}\n")
+    labels = recipe.finetuned_labels(run / "pretrained")
+    assert (labels["label_fraction"], labels["seed"], labels["label_chunk_s"]) == (0.1, 3, 5.0)
+    (run / "config.yaml").write_text("family: neuroformer\ntask: {mode: pretrain}\n")
+    assert recipe.finetuned_labels(run / "pretrained") is None
+
+
+# -- 4. CLI override parsing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["--pretrained", "P", "--data", "a.h5", "b.h5", "--behavior", "position", "trainer.max_epochs=1",
+     "model.dropout.embd=0.1"],
+    ["--pretrained", "P", "--behavior", "position", "trainer.max_epochs=1", "--data", "a.h5", "b.h5",
+     "model.dropout.embd=0.1"],
+    ["--pretrained", "P", "--data", "a.h5", "b.h5", "trainer.max_epochs=1", "--behavior", "position", "--",
+     "model.dropout.embd=0.1"],
+])
+def test_overrides_after_many_valued_options_are_overrides(argv):
+    for command in ("finetune", "evaluate"):
+        args = cli.build_parser().parse_args([command, *argv])
+        cli._split_overrides(args)
+        assert args.data == ["a.h5", "b.h5"] and args.behavior == ["position"]
+        assert sorted(args.overrides) == ["model.dropout.embd=0.1", "trainer.max_epochs=1"]
+
+
+def test_override_parsing_errors_name_the_fix(capsys):
+    args = cli.build_parser().parse_args(["finetune", "--pretrained", "P", "--data", "trainer.max_epochs=1"])
+    with pytest.raises(ValueError, match="--data: give at least one session file"):
+        cli._split_overrides(args)
+    args = cli.build_parser().parse_args(["finetune", "--pretrained", "P", "--data", "a.h5", "--", "oops"])
+    with pytest.raises(ValueError, match="'oops' is not a key=value override"):
+        cli._split_overrides(args)
+
+
+def test_cli_finetune_flags_reach_the_config(pretrained, tmp_path, monkeypatch):
+    folder, path = pretrained
+    seen = {}
+    monkeypatch.setattr("neurofm.experiment.run", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("neurofm.experiment.print_result", lambda result: None)
+    assert cli.main(["finetune", "--pretrained", folder, "--data", path, "--behavior", "position",
+                     "trainer.max_epochs=2", "--from-scratch", "--score-when", "all", *FEW]) == 0
+    cfg = seen["cfg"]
+    assert cfg.task.from_scratch and cfg.eval.score_when == "all" and cfg.trainer.max_epochs == 2
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()
+    assert "--score-when" in help_text and "95th-percentile" in help_text and "--from-scratch" in help_text
