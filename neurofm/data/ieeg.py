@@ -665,8 +665,6 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
-    import shutil
-
     import h5py
 
     from neurofm.data.session import Session
@@ -693,34 +691,47 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                            "leave at least one channel in /continuous")
     in_place = out_path.resolve() == in_path.resolve()
     with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:  # temp beside it, umask, no race
-        shutil.copy2(in_path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            old = f["continuous/data"]
-            new = f["continuous"].create_dataset(
-                "data_kept", shape=(n, len(keep)), maxshape=(None, len(keep)), dtype=np.float32, chunks=(old.chunks[0], len(keep)) if old.chunks
-                else None, compression=old.compression, compression_opts=old.compression_opts, shuffle=old.shuffle)
+        # a new file, not an edited copy: HDF5 does not give back the space of deleted datasets
+        with h5py.File(in_path, "r") as src, h5py.File(tmp, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+            for key in src:
+                if key not in ("continuous", "channels"):
+                    src.copy(src[key], dst, name=key)
+            old = src["continuous/data"]
+            cont = dst.create_group("continuous")
+            cont.attrs.update(dict(src["continuous"].attrs))
+            new = cont.create_dataset("data", shape=(n, len(keep)), maxshape=(None, len(keep)), dtype=np.float32,
+                                      chunks=(old.chunks[0], len(keep)) if old.chunks else None,
+                                      compression=old.compression, compression_opts=old.compression_opts,
+                                      shuffle=old.shuffle)
             moved = np.empty((n, len(taken)), dtype=np.float32)
             rows = max(1, BLOCK_VALUES // max(len(names), 1))
             for i0 in range(0, n, rows):
-                block = old[i0:i0 + rows]
+                block = old[i0:i0 + rows]  # (rows, C)
                 new[i0:i0 + rows] = block[:, keep]
                 moved[i0:i0 + rows] = block[:, taken]
-            del f["continuous/data"]
-            f["continuous"].move("data_kept", "data")
-            if "channels" in f:
-                g = f["channels"]
-                for path in [k for k in g if isinstance(g[k], h5py.Dataset)] + \
-                        [f"region/{k}" for k in (g["region"] if "region" in g else [])]:
-                    values = g[path][()]
-                    dtype = g[path].dtype
-                    del g[path]
-                    g.create_dataset(path, data=values[keep], dtype=dtype)
+            for key in [k for k in src["continuous"] if k != "data"]:
+                src.copy(src[f"continuous/{key}"], cont, name=key)
+            if "channels" in src:
+                g_in, g = src["channels"], dst.create_group("channels")
+                g.attrs.update(dict(g_in.attrs))
+
+                def subset(name, obj):
+                    if isinstance(obj, h5py.Group):
+                        g.require_group(name).attrs.update(dict(obj.attrs))
+                    elif obj.shape and obj.shape[0] == len(names):  # one row per channel
+                        g.create_dataset(name, data=obj[()][keep], dtype=obj.dtype)
+                        g[name].attrs.update(dict(obj.attrs))
+                    else:
+                        g_in.copy(obj, g, name=name)
+
+                g_in.visititems(subset)
             times = t0 + np.arange(n) / rate
             for j, (i, as_name) in enumerate(moves):
-                b = f.require_group("behavior").create_group(as_name)
+                b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
                 b.create_dataset("values", data=moved[:, j], compression="gzip", compression_opts=4, shuffle=True)
                 b.attrs.update(unit=unit, source_channel=names[i])
-        with Session(tmp):  # validates the edited file before it replaces anything
+        with Session(tmp):  # validates the new file before it replaces anything
             pass
     return out_path

@@ -455,8 +455,10 @@ def test_behavior_channels_from_brainvision_and_from_a_session_file(tmp_path):
         assert a.channels().types.tolist() == b.channels().types.tolist() == ["eeg"] * 3  # as BrainVision types them
         np.testing.assert_allclose(a.behavior("grip")[1], b.behavior("grip")[1])
         assert a.h5["behavior/grip"].attrs["unit"] == "uV"  # what /continuous stored it in
-    with Session(tmp_path / "all.h5") as s:
+    with Session(tmp_path / "all.h5") as s, Session(tmp_path / "moved.h5") as a:
         assert s.n_channels == 5 and not s.behavior_names  # the input is never modified
+        assert a.attrs == s.attrs and a.continuous_t_start == s.continuous_t_start  # the rest copied as it is
+        assert a.h5["continuous"].attrs["sampling_rate"] == SR
     assert main(["convert", "session", str(tmp_path / "all.h5"), str(tmp_path / "x.h5"),
                  "--behavior-channel", "GRIP"]) == 2
     assert not (tmp_path / "x.h5").exists()
