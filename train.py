@@ -1,13 +1,16 @@
-"""Train a neurofm model: ``python train.py [CONFIG.yaml] [key=value ...]``.
+"""Train a neurofm model: ``python train.py [CONFIG] [key=value ...]`` (``--help`` for more).
 
-With no arguments: simulates a small spiking session (once), pretrains the Neuroformer demo
-on the CPU in a few minutes, evaluates it against baselines and writes a pretrained folder
-and a metrics file. Same code as ``neurofm train``; see neurofm/experiment.py.
+Same code as ``neurofm train`` (:func:`neurofm.experiment.main`). OpenMP's wait policy is
+set before torch is imported (:mod:`neurofm.threads`).
 """
 
 import sys
 
-from neurofm.experiment import main
+from neurofm.threads import set_wait_policy
+
+set_wait_policy()
+
+from neurofm.experiment import main  # noqa: E402  (after the wait policy: torch reads it on import)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,6 +31,28 @@ tasks and scored by the recipe's ``evaluate`` or by :mod:`neurofm.evaluation_iee
    14.5-20 s (the recipe needs a validation block), so it fits on 2 s less than the
    baselines, whose training block is 0-13.5 s; neither sees the test block.
 
+3. **Simulated subjects, held-out subject** (``--only subjects``;
+   :func:`neurofm.data.synthetic.simulate_ieeg_subjects`): per seed, 3 (full: 4) pretraining
+   subjects and one held-out subject, each with its own electrode layout (30 contacts on 6
+   shafts aimed at its own regions, tips scattered 6 mm) in its own coordinate space (shifted
+   up to 15 mm per axis), all sampling one shared set of 16 regions, so parcels and lobes
+   recur across subjects while coordinates do not; speech / nonspeech ``word_onset`` events
+   and a continuous ``grip_force`` (mN) driven by sensorimotor high gamma. Per encoding scale
+   (``coords``, ``parcel``, ``lobe``; channel masking): pretrain on the pretraining subjects,
+   then on the held-out subject fine-tune event detection (ROC-AUC) and grip-force regression
+   (R2; target standardised with the training block's statistics) from the pretrained encoder
+   and from random weights of the same shape (``task.from_scratch``), with the same budget;
+   band power (logistic for events, ridge for force) comes from each fine-tune run's decode
+   report on the same segments. Mean and 95% t-interval over seeds, plus the paired
+   differences (pretrained minus random init, pretrained minus band power) per seed.
+   Quick mode (what was run): 3 seeds, 3 x 200 s pretraining subjects, a 300 s held-out
+   subject (50% train / 10% valid / 40% test: about 50 training and 38 test events, 149 / 119
+   force segments), 0.5 s segments of 2 x 64 samples every 1 s, pretraining 12 epochs of
+   batch 8 (456 steps), fine-tuning 10 epochs; about 17 min per seed on the shared 2-core CPU
+   (load 10-14), 52 min in all. Full mode (not run): 5 seeds, 4 x 900 s + 600 s, 1 s segments
+   of 4 patches, pretraining 12 epochs (about 2,700 steps), fine-tuning 20 epochs: about
+   9-10 h on that machine.
+
 Budget: a shared 2-core CPU, one thread. The model is the demo's shape cut to 2 layers
 (d 64, 4 heads); pretraining is 10 epochs (620 steps of 16 segments), fine-tuning 15 epochs
 (315 steps), so read the rows as "what a few hundred CPU steps buy", not as the published
@@ -45,6 +67,8 @@ Usage::
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only simulated   # ~36 min, 2 seeds
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only seeg        # the real sEEG part only
     OMP_NUM_THREADS=1 python bench/barista_quality.py --quick    # smoke run: 1 seed, 600 s (simulated part ~2 min)
+    OMP_NUM_THREADS=1 nice -n 10 python bench/barista_quality.py --only subjects --quick   # part 3, ~50 min
+    OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects          # part 3 full, ~9-10 h
     python bench/barista_quality.py --only seeg --out runs/bq --json bq.json
 
 Measured, simulated part (2026-11-29, shared 2-core CPU, one thread, 2155 s): test ROC-AUC

@@ -379,7 +379,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     out = Path(args.out)
-    todo = {k: v for k, v in SESSIONS.items() if not args.sessions or k in args.sessions}
+    unknown = set(args.sessions or ()) - set(SESSIONS) - set(HELD_OUT)
+    if unknown:
+        ap.error(f"unknown sessions {sorted(unknown)}; choose from {list(SESSIONS)}")
+    todo = {k: SESSIONS[k] for k in args.sessions if k in SESSIONS} if args.sessions else dict(SESSIONS)
     if args.held_out:
         todo.update(HELD_OUT)
     if args.diagnose:

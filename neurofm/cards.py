@@ -220,7 +220,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     if metrics is not None:
         lines += _training_section(m.get("training", {}), config_yaml)
         lines += _evaluation_section(m.get("protocol", "(not recorded)"), scores, baselines, counts,
-                                     {k: v for k, v in data.items() if is_count(k) and k not in ("sources",)})
+                                     {k: v for k, v in data.items() if k not in _DATA_TEXT})
     else:
         lines += ["## Evaluation", "",
                   "None recorded with these weights. A training run's card (`neurofm card RUN_DIR`) has the "
@@ -239,6 +239,11 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]
     lines += _citation_section(family)
     return "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
+
+
+#: ``metrics.json`` ``data`` entries that describe the data; every other entry is a size the
+#: numbers rest on (n_units, n_test_windows, test_segments, per-class counts...).
+_DATA_TEXT = ("description", "datasets", "sources")
 
 
 def _split_counts(row: dict) -> tuple[dict, dict]:
@@ -383,10 +388,11 @@ def _citation_section(family: str) -> list[str]:
     return lines
 
 
-def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_card(run_dir: str | Path, out: str | Path | None = None, *, repo_id: str | None = None) -> Path:
     """Render a run's card at ``out`` (default ``run_dir/pretrained/README.md``) from
     ``metrics.json``, ``config.yaml`` and the exported ``pretrained/config.json``. The data's
-    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it."""
+    provenance (session attrs) is read from the session files when ``metrics.json`` lacks it.
+    ``repo_id``: the Hub repo the usage snippet loads (default a placeholder)."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -401,7 +407,7 @@ def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if config_yaml and "sources" not in metrics.get("data", {}):
         paths = run_session_paths(yaml.safe_load(config_yaml) or {})
         metrics.setdefault("data", {})["sources"] = data_sources(paths)
-    card = render_card(metrics, config_yaml, model_meta=model_meta)
+    card = render_card(metrics, config_yaml, model_meta=model_meta, repo_id=repo_id)
     out = Path(out) if out else run_dir / "pretrained" / "README.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(card)

@@ -1,4 +1,5 @@
-"""The ``neurofm`` console script.
+"""neurofm: pretrained foundation models of neural recordings (Neuroformer for spikes, BaRISTA
+for intracranial EEG), from your lab's files to decoded behaviour.
 
 Each subcommand is a thin layer over a library function, so everything it does can also be
 done from Python. Heavy imports (torch, pynwb, mne) happen inside the handlers, which keeps
@@ -11,8 +12,9 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
-from neurofm import log_to_stderr
+from neurofm import __version__, log_to_stderr
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")  # key=value, key.sub=value, key[0]=value
 
@@ -188,7 +190,32 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from neurofm.experiment import main as train_main
 
-    return train_main(args.args)
+    return train_main(args.args, prog="neurofm train")
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from neurofm.config import to_dict
+    from neurofm.experiment import CONFIG_DIR, config_path, resolve_config, shipped_configs
+
+    if args.action == "list":  # each shipped config with the first line of its header comment
+        for name in shipped_configs():
+            first = config_path(name).read_text().splitlines()[0]
+            print(f"{name:<22} {first.lstrip('# ').split(': `')[0] if first.startswith('#') else ''}")
+        return 0
+    if args.config is None:
+        raise ValueError("config show: give a CONFIG (a YAML file or a shipped name: "
+                         f"{', '.join(shipped_configs())})")
+    config, overrides = args.config, list(args.overrides)
+    if "=" in config:  # only overrides: of the default config, as `neurofm train` reads them
+        config, overrides = None, [config, *overrides]
+    path = config_path(config)
+    shown = path.relative_to(CONFIG_DIR).with_suffix("").as_posix() + " (shipped)" if CONFIG_DIR in path.parents \
+        else str(path)
+    print(f"# {shown}" + (f" + {' '.join(overrides)}" if overrides else ""))
+    print(OmegaConf.to_yaml(OmegaConf.create(to_dict(resolve_config(config, overrides)))), end="")
+    return 0
 
 
 def _split_overrides(args: argparse.Namespace, options: tuple[str, ...] = ("data", "behavior")) -> None:
@@ -248,6 +275,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from neurofm.experiment import evaluate_pretrained, family_of, recipe_for
 
     _split_overrides(args)
+    out = Path(args.out)
     family = family_of(args.pretrained)
     recipe = recipe_for(family)
     overrides = list(args.overrides)
@@ -263,10 +291,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     extra = _recipe_options(recipe.finetune_config, family, score_when=args.score_when)
     metrics = evaluate_pretrained(args.pretrained, args.data, task=args.task, behavior=args.behavior,
-                                  events=args.events, out_dir=Path(args.out), overrides=overrides,
+                                  events=args.events, out_dir=out, overrides=overrides,
                                   label_fraction=label_fraction, **extra)
     shown = {k: metrics[k] for k in ("metrics", "baselines", "protocol", "null_reasons") if k in metrics}
     print(jsonio.dumps(shown))
+    print(f"wrote {out / 'metrics.json'}")
+    for png in sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []:
+        print(f"wrote {png}")
     return 0
 
 
@@ -280,7 +311,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_card(args: argparse.Namespace) -> int:
     from neurofm.cards import write_card
 
-    print(f"wrote {write_card(args.run_dir, args.out)}")
+    print(f"wrote {write_card(args.run_dir, args.out, repo_id=args.repo_id)}")
     return 0
 
 
@@ -290,16 +321,53 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = generate_session(args.pretrained, args.data, args.output, mode=args.mode, start=args.start,
                            seconds=args.seconds, top_p=args.top_p, seed=args.seed, plot=not args.no_plot)
     print(f"wrote {out}")
+    png = Path(out).with_suffix(".png")
+    if not args.no_plot and png.exists():
+        print(f"wrote {png} (recorded vs generated raster)")
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's default in its help, unless the help
+    already says it or there is none to show (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default == [] or default == argparse.SUPPRESS
+                or action.option_strings == [] and action.nargs in ("*", "+", argparse.REMAINDER)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EPILOG = """examples:
+  neurofm simulate spikes sim.h5 --n-units 50 --duration 120
+  neurofm convert nwb my_recording.nwb my_recording.h5 && neurofm inspect my_recording.h5
+  neurofm train                             # the Neuroformer CPU demo -> runs/neuroformer-demo
+  neurofm train barista/demo trainer.max_epochs=2
+  neurofm config show demo model.n_embd=128
+  neurofm finetune --pretrained runs/neuroformer-demo/pretrained --data my_recording.h5 --behavior position
+
+`neurofm COMMAND --help` describes each command. Docs: README.md of the neurofm repository."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurofm", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="neurofm", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                epilog=EPILOG, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"neurofm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def _add(name, **kw):  # every subcommand: its help as description, defaults shown
+        kw.setdefault("description", kw.get("help"))
+        return add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    sub.add_parser = _add
 
     c = sub.add_parser("convert", help="convert a recording (NWB, or EDF/BrainVision/FIF/BIDS iEEG) to a session file")
     c.add_argument("format", choices=["nwb", "ieeg", "session"],
-                   help="session: an existing session file, to move --behavior-channel channels to /behavior")
+                   help="nwb: NWB 2 file (pynwb); ieeg: anything MNE reads; session: an existing session file, "
+                        "to move --behavior-channel channels to /behavior")
     c.add_argument("input", help="NWB file, or anything MNE reads (a BIDS-iEEG file picks up its sidecars), or a "
                                  "session file (format session)")
     c.add_argument("output", help="session file to write (.h5)")
@@ -323,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("inspect", help="summarise a session file")
-    i.add_argument("file")
+    i.add_argument("file", help="session file (.h5)")
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
     i.add_argument("--window-curr", type=float, help="spike files: current window (s) for the spikes-per-window "
@@ -337,9 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("simulate", help="write a synthetic session with known ground truth")
-    s.add_argument("kind", choices=["spikes", "ieeg"])
-    s.add_argument("output")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("kind", choices=["spikes", "ieeg"], help="spiking network or sEEG")
+    s.add_argument("output", help="session file to write (.h5)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same arguments, same file)")
     s.add_argument("--duration", type=float, default=600.0, help="seconds")
     s.add_argument("--n-units", type=int, default=100, help="spikes only")
     s.add_argument("--n-channels", type=int, default=64, help="ieeg only")
@@ -362,16 +430,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("split", help="fix the train / valid / test time blocks of a session file",
                         description="Writes /intervals/train|valid|test; TimeBlockSplit then uses them instead of "
                                     "its fractions (e.g. to hold out a block of running, not the final rest).")
-    sp.add_argument("file")
+    sp.add_argument("file", help="session file (.h5) to write the blocks into")
     for name in ("train", "valid", "test"):
         sp.add_argument(f"--{name}", action="append", metavar="START:END", help="block in seconds (repeatable)")
     sp.add_argument("--overwrite", action="store_true", help="replace existing /intervals/train|valid|test")
     sp.set_defaults(func=_cmd_split)
 
-    t = sub.add_parser("train", help="train as a config says (same as `python train.py`)",
-                       description="neurofm train [CONFIG.yaml] [key=value ...]; no config: the Neuroformer CPU demo")
-    t.add_argument("args", nargs=argparse.REMAINDER, help="config file and key=value overrides")
+    # `neurofm train ...` hands its arguments, --help included, to neurofm.experiment.main
+    # (the same as `python train.py`), whose help lists configs, override syntax and examples.
+    t = sub.add_parser("train", help="train as a config says (same as `python train.py`)", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]; --help for more")
     t.set_defaults(func=_cmd_train)
+
+    cf = sub.add_parser("config", help="print the resolved config a `neurofm train` command would run, or list "
+                                       "the shipped configs",
+                        epilog="examples:\n  neurofm config list\n  neurofm config show demo\n"
+                               "  neurofm config show barista/paper model.encode_scale=lobe\n"
+                               "  neurofm config show my_config.yaml trainer.max_epochs=3")
+    cf.add_argument("action", choices=["show", "list"], help="show: print CONFIG resolved as YAML; list: the shipped configs")
+    cf.add_argument("config", nargs="?", help="a YAML file or a shipped config name (see `neurofm config list`)")
+    cf.add_argument("overrides", nargs="*", help="key=value overrides, as for `neurofm train`")
+    cf.set_defaults(func=_cmd_config)
 
     def finetune_args(p, required_out: bool = False):
         p.add_argument("--pretrained", required=True, help="pretrained folder (or Hub repo id)")
@@ -410,32 +489,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="Lightning checkpoint -> from_pretrained folder (config.json + model.safetensors)")
-    x.add_argument("checkpoint")
-    x.add_argument("output")
+    x.add_argument("checkpoint", help="a .ckpt of a neurofm run (e.g. RUN_DIR/checkpoints/best.ckpt)")
+    x.add_argument("output", help="folder to write")
     x.add_argument("--family", choices=["neuroformer", "barista"],
                    help="default: read from the run's config.yaml next to the checkpoints folder")
     x.set_defaults(func=_cmd_export)
 
     k = sub.add_parser("card", help="write the model card of a run from its metrics.json")
-    k.add_argument("run_dir")
+    k.add_argument("run_dir", help="run folder with metrics.json and config.yaml")
     k.add_argument("--out", help="default RUN_DIR/pretrained/README.md")
+    k.add_argument("--repo-id", help="Hub repo id the card's usage snippet loads (e.g. my-lab/neuroformer-v1)")
     k.set_defaults(func=_cmd_card)
 
     g = sub.add_parser("generate", help="generate spikes with a pretrained Neuroformer and write them as a session file")
-    g.add_argument("pretrained")
+    g.add_argument("pretrained", help="pretrained Neuroformer folder (or Hub repo id)")
     g.add_argument("data", help="session file whose windows (and previous windows) condition the generation")
     g.add_argument("output", help="session file of generated spikes (.h5)")
-    g.add_argument("--mode", default="teacher_forced", choices=["teacher_forced", "free_running"])
+    g.add_argument("--mode", default="teacher_forced", choices=["teacher_forced", "free_running"],
+                   help="previous window: the recorded one, or the model's own previous window")
     g.add_argument("--start", type=float, help="first window start, s (default: the recording's start)")
-    g.add_argument("--seconds", type=float, default=10.0)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seconds", type=float, default=10.0, help="how much to generate, s")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling for ID and dt tokens")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--no-plot", action="store_true", help="skip the recorded-vs-generated raster PNG")
     g.set_defaults(func=_cmd_generate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from neurofm.threads import set_wait_policy
+
+    set_wait_policy()  # before any handler imports torch (neurofm.threads)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after `train` (--help too) is train.py's
+        log_to_stderr()
+        return _cmd_train(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     log_to_stderr()
     if getattr(args, "nan", None) == "mark-bad":

@@ -27,13 +27,10 @@ test blocks with a gap (events whose segment crosses a block edge are dropped). 
 :class:`~neurofm.baselines.BandPowerRidge` baseline is fitted on train, its penalty chosen by
 validation AUROC, and scored by test AUROC (:func:`score_auroc`).
 
-**Decode report** (:func:`decode_report`): every arm of a fine-tuned BaRISTA run (the model,
-a linear probe on the frozen starting encoder, band power, a null) scored on the same test
-segments, each with a 95% confidence interval from a bootstrap over contiguous blocks of the
-test period (:func:`test_period_blocks`; neighbouring segments share slow fluctuations, so
-resampling single segments would make the interval too narrow), the model-minus-baseline
-difference on the same resamples, and one plain sentence saying whether the model beats the
-baseline.
+**Test-period blocks** (:func:`test_period_blocks`): the contiguous blocks of the test period
+that the decode report of a BaRISTA run (:func:`neurofm.report.decode_report`) resamples for
+its confidence intervals (neighbouring segments share slow fluctuations, so resampling single
+segments would make the intervals too narrow).
 
 Units: times in seconds, segments per-channel per-segment z-scored (unitless), shapes ``S``
 segments, ``C`` channels (after the segmenter's channel plan), ``T`` samples per segment,
@@ -66,7 +63,7 @@ __all__ = [
     "non_neural_names", "evaluation_channels", "reconstruction_data", "reconstruction_batches",
     "reconstruction_r2", "score_reconstruction", "neighbour_mean_baseline", "LeastSquaresBaseline",
     "reconstruction_baselines", "event_data", "event_batches", "score_auroc", "score_classifier",
-    "band_power_baseline", "test_period_blocks", "decode_report",
+    "band_power_baseline", "test_period_blocks",
 ]
 
 #: Channel names that carry no neural signal even when a file types them "eeg" (the sample
@@ -813,7 +810,7 @@ def band_power_baseline(data: EventData) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# decode report: arms on the same test segments, block-bootstrap CIs, a plain verdict
+# blocks of the test period (for the decode report's block bootstrap)
 # --------------------------------------------------------------------------------------------
 
 
@@ -823,7 +820,7 @@ def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int 
 
     Fewer blocks when there are fewer than ``min_per_block`` segments per block, but never
     fewer than ``min(5, N)`` (a bootstrap over fewer blocks has too few distinct resamples to
-    give an interval; :func:`decode_report` gives none below 5 blocks).
+    give an interval; the BaRISTA recipe states none below 5 blocks).
     """
     t0 = np.asarray(t0, dtype=np.float64).ravel()
     sess = np.zeros(len(t0), np.int64) if session is None else np.asarray(session, np.int64).ravel()
@@ -835,105 +832,3 @@ def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int 
     blocks = np.empty(n, np.int64)
     blocks[order] = (np.arange(n) * k) // max(n, 1)
     return blocks
-
-
-def _metric_fn(metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    if metric == "auroc":
-        def fn(y, s):
-            try:
-                return score_auroc(s, y)
-            except ValueError:  # one class only in this resample
-                return float("nan")
-        return fn
-    if metric == "r2":
-        return lambda y, p: float(metrics.r2_score(y, p))
-    raise ValueError(f"decode_report: metric must be 'auroc' or 'r2', got {metric!r}")
-
-
-def decode_report(arms: Mapping[str, Any], y, t0, *, metric: str, model: str = "model",
-                  baseline: str | None = None, session=None, n_blocks: int = 10, n_boot: int = 1000,
-                  level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Score every arm on the same test segments, with block-bootstrap confidence intervals.
-
-    Parameters
-    ----------
-    arms : {name: scores}
-        Per test segment: classification scores (N,) or (N, K) (higher = class 1), or
-        regression predictions (N,) or (N, D) in the target's units. A constant arm is fine
-        (e.g. the training mean).
-    y : (N,) class indices or (N,) / (N, D) targets.
-    t0, session : (N,) segment start (s) and session index: they define the blocks.
-    metric : ``"auroc"`` or ``"r2"`` (pooled over the resampled segments).
-    model, baseline : the arm to judge and the one it must beat (default: the first other arm).
-    n_blocks, n_boot, level, seed : bootstrap over :func:`test_period_blocks` (percentile CI).
-
-    Returns
-    -------
-    ``{"metric", "n_segments", "n_blocks", "level", "arms": {name: {"value", "ci": [lo, hi]}},
-    "difference": {"model", "baseline", "value", "ci"}, "line": one plain sentence}``.
-    """
-    fn = _metric_fn(metric)
-    y = np.asarray(y)
-    names = list(arms)
-    if model not in arms:
-        raise KeyError(f"decode_report: model arm {model!r} not in arms {names}")
-    baseline = baseline or next((n for n in names if n != model), None)
-    if baseline is not None and baseline not in arms:
-        raise KeyError(f"decode_report: baseline arm {baseline!r} not in arms {names}")
-    scores = {}
-    for name, v in arms.items():
-        v = _as_numpy(v)
-        if len(v) != len(y):
-            raise ValueError(f"decode_report: arm {name!r} has {len(v)} predictions for {len(y)} test segments")
-        scores[name] = v
-    blocks = test_period_blocks(t0, session, n_blocks)
-    k = int(blocks.max()) + 1 if len(blocks) else 0
-    members = [np.flatnonzero(blocks == b) for b in range(k)]
-    values = {n: fn(y, v) for n, v in scores.items()}
-    rng = np.random.default_rng(seed)
-    boot = {n: [] for n in names}
-    if k >= 5:  # fewer blocks: too few distinct resamples for an interval
-        for _ in range(n_boot):
-            idx = np.concatenate([members[b] for b in rng.integers(0, k, k)])
-            for n in names:
-                boot[n].append(fn(y[idx], scores[n][idx]))
-    alpha = (1 - level) / 2
-
-    def ci(samples):
-        a = np.asarray(samples, dtype=np.float64)
-        a = a[np.isfinite(a)]
-        if a.size < max(20, n_boot // 4):  # too few defined resamples to give an interval
-            return [float("nan"), float("nan")]
-        return [float(np.quantile(a, alpha)), float(np.quantile(a, 1 - alpha))]
-
-    out: dict[str, Any] = {"metric": metric, "n_segments": int(len(y)), "n_blocks": k, "level": level,
-                           "arms": {n: {"value": float(values[n]), "ci": ci(boot[n])} for n in names}}
-    what = "ROC-AUC" if metric == "auroc" else "R2"
-    m = out["arms"][model]
-    if baseline is None:
-        out["line"] = f"{model}: {what} {_fmt_ci(m)} on {len(y)} test segments"
-        return out
-    diff = np.asarray(boot[model], dtype=np.float64) - np.asarray(boot[baseline], dtype=np.float64)
-    d = {"model": model, "baseline": baseline, "value": float(values[model] - values[baseline]), "ci": ci(diff)}
-    out["difference"] = d
-    b = out["arms"][baseline]
-    lo, hi = d["ci"]
-    tail = (f"({what} {_fmt_ci(m)} vs {_fmt_ci(b)}; difference {d['value']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-            f"{level:.0%} interval from {k} blocks of the test period, {len(y)} test segments)")
-    if np.isfinite(lo) and lo > 0:
-        out["line"] = f"{model} beats {baseline} on this test period {tail}."
-    elif np.isfinite(hi) and hi < 0:
-        out["line"] = (f"{model} LOSES to {baseline} on this test period {tail}: use {baseline} for this "
-                       f"recording, or give the model more data or pretraining.")
-    elif d["value"] < 0:
-        out["line"] = (f"{model} does not beat {baseline} on this test period {tail}: it scores lower, and the "
-                       f"test period cannot tell them apart.")
-    else:
-        out["line"] = (f"{model} scores above {baseline} on this test period, but the test period cannot tell them "
-                       f"apart {tail}.")
-    return out
-
-
-def _fmt_ci(arm: Mapping[str, Any]) -> str:
-    lo, hi = arm["ci"]
-    return f"{arm['value']:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{arm['value']:.3f} [no CI]"

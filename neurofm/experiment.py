@@ -62,7 +62,9 @@ from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this modu
 log = logging.getLogger("neurofm")
 
 FAMILIES = ("neuroformer", "barista")
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "neuroformer" / "demo.yaml"
+#: the configs shipped inside the package: ``neurofm train NAME`` (e.g. ``demo``, ``barista/paper``)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "neuroformer" / "demo.yaml"
 
 
 @dataclass
@@ -87,9 +89,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
     Returns the recipe's typed run config. The ``family`` key picks the recipe.
     """
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such config file (see configs/ for examples)")
+    path = config_path(path)
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
@@ -99,6 +99,64 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     cfg = from_dict(recipe.RunConfig, raw, where=str(path))  # the file's own mistakes name the file
     if overrides:
         cfg = from_dict(recipe.RunConfig, raw, overrides=list(overrides), where=f"command line (over {path.name})")
+    return cfg
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``neuroformer/demo``, ``barista/paper``...)."""
+    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+def config_path(config: str | os.PathLike | None = None) -> Path:
+    """CONFIG as a user gives it -> a YAML file.
+
+    An existing file is used as is; otherwise CONFIG names a shipped config: ``barista/paper``,
+    or a Neuroformer one by its bare name (``demo``, ``paper``, ``finetune``), with or without
+    ``.yaml`` and a leading ``configs/`` (the repository's old layout). None: the CPU demo.
+    """
+    if config is None or str(config) == "":
+        return DEFAULT_CONFIG
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removesuffix(".yml").removeprefix("configs/")
+    shipped = CONFIG_DIR / (name if "/" in name else f"neuroformer/{name}")
+    if shipped.with_suffix(".yaml").is_file():
+        return shipped.with_suffix(".yaml")
+    raise FileNotFoundError(f"{config}: no such config file, nor a shipped config name (shipped: "
+                            f"{', '.join(shipped_configs())}; a bare name means neuroformer/NAME)")
+
+
+def run_dir_for(path: str | os.PathLike | None, overrides: Sequence[str], cfg) -> str:
+    """The run folder of a config file plus command-line ``overrides``: one folder per config.
+
+    An explicit ``run_dir=`` override is used as given. Otherwise overrides that change what a
+    checkpoint means (``family``, ``seed`` and the ``model`` / ``data`` / ``task`` sections, the
+    ones :func:`check_resume_config` compares) give the file's ``run_dir`` a suffix made of a
+    short hash of the changed settings (``runs/neuroformer-demo-3f9a2c``), so two commands with
+    different models never share, and refuse to resume, one folder. Overrides of ``trainer`` or
+    ``eval`` only (more epochs, other devices) keep the file's folder, and resume continues it.
+    """
+    if any(o.split("=", 1)[0].strip().lstrip("+") == "run_dir" for o in overrides):
+        return cfg.run_dir
+    base = load_config(path)
+    old, new = to_dict(base), to_dict(cfg)
+    changed = []
+    for section in ("family", "seed", *RESUME_SECTIONS):
+        old_flat, new_flat = _flatten(old.get(section), section), _flatten(new.get(section), section)
+        changed += [f"{k}={new_flat.get(k)!r}" for k in sorted(set(old_flat) | set(new_flat))
+                    if old_flat.get(k) != new_flat.get(k)]
+    if not changed:
+        return base.run_dir
+    digest = hashlib.sha1("\n".join(changed).encode()).hexdigest()[:6]
+    return f"{base.run_dir.rstrip('/')}-{digest}"
+
+
+def resolve_config(config: str | os.PathLike | None = None, overrides: Sequence[str] = ()):
+    """What ``neurofm train CONFIG key=value ...`` runs: :func:`load_config` plus the run
+    folder rule of :func:`run_dir_for`."""
+    cfg = load_config(config, overrides)
+    cfg.run_dir = run_dir_for(config, overrides, cfg)
     return cfg
 
 
@@ -366,13 +424,85 @@ def _csv_logger(run_dir: Path, resume_step: int | None = None):
     return _CSVLogger(run_dir, name="logs", version="")
 
 
+#: trainer.logger names -> (module the logger needs, extra that installs it)
+LOGGERS = {"csv": (None, None), "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+           "mlflow": ("mlflow", "mlflow")}
+
+
+def logger_names(tc: TrainerConfig) -> list[str]:
+    """``trainer.logger`` as a list of names, checked: an unknown name or a logger whose package
+    is not installed is a :class:`ConfigError` saying which extra to install."""
+    import importlib.util
+
+    names = [n.strip().lower() for n in str(tc.logger).split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"trainer.logger: empty; choose from {', '.join(LOGGERS)} (comma-separated for several)")
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"trainer.logger: {name!r} is not one of {', '.join(LOGGERS)} (comma-separated for "
+                              f"several, e.g. trainer.logger=csv,tensorboard)")
+        module, extra = LOGGERS[name]
+        # TensorBoard logging also works through tensorboardX, as in Lightning
+        found = module is None or any(importlib.util.find_spec(m) is not None
+                                      for m in ([module, "tensorboardX"] if name == "tensorboard" else [module]))
+        if not found:
+            raise ConfigError(f"trainer.logger={name}: the {module} package is not installed; pip install "
+                              f"\"neurofm[{extra}]\" (or pip install {module}), or use trainer.logger=csv")
+    return names
+
+
+def _loggers(tc: TrainerConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    """The Lightning loggers of ``trainer.logger``, all writing under ``run_dir``."""
+    from lightning.pytorch import loggers
+
+    out = []
+    for name in logger_names(tc):
+        if name == "csv":  # run_dir/logs/metrics.csv, appended to on resume
+            out.append(_csv_logger(run_dir, resume_step))
+        elif name == "tensorboard":  # run_dir/logs/events.out.tfevents.*
+            out.append(loggers.TensorBoardLogger(run_dir, name="logs", version="", default_hp_metric=False))
+        elif name == "wandb":  # project from WANDB_PROJECT (default neurofm); files under run_dir/wandb
+            out.append(loggers.WandbLogger(save_dir=str(run_dir), name=run_dir.name,
+                                           project=os.environ.get("WANDB_PROJECT", "neurofm")))
+        elif name == "mlflow":  # MLFLOW_TRACKING_URI if set, else a file store in run_dir/mlruns
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+            out.append(loggers.MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "neurofm"),
+                                            run_name=run_dir.name, tracking_uri=uri))
+    return out
+
+
+#: Lightning's start-up lines that say nothing about a neurofm run: device availability, adverts
+#: for its cloud products, notes that a limit of 1.0 uses all batches.
+_LIGHTNING_NOISE = ("GPU available:", "TPU available:", "HPU available:", "\U0001f4a1 Tip:", "`Trainer(limit_",
+                    "Loading `train_dataloader` to estimate")
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_LIGHTNING_NOISE)
+
+
+def _quiet_lightning() -> None:
+    """Drop :data:`_LIGHTNING_NOISE` from Lightning's own loggers, and the FutureWarning that
+    Lightning's pytree helper triggers in recent torch (``LeafSpec``) from that module only."""
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
+            logger.addFilter(_DropLightningNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
                   extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
-    """A Lightning Trainer writing checkpoints and CSV logs under ``run_dir``; ``seed`` seeds
+    """A Lightning Trainer writing checkpoints and logs (``trainer.logger``) under ``run_dir``; ``seed`` seeds
     every training step (see :func:`_exact_resume_callback`)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+    _quiet_lightning()
     ckpt_dir = run_dir / "checkpoints"
     # last.ckpt: what resume=auto continues from (see _last_checkpoint)
     callbacks = [_last_checkpoint(ckpt_dir, tc.checkpoint_every_n_steps, tc.checkpoint_every_minutes)]
@@ -399,7 +529,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         log_every_n_steps=tc.log_every_n_steps, check_val_every_n_epoch=tc.check_val_every_n_epoch,
         limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
         deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar,
-        logger=_csv_logger(run_dir, resume_step),
+        logger=_loggers(tc, run_dir, resume_step),
         callbacks=callbacks, plugins=[_checkpoint_io()],
         use_distributed_sampler=False,  # neurofm's samplers shard by rank themselves
     )
@@ -520,7 +650,26 @@ def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
 
 
 def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
-    """Train, evaluate and export as ``cfg`` says. Returns where everything went."""
+    """Train, evaluate and export as ``cfg`` says. Returns where everything went.
+
+    Runs with ``trainer.threads`` CPU threads (:mod:`neurofm.threads`), restored afterwards.
+    """
+    from neurofm.threads import available_cores, resolve_threads
+
+    logger_names(cfg.trainer)  # a missing logger package fails now, not after data preparation
+    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
+    how = (f"auto: {available_cores()} cores, load {os.getloadavg()[0]:.1f}, at most {before}"
+           if str(cfg.trainer.threads).strip().lower() == "auto" and hasattr(os, "getloadavg") else "set")
+    log.info(f"neurofm: {threads} CPU thread{'s' if threads > 1 else ''} (trainer.threads={cfg.trainer.threads}; "
+             f"{how}), {os.environ.get('OMP_WAIT_POLICY', 'default')} OpenMP wait policy")
+    torch.set_num_threads(threads)
+    try:
+        return _run(cfg, extra_callbacks)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     import lightning as L
 
     recipe = recipe_for(cfg.family)
@@ -683,29 +832,82 @@ def print_result(result: RunResult) -> None:
     print(f"\nrun folder:       {result.run_dir}")
     print(f"pretrained model: {result.pretrained_dir}  (neurofm.hub.load_pretrained)")
     print(f"metrics:          {result.run_dir / 'metrics.json'}")
+    for sub in ("plots", "checkpoints", "logs"):  # every file the run wrote, by folder
+        files = sorted(f.relative_to(result.run_dir / sub).as_posix()
+                       for f in (result.run_dir / sub).rglob("*") if f.is_file())
+        if files:
+            print(f"{sub + ':':<17} {result.run_dir / sub}/ ({', '.join(files)})")
     for k, v in result.metrics.get("metrics", {}).items():
         print(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}")
     for name, row in result.metrics.get("baselines", {}).items():
         print(f"  baseline: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python train.py [CONFIG.yaml] [key=value ...]``."""
+def train_help(prog: str = "neurofm train") -> str:
+    """What ``neurofm train --help`` and ``python train.py --help`` print."""
+    names = ", ".join(shipped_configs())
+    return f"""usage: {prog} [CONFIG] [key=value ...]
+
+Train a Neuroformer or BaRISTA model as a config says, evaluate it on a held-out time block
+against baselines, and export a from_pretrained folder. With no CONFIG: the Neuroformer CPU
+demo (simulates a 40-unit spiking session once, trains a small model in a few minutes).
+
+CONFIG       a YAML file, or the name of a config shipped with neurofm: {names}
+             (a bare name means neuroformer/NAME: `demo` is neuroformer/demo)
+key=value    override any setting, dotted into the config tree (an unknown key or a wrong
+             type is an error naming the key); lists in brackets: data.sessions='[a.h5,b.h5]'.
+             Sections: family, run_dir, seed, resume, data, model, task, eval, trainer.
+             Print the resolved config with: neurofm config show CONFIG [key=value ...]
+
+Run folder   run_dir from the config; overrides of model / data / task / seed / family add
+             a short hash of the changed settings (runs/neuroformer-demo-3f9a2c), so runs of
+             different models never share a folder; set run_dir=... to choose it. resume=auto
+             (default) continues the folder's last checkpoint.
+Useful keys  trainer.max_epochs, trainer.max_steps, trainer.accelerator=cpu|gpu,
+             trainer.devices=N, trainer.strategy=ddp|fsdp, trainer.precision,
+             trainer.threads=auto|N (CPU threads; auto = free cores from the load average),
+             trainer.logger=csv|tensorboard|wandb|mlflow (comma-separated for several),
+             trainer.log_every_n_steps, trainer.early_stopping_patience, data.batch_size
+
+examples:
+  {prog}                                   # the CPU demo -> runs/neuroformer-demo
+  {prog} demo model.n_embd=128 trainer.max_epochs=20
+  {prog} barista/demo trainer.logger=csv,tensorboard
+  {prog} my_config.yaml run_dir=runs/exp1 trainer.devices=4 trainer.strategy=ddp
+
+Writes RUN_DIR/config.yaml, metrics.json, pretrained/ (config.json, model.safetensors,
+README.md), plots/, checkpoints/ (last.ckpt, best.ckpt) and logs/ (metrics.csv).
+"""
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python train.py") -> int:
+    """``python train.py [CONFIG] [key=value ...]`` (also ``neurofm train``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    path = argv.pop(0) if argv and "=" not in argv[0] and not argv[0].startswith("-") else None
+    if any(a in ("-h", "--help") for a in argv):
+        print(train_help(prog))
+        if path is not None:
+            try:
+                print(f"CONFIG {path}: {config_path(path)}; its settings: neurofm config show {path}")
+            except FileNotFoundError as e:
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                return 2
         return 0
-    path = argv.pop(0) if argv and "=" not in argv[0] else None
+    unknown = [a for a in argv if "=" not in a]
+    if unknown:
+        print(f"{prog}: error: {unknown[0]!r} is not key=value (only the first argument may be a CONFIG); "
+              f"see {prog} --help", file=sys.stderr)
+        return 2
     log_to_stderr()
     from neurofm.data.session import SessionFormatError
     from neurofm.atomic import OutputError
     from neurofm.hub import PretrainedError
 
     try:
-        print_result(run(load_config(path, argv)))
+        print_result(run(resolve_config(path, argv)))
     except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError, OutputError) as e:
         # These name the file or key and the fix: show them without a traceback. Anything
         # else (a failure inside training) keeps its traceback.
-        print(f"neurofm train: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0

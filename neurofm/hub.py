@@ -220,8 +220,9 @@ def push_pretrained(folder: str | os.PathLike, repo_id: str, *, commit_message: 
 
     folder = Path(folder)
     model = load_pretrained(folder)
-    if not (folder / CARD_NAME).exists():
-        model.save_pretrained(folder)  # writes the generated card beside identical weights
+    if not (folder / CARD_NAME).exists():  # only the card is added; the weights stay as they are
+        text = str(model.generate_model_card(repo_id=repo_id))
+        atomic_write(folder / CARD_NAME, text)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=commit_message,

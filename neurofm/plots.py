@@ -481,10 +481,9 @@ def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None 
                    frameon=False, fontsize="small")
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(edges[0], edges[-1])
-    head = title if r2_total is None else f"{title}: R² = {r2_total:.3f}"
-    if baseline_r2:
-        head += "\n" + "; ".join(f"{k}: R² = {_finite_scalar(fn, f'baseline_r2[{k!r}]', v):.3f}"
-                                 for k, v in baseline_r2.items())
+    head = title if r2_total is None else f"{title}: R² = {_fmt_r(r2_total)}"
+    if baseline_r2:  # a baseline that could not be scored (NaN) reads n/a: a figure never fails a run
+        head += "\n" + "; ".join(f"{k}: R² = {_fmt_r(float(v))}" for k, v in baseline_r2.items())
     fig.suptitle(head)
     _save(fig, path, dpi, fn)
     return fig

@@ -65,6 +65,10 @@ def test_run_card_embeds_the_weights_config_and_parses_as_a_hub_card(tmp_path):
     assert embedded["config"]["units"] == model.config.units and embedded["config"]["n_units"] == 5
     assert "n_units: 1" not in text and "units: []" not in text
     assert "model: (see config.json" in text and "lr: 0.001" in text
+    from neurofm import cli
+
+    assert cli.main(["card", str(run), "--out", str(tmp_path / "c.md"), "--repo-id", "my-lab/nf"]) == 0
+    assert 'neurofm.from_pretrained("my-lab/nf")' in (tmp_path / "c.md").read_text()
 
 
 def test_counts_are_separate_from_metrics(tmp_path):
@@ -124,7 +128,11 @@ def test_missing_metrics_is_a_clear_error(tmp_path):
 
 
 def test_render_without_config_or_run():
-    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177}})
+    text = render_card({"family": "barista", "metrics": {"test_auroc": 0.8, "n_test_events": 177},
+                        "data": {"description": "sEEG", "test_segments": 354,
+                                 "test_segments_per_class": {"rest": 177, "word_onset": 177}}})
+    assert "| test_segments | 354 |" in text and '| test_segments_per_class | {"rest": 177' in text
+    assert "| n_test_events | 177 |" in text
     card = ModelCard(text)
     assert card.data.library_name == "neurofm" and card.data.metrics == ["roc_auc"]
     assert [r.metric_type for r in card.data.eval_results] == ["test_auroc"]

@@ -282,27 +282,3 @@ def test_test_period_blocks_are_contiguous_and_balanced():
     assert (np.diff(b[order]) >= 0).all()  # blocks follow time within sessions
     assert ei.test_period_blocks(np.arange(60.0), n_blocks=20).max() == 11  # >= 5 segments per block
     assert ei.test_period_blocks(np.arange(6.0), n_blocks=10).max() == 4  # but at least 5 blocks for a CI
-
-
-def test_decode_report_gives_block_cis_and_a_plain_line():
-    rng = np.random.default_rng(0)
-    n = 150
-    y = rng.integers(0, 2, n)
-    t0 = np.arange(n) * 3.0
-    good, weak = y + rng.normal(0, 0.6, n), y + rng.normal(0, 3.0, n)
-    r = ei.decode_report({"model": good, "band power": weak, "null": np.zeros(n)}, y, t0, metric="auroc",
-                         baseline="band power", n_boot=300)
-    m, b = r["arms"]["model"], r["arms"]["band power"]
-    assert m["ci"][0] <= m["value"] <= m["ci"][1] and m["ci"][1] - m["ci"][0] < 0.2
-    assert r["arms"]["null"]["value"] == 0.5 and r["difference"]["ci"][0] > 0
-    assert r["line"].startswith("model beats band power") and "10 blocks" in r["line"]
-    lose = ei.decode_report({"model": weak, "band power": good}, y, t0, metric="auroc", n_boot=300)
-    assert "LOSES to band power" in lose["line"]
-    target = rng.normal(5000, 1000, n)
-    reg = ei.decode_report({"model": target + rng.normal(0, 900, n), "ridge": target + rng.normal(0, 1000, n)},
-                           target, t0, metric="r2", n_boot=300)
-    assert "cannot tell them apart" in reg["line"] and reg["metric"] == "r2"
-    with pytest.raises(ValueError, match="predictions"):
-        ei.decode_report({"model": good[:10]}, y, t0, metric="auroc")
-    few = ei.decode_report({"model": good[:4], "b": weak[:4]}, np.array([0, 1, 0, 1]), t0[:4], metric="auroc")
-    assert np.isnan(few["arms"]["model"]["ci"]).all() and "[no CI]" in few["line"]

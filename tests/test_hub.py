@@ -254,6 +254,13 @@ def test_push_pretrained_uploads_a_run_folder_with_its_card(monkeypatch, tmp_pat
     with pytest.raises(PretrainedError):
         push_pretrained(tmp_path / "m", "lab/tiny")
     assert len(_FakeApi.calls) == 1
+    # a folder without a card gets one generated (naming the repo), its weights untouched
+    _model().save_pretrained(tmp_path / "bare")
+    (tmp_path / "bare" / "README.md").unlink()
+    weights = (tmp_path / "bare" / "model.safetensors").read_bytes()
+    push_pretrained(tmp_path / "bare", "lab/bare")
+    files = _FakeApi.calls[-1]["files"]
+    assert b'neurofm.from_pretrained("lab/bare")' in files["README.md"] and files["model.safetensors"] == weights
 
 
 def test_top_level_loader_and_model_classes_are_lazy(tmp_path):

@@ -355,6 +355,9 @@ def test_decoding_title_carries_baselines():
     fig = plots.decoding_trace(t, np.arange(11.0), np.arange(11.0), r2=0.734, title="Decoded speed",
                                baseline_r2={"ridge on window counts": 0.651})
     assert fig.get_suptitle() == "Decoded speed: R² = 0.734\nridge on window counts: R² = 0.651"
+    fig = plots.decoding_trace(t, np.arange(11.0), np.arange(11.0), r2=float("nan"), title="Decoded speed",
+                               baseline_r2={"ridge": float("nan")})  # unscoreable: said, not raised
+    assert fig.get_suptitle() == "Decoded speed: R² = n/a\nridge: R² = n/a"
 
 
 def test_unit_order_by_preferred_value_then_rate():

@@ -99,6 +99,8 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert ft_metrics["tokenizer"]["block_size"] == pre_metrics["tokenizer"]["block_size"]
     assert max(pre_metrics["tokenizer"]["dropped_fraction_train"].values()) <= 0.005
     assert (ft / "pretrained" / "README.md").read_text().startswith("---\n")
+    for folder in (pre, ft):  # the exported config.json parses strictly too
+        loads_strict((folder / "pretrained" / "config.json").read_text())
 
     # the fine-tuned folder is a Neuroformer with the backbone's units and a position head
     from neurofm.models.neuroformer import Neuroformer
@@ -120,6 +122,9 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert printed["metrics"] == report["metrics"] and "position_r2" in printed["metrics"]
     r2 = report["metrics"]["position_r2"]
     assert np.isfinite(r2) and np.isfinite(report["baselines"]["ridge on binned counts"]["position_r2"])
+    # evaluate's baselines fit the fine-tuning run's labels (10%, its seed), and the protocol says so
+    assert "behaviour labels on 10% of the training windows" in report["protocol"]
+    assert report["data"]["n_labelled_train_windows"] == ft_metrics["data"]["n_labelled_train_windows"]
     # the same model on the same test block scores what the fine-tuning run reported
     assert r2 == pytest.approx(ft_metrics["metrics"]["position_r2"], rel=1e-4, abs=1e-6)
     assert report["data"]["n_test_windows"] == ft_metrics["data"]["n_test_windows"] > 0

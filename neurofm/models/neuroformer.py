@@ -178,6 +178,11 @@ class BehaviorVariable:
     target: bool = False
     mean: list[float] = field(default_factory=list)  # per-feature training mean ([] = 0)
     std: list[float] = field(default_factory=list)  # per-feature training std ([] = 1)
+    # > 0 (seconds): the target's head also reads a linear map of every unit's spike counts in bins
+    # of this width over the previous + current window (:func:`window_count_features`: what a
+    # ridge decoder reads), added to the pooled-state head. The pooled state is a mean over the
+    # current window's tokens and, on sparse recordings, keeps little of the counts (issue 10).
+    count_bin: float = 0.0
 
     def scale(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(mean, std)`` as tensors like ``like``, ``(dim,)`` each: inputs are standardised
@@ -637,12 +642,16 @@ class Neuroformer(nn.Module, PretrainedMixin):
                 self.contrastive_proj[name] = nn.Sequential(
                     nn.LayerNorm(d), nn.Linear(d, c.contrastive.clip_embd, bias=False))
 
+        self.count_heads = nn.ModuleDict()  # target name -> Linear(n_units * n_bins -> out), see count_bin
         self.apply(self._init_weights)
         #: Validate batches in :meth:`forward` (:meth:`check_batch`). ``None`` (default): every
         #: batch on CPU, where the check is a few cheap reductions, and the first batch on an
         #: accelerator, where each check is a host sync; ``True``: every batch; ``False``: never.
         self.check_inputs: bool | None = None
         self._checked_devices: set[str] = set()
+        for v in c.behavior_targets():
+            if v.count_bin > 0:
+                self._add_count_head(v)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -691,8 +700,20 @@ class Neuroformer(nn.Module, PretrainedMixin):
             "stimulus": params(self.stimulus_encoder, self.stimulus_blocks),
             "behavior": params(self.behavior_embed, self.behavior_blocks),
             "self_att": params(self.self_att_blocks, self.ln_f, self.head_id, self.head_dt),
-            "heads": params(self.behavior_heads, self.contrastive_proj),
+            "heads": params(self.behavior_heads, self.count_heads, self.contrastive_proj),
         }
+
+    def _count_bins(self, v: BehaviorVariable) -> int:
+        w = self.config.window
+        return max(1, int(math.ceil((w.curr + w.prev) / v.count_bin - 1e-9)))
+
+    def _add_count_head(self, v: BehaviorVariable) -> None:
+        """A zero-initialised count read-out for target ``v`` (it adds nothing until trained or set)."""
+        out = v.n_classes if v.task == "classification" else v.dim
+        head = nn.Linear(self.config.n_units * self._count_bins(v), out)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        self.count_heads[v.name] = head.to(self.head_id.weight.device)
 
     # -- vocabulary ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -711,6 +732,12 @@ class Neuroformer(nn.Module, PretrainedMixin):
         new_rows = torch.empty(n_new, old.shape[1], dtype=old.dtype, device=old.device).normal_(0.0, 0.02)
         self.head_id.weight = nn.Parameter(torch.cat([old.detach(), new_rows]), requires_grad=old.requires_grad)
         self.head_id.out_features = self.head_id.weight.shape[0]
+        for name, head in self.count_heads.items():  # unit-major columns: a new unit's bins come last, zero
+            v = next(v for v in self.config.behavior if v.name == name)
+            w = head.weight
+            extra = torch.zeros(w.shape[0], n_new * self._count_bins(v), dtype=w.dtype, device=w.device)
+            head.weight = nn.Parameter(torch.cat([w.detach(), extra], dim=1), requires_grad=w.requires_grad)
+            head.in_features = head.weight.shape[1]
         self.config.n_units += n_new
         if names is not None:
             self.config.units = [*self.config.units, *names]
@@ -722,6 +749,15 @@ class Neuroformer(nn.Module, PretrainedMixin):
             return z
         mean, std = v.scale(z)
         return z * std + mean
+
+    def _count_readout(self, name: str, batch: Mapping[str, Any]) -> Tensor | float:
+        """The count head's term for target ``name`` (0 without one)."""
+        if name not in self.count_heads:
+            return 0.0
+        v = next(v for v in self.config.behavior if v.name == name)
+        head = self.count_heads[name]
+        x = window_count_features(batch, self.config.n_units, self.config.window, v.count_bin)
+        return head(x.to(head.weight.dtype))
 
     def set_behavior_stats(self, stats: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> None:
         """Set each behaviour variable's training ``(mean, std)`` (per feature), e.g. from the
@@ -747,6 +783,8 @@ class Neuroformer(nn.Module, PretrainedMixin):
             self._init_weights(head)
             self.behavior_heads[v.name] = head.to(self.head_id.weight.device)
             self.config.behavior.append(v)
+            if v.count_bin > 0:
+                self._add_count_head(v)
         self.config.validate()
 
     @torch.no_grad()
@@ -761,6 +799,13 @@ class Neuroformer(nn.Module, PretrainedMixin):
         old = self.head_id.weight
         self.head_id.weight = nn.Parameter(old.detach()[rows].clone(), requires_grad=old.requires_grad)
         self.head_id.out_features = len(rows)
+        for name, head in self.count_heads.items():
+            v = next(v for v in self.config.behavior if v.name == name)
+            nb = self._count_bins(v)
+            cols = [u * nb + b for u in units for b in range(nb)]
+            w = head.weight
+            head.weight = nn.Parameter(w.detach()[:, cols].clone(), requires_grad=w.requires_grad)
+            head.in_features = len(cols)
         if self.config.units:
             self.config.units = [self.config.units[u] for u in units]
         self.config.n_units = len(units)
@@ -950,7 +995,8 @@ class Neuroformer(nn.Module, PretrainedMixin):
             "mask": mask,
             "pooled": pooled,
             "neural_features": neural,
-            "behavior": {name: self._behavior_output(name, head(pooled)) for name, head in self.behavior_heads.items()},
+            "behavior": {name: self._behavior_output(name, head(pooled) + self._count_readout(name, batch))
+                         for name, head in self.behavior_heads.items()},
             "contrastive": {},
         }
         if self.contrastive_proj:
@@ -1089,6 +1135,34 @@ def token_targets(batch: Mapping[str, Any], out: Mapping[str, Any], config: Neur
                              "targets must be the input sequence shifted left by one")
         tid, tdt = tid[:, :n], tdt[:, :n]
     return tid, tdt
+
+
+def window_count_features(batch: Mapping[str, Any], n_units: int, window: WindowConfig, bin_s: float) -> Tensor:
+    """``(B, n_units * n_bins)`` spike counts per unit in ``bin_s`` bins over the span a window's
+    tokens cover (previous + current window, ``n_bins = ceil((prev + curr) / bin_s)``), from the
+    batch's tokens (so exactly the spikes the model reads, at dt resolution). Unit-major columns
+    (``unit * n_bins + b``; bin ``b`` holds offsets in ``(b * bin_s, (b + 1) * bin_s]`` before the
+    window end, ``b = 0`` the latest), so new units append columns. Padded or packed batches."""
+    span = window.curr + window.prev
+    n_bins = max(1, int(math.ceil(span / bin_s - 1e-9)))
+    B = batch_size(batch)
+    device = batch["id"].device
+    out = torch.zeros(B * n_units * n_bins, device=device)
+    for key, dkey, back in (("id", "dt", window.curr), ("id_prev", "dt_prev", span)):
+        ids, dts = batch[key], batch[dkey]
+        seqs = packed_layout(batch, key)
+        if seqs is None:
+            row = torch.arange(ids.shape[0], device=device)[:, None].expand_as(ids)
+        else:
+            ids, dts = ids.reshape(-1), dts.reshape(-1)
+            row = torch.bucketize(torch.arange(ids.numel(), device=device), seqs.cu_seqlens[1:].to(device), right=True)
+        real = ids >= N_SPECIAL
+        offset = back - dts.double() * window.dt  # seconds before the window end
+        b = torch.clamp(torch.ceil(offset / bin_s - 1e-9).long() - 1, 0, n_bins - 1)
+        col = (ids - N_SPECIAL).clamp(min=0, max=n_units - 1) * n_bins + b
+        flat = (row * (n_units * n_bins) + col)[real]
+        out.index_add_(0, flat, torch.ones(flat.shape, device=device))
+    return out.view(B, n_units * n_bins)
 
 
 def batch_size(batch: Mapping[str, Any]) -> int:

@@ -8,7 +8,7 @@ band power (DESIGN.md 8), each with a 95% CI from blocks of the test period; whe
 does not beat the random-init encoder, the card's limitations say so in one line.
 
 Classification and regression fine-tunes write the **decode report** (``metrics.json``
-``report``; :func:`neurofm.evaluation_ieeg.decode_report`): the fine-tuned model, a linear
+``report``, and ``decode_report.md``; :func:`neurofm.report.decode_report`): the fine-tuned model, a linear
 probe on the frozen encoder the run started from, band power (logistic and ridge for
 classification, ridge for regression) and a null, all fitted on the same training segments
 and scored on the same test segments, with block-bootstrap CIs and one plain line saying
@@ -748,7 +748,6 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 
 
 def _evaluate_pretraining(cfg, task, dm):
-    from neurofm.evaluation_ieeg import decode_report
     from neurofm.models.barista import BaristaEncoder
 
     task.model.cpu().eval()
@@ -772,19 +771,19 @@ def _evaluate_pretraining(cfg, task, dm):
         rand = BaristaEncoder(enc.config)
         arms, y, test = _probe_arms(cfg, probe, {"pretrained encoder, linear probe": enc,
                                                  "random-init encoder, same probe": rand})
-        report = decode_report(arms, y, test["t0"], metric="auroc", model="pretrained encoder, linear probe",
-                               baseline="random-init encoder, same probe", session=test["session"], seed=cfg.seed)
-        a = report["arms"]
-        metrics["probe_auroc"] = a["pretrained encoder, linear probe"]["value"]
-        metrics["probe_auroc_ci95"] = a["pretrained encoder, linear probe"]["ci"]
+        ref = "pretrained encoder, linear probe"
+        report, line = _shared_report(arms, y, test, task="classification", target=events, reference=ref,
+                                      baseline="random-init encoder, same probe", seed=cfg.seed)
+        metrics["probe_auroc"], metrics["probe_auroc_ci95"] = _value_ci(report, ref)
         for name in ("random-init encoder, same probe", "ridge on band power"):
-            baselines[name] = {"probe_auroc": a[name]["value"], "probe_auroc_ci95": a[name]["ci"]}
+            value, ci = _value_ci(report, name)
+            baselines[name] = {"probe_auroc": value, "probe_auroc_ci95": ci}
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
                  f"the training block, ROC-AUC on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
-                 f"{report['n_blocks']} blocks of the test period)")
-        if not report["line"].startswith("pretrained encoder, linear probe beats"):
+                 f"{report.n_blocks} blocks of the test period)")
+        if line is not None:
             limitations.append(
-                report["line"] + " The probe is a ridge on the token MEAN, which discards which channel and patch "
+                line + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
                 "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
                 "not have left its trivial phase, where the predictor outputs the mean target.")
     return metrics, baselines, extra, limitations
@@ -893,9 +892,8 @@ def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
 def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, data: dict) -> dict:
     """Model, linear probe on the frozen starting encoder, band power and a null, all on the
     same test segments (and fitted on the same training segments), with block-bootstrap CIs
-    (:func:`neurofm.evaluation_ieeg.decode_report`) and the run's plots."""
+    (:func:`neurofm.report.decode_report`, also written as ``decode_report.md``) and the run's plots."""
     from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
-    from neurofm.evaluation_ieeg import decode_report
     from neurofm.metrics import pearson_r
 
     classify = cfg.task.finetune_task == "classification"
@@ -934,11 +932,13 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                 probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
                 "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
         metric, key, baseline = "r2", "test_r2", "ridge on band power"
-    report = decode_report(arms, y, test["t0"], metric=metric, model=MODEL_ARM, baseline=baseline,
-                           session=test["session"], seed=cfg.seed)
-    a = report["arms"]
-    metrics: dict[str, Any] = {key: a[MODEL_ARM]["value"], f"{key}_ci95": a[MODEL_ARM]["ci"]}
-    baselines = {name: {key: a[name]["value"], f"{key}_ci95": a[name]["ci"]} for name in arms if name != MODEL_ARM}
+    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
+                                     f"training block's mean and std)"
+    report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
+                                  target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
+                                  notes={probe: "frozen features", baseline: "same segments"})
+    metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
+    baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
         metrics["test_accuracy"] = float((test["pred"].argmax(-1) == y).mean())
         data.update(test_segments=int(len(y)), test_segments_per_class={
@@ -947,16 +947,46 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
-    limitations = [] if report["line"].startswith(f"{MODEL_ARM} beats") else [report["line"]]
+    limitations = [] if line is None else [line]
     _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
-    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
-                                     f"training block's mean and std)"
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
-                 f"and band, penalty chosen on the last 20% of the training segments; {report['level']:.0%} CIs "
-                 f"from a bootstrap over {report['n_blocks']} contiguous blocks of the test period")
+                 f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
+                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
+    from neurofm.atomic import write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "decode_report.md", report.to_text() + "\n")
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
-            "data": data, "report": report, "limitations": limitations}
+            "data": data, "report": report.to_dict(), "limitations": limitations}
+
+
+def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,
+                   baseline: str, seed: int, notes: dict | None = None, protocol: str = ""):
+    """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
+    contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`), and
+    its plain line about ``baseline`` (None when the reference beats it)."""
+    from neurofm.evaluation_ieeg import test_period_blocks
+    from neurofm.report import decode_report
+
+    blocks = test_period_blocks(test["t0"], test["session"])
+    rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
+                        scored=f"all {len(y)} test segments", notes=notes, protocol=protocol, seed=seed)
+    m = rep.primary
+    compared = [r.arm for r in rep.rows if r.arm != reference and m in r.diff]
+    line = dict(zip(compared, rep.verdicts())).get(baseline)
+    if rep.n_blocks < 5:  # too few distinct resamples for an interval to mean anything
+        line = (f"{reference} vs {baseline}: {rep.n_blocks} blocks of the test period are too few for a "
+                f"confidence interval ({len(y)} test segments); the comparison is not established")
+    elif line is not None and line.startswith(f"{reference} beats"):
+        line = None
+    return rep, line
+
+
+def _value_ci(rep, arm: str) -> tuple[float, list[float]]:
+    """(point estimate, [lo, hi]) of the report's primary metric for ``arm``."""
+    row, m = rep.row(arm), rep.primary
+    return float(row.values[m]), [float(v) for v in row.ci[m]]
 
 
 def _auroc_or_mse(y: np.ndarray, p: np.ndarray) -> float:
@@ -981,7 +1011,7 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return onehot[:, 1:] if n_classes == 2 else onehot
 
 
-def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report: dict,
+def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
                   baseline: str, probe: str) -> None:
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
@@ -996,7 +1026,7 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
             if np.ndim(arms[MODEL_ARM]) != 1:
                 return  # the ROC plot is binary; multiclass runs report macro AUROC only
             curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
-            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report['n_segments']} segments)",
+            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
                              path=out / "roc.png")
             return
         first = test["session"] == test["session"].min()
@@ -1005,9 +1035,8 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
         t = test["t0"][first][order] + seg / 2
         unit = dm.sessions[int(test["session"].min())].h5[f"behavior/{cfg.data.target}"].attrs.get("unit", "")
         unit = unit.decode() if isinstance(unit, bytes) else str(unit)
-        a = report["arms"]
-        title = (f"{cfg.data.target}, test block: R² = {a[MODEL_ARM]['value']:.3f} "
-                 f"({baseline} {a[baseline]['value']:.3f})")
+        title = (f"{cfg.data.target}, test block: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
+                 f"({baseline} {_value_ci(report, baseline)[0]:.3f})")
         true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]
         dims = true.shape[1] if true.ndim > 1 else 1
         plots.decoding_trace(t, true, pred, names=[cfg.data.target] if dims == 1 else None, unit=unit, title=title,

@@ -353,7 +353,11 @@ def _plain(value):
 # says the same): the backbone at the reference AdamW lr (1e-4, DESIGN.md 9) and the fresh behaviour
 # heads 10x faster; a step budget sized from the labelled windows (step_budget_for) instead of an
 # epoch count; checkpointing and early stopping on validation R2 with a patience of a quarter of
-# the ~20 validation checks; the best checkpoint is evaluated.
+# the ~20 validation checks; the best checkpoint is evaluated. Each new regression head reads the
+# pooled state AND every unit's counts in 50 ms bins (count_bin), the count read-out starting
+# at the ridge solution on the labelled windows (init_count_heads): the model starts where ridge
+# ends and fine-tuning must improve on it on validation to be kept.
+COUNT_BIN_S = 0.05  # fine-tuned heads also read the window's counts in 50 ms bins, started at ridge
 FINETUNE_RECIPE = {"task": {"lr": 1e-4, "head_lr_ratio": 10.0, "step_budget": 0},
                    "trainer": {"max_epochs": -1, "max_steps": -1, "early_stopping_patience": 5}}
 
@@ -395,7 +399,8 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
                  "freeze_backbone": freeze_backbone, "from_scratch": from_scratch, **FINETUNE_RECIPE["task"]},
         "eval": {"generate_windows": 0, **({"score_when": score_when} if score_when else {})},
         "trainer": dict(FINETUNE_RECIPE["trainer"]),
-        "model": {"behavior": [{"name": n, "dim": dims[n], "task": "regression", "target": True} for n in behavior]},
+        "model": {"behavior": [{"name": n, "dim": dims[n], "task": "regression", "target": True,
+                                "count_bin": COUNT_BIN_S} for n in behavior]},
     }
     return from_dict(RunConfig, base, overrides=list(overrides), where="neurofm finetune")
 
@@ -766,6 +771,8 @@ def task(cfg: RunConfig, dm):
     unset = [v.name for v in model.config.behavior if not v.mean]
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
+    if cfg.task.mode == "finetune":
+        init_count_heads(model, cfg, dm)
     t = cfg.task
     module = NeuroformerTask(
         model=model, mode=t.mode, objectives=t.objectives or None, lr=t.lr, weight_decay=t.weight_decay,
@@ -774,6 +781,62 @@ def task(cfg: RunConfig, dm):
         label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed, head_lr_ratio=t.head_lr_ratio,
         score_windows=MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None)
     return module
+
+
+@torch.no_grad()
+def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
+    """Start each fresh (all-zero) count head at the ridge solution on the labelled training windows.
+
+    Ridge (:func:`_ridge_fit_predict`'s penalty rule: 4-fold blocked CV over the windows in time
+    order) from the head's binned counts to the standardised target, folded into the Linear
+    layer (``W = coef / sd``, ``b = y_mean - (mu / sd) @ coef``), so before any step the model
+    predicts what ridge on the same counts predicts (plus the pooled head's small random term).
+    Heads already trained (a fine-tuned checkpoint, a resumed run) are left alone. Returns the
+    targets initialised."""
+    from neurofm.baselines import Ridge
+    from neurofm.evaluation import RidgeFitPredict
+
+    fresh = [v for v in model.config.behavior_targets()
+             if v.name in model.count_heads and v.task == "regression"
+             and not model.count_heads[v.name].weight.detach().abs().sum() > 0]
+    if not fresh:
+        return []
+    dm.setup("fit")
+    n_units = model.config.n_units
+    stride = cfg.data.stride or cfg.model.window.curr
+    xs, ys, ms, ses, ivs = {v.name: [] for v in fresh}, {v.name: [] for v in fresh}, {v.name: [] for v in fresh}, [], []
+    for batch in dm._loader(dm.split_names[0], train=False):  # the training windows (few-shot: the labelled ones)
+        ses.append(batch["session"])
+        ivs.append(batch["interval"])
+        for v in fresh:
+            xs[v.name].append(torch.as_tensor(_binned_counts(batch, n_units, model.config.window, v.count_bin)))
+            ys[v.name].append(batch["behavior"][v.name].reshape(len(batch["interval"]), -1))
+            ms[v.name].append(batch["behavior_mask"][v.name])
+    labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
+    if cfg.data.label_fraction < 1.0:
+        labelled = _label_subset(cfg)(torch.cat(ses), torch.cat(ivs))
+    done = []
+    for v in fresh:
+        X = torch.cat(xs[v.name]).double().numpy()
+        mean, std = v.scale(torch.zeros(1, dtype=torch.float64))
+        Y = ((torch.cat(ys[v.name]).double() - mean) / std).numpy()
+        keep = (torch.cat(ms[v.name]).bool() & labelled).numpy()
+        if keep.sum() < 10:
+            continue
+        try:
+            alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / stride))).choose_alpha(X[keep], Y[keep])
+            r = Ridge(alpha).fit(X[keep], Y[keep])
+        except ValueError:
+            r = Ridge().fit(X[keep], Y[keep])
+        head = model.count_heads[v.name]
+        coef = r.coef_ / r.x_std_[:, None]  # (F, D)
+        head.weight.copy_(torch.as_tensor(coef.T, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(r.y_mean_ - r.x_mean_ @ coef, dtype=head.bias.dtype))
+        done.append(v.name)
+    if done:
+        print(f"neurofm: count read-out of {', '.join(done)} starts at ridge on {int(keep.sum())} labelled windows",
+              file=sys.stderr)
+    return done
 
 
 BUDGET_PASSES, BUDGET_MIN_STEPS, BUDGET_MAX_STEPS, BUDGET_CHECKS = 30, 300, 3000, 20
@@ -794,7 +857,9 @@ def resolve_trainer(cfg: RunConfig, dm):
     ``max_steps`` both -1, as the fine-tuning recipe leaves them; a user's own limit wins) the run
     trains for a step budget sized from the labelled training windows (:func:`step_budget_for`);
     ``step_budget = N > 0``: N steps. Validation then runs about ``BUDGET_CHECKS`` times (every
-    ``ceil(epochs / 20)`` epochs) so early stopping has checks to count."""
+    ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
+    ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
+    stopping has checks to count."""
     t = cfg.trainer
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
@@ -803,6 +868,15 @@ def resolve_trainer(cfg: RunConfig, dm):
     n = len(dm.datasets["train"])  # under FewShotSplit: the labelled windows only
     per_epoch = max(1, math.ceil(n / cfg.data.batch_size))
     budget = cfg.task.step_budget or step_budget_for(n, cfg.data.batch_size)
+    check_steps = max(1, math.ceil(budget / BUDGET_CHECKS))
+    if per_epoch > check_steps:
+        # an epoch longer than the gap between checks: "epochs" of check_steps batches (each a fresh
+        # shuffle), so validation (and early stopping) still runs ~BUDGET_CHECKS times
+        epochs = math.ceil(budget / check_steps)
+        print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per pass; "
+              f"validation every {check_steps} steps)", file=sys.stderr)
+        return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=1,
+                                   limit_train_batches=check_steps)
     epochs = math.ceil(budget / per_epoch)
     every = max(1, math.ceil(epochs / BUDGET_CHECKS))
     print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per epoch, "
@@ -957,23 +1031,13 @@ RIDGE_BIN_S = 0.05  # DESIGN.md 8: ridge on counts in 50 ms bins
 
 
 def _binned_counts(batch, n_units: int, window, bin_s: float = RIDGE_BIN_S) -> np.ndarray:
-    """(B, n_bins * n_units) counts per unit in ``bin_s`` bins over the span the model reads
-    (previous + current window, ``n_bins = ceil((prev + curr) / bin_s)``), bin-major with bin 0
-    the latest: the ridge and Bayes baselines see exactly the spikes the model sees (after any
-    block overflow, at the tokens' dt resolution), binned as DESIGN.md 8's floor bins them (50 ms
-    bins of history)."""
-    span = window.curr + window.prev
-    n_bins = max(1, int(math.ceil(span / bin_s - 1e-9)))
-    out = torch.zeros(len(batch["id"]), n_bins * n_units)
-    for key, back in (("id", window.curr), ("id_prev", span)):
-        ids, dts = batch[key], batch["dt" if key == "id" else "dt_prev"]
-        real = ids >= N_SPECIAL
-        offset = back - dts.double() * window.dt  # seconds before the window end
-        # bin b holds offsets in (b * bin_s, (b + 1) * bin_s]: bins closed at their start, as bin_spikes
-        b = torch.clamp(torch.ceil(offset / bin_s - 1e-9).long() - 1, 0, n_bins - 1)
-        col = b * n_units + (ids - N_SPECIAL).clamp(min=0, max=n_units - 1)
-        out.scatter_add_(1, torch.where(real, col, 0), real.float())
-    return out.numpy()
+    """(B, n_units * n_bins) counts per unit in ``bin_s`` bins over the span the model reads
+    (:func:`~neurofm.models.neuroformer.window_count_features`, unit-major): the ridge and Bayes
+    baselines (and the model's count head) see exactly the spikes the model sees (after any block
+    overflow, at the tokens' dt resolution), binned as DESIGN.md 8's floor bins them (50 ms)."""
+    from neurofm.models.neuroformer import window_count_features
+
+    return window_count_features(batch, n_units, window, bin_s).numpy()
 
 
 def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: np.ndarray) -> float:
@@ -1082,7 +1146,9 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     so the probe reads that model's own features."""
     if not cfg.task.pretrained:
         return None
-    frozen = build_model(cfg, dm).eval()
+    # the pretrained weights also for a --from-scratch run: the probe is the same arm in both
+    pretrained = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, from_scratch=False))
+    frozen = build_model(pretrained, dm).eval()
     train = _collect(frozen, _train_windows_loader(dm))
     test_f = _collect(frozen, dm._loader("test", train=False))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
@@ -1126,8 +1192,8 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     n_bins = train["binned"].shape[1] // n_units
     notes["ridge on binned counts"] = f"{n_bins} x {RIDGE_BIN_S * 1e3:.0f} ms bins per unit"
     if ytr.reshape(len(ytr), -1).shape[1] <= 2:
-        c_tr = train["binned"][mt].reshape(-1, n_bins, n_units).sum(1)
-        c_te = test["binned"][m].reshape(-1, n_bins, n_units).sum(1)
+        c_tr = train["binned"][mt].reshape(-1, n_units, n_bins).sum(2)
+        c_te = test["binned"][m].reshape(-1, n_units, n_bins).sum(2)
         arms["Poisson Bayes"] = PoissonBayesDecoder().fit(c_tr, ytr).predict(c_te).reshape(y.shape)
         notes["Poisson Bayes"] = "place/tuning fields from the same counts"
     arms["null (training mean)"] = np.broadcast_to(ytr.mean(0), y.shape).copy()
@@ -1150,7 +1216,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
             f"all metrics on the test block; baselines fitted on the training block")
     t = cfg.task
     if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
-        text += (f"; fine-tuned {'from ' + str(t.pretrained) if t.pretrained else 'from scratch'} for at most "
+        start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
+        text += (f"; fine-tuned {start} for at most "
                  f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
                  f"x{t.head_lr_ratio:g}, the checkpoint with the best validation R2 evaluated")
     if d.label_fraction < 1.0:

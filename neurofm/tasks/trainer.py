@@ -26,6 +26,11 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
     log_every_n_steps: int = 10
+    # csv | tensorboard | wandb | mlflow, or several comma-separated (csv,tensorboard). CSV writes
+    # run_dir/logs/metrics.csv; the others need their extra: pip install "neurofm[tensorboard]".
+    logger: str = "csv"
+    # CPU threads of torch's intra-op pool: auto = free cores (affinity minus load average), or N.
+    threads: str = "auto"
     check_val_every_n_epoch: int = 1
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0

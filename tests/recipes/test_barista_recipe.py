@@ -108,7 +108,7 @@ def test_demo_config_notches_the_simulated_line_noise(session):
     notches it, and a config that leaves it in every pretraining target is warned."""
     from neurofm.experiment import load_config
 
-    demo = Path(__file__).resolve().parents[2] / "configs" / "barista" / "demo.yaml"
+    demo = "barista/demo"  # the shipped config, by name
     over = [f"data.sessions=[{session}]", "data.segment_s=1.0", "data.n_patches=4", "data.batch_size=32"]
     cfg = recipe.prepare(load_config(demo, over))
     assert cfg.data.line_noise == 60.0
@@ -152,13 +152,15 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
     assert task.hparams.target_std == pytest.approx([v[inside].std()], rel=1e-5)
     assert task.hparams.target_mean[0] > 200.0  # mN: far from unit scale, so it matters
     out = recipe.evaluate(cfg, task, dm, tmp_path)  # untrained model: the report's shape and the baseline
-    arms = out["report"]["arms"]
-    assert set(arms) == {recipe.MODEL_ARM, "ridge on band power", "linear probe on the frozen random-init encoder",
-                         "null (training mean)"}
+    arms = [row["arm"] for row in out["report"]["rows"]]  # neurofm.report's decode report, shared with spikes
+    assert arms == [recipe.MODEL_ARM, "ridge on band power", "linear probe on the frozen random-init encoder",
+                    "null (training mean)"]
+    assert out["report"]["task"] == "regression" and out["report"]["target"] == "grip_force"
     assert out["baselines"]["ridge on band power"]["test_r2"] > 0.3  # precentral high gamma carries the force
     lo, hi = out["metrics"]["test_r2_ci95"]
     assert lo <= out["metrics"]["test_r2"] <= hi
-    assert out["data"]["test_segments"] == out["report"]["n_segments"] > 10
+    assert out["data"]["test_segments"] == out["report"]["n_windows"] > 10
+    assert "decode report" in (tmp_path / "decode_report.md").read_text()
     assert out["limitations"] and "ridge on band power" in out["limitations"][0]  # the plain line: it loses
     assert (tmp_path / "plots" / "decoded_grip_force.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="no /behavior/speed"):
@@ -174,7 +176,7 @@ def test_classification_report_and_roc_plot(session, tmp_path):
     assert {"logistic on band power", "ridge on band power", "null (chance)"} <= set(out["baselines"])
     assert out["baselines"]["null (chance)"]["test_auroc"] == 0.5
     assert out["baselines"]["logistic on band power"]["test_auroc"] > 0.6
-    assert out["report"]["line"] and "blocks of the test period" in out["protocol"]
+    assert len(out["report"]["verdicts"]) == 4 and "blocks of the test period" in out["protocol"]
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
 
 

@@ -103,7 +103,8 @@ def test_unset_block_sizes_come_from_the_training_windows_and_are_recorded(tmp_p
     assert (cfg.model.block_size.id, cfg.model.block_size.prev_id) == (0, 0)  # the default: auto
     resolved = recipe.resolve_block_sizes(cfg)
     curr, prev = recipe.training_window_counts(resolved)
-    assert resolved.model.block_size.id == block_size_for(curr) and resolved.model.block_size.prev_id == block_size_for(prev)
+    chosen = resolved.model.block_size
+    assert (chosen.id, chosen.prev_id) == (block_size_for(curr), block_size_for(prev))
     report = recipe.block_size_report(resolved)
     assert report["dropped_fraction_train"]["curr"] <= 0.005
     assert report["block_size"] == {"id": resolved.model.block_size.id, "prev_id": resolved.model.block_size.prev_id}
@@ -135,7 +136,8 @@ def test_mostly_empty_windows_get_a_longer_window_suggested(tmp_path):
     path = _session(tmp_path / "a.h5", rate=0.5)  # 4 units x 0.5 Hz = 2 spikes/s: 0.1 per 50 ms window
     cfg = _config([path], model={"window": {"curr": 0.05, "prev": 0.1, "dt": 0.01}})
     # ~1.9 spikes/s measured: 4 spikes need 2.1 s, so the next round length, 5 s (prev scaled x100)
-    with pytest.warns(UserWarning, match=r"holds 0\.09 spikes on average.*try model.window.curr=5 model.window.prev=10 "):
+    with pytest.warns(UserWarning, match=r"holds 0\.09 spikes on average.*try model.window.curr=5 "
+                                         r"model.window.prev=10 "):
         recipe.resolve_block_sizes(cfg)
     assert recipe.suggest_window(1.5, cfg.model.window) is None
 
@@ -168,7 +170,7 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
 def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
     cfg = recipe.resolve_scoring(_config([_session(tmp_path / "a.h5", still_after=30.0)]))
     with pytest.raises(ConfigError, match=r"position: the test block has 0 scored windows .*neurofm split"), \
-            pytest.warns(UserWarning, match=r"the validation block has 0 scored windows \(moving\), so model selection"):
+            pytest.warns(UserWarning, match=r"the validation block has 0 scored windows \(moving\), so model"):
         recipe.check_test_target(cfg)
     cfg.eval.score_when = "all"  # every window: 23 still windows, the target constant
     with pytest.raises(ConfigError, match=r"variance is 0\.00% of that over the training windows.*neurofm split"):
@@ -279,8 +281,24 @@ def test_from_scratch_is_the_checkpoint_shape_from_random_init_with_the_same_lab
     t = torch.arange(0.0, DURATION, 0.25, dtype=torch.float64)
     s = torch.zeros_like(t, dtype=torch.long)
     assert torch.equal(recipe._label_subset(cfg_p)(s, t), recipe._label_subset(cfg_s)(s, t))
+    text = recipe._protocol(cfg_s, dm_s)
+    assert "from scratch" in text and f"fine-tuned from {folder}" not in text
     with pytest.raises(ConfigError, match="from_scratch"):
         recipe.prepare(_config([path], task={"mode": "finetune", "from_scratch": True}))
+
+
+def test_the_linear_probe_of_a_from_scratch_run_reads_the_pretrained_features(pretrained):
+    folder, path = pretrained
+    probes = []
+    for scratch in (False, True):
+        cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], from_scratch=scratch,
+                                                    overrides=FEW))
+        dm = recipe.datamodule(cfg)
+        dm.setup("fit"), dm.setup("test")
+        test = recipe._collect(recipe.build_model(cfg, dm), dm._loader("test", train=False))
+        probes.append(recipe._probe_features(cfg, dm, None, test))
+    for part in ("train", "test"):
+        assert np.array_equal(probes[0][part], probes[1][part])
 
 
 def test_evaluate_fits_ridge_on_the_fine_tuning_runs_labels(tmp_path):

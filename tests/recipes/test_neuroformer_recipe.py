@@ -160,7 +160,7 @@ def test_binned_counts_are_the_spikes_the_model_reads_in_50ms_bins(tmp_path):
     dm = recipe.datamodule(cfg)
     dm.setup("fit")
     batch = next(iter(dm._loader("valid", train=False)))
-    got = recipe._binned_counts(batch, 3, cfg.model.window)  # (B, 10 bins * 3 units), bin 0 latest
+    got = recipe._binned_counts(batch, 3, cfg.model.window)  # (B, 3 units * 10 bins), unit-major, bin 0 latest
     assert got.shape == (len(batch["interval"]), 10 * 3)
     with Session(path) as s:
         t, u = s.spikes()
@@ -172,7 +172,7 @@ def test_binned_counts_are_the_spikes_the_model_reads_in_50ms_bins(tmp_path):
         keep = (t >= end - 0.5) & (t < end)
         want = bin_spikes(tq[keep] + 1e-7, u[keep], 3, end - 0.5, end + 1e-6, 0.05)[:10][::-1]  # latest bin first
         assert got[w].sum() == keep.sum()
-        np.testing.assert_array_equal(got[w].reshape(10, 3), want)
+        np.testing.assert_array_equal(got[w].reshape(3, 10).T, want)
 
 
 def test_decode_report_arms_share_windows_and_say_when_the_model_loses(tmp_path):
@@ -208,6 +208,10 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     per_epoch = math.ceil(n / 16)
     assert t.max_steps == recipe.step_budget_for(n, 16) and t.max_epochs == math.ceil(t.max_steps / per_epoch)
     assert t.check_val_every_n_epoch == max(1, math.ceil(t.max_epochs / 20))
+    # a budget shorter than 20 passes: validation every budget / 20 steps (epochs cut to that length)
+    short = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 40}}, where="t")
+    ts = recipe.resolve_trainer(short, dm)
+    assert ts.max_steps == 40 and ts.limit_train_batches == 2 and ts.max_epochs == 20
     # a user's trainer.max_epochs turns the budget off; an explicit step_budget always applies
     own = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": 2, "max_steps": -1}}, where="t")
     assert recipe.resolve_trainer(own, dm) == own.trainer
@@ -254,3 +258,34 @@ def test_finetune_task_monitors_validation_r2_and_heads_train_faster(tmp_path):
     assert {lr for is_head, lr in lrs if not is_head} == {1e-4}
     pre = NeuroformerTask(model=task.model, mode="pretrain")
     assert pre.monitor is None
+
+
+def test_count_heads_start_at_the_ridge_solution(tmp_path):
+    """Fine-tuning starts each fresh count read-out at ridge on the labelled windows: before any
+    step, head(counts) equals ridge's prediction of the standardised target; trained heads are kept."""
+    from neurofm.baselines import Ridge
+    from neurofm.evaluation import RidgeFitPredict
+
+    path = _session(tmp_path / "a.h5", n_units=4)
+    base = _cfg_dict(_config([path], split={"gap": 1.0}))
+    base["model"]["behavior"][0]["count_bin"] = 0.05
+    cfg = from_dict(recipe.RunConfig, base, where="t")
+    dm = recipe.datamodule(cfg)
+    model = recipe.task(cfg, dm).model
+    head = model.count_heads["position"]
+    assert head.weight.abs().sum() > 0
+    X, Y = [], []
+    for batch in dm._loader("train", train=False):
+        X.append(recipe._binned_counts(batch, 4, cfg.model.window, 0.05))
+        Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
+    X, Y = np.concatenate(X), np.concatenate(Y)
+    (v,) = model.config.behavior
+    Z = (Y - v.mean[0]) / v.std[0]
+    alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / 0.25))).choose_alpha(X, Z)
+    want = Ridge(alpha).fit(X, Z).predict(X)
+    got = head(torch.as_tensor(X, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a head that already holds weights (a fine-tuned checkpoint, a resumed run) is left alone
+    with torch.no_grad():
+        head.weight.fill_(0.25)
+    assert recipe.init_count_heads(model, cfg, dm) == [] and float(head.weight[0, 0]) == 0.25

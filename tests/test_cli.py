@@ -1,0 +1,202 @@
+"""The command line as users meet it: --version, help with defaults, `train --help`, `config
+show`, run folders per config, thread choice, loggers and a quiet Lightning."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import neurofm
+from neurofm import cli
+from neurofm.config import ConfigError
+from neurofm.experiment import (CONFIG_DIR, TrainerConfig, build_trainer, config_path, logger_names, main as train_main,
+                                resolve_config, shipped_configs)
+from neurofm.threads import auto_threads, resolve_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "OMP_WAIT_POLICY")}
+    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+# -- version, help ------------------------------------------------------------------------------
+
+
+def test_version_and_top_level_description(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"neurofm {neurofm.__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "Neuroformer for spikes, BaRISTA" in out and "console script" not in out
+    for command in ("convert", "inspect", "simulate", "train", "config", "finetune", "evaluate", "generate"):
+        assert f"    {command} " in out
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("simulate", ["(default: 600.0)", "(default: 100)", "--seed SEED", "(default: 0)"]),
+    ("convert", ["mark the channel bad", "nwb: NWB 2 file"]),
+    ("generate", ["(default: teacher_forced)", "(default: 0.95)", "(default: 10.0)"]),
+    ("finetune", ["(default: decode)", "(default: 1.0)"]),
+    ("evaluate", ["(default: runs/evaluate)"]),
+    ("config", ["neurofm config show barista/paper"]),
+])
+def test_every_subcommand_help_shows_its_defaults(command, expected, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    for text in expected:
+        assert text in " ".join(out.split()), f"{command} --help lacks {text!r}:\n{out}"
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["train", "demo", "--help"], ["train", "-h"],
+                                  ["train", "barista/paper", "trainer.max_epochs=2", "--help"]])
+def test_train_help_is_for_users(argv, capsys):
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "usage: neurofm train [CONFIG] [key=value ...]" in out
+    for name in shipped_configs():
+        assert name in out
+    assert "override any setting" in out and "examples:" in out and "trainer.threads" in out
+    if len(argv) > 2:
+        assert "neurofm config show" in out.splitlines()[-1]
+
+
+def test_python_train_py_help_and_bad_arguments():
+    done = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "usage: python train.py [CONFIG] [key=value ...]" in done.stdout
+    assert "Same code as" not in done.stdout  # not the module docstring
+    done = subprocess.run([sys.executable, "train.py", "demo", "trainer.max_epochs"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "'trainer.max_epochs' is not key=value" in done.stderr
+
+
+def test_entry_points_make_idle_openmp_threads_sleep_unless_told_otherwise():
+    probe = ("import os, runpy, sys; sys.argv = ['train.py', '--help']\n"
+             "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "PASSIVE"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(OMP_WAIT_POLICY="ACTIVE"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "ACTIVE"
+
+
+# -- configs by name, config show, run folders ---------------------------------------------------
+
+
+def test_shipped_configs_by_name_and_path(tmp_path):
+    assert set(shipped_configs()) == {"neuroformer/demo", "neuroformer/paper", "neuroformer/finetune",
+                                      "barista/demo", "barista/paper", "barista/finetune"}
+    assert config_path(None) == config_path("demo") == config_path("neuroformer/demo.yaml") \
+        == config_path("configs/neuroformer/demo.yaml") == CONFIG_DIR / "neuroformer" / "demo.yaml"
+    assert config_path("barista/paper") == CONFIG_DIR / "barista" / "paper.yaml"
+    own = tmp_path / "demo"  # an existing file wins over a shipped name
+    own.write_text("family: barista\n")
+    assert config_path(own) == own
+    with pytest.raises(FileNotFoundError, match="nope: no such config file, nor a shipped config name.*barista/paper"):
+        config_path("nope")
+
+
+def test_config_show_prints_the_resolved_config(capsys):
+    assert cli.main(["config", "show", "barista/paper", "model.encode_scale=lobe", "trainer.max_epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# barista/paper (shipped) + model.encode_scale=lobe trainer.max_epochs=3\n")
+    cfg = yaml.safe_load(out)
+    assert cfg["family"] == "barista" and cfg["model"]["encode_scale"] == "lobe" and cfg["trainer"]["max_epochs"] == 3
+    assert cfg["model"]["n_layers"] == 12 and cfg["trainer"]["threads"] == "auto" and cfg["trainer"]["logger"] == "csv"
+    assert cfg["run_dir"].startswith("runs/barista-paper-")  # a model override: its own folder
+    assert cli.main(["config", "show", "trainer.max_epochs=2"]) == 0  # overrides only: the default config
+    assert yaml.safe_load(capsys.readouterr().out)["run_dir"] == "runs/neuroformer-demo"
+    assert cli.main(["config", "show", "demo", "model.n_embdd=3"]) == 2
+    assert "model.n_embdd" in capsys.readouterr().err
+    assert cli.main(["config", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("barista/demo ")
+
+
+def test_a_run_folder_per_config():
+    base = resolve_config("demo").run_dir
+    assert base == "runs/neuroformer-demo"
+    # trainer / eval overrides continue the same run (resume=auto)
+    assert resolve_config("demo", ["trainer.max_epochs=20", "eval.top_p=0.5"]).run_dir == base
+    # the README's example after the quickstart: another model, another folder, stable across calls
+    wider = resolve_config("demo", ["model.n_embd=128", "trainer.max_epochs=20"]).run_dir
+    assert wider.startswith(base + "-") and len(wider) == len(base) + 7
+    assert resolve_config("demo", ["model.n_embd=128"]).run_dir == wider
+    assert resolve_config("demo", ["model.n_embd=96"]).run_dir not in (base, wider)
+    assert resolve_config("demo", ["seed=1"]).run_dir not in (base, wider)
+    assert resolve_config("demo", ["model.n_embd=64"]).run_dir == base  # the file's own value: no change
+    assert resolve_config("demo", ["model.n_embd=128", "run_dir=runs/mine"]).run_dir == "runs/mine"
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+
+def test_auto_threads_rule():
+    assert auto_threads(cores=2, load=0.1, current=2) == 2  # idle: every core
+    assert auto_threads(cores=2, load=0.8, current=2) == 1  # a core mostly busy
+    assert auto_threads(cores=2, load=7.0, current=2) == 1  # busy: one thread, never zero
+    assert auto_threads(cores=16, load=4.2, current=16) == 12
+    assert auto_threads(cores=16, load=0.0, current=4) == 4  # never above what the process was given
+    assert resolve_threads(3) == 3 and resolve_threads("2") == 2 and resolve_threads("auto") >= 1
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ConfigError, match="trainer.threads"):
+            resolve_threads(bad)
+
+
+def test_bad_thread_setting_stops_before_any_work(tmp_path, capsys):
+    sim = tmp_path / "never.h5"
+    assert train_main(["demo", f"run_dir={tmp_path / 'r'}", f"data.simulate.path={sim}", "trainer.threads=0"]) == 2
+    assert "trainer.threads: '0'" in capsys.readouterr().err and not sim.exists()
+
+
+# -- loggers, Lightning's noise ------------------------------------------------------------------
+
+
+def test_logger_setting_names_the_extra_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    absent = {"tensorboard", "tensorboardX", "wandb", "mlflow"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    for name in ("tensorboard", "wandb", "mlflow"):
+        with pytest.raises(ConfigError, match=rf'trainer.logger={name}: .*pip install "neurofm\[{name}\]"'):
+            logger_names(TrainerConfig(logger=f"csv,{name}"))
+    with pytest.raises(ConfigError, match="'comet' is not one of csv, tensorboard, wandb, mlflow"):
+        logger_names(TrainerConfig(logger="comet"))
+    assert logger_names(TrainerConfig(logger=" csv ")) == ["csv"]
+    # from the command line: an error before the data is simulated
+    sim = tmp_path / "never.h5"
+    assert train_main(["demo", f"run_dir={tmp_path / 'r'}", f"data.simulate.path={sim}",
+                       "trainer.logger=tensorboard"]) == 2
+    assert 'pip install "neurofm[tensorboard]"' in capsys.readouterr().err and not sim.exists()
+
+
+def test_trainer_logs_csv_and_drops_lightning_noise_only(tmp_path, caplog):
+    from lightning.pytorch.loggers import CSVLogger
+
+    caplog.set_level(logging.INFO)
+    trainer = build_trainer(TrainerConfig(accelerator="cpu", devices="1", progress_bar=False), tmp_path)
+    assert [type(lg) for lg in trainer.loggers] == [CSVLogger]
+    assert Path(trainer.loggers[0].log_dir) == tmp_path / "logs"
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith(("GPU available:", "TPU available:", "\U0001f4a1 Tip"))], messages
+    # the filter is on Lightning's logger and drops only its start-up lines
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.info("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.")
+    lightning_log.info("GPU available: True (cuda), used: False")
+    assert [r.getMessage() for r in caplog.records][len(messages):] == [
+        "GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`."]
