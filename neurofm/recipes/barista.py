@@ -953,10 +953,10 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
                  f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
                  f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
-    from neurofm.atomic import write_text
+    from neurofm.atomic import atomic_write
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "decode_report.md", report.to_text() + "\n")
+    atomic_write(run_dir / "decode_report.md", report.to_text() + "\n")
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
             "data": data, "report": report.to_dict(), "limitations": limitations}
 

@@ -233,7 +233,7 @@ def test_finetune_recipe_defaults_are_the_rule():
     assert r["trainer"]["max_epochs"] == -1 and r["trainer"]["max_steps"] == -1
     from omegaconf import OmegaConf
 
-    yaml = OmegaConf.load(Path(recipe.__file__).resolve().parents[1] / "configs" / "neuroformer" / "finetune.yaml")
+    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "neurofm" / "configs" / "neuroformer" / "finetune.yaml")
     assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 10.0 and yaml.task.step_budget == 0
     assert yaml.trainer.max_epochs == -1 and yaml.trainer.early_stopping_patience == 5
 
