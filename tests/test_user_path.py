@@ -117,7 +117,10 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert cli.main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", str(data), "--behavior",
                      "position", "--out", str(ev), "data.stride=1.0"]) == 0
     stdout = capsys.readouterr().out
-    printed = loads_strict(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{") else stdout)
+    lines = stdout.splitlines()  # the JSON object, then "wrote ..." lines
+    first = lines.index("{")
+    printed = loads_strict("\n".join(lines[first:lines.index("}", first) + 1]))
+    assert f"wrote {ev / 'metrics.json'}" in lines
     report = loads_strict((ev / "metrics.json").read_text())
     assert printed["metrics"] == report["metrics"] and "position_r2" in printed["metrics"]
     r2 = report["metrics"]["position_r2"]
