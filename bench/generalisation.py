@@ -33,8 +33,9 @@ Rules applied to every session alike (none chosen per session):
   of the last moving stretch, so a session that ends at rest is not tested on rest), 5 s gaps;
   the rest of the recording trains (``neurofm split``). Sessions without a final rest get the
   default 80/10/10 blocks this way.
-* scored windows, position: moving windows (speed > 20 % of the session's 95th-percentile speed,
-  smoothed 0.5 s: 20 px/s on linear-track, as DESIGN.md 8); speed decoding scores every window.
+* scored windows: the CLI default (``eval.score_when: auto``): position is scored on moving windows
+  (smoothed speed > 0.2 x the training blocks' 95th-percentile speed: ~20 px/s on linear-track,
+  as DESIGN.md 8), speed on every window. The split rule uses the same 0.2 x p95 for "moving".
 * pretraining: configs/neuroformer/demo.yaml's model (n_embd 64, 1 layer per stage), current
   window 0.1 s + previous window 0.2 s (the 300 ms ridge reads: 6 x 50 ms bins), dt 10 ms, block
   sizes = 99.9th percentile of spikes per window (+ SOS/EOS), a fixed step budget.
@@ -209,7 +210,7 @@ def pretrain(name: str, path: Path, out: Path, mode: str) -> Path:
                  f"model.window.dt={WINDOW['dt']}", f"model.block_size.id={bid}", f"model.block_size.prev_id={bprev}",
                  f"trainer.max_steps={PRETRAIN_STEPS[mode]}", "trainer.max_epochs=-1", "trainer.progress_bar=false",
                  "eval.generate_windows=0", "data.split.gap=5.0"]
-    run(load_config(ROOT / "configs" / "neuroformer" / "demo.yaml", overrides))
+    run(load_config(ROOT / "neurofm" / "configs" / "neuroformer" / "demo.yaml", overrides))
     return run_dir / "pretrained"
 
 
@@ -223,9 +224,7 @@ def finetune(name: str, path: Path, behavior: str, pretrained: Path, out: Path, 
     done = _done(run_dir)
     if done:
         return done
-    overrides = [f"seed={seed}", "trainer.progress_bar=false"]
-    if threshold > 0:
-        overrides.append(f"eval.moving_threshold={threshold}")
+    overrides = [f"seed={seed}", "trainer.progress_bar=false"]  # scoring: the CLI default (eval.score_when auto)
     if FINETUNE_CAP[mode]:
         overrides.append(f"task.step_budget={FINETUNE_CAP[mode]}")
     cfg = recipe.finetune_config(str(pretrained), [str(path)], behavior=[behavior], label_fraction=label_fraction,
@@ -291,10 +290,8 @@ def diagnose(name: str, spec: dict, out: Path, mode: str) -> dict:
     path = out / "data" / f"{name}.h5"
     run_dir = out / name / "pretrained-100pct-seed0"
     behavior = spec["behavior"]
-    thr = moving_threshold(path) if behavior == "position" else 0.0
     cfg = recipe.finetune_config(str(out / name / "pretrain" / "pretrained"), [str(path)], behavior=[behavior],
-                                 run_dir=str(out / name / "diagnose"),
-                                 overrides=[f"eval.moving_threshold={thr}"] if thr else [])
+                                 run_dir=str(out / name / "diagnose"))
     cfg = recipe.prepare(cfg)
     dm = recipe.datamodule(cfg)
     dm.setup("fit")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 CODE_LICENSE = "MIT"
 
@@ -92,7 +92,7 @@ _HUB_METRIC = (("_pearson_r", "pearsonr"), ("_r2", "r2"), ("auroc", "roc_auc"), 
 _COUNT = re.compile(r"(^|_)n_")
 
 
-def is_count(name: str, value: Any = None) -> bool:
+def is_count(name: str) -> bool:
     """Whether a ``metrics`` entry is a count rather than a score (see :data:`_COUNT`)."""
     return bool(_COUNT.search(name))
 
@@ -247,8 +247,8 @@ _DATA_TEXT = ("description", "datasets", "sources")
 
 
 def _split_counts(row: dict) -> tuple[dict, dict]:
-    scores = {k: v for k, v in row.items() if not is_count(k, v)}
-    counts = {k: v for k, v in row.items() if is_count(k, v)}
+    scores = {k: v for k, v in row.items() if not is_count(k)}
+    counts = {k: v for k, v in row.items() if is_count(k)}
     return scores, counts
 
 

@@ -298,9 +298,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                   label_fraction=label_fraction, **extra)
     shown = {k: metrics[k] for k in ("metrics", "baselines", "protocol", "null_reasons") if k in metrics}
     print(jsonio.dumps(shown))
-    print(f"wrote {out / 'metrics.json'}")
-    for png in sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []:
-        print(f"wrote {png}")
+    # stdout stays one JSON document; the files written are reported on stderr
+    for path in [out / "metrics.json", *(sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else [])]:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -359,15 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"neurofm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser = sub.add_parser
 
-    def _add(name, **kw):  # every subcommand: its help as description, defaults shown
+    def add(name: str, **kw) -> argparse.ArgumentParser:  # a subcommand: its help as description, defaults shown
         kw.setdefault("description", kw.get("help"))
-        return add_parser(name, formatter_class=_HelpFormatter, **kw)
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kw)
 
-    sub.add_parser = _add
-
-    c = sub.add_parser("convert", help="convert a recording (NWB, or EDF/BrainVision/FIF/BIDS iEEG) to a session file")
+    c = add("convert", help="convert a recording (NWB, or EDF/BrainVision/FIF/BIDS iEEG) to a session file")
     c.add_argument("format", choices=["nwb", "ieeg", "session"],
                    help="nwb: NWB 2 file (pynwb); ieeg: anything MNE reads; session: an existing session file, "
                         "to move --behavior-channel channels to /behavior")
@@ -393,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     c.set_defaults(func=_cmd_convert)
 
-    i = sub.add_parser("inspect", help="summarise a session file")
+    i = add("inspect", help="summarise a session file")
     i.add_argument("file", help="session file (.h5)")
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
@@ -402,12 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: the run config's)")
     i.set_defaults(func=_cmd_inspect)
 
-    v = sub.add_parser("validate", help="check session files' contents (times sorted and finite, unit indices "
-                                        "in range, spike index, timestamps, shapes) before training")
-    v.add_argument("files", nargs="+")
+    v = add("validate", help="check session files' contents (times sorted and finite, unit indices in range, "
+                             "spike index, timestamps, shapes) before training")
+    v.add_argument("files", nargs="+", help="session files (.h5)")
     v.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("simulate", help="write a synthetic session with known ground truth")
+    s = add("simulate", help="write a synthetic session with known ground truth")
     s.add_argument("kind", choices=["spikes", "ieeg"], help="spiking network or sEEG")
     s.add_argument("output", help="session file to write (.h5)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same arguments, same file)")
@@ -430,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "('' for none)")
     s.set_defaults(func=_cmd_simulate)
 
-    sp = sub.add_parser("split", help="fix the train / valid / test time blocks of a session file",
+    sp = add("split", help="fix the train / valid / test time blocks of a session file",
                         description="Writes /intervals/train|valid|test; TimeBlockSplit then uses them instead of "
                                     "its fractions (e.g. to hold out a block of running, not the final rest).")
     sp.add_argument("file", help="session file (.h5) to write the blocks into")
@@ -441,11 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `neurofm train ...` hands its arguments, --help included, to neurofm.experiment.main
     # (the same as `python train.py`), whose help lists configs, override syntax and examples.
-    t = sub.add_parser("train", help="train as a config says (same as `python train.py`)", add_help=False)
+    t = add("train", help="train as a config says (same as `python train.py`)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]; --help for more")
     t.set_defaults(func=_cmd_train)
 
-    cf = sub.add_parser("config", help="print the resolved config a `neurofm train` command would run, or list "
+    cf = add("config", help="print the resolved config a `neurofm train` command would run, or list "
                                        "the shipped configs",
                         epilog="examples:\n  neurofm config list\n  neurofm config show demo\n"
                                "  neurofm config show barista/paper model.encode_scale=lobe\n"
@@ -472,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the training blocks' 95th-percentile speed); 'all'; 'auto' (default) = moving when "
                             "decoding eval.moving_behavior (position), else all")
 
-    f = sub.add_parser("finetune", help="fine-tune a pretrained model on new recordings")
+    f = add("finetune", help="fine-tune a pretrained model on new recordings")
     finetune_args(f)
     f.add_argument("--label-fraction", type=float, default=1.0,
                    help="fraction of training windows with behaviour labels (few-shot), in contiguous chunks")
@@ -483,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--run-dir", help="default runs/finetune-<first data file>")
     f.set_defaults(func=_cmd_finetune)
 
-    e = sub.add_parser("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data")
+    e = add("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data")
     finetune_args(e)
     e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
     e.add_argument("--label-fraction", type=float,
@@ -491,20 +488,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tuning run's, from RUN/config.yaml beside the pretrained folder, else 1.0)")
     e.set_defaults(func=_cmd_evaluate)
 
-    x = sub.add_parser("export", help="Lightning checkpoint -> from_pretrained folder (config.json + model.safetensors)")
+    x = add("export", help="Lightning checkpoint -> from_pretrained folder (config.json + model.safetensors)")
     x.add_argument("checkpoint", help="a .ckpt of a neurofm run (e.g. RUN_DIR/checkpoints/best.ckpt)")
     x.add_argument("output", help="folder to write")
     x.add_argument("--family", choices=["neuroformer", "barista"],
                    help="default: read from the run's config.yaml next to the checkpoints folder")
     x.set_defaults(func=_cmd_export)
 
-    k = sub.add_parser("card", help="write the model card of a run from its metrics.json")
+    k = add("card", help="write the model card of a run from its metrics.json")
     k.add_argument("run_dir", help="run folder with metrics.json and config.yaml")
     k.add_argument("--out", help="default RUN_DIR/pretrained/README.md")
     k.add_argument("--repo-id", help="Hub repo id the card's usage snippet loads (e.g. my-lab/neuroformer-v1)")
     k.set_defaults(func=_cmd_card)
 
-    g = sub.add_parser("generate", help="generate spikes with a pretrained Neuroformer and write them as a session file")
+    g = add("generate", help="generate spikes with a pretrained Neuroformer and write them as a session file")
     g.add_argument("pretrained", help="pretrained Neuroformer folder (or Hub repo id)")
     g.add_argument("data", help="session file whose windows (and previous windows) condition the generation")
     g.add_argument("output", help="session file of generated spikes (.h5)")

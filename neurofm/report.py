@@ -98,7 +98,8 @@ def _r2_r_from_stats(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         var_p = spp - sp * sp / n
         r = cov / np.sqrt(ss_tot * var_p)
     r2 = np.where(ss_tot > 0, r2, np.nan)
-    r = np.where((ss_tot > 0) & (var_p > 0), r, np.nan)
+    # a constant prediction has no correlation; rounding leaves var_p ~1e-16 * spp, not 0
+    r = np.where((ss_tot > 0) & (var_p > 1e-9 * np.abs(spp)), r, np.nan)
     return r2.mean(-1), r.mean(-1)
 
 

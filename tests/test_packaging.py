@@ -63,7 +63,8 @@ def test_declared_dependencies_are_the_imported_ones():
 
     required = {dist(r) for r in meta["dependencies"]}
     extras = {dist(r) for reqs in meta["optional-dependencies"].values() for r in reqs}
-    module_of = {"huggingface-hub": "huggingface_hub", "flash-attn": "flash_attn", "mne-bids": "mne_bids"}
+    module_of = {"huggingface-hub": "huggingface_hub", "flash-attn": "flash_attn", "mne-bids": "mne_bids",
+                 "pyyaml": "yaml"}
     imported = set()
     for path in (ROOT / "neurofm").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

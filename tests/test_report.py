@@ -76,6 +76,9 @@ def test_json_has_no_nan():
     text = json.dumps(rep.to_dict(), allow_nan=False)
     d = json.loads(text)
     assert d["rows"][1]["pearson_r"] is None and d["rows"][0]["arm"] == "model"
+    assert d["rows"][1]["pearson_r_ci"] == [None, None]
+    mean_null = decode_report({"null": np.broadcast_to(y.mean(0) + 0.1, y.shape)}, y, time_blocks(t, 1.0), n_boot=50)
+    assert mean_null.to_dict()["rows"][0]["pearson_r_ci"] == [None, None]  # no rounding-noise correlation
     assert "r2_diff_vs_model" in d["rows"][1]
 
 

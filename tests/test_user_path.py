@@ -116,8 +116,12 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     ev = tmp_path / "eval"
     assert cli.main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", str(data), "--behavior",
                      "position", "--out", str(ev), "data.stride=1.0"]) == 0
-    stdout = capsys.readouterr().out
-    printed = loads_strict(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{") else stdout)
+    out = capsys.readouterr()
+    lines = out.out.splitlines()  # evaluate's stdout ends with one JSON object; files written go to stderr
+    first = lines.index("{")
+    assert lines[-1] == "}"
+    printed = loads_strict("\n".join(lines[first:]))
+    assert f"wrote {ev / 'metrics.json'}" in out.err.splitlines()
     report = loads_strict((ev / "metrics.json").read_text())
     assert printed["metrics"] == report["metrics"] and "position_r2" in printed["metrics"]
     r2 = report["metrics"]["position_r2"]

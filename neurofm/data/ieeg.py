@@ -144,11 +144,13 @@ def convert_ieeg(
 
     names = list(raw.ch_names)
     moves = select_behavior_channels(names, behavior_channels, in_path)
-    table = _channel_table(raw, names, in_path, side, coordinate_unit)
     keep = np.setdiff1d(np.arange(len(names)), [i for i, _ in moves])
     if not keep.size:
         raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
                            "leave at least one neural channel in /continuous")
+    # the channel table, its typing and its sidecar matching describe the channels that stay
+    neural = raw if len(keep) == len(names) else raw.copy().pick(keep.tolist())
+    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit)
     onset, duration, label, events_source = _events(raw, side)
     entities = _bids_entities(in_path)
     subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
@@ -168,7 +170,7 @@ def convert_ieeg(
     )
     try:
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
-            _write_continuous(w, raw, names, table, in_path, nan_policy, keep=keep)
+            _write_continuous(w, neural, list(neural.ch_names), table, in_path, nan_policy)
             for i, as_name in moves:
                 values, unit = _channel_in_own_unit(raw, i)
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
@@ -581,27 +583,21 @@ def _events(raw, side: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
             np.asarray(ann.description, dtype=object), "annotations" if len(ann) else "")
 
 
-def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str,
-                      keep: np.ndarray | None = None) -> None:
-    """Stream raw data (channels ``keep``, default all) into /continuous; voltage channels in
-    microvolts, others as MNE gives them."""
+def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:
+    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them."""
     from mne.io.constants import FIFF
 
-    keep = np.arange(len(names)) if keep is None else np.asarray(keep, dtype=np.int64)
-    kept = [names[i] for i in keep]
-    n_ch, n = len(keep), raw.n_times
-    to_uv = np.asarray([1e6 if raw.info["chs"][i]["unit"] == FIFF.FIFF_UNIT_V else 1.0 for i in keep])  # (C,)
+    n_ch, n = len(names), raw.n_times
+    to_uv = np.asarray([1e6 if ch["unit"] == FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])  # (C,)
     rows = max(1, BLOCK_VALUES // max(n_ch, 1))
     for i0 in range(0, n, rows):
-        block = raw.get_data(picks=keep, start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
+        block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
         if i0 == 0:
             w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
-                             nan_policy=nan_policy, channel_names=kept)
-            w.add_channels(kept, x=table["x"][keep], y=table["y"][keep], z=table["z"][keep],
-                           regions={k: np.asarray(v)[keep] for k, v in table["regions"].items()},
-                           bad=np.asarray(table["bad"])[keep], coordinate_space=table["coordinate_space"],
-                           types=np.asarray(table["types"])[keep])
+                             nan_policy=nan_policy, channel_names=names)
+            w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
+                           bad=table["bad"], coordinate_space=table["coordinate_space"], types=table["types"])
         else:
             w.append_continuous(block)
 
@@ -669,8 +665,6 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
-    import shutil
-
     import h5py
 
     from neurofm.data.session import Session
@@ -697,34 +691,47 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                            "leave at least one channel in /continuous")
     in_place = out_path.resolve() == in_path.resolve()
     with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:  # temp beside it, umask, no race
-        shutil.copy2(in_path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            old = f["continuous/data"]
-            new = f["continuous"].create_dataset(
-                "data_kept", shape=(n, len(keep)), maxshape=(None, len(keep)), dtype=np.float32, chunks=(old.chunks[0], len(keep)) if old.chunks
-                else None, compression=old.compression, compression_opts=old.compression_opts, shuffle=old.shuffle)
+        # a new file, not an edited copy: HDF5 does not give back the space of deleted datasets
+        with h5py.File(in_path, "r") as src, h5py.File(tmp, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+            for key in src:
+                if key not in ("continuous", "channels"):
+                    src.copy(src[key], dst, name=key)
+            old = src["continuous/data"]
+            cont = dst.create_group("continuous")
+            cont.attrs.update(dict(src["continuous"].attrs))
+            new = cont.create_dataset("data", shape=(n, len(keep)), maxshape=(None, len(keep)), dtype=np.float32,
+                                      chunks=(old.chunks[0], len(keep)) if old.chunks else None,
+                                      compression=old.compression, compression_opts=old.compression_opts,
+                                      shuffle=old.shuffle)
             moved = np.empty((n, len(taken)), dtype=np.float32)
             rows = max(1, BLOCK_VALUES // max(len(names), 1))
             for i0 in range(0, n, rows):
-                block = old[i0:i0 + rows]
+                block = old[i0:i0 + rows]  # (rows, C)
                 new[i0:i0 + rows] = block[:, keep]
                 moved[i0:i0 + rows] = block[:, taken]
-            del f["continuous/data"]
-            f["continuous"].move("data_kept", "data")
-            if "channels" in f:
-                g = f["channels"]
-                for path in [k for k in g if isinstance(g[k], h5py.Dataset)] + \
-                        [f"region/{k}" for k in (g["region"] if "region" in g else [])]:
-                    values = g[path][()]
-                    dtype = g[path].dtype
-                    del g[path]
-                    g.create_dataset(path, data=values[keep], dtype=dtype)
+            for key in [k for k in src["continuous"] if k != "data"]:
+                src.copy(src[f"continuous/{key}"], cont, name=key)
+            if "channels" in src:
+                g_in, g = src["channels"], dst.create_group("channels")
+                g.attrs.update(dict(g_in.attrs))
+
+                def subset(name, obj):
+                    if isinstance(obj, h5py.Group):
+                        g.require_group(name).attrs.update(dict(obj.attrs))
+                    elif obj.shape and obj.shape[0] == len(names):  # one row per channel
+                        g.create_dataset(name, data=obj[()][keep], dtype=obj.dtype)
+                        g[name].attrs.update(dict(obj.attrs))
+                    else:
+                        g_in.copy(obj, g, name=name)
+
+                g_in.visititems(subset)
             times = t0 + np.arange(n) / rate
             for j, (i, as_name) in enumerate(moves):
-                b = f.require_group("behavior").create_group(as_name)
+                b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
                 b.create_dataset("values", data=moved[:, j], compression="gzip", compression_opts=4, shuffle=True)
                 b.attrs.update(unit=unit, source_channel=names[i])
-        with Session(tmp):  # validates the edited file before it replaces anything
+        with Session(tmp):  # validates the new file before it replaces anything
             pass
     return out_path

@@ -747,20 +747,22 @@ def task(cfg: RunConfig, dm):
     unset = [v.name for v in model.config.behavior if not v.mean]
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
+    moving = MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None
     if cfg.task.mode == "finetune":
-        init_count_heads(model, cfg, dm)
+        init_count_heads(model, cfg, dm, moving)
     t = cfg.task
     module = NeuroformerTask(
         model=model, mode=t.mode, objectives=t.objectives or None, **{k: getattr(t, k) for k in NEUROFORMER_KNOBS},
         unfreeze_every=t.unfreeze_every or None, trainable=t.trainable, label_fraction=cfg.data.label_fraction,
         label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed,
-        score_windows=MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None)
+        score_windows=moving)
     return module
 
 
 @torch.no_grad()
-def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
-    """Start each fresh (all-zero) count head at the ridge solution on the labelled training windows.
+def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWindows | None" = None) -> list[str]:
+    """Start each fresh (all-zero) count head at the ridge solution on the labelled training windows
+    (the moving ones, with a moving rule: ``moving``).
 
     Ridge (:func:`_ridge_fit_predict`'s penalty rule: 4-fold blocked CV over the windows in time
     order) from the head's binned counts to the standardised target, folded into the Linear
@@ -787,6 +789,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm) -> list[str]:
     labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
     if cfg.data.label_fraction < 1.0:
         labelled = _label_subset(cfg)(torch.cat(ses), torch.cat(ivs))
+    if moving is not None:  # the labels the behaviour loss sees: moving windows only
+        labelled &= moving(torch.cat(ses), torch.cat(ivs))
     done = []
     for v in fresh:
         X = torch.cat(xs[v.name]).double().numpy()
@@ -1023,6 +1027,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
+    labelled &= _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
     train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
                                                                        train_unit_counts)}

@@ -76,9 +76,11 @@ class NeuroformerTask(L.LightningModule):
         head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
             a randomly initialised head on a pretrained backbone learns faster than the backbone
             may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
-        score_windows: ``(session, interval) -> bool`` per window, or None: the validation
-            block's behaviour (loss, R2) counts only these windows, the same kind the test scores
-            (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`). Not saved.
+        score_windows: ``(session, interval) -> bool`` per window, or None: the behaviour labels
+            of training and validation windows (loss, R2) count only for these windows, the same
+            kind the test scores (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`:
+            trained on rest too, every decoder learns the rest position and scores below the null
+            on moving test windows). Not saved.
 
     In fine-tuning with regression targets the task names its validation metric
     (:attr:`monitor`: ``val/behavior_r2``, the mean validation R2 over the regression targets),
@@ -182,11 +184,20 @@ class NeuroformerTask(L.LightningModule):
         return losses, out
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        if self.label_subset is not None and batch.get("behavior_mask"):
-            labelled = self.label_subset(batch["session"], batch["interval"]).to(batch["id"].device)
-            batch = {**batch, "behavior_mask": {k: m & labelled for k, m in batch["behavior_mask"].items()}}
+        if (self.label_subset is not None or self.score_windows is not None) and batch.get("behavior_mask"):
+            batch = {**batch, "behavior_mask": self._counted(batch)}
         losses, _ = self._step(batch, "train")
         return losses["total"]
+
+    def _counted(self, batch: Mapping[str, Any], few_shot: bool = True) -> dict[str, Tensor]:
+        """The behaviour masks with only the windows whose labels count: the few-shot subset
+        and ``score_windows`` (e.g. moving windows only: the labels that count are the scored kind)."""
+        keep = torch.ones(len(batch["interval"]), dtype=torch.bool, device=batch["id"].device)
+        if few_shot and self.label_subset is not None:
+            keep &= self.label_subset(batch["session"], batch["interval"]).to(keep.device)
+        if self.score_windows is not None:
+            keep &= self.score_windows(batch["session"], batch["interval"]).to(keep.device)
+        return {k: m & keep for k, m in batch["behavior_mask"].items()}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         if self.score_windows is not None and batch.get("behavior_mask"):

@@ -420,7 +420,10 @@ def test_behavior_channels_from_edf(tmp_path):
     raw, force = _raw_with_force()
     edf = tmp_path / "rec.edf"
     mne.export.export_raw(edf, raw, fmt="edf", verbose="error")
-    convert_ieeg(edf, tmp_path / "s.h5", behavior_channels=["FORCE=grip", "EMG_R"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "s.h5", behavior_channels=["FORCE=grip", "EMG_R"])
+    assert not [w for w in caught if "EMG_R" in str(w.message)]  # moved: not typed, not "left out" by the segmenter
     _check_moved(tmp_path / "s.h5", force, "")  # MNE writes misc channels to EDF without a unit
     # a missing name is an error listing the channels, and nothing is written
     with pytest.raises(ConvertError) as err:
@@ -452,8 +455,10 @@ def test_behavior_channels_from_brainvision_and_from_a_session_file(tmp_path):
         assert a.channels().types.tolist() == b.channels().types.tolist() == ["eeg"] * 3  # as BrainVision types them
         np.testing.assert_allclose(a.behavior("grip")[1], b.behavior("grip")[1])
         assert a.h5["behavior/grip"].attrs["unit"] == "uV"  # what /continuous stored it in
-    with Session(tmp_path / "all.h5") as s:
+    with Session(tmp_path / "all.h5") as s, Session(tmp_path / "moved.h5") as a:
         assert s.n_channels == 5 and not s.behavior_names  # the input is never modified
+        assert a.attrs == s.attrs and a.continuous_t_start == s.continuous_t_start  # the rest copied as it is
+        assert a.h5["continuous"].attrs["sampling_rate"] == SR
     assert main(["convert", "session", str(tmp_path / "all.h5"), str(tmp_path / "x.h5"),
                  "--behavior-channel", "GRIP"]) == 2
     assert not (tmp_path / "x.h5").exists()

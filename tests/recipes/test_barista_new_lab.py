@@ -212,8 +212,7 @@ def test_preflight_probe_length_follows_the_segment(sessions):
         recipe.prepare(_pretrain_cfg([sessions["home"]], "eval.probe_segment_s=3.0"))
     from neurofm.experiment import load_config
 
-    demo = Path(__file__).resolve().parents[2] / "neurofm" / "configs" / "barista" / "demo.yaml"
-    cfg = recipe.prepare(load_config(demo, [f"data.sessions=[{sessions['home']}]", "data.segment_s=1.0",
+    cfg = recipe.prepare(load_config("barista/demo", [f"data.sessions=[{sessions['home']}]", "data.segment_s=1.0",
                                             "data.n_patches=4"]))
     assert cfg.eval.probe_segment_s in (0.0, 1.0)
 

@@ -181,6 +181,16 @@ def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
     recipe.check_test_target(recipe.resolve_scoring(_config([_session(tmp_path / "b.h5", still_after=60.0)])))
 
 
+def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_path, capsys):
+    folder, _ = pretrained
+    rest = _session(tmp_path / "a.h5", still_after=30.0)  # the default test block (last 10%) is rest
+    code = cli.main(["evaluate", "--pretrained", folder, "--data", rest, "--behavior", "position",
+                     "--out", str(tmp_path / "ev"), *FEW])
+    err = capsys.readouterr().err
+    assert code == 2 and "the test block has 0 scored windows" in err and "neurofm split" in err
+    assert "Traceback" not in err and not (tmp_path / "ev" / "metrics.json").exists()
+
+
 def test_validation_scores_the_same_windows_as_the_test(tmp_path):
     """The moving rule masks the validation block's behaviour loss and R2, as at test time."""
     path = _session(tmp_path / "a.h5", still_after=30.0)

@@ -266,7 +266,7 @@ def test_finetune_recipe_defaults_are_the_rule():
     assert r["trainer"]["max_epochs"] == -1 and r["trainer"]["max_steps"] == -1
     from omegaconf import OmegaConf
 
-    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "neurofm" / "configs" / "neuroformer" / "finetune.yaml")
+    yaml = OmegaConf.load(Path(recipe.__file__).resolve().parents[1] / "configs" / "neuroformer" / "finetune.yaml")
     assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 10.0 and yaml.task.step_budget == 0
     assert yaml.trainer.max_epochs == -1 and yaml.trainer.early_stopping_patience == 5
 
@@ -337,3 +337,27 @@ def test_stimulus_name_is_a_data_field(tmp_path):
     cfg.data.stimulus = "gratings"
     with pytest.raises(KeyError, match="/stimulus/gratings"):
         recipe.datamodule(cfg).loader("train")
+
+
+def test_with_a_moving_rule_only_moving_labels_count_in_training_and_validation(tmp_path):
+    """The animal stops at 30 s: with eval.moving_threshold the task's behaviour masks (training
+    and validation) and the labelled windows of the count head's ridge start drop the rest windows."""
+    path = _session(tmp_path / "a.h5", still_after=30.0)
+    base = _cfg_dict(_config([path], split={"gap": 1.0}))
+    base["eval"]["moving_threshold"] = 20.0
+    base["eval"]["score_when"] = "moving"
+    cfg = from_dict(recipe.RunConfig, base, where="t")
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    assert isinstance(task.score_windows, recipe.MovingWindows)
+    batch = next(iter(dm.loader("train")))
+    kept = task._counted(batch)["position"]
+    t = batch["interval"].numpy()
+    assert kept[torch.as_tensor(t > 31.0)].sum() == 0  # rest: never counted
+    assert kept[torch.as_tensor((t > 2.0) & (t < 29.0))].all()  # moving windows keep their labels
+    # the same windows, collected, are the scored / fitted ones in evaluation
+    coll = {"session": batch["session"].numpy(), "interval": t}
+    np.testing.assert_array_equal(recipe._moving_windows(cfg, dm, coll), task.score_windows(coll["session"], t))
+    base["eval"]["score_when"] = "all"
+    no_rule = recipe.task(from_dict(recipe.RunConfig, base, where="t"), dm)
+    assert no_rule.score_windows is None
