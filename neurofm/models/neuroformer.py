@@ -1,5 +1,5 @@
 """Neuroformer: a multimodal, multitask GPT over spike tokens (Antoniades et al., 2023,
-arXiv 2310.16240), faithful to the reference with its known bugs fixed (DESIGN.md 3, 9).
+arXiv 2311.00136), faithful to the reference with its known bugs fixed (DESIGN.md 3, 9).
 
 Tokens. A window's spikes become ``[SOS] spikes [EOS] PAD...``: one ID token per spike (unit
 ``k`` -> ``3 + k``; ``PAD = 0, SOS = 1, EOS = 2``) and, aligned with it, a dt token: the spike's
