@@ -31,6 +31,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from neurofm.atomic import atomic_write
+
 CODE_LICENSE = "MIT"
 
 _INTENDED = {
@@ -409,6 +411,4 @@ def write_card(run_dir: str | Path, out: str | Path | None = None, *, repo_id: s
         metrics.setdefault("data", {})["sources"] = data_sources(paths)
     card = render_card(metrics, config_yaml, model_meta=model_meta, repo_id=repo_id)
     out = Path(out) if out else run_dir / "pretrained" / "README.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(card)
-    return out
+    return atomic_write(out, card)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
@@ -1065,8 +1066,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                  f"{name}_pearson_r": float(np.mean(M.pearson_r(y, ridge_all, multioutput="raw_values")))})
         print(rep.to_text(), file=sys.stderr)
     if reports:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "decode_report.md").write_text("\n\n".join(r.to_text() for r in reports.values()) + "\n")
+        atomic_write(run_dir / "decode_report.md", "\n\n".join(r.to_text() for r in reports.values()) + "\n")
 
     # generation: window F1 vs a mean-rate Poisson generator
     if cfg.eval.generate_windows > 0:
@@ -1126,14 +1126,13 @@ def _scored_text(cfg: RunConfig, dm) -> str:
     e = cfg.eval
     if e.score_when == "moving":
         return (f"moving test windows: speed (sigma {e.speed_smooth_s:g} s) > {e.moving_threshold:.4g} "
-                f"{_behavior_unit(dm, e.moving_behavior)}/s in every 50 ms bin")
+                f"{_unit_text(dm, e.moving_behavior)}/s in every 50 ms bin")
     return "every test window"
 
 
-def _behavior_unit(dm, name: str) -> str:
-    field = f"behavior/{name}"
-    unit = dm.sessions[0].h5[field].attrs.get("unit", "") if field in dm.sessions[0].h5 else ""
-    unit = (unit.decode() if isinstance(unit, bytes) else str(unit)) or "units"
+def _unit_text(dm, name: str) -> str:
+    """``/behavior/<name>``'s unit as protocol text: "units" when absent, pixels as px."""
+    unit = _behavior_unit(dm, name) or "units"
     return {"pixels": "px", "pixel": "px"}.get(unit, unit)
 
 
@@ -1196,10 +1195,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     elif e.score_when != "moving":
         text += f"; behaviour scored on {n or 'all '}test windows (all, as on the validation block)"
     else:
-        field = f"behavior/{e.moving_behavior}"
-        unit = dm.sessions[0].h5[field].attrs.get("unit", "") if field in dm.sessions[0].h5 else ""
-        unit = (unit.decode() if isinstance(unit, bytes) else str(unit)) or "units"
-        unit = {"pixels": "px", "pixel": "px"}.get(unit, unit)
+        unit = _unit_text(dm, e.moving_behavior)
         text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "
                  f"(every 50 ms bin of the current window with speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, "
                  f"> {e.moving_threshold:.4g} {unit}/s)")
