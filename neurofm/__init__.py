@@ -48,9 +48,20 @@ def log_to_stderr() -> None:
     ``neurofm`` logger: a root handler would print every Lightning message a second time."""
     import logging
 
+    import sys
+
+    class _Stderr(logging.StreamHandler):
+        """Writes to ``sys.stderr`` as it is at each message, not as it was when the handler was
+        made: a caller that swaps stderr (pytest's capture, a notebook) must not leave neurofm
+        logging into a closed stream."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.stream = sys.stderr
+            super().emit(record)
+
     log = logging.getLogger("neurofm")
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
