@@ -755,6 +755,7 @@ def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | No
     if best is None or not Path(best.best_model_path).exists():
         return None
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+    task.on_load_checkpoint(state)  # as Lightning does before loading weights (a task may migrate old keys)
     task.load_state_dict(state["state_dict"])
     score = best.best_model_score
     return {"path": str(best.best_model_path), "monitor": monitor, "epoch": int(state.get("epoch", -1)),

@@ -3,14 +3,16 @@
 Every released neurofm model class mixes in :class:`PretrainedMixin`. A pretrained folder
 holds::
 
-    config.json          {"neurofm_version", "format", "model_type", "config": {...}}
+    config.json          {"neurofm_version", "format", "model_type", "state_version", "config": {...}}
     model.safetensors    the state_dict, tensors only
     README.md            the model card (a run's card, or one generated from the model)
 
 Loading is strict: a missing, unexpected or mis-shaped tensor is an error that names the key;
 a model never comes back partly random. A folder from an older neurofm loads when its
-config only lacks keys that have defaults now (a warning lists them); anything else is an
-error that says what differs.
+config only lacks keys that have defaults now (a warning lists them) and, when a model class
+renamed its weights since, through that class's versioned key migration
+(:meth:`PretrainedMixin.upgrade_state`, ``state_version`` in ``config.json``); anything else
+is an error that says what differs.
 
 The mixin is huggingface_hub's :class:`~huggingface_hub.ModelHubMixin` with neurofm's own
 (strict) ``_save_pretrained`` / ``_from_pretrained``, so it keeps that class's conventions:
@@ -70,6 +72,16 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
     """
 
     config_class: type = None  # type: ignore[assignment]
+    #: Version of this class's state-dict key layout, written to ``config.json`` as
+    #: ``state_version``. A class that renames keys bumps it and maps older layouts in
+    #: :meth:`upgrade_state`, so folders and checkpoints of earlier versions keep loading strictly.
+    state_version: int = 1
+
+    @classmethod
+    def upgrade_state(cls, state: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+        """``state`` saved with key layout ``version`` (<= :attr:`state_version`) -> this
+        version's keys. Default: the layout never changed, ``state`` as is."""
+        return state
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -163,6 +175,12 @@ class PretrainedMixin(ModelHubMixin, library_name="neurofm", tags=["neuroscience
         config = _config_from_meta(target, meta, folder)
         model = target(config)  # type: ignore[call-arg]
         state = _load_weights(folder / WEIGHTS_NAME)
+        version = int(meta.get("state_version", 1))  # folders written before the field: layout 1
+        if version > target.state_version:
+            raise PretrainedError(f"{folder / CONFIG_NAME}: state_version {version} is newer than this neurofm "
+                                  f"({neurofm.__version__}) reads for {target.__name__} "
+                                  f"({target.state_version}); upgrade neurofm")
+        state = target.upgrade_state(state, version)
         load_state_strict(model, state, source=folder / WEIGHTS_NAME)  # type: ignore[arg-type]
         model.to(map_location)  # type: ignore[attr-defined]
         model.eval()  # type: ignore[attr-defined]
@@ -204,6 +222,7 @@ def model_meta(model: Any) -> dict:
         "neurofm_version": neurofm.__version__,
         "format": FOLDER_FORMAT,
         "model_type": type(model).__name__,
+        "state_version": type(model).state_version,
         "config": to_dict(model.config),
     }
 

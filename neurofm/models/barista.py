@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -34,14 +35,15 @@ from torch.utils.checkpoint import checkpoint
 from neurofm.atlas import SpatialVocab
 from neurofm.config import from_dict
 from neurofm.hub import PretrainedMixin
-from neurofm.nn.attention import Packed, attention, pack, varlen_attention, varlen_is_free
-from neurofm.nn.kernels import Recompute, gated_mlp, patch_conv1d
+from neurofm.nn.attention import Packed, pack, varlen_is_free
+from neurofm.nn.kernels import Recompute, patch_conv1d
 from neurofm.nn.norms import RMSNorm, time_layer_norm
-from neurofm.nn.rope import RotaryEmbedding, apply_rotary
+from neurofm.nn.transformer import Block
 
 __all__ = [
     "BaristaConfig", "CNNTokenizer", "SpatialEmbedding", "BaristaBackbone", "BaristaEncoder", "Barista",
     "Predictor", "TokenWeightingHead", "PooledHead", "ChannelReconstructionHead", "spatial_mask",
+    "STATE_VERSION", "upgrade_state_dict",
 ]
 
 ENCODE_SCALES = ("coords", "parcel", "lobe")
@@ -346,84 +348,18 @@ class SpatialEmbedding(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
-    """Joint multi-head self-attention over all tokens of a sample, RoPE on the patch index."""
+def _block(config: BaristaConfig) -> Block:
+    """One backbone layer: :class:`~neurofm.nn.transformer.Block` with pre-RMSNorm, a gated-GELU
+    MLP (recomputed in the backward pass with ``fast_kernels``), RoPE on the patch index and
+    residual dropout.
 
-    def __init__(self, config: BaristaConfig):
-        super().__init__()
-        self.n_heads, self.head_dim = config.n_heads, config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
-        self.out = nn.Linear(config.d_model, config.d_model)
-        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_learned_freq)
-        self.attn_dropout = config.attn_dropout
-
-    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None,
-                seqs: Packed | None = None, patch_index: Tensor | None = None) -> Tensor:
-        """``x`` (B, N, d) with N = n_patches x C time-major, or packed (Ntot, d) laid out as
-        ``seqs`` with each token's ``patch_index`` (Ntot,) -> same shape."""
-        if seqs is not None:
-            return self._forward_packed(x, n_patches, seqs, patch_index)
-        B, N, d = x.shape
-        C = N // n_patches
-        qkv = self.qkv(x).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
-        # time-major tokens (n, C): every channel of patch p is rotated by angle(p); q and k together
-        cos, sin = self.rope.cos_sin(torch.arange(n_patches, device=x.device)[:, None])  # (n, 1, Dh)
-        qk = apply_rotary(qkv[:2].reshape(2, B, self.n_heads, n_patches, C, self.head_dim), cos, sin)
-        q, k = qk.view(2, B, self.n_heads, N, self.head_dim).unbind(0)
-        v = qkv[2].contiguous()  # so the (B, H, N, 3 Dh) projection is not kept alive for v alone
-        o = attention(q, k, v, key_padding_mask=key_padding_mask,
-                      dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, N, Dh)
-        return self.out(o.transpose(1, 2).reshape(B, N, d))
-
-    def _forward_packed(self, x: Tensor, n_patches: int, seqs: Packed, patch_index: Tensor) -> Tensor:
-        N, d = x.shape
-        q, k, v = self.qkv(x).view(N, 3, self.n_heads, self.head_dim).unbind(1)  # (N, H, Dh) each
-        cos, sin = self.rope.cos_sin(torch.arange(n_patches, device=x.device))  # (n, Dh)
-        cos, sin = cos[patch_index][:, None], sin[patch_index][:, None]  # (N, 1, Dh)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = varlen_attention(q, k, v, seqs, dropout_p=self.attn_dropout if self.training else 0.0)
-        return self.out(o.reshape(N, d))
-
-
-class GatedMLP(nn.Module):
-    """``Linear(d -> 2*4d)`` split into value and gate, ``value * GELU(gate)``, ``Linear(4d -> d)``.
-
-    While training with ``config.fast_kernels``, the hidden layer is recomputed in the
-    backward pass instead of stored (:class:`~neurofm.nn.kernels.RecomputedGatedMLP`); the
-    numbers are the same.
-    """
-
-    def __init__(self, config: BaristaConfig):
-        super().__init__()
-        hidden = config.mlp_ratio * config.d_model
-        self.w_in = nn.Linear(config.d_model, 2 * hidden)
-        self.w_out = nn.Linear(hidden, config.d_model)
-        self.recompute = config.fast_kernels
-
-    def forward(self, x: Tensor) -> Tensor:  # (..., d) -> (..., d)
-        return gated_mlp(x, self.w_in.weight, self.w_in.bias, self.w_out.weight, self.w_out.bias,
-                         recompute=self.recompute)
-
-
-class Block(nn.Module):
-    """Pre-RMSNorm transformer block with residual dropout.
-
-    Parameters at d 64, 4 heads: qkv 12,480 + out 4,160 + gated MLP 49,728 + two norms 128 +
+    Parameters at d 64, 4 heads: qkv 12,480 + proj 4,160 + gated MLP 49,728 + two norms 128 +
     RoPE frequencies 8 = 66,504 (DESIGN.md 10).
     """
-
-    def __init__(self, config: BaristaConfig):
-        super().__init__()
-        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = SelfAttention(config)
-        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = GatedMLP(config)
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor, n_patches: int, key_padding_mask: Tensor | None,
-                seqs: Packed | None = None, patch_index: Tensor | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), n_patches, key_padding_mask, seqs, patch_index))
-        return x + self.drop(self.mlp(self.norm2(x)))
+    return Block(config.d_model, config.n_heads, attn_dropout=config.attn_dropout, resid_dropout=config.dropout,
+                 norm="rms", norm_eps=config.norm_eps, mlp="gated", mlp_ratio=config.mlp_ratio,
+                 recompute_mlp=config.fast_kernels, rope=True, rope_theta=config.rope_theta,
+                 rope_learned_freq=config.rope_learned_freq)
 
 
 class BaristaBackbone(nn.Module):
@@ -440,7 +376,7 @@ class BaristaBackbone(nn.Module):
 
     def __init__(self, config: BaristaConfig):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(_block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.checkpoint = config.checkpoint_blocks
         self.pack: bool | None = None
@@ -454,24 +390,55 @@ class BaristaBackbone(nn.Module):
             real = channel_mask[:, None, :].expand(B, n, C).reshape(B, n * C)  # (B, N)
         h = tokens.reshape(B, n * C, d)
         pack_tokens = self.pack if self.pack is not None else (real is not None and varlen_is_free(tokens))
+        patch_index = torch.arange(n * C, device=tokens.device) // C  # (N,) time-major: the RoPE position
         if not pack_tokens:
-            return self.norm(self._blocks(h, n, real)).view(B, n, C, d)
+            return self.norm(self._blocks(h, real, patch_index)).view(B, n, C, d)
         if real is None:
             real = torch.ones(B, n * C, dtype=torch.bool, device=tokens.device)
         packed, seqs = pack(h, real)  # (Ntot, d), one sequence per sample
-        patch_index = (torch.arange(n * C, device=tokens.device) // C).expand(B, n * C)[real]  # (Ntot,)
-        packed = self.norm(self._blocks(packed, n, None, seqs, patch_index))
+        packed = self.norm(self._blocks(packed, None, patch_index.expand(B, n * C)[real], seqs))
         where = real.reshape(-1).nonzero().squeeze(1)
         return packed.new_zeros(B * n * C, d).index_copy(0, where, packed).view(B, n, C, d)
 
-    def _blocks(self, h: Tensor, n: int, key_padding: Tensor | None, seqs: Packed | None = None,
-                patch_index: Tensor | None = None) -> Tensor:
+    def _blocks(self, h: Tensor, key_padding: Tensor | None, positions: Tensor, seqs: Packed | None = None) -> Tensor:
         for block in self.blocks:
             if self.checkpoint and torch.is_grad_enabled():
-                h = checkpoint(block, h, n, key_padding, seqs, patch_index, use_reentrant=False)
+                h = checkpoint(block, h, key_padding_mask=key_padding, seqs=seqs, positions=positions,
+                               use_reentrant=False)
             else:
-                h = block(h, n, key_padding, seqs, patch_index)
+                h = block(h, key_padding_mask=key_padding, seqs=seqs, positions=positions)
         return h
+
+
+#: State-dict key layout of the BaRISTA classes (``PretrainedMixin.state_version``). 2: the
+#: backbone layers are :class:`~neurofm.nn.transformer.Block` (``ln1``, ``ln2``, ``attn.proj``,
+#: ``mlp.fc``, ``mlp.proj``); 1 (neurofm up to cfbc09f): BaRISTA's own block (``norm1``,
+#: ``norm2``, ``attn.out``, ``mlp.w_in``, ``mlp.w_out``), same tensors in the same order.
+STATE_VERSION = 2
+_V1_BLOCK_KEYS = {"norm1": "ln1", "norm2": "ln2", "attn.out": "attn.proj", "mlp.w_in": "mlp.fc",
+                  "mlp.w_out": "mlp.proj"}
+_V1_BLOCK_KEY = re.compile(r"((?:^|\.)backbone\.blocks\.\d+\.)(norm1|norm2|attn\.out|mlp\.w_in|mlp\.w_out)\.")
+
+
+def upgrade_state_dict(state: Mapping[str, Tensor], version: int) -> dict[str, Tensor]:
+    """A state dict (of a BaRISTA model, or of a module holding one under any prefix, e.g. a
+    Lightning task's ``model.encoder.``) saved with key layout ``version`` -> the current layout
+    (:data:`STATE_VERSION`)."""
+    if version > STATE_VERSION:
+        raise ValueError(f"BaRISTA state-dict layout {version} is newer than this neurofm reads ({STATE_VERSION})")
+    if version >= STATE_VERSION:
+        return dict(state)
+    return {_V1_BLOCK_KEY.sub(lambda m: m.group(1) + _V1_BLOCK_KEYS[m.group(2)] + ".", k): v for k, v in state.items()}
+
+
+class _BaristaState:
+    """The BaRISTA classes' state-dict layout version and its migration (see :mod:`neurofm.hub`)."""
+
+    state_version = STATE_VERSION
+
+    @classmethod
+    def upgrade_state(cls, state: dict[str, Tensor], version: int) -> dict[str, Tensor]:
+        return upgrade_state_dict(state, version)
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +455,7 @@ def _init_weights(module: nn.Module, std: float | None, n_layers: int = 1) -> No
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
             s = std if std is not None else m.in_features ** -0.5
-            if name.endswith(("attn.out", "mlp.w_out")):
+            if name.endswith(("attn.proj", "mlp.proj")):
                 s = s / math.sqrt(2 * n_layers)
             nn.init.trunc_normal_(m.weight, std=s, a=-2 * s, b=2 * s)
             if m.bias is not None:
@@ -500,7 +467,7 @@ def _init_weights(module: nn.Module, std: float | None, n_layers: int = 1) -> No
                     m.weight[m.padding_idx].zero_()
 
 
-class BaristaEncoder(nn.Module, PretrainedMixin):
+class BaristaEncoder(nn.Module, _BaristaState, PretrainedMixin):
     """Tokenizer + spatial table (encoding scale) + backbone: segment -> contextual tokens.
 
     Parameters at the default size: 869,896 (coords), 839,240 (parcels), 832,840 (lobes).
@@ -659,7 +626,7 @@ def spatial_mask(category: Tensor, channel_mask: Tensor | None, ratio: float,
     return chosen_by_id.gather(1, ids) & real
 
 
-class Barista(nn.Module, PretrainedMixin):
+class Barista(nn.Module, _BaristaState, PretrainedMixin):
     """The pretraining model: online encoder, EMA target tokenizer, mask token, predictor.
 
     ``pretrain_loss(batch)`` masks whole categories at ``config.mask_scale``, replaces their
@@ -862,7 +829,7 @@ class BaristaFinetunedConfig:
         self.encoder = _as_config(self.encoder)
 
 
-class BaristaFinetuned(nn.Module, PretrainedMixin):
+class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
     """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head.
 
     ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's

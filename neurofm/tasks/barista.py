@@ -37,9 +37,11 @@ from neurofm.models.barista import (
     BaristaFinetuned,
     BaristaFinetunedConfig,
     ChannelReconstructionHead,
+    STATE_VERSION,
     PooledHead,
     TokenWeightingHead,
     spatial_mask,
+    upgrade_state_dict,
 )
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS as _FT
 from neurofm.tasks.optim import BARISTA_PRETRAIN_KNOBS as _PRE
@@ -65,7 +67,24 @@ def _steps_per_epoch(trainer) -> int:
                      "without __len__ and no max_epochs); pass steps_per_epoch= to the task")
 
 
-class BaristaPretrainTask(L.LightningModule):
+#: Checkpoint entry holding the BaRISTA state-dict layout version (absent: layout 1, cfbc09f and older).
+CHECKPOINT_STATE_VERSION = "neurofm_state_version"
+
+
+class _VersionedCheckpoint:
+    """Checkpoints record the model's state-dict layout version; an older layout is migrated
+    (:func:`~neurofm.models.barista.upgrade_state_dict`) before Lightning loads the weights, on
+    ``load_from_checkpoint`` and on resume alike."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_STATE_VERSION] = STATE_VERSION
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"],
+                                                      int(checkpoint.get(CHECKPOINT_STATE_VERSION, 1)))
+
+
+class BaristaPretrainTask(_VersionedCheckpoint, L.LightningModule):
     """Pretrain a :class:`~neurofm.models.barista.Barista` on BaRISTA batches.
 
     Args:
@@ -157,7 +176,7 @@ TASKS = ("classification", "regression", "reconstruction")
 HEADS = ("pooled", "token_weighting")
 
 
-class BaristaFinetuneTask(L.LightningModule):
+class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
     """Fine-tune an exported :class:`~neurofm.models.barista.BaristaEncoder`.
 
     Args:

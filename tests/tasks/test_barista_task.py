@@ -146,7 +146,7 @@ def test_finetune_classification_freezes_cnn_and_logs_auroc(head):
     for g in task.configure_optimizers().param_groups:
         for p in g["params"]:
             lrs[id(p)] = g["lr"]
-    assert lrs[id(encoder.backbone.blocks[0].mlp.w_in.weight)] == 1e-4
+    assert lrs[id(encoder.backbone.blocks[0].mlp.fc.weight)] == 1e-4
     assert lrs[id(encoder.spatial.parcel.weight)] == 1e-3
     assert lrs[id(task.head.out.weight)] == 1e-2
     assert not any(id(p) in lrs for p in encoder.tokenizer.blocks.parameters())
