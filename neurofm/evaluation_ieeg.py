@@ -40,7 +40,6 @@ segments, ``C`` channels (after the segmenter's channel plan), ``T`` samples per
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -444,31 +443,6 @@ def reconstruction_r2(pred, true, scored=None) -> float:
     return float(metrics.r2_score(true.reshape(-1), pred.reshape(-1)))
 
 
-class _R2Sums:
-    """Running sums for a pooled R2 and Pearson r without keeping the predictions."""
-
-    def __init__(self):
-        self.n = self.sy = self.syy = self.sp = self.spp = self.syp = self.sse = 0.0
-
-    def add(self, y: np.ndarray, p: np.ndarray) -> None:
-        self.n += y.size
-        self.sy += y.sum()
-        self.syy += (y * y).sum()
-        self.sp += p.sum()
-        self.spp += (p * p).sum()
-        self.syp += (y * p).sum()
-        self.sse += ((y - p) ** 2).sum()
-
-    def r2(self) -> float:
-        sst = self.syy - self.sy ** 2 / self.n if self.n else 0.0
-        return float(1.0 - self.sse / sst) if sst > 0 else float("nan")
-
-    def pearson(self) -> float:
-        vy, vp = self.syy - self.sy ** 2 / self.n, self.spp - self.sp ** 2 / self.n
-        cov = self.syp - self.sy * self.sp / self.n
-        return float(cov / math.sqrt(vy * vp)) if vy > 0 and vp > 0 else float("nan")
-
-
 def score_reconstruction(predict: Predictor, data: ReconstructionData, split: str = "test", batch_size: int = 64,
                          *, spatial_vocab=None, return_predictions: bool = False) -> dict[str, Any]:
     """Score a reconstruction predictor on every held-out (channel, segment) of a split.
@@ -493,8 +467,8 @@ def score_reconstruction(predict: Predictor, data: ReconstructionData, split: st
     seg = data.split(split)
     S, C, T = seg.x.shape
     E = len(data.eval_channels)
-    pooled = _R2Sums()
-    per = [_R2Sums() for _ in range(E)]
+    pooled = metrics.RegressionMoments()  # every scored sample, all channels pooled
+    per = [metrics.RegressionMoments() for _ in range(E)]
     row = np.full(C, -1, np.int64)
     row[data.eval_channels] = np.arange(E)  # channel index -> evaluation row
     keep = {}
@@ -513,10 +487,10 @@ def score_reconstruction(predict: Predictor, data: ReconstructionData, split: st
         e = row[c]  # (B,)
         ok = batch["scored"].numpy()
         true = seg.x[s, c].astype(np.float64)  # (B, T)
-        pooled.add(true[ok], pred[ok])
+        pooled.add(true[ok].ravel(), pred[ok].ravel())
         for k in np.unique(e[ok]):
             sel = ok & (e == k)
-            per[k].add(true[sel], pred[sel])
+            per[k].add(true[sel].ravel(), pred[sel].ravel())
         if return_predictions:
             keep["pred"][e, s] = pred
             keep["true"][e, s] = true
@@ -524,8 +498,8 @@ def score_reconstruction(predict: Predictor, data: ReconstructionData, split: st
     if pooled.n == 0:
         raise ValueError(f"score_reconstruction: no scored (channel, segment) in {data.path}'s {split} block: every "
                          f"evaluation channel or a neighbour is flat there")
-    out = {"r2": pooled.r2(), "pearson_r": pooled.pearson(),
-           "r2_per_channel": np.array([p.r2() if p.n else np.nan for p in per]),
+    out = {"r2": float(pooled.r2()[0]), "pearson_r": float(pooled.pearson()[0]),
+           "r2_per_channel": np.array([float(p.r2()[0]) if p.n else np.nan for p in per]),
            "channels": [data.channel_names[c] for c in data.eval_channels],
            "n_channels": E, "n_segments": S, "n_scored": int(round(pooled.n / T)),
            "protocol": data.describe()}

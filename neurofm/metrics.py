@@ -6,7 +6,8 @@ from a paper. Every function checks the shapes it is given and says which argume
 
 - Spikes: :func:`bits_per_spike` (Neural Latents Benchmark), :func:`psth_r` (per-neuron PSTH
   correlation), :func:`window_f1` (Neuroformer's window-level ID-set precision/recall/F1).
-- Behaviour: :func:`r2_score` (pooled over all held-out predictions), :func:`pearson_r`.
+- Behaviour: :func:`r2_score` (pooled over all held-out predictions), :func:`pearson_r`, both
+  from :class:`RegressionMoments` (also fed batch by batch by streaming scorers).
 - iEEG classification: :func:`auroc` (binary and one-vs-rest), :func:`roc_curve` (its curve).
 """
 
@@ -19,7 +20,8 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.special import gammaln
 from scipy.stats import rankdata
 
-__all__ = ["bits_per_spike", "psth_r", "window_f1", "r2_score", "pearson_r", "auroc", "roc_curve"]
+__all__ = ["bits_per_spike", "psth_r", "window_f1", "r2_score", "pearson_r", "RegressionMoments", "auroc",
+           "roc_curve"]
 
 _LN2 = np.log(2.0)
 
@@ -134,13 +136,73 @@ def psth_r(pred, true, *, sigma: float = 0.0) -> np.ndarray:
     return _columnwise_r(p, t)
 
 
+class RegressionMoments:
+    """Running centred moments of paired samples ``(y, y_hat)``, per output column, fed chunk by
+    chunk: the one implementation of Pearson r and R2 in neurofm (:func:`pearson_r`,
+    :func:`r2_score`, :func:`psth_r` feed it their whole arrays as one chunk; streaming
+    scorers such as :func:`neurofm.evaluation_ieeg.score_reconstruction` feed it batch by batch
+    without keeping the predictions).
+
+    Chunks merge by Chan et al.'s pairwise update of means and centred sums, so there is no
+    ``sum y^2 - (sum y)^2 / n`` cancellation, and one chunk gives exactly the two-pass sums.
+
+    Attributes (after :meth:`add`): ``n`` samples; ``ss_y``, ``ss_p`` centred sums of squares,
+    ``s_yp`` centred cross sum, ``sse`` sum of squared errors, each ``(D,)``.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean_y = self.mean_p = self.ss_y = self.ss_p = self.s_yp = self.sse = np.zeros(0)
+
+    def add(self, y, p) -> "RegressionMoments":
+        """Add a chunk: ``y``, ``y_hat`` of equal shape ``(n,)`` or ``(n, D)`` (D fixed across chunks)."""
+        y = np.asarray(y, dtype=np.float64)
+        p = np.asarray(p, dtype=np.float64)
+        if y.shape != p.shape:
+            raise ValueError(f"RegressionMoments.add: y has shape {y.shape} but y_hat has {p.shape}")
+        if y.ndim not in (1, 2):
+            raise ValueError(f"RegressionMoments.add: expected (n,) or (n, D) samples, got shape {y.shape}")
+        if len(y) == 0:
+            return self
+        y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
+        nb = y.shape[0]
+        mb_y, mb_p = y.mean(axis=0), p.mean(axis=0)
+        dy, dp = y - mb_y, p - mb_p
+        ss_y, ss_p, s_yp = (dy * dy).sum(axis=0), (dp * dp).sum(axis=0), (dy * dp).sum(axis=0)
+        sse = ((y - p) ** 2).sum(axis=0)
+        if self.n == 0:
+            self.mean_y, self.mean_p, self.ss_y, self.ss_p, self.s_yp, self.sse = mb_y, mb_p, ss_y, ss_p, s_yp, sse
+        else:
+            if mb_y.shape != self.mean_y.shape:
+                raise ValueError(f"RegressionMoments.add: chunk has {mb_y.shape[0]} output(s), earlier chunks "
+                                 f"{self.mean_y.shape[0]}")
+            na, n = self.n, self.n + nb
+            d_y, d_p = mb_y - self.mean_y, mb_p - self.mean_p
+            w = na * nb / n
+            self.ss_y = self.ss_y + ss_y + d_y * d_y * w
+            self.ss_p = self.ss_p + ss_p + d_p * d_p * w
+            self.s_yp = self.s_yp + s_yp + d_y * d_p * w
+            self.sse = self.sse + sse
+            self.mean_y = self.mean_y + d_y * (nb / n)
+            self.mean_p = self.mean_p + d_p * (nb / n)
+        self.n += nb
+        return self
+
+    def pearson(self) -> np.ndarray:
+        """``(D,)`` Pearson r; NaN where either side is constant (or nothing was added)."""
+        denom = np.sqrt(self.ss_y * self.ss_p)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, self.s_yp / np.where(denom > 0, denom, 1.0), np.nan)
+
+    def r2(self) -> np.ndarray:
+        """``(D,)`` ``1 - SSE / SS_tot``, pooled over every sample added; NaN where y is constant."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.ss_y > 0, 1.0 - self.sse / np.where(self.ss_y > 0, self.ss_y, 1.0), np.nan)
+
+
 def _columnwise_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson r of each column of ``a`` (T, D) with the same column of ``b``; NaN if constant."""
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(axis=0) / np.where(denom > 0, denom, 1.0), np.nan)
+    return RegressionMoments().add(a, b).pearson()
 
 
 def _flatten_windows(name: str, windows: Sequence[Iterable[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -271,11 +333,7 @@ def r2_score(y_true, y_pred, *, multioutput: str = "uniform_average"):
     """
     one_d = np.ndim(y_true) == 1
     y, p = _check_pair("r2_score", y_true, y_pred)
-    ss_res = ((y - p) ** 2).sum(axis=0)
-    ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.nan)
-    return _reduce("r2_score", r2, multioutput, one_d)
+    return _reduce("r2_score", RegressionMoments().add(y, p).r2(), multioutput, one_d)
 
 
 def pearson_r(y_true, y_pred, *, multioutput: str = "uniform_average"):

@@ -234,3 +234,24 @@ def test_roc_curve_area_equals_auroc_with_ties():
     assert list(zip(fpr, tpr)) == [(0, 0), (0, 0.5), (0, 1), (0.5, 1), (1, 1)]
     with pytest.raises(ValueError, match="one class"):
         roc_curve([1, 1], [0.2, 0.3])
+
+
+def test_regression_moments_streamed_in_chunks_equal_the_one_shot_metrics():
+    """score_reconstruction feeds RegressionMoments batch by batch: the merged moments give the
+    same Pearson r and R2 as the whole arrays at once, also far from zero mean, where the raw
+    sums sum(y^2) - (sum y)^2 / n lose every significant digit."""
+    rng = np.random.default_rng(0)
+    y = 1e6 + rng.normal(size=(1000, 2))
+    p = y + 0.5 * rng.normal(size=y.shape) + np.array([0.0, 0.3])
+    m = metrics.RegressionMoments()
+    for chunk in np.array_split(np.arange(1000), [1, 7, 300, 301, 301, 999]):  # uneven, one empty
+        m.add(y[chunk], p[chunk])
+    assert m.n == 1000
+    yc, pc = y - y.mean(0), p - p.mean(0)
+    r_two_pass = (yc * pc).sum(0) / np.sqrt((yc ** 2).sum(0) * (pc ** 2).sum(0))
+    np.testing.assert_allclose(m.pearson(), r_two_pass, rtol=1e-10)
+    np.testing.assert_allclose(m.pearson(), metrics.pearson_r(y, p, multioutput="raw_values"), rtol=1e-10)
+    np.testing.assert_allclose(m.r2(), metrics.r2_score(y, p, multioutput="raw_values"), rtol=1e-10)
+    assert np.isnan(metrics.RegressionMoments().add(np.ones(5), np.arange(5.0)).pearson()[0])
+    with pytest.raises(ValueError, match="earlier chunks"):
+        m.add(y[:3, :1], p[:3, :1])
