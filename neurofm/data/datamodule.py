@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
+from neurofm.atlas import SpatialVocab
 from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, ResumableDataLoader, SpikeWindowDataset,
                                    StreamingIEEGDataset, StreamingSpikeDataset, collate_ieeg, collate_packed_spikes,
                                    collate_spikes, open_sessions, pack_spikes)
@@ -245,8 +246,6 @@ class IEEGDataModule(_WindowDataModule):
         validate_sessions(self.sessions)  # contents checked before any step (neurofm validate)
         self.segmenter = segmenter or IEEGSegmenter()
         if spatial_vocab == "auto":
-            from neurofm.atlas import SpatialVocab
-
             chans = []
             for s in self.sessions:
                 try:

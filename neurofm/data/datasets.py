@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from neurofm.atlas import SpatialVocab
 from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, shard_bounds, shuffle_buffer_plan,
                                    stream_pieces, worker_info)
 from neurofm.data.segmenter import IEEGSegmenter
@@ -607,8 +608,6 @@ class _IEEGReader:
             if target is not None and target not in s.behavior_names:
                 raise KeyError(f"{s.path}: /behavior/{target}: missing (available: {s.behavior_names})")
         if spatial_vocab == "auto":
-            from neurofm.atlas import SpatialVocab
-
             chans = [c.channels for c in self.cplans if c.channels is not None]
             spatial_vocab = SpatialVocab.from_channels(chans) if chans else None
         self.spatial_vocab = spatial_vocab

@@ -40,10 +40,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, channel_types_from_names,
+from neurofm.data.session import (ConvertError, Session, SessionFormatError, SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
@@ -271,8 +272,6 @@ def _bids_entities(path: Path) -> dict[str, str]:
 def bids_license(path: str | os.PathLike, max_up: int = 6) -> str:
     """``License`` of the BIDS dataset holding ``path`` (its root's ``dataset_description.json``,
     the nearest one above the file), or "" when there is none or it states none."""
-    import json
-
     for folder in list(Path(path).resolve().parents)[:max_up]:
         desc = folder / "dataset_description.json"
         if desc.exists():
@@ -665,10 +664,6 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
-    import h5py
-
-    from neurofm.data.session import Session
-
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.exists() and not overwrite and out_path.resolve() != in_path.resolve():
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (CLI: leave out --no-overwrite) to replace it")

@@ -31,6 +31,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from scipy.signal import iirnotch, resample_poly, sosfiltfilt, tf2sos
 
 from neurofm.data.session import Channels
 
@@ -315,8 +316,6 @@ class IEEGSegmenter:
         elif len(channel_plan.keep) != x.shape[1] or np.any(channel_plan.keep != np.arange(x.shape[1])):
             x = np.take(x, channel_plan.keep, axis=1)  # (T, C'), C-contiguous
         if plan.resample:
-            from scipy.signal import resample_poly
-
             x = resample_poly(x, plan.up, plan.down, axis=0).astype(np.float32)
         return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -388,8 +387,6 @@ class IEEGSegmenter:
 
 def notch(x: np.ndarray, rate: float, line_noise: float, q: float = 30.0) -> np.ndarray:
     """Zero-phase notch at ``line_noise`` Hz and every harmonic below Nyquist, along axis 0."""
-    from scipy.signal import iirnotch, sosfiltfilt, tf2sos
-
     nyq = rate / 2.0
     freqs = [k * line_noise for k in range(1, int(nyq // line_noise) + 1) if k * line_noise < 0.98 * nyq]
     if not freqs:

@@ -27,8 +27,10 @@ the chunks a window needs.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,8 +220,6 @@ def _strings(values) -> np.ndarray:
 def _writes(method):
     """Check the output file after a writing method: a failed write (disk full...) becomes an
     :class:`~neurofm.atomic.OutputError` naming the output, and the temporary file goes."""
-    import functools
-
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -719,8 +719,6 @@ _KNOWN_GROUPS = ("units", "spikes", "continuous", "channels", "behavior", "stimu
 def _reads(field: str):
     """Turn an HDF5 read failure (a damaged chunk: h5py's bare OSError) into a
     :class:`SessionFormatError` naming the file and ``field``."""
-    import functools
-
     def wrap(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
@@ -1330,8 +1328,6 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
     its fractions (useful when the default "test = last block" would fall in a rest period).
     The file is copied, edited and renamed into place, so a crash leaves the original intact.
     """
-    import shutil
-
     path = Path(path)
     with Session(path) as s:
         t0, t1 = s.t_start, s.t_end

@@ -249,8 +249,9 @@ class Attention(nn.Module):
             if self.rope is None:
                 q, k, v = self._heads(self.qkv(x), 3)
             else:
-                qkv = self.qkv(x).view(b, length, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, Dh)
-                q, k = apply_rotary(qkv[:2], *self._rotary(positions, 2)).unbind(0)  # q and k in one rotation
+                # (3, B, H, L, Dh): q and k rotated in one call
+                qkv = self.qkv(x).view(b, length, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+                q, k = apply_rotary(qkv[:2], *self._rotary(positions, 2)).unbind(0)
                 v = qkv[2].contiguous()  # so the (B, L, 3d) projection is not kept alive for v alone
             if isinstance(cache, KVCache):
                 k, v = cache.append(k, v)
