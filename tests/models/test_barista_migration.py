@@ -49,6 +49,8 @@ def test_v1_folder_loads_strictly_with_the_same_outputs(name, cls):
     assert type(model) is cls
     with torch.no_grad():
         _assert_same_real_tokens(model(batch), io[f"out_{name}"], batch["channel_mask"])
+        (model.encoder.backbone if name == "finetuned" else model.backbone).pack = True  # packed: same numbers
+        _assert_same_real_tokens(model(batch), io[f"out_{name}"], batch["channel_mask"])
 
 
 def test_v1_folder_saved_again_is_current_layout_and_round_trips(tmp_path):

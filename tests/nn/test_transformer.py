@@ -24,6 +24,47 @@ def test_block_is_pre_ln_residual():
     torch.testing.assert_close(blk(x), expected)
 
 
+def test_barista_options_are_rmsnorm_gated_mlp_and_rope_on_given_positions():
+    """The BaRISTA kind of block, written out: pre-RMSNorm, value * GELU(gate) MLP, queries and
+    keys rotated by the positions given at call time (not by token order)."""
+    import torch.nn.functional as F
+
+    from neurofm.nn.attention import attention
+    from neurofm.nn.norms import RMSNorm
+    from neurofm.nn.rope import apply_rotary
+
+    torch.manual_seed(0)
+    blk = Block(D, H, norm="rms", norm_eps=1e-6, mlp="gated", rope=True).eval()
+    assert isinstance(blk.ln1, RMSNorm) and blk.mlp.fc.out_features == 2 * 4 * D
+    x, pos = torch.randn(2, 6, D), torch.tensor([0, 0, 1, 1, 2, 2])  # 3 patches x 2 channels
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        h = blk.ln1(x)
+        q, k, v = blk.attn.qkv(h).view(2, 6, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        cos, sin = blk.attn.rope.cos_sin(pos)
+        o = attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        a = x + blk.attn.proj(o.transpose(1, 2).reshape(2, 6, D))
+        value, gate = blk.mlp.fc(blk.ln2(a)).chunk(2, dim=-1)
+        expected = a + blk.mlp.proj(value * F.gelu(gate))
+        torch.testing.assert_close(blk(x, positions=pos), expected)
+        torch.testing.assert_close(blk(x, positions=pos.expand(2, 6)), expected)  # (B, L) positions
+        assert not torch.allclose(blk(x, positions=torch.arange(6)), expected)
+    with pytest.raises(ValueError, match="positions"):
+        blk(x)
+
+
+def test_block_options_are_checked():
+    with pytest.raises(ValueError, match="RoPE is for self-attention"):
+        Block(D, H, cross=True, rope=True)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        Block(D, H, norm="batch")
+    with pytest.raises(ValueError, match="MLP kind"):
+        Block(D, H, mlp="swiglu")
+    with pytest.raises(ValueError, match="recompute"):
+        Block(D, H, recompute_mlp=True)  # the recomputing kernel is the gated MLP's
+
+
 def test_cross_block_reads_source_and_shapes():
     torch.manual_seed(0)
     blk = Block(D, H, cross=True, kv_dim=8).eval()
