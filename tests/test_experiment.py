@@ -376,3 +376,12 @@ def test_early_stopped_runs_evaluate_the_best_checkpoint(tmp_path):
     w_best = float(torch.load(restored["path"], weights_only=True)["state_dict"]["w"])
     assert float(toy.w) == w_best != w_final
     assert _restore_best(trainer, toy, "val/other") is None  # no checkpoint follows that metric
+    # a task that migrates old state-dict keys (the BaRISTA tasks' on_load_checkpoint) gets its
+    # hook before the weights load, as on Lightning's own load paths
+    state = torch.load(restored["path"], weights_only=True)
+    state["state_dict"] = {"old_w": state["state_dict"]["w"]}
+    torch.save(state, restored["path"])
+    toy.on_load_checkpoint = lambda c: c.update(state_dict={"w": c["state_dict"]["old_w"]})
+    toy.w.data.fill_(5.0)
+    _restore_best(trainer, toy, "val/score")
+    assert float(toy.w) == w_best
