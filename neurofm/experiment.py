@@ -608,18 +608,25 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     The run that wrote ``RUN/checkpoints/X.ckpt`` saved its resolved config as
     ``RUN/config.yaml``; any difference in :data:`RESUME_SECTIONS` would continue a different
     model or data order from these weights (or fail later on a shape), so it is a
-    :class:`ConfigError` naming every differing key. No saved config: nothing to compare.
+    :class:`ConfigError` naming every differing key. A key absent from the saved config (added to
+    neurofm since) whose value is its default is no difference. No saved config: nothing to compare.
     """
     saved_path = Path(checkpoint).resolve().parent.parent / "config.yaml"
     if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
     new = _as_saved(cfg)
+    # a key added to the config since the checkpoint's run wrote config.yaml is absent there; at
+    # its default it changes nothing (the old code behaved as the default does)
+    default = _as_saved(type(cfg)())
     diffs = []
     for section in RESUME_SECTIONS:
         old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
+        default_flat = _flatten(default.get(section, {}), section)
         for key in sorted(set(old_flat) | set(new_flat)):
             a, b = old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
+            if key not in old_flat and key in default_flat and b == default_flat[key]:
+                continue
             if a != b:
                 diffs.append(f"{key}: {a!r} -> {b!r}")
     if diffs:

@@ -215,10 +215,29 @@ def training_window_counts(cfg: RunConfig, window=None) -> tuple[np.ndarray, np.
     for path in session_paths(cfg.data):
         with Session(path) as s:
             ends = split_window_ends(cfg, s, "train")
-            times, _ = s.spikes()
-        curr.append(spikes_per_window(times, ends - w.curr, ends))
-        prev.append(spikes_per_window(times, ends - w.curr - w.prev, ends - w.curr))
-    return np.concatenate(curr), np.concatenate(prev)
+            # in chunks of COUNT_CHUNK_S of windows: memory is bounded by the spikes of one chunk,
+            # not the session's (the counts are the same: each window's spikes lie in its chunk's read)
+            for chunk in _time_chunks(ends, COUNT_CHUNK_S):
+                e = ends[chunk]
+                times, _ = s.spikes(float(e.min() - w.curr - w.prev) - 1.0, float(e.max()))
+                curr.append(spikes_per_window(times, e - w.curr, e))
+                prev.append(spikes_per_window(times, e - w.curr - w.prev, e - w.curr))
+    return (np.concatenate(curr) if curr else np.zeros(0, np.int64)), \
+        (np.concatenate(prev) if prev else np.zeros(0, np.int64))
+
+
+#: seconds of windows whose spikes training_window_counts reads at once
+COUNT_CHUNK_S = 60.0
+
+
+def _time_chunks(ends: np.ndarray, span_s: float) -> list[slice]:
+    """Slices of the sorted window ``ends`` (s), each covering at most ``span_s`` of time."""
+    if not len(ends):
+        return []
+    key = np.floor((ends - ends[0]) / span_s).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    bounds = [0, *cuts.tolist(), len(ends)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 #: spikes per current window below which windows are "mostly empty" (suggest a longer window)
