@@ -495,6 +495,42 @@ def _quiet_lightning() -> None:
                             category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 
 
+def _validate_when_steps_run_out():
+    """A callback that validates at the step where ``trainer.max_steps`` ends training.
+
+    Lightning validates at the end of an epoch; a user's step limit shorter than one epoch
+    (``neurofm finetune ... trainer.max_steps=60``) ended training before any validation, so the
+    checkpoint and early-stopping monitors never saw their metric (Lightning raised ``Early
+    stopping conditioned on metric `val/r2` which is not available``). Asking the trainer to
+    stop at that step makes Lightning run validation there first (its rule for a requested
+    stop), so the final weights are validated and model selection has at least one score.
+    """
+    import lightning as L
+
+    class _ValidateAtMaxSteps(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if 0 < trainer.max_steps <= trainer.global_step:
+                trainer.should_stop = True
+
+    return _ValidateAtMaxSteps()
+
+
+def _early_stopping(base):
+    """Lightning's EarlyStopping that waits for its metric until validation has run once (the
+    rule Lightning's ModelCheckpoint follows): before any validation (e.g. a run that ends, or
+    an epoch that passes, before the first check) there is nothing to compare. After one, a
+    missing metric is still an error."""
+
+    class _EarlyStopping(base):
+        def _run_early_stopping_check(self, trainer) -> None:
+            if self.monitor not in trainer.callback_metrics and \
+                    not trainer.fit_loop.epoch_loop.val_loop._has_run:
+                return
+            super()._run_early_stopping_check(trainer)
+
+    return _EarlyStopping
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
                   extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
     """A Lightning Trainer writing checkpoints and logs (``trainer.logger``) under ``run_dir``; ``seed`` seeds
@@ -514,11 +550,13 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         callbacks.insert(1, ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                             save_top_k=1, auto_insert_metric_name=False,
                                             enable_version_counter=False))
+    if monitor:
+        callbacks.append(_validate_when_steps_run_out())
     if monitor and tc.early_stopping_patience > 0:
         # check_finite=False: a validation block with one class gives AUROC NaN for that epoch;
         # it counts as no improvement instead of stopping the run.
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience,
-                                       check_finite=False))
+        callbacks.append(_early_stopping(EarlyStopping)(monitor=monitor, mode=mode,
+                                                        patience=tc.early_stopping_patience, check_finite=False))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=tc.max_epochs, max_steps=tc.max_steps,
