@@ -838,7 +838,9 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     ``options`` are the recipe's ``finetune_config`` options (task, behavior, events...): they
     say what to score. Writes ``out_dir/metrics.json`` and plots.
     """
-    recipe = recipe_for(family_of(pretrained))
+    family = family_of(pretrained)
+    recipe = recipe_for(family)
+    overrides, options = _as_fine_tuned(pretrained, family, list(overrides), dict(options))
     cfg = recipe.finetune_config(pretrained, list(sessions), run_dir=str(out_dir), overrides=list(overrides),
                                  **options)
     cfg = recipe.prepare(cfg)
@@ -849,6 +851,49 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
     atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
+
+
+def finetuning_run(pretrained: str | os.PathLike, family: str) -> tuple[Path, dict] | None:
+    """``(path, config)`` of the fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
+    beside ``RUN/config.yaml``, a ``family`` run with ``task.mode: finetune``), else None."""
+    path = Path(pretrained) / ".." / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        run_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except Exception:  # not a run's config: nothing to carry over
+        return None
+    if not isinstance(run_cfg, dict) or run_cfg.get("family") != family or \
+            (run_cfg.get("task") or {}).get("mode") != "finetune":
+        return None
+    return path.resolve(), run_cfg
+
+
+def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:
+    """What ``neurofm evaluate`` takes from the fine-tuning run of a fine-tuned folder: its
+    train / valid / test split (so the test block is the one that run held out, not one its
+    training saw; the user's own ``data.split.*`` overrides come after and win) and, when not
+    given, the behaviour or events it was fine-tuned on. Each is one log line."""
+    found = finetuning_run(pretrained, family)
+    if found is None:
+        return overrides, options
+    path, run_cfg = found
+    data = run_cfg.get("data") or {}
+    split = data.get("split") or {}
+    if split:
+        overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
+        shown = ", ".join(f"{k} {v}" for k, v in split.items())
+        log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}); data.split.* to change")
+    if not options.get("behavior"):
+        names = list(data.get("behavior") or []) or ([data["target"]] if data.get("target") else [])
+        if names:
+            options["behavior"] = names
+            log.info(f"neurofm: behaviour {', '.join(names)}, as fine-tuned (from {path}); --behavior to change")
+    if not options.get("events") and data.get("events") and \
+            (run_cfg.get("task") or {}).get("finetune_task") == "classification":
+        options["events"] = data["events"]
+        log.info(f"neurofm: events {data['events']}, as fine-tuned (from {path}); --events to change")
+    return overrides, options
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, family: str | None = None) -> Path:

@@ -142,21 +142,77 @@ def _csv_rows(run_dir: Path) -> list[dict]:
 
 # -- a user's step limit shorter than an epoch -------------------------------------------------
 
+STEPS = 3  # a user's trainer.max_steps, shorter than one epoch of either session
+MONITOR = {"neuroformer": "val/behavior_r2", "barista": "val/r2"}
 
-@pytest.mark.parametrize("family,monitor", [("neuroformer", "val/behavior_r2"), ("barista", "val/r2")])
-def test_finetune_with_a_step_limit_shorter_than_an_epoch_validates_once_and_finishes(lab, tmp_path, family, monitor):
+
+@pytest.fixture(scope="module")
+def finetuned(lab, tmp_path_factory) -> dict:
+    """One short fine-tune per family with the CLI defaults, a user's step limit and split gap."""
+    from neurofm.experiment import run
+
+    out = {}
+    for family in ("neuroformer", "barista"):
+        run_dir = tmp_path_factory.mktemp(f"ft-{family}") / "run"
+        out[family] = run(_finetune_cfg(lab, family, run_dir, f"trainer.max_steps={STEPS}", "data.split.gap=3.0"))
+    return out
+
+
+@pytest.mark.parametrize("family", ["neuroformer", "barista"])
+def test_finetune_with_a_step_limit_shorter_than_an_epoch_validates_once_and_finishes(lab, finetuned, family):
     """Before: `neurofm finetune ... trainer.max_steps=60` on a recording whose epoch is longer
     than 60 steps: `RuntimeError: Early stopping conditioned on metric `val/r2` which is not
     available` (both families: validation runs at epoch ends, the limit ended training first)."""
-    from neurofm.experiment import run
+    from omegaconf import OmegaConf
 
-    steps = 3
-    cfg = _finetune_cfg(lab, family, tmp_path / "run", f"trainer.max_steps={steps}")
-    assert cfg.trainer.early_stopping_patience > 0  # the recipe's default: early stopping is on
-    result = run(cfg)
-    rows = _csv_rows(tmp_path / "run")
+    result = finetuned[family]
+    saved = OmegaConf.load(result.run_dir / "config.yaml")
+    assert saved.trainer.early_stopping_patience > 0  # the recipe's default: early stopping is on
+    rows = _csv_rows(result.run_dir)
     assert {r["epoch"] for r in rows} - {""} == {"0"}, "one epoch is longer than the limit"
-    assert result.metrics["training"]["steps"] == steps
-    scored = [r for r in rows if r.get(monitor)]
-    assert len(scored) == 1 and int(scored[0]["step"]) == steps - 1  # validated once, at the last step
-    assert result.metrics["training"]["evaluated_checkpoint"]["monitor"] == monitor
+    assert result.metrics["training"]["steps"] == STEPS
+    scored = [r for r in rows if r.get(MONITOR[family])]
+    assert len(scored) == 1 and int(scored[0]["step"]) == STEPS - 1  # validated once, at the last step
+    assert result.metrics["training"]["evaluated_checkpoint"]["monitor"] == MONITOR[family]
+
+
+# -- neurofm evaluate on a fine-tuned folder ----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["neuroformer", "barista"])
+def test_evaluate_a_finetuned_folder_says_what_it_probed_and_uses_the_runs_split(lab, finetuned, family,
+                                                                                  tmp_path, capsys):
+    """Before: evaluate on a BaRISTA fine-tune called its probe "linear probe on the frozen
+    pretrained encoder" though it read the fine-tuned model's encoder (spikes: "features of
+    pretrained", the folder's name); it split the recording with the default fractions, not the
+    fine-tuning run's (a 3 s gap: other test windows than the run held out); a BaRISTA
+    regression fine-tune needed --behavior repeated."""
+    from neurofm.cli import main
+    from neurofm.jsonio import loads_strict
+
+    ft = finetuned[family]
+    data = lab["spikes"] if family == "neuroformer" else lab["ieeg"]
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--pretrained", str(ft.pretrained_dir), "--data", data, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    got = loads_strict(text[text.index("{"):])
+    target = "position" if family == "neuroformer" else "grip_force"
+    report = (out / "decode_report.md").read_text()
+    assert "3.0 s gaps" in got["protocol"] or "3 s gaps" in got["protocol"]
+    if family == "barista":
+        probe = "linear probe on the frozen fine-tuned encoder"
+        assert probe in got["baselines"] and not any("pretrained" in k for k in got["baselines"])
+        assert f"frozen features of the encoder of the fine-tuned model {ft.pretrained_dir}" in report
+        assert f"linear probe on token-mean features of the encoder of the fine-tuned model {ft.pretrained_dir}" \
+            in got["protocol"]
+        # the fine-tuning run's own report probed the encoder it started from, and says so
+        assert "linear probe on the frozen pretrained encoder" in ft.metrics["baselines"]
+        assert f"the encoder of the pretrained model {lab['barista']}" in ft.metrics["protocol"]
+        key = "test_r2"
+    else:
+        assert f"ridge on frozen pooled features of the fine-tuned model {ft.pretrained_dir}" in report
+        assert f"ridge on frozen pooled features of the pretrained model {lab['nf']}" in \
+            (ft.run_dir / "decode_report.md").read_text()
+        key = f"{target}_r2"
+    # the same model on the test block the fine-tuning run held out scores what that run reported
+    assert got["metrics"][key] == pytest.approx(ft.metrics["metrics"][key], rel=1e-4, abs=1e-6)

@@ -1138,7 +1138,9 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     test_f = _collect(frozen, dm.loader("test"))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
         raise RuntimeError("linear probe: the test windows came in a different order on a second pass")
-    return {"train": train["pooled"], "test": test_f["pooled"], "source": str(cfg.task.pretrained)}
+    kind = "fine-tuned" if finetuned_labels(cfg.task.pretrained) is not None else "pretrained"
+    return {"train": train["pooled"], "test": test_f["pooled"],
+            "source": f"the {kind} model {cfg.task.pretrained}"}
 
 
 def _scored_text(cfg: RunConfig, dm) -> str:
@@ -1167,7 +1169,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     arms, notes = {"model": pred}, {}
     if probe is not None:
         arms["linear probe"] = _ridge_fit_predict(probe["train"][mt], ytr, probe["test"][m], stride)
-        notes["linear probe"] = f"ridge on frozen pooled features of {Path(probe['source']).name or probe['source']}"
+        notes["linear probe"] = f"ridge on frozen pooled features of {probe['source']}"
     n_units = train["counts"].shape[1] // 2  # (current, previous) counts per unit
     arms["ridge on binned counts"] = _ridge_fit_predict(train["binned"][mt], ytr, test["binned"][m], stride)
     n_bins = train["binned"].shape[1] // n_units
