@@ -216,3 +216,143 @@ def test_evaluate_a_finetuned_folder_says_what_it_probed_and_uses_the_runs_split
         key = f"{target}_r2"
     # the same model on the test block the fine-tuning run held out scores what that run reported
     assert got["metrics"][key] == pytest.approx(ft.metrics["metrics"][key], rel=1e-4, abs=1e-6)
+
+
+# -- resume: a BaRISTA pretraining killed with SIGKILL, a fine-tune of each family -----------------
+
+ROOT = Path(__file__).resolve().parents[1]
+BARISTA_EPOCHS = 4
+
+
+def _env() -> dict:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+
+
+def _barista_cmd(run_dir: Path, session: str) -> list[str]:
+    """`neurofm train barista/demo` on a small session: the demo's settings and default
+    checkpoint schedule (last.ckpt at every epoch end), a tiny model, a few epochs."""
+    import sys
+
+    return [sys.executable, str(ROOT / "train.py"), "barista/demo", f"run_dir={run_dir}", f"data.sessions=[{session}]",
+            *(f"model.{k}={v}" for k, v in TINY_BARISTA.items()), f"trainer.max_epochs={BARISTA_EPOCHS}",
+            "trainer.progress_bar=false", "trainer.threads=1"]
+
+
+def _step(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def _steps_logged_once(run_dir: Path, n_steps: int) -> None:
+    rows = [(int(r["step"]), r["epoch"], tuple(sorted(k for k, v in r.items() if v and k not in ("step", "epoch"))))
+            for r in _csv_rows(run_dir)]
+    assert len(rows) == len(set(rows)), "a step was logged twice"
+    assert {row[0] for row in rows} == set(range(n_steps))
+
+
+def test_barista_pretraining_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_run(lab, tmp_path):
+    """Before: no test resumed a BaRISTA run (one failed on `model.cnn_dilations: [1, 2, 4, 8,
+    16] -> (1, 2, 4, 8, 16)`). A run killed after an epoch's last.ckpt, with the default
+    checkpoint schedule, continues from it and ends with the uninterrupted run's steps, weights,
+    metrics and one log row per step and metric."""
+    import signal
+    import subprocess
+    import time
+
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    done = subprocess.run(_barista_cmd(run_a, lab["ieeg"]), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    a = json.loads((run_a / "metrics.json").read_text())
+    total = a["training"]["steps"]
+    per_epoch = total // BARISTA_EPOCHS
+    assert per_epoch * BARISTA_EPOCHS == total and per_epoch > 1
+
+    log = tmp_path / "b.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(_barista_cmd(run_b, lab["ieeg"]), cwd=ROOT, env=_env(), stdout=out,
+                                stderr=subprocess.STDOUT)
+    last = run_b / "checkpoints" / "last.ckpt"
+    killed_at = None
+    try:
+        deadline = time.time() + 500
+        while time.time() < deadline and proc.poll() is None:
+            step = _step(last) if last.exists() else None  # saved atomically: an existing last.ckpt is whole
+            if step is not None and step >= per_epoch:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert killed_at is not None, f"run B ended (rc {proc.returncode}) before an epoch's checkpoint: " \
+                                  f"{log.read_text()[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert per_epoch <= _step(last) < total, "killed mid-run"
+    assert not (run_b / "metrics.json").exists()
+
+    again = subprocess.run(_barista_cmd(run_b, lab["ieeg"]), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                           timeout=600)  # resume=auto is the default
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"resuming from {last}" in again.stdout
+    b = json.loads((run_b / "metrics.json").read_text())
+    assert b["training"]["steps"] == total
+    _same_weights(_weights(run_a / "pretrained"), _weights(run_b / "pretrained"))
+    assert b["metrics"] == a["metrics"]
+    _steps_logged_once(run_b, total)
+    _steps_logged_once(run_a, total)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at_epoch(epoch: int):
+    import lightning as L
+
+    class CrashAt(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == epoch:
+                raise _Crash(f"simulated crash at the start of epoch {epoch}")
+
+    return CrashAt()
+
+
+@pytest.mark.parametrize("family", ["neuroformer", "barista"])
+def test_a_finetune_that_crashed_resumes_and_ends_as_an_uninterrupted_one(lab, tmp_path, family, capsys):
+    """A fine-tune (the recipe's defaults; the user limits it to 3 epochs) that died after its
+    second epoch's last.ckpt: the same command continues it, to the uninterrupted run's weights."""
+    from neurofm.experiment import run
+
+    over = ["trainer.max_epochs=3"]
+    whole = run(_finetune_cfg(lab, family, tmp_path / "a", *over))
+    with pytest.raises(_Crash):
+        run(_finetune_cfg(lab, family, tmp_path / "b", *over), extra_callbacks=[_crash_at_epoch(2)])
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert 0 < _step(last) < whole.metrics["training"]["steps"]
+    capsys.readouterr()
+    resumed = run(_finetune_cfg(lab, family, tmp_path / "b", *over))
+    assert f"resuming from {last}" in capsys.readouterr().out
+    assert resumed.metrics["training"]["steps"] == whole.metrics["training"]["steps"]
+    _same_weights(_weights(whole.pretrained_dir), _weights(resumed.pretrained_dir))
+    _steps_logged_once(tmp_path / "b", whole.metrics["training"]["steps"])
