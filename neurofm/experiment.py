@@ -358,7 +358,7 @@ def _last_checkpoint(ckpt_dir: Path, every_n_steps: int = 0, every_minutes: floa
         def _save(self, trainer) -> None:
             if trainer.global_step == self._saved_step or trainer.sanity_checking:
                 return
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state resume needs (and no log line)
             self._saved_step = int(trainer.global_step)
             self._since = time.monotonic()
 

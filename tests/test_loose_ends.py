@@ -5,6 +5,7 @@ Each test reproduces the failure first reported, with the defaults users get."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,132 @@ def test_a_finetune_that_crashed_resumes_and_ends_as_an_uninterrupted_one(lab, t
     assert resumed.metrics["training"]["steps"] == whole.metrics["training"]["steps"]
     _same_weights(_weights(whole.pretrained_dir), _weights(resumed.pretrained_dir))
     _steps_logged_once(tmp_path / "b", whole.metrics["training"]["steps"])
+
+
+# -- a new lab's own iEEG: EDF and BrainVision with a behaviour channel, another rate and layout ---
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _writers():
+    """The EDF / BrainVision writers of the converter tests (MNE writes neither without extra packages)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ieeg_writers", ROOT / "tests" / "data" / "test_ieeg_convert.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def new_lab_files(tmp_path_factory) -> dict:
+    """A recording as a new lab brings it: 10 contacts at 256 Hz (the model: 12 at 128 Hz), grip
+    force recorded as channel GRIP, word onsets as markers, an electrodes.tsv beside it; written as
+    EDF (16-bit, one physical range: the force at half scale) and BrainVision (float32)."""
+    pytest.importorskip("mne")
+    from neurofm.data.session import Session
+    from neurofm.data.synthetic import simulate_ieeg
+
+    w = _writers()
+    out = tmp_path_factory.mktemp("new_lab")
+    sim = simulate_ieeg(out / "sim.h5", n_channels=10, duration=150.0, sampling_rate=256.0, n_regions=10, seed=3,
+                        regions=[9, 0, 2, 1], behavior="grip_force")
+    with Session(sim) as s:
+        x, ch = s.continuous(), s.channels()
+        ts, force = s.behavior("grip_force")
+        onsets, labels = s.h5["events/word_onset/onset"][()], s.h5["events/word_onset/label"][()]
+        t = s.continuous_t_start + np.arange(len(x)) / s.sampling_rate
+    grip = np.interp(t, ts, np.asarray(force, float).ravel()) * 0.5
+    data = np.concatenate([x, grip[:, None]], 1).astype(np.float32)
+    names = [*ch.names, "GRIP"]
+    rows = [[n, *(f"{v:.2f}" for v in ch.xyz[i]), ch.regions["destrieux"][i], ch.regions["desikan-killiany"][i]]
+            for i, n in enumerate(ch.names)]
+    header = ["name", "x", "y", "z", "destrieux", "desikan-killiany"]
+    markers = [(float(o), lab.decode() if isinstance(lab, bytes) else str(lab)) for o, lab in zip(onsets, labels)]
+    edf = w.write_edf(out / "rec.edf", data, names, sfreq=256.0)
+    w.write_tsv(out / "rec_electrodes.tsv", header, rows)
+    vhdr = w.write_brainvision(out / "bv", data, names, sfreq=256.0, markers=markers)
+    w.write_tsv(out / "bv_electrodes.tsv", header, rows)
+    return {"edf": str(edf), "vhdr": str(vhdr), "grip": grip, "dir": out}
+
+
+def test_new_lab_edf_and_brainvision_with_a_behaviour_channel_through_the_cli(lab, new_lab_files, capsys):
+    """The README's iEEG path as a new user types it, CLI defaults: convert with
+    --behavior-channel, fine-tune a model pretrained at another rate and channel count, evaluate.
+    Before: every checkpoint save logged Lightning's "`weights_only` was not set, defaulting to
+    `False`." (30+ lines a fine-tune); evaluate of the fine-tune stopped at "BaRISTA regression
+    needs exactly one --behavior NAME"."""
+    from neurofm.cli import main
+    from neurofm.data.session import Session
+    from neurofm.jsonio import loads_strict
+
+    out = new_lab_files["dir"]
+    sessions = {}
+    for kind, src in (("edf", new_lab_files["edf"]), ("vhdr", new_lab_files["vhdr"])):
+        sessions[kind] = str(out / f"{kind}.h5")
+        assert main(["convert", "ieeg", src, sessions[kind], "--behavior-channel", "GRIP=grip_force"]) == 0
+        with Session(sessions[kind]) as s:
+            assert "GRIP" not in s.channels().names and s.n_channels == 10
+            ts, v = s.behavior("grip_force")
+            assert s.sampling_rate == 256.0 and len(ts) == len(new_lab_files["grip"])
+            tol = 0.06 if kind == "edf" else 1e-3  # EDF: 16 bits over +-3276.8
+            np.testing.assert_allclose(np.asarray(v).ravel(), new_lab_files["grip"], atol=tol)
+    capsys.readouterr()
+
+    ft = out / "ft"
+    lightning_lines = _Lines()
+    saver = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    saver.addHandler(lightning_lines)
+    try:
+        assert main(["finetune", "--pretrained", lab["barista"], "--data", sessions["edf"], "--task", "regress",
+                     "--behavior", "grip_force", "--run-dir", str(ft), "trainer.progress_bar=false"]) == 0
+    finally:
+        saver.removeHandler(lightning_lines)
+    err = capsys.readouterr().err
+    assert "edf.h5: resampling 256 Hz -> 128 Hz" in err and "segments of 4 x 32 samples at 128 Hz" in err
+    assert not [line for line in lightning_lines.lines if "weights_only" in line]
+    metrics = loads_strict((ft / "metrics.json").read_text())
+    assert np.isfinite(metrics["metrics"]["test_r2"]) and "ridge on band power" in metrics["baselines"]
+    assert "at 128 Hz" in metrics["protocol"]
+    assert loads_strict((ft / "pretrained" / "config.json").read_text())["config"]["target_mean"][0] > 100
+
+    ev = out / "ev"
+    assert main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", sessions["edf"],
+                 "--out", str(ev)]) == 0
+    assert loads_strict((ev / "metrics.json").read_text())["metrics"]["test_r2"] == \
+        pytest.approx(metrics["metrics"]["test_r2"], rel=1e-5)
+
+    # BrainVision: markers became /events/annotations. Under the default split its 15 s
+    # validation block holds one label only: refused before the first step, naming the fix
+    capsys.readouterr()
+    bv_run = out / "ft_bv"
+    assert main(["finetune", "--pretrained", lab["barista"], "--data", sessions["vhdr"], "--task", "classify",
+                 "--events", "annotations", "--run-dir", str(bv_run)]) == 2
+    err = capsys.readouterr().err
+    assert "data.events: the valid split" in err and "neurofm split" in err and "Traceback" not in err
+    assert not (bv_run / "checkpoints").exists()
+    # the split the message suggests trains and reports
+    assert main(["finetune", "--pretrained", lab["barista"], "--data", sessions["vhdr"], "--task", "classify",
+                 "--events", "annotations", "--run-dir", str(bv_run), "trainer.progress_bar=false",
+                 "data.split.train=0.5", "data.split.valid=0.25", "data.split.test=0.25", "trainer.max_epochs=2"]) == 0
+    bv = loads_strict((bv_run / "metrics.json").read_text())
+    assert np.isfinite(bv["metrics"]["test_auroc"]) and "logistic on band power" in bv["baselines"]
+
+
+def test_a_recording_below_the_models_rate_is_upsampled_with_a_warning(lab, tmp_path):
+    from neurofm.data.synthetic import simulate_ieeg
+    from neurofm.recipes import barista
+
+    path = simulate_ieeg(tmp_path / "slow.h5", n_channels=8, duration=60.0, sampling_rate=100.0, seed=2)
+    cfg = barista.finetune_config(lab["barista"], [str(path)], task="classify", events="word_onset")
+    with pytest.warns(UserWarning, match=r"slow\.h5: recorded at 100 Hz, upsampled to 128 Hz .* nothing between "
+                                         r"50 and 64 Hz"):
+        cfg = barista.prepare(cfg)
+    assert cfg.data.sampling_rate == 128.0

@@ -207,6 +207,13 @@ def _check_resampling(rates: dict[str, float], target: float | None, why: str = 
                               f"({e})") from None
         logging.getLogger("neurofm").info(f"neurofm: {Path(path).name}: resampling {rate:g} Hz -> {target:g} Hz "
                                           f"({why})")
+        if rate < target:
+            import warnings
+
+            warnings.warn(f"{path}: recorded at {rate:g} Hz, upsampled to {target:g} Hz ({why}): it holds nothing "
+                          f"between {rate / 2:g} and {target / 2:g} Hz, which the model's patches were made to "
+                          f"read; its features (and band power up there) are of a narrower band than it learned "
+                          f"from", stacklevel=3)
 
 
 # what the weights were trained on, always the checkpoint's (_from_pretrained fits the data to them)
