@@ -523,8 +523,8 @@ def _early_stopping(base):
 
     class _EarlyStopping(base):
         def _run_early_stopping_check(self, trainer) -> None:
-            if self.monitor not in trainer.callback_metrics and \
-                    not trainer.fit_loop.epoch_loop.val_loop._has_run:
+            validated = getattr(trainer.fit_loop.epoch_loop.val_loop, "_has_run", True)  # Lightning 2.x
+            if self.monitor not in trainer.callback_metrics and not validated:
                 return
             super()._run_early_stopping_check(trainer)
 
