@@ -458,8 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task", default="decode", choices=["decode", "classify", "regress", "reconstruct"],
                        help="decode behaviour (Neuroformer); classify events / regress behaviour / reconstruct "
                             "channels (BaRISTA)")
-        p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress")
-        p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes")
+        p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress (evaluate "
+                                                                 "of a fine-tuned folder: default, the run's own)")
+        p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes (evaluate of "
+                                        "a fine-tuned folder: default, the run's own)")
         p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5), "
                                                     "anywhere on the line (also after --data / --behavior)")
         p.add_argument("--score-when", choices=["auto", "moving", "all"],
@@ -480,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--run-dir", help="default runs/finetune-<first data file>")
     f.set_defaults(func=_cmd_finetune)
 
-    e = add("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data")
+    e = add("evaluate", help="evaluate a pretrained or fine-tuned model on held-out data",
+            description="A fine-tuned folder (RUN/pretrained beside RUN/config.yaml) is scored on the test block of "
+                        "its fine-tuning run's split (data.split.* to change); the linear probe reads the evaluated "
+                        "model's own frozen encoder, and the report says so.")
     finetune_args(e)
     e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
     e.add_argument("--label-fraction", type=float,

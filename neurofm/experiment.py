@@ -358,7 +358,7 @@ def _last_checkpoint(ckpt_dir: Path, every_n_steps: int = 0, every_minutes: floa
         def _save(self, trainer) -> None:
             if trainer.global_step == self._saved_step or trainer.sanity_checking:
                 return
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state resume needs (and no log line)
             self._saved_step = int(trainer.global_step)
             self._since = time.monotonic()
 
@@ -495,6 +495,42 @@ def _quiet_lightning() -> None:
                             category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 
 
+def _validate_when_steps_run_out():
+    """A callback that validates at the step where ``trainer.max_steps`` ends training.
+
+    Lightning validates at the end of an epoch; a user's step limit shorter than one epoch
+    (``neurofm finetune ... trainer.max_steps=60``) ended training before any validation, so the
+    checkpoint and early-stopping monitors never saw their metric (Lightning raised ``Early
+    stopping conditioned on metric `val/r2` which is not available``). Asking the trainer to
+    stop at that step makes Lightning run validation there first (its rule for a requested
+    stop), so the final weights are validated and model selection has at least one score.
+    """
+    import lightning as L
+
+    class _ValidateAtMaxSteps(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if 0 < trainer.max_steps <= trainer.global_step:
+                trainer.should_stop = True
+
+    return _ValidateAtMaxSteps()
+
+
+def _early_stopping(base):
+    """Lightning's EarlyStopping that waits for its metric until validation has run once (the
+    rule Lightning's ModelCheckpoint follows): before any validation (e.g. a run that ends, or
+    an epoch that passes, before the first check) there is nothing to compare. After one, a
+    missing metric is still an error."""
+
+    class _EarlyStopping(base):
+        def _run_early_stopping_check(self, trainer) -> None:
+            validated = getattr(trainer.fit_loop.epoch_loop.val_loop, "_has_run", True)  # Lightning 2.x
+            if self.monitor not in trainer.callback_metrics and not validated:
+                return
+            super()._run_early_stopping_check(trainer)
+
+    return _EarlyStopping
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
                   extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
     """A Lightning Trainer writing checkpoints and logs (``trainer.logger``) under ``run_dir``; ``seed`` seeds
@@ -514,11 +550,13 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         callbacks.insert(1, ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                             save_top_k=1, auto_insert_metric_name=False,
                                             enable_version_counter=False))
+    if monitor:
+        callbacks.append(_validate_when_steps_run_out())
     if monitor and tc.early_stopping_patience > 0:
         # check_finite=False: a validation block with one class gives AUROC NaN for that epoch;
         # it counts as no improvement instead of stopping the run.
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience,
-                                       check_finite=False))
+        callbacks.append(_early_stopping(EarlyStopping)(monitor=monitor, mode=mode,
+                                                        patience=tc.early_stopping_patience, check_finite=False))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=tc.max_epochs, max_steps=tc.max_steps,
@@ -608,18 +646,25 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     The run that wrote ``RUN/checkpoints/X.ckpt`` saved its resolved config as
     ``RUN/config.yaml``; any difference in :data:`RESUME_SECTIONS` would continue a different
     model or data order from these weights (or fail later on a shape), so it is a
-    :class:`ConfigError` naming every differing key. No saved config: nothing to compare.
+    :class:`ConfigError` naming every differing key. A key absent from the saved config (added to
+    neurofm since) whose value is its default is no difference. No saved config: nothing to compare.
     """
     saved_path = Path(checkpoint).resolve().parent.parent / "config.yaml"
     if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
     new = _as_saved(cfg)
+    # a key added to the config since the checkpoint's run wrote config.yaml is absent there; at
+    # its default it changes nothing (the old code behaved as the default does)
+    default = _as_saved(type(cfg)())
     diffs = []
     for section in RESUME_SECTIONS:
         old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
+        default_flat = _flatten(default.get(section, {}), section)
         for key in sorted(set(old_flat) | set(new_flat)):
             a, b = old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
+            if key not in old_flat and key in default_flat and b == default_flat[key]:
+                continue
             if a != b:
                 diffs.append(f"{key}: {a!r} -> {b!r}")
     if diffs:
@@ -794,7 +839,9 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     ``options`` are the recipe's ``finetune_config`` options (task, behavior, events...): they
     say what to score. Writes ``out_dir/metrics.json`` and plots.
     """
-    recipe = recipe_for(family_of(pretrained))
+    family = family_of(pretrained)
+    recipe = recipe_for(family)
+    overrides, options = _as_fine_tuned(pretrained, family, list(overrides), dict(options))
     cfg = recipe.finetune_config(pretrained, list(sessions), run_dir=str(out_dir), overrides=list(overrides),
                                  **options)
     cfg = recipe.prepare(cfg)
@@ -805,6 +852,49 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
     atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
+
+
+def finetuning_run(pretrained: str | os.PathLike, family: str) -> tuple[Path, dict] | None:
+    """``(path, config)`` of the fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
+    beside ``RUN/config.yaml``, a ``family`` run with ``task.mode: finetune``), else None."""
+    path = Path(pretrained) / ".." / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        run_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except Exception:  # not a run's config: nothing to carry over
+        return None
+    if not isinstance(run_cfg, dict) or run_cfg.get("family") != family or \
+            (run_cfg.get("task") or {}).get("mode") != "finetune":
+        return None
+    return path.resolve(), run_cfg
+
+
+def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:
+    """What ``neurofm evaluate`` takes from the fine-tuning run of a fine-tuned folder: its
+    train / valid / test split (so the test block is the one that run held out, not one its
+    training saw; the user's own ``data.split.*`` overrides come after and win) and, when not
+    given, the behaviour or events it was fine-tuned on. Each is one log line."""
+    found = finetuning_run(pretrained, family)
+    if found is None:
+        return overrides, options
+    path, run_cfg = found
+    data = run_cfg.get("data") or {}
+    split = data.get("split") or {}
+    if split:
+        overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
+        shown = ", ".join(f"{k} {v}" for k, v in split.items())
+        log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}); data.split.* to change")
+    if not options.get("behavior"):
+        names = list(data.get("behavior") or []) or ([data["target"]] if data.get("target") else [])
+        if names:
+            options["behavior"] = names
+            log.info(f"neurofm: behaviour {', '.join(names)}, as fine-tuned (from {path}); --behavior to change")
+    if not options.get("events") and data.get("events") and \
+            (run_cfg.get("task") or {}).get("finetune_task") == "classification":
+        options["events"] = data["events"]
+        log.info(f"neurofm: events {data['events']}, as fine-tuned (from {path}); --events to change")
+    return overrides, options
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, family: str | None = None) -> Path:

@@ -568,7 +568,7 @@ def test_last_checkpoint_schedule_by_steps_and_minutes(tmp_path, monkeypatch):
     saved, broadcasts = [], []
     trainer = SimpleNamespace(global_step=0, sanity_checking=False,
                               strategy=SimpleNamespace(broadcast=lambda x: broadcasts.append(x) or x),
-                              save_checkpoint=lambda p: saved.append(trainer.global_step))
+                              save_checkpoint=lambda p, weights_only=None: saved.append(trainer.global_step))
     clock = {"t": 1000.0}
     monkeypatch.setattr(ex.time, "monotonic", lambda: clock["t"])
     cb = ex._last_checkpoint(tmp_path, every_n_steps=4, every_minutes=10.0)

@@ -207,6 +207,13 @@ def _check_resampling(rates: dict[str, float], target: float | None, why: str = 
                               f"({e})") from None
         logging.getLogger("neurofm").info(f"neurofm: {Path(path).name}: resampling {rate:g} Hz -> {target:g} Hz "
                                           f"({why})")
+        if rate < target:
+            import warnings
+
+            warnings.warn(f"{path}: recorded at {rate:g} Hz, upsampled to {target:g} Hz ({why}): it holds nothing "
+                          f"between {rate / 2:g} and {target / 2:g} Hz, which the model's patches were made to "
+                          f"read; its features (and band power up there) are of a narrower band than it learned "
+                          f"from", stacklevel=3)
 
 
 # what the weights were trained on, always the checkpoint's (_from_pretrained fits the data to them)
@@ -827,14 +834,22 @@ MODEL_ARM = "BaRISTA fine-tuned"
 
 def _starting_encoder(cfg: RunConfig, task):
     """The encoder this run started from, frozen: the pretrained one, or (random init / from
-    scratch) a fresh one of the same shape. The linear probe reads its features."""
+    scratch) a fresh one of the same shape. The linear probe reads its features.
+
+    Returns ``(encoder, kind, source)``: ``kind`` names it in the probe arm (``pretrained``;
+    ``fine-tuned`` for a fine-tuned folder, as ``neurofm evaluate`` scores one: the probe then
+    reads that model's own encoder; or ``random-init``), ``source`` says where its weights came from."""
     t = cfg.task
     if t.pretrained and not t.from_scratch:
 
         loaded = load_pretrained(t.pretrained)
-        return getattr(loaded, "encoder", loaded).eval(), "pretrained"
+        finetuned = pretrained_config(t.pretrained).get("model_type") == "BaristaFinetuned"
+        kind = "fine-tuned" if finetuned else "pretrained"
+        source = f"the encoder of the {kind} model {t.pretrained}"
+        return getattr(loaded, "encoder", loaded).eval(), kind, source
     torch.manual_seed(cfg.seed)
-    return BaristaEncoder(task.encoder.config).eval(), "random-init"
+    shape = f" in the shape of {t.pretrained}" if t.pretrained else ""
+    return BaristaEncoder(task.encoder.config).eval(), "random-init", f"random weights (seed {cfg.seed}){shape}"
 
 
 @torch.no_grad()
@@ -881,7 +896,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     task.cpu().eval()
     dm.setup("fit")
     dm.setup("test")
-    encoder0, start = _starting_encoder(cfg, task)
+    encoder0, start, source = _starting_encoder(cfg, task)
     bands = BandPowerRidge(cfg.model.sampling_rate)
     train = _segment_pass(dm.loader("train"), encoder0, bands)
     test = _segment_pass(dm.loader("test"), encoder0, bands, task=task)
@@ -917,7 +932,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                                      f"training block's mean and std)"
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
-                                  notes={probe: "frozen features", baseline: "same segments"})
+                                  notes={probe: f"frozen features of {source}", baseline: "same segments"})
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
@@ -930,7 +945,8 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     data["train_segments"] = int(len(train["y"]))
     limitations = [] if line is None else [line]
     _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
-    protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; every arm fitted on the same "
+    protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
+                 f"features of {source}; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
                  f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
                  f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")

@@ -215,10 +215,29 @@ def training_window_counts(cfg: RunConfig, window=None) -> tuple[np.ndarray, np.
     for path in session_paths(cfg.data):
         with Session(path) as s:
             ends = split_window_ends(cfg, s, "train")
-            times, _ = s.spikes()
-        curr.append(spikes_per_window(times, ends - w.curr, ends))
-        prev.append(spikes_per_window(times, ends - w.curr - w.prev, ends - w.curr))
-    return np.concatenate(curr), np.concatenate(prev)
+            # in chunks of COUNT_CHUNK_S of windows: memory is bounded by the spikes of one chunk,
+            # not the session's (the counts are the same: each window's spikes lie in its chunk's read)
+            for chunk in _time_chunks(ends, COUNT_CHUNK_S):
+                e = ends[chunk]
+                times, _ = s.spikes(float(e.min() - w.curr - w.prev) - 1.0, float(e.max()))
+                curr.append(spikes_per_window(times, e - w.curr, e))
+                prev.append(spikes_per_window(times, e - w.curr - w.prev, e - w.curr))
+    return (np.concatenate(curr) if curr else np.zeros(0, np.int64)), \
+        (np.concatenate(prev) if prev else np.zeros(0, np.int64))
+
+
+#: seconds of windows whose spikes training_window_counts reads at once
+COUNT_CHUNK_S = 60.0
+
+
+def _time_chunks(ends: np.ndarray, span_s: float) -> list[slice]:
+    """Slices of the sorted window ``ends`` (s), each covering at most ``span_s`` of time."""
+    if not len(ends):
+        return []
+    key = np.floor((ends - ends[0]) / span_s).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(key)) + 1
+    bounds = [0, *cuts.tolist(), len(ends)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 #: spikes per current window below which windows are "mostly empty" (suggest a longer window)
@@ -1119,7 +1138,9 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     test_f = _collect(frozen, dm.loader("test"))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
         raise RuntimeError("linear probe: the test windows came in a different order on a second pass")
-    return {"train": train["pooled"], "test": test_f["pooled"], "source": str(cfg.task.pretrained)}
+    kind = "fine-tuned" if finetuned_labels(cfg.task.pretrained) is not None else "pretrained"
+    return {"train": train["pooled"], "test": test_f["pooled"],
+            "source": f"the {kind} model {cfg.task.pretrained}"}
 
 
 def _scored_text(cfg: RunConfig, dm) -> str:
@@ -1148,7 +1169,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     arms, notes = {"model": pred}, {}
     if probe is not None:
         arms["linear probe"] = _ridge_fit_predict(probe["train"][mt], ytr, probe["test"][m], stride)
-        notes["linear probe"] = f"ridge on frozen pooled features of {Path(probe['source']).name or probe['source']}"
+        notes["linear probe"] = f"ridge on frozen pooled features of {probe['source']}"
     n_units = train["counts"].shape[1] // 2  # (current, previous) counts per unit
     arms["ridge on binned counts"] = _ridge_fit_predict(train["binned"][mt], ytr, test["binned"][m], stride)
     n_bins = train["binned"].shape[1] // n_units
