@@ -682,16 +682,22 @@ def _train_windows_loader(dm):
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
-    """Mean and std of each behaviour variable over its samples inside the training blocks (the
-    labelled ones under :class:`FewShotSplit`), for standardising; all samples if none fall there."""
+    """Mean and std of each behaviour variable over its finite samples inside the training blocks
+    (the labelled ones under :class:`FewShotSplit`), for standardising; all finite samples if none
+    fall there. Rows with NaN (tracking lost) are left out, as the window targets leave them out."""
     stats = {}
     for name in names:
         values, inside = [], []
         for s in dm.sessions:
             ts, v = s.behavior(name)
-            values.append(np.asarray(v, dtype=np.float64).reshape(len(ts), -1))
-            inside.append(dm.splits(s)["train"].contains(ts, ts))
+            v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
+            finite = np.isfinite(v).all(axis=1)
+            values.append(v[finite])
+            inside.append(dm.splits(s)["train"].contains(ts[finite], ts[finite]))
         v, inside = np.concatenate(values), np.concatenate(inside)
+        if not len(v):
+            raise ConfigError(f"/behavior/{name}: no finite sample in {[str(s.path) for s in dm.sessions]}; "
+                              f"there is nothing to standardise or decode")
         v = v[inside] if inside.any() else v
         std = v.std(0)
         stats[name] = (v.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist())
