@@ -1034,7 +1034,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
-    labelled &= _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
+    train_scored = _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
+    labelled &= train_scored
     train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
                                                                        train_unit_counts)}
@@ -1064,7 +1065,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
             baselines.setdefault(row.arm, {}).update({f"{name}_r2": row.values["r2"],
                                                       f"{name}_pearson_r": row.values["pearson_r"]})
         if few_shot:  # outside the report (its arms share one label fraction): what every label would give
-            every = train["beh_mask"][name]
+            every = train["beh_mask"][name] & train_scored  # every label the scoring rule keeps (not rest)
             ridge_all = _ridge_fit_predict(train["binned"][every], train["beh_true"][name][every], test["binned"][m],
                                            cfg.data.stride or cfg.model.window.curr)
             baselines.setdefault("ridge on binned counts, every training label", {}).update(
