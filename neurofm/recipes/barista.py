@@ -37,7 +37,7 @@ from neurofm import plots
 from neurofm.atlas import SpatialVocab
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
-from neurofm.data.datasets import IEEGSegmentDataset
+from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import IEEGSegmenter, Preprocessing
 from neurofm.data.session import Session
 from neurofm.data.splits import TimeBlockSplit
@@ -378,7 +378,8 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                               f"val/auroc is undefined, so no best checkpoint is kept; the final weights are scored",
                               stacklevel=2)
             elif len(present) < 2:
-                raise ConfigError(f"{setting}: the {split} split ({where}) has {n} event-locked segment(s) of "
+                kind_of = "event / background" if BACKGROUND_LABEL in per_class else "event-locked"
+                raise ConfigError(f"{setting}: the {split} split ({where}) has {n} {kind_of} segment(s) of "
                                   f"/events/{events} ({per_class or 'no labels'}); {what} needs segments of at least "
                                   f"two labels. Choose events with two or more labels in every split, move the split "
                                   f"(data.split.* fractions, or `neurofm split FILE --train ... --valid ... --test "

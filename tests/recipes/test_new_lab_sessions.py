@@ -92,3 +92,47 @@ def test_every_label_ridge_is_fitted_on_the_windows_the_scoring_rule_keeps(tmp_p
     moving = recipe._moving_windows(cfg, dm, train)
     assert 0 < moving.sum() < len(moving)  # the rest windows are training windows
     assert fits[-1] == int((train["beh_mask"]["position"] & moving).sum())
+
+
+# -- iEEG -----------------------------------------------------------------------------------------
+
+
+def _ecog_with_one_kind_of_event(path: Path, duration: float = 120.0, rate: float = 500.0) -> tuple[str, np.ndarray]:
+    """10 channels of noise at 500 Hz and grip onsets every 4-9 s, every one labelled "grip" (a
+    lab's own annotation: one kind of event)."""
+    rng = np.random.default_rng(11)
+    onsets = np.cumsum(rng.uniform(4.0, 9.0, 40))
+    onsets = onsets[onsets < duration - 3.0]
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_continuous(rng.normal(0.0, 20.0, (int(duration * rate), 10)).astype(np.float32), sampling_rate=rate)
+        w.add_channels([f"G{k:02d}" for k in range(10)], x=np.full(10, -40.0), y=np.linspace(-30, 0, 10),
+                       z=np.linspace(55, 45, 10), regions={"destrieux": ["ctx_lh_G_precentral"] * 10},
+                       types=["ecog"] * 10)
+        w.add_events("grip", onset=onsets, duration=np.full(len(onsets), 1.5), label=["grip"] * len(onsets))
+    return str(path), onsets
+
+
+def test_events_of_one_label_are_classified_against_segments_without_one(tmp_path):
+    """A lab's single kind of annotation (every onset "grip") was refused: 'training a classifier
+    needs segments of at least two labels', with no way to classify event vs. background."""
+    from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+    from neurofm.recipes import barista
+
+    path, onsets = _ecog_with_one_kind_of_event(tmp_path / "grip.h5")
+    ds = IEEGSegmentDataset([path], IEEGSegmenter(segment_s=1.0, n_patches=4), "train", events="grip",
+                            event_locked=True)
+    assert ds.reader.label_map == {BACKGROUND_LABEL: 0, "grip": 1}
+    starts = np.array([ds.index.locate(i)[1] for i in range(len(ds))])
+    labels = np.array([ds.index.locate(i)[2] for i in range(len(ds))])
+    assert (np.abs(starts[labels == 1][:, None] - onsets[None]).min(1) < 1e-6).all()  # at the onsets
+    assert (labels == 1).sum() > 5 and (labels == 0).sum() > 5
+    for t0 in starts[labels == 0]:  # background: no onset in the segment nor in the second before it
+        assert not ((onsets > t0 - 1.0) & (onsets < t0 + 1.0)).any()
+    item = ds[int(np.flatnonzero(labels == 0)[0])]
+    assert item["label"] == 0 and item["x"].shape[-1] == 500
+    # the fine-tuning defaults (CLI: --task classify --events grip) pass the check before training
+    cfg = barista.prepare(from_dict(barista.RunConfig, {
+        "data": {"sessions": [path], "events": "grip", "segment_s": 1.0, "n_patches": 4},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}, "task": {"mode": "finetune"}}, where="test"))
+    barista.preflight(cfg)
