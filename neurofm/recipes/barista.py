@@ -151,6 +151,7 @@ def prepare(cfg: RunConfig) -> RunConfig:
                     simulate=simulate, what=f"iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s)")
     cfg = _from_pretrained(cfg) if cfg.task.pretrained else _for_pretraining(cfg)
     _warn_unnotched_simulation(cfg)
+    _warn_mains_not_notched(cfg)
     _check_probe_length(cfg)
     return cfg
 
@@ -511,6 +512,43 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
                           f"data.line_noise={line:g} to notch it as the paper's preprocessing does (un-notched, "
                           "each channel's mains is part of every pretraining target)", stacklevel=3)
             return
+
+
+def _warn_mains_not_notched(cfg: RunConfig, seconds: float = 60.0) -> None:
+    """Warn when a session's mains peak (:func:`~neurofm.data.segmenter.mains_peaks` on its
+    first ``seconds`` of good neural channels) is at a frequency ``data.line_noise`` does not
+    notch: a European recording (50 Hz) run with a config or a pretrained model set for 60 Hz,
+    or with the notch off, keeps its mains in every segment the model reads."""
+    import warnings
+
+    from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, mains_peaks
+
+    notch = float(cfg.data.line_noise or 0.0)
+    source = " (from the pretrained model)" if cfg.task.pretrained else ""
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            rate = s.sampling_rate
+            simulated = s.attrs.get("generator") == "neurofm.data.synthetic.simulate_ieeg"
+            if not rate or not s.n_samples or (simulated and not notch and not cfg.task.pretrained):
+                continue  # no data, or _warn_unnotched_simulation's case (it knows the simulation's mains)
+            x = s.continuous_samples(0, min(s.n_samples, int(seconds * rate)))
+            try:
+                ch = s.channels()
+                good = ~np.asarray(ch.bad, bool)
+                if ch.types is not None:
+                    good &= np.array([str(t).strip().lower() not in NON_NEURAL_TYPES for t in ch.types])
+                x = x[:, good]
+            except KeyError:
+                pass
+        peaks = {f: r for f, r in mains_peaks(x, rate).items() if r >= MAINS_PEAK_RATIO}
+        if not peaks:
+            continue
+        line = max(peaks, key=peaks.get)
+        if notch and line % notch == 0:
+            continue
+        warnings.warn(f"{path}: mains at {line:g} Hz ({peaks[line]:.0f}x the power beside it, median over channels), "
+                      f"but data.line_noise is {f'{notch:g} Hz' if notch else 'off'}{source}; set "
+                      f"data.line_noise={line:g} to notch it", stacklevel=3)
 
 
 def _segmenter(cfg: RunConfig, segment_s: float | None = None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from neurofm.config import from_dict
@@ -136,3 +137,44 @@ def test_events_of_one_label_are_classified_against_segments_without_one(tmp_pat
         "data": {"sessions": [path], "events": "grip", "segment_s": 1.0, "n_patches": 4},
         "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}, "task": {"mode": "finetune"}}, where="test"))
     barista.preflight(cfg)
+
+
+def _ecog_with_mains(path: Path, mains: float, duration: float = 30.0, rate: float = 500.0) -> str:
+    """10 channels of 1/f-like noise with a mains sine (8 uV, 1/5 of the noise std) at ``mains`` Hz."""
+    rng = np.random.default_rng(13)
+    n = int(duration * rate)
+    x = np.cumsum(rng.normal(0.0, 1.0, (n, 10)), axis=0)
+    x = 40.0 * (x - x.mean(0)) / x.std(0) + rng.normal(0.0, 5.0, (n, 10))
+    x += 8.0 * np.sin(2 * np.pi * mains * np.arange(n)[:, None] / rate + rng.uniform(0, 6.3, 10)[None])
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_continuous(x.astype(np.float32), sampling_rate=rate)
+        w.add_channels([f"G{k:02d}" for k in range(10)], x=np.full(10, -40.0), y=np.linspace(-30, 0, 10),
+                       z=np.linspace(55, 45, 10), types=["ecog"] * 10)
+    return str(path)
+
+
+def test_mains_the_notch_misses_is_named_before_training(tmp_path):
+    """A European (50 Hz) recording pretrained with barista/demo's 60 Hz notch kept its mains in
+    every segment, and the fine-tune took the same 60 Hz from the model, without a word."""
+    import warnings
+
+    from neurofm.data.segmenter import mains_peaks
+    from neurofm.recipes import barista
+
+    path = _ecog_with_mains(tmp_path / "eu.h5", 50.0)
+    with Session(path) as s:
+        peaks = mains_peaks(s.continuous_samples(0, s.n_samples), s.sampling_rate)
+    assert peaks[50.0] > 4.0 and peaks[60.0] < 2.0
+
+    def prepare(line_noise):
+        return barista.prepare(from_dict(barista.RunConfig, {
+            "data": {"sessions": [path], "segment_s": 1.0, "n_patches": 4, "line_noise": line_noise},
+            "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}}, where="test"))
+
+    for setting, said in ((60.0, "60 Hz"), (0.0, "off")):
+        with pytest.warns(UserWarning, match=rf"eu.h5: mains at 50 Hz \(\d+x the power beside it, median over "
+                                             rf"channels\), but data.line_noise is {said}; set data.line_noise=50"):
+            prepare(setting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(50.0)  # notched: nothing to say
