@@ -54,6 +54,17 @@ def test_finetuning_on_position_with_tracking_gaps_standardises_on_finite_sample
     assert model.count_heads["position"].weight.abs().sum() > 0
 
 
+def test_inspect_counts_the_tracking_gaps(tmp_path):
+    """`neurofm inspect` listed 'position (36,000 x 2)' for a file with 1,273 NaN rows."""
+    path = _session_with_tracking_gaps(tmp_path / "gaps.h5")
+    with Session(path) as s:
+        ts, xy = s.behavior("position")
+        n_nan = int(np.isnan(xy).any(axis=1).sum())
+        assert 0 < n_nan < len(ts)
+        assert s.summary()["behavior_nan_rows"] == {"position": n_nan}
+        assert f"position ({len(ts):,} x 2; {n_nan:,} rows NaN ({n_nan / len(ts):.1%}))" in s.describe()
+
+
 def _session_rest_then_running(path: Path, rest_s: float = 20.0) -> str:
     """A session that starts with rest (position constant for ``rest_s`` s), then runs."""
     rng = np.random.default_rng(5)
