@@ -952,8 +952,12 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                 probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
                 "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
         metric, key, baseline = "r2", "test_r2", "ridge on band power"
-    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
-                                     f"training block's mean and std)"
+    what = f"/behavior/{cfg.data.target} (segment mean; targets standardised with the training block's mean and std)"
+    if classify:
+        what = f"/events/{cfg.data.events} segments by label ({', '.join(names)})"
+        if BACKGROUND_LABEL in names:
+            what += (f": a segment at each onset against '{BACKGROUND_LABEL}' segments on a grid with no onset within "
+                     f"one segment length")
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
                                   notes={probe: "frozen features", baseline: "same segments"})

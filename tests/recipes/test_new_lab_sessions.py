@@ -189,3 +189,26 @@ def test_mains_the_notch_misses_is_named_before_training(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare(50.0)  # notched: nothing to say
+
+
+def test_one_label_events_are_reported_as_event_against_background(tmp_path):
+    """The fine-tune's evaluation (no training: what is checked is what the report says) on
+    one-label events scores both classes and says what the second one is."""
+    from neurofm.data.datasets import BACKGROUND_LABEL
+    from neurofm.models.barista import BaristaEncoder
+    from neurofm.recipes import barista
+
+    path, _ = _ecog_with_one_kind_of_event(tmp_path / "grip.h5")
+    pre = barista.prepare(from_dict(barista.RunConfig, {
+        "data": {"sessions": [path], "segment_s": 1.0, "n_patches": 4},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}}, where="test"))
+    folder = tmp_path / "enc"
+    BaristaEncoder(barista._sized_config(pre, barista.datamodule(pre))).save_pretrained(folder)
+    cfg = barista.prepare(barista.finetune_config(str(folder), [path], task="classify", events="grip"))
+    dm = barista.datamodule(cfg)
+    out = barista.evaluate(cfg, barista.task(cfg, dm), dm, tmp_path / "run")
+    per_class = out["data"]["test_segments_per_class"]
+    assert set(per_class) == {BACKGROUND_LABEL, "grip"} and min(per_class.values()) > 0
+    assert (f"/events/grip segments by label ({BACKGROUND_LABEL}, grip): a segment at each onset against "
+            f"'{BACKGROUND_LABEL}' segments") in out["protocol"]
+    assert 0.0 <= out["metrics"]["test_auroc"] <= 1.0
