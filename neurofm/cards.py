@@ -370,7 +370,10 @@ def _evaluation_section(protocol: str, scores: dict, baselines: dict, counts: di
     if cols:
         lines += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for who, r in rows.items():
-            lines.append(f"| {who} | " + " | ".join(_fmt(r[c]) if c in r else "" for c in cols) + " |")
+            # None: a metric metrics.json records as undefined (null_reasons), e.g. the Pearson r of
+            # the training-mean null's constant prediction; "None" in a table reads as a bug
+            lines.append(f"| {who} | " + " | ".join(("undefined" if r[c] is None else _fmt(r[c])) if c in r else ""
+                                                    for c in cols) + " |")
         lines.append("")
     all_counts = {**data_counts, **counts}
     if all_counts:

@@ -45,7 +45,10 @@ def from_dict(cls: type[T], data: Mapping | None = None, overrides: list[str] | 
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         if isinstance(e, ConfigKeyError) and key:
             raise ConfigError(f"{where}: key {key!r}: unknown field ({_first_line(e)})") from None
-        raise ConfigError(f"{where}: {'key ' + repr(key) + ': ' if key else ''}{_first_line(e)}") from None
+        hint = ""
+        if "Incompatible value 'None' for field of type 'str'" in str(e):  # `key=` parses as null
+            hint = f"; an empty value means null: for an empty string write {key}=\"\" (quoted for the shell: '{key}=\"\"')"
+        raise ConfigError(f"{where}: {'key ' + repr(key) + ': ' if key else ''}{_first_line(e)}{hint}") from None
 
 
 def _first_line(e: Exception) -> str:

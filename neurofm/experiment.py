@@ -471,10 +471,14 @@ def _loggers(tc: TrainerConfig, run_dir: Path, resume_step: int | None = None) -
     return out
 
 
-#: Lightning's start-up lines that say nothing about a neurofm run: device availability, adverts
-#: for its cloud products, notes that a limit of 1.0 uses all batches.
+#: Lightning's lines that say nothing about a neurofm run: device availability, adverts for its
+#: cloud products, notes that a limit of 1.0 uses all batches, and the note at every checkpoint
+#: SAVE that "`weights_only` was not set" (it sounds like an unsafe load; neurofm always loads
+#: with ``weights_only=True``, :func:`_checkpoint_io`).
 _LIGHTNING_NOISE = ("GPU available:", "TPU available:", "HPU available:", "\U0001f4a1 Tip:", "`Trainer(limit_",
-                    "Loading `train_dataloader` to estimate")
+                    "Loading `train_dataloader` to estimate", "`weights_only` was not set, defaulting to")
+_LIGHTNING_NOISY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                            "lightning.pytorch.trainer.connectors.checkpoint_connector")
 
 
 class _DropLightningNoise(logging.Filter):
@@ -487,7 +491,7 @@ def _quiet_lightning() -> None:
     Lightning's pytree helper triggers in recent torch (``LeafSpec``) from that module only."""
     import warnings
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in _LIGHTNING_NOISY_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
             logger.addFilter(_DropLightningNoise())

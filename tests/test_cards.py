@@ -182,3 +182,15 @@ def test_published_cards_parse_and_describe_their_weights(name):
     if meta["model_type"] == "Neuroformer":
         assert cfg["n_units"] == len(cfg["units"]) > 1
     assert "## Citation" in text and "2311.00136" in text and "2512.12135" in text
+
+
+def test_an_undefined_metric_reads_undefined_not_none(tmp_path):
+    """The training-mean null's Pearson r is null in metrics.json (its prediction is constant);
+    a new lab's card showed it as 'None'."""
+    run, _ = _run_dir(tmp_path)
+    metrics = _metrics()
+    metrics["baselines"]["null (training mean)"] = {"speed_r2": -0.01, "speed_pearson_r": None}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text = write_card(run).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| baseline: null (training mean) |"))
+    assert "None" not in row and "| undefined |" in row

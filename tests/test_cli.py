@@ -200,3 +200,8 @@ def test_trainer_logs_csv_and_drops_lightning_noise_only(tmp_path, caplog):
     lightning_log.info("GPU available: True (cuda), used: False")
     assert [r.getMessage() for r in caplog.records][len(messages):] == [
         "GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`."]
+    # Lightning's note at every checkpoint save (a new lab's 6-epoch run printed it 6 times)
+    n = len(caplog.records)
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").info(
+        "`weights_only` was not set, defaulting to `False`.")
+    assert len(caplog.records) == n

@@ -35,3 +35,11 @@ def test_unknown_key_is_named():
 def test_wrong_type_is_named():
     with pytest.raises(ConfigError, match="steps"):
         from_dict(Outer, overrides=["steps=many"])
+
+
+def test_an_empty_override_of_a_string_says_how_to_write_an_empty_string():
+    """`data.events=` (a new lab clearing the demo's events) parses as null: the error said only
+    "Incompatible value 'None' for field of type 'str'"."""
+    with pytest.raises(ConfigError, match=r"key 'name': .*an empty value means null: .* write name=\"\""):
+        from_dict(Outer, overrides=["name="])
+    assert from_dict(Outer, overrides=['name=""']).name == ""

@@ -623,6 +623,8 @@ class _IEEGReader:
         self.label_map = dict(label_map) if label_map is not None else None
         if events is not None and event_locked and self.label_map is None:
             labels = sorted({str(x) for s in sessions for x in s.events(events)["label"]})
+            if len(labels) == 1:  # one kind of event: its segments against segments without one
+                labels = [BACKGROUND_LABEL] + labels
             self.label_map = {lab: i for i, lab in enumerate(labels)}
         self._events_cache: dict[int, np.ndarray] = {}
 
@@ -671,6 +673,26 @@ class _IEEGReader:
         return items
 
 
+#: The second class of event-locked segments when the events carry one label only (e.g. every
+#: onset labelled "grip"): segments that hold no event onset, so that a lab's single kind of
+#: annotation can be classified (event vs. background) and scored by AUROC.
+BACKGROUND_LABEL = "(no event)"
+
+
+def _background_starts(blocks: Intervals, origin: float, stride: float, seg_s: float, onsets: np.ndarray
+                       ) -> np.ndarray:
+    """Starts of the grid segments (``origin + k * stride``) inside ``blocks`` that overlap no
+    event segment: no onset in ``(t0 - seg_s, t0 + seg_s)``, so a background segment holds
+    neither an onset nor the first ``seg_s`` after one."""
+    k0, count = grid_runs(blocks, origin, stride, 0.0, seg_s)
+    if not len(count):
+        return np.zeros(0)
+    t0 = np.concatenate([origin + (k + np.arange(n)) * stride for k, n in zip(k0, count)])
+    on = np.sort(onsets)
+    near = np.searchsorted(on, t0 + seg_s, "left") - np.searchsorted(on, t0 - seg_s, "right")
+    return t0[near == 0]
+
+
 def _ieeg_index(sessions: list[Session], reader: _IEEGReader, split, splits, stride_s: float | None) -> WindowIndex:
     parts = []
     for s, session in enumerate(sessions):
@@ -681,8 +703,14 @@ def _ieeg_index(sessions: list[Session], reader: _IEEGReader, split, splits, str
             t0 = np.asarray(ev["onset"], dtype=np.float64) + reader.event_offset
             lab = np.asarray([reader.label_map.get(str(x), -1) for x in ev["label"]], dtype=np.int64)
             keep = blocks.contains(t0, t0 + seg_s) & (lab >= 0)
-            order = np.argsort(t0[keep], kind="stable")
-            t0, lab = t0[keep][order], lab[keep][order]
+            t0, lab = t0[keep], lab[keep]
+            if BACKGROUND_LABEL in reader.label_map:
+                bg = _background_starts(blocks, reader.t0[s], seg_s if stride_s is None else float(stride_s), seg_s,
+                                        np.asarray(ev["onset"], dtype=np.float64) + reader.event_offset)
+                t0 = np.concatenate([t0, bg])
+                lab = np.concatenate([lab, np.full(len(bg), reader.label_map[BACKGROUND_LABEL], dtype=np.int64)])
+            order = np.argsort(t0, kind="stable")
+            t0, lab = t0[order], lab[order]
             n = len(t0)
             _warn_if_empty(session, split, n, f"event-locked segment ({seg_s:.3f} s)")
             parts.append(WindowIndex(np.full(n, s), t0, np.ones(n), np.zeros(n), np.ones(n), lab))
@@ -700,7 +728,8 @@ class IEEGSegmentDataset(Dataset):
     Segments lie on a per-session grid (start ``t0 = t_start + k * stride``, default stride =
     segment length) inside the split's blocks; or, with ``events`` and ``event_locked=True``,
     start at each event onset + ``event_offset`` and carry the event's class (``label_map``,
-    default: sorted labels -> 0, 1, ...). With ``events`` on the grid, ``label`` is 1 when an
+    default: sorted labels -> 0, 1, ...; events of one label only get a second class,
+    :data:`BACKGROUND_LABEL` = 0, of grid segments with no onset within a segment length). With ``events`` on the grid, ``label`` is 1 when an
     event onset falls in the segment. ``target`` names a behaviour variable: its mean over the
     segment (``target``, ``target_mask``).
 

@@ -155,6 +155,8 @@ def convert_ieeg(
     onset, duration, label, events_source = _events(raw, side)
     entities = _bids_entities(in_path)
     subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
+    if subject == "X":  # EDF+/BDF+: 'X' marks a patient field as unknown (anonymised), not a subject named X
+        subject = ""
     meas = raw.info.get("meas_date")
     attrs: dict[str, Any] = dict(
         session_id=session_id or _recording_prefix(in_path),

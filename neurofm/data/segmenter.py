@@ -394,3 +394,32 @@ def notch(x: np.ndarray, rate: float, line_noise: float, q: float = 30.0) -> np.
     sos = np.concatenate([tf2sos(*iirnotch(f, q, fs=rate)) for f in freqs], axis=0)
     padlen = min(3 * (2 * len(sos) + 1), x.shape[0] - 1)
     return sosfiltfilt(sos, x, axis=0, padlen=max(padlen, 0)).astype(np.float32)
+
+
+#: A mains peak counts when its 1 Hz bin holds this many times the median power of the bins
+#: 2-6 Hz either side (6 dB): brain rhythms are never that narrow, mains always is.
+MAINS_PEAK_RATIO = 4.0
+
+
+def mains_peaks(samples: np.ndarray, rate: float, freqs: Sequence[float] = (50.0, 60.0)) -> dict[float, float]:
+    """How far each mains frequency stands out of a recording: ``{f: ratio}``, the power in the
+    1 Hz bin at ``f`` over the median power 2-6 Hz either side, median over channels (Welch,
+    1 s Hann segments). ``samples`` (T, C); frequencies the rate cannot hold are left out."""
+    from scipy.signal import welch
+
+    x = np.asarray(samples, dtype=np.float64)
+    n = int(round(rate))
+    if x.ndim != 2 or x.shape[0] < 2 * n or not x.shape[1]:
+        return {}
+    x = x[:, np.isfinite(x).all(axis=0) & (x.std(axis=0) > 0)]
+    if not x.shape[1]:
+        return {}
+    f, p = welch(x, fs=rate, nperseg=n, axis=0)  # (F, C), 1 Hz bins
+    out = {}
+    for line in freqs:
+        if line + 7 > rate / 2:
+            continue
+        k = int(np.argmin(np.abs(f - line)))
+        side = np.r_[k - 6:k - 1, k + 2:k + 7]
+        out[float(line)] = float(np.median(p[k] / np.maximum(np.median(p[side], axis=0), 1e-30)))
+    return out

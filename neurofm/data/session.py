@@ -697,6 +697,17 @@ class Channels:
     types: np.ndarray | None = None
 
 
+def _nan_rows(dset, chunk: int = 1 << 20) -> int:
+    """Rows of a behaviour dataset (T,) or (T, D) holding a NaN, read in chunks of rows."""
+    if dset.dtype.kind != "f":
+        return 0
+    n = 0
+    for i in range(0, dset.shape[0], chunk):
+        v = np.asarray(dset[i:i + chunk]).reshape(min(chunk, dset.shape[0] - i), -1)
+        n += int(np.isnan(v).any(axis=1).sum())
+    return n
+
+
 def _decode(a) -> np.ndarray:
     return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object)
 
@@ -1025,6 +1036,8 @@ class Session:
             "channel_types": {},
             "behavior": self.behavior_names,
             "behavior_shapes": {n: list(f[f"behavior/{n}/values"].shape) for n in self.behavior_names},
+            # rows with a NaN (tracking lost): never a window's target, so worth seeing up front
+            "behavior_nan_rows": {n: _nan_rows(f[f"behavior/{n}/values"]) for n in self.behavior_names},
             "stimulus": self.stimulus_names,
             "stimulus_shapes": {n: list(f[f"stimulus/{n}/frames"].shape) for n in self.stimulus_names},
             "events": self.event_names,
@@ -1075,7 +1088,9 @@ class Session:
                          f"(space {s['coordinate_space']}); atlases: {names(s['atlases'])}"
                          + (f"; types: {types}" if types else ""))
         shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["behavior_shapes"].items()}
-        lines.append(f"  behavior   " + (", ".join(f"{n} ({shapes[n]})" for n in s["behavior"]) or "-"))
+        nan = {n: f"; {k:,} rows NaN ({k / max(s['behavior_shapes'][n][0], 1):.1%})"
+               for n, k in s["behavior_nan_rows"].items() if k}
+        lines.append(f"  behavior   " + (", ".join(f"{n} ({shapes[n]}{nan.get(n, '')})" for n in s["behavior"]) or "-"))
         if s["stimulus"]:
             shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["stimulus_shapes"].items()}
             lines.append(f"  stimulus   " + ", ".join(f"{n} ({shapes[n]})" for n in s["stimulus"]))

@@ -37,7 +37,7 @@ from neurofm import plots
 from neurofm.atlas import SpatialVocab
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
-from neurofm.data.datasets import IEEGSegmentDataset
+from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import IEEGSegmenter, Preprocessing
 from neurofm.data.session import Session
 from neurofm.data.splits import TimeBlockSplit
@@ -151,6 +151,7 @@ def prepare(cfg: RunConfig) -> RunConfig:
                     simulate=simulate, what=f"iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s)")
     cfg = _from_pretrained(cfg) if cfg.task.pretrained else _for_pretraining(cfg)
     _warn_unnotched_simulation(cfg)
+    _warn_mains_not_notched(cfg)
     _check_probe_length(cfg)
     return cfg
 
@@ -385,7 +386,8 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                               f"val/auroc is undefined, so no best checkpoint is kept; the final weights are scored",
                               stacklevel=2)
             elif len(present) < 2:
-                raise ConfigError(f"{setting}: the {split} split ({where}) has {n} event-locked segment(s) of "
+                kind_of = "event / background" if BACKGROUND_LABEL in per_class else "event-locked"
+                raise ConfigError(f"{setting}: the {split} split ({where}) has {n} {kind_of} segment(s) of "
                                   f"/events/{events} ({per_class or 'no labels'}); {what} needs segments of at least "
                                   f"two labels. Choose events with two or more labels in every split, move the split "
                                   f"(data.split.* fractions, or `neurofm split FILE --train ... --valid ... --test "
@@ -517,6 +519,43 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
                           f"data.line_noise={line:g} to notch it as the paper's preprocessing does (un-notched, "
                           "each channel's mains is part of every pretraining target)", stacklevel=3)
             return
+
+
+def _warn_mains_not_notched(cfg: RunConfig, seconds: float = 60.0) -> None:
+    """Warn when a session's mains peak (:func:`~neurofm.data.segmenter.mains_peaks` on its
+    first ``seconds`` of good neural channels) is at a frequency ``data.line_noise`` does not
+    notch: a European recording (50 Hz) run with a config or a pretrained model set for 60 Hz,
+    or with the notch off, keeps its mains in every segment the model reads."""
+    import warnings
+
+    from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, mains_peaks
+
+    notch = float(cfg.data.line_noise or 0.0)
+    source = " (from the pretrained model)" if cfg.task.pretrained else ""
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            rate = s.sampling_rate
+            simulated = s.attrs.get("generator") == "neurofm.data.synthetic.simulate_ieeg"
+            if not rate or not s.n_samples or (simulated and not notch and not cfg.task.pretrained):
+                continue  # no data, or _warn_unnotched_simulation's case (it knows the simulation's mains)
+            x = s.continuous_samples(0, min(s.n_samples, int(seconds * rate)))
+            try:
+                ch = s.channels()
+                good = ~np.asarray(ch.bad, bool)
+                if ch.types is not None:
+                    good &= np.array([str(t).strip().lower() not in NON_NEURAL_TYPES for t in ch.types])
+                x = x[:, good]
+            except KeyError:
+                pass
+        peaks = {f: r for f, r in mains_peaks(x, rate).items() if r >= MAINS_PEAK_RATIO}
+        if not peaks:
+            continue
+        line = max(peaks, key=peaks.get)
+        if notch and line % notch == 0:
+            continue
+        warnings.warn(f"{path}: mains at {line:g} Hz ({peaks[line]:.0f}x the power beside it, median over channels), "
+                      f"but data.line_noise is {f'{notch:g} Hz' if notch else 'off'}{source}; set "
+                      f"data.line_noise={line:g} to notch it", stacklevel=3)
 
 
 def _segmenter(cfg: RunConfig, segment_s: float | None = None):
@@ -928,8 +967,12 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                 probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
                 "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
         metric, key, baseline = "r2", "test_r2", "ridge on band power"
-    what = "events" if classify else f"/behavior/{cfg.data.target} (segment mean; targets standardised with the " \
-                                     f"training block's mean and std)"
+    what = f"/behavior/{cfg.data.target} (segment mean; targets standardised with the training block's mean and std)"
+    if classify:
+        what = f"/events/{cfg.data.events} segments by label ({', '.join(names)})"
+        if BACKGROUND_LABEL in names:
+            what += (f": a segment at each onset against '{BACKGROUND_LABEL}' segments on a grid with no onset within "
+                     f"one segment length")
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
                                   notes={probe: f"frozen features of {source}", baseline: "same segments"})

@@ -701,16 +701,22 @@ def _train_windows_loader(dm):
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
-    """Mean and std of each behaviour variable over its samples inside the training blocks (the
-    labelled ones under :class:`FewShotSplit`), for standardising; all samples if none fall there."""
+    """Mean and std of each behaviour variable over its finite samples inside the training blocks
+    (the labelled ones under :class:`FewShotSplit`), for standardising; all finite samples if none
+    fall there. Rows with NaN (tracking lost) are left out, as the window targets leave them out."""
     stats = {}
     for name in names:
         values, inside = [], []
         for s in dm.sessions:
             ts, v = s.behavior(name)
-            values.append(np.asarray(v, dtype=np.float64).reshape(len(ts), -1))
-            inside.append(dm.splits(s)["train"].contains(ts, ts))
+            v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
+            finite = np.isfinite(v).all(axis=1)
+            values.append(v[finite])
+            inside.append(dm.splits(s)["train"].contains(ts[finite], ts[finite]))
         v, inside = np.concatenate(values), np.concatenate(inside)
+        if not len(v):
+            raise ConfigError(f"/behavior/{name}: no finite sample in {[str(s.path) for s in dm.sessions]}; "
+                              f"there is nothing to standardise or decode")
         v = v[inside] if inside.any() else v
         std = v.std(0)
         stats[name] = (v.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist())
@@ -1047,7 +1053,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
-    labelled &= _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
+    train_scored = _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
+    labelled &= train_scored
     train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
                                                                        train_unit_counts)}
@@ -1077,7 +1084,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
             baselines.setdefault(row.arm, {}).update({f"{name}_r2": row.values["r2"],
                                                       f"{name}_pearson_r": row.values["pearson_r"]})
         if few_shot:  # outside the report (its arms share one label fraction): what every label would give
-            every = train["beh_mask"][name]
+            every = train["beh_mask"][name] & train_scored  # every label the scoring rule keeps (not rest)
             ridge_all = _ridge_fit_predict(train["binned"][every], train["beh_true"][name][every], test["binned"][m],
                                            cfg.data.stride or cfg.model.window.curr)
             baselines.setdefault("ridge on binned counts, every training label", {}).update(

@@ -292,6 +292,7 @@ def test_edf_and_truncated_edf(tmp_path):
     with Session(tmp_path / "ok.h5") as s:
         assert s.n_samples == 1000 and s.duration == pytest.approx(5.0)
         np.testing.assert_allclose(s.continuous(), data, atol=0.1)  # 16-bit resolution 0.1 uV
+        assert s.attrs["subject_id"] == ""  # the header's patient 'X' is EDF+'s "unknown", not a subject X
     cut = tmp_path / "cut.edf"
     cut.write_bytes(edf.read_bytes()[: 256 * 5 + 2 * 4 * 200 * 3])  # 3 of 5 records
     out = tmp_path / "s.h5"

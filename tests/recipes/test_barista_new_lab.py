@@ -229,8 +229,10 @@ def test_preflight_events_per_split(sessions, tmp_path):
     cfg = recipe.prepare(from_dict(recipe.RunConfig, {
         "data": {"sessions": [single], "events": "word_onset", "segment_s": 1.0, "n_patches": 4, "split": SPLIT},
         "model": TINY, "task": {"mode": "finetune"}, "trainer": {"early_stopping_patience": 15}}, where="test"))
-    with pytest.raises(ConfigError, match=r"data.events: the train split \(contiguous time blocks by fractions train "
-                                          r"50% / valid 25% / test 25%, 2 s gaps\) has 1 event-locked segment"):
+    # one event, one label: its segment against background segments; the splits without it are refused
+    with pytest.raises(ConfigError, match=r"data.events: the valid split \(contiguous time blocks by fractions train "
+                                          r"50% / valid 25% / test 25%, 2 s gaps\) has \d+ event / background "
+                                          r"segment\(s\) of /events/word_onset \(\{'\(no event\)': \d+, '\w+': 0\}\)"):
         recipe.preflight(cfg)
     # an empty validation split: before, a warning, then Lightning's "val/loss which is not available"
     cfg = recipe.prepare(_pretrain_cfg([sessions["home"]], "data.split.valid=0.001", "eval.probe_events=none"))

@@ -1,0 +1,214 @@
+"""What a new lab's own recordings hold that the shipped samples do not, with the defaults a
+user gets: tracking with NaN gaps, ... Tiny hand-made sessions, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm.config import from_dict
+from neurofm.data.session import Session, SessionWriter
+from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
+from neurofm.recipes import neuroformer as recipe
+from tests.recipes.test_neuroformer_defaults import DURATION, FEW, SMALL
+
+
+def _session_with_tracking_gaps(path: Path) -> str:
+    """Poisson spikes and a 2-D position (cm, 30 Hz) moving throughout, with tracking lost
+    (NaN rows) for 2 s every 10 s, as camera tracking does."""
+    rng = np.random.default_rng(3)
+    n = rng.poisson(5.0 * DURATION * 4)
+    times, units = np.sort(rng.uniform(0.0, DURATION, n)), rng.integers(0, 4, n)
+    ts = np.arange(0.0, DURATION, 1 / 30)
+    xy = np.stack([100 + 50 * np.sin(ts / 2), 100 + 50 * np.cos(ts / 3)], axis=1)
+    xy[(ts % 10.0) < 2.0] = np.nan
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, units, t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, xy, unit="cm")
+    return str(path)
+
+
+def test_finetuning_on_position_with_tracking_gaps_standardises_on_finite_samples(tmp_path):
+    """NaN rows in /behavior/position made the standardising mean and std NaN, so every target
+    was NaN and `neurofm finetune` stopped at the count head's ridge with 'Ridge.fit: X or y
+    contains NaN/inf'. The fine-tuning defaults, up to the task the trainer would fit."""
+    path = _session_with_tracking_gaps(tmp_path / "gaps.h5")
+    config = from_dict(NeuroformerConfig, {**SMALL, "n_units": 4, "units": [f"gaps/u{i}" for i in range(4)],
+                                           "block_size": {"id": 12, "prev_id": 20}})
+    folder = str(Neuroformer(config).save_pretrained(tmp_path / "pre"))
+    cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], overrides=FEW))
+    dm = recipe.datamodule(cfg)
+    model = recipe.task(cfg, dm).model  # standardises, starts the count read-out at ridge
+    var = next(v for v in model.config.behavior if v.name == "position")
+    mean, std = var.mean, var.std
+    with Session(path) as s:
+        ts, xy = s.behavior("position")
+        train = dm.splits(s)["train"].contains(ts, ts) & np.isfinite(xy).all(1)
+    np.testing.assert_allclose(mean, xy[train].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, xy[train].std(0), rtol=1e-5)
+    assert torch.isfinite(model.count_heads["position"].weight).all()
+    assert model.count_heads["position"].weight.abs().sum() > 0
+
+
+def test_inspect_counts_the_tracking_gaps(tmp_path):
+    """`neurofm inspect` listed 'position (36,000 x 2)' for a file with 1,273 NaN rows."""
+    path = _session_with_tracking_gaps(tmp_path / "gaps.h5")
+    with Session(path) as s:
+        ts, xy = s.behavior("position")
+        n_nan = int(np.isnan(xy).any(axis=1).sum())
+        assert 0 < n_nan < len(ts)
+        assert s.summary()["behavior_nan_rows"] == {"position": n_nan}
+        assert f"position ({len(ts):,} x 2; {n_nan:,} rows NaN ({n_nan / len(ts):.1%}))" in s.describe()
+
+
+def _session_rest_then_running(path: Path, rest_s: float = 20.0) -> str:
+    """A session that starts with rest (position constant for ``rest_s`` s), then runs."""
+    rng = np.random.default_rng(5)
+    n = rng.poisson(5.0 * DURATION * 4)
+    times, units = np.sort(rng.uniform(0.0, DURATION, n)), rng.integers(0, 4, n)
+    ts = np.arange(0.0, DURATION, 1 / 30)
+    run = np.clip(ts - rest_s, 0.0, None)
+    x = 200.0 * np.abs(((run * 100.0 / 200.0) % 2.0) - 1.0)
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, units, t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    return str(path)
+
+
+def test_every_label_ridge_is_fitted_on_the_windows_the_scoring_rule_keeps(tmp_path, monkeypatch):
+    """The few-shot run's 'ridge on binned counts, every training label' arm was fitted on rest
+    windows too, while every other arm (and the scored test windows) keep moving windows only: on
+    a session that starts with 5 min of rest it scored R2 -0.23 against 0.35 for ridge on 10% of
+    the (moving) labels, which made the labels look worthless."""
+    path = _session_rest_then_running(tmp_path / "rest_first.h5")
+    config = from_dict(NeuroformerConfig, {**SMALL, "n_units": 4, "units": [f"rest_first/u{i}" for i in range(4)],
+                                           "block_size": {"id": 12, "prev_id": 20}})
+    folder = str(Neuroformer(config).save_pretrained(tmp_path / "pre"))
+    cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], label_fraction=0.5,
+                                                overrides=[*FEW, "eval.generate_windows=0"]))
+    assert cfg.eval.score_when == "moving"  # the default for position
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    fits = []
+    real = recipe._ridge_fit_predict
+    monkeypatch.setattr(recipe, "_ridge_fit_predict", lambda X, Y, *a, **k: fits.append(len(X)) or real(X, Y, *a, **k))
+    out = recipe.evaluate(cfg, task, dm, tmp_path / "run")
+    assert "ridge on binned counts, every training label" in out["baselines"]
+    dm.setup("fit")
+    train = recipe._collect(task.model, recipe._train_windows_loader(dm), run_model=False)
+    moving = recipe._moving_windows(cfg, dm, train)
+    assert 0 < moving.sum() < len(moving)  # the rest windows are training windows
+    assert fits[-1] == int((train["beh_mask"]["position"] & moving).sum())
+
+
+# -- iEEG -----------------------------------------------------------------------------------------
+
+
+def _ecog_with_one_kind_of_event(path: Path, duration: float = 120.0, rate: float = 500.0) -> tuple[str, np.ndarray]:
+    """10 channels of noise at 500 Hz and grip onsets every 4-9 s, every one labelled "grip" (a
+    lab's own annotation: one kind of event)."""
+    rng = np.random.default_rng(11)
+    onsets = np.cumsum(rng.uniform(4.0, 9.0, 40))
+    onsets = onsets[onsets < duration - 3.0]
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_continuous(rng.normal(0.0, 20.0, (int(duration * rate), 10)).astype(np.float32), sampling_rate=rate)
+        w.add_channels([f"G{k:02d}" for k in range(10)], x=np.full(10, -40.0), y=np.linspace(-30, 0, 10),
+                       z=np.linspace(55, 45, 10), regions={"destrieux": ["ctx_lh_G_precentral"] * 10},
+                       types=["ecog"] * 10)
+        w.add_events("grip", onset=onsets, duration=np.full(len(onsets), 1.5), label=["grip"] * len(onsets))
+    return str(path), onsets
+
+
+def test_events_of_one_label_are_classified_against_segments_without_one(tmp_path):
+    """A lab's single kind of annotation (every onset "grip") was refused: 'training a classifier
+    needs segments of at least two labels', with no way to classify event vs. background."""
+    from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+    from neurofm.recipes import barista
+
+    path, onsets = _ecog_with_one_kind_of_event(tmp_path / "grip.h5")
+    ds = IEEGSegmentDataset([path], IEEGSegmenter(segment_s=1.0, n_patches=4), "train", events="grip",
+                            event_locked=True)
+    assert ds.reader.label_map == {BACKGROUND_LABEL: 0, "grip": 1}
+    starts = np.array([ds.index.locate(i)[1] for i in range(len(ds))])
+    labels = np.array([ds.index.locate(i)[2] for i in range(len(ds))])
+    assert (np.abs(starts[labels == 1][:, None] - onsets[None]).min(1) < 1e-6).all()  # at the onsets
+    assert (labels == 1).sum() > 5 and (labels == 0).sum() > 5
+    for t0 in starts[labels == 0]:  # background: no onset in the segment nor in the second before it
+        assert not ((onsets > t0 - 1.0) & (onsets < t0 + 1.0)).any()
+    item = ds[int(np.flatnonzero(labels == 0)[0])]
+    assert item["label"] == 0 and item["x"].shape[-1] == 500
+    # the fine-tuning defaults (CLI: --task classify --events grip) pass the check before training
+    cfg = barista.prepare(from_dict(barista.RunConfig, {
+        "data": {"sessions": [path], "events": "grip", "segment_s": 1.0, "n_patches": 4},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}, "task": {"mode": "finetune"}}, where="test"))
+    barista.preflight(cfg)
+
+
+def _ecog_with_mains(path: Path, mains: float, duration: float = 30.0, rate: float = 500.0) -> str:
+    """10 channels of 1/f-like noise with a mains sine (8 uV, 1/5 of the noise std) at ``mains`` Hz."""
+    rng = np.random.default_rng(13)
+    n = int(duration * rate)
+    x = np.cumsum(rng.normal(0.0, 1.0, (n, 10)), axis=0)
+    x = 40.0 * (x - x.mean(0)) / x.std(0) + rng.normal(0.0, 5.0, (n, 10))
+    x += 8.0 * np.sin(2 * np.pi * mains * np.arange(n)[:, None] / rate + rng.uniform(0, 6.3, 10)[None])
+    with SessionWriter(path, session_id=path.stem) as w:
+        w.add_continuous(x.astype(np.float32), sampling_rate=rate)
+        w.add_channels([f"G{k:02d}" for k in range(10)], x=np.full(10, -40.0), y=np.linspace(-30, 0, 10),
+                       z=np.linspace(55, 45, 10), types=["ecog"] * 10)
+    return str(path)
+
+
+def test_mains_the_notch_misses_is_named_before_training(tmp_path):
+    """A European (50 Hz) recording pretrained with barista/demo's 60 Hz notch kept its mains in
+    every segment, and the fine-tune took the same 60 Hz from the model, without a word."""
+    import warnings
+
+    from neurofm.data.segmenter import mains_peaks
+    from neurofm.recipes import barista
+
+    path = _ecog_with_mains(tmp_path / "eu.h5", 50.0)
+    with Session(path) as s:
+        peaks = mains_peaks(s.continuous_samples(0, s.n_samples), s.sampling_rate)
+    assert peaks[50.0] > 4.0 and peaks[60.0] < 2.0
+
+    def prepare(line_noise):
+        return barista.prepare(from_dict(barista.RunConfig, {
+            "data": {"sessions": [path], "segment_s": 1.0, "n_patches": 4, "line_noise": line_noise},
+            "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}}, where="test"))
+
+    for setting, said in ((60.0, "60 Hz"), (0.0, "off")):
+        with pytest.warns(UserWarning, match=rf"eu.h5: mains at 50 Hz \(\d+x the power beside it, median over "
+                                             rf"channels\), but data.line_noise is {said}; set data.line_noise=50"):
+            prepare(setting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(50.0)  # notched: nothing to say
+
+
+def test_one_label_events_are_reported_as_event_against_background(tmp_path):
+    """The fine-tune's evaluation (no training: what is checked is what the report says) on
+    one-label events scores both classes and says what the second one is."""
+    from neurofm.data.datasets import BACKGROUND_LABEL
+    from neurofm.models.barista import BaristaEncoder
+    from neurofm.recipes import barista
+
+    path, _ = _ecog_with_one_kind_of_event(tmp_path / "grip.h5")
+    pre = barista.prepare(from_dict(barista.RunConfig, {
+        "data": {"sessions": [path], "segment_s": 1.0, "n_patches": 4},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}}, where="test"))
+    folder = tmp_path / "enc"
+    BaristaEncoder(barista._sized_config(pre, barista.datamodule(pre))).save_pretrained(folder)
+    cfg = barista.prepare(barista.finetune_config(str(folder), [path], task="classify", events="grip"))
+    dm = barista.datamodule(cfg)
+    out = barista.evaluate(cfg, barista.task(cfg, dm), dm, tmp_path / "run")
+    per_class = out["data"]["test_segments_per_class"]
+    assert set(per_class) == {BACKGROUND_LABEL, "grip"} and min(per_class.values()) > 0
+    assert (f"/events/grip segments by label ({BACKGROUND_LABEL}, grip): a segment at each onset against "
+            f"'{BACKGROUND_LABEL}' segments") in out["protocol"]
+    assert 0.0 <= out["metrics"]["test_auroc"] <= 1.0
