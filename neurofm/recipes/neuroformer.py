@@ -1286,6 +1286,8 @@ def _paired_f1_diff(f_model: np.ndarray, f_other: np.ndarray, blocks: np.ndarray
 
 def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, float]) -> str:
     d, lo, hi = diff
+    if not (np.isfinite(d) and np.isfinite(lo) and np.isfinite(hi)):
+        return f"generated spikes vs the {arm}: window F1 not comparable (no test window holds a recorded spike)"
     nums = f"window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
     if hi < 0:
         return f"generated spikes LOSE to the {arm}: {nums}"
