@@ -1229,6 +1229,8 @@ EVERY_UNIT = "every unit in every window"
 #: (lag-1 autocorrelation 0.06 on the demo), and the default 256 windows (12.8 s at 50 ms)
 #: would make only one or two blocks of the decode report's 10 s.
 GENERATION_BLOCK_S = 1.0
+#: Fewer blocks than this give no CI (a bootstrap over one or two blocks says nothing).
+MIN_CI_BLOCKS = 5
 
 
 @dataclass
@@ -1284,10 +1286,14 @@ def _paired_f1_diff(f_model: np.ndarray, f_other: np.ndarray, blocks: np.ndarray
     return float(d.mean()) if len(d) else float("nan"), float(lo), float(hi)
 
 
-def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, float]) -> str:
+def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, float], n_blocks: int) -> str:
     d, lo, hi = diff
-    if not (np.isfinite(d) and np.isfinite(lo) and np.isfinite(hi)):
+    if not np.isfinite(d):
         return f"generated spikes vs the {arm}: window F1 not comparable (no test window holds a recorded spike)"
+    if n_blocks < MIN_CI_BLOCKS:
+        return (f"generated spikes vs the {arm}: window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}; no CI: "
+                f"the scored windows span only {n_blocks} block(s) of {GENERATION_BLOCK_S:g} s, raise "
+                f"eval.generate_windows)")
     nums = f"window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
     if hi < 0:
         return f"generated spikes LOSE to the {arm}: {nums}"
@@ -1343,16 +1349,17 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     block_s = GENERATION_BLOCK_S
     interval, session = np.concatenate(intervals)[:len(true_sets)], np.concatenate(sessions)[:len(true_sets)]
     blocks = time_blocks(interval + 1e7 * session, block_s)
+    n_blocks = int(len(np.unique(blocks)))
     verdicts = [_f1_verdict(arm, scores["model"]["f1"], scores[arm]["f1"],
                             _paired_f1_diff(scores["model"]["f1_per_window"], scores[arm]["f1_per_window"], blocks,
-                                            seed=cfg.eval.seed))
+                                            seed=cfg.eval.seed), n_blocks)
                 for arm in (GENERATOR_BASELINE, MATCHED_BASELINE)]
     for line in verdicts:
         print(line, file=sys.stderr)
     _raster_plot(cfg, gen_all, batches, run_dir, n_units, order=raster_order,
                  unit_names=[u.split("/", 1)[-1] for u in model.config.units] or None)
     return GenerationScore(results, baselines, verdicts, n_windows=int(scores["model"]["n_windows"]),
-                           n_blocks=int(len(np.unique(blocks))), block_s=float(block_s))
+                           n_blocks=n_blocks, block_s=float(block_s))
 
 
 def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int, order=None, unit_names=None) -> None:

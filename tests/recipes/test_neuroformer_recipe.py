@@ -430,3 +430,16 @@ def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poiss
     assert silent.metrics["window_f1"] == 0.0 and not silent.beats_poisson
     assert silent.verdicts[0].startswith("generated spikes LOSE to the mean-rate Poisson generator: window F1 0.000")
     assert silent.to_dict()["limitations"] == [v for v in silent.verdicts if "LOSE" in v]
+
+
+def test_generation_verdict_gives_no_ci_over_too_few_blocks(tmp_path):
+    """8 windows of 0.25 s span 2 s: too few 1 s blocks for a bootstrap, and the line says so."""
+    n_units, b = 6, 8
+    cfg = _config([])
+    cfg.eval.generate_windows = b
+    rates = np.full(n_units, 0.8)
+    batches, true_sets = _spike_batches(np.random.default_rng(3), n_units, 1, b, rates)
+    score = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, rates * 100, 100, tmp_path)
+    assert score.n_blocks < recipe.MIN_CI_BLOCKS and not score.beats_poisson
+    assert all("no CI" in v and "raise eval.generate_windows" in v for v in score.verdicts)
+    assert score.to_dict()["limitations"] == []
