@@ -386,8 +386,10 @@ def _generation_section(generation: dict | None) -> list[str]:
     if not generation or not generation.get("verdicts"):
         return []
     n, k, b = generation.get("n_windows"), generation.get("n_blocks"), generation.get("block_s")
-    head = (f"Generated spikes (teacher-forced past), window F1 on {n} test windows, 95% CIs from a paired "
-            f"bootstrap over {k} blocks of {b:g} s:" if n and k and b else "Generated spikes (teacher-forced past):")
+    draws = generation.get("n_draws", 1)
+    head = (f"Generated spikes (teacher-forced past), window F1 on {n} test windows (mean of {draws} draw"
+            f"{'s' if draws != 1 else ''} per window), 95% CIs from a paired bootstrap over {k} blocks of {b:g} s:"
+            if n and k and b else "Generated spikes (teacher-forced past):")
     return [head, "", *[f"- {v}" for v in generation["verdicts"]], ""]
 
 

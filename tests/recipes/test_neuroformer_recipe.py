@@ -369,11 +369,13 @@ class _ReplayModel:
     def __init__(self, n_units: int, sets_per_batch):
         from types import SimpleNamespace
         self.config = SimpleNamespace(n_units=n_units, units=[f"s/u{i}" for i in range(n_units)])
-        self._sets = iter(sets_per_batch)
+        self._sets = list(sets_per_batch)
+        self.seeds: list[int] = []
 
-    def generate(self, batch, **_):
+    def generate(self, batch, seed=None, **_):
         from neurofm.models.neuroformer_generate import GeneratedSpikes
-        sets = next(self._sets)
+        self.seeds.append(seed)
+        sets = self._sets[int(round(float(batch["interval"][0]) / 0.25)) // len(batch["interval"])]
         b = len(batch["interval"])
         return GeneratedSpikes(interval=batch["interval"].numpy(), session=np.zeros(b, dtype=np.int64),
                                times=[batch["interval"].numpy()[w] - 0.1 + np.zeros(len(s)) for w, s in enumerate(sets)],
@@ -410,8 +412,12 @@ def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poiss
     train_counts = rates * 1000.0  # 1000 training windows at these rates
     batches, true_sets = _spike_batches(np.random.default_rng(7), n_units, n_batches, b, rates)
 
-    oracle = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, train_counts, 1000, tmp_path)
+    replay = _ReplayModel(n_units, true_sets)
+    oracle = recipe._generation_metrics(cfg, replay, batches, train_counts, 1000, tmp_path)
     assert oracle.metrics["window_f1"] == 1.0
+    # every window drawn eval.generate_draws times, with seeds eval.seed + k
+    draws = cfg.eval.generate_draws
+    assert draws > 1 and oracle.n_draws == draws and replay.seeds == list(range(draws)) * n_batches
     assert oracle.beats_poisson and oracle.to_dict()["beats_mean_rate_poisson_generator"]
     assert oracle.verdicts[0].startswith("generated spikes beat the mean-rate Poisson generator: window F1 1.000")
     assert oracle.to_dict()["limitations"] == []
