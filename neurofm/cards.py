@@ -223,6 +223,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
         lines += _training_section(m.get("training", {}), config_yaml)
         lines += _evaluation_section(m.get("protocol", "(not recorded)"), scores, baselines, counts,
                                      {k: v for k, v in data.items() if k not in _DATA_TEXT})
+        lines += _generation_section(m.get("generation"))
     else:
         lines += ["## Evaluation", "",
                   "None recorded with these weights. A training run's card (`neurofm card RUN_DIR`) has the "
@@ -381,6 +382,18 @@ def _evaluation_section(protocol: str, scores: dict, baselines: dict, counts: di
         lines += [f"| {k} | {_fmt(v) if not isinstance(v, dict) else json.dumps(v)} |" for k, v in all_counts.items()]
         lines.append("")
     return lines
+
+
+def _generation_section(generation: dict | None) -> list[str]:
+    """The plain lines on generated spikes vs the generators they must beat (Neuroformer)."""
+    if not generation or not generation.get("verdicts"):
+        return []
+    n, k, b = generation.get("n_windows"), generation.get("n_blocks"), generation.get("block_s")
+    draws = generation.get("n_draws", 1)
+    head = (f"Generated spikes (teacher-forced past), window F1 on {n} test windows (mean of {draws} draw"
+            f"{'s' if draws != 1 else ''} per window), 95% CIs from a paired bootstrap over {k} blocks of {b:g} s:"
+            if n and k and b else "Generated spikes (teacher-forced past):")
+    return [head, "", *[f"- {v}" for v in generation["verdicts"]], ""]
 
 
 def _citation_section(family: str) -> list[str]:

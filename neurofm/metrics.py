@@ -13,7 +13,7 @@ from a paper. Every function checks the shapes it is given and says which argume
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -216,7 +216,8 @@ def _flatten_windows(name: str, windows: Sequence[Iterable[int]]) -> tuple[np.nd
 
 
 def window_f1(true_ids: Sequence[Iterable[int]], pred_ids: Sequence[Iterable[int]], *,
-              average: str = "macro", multiset: bool = False, reference: bool = False) -> dict[str, float]:
+              average: str = "macro", multiset: bool = False, reference: bool = False,
+              per_window: bool = False) -> dict[str, Any]:
     """Window-level precision, recall and F1 of the *sets* of unit IDs that fire.
 
     Neuroformer's spike-prediction score (``compute_scores`` in the authors' analysis code):
@@ -244,12 +245,15 @@ def window_f1(true_ids: Sequence[Iterable[int]], pred_ids: Sequence[Iterable[int
 
     Returns
     -------
-    dict with ``precision``, ``recall``, ``f1`` (floats) and ``n_windows`` (windows scored).
+    dict with ``precision``, ``recall``, ``f1`` (floats) and ``n_windows`` (windows scored);
+    ``f1_per_window`` with ``per_window``.
     """
     if len(true_ids) != len(pred_ids):
         raise ValueError(f"window_f1: {len(true_ids)} windows of true IDs but {len(pred_ids)} of predicted IDs")
     if average not in ("macro", "micro"):
         raise ValueError(f"window_f1: average must be 'macro' or 'micro', got {average!r}")
+    if per_window and average != "macro":
+        raise ValueError("window_f1: per_window=True needs average='macro' (micro has no per-window score)")
     if reference and (average != "macro" or multiset):
         raise ValueError("window_f1: reference=True reproduces the reference's macro set score; "
                          "use average='macro', multiset=False")
@@ -291,8 +295,12 @@ def window_f1(true_ids: Sequence[Iterable[int]], pred_ids: Sequence[Iterable[int
             P = np.where(tp == 0, 0.0, np.where(shortcut, 1.0, P))
             R = np.where(tp == 0, 0.0, np.where(shortcut, 1.0, R))
         F = np.where(P + R > 0, 2 * P * R / np.where(P + R > 0, P + R, 1.0), 0.0)
-    return {"precision": float(P.mean()), "recall": float(R.mean()), "f1": float(F.mean()),
-            "n_windows": int(scored.sum())}
+    out: dict[str, Any] = {"precision": float(P.mean()), "recall": float(R.mean()), "f1": float(F.mean()),
+                           "n_windows": int(scored.sum())}
+    if per_window:
+        out["f1_per_window"] = np.full(n_win, np.nan)
+        out["f1_per_window"][scored] = F
+    return out
 
 
 def _check_pair(fn: str, y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:

@@ -194,3 +194,18 @@ def test_an_undefined_metric_reads_undefined_not_none(tmp_path):
     text = write_card(run).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| baseline: null (training mean) |"))
     assert "None" not in row and "| undefined |" in row
+
+
+def test_card_says_whether_generated_spikes_beat_the_poisson_generator():
+    lose = ("generated spikes LOSE to the mean-rate Poisson generator: window F1 0.250 vs 0.300 "
+            "(difference -0.050, 95% CI [-0.070, -0.030])")
+    m = {**_metrics(), "generation": {"verdicts": [lose], "n_windows": 256, "n_draws": 4, "n_blocks": 13, "block_s": 1.0,
+                                      "beats_mean_rate_poisson_generator": False, "limitations": [lose]},
+         "limitations": [lose]}
+    text = render_card(m)
+    evaluation = text.split("## Evaluation", 1)[1].split("## Intended use", 1)[0]
+    assert ("window F1 on 256 test windows (mean of 4 draws per window), 95% CIs from a paired bootstrap over 13 "
+            "blocks of 1 s") in evaluation
+    assert f"- {lose}" in evaluation
+    assert f"- {lose}" in text.split("## Limitations", 1)[1]
+    assert "Generated spikes" not in render_card(_metrics())  # no generation scored, no line

@@ -255,3 +255,15 @@ def test_regression_moments_streamed_in_chunks_equal_the_one_shot_metrics():
     assert np.isnan(metrics.RegressionMoments().add(np.ones(5), np.arange(5.0)).pearson()[0])
     with pytest.raises(ValueError, match="earlier chunks"):
         m.add(y[:3, :1], p[:3, :1])
+
+
+def test_window_f1_per_window_scores_average_to_the_macro_score():
+    true = [[1, 2], [], [3], [1, 1, 4]]
+    pred = [[1], [5], [], [4, 6]]
+    out = metrics.window_f1(true, pred, per_window=True)
+    # window 0: P 1, R 1/2 -> 2/3; window 1: no recorded spike, not scored; window 2: 0; window 3: P 1/2, R 1/2
+    np.testing.assert_allclose(out["f1_per_window"], [2 / 3, np.nan, 0.0, 0.5])
+    assert out["f1"] == pytest.approx(np.nanmean(out["f1_per_window"]))
+    assert "f1_per_window" not in metrics.window_f1(true, pred)
+    with pytest.raises(ValueError, match="per_window"):
+        metrics.window_f1(true, pred, average="micro", per_window=True)

@@ -9,7 +9,11 @@ Evaluation (all on the test block of the same time-block split, with a gap):
   spike. Positive means the model predicts which neuron fires next better than its firing
   rate does.
 * **window F1** of generated spikes (teacher-forced past, top-p 0.95, DESIGN.md 9) against the
-  recorded ID sets, beside a mean-rate Poisson generator with the training rates.
+  recorded ID sets, beside a mean-rate Poisson generator with the training rates, the same
+  rate-weighted draw held to the generated windows' number of distinct units (set F1 rewards
+  naming more units: this arm compares which units, not how many) and every unit in every
+  window; a paired block-bootstrap CI and a plain line (``generation.verdicts``, and
+  ``limitations`` when it loses) say whether the generated spikes beat each generator.
 * **behaviour decoding** R2 / Pearson r of each regression target from the model's pooled
   head, beside ridge regression on the same windows' spike counts (current + previous
   window per unit), fitted on the training windows the model's behaviour loss saw (few-shot:
@@ -49,7 +53,7 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
                                     spikes_per_window, window_count_percentiles)
 from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, _fill_nan, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import decode_report, time_blocks
+from neurofm.report import block_bootstrap_counts, decode_report, time_blocks
 
 MONITOR = ("val/total", "min")
 
@@ -117,6 +121,10 @@ class NeuroformerTaskConfig:
 @dataclass
 class NeuroformerEvalConfig:
     generate_windows: int = 256  # test windows to generate for window F1 (0 = skip generation)
+    # draws per window, for the model and each random generator alike; F1 is their mean. Two
+    # generators' single-draw F1s on 256 windows differ by ~0.01 from sampling alone (sd over
+    # seeds 0.004-0.008 each on the demo): one draw each cannot rank them.
+    generate_draws: int = 4
     top_p: float = 0.95
     raster_seconds: float = 5.0
     seed: int = 0
@@ -1095,17 +1103,19 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         atomic_write(run_dir / "decode_report.md", "\n\n".join(r.to_text() for r in reports.values()) + "\n")
 
     # generation: window F1 vs a mean-rate Poisson generator
+    generation = None
     if cfg.eval.generate_windows > 0:
 
         tuning = next((v for v in regression if v in train["beh_true"]), None)  # raster rows by preferred value
         order = unit_order(train["counts"][:, :n_units], None if tuning is None else
                            np.where(train["beh_mask"][tuning][:, None], train["beh_true"][tuning], np.nan),
                            behavior_name=tuning or "behaviour")
-        gen_metrics, gen_base = _generation_metrics(cfg, model, test["batches"], train_unit_counts,
-                                                    len(train["interval"]), run_dir, raster_order=order)
-        results.update(gen_metrics)
-        for k, v in gen_base.items():
-            baselines.setdefault("mean-rate Poisson generator", {})[k] = v
+        gen = _generation_metrics(cfg, model, test["batches"], train_unit_counts, len(train["interval"]), run_dir,
+                                  raster_order=order)
+        results.update(gen.metrics)
+        for arm, row in gen.baselines.items():
+            baselines.setdefault(arm, {}).update(row)
+        generation = gen.to_dict()
 
     for name in test["beh_pred"]:
         if name in regression and name in test["beh_true"] and f"{name}_r2" in results:
@@ -1120,6 +1130,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "protocol": _protocol(cfg, dm, scored),
         "tokenizer": block_size_report(cfg),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
+        **({"generation": generation, "limitations": generation["limitations"]} if generation else {}),
         "data": {"description": "simulated recurrent spiking network (neurofm simulate spikes)" if not d.sessions
                  else "session files: " + ", ".join(Path(p).name for p in d.sessions),
                  "datasets": ["neurofm-simulated-spikes"] if not d.sessions else [Path(p).stem for p in d.sessions],
@@ -1242,33 +1253,163 @@ def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride:
         return Ridge().fit(X, Y).predict(X_test)
 
 
-def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir, raster_order=None):
+GENERATOR_BASELINE = "mean-rate Poisson generator"
+MATCHED_BASELINE = "mean-rate units, as many per window as generated"
+EVERY_UNIT = "every unit in every window"
+#: Block length (s) of the generation CI's block bootstrap. Two generators' per-window F1
+#: differences on the same recorded windows barely correlate from one window to the next
+#: (lag-1 autocorrelation 0.06 on the demo), and the default 256 windows (12.8 s at 50 ms)
+#: would make only one or two blocks of the decode report's 10 s.
+GENERATION_BLOCK_S = 1.0
+#: Fewer blocks than this give no CI (a bootstrap over one or two blocks says nothing).
+MIN_CI_BLOCKS = 5
+
+
+@dataclass
+class GenerationScore:
+    """Window F1 of generated spikes beside the generators it must beat, on the same windows.
+
+    ``metrics``: the model's window F1 / precision / recall and what its windows hold (spikes,
+    distinct units, repeat fraction); ``baselines``: a row per comparison arm; ``verdicts``:
+    one plain line per arm (beats / matches within the CI / LOSES), from a paired block
+    bootstrap over ``block_s`` blocks of the test period.
+    """
+
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    verdicts: list[str]
+    n_windows: int
+    n_blocks: int
+    block_s: float
+    n_draws: int = 1
+
+    @property
+    def beats_poisson(self) -> bool:
+        return self.verdicts[0].startswith("generated spikes beat")
+
+    def to_dict(self) -> dict:
+        loses = [v for v in self.verdicts if "LOSE" in v]
+        return {"verdicts": self.verdicts, "beats_mean_rate_poisson_generator": self.beats_poisson,
+                "n_windows": self.n_windows, "n_draws": self.n_draws, "n_blocks": self.n_blocks,
+                "block_s": self.block_s,
+                "limitations": loses}
+
+
+def _window_stats(sets: list[np.ndarray]) -> dict[str, float]:
+    """Spikes and distinct units per window, and the share of spikes whose unit already fired
+    earlier in the same window (a unit repeated within a window adds nothing to the ID set)."""
+    n = np.array([len(x) for x in sets], dtype=np.float64)
+    distinct = np.array([len(np.unique(x)) for x in sets], dtype=np.float64)
+    return {"spikes_per_window": float(n.mean()) if len(n) else float("nan"),
+            "units_per_window": float(distinct.mean()) if len(n) else float("nan"),
+            "repeat_fraction": float((n - distinct).sum() / n.sum()) if n.sum() else 0.0}
+
+
+def _paired_f1_diff(f_model: np.ndarray, f_other: np.ndarray, blocks: np.ndarray, n_boot: int = 1000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Macro F1 difference (model minus other) with a 95% paired block-bootstrap interval;
+    per-window F1 arrays with NaN for unscored windows (the same windows for both)."""
+    ok = np.isfinite(f_model) & np.isfinite(f_other)
+    d = f_model[ok] - f_other[ok]
+    counts, inv = block_bootstrap_counts(blocks[ok], n_boot, seed)
+    k = counts.shape[1]
+    sum_d, n_w = np.bincount(inv, weights=d, minlength=k), np.bincount(inv, minlength=k).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (counts @ sum_d) / (counts @ n_w)
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if k else (float("nan"), float("nan"))
+    return float(d.mean()) if len(d) else float("nan"), float(lo), float(hi)
+
+
+def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, float], n_blocks: int) -> str:
+    d, lo, hi = diff
+    if not np.isfinite(d):
+        return f"generated spikes vs the {arm}: window F1 not comparable (no test window holds a recorded spike)"
+    if n_blocks < MIN_CI_BLOCKS:
+        return (f"generated spikes vs the {arm}: window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}; no CI: "
+                f"the scored windows span only {n_blocks} block(s) of {GENERATION_BLOCK_S:g} s, raise "
+                f"eval.generate_windows)")
+    nums = f"window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
+    if hi < 0:
+        return f"generated spikes LOSE to the {arm}: {nums}"
+    if lo > 0:
+        return f"generated spikes beat the {arm}: {nums}"
+    return f"generated spikes {'match' if d >= 0 else 'are below but within the CI of'} the {arm}: {nums}"
+
+
+def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir,
+                        raster_order=None) -> GenerationScore:
+    """Generate the spikes of the first ``eval.generate_windows`` test windows (teacher-forced
+    past) and score their ID sets against the recorded ones (window F1), beside, on the same
+    windows: a mean-rate Poisson generator (each unit Poisson with its training rate per
+    window); the same rate-weighted draw held to the generated windows' number of distinct
+    units (so the comparison of *which* units fire is not a comparison of how many: set F1
+    rewards naming more units, and the mean-rate generator names as many as the training
+    block's rates give, however quiet the test block); and every unit in every window (what
+    naming everything scores). Every random arm is drawn ``eval.generate_draws`` times (the
+    model with seeds ``eval.seed + k``); F1 and the window statistics are means over the draws,
+    and the per-window F1 averaged over draws feeds a paired block bootstrap over
+    :data:`GENERATION_BLOCK_S` blocks of the test period."""
     n_units = model.config.n_units
     need = cfg.eval.generate_windows
-    true_sets, gen_sets, gen_all, rng = [], [], [], np.random.default_rng(cfg.eval.seed)
+    if cfg.eval.generate_draws < 1:
+        raise ConfigError(f"eval.generate_draws must be >= 1, got {cfg.eval.generate_draws}")
+    draws = int(cfg.eval.generate_draws)
+    true_sets, gen_all, rng = [], [], np.random.default_rng(cfg.eval.seed)
+    gen_draws: list[list[np.ndarray]] = [[] for _ in range(draws)]
     # mean rate per unit per window from the training spikes
     rate_per_window = train_unit_counts / max(1, n_train_windows)
-    base_sets = []
+    intervals, sessions = [], []
     for batch in batches:
         if len(true_sets) >= need:
             break
-        gen = model.generate(batch, mode="teacher_forced", top_p_id=cfg.eval.top_p, top_p_dt=cfg.eval.top_p,
-                             seed=cfg.eval.seed)
-        gen_all.append(gen)
+        for k in range(draws):  # draw k of every window: seed eval.seed + k
+            gen = model.generate(batch, mode="teacher_forced", top_p_id=cfg.eval.top_p, top_p_dt=cfg.eval.top_p,
+                                 seed=cfg.eval.seed + k)
+            gen_draws[k].extend(gen.unit_index)
+            if k == 0:
+                gen_all.append(gen)  # the raster shows the first draw
+        intervals.append(np.asarray(gen.interval, dtype=np.float64))
+        sessions.append(np.asarray(gen.session, dtype=np.int64))
         for w in range(len(gen)):
             ids = batch["target_id"][w]
             true_sets.append((ids[ids >= N_SPECIAL] - N_SPECIAL).numpy())
-            gen_sets.append(gen.unit_index[w])
-            counts = rng.poisson(rate_per_window)
-            base_sets.append(np.repeat(np.arange(n_units), counts))
-    model_f1, base_f1 = M.window_f1(true_sets, gen_sets), M.window_f1(true_sets, base_sets)
-    results = {f"window_{k}": float(model_f1[k]) for k in ("f1", "precision", "recall")}
-    results.update(generated_spikes_per_window=float(np.mean([len(g) for g in gen_sets])),
-                   recorded_spikes_per_window=float(np.mean([len(t) for t in true_sets])))
-    base = {f"window_{k}": float(base_f1[k]) for k in ("f1", "precision", "recall")}
+    base_draws = [[np.repeat(np.arange(n_units), rng.poisson(rate_per_window)) for _ in true_sets]
+                  for _ in range(draws)]
+    p_unit = rate_per_window / rate_per_window.sum() if rate_per_window.sum() > 0 else np.full(n_units, 1 / n_units)
+    matched_draws = [[rng.choice(n_units, size=min(len(np.unique(g)), int((p_unit > 0).sum())), replace=False,
+                                 p=p_unit) for g in sets] for sets in gen_draws]
+    every_draws = [[np.arange(n_units)] * len(true_sets)]
+    arms = {"model": gen_draws, GENERATOR_BASELINE: base_draws, MATCHED_BASELINE: matched_draws,
+            EVERY_UNIT: every_draws}
+    scores = {}
+    for arm, arm_draws in arms.items():
+        per_draw = [M.window_f1(true_sets, sets, per_window=True) for sets in arm_draws]
+        scores[arm] = {k: float(np.mean([d[k] for d in per_draw])) for k in ("f1", "precision", "recall")}
+        scores[arm]["n_windows"] = per_draw[0]["n_windows"]
+        scores[arm]["f1_per_window"] = np.mean([d["f1_per_window"] for d in per_draw], axis=0)
+        scores[arm]["stats"] = {k: float(np.mean([_window_stats(sets)[k] for sets in arm_draws]))
+                                for k in ("spikes_per_window", "units_per_window", "repeat_fraction")}
+    results = {f"window_{k}": scores["model"][k] for k in ("f1", "precision", "recall")}
+    results.update({f"generated_{k}": v for k, v in scores["model"]["stats"].items()})
+    results.update({f"recorded_{k}": v for k, v in _window_stats(true_sets).items()})
+    baselines: dict[str, dict[str, float]] = {}
+    for arm in (GENERATOR_BASELINE, MATCHED_BASELINE, EVERY_UNIT):
+        baselines[arm] = {f"window_{k}": scores[arm][k] for k in ("f1", "precision", "recall")}
+        baselines[arm].update({f"generated_{k}": v for k, v in scores[arm]["stats"].items()})
+    block_s = GENERATION_BLOCK_S
+    interval, session = np.concatenate(intervals)[:len(true_sets)], np.concatenate(sessions)[:len(true_sets)]
+    blocks = time_blocks(interval + 1e7 * session, block_s)
+    n_blocks = int(len(np.unique(blocks)))
+    verdicts = [_f1_verdict(arm, scores["model"]["f1"], scores[arm]["f1"],
+                            _paired_f1_diff(scores["model"]["f1_per_window"], scores[arm]["f1_per_window"], blocks,
+                                            seed=cfg.eval.seed), n_blocks)
+                for arm in (GENERATOR_BASELINE, MATCHED_BASELINE)]
+    for line in verdicts:
+        print(line, file=sys.stderr)
     _raster_plot(cfg, gen_all, batches, run_dir, n_units, order=raster_order,
                  unit_names=[u.split("/", 1)[-1] for u in model.config.units] or None)
-    return results, base
+    return GenerationScore(results, baselines, verdicts, n_windows=int(scores["model"]["n_windows"]),
+                           n_blocks=n_blocks, block_s=float(block_s), n_draws=draws)
 
 
 def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int, order=None, unit_names=None) -> None:

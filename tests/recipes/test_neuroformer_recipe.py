@@ -361,3 +361,91 @@ def test_with_a_moving_rule_only_moving_labels_count_in_training_and_validation(
     base["eval"]["score_when"] = "all"
     no_rule = recipe.task(from_dict(recipe.RunConfig, base, where="t"), dm)
     assert no_rule.score_windows is None
+
+
+class _ReplayModel:
+    """Stands in for a Neuroformer in the generation scoring: ``generate`` returns chosen ID sets."""
+
+    def __init__(self, n_units: int, sets_per_batch):
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(n_units=n_units, units=[f"s/u{i}" for i in range(n_units)])
+        self._sets = list(sets_per_batch)
+        self.seeds: list[int] = []
+
+    def generate(self, batch, seed=None, **_):
+        from neurofm.models.neuroformer_generate import GeneratedSpikes
+        self.seeds.append(seed)
+        sets = self._sets[int(round(float(batch["interval"][0]) / 0.25)) // len(batch["interval"])]
+        b = len(batch["interval"])
+        return GeneratedSpikes(interval=batch["interval"].numpy(), session=np.zeros(b, dtype=np.int64),
+                               times=[batch["interval"].numpy()[w] - 0.1 + np.zeros(len(s)) for w, s in enumerate(sets)],
+                               tokens=[np.asarray(s, dtype=np.int64) + N_SPECIAL for s in sets],
+                               dt=[np.zeros(len(s), dtype=np.int64) for s in sets], window=0.25)
+
+
+def _spike_batches(rng, n_units: int, n_batches: int, b: int, rates):
+    """Batches of recorded windows (0.25 s, one after another) with Poisson spikes per unit."""
+    from neurofm.tokens import EOS, PAD
+    batches, sets = [], []
+    for k in range(n_batches):
+        win = [np.repeat(np.arange(n_units), rng.poisson(rates)) for _ in range(b)]
+        L = max(len(x) for x in win) + 1
+        tid = torch.full((b, L), PAD, dtype=torch.long)
+        for w, x in enumerate(win):
+            tid[w, :len(x)] = torch.as_tensor(x + N_SPECIAL)
+            tid[w, len(x)] = EOS
+        batches.append({"target_id": tid, "target_dt": torch.zeros_like(tid),
+                        "interval": torch.as_tensor(0.25 * (k * b + np.arange(1, b + 1)), dtype=torch.float64)})
+        sets.append(win)
+    return batches, sets
+
+
+def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poisson_generator(tmp_path):
+    """Window F1 of generated spikes beside the mean-rate Poisson generator, the rate-weighted draw
+    held to the generated number of distinct units and every unit, on the same windows: replaying
+    the recorded spikes beats both generators; generating nothing LOSES, and says so in the
+    limitations; the matched arm names as many units per window as the generated windows."""
+    n_units, b, n_batches = 12, 16, 8
+    rates = np.linspace(0.05, 1.5, n_units)
+    cfg = _config([])
+    cfg.eval.generate_windows = b * n_batches
+    train_counts = rates * 1000.0  # 1000 training windows at these rates
+    batches, true_sets = _spike_batches(np.random.default_rng(7), n_units, n_batches, b, rates)
+
+    replay = _ReplayModel(n_units, true_sets)
+    oracle = recipe._generation_metrics(cfg, replay, batches, train_counts, 1000, tmp_path)
+    assert oracle.metrics["window_f1"] == 1.0
+    # every window drawn eval.generate_draws times, with seeds eval.seed + k
+    draws = cfg.eval.generate_draws
+    assert draws > 1 and oracle.n_draws == draws and replay.seeds == list(range(draws)) * n_batches
+    assert oracle.beats_poisson and oracle.to_dict()["beats_mean_rate_poisson_generator"]
+    assert oracle.verdicts[0].startswith("generated spikes beat the mean-rate Poisson generator: window F1 1.000")
+    assert oracle.to_dict()["limitations"] == []
+    matched = oracle.baselines[recipe.MATCHED_BASELINE]
+    assert matched["generated_units_per_window"] == oracle.metrics["generated_units_per_window"]
+    assert matched["generated_repeat_fraction"] == 0.0
+    assert oracle.baselines[recipe.EVERY_UNIT]["window_recall"] == 1.0
+    # the recorded windows repeat units (Poisson counts > 1): the repeat fraction counts them
+    n = sum(len(x) for s in true_sets for x in s)
+    distinct = sum(len(set(x.tolist())) for s in true_sets for x in s)
+    assert oracle.metrics["recorded_repeat_fraction"] == pytest.approx((n - distinct) / n)
+    assert oracle.n_blocks == int(np.ceil(b * n_batches * 0.25 / recipe.GENERATION_BLOCK_S))
+
+    empty = [[np.zeros(0, dtype=np.int64)] * b for _ in range(n_batches)]
+    silent = recipe._generation_metrics(cfg, _ReplayModel(n_units, empty), batches, train_counts, 1000, tmp_path)
+    assert silent.metrics["window_f1"] == 0.0 and not silent.beats_poisson
+    assert silent.verdicts[0].startswith("generated spikes LOSE to the mean-rate Poisson generator: window F1 0.000")
+    assert silent.to_dict()["limitations"] == [v for v in silent.verdicts if "LOSE" in v]
+
+
+def test_generation_verdict_gives_no_ci_over_too_few_blocks(tmp_path):
+    """8 windows of 0.25 s span 2 s: too few 1 s blocks for a bootstrap, and the line says so."""
+    n_units, b = 6, 8
+    cfg = _config([])
+    cfg.eval.generate_windows = b
+    rates = np.full(n_units, 0.8)
+    batches, true_sets = _spike_batches(np.random.default_rng(3), n_units, 1, b, rates)
+    score = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, rates * 100, 100, tmp_path)
+    assert score.n_blocks < recipe.MIN_CI_BLOCKS and not score.beats_poisson
+    assert all("no CI" in v and "raise eval.generate_windows" in v for v in score.verdicts)
+    assert score.to_dict()["limitations"] == []
