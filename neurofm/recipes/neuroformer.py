@@ -107,6 +107,8 @@ class NeuroformerTaskConfig:
     unfreeze_every: int = 0  # with freeze_backbone: release one more stage every N epochs (0 = never)
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
     head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
+    # fine-tuning: only the heads train for this fraction of the steps, then everything (0 = off)
+    head_only_fraction: float = NEUROFORMER_KNOBS["head_only_fraction"]
     # Optimizer steps: -1 = as trainer.max_epochs / max_steps say; 0 = a budget sized from the
     # labelled training windows (step_budget_for: 30 passes over them, within [300, 3000] steps)
     # unless trainer.max_epochs or max_steps is set (!= -1); N > 0 = N steps. With a budget, validation runs ~20 times and trainer.early_stopping_patience
@@ -768,7 +770,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     Ridge (:func:`_ridge_fit_predict`'s penalty rule: 4-fold blocked CV over the windows in time
     order) from the head's binned counts to the standardised target, folded into the Linear
     layer (``W = coef / sd``, ``b = y_mean - (mu / sd) @ coef``), so before any step the model
-    predicts what ridge on the same counts predicts (plus the pooled head's small random term).
+    predicts what ridge on the same counts predicts (the fresh pooled-state head starts at zero).
     Heads already trained (a fine-tuned checkpoint, a resumed run) are left alone. Returns the
     targets initialised."""
     fresh = [v for v in model.config.behavior_targets()
@@ -809,6 +811,12 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         coef = r.coef_ / r.x_std_[:, None]  # (F, D)
         head.weight.copy_(torch.as_tensor(coef.T, dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(r.y_mean_ - r.x_mean_ @ coef, dtype=head.bias.dtype))
+        # the pooled-state head (fresh: added with the count head) starts at zero, so the starting
+        # model predicts exactly what ridge predicts (its N(0, 0.02) init added noise of ~0.16
+        # target sd on 64 unit-scale features) and StartingPoint scores ridge on validation
+        pooled = model.behavior_heads[v.name]
+        pooled.weight.zero_()
+        pooled.bias.zero_()
         done.append(v.name)
     if done:
         print(f"neurofm: count read-out of {', '.join(done)} starts at ridge on {int(keep.sum())} labelled windows",

@@ -361,3 +361,56 @@ def test_with_a_moving_rule_only_moving_labels_count_in_training_and_validation(
     base["eval"]["score_when"] = "all"
     no_rule = recipe.task(from_dict(recipe.RunConfig, base, where="t"), dm)
     assert no_rule.score_windows is None
+
+
+def test_validation_scores_the_starting_state_and_selection_can_keep_it(tmp_path):
+    """Fine-tuning validates before the first optimizer step (logged at step 0) and the step-0
+    state is the best checkpoint until a later check beats it: with a learning rate that wrecks
+    the model, the evaluated state is the starting one, which predicts exactly what ridge on the
+    same binned counts does (the count read-out starts at ridge, the pooled head at zero)."""
+    import csv
+
+    from neurofm.experiment import run
+
+    path = _session(tmp_path / "a.h5", still_after=DURATION)
+    base = _cfg_dict(_config([path], split={"gap": 1.0}))
+    base["model"]["behavior"][0]["count_bin"] = 0.05
+    base["run_dir"] = str(tmp_path / "run")
+    base["task"].update(lr=0.5, head_lr_ratio=10.0, step_budget=6)
+    base["trainer"].update(max_epochs=-1, max_steps=-1, early_stopping_patience=5, progress_bar=False)
+    m = run(from_dict(recipe.RunConfig, base, where="t")).metrics
+    chosen = m["training"]["evaluated_checkpoint"]
+    assert chosen["step"] == 0 and m["training"]["steps"] > 0
+    logged = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv"))))
+              if r.get("val/behavior_r2")]
+    assert logged[0]["step"] == "0" and len(logged) > 1
+    assert all(float(r["val/behavior_r2"]) < float(logged[0]["val/behavior_r2"]) for r in logged[1:])
+    rows = {r["arm"]: r["r2"] for r in m["decode_report"]["position"]["rows"]}
+    assert rows["model"] == pytest.approx(rows["ridge on binned counts"], abs=1e-4)
+
+
+def test_starting_validation_uses_the_scored_windows(tmp_path):
+    """The step-0 score (NeuroformerTask.validation_r2) counts only the windows the task's
+    scoring rule keeps, as every later validation check and the test do."""
+    path = _session(tmp_path / "a.h5", still_after=DURATION)
+    cfg = _config([path], split={"gap": 1.0})
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    dm.setup("fit")
+    every = task.validation_r2(dm.val_dataloader())
+    ends = np.concatenate([b["interval"].numpy() for b in dm.val_dataloader()])
+    cut = float(np.median(ends))
+    task.score_windows = lambda session, interval: interval < cut
+    scored = task.validation_r2(dm.val_dataloader())
+    preds, ys = [], []
+    with torch.no_grad():
+        task.eval()
+        for b in dm.val_dataloader():
+            keep = b["interval"] < cut
+            preds.append(task.model(b)["behavior"]["position"][keep].reshape(-1))
+            ys.append(b["behavior"]["position"][keep].reshape(-1))
+    pred, y = torch.cat(preds).double(), torch.cat(ys).double()
+    want = float(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    assert scored["val/behavior_r2"] == pytest.approx(want, abs=1e-4)
+    assert scored["val/position_r2"] == scored["val/behavior_r2"]
+    assert abs(scored["val/behavior_r2"] - every["val/behavior_r2"]) > 1e-3
