@@ -93,7 +93,7 @@ HELD_OUT = {
 
 WINDOW = dict(curr=0.1, prev=0.2, dt=0.01)
 PRETRAIN_STEPS = {"full": 3000, "quick": 600}
-FINETUNE_CAP = {"full": None, "quick": 300}
+FINETUNE_CAP = {"full": None, "quick": 150}
 DRAWS = {"full": 3, "quick": 3}
 N_FOLDS = 3
 GAP = 5.0

@@ -76,10 +76,6 @@ class NeuroformerTask(L.LightningModule):
         head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
             a randomly initialised head on a pretrained backbone learns faster than the backbone
             may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
-        head_only_fraction: fine-tuning in two phases (linear probing, then fine-tuning: Kumar et
-            al. 2022, "Fine-tuning can distort pretrained features"): for this fraction of the
-            run's optimizer steps only the heads train (the backbone frozen as under
-            ``freeze_backbone``), then every parameter does. 0: one phase.
         score_windows: ``(session, interval) -> bool`` per window, or None: the behaviour labels
             of training and validation windows (loss, R2) count only for these windows, the same
             kind the test scores (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`:
@@ -112,7 +108,6 @@ class NeuroformerTask(L.LightningModule):
         label_chunk_s: float = 10.0,
         label_seed: int = 0,
         head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"],
-        head_only_fraction: float = NEUROFORMER_KNOBS["head_only_fraction"],
         score_windows: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         super().__init__()
@@ -137,7 +132,7 @@ class NeuroformerTask(L.LightningModule):
             "max_warmup_steps": max_warmup_steps, "final_lr_ratio": final_lr_ratio, "grad_clip": grad_clip,
             "freeze_backbone": freeze_backbone, "unfreeze_every": unfreeze_every, "trainable": list(trainable),
             "label_fraction": label_fraction, "label_chunk_s": label_chunk_s, "label_seed": label_seed,
-            "head_lr_ratio": head_lr_ratio, "head_only_fraction": head_only_fraction,
+            "head_lr_ratio": head_lr_ratio,
         })
         self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
@@ -159,26 +154,6 @@ class NeuroformerTask(L.LightningModule):
         every = self.hparams.unfreeze_every
         if self.hparams.freeze_backbone and every:
             self._apply_freezing(n_unfrozen=self.current_epoch // every)
-
-    def head_only_steps(self) -> int:
-        """Optimizer steps of the heads-only phase (``head_only_fraction`` of the run's steps)."""
-        frac = self.hparams.get("head_only_fraction", 0.0) or 0.0
-        if frac <= 0 or self.hparams.freeze_backbone or self._trainer is None:
-            return 0
-        return int(round(frac * int(self.trainer.estimated_stepping_batches)))
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        n = self.head_only_steps()
-        if not n:
-            return
-        heads_only = self.global_step < n
-        if heads_only != getattr(self, "_heads_only", None):  # entering or leaving the phase
-            if heads_only:
-                self._apply_freezing(n_unfrozen=0)
-            else:
-                for p in self.model.parameters():
-                    p.requires_grad_(True)
-            self._heads_only = heads_only
 
     @property
     def monitor(self) -> str | None:

@@ -32,7 +32,7 @@ __all__ = [
 # the Lightning tasks' keyword defaults and the recipes' config dataclasses both read, here
 # (Lightning-free) so that recipes need not import the tasks to declare their configs.
 NEUROFORMER_KNOBS = {"lr": 1e-4, "weight_decay": 0.1, "warmup_fraction": 0.05, "final_lr_ratio": 0.1,
-                     "freeze_backbone": False, "head_lr_ratio": 1.0, "head_only_fraction": 0.0}
+                     "freeze_backbone": False, "head_lr_ratio": 1.0}
 BARISTA_PRETRAIN_KNOBS = {"lr": 1e-3, "weight_decay": 1e-2, "warmup_epochs": 5, "ema_epochs": 10}
 BARISTA_FINETUNE_KNOBS = {"lr_backbone": 1e-4, "lr_head": 1e-3, "freeze_cnn": True}
 
