@@ -48,8 +48,10 @@ Rules applied to every session alike (none chosen per session):
   random initialisation. 100 % labels: every fold. 10 % labels: draw k (seed k) on fold k, so the
   ``--draws`` (3) draws also cover every fold; the same draw for every arm of a seed.
 
-``--quick`` pretrains for fewer steps and caps every fine-tuning run's optimizer steps (the same
-caps for every session), with the same folds and draws; the table says so. Runs go under ``--out`` (default runs/generalisation/) and are reused
+``--quick`` pretrains for 600 steps (not 3000) and caps every fine-tuning run at 150 optimizer steps
+(validation every 8), the same caps for every session, with the same folds and draws; the table
+says so. A quick session is 9 fine-tuning runs (3 folds at 100 %, 3 draws x 2 arms at 10 %): about
+40 min on one shared CPU core. Runs go under ``--out`` (default runs/generalisation/) and are reused
 when their metrics.json exists, so an interrupted harness resumes. Run it under ``nice -n 10``
 with ``OMP_NUM_THREADS=1`` on a shared machine (two torch threads on two busy cores ran ~10x
 slower per step than one here).
@@ -409,7 +411,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="capped step budgets, one label draw")
+    ap.add_argument("--quick", action="store_true", help="600 pretraining steps, fine-tuning capped at 150 steps")
     ap.add_argument("--sessions", nargs="*", help=f"subset of {list(SESSIONS)}")
     ap.add_argument("--held-out", action="store_true", help="run the held-out session(s) too (once, at the end)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalisation"))
