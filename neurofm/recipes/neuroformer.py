@@ -106,7 +106,7 @@ class NeuroformerTaskConfig:
     from_scratch: bool = False
     unfreeze_every: int = 0  # with freeze_backbone: release one more stage every N epochs (0 = never)
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
-    head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
+    head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # heads at lr * head_lr_ratio (recipe: 1)
     # Optimizer steps: -1 = as trainer.max_epochs / max_steps say; 0 = a budget sized from the
     # labelled training windows (step_budget_for: 30 passes over them, within [300, 3000] steps)
     # unless trainer.max_epochs or max_steps is set (!= -1); N > 0 = N steps. With a budget, validation runs ~20 times and trainer.early_stopping_patience

@@ -75,7 +75,8 @@ class NeuroformerTask(L.LightningModule):
             seconds (:class:`LabelSubset`); validation and test keep all labels.
         head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
             a randomly initialised head on a pretrained backbone learns faster than the backbone
-            may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
+            may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone; the Neuroformer
+            fine-tuning recipe uses 1, as its heads start at the ridge solution, not at random).
         score_windows: ``(session, interval) -> bool`` per window, or None: the behaviour labels
             of training and validation windows (loss, R2) count only for these windows, the same
             kind the test scores (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`:
