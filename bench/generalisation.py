@@ -29,21 +29,29 @@ place-heldout-40   40 cells, median 1.5 Hz, runs ~30 s / rests ~15 s, 900 s; pos
 
 Rules applied to every session alike (none chosen per session):
 
-* split: the valid and test blocks are the last 10 % + 10 % of the *behaving* span (up to the end
-  of the last moving stretch, so a session that ends at rest is not tested on rest), 5 s gaps;
-  the rest of the recording trains (``neurofm split``). Sessions without a final rest get the
-  default 80/10/10 blocks this way.
+* split: blocked cross-validation, ``N_FOLDS`` (3) folds over the *behaving* span (from the start
+  up to the end of the last moving stretch, so a session that ends at rest is not tested on rest).
+  Fold k's test block is the last 10 % of the span's k-th third, its validation block the 10 % just
+  before it, 5 s gaps; every other second trains (both sides of the held-out blocks, and the rest
+  after the behaving span). One undecodable block cannot decide a session: the table gives each
+  fold and the mean over folds. Fold 2 is the old single split (the last 10 % + 10 %).
 * scored windows: the CLI default (``eval.score_when: auto``): position is scored on moving windows
   (smoothed speed > 0.2 x the training blocks' 95th-percentile speed: ~20 px/s on linear-track,
   as DESIGN.md 8), speed on every window. The split rule uses the same 0.2 x p95 for "moving".
 * pretraining: configs/neuroformer/demo.yaml's model (n_embd 64, 1 layer per stage), current
   window 0.1 s + previous window 0.2 s (the 300 ms ridge reads: 6 x 50 ms bins), dt 10 ms, block
-  sizes = 99.9th percentile of spikes per window (+ SOS/EOS), a fixed step budget.
+  sizes = 99.9th percentile of spikes per window (+ SOS/EOS), a fixed step budget, once per session
+  on the spikes of the whole recording's default 80 % training block (self-supervised: spikes
+  only, no behaviour; a user pretrains on their recording's spikes the same way). It is shared
+  by the folds, so it has seen spikes (never labels) of folds 0 and 1's test blocks.
 * fine-tuning: the recipe's defaults (``FINETUNE_RECIPE``); from scratch = the same config with
-  random initialisation; label draws = seeds 0, 1, 2 (the same draw for every arm of a seed).
+  random initialisation. 100 % labels: every fold. 10 % labels: draw k (seed k) on fold k, so the
+  ``--draws`` (3) draws also cover every fold; the same draw for every arm of a seed.
 
-``--quick`` caps every run's optimizer steps (the same cap for every session) and uses one label
-draw; the table says so. Runs go under ``--out`` (default runs/generalisation/) and are reused
+``--quick`` pretrains for 600 steps (not 3000) and caps every fine-tuning run at 150 optimizer steps
+(validation every 8), the same caps for every session, with the same folds and draws; the table
+says so. A quick session is 9 fine-tuning runs (3 folds at 100 %, 3 draws x 2 arms at 10 %): about
+40 min on one shared CPU core. Runs go under ``--out`` (default runs/generalisation/) and are reused
 when their metrics.json exists, so an interrupted harness resumes. Run it under ``nice -n 10``
 with ``OMP_NUM_THREADS=1`` on a shared machine (two torch threads on two busy cores ran ~10x
 slower per step than one here).
@@ -87,8 +95,9 @@ HELD_OUT = {
 
 WINDOW = dict(curr=0.1, prev=0.2, dt=0.01)
 PRETRAIN_STEPS = {"full": 3000, "quick": 600}
-FINETUNE_CAP = {"full": None, "quick": 300}
-DRAWS = {"full": 3, "quick": 1}
+FINETUNE_CAP = {"full": None, "quick": 150}
+DRAWS = {"full": 3, "quick": 3}
+N_FOLDS = 3
 GAP = 5.0
 
 
@@ -96,24 +105,40 @@ GAP = 5.0
 
 
 def make_session(name: str, spec: dict, out: Path) -> Path:
+    """The session's file (simulated from its seed, or the shared recording converted), without
+    intervals: pretraining splits it by the default 80/10/10 time blocks."""
     from neurofm.data.synthetic import simulate_place_cells, simulate_spikes
 
     path = out / "data" / f"{name}.h5"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.h5")
     if spec["kind"] == "place":
-        simulate_place_cells(path, session_id=name, **spec["args"])
+        simulate_place_cells(tmp, session_id=name, **spec["args"])
     elif spec["kind"] == "network":
-        simulate_spikes(path, session_id=name, **spec["args"])
+        simulate_spikes(tmp, session_id=name, **spec["args"])
     else:
         from neurofm.data.nwb import convert_nwb
 
         if not LINEAR_TRACK_NWB.exists():
             raise FileNotFoundError(f"{LINEAR_TRACK_NWB}: the shared linear-track recording is missing")
-        convert_nwb(LINEAR_TRACK_NWB, path)
-    set_split(path, spec["behavior"])
+        convert_nwb(LINEAR_TRACK_NWB, tmp)
+    tmp.replace(path)
     return path
+
+
+def fold_file(path: Path, behavior: str, fold: int) -> Path:
+    """A copy of the session file with fold ``fold``'s blocks as its /intervals (``neurofm split``)."""
+    import shutil
+
+    fpath = path.with_name(f"{path.stem}-fold{fold}.h5")
+    if not fpath.exists():
+        tmp = fpath.with_suffix(".tmp.h5")
+        shutil.copyfile(path, tmp)
+        set_split(tmp, behavior, fold)
+        tmp.replace(fpath)
+    return fpath
 
 
 def _speed(session, behavior: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,17 +150,8 @@ def _speed(session, behavior: str) -> tuple[np.ndarray, np.ndarray]:
     return d.bin_times, d.speed
 
 
-def moving_threshold(path: Path) -> float:
-    """20 % of the 95th-percentile speed (the harness's one rule for 'moving')."""
-    from neurofm.data.session import Session
-
-    with Session(path) as s:
-        _, speed = _speed(s, "position")
-    return float(0.2 * np.nanpercentile(speed, 95))
-
-
-def set_split(path: Path, behavior: str) -> dict:
-    """Valid + test = the last 20 % of the behaving span (see the module docstring)."""
+def set_split(path: Path, behavior: str, fold: int = N_FOLDS - 1, n_folds: int = N_FOLDS) -> dict:
+    """Fold ``fold`` of the blocked folds over the behaving span (see the module docstring)."""
     from neurofm.data.session import Session, set_intervals
     from neurofm.evaluation import moving_mask
 
@@ -147,9 +163,12 @@ def set_split(path: Path, behavior: str) -> dict:
         end = float(t[np.flatnonzero(moving)[-1]]) + 1.0 if moving.any() else t1
         end = min(t1, end)
     span = end - t0
-    test = (end - 0.1 * span, end)
+    test_end = t0 + span * (fold + 1) / n_folds
+    test = (test_end - 0.1 * span, test_end)
     valid = (test[0] - GAP - 0.1 * span, test[0] - GAP)
-    train = [(t0, valid[0] - GAP)] + ([(end + GAP, t1)] if t1 - end > 2 * GAP else [])
+    train = [(t0, valid[0] - GAP)]
+    if t1 - (test_end + GAP) > 2 * GAP:
+        train.append((test_end + GAP, t1))
     blocks = {"train": train, "valid": [valid], "test": [test]}
     set_intervals(path, blocks, overwrite=True)
     return blocks
@@ -215,11 +234,11 @@ def pretrain(name: str, path: Path, out: Path, mode: str) -> Path:
 
 
 def finetune(name: str, path: Path, behavior: str, pretrained: Path, out: Path, mode: str, *, label_fraction: float,
-             seed: int, scratch: bool, threshold: float) -> dict:
+             seed: int, scratch: bool, fold: int) -> dict:
     from neurofm.experiment import run
     from neurofm.recipes import neuroformer as recipe
 
-    tag = f"{'scratch' if scratch else 'pretrained'}-{int(round(label_fraction * 100))}pct-seed{seed}"
+    tag = f"fold{fold}-{'scratch' if scratch else 'pretrained'}-{int(round(label_fraction * 100))}pct-seed{seed}"
     run_dir = out / name / tag
     done = _done(run_dir)
     if done:
@@ -242,22 +261,25 @@ def session_results(name: str, spec: dict, out: Path, mode: str) -> dict:
     t0 = time.time()
     path = make_session(name, spec, out)
     behavior = spec["behavior"]
-    thr = moving_threshold(path) if behavior == "position" else 0.0
     pre = pretrain(name, path, out, mode)
-    result = {"session": name, "behavior": behavior, "moving_threshold": thr, "mode": mode,
-              "dropped": dropped_fraction(path, pre)}
-    full = finetune(name, path, behavior, pre, out, mode, label_fraction=1.0, seed=0, scratch=False, threshold=thr)
-    result["full"] = {"report": full["decode_report"][behavior], "training": full.get("training", {}),
-                      "protocol": full["protocol"]}
+    folds = [fold_file(path, behavior, k) for k in range(N_FOLDS)]
+    result = {"session": name, "behavior": behavior, "mode": mode, "dropped": dropped_fraction(path, pre)}
+    result["full"] = []
+    for k, fpath in enumerate(folds):
+        m = finetune(name, fpath, behavior, pre, out, mode, label_fraction=1.0, seed=0, scratch=False, fold=k)
+        result["full"].append({"fold": k, "report": m["decode_report"][behavior], "training": m.get("training", {}),
+                               "protocol": m["protocol"]})
     few = []
     for seed in range(DRAWS[mode]):
-        row = {"seed": seed}
+        k = seed % N_FOLDS
+        row = {"seed": seed, "fold": k}
         for scratch in (False, True):
-            m = finetune(name, path, behavior, pre, out, mode, label_fraction=0.1, seed=seed, scratch=scratch,
-                         threshold=thr)
+            m = finetune(name, folds[k], behavior, pre, out, mode, label_fraction=0.1, seed=seed, scratch=scratch,
+                         fold=k)
             rep = m["decode_report"][behavior]
             arm = "scratch" if scratch else "pretrained"
             row[arm] = _row(rep, "model")
+            row[f"{arm}_selected_step"] = m.get("training", {}).get("evaluated_checkpoint", {}).get("step")
             row["ridge"] = _row(rep, "ridge on binned counts")
             row["n_labelled"] = m["data"].get("n_labelled_train_windows", {}).get(behavior)
         few.append(row)
@@ -287,8 +309,8 @@ def diagnose(name: str, spec: dict, out: Path, mode: str) -> dict:
     from neurofm.hub import load_pretrained
     from neurofm.recipes import neuroformer as recipe
 
-    path = out / "data" / f"{name}.h5"
-    run_dir = out / name / "pretrained-100pct-seed0"
+    path = out / "data" / f"{name}-fold{N_FOLDS - 1}.h5"
+    run_dir = out / name / f"fold{N_FOLDS - 1}-pretrained-100pct-seed0"
     behavior = spec["behavior"]
     cfg = recipe.finetune_config(str(out / name / "pretrain" / "pretrained"), [str(path)], behavior=[behavior],
                                  run_dir=str(out / name / "diagnose"))
@@ -335,21 +357,41 @@ def _ci(r: dict, m: str = "r2") -> str:
     return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]"
 
 
+def _verdict(d: list) -> str:
+    return "beats" if d[1] > 0 else ("LOSES" if d[2] < 0 else ("matches (below)" if d[0] < 0 else "matches"))
+
+
+ARMS = ("model", "linear probe", "ridge on binned counts", "Poisson Bayes", "null (training mean)")
+
+
 def table(results: list[dict]) -> str:
-    lines = ["## 100 % labels: R2 [95 % block-bootstrap CI] on the scored test windows", "",
-             "| session | scored windows | model (fine-tuned) | linear probe | ridge | Bayes | null | model vs ridge |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["## 100 % labels: R2 [95 % block-bootstrap CI] on the scored test windows, per blocked fold", "",
+             "| session | fold | scored windows | model (fine-tuned) | linear probe | ridge | Bayes | null | "
+             "model vs ridge | selected step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rep = r["full"]["report"]
-        arms = {row["arm"]: row for row in rep["rows"]}
-        get = lambda a: _ci(arms[a]) if a in arms else "-"  # noqa: E731
-        d = arms["ridge on binned counts"]["r2_diff_vs_model"]
-        verdict = "beats" if d[1] > 0 else ("LOSES" if d[2] < 0 else ("matches (below)" if d[0] < 0 else "matches"))
-        lines.append(f"| {r['session']} | {rep['n_windows']} | {get('model')} | {get('linear probe')} | "
-                     f"{get('ridge on binned counts')} | {get('Poisson Bayes')} | {get('null (training mean)')} | "
-                     f"{verdict} ({d[0]:+.3f}) |")
-    lines += ["", "## 10 % labels: R2 per label draw (pretrained / scratch / ridge, same labelled windows)", "",
-              "| session | draws | pretrained | scratch | ridge | pretrained > scratch |", "|---|---|---|---|---|---|"]
+        means = {a: [] for a in ARMS}
+        for f in r["full"]:
+            rep = f["report"]
+            arms = {row["arm"]: row for row in rep["rows"]}
+            get = lambda a: _ci(arms[a]) if a in arms else "-"  # noqa: E731
+            for a in ARMS:
+                if a in arms and arms[a].get("r2") is not None:
+                    means[a].append(arms[a]["r2"])
+            d = arms["ridge on binned counts"]["r2_diff_vs_model"]
+            step = f["training"].get("evaluated_checkpoint", {}).get("step")
+            lines.append(f"| {r['session']} | {f['fold']} | {rep['n_windows']} | {get('model')} | "
+                         f"{get('linear probe')} | {get('ridge on binned counts')} | {get('Poisson Bayes')} | "
+                         f"{get('null (training mean)')} | {_verdict(d)} ({d[0]:+.3f}) | {step} |")
+        mean = lambda a: f"{np.mean(means[a]):.3f}" if means[a] else "-"  # noqa: E731
+        diff = np.mean(means["model"]) - np.mean(means["ridge on binned counts"])
+        lines.append(f"| **{r['session']}** | mean | | **{mean('model')}** | {mean('linear probe')} | "
+                     f"{mean('ridge on binned counts')} | {mean('Poisson Bayes')} | {mean('null (training mean)')} | "
+                     f"{diff:+.3f} | |")
+    lines += ["", "## 10 % labels: R2 per label draw (draw k on fold k; pretrained / scratch / ridge, same labelled "
+              "windows)", "",
+              "| session | draws | pretrained | scratch | ridge | pretrained > scratch | mean pre - scratch |",
+              "|---|---|---|---|---|---|---|"]
     for r in results:
         few = r["few_shot"]
         p = [f["pretrained"]["r2"] for f in few]
@@ -357,7 +399,9 @@ def table(results: list[dict]) -> str:
         g = [f["ridge"]["r2"] for f in few]
         fmt = lambda xs: ", ".join("nan" if x is None else f"{x:.3f}" for x in xs)  # noqa: E731
         wins = sum(1 for a, b in zip(p, s) if a is not None and b is not None and a > b)
-        lines.append(f"| {r['session']} | {len(few)} | {fmt(p)} | {fmt(s)} | {fmt(g)} | {wins}/{len(few)} |")
+        ok = [(a, b) for a, b in zip(p, s) if a is not None and b is not None]
+        gap = f"{np.mean([a - b for a, b in ok]):+.3f}" if ok else "-"
+        lines.append(f"| {r['session']} | {len(few)} | {fmt(p)} | {fmt(s)} | {fmt(g)} | {wins}/{len(few)} | {gap} |")
     lines += ["", "## tokenizer: spikes dropped (block overflow), current / previous window", "",
               "| session | current | previous |", "|---|---|---|"]
     for r in results:
@@ -367,7 +411,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="capped step budgets, one label draw")
+    ap.add_argument("--quick", action="store_true", help="600 pretraining steps, fine-tuning capped at 150 steps")
     ap.add_argument("--sessions", nargs="*", help=f"subset of {list(SESSIONS)}")
     ap.add_argument("--held-out", action="store_true", help="run the held-out session(s) too (once, at the end)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalisation"))
@@ -384,7 +428,7 @@ def main(argv=None) -> int:
         todo.update(HELD_OUT)
     if args.diagnose:
         for name, spec in todo.items():
-            if (out / name / "pretrained-100pct-seed0" / "metrics.json").exists():
+            if (out / name / f"fold{N_FOLDS - 1}-pretrained-100pct-seed0" / "metrics.json").exists():
                 print(name, json.dumps(diagnose(name, spec, out, mode), indent=1))
         return 0
     results = []

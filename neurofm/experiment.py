@@ -808,7 +808,7 @@ def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | No
     task.load_state_dict(state["state_dict"])
     score = best.best_model_score
     return {"path": str(best.best_model_path), "monitor": monitor, "epoch": int(state.get("epoch", -1)),
-            "score": float(score) if score is not None else None}
+            "step": int(state.get("global_step", -1)), "score": float(score) if score is not None else None}
 
 
 def _json_default(o):

@@ -110,7 +110,7 @@ class NeuroformerTaskConfig:
     from_scratch: bool = False
     unfreeze_every: int = 0  # with freeze_backbone: release one more stage every N epochs (0 = never)
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
-    head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # behaviour heads train at lr * head_lr_ratio (fine-tuning: 10)
+    head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # heads at lr * head_lr_ratio (recipe: 1)
     # Optimizer steps: -1 = as trainer.max_epochs / max_steps say; 0 = a budget sized from the
     # labelled training windows (step_budget_for: 30 passes over them, within [300, 3000] steps)
     # unless trainer.max_epochs or max_steps is set (!= -1); N > 0 = N steps. With a budget, validation runs ~20 times and trainer.early_stopping_patience
@@ -375,15 +375,23 @@ def _plain(value):
 
 
 # The fine-tuning recipe, by rule rather than tuned to one recording (configs/neuroformer/finetune.yaml
-# says the same): the backbone at the reference AdamW lr (1e-4, DESIGN.md 9) and the fresh behaviour
-# heads 10x faster; a step budget sized from the labelled windows (step_budget_for) instead of an
-# epoch count; checkpointing and early stopping on validation R2 with a patience of a quarter of
-# the ~20 validation checks; the best checkpoint is evaluated. Each new regression head reads the
-# pooled state AND every unit's counts in 50 ms bins (count_bin), the count read-out starting
-# at the ridge solution on the labelled windows (init_count_heads): the model starts where ridge
-# ends and fine-tuning must improve on it on validation to be kept.
+# says the same). Linear probing, then fine-tuning (LP-FT: Kumar et al. 2022, "Fine-tuning can distort
+# pretrained features"), with the probe solved in closed form and kept unless fine-tuning beats it:
+# * each new regression head reads the pooled state AND every unit's counts in 50 ms bins
+#   (count_bin) and starts at the ridge solution on the labelled windows from both
+#   (init_count_heads: blocked-CV penalty), so the starting model is ridge on the counts plus
+#   whatever the pretrained features add;
+# * the starting state is scored on the validation block before the first step and is the best
+#   checkpoint until a later validation check beats it (tasks.neuroformer.StartingPoint), so
+#   fine-tuning that only makes validation worse hands back the starting state;
+# * every parameter at the reference AdamW lr (1e-4, DESIGN.md 9): head_lr_ratio 1, because the
+#   heads start at a fitted solution, not at random (the 10x head rate is for a random head; from
+#   the ridge start it wrecked validation R2 within 30 steps on place-sparse-25: -0.23 -> -0.83);
+# * a step budget sized from the labelled windows (step_budget_for) instead of an epoch count,
+#   ~20 validation checks, early stopping after 5 checks without a better validation R2, the best
+#   checkpoint evaluated and exported.
 COUNT_BIN_S = 0.05  # fine-tuned heads also read the window's counts in 50 ms bins, started at ridge
-FINETUNE_RECIPE = {"task": {"lr": 1e-4, "head_lr_ratio": 10.0, "step_budget": 0},
+FINETUNE_RECIPE = {"task": {"lr": 1e-4, "head_lr_ratio": 1.0, "step_budget": 0},
                    "trainer": {"max_epochs": -1, "max_steps": -1, "early_stopping_patience": 5}}
 
 
@@ -795,13 +803,19 @@ def task(cfg: RunConfig, dm):
 
 @torch.no_grad()
 def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWindows | None" = None) -> list[str]:
-    """Start each fresh (all-zero) count head at the ridge solution on the labelled training windows
-    (the moving ones, with a moving rule: ``moving``).
+    """Start each fresh regression head (a zero count read-out and the new pooled-state head) at
+    the ridge solution on the labelled training windows (the moving ones, with a moving rule:
+    ``moving``), from everything the head reads: every unit's counts in ``count_bin`` bins AND
+    the model's pooled state (eval mode, the weights fine-tuning starts from).
 
     Ridge (:func:`_ridge_fit_predict`'s penalty rule: 4-fold blocked CV over the windows in time
-    order) from the head's binned counts to the standardised target, folded into the Linear
-    layer (``W = coef / sd``, ``b = y_mean - (mu / sd) @ coef``), so before any step the model
-    predicts what ridge on the same counts predicts (plus the pooled head's small random term).
+    order) from ``[binned counts, pooled state]`` to the standardised target, folded into the two
+    Linear layers (``W = coef / sd`` split between them, ``b = y_mean - (mu / sd) @ coef`` in the
+    count head's bias, the pooled head's bias 0), so before any step the model predicts what
+    that ridge predicts: ridge on the counts when the features add nothing (the blocked-CV
+    penalty decides), better when the pretrained features hold what the counts miss. From
+    scratch the same rule reads the random network's features. Fine-tuning then has to beat
+    this starting point on validation to be kept (:class:`~neurofm.tasks.neuroformer.StartingPoint`).
     Heads already trained (a fine-tuned checkpoint, a resumed run) are left alone. Returns the
     targets initialised."""
     fresh = [v for v in model.config.behavior_targets()
@@ -813,21 +827,30 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     n_units = model.config.n_units
     stride = cfg.data.stride or cfg.model.window.curr
     xs, ys, ms, ses, ivs = {v.name: [] for v in fresh}, {v.name: [] for v in fresh}, {v.name: [] for v in fresh}, [], []
-    for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
-        ses.append(batch["session"])
-        ivs.append(batch["interval"])
-        for v in fresh:
-            xs[v.name].append(torch.as_tensor(_binned_counts(batch, n_units, model.config.window, v.count_bin)))
-            ys[v.name].append(batch["behavior"][v.name].reshape(len(batch["interval"]), -1))
-            ms[v.name].append(batch["behavior_mask"][v.name])
+    pooled = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
+            ses.append(batch["session"])
+            ivs.append(batch["interval"])
+            pooled.append(model(batch)["pooled"].double())
+            for v in fresh:
+                xs[v.name].append(torch.as_tensor(_binned_counts(batch, n_units, model.config.window, v.count_bin)))
+                ys[v.name].append(batch["behavior"][v.name].reshape(len(batch["interval"]), -1))
+                ms[v.name].append(batch["behavior_mask"][v.name])
+    finally:
+        model.train(was_training)
     labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
     if cfg.data.label_fraction < 1.0:
         labelled = _label_subset(cfg)(torch.cat(ses), torch.cat(ivs))
     if moving is not None:  # the labels the behaviour loss sees: moving windows only
         labelled &= moving(torch.cat(ses), torch.cat(ivs))
+    P = torch.cat(pooled).numpy()
     done = []
     for v in fresh:
-        X = torch.cat(xs[v.name]).double().numpy()
+        C = torch.cat(xs[v.name]).double().numpy()
+        X = np.concatenate([C, P], axis=1)
         mean, std = v.scale(torch.zeros(1, dtype=torch.float64))
         Y = ((torch.cat(ys[v.name]).double() - mean) / std).numpy()
         keep = (torch.cat(ms[v.name]).bool() & labelled).numpy()
@@ -838,14 +861,16 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
             r = Ridge(alpha).fit(X[keep], Y[keep])
         except ValueError:
             r = Ridge().fit(X[keep], Y[keep])
-        head = model.count_heads[v.name]
-        coef = r.coef_ / r.x_std_[:, None]  # (F, D)
-        head.weight.copy_(torch.as_tensor(coef.T, dtype=head.weight.dtype))
+        coef = r.coef_ / r.x_std_[:, None]  # (F, D): the counts' F_c rows, then the pooled state's
+        head, pooled_head = model.count_heads[v.name], model.behavior_heads[v.name]
+        head.weight.copy_(torch.as_tensor(coef[:C.shape[1]].T, dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(r.y_mean_ - r.x_mean_ @ coef, dtype=head.bias.dtype))
+        pooled_head.weight.copy_(torch.as_tensor(coef[C.shape[1]:].T, dtype=pooled_head.weight.dtype))
+        pooled_head.bias.zero_()
         done.append(v.name)
     if done:
-        print(f"neurofm: count read-out of {', '.join(done)} starts at ridge on {int(keep.sum())} labelled windows",
-              file=sys.stderr)
+        print(f"neurofm: the read-out of {', '.join(done)} starts at ridge on binned counts + pooled state "
+              f"({int(keep.sum())} labelled windows)", file=sys.stderr)
     return done
 
 
@@ -1220,7 +1245,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
         start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
         text += (f"; fine-tuned {start} for at most "
                  f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
-                 f"x{t.head_lr_ratio:g}, the checkpoint with the best validation R2 evaluated")
+                 f"x{t.head_lr_ratio:g}, heads started at ridge on counts + pooled state, the checkpoint with the best "
+                 f"validation R2 evaluated (the starting state included)")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")

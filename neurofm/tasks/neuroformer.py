@@ -28,7 +28,7 @@ from neurofm.data.splits import labelled_windows
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
 from neurofm.tasks.optim import NEUROFORMER_KNOBS, adamw, param_groups, warmup_cosine_scheduler
 
-__all__ = ["NeuroformerTask"]
+__all__ = ["NeuroformerTask", "StartingPoint"]
 
 # Stages from the output down: the order gradual unfreezing releases them in.
 _UNFREEZE_ORDER = ("self_att", "behavior", "stimulus", "state_history", "state", "embeddings")
@@ -75,7 +75,8 @@ class NeuroformerTask(L.LightningModule):
             seconds (:class:`LabelSubset`); validation and test keep all labels.
         head_lr_ratio: the behaviour heads' learning rate is ``lr * head_lr_ratio`` (fine-tuning:
             a randomly initialised head on a pretrained backbone learns faster than the backbone
-            may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone).
+            may move, as BaRISTA fine-tunes with 1e-3 head / 1e-4 backbone; the Neuroformer
+            fine-tuning recipe uses 1, as its heads start at the ridge solution, not at random).
         score_windows: ``(session, interval) -> bool`` per window, or None: the behaviour labels
             of training and validation windows (loss, R2) count only for these windows, the same
             kind the test scores (DESIGN.md 8; e.g. :class:`neurofm.recipes.neuroformer.MovingWindows`:
@@ -199,11 +200,15 @@ class NeuroformerTask(L.LightningModule):
             keep &= self.score_windows(batch["session"], batch["interval"]).to(keep.device)
         return {k: m & keep for k, m in batch["behavior_mask"].items()}
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        if self.score_windows is not None and batch.get("behavior_mask"):
-            scored = self.score_windows(batch["session"], batch["interval"]).to(batch["id"].device)
-            batch = {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
-        _, out = self._step(batch, "val")
+    def _scored(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The batch with behaviour masks limited to ``score_windows`` (validation: the test's rule)."""
+        if self.score_windows is None or not batch.get("behavior_mask"):
+            return batch
+        scored = self.score_windows(batch["session"], batch["interval"]).to(batch["id"].device)
+        return {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
+
+    def _regression_pairs(self, batch: Mapping[str, Any], out: Mapping[str, Any]):
+        """``(name, prediction, target)`` of each regression target on the batch's counted windows."""
         targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
         for v in self.model.config.behavior_targets():
             if v.task != "regression" or v.name not in targets:
@@ -212,29 +217,51 @@ class NeuroformerTask(L.LightningModule):
             pred, y = out["behavior"][v.name].detach(), targets[v.name]
             if keep is not None:
                 pred, y = pred[keep.bool()], y[keep.bool()]
-            self._val_behavior.setdefault(v.name, []).append((pred.float().cpu(), y.float().cpu()))
+            yield v.name, pred.float().cpu(), y.float().cpu()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        batch = self._scored(batch)
+        _, out = self._step(batch, "val")
+        for name, pred, y in self._regression_pairs(batch, out):
+            self._val_behavior.setdefault(name, []).append((pred, y))
 
     def on_validation_epoch_end(self) -> None:
         """R2 and Pearson r per behaviour target, pooled over all validation windows, and their
         mean R2 (``val/behavior_r2``, NaN when no target has 2 labelled windows: the monitor
         then counts this check as no improvement)."""
-        r2s = []
-        for name, pairs in self._val_behavior.items():
-            pred = torch.cat([p for p, _ in pairs])
-            y = torch.cat([t for _, t in pairs])
-            if y.shape[0] < 2:
-                continue
-            ss_res = ((y - pred) ** 2).sum(0)
-            ss_tot = ((y - y.mean(0)) ** 2).sum(0).clamp(min=1e-12)
-            r2 = (1 - ss_res / ss_tot).mean()
-            pc, yc = pred - pred.mean(0), y - y.mean(0)
-            r = ((pc * yc).sum(0) / (pc.norm(dim=0) * yc.norm(dim=0)).clamp(min=1e-12)).mean()
+        scores = _behavior_scores(self._val_behavior)
+        for name, (r2, r) in scores.items():
             self.log(f"val/{name}_r2", r2)
             self.log(f"val/{name}_pearson", r)
-            r2s.append(r2)
         if self.monitor is not None and not self.trainer.sanity_checking:
-            self.log("val/behavior_r2", torch.stack(r2s).mean() if r2s else torch.tensor(float("nan")))
+            self.log("val/behavior_r2", _mean_r2(scores))
         self._val_behavior.clear()
+
+    @torch.no_grad()
+    def validation_r2(self, loader) -> dict[str, float]:
+        """The validation metrics of :meth:`on_validation_epoch_end` (``val/<name>_r2``,
+        ``val/<name>_pearson``, ``val/behavior_r2``) for the model as it is now, on ``loader``'s
+        windows under the same scoring rule, outside Lightning's loop (eval mode, restored after):
+        :class:`StartingPoint` scores the state before the first optimizer step with it."""
+        was_training = self.training
+        self.eval()
+        pairs: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        try:
+            for batch in loader:
+                batch = self._scored(self.transfer_batch_to_device(batch, self.device, 0))
+                out = self.model(batch)
+                for name, pred, y in self._regression_pairs(batch, out):
+                    pairs.setdefault(name, []).append((pred, y))
+        finally:
+            self.train(was_training)
+        scores = _behavior_scores(pairs)
+        out = {f"val/{n}_{k}": float(v) for n, (r2, r) in scores.items() for k, v in (("r2", r2), ("pearson", r))}
+        out["val/behavior_r2"] = float(_mean_r2(scores))
+        return out
+
+    def configure_callbacks(self):
+        # fine-tuning on a validation metric: score the starting point too (StartingPoint)
+        return [StartingPoint()] if self.monitor is not None else []
 
     def _check_finite(self, losses: Mapping[str, Tensor], batch: Mapping[str, Any], stage: str) -> None:
         """Stop on a NaN/inf loss, before the optimizer writes it into the weights (so the last
@@ -280,6 +307,65 @@ class NeuroformerTask(L.LightningModule):
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip,
                                 gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+
+def _behavior_scores(pairs: Mapping[str, list[tuple[Tensor, Tensor]]]) -> dict[str, tuple[Tensor, Tensor]]:
+    """``name -> (R2, Pearson r)``, each the mean over the target's dimensions, pooled over the
+    ``(prediction, target)`` pairs; targets with fewer than 2 windows are left out."""
+    scores = {}
+    for name, ps in pairs.items():
+        pred = torch.cat([p for p, _ in ps])
+        y = torch.cat([t for _, t in ps])
+        if y.shape[0] < 2:
+            continue
+        ss_res = ((y - pred) ** 2).sum(0)
+        ss_tot = ((y - y.mean(0)) ** 2).sum(0).clamp(min=1e-12)
+        pc, yc = pred - pred.mean(0), y - y.mean(0)
+        r = ((pc * yc).sum(0) / (pc.norm(dim=0) * yc.norm(dim=0)).clamp(min=1e-12)).mean()
+        scores[name] = ((1 - ss_res / ss_tot).mean(), r)
+    return scores
+
+
+def _mean_r2(scores: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
+    return torch.stack([r2 for r2, _ in scores.values()]).mean() if scores else torch.tensor(float("nan"))
+
+
+class StartingPoint(L.Callback):
+    """Model selection that can keep the state fine-tuning starts from.
+
+    Lightning validates only after training steps, so a checkpoint-on-best run always returns a
+    trained state, even when every step made the validation score worse than the start (a
+    pretrained backbone with a count read-out started at the ridge solution, issue 10). Before
+    the first optimizer step of a fresh run (not a resumed one) this scores the starting state
+    on the validation block (:meth:`NeuroformerTask.validation_r2`: the same windows and rule as
+    every later check), logs it at step 0, saves it as the monitor's best checkpoint and makes
+    it early stopping's best score: a later check must beat it to replace it, patience counts
+    from it, and when none does, the starting state is what is restored, evaluated and exported.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        monitor = getattr(pl_module, "monitor", None)
+        if trainer.global_step > 0 or monitor is None or trainer.datamodule is None:
+            return
+        scores = pl_module.validation_r2(trainer.datamodule.val_dataloader())
+        pl_module.starting_scores = scores
+        for logger in trainer.loggers:
+            logger.log_metrics(scores, step=0)
+        score = torch.tensor(scores.get(monitor, float("nan")))
+        if not bool(torch.isfinite(score)):
+            return  # nothing to compare with: the first check decides
+        for cb in trainer.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor and cb.dirpath and cb.save_top_k == 1:
+                path = cb.format_checkpoint_name({})
+                trainer.save_checkpoint(path)
+                cb.best_k_models = {path: score}
+                cb.best_model_path = cb.kth_best_model_path = path
+                cb.best_model_score = cb.kth_value = cb.current_score = score
+            elif isinstance(cb, EarlyStopping) and cb.monitor == monitor:
+                cb.best_score = score
+                cb.wait_count = 0
 
 
 def _token_accuracy(batch: Mapping[str, Any], out: Mapping[str, Any], config: NeuroformerConfig) -> dict[str, Tensor]:

@@ -262,12 +262,12 @@ def test_finetune_recipe_defaults_are_the_rule():
     cfg = recipe.RunConfig()
     assert cfg.task.step_budget == -1 and cfg.task.head_lr_ratio == 1.0  # pretraining unchanged
     r = recipe.FINETUNE_RECIPE
-    assert r["task"] == {"lr": 1e-4, "head_lr_ratio": 10.0, "step_budget": 0}
+    assert r["task"] == {"lr": 1e-4, "head_lr_ratio": 1.0, "step_budget": 0}
     assert r["trainer"]["max_epochs"] == -1 and r["trainer"]["max_steps"] == -1
     from omegaconf import OmegaConf
 
     yaml = OmegaConf.load(Path(recipe.__file__).resolve().parents[1] / "configs" / "neuroformer" / "finetune.yaml")
-    assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 10.0 and yaml.task.step_budget == 0
+    assert yaml.task.lr == r["task"]["lr"] and yaml.task.head_lr_ratio == 1.0 and yaml.task.step_budget == 0
     assert yaml.trainer.max_epochs == -1 and yaml.trainer.early_stopping_patience == 5
 
 
@@ -294,8 +294,9 @@ def test_finetune_task_monitors_validation_r2_and_heads_train_faster(tmp_path):
 
 
 def test_count_heads_start_at_the_ridge_solution(tmp_path):
-    """Fine-tuning starts each fresh count read-out at ridge on the labelled windows: before any
-    step, head(counts) equals ridge's prediction of the standardised target; trained heads are kept."""
+    """Fine-tuning starts each fresh regression read-out at ridge on the labelled windows, from
+    the binned counts AND the pooled state the head reads: before any step the model's output
+    equals that ridge's prediction; trained heads are kept."""
     from neurofm.baselines import Ridge
     from neurofm.evaluation import RidgeFitPredict
 
@@ -304,20 +305,23 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path):
     base["model"]["behavior"][0]["count_bin"] = 0.05
     cfg = from_dict(recipe.RunConfig, base, where="t")
     dm = recipe.datamodule(cfg)
-    model = recipe.task(cfg, dm).model
+    model = recipe.task(cfg, dm).model.eval()
     head = model.count_heads["position"]
-    assert head.weight.abs().sum() > 0
-    X, Y = [], []
-    for batch in dm.loader("train"):
-        X.append(recipe._binned_counts(batch, 4, cfg.model.window, 0.05))
-        Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
-    X, Y = np.concatenate(X), np.concatenate(Y)
+    assert head.weight.abs().sum() > 0 and model.behavior_heads["position"].weight.abs().sum() > 0
+    X, Y, got = [], [], []
+    with torch.no_grad():
+        for batch in dm.loader("train"):
+            out = model(batch)
+            X.append(np.concatenate([recipe._binned_counts(batch, 4, cfg.model.window, 0.05),
+                                     out["pooled"].double().numpy()], 1))
+            Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
+            got.append(out["behavior"]["position"].reshape(-1, 1).numpy())
+    X, Y, got = np.concatenate(X), np.concatenate(Y), np.concatenate(got)
     (v,) = model.config.behavior
     Z = (Y - v.mean[0]) / v.std[0]
     alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / 0.25))).choose_alpha(X, Z)
-    want = Ridge(alpha).fit(X, Z).predict(X)
-    got = head(torch.as_tensor(X, dtype=torch.float32)).detach().numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    want = Ridge(alpha).fit(X, Z).predict(X) * v.std[0] + v.mean[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * v.std[0])
     # a head that already holds weights (a fine-tuned checkpoint, a resumed run) is left alone
     with torch.no_grad():
         head.weight.fill_(0.25)
@@ -449,3 +453,64 @@ def test_generation_verdict_gives_no_ci_over_too_few_blocks(tmp_path):
     assert score.n_blocks < recipe.MIN_CI_BLOCKS and not score.beats_poisson
     assert all("no CI" in v and "raise eval.generate_windows" in v for v in score.verdicts)
     assert score.to_dict()["limitations"] == []
+
+
+def test_validation_scores_the_starting_state_and_selection_can_keep_it(tmp_path):
+    """Fine-tuning validates before the first optimizer step (logged at step 0) and the step-0
+    state is the best checkpoint until a later check beats it: with a learning rate that wrecks
+    the model, the evaluated and exported weights are the ones training started from."""
+    import copy
+    import csv
+
+    import lightning as L
+
+    from neurofm.experiment import run
+    from neurofm.hub import load_pretrained
+
+    class Start(L.Callback):  # the weights as training starts
+        def on_train_start(self, trainer, pl_module):
+            self.state = copy.deepcopy(pl_module.model.state_dict())
+
+    path = _session(tmp_path / "a.h5", still_after=DURATION)
+    base = _cfg_dict(_config([path], split={"gap": 1.0}))
+    base["model"]["behavior"][0]["count_bin"] = 0.05
+    base["run_dir"] = str(tmp_path / "run")
+    base["task"].update(lr=0.5, head_lr_ratio=10.0, step_budget=6)
+    base["trainer"].update(max_epochs=-1, max_steps=-1, early_stopping_patience=5, progress_bar=False)
+    start = Start()
+    m = run(from_dict(recipe.RunConfig, base, where="t"), extra_callbacks=[start]).metrics
+    chosen = m["training"]["evaluated_checkpoint"]
+    assert chosen["step"] == 0 and m["training"]["steps"] > 0
+    logged = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv"))))
+              if r.get("val/behavior_r2")]
+    assert logged[0]["step"] == "0" and len(logged) > 1
+    assert all(float(r["val/behavior_r2"]) < float(logged[0]["val/behavior_r2"]) for r in logged[1:])
+    final = load_pretrained(tmp_path / "run" / "pretrained").state_dict()
+    assert set(final) == set(start.state) and all(torch.equal(final[k], start.state[k]) for k in final)
+
+
+def test_starting_validation_uses_the_scored_windows(tmp_path):
+    """The step-0 score (NeuroformerTask.validation_r2) counts only the windows the task's
+    scoring rule keeps, as every later validation check and the test do."""
+    path = _session(tmp_path / "a.h5", still_after=DURATION)
+    cfg = _config([path], split={"gap": 1.0})
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    dm.setup("fit")
+    every = task.validation_r2(dm.val_dataloader())
+    ends = np.concatenate([b["interval"].numpy() for b in dm.val_dataloader()])
+    cut = float(np.median(ends))
+    task.score_windows = lambda session, interval: interval < cut
+    scored = task.validation_r2(dm.val_dataloader())
+    preds, ys = [], []
+    with torch.no_grad():
+        task.eval()
+        for b in dm.val_dataloader():
+            keep = b["interval"] < cut
+            preds.append(task.model(b)["behavior"]["position"][keep].reshape(-1))
+            ys.append(b["behavior"]["position"][keep].reshape(-1))
+    pred, y = torch.cat(preds).double(), torch.cat(ys).double()
+    want = float(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    assert scored["val/behavior_r2"] == pytest.approx(want, abs=1e-4)
+    assert scored["val/position_r2"] == scored["val/behavior_r2"]
+    assert abs(scored["val/behavior_r2"] - every["val/behavior_r2"]) > 1e-3
