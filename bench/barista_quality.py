@@ -482,7 +482,7 @@ def _subjects_data(sessions: list[str], segment: tuple[float, int], batch_size: 
 
 
 def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epochs: int | None,
-             seeds: list[int] | None, partial: Path | None = None) -> dict:
+             seeds: list[int] | None, partial: Path | None = None, scales: tuple[str, ...] = SCALES) -> dict:
     """Per seed: simulate subjects (:func:`neurofm.data.synthetic.simulate_ieeg_subjects`),
     pretrain at each encoding scale on all but the last, then fine-tune event detection and
     grip-force regression on the last (held out), from the pretrained encoder and from a random
@@ -504,7 +504,7 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
             print(f"  [{time.strftime('%H:%M:%S')}] seed {seed}: simulating {n_pre} + 1 subjects", flush=True)
             paths = simulate_ieeg_subjects(folder, n_pre + 1, duration=(pre_s,) * n_pre + (held_s,), seed=seed)
         pre_sessions, held = [str(p) for p in paths[:n_pre]], [str(paths[-1])]
-        for scale in SCALES:
+        for scale in scales:
             tag = f"{seed}/{scale}"
             pre = _timed_run({"family": "barista", "seed": seed, "resume": "none",
                               "run_dir": str(out / f"subj{seed}-pretrain-{scale}"), "data": _subjects_data(pre_sessions, segment, batch_size=8),
@@ -524,10 +524,10 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                          "trainer": _trainer(ft_epochs)},
                         f"seed {seed}: held-out subject, {kind}, {arm} ({scale})")
                 if partial is not None:  # what is done so far survives an interrupted bench
-                    partial.write_text(json.dumps({"runs": runs, "rows": _subject_rows(runs, seeds)}, indent=2,
+                    partial.write_text(json.dumps({"runs": runs, "rows": _subject_rows(runs, seeds, scales)}, indent=2,
                                                   default=_json_default))
-    rows = _subject_rows(runs, seeds)
-    first = runs[f"{seeds[0]}/parcel/classification/pretrained"]
+    rows = _subject_rows(runs, seeds, scales)
+    first = runs[f"{seeds[0]}/{scales[0]}/classification/pretrained"]
     protocol = (f"{n_pre} pretraining subjects x {pre_s:.0f} s + 1 held-out subject x {held_s:.0f} s per seed "
                 f"(simulate_ieeg_subjects: 30 contacts on 6 shafts per subject, each subject its own regions "
                 f"and coordinate space; 256 Hz, notched at 60 Hz); {segment[0]:g} s segments of {segment[1]} x 64 "
@@ -557,7 +557,7 @@ def _seed_ci(values: list[float]) -> dict[str, Any]:
     return out
 
 
-def _subject_rows(runs: dict, seeds: list[int]) -> list[dict]:
+def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES) -> list[dict]:
     def metric(seed, scale, kind, arm):
         # band power: the baseline row of the pretrained arm's report (same segments)
         r = runs.get(f"{seed}/{scale}/{kind}/{'pretrained' if arm == 'band' else arm}")
@@ -570,7 +570,7 @@ def _subject_rows(runs: dict, seeds: list[int]) -> list[dict]:
         return r["baselines"].get(base, {}).get(key)
 
     rows = []
-    for scale in SCALES:
+    for scale in scales:
         for arm, src in (("pretrained", "pretrained"), ("random init", "random")):
             rows.append({"scale": scale, "arm": arm,
                          "auroc": _seed_ci([metric(s, scale, "classification", src) for s in seeds]),
@@ -588,8 +588,8 @@ def _subject_rows(runs: dict, seeds: list[int]) -> list[dict]:
                 [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "band")
                                                                                for s in seeds])])
     rows.append({"scale": "-", "arm": "band power (logistic / ridge)",
-                 "auroc": _seed_ci([metric(s, "parcel", "classification", "band") for s in seeds]),
-                 "r2": _seed_ci([metric(s, "parcel", "regression", "band") for s in seeds])})
+                 "auroc": _seed_ci([metric(s, scales[0], "classification", "band") for s in seeds]),
+                 "r2": _seed_ci([metric(s, scales[0], "regression", "band") for s in seeds])})
     return rows
 
 
@@ -631,6 +631,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--scales", nargs="+", choices=SCALES, default=list(SCALES),
+                    help="subjects part: encoding scales to pretrain (default all three)")
     ap.add_argument("--pretrain-epochs", type=int, default=None)
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--duration", type=float, default=None, help="simulated session length (s)")
@@ -654,7 +656,8 @@ def main(argv=None) -> dict:
     if args.only in (None, "subjects"):
         print("3. simulated subjects: pretrain on several, fine-tune on a held-out one", flush=True)
         results["subjects"] = subjects(args.out, args.quick, args.layers, args.pretrain_epochs, args.finetune_epochs,
-                                       args.seeds, partial=args.out / "subjects_partial.json")
+                                       args.seeds, partial=args.out / "subjects_partial.json",
+                                       scales=tuple(args.scales))
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")
