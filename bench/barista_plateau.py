@@ -20,8 +20,9 @@ target_std of that read-out 0.58, raw 0.96): the tokenizer's LayerNorm-over-time
 convolutions weight the channels' independent broadband noise heavily, so a latent target is
 far less predictable than the signal it comes from. The objective still learns, after a
 plateau (trace of the same loop, seed 0): latent R2 ~0 (pred_std 0.05-0.10 vs target_std
-0.66-0.71) for ~950 steps, then 0.20 at step 1,150, 0.58 at 2,250 (pred_std 0.35 vs target_std 0.44; the online tokenizer,
-and with it the EMA targets, moved towards the shared, predictable part). Raw-patch targets
+0.66-0.71) for ~950 steps, then 0.20 at step 1,150, 0.58 at 2,250 (pred_std 0.35 vs
+target_std 0.44; the online tokenizer, and with it the EMA targets, moved towards the shared,
+predictable part). Raw-patch targets
 show the same plateau, shorter (~450 steps). Dropout off, lr 3e-3, spatial tables at N(0, 1)
 or LayerNorm'd targets did not shorten it within 450-800 steps. The bench's earlier quick
 mode pretrained 456 steps: it stopped on the plateau.

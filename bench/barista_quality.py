@@ -47,11 +47,12 @@ tasks and scored by the recipe's ``evaluate`` or by :mod:`neurofm.evaluation_iee
    differences (pretrained minus random init, pretrained minus band power) per seed.
    Quick mode (what was run): 3 seeds, 3 x 200 s pretraining subjects, a 300 s held-out
    subject (50% train / 10% valid / 40% test: about 50 training and 38 test events, 149 / 119
-   force segments), 0.5 s segments of 2 x 64 samples every 1 s, pretraining 12 epochs of
-   batch 8 (456 steps), fine-tuning 10 epochs; about 17 min per seed on the shared 2-core CPU
-   (load 10-14), 52 min in all. Full mode (not run): 5 seeds, 4 x 900 s + 600 s, 1 s segments
-   of 4 patches, pretraining 12 epochs (about 2,700 steps), fine-tuning 20 epochs: about
-   9-10 h on that machine.
+   force segments), 0.5 s segments of 2 x 64 samples every 1 s, pretraining 40 epochs of
+   batch 8 (1,520 steps: past the ~1,000-step plateau of the masked-latent objective on this
+   simulation, ``bench/barista_plateau.py``), fine-tuning 10 epochs. ``--scales`` runs some
+   encoding scales only; seeds run in parallel as separate processes (``--seeds 0``, ...).
+   Full mode (not run): 5 seeds, 4 x 900 s + 600 s, 1 s segments of 4 patches, pretraining
+   12 epochs (about 2,700 steps), fine-tuning 20 epochs: about 9-10 h on that machine.
 
 Budget: a shared 2-core CPU, one thread. The model is the demo's shape cut to 2 layers
 (d 64, 4 heads); pretraining is 10 epochs (620 steps of 16 segments), fine-tuning 15 epochs
@@ -66,8 +67,8 @@ Usage::
 
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only simulated   # ~36 min, 2 seeds
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only seeg        # the real sEEG part only
-    OMP_NUM_THREADS=1 python bench/barista_quality.py --quick    # all parts small (part 3 alone ~50 min)
-    OMP_NUM_THREADS=1 nice -n 10 python bench/barista_quality.py --only subjects --quick   # part 3, ~50 min
+    OMP_NUM_THREADS=1 python bench/barista_quality.py --quick    # all parts small
+    OMP_NUM_THREADS=1 nice -n 10 python bench/barista_quality.py --only subjects --quick --seeds 0   # part 3, one seed
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects          # part 3 full, ~9-10 h
     python bench/barista_quality.py --only seeg --out runs/bq --json bq.json
 

@@ -210,7 +210,8 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     assert out["baselines"]["ridge on band power"]["probe_auroc"] > 0.6
     # the masked-latent score next to the trivial predictor's; untrained, it has not left that phase
     m, trivial = out["metrics"], out["baselines"]["mean target (the trivial predictor)"]
-    assert m["test_masked_latent_r2"] == pytest.approx(1 - m["test_masked_latent_mse"] / trivial["test_masked_latent_mse"])
+    r2 = 1 - m["test_masked_latent_mse"] / trivial["test_masked_latent_mse"]
+    assert m["test_masked_latent_r2"] == pytest.approx(r2)
     assert m["test_masked_latent_r2"] < recipe.TRIVIAL_LATENT_R2 and m["test_target_std"] > 0
     assert len(out["limitations"]) == 2
     assert "has not left its trivial phase" in out["limitations"][0] and "train/latent_r2" in out["limitations"][0]
