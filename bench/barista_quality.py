@@ -101,7 +101,44 @@ ridge on all tokens of an encoder pretrained the same way (1200 steps) reached a
 the fine-tuned test ROC-AUC was 0.858 and band power 0.895: the notch is faithfulness to the
 paper's preprocessing, not what these rows hinge on.
 
-Measured, part 3 quick (2026-12-02, shared 2-core CPU at load 10-14, one thread, 3113 s; the
+Measured, part 3 quick with 1,520 pretraining steps (2026-12-03, shared 2-core CPU at load
+~10, one thread per process, seeds as parallel processes: parcel 08:30-08:45, coords + lobe
+08:39-09:01): held-out subject, test block of 38-40 events and ~119 force segments per seed;
+mean [95% t-interval] over seeds 0, 1, 2, per seed after the semicolon. Random-init rows are
+the same runs as below (same seed, data and recipe; they do not depend on pretraining):
+
+| encoding | arm          | held-out event ROC-AUC | held-out grip-force R2  | per seed (AUROC; R2)                         |
+|----------|--------------|------------------------|-------------------------|----------------------------------------------|
+| coords   | pretrained   | 0.626 [0.380, 0.871]   | -0.070 [-0.136, -0.003] | 0.685, 0.681, 0.512; -0.085, -0.085, -0.039  |
+| coords   | random init  | 0.543 [0.236, 0.850]   | -0.066 [-0.300, 0.169]  | 0.582, 0.642, 0.404; 0.027, -0.063, -0.161   |
+| parcel   | pretrained   | 0.682 [0.304, 1.060]   | -0.069 [-0.149, 0.011]  | 0.795, 0.742, 0.509; -0.097, -0.034, -0.076  |
+| parcel   | random init  | 0.555 [0.417, 0.693]   | -0.084 [-0.334, 0.166]  | 0.540, 0.617, 0.509; 0.005, -0.064, -0.194   |
+| lobe     | pretrained   | 0.691 [0.269, 1.113]   | -0.139 [-0.412, 0.134]  | 0.841, 0.725, 0.506; -0.063, -0.265, -0.090  |
+| lobe     | random init  | 0.469 [0.224, 0.715]   | -0.035 [-0.148, 0.079]  | 0.392, 0.581, 0.435; 0.014, -0.041, -0.077   |
+| -        | band power   | 0.900 [0.894, 0.907]   | 0.753 [0.614, 0.892]    | 0.901, 0.903, 0.898; 0.723, 0.818, 0.719     |
+
+Every pretraining left the trivial phase: test latent R2 (1 - masked-latent MSE / MSE of the
+mean target) coords 0.48 / 0.54 / 0.46, parcel 0.50 / 0.47 / 0.44, lobe 0.17 / 0.31 / 0.32
+(seeds 0 / 1 / 2); last validation pred_std / target_std 0.41 / 0.66, 0.33 / 0.48, 0.15 / 0.25
+(coords), 0.21 / 0.33, 0.17 / 0.27, 0.14 / 0.23 (parcel), 0.11 / 0.32, 0.17 / 0.33, 0.12 / 0.23
+(lobe), against 0.004-0.058 / 0.38-0.76 at 456 steps. target_std fell from ~0.7 at the start
+to 0.23-0.66 as the tokenizer moved (a scale-free latent R2 is the watch for that reason).
+Paired differences, pretrained minus random init (mean [95% t-interval]): AUROC coords +0.083
+[-0.012, 0.178], parcel +0.127 [-0.191, 0.444], lobe +0.222 [-0.275, 0.719]; R2 -0.004,
++0.015, -0.105 (intervals span 0). Pretrained minus band power: AUROC -0.28 [-0.52, -0.04],
+-0.22 [-0.59, 0.16], -0.21 [-0.63, 0.21]; R2 -0.82, -0.82, -0.89 (intervals below 0).
+What holds: pretrained > random init in event AUROC in 8 of 9 (scale, seed) pairs (one tie:
+parcel seed 2, 0.509 both), but with 3 seeds no interval excludes 0 (coords comes closest).
+What does not: pretrained < band power everywhere (events by 0.2-0.3, force by ~0.8); the
+grip-force fine-tune stays at the training mean (R2 ~ -0.07) in both arms, so pretraining does
+not help it; seed 2's held-out subject is at chance for every BaRISTA arm. Parcel vs coords:
+0.682 vs 0.626 AUROC, -0.069 vs -0.070 R2: not resolved (paper: parcel 0.86 vs channel
+0.78). Fine-tuning is the weak link now: 10 epochs (~70 steps on ~49 events, CNN frozen,
+backbone lr 1e-4) move the encoder little; the frozen pretrained encoder's linear probe
+(token mean; same report) reaches 0.861 / 0.692 / 0.512 (parcel; random-init encoder 0.619 /
+0.592 / 0.524), i.e. above the fine-tuned model on seed 0.
+
+Earlier, with 456 pretraining steps (2026-12-02, shared 2-core CPU at load 10-14, one thread, 3113 s; the
 band-power row was re-tabulated from the run's JSON after a table bug was fixed): held-out
 subject, test block of about 39 events and 119 force segments per seed; mean [95% t-interval]
 over seeds 0, 1, 2, per seed after the semicolon:
