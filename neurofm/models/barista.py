@@ -676,10 +676,13 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Masked latent reconstruction.
 
-        Returns ``{"loss", "pred_std", "target_std", "mask_ratio"}``: MSE over masked tokens
-        and features; the standard deviation over masked tokens of predictions and targets,
-        averaged over features (a collapse watch: both should stay well above zero); the
-        fraction of real tokens masked.
+        Returns ``{"loss", "pred_std", "target_std", "latent_r2", "mask_ratio"}``: MSE over
+        masked tokens and features; the standard deviation over masked tokens of predictions
+        and targets, averaged over features; ``latent_r2 = 1 - loss / var``, with ``var`` the
+        targets' variance over the masked tokens averaged over features, i.e. the loss of a
+        predictor that outputs this batch's mean target (the trivial solution) -- near 0 (or
+        below) while the predictor has learned nothing beyond the mean, whatever the targets'
+        scale; the fraction of real tokens masked.
         """
         if mask is None:
             mask = self.choose_mask(batch, generator)
@@ -692,8 +695,10 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
         channel_mask = batch.get("channel_mask")
         n_real = mask.numel() if channel_mask is None else int(channel_mask.sum())
         flat_p, flat_t = pred.detach().reshape(-1, pred.shape[-1]).float(), target.reshape(-1, pred.shape[-1]).float()
+        trivial = flat_t.var(0, unbiased=False).mean()  # MSE of the batch's mean target
+        r2 = 1.0 - loss.detach() / trivial.clamp(min=torch.finfo(trivial.dtype).tiny)
         return {"loss": loss, "pred_std": flat_p.std(0).mean(), "target_std": flat_t.std(0).mean(),
-                "mask_ratio": mask.sum() / max(n_real, 1)}
+                "latent_r2": r2, "mask_ratio": mask.sum() / max(n_real, 1)}
 
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:

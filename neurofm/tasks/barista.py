@@ -7,8 +7,11 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   1e-2 on Linear weights), linear warm-up over 5 epochs then x0.99 per epoch (stepped every
   optimizer step, so the warm-up is smooth); the EMA target tokenizer's momentum rises
   linearly from 0 to 0.996 over the first 10 epochs and is applied after every optimizer
-  step. Logs the loss and the spread of predictions and targets (``pred_std``,
-  ``target_std``): if either falls towards zero the representation is collapsing.
+  step. Logs, every step, the loss, the spread of predictions and targets (``pred_std``,
+  ``target_std``), the latent R2 (``latent_r2``: 1 - loss / the loss of predicting the mean
+  target) and the EMA momentum: ``pred_std`` far below ``target_std`` with ``latent_r2``
+  near 0 is the trivial solution (the predictor outputs the mean target), a ``target_std``
+  falling towards zero a collapsing tokenizer.
 * :class:`BaristaFinetuneTask` -- segment classification (cross-entropy, validation AUROC),
   continuous-behaviour regression (MSE, validation R2) or channel reconstruction (masked
   channels' raw samples from the others, validation R2) on an exported
@@ -132,7 +135,7 @@ class BaristaPretrainTask(_VersionedCheckpoint, L.LightningModule):
 
     def _log_out(self, out: Mapping[str, Tensor], stage: str, b: int) -> None:
         on_step = stage == "train"
-        for name in ("loss", "pred_std", "target_std", "mask_ratio"):
+        for name in ("loss", "pred_std", "target_std", "latent_r2", "mask_ratio"):
             self.log(f"{stage}/{name}", out[name].detach().float(), batch_size=b, on_step=on_step, on_epoch=True,
                      prog_bar=name == "loss")
 

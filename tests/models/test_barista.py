@@ -237,10 +237,36 @@ def test_pretrain_loss_outputs():
     cfg = small()
     model = Barista(cfg)
     out = model.pretrain_loss(make_batch(cfg, n_real=[8, 5, 3]), generator=torch.Generator().manual_seed(0))
-    assert set(out) == {"loss", "pred_std", "target_std", "mask_ratio"}
+    assert set(out) == {"loss", "pred_std", "target_std", "latent_r2", "mask_ratio"}
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"]) and out["loss"] > 0
     assert out["pred_std"] > 0 and out["target_std"] > 0
     assert 0.15 < float(out["mask_ratio"]) < 0.45
+    assert float(out["latent_r2"]) < 1.0
+
+
+def test_latent_r2_is_zero_for_the_mean_target_and_one_for_the_target():
+    """The collapse watch: a predictor that outputs the batch's mean target (the trivial
+    solution) scores latent R2 0 whatever the targets' scale; the exact targets score 1."""
+    torch.manual_seed(0)
+    cfg = small()
+    model = Barista(cfg).eval()
+    batch = make_batch(cfg, n_real=[8, 5, 3])
+    mask = model.choose_mask(batch, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        patches = model.encoder.patches(batch["x"])[mask]
+        target = model.target_tokenizer(patches.reshape(-1, cfg.patch_len)).view(*patches.shape[:2], -1)
+    for scale in (1.0, 100.0):
+        with torch.no_grad():
+            model.target_tokenizer.proj.weight.mul_(scale)
+        t = target * scale
+        for pred, want in ((t.reshape(-1, t.shape[-1]).mean(0).expand_as(t), 0.0), (t, 1.0)):
+            model.predictor.forward = lambda h, pred=pred: pred  # noqa: B023
+            out = model.pretrain_loss(batch, mask=mask)
+            assert float(out["latent_r2"]) == pytest.approx(want, abs=1e-4)
+            if want == 0.0:
+                assert float(out["pred_std"]) == pytest.approx(0.0, abs=1e-4)
+        with torch.no_grad():
+            model.target_tokenizer.proj.weight.div_(scale)
 
 
 # -- encoding scale, padding, batching ---------------------------------------------------------

@@ -205,7 +205,21 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     out = recipe.evaluate(cfg, task, dm, tmp_path)
     lo, hi = out["metrics"]["probe_auroc_ci95"]
     assert lo <= out["metrics"]["probe_auroc"] <= hi
-    assert set(out["baselines"]) == {"random-init encoder, same probe", "ridge on band power"}
+    assert set(out["baselines"]) == {"random-init encoder, same probe", "ridge on band power",
+                                     "mean target (the trivial predictor)"}
     assert out["baselines"]["ridge on band power"]["probe_auroc"] > 0.6
-    assert len(out["limitations"]) == 1 and "random-init encoder, same probe" in out["limitations"][0]
-    assert "token MEAN" in out["limitations"][0] and "blocks of the test period" in out["protocol"]
+    # the masked-latent score next to the trivial predictor's; untrained, it has not left that phase
+    m, trivial = out["metrics"], out["baselines"]["mean target (the trivial predictor)"]
+    r2 = 1 - m["test_masked_latent_mse"] / trivial["test_masked_latent_mse"]
+    assert m["test_masked_latent_r2"] == pytest.approx(r2)
+    assert m["test_masked_latent_r2"] < recipe.TRIVIAL_LATENT_R2 and m["test_target_std"] > 0
+    assert len(out["limitations"]) == 2
+    assert "has not left its trivial phase" in out["limitations"][0] and "train/latent_r2" in out["limitations"][0]
+    assert "random-init encoder, same probe" in out["limitations"][1]
+    assert "token MEAN" in out["limitations"][1] and "blocks of the test period" in out["protocol"]
+
+
+def test_trivial_phase_line_follows_the_latent_r2():
+    assert recipe.left_trivial_phase(0.0) is False and recipe.left_trivial_phase(-0.3) is False
+    assert recipe.left_trivial_phase(recipe.TRIVIAL_LATENT_R2) is True and recipe.left_trivial_phase(0.4) is True
+    assert recipe.left_trivial_phase(float("nan")) is None

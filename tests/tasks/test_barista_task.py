@@ -84,6 +84,10 @@ def test_pretraining_fit_decreases_the_loss_and_updates_ema_each_step():
     assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0], losses
     assert rec.train[-1]["train/target_std"] > 1e-3 and rec.train[-1]["train/pred_std"] > 1e-3
+    # the collapse watch, logged every epoch: from an untrained predictor (worse than the mean
+    # target, latent R2 < 0) towards and past the mean target on these predictable segments
+    r2 = [e["train/latent_r2_epoch"] for e in rec.train]
+    assert all(math.isfinite(v) for v in r2) and r2[-1] > r2[0] + 0.3, r2
     # EMA: momentum 0 after the first step (target = online), then every step moves the target
     step1, target1, online1 = seen[1]
     assert step1 == 1 and torch.equal(target1, online1)
