@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -210,28 +209,15 @@ def test_wrong_type_on_the_command_line_is_a_clean_error(tmp_path, capsys):
 # -- 3. resume after SIGKILL ---------------------------------------------------------------------
 
 
-def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(run_a, sim, tmp_path, capsys):
+def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(run_a, sim, tmp_path, capsys,
+                                                                  sigkill_once_checkpointed):
     run_b = tmp_path / "b"
     cmd = [sys.executable, str(ROOT / "train.py"), f"run_dir={run_b}", f"data.simulate.path={sim}", *RESUMABLE]
     log = tmp_path / "b.log"  # a file, not a pipe nobody reads while it runs (a full pipe would block it)
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log_file, stderr=subprocess.STDOUT)
     last = run_b / "checkpoints" / "last.ckpt"
-    killed_at = None
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            # Lightning saves atomically (temp file, then rename): an existing last.ckpt is whole
-            step = _ckpt_step(last) if last.exists() else None
-            if step is not None and step >= STEP_EVERY:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = step
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None and killed_at is None:
-            proc.kill()
-        proc.wait(timeout=60)
+    killed_at = sigkill_once_checkpointed(proc, last, STEP_EVERY, 240)
     assert killed_at is not None, (f"run B ended (rc {proc.returncode}) before a step checkpoint: "
                                    f"{log.read_text()[-3000:]}")
     assert proc.returncode == -signal.SIGKILL

@@ -4,12 +4,19 @@ Each test reproduces the failure first reported, with the defaults users get."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from neurofm.config import ConfigError
@@ -101,8 +108,6 @@ QUIET = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devic
 def lab(tmp_path_factory) -> dict[str, str]:
     """A spiking session with position and an iEEG session with grip force, each with an
     untrained model of its family saved as a pretrained folder (what travels, not what it learned)."""
-    import torch
-
     from neurofm.config import from_dict
     from neurofm.data.synthetic import simulate_ieeg, simulate_spikes
     from neurofm.models.barista import BaristaEncoder
@@ -135,7 +140,6 @@ def _finetune_cfg(lab, family: str, run_dir: Path, *over: str):
 
 
 def _csv_rows(run_dir: Path) -> list[dict]:
-    import csv
 
     with open(run_dir / "logs" / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -226,7 +230,6 @@ BARISTA_EPOCHS = 4
 
 
 def _env() -> dict:
-    import os
 
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
@@ -235,7 +238,6 @@ def _env() -> dict:
 def _barista_cmd(run_dir: Path, session: str) -> list[str]:
     """`neurofm train barista/demo` on a small session: the demo's settings and default
     checkpoint schedule (last.ckpt at every epoch end), a tiny model, a few epochs."""
-    import sys
 
     return [sys.executable, str(ROOT / "train.py"), "barista/demo", f"run_dir={run_dir}", f"data.sessions=[{session}]",
             *(f"model.{k}={v}" for k, v in TINY_BARISTA.items()), f"trainer.max_epochs={BARISTA_EPOCHS}",
@@ -243,8 +245,6 @@ def _barista_cmd(run_dir: Path, session: str) -> list[str]:
 
 
 def _step(path: Path) -> int:
-    import torch
-
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
@@ -255,8 +255,6 @@ def _weights(folder: Path) -> dict:
 
 
 def _same_weights(a: dict, b: dict) -> None:
-    import torch
-
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"tensors differ: {different[:5]}"
@@ -269,14 +267,12 @@ def _steps_logged_once(run_dir: Path, n_steps: int) -> None:
     assert {row[0] for row in rows} == set(range(n_steps))
 
 
-def test_barista_pretraining_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_run(lab, tmp_path):
+def test_barista_pretraining_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_run(lab, tmp_path,
+                                                                                        sigkill_once_checkpointed):
     """Before: no test resumed a BaRISTA run (one failed on `model.cnn_dilations: [1, 2, 4, 8,
     16] -> (1, 2, 4, 8, 16)`). A run killed after an epoch's last.ckpt, with the default
     checkpoint schedule, continues from it and ends with the uninterrupted run's steps, weights,
     metrics and one log row per step and metric."""
-    import signal
-    import subprocess
-    import time
 
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     done = subprocess.run(_barista_cmd(run_a, lab["ieeg"]), cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -292,20 +288,7 @@ def test_barista_pretraining_killed_with_sigkill_resumes_and_ends_as_an_uninterr
         proc = subprocess.Popen(_barista_cmd(run_b, lab["ieeg"]), cwd=ROOT, env=_env(), stdout=out,
                                 stderr=subprocess.STDOUT)
     last = run_b / "checkpoints" / "last.ckpt"
-    killed_at = None
-    try:
-        deadline = time.time() + 500
-        while time.time() < deadline and proc.poll() is None:
-            step = _step(last) if last.exists() else None  # saved atomically: an existing last.ckpt is whole
-            if step is not None and step >= per_epoch:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = step
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None and killed_at is None:
-            proc.kill()
-        proc.wait(timeout=60)
+    killed_at = sigkill_once_checkpointed(proc, last, per_epoch, 500)
     assert killed_at is not None, f"run B ended (rc {proc.returncode}) before an epoch's checkpoint: " \
                                   f"{log.read_text()[-3000:]}"
     assert proc.returncode == -signal.SIGKILL
@@ -373,7 +356,6 @@ class _Lines(logging.Handler):
 
 def _writers():
     """The EDF / BrainVision writers of the converter tests (MNE writes neither without extra packages)."""
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location("ieeg_writers", ROOT / "tests" / "data" / "test_ieeg_convert.py")
     module = importlib.util.module_from_spec(spec)
