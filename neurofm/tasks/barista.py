@@ -17,7 +17,10 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   channels' raw samples from the others, validation R2) on an exported
   :class:`~neurofm.models.barista.BaristaEncoder`. The CNN is frozen by default, the
   backbone trains at 1e-4, the head at 1e-3, the spatial tables stay trainable (a new
-  subject's categories need their rows learned) at ``lr_spatial``. Early stopping on the
+  subject's categories need their rows learned) at ``lr_spatial``. The state fine-tuning
+  starts from is validated before the first step and kept as the best checkpoint unless a
+  check beats it (:class:`~neurofm.tasks.callbacks.StartingPoint`; the recipe starts the head
+  at the linear probe: :func:`neurofm.recipes.barista.init_probe_head`). Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
 

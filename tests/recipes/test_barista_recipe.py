@@ -261,7 +261,7 @@ def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_sess
 
     from neurofm.experiment import run
 
-    cfg = _regression_config([force_session], lr_backbone=3.0, lr_head=3.0, lr_spatial=3.0)
+    cfg = _regression_config([force_session], lr_backbone=3.0, lr_head=3.0)
     cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), trainer=dataclasses.replace(
         cfg.trainer, max_epochs=4, early_stopping_patience=10, progress_bar=False, threads="1"))
     m = run(cfg).metrics
