@@ -256,7 +256,6 @@ def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_sess
     it at step 0 and keeps it as the best checkpoint: with learning rates that wreck the model,
     the evaluated model is the starting one (test R2 = the probe's)."""
     import csv
-
     import dataclasses
 
     from neurofm.experiment import run
