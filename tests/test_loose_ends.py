@@ -177,7 +177,8 @@ def test_finetune_with_a_step_limit_shorter_than_an_epoch_validates_once_and_fin
     assert {r["epoch"] for r in rows} - {""} == {"0"}, "one epoch is longer than the limit"
     assert result.metrics["training"]["steps"] == STEPS
     scored = [r for r in rows if r.get(MONITOR[family])]
-    assert len(scored) == 1 and int(scored[0]["step"]) == STEPS - 1  # validated once, at the last step
+    # the starting state scored before the first step (StartingPoint), then one check at the last step
+    assert [int(r["step"]) for r in scored] == [0, STEPS - 1]
     assert result.metrics["training"]["evaluated_checkpoint"]["monitor"] == MONITOR[family]
 
 

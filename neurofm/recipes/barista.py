@@ -623,8 +623,9 @@ def task(cfg: RunConfig, dm):
         # weight depends on it) and the preprocessing the data now goes through
         encoder.config = dataclasses.replace(encoder.config, n_patches=cfg.model.n_patches,
                                              preprocessing=cfg.model.preprocessing)
-    else:
-        encoder = BaristaEncoder(_sized_config(cfg, dm))  # the paper's random-init baseline
+    else:  # the paper's random-init baseline; seeded as _starting_encoder draws the probe arm's encoder
+        torch.manual_seed(cfg.seed)
+        encoder = BaristaEncoder(_sized_config(cfg, dm))
     n_classes, target_dim, label_map, n_channels, scale = 2, 1, {}, None, {}
     if t.finetune_task == "classification":
         label_map = getattr(getattr(dm.dataset("train"), "reader", None), "label_map", None) or {}
@@ -643,7 +644,76 @@ def task(cfg: RunConfig, dm):
                                **scale)
     if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
         _load_finetuned_head(task, loaded, t.pretrained)
+    elif t.finetune_task in ("classification", "regression"):
+        init_probe_head(task, dm)
     return task
+
+
+def init_probe_head(task, dm) -> bool:
+    """Start a fresh classification / regression head at the closed-form linear probe on the
+    task's encoder as it is now (the frozen starting encoder: pretrained, or random init), so
+    that before any step the model predicts what the decode report's probe arm predicts.
+
+    The pooling starts as the plain mean over the real tokens (the pooled head's scores at 0,
+    a token-weighting head's weights at 1: the features the report's probe reads), and the
+    probe is fitted on those token-mean features of every training segment (eval mode), with
+    the report's rule (:mod:`neurofm.baselines`: features standardised, penalty chosen on the
+    last 20% of the training segments in time order) and folded into the head's ``Linear``:
+
+    * regression: :class:`~neurofm.baselines.Ridge` to the target standardised with the task's
+      training mean and std (what the head outputs): ``W = coef / sd``,
+      ``b = y_mean - (mu / sd) @ coef``;
+    * classification: :class:`~neurofm.baselines.Logistic` (L2, penalty by AUROC). Two classes:
+      its log-odds ``s`` split as logits ``(-s/2, +s/2)``, so the softmax is the logistic
+      probability; more: one-vs-rest log-odds as the logits (same ranking per class).
+
+    Fine-tuning then has to beat this start on a validation check to replace it
+    (:class:`~neurofm.tasks.callbacks.StartingPoint`). When the probe cannot be fitted (too
+    few segments to choose the penalty, a class without training segments) the head keeps its
+    default initialisation, with a note. Returns whether the head was set."""
+    import sys
+
+    from neurofm.models.barista import TokenWeightingHead
+
+    head, kind = task.head, task.hparams.task
+    dm.setup("fit")
+    was_training = task.encoder.training
+    try:
+        train = _segment_pass(dm.loader("train"), task.encoder.eval(), None)
+    finally:
+        task.encoder.train(was_training)
+    X = train["feat"].astype(np.float64)
+    try:
+        if kind == "regression":
+            mean, std = (v.double().numpy() for v in task.target_scale())
+            r = Ridge().fit(X, (train["y"].reshape(len(X), -1) - mean) / std)
+            W, b = (r.coef_ / r.x_std_[:, None]).T, r.y_mean_ - (r.x_mean_ / r.x_std_) @ r.coef_
+            alpha = r.alpha_
+        else:
+            k = task.hparams.n_classes
+            lr = Logistic().fit(X, train["y"])
+            if list(lr.classes_) != list(range(k)):
+                raise ValueError(f"training segments hold the classes {lr.classes_.tolist()}, the head has {k}")
+            coef, bias = lr.coef_[:-1] / lr.x_std_[:, None], lr.coef_[-1] - (lr.x_mean_ / lr.x_std_) @ lr.coef_[:-1]
+            W, b = (np.stack([-coef[:, 0] / 2, coef[:, 0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])) if k == 2 \
+                else (coef.T, bias)
+            alpha = lr.alpha_
+    except ValueError as e:
+        print(f"neurofm: the {kind} head keeps its default initialisation (the linear probe could not be fitted on "
+              f"{len(X)} training segments: {e})", file=sys.stderr)
+        return False
+    with torch.no_grad():
+        if isinstance(head, TokenWeightingHead):
+            head.token_weight.fill_(1.0)
+        else:
+            head.score.weight.zero_()
+            head.score.bias.zero_()
+        head.out.weight.copy_(torch.as_tensor(W, dtype=head.out.weight.dtype))
+        head.out.bias.copy_(torch.as_tensor(b, dtype=head.out.bias.dtype))
+    print(f"neurofm: the {kind} head starts at the linear probe ({'ridge' if kind == 'regression' else 'logistic'}, "
+          f"penalty {alpha:g}) on the starting encoder's token-mean "
+          f"features of {len(X)} training segments", file=sys.stderr)
+    return True
 
 
 def _load_finetuned_head(task, loaded, folder: str) -> None:
@@ -925,8 +995,8 @@ def _starting_encoder(cfg: RunConfig, task):
 @torch.no_grad()
 def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
     """One pass over a split: per segment its label or target, start, session, the starting
-    encoder's token-mean features, log band power per channel, and (``task``) the fine-tuned
-    model's scores (classification) or predictions in the target's units (regression)."""
+    encoder's token-mean features, log band power per channel (``bands``; None: skipped), and
+    (``task``) the fine-tuned model's scores (classification) or predictions in the target's units (regression)."""
     regression = task is not None and task.hparams.task == "regression"
     out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred")}
     for i, batch in enumerate(loader):
@@ -937,9 +1007,10 @@ def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
             y = batch["label"].long()
         h = encoder(batch)  # (B, n, C, d)
         m = batch["channel_mask"].float()[:, None, :, None]
-        feat = (h * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)  # (B, d)
-        x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
-        bp = bands.features(x).reshape(len(x), x.shape[1], -1)  # (B, C, n_bands)
+        feat = (h * m).sum((1, 2)) / (m.sum((1, 2)) * h.shape[1]).clamp(min=1)  # (B, d): mean over real tokens
+        if bands is not None:
+            x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
+            out["bp"].append(bands.features(x).reshape(len(x), x.shape[1], -1)[keep.numpy()])  # (B, C, n_bands)
         if task is not None:
             if regression:
                 mean, std = task.target_scale()
@@ -952,7 +1023,6 @@ def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
         out["t0"].append(batch["t0"].numpy()[k])
         out["session"].append(batch["session"].numpy()[k])
         out["feat"].append(feat[keep].numpy())
-        out["bp"].append(bp[k])
     C = max((b.shape[1] for b in out["bp"]), default=0)
     out["bp"] = [np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))) for b in out["bp"]]
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}

@@ -382,7 +382,7 @@ def _plain(value):
 #   (init_count_heads: blocked-CV penalty), so the starting model is ridge on the counts plus
 #   whatever the pretrained features add;
 # * the starting state is scored on the validation block before the first step and is the best
-#   checkpoint until a later validation check beats it (tasks.neuroformer.StartingPoint), so
+#   checkpoint until a later validation check beats it (tasks.callbacks.StartingPoint), so
 #   fine-tuning that only makes validation worse hands back the starting state;
 # * every parameter at the reference AdamW lr (1e-4, DESIGN.md 9): head_lr_ratio 1, because the
 #   heads start at a fitted solution, not at random (the 10x head rate is for a random head; from
@@ -815,7 +815,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     that ridge predicts: ridge on the counts when the features add nothing (the blocked-CV
     penalty decides), better when the pretrained features hold what the counts miss. From
     scratch the same rule reads the random network's features. Fine-tuning then has to beat
-    this starting point on validation to be kept (:class:`~neurofm.tasks.neuroformer.StartingPoint`).
+    this starting point on validation to be kept (:class:`~neurofm.tasks.callbacks.StartingPoint`).
     Heads already trained (a fine-tuned checkpoint, a resumed run) are left alone. Returns the
     targets initialised."""
     fresh = [v for v in model.config.behavior_targets()

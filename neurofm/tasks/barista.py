@@ -17,7 +17,10 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   channels' raw samples from the others, validation R2) on an exported
   :class:`~neurofm.models.barista.BaristaEncoder`. The CNN is frozen by default, the
   backbone trains at 1e-4, the head at 1e-3, the spatial tables stay trainable (a new
-  subject's categories need their rows learned) at ``lr_spatial``. Early stopping on the
+  subject's categories need their rows learned) at ``lr_spatial``. The state fine-tuning
+  starts from is validated before the first step and kept as the best checkpoint unless a
+  check beats it (:class:`~neurofm.tasks.callbacks.StartingPoint`; the recipe starts the head
+  at the linear probe: :func:`neurofm.recipes.barista.init_probe_head`). Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
 
@@ -46,6 +49,7 @@ from neurofm.models.barista import (
     spatial_mask,
     upgrade_state_dict,
 )
+from neurofm.tasks.callbacks import StartingPoint
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS as _FT
 from neurofm.tasks.optim import BARISTA_PRETRAIN_KNOBS as _PRE
 from neurofm.tasks.optim import adamw, param_groups, warmup_then_exponential_scheduler
@@ -364,17 +368,41 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         """AUROC (classification) or R2 pooled over all validation predictions."""
         if not self._val:
             return
-        pred = torch.cat([p for p, _ in self._val]).numpy()
-        y = torch.cat([t for _, t in self._val]).numpy()
+        for name, value in self._val_metrics(self._val).items():
+            self.log(name, value)
         self._val.clear()
+
+    def _val_metrics(self, pairs: Sequence[tuple[Tensor, Tensor]]) -> dict[str, float]:
+        """The validation metrics of ``(prediction, truth)`` batches pooled: ``val/auroc`` and
+        ``val/accuracy`` (classification; AUROC NaN with one class), else ``val/r2`` (none under 2
+        windows)."""
+        pred = torch.cat([p for p, _ in pairs]).numpy()
+        y = torch.cat([t for _, t in pairs]).numpy()
         if self.hparams.task == "classification":
             probs = torch.softmax(torch.from_numpy(pred), -1).numpy()
             scores = probs[:, 1] if probs.shape[1] == 2 else probs
             value = auroc(y, scores) if len(np.unique(y)) > 1 else float("nan")
-            self.log("val/auroc", float(value))
-            self.log("val/accuracy", float((pred.argmax(-1) == y).mean()))
-        elif len(y) >= 2:
-            self.log("val/r2", float(r2_score(y, pred)))
+            return {"val/auroc": float(value), "val/accuracy": float((pred.argmax(-1) == y).mean())}
+        return {"val/r2": float(r2_score(y, pred))} if len(y) >= 2 else {}
+
+    @torch.no_grad()
+    def validation_scores(self, loader) -> dict[str, float]:
+        """The metrics a validation check logs (:meth:`_val_metrics`: the same batches, masks and
+        reconstruction masks), for the model as it is now, outside Lightning's loop (eval mode,
+        restored after): :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before
+        the first optimizer step with it."""
+        was_training = self.training
+        self.eval()
+        pairs = []
+        try:
+            for i, batch in enumerate(loader):
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                g = torch.Generator(device="cpu").manual_seed(1_000_003 * (i + 1))
+                _, pred, y = self._loss(batch, g)
+                pairs.append((pred.cpu(), y.cpu()))
+        finally:
+            self.train(was_training)
+        return self._val_metrics(pairs) if pairs else {}
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -404,9 +432,11 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         return model.to(next(self.parameters()).device)
 
     def configure_callbacks(self):
+        # the starting state is scored at step 0 and kept unless a validation check beats it
+        callbacks = [StartingPoint()]
         patience = self.hparams.early_stopping_patience
-        if not patience:
-            return []
-        from lightning.pytorch.callbacks import EarlyStopping
+        if patience:
+            from lightning.pytorch.callbacks import EarlyStopping
 
-        return [EarlyStopping(monitor=self.monitor, mode="max", patience=patience, check_finite=False)]
+            callbacks.append(EarlyStopping(monitor=self.monitor, mode="max", patience=patience, check_finite=False))
+        return callbacks

@@ -26,9 +26,10 @@ from torch import Tensor
 
 from neurofm.data.splits import labelled_windows
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
+from neurofm.tasks.callbacks import StartingPoint
 from neurofm.tasks.optim import NEUROFORMER_KNOBS, adamw, param_groups, warmup_cosine_scheduler
 
-__all__ = ["NeuroformerTask", "StartingPoint"]
+__all__ = ["NeuroformerTask"]
 
 # Stages from the output down: the order gradual unfreezing releases them in.
 _UNFREEZE_ORDER = ("self_att", "behavior", "stimulus", "state_history", "state", "embeddings")
@@ -238,11 +239,12 @@ class NeuroformerTask(L.LightningModule):
         self._val_behavior.clear()
 
     @torch.no_grad()
-    def validation_r2(self, loader) -> dict[str, float]:
+    def validation_scores(self, loader) -> dict[str, float]:
         """The validation metrics of :meth:`on_validation_epoch_end` (``val/<name>_r2``,
         ``val/<name>_pearson``, ``val/behavior_r2``) for the model as it is now, on ``loader``'s
         windows under the same scoring rule, outside Lightning's loop (eval mode, restored after):
-        :class:`StartingPoint` scores the state before the first optimizer step with it."""
+        :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before the first
+        optimizer step with it."""
         was_training = self.training
         self.eval()
         pairs: dict[str, list[tuple[Tensor, Tensor]]] = {}
@@ -328,44 +330,6 @@ def _behavior_scores(pairs: Mapping[str, list[tuple[Tensor, Tensor]]]) -> dict[s
 
 def _mean_r2(scores: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
     return torch.stack([r2 for r2, _ in scores.values()]).mean() if scores else torch.tensor(float("nan"))
-
-
-class StartingPoint(L.Callback):
-    """Model selection that can keep the state fine-tuning starts from.
-
-    Lightning validates only after training steps, so a checkpoint-on-best run always returns a
-    trained state, even when every step made the validation score worse than the start (a
-    pretrained backbone with a count read-out started at the ridge solution, issue 10). Before
-    the first optimizer step of a fresh run (not a resumed one) this scores the starting state
-    on the validation block (:meth:`NeuroformerTask.validation_r2`: the same windows and rule as
-    every later check), logs it at step 0, saves it as the monitor's best checkpoint and makes
-    it early stopping's best score: a later check must beat it to replace it, patience counts
-    from it, and when none does, the starting state is what is restored, evaluated and exported.
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-        monitor = getattr(pl_module, "monitor", None)
-        if trainer.global_step > 0 or monitor is None or trainer.datamodule is None:
-            return
-        scores = pl_module.validation_r2(trainer.datamodule.val_dataloader())
-        pl_module.starting_scores = scores
-        for logger in trainer.loggers:
-            logger.log_metrics(scores, step=0)
-        score = torch.tensor(scores.get(monitor, float("nan")))
-        if not bool(torch.isfinite(score)):
-            return  # nothing to compare with: the first check decides
-        for cb in trainer.callbacks:
-            if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor and cb.dirpath and cb.save_top_k == 1:
-                path = cb.format_checkpoint_name({})
-                trainer.save_checkpoint(path)
-                cb.best_k_models = {path: score}
-                cb.best_model_path = cb.kth_best_model_path = path
-                cb.best_model_score = cb.kth_value = cb.current_score = score
-            elif isinstance(cb, EarlyStopping) and cb.monitor == monitor:
-                cb.best_score = score
-                cb.wait_count = 0
 
 
 def _token_accuracy(batch: Mapping[str, Any], out: Mapping[str, Any], config: NeuroformerConfig) -> dict[str, Tensor]:

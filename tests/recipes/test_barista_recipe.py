@@ -223,3 +223,64 @@ def test_trivial_phase_line_follows_the_latent_r2():
     assert recipe.left_trivial_phase(0.0) is False and recipe.left_trivial_phase(-0.3) is False
     assert recipe.left_trivial_phase(recipe.TRIVIAL_LATENT_R2) is True and recipe.left_trivial_phase(0.4) is True
     assert recipe.left_trivial_phase(float("nan")) is None
+
+
+def test_finetune_head_starts_at_the_linear_probe(session, force_session, tmp_path):
+    """Before any step the fine-tune predicts what the decode report's probe arm predicts
+    (token-mean features of the frozen starting encoder): the same test R2 for a regression
+    head, the same scores for a classification head, pooled or token-weighting."""
+    import torch
+
+    from neurofm.baselines import Logistic
+
+    cfg = _regression_config([force_session])
+    dm = recipe.datamodule(cfg)
+    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "reg")
+    probe = out["baselines"]["linear probe on the frozen random-init encoder"]["test_r2"]
+    assert out["metrics"]["test_r2"] == pytest.approx(probe, abs=1e-4)
+    for head in ("pooled", "token_weighting"):
+        cfg = _config([session], head=head)
+        dm = recipe.datamodule(cfg)
+        task = recipe.task(cfg, dm).eval()
+        with torch.no_grad():
+            train = recipe._segment_pass(dm.loader("train"), task.encoder, None)
+            test = recipe._segment_pass(dm.loader("test"), task.encoder, None, task=task)
+        logits = test["pred"]
+        expect = Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"])
+        assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4), head
+        assert np.allclose(logits[:, 1], -logits[:, 0], atol=1e-5)  # softmax = the logistic probability
+
+
+def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_session, tmp_path):
+    """BaRISTA fine-tuning validates the starting state (the probe) before the first step, logs
+    it at step 0 and keeps it as the best checkpoint: with learning rates that wreck the model,
+    the evaluated model is the starting one (test R2 = the probe's)."""
+    import csv
+    import dataclasses
+
+    from neurofm.experiment import run
+
+    cfg = _regression_config([force_session], lr_backbone=3.0, lr_head=3.0)
+    cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "run"), trainer=dataclasses.replace(
+        cfg.trainer, max_epochs=4, early_stopping_patience=10, progress_bar=False, threads="1"))
+    m = run(cfg).metrics
+    chosen = m["training"]["evaluated_checkpoint"]
+    assert chosen["step"] == 0 and m["training"]["steps"] > 0
+    logged = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/r2")]
+    assert logged[0]["step"] == "0" and len(logged) > 1
+    assert all(float(r["val/r2"]) < float(logged[0]["val/r2"]) for r in logged[1:])
+    probe = m["baselines"]["linear probe on the frozen random-init encoder"]["test_r2"]
+    assert m["metrics"]["test_r2"] == pytest.approx(probe, abs=1e-4)
+
+
+def test_both_families_keep_their_starting_point_with_one_callback():
+    from neurofm.tasks.barista import BaristaFinetuneTask
+    from neurofm.tasks.callbacks import StartingPoint
+    from neurofm.tasks.neuroformer import NeuroformerTask
+
+    assert "validation_scores" in vars(BaristaFinetuneTask) and "validation_scores" in vars(NeuroformerTask)
+    bft = BaristaFinetuneTask({"d_model": 16, "n_heads": 2, "n_layers": 1}, task="regression")
+    assert any(type(cb) is StartingPoint for cb in bft.configure_callbacks())
+    import neurofm.tasks.neuroformer as nf
+
+    assert nf.StartingPoint is StartingPoint and not hasattr(nf, "_StartingPoint")

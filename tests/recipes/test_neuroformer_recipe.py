@@ -490,18 +490,18 @@ def test_validation_scores_the_starting_state_and_selection_can_keep_it(tmp_path
 
 
 def test_starting_validation_uses_the_scored_windows(tmp_path):
-    """The step-0 score (NeuroformerTask.validation_r2) counts only the windows the task's
+    """The step-0 score (NeuroformerTask.validation_scores) counts only the windows the task's
     scoring rule keeps, as every later validation check and the test do."""
     path = _session(tmp_path / "a.h5", still_after=DURATION)
     cfg = _config([path], split={"gap": 1.0})
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     dm.setup("fit")
-    every = task.validation_r2(dm.val_dataloader())
+    every = task.validation_scores(dm.val_dataloader())
     ends = np.concatenate([b["interval"].numpy() for b in dm.val_dataloader()])
     cut = float(np.median(ends))
     task.score_windows = lambda session, interval: interval < cut
-    scored = task.validation_r2(dm.val_dataloader())
+    scored = task.validation_scores(dm.val_dataloader())
     preds, ys = [], []
     with torch.no_grad():
         task.eval()
