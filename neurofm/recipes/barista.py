@@ -828,7 +828,7 @@ def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
     # Penalty chosen by AUROC on the last 20% of the training segments, as BandPowerRidge
     # chooses its own, so the probe and the band-power row are fitted alike (chosen by MSE on a
     # few dozen segments, the largest penalty wins almost always).
-    (xtr, ytr), (xte, yte) = train, test
+    (xtr, ytr), (xte, _) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     model = Ridge(score=score).fit((xtr - mu) / sd, ytr.astype(float))
     return model.predict((xte - mu) / sd).ravel()
@@ -1060,14 +1060,14 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                     bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
                 probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
                 "null (chance)": np.zeros(len(y))}
-        metric, key, baseline = "auroc", "test_auroc", "logistic on band power"
+        key, baseline = "test_auroc", "logistic on band power"
     else:
         y = test["y"]
         arms = {MODEL_ARM: test["pred"],
                 "ridge on band power": Ridge().fit(bp_tr, train["y"]).predict(bp_te),
                 probe: Ridge().fit(train["feat"], train["y"]).predict(test["feat"]),
                 "null (training mean)": np.broadcast_to(train["y"].mean(0), y.shape).copy()}
-        metric, key, baseline = "r2", "test_r2", "ridge on band power"
+        key, baseline = "test_r2", "ridge on band power"
     what = f"/behavior/{cfg.data.target} (segment mean; targets standardised with the training block's mean and std)"
     if classify:
         what = f"/events/{cfg.data.events} segments by label ({', '.join(names)})"

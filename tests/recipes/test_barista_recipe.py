@@ -4,8 +4,6 @@ session's line noise. A small simulated session, a tiny model, no training."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -6,7 +6,6 @@ Tiny hand-made sessions, no training."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
