@@ -27,6 +27,7 @@ from torch import Tensor
 from neurofm.data.splits import labelled_windows
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
 from neurofm.tasks.optim import NEUROFORMER_KNOBS, adamw, param_groups, warmup_cosine_scheduler
+from neurofm.tasks.trainer import starting_margin
 
 __all__ = ["NeuroformerTask", "StartingPoint"]
 
@@ -238,22 +239,32 @@ class NeuroformerTask(L.LightningModule):
         self._val_behavior.clear()
 
     @torch.no_grad()
-    def validation_r2(self, loader) -> dict[str, float]:
+    def validation_r2(self, loader, windows: dict | None = None) -> dict[str, float]:
         """The validation metrics of :meth:`on_validation_epoch_end` (``val/<name>_r2``,
         ``val/<name>_pearson``, ``val/behavior_r2``) for the model as it is now, on ``loader``'s
         windows under the same scoring rule, outside Lightning's loop (eval mode, restored after):
-        :class:`StartingPoint` scores the state before the first optimizer step with it."""
+        :class:`StartingPoint` scores the state before the first optimizer step with it.
+        ``windows``, when given, is filled with ``name -> (prediction, target, time)`` of the
+        scored windows (time: window end, + 1e7 s per session), as :func:`starting_margin` reads."""
         was_training = self.training
         self.eval()
         pairs: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        times: dict[str, list[Tensor]] = {}
         try:
             for batch in loader:
                 batch = self._scored(self.transfer_batch_to_device(batch, self.device, 0))
                 out = self.model(batch)
+                t = batch["interval"].double().cpu() + 1e7 * batch["session"].double().cpu()
+                masks = batch.get("behavior_mask", {})
                 for name, pred, y in self._regression_pairs(batch, out):
                     pairs.setdefault(name, []).append((pred, y))
+                    keep = masks.get(name)
+                    times.setdefault(name, []).append(t[keep.bool().cpu()] if keep is not None else t)
         finally:
             self.train(was_training)
+        if windows is not None:
+            windows.update({n: (torch.cat([p for p, _ in ps]).numpy(), torch.cat([y for _, y in ps]).numpy(),
+                                torch.cat(times[n]).numpy()) for n, ps in pairs.items()})
         scores = _behavior_scores(pairs)
         out = {f"val/{n}_{k}": float(v) for n, (r2, r) in scores.items() for k, v in (("r2", r2), ("pearson", r))}
         out["val/behavior_r2"] = float(_mean_r2(scores))
@@ -341,6 +352,9 @@ class StartingPoint(L.Callback):
     every later check), logs it at step 0, saves it as the monitor's best checkpoint and makes
     it early stopping's best score: a later check must beat it to replace it, patience counts
     from it, and when none does, the starting state is what is restored, evaluated and exported.
+    "Beat" means by more than :func:`~neurofm.tasks.trainer.starting_margin` (one block-bootstrap
+    standard error of the start's validation score, logged as ``val/starting_margin``): the
+    checkpoint and early-stopping thresholds start at start + margin.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -349,22 +363,26 @@ class StartingPoint(L.Callback):
         monitor = getattr(pl_module, "monitor", None)
         if trainer.global_step > 0 or monitor is None or trainer.datamodule is None:
             return
-        scores = pl_module.validation_r2(trainer.datamodule.val_dataloader())
+        windows: dict = {}
+        scores = pl_module.validation_r2(trainer.datamodule.val_dataloader(), windows=windows)
+        scores["val/starting_margin"] = starting_margin(windows, pl_module.hparams.get("label_chunk_s", 10.0))
         pl_module.starting_scores = scores
         for logger in trainer.loggers:
             logger.log_metrics(scores, step=0)
         score = torch.tensor(scores.get(monitor, float("nan")))
         if not bool(torch.isfinite(score)):
             return  # nothing to compare with: the first check decides
+        threshold = score + scores["val/starting_margin"]  # a later check must beat this
         for cb in trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor and cb.dirpath and cb.save_top_k == 1:
                 path = cb.format_checkpoint_name({})
                 trainer.save_checkpoint(path)
-                cb.best_k_models = {path: score}
+                cb.best_k_models = {path: threshold}
                 cb.best_model_path = cb.kth_best_model_path = path
-                cb.best_model_score = cb.kth_value = cb.current_score = score
+                cb.kth_value = threshold
+                cb.best_model_score = cb.current_score = score
             elif isinstance(cb, EarlyStopping) and cb.monitor == monitor:
-                cb.best_score = score
+                cb.best_score = threshold
                 cb.wait_count = 0
 
 

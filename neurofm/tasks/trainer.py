@@ -8,8 +8,35 @@ runner (which runs any recipe) need not import each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
-__all__ = ["TrainerConfig"]
+import numpy as np
+
+__all__ = ["TrainerConfig", "starting_margin"]
+
+
+def starting_margin(windows: Mapping[str, tuple[Any, Any, Any]], block_s: float = 10.0, seed: int = 0) -> float:
+    """How much a later validation check must beat the fine-tuning starting state by to replace it.
+
+    ``windows`` maps each regression target to ``(prediction (n, D), target (n, D), time (n,))``
+    of the starting state on the validation windows (times in s; windows of different sessions
+    offset so their blocks stay apart). The margin is the noise of the start's own validation
+    score: one block-bootstrap standard error of its R2 over ``block_s`` blocks of the validation
+    period (:func:`neurofm.report.r2_standard_error`, the decode report's bootstrap). Model
+    selection takes the best of ~20 noisy checks on one validation block, which favours lucky
+    ones; a later check within one standard error of the start is not evidence that training
+    helped (issue 10: 4 of 15 harness folds lost to ridge that way). 0 when the noise cannot be
+    estimated (fewer than 2 blocks): the plain comparison.
+    """
+    from neurofm.report import r2_standard_error, time_blocks
+
+    names = [k for k, (_, y, _) in windows.items() if len(y) >= 2]
+    if not names:
+        return 0.0
+    times = [np.asarray(windows[k][2], dtype=np.float64).ravel() for k in names]
+    ids = np.split(time_blocks(np.concatenate(times), block_s), np.cumsum([len(t) for t in times])[:-1])
+    se = r2_standard_error({k: (windows[k][0], windows[k][1], b) for k, b in zip(names, ids)}, seed=seed)
+    return se if np.isfinite(se) else 0.0
 
 
 @dataclass
