@@ -41,7 +41,7 @@ import numpy as np
 
 from neurofm import metrics as M
 
-__all__ = ["time_blocks", "block_bootstrap_counts", "decode_report", "DecodeReport", "ArmRow"]
+__all__ = ["time_blocks", "block_bootstrap_counts", "r2_standard_error", "decode_report", "DecodeReport", "ArmRow"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -74,6 +74,37 @@ def block_bootstrap_counts(blocks, n_boot: int, seed: int = 0) -> tuple[np.ndarr
     if K:
         np.add.at(counts, (np.repeat(np.arange(int(n_boot)), K), draws.ravel()), 1.0)
     return counts, inv
+
+
+def r2_standard_error(pairs: Mapping[str, tuple[Any, Any, Any]], n_boot: int = 1000, seed: int = 0) -> float:
+    """Block-bootstrap standard error of an R2 score: ``pairs`` maps each regression target to
+    ``(prediction (n, D), target (n, D), block id (n,))`` (:func:`time_blocks`; the same ids mean
+    the same blocks across targets); the score is R2 averaged over each target's outputs, then
+    over targets. Whole blocks are resampled (:func:`block_bootstrap_counts`, the decode report's
+    CIs), and the standard error is half the width of the central 68% interval of the replicates
+    (the SD for a normal score; robust to the few replicates whose blocks barely vary). NaN when
+    fewer than 2 blocks."""
+    if not pairs:
+        return float("nan")
+    names = list(pairs)
+    blocks = [np.asarray(pairs[k][2]).ravel() for k in names]
+    counts, inv = block_bootstrap_counts(np.concatenate(blocks), n_boot, seed)
+    K = counts.shape[1]
+    if K < 2:
+        return float("nan")
+    reps, start = [], 0
+    for k, b in zip(names, blocks):
+        p, y = (np.asarray(a, dtype=np.float64) for a in pairs[k][:2])
+        y, p = y.reshape(len(b), -1), p.reshape(len(b), -1)
+        st = _regression_stats(y, p, inv[start:start + len(b)], K)
+        start += len(b)
+        reps.append(_r2_r_from_stats(np.einsum("bk,kjd->bjd", counts, st))[0])
+    r2 = np.mean(reps, axis=0)
+    r2 = r2[np.isfinite(r2)]
+    if r2.size < 2:
+        return float("nan")
+    lo, hi = np.quantile(r2, [0.15865, 0.84135])
+    return float((hi - lo) / 2)
 
 
 def _regression_stats(y: np.ndarray, p: np.ndarray, inv: np.ndarray, K: int) -> np.ndarray:

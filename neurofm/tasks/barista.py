@@ -386,11 +386,13 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         return {"val/r2": float(r2_score(y, pred))} if len(y) >= 2 else {}
 
     @torch.no_grad()
-    def validation_scores(self, loader) -> dict[str, float]:
+    def validation_scores(self, loader, windows: dict | None = None) -> dict[str, float]:
         """The metrics a validation check logs (:meth:`_val_metrics`: the same batches, masks and
         reconstruction masks), for the model as it is now, outside Lightning's loop (eval mode,
         restored after): :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before
-        the first optimizer step with it."""
+        the first optimizer step with it. ``windows`` is left empty: BaRISTA's checks score a few
+        dozen segments (AUROC or R2), with no time blocks to estimate the start's noise from, so
+        its starting state is replaced by any better check (no margin)."""
         was_training = self.training
         self.eval()
         pairs = []

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
-import lightning as L
-import torch
+from typing import Any, Mapping
 
-__all__ = ["StartingPoint"]
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from neurofm.report import r2_standard_error, time_blocks
+
+__all__ = ["StartingPoint", "starting_margin"]
+
+
+def starting_margin(windows: Mapping[str, tuple[Any, Any, Any]], block_s: float = 10.0, seed: int = 0) -> float:
+    """How much a later validation check must beat the fine-tuning starting state by to replace it.
+
+    ``windows`` maps each regression target to ``(prediction (n, D), target (n, D), time (n,))``
+    of the starting state on the validation windows (times in s; windows of different sessions
+    offset so their blocks stay apart). The margin is the noise of the start's own validation
+    score: one block-bootstrap standard error of its R2 over ``block_s`` blocks of the validation
+    period (:func:`neurofm.report.r2_standard_error`, the decode report's bootstrap). Model
+    selection takes the best of ~20 noisy checks on one validation block, which favours lucky
+    ones; a later check within one standard error of the start is not evidence that training
+    helped (issue 10: 4 of 15 harness folds lost to ridge that way). 0 when the noise cannot be
+    estimated (fewer than 2 blocks): the plain comparison.
+    """
+    names = [k for k, (_, y, _) in windows.items() if len(y) >= 2]
+    if not names:
+        return 0.0
+    times = [np.asarray(windows[k][2], dtype=np.float64).ravel() for k in names]
+    ids = np.split(time_blocks(np.concatenate(times), block_s), np.cumsum([len(t) for t in times])[:-1])
+    se = r2_standard_error({k: (windows[k][0], windows[k][1], b) for k, b in zip(names, ids)}, seed=seed)
+    return se if np.isfinite(se) else 0.0
 
 
 class StartingPoint(L.Callback):
@@ -22,28 +50,34 @@ class StartingPoint(L.Callback):
     checkpoint and makes it early stopping's best score: a later check must beat it to replace
     it, patience counts from it, and when none does, the starting state is what is restored,
     evaluated and exported. The task names its metric in ``monitor`` (higher is better).
+    "Beat" means by more than :func:`starting_margin` (one block-bootstrap standard error of the
+    start's validation score, logged as ``val/starting_margin``) when the task reports its scored
+    windows through ``validation_scores(loader, windows=...)``; the checkpoint and early-stopping
+    thresholds start at start + margin.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
         monitor = getattr(pl_module, "monitor", None)
         if trainer.global_step > 0 or monitor is None or trainer.datamodule is None:
             return
-        scores = pl_module.validation_scores(trainer.datamodule.val_dataloader())
+        windows: dict = {}
+        scores = pl_module.validation_scores(trainer.datamodule.val_dataloader(), windows=windows)
+        scores["val/starting_margin"] = starting_margin(windows, pl_module.hparams.get("label_chunk_s", 10.0))
         pl_module.starting_scores = scores
         for logger in trainer.loggers:
             logger.log_metrics(scores, step=0)
         score = torch.tensor(scores.get(monitor, float("nan")))
         if not bool(torch.isfinite(score)):
             return  # nothing to compare with: the first check decides
+        threshold = score + scores["val/starting_margin"]  # a later check must beat this
         for cb in trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor and cb.dirpath and cb.save_top_k == 1:
                 path = cb.format_checkpoint_name({})
                 trainer.save_checkpoint(path)
-                cb.best_k_models = {path: score}
+                cb.best_k_models = {path: threshold}
                 cb.best_model_path = cb.kth_best_model_path = path
-                cb.best_model_score = cb.kth_value = cb.current_score = score
+                cb.kth_value = threshold
+                cb.best_model_score = cb.current_score = score
             elif isinstance(cb, EarlyStopping) and cb.monitor == monitor:
-                cb.best_score = score
+                cb.best_score = threshold
                 cb.wait_count = 0

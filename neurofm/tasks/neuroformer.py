@@ -239,23 +239,32 @@ class NeuroformerTask(L.LightningModule):
         self._val_behavior.clear()
 
     @torch.no_grad()
-    def validation_scores(self, loader) -> dict[str, float]:
+    def validation_scores(self, loader, windows: dict | None = None) -> dict[str, float]:
         """The validation metrics of :meth:`on_validation_epoch_end` (``val/<name>_r2``,
         ``val/<name>_pearson``, ``val/behavior_r2``) for the model as it is now, on ``loader``'s
         windows under the same scoring rule, outside Lightning's loop (eval mode, restored after):
-        :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before the first
-        optimizer step with it."""
+        :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before the first optimizer step with it.
+        ``windows``, when given, is filled with ``name -> (prediction, target, time)`` of the
+        scored windows (time: window end, + 1e7 s per session), as :func:`starting_margin` reads."""
         was_training = self.training
         self.eval()
         pairs: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        times: dict[str, list[Tensor]] = {}
         try:
             for batch in loader:
                 batch = self._scored(self.transfer_batch_to_device(batch, self.device, 0))
                 out = self.model(batch)
+                t = batch["interval"].double().cpu() + 1e7 * batch["session"].double().cpu()
+                masks = batch.get("behavior_mask", {})
                 for name, pred, y in self._regression_pairs(batch, out):
                     pairs.setdefault(name, []).append((pred, y))
+                    keep = masks.get(name)
+                    times.setdefault(name, []).append(t[keep.bool().cpu()] if keep is not None else t)
         finally:
             self.train(was_training)
+        if windows is not None:
+            windows.update({n: (torch.cat([p for p, _ in ps]).numpy(), torch.cat([y for _, y in ps]).numpy(),
+                                torch.cat(times[n]).numpy()) for n, ps in pairs.items()})
         scores = _behavior_scores(pairs)
         out = {f"val/{n}_{k}": float(v) for n, (r2, r) in scores.items() for k, v in (("r2", r2), ("pearson", r))}
         out["val/behavior_r2"] = float(_mean_r2(scores))
