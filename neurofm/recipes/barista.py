@@ -21,6 +21,7 @@ Reconstruction fine-tunes report R2 on the test block.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.models.barista import BaristaConfig, BaristaEncoder
+from neurofm.models.barista import BaristaConfig, BaristaEncoder, TokenWeightingHead
 from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import plots
 from neurofm.atlas import SpatialVocab
@@ -671,10 +672,6 @@ def init_probe_head(task, dm) -> bool:
     (:class:`~neurofm.tasks.callbacks.StartingPoint`). When the probe cannot be fitted (too
     few segments to choose the penalty, a class without training segments) the head keeps its
     default initialisation, with a note. Returns whether the head was set."""
-    import sys
-
-    from neurofm.models.barista import TokenWeightingHead
-
     head, kind = task.head, task.hparams.task
     dm.setup("fit")
     was_training = task.encoder.training
