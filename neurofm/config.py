@@ -9,6 +9,8 @@ value of the wrong type is an error naming the key, never a silently ignored set
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 from omegaconf import OmegaConf
@@ -53,3 +55,21 @@ def from_dict(cls: type[T], data: Mapping | None = None, overrides: list[str] | 
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0]
+
+
+def finetuning_run(pretrained: str | os.PathLike, family: str) -> tuple[Path, dict] | None:
+    """``(path, config)`` of the fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
+    beside ``RUN/config.yaml``, a ``family`` run with ``task.mode: finetune``), else None: the
+    one reader of a fine-tuned folder's run config (``neurofm evaluate`` takes its split and
+    targets, the Neuroformer recipe its label draw)."""
+    path = Path(pretrained) / ".." / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        run_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except Exception:  # not a run's config: nothing to carry over
+        return None
+    if not isinstance(run_cfg, dict) or run_cfg.get("family") != family or \
+            (run_cfg.get("task") or {}).get("mode") != "finetune":
+        return None
+    return path.resolve(), run_cfg

@@ -56,7 +56,7 @@ from omegaconf import OmegaConf
 
 from neurofm import jsonio, log_to_stderr
 from neurofm.atomic import OutputError, atomic_output, atomic_write
-from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.config import ConfigError, finetuning_run, from_dict, to_dict
 from neurofm.cards import data_sources, render_card, run_session_paths
 from neurofm.data.session import SessionFormatError
 from neurofm.hub import PretrainedError, model_meta, pretrained_config
@@ -856,22 +856,6 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     metrics = recipe.evaluate(cfg, task, dm, Path(out_dir))
     atomic_write(Path(out_dir) / "metrics.json", jsonio.dumps(metrics, default=_json_default) + "\n")
     return metrics
-
-
-def finetuning_run(pretrained: str | os.PathLike, family: str) -> tuple[Path, dict] | None:
-    """``(path, config)`` of the fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
-    beside ``RUN/config.yaml``, a ``family`` run with ``task.mode: finetune``), else None."""
-    path = Path(pretrained) / ".." / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        run_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    except Exception:  # not a run's config: nothing to carry over
-        return None
-    if not isinstance(run_cfg, dict) or run_cfg.get("family") != family or \
-            (run_cfg.get("task") or {}).get("mode") != "finetune":
-        return None
-    return path.resolve(), run_cfg
 
 
 def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from neurofm.atomic import atomic_write
-from neurofm.config import ConfigError, from_dict
+from neurofm.config import ConfigError, finetuning_run, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
 from neurofm.models.neuroformer_generate import GeneratedSpikes
@@ -441,17 +441,13 @@ def finetuned_labels(pretrained) -> dict[str, Any] | None:
     beside ``RUN/config.yaml``): ``{"label_fraction", "seed", "label_chunk_s", "config"}``, or
     None when the folder is not a fine-tuning run's (then ridge uses every label). ``neurofm
     evaluate`` fits its ridge on these windows, as the fine-tuning run did."""
-    from omegaconf import OmegaConf
-
-    path = Path(pretrained) / ".." / "config.yaml"
-    if not path.is_file():
+    found = finetuning_run(pretrained, "neuroformer")
+    if found is None:
         return None
-    run = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    if run.get("family") != "neuroformer" or run.get("task", {}).get("mode") != "finetune":
-        return None
-    data = run.get("data", {})
+    path, run = found
+    data = run.get("data") or {}
     return {"label_fraction": float(data.get("label_fraction", 1.0)), "seed": int(run.get("seed", 0)),
-            "label_chunk_s": float(data.get("label_chunk_s", 10.0)), "config": str(path.resolve())}
+            "label_chunk_s": float(data.get("label_chunk_s", 10.0)), "config": str(path)}
 
 
 # -- which windows behaviour is scored on (test AND validation) ----------------------------------
