@@ -61,6 +61,12 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return int(batch["x"].shape[0])
 
 
+def _validation_generator(batch_idx: int) -> torch.Generator:
+    """The masks of validation batch ``batch_idx``: the same every check (seeded by batch index),
+    so validation scores compare across checks and with the starting state's."""
+    return torch.Generator(device="cpu").manual_seed(1_000_003 * (batch_idx + 1))
+
+
 def _steps_per_epoch(trainer) -> int:
     """Optimizer steps per epoch of the running fit (at least 1)."""
     n = getattr(trainer, "num_training_batches", float("inf"))
@@ -162,9 +168,7 @@ class BaristaPretrainTask(_VersionedCheckpoint, L.LightningModule):
             self.log("train/ema_momentum", self.ema_momentum(step - 1), on_step=True, on_epoch=False)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        # The same masks every epoch (seeded by batch index), so validation losses compare.
-        g = torch.Generator(device="cpu").manual_seed(1_000_003 * (batch_idx + 1))
-        out = self.model.pretrain_loss(batch, generator=g)
+        out = self.model.pretrain_loss(batch, generator=_validation_generator(batch_idx))
         self._log_out(out, "val", _batch_size(batch))
 
     # -- optimisation --------------------------------------------------------------------------
@@ -359,8 +363,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        g = torch.Generator(device="cpu").manual_seed(1_000_003 * (batch_idx + 1))
-        loss, pred, y = self._loss(batch, g)
+        loss, pred, y = self._loss(batch, _validation_generator(batch_idx))
         self.log("val/loss", loss, batch_size=_batch_size(batch), on_epoch=True)
         self._val.append((pred.cpu(), y.cpu()))
 
@@ -399,8 +402,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         try:
             for i, batch in enumerate(loader):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
-                g = torch.Generator(device="cpu").manual_seed(1_000_003 * (i + 1))
-                _, pred, y = self._loss(batch, g)
+                _, pred, y = self._loss(batch, _validation_generator(i))
                 pairs.append((pred.cpu(), y.cpu()))
         finally:
             self.train(was_training)

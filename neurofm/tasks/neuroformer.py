@@ -209,21 +209,20 @@ class NeuroformerTask(L.LightningModule):
         return {**batch, "behavior_mask": {k: m & scored for k, m in batch["behavior_mask"].items()}}
 
     def _regression_pairs(self, batch: Mapping[str, Any], out: Mapping[str, Any]):
-        """``(name, prediction, target)`` of each regression target on the batch's counted windows."""
+        """``(name, prediction, target, counted)`` of each regression target on the batch's counted
+        windows (``counted``: the (B,) bool mask of those windows, on the CPU)."""
         targets, masks = batch.get("behavior", {}), batch.get("behavior_mask", {})
         for v in self.model.config.behavior_targets():
             if v.task != "regression" or v.name not in targets:
                 continue
-            keep = masks.get(v.name)
             pred, y = out["behavior"][v.name].detach(), targets[v.name]
-            if keep is not None:
-                pred, y = pred[keep.bool()], y[keep.bool()]
-            yield v.name, pred.float().cpu(), y.float().cpu()
+            keep = masks[v.name].bool() if v.name in masks else torch.ones(len(y), dtype=torch.bool, device=y.device)
+            yield v.name, pred[keep].float().cpu(), y[keep].float().cpu(), keep.cpu()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         batch = self._scored(batch)
         _, out = self._step(batch, "val")
-        for name, pred, y in self._regression_pairs(batch, out):
+        for name, pred, y, _ in self._regression_pairs(batch, out):
             self._val_behavior.setdefault(name, []).append((pred, y))
 
     def on_validation_epoch_end(self) -> None:
@@ -255,11 +254,9 @@ class NeuroformerTask(L.LightningModule):
                 batch = self._scored(self.transfer_batch_to_device(batch, self.device, 0))
                 out = self.model(batch)
                 t = batch["interval"].double().cpu() + 1e7 * batch["session"].double().cpu()
-                masks = batch.get("behavior_mask", {})
-                for name, pred, y in self._regression_pairs(batch, out):
+                for name, pred, y, counted in self._regression_pairs(batch, out):
                     pairs.setdefault(name, []).append((pred, y))
-                    keep = masks.get(name)
-                    times.setdefault(name, []).append(t[keep.bool().cpu()] if keep is not None else t)
+                    times.setdefault(name, []).append(t[counted])
         finally:
             self.train(was_training)
         if windows is not None:
