@@ -21,7 +21,10 @@ Reconstruction fine-tunes report R2 on the test block.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from neurofm.atlas import SpatialVocab
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
-from neurofm.data.segmenter import IEEGSegmenter, Preprocessing
+from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, IEEGSegmenter, Preprocessing, mains_peaks
 from neurofm.data.session import Session
 from neurofm.data.splits import TimeBlockSplit
 from neurofm.data.synthetic import simulate_ieeg
@@ -195,8 +198,6 @@ def _for_pretraining(cfg: RunConfig) -> RunConfig:
 
 def _check_resampling(rates: dict[str, float], target: float | None, why: str = "data.sampling_rate") -> None:
     """Every session can be resampled to ``target`` (a rational ratio); one log line per session that is."""
-    import logging
-
     if not target:
         return
     for path, rate in rates.items():
@@ -210,8 +211,6 @@ def _check_resampling(rates: dict[str, float], target: float | None, why: str = 
         logging.getLogger("neurofm").info(f"neurofm: {Path(path).name}: resampling {rate:g} Hz -> {target:g} Hz "
                                           f"({why})")
         if rate < target:
-            import warnings
-
             warnings.warn(f"{path}: recorded at {rate:g} Hz, upsampled to {target:g} Hz ({why}): it holds nothing "
                           f"between {rate / 2:g} and {target / 2:g} Hz, which the model's patches were made to "
                           f"read; its features (and band power up there) are of a narrower band than it learned "
@@ -244,9 +243,6 @@ def _pretrained_model_config(mine: BaristaConfig, ckpt: BaristaConfig, folder: s
 
 def _from_pretrained(cfg: RunConfig) -> RunConfig:
     """Take the pretrained folder's model config and apply its preprocessing to the data config."""
-    import logging
-    import warnings
-
     log = logging.getLogger("neurofm")
     folder = cfg.task.pretrained
     meta = pretrained_config(folder)
@@ -333,8 +329,6 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
     that checkpointing and early stopping watch (and the test metric). Errors name the setting
     and the fix; ``training=False`` (``neurofm evaluate``) checks the test split only.
     """
-    import warnings
-
     d, t = cfg.data, cfg.task
     finetune = t.mode == "finetune"
     kind = t.finetune_task if finetune else "pretrain"
@@ -457,8 +451,6 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
 
 def _known_at(vocab, channels, scale: str) -> bool:
     """Whether any of ``channels`` has a known category at ``scale``."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -502,9 +494,6 @@ def _warn_unnotched_simulation(cfg: RunConfig) -> None:
     no better predicted from its shaft neighbours' tokens than by their mean (linear R2 about
     -0.04, against 0.19 notched and 0.9 for the raw patches).
     """
-    import json
-    import warnings
-
     if cfg.data.line_noise or cfg.task.pretrained:  # a pretrained model's preprocessing is its own
         return
     for path in session_paths(cfg.data):
@@ -527,10 +516,6 @@ def _warn_mains_not_notched(cfg: RunConfig, seconds: float = 60.0) -> None:
     first ``seconds`` of good neural channels) is at a frequency ``data.line_noise`` does not
     notch: a European recording (50 Hz) run with a config or a pretrained model set for 60 Hz,
     or with the notch off, keeps its mains in every segment the model reads."""
-    import warnings
-
-    from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, mains_peaks
-
     notch = float(cfg.data.line_noise or 0.0)
     source = " (from the pretrained model)" if cfg.task.pretrained else ""
     for path in session_paths(cfg.data):
@@ -1147,8 +1132,6 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
                   baseline: str, probe: str) -> None:
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
-    import warnings
-
     out = run_dir / "plots"
     try:
         if cfg.task.finetune_task == "classification":
