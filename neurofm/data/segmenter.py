@@ -31,7 +31,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from scipy.signal import iirnotch, resample_poly, sosfiltfilt, tf2sos
+from scipy.signal import iirnotch, resample_poly, sosfiltfilt, tf2sos, welch
 
 from neurofm.data.session import Channels
 
@@ -405,8 +405,6 @@ def mains_peaks(samples: np.ndarray, rate: float, freqs: Sequence[float] = (50.0
     """How far each mains frequency stands out of a recording: ``{f: ratio}``, the power in the
     1 Hz bin at ``f`` over the median power 2-6 Hz either side, median over channels (Welch,
     1 s Hann segments). ``samples`` (T, C); frequencies the rate cannot hold are left out."""
-    from scipy.signal import welch
-
     x = np.asarray(samples, dtype=np.float64)
     n = int(round(rate))
     if x.ndim != 2 or x.shape[0] < 2 * n or not x.shape[1]:
