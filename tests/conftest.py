@@ -27,7 +27,7 @@ def sigkill_once_checkpointed():
         try:
             deadline = time.time() + timeout_s
             while time.time() < deadline and proc.poll() is None:
-                step = checkpoint_step(last) if last.exists() else None
+                step = _checkpoint_step(last) if last.exists() else None
                 if step is not None and step >= min_step:
                     proc.send_signal(signal.SIGKILL)
                     killed_at = step
@@ -42,6 +42,12 @@ def sigkill_once_checkpointed():
     return kill
 
 
-def checkpoint_step(path: Path) -> int:
+def _checkpoint_step(path: Path) -> int:
     """global_step of a checkpoint, read with weights_only=True: it must hold no pickled objects."""
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+@pytest.fixture
+def checkpoint_step():
+    """``step(path) -> int``: a checkpoint's global_step, read with weights_only=True."""
+    return _checkpoint_step

@@ -64,11 +64,6 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert not different, f"tensors differ: {different[:5]}"
 
 
-def _ckpt_step(path: Path) -> int:
-    """global_step of a checkpoint, read with weights_only=True: it must hold no pickled objects."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory) -> Path:
     from neurofm.data.synthetic import simulate_spikes
@@ -210,7 +205,7 @@ def test_wrong_type_on_the_command_line_is_a_clean_error(tmp_path, capsys):
 
 
 def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(run_a, sim, tmp_path, capsys,
-                                                                  sigkill_once_checkpointed):
+                                                                  sigkill_once_checkpointed, checkpoint_step):
     run_b = tmp_path / "b"
     cmd = [sys.executable, str(ROOT / "train.py"), f"run_dir={run_b}", f"data.simulate.path={sim}", *RESUMABLE]
     log = tmp_path / "b.log"  # a file, not a pipe nobody reads while it runs (a full pipe would block it)
@@ -221,7 +216,7 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(run_a, sim, tm
     assert killed_at is not None, (f"run B ended (rc {proc.returncode}) before a step checkpoint: "
                                    f"{log.read_text()[-3000:]}")
     assert proc.returncode == -signal.SIGKILL
-    assert STEP_EVERY <= _ckpt_step(last) < 2 * BATCHES, "killed mid-run"
+    assert STEP_EVERY <= checkpoint_step(last) < 2 * BATCHES, "killed mid-run"
     assert not (run_b / "metrics.json").exists()
 
     out = _train(run_b, sim, *RESUMABLE)  # resume=auto is the default

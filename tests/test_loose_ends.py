@@ -245,10 +245,6 @@ def _barista_cmd(run_dir: Path, session: str) -> list[str]:
             "trainer.progress_bar=false", "trainer.threads=1"]
 
 
-def _step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-
-
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -269,7 +265,8 @@ def _steps_logged_once(run_dir: Path, n_steps: int) -> None:
 
 
 def test_barista_pretraining_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_run(lab, tmp_path,
-                                                                                        sigkill_once_checkpointed):
+                                                                                        sigkill_once_checkpointed,
+                                                                                        checkpoint_step):
     """Before: no test resumed a BaRISTA run (one failed on `model.cnn_dilations: [1, 2, 4, 8,
     16] -> (1, 2, 4, 8, 16)`). A run killed after an epoch's last.ckpt, with the default
     checkpoint schedule, continues from it and ends with the uninterrupted run's steps, weights,
@@ -293,7 +290,7 @@ def test_barista_pretraining_killed_with_sigkill_resumes_and_ends_as_an_uninterr
     assert killed_at is not None, f"run B ended (rc {proc.returncode}) before an epoch's checkpoint: " \
                                   f"{log.read_text()[-3000:]}"
     assert proc.returncode == -signal.SIGKILL
-    assert per_epoch <= _step(last) < total, "killed mid-run"
+    assert per_epoch <= checkpoint_step(last) < total, "killed mid-run"
     assert not (run_b / "metrics.json").exists()
 
     again = subprocess.run(_barista_cmd(run_b, lab["ieeg"]), cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -324,7 +321,8 @@ def _crash_at_epoch(epoch: int):
 
 
 @pytest.mark.parametrize("family", ["neuroformer", "barista"])
-def test_a_finetune_that_crashed_resumes_and_ends_as_an_uninterrupted_one(lab, tmp_path, family, capsys):
+def test_a_finetune_that_crashed_resumes_and_ends_as_an_uninterrupted_one(lab, tmp_path, family, capsys,
+                                                                           checkpoint_step):
     """A fine-tune (the recipe's defaults; the user limits it to 3 epochs) that died after its
     second epoch's last.ckpt: the same command continues it, to the uninterrupted run's weights."""
     from neurofm.experiment import run
@@ -334,7 +332,7 @@ def test_a_finetune_that_crashed_resumes_and_ends_as_an_uninterrupted_one(lab, t
     with pytest.raises(_Crash):
         run(_finetune_cfg(lab, family, tmp_path / "b", *over), extra_callbacks=[_crash_at_epoch(2)])
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
-    assert 0 < _step(last) < whole.metrics["training"]["steps"]
+    assert 0 < checkpoint_step(last) < whole.metrics["training"]["steps"]
     capsys.readouterr()
     resumed = run(_finetune_cfg(lab, family, tmp_path / "b", *over))
     assert f"resuming from {last}" in capsys.readouterr().out
