@@ -36,8 +36,9 @@ Rules applied to every session alike (none chosen per session):
   after the behaving span). One undecodable block cannot decide a session: the table gives each
   fold and the mean over folds. Fold 2 is the old single split (the last 10 % + 10 %).
 * scored windows: the CLI default (``eval.score_when: auto``): position is scored on moving windows
-  (smoothed speed > 0.2 x the training blocks' 95th-percentile speed: ~20 px/s on linear-track,
-  as DESIGN.md 8), speed on every window. The split rule uses the same 0.2 x p95 for "moving".
+  (speed of the smoothed position > 0.2 x the training blocks' 95th-percentile speed: ~17 px/s on
+  linear-track, near DESIGN.md 8's 20), speed on every window. The split rule uses the same rule
+  (0.2 x p95 over the whole recording) for "moving".
 * pretraining: configs/neuroformer/demo.yaml's model (n_embd 64, 1 layer per stage), current
   window 0.1 s + previous window 0.2 s (the 300 ms ridge reads: 6 x 50 ms bins), dt 10 ms, block
   sizes = 99.9th percentile of spikes per window (+ SOS/EOS), a fixed step budget, once per session
@@ -140,27 +141,29 @@ def fold_file(path: Path, behavior: str, fold: int) -> Path:
     return fpath
 
 
-def _speed(session, behavior: str) -> tuple[np.ndarray, np.ndarray]:
-    """Speed trace (t, |v|): /behavior/speed when the file has it, else from position."""
+def _moving(session, behavior: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bin times, moving): the recipe's moving rule with its data-derived threshold
+    (:data:`~neurofm.recipes.neuroformer.MOVING_FRACTION` x the 95th-percentile speed, the rule's
+    own speed: /behavior/speed smoothed when the file has it, else that of the smoothed position)."""
     from neurofm.evaluation import DecodingProtocol, session_position_data
+    from neurofm.recipes.neuroformer import MOVING_FRACTION, NeuroformerEvalConfig
 
     d = session_position_data(session, DecodingProtocol(behavior="position" if "position" in session.behavior_names
                                                         else behavior))
-    return d.bin_times, d.speed
+    smooth_s = NeuroformerEvalConfig().speed_smooth_s
+    speed = d.moving_speed(smooth_s)
+    return d.bin_times, d.moving_mask(MOVING_FRACTION * np.nanpercentile(speed, 95), smooth_s)
 
 
 def set_split(path: Path, behavior: str, fold: int = N_FOLDS - 1, n_folds: int = N_FOLDS) -> dict:
     """Fold ``fold`` of the blocked folds over the behaving span (see the module docstring)."""
     from neurofm.data.session import Session, set_intervals
-    from neurofm.evaluation import moving_mask
 
     with Session(path) as s:
         t0, t1 = s.t_start, s.t_end
-        t, speed = _speed(s, behavior)
-        thr = 0.2 * np.nanpercentile(speed, 95)
-        moving = moving_mask(speed, float(t[1] - t[0]), thr, 0.5)
+        t, moving = _moving(s, behavior)
         end = float(t[np.flatnonzero(moving)[-1]]) + 1.0 if moving.any() else t1
-        end = min(t1, end)
+    end = min(t1, end)
     span = end - t0
     test_end = t0 + span * (fold + 1) / n_folds
     test = (test_end - 0.1 * span, test_end)

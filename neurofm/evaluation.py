@@ -9,8 +9,10 @@ comparable:
    each bin (NaN where a bin holds none).
 2. **What is scored** (:func:`moving_mask`): recordings mix behaviour and rest (linear-track:
    a run, then rest with the animal still), and a position decoder scored on rest bins
-   mostly measures where the animal sat. Only bins where the smoothed speed exceeds a
-   threshold are scored (and, by default, trained on).
+   mostly measures where the animal sat. Only bins where the speed exceeds a threshold are
+   scored (and, by default, trained on): the speed of the Gaussian-smoothed position (smoothed
+   first, so tracking jitter of a still animal averages out), or a measured speed channel
+   smoothed (:func:`moving_speed`).
 3. **Folds** (:func:`blocked_folds`): blocked K-fold cross-validation. Each test block is a
    contiguous stretch of bins; ``gap_s`` seconds on each side of it are removed from
    training, because neighbouring bins share the same behavioural bout and slow drifts
@@ -49,7 +51,7 @@ from neurofm.data.splits import labelled_windows
 
 __all__ = [
     "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict",
-    "speed_from_position", "moving_mask", "blocked_folds", "evaluate_decoder",
+    "speed_from_position", "moving_speed", "moving_mask", "blocked_folds", "evaluate_decoder",
     "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
 ]
 
@@ -73,14 +75,15 @@ class DecodingProtocol:
         of the recording lack a full history and are neither trained on nor scored.
     behavior : name of the decoded variable under ``/behavior``.
     speed_name : a ``/behavior`` variable holding speed; when the file has none, speed is
-        computed from ``behavior`` by finite differences (:func:`speed_from_position`).
+        that of the smoothed ``behavior`` trajectory (:func:`moving_speed`).
     speed_threshold : position units per second (px/s on linear-track). A bin is "moving"
-        when its smoothed speed is above this. 20 px/s on linear-track sits above the
-        tracking jitter of a still animal (smoothed speed mode about 5 px/s) and below
-        running speeds (50-130 px/s). The floor depends on it (ridge R2 0.17 at 10, 0.19
-        at 20, 0.26 at 30 px/s: faster bins are easier), so quote it with every number.
-    smooth_s : s, standard deviation of the Gaussian that smooths speed before the
-        threshold (so single jittery bins neither enter nor leave a run).
+        when its :func:`moving_speed` is above this. 20 px/s on linear-track sits well above
+        a still animal (speed 0 in most rest bins: the pixel position repeats) and below
+        running speeds (50-120 px/s); 17.3% of its bins are moving. The floor depends on it
+        (faster bins are easier), so quote it with every number.
+    smooth_s : s, standard deviation of the Gaussian that smooths the position (or a
+        measured speed) before the threshold, so jitter and single glitchy bins neither
+        enter nor leave a run.
     n_folds, gap_s : blocked K-fold CV; ``gap_s`` seconds are removed from training on
         each side of every test block.
     fold_span : "recording" (default: the K blocks tile every bin, rest included, so on
@@ -161,8 +164,8 @@ class DecodingProtocol:
         labels = ("all training bins labelled" if self.label_fraction >= 1 else
                   f"{self.label_fraction:.0%} of training bins labelled ({how}, seed {self.seed})")
         return (f"{self.behavior}: {self.bin_size * 1e3:g} ms bins, {self.n_history} bins of history "
-                f"(current + {self.n_history - 1} past); scored on moving bins (speed Gaussian-smoothed "
-                f"sigma {self.smooth_s:g} s > {self.speed_threshold:g}{u}/s); trained on {self.train_on} bins; "
+                f"(current + {self.n_history - 1} past); scored on moving bins (speed of the "
+                f"Gaussian-smoothed trajectory, sigma {self.smooth_s:g} s, > {self.speed_threshold:g}{u}/s); trained on {self.train_on} bins; "
                 f"{self.n_folds}-fold blocked CV over the {span}, {self.gap_s:g} s gap each side; {labels}; {alpha}; "
                 f"R2 and Pearson r pooled over held-out bins, averaged over outputs")
 
@@ -187,47 +190,92 @@ def _fill_nan(a: np.ndarray) -> np.ndarray:
     return a2.reshape(a.shape)
 
 
-def speed_from_position(position, bin_size: float) -> np.ndarray:
-    """Speed per bin, (T,) in position units per second, from binned position (T,) or (T, D).
+def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.ndarray:
+    """Speed per bin, (T,) in position units per second, of the trajectory smoothed by ``smooth_s``.
 
-    Central differences (one-sided at the ends) of the position, NaN bins first filled by
-    linear interpolation between their neighbours; speed is the Euclidean norm over the D
-    coordinates. Bins whose position was NaN get the interpolated speed (they are never
-    scored, having no position).
+    Each coordinate of the position (T,) or (T, D), NaN bins first filled by linear
+    interpolation between their neighbours, is smoothed with a Gaussian of standard deviation
+    ``smooth_s`` seconds (0 = the raw trajectory); then central differences (one-sided at the
+    ends) give the velocity, and speed is its Euclidean norm over the D coordinates. Bins whose
+    position was NaN get the interpolated speed (they are never scored, having no position).
+
+    Smoothing comes *before* the norm on purpose: tracking jitter averages out of the position
+    but not out of the norm of a jittery velocity, whose mean is positive however much it is
+    smoothed afterwards (:func:`moving_speed`).
     """
     position = np.asarray(position, dtype=np.float64)
     if position.ndim not in (1, 2) or len(position) < 2:
         raise ValueError(f"speed_from_position: position must be (T,) or (T, D) with T >= 2, got {position.shape}")
-    if not bin_size > 0:
-        raise ValueError(f"speed_from_position: bin_size must be > 0 s, got {bin_size}")
+    if not bin_size > 0 or not smooth_s >= 0:
+        raise ValueError(f"speed_from_position: need bin_size > 0 s and smooth_s >= 0 s, got {bin_size}, {smooth_s}")
     p = _fill_nan(position).reshape(len(position), -1)
+    if smooth_s > 0:
+        p = gaussian_filter1d(p, smooth_s / bin_size, axis=0, mode="nearest")
     velocity = np.gradient(p, axis=0) / bin_size  # (T, D) units / s
     return np.linalg.norm(velocity, axis=1)
 
 
-def moving_mask(speed, bin_size: float, threshold: float, smooth_s: float) -> np.ndarray:
-    """Bins where the animal moves: Gaussian-smoothed speed > ``threshold``; (T,) bool.
+def moving_speed(bin_size: float, smooth_s: float, *, position=None, speed=None) -> np.ndarray:
+    """The speed the moving rule thresholds, (T,) units per second; NaN where the input is NaN.
+
+    Give exactly one of:
+
+    * ``position`` (T,) or (T, D): the speed of the trajectory Gaussian-smoothed with
+      sigma ``smooth_s`` (:func:`speed_from_position`): position is smoothed, then
+      differentiated, then the norm taken. A still animal with tracking jitter has speed
+      near 0 here; the smoothed norm of the frame-to-frame change would not be (with
+      white jitter of sd ``e`` per coordinate the raw speed's mean is about
+      ``e / bin_size`` per coordinate, and smoothing the speed keeps that mean).
+    * ``speed`` (T,): a measured speed (a ``speed`` behaviour channel: treadmill, wheel),
+      Gaussian-smoothed itself (so single jittery bins neither enter nor leave a run).
+
+    Bins where the input is NaN are filled by interpolation for the smoothing and are NaN in
+    the output (they never count as moving). All NaN in, all NaN out.
+    """
+    if (position is None) == (speed is None):
+        raise ValueError("moving_speed: give exactly one of position= (T,) or (T, D) and speed= (T,)")
+    if not bin_size > 0 or not smooth_s >= 0:
+        raise ValueError(f"moving_speed: need bin_size > 0 and smooth_s >= 0, got {bin_size}, {smooth_s}")
+    x = np.asarray(position if speed is None else speed, dtype=np.float64)
+    if speed is not None and x.ndim != 1:
+        raise ValueError(f"moving_speed: speed must be (T,), got shape {x.shape}")
+    if x.ndim not in (1, 2):
+        raise ValueError(f"moving_speed: position must be (T,) or (T, D), got shape {x.shape}")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.any():
+        return np.full(len(x), np.nan)
+    if speed is None:
+        s = speed_from_position(x, bin_size, smooth_s)
+    else:
+        s = _fill_nan(x)
+        if smooth_s > 0:
+            s = gaussian_filter1d(s, smooth_s / bin_size, mode="nearest")
+    return np.where(finite, s, np.nan)
+
+
+def moving_mask(speed, bin_size: float, threshold: float, smooth_s: float, *, position=None) -> np.ndarray:
+    """Bins where the animal moves: :func:`moving_speed` > ``threshold``; (T,) bool.
 
     Parameters
     ----------
-    speed : (T,) speed per bin, position units per second (NaN allowed: filled by
-        interpolation before smoothing, and never "moving" themselves).
+    speed : (T,) measured speed per bin, position units per second, smoothed before the
+        threshold; or None with ``position``.
     bin_size : s per bin.
     threshold : position units per second.
     smooth_s : s, standard deviation of the Gaussian kernel (0 = no smoothing).
+    position : (T,) or (T, D) position per bin (keyword; with ``speed=None``): the speed is
+        that of the smoothed trajectory, so tracking jitter of a still animal is not movement.
+
+    NaN bins (no speed, or no position) are never moving.
     """
-    speed = np.asarray(speed, dtype=np.float64)
-    if speed.ndim != 1:
-        raise ValueError(f"moving_mask: speed must be (T,), got shape {speed.shape}")
+    if speed is not None:
+        speed = np.asarray(speed, dtype=np.float64)
+        if speed.ndim != 1:
+            raise ValueError(f"moving_mask: speed must be (T,), got shape {speed.shape}")
     if not bin_size > 0 or smooth_s < 0:
         raise ValueError(f"moving_mask: need bin_size > 0 and smooth_s >= 0, got {bin_size}, {smooth_s}")
-    finite = np.isfinite(speed)
-    if not finite.any():
-        return np.zeros(speed.shape, dtype=bool)
-    s = _fill_nan(speed)
-    if smooth_s > 0:
-        s = gaussian_filter1d(s, smooth_s / bin_size, mode="nearest")
-    return (s > threshold) & finite
+    s = moving_speed(bin_size, smooth_s, position=position, speed=speed)
+    return np.isfinite(s) & (np.nan_to_num(s, nan=-np.inf) > threshold)
 
 
 def blocked_folds(bins, n_folds: int = 5, gap_s: float = 5.0, bin_size: float | None = None) -> list[Fold]:
@@ -441,7 +489,9 @@ class DecodingData:
     """A session's spikes and behaviour on one bin grid (see :func:`session_position_data`).
 
     ``counts`` (T, N) int64 spikes per unit per bin; ``position`` (T, D) float64, mean of the
-    behaviour's samples in each bin (NaN where none); ``speed`` (T,) position units / s;
+    behaviour's samples in each bin (NaN where none); ``speed`` (T,) position units / s, per
+    bin and unsmoothed: the file's speed channel (``speed_measured``) or the finite
+    differences of ``position`` (jitter included: threshold :meth:`moving_speed`, not this);
     ``bin_times`` (T,) s, bin starts (bin t covers ``[bin_times[t], bin_times[t] + bin_size)``);
     ``moving`` (T,) bool (also False where position is NaN).
     """
@@ -457,6 +507,21 @@ class DecodingData:
     unit_ids: list[str] = field(default_factory=list)
     session_id: str = ""
     behavior: str = "position"
+    speed_measured: bool = False  # speed is the file's speed channel, not derived from position
+
+    def _speed_input(self) -> dict:
+        return {"speed": self.speed} if self.speed_measured else {"position": self.position}
+
+    def moving_speed(self, smooth_s: float) -> np.ndarray:
+        """(T,) the speed the moving rule thresholds (:func:`moving_speed`): the measured speed
+        smoothed, or the speed of the smoothed position; NaN where that input is NaN."""
+        return moving_speed(self.bin_size, smooth_s, **self._speed_input())
+
+    def moving_mask(self, threshold: float, smooth_s: float) -> np.ndarray:
+        """(T,) bool: :func:`moving_mask` on this session's speed input, False where position is NaN."""
+        inputs = self._speed_input()
+        return (moving_mask(inputs.pop("speed", None), self.bin_size, threshold, smooth_s, **inputs)
+                & np.isfinite(self.position).all(axis=1))
 
     @property
     def n_bins(self) -> int:
@@ -484,7 +549,9 @@ def session_position_data(session, protocol: DecodingProtocol | None = None) -> 
     spike recording's own bounds, and a decoder has nothing to read, or nothing to score,
     outside that overlap). Speed comes from ``/behavior/<protocol.speed_name>`` when the
     file has it (its binned mean, absolute value or norm over columns), else from the
-    binned position by finite differences (:func:`speed_from_position`).
+    binned position by finite differences (:func:`speed_from_position`); the moving rule
+    thresholds :meth:`DecodingData.moving_speed` (a measured speed smoothed, or the speed of
+    the smoothed position).
 
     ``session``: a :class:`~neurofm.data.session.Session` or a session file path.
     """
@@ -519,19 +586,20 @@ def session_position_data(session, protocol: DecodingProtocol | None = None) -> 
             sv = np.asarray(sv, dtype=np.float64)
             sv = np.abs(sv) if sv.ndim == 1 else np.linalg.norm(sv, axis=1)
             speed = bin_timeseries(st, sv, t0, t1, protocol.bin_size)
-            source = f"/behavior/{protocol.speed_name}"
+            source, measured = f"/behavior/{protocol.speed_name}", True
         else:
             if not np.isfinite(position).all(axis=1).any():
                 raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}", "no sample inside the spike span",
                                          "check that spike and behaviour timestamps share one clock")
             speed = speed_from_position(position, protocol.bin_size)
-            source = f"finite differences of /behavior/{protocol.behavior}"
-        moving = moving_mask(speed, protocol.bin_size, protocol.speed_threshold, protocol.smooth_s)
-        moving &= np.isfinite(position).all(axis=1)
+            source, measured = f"finite differences of /behavior/{protocol.behavior}", False
         bin_times = t0 + protocol.bin_size * np.arange(T)
-        return DecodingData(counts=counts, position=position, speed=speed, bin_times=bin_times, moving=moving,
-                            bin_size=protocol.bin_size, unit=unit, speed_source=source,
-                            unit_ids=s.unit_ids, session_id=s.session_id, behavior=protocol.behavior)
+        data = DecodingData(counts=counts, position=position, speed=speed, bin_times=bin_times,
+                            moving=np.zeros(T, dtype=bool), bin_size=protocol.bin_size, unit=unit,
+                            speed_source=source, unit_ids=s.unit_ids, session_id=s.session_id,
+                            behavior=protocol.behavior, speed_measured=measured)
+        data.moving = data.moving_mask(protocol.speed_threshold, protocol.smooth_s)
+        return data
     finally:
         if opened:
             s.close()
@@ -576,8 +644,8 @@ def decoding_setup(session, protocol: DecodingProtocol | None = None, data: Deco
                    ) -> DecodingSetup:
     """Bins (:func:`session_position_data`, or ``data`` already binned), folds and masks.
 
-    The moving mask is recomputed from ``data.speed`` with this protocol's threshold and
-    smoothing, so one binned ``data`` serves protocols that differ in those.
+    The moving mask is recomputed (:meth:`DecodingData.moving_mask`) with this protocol's
+    threshold and smoothing, so one binned ``data`` serves protocols that differ in those.
     """
     protocol = protocol or DecodingProtocol()
     data = data if data is not None else session_position_data(session, protocol)
@@ -587,7 +655,7 @@ def decoding_setup(session, protocol: DecodingProtocol | None = None, data: Deco
     T = data.n_bins
     history = np.arange(T) >= protocol.n_history - 1  # a full n_history-bin window of counts
     has_pos = np.isfinite(data.position).all(axis=1)
-    moving = moving_mask(data.speed, protocol.bin_size, protocol.speed_threshold, protocol.smooth_s)
+    moving = data.moving_mask(protocol.speed_threshold, protocol.smooth_s)
     score = moving & has_pos & history
     train = score.copy() if protocol.train_on == "moving" else has_pos & history
     if protocol.fold_span == "recording":

@@ -51,3 +51,34 @@ def _checkpoint_step(path: Path) -> int:
 def checkpoint_step():
     """``step(path) -> int``: a checkpoint's global_step, read with weights_only=True."""
     return _checkpoint_step
+
+
+@pytest.fixture
+def jittered_open_field(tmp_path):
+    """An open field with long rests, tracked at 30 Hz with 3 mm jitter (issue 10's failure).
+
+    ``simulate_place_cells`` (slow foraging runs of 5-15 cm/s for ~20 s, rests of 30-90 s, 600 s),
+    then its position plus Gaussian noise of 0.3 cm per coordinate and sample, written without
+    the speed channel, so the moving rule derives speed from the jittery position. Returns
+    ``(jittered_path, simulated_path, ts, true_speed)``: the simulated file keeps its
+    ``/behavior/speed``; ``ts`` (s) and ``true_speed`` (cm/s) are the jitter-free truth.
+    """
+    import numpy as np
+
+    from neurofm.data.session import Session, SessionWriter
+    from neurofm.data.synthetic import simulate_place_cells
+
+    sim = simulate_place_cells(tmp_path / "open-field.h5", n_units=8, duration=600.0, seed=3, run_s=20.0,
+                               rest_s=60.0, run_speed=(5.0, 15.0), behavior_rate=30.0)
+    with Session(sim) as s:
+        times, units = s.spikes()
+        ts, position = s.behavior("position")
+        _, speed = s.behavior("speed")
+        unit_ids, t_start, t_end = s.unit_ids, s.t_start, s.t_end
+    jittered = position + np.random.default_rng(0).normal(0.0, 0.3, position.shape)
+    path = tmp_path / "open-field-jitter.h5"
+    with SessionWriter(path, session_id="open-field-jitter") as w:
+        w.add_units(unit_ids)
+        w.add_spikes(times, units, t_start=t_start, t_end=t_end)
+        w.add_behavior("position", ts, jittered.astype(np.float32), unit="cm")
+    return path, sim, ts, np.asarray(speed, dtype=np.float64)

@@ -51,7 +51,7 @@ from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.synthetic import simulate_spikes
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
                                     spikes_per_window, window_count_percentiles)
-from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, _fill_nan, session_position_data
+from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import block_bootstrap_counts, decode_report, time_blocks
 
@@ -131,13 +131,13 @@ class NeuroformerEvalConfig:
     # Which windows behaviour decoding is scored on, in the test block AND the validation block
     # that selects the model (DESIGN.md 8): "moving", "all", or "auto" = "moving" when a decoded
     # regression target is moving_behavior (position), else "all". A window is moving when every
-    # 50 ms bin of its current window is: speed (the file's /behavior/speed, else derived from
-    # /behavior/<moving_behavior>) Gaussian-smoothed with sigma speed_smooth_s, above
+    # 50 ms bin of its current window is: the speed of /behavior/<moving_behavior> Gaussian-smoothed
+    # with sigma speed_smooth_s (position smoothed, then differentiated, so tracking jitter of a
+    # still animal is not movement), or the file's /behavior/speed smoothed the same way, above
     # moving_threshold (behaviour units per second). moving_threshold 0 = from the data:
-    # MOVING_FRACTION (a fifth) of the 95th percentile of that smoothed speed over the training
-    # blocks (a fifth of the animal's running speed: 19 px/s on linear-track, where still-animal
-    # jitter is ~5 px/s). prepare() writes the resolved choice here (config.yaml). Bits/spike and
-    # window F1 stay on every test window.
+    # MOVING_FRACTION (a fifth) of the 95th percentile of that speed over the training blocks (a
+    # fifth of the animal's running speed: THRNOTE). prepare() writes the resolved choice here
+    # (config.yaml). Bits/spike and window F1 stay on every test window.
     score_when: str = "auto"
     moving_threshold: float = 0.0
     speed_smooth_s: float = 0.5
@@ -452,7 +452,7 @@ def finetuned_labels(pretrained) -> dict[str, Any] | None:
 
 # -- which windows behaviour is scored on (test AND validation) ----------------------------------
 
-#: the moving threshold, when not set, is this fraction of the 95th-percentile smoothed speed
+#: the moving threshold, when not set, is this fraction of the moving rule's 95th-percentile speed
 MOVING_FRACTION = 0.2
 SCORE_WHEN = ("auto", "moving", "all")
 
@@ -466,7 +466,8 @@ def _protocol_for(cfg: RunConfig, threshold: float | None = None):
 class MovingWindows:
     """Which windows to score behaviour on under ``eval.score_when: moving``: those whose
     current window lies inside the behaviour's 50 ms bin grid with every bin moving
-    (:func:`neurofm.evaluation.moving_mask`: smoothed speed above ``eval.moving_threshold``).
+    (:func:`neurofm.evaluation.moving_mask`: the speed of the smoothed position, or a measured
+    speed smoothed, above ``eval.moving_threshold``).
 
     Called with the windows' session indices (in ``sessions`` order, as batches number them)
     and end times, numpy arrays or tensors; returns a bool array of the same kind. Used for the
@@ -506,11 +507,10 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
 
     ``auto`` is ``moving`` when a decoded regression target is ``eval.moving_behavior`` (or a
     threshold is set), else ``all``. A threshold left at 0 becomes :data:`MOVING_FRACTION` of
-    the 95th percentile of the smoothed speed over the training blocks' bins (all sessions):
-    a fifth of the animal's running speed, in the behaviour's own units per second.
+    the 95th percentile of the moving rule's speed (:meth:`neurofm.evaluation.DecodingData.moving_speed`)
+    over the training blocks' bins (all sessions): a fifth of the animal's running speed, in
+    the behaviour's own units per second.
     """
-    from scipy.ndimage import gaussian_filter1d
-
     e = cfg.eval
     if e.score_when not in SCORE_WHEN:
         raise ConfigError(f"eval.score_when: {e.score_when!r} is not one of {SCORE_WHEN} (--score-when)")
@@ -520,7 +520,7 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
     if when == "moving" and threshold <= 0:
-        speeds, unit = [], ""
+        speeds, unit, source = [], "", ""
         for path in session_paths(cfg.data):
             with Session(path) as s:
                 if e.moving_behavior not in s.behavior_names:
@@ -530,15 +530,17 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                 d = session_position_data(s, _protocol_for(cfg, threshold=0.0))
                 train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
                 unit = unit or d.unit
-            smooth = gaussian_filter1d(_fill_nan(d.speed), e.speed_smooth_s / d.bin_size, mode="nearest")
-            speeds.append(smooth[train & np.isfinite(d.position).all(axis=1)])
+                source = source or ("smoothed " + d.speed_source if d.speed_measured
+                                    else f"speed of the smoothed {e.moving_behavior}")
+            v = d.moving_speed(e.speed_smooth_s)  # NaN where position (or measured speed) is missing
+            speeds.append(v[train & np.isfinite(d.position).all(axis=1) & np.isfinite(v)])
         speed = np.concatenate(speeds)
         if not len(speed) or not np.percentile(speed, 95) > 0:
             raise ConfigError(f"--score-when moving: the training blocks hold no movement of "
                               f"/behavior/{e.moving_behavior} to set a threshold from; set eval.moving_threshold "
                               f"(units per second) or use --score-when all")
         threshold = float(MOVING_FRACTION * np.percentile(speed, 95))
-        print(f"neurofm: scoring behaviour on moving windows: smoothed speed of {e.moving_behavior} > "
+        print(f"neurofm: scoring behaviour on moving windows: {source} > "
               f"{threshold:.4g} {unit or 'units'}/s ({MOVING_FRACTION:g} x the training blocks' 95th-percentile speed "
               f"{np.percentile(speed, 95):.4g}; set eval.moving_threshold to choose)")
     if (when, threshold) == (e.score_when, e.moving_threshold):
@@ -1185,9 +1187,18 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
 def _scored_text(cfg: RunConfig, dm) -> str:
     e = cfg.eval
     if e.score_when == "moving":
-        return (f"moving test windows: speed (sigma {e.speed_smooth_s:g} s) > {e.moving_threshold:.4g} "
+        return (f"moving test windows: {_moving_speed_text(cfg, dm)} > {e.moving_threshold:.4g} "
                 f"{_unit_text(dm, e.moving_behavior)}/s in every 50 ms bin")
     return "every test window"
+
+
+def _moving_speed_text(cfg: RunConfig, dm) -> str:
+    """The speed the moving rule thresholds, as protocol text (:meth:`DecodingData.moving_speed`)."""
+    sigma = f"sigma {cfg.eval.speed_smooth_s:g} s"
+    speed = _protocol_for(cfg).speed_name
+    if speed != cfg.eval.moving_behavior and f"behavior/{speed}" in dm.sessions[0].h5:
+        return f"/behavior/{speed} Gaussian-smoothed ({sigma})"
+    return f"speed of the {cfg.eval.moving_behavior} Gaussian-smoothed ({sigma})"
 
 
 def _unit_text(dm, name: str) -> str:
@@ -1258,7 +1269,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     else:
         unit = _unit_text(dm, e.moving_behavior)
         text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "
-                 f"(every 50 ms bin of the current window with speed, Gaussian-smoothed sigma {e.speed_smooth_s:g} s, "
+                 f"(every 50 ms bin of the current window with {_moving_speed_text(cfg, dm)} "
                  f"> {e.moving_threshold:.4g} {unit}/s)")
     return text
 
