@@ -166,6 +166,31 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+def test_default_moving_windows_ignore_tracking_jitter_at_rest(jittered_open_field):
+    """Issue 10: with the CLI defaults (auto threshold, MovingWindows), an open field tracked with
+    3 mm jitter scored most of its rest windows as moving. Now rest windows are not scored and
+    running ones are."""
+    path, _, ts, true_speed = jittered_open_field
+    cfg = recipe.resolve_scoring(_config([path], model={
+        "behavior": [{"name": "position", "dim": 2, "task": "regression", "target": True}]}))
+    assert cfg.eval.score_when == "moving"
+    moving = recipe.MovingWindows(cfg, [path])
+    w = cfg.model.window.curr
+    ends = np.arange(w + 1.0, ts[-1] - 1.0, w)
+    lo, hi = np.searchsorted(ts, ends - w), np.searchsorted(ts, ends)  # the true speed inside each window
+    peak = np.array([true_speed[a:b].max(initial=0.0) for a, b in zip(lo, hi)])
+    low = np.array([true_speed[a:b].min() if b > a else 0.0 for a, b in zip(lo, hi)])
+    rest, run = peak == 0, low > 2 * cfg.eval.moving_threshold
+    assert rest.sum() > 1000 and run.sum() > 500
+    flagged = moving(np.zeros(len(ends), dtype=np.int64), ends)
+    # measured: 0 of 1,616 rest windows (the old rule, the smoothed norm of the frame-to-frame
+    # change: all 1,616), 98.5% of 667 running windows
+    assert flagged[rest].mean() < 0.01 and flagged[run].mean() > 0.95
+    # a fifth of the running speed (true p95 12.8 cm/s): 2.25 cm/s, no longer inflated by the
+    # jitter (2.91 with the old rule); a little under 0.2 as smoothing shortens winding paths
+    assert 0.15 < cfg.eval.moving_threshold / np.percentile(true_speed, 95) < 0.21
+
+
 def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
     cfg = recipe.resolve_scoring(_config([_session(tmp_path / "a.h5", still_after=30.0)]))
     with pytest.raises(ConfigError, match=r"position: the test block has 0 scored windows .*neurofm split"), \
@@ -176,8 +201,12 @@ def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
         recipe.check_test_target(cfg)
     cfg.eval.check_target = False
     recipe.check_test_target(cfg)
-    # a session that moves throughout passes
-    recipe.check_test_target(recipe.resolve_scoring(_config([_session(tmp_path / "b.h5", still_after=60.0)])))
+    # a session that moves throughout passes (its instant turns every 2 s are stops to the moving
+    # rule, which smooths position: a 12 s test block keeps ~2/3 of its windows, over 20)
+    moves = _session(tmp_path / "b.h5", still_after=60.0)
+    recipe.check_test_target(recipe.resolve_scoring(_config([moves], data={
+        "sessions": [moves], "behavior": ["position"], "batch_size": 16,
+        "split": {"train": 0.7, "valid": 0.1, "test": 0.2}})))
 
 
 def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_path, capsys):
