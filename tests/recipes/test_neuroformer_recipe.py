@@ -130,8 +130,12 @@ def test_moving_windows_score_only_where_the_animal_moves(tmp_path):
     assert recipe._moving_windows(cfg, dm, coll).all()
     cfg.eval.score_when, cfg.eval.moving_threshold = "moving", 20.0
     moving = recipe._moving_windows(cfg, dm, coll)
-    # 100 units/s until 30 s, then still; the 0.5 s smoothing blurs the edge by ~1.5 s
-    assert moving[ends < 28.0].all()
+    # 100 units/s until 30 s, then still; the 0.5 s smoothing blurs the edge by ~1.5 s. The
+    # instant turns every 2 s are brief stops to the rule (speed of the smoothed position: under
+    # 20 within 0.13 s of a turn), so windows (0.25 s) near a turn are not scored
+    from_turn = np.abs(((ends - 0.125 + 1.0) % 2.0) - 1.0)  # s from the window's centre to a turn
+    assert moving[(ends < 28.0) & (from_turn > 0.45)].all() and moving[ends < 28.0].mean() > 0.6
+    assert not moving[(ends < 28.0) & (from_turn < 0.1)].any()
     assert not moving[ends > 32.0].any()
 
 
@@ -358,7 +362,9 @@ def test_with_a_moving_rule_only_moving_labels_count_in_training_and_validation(
     kept = task._counted(batch)["position"]
     t = batch["interval"].numpy()
     assert kept[torch.as_tensor(t > 31.0)].sum() == 0  # rest: never counted
-    assert kept[torch.as_tensor((t > 2.0) & (t < 29.0))].all()  # moving windows keep their labels
+    from_turn = np.abs(((t - 0.125 + 1.0) % 2.0) - 1.0)  # s from the window's centre to a turn (every 2 s)
+    running = (t > 2.0) & (t < 29.0) & (from_turn > 0.45)  # near a turn the smoothed position stops
+    assert running.sum() >= 3 and kept[torch.as_tensor(running)].all()  # moving windows keep their labels
     # the same windows, collected, are the scored / fitted ones in evaluation
     coll = {"session": batch["session"].numpy(), "interval": t}
     np.testing.assert_array_equal(recipe._moving_windows(cfg, dm, coll), task.score_windows(coll["session"], t))
