@@ -36,7 +36,7 @@ Rules applied to every session alike (none chosen per session):
   after the behaving span). One undecodable block cannot decide a session: the table gives each
   fold and the mean over folds. Fold 2 is the old single split (the last 10 % + 10 %).
 * scored windows: the CLI default (``eval.score_when: auto``): position is scored on moving windows
-  (speed of the smoothed position > 0.2 x the training blocks' 95th-percentile speed: ~17 px/s on
+  (speed of the smoothed position > 0.2 x the training blocks' 95th-percentile speed: ~18 px/s on
   linear-track, near DESIGN.md 8's 20), speed on every window. The split rule uses the same rule
   (0.2 x p95 over the whole recording) for "moving".
 * pretraining: configs/neuroformer/demo.yaml's model (n_embd 64, 1 layer per stage), current

@@ -154,8 +154,9 @@ class DecodingProtocol:
         """The gap in whole bins (rounded up, so the gap is never shorter than ``gap_s``)."""
         return int(math.ceil(self.gap_s / self.bin_size - 1e-9))
 
-    def describe(self, unit: str = "") -> str:
-        """The protocol in one line, to print next to every number it produced."""
+    def describe(self, unit: str = "", speed_measured: bool = False) -> str:
+        """The protocol in one line, to print next to every number it produced (``speed_measured``:
+        the moving rule read the file's speed channel, not the position)."""
         u = f" {unit}" if unit else " units"
         alpha = (f"alpha by {self.inner_folds}-fold inner blocked CV" if self.alpha == "blocked_cv"
                  else "alpha on the last 20% of training bins" if self.alpha == "holdout" else f"alpha {self.alpha:g}")
@@ -163,9 +164,11 @@ class DecodingProtocol:
         how = f"{self.chunk_s:g} s chunks" if self.contiguous_labels else "random single bins"
         labels = ("all training bins labelled" if self.label_fraction >= 1 else
                   f"{self.label_fraction:.0%} of training bins labelled ({how}, seed {self.seed})")
+        speed = (f"/behavior/{self.speed_name} Gaussian-smoothed" if speed_measured
+                 else "speed of the Gaussian-smoothed trajectory")
         return (f"{self.behavior}: {self.bin_size * 1e3:g} ms bins, {self.n_history} bins of history "
-                f"(current + {self.n_history - 1} past); scored on moving bins (speed of the "
-                f"Gaussian-smoothed trajectory, sigma {self.smooth_s:g} s, > {self.speed_threshold:g}{u}/s); trained on {self.train_on} bins; "
+                f"(current + {self.n_history - 1} past); scored on moving bins ({speed}, sigma {self.smooth_s:g} s, "
+                f"> {self.speed_threshold:g}{u}/s); trained on {self.train_on} bins; "
                 f"{self.n_folds}-fold blocked CV over the {span}, {self.gap_s:g} s gap each side; {labels}; {alpha}; "
                 f"R2 and Pearson r pooled over held-out bins, averaged over outputs")
 
@@ -637,7 +640,7 @@ class DecodingSetup:
                                 train_mask=self.train_mask & self.labelled)
 
     def describe(self) -> str:
-        return self.protocol.describe(self.data.unit)
+        return self.protocol.describe(self.data.unit, self.data.speed_measured)
 
 
 def decoding_setup(session, protocol: DecodingProtocol | None = None, data: DecodingData | None = None

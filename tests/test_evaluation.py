@@ -128,6 +128,8 @@ def test_tracking_jitter_at_rest_is_not_movement(jittered_open_field):
     np.testing.assert_allclose(measured.moving_speed(p.smooth_s),
                                gaussian_filter1d(measured.speed, p.smooth_s / p.bin_size, mode="nearest"))
     assert measured.moving[rest].mean() == 0 and measured.moving[run].mean() > 0.95
+    assert "(/behavior/speed Gaussian-smoothed, sigma 0.5 s" in ev.decoding_setup(simulated, p, measured).describe()
+    assert "(speed of the Gaussian-smoothed trajectory, sigma 0.5 s" in ev.decoding_setup(path, p, data).describe()
     with pytest.raises(ValueError, match="exactly one of position"):
         ev.moving_speed(p.bin_size, p.smooth_s, position=data.position, speed=data.speed)
 

@@ -136,7 +136,8 @@ class NeuroformerEvalConfig:
     # still animal is not movement), or the file's /behavior/speed smoothed the same way, above
     # moving_threshold (behaviour units per second). moving_threshold 0 = from the data:
     # MOVING_FRACTION (a fifth) of the 95th percentile of that speed over the training blocks (a
-    # fifth of the animal's running speed: THRNOTE). prepare() writes the resolved choice here
+    # fifth of the animal's running speed: 18 px/s on linear-track, where a still animal reads ~0 px/s as
+    # its pixel position repeats). prepare() writes the resolved choice here
     # (config.yaml). Bits/spike and window F1 stay on every test window.
     score_when: str = "auto"
     moving_threshold: float = 0.0
