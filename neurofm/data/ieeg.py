@@ -7,7 +7,9 @@ What goes where::
         the file's own clock, ``raw.first_time``)
     channel names, types, bads                              -> /channels name, type, bad
         (without a channels.tsv, channels NAMED like non-neural inputs -- EKG1, DC01,
-        TRIG -- that the file types as EEG get the type their name says: ecg, misc, stim)
+        TRIG, GRIP, MOV_RIGHT, ACC_X -- that the file types as EEG get the type their name
+        says: ecg, misc, stim; a warning names every channel the model will leave out and,
+        for continuous ones, the --behavior-channel NAME that makes a target of them)
     *_electrodes.tsv (or --electrodes FILE)                 -> /channels x, y, z (mm) and
         every non-standard column (``destrieux``, ``desikan-killiany``, ...) as
         /channels/region/<column name>; ``n/a`` and ``Unknown`` labels become "" (unknown)
@@ -44,7 +46,8 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (ConvertError, Session, SessionFormatError, SessionWriter, channel_types_from_names,
+from neurofm.data.session import (NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session, SessionFormatError,
+                                  SessionWriter, channel_types_from_names,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
@@ -151,7 +154,8 @@ def convert_ieeg(
                            "leave at least one neural channel in /continuous")
     # the channel table, its typing and its sidecar matching describe the channels that stay
     neural = raw if len(keep) == len(names) else raw.copy().pick(keep.tolist())
-    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit)
+    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit,
+                           moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
     entities = _bids_entities(in_path)
     subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
@@ -473,34 +477,72 @@ def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> t
 _GENERIC_NEURAL_TYPES = frozenset({"eeg", "seeg", "ecog", "dbs"})
 
 
-def _types_from_names(types: np.ndarray, names: list[str], typed_by_file: np.ndarray, in_path: Path) -> np.ndarray:
-    """Channel types with non-neural NAMES typed as such where no channels.tsv row typed them.
+def _types_from_names(types: np.ndarray, names: list[str], typed_by_file: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(types, retyped)``: channel types with non-neural NAMES typed as such where no
+    channels.tsv row typed them, and the ``(C,) bool`` of the channels that changed.
 
-    MNE types every EDF channel ``eeg``, so ECG leads, DC analogue inputs and trigger lines
-    would pass as neural (and DC01, DC02 would even become Laplacian neighbours of each other
-    on a shaft "DC"). The rule is :func:`neurofm.data.session.channel_types_from_names`.
+    MNE types every EDF channel ``eeg``, so ECG leads, DC analogue inputs, trigger lines and a
+    lab's grip-force or accelerometer input would pass as neural (and DC01, DC02 would even
+    become Laplacian neighbours of each other on a shaft "DC"). The rule is
+    :func:`neurofm.data.session.channel_types_from_names`.
     """
     said = channel_types_from_names(names)
     generic = np.asarray([str(t).lower() in _GENERIC_NEURAL_TYPES for t in types], dtype=bool)
     change = (said != "") & generic & ~typed_by_file
-    if not change.any():
-        return types
-    was = sorted({str(t) for t in types[change]})
-    types = types.copy()
-    types[change] = said[change]
+    if change.any():
+        types = types.copy()
+        types[change] = said[change]
+    return types, change
+
+
+def _by_type(names: list[str], types: np.ndarray, mask: np.ndarray) -> str:
     by_type: dict[str, list[str]] = {}
-    for i in np.flatnonzero(change):
-        by_type.setdefault(str(said[i]), []).append(names[i])
-    shown = "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
-    warnings.warn(f"{in_path}: /channels/type: {int(change.sum())} of {len(names)} channels typed {'/'.join(was)} "
-                  f"by the file are named like non-neural inputs, so typed by their names ({shown}); the segmenter "
-                  f"leaves them out. Give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types "
-                  f"yourself", stacklevel=4)
-    return types
+    for i in np.flatnonzero(mask):
+        by_type.setdefault(str(types[i]), []).append(names[i])
+    return "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
 
 
-def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit) -> dict[str, Any]:
-    """/channels columns for the recording's channels (in its order)."""
+def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyped: np.ndarray,
+                     typed_by_file: np.ndarray, in_path: Path, channels_tsv) -> None:
+    """One warning naming every channel the model will leave out as non-neural (the segmenter
+    drops :data:`~neurofm.data.session.NON_NEURAL_TYPES`), why (its name, the channels.tsv, the
+    file), and for the continuous ones the ``--behavior-channel NAME`` that makes a decoding
+    target of them."""
+    non_neural = np.asarray([str(t).strip().lower() in NON_NEURAL_TYPES for t in types], dtype=bool)
+    if not non_neural.any():
+        return
+    n, parts = len(names), []
+    if retyped.any():
+        parts.append(f"{int(retyped.sum())} of {n} channels typed {'/'.join(sorted({str(t) for t in was[retyped]}))} "
+                     f"by the file are named like non-neural inputs, so typed by their names "
+                     f"({_by_type(names, types, retyped)})")
+    for source, m in ((f"channels.tsv ({Path(channels_tsv).name})" if channels_tsv else "", non_neural & typed_by_file),
+                      ("the file", non_neural & ~typed_by_file & ~retyped)):
+        if m.any():
+            parts.append(f"{int(m.sum())}{' more' if parts else f' of {n} channels'} typed non-neural by {source} "
+                         f"({_by_type(names, types, m)})")
+    continuous = [names[i] for i in np.flatnonzero(non_neural)
+                  if str(types[i]).strip().lower() not in NOT_CONTINUOUS_TYPES]
+    hint = ""
+    if continuous:
+        shown = ", ".join(continuous[:6]) + (f" ... (+{len(continuous) - 6} more)" if len(continuous) > 6 else "")
+        hint = (f". To decode a continuous one (force, movement, ...) as a behaviour, convert again with "
+                f"--behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
+    k = int(non_neural.sum())
+    fix = (f"edit their type in {channels_tsv} to change that" if channels_tsv else
+           "give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types yourself")
+    warnings.warn(f"{in_path}: /channels/type: {'; '.join(parts)}; the model leaves {'it' if k == 1 else f'these {k}'} "
+                  f"out (kept in /continuous, typed): {fix}{hint}", stacklevel=4)
+
+
+#: BIDS channels.tsv types of neural signals (lower-cased); with NON_NEURAL_TYPES every BIDS type.
+_NEURAL_TYPES = frozenset({"eeg", "seeg", "ecog", "dbs", "meg", "megmag", "meggradaxial", "meggradplanar"})
+
+
+def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit,
+                   moved: Sequence[str] = ()) -> dict[str, Any]:
+    """/channels columns for the recording's channels (in its order); ``moved``: channels
+    taken to /behavior (their electrodes rows are not reported as matching no channel)."""
     n = len(names)
     types = np.asarray(raw.get_channel_types(), dtype=object)
     bad = np.isin(names, raw.info["bads"])
@@ -519,6 +561,13 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             file_types = np.asarray([x.lower() for x in t["type"]], dtype=object)
             types = np.where(has, file_types[np.maximum(row, 0)], types)
             typed_by_file = has
+            odd = sorted({str(x) for x in types[has]} - _NEURAL_TYPES - NON_NEURAL_TYPES - set(_NA))
+            if odd:
+                which = [names[i] for i in np.flatnonzero(has & np.isin(types, odd))]
+                warnings.warn(f"{side['channels']}: type: {', '.join(map(repr, odd))} is not a BIDS channel type "
+                              f"(channels {', '.join(which[:6])}{' ...' if len(which) > 6 else ''}); these are fed to "
+                              f"the model as neural signal. Write ECOG, SEEG, DBS or EEG for neural contacts, MISC "
+                              f"(or TRIG, EMG, ECG, ...) for the others", stacklevel=3)
         if "status" in t:
             status = np.asarray([x.lower() for x in t["status"]], dtype=object)
             bad |= has & (status[np.maximum(row, 0)] == "bad")
@@ -538,6 +587,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
                                "that belongs to this recording (--electrodes)")
         used = np.zeros(len(el["names"]), dtype=bool)
         used[row[has]] = True
+        used[[r for r in _match(list(moved), el["names"]) if r >= 0]] = True  # rows of /behavior channels
         if (~has).any() or (~used).any():
             extra = [el["names"][i] for i in np.nonzero(~used)[0][:4]]
             missing = [names[i] for i in np.nonzero(~has)[0][:4]]
@@ -559,7 +609,9 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             montage = raw.get_montage()
             space = str(montage.get_positions()["coord_frame"]) if montage is not None else "unknown"
             check_brain_coordinates(xyz[known], 1e3, in_path, "channel positions (montage)", stacklevel=4)
-    types = _types_from_names(types, names, typed_by_file, in_path)
+    was = types
+    types, retyped = _types_from_names(types, names, typed_by_file)
+    _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"))
     return dict(names=names, x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], regions=regions, bad=bad,
                 coordinate_space=space, types=types)
 

@@ -260,9 +260,14 @@ def test_edf_non_neural_channels_typed_by_name_and_left_out_by_the_segmenter(tmp
     # a channels.tsv has the last word: its types are kept, even for a name like DC01
     tsv = write_tsv(tmp_path / "rec_channels.tsv", ["name", "type", "status"],
                     [[n, "seeg" if n != "EKG1" else "ecg", "good"] for n in names])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         convert_ieeg(edf, tmp_path / "t.h5", channels_tsv=tsv)
+    assert [str(w.message) for w in caught] == [
+        f"{edf}: /channels/type: 1 of 7 channels typed non-neural by channels.tsv (rec_channels.tsv) (ecg: EKG1 (1)); "
+        f"the model leaves it out (kept in /continuous, typed): edit their type in {tsv} to change that. To decode a "
+        f"continuous one (force, movement, ...) as a behaviour, convert again with --behavior-channel NAME "
+        f"(behavior_channels=[NAME]); here: EKG1"]
     with Session(tmp_path / "t.h5") as s:
         assert s.channels().types.tolist() == ["seeg"] * 3 + ["ecg"] + ["seeg"] * 3
 
@@ -506,3 +511,58 @@ def test_behavior_channels_from_bids_and_fif(bids_root, tmp_path):
     with Session(tmp_path / "fif.h5") as s:
         assert s.channels().names == ["A1", "A2", "A3"]
         np.testing.assert_allclose(s.behavior("grip")[1], force, rtol=1e-6)
+
+
+def test_behaviour_sensors_recorded_as_edf_channels_are_left_out_and_named(tmp_path, capsys):
+    """Issue 11: a grip-force / movement / trigger input in an EDF (typed eeg: EDF has no types)
+    reached the model as brain signal unless --behavior-channel named it. Typed by name now; the
+    warning names every channel left out and, for the continuous ones, the --behavior-channel hint."""
+    pytest.importorskip("edfio")
+    from neurofm.cli import main
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    names = ["ECOG1", "ECOG2", "ECOG3", "GRIP", "MOV_RIGHT", "ACC_X", "TRIG"]
+    rng = np.random.default_rng(0)
+    raw = mne.io.RawArray(rng.normal(0, 20e-6, (len(names), 1000)), mne.create_info(names, SR, "eeg"), verbose="error")
+    edf = tmp_path / "rec.edf"
+    mne.export.export_raw(edf, raw, fmt="edf", verbose="error")
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(edf, tmp_path / "s.h5")
+    text = " ".join(str(w.message) for w in record)
+    assert ("4 of 7 channels typed eeg by the file are named like non-neural inputs, so typed by their names "
+            "(misc: GRIP, MOV_RIGHT, ACC_X (3); stim: TRIG (1)); the model leaves these 4 out") in text
+    assert text.endswith("--behavior-channel NAME (behavior_channels=[NAME]); here: GRIP, MOV_RIGHT, ACC_X")  # no TRIG
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        assert ch.types.tolist() == ["eeg"] * 3 + ["misc"] * 3 + ["stim"]
+    assert IEEGSegmenter().channel_plan(ch).channels.names == ["ECOG1", "ECOG2", "ECOG3"]
+    # the CLI prints it; with the hint followed, MOV_RIGHT is a behaviour and no longer listed
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "t.h5"), "--behavior-channel", "MOV_RIGHT"]) == 0
+    err = capsys.readouterr().err
+    assert "neurofm convert: warning:" in err and "here: GRIP, ACC_X" in err and "MOV_RIGHT" not in err
+    with Session(tmp_path / "t.h5") as s:
+        assert s.behavior_names == ["MOV_RIGHT"] and "MOV_RIGHT" not in s.channels().names
+
+
+def test_bids_channel_types_are_honoured_and_named(tmp_path):
+    """Every BIDS non-neural channels.tsv type (MISC, TRIG, EMG, ECG, EOG, HEOG, PD, ...) keeps the
+    channel out of the model, with the names listed; a type BIDS does not define is warned about."""
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    names = ["C1", "C2", "C3", "C4", "X1", "X2", "X3", "X4", "X5", "X6", "X7"]
+    tsv_types = ["ECOG", "SEEG", "DBS", "LFP", "MISC", "TRIG", "EMG", "ECG", "HEOG", "PD", "AUDIO"]
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=600, n_ch=len(names)), names)
+    tsv = write_tsv(tmp_path / "rec_channels.tsv", ["name", "type", "units", "status"],
+                    [[n, t, "µV", "good"] for n, t in zip(names, tsv_types)])
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(edf, tmp_path / "s.h5")  # found beside the recording by name
+    text = [str(w.message) for w in record]
+    assert any(m.startswith(f"{tsv}: type: 'lfp' is not a BIDS channel type (channels C4); these are fed to the model "
+                            f"as neural signal") for m in text)
+    left_out = next(m for m in text if "/channels/type" in m)
+    assert "7 of 11 channels typed non-neural by channels.tsv (rec_channels.tsv)" in left_out
+    assert left_out.endswith("here: X1, X3, X4, X5, X6, X7")  # not the trigger line X2
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        assert ch.types.tolist() == [t.lower() for t in tsv_types]
+    assert IEEGSegmenter().channel_plan(ch).channels.names == ["C1", "C2", "C3", "C4"]
