@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "inferred with a warning)")
     c.add_argument("--behavior-channel", action="append", metavar="NAME[=as_name]",
                    help="iEEG / session: a channel that records behaviour (grip force, a joystick...) becomes "
-                        "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable)")
+                        "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable); its unit: a "
+                        "BIDS channels.tsv's 'units', else the recording's. Without it such a channel stays in "
+                        "/continuous typed non-neural (the convert warning lists them) and the model leaves it out")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.add_argument("--license", help="the data's licence as an SPDX id (e.g. CC-BY-4.0), kept in the session file "
                                      "for model cards (default: a BIDS dataset's License, else none)")

@@ -20,7 +20,8 @@ What goes where::
     annotations whose description starts with "BAD"        -> also /intervals/bad_segments
     channels named by ``behavior_channels`` (a grip-force   -> /behavior/<as_name> (timestamps
         sensor, an accelerometer recorded as a channel)        from the sampling clock, values in
-        the channel's own unit, attr ``unit``), and out of /continuous and /channels
+        the channel's own unit, attr ``unit``: the channels.tsv ``units`` where a BIDS sidecar
+        gives one, else the recording's), and out of /continuous and /channels
 
 Events go to ONE group with labels rather than a group per description: descriptions are
 free text (spaces, slashes, hundreds of distinct values in clinical files) and event
@@ -111,8 +112,9 @@ def convert_ieeg(
         unit that would fit.
     behavior_channels : ``"NAME"`` or ``"NAME=as_name"`` per channel that records behaviour
         (grip force, a joystick, an accelerometer): it becomes ``/behavior/<as_name>`` (default
-        ``as_name``: the channel name) and leaves /continuous and /channels. A name matching
-        no channel is an error listing the channels. For a session file that exists already:
+        ``as_name``: the channel name) and leaves /continuous and /channels; its ``unit`` attr
+        is the channels.tsv ``units`` when given (values rescaled when both are voltages),
+        else the recording's. A name matching no channel is an error listing the channels. For a session file that exists already:
         :func:`move_channels_to_behavior`.
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
@@ -178,8 +180,9 @@ def convert_ieeg(
     try:
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
             _write_continuous(w, neural, list(neural.ch_names), table, in_path, nan_policy)
+            tsv_units = _channels_tsv_units(side.get("channels"), [names[i] for i, _ in moves])
             for i, as_name in moves:
-                values, unit = _channel_in_own_unit(raw, i)
+                values, unit = _channel_in_own_unit(raw, i, tsv_units.get(names[i], ""), side.get("channels"))
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
                 w.add_behavior(as_name, times, values, unit=unit, source_channel=names[i])
             if onset.size:
@@ -693,9 +696,39 @@ def select_behavior_channels(names: Sequence[str], specs, source) -> list[tuple[
     return [(int(r), as_name) for r, (_, as_name) in zip(rows, pairs)]
 
 
-def _channel_in_own_unit(raw, i: int) -> tuple[np.ndarray, str]:
+def _channels_tsv_units(channels_tsv, names: Sequence[str]) -> dict[str, str]:
+    """``{channel: unit}`` of a BIDS channels.tsv ``units`` column for ``names`` (matched as the
+    channels are; ``n/a`` and missing rows left out)."""
+    if channels_tsv is None or not names:
+        return {}
+    t = read_tsv(channels_tsv)
+    if "name" not in t or "units" not in t:
+        return {}
+    rows = _match(list(names), t["name"])
+    return {n: t["units"][r].strip() for n, r in zip(names, rows) if r >= 0 and t["units"][r].strip().lower() not in _NA}
+
+
+def _channel_in_own_unit(raw, i: int, tsv_unit: str = "", channels_tsv=None) -> tuple[np.ndarray, str]:
     """Channel ``i`` as ``(values (T,) float32, unit)``: in the unit the file records it in
-    (MNE reads µV/mV channels as volts: they are scaled back), unit ``""`` when the file has none."""
+    (MNE reads µV/mV channels as volts: they are scaled back), unit ``""`` when the file has none.
+
+    ``tsv_unit``: the channel's BIDS channels.tsv ``units`` (a grip force in ``mN``), which names
+    the unit where the file has none or a voltage placeholder (BrainVision writers label every
+    channel µV); where both are voltages the values are rescaled to it."""
+    values, unit = _file_unit_values(raw, i)
+    if not tsv_unit or tsv_unit == unit:
+        return values, unit
+    file_v, tsv_v = _VOLTS.get(unit.lower()), _VOLTS.get(tsv_unit.lower())
+    if file_v is not None and tsv_v is not None:
+        return (values * (file_v / tsv_v)).astype(np.float32), tsv_unit
+    if unit:  # e.g. the recording says µV, the channels.tsv mN: the numbers as stored, named by the sidecar
+        warnings.warn(f"{channels_tsv}: units: {raw.ch_names[i]} is in {tsv_unit!r} by the channels.tsv but "
+                      f"{unit!r} by the recording; /behavior keeps the values as the recording stores them, with "
+                      f"unit {tsv_unit!r} (fix the channels.tsv if that is wrong)", stacklevel=4)
+    return values, tsv_unit
+
+
+def _file_unit_values(raw, i: int) -> tuple[np.ndarray, str]:
     orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
     data = raw.get_data(picks=[i], verbose="error")[0]  # (T,)
     from mne.io.constants import FIFF

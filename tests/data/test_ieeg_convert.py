@@ -566,3 +566,40 @@ def test_bids_channel_types_are_honoured_and_named(tmp_path):
         ch = s.channels()
         assert ch.types.tolist() == [t.lower() for t in tsv_types]
     assert IEEGSegmenter().channel_plan(ch).channels.names == ["C1", "C2", "C3", "C4"]
+
+
+def test_bids_units_of_a_behaviour_channel_are_carried(tmp_path):
+    """Issue 11: a grip force moved to /behavior from a BIDS BrainVision session had unit "" (the
+    .vhdr says n/a); the channels.tsv ``units`` names it, so reports say "mN". Where both are
+    voltages the values are rescaled to the channels.tsv's unit."""
+    mne_bids = pytest.importorskip("mne_bids")
+    names = ["ECOG_R_01", "ECOG_R_02", "LFP_R_01", "MOV_RIGHT"]
+    rng = np.random.default_rng(0)
+    force = np.linspace(0.0, 3.0, 1000)
+    data = np.vstack([rng.normal(0, 20e-6, (3, 1000)), force[None]])
+    raw = mne.io.RawArray(data, mne.create_info(names, SR, ["ecog", "ecog", "dbs", "misc"]), verbose="error")
+    bp = mne_bids.BIDSPath(subject="EL1", session="ecog", task="grip", run="1", datatype="ieeg", root=tmp_path / "ds")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mne_bids.write_raw_bids(raw, bp, format="BrainVision", allow_preload=True, overwrite=True, verbose="error")
+    vhdr = bp.fpath.with_suffix(".vhdr") if bp.fpath.suffix != ".vhdr" else bp.fpath
+    channels = next(vhdr.parent.glob("*_channels.tsv"))
+    text = channels.read_text()
+    assert "MOV_RIGHT\tMISC\tn/a" in text  # as mne-bids writes it: the lab fills in the unit
+    channels.write_text(text.replace("MOV_RIGHT\tMISC\tn/a", "MOV_RIGHT\tMISC\tmN"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(vhdr, tmp_path / "s.h5", behavior_channels=["MOV_RIGHT"])
+    assert not [w for w in caught if "MOV_RIGHT" in str(w.message)]  # nor "electrodes match no channel"
+    with Session(tmp_path / "s.h5") as s:
+        assert s.h5["behavior/MOV_RIGHT"].attrs["unit"] == "mN"
+        np.testing.assert_allclose(s.behavior("MOV_RIGHT")[1], force, atol=1e-3)  # the numbers as stored
+        assert s.channels().types.tolist() == ["ecog", "ecog", "dbs"]
+    # voltages: a channels.tsv in mV for a channel the recording stores in µV rescales the values
+    vhdr2 = write_brainvision(tmp_path / "bv" / "rec", signal(), NAMES)
+    tsv = write_tsv(tmp_path / "bv" / "rec_channels.tsv", ["name", "type", "units"],
+                    [[n, "SEEG" if n != "B2" else "MISC", "µV" if n != "B2" else "mV"] for n in NAMES])
+    convert_ieeg(vhdr2, tmp_path / "v.h5", behavior_channels=["B2=emg"], channels_tsv=tsv)
+    with Session(tmp_path / "v.h5") as s:
+        assert s.h5["behavior/emg"].attrs["unit"] == "mV"
+        np.testing.assert_allclose(s.behavior("emg")[1], signal()[:, 3] / 1e3, atol=1e-6)
