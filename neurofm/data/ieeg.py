@@ -16,7 +16,10 @@ What goes where::
     *_coordsystem.json                                      -> coordinate unit and space
     *_channels.tsv                                          -> type, ``status == bad``
     annotations, or a BIDS *_events.tsv when there is one   -> /events/annotations (one group,
-        one ``label`` per event = the description / trial_type)
+        one ``label`` per event = the description / trial_type; BrainVision markers by their
+        description without MNE's type prefix, "Comment/grip" -> "grip", "Stimulus/S  1" ->
+        "S1", bookkeeping markers such as "New Segment" left out:
+        :data:`neurofm.data.session.EVENT_LABEL_RULE`)
     annotations whose description starts with "BAD"        -> also /intervals/bad_segments
     channels named by ``behavior_channels`` (a grip-force   -> /behavior/<as_name> (timestamps
         sensor, an accelerometer recorded as a channel)        from the sampling clock, values in
@@ -48,7 +51,7 @@ import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
 from neurofm.data.session import (NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session, SessionFormatError,
-                                  SessionWriter, channel_types_from_names,
+                                  SessionWriter, channel_types_from_names, event_labels,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
@@ -159,6 +162,9 @@ def convert_ieeg(
     table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit,
                            moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
+    label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
+    onset, duration, label = onset[is_event], duration[is_event], label[is_event]
+    events_source = events_source if onset.size else ""
     entities = _bids_entities(in_path)
     subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
     if subject == "X":  # EDF+/BDF+: 'X' marks a patient field as unknown (anonymised), not a subject named X

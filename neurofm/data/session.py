@@ -231,6 +231,53 @@ def channel_types_from_names(names) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
+#: MNE names a BrainVision marker ``<type>/<description>`` ("Comment/grip", "Stimulus/S  1").
+#: Marker types that mark events, and types that are bookkeeping of the recording (a new
+#: segment, amplifier sync, DC correction, impedance check), not events.
+_BV_EVENT_TYPES = ("Stimulus", "Response", "Comment")
+_BV_RECORDING_TYPES = ("New Segment", "SyncStatus", "DC Correction", "Impedance", "Time 0")
+_BV_MARKER = re.compile(r"^(?P<type>" + "|".join(_BV_EVENT_TYPES + _BV_RECORDING_TYPES) + r")/(?P<desc>.*)$",
+                        re.IGNORECASE | re.DOTALL)
+_BV_CODE = re.compile(r"^(?P<letter>[SR])\s*(?P<number>\d+)$")  # "S  1", "R 12": a stimulus / response code
+
+#: The rule, as the CLI help states it.
+EVENT_LABEL_RULE = ("BrainVision markers are labelled by their description, without the marker type MNE puts "
+                    "before it: 'Comment/grip' -> 'grip', 'Stimulus/S  1' -> 'S1', 'Response/R 12' -> 'R12'; "
+                    "New Segment, SyncStatus, DC Correction, Impedance and Time 0 markers (the recording's "
+                    "bookkeeping) are left out; other labels are kept as written")
+
+
+def event_label(label: str) -> str | None:
+    """The label a user recognises for one event label as MNE gives it (:data:`EVENT_LABEL_RULE`),
+    or ``None`` for a BrainVision bookkeeping marker that is no event."""
+    text = str(label)
+    m = _BV_MARKER.match(text.strip())
+    if m is None:
+        return text
+    kind = next(t for t in _BV_EVENT_TYPES + _BV_RECORDING_TYPES if t.lower() == m.group("type").lower())
+    if kind in _BV_RECORDING_TYPES:
+        return None
+    desc = m.group("desc").strip()
+    code = _BV_CODE.match(desc) if kind in ("Stimulus", "Response") else None
+    if code:
+        return f"{code.group('letter').upper()}{int(code.group('number'))}"
+    return desc or kind
+
+
+def event_labels(labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (N,) str, keep (N,) bool)``: :func:`event_label` for every label; ``keep`` is False
+    for bookkeeping markers. Where two labels that differ would become one (a Comment "S1" and a
+    Stimulus "S  1"), both keep their names as given, so no two kinds of event merge."""
+    given = [str(x) for x in labels]
+    short = [event_label(x) for x in given]
+    sources: dict[str, set[str]] = {}
+    for g, n in zip(given, short):
+        if n is not None:
+            sources.setdefault(n, set()).add(g)
+    out = [g if n is None or len(sources[n]) > 1 else n for g, n in zip(given, short)]
+    return np.asarray(out, dtype=object), np.asarray([n is not None for n in short], dtype=bool)
+
+
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------

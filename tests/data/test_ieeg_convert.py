@@ -135,7 +135,7 @@ def check_bids_session(out: Path):
         assert ch.bad.tolist() == [False, False, True, False]  # channels.tsv status == bad
         assert ch.types.tolist() == ["seeg"] * 4
         ev = s.events("annotations")
-        assert ev["label"].tolist() == ["Comment/cue", "Comment/go"] and np.allclose(ev["onset"], [0.5, 2.0])
+        assert ev["label"].tolist() == ["cue", "go"] and np.allclose(ev["onset"], [0.5, 2.0])
         assert s.attrs["events_source"].endswith("_events.tsv")
 
 
@@ -603,3 +603,55 @@ def test_bids_units_of_a_behaviour_channel_are_carried(tmp_path):
     with Session(tmp_path / "v.h5") as s:
         assert s.h5["behavior/emg"].attrs["unit"] == "mV"
         np.testing.assert_allclose(s.behavior("emg")[1], signal()[:, 3] / 1e3, atol=1e-6)
+
+
+def test_brainvision_marker_labels_are_the_ones_a_user_recognises(tmp_path):
+    """MNE names BrainVision markers 'Comment/<text>', 'Stimulus/S  1' and keeps mid-recording
+    'New Segment/' markers: those names became /events/annotations labels, i.e. the classes of
+    `finetune --task classify --events annotations`. Now the description is the label, and
+    the recording's bookkeeping markers are no events."""
+    from neurofm.cli import _EVENT_LABEL_RULE, build_parser
+    from neurofm.data.session import EVENT_LABEL_RULE, event_labels
+
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES, markers=[(0.5, "grip on"), (2.0, "rest")])
+    vmrk = vhdr.with_suffix(".vmrk")
+    vmrk.write_text(vmrk.read_text() + "Mk4=Stimulus,S  1,300,1,0\nMk5=Response,R 12,400,1,0\n"
+                    "Mk6=New Segment,,500,1,0\nMk7=SyncStatus,Sync On,600,1,0\nMk8=Bad Interval,Bad Min-Max,700,10,0\n")
+    assert "Comment/grip on" in mne.io.read_raw_brainvision(vhdr, verbose="error").annotations.description
+    convert_ieeg(vhdr, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        assert ev["label"].tolist() == ["grip on", "S1", "R12", "rest", "Bad Interval/Bad Min-Max"]
+        np.testing.assert_allclose(ev["onset"], [0.5, 1.495, 1.995, 2.0, 3.495])
+        assert s.intervals("bad_segments")["label"].tolist() == ["Bad Interval/Bad Min-Max"]
+    # two kinds of marker that would share a name keep MNE's names; other labels are kept as written
+    labels, keep = event_labels(["Comment/S1", "Stimulus/S  1", "Comment/go", "seizure onset", "New Segment/"])
+    assert labels.tolist()[:4] == ["Comment/S1", "Stimulus/S  1", "go", "seizure onset"]
+    assert keep.tolist() == [True, True, True, True, False]
+    # the rule is in the help of convert and of --events (written out in cli.py for a fast --help)
+    assert _EVENT_LABEL_RULE == EVENT_LABEL_RULE
+    helps = {name: sub.format_help() for name, sub in build_parser()._subparsers._group_actions[0].choices.items()}
+    flat = {k: " ".join(v.split()) for k, v in helps.items()}
+    assert " ".join(EVENT_LABEL_RULE.split()) in flat["convert"] and " ".join(EVENT_LABEL_RULE.split()) in flat["finetune"]
+
+
+def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_again():
+    """Existing fine-tuned folders classify 'Comment/cue', 'Comment/go'; the same file converted
+    again says 'cue', 'go': the same question, so evaluate loads the head; other labels refuse."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurofm.config import ConfigError
+    from neurofm.recipes.barista import _load_finetuned_head
+
+    def model(labels):
+        return SimpleNamespace(config=SimpleNamespace(task="classification", label_names=labels),
+                               hparams=SimpleNamespace(label_names=labels), head=torch.nn.Linear(3, 2))
+
+    old, new = model(["Comment/cue", "Comment/go"]), model(["cue", "go"])
+    _load_finetuned_head(new, old, "RUN/pretrained")
+    assert torch.equal(new.head.weight, old.head.weight)
+    with pytest.raises(ConfigError, match=r"classifies \['Comment/cue', 'Comment/go'\], but these events carry the "
+                                          r"labels \['go', 'stop'\]"):
+        _load_finetuned_head(model(["go", "stop"]), old, "RUN/pretrained")
