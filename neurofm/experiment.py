@@ -858,11 +858,18 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     return metrics
 
 
+#: Window stride keys of the families' data configs (Neuroformer ``data.stride``, BaRISTA
+#: ``data.stride_s``); a run config holds the one of its family.
+_STRIDE_KEYS = ("stride", "stride_s")
+
+
 def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:
     """What ``neurofm evaluate`` takes from the fine-tuning run of a fine-tuned folder: its
     train / valid / test split (so the test block is the one that run held out, not one its
-    training saw; the user's own ``data.split.*`` overrides come after and win) and, when not
-    given, the behaviour or events it was fine-tuned on. Each is one log line."""
+    training saw) and its window stride (``data.stride`` of Neuroformer, ``data.stride_s`` of
+    BaRISTA: so the scored windows are the ones that run scored; the user's own ``data.*``
+    overrides come after and win) and, when not given, the behaviour or events it was
+    fine-tuned on. Each is one log line."""
     found = finetuning_run(pretrained, family)
     if found is None:
         return overrides, options
@@ -873,6 +880,11 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
         overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
         shown = ", ".join(f"{k} {v}" for k, v in split.items())
         log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}); data.split.* to change")
+    for key in _STRIDE_KEYS:
+        if data.get(key):  # 0: the default, which evaluate uses too
+            overrides = [f"data.{key}={data[key]}", *overrides]
+            log.info(f"neurofm: windows every {data[key]} s, as fine-tuned (data.{key} from {path}); "
+                     f"data.{key}=... to change")
     if not options.get("behavior"):
         names = list(data.get("behavior") or []) or ([data["target"]] if data.get("target") else [])
         if names:
