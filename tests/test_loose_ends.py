@@ -50,6 +50,42 @@ def test_resume_check_ignores_a_key_added_since_with_its_default(tmp_path):
         check_resume_config(other, run / "checkpoints" / "last.ckpt")
 
 
+def test_resume_check_ignores_keys_the_recipe_derived_that_an_older_config_lacks(tmp_path):
+    """Issue 11: a BaRISTA config.yaml written before ``model.preprocessing`` existed refused to
+    resume (``model.preprocessing.laplacian: '<absent>' -> False``): the recipe fills it from the
+    data or the pretrained folder, the user set nothing. A derived key with another saved value
+    (the data changed) still stops it, and says it was derived; a user's change too."""
+    import dataclasses
+
+    from neurofm.experiment import check_resume_config, load_config, save_config
+
+    given = load_config("barista/demo")  # as the user gives it: model.preprocessing unset
+    assert given.model.preprocessing is None
+    prepared = dataclasses.replace(given, model=dataclasses.replace(
+        given.model, preprocessing={"line_noise": 60.0, "laplacian": False, "drop_non_grey": False}))
+    run = tmp_path / "run"
+    save_config(prepared, run / "config.yaml")
+    old = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    del old["model"]["preprocessing"]  # written by the neurofm before the key
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    check_resume_config(prepared, ckpt, given=given)  # no error
+    with pytest.raises(ConfigError, match=r"model\.preprocessing\.laplacian: '<absent>' -> False"):
+        check_resume_config(prepared, ckpt)  # without knowing what the user gave: the old refusal
+
+    old["model"]["preprocessing"] = {"line_noise": 50.0, "laplacian": False, "drop_non_grey": False}
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    with pytest.raises(ConfigError, match=r"model\.preprocessing\.line_noise: 50\.0 -> 60\.0 \(derived from the data "
+                                          r"or the pretrained folder, which changed since\)"):
+        check_resume_config(prepared, ckpt, given=given)
+    del old["model"]["preprocessing"]
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    user = load_config("barista/demo", ["model.n_layers=3"])
+    with pytest.raises(ConfigError, match=r"model\.n_layers: \d+ -> 3"):
+        check_resume_config(dataclasses.replace(prepared, model=dataclasses.replace(prepared.model, n_layers=3)),
+                            ckpt, given=user)
+
+
 # -- neurofm inspect streams spikes --------------------------------------------------------------
 
 
