@@ -722,15 +722,23 @@ def _channel_in_own_unit(raw, i: int, tsv_unit: str = "", channels_tsv=None) -> 
     the unit where the file has none or a voltage placeholder (BrainVision writers label every
     channel µV); where both are voltages the values are rescaled to it."""
     values, unit = _file_unit_values(raw, i)
+    return _in_tsv_unit(values, unit, tsv_unit, raw.ch_names[i], channels_tsv, "the recording")
+
+
+def _in_tsv_unit(values: np.ndarray, unit: str, tsv_unit: str, name: str, channels_tsv,
+                 stored_by: str | None) -> tuple[np.ndarray, str]:
+    """``(values, unit)`` named by a channels.tsv unit (rescaled when both are voltages). A
+    non-voltage channels.tsv unit where ``stored_by`` states a voltage is warned about (no
+    ``stored_by``: the stored unit is a blanket label, /continuous's, and says nothing)."""
     if not tsv_unit or tsv_unit == unit:
         return values, unit
     file_v, tsv_v = _VOLTS.get(unit.lower()), _VOLTS.get(tsv_unit.lower())
     if file_v is not None and tsv_v is not None:
         return (values * (file_v / tsv_v)).astype(np.float32), tsv_unit
-    if unit:  # e.g. the recording says µV, the channels.tsv mN: the numbers as stored, named by the sidecar
-        warnings.warn(f"{channels_tsv}: units: {raw.ch_names[i]} is in {tsv_unit!r} by the channels.tsv but "
-                      f"{unit!r} by the recording; /behavior keeps the values as the recording stores them, with "
-                      f"unit {tsv_unit!r} (fix the channels.tsv if that is wrong)", stacklevel=4)
+    if unit and stored_by:  # e.g. the recording says µV, the channels.tsv mN: the numbers as stored
+        warnings.warn(f"{channels_tsv}: units: {name} is in {tsv_unit!r} by the channels.tsv but {unit!r} by "
+                      f"{stored_by}; /behavior keeps the values as stored, with unit {tsv_unit!r} (fix the "
+                      f"channels.tsv if that is wrong)", stacklevel=4)
     return values, tsv_unit
 
 
@@ -753,7 +761,9 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
 
     The same as ``convert_ieeg(..., behavior_channels=...)`` for a file converted already
     (any session with /continuous: iEEG, NWB LFP): each channel becomes ``/behavior/<as_name>``
-    (timestamps from the sampling clock, values in /continuous's unit, attr ``unit``) and is
+    (timestamps from the sampling clock, values in /continuous's unit, attr ``unit``; the units
+    of the BIDS channels.tsv the session was converted with, attr ``channels_file``, where it
+    still exists and gives one) and is
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
@@ -773,6 +783,9 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                                    "give the channel another name with NAME=as_name")
         rate, t0, unit, n = s.sampling_rate, s.continuous_t_start, str(s.h5["continuous"].attrs.get("unit", "")), \
             s.n_samples
+        # the BIDS channels.tsv the session was converted with names the moved channels' units
+        tsv = str(s.attrs.get("channels_file", "") or "")
+        tsv_units = _channels_tsv_units(tsv, [names[i] for i in taken]) if tsv and Path(tsv).is_file() else {}
     keep = np.setdiff1d(np.arange(len(names)), taken)
     if not keep.size:
         raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
@@ -816,10 +829,11 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 g_in.visititems(subset)
             times = t0 + np.arange(n) / rate
             for j, (i, as_name) in enumerate(moves):
+                values, b_unit = _in_tsv_unit(moved[:, j], unit, tsv_units.get(names[i], ""), names[i], tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
-                b.create_dataset("values", data=moved[:, j], compression="gzip", compression_opts=4, shuffle=True)
-                b.attrs.update(unit=unit, source_channel=names[i])
+                b.create_dataset("values", data=values, compression="gzip", compression_opts=4, shuffle=True)
+                b.attrs.update(unit=b_unit, source_channel=names[i])
         with Session(tmp):  # validates the new file before it replaces anything
             pass
     return out_path

@@ -595,6 +595,12 @@ def test_bids_units_of_a_behaviour_channel_are_carried(tmp_path):
         assert s.h5["behavior/MOV_RIGHT"].attrs["unit"] == "mN"
         np.testing.assert_allclose(s.behavior("MOV_RIGHT")[1], force, atol=1e-3)  # the numbers as stored
         assert s.channels().types.tolist() == ["ecog", "ecog", "dbs"]
+    # the same from the session converted without --behavior-channel (convert session IN OUT)
+    convert_ieeg(vhdr, tmp_path / "all.h5")
+    ieeg.move_channels_to_behavior(tmp_path / "all.h5", tmp_path / "moved.h5", ["MOV_RIGHT"])
+    with Session(tmp_path / "moved.h5") as s:
+        assert s.h5["behavior/MOV_RIGHT"].attrs["unit"] == "mN"
+        np.testing.assert_allclose(s.behavior("MOV_RIGHT")[1], force, atol=1e-3)
     # voltages: a channels.tsv in mV for a channel the recording stores in µV rescales the values
     vhdr2 = write_brainvision(tmp_path / "bv" / "rec", signal(), NAMES)
     tsv = write_tsv(tmp_path / "bv" / "rec_channels.tsv", ["name", "type", "units"],
