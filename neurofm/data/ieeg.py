@@ -117,8 +117,8 @@ def convert_ieeg(
         (grip force, a joystick, an accelerometer): it becomes ``/behavior/<as_name>`` (default
         ``as_name``: the channel name) and leaves /continuous and /channels; its ``unit`` attr
         is the channels.tsv ``units`` when given (values rescaled when both are voltages),
-        else the recording's. A name matching no channel is an error listing the channels. For a session file that exists already:
-        :func:`move_channels_to_behavior`.
+        else the recording's. A name matching no channel is an error listing the channels. For
+        a session file that exists already: :func:`move_channels_to_behavior`.
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -711,7 +711,8 @@ def _channels_tsv_units(channels_tsv, names: Sequence[str]) -> dict[str, str]:
     if "name" not in t or "units" not in t:
         return {}
     rows = _match(list(names), t["name"])
-    return {n: t["units"][r].strip() for n, r in zip(names, rows) if r >= 0 and t["units"][r].strip().lower() not in _NA}
+    cells = [t["units"][r].strip() if r >= 0 else "" for r in rows]
+    return {n: u for n, u in zip(names, cells) if u.lower() not in _NA}
 
 
 def _channel_in_own_unit(raw, i: int, tsv_unit: str = "", channels_tsv=None) -> tuple[np.ndarray, str]:
@@ -829,7 +830,11 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 g_in.visititems(subset)
             times = t0 + np.arange(n) / rate
             for j, (i, as_name) in enumerate(moves):
-                values, b_unit = _in_tsv_unit(moved[:, j], unit, tsv_units.get(names[i], ""), names[i], tsv, None)
+                # a voltage unit there is /continuous's µV already (the converter scaled volt channels);
+                # another one (mN) names a channel /continuous's blanket unit says nothing true of
+                named = tsv_units.get(names[i], "")
+                values, b_unit = _in_tsv_unit(moved[:, j], unit, "" if named.lower() in _VOLTS else named, names[i],
+                                              tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
                 b.create_dataset("values", data=values, compression="gzip", compression_opts=4, shuffle=True)

@@ -638,7 +638,8 @@ def test_brainvision_marker_labels_are_the_ones_a_user_recognises(tmp_path):
     assert _EVENT_LABEL_RULE == EVENT_LABEL_RULE
     helps = {name: sub.format_help() for name, sub in build_parser()._subparsers._group_actions[0].choices.items()}
     flat = {k: " ".join(v.split()) for k, v in helps.items()}
-    assert " ".join(EVENT_LABEL_RULE.split()) in flat["convert"] and " ".join(EVENT_LABEL_RULE.split()) in flat["finetune"]
+    rule = " ".join(EVENT_LABEL_RULE.split())
+    assert rule in flat["convert"] and rule in flat["finetune"] and rule in flat["evaluate"]
 
 
 def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_again():
