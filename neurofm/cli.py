@@ -12,12 +12,20 @@ import argparse
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 from neurofm import __version__, log_to_stderr
 
 # Every other neurofm import is inside the command that needs it, on purpose: `neurofm --help`
 # then loads no torch or Lightning (0.1 s, against seconds for the recipes' imports).
+
+#: neurofm.data.session.EVENT_LABEL_RULE, written out: importing it would cost `--help` seconds
+#: (tests/data/test_ieeg_convert.py checks the two agree).
+_EVENT_LABEL_RULE = ("BrainVision markers are labelled by their description, without the marker type MNE puts "
+                     "before it: 'Comment/grip' -> 'grip', 'Stimulus/S  1' -> 'S1', 'Response/R 12' -> 'R12'; "
+                     "New Segment, SyncStatus, DC Correction, Impedance and Time 0 markers (the recording's "
+                     "bookkeeping) are left out; other labels are kept as written")
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")  # key=value, key.sub=value, key[0]=value
 
@@ -381,8 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "inferred with a warning)")
     c.add_argument("--behavior-channel", action="append", metavar="NAME[=as_name]",
                    help="iEEG / session: a channel that records behaviour (grip force, a joystick...) becomes "
-                        "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable)")
+                        "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable); its unit: a "
+                        "BIDS channels.tsv's 'units', else the recording's. Without it such a channel stays in "
+                        "/continuous typed non-neural (the convert warning lists them) and the model leaves it out")
     c.add_argument("--session-id", help="defaults to the input file's stem")
+    c.epilog = textwrap.fill(("iEEG events: annotations (or a BIDS events.tsv, which wins) go to /events/annotations, "
+                              "one label each (`neurofm finetune --task classify --events annotations`); "
+                              + _EVENT_LABEL_RULE + ".").replace("S  1", "S\x00\x001"), width=100).replace("\x00", " ")
     c.add_argument("--license", help="the data's licence as an SPDX id (e.g. CC-BY-4.0), kept in the session file "
                                      "for model cards (default: a BIDS dataset's License, else none)")
     c.add_argument("--nan", choices=["raise", "mark-bad"], default="raise",
@@ -461,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress (evaluate "
                                                                  "of a fine-tuned folder: default, the run's own)")
         p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes (evaluate of "
-                                        "a fine-tuned folder: default, the run's own)")
+                                        "a fine-tuned folder: default, the run's own). `convert ieeg` writes a "
+                                        "recording's annotations (or BIDS events.tsv) to /events/annotations, "
+                                        "one label each; " + _EVENT_LABEL_RULE)
         p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. trainer.max_epochs=5), "
                                                     "anywhere on the line (also after --data / --behavior)")
         p.add_argument("--score-when", choices=["auto", "moving", "all"],

@@ -644,7 +644,7 @@ def _unloadable(path: Path) -> str | None:
 RESUME_SECTIONS = ("model", "data", "task")
 
 
-def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
+def check_resume_config(cfg, checkpoint: str | os.PathLike, given=None) -> None:
     """Refuse to resume ``checkpoint`` under a config that differs from the one that wrote it.
 
     The run that wrote ``RUN/checkpoints/X.ckpt`` saved its resolved config as
@@ -652,6 +652,12 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     model or data order from these weights (or fail later on a shape), so it is a
     :class:`ConfigError` naming every differing key. A key absent from the saved config (added to
     neurofm since) whose value is its default is no difference. No saved config: nothing to compare.
+
+    ``given``: the config as the user gave it, before ``recipe.prepare`` filled keys from the
+    data or a pretrained folder (BaRISTA's ``model.preprocessing``, ``model.patch_len``...).
+    Such a derived key absent from the saved config (an older neurofm did not derive or save it)
+    is no difference either: the user set nothing. A derived key the saved config has with
+    another value is one (the data or the pretrained folder changed), and the error says so.
     """
     saved_path = Path(checkpoint).resolve().parent.parent / "config.yaml"
     if not saved_path.exists():
@@ -661,21 +667,37 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike) -> None:
     # a key added to the config since the checkpoint's run wrote config.yaml is absent there; at
     # its default it changes nothing (the old code behaved as the default does)
     default = _as_saved(type(cfg)())
-    diffs = []
+    user = _as_saved(given) if given is not None else None
+    diffs, derived_diffs = [], []
     for section in RESUME_SECTIONS:
         old_flat, new_flat = _flatten(saved.get(section, {}), section), _flatten(new.get(section, {}), section)
         default_flat = _flatten(default.get(section, {}), section)
+        user_flat = _flatten(user.get(section, {}), section) if user is not None else None
         for key in sorted(set(old_flat) | set(new_flat)):
             a, b = old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
             if key not in old_flat and key in default_flat and b == default_flat[key]:
                 continue
+            derived = user_flat is not None and key in new_flat and _derived(key, user_flat, b)
+            if derived and key not in old_flat:
+                continue
             if a != b:
-                diffs.append(f"{key}: {a!r} -> {b!r}")
-    if diffs:
-        shown = "; ".join(diffs[:10]) + (f" (+{len(diffs) - 10} more)" if len(diffs) > 10 else "")
+                (derived_diffs if derived else diffs).append(f"{key}: {a!r} -> {b!r}")
+    if diffs or derived_diffs:
+        every = diffs + [f"{d} (derived from the data or the pretrained folder, which changed since)"
+                         for d in derived_diffs]
+        shown = "; ".join(every[:10]) + (f" (+{len(every) - 10} more)" if len(every) > 10 else "")
         raise ConfigError(f"resume: {checkpoint} was written by a run with another config ({saved_path}): {shown}. "
                           f"A checkpoint only continues the run that wrote it: use a new run_dir, or resume=none "
                           f"to start this run_dir over")
+
+
+def _derived(key: str, user_flat: dict[str, Any], value: Any) -> bool:
+    """Whether the recipe, not the user, set ``key`` to ``value``: the user's config has another
+    value there, or an unset leaf (``None``) above it (``model.preprocessing`` -> ``...line_noise``)."""
+    if key in user_flat:
+        return user_flat[key] != value
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in user_flat for i in range(len(parts) - 1, 0, -1))
 
 
 def _as_saved(cfg) -> dict:
@@ -723,12 +745,13 @@ def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     t_start = time.time()
+    given = cfg
     cfg = recipe.prepare(cfg)  # simulate the demo session once; resolve a pretrained model's shape
     if hasattr(recipe, "preflight"):  # what the run needs after training, checked before it starts
         recipe.preflight(cfg, training=True)
     ckpt = resume_path(cfg.resume, run_dir)
     if ckpt:
-        check_resume_config(cfg, ckpt)
+        check_resume_config(cfg, ckpt, given=given)  # keys prepare derived are not the user's changes
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
     if hasattr(recipe, "resolve_trainer"):  # Trainer settings sized from the data (e.g. a step budget)
@@ -858,11 +881,18 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
     return metrics
 
 
+#: Window stride keys of the families' data configs (Neuroformer ``data.stride``, BaRISTA
+#: ``data.stride_s``); a run config holds the one of its family.
+_STRIDE_KEYS = ("stride", "stride_s")
+
+
 def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:
     """What ``neurofm evaluate`` takes from the fine-tuning run of a fine-tuned folder: its
     train / valid / test split (so the test block is the one that run held out, not one its
-    training saw; the user's own ``data.split.*`` overrides come after and win) and, when not
-    given, the behaviour or events it was fine-tuned on. Each is one log line."""
+    training saw) and its window stride (``data.stride`` of Neuroformer, ``data.stride_s`` of
+    BaRISTA: so the scored windows are the ones that run scored; the user's own ``data.*``
+    overrides come after and win) and, when not given, the behaviour or events it was
+    fine-tuned on. Each is one log line."""
     found = finetuning_run(pretrained, family)
     if found is None:
         return overrides, options
@@ -873,6 +903,11 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
         overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
         shown = ", ".join(f"{k} {v}" for k, v in split.items())
         log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}); data.split.* to change")
+    for key in _STRIDE_KEYS:
+        if data.get(key):  # 0: the default, which evaluate uses too
+            overrides = [f"data.{key}={data[key]}", *overrides]
+            log.info(f"neurofm: windows every {data[key]} s, as fine-tuned (data.{key} from {path}); "
+                     f"data.{key}=... to change")
     if not options.get("behavior"):
         names = list(data.get("behavior") or []) or ([data["target"]] if data.get("target") else [])
         if names:

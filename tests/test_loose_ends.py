@@ -50,6 +50,42 @@ def test_resume_check_ignores_a_key_added_since_with_its_default(tmp_path):
         check_resume_config(other, run / "checkpoints" / "last.ckpt")
 
 
+def test_resume_check_ignores_keys_the_recipe_derived_that_an_older_config_lacks(tmp_path):
+    """Issue 11: a BaRISTA config.yaml written before ``model.preprocessing`` existed refused to
+    resume (``model.preprocessing.laplacian: '<absent>' -> False``): the recipe fills it from the
+    data or the pretrained folder, the user set nothing. A derived key with another saved value
+    (the data changed) still stops it, and says it was derived; a user's change too."""
+    import dataclasses
+
+    from neurofm.experiment import check_resume_config, load_config, save_config
+
+    given = load_config("barista/demo")  # as the user gives it: model.preprocessing unset
+    assert given.model.preprocessing is None
+    prepared = dataclasses.replace(given, model=dataclasses.replace(
+        given.model, preprocessing={"line_noise": 60.0, "laplacian": False, "drop_non_grey": False}))
+    run = tmp_path / "run"
+    save_config(prepared, run / "config.yaml")
+    old = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    del old["model"]["preprocessing"]  # written by the neurofm before the key
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    check_resume_config(prepared, ckpt, given=given)  # no error
+    with pytest.raises(ConfigError, match=r"model\.preprocessing\.laplacian: '<absent>' -> False"):
+        check_resume_config(prepared, ckpt)  # without knowing what the user gave: the old refusal
+
+    old["model"]["preprocessing"] = {"line_noise": 50.0, "laplacian": False, "drop_non_grey": False}
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    with pytest.raises(ConfigError, match=r"model\.preprocessing\.line_noise: 50\.0 -> 60\.0 \(derived from the data "
+                                          r"or the pretrained folder, which changed since\)"):
+        check_resume_config(prepared, ckpt, given=given)
+    del old["model"]["preprocessing"]
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    user = load_config("barista/demo", ["model.n_layers=3"])
+    with pytest.raises(ConfigError, match=r"model\.n_layers: \d+ -> 3"):
+        check_resume_config(dataclasses.replace(prepared, model=dataclasses.replace(prepared.model, n_layers=3)),
+                            ckpt, given=user)
+
+
 # -- neurofm inspect streams spikes --------------------------------------------------------------
 
 
@@ -153,14 +189,21 @@ MONITOR = {"neuroformer": "val/behavior_r2", "barista": "val/r2"}
 
 @pytest.fixture(scope="module")
 def finetuned(lab, tmp_path_factory) -> dict:
-    """One short fine-tune per family with the CLI defaults, a user's step limit and split gap."""
+    """One short fine-tune per family with the CLI defaults, a user's step limit, split gap and
+    window stride (not the default: evaluate must carry it)."""
     from neurofm.experiment import run
 
     out = {}
     for family in ("neuroformer", "barista"):
         run_dir = tmp_path_factory.mktemp(f"ft-{family}") / "run"
-        out[family] = run(_finetune_cfg(lab, family, run_dir, f"trainer.max_steps={STEPS}", "data.split.gap=3.0"))
+        out[family] = run(_finetune_cfg(lab, family, run_dir, f"trainer.max_steps={STEPS}", "data.split.gap=3.0",
+                                        FT_STRIDE[family]))
     return out
+
+
+#: Window strides of the fine-tunes above, each other than its family's default (window.curr
+#: 0.05 s; segment_s 1 s).
+FT_STRIDE = {"neuroformer": "data.stride=0.1", "barista": "data.stride_s=1.5"}
 
 
 @pytest.mark.parametrize("family", ["neuroformer", "barista"])
@@ -192,7 +235,8 @@ def test_evaluate_a_finetuned_folder_says_what_it_probed_and_uses_the_runs_split
     pretrained encoder" though it read the fine-tuned model's encoder (spikes: "features of
     pretrained", the folder's name); it split the recording with the default fractions, not the
     fine-tuning run's (a 3 s gap: other test windows than the run held out); a BaRISTA
-    regression fine-tune needed --behavior repeated."""
+    regression fine-tune needed --behavior repeated; it scored windows at the default stride,
+    not the run's data.stride / data.stride_s (other windows than the run scored)."""
     from neurofm.cli import main
     from neurofm.jsonio import loads_strict
 
@@ -200,7 +244,8 @@ def test_evaluate_a_finetuned_folder_says_what_it_probed_and_uses_the_runs_split
     data = lab["spikes"] if family == "neuroformer" else lab["ieeg"]
     out = tmp_path / "ev"
     assert main(["evaluate", "--pretrained", str(ft.pretrained_dir), "--data", data, "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     got = loads_strict(text[text.index("{"):])
     target = "position" if family == "neuroformer" else "grip_force"
     report = (out / "decode_report.md").read_text()
@@ -220,8 +265,11 @@ def test_evaluate_a_finetuned_folder_says_what_it_probed_and_uses_the_runs_split
         assert f"ridge on frozen pooled features of the pretrained model {lab['nf']}" in \
             (ft.run_dir / "decode_report.md").read_text()
         key = f"{target}_r2"
-    # the same model on the test block the fine-tuning run held out scores what that run reported
+    # the same model on the windows the fine-tuning run held out (its split, its stride) scores
+    # what that run reported, and says where the stride came from
     assert got["metrics"][key] == pytest.approx(ft.metrics["metrics"][key], rel=1e-4, abs=1e-6)
+    setting, value = FT_STRIDE[family].split("=")
+    assert f"windows every {value} s, as fine-tuned ({setting} from " in captured.err
 
 
 # -- resume: a BaRISTA pretraining killed with SIGKILL, a fine-tune of each family -----------------

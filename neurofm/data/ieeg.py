@@ -7,18 +7,24 @@ What goes where::
         the file's own clock, ``raw.first_time``)
     channel names, types, bads                              -> /channels name, type, bad
         (without a channels.tsv, channels NAMED like non-neural inputs -- EKG1, DC01,
-        TRIG -- that the file types as EEG get the type their name says: ecg, misc, stim)
+        TRIG, GRIP, MOV_RIGHT, ACC_X -- that the file types as EEG get the type their name
+        says: ecg, misc, stim; a warning names every channel the model will leave out and,
+        for continuous ones, the --behavior-channel NAME that makes a target of them)
     *_electrodes.tsv (or --electrodes FILE)                 -> /channels x, y, z (mm) and
         every non-standard column (``destrieux``, ``desikan-killiany``, ...) as
         /channels/region/<column name>; ``n/a`` and ``Unknown`` labels become "" (unknown)
     *_coordsystem.json                                      -> coordinate unit and space
     *_channels.tsv                                          -> type, ``status == bad``
     annotations, or a BIDS *_events.tsv when there is one   -> /events/annotations (one group,
-        one ``label`` per event = the description / trial_type)
+        one ``label`` per event = the description / trial_type; BrainVision markers by their
+        description without MNE's type prefix, "Comment/grip" -> "grip", "Stimulus/S  1" ->
+        "S1", bookkeeping markers such as "New Segment" left out:
+        :data:`neurofm.data.session.EVENT_LABEL_RULE`)
     annotations whose description starts with "BAD"        -> also /intervals/bad_segments
     channels named by ``behavior_channels`` (a grip-force   -> /behavior/<as_name> (timestamps
         sensor, an accelerometer recorded as a channel)        from the sampling clock, values in
-        the channel's own unit, attr ``unit``), and out of /continuous and /channels
+        the channel's own unit, attr ``unit``: the channels.tsv ``units`` where a BIDS sidecar
+        gives one, else the recording's), and out of /continuous and /channels
 
 Events go to ONE group with labels rather than a group per description: descriptions are
 free text (spaces, slashes, hundreds of distinct values in clinical files) and event
@@ -44,7 +50,8 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (ConvertError, Session, SessionFormatError, SessionWriter, channel_types_from_names,
+from neurofm.data.session import (NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session, SessionFormatError,
+                                  SessionWriter, channel_types_from_names, event_labels,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
@@ -108,9 +115,10 @@ def convert_ieeg(
         unit that would fit.
     behavior_channels : ``"NAME"`` or ``"NAME=as_name"`` per channel that records behaviour
         (grip force, a joystick, an accelerometer): it becomes ``/behavior/<as_name>`` (default
-        ``as_name``: the channel name) and leaves /continuous and /channels. A name matching
-        no channel is an error listing the channels. For a session file that exists already:
-        :func:`move_channels_to_behavior`.
+        ``as_name``: the channel name) and leaves /continuous and /channels; its ``unit`` attr
+        is the channels.tsv ``units`` when given (values rescaled when both are voltages),
+        else the recording's. A name matching no channel is an error listing the channels. For
+        a session file that exists already: :func:`move_channels_to_behavior`.
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -151,8 +159,12 @@ def convert_ieeg(
                            "leave at least one neural channel in /continuous")
     # the channel table, its typing and its sidecar matching describe the channels that stay
     neural = raw if len(keep) == len(names) else raw.copy().pick(keep.tolist())
-    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit)
+    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit,
+                           moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
+    label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
+    onset, duration, label = onset[is_event], duration[is_event], label[is_event]
+    events_source = events_source if onset.size else ""
     entities = _bids_entities(in_path)
     subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
     if subject == "X":  # EDF+/BDF+: 'X' marks a patient field as unknown (anonymised), not a subject named X
@@ -174,8 +186,9 @@ def convert_ieeg(
     try:
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
             _write_continuous(w, neural, list(neural.ch_names), table, in_path, nan_policy)
+            tsv_units = _channels_tsv_units(side.get("channels"), [names[i] for i, _ in moves])
             for i, as_name in moves:
-                values, unit = _channel_in_own_unit(raw, i)
+                values, unit = _channel_in_own_unit(raw, i, tsv_units.get(names[i], ""), side.get("channels"))
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
                 w.add_behavior(as_name, times, values, unit=unit, source_channel=names[i])
             if onset.size:
@@ -473,34 +486,72 @@ def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> t
 _GENERIC_NEURAL_TYPES = frozenset({"eeg", "seeg", "ecog", "dbs"})
 
 
-def _types_from_names(types: np.ndarray, names: list[str], typed_by_file: np.ndarray, in_path: Path) -> np.ndarray:
-    """Channel types with non-neural NAMES typed as such where no channels.tsv row typed them.
+def _types_from_names(types: np.ndarray, names: list[str], typed_by_file: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(types, retyped)``: channel types with non-neural NAMES typed as such where no
+    channels.tsv row typed them, and the ``(C,) bool`` of the channels that changed.
 
-    MNE types every EDF channel ``eeg``, so ECG leads, DC analogue inputs and trigger lines
-    would pass as neural (and DC01, DC02 would even become Laplacian neighbours of each other
-    on a shaft "DC"). The rule is :func:`neurofm.data.session.channel_types_from_names`.
+    MNE types every EDF channel ``eeg``, so ECG leads, DC analogue inputs, trigger lines and a
+    lab's grip-force or accelerometer input would pass as neural (and DC01, DC02 would even
+    become Laplacian neighbours of each other on a shaft "DC"). The rule is
+    :func:`neurofm.data.session.channel_types_from_names`.
     """
     said = channel_types_from_names(names)
     generic = np.asarray([str(t).lower() in _GENERIC_NEURAL_TYPES for t in types], dtype=bool)
     change = (said != "") & generic & ~typed_by_file
-    if not change.any():
-        return types
-    was = sorted({str(t) for t in types[change]})
-    types = types.copy()
-    types[change] = said[change]
+    if change.any():
+        types = types.copy()
+        types[change] = said[change]
+    return types, change
+
+
+def _by_type(names: list[str], types: np.ndarray, mask: np.ndarray) -> str:
     by_type: dict[str, list[str]] = {}
-    for i in np.flatnonzero(change):
-        by_type.setdefault(str(said[i]), []).append(names[i])
-    shown = "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
-    warnings.warn(f"{in_path}: /channels/type: {int(change.sum())} of {len(names)} channels typed {'/'.join(was)} "
-                  f"by the file are named like non-neural inputs, so typed by their names ({shown}); the segmenter "
-                  f"leaves them out. Give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types "
-                  f"yourself", stacklevel=4)
-    return types
+    for i in np.flatnonzero(mask):
+        by_type.setdefault(str(types[i]), []).append(names[i])
+    return "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
 
 
-def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit) -> dict[str, Any]:
-    """/channels columns for the recording's channels (in its order)."""
+def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyped: np.ndarray,
+                     typed_by_file: np.ndarray, in_path: Path, channels_tsv) -> None:
+    """One warning naming every channel the model will leave out as non-neural (the segmenter
+    drops :data:`~neurofm.data.session.NON_NEURAL_TYPES`), why (its name, the channels.tsv, the
+    file), and for the continuous ones the ``--behavior-channel NAME`` that makes a decoding
+    target of them."""
+    non_neural = np.asarray([str(t).strip().lower() in NON_NEURAL_TYPES for t in types], dtype=bool)
+    if not non_neural.any():
+        return
+    n, parts = len(names), []
+    if retyped.any():
+        parts.append(f"{int(retyped.sum())} of {n} channels typed {'/'.join(sorted({str(t) for t in was[retyped]}))} "
+                     f"by the file are named like non-neural inputs, so typed by their names "
+                     f"({_by_type(names, types, retyped)})")
+    for source, m in ((f"channels.tsv ({Path(channels_tsv).name})" if channels_tsv else "", non_neural & typed_by_file),
+                      ("the file", non_neural & ~typed_by_file & ~retyped)):
+        if m.any():
+            parts.append(f"{int(m.sum())}{' more' if parts else f' of {n} channels'} typed non-neural by {source} "
+                         f"({_by_type(names, types, m)})")
+    continuous = [names[i] for i in np.flatnonzero(non_neural)
+                  if str(types[i]).strip().lower() not in NOT_CONTINUOUS_TYPES]
+    hint = ""
+    if continuous:
+        shown = ", ".join(continuous[:6]) + (f" ... (+{len(continuous) - 6} more)" if len(continuous) > 6 else "")
+        hint = (f". To decode a continuous one (force, movement, ...) as a behaviour, convert again with "
+                f"--behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
+    k = int(non_neural.sum())
+    fix = (f"edit their type in {channels_tsv} to change that" if channels_tsv else
+           "give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types yourself")
+    warnings.warn(f"{in_path}: /channels/type: {'; '.join(parts)}; the model leaves {'it' if k == 1 else f'these {k}'} "
+                  f"out (kept in /continuous, typed): {fix}{hint}", stacklevel=4)
+
+
+#: BIDS channels.tsv types of neural signals (lower-cased); with NON_NEURAL_TYPES every BIDS type.
+_NEURAL_TYPES = frozenset({"eeg", "seeg", "ecog", "dbs", "meg", "megmag", "meggradaxial", "meggradplanar"})
+
+
+def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit,
+                   moved: Sequence[str] = ()) -> dict[str, Any]:
+    """/channels columns for the recording's channels (in its order); ``moved``: channels
+    taken to /behavior (their electrodes rows are not reported as matching no channel)."""
     n = len(names)
     types = np.asarray(raw.get_channel_types(), dtype=object)
     bad = np.isin(names, raw.info["bads"])
@@ -519,6 +570,13 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             file_types = np.asarray([x.lower() for x in t["type"]], dtype=object)
             types = np.where(has, file_types[np.maximum(row, 0)], types)
             typed_by_file = has
+            odd = sorted({str(x) for x in types[has]} - _NEURAL_TYPES - NON_NEURAL_TYPES - set(_NA))
+            if odd:
+                which = [names[i] for i in np.flatnonzero(has & np.isin(types, odd))]
+                warnings.warn(f"{side['channels']}: type: {', '.join(map(repr, odd))} is not a BIDS channel type "
+                              f"(channels {', '.join(which[:6])}{' ...' if len(which) > 6 else ''}); these are fed to "
+                              f"the model as neural signal. Write ECOG, SEEG, DBS or EEG for neural contacts, MISC "
+                              f"(or TRIG, EMG, ECG, ...) for the others", stacklevel=3)
         if "status" in t:
             status = np.asarray([x.lower() for x in t["status"]], dtype=object)
             bad |= has & (status[np.maximum(row, 0)] == "bad")
@@ -538,6 +596,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
                                "that belongs to this recording (--electrodes)")
         used = np.zeros(len(el["names"]), dtype=bool)
         used[row[has]] = True
+        used[[r for r in _match(list(moved), el["names"]) if r >= 0]] = True  # rows of /behavior channels
         if (~has).any() or (~used).any():
             extra = [el["names"][i] for i in np.nonzero(~used)[0][:4]]
             missing = [names[i] for i in np.nonzero(~has)[0][:4]]
@@ -559,7 +618,9 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             montage = raw.get_montage()
             space = str(montage.get_positions()["coord_frame"]) if montage is not None else "unknown"
             check_brain_coordinates(xyz[known], 1e3, in_path, "channel positions (montage)", stacklevel=4)
-    types = _types_from_names(types, names, typed_by_file, in_path)
+    was = types
+    types, retyped = _types_from_names(types, names, typed_by_file)
+    _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"))
     return dict(names=names, x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], regions=regions, bad=bad,
                 coordinate_space=space, types=types)
 
@@ -641,9 +702,48 @@ def select_behavior_channels(names: Sequence[str], specs, source) -> list[tuple[
     return [(int(r), as_name) for r, (_, as_name) in zip(rows, pairs)]
 
 
-def _channel_in_own_unit(raw, i: int) -> tuple[np.ndarray, str]:
+def _channels_tsv_units(channels_tsv, names: Sequence[str]) -> dict[str, str]:
+    """``{channel: unit}`` of a BIDS channels.tsv ``units`` column for ``names`` (matched as the
+    channels are; ``n/a`` and missing rows left out)."""
+    if channels_tsv is None or not names:
+        return {}
+    t = read_tsv(channels_tsv)
+    if "name" not in t or "units" not in t:
+        return {}
+    rows = _match(list(names), t["name"])
+    cells = [t["units"][r].strip() if r >= 0 else "" for r in rows]
+    return {n: u for n, u in zip(names, cells) if u.lower() not in _NA}
+
+
+def _channel_in_own_unit(raw, i: int, tsv_unit: str = "", channels_tsv=None) -> tuple[np.ndarray, str]:
     """Channel ``i`` as ``(values (T,) float32, unit)``: in the unit the file records it in
-    (MNE reads µV/mV channels as volts: they are scaled back), unit ``""`` when the file has none."""
+    (MNE reads µV/mV channels as volts: they are scaled back), unit ``""`` when the file has none.
+
+    ``tsv_unit``: the channel's BIDS channels.tsv ``units`` (a grip force in ``mN``), which names
+    the unit where the file has none or a voltage placeholder (BrainVision writers label every
+    channel µV); where both are voltages the values are rescaled to it."""
+    values, unit = _file_unit_values(raw, i)
+    return _in_tsv_unit(values, unit, tsv_unit, raw.ch_names[i], channels_tsv, "the recording")
+
+
+def _in_tsv_unit(values: np.ndarray, unit: str, tsv_unit: str, name: str, channels_tsv,
+                 stored_by: str | None) -> tuple[np.ndarray, str]:
+    """``(values, unit)`` named by a channels.tsv unit (rescaled when both are voltages). A
+    non-voltage channels.tsv unit where ``stored_by`` states a voltage is warned about (no
+    ``stored_by``: the stored unit is a blanket label, /continuous's, and says nothing)."""
+    if not tsv_unit or tsv_unit == unit:
+        return values, unit
+    file_v, tsv_v = _VOLTS.get(unit.lower()), _VOLTS.get(tsv_unit.lower())
+    if file_v is not None and tsv_v is not None:
+        return (values * (file_v / tsv_v)).astype(np.float32), tsv_unit
+    if unit and stored_by:  # e.g. the recording says µV, the channels.tsv mN: the numbers as stored
+        warnings.warn(f"{channels_tsv}: units: {name} is in {tsv_unit!r} by the channels.tsv but {unit!r} by "
+                      f"{stored_by}; /behavior keeps the values as stored, with unit {tsv_unit!r} (fix the "
+                      f"channels.tsv if that is wrong)", stacklevel=4)
+    return values, tsv_unit
+
+
+def _file_unit_values(raw, i: int) -> tuple[np.ndarray, str]:
     orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
     data = raw.get_data(picks=[i], verbose="error")[0]  # (T,)
     from mne.io.constants import FIFF
@@ -662,7 +762,9 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
 
     The same as ``convert_ieeg(..., behavior_channels=...)`` for a file converted already
     (any session with /continuous: iEEG, NWB LFP): each channel becomes ``/behavior/<as_name>``
-    (timestamps from the sampling clock, values in /continuous's unit, attr ``unit``) and is
+    (timestamps from the sampling clock, values in /continuous's unit, attr ``unit``; the units
+    of the BIDS channels.tsv the session was converted with, attr ``channels_file``, where it
+    still exists and gives one) and is
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
     """
@@ -682,6 +784,9 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                                    "give the channel another name with NAME=as_name")
         rate, t0, unit, n = s.sampling_rate, s.continuous_t_start, str(s.h5["continuous"].attrs.get("unit", "")), \
             s.n_samples
+        # the BIDS channels.tsv the session was converted with names the moved channels' units
+        tsv = str(s.attrs.get("channels_file", "") or "")
+        tsv_units = _channels_tsv_units(tsv, [names[i] for i in taken]) if tsv and Path(tsv).is_file() else {}
     keep = np.setdiff1d(np.arange(len(names)), taken)
     if not keep.size:
         raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
@@ -725,10 +830,15 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 g_in.visititems(subset)
             times = t0 + np.arange(n) / rate
             for j, (i, as_name) in enumerate(moves):
+                # a voltage unit there is /continuous's µV already (the converter scaled volt channels);
+                # another one (mN) names a channel /continuous's blanket unit says nothing true of
+                named = tsv_units.get(names[i], "")
+                values, b_unit = _in_tsv_unit(moved[:, j], unit, "" if named.lower() in _VOLTS else named, names[i],
+                                              tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
-                b.create_dataset("values", data=moved[:, j], compression="gzip", compression_opts=4, shuffle=True)
-                b.attrs.update(unit=unit, source_channel=names[i])
+                b.create_dataset("values", data=values, compression="gzip", compression_opts=4, shuffle=True)
+                b.attrs.update(unit=b_unit, source_channel=names[i])
         with Session(tmp):  # validates the new file before it replaces anything
             pass
     return out_path

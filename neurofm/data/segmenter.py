@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from scipy.signal import iirnotch, resample_poly, sosfiltfilt, tf2sos, welch
 
-from neurofm.data.session import Channels
+from neurofm.data.session import NON_NEURAL_TYPES, Channels
 
 if TYPE_CHECKING:  # pragma: no cover
     from neurofm.atlas import SpatialVocab
@@ -41,9 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # Labels (any atlas) that mean "not grey matter": white matter and ventricles.
 _NON_GREY = re.compile(r"white[-_ ]?matter|(^|[-_ ])wm([-_ ]|$)|ventric|(^|[-_])vent([-_]|$)|"
                        r"lat[-_ ]?vent|cerebral[-_ ]white", re.IGNORECASE)
-# Channel types that carry no neural signal (BIDS / MNE channel types).
-NON_NEURAL_TYPES = frozenset({"ecg", "ekg", "eog", "emg", "misc", "stim", "resp", "trig", "bio", "syst",
-                              "temp", "gsr", "audio", "pupil", "eyegaze"})
 # "LA1", "L'12", "RH 03", "A-2": shaft = everything before the trailing contact number.
 _CONTACT = re.compile(r"^(?P<shaft>.*?)[\s_\-]*(?P<num>\d+)$")
 

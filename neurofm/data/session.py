@@ -160,37 +160,64 @@ def check_brain_coordinates(xyz_mm, scale: float, file: str | os.PathLike, field
 
 # Channel names that carry no neural signal even where a file types them EEG: EDF has no
 # channel types, so MNE types every EDF channel "eeg" (the sample sEEG's EKG1/2 and DC01..08
-# analogue inputs included). Name prefix -> BIDS / MNE channel type.
-_NON_NEURAL_PREFIXES = {
+# analogue inputs included, and a lab's grip-force or accelerometer input). The ONE table of
+# name patterns: channel type (BIDS / MNE) -> patterns, each a regular expression matched at the
+# start of the name and not followed by another letter ("DC03", "MOV_RIGHT", "ACC_X" yes;
+# "DCA1", "MOVA" no). Body and behaviour sensors (continuous: they can be decoding targets,
+# ``--behavior-channel``), event lines (stim) and references.
+_AXIS = r"(?:[_\s-]?(?:(?:L|R|LEFT|RIGHT)[_\s-]?)?[XYZ])"
+_NON_NEURAL_PATTERNS = {
     "ecg": ("ECG", "EKG"),
     "emg": ("EMG",),
-    "eog": ("EOG",),
-    "resp": ("RESP",),
-    "stim": ("TRIG", "TRIGGER", "STI", "STIM", "MARK", "MARKER", "MARKERS", "EVENT", "EVENTS", "PHOTIC"),
+    "eog": ("EOG", "HEOG", "VEOG"),
+    "resp": ("RESP", "RESPIRATION", "RESPIRATORY", "BREATH", "BREATHING"),
+    "stim": ("TRIG", "TRIGGER", "STI", "STIM", "STIMULUS", "MARK", "MARKER", "MARKERS", "EVENT", "EVENTS",
+             "PHOTIC", "PHOTO", "PHOTODIODE", "PHOTOSENSOR"),
     "bio": ("SPO2", "PULSE", "PLETH", "OSAT"),
-    "misc": ("DC", "REF", "GND"),
+    # behaviour / sensors recorded as channels. ACC only with an axis ("ACC_X", "ACC_R_Z",
+    # "ACCX"): "ACC1".."ACC12" are anterior-cingulate sEEG shafts
+    "misc": ("DC", "ANALOG", "ADC", "GRIP", "GRIPFORCE", "FORCE", "MOV", "MOVE", "MOVEMENT", "JOYSTICK",
+             "ACC" + _AXIS, "ACCEL" + _AXIS + "?", "ACCELEROMETER" + _AXIS + "?", "GYRO" + _AXIS + "?",
+             "GYROSCOPE" + _AXIS + "?", "EYE" + _AXIS + "?", "EYEGAZE", "PUPIL", "AUDIO", "MIC", "MICROPHONE",
+             "SOUND"),
+    "ref": ("REF", "GND"),
 }
-_PREFIX_TYPE = {p: t for t, ps in _NON_NEURAL_PREFIXES.items() for p in ps}
+#: Types of :data:`_NON_NEURAL_PATTERNS` that mark events or references, not a continuous
+#: signal a lab would decode: the converter's ``--behavior-channel`` hint leaves them out.
+NOT_CONTINUOUS_TYPES = frozenset({"stim", "trig", "ref", "reference", "syst", "sysclock", "dac"})
+
+#: Channel types (BIDS channels.tsv ``type`` lower-cased, and MNE's) that carry no neural
+#: signal: the segmenter leaves such channels out, the converter says which.
+NON_NEURAL_TYPES = frozenset({"ecg", "ekg", "eog", "heog", "veog", "emg", "misc", "stim", "trig", "resp", "bio",
+                              "syst", "sysclock", "temp", "temperature", "gsr", "audio", "pupil", "eyegaze", "pd",
+                              "ppg", "adc", "dac", "ref", "reference", "chpi", "exci", "ias"})
 
 #: Body leads recorded on both sides carry the side right after the prefix: EKGL/EKGR (the
 #: sample EDFs of Nihon Kohden and Natus systems), ECGR, EMGL, EOGR.
 _SIDED_PREFIXES = ("ECG", "EKG", "EMG", "EOG")
 _SIDE = r"(?:LEFT|RIGHT|LT|RT|L|R)"
 
+
+def _alternatives(patterns) -> str:
+    """Longest literal first, so "TRIGGER" wins over "TRIG" (patterns with regex syntax last)."""
+    return "|".join(sorted(patterns, key=lambda p: (not p.isalnum(), -len(p), p)))
+
+
 #: The one rule for "named like a non-neural channel" (converters type such channels, the
-#: iEEG evaluation leaves them out): a prefix of :data:`_NON_NEURAL_PREFIXES` at the start
+#: iEEG evaluation leaves them out): a pattern of :data:`_NON_NEURAL_PATTERNS` at the start
 #: of the name (after an optional ``EEG``/``POL``/``SEEG`` label prefix), for ECG/EKG/EMG/EOG
 #: optionally followed by a side (``L``, ``R``, ``LT``, ``RT``, ``LEFT``, ``RIGHT``), and then
-#: not by another letter ("DC03", "EKG1", "EKGL", "EMG_L", "POL DC01", "STI 014" yes; "DCA1",
-#: "EMGA", "EKGLA1" no). Anchored at the start on purpose: sEEG shafts are named by side +
-#: structure ("LEC1" left entorhinal, "LEKG"...), and short names like "E1" are grid
+#: not by another letter ("DC03", "EKG1", "EKGL", "EMG_L", "POL DC01", "STI 014", "MOV_RIGHT"
+#: yes; "DCA1", "EMGA", "EKGLA1" no). Anchored at the start on purpose: sEEG shafts are named by
+#: side + structure ("LEC1" left entorhinal, "LEKG"...), and short names like "E1" are grid
 #: contacts in iEEG (EOG only in sleep montages), so neither is read as a body lead.
 #: A body lead's name also counts as a word of its own after a label ("Chin EMG", "Rt EMG",
-#: "X1-EKG"), never glued to a letter or digit before it. Use with ``re.IGNORECASE``.
-NON_NEURAL_NAMES = (r"^(?:(?:EEG|POL|SEEG)\s+)?(?P<prefix>"
-                    + "|".join(sorted(_PREFIX_TYPE, key=lambda p: (-len(p), p))) + r")"
+#: "X1-EKG"), never glued to a letter or digit before it. Use with ``re.IGNORECASE``; the
+#: named group that matched (``t_<type>`` or ``w_<type>``) says the type.
+NON_NEURAL_NAMES = (r"^(?:(?:EEG|POL|SEEG)\s+)?(?:"
+                    + "|".join(f"(?P<t_{t}>{_alternatives(ps)})" for t, ps in _NON_NEURAL_PATTERNS.items()) + r")"
                     + r"(?:(?<=" + "|".join(_SIDED_PREFIXES) + r")" + _SIDE + r")?(?![A-Z])"
-                    + r"|(?<![A-Z0-9])(?P<word>" + "|".join(_SIDED_PREFIXES) + r")(?![A-Z])")
+                    + r"|(?<![A-Z0-9])(?:(?P<w_ecg>ECG|EKG)|(?P<w_emg>EMG)|(?P<w_eog>EOG))(?![A-Z])")
 _NON_NEURAL_RX = re.compile(NON_NEURAL_NAMES, re.IGNORECASE)
 
 
@@ -200,8 +227,55 @@ def channel_types_from_names(names) -> np.ndarray:
     out = []
     for name in names:
         m = _NON_NEURAL_RX.search(str(name).strip())
-        out.append(_PREFIX_TYPE[(m.group("prefix") or m.group("word")).upper()] if m else "")
+        out.append(m.lastgroup.split("_", 1)[1] if m else "")
     return np.asarray(out, dtype=object)
+
+
+#: MNE names a BrainVision marker ``<type>/<description>`` ("Comment/grip", "Stimulus/S  1").
+#: Marker types that mark events, and types that are bookkeeping of the recording (a new
+#: segment, amplifier sync, DC correction, impedance check), not events.
+_BV_EVENT_TYPES = ("Stimulus", "Response", "Comment")
+_BV_RECORDING_TYPES = ("New Segment", "SyncStatus", "DC Correction", "Impedance", "Time 0")
+_BV_MARKER = re.compile(r"^(?P<type>" + "|".join(_BV_EVENT_TYPES + _BV_RECORDING_TYPES) + r")/(?P<desc>.*)$",
+                        re.IGNORECASE | re.DOTALL)
+_BV_CODE = re.compile(r"^(?P<letter>[SR])\s*(?P<number>\d+)$")  # "S  1", "R 12": a stimulus / response code
+
+#: The rule, as the CLI help states it.
+EVENT_LABEL_RULE = ("BrainVision markers are labelled by their description, without the marker type MNE puts "
+                    "before it: 'Comment/grip' -> 'grip', 'Stimulus/S  1' -> 'S1', 'Response/R 12' -> 'R12'; "
+                    "New Segment, SyncStatus, DC Correction, Impedance and Time 0 markers (the recording's "
+                    "bookkeeping) are left out; other labels are kept as written")
+
+
+def event_label(label: str) -> str | None:
+    """The label a user recognises for one event label as MNE gives it (:data:`EVENT_LABEL_RULE`),
+    or ``None`` for a BrainVision bookkeeping marker that is no event."""
+    text = str(label)
+    m = _BV_MARKER.match(text.strip())
+    if m is None:
+        return text
+    kind = next(t for t in _BV_EVENT_TYPES + _BV_RECORDING_TYPES if t.lower() == m.group("type").lower())
+    if kind in _BV_RECORDING_TYPES:
+        return None
+    desc = m.group("desc").strip()
+    code = _BV_CODE.match(desc) if kind in ("Stimulus", "Response") else None
+    if code:
+        return f"{code.group('letter').upper()}{int(code.group('number'))}"
+    return desc or kind
+
+
+def event_labels(labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (N,) str, keep (N,) bool)``: :func:`event_label` for every label; ``keep`` is False
+    for bookkeeping markers. Where two labels that differ would become one (a Comment "S1" and a
+    Stimulus "S  1"), both keep their names as given, so no two kinds of event merge."""
+    given = [str(x) for x in labels]
+    short = [event_label(x) for x in given]
+    sources: dict[str, set[str]] = {}
+    for g, n in zip(given, short):
+        if n is not None:
+            sources.setdefault(n, set()).add(g)
+    out = [g if n is None or len(sources[n]) > 1 else n for g, n in zip(given, short)]
+    return np.asarray(out, dtype=object), np.asarray([n is not None for n in short], dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------

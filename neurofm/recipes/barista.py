@@ -43,7 +43,7 @@ from neurofm.atomic import atomic_write
 from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, IEEGSegmenter, Preprocessing, mains_peaks
-from neurofm.data.session import Session
+from neurofm.data.session import Session, event_label
 from neurofm.data.splits import TimeBlockSplit
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import test_period_blocks
@@ -701,7 +701,10 @@ def init_probe_head(task, dm) -> bool:
 def _load_finetuned_head(task, loaded, folder: str) -> None:
     """Put a fine-tuned folder's head into ``task``, checking that it answers the same question."""
     have, want = loaded.config, task.hparams
-    if have.task == "classification" and have.label_names and list(have.label_names) != list(want.label_names):
+    # a model fine-tuned on a file converted before BrainVision labels lost MNE's type prefix
+    # ("Comment/grip") answers the same question as one on the file converted again ("grip")
+    same = [event_label(x) for x in have.label_names or ()] == [event_label(x) for x in want.label_names or ()]
+    if have.task == "classification" and have.label_names and not same:
         raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
                           f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
     load_state_strict(task.head, loaded.head.state_dict(), source=f"{folder} (head)")

@@ -135,7 +135,7 @@ def check_bids_session(out: Path):
         assert ch.bad.tolist() == [False, False, True, False]  # channels.tsv status == bad
         assert ch.types.tolist() == ["seeg"] * 4
         ev = s.events("annotations")
-        assert ev["label"].tolist() == ["Comment/cue", "Comment/go"] and np.allclose(ev["onset"], [0.5, 2.0])
+        assert ev["label"].tolist() == ["cue", "go"] and np.allclose(ev["onset"], [0.5, 2.0])
         assert s.attrs["events_source"].endswith("_events.tsv")
 
 
@@ -260,9 +260,14 @@ def test_edf_non_neural_channels_typed_by_name_and_left_out_by_the_segmenter(tmp
     # a channels.tsv has the last word: its types are kept, even for a name like DC01
     tsv = write_tsv(tmp_path / "rec_channels.tsv", ["name", "type", "status"],
                     [[n, "seeg" if n != "EKG1" else "ecg", "good"] for n in names])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         convert_ieeg(edf, tmp_path / "t.h5", channels_tsv=tsv)
+    assert [str(w.message) for w in caught] == [
+        f"{edf}: /channels/type: 1 of 7 channels typed non-neural by channels.tsv (rec_channels.tsv) (ecg: EKG1 (1)); "
+        f"the model leaves it out (kept in /continuous, typed): edit their type in {tsv} to change that. To decode a "
+        f"continuous one (force, movement, ...) as a behaviour, convert again with --behavior-channel NAME "
+        f"(behavior_channels=[NAME]); here: EKG1"]
     with Session(tmp_path / "t.h5") as s:
         assert s.channels().types.tolist() == ["seeg"] * 3 + ["ecg"] + ["seeg"] * 3
 
@@ -506,3 +511,154 @@ def test_behavior_channels_from_bids_and_fif(bids_root, tmp_path):
     with Session(tmp_path / "fif.h5") as s:
         assert s.channels().names == ["A1", "A2", "A3"]
         np.testing.assert_allclose(s.behavior("grip")[1], force, rtol=1e-6)
+
+
+def test_behaviour_sensors_recorded_as_edf_channels_are_left_out_and_named(tmp_path, capsys):
+    """Issue 11: a grip-force / movement / trigger input in an EDF (typed eeg: EDF has no types)
+    reached the model as brain signal unless --behavior-channel named it. Typed by name now; the
+    warning names every channel left out and, for the continuous ones, the --behavior-channel hint."""
+    pytest.importorskip("edfio")
+    from neurofm.cli import main
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    names = ["ECOG1", "ECOG2", "ECOG3", "GRIP", "MOV_RIGHT", "ACC_X", "TRIG"]
+    rng = np.random.default_rng(0)
+    raw = mne.io.RawArray(rng.normal(0, 20e-6, (len(names), 1000)), mne.create_info(names, SR, "eeg"), verbose="error")
+    edf = tmp_path / "rec.edf"
+    mne.export.export_raw(edf, raw, fmt="edf", verbose="error")
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(edf, tmp_path / "s.h5")
+    text = " ".join(str(w.message) for w in record)
+    assert ("4 of 7 channels typed eeg by the file are named like non-neural inputs, so typed by their names "
+            "(misc: GRIP, MOV_RIGHT, ACC_X (3); stim: TRIG (1)); the model leaves these 4 out") in text
+    assert text.endswith("--behavior-channel NAME (behavior_channels=[NAME]); here: GRIP, MOV_RIGHT, ACC_X")  # no TRIG
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        assert ch.types.tolist() == ["eeg"] * 3 + ["misc"] * 3 + ["stim"]
+    assert IEEGSegmenter().channel_plan(ch).channels.names == ["ECOG1", "ECOG2", "ECOG3"]
+    # the CLI prints it; with the hint followed, MOV_RIGHT is a behaviour and no longer listed
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "t.h5"), "--behavior-channel", "MOV_RIGHT"]) == 0
+    err = capsys.readouterr().err
+    assert "neurofm convert: warning:" in err and "here: GRIP, ACC_X" in err and "MOV_RIGHT" not in err
+    with Session(tmp_path / "t.h5") as s:
+        assert s.behavior_names == ["MOV_RIGHT"] and "MOV_RIGHT" not in s.channels().names
+
+
+def test_bids_channel_types_are_honoured_and_named(tmp_path):
+    """Every BIDS non-neural channels.tsv type (MISC, TRIG, EMG, ECG, EOG, HEOG, PD, ...) keeps the
+    channel out of the model, with the names listed; a type BIDS does not define is warned about."""
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    names = ["C1", "C2", "C3", "C4", "X1", "X2", "X3", "X4", "X5", "X6", "X7"]
+    tsv_types = ["ECOG", "SEEG", "DBS", "LFP", "MISC", "TRIG", "EMG", "ECG", "HEOG", "PD", "AUDIO"]
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=600, n_ch=len(names)), names)
+    tsv = write_tsv(tmp_path / "rec_channels.tsv", ["name", "type", "units", "status"],
+                    [[n, t, "µV", "good"] for n, t in zip(names, tsv_types)])
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(edf, tmp_path / "s.h5")  # found beside the recording by name
+    text = [str(w.message) for w in record]
+    assert any(m.startswith(f"{tsv}: type: 'lfp' is not a BIDS channel type (channels C4); these are fed to the model "
+                            f"as neural signal") for m in text)
+    left_out = next(m for m in text if "/channels/type" in m)
+    assert "7 of 11 channels typed non-neural by channels.tsv (rec_channels.tsv)" in left_out
+    assert left_out.endswith("here: X1, X3, X4, X5, X6, X7")  # not the trigger line X2
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        assert ch.types.tolist() == [t.lower() for t in tsv_types]
+    assert IEEGSegmenter().channel_plan(ch).channels.names == ["C1", "C2", "C3", "C4"]
+
+
+def test_bids_units_of_a_behaviour_channel_are_carried(tmp_path):
+    """Issue 11: a grip force moved to /behavior from a BIDS BrainVision session had unit "" (the
+    .vhdr says n/a); the channels.tsv ``units`` names it, so reports say "mN". Where both are
+    voltages the values are rescaled to the channels.tsv's unit."""
+    mne_bids = pytest.importorskip("mne_bids")
+    names = ["ECOG_R_01", "ECOG_R_02", "LFP_R_01", "MOV_RIGHT"]
+    rng = np.random.default_rng(0)
+    force = np.linspace(0.0, 3.0, 1000)
+    data = np.vstack([rng.normal(0, 20e-6, (3, 1000)), force[None]])
+    raw = mne.io.RawArray(data, mne.create_info(names, SR, ["ecog", "ecog", "dbs", "misc"]), verbose="error")
+    bp = mne_bids.BIDSPath(subject="EL1", session="ecog", task="grip", run="1", datatype="ieeg", root=tmp_path / "ds")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mne_bids.write_raw_bids(raw, bp, format="BrainVision", allow_preload=True, overwrite=True, verbose="error")
+    vhdr = bp.fpath.with_suffix(".vhdr") if bp.fpath.suffix != ".vhdr" else bp.fpath
+    channels = next(vhdr.parent.glob("*_channels.tsv"))
+    text = channels.read_text()
+    assert "MOV_RIGHT\tMISC\tn/a" in text  # as mne-bids writes it: the lab fills in the unit
+    channels.write_text(text.replace("MOV_RIGHT\tMISC\tn/a", "MOV_RIGHT\tMISC\tmN"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(vhdr, tmp_path / "s.h5", behavior_channels=["MOV_RIGHT"])
+    assert not [w for w in caught if "MOV_RIGHT" in str(w.message)]  # nor "electrodes match no channel"
+    with Session(tmp_path / "s.h5") as s:
+        assert s.h5["behavior/MOV_RIGHT"].attrs["unit"] == "mN"
+        np.testing.assert_allclose(s.behavior("MOV_RIGHT")[1], force, atol=1e-3)  # the numbers as stored
+        assert s.channels().types.tolist() == ["ecog", "ecog", "dbs"]
+    # the same from the session converted without --behavior-channel (convert session IN OUT)
+    convert_ieeg(vhdr, tmp_path / "all.h5")
+    ieeg.move_channels_to_behavior(tmp_path / "all.h5", tmp_path / "moved.h5", ["MOV_RIGHT"])
+    with Session(tmp_path / "moved.h5") as s:
+        assert s.h5["behavior/MOV_RIGHT"].attrs["unit"] == "mN"
+        np.testing.assert_allclose(s.behavior("MOV_RIGHT")[1], force, atol=1e-3)
+    # voltages: a channels.tsv in mV for a channel the recording stores in µV rescales the values
+    vhdr2 = write_brainvision(tmp_path / "bv" / "rec", signal(), NAMES)
+    tsv = write_tsv(tmp_path / "bv" / "rec_channels.tsv", ["name", "type", "units"],
+                    [[n, "SEEG" if n != "B2" else "MISC", "µV" if n != "B2" else "mV"] for n in NAMES])
+    convert_ieeg(vhdr2, tmp_path / "v.h5", behavior_channels=["B2=emg"], channels_tsv=tsv)
+    with Session(tmp_path / "v.h5") as s:
+        assert s.h5["behavior/emg"].attrs["unit"] == "mV"
+        np.testing.assert_allclose(s.behavior("emg")[1], signal()[:, 3] / 1e3, atol=1e-6)
+
+
+def test_brainvision_marker_labels_are_the_ones_a_user_recognises(tmp_path):
+    """MNE names BrainVision markers 'Comment/<text>', 'Stimulus/S  1' and keeps mid-recording
+    'New Segment/' markers: those names became /events/annotations labels, i.e. the classes of
+    `finetune --task classify --events annotations`. Now the description is the label, and
+    the recording's bookkeeping markers are no events."""
+    from neurofm.cli import _EVENT_LABEL_RULE, build_parser
+    from neurofm.data.session import EVENT_LABEL_RULE, event_labels
+
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES, markers=[(0.5, "grip on"), (2.0, "rest")])
+    vmrk = vhdr.with_suffix(".vmrk")
+    vmrk.write_text(vmrk.read_text() + "Mk4=Stimulus,S  1,300,1,0\nMk5=Response,R 12,400,1,0\n"
+                    "Mk6=New Segment,,500,1,0\nMk7=SyncStatus,Sync On,600,1,0\nMk8=Bad Interval,Bad Min-Max,700,10,0\n")
+    assert "Comment/grip on" in mne.io.read_raw_brainvision(vhdr, verbose="error").annotations.description
+    convert_ieeg(vhdr, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        assert ev["label"].tolist() == ["grip on", "S1", "R12", "rest", "Bad Interval/Bad Min-Max"]
+        np.testing.assert_allclose(ev["onset"], [0.5, 1.495, 1.995, 2.0, 3.495])
+        assert s.intervals("bad_segments")["label"].tolist() == ["Bad Interval/Bad Min-Max"]
+    # two kinds of marker that would share a name keep MNE's names; other labels are kept as written
+    labels, keep = event_labels(["Comment/S1", "Stimulus/S  1", "Comment/go", "seizure onset", "New Segment/"])
+    assert labels.tolist()[:4] == ["Comment/S1", "Stimulus/S  1", "go", "seizure onset"]
+    assert keep.tolist() == [True, True, True, True, False]
+    # the rule is in the help of convert and of --events (written out in cli.py for a fast --help)
+    assert _EVENT_LABEL_RULE == EVENT_LABEL_RULE
+    helps = {name: sub.format_help() for name, sub in build_parser()._subparsers._group_actions[0].choices.items()}
+    flat = {k: " ".join(v.split()) for k, v in helps.items()}
+    rule = " ".join(EVENT_LABEL_RULE.split())
+    assert rule in flat["convert"] and rule in flat["finetune"] and rule in flat["evaluate"]
+
+
+def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_again():
+    """Existing fine-tuned folders classify 'Comment/cue', 'Comment/go'; the same file converted
+    again says 'cue', 'go': the same question, so evaluate loads the head; other labels refuse."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurofm.config import ConfigError
+    from neurofm.recipes.barista import _load_finetuned_head
+
+    def model(labels):
+        return SimpleNamespace(config=SimpleNamespace(task="classification", label_names=labels),
+                               hparams=SimpleNamespace(label_names=labels), head=torch.nn.Linear(3, 2))
+
+    old, new = model(["Comment/cue", "Comment/go"]), model(["cue", "go"])
+    _load_finetuned_head(new, old, "RUN/pretrained")
+    assert torch.equal(new.head.weight, old.head.weight)
+    with pytest.raises(ConfigError, match=r"classifies \['Comment/cue', 'Comment/go'\], but these events carry the "
+                                          r"labels \['go', 'stop'\]"):
+        _load_finetuned_head(model(["go", "stop"]), old, "RUN/pretrained")

@@ -286,8 +286,11 @@ def test_protocol_states_the_split_used(sessions, tmp_path):
 
 
 def test_barista_run_writes_its_preprocessing_and_resumes(sessions, tmp_path):
-    """Before: `resume: ... model.cnn_dilations: [1, 2, 4, 8, 16] -> (1, 2, 4, 8, 16)` (list vs tuple)."""
+    """Before: `resume: ... model.cnn_dilations: [1, 2, 4, 8, 16] -> (1, 2, 4, 8, 16)` (list vs tuple);
+    and a run folder written before ``model.preprocessing`` existed refused to resume
+    (`model.preprocessing.laplacian: '<absent>' -> False`): a key the recipe derives, not the user's."""
     import torch
+    from omegaconf import OmegaConf
 
     def cfg(epochs):
         return _pretrain_cfg([sessions["home"]], f"run_dir={tmp_path / 'run'}", f"trainer.max_epochs={epochs}",
@@ -299,6 +302,9 @@ def test_barista_run_writes_its_preprocessing_and_resumes(sessions, tmp_path):
     steps = first.metrics["training"]["steps"]
     pre = json.loads((first.pretrained_dir / "config.json").read_text())["config"]["preprocessing"]
     assert pre == to_dict(Preprocessing(line_noise=60.0))
+    saved = OmegaConf.to_container(OmegaConf.load(tmp_path / "run" / "config.yaml"))
+    del saved["model"]["preprocessing"]  # as an older neurofm wrote config.yaml
+    (tmp_path / "run" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
     second = run(cfg(2))  # resume=auto: continues from last.ckpt under the same config, one more epoch
     assert second.metrics["training"]["steps"] == 2 * steps
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
