@@ -1293,7 +1293,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
         start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
         text += (f"; fine-tuned {start} for at most "
                  f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
-                 f"x{t.head_lr_ratio:g}, heads started at ridge on binned counts (+ pooled state where blocked CV on the labelled windows prefers it; metrics.json start), the checkpoint with the best "
+                 f"x{t.head_lr_ratio:g}, heads started at ridge on binned counts (+ pooled state where blocked CV on "
+                 f"the labelled windows says it helps; metrics.json start), the checkpoint with the best "
                  f"validation R2 evaluated (the starting state included)")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "

@@ -43,7 +43,8 @@ def _place_session(path: Path, *, n_units: int = 8, seed: int = 0, amplitude=Non
 def _finetune(tmp_path: Path, path: str, *, from_scratch: bool = True, n_units: int = 8):
     """`neurofm finetune --from-scratch` defaults on ``path``, up to the task the trainer would fit."""
     stem = Path(path).stem
-    config = from_dict(NeuroformerConfig, {**SMALL, "n_units": n_units, "units": [f"{stem}/u{i}" for i in range(n_units)],
+    units = [f"{stem}/u{i}" for i in range(n_units)]
+    config = from_dict(NeuroformerConfig, {**SMALL, "n_units": n_units, "units": units,
                                            "block_size": {"id": 24, "prev_id": 24}})
     folder = str(Neuroformer(config).save_pretrained(tmp_path / "pre"))
     cfg = recipe.prepare(recipe.finetune_config(folder, [path], behavior=["position"], from_scratch=from_scratch,
@@ -84,8 +85,9 @@ def test_start_is_the_reports_ridge_arm_when_the_pooled_state_is_noise(tmp_path,
     assert not start["fold_gain"] > start["fold_gain_se"]
     assert task.model.behavior_heads["position"].weight.abs().sum() == 0
     err = capsys.readouterr().err
+    cv = start["cv_r2"]
     assert (f"starts at ridge on binned counts alone (blocked-CV R2 on the {start['n_windows']} labelled training "
-            f"windows: counts {start['cv_r2']['counts']:.3f}, counts+pooled {start['cv_r2']['counts+pooled']:.3f}") in err
+            f"windows: counts {cv['counts']:.3f}, counts+pooled {cv['counts+pooled']:.3f}") in err
 
     out = recipe.evaluate(cfg, task, dm, tmp_path / "ev")
     assert out["start"] == task.read_out_start
@@ -143,8 +145,21 @@ def test_a_validation_block_where_the_target_barely_varies_warns_with_the_number
     with Session(narrow) as s:
         n_valid = len(recipe.split_window_ends(cfg, s, "valid"))
     assert text.startswith(f"position: over the {n_valid} scored validation windows (all) its variance is 0.")
-    assert "% of that over the training windows (" in text and "the target barely varies in the validation block" in text
+    assert "% of that over the training windows (" in text
+    assert "the target barely varies in the validation block" in text
     assert "neurofm split FILE" in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         recipe.check_test_target(cfg0)
+
+
+def test_pooled_state_needs_a_gain_above_one_standard_error_of_the_inner_folds():
+    """linear-track fold 2's inner folds (counts alone vs counts + pooled state, blocked-CV R2 of
+    each fold): a mean gain of +0.006 with SE 0.016 is noise, so the start stays on the counts;
+    the same gain on every fold is not."""
+    counts = [0.205, 0.349, 0.218, 0.118]
+    gain, se = recipe._start_gain(np.array(counts), np.array([0.233, 0.382, 0.217, 0.081]))
+    assert gain == pytest.approx(0.00575) and se == pytest.approx(0.0161, abs=1e-4) and not gain > se
+    gain, se = recipe._start_gain(np.array(counts), np.array(counts) + [0.010, 0.012, 0.008, 0.011])
+    assert gain > se > 0
+    assert all(np.isnan(recipe._start_gain(None, np.array(counts))))  # no CV (too few windows): counts alone
