@@ -378,9 +378,9 @@ def _plain(value):
 # says the same). Linear probing, then fine-tuning (LP-FT: Kumar et al. 2022, "Fine-tuning can distort
 # pretrained features"), with the probe solved in closed form and kept unless fine-tuning beats it:
 # * each new regression head reads the pooled state AND every unit's counts in 50 ms bins
-#   (count_bin) and starts at ridge on the labelled windows from the counts alone or counts +
-#   pooled state, whichever blocked CV on those windows scores higher (init_count_heads), so the
-#   starting model is the report's ridge arm unless the pretrained features add to it;
+#   (count_bin) and starts at ridge on the labelled windows from the counts alone, or counts +
+#   pooled state where that raises the blocked-CV R2 by more than one SE (init_count_heads), so
+#   the starting model is the report's ridge arm unless the pretrained features add to it;
 # * the starting state is scored on the validation block before the first step and is the best
 #   checkpoint until a later validation check beats it (tasks.callbacks.StartingPoint), so
 #   fine-tuning that only makes validation worse hands back the starting state;
@@ -828,10 +828,10 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     picks the penalty; the same folds score both sets) on the standardised target; the pooled
     state is used only when its gain in the inner folds' own R2 over counts alone exceeds one
     standard error of that gain (:func:`_start_gain`, the one-SE rule StartingPoint applies to
-    validation checks; on linear-track fold 2 the pooled state raised the CV R2 by 0.006 +- 0.016
-    and cost 0.038 on the test block). Standardised and
-    sharing one penalty with the counts, pooled features that carry nothing add noise (issue 10:
-    on linear-track fold 2 the counts + pooled start was 0.038 R2 below ridge on counts). With
+    validation checks). Standardised and sharing one penalty with the counts, pooled features
+    that carry little add noise (issue 10: on linear-track fold 2 the pooled state raised the
+    inner folds' R2 by 0.006 +- 0.016 SE and the counts + pooled start scored 0.038 below ridge
+    on counts on the test block). With
     counts alone the start IS the decode report's "ridge on binned counts" arm (same windows,
     same fit; the pooled head's weights 0), up to float32. The fit is folded into the two Linear
     layers (``W = coef / sd`` split between them, ``b = y_mean - (mu / sd) @ coef`` in the
