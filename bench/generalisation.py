@@ -270,7 +270,7 @@ def session_results(name: str, spec: dict, out: Path, mode: str) -> dict:
     for k, fpath in enumerate(folds):
         m = finetune(name, fpath, behavior, pre, out, mode, label_fraction=1.0, seed=0, scratch=False, fold=k)
         result["full"].append({"fold": k, "report": m["decode_report"][behavior], "training": m.get("training", {}),
-                               "protocol": m["protocol"]})
+                               "protocol": m["protocol"], "start": m.get("start", {}).get(behavior)})
     few = []
     for seed in range(DRAWS[mode]):
         k = seed % N_FOLDS
@@ -282,6 +282,7 @@ def session_results(name: str, spec: dict, out: Path, mode: str) -> dict:
             arm = "scratch" if scratch else "pretrained"
             row[arm] = _row(rep, "model")
             row[f"{arm}_selected_step"] = m.get("training", {}).get("evaluated_checkpoint", {}).get("step")
+            row[f"{arm}_start"] = m.get("start", {}).get(behavior)
             row["ridge"] = _row(rep, "ridge on binned counts")
             row["n_labelled"] = m["data"].get("n_labelled_train_windows", {}).get(behavior)
         few.append(row)
@@ -366,11 +367,20 @@ def _verdict(d: list) -> str:
 ARMS = ("model", "linear probe", "ridge on binned counts", "Poisson Bayes", "null (training mean)")
 
 
+def _start_text(start: dict | None) -> str:
+    """Which features the fine-tuning read-out started from (metrics.json ``start``), with the CV R2 of each."""
+    if not start:
+        return "-"
+    cv = start["cv_r2"]
+    fmt = lambda x: "nan" if x is None else f"{x:.3f}"  # noqa: E731
+    return f"{start['features']} ({fmt(cv.get('counts'))} / {fmt(cv.get('counts+pooled'))})"
+
+
 def table(results: list[dict]) -> str:
     lines = ["## 100 % labels: R2 [95 % block-bootstrap CI] on the scored test windows, per blocked fold", "",
              "| session | fold | scored windows | model (fine-tuned) | linear probe | ridge | Bayes | null | "
-             "model vs ridge | selected step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "model vs ridge | selected step | start (CV R2: counts / + pooled) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         means = {a: [] for a in ARMS}
         for f in r["full"]:
@@ -384,12 +394,13 @@ def table(results: list[dict]) -> str:
             step = f["training"].get("evaluated_checkpoint", {}).get("step")
             lines.append(f"| {r['session']} | {f['fold']} | {rep['n_windows']} | {get('model')} | "
                          f"{get('linear probe')} | {get('ridge on binned counts')} | {get('Poisson Bayes')} | "
-                         f"{get('null (training mean)')} | {_verdict(d)} ({d[0]:+.3f}) | {step} |")
+                         f"{get('null (training mean)')} | {_verdict(d)} ({d[0]:+.3f}) | {step} | "
+                         f"{_start_text(f.get('start'))} |")
         mean = lambda a: f"{np.mean(means[a]):.3f}" if means[a] else "-"  # noqa: E731
         diff = np.mean(means["model"]) - np.mean(means["ridge on binned counts"])
         lines.append(f"| **{r['session']}** | mean | | **{mean('model')}** | {mean('linear probe')} | "
                      f"{mean('ridge on binned counts')} | {mean('Poisson Bayes')} | {mean('null (training mean)')} | "
-                     f"{diff:+.3f} | |")
+                     f"{diff:+.3f} | | |")
     lines += ["", "## 10 % labels: R2 per label draw (draw k on fold k; pretrained / scratch / ridge, same labelled "
               "windows)", "",
               "| session | draws | pretrained | scratch | ridge | pretrained > scratch | mean pre - scratch |",

@@ -450,7 +450,14 @@ class RidgeFitPredict:
         self.inner_folds, self.gap = int(inner_folds), int(gap)
         self.alphas_: list[float] = []
 
-    def choose_alpha(self, X, Y) -> float:
+    def cv_scores(self, X, Y, per_fold: bool = False):
+        """(len(alphas),) the blocked-CV score of every alpha on ``X`` (n, F), ``Y`` (n, D): R2
+        pooled over the inner test blocks, averaged over outputs. One definition for choosing
+        the penalty and for comparing feature sets fitted on the same rows (same folds).
+        ``per_fold``: also each inner fold's own R2 (its test block's sum of squares),
+        (len(alphas), inner_folds), for paired comparisons of two feature sets."""
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
         n = len(X)
         try:
             folds = blocked_folds(n, self.inner_folds, gap_s=float(self.gap), bin_size=1.0)
@@ -463,15 +470,28 @@ class RidgeFitPredict:
             Z = (X[te] - mu) / sd
             for i, w in enumerate(weights):
                 preds[i, te] = Z @ w + y_mean
-        ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
-        ss_tot = np.where(ss_tot > 0, ss_tot, 1.0)
-        scores = [np.mean(1 - ((Y - p) ** 2).sum(axis=0) / ss_tot) for p in preds]
-        return float(self.alphas[int(np.argmax(scores))])
 
-    def __call__(self, X_train, Y_train, X_test) -> np.ndarray:
+        def r2(y, p) -> float:  # averaged over outputs; an output that does not vary counts as 1 - SSE
+            ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+            return float(np.mean(1 - ((y - p) ** 2).sum(axis=0) / np.where(ss_tot > 0, ss_tot, 1.0)))
+
+        pooled = np.array([r2(Y, p) for p in preds])
+        if not per_fold:
+            return pooled
+        return pooled, np.array([[r2(Y[te], p[te]) for _, te in folds] for p in preds])
+
+    def choose_alpha(self, X, Y) -> float:
+        """The alpha with the best :meth:`cv_scores`; its score is kept in ``cv_r2_`` and its
+        inner folds' own R2 in ``cv_fold_r2_``."""
+        scores, per_fold = self.cv_scores(X, Y, per_fold=True)
+        i = int(np.argmax(scores))
+        self.cv_r2_, self.cv_fold_r2_ = float(scores[i]), per_fold[i]
+        return float(self.alphas[i])
+
+    def fit(self, X_train, Y_train) -> Ridge:
+        """The fitted :class:`Ridge` (targets as (n, D)), alpha chosen as the instance says."""
         X_train = np.asarray(X_train, dtype=np.float64)
-        Y_train = np.asarray(Y_train, dtype=np.float64)
-        Y2 = Y_train.reshape(len(Y_train), -1)
+        Y2 = np.asarray(Y_train, dtype=np.float64).reshape(len(Y_train), -1)
         if self.alpha == "blocked_cv":
             model = Ridge(self.choose_alpha(X_train, Y2))
         elif self.alpha == "holdout":
@@ -480,7 +500,10 @@ class RidgeFitPredict:
             model = Ridge(float(self.alpha))
         model.fit(X_train, Y2)
         self.alphas_.append(model.alpha_)
-        return model.predict(np.asarray(X_test, dtype=np.float64))
+        return model
+
+    def __call__(self, X_train, Y_train, X_test) -> np.ndarray:
+        return self.fit(X_train, Y_train).predict(np.asarray(X_test, dtype=np.float64))
 
 
 # --------------------------------------------------------------------------------------------

@@ -379,9 +379,9 @@ def _plain(value):
 # says the same). Linear probing, then fine-tuning (LP-FT: Kumar et al. 2022, "Fine-tuning can distort
 # pretrained features"), with the probe solved in closed form and kept unless fine-tuning beats it:
 # * each new regression head reads the pooled state AND every unit's counts in 50 ms bins
-#   (count_bin) and starts at the ridge solution on the labelled windows from both
-#   (init_count_heads: blocked-CV penalty), so the starting model is ridge on the counts plus
-#   whatever the pretrained features add;
+#   (count_bin) and starts at ridge on the labelled windows from the counts alone, or counts +
+#   pooled state where that raises the blocked-CV R2 by more than one SE (init_count_heads), so
+#   the starting model is the report's ridge arm unless the pretrained features add to it;
 # * the starting state is scored on the validation block before the first step and is the best
 #   checkpoint until a later validation check beats it (tasks.callbacks.StartingPoint), so
 #   fine-tuning that only makes validation worse hands back the starting state;
@@ -558,7 +558,9 @@ def check_test_target(cfg: RunConfig) -> None:
     (e.g. a test block of rest for position), is an error when fine-tuning (decoding is the
     point of the run) and a warning when pretraining (behaviour is an auxiliary target there);
     under 10% a warning; so is a validation block with fewer than ``eval.min_scored_windows``
-    scored windows (model selection scores it). All give the numbers and the fix
+    scored windows, or whose variance ratio is under 10% (model selection scores R2 there: a
+    validation block where the target barely varies gave a starting validation R2 of -11.8 on
+    place-runrest-60 fold 1). All give the numbers and the fix
     (``neurofm split``).
     ``eval.check_target=false`` skips the check.
     """
@@ -594,6 +596,18 @@ def check_test_target(cfg: RunConfig) -> None:
                 raise ConfigError(text)
             warnings.warn(text, stacklevel=3)
 
+        if len(valid) >= e.min_scored_windows and len(train) >= 2:  # model selection scores R2 there
+            ok = train.var(0) > 0
+            ratio = float((valid.var(0)[ok] / train.var(0)[ok]).min()) if ok.any() else 1.0
+            numbers = (f"{v.name}: over the {len(valid)} scored validation windows ({which}) its variance is "
+                       f"{ratio:.2%} of that over the training windows ({_fmt(valid.var(0))} vs {_fmt(train.var(0))})")
+            if ratio < 0.01:
+                warnings.warn(f"{numbers}: the target barely varies in the validation block, so validation R2 (which "
+                              f"picks the checkpoint and stops training) is undefined or meaningless. To change: {fix}",
+                              stacklevel=2)
+            elif ratio < 0.1:
+                warnings.warn(f"{numbers}: validation R2, which picks the checkpoint and stops training, rests on "
+                              f"little variation. To change: {fix}", stacklevel=2)
         if len(test) < e.min_scored_windows:
             refuse(f"{v.name}: the test block has {len(test)} scored windows ({which} windows; "
                    f"eval.min_scored_windows {e.min_scored_windows}), too few for R2. Fix: {fix}")
@@ -789,39 +803,56 @@ def task(cfg: RunConfig, dm):
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
     moving = MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None
-    if cfg.task.mode == "finetune":
-        init_count_heads(model, cfg, dm, moving)
+    start = init_count_heads(model, cfg, dm, moving) if cfg.task.mode == "finetune" else {}
     t = cfg.task
     module = NeuroformerTask(
         model=model, mode=t.mode, objectives=t.objectives or None, **{k: getattr(t, k) for k in NEUROFORMER_KNOBS},
         unfreeze_every=t.unfreeze_every or None, trainable=t.trainable, label_fraction=cfg.data.label_fraction,
         label_chunk_s=cfg.data.label_chunk_s, label_seed=cfg.seed,
         score_windows=moving)
+    module.read_out_start = start  # which features the read-out started from, for metrics.json (evaluate)
     return module
 
 
-@torch.no_grad()
-def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWindows | None" = None) -> list[str]:
-    """Start each fresh regression head (a zero count read-out and the new pooled-state head) at
-    the ridge solution on the labelled training windows (the moving ones, with a moving rule:
-    ``moving``), from everything the head reads: every unit's counts in ``count_bin`` bins AND
-    the model's pooled state (eval mode, the weights fine-tuning starts from).
+#: feature sets the fine-tuning start chooses between (:func:`init_count_heads`), as metrics.json names them
+START_COUNTS, START_POOLED = "counts", "counts+pooled"
 
-    Ridge (:func:`_ridge_fit_predict`'s penalty rule: 4-fold blocked CV over the windows in time
-    order) from ``[binned counts, pooled state]`` to the standardised target, folded into the two
-    Linear layers (``W = coef / sd`` split between them, ``b = y_mean - (mu / sd) @ coef`` in the
-    count head's bias, the pooled head's bias 0), so before any step the model predicts what
-    that ridge predicts: ridge on the counts when the features add nothing (the blocked-CV
-    penalty decides), better when the pretrained features hold what the counts miss. From
-    scratch the same rule reads the random network's features. Fine-tuning then has to beat
-    this starting point on validation to be kept (:class:`~neurofm.tasks.callbacks.StartingPoint`).
-    Heads already trained (a fine-tuned checkpoint, a resumed run) are left alone. Returns the
-    targets initialised."""
+
+@torch.no_grad()
+def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWindows | None" = None
+                     ) -> dict[str, dict[str, Any]]:
+    """Start each fresh regression head (a zero count read-out and the new pooled-state head) at
+    ridge on the labelled training windows (the moving ones, with a moving rule: ``moving``),
+    from the feature set that blocked CV on those windows prefers: every unit's counts in
+    ``count_bin`` bins alone, or the counts AND the model's pooled state (eval mode, the weights
+    fine-tuning starts from).
+
+    Both candidates are :func:`_ridge_fit` (4-fold blocked CV over the windows in time order
+    picks the penalty; the same folds score both sets) on the standardised target; the pooled
+    state is used only when its gain in the inner folds' own R2 over counts alone exceeds one
+    standard error of that gain (:func:`_start_gain`, the one-SE rule StartingPoint applies to
+    validation checks). Standardised and sharing one penalty with the counts, pooled features
+    that carry little add noise (issue 10: on linear-track fold 2 the pooled state raised the
+    inner folds' R2 by 0.006 +- 0.016 SE and the counts + pooled start scored 0.038 below ridge
+    on counts on the test block). With
+    counts alone the start IS the decode report's "ridge on binned counts" arm (same windows,
+    same fit; the pooled head's weights 0), up to float32. The fit is folded into the two Linear
+    layers (``W = coef / sd`` split between them, ``b = y_mean - (mu / sd) @ coef`` in the
+    count head's bias, the pooled head's bias 0). From scratch the same rule reads the random
+    network's features. Fine-tuning then has to beat this starting point on validation to be
+    kept (:class:`~neurofm.tasks.callbacks.StartingPoint`). Heads already trained (a fine-tuned
+    checkpoint, a resumed run) are left alone.
+
+    Returns, per target initialised, ``{"features": "counts" | "counts+pooled", "cv_r2":
+    {"counts": r2, "counts+pooled": r2}, "fold_gain": mean, "fold_gain_se": se, "alpha":
+    penalty, "n_windows": labelled windows}`` (None where too few windows for 4 folds: then the
+    holdout penalty, counts only);
+    :func:`evaluate` writes it to metrics.json as ``start``."""
     fresh = [v for v in model.config.behavior_targets()
              if v.name in model.count_heads and v.task == "regression"
              and not model.count_heads[v.name].weight.detach().abs().sum() > 0]
     if not fresh:
-        return []
+        return {}
     dm.setup("fit")
     n_units = model.config.n_units
     stride = cfg.data.stride or cfg.model.window.curr
@@ -846,31 +877,51 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     if moving is not None:  # the labels the behaviour loss sees: moving windows only
         labelled &= moving(torch.cat(ses), torch.cat(ivs))
     P = torch.cat(pooled).numpy()
-    done = []
+    done: dict[str, dict[str, Any]] = {}
     for v in fresh:
         C = torch.cat(xs[v.name]).double().numpy()
-        X = np.concatenate([C, P], axis=1)
         mean, std = v.scale(torch.zeros(1, dtype=torch.float64))
         Y = ((torch.cat(ys[v.name]).double() - mean) / std).numpy()
         keep = (torch.cat(ms[v.name]).bool() & labelled).numpy()
         if keep.sum() < 10:
             continue
-        try:
-            alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / stride))).choose_alpha(X[keep], Y[keep])
-            r = Ridge(alpha).fit(X[keep], Y[keep])
-        except ValueError:
-            r = Ridge().fit(X[keep], Y[keep])
+        fits = {START_COUNTS: _ridge_fit(C[keep], Y[keep], stride),
+                START_POOLED: _ridge_fit(np.concatenate([C, P], axis=1)[keep], Y[keep], stride)}
+        cv = {k: cv_r2 for k, (_, cv_r2, _) in fits.items()}
+        gain, se = _start_gain(fits[START_COUNTS][2], fits[START_POOLED][2])
+        chosen = START_POOLED if gain > se else START_COUNTS  # NaN (too few windows for CV): counts
+        r = fits[chosen][0]
         coef = r.coef_ / r.x_std_[:, None]  # (F, D): the counts' F_c rows, then the pooled state's
         head, pooled_head = model.count_heads[v.name], model.behavior_heads[v.name]
         head.weight.copy_(torch.as_tensor(coef[:C.shape[1]].T, dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(r.y_mean_ - r.x_mean_ @ coef, dtype=head.bias.dtype))
-        pooled_head.weight.copy_(torch.as_tensor(coef[C.shape[1]:].T, dtype=pooled_head.weight.dtype))
+        pooled_head.weight.zero_()
+        if chosen == START_POOLED:
+            pooled_head.weight.copy_(torch.as_tensor(coef[C.shape[1]:].T, dtype=pooled_head.weight.dtype))
         pooled_head.bias.zero_()
-        done.append(v.name)
-    if done:
-        print(f"neurofm: the read-out of {', '.join(done)} starts at ridge on binned counts + pooled state "
-              f"({int(keep.sum())} labelled windows)", file=sys.stderr)
+        finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731
+        done[v.name] = {"features": chosen, "cv_r2": {k: finite(x) for k, x in cv.items()},
+                        "fold_gain": finite(gain), "fold_gain_se": finite(se),
+                        "alpha": float(r.alpha_), "n_windows": int(keep.sum())}
+        scores = ", ".join(f"{k} {x:.3f}" for k, x in cv.items())
+        print(f"neurofm: the read-out of {v.name} starts at ridge on "
+              f"{'binned counts + pooled state' if chosen == START_POOLED else 'binned counts alone'} "
+              f"(blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; pooled state's "
+              f"gain per inner fold {gain:+.4f} +- {se:.4f} SE: used only when the gain exceeds one SE)",
+              file=sys.stderr)
     return done
+
+
+def _start_gain(counts: np.ndarray | None, both: np.ndarray | None) -> tuple[float, float]:
+    """What adding the pooled state gains over counts alone, from the inner folds' own R2 of each
+    (the same folds): the mean of the paired per-fold differences and its standard error
+    (NaN, NaN without CV scores). The start takes the pooled state only when the gain exceeds one
+    SE, as :class:`~neurofm.tasks.callbacks.StartingPoint` leaves the start only for a validation
+    gain above one SE: a gain within the folds' noise is no evidence that the features help."""
+    if counts is None or both is None or len(counts) < 2:
+        return float("nan"), float("nan")
+    d = np.asarray(both, dtype=np.float64) - np.asarray(counts, dtype=np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
 BUDGET_PASSES, BUDGET_MIN_STEPS, BUDGET_MAX_STEPS, BUDGET_CHECKS = 30, 300, 3000, 20
@@ -1153,6 +1204,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "baselines": baselines,
         "protocol": _protocol(cfg, dm, scored),
         "tokenizer": block_size_report(cfg),
+        **({"start": start} if (start := getattr(task, "read_out_start", None)) else {}),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
         **({"generation": generation, "limitations": generation["limitations"]} if generation else {}),
         "data": {"description": "simulated recurrent spiking network (neurofm simulate spikes)" if not d.sessions
@@ -1253,7 +1305,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
         start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
         text += (f"; fine-tuned {start} for at most "
                  f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
-                 f"x{t.head_lr_ratio:g}, heads started at ridge on counts + pooled state, the checkpoint with the best "
+                 f"x{t.head_lr_ratio:g}, heads started at ridge on binned counts (+ pooled state where blocked CV on "
+                 f"the labelled windows says it helps; metrics.json start), the checkpoint with the best "
                  f"validation R2 evaluated (the starting state included)")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
@@ -1275,16 +1328,26 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     return text
 
 
-def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride: float, gap_s: float = 5.0):
-    """Ridge on window counts with the penalty chosen as DESIGN.md 8 does: 4-fold blocked CV over
-    the training windows (in time order, ``gap_s`` of windows removed around each inner test
+def _ridge_fit(X: np.ndarray, Y: np.ndarray, stride: float, gap_s: float = 5.0
+               ) -> tuple[Ridge, float, np.ndarray | None]:
+    """Ridge on window features with the penalty chosen as DESIGN.md 8 does: 4-fold blocked CV
+    over the training windows (in time order, ``gap_s`` of windows removed around each inner test
     block), maximising pooled R2. A single holdout block (the last 20% of the windows) picks
     badly when that block differs from the rest (on linear-track it chose the largest penalty
-    and shrank the predictions to the mean). Too few windows for 4 folds: the holdout choice."""
+    and shrank the predictions to the mean). Too few windows for 4 folds: the holdout choice.
+    Returns the fitted :class:`Ridge` (targets as (n, D)), its blocked-CV R2 and each inner
+    fold's own R2 (NaN and None for the holdout fallback). The decode report's ridge arms and the
+    fine-tuning start (:func:`init_count_heads`) are both this fit."""
+    rfp = RidgeFitPredict("blocked_cv", gap=int(math.ceil(gap_s / stride)))
     try:
-        return RidgeFitPredict("blocked_cv", gap=int(math.ceil(gap_s / stride)))(X, Y, X_test)
+        return rfp.fit(X, Y), rfp.cv_r2_, rfp.cv_fold_r2_
     except ValueError:
-        return Ridge().fit(X, Y).predict(X_test)
+        return Ridge().fit(X, np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)), float("nan"), None
+
+
+def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride: float, gap_s: float = 5.0):
+    """:func:`_ridge_fit`'s prediction for ``X_test``, (n_test, D)."""
+    return _ridge_fit(X, Y, stride, gap_s)[0].predict(X_test)
 
 
 GENERATOR_BASELINE = "mean-rate Poisson generator"

@@ -299,8 +299,9 @@ def test_finetune_task_monitors_validation_r2_and_heads_train_faster(tmp_path):
 
 def test_count_heads_start_at_the_ridge_solution(tmp_path):
     """Fine-tuning starts each fresh regression read-out at ridge on the labelled windows, from
-    the binned counts AND the pooled state the head reads: before any step the model's output
-    equals that ridge's prediction; trained heads are kept."""
+    the binned counts alone or the counts AND the pooled state the head reads (whichever the
+    start's blocked-CV rule picks, recorded in ``read_out_start``): before any step the model's
+    output equals that ridge's prediction; trained heads are kept."""
     from neurofm.baselines import Ridge
     from neurofm.evaluation import RidgeFitPredict
 
@@ -309,9 +310,12 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path):
     base["model"]["behavior"][0]["count_bin"] = 0.05
     cfg = from_dict(recipe.RunConfig, base, where="t")
     dm = recipe.datamodule(cfg)
-    model = recipe.task(cfg, dm).model.eval()
+    task = recipe.task(cfg, dm)
+    model = task.model.eval()
+    start = task.read_out_start["position"]
+    pooled = start["features"] == "counts+pooled"
     head = model.count_heads["position"]
-    assert head.weight.abs().sum() > 0 and model.behavior_heads["position"].weight.abs().sum() > 0
+    assert head.weight.abs().sum() > 0 and bool(model.behavior_heads["position"].weight.abs().sum() > 0) == pooled
     X, Y, got = [], [], []
     with torch.no_grad():
         for batch in dm.loader("train"):
@@ -321,15 +325,18 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path):
             Y.append(batch["behavior"]["position"].reshape(-1, 1).numpy())
             got.append(out["behavior"]["position"].reshape(-1, 1).numpy())
     X, Y, got = np.concatenate(X), np.concatenate(Y), np.concatenate(got)
+    X = X if pooled else X[:, :4 * 10]  # 4 units x 10 bins of 50 ms
     (v,) = model.config.behavior
     Z = (Y - v.mean[0]) / v.std[0]
-    alpha = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / 0.25))).choose_alpha(X, Z)
+    rfp = RidgeFitPredict("blocked_cv", gap=int(math.ceil(5.0 / 0.25)))
+    alpha = rfp.choose_alpha(X, Z)
+    assert rfp.cv_r2_ == pytest.approx(start["cv_r2"][start["features"]]) and alpha == start["alpha"]
     want = Ridge(alpha).fit(X, Z).predict(X) * v.std[0] + v.mean[0]
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * v.std[0])
     # a head that already holds weights (a fine-tuned checkpoint, a resumed run) is left alone
     with torch.no_grad():
         head.weight.fill_(0.25)
-    assert recipe.init_count_heads(model, cfg, dm) == [] and float(head.weight[0, 0]) == 0.25
+    assert recipe.init_count_heads(model, cfg, dm) == {} and float(head.weight[0, 0]) == 0.25
 
 
 def test_stimulus_name_is_a_data_field(tmp_path):
