@@ -667,12 +667,12 @@ def _fmt_ci(st: dict | None) -> str:
 
 
 def subjects_table(r: dict) -> str:
-    head = (f"| {'encoding':<8} | {'arm':<28} | {'held-out event ROC-AUC':>24} | {'held-out grip-force R2':>24} | "
+    head = (f"| {'encoding':<8} | {'arm':<29} | {'held-out event ROC-AUC':>24} | {'held-out grip-force R2':>24} | "
             f"{'per seed (AUROC; R2)':<40} |")
     lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
     for row in r["rows"]:
         per = "; ".join(", ".join("-" if v is None else f"{v:.3f}" for v in row[k]["values"]) for k in ("auroc", "r2"))
-        lines.append(f"| {row['scale']:<8} | {row['arm']:<28} | {_fmt_ci(row['auroc']):>24} | "
+        lines.append(f"| {row['scale']:<8} | {row['arm']:<29} | {_fmt_ci(row['auroc']):>24} | "
                      f"{_fmt_ci(row['r2']):>24} | {per:<40} |")
     lines += ["", f"mean [95% t-interval] over {len(r['seeds'])} seeds {r['seeds']} (each seed: new subjects, "
               "new training seed); per-run block-bootstrap CIs in the JSON.", "",
@@ -684,6 +684,24 @@ def subjects_table(r: dict) -> str:
                          f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}")
     lines.append("protocol: " + r["protocol"])
     return "\n".join(lines)
+
+
+def tabulate_subjects(paths: list[Path], out: Path | None = None) -> dict:
+    """The subjects table over the union of the seeds of several runs' JSON (one process per seed)."""
+    parts = [json.loads(Path(p).read_text())["subjects"] for p in paths]
+    seeds = [s for part in parts for s in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--tabulate: seeds {seeds} repeat across {[str(p) for p in paths]}")
+    if len({json.dumps(part["budget"], sort_keys=True) for part in parts}) != 1:
+        raise SystemExit(f"--tabulate: the runs in {[str(p) for p in paths]} have different budgets")
+    runs = {k: v for part in parts for k, v in part["runs"].items()}
+    scales = tuple(sc for sc in SCALES if any(k.split("/")[1] == sc for k in runs))
+    merged = {**parts[0], "runs": runs, "seeds": seeds, "rows": _subject_rows(runs, seeds, scales)}
+    print("\n## Simulated subjects: held-out subject, pretrained vs random init vs band power (test block)\n")
+    print(subjects_table(merged))
+    if out:
+        out.write_text(json.dumps({"subjects": merged}, indent=2, default=_json_default))
+    return {"subjects": merged}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -707,7 +725,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--finetune-patience", type=int, default=0,
                     help="subjects part: score the best validation checkpoint (step 0 included) with this early-"
                          "stopping patience; 0 (default): the final weights")
+    ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="subjects part: print one table over the seeds of these --json files (seeds run as "
+                         "separate processes) and write it to --json; runs nothing")
     args = ap.parse_args(argv)
+    if args.tabulate:
+        return tabulate_subjects(args.tabulate, args.json)
     import lightning  # noqa: F401  (it sets its loggers' levels on import; quiet them after)
 
     logging.getLogger("lightning").setLevel(logging.ERROR)

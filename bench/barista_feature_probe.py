@@ -1,0 +1,179 @@
+"""Why BaRISTA's grip-force fine-tune stays at R2 ~0: linear probes on three feature sets.
+
+On the held-out subject of ``bench/barista_quality.py --only subjects`` (cached pretraining
+runs, reused), per seed and encoding scale, fit a linear read-out on the training block and
+score the test block, on the same segments as the fine-tune's decode report
+(:func:`neurofm.recipes.barista._segment_pass` over the recipe's own data module):
+
+* ``token mean``: the frozen encoder's tokens averaged over channels and patches (d values):
+  what the decode report's probe reads and what the fine-tuning head starts from;
+* ``per channel``: each channel's tokens averaged over patches, channels concatenated
+  (C x d values; the held-out subject has one fixed layout);
+* ``token weighting (rank 1)``: the best read-out a token-weighting head (DESIGN.md 4: a
+  weight per token, then one ``Linear(d -> out)``) can express with per-channel weights,
+  ``y = sum_c w_c v . h_c + b``, fitted by alternating ridge from ``w = 1`` (the token mean);
+* ``band power``: log band power per channel (the report's baseline features).
+
+For the pretrained encoder and a random one of the same shape (seeded as the recipe's
+random-init arm). Regression (``grip_force``): ridge (:class:`neurofm.baselines.Ridge`,
+penalty on the last 20% of the training segments), test R2; classification (``word_onset``):
+logistic (:class:`neurofm.baselines.Logistic`), test AUROC.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python bench/barista_feature_probe.py --runs /tmp/bpre/bq/s{seed} --seeds 0 1 2 \\
+        --json /tmp/itable/probe.json
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from neurofm.baselines import BandPowerRidge, Logistic, Ridge  # noqa: E402
+from neurofm.config import from_dict  # noqa: E402
+from neurofm.hub import load_pretrained  # noqa: E402
+from neurofm.metrics import auroc, r2_score  # noqa: E402
+from neurofm.models.barista import BaristaEncoder  # noqa: E402
+from neurofm.recipes import barista as recipe  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from barista_quality import SCALES, _seed_ci, _subjects_data, _subject_size  # noqa: E402
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(len(a), -1)
+
+
+def channel_pcs(train: np.ndarray, test: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel features ``(n, C, d)`` projected on the first ``k`` principal components of
+    the training tokens (pooled over segments and channels): ``(n, C * k)``, as many features
+    as band power has, so the probe's penalty faces the same count."""
+    Z = train.reshape(-1, train.shape[2])
+    mu = Z.mean(0)
+    _, _, vt = np.linalg.svd(Z - mu, full_matrices=False)
+    return flat((train - mu) @ vt[:k].T), flat((test - mu) @ vt[:k].T)
+
+
+def _raw_weights(model) -> np.ndarray:
+    """First-column weights of a fitted Ridge / Logistic on the unstandardised features."""
+    coef = model.coef_[:-1] if isinstance(model, Logistic) else model.coef_  # Logistic: bias in the last row
+    return coef.reshape(len(coef), -1)[:, 0] / model.x_std_
+
+
+def rank_one(H: np.ndarray, y: np.ndarray, fit, iters: int = 8) -> tuple[object, np.ndarray]:
+    """``y = sum_c w_c v . h_c + b`` on per-channel training features ``H`` (n, C, d): alternate a
+    fit (``fit(X, y)``: a fitted Ridge or Logistic) of ``v`` on ``sum_c w_c h_c`` and of ``w`` on
+    ``(v . h_c)_c``, starting from ``w = 1`` (the token mean up to scale). Returns the last
+    ``v`` model and ``w``; predict with ``model`` on ``einsum("c,ncd->nd", w, H_test)``."""
+    w = np.ones(H.shape[1])
+    for _ in range(iters):
+        v = _raw_weights(fit(np.einsum("c,ncd->nd", w, H), y))
+        w = _raw_weights(fit(np.einsum("ncd,d->nc", H, v), y))
+        w = w / (np.abs(w).max() or 1.0)
+    return fit(np.einsum("c,ncd->nd", w, H), y), w
+
+
+def probe_table(runs: str, seed: int, scale: str, quick: bool = True) -> dict:
+    folder = Path(runs.format(seed=seed))
+    n_pre = _subject_size("n_pretrain_subjects", quick)
+    pre_s, held_s = _subject_size("pretrain_s", quick), _subject_size("heldout_s", quick)
+    held = sorted((folder / f"subjects_seed{seed}_{n_pre}x{pre_s:.0f}s_{held_s:.0f}s").glob("sub-*.h5"))[-1]
+    pretrained = folder / f"subj{seed}-pretrain-{scale}" / "pretrained"
+    out: dict = {}
+    for kind, data in (("regression", {"target": "grip_force"}), ("classification", {"events": "word_onset"})):
+        tree = {"family": "barista", "seed": seed, "resume": "none", "run_dir": f"/tmp/unused-{seed}-{scale}",
+                "data": {**_subjects_data([str(held)], _subject_size("segment", quick)), **data},
+                "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained)}}
+        cfg = recipe.prepare(from_dict(recipe.RunConfig, tree, where="barista_feature_probe"))
+        dm = recipe.datamodule(cfg)
+        dm.setup("fit")
+        dm.setup("test")
+        loaded = load_pretrained(str(pretrained))
+        encoder = getattr(loaded, "encoder", loaded)
+        torch.manual_seed(cfg.seed)  # as the recipe draws its random-init encoder
+        encoders = {"pretrained": encoder.eval(), "random init": BaristaEncoder(encoder.config).eval()}
+        bands = BandPowerRidge(cfg.model.sampling_rate)
+        for name, enc in encoders.items():
+            tok = lambda b, e=enc: e.tokenize(b["x"], b["channel_mask"].bool())  # noqa: E731
+            stages = {"": enc, "tokenizer ": tok, "squared ": lambda b, e=enc: e(b) ** 2,
+                      "tokenizer squared ": lambda b: tok(b) ** 2}
+            feats, rank1 = {}, None
+            for stage, fn in stages.items():
+                tr = recipe._segment_pass(dm.loader("train"), fn, bands, channels=True)
+                te = recipe._segment_pass(dm.loader("test"), fn, bands, channels=True)
+                k = tr["bp"].shape[2]  # as many features per channel as band power has
+                feats[stage + "token mean"] = (tr["feat"], te["feat"])
+                feats[stage + "per channel"] = (flat(tr["chan"]), flat(te["chan"]))
+                feats[stage + f"per channel, {k} PCs"] = channel_pcs(tr["chan"], te["chan"], k)
+                if not stage:
+                    feats["band power"] = (flat(tr["bp"]), flat(te["bp"]))
+                    rank1 = (tr["chan"], te["chan"])
+            row = {}
+            if kind == "regression":
+                ytr, yte = tr["y"].reshape(len(tr["y"]), -1), te["y"].reshape(len(te["y"]), -1)
+                for f, (a, b) in feats.items():
+                    row[f] = float(r2_score(yte, Ridge().fit(a, ytr).predict(b)))
+                model, w = rank_one(rank1[0], ytr, lambda X, y: Ridge().fit(X, y))
+                row["token weighting (rank 1)"] = float(r2_score(yte, model.predict(np.einsum("c,ncd->nd", w, rank1[1]))))
+            else:
+                ytr, yte = tr["y"].astype(int), te["y"].astype(int)
+                for f, (a, b) in feats.items():
+                    row[f] = float(auroc(yte, Logistic().fit(a, ytr).decision_function(b)))
+                model, w = rank_one(rank1[0], ytr, lambda X, y: Logistic().fit(X, y))
+                row["token weighting (rank 1)"] = float(auroc(yte, model.decision_function(
+                    np.einsum("c,ncd->nd", w, rank1[1]))))
+            row.update(train_segments=int(len(ytr)), test_segments=int(len(yte)), channels=int(rank1[0].shape[1]))
+            out[f"{kind}/{name}"] = row
+            print(f"  seed {seed} {scale:<6} {kind:<14} {name:<11} "
+                  + "  ".join(f"{f} {v:+.3f}" for f, v in row.items() if isinstance(v, float)), flush=True)
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="/tmp/bpre/bq/s{seed}",
+                    help="barista_quality --only subjects output folder of each seed ({seed} is filled in)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--scales", nargs="+", choices=SCALES, default=list(SCALES))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    runs = {f"{s}/{sc}": probe_table(args.runs, s, sc) for s in args.seeds for sc in args.scales}
+    summary = {}
+    for sc in args.scales:
+        for key in ("regression/pretrained", "regression/random init", "classification/pretrained",
+                    "classification/random init"):
+            names = [f for f, v in runs[f"{args.seeds[0]}/{sc}"][key].items() if isinstance(v, float)]
+            summary[f"{sc}/{key}"] = {f: _seed_ci([runs[f"{s}/{sc}"][key][f] for s in args.seeds]) for f in names}
+    names = list(next(iter(summary.values())))
+    print("\n| scale | target | encoder | " + " | ".join(names) + " |")
+    print("|---" * (3 + len(names)) + "|")
+    for key, row in summary.items():
+        sc, kind, enc = key.split("/")
+        cells = [f"{row[f]['mean']:.3f} [{row[f]['ci'][0]:.3f}, {row[f]['ci'][1]:.3f}]" if len(args.seeds) > 1
+                 else f"{row[f]['mean']:.3f}" for f in names]
+        print(f"| {sc} | {'R2' if kind == 'regression' else 'AUROC'} | {enc} | " + " | ".join(cells) + " |")
+    result = {"runs": runs, "summary": summary, "seeds": args.seeds}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
