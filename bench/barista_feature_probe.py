@@ -1,4 +1,4 @@
-"""Why BaRISTA's grip-force fine-tune stays at R2 ~0: linear probes on three feature sets.
+"""Why BaRISTA's grip-force fine-tune stays at R2 ~0: linear probes on the encoder's features vs band power.
 
 On the held-out subject of ``bench/barista_quality.py --only subjects`` (cached pretraining
 runs, reused), per seed and encoding scale, fit a linear read-out on the training block and
@@ -12,7 +12,11 @@ score the test block, on the same segments as the fine-tune's decode report
 * ``token weighting (rank 1)``: the best read-out a token-weighting head (DESIGN.md 4: a
   weight per token, then one ``Linear(d -> out)``) can express with per-channel weights,
   ``y = sum_c w_c v . h_c + b``, fitted by alternating ridge from ``w = 1`` (the token mean);
-* ``band power``: log band power per channel (the report's baseline features).
+* ``band power``: log band power per channel (the report's baseline features);
+* the same read-outs on the CNN tokenizer's output (before the spatial embedding and the
+  transformer) and on squared tokens (a quadratic read-out: power is quadratic in the signal);
+* ``token -> own log power``: whether a channel's token carries that channel's log band
+  power at all (ridge over (segment, channel) pairs, per band; test R2).
 
 For the pretrained encoder and a random one of the same shape (seeded as the recipe's
 random-init arm). Regression (``grip_force``): ridge (:class:`neurofm.baselines.Ridge`,
@@ -69,6 +73,15 @@ def channel_pcs(train: np.ndarray, test: np.ndarray, k: int) -> tuple[np.ndarray
     return flat((train - mu) @ vt[:k].T), flat((test - mu) @ vt[:k].T)
 
 
+def token_power_r2(train: dict, test: dict, bands: list[str]) -> dict[str, float]:
+    """Does a channel's token carry that channel's band power? Ridge from each (segment, channel)
+    token averaged over patches (d values) to the same channel's log band power, one band at a
+    time, fitted on the training segments' channels pooled, test R2 on the test segments'."""
+    Xtr, Xte = train["chan"].reshape(-1, train["chan"].shape[2]), test["chan"].reshape(-1, test["chan"].shape[2])
+    Ptr, Pte = train["bp"].reshape(-1, train["bp"].shape[2]), test["bp"].reshape(-1, test["bp"].shape[2])
+    return {b: float(r2_score(Pte[:, i], Ridge().fit(Xtr, Ptr[:, i]).predict(Xte))) for i, b in enumerate(bands)}
+
+
 def _raw_weights(model) -> np.ndarray:
     """First-column weights of a fitted Ridge / Logistic on the unstandardised features."""
     coef = model.coef_[:-1] if isinstance(model, Logistic) else model.coef_  # Logistic: bias in the last row
@@ -112,7 +125,7 @@ def probe_table(runs: str, seed: int, scale: str, quick: bool = True) -> dict:
             tok = lambda b, e=enc: e.tokenize(b["x"], b["channel_mask"].bool())  # noqa: E731
             stages = {"": enc, "tokenizer ": tok, "squared ": lambda b, e=enc: e(b) ** 2,
                       "tokenizer squared ": lambda b: tok(b) ** 2}
-            feats, rank1 = {}, None
+            feats, rank1, power = {}, None, {}
             for stage, fn in stages.items():
                 tr = recipe._segment_pass(dm.loader("train"), fn, bands, channels=True)
                 te = recipe._segment_pass(dm.loader("test"), fn, bands, channels=True)
@@ -123,6 +136,8 @@ def probe_table(runs: str, seed: int, scale: str, quick: bool = True) -> dict:
                 if not stage:
                     feats["band power"] = (flat(tr["bp"]), flat(te["bp"]))
                     rank1 = (tr["chan"], te["chan"])
+                if kind == "regression" and stage in ("", "tokenizer "):
+                    power[stage] = token_power_r2(tr, te, list(bands.bands))
             row = {}
             if kind == "regression":
                 ytr, yte = tr["y"].reshape(len(tr["y"]), -1), te["y"].reshape(len(te["y"]), -1)
@@ -138,6 +153,8 @@ def probe_table(runs: str, seed: int, scale: str, quick: bool = True) -> dict:
                 row["token weighting (rank 1)"] = float(auroc(yte, model.decision_function(
                     np.einsum("c,ncd->nd", w, rank1[1]))))
             row.update(train_segments=int(len(ytr)), test_segments=int(len(yte)), channels=int(rank1[0].shape[1]))
+            for stage, r2s in power.items():
+                row.update({f"{stage or 'encoder '}token -> own log power, {b}": v for b, v in r2s.items()})
             out[f"{kind}/{name}"] = row
             print(f"  seed {seed} {scale:<6} {kind:<14} {name:<11} "
                   + "  ".join(f"{f} {v:+.3f}" for f, v in row.items() if isinstance(v, float)), flush=True)
