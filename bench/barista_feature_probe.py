@@ -23,10 +23,56 @@ random-init arm). Regression (``grip_force``): ridge (:class:`neurofm.baselines.
 penalty on the last 20% of the training segments), test R2; classification (``word_onset``):
 logistic (:class:`neurofm.baselines.Logistic`), test AUROC.
 
+Measured (2026-12-03 10:49-11:08, shared 2-core CPU at load ~7, one thread; the 9 cached
+1,520-step pretraining runs of ``barista_quality.py`` part 3, quick sizes: held-out subject of
+30 contacts, 149 training / 119 test force segments and 51 / 38-39 event segments per seed;
+mean [95% t-interval] over seeds 0, 1, 2; the token-mean and band-power columns equal the
+fine-tune reports' probe and baseline rows, so these are the same segments). Grip-force R2:
+
+| scale  | encoder     | token mean | per channel | per channel, 6 PCs | rank 1 (token weighting) | squared, per channel | tokenizer, per channel | band power |
+|--------|-------------|------------|-------------|--------------------|--------------------------|----------------------|------------------------|------------|
+| coords | pretrained  | -0.05      | -0.03       | -0.02              | -0.40                    | -0.03                | -0.01                  | 0.75 [0.61, 0.89] |
+| coords | random init | -0.01      | -0.01       | -0.01              | -0.65                    | -0.01                | -0.01                  | 0.75       |
+| parcel | pretrained  | -0.04      | 0.05 [-0.25, 0.34] | -0.18       | -0.49                    | -0.07                | 0.06                   | 0.75       |
+| parcel | random init | -0.08      | -0.01       | -0.01              | -0.55                    | -0.01                | -0.01                  | 0.75       |
+| lobe   | pretrained  | -0.05      | -0.08       | -0.02              | -0.63                    | -0.05                | -0.10                  | 0.75       |
+| lobe   | random init | -0.12      | -0.01       | -0.20              | -0.83                    | -0.01                | -0.01                  | 0.75       |
+
+Best single run: 0.22 (seed 0 parcel, squared tokenizer output per channel; band power 0.72
+there); best mean over seeds 0.07 (parcel, the same with 6 PCs per channel). Event
+AUROC (pretrained; random init): token mean 0.66 / 0.69 / 0.68 (0.59 / 0.58 / 0.51), per
+channel 0.64 / 0.69 / 0.68 (0.50 / 0.47 / 0.47), rank 1 0.62 / 0.68 / 0.67, band power 0.90
+(coords / parcel / lobe). Does a channel's token carry its own log band power (test R2 over
+~3,600 test (segment, channel) pairs)? High gamma (70-128 Hz, what drives the force): encoder
+0.22 / 0.26 / 0.10 pretrained, 0.17 / 0.13 / 0.05 random init; the CNN tokenizer's output
+alone 0.09 / 0.12 / 0.01 pretrained, 0.01 / 0.01 / 0.01 random; beta (13-30 Hz) through the
+encoder 0.41 / 0.51 / 0.44 (random 0.30 / 0.34 / 0.34).
+
+Reading: per-channel features are NOT close to band power (best mean 0.07 vs 0.75), with as
+many features as band power (6 PCs per channel) or all of them, linear or squared, after the
+tokenizer or after the transformer, pretrained or random. So the fine-tuning head's start is
+not what fails: the frozen encoder does not carry the force signal in any form a read-out
+can use, because its tokens barely carry a channel's high-gamma power (R2 <= 0.26 after the
+encoder, <= 0.12 at the tokenizer, against 0.41-0.51 for beta after the encoder). Neither head could start at a per-channel probe anyway:
+a token-weighting head computes ``W (sum_t w_t h_t) / n``, i.e. per-channel read-outs
+``w_c W`` that share one direction (rank 1 over channels), the pooled head one ``W`` after a
+content-weighted mean; the best rank-1 fit scores below the token mean out of sample. Fine-
+tuning does not build the missing feature from ~150 training segments either (seed 0/1/2,
+parcel, 30 epochs as ``neurofm finetune``, probe start, best check): test R2 CNN frozen
+-0.039 / -0.054 / +0.002 (random init -0.269 / -0.217 / -0.015), CNN trained too
+(``task.freeze_cnn=false``) -0.026 / -0.055 / -0.001 (random init -0.151 / -0.386 / -0.015);
+band power 0.723 / 0.818 / 0.719. Likely cause, not tested here: at 256 Hz high gamma sits
+at 0.27-0.5 cycles per sample, in the top of 64-sample patches that each block's
+parameter-free LayerNorm over time normalises, and the masked-latent objective rewards the
+high-variance low-frequency content (the paper samples at 2048 Hz, where high gamma is a
+slow component of 512-sample patches). Next steps: the same probe on a pretraining at a
+higher sampling rate (``simulate_ieeg_subjects`` at 1-2 kHz) or with longer patches, and the
+token -> own high-gamma power R2 as a pretraining watch next to the latent R2.
+
 Usage::
 
-    OMP_NUM_THREADS=1 python bench/barista_feature_probe.py --runs /tmp/bpre/bq/s{seed} --seeds 0 1 2 \\
-        --json /tmp/itable/probe.json
+    OMP_NUM_THREADS=1 python bench/barista_feature_probe.py --runs '/tmp/bpre/bq/s{seed}' --seeds 0 1 2 \\
+        --json /tmp/itable/probe.json   # ~20 min at load 7
 """
 
 from __future__ import annotations
@@ -161,6 +207,25 @@ def probe_table(runs: str, seed: int, scale: str, quick: bool = True) -> dict:
     return out
 
 
+def table(summary: dict, n_seeds: int) -> str:
+    """One markdown table per target: mean [95% t-interval] over seeds of each read-out."""
+    lines = []
+    for kind, metric in (("regression", "R2"), ("classification", "AUROC")):
+        keys = [k for k in summary if k.split("/")[1] == kind]
+        if not keys:
+            continue
+        names = list(summary[keys[0]])
+        lines += ["", f"{kind} ({metric}, test block)", "",
+                  "| scale | encoder | " + " | ".join(names) + " |", "|---" * (2 + len(names)) + "|"]
+        for key in keys:
+            sc, _, enc = key.split("/")
+            row = summary[key]
+            cells = [f"{row[f]['mean']:.3f} [{row[f]['ci'][0]:.3f}, {row[f]['ci'][1]:.3f}]" if n_seeds > 1
+                     else f"{row[f]['mean']:.3f}" for f in names]
+            lines.append(f"| {sc} | {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="/tmp/bpre/bq/s{seed}",
@@ -178,17 +243,10 @@ def main(argv=None) -> dict:
                     "classification/random init"):
             names = [f for f, v in runs[f"{args.seeds[0]}/{sc}"][key].items() if isinstance(v, float)]
             summary[f"{sc}/{key}"] = {f: _seed_ci([runs[f"{s}/{sc}"][key][f] for s in args.seeds]) for f in names}
-    names = list(next(iter(summary.values())))
-    print("\n| scale | target | encoder | " + " | ".join(names) + " |")
-    print("|---" * (3 + len(names)) + "|")
-    for key, row in summary.items():
-        sc, kind, enc = key.split("/")
-        cells = [f"{row[f]['mean']:.3f} [{row[f]['ci'][0]:.3f}, {row[f]['ci'][1]:.3f}]" if len(args.seeds) > 1
-                 else f"{row[f]['mean']:.3f}" for f in names]
-        print(f"| {sc} | {'R2' if kind == 'regression' else 'AUROC'} | {enc} | " + " | ".join(cells) + " |")
     result = {"runs": runs, "summary": summary, "seeds": args.seeds}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    print(table(summary, len(args.seeds)))
     return result
 
 

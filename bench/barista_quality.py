@@ -158,7 +158,20 @@ AUROC -0.010 / +0.003 / +0.005 (coords / parcel / lobe). Against the old recipe 
 same pretraining): random init gains most from the probe start (AUROC +0.045 / +0.022 /
 +0.041), pretrained AUROC moves by +0.021 / +0.009 / -0.002 and the force R2 from -0.07 /
 -0.07 / -0.14 to -0.03 / -0.03 / -0.07 (the start no longer drifts below the mean). Parcel vs coords: 0.691 vs 0.647 AUROC,
--0.030 vs -0.028 R2: not resolved (paper: parcel 0.86 vs channel 0.78).
+-0.030 vs -0.028 R2: not resolved (paper: parcel 0.86 vs channel 0.78). Why the force
+fine-tune fails (``bench/barista_feature_probe.py``): no read-out of the frozen encoder's
+features reaches band power, per channel or squared or at the tokenizer (best mean R2 0.07 vs
+0.75), because its tokens barely carry a channel's high-gamma power (R2 <= 0.26); so the
+head's start is not the fix, and neither 30 epochs nor training the CNN changes it.
+Head lr 10x the backbone's (seeds 0, 1, 2, parcel, pretrained, 10 epochs; head lr 1e-3,
+the default, vs 1e-4): the probe start is not thrown away in either case. Event detection:
+the same validation AUROC at every check (0.875 / 0.850 / 0.722 -> 0.778 at step 19), the
+same checkpoint chosen and test AUROC 0.861 / 0.692 / 0.519 vs 0.861 / 0.692 / 0.524;
+validation loss falls over the first 4 epochs under both, and rises on seed 0 after step 19
+under both (backbone lr 1e-4 in both). Force: validation R2 at the first check (step 10)
+moves from the start by -0.017 / +0.063 / -0.020 (1e-3) vs -0.002 / +0.019 / -0.002 (1e-4);
+test R2 -0.039 / -0.054 / +0.002 vs -0.048 / -0.050 / -0.019. No consistent difference: the
+default (the paper's 10x) stays.
 
 Before the probe start (random head, final weights), part 3 quick with 1,520 pretraining
 steps (2026-12-03, shared 2-core CPU at load ~10, one thread per process, seeds as parallel
