@@ -56,7 +56,11 @@ tasks and scored by the recipe's ``evaluate`` or by :mod:`neurofm.evaluation_iee
    Each fine-tune's head starts at the linear probe on the frozen starting encoder (the
    table's probe rows, from the same runs' reports); ``--finetune-patience N`` scores the best
    validation check (the step-0 start included) instead of the final weights;
-   ``--reuse-pretrain`` reads pretraining runs already in ``--out``. Measured (seed 0, parcel,
+   ``--reuse-pretrain`` reads pretraining runs already in ``--out``; ``--tabulate A.json B.json
+   ...`` prints one table over the seeds of per-seed ``--json`` files. ``neurofm finetune``'s
+   default is a best-validation-check model (``trainer.early_stopping_patience: 15``, 30
+   epochs); ``--finetune-patience 15`` matches it (with 10 epochs nothing stops early, so
+   only the choice of the best check differs from the final weights). Measured (seed 0, parcel,
    the 40-epoch pretraining reused, quick sizes, 38 test events / 119 force segments; event
    AUROC; grip-force R2): probe start + best validation check (``--finetune-patience 10``)
    pretrained 0.861 (step 0 kept); -0.039, random init 0.616; -0.290; probe start + final
@@ -111,9 +115,67 @@ ridge on all tokens of an encoder pretrained the same way (1200 steps) reached a
 the fine-tuned test ROC-AUC was 0.858 and band power 0.895: the notch is faithfulness to the
 paper's preprocessing, not what these rows hinge on.
 
-Measured, part 3 quick with 1,520 pretraining steps (2026-12-03, shared 2-core CPU at load
-~10, one thread per process, seeds as parallel processes: parcel 08:30-08:45, coords + lobe
-08:39-09:01): held-out subject, test block of 38-40 events and ~119 force segments per seed;
+Measured, part 3 quick, today's fine-tuning recipe (2026-12-03 10:24-10:31, shared 2-core CPU
+at load 1-5, one thread per process, seeds 0 and 1 in parallel, then seed 2; the 9 pretraining
+runs of the table below reused, 1,520 steps each): ``--only subjects --quick --reuse-pretrain
+--finetune-patience 15 --seeds S``, then ``--tabulate``. Every head starts at the linear probe
+(token mean of the frozen starting encoder), the starting state is scored on the validation
+block at step 0 and the best validation check (step 0 included) is scored on the test block,
+as ``neurofm finetune`` does; 10 fine-tuning epochs (40 classification / 100 regression
+steps). Held-out subject, test block of 38-39 events and ~119 force segments per seed; mean
+[95% t-interval] over seeds 0, 1, 2, per seed after the semicolon:
+
+| encoding | arm                           | held-out event ROC-AUC | held-out grip-force R2  | per seed (AUROC; R2)                        |
+|----------|-------------------------------|------------------------|-------------------------|---------------------------------------------|
+| coords   | pretrained                    | 0.647 [0.243, 1.052]   | -0.028 [-0.117, 0.061]  | 0.639, 0.814, 0.488; -0.038, -0.058, 0.012  |
+| coords   | random init                   | 0.588 [0.362, 0.814]   | -0.003 [-0.031, 0.025]  | 0.634, 0.647, 0.483; 0.007, -0.001, -0.015  |
+| coords   | probe on pretrained (frozen)  | 0.657 [0.289, 1.026]   | -0.052 [-0.145, 0.042]  | 0.639, 0.814, 0.519; -0.090, -0.051, -0.015 |
+| coords   | probe on random init (frozen) | 0.587 [0.358, 0.817]   | -0.009 [-0.023, 0.005]  | 0.634, 0.647, 0.481; -0.005, -0.006, -0.015 |
+| parcel   | pretrained                    | 0.691 [0.266, 1.115]   | -0.030 [-0.103, 0.042]  | 0.861, 0.692, 0.519; -0.039, -0.054, 0.002  |
+| parcel   | random init                   | 0.577 [0.459, 0.696]   | -0.122 [-0.488, 0.244]  | 0.616, 0.592, 0.524; -0.290, -0.061, -0.015 |
+| parcel   | probe on pretrained (frozen)  | 0.688 [0.254, 1.122]   | -0.037 [-0.085, 0.012]  | 0.861, 0.692, 0.512; -0.042, -0.053, -0.015 |
+| parcel   | probe on random init (frozen) | 0.578 [0.457, 0.700]   | -0.082 [-0.390, 0.226]  | 0.619, 0.592, 0.524; -0.225, -0.006, -0.015 |
+| lobe     | pretrained                    | 0.689 [0.349, 1.028]   | -0.066 [-0.177, 0.045]  | 0.795, 0.736, 0.535; -0.102, -0.081, -0.016 |
+| lobe     | random init                   | 0.510 [0.364, 0.655]   | -0.126 [-0.606, 0.353]  | 0.517, 0.564, 0.448; -0.017, -0.012, -0.349 |
+| lobe     | probe on pretrained (frozen)  | 0.684 [0.358, 1.010]   | -0.055 [-0.163, 0.053]  | 0.781, 0.736, 0.535; -0.102, -0.047, -0.016 |
+| lobe     | probe on random init (frozen) | 0.506 [0.373, 0.639]   | -0.122 [-0.617, 0.374]  | 0.517, 0.553, 0.448; -0.005, -0.008, -0.352 |
+| -        | band power (logistic / ridge) | 0.900 [0.894, 0.907]   | 0.753 [0.614, 0.892]    | 0.901, 0.903, 0.898; 0.723, 0.818, 0.719    |
+
+Paired differences, pretrained minus random init: AUROC coords +0.059 [-0.172, 0.290],
+parcel +0.113 [-0.198, 0.424], lobe +0.179 [-0.059, 0.417]; R2 -0.025 [-0.137, 0.088],
++0.092 [-0.252, 0.436], +0.060 [-0.528, 0.648]. Pretrained minus band power: AUROC -0.253
+[-0.651, 0.145], -0.210 [-0.631, 0.211], -0.212 [-0.546, 0.123]; R2 -0.781 [-0.995, -0.567],
+-0.783 [-0.982, -0.585], -0.819 [-1.024, -0.615]. The checkpoint scored was the step-0 start
+in 5 of 9 pretrained classification runs and 2 of 9 pretrained regression runs (the
+validation block holds 10 event segments, so its AUROC moves in steps of ~0.04). What holds: pretrained >
+random init in event AUROC in 8 of 9 (scale, seed) pairs (parcel seed 2: 0.519 vs 0.524),
+no interval excludes 0 with 3 seeds (lobe comes closest). What does not: pretrained < band
+power everywhere (events by ~0.2, force by ~0.8: every force interval below 0); the
+grip-force fine-tune is at the training mean (R2 -0.07 to +0.01) in every arm; seed 2's
+held-out subject is at chance (0.48-0.54) for every BaRISTA arm while band power reaches
+0.898. Fine-tuning adds nothing measurable over its probe start: fine-tuned minus probe
+AUROC -0.010 / +0.003 / +0.005 (coords / parcel / lobe). Against the old recipe (table below,
+same pretraining): random init gains most from the probe start (AUROC +0.045 / +0.022 /
++0.041), pretrained AUROC moves by +0.021 / +0.009 / -0.002 and the force R2 from -0.07 /
+-0.07 / -0.14 to -0.03 / -0.03 / -0.07 (the start no longer drifts below the mean). Parcel vs coords: 0.691 vs 0.647 AUROC,
+-0.030 vs -0.028 R2: not resolved (paper: parcel 0.86 vs channel 0.78). Why the force
+fine-tune fails (``bench/barista_feature_probe.py``): no read-out of the frozen encoder's
+features reaches band power, per channel or squared or at the tokenizer (best mean R2 0.07 vs
+0.75), because its tokens barely carry a channel's high-gamma power (R2 <= 0.26); so the
+head's start is not the fix, and neither 30 epochs nor training the CNN changes it.
+Head lr 10x the backbone's (seeds 0, 1, 2, parcel, pretrained, 10 epochs; head lr 1e-3,
+the default, vs 1e-4): the probe start is not thrown away in either case. Event detection:
+the same validation AUROC at every check (0.875 / 0.850 / 0.722 -> 0.778 at step 19), the
+same checkpoint chosen and test AUROC 0.861 / 0.692 / 0.519 vs 0.861 / 0.692 / 0.524;
+validation loss falls over the first 4 epochs under both, and rises on seed 0 after step 19
+under both (backbone lr 1e-4 in both). Force: validation R2 at the first check (step 10)
+moves from the start by -0.017 / +0.063 / -0.020 (1e-3) vs -0.002 / +0.019 / -0.002 (1e-4);
+test R2 -0.039 / -0.054 / +0.002 vs -0.048 / -0.050 / -0.019. No consistent difference: the
+default (the paper's 10x) stays.
+
+Before the probe start (random head, final weights), part 3 quick with 1,520 pretraining
+steps (2026-12-03, shared 2-core CPU at load ~10, one thread per process, seeds as parallel
+processes: parcel 08:30-08:45, coords + lobe 08:39-09:01): held-out subject, test block of 38-40 events and ~119 force segments per seed;
 mean [95% t-interval] over seeds 0, 1, 2, per seed after the semicolon. Random-init rows are
 the same runs as below (same seed, data and recipe; they do not depend on pretraining):
 
@@ -667,12 +729,12 @@ def _fmt_ci(st: dict | None) -> str:
 
 
 def subjects_table(r: dict) -> str:
-    head = (f"| {'encoding':<8} | {'arm':<28} | {'held-out event ROC-AUC':>24} | {'held-out grip-force R2':>24} | "
+    head = (f"| {'encoding':<8} | {'arm':<29} | {'held-out event ROC-AUC':>24} | {'held-out grip-force R2':>24} | "
             f"{'per seed (AUROC; R2)':<40} |")
     lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
     for row in r["rows"]:
         per = "; ".join(", ".join("-" if v is None else f"{v:.3f}" for v in row[k]["values"]) for k in ("auroc", "r2"))
-        lines.append(f"| {row['scale']:<8} | {row['arm']:<28} | {_fmt_ci(row['auroc']):>24} | "
+        lines.append(f"| {row['scale']:<8} | {row['arm']:<29} | {_fmt_ci(row['auroc']):>24} | "
                      f"{_fmt_ci(row['r2']):>24} | {per:<40} |")
     lines += ["", f"mean [95% t-interval] over {len(r['seeds'])} seeds {r['seeds']} (each seed: new subjects, "
               "new training seed); per-run block-bootstrap CIs in the JSON.", "",
@@ -684,6 +746,24 @@ def subjects_table(r: dict) -> str:
                          f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}")
     lines.append("protocol: " + r["protocol"])
     return "\n".join(lines)
+
+
+def tabulate_subjects(paths: list[Path], out: Path | None = None) -> dict:
+    """The subjects table over the union of the seeds of several runs' JSON (one process per seed)."""
+    parts = [json.loads(Path(p).read_text())["subjects"] for p in paths]
+    seeds = [s for part in parts for s in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--tabulate: seeds {seeds} repeat across {[str(p) for p in paths]}")
+    if len({json.dumps(part["budget"], sort_keys=True) for part in parts}) != 1:
+        raise SystemExit(f"--tabulate: the runs in {[str(p) for p in paths]} have different budgets")
+    runs = {k: v for part in parts for k, v in part["runs"].items()}
+    scales = tuple(sc for sc in SCALES if any(k.split("/")[1] == sc for k in runs))
+    merged = {**parts[0], "runs": runs, "seeds": seeds, "rows": _subject_rows(runs, seeds, scales)}
+    print("\n## Simulated subjects: held-out subject, pretrained vs random init vs band power (test block)\n")
+    print(subjects_table(merged))
+    if out:
+        out.write_text(json.dumps({"subjects": merged}, indent=2, default=_json_default))
+    return {"subjects": merged}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -707,7 +787,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--finetune-patience", type=int, default=0,
                     help="subjects part: score the best validation checkpoint (step 0 included) with this early-"
                          "stopping patience; 0 (default): the final weights")
+    ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="subjects part: print one table over the seeds of these --json files (seeds run as "
+                         "separate processes) and write it to --json; runs nothing")
     args = ap.parse_args(argv)
+    if args.tabulate:
+        return tabulate_subjects(args.tabulate, args.json)
     import lightning  # noqa: F401  (it sets its loggers' levels on import; quiet them after)
 
     logging.getLogger("lightning").setLevel(logging.ERROR)

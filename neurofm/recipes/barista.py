@@ -978,12 +978,14 @@ def _starting_encoder(cfg: RunConfig, task):
 
 
 @torch.no_grad()
-def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
+def _segment_pass(loader, encoder, bands, task=None, channels: bool = False) -> dict[str, np.ndarray]:
     """One pass over a split: per segment its label or target, start, session, the starting
-    encoder's token-mean features, log band power per channel (``bands``; None: skipped), and
-    (``task``) the fine-tuned model's scores (classification) or predictions in the target's units (regression)."""
+    encoder's token-mean features, log band power per channel (``bands``; None: skipped),
+    (``task``) the fine-tuned model's scores (classification) or predictions in the target's units
+    (regression), and (``channels``) per-channel features ``chan`` (B, C, d): each channel's
+    tokens averaged over patches (zero for padded channels)."""
     regression = task is not None and task.hparams.task == "regression"
-    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred")}
+    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred", "chan")}
     for i, batch in enumerate(loader):
         keep = batch["target_mask"].bool() if "target_mask" in batch else torch.ones(len(batch["x"]), dtype=torch.bool)
         if "target" in batch:
@@ -993,6 +995,8 @@ def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
         h = encoder(batch)  # (B, n, C, d)
         m = batch["channel_mask"].float()[:, None, :, None]
         feat = (h * m).sum((1, 2)) / (m.sum((1, 2)) * h.shape[1]).clamp(min=1)  # (B, d): mean over real tokens
+        if channels:
+            out["chan"].append(((h * m).mean(1))[keep].numpy())  # (B, C, d)
         if bands is not None:
             x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
             out["bp"].append(bands.features(x).reshape(len(x), x.shape[1], -1)[keep.numpy()])  # (B, C, n_bands)
@@ -1008,8 +1012,9 @@ def _segment_pass(loader, encoder, bands, task=None) -> dict[str, np.ndarray]:
         out["t0"].append(batch["t0"].numpy()[k])
         out["session"].append(batch["session"].numpy()[k])
         out["feat"].append(feat[keep].numpy())
-    C = max((b.shape[1] for b in out["bp"]), default=0)
-    out["bp"] = [np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))) for b in out["bp"]]
+    for key in ("bp", "chan"):  # batches of different channel counts: pad to the widest
+        C = max((b.shape[1] for b in out[key]), default=0)
+        out[key] = [np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))) for b in out[key]]
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 

@@ -249,6 +249,27 @@ def test_finetune_head_starts_at_the_linear_probe(session, force_session, tmp_pa
         assert np.allclose(logits[:, 1], -logits[:, 0], atol=1e-5)  # softmax = the logistic probability
 
 
+def test_segment_pass_per_channel_features_average_to_the_token_mean(session):
+    """``channels=True`` adds each channel's tokens averaged over patches (B, C, d); over the
+    real channels they average to the token-mean features the probe reads, and padded channels
+    are zero."""
+    import torch
+
+    cfg = _config([session])
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm).eval()
+    with torch.no_grad():
+        out = recipe._segment_pass(dm.loader("test"), task.encoder, None, channels=True)
+        mask = torch.cat([b["channel_mask"][b["target_mask"].bool()] if "target_mask" in b else b["channel_mask"]
+                          for b in dm.loader("test")]).numpy().astype(bool)
+    chan = out["chan"]
+    assert chan.shape[:2] == (len(out["y"]), mask.shape[1]) and chan.shape[2] == out["feat"].shape[1]
+    assert not np.abs(chan[~mask]).any()
+    mean = chan.sum(1) / mask.sum(1, keepdims=True)
+    assert np.allclose(mean, out["feat"], atol=1e-5)
+    assert np.abs(chan - chan.mean(1, keepdims=True)).max() > 1e-3  # the channels differ
+
+
 def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_session, tmp_path):
     """BaRISTA fine-tuning validates the starting state (the probe) before the first step, logs
     it at step 0 and keeps it as the best checkpoint: with learning rates that wreck the model,
