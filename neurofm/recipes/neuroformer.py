@@ -917,7 +917,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                    f"gain per inner fold {gain:+.4f} +- {se:.4f} SE: used only when the gain exceeds one SE")
         else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
             why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "
-                   f"too few for blocked CV, so counts alone at a fixed penalty ({float(r.alpha_):g}); "
+                   f"too few for blocked CV, so counts alone, penalty {float(r.alpha_):g} chosen on the last 20% of them; "
                    f"more labels (--label-fraction) give a penalty chosen by CV")
         print(f"neurofm: the read-out of {v.name} starts at ridge on {features} ({why})", file=sys.stderr)
     return done
