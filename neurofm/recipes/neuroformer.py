@@ -1297,7 +1297,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     block_s = cfg.data.label_chunk_s
     blocks = time_blocks(test["interval"][m] + 1e7 * test["session"][m], block_s)
     return decode_report(arms, y, blocks, target=name, label_fraction=cfg.data.label_fraction, scored=scored_text,
-                         block_s=block_s, notes=notes, seed=cfg.eval.seed)
+                         block_s=block_s, notes=notes, seed=cfg.eval.seed, n_fitted=int(np.sum(mt)))
 
 
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:

@@ -193,7 +193,8 @@ def test_start_with_too_few_labelled_windows_for_cv_says_so(tmp_path, capsys):
     cfg = recipe.prepare(recipe.finetune_config(_tiny_pretrained(tmp_path, path), [path], behavior=["position"],
                                                 label_fraction=0.1, run_dir=str(tmp_path / "run"),
                                                 overrides=FEW + ["seed=8"]))  # seed 8 labels one 10 s chunk
-    task = recipe.task(cfg, recipe.datamodule(cfg))
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
     start = task.read_out_start["position"]
     assert start["features"] == "counts" and start["cv_r2"]["counts"] is None and start["fold_gain"] is None
     err = capsys.readouterr().err
@@ -201,3 +202,7 @@ def test_start_with_too_few_labelled_windows_for_cv_says_so(tmp_path, capsys):
     assert "nan" not in line
     assert f"only {start['n_windows']} labelled training windows that move: too few for blocked CV" in line
     assert "--label-fraction" in line
+    # the decode report states the same count beside the label fraction (its arms fit those windows)
+    report = recipe.evaluate(cfg, task, dm, tmp_path / "ev")["decode_report"]["position"]
+    assert report["n_fitted"] == start["n_windows"]
+    assert f"labels on 10% of the training windows ({start['n_windows']} labelled windows fitted)" in report["protocol"]
