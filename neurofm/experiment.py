@@ -949,6 +949,10 @@ def print_result(result: RunResult) -> None:
         print(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}")
     for name, row in result.metrics.get("baselines", {}).items():
         print(f"  baseline: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
+    # what metrics.json says is wrong with the run (e.g. a pretrained encoder still near its random
+    # init): a user reading only the terminal must see it too, not only the numbers above
+    for line in result.metrics.get("limitations") or []:
+        print(f"  LIMITATION: {line}")
 
 
 def train_help(prog: str = "neurofm train") -> str:

@@ -184,6 +184,7 @@ class DecodeReport:
     confidence: float
     n_boot: int
     protocol: str = ""
+    n_fitted: int | None = None  # labelled training windows every arm was fitted on (None: not stated)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -234,7 +235,9 @@ class DecodeReport:
     def describe(self) -> str:
         blocks = f"{self.n_blocks} blocks" + (f" of {self.block_s:g} s" if self.block_s else "")
         text = (f"{self.target}: {self.n_windows} scored windows ({self.scored}) in {blocks}; "
-                f"labels on {self.label_fraction:.0%} of the training windows, the same for every arm; "
+                f"labels on {self.label_fraction:.0%} of the training windows"
+                f"{f' ({self.n_fitted} labelled windows fitted)' if self.n_fitted is not None else ''}, "
+                f"the same for every arm; "
                 f"{self.confidence:.0%} CIs from a block bootstrap ({self.n_boot} resamples of whole blocks)")
         return text + (f"; {self.protocol}" if self.protocol else "")
 
@@ -243,6 +246,7 @@ class DecodeReport:
             "target": self.target, "task": self.task, "reference": self.reference,
             "label_fraction": self.label_fraction, "scored": self.scored, "n_windows": self.n_windows,
             "n_blocks": self.n_blocks, "block_s": self.block_s, "confidence": self.confidence, "n_boot": self.n_boot,
+            "n_fitted": self.n_fitted,
             "protocol": self.describe(),
             "rows": [{"arm": r.arm, **{k: v for k, v in r.values.items()},
                       **{f"{k}_ci": list(v) for k, v in r.ci.items()},
@@ -267,7 +271,8 @@ class DecodeReport:
 def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regression", target: str = "target",
                   reference: str | None = None, label_fraction: float = 1.0, scored: str = "all test windows",
                   block_s: float | None = None, protocol: str = "", notes: Mapping[str, str] | None = None,
-                  n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> DecodeReport:
+                  n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+                  n_fitted: int | None = None) -> DecodeReport:
     """Score every arm on the same windows, with block-bootstrap CIs and paired differences.
 
     Parameters
@@ -279,6 +284,8 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     blocks : (n,) block id of each window (:func:`time_blocks`); at least 2 distinct blocks.
     label_fraction, scored, block_s, protocol : stated in the report (what the numbers mean).
     notes : optional {arm: short note} shown beside the arm (e.g. "frozen pretrained features").
+    n_fitted : how many labelled training windows the arms were fitted on, stated beside the
+        label fraction (with a moving rule, 10% of a resting animal's windows can be a few dozen).
     """
     if task not in ("regression", "classification"):
         raise ValueError(f"decode_report: task must be 'regression' or 'classification', got {task!r}")
@@ -352,4 +359,5 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
             rows.append(row)
     return DecodeReport(target=target, task=task, rows=rows, reference=reference, label_fraction=float(label_fraction),
                         scored=scored, n_windows=n, n_blocks=K, block_s=block_s, confidence=confidence,
-                        n_boot=int(n_boot), protocol=protocol)
+                        n_boot=int(n_boot), protocol=protocol,
+                        n_fitted=None if n_fitted is None else int(n_fitted))

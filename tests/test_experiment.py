@@ -366,3 +366,19 @@ def test_early_stopped_runs_evaluate_the_best_checkpoint(tmp_path):
     toy.w.data.fill_(5.0)
     _restore_best(trainer, toy, "val/score")
     assert float(toy.w) == w_best
+
+
+def test_print_result_shows_the_runs_limitations(tmp_path, capsys):
+    """A new lab's BaRISTA pretraining that never left its trivial phase put that only in
+    metrics.json: the terminal summary listed the metrics and baselines and no word of it."""
+    from neurofm.experiment import RunResult, print_result
+
+    line = ("Pretraining has not left its trivial phase: on the test block the predictor explains "
+            "-0.6% of the masked tokens' variance")
+    metrics = {"metrics": {"test_masked_latent_r2": -0.0064},
+               "baselines": {"mean target": {"test_masked_latent_r2": 0.0}}, "limitations": [line]}
+    print_result(RunResult(tmp_path, tmp_path / "pretrained", metrics))
+    out = capsys.readouterr().out
+    assert f"LIMITATION: {line}" in out
+    print_result(RunResult(tmp_path, tmp_path / "pretrained", {"metrics": {}, "baselines": {}}))
+    assert "LIMITATION" not in capsys.readouterr().out

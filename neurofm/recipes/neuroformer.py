@@ -871,6 +871,13 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                 ms[v.name].append(batch["behavior_mask"][v.name])
     finally:
         model.train(was_training)
+    if not ses:  # few-shot split: no 10 s chunk of the training block drew a label
+        d = cfg.data
+        raise ConfigError(
+            f"data.label_fraction: {d.label_fraction:g} of the training block's {d.label_chunk_s:g} s chunks "
+            f"(data.label_chunk_s) drew no labelled chunk in {', '.join(session_paths(d))} (a seeded draw per chunk, "
+            f"seed {cfg.seed}), so fine-tuning has no labelled training window; raise --label-fraction, shorten "
+            f"data.label_chunk_s, or use a longer recording")
     labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
     if cfg.data.label_fraction < 1.0:
         labelled = _label_subset(cfg)(torch.cat(ses), torch.cat(ivs))
@@ -903,12 +910,16 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         done[v.name] = {"features": chosen, "cv_r2": {k: finite(x) for k, x in cv.items()},
                         "fold_gain": finite(gain), "fold_gain_se": finite(se),
                         "alpha": float(r.alpha_), "n_windows": int(keep.sum())}
-        scores = ", ".join(f"{k} {x:.3f}" for k, x in cv.items())
-        print(f"neurofm: the read-out of {v.name} starts at ridge on "
-              f"{'binned counts + pooled state' if chosen == START_POOLED else 'binned counts alone'} "
-              f"(blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; pooled state's "
-              f"gain per inner fold {gain:+.4f} +- {se:.4f} SE: used only when the gain exceeds one SE)",
-              file=sys.stderr)
+        features = 'binned counts + pooled state' if chosen == START_POOLED else 'binned counts alone'
+        if np.isfinite(gain):
+            scores = ", ".join(f"{k} {x:.3f}" for k, x in cv.items())
+            why = (f"blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; pooled state's "
+                   f"gain per inner fold {gain:+.4f} +- {se:.4f} SE: used only when the gain exceeds one SE")
+        else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
+            why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "
+                   f"too few for blocked CV, so counts alone, penalty {float(r.alpha_):g} chosen on the last 20% of them; "
+                   f"more labels (--label-fraction) give a penalty chosen by CV")
+        print(f"neurofm: the read-out of {v.name} starts at ridge on {features} ({why})", file=sys.stderr)
     return done
 
 
@@ -1286,7 +1297,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     block_s = cfg.data.label_chunk_s
     blocks = time_blocks(test["interval"][m] + 1e7 * test["session"][m], block_s)
     return decode_report(arms, y, blocks, target=name, label_fraction=cfg.data.label_fraction, scored=scored_text,
-                         block_s=block_s, notes=notes, seed=cfg.eval.seed)
+                         block_s=block_s, notes=notes, seed=cfg.eval.seed, n_fitted=int(np.sum(mt)))
 
 
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:

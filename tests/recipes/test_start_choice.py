@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurofm.config import from_dict
+from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
 from neurofm.recipes import neuroformer as recipe
@@ -163,3 +163,46 @@ def test_pooled_state_needs_a_gain_above_one_standard_error_of_the_inner_folds()
     gain, se = recipe._start_gain(np.array(counts), np.array(counts) + [0.010, 0.012, 0.008, 0.011])
     assert gain > se > 0
     assert all(np.isnan(recipe._start_gain(None, np.array(counts))))  # no CV (too few windows): counts alone
+
+
+
+def _tiny_pretrained(tmp_path: Path, path: str) -> str:
+    stem = Path(path).stem
+    config = from_dict(NeuroformerConfig, {**SMALL, "n_units": 8, "units": [f"{stem}/u{i}" for i in range(8)],
+                                           "block_size": {"id": 24, "prev_id": 24}})
+    return str(Neuroformer(config).save_pretrained(tmp_path / "pre"))
+
+
+def test_few_shot_draw_with_no_labelled_chunk_is_an_error_naming_the_setting(tmp_path):
+    """`--label-fraction 0.1` on a short recording can draw no 10 s chunk of the training block
+    (a seeded draw per chunk); the run crashed with "torch.cat(): expected a non-empty list of
+    Tensors". Now a ConfigError naming data.label_fraction and the fix, before any step."""
+    path = _place_session(tmp_path / "place.h5")  # 120 s: ~10 training chunks, seed 0 labels none
+    cfg = recipe.prepare(recipe.finetune_config(_tiny_pretrained(tmp_path, path), [path], behavior=["position"],
+                                                label_fraction=0.1, run_dir=str(tmp_path / "run"), overrides=FEW))
+    with pytest.raises(ConfigError, match=r"data.label_fraction: 0.1 .*no labelled chunk in .*place.h5.*--label-fraction"):
+        recipe.task(cfg, recipe.datamodule(cfg))
+
+
+def test_start_with_too_few_labelled_windows_for_cv_says_so(tmp_path, capsys):
+    """`neurofm finetune --label-fraction 0.1` on a new lab's maze session left 28 labelled moving
+    windows, too few for 4 blocked folds with their 5 s gaps, and printed "blocked-CV R2 on the 28
+    labelled training windows: counts nan, counts+pooled nan; pooled state's gain per inner fold
+    +nan +- nan SE". The line now says there was no CV and what the start used instead."""
+    path = _place_session(tmp_path / "place.h5")
+    cfg = recipe.prepare(recipe.finetune_config(_tiny_pretrained(tmp_path, path), [path], behavior=["position"],
+                                                label_fraction=0.1, run_dir=str(tmp_path / "run"),
+                                                overrides=FEW + ["seed=8"]))  # seed 8 labels one 10 s chunk
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    start = task.read_out_start["position"]
+    assert start["features"] == "counts" and start["cv_r2"]["counts"] is None and start["fold_gain"] is None
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "read-out of position starts at" in x)
+    assert "nan" not in line
+    assert f"only {start['n_windows']} labelled training windows that move: too few for blocked CV" in line
+    assert "--label-fraction" in line
+    # the decode report states the same count beside the label fraction (its arms fit those windows)
+    report = recipe.evaluate(cfg, task, dm, tmp_path / "ev")["decode_report"]["position"]
+    assert report["n_fitted"] == start["n_windows"]
+    assert f"labels on 10% of the training windows ({start['n_windows']} labelled windows fitted)" in report["protocol"]
