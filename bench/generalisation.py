@@ -361,6 +361,10 @@ def _ci(r: dict, m: str = "r2") -> str:
 
 
 def _verdict(d: list) -> str:
+    from neurofm.report import SAME_AT_PRECISION
+
+    if max(abs(d[1]), abs(d[2])) < SAME_AT_PRECISION:
+        return "equals"  # the same predictions up to float precision (the model kept its ridge start)
     return "beats" if d[1] > 0 else ("LOSES" if d[2] < 0 else ("matches (below)" if d[0] < 0 else "matches"))
 
 

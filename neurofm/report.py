@@ -46,6 +46,10 @@ __all__ = ["time_blocks", "block_bootstrap_counts", "r2_standard_error", "decode
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
 
+#: a paired difference whose whole CI is within this of 0 reads 0.000 at the reported precision:
+#: the arms are the same (verdict "equals"), not a win or a loss by rounding noise
+SAME_AT_PRECISION = 5e-4
+
 
 def time_blocks(times, block_s: float, t0: float | None = None) -> np.ndarray:
     """Block id per window: ``floor((time - t0) / block_s)`` renumbered 0..K-1 in time order.
@@ -202,7 +206,10 @@ class DecodeReport:
 
     def verdicts(self) -> list[str]:
         """Plain lines: for each baseline, whether the reference arm beats it, ties within the
-        CI of the paired difference, or loses (on the primary metric)."""
+        CI of the paired difference, or loses (on the primary metric); "equals" when the whole CI
+        lies within :data:`SAME_AT_PRECISION` of 0 (a fine-tuned model that kept its ridge start
+        differs from the ridge arm by float32 rounding only, and a CI of [+1e-8, +1e-7] is not a
+        win)."""
         m, lines = self.primary, []
         ref = self.row(self.reference).values.get(m, float("nan"))
         pct = f"{self.confidence:.0%}"
@@ -213,6 +220,9 @@ class DecodeReport:
             other = r.values.get(m, float("nan"))
             if not np.isfinite(d):
                 lines.append(f"{self.reference} vs {r.arm}: {m} not comparable (undefined on these windows)")
+            elif max(abs(lo), abs(hi)) < SAME_AT_PRECISION:
+                lines.append(f"{self.reference} equals {r.arm}: {m} {ref:.3f} vs {other:.3f} (every resample's "
+                             f"difference within +-{SAME_AT_PRECISION:g}: the same predictions, up to float precision)")
             elif hi < 0:
                 lines.append(f"{self.reference.upper()} LOSES to {r.arm}: {m} {ref:.3f} vs {other:.3f} "
                              f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")

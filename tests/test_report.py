@@ -55,6 +55,21 @@ def test_verdict_says_plainly_when_the_model_loses():
     assert "MODEL LOSES" in rep.to_text()
 
 
+def test_a_model_with_the_baselines_predictions_equals_it_rather_than_beating_it():
+    """A fine-tuned model that kept its ridge start predicts what ridge predicts up to float32
+    rounding: its paired CI is [+1e-8, +1e-7]-wide noise, which read "beats" (issue 10 harness)."""
+    t, y, good, _, _ = _data()
+    same = good.astype(np.float32).astype(np.float64)  # ridge's prediction through a float32 head
+    same[::7] += 1e-7
+    rep = decode_report({"model": same, "ridge": good}, y, time_blocks(t, 10.0), n_boot=300)
+    (line,) = rep.verdicts()
+    assert line.startswith("model equals ridge") and "beats" not in line and "LOSES" not in line
+    assert rep.loses_to() in ([], ["ridge"])  # the point estimate may fall either side of 0
+    # a real difference (0.2 vs 1.0 noise) is still a win, not "equals"
+    better = decode_report({"model": good, "ridge": _data()[3]}, y, time_blocks(t, 10.0), n_boot=300)
+    assert better.verdicts()[0].startswith("model beats ridge")
+
+
 def test_blocks_widen_the_ci_under_autocorrelated_errors():
     """Errors that drift slowly make neighbouring windows dependent: resampling 10 s blocks gives a
     wider (honest) CI than resampling single windows as if they were independent."""
