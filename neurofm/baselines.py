@@ -341,6 +341,12 @@ class Ridge:
         out = (X - self.x_mean_) / self.x_std_ @ self.coef_ + self.y_mean_
         return out[:, 0] if self._one_d else out
 
+    def linear_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W (F, D), b (D,))`` on the raw features, standardisation folded in: ``X @ W + b`` is
+        :meth:`predict` (as (n, D)). What a model's ``Linear`` copies to start at this fit."""
+        W = self.coef_ / self.x_std_[:, None]
+        return W, self.y_mean_ - self.x_mean_ @ W
+
 
 class SpikeRidgeDecoder:
     """Ridge from binned counts with history to behaviour (the DESIGN.md 8 floor).
@@ -612,6 +618,12 @@ class Logistic:
         """Log-odds: ``(n,)`` for two classes (higher = ``classes_[1]``), else ``(n, K)`` one-vs-rest."""
         s = self._scores(X, self.x_mean_, self.x_std_, self.coef_)
         return s[:, 0] if self.classes_.size == 2 else s
+
+    def linear_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W (F, K'), b (K',))`` on the raw features, standardisation folded in: ``X @ W + b`` is
+        :meth:`decision_function` (as (n, K'); K' = 1 for two classes)."""
+        W = self.coef_[:-1] / self.x_std_[:, None]
+        return W, self.coef_[-1] - self.x_mean_ @ W
 
 
 class BandPowerLogistic(BandPowerRidge):

@@ -253,3 +253,19 @@ def test_band_power_logistic_finds_a_high_gamma_burst():
     x[:, 1] += 1.5 * y[:, None] * np.sin(2 * np.pi * 100 * t)[None, :]  # 100 Hz in channel 1 for class 1
     clf = baselines.BandPowerLogistic(fs).fit(x[:120], y[:120])
     assert metrics.auroc(y[120:], clf.decision_function(x[120:])) > 0.9
+
+
+def test_linear_map_folds_the_standardisation_into_raw_feature_weights():
+    """What the fine-tuning starts copy into a Linear: X @ W + b is the fit's own prediction."""
+    from neurofm.baselines import Logistic, Ridge
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(3.0, [0.5, 4.0, 20.0], size=(200, 3))
+    y = X @ np.array([[1.0, -2.0], [0.3, 0.1], [-0.05, 0.02]]) + rng.normal(size=(200, 2))
+    r = Ridge(alphas=[1.0, 10.0]).fit(X, y)
+    W, b = r.linear_map()
+    np.testing.assert_allclose(X @ W + b, r.predict(X), rtol=1e-10, atol=1e-10)
+    labels = (y[:, 0] > np.median(y[:, 0])).astype(int)
+    lr = Logistic(alphas=1.0).fit(X, labels)
+    W, b = lr.linear_map()
+    np.testing.assert_allclose((X @ W + b)[:, 0], lr.decision_function(X), rtol=1e-10, atol=1e-10)

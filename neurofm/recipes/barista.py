@@ -669,14 +669,14 @@ def init_probe_head(task, dm) -> bool:
         if kind == "regression":
             mean, std = (v.double().numpy() for v in task.target_scale())
             r = Ridge().fit(X, (train["y"].reshape(len(X), -1) - mean) / std)
-            W, b = (r.coef_ / r.x_std_[:, None]).T, r.y_mean_ - (r.x_mean_ / r.x_std_) @ r.coef_
-            alpha = r.alpha_
+            W, b = r.linear_map()
+            W, alpha = W.T, r.alpha_
         else:
             k = task.hparams.n_classes
             lr = Logistic().fit(X, train["y"])
             if list(lr.classes_) != list(range(k)):
                 raise ValueError(f"training segments hold the classes {lr.classes_.tolist()}, the head has {k}")
-            coef, bias = lr.coef_[:-1] / lr.x_std_[:, None], lr.coef_[-1] - (lr.x_mean_ / lr.x_std_) @ lr.coef_[:-1]
+            coef, bias = lr.linear_map()
             W, b = (np.stack([-coef[:, 0] / 2, coef[:, 0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])) if k == 2 \
                 else (coef.T, bias)
             alpha = lr.alpha_

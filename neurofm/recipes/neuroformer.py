@@ -898,10 +898,10 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         gain, se = _start_gain(fits[START_COUNTS][2], fits[START_POOLED][2])
         chosen = START_POOLED if gain > se else START_COUNTS  # NaN (too few windows for CV): counts
         r = fits[chosen][0]
-        coef = r.coef_ / r.x_std_[:, None]  # (F, D): the counts' F_c rows, then the pooled state's
+        coef, bias = r.linear_map()  # (F, D): the counts' F_c rows, then the pooled state's
         head, pooled_head = model.count_heads[v.name], model.behavior_heads[v.name]
         head.weight.copy_(torch.as_tensor(coef[:C.shape[1]].T, dtype=head.weight.dtype))
-        head.bias.copy_(torch.as_tensor(r.y_mean_ - r.x_mean_ @ coef, dtype=head.bias.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
         pooled_head.weight.zero_()
         if chosen == START_POOLED:
             pooled_head.weight.copy_(torch.as_tensor(coef[C.shape[1]:].T, dtype=pooled_head.weight.dtype))
