@@ -545,7 +545,7 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
 
 
 #: BIDS channels.tsv types of neural signals (lower-cased); with NON_NEURAL_TYPES every BIDS type.
-_NEURAL_TYPES = frozenset({"eeg", "seeg", "ecog", "dbs", "meg", "megmag", "meggradaxial", "meggradplanar"})
+_NEURAL_TYPES = _GENERIC_NEURAL_TYPES | frozenset({"meg", "megmag", "meggradaxial", "meggradplanar"})
 
 
 def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit,
