@@ -361,11 +361,10 @@ def _ci(r: dict, m: str = "r2") -> str:
 
 
 def _verdict(d: list) -> str:
-    from neurofm.report import SAME_AT_PRECISION
+    """The decode report's verdict (:func:`neurofm.report.verdict`) on a ``[diff, lo, hi]`` row."""
+    from neurofm.report import verdict
 
-    if max(abs(d[1]), abs(d[2])) < SAME_AT_PRECISION:
-        return "equals"  # the same predictions up to float precision (the model kept its ridge start)
-    return "beats" if d[1] > 0 else ("LOSES" if d[2] < 0 else ("matches (below)" if d[0] < 0 else "matches"))
+    return {"below": "matches (below)"}.get(kind := verdict(*d), kind)
 
 
 ARMS = ("model", "linear probe", "ridge on binned counts", "Poisson Bayes", "null (training mean)")

@@ -41,7 +41,7 @@ import numpy as np
 
 from neurofm import metrics as M
 
-__all__ = ["time_blocks", "block_bootstrap_counts", "r2_standard_error", "decode_report", "DecodeReport", "ArmRow"]
+__all__ = ["time_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "decode_report", "DecodeReport", "ArmRow"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -49,6 +49,17 @@ CLASSIFICATION_METRICS = ("auroc",)
 #: a paired difference whose whole CI is within this of 0 reads 0.000 at the reported precision:
 #: the arms are the same (verdict "equals"), not a win or a loss by rounding noise
 SAME_AT_PRECISION = 5e-4
+
+
+def verdict(d: float, lo: float, hi: float) -> str:
+    """The one rule for a paired difference ``d`` (reference minus baseline) with CI ``[lo, hi]``:
+    "undefined" (NaN), "equals" (the whole CI within :data:`SAME_AT_PRECISION` of 0), "LOSES"
+    (CI below 0), "below" (d < 0 within the CI), "beats" (CI above 0) or "matches"."""
+    if not np.isfinite(d):
+        return "undefined"
+    if max(abs(lo), abs(hi)) < SAME_AT_PRECISION:
+        return "equals"
+    return "LOSES" if hi < 0 else "below" if d < 0 else "beats" if lo > 0 else "matches"
 
 
 def time_blocks(times, block_s: float, t0: float | None = None) -> np.ndarray:
@@ -218,23 +229,17 @@ class DecodeReport:
                 continue
             d, lo, hi = r.diff[m]
             other = r.values.get(m, float("nan"))
-            if not np.isfinite(d):
-                lines.append(f"{self.reference} vs {r.arm}: {m} not comparable (undefined on these windows)")
-            elif max(abs(lo), abs(hi)) < SAME_AT_PRECISION:
-                lines.append(f"{self.reference} equals {r.arm}: {m} {ref:.3f} vs {other:.3f} (every resample's "
-                             f"difference within +-{SAME_AT_PRECISION:g}: the same predictions, up to float precision)")
-            elif hi < 0:
-                lines.append(f"{self.reference.upper()} LOSES to {r.arm}: {m} {ref:.3f} vs {other:.3f} "
-                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
-            elif d < 0:
-                lines.append(f"{self.reference} is below {r.arm} but within the CI: {m} {ref:.3f} vs {other:.3f} "
-                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
-            elif lo > 0:
-                lines.append(f"{self.reference} beats {r.arm}: {m} {ref:.3f} vs {other:.3f} "
-                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
-            else:
-                lines.append(f"{self.reference} matches {r.arm} within the CI: {m} {ref:.3f} vs {other:.3f} "
-                             f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])")
+            kind, scores = verdict(d, lo, hi), f"{m} {ref:.3f} vs {other:.3f}"
+            ci = f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])"
+            lines.append({
+                "undefined": f"{self.reference} vs {r.arm}: {m} not comparable (undefined on these windows)",
+                "equals": f"{self.reference} equals {r.arm}: {scores} (every resample's difference within "
+                          f"+-{SAME_AT_PRECISION:g}: the same predictions, up to float precision)",
+                "LOSES": f"{self.reference.upper()} LOSES to {r.arm}: {scores} {ci}",
+                "below": f"{self.reference} is below {r.arm} but within the CI: {scores} {ci}",
+                "beats": f"{self.reference} beats {r.arm}: {scores} {ci}",
+                "matches": f"{self.reference} matches {r.arm} within the CI: {scores} {ci}",
+            }[kind])
         return lines
 
     def loses_to(self) -> list[str]:
