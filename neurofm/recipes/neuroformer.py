@@ -112,7 +112,8 @@ class NeuroformerTaskConfig:
     trainable: list[str] = field(default_factory=list)  # parameter prefixes kept trainable when frozen
     head_lr_ratio: float = NEUROFORMER_KNOBS["head_lr_ratio"]  # heads at lr * head_lr_ratio (recipe: 1)
     # Optimizer steps: -1 = as trainer.max_epochs / max_steps say; 0 = a budget sized from the
-    # labelled training windows (step_budget_for: 30 passes over them, within [300, 3000] steps)
+    # training windows that carry the loss: labelled, and moving under eval.score_when moving
+    # (loss_windows; step_budget_for: 30 x ceil(those windows / batch_size) steps, within [300, 3000])
     # unless trainer.max_epochs or max_steps is set (!= -1); N > 0 = N steps. With a budget, validation runs ~20 times and trainer.early_stopping_patience
     # counts validation checks.
     step_budget: int = -1
@@ -388,7 +389,8 @@ def _plain(value):
 # * every parameter at the reference AdamW lr (1e-4, DESIGN.md 9): head_lr_ratio 1, because the
 #   heads start at a fitted solution, not at random (the 10x head rate is for a random head; from
 #   the ridge start it wrecked validation R2 within 30 steps on place-sparse-25: -0.23 -> -0.83);
-# * a step budget sized from the labelled windows (step_budget_for) instead of an epoch count,
+# * a step budget sized from the windows that carry the loss (labelled; moving under moving-only
+#   scoring: loss_windows, step_budget_for) instead of an epoch count,
 #   ~20 validation checks, early stopping after 5 checks without a better validation R2, the best
 #   checkpoint evaluated and exported.
 COUNT_BIN_S = 0.05  # fine-tuned heads also read the window's counts in 50 ms bins, started at ridge
@@ -947,11 +949,37 @@ def step_budget_for(n_labelled: int, batch_size: int) -> int:
     return int(min(BUDGET_MAX_STEPS, max(BUDGET_MIN_STEPS, BUDGET_PASSES * per_epoch)))
 
 
+def loss_windows(cfg: RunConfig, dm) -> tuple[int, int]:
+    """``(carrying, n)``: of the ``n`` windows the training loader reads, how many carry a loss.
+    With behaviour the only objective (fine-tuning's default) a window carries the loss only
+    when its label counts: labelled (``data.label_fraction``; :class:`FewShotSplit` already
+    cuts the loader to the labelled chunks) and, under ``eval.score_when: moving``, moving
+    (:class:`MovingWindows`, the rule the task masks the loss with). With another objective
+    (``id``, ``dt``...) every window carries loss."""
+    ds = dm.dataset("train")
+    n = len(ds)
+    objectives = set(cfg.task.objectives or (["behavior"] if cfg.task.mode == "finetune" else ["id"]))
+    if objectives != {"behavior"} or not n or (cfg.data.label_fraction >= 1.0 and cfg.eval.score_when != "moving"):
+        return n, n
+    idx = ds.index
+    sessions = np.repeat(idx.session, idx.count)
+    ends = np.concatenate([idx.anchors(r) for r in range(idx.n_runs)])  # spike windows: anchor = window end
+    keep = np.ones(n, dtype=bool)
+    if cfg.data.label_fraction < 1.0:
+        keep &= _label_subset(cfg)(torch.as_tensor(sessions), torch.as_tensor(ends)).numpy()
+    if cfg.eval.score_when == "moving":
+        keep &= MovingWindows(cfg, dm.sessions)(sessions, ends)
+    return int(keep.sum()), n
+
+
 def resolve_trainer(cfg: RunConfig, dm):
     """The Trainer settings this run gets (called by :func:`neurofm.experiment.run` once the data
     module exists): with ``task.step_budget = 0`` and no trainer limit (``trainer.max_epochs`` and
     ``max_steps`` both -1, as the fine-tuning recipe leaves them; a user's own limit wins) the run
-    trains for a step budget sized from the labelled training windows (:func:`step_budget_for`);
+    trains for a step budget sized from the training windows that carry the loss
+    (:func:`loss_windows`: the labelled ones, and only the moving ones under
+    ``eval.score_when: moving``; :func:`step_budget_for`). The loader still reads every
+    training window, so an epoch is ``ceil(n / batch_size)`` steps whatever the budget;
     ``step_budget = N > 0``: N steps. Validation then runs about ``BUDGET_CHECKS`` times (every
     ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
     ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
@@ -960,21 +988,26 @@ def resolve_trainer(cfg: RunConfig, dm):
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
         return t
-    n = len(dm.dataset("train"))  # under FewShotSplit: the labelled windows only
+    carrying, n = loss_windows(cfg, dm)  # under FewShotSplit the loader reads the labelled windows only
     per_epoch = max(1, math.ceil(n / cfg.data.batch_size))
-    budget = cfg.task.step_budget or step_budget_for(n, cfg.data.batch_size)
+    # issue 10's maze: 4,211 labelled windows, 694 of them moving (the only ones with a loss
+    # under moving-only scoring): sized from all 4,211 the budget was 1,320 steps (690 s CPU) and
+    # the starting state was kept; sized from the 694 it is the 300-step floor
+    budget = cfg.task.step_budget or step_budget_for(carrying, cfg.data.batch_size)
+    sized = (f"{carrying} of {n} training windows carry the behaviour loss" if carrying != n
+             else f"{n} training windows")
     check_steps = max(1, math.ceil(budget / BUDGET_CHECKS))
     if per_epoch > check_steps:
         # an epoch longer than the gap between checks: "epochs" of check_steps batches (each a fresh
         # shuffle), so validation (and early stopping) still runs ~BUDGET_CHECKS times
         epochs = math.ceil(budget / check_steps)
-        print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per pass; "
+        print(f"neurofm: step budget {budget} ({sized}; {per_epoch} steps per pass; "
               f"validation every {check_steps} steps)", file=sys.stderr)
         return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=1,
                                    limit_train_batches=check_steps)
     epochs = math.ceil(budget / per_epoch)
     every = max(1, math.ceil(epochs / BUDGET_CHECKS))
-    print(f"neurofm: step budget {budget} ({n} labelled training windows, {per_epoch} steps per epoch, "
+    print(f"neurofm: step budget {budget} ({sized}; {per_epoch} steps per epoch, "
           f"{epochs} epochs, validation every {every} epoch(s))", file=sys.stderr)
     return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=every)
 
@@ -1314,8 +1347,13 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     t = cfg.task
     if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
         start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
+        carrying = "labelled moving" if e.score_when == "moving" else "labelled"
+        budget_rule = ("task.step_budget" if t.step_budget > 0 else
+                       f"step budget: {BUDGET_PASSES} x ceil(n / batch size {cfg.data.batch_size}) steps within "
+                       f"[{BUDGET_MIN_STEPS}, {BUDGET_MAX_STEPS}], n = the {carrying} training windows, "
+                       f"the ones that carry the behaviour loss")
         text += (f"; fine-tuned {start} for at most "
-                 f"{cfg.trainer.max_steps} steps (step budget from the labelled windows), backbone lr {t.lr:g}, heads "
+                 f"{cfg.trainer.max_steps} steps ({budget_rule}), backbone lr {t.lr:g}, heads "
                  f"x{t.head_lr_ratio:g}, heads started at ridge on binned counts (+ pooled state where blocked CV on "
                  f"the labelled windows says it helps; metrics.json start), the checkpoint with the best "
                  f"validation R2 evaluated (the starting state included)")

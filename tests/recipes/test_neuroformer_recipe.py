@@ -256,6 +256,38 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     assert recipe.resolve_trainer(fixed, dm).max_steps == 7
 
 
+def test_step_budget_counts_only_the_windows_that_carry_the_loss(tmp_path):
+    """Default fine-tuning on position scores (and trains) moving windows only: the budget is
+    sized from the labelled moving training windows, not from every window the loader reads
+    (issue 10's maze: 694 of 4,211 -> 1,320 steps where 300 do)."""
+    path = _session(tmp_path / "a.h5", still_after=10.0)  # moves 10 s, then rests: most windows still
+    for fraction in (1.0, 0.5):
+        cfg = _config([path], split={"gap": 1.0}, batch_size=4, label_fraction=fraction, label_chunk_s=4.0)
+        cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 0},
+                                           "trainer": {"max_epochs": -1, "max_steps": -1}}, where="test")
+        cfg = recipe.resolve_scoring(cfg)  # the default score_when "auto" -> moving (position is the target)
+        assert cfg.eval.score_when == "moving"
+        dm = recipe.datamodule(cfg)
+        ds = dm.dataset("train")
+        windows = [ds.window(i) for i in range(len(ds))]
+        s_idx, ends = np.array([w[0] for w in windows]), np.array([w[1] for w in windows])
+        expect = recipe.MovingWindows(cfg, dm.sessions)(s_idx, ends)
+        if fraction < 1.0:
+            expect &= recipe._label_subset(cfg)(torch.as_tensor(s_idx), torch.as_tensor(ends)).numpy()
+        carrying, n = recipe.loss_windows(cfg, dm)
+        assert n == len(ds) and carrying == int(expect.sum()) and 0 < carrying < n / 2
+        t = recipe.resolve_trainer(cfg, dm)
+        assert t.max_steps == recipe.step_budget_for(carrying, 4) < recipe.step_budget_for(n, 4)
+        cut = t.limit_train_batches if isinstance(t.limit_train_batches, int) else n  # int: steps per 'epoch'
+        per_pass = min(math.ceil(n / 4), cut)  # the loader still reads every window, not just those
+        assert t.max_epochs == math.ceil(t.max_steps / per_pass)
+    # scored on every window (or another objective besides behaviour): every window carries loss
+    every = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "data": {**_cfg_dict(cfg)["data"], "label_fraction": 1.0},
+                                         "eval": {"score_when": "all", "generate_windows": 0}}, where="test")
+    dm = recipe.datamodule(every)
+    assert recipe.loss_windows(every, dm) == (len(dm.dataset("train")),) * 2
+
+
 def _cfg_dict(cfg):
     from neurofm.config import to_dict
 
