@@ -519,28 +519,14 @@ def _validate_when_steps_run_out():
     return _ValidateAtMaxSteps()
 
 
-def _early_stopping(base):
-    """Lightning's EarlyStopping that waits for its metric until validation has run once (the
-    rule Lightning's ModelCheckpoint follows): before any validation (e.g. a run that ends, or
-    an epoch that passes, before the first check) there is nothing to compare. After one, a
-    missing metric is still an error."""
-
-    class _EarlyStopping(base):
-        def _run_early_stopping_check(self, trainer) -> None:
-            validated = getattr(trainer.fit_loop.epoch_loop.val_loop, "_has_run", True)  # Lightning 2.x
-            if self.monitor not in trainer.callback_metrics and not validated:
-                return
-            super()._run_early_stopping_check(trainer)
-
-    return _EarlyStopping
-
-
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
                   extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
     """A Lightning Trainer writing checkpoints and logs (``trainer.logger``) under ``run_dir``; ``seed`` seeds
     every training step (see :func:`_exact_resume_callback`)."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from neurofm.tasks.callbacks import EarlyStoppingAfterValidation  # lazy: Lightning
 
     _quiet_lightning()
     ckpt_dir = run_dir / "checkpoints"
@@ -559,8 +545,8 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
     if monitor and tc.early_stopping_patience > 0:
         # check_finite=False: a validation block with one class gives AUROC NaN for that epoch;
         # it counts as no improvement instead of stopping the run.
-        callbacks.append(_early_stopping(EarlyStopping)(monitor=monitor, mode=mode,
-                                                        patience=tc.early_stopping_patience, check_finite=False))
+        callbacks.append(EarlyStoppingAfterValidation(monitor=monitor, mode=mode, patience=tc.early_stopping_patience,
+                                                      check_finite=False))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=tc.max_epochs, max_steps=tc.max_steps,

@@ -49,7 +49,7 @@ from neurofm.models.barista import (
     spatial_mask,
     upgrade_state_dict,
 )
-from neurofm.tasks.callbacks import StartingPoint
+from neurofm.tasks.callbacks import EarlyStoppingAfterValidation, StartingPoint
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS as _FT
 from neurofm.tasks.optim import BARISTA_PRETRAIN_KNOBS as _PRE
 from neurofm.tasks.optim import adamw, param_groups, warmup_then_exponential_scheduler
@@ -439,8 +439,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         # the starting state is scored at step 0 and kept unless a validation check beats it
         callbacks = [StartingPoint()]
         patience = self.hparams.early_stopping_patience
-        if patience:
-            from lightning.pytorch.callbacks import EarlyStopping
-
-            callbacks.append(EarlyStopping(monitor=self.monitor, mode="max", patience=patience, check_finite=False))
+        if patience:  # the early stopping build_trainer gives runs: waits for the first validation
+            callbacks.append(EarlyStoppingAfterValidation(monitor=self.monitor, mode="max", patience=patience,
+                                                          check_finite=False))
         return callbacks

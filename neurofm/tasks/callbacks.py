@@ -11,7 +11,22 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from neurofm.report import r2_standard_error, time_blocks
 
-__all__ = ["StartingPoint", "starting_margin"]
+__all__ = ["EarlyStoppingAfterValidation", "StartingPoint", "starting_margin"]
+
+
+class EarlyStoppingAfterValidation(EarlyStopping):
+    """Lightning's EarlyStopping that waits for its metric until validation has run once (the
+    rule Lightning's ModelCheckpoint follows): before any validation (e.g. a run that ends, or
+    an epoch that passes, before the first check) there is nothing to compare. After one, a
+    missing metric is still an error. The one early stopping of every run: what
+    :func:`neurofm.experiment.build_trainer` adds, and what a fine-tuning task built with a
+    patience brings itself (:meth:`neurofm.tasks.barista.BaristaFinetuneTask.configure_callbacks`)."""
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        validated = getattr(trainer.fit_loop.epoch_loop.val_loop, "_has_run", True)  # Lightning 2.x
+        if self.monitor not in trainer.callback_metrics and not validated:
+            return
+        super()._run_early_stopping_check(trainer)
 
 
 def starting_margin(windows: Mapping[str, tuple[Any, Any, Any]], block_s: float = 10.0, seed: int = 0) -> float:

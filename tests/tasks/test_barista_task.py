@@ -5,6 +5,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, Dataset
 
 from neurofm.models.barista import Barista, BaristaConfig, BaristaEncoder
@@ -263,3 +264,25 @@ def test_unstandardised_regression_target_warns():
         task._loss(batch)
     with pytest.raises(ValueError, match="target_std"):
         BaristaFinetuneTask(BaristaEncoder(cfg), task="regression", target_mean=[0.0], target_std=[0.0])
+
+
+def test_finetune_early_stopping_waits_for_the_first_validation(tmp_path):
+    """A task built with its default patience brings the early stopping runs get from
+    build_trainer (one class): a step limit that ends training before any validation ends it
+    quietly, where Lightning's own EarlyStopping raised 'val/r2 which is not available'."""
+    from neurofm.experiment import build_trainer
+    from neurofm.tasks.callbacks import EarlyStoppingAfterValidation, StartingPoint
+    from neurofm.tasks.trainer import TrainerConfig
+
+    cfg = tiny()
+    task = BaristaFinetuneTask(cfg, task="regression")  # default early_stopping_patience (15)
+    callbacks = task.configure_callbacks()
+    assert [type(c) for c in callbacks] == [StartingPoint, EarlyStoppingAfterValidation]
+    assert callbacks[1].patience == 15 and callbacks[1].monitor == "val/r2"
+    run = build_trainer(TrainerConfig(max_epochs=1, early_stopping_patience=3, accelerator="cpu", devices=1,
+                                      progress_bar=False), tmp_path, monitor="val/r2", mode="max")
+    assert [type(c) for c in run.callbacks if isinstance(c, EarlyStopping)] == [EarlyStoppingAfterValidation]
+    fit = L.Trainer(max_epochs=3, max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    fit.fit(task, DataLoader(Segments(8, cfg), batch_size=4), DataLoader(Segments(8, cfg, seed=1), batch_size=4))
+    assert fit.global_step == 1  # stopped by the step limit, before the first validation, without an error
