@@ -283,7 +283,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from neurofm import jsonio
-    from neurofm.experiment import evaluate_pretrained, family_of, recipe_for
+    from neurofm.experiment import evaluate_pretrained, family_of, print_summary, recipe_for
 
     _split_overrides(args)
     out = Path(args.out)
@@ -304,9 +304,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_pretrained(args.pretrained, args.data, task=args.task, behavior=args.behavior,
                                   events=args.events, out_dir=out, overrides=overrides,
                                   label_fraction=label_fraction, **extra)
+    if not args.json:  # the summary finetune prints
+        print_summary(metrics, out)
+        return 0
     shown = {k: metrics[k] for k in ("metrics", "baselines", "protocol", "null_reasons") if k in metrics}
     print(jsonio.dumps(shown))
-    # stdout stays one JSON document; the files written are reported on stderr
+    # with --json stdout stays one JSON document; the files written are reported on stderr
     for path in [out / "metrics.json", *(sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else [])]:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -504,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's own frozen encoder, and the report says so.")
     finetune_args(e)
     e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
+    e.add_argument("--json", action="store_true",
+                   help="print metrics, baselines and protocol as one JSON document (the full record is "
+                        "OUT/metrics.json either way) instead of the summary finetune prints")
     e.add_argument("--label-fraction", type=float,
                    help="labelled training windows the baselines (ridge) fit, as in finetune (default: the "
                         "fine-tuning run's, from RUN/config.yaml beside the pretrained folder, else 1.0)")

@@ -787,6 +787,22 @@ def band_power_baseline(data: EventData) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def block_span_s(t0, session, blocks, segment_s: float) -> float:
+    """Mean length (s) of the test-period blocks :func:`test_period_blocks` cut: per block, from
+    its first segment's start to its last segment's end within each session (summed over the
+    sessions a block spans). The decode report states it as ``block_s`` (equal-count blocks
+    differ in length; this is their mean). NaN without segments."""
+    t0 = np.asarray(t0, dtype=np.float64).ravel()
+    sess = np.asarray(session, np.int64).ravel()
+    blocks = np.asarray(blocks, np.int64).ravel()
+    spans = []
+    for b in np.unique(blocks):
+        k = blocks == b
+        spans.append(sum(float(t0[k][sess[k] == s].max() - t0[k][sess[k] == s].min()) + segment_s
+                         for s in np.unique(sess[k])))
+    return float(np.mean(spans)) if spans else float("nan")
+
+
 def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int = 5) -> np.ndarray:
     """``(N,) int`` block index of each test segment: the test period cut into ``n_blocks``
     contiguous runs of (nearly) equal segment counts, in time order within each session.

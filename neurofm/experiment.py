@@ -921,23 +921,33 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def print_result(result: RunResult) -> None:
+    """What ``neurofm train`` / ``finetune`` print at the end: the run's files and its numbers."""
     if result.pretrained_dir is None:
         return
     print(f"\nrun folder:       {result.run_dir}")
     print(f"pretrained model: {result.pretrained_dir}  (neurofm.hub.load_pretrained)")
-    print(f"metrics:          {result.run_dir / 'metrics.json'}")
-    for sub in ("plots", "checkpoints", "logs"):  # every file the run wrote, by folder
-        files = sorted(f.relative_to(result.run_dir / sub).as_posix()
-                       for f in (result.run_dir / sub).rglob("*") if f.is_file())
+    print_summary(result.metrics, result.run_dir, ("plots", "checkpoints", "logs"))
+
+
+def print_summary(metrics: Mapping[str, Any], folder: Path, subfolders: Sequence[str] = ("plots",)) -> None:
+    """The human summary of a metrics.json written in ``folder`` (``finetune``, ``train`` and
+    ``evaluate`` alike): where it and the decode report are, the files in ``subfolders``, every
+    metric, every baseline and every limitation."""
+    folder = Path(folder)
+    print(f"metrics:          {folder / 'metrics.json'}")
+    if (folder / "decode_report.md").is_file():
+        print(f"decode report:    {folder / 'decode_report.md'}")
+    for sub in subfolders:  # every file the run wrote, by folder
+        files = sorted(f.relative_to(folder / sub).as_posix() for f in (folder / sub).rglob("*") if f.is_file())
         if files:
-            print(f"{sub + ':':<17} {result.run_dir / sub}/ ({', '.join(files)})")
-    for k, v in result.metrics.get("metrics", {}).items():
+            print(f"{sub + ':':<17} {folder / sub}/ ({', '.join(files)})")
+    for k, v in metrics.get("metrics", {}).items():
         print(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}")
-    for name, row in result.metrics.get("baselines", {}).items():
+    for name, row in metrics.get("baselines", {}).items():
         print(f"  baseline: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
     # what metrics.json says is wrong with the run (e.g. a pretrained encoder still near its random
     # init): a user reading only the terminal must see it too, not only the numbers above
-    for line in result.metrics.get("limitations") or []:
+    for line in metrics.get("limitations") or []:
         print(f"  LIMITATION: {line}")
 
 

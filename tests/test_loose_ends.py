@@ -243,7 +243,7 @@ def test_evaluate_a_finetuned_folder_says_what_it_probed_and_uses_the_runs_split
     ft = finetuned[family]
     data = lab["spikes"] if family == "neuroformer" else lab["ieeg"]
     out = tmp_path / "ev"
-    assert main(["evaluate", "--pretrained", str(ft.pretrained_dir), "--data", data, "--out", str(out)]) == 0
+    assert main(["evaluate", "--pretrained", str(ft.pretrained_dir), "--data", data, "--out", str(out), "--json"]) == 0
     captured = capsys.readouterr()
     text = captured.out
     got = loads_strict(text[text.index("{"):])

@@ -114,10 +114,10 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert position.dim == 2 and len(position.mean) == 2 and all(s > 0 for s in position.std)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    # evaluate the fine-tuned folder: position R2 on the held-out (test) block, printed as JSON
+    # evaluate the fine-tuned folder: position R2 on the held-out (test) block, printed as JSON (--json)
     ev = tmp_path / "eval"
     assert cli.main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", str(data), "--behavior",
-                     "position", "--out", str(ev), "data.stride=1.0"]) == 0
+                     "position", "--out", str(ev), "--json", "data.stride=1.0"]) == 0
     out = capsys.readouterr()
     lines = out.out.splitlines()  # evaluate's stdout ends with one JSON object; files written go to stderr
     first = lines.index("{")

@@ -46,7 +46,7 @@ from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, IEEGSegme
 from neurofm.data.session import Session, event_label
 from neurofm.data.splits import TimeBlockSplit
 from neurofm.data.synthetic import simulate_ieeg
-from neurofm.evaluation_ieeg import test_period_blocks
+from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
 from neurofm.report import decode_report
@@ -882,7 +882,8 @@ def _evaluate_pretraining(cfg, task, dm):
                                                  "random-init encoder, same probe": rand})
         ref = "pretrained encoder, linear probe"
         report, line = _shared_report(arms, y, test, task="classification", target=events, reference=ref,
-                                      baseline="random-init encoder, same probe", seed=cfg.seed)
+                                      baseline="random-init encoder, same probe", seed=cfg.seed,
+                                      segment_s=cfg.eval.probe_segment_s or cfg.data.segment_s)
         metrics["probe_auroc"], metrics["probe_auroc_ci95"] = _value_ci(report, ref)
         for name in ("random-init encoder, same probe", "ridge on band power"):
             value, ci = _value_ci(report, name)
@@ -1066,7 +1067,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                      f"one segment length")
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
-                                  notes={probe: f"frozen features of {source}", baseline: "same segments"})
+                                  segment_s=cfg.data.segment_s, notes={probe: f"frozen features of {source}", baseline: "same segments"})
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
@@ -1092,13 +1093,18 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
 
 
 def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,
-                   baseline: str, seed: int, notes: dict | None = None, protocol: str = ""):
+                   baseline: str, seed: int, segment_s: float, notes: dict | None = None, protocol: str = ""):
     """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
-    contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`), and
-    its plain line about ``baseline`` (None when the reference beats it)."""
+    contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`; the
+    report's ``block_s`` is their mean length, :func:`~neurofm.evaluation_ieeg.block_span_s`, for
+    segments of ``segment_s``), and its plain line about ``baseline`` (None when the reference
+    beats it)."""
     blocks = test_period_blocks(test["t0"], test["session"])
+    span = block_span_s(test["t0"], test["session"], blocks, segment_s)
     rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
-                        scored=f"all {len(y)} test segments", notes=notes, protocol=protocol, seed=seed)
+                        scored=f"all {len(y)} test segments, in blocks of equal segment count (their mean length)",
+                        block_s=round(span, 3) if np.isfinite(span) else None,
+                        notes=notes, protocol=protocol, seed=seed)
     m = rep.primary
     compared = [r.arm for r in rep.rows if r.arm != reference and m in r.diff]
     line = dict(zip(compared, rep.verdicts())).get(baseline)

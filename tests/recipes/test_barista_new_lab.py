@@ -148,9 +148,13 @@ def test_folder_without_preprocessing_warns(pretrained, sessions, tmp_path):
     assert cfg.data.line_noise == 0.0 and cfg.data.sampling_rate == 128.0  # the rate is in the model config
 
 
-def test_evaluate_loads_a_barista_finetune(pretrained, sessions, tmp_path):
+def test_evaluate_loads_a_barista_finetune(pretrained, sessions, tmp_path, capsys):
     """Before: `model_type 'BaristaFinetuned' has no fine-tuning recipe`. The evaluated model is
-    the fine-tune itself (its head), so its test AUROC is the one the fine-tuning run scored."""
+    the fine-tune itself (its head), so its test AUROC is the one the fine-tuning run scored.
+    `neurofm evaluate` prints the summary finetune prints (the JSON with --json), and the
+    decode report states its blocks' length (block_s was null)."""
+    from neurofm.cli import main
+
     cfg = recipe.prepare(_finetune(pretrained, [sessions["new"]]))
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
@@ -166,6 +170,14 @@ def test_evaluate_loads_a_barista_finetune(pretrained, sessions, tmp_path):
         assert got["metrics"][key] == pytest.approx(expected[key])
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
     assert saved["test_auroc"] == pytest.approx(expected["test_auroc"])
+    capsys.readouterr()
+    assert main(["evaluate", "--pretrained", str(folder), "--data", sessions["new"], "--events", "word_onset",
+                 "--out", str(tmp_path / "cli"), *over]) == 0
+    out = capsys.readouterr().out
+    assert f"metrics:          {tmp_path / 'cli' / 'metrics.json'}" in out and "decode report:" in out
+    assert "test_auroc" in out and "baseline: ridge on band power" in out and "{" not in out
+    report = json.loads((tmp_path / "cli" / "metrics.json").read_text())["report"]
+    assert report["block_s"] > 0 and f"blocks of {report['block_s']:g} s" in report["protocol"]
     with pytest.raises(ConfigError, match="is a classification model, not regression; evaluate it with --task "
                                           "classify"):
         cfg = recipe.prepare(_finetune(str(folder), [sessions["new"]], task="regress", behavior=["x"]))
