@@ -118,7 +118,7 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     """Spikes per current / previous window over the training block (the default split, or the
     file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
     from neurofm.data.tokenizer import block_size_for, window_count_percentiles
-    from neurofm.recipes.neuroformer import RunConfig, suggest_window, training_window_counts
+    from neurofm.recipes.neuroformer import RunConfig, suggest_window, test_block_motion, training_window_counts
 
     cfg = RunConfig()
     cfg.data.sessions = [str(session.path)]
@@ -132,7 +132,8 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),
             "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
             "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
-            "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None}
+            "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None,
+            "test_block": test_block_motion(cfg, session)}
 
 
 def _describe_windows(w: dict) -> str:
@@ -154,7 +155,23 @@ def _describe_windows(w: dict) -> str:
         sw = w["suggested_window_s"]
         lines.append(f"             mostly empty windows: try model.window.curr={sw['curr']:g} "
                      f"model.window.prev={sw['prev']:g}")
+    if w.get("test_block"):
+        lines += _describe_test_block(w["test_block"])
     return "\n".join(lines)
+
+
+def _describe_test_block(t: dict) -> list[str]:
+    """``neurofm inspect``: how much of the test block fine-tuning on this file would score."""
+    share = lambda k: t[f"n_{k}_moving"] / t[f"n_{k}_windows"] if t[f"n_{k}_windows"] else 0.0  # noqa: E731
+    lines = [f"  test block ({t['source']}): {t['n_test_moving']:,} of {t['n_test_windows']:,} windows moving "
+             f"({share('test'):.0%}; training block {share('train'):.0%}): those are the windows finetune and "
+             f"evaluate score {t['moving_behavior']} on (speed > {t['moving_threshold']:.3g} {t['unit']}/s)"]
+    if share("test") < 0.5 or t["n_test_moving"] < t["min_scored_windows"]:
+        refused = (f"; under {t['min_scored_windows']} scored windows finetune refuses to train"
+                   if t["n_test_moving"] < t["min_scored_windows"] else "")
+        lines.append(f"             mostly rest{refused}: hold out a block where the animal moves with "
+                     f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
+    return lines
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

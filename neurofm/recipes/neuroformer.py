@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import math
 import sys
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -549,6 +550,40 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     if (when, threshold) == (e.score_when, e.moving_threshold):
         return cfg
     return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold))
+
+
+def test_block_motion(cfg: RunConfig, session) -> dict | None:
+    """How much of ``session``'s test block the default fine-tuning would score (``neurofm
+    inspect``): the fraction of its test windows, and of its training windows, that are moving
+    by the rule ``--score-when moving`` applies (:class:`MovingWindows`, the threshold from the
+    training blocks as :func:`resolve_scoring` sets it), for a file with
+    ``/behavior/<eval.moving_behavior>``; None without it (or without movement to set a
+    threshold from). ``source`` says where the test block comes from: the file's
+    ``/intervals/test`` or the default split's last fraction."""
+    import contextlib
+    import io
+
+    e = cfg.eval
+    if e.moving_behavior not in session.behavior_names:
+        return None
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sessions=[str(session.path)]),
+                              eval=dataclasses.replace(e, score_when="moving"))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # resolve_scoring's note on the threshold
+            cfg = resolve_scoring(cfg)
+    except ConfigError:  # no movement in the training block to set a threshold from
+        return None
+    moving = MovingWindows(cfg, [session])
+    out = {"moving_behavior": e.moving_behavior, "moving_threshold": cfg.eval.moving_threshold,
+           "unit": _unit_text(types.SimpleNamespace(sessions=[session]), e.moving_behavior),
+           "source": ("/intervals/test" if "test" in session.interval_names else
+                      f"default split: the last {cfg.data.split.test:.0%} of the recording")}
+    for split in ("train", "test"):
+        ends = split_window_ends(cfg, session, split)
+        m = moving(np.zeros(len(ends), dtype=np.int64), ends)
+        out[f"n_{split}_windows"], out[f"n_{split}_moving"] = int(len(ends)), int(m.sum())
+    out["min_scored_windows"] = e.min_scored_windows
+    return out
 
 
 def check_test_target(cfg: RunConfig) -> None:

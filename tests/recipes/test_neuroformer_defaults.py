@@ -152,6 +152,26 @@ def test_inspect_shows_spikes_per_window(tmp_path, capsys):
     assert info["curr"]["p90"] + 2 <= info["auto_block_size"]["id"] <= info["curr"]["max"] + 2
 
 
+def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_path, capsys):
+    """Moving until 30 s of 60: the default test block (the last 10%) is rest, which finetune
+    would refuse (no moving window to score); inspect says so, with the moving rule's numbers
+    and `neurofm split`. After the split holds out a moving block, it says the block moves."""
+    path = _session(tmp_path / "a.h5", still_after=30.0)
+    assert cli.main(["inspect", path]) == 0
+    text = capsys.readouterr().out
+    assert "test block (default split: the last 10% of the recording): 0 of" in text and "windows moving (0%" in text
+    assert "mostly rest" in text and "finetune refuses" in text and "neurofm split FILE" in text
+    assert cli.main(["inspect", path, "--json"]) == 0
+    t = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]["test_block"]
+    assert t["n_test_moving"] == 0 and 0 < t["n_train_moving"] < t["n_train_windows"]
+    assert 15.0 < t["moving_threshold"] < 21.0 and t["unit"] == "cm"  # as resolve_scoring sets it
+    assert cli.main(["split", path, "--train", "0:18", "--valid", "19:23", "--test", "24:30"]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", path]) == 0
+    text = capsys.readouterr().out
+    assert "test block (/intervals/test):" in text and "mostly rest" not in text
+
+
 # -- 2. scoring that cannot mislead -------------------------------------------------------------
 
 
