@@ -40,7 +40,7 @@ from neurofm.atlas import SpatialVocab
 from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, shard_bounds, shuffle_buffer_plan,
                                    stream_pieces, worker_info)
 from neurofm.data.segmenter import IEEGSegmenter
-from neurofm.data.session import Session
+from neurofm.data.session import DISCONTINUITIES, Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
 from neurofm.tokens import pack_spikes, unpack_spikes  # noqa: F401 (unpack_spikes: the batch API)
@@ -64,13 +64,19 @@ def _warn_if_empty(session: Session, split: str | None, n: int, what: str) -> No
 
 
 def _split_blocks(session: Session, split: str | None, splits) -> Intervals:
-    """The time blocks of ``split`` in ``session`` (the whole recording for ``split=None``)."""
+    """The time blocks of ``split`` in ``session`` (the whole recording for ``split=None``), cut
+    at the recording's discontinuities (``/intervals/discontinuities``: where a BrainVision
+    recording resumed after a pause), so that no window or segment spans one."""
     if split is None:
-        return Intervals([session.t_start], [session.t_end])
-    blocks = (splits or TimeBlockSplit())(session)
-    if split not in blocks:
-        raise KeyError(f"{session.path}: no split {split!r}; the splitter gives {list(blocks)}")
-    return blocks[split]
+        blocks = Intervals([session.t_start], [session.t_end])
+    else:
+        by_split = (splits or TimeBlockSplit())(session)
+        if split not in by_split:
+            raise KeyError(f"{session.path}: no split {split!r}; the splitter gives {list(by_split)}")
+        blocks = by_split[split]
+    if DISCONTINUITIES in session.interval_names:
+        blocks = blocks.cut(session.intervals(DISCONTINUITIES)["start"])
+    return blocks
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ What goes where::
         "S1", bookkeeping markers such as "New Segment" left out:
         :data:`neurofm.data.session.EVENT_LABEL_RULE`)
     annotations whose description starts with "BAD"        -> also /intervals/bad_segments
+    BrainVision "New Segment" markers after the first       -> /intervals/discontinuities (start == end;
+        sample (the recording paused and resumed)              a warning names the times; windows and
+                                                               segments never span one)
     channels named by ``behavior_channels`` (a grip-force   -> /behavior/<as_name> (timestamps
         sensor, an accelerometer recorded as a channel)        from the sampling clock, values in
         the channel's own unit, attr ``unit``: the channels.tsv ``units`` where a BIDS sidecar
@@ -50,8 +53,9 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session, SessionFormatError,
-                                  SessionWriter, channel_types_from_names, event_labels,
+from neurofm.data.session import (DISCONTINUITIES, NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session,
+                                  SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
+                                  is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
@@ -162,6 +166,7 @@ def convert_ieeg(
     table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit,
                            moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
+    breaks = _discontinuities(raw, in_path)
     label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
     onset, duration, label = onset[is_event], duration[is_event], label[is_event]
     events_source = events_source if onset.size else ""
@@ -191,6 +196,8 @@ def convert_ieeg(
                 values, unit = _channel_in_own_unit(raw, i, tsv_units.get(names[i], ""), side.get("channels"))
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
                 w.add_behavior(as_name, times, values, unit=unit, source_channel=names[i])
+            if breaks.size:
+                w.add_intervals(DISCONTINUITIES, breaks, breaks, label=np.full(breaks.size, "New Segment", dtype=object))
             if onset.size:
                 w.add_events("annotations", onset, duration, label)
                 is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
@@ -643,6 +650,24 @@ def _events(raw, side: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     # MNE's annotation onsets and raw.first_time share one clock (seconds since meas_date).
     return (np.asarray(ann.onset, dtype=np.float64), np.asarray(ann.duration, dtype=np.float64),
             np.asarray(ann.description, dtype=object), "annotations" if len(ann) else "")
+
+
+def _discontinuities(raw, in_path: Path) -> np.ndarray:
+    """Times (s, the /continuous clock) of BrainVision "New Segment" markers after the first
+    sample: the recording paused and resumed there, so the samples either side are adjacent in
+    the file but not in time. Each is written to /intervals/discontinuities (start == end) and
+    the data modules cut their blocks there; a warning names the times."""
+    ann = raw.annotations
+    first, dt = float(raw.first_time), 1.0 / float(raw.info["sfreq"])
+    t = np.asarray([o for o, d in zip(ann.onset, ann.description) if is_new_segment(d)], dtype=np.float64)
+    t = np.unique(t[t > first + 0.5 * dt])
+    if t.size:
+        shown = ", ".join(f"{x:.3f}" for x in t[:10]) + (f" and {t.size - 10} more" if t.size > 10 else "")
+        warnings.warn(f"{in_path}: {t.size} 'New Segment' marker(s) after the first sample, at t = {shown} s: the "
+                      f"recording paused and resumed there, so the samples either side are not contiguous in time. "
+                      f"Written to /intervals/{DISCONTINUITIES}; neurofm's windows and segments never span one "
+                      f"(each piece is used on its own)", stacklevel=3)
+    return t
 
 
 def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:

@@ -264,6 +264,18 @@ def event_label(label: str) -> str | None:
     return desc or kind
 
 
+#: /intervals/<DISCONTINUITIES>: times (start == end) where the recording resumed after a pause
+#: (BrainVision "New Segment" markers after the first sample): the samples either side are
+#: adjacent in the file but not in time, so no window or segment of the data modules spans one.
+DISCONTINUITIES = "discontinuities"
+
+
+def is_new_segment(label: str) -> bool:
+    """Whether an MNE annotation label is a BrainVision "New Segment" marker ("New Segment/...")."""
+    m = _BV_MARKER.match(str(label).strip())
+    return m is not None and m.group("type").lower() == "new segment"
+
+
 def event_labels(labels) -> tuple[np.ndarray, np.ndarray]:
     """``(labels (N,) str, keep (N,) bool)``: :func:`event_label` for every label; ``keep`` is False
     for bookkeeping markers. Where two labels that differ would become one (a Comment "S1" and a

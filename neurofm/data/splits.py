@@ -87,6 +87,17 @@ class Intervals:
         keep = e > s
         return Intervals(s[keep], e[keep])
 
+    def cut(self, times) -> "Intervals":
+        """The blocks split at ``times`` (s): a window inside one piece spans none of them."""
+        times = np.unique(np.asarray(times, dtype=np.float64).ravel())
+        if not len(self) or not len(times):
+            return self
+        inside = times[((times[:, None] > self.start[None, :] + _TOL) & (times[:, None] < self.end[None, :] - _TOL)).any(1)]
+        if not len(inside):
+            return self
+        edges = np.sort(np.concatenate([self.start, self.end, inside, inside]))
+        return Intervals(edges[0::2], edges[1::2])
+
     def distance_to(self, other: "Intervals") -> float:
         """Smallest gap (s) between a block of ``self`` and one of ``other`` (0 if they touch)."""
         if not len(self) or not len(other):

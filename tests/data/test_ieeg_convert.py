@@ -642,6 +642,35 @@ def test_brainvision_marker_labels_are_the_ones_a_user_recognises(tmp_path):
     assert rule in flat["convert"] and rule in flat["finetune"] and rule in flat["evaluate"]
 
 
+def test_brainvision_new_segment_marks_a_gap_that_no_segment_spans(tmp_path):
+    """A 'New Segment' marker after the first sample: the recording paused and resumed there.
+    convert warns naming the time and writes /intervals/discontinuities; the data modules cut
+    their blocks there, so no segment joins the samples either side (the default split, the
+    default segment grid)."""
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+    from neurofm.data.session import DISCONTINUITIES
+
+    vhdr = write_brainvision(tmp_path / "rec", signal(n_t=4000), NAMES)  # 20 s at 200 Hz
+    vmrk = vhdr.with_suffix(".vmrk")
+    vmrk.write_text(vmrk.read_text() + "Mk2=New Segment,,1501,1,0,20200101000100000000\n")  # sample 1500: t = 7.5 s
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    with pytest.warns(UserWarning, match=r"1 'New Segment' marker\(s\) after the first sample, at t = 7\.500 s"):
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    with Session(tmp_path / "s.h5") as s:
+        gap = s.intervals(DISCONTINUITIES)
+        np.testing.assert_allclose(gap["start"], [7.5]) and np.testing.assert_allclose(gap["end"], [7.5])
+        assert "annotations" not in s.event_names  # bookkeeping, not an event
+    ds = IEEGSegmentDataset([tmp_path / "s.h5"], IEEGSegmenter(segment_s=2.0, n_patches=10), split="train")
+    starts = np.asarray([ds.index.locate(i)[1] for i in range(len(ds))])
+    assert len(starts) and not np.any((starts < 7.5) & (starts + 2.0 > 7.5))  # none spans the gap
+    assert np.any(starts < 7.5) and np.any(starts > 7.5)  # both pieces are used, each on its own
+    # one marker at the first sample (every BrainVision file has it) is no gap
+    convert_ieeg(write_brainvision(tmp_path / "one", signal(), NAMES), tmp_path / "one.h5")
+    with Session(tmp_path / "one.h5") as s:
+        assert DISCONTINUITIES not in s.interval_names
+
+
 def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_again():
     """Existing fine-tuned folders classify 'Comment/cue', 'Comment/go'; the same file converted
     again says 'cue', 'go': the same question, so evaluate loads the head; other labels refuse."""
