@@ -272,6 +272,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -793,7 +794,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.tabulate:
         return tabulate_subjects(args.tabulate, args.json)
-    import lightning  # noqa: F401  (it sets its loggers' levels on import; quiet them after)
+    importlib.import_module("lightning")  # it sets its loggers' levels on import; quiet them after
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

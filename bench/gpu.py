@@ -101,7 +101,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -731,7 +730,7 @@ def section_attention(report: Report, device: torch.device, quick: bool) -> None
         run_row(report, "attention", {**base, "path": "neurofm.attention padded"},
                 lambda: dict(timed(lambda: attention(q, k, v, **kw), (q, k, v), grad, dense_flops),
                              note=f"backend: {attention_backend(q, needs_mask=not causal)}"))
-        del q, k, v, grad
+        q = k = v = grad = None  # free this problem's tensors before the next one's
         free_memory(device)
 
 

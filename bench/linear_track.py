@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
         print(f"linear-track: {data.counts.shape[1]} units, {data.n_bins:,} bins of {protocol.bin_size * 1e3:g} ms "
               f"({data.bin_times[0]:.1f}-{data.bin_times[-1] + data.bin_size:.1f} s), "
               f"{int(setup.score_mask.sum()):,} moving bins; speed from {data.speed_source} ({data.unit}/s)")
-        print(f"folds (test bins, moving test bins): "
+        print("folds (test bins, moving test bins): "
               + ", ".join(f"{len(te)}/{int(setup.score_mask[te].sum())}" for _, te in setup.folds))
 
         floor = ridge_floor(path, setup=setup)

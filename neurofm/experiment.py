@@ -48,7 +48,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ from neurofm.data.session import SessionFormatError
 from neurofm.hub import PretrainedError, model_meta, pretrained_config
 from neurofm.threads import available_cores, resolve_threads
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
+
+if TYPE_CHECKING:  # annotations only: Lightning is imported where a run needs it
+    import lightning as L
 
 log = logging.getLogger("neurofm")
 

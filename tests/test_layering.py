@@ -25,6 +25,15 @@ def test_import_contract_holds():
     assert "0 broken" in run.stdout, run.stdout
 
 
+def test_pyflakes_clean():
+    """No unused import, undefined name or placeholder-less f-string in the package, the benches,
+    the tools, train.py and the tests (``python -m pyflakes neurofm bench tools train.py tests``)."""
+    pytest.importorskip("pyflakes", reason="pyflakes is in the dev extra: pip install -e '.[dev]'")
+    run = subprocess.run([sys.executable, "-m", "pyflakes", "neurofm", "bench", "tools", "train.py", "tests"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+
+
 def test_every_neurofm_import_names_an_existing_module():
     """Imports inside functions run only on their code path: one naming a module that moved
     (e.g. ``neurofm.data.atlas`` after SpatialVocab moved to ``neurofm.atlas``) fails only when

@@ -43,7 +43,12 @@ from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import DISCONTINUITIES, Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
-from neurofm.tokens import pack_spikes, unpack_spikes  # noqa: F401 (unpack_spikes: the batch API)
+from neurofm.tokens import pack_spikes, unpack_spikes
+
+__all__ = ["BACKGROUND_LABEL", "EpochDataLoader", "IEEGSegmentDataset", "ResumableDataLoader",
+           "SpikeWindowDataset", "StreamingIEEGDataset", "StreamingSpikeDataset", "behavior_features",
+           "collate_ieeg", "collate_packed_spikes", "collate_spikes", "open_sessions",
+           "pack_spikes", "unpack_spikes"]  # pack/unpack_spikes: the packed-batch API, from neurofm.tokens
 
 
 def open_sessions(sessions) -> list[Session]:

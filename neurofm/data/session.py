@@ -1176,10 +1176,10 @@ class Session:
         shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["behavior_shapes"].items()}
         nan = {n: f"; {k:,} rows NaN ({k / max(s['behavior_shapes'][n][0], 1):.1%})"
                for n, k in s["behavior_nan_rows"].items() if k}
-        lines.append(f"  behavior   " + (", ".join(f"{n} ({shapes[n]}{nan.get(n, '')})" for n in s["behavior"]) or "-"))
+        lines.append("  behavior   " + (", ".join(f"{n} ({shapes[n]}{nan.get(n, '')})" for n in s["behavior"]) or "-"))
         if s["stimulus"]:
             shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["stimulus_shapes"].items()}
-            lines.append(f"  stimulus   " + ", ".join(f"{n} ({shapes[n]})" for n in s["stimulus"]))
+            lines.append("  stimulus   " + ", ".join(f"{n} ({shapes[n]})" for n in s["stimulus"]))
         lines.append(f"  events     {names(s['events'], s['n_events'])}")
         lines.append(f"  intervals  {names(s['intervals'], s['n_intervals'])}")
         if s["extra_groups"]:
