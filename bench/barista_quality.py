@@ -593,7 +593,7 @@ def _subjects_data(sessions: list[str], segment: tuple[float, int], batch_size: 
 
 def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epochs: int | None,
              seeds: list[int] | None, partial: Path | None = None, scales: tuple[str, ...] = SCALES,
-             reuse_pretrain: bool = False, ft_patience: int = 0) -> dict:
+             reuse_pretrain: bool = False, ft_patience: int = 0, model_extra: dict | None = None) -> dict:
     """Per seed: simulate subjects (:func:`neurofm.data.synthetic.simulate_ieeg_subjects`),
     pretrain at each encoding scale on all but the last, then fine-tune event detection and
     grip-force regression on the last (held out), from the pretrained encoder and from a random
@@ -601,7 +601,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
     probe on the frozen starting encoder come with each fine-tune run's report (same segments).
     ``reuse_pretrain``: a pretraining run already in ``out`` (its ``metrics.json`` and
     ``pretrained/``) is read instead of run again. ``ft_patience`` > 0: fine-tunes keep the best
-    validation checkpoint (the step-0 start included) and score it; 0: the final weights."""
+    validation checkpoint (the step-0 start included) and score it; 0: the final weights.
+    ``model_extra``: model settings added to the pretraining runs' (e.g. ``token_scales``)."""
     from neurofm.data.synthetic import simulate_ieeg_subjects
 
     seeds = seeds if seeds is not None else _subject_size("seeds", quick)
@@ -628,7 +629,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
             else:
                 pre = _timed_run({"family": "barista", "seed": seed, "resume": "none",
                                   "run_dir": str(pre_dir), "data": _subjects_data(pre_sessions, segment, batch_size=8),
-                                  "model": _model(scale, layers), "eval": {"probe_events": "none"},
+                                  "model": {**_model(scale, layers), **(model_extra or {})},
+                                  "eval": {"probe_events": "none"},
                                   "task": {"mode": "pretrain", "lr": 1e-3, "warmup_epochs": 1, "ema_epochs": 2},
                                   "trainer": _trainer(pre_epochs)}, f"seed {seed}: pretrain on {n_pre} subjects ({scale})")
             pre["last_val"] = _last_val(pre["run_dir"])
@@ -787,6 +789,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--finetune-patience", type=int, default=0,
                     help="subjects part: score the best validation checkpoint (step 0 included) with this early-"
                          "stopping patience; 0 (default): the final weights")
+    ap.add_argument("--token-scales", action="store_true",
+                    help="subjects part: pretrain with model.token_scales (the tokenizer's LayerNorm scales "
+                         "added to each token; off = the faithful tokenizer)")
     ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
                     help="subjects part: print one table over the seeds of these --json files (seeds run as "
                          "separate processes) and write it to --json; runs nothing")
@@ -814,7 +819,8 @@ def main(argv=None) -> dict:
         results["subjects"] = subjects(args.out, args.quick, args.layers, args.pretrain_epochs, args.finetune_epochs,
                                        args.seeds, partial=args.out / "subjects_partial.json",
                                        scales=tuple(args.scales), reuse_pretrain=args.reuse_pretrain,
-                                       ft_patience=args.finetune_patience)
+                                       ft_patience=args.finetune_patience,
+                                       model_extra={"token_scales": True} if args.token_scales else None)
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")
