@@ -62,13 +62,13 @@ tuning does not build the missing feature from ~150 training segments either (se
 parcel, 30 epochs as ``neurofm finetune``, probe start, best check): test R2 CNN frozen
 -0.039 / -0.054 / +0.002 (random init -0.269 / -0.217 / -0.015), CNN trained too
 (``task.freeze_cnn=false``) -0.026 / -0.055 / -0.001 (random init -0.151 / -0.386 / -0.015);
-band power 0.723 / 0.818 / 0.719. Likely cause, not tested here: at 256 Hz high gamma sits
-at 0.27-0.5 cycles per sample, in the top of 64-sample patches that each block's
-parameter-free LayerNorm over time normalises, and the masked-latent objective rewards the
-high-variance low-frequency content (the paper samples at 2048 Hz, where high gamma is a
-slow component of 512-sample patches). Next steps: the same probe on a pretraining at a
-higher sampling rate (``simulate_ieeg_subjects`` at 1-2 kHz) or with longer patches, and the
-token -> own high-gamma power R2 as a pretraining watch next to the latent R2.
+band power 0.723 / 0.818 / 0.719. Cause, measured since (``bench/barista_token_power.py``, per patch): not the 256 Hz rate but
+the tokenizer's parameter-free LayerNorms, which set every convolution's output map to unit
+variance inside each patch; the log scales they remove carry a patch's log high-gamma power
+at R2 0.76-0.87 (also at 2048 Hz with 512-sample patches, untrained), the token <= 0.14. Every
+BaRISTA pretraining now reports this check (``token_own_power_r2_*`` in ``metrics.json``, via
+:func:`neurofm.recipes.barista.token_power_r2`), and ``model.token_scales`` adds those scales
+to each token.
 
 Usage::
 

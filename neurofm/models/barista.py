@@ -256,6 +256,19 @@ class CNNTokenizer(nn.Module):
     frozen (fine-tuning) they run without a graph and only the projection is trained.
     ``config.fast_kernels`` picks the hand-written convolution and recomputation
     (:mod:`neurofm.nn.kernels`) or their plain PyTorch references.
+
+    ``config.token_scales`` (off by default, an extension beyond DESIGN.md 4): each
+    convolution's output is LayerNorm'd over the patch without parameters, which sets every
+    map's variance to 1 inside every patch, and the input segment is z-scored per channel, so
+    how strong a filtered component (e.g. high gamma) was in the patch reaches the token only
+    through the residual skips, and little of it does (``bench/barista_token_power.py``: a
+    ridge from the token to its patch's log high-gamma power scores R2 0.00-0.14, from the
+    log scales the LayerNorms remove 0.76-0.87). With the option the tokenizer keeps those
+    ``n_scales`` log standard deviations (two per block per output map: 42 at widths
+    1-5-5-5-5-1) and the patch's log RMS, and adds ``Linear(n_scales -> d, no bias)`` of them
+    to the token. The published path is untouched (same 616 + L*d parameters, same tokens)
+    when it is off, which is why it stays off by default: the published encoder is what the
+    default reproduces, and the option's benefit is measured on simulated data only.
     """
 
     def __init__(self, config: BaristaConfig):
