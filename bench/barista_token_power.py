@@ -53,6 +53,19 @@ that dilutes it (the log RMS read-out falls 0.7 -> 0.4 -> 0.2 -> 0.1 -> 0.0 bloc
 the token keeps R2 <= 0.14. The same holds at 2048 Hz with 512-sample patches: the sampling
 rate is not the cause. A patch-amplitude embedding (log RMS before the LayerNorms) would not
 help here either; the LayerNorms' own scales would (``model.token_scales``).
+
+With ``model.token_scales`` (seed 0, parcel, pretrained 1,520 steps as the cached runs,
+``--runs /tmp/hg/ts``): token HG 0.54 pretrained / 0.59 random init (faithful 0.14 / 0.03),
+contextual token 0.23 / 0.43 (faithful 0.18 / 0.03); beta token 0.29 / 0.18, contextual 0.31 /
+0.29. The check of the pretraining report (segment level, on the pretraining subjects): HG 0.28
+pretrained / 0.50 random init, beta 0.41 / 0.37 (faithful seed 0 parcel: 0.21 / 0.04, 0.57 /
+0.36). Decoding with it: ``bench/barista_quality.py`` (its ``model.token_scales`` table).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python bench/barista_token_power.py --seeds 0 1 2 --fs 256 2048 --json tp.json  # ~5 min
+    OMP_NUM_THREADS=1 python bench/barista_token_power.py --pretraining-check --seeds 0 1 2 \
+        --scales coords parcel lobe   # the report's check on the 9 cached runs
 """
 
 from __future__ import annotations
@@ -104,7 +117,7 @@ def stages(tokenizer, patches: torch.Tensor) -> dict[str, np.ndarray]:
         out[f"block {k} energy"] = np.log(h.pow(2).mean(-1) + 1e-12).numpy()
     rms = patches.pow(2).mean(-1, keepdim=True).sqrt()
     out["LN scales"] = torch.log(torch.cat(scales + [rms], 1) + 1e-12).numpy()
-    out["token"] = tokenizer.proj(h[:, 0]).numpy()
+    out["token"] = tokenizer(patches).numpy()  # the tokenizer's own forward (with token_scales: + the scales' term)
     return out
 
 
