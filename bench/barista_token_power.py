@@ -54,6 +54,21 @@ the token keeps R2 <= 0.14. The same holds at 2048 Hz with 512-sample patches: t
 rate is not the cause. A patch-amplitude embedding (log RMS before the LayerNorms) would not
 help here either; the LayerNorms' own scales would (``model.token_scales``).
 
+What the simulation's targets are made of (``neurofm.data.synthetic.simulate_ieeg``): a speech
+event adds an evoked waveform (an ERP, 1.2x, phase-locked) and a high-gamma burst (0.4x) to
+the responsive regions, so events have a waveform a linear read-out of tokens can use; the grip
+force is ONLY a high-gamma amplitude modulation (an OU latent, softplus, times a 70-128 Hz
+carrier of random phase in the behaviour regions): no evoked or slow component, no beta change.
+Recorded motor cortex during gripping also shows a movement-related low-frequency potential
+that tracks force, and beta/mu desynchronisation; neither is simulated, so here the force is
+reachable only through band power, the one thing the faithful tokenizer drops.
+
+The report's check on the 9 cached pretraining runs (``--pretraining-check``, segment level,
+pretraining subjects, 128 + 128 segments): high gamma 0.03 / 0.21 / 0.01 (coords / parcel /
+lobe, seed 0), 0.01 / 0.27 / 0.09 (seed 1), 0.03 / 0.24 / 0.01 (seed 2), random init 0.00-0.12:
+under 0.5 everywhere, so each of those runs would now carry the LIMITATION line; beta 0.09-0.57
+(random init 0.00-0.38).
+
 With ``model.token_scales`` (seed 0, parcel, pretrained 1,520 steps as the cached runs,
 ``--runs /tmp/hg/ts``): token HG 0.54 pretrained / 0.59 random init (faithful 0.14 / 0.03),
 contextual token 0.23 / 0.43 (faithful 0.18 / 0.03); beta token 0.29 / 0.18, contextual 0.31 /

@@ -516,6 +516,32 @@ def test_export_encoder_holds_ema_tokenizer_backbone_and_tables():
     assert enc(make_batch(cfg)).shape == (3, cfg.n_patches, 8, cfg.d_model)
 
 
+def test_token_scales_pretrain_export_and_reload(tmp_path):
+    """With ``token_scales`` the pretraining loss trains the scales' projection, the EMA target
+    tokenizer has its own copy, the exported encoder carries the EMA one, and a saved folder
+    reloads to the same outputs (the option is a shape field of the config it stores)."""
+    from neurofm.hub import load_pretrained
+
+    torch.manual_seed(0)
+    cfg = small(token_scales=True)
+    model = Barista(cfg)
+    batch = make_batch(cfg)
+    out = model.pretrain_loss(batch, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert model.encoder.tokenizer.scale_proj.weight.grad.abs().sum() > 0
+    assert model.target_tokenizer.scale_proj.weight.grad is None  # stop-gradient targets
+    with torch.no_grad():
+        model.target_tokenizer.scale_proj.weight.add_(1.0)
+    enc = model.export_encoder()
+    assert torch.equal(enc.tokenizer.scale_proj.weight, model.target_tokenizer.scale_proj.weight)
+    enc.save_pretrained(tmp_path / "enc")
+    back = load_pretrained(tmp_path / "enc")
+    assert back.config.token_scales is True
+    enc.eval()
+    with torch.no_grad():
+        assert torch.allclose(back(batch), enc(batch), atol=1e-6)
+
+
 @pytest.mark.parametrize("encode_scale", ["coords", "parcel", "lobe"])
 @pytest.mark.parametrize("mask_scale", ["channel", "parcel", "lobe"])
 def test_every_scale_pair_trains_from_config_alone(encode_scale, mask_scale):
