@@ -21,6 +21,7 @@ Reconstruction fine-tunes report R2 on the test block.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import sys
@@ -943,15 +944,24 @@ def token_power_r2(train: dict, test: dict, bands: list[str]) -> dict[str, float
 def token_power_check(encoders: dict, dm, sampling_rate: float,
                       max_segments: int = TOKEN_POWER_SEGMENTS) -> dict[str, dict[str, float]]:
     """:func:`token_power_r2` of each frozen encoder (name -> encoder) in the bands of
-    :data:`TOKEN_POWER_BANDS` below Nyquist, on up to ``max_segments`` segments of ``dm``'s
-    training block (fit) and test block (score). Returns name -> band -> test R2."""
+    :data:`TOKEN_POWER_BANDS` below Nyquist, on about ``max_segments`` segments of ``dm``'s
+    training block (fit) and test block (score), batches taken at an even stride through each
+    block. Returns name -> band -> test R2."""
     bands = BandPowerRidge(sampling_rate, {b: BANDS[b] for b in TOKEN_POWER_BANDS})  # those below Nyquist
     if not bands.bands:
         return {}
+    def spread(split):  # every k-th batch, so the segments span the whole block (and every session in it)
+        loader = dm.loader(split)
+        try:
+            k = max(1, len(loader) * (loader.batch_size or 1) // max_segments)
+        except TypeError:  # a streaming loader has no length: its first batches
+            k = 1
+        return itertools.islice(loader, 0, None, k)
+
     out = {}
     for name, enc in encoders.items():
-        tr = _segment_pass(dm.loader("train"), enc.eval(), bands, channels=True, max_segments=max_segments)
-        te = _segment_pass(dm.loader("test"), enc.eval(), bands, channels=True, max_segments=max_segments)
+        tr = _segment_pass(spread("train"), enc.eval(), bands, channels=True, max_segments=max_segments)
+        te = _segment_pass(spread("test"), enc.eval(), bands, channels=True, max_segments=max_segments)
         if not len(tr["y"]) or not len(te["y"]):
             return {}
         out[name] = token_power_r2(tr, te, list(bands.bands))
