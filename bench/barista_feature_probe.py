@@ -16,7 +16,8 @@ score the test block, on the same segments as the fine-tune's decode report
 * the same read-outs on the CNN tokenizer's output (before the spatial embedding and the
   transformer) and on squared tokens (a quadratic read-out: power is quadratic in the signal);
 * ``token -> own log power``: whether a channel's token carries that channel's log band
-  power at all (ridge over (segment, channel) pairs, per band; test R2).
+  power at all (:func:`neurofm.recipes.barista.token_power_r2`, the check every BaRISTA
+  pretraining report now runs: ridge over (segment, channel) pairs, per band; test R2).
 
 For the pretrained encoder and a random one of the same shape (seeded as the recipe's
 random-init arm). Regression (``grip_force``): ridge (:class:`neurofm.baselines.Ridge`,
@@ -61,13 +62,13 @@ tuning does not build the missing feature from ~150 training segments either (se
 parcel, 30 epochs as ``neurofm finetune``, probe start, best check): test R2 CNN frozen
 -0.039 / -0.054 / +0.002 (random init -0.269 / -0.217 / -0.015), CNN trained too
 (``task.freeze_cnn=false``) -0.026 / -0.055 / -0.001 (random init -0.151 / -0.386 / -0.015);
-band power 0.723 / 0.818 / 0.719. Likely cause, not tested here: at 256 Hz high gamma sits
-at 0.27-0.5 cycles per sample, in the top of 64-sample patches that each block's
-parameter-free LayerNorm over time normalises, and the masked-latent objective rewards the
-high-variance low-frequency content (the paper samples at 2048 Hz, where high gamma is a
-slow component of 512-sample patches). Next steps: the same probe on a pretraining at a
-higher sampling rate (``simulate_ieeg_subjects`` at 1-2 kHz) or with longer patches, and the
-token -> own high-gamma power R2 as a pretraining watch next to the latent R2.
+band power 0.723 / 0.818 / 0.719. Cause, measured since (``bench/barista_token_power.py``, per patch): not the 256 Hz rate but
+the tokenizer's parameter-free LayerNorms, which set every convolution's output map to unit
+variance inside each patch; the log scales they remove carry a patch's log high-gamma power
+at R2 0.76-0.87 (also at 2048 Hz with 512-sample patches, untrained), the token <= 0.14. Every
+BaRISTA pretraining now reports this check (``token_own_power_r2_*`` in ``metrics.json``, via
+:func:`neurofm.recipes.barista.token_power_r2`), and ``model.token_scales`` adds those scales
+to each token.
 
 Usage::
 
@@ -100,6 +101,7 @@ from neurofm.hub import load_pretrained  # noqa: E402
 from neurofm.metrics import auroc, r2_score  # noqa: E402
 from neurofm.models.barista import BaristaEncoder  # noqa: E402
 from neurofm.recipes import barista as recipe  # noqa: E402
+from neurofm.recipes.barista import token_power_r2  # noqa: E402  (the pretraining report's check)
 
 sys.path.insert(0, str(ROOT / "bench"))
 from barista_quality import SCALES, _seed_ci, _subjects_data, _subject_size  # noqa: E402
@@ -117,15 +119,6 @@ def channel_pcs(train: np.ndarray, test: np.ndarray, k: int) -> tuple[np.ndarray
     mu = Z.mean(0)
     _, _, vt = np.linalg.svd(Z - mu, full_matrices=False)
     return flat((train - mu) @ vt[:k].T), flat((test - mu) @ vt[:k].T)
-
-
-def token_power_r2(train: dict, test: dict, bands: list[str]) -> dict[str, float]:
-    """Does a channel's token carry that channel's band power? Ridge from each (segment, channel)
-    token averaged over patches (d values) to the same channel's log band power, one band at a
-    time, fitted on the training segments' channels pooled, test R2 on the test segments'."""
-    Xtr, Xte = train["chan"].reshape(-1, train["chan"].shape[2]), test["chan"].reshape(-1, test["chan"].shape[2])
-    Ptr, Pte = train["bp"].reshape(-1, train["bp"].shape[2]), test["bp"].reshape(-1, test["bp"].shape[2])
-    return {b: float(r2_score(Pte[:, i], Ridge().fit(Xtr, Ptr[:, i]).predict(Xte))) for i, b in enumerate(bands)}
 
 
 def _raw_weights(model) -> np.ndarray:

@@ -83,6 +83,8 @@ Usage::
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only seeg        # the real sEEG part only
     OMP_NUM_THREADS=1 python bench/barista_quality.py --quick    # all parts small
     OMP_NUM_THREADS=1 nice -n 10 python bench/barista_quality.py --only subjects --quick --seeds 0   # part 3, one seed
+    OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects --quick --seeds 0 --scales parcel \
+        --token-scales --finetune-patience 15 --out /tmp/hg/ts   # with model.token_scales, ~16 min
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects          # part 3 full, ~9-10 h
     python bench/barista_quality.py --only seeg --out runs/bq --json bq.json
 
@@ -172,6 +174,31 @@ under both (backbone lr 1e-4 in both). Force: validation R2 at the first check (
 moves from the start by -0.017 / +0.063 / -0.020 (1e-3) vs -0.002 / +0.019 / -0.002 (1e-4);
 test R2 -0.039 / -0.054 / +0.002 vs -0.048 / -0.050 / -0.019. No consistent difference: the
 default (the paper's 10x) stays.
+
+``model.token_scales`` (``--token-scales``; the tokenizer's LayerNorm scales added to each
+token, ``bench/barista_token_power.py``), measured 2026-12-03 12:48-13:05 (shared 2-core CPU at
+load 7-11, one thread): seed 0, parcel, one pretraining at the cached runs' settings (1,520
+steps, batch 8, 706 s), then the same 4 fine-tunes as above (``--finetune-patience 15``) on the
+same held-out segments (38 test events, 119 force segments); the faithful rows rerun the same
+way on the cached pretraining (``--reuse-pretrain``). Test block, [95% block-bootstrap CI]:
+
+| tokenizer            | arm         | event ROC-AUC        | grip-force R2          | pretraining latent R2 (test) |
+|----------------------|-------------|----------------------|------------------------|------------------------------|
+| faithful             | pretrained  | 0.861 [0.761, 0.940] | -0.039 [-0.183, 0.047] | 0.50                         |
+| faithful             | random init | 0.616 [0.486, 0.721] | -0.290 [-0.745, 0.081] | -                            |
+| token_scales         | pretrained  | 0.688 [0.467, 0.865] | 0.043 [-0.268, 0.185]  | 0.05                         |
+| token_scales         | random init | 0.528 [0.384, 0.649] | 0.420 [0.153, 0.562]   | -                            |
+| band power (logistic / ridge) | -  | 0.901                | 0.723                  | -                            |
+
+Reading: the option makes the force decodable from a RANDOM encoder (R2 0.42, probe 0.44,
+against -0.29; still below band power 0.72), but this pretraining loses it (0.04) and loses
+event AUROC (0.69 vs 0.86): with the scales in its targets (target std 1.2 vs 0.3) the
+masked-latent objective left its trivial phase only in the last ~200 of 1,520 steps (latent
+R2 0.05 vs 0.50 faithful), and the pretrained encoder's contextual tokens keep less of a
+patch's high-gamma power than the random one's (per-patch R2 0.23 vs 0.43; the tokenizer's
+own tokens 0.54 vs 0.59). One seed, one scale: not evidence for changing the default, which
+stays the published tokenizer. Not run: a longer pretraining with the option (does it recover
+event AUROC once past the plateau, and keep the force?), other seeds and scales.
 
 Before the probe start (random head, final weights), part 3 quick with 1,520 pretraining
 steps (2026-12-03, shared 2-core CPU at load ~10, one thread per process, seeds as parallel
@@ -594,7 +621,7 @@ def _subjects_data(sessions: list[str], segment: tuple[float, int], batch_size: 
 
 def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epochs: int | None,
              seeds: list[int] | None, partial: Path | None = None, scales: tuple[str, ...] = SCALES,
-             reuse_pretrain: bool = False, ft_patience: int = 0) -> dict:
+             reuse_pretrain: bool = False, ft_patience: int = 0, model_extra: dict | None = None) -> dict:
     """Per seed: simulate subjects (:func:`neurofm.data.synthetic.simulate_ieeg_subjects`),
     pretrain at each encoding scale on all but the last, then fine-tune event detection and
     grip-force regression on the last (held out), from the pretrained encoder and from a random
@@ -602,7 +629,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
     probe on the frozen starting encoder come with each fine-tune run's report (same segments).
     ``reuse_pretrain``: a pretraining run already in ``out`` (its ``metrics.json`` and
     ``pretrained/``) is read instead of run again. ``ft_patience`` > 0: fine-tunes keep the best
-    validation checkpoint (the step-0 start included) and score it; 0: the final weights."""
+    validation checkpoint (the step-0 start included) and score it; 0: the final weights.
+    ``model_extra``: model settings added to the pretraining runs' (e.g. ``token_scales``)."""
     from neurofm.data.synthetic import simulate_ieeg_subjects
 
     seeds = seeds if seeds is not None else _subject_size("seeds", quick)
@@ -629,7 +657,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
             else:
                 pre = _timed_run({"family": "barista", "seed": seed, "resume": "none",
                                   "run_dir": str(pre_dir), "data": _subjects_data(pre_sessions, segment, batch_size=8),
-                                  "model": _model(scale, layers), "eval": {"probe_events": "none"},
+                                  "model": {**_model(scale, layers), **(model_extra or {})},
+                                  "eval": {"probe_events": "none"},
                                   "task": {"mode": "pretrain", "lr": 1e-3, "warmup_epochs": 1, "ema_epochs": 2},
                                   "trainer": _trainer(pre_epochs)}, f"seed {seed}: pretrain on {n_pre} subjects ({scale})")
             pre["last_val"] = _last_val(pre["run_dir"])
@@ -788,6 +817,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--finetune-patience", type=int, default=0,
                     help="subjects part: score the best validation checkpoint (step 0 included) with this early-"
                          "stopping patience; 0 (default): the final weights")
+    ap.add_argument("--token-scales", action="store_true",
+                    help="subjects part: pretrain with model.token_scales (the tokenizer's LayerNorm scales "
+                         "added to each token; off = the faithful tokenizer)")
     ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
                     help="subjects part: print one table over the seeds of these --json files (seeds run as "
                          "separate processes) and write it to --json; runs nothing")
@@ -815,7 +847,8 @@ def main(argv=None) -> dict:
         results["subjects"] = subjects(args.out, args.quick, args.layers, args.pretrain_epochs, args.finetune_epochs,
                                        args.seeds, partial=args.out / "subjects_partial.json",
                                        scales=tuple(args.scales), reuse_pretrain=args.reuse_pretrain,
-                                       ft_patience=args.finetune_patience)
+                                       ft_patience=args.finetune_patience,
+                                       model_extra={"token_scales": True} if args.token_scales else None)
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")

@@ -91,6 +91,10 @@ class BaristaConfig:
     n_parcels: int = 121
     n_lobes: int = 21
     encode_scale: str = "parcel"
+    # off (faithful): a token is Linear(L -> d) of the CNN's output only. On: plus a learned
+    # Linear(n -> d, no bias) of the n log scales the tokenizer's LayerNorms remove (and the
+    # patch's log RMS); see CNNTokenizer and bench/barista_token_power.py
+    token_scales: bool = False
     # pretraining
     mask_scale: str = "channel"
     mask_ratio: float = 0.3
@@ -120,7 +124,8 @@ class BaristaConfig:
 
     #: Fields that fix parameter shapes; a checkpoint loads only into a config that agrees on them.
     SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "patch_len", "cnn_channels", "cnn_kernel",
-                    "cnn_dilations", "n_coord_bins", "n_parcels", "n_lobes", "encode_scale", "predictor_layers")
+                    "cnn_dilations", "n_coord_bins", "n_parcels", "n_lobes", "encode_scale", "predictor_layers",
+                    "token_scales")
 
     def __post_init__(self):
         self.cnn_dilations = tuple(int(d) for d in self.cnn_dilations)
@@ -207,16 +212,27 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv1d(c_out, c_out, kernel, dilation=dilation, padding=pad)
         self.proj = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
 
-    def forward(self, x: Tensor) -> Tensor:  # (P, C_in, L) -> (P, C_out, L)
-        h = F.gelu(time_layer_norm(self.conv1(x), self.eps))
-        h = time_layer_norm(self.conv2(h), self.eps)
+    def _norm(self, a: Tensor, scales: list | None) -> Tensor:
+        """The parameter-free LayerNorm over time; with ``scales`` (a list) also keeps the log
+        standard deviation it removes, ``0.5 log(var + eps)`` per map, ``(P, C)`` whatever the layout."""
+        if scales is not None:
+            log_sd = 0.5 * torch.log(a.var(-1, unbiased=False) + self.eps)
+            scales.append(log_sd)
+        return time_layer_norm(a, self.eps)
+
+    def forward(self, x: Tensor, scales: list | None = None) -> Tensor:  # (P, C_in, L) -> (P, C_out, L)
+        h = F.gelu(self._norm(self.conv1(x), scales))
+        h = self._norm(self.conv2(h), scales)
         return F.gelu(h + (x if self.proj is None else self.proj(x)))
 
-    def forward_fast(self, x: Tensor) -> Tensor:  # (C_in, P, L) -> (C_out, P, L)
+    def forward_fast(self, x: Tensor, scales: list | None = None) -> Tensor:  # (C_in, P, L) -> (C_out, P, L)
         inplace = not torch.is_grad_enabled()  # no graph: reuse buffers (less memory traffic)
         gelu = torch.ops.aten.gelu_ if inplace else F.gelu
-        h = gelu(time_layer_norm(patch_conv1d(x, self.conv1.weight, self.conv1.bias, self.dilation), self.eps))
-        h = time_layer_norm(patch_conv1d(h, self.conv2.weight, self.conv2.bias, self.dilation), self.eps)
+        sc = None if scales is None else []
+        h = gelu(self._norm(patch_conv1d(x, self.conv1.weight, self.conv1.bias, self.dilation), sc))
+        h = self._norm(patch_conv1d(h, self.conv2.weight, self.conv2.bias, self.dilation), sc)
+        if scales is not None:  # channel-major (C, P) -> (P, C)
+            scales.extend(t.transpose(0, 1) for t in sc)
         if self.proj is None:
             skip = x
         else:
@@ -240,6 +256,19 @@ class CNNTokenizer(nn.Module):
     frozen (fine-tuning) they run without a graph and only the projection is trained.
     ``config.fast_kernels`` picks the hand-written convolution and recomputation
     (:mod:`neurofm.nn.kernels`) or their plain PyTorch references.
+
+    ``config.token_scales`` (off by default, an extension beyond DESIGN.md 4): each
+    convolution's output is LayerNorm'd over the patch without parameters, which sets every
+    map's variance to 1 inside every patch, and the input segment is z-scored per channel, so
+    how strong a filtered component (e.g. high gamma) was in the patch reaches the token only
+    through the residual skips, and little of it does (``bench/barista_token_power.py``: a
+    ridge from the token to its patch's log high-gamma power scores R2 0.00-0.14, from the
+    log scales the LayerNorms remove 0.76-0.87). With the option the tokenizer keeps those
+    ``n_scales`` log standard deviations (two per block per output map: 42 at widths
+    1-5-5-5-5-1) and the patch's log RMS, and adds ``Linear(n_scales -> d, no bias)`` of them
+    to the token. The published path is untouched (same 616 + L*d parameters, same tokens)
+    when it is off, which is why it stays off by default: the published encoder is what the
+    default reproduces, and the option's benefit is measured on simulated data only.
     """
 
     def __init__(self, config: BaristaConfig):
@@ -249,24 +278,42 @@ class CNNTokenizer(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(widths[i], widths[i + 1], config.cnn_kernel, d)
                                     for i, d in enumerate(config.cnn_dilations))
         self.proj = nn.Linear(config.patch_len, config.d_model, bias=False)
+        # token_scales: one log scale per LayerNorm'd map (two convolutions per block) + the patch's log RMS
+        self.n_scales = 2 * sum(widths[1:]) + 1
+        self.scale_proj = nn.Linear(self.n_scales, config.d_model, bias=False) if config.token_scales else None
         self.patch_len = config.patch_len
         self.chunk = config.cnn_chunk
         self.checkpoint = config.checkpoint_cnn
         self.fast = config.fast_kernels
 
-    def _cnn(self, patches: Tensor) -> Tensor:  # (P, L) -> (P, L)
+    def _cnn(self, patches: Tensor, scales: list | None = None) -> Tensor:  # (P, L) -> (P, L)
         if not self.fast:
             h = patches[:, None]  # (P, 1, L)
             for block in self.blocks:
-                h = block(h)
+                h = block(h, scales)
             return h[:, 0]
         h = patches.reshape(1, *patches.shape)  # (1, P, L) channel-major
         for block in self.blocks:
-            h = block.forward_fast(h)
+            h = block.forward_fast(h, scales)
         return h.view(h.shape[1], h.shape[2])
 
+    def cnn_and_scales(self, patches: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The CNN's output ``(P, L)`` and, with ``token_scales``, the log scales ``(P, n_scales)``:
+        the log standard deviation each parameter-free LayerNorm removes (one per map, in block
+        order), then the patch's own log RMS (``0.5 log(mean x^2 + eps)``)."""
+        if self.scale_proj is None:
+            return self._cnn(patches), None
+        scales: list[Tensor] = []
+        h = self._cnn(patches, scales)
+        eps = self.blocks[0].eps
+        rms = 0.5 * torch.log(patches.pow(2).mean(-1, keepdim=True) + eps)
+        return h, torch.cat(scales + [rms], 1)
+
+    def _project(self, h: Tensor, scales: Tensor | None) -> Tensor:
+        return self.proj(h) if scales is None else self.proj(h) + self.scale_proj(scales.to(h.dtype))
+
     def _tokens(self, patches: Tensor) -> Tensor:  # (P, L) -> (P, d)
-        return self.proj(self._cnn(patches))
+        return self._project(*self.cnn_and_scales(patches))
 
     def forward(self, patches: Tensor) -> Tensor:
         """``(P, L)`` patches (any leading shape flattened by the caller) -> ``(P, d)`` tokens."""
@@ -280,8 +327,9 @@ class CNNTokenizer(nn.Module):
         grad = torch.is_grad_enabled() and (patches.requires_grad or any(p.requires_grad for p in params))
         if grad and not patches.requires_grad and not any(p.requires_grad for p in self.blocks.parameters()):
             with torch.no_grad():  # frozen CNN: no graph, no recomputation; the projection still trains
-                h = torch.cat([self._cnn(part) for part in patches.split(chunk)])
-            return self.proj(h)
+                parts = [self.cnn_and_scales(part) for part in patches.split(chunk)]
+            h = torch.cat([p[0] for p in parts])
+            return self._project(h, None if parts[0][1] is None else torch.cat([p[1] for p in parts]))
         outs = []
         for part in patches.split(chunk):
             if grad and self.checkpoint and self.fast:

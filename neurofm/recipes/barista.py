@@ -21,6 +21,7 @@ Reconstruction fine-tunes report R2 on the test block.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import sys
@@ -40,7 +41,7 @@ from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import plots
 from neurofm.atlas import SpatialVocab
 from neurofm.atomic import atomic_write
-from neurofm.baselines import BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, IEEGSegmenter, Preprocessing, mains_peaks
 from neurofm.data.session import Session, event_label
@@ -869,6 +870,7 @@ def _evaluate_pretraining(cfg, task, dm):
             f"target scores 0) and its outputs spread {metrics['test_pred_std']:.3f} against the targets' "
             f"{metrics['test_target_std']:.3f}, so the exported encoder is close to its random initialisation; "
             "pretrain for more steps (more data or epochs) and watch train/latent_r2")
+    _token_power_metrics(cfg, task, dm, metrics, baselines, limitations)
     events = cfg.eval.probe_events or cfg.data.events
     extra = ""
     if events and events != "none":
@@ -911,6 +913,86 @@ def left_trivial_phase(latent_r2: float) -> bool | None:
     if not np.isfinite(latent_r2):
         return None
     return bool(latent_r2 >= TRIVIAL_LATENT_R2)
+
+
+#: Bands of the "token -> own band power" check: high gamma (what movement and speech decoders
+#: read in iEEG) and beta (a rhythm of the same recordings, for contrast).
+TOKEN_POWER_BANDS = ("high_gamma", "beta")
+#: Test R2 below which a pretrained encoder's tokens are reported as not carrying their own
+#: channel's band power: a read-out that explains under half of the variance of a channel's log
+#: power cannot stand in for the band-power features the baselines read. A reporting rule, not a
+#: tuned value.
+TOKEN_POWER_R2 = 0.5
+#: Segments per split the check reads (a few thousand (segment, channel) tokens: seconds on a CPU).
+TOKEN_POWER_SEGMENTS = 128
+
+
+def token_power_r2(train: dict, test: dict, bands: list[str]) -> dict[str, float]:
+    """Does a channel's token carry that channel's own band power? Ridge (:class:`Ridge`, penalty
+    on the last 20% of the training pairs) from each real (segment, channel) token averaged over
+    patches (``chan``, d values) to the same channel's log band power (``bp``), one band at a time,
+    fitted on ``train``'s pairs, R2 on ``test``'s. ``train`` / ``test``: :func:`_segment_pass`
+    outputs with ``channels=True`` and band power; ``bands`` names ``bp``'s last axis."""
+    def pairs(d):
+        m = d["cmask"].astype(bool)
+        return d["chan"][m], d["bp"][m]  # (pairs, d), (pairs, n_bands)
+
+    (Xtr, Ptr), (Xte, Pte) = pairs(train), pairs(test)
+    return {b: float(r2_score(Pte[:, i], Ridge().fit(Xtr, Ptr[:, i]).predict(Xte)))
+            for i, b in enumerate(bands)}
+
+
+def token_power_check(encoders: dict, dm, sampling_rate: float,
+                      max_segments: int = TOKEN_POWER_SEGMENTS) -> dict[str, dict[str, float]]:
+    """:func:`token_power_r2` of each frozen encoder (name -> encoder) in the bands of
+    :data:`TOKEN_POWER_BANDS` below Nyquist, on about ``max_segments`` segments of ``dm``'s
+    training block (fit) and test block (score), batches taken at an even stride through each
+    block. Returns name -> band -> test R2."""
+    bands = BandPowerRidge(sampling_rate, {b: BANDS[b] for b in TOKEN_POWER_BANDS})  # those below Nyquist
+    if not bands.bands:
+        return {}
+    def spread(split):  # every k-th batch, so the segments span the whole block (and every session in it)
+        loader = dm.loader(split)
+        try:
+            k = max(1, len(loader) * (loader.batch_size or 1) // max_segments)
+        except TypeError:  # a streaming loader has no length: its first batches
+            k = 1
+        return itertools.islice(loader, 0, None, k)
+
+    out = {}
+    for name, enc in encoders.items():
+        tr = _segment_pass(spread("train"), enc.eval(), bands, channels=True, max_segments=max_segments)
+        te = _segment_pass(spread("test"), enc.eval(), bands, channels=True, max_segments=max_segments)
+        if not len(tr["y"]) or not len(te["y"]):
+            return {}
+        out[name] = token_power_r2(tr, te, list(bands.bands))
+    return out
+
+
+def _token_power_metrics(cfg: RunConfig, task, dm, metrics: dict, baselines: dict, limitations: list) -> None:
+    """The pretraining report's "token -> own band power" rows and, when low, its LIMITATION."""
+    enc = task.export_encoder()
+    torch.manual_seed(cfg.seed)
+    rand = BaristaEncoder(enc.config)
+    r2 = token_power_check({"pretrained": enc, "random": rand}, dm, cfg.model.sampling_rate)
+    if not r2:
+        return
+    for band, value in r2["pretrained"].items():
+        metrics[f"token_own_power_r2_{band}"] = value
+    baselines["random-init encoder, same read-out"] = {f"token_own_power_r2_{b}": v for b, v in r2["random"].items()}
+    low = {b: v for b, v in r2["pretrained"].items() if v < TOKEN_POWER_R2}
+    if low:
+        shown = ", ".join(f"{b.replace('_', ' ')} {v:.2f} (random init {r2['random'][b]:.2f})" for b, v in low.items())
+        fix = ("" if cfg.model.token_scales else
+               "; model.token_scales=true adds the scales those LayerNorms remove to each token "
+               "(bench/barista_token_power.py measures where the power is lost)")
+        limitations.append(
+            f"The tokens carry little of their own channel's band power: a ridge from a channel's token (mean over "
+            f"patches) to that channel's log band power explains R2 {shown} on held-out segments, below "
+            f"{TOKEN_POWER_R2:g}. Targets that live in band power (movement or speech high gamma) may then decode "
+            f"worse from this encoder than from band power itself. The tokenizer z-scores each segment and "
+            f"normalises every convolution's output per patch (parameter-free LayerNorm), which removes the "
+            f"amplitude a band-power read-out needs{fix}")
 
 
 def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
@@ -979,25 +1061,34 @@ def _starting_encoder(cfg: RunConfig, task):
 
 
 @torch.no_grad()
-def _segment_pass(loader, encoder, bands, task=None, channels: bool = False) -> dict[str, np.ndarray]:
-    """One pass over a split: per segment its label or target, start, session, the starting
-    encoder's token-mean features, log band power per channel (``bands``; None: skipped),
-    (``task``) the fine-tuned model's scores (classification) or predictions in the target's units
-    (regression), and (``channels``) per-channel features ``chan`` (B, C, d): each channel's
-    tokens averaged over patches (zero for padded channels)."""
+def _segment_pass(loader, encoder, bands, task=None, channels: bool = False,
+                  max_segments: int | None = None) -> dict[str, np.ndarray]:
+    """One pass over a split: per segment its label or target (unlabelled segments: 0), start,
+    session, the starting encoder's token-mean features, log band power per channel (``bands``;
+    None: skipped), (``task``) the fine-tuned model's scores (classification) or predictions in
+    the target's units (regression), and (``channels``) per-channel features ``chan`` (B, C, d):
+    each channel's tokens averaged over patches (zero for padded channels), with ``cmask``
+    (B, C) True for real channels. ``max_segments``: stop after the batch that reaches it."""
     regression = task is not None and task.hparams.task == "regression"
-    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred", "chan")}
+    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred", "chan", "cmask")}
+    seen = 0
     for i, batch in enumerate(loader):
+        if max_segments is not None and seen >= max_segments:
+            break
         keep = batch["target_mask"].bool() if "target_mask" in batch else torch.ones(len(batch["x"]), dtype=torch.bool)
+        seen += int(keep.sum())
         if "target" in batch:
             y = batch["target"].float().reshape(len(keep), -1)
-        else:
+        elif "label" in batch:
             y = batch["label"].long()
+        else:  # unlabelled (pretraining) segments
+            y = torch.zeros(len(keep), dtype=torch.long)
         h = encoder(batch)  # (B, n, C, d)
         m = batch["channel_mask"].float()[:, None, :, None]
         feat = (h * m).sum((1, 2)) / (m.sum((1, 2)) * h.shape[1]).clamp(min=1)  # (B, d): mean over real tokens
         if channels:
             out["chan"].append(((h * m).mean(1))[keep].numpy())  # (B, C, d)
+            out["cmask"].append(batch["channel_mask"].bool()[keep].numpy())  # (B, C)
         if bands is not None:
             x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
             out["bp"].append(bands.features(x).reshape(len(x), x.shape[1], -1)[keep.numpy()])  # (B, C, n_bands)
@@ -1013,9 +1104,9 @@ def _segment_pass(loader, encoder, bands, task=None, channels: bool = False) -> 
         out["t0"].append(batch["t0"].numpy()[k])
         out["session"].append(batch["session"].numpy()[k])
         out["feat"].append(feat[keep].numpy())
-    for key in ("bp", "chan"):  # batches of different channel counts: pad to the widest
+    for key in ("bp", "chan", "cmask"):  # batches of different channel counts: pad to the widest
         C = max((b.shape[1] for b in out[key]), default=0)
-        out[key] = [np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))) for b in out[key]]
+        out[key] = [np.pad(b, ((0, 0), (0, C - b.shape[1])) + ((0, 0),) * (b.ndim - 2)) for b in out[key]]
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 

@@ -96,6 +96,70 @@ def test_tokenizer_fast_kernels_equal_the_conv1d_reference_with_gradients():
         tok(torch.randn(2, 63))
 
 
+def test_token_scales_are_what_the_layernorms_remove_on_both_paths_and_off_by_default():
+    """``token_scales``: the tokenizer keeps the log standard deviation each parameter-free
+    LayerNorm removes (42 maps at widths 1-5-5-5-5-1) and the patch's log RMS, and adds
+    Linear(43 -> d) of them to the token; fast and plain paths agree, frozen or not. Off (the
+    published tokenizer) adds no parameter."""
+    torch.manual_seed(0)
+    cfg = BaristaConfig(d_model=8, patch_len=64, cnn_chunk=7, token_scales=True)
+    assert CNNTokenizer(cfg.replace(token_scales=False)).scale_proj is None
+    assert BaristaConfig().token_scales is False and "token_scales" in BaristaConfig.SHAPE_FIELDS
+    tok = CNNTokenizer(cfg)
+    plain = CNNTokenizer(cfg.replace(fast_kernels=False))
+    plain.load_state_dict(tok.state_dict())
+    p = torch.randn(20, 64) * torch.linspace(0.1, 3.0, 20)[:, None]
+    h, scales = tok.cnn_and_scales(p)
+    assert scales.shape == (20, 43) and tok.n_scales == 43
+    block = tok.blocks[0]
+    first = block.conv1(p[:, None])  # block 0's first LayerNorm input, (P, 5, L)
+    assert torch.allclose(scales[:, :5], 0.5 * torch.log(first.var(-1, unbiased=False) + block.eps), atol=1e-5)
+    assert torch.allclose(scales[:, -1], 0.5 * torch.log(p.pow(2).mean(-1) + block.eps), atol=1e-5)
+    out = tok(p)
+    assert torch.allclose(out, tok.proj(h) + tok.scale_proj(scales), atol=1e-5)
+    assert torch.allclose(out, plain(p), atol=1e-5)
+    g = torch.autograd.grad(out.sum(), tok.scale_proj.weight)[0]
+    assert g.abs().sum() > 0
+    tok.blocks.requires_grad_(False)  # fine-tuning: CNN frozen, both projections train
+    assert torch.allclose(tok(p), out, atol=1e-6)
+
+
+def _hg_patches(n: int = 1200, L: int = 64, fs: float = 256.0, seed: int = 0):
+    """Patches of a 1/f-like background plus high gamma (70-120 Hz) of a random amplitude, each
+    z-scored as BaRISTA's input is, and their own log high-gamma power."""
+    import numpy as np
+    from scipy import signal
+
+    from neurofm.baselines import band_power
+
+    rng = np.random.default_rng(seed)
+    bg = signal.lfilter([1.0], [1.0, -0.95], rng.standard_normal((n, 3 * L)), axis=1)[:, -L:]
+    sos = signal.butter(4, [70.0, 120.0], "bandpass", fs=fs, output="sos")
+    hg = signal.sosfilt(sos, rng.standard_normal((n, 3 * L)), axis=1)[:, -L:]
+    x = bg / bg.std() + np.exp(rng.uniform(-2.0, 1.0, (n, 1))) * hg / hg.std()
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    return torch.tensor(x, dtype=torch.float32), band_power(x, fs, {"high_gamma": (70.0, 128.0)})[:, 0]
+
+
+@pytest.mark.parametrize("token_scales", [False, True])
+def test_a_patch_high_gamma_power_is_linearly_readable_from_its_token_only_with_token_scales(token_scales):
+    """Why the option exists (bench/barista_token_power.py): every LayerNorm of the faithful
+    tokenizer sets each map's variance to 1 inside the patch, so a ridge from a random-init
+    token to its z-scored patch's log high-gamma power finds nothing (R2 ~0.01-0.04 over seeds);
+    with the removed scales added it reads it (R2 0.83-0.92)."""
+    from neurofm.baselines import Ridge
+    from neurofm.metrics import r2_score
+
+    x, y = _hg_patches()
+    torch.manual_seed(0)
+    tok = CNNTokenizer(BaristaConfig(patch_len=64, n_patches=1, token_scales=token_scales)).eval()
+    with torch.no_grad():
+        feats = tok(x).numpy()
+    h = len(y) // 2
+    r2 = r2_score(y[h:], Ridge().fit(feats[:h], y[:h]).predict(feats[h:]))
+    assert (r2 > 0.6) if token_scales else (r2 < 0.2), r2
+
+
 def test_checkpointed_chunks_match_plain_backprop():
     """Recomputed chunks (the memory-saving path) give the same gradients, input's included."""
     torch.manual_seed(0)
@@ -450,6 +514,32 @@ def test_export_encoder_holds_ema_tokenizer_backbone_and_tables():
     assert any(k.startswith("spatial.lobe") for k in sd)
     assert sum(p.numel() for p in enc.parameters()) == sum(p.numel() for p in model.encoder.parameters())
     assert enc(make_batch(cfg)).shape == (3, cfg.n_patches, 8, cfg.d_model)
+
+
+def test_token_scales_pretrain_export_and_reload(tmp_path):
+    """With ``token_scales`` the pretraining loss trains the scales' projection, the EMA target
+    tokenizer has its own copy, the exported encoder carries the EMA one, and a saved folder
+    reloads to the same outputs (the option is a shape field of the config it stores)."""
+    from neurofm.hub import load_pretrained
+
+    torch.manual_seed(0)
+    cfg = small(token_scales=True)
+    model = Barista(cfg)
+    batch = make_batch(cfg)
+    out = model.pretrain_loss(batch, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert model.encoder.tokenizer.scale_proj.weight.grad.abs().sum() > 0
+    assert model.target_tokenizer.scale_proj.weight.grad is None  # stop-gradient targets
+    with torch.no_grad():
+        model.target_tokenizer.scale_proj.weight.add_(1.0)
+    enc = model.export_encoder()
+    assert torch.equal(enc.tokenizer.scale_proj.weight, model.target_tokenizer.scale_proj.weight)
+    enc.save_pretrained(tmp_path / "enc")
+    back = load_pretrained(tmp_path / "enc")
+    assert back.config.token_scales is True
+    enc.eval()
+    with torch.no_grad():
+        assert torch.allclose(back(batch), enc(batch), atol=1e-6)
 
 
 @pytest.mark.parametrize("encode_scale", ["coords", "parcel", "lobe"])

@@ -204,17 +204,46 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     lo, hi = out["metrics"]["probe_auroc_ci95"]
     assert lo <= out["metrics"]["probe_auroc"] <= hi
     assert set(out["baselines"]) == {"random-init encoder, same probe", "ridge on band power",
-                                     "mean target (the trivial predictor)"}
+                                     "mean target (the trivial predictor)", "random-init encoder, same read-out"}
     assert out["baselines"]["ridge on band power"]["probe_auroc"] > 0.6
     # the masked-latent score next to the trivial predictor's; untrained, it has not left that phase
     m, trivial = out["metrics"], out["baselines"]["mean target (the trivial predictor)"]
     r2 = 1 - m["test_masked_latent_mse"] / trivial["test_masked_latent_mse"]
     assert m["test_masked_latent_r2"] == pytest.approx(r2)
     assert m["test_masked_latent_r2"] < recipe.TRIVIAL_LATENT_R2 and m["test_target_std"] > 0
-    assert len(out["limitations"]) == 2
+    # token -> own band power: at 128 Hz only beta is below Nyquist; a random encoder's tokens carry
+    # little of it (the faithful tokenizer normalises every map per patch), which the report says
+    assert set(k for k in m if k.startswith("token_own_power_r2")) == {"token_own_power_r2_beta"}
+    assert m["token_own_power_r2_beta"] < recipe.TOKEN_POWER_R2
+    assert set(out["baselines"]["random-init encoder, same read-out"]) == {"token_own_power_r2_beta"}
+    assert len(out["limitations"]) == 3
     assert "has not left its trivial phase" in out["limitations"][0] and "train/latent_r2" in out["limitations"][0]
-    assert "random-init encoder, same probe" in out["limitations"][1]
-    assert "token MEAN" in out["limitations"][1] and "blocks of the test period" in out["protocol"]
+    assert "own channel's band power" in out["limitations"][1] and "model.token_scales=true" in out["limitations"][1]
+    assert "random-init encoder, same probe" in out["limitations"][2]
+    assert "token MEAN" in out["limitations"][2] and "blocks of the test period" in out["protocol"]
+
+
+def test_token_power_r2_reads_real_channels_only():
+    """The check fits (segment, channel) pairs of real channels only: padded channels (zero
+    tokens, arbitrary band power) would otherwise decide it; a token that is a linear function of
+    its channel's log power scores ~1, one unrelated to it ~0."""
+    rng = np.random.default_rng(0)
+
+    def split(n, related=True):
+        C, d = 6, 8
+        chan = rng.standard_normal((n, C, d))
+        bp = np.stack([chan[..., 0] * 2.0 + 1.0, chan[..., 1]], -1)
+        if not related:
+            bp = rng.standard_normal(bp.shape)
+        cmask = np.ones((n, C), dtype=bool)
+        cmask[::2, 4:] = False  # every other segment has 4 real channels
+        chan[~cmask], bp[~cmask] = 0.0, 50.0 * rng.standard_normal(((~cmask).sum(), 2))
+        return {"chan": chan, "bp": bp, "cmask": cmask}
+
+    r2 = recipe.token_power_r2(split(200), split(200), ["high_gamma", "beta"])
+    assert r2["high_gamma"] > 0.99 and r2["beta"] > 0.99
+    r2 = recipe.token_power_r2(split(200, False), split(200, False), ["high_gamma", "beta"])
+    assert r2["high_gamma"] < 0.1 and r2["beta"] < 0.1
 
 
 def test_trivial_phase_line_follows_the_latent_r2():
