@@ -139,6 +139,30 @@ def fold_readouts(name: str, behavior: str, out: Path, fold: int, draws: int, fr
     return res
 
 
+def table(results: list[dict]) -> str:
+    """Markdown: per session, each feature set's R2 per fold (100 % labels) and its mean; at 10 %
+    labels the mean over every draw of every fold, the range, and on how many draws it beats
+    ridge on counts (the same labelled and scored windows)."""
+    lines = []
+    for r in results:
+        folds = r["folds"]
+        sets = list(folds[0]["full"])
+        base_few = [d["counts"] for f in folds for d in f["few"]]
+        lines += [f"### {r['session']} (folds {[f['fold'] for f in folds]}; scored test windows "
+                  f"{[f['n_scored'] for f in folds]}; labelled moving training windows at 100 %: "
+                  f"{[f['n_train'] for f in folds]}, at 10 %: {[[d['n_labelled'] for d in f['few']] for f in folds]})",
+                  "", "| features | 100 %: R2 per fold | mean | 10 %: mean R2 over draws | min .. max | "
+                  "> counts (draws) |", "|---|---|---|---|---|---|"]
+        for k in sets:
+            full = [f["full"][k] for f in folds]
+            few = [d[k] for f in folds for d in f["few"]]
+            wins = sum(a > b + 5e-4 for a, b in zip(few, base_few))
+            lines.append(f"| {k} | {', '.join(f'{x:.3f}' for x in full)} | {np.mean(full):.3f} | {np.mean(few):.3f} | "
+                         f"{min(few):.3f} .. {max(few):.3f} | {'-' if k == 'counts' else f'{wins}/{len(few)}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     from generalisation import HELD_OUT, N_FOLDS, SESSIONS
 
@@ -149,7 +173,12 @@ def main(argv=None) -> int:
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--results", default="/tmp/nfprobe/readouts")
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="default: every fold")
+    ap.add_argument("--table", action="store_true", help="only print the markdown table of --results")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table([json.loads((Path(args.results) / f"{n}.json").read_text()) for n in args.sessions
+                     if (Path(args.results) / f"{n}.json").exists()]))
+        return 0
     every = {**SESSIONS, **HELD_OUT}
     res_dir = Path(args.results)
     res_dir.mkdir(parents=True, exist_ok=True)
