@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def collect(model, loader, n_units: int, window) -> dict:
 
     keys = ("pooled", "last", "logp-last", "logp-mean", "binned-sum", "counts", "interval", "session")
     span, bin_s = window.curr + window.prev, 0.05
-    n_bins = int(round(span / bin_s))
+    n_bins = int(math.ceil(span / bin_s - 1e-9))  # as window_count_features bins
     out = {k: [] for k in keys}
     y, ymask = [], []
     name = model.config.behavior_targets()[0].name
