@@ -917,6 +917,10 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
             (run_cfg.get("task") or {}).get("finetune_task") == "classification":
         options["events"] = data["events"]
         log.info(f"neurofm: events {data['events']}, as fine-tuned (from {path}); --events to change")
+    if data.get("labels") and not any(o.startswith("data.labels=") for o in overrides):
+        overrides = [f"data.labels={json.dumps(list(data['labels']))}", *overrides]
+        log.info(f"neurofm: classes {list(data['labels'])}, as fine-tuned (data.labels from {path}); "
+                 f"data.labels=... to change")
     return overrides, options
 
 

@@ -87,6 +87,9 @@ class IEEGDataConfig:
     drop_non_grey: bool | None = None  # drop white matter / ventricle contacts (None: the model's, pretraining off)
     stride_s: float = 0.0  # between pretraining segments (0 = segment_s)
     events: str = ""  # /events/<name> for classification (and the pretraining probe)
+    # classification: the labels of data.events that are the classes, in this order; events with
+    # other labels are left out ([] = every label; one label: against '(no event)' segments)
+    labels: list[str] = field(default_factory=list)
     target: str = ""  # /behavior/<name> for regression
     batch_size: int = 8
     num_workers: int = 0
@@ -347,6 +350,13 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 skip = "" if finetune else "; or eval.probe_events=none to skip the pretraining probe"
                 raise ConfigError(f"{setting}: {path} has no /events/{events} (its events: {s.event_names or 'none'});"
                                   f" set {setting} to one of them, or add the events to the file{skip}")
+            if kind == "classification" and d.labels:
+                have = sorted({str(x) for x in s.events(events)["label"]})
+                missing = [x for x in d.labels if x not in have]
+                if missing:
+                    raise ConfigError(f"data.labels: {path} has no /events/{events} labelled {missing} (its labels: "
+                                      f"{have}); choose data.labels among them (a label is matched exactly, case "
+                                      f"and spaces included)")
             if kind == "regression" and d.target not in s.behavior_names:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
@@ -360,7 +370,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
             warnings.simplefilter("ignore")  # "no segment fits split X": said below, as an error, if it matters
             ds = IEEGSegmentDataset(session_paths(d), _segmenter(cfg, segment_s), split, splits=_splits(cfg),
                                     stride_s=d.stride_s or None, spatial_vocab=None, events=events or None,
-                                    event_locked=locked)
+                                    event_locked=locked, label_map=label_map(cfg) if kind == "classification" else None)
         index = ds.index
         label_names = sorted(ds.reader.label_map or {}, key=(ds.reader.label_map or {}).get)
         per_class = np.bincount(index.label[index.label >= 0], weights=index.count[index.label >= 0],
@@ -556,6 +566,21 @@ def _splits(cfg: RunConfig):
     return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
 
 
+def label_map(cfg: RunConfig) -> dict[str, int] | None:
+    """The classes of a classification run from ``data.labels`` (None: every label of the events)."""
+    labels = [str(x) for x in cfg.data.labels]
+    if not labels:
+        return None
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"data.labels: {labels} names a label twice; list each class once")
+    if BACKGROUND_LABEL in labels:
+        raise ConfigError(f"data.labels: {BACKGROUND_LABEL!r} is added by itself when one label is given; "
+                          f"list the event labels only")
+    if len(labels) == 1:  # one kind of event: its segments against segments without one
+        labels = [BACKGROUND_LABEL] + labels
+    return {lab: i for i, lab in enumerate(labels)}
+
+
 def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool | None = None,
                segment_s: float | None = None):
     """Pretraining: segments on a grid. Classification: segments starting at each event."""
@@ -573,6 +598,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     return IEEGDataModule(
         session_paths(cfg.data), _segmenter(cfg, segment_s), spatial_vocab=vocab, spatial_scale=None,
         events=events or None, event_locked=locked,
+        label_map=label_map(cfg) if finetune and cfg.task.finetune_task == "classification" else None,
         target=(d.target or None) if finetune and cfg.task.finetune_task == "regression" else None,
         stride_s=d.stride_s or None, splits=_splits(cfg), batch_size=d.batch_size, num_workers=d.num_workers,
         streaming=d.streaming, seed=cfg.seed)

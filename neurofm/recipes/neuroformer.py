@@ -37,7 +37,7 @@ import torch
 
 from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, finetuning_run, from_dict
-from neurofm.data.session import Session, SessionWriter
+from neurofm.data.session import Session, SessionWriter, mm_per_unit
 from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
@@ -518,6 +518,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     targets = [v.name for v in cfg.model.behavior if v.target and v.task == "regression"]
     when = e.score_when
     if when == "auto":
+        e = _position_by_unit(cfg, targets)
+        cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
     if when == "moving" and threshold <= 0:
@@ -547,6 +549,38 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     if (when, threshold) == (e.score_when, e.moving_threshold):
         return cfg
     return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold))
+
+
+#: ``unit`` attrs of a position in pixels (lengths in metres, cm, mm... are known to mm_per_unit)
+_PIXEL_UNITS = ("px", "pixel", "pixels")
+
+
+def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConfig:
+    """``eval`` with ``moving_behavior`` set to the decoded target that is the position when the
+    sessions have no ``/behavior/<moving_behavior>``: the one regression target whose ``unit`` is
+    a length (m, cm, mm, px...). An NWB ``Position`` series keeps its own name (``led``,
+    ``head``), and without this ``auto`` scored such a position on every window, rest included,
+    where a series named ``position`` is scored on moving windows. Unchanged otherwise (a
+    ``moving_behavior`` the files have, none or several length-unit targets)."""
+    e = cfg.eval
+    if e.moving_behavior in targets or not targets:
+        return e
+    units: dict[str, str] = {}
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if e.moving_behavior in s.behavior_names:
+                return e
+            for name in targets:
+                if name in s.behavior_names and name not in units:
+                    unit = s.h5[f"behavior/{name}"].attrs.get("unit", "")
+                    units[name] = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip()
+    lengths = [n for n, u in units.items() if mm_per_unit(u) is not None or u.lower() in _PIXEL_UNITS]
+    if len(lengths) != 1:
+        return e
+    print(f"neurofm: /behavior/{lengths[0]} is in {units[lengths[0]]} and the sessions have no "
+          f"/behavior/{e.moving_behavior}: scoring it as the position (eval.moving_behavior={lengths[0]}; "
+          f"--score-when all scores every window)")
+    return dataclasses.replace(e, moving_behavior=lengths[0])
 
 
 def check_test_target(cfg: RunConfig) -> None:

@@ -166,6 +166,31 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_path):
+    """A new lab's NWB Position series keeps its own name (here ``led``, in metres): ``auto``
+    scored it on every window, rest included, because only ``position`` counted as position.
+    Now the one decoded target in a length unit is the position when no /behavior/position
+    exists; a target in another unit (or the name given) keeps the old rule."""
+    path = _session(tmp_path / "a.h5", still_after=60.0)
+    led = tmp_path / "led.h5"
+    with SessionWriter(led, session_id="led") as w, __import__("h5py").File(path) as f:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(f["spikes/times"][:], f["spikes/unit_index"][:], t_start=0.0, t_end=DURATION)
+        w.add_behavior("led", f["behavior/position/timestamps"][:], f["behavior/position/values"][:] / 100.0,
+                       unit="meters")
+        w.add_behavior("head_direction", f["behavior/position/timestamps"][:], f["behavior/position/values"][:, 0],
+                       unit="radians")
+    model = {"behavior": [{"name": "led", "dim": 1, "task": "regression", "target": True}]}
+    out = recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]}))
+    assert (out.eval.score_when, out.eval.moving_behavior) == ("moving", "led")
+    assert 0.15 < out.eval.moving_threshold < 0.21  # 0.2 x 1 m/s, in the file's own unit
+    hd = {"behavior": [{"name": "head_direction", "dim": 1, "task": "regression", "target": True}]}
+    out = recipe.resolve_scoring(_config([led], model=hd, data={"sessions": [str(led)], "behavior": ["head_direction"]}))
+    assert (out.eval.score_when, out.eval.moving_behavior) == ("all", "position")
+    assert recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]},
+                                          eval={"score_when": "all"})).eval.score_when == "all"
+
+
 def test_default_moving_windows_ignore_tracking_jitter_at_rest(jittered_open_field):
     """Issue 10: with the CLI defaults (auto threshold, MovingWindows), an open field tracked with
     3 mm jitter scored most of its rest windows as moving. Now rest windows are not scored and
