@@ -87,8 +87,9 @@ class IEEGDataConfig:
     drop_non_grey: bool | None = None  # drop white matter / ventricle contacts (None: the model's, pretraining off)
     stride_s: float = 0.0  # between pretraining segments (0 = segment_s)
     events: str = ""  # /events/<name> for classification (and the pretraining probe)
-    # classification: the labels of data.events that are the classes, in this order; events with
-    # other labels are left out ([] = every label; one label: against '(no event)' segments)
+    # classification (and the pretraining probe): the labels of data.events that are the classes,
+    # in this order; events with other labels are left out ([] = every label; one label: against
+    # '(no event)' segments)
     labels: list[str] = field(default_factory=list)
     target: str = ""  # /behavior/<name> for regression
     batch_size: int = 8
@@ -350,7 +351,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 skip = "" if finetune else "; or eval.probe_events=none to skip the pretraining probe"
                 raise ConfigError(f"{setting}: {path} has no /events/{events} (its events: {s.event_names or 'none'});"
                                   f" set {setting} to one of them, or add the events to the file{skip}")
-            if kind == "classification" and d.labels:
+            if events and events == d.events and d.labels:
                 have = sorted({str(x) for x in s.events(events)["label"]})
                 missing = [x for x in d.labels if x not in have]
                 if missing:
@@ -370,7 +371,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
             warnings.simplefilter("ignore")  # "no segment fits split X": said below, as an error, if it matters
             ds = IEEGSegmentDataset(session_paths(d), _segmenter(cfg, segment_s), split, splits=_splits(cfg),
                                     stride_s=d.stride_s or None, spatial_vocab=None, events=events or None,
-                                    event_locked=locked, label_map=label_map(cfg) if kind == "classification" else None)
+                                    event_locked=locked, label_map=label_map(cfg) if events == d.events else None)
         index = ds.index
         label_names = sorted(ds.reader.label_map or {}, key=(ds.reader.label_map or {}).get)
         per_class = np.bincount(index.label[index.label >= 0], weights=index.count[index.label >= 0],
@@ -382,6 +383,12 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
         if kind in ("classification",) or (probe and split != "valid"):
             n, per_class = counts(split)
             present = [k for k, v in per_class.items() if v > 0]
+            if kind != "classification" and len(per_class) > 2:
+                raise ConfigError(
+                    f"{setting}: the pretraining probe tells two classes apart (one score per segment), but "
+                    f"/events/{events} has {len(per_class)} labels ({split} split: {per_class}), so its AUROC "
+                    f"would be undefined. Name two with data.labels=[A,B] (or one, against '{BACKGROUND_LABEL}' "
+                    f"segments), or skip the probe with eval.probe_events=none")
             what = ("the validation AUROC that checkpointing and early stopping watch (val/auroc)"
                     if split == "valid" else "the test AUROC" if split == "test" else "training a classifier")
             if kind != "classification":
@@ -598,7 +605,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     return IEEGDataModule(
         session_paths(cfg.data), _segmenter(cfg, segment_s), spatial_vocab=vocab, spatial_scale=None,
         events=events or None, event_locked=locked,
-        label_map=label_map(cfg) if finetune and cfg.task.finetune_task == "classification" else None,
+        label_map=label_map(cfg) if events and events == d.events else None,
         target=(d.target or None) if finetune and cfg.task.finetune_task == "regression" else None,
         stride_s=d.stride_s or None, splits=_splits(cfg), batch_size=d.batch_size, num_workers=d.num_workers,
         streaming=d.streaming, seed=cfg.seed)

@@ -391,3 +391,8 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
     with pytest.raises(ConfigError, match=r"data.labels: .*noisy.h5 has no /events/word_onset labelled \['Nonspeech'\] "
                                           r"\(its labels: \['Speech', 'nonspeech', 'resp/btn', 'speech'\]\)"):
         recipe.preflight(recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,Nonspeech]")))
+    # the pretraining probe scores two classes: with four labels its AUROC was NaN after training
+    with pytest.raises(ConfigError, match=r"data.events: the pretraining probe tells two classes apart .* "
+                                          r"/events/word_onset has 4 labels .*data.labels=\[A,B\]"):
+        recipe.preflight(recipe.prepare(_pretrain_cfg([noisy])))
+    recipe.preflight(recipe.prepare(_pretrain_cfg([noisy], "data.labels=[speech,nonspeech]")))
