@@ -1082,7 +1082,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                 "ridge on band power": _squeeze(Ridge(score=_auroc_or_mse).fit(
                     bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
                 probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
-                "null (chance)": np.zeros(len(y))}
+                "null (chance)": np.zeros(model_scores.shape)}  # several classes: (N, K), macro AUROC 0.5
         key, baseline = "test_auroc", "logistic on band power"
     else:
         y = test["y"]

@@ -372,6 +372,9 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
     cfg = recipe.prepare(_finetune(pretrained, [noisy]))
     everything = recipe.task(cfg, recipe.datamodule(cfg)).hparams.label_names
     assert set(everything) == {"Speech", "nonspeech", "resp/btn", "speech"}  # the default: every label
+    dm = recipe.datamodule(cfg)
+    four = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "four")
+    assert four["baselines"]["null (chance)"]["test_auroc"] == pytest.approx(0.5)  # was NaN with 3+ classes
     cfg = recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,nonspeech]"))
     recipe.preflight(cfg)
     dm = recipe.datamodule(cfg)
