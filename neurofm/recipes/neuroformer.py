@@ -1247,7 +1247,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
-        "protocol": _protocol(cfg, dm, scored),
+        "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression)),
         "tokenizer": block_size_report(cfg),
         **({"start": start} if (start := getattr(task, "read_out_start", None)) else {}),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
@@ -1334,6 +1334,16 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
                          block_s=block_s, notes=notes, seed=cfg.eval.seed, n_fitted=int(np.sum(mt)))
 
 
+def _with_labels(scored: np.ndarray, test: dict, targets) -> np.ndarray:
+    """The scored test windows that hold a label of every decoded target: the windows the decode
+    report scores (a tracking gap leaves a window without one)."""
+    out = np.asarray(scored, dtype=bool).copy()
+    for name in targets:
+        if name in test["beh_mask"]:
+            out &= np.asarray(test["beh_mask"][name], dtype=bool)
+    return out
+
+
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
@@ -1364,7 +1374,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     if not cfg.model.behavior_targets():
         pass
     elif e.score_when != "moving":
-        text += f"; behaviour scored on {n or 'all '}test windows (all, as on the validation block)"
+        text += (f"; behaviour scored on {n or 'all '}test windows (all that hold a label, as on the validation "
+                 f"block)")
     else:
         unit = _unit_text(dm, e.moving_behavior)
         text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "

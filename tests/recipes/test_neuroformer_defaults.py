@@ -244,6 +244,36 @@ def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_
     assert "Traceback" not in err and not (tmp_path / "ev" / "metrics.json").exists()
 
 
+def test_protocol_counts_the_windows_the_report_scores(pretrained, tmp_path, capsys):
+    """A tracking gap (NaN position) in the test block: the protocol said 'scored on 588 of 588
+    test windows' while the decode report and position_n_scored said 582. Now both count the
+    scored windows that hold a label."""
+    folder, path = pretrained
+    gap = _edited_copy_nan(path, tmp_path / "gap.h5", 56.0, 57.0)
+    code = cli.main(["evaluate", "--pretrained", folder, "--data", gap, "--behavior", "position",
+                     "--score-when", "all", "--out", str(tmp_path / "ev"), *FEW])
+    assert code == 0, capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    n = m["metrics"]["position_n_scored"]
+    total = int(__import__("re").search(r"behaviour scored on \d+ of (\d+) test windows", m["protocol"]).group(1))
+    assert f"behaviour scored on {n} of {total} test windows (all that hold a label" in m["protocol"]
+    assert 0 < n < total  # the gap's windows are left out, and said to be
+
+
+def _edited_copy_nan(src: str, dst: Path, t0: float, t1: float) -> str:
+    """A copy of a session with /behavior/position NaN between t0 and t1 (s): LED lost."""
+    import h5py
+    import shutil
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        t = f["behavior/position/timestamps"][()]
+        v = f["behavior/position/values"][()]
+        v[(t >= t0) & (t < t1)] = np.nan
+        f["behavior/position/values"][...] = v
+    return str(dst)
+
+
 def test_validation_scores_the_same_windows_as_the_test(tmp_path):
     """The moving rule masks the validation block's behaviour loss and R2, as at test time."""
     path = _session(tmp_path / "a.h5", still_after=30.0)
