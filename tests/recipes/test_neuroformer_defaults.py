@@ -6,6 +6,7 @@ Tiny hand-made sessions, no training."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,27 @@ def test_protocol_counts_the_windows_the_report_scores(pretrained, tmp_path, cap
     total = int(__import__("re").search(r"behaviour scored on \d+ of (\d+) test windows", m["protocol"]).group(1))
     assert f"behaviour scored on {n} of {total} test windows (all that hold a label" in m["protocol"]
     assert 0 < n < total  # the gap's windows are left out, and said to be
+
+
+def test_evaluate_of_a_fine_tuned_folder_scores_the_windows_its_run_scored(pretrained, tmp_path, capsys):
+    """A fine-tune run with --score-when all (or its own threshold) was evaluated by `neurofm
+    evaluate` under auto, i.e. on the moving windows only: another number for the same model.
+    The run's resolved eval.score_when / moving_threshold / moving_behavior now come with it
+    (one log line); --score-when given to evaluate wins."""
+    folder, path = pretrained
+    run = tmp_path / "ft"
+    shutil.copytree(folder, run / "pretrained")
+    (run / "config.yaml").write_text(
+        "family: neuroformer\ntask: {mode: finetune}\ndata: {behavior: [position]}\n"
+        "eval: {score_when: all, moving_threshold: 0.0, moving_behavior: position}\n")
+    args = ["evaluate", "--pretrained", str(run / "pretrained"), "--data", path, *FEW]
+    assert cli.main([*args, "--out", str(tmp_path / "ev")]) == 0, capsys.readouterr().err
+    assert "scored on the windows the fine-tuning run scored (score_when all" in capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    assert "(all that hold a label" in m["protocol"]
+    assert cli.main([*args, "--score-when", "moving", "--out", str(tmp_path / "ev2")]) == 0
+    m = jsonio.loads_strict((tmp_path / "ev2" / "metrics.json").read_text())
+    assert "where the animal moves" in m["protocol"]
 
 
 def _edited_copy_nan(src: str, dst: Path, t0: float, t1: float) -> str:
