@@ -397,6 +397,13 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 warnings.warn(f"{setting}: the valid split ({where}) has segments of one label only ({per_class}): "
                               f"val/auroc is undefined, so no best checkpoint is kept; the final weights are scored",
                               stacklevel=2)
+            elif len(present) >= 2 and len(present) < len(per_class) and split != "valid":
+                absent = [k for k, v in per_class.items() if v == 0]
+                warnings.warn(f"{setting}: the {split} split ({where}) has no segment of the label(s) {absent} of "
+                              f"/events/{events} ({per_class}); "
+                              + ("the head learns nothing for them" if split == "train" else
+                                 "the test AUROC averages over the other classes only")
+                              + ". data.labels=[...] names the classes to classify", stacklevel=2)
             elif len(present) < 2:
                 kind_of = "event / background" if BACKGROUND_LABEL in per_class else "event-locked"
                 raise ConfigError(f"{setting}: the {split} split ({where}) has {n} {kind_of} segment(s) of "

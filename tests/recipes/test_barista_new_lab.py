@@ -369,7 +369,15 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
         g.create_dataset("label", data=label.astype("S"))
 
     noisy = _edited_copy(sessions["new"], tmp_path / "noisy.h5", add_noise_labels)
+
+    def odd(f):  # one event with a label of its own: in one split only
+        label = f["events/word_onset/label"][()]
+        label[5] = b"oddball"
+        f["events/word_onset/label"][...] = label
     cfg = recipe.prepare(_finetune(pretrained, [noisy]))
+    with pytest.warns(UserWarning, match=r"data.events: the (train|test) split .* has no segment of the label\(s\) "
+                                         r"\['oddball'\] .*data.labels=\[...\] names the classes"):
+        recipe.preflight(recipe.prepare(_finetune(pretrained, [_edited_copy(noisy, tmp_path / "odd.h5", odd)])))
     everything = recipe.task(cfg, recipe.datamodule(cfg)).hparams.label_names
     assert set(everything) == {"Speech", "nonspeech", "resp/btn", "speech"}  # the default: every label
     dm = recipe.datamodule(cfg)
