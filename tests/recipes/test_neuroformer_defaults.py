@@ -186,7 +186,8 @@ def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_pa
     assert (out.eval.score_when, out.eval.moving_behavior) == ("moving", "led")
     assert 0.15 < out.eval.moving_threshold < 0.21  # 0.2 x 1 m/s, in the file's own unit
     hd = {"behavior": [{"name": "head_direction", "dim": 1, "task": "regression", "target": True}]}
-    out = recipe.resolve_scoring(_config([led], model=hd, data={"sessions": [str(led)], "behavior": ["head_direction"]}))
+    out = recipe.resolve_scoring(_config([led], model=hd,
+                                         data={"sessions": [str(led)], "behavior": ["head_direction"]}))
     assert (out.eval.score_when, out.eval.moving_behavior) == ("all", "position")
     assert recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]},
                                           eval={"score_when": "all"})).eval.score_when == "all"
