@@ -6,9 +6,11 @@ Tiny hand-made sessions, no training."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -174,7 +176,7 @@ def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_pa
     exists; a target in another unit (or the name given) keeps the old rule."""
     path = _session(tmp_path / "a.h5", still_after=60.0)
     led = tmp_path / "led.h5"
-    with SessionWriter(led, session_id="led") as w, __import__("h5py").File(path) as f:
+    with SessionWriter(led, session_id="led") as w, h5py.File(path) as f:
         w.add_units([f"u{i}" for i in range(4)])
         w.add_spikes(f["spikes/times"][:], f["spikes/unit_index"][:], t_start=0.0, t_end=DURATION)
         w.add_behavior("led", f["behavior/position/timestamps"][:], f["behavior/position/values"][:] / 100.0,
@@ -257,7 +259,7 @@ def test_protocol_counts_the_windows_the_report_scores(pretrained, tmp_path, cap
     assert code == 0, capsys.readouterr().err
     m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
     n = m["metrics"]["position_n_scored"]
-    total = int(__import__("re").search(r"behaviour scored on \d+ of (\d+) test windows", m["protocol"]).group(1))
+    total = int(re.search(r"behaviour scored on \d+ of (\d+) test windows", m["protocol"]).group(1))
     assert f"behaviour scored on {n} of {total} test windows (all that hold a label" in m["protocol"]
     assert 0 < n < total  # the gap's windows are left out, and said to be
 
@@ -285,9 +287,6 @@ def test_evaluate_of_a_fine_tuned_folder_scores_the_windows_its_run_scored(pretr
 
 def _edited_copy_nan(src: str, dst: Path, t0: float, t1: float) -> str:
     """A copy of a session with /behavior/position NaN between t0 and t1 (s): LED lost."""
-    import h5py
-    import shutil
-
     shutil.copy(src, dst)
     with h5py.File(dst, "r+") as f:
         t = f["behavior/position/timestamps"][()]
