@@ -25,7 +25,8 @@ from neurofm import __version__, log_to_stderr
 _EVENT_LABEL_RULE = ("BrainVision markers are labelled by their description, without the marker type MNE puts "
                      "before it: 'Comment/grip' -> 'grip', 'Stimulus/S  1' -> 'S1', 'Response/R 12' -> 'R12'; "
                      "New Segment, SyncStatus, DC Correction, Impedance and Time 0 markers (the recording's "
-                     "bookkeeping) are left out; other labels are kept as written")
+                     "bookkeeping) are left out; other labels are kept as written, without leading or trailing "
+                     "spaces")
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.\[\]]*=")  # key=value, key.sub=value, key[0]=value
 

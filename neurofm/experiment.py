@@ -874,6 +874,10 @@ def evaluate_pretrained(pretrained, sessions: Sequence[str], *, out_dir: Path, o
 #: ``data.stride_s``); a run config holds the one of its family.
 _STRIDE_KEYS = ("stride", "stride_s")
 
+#: Neuroformer ``eval`` keys that say which windows behaviour is scored on (``prepare`` writes
+#: the resolved ones to the run's config.yaml); evaluate of a fine-tuned folder uses the run's.
+_SCORING_KEYS = ("score_when", "moving_threshold", "moving_behavior")
+
 
 def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:
     """What ``neurofm evaluate`` takes from the fine-tuning run of a fine-tuned folder: its
@@ -906,6 +910,20 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
             (run_cfg.get("task") or {}).get("finetune_task") == "classification":
         options["events"] = data["events"]
         log.info(f"neurofm: events {data['events']}, as fine-tuned (from {path}); --events to change")
+    scoring = {k: v for k, v in (run_cfg.get("eval") or {}).items() if k in _SCORING_KEYS}
+    mine = options.get("score_when") or any(o.split("=", 1)[0] in {f"eval.{k}" for k in _SCORING_KEYS}
+                                            for o in overrides)
+    if scoring.get("score_when") in ("moving", "all") and not mine:
+        # the windows the run scored (its validation and test blocks): resolved from its training
+        # data, so a re-resolution here could differ only where the run was told otherwise
+        overrides = [*(f"eval.{k}={json.dumps(v)}" for k, v in scoring.items()), *overrides]
+        shown = ", ".join(f"{k} {v}" for k, v in scoring.items())
+        log.info(f"neurofm: behaviour scored on the windows the fine-tuning run scored ({shown}; from {path}); "
+                 f"--score-when / eval.moving_threshold to change")
+    if data.get("labels") and not any(o.startswith("data.labels=") for o in overrides):
+        overrides = [f"data.labels={json.dumps(list(data['labels']))}", *overrides]
+        log.info(f"neurofm: classes {list(data['labels'])}, as fine-tuned (data.labels from {path}); "
+                 f"data.labels=... to change")
     return overrides, options
 
 

@@ -244,7 +244,8 @@ _BV_CODE = re.compile(r"^(?P<letter>[SR])\s*(?P<number>\d+)$")  # "S  1", "R 12"
 EVENT_LABEL_RULE = ("BrainVision markers are labelled by their description, without the marker type MNE puts "
                     "before it: 'Comment/grip' -> 'grip', 'Stimulus/S  1' -> 'S1', 'Response/R 12' -> 'R12'; "
                     "New Segment, SyncStatus, DC Correction, Impedance and Time 0 markers (the recording's "
-                    "bookkeeping) are left out; other labels are kept as written")
+                    "bookkeeping) are left out; other labels are kept as written, without leading or trailing "
+                    "spaces")
 
 
 def event_label(label: str) -> str | None:
@@ -253,7 +254,7 @@ def event_label(label: str) -> str | None:
     text = str(label)
     m = _BV_MARKER.match(text.strip())
     if m is None:
-        return text
+        return text.strip()  # an EDF annotation 'Face ' is the event 'Face' (a BIDS events.tsv reads so too)
     kind = next(t for t in _BV_EVENT_TYPES + _BV_RECORDING_TYPES if t.lower() == m.group("type").lower())
     if kind in _BV_RECORDING_TYPES:
         return None
@@ -280,7 +281,7 @@ def event_labels(labels) -> tuple[np.ndarray, np.ndarray]:
     """``(labels (N,) str, keep (N,) bool)``: :func:`event_label` for every label; ``keep`` is False
     for bookkeeping markers. Where two labels that differ would become one (a Comment "S1" and a
     Stimulus "S  1"), both keep their names as given, so no two kinds of event merge."""
-    given = [str(x) for x in labels]
+    given = [str(x).strip() for x in labels]
     short = [event_label(x) for x in given]
     sources: dict[str, set[str]] = {}
     for g, n in zip(given, short):

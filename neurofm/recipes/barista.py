@@ -88,6 +88,10 @@ class IEEGDataConfig:
     drop_non_grey: bool | None = None  # drop white matter / ventricle contacts (None: the model's, pretraining off)
     stride_s: float = 0.0  # between pretraining segments (0 = segment_s)
     events: str = ""  # /events/<name> for classification (and the pretraining probe)
+    # classification (and the pretraining probe): the labels of data.events that are the classes,
+    # in this order; events with other labels are left out ([] = every label; one label: against
+    # '(no event)' segments)
+    labels: list[str] = field(default_factory=list)
     target: str = ""  # /behavior/<name> for regression
     batch_size: int = 8
     num_workers: int = 0
@@ -348,6 +352,13 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 skip = "" if finetune else "; or eval.probe_events=none to skip the pretraining probe"
                 raise ConfigError(f"{setting}: {path} has no /events/{events} (its events: {s.event_names or 'none'});"
                                   f" set {setting} to one of them, or add the events to the file{skip}")
+            if events and events == d.events and d.labels:
+                have = sorted({str(x) for x in s.events(events)["label"]})
+                missing = [x for x in d.labels if x not in have]
+                if missing:
+                    raise ConfigError(f"data.labels: {path} has no /events/{events} labelled {missing} (its labels: "
+                                      f"{have}); choose data.labels among them (a label is matched exactly, case "
+                                      f"and spaces included)")
             if kind == "regression" and d.target not in s.behavior_names:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
@@ -361,7 +372,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
             warnings.simplefilter("ignore")  # "no segment fits split X": said below, as an error, if it matters
             ds = IEEGSegmentDataset(session_paths(d), _segmenter(cfg, segment_s), split, splits=_splits(cfg),
                                     stride_s=d.stride_s or None, spatial_vocab=None, events=events or None,
-                                    event_locked=locked)
+                                    event_locked=locked, label_map=label_map(cfg) if events == d.events else None)
         index = ds.index
         label_names = sorted(ds.reader.label_map or {}, key=(ds.reader.label_map or {}).get)
         per_class = np.bincount(index.label[index.label >= 0], weights=index.count[index.label >= 0],
@@ -373,6 +384,12 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
         if kind in ("classification",) or (probe and split != "valid"):
             n, per_class = counts(split)
             present = [k for k, v in per_class.items() if v > 0]
+            if kind != "classification" and len(per_class) > 2:
+                raise ConfigError(
+                    f"{setting}: the pretraining probe tells two classes apart (one score per segment), but "
+                    f"/events/{events} has {len(per_class)} labels ({split} split: {per_class}), so its AUROC "
+                    f"would be undefined. Name two with data.labels=[A,B] (or one, against '{BACKGROUND_LABEL}' "
+                    f"segments), or skip the probe with eval.probe_events=none")
             what = ("the validation AUROC that checkpointing and early stopping watch (val/auroc)"
                     if split == "valid" else "the test AUROC" if split == "test" else "training a classifier")
             if kind != "classification":
@@ -381,6 +398,13 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 warnings.warn(f"{setting}: the valid split ({where}) has segments of one label only ({per_class}): "
                               f"val/auroc is undefined, so no best checkpoint is kept; the final weights are scored",
                               stacklevel=2)
+            elif len(present) >= 2 and len(present) < len(per_class) and split != "valid":
+                absent = [k for k, v in per_class.items() if v == 0]
+                warnings.warn(f"{setting}: the {split} split ({where}) has no segment of the label(s) {absent} of "
+                              f"/events/{events} ({per_class}); "
+                              + ("the head learns nothing for them" if split == "train" else
+                                 "the test AUROC averages over the other classes only")
+                              + ". data.labels=[...] names the classes to classify", stacklevel=2)
             elif len(present) < 2:
                 kind_of = "event / background" if BACKGROUND_LABEL in per_class else "event-locked"
                 raise ConfigError(f"{setting}: the {split} split ({where}) has {n} {kind_of} segment(s) of "
@@ -557,6 +581,21 @@ def _splits(cfg: RunConfig):
     return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
 
 
+def label_map(cfg: RunConfig) -> dict[str, int] | None:
+    """The classes of a classification run from ``data.labels`` (None: every label of the events)."""
+    labels = [str(x) for x in cfg.data.labels]
+    if not labels:
+        return None
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"data.labels: {labels} names a label twice; list each class once")
+    if BACKGROUND_LABEL in labels:
+        raise ConfigError(f"data.labels: {BACKGROUND_LABEL!r} is added by itself when one label is given; "
+                          f"list the event labels only")
+    if len(labels) == 1:  # one kind of event: its segments against segments without one
+        labels = [BACKGROUND_LABEL] + labels
+    return {lab: i for i, lab in enumerate(labels)}
+
+
 def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool | None = None,
                segment_s: float | None = None):
     """Pretraining: segments on a grid. Classification: segments starting at each event."""
@@ -574,6 +613,7 @@ def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool 
     return IEEGDataModule(
         session_paths(cfg.data), _segmenter(cfg, segment_s), spatial_vocab=vocab, spatial_scale=None,
         events=events or None, event_locked=locked,
+        label_map=label_map(cfg) if events and events == d.events else None,
         target=(d.target or None) if finetune and cfg.task.finetune_task == "regression" else None,
         stride_s=d.stride_s or None, splits=_splits(cfg), batch_size=d.batch_size, num_workers=d.num_workers,
         streaming=d.streaming, seed=cfg.seed)
@@ -1141,7 +1181,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                 "ridge on band power": _squeeze(Ridge(score=_auroc_or_mse).fit(
                     bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
                 probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
-                "null (chance)": np.zeros(len(y))}
+                "null (chance)": np.zeros(model_scores.shape)}  # several classes: (N, K), macro AUROC 0.5
         key, baseline = "test_auroc", "logistic on band power"
     else:
         y = test["y"]

@@ -38,7 +38,7 @@ import torch
 
 from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, finetuning_run, from_dict
-from neurofm.data.session import Session, SessionWriter
+from neurofm.data.session import Session, SessionWriter, mm_per_unit
 from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
@@ -521,6 +521,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     targets = [v.name for v in cfg.model.behavior if v.target and v.task == "regression"]
     when = e.score_when
     if when == "auto":
+        e = _position_by_unit(cfg, targets)
+        cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
     if when == "moving" and threshold <= 0:
@@ -584,6 +586,38 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
         out[f"n_{split}_windows"], out[f"n_{split}_moving"] = int(len(ends)), int(m.sum())
     out["min_scored_windows"] = e.min_scored_windows
     return out
+
+
+#: ``unit`` attrs of a position in pixels (lengths in metres, cm, mm... are known to mm_per_unit)
+_PIXEL_UNITS = ("px", "pixel", "pixels")
+
+
+def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConfig:
+    """``eval`` with ``moving_behavior`` set to the decoded target that is the position when the
+    sessions have no ``/behavior/<moving_behavior>``: the one regression target whose ``unit`` is
+    a length (m, cm, mm, px...). An NWB ``Position`` series keeps its own name (``led``,
+    ``head``), and without this ``auto`` scored such a position on every window, rest included,
+    where a series named ``position`` is scored on moving windows. Unchanged otherwise (a
+    ``moving_behavior`` the files have, none or several length-unit targets)."""
+    e = cfg.eval
+    if e.moving_behavior in targets or not targets:
+        return e
+    units: dict[str, str] = {}
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if e.moving_behavior in s.behavior_names:
+                return e
+            for name in targets:
+                if name in s.behavior_names and name not in units:
+                    unit = s.h5[f"behavior/{name}"].attrs.get("unit", "")
+                    units[name] = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip()
+    lengths = [n for n, u in units.items() if mm_per_unit(u) is not None or u.lower() in _PIXEL_UNITS]
+    if len(lengths) != 1:
+        return e
+    print(f"neurofm: /behavior/{lengths[0]} is in {units[lengths[0]]} and the sessions have no "
+          f"/behavior/{e.moving_behavior}: scoring it as the position (eval.moving_behavior={lengths[0]}; "
+          f"--score-when all scores every window)")
+    return dataclasses.replace(e, moving_behavior=lengths[0])
 
 
 def check_test_target(cfg: RunConfig) -> None:
@@ -1281,7 +1315,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
-        "protocol": _protocol(cfg, dm, scored),
+        "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression)),
         "tokenizer": block_size_report(cfg),
         **({"start": start} if (start := getattr(task, "read_out_start", None)) else {}),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
@@ -1368,6 +1402,16 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
                          block_s=block_s, notes=notes, seed=cfg.eval.seed, n_fitted=int(np.sum(mt)))
 
 
+def _with_labels(scored: np.ndarray, test: dict, targets) -> np.ndarray:
+    """The scored test windows that hold a label of every decoded target: the windows the decode
+    report scores (a tracking gap leaves a window without one)."""
+    out = np.asarray(scored, dtype=bool).copy()
+    for name in targets:
+        if name in test["beh_mask"]:
+            out &= np.asarray(test["beh_mask"][name], dtype=bool)
+    return out
+
+
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
@@ -1403,7 +1447,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     if not cfg.model.behavior_targets():
         pass
     elif e.score_when != "moving":
-        text += f"; behaviour scored on {n or 'all '}test windows (all, as on the validation block)"
+        text += (f"; behaviour scored on {n or 'all '}test windows (all that hold a label, as on the validation "
+                 f"block)")
     else:
         unit = _unit_text(dm, e.moving_behavior)
         text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "

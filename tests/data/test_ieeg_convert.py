@@ -634,6 +634,10 @@ def test_brainvision_marker_labels_are_the_ones_a_user_recognises(tmp_path):
     labels, keep = event_labels(["Comment/S1", "Stimulus/S  1", "Comment/go", "seizure onset", "New Segment/"])
     assert labels.tolist()[:4] == ["Comment/S1", "Stimulus/S  1", "go", "seizure onset"]
     assert keep.tolist() == [True, True, True, True, False]
+    # an EDF annotation typed 'Face ' is the event 'Face' (a BIDS events.tsv's cells are read stripped);
+    # it was a class of its own beside 'Face' from the same lab's BIDS copy of the file
+    labels, keep = event_labels(["Face ", " house", "Face", "seizure  onset "])
+    assert labels.tolist() == ["Face", "house", "Face", "seizure  onset"] and keep.all()
     # the rule is in the help of convert and of --events (written out in cli.py for a fast --help)
     assert _EVENT_LABEL_RULE == EVENT_LABEL_RULE
     helps = {name: sub.format_help() for name, sub in build_parser()._subparsers._group_actions[0].choices.items()}

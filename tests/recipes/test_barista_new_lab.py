@@ -364,3 +364,58 @@ def test_preprocessing_in_a_folder_is_read_strictly(pretrained, sessions, tmp_pa
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=r"bad/config.json: preprocessing: .*'notch_hz'"):
         recipe.prepare(_finetune(str(bad), [sessions["new"]]))
+
+
+def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, sessions, tmp_path):
+    """A clinical recording's annotations mix the task's events with button presses, artefact
+    marks and typos ('Speech' beside 'speech'): every label became a class, with no way to ask
+    for speech vs nonspeech but editing the file. ``data.labels`` names the classes; events with
+    other labels are left out of every split, the head and the report; evaluate of the
+    fine-tuned folder takes the run's classes. A label the file lacks is refused up front."""
+    def add_noise_labels(f):
+        g = f["events/word_onset"]
+        label = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g["label"][()]], dtype=object)
+        label[::7] = "Speech"
+        label[3::11] = "resp/btn"
+        del g["label"]
+        g.create_dataset("label", data=label.astype("S"))
+
+    noisy = _edited_copy(sessions["new"], tmp_path / "noisy.h5", add_noise_labels)
+
+    def odd(f):  # one event with a label of its own: in one split only
+        label = f["events/word_onset/label"][()]
+        label[5] = b"oddball"
+        f["events/word_onset/label"][...] = label
+    cfg = recipe.prepare(_finetune(pretrained, [noisy]))
+    with pytest.warns(UserWarning, match=r"data.events: the (train|test) split .* has no segment of the label\(s\) "
+                                         r"\['oddball'\] .*data.labels=\[...\] names the classes"):
+        recipe.preflight(recipe.prepare(_finetune(pretrained, [_edited_copy(noisy, tmp_path / "odd.h5", odd)])))
+    everything = recipe.task(cfg, recipe.datamodule(cfg)).hparams.label_names
+    assert set(everything) == {"Speech", "nonspeech", "resp/btn", "speech"}  # the default: every label
+    dm = recipe.datamodule(cfg)
+    four = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "four")
+    assert four["baselines"]["null (chance)"]["test_auroc"] == pytest.approx(0.5)  # was NaN with 3+ classes
+    cfg = recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,nonspeech]"))
+    recipe.preflight(cfg)
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    assert list(task.hparams.label_names) == ["speech", "nonspeech"]
+    with h5py.File(noisy) as f:
+        raw = [x.decode() for x in f["events/word_onset/label"][()]]
+    train = dm.dataset("train").index
+    assert set(np.unique(train.label).tolist()) == {0, 1}
+    assert len(train.label) < sum(x in ("speech", "nonspeech") for x in raw)  # the other splits hold the rest
+    folder = tmp_path / "run" / "pretrained"
+    recipe.export(task).save_pretrained(folder)
+    from neurofm.experiment import save_config
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    got = evaluate_pretrained(str(folder), [noisy], out_dir=tmp_path / "ev", task="decode")
+    assert set(got["data"]["test_segments_per_class"]) == {"speech", "nonspeech"}
+    with pytest.raises(ConfigError, match=r"data.labels: .*noisy.h5 has no /events/word_onset labelled \['Nonspeech'\] "
+                                          r"\(its labels: \['Speech', 'nonspeech', 'resp/btn', 'speech'\]\)"):
+        recipe.preflight(recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,Nonspeech]")))
+    # the pretraining probe scores two classes: with four labels its AUROC was NaN after training
+    with pytest.raises(ConfigError, match=r"data.events: the pretraining probe tells two classes apart .* "
+                                          r"/events/word_onset has 4 labels .*data.labels=\[A,B\]"):
+        recipe.preflight(recipe.prepare(_pretrain_cfg([noisy])))
+    recipe.preflight(recipe.prepare(_pretrain_cfg([noisy], "data.labels=[speech,nonspeech]")))

@@ -6,8 +6,11 @@ Tiny hand-made sessions, no training."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -186,6 +189,32 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_path):
+    """A new lab's NWB Position series keeps its own name (here ``led``, in metres): ``auto``
+    scored it on every window, rest included, because only ``position`` counted as position.
+    Now the one decoded target in a length unit is the position when no /behavior/position
+    exists; a target in another unit (or the name given) keeps the old rule."""
+    path = _session(tmp_path / "a.h5", still_after=60.0)
+    led = tmp_path / "led.h5"
+    with SessionWriter(led, session_id="led") as w, h5py.File(path) as f:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(f["spikes/times"][:], f["spikes/unit_index"][:], t_start=0.0, t_end=DURATION)
+        w.add_behavior("led", f["behavior/position/timestamps"][:], f["behavior/position/values"][:] / 100.0,
+                       unit="meters")
+        w.add_behavior("head_direction", f["behavior/position/timestamps"][:], f["behavior/position/values"][:, 0],
+                       unit="radians")
+    model = {"behavior": [{"name": "led", "dim": 1, "task": "regression", "target": True}]}
+    out = recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]}))
+    assert (out.eval.score_when, out.eval.moving_behavior) == ("moving", "led")
+    assert 0.15 < out.eval.moving_threshold < 0.21  # 0.2 x 1 m/s, in the file's own unit
+    hd = {"behavior": [{"name": "head_direction", "dim": 1, "task": "regression", "target": True}]}
+    out = recipe.resolve_scoring(_config([led], model=hd,
+                                         data={"sessions": [str(led)], "behavior": ["head_direction"]}))
+    assert (out.eval.score_when, out.eval.moving_behavior) == ("all", "position")
+    assert recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]},
+                                          eval={"score_when": "all"})).eval.score_when == "all"
+
+
 def test_default_moving_windows_ignore_tracking_jitter_at_rest(jittered_open_field):
     """Issue 10: with the CLI defaults (auto threshold, MovingWindows), an open field tracked with
     3 mm jitter scored most of its rest windows as moving. Now rest windows are not scored and
@@ -237,6 +266,54 @@ def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_
     err = capsys.readouterr().err
     assert code == 2 and "the test block has 0 scored windows" in err and "neurofm split" in err
     assert "Traceback" not in err and not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_protocol_counts_the_windows_the_report_scores(pretrained, tmp_path, capsys):
+    """A tracking gap (NaN position) in the test block: the protocol said 'scored on 588 of 588
+    test windows' while the decode report and position_n_scored said 582. Now both count the
+    scored windows that hold a label."""
+    folder, path = pretrained
+    gap = _edited_copy_nan(path, tmp_path / "gap.h5", 56.0, 57.0)
+    code = cli.main(["evaluate", "--pretrained", folder, "--data", gap, "--behavior", "position",
+                     "--score-when", "all", "--out", str(tmp_path / "ev"), *FEW])
+    assert code == 0, capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    n = m["metrics"]["position_n_scored"]
+    total = int(re.search(r"behaviour scored on \d+ of (\d+) test windows", m["protocol"]).group(1))
+    assert f"behaviour scored on {n} of {total} test windows (all that hold a label" in m["protocol"]
+    assert 0 < n < total  # the gap's windows are left out, and said to be
+
+
+def test_evaluate_of_a_fine_tuned_folder_scores_the_windows_its_run_scored(pretrained, tmp_path, capsys):
+    """A fine-tune run with --score-when all (or its own threshold) was evaluated by `neurofm
+    evaluate` under auto, i.e. on the moving windows only: another number for the same model.
+    The run's resolved eval.score_when / moving_threshold / moving_behavior now come with it
+    (one log line); --score-when given to evaluate wins."""
+    folder, path = pretrained
+    run = tmp_path / "ft"
+    shutil.copytree(folder, run / "pretrained")
+    (run / "config.yaml").write_text(
+        "family: neuroformer\ntask: {mode: finetune}\ndata: {behavior: [position]}\n"
+        "eval: {score_when: all, moving_threshold: 0.0, moving_behavior: position}\n")
+    args = ["evaluate", "--pretrained", str(run / "pretrained"), "--data", path, *FEW]
+    assert cli.main([*args, "--out", str(tmp_path / "ev")]) == 0, capsys.readouterr().err
+    assert "scored on the windows the fine-tuning run scored (score_when all" in capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    assert "(all that hold a label" in m["protocol"]
+    assert cli.main([*args, "--score-when", "moving", "--out", str(tmp_path / "ev2")]) == 0
+    m = jsonio.loads_strict((tmp_path / "ev2" / "metrics.json").read_text())
+    assert "where the animal moves" in m["protocol"]
+
+
+def _edited_copy_nan(src: str, dst: Path, t0: float, t1: float) -> str:
+    """A copy of a session with /behavior/position NaN between t0 and t1 (s): LED lost."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        t = f["behavior/position/timestamps"][()]
+        v = f["behavior/position/values"][()]
+        v[(t >= t0) & (t < t1)] = np.nan
+        f["behavior/position/values"][...] = v
+    return str(dst)
 
 
 def test_validation_scores_the_same_windows_as_the_test(tmp_path):
