@@ -280,7 +280,12 @@ class CNNTokenizer(nn.Module):
         self.proj = nn.Linear(config.patch_len, config.d_model, bias=False)
         # token_scales: one log scale per LayerNorm'd map (two convolutions per block) + the patch's log RMS
         self.n_scales = 2 * sum(widths[1:]) + 1
+        # zero at init: the tokens start as the published tokenizer's exactly and the option can
+        # only add what training finds useful (a random init let the uncentred log scales, several
+        # units each, dominate the tokens and the pretraining targets from the first step)
         self.scale_proj = nn.Linear(self.n_scales, config.d_model, bias=False) if config.token_scales else None
+        if self.scale_proj is not None:
+            nn.init.zeros_(self.scale_proj.weight)
         self.patch_len = config.patch_len
         self.chunk = config.cnn_chunk
         self.checkpoint = config.checkpoint_cnn
@@ -499,8 +504,11 @@ def _init_weights(module: nn.Module, std: float | None, n_layers: int = 1) -> No
     preserving, since at d 64 the GPT value 0.02 would make every layer a near-identity),
     biases zero; the output projections of residual branches scaled by ``(2 n_layers) ** -0.5``
     (GPT-2) so the residual stream keeps its scale over depth; embeddings N(0, d ** -0.5) with
-    the unknown row at zero. Convolutions keep PyTorch's default."""
+    the unknown row at zero. Convolutions keep PyTorch's default; the tokenizer's
+    ``scale_proj`` keeps its zeros (:class:`CNNTokenizer`)."""
     for name, m in module.named_modules():
+        if name.endswith("scale_proj"):
+            continue
         if isinstance(m, nn.Linear):
             s = std if std is not None else m.in_features ** -0.5
             if name.endswith(("attn.proj", "mlp.proj")):
