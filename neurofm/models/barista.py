@@ -280,11 +280,13 @@ class CNNTokenizer(nn.Module):
         self.proj = nn.Linear(config.patch_len, config.d_model, bias=False)
         # token_scales: one log scale per LayerNorm'd map (two convolutions per block) + the patch's log RMS
         self.n_scales = 2 * sum(widths[1:]) + 1
-        # zero at init: the tokens start as the published tokenizer's exactly and the option can
-        # only add what training finds useful (a random init let the uncentred log scales, several
-        # units each, dominate the tokens and the pretraining targets from the first step)
-        self.scale_proj = nn.Linear(self.n_scales, config.d_model, bias=False) if config.token_scales else None
-        if self.scale_proj is not None:
+        # zero at init, drawing nothing from the random generator: under the same seed the model
+        # with the option starts as the published one bit for bit (every other weight, every mask
+        # draw), and the option can only add what training finds useful
+        self.scale_proj = None
+        if config.token_scales:
+            with torch.random.fork_rng(devices=[]):
+                self.scale_proj = nn.Linear(self.n_scales, config.d_model, bias=False)
             nn.init.zeros_(self.scale_proj.weight)
         self.patch_len = config.patch_len
         self.chunk = config.cnn_chunk
