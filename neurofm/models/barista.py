@@ -266,9 +266,12 @@ class CNNTokenizer(nn.Module):
     log scales the LayerNorms remove 0.76-0.87). With the option the tokenizer keeps those
     ``n_scales`` log standard deviations (two per block per output map: 42 at widths
     1-5-5-5-5-1) and the patch's log RMS, and adds ``Linear(n_scales -> d, no bias)`` of them
-    to the token. The published path is untouched (same 616 + L*d parameters, same tokens)
-    when it is off, which is why it stays off by default: the published encoder is what the
-    default reproduces, and the option's benefit is measured on simulated data only.
+    to the token. That projection starts at zero and draws nothing from the random generator,
+    so under one seed the option's model starts as the published one bit for bit and only
+    training moves it away. The published path is untouched (same 616 + L*d parameters, same
+    tokens) when it is off, which is why it stays off by default: the published encoder is what
+    the default reproduces, and the option's benefit is measured on simulated data only
+    (``bench/barista_quality.py``, its ``model.token_scales`` table).
     """
 
     def __init__(self, config: BaristaConfig):
