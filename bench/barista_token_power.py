@@ -69,10 +69,11 @@ high gamma 0.18 / 0.31 / 0.03 (coords / parcel / lobe, seed 0), 0.06 / 0.24 / 0.
 0.22 / 0.17 / 0.09 (seed 2), random init 0.01-0.15: under 0.5 everywhere, so each of those runs
 would now carry the LIMITATION line; beta 0.27-0.53 (random init 0.00-0.38).
 
-With ``model.token_scales`` (seed 0, parcel, pretrained 1,520 steps as the cached runs,
-``--runs /tmp/hg/ts``): token HG 0.54 pretrained / 0.59 random init (faithful 0.14 / 0.03),
-contextual token 0.23 / 0.43 (faithful 0.18 / 0.03); beta token 0.29 / 0.18, contextual 0.31 /
-0.29. The check of the pretraining report (segment level, on the pretraining subjects): HG 0.32
+With ``model.token_scales`` at its first, random (fan-in) init of the scales' projection
+(commit fd894a2; it now starts at zero, so a random-init encoder's tokens are the faithful
+ones), seed 0, parcel, pretrained 1,520 steps as the cached runs (``--runs /tmp/hg/ts``):
+token HG 0.54 pretrained / 0.59 random init (faithful 0.14 / 0.03), contextual token 0.23 /
+0.43 (faithful 0.18 / 0.03); beta token 0.29 / 0.18, contextual 0.31 / 0.29. The check of the pretraining report (segment level, on the pretraining subjects): HG 0.32
 pretrained / 0.52 random init, beta 0.35 / 0.36 (faithful seed 0 parcel: 0.31 / 0.12, 0.53 /
 0.37). Decoding with it: ``bench/barista_quality.py`` (its ``model.token_scales`` table).
 

@@ -266,9 +266,12 @@ class CNNTokenizer(nn.Module):
     log scales the LayerNorms remove 0.76-0.87). With the option the tokenizer keeps those
     ``n_scales`` log standard deviations (two per block per output map: 42 at widths
     1-5-5-5-5-1) and the patch's log RMS, and adds ``Linear(n_scales -> d, no bias)`` of them
-    to the token. The published path is untouched (same 616 + L*d parameters, same tokens)
-    when it is off, which is why it stays off by default: the published encoder is what the
-    default reproduces, and the option's benefit is measured on simulated data only.
+    to the token. That projection starts at zero and draws nothing from the random generator,
+    so under one seed the option's model starts as the published one bit for bit and only
+    training moves it away. The published path is untouched (same 616 + L*d parameters, same
+    tokens) when it is off, which is why it stays off by default: the published encoder is what
+    the default reproduces, and the option's benefit is measured on simulated data only
+    (``bench/barista_quality.py``, its ``model.token_scales`` table).
     """
 
     def __init__(self, config: BaristaConfig):
@@ -280,7 +283,14 @@ class CNNTokenizer(nn.Module):
         self.proj = nn.Linear(config.patch_len, config.d_model, bias=False)
         # token_scales: one log scale per LayerNorm'd map (two convolutions per block) + the patch's log RMS
         self.n_scales = 2 * sum(widths[1:]) + 1
-        self.scale_proj = nn.Linear(self.n_scales, config.d_model, bias=False) if config.token_scales else None
+        # zero at init, drawing nothing from the random generator: under the same seed the model
+        # with the option starts as the published one bit for bit (every other weight, every mask
+        # draw), and the option can only add what training finds useful
+        self.scale_proj = None
+        if config.token_scales:
+            with torch.random.fork_rng(devices=[]):
+                self.scale_proj = nn.Linear(self.n_scales, config.d_model, bias=False)
+            nn.init.zeros_(self.scale_proj.weight)
         self.patch_len = config.patch_len
         self.chunk = config.cnn_chunk
         self.checkpoint = config.checkpoint_cnn
@@ -499,8 +509,11 @@ def _init_weights(module: nn.Module, std: float | None, n_layers: int = 1) -> No
     preserving, since at d 64 the GPT value 0.02 would make every layer a near-identity),
     biases zero; the output projections of residual branches scaled by ``(2 n_layers) ** -0.5``
     (GPT-2) so the residual stream keeps its scale over depth; embeddings N(0, d ** -0.5) with
-    the unknown row at zero. Convolutions keep PyTorch's default."""
+    the unknown row at zero. Convolutions keep PyTorch's default; the tokenizer's
+    ``scale_proj`` keeps its zeros (:class:`CNNTokenizer`)."""
     for name, m in module.named_modules():
+        if name.endswith("scale_proj"):
+            continue
         if isinstance(m, nn.Linear):
             s = std if std is not None else m.in_features ** -0.5
             if name.endswith(("attn.proj", "mlp.proj")):

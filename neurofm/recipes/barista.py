@@ -1024,8 +1024,9 @@ def _token_power_metrics(cfg: RunConfig, task, dm, metrics: dict, baselines: dic
     if low:
         shown = ", ".join(f"{b.replace('_', ' ')} {v:.2f} (random init {r2['random'][b]:.2f})" for b, v in low.items())
         fix = ("" if cfg.model.token_scales else
-               "; model.token_scales=true adds the scales those LayerNorms remove to each token "
-               "(bench/barista_token_power.py measures where the power is lost)")
+               "; model.token_scales=true adds the scales those LayerNorms remove to each token, an experimental "
+               "option that on simulated subjects did not yet lift this figure above 0.5 after pretraining "
+               "(bench/barista_token_power.py measures where the power is lost, bench/barista_quality.py the option)")
         limitations.append(
             f"The tokens carry little of their own channel's band power: a ridge from a channel's token (mean over "
             f"patches) to that channel's log band power explains R2 {shown} on held-out segments, below "

@@ -106,6 +106,9 @@ def test_token_scales_are_what_the_layernorms_remove_on_both_paths_and_off_by_de
     assert CNNTokenizer(cfg.replace(token_scales=False)).scale_proj is None
     assert BaristaConfig().token_scales is False and "token_scales" in BaristaConfig.SHAPE_FIELDS
     tok = CNNTokenizer(cfg)
+    assert torch.equal(tok.scale_proj.weight, torch.zeros(8, 43))  # zero at init (next test)
+    with torch.no_grad():  # a trained projection, so the sum below is exercised
+        tok.scale_proj.weight.normal_(std=0.2)
     plain = CNNTokenizer(cfg.replace(fast_kernels=False))
     plain.load_state_dict(tok.state_dict())
     p = torch.randn(20, 64) * torch.linspace(0.1, 3.0, 20)[:, None]
@@ -141,23 +144,52 @@ def _hg_patches(n: int = 1200, L: int = 64, fs: float = 256.0, seed: int = 0):
     return torch.tensor(x, dtype=torch.float32), band_power(x, fs, {"high_gamma": (70.0, 128.0)})[:, 0]
 
 
-@pytest.mark.parametrize("token_scales", [False, True])
-def test_a_patch_high_gamma_power_is_linearly_readable_from_its_token_only_with_token_scales(token_scales):
+@pytest.mark.parametrize("features", ["token", "scales"])
+def test_a_patch_high_gamma_power_is_linearly_readable_only_from_the_scales_token_scales_adds(features):
     """Why the option exists (bench/barista_token_power.py): every LayerNorm of the faithful
     tokenizer sets each map's variance to 1 inside the patch, so a ridge from a random-init
     token to its z-scored patch's log high-gamma power finds nothing (R2 ~0.01-0.04 over seeds);
-    with the removed scales added it reads it (R2 0.83-0.92)."""
+    from the removed scales, which the option's projection reads, it finds it (R2 0.83-0.92)."""
     from neurofm.baselines import Ridge
     from neurofm.metrics import r2_score
 
     x, y = _hg_patches()
     torch.manual_seed(0)
-    tok = CNNTokenizer(BaristaConfig(patch_len=64, n_patches=1, token_scales=token_scales)).eval()
+    tok = CNNTokenizer(BaristaConfig(patch_len=64, n_patches=1, token_scales=True)).eval()
     with torch.no_grad():
-        feats = tok(x).numpy()
+        _, scales = tok.cnn_and_scales(x)
+        feats = (tok(x) if features == "token" else scales).numpy()
     h = len(y) // 2
     r2 = r2_score(y[h:], Ridge().fit(feats[:h], y[:h]).predict(feats[h:]))
-    assert (r2 > 0.6) if token_scales else (r2 < 0.2), r2
+    assert (r2 > 0.6) if features == "scales" else (r2 < 0.2), r2
+
+
+def test_token_scales_start_as_the_published_model_exactly():
+    """The option's projection starts at zero (also after the encoder's weight init) and draws
+    nothing from the random generator, so under the same seed every other weight equals the
+    published model's, and tokens, encoder outputs and the pretraining loss at init are the
+    faithful ones bit for bit; training then moves only what helps."""
+    cfg = small()
+    torch.manual_seed(0)
+    faithful = Barista(cfg)
+    torch.manual_seed(0)
+    model = Barista(cfg.replace(token_scales=True))
+    for m in (model.encoder.tokenizer, model.target_tokenizer):
+        assert torch.equal(m.scale_proj.weight, torch.zeros_like(m.scale_proj.weight))
+    mine, theirs = model.state_dict(), faithful.state_dict()
+    assert sorted(set(mine) - set(theirs)) == ["encoder.tokenizer.scale_proj.weight",
+                                              "target_tokenizer.scale_proj.weight"]
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items())
+    assert torch.equal(torch.rand(3), (torch.manual_seed(0), Barista(cfg), torch.rand(3))[-1])  # same draws after
+    batch = make_batch(cfg)
+    faithful.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encoder(batch), faithful.encoder(batch))
+        a = faithful.pretrain_loss(batch, generator=torch.Generator().manual_seed(0))
+        b = model.pretrain_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a["loss"], b["loss"])
+    assert torch.equal(BaristaEncoder(cfg.replace(token_scales=True)).tokenizer.scale_proj.weight,
+                       torch.zeros(cfg.d_model, model.encoder.tokenizer.n_scales))
 
 
 def test_checkpointed_chunks_match_plain_backprop():
