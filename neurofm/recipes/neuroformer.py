@@ -822,6 +822,31 @@ class MovingSplit:
         return keep & self._rules[key](np.zeros(len(ends), dtype=np.int64), np.asarray(ends, dtype=np.float64))
 
 
+def _any_labelled(cfg: RunConfig, dm) -> bool:
+    """Whether the few-shot draw labels any training window (every window does with all labels)."""
+    if cfg.data.label_fraction >= 1.0:
+        return True
+    idx = _train_windows_loader(dm).dataset.index
+    sessions = np.repeat(idx.session, idx.count)
+    ends = np.concatenate([idx.anchors(r) for r in range(idx.n_runs)]) if idx.n_runs else np.zeros(0)
+    return bool(_label_subset(cfg)(torch.as_tensor(sessions), torch.as_tensor(ends)).any())
+
+
+def check_moving_windows(cfg: RunConfig, dm) -> None:
+    """Fine-tuning on the moving windows only (:class:`MovingSplit`): a ConfigError before any
+    step when no (labelled) training window moves. (No labelled window at all is the few-shot
+    draw's error, :func:`init_count_heads`.)"""
+    if not isinstance(dm.splits, MovingSplit) or len(dm.dataset("train")) or not _any_labelled(cfg, dm):
+        return
+    e, d = cfg.eval, cfg.data
+    labelled = f"labelled ({d.label_fraction:g} of the {d.label_chunk_s:g} s chunks) " if d.label_fraction < 1 else ""
+    raise ConfigError(
+        f"eval.score_when: moving: no {labelled}training window of {', '.join(session_paths(d))} moves "
+        f"(/behavior/{e.moving_behavior} speed > eval.moving_threshold {e.moving_threshold:.4g} in every 50 ms bin), "
+        f"so fine-tuning has no window with a behaviour loss; lower eval.moving_threshold, use --score-when all, "
+        f"raise --label-fraction, or use a recording with more running")
+
+
 def _train_windows_loader(dm):
     """Every training window, in time order (``train_all`` under :class:`FewShotSplit` or
     :class:`MovingSplit`)."""
@@ -902,6 +927,8 @@ def task(cfg: RunConfig, dm):
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
     moving = MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None
+    if cfg.task.mode == "finetune":
+        check_moving_windows(cfg, dm)
     start = init_count_heads(model, cfg, dm, moving) if cfg.task.mode == "finetune" else {}
     t = cfg.task
     module = NeuroformerTask(
@@ -960,7 +987,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     was_training = model.training
     model.eval()
     try:
-        for batch in dm.loader(dm.split_names[0]):  # the training windows (labelled, moving: those the loss sees)
+        for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
             ses.append(batch["session"])
             ivs.append(batch["interval"])
             pooled.append(model(batch)["pooled"].double())
@@ -970,14 +997,6 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                 ms[v.name].append(batch["behavior_mask"][v.name])
     finally:
         model.train(was_training)
-    if not ses and isinstance(dm.splits, MovingSplit):  # no labelled training window moves
-        e, d = cfg.eval, cfg.data
-        labelled = f"labelled ({d.label_fraction:g} of the {d.label_chunk_s:g} s chunks) " if d.label_fraction < 1 else ""
-        raise ConfigError(
-            f"eval.score_when: moving: no {labelled}training window of {', '.join(session_paths(d))} moves "
-            f"(/behavior/{e.moving_behavior} speed > eval.moving_threshold {e.moving_threshold:.4g} in every 50 ms bin), "
-            f"so fine-tuning has no window with a behaviour loss; lower eval.moving_threshold, use --score-when all, "
-            f"raise --label-fraction, or use a recording with more running")
     if not ses:  # few-shot split: no 10 s chunk of the training block drew a label
         d = cfg.data
         raise ConfigError(

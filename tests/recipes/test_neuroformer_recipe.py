@@ -314,6 +314,21 @@ def test_training_split_holds_only_the_windows_that_carry_the_loss(tmp_path):
     assert recipe.loss_windows(both, dm) == (len(dm.dataset("train")),) * 2
 
 
+def test_no_moving_training_window_is_an_error_naming_the_threshold(tmp_path):
+    """With the training split cut to moving windows, a threshold no window reaches leaves
+    nothing to fine-tune on: a ConfigError naming eval.moving_threshold before any step (not
+    the few-shot message about label chunks, which every window here has)."""
+    from neurofm.config import ConfigError
+
+    cfg = _config([_session(tmp_path / "a.h5")], split={"gap": 1.0})
+    cfg.eval.score_when, cfg.eval.moving_threshold = "moving", 1e6
+    dm = recipe.datamodule(cfg)
+    with pytest.warns(UserWarning, match="no spike window"):
+        assert len(dm.dataset("train")) == 0 < len(recipe._train_windows_loader(dm).dataset)
+    with pytest.raises(ConfigError, match=r"no training window of .*a.h5 moves .*eval.moving_threshold 1e\+06"):
+        recipe.task(cfg, dm)
+
+
 def test_step_budget_counts_only_the_windows_that_carry_the_loss(tmp_path):
     """Default fine-tuning on position scores (and trains) moving windows only: the budget is
     sized from the labelled moving training windows, which are exactly the windows the loader
