@@ -1082,7 +1082,7 @@ def loss_windows(cfg: RunConfig, dm) -> tuple[int, int]:
     ``carrying == n`` there; a data module built otherwise may read more. With another
     objective (``id``, ``dt``...) every window carries loss."""
     ds = dm.dataset("train")
-    n = len(ds)
+    n = len(ds.index)  # windows (a streaming dataset's len() counts batches)
     if not _behavior_only(cfg) or not n or (cfg.data.label_fraction >= 1.0 and cfg.eval.score_when != "moving"):
         return n, n
     idx = ds.index

@@ -307,6 +307,11 @@ def test_training_split_holds_only_the_windows_that_carry_the_loss(tmp_path):
         # the behaviour statistics: the labelled training blocks, as without the moving cut
         few = recipe.datamodule(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, score_when="all")))
         assert recipe._behavior_stats(dm, ["position"]) == recipe._behavior_stats(few, ["position"])
+        # streamed: the same windows (loss_windows counts windows, not the streaming len()'s batches)
+        streamed = recipe.datamodule(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, streaming=True)))
+        batches = list(streamed.loader("train", train=True))
+        assert np.allclose(np.sort(np.concatenate([b["interval"].numpy() for b in batches])), np.sort(t_fit))
+        assert recipe.loss_windows(cfg, streamed) == (len(t_fit),) * 2
     # another objective besides behaviour: every window carries loss, nothing is cut
     both = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, objectives=["id", "behavior"]))
     dm = recipe.datamodule(both)
