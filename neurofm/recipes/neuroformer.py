@@ -733,6 +733,12 @@ def _moving_fit(cfg: RunConfig) -> bool:
     return cfg.eval.score_when == "moving" and _behavior_only(cfg)
 
 
+def _cut_to(cfg: RunConfig) -> str:
+    """Which training windows the recipe's ``train`` split keeps: "labelled", "moving",
+    "labelled moving" (:class:`FewShotSplit`, :class:`MovingSplit`), or "" (every one)."""
+    return " ".join(k for k, on in (("labelled", _few_shot_fit(cfg)), ("moving", _moving_fit(cfg))) if on)
+
+
 class FewShotSplit:
     """Few-shot fine-tuning on behaviour alone: the ``train`` split keeps only labelled windows.
 
@@ -1104,7 +1110,8 @@ def resolve_trainer(cfg: RunConfig, dm):
     (:func:`loss_windows`: the labelled ones, and only the moving ones under
     ``eval.score_when: moving``; :func:`step_budget_for`). The training loader reads just those
     windows (:class:`FewShotSplit`, :class:`MovingSplit`), so an epoch, ``ceil(n / batch_size)``
-    steps, is one pass over the windows the budget counts; ``step_budget = N > 0``: N steps. Validation then runs about ``BUDGET_CHECKS`` times (every
+    steps, is one pass over the windows the budget counts; ``step_budget = N > 0``: N steps.
+    Validation then runs about ``BUDGET_CHECKS`` times (every
     ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
     ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
     stopping has checks to count."""
@@ -1121,7 +1128,7 @@ def resolve_trainer(cfg: RunConfig, dm):
     if carrying != n:
         sized = f"{carrying} of {n} training windows carry the behaviour loss"
     else:
-        kind = " ".join(k for k, on in (("labelled", _few_shot_fit(cfg)), ("moving", _moving_fit(cfg))) if on)
+        kind = _cut_to(cfg)
         sized = f"{n} {kind + ' ' if kind else ''}training windows"
     check_steps = max(1, math.ceil(budget / BUDGET_CHECKS))
     if per_epoch > check_steps:
@@ -1489,8 +1496,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
     elif cfg.model.behavior_targets():
         text += "; behaviour labels on every training window (100%), for the model and ridge"
-    if t.mode == "finetune" and (_moving_fit(cfg) or _few_shot_fit(cfg)):
-        kind = " ".join(k for k, on in (("labelled", _few_shot_fit(cfg)), ("moving", _moving_fit(cfg))) if on)
+    if t.mode == "finetune" and (kind := _cut_to(cfg)):
         text += (f"; the model trained on the {kind} training windows only (the ones that carry the behaviour "
                  f"loss; every decode-report arm fits the same windows)")
     if cfg.task.from_scratch:

@@ -27,7 +27,8 @@ def test_window_index_runs_locate_and_split():
 def test_window_index_subset_keeps_the_chosen_windows_as_runs():
     """subset: a flat keep mask -> the same windows (session, anchor, label) in order, in runs of
     consecutive grid windows; a run that spans two original runs is never made."""
-    idx = WindowIndex.concat([WindowIndex.grid(0, 0.0, 0.05, [3, 7], [4, 2]), WindowIndex.grid(1, 10.0, 0.5, [0], [3], 2)])
+    idx = WindowIndex.concat([WindowIndex.grid(0, 0.0, 0.05, [3, 7], [4, 2]),
+                              WindowIndex.grid(1, 10.0, 0.5, [0], [3], label=2)])
     keep = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=bool)  # idx runs: k 3..6 | k 7..8 | session 1
     sub = idx.subset(keep)
     assert [sub.locate(i) for i in range(len(sub))] == [idx.locate(i) for i in np.flatnonzero(keep)]
