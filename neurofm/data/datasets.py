@@ -259,13 +259,22 @@ def _row(batch: dict[str, Any], i: int) -> dict[str, Any]:
 
 def _spike_index(sessions: list[Session], reader: _SpikeReader, split: str | None, splits, stride: float | None
                  ) -> WindowIndex:
+    """The windows of ``split``: the grid windows wholly inside its blocks, and, when the
+    splitter has a ``select_windows(session, split, ends) -> (n,) bool`` method, only those it
+    keeps by their end times (a window still reads its history from the recording, wherever
+    its neighbours were dropped: e.g. fine-tuning only on the windows that carry a loss)."""
     stride = reader.tokenizer.window_curr if stride is None else float(stride)
+    select = getattr(splits, "select_windows", None) if split is not None else None
     parts = []
     for s, session in enumerate(sessions):
         blocks = _split_blocks(session, split, splits)
         k0, count = grid_runs(blocks, session.t_start, stride, reader.before, reader.after)
-        _warn_if_empty(session, split, int(count.sum()), "spike window")
-        parts.append(WindowIndex.grid(s, session.t_start, stride, k0, count))
+        part = WindowIndex.grid(s, session.t_start, stride, k0, count)
+        if select is not None and len(part):
+            ends = np.concatenate([part.anchors(r) for r in range(part.n_runs)])
+            part = part.subset(select(session, split, ends))
+        _warn_if_empty(session, split, len(part), "spike window")
+        parts.append(part)
     return WindowIndex.concat(parts)
 
 

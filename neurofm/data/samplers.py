@@ -126,6 +126,21 @@ class WindowIndex:
         count = np.minimum(self.count[rep] - piece * max_windows, max_windows)
         return WindowIndex(self.session[rep], self.origin[rep], self.stride[rep], k0, count, self.label[rep])
 
+    def subset(self, keep: np.ndarray) -> "WindowIndex":
+        """The windows where ``keep`` ((len(self),) bool, flat order) is True, as runs of
+        consecutive grid windows (same sessions, grids and labels; empty runs left out)."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"WindowIndex.subset: keep has shape {keep.shape}, expected ({len(self)},)")
+        run = np.repeat(np.arange(self.n_runs), self.count)[keep]
+        k = (np.repeat(self.k0, self.count) + np.arange(len(self)) - np.repeat(self.cum[:-1], self.count))[keep]
+        new = np.ones(len(k), dtype=bool)  # a kept window starts a run unless it follows its run's previous one
+        new[1:] = (run[1:] != run[:-1]) | (k[1:] != k[:-1] + 1)
+        first = np.flatnonzero(new)
+        count = np.diff(np.append(first, len(k)))
+        r = run[first]
+        return WindowIndex(self.session[r], self.origin[r], self.stride[r], k[first], count, self.label[r])
+
     def take_runs(self, order: np.ndarray) -> "WindowIndex":
         return WindowIndex(self.session[order], self.origin[order], self.stride[order], self.k0[order],
                            self.count[order], self.label[order])

@@ -9,7 +9,9 @@ stimulus lead) lies wholly inside one of that split's blocks. Windows that strad
 boundary or fall in a gap are dropped, so no window is in two splits.
 
 Every splitter is a callable ``splitter(session) -> {split name: Intervals}``; datasets turn
-those blocks into windows with :func:`grid_runs`.
+those blocks into windows with :func:`grid_runs`. A splitter may also keep only some of a
+split's windows by their end times (``select_windows(session, split, ends) -> (n,) bool``,
+spike windows): blocks cannot express a set of windows whose histories overlap.
 """
 
 from __future__ import annotations

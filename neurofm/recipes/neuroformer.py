@@ -737,6 +737,8 @@ def datamodule(cfg: RunConfig):
             before = max(before, dm.dataset_kwargs["stimulus_window"] - m.window.curr)
             after = m.window.curr
         dm.splits = FewShotSplit(split, _label_subset(cfg), session_paths(cfg.data), before=before, after=after)
+    if _moving_fit(cfg):
+        dm.splits = MovingSplit(dm.splits, cfg)
     return dm
 
 
@@ -747,10 +749,28 @@ def _label_subset(cfg: RunConfig):
     return LabelSubset(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed)
 
 
+def _behavior_only(cfg: RunConfig) -> bool:
+    """Behaviour the only training objective (fine-tuning's default): a window whose label does
+    not count carries no loss at all."""
+    objectives = set(cfg.task.objectives or (["behavior"] if cfg.task.mode == "finetune" else ["id"]))
+    return objectives == {"behavior"}
+
+
 def _few_shot_fit(cfg: RunConfig) -> bool:
     """Few labels and behaviour the only objective: unlabelled windows add nothing to training."""
-    objectives = set(cfg.task.objectives or (["behavior"] if cfg.task.mode == "finetune" else ["id"]))
-    return cfg.data.label_fraction < 1.0 and objectives == {"behavior"}
+    return cfg.data.label_fraction < 1.0 and _behavior_only(cfg)
+
+
+def _moving_fit(cfg: RunConfig) -> bool:
+    """Moving-only scoring and behaviour the only objective: the task masks the behaviour loss to
+    moving windows (:class:`MovingWindows`), so resting windows add nothing to training."""
+    return cfg.eval.score_when == "moving" and _behavior_only(cfg)
+
+
+def _cut_to(cfg: RunConfig) -> str:
+    """Which training windows the recipe's ``train`` split keeps: "labelled", "moving",
+    "labelled moving" (:class:`FewShotSplit`, :class:`MovingSplit`), or "" (every one)."""
+    return " ".join(k for k, on in (("labelled", _few_shot_fit(cfg)), ("moving", _moving_fit(cfg))) if on)
 
 
 class FewShotSplit:
@@ -795,9 +815,82 @@ class FewShotSplit:
         return blocks
 
 
+class MovingSplit:
+    """Fine-tuning on behaviour alone, scored on moving windows: the ``train`` split keeps only
+    the moving windows.
+
+    Under ``eval.score_when: moving`` the task masks the behaviour loss to the windows
+    :class:`MovingWindows` calls moving (the kind the test scores), so with behaviour the only
+    objective a resting window carries no loss, yet costs a forward and backward pass, and a
+    batch of them an optimizer step on zero gradients (AdamW still moves the weights, by momentum
+    and decay). On issue 10's maze 694 of 4,211 training windows move. So the ``train`` split
+    keeps only the windows the one moving rule keeps, by their end times
+    (:meth:`select_windows`); each still reads its previous window from the recording. Blocks
+    cannot say this as :class:`FewShotSplit` does: two runs of moving windows split by a stop
+    shorter than a window's history would need overlapping blocks.
+
+    Composes with ``base`` (a :class:`FewShotSplit` when labels are few: labelled AND moving).
+    The ``train`` blocks stay the base's (the labelled ones, which the behaviour statistics
+    read); ``train_all`` keeps every window of the whole training block for the baselines
+    (which fit its labelled moving windows: the ones the model trains on) and the unigram null.
+    ``cfg``: the run config, ``eval.moving_threshold`` resolved (:func:`resolve_scoring`).
+    """
+
+    def __init__(self, base, cfg: RunConfig):
+        self.base, self.cfg = base, cfg
+        self._rules: dict[str, MovingWindows] = {}  # per session file: its bin grid, read once
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base.names)
+
+    def __call__(self, session) -> dict:
+        blocks = dict(self.base(session))
+        blocks.setdefault("train_all", blocks["train"])
+        return blocks
+
+    def select_windows(self, session, split: str, ends: np.ndarray) -> np.ndarray:
+        """Which of ``split``'s windows of ``session`` ending at ``ends`` to keep: under ``train``
+        the moving ones (and whatever the base keeps); every window of another split."""
+        parent = getattr(self.base, "select_windows", None)
+        keep = np.ones(len(ends), dtype=bool) if parent is None else np.asarray(parent(session, split, ends), bool)
+        if split != "train":
+            return keep
+        key = str(Path(session.path).resolve())
+        if key not in self._rules:
+            self._rules[key] = MovingWindows(self.cfg, [session])
+        return keep & self._rules[key](np.zeros(len(ends), dtype=np.int64), np.asarray(ends, dtype=np.float64))
+
+
+def _any_labelled(cfg: RunConfig, dm) -> bool:
+    """Whether the few-shot draw labels any training window (every window does with all labels)."""
+    if cfg.data.label_fraction >= 1.0:
+        return True
+    idx = _train_windows_loader(dm).dataset.index
+    sessions = np.repeat(idx.session, idx.count)
+    ends = np.concatenate([idx.anchors(r) for r in range(idx.n_runs)]) if idx.n_runs else np.zeros(0)
+    return bool(_label_subset(cfg)(torch.as_tensor(sessions), torch.as_tensor(ends)).any())
+
+
+def check_moving_windows(cfg: RunConfig, dm) -> None:
+    """Fine-tuning on the moving windows only (:class:`MovingSplit`): a ConfigError before any
+    step when no (labelled) training window moves. (No labelled window at all is the few-shot
+    draw's error, :func:`init_count_heads`.)"""
+    if not isinstance(dm.splits, MovingSplit) or len(dm.dataset("train")) or not _any_labelled(cfg, dm):
+        return
+    e, d = cfg.eval, cfg.data
+    labelled = f"labelled ({d.label_fraction:g} of the {d.label_chunk_s:g} s chunks) " if d.label_fraction < 1 else ""
+    raise ConfigError(
+        f"eval.score_when: moving: no {labelled}training window of {', '.join(session_paths(d))} moves "
+        f"(/behavior/{e.moving_behavior} speed > eval.moving_threshold {e.moving_threshold:.4g} in every 50 ms bin), "
+        f"so fine-tuning has no window with a behaviour loss; lower eval.moving_threshold, use --score-when all, "
+        f"raise --label-fraction, or use a recording with more running")
+
+
 def _train_windows_loader(dm):
-    """Every training window, in time order (``train_all`` under :class:`FewShotSplit`)."""
-    return dm.loader("train_all" if isinstance(dm.splits, FewShotSplit) else "train")
+    """Every training window, in time order (``train_all`` under :class:`FewShotSplit` or
+    :class:`MovingSplit`)."""
+    return dm.loader("train_all" if isinstance(dm.splits, (FewShotSplit, MovingSplit)) else "train")
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
@@ -874,6 +967,8 @@ def task(cfg: RunConfig, dm):
     if unset:
         model.set_behavior_stats(_behavior_stats(dm, unset))
     moving = MovingWindows(cfg, dm.sessions) if cfg.eval.score_when == "moving" else None
+    if cfg.task.mode == "finetune":
+        check_moving_windows(cfg, dm)
     start = init_count_heads(model, cfg, dm, moving) if cfg.task.mode == "finetune" else {}
     t = cfg.task
     module = NeuroformerTask(
@@ -1021,14 +1116,14 @@ def step_budget_for(n_labelled: int, batch_size: int) -> int:
 def loss_windows(cfg: RunConfig, dm) -> tuple[int, int]:
     """``(carrying, n)``: of the ``n`` windows the training loader reads, how many carry a loss.
     With behaviour the only objective (fine-tuning's default) a window carries the loss only
-    when its label counts: labelled (``data.label_fraction``; :class:`FewShotSplit` already
-    cuts the loader to the labelled chunks) and, under ``eval.score_when: moving``, moving
-    (:class:`MovingWindows`, the rule the task masks the loss with). With another objective
-    (``id``, ``dt``...) every window carries loss."""
+    when its label counts: labelled (``data.label_fraction``) and, under ``eval.score_when:
+    moving``, moving (:class:`MovingWindows`, the rule the task masks the loss with). The
+    recipe's data module reads only those (:class:`FewShotSplit`, :class:`MovingSplit`), so
+    ``carrying == n`` there; a data module built otherwise may read more. With another
+    objective (``id``, ``dt``...) every window carries loss."""
     ds = dm.dataset("train")
-    n = len(ds)
-    objectives = set(cfg.task.objectives or (["behavior"] if cfg.task.mode == "finetune" else ["id"]))
-    if objectives != {"behavior"} or not n or (cfg.data.label_fraction >= 1.0 and cfg.eval.score_when != "moving"):
+    n = len(ds.index)  # windows (a streaming dataset's len() counts batches)
+    if not _behavior_only(cfg) or not n or (cfg.data.label_fraction >= 1.0 and cfg.eval.score_when != "moving"):
         return n, n
     idx = ds.index
     sessions = np.repeat(idx.session, idx.count)
@@ -1047,9 +1142,10 @@ def resolve_trainer(cfg: RunConfig, dm):
     ``max_steps`` both -1, as the fine-tuning recipe leaves them; a user's own limit wins) the run
     trains for a step budget sized from the training windows that carry the loss
     (:func:`loss_windows`: the labelled ones, and only the moving ones under
-    ``eval.score_when: moving``; :func:`step_budget_for`). The loader still reads every
-    training window, so an epoch is ``ceil(n / batch_size)`` steps whatever the budget;
-    ``step_budget = N > 0``: N steps. Validation then runs about ``BUDGET_CHECKS`` times (every
+    ``eval.score_when: moving``; :func:`step_budget_for`). The training loader reads just those
+    windows (:class:`FewShotSplit`, :class:`MovingSplit`), so an epoch, ``ceil(n / batch_size)``
+    steps, is one pass over the windows the budget counts; ``step_budget = N > 0``: N steps.
+    Validation then runs about ``BUDGET_CHECKS`` times (every
     ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
     ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
     stopping has checks to count."""
@@ -1057,14 +1153,17 @@ def resolve_trainer(cfg: RunConfig, dm):
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
         return t
-    carrying, n = loss_windows(cfg, dm)  # under FewShotSplit the loader reads the labelled windows only
+    carrying, n = loss_windows(cfg, dm)  # the recipe's loader reads the loss-carrying windows only: carrying == n
     per_epoch = max(1, math.ceil(n / cfg.data.batch_size))
     # issue 10's maze: 4,211 labelled windows, 694 of them moving (the only ones with a loss
     # under moving-only scoring): sized from all 4,211 the budget was 1,320 steps (690 s CPU) and
     # the starting state was kept; sized from the 694 it is the 300-step floor
     budget = cfg.task.step_budget or step_budget_for(carrying, cfg.data.batch_size)
-    sized = (f"{carrying} of {n} training windows carry the behaviour loss" if carrying != n
-             else f"{n} training windows")
+    if carrying != n:
+        sized = f"{carrying} of {n} training windows carry the behaviour loss"
+    else:
+        kind = _cut_to(cfg)
+        sized = f"{n} {kind + ' ' if kind else ''}training windows"
     check_steps = max(1, math.ceil(budget / BUDGET_CHECKS))
     if per_epoch > check_steps:
         # an epoch longer than the gap between checks: "epochs" of check_steps batches (each a fresh
@@ -1441,6 +1540,9 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
                  f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
     elif cfg.model.behavior_targets():
         text += "; behaviour labels on every training window (100%), for the model and ridge"
+    if t.mode == "finetune" and (kind := _cut_to(cfg)):
+        text += (f"; the model trained on the {kind} training windows only (the ones that carry the behaviour "
+                 f"loss; every decode-report arm fits the same windows)")
     if cfg.task.from_scratch:
         text += f"; model trained from random init in the shape of {cfg.task.pretrained} (from scratch)"
     n = "" if scored is None else f"{int(scored.sum())} of {len(scored)} "

@@ -24,6 +24,21 @@ def test_window_index_runs_locate_and_split():
     assert [(r, a, b) for r, a, b in idx.pieces(2, 7)] == [(0, 2, 4), (1, 0, 2), (2, 0, 1)]
 
 
+def test_window_index_subset_keeps_the_chosen_windows_as_runs():
+    """subset: a flat keep mask -> the same windows (session, anchor, label) in order, in runs of
+    consecutive grid windows; a run that spans two original runs is never made."""
+    idx = WindowIndex.concat([WindowIndex.grid(0, 0.0, 0.05, [3, 7], [4, 2]),
+                              WindowIndex.grid(1, 10.0, 0.5, [0], [3], label=2)])
+    keep = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=bool)  # idx runs: k 3..6 | k 7..8 | session 1
+    sub = idx.subset(keep)
+    assert [sub.locate(i) for i in range(len(sub))] == [idx.locate(i) for i in np.flatnonzero(keep)]
+    # k 6 (end of run 0) and k 7 (start of run 1) are consecutive on the grid, but stay two runs
+    assert sub.k0.tolist() == [3, 6, 7, 1] and sub.count.tolist() == [2, 1, 2, 2]
+    assert len(idx.subset(np.zeros(9, bool))) == 0
+    with pytest.raises(ValueError):
+        idx.subset(np.ones(8, bool))
+
+
 def test_shard_bounds_and_rank_share():
     assert [shard_bounds(10, i, 3) for i in range(3)] == [(0, 3), (3, 6), (6, 10)]
     assert [rank_share(11, r, 2, even_ranks=True) for r in range(2)] == [5, 5]

@@ -3,6 +3,7 @@ bits/spike conditional on a spike, ridge penalty choice. Tiny hand-made sessions
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -256,35 +257,109 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     assert recipe.resolve_trainer(fixed, dm).max_steps == 7
 
 
+def _default_finetune(path: str, **data) -> recipe.RunConfig:
+    """The fine-tuning defaults on ``path``: behaviour the only objective, score_when auto, a step budget."""
+    cfg = _config([path], split={"gap": 1.0}, batch_size=4, **data)
+    cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 0},
+                                       "trainer": {"max_epochs": -1, "max_steps": -1}}, where="test")
+    cfg = recipe.resolve_scoring(cfg)  # the default score_when "auto" -> moving (position is the target)
+    assert cfg.eval.score_when == "moving"
+    return cfg
+
+
+def _ends(ds) -> tuple[np.ndarray, np.ndarray]:
+    windows = [ds.window(i) for i in range(len(ds))]
+    return np.array([w[0] for w in windows], dtype=np.int64), np.array([w[1] for w in windows])
+
+
+def test_training_split_holds_only_the_windows_that_carry_the_loss(tmp_path):
+    """Issue 10: fine-tuned on position alone and scored on moving windows, the training loader
+    read every window though only the moving ones carry loss (the maze: 694 of 4,211). The
+    default path: the ``train`` split is the moving windows (AND the labelled ones with few
+    labels), by the one moving rule; the windows the baselines read (``train_all``) and the
+    behaviour statistics stay as they were."""
+    path = _session(tmp_path / "a.h5", still_after=10.0)  # moves 10 s, then rests: most windows still
+    plain = recipe.datamodule(from_dict(recipe.RunConfig, {**_cfg_dict(_config([path], split={"gap": 1.0})),
+                                                           "eval": {"score_when": "all", "generate_windows": 0}},
+                                        where="test"))
+    every = _windows(plain.dataset("train"))  # the training block's windows, no cut
+    for fraction in (1.0, 0.5):
+        cfg = _default_finetune(path, label_fraction=fraction, label_chunk_s=4.0)
+        dm = recipe.datamodule(cfg)
+        assert isinstance(dm.splits, recipe.MovingSplit)
+        s_all, t_all = _ends(recipe._train_windows_loader(dm).dataset)
+        assert set(zip(s_all.tolist(), np.round(t_all, 6).tolist())) == every  # the baselines' windows
+        expect = recipe.MovingWindows(cfg, dm.sessions)(s_all, t_all)
+        if fraction < 1.0:
+            labelled = recipe._label_subset(cfg)(torch.as_tensor(s_all), torch.as_tensor(t_all)).numpy()
+            assert (expect & ~labelled).any()  # both filters bite
+            expect &= labelled
+        s_fit, t_fit = _ends(dm.dataset("train"))
+        assert recipe.MovingWindows(cfg, dm.sessions)(s_fit, t_fit).all()
+        assert set(zip(s_fit.tolist(), np.round(t_fit, 6).tolist())) == \
+            {(int(s), round(float(t), 6)) for s, t in zip(s_all[expect], t_all[expect])}
+        assert 0 < len(t_fit) < len(every) / 2
+        # what evaluate() fits ridge / probe / Bayes on (train_all's labelled moving windows): the same windows
+        fitted = recipe._moving_windows(cfg, dm, {"interval": t_all, "session": s_all})
+        if fraction < 1.0:
+            fitted &= recipe._label_subset(cfg)(torch.as_tensor(s_all), torch.as_tensor(t_all)).numpy()
+        np.testing.assert_allclose(np.sort(t_all[fitted]), np.sort(t_fit))
+        # the behaviour statistics: the labelled training blocks, as without the moving cut
+        few = recipe.datamodule(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, score_when="all")))
+        assert recipe._behavior_stats(dm, ["position"]) == recipe._behavior_stats(few, ["position"])
+        # streamed: the same windows (loss_windows counts windows, not the streaming len()'s batches)
+        streamed = recipe.datamodule(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, streaming=True)))
+        batches = list(streamed.loader("train", train=True))
+        assert np.allclose(np.sort(np.concatenate([b["interval"].numpy() for b in batches])), np.sort(t_fit))
+        assert recipe.loss_windows(cfg, streamed) == (len(t_fit),) * 2
+    # another objective besides behaviour: every window carries loss, nothing is cut
+    both = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, objectives=["id", "behavior"]))
+    dm = recipe.datamodule(both)
+    assert not isinstance(dm.splits, recipe.MovingSplit)
+    assert recipe.loss_windows(both, dm) == (len(dm.dataset("train")),) * 2
+
+
+def test_no_moving_training_window_is_an_error_naming_the_threshold(tmp_path):
+    """With the training split cut to moving windows, a threshold no window reaches leaves
+    nothing to fine-tune on: a ConfigError naming eval.moving_threshold before any step (not
+    the few-shot message about label chunks, which every window here has)."""
+    from neurofm.config import ConfigError
+
+    cfg = _config([_session(tmp_path / "a.h5")], split={"gap": 1.0})
+    cfg.eval.score_when, cfg.eval.moving_threshold = "moving", 1e6
+    dm = recipe.datamodule(cfg)
+    with pytest.warns(UserWarning, match="no spike window"):
+        assert len(dm.dataset("train")) == 0 < len(recipe._train_windows_loader(dm).dataset)
+    with pytest.raises(ConfigError, match=r"no training window of .*a.h5 moves .*eval.moving_threshold 1e\+06"):
+        recipe.task(cfg, dm)
+
+
 def test_step_budget_counts_only_the_windows_that_carry_the_loss(tmp_path):
     """Default fine-tuning on position scores (and trains) moving windows only: the budget is
-    sized from the labelled moving training windows, not from every window the loader reads
-    (issue 10's maze: 694 of 4,211 -> 1,320 steps where 300 do)."""
+    sized from the labelled moving training windows, which are exactly the windows the loader
+    reads, so one epoch is one pass over them (issue 10's maze: 694 of 4,211 windows -> the
+    300-step floor, where sizing from 4,211 gave 1,320 steps)."""
     path = _session(tmp_path / "a.h5", still_after=10.0)  # moves 10 s, then rests: most windows still
     for fraction in (1.0, 0.5):
-        cfg = _config([path], split={"gap": 1.0}, batch_size=4, label_fraction=fraction, label_chunk_s=4.0)
-        cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 0},
-                                           "trainer": {"max_epochs": -1, "max_steps": -1}}, where="test")
-        cfg = recipe.resolve_scoring(cfg)  # the default score_when "auto" -> moving (position is the target)
-        assert cfg.eval.score_when == "moving"
+        cfg = _default_finetune(path, label_fraction=fraction, label_chunk_s=4.0)
         dm = recipe.datamodule(cfg)
         ds = dm.dataset("train")
-        windows = [ds.window(i) for i in range(len(ds))]
-        s_idx, ends = np.array([w[0] for w in windows]), np.array([w[1] for w in windows])
-        expect = recipe.MovingWindows(cfg, dm.sessions)(s_idx, ends)
-        if fraction < 1.0:
-            expect &= recipe._label_subset(cfg)(torch.as_tensor(s_idx), torch.as_tensor(ends)).numpy()
+        s_idx, ends = _ends(ds)
         carrying, n = recipe.loss_windows(cfg, dm)
-        assert n == len(ds) and carrying == int(expect.sum()) and 0 < carrying < n / 2
+        assert carrying == n == len(ds) > 0
         t = recipe.resolve_trainer(cfg, dm)
-        assert t.max_steps == recipe.step_budget_for(carrying, 4) < recipe.step_budget_for(n, 4)
-        cut = t.limit_train_batches if isinstance(t.limit_train_batches, int) else n  # int: steps per 'epoch'
-        per_pass = min(math.ceil(n / 4), cut)  # the loader still reads every window, not just those
-        assert t.max_epochs == math.ceil(t.max_steps / per_pass)
+        assert t.max_steps == recipe.step_budget_for(n, 4)
+        per_epoch = math.ceil(n / 4)
+        if isinstance(t.limit_train_batches, int):  # an epoch longer than the gap between checks
+            assert t.limit_train_batches < per_epoch and t.max_epochs == math.ceil(t.max_steps / t.limit_train_batches)
+        else:  # one epoch is one pass over the loss-carrying windows
+            assert t.max_epochs == math.ceil(t.max_steps / per_epoch)
+            assert len(dm.loader("train", train=True)) == per_epoch
     # scored on every window (or another objective besides behaviour): every window carries loss
     every = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "data": {**_cfg_dict(cfg)["data"], "label_fraction": 1.0},
                                          "eval": {"score_when": "all", "generate_windows": 0}}, where="test")
     dm = recipe.datamodule(every)
+    assert not isinstance(dm.splits, recipe.MovingSplit)
     assert recipe.loss_windows(every, dm) == (len(dm.dataset("train")),) * 2
 
 
