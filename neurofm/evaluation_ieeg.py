@@ -57,6 +57,7 @@ from neurofm.data.segmenter import IEEGSegmenter, SegmentPlan, parse_contact, zs
 from neurofm.data.session import NON_NEURAL_NAMES as _SESSION_NON_NEURAL_NAMES
 from neurofm.data.session import Channels, Session, channel_types_from_names
 from neurofm.data.splits import Intervals, TimeBlockSplit
+from neurofm.report import test_period_blocks  # noqa: F401 (re-exported: the test-period block rule)
 
 __all__ = [
     "NON_NEURAL_NAMES", "SegmentSet", "ReconstructionProtocol", "ReconstructionData", "EventProtocol", "EventData",
@@ -787,21 +788,3 @@ def band_power_baseline(data: EventData) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int = 5) -> np.ndarray:
-    """``(N,) int`` block index of each test segment: the test period cut into ``n_blocks``
-    contiguous runs of (nearly) equal segment counts, in time order within each session.
-
-    Fewer blocks when there are fewer than ``min_per_block`` segments per block, but never
-    fewer than ``min(5, N)`` (a bootstrap over fewer blocks has too few distinct resamples to
-    give an interval; the BaRISTA recipe states none below 5 blocks).
-    """
-    t0 = np.asarray(t0, dtype=np.float64).ravel()
-    sess = np.zeros(len(t0), np.int64) if session is None else np.asarray(session, np.int64).ravel()
-    if sess.shape != t0.shape:
-        raise ValueError(f"test_period_blocks: session has {len(sess)} entries for {len(t0)} segments")
-    n = len(t0)
-    k = int(max(1, min(n_blocks, max(min(5, n), n // max(1, min_per_block)))))
-    order = np.lexsort((t0, sess))  # session, then time
-    blocks = np.empty(n, np.int64)
-    blocks[order] = (np.arange(n) * k) // max(n, 1)
-    return blocks
