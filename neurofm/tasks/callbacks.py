@@ -160,9 +160,11 @@ class StartingPoint(L.Callback):
         score = float(value)
         check = self._windows(pl_module, windows)
         paired = paired_gain(self._start, check, task=self._task(pl_module), n_boot=self.n_boot, seed=self.seed)
+        # at the step Lightning logs this check's metrics at (one before global_step mid-epoch)
+        step = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped",
+                       trainer.global_step)
         for logger in trainer.loggers:
-            logger.log_metrics({"val/paired_gain": paired["gain"], "val/paired_se": paired["paired_se"]},
-                               step=trainer.global_step)
+            logger.log_metrics({"val/paired_gain": paired["gain"], "val/paired_se": paired["paired_se"]}, step=step)
         # the check checkpointing would keep: strictly better than every earlier one (and the start)
         if math.isfinite(score) and score > self.best_score:
             self.best_score, self.best_step, self._best = score, int(trainer.global_step), check
@@ -193,6 +195,12 @@ class StartingPoint(L.Callback):
                               f"({p['n_blocks']} validation blocks)")
             if not keep:
                 self._restore_start(trainer, monitor)
+            else:
+                ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor == monitor
+                             and cb.best_model_score is not None), None)
+                if ckpt is not None and abs(float(ckpt.best_model_score) - self.best_score) > 1e-6:
+                    sel["why"] += (f"; note: the best checkpoint on disk scored {float(ckpt.best_model_score):.4f}, "
+                                   f"not the compared check's {self.best_score:.4f}")
         pl_module.selection = sel
         if trainer.is_global_zero:
             what = (f"kept step {sel['selected_step']}" if sel["kept"] == "check"
