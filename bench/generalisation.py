@@ -379,10 +379,20 @@ def _start_text(start: dict | None) -> str:
     return f"{start['features']} ({fmt(cv.get('counts'))} / {fmt(cv.get('counts+pooled'))})"
 
 
+def _selected_text(training: dict) -> str:
+    """The evaluated checkpoint's step, with the best check's paired gain over the start and its
+    paired SE (metrics.json ``training.selection``) when a check scored above the start."""
+    step = training.get("evaluated_checkpoint", {}).get("step")
+    sel = training.get("selection") or {}
+    if sel.get("gain") is None or sel.get("paired_se") is None:
+        return f"{step}"
+    return f"{step} (step {sel['best_check_step']}: {sel['gain']:+.3f}, SE {sel['paired_se']:.3f})"
+
+
 def table(results: list[dict]) -> str:
     lines = ["## 100 % labels: R2 [95 % block-bootstrap CI] on the scored test windows, per blocked fold", "",
              "| session | fold | scored windows | model (fine-tuned) | linear probe | ridge | Bayes | null | "
-             "model vs ridge | selected step | start (CV R2: counts / + pooled) |",
+             "model vs ridge | selected step (best check: paired gain, SE) | start (CV R2: counts / + pooled) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         means = {a: [] for a in ARMS}
@@ -394,7 +404,7 @@ def table(results: list[dict]) -> str:
                 if a in arms and arms[a].get("r2") is not None:
                     means[a].append(arms[a]["r2"])
             d = arms["ridge on binned counts"]["r2_diff_vs_model"]
-            step = f["training"].get("evaluated_checkpoint", {}).get("step")
+            step = _selected_text(f["training"])
             lines.append(f"| {r['session']} | {f['fold']} | {rep['n_windows']} | {get('model')} | "
                          f"{get('linear probe')} | {get('ridge on binned counts')} | {get('Poisson Bayes')} | "
                          f"{get('null (training mean)')} | {_verdict(d)} ({d[0]:+.3f}) | {step} | "

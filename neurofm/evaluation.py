@@ -455,7 +455,8 @@ class RidgeFitPredict:
         pooled over the inner test blocks, averaged over outputs. One definition for choosing
         the penalty and for comparing feature sets fitted on the same rows (same folds).
         ``per_fold``: also each inner fold's own R2 (its test block's sum of squares),
-        (len(alphas), inner_folds), for paired comparisons of two feature sets."""
+        (len(alphas), inner_folds), and every alpha's out-of-fold predictions,
+        (len(alphas), n, D): the inner test blocks cover every row once."""
         X = np.asarray(X, dtype=np.float64)
         Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
         n = len(X)
@@ -478,14 +479,16 @@ class RidgeFitPredict:
         pooled = np.array([r2(Y, p) for p in preds])
         if not per_fold:
             return pooled
-        return pooled, np.array([[r2(Y[te], p[te]) for _, te in folds] for p in preds])
+        return pooled, np.array([[r2(Y[te], p[te]) for _, te in folds] for p in preds]), preds
 
     def choose_alpha(self, X, Y) -> float:
-        """The alpha with the best :meth:`cv_scores`; its score is kept in ``cv_r2_`` and its
-        inner folds' own R2 in ``cv_fold_r2_``."""
-        scores, per_fold = self.cv_scores(X, Y, per_fold=True)
+        """The alpha with the best :meth:`cv_scores`; its score is kept in ``cv_r2_``, its inner
+        folds' own R2 in ``cv_fold_r2_`` and its out-of-fold predictions (each row predicted by
+        the fit that did not see its inner block; (n, D)) in ``cv_pred_``: two feature sets
+        fitted on the same rows compare prediction by prediction (:func:`neurofm.report.paired_gain`)."""
+        scores, per_fold, preds = self.cv_scores(X, Y, per_fold=True)
         i = int(np.argmax(scores))
-        self.cv_r2_, self.cv_fold_r2_ = float(scores[i]), per_fold[i]
+        self.cv_r2_, self.cv_fold_r2_, self.cv_pred_ = float(scores[i]), per_fold[i], preds[i]
         return float(self.alphas[i])
 
     def fit(self, X_train, Y_train) -> Ridge:

@@ -57,6 +57,7 @@ from neurofm.data.segmenter import IEEGSegmenter, SegmentPlan, parse_contact, zs
 from neurofm.data.session import NON_NEURAL_NAMES as _SESSION_NON_NEURAL_NAMES
 from neurofm.data.session import Channels, Session, channel_types_from_names
 from neurofm.data.splits import Intervals, TimeBlockSplit
+from neurofm.report import test_period_blocks  # noqa: F401 (re-exported: the test-period block rule)
 
 __all__ = [
     "NON_NEURAL_NAMES", "SegmentSet", "ReconstructionProtocol", "ReconstructionData", "EventProtocol", "EventData",
@@ -788,7 +789,7 @@ def band_power_baseline(data: EventData) -> dict[str, Any]:
 
 
 def block_span_s(t0, session, blocks, segment_s: float) -> float:
-    """Mean length (s) of the test-period blocks :func:`test_period_blocks` cut: per block, from
+    """Mean length (s) of the test-period blocks :func:`neurofm.report.test_period_blocks` cut: per block, from
     its first segment's start to its last segment's end within each session (summed over the
     sessions a block spans). The decode report states it as ``block_s`` (equal-count blocks
     differ in length; this is their mean). NaN without segments."""
@@ -801,23 +802,3 @@ def block_span_s(t0, session, blocks, segment_s: float) -> float:
         spans.append(sum(float(t0[k][sess[k] == s].max() - t0[k][sess[k] == s].min()) + segment_s
                          for s in np.unique(sess[k])))
     return float(np.mean(spans)) if spans else float("nan")
-
-
-def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int = 5) -> np.ndarray:
-    """``(N,) int`` block index of each test segment: the test period cut into ``n_blocks``
-    contiguous runs of (nearly) equal segment counts, in time order within each session.
-
-    Fewer blocks when there are fewer than ``min_per_block`` segments per block, but never
-    fewer than ``min(5, N)`` (a bootstrap over fewer blocks has too few distinct resamples to
-    give an interval; the BaRISTA recipe states none below 5 blocks).
-    """
-    t0 = np.asarray(t0, dtype=np.float64).ravel()
-    sess = np.zeros(len(t0), np.int64) if session is None else np.asarray(session, np.int64).ravel()
-    if sess.shape != t0.shape:
-        raise ValueError(f"test_period_blocks: session has {len(sess)} entries for {len(t0)} segments")
-    n = len(t0)
-    k = int(max(1, min(n_blocks, max(min(5, n), n // max(1, min_per_block)))))
-    order = np.lexsort((t0, sess))  # session, then time
-    blocks = np.empty(n, np.int64)
-    blocks[order] = (np.arange(n) * k) // max(n, 1)
-    return blocks

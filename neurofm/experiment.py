@@ -768,6 +768,8 @@ def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
         device=str(trainer.strategy.root_device), world_size=int(trainer.world_size))
     if restored:
         metrics["training"]["evaluated_checkpoint"] = restored
+    if getattr(task, "selection", None):  # fine-tuning's model-selection decision (tasks.callbacks.StartingPoint)
+        metrics["training"]["selection"] = task.selection
     metrics["training"] = _keep_provenance(trained_before, metrics["training"])
     import neurofm
 
@@ -801,8 +803,9 @@ def _keep_provenance(before: dict | None, now: dict) -> dict:
         return now
     if int(before["steps"]) == int(now["steps"]):
         kept = {k: v for k, v in before.items() if k != "reevaluated"}
-        if "evaluated_checkpoint" in now:
-            kept["evaluated_checkpoint"] = now["evaluated_checkpoint"]
+        for key in ("evaluated_checkpoint", "selection"):
+            if key in now:
+                kept[key] = now[key]
         return {**kept, "reevaluated": True}
     return {**now, "wall_time_s": round(float(before.get("wall_time_s", 0.0)) + float(now["wall_time_s"]), 1),
             "resumed_at_step": int(before["steps"])}

@@ -41,7 +41,7 @@ import numpy as np
 
 from neurofm import metrics as M
 
-__all__ = ["time_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "decode_report", "DecodeReport", "ArmRow"]
+__all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "decode_report", "DecodeReport", "ArmRow"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -76,6 +76,26 @@ def time_blocks(times, block_s: float, t0: float | None = None) -> np.ndarray:
     t0 = float(times.min()) if t0 is None else float(t0)
     raw = np.floor((times - t0) / block_s).astype(np.int64)
     return np.unique(raw, return_inverse=True)[1].astype(np.int64)
+
+
+def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int = 5) -> np.ndarray:
+    """``(N,) int`` block index of each test segment: the test period cut into ``n_blocks``
+    contiguous runs of (nearly) equal segment counts, in time order within each session.
+
+    Fewer blocks when there are fewer than ``min_per_block`` segments per block, but never
+    fewer than ``min(5, N)`` (a bootstrap over fewer blocks has too few distinct resamples to
+    give an interval; the BaRISTA recipe states none below 5 blocks).
+    """
+    t0 = np.asarray(t0, dtype=np.float64).ravel()
+    sess = np.zeros(len(t0), np.int64) if session is None else np.asarray(session, np.int64).ravel()
+    if sess.shape != t0.shape:
+        raise ValueError(f"test_period_blocks: session has {len(sess)} entries for {len(t0)} segments")
+    n = len(t0)
+    k = int(max(1, min(n_blocks, max(min(5, n), n // max(1, min_per_block)))))
+    order = np.lexsort((t0, sess))  # session, then time
+    blocks = np.empty(n, np.int64)
+    blocks[order] = (np.arange(n) * k) // max(n, 1)
+    return blocks
 
 
 def block_bootstrap_counts(blocks, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +140,70 @@ def r2_standard_error(pairs: Mapping[str, tuple[Any, Any, Any]], n_boot: int = 1
         return float("nan")
     lo, hi = np.quantile(r2, [0.15865, 0.84135])
     return float((hi - lo) / 2)
+
+
+def paired_gain(start: Mapping[str, tuple[Any, Any, Any]], later: Mapping[str, tuple[Any, Any, Any]], *,
+                task: str = "regression", n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """How much ``later`` scores above ``start`` on the same windows, and the paired block-bootstrap
+    standard error of that gain.
+
+    ``start`` and ``later`` map each target to ``(prediction, target, block id)`` of the same
+    windows in the same order (block ids from :func:`time_blocks` or :func:`test_period_blocks`;
+    the same ids mean the same blocks across targets). The score is R2 averaged over each
+    target's outputs, then over targets (``task="regression"``), or ROC-AUC averaged over targets
+    (``"classification"``: predictions are scores as :func:`decode_report` takes them). Every
+    replicate resamples whole blocks (:func:`block_bootstrap_counts`) and scores *both* on the
+    same resampled blocks, so the variance the two share (a block every decoder finds hard) cancels
+    out of the difference, as in the decode report's paired comparisons; the standard error is half
+    the width of the central 68% interval of the replicate gains (:func:`r2_standard_error`'s
+    convention). Returns ``gain`` (later - start on all windows), ``paired_se`` (NaN under 2
+    blocks) and ``n_blocks``.
+    """
+    if task not in ("regression", "classification"):
+        raise ValueError(f"paired_gain: task must be 'regression' or 'classification', got {task!r}")
+    names = [k for k in start if k in later]
+    if not names:
+        return {"gain": float("nan"), "paired_se": float("nan"), "n_blocks": 0}
+    blocks = []
+    for k in names:
+        (_, ys, bs), (_, yl, bl) = start[k], later[k]
+        bs, bl = np.asarray(bs).ravel(), np.asarray(bl).ravel()
+        ys, yl = np.asarray(ys, dtype=np.float64), np.asarray(yl, dtype=np.float64)
+        if bs.shape != bl.shape or ys.shape != yl.shape or not (np.array_equal(bs, bl) and np.allclose(ys, yl)):
+            raise ValueError(f"paired_gain({k}): the two states were scored on different windows ({len(ys)} vs "
+                             f"{len(yl)} windows, or other targets/blocks); a paired comparison needs the same ones")
+        blocks.append(bs)
+    counts, inv = block_bootstrap_counts(np.concatenate(blocks), n_boot, seed)
+    K = counts.shape[1]
+    point, boot, first = [], [], 0
+    for k, b in zip(names, blocks):
+        i = inv[first:first + len(b)]
+        first += len(b)
+        y = np.asarray(start[k][1], dtype=np.float64)
+        p0, p1 = (np.asarray(s[k][0], dtype=np.float64) for s in (start, later))
+        if task == "regression":
+            y2 = y.reshape(len(b), -1)
+            st = [_regression_stats(y2, p.reshape(len(b), -1), i, K) for p in (p0, p1)]
+            point.append(_r2_r_from_stats(st[1].sum(0))[0] - _r2_r_from_stats(st[0].sum(0))[0])
+            boot.append(_r2_r_from_stats(np.einsum("bk,kjd->bjd", counts, st[1]))[0]
+                        - _r2_r_from_stats(np.einsum("bk,kjd->bjd", counts, st[0]))[0])
+        else:
+            labels = y.astype(np.int64).ravel()
+            members = [np.flatnonzero(i == j) for j in range(K)]
+            reps = []
+            for c in counts.astype(np.int64):
+                ix = np.concatenate([members[j] for j in np.repeat(np.arange(K), c)] or [np.zeros(0, np.int64)])
+                reps.append(_auroc(labels[ix], p1[ix]) - _auroc(labels[ix], p0[ix]))
+            point.append(_auroc(labels, p1) - _auroc(labels, p0))
+            boot.append(np.asarray(reps))
+    gain = float(np.mean(point))
+    reps = np.mean(boot, axis=0)
+    reps = reps[np.isfinite(reps)]
+    se = float("nan")
+    if K >= 2 and reps.size >= 2:
+        lo, hi = np.quantile(reps, [0.15865, 0.84135])
+        se = float((hi - lo) / 2)
+    return {"gain": gain, "paired_se": se, "n_blocks": int(K)}
 
 
 def _regression_stats(y: np.ndarray, p: np.ndarray, inv: np.ndarray, K: int) -> np.ndarray:

@@ -387,6 +387,8 @@ def test_a_finetune_that_crashed_resumes_and_ends_as_an_uninterrupted_one(lab, t
     assert resumed.metrics["training"]["steps"] == whole.metrics["training"]["steps"]
     _same_weights(_weights(whole.pretrained_dir), _weights(resumed.pretrained_dir))
     _steps_logged_once(tmp_path / "b", whole.metrics["training"]["steps"])
+    # model selection compares with the same start after the resume (its windows travel in last.ckpt)
+    assert resumed.metrics["training"]["selection"] == whole.metrics["training"]["selection"]
 
 
 # -- a new lab's own iEEG: EDF and BrainVision with a behaviour channel, another rate and layout ---

@@ -54,7 +54,7 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
                                     spikes_per_window, window_count_percentiles)
 from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import block_bootstrap_counts, decode_report, time_blocks
+from neurofm.report import block_bootstrap_counts, decode_report, paired_gain, time_blocks
 
 MONITOR = ("val/total", "min")
 
@@ -382,7 +382,7 @@ def _plain(value):
 # pretrained features"), with the probe solved in closed form and kept unless fine-tuning beats it:
 # * each new regression head reads the pooled state AND every unit's counts in 50 ms bins
 #   (count_bin) and starts at ridge on the labelled windows from the counts alone, or counts +
-#   pooled state where that raises the blocked-CV R2 by more than one SE (init_count_heads), so
+#   pooled state where that raises the blocked-CV R2 by more than one paired SE (init_count_heads), so
 #   the starting model is the report's ridge arm unless the pretrained features add to it;
 # * the starting state is scored on the validation block before the first step and is the best
 #   checkpoint until a later validation check beats it (tasks.callbacks.StartingPoint), so
@@ -995,9 +995,9 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
 
     Both candidates are :func:`_ridge_fit` (4-fold blocked CV over the windows in time order
     picks the penalty; the same folds score both sets) on the standardised target; the pooled
-    state is used only when its gain in the inner folds' own R2 over counts alone exceeds one
-    standard error of that gain (:func:`_start_gain`, the one-SE rule StartingPoint applies to
-    validation checks). Standardised and sharing one penalty with the counts, pooled features
+    state is used only when its blocked-CV R2 gain over counts alone exceeds one paired
+    block-bootstrap standard error of that gain (:func:`_start_gain`, the paired one-SE rule
+    StartingPoint applies to validation checks). Standardised and sharing one penalty with the counts, pooled features
     that carry little add noise (issue 10: on linear-track fold 2 the pooled state raised the
     inner folds' R2 by 0.006 +- 0.016 SE and the counts + pooled start scored 0.038 below ridge
     on counts on the test block). With
@@ -1010,7 +1010,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     checkpoint, a resumed run) are left alone.
 
     Returns, per target initialised, ``{"features": "counts" | "counts+pooled", "cv_r2":
-    {"counts": r2, "counts+pooled": r2}, "fold_gain": mean, "fold_gain_se": se, "alpha":
+    {"counts": r2, "counts+pooled": r2}, "gain": the CV R2 difference, "paired_se": se, "alpha":
     penalty, "n_windows": labelled windows}`` (None where too few windows for 4 folds: then the
     holdout penalty, counts only);
     :func:`evaluate` writes it to metrics.json as ``start``."""
@@ -1050,6 +1050,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     if moving is not None:  # the labels the behaviour loss sees: moving windows only
         labelled &= moving(torch.cat(ses), torch.cat(ivs))
     P = torch.cat(pooled).numpy()
+    sessions, intervals = torch.cat(ses).numpy(), torch.cat(ivs).double().numpy()
     done: dict[str, dict[str, Any]] = {}
     for v in fresh:
         C = torch.cat(xs[v.name]).double().numpy()
@@ -1061,7 +1062,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         fits = {START_COUNTS: _ridge_fit(C[keep], Y[keep], stride),
                 START_POOLED: _ridge_fit(np.concatenate([C, P], axis=1)[keep], Y[keep], stride)}
         cv = {k: cv_r2 for k, (_, cv_r2, _) in fits.items()}
-        gain, se = _start_gain(fits[START_COUNTS][2], fits[START_POOLED][2])
+        blocks = time_blocks(intervals[keep] + 1e7 * sessions[keep], cfg.data.label_chunk_s)
+        gain, se = _start_gain(fits[START_COUNTS][2], fits[START_POOLED][2], Y[keep], blocks, seed=cfg.eval.seed)
         chosen = START_POOLED if gain > se else START_COUNTS  # NaN (too few windows for CV): counts
         r = fits[chosen][0]
         coef, bias = r.linear_map()  # (F, D): the counts' F_c rows, then the pooled state's
@@ -1074,13 +1076,14 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         pooled_head.bias.zero_()
         finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731
         done[v.name] = {"features": chosen, "cv_r2": {k: finite(x) for k, x in cv.items()},
-                        "fold_gain": finite(gain), "fold_gain_se": finite(se),
+                        "gain": finite(gain), "paired_se": finite(se),
                         "alpha": float(r.alpha_), "n_windows": int(keep.sum())}
         features = 'binned counts + pooled state' if chosen == START_POOLED else 'binned counts alone'
         if np.isfinite(gain):
             scores = ", ".join(f"{k} {x:.3f}" for k, x in cv.items())
-            why = (f"blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; pooled state's "
-                   f"gain per inner fold {gain:+.4f} +- {se:.4f} SE: used only when the gain exceeds one SE")
+            why = (f"blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; the pooled state's "
+                   f"gain {gain:+.4f} +- {se:.4f} paired SE over {cfg.data.label_chunk_s:g} s blocks: used only when "
+                   f"the gain exceeds one SE")
         else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
             why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "
                    f"too few for blocked CV, so counts alone, penalty {float(r.alpha_):g} chosen on the last 20% of them; "
@@ -1089,16 +1092,27 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     return done
 
 
-def _start_gain(counts: np.ndarray | None, both: np.ndarray | None) -> tuple[float, float]:
-    """What adding the pooled state gains over counts alone, from the inner folds' own R2 of each
-    (the same folds): the mean of the paired per-fold differences and its standard error
-    (NaN, NaN without CV scores). The start takes the pooled state only when the gain exceeds one
-    SE, as :class:`~neurofm.tasks.callbacks.StartingPoint` leaves the start only for a validation
-    gain above one SE: a gain within the folds' noise is no evidence that the features help."""
-    if counts is None or both is None or len(counts) < 2:
+def _start_gain(counts: np.ndarray | None, both: np.ndarray | None, Y: np.ndarray, blocks: np.ndarray,
+                seed: int = 0) -> tuple[float, float]:
+    """What adding the pooled state gains over counts alone: the blocked-CV R2 of the counts +
+    pooled fit minus that of the counts-only fit (their out-of-fold predictions ``counts`` and
+    ``both``, (n, D), of the same standardised targets ``Y``), and the paired block-bootstrap
+    standard error of that gain over ``blocks`` (:func:`neurofm.report.paired_gain`, the rule
+    :class:`~neurofm.tasks.callbacks.StartingPoint` applies to a validation check against the
+    start). NaN, NaN without CV predictions (too few windows). The start takes the pooled state
+    only when the gain exceeds one SE: a gain within the blocks' noise is no evidence that the
+    features help.
+
+    Before, the gain was the mean of the 4 inner folds' own R2 differences: with few labels a
+    fold whose target barely varies dominates it (a new lab's 10% draw: "+0.2004 +- 0.1971" per
+    fold while the pooled CV R2 fell 0.214 -> 0.212, and the start took the pooled state)."""
+    if counts is None or both is None:
         return float("nan"), float("nan")
-    d = np.asarray(both, dtype=np.float64) - np.asarray(counts, dtype=np.float64)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)
+    start = {"y": (np.asarray(counts).reshape(Y.shape), Y, blocks)}
+    later = {"y": (np.asarray(both).reshape(Y.shape), Y, blocks)}
+    p = paired_gain(start, later, seed=seed)
+    return p["gain"], p["paired_se"]
 
 
 BUDGET_PASSES, BUDGET_MIN_STEPS, BUDGET_MAX_STEPS, BUDGET_CHECKS = 30, 300, 3000, 20
@@ -1566,12 +1580,12 @@ def _ridge_fit(X: np.ndarray, Y: np.ndarray, stride: float, gap_s: float = 5.0
     block), maximising pooled R2. A single holdout block (the last 20% of the windows) picks
     badly when that block differs from the rest (on linear-track it chose the largest penalty
     and shrank the predictions to the mean). Too few windows for 4 folds: the holdout choice.
-    Returns the fitted :class:`Ridge` (targets as (n, D)), its blocked-CV R2 and each inner
-    fold's own R2 (NaN and None for the holdout fallback). The decode report's ridge arms and the
-    fine-tuning start (:func:`init_count_heads`) are both this fit."""
+    Returns the fitted :class:`Ridge` (targets as (n, D)), its blocked-CV R2 and its
+    out-of-fold predictions, (n, D) (NaN and None for the holdout fallback). The decode
+    report's ridge arms and the fine-tuning start (:func:`init_count_heads`) are both this fit."""
     rfp = RidgeFitPredict("blocked_cv", gap=int(math.ceil(gap_s / stride)))
     try:
-        return rfp.fit(X, Y), rfp.cv_r2_, rfp.cv_fold_r2_
+        return rfp.fit(X, Y), rfp.cv_r2_, rfp.cv_pred_
     except ValueError:
         return Ridge().fit(X, np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)), float("nan"), None
 

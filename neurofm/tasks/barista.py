@@ -19,7 +19,8 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   backbone trains at 1e-4, the head at 1e-3, the spatial tables stay trainable (a new
   subject's categories need their rows learned) at ``lr_spatial``. The state fine-tuning
   starts from is validated before the first step and kept as the best checkpoint unless a
-  check beats it (:class:`~neurofm.tasks.callbacks.StartingPoint`; the recipe starts the head
+  check truly improves on it (:class:`~neurofm.tasks.callbacks.StartingPoint`: by more than one
+  paired block-bootstrap SE of the gain; the recipe starts the head
   at the linear probe: :func:`neurofm.recipes.barista.init_probe_head`). Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
@@ -49,6 +50,7 @@ from neurofm.models.barista import (
     spatial_mask,
     upgrade_state_dict,
 )
+from neurofm.report import test_period_blocks
 from neurofm.tasks.callbacks import EarlyStoppingAfterValidation, StartingPoint
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS as _FT
 from neurofm.tasks.optim import BARISTA_PRETRAIN_KNOBS as _PRE
@@ -272,7 +274,8 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             raise ValueError(f"BaristaFinetuneTask: target_std must be positive and finite, got {std.tolist()}")
         self._scale_warned = target_mean is not None or task != "regression"
         self.encoder.tokenizer.blocks.requires_grad_(not freeze_cnn)
-        self._val: list[tuple[Tensor, Tensor]] = []
+        self._val: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.validation_windows: dict[str, tuple] | None = None
 
     @classmethod
     def from_pretraining(cls, pretrained: "Barista | BaristaPretrainTask", **kwargs) -> "BaristaFinetuneTask":
@@ -365,22 +368,59 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         loss, pred, y = self._loss(batch, _validation_generator(batch_idx))
         self.log("val/loss", loss, batch_size=_batch_size(batch), on_epoch=True)
-        self._val.append((pred.cpu(), y.cpu()))
+        self._val.append((pred.cpu(), y.cpu(), self._row_times(batch, len(y), batch_idx)))
 
     def on_validation_epoch_end(self) -> None:
-        """AUROC (classification) or R2 pooled over all validation predictions."""
+        """AUROC (classification) or R2 pooled over all validation predictions. The check's
+        per-segment predictions stay in :attr:`validation_windows` (model selection compares them
+        with the start's)."""
         if not self._val:
             return
         for name, value in self._val_metrics(self._val).items():
             self.log(name, value)
+        self.validation_windows = self._windows(self._val)
         self._val.clear()
 
-    def _val_metrics(self, pairs: Sequence[tuple[Tensor, Tensor]]) -> dict[str, float]:
-        """The validation metrics of ``(prediction, truth)`` batches pooled: ``val/auroc`` and
+    def _row_times(self, batch: Mapping[str, Tensor], n_rows: int, batch_idx: int) -> Tensor:
+        """(n_rows,) float64 time of each row :meth:`_loss` returns for validation batch ``batch_idx``:
+        its segment's start (s), + 1e7 s per session (blocks stay apart). Regression keeps the rows
+        ``target_mask`` keeps; reconstruction repeats a segment's time for every sample of its
+        masked channels (the same mask: the same generator). NaN when the rows cannot be mapped."""
+        t = batch["t0"].double().cpu() + 1e7 * batch["session"].double().cpu()
+        task = self.hparams.task
+        if task == "regression" and batch.get("target_mask") is not None:
+            t = t[batch["target_mask"].bool().cpu()]
+        elif task == "reconstruction":
+            t = t[self.recon_mask(batch, _validation_generator(batch_idx)).nonzero()[:, 0].cpu()]
+        if len(t) and n_rows % len(t) == 0:
+            return t.repeat_interleave(n_rows // len(t))
+        return torch.full((n_rows,), float("nan"), dtype=torch.float64)
+
+    def _windows(self, pairs: Sequence[tuple[Tensor, Tensor, Tensor]]) -> dict[str, tuple]:
+        """``{"target": (prediction, truth, time)}`` of the pooled validation rows, predictions as the
+        metric scores them (class-1 probability or class probabilities; values in the recording's
+        units), for :func:`neurofm.tasks.callbacks.selection_windows`. Empty when a row has no time."""
+        pred = torch.cat([p for p, _, _ in pairs]).numpy()
+        y = torch.cat([t for _, t, _ in pairs]).numpy()
+        t = torch.cat([t for _, _, t in pairs]).numpy()
+        if not np.isfinite(t).all():
+            return {}
+        if self.hparams.task == "classification":
+            probs = torch.softmax(torch.from_numpy(pred), -1).numpy()
+            pred = probs[:, 1] if probs.shape[1] == 2 else probs
+        return {"target": (pred, y, t)}
+
+    def validation_blocks(self, times) -> np.ndarray:
+        """Block id of each validation segment: contiguous runs of equal segment counts, the rule
+        the decode report's test CIs use (:func:`neurofm.report.test_period_blocks`)."""
+        return test_period_blocks(times)
+
+    def _val_metrics(self, pairs: Sequence[tuple[Tensor, ...]]) -> dict[str, float]:
+        """The validation metrics of ``(prediction, truth, ...)`` batches pooled: ``val/auroc`` and
         ``val/accuracy`` (classification; AUROC NaN with one class), else ``val/r2`` (none under 2
         windows)."""
-        pred = torch.cat([p for p, _ in pairs]).numpy()
-        y = torch.cat([t for _, t in pairs]).numpy()
+        pred = torch.cat([p[0] for p in pairs]).numpy()
+        y = torch.cat([p[1] for p in pairs]).numpy()
         if self.hparams.task == "classification":
             probs = torch.softmax(torch.from_numpy(pred), -1).numpy()
             scores = probs[:, 1] if probs.shape[1] == 2 else probs
@@ -393,9 +433,8 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         """The metrics a validation check logs (:meth:`_val_metrics`: the same batches, masks and
         reconstruction masks), for the model as it is now, outside Lightning's loop (eval mode,
         restored after): :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before
-        the first optimizer step with it. ``windows`` is left empty: BaRISTA's checks score a few
-        dozen segments (AUROC or R2), with no time blocks to estimate the start's noise from, so
-        its starting state is replaced by any better check (no margin)."""
+        the first optimizer step with it. ``windows``, when given, is filled as
+        :meth:`on_validation_epoch_end` fills :attr:`validation_windows` (model selection pairs them)."""
         was_training = self.training
         self.eval()
         pairs = []
@@ -403,9 +442,11 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             for i, batch in enumerate(loader):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
                 _, pred, y = self._loss(batch, _validation_generator(i))
-                pairs.append((pred.cpu(), y.cpu()))
+                pairs.append((pred.cpu(), y.cpu(), self._row_times(batch, len(y), i)))
         finally:
             self.train(was_training)
+        if windows is not None and pairs:
+            windows.update(self._windows(pairs))
         return self._val_metrics(pairs) if pairs else {}
 
     # -- optimisation --------------------------------------------------------------------------

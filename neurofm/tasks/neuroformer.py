@@ -21,11 +21,13 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
 from neurofm.data.splits import labelled_windows
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
+from neurofm.report import time_blocks
 from neurofm.tasks.callbacks import StartingPoint
 from neurofm.tasks.optim import NEUROFORMER_KNOBS, adamw, param_groups, warmup_cosine_scheduler
 
@@ -138,6 +140,8 @@ class NeuroformerTask(L.LightningModule):
         })
         self.label_subset = LabelSubset(label_fraction, label_chunk_s, label_seed) if label_fraction < 1.0 else None
         self._val_behavior: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self._val_times: dict[str, list[Tensor]] = {}
+        self.validation_windows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self.score_windows = score_windows
         if freeze_backbone:
             self._apply_freezing(n_unfrozen=0)
@@ -222,20 +226,30 @@ class NeuroformerTask(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         batch = self._scored(batch)
         _, out = self._step(batch, "val")
-        for name, pred, y, _ in self._regression_pairs(batch, out):
+        t = _window_times(batch)
+        for name, pred, y, counted in self._regression_pairs(batch, out):
             self._val_behavior.setdefault(name, []).append((pred, y))
+            self._val_times.setdefault(name, []).append(t[counted])
 
     def on_validation_epoch_end(self) -> None:
         """R2 and Pearson r per behaviour target, pooled over all validation windows, and their
         mean R2 (``val/behavior_r2``, NaN when no target has 2 labelled windows: the monitor
-        then counts this check as no improvement)."""
+        then counts this check as no improvement). The check's per-window predictions stay in
+        :attr:`validation_windows` (model selection compares them with the start's)."""
         scores = _behavior_scores(self._val_behavior)
         for name, (r2, r) in scores.items():
             self.log(f"val/{name}_r2", r2)
             self.log(f"val/{name}_pearson", r)
         if self.monitor is not None and not self.trainer.sanity_checking:
             self.log("val/behavior_r2", _mean_r2(scores))
+        self.validation_windows = _windows_of(self._val_behavior, self._val_times)
         self._val_behavior.clear()
+        self._val_times.clear()
+
+    def validation_blocks(self, times) -> np.ndarray:
+        """Block id of each validation window (``times`` as :meth:`validation_scores` gives them):
+        ``label_chunk_s`` blocks of the validation period, the decode report's block rule."""
+        return time_blocks(times, self.hparams.get("label_chunk_s", 10.0))
 
     @torch.no_grad()
     def validation_scores(self, loader, windows: dict | None = None) -> dict[str, float]:
@@ -244,7 +258,8 @@ class NeuroformerTask(L.LightningModule):
         windows under the same scoring rule, outside Lightning's loop (eval mode, restored after):
         :class:`~neurofm.tasks.callbacks.StartingPoint` scores the state before the first optimizer step with it.
         ``windows``, when given, is filled with ``name -> (prediction, target, time)`` of the
-        scored windows (time: window end, + 1e7 s per session), as :func:`starting_margin` reads."""
+        scored windows (time: window end, + 1e7 s per session), as model selection reads them
+        (:func:`neurofm.tasks.callbacks.selection_windows`)."""
         was_training = self.training
         self.eval()
         pairs: dict[str, list[tuple[Tensor, Tensor]]] = {}
@@ -253,15 +268,14 @@ class NeuroformerTask(L.LightningModule):
             for batch in loader:
                 batch = self._scored(self.transfer_batch_to_device(batch, self.device, 0))
                 out = self.model(batch)
-                t = batch["interval"].double().cpu() + 1e7 * batch["session"].double().cpu()
+                t = _window_times(batch)
                 for name, pred, y, counted in self._regression_pairs(batch, out):
                     pairs.setdefault(name, []).append((pred, y))
                     times.setdefault(name, []).append(t[counted])
         finally:
             self.train(was_training)
         if windows is not None:
-            windows.update({n: (torch.cat([p for p, _ in ps]).numpy(), torch.cat([y for _, y in ps]).numpy(),
-                                torch.cat(times[n]).numpy()) for n, ps in pairs.items()})
+            windows.update(_windows_of(pairs, times))
         scores = _behavior_scores(pairs)
         out = {f"val/{n}_{k}": float(v) for n, (r2, r) in scores.items() for k, v in (("r2", r2), ("pearson", r))}
         out["val/behavior_r2"] = float(_mean_r2(scores))
@@ -315,6 +329,17 @@ class NeuroformerTask(L.LightningModule):
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip,
                                 gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+
+def _window_times(batch: Mapping[str, Any]) -> Tensor:
+    """(B,) float64 CPU time of each window: its end (s), + 1e7 s per session (blocks stay apart)."""
+    return batch["interval"].double().cpu() + 1e7 * batch["session"].double().cpu()
+
+
+def _windows_of(pairs: Mapping[str, list[tuple[Tensor, Tensor]]], times: Mapping[str, list[Tensor]]) -> dict:
+    """``name -> (prediction, target, time)`` numpy arrays of the collected validation windows."""
+    return {n: (torch.cat([p for p, _ in ps]).numpy(), torch.cat([y for _, y in ps]).numpy(),
+                torch.cat(times[n]).numpy()) for n, ps in pairs.items() if ps}
 
 
 def _behavior_scores(pairs: Mapping[str, list[tuple[Tensor, Tensor]]]) -> dict[str, tuple[Tensor, Tensor]]:

@@ -317,6 +317,10 @@ def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_sess
     logged = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/r2")]
     assert logged[0]["step"] == "0" and len(logged) > 1
     assert all(float(r["val/r2"]) < float(logged[0]["val/r2"]) for r in logged[1:])
+    # paired model selection: every check compared with the start on the same validation segments
+    paired = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/paired_gain")]
+    assert paired and all(float(r["val/paired_gain"]) < 0 for r in paired)
+    assert m["training"]["selection"]["kept"] == "start" and m["training"]["selection"]["selected_step"] == 0
     probe = m["baselines"]["linear probe on the frozen random-init encoder"]["test_r2"]
     assert m["metrics"]["test_r2"] == pytest.approx(probe, abs=1e-4)
 

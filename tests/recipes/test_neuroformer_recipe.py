@@ -607,8 +607,11 @@ def test_validation_scores_the_starting_state_and_selection_can_keep_it(tmp_path
     logged = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv"))))
               if r.get("val/behavior_r2")]
     assert logged[0]["step"] == "0" and len(logged) > 1
-    # the start's noise, logged at step 0 (0 here: a 60 s session's validation block is one 10 s block)
-    assert float(logged[0]["val/starting_margin"]) == 0.0
+    # every later check scored below the start: no check to compare, the start is kept (and said so)
+    sel = m["training"]["selection"]
+    assert sel["kept"] == "start" and sel["selected_step"] == 0 and sel["best_check_step"] is None
+    paired = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/paired_gain")]
+    assert len(paired) == len(logged) - 1 and all(float(r["val/paired_gain"]) < 0 for r in paired)
     assert all(float(r["val/behavior_r2"]) < float(logged[0]["val/behavior_r2"]) for r in logged[1:])
     final = load_pretrained(tmp_path / "run" / "pretrained").state_dict()
     assert set(final) == set(start.state) and all(torch.equal(final[k], start.state[k]) for k in final)
