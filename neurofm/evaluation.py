@@ -45,7 +45,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from neurofm import metrics
-from neurofm.baselines import DEFAULT_ALPHAS, Ridge, bin_spikes, bin_timeseries, history_features
+from neurofm.baselines import DEFAULT_ALPHAS, Ridge, _n_bins, bin_spikes, bin_timeseries, history_features
 from neurofm.data.session import Session, SessionFormatError
 from neurofm.data.splits import labelled_windows
 
@@ -571,7 +571,7 @@ def _open(session) -> tuple[Session, bool]:
     raise TypeError(f"expected a Session or the path of a session file, got {type(session).__name__}")
 
 
-def session_position_data(session, protocol: DecodingProtocol | None = None) -> DecodingData:
+def session_position_data(session, protocol: DecodingProtocol | None = None, *, counts: bool = True) -> DecodingData:
     """Bin a session's spikes and behaviour for decoding (DESIGN.md 8).
 
     The bins cover the span where both exist: from the later of the first spike and the
@@ -583,7 +583,9 @@ def session_position_data(session, protocol: DecodingProtocol | None = None) -> 
     thresholds :meth:`DecodingData.moving_speed` (a measured speed smoothed, or the speed of
     the smoothed position).
 
-    ``session``: a :class:`~neurofm.data.session.Session` or a session file path.
+    ``session``: a :class:`~neurofm.data.session.Session` or a session file path. ``counts=False``:
+    the bins, position and speed only (``counts`` has no columns), reading just the first and
+    last spike times, not every spike (what the moving rule's threshold needs).
     """
     protocol = protocol or DecodingProtocol()
     s, opened = _open(session)
@@ -595,18 +597,23 @@ def session_position_data(session, protocol: DecodingProtocol | None = None) -> 
                                      "with tracking")
         if s.n_spikes == 0:
             raise SessionFormatError(s.path, "/spikes", "no spikes", "decode from a session that holds spikes")
-        times, unit_index = s.spikes()
+        if counts:
+            times, unit_index = s.spikes()
+            first, last = float(times[0]), float(times[-1])
+        else:
+            first, last = s.spike_span()
         ts, values = s.behavior(protocol.behavior)
         if len(ts) < 2:
             raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}", f"{len(ts)} sample(s)",
                                      "decoding needs a sampled behaviour trace")
-        t0, t1 = max(float(times[0]), float(ts[0])), min(float(times[-1]), float(ts[-1]))
+        t0, t1 = max(first, float(ts[0])), min(last, float(ts[-1]))
         if t1 - t0 < protocol.bin_size * protocol.n_folds * 2:
             raise SessionFormatError(s.path, f"/behavior/{protocol.behavior}",
                                      f"spikes and behaviour overlap only in [{t0:.3f}, {t1:.3f}] s",
                                      "decode a session whose behaviour is tracked while spikes are recorded")
-        counts = bin_spikes(times, unit_index, s.n_units, t0, t1, protocol.bin_size)  # (T, N)
-        T = len(counts)
+        binned = (bin_spikes(times, unit_index, s.n_units, t0, t1, protocol.bin_size) if counts  # (T, N)
+                  else np.zeros((_n_bins(t0, t1, protocol.bin_size), 0), dtype=np.int64))
+        T = len(binned)
         position = bin_timeseries(ts, values, t0, t1, protocol.bin_size).reshape(T, -1)  # (T, D)
         unit = str(s.h5[f"behavior/{protocol.behavior}"].attrs.get("unit", ""))
         if isinstance(unit, bytes):
@@ -624,7 +631,7 @@ def session_position_data(session, protocol: DecodingProtocol | None = None) -> 
             speed = speed_from_position(position, protocol.bin_size)
             source, measured = f"finite differences of /behavior/{protocol.behavior}", False
         bin_times = t0 + protocol.bin_size * np.arange(T)
-        data = DecodingData(counts=counts, position=position, speed=speed, bin_times=bin_times,
+        data = DecodingData(counts=binned, position=position, speed=speed, bin_times=bin_times,
                             moving=np.zeros(T, dtype=bool), bin_size=protocol.bin_size, unit=unit,
                             speed_source=source, unit_ids=s.unit_ids, session_id=s.session_id,
                             behavior=protocol.behavior, speed_measured=measured)

@@ -331,3 +331,21 @@ def test_linear_track_ridge_floor(tmp_path):
     # the animal runs in the first half only: the last two of five blocks hold no scored bin
     setup = out["setup"]
     assert [int(setup.score_mask[te].sum()) > 0 for _, te in setup.folds] == [True, True, True, False, False]
+
+
+def test_position_data_without_counts_reads_two_spike_times_and_gives_the_same_grid(tmp_path, monkeypatch):
+    """The moving rule (its threshold, MovingWindows, `neurofm inspect`'s test-block check) needs
+    the bin grid and the speed, not the spikes: ``counts=False`` reads only the first and last
+    spike times, never ``/spikes`` whole, and gives the same bins, position, speed and moving mask."""
+    from neurofm.data.synthetic import simulate_spikes
+    from neurofm.evaluation import DecodingProtocol, session_position_data
+
+    path = simulate_spikes(tmp_path / "s.h5", n_units=6, duration=120.0, seed=3)
+    full = session_position_data(path, DecodingProtocol(speed_threshold=5.0))
+    monkeypatch.setattr(Session, "spikes", lambda self, *a, **k: pytest.fail("read the spikes"))
+    grid = session_position_data(path, DecodingProtocol(speed_threshold=5.0), counts=False)
+    assert grid.counts.shape == (full.n_bins, 0) and full.counts.shape[1] == 6
+    np.testing.assert_array_equal(grid.bin_times, full.bin_times)
+    np.testing.assert_array_equal(grid.position, full.position)
+    np.testing.assert_array_equal(grid.moving, full.moving)
+    assert full.moving.any() and (~full.moving).any()

@@ -1253,6 +1253,13 @@ class Session:
         i0 = bound(t0)
         return i0, max(i0, bound(t1))
 
+    def spike_span(self) -> tuple[float, float]:
+        """Times (s) of the first and the last spike: two reads, not the whole ``/spikes/times``."""
+        times = self._dset("spikes/times")
+        if times.shape[0] == 0:
+            raise SessionFormatError(self.path, "/spikes/times", "no spikes", "use a session that holds spikes")
+        return float(times[0]), float(times[-1])
+
     @_reads("/spikes")
     def spikes(self, t0: float | None = None, t1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Spikes with ``t0 <= t < t1``: ``(times (N,) float64 s, unit_index (N,) int32)``."""

@@ -484,7 +484,7 @@ class MovingWindows:
         protocol = _protocol_for(cfg)
         self.grids = []
         for session in sessions:
-            d = session_position_data(session, protocol)
+            d = session_position_data(session, protocol, counts=False)  # the bin grid and speed, no spikes read
             self.grids.append((d.bin_times, d.bin_end[-1], d.n_bins, np.concatenate([[0], np.cumsum(~d.moving)]),
                                d.bin_size))
 
@@ -533,7 +533,7 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                     raise ConfigError(f"--score-when moving: {path} has no /behavior/{e.moving_behavior} to tell "
                                       f"moving windows by (it has {s.behavior_names or 'no behaviour'}); set "
                                       f"eval.moving_behavior=NAME or use --score-when all")
-                d = session_position_data(s, _protocol_for(cfg, threshold=0.0))
+                d = session_position_data(s, _protocol_for(cfg, threshold=0.0), counts=False)
                 train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
                 unit = unit or d.unit
                 source = source or ("smoothed " + d.speed_source if d.speed_measured
