@@ -41,7 +41,8 @@ import numpy as np
 
 from neurofm import metrics as M
 
-__all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "decode_report", "DecodeReport", "ArmRow"]
+__all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain",
+           "decode_report", "DecodeReport", "ArmRow"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -166,7 +167,7 @@ def paired_gain(start: Mapping[str, tuple[Any, Any, Any]], later: Mapping[str, t
         return {"gain": float("nan"), "paired_se": float("nan"), "n_blocks": 0}
     blocks = []
     for k in names:
-        (ps, ys, bs), (pl, yl, bl) = start[k], later[k]
+        (_, ys, bs), (_, yl, bl) = start[k], later[k]
         bs, bl = np.asarray(bs).ravel(), np.asarray(bl).ravel()
         ys, yl = np.asarray(ys, dtype=np.float64), np.asarray(yl, dtype=np.float64)
         if bs.shape != bl.shape or ys.shape != yl.shape or not (np.array_equal(bs, bl) and np.allclose(ys, yl)):
