@@ -41,7 +41,8 @@ import numpy as np
 
 from neurofm import metrics as M
 
-__all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "decode_report", "DecodeReport", "ArmRow"]
+__all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain",
+           "decode_report", "DecodeReport", "ArmRow"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)

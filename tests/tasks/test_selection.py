@@ -116,7 +116,8 @@ def _fit(tmp_path, later_pred):
     module = _module(w(start), float(r2_score(y, start)))
     sp = StartingPoint()
     sp.on_train_start(trainer, module)
-    assert (tmp_path / "start.ckpt").exists() and float(ckpt.best_model_score) == pytest.approx(module.starting_scores[MONITOR])
+    assert (tmp_path / "start.ckpt").exists()
+    assert float(ckpt.best_model_score) == pytest.approx(module.starting_scores[MONITOR])
     for step, pred in ((10, y + 1.3 * e), (20, later_pred)):
         trainer.global_step = step
         trainer.callback_metrics = {MONITOR: torch.tensor(float(r2_score(y, pred)))}
