@@ -385,7 +385,10 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         """(n_rows,) float64 time of each row :meth:`_loss` returns for validation batch ``batch_idx``:
         its segment's start (s), + 1e7 s per session (blocks stay apart). Regression keeps the rows
         ``target_mask`` keeps; reconstruction repeats a segment's time for every sample of its
-        masked channels (the same mask: the same generator). NaN when the rows cannot be mapped."""
+        masked channels (the same mask: the same generator). NaN when the rows cannot be mapped
+        (also for batches without ``t0``/``session``, e.g. a user's own dataset)."""
+        if "t0" not in batch or "session" not in batch:
+            return torch.full((n_rows,), float("nan"), dtype=torch.float64)
         t = batch["t0"].double().cpu() + 1e7 * batch["session"].double().cpu()
         task = self.hparams.task
         if task == "regression" and batch.get("target_mask") is not None:
