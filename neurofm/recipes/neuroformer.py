@@ -559,17 +559,19 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
     inspect``): the fraction of its test windows, and of its training windows, that are moving
     by the rule ``--score-when moving`` applies (:class:`MovingWindows`, the threshold from the
     training blocks as :func:`resolve_scoring` sets it), for a file with
-    ``/behavior/<eval.moving_behavior>``; None without it (or without movement to set a
-    threshold from). ``source`` says where the test block comes from: the file's
-    ``/intervals/test`` or the default split's last fraction."""
+    ``/behavior/<eval.moving_behavior>``, or else the one behaviour in a length unit, as ``auto``
+    scoring finds the position (:func:`_position_by_unit`); None without either (or without
+    movement to set a threshold from). ``source`` says where the test block comes from: the
+    file's ``/intervals/test`` or the default split's last fraction."""
     import contextlib
     import io
 
-    e = cfg.eval
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sessions=[str(session.path)]))
+    with contextlib.redirect_stdout(io.StringIO()):  # _position_by_unit's note on the name it found
+        e = _position_by_unit(cfg, list(session.behavior_names))
     if e.moving_behavior not in session.behavior_names:
         return None
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sessions=[str(session.path)]),
-                              eval=dataclasses.replace(e, score_when="moving"))
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when="moving"))
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # resolve_scoring's note on the threshold
             cfg = resolve_scoring(cfg)

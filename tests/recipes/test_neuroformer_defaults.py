@@ -17,7 +17,7 @@ import torch
 
 from neurofm import cli, jsonio
 from neurofm.config import ConfigError, from_dict
-from neurofm.data.session import SessionWriter
+from neurofm.data.session import Session, SessionWriter
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction, spikes_per_window,
                                     window_count_percentiles)
 from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
@@ -213,6 +213,10 @@ def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_pa
     assert (out.eval.score_when, out.eval.moving_behavior) == ("all", "position")
     assert recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]},
                                           eval={"score_when": "all"})).eval.score_when == "all"
+    # neurofm inspect's test-block check finds the same position
+    with Session(led) as s:
+        motion = recipe.test_block_motion(_config([led]), s)
+    assert motion["moving_behavior"] == "led" and motion["unit"] == "meters" and 0.15 < motion["moving_threshold"] < 0.21
 
 
 def test_default_moving_windows_ignore_tracking_jitter_at_rest(jittered_open_field):
