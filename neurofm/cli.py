@@ -297,6 +297,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_dir(pretrained: str, data: list[str]) -> str:
+    """``runs/evaluate-<model>-<first data file>``: the model is its run's folder name for a
+    fine-tuned ``RUN/pretrained`` (the folder's own name otherwise), so evaluating another model
+    or another recording never overwrites an earlier evaluation."""
+    from pathlib import Path
+
+    folder = Path(pretrained.rstrip("/"))
+    model = folder.parent.name if folder.name == "pretrained" and folder.parent.name else folder.name
+    return f"runs/evaluate-{model}-{Path(data[0]).stem}" if data else f"runs/evaluate-{model}"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -304,7 +315,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from neurofm.experiment import evaluate_pretrained, family_of, print_summary, recipe_for
 
     _split_overrides(args)
-    out = Path(args.out)
+    out = Path(args.out or _evaluate_dir(args.pretrained, args.data))
     family = family_of(args.pretrained)
     recipe = recipe_for(family)
     overrides = list(args.overrides)
@@ -524,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "its fine-tuning run's split (data.split.* to change); the linear probe reads the evaluated "
                         "model's own frozen encoder, and the report says so.")
     finetune_args(e)
-    e.add_argument("--out", default="runs/evaluate", help="folder for metrics.json and plots")
+    e.add_argument("--out", help="folder for metrics.json and plots (default runs/evaluate-<model>-<first data "
+                   "file>; the model is RUN for a fine-tuned RUN/pretrained)")
     e.add_argument("--json", action="store_true",
                    help="print metrics, baselines and protocol as one JSON document (the full record is "
                         "OUT/metrics.json either way) instead of the summary finetune prints")

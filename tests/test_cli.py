@@ -47,7 +47,7 @@ def test_version_and_top_level_description(capsys):
     ("convert", ["mark the channel bad", "nwb: NWB 2 file"]),
     ("generate", ["(default: teacher_forced)", "(default: 0.95)", "(default: 10.0)"]),
     ("finetune", ["(default: decode)", "(default: 1.0)"]),
-    ("evaluate", ["(default: runs/evaluate)"]),
+    ("evaluate", ["(default runs/evaluate-<model>-<first data file>"]),
     ("config", ["neurofm config show barista/paper"]),
 ])
 def test_every_subcommand_help_shows_its_defaults(command, expected, capsys):
@@ -205,3 +205,11 @@ def test_trainer_logs_csv_and_drops_lightning_noise_only(tmp_path, caplog):
     logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").info(
         "`weights_only` was not set, defaulting to `False`.")
     assert len(caplog.records) == n
+
+
+def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
+    """`neurofm evaluate` without --out wrote every evaluation to runs/evaluate, each replacing the
+    last; the default now names the model (a fine-tuned RUN/pretrained by its run) and the data."""
+    assert cli._evaluate_dir("runs/ft-maze/pretrained", ["data/maze.h5", "data/b.h5"]) == "runs/evaluate-ft-maze-maze"
+    assert cli._evaluate_dir("runs/ft-maze/pretrained/", ["maze.h5"]) == "runs/evaluate-ft-maze-maze"
+    assert cli._evaluate_dir("models/neuroformer-demo", ["x/of.h5"]) == "runs/evaluate-neuroformer-demo-of"
