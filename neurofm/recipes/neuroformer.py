@@ -622,6 +622,28 @@ def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConf
     return dataclasses.replace(e, moving_behavior=lengths[0])
 
 
+#: ``unit`` attrs of an angle: a circular target that R2 and ridge read as a line
+_ANGLE_UNITS = ("rad", "rads", "radian", "radians", "deg", "degree", "degrees")
+
+
+def _warn_if_angle(name: str, paths: list[str]) -> None:
+    """Warn when ``/behavior/<name>`` is an angle (its ``unit``, e.g. head direction in radians):
+    a regression head, ridge and R2 treat it as a line, so 359 and 1 degree read as far apart.
+    The fix is the angle's cosine and sine as a 2-column behaviour."""
+    for path in paths:
+        with Session(path) as s:
+            if name not in s.behavior_names:
+                continue
+            unit = s.h5[f"behavior/{name}"].attrs.get("unit", "")
+            unit = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip()
+            if unit.lower() in _ANGLE_UNITS:
+                warnings.warn(f"{name} in {path} is an angle ({unit}): the regression head, ridge and R2 read it as a "
+                              f"line, so values either side of the wrap (e.g. 359 and 1 degree) count as far apart; "
+                              f"decode its cosine and sine instead (a 2-column /behavior written with "
+                              f"SessionWriter.add_behavior)", stacklevel=3)
+                return
+
+
 def check_test_target(cfg: RunConfig) -> None:
     """Before training: can the test block score each decoded regression target?
 
@@ -645,6 +667,7 @@ def check_test_target(cfg: RunConfig) -> None:
     moving = MovingWindows(cfg, paths) if e.score_when == "moving" else None
     w = cfg.model.window.curr
     for v in targets:
+        _warn_if_angle(v.name, paths)
         values = {"train": [], "valid": [], "test": []}
         for k, path in enumerate(paths):
             with Session(path) as s:

@@ -213,6 +213,10 @@ def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_pa
     assert (out.eval.score_when, out.eval.moving_behavior) == ("all", "position")
     assert recipe.resolve_scoring(_config([led], model=model, data={"sessions": [str(led)], "behavior": ["led"]},
                                           eval={"score_when": "all"})).eval.score_when == "all"
+    # an angle target is decoded as a line: warned before training
+    hd_cfg = recipe.resolve_scoring(_config([led], model=hd, data={"sessions": [str(led)], "behavior": ["head_direction"]}))
+    with pytest.warns(UserWarning, match=r"head_direction in .*led.h5 is an angle \(radians\).*cosine and sine"):
+        recipe.check_test_target(hd_cfg)
     # neurofm inspect's test-block check finds the same position
     with Session(led) as s:
         motion = recipe.test_block_motion(_config([led]), s)
