@@ -615,9 +615,7 @@ def session_position_data(session, protocol: DecodingProtocol | None = None, *, 
                   else np.zeros((_n_bins(t0, t1, protocol.bin_size), 0), dtype=np.int64))
         T = len(binned)
         position = bin_timeseries(ts, values, t0, t1, protocol.bin_size).reshape(T, -1)  # (T, D)
-        unit = str(s.h5[f"behavior/{protocol.behavior}"].attrs.get("unit", ""))
-        if isinstance(unit, bytes):
-            unit = unit.decode()
+        unit = s.behavior_unit(protocol.behavior)
         if protocol.speed_name in s.behavior_names and protocol.speed_name != protocol.behavior:
             st, sv = s.behavior(protocol.speed_name)
             sv = np.asarray(sv, dtype=np.float64)

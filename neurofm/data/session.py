@@ -1357,6 +1357,14 @@ class Session:
     def interval_names(self) -> list[str]:
         return self._names("intervals")
 
+    def behavior_unit(self, name: str) -> str:
+        """The ``unit`` attr of ``/behavior/<name>`` as text ("" when absent, or no such behaviour)."""
+        field = f"behavior/{name}"
+        if field not in self.h5:
+            return ""
+        unit = self.h5[field].attrs.get("unit", "")
+        return unit.decode() if isinstance(unit, bytes) else str(unit)
+
     def behavior(self, name: str, t0: float | None = None, t1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(timestamps (T,), values (T,) or (T, D))`` of behaviour ``name`` within ``[t0, t1)``."""
         return self._timeseries("behavior", name, "values", t0, t1)

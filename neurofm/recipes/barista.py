@@ -1291,8 +1291,7 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
         order = np.argsort(test["t0"][first])
         seg = cfg.data.segment_s
         t = test["t0"][first][order] + seg / 2
-        unit = dm.sessions[int(test["session"].min())].h5[f"behavior/{cfg.data.target}"].attrs.get("unit", "")
-        unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+        unit = dm.sessions[int(test["session"].min())].behavior_unit(cfg.data.target)
         title = (f"{cfg.data.target}, test block: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
                  f"({baseline} {_value_ci(report, baseline)[0]:.3f})")
         true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]

@@ -611,8 +611,7 @@ def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConf
                 return e
             for name in targets:
                 if name in s.behavior_names and name not in units:
-                    unit = s.h5[f"behavior/{name}"].attrs.get("unit", "")
-                    units[name] = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip()
+                    units[name] = s.behavior_unit(name).strip()
     lengths = [n for n, u in units.items() if mm_per_unit(u) is not None or u.lower() in _PIXEL_UNITS]
     if len(lengths) != 1:
         return e
@@ -634,8 +633,7 @@ def _warn_if_angle(name: str, paths: list[str]) -> None:
         with Session(path) as s:
             if name not in s.behavior_names:
                 continue
-            unit = s.h5[f"behavior/{name}"].attrs.get("unit", "")
-            unit = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip()
+            unit = s.behavior_unit(name).strip()
             if unit.lower() in _ANGLE_UNITS:
                 warnings.warn(f"{name} in {path} is an angle ({unit}): the regression head, ridge and R2 read it as a "
                               f"line, so values either side of the wrap (e.g. 359 and 1 degree) count as far apart; "
@@ -1813,10 +1811,7 @@ def _raster_plot(cfg, gens, batches, run_dir: Path, n_units: int, order=None, un
 
 def _behavior_unit(dm, name: str) -> str:
     """The ``unit`` attr of ``/behavior/<name>`` in the first session ("" when absent)."""
-    field = f"behavior/{name}"
-    h5 = dm.sessions[0].h5
-    unit = h5[field].attrs.get("unit", "") if field in h5 else ""
-    return unit.decode() if isinstance(unit, bytes) else str(unit)
+    return dm.sessions[0].behavior_unit(name)
 
 
 def _decoding_plot(name: str, test: dict, scored: np.ndarray, r2: float, baseline_r2: dict, unit: str,
