@@ -135,12 +135,7 @@ def r2_standard_error(pairs: Mapping[str, tuple[Any, Any, Any]], n_boot: int = 1
         st = _regression_stats(y, p, inv[start:start + len(b)], K)
         start += len(b)
         reps.append(_r2_r_from_stats(np.einsum("bk,kjd->bjd", counts, st))[0])
-    r2 = np.mean(reps, axis=0)
-    r2 = r2[np.isfinite(r2)]
-    if r2.size < 2:
-        return float("nan")
-    lo, hi = np.quantile(r2, [0.15865, 0.84135])
-    return float((hi - lo) / 2)
+    return _standard_error(np.mean(reps, axis=0))
 
 
 def paired_gain(start: Mapping[str, tuple[Any, Any, Any]], later: Mapping[str, tuple[Any, Any, Any]], *,
@@ -190,21 +185,34 @@ def paired_gain(start: Mapping[str, tuple[Any, Any, Any]], later: Mapping[str, t
                         - _r2_r_from_stats(np.einsum("bk,kjd->bjd", counts, st[0]))[0])
         else:
             labels = y.astype(np.int64).ravel()
-            members = [np.flatnonzero(i == j) for j in range(K)]
-            reps = []
-            for c in counts.astype(np.int64):
-                ix = np.concatenate([members[j] for j in np.repeat(np.arange(K), c)] or [np.zeros(0, np.int64)])
-                reps.append(_auroc(labels[ix], p1[ix]) - _auroc(labels[ix], p0[ix]))
+            boot.append(np.array([_auroc(labels[ix], p1[ix]) - _auroc(labels[ix], p0[ix])
+                                  for ix in _replicate_windows(i, counts)]))
             point.append(_auroc(labels, p1) - _auroc(labels, p0))
-            boot.append(np.asarray(reps))
-    gain = float(np.mean(point))
-    reps = np.mean(boot, axis=0)
+    se = _standard_error(np.mean(boot, axis=0)) if K >= 2 else float("nan")
+    return {"gain": float(np.mean(point)), "paired_se": se, "n_blocks": int(K)}
+
+
+def _replicate_windows(inv: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """The window indices of each bootstrap replicate: every block's windows, repeated as often
+    as the replicate drew the block (``counts`` and ``inv`` from :func:`block_bootstrap_counts`)."""
+    K = counts.shape[1]
+    members = [np.flatnonzero(inv == k) for k in range(K)]
+    out = []
+    for c in counts.astype(np.int64):
+        rep = np.repeat(np.arange(K), c)
+        out.append(np.concatenate([members[k] for k in rep]) if len(rep) else np.zeros(0, dtype=np.int64))
+    return out
+
+
+def _standard_error(reps: np.ndarray) -> float:
+    """Half the width of the central 68% interval of bootstrap replicates (the SD for a normal
+    score, robust to a few replicates whose blocks barely vary); NaN under 2 finite replicates."""
+    reps = np.asarray(reps, dtype=np.float64)
     reps = reps[np.isfinite(reps)]
-    se = float("nan")
-    if K >= 2 and reps.size >= 2:
-        lo, hi = np.quantile(reps, [0.15865, 0.84135])
-        se = float((hi - lo) / 2)
-    return {"gain": gain, "paired_se": se, "n_blocks": int(K)}
+    if reps.size < 2:
+        return float("nan")
+    lo, hi = np.quantile(reps, [0.15865, 0.84135])
+    return float((hi - lo) / 2)
 
 
 def _regression_stats(y: np.ndarray, p: np.ndarray, inv: np.ndarray, K: int) -> np.ndarray:
@@ -440,12 +448,7 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
             rows.append(row)
     else:
         labels = y.astype(np.int64).ravel()
-        # windows of each bootstrap replicate: blocks repeated as drawn
-        members = [np.flatnonzero(inv == k) for k in range(K)]
-        rng_idx = []
-        for b in range(counts.shape[0]):
-            rep = np.repeat(np.arange(K), counts[b].astype(np.int64))
-            rng_idx.append(np.concatenate([members[k] for k in rep]) if len(rep) else np.zeros(0, dtype=np.int64))
+        rng_idx = _replicate_windows(inv, counts)
         point, boot = {}, {}
         for name, p in preds.items():
             point[name] = _auroc(labels, p)
