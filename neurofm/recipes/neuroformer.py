@@ -1019,8 +1019,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     Both candidates are :func:`_ridge_fit` (4-fold blocked CV over the windows in time order
     picks the penalty; the same folds score both sets) on the standardised target; the pooled
     state is used only when its blocked-CV R2 gain over counts alone exceeds one paired
-    block-bootstrap standard error of that gain (:func:`_start_gain`, the paired one-SE rule
-    StartingPoint applies to validation checks). Standardised and sharing one penalty with the counts, pooled features
+    block-bootstrap standard error of that gain (:func:`_start_gain`; StartingPoint asks two SE of a
+    validation check, the best of ~20, where this compares one candidate). Standardised and sharing one penalty with the counts, pooled features
     that carry little add noise (issue 10: on linear-track fold 2 the pooled state raised the
     inner folds' R2 by 0.006 +- 0.016 SE and the counts + pooled start scored 0.038 below ridge
     on counts on the test block). With
@@ -1120,9 +1120,9 @@ def _start_gain(counts: np.ndarray | None, both: np.ndarray | None, Y: np.ndarra
     """What adding the pooled state gains over counts alone: the blocked-CV R2 of the counts +
     pooled fit minus that of the counts-only fit (their out-of-fold predictions ``counts`` and
     ``both``, (n, D), of the same standardised targets ``Y``), and the paired block-bootstrap
-    standard error of that gain over ``blocks`` (:func:`neurofm.report.paired_gain`, the rule
-    :class:`~neurofm.tasks.callbacks.StartingPoint` applies to a validation check against the
-    start). NaN, NaN without CV predictions (too few windows). The start takes the pooled state
+    standard error of that gain over ``blocks`` (:func:`neurofm.report.paired_gain`, the comparison
+    :class:`~neurofm.tasks.callbacks.StartingPoint` makes of a validation check against the
+    start, which asks two SE since its check is the best of ~20). NaN, NaN without CV predictions (too few windows). The start takes the pooled state
     only when the gain exceeds one SE: a gain within the blocks' noise is no evidence that the
     features help.
 

@@ -19,8 +19,8 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   backbone trains at 1e-4, the head at 1e-3, the spatial tables stay trainable (a new
   subject's categories need their rows learned) at ``lr_spatial``. The state fine-tuning
   starts from is validated before the first step and kept as the best checkpoint unless a
-  check truly improves on it (:class:`~neurofm.tasks.callbacks.StartingPoint`: by more than one
-  paired block-bootstrap SE of the gain; the recipe starts the head
+  check truly improves on it (:class:`~neurofm.tasks.callbacks.StartingPoint`: by more than two
+  paired block-bootstrap SEs of the gain, ``SELECTION_SE``; the recipe starts the head
   at the linear probe: :func:`neurofm.recipes.barista.init_probe_head`). Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
