@@ -19,9 +19,12 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import optimize, signal, sparse
+import torch
+from scipy import optimize, sparse
 
 from neurofm import metrics
+from neurofm.nn import spectral
+from neurofm.nn.spectral import BANDS, bands_below_nyquist
 
 __all__ = [
     "bin_spikes", "bin_timeseries", "aligned_counts", "history_features", "band_power", "BANDS",
@@ -29,11 +32,6 @@ __all__ = [
     "Logistic", "BandPowerLogistic",
 ]
 
-# Canonical iEEG bands (Hz), [low, high).
-BANDS: dict[str, tuple[float, float]] = {
-    "delta": (1.0, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
-    "gamma": (30.0, 70.0), "high_gamma": (70.0, 150.0),
-}
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
 
 
@@ -461,23 +459,12 @@ def band_power(x, sampling_rate: float, bands: Mapping[str, tuple[float, float]]
     Welch segments of ``min(T, sampling_rate / 2)`` samples (2 Hz resolution) with 50%
     overlap; ``log`` returns log10 power, which makes band powers roughly Gaussian and
     comparable across bands. Every band must contain at least one frequency bin below
-    Nyquist (choose bands for the sampling rate; :class:`BandPowerRidge` does).
+    Nyquist (choose bands for the sampling rate; :class:`BandPowerRidge` does). Computed in
+    float64 by :func:`neurofm.nn.spectral.band_power`, the features the fine-tuned BaRISTA
+    model's band-power read-out reads too.
     """
-    x = np.asarray(x, dtype=np.float64)
-    bands = dict(BANDS if bands is None else bands)
-    if x.ndim < 1 or x.shape[-1] < 4:
-        raise ValueError(f"band_power: x must be (..., C, T) with T >= 4 samples, got shape {x.shape}")
-    nperseg = int(min(x.shape[-1], max(4, sampling_rate // 2)))
-    freqs, psd = signal.welch(x, fs=sampling_rate, nperseg=nperseg, axis=-1)
-    out = []
-    for name, (lo, hi) in bands.items():
-        sel = (freqs >= lo) & (freqs < hi)
-        if not sel.any():
-            raise ValueError(f"band_power: band {name!r} [{lo}, {hi}) Hz holds no frequency bin at "
-                             f"{sampling_rate} Hz sampling with {nperseg}-sample segments; drop or widen it")
-        out.append(psd[..., sel].mean(axis=-1))
-    power = np.stack(out, axis=-1)
-    return np.log10(power + 1e-20) if log else power
+    x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return spectral.band_power(x, sampling_rate, bands, log=log).numpy()
 
 
 class BandPowerRidge:
@@ -492,9 +479,7 @@ class BandPowerRidge:
     def __init__(self, sampling_rate: float, bands: Mapping[str, tuple[float, float]] | None = None,
                  alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2):
         self.sampling_rate = float(sampling_rate)
-        nyquist = self.sampling_rate / 2
-        bands = dict(BANDS if bands is None else bands)
-        self.bands = {k: (lo, min(hi, nyquist)) for k, (lo, hi) in bands.items() if lo < nyquist - 2.0}
+        self.bands = bands_below_nyquist(self.sampling_rate, bands)
         self.alphas, self.val_fraction = alphas, val_fraction
 
     def features(self, segments) -> np.ndarray:

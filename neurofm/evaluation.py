@@ -50,7 +50,7 @@ from neurofm.data.session import Session, SessionFormatError
 from neurofm.data.splits import labelled_windows
 
 __all__ = [
-    "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict",
+    "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict", "blocked_oof",
     "speed_from_position", "moving_speed", "moving_mask", "blocked_folds", "evaluate_decoder",
     "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
 ]
@@ -430,6 +430,23 @@ def mean_fit_predict(X_train, Y_train, X_test) -> np.ndarray:
     """
     Y_train = np.asarray(Y_train, dtype=np.float64)
     return np.broadcast_to(Y_train.mean(axis=0), (len(X_test),) + Y_train.shape[1:]).copy()
+
+
+def blocked_oof(fit_predict: Callable, X, Y, n_folds: int = 4, gap: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of ``fit_predict(X_train, Y_train, X_test)`` over rows in time
+    order: :func:`blocked_folds` (``n_folds`` contiguous blocks, ``gap`` rows dropped from training
+    on each side of the held-out block), each row predicted by the fit that did not see its
+    block. Two feature sets fitted alike on the same rows compare prediction by prediction
+    (:func:`neurofm.report.start_gain`). ValueError when the rows are too few for the folds (or a
+    fold's fit fails)."""
+    X, Y = np.asarray(X), np.asarray(Y)
+    out = None
+    for tr, te in blocked_folds(len(X), n_folds, gap_s=float(gap), bin_size=1.0):
+        p = np.asarray(fit_predict(X[tr], Y[tr], X[te]), dtype=np.float64)
+        if out is None:
+            out = np.zeros((len(X),) + p.shape[1:])
+        out[te] = p
+    return out
 
 
 class RidgeFitPredict:

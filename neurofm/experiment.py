@@ -971,6 +971,9 @@ def print_summary(metrics: Mapping[str, Any], folder: Path, subfolders: Sequence
         print(f"  baseline: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
     # what metrics.json says is wrong with the run (e.g. a pretrained encoder still near its random
     # init): a user reading only the terminal must see it too, not only the numbers above
+    summary = (metrics.get("start") or {}).get("summary")  # what a fine-tuned head started from (BaRISTA)
+    if isinstance(summary, str):
+        print(f"  {summary}")
     for line in metrics.get("limitations") or []:
         print(f"  LIMITATION: {line}")
 

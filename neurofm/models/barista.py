@@ -38,11 +38,12 @@ from neurofm.hub import PretrainedMixin
 from neurofm.nn.attention import Packed, pack, varlen_is_free
 from neurofm.nn.kernels import Recompute, patch_conv1d
 from neurofm.nn.norms import RMSNorm, time_layer_norm
+from neurofm.nn.spectral import band_power
 from neurofm.nn.transformer import Block
 
 __all__ = [
     "BaristaConfig", "CNNTokenizer", "SpatialEmbedding", "BaristaBackbone", "BaristaEncoder", "Barista",
-    "Predictor", "TokenWeightingHead", "PooledHead", "ChannelReconstructionHead", "spatial_mask",
+    "Predictor", "TokenWeightingHead", "PooledHead", "BandPowerReadout", "ChannelReconstructionHead", "spatial_mask",
     "STATE_VERSION", "upgrade_state_dict",
 ]
 
@@ -842,6 +843,44 @@ class PooledHead(nn.Module):
         return self.out(self.drop(pooled))
 
 
+class BandPowerReadout(nn.Module):
+    """A linear map of each channel's log band power over the segment, added to the token
+    head's output (logits, or the standardised regression target).
+
+    The features are the decode report's band-power features (:func:`neurofm.nn.spectral.band_power`
+    of ``batch["x"]``, padded channels zeroed, flattened channel-major to ``C * n_bands``, in
+    float64), so a read-out set to that arm's fit predicts what the arm predicts. BaRISTA's
+    tokenizer normalises every patch (parameter-free LayerNorms), so its tokens barely carry
+    band power (``bench/barista_token_power.py``); this read-out keeps it. One weight per
+    (channel, band): the layout (``n_channels`` in a fixed order) must be the same in every
+    batch. Starts at zero (adds nothing) until the recipe sets it.
+    """
+
+    def __init__(self, n_channels: int, sampling_rate: float, bands: Mapping[str, Any], out_dim: int):
+        super().__init__()
+        if n_channels < 1 or not bands:
+            raise ValueError(f"BandPowerReadout needs a fixed layout (n_channels >= 1) and bands; got {n_channels} "
+                             f"channels, bands {dict(bands)}")
+        self.n_channels, self.sampling_rate = int(n_channels), float(sampling_rate)
+        self.bands = {str(k): (float(v[0]), float(v[1])) for k, v in bands.items()}
+        self.out = nn.Linear(self.n_channels * len(self.bands), out_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def features(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
+        """``(B, C, T)`` segments -> ``(B, C * n_bands)`` float64 log band powers."""
+        if x.shape[1] != self.n_channels:
+            raise ValueError(f"BandPowerReadout was fitted on {self.n_channels} channels, got {x.shape[1]}; the "
+                             f"band-power read-out needs the electrode layout it was fine-tuned on")
+        x = x.double()
+        if channel_mask is not None:
+            x = x * channel_mask.to(x.dtype)[..., None]
+        return band_power(x, self.sampling_rate, self.bands).flatten(1)
+
+    def forward(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:  # (B, C, T) -> (B, out)
+        return (self.features(x, channel_mask) @ self.out.weight.double().T + self.out.bias.double()).float()
+
+
 class ChannelReconstructionHead(nn.Module):
     """Reconstruct masked channels' raw samples from the other channels.
 
@@ -890,13 +929,17 @@ class BaristaFinetunedConfig:
     # regression: the training block's target mean / std (D,); outputs come back in the recording's units
     target_mean: list[float] = dataclasses.field(default_factory=list)
     target_std: list[float] = dataclasses.field(default_factory=list)
+    # the band-power read-out's bands (name -> [low, high) Hz, at encoder.sampling_rate) over the
+    # n_channels of the fixed layout (BandPowerReadout); empty: none (folders written before it)
+    band_power_bands: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.encoder = _as_config(self.encoder)
 
 
 class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
-    """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head.
+    """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head (plus,
+    with ``band_power_bands``, a :class:`BandPowerReadout` added to the head's output).
 
     ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's
     units, from the training statistics in the config); for reconstruction,
@@ -919,6 +962,10 @@ class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
                                            config.head_dropout)
         else:
             self.head = PooledHead(enc.d_model, config.out_dim, config.head_dropout)
+        self.band_power = None
+        if config.band_power_bands and config.task != "reconstruction":
+            self.band_power = BandPowerReadout(config.n_channels, enc.sampling_rate, config.band_power_bands,
+                                               config.out_dim)
 
     def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
         if self.config.task == "reconstruction":
@@ -926,6 +973,8 @@ class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
                 raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
             return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
         out = self.head(self.encoder(batch), batch.get("channel_mask"))
+        if self.band_power is not None:
+            out = out + self.band_power(batch["x"], batch.get("channel_mask")).to(out.dtype)
         if self.config.task == "regression" and self.config.target_std:  # standardised -> recording's units
             out = out * out.new_tensor(self.config.target_std) + out.new_tensor(self.config.target_mean)
         return out

@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from neurofm import plots
 from neurofm.atlas import SpatialVocab
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+from neurofm.evaluation import blocked_oof
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, IEEGSegmenter, Preprocessing, mains_peaks
 from neurofm.data.session import Session, event_label
@@ -50,7 +52,7 @@ from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import decode_report
+from neurofm.report import decode_report, start_gain
 
 MONITOR = ("val/loss", "min")
 
@@ -106,6 +108,9 @@ class BaristaTaskConfig:
     pretrained: str = ""  # encoder folder to start from ("" with mode=finetune: random init)
     from_scratch: bool = False  # fine-tune: the pretrained model's shape and vocabulary, random weights
     head: str = "pooled"  # pooled | token_weighting (one fixed layout)
+    # classify / regress: the head also reads a linear map of each channel's log band power (the
+    # decode report's band-power features; one fixed layout only) and starts at the band-power fit
+    band_power: bool = True
     lr: float = BARISTA_PRETRAIN_KNOBS["lr"]  # pretraining
     weight_decay: float = BARISTA_PRETRAIN_KNOBS["weight_decay"]
     warmup_epochs: int = BARISTA_PRETRAIN_KNOBS["warmup_epochs"]
@@ -664,79 +669,214 @@ def task(cfg: RunConfig, dm):
         target_dim, scale = len(mean), {"target_mean": mean, "target_std": std}
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
+    bands, note = _band_power_readout(cfg, dm, loaded, encoder)
+    if bands:
+        n_channels = n_channels or (loaded.config.n_channels if loaded is not None and hasattr(loaded, "head")
+                                    else _fixed_layout_channels(cfg, dm))
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
                                n_channels=n_channels, early_stopping_patience=None,
                                **{k: getattr(t, k) for k in BARISTA_FINETUNE_KNOBS},
                                label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
-                               **scale)
+                               band_power_bands=bands, **scale)
+    task.read_out_start = {}  # which features the head started from, for metrics.json (evaluate)
+    if note:
+        task.read_out_start["band_power_readout"] = note
     if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
         _load_finetuned_head(task, loaded, t.pretrained)
     elif t.finetune_task in ("classification", "regression"):
-        init_probe_head(task, dm)
+        task.read_out_start.update(init_probe_head(task, dm, seed=cfg.seed) or {})
     return task
 
 
-def init_probe_head(task, dm) -> bool:
-    """Start a fresh classification / regression head at the closed-form linear probe on the
-    task's encoder as it is now (the frozen starting encoder: pretrained, or random init), so
-    that before any step the model predicts what the decode report's probe arm predicts.
+def _band_power_readout(cfg: RunConfig, dm, loaded, encoder) -> tuple[dict | None, str]:
+    """``(bands, note)``: the band-power read-out's bands for this fine-tune (None: no read-out)
+    and, when there is none though ``task.band_power`` asks for one, the one-line reason
+    (also printed). A fine-tuned folder (``neurofm evaluate``) keeps its own read-out or none."""
+    t = cfg.task
+    if t.finetune_task not in ("classification", "regression"):
+        return None, ""
+    if loaded is not None and hasattr(loaded, "head"):
+        return (dict(loaded.config.band_power_bands) or None), ""
+    if not t.band_power:
+        return None, "off (task.band_power=false)"
+    ds = dm.dataset("train")
+    layouts = {tuple(ds.channel_names(i)) for i in range(len(session_paths(cfg.data)))}
+    why = ""
+    if len(layouts) != 1:
+        why = (f"the {len(session_paths(cfg.data))} sessions have {len(layouts)} different channel layouts, and the "
+               f"read-out learns one weight per channel and band of one fixed layout")
+    elif encoder.config.sampling_rate != cfg.model.sampling_rate:
+        why = (f"the encoder's sampling rate {encoder.config.sampling_rate:g} Hz differs from the data's "
+               f"{cfg.model.sampling_rate:g} Hz")
+    if why:
+        note = f"none: {why}"
+        print(f"neurofm: no band-power read-out in the {t.finetune_task} head ({why}); the head reads the tokens "
+              f"alone", file=sys.stderr)
+        return None, note
+    return BandPowerRidge(cfg.model.sampling_rate).bands, ""
 
-    The pooling starts as the plain mean over the real tokens (the pooled head's scores at 0,
-    a token-weighting head's weights at 1: the features the report's probe reads), and the
-    probe is fitted on those token-mean features of every training segment (eval mode), with
-    the report's rule (:mod:`neurofm.baselines`: features standardised, penalty chosen on the
-    last 20% of the training segments in time order) and folded into the head's ``Linear``:
 
-    * regression: :class:`~neurofm.baselines.Ridge` to the target standardised with the task's
-      training mean and std (what the head outputs): ``W = coef / sd``,
-      ``b = y_mean - (mu / sd) @ coef``;
-    * classification: :class:`~neurofm.baselines.Logistic` (L2, penalty by AUROC). Two classes:
-      its log-odds ``s`` split as logits ``(-s/2, +s/2)``, so the softmax is the logistic
-      probability; more: one-vs-rest log-odds as the logits (same ranking per class).
+#: the candidate starts of a classification / regression head (:func:`init_probe_head`), as metrics.json names them
+START_BAND_POWER, START_BOTH, START_TOKENS = "band power", "band power + token mean", "token mean"
+#: the start takes the token-mean features beside band power only when their blocked-CV gain exceeds this many
+#: paired SE (:func:`neurofm.report.start_gain`, the spike side's rule too)
+START_SE = 1.0
+START_FOLDS = 4
 
-    Fine-tuning then has to beat this start on a validation check to replace it
-    (:class:`~neurofm.tasks.callbacks.StartingPoint`). When the probe cannot be fitted (too
-    few segments to choose the penalty, a class without training segments) the head keeps its
-    default initialisation, with a note. Returns whether the head was set."""
-    head, kind = task.head, task.hparams.task
+
+def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
+    """Start a fresh classification / regression head at a closed-form fit on the training
+    segments, so that before any step the model predicts what one of the decode report's arms
+    predicts, and fine-tuning has to beat that on validation to replace it
+    (:class:`~neurofm.tasks.callbacks.StartingPoint`, two paired SE).
+
+    Candidates, each fitted as the decode report fits its arm (:mod:`neurofm.baselines`:
+    features standardised, penalty chosen on the last 20% of the training segments in time
+    order; regression: :class:`~neurofm.baselines.Ridge` to the target in the recording's units,
+    its map then standardised with the task's training mean and std, which is what the head
+    outputs; classification: :class:`~neurofm.baselines.Logistic`, L2, penalty by AUROC):
+
+    * ``band power``: each channel's log band power (the task's
+      :class:`~neurofm.models.barista.BandPowerReadout`): the report's "logistic on band power"
+      (classification) or "ridge on band power" (regression) arm, same segments, same fit, so
+      at step 0 the model IS that arm up to float32;
+    * ``band power + token mean``: those features and the starting encoder's token mean (eval
+      mode; the features the report's linear probe reads), taken only when their blocked-CV
+      gain over band power alone exceeds :data:`START_SE` (1) paired block-bootstrap SE
+      (:func:`neurofm.report.start_gain`, the rule of the spike side's count read-out): 4
+      contiguous folds of the training segments in time order (:func:`neurofm.evaluation.blocked_oof`;
+      about one segment length of segments dropped from training on each side of the held-out
+      fold), each candidate refitted by its own rule on the other folds; the gain is scored
+      by R2 (regression) or ROC-AUC (classification: the metric the report's verdict and model
+      selection judge, so the start is chosen on the score it is judged by), its SE over
+      equal-count blocks of the training period (the report's CI blocks);
+    * without a read-out (layouts that differ across sessions, ``task.band_power=false``):
+      ``token mean`` alone, the linear probe arm.
+
+    The fit is folded into the read-out's and the head's ``Linear`` layers (two classes: the
+    log-odds ``s`` split as logits ``(-s/2, +s/2)``, so the softmax is the logistic
+    probability; more: one-vs-rest log-odds as the logits); the pooling starts as the plain
+    mean over the real tokens (the features the probe reads); the token head's weights are 0
+    when band power alone is chosen. From scratch, the same rule reads the random encoder's
+    tokens. When no fit is possible (too few segments to choose the penalty, a class without
+    training segments) the head keeps its default initialisation, with a note.
+
+    Returns what metrics.json records as ``start``: ``features`` (the chosen candidate),
+    ``candidates``, ``score`` (``auroc`` / ``r2``), ``cv`` (each candidate's blocked-CV score),
+    ``gain``, ``paired_se``, ``alpha`` (each candidate's penalty), ``n_segments``, ``rule``."""
+    head, kind, readout = task.head, task.hparams.task, task.band_power
+    classify = kind == "classification"
     dm.setup("fit")
+    bands = BandPowerRidge(readout.sampling_rate, readout.bands) if readout is not None else None
     was_training = task.encoder.training
     try:
-        train = _segment_pass(dm.loader("train"), task.encoder.eval(), None)
+        train = _segment_pass(dm.loader("train"), task.encoder.eval(), bands)
     finally:
         task.encoder.train(was_training)
-    X = train["feat"].astype(np.float64)
-    try:
-        if kind == "regression":
-            mean, std = (v.double().numpy() for v in task.target_scale())
-            r = Ridge().fit(X, (train["y"].reshape(len(X), -1) - mean) / std)
+    tokens = train["feat"].astype(np.float64)
+    n = len(tokens)
+    if classify:
+        target = train["y"].astype(np.int64)
+    else:
+        mean, std = (v.double().numpy() for v in task.target_scale())
+        target = train["y"].reshape(n, -1).astype(np.float64)
+    k = task.hparams.n_classes
+
+    def fit(X, Y):
+        """The report's fit of features ``X``: ``(W (F, out), b (out,), alpha)`` in the head's units."""
+        if not classify:
+            r = Ridge().fit(X, Y)
             W, b = r.linear_map()
-            W, alpha = W.T, r.alpha_
-        else:
-            k = task.hparams.n_classes
-            lr = Logistic().fit(X, train["y"])
-            if list(lr.classes_) != list(range(k)):
-                raise ValueError(f"training segments hold the classes {lr.classes_.tolist()}, the head has {k}")
-            coef, bias = lr.linear_map()
-            W, b = (np.stack([-coef[:, 0] / 2, coef[:, 0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])) if k == 2 \
-                else (coef.T, bias)
-            alpha = lr.alpha_
+            return W / std, (b - mean) / std, r.alpha_
+        lr = Logistic().fit(X, Y)
+        if list(lr.classes_) != list(range(k)):
+            raise ValueError(f"training segments hold the classes {lr.classes_.tolist()}, the head has {k}")
+        coef, bias = lr.linear_map()
+        if k == 2:
+            return np.stack([-coef[:, 0] / 2, coef[:, 0] / 2], 1), np.array([-bias[0] / 2, bias[0] / 2]), lr.alpha_
+        return coef, bias, lr.alpha_
+
+    def scores(W, b, X):  # what the report scores: the log-odds (two classes) or the standardised target
+        out = X @ W + b
+        return out[:, 1] - out[:, 0] if classify and k == 2 else out
+
+    cands = {START_TOKENS: tokens}
+    if readout is not None:
+        bp = train["bp"].reshape(n, -1)
+        cands = {START_BAND_POWER: bp, START_BOTH: np.concatenate([bp, tokens], axis=1)}
+    fits, cv, oof = {}, {}, {}
+    try:
+        for name, X in cands.items():
+            fits[name] = fit(X, target)
     except ValueError as e:
-        print(f"neurofm: the {kind} head keeps its default initialisation (the linear probe could not be fitted on "
-              f"{len(X)} training segments: {e})", file=sys.stderr)
-        return False
+        print(f"neurofm: the {kind} head keeps its default initialisation (the {' / '.join(cands)} fit could not "
+              f"be made on {n} training segments: {e})", file=sys.stderr)
+        return {"features": None, "why": str(e), "n_segments": int(n)}
+    gain = se = float("nan")
+    why_no_cv = ""
+    y_std = target if classify else (target - mean) / std
+    if readout is not None:
+        enc = task.encoder.config
+        order = np.lexsort((train["t0"], train["session"]))  # folds of contiguous time (session-major)
+        t0, sess = train["t0"][order], train["session"][order]
+        step = np.diff(t0)[np.diff(sess) == 0]
+        step = float(np.median(step[step > 0])) if (step > 0).any() else float("inf")
+        gap = max(1, int(math.ceil(enc.segment_len / enc.sampling_rate / step - 1e-9)))
+        y_sorted = y_std[order]
+        try:
+            for name, X in cands.items():
+                oof[name] = blocked_oof(lambda a, y, c: scores(*fit(a, y)[:2], c), X[order], target[order],
+                                        START_FOLDS, gap)
+                cv[name] = (float(auroc(y_sorted, oof[name])) if classify
+                            else float(r2_score(y_sorted, oof[name].reshape(y_sorted.shape))))
+        except ValueError as e:
+            why_no_cv, oof = str(e), {}
+        gain, se = start_gain(oof.get(START_BAND_POWER), oof.get(START_BOTH), y_sorted,
+                              test_period_blocks(t0, sess), task=kind, seed=seed)
+        chosen = START_BOTH if gain > START_SE * se else START_BAND_POWER  # NaN (no CV): band power
+    else:
+        chosen = START_TOKENS
+    W, b, alpha = fits[chosen]
+    W = np.asarray(W, dtype=np.float64).reshape(W.shape[0], -1)
+    n_bp = cands[START_BAND_POWER].shape[1] if readout is not None else 0
     with torch.no_grad():
         if isinstance(head, TokenWeightingHead):
             head.token_weight.fill_(1.0)
         else:
             head.score.weight.zero_()
             head.score.bias.zero_()
-        head.out.weight.copy_(torch.as_tensor(W, dtype=head.out.weight.dtype))
-        head.out.bias.copy_(torch.as_tensor(b, dtype=head.out.bias.dtype))
-    print(f"neurofm: the {kind} head starts at the linear probe ({'ridge' if kind == 'regression' else 'logistic'}, "
-          f"penalty {alpha:g}) on the starting encoder's token-mean "
-          f"features of {len(X)} training segments", file=sys.stderr)
-    return True
+        head.out.weight.zero_()
+        head.out.bias.zero_()
+        if chosen != START_BAND_POWER:
+            head.out.weight.copy_(torch.as_tensor(W[n_bp:].T, dtype=head.out.weight.dtype))
+        if readout is None:
+            head.out.bias.copy_(torch.as_tensor(b, dtype=head.out.bias.dtype))
+        else:
+            readout.out.weight.copy_(torch.as_tensor(W[:n_bp].T, dtype=readout.out.weight.dtype))
+            readout.out.bias.copy_(torch.as_tensor(b, dtype=readout.out.bias.dtype))
+    finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731
+    metric = "auroc" if classify else "r2"
+    rule = ("token mean alone (no band-power read-out)" if readout is None else
+            f"band power + token mean only when its blocked-CV {metric} gain over band power alone exceeds "
+            f"{START_SE:g} paired SE ({START_FOLDS} contiguous folds of the training segments; SE from a block "
+            f"bootstrap over the training period)")
+    out = {"features": chosen, "candidates": list(cands), "score": metric,
+           "cv": {name: finite(cv.get(name, float("nan"))) for name in cands} if readout is not None else {},
+           "gain": finite(gain), "paired_se": finite(se), "alpha": {name: float(f[2]) for name, f in fits.items()},
+           "n_segments": int(n), "rule": rule}
+    if why_no_cv:
+        out["why_no_cv"] = why_no_cv
+    fit_name = "ridge" if not classify else "logistic"
+    if readout is None:
+        why = f"penalty {alpha:g}, {n} training segments"
+    elif np.isfinite(gain):
+        why = (f"blocked-CV {metric} on {n} training segments: " + ", ".join(f"{k_} {v:.3f}" for k_, v in cv.items())
+               + f"; the token mean's gain {gain:+.4f} +- {se:.4f} paired SE: used only when it exceeds "
+               f"{START_SE:g} SE")
+    else:
+        why = f"no blocked-CV comparison ({why_no_cv or 'too few segments'}), so band power alone"
+    print(f"neurofm: the {kind} head starts at {fit_name} on {chosen} ({why})", file=sys.stderr)
+    return out
 
 
 def _load_finetuned_head(task, loaded, folder: str) -> None:
@@ -749,6 +889,8 @@ def _load_finetuned_head(task, loaded, folder: str) -> None:
         raise ConfigError(f"data.events: the model {folder} classifies {list(have.label_names)}, but these events "
                           f"carry the labels {list(want.label_names)}; evaluate on events with the model's labels")
     load_state_strict(task.head, loaded.head.state_dict(), source=f"{folder} (head)")
+    if task.band_power is not None:
+        load_state_strict(task.band_power, loaded.band_power.state_dict(), source=f"{folder} (band-power read-out)")
 
 
 def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
@@ -1197,9 +1339,16 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         if BACKGROUND_LABEL in names:
             what += (f": a segment at each onset against '{BACKGROUND_LABEL}' segments on a grid with no onset within "
                      f"one segment length")
+    start = dict(getattr(task, "read_out_start", None) or {})
+    started = _start_line(start, baseline if start.get("features") == START_BAND_POWER else None)
+    if started:
+        start["summary"] = started
+    notes = {probe: f"frozen features of {source}", baseline: "same segments"}
+    if start.get("features"):
+        notes[MODEL_ARM] = f"started at {start['features']}"
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
-                                  segment_s=cfg.data.segment_s, notes={probe: f"frozen features of {source}", baseline: "same segments"})
+                                  segment_s=cfg.data.segment_s, notes=notes)
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
@@ -1218,10 +1367,35 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                  f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
                  f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
 
+    if started:
+        protocol += f"; {started}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "decode_report.md", report.to_text() + "\n")
+    text = report.to_text() + (f"\n\n{started}" if started else "")
+    atomic_write(run_dir / "decode_report.md", text + "\n")
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
-            "data": data, "report": report.to_dict(), "limitations": limitations}
+            "data": data, "report": report.to_dict(), "limitations": limitations, **({"start": start} if start else {})}
+
+
+def _start_line(start: dict, arm: str | None) -> str:
+    """One plain line: what the fine-tuned head started from (:func:`init_probe_head`), and what the
+    token features added at the start; ``arm``: the report's arm the band-power start equals."""
+    chosen = start.get("features")
+    if not chosen:
+        note = start.get("band_power_readout")
+        return f"band-power read-out: {note}" if note else ""
+    line = f"start: the head started at the {chosen} fit"
+    if arm:
+        line += f" (at step 0 the model predicts what '{arm}' predicts)"
+    if start.get("gain") is not None:
+        line += (f"; blocked-CV {start['score']} on {start['n_segments']} training segments: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in start["cv"].items() if v is not None)
+                 + f"; the token mean's gain {start['gain']:+.4f} +- {start['paired_se']:.4f} paired SE "
+                 f"({'>' if chosen == START_BOTH else '<='} {START_SE:g} SE)")
+    elif chosen == START_BAND_POWER:
+        line += " (no blocked-CV comparison: too few segments)"
+    if start.get("band_power_readout"):
+        line += f"; band-power read-out: {start['band_power_readout']}"
+    return line
 
 
 def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,

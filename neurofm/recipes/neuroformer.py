@@ -54,7 +54,7 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
                                     spikes_per_window, window_count_percentiles)
 from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import block_bootstrap_counts, decode_report, paired_gain, time_blocks
+from neurofm.report import block_bootstrap_counts, decode_report, start_gain, time_blocks
 
 MONITOR = ("val/total", "min")
 
@@ -1115,27 +1115,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     return done
 
 
-def _start_gain(counts: np.ndarray | None, both: np.ndarray | None, Y: np.ndarray, blocks: np.ndarray,
-                seed: int = 0) -> tuple[float, float]:
-    """What adding the pooled state gains over counts alone: the blocked-CV R2 of the counts +
-    pooled fit minus that of the counts-only fit (their out-of-fold predictions ``counts`` and
-    ``both``, (n, D), of the same standardised targets ``Y``), and the paired block-bootstrap
-    standard error of that gain over ``blocks`` (:func:`neurofm.report.paired_gain`, the comparison
-    :class:`~neurofm.tasks.callbacks.StartingPoint` makes of a validation check against the
-    start, which asks two SE since its check is the best of ~20). NaN, NaN without CV predictions (too few windows). The start takes the pooled state
-    only when the gain exceeds one SE: a gain within the blocks' noise is no evidence that the
-    features help.
-
-    Before, the gain was the mean of the 4 inner folds' own R2 differences: with few labels a
-    fold whose target barely varies dominates it (a new lab's 10% draw: "+0.2004 +- 0.1971" per
-    fold while the pooled CV R2 fell 0.214 -> 0.212, and the start took the pooled state)."""
-    if counts is None or both is None:
-        return float("nan"), float("nan")
-    Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), -1)
-    start = {"y": (np.asarray(counts).reshape(Y.shape), Y, blocks)}
-    later = {"y": (np.asarray(both).reshape(Y.shape), Y, blocks)}
-    p = paired_gain(start, later, seed=seed)
-    return p["gain"], p["paired_se"]
+#: the start rule's gain and SE, one implementation for both families (the BaRISTA head's start too)
+_start_gain = start_gain
 
 
 BUDGET_PASSES, BUDGET_MIN_STEPS, BUDGET_MAX_STEPS, BUDGET_CHECKS = 30, 300, 3000, 20

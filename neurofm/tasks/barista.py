@@ -43,6 +43,7 @@ from neurofm.models.barista import (
     BaristaEncoder,
     BaristaFinetuned,
     BaristaFinetunedConfig,
+    BandPowerReadout,
     ChannelReconstructionHead,
     STATE_VERSION,
     PooledHead,
@@ -214,6 +215,10 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             stopping (None: no early stopping).
         label_names: classification: the event label of each class index (stored in the
             checkpoint and exported with the model).
+        band_power_bands: classification / regression: bands (name -> (low, high) Hz) of a
+            :class:`~neurofm.models.barista.BandPowerReadout` (each channel's log band power,
+            linearly mapped and added to the head's output; needs ``n_channels``, a fixed
+            layout). None or empty: no read-out.
         target_mean, target_std: regression: the training block's mean and standard deviation
             of each target dimension (D,). The head learns the standardised target
             ``(y - mean) / std`` (a raw target in the recording's units, e.g. a force of 1e4,
@@ -231,7 +236,8 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
                  recon_mask_ratio: float | None = None, recon_mask_scale: str = "channel",
                  pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15,
                  label_names: Sequence[str] = (), target_mean: Sequence[float] | None = None,
-                 target_std: Sequence[float] | None = None):
+                 target_std: Sequence[float] | None = None,
+                 band_power_bands: Mapping[str, Sequence[float]] | None = None):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"BaristaFinetuneTask: task must be one of {TASKS}, got {task!r}")
@@ -255,6 +261,12 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
                 self.head = TokenWeightingHead(d, n_channels, cfg.n_patches, out_dim, head_dropout)
             else:
                 self.head = PooledHead(d, out_dim, head_dropout)
+        self.band_power = None
+        if band_power_bands and task != "reconstruction":
+            if not n_channels:
+                raise ValueError("band_power_bands: the band-power read-out learns one weight per channel and band "
+                                 "of a fixed layout: pass n_channels")
+            self.band_power = BandPowerReadout(n_channels, cfg.sampling_rate, band_power_bands, out_dim)
         if recon_mask_scale not in ("channel", "parcel", "lobe"):
             raise ValueError(f"recon_mask_scale must be channel, parcel or lobe, got {recon_mask_scale!r}")
         self.save_hyperparameters({
@@ -265,6 +277,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             "early_stopping_patience": early_stopping_patience, "label_names": list(label_names),
             "target_mean": None if target_mean is None else [float(v) for v in np.ravel(target_mean)],
             "target_std": None if target_std is None else [float(v) for v in np.ravel(target_std)],
+            "band_power_bands": None if self.band_power is None else {k: list(v) for k, v in self.band_power.bands.items()},
         })
         mean, std = self.target_scale()
         if task == "regression" and mean.numel() not in (1, target_dim):
@@ -317,7 +330,10 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             h = self.encoder(batch, mask=mask, mask_token=self.head.mask_token)
             return self.head(h, mask)
         h = self.encoder(batch)
-        return self.head(h, batch.get("channel_mask"))
+        out = self.head(h, batch.get("channel_mask"))
+        if self.band_power is not None:
+            out = out + self.band_power(batch["x"], batch.get("channel_mask")).to(out.dtype)
+        return out
 
     def _loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
               ) -> tuple[Tensor, Tensor, Tensor]:
@@ -458,6 +474,8 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         groups = []
         parts = ((self.encoder.tokenizer, hp.lr_backbone), (self.encoder.backbone, hp.lr_backbone),
                  (self.encoder.spatial, hp.lr_spatial), (self.head, hp.lr_head))
+        if self.band_power is not None:
+            parts += ((self.band_power, hp.lr_head),)
         for module, lr in parts:
             for group in param_groups(module, hp.weight_decay):
                 groups.append({**group, "lr": lr})
@@ -473,10 +491,13 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
                                         n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
                                         label_names=list(hp.get("label_names", [])),
                                         target_mean=list(hp.get("target_mean") or []),
-                                        target_std=list(hp.get("target_std") or []))
+                                        target_std=list(hp.get("target_std") or []),
+                                        band_power_bands=dict(hp.get("band_power_bands") or {}))
         model = BaristaFinetuned(config)
         model.encoder.load_state_dict(self.encoder.state_dict())
         model.head.load_state_dict(self.head.state_dict())
+        if self.band_power is not None:
+            model.band_power.load_state_dict(self.band_power.state_dict())
         return model.to(next(self.parameters()).device)
 
     def configure_callbacks(self):

@@ -196,6 +196,9 @@ def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, 
 
 
 def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(session, tmp_path):
+    import torch
+
+    torch.manual_seed(0)  # the untrained task's weights: not the global RNG state earlier tests left
     cfg = _config([session])
     cfg.task.mode = "pretrain"
     dm = recipe.datamodule(cfg)
@@ -252,30 +255,68 @@ def test_trivial_phase_line_follows_the_latent_r2():
     assert recipe.left_trivial_phase(float("nan")) is None
 
 
-def test_finetune_head_starts_at_the_linear_probe(session, force_session, tmp_path):
-    """Before any step the fine-tune predicts what the decode report's probe arm predicts
-    (token-mean features of the frozen starting encoder): the same test R2 for a regression
-    head, the same scores for a classification head, pooled or token-weighting."""
+def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_path):
+    """With the defaults users get (one layout: a band-power read-out), before any step the
+    fine-tune predicts what the decode report's band-power arm predicts, on the same test
+    segments: the same test R2 for a regression head, the same scores for a classification
+    head, pooled or token-weighting, when blocked CV keeps band power alone (here the random
+    encoder's token mean adds nothing). metrics.json's ``start`` and the report say so."""
     import torch
 
-    from neurofm.baselines import Logistic
+    from neurofm.baselines import BandPowerLogistic, BandPowerRidge
 
     cfg = _regression_config([force_session])
     dm = recipe.datamodule(cfg)
     out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "reg")
-    probe = out["baselines"]["linear probe on the frozen random-init encoder"]["test_r2"]
-    assert out["metrics"]["test_r2"] == pytest.approx(probe, abs=1e-4)
+    assert out["start"]["features"] == recipe.START_BAND_POWER
+    assert out["start"]["candidates"] == [recipe.START_BAND_POWER, recipe.START_BOTH]
+    assert out["start"]["gain"] <= out["start"]["paired_se"] and out["start"]["score"] == "r2"
+    band = out["baselines"]["ridge on band power"]["test_r2"]
+    assert out["metrics"]["test_r2"] == pytest.approx(band, abs=1e-5)
+    assert "started at band power" in (tmp_path / "reg" / "decode_report.md").read_text()
+    assert "start: the head started at the band power fit" in out["protocol"]
     for head in ("pooled", "token_weighting"):
         cfg = _config([session], head=head)
         dm = recipe.datamodule(cfg)
         task = recipe.task(cfg, dm).eval()
+        assert task.read_out_start["features"] == recipe.START_BAND_POWER, head
+        bands = BandPowerRidge(cfg.model.sampling_rate)
         with torch.no_grad():
-            train = recipe._segment_pass(dm.loader("train"), task.encoder, None)
-            test = recipe._segment_pass(dm.loader("test"), task.encoder, None, task=task)
+            train = recipe._segment_pass(dm.loader("train"), task.encoder, bands)
+            test = recipe._segment_pass(dm.loader("test"), task.encoder, bands, task=task)
+        n_tr, n_te = len(train["y"]), len(test["y"])
+        arm = BandPowerLogistic(bands.sampling_rate).fit_features(train["bp"].reshape(n_tr, -1), train["y"])
         logits = test["pred"]
-        expect = Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"])
+        expect = arm.model.decision_function(test["bp"].reshape(n_te, -1))
         assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4), head
         assert np.allclose(logits[:, 1], -logits[:, 0], atol=1e-5)  # softmax = the logistic probability
+        assert not task.head.out.weight.abs().sum()  # the token head adds nothing at the start
+
+
+def test_without_band_power_the_head_starts_at_the_linear_probe(session, force_session, tmp_path):
+    """``task.band_power=false`` (or layouts that differ): the head reads the tokens alone and
+    starts at the report's linear probe (token-mean features of the frozen starting encoder)."""
+    import torch
+
+    from neurofm.baselines import Logistic
+
+    cfg = _regression_config([force_session], band_power=False)
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    assert task.band_power is None and task.read_out_start["features"] == recipe.START_TOKENS
+    out = recipe.evaluate(cfg, task, dm, tmp_path / "reg")
+    probe = out["baselines"]["linear probe on the frozen random-init encoder"]["test_r2"]
+    assert out["metrics"]["test_r2"] == pytest.approx(probe, abs=1e-4)
+    assert out["start"]["band_power_readout"] == "off (task.band_power=false)"
+    cfg = _config([session], band_power=False)
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm).eval()
+    with torch.no_grad():
+        train = recipe._segment_pass(dm.loader("train"), task.encoder, None)
+        test = recipe._segment_pass(dm.loader("test"), task.encoder, None, task=task)
+    logits = test["pred"]
+    expect = Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"])
+    assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4)
 
 
 def test_segment_pass_per_channel_features_average_to_the_token_mean(session):
@@ -300,9 +341,9 @@ def test_segment_pass_per_channel_features_average_to_the_token_mean(session):
 
 
 def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_session, tmp_path):
-    """BaRISTA fine-tuning validates the starting state (the probe) before the first step, logs
-    it at step 0 and keeps it as the best checkpoint: with learning rates that wreck the model,
-    the evaluated model is the starting one (test R2 = the probe's)."""
+    """BaRISTA fine-tuning validates the starting state (the band-power fit) before the first
+    step, logs it at step 0 and keeps it as the best checkpoint: with learning rates that wreck
+    the model, the evaluated model is the starting one (test R2 = ridge on band power's)."""
     import csv
     import dataclasses
 
@@ -321,8 +362,9 @@ def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_sess
     paired = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/paired_gain")]
     assert paired and all(float(r["val/paired_gain"]) < 0 for r in paired)
     assert m["training"]["selection"]["kept"] == "start" and m["training"]["selection"]["selected_step"] == 0
-    probe = m["baselines"]["linear probe on the frozen random-init encoder"]["test_r2"]
-    assert m["metrics"]["test_r2"] == pytest.approx(probe, abs=1e-4)
+    band = m["baselines"]["ridge on band power"]["test_r2"]  # the start: band power (module docstring of the test)
+    assert m["start"]["features"] == recipe.START_BAND_POWER
+    assert m["metrics"]["test_r2"] == pytest.approx(band, abs=1e-5)
 
 
 def test_both_families_keep_their_starting_point_with_one_callback():
