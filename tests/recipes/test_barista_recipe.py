@@ -378,3 +378,77 @@ def test_both_families_keep_their_starting_point_with_one_callback():
     import neurofm.tasks.neuroformer as nf
 
     assert nf.StartingPoint is StartingPoint and not hasattr(nf, "_StartingPoint")
+
+
+def test_start_gain_scores_classification_by_auroc():
+    """The shared start rule on classification scores (the BaRISTA head's start): token features
+    that only add noise to band power's scores do not clear one paired SE; scores that rank every
+    block's segments better do."""
+    from neurofm.report import start_gain
+
+    rng = np.random.default_rng(1)
+    n, K = 300, 10
+    blocks = np.repeat(np.arange(K), n // K)
+    y = rng.integers(0, 2, n)
+    band = y + rng.normal(scale=1.0, size=n)
+    gain, se = start_gain(band, band + rng.normal(scale=0.5, size=n), y, blocks, task="classification")
+    assert not gain > recipe.START_SE * se
+    gain, se = start_gain(band, y + rng.normal(scale=0.4, size=n), y, blocks, task="classification")
+    assert gain > recipe.START_SE * se > 0
+
+
+def test_layouts_that_differ_get_no_band_power_readout_and_a_note(session, tmp_path, capsys):
+    other = tmp_path / "other.h5"
+    simulate_ieeg(other, n_channels=N_CHANNELS - 4, duration=60.0, sampling_rate=128.0, n_regions=4, seed=1)
+    cfg = _config([session, str(other)])
+    task = recipe.task(cfg, recipe.datamodule(cfg))
+    assert task.band_power is None and task.export_model().band_power is None
+    note = task.read_out_start["band_power_readout"]
+    assert note.startswith("none: the 2 sessions have 2 different channel layouts")
+    assert task.read_out_start["features"] == recipe.START_TOKENS  # the linear probe start, as before
+    assert "no band-power read-out" in capsys.readouterr().err
+
+
+def test_band_power_readout_round_trips_through_config_checkpoint_and_folder(session, tmp_path):
+    """On by default (config.yaml's task.band_power), recorded in the exported config.json, and
+    the exported folder predicts from raw segments what the task predicts; a Lightning
+    checkpoint and a folder written before the read-out existed still load, without one."""
+    import json
+
+    import lightning as L
+    import torch
+
+    from neurofm.config import to_dict
+    from neurofm.hub import load_pretrained
+
+    cfg = _config([session])
+    assert cfg.task.band_power is True and to_dict(cfg)["task"]["band_power"] is True
+    assert from_dict(recipe.RunConfig, to_dict(cfg), where="test").task.band_power is True
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm).eval()
+    assert task.hparams.band_power_bands == {k: list(v) for k, v in recipe.BandPowerRidge(128.0).bands.items()}
+    model = task.export_model()
+    model.save_pretrained(tmp_path / "ft")
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())["config"]
+    assert saved["band_power_bands"] == task.hparams.band_power_bands and saved["n_channels"] == N_CHANNELS
+    loaded = load_pretrained(tmp_path / "ft").eval()
+    batch = next(iter(dm.loader("test")))
+    with torch.no_grad():
+        expect = task(batch)
+        torch.testing.assert_close(loaded({"x": batch["x"], "channel_mask": batch["channel_mask"],
+                                           "parcel": batch["parcel"]}), expect)
+    assert expect.abs().sum() > 0
+    # written before the read-out: no band_power_bands in config.json / the checkpoint's hparams
+    old = recipe.task(recipe.prepare(_config([session], band_power=False)), dm)
+    old.export_model().save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["config"]["band_power_bands"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert load_pretrained(tmp_path / "old").band_power is None
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(old)
+    trainer.save_checkpoint(tmp_path / "old.ckpt")
+    ckpt = torch.load(tmp_path / "old.ckpt", weights_only=True)
+    del ckpt["hyper_parameters"]["band_power_bands"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert recipe.load_task(tmp_path / "old.ckpt").band_power is None
