@@ -734,7 +734,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                 f"samples every 1 s; blocks train 50% / valid 10% / test 40%; pretraining {pre_epochs} epochs (batch 8) on all "
                 f"of the "
                 f"pretraining subjects' training blocks; fine-tuning {ft_epochs} epochs on the held-out subject "
-                f"(pretrained and random init alike, heads started at the linear probe; {scored}); held-out "
+                f"(pretrained and random init alike, heads started as the recipe starts them: the band-power fit, "
+                f"or band power + token mean when its blocked-CV gain exceeds one paired SE; {scored}); held-out "
                 f"subject's test block: "
                 f"{first['data'].get('test_segments')} event segments (seed {seeds[0]}); {first['protocol']}")
     return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol,

@@ -14,7 +14,11 @@ classification, ridge for regression) and a null, all fitted on the same trainin
 and scored on the same test segments, with block-bootstrap CIs and one plain line saying
 whether the model beats band power; plus ``plots/roc.png`` or ``plots/decoded_<target>.png``.
 Regression targets are standardised with the training block's mean and std (kept in the
-checkpoint and the exported model, so predictions come back in the recording's units).
+checkpoint and the exported model, so predictions come back in the recording's units). With
+one channel layout the head also reads each channel's log band power (``task.band_power``) and
+starts at the report's band-power fit, the token mean joining only on a blocked-CV gain above
+one paired SE (:func:`init_probe_head`; ``start`` in metrics.json), so the model cannot lose to
+band power except by noise.
 Reconstruction fine-tunes report R2 on the test block.
 """
 

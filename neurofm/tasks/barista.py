@@ -21,7 +21,10 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   starts from is validated before the first step and kept as the best checkpoint unless a
   check truly improves on it (:class:`~neurofm.tasks.callbacks.StartingPoint`: by more than two
   paired block-bootstrap SEs of the gain, ``SELECTION_SE``; the recipe starts the head
-  at the linear probe: :func:`neurofm.recipes.barista.init_probe_head`). Early stopping on the
+  at the band-power fit, with the token mean when it gains on blocked CV, or at the linear
+  probe without a band-power read-out: :func:`neurofm.recipes.barista.init_probe_head`). With
+  ``band_power_bands`` a :class:`~neurofm.models.barista.BandPowerReadout` (each channel's log
+  band power, linearly mapped) is added to the head's output and trains at the head's lr. Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
 
