@@ -53,8 +53,9 @@ tasks and scored by the recipe's ``evaluate`` or by :mod:`neurofm.evaluation_iee
    encoding scales only; seeds run in parallel as separate processes (``--seeds 0``, ...).
    Full mode (not run): 5 seeds, 4 x 900 s + 600 s, 1 s segments of 4 patches, pretraining
    12 epochs (about 2,700 steps), fine-tuning 20 epochs: about 9-10 h on that machine.
-   Each fine-tune's head starts at the linear probe on the frozen starting encoder (the
-   table's probe rows, from the same runs' reports); ``--finetune-patience N`` scores the best
+   Each fine-tune's head starts as ``neurofm finetune`` starts it (``init_probe_head``: the
+   band-power fit, or band power + token mean on a blocked-CV gain over one paired SE; until
+   session 7 the linear probe on the frozen starting encoder, the table's probe rows); ``--finetune-patience N`` scores the best
    validation check (the step-0 start included) instead of the final weights;
    ``--reuse-pretrain`` reads pretraining runs already in ``--out``; ``--tabulate A.json B.json
    ...`` prints one table over the seeds of per-seed ``--json`` files. ``neurofm finetune``'s
@@ -116,6 +117,45 @@ ridge on all tokens of an encoder pretrained the same way (1200 steps) reached a
 (the random-init encoder about 0.53). Without the 60 Hz notch (seed 0, parcel, same budget)
 the fine-tuned test ROC-AUC was 0.858 and band power 0.895: the notch is faithfulness to the
 paper's preprocessing, not what these rows hinge on.
+
+Measured, part 3 quick, with the band-power head (2026-12-03 15:49-15:58 UTC, shared 2-core
+CPU at load 8-13, one thread, seeds 0, 1, 2 one after another, nice 5; the same cached
+40-epoch pretraining runs, parcel): ``--only subjects --quick --scales parcel --reuse-pretrain
+--finetune-patience 15 --seeds S``. The head now also reads each channel's log band power
+(``BandPowerReadout``) and starts at the decode report's band-power fit, or band power + token
+mean when that gains over one paired SE on 4-fold blocked CV of the training segments
+(``init_probe_head``); model selection unchanged (two paired SE). Test block of the held-out
+subject (38-39 events, ~119 force segments), per seed: AUROC [block-bootstrap 95% CI]; R2:
+
+| seed | arm          | event AUROC after       | before (session 6) | force R2 after       | before | start chosen (AUROC gain +- SE) |
+|------|--------------|-------------------------|--------------------|----------------------|--------|---------------------------------|
+| 0    | pretrained   | 0.920 [0.840, 0.988]    | 0.861              | 0.723 [0.661, 0.788] | -0.039 | bp + tokens (+0.060 +- 0.026); force: bp |
+| 0    | random init  | 0.835 [0.656, 0.958]    | 0.616              | 0.723 (= bp)         | -0.290 | bp + tokens (+0.074 +- 0.023); force: bp |
+| 0    | band power   | 0.901 [0.845, 0.958]    | 0.901              | 0.723 [0.661, 0.788] | 0.723  |                                 |
+| 1    | pretrained   | 0.883 [0.772, 0.987]    | 0.692              | 0.818 [0.740, 0.855] | -0.054 | bp + tokens (+0.098 +- 0.046); force: bp |
+| 1    | random init  | 0.903 (= bp)            | 0.592              | 0.818 (= bp)         | -0.061 | bp (+0.053 +- 0.058); force: bp |
+| 1    | band power   | 0.903 [0.835, 0.957]    | 0.903              | 0.818 [0.740, 0.855] | 0.818  |                                 |
+| 2    | pretrained   | 0.898 (= bp)            | 0.519              | 0.719 (= bp)         | 0.002  | bp (-0.024 +- 0.048); force: bp |
+| 2    | random init  | 0.898 (= bp)            | 0.524              | 0.719 (= bp)         | -0.015 | bp (-0.007 +- 0.055); force: bp |
+| 2    | band power   | 0.898 [0.760, 0.984]    | 0.898              | 0.719 [0.615, 0.787] | 0.719  |                                 |
+
+Probes on the frozen encoders (unchanged, the report's probe arm): pretrained 0.861, 0.692,
+0.512; -0.042, -0.053, -0.015; random init 0.619, 0.592, 0.524; -0.225, -0.006, -0.015. Over
+the 3 seeds (mean [95% t-interval]): pretrained 0.900 [0.854, 0.947]; 0.753 [0.614, 0.892],
+random init 0.879 [0.785, 0.972]; 0.753, band power 0.900 [0.894, 0.907]; 0.753; pretrained
+minus band power AUROC +0.000 [-0.049, 0.049], R2 0.000 (identical predictions); pretrained
+minus random init AUROC +0.022 [-0.116, 0.160], R2 0.000. Every one of the 12 runs kept its
+step-0 start (no check beat it by two paired SE; the validation block's 10 events gave the
+classification starts a validation AUROC of 1.0 in most runs). What holds: pretrained >= band
+power within every CI (was ~0.2 AUROC and ~0.8 R2 below); the force model IS band power
+(the start, to float precision) in all 6 runs. What does not: pretrained == random init in
+force R2 everywhere and in event AUROC on seed 2 (both at the band-power start: the tokens add
+nothing the start rule can measure); 3 of 6 event starts took the token mean (blocked-CV
+gains of 2.1-3.2 paired SE on ~50 training segments, the random encoder's tokens included) and
+scored +0.020 (seed 0 pretrained), -0.019 (seed 1 pretrained) and -0.065 (seed 0 random init)
+against band power on the test block, all within the CIs: the training-block gain did not
+carry to the test block. The paired difference pretrained minus random init (+0.022 AUROC)
+excludes no 0.
 
 Measured, part 3 quick, today's fine-tuning recipe (2026-12-03 10:24-10:31, shared 2-core CPU
 at load 1-5, one thread per process, seeds 0 and 1 in parallel, then seed 2; the 9 pretraining
