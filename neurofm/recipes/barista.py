@@ -750,7 +750,9 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
       (:func:`neurofm.report.start_gain`, the rule of the spike side's count read-out): 4
       contiguous folds of the training segments in time order (:func:`neurofm.evaluation.blocked_oof`;
       about one segment length of segments dropped from training on each side of the held-out
-      fold), each candidate refitted by its own rule on the other folds; the gain is scored
+      fold), each candidate refitted on the other folds with the penalty its fit on all the
+      training segments chose (a penalty chosen again inside a fold needs both classes in the
+      fold's own inner validation block, which a few dozen segments rarely give); the gain is scored
       by R2 (regression) or ROC-AUC (classification: the metric the report's verdict and model
       selection judge, so the start is chosen on the score it is judged by), its SE over
       equal-count blocks of the training period (the report's CI blocks);
@@ -786,13 +788,14 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
         target = train["y"].reshape(n, -1).astype(np.float64)
     k = task.hparams.n_classes
 
-    def fit(X, Y):
-        """The report's fit of features ``X``: ``(W (F, out), b (out,), alpha)`` in the head's units."""
+    def fit(X, Y, alpha=None):
+        """The report's fit of features ``X``: ``(W (F, out), b (out,), alpha)`` in the head's units
+        (``alpha``: that penalty, not chosen again)."""
         if not classify:
-            r = Ridge().fit(X, Y)
+            r = (Ridge() if alpha is None else Ridge(alpha)).fit(X, Y)
             W, b = r.linear_map()
             return W / std, (b - mean) / std, r.alpha_
-        lr = Logistic().fit(X, Y)
+        lr = (Logistic() if alpha is None else Logistic(alpha)).fit(X, Y)
         if list(lr.classes_) != list(range(k)):
             raise ValueError(f"training segments hold the classes {lr.classes_.tolist()}, the head has {k}")
         coef, bias = lr.linear_map()
@@ -829,7 +832,8 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
         y_sorted = y_std[order]
         try:
             for name, X in cands.items():
-                oof[name] = blocked_oof(lambda a, y, c: scores(*fit(a, y)[:2], c), X[order], target[order],
+                alpha = fits[name][2]  # each fold refits with the penalty the whole training block chose
+                oof[name] = blocked_oof(lambda a, y, c: scores(*fit(a, y, alpha)[:2], c), X[order], target[order],
                                         START_FOLDS, gap)
                 cv[name] = (float(auroc(y_sorted, oof[name])) if classify
                             else float(r2_score(y_sorted, oof[name].reshape(y_sorted.shape))))

@@ -452,3 +452,25 @@ def test_band_power_readout_round_trips_through_config_checkpoint_and_folder(ses
     del ckpt["hyper_parameters"]["band_power_bands"]
     torch.save(ckpt, tmp_path / "old.ckpt")
     assert recipe.load_task(tmp_path / "old.ckpt").band_power is None
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_start_rule_keeps_band_power_alone_when_token_features_are_noise(session, force_session, monkeypatch, kind):
+    """Token-mean features replaced by noise unrelated to the labels: the start is band power
+    alone (the token head's weights 0), with the CV scores, gain and SE in ``start``."""
+    real = recipe._segment_pass
+
+    def noisy(loader, encoder, bands, *a, **k):
+        out = real(loader, encoder, bands, *a, **k)
+        out["feat"] = np.random.default_rng(len(out["feat"])).standard_normal((len(out["feat"]), 32))
+        return out
+
+    monkeypatch.setattr(recipe, "_segment_pass", noisy)
+    cfg = _config([session]) if kind == "classification" else _regression_config([force_session])
+    task = recipe.task(cfg, recipe.datamodule(cfg))
+    start = task.read_out_start
+    assert start["features"] == recipe.START_BAND_POWER
+    assert start["score"] == ("auroc" if kind == "classification" else "r2")
+    assert not start["gain"] > recipe.START_SE * start["paired_se"]
+    assert set(start["cv"]) == {recipe.START_BAND_POWER, recipe.START_BOTH} and start["n_segments"] > 20
+    assert not task.head.out.weight.abs().sum() and task.band_power.out.weight.abs().sum() > 0
