@@ -1394,7 +1394,7 @@ def _start_line(start: dict, arm: str | None) -> str:
     line = f"start: the head started at the {chosen} fit"
     if arm:
         line += f" (at step 0 the model predicts what '{arm}' predicts)"
-    if start.get("gain") is not None:
+    if start.get("gain") is not None and start.get("paired_se") is not None:
         line += (f"; blocked-CV {start['score']} on {start['n_segments']} training segments: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in start["cv"].items() if v is not None)
                  + f"; the token mean's gain {start['gain']:+.4f} +- {start['paired_se']:.4f} paired SE "
