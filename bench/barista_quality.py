@@ -118,44 +118,45 @@ ridge on all tokens of an encoder pretrained the same way (1200 steps) reached a
 the fine-tuned test ROC-AUC was 0.858 and band power 0.895: the notch is faithfulness to the
 paper's preprocessing, not what these rows hinge on.
 
-Measured, part 3 quick, with the band-power head (2026-12-03 15:49-15:58 UTC, shared 2-core
+Measured, part 3 quick, with the band-power head (2026-12-03 16:05-16:13 UTC, shared 2-core
 CPU at load 8-13, one thread, seeds 0, 1, 2 one after another, nice 5; the same cached
 40-epoch pretraining runs, parcel): ``--only subjects --quick --scales parcel --reuse-pretrain
 --finetune-patience 15 --seeds S``. The head now also reads each channel's log band power
 (``BandPowerReadout``) and starts at the decode report's band-power fit, or band power + token
 mean when that gains over one paired SE on 4-fold blocked CV of the training segments
 (``init_probe_head``); model selection unchanged (two paired SE). Test block of the held-out
-subject (38-39 events, ~119 force segments), per seed: AUROC [block-bootstrap 95% CI]; R2:
+subject (38-39 events, ~119 force segments), per seed: AUROC [block-bootstrap 95% CI]; R2
+(before: session 6, the probe start, the table below):
 
-| seed | arm          | event AUROC after       | before (session 6) | force R2 after       | before | start chosen (AUROC gain +- SE) |
-|------|--------------|-------------------------|--------------------|----------------------|--------|---------------------------------|
-| 0    | pretrained   | 0.920 [0.840, 0.988]    | 0.861              | 0.723 [0.661, 0.788] | -0.039 | bp + tokens (+0.060 +- 0.026); force: bp |
-| 0    | random init  | 0.835 [0.656, 0.958]    | 0.616              | 0.723 (= bp)         | -0.290 | bp + tokens (+0.074 +- 0.023); force: bp |
-| 0    | band power   | 0.901 [0.845, 0.958]    | 0.901              | 0.723 [0.661, 0.788] | 0.723  |                                 |
-| 1    | pretrained   | 0.883 [0.772, 0.987]    | 0.692              | 0.818 [0.740, 0.855] | -0.054 | bp + tokens (+0.098 +- 0.046); force: bp |
-| 1    | random init  | 0.903 (= bp)            | 0.592              | 0.818 (= bp)         | -0.061 | bp (+0.053 +- 0.058); force: bp |
-| 1    | band power   | 0.903 [0.835, 0.957]    | 0.903              | 0.818 [0.740, 0.855] | 0.818  |                                 |
-| 2    | pretrained   | 0.898 (= bp)            | 0.519              | 0.719 (= bp)         | 0.002  | bp (-0.024 +- 0.048); force: bp |
-| 2    | random init  | 0.898 (= bp)            | 0.524              | 0.719 (= bp)         | -0.015 | bp (-0.007 +- 0.055); force: bp |
-| 2    | band power   | 0.898 [0.760, 0.984]    | 0.898              | 0.719 [0.615, 0.787] | 0.719  |                                 |
+| seed | arm         | event AUROC after    | before | force R2 after       | before | start (event CV AUROC gain +- SE; force) |
+|------|-------------|----------------------|--------|----------------------|--------|------------------------------------------|
+| 0    | pretrained  | 0.901 (= bp)         | 0.861  | 0.723 (= bp)         | -0.039 | bp (+0.005 +- 0.024); bp                 |
+| 0    | random init | 0.835 [0.656, 0.958] | 0.616  | 0.723 (= bp)         | -0.290 | bp + tokens (+0.020 +- 0.017); bp        |
+| 0    | band power  | 0.901 [0.845, 0.958] | 0.901  | 0.723 [0.661, 0.788] | 0.723  |                                          |
+| 1    | pretrained  | 0.883 [0.772, 0.987] | 0.692  | 0.818 (= bp)         | -0.054 | bp + tokens (+0.228 +- 0.039); bp        |
+| 1    | random init | 0.903 (= bp)         | 0.592  | 0.818 (= bp)         | -0.061 | bp (+0.017 +- 0.018); bp                 |
+| 1    | band power  | 0.903 [0.835, 0.957] | 0.903  | 0.818 [0.740, 0.855] | 0.818  |                                          |
+| 2    | pretrained  | 0.898 (= bp)         | 0.519  | 0.719 (= bp)         | 0.002  | bp (-0.054 +- 0.064); bp                 |
+| 2    | random init | 0.898 (= bp)         | 0.524  | 0.719 (= bp)         | -0.015 | bp (-0.051 +- 0.044); bp                 |
+| 2    | band power  | 0.898 [0.760, 0.984] | 0.898  | 0.719 [0.615, 0.787] | 0.719  |                                          |
 
-Probes on the frozen encoders (unchanged, the report's probe arm): pretrained 0.861, 0.692,
-0.512; -0.042, -0.053, -0.015; random init 0.619, 0.592, 0.524; -0.225, -0.006, -0.015. Over
-the 3 seeds (mean [95% t-interval]): pretrained 0.900 [0.854, 0.947]; 0.753 [0.614, 0.892],
-random init 0.879 [0.785, 0.972]; 0.753, band power 0.900 [0.894, 0.907]; 0.753; pretrained
-minus band power AUROC +0.000 [-0.049, 0.049], R2 0.000 (identical predictions); pretrained
-minus random init AUROC +0.022 [-0.116, 0.160], R2 0.000. Every one of the 12 runs kept its
-step-0 start (no check beat it by two paired SE; the validation block's 10 events gave the
-classification starts a validation AUROC of 1.0 in most runs). What holds: pretrained >= band
-power within every CI (was ~0.2 AUROC and ~0.8 R2 below); the force model IS band power
-(the start, to float precision) in all 6 runs. What does not: pretrained == random init in
-force R2 everywhere and in event AUROC on seed 2 (both at the band-power start: the tokens add
-nothing the start rule can measure); 3 of 6 event starts took the token mean (blocked-CV
-gains of 2.1-3.2 paired SE on ~50 training segments, the random encoder's tokens included) and
-scored +0.020 (seed 0 pretrained), -0.019 (seed 1 pretrained) and -0.065 (seed 0 random init)
-against band power on the test block, all within the CIs: the training-block gain did not
-carry to the test block. The paired difference pretrained minus random init (+0.022 AUROC)
-excludes no 0.
+"= bp": the same predictions as band power on the test block (every bootstrap difference
+within 0.0005). Probes on the frozen encoders (the report's probe arm, unchanged): pretrained
+0.861, 0.692, 0.512; -0.042, -0.053, -0.015; random init 0.619, 0.592, 0.524; -0.225, -0.006,
+-0.015. Over the 3 seeds (mean [95% t-interval]): pretrained 0.894 [0.871, 0.917]; 0.753
+[0.614, 0.892], random init 0.879 [0.785, 0.972]; 0.753, band power 0.900 [0.894, 0.907];
+0.753. Pretrained minus band power: AUROC -0.006 [-0.034, 0.021], R2 0.000 (identical);
+pretrained minus random init: AUROC +0.015 [-0.095, 0.126], R2 0.000. Every one of the 12 runs
+kept its step-0 start (no check beat it by two paired SE; the validation block's 10 events
+gave the event starts a validation AUROC of 1.0 in most runs). What holds: pretrained >= band
+power within every CI (was ~0.2 AUROC and ~0.8 R2 below), and the force model IS band power in
+all 6 runs. What does not: pretrained == random init in force R2 on every seed and in event
+AUROC on seed 2 (both at the band-power start: the tokens add nothing the start rule can
+measure); the 2 event starts that took the token mean (seed 1 pretrained, gain 5.8 SE on the
+training segments; seed 0 random init, 1.2 SE) scored -0.019 and -0.065 below band power on
+the test block, within the CIs: the training-block gain did not carry to the test block. A
+first version of the rule (each fold choosing its own penalty again) scored the same runs'
+event CV lower and took the token mean in 3 of 6 (seed 0 pretrained then 0.920 vs 0.901).
 
 Measured, part 3 quick, today's fine-tuning recipe (2026-12-03 10:24-10:31, shared 2-core CPU
 at load 1-5, one thread per process, seeds 0 and 1 in parallel, then seed 2; the 9 pretraining
