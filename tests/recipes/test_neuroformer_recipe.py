@@ -549,6 +549,7 @@ def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poiss
     assert matched["generated_units_per_window"] == oracle.metrics["generated_units_per_window"]
     assert matched["generated_repeat_fraction"] == 0.0
     assert oracle.baselines[recipe.EVERY_UNIT]["window_recall"] == 1.0
+    assert oracle.baselines[recipe.EVERY_UNIT]["generated_units_per_window"] == n_units
     # the recorded windows repeat units (Poisson counts > 1): the repeat fraction counts them
     n = sum(len(x) for s in true_sets for x in s)
     distinct = sum(len(set(x.tolist())) for s in true_sets for x in s)
@@ -560,6 +561,24 @@ def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poiss
     assert silent.metrics["window_f1"] == 0.0 and not silent.beats_poisson
     assert silent.verdicts[0].startswith("generated spikes LOSE to the mean-rate Poisson generator: window F1 0.000")
     assert silent.to_dict()["limitations"] == [v for v in silent.verdicts if "LOSE" in v]
+
+
+def test_every_unit_arm_names_the_units_that_fired_in_training(tmp_path):
+    """The naming-everything reference names every unit that fired in the training block, not
+    units silent there (no generator trained on those spikes could name them): with unit 0
+    silent in training and firing at test, the arm names the other units in every window."""
+    n_units, b, n_batches = 8, 16, 6
+    rates = np.full(n_units, 0.6)
+    cfg = _config([])
+    cfg.eval.generate_windows = b * n_batches
+    batches, true_sets = _spike_batches(np.random.default_rng(5), n_units, n_batches, b, rates)
+    train_counts = rates * 500.0
+    train_counts[0] = 0.0
+    score = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, train_counts, 500, tmp_path)
+    arm = score.baselines[recipe.EVERY_UNIT]
+    assert arm["generated_units_per_window"] == n_units - 1
+    assert arm["window_recall"] < 1.0  # unit 0's test spikes are missed, as by any training-rate generator
+    assert recipe.EVERY_UNIT == "every unit that fired in training, in every window"
 
 
 def test_generation_verdict_gives_no_ci_over_too_few_blocks(tmp_path):
