@@ -1182,10 +1182,13 @@ def resolve_trainer(cfg: RunConfig, dm):
     ``eval.score_when: moving``; :func:`step_budget_for`). The training loader reads just those
     windows (:class:`FewShotSplit`, :class:`MovingSplit`), so an epoch, ``ceil(n / batch_size)``
     steps, is one pass over the windows the budget counts; ``step_budget = N > 0``: N steps.
-    Validation then runs about ``BUDGET_CHECKS`` times (every
-    ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
-    ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
-    stopping has checks to count."""
+    Validation then runs every ``ceil(budget / BUDGET_CHECKS)`` steps, so ``BUDGET_CHECKS`` (20)
+    times whatever the epoch length, and early stopping has checks to count: epochs shorter
+    than that run whole and validation counts steps across them
+    (``trainer.val_check_every_n_steps``; validating every ``ceil(epochs / 20)`` epochs gave 10
+    to 20 checks, 15 at 30 epochs); a pass over the labelled windows longer than that is cut
+    into "epochs" of that many batches (``limit_train_batches``, each a fresh shuffle),
+    validated at each end."""
     t = cfg.trainer
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
@@ -1211,10 +1214,9 @@ def resolve_trainer(cfg: RunConfig, dm):
         return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=1,
                                    limit_train_batches=check_steps)
     epochs = math.ceil(budget / per_epoch)
-    every = max(1, math.ceil(epochs / BUDGET_CHECKS))
     print(f"neurofm: step budget {budget} ({sized}; {per_epoch} steps per epoch, "
-          f"{epochs} epochs, validation every {every} epoch(s))", file=sys.stderr)
-    return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=every)
+          f"{epochs} epochs, validation every {check_steps} steps)", file=sys.stderr)
+    return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, val_check_every_n_steps=check_steps)
 
 
 def export(task) -> Neuroformer:

@@ -245,7 +245,9 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     n = len(dm.datasets["train"])
     per_epoch = math.ceil(n / 16)
     assert t.max_steps == recipe.step_budget_for(n, 16) and t.max_epochs == math.ceil(t.max_steps / per_epoch)
-    assert t.check_val_every_n_epoch == max(1, math.ceil(t.max_epochs / 20))
+    # validation every budget / 20 steps across epochs: 20 checks, not every ceil(epochs / 20) epochs
+    assert per_epoch < t.max_steps / 20 and t.val_check_every_n_steps == math.ceil(t.max_steps / 20)
+    assert math.ceil(t.max_steps / t.val_check_every_n_steps) == recipe.BUDGET_CHECKS
     # a budget shorter than 20 passes: validation every budget / 20 steps (epochs cut to that length)
     short = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 40}}, where="t")
     ts = recipe.resolve_trainer(short, dm)
