@@ -1550,6 +1550,31 @@ def _with_labels(scored: np.ndarray, test: dict, targets) -> np.ndarray:
     return out
 
 
+def _training_length(cfg: RunConfig, dm) -> str:
+    """How long fine-tuning ran, as the protocol states it: the step budget and its rule when
+    :func:`resolve_trainer` applied it (``task.step_budget = N > 0`` always; ``0`` unless the
+    user set ``trainer.max_steps`` or ``max_epochs``), else the user's own trainer limit, named
+    as such beside the budget it replaced ("" with no limit at all). ``cfg`` is the resolved
+    config, whose ``trainer.max_steps`` is the budget when it applied: a user's ``max_steps``
+    equal to the budget reads as the budget (the same number either way)."""
+    t, tr, e = cfg.task, cfg.trainer, cfg.eval
+    carrying = "labelled moving" if e.score_when == "moving" else "labelled"
+    rule = (f"step budget: {BUDGET_PASSES} x ceil(n / batch size {cfg.data.batch_size}) steps within "
+            f"[{BUDGET_MIN_STEPS}, {BUDGET_MAX_STEPS}], n = the {carrying} training windows, the ones that carry "
+            f"the behaviour loss")
+    if t.step_budget > 0:
+        return f"at most {tr.max_steps} steps (task.step_budget)" if tr.max_steps > 0 else ""
+    budget = step_budget_for(loss_windows(cfg, dm)[0], cfg.data.batch_size)
+    if tr.max_steps == budget:
+        return f"at most {tr.max_steps} steps ({rule})"
+    own = [f"{v} {unit} (trainer.{key})" for v, unit, key in ((tr.max_steps, "steps", "max_steps"),
+                                                              (tr.max_epochs, "epochs", "max_epochs")) if v > 0]
+    if not own:
+        return ""
+    return (f"at most {' / '.join(own)}, the user's setting in place of the step budget of {budget} steps "
+            f"({rule})")
+
+
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
@@ -1562,15 +1587,10 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     text = (f"{split}; windows of {w.curr * 1e3:.0f} ms (previous {w.prev * 1e3:.0f} ms, dt {w.dt * 1e3:.0f} ms); "
             f"all metrics on the test block; baselines fitted on the training block")
     t = cfg.task
-    if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
+    length = _training_length(cfg, dm) if t.mode == "finetune" and t.step_budget >= 0 else ""
+    if length:
         start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
-        carrying = "labelled moving" if e.score_when == "moving" else "labelled"
-        budget_rule = ("task.step_budget" if t.step_budget > 0 else
-                       f"step budget: {BUDGET_PASSES} x ceil(n / batch size {cfg.data.batch_size}) steps within "
-                       f"[{BUDGET_MIN_STEPS}, {BUDGET_MAX_STEPS}], n = the {carrying} training windows, "
-                       f"the ones that carry the behaviour loss")
-        text += (f"; fine-tuned {start} for at most "
-                 f"{cfg.trainer.max_steps} steps ({budget_rule}), backbone lr {t.lr:g}, heads "
+        text += (f"; fine-tuned {start} for {length}, backbone lr {t.lr:g}, heads "
                  f"x{t.head_lr_ratio:g}, heads started at ridge on binned counts (+ pooled state where blocked CV on "
                  f"the labelled windows says it helps; metrics.json start), the checkpoint with the best "
                  f"validation R2 evaluated (the starting state included)")

@@ -259,6 +259,30 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     assert recipe.resolve_trainer(fixed, dm).max_steps == 7
 
 
+def test_protocol_states_the_users_step_limit_not_the_budget(tmp_path):
+    """The protocol line said "for at most 60 steps (step budget: 30 x ...)" when the user had set
+    trainer.max_steps=60 (which turns the budget off): it names the user's setting, and the
+    budget it replaced; with the defaults it states the budget and its rule."""
+    path = _session(tmp_path / "a.h5")
+    cfg = _config([path], split={"gap": 1.0})
+    cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 0},
+                                       "trainer": {"max_epochs": -1, "max_steps": -1}}, where="test")
+    dm = recipe.datamodule(cfg)
+    budget = recipe.step_budget_for(recipe.loss_windows(cfg, dm)[0], cfg.data.batch_size)
+    default = dataclasses.replace(cfg, trainer=recipe.resolve_trainer(cfg, dm))
+    assert default.trainer.max_steps == budget
+    assert f"for at most {budget} steps (step budget: 30 x ceil(n / batch size" in recipe._protocol(default, dm)
+    own = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": -1, "max_steps": 60}}, where="t")
+    own = dataclasses.replace(own, trainer=recipe.resolve_trainer(own, dm))
+    assert own.trainer.max_steps == 60 != budget
+    text = recipe._protocol(own, dm)
+    assert (f"for at most 60 steps (trainer.max_steps), the user's setting in place of the step budget of {budget} "
+            "steps (step budget:") in text
+    both = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": 3, "max_steps": 60}}, where="t")
+    assert "for at most 60 steps (trainer.max_steps) / 3 epochs (trainer.max_epochs), the user's setting" in \
+        recipe._protocol(both, dm)
+
+
 def _default_finetune(path: str, **data) -> recipe.RunConfig:
     """The fine-tuning defaults on ``path``: behaviour the only objective, score_when auto, a step budget."""
     cfg = _config([path], split={"gap": 1.0}, batch_size=4, **data)
