@@ -47,7 +47,7 @@ from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
 from neurofm.baselines import PoissonBayesDecoder, Ridge
-from neurofm.data.datasets import behavior_features
+from neurofm.data.datasets import behavior_features, split_blocks
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.synthetic import simulate_spikes
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
@@ -204,10 +204,11 @@ def _split(cfg: RunConfig):
 def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarray:
     """(W,) end times (s) of the windows of ``split`` in ``session``, as the data module lays
     them out (one grid per session, stride ``data.stride`` or ``window.curr``, each window with
-    its previous window wholly inside a block)."""
+    its previous window wholly inside a block, and none across a discontinuity of the
+    recording: :func:`~neurofm.data.datasets.split_blocks`)."""
     w = cfg.model.window
     stride = cfg.data.stride or w.curr
-    blocks = _split(cfg)(session)[split]
+    blocks = split_blocks(session, split, _split(cfg))
     k0, count = grid_runs(blocks, session.t_start, stride, w.curr + w.prev, 0.0)
     if not len(k0):
         return np.zeros(0)
@@ -470,8 +471,9 @@ def _protocol_for(cfg: RunConfig, threshold: float | None = None):
 class MovingWindows:
     """Which windows to score behaviour on under ``eval.score_when: moving``: those whose
     current window lies inside the behaviour's 50 ms bin grid with every bin moving
-    (:func:`neurofm.evaluation.moving_mask`: the speed of the smoothed position, or a measured
-    speed smoothed, above ``eval.moving_threshold``).
+    (:meth:`neurofm.evaluation.DecodingData.moving_mask`: the speed of the smoothed position,
+    or a measured speed smoothed, above ``eval.moving_threshold``, within each stretch between
+    the recording's discontinuities) and spans no discontinuity.
 
     Called with the windows' session indices (in ``sessions`` order, as batches number them)
     and end times, numpy arrays or tensors; returns a bool array of the same kind. Used for the
@@ -486,14 +488,14 @@ class MovingWindows:
         for session in sessions:
             d = session_position_data(session, protocol, counts=False)  # the bin grid and speed, no spikes read
             self.grids.append((d.bin_times, d.bin_end[-1], d.n_bins, np.concatenate([[0], np.cumsum(~d.moving)]),
-                               d.bin_size))
+                               d.bin_size, np.sort(d.breaks)))
 
     def __call__(self, session, interval):
         as_torch = isinstance(interval, torch.Tensor)
         s_idx = np.asarray(session.cpu() if as_torch else session, dtype=np.int64)
         ends_all = np.asarray(interval.detach().cpu().double() if as_torch else interval, dtype=np.float64)
         out = np.zeros(len(ends_all), dtype=bool)
-        for k, (bin_times, t_last, n_bins, still, bin_size) in enumerate(self.grids):
+        for k, (bin_times, t_last, n_bins, still, bin_size, breaks) in enumerate(self.grids):
             sel = np.flatnonzero(s_idx == k)
             if not len(sel):
                 continue
@@ -502,6 +504,9 @@ class MovingWindows:
             i0 = np.searchsorted(bin_times + bin_size, starts, side="right")  # first bin ending after start
             i1 = np.searchsorted(bin_times, ends, side="left")  # one past the last bin starting before end
             inside = (starts >= bin_times[0]) & (ends <= t_last) & (i1 > i0)
+            # a window across a discontinuity of the recording is never scored (the data module
+            # lays none out; the speed on either side of the pause is its own stretch's)
+            inside &= np.searchsorted(breaks, starts, side="right") == np.searchsorted(breaks, ends, side="left")
             out[sel] = inside & (still[np.clip(i1, 0, n_bins)] - still[np.clip(i0, 0, n_bins)] == 0)
         return torch.as_tensor(out, device=interval.device) if as_torch else out
 

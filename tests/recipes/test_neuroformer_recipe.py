@@ -298,6 +298,47 @@ def _ends(ds) -> tuple[np.ndarray, np.ndarray]:
     return np.array([w[0] for w in windows], dtype=np.int64), np.array([w[1] for w in windows])
 
 
+def test_spike_windows_and_the_moving_rule_honour_the_recordings_discontinuities(tmp_path):
+    """A recording paused at 20.1 s (/intervals/discontinuities, as a BrainVision "New Segment"
+    converts) with the animal still on both sides but 100 cm apart: split_window_ends laid
+    windows across the pause (the data module did not), and the moving rule smoothed and
+    differenced the position across it, so the still windows around the pause read as moving."""
+    from neurofm.data.session import DISCONTINUITIES, Session
+    from neurofm.evaluation import session_position_data
+
+    path, pause = tmp_path / "paused.h5", 20.1
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0.0, DURATION, int(5.0 * DURATION * 4)))
+    ts = np.arange(0.0, DURATION, 0.01)
+    x = np.where(ts < pause, 50.0, 150.0)  # still, moved 100 cm during the pause
+    with SessionWriter(path, session_id="paused") as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, rng.integers(0, 4, len(times)), t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+        w.add_intervals(DISCONTINUITIES, [pause], [pause])
+    every = _config([str(path)], split={"gap": 1.0})  # the default split: the pause is in the training block
+    every = dataclasses.replace(every, eval=dataclasses.replace(every.eval, score_when="all"))
+    cfg = dataclasses.replace(every, eval=dataclasses.replace(every.eval, score_when="moving", moving_threshold=5.0))
+    w = cfg.model.window
+    dm = recipe.datamodule(every)  # every training window (under moving scoring it reads the moving ones only)
+    with Session(path) as session:
+        ends = recipe.split_window_ends(cfg, session, "train")
+        assert len(ends) and not ((ends - w.curr - w.prev < pause) & (ends > pause)).any()
+        assert np.allclose(ends, _ends(dm.dataset("train"))[1])  # as the data module lays them out
+        d = session_position_data(session, recipe._protocol_for(cfg), counts=False)
+    k = int(np.searchsorted(d.bin_times, pause)) - 1  # the bin that holds the pause, dropped from both stretches
+    assert d.bin_times[k] < pause < d.bin_end[k]
+    assert [(sl.start, sl.stop) for sl in d.stretches()] == [(0, k), (k + 1, d.n_bins)]
+    assert not d.moving.any()  # still on both sides of the pause
+    moving = recipe.MovingWindows(cfg, [session])
+    grid = np.arange(w.curr, DURATION, 0.05)
+    assert not moving(np.zeros(len(grid), dtype=np.int64), grid).any()
+    # a moving animal across the pause: every window but the one that spans it
+    d.position = np.linspace(0.0, 600.0, d.n_bins)[:, None]  # 10 cm/s throughout
+    d.breaks = np.array([pause])
+    assert d.moving_mask(5.0, 0.5).sum() == d.n_bins - 1 and not d.moving_mask(5.0, 0.5)[k]
+
+
 def test_training_split_holds_only_the_windows_that_carry_the_loss(tmp_path):
     """Issue 10: fine-tuned on position alone and scored on moving windows, the training loader
     read every window though only the moving ones carry loss (the maze: 694 of 4,211). The
