@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import math
 import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -584,7 +583,7 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
         return None
     moving = MovingWindows(cfg, [session])
     out = {"moving_behavior": e.moving_behavior, "moving_threshold": cfg.eval.moving_threshold,
-           "unit": _unit_text(types.SimpleNamespace(sessions=[session]), e.moving_behavior),
+           "unit": _unit_text(session.behavior_unit(e.moving_behavior)),
            "source": ("/intervals/test" if "test" in session.interval_names else
                       f"default split: the last {cfg.data.split.test:.0%} of the recording")}
     for split in ("train", "test"):
@@ -1497,7 +1496,7 @@ def _scored_text(cfg: RunConfig, dm) -> str:
     e = cfg.eval
     if e.score_when == "moving":
         return (f"moving test windows: {_moving_speed_text(cfg, dm)} > {e.moving_threshold:.4g} "
-                f"{_unit_text(dm, e.moving_behavior)}/s in every 50 ms bin")
+                f"{_unit_text(_behavior_unit(dm, e.moving_behavior))}/s in every 50 ms bin")
     return "every test window"
 
 
@@ -1510,9 +1509,10 @@ def _moving_speed_text(cfg: RunConfig, dm) -> str:
     return f"speed of the {cfg.eval.moving_behavior} Gaussian-smoothed ({sigma})"
 
 
-def _unit_text(dm, name: str) -> str:
-    """``/behavior/<name>``'s unit as protocol text: "units" when absent, pixels as px."""
-    unit = _behavior_unit(dm, name) or "units"
+def _unit_text(unit: str) -> str:
+    """A behaviour's unit attr (:meth:`Session.behavior_unit`) as protocol text: "units" when
+    absent, pixels as px."""
+    unit = unit or "units"
     return {"pixels": "px", "pixel": "px"}.get(unit, unit)
 
 
@@ -1616,7 +1616,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
         text += (f"; behaviour scored on {n or 'all '}test windows (all that hold a label, as on the validation "
                  f"block)")
     else:
-        unit = _unit_text(dm, e.moving_behavior)
+        unit = _unit_text(_behavior_unit(dm, e.moving_behavior))
         text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "
                  f"(every 50 ms bin of the current window with {_moving_speed_text(cfg, dm)} "
                  f"> {e.moving_threshold:.4g} {unit}/s)")

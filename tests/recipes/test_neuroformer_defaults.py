@@ -175,6 +175,13 @@ def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_p
     assert "test block (/intervals/test):" in text and "mostly rest" not in text
 
 
+def test_unit_text_takes_the_behaviours_unit_string():
+    """``_unit_text`` reads a unit string, so ``test_block_motion`` (one session, no data module)
+    no longer builds a stand-in data module to get one."""
+    assert recipe._unit_text("cm") == "cm" and recipe._unit_text("pixels") == "px"
+    assert recipe._unit_text("") == "units"
+
+
 # -- 2. scoring that cannot mislead -------------------------------------------------------------
 
 
