@@ -134,7 +134,28 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
             "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
             "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
             "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None,
-            "test_block": test_block_motion(cfg, session)}
+            "test_block": test_block_motion(cfg, session),
+            "pretraining": _pretraining_estimate(session, w) if len(curr) else None}
+
+
+#: the config the README's pretraining command (`python train.py demo ...`) starts from
+PRETRAIN_CONFIG = "demo"
+
+
+def _pretraining_estimate(session, window) -> dict:
+    """:func:`neurofm.recipes.neuroformer.pretraining_estimate` of the README's pretraining
+    command on this file with these windows (``neuroformer/demo``, spikes only)."""
+    from neurofm.config import ConfigError
+    from neurofm.experiment import load_config
+    from neurofm.recipes.neuroformer import pretraining_estimate
+
+    cfg = load_config(PRETRAIN_CONFIG, ["data.behavior=[]", "model.behavior=[]"])
+    cfg.data.sessions = [str(session.path)]
+    cfg.model.window.curr, cfg.model.window.prev = window.curr, window.prev
+    try:
+        return {"config": f"neuroformer/{PRETRAIN_CONFIG}", **pretraining_estimate(cfg)}
+    except (ConfigError, ValueError) as e:
+        return {"error": str(e)}
 
 
 def _describe_windows(w: dict) -> str:
@@ -158,7 +179,39 @@ def _describe_windows(w: dict) -> str:
                      f"model.window.prev={sw['prev']:g}")
     if w.get("test_block"):
         lines += _describe_test_block(w["test_block"])
+    if w.get("pretraining"):
+        lines += _describe_pretraining(w["pretraining"])
     return "\n".join(lines)
+
+
+def _describe_pretraining(p: dict) -> list[str]:
+    """``neurofm inspect``: what the README's pretraining command will cost on this file, and,
+    when that is long, the settings that shorten it."""
+    if "error" in p:
+        return [f"  pretraining - ({p['error']})"]
+    est, per_step = p["estimate_s"], p["seconds_per_step"]
+    if not p["measured_steps"]:
+        return [f"  pretraining {p['config']}: {p['steps']:,} steps; too few training batches to time one"]
+    length = f"{p['config_epochs']} epochs x {p['steps_per_epoch']:,} batches of {p['batch_size']}"
+    if p["max_steps"] > 0 and p["steps"] < p["config_epochs"] * p["steps_per_epoch"]:
+        length = f"trainer.max_steps of {length}"
+    b = p["block_size"]
+    lines = [f"  pretraining {p['config']} with these windows (README step 2): {p['steps']:,} steps ({length}), "
+             f"each window padded to id {b['id']} + prev_id {b['prev_id']} tokens; "
+             f"{per_step * 1e3:.0f} ms per step measured here ({p['threads']} CPU thread"
+             f"{'s' if p['threads'] > 1 else ''}, {p['measured_steps']} steps): about {_minutes(est)}"]
+    if est > p["long_s"]:  # on the same line: one line, `grep -v "^  pretraining"` leaves it out
+        fit = int(p["long_s"] // (p["steps_per_epoch"] * per_step))
+        epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * p['steps_per_epoch'] * per_step)})"
+                  if 1 <= fit < p["config_epochs"] else "")
+        lines[0] += (f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "")
+                     + "shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
+                       "block sizes they give; a step's cost grows with id + prev_id)")
+    return lines
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _describe_test_block(t: dict) -> list[str]:

@@ -46,7 +46,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from neurofm import metrics
 from neurofm.baselines import DEFAULT_ALPHAS, Ridge, _n_bins, bin_spikes, bin_timeseries, history_features
-from neurofm.data.session import Session, SessionFormatError
+from neurofm.data.session import DISCONTINUITIES, Session, SessionFormatError
 from neurofm.data.splits import labelled_windows
 
 __all__ = [
@@ -540,7 +540,10 @@ class DecodingData:
     bin and unsmoothed: the file's speed channel (``speed_measured``) or the finite
     differences of ``position`` (jitter included: threshold :meth:`moving_speed`, not this);
     ``bin_times`` (T,) s, bin starts (bin t covers ``[bin_times[t], bin_times[t] + bin_size)``);
-    ``moving`` (T,) bool (also False where position is NaN).
+    ``moving`` (T,) bool (also False where position is NaN); ``breaks`` (K,) s, the recording's
+    discontinuities inside the bins (``/intervals/discontinuities``): the moving rule's speed
+    is smoothed and differenced within each stretch between them, never across a pause, and
+    a bin that a discontinuity cuts has none (never moving).
     """
 
     counts: np.ndarray
@@ -555,20 +558,43 @@ class DecodingData:
     session_id: str = ""
     behavior: str = "position"
     speed_measured: bool = False  # speed is the file's speed channel, not derived from position
+    breaks: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def _speed_input(self) -> dict:
         return {"speed": self.speed} if self.speed_measured else {"position": self.position}
 
+    def stretches(self) -> list[slice]:
+        """The bins of each continuous stretch of the recording, in order: ``breaks`` cut the
+        grid (a break strictly inside a bin drops that bin from both sides)."""
+        T, out, start = self.n_bins, [], 0
+        for b in np.sort(np.asarray(self.breaks, dtype=np.float64)):
+            k = (b - self.bin_times[0]) / self.bin_size
+            if not 0 < k < T:
+                continue
+            cut = int(np.floor(k + 1e-9))  # the bin that holds b, or starts at it
+            inside = k - cut > 1e-9
+            out.append(slice(start, cut))
+            start = cut + 1 if inside else cut
+        out.append(slice(start, T))
+        return [s for s in out if s.stop > s.start]
+
     def moving_speed(self, smooth_s: float) -> np.ndarray:
         """(T,) the speed the moving rule thresholds (:func:`moving_speed`): the measured speed
-        smoothed, or the speed of the smoothed position; NaN where that input is NaN."""
-        return moving_speed(self.bin_size, smooth_s, **self._speed_input())
+        smoothed, or the speed of the smoothed position, each stretch between the recording's
+        discontinuities on its own; NaN where that input is NaN, in a bin a discontinuity cuts
+        and in a one-bin stretch of position (no speed from one sample)."""
+        (key, x), = self._speed_input().items()
+        out = np.full(self.n_bins, np.nan)
+        for sl in self.stretches():
+            if key == "speed" or sl.stop - sl.start >= 2:
+                out[sl] = moving_speed(self.bin_size, smooth_s, **{key: x[sl]})
+        return out
 
     def moving_mask(self, threshold: float, smooth_s: float) -> np.ndarray:
-        """(T,) bool: :func:`moving_mask` on this session's speed input, False where position is NaN."""
-        inputs = self._speed_input()
-        return (moving_mask(inputs.pop("speed", None), self.bin_size, threshold, smooth_s, **inputs)
-                & np.isfinite(self.position).all(axis=1))
+        """(T,) bool: :meth:`moving_speed` above ``threshold`` (:func:`moving_mask`'s rule), False
+        where position is NaN."""
+        s = self.moving_speed(smooth_s)
+        return np.isfinite(s) & (np.nan_to_num(s, nan=-np.inf) > threshold) & np.isfinite(self.position).all(axis=1)
 
     @property
     def n_bins(self) -> int:
@@ -646,10 +672,13 @@ def session_position_data(session, protocol: DecodingProtocol | None = None, *, 
             speed = speed_from_position(position, protocol.bin_size)
             source, measured = f"finite differences of /behavior/{protocol.behavior}", False
         bin_times = t0 + protocol.bin_size * np.arange(T)
+        breaks = (np.asarray(s.intervals(DISCONTINUITIES)["start"], dtype=np.float64)
+                  if DISCONTINUITIES in s.interval_names else np.zeros(0))
         data = DecodingData(counts=binned, position=position, speed=speed, bin_times=bin_times,
                             moving=np.zeros(T, dtype=bool), bin_size=protocol.bin_size, unit=unit,
                             speed_source=source, unit_ids=s.unit_ids, session_id=s.session_id,
-                            behavior=protocol.behavior, speed_measured=measured)
+                            behavior=protocol.behavior, speed_measured=measured,
+                            breaks=breaks[(breaks > t0) & (breaks < t0 + T * protocol.bin_size)])
         data.moving = data.moving_mask(protocol.speed_threshold, protocol.smooth_s)
         return data
     finally:

@@ -522,6 +522,18 @@ def _validate_when_steps_run_out():
     return _ValidateAtMaxSteps()
 
 
+def _validation_cadence(tc: TrainerConfig) -> dict:
+    """Lightning's validation settings: every ``check_val_every_n_epoch`` epochs, or with
+    ``val_check_every_n_steps = N > 0`` every N optimizer steps counted across epochs
+    (Lightning counts batches: N x ``accumulate_grad_batches``)."""
+    if tc.val_check_every_n_steps < 0:
+        raise ConfigError(f"trainer.val_check_every_n_steps must be >= 0 (0 = by epochs), got {tc.val_check_every_n_steps}")
+    if tc.val_check_every_n_steps:
+        return {"check_val_every_n_epoch": None,
+                "val_check_interval": tc.val_check_every_n_steps * max(1, tc.accumulate_grad_batches)}
+    return {"check_val_every_n_epoch": tc.check_val_every_n_epoch}
+
+
 def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "min",
                   extra_callbacks: Sequence[Any] = (), seed: int = 0, resume_step: int | None = None):
     """A Lightning Trainer writing checkpoints and logs (``trainer.logger``) under ``run_dir``; ``seed`` seeds
@@ -557,7 +569,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         strategy=tc.strategy, precision=_precision(tc),
         accumulate_grad_batches=tc.accumulate_grad_batches,
         gradient_clip_val=tc.gradient_clip_val or None,
-        log_every_n_steps=tc.log_every_n_steps, check_val_every_n_epoch=tc.check_val_every_n_epoch,
+        log_every_n_steps=tc.log_every_n_steps, **_validation_cadence(tc),
         limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
         deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar,
         logger=_loggers(tc, run_dir, resume_step),

@@ -4,12 +4,14 @@ show`, run folders per config, thread choice, loggers and a quiet Lightning."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import neurofm
@@ -213,3 +215,42 @@ def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
     assert cli._evaluate_dir("runs/ft-maze/pretrained", ["data/maze.h5", "data/b.h5"]) == "runs/evaluate-ft-maze-maze"
     assert cli._evaluate_dir("runs/ft-maze/pretrained/", ["maze.h5"]) == "runs/evaluate-ft-maze-maze"
     assert cli._evaluate_dir("models/neuroformer-demo", ["x/of.h5"]) == "runs/evaluate-neuroformer-demo-of"
+
+
+def test_step_budget_validation_runs_twenty_times_whatever_the_epoch_length(tmp_path):
+    """The fine-tuning step budget's Trainer settings (resolve_trainer's short-epoch path: 3 steps
+    per epoch, 40 steps, so 14 epochs) validate every 2 steps across epoch boundaries: 20 checks,
+    as the docs say. Validating every ceil(epochs / 20) epochs gave 14 here (every epoch) and 15
+    at 30 epochs."""
+    import lightning as L
+
+    from neurofm.recipes.neuroformer import BUDGET_CHECKS
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+            self.checks = []
+
+        def training_step(self, batch, i):
+            return self.w(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, i):
+            self.log("val/loss", self.w(batch[0]).pow(2).mean())
+
+        def on_validation_epoch_end(self):
+            if not self.trainer.sanity_checking:
+                self.checks.append(self.global_step)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.TensorDataset(torch.randn(12, 2))
+    loader = lambda: torch.utils.data.DataLoader(data, batch_size=4)  # noqa: E731  (3 steps per epoch)
+    budget, per_epoch = 40, 3
+    every = math.ceil(budget / BUDGET_CHECKS)
+    tc = TrainerConfig(accelerator="cpu", devices="1", progress_bar=False, max_steps=budget,
+                       max_epochs=math.ceil(budget / per_epoch), val_check_every_n_steps=every)
+    model = Tiny()
+    build_trainer(tc, tmp_path, monitor="val/loss").fit(model, loader(), loader())
+    assert model.checks == list(range(every, budget + 1, every)) and len(model.checks) == BUDGET_CHECKS

@@ -48,7 +48,7 @@ from neurofm.tokens import pack_spikes, unpack_spikes
 __all__ = ["BACKGROUND_LABEL", "EpochDataLoader", "IEEGSegmentDataset", "ResumableDataLoader",
            "SpikeWindowDataset", "StreamingIEEGDataset", "StreamingSpikeDataset", "behavior_features",
            "collate_ieeg", "collate_packed_spikes", "collate_spikes", "open_sessions",
-           "pack_spikes", "unpack_spikes"]  # pack/unpack_spikes: the packed-batch API, from neurofm.tokens
+           "pack_spikes", "split_blocks", "unpack_spikes"]  # pack/unpack_spikes: the packed-batch API, from neurofm.tokens
 
 
 def open_sessions(sessions) -> list[Session]:
@@ -68,10 +68,11 @@ def _warn_if_empty(session: Session, split: str | None, n: int, what: str) -> No
                       f"to the split", stacklevel=3)
 
 
-def _split_blocks(session: Session, split: str | None, splits) -> Intervals:
+def split_blocks(session: Session, split: str | None, splits) -> Intervals:
     """The time blocks of ``split`` in ``session`` (the whole recording for ``split=None``), cut
     at the recording's discontinuities (``/intervals/discontinuities``: where a BrainVision
-    recording resumed after a pause), so that no window or segment spans one."""
+    recording resumed after a pause), so that no window or segment spans one. ``splits``: a
+    splitter (``splits(session) -> {name: Intervals}``; None = :class:`TimeBlockSplit`)."""
     if split is None:
         blocks = Intervals([session.t_start], [session.t_end])
     else:
@@ -267,7 +268,7 @@ def _spike_index(sessions: list[Session], reader: _SpikeReader, split: str | Non
     select = getattr(splits, "select_windows", None) if split is not None else None
     parts = []
     for s, session in enumerate(sessions):
-        blocks = _split_blocks(session, split, splits)
+        blocks = split_blocks(session, split, splits)
         k0, count = grid_runs(blocks, session.t_start, stride, reader.before, reader.after)
         part = WindowIndex.grid(s, session.t_start, stride, k0, count)
         if select is not None and len(part):
@@ -716,7 +717,7 @@ def _background_starts(blocks: Intervals, origin: float, stride: float, seg_s: f
 def _ieeg_index(sessions: list[Session], reader: _IEEGReader, split, splits, stride_s: float | None) -> WindowIndex:
     parts = []
     for s, session in enumerate(sessions):
-        blocks = _split_blocks(session, split, splits)
+        blocks = split_blocks(session, split, splits)
         seg_s = reader.plans[s].segment_s
         if reader.events is not None and reader.event_locked:
             ev = session.events(reader.events)

@@ -393,12 +393,6 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
         if kind in ("classification",) or (probe and split != "valid"):
             n, per_class = counts(split)
             present = [k for k, v in per_class.items() if v > 0]
-            if kind != "classification" and len(per_class) > 2:
-                raise ConfigError(
-                    f"{setting}: the pretraining probe tells two classes apart (one score per segment), but "
-                    f"/events/{events} has {len(per_class)} labels ({split} split: {per_class}), so its AUROC "
-                    f"would be undefined. Name two with data.labels=[A,B] (or one, against '{BACKGROUND_LABEL}' "
-                    f"segments), or skip the probe with eval.probe_events=none")
             what = ("the validation AUROC that checkpointing and early stopping watch (val/auroc)"
                     if split == "valid" else "the test AUROC" if split == "test" else "training a classifier")
             if kind != "classification":
@@ -990,24 +984,23 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
 
 
 def _probe_auroc(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
-    return float(auroc(test[1], _probe_scores(train, test)))
+    """AUROC of :func:`_probe_scores` on the test labels (one-vs-rest macro for several classes)."""
+    n_classes = int(max(train[1].max(), test[1].max())) + 1
+    return float(auroc(test[1], _probe_scores(train, test, n_classes)))
 
 
-def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Ridge probe scores (N,) of the test features, fitted on the training features and labels."""
-    def score(y, p):  # y, p (n, 1); one class only in the inner block: fall back to MSE
-        try:
-            return float(auroc((y[:, 0] > 0.5).astype(int), p[:, 0]))
-        except ValueError:
-            return -float(np.mean((y - p) ** 2))
-
+def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                  n_classes: int = 2) -> np.ndarray:
+    """Ridge probe scores of the test features, fitted on the training features and labels
+    (class indices): (N,) for two classes, else (N, n_classes), one-vs-rest on +-1 targets
+    (:func:`_pm_one`), scored by macro AUROC."""
     # Penalty chosen by AUROC on the last 20% of the training segments, as BandPowerRidge
     # chooses its own, so the probe and the band-power row are fitted alike (chosen by MSE on a
     # few dozen segments, the largest penalty wins almost always).
     (xtr, ytr), (xte, _) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    model = Ridge(score=score).fit((xtr - mu) / sd, ytr.astype(float))
-    return model.predict((xte - mu) / sd).ravel()
+    model = Ridge(score=_auroc_or_mse).fit((xtr - mu) / sd, _pm_one(ytr, n_classes))
+    return _squeeze(model.predict((xte - mu) / sd))
 
 
 def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
@@ -1080,8 +1073,10 @@ def _evaluate_pretraining(cfg, task, dm):
         for name in ("random-init encoder, same probe", "ridge on band power"):
             value, ci = _value_ci(report, name)
             baselines[name] = {"probe_auroc": value, "probe_auroc_ci95": ci}
+        k = np.ndim(arms[ref]) == 2 and np.shape(arms[ref])[1]
+        roc = f"one-vs-rest macro ROC-AUC over {k} labels" if k else "ROC-AUC"
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
-                 f"the training block, ROC-AUC on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
+                 f"the training block, {roc} on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
                  f"{report.n_blocks} blocks of the test period)")
         if line is not None:
             limitations.append(
@@ -1194,10 +1189,10 @@ def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndar
     for name, enc in encoders.items():
         train = _segment_pass(probe_dm.loader("train"), enc.eval(), bands)
         test = _segment_pass(probe_dm.loader("test"), enc.eval(), bands)
-        arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]))
+        n_classes = int(max(train["y"].max(), test["y"].max())) + 1
+        arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]), n_classes)
     C = max(train["bp"].shape[1], test["bp"].shape[1])
     pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
-    n_classes = int(max(train["y"].max(), test["y"].max())) + 1
     arms["ridge on band power"] = _squeeze(Ridge(score=_auroc_or_mse).fit(
         pad(train["bp"]), _pm_one(train["y"], n_classes)).predict(pad(test["bp"])))
     return arms, test["y"].astype(np.int64), test

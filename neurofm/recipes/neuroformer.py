@@ -11,8 +11,8 @@ Evaluation (all on the test block of the same time-block split, with a gap):
 * **window F1** of generated spikes (teacher-forced past, top-p 0.95, DESIGN.md 9) against the
   recorded ID sets, beside a mean-rate Poisson generator with the training rates, the same
   rate-weighted draw held to the generated windows' number of distinct units (set F1 rewards
-  naming more units: this arm compares which units, not how many) and every unit in every
-  window; a paired block-bootstrap CI and a plain line (``generation.verdicts``, and
+  naming more units: this arm compares which units, not how many) and every unit that fired
+  in training, in every window; a paired block-bootstrap CI and a plain line (``generation.verdicts``, and
   ``limitations`` when it loses) say whether the generated spikes beat each generator.
 * **behaviour decoding** R2 / Pearson r of each regression target from the model's pooled
   head, beside ridge regression on the same windows' spike counts (current + previous
@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import math
 import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
 from neurofm.baselines import PoissonBayesDecoder, Ridge
-from neurofm.data.datasets import behavior_features
+from neurofm.data.datasets import behavior_features, split_blocks
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.synthetic import simulate_spikes
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
@@ -55,6 +54,7 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
 from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import block_bootstrap_counts, decode_report, start_gain, time_blocks
+from neurofm.threads import resolve_threads
 
 MONITOR = ("val/total", "min")
 
@@ -204,10 +204,11 @@ def _split(cfg: RunConfig):
 def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarray:
     """(W,) end times (s) of the windows of ``split`` in ``session``, as the data module lays
     them out (one grid per session, stride ``data.stride`` or ``window.curr``, each window with
-    its previous window wholly inside a block)."""
+    its previous window wholly inside a block, and none across a discontinuity of the
+    recording: :func:`~neurofm.data.datasets.split_blocks`)."""
     w = cfg.model.window
     stride = cfg.data.stride or w.curr
-    blocks = _split(cfg)(session)[split]
+    blocks = split_blocks(session, split, _split(cfg))
     k0, count = grid_runs(blocks, session.t_start, stride, w.curr + w.prev, 0.0)
     if not len(k0):
         return np.zeros(0)
@@ -470,8 +471,9 @@ def _protocol_for(cfg: RunConfig, threshold: float | None = None):
 class MovingWindows:
     """Which windows to score behaviour on under ``eval.score_when: moving``: those whose
     current window lies inside the behaviour's 50 ms bin grid with every bin moving
-    (:func:`neurofm.evaluation.moving_mask`: the speed of the smoothed position, or a measured
-    speed smoothed, above ``eval.moving_threshold``).
+    (:meth:`neurofm.evaluation.DecodingData.moving_mask`: the speed of the smoothed position,
+    or a measured speed smoothed, above ``eval.moving_threshold``, within each stretch between
+    the recording's discontinuities) and spans no discontinuity.
 
     Called with the windows' session indices (in ``sessions`` order, as batches number them)
     and end times, numpy arrays or tensors; returns a bool array of the same kind. Used for the
@@ -486,14 +488,14 @@ class MovingWindows:
         for session in sessions:
             d = session_position_data(session, protocol, counts=False)  # the bin grid and speed, no spikes read
             self.grids.append((d.bin_times, d.bin_end[-1], d.n_bins, np.concatenate([[0], np.cumsum(~d.moving)]),
-                               d.bin_size))
+                               d.bin_size, np.sort(d.breaks)))
 
     def __call__(self, session, interval):
         as_torch = isinstance(interval, torch.Tensor)
         s_idx = np.asarray(session.cpu() if as_torch else session, dtype=np.int64)
         ends_all = np.asarray(interval.detach().cpu().double() if as_torch else interval, dtype=np.float64)
         out = np.zeros(len(ends_all), dtype=bool)
-        for k, (bin_times, t_last, n_bins, still, bin_size) in enumerate(self.grids):
+        for k, (bin_times, t_last, n_bins, still, bin_size, breaks) in enumerate(self.grids):
             sel = np.flatnonzero(s_idx == k)
             if not len(sel):
                 continue
@@ -502,6 +504,9 @@ class MovingWindows:
             i0 = np.searchsorted(bin_times + bin_size, starts, side="right")  # first bin ending after start
             i1 = np.searchsorted(bin_times, ends, side="left")  # one past the last bin starting before end
             inside = (starts >= bin_times[0]) & (ends <= t_last) & (i1 > i0)
+            # a window across a discontinuity of the recording is never scored (the data module
+            # lays none out; the speed on either side of the pause is its own stretch's)
+            inside &= np.searchsorted(breaks, starts, side="right") == np.searchsorted(breaks, ends, side="left")
             out[sel] = inside & (still[np.clip(i1, 0, n_bins)] - still[np.clip(i0, 0, n_bins)] == 0)
         return torch.as_tensor(out, device=interval.device) if as_torch else out
 
@@ -554,6 +559,79 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold))
 
 
+#: A pretraining estimate above this many seconds is reported as long by ``neurofm inspect``,
+#: with the settings that shorten it: a run one would not wait for at the terminal. A reporting
+#: line, not a tuned value (the estimate itself is measured on the file, see
+#: :func:`pretraining_estimate`).
+LONG_PRETRAINING_S = 600.0
+
+
+def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
+    """What pretraining ``cfg`` on its sessions will cost (``neurofm inspect``), measured, not
+    assumed: the data decides the block sizes (:func:`prepare`), so the tokens a window is
+    padded to (``id + prev_id``) and the training windows per epoch come from the recording
+    (its population rate and length); ``trainer.max_epochs`` (or ``max_steps``) times the
+    training loader's batches is the step count, and ``n_steps`` training steps (batch read,
+    forward, backward, AdamW; after one warm-up step) on the first training batches, on the
+    CPU with ``trainer.threads`` threads as ``train.py`` runs, give the seconds per step.
+    Returns steps, seconds per step, the estimate (s) and what it was sized from."""
+    import contextlib
+    import io
+    import logging
+
+    quiet = logging.getLogger("neurofm")  # the run's notes (attention backend...) belong to the run, not inspect
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # prepare's notes (block sizes...) likewise
+            cfg = prepare(cfg)
+            dm = datamodule(cfg)
+            t = task(cfg, dm)
+            dm.setup("fit")
+            loader = dm.loader("train", train=True)
+            return _time_pretraining(cfg, t, loader, n_steps)
+    finally:
+        quiet.setLevel(level)
+
+
+def _time_pretraining(cfg: RunConfig, t, loader, n_steps: int) -> dict:
+    """:func:`pretraining_estimate`'s figures for task ``t`` on its training ``loader``."""
+    import time
+
+    per_epoch = len(loader)
+    steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else cfg.trainer.max_epochs * per_epoch
+    if cfg.trainer.max_steps > 0 and cfg.trainer.max_epochs > 0:
+        steps = min(steps, cfg.trainer.max_epochs * per_epoch)
+    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    opt = torch.optim.AdamW(t.parameters(), lr=cfg.task.lr)
+    t.train()
+    times: list[float] = []
+    try:
+        batches = iter(loader)
+        for i in range(n_steps + 1):
+            start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            loss = t.model.loss(batch, t.model(batch), terms=t.objectives)["total"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:  # the first step allocates what the rest reuse
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    per_step = float(np.median(times)) if times else float("nan")
+    b = cfg.model.block_size
+    return {"config_epochs": int(cfg.trainer.max_epochs), "max_steps": int(cfg.trainer.max_steps),
+            "batch_size": int(cfg.data.batch_size), "steps_per_epoch": int(per_epoch), "steps": int(steps),
+            "block_size": {"id": int(b.id), "prev_id": int(b.prev_id)}, "threads": int(threads),
+            "seconds_per_step": per_step, "measured_steps": len(times), "estimate_s": steps * per_step,
+            "long_s": LONG_PRETRAINING_S}
+
+
 def test_block_motion(cfg: RunConfig, session) -> dict | None:
     """How much of ``session``'s test block the default fine-tuning would score (``neurofm
     inspect``): the fraction of its test windows, and of its training windows, that are moving
@@ -579,7 +657,7 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
         return None
     moving = MovingWindows(cfg, [session])
     out = {"moving_behavior": e.moving_behavior, "moving_threshold": cfg.eval.moving_threshold,
-           "unit": _unit_text(types.SimpleNamespace(sessions=[session]), e.moving_behavior),
+           "unit": _unit_text(session.behavior_unit(e.moving_behavior)),
            "source": ("/intervals/test" if "test" in session.interval_names else
                       f"default split: the last {cfg.data.split.test:.0%} of the recording")}
     for split in ("train", "test"):
@@ -1163,10 +1241,13 @@ def resolve_trainer(cfg: RunConfig, dm):
     ``eval.score_when: moving``; :func:`step_budget_for`). The training loader reads just those
     windows (:class:`FewShotSplit`, :class:`MovingSplit`), so an epoch, ``ceil(n / batch_size)``
     steps, is one pass over the windows the budget counts; ``step_budget = N > 0``: N steps.
-    Validation then runs about ``BUDGET_CHECKS`` times (every
-    ``ceil(epochs / 20)`` epochs, or, when one pass over the labelled windows is longer than
-    ``budget / 20`` steps, every ``budget / 20`` steps: ``limit_train_batches``) so early
-    stopping has checks to count."""
+    Validation then runs every ``ceil(budget / BUDGET_CHECKS)`` steps, so ``BUDGET_CHECKS`` (20)
+    times whatever the epoch length, and early stopping has checks to count: epochs shorter
+    than that run whole and validation counts steps across them
+    (``trainer.val_check_every_n_steps``; validating every ``ceil(epochs / 20)`` epochs gave 10
+    to 20 checks, 15 at 30 epochs); a pass over the labelled windows longer than that is cut
+    into "epochs" of that many batches (``limit_train_batches``, each a fresh shuffle),
+    validated at each end."""
     t = cfg.trainer
     explicit_limit = t.max_epochs != -1 or t.max_steps != -1  # the user's trainer.max_epochs / max_steps win
     if cfg.task.step_budget < 0 or (cfg.task.step_budget == 0 and explicit_limit):
@@ -1192,10 +1273,9 @@ def resolve_trainer(cfg: RunConfig, dm):
         return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=1,
                                    limit_train_batches=check_steps)
     epochs = math.ceil(budget / per_epoch)
-    every = max(1, math.ceil(epochs / BUDGET_CHECKS))
     print(f"neurofm: step budget {budget} ({sized}; {per_epoch} steps per epoch, "
-          f"{epochs} epochs, validation every {every} epoch(s))", file=sys.stderr)
-    return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, check_val_every_n_epoch=every)
+          f"{epochs} epochs, validation every {check_steps} steps)", file=sys.stderr)
+    return dataclasses.replace(t, max_steps=budget, max_epochs=epochs, val_check_every_n_steps=check_steps)
 
 
 def export(task) -> Neuroformer:
@@ -1471,7 +1551,7 @@ def _scored_text(cfg: RunConfig, dm) -> str:
     e = cfg.eval
     if e.score_when == "moving":
         return (f"moving test windows: {_moving_speed_text(cfg, dm)} > {e.moving_threshold:.4g} "
-                f"{_unit_text(dm, e.moving_behavior)}/s in every 50 ms bin")
+                f"{_unit_text(_behavior_unit(dm, e.moving_behavior))}/s in every 50 ms bin")
     return "every test window"
 
 
@@ -1484,9 +1564,10 @@ def _moving_speed_text(cfg: RunConfig, dm) -> str:
     return f"speed of the {cfg.eval.moving_behavior} Gaussian-smoothed ({sigma})"
 
 
-def _unit_text(dm, name: str) -> str:
-    """``/behavior/<name>``'s unit as protocol text: "units" when absent, pixels as px."""
-    unit = _behavior_unit(dm, name) or "units"
+def _unit_text(unit: str) -> str:
+    """A behaviour's unit attr (:meth:`Session.behavior_unit`) as protocol text: "units" when
+    absent, pixels as px."""
+    unit = unit or "units"
     return {"pixels": "px", "pixel": "px"}.get(unit, unit)
 
 
@@ -1529,6 +1610,31 @@ def _with_labels(scored: np.ndarray, test: dict, targets) -> np.ndarray:
     return out
 
 
+def _training_length(cfg: RunConfig, dm) -> str:
+    """How long fine-tuning ran, as the protocol states it: the step budget and its rule when
+    :func:`resolve_trainer` applied it (``task.step_budget = N > 0`` always; ``0`` unless the
+    user set ``trainer.max_steps`` or ``max_epochs``), else the user's own trainer limit, named
+    as such beside the budget it replaced ("" with no limit at all). ``cfg`` is the resolved
+    config, whose ``trainer.max_steps`` is the budget when it applied: a user's ``max_steps``
+    equal to the budget reads as the budget (the same number either way)."""
+    t, tr, e = cfg.task, cfg.trainer, cfg.eval
+    carrying = "labelled moving" if e.score_when == "moving" else "labelled"
+    rule = (f"step budget: {BUDGET_PASSES} x ceil(n / batch size {cfg.data.batch_size}) steps within "
+            f"[{BUDGET_MIN_STEPS}, {BUDGET_MAX_STEPS}], n = the {carrying} training windows, the ones that carry "
+            f"the behaviour loss")
+    if t.step_budget > 0:
+        return f"at most {tr.max_steps} steps (task.step_budget)" if tr.max_steps > 0 else ""
+    budget = step_budget_for(loss_windows(cfg, dm)[0], cfg.data.batch_size)
+    if tr.max_steps == budget:
+        return f"at most {tr.max_steps} steps ({rule})"
+    own = [f"{v} {unit} (trainer.{key})" for v, unit, key in ((tr.max_steps, "steps", "max_steps"),
+                                                              (tr.max_epochs, "epochs", "max_epochs")) if v > 0]
+    if not own:
+        return ""
+    return (f"at most {' / '.join(own)}, the user's setting in place of the step budget of {budget} steps "
+            f"({rule})")
+
+
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
@@ -1541,15 +1647,10 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
     text = (f"{split}; windows of {w.curr * 1e3:.0f} ms (previous {w.prev * 1e3:.0f} ms, dt {w.dt * 1e3:.0f} ms); "
             f"all metrics on the test block; baselines fitted on the training block")
     t = cfg.task
-    if t.mode == "finetune" and cfg.trainer.max_steps > 0 and t.step_budget >= 0:
+    length = _training_length(cfg, dm) if t.mode == "finetune" and t.step_budget >= 0 else ""
+    if length:
         start = f"from {t.pretrained}" if t.pretrained and not t.from_scratch else "from scratch"
-        carrying = "labelled moving" if e.score_when == "moving" else "labelled"
-        budget_rule = ("task.step_budget" if t.step_budget > 0 else
-                       f"step budget: {BUDGET_PASSES} x ceil(n / batch size {cfg.data.batch_size}) steps within "
-                       f"[{BUDGET_MIN_STEPS}, {BUDGET_MAX_STEPS}], n = the {carrying} training windows, "
-                       f"the ones that carry the behaviour loss")
-        text += (f"; fine-tuned {start} for at most "
-                 f"{cfg.trainer.max_steps} steps ({budget_rule}), backbone lr {t.lr:g}, heads "
+        text += (f"; fine-tuned {start} for {length}, backbone lr {t.lr:g}, heads "
                  f"x{t.head_lr_ratio:g}, heads started at ridge on binned counts (+ pooled state where blocked CV on "
                  f"the labelled windows says it helps; metrics.json start), the checkpoint with the best "
                  f"validation R2 evaluated (the starting state included)")
@@ -1570,7 +1671,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
         text += (f"; behaviour scored on {n or 'all '}test windows (all that hold a label, as on the validation "
                  f"block)")
     else:
-        unit = _unit_text(dm, e.moving_behavior)
+        unit = _unit_text(_behavior_unit(dm, e.moving_behavior))
         text += (f"; behaviour scored on {n}test windows where the animal moves, as on the validation block "
                  f"(every 50 ms bin of the current window with {_moving_speed_text(cfg, dm)} "
                  f"> {e.moving_threshold:.4g} {unit}/s)")
@@ -1601,7 +1702,10 @@ def _ridge_fit_predict(X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, stride:
 
 GENERATOR_BASELINE = "mean-rate Poisson generator"
 MATCHED_BASELINE = "mean-rate units, as many per window as generated"
-EVERY_UNIT = "every unit in every window"
+#: The reference that names everything a rate-based generator could: every unit that fired in
+#: the training block, in every window (a unit silent in training is one no generator trained
+#: on those spikes could name; counting it would only lower this arm's precision).
+EVERY_UNIT = "every unit that fired in training, in every window"
 #: Block length (s) of the generation CI's block bootstrap. Two generators' per-window F1
 #: differences on the same recorded windows barely correlate from one window to the next
 #: (lag-1 autocorrelation 0.06 on the demo), and the default 256 windows (12.8 s at 50 ms)
@@ -1690,8 +1794,8 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     window); the same rate-weighted draw held to the generated windows' number of distinct
     units (so the comparison of *which* units fire is not a comparison of how many: set F1
     rewards naming more units, and the mean-rate generator names as many as the training
-    block's rates give, however quiet the test block); and every unit in every window (what
-    naming everything scores). Every random arm is drawn ``eval.generate_draws`` times (the
+    block's rates give, however quiet the test block); and every unit that fired in training, in
+    every window (what naming everything a training-rate generator can name scores). Every random arm is drawn ``eval.generate_draws`` times (the
     model with seeds ``eval.seed + k``); F1 and the window statistics are means over the draws,
     and the per-window F1 averaged over draws feeds a paired block bootstrap over
     :data:`GENERATION_BLOCK_S` blocks of the test period."""
@@ -1724,7 +1828,7 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     p_unit = rate_per_window / rate_per_window.sum() if rate_per_window.sum() > 0 else np.full(n_units, 1 / n_units)
     matched_draws = [[rng.choice(n_units, size=min(len(np.unique(g)), int((p_unit > 0).sum())), replace=False,
                                  p=p_unit) for g in sets] for sets in gen_draws]
-    every_draws = [[np.arange(n_units)] * len(true_sets)]
+    every_draws = [[np.flatnonzero(np.asarray(train_unit_counts) > 0)] * len(true_sets)]
     arms = {"model": gen_draws, GENERATOR_BASELINE: base_draws, MATCHED_BASELINE: matched_draws,
             EVERY_UNIT: every_draws}
     scores = {}

@@ -400,33 +400,37 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         self.validation_windows = self._windows(self._val)
         self._val.clear()
 
-    def _row_times(self, batch: Mapping[str, Tensor], n_rows: int, batch_idx: int) -> Tensor:
+    def _row_times(self, batch: Mapping[str, Tensor], n_rows: int, batch_idx: int) -> Tensor | None:
         """(n_rows,) float64 time of each row :meth:`_loss` returns for validation batch ``batch_idx``:
         its segment's start (s), + 1e7 s per session (blocks stay apart). Regression keeps the rows
         ``target_mask`` keeps; reconstruction repeats a segment's time for every sample of its
-        masked channels (the same mask: the same generator). NaN when the rows cannot be mapped
-        (also for batches without ``t0``/``session``, e.g. a user's own dataset)."""
+        masked channels (the same mask: the same generator), so every row has one. None for a
+        batch without ``t0``/``session``: the package's loaders always carry them
+        (:func:`~neurofm.data.datasets.collate_ieeg`); a user's own batches may not, and their
+        checks then have no per-row windows for model selection."""
         if "t0" not in batch or "session" not in batch:
-            return torch.full((n_rows,), float("nan"), dtype=torch.float64)
+            return None
         t = batch["t0"].double().cpu() + 1e7 * batch["session"].double().cpu()
         task = self.hparams.task
         if task == "regression" and batch.get("target_mask") is not None:
             t = t[batch["target_mask"].bool().cpu()]
         elif task == "reconstruction":
             t = t[self.recon_mask(batch, _validation_generator(batch_idx)).nonzero()[:, 0].cpu()]
-        if len(t) and n_rows % len(t) == 0:
-            return t.repeat_interleave(n_rows // len(t))
-        return torch.full((n_rows,), float("nan"), dtype=torch.float64)
+        per_row, rest = divmod(n_rows, max(1, len(t)))
+        if rest or (n_rows and not len(t)):
+            raise RuntimeError(f"BaristaFinetuneTask: {n_rows} validation rows for {len(t)} segment times")
+        return t.repeat_interleave(per_row)
 
-    def _windows(self, pairs: Sequence[tuple[Tensor, Tensor, Tensor]]) -> dict[str, tuple]:
+    def _windows(self, pairs: Sequence[tuple[Tensor, Tensor, Tensor | None]]) -> dict[str, tuple]:
         """``{"target": (prediction, truth, time)}`` of the pooled validation rows, predictions as the
         metric scores them (class-1 probability or class probabilities; values in the recording's
-        units), for :func:`neurofm.tasks.callbacks.selection_windows`. Empty when a row has no time."""
+        units), for :func:`neurofm.tasks.callbacks.selection_windows`. Empty when a batch had no
+        times (:meth:`_row_times`)."""
+        if any(t is None for _, _, t in pairs):
+            return {}
         pred = torch.cat([p for p, _, _ in pairs]).numpy()
         y = torch.cat([t for _, t, _ in pairs]).numpy()
         t = torch.cat([t for _, _, t in pairs]).numpy()
-        if not np.isfinite(t).all():
-            return {}
         if self.hparams.task == "classification":
             probs = torch.softmax(torch.from_numpy(pred), -1).numpy()
             pred = probs[:, 1] if probs.shape[1] == 2 else probs

@@ -32,6 +32,9 @@ class TrainerConfig:
     # CPU threads of torch's intra-op pool: auto = free cores (affinity minus load average), or N.
     threads: str = "auto"
     check_val_every_n_epoch: int = 1
+    # 0 = validation at the end of every check_val_every_n_epoch-th epoch; N > 0: every N optimizer
+    # steps instead, across epoch boundaries (a step budget's ~20 checks whatever the epoch length)
+    val_check_every_n_steps: int = 0
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
     deterministic: bool = False

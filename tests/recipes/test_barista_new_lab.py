@@ -414,8 +414,28 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
     with pytest.raises(ConfigError, match=r"data.labels: .*noisy.h5 has no /events/word_onset labelled \['Nonspeech'\] "
                                           r"\(its labels: \['Speech', 'nonspeech', 'resp/btn', 'speech'\]\)"):
         recipe.preflight(recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,Nonspeech]")))
-    # the pretraining probe scores two classes: with four labels its AUROC was NaN after training
-    with pytest.raises(ConfigError, match=r"data.events: the pretraining probe tells two classes apart .* "
-                                          r"/events/word_onset has 4 labels .*data.labels=\[A,B\]"):
-        recipe.preflight(recipe.prepare(_pretrain_cfg([noisy])))
     recipe.preflight(recipe.prepare(_pretrain_cfg([noisy], "data.labels=[speech,nonspeech]")))
+
+
+def test_pretraining_probe_scores_every_label_one_vs_rest(sessions, tmp_path):
+    """The pretraining probe on events with four labels (it was refused before training: a
+    two-class probe's AUROC was NaN) gives a one-vs-rest macro AUROC for every arm, with CIs,
+    and the protocol says so; the default config (no data.labels)."""
+    def four_labels(f):
+        g = f["events/word_onset"]
+        label = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g["label"][()]], dtype=object)
+        label[::5] = "Speech"
+        label[2::5] = "resp/btn"
+        del g["label"]
+        g.create_dataset("label", data=label.astype("S"))
+
+    four = _edited_copy(sessions["new"], tmp_path / "four.h5", four_labels)
+    cfg = recipe.prepare(_pretrain_cfg([four]))
+    recipe.preflight(cfg)
+    dm = recipe.datamodule(cfg)
+    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "run")  # untrained: the probe path only
+    value, (lo, hi) = out["metrics"]["probe_auroc"], out["metrics"]["probe_auroc_ci95"]
+    assert 0.0 <= lo <= value <= hi <= 1.0
+    for arm in ("random-init encoder, same probe", "ridge on band power"):
+        assert np.isfinite(out["baselines"][arm]["probe_auroc"])
+    assert "one-vs-rest macro ROC-AUC over 4 labels" in out["protocol"]

@@ -88,6 +88,16 @@ def test_probe_separates_classes_when_one_feature_carries_them():
     x, y = split(80)
     assert recipe._probe_auroc((x, y), (x[:, ::-1].copy(), y)) < 0.8  # scrambled features: no free lunch
 
+    def three(n):  # three classes, each carried by a feature of its own: one-vs-rest macro AUROC
+        y = rng.integers(0, 3, n)
+        x = rng.normal(size=(n, 8))
+        x[np.arange(n), y] += 3.0
+        return x, y
+
+    (xtr, ytr), test = three(120), three(60)
+    assert recipe._probe_scores((xtr, ytr), test, 3).shape == (60, 3)
+    assert recipe._probe_auroc((xtr, ytr), test) > 0.9
+
 
 def _line_peak(cfg) -> float:
     """60 Hz power over the power 4-12 Hz away, in the training segments the recipe cuts."""

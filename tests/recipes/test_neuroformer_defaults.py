@@ -175,6 +175,44 @@ def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_p
     assert "test block (/intervals/test):" in text and "mostly rest" not in text
 
 
+def test_inspect_estimates_what_the_readme_pretraining_will_cost(tmp_path, capsys):
+    """A dense recording took ~19 min of pretraining with no word from inspect. Inspect now sizes
+    the README's pretraining (neuroformer/demo, the windows shown) from the file: the block sizes
+    the data chooses (tokens per window), the demo's epochs times the training batches, and
+    seconds per step measured on its first batches; the text gives the estimate."""
+    import math
+
+    path = _session(tmp_path / "a.h5", still_after=30.0)
+    assert cli.main(["inspect", path, "--json", "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    w = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]
+    p = w["pretraining"]
+    from neurofm.experiment import load_config
+
+    demo = load_config("demo")  # the README's command: train.py demo (6 epochs, batch 32)
+    assert p["config"] == "neuroformer/demo" and p["config_epochs"] == demo.trainer.max_epochs
+    assert p["batch_size"] == demo.data.batch_size and p["block_size"] == w["auto_block_size"]
+    assert p["steps_per_epoch"] == math.ceil(w["n_train_windows"] / p["batch_size"])
+    assert p["steps"] == p["config_epochs"] * p["steps_per_epoch"]
+    assert p["measured_steps"] >= 1 and p["seconds_per_step"] > 0
+    assert p["estimate_s"] == pytest.approx(p["steps"] * p["seconds_per_step"])
+    assert cli.main(["inspect", path, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"pretraining neuroformer/demo with these windows \(README step 2\): \d+ steps \(6 epochs x "
+                     r"\d+ batches of 32\), each window padded to id \d+ \+ prev_id \d+ tokens; \d+ ms per step", text)
+    # long (a dense recording's blocks): the settings that shorten it, sized from the same figures
+    long = {**p, "steps_per_epoch": 900, "steps": 5400, "seconds_per_step": 0.25, "estimate_s": 1350.0}
+    lines = cli._describe_pretraining(long)
+    assert len(lines) == 1 and "about 22 min. LONG (over 10 min): trainer.max_epochs=2 (about 8 min), or shorter " \
+        "windows" in lines[0]
+
+
+def test_unit_text_takes_the_behaviours_unit_string():
+    """``_unit_text`` reads a unit string, so ``test_block_motion`` (one session, no data module)
+    no longer builds a stand-in data module to get one."""
+    assert recipe._unit_text("cm") == "cm" and recipe._unit_text("pixels") == "px"
+    assert recipe._unit_text("") == "units"
+
+
 # -- 2. scoring that cannot mislead -------------------------------------------------------------
 
 

@@ -245,7 +245,9 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     n = len(dm.datasets["train"])
     per_epoch = math.ceil(n / 16)
     assert t.max_steps == recipe.step_budget_for(n, 16) and t.max_epochs == math.ceil(t.max_steps / per_epoch)
-    assert t.check_val_every_n_epoch == max(1, math.ceil(t.max_epochs / 20))
+    # validation every budget / 20 steps across epochs: 20 checks, not every ceil(epochs / 20) epochs
+    assert per_epoch < t.max_steps / 20 and t.val_check_every_n_steps == math.ceil(t.max_steps / 20)
+    assert math.ceil(t.max_steps / t.val_check_every_n_steps) == recipe.BUDGET_CHECKS
     # a budget shorter than 20 passes: validation every budget / 20 steps (epochs cut to that length)
     short = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 40}}, where="t")
     ts = recipe.resolve_trainer(short, dm)
@@ -255,6 +257,30 @@ def test_step_budget_from_labelled_windows_and_user_limits_win(tmp_path):
     assert recipe.resolve_trainer(own, dm) == own.trainer
     fixed = from_dict(recipe.RunConfig, {**_cfg_dict(own), "task": {"mode": "finetune", "step_budget": 7}}, where="t")
     assert recipe.resolve_trainer(fixed, dm).max_steps == 7
+
+
+def test_protocol_states_the_users_step_limit_not_the_budget(tmp_path):
+    """The protocol line said "for at most 60 steps (step budget: 30 x ...)" when the user had set
+    trainer.max_steps=60 (which turns the budget off): it names the user's setting, and the
+    budget it replaced; with the defaults it states the budget and its rule."""
+    path = _session(tmp_path / "a.h5")
+    cfg = _config([path], split={"gap": 1.0})
+    cfg = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "task": {"mode": "finetune", "step_budget": 0},
+                                       "trainer": {"max_epochs": -1, "max_steps": -1}}, where="test")
+    dm = recipe.datamodule(cfg)
+    budget = recipe.step_budget_for(recipe.loss_windows(cfg, dm)[0], cfg.data.batch_size)
+    default = dataclasses.replace(cfg, trainer=recipe.resolve_trainer(cfg, dm))
+    assert default.trainer.max_steps == budget
+    assert f"for at most {budget} steps (step budget: 30 x ceil(n / batch size" in recipe._protocol(default, dm)
+    own = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": -1, "max_steps": 60}}, where="t")
+    own = dataclasses.replace(own, trainer=recipe.resolve_trainer(own, dm))
+    assert own.trainer.max_steps == 60 != budget
+    text = recipe._protocol(own, dm)
+    assert (f"for at most 60 steps (trainer.max_steps), the user's setting in place of the step budget of {budget} "
+            "steps (step budget:") in text
+    both = from_dict(recipe.RunConfig, {**_cfg_dict(cfg), "trainer": {"max_epochs": 3, "max_steps": 60}}, where="t")
+    assert "for at most 60 steps (trainer.max_steps) / 3 epochs (trainer.max_epochs), the user's setting" in \
+        recipe._protocol(both, dm)
 
 
 def _default_finetune(path: str, **data) -> recipe.RunConfig:
@@ -270,6 +296,47 @@ def _default_finetune(path: str, **data) -> recipe.RunConfig:
 def _ends(ds) -> tuple[np.ndarray, np.ndarray]:
     windows = [ds.window(i) for i in range(len(ds))]
     return np.array([w[0] for w in windows], dtype=np.int64), np.array([w[1] for w in windows])
+
+
+def test_spike_windows_and_the_moving_rule_honour_the_recordings_discontinuities(tmp_path):
+    """A recording paused at 20.1 s (/intervals/discontinuities, as a BrainVision "New Segment"
+    converts) with the animal still on both sides but 100 cm apart: split_window_ends laid
+    windows across the pause (the data module did not), and the moving rule smoothed and
+    differenced the position across it, so the still windows around the pause read as moving."""
+    from neurofm.data.session import DISCONTINUITIES, Session
+    from neurofm.evaluation import session_position_data
+
+    path, pause = tmp_path / "paused.h5", 20.1
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0.0, DURATION, int(5.0 * DURATION * 4)))
+    ts = np.arange(0.0, DURATION, 0.01)
+    x = np.where(ts < pause, 50.0, 150.0)  # still, moved 100 cm during the pause
+    with SessionWriter(path, session_id="paused") as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, rng.integers(0, 4, len(times)), t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+        w.add_intervals(DISCONTINUITIES, [pause], [pause])
+    every = _config([str(path)], split={"gap": 1.0})  # the default split: the pause is in the training block
+    every = dataclasses.replace(every, eval=dataclasses.replace(every.eval, score_when="all"))
+    cfg = dataclasses.replace(every, eval=dataclasses.replace(every.eval, score_when="moving", moving_threshold=5.0))
+    w = cfg.model.window
+    dm = recipe.datamodule(every)  # every training window (under moving scoring it reads the moving ones only)
+    with Session(path) as session:
+        ends = recipe.split_window_ends(cfg, session, "train")
+        assert len(ends) and not ((ends - w.curr - w.prev < pause) & (ends > pause)).any()
+        assert np.allclose(ends, _ends(dm.dataset("train"))[1])  # as the data module lays them out
+        d = session_position_data(session, recipe._protocol_for(cfg), counts=False)
+    k = int(np.searchsorted(d.bin_times, pause)) - 1  # the bin that holds the pause, dropped from both stretches
+    assert d.bin_times[k] < pause < d.bin_end[k]
+    assert [(sl.start, sl.stop) for sl in d.stretches()] == [(0, k), (k + 1, d.n_bins)]
+    assert not d.moving.any()  # still on both sides of the pause
+    moving = recipe.MovingWindows(cfg, [session])
+    grid = np.arange(w.curr, DURATION, 0.05)
+    assert not moving(np.zeros(len(grid), dtype=np.int64), grid).any()
+    # a moving animal across the pause: every window but the one that spans it
+    d.position = np.linspace(0.0, 600.0, d.n_bins)[:, None]  # 10 cm/s throughout
+    d.breaks = np.array([pause])
+    assert d.moving_mask(5.0, 0.5).sum() == d.n_bins - 1 and not d.moving_mask(5.0, 0.5)[k]
 
 
 def test_training_split_holds_only_the_windows_that_carry_the_loss(tmp_path):
@@ -549,6 +616,7 @@ def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poiss
     assert matched["generated_units_per_window"] == oracle.metrics["generated_units_per_window"]
     assert matched["generated_repeat_fraction"] == 0.0
     assert oracle.baselines[recipe.EVERY_UNIT]["window_recall"] == 1.0
+    assert oracle.baselines[recipe.EVERY_UNIT]["generated_units_per_window"] == n_units
     # the recorded windows repeat units (Poisson counts > 1): the repeat fraction counts them
     n = sum(len(x) for s in true_sets for x in s)
     distinct = sum(len(set(x.tolist())) for s in true_sets for x in s)
@@ -560,6 +628,24 @@ def test_generation_verdict_says_plainly_whether_generated_spikes_beat_the_poiss
     assert silent.metrics["window_f1"] == 0.0 and not silent.beats_poisson
     assert silent.verdicts[0].startswith("generated spikes LOSE to the mean-rate Poisson generator: window F1 0.000")
     assert silent.to_dict()["limitations"] == [v for v in silent.verdicts if "LOSE" in v]
+
+
+def test_every_unit_arm_names_the_units_that_fired_in_training(tmp_path):
+    """The naming-everything reference names every unit that fired in the training block, not
+    units silent there (no generator trained on those spikes could name them): with unit 0
+    silent in training and firing at test, the arm names the other units in every window."""
+    n_units, b, n_batches = 8, 16, 6
+    rates = np.full(n_units, 0.6)
+    cfg = _config([])
+    cfg.eval.generate_windows = b * n_batches
+    batches, true_sets = _spike_batches(np.random.default_rng(5), n_units, n_batches, b, rates)
+    train_counts = rates * 500.0
+    train_counts[0] = 0.0
+    score = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, train_counts, 500, tmp_path)
+    arm = score.baselines[recipe.EVERY_UNIT]
+    assert arm["generated_units_per_window"] == n_units - 1
+    assert arm["window_recall"] < 1.0  # unit 0's test spikes are missed, as by any training-rate generator
+    assert recipe.EVERY_UNIT == "every unit that fired in training, in every window"
 
 
 def test_generation_verdict_gives_no_ci_over_too_few_blocks(tmp_path):

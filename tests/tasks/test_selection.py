@@ -171,4 +171,11 @@ def test_barista_validation_rows_carry_their_segment_times():
              "target_mask": torch.tensor([True, False, True])}
     t = BaristaFinetuneTask._row_times(task, batch, 2, 0)
     assert t.tolist() == [0.0, 1e7 + 6.0]
+    # no NaN times: a row count that does not map onto the segments is a bug, said as one; a
+    # batch without t0 (a user's own loader; collate_ieeg always has it) gives no windows at all
+    with pytest.raises(RuntimeError, match="3 validation rows for 2 segment times"):
+        BaristaFinetuneTask._row_times(task, batch, 3, 0)
+    assert BaristaFinetuneTask._row_times(task, {"session": batch["session"]}, 2, 0) is None
+    pairs = [(torch.zeros(2, 1), torch.zeros(2, 1), t), (torch.zeros(1, 1), torch.zeros(1, 1), None)]
+    assert BaristaFinetuneTask._windows(task, pairs) == {}
     assert BaristaFinetuneTask.validation_blocks(task, np.arange(40.0)).max() == 7  # >= 5 segments per block
