@@ -116,13 +116,55 @@ def order_bits(run_dir: Path, sessions: list[str] | None, draws: int) -> dict:
             "order-free from canonical": per(canon - log_n - null), "order-free from shuffled": per(shuf.mean(1) - null)}
 
 
+MODEL_SETS = ("pooled", "binned-sum", "pooled+counts", "binned-sum+counts")
+
+
+def table(session: str, bits: list[dict], sorted_readouts: dict, shuffled_readouts: dict) -> str:
+    """Markdown for one session: next-ID bits/spike of the sorted and the shuffled pretraining, then
+    the frozen read-outs (fold 0 of bench/probe_readouts.py) side by side, with the rule's verdict:
+    the shuffled features beat the sorted ones at 10 % labels when their mean R2 over the draws is
+    higher on at least 3 of the 4 model feature sets (MODEL_SETS)."""
+    lines = [f"#### {session}", "", "| pretraining | canonical order | shuffled order (mean of draws) | order-free "
+             "(lower bound) | order info (log2 N / spike) |", "|---|---|---|---|---|"]
+    for name, b in zip(("sorted (cached)", "shuffled (data.shuffle_within_bin)"), bits):
+        lines.append(f"| {name} | {b['canonical']:.4f} | {b['shuffled']:.4f} | {b['order-free']:.4f} | "
+                     f"{b['order info']:.4f} |")
+    fs, fh = sorted_readouts["folds"][0], shuffled_readouts["folds"][0]
+    n_lab = [d["n_labelled"] for d in fs["few"]]
+    lines += ["", f"Fold 0: {fs['n_scored']} scored test windows; {fs['n_train']} labelled moving training windows "
+              f"at 100 %, {n_lab} at 10 % (draws 0-2). R2 (mean over outputs); ridge on the same features.", "",
+              "| features | 100 %: sorted | 100 %: shuffled | 10 % sorted (per draw) | 10 % shuffled (per draw) | "
+              "10 % mean: sorted / shuffled |", "|---|---|---|---|---|---|"]
+    wins = 0
+    for k in ("counts",) + MODEL_SETS:
+        a = [d[k] for d in fs["few"]]
+        b = [d[k] for d in fh["few"]]
+        if k in MODEL_SETS:
+            wins += np.mean(b) > np.mean(a)
+        lines.append(f"| {k} | {fs['full'][k]:.3f} | {fh['full'][k]:.3f} | {', '.join(f'{x:.3f}' for x in a)} | "
+                     f"{', '.join(f'{x:.3f}' for x in b)} | {np.mean(a):.3f} / {np.mean(b):.3f} |")
+    lines += ["", f"Shuffled > sorted at 10 % (mean over draws) on {wins} of {len(MODEL_SETS)} model feature sets: "
+              f"{'BEATS' if wins >= 3 else 'does not beat'} the sorted pretraining by the rule.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run_dirs", nargs="+", help="pretraining run folders (config.yaml + pretrained/)")
+    ap.add_argument("run_dirs", nargs="*", help="pretraining run folders (config.yaml + pretrained/)")
+    ap.add_argument("--table", nargs=4, metavar=("SESSION", "BITS_JSON", "SORTED_DIR", "SHUFFLED_DIR"), default=None,
+                    help="print the markdown table of one session from this script's JSON (sorted run first) and "
+                         "bench/probe_readouts.py's results folders of the sorted and the shuffled runs")
     ap.add_argument("--sessions", nargs="*", default=None, help="session files in place of the config's")
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
+    if args.table:
+        import json
+
+        name, bits, a, b = args.table
+        load = lambda d: json.loads((Path(d) / f"{name}.json").read_text())  # noqa: E731
+        print(table(name, json.loads(Path(bits).read_text()), load(a), load(b)))
+        return 0
     res = [order_bits(Path(r), args.sessions, args.draws) for r in args.run_dirs]
     from neurofm.atomic import atomic_write
     from neurofm.jsonio import dumps
