@@ -67,14 +67,9 @@ def window_logp(model, batch) -> np.ndarray:
     return (lp * (tid >= N_SPECIAL)).sum(1).double().numpy()
 
 
-def order_bits(run_dir: Path, sessions: list[str] | None, draws: int) -> dict:
-    import torch
-
-    from neurofm.data.datasets import WithinBinShuffle
+def run_config(run_dir: Path, sessions: list[str] | None):
+    """A pretraining run's config (its config.yaml), with other session files and the canonical order."""
     from neurofm.experiment import load_config
-    from neurofm.hub import load_pretrained
-    from neurofm.recipes import neuroformer as recipe
-    from neurofm.tokens import N_SPECIAL
 
     overrides = ["data.shuffle_within_bin=false"] + ([f"data.sessions=[{','.join(sessions)}]"] if sessions else [])
     raw = (run_dir / "config.yaml").read_text()
@@ -83,6 +78,18 @@ def order_bits(run_dir: Path, sessions: list[str] | None, draws: int) -> dict:
         cfg_path = Path("/tmp") / f"order_bits-{run_dir.parent.name}-config.yaml"
         cfg_path.write_text("".join(l for l in raw.splitlines(True) if "head_only_fraction" not in l))
     cfg = load_config(cfg_path, overrides)
+    return cfg
+
+
+def order_bits(run_dir: Path, sessions: list[str] | None, draws: int, glm: bool = False) -> dict:
+    import torch
+
+    from neurofm.data.datasets import WithinBinShuffle
+    from neurofm.hub import load_pretrained
+    from neurofm.recipes import neuroformer as recipe
+    from neurofm.tokens import N_SPECIAL
+
+    cfg = run_config(run_dir, sessions)
     model = load_pretrained(run_dir / "pretrained").eval()
     dm = recipe.datamodule(cfg)
     if dm.vocab.units[:model.config.n_units] != list(model.config.units):
@@ -109,11 +116,75 @@ def order_bits(run_dir: Path, sessions: list[str] | None, draws: int) -> dict:
     null, n = np.concatenate(null), float(np.concatenate(n_spk).sum())
     per = lambda x: float(x.sum() / (n * math.log(2)))  # noqa: E731 - nats summed -> bits per spike
     free = np.maximum(canon, log_n + shuf.mean(1))
-    return {"run": str(run_dir), "n_test_spikes": int(n), "n_test_windows": len(canon), "draws": draws,
+    glm = history_glm_bits(dm, n_units) if glm else None
+    return {"run": str(run_dir), "history_glm": glm, "n_test_spikes": int(n), "n_test_windows": len(canon), "draws": draws,
             "canonical": per(canon - null), "shuffled": per(shuf.mean(1) - null),
             "shuffled_per_draw": [per(shuf[:, k] - null) for k in range(draws)],
             "order-free": per(free - (log_n + null)), "order info": per(log_n),
             "order-free from canonical": per(canon - log_n - null), "order-free from shuffled": per(shuf.mean(1) - null)}
+
+
+def _history_samples(loader, n_units: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features, unit) per current-window spike: log1p of the previous window's counts per unit."""
+    import torch
+
+    from neurofm.tokens import N_SPECIAL
+
+    X, y = [], []
+    for b in loader:
+        prev = b["id_prev"]
+        c = torch.zeros(len(prev), n_units).scatter_add_(1, (prev - N_SPECIAL).clamp(0, n_units - 1),
+                                                         (prev >= N_SPECIAL).float())
+        tid = b["target_id"]
+        rows, cols = torch.nonzero(tid >= N_SPECIAL, as_tuple=True)
+        X.append(torch.log1p(c)[rows].numpy())
+        y.append((tid[rows, cols] - N_SPECIAL).numpy())
+    return np.concatenate(X), np.concatenate(y)
+
+
+def history_glm_bits(dm, n_units: int, max_train: int = 100_000, seed: int = 0) -> dict:
+    """A data-only next-ID predictor that knows the previous window and nothing else: softmax
+    regression of each current-window spike's unit on log(1 + previous-window counts per unit),
+    L2 penalty chosen on the validation block, fitted on (at most ``max_train``) training spikes.
+    Bits/spike on the test block over the unigram null of the training spikes: what the recent
+    population activity alone says about which unit fires next, order-free by construction."""
+    import torch
+
+    from neurofm.recipes import neuroformer as recipe
+
+    Xtr, ytr = _history_samples(recipe._train_windows_loader(dm), n_units)
+    Xva, yva = _history_samples(dm.loader("valid"), n_units)
+    Xte, yte = _history_samples(dm.loader("test"), n_units)
+    counts = np.bincount(ytr, minlength=n_units).astype(np.float64)
+    logp_null = np.log((counts + 0.5) / (counts + 0.5).sum())
+    if len(ytr) > max_train:
+        keep = np.random.default_rng(seed).choice(len(ytr), max_train, replace=False)
+        Xtr, ytr = Xtr[keep], ytr[keep]
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
+    t = lambda a: torch.as_tensor((a - mu) / sd, dtype=torch.float32)  # noqa: E731
+    Xtr_t, Xva_t, Xte_t = t(Xtr), t(Xva), t(Xte)
+    ytr_t, yva_t, yte_t = (torch.as_tensor(v) for v in (ytr, yva, yte))
+    best = None
+    for l2 in (1e-4, 1e-3, 1e-2, 1e-1):
+        W = torch.zeros(Xtr.shape[1], n_units, requires_grad=True)
+        b0 = torch.tensor(logp_null, dtype=torch.float32).clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([W, b0], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(Xtr_t @ W + b0, ytr_t) + l2 * (W ** 2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            va = float(torch.nn.functional.cross_entropy(Xva_t @ W + b0, yva_t))
+            lp = torch.log_softmax(Xte_t @ W + b0, -1).gather(1, yte_t[:, None])[:, 0].double().numpy()
+        if best is None or va < best[0]:
+            best = (va, l2, lp)
+    _, l2, lp = best
+    return {"history_glm_bits": float((lp - logp_null[yte]).sum() / (len(yte) * math.log(2))), "l2": l2,
+            "n_train_spikes": int(len(ytr)), "n_test_spikes": int(len(yte))}
 
 
 MODEL_SETS = ("pooled", "binned-sum", "pooled+counts", "binned-sum+counts")
@@ -156,6 +227,8 @@ def main(argv=None) -> int:
                          "bench/probe_readouts.py's results folders of the sorted and the shuffled runs")
     ap.add_argument("--sessions", nargs="*", default=None, help="session files in place of the config's")
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--history-glm", action="store_true",
+                    help="also fit the previous-window softmax regression (history_glm_bits) on the first run's data")
     ap.add_argument("--out", default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
     if args.table:
@@ -165,7 +238,8 @@ def main(argv=None) -> int:
         load = lambda d: json.loads((Path(d) / f"{name}.json").read_text())  # noqa: E731
         print(table(name, json.loads(Path(bits).read_text()), load(a), load(b)))
         return 0
-    res = [order_bits(Path(r), args.sessions, args.draws) for r in args.run_dirs]
+    res = [order_bits(Path(r), args.sessions, args.draws, glm=args.history_glm and k == 0)
+           for k, r in enumerate(args.run_dirs)]
     from neurofm.atomic import atomic_write
     from neurofm.jsonio import dumps
 

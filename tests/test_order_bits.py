@@ -29,3 +29,32 @@ def test_log_orderings_counts_distinct_orders_per_bin():
     got = order_bits._log_orderings(ids, dts)
     np.testing.assert_allclose(got, [_brute(ids[0], dts[0]), 0.0])
     np.testing.assert_allclose(got[0], math.log(12 * 2))
+
+
+class _FakeDM:
+    """Windows whose current spikes come from the unit that fired in the previous window
+    (``coupled``), or from an independent unit."""
+
+    splits = None
+
+    def __init__(self, coupled: bool, n_units: int = 6):
+        import torch
+
+        self.batches = {}
+        g = np.random.default_rng(0)
+        for k, name in enumerate(("train", "valid", "test")):
+            prev_unit = g.integers(0, n_units, 400)
+            cur = prev_unit if coupled else g.integers(0, n_units, 400)
+            id_prev = np.stack([prev_unit + 3, np.full(400, EOS)], 1)
+            target = np.stack([cur + 3, cur + 3, np.full(400, EOS)], 1)
+            self.batches[name] = [{"id_prev": torch.as_tensor(id_prev), "target_id": torch.as_tensor(target)}]
+
+    def loader(self, name):
+        return self.batches[name]
+
+
+def test_history_glm_finds_what_the_previous_window_says_and_nothing_else():
+    told = order_bits.history_glm_bits(_FakeDM(coupled=True), 6)
+    assert told["history_glm_bits"] > 1.5  # log2(6) = 2.58 bits when the unit is fully told
+    blind = order_bits.history_glm_bits(_FakeDM(coupled=False), 6)
+    assert abs(blind["history_glm_bits"]) < 0.1
