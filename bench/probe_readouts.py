@@ -82,7 +82,14 @@ def collect(model, loader, n_units: int, window) -> dict:
     return d
 
 
-def fold_readouts(name: str, behavior: str, out: Path, fold: int, draws: int, fraction: float) -> dict:
+SETS = ["counts", "counts-curr", "pooled", "last", "logp-last", "logp-mean", "binned-sum", "pooled+counts",
+        "last+counts", "logp-last+counts", "logp-mean+counts", "binned-sum+counts"]
+
+
+def fold_readouts(name: str, behavior: str, out: Path, fold: int, draws: int, fraction: float,
+                  pretrained: Path | None = None, sets: list[str] | None = None) -> dict:
+    """``pretrained``: the frozen model (default: the harness's ``out/<name>/pretrain/pretrained``);
+    ``sets``: the feature sets to score (default :data:`SETS`; ``counts`` is always scored)."""
     import torch
 
     from neurofm import metrics as M
@@ -90,7 +97,8 @@ def fold_readouts(name: str, behavior: str, out: Path, fold: int, draws: int, fr
     from neurofm.tasks.neuroformer import LabelSubset
 
     path = out / "data" / f"{name}-fold{fold}.h5"
-    cfg = recipe.finetune_config(str(out / name / "pretrain" / "pretrained"), [str(path)], behavior=[behavior],
+    pretrained = pretrained or out / name / "pretrain" / "pretrained"
+    cfg = recipe.finetune_config(str(pretrained), [str(path)], behavior=[behavior],
                                  run_dir=f"/tmp/nfprobe/{name}-diag")
     cfg = recipe.prepare(cfg)
     dm = recipe.datamodule(cfg)
@@ -106,8 +114,6 @@ def fold_readouts(name: str, behavior: str, out: Path, fold: int, draws: int, fr
     n_bins = tr["counts"].shape[1] // n_units
     n_curr = int(round(w.curr / recipe.RIDGE_BIN_S))
     curr_cols = (np.arange(n_units)[:, None] * n_bins + np.arange(n_curr)[None, :]).ravel()  # bin 0 = latest
-    feats = {"counts": "counts", "counts-curr": None, "pooled": "pooled", "last": "last",
-             "logp-last": "logp-last", "logp-mean": "logp-mean", "binned-sum": "binned-sum"}
 
     def X(d, k):
         if k == "counts-curr":
@@ -116,7 +122,7 @@ def fold_readouts(name: str, behavior: str, out: Path, fold: int, draws: int, fr
             return np.concatenate([d[k[:-len("+counts")]], d["counts"]], 1)
         return d[k]
 
-    sets = [*feats, "pooled+counts", "last+counts", "logp-last+counts", "logp-mean+counts", "binned-sum+counts"]
+    sets = ["counts", *[k for k in (sets or SETS) if k != "counts"]]
     stride = cfg.data.stride or w.curr
     yte = te["y"][scored]
 
@@ -175,6 +181,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="/tmp/nfprobe/readouts")
     ap.add_argument("--folds", type=int, nargs="*", default=None, help="default: every fold")
     ap.add_argument("--table", action="store_true", help="only print the markdown table of --results")
+    ap.add_argument("--pretrained-root", default=None,
+                    help="read the frozen model from ROOT/<session>/pretrain/pretrained (default: --out's)")
+    ap.add_argument("--sets", nargs="*", default=None, help=f"feature sets (default: all: {' '.join(SETS)})")
     args = ap.parse_args(argv)
     if args.table:
         print(table([json.loads((Path(args.results) / f"{n}.json").read_text()) for n in args.sessions
@@ -188,7 +197,9 @@ def main(argv=None) -> int:
         if f.exists():
             continue
         t0 = time.time()
-        folds = [fold_readouts(name, every[name]["behavior"], Path(args.out), k, args.draws, args.fraction)
+        root = Path(args.pretrained_root) if args.pretrained_root else Path(args.out)
+        folds = [fold_readouts(name, every[name]["behavior"], Path(args.out), k, args.draws, args.fraction,
+                               root / name / "pretrain" / "pretrained", args.sets)
                  for k in (args.folds if args.folds is not None else range(N_FOLDS))]
         f.write_text(json.dumps({"session": name, "folds": folds, "wall_s": time.time() - t0}, indent=1) + "\n")
         print(name, f"{time.time() - t0:.0f}s", file=sys.stderr, flush=True)

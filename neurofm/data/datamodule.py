@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from neurofm.atlas import SpatialVocab
 from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, ResumableDataLoader, SpikeWindowDataset,
                                    StreamingIEEGDataset, StreamingSpikeDataset, collate_ieeg, collate_packed_spikes,
-                                   collate_spikes, open_sessions, pack_spikes)
+                                   WithinBinShuffle, collate_spikes, open_sessions, pack_spikes)
 from neurofm.data.samplers import BlockShuffleSampler, distributed_info
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import validate_sessions
@@ -67,6 +67,10 @@ class _WindowDataModule(L.LightningDataModule):
     def _collate_fns(self, train: bool) -> tuple[Callable, Callable | None]:
         """(map-style items -> batch, function applied to each streamed batch or None)."""
         return self._collate, None
+
+    def _train_transform(self, rank: int) -> Callable | None:
+        """``transform(batch, epoch, index)`` the training loader applies to each batch, or None."""
+        return None
 
     # -- distributed --------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -112,14 +116,18 @@ class _WindowDataModule(L.LightningDataModule):
                 self.datasets[name + ":all"] = self._make(name, True, shuffle=False, rank=0, world=1)
             ds = self.datasets[name + ":all"]
         collate, finish = self._collate_fns(train)
+        transform = self._train_transform(rank) if train else None
         if self.streaming:
             return EpochDataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                   epoch_fn=self._epoch if train else (lambda: 0), collate_fn=finish)
+                                   epoch_fn=self._epoch if train else (lambda: 0), collate_fn=finish,
+                                   transform=transform)
         sampler = BlockShuffleSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=self.seed,
                                       block=self.shuffle_block if train else 1, drop_last=False)
+        kwargs = dict(transform=transform) if train else {}
         loader = ResumableDataLoader if train else DataLoader
         return loader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                      collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+                      collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                      **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.split_names[0], train=True)
@@ -156,6 +164,10 @@ class SpikeDataModule(_WindowDataModule):
             windows concatenated with ``cu_seqlens``, no padding) instead of padded ones: the
             GPU path, where flash-attn's varlen kernels make padding free. Validation and test
             batches stay padded (evaluation reads windows; the losses are the same).
+        shuffle_within_bin: give each training batch's spikes inside every dt bin a fresh
+            random order (:class:`~neurofm.data.datasets.WithinBinShuffle`, seeded by
+            ``seed``, epoch and batch): the next-ID loss can no longer be lowered by learning the
+            tokenizer's ascending-unit order. Validation and test keep the canonical order.
     """
 
     def __init__(self, sessions: Sequence, tokenizer: SpikeTokenizer | None = None, *, window_curr: float = 0.05,
@@ -165,7 +177,7 @@ class SpikeDataModule(_WindowDataModule):
                  stimulus: str | None = None, stimulus_frames: int = 3, stimulus_window: float = 0.15,
                  batch_size: int = 32, num_workers: int = 0, streaming: bool = False, seed: int = 0,
                  shuffle_block: int = 64, block_windows: int | None = None, shuffle_buffer: int | None = None,
-                 pin_memory: bool = False, pack: bool = False):
+                 pin_memory: bool = False, pack: bool = False, shuffle_within_bin: bool = False):
         super().__init__(batch_size=batch_size, num_workers=num_workers, streaming=streaming, seed=seed,
                          splits=splits, shuffle_block=shuffle_block, pin_memory=pin_memory,
                          split_names=getattr(splits, "names", None) or ("train", "valid", "test"))
@@ -189,12 +201,17 @@ class SpikeDataModule(_WindowDataModule):
         self.dataset_kwargs = dict(stride=stride, behavior=tuple(behavior), behavior_seq_len=behavior_seq_len,
                                    stimulus=stimulus, stimulus_frames=stimulus_frames, stimulus_window=stimulus_window)
         self.block_windows, self.shuffle_buffer = block_windows, shuffle_buffer
-        self.pack = pack
+        self.pack, self.shuffle_within_bin = pack, bool(shuffle_within_bin)
 
     def _collate_fns(self, train: bool) -> tuple[Callable, Callable | None]:
-        if self.pack and train:
+        if self.pack and train and not self.shuffle_within_bin:  # with the shuffle: packed after it
             return collate_packed_spikes, pack_spikes
         return super()._collate_fns(train)
+
+    def _train_transform(self, rank: int) -> Callable | None:
+        if not self.shuffle_within_bin:
+            return None
+        return WithinBinShuffle(self.seed, rank, then=pack_spikes if self.pack else None)
 
     def _make(self, split, streaming, shuffle, rank, world):
         if streaming:

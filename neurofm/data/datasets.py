@@ -42,12 +42,12 @@ from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, sh
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import DISCONTINUITIES, Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
-from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer
+from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer, shuffle_within_bins
 from neurofm.tokens import pack_spikes, unpack_spikes
 
 __all__ = ["BACKGROUND_LABEL", "EpochDataLoader", "IEEGSegmentDataset", "ResumableDataLoader",
            "SpikeWindowDataset", "StreamingIEEGDataset", "StreamingSpikeDataset", "behavior_features",
-           "collate_ieeg", "collate_packed_spikes", "collate_spikes", "open_sessions",
+           "collate_ieeg", "collate_packed_spikes", "collate_spikes", "open_sessions", "WithinBinShuffle",
            "pack_spikes", "split_blocks", "unpack_spikes"]  # pack/unpack_spikes: the packed-batch API, from neurofm.tokens
 
 
@@ -934,6 +934,40 @@ def collate_ieeg(items: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+class WithinBinShuffle:
+    """Training-batch transform: the spike IDs inside each dt bin in a fresh random order.
+
+    ``data.shuffle_within_bin`` (off by default). Applied by the training loaders in the main
+    process to each padded batch as it is handed out, with a generator seeded by ``(seed, epoch,
+    batch index in the epoch, rank)``: the same run gives the same orders (also after a
+    mid-epoch resume, whatever ``num_workers``), every epoch draws new ones. The current window
+    (its input AND next-token targets, from the one reordered sequence) and the previous window
+    are reordered with :func:`~neurofm.data.tokenizer.shuffle_within_bins`; dt tokens, masks,
+    padding and every other key are untouched. ``then`` (e.g. ``pack_spikes``) runs after.
+    Validation and test loaders never get it: they score the canonical order.
+    """
+
+    def __init__(self, seed: int, rank: int = 0, then: Callable[[dict], dict] | None = None):
+        self.seed, self.rank, self.then = int(seed), int(rank), then
+
+    def rng(self, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, int(epoch), int(index), self.rank, 0xB125])
+
+    def __call__(self, batch: Mapping[str, Any], epoch: int, index: int) -> dict[str, Any]:
+        if "cu_seqlens" in batch:
+            raise ValueError("WithinBinShuffle: the batch is packed; shuffle the padded batch, then pack it (then=)")
+        rng, out = self.rng(epoch, index), dict(batch)
+        if "id" in batch:
+            full = torch.cat([batch["id"][:, :1], batch["target_id"]], 1)  # [SOS] spikes [EOS] PAD ...
+            full_dt = torch.cat([batch["dt"][:, :1], batch["target_dt"]], 1)
+            ids = torch.from_numpy(shuffle_within_bins(full.numpy(), full_dt.numpy(), rng))
+            out["id"], out["target_id"] = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+        if "id_prev" in batch:
+            out["id_prev"] = torch.from_numpy(shuffle_within_bins(batch["id_prev"].numpy(), batch["dt_prev"].numpy(),
+                                                                  rng))
+        return self.then(out) if self.then is not None else out
+
+
 class _ResumablePosition:
     """Where a training loader stands in its epoch, for exact mid-epoch resume under Lightning.
 
@@ -956,6 +990,12 @@ class _ResumablePosition:
     _position_epoch: int | None = None
     _position_batches: int = 0
     _resume: dict | None = None
+    #: ``transform(batch, epoch, index in the epoch) -> batch`` applied to each batch handed
+    #: out (e.g. :class:`WithinBinShuffle`); None: batches as the dataset makes them
+    transform: Callable[[Any, int, int], Any] | None = None
+
+    def _out(self, batch, epoch: int):
+        return batch if self.transform is None else self.transform(batch, epoch, self._position_batches)
 
     def _layout(self) -> dict[str, int]:
         raise NotImplementedError
@@ -1000,8 +1040,12 @@ class ResumableDataLoader(_ResumablePosition, DataLoader):
     trained on are never read, and every following batch is the one the uninterrupted run
     would have made (any ``num_workers``: the sampler runs in the main process). Under DDP
     every rank skips inside its own share; ranks hold equal shares, so rank 0's state (the
-    one in the checkpoint) fits all of them.
+    one in the checkpoint) fits all of them. ``transform``: see :class:`_ResumablePosition`.
     """
+
+    def __init__(self, dataset, *args, transform: Callable[[Any, int, int], Any] | None = None, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        self.transform = transform
 
     def _current_epoch(self) -> int:
         return int(getattr(self.sampler, "epoch", 0))
@@ -1023,6 +1067,7 @@ class ResumableDataLoader(_ResumablePosition, DataLoader):
                              f"{type(self.sampler).__name__} has no set_start(); use BlockShuffleSampler")
         self._position_epoch, self._position_batches = epoch, skip
         for batch in super().__iter__():
+            batch = self._out(batch, epoch)
             self._position_batches += 1
             yield batch
 
@@ -1042,14 +1087,17 @@ class EpochDataLoader(_ResumablePosition, DataLoader):
     windows its shuffle buffer held at that point (for iEEG, whose filters span windows, the
     blocks they are in), and continues exactly as before; the turn
     starts at ``next_worker``, so the workers' batches interleave as they did. Resume needs
-    the same ``num_workers``, batch size and world size.
+    the same ``num_workers``, batch size and world size. ``transform``: see
+    :class:`_ResumablePosition`.
     """
 
-    def __init__(self, dataset, *args, epoch_fn: Callable[[], int] | None = None, **kwargs):
+    def __init__(self, dataset, *args, epoch_fn: Callable[[], int] | None = None,
+                 transform: Callable[[Any, int, int], Any] | None = None, **kwargs):
         if kwargs.get("persistent_workers"):
             raise ValueError("EpochDataLoader: persistent_workers=True would freeze the epoch's shuffle")
         super().__init__(dataset, *args, **kwargs)
         self._epoch_fn = epoch_fn
+        self.transform = transform
         self._iterations = 0
         self._worker_batches = [0] * max(self.num_workers, 1)
         self._next_worker = 0
@@ -1107,5 +1155,6 @@ class EpochDataLoader(_ResumablePosition, DataLoader):
                 worker = int(position[0])
                 self._worker_batches[worker] = int(position[1])
                 self._next_worker = (worker + 1) % n_workers
+            batch = self._out(batch, epoch)
             self._position_batches += 1
             yield batch

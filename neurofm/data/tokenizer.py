@@ -373,6 +373,41 @@ class SpikeTokenizer:
 
 
 # --------------------------------------------------------------------------------------------
+# within-bin order (a training-time option)
+# --------------------------------------------------------------------------------------------
+
+
+def shuffle_within_bins(ids: np.ndarray, dts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``ids`` with the spike tokens of each dt bin of each row in a random order.
+
+    ``ids`` / ``dts`` (W, S): token sequences as :meth:`SpikeTokenizer.tokenize` builds them
+    (``[SOS] spikes [EOS] PAD...`` or a previous window's ``spikes [EOS]...``): the spike tokens
+    (ID >= ``N_SPECIAL``) of a row are contiguous and sorted by dt bin, then by unit. Only the IDs
+    move, and only among the spikes of one bin, which all carry the same dt: the dt array, every
+    special token and the padding stay where they are, so the (ID, dt) pairs and the multiset of
+    IDs per bin are unchanged. The canonical ascending-unit order inside a bin is a convention of
+    the tokenizer, not of the data; a next-ID loss on canonical sequences is lowered by learning
+    that convention ("after unit 40 in this bin, only units > 40"). Training on a fresh order per
+    draw takes that shortcut away. Returns a new array; ``ids`` is not modified.
+    """
+    ids, dts = np.asarray(ids), np.asarray(dts)
+    if ids.shape != dts.shape or ids.ndim != 2:
+        raise ValueError(f"ids {ids.shape} and dts {dts.shape} must be 2-D arrays of the same shape")
+    spike = ids >= N_SPECIAL
+    pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.float64), ids.shape)
+    prev_spike = np.zeros_like(spike)
+    prev_spike[:, 1:] = spike[:, :-1]
+    same_bin = np.zeros_like(spike)
+    same_bin[:, 1:] = dts[:, 1:] == dts[:, :-1]
+    new_run = spike & ~(prev_spike & same_bin)
+    run_start = np.maximum.accumulate(np.where(new_run, pos, 0.0), axis=1)
+    # spikes of the run starting at position a get keys in [a, a + 1): the next run starts at
+    # >= a + 1 and every other token keeps its own position as key, so only runs are shuffled
+    key = np.where(spike, run_start + rng.random(ids.shape), pos)
+    return np.take_along_axis(ids, np.argsort(key, axis=1, kind="stable"), axis=1)
+
+
+# --------------------------------------------------------------------------------------------
 # spikes per window: the statistics block sizes are chosen from
 # --------------------------------------------------------------------------------------------
 

@@ -94,6 +94,10 @@ class SpikeDataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     label_fraction: float = 1.0  # fine-tuning: fraction of training windows whose behaviour is labelled
     label_chunk_s: float = 10.0  # labelled windows come in contiguous chunks of this length
+    # Training batches only: the spikes inside each dt bin in a fresh seeded random order per
+    # draw, so the next-ID loss cannot be lowered by learning the tokenizer's ascending-unit
+    # order (datasets.WithinBinShuffle). Validation and test keep the canonical order.
+    shuffle_within_bin: bool = False
 
 
 @dataclass
@@ -830,7 +834,8 @@ def datamodule(cfg: RunConfig):
         extend_vocab=vocab is not None, splits=split, stride=d.stride or None, behavior=d.behavior,
         stimulus=d.stimulus if m.stimulus is not None else None,
         stimulus_frames=m.stimulus.n_frames if m.stimulus is not None else 3,
-        batch_size=d.batch_size, num_workers=d.num_workers, streaming=d.streaming, seed=cfg.seed, pack=d.pack)
+        batch_size=d.batch_size, num_workers=d.num_workers, streaming=d.streaming, seed=cfg.seed, pack=d.pack,
+        shuffle_within_bin=d.shuffle_within_bin)
     if _few_shot_fit(cfg):
         before = m.window.curr + m.window.prev
         after = 0.0

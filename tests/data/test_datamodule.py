@@ -117,6 +117,104 @@ def test_datamodule_under_lightning_trainer_reshuffles_each_epoch(spike_files):
     assert sorted(probe.seen[0]) == sorted(probe.seen[1]) and probe.seen[0] != probe.seen[1]
 
 
+def _bins(ids, dts):
+    """Per row, the (dt, id) pairs of the spike tokens sorted: the multiset of units per dt bin."""
+    out = []
+    for i, d in zip(ids.tolist(), dts.tolist()):
+        out.append(sorted((b, u) for u, b in zip(i, d) if u >= UnitVocab.N_SPECIAL))
+    return out
+
+
+def _bin_kwargs(**kw):
+    # ~150 spikes/s over 4-6 units: most 10 ms bins of a 100 ms window hold 2+ spikes
+    return dict(window_curr=0.1, window_prev=0.05, dt=0.01, block_size=40, block_size_prev=24, batch_size=8,
+                seed=3, **kw)
+
+
+@pytest.fixture(scope="module")
+def dense_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dm_dense")
+    rng = np.random.default_rng(1)
+    paths = []
+    for k, (T, n_units) in enumerate([(24.0, 4), (18.0, 6)]):
+        t = np.sort(rng.uniform(0, T, int(T * 150)))
+        with SessionWriter(d / f"d{k}.h5", session_id=f"d{k}") as w:
+            w.add_units([f"u{i}" for i in range(n_units)])
+            w.add_spikes(t, rng.integers(0, n_units, len(t)), t_start=0.0, t_end=T)
+        paths.append(d / f"d{k}.h5")
+    return paths
+
+
+def test_within_bin_order_is_the_tokenizers_by_default(dense_files):
+    """data.shuffle_within_bin off (the default): every training batch is the tokenizer's own
+    output for its windows (the order the golden vectors pin down)."""
+    dm = SpikeDataModule(dense_files, **_bin_kwargs())
+    assert dm.shuffle_within_bin is False
+    dm.setup("fit")
+    n = 0
+    for b in dm.train_dataloader():
+        for s in range(len(dense_files)):
+            rows = (b["session"] == s).numpy()
+            if rows.any():
+                ref = dm.tokenizer.tokenize_session(dm.sessions[s], b["interval"].numpy()[rows])
+                for key in ("id", "target_id", "dt", "id_prev", "dt_prev"):
+                    assert np.array_equal(b[key].numpy()[rows], ref[key]), key
+        n += 1
+    assert n == len(dm.train_dataloader()) > 1
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_within_bin_shuffle_reorders_only_inside_bins_and_only_training(dense_files, streaming):
+    off = SpikeDataModule(dense_files, streaming=streaming, **_bin_kwargs())
+    on = SpikeDataModule(dense_files, streaming=streaming, shuffle_within_bin=True, **_bin_kwargs())
+    again = SpikeDataModule(dense_files, streaming=streaming, shuffle_within_bin=True, **_bin_kwargs())
+    for dm in (off, on, again):
+        dm.setup("fit")
+    moved = 0
+    for a, b, c in zip(off.train_dataloader(), on.train_dataloader(), again.train_dataloader()):
+        assert _keys(a) == _keys(b)  # the same windows in the same batches: only token order differs
+        for key in ("dt", "target_dt", "mask", "dt_prev", "mask_prev"):
+            assert torch.equal(a[key], b[key]), key
+        assert torch.equal(b["id"][:, 1:], b["target_id"][:, :-1])  # inputs and targets: one sequence
+        assert torch.equal(a["id"][:, 0], b["id"][:, 0]) and torch.equal(a["target_id"] < 3, b["target_id"] < 3)
+        assert _bins(a["target_id"], a["target_dt"]) == _bins(b["target_id"], b["target_dt"])
+        assert _bins(a["id_prev"], a["dt_prev"]) == _bins(b["id_prev"], b["dt_prev"])
+        assert all(torch.equal(b[k], c[k]) for k in ("id", "target_id", "id_prev"))  # seeded: reproducible
+        moved += int((a["target_id"] != b["target_id"]).any(1).sum()) + int((a["id_prev"] != b["id_prev"]).any(1).sum())
+    assert moved > 0
+    for split in ("valid", "test"):  # evaluation reads the canonical order
+        pairs = list(zip(off.loader(split), on.loader(split)))
+        assert pairs and all(torch.equal(a[k], b[k]) for a, b in pairs for k in ("id", "target_id", "id_prev"))
+
+
+def test_within_bin_shuffle_draws_a_new_order_each_epoch_and_per_seed(dense_files):
+    def orders(seed, epoch):
+        dm = SpikeDataModule(dense_files, shuffle_within_bin=True, **{**_bin_kwargs(), "seed": seed})
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return {k: row for b in loader for k, row in zip(_keys(b), b["target_id"].tolist())}
+
+    e0, e1, e0_again, other_seed = orders(3, 0), orders(3, 1), orders(3, 0), orders(4, 0)
+    assert e0 == e0_again and set(e0) == set(e1) == set(other_seed)
+    changed = sum(e0[k] != e1[k] for k in e0)
+    assert changed > len(e0) // 4, (changed, len(e0))
+    assert sum(e0[k] != other_seed[k] for k in e0) > len(e0) // 4
+
+
+def test_within_bin_shuffle_then_pack(dense_files):
+    """With pack=True the batch is shuffled while padded, then packed: the same tokens."""
+    from neurofm.tokens import pack_spikes
+
+    padded = SpikeDataModule(dense_files, shuffle_within_bin=True, **_bin_kwargs())
+    packed = SpikeDataModule(dense_files, shuffle_within_bin=True, pack=True, **_bin_kwargs())
+    for dm in (padded, packed):
+        dm.setup("fit")
+    for a, p in zip(padded.train_dataloader(), packed.train_dataloader()):
+        ref = pack_spikes(a)
+        assert all(torch.equal(ref[k], p[k]) for k in ("id", "target_id", "dt", "id_prev", "cu_seqlens"))
+
+
 def test_ieeg_datamodule(ieeg_files):
     dm = IEEGDataModule(ieeg_files, IEEGSegmenter(segment_s=2.0, n_patches=4), batch_size=4, streaming=True)
     dm.setup("fit")

@@ -244,3 +244,20 @@ def test_tokenize_session_reads_only_what_it_needs(tmp_path):
         assert np.array_equal(a[k], b[k]), k
     with pytest.raises(ValueError, match="unit tokens"):
         tk.tokenize(t, u, ends)
+
+
+def test_shuffle_within_bins_moves_ids_only_inside_their_bin():
+    from neurofm.data.tokenizer import shuffle_within_bins
+
+    # current window: [SOS] bin1: 3 5 7, bin2: 4 9, bin3: 6 [EOS] PAD; previous window: no SOS
+    ids = np.array([[1, 3, 5, 7, 4, 9, 6, 2, 0], [8, 3, 4, 5, 2, 0, 0, 0, 0]])
+    dts = np.array([[0, 1, 1, 1, 2, 2, 3, 11, 12], [0, 0, 0, 1, 11, 12, 12, 12, 12]])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        out = shuffle_within_bins(ids, dts, rng)
+        assert np.array_equal(ids, [[1, 3, 5, 7, 4, 9, 6, 2, 0], [8, 3, 4, 5, 2, 0, 0, 0, 0]])  # input kept
+        assert list(out[0, [0, 6, 7, 8]]) == [1, 6, 2, 0] and list(out[1, 3:]) == [5, 2, 0, 0, 0, 0]
+        assert sorted(out[0, 1:4]) == [3, 5, 7] and sorted(out[0, 4:6]) == [4, 9] and sorted(out[1, :3]) == [3, 4, 8]
+        seen.add(tuple(out[0, 1:4]))
+    assert len(seen) == 6  # every order of the 3-spike bin is drawn

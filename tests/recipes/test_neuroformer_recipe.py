@@ -84,6 +84,15 @@ def test_few_shot_split_trains_on_exactly_the_labelled_windows(tmp_path):
     assert 0.8 < std / ys.std() < 1.25
 
 
+def test_shuffle_within_bin_config_reaches_only_the_training_loader(tmp_path):
+    paths = [_session(tmp_path / "a.h5", seed=0)]
+    assert recipe.datamodule(_config(paths)).shuffle_within_bin is False  # the default: canonical order
+    dm = recipe.datamodule(_config(paths, shuffle_within_bin=True))
+    dm.setup("fit")
+    assert dm.shuffle_within_bin is True
+    assert dm.train_dataloader().transform is not None and getattr(dm.val_dataloader(), "transform", None) is None
+
+
 def test_model_ridge_and_cv_protocol_label_the_same_windows(tmp_path):
     """One few-shot definition (neurofm.data.splits.labelled_windows): the windows the model
     trains on (the few-shot split, and the task's label mask), the windows ridge / probe / Bayes
