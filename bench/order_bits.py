@@ -35,23 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _log_orderings(ids: np.ndarray, dts: np.ndarray) -> np.ndarray:
-    """(W,) log N per window: the number of distinct orders of each bin's spikes, summed over bins."""
-    from scipy.special import gammaln
-
-    from neurofm.tokens import N_SPECIAL
-
-    out = np.zeros(len(ids))
-    for w, (i, d) in enumerate(zip(ids, dts)):
-        spike = i >= N_SPECIAL
-        if not spike.any():
-            continue
-        _, n_b = np.unique(d[spike], return_counts=True)
-        _, m_bu = np.unique(np.stack([d[spike], i[spike]]), axis=1, return_counts=True)
-        out[w] = gammaln(n_b + 1).sum() - gammaln(m_bu + 1).sum()
-    return out
-
-
 def window_logp(model, batch) -> np.ndarray:
     """(B,) sum over each window's spike targets of the model's log p(next ID) (natural log)."""
     import torch
@@ -87,6 +70,7 @@ def order_bits(run_dir: Path, sessions: list[str] | None, draws: int, glm: bool 
     from neurofm.data.datasets import WithinBinShuffle
     from neurofm.hub import load_pretrained
     from neurofm.recipes import neuroformer as recipe
+    from neurofm.data.tokenizer import log_orderings
     from neurofm.tokens import N_SPECIAL
 
     cfg = run_config(run_dir, sessions)
@@ -109,7 +93,7 @@ def order_bits(run_dir: Path, sessions: list[str] | None, draws: int, glm: bool 
         spike = tid >= N_SPECIAL
         canon.append(window_logp(model, b))
         shuf.append(np.stack([window_logp(model, WithinBinShuffle(k)(b, 0, i)) for k in range(draws)], 1))
-        log_n.append(_log_orderings(tid, tdt))
+        log_n.append(log_orderings(tid, tdt))
         null.append(np.where(spike, logp_unigram[np.clip(tid - N_SPECIAL, 0, n_units - 1)], 0.0).sum(1))
         n_spk.append(spike.sum(1))
     canon, shuf, log_n = np.concatenate(canon), np.concatenate(shuf), np.concatenate(log_n)

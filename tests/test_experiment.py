@@ -100,6 +100,9 @@ def test_train_writes_run_folder_that_loads_in_a_fresh_process(run_a, sim, tmp_p
     metrics = json.loads((run_a / "metrics.json").read_text())
     assert {"metrics", "baselines", "protocol", "training", "data", "n_params"} <= metrics.keys()
     assert np.isfinite(metrics["metrics"]["id_bits_per_spike"])
+    m = metrics["metrics"]  # the within-bin order's share taken out: never below the tokenizer-order bound
+    assert m["id_order_info_bits_per_spike"] > 0
+    assert m["id_bits_per_spike_order_free"] >= m["id_bits_per_spike"] - m["id_order_info_bits_per_spike"] - 1e-9
     assert "unigram (firing-rate) null" in metrics["baselines"]
     assert "ridge on binned counts" in metrics["baselines"]  # the demo config decodes speed
     assert "test block" in metrics["protocol"]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neurofm.data.tokenizer import log_orderings
+from neurofm.recipes import neuroformer as recipe
 from neurofm.tokens import EOS, PAD, SOS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -26,9 +28,26 @@ def test_log_orderings_counts_distinct_orders_per_bin():
     # bin 1: units 3, 5, 5, 7 (4! / 2! = 12 orders); bin 2: 4, 9 (2); bin 3: one spike; then EOS, PAD
     ids = np.array([[SOS, 3, 5, 5, 7, 4, 9, 8, EOS, PAD], [SOS, EOS, PAD, PAD, PAD, PAD, PAD, PAD, PAD, PAD]])
     dts = np.array([[0, 1, 1, 1, 1, 2, 2, 3, 11, 12], [0, 11, 12, 12, 12, 12, 12, 12, 12, 12]])
-    got = order_bits._log_orderings(ids, dts)
+    got = log_orderings(ids, dts)
     np.testing.assert_allclose(got, [_brute(ids[0], dts[0]), 0.0])
     np.testing.assert_allclose(got[0], math.log(12 * 2))
+
+
+def test_order_free_bits_takes_out_the_sort_and_keeps_the_rest():
+    """A model that only knows the tokenizer's sort gains log2 N per window in the tokenizer's order
+    and nothing order-free; an order-blind model's gain is order-free whole."""
+    g = np.random.default_rng(0)
+    log_n = g.uniform(0, 5, 50)  # nats per window
+    null = g.uniform(-40, -10, 50)  # the firing-rate null's log p of each window's spikes
+    n_spikes = 400
+    sort_only = np.stack([null + log_n, null - 50.0, log_n], 1)  # canonical, one shuffle, log N
+    free = recipe.order_free_bits(sort_only, null.sum(), n_spikes)
+    assert abs(free["order_free"]) < 1e-12
+    np.testing.assert_allclose(free["order_info"], log_n.sum() / (n_spikes * math.log(2)))
+    gain = g.uniform(0, 2, 50)
+    blind = np.stack([null + gain, null + gain, log_n], 1)
+    np.testing.assert_allclose(recipe.order_free_bits(blind, null.sum(), n_spikes)["order_free"],
+                               gain.sum() / (n_spikes * math.log(2)))
 
 
 class _FakeDM:

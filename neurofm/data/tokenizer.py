@@ -415,6 +415,26 @@ def shuffle_within_bins(ids: np.ndarray, dts: np.ndarray, rng: np.random.Generat
 MAX_DROPPED_FRACTION = 0.005
 
 
+def log_orderings(ids: np.ndarray, dts: np.ndarray) -> np.ndarray:
+    """``(W,)`` natural log of the number of distinct orders of each row's spikes within their dt
+    bins: ``log N = sum_b [log n_b! - sum_u log m_bu!]`` (``n_b`` spikes in bin ``b``, ``m_bu`` of
+    them from unit ``u``), for token rows as :func:`shuffle_within_bins` takes them. A next-ID model
+    that knows the tokenizer's within-bin order can gain at most ``log2 N`` bits per row from that
+    knowledge alone; :func:`neurofm.recipes.neuroformer.order_free_bits` takes it out."""
+    from scipy.special import gammaln
+
+    ids, dts = np.asarray(ids), np.asarray(dts)
+    out = np.zeros(len(ids))
+    for w, (i, d) in enumerate(zip(ids, dts)):
+        spike = i >= N_SPECIAL
+        if not spike.any():
+            continue
+        _, n_b = np.unique(d[spike], return_counts=True)
+        _, m_bu = np.unique(np.stack([d[spike], i[spike]]), axis=1, return_counts=True)
+        out[w] = gammaln(n_b + 1).sum() - gammaln(m_bu + 1).sum()
+    return out
+
+
 def spikes_per_window(times, starts, ends) -> np.ndarray:
     """(W,) int64: spikes of the sorted ``times`` in each window ``[starts, ends)`` (s).
 
