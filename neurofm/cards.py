@@ -237,8 +237,11 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     ]
     if metrics is not None:
         train = m.get("training", {})
+        kept = train.get("selection") or {}
+        start = (f"; the exported weights are the starting state (step 0: {kept.get('why', 'no check beat it')}), "
+                 f"not the last step" if kept.get("kept") == "start" else "")
         lines.append(f"- Trained on the data above only ({train.get('device', '?')}, {train.get('steps', '?')} "
-                     f"steps); numbers on other recordings will differ.")
+                     f"steps{start}); numbers on other recordings will differ.")
     lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]
     lines += _citation_section(family)
     return "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)

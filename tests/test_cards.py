@@ -209,3 +209,19 @@ def test_card_says_whether_generated_spikes_beat_the_poisson_generator():
     assert f"- {lose}" in evaluation
     assert f"- {lose}" in text.split("## Limitations", 1)[1]
     assert "Generated spikes" not in render_card(_metrics())  # no generation scored, no line
+
+
+def test_card_says_when_the_exported_weights_are_the_starting_state(tmp_path):
+    """Fine-tuning ran 795 steps but model selection kept step 0 (the start beat every check):
+    the card's limitation said only "cpu, 795 steps", as if the exported model were trained."""
+    run, _ = _run_dir(tmp_path)
+    m = _metrics()
+    m["training"].update(steps=795, selection={"kept": "start", "selected_step": 0,
+                                               "why": "no validation check scored above the start"})
+    (run / "metrics.json").write_text(json.dumps(m))
+    text = write_card(run).read_text()
+    assert ("(cpu, 795 steps; the exported weights are the starting state (step 0: no validation check scored "
+            "above the start), not the last step)") in text
+    m["training"]["selection"] = {"kept": "check", "selected_step": 540}
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert "(cpu, 795 steps); numbers on other" in write_card(run).read_text()
