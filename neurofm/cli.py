@@ -594,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (OSError, ValueError, KeyError, ImportError) as e:
         # Errors from neurofm name the file, the field and the fix: show them without a traceback.
+        # One that names none of them is a bug to report: NEUROFM_TRACEBACK=1 shows where it came from.
+        if os.environ.get("NEUROFM_TRACEBACK", "") not in ("", "0"):
+            raise
         print(f"neurofm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

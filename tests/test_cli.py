@@ -213,3 +213,16 @@ def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
     assert cli._evaluate_dir("runs/ft-maze/pretrained", ["data/maze.h5", "data/b.h5"]) == "runs/evaluate-ft-maze-maze"
     assert cli._evaluate_dir("runs/ft-maze/pretrained/", ["maze.h5"]) == "runs/evaluate-ft-maze-maze"
     assert cli._evaluate_dir("models/neuroformer-demo", ["x/of.h5"]) == "runs/evaluate-neuroformer-demo-of"
+
+
+def test_errors_are_one_line_and_neurofm_traceback_shows_where(tmp_path, capsys, monkeypatch):
+    """An error is one line without a traceback; one that names no file, field or fix (a bug,
+    like the "cannot reshape array of size 0" a tracking dropout raised in finetune) can only be
+    located with its traceback: NEUROFM_TRACEBACK=1 lets the exception through."""
+    missing = str(tmp_path / "missing.h5")
+    monkeypatch.delenv("NEUROFM_TRACEBACK", raising=False)
+    assert cli.main(["inspect", missing]) == 2
+    assert capsys.readouterr().err.startswith("neurofm inspect: error: ")
+    monkeypatch.setenv("NEUROFM_TRACEBACK", "1")
+    with pytest.raises(OSError, match="missing.h5"):
+        cli.main(["inspect", missing])
