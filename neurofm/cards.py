@@ -239,7 +239,9 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
         train = m.get("training", {})
         kept = train.get("selection") or {}
         start = (f"; the exported weights are the starting state (step 0: {kept.get('why', 'no check beat it')}), "
-                 f"not the last step" if kept.get("kept") == "start" else "")
+                 f"not the last step" if kept.get("kept") == "start" else
+                 f"; the exported weights are step {kept['selected_step']}'s, the best validation check"
+                 if kept.get("kept") == "check" and kept.get("selected_step") is not None else "")
         lines.append(f"- Trained on the data above only ({train.get('device', '?')}, {train.get('steps', '?')} "
                      f"steps{start}); numbers on other recordings will differ.")
     lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]

@@ -213,7 +213,8 @@ def test_card_says_whether_generated_spikes_beat_the_poisson_generator():
 
 def test_card_says_when_the_exported_weights_are_the_starting_state(tmp_path):
     """Fine-tuning ran 795 steps but model selection kept step 0 (the start beat every check):
-    the card's limitation said only "cpu, 795 steps", as if the exported model were trained."""
+    the card's limitation said only "cpu, 795 steps", as if the exported model were the last
+    step's. A kept check names its step."""
     run, _ = _run_dir(tmp_path)
     m = _metrics()
     m["training"].update(steps=795, selection={"kept": "start", "selected_step": 0,
@@ -223,5 +224,8 @@ def test_card_says_when_the_exported_weights_are_the_starting_state(tmp_path):
     assert ("(cpu, 795 steps; the exported weights are the starting state (step 0: no validation check scored "
             "above the start), not the last step)") in text
     m["training"]["selection"] = {"kept": "check", "selected_step": 540}
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert "(cpu, 795 steps; the exported weights are step 540's, the best validation check)" in write_card(run).read_text()
+    del m["training"]["selection"]   # pretraining: no selection
     (run / "metrics.json").write_text(json.dumps(m))
     assert "(cpu, 795 steps); numbers on other" in write_card(run).read_text()
