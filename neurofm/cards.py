@@ -233,15 +233,34 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
         _INTENDED.get(family, ""),
         "Research use on neural recordings; not a medical device and not for clinical decisions.", "",
         "## Limitations", "",
-        *[f"- {x}" for x in m.get("limitations", [])],
+        *[f"- {x}" for x in _limitations(m)],
     ]
     if metrics is not None:
         train = m.get("training", {})
+        kept = train.get("selection") or {}
+        start = (f"; the exported weights are the starting state (step 0: {kept.get('why', 'no check beat it')}), "
+                 f"not the last step" if kept.get("kept") == "start" else
+                 f"; the exported weights are step {kept['selected_step']}'s, the best validation check"
+                 if kept.get("kept") == "check" and kept.get("selected_step") is not None else "")
         lines.append(f"- Trained on the data above only ({train.get('device', '?')}, {train.get('steps', '?')} "
-                     f"steps); numbers on other recordings will differ.")
+                     f"steps{start}); numbers on other recordings will differ.")
     lines += [f"- neurofm {m.get('neurofm_version') or (model_meta or {}).get('neurofm_version', '?')}.", ""]
     lines += _citation_section(family)
     return "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
+
+
+def _limitations(m: dict) -> list[str]:
+    """``metrics.json`` ``limitations``, plus every decode-report verdict where the model loses to
+    a baseline (``... LOSES to ...``) that is not among them already: a fine-tuned Neuroformer's
+    run records its verdicts only in ``decode_report`` (one report per target), and its card said
+    nothing of a loss its decode report stated."""
+    out = list(m.get("limitations", []))
+    reports = list((m.get("decode_report") or {}).values()) + [m.get("report") or {}]
+    for rep in reports:
+        for verdict in (rep.get("verdicts", []) if isinstance(rep, dict) else []):
+            if " LOSES to " in verdict and verdict not in out and not any(verdict in x for x in out):
+                out.append(verdict)
+    return out
 
 
 #: ``metrics.json`` ``data`` entries that describe the data; every other entry is a size the

@@ -220,7 +220,9 @@ def _describe_test_block(t: dict) -> list[str]:
     lines = [f"  test block ({t['source']}): {t['n_test_moving']:,} of {t['n_test_windows']:,} windows moving "
              f"({share('test'):.0%}; training block {share('train'):.0%}): those are the windows finetune and "
              f"evaluate score {t['moving_behavior']} on (speed > {t['moving_threshold']:.3g} {t['unit']}/s)"]
-    if share("test") < 0.5 or t["n_test_moving"] < t["min_scored_windows"]:
+    # a task that rests between movements (reaching: ~half the windows) is not "mostly rest"
+    # unless its test block moves much less than the training block does
+    if (share("test") < 0.5 and share("test") < 0.5 * share("train")) or t["n_test_moving"] < t["min_scored_windows"]:
         refused = (f"; under {t['min_scored_windows']} scored windows finetune refuses to train"
                    if t["n_test_moving"] < t["min_scored_windows"] else "")
         lines.append(f"             mostly rest{refused}: hold out a block where the animal moves with "
@@ -645,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (OSError, ValueError, KeyError, ImportError) as e:
         # Errors from neurofm name the file, the field and the fix: show them without a traceback.
+        # One that names none of them is a bug to report: NEUROFM_TRACEBACK=1 shows where it came from.
+        if os.environ.get("NEUROFM_TRACEBACK", "") not in ("", "0"):
+            raise
         print(f"neurofm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

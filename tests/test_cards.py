@@ -209,3 +209,41 @@ def test_card_says_whether_generated_spikes_beat_the_poisson_generator():
     assert f"- {lose}" in evaluation
     assert f"- {lose}" in text.split("## Limitations", 1)[1]
     assert "Generated spikes" not in render_card(_metrics())  # no generation scored, no line
+
+
+def test_card_says_when_the_exported_weights_are_the_starting_state(tmp_path):
+    """Fine-tuning ran 795 steps but model selection kept step 0 (the start beat every check):
+    the card's limitation said only "cpu, 795 steps", as if the exported model were the last
+    step's. A kept check names its step."""
+    run, _ = _run_dir(tmp_path)
+    m = _metrics()
+    m["training"].update(steps=795, selection={"kept": "start", "selected_step": 0,
+                                               "why": "no validation check scored above the start"})
+    (run / "metrics.json").write_text(json.dumps(m))
+    text = write_card(run).read_text()
+    assert ("(cpu, 795 steps; the exported weights are the starting state (step 0: no validation check scored "
+            "above the start), not the last step)") in text
+    m["training"]["selection"] = {"kept": "check", "selected_step": 540}
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert "(cpu, 795 steps; the exported weights are step 540's, the best validation check)" in write_card(run).read_text()
+    del m["training"]["selection"]   # pretraining: no selection
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert "(cpu, 795 steps); numbers on other" in write_card(run).read_text()
+
+
+def test_card_lists_a_decode_report_loss_as_a_limitation(tmp_path):
+    """A fine-tuned Neuroformer's metrics.json has its verdicts in decode_report only; the card
+    now lists the one where the model loses (a 100% hand-velocity fine-tune lost to Poisson
+    Bayes, r2 0.912 vs 0.933) under Limitations, once, and not the ones it wins or ties."""
+    run, _ = _run_dir(tmp_path)
+    m = _metrics()
+    lose = "MODEL LOSES to Poisson Bayes: r2 0.912 vs 0.933 (difference -0.021, 95% CI [-0.048, -0.012])"
+    m["decode_report"] = {"speed": {"verdicts": ["model beats linear probe: r2 0.912 vs 0.468", lose,
+                                                 "model is below ridge but within the CI: r2 0.912 vs 0.912"]}}
+    (run / "metrics.json").write_text(json.dumps(m))
+    limits = write_card(run).read_text().split("## Limitations", 1)[1].split("## Citation", 1)[0]
+    assert f"- {lose}" in limits and "beats linear probe" not in limits and "within the CI" not in limits
+    m["limitations"] = [lose]   # BaRISTA: the run lists it itself; not twice
+    (run / "metrics.json").write_text(json.dumps(m))
+    limits = write_card(run).read_text().split("## Limitations", 1)[1].split("## Citation", 1)[0]
+    assert limits.count("LOSES to Poisson Bayes") == 1

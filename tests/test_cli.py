@@ -254,3 +254,16 @@ def test_step_budget_validation_runs_twenty_times_whatever_the_epoch_length(tmp_
     model = Tiny()
     build_trainer(tc, tmp_path, monitor="val/loss").fit(model, loader(), loader())
     assert model.checks == list(range(every, budget + 1, every)) and len(model.checks) == BUDGET_CHECKS
+
+
+def test_errors_are_one_line_and_neurofm_traceback_shows_where(tmp_path, capsys, monkeypatch):
+    """An error is one line without a traceback; one that names no file, field or fix (a bug,
+    like the "cannot reshape array of size 0" a tracking dropout raised in finetune) can only be
+    located with its traceback: NEUROFM_TRACEBACK=1 lets the exception through."""
+    missing = str(tmp_path / "missing.h5")
+    monkeypatch.delenv("NEUROFM_TRACEBACK", raising=False)
+    assert cli.main(["inspect", missing]) == 2
+    assert capsys.readouterr().err.startswith("neurofm inspect: error: ")
+    monkeypatch.setenv("NEUROFM_TRACEBACK", "1")
+    with pytest.raises(OSError, match="missing.h5"):
+        cli.main(["inspect", missing])

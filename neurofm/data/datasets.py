@@ -103,7 +103,10 @@ def behavior_features(ts: np.ndarray, values: np.ndarray, starts: np.ndarray, en
     ``max_gap`` s apart (zeros elsewhere).
     """
     ts = np.asarray(ts, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64).reshape(len(ts), -1)
+    v = np.asarray(values, dtype=np.float64)
+    # (T,) -> (T, 1); (T, D, ...) -> (T, D'); also for T = 0 (a window inside a tracking gap),
+    # where reshape(0, -1) cannot infer D
+    v = v[:, None] if v.ndim == 1 else v.reshape(len(ts), int(np.prod(v.shape[1:])))
     D = v.shape[1]
     ok = np.isfinite(v).all(axis=1)
     if not ok.all():

@@ -229,6 +229,12 @@ def _ragged_strings(values: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.asarray([";".join(str(v) for v in values[a:b]) for a, b in zip(starts, ends)], dtype=object)
 
 
+def _is_ragged_index(name: str, colnames) -> bool:
+    """``tags_index`` beside ``tags`` is the ragged column's index, not data; a column of its own
+    named like ``target_index`` or ``shank_index`` is data and is kept."""
+    return name.endswith("_index") and name[: -len("_index")] in colnames
+
+
 def _read_units(units, nwb, in_path: Path):
     """Unit ids, per-unit columns, and all spikes sorted by time with their unit index."""
     n = len(units)
@@ -258,7 +264,7 @@ def _read_units(units, nwb, in_path: Path):
     columns: dict[str, np.ndarray] = {}
     skipped = []
     for name in units.colnames:
-        if name in _UNIT_SKIP or name.endswith("_index"):
+        if name in _UNIT_SKIP or _is_ragged_index(name, units.colnames):
             continue
         try:
             values, col_ends = _column_values(units, name)
@@ -283,7 +289,35 @@ def _read_units(units, nwb, in_path: Path):
             skipped.append(name)
     if skipped:
         warnings.warn(f"{in_path}: units columns {skipped} are not per-unit scalars or strings; left out", stacklevel=3)
+    if "obs_intervals" in units.colnames:
+        columns.update(_observed_spans(units, ids, in_path))
     return ids, columns, spike_t, spike_u
+
+
+def _observed_spans(units, ids: np.ndarray, in_path: Path) -> dict[str, np.ndarray]:
+    """``obs_start`` / ``obs_end`` / ``obs_s`` per unit from ``units/obs_intervals`` (first start,
+    last end, total observed seconds), with a warning naming the units observed for under 99% of
+    the span all units together cover: outside its intervals a unit has no spikes in the session
+    file, which a model or decoder reads as silence, not as "not recorded"."""
+    flat, ends = _column_values(units, "obs_intervals")
+    flat = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
+    if ends is None or ends.shape != (len(ids),) or not len(flat):
+        return {}
+    starts = np.concatenate([[0], ends[:-1]])
+    obs_start = np.array([flat[a:b, 0].min() if b > a else np.nan for a, b in zip(starts, ends)])
+    obs_end = np.array([flat[a:b, 1].max() if b > a else np.nan for a, b in zip(starts, ends)])
+    obs_s = np.array([np.sum(flat[a:b, 1] - flat[a:b, 0]) for a, b in zip(starts, ends)])
+    span = float(np.nanmax(obs_end) - np.nanmin(obs_start))
+    partial = np.flatnonzero(obs_s < 0.99 * span)
+    if len(partial):
+        eg = ", ".join(f"{ids[k]}: {obs_s[k]:.0f} s ({obs_start[k]:.1f}-{obs_end[k]:.1f})" for k in partial[:3])
+        more = f" and {len(partial) - 3} more" if len(partial) > 3 else ""
+        warnings.warn(f"{in_path}: units/obs_intervals: {len(partial)} of {len(ids)} units were recorded for only "
+                      f"part of the {span:.0f} s the units cover (unit {eg}{more}); outside their intervals "
+                      f"they have no spikes, which models and decoders read as silence. Kept as /units/obs_start, "
+                      f"obs_end, obs_s: choose train/valid/test blocks inside them (`neurofm split`) or drop those "
+                      f"units from the NWB file", stacklevel=4)
+    return {"obs_start": obs_start, "obs_end": obs_end, "obs_s": obs_s}
 
 
 def _first_electrode_columns(nwb, rows, ends, e_ids, unit_colnames) -> dict[str, np.ndarray]:
@@ -425,7 +459,7 @@ def _read_intervals(nwb, in_path: Path):
                                "fix those rows in the NWB file")
         cols: dict[str, np.ndarray] = {}
         for col in table.colnames:
-            if col in ("start_time", "stop_time") or col.endswith("_index"):
+            if col in ("start_time", "stop_time") or _is_ragged_index(col, table.colnames):
                 continue
             try:
                 values, ends = _column_values(table, col)

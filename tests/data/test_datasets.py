@@ -127,6 +127,31 @@ def test_behavior_features_gaps_and_missing():
     np.testing.assert_allclose(f["seq"][0, 0, 0], 0.5)
 
 
+def test_window_inside_a_tracking_gap_has_no_label(tmp_path):
+    """2-D hand velocity at 100 Hz with 2 s of samples missing (a tracking dropout): a window
+    inside the gap reads no behaviour sample, so its label is masked and its input samples are
+    zeros. Reading it raised "cannot reshape array of size 0 into shape (0,newaxis)", which
+    stopped `neurofm finetune` on a reaching recording before the first step."""
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 10.0, 400))
+    bt = np.arange(0, 10.0, 0.01)
+    bt = bt[(bt < 4.0) | (bt >= 6.0)]
+    with SessionWriter(tmp_path / "gap.h5", session_id="gap") as w:
+        w.add_units(["u0", "u1"])
+        w.add_spikes(t, rng.integers(0, 2, len(t)), t_start=0.0, t_end=10.0)
+        w.add_behavior("hand_velocity", bt, np.stack([np.sin(bt), np.cos(bt)], 1), unit="mm/s")
+    tk = SpikeTokenizer(0.05, 0.1, 0.01, 16, 24, UnitVocab.from_sessions([Session(tmp_path / "gap.h5")]))
+    ds = SpikeWindowDataset([tmp_path / "gap.h5"], tk, None, behavior=["hand_velocity"], behavior_seq_len=5)
+    ends = np.array([ds.window(i)[1] for i in range(len(ds))])
+    inside = int(np.flatnonzero((ends > 4.6) & (ends < 5.4))[0])   # the window and its samples' reach: in the gap
+    item, before = ds[inside], ds[inside - 40]
+    assert item["behavior_mask"]["hand_velocity"] == False and before["behavior_mask"]["hand_velocity"] == True  # noqa: E712
+    assert item["behavior"]["hand_velocity"].shape == (2,) and (item["behavior"]["hand_velocity"] == 0).all()
+    assert item["behavior_seq"]["hand_velocity"].shape == (5, 2) and not item["behavior_seq_mask"]["hand_velocity"].any()
+    f = behavior_features(np.zeros(0), np.zeros(0), np.array([0.0]), np.array([0.05]))   # (T,) with T = 0
+    assert f["mean"].shape == (1, 1) and f["mask"].tolist() == [False]
+
+
 # --------------------------------------------------------------------------------------------
 # streaming
 # --------------------------------------------------------------------------------------------

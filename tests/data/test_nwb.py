@@ -224,6 +224,37 @@ def test_unsorted_spike_times_are_sorted_with_warning(tmp_path):
     assert t.tolist() == [1.1, 1.2, 1.3, 1.5, 1.9] and u.tolist() == [0, 1, 1, 0, 0]
 
 
+def test_columns_named_like_an_index_and_partial_unit_observation(tmp_path):
+    """A motor-cortex file's own `target_index` trial column and `shank_index` unit column are
+    data (only `tags_index` beside `tags` is a ragged index): both are kept; they were dropped
+    silently. Units whose `obs_intervals` cover part of the session are named in a warning
+    (outside their intervals they have no spikes, read as silence), and every unit's observed
+    span is kept as /units/obs_start, obs_end, obs_s."""
+    nwb = NWBFile(session_description="t", identifier="t",
+                  session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    nwb.add_unit_column("shank_index", "shank")
+    spans = [[[100.0, 200.0]], [[100.0, 150.0]], [[100.0, 120.0], [180.0, 200.0]]]
+    for k, iv in enumerate(spans):
+        nwb.add_unit(spike_times=[iv[0][0] + 1.0 + k], obs_intervals=iv, shank_index=k % 2)
+    nwb.add_trial_column("target_index", "which of 8 targets")
+    nwb.add_trial(start_time=101.0, stop_time=102.0, target_index=3)
+    nwb.add_trial(start_time=103.0, stop_time=104.0, target_index=7)
+    nwb.add_epoch(start_time=100.0, stop_time=110.0, tags=["reach"])
+    with NWBHDF5IO(str(tmp_path / "m1.nwb"), "w") as io:
+        io.write(nwb)
+    with pytest.warns(UserWarning, match=r"units/obs_intervals: 2 of 3 units were recorded for only part of the "
+                                         r"100 s the units cover \(unit 1: 50 s \(100\.0-150\.0\), 2: 40 s "
+                                         r"\(100\.0-200\.0\)\).*neurofm split"):
+        convert_nwb(tmp_path / "m1.nwb", tmp_path / "m1.h5")
+    with Session(tmp_path / "m1.h5") as s:
+        assert s.intervals("trials")["target_index"].tolist() == [3, 7]
+        assert s.intervals("epochs")["tags"].tolist() == ["reach"] and "tags_index" not in s.intervals("epochs")
+        table = s.unit_table()
+        assert table["shank_index"].tolist() == [0, 1, 0]
+        assert table["obs_start"].tolist() == [100.0, 100.0, 100.0] and table["obs_end"].tolist() == [200.0, 150.0, 200.0]
+        assert table["obs_s"].tolist() == [100.0, 50.0, 40.0]
+
+
 def test_neither_units_nor_electrical_series(tmp_path):
     path = make_nwb(tmp_path / "empty.nwb", units=False, electrical=False)
     out = tmp_path / "s.h5"

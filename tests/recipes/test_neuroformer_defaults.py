@@ -213,6 +213,31 @@ def test_unit_text_takes_the_behaviours_unit_string():
     assert recipe._unit_text("") == "units"
 
 
+def test_inspect_does_not_call_a_reaching_task_mostly_rest(tmp_path, capsys):
+    """Reaching with rest between movements (move 1 s, still 3 s, all session): about half
+    the windows of every block move. The test block moves as much as the training block, so
+    inspect names the scored windows without "mostly rest" and the `neurofm split` advice (it
+    said both when under half of the test windows moved, whatever the training block did)."""
+    rng = np.random.default_rng(3)
+    times = np.sort(rng.uniform(0.0, DURATION, int(20 * DURATION)))
+    ts = np.arange(0.0, DURATION, 0.01)
+    phase = ts % 4.0
+    out = np.where(phase < 1.0, 0.5 - 0.5 * np.cos(np.pi * phase), 1.0)   # out in 1 s, hold 3 s, back
+    x = 80.0 * np.where((ts // 4.0) % 2 == 0, out, 1.0 - out)
+    path = tmp_path / "reach.h5"
+    with SessionWriter(path, session_id="reach") as w:
+        w.add_units(["u0", "u1"])
+        w.add_spikes(times, rng.integers(0, 2, len(times)), t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="mm")
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    t = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]["test_block"]
+    test_share, train_share = t["n_test_moving"] / t["n_test_windows"], t["n_train_moving"] / t["n_train_windows"]
+    assert 0.25 < test_share < 0.5 and abs(test_share - train_share) < 0.15   # the case the old rule flagged
+    assert cli.main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "windows moving" in text and "mostly rest" not in text and "neurofm split FILE" not in text
+
+
 # -- 2. scoring that cannot mislead -------------------------------------------------------------
 
 
