@@ -97,6 +97,9 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     # position is scored on moving windows (threshold from the data), and the protocol says how many
     assert "test windows where the animal moves" in ft_metrics["protocol"]
     assert f"{ft_metrics['metrics']['position_n_scored']} of " in ft_metrics["protocol"]
+    # every loss the decode report states is a limitation of the run (terminal summary, card)
+    losses = [v for rep in ft_metrics["decode_report"].values() for v in rep["verdicts"] if " LOSES to " in v]
+    assert all(any(v in x for x in ft_metrics.get("limitations", [])) for v in losses)
     # block sizes: chosen from the pretraining data (<= 0.5% dropped there), kept by the fine-tune
     assert ft_metrics["tokenizer"]["block_size"] == pre_metrics["tokenizer"]["block_size"]
     assert max(pre_metrics["tokenizer"]["dropped_fraction_train"].values()) <= 0.005

@@ -1522,6 +1522,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         y = test["beh_true"][name][m]
         rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
         reports[name] = rep
+        limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
         results[f"{name}_r2"] = rep.row("model").values["r2"]
         results[f"{name}_pearson_r"] = rep.row("model").values["pearson_r"]
         results[f"{name}_n_scored"] = int(m.sum())
