@@ -158,6 +158,22 @@ the test block, within the CIs: the training-block gain did not carry to the tes
 first version of the rule (each fold choosing its own penalty again) scored the same runs'
 event CV lower and took the token mean in 3 of 6 (seed 0 pretrained then 0.920 vs 0.901).
 
+The other encoding scales, same code, the same cached pretraining runs (2026-12-03 16:37-17:00
+UTC, two seeds' chains at a time, load 6-13, nice 8), mean over seeds 0-2 [95% t-interval];
+AUROC, R2:
+
+| encoding | pretrained           | random init          | band power           | probe, pretrained / random init | pretrained - random init (AUROC) | pretrained - band power (AUROC) |
+|----------|----------------------|----------------------|----------------------|---------------------------------|----------------------------------|---------------------------------|
+| coords   | 0.904 [0.883, 0.926]; 0.753 | 0.895; 0.753 | 0.900; 0.753 | 0.657 / 0.587 | +0.009 [-0.031, 0.049] | +0.004 [-0.012, 0.020] |
+| parcel   | 0.894 [0.871, 0.917]; 0.753 | 0.879; 0.753 | 0.900; 0.753 | 0.688 / 0.578 | +0.015 [-0.095, 0.126] | -0.006 [-0.034, 0.021] |
+| lobe     | 0.877 [0.809, 0.946]; 0.753 | 0.896; 0.753 | 0.900; 0.753 | 0.684 / 0.506 | -0.018 [-0.078, 0.042] | -0.023 [-0.091, 0.045] |
+
+Force R2 is the band-power fit in every run (pretrained minus either: 0.000). Parcel vs coords
+(the paper: parcel 0.86 vs channel 0.78): 0.894 vs 0.904 fine-tuned, 0.688 vs 0.657 on the frozen
+probes, no interval excluding 0; the frozen probes are where pretraining shows (pretrained above
+random init at every scale, by 0.07-0.18 AUROC), and the band-power start leaves the fine-tuned
+rows at band power.
+
 Measured, part 3 quick, today's fine-tuning recipe (2026-12-03 10:24-10:31, shared 2-core CPU
 at load 1-5, one thread per process, seeds 0 and 1 in parallel, then seed 2; the 9 pretraining
 runs of the table below reused, 1,520 steps each): ``--only subjects --quick --reuse-pretrain
