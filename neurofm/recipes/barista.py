@@ -643,6 +643,7 @@ def task(cfg: RunConfig, dm):
     if t.pretrained and t.from_scratch:
         torch.manual_seed(cfg.seed)
         encoder = BaristaEncoder(cfg.model)  # prepare() took the pretrained shape; the weights stay random
+        print(f"neurofm: from scratch: random init in the shape of {t.pretrained}", file=sys.stderr)
     elif t.pretrained:
 
         loaded = load_pretrained(t.pretrained)
@@ -873,7 +874,7 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
         why = f"penalty {alpha:g}, {n} training segments"
     elif np.isfinite(gain):
         why = (f"blocked-CV {metric} on {n} training segments: " + ", ".join(f"{k_} {v:.3f}" for k_, v in cv.items())
-               + f"; the token mean's gain {gain:+.4f} +- {se:.4f} paired SE: used only when it exceeds "
+               + f"; the token mean's gain {gain:+.3g} +- {se:.2g} paired SE: used only when it exceeds "
                f"{START_SE:g} SE")
     else:
         why = f"no blocked-CV comparison ({why_no_cv or 'too few segments'}), so band power alone"
@@ -1392,7 +1393,7 @@ def _start_line(start: dict, arm: str | None) -> str:
     if start.get("gain") is not None and start.get("paired_se") is not None:
         line += (f"; blocked-CV {start['score']} on {start['n_segments']} training segments: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in start["cv"].items() if v is not None)
-                 + f"; the token mean's gain {start['gain']:+.4f} +- {start['paired_se']:.4f} paired SE "
+                 + f"; the token mean's gain {start['gain']:+.3g} +- {start['paired_se']:.2g} paired SE "
                  f"({'>' if chosen == START_BOTH else '<='} {START_SE:g} SE)")
     elif chosen == START_BAND_POWER:
         line += " (no blocked-CV comparison: too few segments)"

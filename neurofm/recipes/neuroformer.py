@@ -1188,7 +1188,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         if np.isfinite(gain):
             scores = ", ".join(f"{k} {x:.3f}" for k, x in cv.items())
             why = (f"blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; the pooled state's "
-                   f"gain {gain:+.4f} +- {se:.4f} paired SE over {cfg.data.label_chunk_s:g} s blocks: used only when "
+                   f"gain {gain:+.3g} +- {se:.2g} paired SE over {cfg.data.label_chunk_s:g} s blocks: used only when "
                    f"the gain exceeds one SE")
         else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
             why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "

@@ -214,7 +214,7 @@ class StartingPoint(L.Callback):
             if not math.isfinite(se):
                 sel["why"] = f"{p['n_blocks']} validation block(s): no paired standard error, the plain comparison"
             else:
-                sel["why"] = (f"paired gain {gain:+.4f} {'>' if keep else '<='} {SELECTION_SE:g} x paired SE {se:.4f} "
+                sel["why"] = (f"paired gain {gain:+.3g} {'>' if keep else '<='} {SELECTION_SE:g} x paired SE {se:.2g} "
                               f"({p['n_blocks']} validation blocks)")
             if not keep:
                 self._restore_start(trainer, monitor)

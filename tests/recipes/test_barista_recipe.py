@@ -188,7 +188,7 @@ def test_classification_report_and_roc_plot(session, tmp_path):
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
 
 
-def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, tmp_path):
+def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, tmp_path, capsys):
     import torch
 
     pre_cfg = _config([session])
@@ -198,7 +198,9 @@ def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, 
     cfg = recipe.prepare(recipe.finetune_config(str(tmp_path / "enc"), [session], events="word_onset",
                                                 from_scratch=True, run_dir=str(tmp_path / "ft")))
     assert cfg.task.from_scratch and cfg.model.d_model == 16
+    capsys.readouterr()
     task = recipe.task(cfg, recipe.datamodule(cfg))
+    assert f"from scratch: random init in the shape of {tmp_path / 'enc'}" in capsys.readouterr().err  # as spikes say
     assert task.encoder.config.to_dict() == pre.export_encoder().config.to_dict()
     w_pre = pre.export_encoder().backbone.state_dict()
     w_new = task.encoder.backbone.state_dict()
