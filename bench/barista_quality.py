@@ -678,7 +678,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
     ``reuse_pretrain``: a pretraining run already in ``out`` (its ``metrics.json`` and
     ``pretrained/``) is read instead of run again. ``ft_patience`` > 0: fine-tunes keep the best
     validation checkpoint (the step-0 start included) and score it; 0: the final weights.
-    ``model_extra``: model settings added to the pretraining runs' (e.g. ``token_scales``)."""
+    ``model_extra``: model settings added to the pretraining runs' (e.g. ``token_scales``,
+    ``power_target``)."""
     from neurofm.data.synthetic import simulate_ieeg_subjects
 
     seeds = seeds if seeds is not None else _subject_size("seeds", quick)
@@ -868,6 +869,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--token-scales", action="store_true",
                     help="subjects part: pretrain with model.token_scales (the tokenizer's LayerNorm scales "
                          "added to each token; off = the faithful tokenizer)")
+    ap.add_argument("--power-target", type=float, default=0.0, metavar="W",
+                    help="subjects part: pretrain with model.power_target W (masked tokens also predict their "
+                         "patch's standardised log band power, weight W; 0 = the published objective)")
     ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
                     help="subjects part: print one table over the seeds of these --json files (seeds run as "
                          "separate processes) and write it to --json; runs nothing")
@@ -896,7 +900,9 @@ def main(argv=None) -> dict:
                                        args.seeds, partial=args.out / "subjects_partial.json",
                                        scales=tuple(args.scales), reuse_pretrain=args.reuse_pretrain,
                                        ft_patience=args.finetune_patience,
-                                       model_extra={"token_scales": True} if args.token_scales else None)
+                                       model_extra={**({"token_scales": True} if args.token_scales else {}),
+                                                    **({"power_target": args.power_target} if args.power_target
+                                                       else {})} or None)
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")

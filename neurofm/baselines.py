@@ -22,6 +22,7 @@ import numpy as np
 from scipy import optimize, signal, sparse
 
 from neurofm import metrics
+from neurofm.bands import BANDS  # the canonical iEEG bands (re-exported: baselines.BANDS)
 
 __all__ = [
     "bin_spikes", "bin_timeseries", "aligned_counts", "history_features", "band_power", "BANDS",
@@ -29,11 +30,6 @@ __all__ = [
     "Logistic", "BandPowerLogistic",
 ]
 
-# Canonical iEEG bands (Hz), [low, high).
-BANDS: dict[str, tuple[float, float]] = {
-    "delta": (1.0, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
-    "gamma": (30.0, 70.0), "high_gamma": (70.0, 150.0),
-}
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
 
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from neurofm.atlas import SpatialVocab
+from neurofm.bands import resolved_bands
 from neurofm.config import from_dict
 from neurofm.hub import PretrainedMixin
 from neurofm.nn.attention import Packed, pack, varlen_is_free
@@ -43,7 +44,7 @@ from neurofm.nn.transformer import Block
 __all__ = [
     "BaristaConfig", "CNNTokenizer", "SpatialEmbedding", "BaristaBackbone", "BaristaEncoder", "Barista",
     "Predictor", "TokenWeightingHead", "PooledHead", "ChannelReconstructionHead", "spatial_mask",
-    "STATE_VERSION", "upgrade_state_dict",
+    "STATE_VERSION", "upgrade_state_dict", "patch_log_band_power",
 ]
 
 ENCODE_SCALES = ("coords", "parcel", "lobe")
@@ -101,6 +102,10 @@ class BaristaConfig:
     predictor_layers: int = 3
     predictor_final_gelu: bool = False
     mask_token_std: float = 0.02
+    # 0 (faithful): the published objective. > 0: plus this weight x the MSE of a linear read of
+    # each masked token that predicts its patch's standardised log band power (an extension
+    # beyond DESIGN.md 4; see Barista.pretrain_loss). Pretraining only: no encoder weight changes
+    power_target: float = 0.0
     # regularisation and numerics
     dropout: float = 0.1
     attn_dropout: float = 0.0
@@ -142,6 +147,9 @@ class BaristaConfig:
             raise ValueError(f"BaristaConfig.cnn_kernel must be odd ('same' padding), got {self.cnn_kernel}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"BaristaConfig.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not (math.isfinite(self.power_target) and self.power_target >= 0.0):
+            raise ValueError(f"BaristaConfig.power_target must be a finite weight >= 0 (0 = the published "
+                             f"objective), got {self.power_target}")
         if self.spatial_vocab is not None:
             vocab = SpatialVocab.from_dict(self.spatial_vocab)
             if vocab.n_parcels > self.n_parcels:
@@ -687,6 +695,30 @@ def spatial_mask(category: Tensor, channel_mask: Tensor | None, ratio: float,
     return chosen_by_id.gather(1, ids) & real
 
 
+def patch_log_band_power(patches: Tensor, sampling_rate: float, bands: Mapping[str, tuple[float, float]]) -> Tensor:
+    """``(P, L)`` patches -> ``(P, n_bands)`` natural-log mean power in each band.
+
+    One periodogram per patch: the patch's mean removed, a periodic Hann window (as Welch's
+    method in :func:`neurofm.baselines.band_power` uses), ``|rfft|^2``; a band's power is the
+    mean over the bins ``low <= f < high``. Computed in float32 whatever the patches' dtype.
+    Every band must hold a bin (:func:`neurofm.bands.resolved_bands` chooses such bands).
+    """
+    L = patches.shape[-1]
+    x = patches.float()
+    x = x - x.mean(-1, keepdim=True)
+    window = torch.hann_window(L, periodic=True, dtype=x.dtype, device=x.device)
+    power = torch.fft.rfft(x * window).abs().pow(2) / window.pow(2).sum()  # (P, L // 2 + 1)
+    freqs = torch.fft.rfftfreq(L, d=1.0 / sampling_rate).to(x.device)
+    out = []
+    for name, (lo, hi) in bands.items():
+        sel = (freqs >= lo) & (freqs < hi)
+        if not bool(sel.any()):
+            raise ValueError(f"patch_log_band_power: band {name!r} [{lo}, {hi}) Hz holds no bin of a {L}-sample "
+                             f"patch at {sampling_rate:g} Hz; choose bands with neurofm.bands.resolved_bands")
+        out.append(power[:, sel].mean(-1))
+    return torch.log(torch.stack(out, -1) + torch.finfo(x.dtype).tiny)
+
+
 class Barista(nn.Module, _BaristaState, PretrainedMixin):
     """The pretraining model: online encoder, EMA target tokenizer, mask token, predictor.
 
@@ -695,6 +727,11 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
     tokens and predicts, at the masked positions, the tokens the EMA tokenizer makes of the
     original patches (stop-gradient targets). :meth:`update_ema` after each optimizer step;
     :meth:`export_encoder` for fine-tuning.
+
+    With ``config.power_target`` > 0 (an extension beyond DESIGN.md 4, off by default) a
+    ``power_head`` (``Linear(d -> n_bands)``) also reads each masked token and predicts its
+    patch's log band power in :attr:`power_bands`; see :meth:`pretrain_loss`. The head lives
+    here, like the predictor, so the exported encoder has the published weights' shapes.
     """
 
     config_class = BaristaConfig
@@ -709,6 +746,20 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
         self.predictor = Predictor(cfg.d_model, cfg.d_model, cfg.predictor_layers, cfg.predictor_dropout,
                                    cfg.predictor_final_gelu)
         _init_weights(self.predictor, cfg.init_std)
+        #: the bands of the power target: the canonical ones a patch resolves (one FFT bin or more)
+        self.power_bands: dict[str, tuple[float, float]] = {}
+        self.power_head: nn.Linear | None = None
+        if cfg.power_target > 0:
+            self.power_bands = resolved_bands(cfg.sampling_rate, cfg.patch_len)
+            if not self.power_bands:
+                raise ValueError(f"BaristaConfig.power_target: a patch of {cfg.patch_len} samples at "
+                                 f"{cfg.sampling_rate:g} Hz resolves none of the canonical bands "
+                                 "(neurofm.bands.BANDS); use longer patches or power_target 0")
+            # its init draws on a forked generator: every other weight, dropout and mask draw is
+            # the published model's under the same seed, so only the term's gradient differs
+            with torch.random.fork_rng(devices=[]):
+                self.power_head = nn.Linear(cfg.d_model, len(self.power_bands))
+                _init_weights(self.power_head, cfg.init_std)
 
     def train(self, mode: bool = True) -> "Barista":
         super().train(mode)
@@ -735,20 +786,39 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
 
     def pretrain_loss(self, batch: Mapping[str, Tensor], mask: Tensor | None = None,
                       generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Masked latent reconstruction.
+        """Masked latent reconstruction (+ the optional band-power target).
 
-        Returns ``{"loss", "pred_std", "target_std", "latent_r2", "mask_ratio"}``: MSE over
-        masked tokens and features; the standard deviation over masked tokens of predictions
-        and targets, averaged over features; ``latent_r2 = 1 - loss / var``, with ``var`` the
-        targets' variance over the masked tokens averaged over features, i.e. the loss of a
-        predictor that outputs this batch's mean target (the trivial solution) -- near 0 (or
-        below) while the predictor has learned nothing beyond the mean, whatever the targets'
-        scale; the fraction of real tokens masked.
+        Returns ``{"loss", "latent_mse", "pred_std", "target_std", "latent_r2", "mask_ratio"}``:
+        ``latent_mse``, the MSE over masked tokens and features (the published objective); the
+        standard deviation over masked tokens of predictions and targets, averaged over
+        features; ``latent_r2 = 1 - latent_mse / var``, with ``var`` the targets' variance over
+        the masked tokens averaged over features, i.e. the loss of a predictor that outputs this
+        batch's mean target (the trivial solution) -- near 0 (or below) while the predictor has
+        learned nothing beyond the mean, whatever the targets' scale; the fraction of real
+        tokens masked. ``loss`` is ``latent_mse`` when ``config.power_target`` is 0.
+
+        ``power_target`` > 0 (an extension beyond DESIGN.md 4: the latent targets come from a
+        tokenizer whose parameter-free LayerNorms remove each patch's amplitude, and that
+        objective was measured not to put a channel's band power into its tokens): ``loss =
+        latent_mse + power_target * power_mse``, where ``power_head`` reads each masked
+        (channel, patch) token and predicts that patch's natural-log band power
+        (:func:`patch_log_band_power`) in each of :attr:`power_bands` -- the canonical bands
+        (:data:`neurofm.bands.BANDS`) holding at least one FFT bin of a patch
+        (:func:`neurofm.bands.resolved_bands`) -- standardised per band with this batch's
+        masked patches' mean and standard deviation (no running state; the scale of the loss is
+        then the same in every band and batch). The power is that of ``batch["x"]``, the
+        model's own input: per-segment z-scored when the data are (the default), so it is the
+        patch's power relative to its channel's segment, which is all the model can see and
+        what the band-power baselines read too. A masked channel's input is hidden, so the
+        power has to come from the observed channels' tokens: the gradient reaches the
+        tokenizer through them. Also returns ``power_mse`` and ``power_r2 = 1 - power_mse /
+        var`` (``var`` of the standardised targets, 1 per band: 0 = the batch's mean power).
         """
         if mask is None:
             mask = self.choose_mask(batch, generator)
         h = self.encoder(batch, mask=mask, mask_token=self.mask_token)  # (B, n, C, d)
-        pred = self.predictor(h.transpose(1, 2)[mask])  # (M, n, d): masked channels, all patches
+        h_masked = h.transpose(1, 2)[mask]  # (M, n, d): masked channels, all patches
+        pred = self.predictor(h_masked)
         with torch.no_grad():
             patches = self.encoder.patches(batch["x"])[mask]  # (M, n, L)
             target = self.target_tokenizer(patches.reshape(-1, patches.shape[-1])).view_as(pred)
@@ -757,9 +827,24 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
         n_real = mask.numel() if channel_mask is None else int(channel_mask.sum())
         flat_p, flat_t = pred.detach().reshape(-1, pred.shape[-1]).float(), target.reshape(-1, pred.shape[-1]).float()
         trivial = flat_t.var(0, unbiased=False).mean()  # MSE of the batch's mean target
-        r2 = 1.0 - loss.detach() / trivial.clamp(min=torch.finfo(trivial.dtype).tiny)
-        return {"loss": loss, "pred_std": flat_p.std(0).mean(), "target_std": flat_t.std(0).mean(),
-                "latent_r2": r2, "mask_ratio": mask.sum() / max(n_real, 1)}
+        tiny = torch.finfo(trivial.dtype).tiny
+        r2 = 1.0 - loss.detach() / trivial.clamp(min=tiny)
+        out = {"loss": loss, "latent_mse": loss.detach(), "pred_std": flat_p.std(0).mean(),
+               "target_std": flat_t.std(0).mean(), "latent_r2": r2, "mask_ratio": mask.sum() / max(n_real, 1)}
+        if self.power_head is None:
+            return out
+        with torch.no_grad():
+            power = patch_log_band_power(patches.reshape(-1, patches.shape[-1]), self.config.sampling_rate,
+                                         self.power_bands)  # (M * n, n_bands)
+            mean, sd = power.mean(0), power.std(0, unbiased=False)
+            z = (power - mean) / sd.clamp(min=1e-6)
+        power_pred = self.power_head(h_masked.reshape(-1, h_masked.shape[-1])).float()  # (M * n, n_bands)
+        power_mse = F.mse_loss(power_pred, z)
+        out["loss"] = loss + self.config.power_target * power_mse
+        out["power_mse"] = power_mse.detach()
+        var = z.var(0, unbiased=False).mean()  # 1, or 0 when the batch masks a single patch
+        out["power_r2"] = torch.where(var > 0, 1.0 - power_mse.detach() / var.clamp(min=tiny), torch.zeros_like(var))
+        return out
 
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:

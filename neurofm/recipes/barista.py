@@ -885,20 +885,24 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
 def _evaluate_pretraining(cfg, task, dm):
     task.model.cpu().eval()
     dm.setup("test")
-    outs: dict[str, list[float]] = {"loss": [], "trivial": [], "pred_std": [], "target_std": []}
+    outs: dict[str, list[float]] = {"loss": [], "trivial": [], "pred_std": [], "target_std": [], "power_mse": []}
     with torch.no_grad():
         for i, batch in enumerate(dm.loader("test")):
             g = torch.Generator().manual_seed(1_000_003 * (i + 1))
             out = task.model.pretrain_loss(batch, generator=g)
-            loss, r2 = float(out["loss"]), float(out["latent_r2"])
+            loss, r2 = float(out["latent_mse"]), float(out["latent_r2"])  # the latent term alone
             outs["loss"].append(loss)
             outs["trivial"].append(loss / (1.0 - r2) if r2 < 1.0 else float("nan"))  # MSE of the mean target
             outs["pred_std"].append(float(out["pred_std"]))
             outs["target_std"].append(float(out["target_std"]))
+            if "power_mse" in out:  # model.power_target > 0; standardised targets: the mean scores MSE 1
+                outs["power_mse"].append(float(out["power_mse"]))
     mean = {k: float(np.nanmean(v)) if v else float("nan") for k, v in outs.items()}
     metrics: dict[str, Any] = {"test_masked_latent_mse": mean["loss"],
                                "test_masked_latent_r2": 1.0 - mean["loss"] / mean["trivial"],
                                "test_pred_std": mean["pred_std"], "test_target_std": mean["target_std"]}
+    if outs["power_mse"]:
+        metrics["test_masked_power_r2"] = 1.0 - mean["power_mse"]
     baselines: dict[str, dict[str, float]] = {
         "mean target (the trivial predictor)": {"test_masked_latent_mse": mean["trivial"],
                                                 "test_masked_latent_r2": 0.0}}
