@@ -872,6 +872,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--power-target", type=float, default=0.0, metavar="W",
                     help="subjects part: pretrain with model.power_target W (masked tokens also predict their "
                          "patch's standardised log band power, weight W; 0 = the published objective)")
+    ap.add_argument("--power-positions", choices=("masked", "all"), default="masked",
+                    help="subjects part, with --power-target: the tokens whose patch power is predicted (model."
+                         "power_positions): the masked ones (default) or all real ones")
     ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
                     help="subjects part: print one table over the seeds of these --json files (seeds run as "
                          "separate processes) and write it to --json; runs nothing")
@@ -901,8 +904,9 @@ def main(argv=None) -> dict:
                                        scales=tuple(args.scales), reuse_pretrain=args.reuse_pretrain,
                                        ft_patience=args.finetune_patience,
                                        model_extra={**({"token_scales": True} if args.token_scales else {}),
-                                                    **({"power_target": args.power_target} if args.power_target
-                                                       else {})} or None)
+                                                    **({"power_target": args.power_target,
+                                                        "power_positions": args.power_positions}
+                                                       if args.power_target else {})} or None)
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")

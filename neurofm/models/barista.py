@@ -49,6 +49,7 @@ __all__ = [
 
 ENCODE_SCALES = ("coords", "parcel", "lobe")
 MASK_SCALES = ("channel", "parcel", "lobe")
+POWER_POSITIONS = ("masked", "all")
 _SCALE_ALIASES = {"channel": "coords", "coord": "coords", "coordinates": "coords", "parcels": "parcel",
                   "lobes": "lobe"}
 _MASK_ALIASES = {"coords": "channel", "coord": "channel", "coordinates": "channel", "channels": "channel",
@@ -106,6 +107,9 @@ class BaristaConfig:
     # each masked token that predicts its patch's standardised log band power (an extension
     # beyond DESIGN.md 4; see Barista.pretrain_loss). Pretraining only: no encoder weight changes
     power_target: float = 0.0
+    # which tokens the power head reads: "masked" (their power from the context) or "all" (also
+    # every observed token, its own patch's power: the direct way to keep amplitude in the tokens)
+    power_positions: str = "masked"
     # regularisation and numerics
     dropout: float = 0.1
     attn_dropout: float = 0.0
@@ -150,6 +154,9 @@ class BaristaConfig:
         if not (math.isfinite(self.power_target) and self.power_target >= 0.0):
             raise ValueError(f"BaristaConfig.power_target must be a finite weight >= 0 (0 = the published "
                              f"objective), got {self.power_target}")
+        if self.power_positions not in POWER_POSITIONS:
+            raise ValueError(f"BaristaConfig.power_positions must be one of {POWER_POSITIONS}, got "
+                             f"{self.power_positions!r}")
         if self.spatial_vocab is not None:
             vocab = SpatialVocab.from_dict(self.spatial_vocab)
             if vocab.n_parcels > self.n_parcels:
@@ -810,9 +817,12 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
         model's own input: per-segment z-scored when the data are (the default), so it is the
         patch's power relative to its channel's segment, which is all the model can see and
         what the band-power baselines read too. A masked channel's input is hidden, so the
-        power has to come from the observed channels' tokens: the gradient reaches the
-        tokenizer through them. Also returns ``power_mse`` and ``power_r2 = 1 - power_mse /
-        var`` (``var`` of the standardised targets, 1 per band: 0 = the batch's mean power).
+        power has to come from the observed channels' tokens (or from where the channel is: its
+        spatial embedding): the gradient reaches the tokenizer through them. With
+        ``config.power_positions = "all"`` the head also reads every observed (channel, patch)
+        token, whose own patch it sees, and the standardisation spans all real tokens. Also
+        returns ``power_mse`` and ``power_r2 = 1 - power_mse / var`` (``var`` of the
+        standardised targets, 1 per band: 0 = the batch's mean power).
         """
         if mask is None:
             mask = self.choose_mask(batch, generator)
@@ -833,12 +843,17 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
                "target_std": flat_t.std(0).mean(), "latent_r2": r2, "mask_ratio": mask.sum() / max(n_real, 1)}
         if self.power_head is None:
             return out
+        h_read = h_masked
+        if self.config.power_positions == "all":  # every real channel, masked or observed
+            real = torch.ones_like(mask) if channel_mask is None else channel_mask.bool()
+            h_read = h.transpose(1, 2)[real]  # (K, n, d)
+            patches = self.encoder.patches(batch["x"])[real]  # (K, n, L)
         with torch.no_grad():
             power = patch_log_band_power(patches.reshape(-1, patches.shape[-1]), self.config.sampling_rate,
-                                         self.power_bands)  # (M * n, n_bands)
+                                         self.power_bands)  # (tokens read, n_bands)
             mean, sd = power.mean(0), power.std(0, unbiased=False)
             z = (power - mean) / sd.clamp(min=1e-6)
-        power_pred = self.power_head(h_masked.reshape(-1, h_masked.shape[-1])).float()  # (M * n, n_bands)
+        power_pred = self.power_head(h_read.reshape(-1, h_read.shape[-1])).float()  # (tokens read, n_bands)
         power_mse = F.mse_loss(power_pred, z)
         out["loss"] = loss + self.config.power_target * power_mse
         out["power_mse"] = power_mse.detach()

@@ -469,6 +469,26 @@ def test_power_target_gradient_reaches_the_tokenizer_and_backbone_not_the_ema_ta
     assert not any(n.startswith("target_tokenizer") for n in latent)
 
 
+def test_power_positions_all_reads_every_real_token_and_masked_only_the_masked():
+    """"masked": the head's targets are the masked patches' powers; "all": every real (channel,
+    patch) token's, padding never. Same latent term either way."""
+    torch.manual_seed(0)
+    cfg = power_small(power_target=1.0)
+    model = Barista(cfg).eval()
+    batch = make_batch(cfg, n_real=[8, 5, 3])
+    mask = model.choose_mask(batch, torch.Generator().manual_seed(0))
+    seen = []
+    model.power_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    with torch.no_grad():
+        a = model.pretrain_loss(batch, mask=mask)
+        model.config = cfg.replace(power_positions="all")
+        b = model.pretrain_loss(batch, mask=mask)
+    assert seen == [int(mask.sum()) * cfg.n_patches, 16 * cfg.n_patches]  # masked tokens; all 8 + 5 + 3 real
+    assert torch.equal(a["latent_mse"], b["latent_mse"]) and not torch.equal(a["power_mse"], b["power_mse"])
+    with pytest.raises(ValueError, match="power_positions"):
+        power_small(power_positions="observed")
+
+
 def test_power_target_config_round_trip_reload_and_export(tmp_path):
     """The weight round-trips through the config (JSON and a saved folder, head included); the
     exported encoder has the published encoder's weights and shapes (the head stays in
