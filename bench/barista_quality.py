@@ -248,6 +248,52 @@ cost), and on this evidence the gain, if any, is small; an objective that reward
 (e.g. a band-power target in pretraining) would be the next thing to measure, not more seeds
 of this one.
 
+``model.power_target`` (``--power-target W``, ``--power-positions``; issue 11, the measurement
+named above): pretraining also asks a ``Linear(d -> 5)`` head to predict each masked patch's log
+band power (theta, alpha, beta, gamma, high gamma: the canonical bands holding a 4 Hz bin of a
+64-sample patch at 256 Hz; batch-standardised), loss = latent MSE + W x power MSE. Measured
+2026-12-03 15:44-16:50 (shared 2-core CPU at load 5-12, one thread per process, two or three
+runs in parallel): seed 0, parcel, quick sizes, each variant one pretraining (1,520 steps, batch
+8, 824-1,129 s) then the 4 fine-tunes (``--finetune-patience 15``) on the same held-out segments
+(38 test events, 119 force segments, 100% of the held-out subject's training block labelled);
+the faithful row is the cached pretraining with its fine-tunes rerun by today's code
+(``--reuse-pretrain``), token_scales the zero-start row above. Test block, [95% block-bootstrap
+CI]; token HG / beta R2: the report's ``token_own_power_r2_*`` (random-init encoder: 0.115 /
+0.366); latent and power R2: the pretraining's test block:
+
+| pretraining                        | token HG R2 | token beta R2 | latent R2 | power R2 | event ROC-AUC        | grip-force R2          |
+|------------------------------------|-------------|---------------|-----------|----------|----------------------|------------------------|
+| faithful (published objective)     | 0.305       | 0.529         | 0.50      | -        | 0.861 [0.761, 0.940] | -0.042 [-0.189, 0.042] |
+| token_scales (zero start)          | 0.295       | 0.573         | 0.59      | -        | 0.898 [0.812, 0.974] | 0.049 [-0.195, 0.244]  |
+| power 1.0, masked positions        | 0.105       | 0.350         | -0.01     | 0.12     | 0.597 [0.442, 0.773] | -0.005 [-0.105, 0.000] |
+| power 1.0, masked + token_scales   | 0.125       | 0.261         | -0.01     | 0.14     | 0.642 [0.460, 0.799] | -0.005 [-0.113, 0.016] |
+| power 0.1, masked positions        | 0.112       | 0.364         | -0.01     | 0.15     | 0.491 [0.358, 0.637] | -0.012 [-0.133, 0.036] |
+| power 1.0, all positions           | 0.328       | 0.582         | -0.01     | 0.18     | 0.642 [0.485, 0.821] | 0.091 [-0.034, 0.159]  |
+| POWER_ALL_TS_ROW |
+| random init (same fine-tuning)     | -           | -             | -         | -        | 0.619                | -0.225                 |
+| band power (logistic / ridge)      | -           | -             | -         | -        | 0.901                | 0.723                  |
+
+Reading: nothing helps; the published objective stays the default. With the term on, in every
+run the masked-latent objective never left its plateau in 1,520 steps (latent R2 -0.01 on
+validation at every epoch; the faithful run left it at ~720 steps, and so did all 6 faithful and
+token_scales runs of seeds 0-2 above), so these encoders are close to random ones and lose
+event AUROC (0.49-0.64 vs 0.86). At the masked positions the term does not put power into the
+tokens either (token HG R2 0.11-0.13, the random encoder's 0.12): it is met from where the
+channel is. ``bench/barista_power_lookup.py``: the training block's mean target per (parcel,
+patch) predicts the validation targets at R2 0.29 (theta 0.13 ... beta 0.46, high gamma 0.41),
+and the heads reached 0.12-0.18 on test (validation peaked at 0.28-0.33 after ~300 steps, then
+fell while the training R2 rose to 0.52: the term memorises the pretraining subjects). At all
+positions (each observed token also predicts its own patch's power) the tokens carry as much
+high-gamma power as after faithful pretraining (0.33 vs 0.31; below the 0.5 line, since the
+tokenizer's LayerNorms remove the amplitude the head would read) and the force fine-tune is
+the best of the table (0.09, interval spanning 0; band power 0.72), at -0.22 event AUROC. The
+weight's sensitivity was measured at one more value only (0.1, masked: the same plateau,
+AUROC 0.49); nothing was tuned on the held-out subject's test block beyond these five runs. One
+seed, one scale: seeds 1 and 2 were not run because no variant clearly helped on seed 0. What
+would be next: a power target that the spatial embedding cannot meet (e.g. each channel's
+power relative to its own mean over a longer context) and a budget long enough for the latent
+objective to leave its plateau with the term on (or the term switched on after it has).
+
 Before the probe start (random head, final weights), part 3 quick with 1,520 pretraining
 steps (2026-12-03, shared 2-core CPU at load ~10, one thread per process, seeds as parallel
 processes: parcel 08:30-08:45, coords + lobe 08:39-09:01): held-out subject, test block of 38-40 events and ~119 force segments per seed;
