@@ -281,8 +281,9 @@ event AUROC (0.49-0.64 vs 0.86). At the masked positions the term does not put p
 tokens either (token HG R2 0.11-0.13, the random encoder's 0.12): it is met from where the
 channel is. ``bench/barista_power_lookup.py``: the training block's mean target per (parcel,
 patch) predicts the validation targets at R2 0.29 (theta 0.13 ... beta 0.46, high gamma 0.41),
-and the heads reached 0.12-0.18 on test (validation peaked at 0.28-0.33 after ~300 steps, then
-fell while the training R2 rose to 0.52: the term memorises the pretraining subjects). At all
+and the heads reached 0.12-0.18 on test (validation peaked at 0.28-0.33 after 150-500 steps,
+then fell while the training R2 rose, to 0.52 at W 1.0: the term memorises the pretraining
+subjects' blocks). At all
 positions (each observed token also predicts its own patch's power) the tokens carry as much
 high-gamma power as after faithful pretraining (0.33 vs 0.31; below the 0.5 line, since the
 tokenizer's LayerNorms remove the amplitude the head would read) and the force fine-tune is
