@@ -1027,15 +1027,15 @@ def _token_power_metrics(cfg: RunConfig, task, dm, metrics: dict, baselines: dic
     low = {b: v for b, v in r2["pretrained"].items() if v < TOKEN_POWER_R2}
     if low:
         shown = ", ".join(f"{b.replace('_', ' ')} {v:.2f} (random init {r2['random'][b]:.2f})" for b, v in low.items())
-        options = []
-        if not cfg.model.token_scales:
-            options.append("model.token_scales=true adds the scales those LayerNorms remove to each token")
-        if not cfg.model.power_target:
-            options.append("model.power_target=1 makes pretraining also predict each masked patch's band power")
-        fix = ("" if not options else
-               "; " + " and ".join(options) + ": experimental options that on simulated subjects did not yet lift "
-               "this figure above 0.5 after pretraining (bench/barista_token_power.py measures where the power is "
-               "lost, bench/barista_quality.py the options)")
+        m = cfg.model
+        tried = m.token_scales and m.power_target > 0 and m.power_positions == "all"
+        fix = ("" if tried else
+               "; model.token_scales=true (the scales those LayerNorms remove, added to each token) with "
+               "model.power_target=1 and model.power_positions=all (pretraining also predicts every patch's band "
+               "power) is an experimental combination that on simulated held-out subjects lifted this figure above "
+               "0.5 and the grip-force fine-tune to band power's level, at a cost in event AUROC; either option "
+               "alone did not (bench/barista_quality.py; bench/barista_token_power.py measures where the power is "
+               "lost)")
         limitations.append(
             f"The tokens carry little of their own channel's band power: a ridge from a channel's token (mean over "
             f"patches) to that channel's log band power explains R2 {shown} on held-out segments, below "
