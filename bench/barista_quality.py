@@ -292,7 +292,7 @@ at an event-AUROC cost (0.778 vs 0.861, intervals overlapping; random init 0.619
 weight's sensitivity was measured at one more value only (0.1, masked: the same plateau, AUROC
 0.49); nothing was tuned on the held-out subject's test block beyond these six runs.
 
-SEEDS_1_2_PARAGRAPH
+Seeds 1 and 2 of the last row were not finished when this was written.
 
 Before the probe start (random head, final weights), part 3 quick with 1,520 pretraining
 steps (2026-12-03, shared 2-core CPU at load ~10, one thread per process, seeds as parallel
