@@ -292,7 +292,33 @@ at an event-AUROC cost (0.778 vs 0.861, intervals overlapping; random init 0.619
 weight's sensitivity was measured at one more value only (0.1, masked: the same plateau, AUROC
 0.49); nothing was tuned on the held-out subject's test block beyond these six runs.
 
-Seeds 1 and 2 of the last row were not finished when this was written.
+Seeds 1 and 2 of the last row (16:41-16:58, two processes in parallel, 492 s of pretraining
+each; same protocol, 38-39 test events, ~119 force segments), against the faithful rows of the
+3-seed table above (seeds 1, 2: the 10:24 fine-tunes of the same cached pretraining; on seed 0
+today's rerun gave the same AUROC and force R2 within 0.003), token HG R2 from the same check:
+
+| seed | event ROC-AUC, variant | faithful | random init | band power | force R2, variant    | faithful | random init | band power | token HG R2, variant / faithful | latent R2, variant / faithful |
+|------|------------------------|----------|-------------|------------|----------------------|----------|-------------|------------|---------------------------------|-------------------------------|
+| 0    | 0.778 [0.675, 0.883]   | 0.861    | 0.619       | 0.901      | 0.764 [0.702, 0.818] | -0.042   | -0.225      | 0.723      | 0.787 / 0.305                   | 0.09 / 0.50                   |
+| 1    | 0.689 [0.529, 0.841]   | 0.692    | 0.592       | 0.903      | 0.569 [0.455, 0.662] | -0.054   | -0.006      | 0.818      | 0.861 / 0.239                   | 0.38 / 0.47                   |
+| 2    | 0.767 [0.664, 0.890]   | 0.519    | 0.524       | 0.898      | 0.528 [0.409, 0.585] | 0.002    | -0.015      | 0.719      | 0.844 / 0.171                   | 0.33 / 0.44                   |
+
+Paired over the 3 seeds, mean [95% t-interval]: force R2 variant minus faithful +0.651 [+0.299,
++1.004], minus random init +0.703 [+0.085, +1.320], minus band power -0.133 [-0.514, +0.248];
+event AUROC minus faithful +0.054 [-0.374, +0.483], minus random init +0.166 [-0.015, +0.348],
+minus band power -0.155 [-0.282, -0.029]; token HG R2 minus faithful +0.593 [+0.347, +0.839]
+(beta +0.229 [+0.068, +0.389]); latent R2 -0.204 [-0.665, +0.256]. What holds: the
+combination puts a channel's band power into its tokens on every seed (0.79-0.86, the first
+runs above the 0.5 line) and pretrained > random init AND > faithful for the continuous target
+on every seed, with intervals above 0; the fine-tune is mostly its probe start (frozen-encoder
+probe 0.671 / 0.569 / 0.528). What does not: pretrained >= band power holds for force on seed 0
+only (+0.041 [-0.042, +0.142] in that run's report; seeds 1 and 2 lose by 0.25 and 0.19, CIs
+below 0), and events stay below band power on every seed (interval below 0); event AUROC vs the
+faithful encoder is not resolved (seed 0 -0.08, seed 2 +0.25). One scale (parcel), 3 seeds, the
+quick budget. The default stays the published objective: the combination changes two things at
+once, costs seed 0's event AUROC, and is measured on simulated data only. Next: the same on
+coords / lobe and more seeds, and a longer pretraining (seeds 1-2 left the latent plateau with it,
+seed 0 barely).
 
 Before the probe start (random head, final weights), part 3 quick with 1,520 pretraining
 steps (2026-12-03, shared 2-core CPU at load ~10, one thread per process, seeds as parallel

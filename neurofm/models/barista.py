@@ -107,7 +107,7 @@ class BaristaConfig:
     # each masked token that predicts its patch's standardised log band power (an extension
     # beyond DESIGN.md 4; see Barista.pretrain_loss). Pretraining only: no encoder weight changes.
     # Measured on simulated subjects (bench/barista_quality.py): alone it did not help; with
-    # power_positions "all" and token_scales it did for force, not events. Off: the published one
+    # power_positions "all" and token_scales it helped force (not events). Off: the published one
     power_target: float = 0.0
     # which tokens the power head reads: "masked" (their power from the context) or "all" (also
     # every observed token, its own patch's power: the direct way to keep amplitude in the tokens)
@@ -746,7 +746,8 @@ class Barista(nn.Module, _BaristaState, PretrainedMixin):
     (``bench/barista_power_lookup.py``), the masked-latent objective stayed on its plateau for
     all 1,520 steps and event AUROC fell (0.49-0.64 vs 0.86, seed 0); with
     ``power_positions = "all"`` and ``token_scales`` together the tokens carry their patch's
-    band power and the grip-force fine-tune reaches band power's level (R2 0.76 vs 0.72 on seed 0), while
+    band power and the grip-force fine-tune reaches band power's level (R2 0.53-0.76 over 3 seeds, band power
+    0.72-0.82, faithful about 0), while
     event AUROC stays below the faithful encoder's. Off by default: the published objective.
     """
 
