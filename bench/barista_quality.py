@@ -85,6 +85,8 @@ Usage::
     OMP_NUM_THREADS=1 nice -n 10 python bench/barista_quality.py --only subjects --quick --seeds 0   # part 3, one seed
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects --quick --seeds 0 --scales parcel \
         --token-scales --finetune-patience 15 --out /tmp/hg/tz   # with model.token_scales, ~8-16 min
+    OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects --quick --seeds 0 --scales parcel \
+        --power-target 1 --power-positions all --token-scales --finetune-patience 15 --out /tmp/bpaux/pt1allts
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects          # part 3 full, ~9-10 h
     python bench/barista_quality.py --only seeg --out runs/bq --json bq.json
 
