@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["BANDS", "bands_below_nyquist", "welch_nperseg", "welch_psd", "band_power"]
+__all__ = ["BANDS", "bands_below_nyquist", "resolved_bands", "welch_nperseg", "welch_psd", "band_power"]
 
 #: Canonical iEEG bands (Hz), [low, high).
 BANDS: dict[str, tuple[float, float]] = {
@@ -38,6 +38,31 @@ def bands_below_nyquist(sampling_rate: float, bands: Mapping[str, tuple[float, f
     nyquist = float(sampling_rate) / 2
     bands = dict(BANDS if bands is None else bands)
     return {k: (float(lo), float(min(hi, nyquist))) for k, (lo, hi) in bands.items() if lo < nyquist - 2.0}
+
+
+def resolved_bands(sampling_rate: float, n_samples: int,
+                   bands: Mapping[str, tuple[float, float]] | None = None) -> dict[str, tuple[float, float]]:
+    """The bands (default :data:`BANDS`, in their order) that hold at least one FFT bin of an
+    ``n_samples`` window at ``sampling_rate``, with each upper edge cut at Nyquist: the bands
+    :func:`band_power` can measure on one short window (BaRISTA's patch-level power target).
+
+    The bins are ``k * sampling_rate / n_samples`` for ``0 < k < n_samples / 2``: neither the DC
+    bin (a window's mean) nor the Nyquist bin (real-valued, aliased). A band is kept when some
+    bin ``f`` has ``low <= f < min(high, Nyquist)``. E.g. 64 samples at 256 Hz (4 Hz bins):
+    delta [1, 4) holds no bin and is dropped; theta holds one (4 Hz), high gamma 14 (72-124 Hz).
+    """
+    if not sampling_rate > 0:
+        raise ValueError(f"resolved_bands: sampling_rate must be positive, got {sampling_rate}")
+    if n_samples < 4:
+        raise ValueError(f"resolved_bands: a window of {n_samples} samples resolves no band (need >= 4)")
+    step, nyquist = sampling_rate / n_samples, sampling_rate / 2
+    freqs = [k * step for k in range(1, (n_samples + 1) // 2)]  # 0 < k < n / 2
+    out = {}
+    for name, (lo, hi) in dict(BANDS if bands is None else bands).items():
+        hi = min(hi, nyquist)
+        if any(lo <= f < hi for f in freqs):
+            out[name] = (float(lo), float(hi))
+    return out
 
 
 def welch_nperseg(n_samples: int, sampling_rate: float) -> int:

@@ -11,7 +11,8 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   ``target_std``), the latent R2 (``latent_r2``: 1 - loss / the loss of predicting the mean
   target) and the EMA momentum: ``pred_std`` far below ``target_std`` with ``latent_r2``
   near 0 is the trivial solution (the predictor outputs the mean target), a ``target_std``
-  falling towards zero a collapsing tokenizer.
+  falling towards zero a collapsing tokenizer. With ``model.power_target`` > 0 also the
+  band-power term's ``power_mse`` and ``power_r2`` (``loss`` is then the weighted sum).
 * :class:`BaristaFinetuneTask` -- segment classification (cross-entropy, validation AUROC),
   continuous-behaviour regression (MSE, validation R2) or channel reconstruction (masked
   channels' raw samples from the others, validation R2) on an exported
@@ -151,9 +152,10 @@ class BaristaPretrainTask(_VersionedCheckpoint, L.LightningModule):
 
     def _log_out(self, out: Mapping[str, Tensor], stage: str, b: int) -> None:
         on_step = stage == "train"
-        for name in ("loss", "pred_std", "target_std", "latent_r2", "mask_ratio"):
-            self.log(f"{stage}/{name}", out[name].detach().float(), batch_size=b, on_step=on_step, on_epoch=True,
-                     prog_bar=name == "loss")
+        for name in ("loss", "pred_std", "target_std", "latent_r2", "mask_ratio", "power_mse", "power_r2"):
+            if name in out:  # power_*: only with model.power_target > 0
+                self.log(f"{stage}/{name}", out[name].detach().float(), batch_size=b, on_step=on_step,
+                         on_epoch=True, prog_bar=name == "loss")
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         out = self.model.pretrain_loss(batch)

@@ -333,7 +333,8 @@ def test_pretrain_loss_outputs():
     cfg = small()
     model = Barista(cfg)
     out = model.pretrain_loss(make_batch(cfg, n_real=[8, 5, 3]), generator=torch.Generator().manual_seed(0))
-    assert set(out) == {"loss", "pred_std", "target_std", "latent_r2", "mask_ratio"}
+    assert set(out) == {"loss", "latent_mse", "pred_std", "target_std", "latent_r2", "mask_ratio"}
+    assert torch.equal(out["loss"].detach(), out["latent_mse"])  # power_target 0: the published objective
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"]) and out["loss"] > 0
     assert out["pred_std"] > 0 and out["target_std"] > 0
     assert 0.15 < float(out["mask_ratio"]) < 0.45
@@ -363,6 +364,144 @@ def test_latent_r2_is_zero_for_the_mean_target_and_one_for_the_target():
                 assert float(out["pred_std"]) == pytest.approx(0.0, abs=1e-4)
         with torch.no_grad():
             model.target_tokenizer.proj.weight.div_(scale)
+
+
+# -- the band-power pretraining target (power_target) ----------------------------------------
+
+def power_small(**kw) -> BaristaConfig:
+    """``small`` at a rate whose 32-sample patches resolve bands (8 Hz bins at 256 Hz)."""
+    return small(sampling_rate=256.0, **kw)
+
+
+def test_resolved_bands_are_the_canonical_bands_a_window_resolves():
+    from neurofm.nn.spectral import BANDS, resolved_bands
+
+    # 64 samples at 256 Hz: 4 Hz bins 4..124 (DC and Nyquist excluded); delta [1, 4) holds none
+    assert resolved_bands(256.0, 64) == {"theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
+                                         "gamma": (30.0, 70.0), "high_gamma": (70.0, 128.0)}
+    assert list(resolved_bands(2048.0, 2048)) == list(BANDS)  # 1 Hz bins: every band
+    assert list(resolved_bands(256.0, 32)) == ["alpha", "beta", "gamma", "high_gamma"]  # 8 Hz bins: 8 in alpha
+    assert resolved_bands(100.0, 4) == {"beta": (13.0, 30.0)}  # one bin, 25 Hz
+    assert resolved_bands(2.0, 4) == {}  # one bin, 0.5 Hz: below every band
+    with pytest.raises(ValueError, match="power_target.*resolves none"):
+        Barista(small(patch_len=4, n_patches=3, sampling_rate=2.0, power_target=1.0))
+    with pytest.raises(ValueError, match="power_target must be a finite weight"):
+        BaristaConfig(power_target=-0.1)
+
+
+def test_power_target_zero_is_the_published_objective_and_the_term_changes_no_other_draw():
+    """Off (default): no head, ``loss`` is the published masked-latent MSE. On: under the same
+    seed every other weight is the published model's, the random stream after construction and
+    after a training-mode step (dropout, mask) is the same, the latent MSE is the published loss
+    bit for bit, and ``loss = latent_mse + power_target * power_mse``."""
+    cfg = power_small(dropout=0.1, predictor_dropout=0.1)
+    torch.manual_seed(0)
+    faithful = Barista(cfg)
+    after_faithful = torch.rand(3)
+    torch.manual_seed(0)
+    model = Barista(cfg.replace(power_target=0.5))
+    assert torch.equal(torch.rand(3), after_faithful)  # the head's init drew on a forked generator
+    assert faithful.power_head is None and faithful.power_bands == {}
+    mine, theirs = model.state_dict(), faithful.state_dict()
+    assert sorted(set(mine) - set(theirs)) == ["power_head.bias", "power_head.weight"]
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items())
+    batch = make_batch(cfg, n_real=[8, 5, 3])
+    # the published loss, written out: MSE of the predictor at the masked tokens to the EMA tokens
+    mask = faithful.choose_mask(batch, torch.Generator().manual_seed(1))
+    faithful.eval()
+    with torch.no_grad():
+        h = faithful.encoder(batch, mask=mask, mask_token=faithful.mask_token).transpose(1, 2)[mask]
+        tgt = faithful.target_tokenizer(faithful.encoder.patches(batch["x"])[mask].reshape(-1, cfg.patch_len))
+        want = F.mse_loss(faithful.predictor(h).reshape(-1, cfg.d_model), tgt)
+        assert torch.equal(faithful.pretrain_loss(batch, mask=mask)["loss"], want)
+    faithful.train(), model.train()
+    outs, states = [], []
+    for m in (faithful, model):
+        torch.manual_seed(7)
+        outs.append(m.pretrain_loss(batch))
+        states.append(torch.get_rng_state())
+    a, b = outs
+    assert torch.equal(states[0], states[1])
+    assert torch.equal(a["loss"], a["latent_mse"]) and torch.equal(b["latent_mse"], a["loss"].detach())
+    assert {"power_mse", "power_r2"} <= set(b) and "power_mse" not in a
+    assert torch.allclose(b["loss"], b["latent_mse"] + 0.5 * b["power_mse"])
+    assert float(b["power_r2"]) == pytest.approx(1.0 - float(b["power_mse"]), abs=1e-6)  # unit-variance targets
+
+
+def test_power_target_gradient_reaches_the_tokenizer_and_backbone_not_the_ema_targets():
+    """The masked channel's input is hidden, so the power term can only be met through the
+    observed channels' tokens: its gradient reaches the online CNN, the projection and the
+    backbone (and the head), never the EMA target tokenizer."""
+    torch.manual_seed(0)
+    cfg = power_small(power_target=1.0)
+    model = Barista(cfg)
+    batch = make_batch(cfg)
+    mask = model.choose_mask(batch, torch.Generator().manual_seed(0))
+    out = model.pretrain_loss(batch, mask=mask)
+    (out["loss"] - out["latent_mse"]).backward()  # latent_mse is detached: this is the latent term's graph too
+    latent = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(0)
+    faithful = Barista(cfg.replace(power_target=0.0))
+    faithful.pretrain_loss(batch, mask=mask)["loss"].backward()
+    grads = {n: p.grad for n, p in faithful.named_parameters() if p.grad is not None}
+    # the power term's own gradient: total (power model) minus latent-only (faithful, same weights)
+    for name in ("encoder.tokenizer.blocks.0.conv1.weight", "encoder.tokenizer.proj.weight",
+                 "encoder.backbone.blocks.0.attn.qkv.weight", "encoder.backbone.blocks.1.mlp.fc.weight"):
+        assert not torch.allclose(latent[name], grads[name]), name
+    assert latent["power_head.weight"].abs().sum() > 0
+    assert not any(n.startswith("target_tokenizer") for n in latent)
+
+
+def test_power_positions_all_reads_every_real_token_and_masked_only_the_masked():
+    """"masked": the head's targets are the masked patches' powers; "all": every real (channel,
+    patch) token's, padding never. Same latent term either way."""
+    torch.manual_seed(0)
+    cfg = power_small(power_target=1.0)
+    model = Barista(cfg).eval()
+    batch = make_batch(cfg, n_real=[8, 5, 3])
+    mask = model.choose_mask(batch, torch.Generator().manual_seed(0))
+    seen = []
+    model.power_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    with torch.no_grad():
+        a = model.pretrain_loss(batch, mask=mask)
+        model.config = cfg.replace(power_positions="all")
+        b = model.pretrain_loss(batch, mask=mask)
+    assert seen == [int(mask.sum()) * cfg.n_patches, 16 * cfg.n_patches]  # masked tokens; all 8 + 5 + 3 real
+    assert torch.equal(a["latent_mse"], b["latent_mse"]) and not torch.equal(a["power_mse"], b["power_mse"])
+    with pytest.raises(ValueError, match="power_positions"):
+        power_small(power_positions="observed")
+
+
+def test_power_target_config_round_trip_reload_and_export(tmp_path):
+    """The weight round-trips through the config (JSON and a saved folder, head included); the
+    exported encoder has the published encoder's weights and shapes (the head stays in
+    Barista) and loads into an encoder built without the option, and from its folder."""
+    from neurofm.hub import load_pretrained
+
+    cfg = power_small(power_target=0.25)
+    assert BaristaConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert BaristaConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "power_target"}).power_target == 0
+    torch.manual_seed(0)
+    model = Barista(cfg).eval()
+    model.save_pretrained(tmp_path / "pre")
+    back = load_pretrained(tmp_path / "pre").eval()
+    assert back.config.power_target == 0.25 and torch.equal(back.power_head.weight, model.power_head.weight)
+    batch = make_batch(cfg)
+    with torch.no_grad():
+        g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+        a, b = model.pretrain_loss(batch, generator=g()), back.pretrain_loss(batch, generator=g())
+    assert torch.allclose(a["loss"], b["loss"]) and torch.allclose(a["power_mse"], b["power_mse"])
+    enc = model.export_encoder().eval()
+    plain = BaristaEncoder(cfg.replace(power_target=0.0))
+    assert {k: v.shape for k, v in enc.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    plain.load_state_dict(enc.state_dict())  # strict
+    enc.save_pretrained(tmp_path / "enc")
+    again = BaristaEncoder.from_pretrained(tmp_path / "enc").eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(again(batch), enc(batch), atol=1e-6)
+        assert torch.allclose(plain(batch), enc(batch), atol=1e-6)
 
 
 # -- encoding scale, padding, batching ---------------------------------------------------------

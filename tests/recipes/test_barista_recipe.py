@@ -486,3 +486,24 @@ def test_start_rule_keeps_band_power_alone_when_token_features_are_noise(session
     assert not start["gain"] > recipe.START_SE * start["paired_se"]
     assert set(start["cv"]) == {recipe.START_BAND_POWER, recipe.START_BOTH} and start["n_segments"] > 20
     assert not task.head.out.weight.abs().sum() and task.band_power.out.weight.abs().sum() > 0
+
+
+def test_power_target_pretraining_reports_the_latent_and_power_terms_apart(session, tmp_path):
+    """With model.power_target the report's masked-latent figures are the latent term alone (the
+    loss is the weighted sum) and the power term has its own R2 (0 = the batch's mean power)."""
+    cfg = from_dict(recipe.RunConfig, {
+        "data": {"sessions": [session], "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0, "batch_size": 16,
+                 "split": {"train": 0.6, "valid": 0.2, "test": 0.2, "gap": 2.0}},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "encode_scale": "parcel", "power_target": 2.0},
+        "eval": {"probe_events": "none"},
+        "task": {"mode": "pretrain"},
+    }, where="test")
+    cfg = recipe.prepare(cfg)
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    assert list(task.model.power_bands) == ["theta", "alpha", "beta", "gamma"]  # 32 samples at 128 Hz: 4 Hz bins
+    out = recipe.evaluate(cfg, task, dm, tmp_path)
+    m, trivial = out["metrics"], out["baselines"]["mean target (the trivial predictor)"]
+    assert m["test_masked_latent_r2"] == pytest.approx(1 - m["test_masked_latent_mse"] / trivial["test_masked_latent_mse"])
+    assert m["test_masked_latent_r2"] < recipe.TRIVIAL_LATENT_R2  # untrained; the power term is not in it
+    assert np.isfinite(m["test_masked_power_r2"]) and m["test_masked_power_r2"] < 0.5
