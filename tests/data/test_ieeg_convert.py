@@ -687,7 +687,8 @@ def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_a
 
     def model(labels):
         return SimpleNamespace(config=SimpleNamespace(task="classification", label_names=labels),
-                               hparams=SimpleNamespace(label_names=labels), head=torch.nn.Linear(3, 2))
+                               hparams=SimpleNamespace(label_names=labels), head=torch.nn.Linear(3, 2),
+                               band_power=None)  # a folder written before the band-power read-out
 
     old, new = model(["Comment/cue", "Comment/go"]), model(["cue", "go"])
     _load_finetuned_head(new, old, "RUN/pretrained")
