@@ -176,6 +176,18 @@ probes, no interval excluding 0; the frozen probes are where pretraining shows (
 random init at every scale, by 0.07-0.18 AUROC), and the band-power start leaves the fine-tuned
 rows at band power.
 
+The band-power head on the power-target pretraining (``--power-target 1 --power-positions all
+--token-scales``: the 3 pretraining runs of the power-target rows above, reused; parcel; 16:57-17:02
+UTC, one chain, load 3-6, nice 8), mean over seeds 0-2 [95% t-interval]; AUROC, R2:
+pretrained 0.900 [0.894, 0.907]; 0.759 [0.633, 0.885] (per seed 0.901, 0.903, 0.898; 0.723,
+0.817, 0.737), random init 0.879; 0.753, band power 0.900; 0.753, probes on the frozen encoders
+pretrained 0.745; 0.589 vs random init 0.578; -0.082. Pretrained minus random init: AUROC +0.022
+[-0.072, 0.115], R2 +0.006 [-0.021, 0.032]; minus band power: AUROC 0.000, R2 +0.006 [-0.021,
+0.032] (seed 2's force start took the tokens, +0.018 on test). The power-target tokens carry the
+force (frozen probe 0.59 vs faithful -0.04) but add nothing the band-power read-out does not
+already give: with the band-power head, pretrained > random init is still not established at
+any setting tried. The default stays the published objective.
+
 Measured, part 3 quick, today's fine-tuning recipe (2026-12-03 10:24-10:31, shared 2-core CPU
 at load 1-5, one thread per process, seeds 0 and 1 in parallel, then seed 2; the 9 pretraining
 runs of the table below reused, 1,520 steps each): ``--only subjects --quick --reuse-pretrain
