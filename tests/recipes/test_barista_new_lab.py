@@ -187,6 +187,18 @@ def test_evaluate_loads_a_barista_finetune(pretrained, sessions, tmp_path, capsy
 # -- checks before the first training step ----------------------------------------------------------
 
 
+def _relabel(labels: list):
+    """An :func:`_edited_copy` edit giving the word_onset events at each ``(slice, label)`` that label."""
+    def edit(f):
+        g = f["events/word_onset"]
+        label = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g["label"][()]], dtype=object)
+        for where, name in labels:
+            label[where] = name
+        del g["label"]
+        g.create_dataset("label", data=label.astype("S"))
+    return edit
+
+
 def _edited_copy(src: str, dst: Path, edit) -> str:
     shutil.copy(src, dst)
     with h5py.File(dst, "r+") as f:
@@ -372,15 +384,8 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
     for speech vs nonspeech but editing the file. ``data.labels`` names the classes; events with
     other labels are left out of every split, the head and the report; evaluate of the
     fine-tuned folder takes the run's classes. A label the file lacks is refused up front."""
-    def add_noise_labels(f):
-        g = f["events/word_onset"]
-        label = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g["label"][()]], dtype=object)
-        label[::7] = "Speech"
-        label[3::11] = "resp/btn"
-        del g["label"]
-        g.create_dataset("label", data=label.astype("S"))
-
-    noisy = _edited_copy(sessions["new"], tmp_path / "noisy.h5", add_noise_labels)
+    noisy = _edited_copy(sessions["new"], tmp_path / "noisy.h5",
+                         _relabel([(slice(None, None, 7), "Speech"), (slice(3, None, 11), "resp/btn")]))
 
     def odd(f):  # one event with a label of its own: in one split only
         label = f["events/word_onset/label"][()]
@@ -421,15 +426,8 @@ def test_pretraining_probe_scores_every_label_one_vs_rest(sessions, tmp_path):
     """The pretraining probe on events with four labels (it was refused before training: a
     two-class probe's AUROC was NaN) gives a one-vs-rest macro AUROC for every arm, with CIs,
     and the protocol says so; the default config (no data.labels)."""
-    def four_labels(f):
-        g = f["events/word_onset"]
-        label = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in g["label"][()]], dtype=object)
-        label[::5] = "Speech"
-        label[2::5] = "resp/btn"
-        del g["label"]
-        g.create_dataset("label", data=label.astype("S"))
-
-    four = _edited_copy(sessions["new"], tmp_path / "four.h5", four_labels)
+    four = _edited_copy(sessions["new"], tmp_path / "four.h5",
+                        _relabel([(slice(None, None, 5), "Speech"), (slice(2, None, 5), "resp/btn")]))
     cfg = recipe.prepare(_pretrain_cfg([four]))
     recipe.preflight(cfg)
     dm = recipe.datamodule(cfg)
