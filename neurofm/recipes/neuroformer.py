@@ -1102,7 +1102,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     Both candidates are :func:`_ridge_fit` (4-fold blocked CV over the windows in time order
     picks the penalty; the same folds score both sets) on the standardised target; the pooled
     state is used only when its blocked-CV R2 gain over counts alone exceeds one paired
-    block-bootstrap standard error of that gain (:func:`_start_gain`; StartingPoint asks two SE of a
+    block-bootstrap standard error of that gain (:func:`neurofm.report.start_gain`; StartingPoint asks two SE of a
     validation check, the best of ~20, where this compares one candidate). Standardised and sharing one penalty with the counts, pooled features
     that carry little add noise (issue 10: on linear-track fold 2 the pooled state raised the
     inner folds' R2 by 0.006 +- 0.016 SE and the counts + pooled start scored 0.038 below ridge
@@ -1169,7 +1169,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                 START_POOLED: _ridge_fit(np.concatenate([C, P], axis=1)[keep], Y[keep], stride)}
         cv = {k: cv_r2 for k, (_, cv_r2, _) in fits.items()}
         blocks = time_blocks(intervals[keep] + 1e7 * sessions[keep], cfg.data.label_chunk_s)
-        gain, se = _start_gain(fits[START_COUNTS][2], fits[START_POOLED][2], Y[keep], blocks, seed=cfg.eval.seed)
+        gain, se = start_gain(fits[START_COUNTS][2], fits[START_POOLED][2], Y[keep], blocks, seed=cfg.eval.seed)
         chosen = START_POOLED if gain > se else START_COUNTS  # NaN (too few windows for CV): counts
         r = fits[chosen][0]
         coef, bias = r.linear_map()  # (F, D): the counts' F_c rows, then the pooled state's
@@ -1196,10 +1196,6 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                    f"more labels (--label-fraction) give a penalty chosen by CV")
         print(f"neurofm: the read-out of {v.name} starts at ridge on {features} ({why})", file=sys.stderr)
     return done
-
-
-#: the start rule's gain and SE, one implementation for both families (the BaRISTA head's start too)
-_start_gain = start_gain
 
 
 BUDGET_PASSES, BUDGET_MIN_STEPS, BUDGET_MAX_STEPS, BUDGET_CHECKS = 30, 300, 3000, 20

@@ -15,6 +15,7 @@ from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
 from neurofm.recipes import neuroformer as recipe
+from neurofm.report import start_gain
 from tests.recipes.test_neuroformer_defaults import FEW, SMALL
 
 DURATION = 120.0  # s: ~380 training windows of 250 ms, enough for 4 blocked inner folds
@@ -164,10 +165,10 @@ def test_pooled_state_needs_a_gain_above_one_paired_standard_error():
     y = rng.normal(size=(n, 1))
     counts = y + rng.normal(scale=0.8, size=(n, 1))
     better = y + 0.9 * (counts - y)  # 10% less error on every window
-    gain, se = recipe._start_gain(counts, better, y, blocks)
+    gain, se = start_gain(counts, better, y, blocks)
     assert gain > se > 0
     noisy = counts + rng.normal(scale=0.3, size=(n, 1))  # only noise added: worse overall
-    gain, se = recipe._start_gain(counts, noisy, y, blocks)
+    gain, se = start_gain(counts, noisy, y, blocks)
     assert not gain > se
     # the per-fold trap: one block where y barely varies and the second fit is much closer there
     y2 = y.copy(); y2[blocks == 0] = 0.01 * rng.normal(size=((blocks == 0).sum(), 1))
@@ -176,9 +177,9 @@ def test_pooled_state_needs_a_gain_above_one_paired_standard_error():
     per_block = [1 - ((y2[blocks == k] - p[blocks == k]) ** 2).sum() / ((y2[blocks == k] - y2[blocks == k].mean()) ** 2).sum()
                  for p in (c2, b2) for k in range(K)]
     assert np.mean(per_block[K:]) - np.mean(per_block[:K]) > 0.5  # a per-block mean would call it a big gain
-    gain, se = recipe._start_gain(c2, b2, y2, blocks)
+    gain, se = start_gain(c2, b2, y2, blocks)
     assert not gain > se
-    assert all(np.isnan(recipe._start_gain(None, counts, y, blocks)))  # no CV (too few windows): counts alone
+    assert all(np.isnan(start_gain(None, counts, y, blocks)))  # no CV (too few windows): counts alone
 
 
 def _tiny_pretrained(tmp_path: Path, path: str) -> str:
