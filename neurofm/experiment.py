@@ -56,7 +56,7 @@ from omegaconf import OmegaConf
 
 from neurofm import jsonio, log_to_stderr
 from neurofm.atomic import OutputError, atomic_output, atomic_write
-from neurofm.config import ConfigError, finetuning_run, from_dict, to_dict
+from neurofm.config import ConfigError, drop_retired, finetuning_run, from_dict, to_dict
 from neurofm.cards import data_sources, render_card, run_session_paths
 from neurofm.data.session import SessionFormatError
 from neurofm.hub import PretrainedError, model_meta, pretrained_config
@@ -103,6 +103,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     family = dict(OmegaConf.from_dotlist([o for o in overrides if o.startswith("family=")])).get(
         "family", raw.get("family", "neuroformer"))
     recipe = recipe_for(family)
+    raw = drop_retired(raw, family, str(path))  # a run folder written by an older neurofm
     cfg = from_dict(recipe.RunConfig, raw, where=str(path))  # the file's own mistakes name the file
     if overrides:
         cfg = from_dict(recipe.RunConfig, raw, overrides=list(overrides), where=f"command line (over {path.name})")
@@ -664,6 +665,7 @@ def check_resume_config(cfg, checkpoint: str | os.PathLike, given=None) -> None:
     if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) or {}
+    saved = drop_retired(saved, str(saved.get("family", "neuroformer")), str(saved_path))
     new = _as_saved(cfg)
     # a key added to the config since the checkpoint's run wrote config.yaml is absent there; at
     # its default it changes nothing (the old code behaved as the default does)
