@@ -9,7 +9,8 @@ holds::
 
 Loading is strict: a missing, unexpected or mis-shaped tensor is an error that names the key;
 a model never comes back partly random. A folder from an older neurofm loads when its
-config only lacks keys that have defaults now (a warning lists them) and, when a model class
+config only lacks keys that have defaults now (keys added since it was written, :data:`ADDED_KEYS`,
+quietly; a warning lists any other) and, when a model class
 renamed its weights since, through that class's versioned key migration
 (:meth:`PretrainedMixin.upgrade_state`, ``state_version`` in ``config.json``); anything else
 is an error that says what differs.
@@ -26,6 +27,7 @@ for uploads with ``hf auth login``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -358,14 +360,60 @@ def _config_from_meta(cls: type, meta: dict, folder: Path):
         raise PretrainedError(f"{folder / CONFIG_NAME}: config: {e}; the folder's config.json is inconsistent: "
                               f"save the model again (or fix that key)") from None
     # every key, at any depth, that the file lacks and the current config class filled in
-    defaulted = sorted(set(_leaf_keys(to_dict(config))) - set(_leaf_keys(data)))
+    now = _leaf_keys(to_dict(config))
+    defaulted = sorted(set(now) - set(_leaf_keys(data)))
+    # one added to the class after the newest key the file has: the writer predates it and did
+    # what its default does (ADDED_KEYS); only the others can hide another trained value
+    written = max((d for d in map(lambda k: _added(config, k), _leaf_keys(data)) if d), default="")
+    newer = [k for k in defaulted if (_added(config, k) or "") > written]
+    defaulted = [k for k in defaulted if k not in newer]
+    if newer:
+        log.info("%s: written before %s existed; the default%s what that version did", folder / CONFIG_NAME,
+                 ", ".join(newer), " is" if len(newer) == 1 else "s are")
     if defaulted:
-        now = _leaf_keys(to_dict(config))
         shown = ", ".join(f"{k} = {now[k]!r}" for k in defaulted)
         warnings.warn(f"{folder / CONFIG_NAME}: written by neurofm {saved_version}; {len(defaulted)} key(s) were "
                       f"absent and take this version's defaults: {shown}. If the model was trained with other "
                       f"values, add them to config.json", stacklevel=3)
     return config
+
+
+#: Config keys added to a model's config class after the class was first written, with the
+#: commit date (git log -S KEY; UTC): a folder written before then lacks the key, and the class's
+#: default is what that version did (the rule every added key follows), so loading it says
+#: nothing. A folder is dated by the newest key it has from this table; a key it lacks that is
+#: older (or not listed: there from the start) was in its writer's config.json, and its absence
+#: (a cut or hand-edited file) is warned about: the model may have been trained with another
+#: value. Key: config class name -> field -> date; nested configs (``encoder``) by their class.
+#: Add a key here in the commit that adds it to a model config.
+ADDED_KEYS: dict[str, dict[str, str]] = {
+    "BaristaConfig": {
+        "fast_kernels": "2026-12-02T17:39:49",  # 46ca46c
+        "preprocessing": "2026-12-02T17:41:13",  # 9bf70cf
+        "token_scales": "2026-12-03T12:56:01",  # 419cac6
+        "power_target": "2026-12-03T15:49:19",  # 2f984d2
+        "power_positions": "2026-12-03T16:05:21",  # 5c88c3a
+    },
+    "BaristaFinetunedConfig": {
+        "target_mean": "2026-12-02T17:33:16",  # 8e43bd0
+        "target_std": "2026-12-02T17:33:16",  # 8e43bd0
+        "band_power_bands": "2026-12-03T15:48:55",  # fd61efd
+    },
+}
+
+
+def _added(config: Any, key: str) -> str | None:
+    """:data:`ADDED_KEYS` date of the field that holds leaf ``key`` (``encoder.power_target``:
+    BaristaConfig's ``power_target``) of the typed ``config``; None: there from the start."""
+    node = config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        date = ADDED_KEYS.get(type(node).__name__, {}).get(part)
+        if date is not None:
+            return date
+        node = getattr(node, part, None)
+    return None
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -87,3 +87,71 @@ def test_a_current_config_loads_without_warnings():
         warnings.simplefilter("error")
         load_config("demo")
         load_config("barista/demo")
+
+
+# -- a pretrained folder written before a key existed: no "defaulted keys" warning ----------------
+
+
+def _barista_folder(tmp_path, *absent):
+    import json
+
+    from neurofm.models.barista import Barista, BaristaConfig
+
+    folder = Barista(BaristaConfig(d_model=16, n_layers=1, n_heads=2, cnn_channels=4)).save_pretrained(tmp_path / "m")
+    meta = json.loads((folder / "config.json").read_text())
+    for key in absent:
+        del meta["config"][key]
+    (folder / "config.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_folder_written_before_keys_existed_loads_without_the_defaulted_keys_warning(tmp_path):
+    """Every BaRISTA folder from before session 7 lacks ``power_target`` / ``power_positions``
+    (and older ones ``token_scales``, ``preprocessing``, ``fast_kernels``): the loader warned
+    "key(s) were absent and take this version's defaults" on each, although the defaults are
+    what that version did. The folder's own keys date it (hub.ADDED_KEYS)."""
+    from neurofm.hub import load_pretrained
+
+    for absent in [("power_target", "power_positions"),
+                   ("power_target", "power_positions", "token_scales", "preprocessing", "fast_kernels")]:
+        folder = _barista_folder(tmp_path / absent[-1], *absent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model = load_pretrained(folder)
+        assert model.config.power_target == 0.0
+
+
+def test_a_key_the_writing_version_had_is_still_warned_about(tmp_path):
+    """The case the warning was made for: the folder's config.json lacks a key that the version
+    that wrote it had (cut or hand-edited), so the model may have been trained with another value."""
+    from neurofm.hub import load_pretrained
+
+    # rope_theta: in BaristaConfig from the start
+    with pytest.warns(UserWarning, match=r"1 key\(s\) were absent .*rope_theta = ") as rec:
+        load_pretrained(_barista_folder(tmp_path / "a", "rope_theta", "power_target", "power_positions"))
+    assert "power_target" not in " ".join(str(w.message) for w in rec)  # added after this folder's keys
+    # fast_kernels is older than power_positions, which the folder has: its writer had fast_kernels
+    with pytest.warns(UserWarning, match=r"1 key\(s\) were absent .*fast_kernels = "):
+        load_pretrained(_barista_folder(tmp_path / "b", "fast_kernels"))
+
+
+def test_the_nested_encoder_of_a_fine_tuned_folder_is_dated_the_same_way(tmp_path):
+    import json
+
+    from neurofm.hub import load_pretrained
+    from neurofm.models.barista import BaristaConfig, BaristaFinetuned, BaristaFinetunedConfig
+
+    enc = BaristaConfig(d_model=16, n_layers=1, n_heads=2, cnn_channels=4)
+    folder = BaristaFinetuned(BaristaFinetunedConfig(encoder=enc, out_dim=2, n_channels=3)).save_pretrained(tmp_path / "ft")
+    meta = json.loads((folder / "config.json").read_text())
+    for key in ("power_target", "power_positions", "token_scales"):
+        del meta["config"]["encoder"][key]
+    del meta["config"]["band_power_bands"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_pretrained(folder)
+    del meta["config"]["target_std"]  # older than the folder's encoder.preprocessing
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"target_std = "):
+        load_pretrained(folder)
