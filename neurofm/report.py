@@ -47,6 +47,10 @@ __all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_coun
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
 
+#: each metric's largest possible value: a baseline that scores it on the scored windows cannot be
+#: beaten there (AUROC 1 happens on easy events; R2 1 would need noise-free targets)
+METRIC_CEILING = {"r2": 1.0, "pearson_r": 1.0, "auroc": 1.0}
+
 #: a paired difference whose whole CI is within this of 0 reads 0.000 at the reported precision:
 #: the arms are the same (verdict "equals"), not a win or a loss by rounding noise
 SAME_AT_PRECISION = 5e-4
@@ -354,6 +358,13 @@ class DecodeReport:
             other = r.values.get(m, float("nan"))
             kind, scores = verdict(d, lo, hi), f"{m} {ref:.3f} vs {other:.3f}"
             ci = f"(difference {d:+.3f}, {pct} CI [{lo:+.3f}, {hi:+.3f}])"
+            if kind in ("LOSES", "below", "matches") and d < 0 and self._at_ceiling(r):
+                # "within the CI" would read as if more data could reverse it: nothing can
+                how = f"{self.reference.upper()} LOSES to it" if kind == "LOSES" else f"{self.reference} is below it"
+                lines.append(f"{r.arm} is at the ceiling ({m} {other:.3f}) on these {self.n_windows} scored windows: "
+                             f"no model can beat it; {how} by {-d:.3f} ({pct} CI of the difference "
+                             f"[{lo:+.3f}, {hi:+.3f}])")
+                continue
             lines.append({
                 "undefined": f"{self.reference} vs {r.arm}: {m} not comparable (undefined on these windows)",
                 "equals": f"{self.reference} equals {r.arm}: {scores} (every resample's difference within "
@@ -364,6 +375,10 @@ class DecodeReport:
                 "matches": f"{self.reference} matches {r.arm} within the CI: {scores} {ci}",
             }[kind])
         return lines
+
+    def _at_ceiling(self, row: ArmRow) -> bool:
+        """Whether ``row`` scores the primary metric's largest possible value on these windows."""
+        return row.values.get(self.primary, float("nan")) >= METRIC_CEILING[self.primary] - 1e-12
 
     def loses_to(self) -> list[str]:
         """Baselines whose primary metric is above the reference arm's (point estimate)."""
@@ -389,7 +404,8 @@ class DecodeReport:
             "rows": [{"arm": r.arm, **{k: v for k, v in r.values.items()},
                       **{f"{k}_ci": list(v) for k, v in r.ci.items()},
                       **{f"{k}_diff_vs_{self.reference}": list(v) for k, v in r.diff.items()},
-                      **({"note": r.note} if r.note else {})} for r in self.rows],
+                      **({"note": r.note} if r.note else {}),
+                      **({"at_ceiling": True} if self._at_ceiling(r) else {})} for r in self.rows],
             "verdicts": self.verdicts(),
         })
 

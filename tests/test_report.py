@@ -115,3 +115,35 @@ def test_errors_name_the_arm():
         decode_report({"model": good, "ridge": good[1:]}, y, time_blocks(t, 1.0))
     with pytest.raises(ValueError, match="NaN"):
         decode_report({"model": np.full_like(good, np.nan)}, y, time_blocks(t, 1.0))
+
+
+def test_a_baseline_at_the_metrics_ceiling_is_said_to_be_unbeatable():
+    """BaRISTA AUROC 0.975 vs band power 1.000, CI [-0.079, +0.000], read "below band power but
+    within the CI" as if more data could turn it around: a perfect baseline cannot be beaten. The
+    line says so and how far below the model is; the verdict kind stays what the CI says."""
+    from neurofm.report import verdict
+
+    rng = np.random.default_rng(0)
+    n = 120
+    labels = (np.arange(n) // 6) % 2
+    perfect = labels + 0.1 * rng.random(n)  # every positive above every negative
+    model = labels + 0.3 * rng.standard_normal(n)  # AUROC 0.988
+    rep = decode_report({"barista": model, "band power": perfect}, labels, time_blocks(np.arange(n), 12.0),
+                        task="classification", target="event", n_boot=300)
+    assert rep.row("band power").values["auroc"] == 1.0 and rep.row("barista").values["auroc"] < 1.0
+    d, lo, hi = rep.row("band power").diff["auroc"]
+    (line,) = rep.verdicts()
+    assert line.startswith(f"band power is at the ceiling (auroc 1.000) on these {n} scored windows: "
+                           f"no model can beat it; barista is below it by {-d:.3f}"), line
+    assert f"[{lo:+.3f}, {hi:+.3f}]" in line and "within the CI" not in line
+    kind = verdict(d, lo, hi)
+    assert kind == "below" and " LOSES to " not in line  # the limitation lists grep " LOSES to "
+    assert rep.to_dict()["rows"][1]["at_ceiling"] is True and "at_ceiling" not in rep.to_dict()["rows"][0]
+    # far below: still LOSES, in the words the limitation lists look for
+    worse = decode_report({"barista": rng.standard_normal(n), "band power": perfect}, labels,
+                          time_blocks(np.arange(n), 12.0), task="classification", n_boot=300)
+    assert " LOSES to it" in worse.verdicts()[0] and "at the ceiling" in worse.verdicts()[0]
+    # the model at the ceiling too: equal, no ceiling sentence needed
+    same = decode_report({"barista": perfect, "band power": perfect}, labels, time_blocks(np.arange(n), 12.0),
+                         task="classification", n_boot=300)
+    assert same.verdicts()[0].startswith("barista equals band power")
