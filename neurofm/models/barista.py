@@ -489,9 +489,13 @@ class BaristaBackbone(nn.Module):
 #: backbone layers are :class:`~neurofm.nn.transformer.Block` (``ln1``, ``ln2``, ``attn.proj``,
 #: ``mlp.fc``, ``mlp.proj``); 1 (neurofm up to cfbc09f): BaRISTA's own block (``norm1``,
 #: ``norm2``, ``attn.out``, ``mlp.w_in``, ``mlp.w_out``), same tensors in the same order.
+#: At any version, a :class:`BandPowerReadout` saved before its ``feature_mean`` / ``feature_std``
+#: buffers (it read raw features) gets identity statistics: only those two buffers were added,
+#: so the layout number (and older readers of unchanged encoder folders) stay as they were.
 STATE_VERSION = 2
 _V1_BLOCK_KEYS = {"norm1": "ln1", "norm2": "ln2", "attn.out": "attn.proj", "mlp.w_in": "mlp.fc",
                   "mlp.w_out": "mlp.proj"}
+_READOUT_WEIGHT = re.compile(r"((?:.*\.)?band_power\.)out\.weight")
 _V1_BLOCK_KEY = re.compile(r"((?:^|\.)backbone\.blocks\.\d+\.)(norm1|norm2|attn\.out|mlp\.w_in|mlp\.w_out)\.")
 
 
@@ -501,9 +505,14 @@ def upgrade_state_dict(state: Mapping[str, Tensor], version: int) -> dict[str, T
     (:data:`STATE_VERSION`)."""
     if version > STATE_VERSION:
         raise ValueError(f"BaRISTA state-dict layout {version} is newer than this neurofm reads ({STATE_VERSION})")
-    if version >= STATE_VERSION:
-        return dict(state)
-    return {_V1_BLOCK_KEY.sub(lambda m: m.group(1) + _V1_BLOCK_KEYS[m.group(2)] + ".", k): v for k, v in state.items()}
+    state = dict(state) if version >= STATE_VERSION else \
+        {_V1_BLOCK_KEY.sub(lambda m: m.group(1) + _V1_BLOCK_KEYS[m.group(2)] + ".", k): v for k, v in state.items()}
+    for key, weight in list(state.items()):  # a band-power read-out from before its statistics: raw features
+        m = _READOUT_WEIGHT.fullmatch(key)
+        if m and m.group(1) + "feature_mean" not in state and m.group(1) + "feature_std" not in state:
+            state[m.group(1) + "feature_mean"] = torch.zeros(weight.shape[1], dtype=torch.float64)
+            state[m.group(1) + "feature_std"] = torch.ones(weight.shape[1], dtype=torch.float64)
+    return state
 
 
 class _BaristaState:
@@ -939,6 +948,13 @@ class BandPowerReadout(nn.Module):
     band power (``bench/barista_token_power.py``); this read-out keeps it. One weight per
     (channel, band): the layout (``n_channels`` in a fixed order) must be the same in every
     batch. Starts at zero (adds nothing) until the recipe sets it.
+
+    The features are standardised with the training segments' mean and standard deviation
+    (``feature_mean`` / ``feature_std`` buffers, saved with the weights; :meth:`set_statistics`),
+    so AdamW's weight decay and the learning rate act alike on every (channel, band), whatever
+    its spread in raw log power. :meth:`start_at` sets a fit made on the raw features, folded
+    through them. Folders and checkpoints written before the buffers (raw features) load with
+    identity statistics (:func:`upgrade_state_dict`), so they predict what they were trained to.
     """
 
     def __init__(self, n_channels: int, sampling_rate: float, bands: Mapping[str, Any], out_dim: int):
@@ -948,12 +964,34 @@ class BandPowerReadout(nn.Module):
                              f"channels, bands {dict(bands)}")
         self.n_channels, self.sampling_rate = int(n_channels), float(sampling_rate)
         self.bands = {str(k): (float(v[0]), float(v[1])) for k, v in bands.items()}
-        self.out = nn.Linear(self.n_channels * len(self.bands), out_dim)
+        n_features = self.n_channels * len(self.bands)
+        self.out = nn.Linear(n_features, out_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.register_buffer("feature_mean", torch.zeros(n_features, dtype=torch.float64))
+        self.register_buffer("feature_std", torch.ones(n_features, dtype=torch.float64))
+
+    @torch.no_grad()
+    def set_statistics(self, mean, std) -> None:
+        """The training features' mean and standard deviation (``C * n_bands``,); a feature without
+        spread (a silent channel) keeps std 1, as the baselines' standardisation does."""
+        mean = torch.as_tensor(mean, dtype=torch.float64).reshape(self.feature_mean.shape)
+        std = torch.as_tensor(std, dtype=torch.float64).reshape(self.feature_std.shape)
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    @torch.no_grad()
+    def start_at(self, W, b) -> None:
+        """Predict ``features @ W + b`` (``W`` (C * n_bands, out), ``b`` (out,): a fit on the raw
+        log band powers) through the standardisation: weights ``W * std``, bias ``b + mean @ W``."""
+        W = torch.as_tensor(W, dtype=torch.float64).reshape(len(self.feature_mean), -1)
+        b = torch.as_tensor(b, dtype=torch.float64).reshape(-1)
+        self.out.weight.copy_((W * self.feature_std[:, None]).T.to(self.out.weight.dtype))
+        self.out.bias.copy_((b + self.feature_mean @ W).to(self.out.bias.dtype))
 
     def features(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
-        """``(B, C, T)`` segments -> ``(B, C * n_bands)`` float64 log band powers."""
+        """``(B, C, T)`` segments -> ``(B, C * n_bands)`` float64 log band powers (raw: the
+        decode report's features, before the standardisation)."""
         if x.shape[1] != self.n_channels:
             raise ValueError(f"BandPowerReadout was fitted on {self.n_channels} channels, got {x.shape[1]}; the "
                              f"band-power read-out needs the electrode layout it was fine-tuned on")
@@ -963,7 +1001,8 @@ class BandPowerReadout(nn.Module):
         return band_power(x, self.sampling_rate, self.bands).flatten(1)
 
     def forward(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:  # (B, C, T) -> (B, out)
-        return (self.features(x, channel_mask) @ self.out.weight.double().T + self.out.bias.double()).float()
+        z = (self.features(x, channel_mask) - self.feature_mean.double()) / self.feature_std.double()
+        return (z @ self.out.weight.double().T + self.out.bias.double()).float()
 
 
 class ChannelReconstructionHead(nn.Module):

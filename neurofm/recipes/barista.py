@@ -754,7 +754,9 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     * without a read-out (layouts that differ across sessions, ``task.band_power=false``):
       ``token mean`` alone, the linear probe arm.
 
-    The fit is folded into the read-out's and the head's ``Linear`` layers (two classes: the
+    The read-out's feature statistics are set from the training segments' band powers (it
+    trains on standardised features), and the fit is folded through them into the read-out's
+    and the head's ``Linear`` layers (two classes: the
     log-odds ``s`` split as logits ``(-s/2, +s/2)``, so the softmax is the logistic
     probability; more: one-vs-rest log-odds as the logits); the pooling starts as the plain
     mean over the real tokens (the features the probe reads); the token head's weights are 0
@@ -806,6 +808,7 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     if readout is not None:
         bp = train["bp"].reshape(n, -1)
         cands = {START_BAND_POWER: bp, START_BOTH: np.concatenate([bp, tokens], axis=1)}
+        readout.set_statistics(bp.mean(axis=0), bp.std(axis=0))  # it trains on standardised features
     fits, cv, oof = {}, {}, {}
     try:
         for name, X in cands.items():
@@ -855,8 +858,7 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
         if readout is None:
             head.out.bias.copy_(torch.as_tensor(b, dtype=head.out.bias.dtype))
         else:
-            readout.out.weight.copy_(torch.as_tensor(W[:n_bp].T, dtype=readout.out.weight.dtype))
-            readout.out.bias.copy_(torch.as_tensor(b, dtype=readout.out.bias.dtype))
+            readout.start_at(W[:n_bp], b)  # the raw-feature fit, through the read-out's standardisation
     finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731
     metric = "auroc" if classify else "r2"
     rule = ("token mean alone (no band-power read-out)" if readout is None else

@@ -780,3 +780,59 @@ def test_heads():
     recon.init_from_pretraining(model)
     assert torch.equal(recon.mask_token, model.mask_token)
     assert F.mse_loss(out, enc.patches(batch["x"])[mask]).item() > 0
+
+
+def test_band_power_readout_standardises_with_training_statistics_and_starts_at_a_raw_fit(tmp_path):
+    """The read-out trained on raw log band powers under AdamW decay: the decay pulled hardest on
+    the bands with the smallest spread and one lr meant different steps per band. Its features
+    are now standardised with the training statistics (buffers, saved with the weights); a fit
+    on the raw features, folded through them, predicts exactly what it predicts on raw features.
+    A folder written before the buffers (raw features) loads with identity statistics."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from neurofm.hub import load_pretrained
+    from neurofm.models.barista import BandPowerReadout, BaristaFinetuned, BaristaFinetunedConfig
+
+    torch.manual_seed(0)
+    C, T, fs = 3, 256, 128.0
+    x = torch.randn(16, C, T) * torch.tensor([1.0, 5.0, 0.2])[None, :, None]
+    readout = BandPowerReadout(C, fs, {"theta": [4, 8], "beta": [13, 30]}, out_dim=2)
+    raw = readout.features(x)  # (16, 6) float64
+    assert torch.equal(readout.feature_mean, torch.zeros(6, dtype=torch.float64))  # identity until set
+    readout.set_statistics(raw.mean(0), raw.std(0, unbiased=False))
+    z = (raw - readout.feature_mean) / readout.feature_std
+    torch.testing.assert_close(z.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(6, dtype=torch.float64))
+    W, b = torch.randn(6, 2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    readout.start_at(W, b)  # the decode report's fit, on raw features
+    torch.testing.assert_close(readout(x), (raw @ W + b).float(), atol=1e-5, rtol=1e-5)
+    # a constant feature (a silent channel) keeps std 1, never a division by zero
+    readout.set_statistics(raw.mean(0), torch.zeros(6, dtype=torch.float64))
+    assert torch.equal(readout.feature_std, torch.ones(6, dtype=torch.float64))
+
+    # saved with the weights, and a folder written before them loads as it was trained
+    cfg = BaristaFinetunedConfig(encoder=BaristaConfig(d_model=16, n_layers=1, n_heads=2, cnn_channels=4,
+                                                       sampling_rate=fs, n_patches=1, patch_len=T),
+                                 out_dim=2, n_channels=C, band_power_bands={"theta": [4, 8], "beta": [13, 30]})
+    model = BaristaFinetuned(cfg).eval()
+    model.band_power.set_statistics(raw.mean(0), raw.std(0, unbiased=False))
+    model.band_power.start_at(W, b)
+    folder = model.save_pretrained(tmp_path / "ft")
+    assert "band_power.feature_std" in load_file(str(folder / "model.safetensors"))
+    assert torch.equal(load_pretrained(folder).band_power.feature_mean, model.band_power.feature_mean)
+    old = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if "feature_" not in k}
+    old["band_power.out.weight"] = W.T.float().contiguous()  # trained on raw features
+    old["band_power.out.bias"] = b.float()
+    save_file(old, str(folder / "model.safetensors"))
+    loaded = load_pretrained(folder)
+    assert torch.equal(loaded.band_power.feature_std, torch.ones(6, dtype=torch.float64))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.band_power(x), (raw @ W + b).float(), atol=1e-4, rtol=1e-4)
+    assert json.loads((folder / "config.json").read_text())["config"]["band_power_bands"]
+    # a Lightning checkpoint's state (any prefix) the same way, on load and resume
+    from neurofm.models.barista import upgrade_state_dict
+
+    up = upgrade_state_dict({"band_power.out.weight": W.T.float(), "band_power.out.bias": b.float()}, 2)
+    assert torch.equal(up["band_power.feature_std"], torch.ones(6, dtype=torch.float64))

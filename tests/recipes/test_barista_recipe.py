@@ -303,6 +303,10 @@ def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_
         assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4), head
         assert np.allclose(logits[:, 1], -logits[:, 0], atol=1e-5)  # softmax = the logistic probability
         assert not task.head.out.weight.abs().sum()  # the token head adds nothing at the start
+        # the read-out trains on standardised features: the training segments' statistics
+        bp = torch.as_tensor(train["bp"].reshape(n_tr, -1))
+        torch.testing.assert_close(task.band_power.feature_mean, bp.mean(0))
+        torch.testing.assert_close(task.band_power.feature_std, bp.std(0, unbiased=False))
 
 
 def test_without_band_power_the_head_starts_at_the_linear_probe(session, force_session, tmp_path):
