@@ -53,7 +53,8 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (DISCONTINUITIES, NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session,
+from neurofm.data.session import (BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES,
+                                  ConvertError, Session,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
                                   is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
@@ -523,7 +524,9 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
     """One warning naming every channel the model will leave out as non-neural (the segmenter
     drops :data:`~neurofm.data.session.NON_NEURAL_TYPES`), why (its name, the channels.tsv, the
     file), and for the continuous ones the ``--behavior-channel NAME`` that makes a decoding
-    target of them."""
+    target of them: a behaviour sensor (force, movement: type misc...) may be one; a body signal
+    (:data:`~neurofm.data.session.BODY_SIGNAL_TYPES`: an EKG) is no behaviour, so for those the
+    warning says they need nothing and names the option only for decoding one anyway."""
     non_neural = np.asarray([str(t).strip().lower() in NON_NEURAL_TYPES for t in types], dtype=bool)
     if not non_neural.any():
         return
@@ -537,13 +540,18 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
         if m.any():
             parts.append(f"{int(m.sum())}{' more' if parts else f' of {n} channels'} typed non-neural by {source} "
                          f"({_by_type(names, types, m)})")
-    continuous = [names[i] for i in np.flatnonzero(non_neural)
-                  if str(types[i]).strip().lower() not in NOT_CONTINUOUS_TYPES]
+    kind = [str(t).strip().lower() for t in types]
+    body = non_neural & np.asarray([t in BODY_SIGNAL_TYPES for t in kind], dtype=bool)
+    sensors = [names[i] for i in np.flatnonzero(non_neural & ~body) if kind[i] not in NOT_CONTINUOUS_TYPES]
     hint = ""
-    if continuous:
-        shown = ", ".join(continuous[:6]) + (f" ... (+{len(continuous) - 6} more)" if len(continuous) > 6 else "")
-        hint = (f". To decode a continuous one (force, movement, ...) as a behaviour, convert again with "
-                f"--behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
+    if body.any():
+        hint += (f". Body signals ({_by_type(names, types, body)}) are no behaviour: typed non-neural, they stay "
+                 f"out of the model and need nothing; only to decode one as a target, convert again with "
+                 f"--behavior-channel NAME")
+    if sensors:
+        shown = ", ".join(sensors[:6]) + (f" ... (+{len(sensors) - 6} more)" if len(sensors) > 6 else "")
+        hint += (f". To decode a behaviour recorded as a channel (force, movement, ...), convert again "
+                 f"with --behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
     k = int(non_neural.sum())
     fix = (f"edit their type in {channels_tsv} to change that" if channels_tsv else
            "give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types yourself")

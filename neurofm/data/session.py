@@ -185,6 +185,11 @@ _NON_NEURAL_PATTERNS = {
 #: Types of :data:`_NON_NEURAL_PATTERNS` that mark events or references, not a continuous
 #: signal a lab would decode: the converter's ``--behavior-channel`` hint leaves them out.
 NOT_CONTINUOUS_TYPES = frozenset({"stim", "trig", "ref", "reference", "syst", "sysclock", "dac"})
+#: Types of body signals (heart, muscle, eyes, breathing, skin): continuous but no behaviour; the
+#: converter says they stay out of the model and names ``--behavior-channel`` only as the way to
+#: decode one anyway.
+BODY_SIGNAL_TYPES = frozenset({"ecg", "ekg", "emg", "eog", "heog", "veog", "resp", "bio", "ppg", "gsr", "temp",
+                               "temperature"})
 
 #: Channel types (BIDS channels.tsv ``type`` lower-cased, and MNE's) that carry no neural
 #: signal: the segmenter leaves such channels out, the converter says which.

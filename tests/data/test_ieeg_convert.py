@@ -265,9 +265,9 @@ def test_edf_non_neural_channels_typed_by_name_and_left_out_by_the_segmenter(tmp
         convert_ieeg(edf, tmp_path / "t.h5", channels_tsv=tsv)
     assert [str(w.message) for w in caught] == [
         f"{edf}: /channels/type: 1 of 7 channels typed non-neural by channels.tsv (rec_channels.tsv) (ecg: EKG1 (1)); "
-        f"the model leaves it out (kept in /continuous, typed): edit their type in {tsv} to change that. To decode a "
-        f"continuous one (force, movement, ...) as a behaviour, convert again with --behavior-channel NAME "
-        f"(behavior_channels=[NAME]); here: EKG1"]
+        f"the model leaves it out (kept in /continuous, typed): edit their type in {tsv} to change that. Body "
+        f"signals (ecg: EKG1 (1)) are no behaviour: typed non-neural, they stay out of the model and need nothing; "
+        f"only to decode one as a target, convert again with --behavior-channel NAME"]  # an EKG is no behaviour
     with Session(tmp_path / "t.h5") as s:
         assert s.channels().types.tolist() == ["seeg"] * 3 + ["ecg"] + ["seeg"] * 3
 
@@ -531,7 +531,8 @@ def test_behaviour_sensors_recorded_as_edf_channels_are_left_out_and_named(tmp_p
     text = " ".join(str(w.message) for w in record)
     assert ("4 of 7 channels typed eeg by the file are named like non-neural inputs, so typed by their names "
             "(misc: GRIP, MOV_RIGHT, ACC_X (3); stim: TRIG (1)); the model leaves these 4 out") in text
-    assert text.endswith("--behavior-channel NAME (behavior_channels=[NAME]); here: GRIP, MOV_RIGHT, ACC_X")  # no TRIG
+    assert text.endswith("To decode a behaviour recorded as a channel (force, movement, ...), convert again with "
+                         "--behavior-channel NAME (behavior_channels=[NAME]); here: GRIP, MOV_RIGHT, ACC_X")  # no TRIG
     with Session(tmp_path / "s.h5") as s:
         ch = s.channels()
         assert ch.types.tolist() == ["eeg"] * 3 + ["misc"] * 3 + ["stim"]
@@ -696,3 +697,20 @@ def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_a
     with pytest.raises(ConfigError, match=r"classifies \['Comment/cue', 'Comment/go'\], but these events carry the "
                                           r"labels \['go', 'stop'\]"):
         _load_finetuned_head(model(["go", "stop"]), old, "RUN/pretrained")
+
+
+def test_an_ekg_is_not_offered_as_a_behaviour(tmp_path):
+    """The sample sEEG's EKG1/EKG2 were listed with the DC inputs under "To decode a continuous
+    one (force, movement, ...) as a behaviour ... here: DC01, ..., EKG1, EKG2": an EKG is no
+    behaviour. It is named as a body signal kept out of the model; the behaviour hint lists the
+    DC inputs only."""
+    names = ["A1", "A2", "A3", "EKG1", "EKG2", "DC01"]
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=600, n_ch=len(names)), names)
+    with pytest.warns(UserWarning) as record:
+        convert_ieeg(edf, tmp_path / "s.h5")
+    (text,) = [str(w.message) for w in record if "/channels/type" in str(w.message)]
+    assert ("Body signals (ecg: EKG1, EKG2 (2)) are no behaviour: typed non-neural, they stay out of the model and "
+            "need nothing; only to decode one as a target, convert again with --behavior-channel NAME") in text
+    assert text.endswith("(behavior_channels=[NAME]); here: DC01")
+    with Session(tmp_path / "s.h5") as s:
+        assert s.channels().types.tolist() == ["eeg"] * 3 + ["ecg", "ecg", "misc"]
