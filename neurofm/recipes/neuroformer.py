@@ -13,7 +13,7 @@ Evaluation (all on the test block of the same time-block split, with a gap):
   rate-weighted draw held to the generated windows' number of distinct units (set F1 rewards
   naming more units: this arm compares which units, not how many) and every unit that fired
   in training, in every window; a paired block-bootstrap CI and a plain line (``generation.verdicts``, and
-  ``limitations`` when it loses) say whether the generated spikes beat each generator.
+  ``limitations`` when it loses, to any of the three) say whether the generated spikes beat each.
 * **behaviour decoding** R2 / Pearson r of each regression target from the model's pooled
   head, beside ridge regression on the same windows' spike counts (current + previous
   window per unit), fitted on the training windows the model's behaviour loss saw (few-shot:
@@ -1823,18 +1823,19 @@ def _paired_f1_diff(f_model: np.ndarray, f_other: np.ndarray, blocks: np.ndarray
 
 def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, float], n_blocks: int) -> str:
     d, lo, hi = diff
+    arm = f"naming {arm}" if arm == EVERY_UNIT else f"the {arm}"
     if not np.isfinite(d):
-        return f"generated spikes vs the {arm}: window F1 not comparable (no test window holds a recorded spike)"
+        return f"generated spikes vs {arm}: window F1 not comparable (no test window holds a recorded spike)"
     if n_blocks < MIN_CI_BLOCKS:
-        return (f"generated spikes vs the {arm}: window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}; no CI: "
+        return (f"generated spikes vs {arm}: window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}; no CI: "
                 f"the scored windows span only {n_blocks} block(s) of {GENERATION_BLOCK_S:g} s, raise "
                 f"eval.generate_windows)")
     nums = f"window F1 {f:.3f} vs {other:.3f} (difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])"
     if hi < 0:
-        return f"generated spikes LOSE to the {arm}: {nums}"
+        return f"generated spikes LOSE to {arm}: {nums}"
     if lo > 0:
-        return f"generated spikes beat the {arm}: {nums}"
-    return f"generated spikes {'match' if d >= 0 else 'are below but within the CI of'} the {arm}: {nums}"
+        return f"generated spikes beat {arm}: {nums}"
+    return f"generated spikes {'match' if d >= 0 else 'are below but within the CI of'} {arm}: {nums}"
 
 
 def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir,
@@ -1904,7 +1905,7 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     verdicts = [_f1_verdict(arm, scores["model"]["f1"], scores[arm]["f1"],
                             _paired_f1_diff(scores["model"]["f1_per_window"], scores[arm]["f1_per_window"], blocks,
                                             seed=cfg.eval.seed), n_blocks)
-                for arm in (GENERATOR_BASELINE, MATCHED_BASELINE)]
+                for arm in (GENERATOR_BASELINE, MATCHED_BASELINE, EVERY_UNIT)]  # a LOSE line is a limitation
     for line in verdicts:
         print(line, file=sys.stderr)
     _raster_plot(cfg, gen_all, batches, run_dir, n_units, order=raster_order,

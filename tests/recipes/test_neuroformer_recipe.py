@@ -737,3 +737,34 @@ def test_starting_validation_uses_the_scored_windows(tmp_path):
     assert scored["val/behavior_r2"] == pytest.approx(want, abs=1e-4)
     assert scored["val/position_r2"] == scored["val/behavior_r2"]
     assert abs(scored["val/behavior_r2"] - every["val/behavior_r2"]) > 1e-3
+
+
+def test_generated_spikes_below_the_every_unit_arm_are_a_limitation(tmp_path, capsys):
+    """Window F1 of generated spikes below the "every unit that fired in training" arm was in the
+    generation table only: no verdict line, so no limitations entry, no terminal LIMITATION line
+    and nothing under the card's Limitations. It is listed as the other losses are."""
+    from neurofm.cards import render_card
+    from neurofm.experiment import print_summary
+
+    n_units, b, n_batches = 10, 16, 8
+    rates = np.full(n_units, 0.8)
+    cfg = _config([])
+    cfg.eval.generate_windows = b * n_batches
+    batches, true_sets = _spike_batches(np.random.default_rng(11), n_units, n_batches, b, rates)
+    # a generator that names one unit per window: precise, but misses most of what fired
+    one = [[np.array([w % n_units]) for w in range(b)] for _ in range(n_batches)]
+    score = recipe._generation_metrics(cfg, _ReplayModel(n_units, one), batches, rates * 500, 500, tmp_path)
+    assert score.metrics["window_f1"] < score.baselines[recipe.EVERY_UNIT]["window_f1"]
+    (line,) = [v for v in score.verdicts if recipe.EVERY_UNIT in v]
+    assert line.startswith(f"generated spikes LOSE to naming {recipe.EVERY_UNIT}: window F1 "), line
+    generation = score.to_dict()
+    assert line in generation["limitations"]
+    metrics = {**{"family": "neuroformer", "name": "g", "metrics": {}, "baselines": {}},
+               "generation": generation, "limitations": generation["limitations"]}  # as evaluate assembles it
+    print_summary(metrics, tmp_path)
+    assert f"  LIMITATION: {line}" in capsys.readouterr().out
+    assert f"- {line}" in render_card(metrics).split("## Limitations", 1)[1]
+    # a generator that replays the recorded spikes beats it: no such line
+    replay = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, rates * 500, 500, tmp_path)
+    assert any(v.startswith(f"generated spikes beat naming {recipe.EVERY_UNIT}") for v in replay.verdicts)
+    assert replay.to_dict()["limitations"] == []
