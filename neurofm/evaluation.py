@@ -47,7 +47,7 @@ from scipy.ndimage import gaussian_filter1d
 from neurofm import metrics
 from neurofm.baselines import DEFAULT_ALPHAS, Ridge, _n_bins, bin_spikes, bin_timeseries, history_features
 from neurofm.data.session import DISCONTINUITIES, Session, SessionFormatError
-from neurofm.data.splits import labelled_windows
+from neurofm.data.splits import Intervals, labelled_windows
 
 __all__ = [
     "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict", "blocked_oof",
@@ -564,19 +564,29 @@ class DecodingData:
         return {"speed": self.speed} if self.speed_measured else {"position": self.position}
 
     def stretches(self) -> list[slice]:
-        """The bins of each continuous stretch of the recording, in order: ``breaks`` cut the
-        grid (a break strictly inside a bin drops that bin from both sides)."""
-        T, out, start = self.n_bins, [], 0
-        for b in np.sort(np.asarray(self.breaks, dtype=np.float64)):
-            k = (b - self.bin_times[0]) / self.bin_size
-            if not 0 < k < T:
-                continue
-            cut = int(np.floor(k + 1e-9))  # the bin that holds b, or starts at it
-            inside = k - cut > 1e-9
-            out.append(slice(start, cut))
-            start = cut + 1 if inside else cut
-        out.append(slice(start, T))
-        return [s for s in out if s.stop > s.start]
+        """The bins of each continuous stretch of the recording, in order: the bins wholly inside
+        each piece of the grid's span cut at ``breaks`` (:meth:`~neurofm.data.splits.Intervals.cut`,
+        as the spike splits cut their time blocks), so a break strictly inside a bin drops that
+        bin from both sides."""
+        out = []
+        if not self.n_bins:
+            return out
+        t0 = self.bin_times[0]
+        pieces = Intervals(np.array([t0]), np.array([self.bin_end[-1]])).cut(self.breaks)
+        for a, b in zip(pieces.start, pieces.end):
+            i0 = int(np.ceil((a - t0) / self.bin_size - 1e-9))  # first bin starting at or after a
+            i1 = int(np.floor((b - t0) / self.bin_size + 1e-9))  # one past the last bin ending by b
+            if i1 > i0:
+                out.append(slice(i0, min(i1, self.n_bins)))
+        return out
+
+    def whole_history(self, n_history: int) -> np.ndarray:
+        """(T,) bool: bin t and the ``n_history - 1`` bins before it lie in one stretch
+        (:meth:`stretches`): a decoder reading them reads no count from across a pause."""
+        ok = np.zeros(self.n_bins, dtype=bool)
+        for sl in self.stretches():
+            ok[sl.start + n_history - 1:sl.stop] = True
+        return ok
 
     def moving_speed(self, smooth_s: float) -> np.ndarray:
         """(T,) the speed the moving rule thresholds (:func:`moving_speed`): the measured speed
@@ -690,7 +700,8 @@ def session_position_data(session, protocol: DecodingProtocol | None = None, *, 
 class DecodingSetup:
     """Bins, folds and masks shared by every decoder scored under one protocol.
 
-    ``score_mask``: moving bins with a position and a full spike history. ``train_mask``:
+    ``score_mask``: moving bins with a position and a full spike history inside one stretch
+    between the recording's discontinuities (:meth:`DecodingData.whole_history`). ``train_mask``:
     the same (``train_on="moving"``) or every bin with a position and a full history
     (``"all"``). ``folds``: :func:`blocked_folds` over all bins (``fold_span="recording"``:
     folds are contiguous stretches of the recording, whatever is scored in them) or over the
@@ -734,7 +745,7 @@ def decoding_setup(session, protocol: DecodingProtocol | None = None, data: Deco
         raise ValueError(f"decoding_setup: data hold {data.behavior!r} in {data.bin_size} s bins but the protocol "
                          f"asks for {protocol.behavior!r} in {protocol.bin_size} s bins; bin again with this protocol")
     T = data.n_bins
-    history = np.arange(T) >= protocol.n_history - 1  # a full n_history-bin window of counts
+    history = data.whole_history(protocol.n_history)  # a full n_history-bin window of counts, in one stretch
     has_pos = np.isfinite(data.position).all(axis=1)
     moving = data.moving_mask(protocol.speed_threshold, protocol.smooth_s)
     score = moving & has_pos & history

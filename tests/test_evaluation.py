@@ -9,7 +9,7 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 from neurofm import evaluation as ev
-from neurofm.data.session import Session, SessionWriter
+from neurofm.data.session import DISCONTINUITIES, Session, SessionWriter
 from neurofm.data.splits import BlockedKFold, labelled_windows
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -232,8 +232,9 @@ def test_protocol_validation_and_describe():
 # --------------------------------------------------------------------------------------------
 
 
-def _place_cell_session(path: Path, seed: int = 0) -> Path:
-    """Back-and-forth runs on a 100-unit-long track for 300 s, then 200 s of rest; 12 place cells."""
+def _place_cell_session(path: Path, seed: int = 0, discontinuities=()) -> Path:
+    """Back-and-forth runs on a 100-unit-long track for 300 s, then 200 s of rest; 12 place cells;
+    ``discontinuities``: times written to /intervals/discontinuities (a paused recording)."""
     rng = np.random.default_rng(seed)
     fs = 60.0
     t = np.arange(0, 500.0, 1 / fs)
@@ -253,6 +254,8 @@ def _place_cell_session(path: Path, seed: int = 0) -> Path:
         w.add_spikes(times[order], spk_u[order], t_start=0.0, t_end=500.0)
         keep = ~((t > 100) & (t < 100.2))  # tracking lost for 0.2 s
         w.add_behavior("position", t[keep], pos[keep].astype(np.float32), unit="cm")
+        if len(discontinuities):
+            w.add_intervals(DISCONTINUITIES, list(discontinuities), list(discontinuities))
     return path
 
 
@@ -349,3 +352,31 @@ def test_position_data_without_counts_reads_two_spike_times_and_gives_the_same_g
     np.testing.assert_array_equal(grid.position, full.position)
     np.testing.assert_array_equal(grid.moving, full.moving)
     assert full.moving.any() and (~full.moving).any()
+
+
+def test_decoding_setup_scores_no_bin_whose_history_crosses_a_discontinuity(tmp_path):
+    """The bench's blocked CV (decoding_setup / ridge_floor) scored and trained on bins whose
+    n_history-bin window of counts reached back across a pause recorded in
+    /intervals/discontinuities (and on the bin the pause cuts), though the spike splits and the
+    moving rule already treat each stretch on its own. It now takes the stretches the moving
+    rule uses (DecodingData.stretches, which cut the bin grid as the splits cut time blocks)."""
+    pause = 150.013  # inside a 50 ms bin, while the animal runs
+    path = _place_cell_session(tmp_path / "place.h5", discontinuities=[pause])
+    with Session(path) as s:
+        assert DISCONTINUITIES in s.interval_names and s.intervals(DISCONTINUITIES)["start"].tolist() == [pause]
+    for train_on in ("moving", "all"):
+        p = ev.DecodingProtocol(alpha=100.0, train_on=train_on)
+        setup = ev.decoding_setup(path, p)
+        d = setup.data
+        k = int(np.searchsorted(d.bin_times, pause)) - 1  # the bin the pause cuts
+        assert d.bin_times[k] < pause < d.bin_end[k]
+        assert [(sl.start, sl.stop) for sl in d.stretches()] == [(0, k), (k + 1, d.n_bins)]
+        reach = np.arange(k, k + p.n_history)  # the cut bin and those whose history reaches it
+        assert not setup.score_mask[reach].any() and not setup.train_mask[reach].any()
+        after = k + p.n_history  # the first bin with its whole history after the pause
+        if train_on == "all":  # every bin with a position and a whole history
+            assert setup.train_mask[after] and np.isfinite(d.position[after]).all()
+        assert setup.train_mask[: p.n_history - 1].sum() == 0  # the recording's start, as before
+        assert setup.train_mask[p.n_history - 1: k].any()
+    out = ev.ridge_floor(None, setup=setup)
+    assert out["ridge"]["r2_mean"] > 0.6
