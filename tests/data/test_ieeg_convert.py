@@ -562,7 +562,9 @@ def test_bids_channel_types_are_honoured_and_named(tmp_path):
                             f"as neural signal") for m in text)
     left_out = next(m for m in text if "/channels/type" in m)
     assert "7 of 11 channels typed non-neural by channels.tsv (rec_channels.tsv)" in left_out
-    assert left_out.endswith("here: X1, X3, X4, X5, X6, X7")  # not the trigger line X2
+    # body signals (EMG, ECG, HEOG) are named as such, no behaviour; the hint lists the others
+    assert "Body signals (emg: X3 (1); ecg: X4 (1); heog: X5 (1)) are no behaviour" in left_out
+    assert left_out.endswith("here: X1, X6, X7")  # not the trigger line X2
     with Session(tmp_path / "s.h5") as s:
         ch = s.channels()
         assert ch.types.tolist() == [t.lower() for t in tsv_types]
