@@ -138,6 +138,8 @@ def convert_ieeg(
     if not in_path.exists():
         raise FileNotFoundError(f"{in_path}: no such recording (check the path; convert_ieeg reads EDF, "
                                 f"BrainVision .vhdr, FIF and the other formats MNE reads)")
+    if in_path.is_dir() and in_path.suffix.lower() not in _DIRECTORY_FORMATS:
+        _refuse_directory(in_path)
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
     check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
@@ -217,6 +219,34 @@ def convert_ieeg(
 
 
 # -- reading the recording ---------------------------------------------------------------------
+
+#: Recordings MNE stores as a folder (CTF .ds, EGI .mff): read as one recording, never refused.
+_DIRECTORY_FORMATS = (".ds", ".mff")
+#: Data-file suffixes of the recordings a folder (e.g. a BIDS root) holds, for the error listing them.
+_RECORDING_SUFFIXES = (".edf", ".bdf", ".vhdr", ".fif", ".set", ".nwb", ".mefd")
+
+
+def _refuse_directory(in_path: Path) -> None:
+    """A folder (e.g. a BIDS dataset root) is many recordings, and a session file holds one: say
+    which recordings it holds and how to convert each, instead of MNE's 'Unsupported file type ()'."""
+    found = sorted(p for p in in_path.rglob("*") if p.suffix.lower() in _RECORDING_SUFFIXES and not
+                   any(part.startswith(".") or part in ("derivatives", "sourcedata") for part in p.relative_to(in_path).parts))
+    bids = [p for p in found if p.stem.endswith("_ieeg")]
+    found = bids or found
+    if not found:
+        raise ConvertError(in_path, "input", "is a folder with no recording MNE reads in it "
+                           f"(no {', '.join(_RECORDING_SUFFIXES)} file)",
+                           "give one recording file (a BIDS dataset's sub-*/[ses-*/]ieeg/*_ieeg.edf, .vhdr, ...)")
+    shown = ", ".join(str(p.relative_to(in_path)) for p in found[:4]) + (f" ... (+{len(found) - 4} more)"
+                                                                         if len(found) > 4 else "")
+    suffix = found[0].suffix
+    glob = "*_ieeg" + suffix if bids else "*" + suffix
+    raise ConvertError(in_path, "input", f"is a folder holding {len(found)} recording(s) ({shown}); a session file "
+                       "holds one recording",
+                       f"convert each to its own session file (a BIDS recording picks up its sidecars), e.g. "
+                       f"`for f in $(find {in_path} -name '{glob}'); do neurofm convert ieeg \"$f\" "
+                       f"\"$(basename \"${{f%{suffix}}}\").h5\"; done`, then train on the files together "
+                       f"(data.sessions='[a.h5,b.h5]')")
 
 
 def _read_raw(mne, in_path: Path):

@@ -696,3 +696,22 @@ def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_a
     with pytest.raises(ConfigError, match=r"classifies \['Comment/cue', 'Comment/go'\], but these events carry the "
                                           r"labels \['go', 'stop'\]"):
         _load_finetuned_head(model(["go", "stop"]), old, "RUN/pretrained")
+
+
+def test_a_bids_root_folder_names_its_recordings_and_the_loop_that_converts_them(bids_root, tmp_path):
+    """`neurofm convert ieeg BIDS_ROOT out.h5` (a new lab's first try) used to reach MNE and come back
+    as 'Unsupported file type ()' ... 'the file is truncated, damaged or not a format MNE reads'."""
+    root = bids_root.parents[3]  # ds/ (sub-01/ses-01/ieeg/rec.vhdr)
+    with pytest.raises(ConvertError) as e:
+        convert_ieeg(root, tmp_path / "s.h5")
+    msg = str(e.value)
+    assert msg.startswith(f"{root}: input: is a folder holding 1 recording(s) "
+                          "(sub-01/ses-01/ieeg/sub-01_ses-01_task-rest_run-01_ieeg.vhdr)"), msg
+    assert "-name '*_ieeg.vhdr'" in msg and "neurofm convert ieeg" in msg and "damaged" not in msg
+    assert_nothing_written(tmp_path / "s.h5")
+    with pytest.raises(ConvertError, match="is a folder with no recording MNE reads in it"):
+        convert_ieeg(tmp_path, tmp_path / "s.h5")
+    # a recording MNE stores as a folder (CTF .ds) still goes to MNE
+    (tmp_path / "rec.ds").mkdir()
+    with pytest.raises(ConvertError, match="MNE cannot read it"):
+        convert_ieeg(tmp_path / "rec.ds", tmp_path / "s.h5")
