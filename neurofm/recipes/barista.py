@@ -452,7 +452,20 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
     if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
         wanted["model.mask_scale"] = m.mask_scale
     for key, scale in wanted.items():
-        if any(_known_at(vocab, ch, scale) for ch in channels):
+        known = [_known_at(vocab, ch, scale) for ch in channels]
+        if any(known):
+            blind = [Path(p).name for p, k in zip(names, known) if not k]
+            if blind:  # the others are known: a run, but these sessions' channels all share one embedding
+                what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" \
+                    if scale == "parcel" else "atlas labels that map to a lobe"
+                other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and all(
+                    _known_at(vocab, ch, sc) for ch in channels)]
+                warnings.warn(f"{key}: {scale}, but no channel of {', '.join(blind)} has {what} ({len(blind)} of "
+                              f"{len(names)} sessions): every channel there gets the one 'unknown' embedding, so the "
+                              f"model cannot tell its channels apart. Convert {'it' if len(blind) == 1 else 'them'} "
+                              f"again with an electrodes.tsv that has them"
+                              + (f", or choose {key}={other[0]}, which every session has" if other and
+                                 not cfg.task.pretrained else ""), stacklevel=2)
             continue
         what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
             else "atlas labels that map to a lobe"

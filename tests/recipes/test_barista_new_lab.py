@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -277,6 +278,21 @@ def test_preflight_refuses_parcel_encoding_without_atlas(sessions, tmp_path):
                                           r"labels .*--electrodes .*, or choose model.encode_scale=coords"):
         recipe.preflight(cfg)
     recipe.preflight(recipe.prepare(_pretrain_cfg([bare], "model.encode_scale=coords")))
+
+
+def test_preflight_warns_when_one_of_several_sessions_has_no_atlas(sessions, tmp_path):
+    """A BIDS dataset where one subject's electrodes.tsv has no atlas column: pretraining at parcel
+    scale (the demo config's) ran without a word, every channel of that subject sharing one embedding."""
+    bare = _edited_copy(sessions["home"], tmp_path / "bare.h5", lambda f: [f["channels/region"].pop(k) for k in
+                                                                          list(f["channels/region"])])
+    cfg = recipe.prepare(_pretrain_cfg([sessions["home"], bare], "model.encode_scale=parcel"))
+    with pytest.warns(UserWarning, match=r"model.encode_scale: parcel, but no channel of bare.h5 has destrieux atlas "
+                                         r"labels \(1 of 2 sessions\): every channel there gets the one 'unknown' "
+                                         r"embedding.* or choose model.encode_scale=coords, which every session has"):
+        recipe.preflight(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        recipe._check_spatial_scales(recipe.prepare(_pretrain_cfg([sessions["home"], bare], "model.encode_scale=coords")))
 
 
 def test_preflight_refuses_parcels_a_pretrained_model_never_learned(pretrained, sessions, tmp_path):
