@@ -101,6 +101,7 @@ def convert_ieeg(
     coordinate_unit: str | None = None,
     behavior_channels: Sequence[str] = (),
     license: str | None = None,
+    rectify_behavior: bool = False,
 ) -> Path:
     """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
 
@@ -123,6 +124,10 @@ def convert_ieeg(
         is the channels.tsv ``units`` when given (values rescaled when both are voltages),
         else the recording's. A name matching no channel is an error listing the channels. For
         a session file that exists already: :func:`move_channels_to_behavior`.
+    rectify_behavior : store the ``behavior_channels`` full-wave rectified (``|x|``, attr
+        ``rectified``), so the mean over a segment, what a BaRISTA regression predicts, is the
+        channel's mean absolute amplitude: the envelope of a raw EMG, an accelerometer axis or
+        a microphone, whose own mean over a segment is noise around zero.
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -197,7 +202,8 @@ def convert_ieeg(
             for i, as_name in moves:
                 values, unit = _channel_in_own_unit(raw, i, tsv_units.get(names[i], ""), side.get("channels"))
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
-                w.add_behavior(as_name, times, values, unit=unit, source_channel=names[i])
+                w.add_behavior(as_name, times, np.abs(values) if rectify_behavior else values, unit=unit,
+                               source_channel=names[i], rectified=bool(rectify_behavior))
             if breaks.size:
                 w.add_intervals(DISCONTINUITIES, breaks, breaks, label=np.full(breaks.size, "New Segment", dtype=object))
             if onset.size:
@@ -812,7 +818,8 @@ def _file_unit_values(raw, i: int) -> tuple[np.ndarray, str]:
 
 
 def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.PathLike,
-                              behavior_channels: Sequence[str] | Mapping[str, str], *, overwrite: bool = True) -> Path:
+                              behavior_channels: Sequence[str] | Mapping[str, str], *, overwrite: bool = True,
+                              rectify: bool = False) -> Path:
     """Move channels of an existing session file's /continuous to /behavior; returns ``out_path``.
 
     The same as ``convert_ieeg(..., behavior_channels=...)`` for a file converted already
@@ -822,6 +829,7 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     still exists and gives one) and is
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
+    ``rectify``: store them as ``|x|`` (``convert_ieeg``'s ``rectify_behavior``).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.exists() and not overwrite and out_path.resolve() != in_path.resolve():
@@ -892,8 +900,9 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                                               tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
-                b.create_dataset("values", data=values, compression="gzip", compression_opts=4, shuffle=True)
-                b.attrs.update(unit=b_unit, source_channel=names[i])
+                b.create_dataset("values", data=np.abs(values) if rectify else values, compression="gzip",
+                                 compression_opts=4, shuffle=True)
+                b.attrs.update(unit=b_unit, source_channel=names[i], rectified=bool(rectify))
         with Session(tmp):  # validates the new file before it replaces anything
             pass
     return out_path

@@ -914,7 +914,7 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
     training blocks of every session: the regression head learns the target standardised with
     them and the exported model maps its outputs back to the recording's units."""
     name = cfg.data.target
-    values = []
+    values, seg_means, sources = [], [], []
     for s in dm.sessions:
         if name not in s.behavior_names:
             raise ConfigError(f"data.target: {s.path} has no /behavior/{name} (available: {s.behavior_names}); "
@@ -924,6 +924,12 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
         v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
         inside = dm.splits(s)["train"].contains(ts, ts)
         values.append(v[inside & np.isfinite(v).all(1)])
+        if len(ts) > 1:  # consecutive runs of one segment's samples, for the check below
+            per_seg = int(round(cfg.data.segment_s / float(np.median(np.diff(ts)))))
+            n = len(values[-1]) // max(per_seg, 1) * per_seg
+            if per_seg > 1 and n:
+                seg_means.append(values[-1][:n].reshape(-1, per_seg, v.shape[1]).mean(1))
+        sources.append(str(s.h5[f"behavior/{name}"].attrs.get("source_channel", "") or ""))
     v = np.concatenate(values)
     if len(v) < 2:
         raise ConfigError(f"data.target: /behavior/{name} has {len(v)} finite sample(s) inside the training "
@@ -933,7 +939,25 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
     if not (std > 0).all():
         raise ConfigError(f"data.target: /behavior/{name} is constant over the training blocks (std {std.tolist()}); "
                           f"there is nothing to decode")
+    if seg_means:
+        # the model regresses the target's MEAN over a segment: a raw EMG or accelerometer channel
+        # oscillates around 0 faster than a segment, and that mean is noise (standardised by the
+        # samples' std, a target near 0 everywhere, scored as if it were behaviour)
+        kept = float((np.concatenate(seg_means).var(0) / std ** 2).max())
+        if kept < SEGMENT_MEAN_MIN_VARIANCE:
+            source = next((x for x in sources if x), "NAME")
+            raise ConfigError(
+                f"data.target: /behavior/{name}'s mean over a {cfg.data.segment_s:g} s segment (what the model "
+                f"regresses and is scored on) keeps {kept:.2%} of its variance over the training blocks: the rest "
+                f"oscillates faster than a segment (a raw EMG, accelerometer or microphone channel), so the target "
+                f"would be noise around its mean. Regress its envelope: convert the recording again with "
+                f"--behavior-channel {source}={name} --rectify (the mean absolute amplitude per segment)")
     return v.mean(0).tolist(), std.tolist()
+
+
+#: A regression target's segment means must keep at least this share of its samples' variance
+#: (white noise keeps 1 / samples per segment; a grip force or an EMG envelope most of it).
+SEGMENT_MEAN_MIN_VARIANCE = 0.01
 
 
 def _fixed_layout_channels(cfg: RunConfig, dm) -> int:

@@ -483,6 +483,15 @@ def test_behavior_channel_cli_errors(tmp_path, capsys):
     assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5")] + sum(
         (["--behavior-channel", n] for n in NAMES), [])) == 2
     assert "would move all 4 channels" in capsys.readouterr().err
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--rectify"]) == 2
+    assert "--rectify rectifies the --behavior-channel channels: give --behavior-channel" in capsys.readouterr().err
+    # --rectify: the channel's |x| (a raw EMG's envelope, whose segment mean BaRISTA can regress)
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--behavior-channel", "B2=emg",
+                 "--rectify"]) == 0
+    with Session(tmp_path / "s.h5") as s:
+        np.testing.assert_allclose(s.behavior("emg")[1], np.abs(signal()[:, 3]), atol=0.1)  # EDF: 16 bit
+        assert (s.behavior("emg")[1] >= 0).all() and (signal()[:, 3] < -1).any()
+        assert s.h5["behavior/emg"].attrs["rectified"] and s.channels().names == NAMES[:3]
 
 
 def test_body_leads_named_like_edf_systems_name_them_are_typed_non_neural(tmp_path):

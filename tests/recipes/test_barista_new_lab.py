@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.data import Session, SessionWriter
 from neurofm.data.segmenter import Preprocessing
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.experiment import evaluate_pretrained, family_of, run
@@ -453,3 +454,46 @@ def test_pretraining_probe_scores_every_label_one_vs_rest(sessions, tmp_path):
     for arm in ("random-init encoder, same probe", "ridge on band power"):
         assert np.isfinite(out["baselines"][arm]["probe_auroc"])
     assert "one-vs-rest macro ROC-AUC over 4 labels" in out["protocol"]
+
+
+def _bursty_emg(t: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Raw surface EMG: noise around 0 whose amplitude follows 1-3 s contractions."""
+    rng = np.random.default_rng(seed)
+    env = np.zeros(len(t))
+    start = 1.0
+    while start < t[-1]:
+        length = rng.uniform(1.0, 3.0)
+        env[(t >= start) & (t < start + length)] = rng.uniform(0.4, 1.0)
+        start += length + rng.uniform(1.0, 4.0)
+    return ((0.05 + env) * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def test_a_raw_emg_target_is_refused_and_its_rectified_envelope_regresses(pretrained, sessions, tmp_path):
+    """A FIF file's raw EMG moved to /behavior with --behavior-channel and regressed with the CLI
+    defaults: the model predicts its 1 s mean, 0.0009% of its variance (noise around 0), and the run
+    reported R2s of that noise beside band power without a word. Now refused before training, naming
+    --rectify; the rectified channel (mean absolute amplitude per segment) trains."""
+    from neurofm.data.ieeg import move_channels_to_behavior
+
+    with Session(sessions["new"]) as src:  # the simulated recording + an EMG channel, as a FIF would bring it
+        data, rate, ch = src.continuous(), src.sampling_rate, src.channels()
+    emg = _bursty_emg(np.arange(len(data)) / rate)
+    with_emg = str(tmp_path / "with_emg.h5")
+    with SessionWriter(with_emg, session_id="with_emg") as w:
+        w.add_continuous(np.concatenate([data, emg[:, None]], 1), sampling_rate=rate)
+        w.add_channels(list(ch.names) + ["EMG_FDS"], *(np.append(ch.xyz[:, k], np.nan) for k in range(3)),
+                       regions={a: list(v) + [""] for a, v in ch.regions.items()},
+                       types=["seeg"] * len(ch.names) + ["emg"], coordinate_space=ch.coordinate_space)
+    raw = move_channels_to_behavior(with_emg, tmp_path / "raw.h5", ["EMG_FDS=emg"])
+    cfg = recipe.prepare(_finetune(pretrained, [str(raw)], task="regress", behavior=["emg"]))
+    with pytest.raises(ConfigError, match=r"data.target: /behavior/emg's mean over a 1 s segment \(what the model "
+                                          r"regresses and is scored on\) keeps 0\.\d\d% of its variance .* convert the "
+                                          r"recording again with --behavior-channel EMG_FDS=emg --rectify"):
+        recipe.target_stats(cfg, recipe.datamodule(cfg))
+    rect = move_channels_to_behavior(with_emg, tmp_path / "rect.h5", ["EMG_FDS=emg"], rectify=True)
+    with Session(rect) as s, Session(with_emg) as src:
+        np.testing.assert_array_equal(s.behavior("emg")[1], np.abs(src.continuous()[:, -1]))
+        assert s.h5["behavior/emg"].attrs["rectified"]
+    cfg = recipe.prepare(_finetune(pretrained, [str(rect)], task="regress", behavior=["emg"]))
+    mean, std = recipe.target_stats(cfg, recipe.datamodule(cfg))
+    assert mean[0] > 0 and std[0] > 0
