@@ -44,7 +44,7 @@ from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig, BaristaEncoder, TokenWeightingHead
 from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import plots
-from neurofm.atlas import SpatialVocab
+from neurofm.atlas import SpatialVocab, coordinate_spaces
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.evaluation import blocked_oof
@@ -448,6 +448,8 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
         return
     vocab = SpatialVocab.from_dict(m.spatial_vocab) if m.spatial_vocab is not None else \
         SpatialVocab.from_channels(channels)
+    if m.encode_scale == "coords":
+        _warn_coordinate_spaces(cfg, vocab, channels, names)
     wanted = {"model.encode_scale": m.encode_scale}
     if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
         wanted["model.mask_scale"] = m.mask_scale
@@ -488,6 +490,33 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
                 (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
         raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
                           f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _warn_coordinate_spaces(cfg: RunConfig, vocab, channels: list, names: list) -> None:
+    """Coordinates encode a position only within one space: MNI millimetres and a FIF's head
+    frame (or a patient's native / ACPC space) put the same number at different places. Warn
+    when pretraining sessions state different spaces, and when a fine-tuning session's space
+    (unknown included) is not one the pretrained model learned (``SpatialVocab.spaces``)."""
+    own = {Path(p).name: (coordinate_spaces(ch) or ["unknown"])[0] for p, ch in zip(names, channels)}
+    learned = vocab.spaces if cfg.model.spatial_vocab is not None else []
+    if learned:
+        off = {p: sp for p, sp in own.items() if sp not in learned}
+        if off:
+            shown = "; ".join(f"{p}: {sp!r}" for p, sp in off.items())
+            warnings.warn(f"model.encode_scale: coords, and the pretrained model learned positions in "
+                          f"{' / '.join(map(repr, learned))} coordinates, but the electrode coordinates of {shown} are "
+                          f"stated in another space (or none): the same numbers there are other places in the brain, "
+                          f"so the coordinate embedding reads them wrongly. Convert with an electrodes.tsv (and "
+                          f"coordsystem.json) in the model's space, or fine-tune a model that encodes by parcel or "
+                          f"lobe", stacklevel=3)
+        return
+    spaces = sorted({sp for sp in own.values() if sp != "unknown"})
+    if cfg.model.spatial_vocab is None and len(spaces) > 1:
+        shown = "; ".join(f"{sp!r}: {', '.join(p for p, x in own.items() if x == sp)}" for sp in spaces)
+        warnings.warn(f"model.encode_scale: coords, but the sessions' electrode coordinates are in "
+                      f"{len(spaces)} different spaces ({shown}): the same numbers in two spaces are different "
+                      f"places, so one coordinate embedding learns a mixture. Convert them with electrodes in one "
+                      f"space (e.g. MNI), or encode by parcel or lobe", stacklevel=3)
 
 
 def _known_at(vocab, channels, scale: str) -> bool:

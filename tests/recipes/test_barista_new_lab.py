@@ -497,3 +497,34 @@ def test_a_raw_emg_target_is_refused_and_its_rectified_envelope_regresses(pretra
     cfg = recipe.prepare(_finetune(pretrained, [str(rect)], task="regress", behavior=["emg"]))
     mean, std = recipe.target_stats(cfg, recipe.datamodule(cfg))
     assert mean[0] > 0 and std[0] > 0
+
+
+def test_coordinates_in_another_space_than_the_pretrained_models_are_warned_about(sessions, tmp_path):
+    """A coords model pretrained on MNI electrodes (a BIDS dataset) fine-tuned on a FIF whose montage
+    is in MNE's head frame: the same millimetres are other places, and nothing said so."""
+    def head_frame(f):
+        f["channels"].attrs["coordinate_space"] = "head"
+
+    cfg = recipe.prepare(from_dict(recipe.RunConfig, {
+        "data": {"sessions": [sessions["home"]], "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0},
+        "model": {**TINY, "encode_scale": "coords"}}, where="test"))
+    dm = recipe.datamodule(cfg)
+    assert dm.spatial_vocab.spaces == ["MNI152 (simulated)"]
+    folder = tmp_path / "coords_enc"
+    BaristaEncoder(recipe._sized_config(cfg, dm)).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["config"]["spatial_vocab"]["coordinate_spaces"] == \
+        ["MNI152 (simulated)"]
+    head = _edited_copy(sessions["new"], tmp_path / "head.h5", head_frame)
+    with pytest.warns(UserWarning, match=r"model.encode_scale: coords, and the pretrained model learned positions in "
+                                         r"'MNI152 \(simulated\)' coordinates, but the electrode coordinates of "
+                                         r"head.h5: 'head' are stated in another space"):
+        recipe.preflight(recipe.prepare(_finetune(str(folder), [head])))
+    with warnings.catch_warnings():  # the model's own space: no word
+        warnings.simplefilter("error", UserWarning)
+        recipe._check_spatial_scales(recipe.prepare(_finetune(str(folder), [sessions["new"]])))
+    # pretraining on sessions in two spaces
+    home_head = _edited_copy(sessions["home"], tmp_path / "home_head.h5", head_frame)
+    with pytest.warns(UserWarning, match=r"coords, but the sessions' electrode coordinates are in 2 different spaces "
+                                         r"\('MNI152 \(simulated\)': home.h5; 'head': home_head.h5\)"):
+        recipe._check_spatial_scales(recipe.prepare(_pretrain_cfg([sessions["home"], home_head],
+                                                                  "model.encode_scale=coords")))
