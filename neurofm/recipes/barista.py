@@ -1415,6 +1415,8 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     what = f"/behavior/{cfg.data.target} (segment mean; targets standardised with the training block's mean and std)"
     if classify:
         what = f"/events/{cfg.data.events} segments by label ({', '.join(names)})"
+        if len(names) > 2:
+            what += f", ROC-AUC one-vs-rest per class and averaged over the {len(names)} classes (macro)"
         if BACKGROUND_LABEL in names:
             what += (f": a segment at each onset against '{BACKGROUND_LABEL}' segments on a grid with no onset within "
                      f"one segment length")
@@ -1439,7 +1441,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
     limitations = [] if line is None else [line]
-    _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
+    _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe, names if classify else None)
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
                  f"features of {source}; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
@@ -1528,14 +1530,20 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
-                  baseline: str, probe: str) -> None:
+                  baseline: str, probe: str, names: list | None = None) -> None:
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
     out = run_dir / "plots"
     try:
         if cfg.task.finetune_task == "classification":
-            if np.ndim(arms[MODEL_ARM]) != 1:
-                return  # the ROC plot is binary; multiclass runs report macro AUROC only
+            if np.ndim(arms[MODEL_ARM]) != 1:  # several classes: one-vs-rest, the curves macro AUROC averages
+                names = list(names or range(np.shape(arms[MODEL_ARM])[1]))
+                curves = {f"{short} {cls!s} vs rest": roc_curve(y == k, np.asarray(arms[arm])[:, k])
+                          for arm, short in ((MODEL_ARM, "model:"), (baseline, "band power:"))
+                          for k, cls in enumerate(names) if 0 < (y == k).sum() < len(y)}
+                plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments), "
+                                 f"one-vs-rest per class", path=out / "roc.png")
+                return
             curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
             plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
                              path=out / "roc.png")

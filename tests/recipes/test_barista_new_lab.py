@@ -417,6 +417,9 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
     dm = recipe.datamodule(cfg)
     four = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "four")
     assert four["baselines"]["null (chance)"]["test_auroc"] == pytest.approx(0.5)  # was NaN with 3+ classes
+    # how a 4-class AUROC is computed is stated, and the ROC plot (left out for 3+ classes) is one-vs-rest
+    assert "ROC-AUC one-vs-rest per class and averaged over the 4 classes (macro)" in four["protocol"]
+    assert (tmp_path / "four" / "plots" / "roc.png").stat().st_size > 0
     cfg = recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,nonspeech]"))
     recipe.preflight(cfg)
     dm = recipe.datamodule(cfg)
