@@ -53,7 +53,7 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (DISCONTINUITIES, NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session,
+from neurofm.data.session import (BAD_SEGMENTS, DISCONTINUITIES, NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES, ConvertError, Session,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
                                   is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
@@ -210,7 +210,7 @@ def convert_ieeg(
                 w.add_events("annotations", onset, duration, label)
                 is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
                 if is_bad.any():
-                    w.add_intervals("bad_segments", onset[is_bad], onset[is_bad] + duration[is_bad],
+                    w.add_intervals(BAD_SEGMENTS, onset[is_bad], onset[is_bad] + duration[is_bad],
                                     label=label[is_bad])
     except ConvertError:
         raise

@@ -269,6 +269,9 @@ def event_label(label: str) -> str | None:
 #: (BrainVision "New Segment" markers after the first sample): the samples either side are
 #: adjacent in the file but not in time, so no window or segment of the data modules spans one.
 DISCONTINUITIES = "discontinuities"
+#: /intervals/<BAD_SEGMENTS>: spans annotated ``BAD*`` (MNE's convention: artefacts, seizures,
+#: movement): the data modules read no window or segment that overlaps one.
+BAD_SEGMENTS = "bad_segments"
 
 
 def is_new_segment(label: str) -> bool:

@@ -724,3 +724,27 @@ def test_a_bids_root_folder_names_its_recordings_and_the_loop_that_converts_them
     (tmp_path / "rec.ds").mkdir()
     with pytest.raises(ConvertError, match="MNE cannot read it"):
         convert_ieeg(tmp_path / "rec.ds", tmp_path / "s.h5")
+
+
+def test_segments_overlapping_a_bad_annotation_are_never_read(tmp_path):
+    """A FIF with `BAD_movement` annotations (MNE's artefact convention): convert wrote
+    /intervals/bad_segments and nothing read it, so the artefacts were trained on and scored.
+    Now no segment of the default grid and split overlaps one (the other pieces are all used)."""
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    info = mne.create_info(NAMES, SR, "seeg")
+    raw = mne.io.RawArray(signal(n_t=4000).T.astype(np.float64) * 1e-6, info, verbose="error")  # 20 s
+    positions = {n: np.array([0.01 * i, 0.02, 0.03]) for i, n in enumerate(NAMES)}  # metres
+    raw.set_montage(mne.channels.make_dig_montage(ch_pos=positions, coord_frame="head"), verbose="error")
+    raw.set_annotations(mne.Annotations([3.0, 7.2, 9.0], [1.5, 1.0, 0.5], ["BAD_movement", "BAD_movement", "cue"]))
+    raw.save(tmp_path / "rec_raw.fif", verbose="error")
+    convert_ieeg(tmp_path / "rec_raw.fif", tmp_path / "s.h5")
+    seg = IEEGSegmenter(segment_s=1.0, n_patches=5)
+    ds = IEEGSegmentDataset([tmp_path / "s.h5"], seg, split="train")
+    starts = np.asarray([ds.index.locate(i)[1] for i in range(len(ds))])
+    for a, b in ((3.0, 4.5), (7.2, 8.2)):
+        assert not np.any((starts < b) & (starts + 1.0 > a)), (a, b, starts)
+    assert np.any(starts < 3.0) and np.any((starts >= 4.5) & (starts < 7.2)) and np.any(starts >= 8.2)
+    whole = IEEGSegmentDataset([tmp_path / "s.h5"], seg, split=None)
+    assert len(whole) == 20 - 2 - 2  # 20 one-second segments, less the 2 + 2 that touch a bad span
