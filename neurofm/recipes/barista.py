@@ -44,7 +44,7 @@ from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig, BaristaEncoder, TokenWeightingHead
 from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import plots
-from neurofm.atlas import SpatialVocab, coordinate_spaces
+from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.evaluation import blocked_oof
@@ -450,6 +450,8 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
         SpatialVocab.from_channels(channels)
     if m.encode_scale == "coords":
         _warn_coordinate_spaces(cfg, vocab, channels, names)
+    if m.encode_scale == "parcel" and m.spatial_vocab is not None:
+        _warn_unlearned_parcels(vocab, channels, names)
     wanted = {"model.encode_scale": m.encode_scale}
     if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
         wanted["model.mask_scale"] = m.mask_scale
@@ -490,6 +492,26 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
                 (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
         raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
                           f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _warn_unlearned_parcels(vocab, channels: list, names: list) -> None:
+    """A fine-tuning session's atlas labels that the pretrained model's parcel table lacks map to
+    the 'unknown' embedding (``SpatialVocab.encode`` says so, but the data modules silence it):
+    name them, with how many channels carry each."""
+    learned = set(vocab.parcels)
+    for path, ch in zip(names, channels):
+        col = find_atlas_column(ch.regions, vocab.atlas)
+        if col is None:
+            continue  # no labels at all: _check_spatial_scales' own message
+        labels = [str(x).strip() for x in ch.regions[col] if not is_unknown_label(x)]
+        new = {lab: labels.count(lab) for lab in sorted(set(labels) - learned)}
+        if new:
+            shown = ", ".join(f"{lab} ({n} ch)" for lab, n in list(new.items())[:6]) + \
+                (f" ... (+{len(new) - 6} more)" if len(new) > 6 else "")
+            warnings.warn(f"model.encode_scale: parcel: {sum(new.values())} of {len(ch.names)} channels of "
+                          f"{Path(path).name} carry {vocab.atlas} labels the pretrained model never saw ({shown}); "
+                          f"they get the 'unknown' parcel embedding, like white matter. Pretrain on recordings that "
+                          f"sample these parcels, or use a model that encodes by lobe or coordinates", stacklevel=3)
 
 
 def _warn_coordinate_spaces(cfg: RunConfig, vocab, channels: list, names: list) -> None:

@@ -531,3 +531,24 @@ def test_coordinates_in_another_space_than_the_pretrained_models_are_warned_abou
                                          r"\('MNI152 \(simulated\)': home.h5; 'head': home_head.h5\)"):
         recipe._check_spatial_scales(recipe.prepare(_pretrain_cfg([sessions["home"], home_head],
                                                                   "model.encode_scale=coords")))
+
+
+def test_fine_tuning_names_atlas_labels_the_pretrained_model_never_saw(pretrained, sessions, tmp_path):
+    """A held-out subject whose visual ECoG strip sits in a parcel no pretraining subject sampled
+    (ctx_lh_S_calcarine): those channels got the 'unknown' parcel embedding, and the warning
+    SpatialVocab.encode gives was silenced by the data modules."""
+    def two_in_cuneus(f):
+        key = "destrieux"
+        labels = f[f"channels/region/{key}"][()].astype(object)
+        labels[:2] = b"ctx_lh_G_cuneus"
+        del f[f"channels/region/{key}"]
+        f["channels/region"].create_dataset(key, data=labels, dtype=h5py.string_dtype())
+
+    part = _edited_copy(sessions["new"], tmp_path / "part.h5", two_in_cuneus)
+    with pytest.warns(UserWarning, match=r"model.encode_scale: parcel: 2 of \d+ channels of part.h5 carry destrieux "
+                                         r"labels the pretrained model never saw \(ctx_lh_G_cuneus \(2 ch\)\); they get "
+                                         r"the 'unknown' parcel embedding"):
+        recipe.preflight(recipe.prepare(_finetune(pretrained, [part])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        recipe._check_spatial_scales(recipe.prepare(_finetune(pretrained, [sessions["home"]])))
