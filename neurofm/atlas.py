@@ -169,6 +169,9 @@ class SpatialVocab:
             with :meth:`extend` (existing indices never move).
         atlas: which atlas column the parcel labels come from (``"destrieux"`` or
             ``"desikan"``; aliases in :data:`ATLAS_ALIASES`).
+        spaces: the coordinate spaces (``/channels`` attr ``coordinate_space``, e.g.
+            ``"MNI152NLin2009cAsym"``) of the sessions the vocabulary was built from, unknown ones
+            left out: what a model's coordinate embedding learned positions in.
 
     ``encode(channels)`` gives the ``coords``, ``parcel`` and ``lobe`` entries of a BaRISTA
     batch (see the brief's batch contract) for one session's channels.
@@ -176,9 +179,11 @@ class SpatialVocab:
 
     parcels: list[str] = field(default_factory=list)
     atlas: str = "destrieux"
+    spaces: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.parcels = [str(p).strip() for p in self.parcels]
+        self.spaces = sorted({str(x).strip() for x in self.spaces} - {""})
         if len(set(self.parcels)) != len(self.parcels):
             raise ValueError("SpatialVocab: parcels contain duplicates; each label must appear once")
         bad = [p for p in self.parcels if is_unknown_label(p)]
@@ -216,12 +221,12 @@ class SpatialVocab:
             if col is None:
                 continue
             labels.update(str(v).strip() for v in ch.regions[col] if not is_unknown_label(v))
-        return cls(parcels=sorted(labels), atlas=atlas)
+        return cls(parcels=sorted(labels), atlas=atlas, spaces=coordinate_spaces(channels))
 
     def extend(self, channels) -> "SpatialVocab":
         """A new vocabulary with ``channels``' unseen labels appended (old indices unchanged)."""
         new = SpatialVocab.from_channels(channels, self.atlas).parcels
-        return SpatialVocab(self.parcels + [p for p in new if p not in self._index], self.atlas)
+        return SpatialVocab(self.parcels + [p for p in new if p not in self._index], self.atlas, self.spaces)
 
     # -- encoding ------------------------------------------------------------------------------
     def encode(self, channels, scale: str | None = None) -> dict[str, np.ndarray]:
@@ -305,7 +310,8 @@ class SpatialVocab:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, stored in a model's config."""
         return {"parcels": list(self.parcels), "atlas": self.atlas, "lobes": list(LOBES),
-                "n_coord_bins": N_COORD_BINS, "coord_origin_mm": COORD_ORIGIN_MM}
+                "n_coord_bins": N_COORD_BINS, "coord_origin_mm": COORD_ORIGIN_MM,
+                "coordinate_spaces": list(self.spaces)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SpatialVocab":
@@ -318,7 +324,15 @@ class SpatialVocab:
         if binning != (N_COORD_BINS, COORD_ORIGIN_MM):
             raise ValueError("SpatialVocab.from_dict: the stored coordinate binning differs from 200 x 1 mm "
                              "centred on 0")
-        return cls(parcels=list(d.get("parcels", [])), atlas=d.get("atlas", "destrieux"))
+        return cls(parcels=list(d.get("parcels", [])), atlas=d.get("atlas", "destrieux"),
+                   spaces=list(d.get("coordinate_spaces", [])))  # older folders: not recorded
+
+
+def coordinate_spaces(channels) -> list[str]:
+    """The known coordinate spaces of one or many sessions' channels (``"unknown"`` and empty
+    ones left out), sorted."""
+    out = {str(getattr(ch, "coordinate_space", "") or "").strip() for ch in _as_list(channels)}
+    return sorted(x for x in out if x and x.lower() not in ("unknown", "n/a"))
 
 
 def lobe_names(indices: Iterable[int]) -> list[str]:

@@ -49,14 +49,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior: give --behavior-channel "
                                  "NAME[=as_name] (repeatable)")
             out = move_channels_to_behavior(args.input, args.output, args.behavior_channel,
-                                            overwrite=not args.no_overwrite)
+                                            overwrite=not args.no_overwrite, rectify=args.rectify)
             print(f"wrote {out}")
             return 0
         if args.format == "nwb":
             from neurofm.data.nwb import convert_nwb
 
-            if args.behavior_channel:
-                raise ValueError("--behavior-channel is for iEEG recordings and session files; NWB behaviour comes "
+            if args.behavior_channel or args.rectify:
+                raise ValueError("--behavior-channel / --rectify are for iEEG recordings and session files; NWB "
+                                 "behaviour comes "
                                  "from processing modules (or convert, then `neurofm convert session IN.h5 OUT.h5 "
                                  "--behavior-channel NAME`)")
             if args.electrodes or args.channels:
@@ -70,8 +71,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
             if args.electrical_series:
                 raise ValueError("--electrical-series is for NWB files")
+            if args.rectify and not args.behavior_channel:
+                raise ValueError("--rectify rectifies the --behavior-channel channels: give --behavior-channel "
+                                 "NAME[=as_name] too")
             out = convert_ieeg(args.input, args.output, electrodes=args.electrodes, channels_tsv=args.channels,
-                               behavior_channels=args.behavior_channel or (), **common)
+                               behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
+                               **common)
     print(f"wrote {out}")
     return 0
 
@@ -479,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable); its unit: a "
                         "BIDS channels.tsv's 'units', else the recording's. Without it such a channel stays in "
                         "/continuous typed non-neural (the convert warning lists them) and the model leaves it out")
+    c.add_argument("--rectify", action="store_true",
+                   help="with --behavior-channel: store those channels full-wave rectified (|x|), so the mean over a "
+                        "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "
+                        "raw EMG, accelerometer or microphone channel, whose own segment mean is noise around 0")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.epilog = textwrap.fill(("iEEG events: annotations (or a BIDS events.tsv, which wins) go to /events/annotations, "
                               "one label each (`neurofm finetune --task classify --events annotations`); "

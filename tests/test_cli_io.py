@@ -192,6 +192,10 @@ def test_sample_seeg_inspect(tmp_path, capsys):
     assert summary["n_channels"] == 98 and summary["sampling_rate"] == 1000.0 and summary["duration_s"] == 20.0
     assert set(summary["atlases"]) == {"destriuex", "desikan-killiany"}
     assert summary["events"] == ["annotations"] and summary["n_events"] == {"annotations": 3}
+    # the classes `finetune --task classify --events annotations` would learn, most frequent first
+    assert summary["event_labels"] == {"annotations": {"test annotation": 2, "test mark": 1}}
+    assert main(["inspect", str(out)]) == 0
+    assert "  events     annotations (3; labels test annotation 2, test mark 1)\n" in capsys.readouterr().out
 
 
 def test_split_writes_intervals_used_by_time_block_split(tmp_path):

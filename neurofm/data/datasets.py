@@ -40,7 +40,7 @@ from neurofm.atlas import SpatialVocab
 from neurofm.data.samplers import (WindowIndex, distributed_info, rank_share, shard_bounds, shuffle_buffer_plan,
                                    stream_pieces, worker_info)
 from neurofm.data.segmenter import IEEGSegmenter
-from neurofm.data.session import DISCONTINUITIES, Session
+from neurofm.data.session import BAD_SEGMENTS, DISCONTINUITIES, Session
 from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
 from neurofm.data.tokenizer import _BOUNDARY_EPS_S, SpikeTokenizer, shuffle_within_bins
 from neurofm.tokens import pack_spikes, unpack_spikes
@@ -71,7 +71,8 @@ def _warn_if_empty(session: Session, split: str | None, n: int, what: str) -> No
 def split_blocks(session: Session, split: str | None, splits) -> Intervals:
     """The time blocks of ``split`` in ``session`` (the whole recording for ``split=None``), cut
     at the recording's discontinuities (``/intervals/discontinuities``: where a BrainVision
-    recording resumed after a pause), so that no window or segment spans one. ``splits``: a
+    recording resumed after a pause), so that no window or segment spans one, and without the
+    spans annotated ``BAD*`` (``/intervals/bad_segments``), so that none overlaps one. ``splits``: a
     splitter (``splits(session) -> {name: Intervals}``; None = :class:`TimeBlockSplit`)."""
     if split is None:
         blocks = Intervals([session.t_start], [session.t_end])
@@ -82,6 +83,9 @@ def split_blocks(session: Session, split: str | None, splits) -> Intervals:
         blocks = by_split[split]
     if DISCONTINUITIES in session.interval_names:
         blocks = blocks.cut(session.intervals(DISCONTINUITIES)["start"])
+    if BAD_SEGMENTS in session.interval_names:  # BAD* annotations: nothing overlapping one is read
+        bad = session.intervals(BAD_SEGMENTS)
+        blocks = blocks.minus(bad["start"], bad["end"])
     return blocks
 
 

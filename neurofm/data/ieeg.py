@@ -53,8 +53,8 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
-from neurofm.data.session import (BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES, NOT_CONTINUOUS_TYPES,
-                                  ConvertError, Session,
+from neurofm.data.session import (BAD_SEGMENTS, BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES,
+                                  NOT_CONTINUOUS_TYPES, ConvertError, Session,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
                                   is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
@@ -102,6 +102,7 @@ def convert_ieeg(
     coordinate_unit: str | None = None,
     behavior_channels: Sequence[str] = (),
     license: str | None = None,
+    rectify_behavior: bool = False,
 ) -> Path:
     """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
 
@@ -124,6 +125,10 @@ def convert_ieeg(
         is the channels.tsv ``units`` when given (values rescaled when both are voltages),
         else the recording's. A name matching no channel is an error listing the channels. For
         a session file that exists already: :func:`move_channels_to_behavior`.
+    rectify_behavior : store the ``behavior_channels`` full-wave rectified (``|x|``, attr
+        ``rectified``), so the mean over a segment, what a BaRISTA regression predicts, is the
+        channel's mean absolute amplitude: the envelope of a raw EMG, an accelerometer axis or
+        a microphone, whose own mean over a segment is noise around zero.
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -139,6 +144,8 @@ def convert_ieeg(
     if not in_path.exists():
         raise FileNotFoundError(f"{in_path}: no such recording (check the path; convert_ieeg reads EDF, "
                                 f"BrainVision .vhdr, FIF and the other formats MNE reads)")
+    if in_path.is_dir() and in_path.suffix.lower() not in _DIRECTORY_FORMATS:
+        _refuse_directory(in_path)
     if in_path.resolve() == out_path.resolve():
         raise ConvertError(in_path, "out_path", "is the input file itself", "write the session to another path")
     check_destination(out_path, overwrite)  # before reading: a directory there, or exists and not overwrite
@@ -196,14 +203,15 @@ def convert_ieeg(
             for i, as_name in moves:
                 values, unit = _channel_in_own_unit(raw, i, tsv_units.get(names[i], ""), side.get("channels"))
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
-                w.add_behavior(as_name, times, values, unit=unit, source_channel=names[i])
+                w.add_behavior(as_name, times, np.abs(values) if rectify_behavior else values, unit=unit,
+                               source_channel=names[i], rectified=bool(rectify_behavior))
             if breaks.size:
                 w.add_intervals(DISCONTINUITIES, breaks, breaks, label=np.full(breaks.size, "New Segment", dtype=object))
             if onset.size:
                 w.add_events("annotations", onset, duration, label)
                 is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
                 if is_bad.any():
-                    w.add_intervals("bad_segments", onset[is_bad], onset[is_bad] + duration[is_bad],
+                    w.add_intervals(BAD_SEGMENTS, onset[is_bad], onset[is_bad] + duration[is_bad],
                                     label=label[is_bad])
     except ConvertError:
         raise
@@ -218,6 +226,34 @@ def convert_ieeg(
 
 
 # -- reading the recording ---------------------------------------------------------------------
+
+#: Recordings MNE stores as a folder (CTF .ds, EGI .mff): read as one recording, never refused.
+_DIRECTORY_FORMATS = (".ds", ".mff")
+#: Data-file suffixes of the recordings a folder (e.g. a BIDS root) holds, for the error listing them.
+_RECORDING_SUFFIXES = (".edf", ".bdf", ".vhdr", ".fif", ".set", ".nwb", ".mefd")
+
+
+def _refuse_directory(in_path: Path) -> None:
+    """A folder (e.g. a BIDS dataset root) is many recordings, and a session file holds one: say
+    which recordings it holds and how to convert each, instead of MNE's 'Unsupported file type ()'."""
+    found = sorted(p for p in in_path.rglob("*") if p.suffix.lower() in _RECORDING_SUFFIXES and not
+                   any(part.startswith(".") or part in ("derivatives", "sourcedata") for part in p.relative_to(in_path).parts))
+    bids = [p for p in found if p.stem.endswith("_ieeg")]
+    found = bids or found
+    if not found:
+        raise ConvertError(in_path, "input", "is a folder with no recording MNE reads in it "
+                           f"(no {', '.join(_RECORDING_SUFFIXES)} file)",
+                           "give one recording file (a BIDS dataset's sub-*/[ses-*/]ieeg/*_ieeg.edf, .vhdr, ...)")
+    shown = ", ".join(str(p.relative_to(in_path)) for p in found[:4]) + (f" ... (+{len(found) - 4} more)"
+                                                                         if len(found) > 4 else "")
+    suffix = found[0].suffix
+    glob = "*_ieeg" + suffix if bids else "*" + suffix
+    raise ConvertError(in_path, "input", f"is a folder holding {len(found)} recording(s) ({shown}); a session file "
+                       "holds one recording",
+                       f"convert each to its own session file (a BIDS recording picks up its sidecars), e.g. "
+                       f"`for f in $(find {in_path} -name '{glob}'); do neurofm convert ieeg \"$f\" "
+                       f"\"$(basename \"${{f%{suffix}}}\").h5\"; done`, then train on the files together "
+                       f"(data.sessions='[a.h5,b.h5]')")
 
 
 def _read_raw(mne, in_path: Path):
@@ -790,7 +826,8 @@ def _file_unit_values(raw, i: int) -> tuple[np.ndarray, str]:
 
 
 def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.PathLike,
-                              behavior_channels: Sequence[str] | Mapping[str, str], *, overwrite: bool = True) -> Path:
+                              behavior_channels: Sequence[str] | Mapping[str, str], *, overwrite: bool = True,
+                              rectify: bool = False) -> Path:
     """Move channels of an existing session file's /continuous to /behavior; returns ``out_path``.
 
     The same as ``convert_ieeg(..., behavior_channels=...)`` for a file converted already
@@ -800,6 +837,7 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
     still exists and gives one) and is
     removed from /continuous and /channels. Everything else is copied as it is. Written to a
     temporary file and renamed: ``in_path`` is never modified (``out_path`` may equal it).
+    ``rectify``: store them as ``|x|`` (``convert_ieeg``'s ``rectify_behavior``).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.exists() and not overwrite and out_path.resolve() != in_path.resolve():
@@ -870,8 +908,9 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                                               tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
-                b.create_dataset("values", data=values, compression="gzip", compression_opts=4, shuffle=True)
-                b.attrs.update(unit=b_unit, source_channel=names[i])
+                b.create_dataset("values", data=np.abs(values) if rectify else values, compression="gzip",
+                                 compression_opts=4, shuffle=True)
+                b.attrs.update(unit=b_unit, source_channel=names[i], rectified=bool(rectify))
         with Session(tmp):  # validates the new file before it replaces anything
             pass
     return out_path

@@ -274,6 +274,9 @@ def event_label(label: str) -> str | None:
 #: (BrainVision "New Segment" markers after the first sample): the samples either side are
 #: adjacent in the file but not in time, so no window or segment of the data modules spans one.
 DISCONTINUITIES = "discontinuities"
+#: /intervals/<BAD_SEGMENTS>: spans annotated ``BAD*`` (MNE's convention: artefacts, seizures,
+#: movement): the data modules read no window or segment that overlaps one.
+BAD_SEGMENTS = "bad_segments"
 
 
 def is_new_segment(label: str) -> bool:
@@ -1141,6 +1144,14 @@ class Session:
                             if k not in ("session_id", "subject_id", "species", "lab", "source",
                                          "neurofm_format", "t_start", "t_end")},
         }
+        # the classes `finetune --task classify --events NAME` would learn, most frequent first
+        out["event_labels"] = {}
+        for n in self.event_names:
+            if "label" in f[f"events/{n}"]:
+                labels, counts = np.unique(np.asarray([x.decode() if isinstance(x, bytes) else str(x)
+                                                       for x in f[f"events/{n}/label"][()]]), return_counts=True)
+                order = np.lexsort((labels, -counts))
+                out["event_labels"][n] = {str(labels[i]): int(counts[i]) for i in order}
         if "channels" in f:
             ch = self.channels()
             out["n_bad_channels"] = int(np.sum(ch.bad))
@@ -1186,7 +1197,13 @@ class Session:
         if s["stimulus"]:
             shapes = {n: " x ".join(f"{d:,}" for d in shp) for n, shp in s["stimulus_shapes"].items()}
             lines.append("  stimulus   " + ", ".join(f"{n} ({shapes[n]})" for n in s["stimulus"]))
-        lines.append(f"  events     {names(s['events'], s['n_events'])}")
+        def labelled(name):
+            labels = s["event_labels"].get(name) or {}
+            shown = ", ".join(f"{k or '(empty)'} {v:,}" for k, v in list(labels.items())[:6])
+            more = f" +{len(labels) - 6} more" if len(labels) > 6 else ""
+            return f"{name} ({s['n_events'][name]:,}" + (f"; labels {shown}{more}" if labels else "") + ")"
+
+        lines.append("  events     " + (", ".join(labelled(n) for n in s["events"]) or "-"))
         lines.append(f"  intervals  {names(s['intervals'], s['n_intervals'])}")
         if s["extra_groups"]:
             lines.append(f"  extra      {names(s['extra_groups'])} (kept, not interpreted)")

@@ -100,6 +100,18 @@ class Intervals:
         edges = np.sort(np.concatenate([self.start, self.end, inside, inside]))
         return Intervals(edges[0::2], edges[1::2])
 
+    def minus(self, start, end) -> "Intervals":
+        """The blocks with the spans ``[start[i], end[i])`` (s; may overlap each other) taken out."""
+        start, end = np.atleast_1d(np.asarray(start, np.float64)), np.atleast_1d(np.asarray(end, np.float64))
+        s, e = self.start, self.end
+        for a, b in zip(start[end > start], end[end > start]):
+            keep_left, keep_right = (s < a) & (np.minimum(e, a) > s), (e > b) & (e > np.maximum(s, b))
+            s, e = (np.concatenate([s[keep_left], np.maximum(s, b)[keep_right]]),
+                    np.concatenate([np.minimum(e, a)[keep_left], e[keep_right]]))
+            order = np.argsort(s, kind="stable")
+            s, e = s[order], e[order]
+        return Intervals(s, e)
+
     def distance_to(self, other: "Intervals") -> float:
         """Smallest gap (s) between a block of ``self`` and one of ``other`` (0 if they touch)."""
         if not len(self) or not len(other):

@@ -44,7 +44,7 @@ from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig, BaristaEncoder, TokenWeightingHead
 from neurofm.recipes import ensure_sessions, session_paths
 from neurofm import plots
-from neurofm.atlas import SpatialVocab
+from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
 from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.evaluation import blocked_oof
@@ -448,11 +448,28 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
         return
     vocab = SpatialVocab.from_dict(m.spatial_vocab) if m.spatial_vocab is not None else \
         SpatialVocab.from_channels(channels)
+    if m.encode_scale == "coords":
+        _warn_coordinate_spaces(cfg, vocab, channels, names)
+    if m.encode_scale == "parcel" and m.spatial_vocab is not None:
+        _warn_unlearned_parcels(vocab, channels, names)
     wanted = {"model.encode_scale": m.encode_scale}
     if cfg.task.mode == "pretrain" and m.mask_scale != "channel":
         wanted["model.mask_scale"] = m.mask_scale
     for key, scale in wanted.items():
-        if any(_known_at(vocab, ch, scale) for ch in channels):
+        known = [_known_at(vocab, ch, scale) for ch in channels]
+        if any(known):
+            blind = [Path(p).name for p, k in zip(names, known) if not k]
+            if blind:  # the others are known: a run, but these sessions' channels all share one embedding
+                what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" \
+                    if scale == "parcel" else "atlas labels that map to a lobe"
+                other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and all(
+                    _known_at(vocab, ch, sc) for ch in channels)]
+                warnings.warn(f"{key}: {scale}, but no channel of {', '.join(blind)} has {what} ({len(blind)} of "
+                              f"{len(names)} sessions): every channel there gets the one 'unknown' embedding, so the "
+                              f"model cannot tell its channels apart. Convert {'it' if len(blind) == 1 else 'them'} "
+                              f"again with an electrodes.tsv that has them"
+                              + (f", or choose {key}={other[0]}, which every session has" if other and
+                                 not cfg.task.pretrained else ""), stacklevel=2)
             continue
         what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
             else "atlas labels that map to a lobe"
@@ -475,6 +492,53 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
                 (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
         raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
                           f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _warn_unlearned_parcels(vocab, channels: list, names: list) -> None:
+    """A fine-tuning session's atlas labels that the pretrained model's parcel table lacks map to
+    the 'unknown' embedding (``SpatialVocab.encode`` says so, but the data modules silence it):
+    name them, with how many channels carry each."""
+    learned = set(vocab.parcels)
+    for path, ch in zip(names, channels):
+        col = find_atlas_column(ch.regions, vocab.atlas)
+        if col is None:
+            continue  # no labels at all: _check_spatial_scales' own message
+        labels = [str(x).strip() for x in ch.regions[col] if not is_unknown_label(x)]
+        new = {lab: labels.count(lab) for lab in sorted(set(labels) - learned)}
+        if new:
+            shown = ", ".join(f"{lab} ({n} ch)" for lab, n in list(new.items())[:6]) + \
+                (f" ... (+{len(new) - 6} more)" if len(new) > 6 else "")
+            warnings.warn(f"model.encode_scale: parcel: {sum(new.values())} of {len(ch.names)} channels of "
+                          f"{Path(path).name} carry {vocab.atlas} labels the pretrained model never saw ({shown}); "
+                          f"they get the 'unknown' parcel embedding, like white matter. Pretrain on recordings that "
+                          f"sample these parcels, or use a model that encodes by lobe or coordinates", stacklevel=3)
+
+
+def _warn_coordinate_spaces(cfg: RunConfig, vocab, channels: list, names: list) -> None:
+    """Coordinates encode a position only within one space: MNI millimetres and a FIF's head
+    frame (or a patient's native / ACPC space) put the same number at different places. Warn
+    when pretraining sessions state different spaces, and when a fine-tuning session's space
+    (unknown included) is not one the pretrained model learned (``SpatialVocab.spaces``)."""
+    own = {Path(p).name: (coordinate_spaces(ch) or ["unknown"])[0] for p, ch in zip(names, channels)}
+    learned = vocab.spaces if cfg.model.spatial_vocab is not None else []
+    if learned:
+        off = {p: sp for p, sp in own.items() if sp not in learned}
+        if off:
+            shown = "; ".join(f"{p}: {sp!r}" for p, sp in off.items())
+            warnings.warn(f"model.encode_scale: coords, and the pretrained model learned positions in "
+                          f"{' / '.join(map(repr, learned))} coordinates, but the electrode coordinates of {shown} are "
+                          f"stated in another space (or none): the same numbers there are other places in the brain, "
+                          f"so the coordinate embedding reads them wrongly. Convert with an electrodes.tsv (and "
+                          f"coordsystem.json) in the model's space, or fine-tune a model that encodes by parcel or "
+                          f"lobe", stacklevel=3)
+        return
+    spaces = sorted({sp for sp in own.values() if sp != "unknown"})
+    if cfg.model.spatial_vocab is None and len(spaces) > 1:
+        shown = "; ".join(f"{sp!r}: {', '.join(p for p, x in own.items() if x == sp)}" for sp in spaces)
+        warnings.warn(f"model.encode_scale: coords, but the sessions' electrode coordinates are in "
+                      f"{len(spaces)} different spaces ({shown}): the same numbers in two spaces are different "
+                      f"places, so one coordinate embedding learns a mixture. Convert them with electrodes in one "
+                      f"space (e.g. MNI), or encode by parcel or lobe", stacklevel=3)
 
 
 def _known_at(vocab, channels, scale: str) -> bool:
@@ -903,7 +967,7 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
     training blocks of every session: the regression head learns the target standardised with
     them and the exported model maps its outputs back to the recording's units."""
     name = cfg.data.target
-    values = []
+    values, seg_means, sources = [], [], []
     for s in dm.sessions:
         if name not in s.behavior_names:
             raise ConfigError(f"data.target: {s.path} has no /behavior/{name} (available: {s.behavior_names}); "
@@ -913,6 +977,12 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
         v = np.asarray(v, dtype=np.float64).reshape(len(ts), -1)
         inside = dm.splits(s)["train"].contains(ts, ts)
         values.append(v[inside & np.isfinite(v).all(1)])
+        if len(ts) > 1:  # consecutive runs of one segment's samples, for the check below
+            per_seg = int(round(cfg.data.segment_s / float(np.median(np.diff(ts)))))
+            n = len(values[-1]) // max(per_seg, 1) * per_seg
+            if per_seg > 1 and n:
+                seg_means.append(values[-1][:n].reshape(-1, per_seg, v.shape[1]).mean(1))
+        sources.append(str(s.h5[f"behavior/{name}"].attrs.get("source_channel", "") or ""))
     v = np.concatenate(values)
     if len(v) < 2:
         raise ConfigError(f"data.target: /behavior/{name} has {len(v)} finite sample(s) inside the training "
@@ -922,7 +992,25 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
     if not (std > 0).all():
         raise ConfigError(f"data.target: /behavior/{name} is constant over the training blocks (std {std.tolist()}); "
                           f"there is nothing to decode")
+    if seg_means:
+        # the model regresses the target's MEAN over a segment: a raw EMG or accelerometer channel
+        # oscillates around 0 faster than a segment, and that mean is noise (standardised by the
+        # samples' std, a target near 0 everywhere, scored as if it were behaviour)
+        kept = float((np.concatenate(seg_means).var(0) / std ** 2).max())
+        if kept < SEGMENT_MEAN_MIN_VARIANCE:
+            source = next((x for x in sources if x), "NAME")
+            raise ConfigError(
+                f"data.target: /behavior/{name}'s mean over a {cfg.data.segment_s:g} s segment (what the model "
+                f"regresses and is scored on) keeps {kept:.2%} of its variance over the training blocks: the rest "
+                f"oscillates faster than a segment (a raw EMG, accelerometer or microphone channel), so the target "
+                f"would be noise around its mean. Regress its envelope: convert the recording again with "
+                f"--behavior-channel {source}={name} --rectify (the mean absolute amplitude per segment)")
     return v.mean(0).tolist(), std.tolist()
+
+
+#: A regression target's segment means must keep at least this share of its samples' variance
+#: (white noise keeps 1 / samples per segment; a grip force or an EMG envelope most of it).
+SEGMENT_MEAN_MIN_VARIANCE = 0.01
 
 
 def _fixed_layout_channels(cfg: RunConfig, dm) -> int:
@@ -1351,6 +1439,8 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     what = f"/behavior/{cfg.data.target} (segment mean; targets standardised with the training block's mean and std)"
     if classify:
         what = f"/events/{cfg.data.events} segments by label ({', '.join(names)})"
+        if len(names) > 2:
+            what += f", ROC-AUC one-vs-rest per class and averaged over the {len(names)} classes (macro)"
         if BACKGROUND_LABEL in names:
             what += (f": a segment at each onset against '{BACKGROUND_LABEL}' segments on a grid with no onset within "
                      f"one segment length")
@@ -1375,7 +1465,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
     limitations = [] if line is None else [line]
-    _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe)
+    _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe, names if classify else None)
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
                  f"features of {source}; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
@@ -1464,14 +1554,20 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
-                  baseline: str, probe: str) -> None:
+                  baseline: str, probe: str, names: list | None = None) -> None:
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
     out = run_dir / "plots"
     try:
         if cfg.task.finetune_task == "classification":
-            if np.ndim(arms[MODEL_ARM]) != 1:
-                return  # the ROC plot is binary; multiclass runs report macro AUROC only
+            if np.ndim(arms[MODEL_ARM]) != 1:  # several classes: one-vs-rest, the curves macro AUROC averages
+                names = list(names or range(np.shape(arms[MODEL_ARM])[1]))
+                curves = {f"{short} {cls!s} vs rest": roc_curve(y == k, np.asarray(arms[arm])[:, k])
+                          for arm, short in ((MODEL_ARM, "model:"), (baseline, "band power:"))
+                          for k, cls in enumerate(names) if 0 < (y == k).sum() < len(y)}
+                plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments), "
+                                 f"one-vs-rest per class", path=out / "roc.png")
+                return
             curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
             plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
                              path=out / "roc.png")

@@ -483,6 +483,15 @@ def test_behavior_channel_cli_errors(tmp_path, capsys):
     assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5")] + sum(
         (["--behavior-channel", n] for n in NAMES), [])) == 2
     assert "would move all 4 channels" in capsys.readouterr().err
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--rectify"]) == 2
+    assert "--rectify rectifies the --behavior-channel channels: give --behavior-channel" in capsys.readouterr().err
+    # --rectify: the channel's |x| (a raw EMG's envelope, whose segment mean BaRISTA can regress)
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--behavior-channel", "B2=emg",
+                 "--rectify"]) == 0
+    with Session(tmp_path / "s.h5") as s:
+        np.testing.assert_allclose(s.behavior("emg")[1], np.abs(signal()[:, 3]), atol=0.1)  # EDF: 16 bit
+        assert (s.behavior("emg")[1] >= 0).all() and (signal()[:, 3] < -1).any()
+        assert s.h5["behavior/emg"].attrs["rectified"] and s.channels().names == NAMES[:3]
 
 
 def test_body_leads_named_like_edf_systems_name_them_are_typed_non_neural(tmp_path):
@@ -716,3 +725,46 @@ def test_an_ekg_is_not_offered_as_a_behaviour(tmp_path):
     assert text.endswith("(behavior_channels=[NAME]); here: DC01")
     with Session(tmp_path / "s.h5") as s:
         assert s.channels().types.tolist() == ["eeg"] * 3 + ["ecg", "ecg", "misc"]
+
+
+def test_a_bids_root_folder_names_its_recordings_and_the_loop_that_converts_them(bids_root, tmp_path):
+    """`neurofm convert ieeg BIDS_ROOT out.h5` (a new lab's first try) used to reach MNE and come back
+    as 'Unsupported file type ()' ... 'the file is truncated, damaged or not a format MNE reads'."""
+    root = bids_root.parents[3]  # ds/ (sub-01/ses-01/ieeg/rec.vhdr)
+    with pytest.raises(ConvertError) as e:
+        convert_ieeg(root, tmp_path / "s.h5")
+    msg = str(e.value)
+    assert msg.startswith(f"{root}: input: is a folder holding 1 recording(s) "
+                          "(sub-01/ses-01/ieeg/sub-01_ses-01_task-rest_run-01_ieeg.vhdr)"), msg
+    assert "-name '*_ieeg.vhdr'" in msg and "neurofm convert ieeg" in msg and "damaged" not in msg
+    assert_nothing_written(tmp_path / "s.h5")
+    with pytest.raises(ConvertError, match="is a folder with no recording MNE reads in it"):
+        convert_ieeg(tmp_path, tmp_path / "s.h5")
+    # a recording MNE stores as a folder (CTF .ds) still goes to MNE
+    (tmp_path / "rec.ds").mkdir()
+    with pytest.raises(ConvertError, match="MNE cannot read it"):
+        convert_ieeg(tmp_path / "rec.ds", tmp_path / "s.h5")
+
+
+def test_segments_overlapping_a_bad_annotation_are_never_read(tmp_path):
+    """A FIF with `BAD_movement` annotations (MNE's artefact convention): convert wrote
+    /intervals/bad_segments and nothing read it, so the artefacts were trained on and scored.
+    Now no segment of the default grid and split overlaps one (the other pieces are all used)."""
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+
+    info = mne.create_info(NAMES, SR, "seeg")
+    raw = mne.io.RawArray(signal(n_t=4000).T.astype(np.float64) * 1e-6, info, verbose="error")  # 20 s
+    positions = {n: np.array([0.01 * i, 0.02, 0.03]) for i, n in enumerate(NAMES)}  # metres
+    raw.set_montage(mne.channels.make_dig_montage(ch_pos=positions, coord_frame="head"), verbose="error")
+    raw.set_annotations(mne.Annotations([3.0, 7.2, 9.0], [1.5, 1.0, 0.5], ["BAD_movement", "BAD_movement", "cue"]))
+    raw.save(tmp_path / "rec_raw.fif", verbose="error")
+    convert_ieeg(tmp_path / "rec_raw.fif", tmp_path / "s.h5")
+    seg = IEEGSegmenter(segment_s=1.0, n_patches=5)
+    ds = IEEGSegmentDataset([tmp_path / "s.h5"], seg, split="train")
+    starts = np.asarray([ds.index.locate(i)[1] for i in range(len(ds))])
+    for a, b in ((3.0, 4.5), (7.2, 8.2)):
+        assert not np.any((starts < b) & (starts + 1.0 > a)), (a, b, starts)
+    assert np.any(starts < 3.0) and np.any((starts >= 4.5) & (starts < 7.2)) and np.any(starts >= 8.2)
+    whole = IEEGSegmentDataset([tmp_path / "s.h5"], seg, split=None)
+    assert len(whole) == 20 - 2 - 2  # 20 one-second segments, less the 2 + 2 that touch a bad span

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from neurofm.config import ConfigError, from_dict, to_dict
+from neurofm.data import Session, SessionWriter
 from neurofm.data.segmenter import Preprocessing
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.experiment import evaluate_pretrained, family_of, run
@@ -279,6 +281,21 @@ def test_preflight_refuses_parcel_encoding_without_atlas(sessions, tmp_path):
     recipe.preflight(recipe.prepare(_pretrain_cfg([bare], "model.encode_scale=coords")))
 
 
+def test_preflight_warns_when_one_of_several_sessions_has_no_atlas(sessions, tmp_path):
+    """A BIDS dataset where one subject's electrodes.tsv has no atlas column: pretraining at parcel
+    scale (the demo config's) ran without a word, every channel of that subject sharing one embedding."""
+    bare = _edited_copy(sessions["home"], tmp_path / "bare.h5", lambda f: [f["channels/region"].pop(k) for k in
+                                                                          list(f["channels/region"])])
+    cfg = recipe.prepare(_pretrain_cfg([sessions["home"], bare], "model.encode_scale=parcel"))
+    with pytest.warns(UserWarning, match=r"model.encode_scale: parcel, but no channel of bare.h5 has destrieux atlas "
+                                         r"labels \(1 of 2 sessions\): every channel there gets the one 'unknown' "
+                                         r"embedding.* or choose model.encode_scale=coords, which every session has"):
+        recipe.preflight(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        recipe._check_spatial_scales(recipe.prepare(_pretrain_cfg([sessions["home"], bare], "model.encode_scale=coords")))
+
+
 def test_preflight_refuses_parcels_a_pretrained_model_never_learned(pretrained, sessions, tmp_path):
     def relabel(f):
         for key in list(f["channels/region"]):
@@ -400,6 +417,9 @@ def test_data_labels_picks_the_classes_among_a_files_annotations(pretrained, ses
     dm = recipe.datamodule(cfg)
     four = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "four")
     assert four["baselines"]["null (chance)"]["test_auroc"] == pytest.approx(0.5)  # was NaN with 3+ classes
+    # how a 4-class AUROC is computed is stated, and the ROC plot (left out for 3+ classes) is one-vs-rest
+    assert "ROC-AUC one-vs-rest per class and averaged over the 4 classes (macro)" in four["protocol"]
+    assert (tmp_path / "four" / "plots" / "roc.png").stat().st_size > 0
     cfg = recipe.prepare(_finetune(pretrained, [noisy], "data.labels=[speech,nonspeech]"))
     recipe.preflight(cfg)
     dm = recipe.datamodule(cfg)
@@ -437,3 +457,98 @@ def test_pretraining_probe_scores_every_label_one_vs_rest(sessions, tmp_path):
     for arm in ("random-init encoder, same probe", "ridge on band power"):
         assert np.isfinite(out["baselines"][arm]["probe_auroc"])
     assert "one-vs-rest macro ROC-AUC over 4 labels" in out["protocol"]
+
+
+def _bursty_emg(t: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Raw surface EMG: noise around 0 whose amplitude follows 1-3 s contractions."""
+    rng = np.random.default_rng(seed)
+    env = np.zeros(len(t))
+    start = 1.0
+    while start < t[-1]:
+        length = rng.uniform(1.0, 3.0)
+        env[(t >= start) & (t < start + length)] = rng.uniform(0.4, 1.0)
+        start += length + rng.uniform(1.0, 4.0)
+    return ((0.05 + env) * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def test_a_raw_emg_target_is_refused_and_its_rectified_envelope_regresses(pretrained, sessions, tmp_path):
+    """A FIF file's raw EMG moved to /behavior with --behavior-channel and regressed with the CLI
+    defaults: the model predicts its 1 s mean, 0.0009% of its variance (noise around 0), and the run
+    reported R2s of that noise beside band power without a word. Now refused before training, naming
+    --rectify; the rectified channel (mean absolute amplitude per segment) trains."""
+    from neurofm.data.ieeg import move_channels_to_behavior
+
+    with Session(sessions["new"]) as src:  # the simulated recording + an EMG channel, as a FIF would bring it
+        data, rate, ch = src.continuous(), src.sampling_rate, src.channels()
+    emg = _bursty_emg(np.arange(len(data)) / rate)
+    with_emg = str(tmp_path / "with_emg.h5")
+    with SessionWriter(with_emg, session_id="with_emg") as w:
+        w.add_continuous(np.concatenate([data, emg[:, None]], 1), sampling_rate=rate)
+        w.add_channels(list(ch.names) + ["EMG_FDS"], *(np.append(ch.xyz[:, k], np.nan) for k in range(3)),
+                       regions={a: list(v) + [""] for a, v in ch.regions.items()},
+                       types=["seeg"] * len(ch.names) + ["emg"], coordinate_space=ch.coordinate_space)
+    raw = move_channels_to_behavior(with_emg, tmp_path / "raw.h5", ["EMG_FDS=emg"])
+    cfg = recipe.prepare(_finetune(pretrained, [str(raw)], task="regress", behavior=["emg"]))
+    with pytest.raises(ConfigError, match=r"data.target: /behavior/emg's mean over a 1 s segment \(what the model "
+                                          r"regresses and is scored on\) keeps 0\.\d\d% of its variance .* convert the "
+                                          r"recording again with --behavior-channel EMG_FDS=emg --rectify"):
+        recipe.target_stats(cfg, recipe.datamodule(cfg))
+    rect = move_channels_to_behavior(with_emg, tmp_path / "rect.h5", ["EMG_FDS=emg"], rectify=True)
+    with Session(rect) as s, Session(with_emg) as src:
+        np.testing.assert_array_equal(s.behavior("emg")[1], np.abs(src.continuous()[:, -1]))
+        assert s.h5["behavior/emg"].attrs["rectified"]
+    cfg = recipe.prepare(_finetune(pretrained, [str(rect)], task="regress", behavior=["emg"]))
+    mean, std = recipe.target_stats(cfg, recipe.datamodule(cfg))
+    assert mean[0] > 0 and std[0] > 0
+
+
+def test_coordinates_in_another_space_than_the_pretrained_models_are_warned_about(sessions, tmp_path):
+    """A coords model pretrained on MNI electrodes (a BIDS dataset) fine-tuned on a FIF whose montage
+    is in MNE's head frame: the same millimetres are other places, and nothing said so."""
+    def head_frame(f):
+        f["channels"].attrs["coordinate_space"] = "head"
+
+    cfg = recipe.prepare(from_dict(recipe.RunConfig, {
+        "data": {"sessions": [sessions["home"]], "segment_s": 1.0, "n_patches": 4, "line_noise": 60.0},
+        "model": {**TINY, "encode_scale": "coords"}}, where="test"))
+    dm = recipe.datamodule(cfg)
+    assert dm.spatial_vocab.spaces == ["MNI152 (simulated)"]
+    folder = tmp_path / "coords_enc"
+    BaristaEncoder(recipe._sized_config(cfg, dm)).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["config"]["spatial_vocab"]["coordinate_spaces"] == \
+        ["MNI152 (simulated)"]
+    head = _edited_copy(sessions["new"], tmp_path / "head.h5", head_frame)
+    with pytest.warns(UserWarning, match=r"model.encode_scale: coords, and the pretrained model learned positions in "
+                                         r"'MNI152 \(simulated\)' coordinates, but the electrode coordinates of "
+                                         r"head.h5: 'head' are stated in another space"):
+        recipe.preflight(recipe.prepare(_finetune(str(folder), [head])))
+    with warnings.catch_warnings():  # the model's own space: no word
+        warnings.simplefilter("error", UserWarning)
+        recipe._check_spatial_scales(recipe.prepare(_finetune(str(folder), [sessions["new"]])))
+    # pretraining on sessions in two spaces
+    home_head = _edited_copy(sessions["home"], tmp_path / "home_head.h5", head_frame)
+    with pytest.warns(UserWarning, match=r"coords, but the sessions' electrode coordinates are in 2 different spaces "
+                                         r"\('MNI152 \(simulated\)': home.h5; 'head': home_head.h5\)"):
+        recipe._check_spatial_scales(recipe.prepare(_pretrain_cfg([sessions["home"], home_head],
+                                                                  "model.encode_scale=coords")))
+
+
+def test_fine_tuning_names_atlas_labels_the_pretrained_model_never_saw(pretrained, sessions, tmp_path):
+    """A held-out subject whose visual ECoG strip sits in a parcel no pretraining subject sampled
+    (ctx_lh_S_calcarine): those channels got the 'unknown' parcel embedding, and the warning
+    SpatialVocab.encode gives was silenced by the data modules."""
+    def two_in_cuneus(f):
+        key = "destrieux"
+        labels = f[f"channels/region/{key}"][()].astype(object)
+        labels[:2] = b"ctx_lh_G_cuneus"
+        del f[f"channels/region/{key}"]
+        f["channels/region"].create_dataset(key, data=labels, dtype=h5py.string_dtype())
+
+    part = _edited_copy(sessions["new"], tmp_path / "part.h5", two_in_cuneus)
+    with pytest.warns(UserWarning, match=r"model.encode_scale: parcel: 2 of \d+ channels of part.h5 carry destrieux "
+                                         r"labels the pretrained model never saw \(ctx_lh_G_cuneus \(2 ch\)\); they get "
+                                         r"the 'unknown' parcel embedding"):
+        recipe.preflight(recipe.prepare(_finetune(pretrained, [part])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        recipe._check_spatial_scales(recipe.prepare(_finetune(pretrained, [sessions["home"]])))
