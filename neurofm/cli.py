@@ -121,9 +121,16 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     from neurofm.data.tokenizer import block_size_for, window_count_percentiles
     from neurofm.recipes.neuroformer import RunConfig, suggest_window, test_block_motion, training_window_counts
 
+    import dataclasses
+
+    from neurofm.experiment import load_config
+
     cfg = RunConfig()
     cfg.data.sessions = [str(session.path)]
-    w = cfg.model.window
+    # the windows the README's pretraining (neuroformer/demo) trains with when none are given:
+    # RunConfig's 50 / 50 ms under-counted the demo's 150 ms previous window (prev_id 75 shown,
+    # 202 chosen by the run, on a 72-unit 740 spikes/s recording) and so its cost
+    w = cfg.model.window = dataclasses.replace(load_config(PRETRAIN_CONFIG).model.window)
     if args.window_curr is not None:
         w.curr = args.window_curr
     if args.window_prev is not None:
@@ -495,8 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
     i.add_argument("--window-curr", type=float, help="spike files: current window (s) for the spikes-per-window "
-                                                     "percentiles (default: the run config's, 0.05)")
-    i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: the run config's)")
+                                                     "percentiles (default: neuroformer/demo's, the README's "
+                                                     "pretraining config)")
+    i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: neuroformer/demo's)")
     i.set_defaults(func=_cmd_inspect)
 
     v = add("validate", help="check session files' contents (times sorted and finite, unit indices in range, "

@@ -155,6 +155,27 @@ def test_inspect_shows_spikes_per_window(tmp_path, capsys):
     assert info["curr"]["p90"] + 2 <= info["auto_block_size"]["id"] <= info["curr"]["max"] + 2
 
 
+def test_inspect_defaults_are_the_windows_and_block_sizes_the_readme_pretraining_uses(tmp_path, capsys):
+    """Without --window-curr/--window-prev, inspect showed RunConfig's 50 / 50 ms windows while the
+    README's pretraining (`train.py demo`, no window override) reads a 150 ms previous window: on a
+    72-unit 740 spikes/s recording it printed prev_id 75 and a step cost for 75 + 75 tokens, and the
+    run chose prev_id 202. The defaults are now the demo config's, so the block sizes (and the
+    step timing they drive) are those that pretraining chooses on the same file."""
+    from neurofm.experiment import load_config
+
+    path = _session(tmp_path / "a.h5", rate=20.0)
+    assert cli.main(["inspect", path, "--json"]) == 0
+    w = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]
+    demo = load_config("demo", ["data.behavior=[]", "model.behavior=[]"])
+    demo.data.sessions = [path]
+    assert (w["window_curr_s"], w["window_prev_s"]) == (demo.model.window.curr, demo.model.window.prev)
+    chosen = recipe.resolve_block_sizes(demo).model.block_size
+    capsys.readouterr()
+    assert w["auto_block_size"] == {"id": chosen.id, "prev_id": chosen.prev_id}
+    assert w["pretraining"]["block_size"] == w["auto_block_size"]
+    assert w["auto_block_size"]["prev_id"] > w["auto_block_size"]["id"]  # a previous window 3x as long
+
+
 def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_path, capsys):
     """Moving until 30 s of 60: the default test block (the last 10%) is rest, which finetune
     would refuse (no moving window to score); inspect says so, with the moving rule's numbers
