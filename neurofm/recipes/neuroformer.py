@@ -1365,7 +1365,7 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
     n_units = model.config.n_units
     targets = [v.name for v in model.config.behavior_targets()]
     logp_id, target_ids, counts, beh_pred, beh_true, beh_mask, batches = [], [], [], {}, {}, {}, []
-    interval, session, pooled, binned, order = [], [], [], [], []
+    interval, session, pooled, binned, order, spike_session = [], [], [], [], [], []
     for batch in loader:
         tid = batch["target_id"]
         if run_model:
@@ -1389,6 +1389,7 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
                 pooled.append(out["pooled"].float().numpy())
         spike = tid >= N_SPECIAL
         target_ids.append((tid[spike] - N_SPECIAL).numpy())
+        spike_session.append(np.repeat(np.asarray(batch["session"], dtype=np.int64), spike.sum(1).numpy()))
         counts.append(_window_counts(batch, n_units))
         binned.append(_binned_counts(batch, n_units, model.config.window))
         interval.append(np.asarray(batch["interval"], dtype=np.float64))
@@ -1400,7 +1401,8 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
         if sum(len(b["interval"]) for b in batches) < keep_windows:
             batches.append(batch)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
-    return {"logp_id": cat(logp_id), "target_ids": cat(target_ids).astype(np.int64), "counts": np.concatenate(counts),
+    return {"logp_id": cat(logp_id), "target_ids": cat(target_ids).astype(np.int64),
+            "spike_session": cat(spike_session).astype(np.int64), "counts": np.concatenate(counts),
             "interval": cat(interval), "session": cat(session).astype(np.int64),
             "beh_pred": {k: np.concatenate(v) for k, v in beh_pred.items()},
             "beh_true": {k: np.concatenate(v) for k, v in beh_true.items()},
@@ -1440,12 +1442,32 @@ def _binned_counts(batch, n_units: int, window, bin_s: float = RIDGE_BIN_S) -> n
     return window_count_features(batch, n_units, window, bin_s).numpy()
 
 
-def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: np.ndarray) -> float:
-    """Mean log2-likelihood gain per held-out spike over the unigram (firing-rate) null."""
+def _unigram_logp(target_ids: np.ndarray, train_counts: np.ndarray, sessions: np.ndarray | None = None) -> np.ndarray:
+    """Log-probability of each spike's unit under the unigram (firing-rate) null: training
+    spike counts + 0.5. ``train_counts`` (n_units,) is one null for every spike; (S, n_units)
+    is one per session, spike ``k`` scored under its session ``sessions[k]``'s rates. A model
+    trained on several sessions knows which session a window is from (its previous window's
+    units), so a null pooled over sessions hands it ~log2(S) bits/spike for free: on two
+    sessions of one lab (72 and 58 units) the pooled null read 1.48 bits/spike."""
+    c = np.asarray(train_counts, dtype=np.float64) + 0.5
+    if c.ndim == 1:
+        return np.log(c / c.sum())[target_ids]
+    return np.log(c / c.sum(1, keepdims=True))[np.asarray(sessions, dtype=np.int64), target_ids]
+
+
+def _session_unit_counts(coll: dict, n_sessions: int, n_units: int) -> np.ndarray:
+    """(n_sessions, n_units) spike counts per unit in each session's collected windows."""
+    flat = coll["spike_session"] * n_units + coll["target_ids"]
+    return np.bincount(flat, minlength=n_sessions * n_units).reshape(n_sessions, n_units).astype(np.float64)
+
+
+def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: np.ndarray,
+                       sessions: np.ndarray | None = None) -> float:
+    """Mean log2-likelihood gain per held-out spike over the unigram (firing-rate) null
+    (per session when ``train_counts`` is (S, n_units): :func:`_unigram_logp`)."""
     if len(target_ids) == 0:
         return float("nan")
-    p = (train_counts + 0.5) / (train_counts + 0.5).sum()
-    return float((logp - np.log(p[target_ids])).sum() / (len(target_ids) * math.log(2)))
+    return float((logp - _unigram_logp(target_ids, train_counts, sessions)).sum() / (len(target_ids) * math.log(2)))
 
 
 def order_free_bits(order: np.ndarray, logp_null: float, n_spikes: int) -> dict[str, float]:
@@ -1484,14 +1506,16 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
     train_scored = _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
     labelled &= train_scored
-    train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
+    # per session: a unit of one session never fires in another's windows (see _unigram_logp)
+    n_sessions = len(dm.sessions)
+    train_unit_counts = _session_unit_counts(train, n_sessions, n_units)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
-                                                                       train_unit_counts)}
+                                                                       train_unit_counts, test["spike_session"])}
     baselines: dict[str, dict[str, float]] = {"unigram (firing-rate) null": {"id_bits_per_spike": 0.0}}
     limitations = []
     if test["order"] is not None and len(test["target_ids"]):
-        p = (train_unit_counts + 0.5) / (train_unit_counts + 0.5).sum()
-        free = order_free_bits(test["order"], float(np.log(p[test["target_ids"]]).sum()), len(test["target_ids"]))
+        null = _unigram_logp(test["target_ids"], train_unit_counts, test["spike_session"])
+        free = order_free_bits(test["order"], float(null.sum()), len(test["target_ids"]))
         results["id_bits_per_spike_order_free"] = free["order_free"]
         results["id_order_info_bits_per_spike"] = free["order_info"]
         if results["id_bits_per_spike"] > 0 >= free["order_free"]:
@@ -1544,7 +1568,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         order = unit_order(train["counts"][:, :n_units], None if tuning is None else
                            np.where(train["beh_mask"][tuning][:, None], train["beh_true"][tuning], np.nan),
                            behavior_name=tuning or "behaviour")
-        gen = _generation_metrics(cfg, model, test["batches"], train_unit_counts, len(train["interval"]), run_dir,
+        gen = _generation_metrics(cfg, model, test["batches"], train_unit_counts,
+                                  np.bincount(train["session"], minlength=n_sessions), run_dir,
                                   raster_order=order)
         results.update(gen.metrics)
         for arm, row in gen.baselines.items():
@@ -1837,7 +1862,7 @@ def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, floa
     return f"generated spikes {'match' if d >= 0 else 'are below but within the CI of'} the {arm}: {nums}"
 
 
-def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir,
+def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows, run_dir,
                         raster_order=None) -> GenerationScore:
     """Generate the spikes of the first ``eval.generate_windows`` test windows (teacher-forced
     past) and score their ID sets against the recorded ones (window F1), beside, on the same
@@ -1849,7 +1874,13 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     every window (what naming everything a training-rate generator can name scores). Every random arm is drawn ``eval.generate_draws`` times (the
     model with seeds ``eval.seed + k``); F1 and the window statistics are means over the draws,
     and the per-window F1 averaged over draws feeds a paired block bootstrap over
-    :data:`GENERATION_BLOCK_S` blocks of the test period."""
+    :data:`GENERATION_BLOCK_S` blocks of the test period.
+
+    ``train_unit_counts`` (n_units,) with ``n_train_windows`` an int: one rate per unit for
+    every window; (S, n_units) with (S,) windows: each window's arms use its own session's
+    training rates and units (pooled over sessions, the arms named units of the other sessions,
+    which never fire there: 130 units per window for the "every unit" arm on two sessions of 72
+    and 58 units, and a mean-rate generator diluted by the other session's units)."""
     n_units = model.config.n_units
     need = cfg.eval.generate_windows
     if cfg.eval.generate_draws < 1:
@@ -1857,8 +1888,10 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     draws = int(cfg.eval.generate_draws)
     true_sets, gen_all, rng = [], [], np.random.default_rng(cfg.eval.seed)
     gen_draws: list[list[np.ndarray]] = [[] for _ in range(draws)]
-    # mean rate per unit per window from the training spikes
-    rate_per_window = train_unit_counts / max(1, n_train_windows)
+    # mean rate per unit per window from the training spikes (per session when given so)
+    counts = np.atleast_2d(np.asarray(train_unit_counts, dtype=np.float64))
+    n_win = np.broadcast_to(np.asarray(n_train_windows, dtype=np.float64), (len(counts),))
+    rates = counts / np.maximum(1.0, n_win)[:, None]
     intervals, sessions = [], []
     for batch in batches:
         if len(true_sets) >= need:
@@ -1874,12 +1907,12 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
         for w in range(len(gen)):
             ids = batch["target_id"][w]
             true_sets.append((ids[ids >= N_SPECIAL] - N_SPECIAL).numpy())
-    base_draws = [[np.repeat(np.arange(n_units), rng.poisson(rate_per_window)) for _ in true_sets]
-                  for _ in range(draws)]
-    p_unit = rate_per_window / rate_per_window.sum() if rate_per_window.sum() > 0 else np.full(n_units, 1 / n_units)
-    matched_draws = [[rng.choice(n_units, size=min(len(np.unique(g)), int((p_unit > 0).sum())), replace=False,
-                                 p=p_unit) for g in sets] for sets in gen_draws]
-    every_draws = [[np.flatnonzero(np.asarray(train_unit_counts) > 0)] * len(true_sets)]
+    row = np.concatenate(sessions)[:len(true_sets)] if len(rates) > 1 else np.zeros(len(true_sets), dtype=np.int64)
+    base_draws = [[np.repeat(np.arange(n_units), rng.poisson(rates[r])) for r in row] for _ in range(draws)]
+    p_units = [r / r.sum() if r.sum() > 0 else np.full(n_units, 1 / n_units) for r in rates]
+    matched_draws = [[rng.choice(n_units, size=min(len(np.unique(g)), int((p_units[r] > 0).sum())), replace=False,
+                                 p=p_units[r]) for g, r in zip(sets, row)] for sets in gen_draws]
+    every_draws = [[np.flatnonzero(counts[r] > 0) for r in row]]
     arms = {"model": gen_draws, GENERATOR_BASELINE: base_draws, MATCHED_BASELINE: matched_draws,
             EVERY_UNIT: every_draws}
     scores = {}
