@@ -119,7 +119,8 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     """Spikes per current / previous window over the training block (the default split, or the
     file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
     from neurofm.data.tokenizer import block_size_for, window_count_percentiles
-    from neurofm.recipes.neuroformer import RunConfig, suggest_window, test_block_motion, training_window_counts
+    from neurofm.recipes.neuroformer import (RunConfig, suggest_window, test_block_motion, test_block_variation,
+                                             training_window_counts)
 
     import dataclasses
 
@@ -137,11 +138,14 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
         w.prev = args.window_prev
     curr, prev = training_window_counts(cfg)
     hint = suggest_window(float(curr.mean()), w) if len(curr) else None
+    motion = test_block_motion(cfg, session)
     return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),
             "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
             "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
             "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None,
-            "test_block": test_block_motion(cfg, session),
+            "test_block": motion,
+            "test_block_variation": test_block_variation(cfg, session,
+                                                         skip=(motion["moving_behavior"],) if motion else ()),
             "pretraining": _pretraining_estimate(session, w) if len(curr) else None}
 
 
@@ -186,9 +190,28 @@ def _describe_windows(w: dict) -> str:
                      f"model.window.prev={sw['prev']:g}")
     if w.get("test_block"):
         lines += _describe_test_block(w["test_block"])
+    for v in w.get("test_block_variation", []):
+        lines += _describe_test_variation(v)
     if w.get("pretraining"):
         lines += _describe_pretraining(w["pretraining"])
     return "\n".join(lines)
+
+
+def _describe_test_variation(v: dict) -> list[str]:
+    """``neurofm inspect``: a behaviour that finetune (every window scored) would refuse or warn
+    about in this test block, and an angle's unit."""
+    lines = []
+    if v["refused"] or v["variance_ratio"] < 0.1:
+        what = (f"{v['n_test_windows']:,} test windows (finetune refuses under {v['min_scored_windows']})"
+                if v["n_test_windows"] < v["min_scored_windows"] else
+                f"its variance over the {v['n_test_windows']:,} test windows is {v['variance_ratio']:.2%} of the "
+                f"training block's (finetune {'refuses under 1%' if v['refused'] else 'warns under 10%'})")
+        lines.append(f"  test block {v['name']}: {what}: hold out a block where it varies with "
+                     f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
+    if v["angle"]:
+        lines.append(f"  angle      {v['name']} is in {v['unit']}: the regression head, ridge and R2 read it as a line "
+                     f"(359 and 1 degree far apart); decode its cosine and sine (a 2-column behaviour)")
+    return lines
 
 
 def _describe_pretraining(p: dict) -> list[str]:

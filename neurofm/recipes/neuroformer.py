@@ -672,6 +672,39 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
     return out
 
 
+def test_block_variation(cfg: RunConfig, session, skip: tuple[str, ...] = ()) -> list[dict]:
+    """Each ``/behavior/<name>`` of ``session`` (``neurofm inspect``) that :func:`check_test_target`
+    would refuse or warn about when fine-tuning decodes it with ``--score-when all`` (the default
+    for a behaviour that is not the position): its variance over the test block's windows as a
+    share of that over the training block's (under 1% finetune refuses, under 10% it warns), or
+    too few test windows, and whether its unit is an angle (read as a line by R2 and ridge). A
+    rat's head direction with the default test block in the sleep at the end of the recording
+    read 0.07% and ``inspect`` said nothing; finetune refused only after loading the model.
+    ``skip``: names reported otherwise (the position, by :func:`test_block_motion`)."""
+    w = cfg.model.window.curr
+    ends = {split: split_window_ends(cfg, session, split) for split in ("train", "test")}
+    out = []
+    for name in session.behavior_names:
+        if name in skip:
+            continue
+        ts, vals = session.behavior(name)
+        if not np.issubdtype(np.asarray(vals).dtype, np.number):
+            continue
+        f = {k: behavior_features(ts, vals, e - w, e) for k, e in ends.items()}
+        train, test = (f[k]["mean"][f[k]["mask"]].astype(np.float64) for k in ("train", "test"))
+        angle = session.behavior_unit(name).strip().lower() in _ANGLE_UNITS
+        if len(train) < 2:
+            continue
+        ok = train.var(0) > 0
+        ratio = float((test.var(0)[ok] / train.var(0)[ok]).min()) if ok.any() and len(test) else 0.0
+        if ratio < 0.1 or len(test) < cfg.eval.min_scored_windows or angle:
+            out.append({"name": name, "n_test_windows": int(len(test)), "variance_ratio": ratio, "angle": angle,
+                        "unit": session.behavior_unit(name).strip(),
+                        "refused": ratio < 0.01 or len(test) < cfg.eval.min_scored_windows,
+                        "min_scored_windows": cfg.eval.min_scored_windows})
+    return out
+
+
 #: ``unit`` attrs of a position in pixels (lengths in metres, cm, mm... are known to mm_per_unit)
 _PIXEL_UNITS = ("px", "pixel", "pixels")
 

@@ -196,6 +196,47 @@ def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_p
     assert "test block (/intervals/test):" in text and "mostly rest" not in text
 
 
+def test_inspect_says_when_a_behaviour_other_than_position_barely_varies_in_the_test_block(tmp_path, capsys):
+    """A head-direction recording ending in sleep: the default test block (the last 10%) holds a
+    still head, which finetune refuses (variance under 1% of training's), but inspect, which
+    checked only a position's movement, said nothing. It now names the behaviour, the share and
+    the split fix, and says when its unit is an angle. The position keeps its own moving line."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "hd.h5"
+    n = rng.poisson(20 * DURATION * 4)
+    times = np.sort(rng.uniform(0.0, DURATION, n))
+    ts = np.arange(0.0, DURATION, 0.02)
+    angle = np.mod(np.cumsum(rng.normal(0, 0.1, ts.size)) * (ts < 45.0) + 1.0, 2 * np.pi)
+    angle[ts >= 45.0] = angle[ts < 45.0][-1]  # asleep: the head does not turn
+    with SessionWriter(path, session_id="hd") as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, rng.integers(0, 4, n), t_start=0.0, t_end=DURATION)
+        w.add_behavior("head_direction", ts, angle, unit="radians")
+        w.add_behavior("speed", ts, np.abs(rng.normal(5, 2, ts.size)), unit="cm/s")  # varies throughout
+    assert cli.main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"test block head_direction: its variance over the [\d,]+ test windows is 0\.00% of the "
+                     r"training block's \(finetune refuses under 1%\): hold out a block where it varies with "
+                     r"`neurofm split FILE", text)
+    assert "angle      head_direction is in radians" in text and "test block speed" not in text
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    v = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]["test_block_variation"]
+    assert [x["name"] for x in v] == ["head_direction"] and v[0]["refused"] and v[0]["angle"]
+    # finetune's own check agrees: it refuses this test block before training
+    cfg = _config([str(path)])
+    cfg.data.behavior = ["head_direction"]
+    cfg.model.behavior[0].name = "head_direction"
+    cfg.task.mode = "finetune"
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="barely varies in the test block"):
+        recipe.check_test_target(cfg)
+    # after a split that holds out a block where the head turns: only the angle note is left
+    assert cli.main(["split", str(path), "--train", "0:30", "--valid", "31:37", "--test", "38:44"]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "test block head_direction" not in text and "angle      head_direction" in text
+
+
 def test_inspect_estimates_what_the_readme_pretraining_will_cost(tmp_path, capsys):
     """A dense recording took ~19 min of pretraining with no word from inspect. Inspect now sizes
     the README's pretraining (neuroformer/demo, the windows shown) from the file: the block sizes
