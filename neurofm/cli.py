@@ -621,8 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "its fine-tuning run's split (data.split.* to change); the linear probe reads the evaluated "
                         "model's own frozen encoder, and the report says so.")
     finetune_args(e)
-    e.add_argument("--out", help="folder for metrics.json and plots (default runs/evaluate-<model>-<first data "
-                   "file>; the model is RUN for a fine-tuned RUN/pretrained)")
+    e.add_argument("--out", "--run-dir", dest="out",
+                   help="folder for metrics.json and plots (default runs/evaluate-<model>-<first data "
+                   "file>; the model is RUN for a fine-tuned RUN/pretrained); --run-dir, as finetune names it, "
+                   "is the same option")
     e.add_argument("--json", action="store_true",
                    help="print metrics, baselines and protocol as one JSON document (the full record is "
                         "OUT/metrics.json either way) instead of the summary finetune prints")
