@@ -426,6 +426,12 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
         for name in behavior:
             if name not in s.behavior_names:
                 hint = (" (key=value overrides go after the options, or after --)" if "=" in name else "")
+                tables = [t for t in s.interval_names if f"intervals/{t}/{name}" in s.h5]
+                if tables:  # a trials column such as grating orientation: a label per trial, not a time series
+                    hint += (f". {name} is a column of /intervals/{tables[0]} (one value per interval): Neuroformer "
+                             f"fine-tuning decodes /behavior time series only, so per-trial labels (a stimulus "
+                             f"class) cannot be decoded from the CLI; a numeric one could be written as a step "
+                             f"/behavior with SessionWriter.add_behavior, which regresses it (R2), not classifies it")
                 raise ConfigError(f"--behavior {name}: {sessions[0]} has no /behavior/{name}; it has "
                                   f"{s.behavior_names or 'no behaviour'}{hint}")
             _, v = s.behavior(name, s.t_start, s.t_start + 1.0)

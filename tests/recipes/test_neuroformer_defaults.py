@@ -237,6 +237,26 @@ def test_inspect_says_when_a_behaviour_other_than_position_barely_varies_in_the_
     assert "test block head_direction" not in text and "angle      head_direction" in text
 
 
+def test_finetune_on_a_trials_column_says_it_is_a_per_trial_label(tmp_path):
+    """`--behavior orientation` on a file whose grating orientation is a trials-table column said only
+    "has no /behavior/orientation; it has ['running_speed']": the error now says where the name is
+    and that per-trial labels are not a decodable time series."""
+    path = str(tmp_path / "a.h5")
+    with SessionWriter(path, session_id="a") as w:
+        w.add_units(["u0"])
+        w.add_spikes(np.sort(np.random.default_rng(0).uniform(0, DURATION, 300)), np.zeros(300, dtype=int),
+                     t_start=0.0, t_end=DURATION)
+        w.add_behavior("running_speed", np.arange(0.0, DURATION, 0.02), np.ones(3000), unit="cm/s")
+        w.add_intervals("trials", start=np.arange(0.0, 58.0, 2.0), end=np.arange(1.0, 59.0, 2.0),
+                        orientation=np.tile([0.0, 45.0, 90.0, 135.0], 8)[:29])
+    with pytest.raises(ConfigError) as e:
+        recipe.finetune_config(str(tmp_path / "model"), [path], behavior=["orientation"])
+    assert "has no /behavior/orientation; it has ['running_speed']" in str(e.value)
+    assert "orientation is a column of /intervals/trials (one value per interval)" in str(e.value)
+    with pytest.raises(ConfigError, match=r"it has \['running_speed'\]$"):  # a name in no table: as before
+        recipe.finetune_config(str(tmp_path / "model"), [path], behavior=["speed"])
+
+
 def test_inspect_estimates_what_the_readme_pretraining_will_cost(tmp_path, capsys):
     """A dense recording took ~19 min of pretraining with no word from inspect. Inspect now sizes
     the README's pretraining (neuroformer/demo, the windows shown) from the file: the block sizes
