@@ -206,7 +206,7 @@ def test_id_bits_per_spike_scores_each_session_against_its_own_firing_rates():
     2 equal sessions): on two V1 sessions (72 + 58 units) pretraining reported 1.48 bits/spike."""
     rng = np.random.default_rng(0)
     p = np.array([[0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0], [0, 0, 0, 0, 0.1, 0.2, 0.3, 0.4]])
-    batches, counts = [], np.zeros(8)
+    batches = []
     for s in (0, 1):
         ids = rng.choice(8, size=(64, 12), p=p[s]) + N_SPECIAL
         batches.append({"target_id": torch.as_tensor(ids), "id": torch.as_tensor(ids),
