@@ -1543,6 +1543,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
+    draw = label_draw(cfg, train["session"], train["interval"]) if few_shot else None
     train_scored = _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
     labelled &= train_scored
     # per session: a unit of one session never fires in another's windows (see _unigram_logp)
@@ -1552,6 +1553,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                                                                        train_unit_counts, test["spike_session"])}
     baselines: dict[str, dict[str, float]] = {"unigram (firing-rate) null": {"id_bits_per_spike": 0.0}}
     limitations = []
+    if line := label_draw_limitation(draw, cfg.data.label_chunk_s):
+        print(f"neurofm: {line}", file=sys.stderr)
+        limitations.append(line)
     if test["order"] is not None and len(test["target_ids"]):
         null = _unigram_logp(test["target_ids"], train_unit_counts, test["spike_session"])
         free = order_free_bits(test["order"], float(null.sum()), len(test["target_ids"]))
@@ -1625,7 +1629,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
-        "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression)),
+        "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression), draw),
         "tokenizer": block_size_report(cfg),
         **({"start": start} if (start := getattr(task, "read_out_start", None)) else {}),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
@@ -1637,7 +1641,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                  "datasets": ["neurofm-simulated-spikes"] if not d.sessions else [Path(p).stem for p in d.sessions],
                  "n_units": n_units, "n_test_spikes": int(len(test["target_ids"])),
                  "n_train_windows": int(len(train["interval"])), "n_test_windows": int(len(test["interval"])),
-                 **({"n_labelled_train_windows": n_labelled} if few_shot else {})},
+                 **({"n_labelled_train_windows": n_labelled, "label_draw": draw} if few_shot else {})},
     }
 
 
@@ -1750,7 +1754,35 @@ def _training_length(cfg: RunConfig, dm) -> str:
             f"({rule})")
 
 
-def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
+def label_draw(cfg: RunConfig, session: np.ndarray, interval: np.ndarray) -> dict:
+    """What ``--label-fraction`` drew on these training windows (session index, end time): each
+    ``data.label_chunk_s`` chunk is labelled with probability ``label_fraction`` on its own, so the
+    share of labelled windows varies around it: on a 512 s training block (51 chunks of 10 s)
+    0.1 drew 2 chunks, 400 of 10,186 windows (3.9%), which the report called "10%"."""
+    keep = _label_subset(cfg)(torch.as_tensor(session), torch.as_tensor(interval)).numpy()
+    key = list(zip(np.asarray(session).tolist(), np.floor(interval / cfg.data.label_chunk_s).astype(np.int64).tolist()))
+    chunks, drawn = set(key), {c for c, k in zip(key, keep.tolist()) if k}
+    n = int(len(keep))
+    return {"requested": float(cfg.data.label_fraction), "n_chunks": len(chunks), "n_chunks_labelled": len(drawn),
+            "n_windows": n, "n_windows_labelled": int(keep.sum()), "share": float(keep.mean()) if n else 0.0}
+
+
+def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
+    """A limitation line when the labelled share is under half or over twice the requested one."""
+    if not draw or 0.5 <= draw["share"] / draw["requested"] <= 2.0:
+        return None
+    return (f"--label-fraction {draw['requested']:g} labelled {draw['share']:.1%} of the training windows "
+            f"({_label_draw_text(draw, chunk_s)}; each chunk is drawn on its own with that probability, so few "
+            f"chunks give a share far from it): every arm fitted those labels; seed=N draws other chunks, a longer "
+            f"training block or a smaller data.label_chunk_s brings the share closer")
+
+
+def _label_draw_text(draw: dict, chunk_s: float) -> str:
+    return (f"{draw['n_chunks_labelled']} of {draw['n_chunks']} {chunk_s:g} s chunks drawn: "
+            f"{draw['n_windows_labelled']:,} of {draw['n_windows']:,} training windows ({draw['share']:.1%})")
+
+
+def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
     names = ("train", "valid", "test")
@@ -1771,7 +1803,10 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
                  f"validation R2 evaluated (the starting state included)")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
-                 f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
+                 f"chunks, seed {cfg.seed}"
+                 + (f"; each chunk labelled with probability {d.label_fraction:g}: "
+                    f"{_label_draw_text(draw, d.label_chunk_s)}" if draw else "")
+                 + "), the same windows for the model and ridge")
     elif cfg.model.behavior_targets():
         text += "; behaviour labels on every training window (100%), for the model and ridge"
     if t.mode == "finetune" and (kind := _cut_to(cfg)):

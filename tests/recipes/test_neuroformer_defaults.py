@@ -639,3 +639,28 @@ def test_cli_finetune_flags_reach_the_config(pretrained, tmp_path, monkeypatch):
     assert cfg.task.from_scratch and cfg.eval.score_when == "all" and cfg.trainer.max_epochs == 2
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()
     assert "--score-when" in help_text and "95th-percentile" in help_text and "--from-scratch" in help_text
+
+
+def test_label_draw_says_what_share_of_the_training_windows_the_label_fraction_labelled():
+    """--label-fraction 0.1 labels each 10 s chunk with probability 0.1 on its own: on a V1
+    session's 512 s training block it drew 2 of 51 chunks, 400 of 10,186 windows (3.9%), and the
+    report said "labels on 10%". The draw's counts now go into the protocol and metrics.json, and
+    a share under half (or over twice) the requested one is a limitation naming the numbers."""
+    cfg = _config(["a.h5"], data={"sessions": ["a.h5"], "behavior": ["position"], "batch_size": 16,
+                                  "label_fraction": 0.1})
+    ends = np.arange(0.05, 512.0, 0.05)  # one session, 50 ms windows, 52 chunks of 10 s (the last partial)
+    shares = {}
+    for seed in range(12):
+        cfg.seed = seed
+        d = recipe.label_draw(cfg, np.zeros(len(ends), dtype=np.int64), ends)
+        assert d["n_chunks"] == 52 and d["n_windows"] == len(ends) and d["requested"] == 0.1
+        keep = recipe._label_subset(cfg)(torch.zeros(len(ends), dtype=torch.long), torch.as_tensor(ends)).numpy()
+        assert d["n_windows_labelled"] == keep.sum() and d["share"] == pytest.approx(keep.mean())
+        assert d["n_chunks_labelled"] == len(np.unique(np.floor(ends[keep] / 10.0)))
+        shares[seed] = d
+    far = [d for d in shares.values() if not 0.05 <= d["share"] <= 0.2]
+    near = [d for d in shares.values() if 0.05 <= d["share"] <= 0.2]
+    assert far and near  # twelve seeds: some draws land far from 10%
+    line = recipe.label_draw_limitation(far[0], 10.0)
+    assert line.startswith("--label-fraction 0.1 labelled ") and "of 52 10 s chunks drawn: " in line
+    assert recipe.label_draw_limitation(near[0], 10.0) is None and recipe.label_draw_limitation(None, 10.0) is None
