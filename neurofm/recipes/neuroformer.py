@@ -763,6 +763,17 @@ def _warn_if_angle(name: str, paths: list[str]) -> None:
                 return
 
 
+def angle_limitation(name: str, unit: str) -> str | None:
+    """The limitation a run on an angle target carries in metrics.json and the model card (the
+    warning before training went only to stderr: a head-direction run's card showed R2 0.76 "beating"
+    ridge with no word that both read radians as a line)."""
+    if unit.strip().lower() not in _ANGLE_UNITS:
+        return None
+    return (f"{name} is an angle ({unit.strip()}): the model, every baseline and R2 read it as a line, so values "
+            f"either side of the wrap (e.g. 359 and 1 degree) count as far apart and these R2s are not angular "
+            f"errors; decode its cosine and sine (a 2-column behaviour) for a circular target")
+
+
 def check_test_target(cfg: RunConfig) -> None:
     """Before training: can the test block score each decoded regression target?
 
@@ -1586,6 +1597,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
         reports[name] = rep
         limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
+        if line := angle_limitation(name, _behavior_unit(dm, name)):
+            limitations.append(line)
         results[f"{name}_r2"] = rep.row("model").values["r2"]
         results[f"{name}_pearson_r"] = rep.row("model").values["pearson_r"]
         results[f"{name}_n_scored"] = int(m.sum())

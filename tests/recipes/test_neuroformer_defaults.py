@@ -664,3 +664,13 @@ def test_label_draw_says_what_share_of_the_training_windows_the_label_fraction_l
     line = recipe.label_draw_limitation(far[0], 10.0)
     assert line.startswith("--label-fraction 0.1 labelled ") and "of 52 10 s chunks drawn: " in line
     assert recipe.label_draw_limitation(near[0], 10.0) is None and recipe.label_draw_limitation(None, 10.0) is None
+
+
+def test_an_angle_target_is_a_limitation_of_the_run():
+    """Head direction in radians: a warning before training went to stderr only, and the run's
+    metrics.json and card showed R2 0.76 "beating" ridge with no word on the wrap; evaluate now adds
+    a limitation for a target whose unit is an angle, and none for other units."""
+    line = recipe.angle_limitation("head_direction", "radians")
+    assert line.startswith("head_direction is an angle (radians): the model, every baseline and R2 read it as a line")
+    assert recipe.angle_limitation("hd", " deg ") is not None
+    assert recipe.angle_limitation("running_speed", "cm/s") is None and recipe.angle_limitation("x", "") is None
