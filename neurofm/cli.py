@@ -124,22 +124,33 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     """Spikes per current / previous window over the training block (the default split, or the
     file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
     from neurofm.data.tokenizer import block_size_for, window_count_percentiles
-    from neurofm.recipes.neuroformer import RunConfig, suggest_window, test_block_motion, training_window_counts
+    from neurofm.recipes.neuroformer import (RunConfig, suggest_window, test_block_motion, test_block_variation,
+                                             training_window_counts)
+
+    import dataclasses
+
+    from neurofm.experiment import load_config
 
     cfg = RunConfig()
     cfg.data.sessions = [str(session.path)]
-    w = cfg.model.window
+    # the windows the README's pretraining (neuroformer/demo) trains with when none are given:
+    # RunConfig's 50 / 50 ms under-counted the demo's 150 ms previous window (prev_id 75 shown,
+    # 202 chosen by the run, on a 72-unit 740 spikes/s recording) and so its cost
+    w = cfg.model.window = dataclasses.replace(load_config(PRETRAIN_CONFIG).model.window)
     if args.window_curr is not None:
         w.curr = args.window_curr
     if args.window_prev is not None:
         w.prev = args.window_prev
     curr, prev = training_window_counts(cfg)
     hint = suggest_window(float(curr.mean()), w) if len(curr) else None
+    motion = test_block_motion(cfg, session)
     return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),
             "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
             "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
             "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None,
-            "test_block": test_block_motion(cfg, session),
+            "test_block": motion,
+            "test_block_variation": test_block_variation(cfg, session,
+                                                         skip=(motion["moving_behavior"],) if motion else ()),
             "pretraining": _pretraining_estimate(session, w) if len(curr) else None}
 
 
@@ -184,9 +195,28 @@ def _describe_windows(w: dict) -> str:
                      f"model.window.prev={sw['prev']:g}")
     if w.get("test_block"):
         lines += _describe_test_block(w["test_block"])
+    for v in w.get("test_block_variation", []):
+        lines += _describe_test_variation(v)
     if w.get("pretraining"):
         lines += _describe_pretraining(w["pretraining"])
     return "\n".join(lines)
+
+
+def _describe_test_variation(v: dict) -> list[str]:
+    """``neurofm inspect``: a behaviour that finetune (every window scored) would refuse or warn
+    about in this test block, and an angle's unit."""
+    lines = []
+    if v["refused"] or v["variance_ratio"] < 0.1:
+        what = (f"{v['n_test_windows']:,} test windows (finetune refuses under {v['min_scored_windows']})"
+                if v["n_test_windows"] < v["min_scored_windows"] else
+                f"its variance over the {v['n_test_windows']:,} test windows is {v['variance_ratio']:.2%} of the "
+                f"training block's (finetune {'refuses under 1%' if v['refused'] else 'warns under 10%'})")
+        lines.append(f"  test block {v['name']}: {what}: hold out a block where it varies with "
+                     f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
+    if v["angle"]:
+        lines.append(f"  angle      {v['name']} is in {v['unit']}: the regression head, ridge and R2 read it as a line "
+                     f"(359 and 1 degree far apart); decode its cosine and sine (a 2-column behaviour)")
+    return lines
 
 
 def _describe_pretraining(p: dict) -> list[str]:
@@ -504,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
     i.add_argument("--window-curr", type=float, help="spike files: current window (s) for the spikes-per-window "
-                                                     "percentiles (default: the run config's, 0.05)")
-    i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: the run config's)")
+                                                     "percentiles (default: neuroformer/demo's, the README's "
+                                                     "pretraining config)")
+    i.add_argument("--window-prev", type=float, help="spike files: previous window (s) (default: neuroformer/demo's)")
     i.set_defaults(func=_cmd_inspect)
 
     v = add("validate", help="check session files' contents (times sorted and finite, unit indices in range, "
@@ -599,8 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "its fine-tuning run's split (data.split.* to change); the linear probe reads the evaluated "
                         "model's own frozen encoder, and the report says so.")
     finetune_args(e)
-    e.add_argument("--out", help="folder for metrics.json and plots (default runs/evaluate-<model>-<first data "
-                   "file>; the model is RUN for a fine-tuned RUN/pretrained)")
+    e.add_argument("--out", "--run-dir", dest="out",
+                   help="folder for metrics.json and plots (default runs/evaluate-<model>-<first data "
+                   "file>; the model is RUN for a fine-tuned RUN/pretrained); --run-dir, as finetune names it, "
+                   "is the same option")
     e.add_argument("--json", action="store_true",
                    help="print metrics, baselines and protocol as one JSON document (the full record is "
                         "OUT/metrics.json either way) instead of the summary finetune prints")

@@ -374,6 +374,22 @@ def _false_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
 
 
+#: characters of a suptitle line that fit the 10-inch-wide figures at the default title size
+TITLE_LINE_CHARS = 90
+
+
+def _wrap_entries(entries: Sequence[str], width: int = TITLE_LINE_CHARS) -> str:
+    """``entries`` joined by "; ", a new line before an entry that would pass ``width``
+    characters: four baselines on one line ran past both edges of the decoding figure."""
+    lines: list[str] = []
+    for e in entries:
+        if lines and len(lines[-1]) + 2 + len(e) <= width:
+            lines[-1] += "; " + e
+        else:
+            lines.append(e)
+    return "\n".join(lines)
+
+
 def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None = None, r2=None, *,
                    unit: str = "", baseline_r2: Mapping[str, float] | None = None, title: str = "Decoded behaviour",
                    path: PathLike | None = None, dpi: float = 150) -> "Figure":
@@ -483,7 +499,7 @@ def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None 
     axes[-1].set_xlim(edges[0], edges[-1])
     head = title if r2_total is None else f"{title}: R² = {_fmt_r(r2_total)}"
     if baseline_r2:  # a baseline that could not be scored (NaN) reads n/a: a figure never fails a run
-        head += "\n" + "; ".join(f"{k}: R² = {_fmt_r(float(v))}" for k, v in baseline_r2.items())
+        head += "\n" + _wrap_entries([f"{k}: R² = {_fmt_r(float(v))}" for k, v in baseline_r2.items()])
     fig.suptitle(head)
     _save(fig, path, dpi, fn)
     return fig

@@ -217,6 +217,16 @@ def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
     assert cli._evaluate_dir("models/neuroformer-demo", ["x/of.h5"]) == "runs/evaluate-neuroformer-demo-of"
 
 
+def test_evaluate_takes_the_run_dir_option_finetune_takes():
+    """A new lab ran `neurofm finetune ... --run-dir R`, then `neurofm evaluate ... --run-dir R2` and got
+    only "unrecognized arguments: --run-dir"; evaluate's --out now also answers to --run-dir."""
+    parser = cli.build_parser()
+    for flag in ("--out", "--run-dir"):
+        args = parser.parse_args(["evaluate", "--pretrained", "p", "--data", "a.h5", flag, "runs/ev"])
+        assert args.out == "runs/ev"
+    assert parser.parse_args(["evaluate", "--pretrained", "p", "--data", "a.h5"]).out is None
+
+
 def test_step_budget_validation_runs_twenty_times_whatever_the_epoch_length(tmp_path):
     """The fine-tuning step budget's Trainer settings (resolve_trainer's short-epoch path: 3 steps
     per epoch, 40 steps, so 14 epochs) validate every 2 steps across epoch boundaries: 20 checks,

@@ -157,6 +157,22 @@ def test_decoding_scalar_r2_and_no_mask():
     assert fig.axes[0].get_ylabel() == "x"
 
 
+def test_decoding_title_with_every_baseline_fits_the_figure(tmp_path):
+    """The four baselines a fine-tuning run puts in the title ran past both edges of the figure
+    ("near probe: ...; null (training mean): R² = -0.01"); they now wrap onto lines that fit."""
+    t = np.linspace(580.0, 640.0, 200)
+    baselines = {"linear probe": 0.46, "ridge on binned counts": 0.732, "Poisson Bayes": 0.054,
+                 "null (training mean)": -0.014}
+    fig = plots.decoding_trace(t, np.sin(t), np.sin(t) + 0.1, r2=0.756, unit="cm/s", names=["running_speed"],
+                               baseline_r2=baselines, title="Decoded running_speed, held-out test block "
+                               "(1,207 scored windows)", path=tmp_path / "dec.png", dpi=DPI)
+    text = fig.get_suptitle()
+    assert all(f"{k}: R² = " in text for k in baselines) and len(text.split("\n")) >= 3
+    renderer = fig.canvas.get_renderer()
+    box, page = fig._suptitle.get_window_extent(renderer), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1
+
+
 def test_decoding_bad_input_names_the_argument():
     t = np.arange(5.0)
     y = np.zeros((5, 2))

@@ -133,6 +133,9 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert np.isfinite(r2) and np.isfinite(report["baselines"]["ridge on binned counts"]["position_r2"])
     # evaluate's baselines fit the fine-tuning run's labels (10%, its seed), and the protocol says so
     assert "behaviour labels on 10% of the training windows" in report["protocol"]
+    draw = report["data"]["label_draw"]  # what that 10% drew: chunks and windows, in the protocol too
+    assert draw["requested"] == 0.1 and f"{draw['n_windows_labelled']:,} of {draw['n_windows']:,} training " \
+        f"windows ({draw['share']:.1%})" in report["protocol"]
     assert report["data"]["n_labelled_train_windows"] == ft_metrics["data"]["n_labelled_train_windows"]
     # the same model on the same test block scores what the fine-tuning run reported
     assert r2 == pytest.approx(ft_metrics["metrics"]["position_r2"], rel=1e-4, abs=1e-6)

@@ -426,6 +426,12 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
         for name in behavior:
             if name not in s.behavior_names:
                 hint = (" (key=value overrides go after the options, or after --)" if "=" in name else "")
+                tables = [t for t in s.interval_names if f"intervals/{t}/{name}" in s.h5]
+                if tables:  # a trials column such as grating orientation: a label per trial, not a time series
+                    hint += (f". {name} is a column of /intervals/{tables[0]} (one value per interval): Neuroformer "
+                             f"fine-tuning decodes /behavior time series only, so per-trial labels (a stimulus "
+                             f"class) cannot be decoded from the CLI; a numeric one could be written as a step "
+                             f"/behavior with SessionWriter.add_behavior, which regresses it (R2), not classifies it")
                 raise ConfigError(f"--behavior {name}: {sessions[0]} has no /behavior/{name}; it has "
                                   f"{s.behavior_names or 'no behaviour'}{hint}")
             _, v = s.behavior(name, s.t_start, s.t_start + 1.0)
@@ -672,6 +678,39 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
     return out
 
 
+def test_block_variation(cfg: RunConfig, session, skip: tuple[str, ...] = ()) -> list[dict]:
+    """Each ``/behavior/<name>`` of ``session`` (``neurofm inspect``) that :func:`check_test_target`
+    would refuse or warn about when fine-tuning decodes it with ``--score-when all`` (the default
+    for a behaviour that is not the position): its variance over the test block's windows as a
+    share of that over the training block's (under 1% finetune refuses, under 10% it warns), or
+    too few test windows, and whether its unit is an angle (read as a line by R2 and ridge). A
+    rat's head direction with the default test block in the sleep at the end of the recording
+    read 0.07% and ``inspect`` said nothing; finetune refused only after loading the model.
+    ``skip``: names reported otherwise (the position, by :func:`test_block_motion`)."""
+    w = cfg.model.window.curr
+    ends = {split: split_window_ends(cfg, session, split) for split in ("train", "test")}
+    out = []
+    for name in session.behavior_names:
+        if name in skip:
+            continue
+        ts, vals = session.behavior(name)
+        if not np.issubdtype(np.asarray(vals).dtype, np.number):
+            continue
+        f = {k: behavior_features(ts, vals, e - w, e) for k, e in ends.items()}
+        train, test = (f[k]["mean"][f[k]["mask"]].astype(np.float64) for k in ("train", "test"))
+        angle = session.behavior_unit(name).strip().lower() in _ANGLE_UNITS
+        if len(train) < 2:
+            continue
+        ok = train.var(0) > 0
+        ratio = float((test.var(0)[ok] / train.var(0)[ok]).min()) if ok.any() and len(test) else 0.0
+        if ratio < 0.1 or len(test) < cfg.eval.min_scored_windows or angle:
+            out.append({"name": name, "n_test_windows": int(len(test)), "variance_ratio": ratio, "angle": angle,
+                        "unit": session.behavior_unit(name).strip(),
+                        "refused": ratio < 0.01 or len(test) < cfg.eval.min_scored_windows,
+                        "min_scored_windows": cfg.eval.min_scored_windows})
+    return out
+
+
 #: ``unit`` attrs of a position in pixels (lengths in metres, cm, mm... are known to mm_per_unit)
 _PIXEL_UNITS = ("px", "pixel", "pixels")
 
@@ -722,6 +761,17 @@ def _warn_if_angle(name: str, paths: list[str]) -> None:
                               f"decode its cosine and sine instead (a 2-column /behavior written with "
                               f"SessionWriter.add_behavior)", stacklevel=3)
                 return
+
+
+def angle_limitation(name: str, unit: str) -> str | None:
+    """The limitation a run on an angle target carries in metrics.json and the model card (the
+    warning before training went only to stderr: a head-direction run's card showed R2 0.76 "beating"
+    ridge with no word that both read radians as a line)."""
+    if unit.strip().lower() not in _ANGLE_UNITS:
+        return None
+    return (f"{name} is an angle ({unit.strip()}): the model, every baseline and R2 read it as a line, so values "
+            f"either side of the wrap (e.g. 359 and 1 degree) count as far apart and these R2s are not angular "
+            f"errors; decode its cosine and sine (a 2-column behaviour) for a circular target")
 
 
 def check_test_target(cfg: RunConfig) -> None:
@@ -1365,7 +1415,7 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
     n_units = model.config.n_units
     targets = [v.name for v in model.config.behavior_targets()]
     logp_id, target_ids, counts, beh_pred, beh_true, beh_mask, batches = [], [], [], {}, {}, {}, []
-    interval, session, pooled, binned, order = [], [], [], [], []
+    interval, session, pooled, binned, order, spike_session = [], [], [], [], [], []
     for batch in loader:
         tid = batch["target_id"]
         if run_model:
@@ -1389,6 +1439,7 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
                 pooled.append(out["pooled"].float().numpy())
         spike = tid >= N_SPECIAL
         target_ids.append((tid[spike] - N_SPECIAL).numpy())
+        spike_session.append(np.repeat(np.asarray(batch["session"], dtype=np.int64), spike.sum(1).numpy()))
         counts.append(_window_counts(batch, n_units))
         binned.append(_binned_counts(batch, n_units, model.config.window))
         interval.append(np.asarray(batch["interval"], dtype=np.float64))
@@ -1400,7 +1451,8 @@ def _collect(model: Neuroformer, loader, keep_windows: int = 0, run_model: bool 
         if sum(len(b["interval"]) for b in batches) < keep_windows:
             batches.append(batch)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
-    return {"logp_id": cat(logp_id), "target_ids": cat(target_ids).astype(np.int64), "counts": np.concatenate(counts),
+    return {"logp_id": cat(logp_id), "target_ids": cat(target_ids).astype(np.int64),
+            "spike_session": cat(spike_session).astype(np.int64), "counts": np.concatenate(counts),
             "interval": cat(interval), "session": cat(session).astype(np.int64),
             "beh_pred": {k: np.concatenate(v) for k, v in beh_pred.items()},
             "beh_true": {k: np.concatenate(v) for k, v in beh_true.items()},
@@ -1440,12 +1492,32 @@ def _binned_counts(batch, n_units: int, window, bin_s: float = RIDGE_BIN_S) -> n
     return window_count_features(batch, n_units, window, bin_s).numpy()
 
 
-def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: np.ndarray) -> float:
-    """Mean log2-likelihood gain per held-out spike over the unigram (firing-rate) null."""
+def _unigram_logp(target_ids: np.ndarray, train_counts: np.ndarray, sessions: np.ndarray | None = None) -> np.ndarray:
+    """Log-probability of each spike's unit under the unigram (firing-rate) null: training
+    spike counts + 0.5. ``train_counts`` (n_units,) is one null for every spike; (S, n_units)
+    is one per session, spike ``k`` scored under its session ``sessions[k]``'s rates. A model
+    trained on several sessions knows which session a window is from (its previous window's
+    units), so a null pooled over sessions hands it ~log2(S) bits/spike for free: on two
+    sessions of one lab (72 and 58 units) the pooled null read 1.48 bits/spike."""
+    c = np.asarray(train_counts, dtype=np.float64) + 0.5
+    if c.ndim == 1:
+        return np.log(c / c.sum())[target_ids]
+    return np.log(c / c.sum(1, keepdims=True))[np.asarray(sessions, dtype=np.int64), target_ids]
+
+
+def _session_unit_counts(coll: dict, n_sessions: int, n_units: int) -> np.ndarray:
+    """(n_sessions, n_units) spike counts per unit in each session's collected windows."""
+    flat = coll["spike_session"] * n_units + coll["target_ids"]
+    return np.bincount(flat, minlength=n_sessions * n_units).reshape(n_sessions, n_units).astype(np.float64)
+
+
+def _id_bits_per_spike(logp: np.ndarray, target_ids: np.ndarray, train_counts: np.ndarray,
+                       sessions: np.ndarray | None = None) -> float:
+    """Mean log2-likelihood gain per held-out spike over the unigram (firing-rate) null
+    (per session when ``train_counts`` is (S, n_units): :func:`_unigram_logp`)."""
     if len(target_ids) == 0:
         return float("nan")
-    p = (train_counts + 0.5) / (train_counts + 0.5).sum()
-    return float((logp - np.log(p[target_ids])).sum() / (len(target_ids) * math.log(2)))
+    return float((logp - _unigram_logp(target_ids, train_counts, sessions)).sum() / (len(target_ids) * math.log(2)))
 
 
 def order_free_bits(order: np.ndarray, logp_null: float, n_spikes: int) -> dict[str, float]:
@@ -1482,16 +1554,22 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
+    draw = label_draw(cfg, train["session"], train["interval"]) if few_shot else None
     train_scored = _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
     labelled &= train_scored
-    train_unit_counts = np.bincount(train["target_ids"], minlength=n_units).astype(np.float64)
+    # per session: a unit of one session never fires in another's windows (see _unigram_logp)
+    n_sessions = len(dm.sessions)
+    train_unit_counts = _session_unit_counts(train, n_sessions, n_units)
     results: dict[str, Any] = {"id_bits_per_spike": _id_bits_per_spike(test["logp_id"], test["target_ids"],
-                                                                       train_unit_counts)}
+                                                                       train_unit_counts, test["spike_session"])}
     baselines: dict[str, dict[str, float]] = {"unigram (firing-rate) null": {"id_bits_per_spike": 0.0}}
     limitations = []
+    if line := label_draw_limitation(draw, cfg.data.label_chunk_s):
+        print(f"neurofm: {line}", file=sys.stderr)
+        limitations.append(line)
     if test["order"] is not None and len(test["target_ids"]):
-        p = (train_unit_counts + 0.5) / (train_unit_counts + 0.5).sum()
-        free = order_free_bits(test["order"], float(np.log(p[test["target_ids"]]).sum()), len(test["target_ids"]))
+        null = _unigram_logp(test["target_ids"], train_unit_counts, test["spike_session"])
+        free = order_free_bits(test["order"], float(null.sum()), len(test["target_ids"]))
         results["id_bits_per_spike_order_free"] = free["order_free"]
         results["id_order_info_bits_per_spike"] = free["order_info"]
         if results["id_bits_per_spike"] > 0 >= free["order_free"]:
@@ -1519,6 +1597,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
         reports[name] = rep
         limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
+        if line := angle_limitation(name, _behavior_unit(dm, name)):
+            limitations.append(line)
         results[f"{name}_r2"] = rep.row("model").values["r2"]
         results[f"{name}_pearson_r"] = rep.row("model").values["pearson_r"]
         results[f"{name}_n_scored"] = int(m.sum())
@@ -1544,7 +1624,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         order = unit_order(train["counts"][:, :n_units], None if tuning is None else
                            np.where(train["beh_mask"][tuning][:, None], train["beh_true"][tuning], np.nan),
                            behavior_name=tuning or "behaviour")
-        gen = _generation_metrics(cfg, model, test["batches"], train_unit_counts, len(train["interval"]), run_dir,
+        gen = _generation_metrics(cfg, model, test["batches"], train_unit_counts,
+                                  np.bincount(train["session"], minlength=n_sessions), run_dir,
                                   raster_order=order)
         results.update(gen.metrics)
         for arm, row in gen.baselines.items():
@@ -1561,7 +1642,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
-        "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression)),
+        "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression), draw),
         "tokenizer": block_size_report(cfg),
         **({"start": start} if (start := getattr(task, "read_out_start", None)) else {}),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
@@ -1573,7 +1654,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                  "datasets": ["neurofm-simulated-spikes"] if not d.sessions else [Path(p).stem for p in d.sessions],
                  "n_units": n_units, "n_test_spikes": int(len(test["target_ids"])),
                  "n_train_windows": int(len(train["interval"])), "n_test_windows": int(len(test["interval"])),
-                 **({"n_labelled_train_windows": n_labelled} if few_shot else {})},
+                 **({"n_labelled_train_windows": n_labelled, "label_draw": draw} if few_shot else {})},
     }
 
 
@@ -1686,7 +1767,35 @@ def _training_length(cfg: RunConfig, dm) -> str:
             f"({rule})")
 
 
-def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
+def label_draw(cfg: RunConfig, session: np.ndarray, interval: np.ndarray) -> dict:
+    """What ``--label-fraction`` drew on these training windows (session index, end time): each
+    ``data.label_chunk_s`` chunk is labelled with probability ``label_fraction`` on its own, so the
+    share of labelled windows varies around it: on a 512 s training block (51 chunks of 10 s)
+    0.1 drew 2 chunks, 400 of 10,186 windows (3.9%), which the report called "10%"."""
+    keep = _label_subset(cfg)(torch.as_tensor(session), torch.as_tensor(interval)).numpy()
+    key = list(zip(np.asarray(session).tolist(), np.floor(interval / cfg.data.label_chunk_s).astype(np.int64).tolist()))
+    chunks, drawn = set(key), {c for c, k in zip(key, keep.tolist()) if k}
+    n = int(len(keep))
+    return {"requested": float(cfg.data.label_fraction), "n_chunks": len(chunks), "n_chunks_labelled": len(drawn),
+            "n_windows": n, "n_windows_labelled": int(keep.sum()), "share": float(keep.mean()) if n else 0.0}
+
+
+def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
+    """A limitation line when the labelled share is under half or over twice the requested one."""
+    if not draw or 0.5 <= draw["share"] / draw["requested"] <= 2.0:
+        return None
+    return (f"--label-fraction {draw['requested']:g} labelled {draw['share']:.1%} of the training windows "
+            f"({_label_draw_text(draw, chunk_s)}; each chunk is drawn on its own with that probability, so few "
+            f"chunks give a share far from it): every arm fitted those labels; seed=N draws other chunks, a longer "
+            f"training block or a smaller data.label_chunk_s brings the share closer")
+
+
+def _label_draw_text(draw: dict, chunk_s: float) -> str:
+    return (f"{draw['n_chunks_labelled']} of {draw['n_chunks']} {chunk_s:g} s chunks drawn: "
+            f"{draw['n_windows_labelled']:,} of {draw['n_windows']:,} training windows ({draw['share']:.1%})")
+
+
+def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict | None = None) -> str:
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
     names = ("train", "valid", "test")
@@ -1707,7 +1816,10 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None) -> str:
                  f"validation R2 evaluated (the starting state included)")
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
-                 f"chunks, seed {cfg.seed}), the same windows for the model and ridge")
+                 f"chunks, seed {cfg.seed}"
+                 + (f"; each chunk labelled with probability {d.label_fraction:g}: "
+                    f"{_label_draw_text(draw, d.label_chunk_s)}" if draw else "")
+                 + "), the same windows for the model and ridge")
     elif cfg.model.behavior_targets():
         text += "; behaviour labels on every training window (100%), for the model and ridge"
     if t.mode == "finetune" and (kind := _cut_to(cfg)):
@@ -1838,7 +1950,7 @@ def _f1_verdict(arm: str, f: float, other: float, diff: tuple[float, float, floa
     return f"generated spikes {'match' if d >= 0 else 'are below but within the CI of'} {arm}: {nums}"
 
 
-def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows: int, run_dir,
+def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows, run_dir,
                         raster_order=None) -> GenerationScore:
     """Generate the spikes of the first ``eval.generate_windows`` test windows (teacher-forced
     past) and score their ID sets against the recorded ones (window F1), beside, on the same
@@ -1850,7 +1962,13 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     every window (what naming everything a training-rate generator can name scores). Every random arm is drawn ``eval.generate_draws`` times (the
     model with seeds ``eval.seed + k``); F1 and the window statistics are means over the draws,
     and the per-window F1 averaged over draws feeds a paired block bootstrap over
-    :data:`GENERATION_BLOCK_S` blocks of the test period."""
+    :data:`GENERATION_BLOCK_S` blocks of the test period.
+
+    ``train_unit_counts`` (n_units,) with ``n_train_windows`` an int: one rate per unit for
+    every window; (S, n_units) with (S,) windows: each window's arms use its own session's
+    training rates and units (pooled over sessions, the arms named units of the other sessions,
+    which never fire there: 130 units per window for the "every unit" arm on two sessions of 72
+    and 58 units, and a mean-rate generator diluted by the other session's units)."""
     n_units = model.config.n_units
     need = cfg.eval.generate_windows
     if cfg.eval.generate_draws < 1:
@@ -1858,8 +1976,10 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
     draws = int(cfg.eval.generate_draws)
     true_sets, gen_all, rng = [], [], np.random.default_rng(cfg.eval.seed)
     gen_draws: list[list[np.ndarray]] = [[] for _ in range(draws)]
-    # mean rate per unit per window from the training spikes
-    rate_per_window = train_unit_counts / max(1, n_train_windows)
+    # mean rate per unit per window from the training spikes (per session when given so)
+    counts = np.atleast_2d(np.asarray(train_unit_counts, dtype=np.float64))
+    n_win = np.broadcast_to(np.asarray(n_train_windows, dtype=np.float64), (len(counts),))
+    rates = counts / np.maximum(1.0, n_win)[:, None]
     intervals, sessions = [], []
     for batch in batches:
         if len(true_sets) >= need:
@@ -1875,12 +1995,12 @@ def _generation_metrics(cfg, model, batches, train_unit_counts, n_train_windows:
         for w in range(len(gen)):
             ids = batch["target_id"][w]
             true_sets.append((ids[ids >= N_SPECIAL] - N_SPECIAL).numpy())
-    base_draws = [[np.repeat(np.arange(n_units), rng.poisson(rate_per_window)) for _ in true_sets]
-                  for _ in range(draws)]
-    p_unit = rate_per_window / rate_per_window.sum() if rate_per_window.sum() > 0 else np.full(n_units, 1 / n_units)
-    matched_draws = [[rng.choice(n_units, size=min(len(np.unique(g)), int((p_unit > 0).sum())), replace=False,
-                                 p=p_unit) for g in sets] for sets in gen_draws]
-    every_draws = [[np.flatnonzero(np.asarray(train_unit_counts) > 0)] * len(true_sets)]
+    row = np.concatenate(sessions)[:len(true_sets)] if len(rates) > 1 else np.zeros(len(true_sets), dtype=np.int64)
+    base_draws = [[np.repeat(np.arange(n_units), rng.poisson(rates[r])) for r in row] for _ in range(draws)]
+    p_units = [r / r.sum() if r.sum() > 0 else np.full(n_units, 1 / n_units) for r in rates]
+    matched_draws = [[rng.choice(n_units, size=min(len(np.unique(g)), int((p_units[r] > 0).sum())), replace=False,
+                                 p=p_units[r]) for g, r in zip(sets, row)] for sets in gen_draws]
+    every_draws = [[np.flatnonzero(counts[r] > 0) for r in row]]
     arms = {"model": gen_draws, GENERATOR_BASELINE: base_draws, MATCHED_BASELINE: matched_draws,
             EVERY_UNIT: every_draws}
     scores = {}

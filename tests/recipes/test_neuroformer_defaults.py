@@ -155,6 +155,27 @@ def test_inspect_shows_spikes_per_window(tmp_path, capsys):
     assert info["curr"]["p90"] + 2 <= info["auto_block_size"]["id"] <= info["curr"]["max"] + 2
 
 
+def test_inspect_defaults_are_the_windows_and_block_sizes_the_readme_pretraining_uses(tmp_path, capsys):
+    """Without --window-curr/--window-prev, inspect showed RunConfig's 50 / 50 ms windows while the
+    README's pretraining (`train.py demo`, no window override) reads a 150 ms previous window: on a
+    72-unit 740 spikes/s recording it printed prev_id 75 and a step cost for 75 + 75 tokens, and the
+    run chose prev_id 202. The defaults are now the demo config's, so the block sizes (and the
+    step timing they drive) are those that pretraining chooses on the same file."""
+    from neurofm.experiment import load_config
+
+    path = _session(tmp_path / "a.h5", rate=20.0)
+    assert cli.main(["inspect", path, "--json"]) == 0
+    w = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]
+    demo = load_config("demo", ["data.behavior=[]", "model.behavior=[]"])
+    demo.data.sessions = [path]
+    assert (w["window_curr_s"], w["window_prev_s"]) == (demo.model.window.curr, demo.model.window.prev)
+    chosen = recipe.resolve_block_sizes(demo).model.block_size
+    capsys.readouterr()
+    assert w["auto_block_size"] == {"id": chosen.id, "prev_id": chosen.prev_id}
+    assert w["pretraining"]["block_size"] == w["auto_block_size"]
+    assert w["auto_block_size"]["prev_id"] > w["auto_block_size"]["id"]  # a previous window 3x as long
+
+
 def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_path, capsys):
     """Moving until 30 s of 60: the default test block (the last 10%) is rest, which finetune
     would refuse (no moving window to score); inspect says so, with the moving rule's numbers
@@ -173,6 +194,67 @@ def test_inspect_says_when_the_default_test_block_is_rest_and_how_to_split(tmp_p
     assert cli.main(["inspect", path]) == 0
     text = capsys.readouterr().out
     assert "test block (/intervals/test):" in text and "mostly rest" not in text
+
+
+def test_inspect_says_when_a_behaviour_other_than_position_barely_varies_in_the_test_block(tmp_path, capsys):
+    """A head-direction recording ending in sleep: the default test block (the last 10%) holds a
+    still head, which finetune refuses (variance under 1% of training's), but inspect, which
+    checked only a position's movement, said nothing. It now names the behaviour, the share and
+    the split fix, and says when its unit is an angle. The position keeps its own moving line."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "hd.h5"
+    n = rng.poisson(20 * DURATION * 4)
+    times = np.sort(rng.uniform(0.0, DURATION, n))
+    ts = np.arange(0.0, DURATION, 0.02)
+    angle = np.mod(np.cumsum(rng.normal(0, 0.1, ts.size)) * (ts < 45.0) + 1.0, 2 * np.pi)
+    angle[ts >= 45.0] = angle[ts < 45.0][-1]  # asleep: the head does not turn
+    with SessionWriter(path, session_id="hd") as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, rng.integers(0, 4, n), t_start=0.0, t_end=DURATION)
+        w.add_behavior("head_direction", ts, angle, unit="radians")
+        w.add_behavior("speed", ts, np.abs(rng.normal(5, 2, ts.size)), unit="cm/s")  # varies throughout
+    assert cli.main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"test block head_direction: its variance over the [\d,]+ test windows is 0\.00% of the "
+                     r"training block's \(finetune refuses under 1%\): hold out a block where it varies with "
+                     r"`neurofm split FILE", text)
+    assert "angle      head_direction is in radians" in text and "test block speed" not in text
+    assert cli.main(["inspect", str(path), "--json"]) == 0
+    v = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]["test_block_variation"]
+    assert [x["name"] for x in v] == ["head_direction"] and v[0]["refused"] and v[0]["angle"]
+    # finetune's own check agrees: it refuses this test block before training
+    cfg = _config([str(path)])
+    cfg.data.behavior = ["head_direction"]
+    cfg.model.behavior[0].name = "head_direction"
+    cfg.task.mode = "finetune"
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="barely varies in the test block"):
+        recipe.check_test_target(cfg)
+    # after a split that holds out a block where the head turns: only the angle note is left
+    assert cli.main(["split", str(path), "--train", "0:30", "--valid", "31:37", "--test", "38:44"]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "test block head_direction" not in text and "angle      head_direction" in text
+
+
+def test_finetune_on_a_trials_column_says_it_is_a_per_trial_label(tmp_path):
+    """`--behavior orientation` on a file whose grating orientation is a trials-table column said only
+    "has no /behavior/orientation; it has ['running_speed']": the error now says where the name is
+    and that per-trial labels are not a decodable time series."""
+    path = str(tmp_path / "a.h5")
+    with SessionWriter(path, session_id="a") as w:
+        w.add_units(["u0"])
+        w.add_spikes(np.sort(np.random.default_rng(0).uniform(0, DURATION, 300)), np.zeros(300, dtype=int),
+                     t_start=0.0, t_end=DURATION)
+        w.add_behavior("running_speed", np.arange(0.0, DURATION, 0.02), np.ones(3000), unit="cm/s")
+        w.add_intervals("trials", start=np.arange(0.0, 58.0, 2.0), end=np.arange(1.0, 59.0, 2.0),
+                        orientation=np.tile([0.0, 45.0, 90.0, 135.0], 8)[:29])
+    with pytest.raises(ConfigError) as e:
+        recipe.finetune_config(str(tmp_path / "model"), [path], behavior=["orientation"])
+    assert "has no /behavior/orientation; it has ['running_speed']" in str(e.value)
+    assert "orientation is a column of /intervals/trials (one value per interval)" in str(e.value)
+    with pytest.raises(ConfigError, match=r"it has \['running_speed'\]$"):  # a name in no table: as before
+        recipe.finetune_config(str(tmp_path / "model"), [path], behavior=["speed"])
 
 
 def test_inspect_estimates_what_the_readme_pretraining_will_cost(tmp_path, capsys):
@@ -557,3 +639,38 @@ def test_cli_finetune_flags_reach_the_config(pretrained, tmp_path, monkeypatch):
     assert cfg.task.from_scratch and cfg.eval.score_when == "all" and cfg.trainer.max_epochs == 2
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["finetune"].format_help()
     assert "--score-when" in help_text and "95th-percentile" in help_text and "--from-scratch" in help_text
+
+
+def test_label_draw_says_what_share_of_the_training_windows_the_label_fraction_labelled():
+    """--label-fraction 0.1 labels each 10 s chunk with probability 0.1 on its own: on a V1
+    session's 512 s training block it drew 2 of 51 chunks, 400 of 10,186 windows (3.9%), and the
+    report said "labels on 10%". The draw's counts now go into the protocol and metrics.json, and
+    a share under half (or over twice) the requested one is a limitation naming the numbers."""
+    cfg = _config(["a.h5"], data={"sessions": ["a.h5"], "behavior": ["position"], "batch_size": 16,
+                                  "label_fraction": 0.1})
+    ends = np.arange(0.05, 512.0, 0.05)  # one session, 50 ms windows, 52 chunks of 10 s (the last partial)
+    shares = {}
+    for seed in range(12):
+        cfg.seed = seed
+        d = recipe.label_draw(cfg, np.zeros(len(ends), dtype=np.int64), ends)
+        assert d["n_chunks"] == 52 and d["n_windows"] == len(ends) and d["requested"] == 0.1
+        keep = recipe._label_subset(cfg)(torch.zeros(len(ends), dtype=torch.long), torch.as_tensor(ends)).numpy()
+        assert d["n_windows_labelled"] == keep.sum() and d["share"] == pytest.approx(keep.mean())
+        assert d["n_chunks_labelled"] == len(np.unique(np.floor(ends[keep] / 10.0)))
+        shares[seed] = d
+    far = [d for d in shares.values() if not 0.05 <= d["share"] <= 0.2]
+    near = [d for d in shares.values() if 0.05 <= d["share"] <= 0.2]
+    assert far and near  # twelve seeds: some draws land far from 10%
+    line = recipe.label_draw_limitation(far[0], 10.0)
+    assert line.startswith("--label-fraction 0.1 labelled ") and "of 52 10 s chunks drawn: " in line
+    assert recipe.label_draw_limitation(near[0], 10.0) is None and recipe.label_draw_limitation(None, 10.0) is None
+
+
+def test_an_angle_target_is_a_limitation_of_the_run():
+    """Head direction in radians: a warning before training went to stderr only, and the run's
+    metrics.json and card showed R2 0.76 "beating" ridge with no word on the wrap; evaluate now adds
+    a limitation for a target whose unit is an angle, and none for other units."""
+    line = recipe.angle_limitation("head_direction", "radians")
+    assert line.startswith("head_direction is an angle (radians): the model, every baseline and R2 read it as a line")
+    assert recipe.angle_limitation("hd", " deg ") is not None
+    assert recipe.angle_limitation("running_speed", "cm/s") is None and recipe.angle_limitation("x", "") is None

@@ -186,6 +186,43 @@ def test_id_bits_per_spike_is_conditional_on_a_spike():
     assert coll["counts"].shape == (64, 8)
 
 
+class _SessionStubModel(_StubModel):
+    """ID logits that know each window's session: its own units' training shares, others' ~0."""
+
+    def __init__(self, unit_p_per_session: np.ndarray):
+        super().__init__(unit_p_per_session[0])
+        self.per_session = torch.log(torch.as_tensor(unit_p_per_session, dtype=torch.float32).clamp(min=1e-12))
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        out["id_logits"][..., N_SPECIAL:] = self.per_session[batch["session"]][:, None, :]
+        return out
+
+
+def test_id_bits_per_spike_scores_each_session_against_its_own_firing_rates():
+    """Two sessions of one lab share no unit (units are per session). A model that only knows
+    which session a window is from, and its units' firing rates there, knows nothing a per-session
+    firing-rate null does not: ~0 bits/spike. The null pooled over sessions gave it ~1 bit (log2 of
+    2 equal sessions): on two V1 sessions (72 + 58 units) pretraining reported 1.48 bits/spike."""
+    rng = np.random.default_rng(0)
+    p = np.array([[0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0], [0, 0, 0, 0, 0.1, 0.2, 0.3, 0.4]])
+    batches = []
+    for s in (0, 1):
+        ids = rng.choice(8, size=(64, 12), p=p[s]) + N_SPECIAL
+        batches.append({"target_id": torch.as_tensor(ids), "id": torch.as_tensor(ids),
+                        "id_prev": torch.as_tensor(ids[:, :4]), "dt": torch.zeros(64, 12, dtype=torch.long),
+                        "dt_prev": torch.zeros(64, 4, dtype=torch.long),
+                        "interval": torch.arange(64, dtype=torch.float64), "session": torch.full((64,), s)})
+    coll = recipe._collect(_SessionStubModel(p), batches)
+    assert (np.bincount(coll["spike_session"]) == [64 * 12, 64 * 12]).all()
+    train = recipe._session_unit_counts(coll, 2, 8)  # the same spikes as "training": per-session counts
+    np.testing.assert_array_equal(train.sum(0), np.bincount(coll["target_ids"], minlength=8))
+    bits = recipe._id_bits_per_spike(coll["logp_id"], coll["target_ids"], train, coll["spike_session"])
+    assert abs(bits) < 0.01
+    pooled = recipe._id_bits_per_spike(coll["logp_id"], coll["target_ids"], train.sum(0))
+    assert 0.95 < pooled < 1.05  # what the pooled null credited: which session, not the neural state
+
+
 def test_ridge_penalty_by_blocked_cv_and_fallback():
     rng = np.random.default_rng(1)
     X = rng.poisson(3.0, size=(400, 6)).astype(float)
@@ -655,6 +692,48 @@ def test_every_unit_arm_names_the_units_that_fired_in_training(tmp_path):
     assert arm["generated_units_per_window"] == n_units - 1
     assert arm["window_recall"] < 1.0  # unit 0's test spikes are missed, as by any training-rate generator
     assert recipe.EVERY_UNIT == "every unit that fired in training, in every window"
+
+
+class _SessionReplayModel(_ReplayModel):
+    """A replay model whose generated windows carry their batch's session."""
+
+    def generate(self, batch, seed=None, **kw):
+        gen = super().generate(batch, seed=seed, **kw)
+        gen.session = batch["session"].numpy().astype(np.int64)
+        return gen
+
+
+def test_generation_arms_use_each_windows_own_session(tmp_path):
+    """Pretraining on two sessions (units 0-3 in one, 4-7 in the other): each window's random
+    arms draw from its own session's training rates and units. Pooled, the "every unit" arm named
+    all 8 units in every window and the mean-rate generator drew half its spikes from units that
+    never fire there (on two V1 sessions of 72 and 58 units: 130 units per window)."""
+    n_units, b, n_batches = 8, 16, 8
+    rates = np.array([[0.8, 0.8, 0.8, 0.8, 0, 0, 0, 0], [0, 0, 0, 0, 0.8, 0.8, 0.8, 0.8]])
+    cfg = _config([])
+    cfg.eval.generate_windows = b * n_batches
+    rng = np.random.default_rng(11)
+    batches, true_sets = [], []
+    for k in range(n_batches):
+        s = k % 2
+        bb, ss = _spike_batches(rng, n_units, 1, b, rates[s])
+        bb[0]["interval"] = bb[0]["interval"] + 0.25 * k * b  # consecutive windows, as _ReplayModel expects
+        bb[0]["session"] = torch.full((b,), s)
+        batches += bb
+        true_sets += ss
+    counts, n_windows = rates * 1000.0, np.array([1000, 1000])
+    score = recipe._generation_metrics(cfg, _SessionReplayModel(n_units, true_sets), batches, counts, n_windows,
+                                       tmp_path)
+    every = score.baselines[recipe.EVERY_UNIT]
+    assert every["generated_units_per_window"] == 4 and every["window_recall"] == 1.0
+    poisson = score.baselines[recipe.GENERATOR_BASELINE]
+    pooled = recipe._generation_metrics(cfg, _SessionReplayModel(n_units, true_sets), batches, counts.sum(0), 2000,
+                                        tmp_path).baselines[recipe.GENERATOR_BASELINE]
+    # per session: as many spikes per window as recorded, all from units that can fire there
+    assert poisson["generated_spikes_per_window"] == pytest.approx(3.2, rel=0.1)
+    # a drawn unit is in the recorded set with P = 1 - exp(-0.8) = 0.55 in its own session, 0 in the other
+    assert poisson["window_precision"] == pytest.approx(1 - np.exp(-0.8), abs=0.08)
+    assert pooled["window_precision"] < 0.6 * poisson["window_precision"]
 
 
 def test_generation_verdict_gives_no_ci_over_too_few_blocks(tmp_path):
