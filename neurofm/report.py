@@ -368,7 +368,7 @@ class DecodeReport:
             lines.append({
                 "undefined": f"{self.reference} vs {r.arm}: {m} not comparable (undefined on these windows)",
                 "equals": f"{self.reference} equals {r.arm}: {scores} (every resample's difference within "
-                          f"+-{SAME_AT_PRECISION:g}: the same predictions, up to float precision)",
+                          f"+-{SAME_AT_PRECISION:g}: the same {m} on every resample of these windows)",
                 "LOSES": f"{self.reference.upper()} LOSES to {r.arm}: {scores} {ci}",
                 "below": f"{self.reference} is below {r.arm} but within the CI: {scores} {ci}",
                 "beats": f"{self.reference} beats {r.arm}: {scores} {ci}",

@@ -95,7 +95,7 @@ def test_convert_ieeg_with_nan_option(tmp_path, capsys):
                  "--coordinate-unit", "mm"]) == 0
     captured = capsys.readouterr()
     assert f"wrote {out}" in captured.out
-    assert "1 of 3 channels have no electrode row" in captured.err  # converter warnings shown as notes
+    assert "1 of 3 neural channels have no electrode row" in captured.err  # converter warnings shown as notes
     with Session(out) as s:
         assert s.session_id == "p1" and s.channels().bad.tolist() == [False, True, False]
         assert s.channels().regions["aal"].tolist() == ["Precentral_L", "", ""]

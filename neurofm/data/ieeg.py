@@ -631,6 +631,11 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
         if "status" in t:
             status = np.asarray([x.lower() for x in t["status"]], dtype=object)
             bad |= has & (status[np.maximum(row, 0)] == "bad")
+    was = types
+    types, retyped = _types_from_names(types, names, typed_by_file)
+    _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"))
+    # an EKG, trigger or reference lead has no electrode row by nature: not worth a word
+    neural = np.asarray([str(t).strip().lower() not in NON_NEURAL_TYPES for t in types], dtype=bool)
     xyz = np.full((n, 3), np.nan)
     regions: dict[str, np.ndarray] = {}
     space = "unknown"
@@ -648,12 +653,12 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
         used = np.zeros(len(el["names"]), dtype=bool)
         used[row[has]] = True
         used[[r for r in _match(list(moved), el["names"]) if r >= 0]] = True  # rows of /behavior channels
-        if (~has).any() or (~used).any():
+        if (neural & ~has).any() or (~used).any():
             extra = [el["names"][i] for i in np.nonzero(~used)[0][:4]]
-            missing = [names[i] for i in np.nonzero(~has)[0][:4]]
+            missing = [names[i] for i in np.nonzero(neural & ~has)[0][:4]]
             warnings.warn(f"{epath}: {int((~used).sum())} of {len(used)} electrodes match no channel of {in_path}"
                           + (f" (e.g. {extra})" if extra else "")
-                          + f"; {int((~has).sum())} of {n} channels have no electrode row"
+                          + f"; {int((neural & ~has).sum())} of {int(neural.sum())} neural channels have no electrode row"
                           + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
                           stacklevel=3)
         mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
@@ -669,9 +674,6 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             montage = raw.get_montage()
             space = str(montage.get_positions()["coord_frame"]) if montage is not None else "unknown"
             check_brain_coordinates(xyz[known], 1e3, in_path, "channel positions (montage)", stacklevel=4)
-    was = types
-    types, retyped = _types_from_names(types, names, typed_by_file)
-    _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"))
     return dict(names=names, x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], regions=regions, bad=bad,
                 coordinate_space=space, types=types)
 

@@ -180,6 +180,21 @@ def test_electrodes_matching_no_channel(tmp_path):
     assert_nothing_written(out)
 
 
+def test_a_non_neural_channel_without_an_electrode_row_is_not_reported(tmp_path):
+    """A new lab's BIDS subject with EKG, TRIG and REF leads among its data channels: convert
+    said "3 of N channels have no electrode row (their coordinates and labels are unknown)",
+    though such leads have no electrode by nature and stay out of the model."""
+    names = NAMES + ["EKG1", "TRIG"]
+    vhdr = write_brainvision(tmp_path / "rec", signal(n_ch=len(names)), names)
+    write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        convert_ieeg(vhdr, tmp_path / "s.h5")
+    assert not [w for w in record if "electrode row" in str(w.message)], [str(w.message) for w in record]
+    with Session(tmp_path / "s.h5") as s:
+        assert s.channels().types.tolist()[-2:] == ["ecg", "stim"]
+
+
 def test_partial_match_keeps_and_counts(tmp_path):
     vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
     rows = electrode_rows()[:2] + [["Z9", 1, 1, 1, "n/a", "L", "x", "y"], ["Z10", 1, 1, 1, "n/a", "L", "x", "y"]]
@@ -189,7 +204,7 @@ def test_partial_match_keeps_and_counts(tmp_path):
         convert_ieeg(vhdr, out)  # found beside the recording by name
     text = " ".join(str(w.message) for w in record)
     assert f"{tsv}: 2 of 4 electrodes match no channel" in text and "['Z9', 'Z10']" in text
-    assert "2 of 4 channels have no electrode row" in text and "['B1', 'B2']" in text
+    assert "2 of 4 neural channels have no electrode row" in text and "['B1', 'B2']" in text
     assert "assumed millimetres" in text
     with Session(out) as s:
         ch = s.channels()
@@ -355,7 +370,7 @@ def test_sample_seeg(tmp_path):
     with pytest.warns(UserWarning) as record:
         convert_ieeg(SEEG, out, electrodes=SEEG_ELECTRODES)
     text = " ".join(str(w.message) for w in record)
-    assert "3 of 101 electrodes match no channel" in text and "0 of 98 channels have no electrode row" in text
+    assert "3 of 101 electrodes match no channel" in text and "0 of 88 neural channels have no electrode row" in text
     assert "assumed millimetres" in text
     assert "10 of 98 channels typed eeg by the file are named like non-neural inputs" in text
     assert "more than 300 mm" not in text  # mm coordinates of a human head
