@@ -215,7 +215,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
 
     lines = [f"# {name}", "", _INTENDED.get(family, ""), ""]
     lines += _model_section(model_meta, m)
-    lines += _usage_section(family, model_type, repo_id)
+    lines += _usage_section(family, model_type, repo_id, model_meta)
     if metrics is not None:
         lines += _data_section(data, sources)
     lines += _licence_section(sources, licence, metrics is not None)
@@ -303,8 +303,12 @@ def _model_section(model_meta: dict | None, m: dict) -> list[str]:
     return lines
 
 
-def _usage_section(family: str, model_type: str, repo_id: str | None) -> list[str]:
+def _usage_section(family: str, model_type: str, repo_id: str | None, model_meta: dict | None = None) -> list[str]:
     where = repo_id or "PATH_OR_REPO_ID"
+    # the behaviour this model decodes, if it was trained to (a speed model's card said "--behavior position")
+    targets = [v.get("name") for v in ((model_meta or {}).get("config", {}).get("behavior") or [])
+               if isinstance(v, dict) and v.get("target") and v.get("name")]
+    behavior = " ".join(targets) or "position"
     lines = ["## Usage", "", "```python", "import neurofm", "",
              f'model = neurofm.from_pretrained("{where}")  # a local folder, or a Hub repo id (revision=, cache_dir=)']
     if model_type:
@@ -313,8 +317,8 @@ def _usage_section(family: str, model_type: str, repo_id: str | None) -> list[st
     if family == "neuroformer":
         lines += ["Fine-tune behaviour decoding on your own session file and score it on its test block:", "",
                   "```bash",
-                  f"neurofm finetune --pretrained {where} --data my_recording.h5 --behavior position --run-dir runs/ft",
-                  "neurofm evaluate --pretrained runs/ft/pretrained --data my_recording.h5 --behavior position",
+                  f"neurofm finetune --pretrained {where} --data my_recording.h5 --behavior {behavior} --run-dir runs/ft",
+                  f"neurofm evaluate --pretrained runs/ft/pretrained --data my_recording.h5 --behavior {behavior}",
                   "```", ""]
     elif family == "barista":
         lines += ["Fine-tune event detection on your own session file (any channel count):", "",

@@ -122,6 +122,16 @@ def test_card_has_usage_and_citations():
     assert BIBTEX["neuroformer"] in text and BIBTEX["barista"] in text
 
 
+def test_usage_names_the_behaviour_the_model_decodes():
+    """A running-speed model's card said `--behavior position` (a new lab's V1 fine-tune)."""
+    meta = {"model_type": "Neuroformer", "config": {"behavior": [
+        {"name": "speed", "dim": 1, "task": "regression", "target": True},
+        {"name": "pupil", "dim": 1, "task": "regression", "target": False}]}}
+    text = render_card(_metrics(), model_meta=meta)
+    assert "--behavior speed --run-dir runs/ft" in text and "--behavior position" not in text
+    assert "--behavior position" in render_card(_metrics())  # no decoder yet: the README's example
+
+
 def test_missing_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json: missing"):
         write_card(tmp_path)

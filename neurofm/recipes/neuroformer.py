@@ -419,7 +419,8 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
         raise ConfigError(f"Neuroformer fine-tuning decodes behaviour (--task decode --behavior NAME); "
                           f"got --task {task}{' --events ' + events if events else ''}")
     if not behavior:
-        raise ConfigError("Neuroformer fine-tuning needs --behavior NAME [NAME ...] (a /behavior/<name> of the data)")
+        raise ConfigError("Neuroformer decoding (finetune or evaluate) needs --behavior NAME [NAME ...]: the "
+                          "/behavior/<name> of the data to decode")
 
     with Session(sessions[0]) as s:
         dims = {}
