@@ -123,6 +123,14 @@ def test_inspect_window_counts_stream_in_chunks_with_the_same_numbers(tmp_path, 
     np.testing.assert_array_equal(prev, ref_prev)
     assert len(reads) >= 3 and max(reads) <= nf.COUNT_CHUNK_S + w.curr + w.prev + 1.0 + 1e-6
 
+    # inspect counts the windows the README's pretraining (neuroformer/demo) trains with
+    from neurofm.cli import PRETRAIN_CONFIG
+    from neurofm.experiment import load_config
+    cfg.model.window = w = load_config(PRETRAIN_CONFIG).model.window
+    with Session(path) as s:
+        ends = nf.split_window_ends(cfg, s, "train")
+    ref_curr = spikes_per_window(times, ends - w.curr, ends)
+    ref_prev = spikes_per_window(times, ends - w.curr - w.prev, ends - w.curr)
     assert main(["inspect", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["spikes_per_window"]
     assert shown["curr"] == window_count_percentiles(ref_curr)

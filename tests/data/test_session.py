@@ -127,7 +127,7 @@ def test_summary_and_describe(tmp_path):
     assert summary["session_id"] == "s1" and summary["extra_groups"] == ["my_lab"]
     assert summary["channel_types"] == {"ecg": 1, "seeg": 2}
     for piece in ("session s1", "4 units, 500 spikes", "3 channels x 2,000 samples at 200 Hz", "destrieux, lobe",
-                  "position (101 x 2)", "words (2)", "trials (2)", "my_lab"):
+                  "position (101 x 2)", "words (2; labels cat 1, dog 1)", "trials (2)", "my_lab"):
         assert piece in text, piece
 
 
