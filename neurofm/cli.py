@@ -205,12 +205,14 @@ def _describe_windows(w: dict) -> str:
 def _describe_test_variation(v: dict) -> list[str]:
     """``neurofm inspect``: a behaviour that finetune (every window scored) would refuse or warn
     about in this test block, and an angle's unit."""
+    from neurofm.recipes.neuroformer import VARIANCE_REFUSE, VARIANCE_WARN
+
     lines = []
-    if v["refused"] or v["variance_ratio"] < 0.1:
+    if v["refused"] or v["variance_ratio"] < VARIANCE_WARN:
         what = (f"{v['n_test_windows']:,} test windows (finetune refuses under {v['min_scored_windows']})"
                 if v["n_test_windows"] < v["min_scored_windows"] else
                 f"its variance over the {v['n_test_windows']:,} test windows is {v['variance_ratio']:.2%} of the "
-                f"training block's (finetune {'refuses under 1%' if v['refused'] else 'warns under 10%'})")
+                f"training block's (finetune {f'refuses under {VARIANCE_REFUSE:.0%}' if v['refused'] else f'warns under {VARIANCE_WARN:.0%}'})")
         lines.append(f"  test block {v['name']}: {what}: hold out a block where it varies with "
                      f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
     if v["angle"]:

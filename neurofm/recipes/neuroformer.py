@@ -702,12 +702,11 @@ def test_block_variation(cfg: RunConfig, session, skip: tuple[str, ...] = ()) ->
         angle = session.behavior_unit(name).strip().lower() in _ANGLE_UNITS
         if len(train) < 2:
             continue
-        ok = train.var(0) > 0
-        ratio = float((test.var(0)[ok] / train.var(0)[ok]).min()) if ok.any() and len(test) else 0.0
-        if ratio < 0.1 or len(test) < cfg.eval.min_scored_windows or angle:
+        ratio = (variance_share(test, train) if len(test) else None) or 0.0
+        if ratio < VARIANCE_WARN or len(test) < cfg.eval.min_scored_windows or angle:
             out.append({"name": name, "n_test_windows": int(len(test)), "variance_ratio": ratio, "angle": angle,
                         "unit": session.behavior_unit(name).strip(),
-                        "refused": ratio < 0.01 or len(test) < cfg.eval.min_scored_windows,
+                        "refused": ratio < VARIANCE_REFUSE or len(test) < cfg.eval.min_scored_windows,
                         "min_scored_windows": cfg.eval.min_scored_windows})
     return out
 
@@ -824,38 +823,48 @@ def check_test_target(cfg: RunConfig) -> None:
             warnings.warn(text, stacklevel=3)
 
         if len(valid) >= e.min_scored_windows and len(train) >= 2:  # model selection scores R2 there
-            ok = train.var(0) > 0
-            ratio = float((valid.var(0)[ok] / train.var(0)[ok]).min()) if ok.any() else 1.0
+            ratio = variance_share(valid, train)
+            ratio = 1.0 if ratio is None else ratio
             numbers = (f"{v.name}: over the {len(valid)} scored validation windows ({which}) its variance is "
                        f"{ratio:.2%} of that over the training windows ({_fmt(valid.var(0))} vs {_fmt(train.var(0))})")
-            if ratio < 0.01:
+            if ratio < VARIANCE_REFUSE:
                 warnings.warn(f"{numbers}: the target barely varies in the validation block, so validation R2 (which "
                               f"picks the checkpoint and stops training) is undefined or meaningless. To change: {fix}",
                               stacklevel=2)
-            elif ratio < 0.1:
+            elif ratio < VARIANCE_WARN:
                 warnings.warn(f"{numbers}: validation R2, which picks the checkpoint and stops training, rests on "
                               f"little variation. To change: {fix}", stacklevel=2)
         if len(test) < e.min_scored_windows:
             refuse(f"{v.name}: the test block has {len(test)} scored windows ({which} windows; "
                    f"eval.min_scored_windows {e.min_scored_windows}), too few for R2. Fix: {fix}")
             continue
-        var_train, var_test = train.var(0), test.var(0)
-        ok = var_train > 0
-        if not ok.any():
+        ratio = variance_share(test, train)
+        if ratio is None:
             continue
-        ratio = float((var_test[ok] / var_train[ok]).min())
         numbers = (f"{v.name}: over the {len(test)} scored test windows ({which}) its variance is {ratio:.2%} of "
-                   f"that over the training windows ({_fmt(var_test)} vs {_fmt(var_train)})")
-        if ratio < 0.01:
+                   f"that over the training windows ({_fmt(test.var(0))} vs {_fmt(train.var(0))})")
+        if ratio < VARIANCE_REFUSE:
             refuse(f"{numbers}: the target barely varies in the test block, so R2 there is undefined or "
                    f"meaningless. Fix: {fix}")
-        elif ratio < 0.1:
+        elif ratio < VARIANCE_WARN:
             warnings.warn(f"{numbers}: R2 on this test block rests on little variation. To change: {fix}",
                           stacklevel=2)
 
 
 def _fmt(a: np.ndarray) -> str:
     return ", ".join(f"{x:.3g}" for x in np.atleast_1d(a))
+
+
+#: A scored block whose target's variance is under these shares of the training windows' is
+#: refused (test; a warning for validation) / warned about: R2 there is meaningless / rests on little.
+VARIANCE_REFUSE, VARIANCE_WARN = 0.01, 0.1
+
+
+def variance_share(part: np.ndarray, train: np.ndarray) -> float | None:
+    """The smallest, over the target's columns that vary in ``train`` ((n, dim) values), of
+    ``part``'s variance as a share of ``train``'s; None when no column varies in training."""
+    ok = train.var(0) > 0
+    return float((part.var(0)[ok] / train.var(0)[ok]).min()) if ok.any() else None
 
 
 def datamodule(cfg: RunConfig):
