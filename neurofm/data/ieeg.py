@@ -196,6 +196,9 @@ def convert_ieeg(
         channels_file=str(side["channels"] or ""),
         events_source=events_source,
     )
+    mains, mains_source = _mains_frequency(raw, side.get("ieeg"), in_path)
+    if mains:  # read by BaRISTA runs for the notch (neurofm.data.segmenter.recording_mains)
+        attrs.update(mains_frequency=mains, mains_frequency_source=mains_source)
     try:
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
             _write_continuous(w, neural, list(neural.ch_names), table, in_path, nan_policy)
@@ -342,8 +345,27 @@ def bids_license(path: str | os.PathLike, max_up: int = 6) -> str:
     return ""
 
 
+def _mains_frequency(raw, sidecar: Path | None, in_path: Path) -> tuple[float, str]:
+    """The mains frequency (Hz) the recording states and where: a BIDS ``*_ieeg.json``'s
+    ``PowerLineFrequency``, else MNE's ``info["line_freq"]`` (FIF keeps it); ``(0.0, "")`` when
+    neither says (EDF and BrainVision have no such field; ``"n/a"`` says nothing)."""
+    if sidecar is not None:
+        try:
+            value = json.loads(Path(sidecar).read_text()).get("PowerLineFrequency")
+        except (OSError, ValueError, AttributeError):
+            warnings.warn(f"{sidecar}: not a JSON object; its PowerLineFrequency is not read (the notch then comes "
+                          f"from a mains peak in the data, or data.line_noise)", stacklevel=3)
+            value = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value), f"PowerLineFrequency in {Path(sidecar).name}"
+    line = raw.info.get("line_freq")
+    if line:
+        return float(line), f"line_freq in {in_path.name}"
+    return 0.0, ""
+
+
 def find_sidecars(path: str | os.PathLike) -> dict[str, Path | None]:
-    """The BIDS sidecars of a recording: ``{"electrodes", "coordsystem", "channels", "events"}``
+    """The BIDS sidecars of a recording: ``{"electrodes", "coordsystem", "channels", "events", "ieeg"}``
     -> path or None. mne-bids finds them when installed; BIDS naming otherwise (and for
     recordings outside a BIDS tree, e.g. ``rec.edf`` + ``rec_electrodes.tsv``).
 
@@ -352,7 +374,7 @@ def find_sidecars(path: str | os.PathLike) -> dict[str, Path | None]:
     lists them when more than one has positions.
     """
     path = Path(path)
-    wanted = {"electrodes": ".tsv", "coordsystem": ".json", "channels": ".tsv", "events": ".tsv"}
+    wanted = {"electrodes": ".tsv", "coordsystem": ".json", "channels": ".tsv", "events": ".tsv", "ieeg": ".json"}
     found: dict[str, Path | None] = {k: None for k in wanted}
     mne_bids = _mne_bids()
     if mne_bids is not None and _bids_entities(path).get("sub"):

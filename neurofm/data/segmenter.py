@@ -24,6 +24,7 @@ Segments with NaN/inf samples are skipped and counted, never returned.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from scipy.signal import iirnotch, resample_poly, sosfiltfilt, tf2sos, welch
 
-from neurofm.data.session import NON_NEURAL_TYPES, Channels
+from neurofm.data.session import NON_NEURAL_TYPES, Channels, Session
 
 if TYPE_CHECKING:  # pragma: no cover
     from neurofm.atlas import SpatialVocab
@@ -396,6 +397,47 @@ def notch(x: np.ndarray, rate: float, line_noise: float, q: float = 30.0) -> np.
 #: A mains peak counts when its 1 Hz bin holds this many times the median power of the bins
 #: 2-6 Hz either side (6 dB): brain rhythms are never that narrow, mains always is.
 MAINS_PEAK_RATIO = 4.0
+
+#: The mains frequencies there are (Hz).
+MAINS_FREQUENCIES = (50.0, 60.0)
+
+
+def recording_mains(session: Session, seconds: float = 60.0) -> tuple[float, str]:
+    """A session's mains frequency and where it comes from: ``(hz, source)``, ``(0.0, "")`` when
+    nothing says and no peak stands out.
+
+    In order: what the recording says (root attr ``mains_frequency``, which ``neurofm convert
+    ieeg`` takes from a BIDS ``*_ieeg.json`` ``PowerLineFrequency`` or MNE's ``line_freq``), the
+    mains a simulation added (``simulate_ieeg``'s ``line_noise``), else the frequency whose peak
+    (:func:`mains_peaks` over the first ``seconds`` of the good neural channels) stands out by at
+    least :data:`MAINS_PEAK_RATIO`, the taller of the two.
+    """
+    said = float(session.attrs.get("mains_frequency", 0.0) or 0.0)
+    if said > 0:
+        return said, str(session.attrs.get("mains_frequency_source", "") or "the session file's mains_frequency")
+    if session.attrs.get("generator") == "neurofm.data.synthetic.simulate_ieeg":
+        try:
+            line = json.loads(session.attrs.get("generator_params", "{}")).get("line_noise")
+        except (TypeError, ValueError):
+            line = None
+        return (float(line), "the simulation's mains") if line else (0.0, "")
+    rate = session.sampling_rate
+    if not rate or not session.n_samples:
+        return 0.0, ""
+    x = session.continuous_samples(0, min(session.n_samples, int(seconds * rate)))
+    try:
+        ch = session.channels()
+        good = ~np.asarray(ch.bad, bool)
+        if ch.types is not None:
+            good &= np.array([str(t).strip().lower() not in NON_NEURAL_TYPES for t in ch.types])
+        x = x[:, good]
+    except KeyError:
+        pass
+    peaks = {f: r for f, r in mains_peaks(x, rate, MAINS_FREQUENCIES).items() if r >= MAINS_PEAK_RATIO}
+    if not peaks:
+        return 0.0, ""
+    line = max(peaks, key=peaks.get)
+    return line, f"{peaks[line]:.0f}x the power beside it, median over channels"
 
 
 def mains_peaks(samples: np.ndarray, rate: float, freqs: Sequence[float] = (50.0, 60.0)) -> dict[float, float]:

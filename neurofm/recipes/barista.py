@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import sys
@@ -49,7 +48,7 @@ from neurofm.atomic import atomic_write
 from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.evaluation import blocked_oof
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
-from neurofm.data.segmenter import MAINS_PEAK_RATIO, NON_NEURAL_TYPES, IEEGSegmenter, Preprocessing, mains_peaks
+from neurofm.data.segmenter import IEEGSegmenter, Preprocessing, recording_mains
 from neurofm.data.session import Session, event_label
 from neurofm.data.splits import TimeBlockSplit
 from neurofm.data.synthetic import simulate_ieeg
@@ -89,7 +88,9 @@ class IEEGDataConfig:
     segment_s: float = 0.0  # 0: the model's n_patches x patch_len at its rate; pretraining 3 s
     n_patches: int = 0  # 0: the model's; pretraining 12
     sampling_rate: float = 0.0  # resample to this rate first (0: the model's rate; pretraining the file's)
-    line_noise: float | None = None  # notch at 50/60 Hz harmonics (0 = off; None: the model's, pretraining off)
+    # notch at 50/60 Hz + harmonics (0 = off); None: the recordings' own mains (recording_mains), and when
+    # fine-tuning the model's notch (moved to the recordings' mains when they are on the other one)
+    line_noise: float | None = None
     laplacian: bool | None = None  # same-shaft re-reference (None: the model's, pretraining off)
     drop_non_grey: bool | None = None  # drop white matter / ventricle contacts (None: the model's, pretraining off)
     stride_s: float = 0.0  # between pretraining segments (0 = segment_s)
@@ -167,9 +168,9 @@ def prepare(cfg: RunConfig) -> RunConfig:
 
     ensure_sessions(cfg.data, convert_hint="neurofm convert ieeg IN OUT.h5 --electrodes electrodes.tsv",
                     simulate=simulate, what=f"iEEG session ({sim.n_channels} channels, {sim.duration:.0f} s)")
-    cfg = _from_pretrained(cfg) if cfg.task.pretrained else _for_pretraining(cfg)
-    _warn_unnotched_simulation(cfg)
-    _warn_mains_not_notched(cfg)
+    mains = _sessions_mains(cfg)
+    cfg = _from_pretrained(cfg, mains) if cfg.task.pretrained else _for_pretraining(cfg, mains)
+    _warn_mains_not_notched(cfg, mains)
     _check_probe_length(cfg)
     return cfg
 
@@ -185,8 +186,38 @@ def _session_rates(cfg: RunConfig) -> dict[str, float]:
     return rates
 
 
-def _for_pretraining(cfg: RunConfig) -> RunConfig:
+def _sessions_mains(cfg: RunConfig) -> dict[str, tuple[float, str]]:
+    """Each session's mains frequency and its source (:func:`~neurofm.data.segmenter.recording_mains`)."""
+    out = {}
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            out[path] = recording_mains(s)
+    return out
+
+
+def _mains_notch(mains: dict[str, tuple[float, str]]) -> tuple[float, str]:
+    """The one notch frequency the sessions' mains call for, and why (``(0.0, "")``: none found).
+    Sessions on different mains (a 50 Hz and a 60 Hz lab) are refused: the notch is one setting
+    of the model, so the run must be told which."""
+    known = {p: (f, src) for p, (f, src) in mains.items() if f}
+    if len({f for f, _ in known.values()}) > 1:
+        raise ConfigError("data.line_noise: the sessions are on different mains ("
+                          + "; ".join(f"{Path(p).name} {f:g} Hz ({src})" for p, (f, src) in known.items())
+                          + "); set data.line_noise to the frequency to notch (harmonics too), or 0 for none")
+    if not known:
+        return 0.0, ""
+    path, (line, src) = next(iter(known.items()))
+    return line, f"the recordings' mains ({Path(path).name}: {src})"
+
+
+def _for_pretraining(cfg: RunConfig, mains: dict[str, tuple[float, str]]) -> RunConfig:
     d = cfg.data
+    if d.line_noise is None:  # unset: the recordings' own mains
+        line, why = _mains_notch(mains)
+        logging.getLogger("neurofm").info(f"neurofm: data.line_noise = {line:g} Hz, {why}" if line else
+                                          "neurofm: data.line_noise off: no session records its mains frequency "
+                                          "and none shows a 50 or 60 Hz peak")
+        d = dataclasses.replace(d, line_noise=line)
     rates = _session_rates(cfg)
     if not d.sampling_rate and len(set(rates.values())) > 1:
         raise ConfigError(f"data.sampling_rate: the sessions are recorded at different rates "
@@ -255,8 +286,9 @@ def _pretrained_model_config(mine: BaristaConfig, ckpt: BaristaConfig, folder: s
     return dataclasses.replace(ckpt, **changes)
 
 
-def _from_pretrained(cfg: RunConfig) -> RunConfig:
-    """Take the pretrained folder's model config and apply its preprocessing to the data config."""
+def _from_pretrained(cfg: RunConfig, mains: dict[str, tuple[float, str]]) -> RunConfig:
+    """Take the pretrained folder's model config and apply its preprocessing to the data config
+    (the notch at the recordings' own mains when the model notched another: ``mains``, per session)."""
     log = logging.getLogger("neurofm")
     folder = cfg.task.pretrained
     meta = pretrained_config(folder)
@@ -321,6 +353,13 @@ def _from_pretrained(cfg: RunConfig) -> RunConfig:
                        ("drop_non_grey", "white matter / ventricle contacts dropped")):
         mine = getattr(d, key)
         theirs = getattr(given, key)
+        if key == "line_noise" and mine is None and theirs:
+            line, why = _mains_notch(mains)
+            if line and line % theirs:  # the notch removes each recording's own mains, wherever it was trained
+                log.info(f"neurofm: data.line_noise = {line:g} Hz: {why}; the pretrained model {folder} notched its "
+                         f"recordings' {theirs:g} Hz")
+                prep.line_noise = float(line)
+                continue
         if mine is None:
             if model.preprocessing is not None and theirs:
                 shown = theirs if isinstance(theirs, bool) else f"{theirs:g}"
@@ -576,64 +615,22 @@ def _check_probe_length(cfg: RunConfig) -> None:
                           f"eval.probe_segment_s at 0 (= data.segment_s) or set both to the same length")
 
 
-def _warn_unnotched_simulation(cfg: RunConfig) -> None:
-    """Warn when a simulated session's line noise reaches the model un-notched.
-
-    ``simulate_ieeg`` adds mains (60 Hz by default) with a channel-specific amplitude and phase,
-    as real recordings have, and the paper notches it (DESIGN.md 10). Left in, it is part of
-    what the CNN tokenizer makes of every patch, so of every masked-latent pretraining target:
-    on the demo layout a grey-matter contact's token under the random initial tokenizer is then
-    no better predicted from its shaft neighbours' tokens than by their mean (linear R2 about
-    -0.04, against 0.19 notched and 0.9 for the raw patches).
-    """
-    if cfg.data.line_noise or cfg.task.pretrained:  # a pretrained model's preprocessing is its own
-        return
-    for path in session_paths(cfg.data):
-        with Session(path) as s:
-            if s.attrs.get("generator") != "neurofm.data.synthetic.simulate_ieeg":
-                continue
-            try:
-                line = json.loads(s.attrs.get("generator_params", "{}")).get("line_noise")
-            except (TypeError, ValueError):
-                continue
-        if line:
-            warnings.warn(f"{path}: simulated with {line:g} Hz line noise, but data.line_noise is off; set "
-                          f"data.line_noise={line:g} to notch it as the paper's preprocessing does (un-notched, "
-                          "each channel's mains is part of every pretraining target)", stacklevel=3)
-            return
-
-
-def _warn_mains_not_notched(cfg: RunConfig, seconds: float = 60.0) -> None:
-    """Warn when a session's mains peak (:func:`~neurofm.data.segmenter.mains_peaks` on its
-    first ``seconds`` of good neural channels) is at a frequency ``data.line_noise`` does not
-    notch: a European recording (50 Hz) run with a config or a pretrained model set for 60 Hz,
-    or with the notch off, keeps its mains in every segment the model reads."""
+def _warn_mains_not_notched(cfg: RunConfig, mains: dict[str, tuple[float, str]]) -> None:
+    """Warn when a session's mains (``mains``: :func:`~neurofm.data.segmenter.recording_mains`)
+    is at a frequency ``data.line_noise`` does not notch: a European recording (50 Hz) run with a
+    config or a pretrained model set for 60 Hz, or with the notch off, keeps its mains in every
+    segment the model reads. Left in, it is part of what the CNN tokenizer makes of every patch,
+    so of every masked-latent pretraining target: on the simulated demo layout a grey-matter
+    contact's token under the random initial tokenizer is then no better predicted from its shaft
+    neighbours' tokens than by their mean (linear R2 about -0.04, against 0.19 notched and 0.9
+    for the raw patches)."""
     notch = float(cfg.data.line_noise or 0.0)
     source = " (from the pretrained model)" if cfg.task.pretrained else ""
-    for path in session_paths(cfg.data):
-        with Session(path) as s:
-            rate = s.sampling_rate
-            simulated = s.attrs.get("generator") == "neurofm.data.synthetic.simulate_ieeg"
-            if not rate or not s.n_samples or (simulated and not notch and not cfg.task.pretrained):
-                continue  # no data, or _warn_unnotched_simulation's case (it knows the simulation's mains)
-            x = s.continuous_samples(0, min(s.n_samples, int(seconds * rate)))
-            try:
-                ch = s.channels()
-                good = ~np.asarray(ch.bad, bool)
-                if ch.types is not None:
-                    good &= np.array([str(t).strip().lower() not in NON_NEURAL_TYPES for t in ch.types])
-                x = x[:, good]
-            except KeyError:
-                pass
-        peaks = {f: r for f, r in mains_peaks(x, rate).items() if r >= MAINS_PEAK_RATIO}
-        if not peaks:
-            continue
-        line = max(peaks, key=peaks.get)
-        if notch and line % notch == 0:
-            continue
-        warnings.warn(f"{path}: mains at {line:g} Hz ({peaks[line]:.0f}x the power beside it, median over channels), "
-                      f"but data.line_noise is {f'{notch:g} Hz' if notch else 'off'}{source}; set "
-                      f"data.line_noise={line:g} to notch it", stacklevel=3)
+    for path, (line, why) in mains.items():
+        if line and not (notch and line % notch == 0):
+            warnings.warn(f"{path}: mains at {line:g} Hz ({why}), but data.line_noise is "
+                          f"{f'{notch:g} Hz' if notch else 'off'}{source}; set data.line_noise={line:g} to notch it",
+                          stacklevel=3)
 
 
 def _segmenter(cfg: RunConfig, segment_s: float | None = None):

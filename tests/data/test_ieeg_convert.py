@@ -99,6 +99,7 @@ def bids_root(tmp_path_factory):
     vhdr = write_brainvision(tmp / "src" / "rec", signal(), NAMES, markers=[(0.5, "cue"), (2.0, "go")])
     raw = mne.io.read_raw_brainvision(vhdr, verbose="error")
     raw.set_channel_types({n: "seeg" for n in NAMES}, verbose="error")
+    raw.info["line_freq"] = 50.0  # a European lab: the sidecar's PowerLineFrequency
     root = tmp / "ds"
     bp = mne_bids.BIDSPath(subject="01", session="01", task="rest", run="01", datatype="ieeg", root=root)
     with warnings.catch_warnings():
@@ -137,6 +138,8 @@ def check_bids_session(out: Path):
         ev = s.events("annotations")
         assert ev["label"].tolist() == ["cue", "go"] and np.allclose(ev["onset"], [0.5, 2.0])
         assert s.attrs["events_source"].endswith("_events.tsv")
+        assert s.attrs["mains_frequency"] == 50.0  # BaRISTA runs notch here (data.line_noise unset)
+        assert s.attrs["mains_frequency_source"] == "PowerLineFrequency in sub-01_ses-01_task-rest_run-01_ieeg.json"
 
 
 def test_bids_sidecars_found_with_mne_bids(bids_root, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurofm.config import from_dict
+from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.models.neuroformer import Neuroformer, NeuroformerConfig
 from neurofm.recipes import neuroformer as recipe
@@ -189,6 +189,59 @@ def test_mains_the_notch_misses_is_named_before_training(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare(50.0)  # notched: nothing to say
+        assert prepare(None).data.line_noise == 50.0  # unset (barista/demo): the peak in the data, no warning
+
+
+def _stated_mains(path: str, hz: float) -> str:
+    """What convert writes for a BIDS sidecar's PowerLineFrequency."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs.update(mains_frequency=hz, mains_frequency_source="PowerLineFrequency in x_ieeg.json")
+    return path
+
+
+def test_the_notch_is_at_each_recordings_own_mains(tmp_path, caplog):
+    """barista/demo notched every recording at 60 Hz, a European lab's (50 Hz) included. Unset,
+    the notch is what the file states, else the peak in the data; sessions on different mains are
+    refused; a fine-tune of a model that notched 60 Hz notches a 50 Hz recording at 50 Hz."""
+    import logging
+    import warnings
+
+    from neurofm.models.barista import BaristaEncoder
+    from neurofm.recipes import barista
+
+    def prepare(sessions, **data):
+        return barista.prepare(from_dict(barista.RunConfig, {
+            "data": {"sessions": sessions, "segment_s": 1.0, "n_patches": 4, **data},
+            "model": {"d_model": 16, "n_heads": 2, "n_layers": 1}}, where="test"))
+
+    stated = _stated_mains(_ecog_with_mains(tmp_path / "stated.h5", 50.0), 60.0)  # the data 50, the file says 60
+    us = _ecog_with_mains(tmp_path / "us.h5", 60.0)
+    eu = _ecog_with_mains(tmp_path / "eu.h5", 50.0)
+    with caplog.at_level(logging.INFO, logger="neurofm"):
+        assert prepare([us]).data.line_noise == 60.0
+    assert "data.line_noise = 60 Hz, the recordings' mains (us.h5: " in caplog.text
+    with pytest.warns(UserWarning, match=r"stated.h5: mains at 60 Hz \(PowerLineFrequency in x_ieeg.json\)"):
+        prepare([stated], line_noise=50.0)  # what the file says comes before the peak, and a setting overrides
+    with pytest.raises(ConfigError, match=r"data.line_noise: the sessions are on different mains \(us.h5 60 Hz .*"
+                                          r"eu.h5 50 Hz .*set data.line_noise"):
+        prepare([us, eu])
+    with pytest.warns(UserWarning) as said:
+        assert prepare([us, eu], line_noise=0.0).data.line_noise == 0.0  # set: obeyed, and warned
+    assert sorted(str(w.message).split(" (")[0][-21:] for w in said) == ["eu.h5: mains at 50 Hz", "us.h5: mains at 60 Hz"]
+
+    pre = prepare([us])
+    folder = tmp_path / "enc60"
+    BaristaEncoder(barista._sized_config(pre, barista.datamodule(pre))).save_pretrained(folder)
+    caplog.clear()
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="neurofm"):
+        warnings.simplefilter("error")  # notched at its own mains: no warning
+        cfg = barista.prepare(barista.finetune_config(str(folder), [eu], task="reconstruct"))
+    assert cfg.data.line_noise == 50.0 and cfg.model.preprocessing["line_noise"] == 50.0
+    assert "data.line_noise = 50 Hz: the recordings' mains (eu.h5: " in caplog.text
+    assert "notched its recordings' 60 Hz" in caplog.text
+    assert barista.prepare(barista.finetune_config(str(folder), [us], task="reconstruct")).data.line_noise == 60.0
 
 
 def test_one_label_events_are_reported_as_event_against_background(tmp_path):
