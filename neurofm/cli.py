@@ -93,14 +93,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 windows = _spike_window_stats(args, s)
             except ValueError as e:  # e.g. a recording too short for the default split
                 windows = {"error": str(e)}
+        ieeg = _ieeg_stats(s) if s.n_samples and s.sampling_rate else None
         if args.json:
             if windows is not None:
                 summary["spikes_per_window"] = windows
+            if ieeg is not None:
+                summary["ieeg"] = ieeg
             print(jsonio.dumps(summary, default=str))
         else:
             print(s.describe())
             if windows is not None:
                 print(_describe_windows(windows))
+            if ieeg is not None:
+                print(_describe_ieeg(ieeg))
     return 0
 
 
@@ -174,6 +179,52 @@ def _pretraining_estimate(session, window) -> dict:
         return {"error": str(e)}
 
 
+#: the config the README's BaRISTA pretraining command (`python train.py barista/demo ...`) starts from
+BARISTA_PRETRAIN_CONFIG = "barista/demo"
+
+
+def _ieeg_stats(session) -> dict:
+    """The notch a BaRISTA run would take for this file (its mains and where that comes from) and
+    what the README's BaRISTA pretraining command costs on it (``neurofm inspect``)."""
+    from neurofm.config import ConfigError
+    from neurofm.data.segmenter import recording_mains
+    from neurofm.experiment import load_config
+    from neurofm.recipes.barista import pretraining_estimate
+
+    hz, source = recording_mains(session)
+    out: dict = {"mains": {"hz": hz, "source": source}}
+    cfg = load_config(BARISTA_PRETRAIN_CONFIG)
+    cfg.data.sessions, cfg.data.events = [str(session.path)], ""
+    try:
+        regions = session.channels().regions
+    except KeyError:
+        regions = {}
+    overrides = []
+    if cfg.model.encode_scale == "parcel" and not regions:  # the demo's scale needs atlas labels (README)
+        cfg.model.encode_scale = "coords"
+        overrides.append("model.encode_scale=coords")
+    try:
+        out["pretraining"] = {"config": BARISTA_PRETRAIN_CONFIG, "overrides": overrides, **pretraining_estimate(cfg)}
+    except (ConfigError, ValueError) as e:
+        out["pretraining"] = {"error": str(e)}
+    return out
+
+
+def _describe_ieeg(w: dict) -> str:
+    m = w["mains"]
+    lines = [f"  mains      {m['hz']:g} Hz ({m['source']}): BaRISTA runs notch it (and its harmonics) unless "
+             f"data.line_noise is set" if m["hz"] else
+             "  mains      none stated or found (no 50 / 60 Hz peak): no notch unless data.line_noise is set"]
+    p = w["pretraining"]
+    if "error" in p:
+        return "\n".join(lines + [f"  pretraining - ({p['error']})"])
+    s = p["segment"]
+    seg = (f"segments of {s['n_patches']} x {s['patch_len']} samples at {s['sampling_rate']:g} Hz "
+           f"({s['n_patches'] * s['patch_len'] / s['sampling_rate']:g} s)")
+    config = " ".join([p["config"], *p["overrides"]])
+    return "\n".join(lines + _describe_pretraining({**p, "config": config}, seg))
+
+
 def _describe_windows(w: dict) -> str:
     def row(p: dict) -> str:
         return ", ".join(f"{k} {v:.3g}" for k, v in p.items()) if p else "-"
@@ -221,9 +272,10 @@ def _describe_test_variation(v: dict) -> list[str]:
     return lines
 
 
-def _describe_pretraining(p: dict) -> list[str]:
+def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
     """``neurofm inspect``: what the README's pretraining command will cost on this file, and,
-    when that is long, the settings that shorten it."""
+    when that is long, the settings that shorten it. ``unit``: what one training example is
+    (default: a spike window padded to the block sizes)."""
     if "error" in p:
         return [f"  pretraining - ({p['error']})"]
     est, per_step = p["estimate_s"], p["seconds_per_step"]
@@ -232,18 +284,21 @@ def _describe_pretraining(p: dict) -> list[str]:
     length = f"{p['config_epochs']} epochs x {p['steps_per_epoch']:,} batches of {p['batch_size']}"
     if p["max_steps"] > 0 and p["steps"] < p["config_epochs"] * p["steps_per_epoch"]:
         length = f"trainer.max_steps of {length}"
-    b = p["block_size"]
-    lines = [f"  pretraining {p['config']} with these windows (README step 2): {p['steps']:,} steps ({length}), "
-             f"each window padded to id {b['id']} + prev_id {b['prev_id']} tokens; "
+    if unit is None:
+        b = p["block_size"]
+        unit = f"each window padded to id {b['id']} + prev_id {b['prev_id']} tokens"
+    lines = [f"  pretraining {p['config']} with these {'windows (README step 2)' if 'block_size' in p else 'settings'}:"
+             f" {p['steps']:,} steps ({length}), {unit}; "
              f"{per_step * 1e3:.0f} ms per step measured here ({p['threads']} CPU thread"
              f"{'s' if p['threads'] > 1 else ''}, {p['measured_steps']} steps): about {_minutes(est)}"]
     if est > p["long_s"]:  # on the same line: one line, `grep -v "^  pretraining"` leaves it out
         fit = int(p["long_s"] // (p["steps_per_epoch"] * per_step))
         epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * p['steps_per_epoch'] * per_step)})"
                   if 1 <= fit < p["config_epochs"] else "")
-        lines[0] += (f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "")
-                     + "shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
-                       "block sizes they give; a step's cost grows with id + prev_id)")
+        shorter = ("shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
+                   "block sizes they give; a step's cost grows with id + prev_id)" if "block_size" in p else
+                   "a smaller model (model.d_model, model.n_layers)")
+        lines[0] += f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "") + shorter
     return lines
 
 

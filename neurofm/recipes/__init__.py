@@ -19,8 +19,18 @@ Each recipe module (``neuroformer``, ``barista``) defines:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import time
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+#: A pretraining estimate above this many seconds is reported as long by ``neurofm inspect``,
+#: with the settings that shorten it: a run one would not wait for at the terminal. A reporting
+#: line, not a tuned value (the estimate itself is measured on the file: :func:`time_pretraining`).
+LONG_PRETRAINING_S = 600.0
 
 
 def session_paths(data) -> list[str]:
@@ -42,3 +52,59 @@ def ensure_sessions(data, *, convert_hint: str, simulate: Callable[[], None], wh
     elif not Path(data.simulate.path).exists():
         print(f"neurofm: simulating the demo {what} -> {data.simulate.path}")
         simulate()
+
+
+@contextlib.contextmanager
+def quiet_preparation() -> Iterator[None]:
+    """Silence a run's preparation (its log notes, printed lines and warnings) for a tool that
+    only sizes the run (``neurofm inspect``'s pretraining estimate): they belong to the run."""
+    log = logging.getLogger("neurofm")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def time_pretraining(cfg, task, loader, loss: Callable, n_steps: int = 3) -> dict:
+    """What pretraining ``task`` with ``cfg.trainer`` costs: ``trainer.max_epochs`` (or
+    ``max_steps``) times the training ``loader``'s batches is the step count, and ``n_steps``
+    steps of ``loss(batch)`` (batch read, forward, backward, AdamW at ``cfg.task.lr``; after one
+    warm-up step, which allocates what the rest reuse) on the first training batches, on the CPU
+    with ``trainer.threads`` threads as ``train.py`` runs, give the seconds per step (median)."""
+    import numpy as np
+    import torch
+
+    from neurofm.threads import resolve_threads
+
+    per_epoch = len(loader)
+    steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else cfg.trainer.max_epochs * per_epoch
+    if cfg.trainer.max_steps > 0 and cfg.trainer.max_epochs > 0:
+        steps = min(steps, cfg.trainer.max_epochs * per_epoch)
+    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    opt = torch.optim.AdamW(task.parameters(), lr=cfg.task.lr)
+    task.train()
+    times: list[float] = []
+    try:
+        batches = iter(loader)
+        for i in range(n_steps + 1):
+            start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            loss(batch).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    per_step = float(np.median(times)) if times else float("nan")
+    return {"config_epochs": int(cfg.trainer.max_epochs), "max_steps": int(cfg.trainer.max_steps),
+            "batch_size": int(cfg.data.batch_size), "steps_per_epoch": int(per_epoch), "steps": int(steps),
+            "threads": int(threads), "seconds_per_step": per_step, "measured_steps": len(times),
+            "estimate_s": steps * per_step, "long_s": LONG_PRETRAINING_S}

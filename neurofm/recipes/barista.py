@@ -41,7 +41,7 @@ from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import BaristaConfig, BaristaEncoder, TokenWeightingHead
-from neurofm.recipes import ensure_sessions, session_paths
+from neurofm.recipes import ensure_sessions, quiet_preparation, session_paths, time_pretraining
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
@@ -658,6 +658,22 @@ def label_map(cfg: RunConfig) -> dict[str, int] | None:
     if len(labels) == 1:  # one kind of event: its segments against segments without one
         labels = [BACKGROUND_LABEL] + labels
     return {lab: i for i, lab in enumerate(labels)}
+
+
+def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
+    """What pretraining ``cfg`` on its sessions will cost (``neurofm inspect``), measured on them:
+    the segments per epoch come from the recordings' length and the segment grid, a step's cost
+    from their channels and the model (:func:`neurofm.recipes.time_pretraining`). Returns the
+    steps, seconds per step, the estimate (s) and the segment shape."""
+    with quiet_preparation():
+        cfg = prepare(cfg)
+        dm = datamodule(cfg)
+        t = task(cfg, dm)
+        dm.setup("fit")
+        out = time_pretraining(cfg, t, dm.train_dataloader(), lambda batch: t.model.pretrain_loss(batch)["loss"], n_steps)
+    m = cfg.model
+    return {**out, "segment": {"n_patches": int(m.n_patches), "patch_len": int(m.patch_len),
+                               "sampling_rate": float(m.sampling_rate), "line_noise": float(cfg.data.line_noise or 0)}}
 
 
 def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool | None = None,

@@ -42,7 +42,7 @@ from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, 
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.recipes import ensure_sessions, session_paths
+from neurofm.recipes import ensure_sessions, quiet_preparation, session_paths, time_pretraining
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
 from neurofm.baselines import PoissonBayesDecoder, Ridge
@@ -54,7 +54,6 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
 from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import block_bootstrap_counts, decode_report, start_gain, time_blocks
-from neurofm.threads import resolve_threads
 
 MONITOR = ("val/total", "min")
 
@@ -570,77 +569,23 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold))
 
 
-#: A pretraining estimate above this many seconds is reported as long by ``neurofm inspect``,
-#: with the settings that shorten it: a run one would not wait for at the terminal. A reporting
-#: line, not a tuned value (the estimate itself is measured on the file, see
-#: :func:`pretraining_estimate`).
-LONG_PRETRAINING_S = 600.0
-
-
 def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
     """What pretraining ``cfg`` on its sessions will cost (``neurofm inspect``), measured, not
     assumed: the data decides the block sizes (:func:`prepare`), so the tokens a window is
     padded to (``id + prev_id``) and the training windows per epoch come from the recording
-    (its population rate and length); ``trainer.max_epochs`` (or ``max_steps``) times the
-    training loader's batches is the step count, and ``n_steps`` training steps (batch read,
-    forward, backward, AdamW; after one warm-up step) on the first training batches, on the
-    CPU with ``trainer.threads`` threads as ``train.py`` runs, give the seconds per step.
-    Returns steps, seconds per step, the estimate (s) and what it was sized from."""
-    import contextlib
-    import io
-    import logging
+    (its population rate and length); :func:`neurofm.recipes.time_pretraining` gives the
+    steps and the seconds per step. Returns those, the estimate (s) and the block sizes."""
+    def loss(t, batch):
+        return t.model.loss(batch, t.model(batch), terms=t.objectives)["total"]
 
-    quiet = logging.getLogger("neurofm")  # the run's notes (attention backend...) belong to the run, not inspect
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # prepare's notes (block sizes...) likewise
-            cfg = prepare(cfg)
-            dm = datamodule(cfg)
-            t = task(cfg, dm)
-            dm.setup("fit")
-            loader = dm.loader("train", train=True)
-            return _time_pretraining(cfg, t, loader, n_steps)
-    finally:
-        quiet.setLevel(level)
-
-
-def _time_pretraining(cfg: RunConfig, t, loader, n_steps: int) -> dict:
-    """:func:`pretraining_estimate`'s figures for task ``t`` on its training ``loader``."""
-    import time
-
-    per_epoch = len(loader)
-    steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else cfg.trainer.max_epochs * per_epoch
-    if cfg.trainer.max_steps > 0 and cfg.trainer.max_epochs > 0:
-        steps = min(steps, cfg.trainer.max_epochs * per_epoch)
-    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    opt = torch.optim.AdamW(t.parameters(), lr=cfg.task.lr)
-    t.train()
-    times: list[float] = []
-    try:
-        batches = iter(loader)
-        for i in range(n_steps + 1):
-            start = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            loss = t.model.loss(batch, t.model(batch), terms=t.objectives)["total"]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i:  # the first step allocates what the rest reuse
-                times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
-    per_step = float(np.median(times)) if times else float("nan")
+    with quiet_preparation():
+        cfg = prepare(cfg)
+        dm = datamodule(cfg)
+        t = task(cfg, dm)
+        dm.setup("fit")
+        out = time_pretraining(cfg, t, dm.loader("train", train=True), lambda batch: loss(t, batch), n_steps)
     b = cfg.model.block_size
-    return {"config_epochs": int(cfg.trainer.max_epochs), "max_steps": int(cfg.trainer.max_steps),
-            "batch_size": int(cfg.data.batch_size), "steps_per_epoch": int(per_epoch), "steps": int(steps),
-            "block_size": {"id": int(b.id), "prev_id": int(b.prev_id)}, "threads": int(threads),
-            "seconds_per_step": per_step, "measured_steps": len(times), "estimate_s": steps * per_step,
-            "long_s": LONG_PRETRAINING_S}
+    return {**out, "block_size": {"id": int(b.id), "prev_id": int(b.prev_id)}}
 
 
 def test_block_motion(cfg: RunConfig, session) -> dict | None:

@@ -3,6 +3,7 @@ user gets: tracking with NaN gaps, ... Tiny hand-made sessions, no training."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,31 @@ def test_one_label_events_are_reported_as_event_against_background(tmp_path):
     assert (f"/events/grip segments by label ({BACKGROUND_LABEL}, grip): a segment at each onset against "
             f"'{BACKGROUND_LABEL}' segments") in out["protocol"]
     assert 0.0 <= out["metrics"]["test_auroc"] <= 1.0
+
+
+def test_inspect_says_the_notch_and_what_barista_pretraining_will_cost(tmp_path, capsys):
+    """inspect said nothing of an iEEG file's mains (the notch a run takes) nor of what the
+    README's BaRISTA pretraining (barista/demo) costs on it; a file without atlas labels is sized
+    with the README's model.encode_scale=coords."""
+    import math
+
+    from neurofm import cli, jsonio
+    from neurofm.experiment import load_config
+
+    path = _ecog_with_mains(tmp_path / "eu.h5", 50.0, duration=60.0)
+    assert cli.main(["inspect", path, "--json"]) == 0
+    w = jsonio.loads_strict(capsys.readouterr().out)["ieeg"]
+    assert w["mains"]["hz"] == 50.0 and "x the power beside it" in w["mains"]["source"]
+    p, demo = w["pretraining"], load_config("barista/demo")
+    assert p["config"] == "barista/demo" and p["overrides"] == ["model.encode_scale=coords"]
+    assert p["config_epochs"] == demo.trainer.max_epochs and p["batch_size"] == demo.data.batch_size
+    seconds = p["segment"]["n_patches"] * p["segment"]["patch_len"] / p["segment"]["sampling_rate"]
+    assert seconds == demo.data.segment_s and p["segment"]["line_noise"] == 50.0
+    n_train = int(60.0 * demo.data.split.train // demo.data.stride_s)  # about: the split's gap takes a segment
+    assert abs(p["steps_per_epoch"] - math.ceil(n_train / p["batch_size"])) <= 1
+    assert p["steps"] == p["config_epochs"] * p["steps_per_epoch"] and p["seconds_per_step"] > 0
+    assert cli.main(["inspect", path]) == 0
+    text = capsys.readouterr().out
+    assert "  mains      50 Hz (" in text and "BaRISTA runs notch it" in text
+    assert re.search(r"pretraining barista/demo model.encode_scale=coords with these settings: \d+ steps \(\d+ epochs "
+                     r"x \d+ batches of \d+\), segments of 4 x \d+ samples at 500 Hz \(1 s\); \d+ ms per step", text)
