@@ -954,8 +954,31 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         if not run_cfg.exists():
             raise ConfigError(f"{checkpoint}: no config.yaml in its run folder ({run_cfg.parent}); pass --family")
         family = str(OmegaConf.load(run_cfg).get("family", "neuroformer"))
-    task = recipe_for(family).load_task(checkpoint)
+    task = recipe_for(family).load_task(_without_retired_hparams(checkpoint, family))
     return recipe_for(family).export(task).save_pretrained(out_dir)
+
+
+def _without_retired_hparams(checkpoint: Path, family: str):
+    """``checkpoint``, or, when its task's hyper-parameters hold a key since removed (the
+    ``task.X`` keys of :data:`~neurofm.config.RETIRED_KEYS` are the task's ``X``), the same
+    checkpoint in memory without it, with :func:`~neurofm.config.drop_retired`'s one warning:
+    Lightning passes every saved hyper-parameter to the task, so an older run's checkpoint failed
+    to load (``unexpected keyword argument``)."""
+    import io
+
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        return checkpoint
+    kept = drop_retired({"task": dict(hparams)}, family, str(checkpoint))["task"]
+    if kept.keys() == hparams.keys():
+        return checkpoint
+    buffer = io.BytesIO()
+    torch.save({**ckpt, "hyper_parameters": kept}, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def print_result(result: RunResult) -> None:

@@ -385,3 +385,23 @@ def test_print_result_shows_the_runs_limitations(tmp_path, capsys):
     assert f"LIMITATION: {line}" in out
     print_result(RunResult(tmp_path, tmp_path / "pretrained", {"metrics": {}, "baselines": {}}))
     assert "LIMITATION" not in capsys.readouterr().out
+
+
+def test_export_of_a_checkpoint_written_when_head_only_fraction_existed(run_a, tmp_path):
+    """A Lightning checkpoint of a run from before task.head_only_fraction was removed holds it
+    among the task's hyper-parameters; `neurofm export` failed on it (resume and evaluate read
+    config.yaml, which already dropped it). Now it exports the same weights, with one warning."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "old-run"
+    shutil.copytree(run_a, run, ignore=shutil.ignore_patterns("pretrained", "plots"))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["head_only_fraction"] = 0.25
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "exported"
+    with pytest.warns(UserWarning, match=r"last\.ckpt: written by an older neurofm; .*task\.head_only_fraction "
+                                         r"\(was 0\.25"):
+        assert cli.main(["export", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    _assert_same_weights(_weights(run_a / "pretrained"), _weights(out))
