@@ -162,7 +162,7 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
             if units is not None:
                 w.add_units(unit_ids, **unit_cols)
-                w.add_spikes(spike_t, spike_u, *_recording_span(spike_t, behaviour, intervals))
+                w.add_spikes(spike_t, spike_u, *_recording_span(spike_t, behaviour, intervals, unit_cols))
             if series is not None:
                 _write_continuous(w, series, channels, in_path, nan_policy)
             for name, ts, values, extra in behaviour:
@@ -178,8 +178,11 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
     return out_path
 
 
-def _recording_span(spike_t: np.ndarray, behaviour: list, intervals: list) -> tuple[float | None, float | None]:
-    """``(t_start, t_end)`` over spikes, behaviour samples and intervals (trials, epochs, ...).
+def _recording_span(spike_t: np.ndarray, behaviour: list, intervals: list, unit_cols: dict | None = None
+                    ) -> tuple[float | None, float | None]:
+    """``(t_start, t_end)`` over spikes, behaviour samples, intervals (trials, epochs, ...) and the
+    units' observation intervals (``unit_cols``' ``obs_start`` / ``obs_end``: a recording observed
+    from 0 s starts at 0 s, not at its first spike).
 
     A spikes-only session would otherwise span first..last spike, and fractional time-block
     splits would be fractions of that rather than of the recording the trials describe.
@@ -191,10 +194,14 @@ def _recording_span(spike_t: np.ndarray, behaviour: list, intervals: list) -> tu
         if len(t):
             lo.append(float(t[0]))
             hi.append(float(t[-1]))
-    for _, start, end, _ in intervals:
-        if len(start):
-            lo.append(float(np.min(start)))
-            hi.append(float(np.max(end)))
+    spans = [(start, end) for _, start, end, _ in intervals]
+    if unit_cols and "obs_start" in unit_cols:
+        spans.append((unit_cols["obs_start"], unit_cols["obs_end"]))
+    for start, end in spans:
+        start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+        if np.isfinite(start).any():
+            lo.append(float(np.nanmin(start)))
+            hi.append(float(np.nanmax(end)))
     return (min(lo), max(hi)) if lo else (None, None)
 
 

@@ -253,6 +253,8 @@ def test_columns_named_like_an_index_and_partial_unit_observation(tmp_path):
         assert table["shank_index"].tolist() == [0, 1, 0]
         assert table["obs_start"].tolist() == [100.0, 100.0, 100.0] and table["obs_end"].tolist() == [200.0, 150.0, 200.0]
         assert table["obs_s"].tolist() == [100.0, 50.0, 40.0]
+        # the session spans what the units were observed for (100-200 s), not last spike or epoch (110 s)
+        assert (s.t_start, s.t_end) == (100.0, 200.0)
 
 
 def test_neither_units_nor_electrical_series(tmp_path):
