@@ -44,12 +44,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         warnings.showwarning = show
         if args.format == "session":
             from neurofm.data.ieeg import move_channels_to_behavior
+            from neurofm.data.session import add_cos_sin
 
-            if not args.behavior_channel:
-                raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior: give --behavior-channel "
-                                 "NAME[=as_name] (repeatable)")
-            out = move_channels_to_behavior(args.input, args.output, args.behavior_channel,
-                                            overwrite=not args.no_overwrite, rectify=args.rectify)
+            if not args.behavior_channel and not args.angle:
+                raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
+                                 "NAME[=as_name]) or adds an angle's cosine and sine (--angle NAME[=as_name]); "
+                                 "give one (each repeatable)")
+            if args.angle_unit and not args.angle:
+                raise ValueError("--angle-unit is the unit of the --angle behaviours: give --angle NAME too")
+            out, source = args.output, args.input
+            if args.behavior_channel:
+                out = move_channels_to_behavior(source, args.output, args.behavior_channel,
+                                                overwrite=not args.no_overwrite, rectify=args.rectify)
+                source = out
+            if args.angle:
+                out = add_cos_sin(source, args.output, args.angle, unit=args.angle_unit,
+                                  overwrite=not args.no_overwrite)
             print(f"wrote {out}")
             return 0
         if args.format == "nwb":
@@ -268,7 +278,8 @@ def _describe_test_variation(v: dict) -> list[str]:
                      f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
     if v["angle"]:
         lines.append(f"  angle      {v['name']} is in {v['unit']}: the regression head, ridge and R2 read it as a line "
-                     f"(359 and 1 degree far apart); decode its cosine and sine (a 2-column behaviour)")
+                     f"(359 and 1 degree far apart); decode its cosine and sine: `neurofm convert session FILE OUT.h5 "
+                     f"--angle {v['name']}` adds /behavior/{v['name']}_cos_sin")
     return lines
 
 
@@ -554,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("convert", help="convert a recording (NWB, or EDF/BrainVision/FIF/BIDS iEEG) to a session file")
     c.add_argument("format", choices=["nwb", "ieeg", "session"],
                    help="nwb: NWB 2 file (pynwb); ieeg: anything MNE reads; session: an existing session file, "
-                        "to move --behavior-channel channels to /behavior")
+                        "to move --behavior-channel channels to /behavior or add an --angle's cosine and sine")
     c.add_argument("input", help="NWB file, or anything MNE reads (a BIDS-iEEG file picks up its sidecars), or a "
                                  "session file (format session)")
     c.add_argument("output", help="session file to write (.h5)")
@@ -575,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --behavior-channel: store those channels full-wave rectified (|x|), so the mean over a "
                         "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "
                         "raw EMG, accelerometer or microphone channel, whose own segment mean is noise around 0")
+    c.add_argument("--angle", action="append", metavar="NAME[=as_name]",
+                   help="session: an angle behaviour (head direction, ...) gets its cosine and sine as the 2-column "
+                        "/behavior/<as_name> (default NAME_cos_sin; repeatable): a target, ridge and R2 then see 359 "
+                        "and 1 degree as neighbours. Radians or degrees from its unit attr (or --angle-unit)")
+    c.add_argument("--angle-unit", choices=["rad", "deg"], help="with --angle: the angles' unit, when the file's "
+                                                                "unit attr does not say")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.epilog = textwrap.fill(("iEEG events: annotations (or a BIDS events.tsv, which wins) go to /events/annotations, "
                               "one label each (`neurofm finetune --task classify --events annotations`); "

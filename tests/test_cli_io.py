@@ -223,3 +223,35 @@ def test_split_writes_intervals_used_by_time_block_split(tmp_path):
         set_intervals(path, {"test": [(90.0, 120.0)]}, overwrite=True)
     with Session(path) as s:  # the failed call left the file as it was
         assert s.intervals("test")["end"].tolist() == [59.0]
+
+
+def test_convert_session_angle_errors_and_degrees(tmp_path, capsys):
+    """`convert session --angle`: degrees from the unit attr (or --angle-unit), NaN kept, and
+    errors that name the field and the fix, writing nothing."""
+    src = tmp_path / "hd.h5"
+    ts = np.arange(0.0, 10.0, 0.02)
+    deg = np.mod(ts * 40.0, 360.0)
+    deg[5] = np.nan  # tracking lost
+    with SessionWriter(src, session_id="hd") as w:
+        w.add_units(["a", "b"])
+        w.add_spikes(np.array([1.0, 2.0, 3.0]), np.array([0, 1, 0]), t_start=0.0, t_end=10.0)
+        w.add_behavior("hd", ts, deg, unit="degrees")
+        w.add_behavior("hd_nounit", ts, deg)
+    out = tmp_path / "out.h5"
+    assert main(["convert", "session", str(src), str(out), "--angle", "hd=hd_cs"]) == 0
+    with Session(out) as s:
+        _, cs = s.behavior("hd_cs")
+        assert s.h5["behavior/hd_cs"].attrs["transform"] == "cosine and sine of /behavior/hd (degrees)"
+    expect = np.stack([np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))], 1)
+    np.testing.assert_allclose(cs, expect, atol=1e-6)
+    assert np.isnan(cs[5]).all()
+    capsys.readouterr()
+    bad = tmp_path / "bad.h5"
+    assert main(["convert", "session", str(src), str(bad), "--angle", "hd_nounit"]) == 2
+    err = capsys.readouterr().err
+    assert "hd.h5: /behavior/hd_nounit attrs unit: no unit: not an angle unit" in err and "--angle-unit" in err
+    assert main(["convert", "session", str(src), str(bad), "--angle", "speed"]) == 2
+    assert "/behavior/speed: missing" in capsys.readouterr().err and not bad.exists()
+    assert main(["convert", "session", str(src), str(bad), "--angle", "hd_nounit", "--angle-unit", "deg"]) == 0
+    with Session(bad) as s:
+        np.testing.assert_allclose(s.behavior("hd_nounit_cos_sin")[1], expect, atol=1e-6)

@@ -1491,3 +1491,62 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                 sub = g.create_group(name)
                 sub.create_dataset("start", data=arr[:, 0])
                 sub.create_dataset("end", data=arr[:, 1])
+
+
+#: ``unit`` attrs of an angle in radians / in degrees (a circular target that R2 and ridge read as a line)
+RADIAN_UNITS = ("rad", "rads", "radian", "radians")
+DEGREE_UNITS = ("deg", "degs", "degree", "degrees", "°")
+ANGLE_UNITS = RADIAN_UNITS + DEGREE_UNITS
+
+
+def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles, *, unit: str | None = None,
+                overwrite: bool = True) -> Path:
+    """Copy a session file with each angle behaviour's cosine and sine added; returns ``out_path``.
+
+    ``angles``: ``"NAME"`` or ``"NAME=as_name"`` per angle (head direction, a wheel's or a
+    grating's angle); ``/behavior/<as_name>`` (default ``<NAME>_cos_sin``) gets the same
+    timestamps and the values ``(cos, sin)`` as 2 columns, unitless (attrs ``source_behavior``,
+    ``transform``), so a decoder's target, its R2 and ridge see 359 and 1 degree as neighbours.
+    The angle's ``unit`` attr says radians or degrees (``unit`` overrides it; an angle without
+    one is an error naming the fix). NaN angles (tracking lost) stay NaN. Copied, edited and
+    renamed into place: ``in_path`` is never modified (``out_path`` may equal it).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    pairs = [str(a).split("=", 1) if "=" in str(a) else [str(a), f"{a}_cos_sin"] for a in angles]
+    if not pairs:
+        raise ValueError("add_cos_sin: name at least one angle behaviour")
+    if unit is not None and unit.strip().lower() not in ANGLE_UNITS:
+        raise SessionFormatError(in_path, "unit", f"{unit!r} is not an angle unit", "give rad or deg")
+    added = {}
+    with Session(in_path) as s:
+        for name, as_name in pairs:
+            if name not in s.behavior_names:
+                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
+                                         f"name an angle among the behaviours: {s.behavior_names}")
+            if as_name in s.behavior_names or as_name in added:
+                raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
+                                         "give the cosine and sine another name with NAME=as_name")
+            own = s.behavior_unit(name).strip()
+            u = (unit or own).strip().lower()
+            if u not in ANGLE_UNITS:
+                raise SessionFormatError(in_path, f"/behavior/{name} attrs unit",
+                                         f"{own or 'no unit'}: not an angle unit, so radians or degrees is unknown",
+                                         "give the unit (CLI --angle-unit rad|deg) if it is an angle")
+            ts, values = s.behavior(name)
+            if values.ndim != 1 and not (values.ndim == 2 and values.shape[1] == 1):
+                raise SessionFormatError(in_path, f"/behavior/{name}", f"has {values.shape[1]} columns, an angle one",
+                                         "name a one-column angle")
+            theta = np.asarray(values, np.float64).ravel() * (np.pi / 180.0 if u in DEGREE_UNITS else 1.0)
+            added[as_name] = (ts, np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32),
+                              {"unit": "", "source_behavior": name, "columns": "cos, sin",
+                               "transform": f"cosine and sine of /behavior/{name} ({u})"})
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:
+        shutil.copy2(in_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for as_name, (ts, values, attrs) in added.items():
+                g = f.require_group("behavior").create_group(as_name)
+                g.create_dataset("timestamps", data=ts, **_compression())
+                g.create_dataset("values", data=values, **_compression())
+                g.attrs.update(attrs)
+    return out_path

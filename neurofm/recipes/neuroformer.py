@@ -37,7 +37,7 @@ import torch
 
 from neurofm.atomic import atomic_write
 from neurofm.config import ConfigError, finetuning_run, from_dict
-from neurofm.data.session import Session, SessionWriter, mm_per_unit
+from neurofm.data.session import ANGLE_UNITS, Session, SessionWriter, mm_per_unit
 from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
@@ -644,7 +644,7 @@ def test_block_variation(cfg: RunConfig, session, skip: tuple[str, ...] = ()) ->
             continue
         f = {k: behavior_features(ts, vals, e - w, e) for k, e in ends.items()}
         train, test = (f[k]["mean"][f[k]["mask"]].astype(np.float64) for k in ("train", "test"))
-        angle = session.behavior_unit(name).strip().lower() in _ANGLE_UNITS
+        angle = session.behavior_unit(name).strip().lower() in ANGLE_UNITS
         if len(train) < 2:
             continue
         ratio = (variance_share(test, train) if len(test) else None) or 0.0
@@ -687,10 +687,6 @@ def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConf
     return dataclasses.replace(e, moving_behavior=lengths[0])
 
 
-#: ``unit`` attrs of an angle: a circular target that R2 and ridge read as a line
-_ANGLE_UNITS = ("rad", "rads", "radian", "radians", "deg", "degree", "degrees")
-
-
 def _warn_if_angle(name: str, paths: list[str]) -> None:
     """Warn when ``/behavior/<name>`` is an angle (its ``unit``, e.g. head direction in radians):
     a regression head, ridge and R2 treat it as a line, so 359 and 1 degree read as far apart.
@@ -700,11 +696,11 @@ def _warn_if_angle(name: str, paths: list[str]) -> None:
             if name not in s.behavior_names:
                 continue
             unit = s.behavior_unit(name).strip()
-            if unit.lower() in _ANGLE_UNITS:
+            if unit.lower() in ANGLE_UNITS:
                 warnings.warn(f"{name} in {path} is an angle ({unit}): the regression head, ridge and R2 read it as a "
                               f"line, so values either side of the wrap (e.g. 359 and 1 degree) count as far apart; "
-                              f"decode its cosine and sine instead (a 2-column /behavior written with "
-                              f"SessionWriter.add_behavior)", stacklevel=3)
+                              f"decode its cosine and sine instead: `neurofm convert session {path} OUT.h5 --angle "
+                              f"{name}` adds /behavior/{name}_cos_sin", stacklevel=3)
                 return
 
 
@@ -712,11 +708,12 @@ def angle_limitation(name: str, unit: str) -> str | None:
     """The limitation a run on an angle target carries in metrics.json and the model card (the
     warning before training went only to stderr: a head-direction run's card showed R2 0.76 "beating"
     ridge with no word that both read radians as a line)."""
-    if unit.strip().lower() not in _ANGLE_UNITS:
+    if unit.strip().lower() not in ANGLE_UNITS:
         return None
     return (f"{name} is an angle ({unit.strip()}): the model, every baseline and R2 read it as a line, so values "
             f"either side of the wrap (e.g. 359 and 1 degree) count as far apart and these R2s are not angular "
-            f"errors; decode its cosine and sine (a 2-column behaviour) for a circular target")
+            f"errors; for a circular target decode its cosine and sine (`neurofm convert session IN.h5 OUT.h5 --angle "
+            f"{name}` adds /behavior/{name}_cos_sin)")
 
 
 def check_test_target(cfg: RunConfig) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -360,8 +361,26 @@ def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_pa
                                           eval={"score_when": "all"})).eval.score_when == "all"
     # an angle target is decoded as a line: warned before training
     hd_cfg = recipe.resolve_scoring(_config([led], model=hd, data={"sessions": [str(led)], "behavior": ["head_direction"]}))
-    with pytest.warns(UserWarning, match=r"head_direction in .*led.h5 is an angle \(radians\).*cosine and sine"):
+    with pytest.warns(UserWarning, match=r"head_direction in .*led.h5 is an angle \(radians\).*cosine and sine"
+                                         r".*neurofm convert session .*led.h5 OUT.h5 --angle head_direction"):
         recipe.check_test_target(hd_cfg)
+    # the fix it names: a 2-column, unitless target with no angle warning
+    from neurofm import cli
+
+    assert cli.main(["convert", "session", str(led), str(tmp_path / "cs.h5"), "--angle", "head_direction"]) == 0
+    with Session(led) as a, Session(tmp_path / "cs.h5") as b:
+        (ta, theta), (tb, cs) = a.behavior("head_direction"), b.behavior("head_direction_cos_sin")
+        assert b.behavior_unit("head_direction_cos_sin") == "" and b.h5.attrs["t_end"] == a.h5.attrs["t_end"]
+    np.testing.assert_array_equal(ta, tb)
+    np.testing.assert_allclose(cs, np.stack([np.cos(theta), np.sin(theta)], 1), atol=1e-6)
+    cs_model = {"behavior": [{"name": "head_direction_cos_sin", "dim": 2, "task": "regression", "target": True}]}
+    cs_cfg = recipe.resolve_scoring(_config([tmp_path / "cs.h5"], model=cs_model, data={
+        "sessions": [str(tmp_path / "cs.h5")], "behavior": ["head_direction_cos_sin"]}))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        recipe.check_test_target(cs_cfg)
+    assert not [w for w in said if "is an angle" in str(w.message)]
+    assert recipe.angle_limitation("head_direction_cos_sin", "") is None
     # neurofm inspect's test-block check finds the same position
     with Session(led) as s:
         motion = recipe.test_block_motion(_config([led]), s)
