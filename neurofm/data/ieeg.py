@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -175,6 +176,10 @@ def convert_ieeg(
                            moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
     breaks = _discontinuities(raw, in_path)
+    pauses, edf_breaks = _edf_plus_d(in_path, raw), np.zeros(0)
+    if pauses is not None:  # EDF+D: records are not back to back in time; MNE reads them as if they were
+        onset, duration, label, breaks, edf_breaks = _onto_sample_clock(pauses, raw, side, onset, duration, label,
+                                                                        breaks, in_path)
     label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
     onset, duration, label = onset[is_event], duration[is_event], label[is_event]
     events_source = events_source if onset.size else ""
@@ -206,7 +211,8 @@ def convert_ieeg(
                 w.add_behavior(as_name, times, np.abs(values) if rectify_behavior else values, unit=unit,
                                source_channel=names[i], rectified=bool(rectify_behavior))
             if breaks.size:
-                w.add_intervals(DISCONTINUITIES, breaks, breaks, label=np.full(breaks.size, "New Segment", dtype=object))
+                why = np.where(np.isin(breaks, edf_breaks), "EDF+D pause", "New Segment").astype(object)
+                w.add_intervals(DISCONTINUITIES, breaks, breaks, label=why)
             if onset.size:
                 w.add_events("annotations", onset, duration, label)
                 is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
@@ -714,6 +720,111 @@ def _discontinuities(raw, in_path: Path) -> np.ndarray:
                       f"Written to /intervals/{DISCONTINUITIES}; neurofm's windows and segments never span one "
                       f"(each piece is used on its own)", stacklevel=3)
     return t
+
+
+class _RecordClock:
+    """An EDF+D file's data records on two clocks: ``real`` (s from the header's start time, each
+    record's time-keeping TAL) and the sample clock MNE reads them on (``k * record_s``, back to
+    back), with the file's own annotations on the real clock."""
+
+    def __init__(self, real: np.ndarray, record_s: float, tol: float, annotations):
+        self.real, self.record_s, self.tol = real, record_s, tol
+        self.annotations = annotations  # (onset s real clock, duration s, text) of the file's TALs
+
+    def joins(self) -> np.ndarray:
+        """Indices k of the records that start later than the previous one ends (a pause before k)."""
+        return np.flatnonzero(np.diff(self.real) > self.record_s + self.tol) + 1
+
+    def to_samples(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Real-clock times -> ``(sample-clock times, inside)``; ``inside`` False for a time in a pause
+        (or before the first record)."""
+        t = np.asarray(t, dtype=np.float64)
+        k = np.searchsorted(self.real, t + self.tol, side="right") - 1
+        kk = np.clip(k, 0, self.real.size - 1)
+        into = t - self.real[kk]
+        inside = (k >= 0) & (into < self.record_s + self.tol)
+        return kk * self.record_s + np.clip(into, 0.0, None), inside
+
+
+_TAL = re.compile(rb"([+-]\d+(?:\.\d*)?)(?:\x15(\d+(?:\.\d*)?))?\x14(.*?)\x00", re.S)
+
+
+def _edf_plus_d(in_path: Path, raw) -> _RecordClock | None:
+    """The record clock of an EDF+D / BDF+D (discontinuous) file, else None.
+
+    MNE (1.13) reads an EDF+D file's records back to back and places its annotations on their
+    real-clock onsets, so after a pause every annotation lands the pause's length late (and those
+    past the end are dropped): events labelled with the wrong brain signal. The header's reserved
+    field says ``EDF+D``; each record's first TAL in the ``EDF Annotations`` signal gives its start.
+    """
+    if in_path.suffix.lower() not in (".edf", ".bdf"):
+        return None
+    with open(in_path, "rb") as f:
+        head = f.read(256)
+        if head[192:197].upper() not in (b"EDF+D", b"BDF+D"):
+            return None
+        fix = "export the recording again as EDF+C, or as one file per continuous piece"
+        try:
+            n_rec, record_s, ns = int(head[236:244]), float(head[244:252]), int(head[252:256])
+            labels = [f.read(16).decode("latin-1").strip() for _ in range(ns)]
+            f.seek(256 + ns * 216)
+            n_samp = [int(f.read(8)) for _ in range(ns)]
+        except ValueError as e:
+            raise ConvertError(in_path, "EDF header", f"EDF+D header unreadable ({e})", fix) from None
+        if "EDF Annotations" not in labels or record_s <= 0:
+            raise ConvertError(in_path, "EDF Annotations", "an EDF+D file without an 'EDF Annotations' signal "
+                               "(or with 0 s records) does not say when each record starts", fix)
+        width = 3 if in_path.suffix.lower() == ".bdf" else 2
+        a = labels.index("EDF Annotations")
+        rec_bytes, a0, a1 = sum(n_samp) * width, sum(n_samp[:a]) * width, sum(n_samp[: a + 1]) * width
+    data = np.memmap(in_path, dtype=np.uint8, mode="r", offset=256 * (ns + 1), shape=(n_rec, rec_bytes))
+    real = np.empty(n_rec)
+    annotations = []
+    for k in range(n_rec):
+        tals = _TAL.findall(bytes(data[k, a0:a1]))
+        if not tals:
+            raise ConvertError(in_path, "EDF Annotations", f"data record {k} has no time-keeping annotation "
+                               "(EDF+D: the start of every record)", fix)
+        real[k] = float(tals[0][0])
+        for onset, dur, texts in tals:
+            for text in texts.split(b"\x14"):
+                if text:
+                    annotations.append((float(onset), float(dur or 0.0), text.decode("utf-8", "replace")))
+    del data
+    tol = 0.5 / float(raw.info["sfreq"])
+    if np.any(np.diff(real) < record_s - tol):
+        raise ConvertError(in_path, "EDF Annotations", "data records overlap in time or go back (record starts "
+                           f"{real[:5].tolist()} ... with {record_s:g} s records)", fix)
+    return _RecordClock(real - real[0], record_s, tol, annotations)
+
+
+def _onto_sample_clock(clock: _RecordClock, raw, side, onset, duration, label, breaks, in_path: Path):
+    """Mark an EDF+D file's pauses in /intervals/discontinuities and move its events from the
+    real clock onto the sample clock /continuous is written on; events in a pause are dropped."""
+    first = float(raw.first_time)
+    joins = clock.joins()
+    if side.get("events") is None:  # the file's own annotations: every one, on the real clock
+        t0 = clock.real[0]
+        real_onset = np.asarray([x[0] for x in clock.annotations], dtype=np.float64) - t0
+        duration = np.asarray([x[1] for x in clock.annotations], dtype=np.float64)
+        label = np.asarray([x[2] for x in clock.annotations], dtype=object)
+    else:  # a BIDS events.tsv: onsets are time since the first sample, on the real clock too
+        real_onset = np.asarray(onset, dtype=np.float64) - first
+    t, inside = clock.to_samples(real_onset)
+    if not joins.size:
+        return onset, duration, label, breaks, np.zeros(0)
+    at = joins * clock.record_s + first
+    pauses = clock.real[joins] - clock.real[joins - 1] - clock.record_s
+    lost = [f"{lab!r} at {o:.3f} s" for o, lab, ok in zip(real_onset, label, inside) if not ok]
+    shown = ", ".join(f"{x:.3f} s ({p:g} s pause)" for x, p in zip(at[:10], pauses[:10]))
+    warnings.warn(f"{in_path}: EDF+D (discontinuous): the recording pauses {joins.size} time(s), at t = {shown} "
+                  f"on the sample clock; MNE reads the records back to back, and so does /continuous. Written to "
+                  f"/intervals/{DISCONTINUITIES} (no window or segment spans one); the events are moved from "
+                  f"the real clock onto the sample clock (onset minus the pauses before it)"
+                  + (f"; {len(lost)} event(s) inside a pause dropped: {', '.join(lost[:5])}"
+                     + (f" and {len(lost) - 5} more" if len(lost) > 5 else "") if lost else ""), stacklevel=3)
+    return (t[inside] + first, np.asarray(duration)[inside], np.asarray(label, dtype=object)[inside],
+            np.union1d(breaks, at), at)
 
 
 def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:

@@ -783,3 +783,67 @@ def test_segments_overlapping_a_bad_annotation_are_never_read(tmp_path):
     assert np.any(starts < 3.0) and np.any((starts >= 4.5) & (starts < 7.2)) and np.any(starts >= 8.2)
     whole = IEEGSegmentDataset([tmp_path / "s.h5"], seg, split=None)
     assert len(whole) == 20 - 2 - 2  # 20 one-second segments, less the 2 + 2 that touch a bad span
+
+
+def write_edf_plus_d(path: Path, data_uv: np.ndarray, names, record_starts, annotations, sfreq=SR) -> Path:
+    """An EDF+D file written by hand: one-second records starting at ``record_starts`` (s, the
+    real clock; a jump is a pause), an ``EDF Annotations`` signal holding each record's
+    time-keeping TAL and ``annotations`` ``[(onset s real clock, text), ...]``."""
+    n_t, n_ch = data_uv.shape
+    per_record, ann_samples = int(sfreq), 60
+    n_rec = len(record_starts)
+    assert n_t >= n_rec * per_record
+    pmin, pmax, dmin, dmax = -3276.8, 3276.7, -32768, 32767
+    digital = np.round((data_uv[: n_rec * per_record] - pmin) / (pmax - pmin) * (dmax - dmin) + dmin).astype("<i2")
+    labels, ns = list(names) + ["EDF Annotations"], n_ch + 1
+
+    def field(values, width):
+        return "".join(f"{v:<{width}}"[:width] for v in values)
+
+    header = (f"{'0':<8}{'X X X X':<80}{'Startdate 01-JAN-2020 X X X':<80}{'01.01.20':<8}{'00.00.00':<8}"
+              f"{256 * (ns + 1):<8}{'EDF+D':<44}{n_rec:<8}{1:<8}{ns:<4}")
+    header += (field(labels, 16) + field([""] * ns, 80) + field(["uV"] * n_ch + [""], 8)
+               + field([pmin] * n_ch + [-1], 8) + field([pmax] * n_ch + [1], 8) + field([dmin] * ns, 8)
+               + field([dmax] * ns, 8) + field([""] * ns, 80) + field([per_record] * n_ch + [ann_samples], 8)
+               + field([""] * ns, 32))
+    body = b""
+    home = [next(k for k, st in enumerate(record_starts) if o < st + 1) for o, _ in annotations]  # a pause's: the next record
+    for k, start in enumerate(record_starts):
+        tal = f"+{start:g}\x14\x14\x00".encode()
+        tal += b"".join(f"+{o:g}\x14{text}\x14\x00".encode() for (o, text), h in zip(annotations, home) if h == k)
+        body += digital[k * per_record:(k + 1) * per_record].T.tobytes() + tal.ljust(2 * ann_samples, b"\x00")
+    path.write_bytes(header.encode("ascii") + body)
+    return path
+
+
+def test_edf_plus_d_pause_is_a_discontinuity_and_events_stay_on_their_samples(tmp_path):
+    """An EDF+D file whose recording paused for 30 s after 10 s: MNE reads the records back to
+    back (the sample clock) but places annotations on the real clock, so every event after the
+    pause would land 30 s late and those past the end would vanish. convert names the pause,
+    writes /intervals/discontinuities there, and moves each event onto the sample its record
+    holds (an event inside the pause is dropped, named); no default segment spans the pause."""
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+    from neurofm.data.session import DISCONTINUITIES
+
+    starts = list(range(10)) + [40 + k for k in range(10)]  # 20 one-second records, 30 s pause after 10 s
+    ann = [(2.5, "tone"), (9.25, "picture"), (25.0, "lost"), (41.5, "tone"), (49.0, "Seizure onset")]
+    edf = write_edf_plus_d(tmp_path / "rec.edf", signal(n_t=4000), NAMES, starts, ann)
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    with pytest.warns(UserWarning, match=r"EDF\+D \(discontinuous\).*1 time\(s\), at t = 10\.000 s \(30 s pause\)"
+                                         r".*1 event\(s\) inside a pause dropped: 'lost' at 25\.000 s"):
+        convert_ieeg(edf, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        assert list(ev["label"]) == ["tone", "picture", "tone", "Seizure onset"]
+        np.testing.assert_allclose(ev["onset"], [2.5, 9.25, 11.5, 19.0])  # the sample clock
+        gap = s.intervals(DISCONTINUITIES)
+        np.testing.assert_allclose(gap["start"], [10.0])
+        assert list(gap["label"]) == ["EDF+D pause"]
+    ds = IEEGSegmentDataset([tmp_path / "s.h5"], IEEGSegmenter(segment_s=3.0, n_patches=10), split="train")
+    seg = np.asarray([ds.index.locate(i)[1] for i in range(len(ds))])
+    assert len(seg) and not np.any((seg < 10.0) & (seg + 3.0 > 10.0))
+    # an EDF+C (or plain EDF) file is read as before: no discontinuity
+    convert_ieeg(write_edf(tmp_path / "c.edf", signal(n_t=4000), NAMES), tmp_path / "c.h5")
+    with Session(tmp_path / "c.h5") as s:
+        assert DISCONTINUITIES not in s.interval_names
