@@ -499,6 +499,21 @@ def _match(channel_names: list[str], other: list[str]) -> np.ndarray:
     return np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
 
 
+def _bipolar_rows(names: list[str], electrodes: list[str], row: np.ndarray, neural: np.ndarray) -> np.ndarray:
+    """``(C, 2)`` electrode rows of the two contacts of each bipolar channel (``"LA1-LA2"``, a
+    clinical bipolar montage) that has no row of its own but whose two contacts have one;
+    ``-1`` elsewhere."""
+    out = np.full((len(names), 2), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        parts = name.split("-")
+        if row[i] >= 0 or not neural[i] or len(parts) != 2 or not all(p.strip() for p in parts):
+            continue
+        ab = _match([p.strip() for p in parts], electrodes)
+        if (ab >= 0).all() and ab[0] != ab[1]:
+            out[i] = ab
+    return out
+
+
 def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> tuple[np.ndarray, str, float]:
     """Electrode coordinates in mm, the coordinate space's name and the mm per file unit used."""
     space = "unknown"
@@ -656,22 +671,35 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
                                f"{in_path} (electrodes e.g. {el['names'][:4]}, channels e.g. {names[:4]})",
                                "rename the electrodes to the recording's channel names, or pass the electrodes file "
                                "that belongs to this recording (--electrodes)")
+        pair = _bipolar_rows(names, el["names"], row, neural)  # (C, 2): "LA1-LA2" -> rows of LA1, LA2
+        is_pair = pair[:, 0] >= 0
         used = np.zeros(len(el["names"]), dtype=bool)
         used[row[has]] = True
+        used[pair[is_pair].ravel()] = True
+        has_any = has | is_pair
         used[[r for r in _match(list(moved), el["names"]) if r >= 0]] = True  # rows of /behavior channels
-        if (neural & ~has).any() or (~used).any():
+        if (neural & ~has_any).any() or (~used).any():
             extra = [el["names"][i] for i in np.nonzero(~used)[0][:4]]
-            missing = [names[i] for i in np.nonzero(neural & ~has)[0][:4]]
+            missing = [names[i] for i in np.nonzero(neural & ~has_any)[0][:4]]
             warnings.warn(f"{epath}: {int((~used).sum())} of {len(used)} electrodes match no channel of {in_path}"
                           + (f" (e.g. {extra})" if extra else "")
-                          + f"; {int((neural & ~has).sum())} of {int(neural.sum())} neural channels have no electrode row"
+                          + f"; {int((neural & ~has_any).sum())} of {int(neural.sum())} neural channels have no electrode row"
                           + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
                           stacklevel=3)
         mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
         xyz[has] = mm[row[has]]
-        check_brain_coordinates(xyz[has], scale, epath, "x, y, z", stacklevel=4)
+        xyz[is_pair] = mm[pair[is_pair]].mean(axis=1)  # a bipolar derivation sits between its two contacts
+        check_brain_coordinates(xyz[has_any], scale, epath, "x, y, z", stacklevel=4)
         for atlas, labels in el["regions"].items():
-            regions[atlas] = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
+            one = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
+            a, b = labels[np.maximum(pair[:, 0], 0)], labels[np.maximum(pair[:, 1], 0)]
+            regions[atlas] = np.where(is_pair & (a == b), a, one).astype(object)
+        if is_pair.any():
+            shown = [names[i] for i in np.flatnonzero(is_pair)]
+            warnings.warn(f"{epath}: {len(shown)} bipolar channel(s) ({', '.join(shown[:6])}"
+                          f"{' ...' if len(shown) > 6 else ''}) have no row of their own: each is placed at the "
+                          f"midpoint of its two contacts' rows, with their atlas label where both share it (else "
+                          f"unknown). Give the channel a row of its own to place it otherwise", stacklevel=3)
     else:
         locs = np.asarray([ch["loc"][:3] for ch in raw.info["chs"]], dtype=np.float64)  # metres, MNE always
         known = np.isfinite(locs).all(axis=1) & (np.abs(locs).sum(axis=1) > 0)
@@ -828,22 +856,57 @@ def _onto_sample_clock(clock: _RecordClock, raw, side, onset, duration, label, b
 
 
 def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:
-    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them."""
+    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them.
+
+    Per channel, the extremes and how many samples sit on them are counted on the way: a channel
+    holding one value throughout (disconnected, or zeroed by the system) is marked bad with a
+    warning; neural channels that sit on their own extreme for over 1% of the samples, in runs of
+    three or more equal samples (an amplifier or ADC rail: a continuous signal, even a pure sine,
+    passes its extreme instead of staying there), are named.
+    """
     from mne.io.constants import FIFF
 
     n_ch, n = len(names), raw.n_times
     to_uv = np.asarray([1e6 if ch["unit"] == FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])  # (C,)
     rows = max(1, BLOCK_VALUES // max(n_ch, 1))
+    lo, hi = np.full(n_ch, np.inf), np.full(n_ch, -np.inf)
+    n_lo, n_hi = np.zeros(n_ch, np.int64), np.zeros(n_ch, np.int64)
     for i0 in range(0, n, rows):
         block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
         if i0 == 0:
             w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
                              nan_policy=nan_policy, channel_names=names)
-            w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
-                           bad=table["bad"], coordinate_space=table["coordinate_space"], types=table["types"])
         else:
             w.append_continuous(block)
+        with np.errstate(invalid="ignore"):
+            for ext, cnt, pick, better in ((lo, n_lo, np.nanmin, np.less), (hi, n_hi, np.nanmax, np.greater)):
+                b = pick(np.where(np.isfinite(block), block, np.nan), axis=0) if block.size else ext
+                on = block == b  # (T, C); a rail holds: count the samples with the two before on it too
+                at = (on[2:] & on[1:-1] & on[:-2]).sum(axis=0)
+                new, same = better(b, ext), b == ext
+                cnt[new], cnt[same] = at[new], cnt[same] + at[same]
+                ext[new] = b[new]
+    types = np.asarray(table["types"], dtype=object)
+    neural = ~np.isin(np.char.lower(types.astype(str)), list(NON_NEURAL_TYPES))
+    flat = neural & (lo == hi)
+    bad = np.asarray(table["bad"], dtype=bool) | flat
+    if flat.any():
+        which = [names[i] for i in np.flatnonzero(flat)]
+        warnings.warn(f"{in_path}: /channels/bad: {flat.sum()} channel(s) hold one value throughout "
+                      f"({', '.join(which[:10])}{' ...' if len(which) > 10 else ''} = {lo[flat][0]:g} uV): "
+                      f"disconnected or zeroed, so marked bad (the model and the baselines leave them out)",
+                      stacklevel=3)
+    rail = neural & ~flat & (np.maximum(n_lo, n_hi) > 0.01 * n)
+    if rail.any():
+        shown = ", ".join(f"{names[i]} {100 * (n_lo[i] + n_hi[i]) / n:.0f}% at {lo[i]:g} or {hi[i]:g}"
+                          for i in np.flatnonzero(rail)[:10])
+        warnings.warn(f"{in_path}: {rail.sum()} channel(s) sit on their own extreme value, 3 or more samples in a row, for over 1% of the samples "
+                      f"({shown}): clipped at the amplifier's or converter's range, whose segments carry no signal "
+                      f"there. Kept; to leave one out, give a channels.tsv with status 'bad' for it (CLI --channels)",
+                      stacklevel=3)
+    w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
+                   bad=bad, coordinate_space=table["coordinate_space"], types=table["types"])
 
 
 # -- channels that record behaviour --------------------------------------------------------------

@@ -4,6 +4,7 @@ test, a BIDS-iEEG dataset in tmp_path, and the real sample_seeg recording."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -847,3 +848,43 @@ def test_edf_plus_d_pause_is_a_discontinuity_and_events_stay_on_their_samples(tm
     convert_ieeg(write_edf(tmp_path / "c.edf", signal(n_t=4000), NAMES), tmp_path / "c.h5")
     with Session(tmp_path / "c.h5") as s:
         assert DISCONTINUITIES not in s.interval_names
+
+
+def test_a_flat_channel_is_marked_bad_and_a_clipped_one_is_named(tmp_path):
+    """A disconnected contact (one value throughout) is marked bad with a warning naming it; a
+    contact on the converter's rail for 30% of the samples is named with its share and the
+    channels.tsv fix, and kept; a healthy channel is neither."""
+    x = signal(n_t=2000) + np.random.default_rng(0).normal(0.0, 2.0, (2000, 4)).astype(np.float32)  # with noise, as recorded
+    x[:, 1] = 0.0  # A2 disconnected
+    x[:, 2] = np.clip(x[:, 2] * 40.0, -1000.0, 1000.0)  # B1: a sine of +-2000 uV clipped at +-1000 uV
+    edf = write_edf(tmp_path / "rec.edf", x, NAMES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "s.h5")
+    text = " ".join(str(m.message) for m in caught)
+    assert re.search(r"/channels/bad: 1 channel\(s\) hold one value throughout \(A2 = ", text)
+    assert re.search(r"1 channel\(s\) sit on their own extreme value, 3 or more samples in a row, for over 1% of the samples \(B1 \d+% at "
+                     r"-1000 or 1000\).*channels\.tsv with status 'bad'", text)
+    with Session(tmp_path / "s.h5") as s:
+        assert s.channels().bad.tolist() == [False, True, False, False]
+
+
+def test_bipolar_channels_sit_between_their_two_contacts(tmp_path):
+    """A clinical bipolar montage ("A1-A2") with an electrodes.tsv of single contacts: each
+    derivation is placed at the midpoint of its contacts (atlas label where both share it, else
+    unknown), named in one warning; the contacts are not reported as matching no channel."""
+    names = ["A1-A2", "A2-B1", "B1-B2", "A1"]
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    edf = write_edf(tmp_path / "rec.edf", signal(), names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    text = " ".join(str(m.message) for m in caught)
+    assert "3 bipolar channel(s) (A1-A2, A2-B1, B1-B2) have no row of their own: each is placed at the midpoint" in text
+    assert "match no channel" not in text and "have no electrode row" not in text
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+    np.testing.assert_allclose(ch.xyz[:2], [[10.5, 20.5, 30.5], [3.0, 11.5, 17.0]])
+    assert np.isnan(ch.xyz[2]).all()  # B2's row has no position: B1-B2's stays unknown
+    np.testing.assert_allclose(ch.xyz[3], [10, 20, 30])
+    assert ch.regions["desikan-killiany"].tolist() == ["", "", "", "ctx-lh-superiorfrontal"]
