@@ -268,8 +268,8 @@ def _read_raw(mne, in_path: Path):
         _check_edf_size(in_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            raw = mne.io.read_raw(in_path, preload=False, verbose="error")
+        try:  # verbose="warning": MNE's warnings arrive here (recorded, not printed), checked below
+            raw = mne.io.read_raw(in_path, preload=False, verbose="warning")
         except Exception as e:
             raise ConvertError(in_path, "header", f"MNE cannot read it: {type(e).__name__}: {e}",
                                "the file is truncated, damaged or not a format MNE reads "
@@ -279,6 +279,11 @@ def _read_raw(mne, in_path: Path):
         if "Invalid tag" in text or "truncat" in text.lower():
             raise ConvertError(in_path, "data", f"MNE reports a damaged file: {text}",
                                "the file is truncated: copy or export it again")
+        if text.startswith("Omitted") and "outside data range" in text:  # MNE drops them without a word at "error"
+            warnings.warn(f"{in_path}: annotations: {text.split(' that')[0].replace('Omitted', 'MNE dropped')} that "
+                          f"fall outside the recording's samples; their events are not in /events. Check that the "
+                          f"annotations belong to this recording (a recording cut short, an export of part of a "
+                          f"session, a clock offset)", stacklevel=3)
     if raw.n_times == 0:
         raise ConvertError(in_path, "data", "holds no samples", "convert a recording with data in it")
     return raw

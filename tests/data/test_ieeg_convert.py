@@ -786,7 +786,8 @@ def test_segments_overlapping_a_bad_annotation_are_never_read(tmp_path):
     assert len(whole) == 20 - 2 - 2  # 20 one-second segments, less the 2 + 2 that touch a bad span
 
 
-def write_edf_plus_d(path: Path, data_uv: np.ndarray, names, record_starts, annotations, sfreq=SR) -> Path:
+def write_edf_plus_d(path: Path, data_uv: np.ndarray, names, record_starts, annotations, sfreq=SR,
+                     kind="EDF+D") -> Path:
     """An EDF+D file written by hand: one-second records starting at ``record_starts`` (s, the
     real clock; a jump is a pause), an ``EDF Annotations`` signal holding each record's
     time-keeping TAL and ``annotations`` ``[(onset s real clock, text), ...]``."""
@@ -802,13 +803,14 @@ def write_edf_plus_d(path: Path, data_uv: np.ndarray, names, record_starts, anno
         return "".join(f"{v:<{width}}"[:width] for v in values)
 
     header = (f"{'0':<8}{'X X X X':<80}{'Startdate 01-JAN-2020 X X X':<80}{'01.01.20':<8}{'00.00.00':<8}"
-              f"{256 * (ns + 1):<8}{'EDF+D':<44}{n_rec:<8}{1:<8}{ns:<4}")
+              f"{256 * (ns + 1):<8}{kind:<44}{n_rec:<8}{1:<8}{ns:<4}")
     header += (field(labels, 16) + field([""] * ns, 80) + field(["uV"] * n_ch + [""], 8)
                + field([pmin] * n_ch + [-1], 8) + field([pmax] * n_ch + [1], 8) + field([dmin] * ns, 8)
                + field([dmax] * ns, 8) + field([""] * ns, 80) + field([per_record] * n_ch + [ann_samples], 8)
                + field([""] * ns, 32))
     body = b""
-    home = [next(k for k, st in enumerate(record_starts) if o < st + 1) for o, _ in annotations]  # a pause's: the next record
+    home = [next((k for k, st in enumerate(record_starts) if o < st + 1), n_rec - 1)  # a pause's: the next record
+            for o, _ in annotations]
     for k, start in enumerate(record_starts):
         tal = f"+{start:g}\x14\x14\x00".encode()
         tal += b"".join(f"+{o:g}\x14{text}\x14\x00".encode() for (o, text), h in zip(annotations, home) if h == k)
@@ -888,3 +890,15 @@ def test_bipolar_channels_sit_between_their_two_contacts(tmp_path):
     assert np.isnan(ch.xyz[2]).all()  # B2's row has no position: B1-B2's stays unknown
     np.testing.assert_allclose(ch.xyz[3], [10, 20, 30])
     assert ch.regions["desikan-killiany"].tolist() == ["", "", "", "ctx-lh-superiorfrontal"]
+
+
+def test_annotations_past_the_end_of_the_recording_are_named(tmp_path):
+    """An EDF+C whose annotations run past its last sample (an export of part of a session): MNE
+    drops them and said nothing (read at verbose 'error'); convert now warns with the count."""
+    ann = [(2.5, "tone"), (30.0, "after the end"), (31.0, "after the end")]
+    edf = write_edf_plus_d(tmp_path / "rec.edf", signal(n_t=2000), NAMES, list(range(10)), ann, kind="EDF+C")
+    with pytest.warns(UserWarning, match=r"rec\.edf: annotations: MNE dropped 2 annotation\(s\) that fall outside the "
+                                         r"recording's samples"):
+        convert_ieeg(edf, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        assert list(s.events("annotations")["label"]) == ["tone"]
