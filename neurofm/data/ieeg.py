@@ -825,6 +825,8 @@ def _edf_plus_d(in_path: Path, raw) -> _RecordClock | None:
                     annotations.append((float(onset), float(dur or 0.0), text.decode("utf-8", "replace")))
     del data
     tol = 0.5 / float(raw.info["sfreq"])
+    if abs(raw.n_times - n_rec * record_s * float(raw.info["sfreq"])) > 0.5:
+        return None  # this MNE did not read the records back to back (it handles the pauses itself)
     if np.any(np.diff(real) < record_s - tol):
         raise ConvertError(in_path, "EDF Annotations", "data records overlap in time or go back (record starts "
                            f"{real[:5].tolist()} ... with {record_s:g} s records)", fix)
