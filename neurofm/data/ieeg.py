@@ -155,7 +155,7 @@ def convert_ieeg(
     for given in (electrodes, channels_tsv):
         if given is not None and not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such sidecar file (check the path)")
-    raw = _read_raw(mne, in_path)
+    raw, dropped = _read_raw(mne, in_path)
     side = find_sidecars(in_path)
     if electrodes is not None:
         side["electrodes"] = Path(electrodes)
@@ -180,6 +180,10 @@ def convert_ieeg(
     if pauses is not None:  # EDF+D: records are not back to back in time; MNE reads them as if they were
         onset, duration, label, breaks, edf_breaks = _onto_sample_clock(pauses, raw, side, onset, duration, label,
                                                                         breaks, in_path)
+    if dropped and side.get("events") is None and (pauses is None or not pauses.joins().size):
+        warnings.warn(f"{in_path}: annotations: {dropped} that fall outside the recording's samples; their events "
+                      f"are not in /events. Check that the annotations belong to this recording (a recording cut "
+                      f"short, an export of part of a session, a clock offset)", stacklevel=2)
     label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
     onset, duration, label = onset[is_event], duration[is_event], label[is_event]
     events_source = events_source if onset.size else ""
@@ -263,7 +267,9 @@ def _refuse_directory(in_path: Path) -> None:
 
 
 def _read_raw(mne, in_path: Path):
-    """Open lazily (preload=False); truncation MNE would paper over becomes an error."""
+    """Open lazily (preload=False); truncation MNE would paper over becomes an error. Returns
+    ``(raw, dropped)``: ``dropped`` says how many annotations MNE left out as outside the
+    samples ("" when none)."""
     if in_path.suffix.lower() in (".edf", ".bdf"):
         _check_edf_size(in_path)
     with warnings.catch_warnings(record=True) as caught:
@@ -274,19 +280,17 @@ def _read_raw(mne, in_path: Path):
             raise ConvertError(in_path, "header", f"MNE cannot read it: {type(e).__name__}: {e}",
                                "the file is truncated, damaged or not a format MNE reads "
                                "(EDF, BDF, BrainVision .vhdr, FIF, EEGLAB .set, ...)") from None
+    dropped = ""
     for wm in caught:
         text = str(wm.message)
         if "Invalid tag" in text or "truncat" in text.lower():
             raise ConvertError(in_path, "data", f"MNE reports a damaged file: {text}",
                                "the file is truncated: copy or export it again")
         if text.startswith("Omitted") and "outside data range" in text:  # MNE drops them without a word at "error"
-            warnings.warn(f"{in_path}: annotations: {text.split(' that')[0].replace('Omitted', 'MNE dropped')} that "
-                          f"fall outside the recording's samples; their events are not in /events. Check that the "
-                          f"annotations belong to this recording (a recording cut short, an export of part of a "
-                          f"session, a clock offset)", stacklevel=3)
+            dropped = text.split(" that")[0].replace("Omitted", "MNE dropped")  # said by convert_ieeg
     if raw.n_times == 0:
         raise ConvertError(in_path, "data", "holds no samples", "convert a recording with data in it")
-    return raw
+    return raw, dropped
 
 
 def _check_edf_size(path: Path) -> None:
@@ -504,6 +508,22 @@ def _match(channel_names: list[str], other: list[str]) -> np.ndarray:
     return np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
 
 
+def _check_not_too_close(xyz_mm: np.ndarray, scale: float, path: Path) -> None:
+    """Warn when every known electrode lies within 1 mm of the origin (the rule that infers metres
+    when no unit is given): intracranial contacts are millimetres apart, so these are metres (or
+    cm) read as millimetres, and every channel would share one position."""
+    finite = np.abs(xyz_mm[np.isfinite(xyz_mm).all(axis=1)])
+    if len(finite) < 2 or finite.max() >= 1.0:
+        return
+    biggest = float(finite.max())
+    fits = [u for u in ("cm", "m") if mm_per_unit(u) > scale and 1.0 <= biggest / scale * mm_per_unit(u) <= 300.0]
+    fix = (f"if they are in {fits[-1]}, convert again with coordinate_unit={fits[-1]!r} (CLI --coordinate-unit "
+           f"{fits[-1]}, or fix iEEGCoordinateUnits in the coordsystem.json)") if fits else "check the coordinates"
+    warnings.warn(f"{path}: x, y, z: all {len(finite)} known electrode positions lie within {biggest:g} mm of the "
+                  f"origin (read with {scale:g} mm per unit): too close together for intracranial contacts, so "
+                  f"every channel would sit at one place; {fix}", stacklevel=4)
+
+
 def _bipolar_rows(names: list[str], electrodes: list[str], row: np.ndarray, neural: np.ndarray) -> np.ndarray:
     """``(C, 2)`` electrode rows of the two contacts of each bipolar channel (``"LA1-LA2"``, a
     clinical bipolar montage) that has no row of its own but whose two contacts have one;
@@ -695,6 +715,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
         xyz[has] = mm[row[has]]
         xyz[is_pair] = mm[pair[is_pair]].mean(axis=1)  # a bipolar derivation sits between its two contacts
         check_brain_coordinates(xyz[has_any], scale, epath, "x, y, z", stacklevel=4)
+        _check_not_too_close(xyz[has_any], scale, epath)
         for atlas, labels in el["regions"].items():
             one = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
             a, b = labels[np.maximum(pair[:, 0], 0)], labels[np.maximum(pair[:, 1], 0)]

@@ -834,8 +834,9 @@ def test_edf_plus_d_pause_is_a_discontinuity_and_events_stay_on_their_samples(tm
     edf = write_edf_plus_d(tmp_path / "rec.edf", signal(n_t=4000), NAMES, starts, ann)
     tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
     with pytest.warns(UserWarning, match=r"EDF\+D \(discontinuous\).*1 time\(s\), at t = 10\.000 s \(30 s pause\)"
-                                         r".*1 event\(s\) inside a pause dropped: 'lost' at 25\.000 s"):
+                                         r".*1 event\(s\) inside a pause dropped: 'lost' at 25\.000 s") as caught:
         convert_ieeg(edf, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    assert not [w for w in caught if "MNE dropped" in str(w.message)]  # MNE's drop is undone: not reported
     with Session(tmp_path / "s.h5") as s:
         ev = s.events("annotations")
         assert list(ev["label"]) == ["tone", "picture", "tone", "Seizure onset"]
@@ -902,3 +903,16 @@ def test_annotations_past_the_end_of_the_recording_are_named(tmp_path):
         convert_ieeg(edf, tmp_path / "s.h5")
     with Session(tmp_path / "s.h5") as s:
         assert list(s.events("annotations")["label"]) == ["tone"]
+
+
+def test_metre_coordinates_read_as_millimetres_are_warned_about(tmp_path):
+    """Electrode positions in metres with --coordinate-unit mm (or a coordsystem.json saying mm):
+    every contact within 0.03 mm of the origin, all channels at one place, without a word."""
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows(scale=1e-3))
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    with pytest.warns(UserWarning, match=r"all 3 known electrode positions lie within 0\.031 mm of the origin .*"
+                                         r"if they are in m, convert again with coordinate_unit='m'"):
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_ieeg(vhdr, tmp_path / "m.h5", electrodes=tsv, coordinate_unit="m")  # the right unit: no warning
