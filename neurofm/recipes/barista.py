@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -368,6 +369,8 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                     raise ConfigError(f"data.labels: {path} has no /events/{events} labelled {missing} (its labels: "
                                       f"{have}); choose data.labels among them (a label is matched exactly, case "
                                       f"and spaces included)")
+            if events and events == d.events and not d.labels:
+                _warn_mixed_marker_kinds(path, events, {str(x) for x in s.events(events)["label"]}, setting)
             if kind == "regression" and d.target not in s.behavior_names:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
@@ -648,6 +651,20 @@ def _segmenter(cfg: RunConfig, segment_s: float | None = None):
 def _splits(cfg: RunConfig):
     s = cfg.data.split
     return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+
+
+def _warn_mixed_marker_kinds(path, events: str, labels: set[str], setting: str) -> None:
+    """BrainVision stimulus and response markers ("Stimulus/S  1" -> S1, "Response/R  1" -> R1) as
+    classes of one classifier: a response segment starts some 100 ms after a stimulus, so the
+    classes differ by timing as much as by brain state, and the macro AUROC rises with it (a
+    trial file: S1/S2/R1 0.97, S1 vs S2 0.85-0.89 on the same test block)."""
+    stim = sorted(x for x in labels if re.fullmatch(r"S\d+", x))
+    resp = sorted(x for x in labels if re.fullmatch(r"R\d+", x))
+    if stim and resp:
+        warnings.warn(f"{setting}: {path}: /events/{events} holds stimulus markers ({', '.join(stim)}) and response "
+                      f"markers ({', '.join(resp)}), all of them classes now; a response follows a stimulus, so "
+                      f"its segment differs by timing as well as by what the brain does. data.labels=[{','.join(stim)}] "
+                      f"classifies the stimuli only", stacklevel=3)
 
 
 def label_map(cfg: RunConfig) -> dict[str, int] | None:

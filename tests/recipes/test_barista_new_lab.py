@@ -481,6 +481,20 @@ def test_pretraining_probe_leaves_out_a_label_with_no_training_segment(sessions,
     assert te["y"].tolist() == [0, 1, 1, 0] and te["t0"].tolist() == [0, 1, 3, 4] and te["left_out"] == 1
 
 
+def test_stimulus_and_response_markers_as_classes_are_warned_about(sessions, tmp_path):
+    """A BrainVision file's S1/S2 stimuli and R1 responses all became classes of one classifier
+    (the README's command without data.labels): the warning names them and data.labels=[S1,S2]."""
+    marks = _edited_copy(sessions["new"], tmp_path / "bv.h5",
+                         _relabel([(slice(None, None, 3), "S1"), (slice(1, None, 3), "S2"), (slice(2, None, 3), "R1")]))
+    with pytest.warns(UserWarning, match=r"bv\.h5: /events/word_onset holds stimulus markers \(S1, S2\) and response "
+                                         r"markers \(R1\).*data\.labels=\[S1,S2\] classifies the stimuli only"):
+        recipe.preflight(recipe.prepare(_pretrain_cfg([marks])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe.preflight(recipe.prepare(_pretrain_cfg([marks], "data.labels=[S1,S2]")))
+    assert not [w for w in caught if "response markers" in str(w.message)]
+
+
 def _bursty_emg(t: np.ndarray, seed: int = 0) -> np.ndarray:
     """Raw surface EMG: noise around 0 whose amplitude follows 1-3 s contractions."""
     rng = np.random.default_rng(seed)
