@@ -847,6 +847,12 @@ def test_edf_plus_d_pause_is_a_discontinuity_and_events_stay_on_their_samples(tm
     ds = IEEGSegmentDataset([tmp_path / "s.h5"], IEEGSegmenter(segment_s=3.0, n_patches=10), split="train")
     seg = np.asarray([ds.index.locate(i)[1] for i in range(len(ds))])
     assert len(seg) and not np.any((seg < 10.0) & (seg + 3.0 > 10.0))
+    # a BIDS events.tsv beside it counts time since the first sample on the real clock too
+    write_tsv(tmp_path / "rec_events.tsv", ["onset", "duration", "trial_type"], [[2.5, 0, "tone"], [41.5, 0, "tone"]])
+    with pytest.warns(UserWarning, match=r"EDF\+D"):
+        convert_ieeg(edf, tmp_path / "b.h5", electrodes=tsv, coordinate_unit="mm")
+    with Session(tmp_path / "b.h5") as s:
+        np.testing.assert_allclose(s.events("annotations")["onset"], [2.5, 11.5])
     # an EDF+C (or plain EDF) file is read as before: no discontinuity
     convert_ieeg(write_edf(tmp_path / "c.edf", signal(n_t=4000), NAMES), tmp_path / "c.h5")
     with Session(tmp_path / "c.h5") as s:
