@@ -215,7 +215,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
 
     lines = [f"# {name}", "", _INTENDED.get(family, ""), ""]
     lines += _model_section(model_meta, m)
-    lines += _usage_section(family, model_type, repo_id, model_meta)
+    lines += _usage_section(family, model_type, repo_id, model_meta, config_yaml)
     if metrics is not None:
         lines += _data_section(data, sources)
     lines += _licence_section(sources, licence, metrics is not None)
@@ -303,7 +303,8 @@ def _model_section(model_meta: dict | None, m: dict) -> list[str]:
     return lines
 
 
-def _usage_section(family: str, model_type: str, repo_id: str | None, model_meta: dict | None = None) -> list[str]:
+def _usage_section(family: str, model_type: str, repo_id: str | None, model_meta: dict | None = None,
+                   config_yaml: str = "") -> list[str]:
     where = repo_id or "PATH_OR_REPO_ID"
     # the behaviour this model decodes, if it was trained to (a speed model's card said "--behavior position")
     targets = [v.get("name") for v in ((model_meta or {}).get("config", {}).get("behavior") or [])
@@ -321,11 +322,41 @@ def _usage_section(family: str, model_type: str, repo_id: str | None, model_meta
                   f"neurofm evaluate --pretrained runs/ft/pretrained --data my_recording.h5 --behavior {behavior}",
                   "```", ""]
     elif family == "barista":
-        lines += ["Fine-tune event detection on your own session file (any channel count):", "",
-                  "```bash",
-                  f"neurofm finetune --pretrained {where} --data my_ieeg.h5 --task classify --events word_onset",
-                  "```", ""]
+        lines += _barista_usage(where, model_type, (model_meta or {}).get("config", {}), _run_data(config_yaml))
     return lines
+
+
+def _run_data(config_yaml: str) -> dict:
+    """The ``data`` section of a run's config.yaml ({} when there is none or it does not parse)."""
+    if not config_yaml:
+        return {}
+    import yaml
+
+    try:
+        data = (yaml.safe_load(config_yaml) or {}).get("data") or {}
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _barista_usage(where: str, model_type: str, config: dict, data: dict) -> list[str]:
+    """A BaRISTA card's commands, with the events / target / classes its run used (a card of a
+    model fine-tuned on 'annotations' S1/S2 said `--events word_onset`, the demo's group)."""
+    events = data.get("events") or "word_onset"
+    labels = [str(x) for x in (data.get("labels") or [])]
+    pick = f" data.labels='[{','.join(labels)}]'" if labels else ""
+    if model_type == "BaristaFinetuned" and config.get("task") == "regression" and data.get("target"):
+        return ["Score it on a session file with the same behaviour (predictions come back in its units):", "",
+                "```bash", f"neurofm evaluate --pretrained {where} --data my_ieeg.h5 --behavior {data['target']}",
+                "```", ""]
+    if model_type == "BaristaFinetuned" and config.get("task") == "classification":
+        names = ", ".join(config.get("label_names") or [])
+        return [f"Score it on a session file whose /events/{events} carry its classes ({names}):", "",
+                "```bash", f"neurofm evaluate --pretrained {where} --data my_ieeg.h5 --events {events}{pick}",
+                "```", ""]
+    return ["Fine-tune event detection on your own session file (any channel count):", "",
+            "```bash", f"neurofm finetune --pretrained {where} --data my_ieeg.h5 --task classify --events {events}{pick}",
+            "```", ""]
 
 
 def _data_section(data: dict, sources: list[dict]) -> list[str]:

@@ -132,6 +132,23 @@ def test_usage_names_the_behaviour_the_model_decodes():
     assert "--behavior position" in render_card(_metrics())  # no decoder yet: the README's example
 
 
+def test_barista_usage_names_the_events_classes_and_target_of_the_run():
+    """A BaRISTA classifier fine-tuned on a BrainVision file's 'annotations' (S1 vs S2) said
+    `neurofm finetune ... --events word_onset` (the demo's group, and a fine-tune of a fine-tune);
+    now evaluate with its events and classes; a regressor names its behaviour."""
+    m = {**_metrics(), "family": "barista"}
+    cls = {"model_type": "BaristaFinetuned", "config": {"task": "classification", "label_names": ["S1", "S2"]}}
+    yaml_cls = "family: barista\ndata:\n  events: annotations\n  labels:\n  - S1\n  - S2\n  target: ''\n"
+    text = render_card(m, yaml_cls, model_meta=cls)
+    assert "neurofm evaluate --pretrained PATH_OR_REPO_ID --data my_ieeg.h5 --events annotations " \
+           "data.labels='[S1,S2]'" in text and "word_onset" not in text and "(S1, S2)" in text
+    reg = {"model_type": "BaristaFinetuned", "config": {"task": "regression", "label_names": []}}
+    text = render_card(m, "data:\n  events: ''\n  target: joystick\n", model_meta=reg)
+    assert "neurofm evaluate --pretrained PATH_OR_REPO_ID --data my_ieeg.h5 --behavior joystick" in text
+    enc = {"model_type": "BaristaEncoder", "config": {"d_model": 64}}
+    assert "--task classify --events annotations\n" in render_card(m, "data:\n  events: annotations\n", model_meta=enc)
+
+
 def test_missing_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json: missing"):
         write_card(tmp_path)

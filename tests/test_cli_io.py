@@ -82,7 +82,7 @@ def test_inspect_bad_files(tmp_path, capsys):
 
 
 def test_convert_ieeg_with_nan_option(tmp_path, capsys):
-    data = np.ones((300, 3), dtype=np.float32)
+    data = np.random.default_rng(0).normal(1.0, 5.0, (300, 3)).astype(np.float32)  # a constant channel is marked bad
     data[120, 1] = np.nan
     vhdr = write_brainvision(tmp_path / "rec", data, ["L1", "L2", "L3"])
     (tmp_path / "rec_electrodes.tsv").write_text("name\tx\ty\tz\taal\nL1\t1\t2\t3\tPrecentral_L\nL2\t4\t5\t6\tn/a\n")

@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -154,7 +155,7 @@ def convert_ieeg(
     for given in (electrodes, channels_tsv):
         if given is not None and not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such sidecar file (check the path)")
-    raw = _read_raw(mne, in_path)
+    raw, dropped = _read_raw(mne, in_path)
     side = find_sidecars(in_path)
     if electrodes is not None:
         side["electrodes"] = Path(electrodes)
@@ -175,6 +176,14 @@ def convert_ieeg(
                            moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
     breaks = _discontinuities(raw, in_path)
+    pauses, edf_breaks = _edf_plus_d(in_path, raw), np.zeros(0)
+    if pauses is not None:  # EDF+D: records are not back to back in time; MNE reads them as if they were
+        onset, duration, label, breaks, edf_breaks = _onto_sample_clock(pauses, raw, side, onset, duration, label,
+                                                                        breaks, in_path)
+    if dropped and side.get("events") is None and (pauses is None or not pauses.joins().size):
+        warnings.warn(f"{in_path}: annotations: {dropped} that fall outside the recording's samples; their events "
+                      f"are not in /events. Check that the annotations belong to this recording (a recording cut "
+                      f"short, an export of part of a session, a clock offset)", stacklevel=2)
     label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
     onset, duration, label = onset[is_event], duration[is_event], label[is_event]
     events_source = events_source if onset.size else ""
@@ -209,7 +218,8 @@ def convert_ieeg(
                 w.add_behavior(as_name, times, np.abs(values) if rectify_behavior else values, unit=unit,
                                source_channel=names[i], rectified=bool(rectify_behavior))
             if breaks.size:
-                w.add_intervals(DISCONTINUITIES, breaks, breaks, label=np.full(breaks.size, "New Segment", dtype=object))
+                why = np.where(np.isin(breaks, edf_breaks), "EDF+D pause", "New Segment").astype(object)
+                w.add_intervals(DISCONTINUITIES, breaks, breaks, label=why)
             if onset.size:
                 w.add_events("annotations", onset, duration, label)
                 is_bad = np.asarray([str(x).upper().startswith("BAD") for x in label], dtype=bool)
@@ -260,25 +270,30 @@ def _refuse_directory(in_path: Path) -> None:
 
 
 def _read_raw(mne, in_path: Path):
-    """Open lazily (preload=False); truncation MNE would paper over becomes an error."""
+    """Open lazily (preload=False); truncation MNE would paper over becomes an error. Returns
+    ``(raw, dropped)``: ``dropped`` says how many annotations MNE left out as outside the
+    samples ("" when none)."""
     if in_path.suffix.lower() in (".edf", ".bdf"):
         _check_edf_size(in_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            raw = mne.io.read_raw(in_path, preload=False, verbose="error")
+        try:  # verbose="warning": MNE's warnings arrive here (recorded, not printed), checked below
+            raw = mne.io.read_raw(in_path, preload=False, verbose="warning")
         except Exception as e:
             raise ConvertError(in_path, "header", f"MNE cannot read it: {type(e).__name__}: {e}",
                                "the file is truncated, damaged or not a format MNE reads "
                                "(EDF, BDF, BrainVision .vhdr, FIF, EEGLAB .set, ...)") from None
+    dropped = ""
     for wm in caught:
         text = str(wm.message)
         if "Invalid tag" in text or "truncat" in text.lower():
             raise ConvertError(in_path, "data", f"MNE reports a damaged file: {text}",
                                "the file is truncated: copy or export it again")
+        if text.startswith("Omitted") and "outside data range" in text:  # MNE drops them without a word at "error"
+            dropped = text.split(" that")[0].replace("Omitted", "MNE dropped")  # said by convert_ieeg
     if raw.n_times == 0:
         raise ConvertError(in_path, "data", "holds no samples", "convert a recording with data in it")
-    return raw
+    return raw, dropped
 
 
 def _check_edf_size(path: Path) -> None:
@@ -515,6 +530,37 @@ def _match(channel_names: list[str], other: list[str]) -> np.ndarray:
     return np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
 
 
+def _check_not_too_close(xyz_mm: np.ndarray, scale: float, path: Path) -> None:
+    """Warn when every known electrode lies within 1 mm of the origin (the rule that infers metres
+    when no unit is given): intracranial contacts are millimetres apart, so these are metres (or
+    cm) read as millimetres, and every channel would share one position."""
+    finite = np.abs(xyz_mm[np.isfinite(xyz_mm).all(axis=1)])
+    if len(finite) < 2 or finite.max() >= 1.0:
+        return
+    biggest = float(finite.max())
+    fits = [u for u in ("cm", "m") if mm_per_unit(u) > scale and 1.0 <= biggest / scale * mm_per_unit(u) <= 300.0]
+    fix = (f"if they are in {fits[-1]}, convert again with coordinate_unit={fits[-1]!r} (CLI --coordinate-unit "
+           f"{fits[-1]}, or fix iEEGCoordinateUnits in the coordsystem.json)") if fits else "check the coordinates"
+    warnings.warn(f"{path}: x, y, z: all {len(finite)} known electrode positions lie within {biggest:g} mm of the "
+                  f"origin (read with {scale:g} mm per unit): too close together for intracranial contacts, so "
+                  f"every channel would sit at one place; {fix}", stacklevel=4)
+
+
+def _bipolar_rows(names: list[str], electrodes: list[str], row: np.ndarray, neural: np.ndarray) -> np.ndarray:
+    """``(C, 2)`` electrode rows of the two contacts of each bipolar channel (``"LA1-LA2"``, a
+    clinical bipolar montage) that has no row of its own but whose two contacts have one;
+    ``-1`` elsewhere."""
+    out = np.full((len(names), 2), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        parts = name.split("-")
+        if row[i] >= 0 or not neural[i] or len(parts) != 2 or not all(p.strip() for p in parts):
+            continue
+        ab = _match([p.strip() for p in parts], electrodes)
+        if (ab >= 0).all() and ab[0] != ab[1]:
+            out[i] = ab
+    return out
+
+
 def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> tuple[np.ndarray, str, float]:
     """Electrode coordinates in mm, the coordinate space's name and the mm per file unit used."""
     space = "unknown"
@@ -672,22 +718,36 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
                                f"{in_path} (electrodes e.g. {el['names'][:4]}, channels e.g. {names[:4]})",
                                "rename the electrodes to the recording's channel names, or pass the electrodes file "
                                "that belongs to this recording (--electrodes)")
+        pair = _bipolar_rows(names, el["names"], row, neural)  # (C, 2): "LA1-LA2" -> rows of LA1, LA2
+        is_pair = pair[:, 0] >= 0
         used = np.zeros(len(el["names"]), dtype=bool)
         used[row[has]] = True
+        used[pair[is_pair].ravel()] = True
+        has_any = has | is_pair
         used[[r for r in _match(list(moved), el["names"]) if r >= 0]] = True  # rows of /behavior channels
-        if (neural & ~has).any() or (~used).any():
+        if (neural & ~has_any).any() or (~used).any():
             extra = [el["names"][i] for i in np.nonzero(~used)[0][:4]]
-            missing = [names[i] for i in np.nonzero(neural & ~has)[0][:4]]
+            missing = [names[i] for i in np.nonzero(neural & ~has_any)[0][:4]]
             warnings.warn(f"{epath}: {int((~used).sum())} of {len(used)} electrodes match no channel of {in_path}"
                           + (f" (e.g. {extra})" if extra else "")
-                          + f"; {int((neural & ~has).sum())} of {int(neural.sum())} neural channels have no electrode row"
+                          + f"; {int((neural & ~has_any).sum())} of {int(neural.sum())} neural channels have no electrode row"
                           + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
                           stacklevel=3)
         mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
         xyz[has] = mm[row[has]]
-        check_brain_coordinates(xyz[has], scale, epath, "x, y, z", stacklevel=4)
+        xyz[is_pair] = mm[pair[is_pair]].mean(axis=1)  # a bipolar derivation sits between its two contacts
+        check_brain_coordinates(xyz[has_any], scale, epath, "x, y, z", stacklevel=4)
+        _check_not_too_close(xyz[has_any], scale, epath)
         for atlas, labels in el["regions"].items():
-            regions[atlas] = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
+            one = np.where(has, labels[np.maximum(row, 0)], "").astype(object)
+            a, b = labels[np.maximum(pair[:, 0], 0)], labels[np.maximum(pair[:, 1], 0)]
+            regions[atlas] = np.where(is_pair & (a == b), a, one).astype(object)
+        if is_pair.any():
+            shown = [names[i] for i in np.flatnonzero(is_pair)]
+            warnings.warn(f"{epath}: {len(shown)} bipolar channel(s) ({', '.join(shown[:6])}"
+                          f"{' ...' if len(shown) > 6 else ''}) have no row of their own: each is placed at the "
+                          f"midpoint of its two contacts' rows, with their atlas label where both share it (else "
+                          f"unknown). Give the channel a row of its own to place it otherwise", stacklevel=3)
     else:
         locs = np.asarray([ch["loc"][:3] for ch in raw.info["chs"]], dtype=np.float64)  # metres, MNE always
         known = np.isfinite(locs).all(axis=1) & (np.abs(locs).sum(axis=1) > 0)
@@ -738,23 +798,165 @@ def _discontinuities(raw, in_path: Path) -> np.ndarray:
     return t
 
 
+class _RecordClock:
+    """An EDF+D file's data records on two clocks: ``real`` (s from the header's start time, each
+    record's time-keeping TAL) and the sample clock MNE reads them on (``k * record_s``, back to
+    back), with the file's own annotations on the real clock."""
+
+    def __init__(self, real: np.ndarray, record_s: float, tol: float, annotations):
+        self.real, self.record_s, self.tol = real, record_s, tol
+        self.annotations = annotations  # (onset s real clock, duration s, text) of the file's TALs
+
+    def joins(self) -> np.ndarray:
+        """Indices k of the records that start later than the previous one ends (a pause before k)."""
+        return np.flatnonzero(np.diff(self.real) > self.record_s + self.tol) + 1
+
+    def to_samples(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Real-clock times -> ``(sample-clock times, inside)``; ``inside`` False for a time in a pause
+        (or before the first record)."""
+        t = np.asarray(t, dtype=np.float64)
+        k = np.searchsorted(self.real, t + self.tol, side="right") - 1
+        kk = np.clip(k, 0, self.real.size - 1)
+        into = t - self.real[kk]
+        inside = (k >= 0) & (into < self.record_s + self.tol)
+        return kk * self.record_s + np.clip(into, 0.0, None), inside
+
+
+_TAL = re.compile(rb"([+-]\d+(?:\.\d*)?)(?:\x15(\d+(?:\.\d*)?))?\x14(.*?)\x00", re.S)
+
+
+def _edf_plus_d(in_path: Path, raw) -> _RecordClock | None:
+    """The record clock of an EDF+D / BDF+D (discontinuous) file, else None.
+
+    MNE (1.13) reads an EDF+D file's records back to back and places its annotations on their
+    real-clock onsets, so after a pause every annotation lands the pause's length late (and those
+    past the end are dropped): events labelled with the wrong brain signal. The header's reserved
+    field says ``EDF+D``; each record's first TAL in the ``EDF Annotations`` signal gives its start.
+    """
+    if in_path.suffix.lower() not in (".edf", ".bdf"):
+        return None
+    with open(in_path, "rb") as f:
+        head = f.read(256)
+        if head[192:197].upper() not in (b"EDF+D", b"BDF+D"):
+            return None
+        fix = "export the recording again as EDF+C, or as one file per continuous piece"
+        try:
+            n_rec, record_s, ns = int(head[236:244]), float(head[244:252]), int(head[252:256])
+            labels = [f.read(16).decode("latin-1").strip() for _ in range(ns)]
+            f.seek(256 + ns * 216)
+            n_samp = [int(f.read(8)) for _ in range(ns)]
+        except ValueError as e:
+            raise ConvertError(in_path, "EDF header", f"EDF+D header unreadable ({e})", fix) from None
+        if "EDF Annotations" not in labels or record_s <= 0:
+            raise ConvertError(in_path, "EDF Annotations", "an EDF+D file without an 'EDF Annotations' signal "
+                               "(or with 0 s records) does not say when each record starts", fix)
+        width = 3 if in_path.suffix.lower() == ".bdf" else 2
+        a = labels.index("EDF Annotations")
+        rec_bytes, a0, a1 = sum(n_samp) * width, sum(n_samp[:a]) * width, sum(n_samp[: a + 1]) * width
+    data = np.memmap(in_path, dtype=np.uint8, mode="r", offset=256 * (ns + 1), shape=(n_rec, rec_bytes))
+    real = np.empty(n_rec)
+    annotations = []
+    for k in range(n_rec):
+        tals = _TAL.findall(bytes(data[k, a0:a1]))
+        if not tals:
+            raise ConvertError(in_path, "EDF Annotations", f"data record {k} has no time-keeping annotation "
+                               "(EDF+D: the start of every record)", fix)
+        real[k] = float(tals[0][0])
+        for onset, dur, texts in tals:
+            for text in texts.split(b"\x14"):
+                if text:
+                    annotations.append((float(onset), float(dur or 0.0), text.decode("utf-8", "replace")))
+    del data
+    tol = 0.5 / float(raw.info["sfreq"])
+    if abs(raw.n_times - n_rec * record_s * float(raw.info["sfreq"])) > 0.5:
+        return None  # this MNE did not read the records back to back (it handles the pauses itself)
+    if np.any(np.diff(real) < record_s - tol):
+        raise ConvertError(in_path, "EDF Annotations", "data records overlap in time or go back (record starts "
+                           f"{real[:5].tolist()} ... with {record_s:g} s records)", fix)
+    return _RecordClock(real - real[0], record_s, tol, annotations)
+
+
+def _onto_sample_clock(clock: _RecordClock, raw, side, onset, duration, label, breaks, in_path: Path):
+    """Mark an EDF+D file's pauses in /intervals/discontinuities and move its events from the
+    real clock onto the sample clock /continuous is written on; events in a pause are dropped."""
+    first = float(raw.first_time)
+    joins = clock.joins()
+    if side.get("events") is None:  # the file's own annotations: every one, on the real clock
+        t0 = clock.real[0]
+        real_onset = np.asarray([x[0] for x in clock.annotations], dtype=np.float64) - t0
+        duration = np.asarray([x[1] for x in clock.annotations], dtype=np.float64)
+        label = np.asarray([x[2] for x in clock.annotations], dtype=object)
+    else:  # a BIDS events.tsv: onsets are time since the first sample, on the real clock too
+        real_onset = np.asarray(onset, dtype=np.float64) - first
+    t, inside = clock.to_samples(real_onset)
+    if not joins.size:
+        return onset, duration, label, breaks, np.zeros(0)
+    at = joins * clock.record_s + first
+    pauses = clock.real[joins] - clock.real[joins - 1] - clock.record_s
+    lost = [f"{lab!r} at {o:.3f} s" for o, lab, ok in zip(real_onset, label, inside) if not ok]
+    shown = ", ".join(f"{x:.3f} s ({p:g} s pause)" for x, p in zip(at[:10], pauses[:10]))
+    warnings.warn(f"{in_path}: EDF+D (discontinuous): the recording pauses {joins.size} time(s), at t = {shown} "
+                  f"on the sample clock; MNE reads the records back to back, and so does /continuous. Written to "
+                  f"/intervals/{DISCONTINUITIES} (no window or segment spans one); the events are moved from "
+                  f"the real clock onto the sample clock (onset minus the pauses before it)"
+                  + (f"; {len(lost)} event(s) inside a pause dropped: {', '.join(lost[:5])}"
+                     + (f" and {len(lost) - 5} more" if len(lost) > 5 else "") if lost else ""), stacklevel=3)
+    return (t[inside] + first, np.asarray(duration)[inside], np.asarray(label, dtype=object)[inside],
+            np.union1d(breaks, at), at)
+
+
 def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_policy: str) -> None:
-    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them."""
+    """Stream raw data into /continuous; voltage channels in microvolts, others as MNE gives them.
+
+    Per channel, the extremes and how many samples sit on them are counted on the way: a channel
+    holding one value throughout (disconnected, or zeroed by the system) is marked bad with a
+    warning; neural channels that sit on their own extreme for over 1% of the samples, in runs of
+    three or more equal samples (an amplifier or ADC rail: a continuous signal, even a pure sine,
+    passes its extreme instead of staying there), are named.
+    """
     from mne.io.constants import FIFF
 
     n_ch, n = len(names), raw.n_times
     to_uv = np.asarray([1e6 if ch["unit"] == FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])  # (C,)
     rows = max(1, BLOCK_VALUES // max(n_ch, 1))
+    lo, hi = np.full(n_ch, np.inf), np.full(n_ch, -np.inf)
+    n_lo, n_hi = np.zeros(n_ch, np.int64), np.zeros(n_ch, np.int64)
     for i0 in range(0, n, rows):
         block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
         if i0 == 0:
             w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
                              nan_policy=nan_policy, channel_names=names)
-            w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
-                           bad=table["bad"], coordinate_space=table["coordinate_space"], types=table["types"])
         else:
             w.append_continuous(block)
+        with np.errstate(invalid="ignore"):
+            for ext, cnt, pick, better in ((lo, n_lo, np.nanmin, np.less), (hi, n_hi, np.nanmax, np.greater)):
+                b = pick(np.where(np.isfinite(block), block, np.nan), axis=0) if block.size else ext
+                on = block == b  # (T, C); a rail holds: count the samples with the two before on it too
+                at = (on[2:] & on[1:-1] & on[:-2]).sum(axis=0)
+                new, same = better(b, ext), b == ext
+                cnt[new], cnt[same] = at[new], cnt[same] + at[same]
+                ext[new] = b[new]
+    types = np.asarray(table["types"], dtype=object)
+    neural = ~np.isin(np.char.lower(types.astype(str)), list(NON_NEURAL_TYPES))
+    flat = neural & (lo == hi)
+    bad = np.asarray(table["bad"], dtype=bool) | flat
+    if flat.any():
+        which = [names[i] for i in np.flatnonzero(flat)]
+        warnings.warn(f"{in_path}: /channels/bad: {flat.sum()} channel(s) hold one value throughout "
+                      f"({', '.join(which[:10])}{' ...' if len(which) > 10 else ''} = {lo[flat][0]:g} uV): "
+                      f"disconnected or zeroed, so marked bad (the model and the baselines leave them out)",
+                      stacklevel=3)
+    rail = neural & ~flat & (np.maximum(n_lo, n_hi) > 0.01 * n)
+    if rail.any():
+        shown = ", ".join(f"{names[i]} {100 * (n_lo[i] + n_hi[i]) / n:.0f}% at {lo[i]:g} or {hi[i]:g}"
+                          for i in np.flatnonzero(rail)[:10])
+        warnings.warn(f"{in_path}: {rail.sum()} channel(s) sit on their own extreme value, 3 or more samples in a row, for over 1% of the samples "
+                      f"({shown}): clipped at the amplifier's or converter's range, whose segments carry no signal "
+                      f"there. Kept; to leave one out, give a channels.tsv with status 'bad' for it (CLI --channels)",
+                      stacklevel=3)
+    w.add_channels(names, x=table["x"], y=table["y"], z=table["z"], regions=table["regions"],
+                   bad=bad, coordinate_space=table["coordinate_space"], types=table["types"])
 
 
 # -- channels that record behaviour --------------------------------------------------------------

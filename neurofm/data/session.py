@@ -174,9 +174,9 @@ _NON_NEURAL_PATTERNS = {
     "stim": ("TRIG", "TRIGGER", "STI", "STIM", "STIMULUS", "MARK", "MARKER", "MARKERS", "EVENT", "EVENTS",
              "PHOTIC", "PHOTO", "PHOTODIODE", "PHOTOSENSOR"),
     "bio": ("SPO2", "PULSE", "PLETH", "OSAT"),
-    # behaviour / sensors recorded as channels. ACC only with an axis ("ACC_X", "ACC_R_Z",
-    # "ACCX"): "ACC1".."ACC12" are anterior-cingulate sEEG shafts
-    "misc": ("DC", "ANALOG", "ADC", "GRIP", "GRIPFORCE", "FORCE", "MOV", "MOVE", "MOVEMENT", "JOYSTICK",
+    # behaviour / sensors recorded as channels (AUX1, AUX2: BrainAmp / ExG auxiliary inputs). ACC
+    # only with an axis ("ACC_X", "ACC_R_Z", "ACCX"): "ACC1".."ACC12" are anterior-cingulate sEEG shafts
+    "misc": ("DC", "ANALOG", "ADC", "AUX", "GRIP", "GRIPFORCE", "FORCE", "MOV", "MOVE", "MOVEMENT", "JOYSTICK",
              "ACC" + _AXIS, "ACCEL" + _AXIS + "?", "ACCELEROMETER" + _AXIS + "?", "GYRO" + _AXIS + "?",
              "GYROSCOPE" + _AXIS + "?", "EYE" + _AXIS + "?", "EYEGAZE", "PUPIL", "AUDIO", "MIC", "MICROPHONE",
              "SOUND"),

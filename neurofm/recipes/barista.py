@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -407,6 +408,8 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                     raise ConfigError(f"data.labels: {path} has no /events/{events} labelled {missing} (its labels: "
                                       f"{have}); choose data.labels among them (a label is matched exactly, case "
                                       f"and spaces included)")
+            if events and events == d.events and not d.labels:
+                _warn_mixed_marker_kinds(path, events, {str(x) for x in s.events(events)["label"]}, setting)
             if kind == "regression" and d.target not in s.behavior_names:
                 raise ConfigError(f"data.target: {path} has no /behavior/{d.target} (its behaviour: "
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
@@ -444,7 +447,9 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 absent = [k for k, v in per_class.items() if v == 0]
                 warnings.warn(f"{setting}: the {split} split ({where}) has no segment of the label(s) {absent} of "
                               f"/events/{events} ({per_class}); "
-                              + ("the head learns nothing for them" if split == "train" else
+                              + (("the head learns nothing for them" if kind == "classification" else
+                                  "the probe leaves their test segments out (its AUROC averages over the labels "
+                                  "it was trained on)") if split == "train" else
                                  "the test AUROC averages over the other classes only")
                               + ". data.labels=[...] names the classes to classify", stacklevel=2)
             elif len(present) < 2:
@@ -643,6 +648,20 @@ def _segmenter(cfg: RunConfig, segment_s: float | None = None):
 def _splits(cfg: RunConfig):
     s = cfg.data.split
     return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+
+
+def _warn_mixed_marker_kinds(path, events: str, labels: set[str], setting: str) -> None:
+    """BrainVision stimulus and response markers ("Stimulus/S  1" -> S1, "Response/R  1" -> R1) as
+    classes of one classifier: a response segment starts some 100 ms after a stimulus, so the
+    classes differ by timing as much as by brain state, and the macro AUROC rises with it (a
+    trial file: S1/S2/R1 0.97, S1 vs S2 0.85-0.89 on the same test block)."""
+    stim = sorted(x for x in labels if re.fullmatch(r"S\d+", x))
+    resp = sorted(x for x in labels if re.fullmatch(r"R\d+", x))
+    if stim and resp:
+        warnings.warn(f"{setting}: {path}: /events/{events} holds stimulus markers ({', '.join(stim)}) and response "
+                      f"markers ({', '.join(resp)}), all of them classes now; a response follows a stimulus, so "
+                      f"its segment differs by timing as well as by what the brain does. data.labels=[{','.join(stim)}] "
+                      f"classifies the stimuli only", stacklevel=3)
 
 
 def label_map(cfg: RunConfig) -> dict[str, int] | None:
@@ -1183,9 +1202,11 @@ def _evaluate_pretraining(cfg, task, dm):
             baselines[name] = {"probe_auroc": value, "probe_auroc_ci95": ci}
         k = np.ndim(arms[ref]) == 2 and np.shape(arms[ref])[1]
         roc = f"one-vs-rest macro ROC-AUC over {k} labels" if k else "ROC-AUC"
+        left = (f", {test['left_out']} test segment(s) of labels with no training segment left out"
+                if test.get("left_out") else "")
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
-                 f"the training block, {roc} on the test block ({len(y)} segments; 95% CIs from a bootstrap over "
-                 f"{report.n_blocks} blocks of the test period)")
+                 f"the training block, {roc} on the test block ({len(y)} segments{left}; 95% CIs from a bootstrap "
+                 f"over {report.n_blocks} blocks of the test period)")
         if line is not None:
             limitations.append(
                 line + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
@@ -1294,6 +1315,22 @@ def _token_power_metrics(cfg: RunConfig, task, dm, metrics: dict, baselines: dic
             f"amplitude a band-power read-out needs{fix}")
 
 
+def _trained_labels_only(train: dict, test: dict) -> tuple[dict, dict]:
+    """The probe's passes restricted to the labels that have training segments (renumbered
+    0..K-1 in label order): a label with none (a seizure onset that falls in the test block only)
+    gets a constant one-vs-rest score, AUROC 0.5, which pulled the macro average of every arm
+    toward chance. The test segments of such labels are left out; ``test["left_out"]`` counts them."""
+    classes = np.unique(train["y"])
+    keep = np.isin(test["y"], classes)
+    if keep.all() and classes.size == int(max(train["y"].max(), test["y"].max())) + 1:
+        return train, {**test, "left_out": 0}
+    remap = np.full(int(max(train["y"].max(), test["y"].max())) + 1, -1, dtype=np.int64)
+    remap[classes] = np.arange(classes.size)
+    n = len(test["y"])
+    test = {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v) for k, v in test.items()}
+    return {**train, "y": remap[train["y"]]}, {**test, "y": remap[test["y"]], "left_out": int((~keep).sum())}
+
+
 def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
     """Probe scores on the test segments of each frozen encoder, and of band power, all fitted
     on the same training segments (ridge, penalty by AUROC on the last 20% of them)."""
@@ -1302,6 +1339,7 @@ def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndar
     for name, enc in encoders.items():
         train = _segment_pass(probe_dm.loader("train"), enc.eval(), bands)
         test = _segment_pass(probe_dm.loader("test"), enc.eval(), bands)
+        train, test = _trained_labels_only(train, test)
         n_classes = int(max(train["y"].max(), test["y"].max())) + 1
         arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]), n_classes)
     C = max(train["bp"].shape[1], test["bp"].shape[1])

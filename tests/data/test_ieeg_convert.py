@@ -4,6 +4,7 @@ test, a BIDS-iEEG dataset in tmp_path, and the real sample_seeg recording."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -786,3 +787,141 @@ def test_segments_overlapping_a_bad_annotation_are_never_read(tmp_path):
     assert np.any(starts < 3.0) and np.any((starts >= 4.5) & (starts < 7.2)) and np.any(starts >= 8.2)
     whole = IEEGSegmentDataset([tmp_path / "s.h5"], seg, split=None)
     assert len(whole) == 20 - 2 - 2  # 20 one-second segments, less the 2 + 2 that touch a bad span
+
+
+def write_edf_plus_d(path: Path, data_uv: np.ndarray, names, record_starts, annotations, sfreq=SR,
+                     kind="EDF+D") -> Path:
+    """An EDF+D file written by hand: one-second records starting at ``record_starts`` (s, the
+    real clock; a jump is a pause), an ``EDF Annotations`` signal holding each record's
+    time-keeping TAL and ``annotations`` ``[(onset s real clock, text), ...]``."""
+    n_t, n_ch = data_uv.shape
+    per_record, ann_samples = int(sfreq), 60
+    n_rec = len(record_starts)
+    assert n_t >= n_rec * per_record
+    pmin, pmax, dmin, dmax = -3276.8, 3276.7, -32768, 32767
+    digital = np.round((data_uv[: n_rec * per_record] - pmin) / (pmax - pmin) * (dmax - dmin) + dmin).astype("<i2")
+    labels, ns = list(names) + ["EDF Annotations"], n_ch + 1
+
+    def field(values, width):
+        return "".join(f"{v:<{width}}"[:width] for v in values)
+
+    header = (f"{'0':<8}{'X X X X':<80}{'Startdate 01-JAN-2020 X X X':<80}{'01.01.20':<8}{'00.00.00':<8}"
+              f"{256 * (ns + 1):<8}{kind:<44}{n_rec:<8}{1:<8}{ns:<4}")
+    header += (field(labels, 16) + field([""] * ns, 80) + field(["uV"] * n_ch + [""], 8)
+               + field([pmin] * n_ch + [-1], 8) + field([pmax] * n_ch + [1], 8) + field([dmin] * ns, 8)
+               + field([dmax] * ns, 8) + field([""] * ns, 80) + field([per_record] * n_ch + [ann_samples], 8)
+               + field([""] * ns, 32))
+    body = b""
+    home = [next((k for k, st in enumerate(record_starts) if o < st + 1), n_rec - 1)  # a pause's: the next record
+            for o, _ in annotations]
+    for k, start in enumerate(record_starts):
+        tal = f"+{start:g}\x14\x14\x00".encode()
+        tal += b"".join(f"+{o:g}\x14{text}\x14\x00".encode() for (o, text), h in zip(annotations, home) if h == k)
+        body += digital[k * per_record:(k + 1) * per_record].T.tobytes() + tal.ljust(2 * ann_samples, b"\x00")
+    path.write_bytes(header.encode("ascii") + body)
+    return path
+
+
+def test_edf_plus_d_pause_is_a_discontinuity_and_events_stay_on_their_samples(tmp_path):
+    """An EDF+D file whose recording paused for 30 s after 10 s: MNE reads the records back to
+    back (the sample clock) but places annotations on the real clock, so every event after the
+    pause would land 30 s late and those past the end would vanish. convert names the pause,
+    writes /intervals/discontinuities there, and moves each event onto the sample its record
+    holds (an event inside the pause is dropped, named); no default segment spans the pause."""
+    from neurofm.data.datasets import IEEGSegmentDataset
+    from neurofm.data.segmenter import IEEGSegmenter
+    from neurofm.data.session import DISCONTINUITIES
+
+    starts = list(range(10)) + [40 + k for k in range(10)]  # 20 one-second records, 30 s pause after 10 s
+    ann = [(2.5, "tone"), (9.25, "picture"), (25.0, "lost"), (41.5, "tone"), (49.0, "Seizure onset")]
+    edf = write_edf_plus_d(tmp_path / "rec.edf", signal(n_t=4000), NAMES, starts, ann)
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    with pytest.warns(UserWarning, match=r"EDF\+D \(discontinuous\).*1 time\(s\), at t = 10\.000 s \(30 s pause\)"
+                                         r".*1 event\(s\) inside a pause dropped: 'lost' at 25\.000 s") as caught:
+        convert_ieeg(edf, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    assert not [w for w in caught if "MNE dropped" in str(w.message)]  # MNE's drop is undone: not reported
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        assert list(ev["label"]) == ["tone", "picture", "tone", "Seizure onset"]
+        np.testing.assert_allclose(ev["onset"], [2.5, 9.25, 11.5, 19.0])  # the sample clock
+        gap = s.intervals(DISCONTINUITIES)
+        np.testing.assert_allclose(gap["start"], [10.0])
+        assert list(gap["label"]) == ["EDF+D pause"]
+    ds = IEEGSegmentDataset([tmp_path / "s.h5"], IEEGSegmenter(segment_s=3.0, n_patches=10), split="train")
+    seg = np.asarray([ds.index.locate(i)[1] for i in range(len(ds))])
+    assert len(seg) and not np.any((seg < 10.0) & (seg + 3.0 > 10.0))
+    # a BIDS events.tsv beside it counts time since the first sample on the real clock too
+    write_tsv(tmp_path / "rec_events.tsv", ["onset", "duration", "trial_type"], [[2.5, 0, "tone"], [41.5, 0, "tone"]])
+    with pytest.warns(UserWarning, match=r"EDF\+D"):
+        convert_ieeg(edf, tmp_path / "b.h5", electrodes=tsv, coordinate_unit="mm")
+    with Session(tmp_path / "b.h5") as s:
+        np.testing.assert_allclose(s.events("annotations")["onset"], [2.5, 11.5])
+    # an EDF+C (or plain EDF) file is read as before: no discontinuity
+    convert_ieeg(write_edf(tmp_path / "c.edf", signal(n_t=4000), NAMES), tmp_path / "c.h5")
+    with Session(tmp_path / "c.h5") as s:
+        assert DISCONTINUITIES not in s.interval_names
+
+
+def test_a_flat_channel_is_marked_bad_and_a_clipped_one_is_named(tmp_path):
+    """A disconnected contact (one value throughout) is marked bad with a warning naming it; a
+    contact on the converter's rail for 30% of the samples is named with its share and the
+    channels.tsv fix, and kept; a healthy channel is neither."""
+    x = signal(n_t=2000) + np.random.default_rng(0).normal(0.0, 2.0, (2000, 4)).astype(np.float32)  # with noise, as recorded
+    x[:, 1] = 0.0  # A2 disconnected
+    x[:, 2] = np.clip(x[:, 2] * 40.0, -1000.0, 1000.0)  # B1: a sine of +-2000 uV clipped at +-1000 uV
+    edf = write_edf(tmp_path / "rec.edf", x, NAMES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "s.h5")
+    text = " ".join(str(m.message) for m in caught)
+    assert re.search(r"/channels/bad: 1 channel\(s\) hold one value throughout \(A2 = ", text)
+    assert re.search(r"1 channel\(s\) sit on their own extreme value, 3 or more samples in a row, for over 1% of the samples \(B1 \d+% at "
+                     r"-1000 or 1000\).*channels\.tsv with status 'bad'", text)
+    with Session(tmp_path / "s.h5") as s:
+        assert s.channels().bad.tolist() == [False, True, False, False]
+
+
+def test_bipolar_channels_sit_between_their_two_contacts(tmp_path):
+    """A clinical bipolar montage ("A1-A2") with an electrodes.tsv of single contacts: each
+    derivation is placed at the midpoint of its contacts (atlas label where both share it, else
+    unknown), named in one warning; the contacts are not reported as matching no channel."""
+    names = ["A1-A2", "A2-B1", "B1-B2", "A1"]
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    edf = write_edf(tmp_path / "rec.edf", signal(), names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    text = " ".join(str(m.message) for m in caught)
+    assert "3 bipolar channel(s) (A1-A2, A2-B1, B1-B2) have no row of their own: each is placed at the midpoint" in text
+    assert "match no channel" not in text and "have no electrode row" not in text
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+    np.testing.assert_allclose(ch.xyz[:2], [[10.5, 20.5, 30.5], [3.0, 11.5, 17.0]])
+    assert np.isnan(ch.xyz[2]).all()  # B2's row has no position: B1-B2's stays unknown
+    np.testing.assert_allclose(ch.xyz[3], [10, 20, 30])
+    assert ch.regions["desikan-killiany"].tolist() == ["", "", "", "ctx-lh-superiorfrontal"]
+
+
+def test_annotations_past_the_end_of_the_recording_are_named(tmp_path):
+    """An EDF+C whose annotations run past its last sample (an export of part of a session): MNE
+    drops them and said nothing (read at verbose 'error'); convert now warns with the count."""
+    ann = [(2.5, "tone"), (30.0, "after the end"), (31.0, "after the end")]
+    edf = write_edf_plus_d(tmp_path / "rec.edf", signal(n_t=2000), NAMES, list(range(10)), ann, kind="EDF+C")
+    with pytest.warns(UserWarning, match=r"rec\.edf: annotations: MNE dropped 2 annotation\(s\) that fall outside the "
+                                         r"recording's samples"):
+        convert_ieeg(edf, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        assert list(s.events("annotations")["label"]) == ["tone"]
+
+
+def test_metre_coordinates_read_as_millimetres_are_warned_about(tmp_path):
+    """Electrode positions in metres with --coordinate-unit mm (or a coordsystem.json saying mm):
+    every contact within 0.03 mm of the origin, all channels at one place, without a word."""
+    tsv = write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows(scale=1e-3))
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    with pytest.warns(UserWarning, match=r"all 3 known electrode positions lie within 0\.031 mm of the origin .*"
+                                         r"if they are in m, convert again with coordinate_unit='m'"):
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_ieeg(vhdr, tmp_path / "m.h5", electrodes=tsv, coordinate_unit="m")  # the right unit: no warning

@@ -391,14 +391,16 @@ def test_channel_types_from_names():
 
 def test_behaviour_and_sensor_names_are_typed_non_neural():
     """A lab's grip force, movement trace, accelerometer or microphone recorded as an EDF channel
-    (typed eeg by MNE) was fed to the model as brain signal; anterior-cingulate shafts ACC1..
+    (typed eeg by MNE), or a BrainAmp AUX1/AUX2 input (a joystick, a photo sensor), was fed to the
+    model as brain signal; anterior-cingulate shafts ACC1..
     and names that only start with the letters (MOVA1, MICA2) stay neural."""
     said = {"GRIP": "misc", "GRIP_FORCE": "misc", "FORCE": "misc", "MOV_RIGHT": "misc", "mov_left": "misc",
             "ACC_X": "misc", "ACC_R_X_D2_TM": "misc", "ACCZ": "misc", "ACCEL1": "misc", "GYRO_Y": "misc",
             "EYE_X": "misc", "EYEGAZE": "misc", "AUDIO": "misc", "MIC": "misc", "ANALOG_R_ROTA_CH": "misc",
-            "TRIG2": "stim", "STIM": "stim", "PHOTODIODE": "stim", "PHOTO": "stim", "RESP2": "resp", "BREATH": "resp",
+            "AUX1": "misc", "AUX_2": "misc", "TRIG2": "stim", "STIM": "stim", "PHOTODIODE": "stim", "PHOTO": "stim", "RESP2": "resp", "BREATH": "resp",
             "PULSE": "bio", "SpO2": "bio", "HEOG": "eog", "REF": "ref", "GND": "ref"}
-    neural = ["ACC1", "ACC 2", "ACC_3", "MOVA1", "MICA2", "FORCEPS1", "ECOG_R_01", "LFP_R_01", "EYEBROW1", "GRIPPER"]
+    neural = ["ACC1", "ACC 2", "ACC_3", "MOVA1", "MICA2", "FORCEPS1", "ECOG_R_01", "LFP_R_01", "EYEBROW1", "GRIPPER",
+              "AUXA1"]
     assert dict(zip(said, channel_types_from_names(list(said)))) == said
     assert channel_types_from_names(neural).tolist() == [""] * len(neural)
 

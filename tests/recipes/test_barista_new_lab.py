@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -457,6 +458,41 @@ def test_pretraining_probe_scores_every_label_one_vs_rest(sessions, tmp_path):
     for arm in ("random-init encoder, same probe", "ridge on band power"):
         assert np.isfinite(out["baselines"][arm]["probe_auroc"])
     assert "one-vs-rest macro ROC-AUC over 4 labels" in out["protocol"]
+
+
+def test_pretraining_probe_leaves_out_a_label_with_no_training_segment(sessions, tmp_path):
+    """A seizure-onset annotation that falls in the test block only: the probe cannot learn it,
+    its one-vs-rest score is constant (AUROC 0.5) and pulled every arm's macro AUROC toward
+    chance (a trial ECoG file's band power read 0.46). Its test segments are left out, the
+    protocol says how many, and preflight says the probe leaves it out."""
+    one = _edited_copy(sessions["new"], tmp_path / "sz.h5", _relabel([(slice(-1, None), "Seizure onset")]))
+    cfg = recipe.prepare(_pretrain_cfg([one]))
+    with pytest.warns(UserWarning, match=r"train split .* no segment of the label\(s\) \['Seizure onset'\].*the probe "
+                                         r"leaves their test segments out"):
+        recipe.preflight(cfg)
+    dm = recipe.datamodule(cfg)
+    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "run")
+    assert re.search(r"fitted on the training block, ROC-AUC on the test block \(\d+ segments, 1 test segment\(s\) "
+                     r"of labels with no training segment left out", out["protocol"])
+    for arm in ("random-init encoder, same probe", "ridge on band power"):
+        assert np.isfinite(out["baselines"][arm]["probe_auroc"])
+    y_train, y_test = np.array([0, 1, 0, 1]), np.array([0, 1, 2, 1, 0])
+    tr, te = recipe._trained_labels_only({"y": y_train}, {"y": y_test, "t0": np.arange(5.0)})
+    assert te["y"].tolist() == [0, 1, 1, 0] and te["t0"].tolist() == [0, 1, 3, 4] and te["left_out"] == 1
+
+
+def test_stimulus_and_response_markers_as_classes_are_warned_about(sessions, tmp_path):
+    """A BrainVision file's S1/S2 stimuli and R1 responses all became classes of one classifier
+    (the README's command without data.labels): the warning names them and data.labels=[S1,S2]."""
+    marks = _edited_copy(sessions["new"], tmp_path / "bv.h5",
+                         _relabel([(slice(None, None, 3), "S1"), (slice(1, None, 3), "S2"), (slice(2, None, 3), "R1")]))
+    with pytest.warns(UserWarning, match=r"bv\.h5: /events/word_onset holds stimulus markers \(S1, S2\) and response "
+                                         r"markers \(R1\).*data\.labels=\[S1,S2\] classifies the stimuli only"):
+        recipe.preflight(recipe.prepare(_pretrain_cfg([marks])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe.preflight(recipe.prepare(_pretrain_cfg([marks], "data.labels=[S1,S2]")))
+    assert not [w for w in caught if "response markers" in str(w.message)]
 
 
 def _bursty_emg(t: np.ndarray, seed: int = 0) -> np.ndarray:
