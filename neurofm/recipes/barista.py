@@ -1375,6 +1375,7 @@ def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
 # -- the decode report of a classification / regression fine-tune ------------------------------
 
 MODEL_ARM = "BaRISTA fine-tuned"
+WAVEFORM_ARM = "logistic on the evoked waveform"
 
 
 def _starting_encoder(cfg: RunConfig, task):
@@ -1397,6 +1398,21 @@ def _starting_encoder(cfg: RunConfig, task):
     return BaristaEncoder(task.encoder.config).eval(), "random-init", f"random weights (seed {cfg.seed}){shape}"
 
 
+#: Time bins of the evoked-waveform baseline: a segment's time course per channel, averaged in
+#: this many equal bins (an evoked potential's shape; 8 bins of a 0.5-1 s segment are 60-125 ms).
+WAVEFORM_BINS = 8
+
+
+def evoked_waveform(x: np.ndarray, n_bins: int = WAVEFORM_BINS) -> np.ndarray:
+    """``(B, C, T)`` segments (as the model reads them) -> ``(B, C, n_bins)``: each channel's
+    time course averaged in ``n_bins`` equal bins (samples past the last whole bin left out): the
+    phase-locked evoked response that band power, a power per band over the whole segment, discards."""
+    B, C, T = x.shape
+    per = max(T // n_bins, 1)
+    n = min(n_bins, T)
+    return np.asarray(x[..., :n * per], dtype=np.float64).reshape(B, C, n, per).mean(-1)
+
+
 @torch.no_grad()
 def _segment_pass(loader, encoder, bands, task=None, channels: bool = False,
                   max_segments: int | None = None) -> dict[str, np.ndarray]:
@@ -1407,7 +1423,7 @@ def _segment_pass(loader, encoder, bands, task=None, channels: bool = False,
     each channel's tokens averaged over patches (zero for padded channels), with ``cmask``
     (B, C) True for real channels. ``max_segments``: stop after the batch that reaches it."""
     regression = task is not None and task.hparams.task == "regression"
-    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "pred", "chan", "cmask")}
+    out: dict[str, list] = {k: [] for k in ("y", "t0", "session", "feat", "bp", "wave", "pred", "chan", "cmask")}
     seen = 0
     for i, batch in enumerate(loader):
         if max_segments is not None and seen >= max_segments:
@@ -1429,6 +1445,7 @@ def _segment_pass(loader, encoder, bands, task=None, channels: bool = False,
         if bands is not None:
             x = (batch["x"] * batch["channel_mask"][..., None]).numpy()
             out["bp"].append(bands.features(x).reshape(len(x), x.shape[1], -1)[keep.numpy()])  # (B, C, n_bands)
+            out["wave"].append(evoked_waveform(x)[keep.numpy()])  # (B, C, WAVEFORM_BINS)
         if task is not None:
             if regression:
                 mean, std = task.target_scale()
@@ -1441,7 +1458,7 @@ def _segment_pass(loader, encoder, bands, task=None, channels: bool = False,
         out["t0"].append(batch["t0"].numpy()[k])
         out["session"].append(batch["session"].numpy()[k])
         out["feat"].append(feat[keep].numpy())
-    for key in ("bp", "chan", "cmask"):  # batches of different channel counts: pad to the widest
+    for key in ("bp", "wave", "chan", "cmask"):  # batches of different channel counts: pad to the widest
         C = max((b.shape[1] for b in out[key]), default=0)
         out[key] = [np.pad(b, ((0, 0), (0, C - b.shape[1])) + ((0, 0),) * (b.ndim - 2)) for b in out[key]]
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
@@ -1467,6 +1484,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
     bp_tr, bp_te = pad(train["bp"]), pad(test["bp"])
     probe = f"linear probe on the frozen {start} encoder"
+    others = []  # baselines besides `baseline` whose verdict is a plain line too
     if classify:
         names = list(task.hparams.get("label_names", [])) or [str(k) for k in range(task.hparams.n_classes)]
         y = test["y"].astype(np.int64)
@@ -1477,9 +1495,10 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                     bp_tr, train["y"]).model.decision_function(bp_te),
                 "ridge on band power": _squeeze(Ridge(score=_auroc_or_mse).fit(
                     bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
+                WAVEFORM_ARM: Logistic().fit(pad(train["wave"]), train["y"]).decision_function(pad(test["wave"])),
                 probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
                 "null (chance)": np.zeros(model_scores.shape)}  # several classes: (N, K), macro AUROC 0.5
-        key, baseline = "test_auroc", "logistic on band power"
+        key, baseline, others = "test_auroc", "logistic on band power", [WAVEFORM_ARM]
     else:
         y = test["y"]
         arms = {MODEL_ARM: test["pred"],
@@ -1502,9 +1521,11 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     notes = {probe: f"frozen features of {source}", baseline: "same segments"}
     if start.get("features"):
         notes[MODEL_ARM] = f"started at {start['features']}"
+    notes.update({name: "same segments, the model's input" for name in others})
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
                                   segment_s=cfg.data.segment_s, notes=notes)
+    more = [_plain_line(report, MODEL_ARM, name, len(y)) for name in others]
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
@@ -1515,12 +1536,15 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
-    limitations = [] if line is None else [line]
+    limitations = [x for x in [line, *more] if x is not None]
     _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe, names if classify else None)
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
                  f"features of {source}; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
-                 f"and band, penalty chosen on the last 20% of the training segments; {report.confidence:.0%} CIs "
+                 f"and band, penalty chosen on the last 20% of the training segments"
+                 + (f"; evoked waveform (classification): each channel's time course in the model's input averaged "
+                    f"in {WAVEFORM_BINS} bins, logistic, penalty chosen likewise" if others else "")
+                 + f"; {report.confidence:.0%} CIs "
                  f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
 
     if started:
@@ -1567,15 +1591,18 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
                         scored=f"all {len(y)} test segments, in blocks of equal segment count (their mean length)",
                         block_s=round(span, 3) if np.isfinite(span) else None,
                         notes=notes, protocol=protocol, seed=seed)
+    return rep, _plain_line(rep, reference, baseline, len(y))
+
+
+def _plain_line(rep, reference: str, baseline: str, n: int) -> str | None:
+    """The report's plain line about ``baseline`` (None when ``reference`` beats it)."""
     m = rep.primary
     compared = [r.arm for r in rep.rows if r.arm != reference and m in r.diff]
     line = dict(zip(compared, rep.verdicts())).get(baseline)
     if rep.n_blocks < 5:  # too few distinct resamples for an interval to mean anything
-        line = (f"{reference} vs {baseline}: {rep.n_blocks} blocks of the test period are too few for a "
-                f"confidence interval ({len(y)} test segments); the comparison is not established")
-    elif line is not None and line.startswith(f"{reference} beats"):
-        line = None
-    return rep, line
+        return (f"{reference} vs {baseline}: {rep.n_blocks} blocks of the test period are too few for a "
+                f"confidence interval ({n} test segments); the comparison is not established")
+    return None if line is not None and line.startswith(f"{reference} beats") else line
 
 
 def _value_ci(rep, arm: str) -> tuple[float, list[float]]:

@@ -184,8 +184,22 @@ def test_classification_report_and_roc_plot(session, tmp_path):
     assert {"logistic on band power", "ridge on band power", "null (chance)"} <= set(out["baselines"])
     assert out["baselines"]["null (chance)"]["test_auroc"] == 0.5
     assert out["baselines"]["logistic on band power"]["test_auroc"] > 0.6
-    assert len(out["report"]["verdicts"]) == 4 and "blocks of the test period" in out["protocol"]
+    assert len(out["report"]["verdicts"]) == 5 and "blocks of the test period" in out["protocol"]
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
+    # the evoked waveform (what band power discards: the phase-locked response) is an arm, with its plain line
+    wave = out["baselines"][recipe.WAVEFORM_ARM]["test_auroc"]
+    assert 0.5 < wave <= 1.0 and f"evoked waveform (classification): each channel's time course" in out["protocol"]
+    said = [v for v in out["report"]["verdicts"] if recipe.WAVEFORM_ARM in v]
+    assert len(said) == 1 and (said[0].startswith("BaRISTA fine-tuned beats")
+                               or any(recipe.WAVEFORM_ARM in x for x in out["limitations"]))
+
+
+def test_evoked_waveform_bins_each_channels_time_course():
+    x = np.arange(2 * 3 * 17, dtype=np.float64).reshape(2, 3, 17)  # 17 samples: the last one left out
+    w = recipe.evoked_waveform(x, n_bins=4)
+    assert w.shape == (2, 3, 4)
+    np.testing.assert_allclose(w[1, 2], [x[1, 2, 0:4].mean(), x[1, 2, 4:8].mean(), x[1, 2, 8:12].mean(),
+                                         x[1, 2, 12:16].mean()])
 
 
 def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, tmp_path, capsys):
