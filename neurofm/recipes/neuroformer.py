@@ -1225,6 +1225,11 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         keep = (torch.cat(ms[v.name]).bool() & labelled).numpy()
         if keep.sum() < 10:
             continue
+        # the fits below cost ~ windows x features^2 per fold (and features^3): on a 360-unit
+        # recording (26k windows x 5,400 count features) over 10 min of silence before step 1
+        print(f"neurofm: fitting the read-out's starting ridge for {v.name}: {int(keep.sum()):,} labelled windows x "
+              f"{C.shape[1]:,} count features (+{P.shape[1]} pooled), penalty by blocked CV "
+              f"({RidgeFitPredict().inner_folds} folds, twice); its time grows with windows x features^2", file=sys.stderr)
         fits = {START_COUNTS: _ridge_fit(C[keep], Y[keep], stride),
                 START_POOLED: _ridge_fit(np.concatenate([C, P], axis=1)[keep], Y[keep], stride)}
         cv = {k: cv_r2 for k, (_, cv_r2, _) in fits.items()}
