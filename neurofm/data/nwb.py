@@ -18,6 +18,8 @@ What is taken from an NWB 2 file, and where it goes::
     stimulus TimeSeries     -> /stimulus/<name> (only data stored inside the file)
     trials, epochs, invalid_times, other TimeIntervals -> /intervals/<name>
       start_time/stop_time -> start/end, scalar columns kept, ragged ones (tags) joined by ";"
+    SpatialSeries samples that jump away and back (mis-tracking: :func:`tracking_jumps`) are named
+      in a warning, not changed
     invalid_times, and recording pauses (spans where no unit fires: see
     :func:`recording_pauses`) -> also /intervals/bad_segments (no window reads them; warned)
 
@@ -479,6 +481,8 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
                               f"numeric series; left out of /behavior", stacklevel=3)
                 continue
             t, values = _drop_repeats(_timestamps(ts, field, in_path), _scaled(ts), field, in_path)
+            if isinstance(ts, pynwb.behavior.SpatialSeries):
+                _warn_tracking_jumps(t, values, field, str(getattr(ts, "unit", "") or ""), in_path)
             found.append((module_name, path, ts.name, t, values,
                           dict(unit=str(getattr(ts, "unit", "") or ""), description=str(ts.description or ""),
                                nwb_path=field)))
@@ -489,6 +493,45 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
         # keep the series' own name ("position"); disambiguate only on collisions
         out_name = name if counts[name] == 1 else f"{module_name}_{path}".replace("/", "_")
         yield out_name, t, values, extra
+
+
+#: A tracking jump: a step between successive valid samples over JUMP_STEPS x the series' 99th
+#: percentile step, that comes back (to within that distance of where it left) after at most
+#: JUMP_MAX_SAMPLES samples: a camera locking onto a reflection for a frame or two, not movement.
+JUMP_STEPS = 10.0
+JUMP_MAX_SAMPLES = 3
+
+
+def tracking_jumps(values: np.ndarray) -> np.ndarray:
+    """Indices of the samples of a position series (T,) or (T, D) that are tracking jumps (see
+    ``JUMP_STEPS``); NaN rows (tracking lost) are skipped, not counted."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[:, None] if v.ndim == 1 else v.reshape(len(v), -1)
+    ok = np.flatnonzero(np.isfinite(v).all(axis=1))
+    if len(ok) < 3:
+        return np.zeros(0, dtype=np.int64)
+    x = v[ok]
+    step = np.linalg.norm(np.diff(x, axis=0), axis=1)  # step[k]: from valid sample k to k + 1
+    limit = JUMP_STEPS * float(np.percentile(step, 99))
+    if not limit > 0:
+        return np.zeros(0, dtype=np.int64)
+    big = np.flatnonzero(step > limit)
+    out = []
+    for a, b in zip(big[:-1], big[1:]):  # leaves after sample a, comes back at sample b + 1
+        if b - a <= JUMP_MAX_SAMPLES and np.linalg.norm(x[b + 1] - x[a]) < limit:
+            out.extend(range(a + 1, b + 1))
+    return ok[np.unique(np.asarray(out, dtype=np.int64))]
+
+
+def _warn_tracking_jumps(t: np.ndarray, values: np.ndarray, field: str, unit: str, in_path: Path) -> None:
+    bad = tracking_jumps(values)
+    if len(bad):
+        warnings.warn(f"{in_path}: {field}: {len(bad)} sample(s) jump away and back within {JUMP_MAX_SAMPLES} samples "
+                      f"by over {JUMP_STEPS:g} x the series' 99th-percentile step (first at t = {t[bad[0]]:.3f} s"
+                      f"{', '.join([''] + [f'{t[i]:.3f}' for i in bad[1:4]])}{' ...' if len(bad) > 4 else ''}): "
+                      f"mis-tracking, read as position by every window that holds one (its mean target, and the "
+                      f"speed that picks moving windows); set those samples to NaN in the NWB file (NaN rows "
+                      f"are skipped) and convert again", stacklevel=4)
 
 
 def _read_stimuli(nwb, in_path: Path, pynwb):

@@ -387,3 +387,35 @@ def test_recording_pause_and_invalid_times_are_kept_out_of_every_window(tmp_path
         for a, b in zip(bad["start"], bad["end"]):
             assert not np.any((ends > a) & (ends - 0.2 < b))
         assert ends.max() > 160.0  # the training block goes on after the pause
+
+
+def test_tracking_jumps_in_a_position_series_are_named(tmp_path):
+    """Video tracking that locks onto a reflection for a frame or two puts the position hundreds
+    of pixels away and back; every window holding such a frame trains and scores a shifted mean,
+    and the smoothed speed reads it as movement. Convert names those samples (a jump away and
+    back within 3 samples, over 10 x the series' 99th-percentile step); a fast but continuous run,
+    NaN rows (tracking lost) and the series' own jitter are not jumps."""
+    rng = np.random.default_rng(1)
+    t = np.arange(0, 120, 1 / 30)
+    pos = np.stack([300 + 200 * np.sin(t / 7), 240 + 150 * np.cos(t / 5)], axis=1) + rng.normal(0, 1.5, (len(t), 2))
+    pos[1800:1830, 0] += np.linspace(0, 120, 30)  # a dash: 4 px per frame for a second, then stays
+    pos[1830:, 0] += 120
+    pos[900:930] = np.nan  # tracking lost for a second
+    pos[600] = [620.0, 20.0]  # one frame on a reflection
+    pos[2400:2402] = [[15.0, 470.0], [16.0, 468.0]]  # two frames
+    nwb = NWBFile(session_description="t", identifier="t",
+                  session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    nwb.add_unit(spike_times=np.sort(rng.uniform(0, 120, 500)))
+    module = nwb.create_processing_module("behavior", "tracking")
+    position = Position()
+    position.add_spatial_series(SpatialSeries(name="led", data=pos, timestamps=t, reference_frame="video",
+                                              unit="pixels"))
+    module.add(position)
+    with NWBHDF5IO(str(tmp_path / "of.nwb"), "w") as io:
+        io.write(nwb)
+    assert nwb_mod.tracking_jumps(pos).tolist() == [600, 2400, 2401]
+    with pytest.warns(UserWarning, match=r"processing/behavior/Position/led: 3 sample\(s\) jump away and back within 3 "
+                                         r"samples .* \(first at t = 20\.000 s, 80\.000, 80\.033\): mis-tracking.*NaN"):
+        convert_nwb(tmp_path / "of.nwb", tmp_path / "of.h5")
+    clean = np.delete(pos, [600, 2400, 2401], axis=0)
+    assert nwb_mod.tracking_jumps(clean).size == 0  # the dash, the NaN run and the jitter are not jumps
