@@ -1192,6 +1192,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     pooled = []
     was_training = model.training
     model.eval()
+    print(f"neurofm: the read-out's start: the model reads the training windows once (pooled state), then ridge "
+          f"fits {', '.join(v.name for v in fresh)} on their binned counts", file=sys.stderr)
     try:
         for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
             ses.append(batch["session"])
@@ -1225,8 +1227,9 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         keep = (torch.cat(ms[v.name]).bool() & labelled).numpy()
         if keep.sum() < 10:
             continue
-        # the fits below cost ~ windows x features^2 per fold (and features^3): on a 360-unit
-        # recording (26k windows x 5,400 count features) over 10 min of silence before step 1
+        # with the pass over the training windows above, this came before step 1 without a word:
+        # on a 360-unit recording (25,921 windows x 1,440 count features, 1 thread under load)
+        # over 11 minutes passed between the attention-backend line and the read-out's start line
         print(f"neurofm: fitting the read-out's starting ridge for {v.name}: {int(keep.sum()):,} labelled windows x "
               f"{C.shape[1]:,} count features (+{P.shape[1]} pooled), penalty by blocked CV "
               f"({RidgeFitPredict().inner_folds} folds, twice); its time grows with windows x features^2", file=sys.stderr)

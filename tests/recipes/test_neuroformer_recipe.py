@@ -540,7 +540,8 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path, capsys):
     announced = re.search(r"fitting the read-out's starting ridge for position: ([\d,]+) labelled windows x 40 count "
                           r"features \(\+\d+ pooled\), penalty by blocked CV \(4 folds, twice\)", err)
     assert announced and int(announced.group(1).replace(",", "")) == start["n_windows"]
-    assert err.index("fitting the read-out's starting ridge") < err.index("the read-out of position starts at")
+    assert (err.index("the read-out's start: the model reads the training windows once") <
+            err.index("fitting the read-out's starting ridge") < err.index("the read-out of position starts at"))
     head = model.count_heads["position"]
     assert head.weight.abs().sum() > 0 and bool(model.behavior_heads["position"].weight.abs().sum() > 0) == pooled
     X, Y, got = [], [], []
