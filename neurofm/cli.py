@@ -354,6 +354,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
+    import warnings
+
     from neurofm.data.session import set_intervals
 
     blocks = {}
@@ -366,7 +368,11 @@ def _cmd_split(args: argparse.Namespace) -> int:
             blocks.setdefault(name, []).append((start, end))
     if set(blocks) != {"train", "valid", "test"}:
         raise ValueError("give at least one --train, --valid and --test block (START:END seconds)")
-    set_intervals(args.file, blocks, overwrite=args.overwrite)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        set_intervals(args.file, blocks, overwrite=args.overwrite)
+    for note in notes:  # the edges clipped to the recording: they name the file and the block
+        print(f"neurofm split: note: {note.message}", file=sys.stderr)
     print(f"wrote /intervals/train|valid|test to {args.file}; data modules now split by them")
     return 0
 

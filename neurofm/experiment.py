@@ -912,7 +912,9 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
     if split:
         overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
         shown = ", ".join(f"{k} {v}" for k, v in split.items())
-        log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}); data.split.* to change")
+        log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}; a session file with its own "
+                 f"/intervals/train, valid, test, as `neurofm split` writes, is split by those instead); "
+                 f"data.split.* to change")
     for key in _STRIDE_KEYS:
         if data.get(key):  # 0: the default, which evaluate uses too
             overrides = [f"data.{key}={data[key]}", *overrides]

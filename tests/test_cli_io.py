@@ -255,3 +255,24 @@ def test_convert_session_angle_errors_and_degrees(tmp_path, capsys):
     assert main(["convert", "session", str(src), str(bad), "--angle", "hd_nounit", "--angle-unit", "deg"]) == 0
     with Session(bad) as s:
         np.testing.assert_allclose(s.behavior("hd_nounit_cos_sin")[1], expect, atol=1e-6)
+
+
+def test_split_clips_block_edges_just_outside_the_recording(tmp_path, capsys):
+    """A recording spans its first to last sample: an open field whose video clock's first frame
+    came 1.4 ms in spans 0.0014 .. 1799.99 s, and `neurofm split FILE --train 0:1065 ...` was
+    refused (the user's 0 is the recording's start). An edge under a second outside is clipped to
+    the recording, with a note; one farther out (another clock, a typo) is still refused."""
+    path = tmp_path / "s.h5"
+    with SessionWriter(path, session_id="s") as w:
+        w.add_units(["a", "b"])
+        w.add_spikes(np.linspace(0.0014, 99.99, 200), np.arange(200) % 2)  # spans first..last spike
+    assert main(["split", str(path), "--train", "0:40", "--valid", "41:45", "--test", "46:100"]) == 0
+    err = capsys.readouterr().err
+    assert "neurofm split: note: " in err and "/intervals/train: block edges [0.0] are outside the recording [0.001, 99.990] s" in err
+    assert "/intervals/test" in err and "clipped to it" in err
+    with Session(path) as s:
+        assert s.intervals("train")["start"].tolist() == [0.0014]
+        assert s.intervals("test")["end"].tolist() == [99.99]
+    assert main(["split", str(path), "--train", "0:40", "--valid", "41:45", "--test", "46:102",
+                 "--overwrite"]) == 2
+    assert "must have end > start inside the recording" in capsys.readouterr().err

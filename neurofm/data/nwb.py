@@ -18,6 +18,10 @@ What is taken from an NWB 2 file, and where it goes::
     stimulus TimeSeries     -> /stimulus/<name> (only data stored inside the file)
     trials, epochs, invalid_times, other TimeIntervals -> /intervals/<name>
       start_time/stop_time -> start/end, scalar columns kept, ragged ones (tags) joined by ";"
+    SpatialSeries samples that jump away and back (mis-tracking: :func:`tracking_jumps`) are named
+      in a warning, not changed
+    invalid_times, and recording pauses (spans where no unit fires: see
+    :func:`recording_pauses`) -> also /intervals/bad_segments (no window reads them; warned)
 
 Nothing is written under the output name unless the whole conversion succeeds
 (:class:`~neurofm.data.session.SessionWriter` writes a temporary file and renames it).
@@ -33,8 +37,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from neurofm.atomic import OutputError, check_destination
-from neurofm.data.session import (ConvertError, SessionFormatError, SessionWriter, check_brain_coordinates,
-                                  clean_labels, coordinate_scale, mm_per_unit)
+from neurofm.data.session import (BAD_SEGMENTS, ConvertError, SessionFormatError, SessionWriter,
+                                  check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Rows of an ElectricalSeries converted per block: bounds memory at ~32 MB of float64 whatever
 #: the recording's length.
@@ -45,6 +49,13 @@ BLOCK_VALUES = 1 << 22
 _REGION_WORDS = ("location", "region", "atlas", "parcel", "area", "structure", "destrieux", "desikan", "ccf")
 _NAME_COLUMNS = ("channel_name", "label", "name", "electrode_name")
 _UNIT_SKIP = {"spike_times", "obs_intervals", "waveforms", "spike_amplitudes"}
+#: A recording pause is a span in which no unit fires that is longer than both of these: at the
+#: recording's mean pooled rate R, a Poisson population stays silent for PAUSE_MIN_ISIS / R
+#: seconds with probability e^-100, and a rest period with a tenth of that rate still e^-10 per
+#: interval; the floor keeps sparse recordings' long silences (a few units, under 10 Hz summed)
+#: from reading as pauses.
+PAUSE_MIN_ISIS = 100
+PAUSE_MIN_S = 10.0
 
 
 def _pynwb():
@@ -144,6 +155,8 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
     stimuli = list(_read_stimuli(nwb, in_path, pynwb))
     intervals = list(_read_intervals(nwb, in_path))
     channels = _read_channels(series, in_path, coordinate_unit) if series is not None else None
+    span = _recording_span(spike_t, behaviour, intervals, unit_cols) if units is not None else (None, None)
+    bad = _bad_segments(spike_t, span, intervals, in_path) if units is not None else None
 
     subject = nwb.subject
     attrs: dict[str, Any] = dict(
@@ -162,7 +175,7 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
         with SessionWriter(out_path, overwrite=overwrite, **attrs) as w:
             if units is not None:
                 w.add_units(unit_ids, **unit_cols)
-                w.add_spikes(spike_t, spike_u, *_recording_span(spike_t, behaviour, intervals, unit_cols))
+                w.add_spikes(spike_t, spike_u, *span)
             if series is not None:
                 _write_continuous(w, series, channels, in_path, nan_policy)
             for name, ts, values, extra in behaviour:
@@ -170,12 +183,58 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
             for name, ts, frames, extra in stimuli:
                 w.add_stimulus(name, ts, frames, **extra)
             for name, start, end, cols in intervals:
-                w.add_intervals(name, start, end, **cols)
+                if name != BAD_SEGMENTS:  # an NWB table of that name is merged into ``bad`` below
+                    w.add_intervals(name, start, end, **cols)
+            if bad is not None:
+                w.add_intervals(BAD_SEGMENTS, bad[0], bad[1], **bad[2])
     except ConvertError:
         raise
     except SessionFormatError as e:  # problems found while writing are problems of the input
         raise ConvertError(in_path, e.field, e.problem, e.fix) from None
     return out_path
+
+
+def recording_pauses(spike_t: np.ndarray, t_start: float, t_end: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, end)`` of the spans between two spikes in which no unit fires for longer than
+    ``PAUSE_MIN_ISIS`` mean pooled inter-spike intervals (the rate over ``t_start..t_end``) and
+    ``PAUSE_MIN_S`` seconds: acquisition paused (two recording epochs on one clock), or spike
+    sorting left out part of the session. Read as data, such a span is thousands of empty windows
+    that pretraining learns as silence. Only pauses between the first and the last spike: a
+    session's silent head or tail (tracking that ran on past the neural recording) is left as it is."""
+    t = np.asarray(spike_t, np.float64)
+    if len(t) < 2 or t_end <= t_start:
+        return np.zeros(0), np.zeros(0)
+    min_gap = max(PAUSE_MIN_S, PAUSE_MIN_ISIS * (t_end - t_start) / len(t))
+    k = np.flatnonzero(np.diff(t) > min_gap)
+    return t[k], t[k + 1]
+
+
+def _bad_segments(spike_t, span, intervals, in_path: Path):
+    """``(start, end, {label})`` for /intervals/bad_segments: the NWB file's ``invalid_times`` (and
+    a table it calls ``bad_segments``) and the recording pauses, each warned about; None if none."""
+    start, end, label = [], [], []
+    for name, a, b, _ in intervals:
+        if name in ("invalid_times", BAD_SEGMENTS) and len(a):
+            start.append(a), end.append(b), label.append(np.full(len(a), name, dtype=object))
+            warnings.warn(f"{in_path}: intervals/{name}: {len(a)} span(s), {float(np.sum(b - a)):.1f} s in all, "
+                          f"marked invalid by the file; no window of training, validation, test or the "
+                          f"baselines reads them (/intervals/{BAD_SEGMENTS})", stacklevel=3)
+    if span[0] is not None:
+        a, b = recording_pauses(spike_t, *span)
+        if len(a):
+            start.append(a), end.append(b), label.append(np.full(len(a), "recording pause", dtype=object))
+            eg = ", ".join(f"{x:.1f}-{y:.1f} s" for x, y in zip(a[:3], b[:3]))
+            warnings.warn(f"{in_path}: units/spike_times: no unit fires for {float(np.sum(b - a)):.1f} s in "
+                          f"{len(a)} span(s) ({eg}{', ...' if len(a) > 3 else ''}), over {PAUSE_MIN_ISIS} mean "
+                          f"pooled inter-spike intervals and {PAUSE_MIN_S:g} s each: read as recording pauses "
+                          f"(acquisition stopped, or sorting covers part of the session) and kept out of "
+                          f"every window as /intervals/{BAD_SEGMENTS}. If the population really was silent, "
+                          f"delete that group (h5py) before training", stacklevel=3)
+    if not start:
+        return None
+    start, end, label = np.concatenate(start), np.concatenate(end), np.concatenate(label)
+    order = np.argsort(start, kind="stable")
+    return start[order], end[order], {"label": label[order]}
 
 
 def _recording_span(spike_t: np.ndarray, behaviour: list, intervals: list, unit_cols: dict | None = None
@@ -429,6 +488,8 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
                               f"numeric series; left out of /behavior", stacklevel=3)
                 continue
             t, values = _drop_repeats(_timestamps(ts, field, in_path), _scaled(ts), field, in_path)
+            if isinstance(ts, pynwb.behavior.SpatialSeries):
+                _warn_tracking_jumps(t, values, field, str(getattr(ts, "unit", "") or ""), in_path)
             found.append((module_name, path, ts.name, t, values,
                           dict(unit=str(getattr(ts, "unit", "") or ""), description=str(ts.description or ""),
                                nwb_path=field)))
@@ -439,6 +500,45 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
         # keep the series' own name ("position"); disambiguate only on collisions
         out_name = name if counts[name] == 1 else f"{module_name}_{path}".replace("/", "_")
         yield out_name, t, values, extra
+
+
+#: A tracking jump: a step between successive valid samples over JUMP_STEPS x the series' 99th
+#: percentile step, that comes back (to within that distance of where it left) after at most
+#: JUMP_MAX_SAMPLES samples: a camera locking onto a reflection for a frame or two, not movement.
+JUMP_STEPS = 10.0
+JUMP_MAX_SAMPLES = 3
+
+
+def tracking_jumps(values: np.ndarray) -> np.ndarray:
+    """Indices of the samples of a position series (T,) or (T, D) that are tracking jumps (see
+    ``JUMP_STEPS``); NaN rows (tracking lost) are skipped, not counted."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[:, None] if v.ndim == 1 else v.reshape(len(v), -1)
+    ok = np.flatnonzero(np.isfinite(v).all(axis=1))
+    if len(ok) < 3:
+        return np.zeros(0, dtype=np.int64)
+    x = v[ok]
+    step = np.linalg.norm(np.diff(x, axis=0), axis=1)  # step[k]: from valid sample k to k + 1
+    limit = JUMP_STEPS * float(np.percentile(step, 99))
+    if not limit > 0:
+        return np.zeros(0, dtype=np.int64)
+    big = np.flatnonzero(step > limit)
+    out = []
+    for a, b in zip(big[:-1], big[1:]):  # leaves after sample a, comes back at sample b + 1
+        if b - a <= JUMP_MAX_SAMPLES and np.linalg.norm(x[b + 1] - x[a]) < limit:
+            out.extend(range(a + 1, b + 1))
+    return ok[np.unique(np.asarray(out, dtype=np.int64))]
+
+
+def _warn_tracking_jumps(t: np.ndarray, values: np.ndarray, field: str, unit: str, in_path: Path) -> None:
+    bad = tracking_jumps(values)
+    if len(bad):
+        warnings.warn(f"{in_path}: {field}: {len(bad)} sample(s) jump away and back within {JUMP_MAX_SAMPLES} samples "
+                      f"by over {JUMP_STEPS:g} x the series' 99th-percentile step (first at t = {t[bad[0]]:.3f} s"
+                      f"{', '.join([''] + [f'{t[i]:.3f}' for i in bad[1:4]])}{' ...' if len(bad) > 4 else ''}): "
+                      f"mis-tracking, read as position by every window that holds one (its mean target, and the "
+                      f"speed that picks moving windows); set those samples to NaN in the NWB file (NaN rows "
+                      f"are skipped) and convert again", stacklevel=4)
 
 
 def _read_stimuli(nwb, in_path: Path, pynwb):

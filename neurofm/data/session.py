@@ -1459,6 +1459,12 @@ def open_sessions(paths) -> Iterator[Session]:
         yield Session(p)
 
 
+#: ``set_intervals`` / ``neurofm split``: a block edge at most this far (s) outside the recording is
+#: clipped to it (a recording starts at its first sample or spike, e.g. 1.4 ms after a video
+#: clock's 0 with jittered frames); farther is an error (another clock, or a typo).
+SPLIT_EDGE_S = 1.0
+
+
 def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwrite: bool = False) -> None:
     """Add ``/intervals/<name>`` groups to an existing session file, atomically.
 
@@ -1473,6 +1479,17 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
     parsed = {}
     for name, pairs in blocks.items():
         arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+        # A recording spans its first to last sample or spike: a tracking clock whose first frame
+        # came 1.4 ms in made `--train 0:1065` an error. Edges under SPLIT_EDGE_S outside are
+        # clipped to the recording (nothing is recorded there), with a note; farther is refused.
+        outside = np.maximum(t0 - arr, 0.0) + np.maximum(arr - t1, 0.0)
+        if arr.size and 0 < outside.max() <= SPLIT_EDGE_S and np.all(arr[:, 1] > arr[:, 0]):
+            clipped = np.clip(arr, t0, t1)
+            if np.all(clipped[:, 1] > clipped[:, 0]):
+                warnings.warn(f"{path}: /intervals/{name}: block edges {arr[outside > 0].tolist()} are outside the "
+                              f"recording [{t0:.3f}, {t1:.3f}] s by at most {outside.max():.3f} s: clipped to it",
+                              stacklevel=2)
+                arr = clipped
         if np.any(arr[:, 1] <= arr[:, 0]) or arr.min() < t0 - 1e-9 or arr.max() > t1 + 1e-9:
             raise SessionFormatError(path, f"/intervals/{name}",
                                      f"blocks {arr.tolist()} must have end > start inside the recording "

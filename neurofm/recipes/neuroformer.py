@@ -1134,6 +1134,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     pooled = []
     was_training = model.training
     model.eval()
+    print(f"neurofm: the read-out's start: the model reads the training windows once (pooled state), then ridge "
+          f"fits {', '.join(v.name for v in fresh)} on their binned counts", file=sys.stderr)
     try:
         for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
             ses.append(batch["session"])
@@ -1167,6 +1169,12 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         keep = (torch.cat(ms[v.name]).bool() & labelled).numpy()
         if keep.sum() < 10:
             continue
+        # with the pass over the training windows above, this came before step 1 without a word:
+        # on a 360-unit recording (25,921 windows x 1,440 count features, 1 thread under load)
+        # over 11 minutes passed between the attention-backend line and the read-out's start line
+        print(f"neurofm: fitting the read-out's starting ridge for {v.name}: {int(keep.sum()):,} labelled windows x "
+              f"{C.shape[1]:,} count features (+{P.shape[1]} pooled), penalty by blocked CV "
+              f"({RidgeFitPredict().inner_folds} folds, twice); its time grows with windows x features^2", file=sys.stderr)
         fits = {START_COUNTS: _ridge_fit(C[keep], Y[keep], stride),
                 START_POOLED: _ridge_fit(np.concatenate([C, P], axis=1)[keep], Y[keep], stride)}
         cv = {k: cv_r2 for k, (_, cv_r2, _) in fits.items()}
@@ -1506,8 +1514,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
                 if few_shot else np.ones(len(train["interval"]), dtype=bool))
-    draw = label_draw(cfg, train["session"], train["interval"]) if few_shot else None
     train_scored = _moving_windows(cfg, dm, train)  # with a moving rule, only moving windows' labels count
+    draw = label_draw(cfg, train["session"], train["interval"], train_scored) if few_shot else None
     labelled &= train_scored
     # per session: a unit of one session never fires in another's windows (see _unigram_logp)
     n_sessions = len(dm.sessions)
@@ -1719,32 +1727,55 @@ def _training_length(cfg: RunConfig, dm) -> str:
             f"({rule})")
 
 
-def label_draw(cfg: RunConfig, session: np.ndarray, interval: np.ndarray) -> dict:
+def label_draw(cfg: RunConfig, session: np.ndarray, interval: np.ndarray, scored: np.ndarray | None = None) -> dict:
     """What ``--label-fraction`` drew on these training windows (session index, end time): each
     ``data.label_chunk_s`` chunk is labelled with probability ``label_fraction`` on its own, so the
     share of labelled windows varies around it: on a 512 s training block (51 chunks of 10 s)
-    0.1 drew 2 chunks, 400 of 10,186 windows (3.9%), which the report called "10%"."""
+    0.1 drew 2 chunks, 400 of 10,186 windows (3.9%), which the report called "10%".
+
+    ``scored``: (W,) bool, the training windows whose labels count (the moving ones when moving
+    windows are scored). When some are not, the draw also gives how many of them were labelled
+    (``n_scored_windows``, ``n_scored_labelled``, ``scored_share``): the chunks are drawn blind to
+    movement, so on a recording with long rest the labels that train every arm can be far fewer
+    than the fraction says (0.1 drew 7 chunks of an open-field session, 280 windows (5.6%), of
+    which 26 moving: 1.4% of its 1,846 moving training windows)."""
     keep = _label_subset(cfg)(torch.as_tensor(session), torch.as_tensor(interval)).numpy()
     key = list(zip(np.asarray(session).tolist(), np.floor(interval / cfg.data.label_chunk_s).astype(np.int64).tolist()))
     chunks, drawn = set(key), {c for c, k in zip(key, keep.tolist()) if k}
     n = int(len(keep))
-    return {"requested": float(cfg.data.label_fraction), "n_chunks": len(chunks), "n_chunks_labelled": len(drawn),
-            "n_windows": n, "n_windows_labelled": int(keep.sum()), "share": float(keep.mean()) if n else 0.0}
+    out = {"requested": float(cfg.data.label_fraction), "n_chunks": len(chunks), "n_chunks_labelled": len(drawn),
+           "n_windows": n, "n_windows_labelled": int(keep.sum()), "share": float(keep.mean()) if n else 0.0}
+    if scored is not None and not np.asarray(scored, dtype=bool).all():
+        scored = np.asarray(scored, dtype=bool)
+        n_scored = int(scored.sum())
+        out.update(n_scored_windows=n_scored, n_scored_labelled=int((keep & scored).sum()),
+                   scored_share=float((keep & scored).sum() / n_scored) if n_scored else 0.0)
+    return out
 
 
 def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
-    """A limitation line when the labelled share is under half or over twice the requested one."""
-    if not draw or 0.5 <= draw["share"] / draw["requested"] <= 2.0:
+    """A limitation line when the labelled share is under half or over twice the requested one,
+    of the training windows or (when only some are scored) of the scored training windows."""
+    if not draw:
         return None
-    return (f"--label-fraction {draw['requested']:g} labelled {draw['share']:.1%} of the training windows "
-            f"({_label_draw_text(draw, chunk_s)}; each chunk is drawn on its own with that probability, so few "
-            f"chunks give a share far from it): every arm fitted those labels; seed=N draws other chunks, a longer "
-            f"training block or a smaller data.label_chunk_s brings the share closer")
+    shares = [draw["share"]] + ([draw["scored_share"]] if "scored_share" in draw else [])
+    if all(0.5 <= share / draw["requested"] <= 2.0 for share in shares):
+        return None
+    return (f"--label-fraction {draw['requested']:g} labelled "
+            + (f"{draw['share']:.1%} of the training windows" if not 0.5 <= shares[0] / draw["requested"] <= 2.0
+               else f"{draw['scored_share']:.1%} of the scored (moving) training windows")
+            + f" ({_label_draw_text(draw, chunk_s)}; each chunk is drawn on its own with that probability, "
+            f"blind to movement, so few chunks give a share far from it): every arm fitted those labels; seed=N "
+            f"draws other chunks, a longer training block or a smaller data.label_chunk_s brings the share closer")
 
 
 def _label_draw_text(draw: dict, chunk_s: float) -> str:
-    return (f"{draw['n_chunks_labelled']} of {draw['n_chunks']} {chunk_s:g} s chunks drawn: "
+    text = (f"{draw['n_chunks_labelled']} of {draw['n_chunks']} {chunk_s:g} s chunks drawn: "
             f"{draw['n_windows_labelled']:,} of {draw['n_windows']:,} training windows ({draw['share']:.1%})")
+    if "scored_share" in draw:
+        text += (f", {draw['n_scored_labelled']:,} of the {draw['n_scored_windows']:,} scored (moving) ones "
+                 f"({draw['scored_share']:.1%})")
+    return text
 
 
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict | None = None) -> str:

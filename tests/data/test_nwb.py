@@ -4,6 +4,7 @@ linear-track recording."""
 from __future__ import annotations
 
 import datetime
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -348,3 +349,75 @@ def test_linear_track(tmp_path):
         assert 0 < xy[:, 0].max() <= 640 and 0 < xy[:, 1].max() <= 480
         assert np.median(np.diff(ts)) == pytest.approx(1 / 60, rel=0.01)
         assert s.attrs["lab"].startswith("Kemere lab")
+
+
+def test_recording_pause_and_invalid_times_are_kept_out_of_every_window(tmp_path):
+    """A Neuropixels-like file with two acquisition epochs on one clock (a 100 s pause in which no
+    unit fires) and an NWB invalid_times row: both become /intervals/bad_segments with a warning
+    naming the span, and the default training split's windows (a SpikeWindowDataset, as pretraining
+    reads them) neither lie in nor overlap either. Before, the pause was 100 s of empty windows
+    trained on as silence (a 10 min pause was 31% of a 2-epoch session's pretraining windows),
+    and invalid_times was copied to /intervals and read by nothing."""
+    from neurofm.data.datasets import SpikeWindowDataset
+    from neurofm.data.tokenizer import SpikeTokenizer, UnitVocab
+
+    rng = np.random.default_rng(0)
+    nwb = NWBFile(session_description="t", identifier="t",
+                  session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    epochs = [(0.0, 60.0), (160.0, 220.0)]
+    for _ in range(20):  # 20 units at 5 Hz: 100 spikes/s summed
+        nwb.add_unit(spike_times=np.sort(np.concatenate([rng.uniform(a, b, 300) for a, b in epochs])))
+    for a, b in epochs:
+        nwb.add_epoch(start_time=a, stop_time=b, tags=["acquisition"])
+    nwb.add_invalid_time_interval(start_time=20.0, stop_time=25.0)
+    with NWBHDF5IO(str(tmp_path / "npx.nwb"), "w") as io:
+        io.write(nwb)
+    with pytest.warns(UserWarning) as record:
+        convert_nwb(tmp_path / "npx.nwb", tmp_path / "npx.h5")
+    text = "\n".join(str(w.message) for w in record)
+    assert "intervals/invalid_times: 1 span(s), 5.0 s in all" in text
+    assert re.search(r"no unit fires for 10\d\.\d s in 1 span\(s\) \((59\.9|60\.0)-(160\.0|160\.1) s\).*recording pause", text)
+    with Session(tmp_path / "npx.h5") as s:
+        bad = s.intervals("bad_segments")
+        assert bad["label"].tolist() == ["invalid_times", "recording pause"]
+        assert bad["start"][0] == 20.0 and 59.0 < bad["start"][1] < 60.0 and 160.0 < bad["end"][1] < 161.0
+        assert s.intervals("invalid_times")["start"].tolist() == [20.0]  # the file's own table is kept too
+        tk = SpikeTokenizer(0.05, 0.15, 0.01, 16, 24, UnitVocab.from_sessions([s]))
+        ds = SpikeWindowDataset([s], tk, "train")
+        ends = np.array([ds.window(i)[1] for i in range(len(ds))])
+        # every window reads [end - 0.2, end) (previous + current window): none inside or across a bad segment
+        for a, b in zip(bad["start"], bad["end"]):
+            assert not np.any((ends > a) & (ends - 0.2 < b))
+        assert ends.max() > 160.0  # the training block goes on after the pause
+
+
+def test_tracking_jumps_in_a_position_series_are_named(tmp_path):
+    """Video tracking that locks onto a reflection for a frame or two puts the position hundreds
+    of pixels away and back; every window holding such a frame trains and scores a shifted mean,
+    and the smoothed speed reads it as movement. Convert names those samples (a jump away and
+    back within 3 samples, over 10 x the series' 99th-percentile step); a fast but continuous run,
+    NaN rows (tracking lost) and the series' own jitter are not jumps."""
+    rng = np.random.default_rng(1)
+    t = np.arange(0, 120, 1 / 30)
+    pos = np.stack([300 + 200 * np.sin(t / 7), 240 + 150 * np.cos(t / 5)], axis=1) + rng.normal(0, 1.5, (len(t), 2))
+    pos[1800:1830, 0] += np.linspace(0, 120, 30)  # a dash: 4 px per frame for a second, then stays
+    pos[1830:, 0] += 120
+    pos[900:930] = np.nan  # tracking lost for a second
+    pos[600] = [620.0, 20.0]  # one frame on a reflection
+    pos[2400:2402] = [[15.0, 470.0], [16.0, 468.0]]  # two frames
+    nwb = NWBFile(session_description="t", identifier="t",
+                  session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    nwb.add_unit(spike_times=np.sort(rng.uniform(0, 120, 500)))
+    module = nwb.create_processing_module("behavior", "tracking")
+    position = Position()
+    position.add_spatial_series(SpatialSeries(name="led", data=pos, timestamps=t, reference_frame="video",
+                                              unit="pixels"))
+    module.add(position)
+    with NWBHDF5IO(str(tmp_path / "of.nwb"), "w") as io:
+        io.write(nwb)
+    assert nwb_mod.tracking_jumps(pos).tolist() == [600, 2400, 2401]
+    with pytest.warns(UserWarning, match=r"processing/behavior/Position/led: 3 sample\(s\) jump away and back within 3 "
+                                         r"samples .* \(first at t = 20\.000 s, 80\.000, 80\.033\): mis-tracking.*NaN"):
+        convert_nwb(tmp_path / "of.nwb", tmp_path / "of.h5")
+    clean = np.delete(pos, [600, 2400, 2401], axis=0)
+    assert nwb_mod.tracking_jumps(clean).size == 0  # the dash, the NaN run and the jitter are not jumps

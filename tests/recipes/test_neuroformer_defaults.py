@@ -685,6 +685,39 @@ def test_label_draw_says_what_share_of_the_training_windows_the_label_fraction_l
     assert recipe.label_draw_limitation(near[0], 10.0) is None and recipe.label_draw_limitation(None, 10.0) is None
 
 
+def test_label_draw_counts_the_scored_training_windows_it_labelled():
+    """Chunks are drawn blind to movement: on a simulated open field with long rest, 0.1 drew
+    7 chunks, 280 of 5,026 training windows (5.6%, no limitation), of which 26 moving: 1.4% of
+    the 1,846 moving training windows that train every arm, and the report said "labels on 10%"
+    beside R2 -2.5 for every arm. With moving windows scored, the draw counts the scored windows
+    it labelled, and a scored share under half the request is a limitation naming the numbers."""
+    cfg = _config(["a.h5"], data={"sessions": ["a.h5"], "behavior": ["position"], "batch_size": 16,
+                                  "label_fraction": 0.1})
+    ends = np.arange(0.25, 1260.0, 0.25)  # 1,260 s of 250 ms windows
+    moving = (ends % 300.0) < 100.0  # runs of 100 s between 200 s of rest: a third of the windows
+    sess = np.zeros(len(ends), dtype=np.int64)
+    found = {}
+    for seed in range(40):
+        cfg.seed = seed
+        d = recipe.label_draw(cfg, sess, ends, moving)
+        keep = recipe._label_subset(cfg)(torch.as_tensor(sess), torch.as_tensor(ends)).numpy()
+        assert d["n_scored_windows"] == moving.sum() and d["n_scored_labelled"] == (keep & moving).sum()
+        assert d["scored_share"] == pytest.approx((keep & moving).sum() / moving.sum())
+        overall_ok = 0.05 <= d["share"] <= 0.2
+        if overall_ok and d["scored_share"] < 0.05:
+            found["few"] = d
+        if overall_ok and 0.05 <= d["scored_share"] <= 0.2:
+            found["near"] = d
+    assert set(found) == {"few", "near"}  # forty seeds: both kinds of draw occur
+    line = recipe.label_draw_limitation(found["few"], 10.0)
+    assert line.startswith(f"--label-fraction 0.1 labelled {found['few']['scored_share']:.1%} of the scored (moving) "
+                           f"training windows") and f"of the {moving.sum():,} scored (moving) ones" in line
+    assert recipe.label_draw_limitation(found["near"], 10.0) is None
+    # every window scored (--score-when all): the draw is the one it was, without scored counts
+    d = recipe.label_draw(cfg, sess, ends, np.ones(len(ends), dtype=bool))
+    assert "scored_share" not in d and d == recipe.label_draw(cfg, sess, ends)
+
+
 def test_an_angle_target_is_a_limitation_of_the_run():
     """Head direction in radians: a warning before training went to stderr only, and the run's
     metrics.json and card showed R2 0.76 "beating" ridge with no word on the wrap; evaluate now adds

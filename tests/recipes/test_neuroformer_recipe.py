@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -517,7 +518,7 @@ def test_finetune_task_monitors_validation_r2_and_heads_train_faster(tmp_path):
     assert pre.monitor is None
 
 
-def test_count_heads_start_at_the_ridge_solution(tmp_path):
+def test_count_heads_start_at_the_ridge_solution(tmp_path, capsys):
     """Fine-tuning starts each fresh regression read-out at ridge on the labelled windows, from
     the binned counts alone or the counts AND the pooled state the head reads (whichever the
     start's blocked-CV rule picks, recorded in ``read_out_start``): before any step the model's
@@ -534,6 +535,13 @@ def test_count_heads_start_at_the_ridge_solution(tmp_path):
     model = task.model.eval()
     start = task.read_out_start["position"]
     pooled = start["features"] == "counts+pooled"
+    # the fit is announced with its size before it runs (a 360-unit recording spent 10+ silent minutes in it)
+    err = capsys.readouterr().err
+    announced = re.search(r"fitting the read-out's starting ridge for position: ([\d,]+) labelled windows x 40 count "
+                          r"features \(\+\d+ pooled\), penalty by blocked CV \(4 folds, twice\)", err)
+    assert announced and int(announced.group(1).replace(",", "")) == start["n_windows"]
+    assert (err.index("the read-out's start: the model reads the training windows once") <
+            err.index("fitting the read-out's starting ridge") < err.index("the read-out of position starts at"))
     head = model.count_heads["position"]
     assert head.weight.abs().sum() > 0 and bool(model.behavior_heads["position"].weight.abs().sum() > 0) == pooled
     X, Y, got = [], [], []
