@@ -276,3 +276,28 @@ def test_split_clips_block_edges_just_outside_the_recording(tmp_path, capsys):
     assert main(["split", str(path), "--train", "0:40", "--valid", "41:45", "--test", "46:102",
                  "--overwrite"]) == 2
     assert "must have end > start inside the recording" in capsys.readouterr().err
+
+
+def test_inspect_rate_outside_bad_segments_and_units_with_few_spikes(tmp_path, capsys):
+    """A 360-unit recording with a 10 min acquisition pause showed 1,862 spikes/s summed (the pause
+    counted as recording; 2,483 outside it), and units with 0 or under 20 spikes were never named."""
+    from neurofm.data.session import BAD_SEGMENTS
+
+    path = tmp_path / "p.h5"
+    rng = np.random.default_rng(0)
+    t = np.sort(np.r_[rng.uniform(0, 40, 4000), rng.uniform(60, 100, 4000)])
+    u = rng.integers(0, 3, t.size)
+    t, u = np.r_[t, 1.0, 2.0], np.r_[u, 3, 3]  # unit d: 2 spikes; unit e: none
+    order = np.argsort(t, kind="stable")
+    with SessionWriter(path, session_id="p") as w:
+        w.add_units(["a", "b", "c", "d", "e"])
+        w.add_spikes(t[order], u[order], t_start=0.0, t_end=100.0)
+        w.add_intervals(BAD_SEGMENTS, [40.0, 45.0], [60.0, 50.0])  # overlapping spans count once
+    assert main(["inspect", str(path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["bad_segments_s"] == 20.0 and s["spike_rate_hz"] == pytest.approx(8002 / 80.0)
+    assert s["units_under_20_spikes"] == {"e": 0, "d": 2}
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "100.03 spikes/s summed (outside the 20.0 s of /intervals/bad_segments)" in text
+    assert "  units      2 with fewer than 20 spikes (e 0, d 2)" in text

@@ -1118,7 +1118,7 @@ class Session:
             "duration_s": self.duration,
             "n_units": self.n_units,
             "n_spikes": self.n_spikes,
-            "spike_rate_hz": (self.n_spikes / self.duration) if self.n_spikes and self.duration > 0 else None,
+            "spike_rate_hz": None,
             "unit_columns": sorted(k for k in f["units"].keys() if k != "id") if "units" in f else [],
             "n_channels": self.n_channels,
             "n_samples": self.n_samples,
@@ -1144,6 +1144,28 @@ class Session:
                             if k not in ("session_id", "subject_id", "species", "lab", "source",
                                          "neurofm_format", "t_start", "t_end")},
         }
+        # time no window reads (/intervals/bad_segments: a recording pause, invalid_times, BAD
+        # annotations), left out of the population rate
+        bad = 0.0
+        if BAD_SEGMENTS in self.interval_names:
+            iv = self.intervals(BAD_SEGMENTS)
+            edges = sorted(zip(np.clip(iv["start"], self.t_start, self.t_end), np.clip(iv["end"], self.t_start, self.t_end)))
+            end = -np.inf
+            for a, b in edges:  # union of the spans
+                a = max(a, end)
+                if b > a:
+                    bad += b - a
+                end = max(end, b)
+        out["bad_segments_s"] = float(bad)
+        live = self.duration - bad
+        out["spike_rate_hz"] = (self.n_spikes / live) if self.n_spikes and live > 0 else None
+        # units a model sees too few spikes of to learn anything about (sorting leftovers, silent units)
+        out["units_under_20_spikes"] = {}
+        if self.n_spikes:
+            counts = np.bincount(self._dset("spikes/unit_index")[()], minlength=self.n_units)
+            few = np.flatnonzero(counts < 20)
+            ids = self.unit_ids
+            out["units_under_20_spikes"] = {ids[k]: int(counts[k]) for k in few[np.argsort(counts[few], kind="stable")]}
         # the classes `finetune --task classify --events NAME` would learn, most frequent first
         out["event_labels"] = {}
         for n in self.event_names:
@@ -1180,8 +1202,15 @@ class Session:
         ]
         if "spikes" in s["kinds"]:
             rate = f", {s['spike_rate_hz']:.2f} spikes/s summed" if s["spike_rate_hz"] else ""
+            if rate and s.get("bad_segments_s"):
+                rate += f" (outside the {s['bad_segments_s']:.1f} s of /intervals/{BAD_SEGMENTS})"
             cols = ", ".join(s["unit_columns"]) or "-"
             lines.append(f"  spikes     {s['n_units']:,} units, {s['n_spikes']:,} spikes{rate}; unit columns: {cols}")
+            few = s.get("units_under_20_spikes") or {}
+            if few:
+                eg = ", ".join(f"{k} {v}" for k, v in list(few.items())[:5]) + (", ..." if len(few) > 5 else "")
+                lines.append(f"  units      {len(few)} with fewer than 20 spikes ({eg}): a model learns next to "
+                             f"nothing about them")
         if "continuous" in s["kinds"]:
             lines.append(f"  continuous {s['n_channels']:,} channels x {s['n_samples']:,} samples at "
                          f"{s['sampling_rate']:g} Hz ({s['signal_unit']}); {s['n_bad_channels']} bad")
