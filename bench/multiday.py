@@ -140,14 +140,47 @@ def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, si
 ARMS = (("multi", "multi-day pretrained"), ("single", "single-session pretrained"), ("scratch", "scratch"))
 
 
+def report_r2(out: Path, name: str, arm: str, fold: int, seed: int) -> dict:
+    """Every decode-report arm's R2 of one 10 %-label run (its metrics.json), by arm name."""
+    arm_out, tag = {"multi": ("multi", "pretrained"), "single": ("single", "pretrained"),
+                    "scratch": ("single", "scratch")}[arm]
+    m = json.loads((out / arm_out / name / f"fold{fold}-{tag}-10pct-seed{seed}" / "metrics.json").read_text())
+    rep = next(iter(m["decode_report"].values()))
+    return {r["arm"]: r.get("r2") for r in rep["rows"]}
+
+
+def probe_table(results: list[dict], out: Path) -> str:
+    """What the frozen pretrained representation holds: the decode report's linear probe (ridge on
+    the frozen pooled state, same labelled and scored windows) of the multi-day and the
+    single-session model, beside ridge on binned counts, Poisson Bayes and the null."""
+    f3 = lambda x: "nan" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = ["| session | draw (fold) | probe: multi-day | probe: single-session | ridge on counts | Poisson Bayes | "
+             "null |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for d in r["draws"]:
+            mu = report_r2(out, r["session"], "multi", d["fold"], d["seed"])
+            si = report_r2(out, r["session"], "single", d["fold"], d["seed"])
+            lines.append(f"| {r['session']} | {d['seed']} ({d['fold']}) | {f3(mu.get('linear probe'))} | "
+                         f"{f3(si.get('linear probe'))} | {f3(mu.get('ridge on binned counts'))} | "
+                         f"{f3(mu.get('Poisson Bayes'))} | {f3(mu.get('null (training mean)'))} |")
+    return "\n".join(lines)
+
+
+def _wtl(a: list, b: list, tie: float = 5e-4) -> str:
+    """wins / ties / losses of a over b; a tie is |a - b| <= ``tie`` (the decode report's 'equals' band)."""
+    d = np.subtract(a, b)
+    return f"{int((d > tie).sum())}/{int((np.abs(d) <= tie).sum())}/{int((d < -tie).sum())}"
+
+
 def table(results: list[dict]) -> str:
     f3 = lambda x: "nan" if x is None else f"{x:.3f}"  # noqa: E731
-    start = lambda a: (a["start"] or {}).get("features", "-")  # noqa: E731
+    start = lambda a: G._start_text(a["start"])  # noqa: E731
     lines = ["| session | draw (fold) | label windows | scored windows | multi-day pretrained | single-session "
-             "pretrained | scratch | ridge | start (multi / single / scratch) | selected step (multi / single / "
+             "pretrained | scratch | ridge | start, CV R2 counts / + pooled (multi; single; scratch) | selected step (multi / single / "
              "scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    summary = ["| session | multi > scratch | multi > single | multi > ridge | mean multi - scratch | "
-               "mean multi - single | mean multi - ridge | mean single - scratch |", "|---|---|---|---|---|---|---|---|"]
+    summary = ["| session | multi > scratch (strict) | multi vs scratch W/T/L | multi vs single W/T/L | multi vs ridge "
+               "W/T/L | mean multi - scratch | mean multi - single | mean multi - ridge | mean single - scratch |",
+               "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         r2 = {a: [d[a]["model"]["r2"] for d in r["draws"]] for a, _ in ARMS}
         r2["ridge"] = [d["multi"]["ridge"]["r2"] for d in r["draws"]]
@@ -158,14 +191,15 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {r['session']} | {d['seed']} ({d['fold']}) | {d['multi']['n_labelled']} | "
                          f"{d['multi']['n_scored']} | {f3(d['multi']['model']['r2'])} | "
                          f"{f3(d['single']['model']['r2'])} | {f3(d['scratch']['model']['r2'])} | {ridge} | "
-                         f"{start(d['multi'])} / {start(d['single'])} / {start(d['scratch'])} | "
+                         f"{start(d['multi'])}; {start(d['single'])}; {start(d['scratch'])} | "
                          f"{d['multi']['selected_step']} / {d['single']['selected_step']} / "
                          f"{d['scratch']['selected_step']} |")
         n = len(r["draws"])
         wins = lambda a, b: sum(x > y for x, y in zip(r2[a], r2[b]))  # noqa: E731
         gap = lambda a, b: f"{np.mean(np.subtract(r2[a], r2[b])):+.4f}"  # noqa: E731
-        summary.append(f"| {r['session']} | {wins('multi', 'scratch')}/{n} | {wins('multi', 'single')}/{n} | "
-                       f"{wins('multi', 'ridge')}/{n} | {gap('multi', 'scratch')} | {gap('multi', 'single')} | "
+        summary.append(f"| {r['session']} | {wins('multi', 'scratch')}/{n} | {_wtl(r2['multi'], r2['scratch'])} | "
+                       f"{_wtl(r2['multi'], r2['single'])} | {_wtl(r2['multi'], r2['ridge'])} | "
+                       f"{gap('multi', 'scratch')} | {gap('multi', 'single')} | "
                        f"{gap('multi', 'ridge')} | {gap('single', 'scratch')} |")
     return "\n".join(lines + [""] + summary)
 
@@ -190,8 +224,10 @@ def main(argv=None) -> int:
         print(f"== {name} ({mode}, {args.days} sibling days)", file=sys.stderr, flush=True)
         results.append(session_results(name, PLACE[name], out, mode, args.days,
                                        Path(args.single_from) if args.single_from else None))
-        (out / f"multiday-table-{mode}.md").write_text(table(results) + "\n")
+        (out / f"multiday-table-{mode}.md").write_text(table(results) + "\n\n" + probe_table(results, out) + "\n")
     print(table(results))
+    print()
+    print(probe_table(results, out))
     return 0
 
 
