@@ -90,8 +90,12 @@ def _arm(m: dict, behavior: str, wall_s: float, load: tuple) -> dict:
             "load": [round(x, 2) for x in load]}
 
 
-def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, single_from: Path | None) -> dict:
-    res_file = out / f"multiday-{name}-{mode}.json"
+def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, single_from: Path | None,
+                    steps: int | None = None) -> dict:
+    """``steps``: pretrain the multi-day model for this many steps instead of the mode's budget (a
+    separate arm, ``multi-<steps>steps``; the scratch and single-session arms are the same runs)."""
+    multi_dir = "multi" if steps is None else f"multi-{steps}steps"
+    res_file = out / f"multiday-{name}-{mode}{'' if steps is None else f'-{steps}steps'}.json"
     if res_file.exists():
         return json.loads(res_file.read_text())
     behavior = spec["behavior"]
@@ -102,9 +106,15 @@ def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, si
     path = G.make_session(name, spec, out)
     days = sibling_days(name, spec, out, n_days)
     tp = time.time()
-    multi = G.pretrain(name, path, out / "multi", mode, tuple(days))
-    pre_metrics = json.loads((out / "multi" / name / "pretrain" / "metrics.json").read_text())
+    budget = G.PRETRAIN_STEPS[mode]
+    G.PRETRAIN_STEPS[mode] = steps or budget
+    try:
+        multi = G.pretrain(name, path, out / multi_dir, mode, tuple(days))
+    finally:
+        G.PRETRAIN_STEPS[mode] = budget
+    pre_metrics = json.loads((out / multi_dir / name / "pretrain" / "metrics.json").read_text())
     result = {"session": name, "behavior": behavior, "mode": mode, "days": [str(d) for d in days],
+              "multi_dir": multi_dir,
               "pretrain": {"multi": {"wall_s": round(time.time() - tp, 1),
                                      "train_wall_s": pre_metrics["training"]["wall_time_s"],
                                      "steps": pre_metrics["training"]["steps"],
@@ -121,7 +131,7 @@ def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, si
     for seed in range(G.DRAWS[mode]):
         k = seed % G.N_FOLDS
         row = {"seed": seed, "fold": k}
-        for arm, pre, arm_out, scratch in (("multi", multi, out / "multi", False),
+        for arm, pre, arm_out, scratch in (("multi", multi, out / multi_dir, False),
                                            ("scratch", single, out / "single", True),
                                            ("single", single, out / "single", False)):
             ts, load = time.time(), os.getloadavg()
@@ -130,7 +140,7 @@ def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, si
             row[arm] = _arm(m, behavior, time.time() - ts, load)
         draws.append(row)
         res_partial = dict(result, draws=draws)
-        (out / f"multiday-{name}-{mode}.partial.json").write_text(json.dumps(res_partial, indent=2) + "\n")
+        res_file.with_suffix(".partial.json").write_text(json.dumps(res_partial, indent=2) + "\n")
     result["draws"] = draws
     result["wall_s"] = round(time.time() - t0, 1)
     res_file.write_text(json.dumps(result, indent=2) + "\n")
@@ -140,9 +150,9 @@ def session_results(name: str, spec: dict, out: Path, mode: str, n_days: int, si
 ARMS = (("multi", "multi-day pretrained"), ("single", "single-session pretrained"), ("scratch", "scratch"))
 
 
-def report_r2(out: Path, name: str, arm: str, fold: int, seed: int) -> dict:
+def report_r2(out: Path, name: str, arm: str, fold: int, seed: int, multi_dir: str = "multi") -> dict:
     """Every decode-report arm's R2 of one 10 %-label run (its metrics.json), by arm name."""
-    arm_out, tag = {"multi": ("multi", "pretrained"), "single": ("single", "pretrained"),
+    arm_out, tag = {"multi": (multi_dir, "pretrained"), "single": ("single", "pretrained"),
                     "scratch": ("single", "scratch")}[arm]
     m = json.loads((out / arm_out / name / f"fold{fold}-{tag}-10pct-seed{seed}" / "metrics.json").read_text())
     rep = next(iter(m["decode_report"].values()))
@@ -158,9 +168,9 @@ def probe_table(results: list[dict], out: Path) -> str:
              "null |", "|---|---|---|---|---|---|---|"]
     for r in results:
         for d in r["draws"]:
-            mu = report_r2(out, r["session"], "multi", d["fold"], d["seed"])
+            mu = report_r2(out, r["session"], "multi", d["fold"], d["seed"], r.get("multi_dir", "multi"))
             si = report_r2(out, r["session"], "single", d["fold"], d["seed"])
-            lines.append(f"| {r['session']} | {d['seed']} ({d['fold']}) | {f3(mu.get('linear probe'))} | "
+            lines.append(f"| {_label(r)} | {d['seed']} ({d['fold']}) | {f3(mu.get('linear probe'))} | "
                          f"{f3(si.get('linear probe'))} | {f3(mu.get('ridge on binned counts'))} | "
                          f"{f3(mu.get('Poisson Bayes'))} | {f3(mu.get('null (training mean)'))} |")
     return "\n".join(lines)
@@ -172,12 +182,18 @@ def _wtl(a: list, b: list, tie: float = 5e-4) -> str:
     return f"{int((d > tie).sum())}/{int((np.abs(d) <= tie).sum())}/{int((d < -tie).sum())}"
 
 
+def _label(r: dict) -> str:
+    """The session's name, with the multi-day pretraining budget when it is not the mode's."""
+    d = r.get("multi_dir", "multi")
+    return r["session"] if d == "multi" else f"{r['session']} ({d})"
+
+
 def table(results: list[dict]) -> str:
     f3 = lambda x: "nan" if x is None else f"{x:.3f}"  # noqa: E731
     start = lambda a: G._start_text(a["start"])  # noqa: E731
     lines = ["| session | draw (fold) | label windows | scored windows | multi-day pretrained | single-session "
-             "pretrained | scratch | ridge | start, CV R2 counts / + pooled (multi; single; scratch) | selected step (multi / single / "
-             "scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "pretrained | scratch | ridge | start, CV R2 counts / + pooled (multi; single; scratch) | "
+             "selected step (multi / single / scratch) |", "|---|---|---|---|---|---|---|---|---|---|"]
     summary = ["| session | multi > scratch (strict) | multi vs scratch W/T/L | multi vs single W/T/L | multi vs ridge "
                "W/T/L | mean multi - scratch | mean multi - single | mean multi - ridge | mean single - scratch |",
                "|---|---|---|---|---|---|---|---|---|"]
@@ -188,7 +204,7 @@ def table(results: list[dict]) -> str:
             ridges = {round(d[a]["ridge"]["r2"], 3) for a, _ in ARMS}
             ridge = f3(d["multi"]["ridge"]["r2"]) + ("" if len(ridges) == 1 else " (differs by arm: "
                                                      + ", ".join(f3(x) for x in sorted(ridges)) + ")")
-            lines.append(f"| {r['session']} | {d['seed']} ({d['fold']}) | {d['multi']['n_labelled']} | "
+            lines.append(f"| {_label(r)} | {d['seed']} ({d['fold']}) | {d['multi']['n_labelled']} | "
                          f"{d['multi']['n_scored']} | {f3(d['multi']['model']['r2'])} | "
                          f"{f3(d['single']['model']['r2'])} | {f3(d['scratch']['model']['r2'])} | {ridge} | "
                          f"{start(d['multi'])}; {start(d['single'])}; {start(d['scratch'])} | "
@@ -197,7 +213,7 @@ def table(results: list[dict]) -> str:
         n = len(r["draws"])
         wins = lambda a, b: sum(x > y for x, y in zip(r2[a], r2[b]))  # noqa: E731
         gap = lambda a, b: f"{np.mean(np.subtract(r2[a], r2[b])):+.4f}"  # noqa: E731
-        summary.append(f"| {r['session']} | {wins('multi', 'scratch')}/{n} | {_wtl(r2['multi'], r2['scratch'])} | "
+        summary.append(f"| {_label(r)} | {wins('multi', 'scratch')}/{n} | {_wtl(r2['multi'], r2['scratch'])} | "
                        f"{_wtl(r2['multi'], r2['single'])} | {_wtl(r2['multi'], r2['ridge'])} | "
                        f"{gap('multi', 'scratch')} | {gap('multi', 'single')} | "
                        f"{gap('multi', 'ridge')} | {gap('single', 'scratch')} |")
@@ -211,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", nargs="*", default=list(PLACE), help=f"subset of {list(PLACE)}")
     ap.add_argument("--days", type=int, default=3, help="sibling days of the same animal to pretrain on (default 3)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "multiday"))
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="multi-day pretraining budget (default: the "
+                    "mode's, as the harness; another value is a separate arm beside the same scratch / single runs)")
     ap.add_argument("--single-from", default=None, help="a generalisation.py --out folder whose session files, "
                     "fold files and single-session pretraining to reuse (copied, never written)")
     args = ap.parse_args(argv)
@@ -220,11 +238,13 @@ def main(argv=None) -> int:
     mode = "quick" if args.quick else "full"
     out = Path(args.out)
     results = []
+    suffix = "" if args.pretrain_steps is None else f"-{args.pretrain_steps}steps"
     for name in args.sessions:
         print(f"== {name} ({mode}, {args.days} sibling days)", file=sys.stderr, flush=True)
         results.append(session_results(name, PLACE[name], out, mode, args.days,
-                                       Path(args.single_from) if args.single_from else None))
-        (out / f"multiday-table-{mode}.md").write_text(table(results) + "\n\n" + probe_table(results, out) + "\n")
+                                       Path(args.single_from) if args.single_from else None, args.pretrain_steps))
+        text = table(results) + "\n\n" + probe_table(results, out) + "\n"
+        (out / f"multiday-table-{mode}{suffix}.md").write_text(text)
     print(table(results))
     print()
     print(probe_table(results, out))
