@@ -176,17 +176,19 @@ def set_split(path: Path, behavior: str, fold: int = N_FOLDS - 1, n_folds: int =
     return blocks
 
 
-def block_sizes(path: Path) -> tuple[int, int]:
-    """99.9th percentile of spikes per current / previous window over the recording, + SOS/EOS."""
+def block_sizes(*paths: Path) -> tuple[int, int]:
+    """99.9th percentile of spikes per current / previous window over the recordings' windows
+    (pooled over every file given), + SOS/EOS."""
     from neurofm.data.session import Session
 
-    with Session(path) as s:
-        times, _ = s.spikes()
-        t0, t1 = s.t_start, s.t_end
-    out = []
-    for w in (WINDOW["curr"], WINDOW["prev"]):
-        counts = np.histogram(times, bins=np.arange(t0, t1, w))[0]
-        out.append(int(np.ceil(np.percentile(counts, 99.9))) + 2)
+    counts = {w: [] for w in (WINDOW["curr"], WINDOW["prev"])}
+    for path in paths:
+        with Session(path) as s:
+            times, _ = s.spikes()
+            t0, t1 = s.t_start, s.t_end
+        for w in counts:
+            counts[w].append(np.histogram(times, bins=np.arange(t0, t1, w))[0])
+    out = [int(np.ceil(np.percentile(np.concatenate(c), 99.9))) + 2 for c in counts.values()]
     return out[0], out[1]
 
 
@@ -219,14 +221,17 @@ def _done(run_dir: Path) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def pretrain(name: str, path: Path, out: Path, mode: str) -> Path:
+def pretrain(name: str, path: Path, out: Path, mode: str, others: tuple[Path, ...] = ()) -> Path:
+    """Pretrain on the session's spikes (and on those of ``others``, e.g. other days of the same
+    animal: ``bench/multiday.py``), each file split by the default 80/10/10 time blocks."""
     from neurofm.experiment import load_config, run
 
     run_dir = out / name / "pretrain"
     if _done(run_dir):
         return run_dir / "pretrained"
-    bid, bprev = block_sizes(path)
-    overrides = [f"run_dir={run_dir}", f"data.sessions=[{path}]", "data.behavior=[]", "model.behavior=[]",
+    bid, bprev = block_sizes(path, *others)
+    files = ",".join(str(p) for p in (path, *others))
+    overrides = [f"run_dir={run_dir}", f"data.sessions=[{files}]", "data.behavior=[]", "model.behavior=[]",
                  f"model.window.curr={WINDOW['curr']}", f"model.window.prev={WINDOW['prev']}",
                  f"model.window.dt={WINDOW['dt']}", f"model.block_size.id={bid}", f"model.block_size.prev_id={bprev}",
                  f"trainer.max_steps={PRETRAIN_STEPS[mode]}", "trainer.max_epochs=-1", "trainer.progress_bar=false",

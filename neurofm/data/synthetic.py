@@ -382,6 +382,7 @@ def simulate_place_cells(
     n_units: int = 50,
     duration: float = 900.0,
     seed: int = 0,
+    units_seed: int | None = None,
     rate_hz: float = 1.0,
     frac_place: float = 0.6,
     frac_speed: float = 0.2,
@@ -414,6 +415,12 @@ def simulate_place_cells(
     ``/behavior/speed`` cm/s, ``/intervals/running`` and ``/ground_truth`` (``place_center``
     (N, 2), ``place_width``, ``place_gain``, ``speed_gain``, ``baseline_rate``); the same
     arguments give the same file content.
+
+    Another day of the same animal: ``units_seed`` draws the units (names, place fields, speed
+    tuning, base rates) and ``seed`` the day (trajectory, run/rest epochs, bursts, spikes), so
+    files with one ``units_seed`` and different ``seed`` s share every unit's tuning, unchanged
+    across days (no drift), with different behaviour and spikes. Default: ``units_seed = seed``
+    (the file is the same as without the argument). The subject is named by ``units_seed``.
     """
     for name, value in (("duration", duration), ("rate_hz", rate_hz), ("arena", arena), ("run_s", run_s),
                         ("rest_s", rest_s), ("behavior_rate", behavior_rate)):
@@ -425,7 +432,12 @@ def simulate_place_cells(
     params = dict(n_units=n_units, duration=duration, seed=seed, rate_hz=rate_hz, frac_place=frac_place,
                   frac_speed=frac_speed, arena=arena, run_s=run_s, rest_s=rest_s, final_rest=final_rest,
                   run_speed=tuple(run_speed), burst_rate=burst_rate, behavior_rate=behavior_rate)
-    rng_units, rng_beh, rng_spk = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    if units_seed is None:
+        units_seed = seed
+    if units_seed != seed:  # recorded only when it differs: a default call writes the same attributes as before
+        params["units_seed"] = units_seed
+    _, rng_beh, rng_spk = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    rng_units = np.random.default_rng(np.random.SeedSequence(units_seed).spawn(3)[0])
     N = n_units
     baseline = rng_units.lognormal(np.log(rate_hz), 0.7, N)
     is_place = rng_units.random(N) < frac_place
@@ -470,7 +482,7 @@ def simulate_place_cells(
     times, unit = times[order], unit[order]
 
     session_id = session_id or f"synthetic-place-seed{seed}"
-    with SessionWriter(out_path, session_id=session_id, subject_id=f"synthetic-place-seed{seed}",
+    with SessionWriter(out_path, session_id=session_id, subject_id=f"synthetic-place-seed{units_seed}",
                        species="simulated", lab="neurofm", source="simulate_place_cells",
                        generator="neurofm.data.synthetic.simulate_place_cells", generator_params=_params_attr(**params),
                        seed=seed) as w:

@@ -391,3 +391,53 @@ def test_cli_simulate_subjects(tmp_path, capsys):
     assert len(paths) == 3
     with Session(paths[2]) as s:
         assert s.n_channels == 30 and s.behavior_names == ["grip_force"]
+
+
+def _place_fingerprint(path) -> str:
+    """sha256 of a place-cell file's spikes, behaviour, ground truth and attributes."""
+    h = hashlib.sha256()
+    with Session(path) as s:
+        for a in s.spikes():
+            h.update(np.asarray(a).tobytes())
+        for b in ("position", "speed"):
+            for a in s.behavior(b):
+                h.update(np.asarray(a).tobytes())
+        for k, v in sorted(s.ground_truth().items()):
+            h.update(k.encode())
+            h.update(np.asarray(v).tobytes())
+        h.update(repr(sorted((k, str(v)) for k, v in s.attrs.items())).encode())
+    return h.hexdigest()
+
+
+# Written by simulate_place_cells BEFORE units_seed existed (the code of commit 802878d).
+PLACE_SEED7_SHA256 = "ef7b587b7f6c6bfc8faec639825a8959bbdb129a6b3218c6f1f035332eeab92c"
+PLACE_SEED7 = dict(n_units=12, duration=120, rate_hz=1.0, seed=7, run_s=20, rest_s=10)
+
+
+def test_place_default_unchanged_by_units_seed(tmp_path):
+    """A call without units_seed (or with units_seed = seed) writes the file it wrote before the argument existed."""
+    assert _place_fingerprint(synthetic.simulate_place_cells(tmp_path / "a.h5", **PLACE_SEED7)) == PLACE_SEED7_SHA256
+    same = synthetic.simulate_place_cells(tmp_path / "b.h5", units_seed=PLACE_SEED7["seed"], **PLACE_SEED7)
+    assert _place_fingerprint(same) == PLACE_SEED7_SHA256
+
+
+def test_place_sibling_days_share_units_not_spikes(tmp_path):
+    """units_seed fixes the animal's units; seed draws the day's behaviour and spikes."""
+    args = dict(n_units=20, duration=200, rate_hz=1.0, run_s=20, rest_s=10)
+    day0 = synthetic.simulate_place_cells(tmp_path / "d0.h5", seed=11, **args)
+    day1 = synthetic.simulate_place_cells(tmp_path / "d1.h5", seed=12, units_seed=11, **args)
+    other = synthetic.simulate_place_cells(tmp_path / "o.h5", seed=12, **args)  # another animal, day 1's seed
+    with Session(day0) as s0, Session(day1) as s1, Session(other) as so:
+        g0, g1, go = s0.ground_truth(), s1.ground_truth(), so.ground_truth()
+        for k in ("place_center", "place_width", "place_gain", "speed_gain", "baseline_rate"):
+            np.testing.assert_array_equal(g0[k], g1[k])  # the same units: no drift across days
+            assert not np.array_equal(g1[k], go[k]) or not g1[k].any()
+        assert list(s0.unit_ids) == list(s1.unit_ids)
+        assert s0.subject_id == s1.subject_id != so.subject_id
+        # the day comes from seed: day 1 has the other animal's trajectory, not day 0's
+        np.testing.assert_array_equal(s1.behavior("position")[1], so.behavior("position")[1])
+        assert not np.array_equal(s0.behavior("position")[1], s1.behavior("position")[1])
+        t0, t1 = s0.spikes()[0], s1.spikes()[0]
+        assert len(t0) != len(t1) or not np.array_equal(t0, t1)
+        assert "units_seed" in str(s1.attrs.get("generator_params", "")) and "units_seed" not in str(
+            s0.attrs.get("generator_params", ""))
