@@ -575,15 +575,13 @@ def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
     padded to (``id + prev_id``) and the training windows per epoch come from the recording
     (its population rate and length); :func:`neurofm.recipes.time_pretraining` gives the
     steps and the seconds per step. Returns those, the estimate (s) and the block sizes."""
-    def loss(t, batch):
-        return t.model.loss(batch, t.model(batch), terms=t.objectives)["total"]
-
     with quiet_preparation():
         cfg = prepare(cfg)
         dm = datamodule(cfg)
         t = task(cfg, dm)
         dm.setup("fit")
-        out = time_pretraining(cfg, t, dm.loader("train", train=True), lambda batch: loss(t, batch), n_steps)
+        out = time_pretraining(cfg, t, dm.loader("train", train=True),
+                               lambda batch: t.model.loss(batch, t.model(batch), terms=t.objectives)["total"], n_steps)
     b = cfg.model.block_size
     return {**out, "block_size": {"id": int(b.id), "prev_id": int(b.prev_id)}}
 
