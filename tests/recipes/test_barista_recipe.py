@@ -188,7 +188,7 @@ def test_classification_report_and_roc_plot(session, tmp_path):
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
     # the evoked waveform (what band power discards: the phase-locked response) is an arm, with its plain line
     wave = out["baselines"][recipe.WAVEFORM_ARM]["test_auroc"]
-    assert 0.5 < wave <= 1.0 and f"evoked waveform (classification): each channel's time course" in out["protocol"]
+    assert 0.5 < wave <= 1.0 and "evoked waveform (classification): each channel's time course" in out["protocol"]
     said = [v for v in out["report"]["verdicts"] if recipe.WAVEFORM_ARM in v]
     assert len(said) == 1 and (said[0].startswith("BaRISTA fine-tuned beats")
                                or any(recipe.WAVEFORM_ARM in x for x in out["limitations"]))
