@@ -55,7 +55,7 @@ import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
 from neurofm.data.session import (BAD_SEGMENTS, BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES,
-                                  NOT_CONTINUOUS_TYPES, ConvertError, Session,
+                                  NOT_CONTINUOUS_TYPES, ConvertError, Session, non_neural,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
                                   is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
@@ -631,22 +631,22 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
     target of them: a behaviour sensor (force, movement: type misc...) may be one; a body signal
     (:data:`~neurofm.data.session.BODY_SIGNAL_TYPES`: an EKG) is no behaviour, so for those the
     warning says they need nothing and names the option only for decoding one anyway."""
-    non_neural = np.asarray([str(t).strip().lower() in NON_NEURAL_TYPES for t in types], dtype=bool)
-    if not non_neural.any():
+    leave_out = non_neural(types)
+    if not leave_out.any():
         return
     n, parts = len(names), []
     if retyped.any():
         parts.append(f"{int(retyped.sum())} of {n} channels typed {'/'.join(sorted({str(t) for t in was[retyped]}))} "
                      f"by the file are named like non-neural inputs, so typed by their names "
                      f"({_by_type(names, types, retyped)})")
-    for source, m in ((f"channels.tsv ({Path(channels_tsv).name})" if channels_tsv else "", non_neural & typed_by_file),
-                      ("the file", non_neural & ~typed_by_file & ~retyped)):
+    for source, m in ((f"channels.tsv ({Path(channels_tsv).name})" if channels_tsv else "", leave_out & typed_by_file),
+                      ("the file", leave_out & ~typed_by_file & ~retyped)):
         if m.any():
             parts.append(f"{int(m.sum())}{' more' if parts else f' of {n} channels'} typed non-neural by {source} "
                          f"({_by_type(names, types, m)})")
     kind = [str(t).strip().lower() for t in types]
-    body = non_neural & np.asarray([t in BODY_SIGNAL_TYPES for t in kind], dtype=bool)
-    sensors = [names[i] for i in np.flatnonzero(non_neural & ~body) if kind[i] not in NOT_CONTINUOUS_TYPES]
+    body = leave_out & np.asarray([t in BODY_SIGNAL_TYPES for t in kind], dtype=bool)
+    sensors = [names[i] for i in np.flatnonzero(leave_out & ~body) if kind[i] not in NOT_CONTINUOUS_TYPES]
     hint = ""
     if body.any():
         hint += (f". Body signals ({_by_type(names, types, body)}) are no behaviour: typed non-neural, they stay "
@@ -656,7 +656,7 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
         shown = ", ".join(sensors[:6]) + (f" ... (+{len(sensors) - 6} more)" if len(sensors) > 6 else "")
         hint += (f". To decode a behaviour recorded as a channel (force, movement, ...), convert again "
                  f"with --behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
-    k = int(non_neural.sum())
+    k = int(leave_out.sum())
     fix = (f"edit their type in {channels_tsv} to change that" if channels_tsv else
            "give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types yourself")
     warnings.warn(f"{in_path}: /channels/type: {'; '.join(parts)}; the model leaves {'it' if k == 1 else f'these {k}'} "
@@ -703,7 +703,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
     types, retyped = _types_from_names(types, names, typed_by_file)
     _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"))
     # an EKG, trigger or reference lead has no electrode row by nature: not worth a word
-    neural = np.asarray([str(t).strip().lower() not in NON_NEURAL_TYPES for t in types], dtype=bool)
+    neural = ~non_neural(types)
     xyz = np.full((n, 3), np.nan)
     regions: dict[str, np.ndarray] = {}
     space = "unknown"
@@ -937,8 +937,7 @@ def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_po
                 new, same = better(b, ext), b == ext
                 cnt[new], cnt[same] = at[new], cnt[same] + at[same]
                 ext[new] = b[new]
-    types = np.asarray(table["types"], dtype=object)
-    neural = ~np.isin(np.char.lower(types.astype(str)), list(NON_NEURAL_TYPES))
+    neural = ~non_neural(table["types"])
     flat = neural & (lo == hi)
     bad = np.asarray(table["bad"], dtype=bool) | flat
     if flat.any():

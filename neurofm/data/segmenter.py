@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from scipy.signal import iirnotch, resample_poly, sosfiltfilt, tf2sos, welch
 
-from neurofm.data.session import NON_NEURAL_TYPES, Channels, Session
+from neurofm.data.session import Channels, Session, non_neural
 
 if TYPE_CHECKING:  # pragma: no cover
     from neurofm.atlas import SpatialVocab
@@ -256,12 +256,11 @@ class IEEGSegmenter:
         if self.drop_bad:
             bad = np.asarray(channels.bad, dtype=bool)
             types = getattr(channels, "types", None)
-            non_neural = (np.array([str(t).strip().lower() in NON_NEURAL_TYPES for t in types])
-                          if types is not None else np.zeros(C, dtype=bool))
-            for reason, m in (("bad", bad), ("non-neural type", non_neural & ~bad)):
+            other = non_neural(types) if types is not None else np.zeros(C, dtype=bool)
+            for reason, m in (("bad", bad), ("non-neural type", other & ~bad)):
                 if m.any():
                     dropped[reason] = [names[i] for i in np.flatnonzero(m)]
-            usable &= ~bad & ~non_neural
+            usable &= ~bad & ~other
         keep = usable.copy()
         reference = None
         if self.laplacian:
@@ -429,7 +428,7 @@ def recording_mains(session: Session, seconds: float = 60.0) -> tuple[float, str
         ch = session.channels()
         good = ~np.asarray(ch.bad, bool)
         if ch.types is not None:
-            good &= np.array([str(t).strip().lower() not in NON_NEURAL_TYPES for t in ch.types])
+            good &= ~non_neural(ch.types)
         x = x[:, good]
     except KeyError:
         pass

@@ -197,6 +197,12 @@ NON_NEURAL_TYPES = frozenset({"ecg", "ekg", "eog", "heog", "veog", "emg", "misc"
                               "syst", "sysclock", "temp", "temperature", "gsr", "audio", "pupil", "eyegaze", "pd",
                               "ppg", "adc", "dac", "ref", "reference", "chpi", "exci", "ias"})
 
+
+def non_neural(types) -> np.ndarray:
+    """``(C,)`` bool: which channel ``types`` (BIDS / MNE type strings, any case and padding) are
+    :data:`NON_NEURAL_TYPES`, the channels the model leaves out."""
+    return np.asarray([str(t).strip().lower() in NON_NEURAL_TYPES for t in types], dtype=bool)
+
 #: Body leads recorded on both sides carry the side right after the prefix: EKGL/EKGR (the
 #: sample EDFs of Nihon Kohden and Natus systems), ECGR, EMGL, EOGR.
 _SIDED_PREFIXES = ("ECG", "EKG", "EMG", "EOG")
