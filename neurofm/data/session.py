@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import atomic_output, check_destination, is_output_errno, output_error, publish, temp_beside
+from neurofm.data.splits import Intervals
 
 FORMAT_VERSION = 1
 INDEX_STEP_S = 1.0  # spacing of the coarse spike-time index
@@ -1152,18 +1153,11 @@ class Session:
         }
         # time no window reads (/intervals/bad_segments: a recording pause, invalid_times, BAD
         # annotations), left out of the population rate
-        bad = 0.0
+        live = self.duration
         if BAD_SEGMENTS in self.interval_names:
             iv = self.intervals(BAD_SEGMENTS)
-            edges = sorted(zip(np.clip(iv["start"], self.t_start, self.t_end), np.clip(iv["end"], self.t_start, self.t_end)))
-            end = -np.inf
-            for a, b in edges:  # union of the spans
-                a = max(a, end)
-                if b > a:
-                    bad += b - a
-                end = max(end, b)
-        out["bad_segments_s"] = float(bad)
-        live = self.duration - bad
+            live = Intervals.from_pairs([(self.t_start, self.t_end)]).minus(iv["start"], iv["end"]).duration
+        out["bad_segments_s"] = float(self.duration - live)
         out["spike_rate_hz"] = (self.n_spikes / live) if self.n_spikes and live > 0 else None
         # units a model sees too few spikes of to learn anything about (sorting leftovers, silent units)
         out["units_under_20_spikes"] = {}
