@@ -252,6 +252,8 @@ def test_convert_session_angle_errors_and_degrees(tmp_path, capsys):
     assert "hd.h5: /behavior/hd_nounit attrs unit: no unit: not an angle unit" in err and "--angle-unit" in err
     assert main(["convert", "session", str(src), str(bad), "--angle", "speed"]) == 2
     assert "/behavior/speed: missing" in capsys.readouterr().err and not bad.exists()
+    assert main(["convert", "session", str(src), str(bad), "--angle", "hd=a/b"]) == 2  # no nested group
+    assert "--angle hd=a/b: give NAME or NAME=as_name, as_name without '/'" in capsys.readouterr().err
     assert main(["convert", "session", str(src), str(bad), "--angle", "hd_nounit", "--angle-unit", "deg"]) == 0
     with Session(bad) as s:
         np.testing.assert_allclose(s.behavior("hd_nounit_cos_sin")[1], expect, atol=1e-6)

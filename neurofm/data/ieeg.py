@@ -55,7 +55,7 @@ import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
 from neurofm.data.session import (BAD_SEGMENTS, BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES,
-                                  NOT_CONTINUOUS_TYPES, ConvertError, Session, non_neural,
+                                  NOT_CONTINUOUS_TYPES, ConvertError, Session, non_neural, parse_renames,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
                                   is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
@@ -964,27 +964,10 @@ def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_po
 _VOLTS = {"v": 1.0, "mv": 1e-3, "uv": 1e-6, "µv": 1e-6, "μv": 1e-6, "nv": 1e-9}
 
 
-def parse_behavior_channels(specs: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:
-    """``["FORCE", "EMG_R=emg_right"]`` (or ``{"FORCE": "grip"}``) -> ``[(channel, as_name), ...]``."""
-    pairs = list(specs.items()) if isinstance(specs, Mapping) else \
-        [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in (str(v) for v in specs or ())]
-    out, seen = [], set()
-    for channel, as_name in pairs:
-        channel, as_name = str(channel).strip(), str(as_name).strip()
-        if not channel or not as_name or "/" in as_name:
-            raise ValueError(f"--behavior-channel {channel}={as_name}: give NAME or NAME=as_name, as_name without '/'")
-        if as_name in seen:
-            raise ValueError(f"--behavior-channel: two channels would become /behavior/{as_name}; give each its own "
-                             f"name with NAME=as_name")
-        seen.add(as_name)
-        out.append((channel, as_name))
-    return out
-
-
 def select_behavior_channels(names: Sequence[str], specs, source) -> list[tuple[int, str]]:
     """``(channel index, as_name)`` for each behaviour channel spec; a name matching no channel
     (exactly, else ignoring case and spaces) is a :class:`ConvertError` listing the channels."""
-    pairs = parse_behavior_channels(specs)
+    pairs = parse_renames(specs, "--behavior-channel", "channels")  # "FORCE", "EMG_R=emg_right"
     rows = _match([c for c, _ in pairs], list(names))
     missing = [c for (c, _), r in zip(pairs, rows) if r < 0]
     if missing:

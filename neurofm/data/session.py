@@ -34,7 +34,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -1545,6 +1545,28 @@ DEGREE_UNITS = ("deg", "degs", "degree", "degrees", "°")
 ANGLE_UNITS = RADIAN_UNITS + DEGREE_UNITS
 
 
+def parse_renames(specs, option: str, what: str, default: Callable[[str], str] = lambda name: name
+                  ) -> list[tuple[str, str]]:
+    """``["FORCE", "EMG_R=emg_right"]`` (or ``{"FORCE": "grip"}``) -> ``[(name, as_name), ...]``:
+    the ``NAME[=as_name]`` values of a CLI ``option`` (``--behavior-channel``, ``--angle``), each
+    of which becomes ``/behavior/<as_name>``; one given without ``=`` is named ``default(NAME)``.
+    An empty name, an ``as_name`` with ``/`` (a nested group) or two ``what`` (channels, angles)
+    to one ``as_name`` is a ``ValueError`` naming the option."""
+    pairs = list(specs.items()) if isinstance(specs, Mapping) else \
+        [tuple(x.split("=", 1)) if "=" in x else (x, default(x)) for x in (str(v) for v in specs or ())]
+    out, seen = [], set()
+    for name, as_name in pairs:
+        name, as_name = str(name).strip(), str(as_name).strip()
+        if not name or not as_name or "/" in as_name:
+            raise ValueError(f"{option} {name}={as_name}: give NAME or NAME=as_name, as_name without '/'")
+        if as_name in seen:
+            raise ValueError(f"{option}: two {what} would become /behavior/{as_name}; give each its own "
+                             f"name with NAME=as_name")
+        seen.add(as_name)
+        out.append((name, as_name))
+    return out
+
+
 def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles, *, unit: str | None = None,
                 overwrite: bool = True) -> Path:
     """Copy a session file with each angle behaviour's cosine and sine added; returns ``out_path``.
@@ -1558,7 +1580,7 @@ def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles,
     renamed into place: ``in_path`` is never modified (``out_path`` may equal it).
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    pairs = [str(a).split("=", 1) if "=" in str(a) else [str(a), f"{a}_cos_sin"] for a in angles]
+    pairs = parse_renames(angles, "--angle", "angles", lambda name: f"{name}_cos_sin")
     if not pairs:
         raise ValueError("add_cos_sin: name at least one angle behaviour")
     if unit is not None and unit.strip().lower() not in ANGLE_UNITS:
@@ -1569,7 +1591,7 @@ def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles,
             if name not in s.behavior_names:
                 raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
                                          f"name an angle among the behaviours: {s.behavior_names}")
-            if as_name in s.behavior_names or as_name in added:
+            if as_name in s.behavior_names:
                 raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
                                          "give the cosine and sine another name with NAME=as_name")
             own = s.behavior_unit(name).strip()
