@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import generalisation as G  # noqa: E402
 
+from neurofm.report import SAME_AT_PRECISION  # noqa: E402
+
 PLACE = {k: v for k, v in {**G.SESSIONS, **G.HELD_OUT}.items() if v["kind"] == "place"}
 DAY_SEED_STEP = 1000
 
@@ -176,7 +178,7 @@ def probe_table(results: list[dict], out: Path) -> str:
     return "\n".join(lines)
 
 
-def _wtl(a: list, b: list, tie: float = 5e-4) -> str:
+def _wtl(a: list, b: list, tie: float = SAME_AT_PRECISION) -> str:
     """wins / ties / losses of a over b; a tie is |a - b| <= ``tie`` (the decode report's 'equals' band)."""
     d = np.subtract(a, b)
     return f"{int((d > tie).sum())}/{int((np.abs(d) <= tie).sum())}/{int((d < -tie).sum())}"
