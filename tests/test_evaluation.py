@@ -137,14 +137,20 @@ def test_tracking_jitter_at_rest_is_not_movement(jittered_open_field):
 def test_labelled_windows_fraction_whole_chunks_and_seeds():
     end = np.r_[np.arange(0, 3000), np.arange(4000, 9013)] * 0.05 + 0.05  # bin ends, a hole for the test block
     session = np.zeros(len(end), dtype=np.int64)
-    for fraction in (0.05, 0.1, 0.37):
-        m = labelled_windows(session, end, fraction, 5.0, 3)
-        n_chunks = len(np.unique(np.floor(end / 5.0)))
-        # each 5 s chunk is labelled whole or not at all; the labelled share is a binomial draw
-        chunk = np.floor(end / 5.0)
-        assert all(len(set(m[chunk == c])) == 1 for c in np.unique(chunk))
-        k = len(np.unique(chunk[m]))
-        assert abs(k - fraction * n_chunks) < 4 * np.sqrt(n_chunks * fraction * (1 - fraction)) + 1
+    chunk = np.floor(end / 5.0)
+    chunks = np.unique(chunk)
+    for fraction in (0.05, 0.1, 0.37, 0.5, 0.8):
+        for seed in range(4):
+            m = labelled_windows(session, end, fraction, 5.0, seed)
+            # each 5 s chunk is labelled whole or not at all
+            assert all(len(set(m[chunk == c])) == 1 for c in chunks)
+            # stratified in time: every stretch of consecutive chunks holds the fraction to within two
+            on = np.isin(chunks, chunk[m]).astype(int)
+            for run in (chunks <= 30, chunks >= 40):  # the two training stretches either side of the hole
+                c = np.r_[0, np.cumsum(on[run])]
+                for n in (10, 20, int(run.sum())):
+                    got = c[n:] - c[:-n]
+                    assert np.abs(got - fraction * n).max() <= 2, (fraction, seed, n)
     a = labelled_windows(session, end, 0.1, 5.0, 1)
     np.testing.assert_array_equal(a, labelled_windows(session, end, 0.1, 5.0, 1))
     assert not np.array_equal(a, labelled_windows(session, end, 0.1, 5.0, 2))

@@ -136,6 +136,7 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     draw = report["data"]["label_draw"]  # what that 10% drew: chunks and windows, in the protocol too
     assert draw["requested"] == 0.1 and f"{draw['n_windows_labelled']:,} of {draw['n_windows']:,} training " \
         f"windows ({draw['share']:.1%})" in report["protocol"]
+    assert abs(draw["n_chunks_labelled"] - 0.1 * draw["n_chunks"]) <= 2  # the stratified draw: 10% to within 2 chunks
     assert report["data"]["n_labelled_train_windows"] == ft_metrics["data"]["n_labelled_train_windows"]
     # the same model on the same test block scores what the fine-tuning run reported
     assert r2 == pytest.approx(ft_metrics["metrics"]["position_r2"], rel=1e-4, abs=1e-6)

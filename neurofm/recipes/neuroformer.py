@@ -1149,9 +1149,9 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         d = cfg.data
         raise ConfigError(
             f"data.label_fraction: {d.label_fraction:g} of the training block's {d.label_chunk_s:g} s chunks "
-            f"(data.label_chunk_s) drew no labelled chunk in {', '.join(session_paths(d))} (a seeded draw per chunk, "
-            f"seed {cfg.seed}), so fine-tuning has no labelled training window; raise --label-fraction, shorten "
-            f"data.label_chunk_s, or use a longer recording")
+            f"(data.label_chunk_s) drew no labelled chunk in {', '.join(session_paths(d))} "
+            f"({_draw_rule(d.label_fraction, d.label_chunk_s)}, seed {cfg.seed}), so fine-tuning has no labelled "
+            f"training window; raise --label-fraction, shorten data.label_chunk_s, or use a longer recording")
     labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
     if cfg.data.label_fraction < 1.0:
         labelled = _label_subset(cfg)(torch.cat(ses), torch.cat(ivs))
@@ -1726,17 +1726,18 @@ def _training_length(cfg: RunConfig, dm) -> str:
 
 
 def label_draw(cfg: RunConfig, session: np.ndarray, interval: np.ndarray, scored: np.ndarray | None = None) -> dict:
-    """What ``--label-fraction`` drew on these training windows (session index, end time): each
-    ``data.label_chunk_s`` chunk is labelled with probability ``label_fraction`` on its own, so the
-    share of labelled windows varies around it: on a 512 s training block (51 chunks of 10 s)
-    0.1 drew 2 chunks, 400 of 10,186 windows (3.9%), which the report called "10%".
+    """What ``--label-fraction`` drew on these training windows (session index, end time): the
+    ``data.label_chunk_s`` chunks of :func:`~neurofm.data.splits.labelled_windows`' stratified
+    draw, so the share of labelled windows is the fraction asked for to within two chunks (an
+    independent draw per chunk, before, labelled 2 chunks of a 512 s training block, 400 of
+    10,186 windows (3.9%), which the report called "10%").
 
     ``scored``: (W,) bool, the training windows whose labels count (the moving ones when moving
     windows are scored). When some are not, the draw also gives how many of them were labelled
     (``n_scored_windows``, ``n_scored_labelled``, ``scored_share``): the chunks are drawn blind to
-    movement, so on a recording with long rest the labels that train every arm can be far fewer
-    than the fraction says (0.1 drew 7 chunks of an open-field session, 280 windows (5.6%), of
-    which 26 moving: 1.4% of its 1,846 moving training windows)."""
+    movement, so the labels that train every arm can be fewer than the fraction says (the
+    independent draw once labelled 26 of an open-field session's 1,846 moving training windows,
+    1.4%; the stratified draw spreads chunks over run and rest alike)."""
     keep = _label_subset(cfg)(torch.as_tensor(session), torch.as_tensor(interval)).numpy()
     key = list(zip(np.asarray(session).tolist(), np.floor(interval / cfg.data.label_chunk_s).astype(np.int64).tolist()))
     chunks, drawn = set(key), {c for c, k in zip(key, keep.tolist()) if k}
@@ -1762,9 +1763,16 @@ def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
     return (f"--label-fraction {draw['requested']:g} labelled "
             + (f"{draw['share']:.1%} of the training windows" if not 0.5 <= shares[0] / draw["requested"] <= 2.0
                else f"{draw['scored_share']:.1%} of the scored (moving) training windows")
-            + f" ({_label_draw_text(draw, chunk_s)}; each chunk is drawn on its own with that probability, "
-            f"blind to movement, so few chunks give a share far from it): every arm fitted those labels; seed=N "
+            + f" ({_label_draw_text(draw, chunk_s)}; the chunks are spread evenly in time, blind to movement, so "
+            f"few chunks or a few long bouts give a share far from it): every arm fitted those labels; seed=N "
             f"draws other chunks, a longer training block or a smaller data.label_chunk_s brings the share closer")
+
+
+def _draw_rule(fraction: float, chunk_s: float) -> str:
+    """The stratified label draw of :func:`~neurofm.data.splits.labelled_windows` in words."""
+    if fraction > 0.5:
+        return f"every chunk labelled but one at a seeded place in every {chunk_s / (1 - fraction):g} s"
+    return f"one chunk labelled at a seeded place in every {chunk_s / fraction:g} s"
 
 
 def _label_draw_text(draw: dict, chunk_s: float) -> str:
@@ -1798,7 +1806,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict |
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}"
-                 + (f"; each chunk labelled with probability {d.label_fraction:g}: "
+                 + (f"; {_draw_rule(d.label_fraction, d.label_chunk_s)}: "
                     f"{_label_draw_text(draw, d.label_chunk_s)}" if draw else "")
                  + "), the same windows for the model and ridge")
     elif cfg.model.behavior_targets():
