@@ -290,11 +290,22 @@ def session_results(name: str, spec: dict, out: Path, mode: str) -> dict:
             row[f"{arm}_start"] = m.get("start", {}).get(behavior)
             row["ridge"] = _row(rep, "ridge on binned counts")
             row["n_labelled"] = m["data"].get("n_labelled_train_windows", {}).get(behavior)
+            row["label_draw"] = m["data"].get("label_draw")
         few.append(row)
     result["few_shot"] = few
     result["wall_s"] = round(time.time() - t0, 1)
     res_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _shares(few: list[dict]) -> str:
+    """Each draw's labelled share of the training windows / of the scored (moving) ones, as metrics.json's
+    ``data.label_draw`` gives it ("-": a run from before the draw was recorded)."""
+    out = []
+    for f in few:
+        d = f.get("label_draw")
+        out.append("-" if not d else f"{d['share']:.1%}" + (f" / {d['scored_share']:.1%}" if "scored_share" in d else ""))
+    return ", ".join(out)
 
 
 def _row(rep: dict, arm: str) -> dict:
@@ -421,8 +432,9 @@ def table(results: list[dict]) -> str:
                      f"{diff:+.3f} | | |")
     lines += ["", "## 10 % labels: R2 per label draw (draw k on fold k; pretrained / scratch / ridge, same labelled "
               "windows)", "",
-              "| session | draws | pretrained | scratch | ridge | pretrained > scratch | mean pre - scratch |",
-              "|---|---|---|---|---|---|---|"]
+              "| session | draws | labelled share: training / scored windows | pretrained | scratch | ridge | "
+              "pretrained > scratch | mean pre - scratch |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         few = r["few_shot"]
         p = [f["pretrained"]["r2"] for f in few]
@@ -432,7 +444,8 @@ def table(results: list[dict]) -> str:
         wins = sum(1 for a, b in zip(p, s) if a is not None and b is not None and a > b)
         ok = [(a, b) for a, b in zip(p, s) if a is not None and b is not None]
         gap = f"{np.mean([a - b for a, b in ok]):+.3f}" if ok else "-"
-        lines.append(f"| {r['session']} | {len(few)} | {fmt(p)} | {fmt(s)} | {fmt(g)} | {wins}/{len(few)} | {gap} |")
+        lines.append(f"| {r['session']} | {len(few)} | {_shares(few)} | {fmt(p)} | {fmt(s)} | {fmt(g)} | "
+                     f"{wins}/{len(few)} | {gap} |")
     lines += ["", "## tokenizer: spikes dropped (block overflow), current / previous window", "",
               "| session | current | previous |", "|---|---|---|"]
     for r in results:
