@@ -525,3 +525,16 @@ def test_a_recording_below_the_models_rate_is_upsampled_with_a_warning(lab, tmp_
                                          r"50 and 64 Hz"):
         cfg = barista.prepare(cfg)
     assert cfg.data.sampling_rate == 128.0
+
+
+def test_progress_is_silent_on_a_short_pass_and_counts_a_long_one(capsys):
+    from neurofm.recipes import progress
+
+    assert list(progress(range(4), "a short pass")) == [0, 1, 2, 3]  # under PROGRESS_EVERY_S: nothing printed
+    assert capsys.readouterr().err == ""
+    assert list(progress(range(3), "a long pass", every_s=0.0)) == [0, 1, 2]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("neurofm: a long pass: 1 of 3 batches in ") and "s left" in err[0]
+    assert err[-1].startswith("neurofm: a long pass: done, 3 batches in ")
+    assert list(progress(iter("ab"), "no length", every_s=0.0)) == ["a", "b"]
+    assert capsys.readouterr().err.splitlines()[0].startswith("neurofm: no length: 1 batches in ")

@@ -65,7 +65,7 @@ def _mark_blocks(path: Path) -> dict[str, tuple[float, float]]:
     return blocks
 
 
-def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
+def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys, monkeypatch):
     data = tmp_path / "linear-track.h5"
     assert cli.main(["convert", "nwb", str(NWB), str(data)]) == 0
     blocks = _mark_blocks(data)
@@ -118,10 +118,14 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
     # evaluate the fine-tuned folder: position R2 on the held-out (test) block, printed as JSON (--json)
+    # (every pass over the data reports its progress; a long one every 30 s, here every batch)
     ev = tmp_path / "eval"
+    monkeypatch.setattr("neurofm.recipes.PROGRESS_EVERY_S", 0.0)
     assert cli.main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", str(data), "--behavior",
                      "position", "--out", str(ev), "--json", "data.stride=1.0"]) == 0
     out = capsys.readouterr()
+    for what in ("evaluation, training windows' counts", "evaluation, test windows", "linear probe, test windows"):
+        assert f"neurofm: {what}: 1 of " in out.err and f"neurofm: {what}: done, " in out.err
     lines = out.out.splitlines()  # evaluate's stdout ends with one JSON object; files written go to stderr
     first = lines.index("{")
     assert lines[-1] == "}"

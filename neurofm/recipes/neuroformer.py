@@ -42,7 +42,7 @@ from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, 
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.recipes import ensure_sessions, quiet_preparation, session_paths, time_pretraining
+from neurofm.recipes import ensure_sessions, progress, quiet_preparation, session_paths, time_pretraining
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
 from neurofm.baselines import PoissonBayesDecoder, Ridge
@@ -1135,7 +1135,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
     print(f"neurofm: the read-out's start: the model reads the training windows once (pooled state), then ridge "
           f"fits {', '.join(v.name for v in fresh)} on their binned counts", file=sys.stderr)
     try:
-        for batch in dm.loader(dm.split_names[0]):  # the training windows (few-shot: the labelled ones)
+        # the training windows (few-shot: the labelled ones)
+        for batch in progress(dm.loader(dm.split_names[0]), "the read-out's start, training windows"):
             ses.append(batch["session"])
             ivs.append(batch["interval"])
             pooled.append(model(batch)["pooled"].double())
@@ -1506,8 +1507,10 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
     n_units = model.config.n_units
     dm.setup("fit")
     dm.setup("test")
-    train = _collect(model, _train_windows_loader(dm), run_model=False)
-    test = _collect(model, dm.loader("test"), keep_windows=cfg.eval.generate_windows, order_free=True)
+    train = _collect(model, progress(_train_windows_loader(dm), "evaluation, training windows' counts"),
+                     run_model=False)
+    test = _collect(model, progress(dm.loader("test"), "evaluation, test windows"),
+                    keep_windows=cfg.eval.generate_windows, order_free=True)
     scored = _moving_windows(cfg, dm, test)
     few_shot = cfg.data.label_fraction < 1.0
     labelled = (_label_subset(cfg)(torch.as_tensor(train["session"]), torch.as_tensor(train["interval"])).numpy()
@@ -1628,8 +1631,8 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
     # the pretrained weights also for a --from-scratch run: the probe is the same arm in both
     pretrained = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, from_scratch=False))
     frozen = build_model(pretrained, dm).eval()
-    train = _collect(frozen, _train_windows_loader(dm))
-    test_f = _collect(frozen, dm.loader("test"))
+    train = _collect(frozen, progress(_train_windows_loader(dm), "linear probe, training windows"))
+    test_f = _collect(frozen, progress(dm.loader("test"), "linear probe, test windows"))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):
         raise RuntimeError("linear probe: the test windows came in a different order on a second pass")
     kind = "fine-tuned" if finetuned_labels(cfg.task.pretrained) is not None else "pretrained"
