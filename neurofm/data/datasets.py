@@ -94,17 +94,37 @@ def split_blocks(session: Session, split: str | None, splits) -> Intervals:
 # --------------------------------------------------------------------------------------------
 
 
+def sample_weights(ts: np.ndarray, max_gap: float) -> np.ndarray:
+    """``(T,)`` the time each sample at sorted times ``ts`` stands for: half the interval to each
+    neighbour. An interval over ``max_gap`` s is a gap (tracking lost), not the sample's: that side
+    takes the other side's half instead (a sample with gaps both sides, the typical interval).
+    Regular samples weigh alike, so a window's weighted mean is the plain mean; irregular ones (a
+    wheel logged on change, video with dropped frames) would otherwise weigh a densely sampled
+    stretch of a window more than a sparse one."""
+    ts = np.asarray(ts, dtype=np.float64)
+    if len(ts) < 2:
+        return np.ones(len(ts))
+    step = np.diff(ts) / 2
+    step = np.where(step <= max_gap / 2, step, np.nan)
+    before, after = np.r_[np.nan, step], np.r_[step, np.nan]
+    before, after = np.where(np.isnan(before), after, before), np.where(np.isnan(after), before, after)
+    typical = np.nanmedian(step) if np.isfinite(step).any() else 0.5
+    return np.nan_to_num(before + after, nan=2 * typical)
+
+
 def behavior_features(ts: np.ndarray, values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                       seq_len: int = 0, max_gap: float = 0.25) -> dict[str, np.ndarray]:
     """Per-window behaviour target and input samples, vectorised over windows.
 
     ``ts`` (T,) s sorted, ``values`` (T,) or (T, D) (rows with NaN are ignored);
-    ``starts``/``ends`` (W,) window bounds. Returns ``mean`` (W, D) float32 (mean over samples
-    in ``[start, end)``, 0 where none), ``mask`` (W,) bool (there were samples), and when
+    ``starts``/``ends`` (W,) window bounds. Returns ``mean`` (W, D) float32 (the time-weighted
+    mean of the samples in ``[start, end)``, 0 where none), ``mask`` (W,) bool (there were
+    samples), and when
     ``seq_len > 0``: ``seq`` (W, Tb, D) float32 linearly interpolated at ``Tb`` evenly spaced
     times (bin centres) inside each window, ``seq_t`` (W, Tb) those times relative to the
     window start, ``seq_mask`` (W, Tb) True where the two samples around a time are at most
-    ``max_gap`` s apart (zeros elsewhere).
+    ``max_gap`` s apart (zeros elsewhere). The mean weighs each sample by the time it stands for
+    (:func:`sample_weights`).
     """
     ts = np.asarray(ts, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
@@ -119,8 +139,10 @@ def behavior_features(ts: np.ndarray, values: np.ndarray, starts: np.ndarray, en
     lo = np.searchsorted(ts, starts - _BOUNDARY_EPS_S, side="left")  # same window edges as the tokens
     hi = np.searchsorted(ts, ends - _BOUNDARY_EPS_S, side="left")
     cnt = hi - lo
-    cs = np.concatenate([np.zeros((1, D)), np.cumsum(v, axis=0)], axis=0)
-    mean = (cs[hi] - cs[lo]) / np.maximum(cnt, 1)[:, None]
+    weight = sample_weights(ts, max_gap)[:, None]
+    cs = np.concatenate([np.zeros((1, D)), np.cumsum(weight * v, axis=0)], axis=0)
+    cw = np.concatenate([[0.0], np.cumsum(weight[:, 0])])
+    mean = (cs[hi] - cs[lo]) / np.where(cnt > 0, cw[hi] - cw[lo], 1.0)[:, None]
     out = {"mean": mean.astype(np.float32), "mask": cnt > 0}
     if seq_len > 0:
         W, n = len(starts), len(ts)

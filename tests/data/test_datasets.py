@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from neurofm.data.datasets import (EpochDataLoader, IEEGSegmentDataset, SpikeWindowDataset, StreamingIEEGDataset,
-                                   StreamingSpikeDataset, behavior_features, collate_ieeg, collate_spikes)
+                                   StreamingSpikeDataset, behavior_features, collate_ieeg, collate_spikes,
+                                   sample_weights)
 from neurofm.data.segmenter import IEEGSegmenter
 from neurofm.data.session import Session, SessionWriter
 from neurofm.data.splits import BlockedKFold
@@ -125,6 +126,23 @@ def test_behavior_features_gaps_and_missing():
     # window 0: times 0.05 (0..0.1 interpolated), 0.15 and 0.25 (neighbours 0.1 and 1.0: gap too big; NaN row ignored)
     assert f["seq_mask"][0].tolist() == [True, False, False]
     np.testing.assert_allclose(f["seq"][0, 0, 0], 0.5)
+
+
+def test_behavior_window_mean_weighs_each_sample_by_the_time_it_stands_for():
+    """A wheel logged densely while it turns (1 ms) and every 100 ms at rest: the window's target
+    is the time average (moving 10% of the window), not the sample average (92% of the samples
+    move). Regular samples, and a gap over max_gap, keep the plain mean."""
+    t = np.sort(np.r_[np.arange(0.0, 1.0, 0.1), np.arange(0.5, 0.6, 0.001)])
+    moving = ((t >= 0.5) & (t < 0.6)).astype(float)
+    f = behavior_features(t, moving, np.array([0.0]), np.array([1.0]))
+    assert moving.mean() > 0.9 and abs(float(f["mean"][0, 0]) - 0.1) < 0.06  # the sample at 0.5 stands for 0.05 s
+    regular = np.arange(0.0, 10.0, 0.01)
+    starts = np.arange(0.0, 9.5, 0.5)
+    got = behavior_features(regular, np.sin(regular), starts, starts + 0.5)["mean"][:, 0]
+    lo, hi = np.searchsorted(regular, starts - 1e-9), np.searchsorted(regular, starts + 0.5 - 1e-9)
+    np.testing.assert_array_equal(got, np.array([np.sin(regular[a:b]).mean() for a, b in zip(lo, hi)], np.float32))
+    np.testing.assert_allclose(sample_weights(np.array([0.0, 0.1, 0.2, 5.0, 5.1]), 0.25), [0.1] * 5)
+    assert sample_weights(np.array([3.0]), 0.25).tolist() == [1.0]
 
 
 def test_window_inside_a_tracking_gap_has_no_label(tmp_path):
