@@ -508,7 +508,7 @@ import torch  # noqa: E402
 
 from neurofm.config import from_dict  # noqa: E402
 from neurofm.experiment import run  # noqa: E402
-from neurofm.recipes.barista import RunConfig  # noqa: E402
+from neurofm.recipes.barista import WAVEFORM_ARM, RunConfig  # noqa: E402
 
 SEEG_EDF = ROOT / ".." / "shared" / "data" / "ieeg" / "sample_seeg.edf"
 SEEG_ELECTRODES = ROOT / ".." / "shared" / "data" / "ieeg" / "sample_seeg_electrodes.tsv"
@@ -879,7 +879,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                 f"of the "
                 f"pretraining subjects' training blocks; fine-tuning {ft_epochs} epochs on the held-out subject "
                 f"(pretrained and random init alike, heads started as the recipe starts them: the band-power fit, "
-                f"or band power + token mean when its blocked-CV gain exceeds one paired SE; {scored}); held-out "
+                f"the evoked waveform then the token mean added each when its blocked-CV gain over the start so "
+                f"far exceeds one paired SE; {scored}); held-out "
                 f"subject's test block: "
                 f"{first['data'].get('test_segments')} event segments (seed {seeds[0]}); {first['protocol']}")
     return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol,
@@ -906,7 +907,8 @@ def _seed_ci(values: list[float]) -> dict[str, Any]:
 def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES) -> list[dict]:
     def metric(seed, scale, kind, arm):
         # band power: the baseline row of the pretrained arm's report (same segments)
-        src = {"band": "pretrained", "probe pretrained": "pretrained", "probe random": "random"}.get(arm, arm)
+        src = {"band": "pretrained", "wave": "pretrained", "probe pretrained": "pretrained",
+               "probe random": "random"}.get(arm, arm)
         r = runs.get(f"{seed}/{scale}/{kind}/{src}")
         if r is None:
             return None
@@ -915,6 +917,8 @@ def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES
             return r["metrics"].get(key)
         if arm.startswith("probe"):  # the report's linear probe on the frozen starting encoder
             return next((v.get(key) for k, v in r["baselines"].items() if k.startswith("linear probe")), None)
+        if arm == "wave":  # the report's evoked-waveform arm (classification only)
+            return r["baselines"].get(WAVEFORM_ARM, {}).get(key)
         base = "logistic on band power" if kind == "classification" else "ridge on band power"
         return r["baselines"].get(base, {}).get(key)
 
@@ -938,9 +942,15 @@ def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES
             rows[-4].setdefault("minus_band_power", {})[name] = _seed_ci(
                 [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "band")
                                                                                for s in seeds])])
+            rows[-4].setdefault("minus_waveform", {})[name] = _seed_ci(
+                [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "wave")
+                                                                               for s in seeds])])
     rows.append({"scale": "-", "arm": "band power (logistic / ridge)",
                  "auroc": _seed_ci([metric(s, scales[0], "classification", "band") for s in seeds]),
                  "r2": _seed_ci([metric(s, scales[0], "regression", "band") for s in seeds])})
+    rows.append({"scale": "-", "arm": "evoked waveform (logistic)",
+                 "auroc": _seed_ci([metric(s, scales[0], "classification", "wave") for s in seeds]),
+                 "r2": _seed_ci([None for s in seeds])})
     return rows
 
 
@@ -966,8 +976,35 @@ def subjects_table(r: dict) -> str:
         if "minus_random" in row:
             lines.append(f"  {row['scale']:<6}: - random init: AUROC {_fmt_ci(row['minus_random']['auroc'])}, "
                          f"R2 {_fmt_ci(row['minus_random']['r2'])}; - band power: AUROC "
-                         f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}")
-    lines.append("protocol: " + r["protocol"])
+                         f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}"
+                         + (f"; - evoked waveform: AUROC {_fmt_ci(row['minus_waveform']['auroc'])}"
+                            if "minus_waveform" in row else ""))
+    lines += ["", start_table(r["runs"], r["seeds"]), "", "protocol: " + r["protocol"]]
+    return "\n".join(lines)
+
+
+def start_table(runs: dict, seeds: list[int]) -> str:
+    """Per fine-tune run: its test score [block-bootstrap 95% CI], the start ``init_probe_head``
+    chose (each step the rule considered: the block added, its blocked-CV gain +- paired SE on the
+    training segments, taken or not), and whether a validation check replaced the start."""
+    head = "| seed | scale | task | arm | test score [95% CI] | start | start rule steps (gain +- SE) | scored |"
+    lines = [head, "|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|"]
+    for key in sorted(k for k in runs if not k.endswith("/pretrain") and int(k.split("/")[0]) in seeds):
+        seed, scale, kind, arm = key.split("/")
+        r = runs[key]
+        m = "test_auroc" if kind == "classification" else "test_r2"
+        value, ci = r.get("metrics", {}).get(m), r.get("metrics", {}).get(f"{m}_ci95") or [np.nan, np.nan]
+        start = r.get("start") or {}
+        steps = "; ".join(f"{st['adds']} {st['gain']:+.3f} +- {st['paired_se']:.3f} {'taken' if st['taken'] else 'no'}"
+                          for st in start.get("steps") or () if st.get("gain") is not None)
+        if not steps and start.get("gain") is not None:  # runs before the waveform step: the token mean's
+            steps = f"token mean {start['gain']:+.3f} +- {start['paired_se']:.3f}"
+        steps = steps or "-"
+        sel = (r.get("training") or {}).get("selection") or {}
+        scored = "start (step 0)" if sel.get("kept") == "start" else f"step {sel.get('selected_step', '?')}"
+        lines.append(f"| {seed} | {scale} | {kind} | {arm} | "
+                     + ("-" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+                     + f" | {start.get('features', '-')} | {steps} | {scored} |")
     return "\n".join(lines)
 
 

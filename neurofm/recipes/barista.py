@@ -16,9 +16,10 @@ whether the model beats band power; plus ``plots/roc.png`` or ``plots/decoded_<t
 Regression targets are standardised with the training block's mean and std (kept in the
 checkpoint and the exported model, so predictions come back in the recording's units). With
 one channel layout the head also reads each channel's log band power (``task.band_power``) and
-starts at the report's band-power fit, the token mean joining only on a blocked-CV gain above
-one paired SE (:func:`init_probe_head`; ``start`` in metrics.json), so the model cannot lose to
-band power except by noise.
+evoked waveform (its input time course in :data:`WAVEFORM_BINS` bins, ``task.waveform``) and
+starts at the report's band-power fit, the waveform and then the token mean joining only on a
+blocked-CV gain above one paired SE over the start so far (:func:`init_probe_head`; ``start`` in
+metrics.json), so the model cannot lose to band power except by noise.
 Reconstruction fine-tunes report R2 on the test block.
 """
 
