@@ -120,6 +120,57 @@ ridge on all tokens of an encoder pretrained the same way (1200 steps) reached a
 the fine-tuned test ROC-AUC was 0.858 and band power 0.895: the notch is faithfulness to the
 paper's preprocessing, not what these rows hinge on.
 
+Measured, part 3 quick, with the evoked-waveform read-out (issue 11; 2026-12-04, shared 2-core
+CPU at load 6-12 (other sessions' tests), one thread per process, two processes at a time, nice
+5; the cached 40-epoch pretraining runs of the tables below reused, copied): ``--only subjects
+--quick --scales parcel --reuse-pretrain --finetune-patience 15 --seeds S`` (00:36-00:47 UTC),
+then ``--scales coords lobe`` the same way (00:48-01:08), then ``--tabulate``. The head now also
+reads each channel's evoked waveform (``WaveformReadout``: the model's input time course in 8
+bins, the report's waveform arm's features), and ``init_probe_head`` grows the start from band
+power by the waveform, then by the token mean, each only on a blocked-CV gain over the start
+so far above one paired SE; model selection unchanged (two paired SE). Held-out subject's test
+block (38-39 events, ~119 force segments), the same segments for every arm; mean [95%
+t-interval] over seeds 0, 1, 2; per seed after the semicolon:
+
+| encoding | arm                        | event ROC-AUC        | grip-force R2        | per seed (AUROC; R2)                     |
+|----------|----------------------------|----------------------|----------------------|------------------------------------------|
+| parcel   | pretrained                 | 0.960 [0.938, 0.982] | 0.753 [0.614, 0.892] | 0.952, 0.958, 0.969; 0.723, 0.818, 0.719 |
+| parcel   | random init                | 0.961 [0.935, 0.986] | 0.753 [0.614, 0.892] | 0.952, 0.958, 0.972; 0.723, 0.818, 0.719 |
+| coords   | pretrained                 | 0.959 [0.916, 1.003] | 0.753                | 0.952, 0.947, 0.980; same                |
+| coords   | random init                | 0.961 [0.935, 0.986] | 0.753                | 0.952, 0.958, 0.972; same                |
+| lobe     | pretrained                 | 0.952 [0.937, 0.967] | 0.753                | 0.952, 0.958, 0.946; same                |
+| lobe     | random init                | 0.942 [0.919, 0.965] | 0.753                | 0.952, 0.933, 0.941; same                |
+| -        | band power (logistic / ridge) | 0.900 [0.894, 0.907] | 0.753 [0.614, 0.892] | 0.901, 0.903, 0.898; 0.723, 0.818, 0.719 |
+| -        | evoked waveform (logistic) | 0.940 [0.916, 0.965] | - (classification arm) | 0.952, 0.936, 0.934                    |
+
+Per-run block-bootstrap CIs, e.g. parcel pretrained 0.952 [0.920, 0.987], 0.958 [0.911, 0.997],
+0.969 [0.922, 1.000]. Paired over seeds, pretrained minus random init: AUROC parcel -0.001
+[-0.005, 0.003], coords -0.001 [-0.025, 0.022], lobe +0.010 [-0.023, 0.043]; R2 0.000 at every
+scale (identical predictions). Pretrained minus band power: AUROC +0.059 [0.033, 0.086] (parcel),
++0.059 [0.010, 0.109] (coords), +0.052 [0.043, 0.061] (lobe); R2 0.000. Pretrained minus the
+waveform arm: AUROC +0.019 [-0.026, 0.064], +0.019 [-0.041, 0.079], +0.012 [-0.016, 0.039].
+Starts (``start`` in each run's metrics.json; ``start_table``): every event start took the
+waveform (blocked-CV AUROC gain over band power +0.063 +- 0.023, +0.227 +- 0.046, +0.051 +-
+0.042 SE on seeds 0, 1, 2: the training segments are the same for both arms); the token mean
+joined it in 7 of 18 event runs (pretrained: parcel seed 2, coords seed 1, lobe seed 2; random
+init: parcel seed 2, coords seed 2, lobe seeds 1 and 2) and in no force run; every force start
+is band power alone (the waveform loses on CV: -0.095, -0.024, -0.155). Every one of the 36 runs
+scored its step-0 start: no validation check beat it (the force runs' validation R2 fell from
+the start at every check in both arms, e.g. seed 0 parcel 0.637 -> 0.48-0.61; on the event runs'
+10 validation events the start scored AUROC 1.0 / 1.0 / 0.833 on seeds 0 / 1 / 2 (parcel), and
+seed 2's checks stayed at 0.833). What holds now: the
+fine-tuned model beats band power in event AUROC at every scale with intervals above 0 (it was
+at band power, 0.894-0.904) and is at the waveform arm's level or above (+0.01 to +0.02, not
+resolved); force R2 stays at band power. What does not: pretrained > random init (issue 11's
+target) is not established at any scale: both arms are their closed-form starts, which share
+the band-power and waveform blocks and differ only where the token mean was taken (pretrained
+minus random init at those runs: parcel seed 2 -0.003, coords seed 1 -0.011 and seed 2 +0.008,
+lobe seed 1 +0.025 and seed 2 +0.005); with the waveform in the start, the pretrained tokens'
+blocked-CV gain (seed 1 parcel: +0.228 over band power alone last session) is mostly what the
+waveform already gives (here -0.047 over band power + waveform). Fine-tuning itself adds
+nothing measurable over the start, so the pretrained weights never get to matter beyond the
+token mean.
+
 Measured, part 3 quick, with the band-power head (2026-12-03 16:05-16:13 UTC, shared 2-core
 CPU at load 8-13, one thread, seeds 0, 1, 2 one after another, nice 5; the same cached
 40-epoch pretraining runs, parcel): ``--only subjects --quick --scales parcel --reuse-pretrain

@@ -282,11 +282,13 @@ def test_trivial_phase_line_follows_the_latent_r2():
 
 
 def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_path):
-    """With the defaults users get (one layout: a band-power read-out), before any step the
-    fine-tune predicts what the decode report's band-power arm predicts, on the same test
-    segments: the same test R2 for a regression head, the same scores for a classification
-    head, pooled or token-weighting, when blocked CV keeps band power alone (here the random
-    encoder's token mean adds nothing). metrics.json's ``start`` and the report say so."""
+    """With the defaults users get (one layout: band-power and waveform read-outs), before any
+    step the fine-tune predicts what the decode report's band-power arm predicts, on the same
+    test segments, when blocked CV keeps band power alone: the same test R2 for the grip-force
+    regression (neither the waveform nor the random encoder's token mean adds to it); for the
+    classification head, pooled or token-weighting, with ``task.waveform=false`` the same scores
+    as the band-power logistic, and by default the chosen start's fit (the waveform taken).
+    metrics.json's ``start`` and the report say so."""
     import torch
 
     from neurofm.baselines import BandPowerLogistic, BandPowerRidge
@@ -304,22 +306,30 @@ def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_
     assert out["metrics"]["test_r2"] == pytest.approx(band, abs=1e-5)
     assert "started at band power" in (tmp_path / "reg" / "decode_report.md").read_text()
     assert "start: the head started at the band power fit" in out["protocol"]
-    for head in ("pooled", "token_weighting"):
-        cfg = _config([session], head=head)
+    # classification: the speech ERP of this simulation is in the evoked waveform, which the
+    # default start takes (test_step_0_predicts_what_the_chosen_closed_form_fit_predicts); without
+    # the waveform read-out the start is band power alone, the report's arm
+    for head, waveform in (("pooled", False), ("token_weighting", False), ("token_weighting", True)):
+        cfg = _config([session], head=head, waveform=waveform)
         dm = recipe.datamodule(cfg)
         task = recipe.task(cfg, dm).eval()
-        assert task.read_out_start["features"] == recipe.START_BAND_POWER, head
+        chosen = task.read_out_start["features"]
+        assert (chosen == recipe.START_BAND_POWER) != waveform, (head, chosen)
         bands = BandPowerRidge(cfg.model.sampling_rate)
         with torch.no_grad():
             train = recipe._segment_pass(dm.loader("train"), task.encoder, bands)
             test = recipe._segment_pass(dm.loader("test"), task.encoder, bands, task=task)
         n_tr, n_te = len(train["y"]), len(test["y"])
-        arm = BandPowerLogistic(bands.sampling_rate).fit_features(train["bp"].reshape(n_tr, -1), train["y"])
         logits = test["pred"]
-        expect = arm.model.decision_function(test["bp"].reshape(n_te, -1))
+        if waveform:
+            expect = _chosen_fit_scores(chosen, train, test)
+        else:
+            arm = BandPowerLogistic(bands.sampling_rate).fit_features(train["bp"].reshape(n_tr, -1), train["y"])
+            expect = arm.model.decision_function(test["bp"].reshape(n_te, -1))
         assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4), head
         assert np.allclose(logits[:, 1], -logits[:, 0], atol=1e-5)  # softmax = the logistic probability
-        assert not task.head.out.weight.abs().sum()  # the token head adds nothing at the start
+        if "token mean" not in chosen:
+            assert not task.head.out.weight.abs().sum()  # the token head adds nothing at the start
         # the read-out trains on standardised features: the training segments' statistics
         bp = torch.as_tensor(train["bp"].reshape(n_tr, -1))
         torch.testing.assert_close(task.band_power.feature_mean, bp.mean(0))
@@ -502,7 +512,8 @@ def test_start_rule_keeps_band_power_alone_when_token_features_are_noise(session
     cfg = _config([session]) if kind == "classification" else _regression_config([force_session])
     task = recipe.task(cfg, recipe.datamodule(cfg))
     start = task.read_out_start
-    assert start["features"] == recipe.START_BAND_POWER
+    # the classification's speech ERP is in the evoked waveform, which the rule may take first
+    assert start["features"] in (recipe.START_BAND_POWER, recipe.START_WAVEFORM)
     assert start["score"] == ("auroc" if kind == "classification" else "r2")
     assert not start["gain"] > recipe.START_SE * start["paired_se"]
     assert set(start["cv"]) == {recipe.START_BAND_POWER, recipe.START_WAVEFORM, recipe.START_BOTH,
@@ -570,6 +581,18 @@ def _evoked_session(path, layout: str, carrier: str, duration: float = 300.0, se
     return str(path)
 
 
+def _chosen_fit_scores(chosen: str, train: dict, test: dict) -> np.ndarray:
+    """The test log-odds of a logistic on the start ``chosen``'s feature blocks of the training
+    segments (as :func:`recipe._segment_pass` gives them), fitted as the report fits its arms."""
+    from neurofm.baselines import Logistic
+
+    def features(d):
+        blocks = {"band power": d["bp"], "waveform": d["wave"], "token mean": d["feat"]}
+        return np.concatenate([blocks[p].reshape(len(d["y"]), -1) for p in chosen.split(" + ")], axis=1)
+
+    return Logistic().fit(features(train), train["y"]).decision_function(features(test))
+
+
 @pytest.fixture(scope="module")
 def evoked(session, tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("barista_evoked")
@@ -608,7 +631,7 @@ def test_step_0_predicts_what_the_chosen_closed_form_fit_predicts(evoked, tmp_pa
     training segments'; the report and metrics.json say which start was taken."""
     import torch
 
-    from neurofm.baselines import BandPowerRidge, Logistic
+    from neurofm.baselines import BandPowerRidge
 
     cfg = _config([evoked["waveform"]])
     dm = recipe.datamodule(cfg)
@@ -620,11 +643,7 @@ def test_step_0_predicts_what_the_chosen_closed_form_fit_predicts(evoked, tmp_pa
         train = recipe._segment_pass(dm.loader("train"), task.encoder, bands)
         test = recipe._segment_pass(dm.loader("test"), task.encoder, bands, task=task)
 
-    def features(d):
-        blocks = {"band power": d["bp"], "waveform": d["wave"], "token mean": d["feat"]}
-        return np.concatenate([blocks[p].reshape(len(d["y"]), -1) for p in chosen.split(" + ")], axis=1)
-
-    expect = Logistic().fit(features(train), train["y"]).decision_function(features(test))
+    expect = _chosen_fit_scores(chosen, train, test)
     logits = test["pred"]
     assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4)
     wave = torch.as_tensor(train["wave"].reshape(len(train["y"]), -1))
