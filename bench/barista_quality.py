@@ -120,6 +120,57 @@ ridge on all tokens of an encoder pretrained the same way (1200 steps) reached a
 the fine-tuned test ROC-AUC was 0.858 and band power 0.895: the notch is faithfulness to the
 paper's preprocessing, not what these rows hinge on.
 
+Measured, part 3 quick, with the evoked-waveform read-out (issue 11; 2026-12-04, shared 2-core
+CPU at load 6-12 (other sessions' tests), one thread per process, two processes at a time, nice
+5; the cached 40-epoch pretraining runs of the tables below reused, copied): ``--only subjects
+--quick --scales parcel --reuse-pretrain --finetune-patience 15 --seeds S`` (00:36-00:47 UTC),
+then ``--scales coords lobe`` the same way (00:48-01:08), then ``--tabulate``. The head now also
+reads each channel's evoked waveform (``WaveformReadout``: the model's input time course in 8
+bins, the report's waveform arm's features), and ``init_probe_head`` grows the start from band
+power by the waveform, then by the token mean, each only on a blocked-CV gain over the start
+so far above one paired SE; model selection unchanged (two paired SE). Held-out subject's test
+block (38-39 events, ~119 force segments), the same segments for every arm; mean [95%
+t-interval] over seeds 0, 1, 2; per seed after the semicolon:
+
+| encoding | arm                        | event ROC-AUC        | grip-force R2        | per seed (AUROC; R2)                     |
+|----------|----------------------------|----------------------|----------------------|------------------------------------------|
+| parcel   | pretrained                 | 0.960 [0.938, 0.982] | 0.753 [0.614, 0.892] | 0.952, 0.958, 0.969; 0.723, 0.818, 0.719 |
+| parcel   | random init                | 0.961 [0.935, 0.986] | 0.753 [0.614, 0.892] | 0.952, 0.958, 0.972; 0.723, 0.818, 0.719 |
+| coords   | pretrained                 | 0.959 [0.916, 1.003] | 0.753                | 0.952, 0.947, 0.980; same                |
+| coords   | random init                | 0.961 [0.935, 0.986] | 0.753                | 0.952, 0.958, 0.972; same                |
+| lobe     | pretrained                 | 0.952 [0.937, 0.967] | 0.753                | 0.952, 0.958, 0.946; same                |
+| lobe     | random init                | 0.942 [0.919, 0.965] | 0.753                | 0.952, 0.933, 0.941; same                |
+| -        | band power (logistic / ridge) | 0.900 [0.894, 0.907] | 0.753 [0.614, 0.892] | 0.901, 0.903, 0.898; 0.723, 0.818, 0.719 |
+| -        | evoked waveform (logistic) | 0.940 [0.916, 0.965] | - (classification arm) | 0.952, 0.936, 0.934                    |
+
+Per-run block-bootstrap CIs, e.g. parcel pretrained 0.952 [0.920, 0.987], 0.958 [0.911, 0.997],
+0.969 [0.922, 1.000]. Paired over seeds, pretrained minus random init: AUROC parcel -0.001
+[-0.005, 0.003], coords -0.001 [-0.025, 0.022], lobe +0.010 [-0.023, 0.043]; R2 0.000 at every
+scale (identical predictions). Pretrained minus band power: AUROC +0.059 [0.033, 0.086] (parcel),
++0.059 [0.010, 0.109] (coords), +0.052 [0.043, 0.061] (lobe); R2 0.000. Pretrained minus the
+waveform arm: AUROC +0.019 [-0.026, 0.064], +0.019 [-0.041, 0.079], +0.012 [-0.016, 0.039].
+Starts (``start`` in each run's metrics.json; ``start_table``): every event start took the
+waveform (blocked-CV AUROC gain over band power +0.063 +- 0.023, +0.227 +- 0.046, +0.051 +-
+0.042 SE on seeds 0, 1, 2: the training segments are the same for both arms); the token mean
+joined it in 7 of 18 event runs (pretrained: parcel seed 2, coords seed 1, lobe seed 2; random
+init: parcel seed 2, coords seed 2, lobe seeds 1 and 2) and in no force run; every force start
+is band power alone (the waveform loses on CV: -0.095, -0.024, -0.155). Every one of the 36 runs
+scored its step-0 start: no validation check beat it (the force runs' validation R2 fell from
+the start at every check in both arms, e.g. seed 0 parcel 0.637 -> 0.48-0.61; on the event runs'
+10 validation events the start scored AUROC 1.0 / 1.0 / 0.833 on seeds 0 / 1 / 2 (parcel), and
+seed 2's checks stayed at 0.833). What holds now: the
+fine-tuned model beats band power in event AUROC at every scale with intervals above 0 (it was
+at band power, 0.894-0.904) and is at the waveform arm's level or above (+0.01 to +0.02, not
+resolved); force R2 stays at band power. What does not: pretrained > random init (issue 11's
+target) is not established at any scale: both arms are their closed-form starts, which share
+the band-power and waveform blocks and differ only where the token mean was taken (pretrained
+minus random init at those runs: parcel seed 2 -0.003, coords seed 1 -0.011 and seed 2 +0.008,
+lobe seed 1 +0.025 and seed 2 +0.005); with the waveform in the start, the pretrained tokens'
+blocked-CV gain (seed 1 parcel: +0.228 over band power alone last session) is mostly what the
+waveform already gives (here -0.047 over band power + waveform). Fine-tuning itself adds
+nothing measurable over the start, so the pretrained weights never get to matter beyond the
+token mean.
+
 Measured, part 3 quick, with the band-power head (2026-12-03 16:05-16:13 UTC, shared 2-core
 CPU at load 8-13, one thread, seeds 0, 1, 2 one after another, nice 5; the same cached
 40-epoch pretraining runs, parcel): ``--only subjects --quick --scales parcel --reuse-pretrain
@@ -508,7 +559,7 @@ import torch  # noqa: E402
 
 from neurofm.config import from_dict  # noqa: E402
 from neurofm.experiment import run  # noqa: E402
-from neurofm.recipes.barista import RunConfig  # noqa: E402
+from neurofm.recipes.barista import WAVEFORM_ARM, RunConfig  # noqa: E402
 
 SEEG_EDF = ROOT / ".." / "shared" / "data" / "ieeg" / "sample_seeg.edf"
 SEEG_ELECTRODES = ROOT / ".." / "shared" / "data" / "ieeg" / "sample_seeg_electrodes.tsv"
@@ -879,7 +930,8 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                 f"of the "
                 f"pretraining subjects' training blocks; fine-tuning {ft_epochs} epochs on the held-out subject "
                 f"(pretrained and random init alike, heads started as the recipe starts them: the band-power fit, "
-                f"or band power + token mean when its blocked-CV gain exceeds one paired SE; {scored}); held-out "
+                f"the evoked waveform then the token mean added each when its blocked-CV gain over the start so "
+                f"far exceeds one paired SE; {scored}); held-out "
                 f"subject's test block: "
                 f"{first['data'].get('test_segments')} event segments (seed {seeds[0]}); {first['protocol']}")
     return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol,
@@ -906,7 +958,8 @@ def _seed_ci(values: list[float]) -> dict[str, Any]:
 def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES) -> list[dict]:
     def metric(seed, scale, kind, arm):
         # band power: the baseline row of the pretrained arm's report (same segments)
-        src = {"band": "pretrained", "probe pretrained": "pretrained", "probe random": "random"}.get(arm, arm)
+        src = {"band": "pretrained", "wave": "pretrained", "probe pretrained": "pretrained",
+               "probe random": "random"}.get(arm, arm)
         r = runs.get(f"{seed}/{scale}/{kind}/{src}")
         if r is None:
             return None
@@ -915,6 +968,8 @@ def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES
             return r["metrics"].get(key)
         if arm.startswith("probe"):  # the report's linear probe on the frozen starting encoder
             return next((v.get(key) for k, v in r["baselines"].items() if k.startswith("linear probe")), None)
+        if arm == "wave":  # the report's evoked-waveform arm (classification only)
+            return r["baselines"].get(WAVEFORM_ARM, {}).get(key)
         base = "logistic on band power" if kind == "classification" else "ridge on band power"
         return r["baselines"].get(base, {}).get(key)
 
@@ -938,9 +993,15 @@ def _subject_rows(runs: dict, seeds: list[int], scales: tuple[str, ...] = SCALES
             rows[-4].setdefault("minus_band_power", {})[name] = _seed_ci(
                 [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "band")
                                                                                for s in seeds])])
+            rows[-4].setdefault("minus_waveform", {})[name] = _seed_ci(
+                [None if a is None or b is None else a - b for a, b in zip(p, [metric(s, scale, kind, "wave")
+                                                                               for s in seeds])])
     rows.append({"scale": "-", "arm": "band power (logistic / ridge)",
                  "auroc": _seed_ci([metric(s, scales[0], "classification", "band") for s in seeds]),
                  "r2": _seed_ci([metric(s, scales[0], "regression", "band") for s in seeds])})
+    rows.append({"scale": "-", "arm": "evoked waveform (logistic)",
+                 "auroc": _seed_ci([metric(s, scales[0], "classification", "wave") for s in seeds]),
+                 "r2": _seed_ci([None for s in seeds])})
     return rows
 
 
@@ -966,8 +1027,35 @@ def subjects_table(r: dict) -> str:
         if "minus_random" in row:
             lines.append(f"  {row['scale']:<6}: - random init: AUROC {_fmt_ci(row['minus_random']['auroc'])}, "
                          f"R2 {_fmt_ci(row['minus_random']['r2'])}; - band power: AUROC "
-                         f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}")
-    lines.append("protocol: " + r["protocol"])
+                         f"{_fmt_ci(row['minus_band_power']['auroc'])}, R2 {_fmt_ci(row['minus_band_power']['r2'])}"
+                         + (f"; - evoked waveform: AUROC {_fmt_ci(row['minus_waveform']['auroc'])}"
+                            if "minus_waveform" in row else ""))
+    lines += ["", start_table(r["runs"], r["seeds"]), "", "protocol: " + r["protocol"]]
+    return "\n".join(lines)
+
+
+def start_table(runs: dict, seeds: list[int]) -> str:
+    """Per fine-tune run: its test score [block-bootstrap 95% CI], the start ``init_probe_head``
+    chose (each step the rule considered: the block added, its blocked-CV gain +- paired SE on the
+    training segments, taken or not), and whether a validation check replaced the start."""
+    head = "| seed | scale | task | arm | test score [95% CI] | start | start rule steps (gain +- SE) | scored |"
+    lines = [head, "|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|"]
+    for key in sorted(k for k in runs if not k.endswith("/pretrain") and int(k.split("/")[0]) in seeds):
+        seed, scale, kind, arm = key.split("/")
+        r = runs[key]
+        m = "test_auroc" if kind == "classification" else "test_r2"
+        value, ci = r.get("metrics", {}).get(m), r.get("metrics", {}).get(f"{m}_ci95") or [np.nan, np.nan]
+        start = r.get("start") or {}
+        steps = "; ".join(f"{st['adds']} {st['gain']:+.3f} +- {st['paired_se']:.3f} {'taken' if st['taken'] else 'no'}"
+                          for st in start.get("steps") or () if st.get("gain") is not None)
+        if not steps and start.get("gain") is not None:  # runs before the waveform step: the token mean's
+            steps = f"token mean {start['gain']:+.3f} +- {start['paired_se']:.3f}"
+        steps = steps or "-"
+        sel = (r.get("training") or {}).get("selection") or {}
+        scored = "start (step 0)" if sel.get("kept") == "start" else f"step {sel.get('selected_step', '?')}"
+        lines.append(f"| {seed} | {scale} | {kind} | {arm} | "
+                     + ("-" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+                     + f" | {start.get('features', '-')} | {steps} | {scored} |")
     return "\n".join(lines)
 
 

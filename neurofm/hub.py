@@ -398,6 +398,7 @@ ADDED_KEYS: dict[str, dict[str, str]] = {
         "target_mean": "2026-12-02T17:33:16",  # 8e43bd0
         "target_std": "2026-12-02T17:33:16",  # 8e43bd0
         "band_power_bands": "2026-12-03T15:48:55",  # fd61efd
+        "waveform_bins": "2026-12-04T00:36:00",  # 0d80969
     },
 }
 

@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,7 +44,8 @@ from neurofm.nn.transformer import Block
 
 __all__ = [
     "BaristaConfig", "CNNTokenizer", "SpatialEmbedding", "BaristaBackbone", "BaristaEncoder", "Barista",
-    "Predictor", "TokenWeightingHead", "PooledHead", "BandPowerReadout", "ChannelReconstructionHead", "spatial_mask",
+    "Predictor", "TokenWeightingHead", "PooledHead", "BandPowerReadout", "WaveformReadout", "WAVEFORM_BINS",
+    "evoked_waveform", "ChannelReconstructionHead", "spatial_mask",
     "STATE_VERSION", "upgrade_state_dict",
 ]
 
@@ -937,34 +939,24 @@ class PooledHead(nn.Module):
         return self.out(self.drop(pooled))
 
 
-class BandPowerReadout(nn.Module):
-    """A linear map of each channel's log band power over the segment, added to the token
-    head's output (logits, or the standardised regression target).
+class _LinearReadout(nn.Module):
+    """A linear map of standardised per-channel features of the model's input ``batch["x"]``,
+    added to the token head's output (logits, or the standardised regression target).
 
-    The features are the decode report's band-power features (:func:`neurofm.nn.spectral.band_power`
-    of ``batch["x"]``, padded channels zeroed, flattened channel-major to ``C * n_bands``, in
-    float64), so a read-out set to that arm's fit predicts what the arm predicts. BaRISTA's
-    tokenizer normalises every patch (parameter-free LayerNorms), so its tokens barely carry
-    band power (``bench/barista_token_power.py``); this read-out keeps it. One weight per
-    (channel, band): the layout (``n_channels`` in a fixed order) must be the same in every
-    batch. Starts at zero (adds nothing) until the recipe sets it.
+    Subclasses give :meth:`features` (``(B, C, T)`` segments -> ``(B, n_features)`` float64, the
+    decode report's features of that kind, padded channels zeroed). The features are standardised
+    with the training segments' mean and standard deviation (``feature_mean`` / ``feature_std``
+    buffers, saved with the weights; :meth:`set_statistics`), so AdamW's weight decay and the
+    learning rate act alike on every feature, whatever its raw spread; :meth:`start_at` sets a fit
+    made on the raw features, folded through them. Starts at zero (adds nothing) until the recipe
+    sets it. One weight per (channel, feature): the layout (``n_channels`` in a fixed order) must
+    be the same in every batch."""
 
-    The features are standardised with the training segments' mean and standard deviation
-    (``feature_mean`` / ``feature_std`` buffers, saved with the weights; :meth:`set_statistics`),
-    so AdamW's weight decay and the learning rate act alike on every (channel, band), whatever
-    its spread in raw log power. :meth:`start_at` sets a fit made on the raw features, folded
-    through them. Folders and checkpoints written before the buffers (raw features) load with
-    identity statistics (:func:`upgrade_state_dict`), so they predict what they were trained to.
-    """
+    what = "read-out"
 
-    def __init__(self, n_channels: int, sampling_rate: float, bands: Mapping[str, Any], out_dim: int):
+    def __init__(self, n_channels: int, n_features: int, out_dim: int):
         super().__init__()
-        if n_channels < 1 or not bands:
-            raise ValueError(f"BandPowerReadout needs a fixed layout (n_channels >= 1) and bands; got {n_channels} "
-                             f"channels, bands {dict(bands)}")
-        self.n_channels, self.sampling_rate = int(n_channels), float(sampling_rate)
-        self.bands = {str(k): (float(v[0]), float(v[1])) for k, v in bands.items()}
-        n_features = self.n_channels * len(self.bands)
+        self.n_channels = int(n_channels)
         self.out = nn.Linear(n_features, out_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -973,7 +965,7 @@ class BandPowerReadout(nn.Module):
 
     @torch.no_grad()
     def set_statistics(self, mean, std) -> None:
-        """The training features' mean and standard deviation (``C * n_bands``,); a feature without
+        """The training features' mean and standard deviation ``(n_features,)``; a feature without
         spread (a silent channel) keeps std 1, as the baselines' standardisation does."""
         mean = torch.as_tensor(mean, dtype=torch.float64).reshape(self.feature_mean.shape)
         std = torch.as_tensor(std, dtype=torch.float64).reshape(self.feature_std.shape)
@@ -982,27 +974,94 @@ class BandPowerReadout(nn.Module):
 
     @torch.no_grad()
     def start_at(self, W, b) -> None:
-        """Predict ``features @ W + b`` (``W`` (C * n_bands, out), ``b`` (out,): a fit on the raw
-        log band powers) through the standardisation: weights ``W * std``, bias ``b + mean @ W``."""
+        """Predict ``features @ W + b`` (``W`` (n_features, out), ``b`` (out,): a fit on the raw
+        features) through the standardisation: weights ``W * std``, bias ``b + mean @ W``."""
         W = torch.as_tensor(W, dtype=torch.float64).reshape(len(self.feature_mean), -1)
         b = torch.as_tensor(b, dtype=torch.float64).reshape(-1)
         self.out.weight.copy_((W * self.feature_std[:, None]).T.to(self.out.weight.dtype))
         self.out.bias.copy_((b + self.feature_mean @ W).to(self.out.bias.dtype))
 
-    def features(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
-        """``(B, C, T)`` segments -> ``(B, C * n_bands)`` float64 log band powers (raw: the
-        decode report's features, before the standardisation)."""
+    def _masked(self, x: Tensor, channel_mask: Tensor | None) -> Tensor:
+        """``x`` in float64 with padded channels zeroed, after checking the layout."""
         if x.shape[1] != self.n_channels:
-            raise ValueError(f"BandPowerReadout was fitted on {self.n_channels} channels, got {x.shape[1]}; the "
-                             f"band-power read-out needs the electrode layout it was fine-tuned on")
+            raise ValueError(f"{type(self).__name__} was fitted on {self.n_channels} channels, got {x.shape[1]}; the "
+                             f"{self.what} needs the electrode layout it was fine-tuned on")
         x = x.double()
         if channel_mask is not None:
             x = x * channel_mask.to(x.dtype)[..., None]
-        return band_power(x, self.sampling_rate, self.bands).flatten(1)
+        return x
 
     def forward(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:  # (B, C, T) -> (B, out)
         z = (self.features(x, channel_mask) - self.feature_mean.double()) / self.feature_std.double()
         return (z @ self.out.weight.double().T + self.out.bias.double()).float()
+
+
+class BandPowerReadout(_LinearReadout):
+    """Each channel's log band power over the segment, linearly mapped (:class:`_LinearReadout`).
+
+    The features are the decode report's band-power features (:func:`neurofm.nn.spectral.band_power`
+    of ``batch["x"]``, padded channels zeroed, flattened channel-major to ``C * n_bands``, in
+    float64), so a read-out set to that arm's fit predicts what the arm predicts. BaRISTA's
+    tokenizer normalises every patch (parameter-free LayerNorms), so its tokens barely carry
+    band power (``bench/barista_token_power.py``); this read-out keeps it. Folders and
+    checkpoints written before the ``feature_mean`` / ``feature_std`` buffers (raw features) load
+    with identity statistics (:func:`upgrade_state_dict`), so they predict what they were trained to.
+    """
+
+    what = "band-power read-out"
+
+    def __init__(self, n_channels: int, sampling_rate: float, bands: Mapping[str, Any], out_dim: int):
+        if n_channels < 1 or not bands:
+            raise ValueError(f"BandPowerReadout needs a fixed layout (n_channels >= 1) and bands; got {n_channels} "
+                             f"channels, bands {dict(bands)}")
+        super().__init__(n_channels, int(n_channels) * len(bands), out_dim)
+        self.sampling_rate = float(sampling_rate)
+        self.bands = {str(k): (float(v[0]), float(v[1])) for k, v in bands.items()}
+
+    def features(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
+        """``(B, C, T)`` segments -> ``(B, C * n_bands)`` float64 log band powers (raw: the
+        decode report's features, before the standardisation)."""
+        return band_power(self._masked(x, channel_mask), self.sampling_rate, self.bands).flatten(1)
+
+
+#: Time bins of the evoked waveform (:func:`evoked_waveform`): a segment's time course per channel,
+#: averaged in this many equal bins (an evoked potential's shape; 8 bins of a 0.5-1 s segment are
+#: 60-125 ms).
+WAVEFORM_BINS = 8
+
+
+def evoked_waveform(x, n_bins: int = WAVEFORM_BINS):
+    """``(B, C, T)`` segments (as the model reads them; a NumPy array or a tensor) -> ``(B, C,
+    n_bins)`` float64 of the same kind: each channel's time course averaged in ``n_bins`` equal
+    bins (samples past the last whole bin left out): the phase-locked evoked response that band
+    power, a power per band over the whole segment, discards. The decode report's waveform arm
+    and :class:`WaveformReadout` both read it."""
+    B, C, T = x.shape
+    per = max(T // n_bins, 1)
+    n = min(n_bins, T)
+    x = x.double() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+    return x[..., :n * per].reshape(B, C, n, per).mean(-1)
+
+
+class WaveformReadout(_LinearReadout):
+    """Each channel's evoked waveform (:func:`evoked_waveform`: the model's input time course in
+    ``n_bins`` bins, padded channels zeroed, flattened channel-major to ``C * n_bins``, float64),
+    linearly mapped (:class:`_LinearReadout`): the decode report's waveform features, so a
+    read-out set to a fit on them predicts what that fit predicts. Band power discards the
+    phase-locked response; the tokens of a per-patch normalised tokenizer keep little of it."""
+
+    what = "evoked-waveform read-out"
+
+    def __init__(self, n_channels: int, n_bins: int, out_dim: int):
+        if n_channels < 1 or n_bins < 1:
+            raise ValueError(f"WaveformReadout needs a fixed layout (n_channels >= 1) and n_bins >= 1; got "
+                             f"{n_channels} channels, {n_bins} bins")
+        super().__init__(n_channels, int(n_channels) * int(n_bins), out_dim)
+        self.n_bins = int(n_bins)
+
+    def features(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
+        """``(B, C, T)`` segments -> ``(B, C * n_bins)`` float64 binned time courses (raw)."""
+        return evoked_waveform(self._masked(x, channel_mask), self.n_bins).flatten(1)
 
 
 class ChannelReconstructionHead(nn.Module):
@@ -1056,6 +1115,9 @@ class BaristaFinetunedConfig:
     # the band-power read-out's bands (name -> [low, high) Hz, at encoder.sampling_rate) over the
     # n_channels of the fixed layout (BandPowerReadout); empty: none (folders written before it)
     band_power_bands: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # the evoked-waveform read-out's bins per channel over the n_channels of the fixed layout
+    # (WaveformReadout); 0: none (folders written before it, or task.waveform=false)
+    waveform_bins: int = 0
 
     def __post_init__(self):
         self.encoder = _as_config(self.encoder)
@@ -1063,7 +1125,8 @@ class BaristaFinetunedConfig:
 
 class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
     """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head (plus,
-    with ``band_power_bands``, a :class:`BandPowerReadout` added to the head's output).
+    with ``band_power_bands``, a :class:`BandPowerReadout`, and with ``waveform_bins``, a
+    :class:`WaveformReadout`, added to the head's output).
 
     ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's
     units, from the training statistics in the config); for reconstruction,
@@ -1090,6 +1153,9 @@ class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
         if config.band_power_bands and config.task != "reconstruction":
             self.band_power = BandPowerReadout(config.n_channels, enc.sampling_rate, config.band_power_bands,
                                                config.out_dim)
+        self.waveform = None
+        if config.waveform_bins and config.task != "reconstruction":
+            self.waveform = WaveformReadout(config.n_channels, config.waveform_bins, config.out_dim)
 
     def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
         if self.config.task == "reconstruction":
@@ -1097,8 +1163,9 @@ class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
                 raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
             return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
         out = self.head(self.encoder(batch), batch.get("channel_mask"))
-        if self.band_power is not None:
-            out = out + self.band_power(batch["x"], batch.get("channel_mask")).to(out.dtype)
+        for readout in (self.band_power, self.waveform):
+            if readout is not None:
+                out = out + readout(batch["x"], batch.get("channel_mask")).to(out.dtype)
         if self.config.task == "regression" and self.config.target_std:  # standardised -> recording's units
             out = out * out.new_tensor(self.config.target_std) + out.new_tensor(self.config.target_mean)
         return out

@@ -16,9 +16,10 @@ whether the model beats band power; plus ``plots/roc.png`` or ``plots/decoded_<t
 Regression targets are standardised with the training block's mean and std (kept in the
 checkpoint and the exported model, so predictions come back in the recording's units). With
 one channel layout the head also reads each channel's log band power (``task.band_power``) and
-starts at the report's band-power fit, the token mean joining only on a blocked-CV gain above
-one paired SE (:func:`init_probe_head`; ``start`` in metrics.json), so the model cannot lose to
-band power except by noise.
+evoked waveform (its input time course in :data:`WAVEFORM_BINS` bins, ``task.waveform``) and
+starts at the report's band-power fit, the waveform and then the token mean joining only on a
+blocked-CV gain above one paired SE over the start so far (:func:`init_probe_head`; ``start`` in
+metrics.json), so the model cannot lose to band power except by noise.
 Reconstruction fine-tunes report R2 on the test block.
 """
 
@@ -41,7 +42,7 @@ import torch
 from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.models.barista import BaristaConfig, BaristaEncoder, TokenWeightingHead
+from neurofm.models.barista import WAVEFORM_BINS, BaristaConfig, BaristaEncoder, TokenWeightingHead, evoked_waveform
 from neurofm.recipes import ensure_sessions, quiet_preparation, session_paths, time_pretraining
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
@@ -117,6 +118,10 @@ class BaristaTaskConfig:
     # classify / regress: the head also reads a linear map of each channel's log band power (the
     # decode report's band-power features; one fixed layout only) and starts at the band-power fit
     band_power: bool = True
+    # with the band-power read-out: the head also reads a linear map of each channel's evoked
+    # waveform (the input's time course in WAVEFORM_BINS bins, the report's waveform features) and
+    # starts with it when blocked CV on the training segments says it gains (init_probe_head)
+    waveform: bool = True
     lr: float = BARISTA_PRETRAIN_KNOBS["lr"]  # pretraining
     weight_decay: float = BARISTA_PRETRAIN_KNOBS["weight_decay"]
     warmup_epochs: int = BARISTA_PRETRAIN_KNOBS["warmup_epochs"]
@@ -765,18 +770,24 @@ def task(cfg: RunConfig, dm):
     if t.head == "token_weighting" and t.finetune_task != "reconstruction":
         n_channels = _fixed_layout_channels(cfg, dm)
     bands, note = _band_power_readout(cfg, dm, loaded, encoder)
-    if bands:
-        n_channels = n_channels or (loaded.config.n_channels if loaded is not None and hasattr(loaded, "head")
-                                    else _fixed_layout_channels(cfg, dm))
+    finetuned = loaded is not None and hasattr(loaded, "head")  # a fine-tuned folder (neurofm evaluate)
+    # the evoked-waveform read-out rides with the band-power one (same fixed layout); a fine-tuned
+    # folder keeps its own or none
+    bins = (int(getattr(loaded.config, "waveform_bins", 0) or 0) if finetuned
+            else WAVEFORM_BINS if bands and t.waveform else 0)
+    if bands or bins:
+        n_channels = n_channels or (loaded.config.n_channels if finetuned else _fixed_layout_channels(cfg, dm))
     task = BaristaFinetuneTask(encoder, task=t.finetune_task, n_classes=n_classes, target_dim=target_dim, head=t.head,
                                n_channels=n_channels, early_stopping_patience=None,
                                **{k: getattr(t, k) for k in BARISTA_FINETUNE_KNOBS},
                                label_names=[name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])],
-                               band_power_bands=bands, **scale)
+                               band_power_bands=bands, waveform_bins=bins, **scale)
     task.read_out_start = {}  # which features the head started from, for metrics.json (evaluate)
     if note:
         task.read_out_start["band_power_readout"] = note
-    if loaded is not None and hasattr(loaded, "head"):  # a fine-tuned folder (neurofm evaluate): its own head
+    elif bands and not bins and not finetuned:
+        task.read_out_start["waveform_readout"] = "off (task.waveform=false)"
+    if finetuned:  # a fine-tuned folder (neurofm evaluate): its own head
         _load_finetuned_head(task, loaded, t.pretrained)
     elif t.finetune_task in ("classification", "regression"):
         task.read_out_start.update(init_probe_head(task, dm, seed=cfg.seed) or {})
@@ -811,59 +822,76 @@ def _band_power_readout(cfg: RunConfig, dm, loaded, encoder) -> tuple[dict | Non
     return BandPowerRidge(cfg.model.sampling_rate).bands, ""
 
 
-#: the candidate starts of a classification / regression head (:func:`init_probe_head`), as metrics.json names them
-START_BAND_POWER, START_BOTH, START_TOKENS = "band power", "band power + token mean", "token mean"
-#: the start takes the token-mean features beside band power only when their blocked-CV gain exceeds this many
-#: paired SE (:func:`neurofm.report.start_gain`, the spike side's rule too)
+#: the feature blocks a classification / regression head's start can read (:func:`init_probe_head`), as
+#: metrics.json names them; a candidate start is band power plus some of the others, named by joining them
+#: with " + " in this order
+PART_BAND_POWER, PART_WAVEFORM, PART_TOKENS = "band power", "waveform", "token mean"
+START_BAND_POWER, START_TOKENS = PART_BAND_POWER, PART_TOKENS
+START_WAVEFORM = f"{PART_BAND_POWER} + {PART_WAVEFORM}"
+START_BOTH = f"{PART_BAND_POWER} + {PART_TOKENS}"
+START_ALL = f"{PART_BAND_POWER} + {PART_WAVEFORM} + {PART_TOKENS}"
+#: a richer start (one more feature block) is taken only when its blocked-CV gain over the simpler one
+#: exceeds this many paired SE (:func:`neurofm.report.start_gain`, the spike side's rule too)
 START_SE = 1.0
 START_FOLDS = 4
 
 
+def _start_name(parts) -> str:
+    return " + ".join(p for p in (PART_BAND_POWER, PART_WAVEFORM, PART_TOKENS) if p in parts)
+
+
 def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     """Start a fresh classification / regression head at a closed-form fit on the training
-    segments, so that before any step the model predicts what one of the decode report's arms
-    predicts, and fine-tuning has to beat that on validation to replace it
-    (:class:`~neurofm.tasks.callbacks.StartingPoint`, two paired SE).
+    segments, so that before any step the model predicts what that fit predicts (with band power
+    alone: the decode report's band-power arm), and fine-tuning has to beat it on validation to
+    replace it (:class:`~neurofm.tasks.callbacks.StartingPoint`, two paired SE).
 
-    Candidates, each fitted as the decode report fits its arm (:mod:`neurofm.baselines`:
+    Candidates, each fitted as the decode report fits its arms (:mod:`neurofm.baselines`:
     features standardised, penalty chosen on the last 20% of the training segments in time
     order; regression: :class:`~neurofm.baselines.Ridge` to the target in the recording's units,
     its map then standardised with the task's training mean and std, which is what the head
-    outputs; classification: :class:`~neurofm.baselines.Logistic`, L2, penalty by AUROC):
+    outputs; classification: :class:`~neurofm.baselines.Logistic`, L2, penalty by AUROC), on
+    concatenated feature blocks:
 
     * ``band power``: each channel's log band power (the task's
       :class:`~neurofm.models.barista.BandPowerReadout`): the report's "logistic on band power"
       (classification) or "ridge on band power" (regression) arm, same segments, same fit, so
       at step 0 the model IS that arm up to float32;
-    * ``band power + token mean``: those features and the starting encoder's token mean (eval
-      mode; the features the report's linear probe reads), taken only when their blocked-CV
-      gain over band power alone exceeds :data:`START_SE` (1) paired block-bootstrap SE
-      (:func:`neurofm.report.start_gain`, the rule of the spike side's count read-out): 4
-      contiguous folds of the training segments in time order (:func:`neurofm.evaluation.blocked_oof`;
-      about one segment length of segments dropped from training on each side of the held-out
-      fold), each candidate refitted on the other folds with the penalty its fit on all the
-      training segments chose (a penalty chosen again inside a fold needs both classes in the
-      fold's own inner validation block, which a few dozen segments rarely give); the gain is scored
-      by R2 (regression) or ROC-AUC (classification: the metric the report's verdict and model
-      selection judge, so the start is chosen on the score it is judged by), its SE over
-      equal-count blocks of the training period (the report's CI blocks);
-    * without a read-out (layouts that differ across sessions, ``task.band_power=false``):
-      ``token mean`` alone, the linear probe arm.
+    * ``+ waveform``: each channel's evoked waveform (the task's
+      :class:`~neurofm.models.barista.WaveformReadout`, :func:`evoked_waveform` of the model's
+      input: the report's waveform features), when the task has that read-out (``task.waveform``);
+    * ``+ token mean``: the starting encoder's token mean (eval mode; the features the report's
+      linear probe reads).
 
-    The read-out's feature statistics are set from the training segments' band powers (it
-    trains on standardised features), and the fit is folded through them into the read-out's
-    and the head's ``Linear`` layers (two classes: the
-    log-odds ``s`` split as logits ``(-s/2, +s/2)``, so the softmax is the logistic
-    probability; more: one-vs-rest log-odds as the logits); the pooling starts as the plain
-    mean over the real tokens (the features the probe reads); the token head's weights are 0
-    when band power alone is chosen. From scratch, the same rule reads the random encoder's
-    tokens. When no fit is possible (too few segments to choose the penalty, a class without
-    training segments) the head keeps its default initialisation, with a note.
+    The rule grows the start from band power one block at a time, each only when its blocked-CV
+    gain over the start so far exceeds :data:`START_SE` (1) paired block-bootstrap SE
+    (:func:`neurofm.report.start_gain`, the rule of the spike side's count read-out): first the
+    waveform, then the token mean (so ``band power``, ``band power + waveform``, ``band power +
+    token mean`` or all three). Blocked CV: 4 contiguous folds of the training segments in time
+    order (:func:`neurofm.evaluation.blocked_oof`; about one segment length of segments dropped
+    from training on each side of the held-out fold), each candidate refitted on the other folds
+    with the penalty its fit on all the training segments chose (a penalty chosen again inside a
+    fold needs both classes in the fold's own inner validation block, which a few dozen segments
+    rarely give); scored by R2 (regression) or ROC-AUC (classification: the metric the report's
+    verdict and model selection judge), the gain's SE over equal-count blocks of the training
+    period (the report's CI blocks). Without a read-out (layouts that differ across sessions,
+    ``task.band_power=false``): ``token mean`` alone, the linear probe arm.
+
+    The read-outs' feature statistics are set from the training segments' features (they train
+    on standardised features), and the fit is folded through them into the read-outs' and the
+    head's ``Linear`` layers (two classes: the log-odds ``s`` split as logits ``(-s/2, +s/2)``,
+    so the softmax is the logistic probability; more: one-vs-rest log-odds as the logits); the
+    pooling starts as the plain mean over the real tokens (the features the probe reads); a
+    block the start does not take starts at weight 0. From scratch, the same rule reads the
+    random encoder's tokens. When no fit is possible (too few segments to choose the penalty, a
+    class without training segments) the head keeps its default initialisation, with a note.
 
     Returns what metrics.json records as ``start``: ``features`` (the chosen candidate),
     ``candidates``, ``score`` (``auroc`` / ``r2``), ``cv`` (each candidate's blocked-CV score),
-    ``gain``, ``paired_se``, ``alpha`` (each candidate's penalty), ``n_segments``, ``rule``."""
-    head, kind, readout = task.head, task.hparams.task, task.band_power
+    ``steps`` (per block the rule considered: ``adds``, ``from``, ``to``, ``gain``, ``paired_se``,
+    ``taken``), ``gain`` / ``paired_se`` (the token mean's step), ``alpha`` (each candidate's
+    penalty), ``n_segments``, ``rule``."""
+    head, kind, readout, wave_readout = task.head, task.hparams.task, task.band_power, task.waveform
     classify = kind == "classification"
     dm.setup("fit")
     bands = BandPowerRidge(readout.sampling_rate, readout.bands) if readout is not None else None
@@ -900,11 +928,26 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
         out = X @ W + b
         return out[:, 1] - out[:, 0] if classify and k == 2 else out
 
-    cands = {START_TOKENS: tokens}
+    blocks = {PART_TOKENS: tokens}  # feature block -> (n, F) training features
+    readouts = {}  # feature block -> the read-out that carries its weights
+    ladder = []  # the blocks the rule adds to band power, in turn
     if readout is not None:
-        bp = train["bp"].reshape(n, -1)
-        cands = {START_BAND_POWER: bp, START_BOTH: np.concatenate([bp, tokens], axis=1)}
-        readout.set_statistics(bp.mean(axis=0), bp.std(axis=0))  # it trains on standardised features
+        blocks[PART_BAND_POWER] = train["bp"].reshape(n, -1)
+        readouts[PART_BAND_POWER] = readout
+        if wave_readout is not None:
+            blocks[PART_WAVEFORM] = train["wave"].reshape(n, -1)
+            readouts[PART_WAVEFORM] = wave_readout
+            ladder.append(PART_WAVEFORM)
+        ladder.append(PART_TOKENS)
+        for part, r in readouts.items():  # they train on standardised features
+            r.set_statistics(blocks[part].mean(axis=0), blocks[part].std(axis=0))
+        parts_of = {_start_name(p): p for p in
+                    ([(PART_BAND_POWER,)] + [(PART_BAND_POWER, *c) for r in range(1, len(ladder) + 1)
+                                             for c in itertools.combinations(ladder, r)])}
+    else:
+        parts_of = {START_TOKENS: (PART_TOKENS,)}
+    order_of = lambda parts: [p for p in (PART_BAND_POWER, PART_WAVEFORM, PART_TOKENS) if p in parts]  # noqa: E731
+    cands = {name: np.concatenate([blocks[p] for p in order_of(parts)], axis=1) for name, parts in parts_of.items()}
     fits, cv, oof = {}, {}, {}
     try:
         for name, X in cands.items():
@@ -913,9 +956,10 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
         print(f"neurofm: the {kind} head keeps its default initialisation (the {' / '.join(cands)} fit could not "
               f"be made on {n} training segments: {e})", file=sys.stderr)
         return {"features": None, "why": str(e), "n_segments": int(n)}
-    gain = se = float("nan")
     why_no_cv = ""
     y_std = target if classify else (target - mean) / std
+    steps = []
+    chosen = START_TOKENS
     if readout is not None:
         enc = task.encoder.config
         order = np.lexsort((train["t0"], train["session"]))  # folds of contiguous time (session-major)
@@ -933,14 +977,21 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
                             else float(r2_score(y_sorted, oof[name].reshape(y_sorted.shape))))
         except ValueError as e:
             why_no_cv, oof = str(e), {}
-        gain, se = start_gain(oof.get(START_BAND_POWER), oof.get(START_BOTH), y_sorted,
-                              test_period_blocks(t0, sess), task=kind, seed=seed)
-        chosen = START_BOTH if gain > START_SE * se else START_BAND_POWER  # NaN (no CV): band power
-    else:
-        chosen = START_TOKENS
+        chosen = START_BAND_POWER
+        for part in ladder:  # NaN gain (no CV): the simpler start stays
+            richer = _start_name((*parts_of[chosen], part))
+            gain, se = start_gain(oof.get(chosen), oof.get(richer), y_sorted, test_period_blocks(t0, sess),
+                                  task=kind, seed=seed)
+            taken = bool(gain > START_SE * se)
+            steps.append({"adds": part, "from": chosen, "to": richer, "gain": _finite(gain), "paired_se": _finite(se),
+                          "taken": taken})
+            chosen = richer if taken else chosen
     W, b, alpha = fits[chosen]
     W = np.asarray(W, dtype=np.float64).reshape(W.shape[0], -1)
-    n_bp = cands[START_BAND_POWER].shape[1] if readout is not None else 0
+    rows, at = {}, 0  # feature block -> its rows of W
+    for part in order_of(parts_of[chosen]):
+        rows[part] = W[at:at + blocks[part].shape[1]]
+        at += blocks[part].shape[1]
     with torch.no_grad():
         if isinstance(head, TokenWeightingHead):
             head.token_weight.fill_(1.0)
@@ -949,35 +1000,52 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
             head.score.bias.zero_()
         head.out.weight.zero_()
         head.out.bias.zero_()
-        if chosen != START_BAND_POWER:
-            head.out.weight.copy_(torch.as_tensor(W[n_bp:].T, dtype=head.out.weight.dtype))
+        if PART_TOKENS in rows:
+            head.out.weight.copy_(torch.as_tensor(rows[PART_TOKENS].T, dtype=head.out.weight.dtype))
         if readout is None:
             head.out.bias.copy_(torch.as_tensor(b, dtype=head.out.bias.dtype))
-        else:
-            readout.start_at(W[:n_bp], b)  # the raw-feature fit, through the read-out's standardisation
-    finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731
+        for part, r in readouts.items():  # the raw-feature fit, through each read-out's standardisation
+            # the bias rides with band power; a block the start did not take adds nothing
+            r.start_at(rows.get(part, np.zeros((blocks[part].shape[1], W.shape[1]))),
+                       b if part == PART_BAND_POWER else np.zeros_like(b))
     metric = "auroc" if classify else "r2"
     rule = ("token mean alone (no band-power read-out)" if readout is None else
-            f"band power + token mean only when its blocked-CV {metric} gain over band power alone exceeds "
-            f"{START_SE:g} paired SE ({START_FOLDS} contiguous folds of the training segments; SE from a block "
-            f"bootstrap over the training period)")
+            f"from band power, each of {' then '.join(ladder)} added only when its blocked-CV {metric} gain over "
+            f"the start so far exceeds {START_SE:g} paired SE ({START_FOLDS} contiguous folds of the training "
+            f"segments; SE from a block bootstrap over the training period)")
+    last = steps[-1] if steps else {}
     out = {"features": chosen, "candidates": list(cands), "score": metric,
-           "cv": {name: finite(cv.get(name, float("nan"))) for name in cands} if readout is not None else {},
-           "gain": finite(gain), "paired_se": finite(se), "alpha": {name: float(f[2]) for name, f in fits.items()},
-           "n_segments": int(n), "rule": rule}
+           "cv": {name: _finite(cv.get(name, float("nan"))) for name in cands} if readout is not None else {},
+           "steps": steps, "gain": last.get("gain"), "paired_se": last.get("paired_se"),
+           "alpha": {name: float(f[2]) for name, f in fits.items()}, "n_segments": int(n), "rule": rule}
     if why_no_cv:
         out["why_no_cv"] = why_no_cv
     fit_name = "ridge" if not classify else "logistic"
     if readout is None:
         why = f"penalty {alpha:g}, {n} training segments"
-    elif np.isfinite(gain):
+    elif cv:
         why = (f"blocked-CV {metric} on {n} training segments: " + ", ".join(f"{k_} {v:.3f}" for k_, v in cv.items())
-               + f"; the token mean's gain {gain:+.3g} +- {se:.2g} paired SE: used only when it exceeds "
-               f"{START_SE:g} SE")
+               + "; " + _steps_text(steps))
     else:
         why = f"no blocked-CV comparison ({why_no_cv or 'too few segments'}), so band power alone"
     print(f"neurofm: the {kind} head starts at {fit_name} on {chosen} ({why})", file=sys.stderr)
     return out
+
+
+def _finite(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _steps_text(steps: list[dict]) -> str:
+    """The start rule's steps in words: each block's gain +- paired SE, taken or not."""
+    out = []
+    for st in steps:
+        if st["gain"] is None or st["paired_se"] is None:
+            out.append(f"the {st['adds']}: no gain measured, not taken")
+            continue
+        out.append(f"the {st['adds']}'s gain over {st['from']} {st['gain']:+.3g} +- {st['paired_se']:.2g} paired SE "
+                   f"({'>' if st['taken'] else '<='} {START_SE:g} SE: {'taken' if st['taken'] else 'not taken'})")
+    return "; ".join(out)
 
 
 def _load_finetuned_head(task, loaded, folder: str) -> None:
@@ -992,6 +1060,8 @@ def _load_finetuned_head(task, loaded, folder: str) -> None:
     load_state_strict(task.head, loaded.head.state_dict(), source=f"{folder} (head)")
     if task.band_power is not None:
         load_state_strict(task.band_power, loaded.band_power.state_dict(), source=f"{folder} (band-power read-out)")
+    if task.waveform is not None:
+        load_state_strict(task.waveform, loaded.waveform.state_dict(), source=f"{folder} (evoked-waveform read-out)")
 
 
 def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
@@ -1398,21 +1468,6 @@ def _starting_encoder(cfg: RunConfig, task):
     return BaristaEncoder(task.encoder.config).eval(), "random-init", f"random weights (seed {cfg.seed}){shape}"
 
 
-#: Time bins of the evoked-waveform baseline: a segment's time course per channel, averaged in
-#: this many equal bins (an evoked potential's shape; 8 bins of a 0.5-1 s segment are 60-125 ms).
-WAVEFORM_BINS = 8
-
-
-def evoked_waveform(x: np.ndarray, n_bins: int = WAVEFORM_BINS) -> np.ndarray:
-    """``(B, C, T)`` segments (as the model reads them) -> ``(B, C, n_bins)``: each channel's
-    time course averaged in ``n_bins`` equal bins (samples past the last whole bin left out): the
-    phase-locked evoked response that band power, a power per band over the whole segment, discards."""
-    B, C, T = x.shape
-    per = max(T // n_bins, 1)
-    n = min(n_bins, T)
-    return np.asarray(x[..., :n * per], dtype=np.float64).reshape(B, C, n, per).mean(-1)
-
-
 @torch.no_grad()
 def _segment_pass(loader, encoder, bands, task=None, channels: bool = False,
                   max_segments: int | None = None) -> dict[str, np.ndarray]:
@@ -1558,7 +1613,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
 
 def _start_line(start: dict, arm: str | None) -> str:
     """One plain line: what the fine-tuned head started from (:func:`init_probe_head`), and what the
-    token features added at the start; ``arm``: the report's arm the band-power start equals."""
+    waveform and token features added at the start; ``arm``: the report's arm the band-power start equals."""
     chosen = start.get("features")
     if not chosen:
         note = start.get("band_power_readout")
@@ -1566,15 +1621,16 @@ def _start_line(start: dict, arm: str | None) -> str:
     line = f"start: the head started at the {chosen} fit"
     if arm:
         line += f" (at step 0 the model predicts what '{arm}' predicts)"
-    if start.get("gain") is not None and start.get("paired_se") is not None:
+    steps = [st for st in start.get("steps") or () if st.get("gain") is not None]
+    if steps:
         line += (f"; blocked-CV {start['score']} on {start['n_segments']} training segments: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in start["cv"].items() if v is not None)
-                 + f"; the token mean's gain {start['gain']:+.3g} +- {start['paired_se']:.2g} paired SE "
-                 f"({'>' if chosen == START_BOTH else '<='} {START_SE:g} SE)")
+                 + "; " + _steps_text(start["steps"]))
     elif chosen == START_BAND_POWER:
         line += " (no blocked-CV comparison: too few segments)"
-    if start.get("band_power_readout"):
-        line += f"; band-power read-out: {start['band_power_readout']}"
+    for key, what in (("band_power_readout", "band-power"), ("waveform_readout", "evoked-waveform")):
+        if start.get(key):
+            line += f"; {what} read-out: {start[key]}"
     return line
 
 

@@ -25,7 +25,9 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   at the band-power fit, with the token mean when it gains on blocked CV, or at the linear
   probe without a band-power read-out: :func:`neurofm.recipes.barista.init_probe_head`). With
   ``band_power_bands`` a :class:`~neurofm.models.barista.BandPowerReadout` (each channel's log
-  band power, linearly mapped) is added to the head's output and trains at the head's lr. Early stopping on the
+  band power, linearly mapped) is added to the head's output and trains at the head's lr, and with
+  ``waveform_bins`` a :class:`~neurofm.models.barista.WaveformReadout` (each channel's evoked
+  waveform, linearly mapped) likewise. Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
 
@@ -49,6 +51,7 @@ from neurofm.models.barista import (
     BaristaFinetunedConfig,
     BandPowerReadout,
     ChannelReconstructionHead,
+    WaveformReadout,
     STATE_VERSION,
     PooledHead,
     TokenWeightingHead,
@@ -224,6 +227,9 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             :class:`~neurofm.models.barista.BandPowerReadout` (each channel's log band power,
             linearly mapped and added to the head's output; needs ``n_channels``, a fixed
             layout). None or empty: no read-out.
+        waveform_bins: classification / regression: bins per channel of a
+            :class:`~neurofm.models.barista.WaveformReadout` (each channel's evoked waveform,
+            linearly mapped and added to the head's output; needs ``n_channels``). 0: none.
         target_mean, target_std: regression: the training block's mean and standard deviation
             of each target dimension (D,). The head learns the standardised target
             ``(y - mean) / std`` (a raw target in the recording's units, e.g. a force of 1e4,
@@ -242,7 +248,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
                  pretrained_head: Barista | None = None, early_stopping_patience: int | None = 15,
                  label_names: Sequence[str] = (), target_mean: Sequence[float] | None = None,
                  target_std: Sequence[float] | None = None,
-                 band_power_bands: Mapping[str, Sequence[float]] | None = None):
+                 band_power_bands: Mapping[str, Sequence[float]] | None = None, waveform_bins: int = 0):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"BaristaFinetuneTask: task must be one of {TASKS}, got {task!r}")
@@ -272,6 +278,12 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
                 raise ValueError("band_power_bands: the band-power read-out learns one weight per channel and band "
                                  "of a fixed layout: pass n_channels")
             self.band_power = BandPowerReadout(n_channels, cfg.sampling_rate, band_power_bands, out_dim)
+        self.waveform = None
+        if waveform_bins and task != "reconstruction":
+            if not n_channels:
+                raise ValueError("waveform_bins: the evoked-waveform read-out learns one weight per channel and bin "
+                                 "of a fixed layout: pass n_channels")
+            self.waveform = WaveformReadout(n_channels, waveform_bins, out_dim)
         if recon_mask_scale not in ("channel", "parcel", "lobe"):
             raise ValueError(f"recon_mask_scale must be channel, parcel or lobe, got {recon_mask_scale!r}")
         self.save_hyperparameters({
@@ -283,6 +295,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             "target_mean": None if target_mean is None else [float(v) for v in np.ravel(target_mean)],
             "target_std": None if target_std is None else [float(v) for v in np.ravel(target_std)],
             "band_power_bands": None if self.band_power is None else {k: list(v) for k, v in self.band_power.bands.items()},
+            "waveform_bins": 0 if self.waveform is None else self.waveform.n_bins,
         })
         mean, std = self.target_scale()
         if task == "regression" and mean.numel() not in (1, target_dim):
@@ -336,8 +349,9 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             return self.head(h, mask)
         h = self.encoder(batch)
         out = self.head(h, batch.get("channel_mask"))
-        if self.band_power is not None:
-            out = out + self.band_power(batch["x"], batch.get("channel_mask")).to(out.dtype)
+        for readout in (self.band_power, self.waveform):
+            if readout is not None:
+                out = out + readout(batch["x"], batch.get("channel_mask")).to(out.dtype)
         return out
 
     def _loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
@@ -483,8 +497,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
         groups = []
         parts = ((self.encoder.tokenizer, hp.lr_backbone), (self.encoder.backbone, hp.lr_backbone),
                  (self.encoder.spatial, hp.lr_spatial), (self.head, hp.lr_head))
-        if self.band_power is not None:
-            parts += ((self.band_power, hp.lr_head),)
+        parts += tuple((r, hp.lr_head) for r in (self.band_power, self.waveform) if r is not None)
         for module, lr in parts:
             for group in param_groups(module, hp.weight_decay):
                 groups.append({**group, "lr": lr})
@@ -501,12 +514,15 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
                                         label_names=list(hp.get("label_names", [])),
                                         target_mean=list(hp.get("target_mean") or []),
                                         target_std=list(hp.get("target_std") or []),
-                                        band_power_bands=dict(hp.get("band_power_bands") or {}))
+                                        band_power_bands=dict(hp.get("band_power_bands") or {}),
+                                        waveform_bins=int(hp.get("waveform_bins") or 0))
         model = BaristaFinetuned(config)
         model.encoder.load_state_dict(self.encoder.state_dict())
         model.head.load_state_dict(self.head.state_dict())
         if self.band_power is not None:
             model.band_power.load_state_dict(self.band_power.state_dict())
+        if self.waveform is not None:
+            model.waveform.load_state_dict(self.waveform.state_dict())
         return model.to(next(self.parameters()).device)
 
     def configure_callbacks(self):

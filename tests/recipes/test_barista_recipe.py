@@ -282,11 +282,13 @@ def test_trivial_phase_line_follows_the_latent_r2():
 
 
 def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_path):
-    """With the defaults users get (one layout: a band-power read-out), before any step the
-    fine-tune predicts what the decode report's band-power arm predicts, on the same test
-    segments: the same test R2 for a regression head, the same scores for a classification
-    head, pooled or token-weighting, when blocked CV keeps band power alone (here the random
-    encoder's token mean adds nothing). metrics.json's ``start`` and the report say so."""
+    """With the defaults users get (one layout: band-power and waveform read-outs), before any
+    step the fine-tune predicts what the decode report's band-power arm predicts, on the same
+    test segments, when blocked CV keeps band power alone: the same test R2 for the grip-force
+    regression (neither the waveform nor the random encoder's token mean adds to it); for the
+    classification head, pooled or token-weighting, with ``task.waveform=false`` the same scores
+    as the band-power logistic, and by default the chosen start's fit (the waveform taken).
+    metrics.json's ``start`` and the report say so."""
     import torch
 
     from neurofm.baselines import BandPowerLogistic, BandPowerRidge
@@ -295,28 +297,39 @@ def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_
     dm = recipe.datamodule(cfg)
     out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "reg")
     assert out["start"]["features"] == recipe.START_BAND_POWER
-    assert out["start"]["candidates"] == [recipe.START_BAND_POWER, recipe.START_BOTH]
+    assert out["start"]["candidates"] == [recipe.START_BAND_POWER, recipe.START_WAVEFORM, recipe.START_BOTH,
+                                          recipe.START_ALL]
+    assert [st["adds"] for st in out["start"]["steps"]] == ["waveform", "token mean"]
+    assert not any(st["taken"] for st in out["start"]["steps"])  # the force is in high-gamma power
     assert out["start"]["gain"] <= out["start"]["paired_se"] and out["start"]["score"] == "r2"
     band = out["baselines"]["ridge on band power"]["test_r2"]
     assert out["metrics"]["test_r2"] == pytest.approx(band, abs=1e-5)
     assert "started at band power" in (tmp_path / "reg" / "decode_report.md").read_text()
     assert "start: the head started at the band power fit" in out["protocol"]
-    for head in ("pooled", "token_weighting"):
-        cfg = _config([session], head=head)
+    # classification: the speech ERP of this simulation is in the evoked waveform, which the
+    # default start takes (test_step_0_predicts_what_the_chosen_closed_form_fit_predicts); without
+    # the waveform read-out the start is band power alone, the report's arm
+    for head, waveform in (("pooled", False), ("token_weighting", False), ("token_weighting", True)):
+        cfg = _config([session], head=head, waveform=waveform)
         dm = recipe.datamodule(cfg)
         task = recipe.task(cfg, dm).eval()
-        assert task.read_out_start["features"] == recipe.START_BAND_POWER, head
+        chosen = task.read_out_start["features"]
+        assert (chosen == recipe.START_BAND_POWER) != waveform, (head, chosen)
         bands = BandPowerRidge(cfg.model.sampling_rate)
         with torch.no_grad():
             train = recipe._segment_pass(dm.loader("train"), task.encoder, bands)
             test = recipe._segment_pass(dm.loader("test"), task.encoder, bands, task=task)
         n_tr, n_te = len(train["y"]), len(test["y"])
-        arm = BandPowerLogistic(bands.sampling_rate).fit_features(train["bp"].reshape(n_tr, -1), train["y"])
         logits = test["pred"]
-        expect = arm.model.decision_function(test["bp"].reshape(n_te, -1))
+        if waveform:
+            expect = _chosen_fit_scores(chosen, train, test)
+        else:
+            arm = BandPowerLogistic(bands.sampling_rate).fit_features(train["bp"].reshape(n_tr, -1), train["y"])
+            expect = arm.model.decision_function(test["bp"].reshape(n_te, -1))
         assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4), head
         assert np.allclose(logits[:, 1], -logits[:, 0], atol=1e-5)  # softmax = the logistic probability
-        assert not task.head.out.weight.abs().sum()  # the token head adds nothing at the start
+        if "token mean" not in chosen:
+            assert not task.head.out.weight.abs().sum()  # the token head adds nothing at the start
         # the read-out trains on standardised features: the training segments' statistics
         bp = torch.as_tensor(train["bp"].reshape(n_tr, -1))
         torch.testing.assert_close(task.band_power.feature_mean, bp.mean(0))
@@ -499,10 +512,13 @@ def test_start_rule_keeps_band_power_alone_when_token_features_are_noise(session
     cfg = _config([session]) if kind == "classification" else _regression_config([force_session])
     task = recipe.task(cfg, recipe.datamodule(cfg))
     start = task.read_out_start
-    assert start["features"] == recipe.START_BAND_POWER
+    # the classification's speech ERP is in the evoked waveform, which the rule may take first
+    assert start["features"] in (recipe.START_BAND_POWER, recipe.START_WAVEFORM)
     assert start["score"] == ("auroc" if kind == "classification" else "r2")
     assert not start["gain"] > recipe.START_SE * start["paired_se"]
-    assert set(start["cv"]) == {recipe.START_BAND_POWER, recipe.START_BOTH} and start["n_segments"] > 20
+    assert set(start["cv"]) == {recipe.START_BAND_POWER, recipe.START_WAVEFORM, recipe.START_BOTH,
+                                recipe.START_ALL} and start["n_segments"] > 20
+    assert start["steps"][-1]["adds"] == "token mean" and not start["steps"][-1]["taken"]
     assert not task.head.out.weight.abs().sum() and task.band_power.out.weight.abs().sum() > 0
 
 
@@ -525,3 +541,164 @@ def test_power_target_pretraining_reports_the_latent_and_power_terms_apart(sessi
     assert m["test_masked_latent_r2"] == pytest.approx(1 - m["test_masked_latent_mse"] / trivial["test_masked_latent_mse"])
     assert m["test_masked_latent_r2"] < recipe.TRIVIAL_LATENT_R2  # untrained; the power term is not in it
     assert np.isfinite(m["test_masked_power_r2"]) and m["test_masked_power_r2"] < 0.5
+
+
+# -- the evoked-waveform read-out and the start rule's waveform step ---------------------------------
+
+
+def _evoked_session(path, layout: str, carrier: str, duration: float = 300.0, seed: int = 0) -> str:
+    """A session on ``layout``'s channels (positions, atlas labels) with white noise and
+    ``word_onset`` events labelled ``a`` / ``b`` every 2-3 s. ``carrier="waveform"``: every event
+    evokes a 0.5 s deflection (one Hann-windowed 2 Hz cycle) on 4 channels, positive after ``a``
+    and negative after ``b``: the same power spectrum, so only the evoked waveform tells them
+    apart. ``carrier="power"``: ``a`` adds a 20 Hz (beta) burst of random phase on those channels,
+    ``b`` nothing: band power tells them apart, the binned time course of a random-phase
+    oscillation does not."""
+    from neurofm.data import Session, SessionWriter
+
+    rng = np.random.default_rng(seed)
+    fs = 128.0
+    with Session(layout) as s:
+        ch = s.channels()
+    n, C = int(duration * fs), len(ch.names)
+    x = rng.standard_normal((n, C))
+    onsets = np.cumsum(rng.uniform(2.0, 3.0, int(duration / 2)))
+    onsets = onsets[onsets < duration - 2.0]
+    labels = rng.choice(["a", "b"], len(onsets))
+    t = np.arange(int(0.5 * fs)) / fs
+    hann = np.hanning(len(t))
+    for onset, label in zip(onsets, labels):
+        i = int(round(onset * fs))
+        if carrier == "waveform":
+            x[i:i + len(t), :4] += ((1.5 if label == "a" else -1.5) * hann * np.sin(2 * np.pi * 2.0 * t))[:, None]
+        elif label == "a":
+            x[i:i + len(t), :4] += (1.5 * hann * np.sin(2 * np.pi * 20.0 * t + rng.uniform(0, 2 * np.pi)))[:, None]
+    with SessionWriter(path, session_id=f"evoked_{carrier}") as w:
+        w.add_continuous(x.astype(np.float32), sampling_rate=fs)
+        w.add_channels(list(ch.names), *(ch.xyz[:, k] for k in range(3)), regions=dict(ch.regions),
+                       types=["seeg"] * C, coordinate_space=ch.coordinate_space)
+        w.add_events("word_onset", onsets, label=labels)
+    return str(path)
+
+
+def _chosen_fit_scores(chosen: str, train: dict, test: dict) -> np.ndarray:
+    """The test log-odds of a logistic on the start ``chosen``'s feature blocks of the training
+    segments (as :func:`recipe._segment_pass` gives them), fitted as the report fits its arms."""
+    from neurofm.baselines import Logistic
+
+    def features(d):
+        blocks = {"band power": d["bp"], "waveform": d["wave"], "token mean": d["feat"]}
+        return np.concatenate([blocks[p].reshape(len(d["y"]), -1) for p in chosen.split(" + ")], axis=1)
+
+    return Logistic().fit(features(train), train["y"]).decision_function(features(test))
+
+
+@pytest.fixture(scope="module")
+def evoked(session, tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("barista_evoked")
+    return {carrier: _evoked_session(out / f"{carrier}.h5", session, carrier) for carrier in ("waveform", "power")}
+
+
+def test_start_rule_takes_the_waveform_only_where_it_carries_the_events(evoked):
+    """The default path (one layout: band-power and waveform read-outs): where only the evoked
+    waveform tells the classes apart, blocked CV adds it to band power (gain over one paired SE)
+    and its read-out starts at the fit's weights; where the waveform carries nothing (the classes
+    differ in beta power only), the start is band power alone and the waveform read-out adds
+    nothing (weights 0)."""
+    cfg = _config([evoked["waveform"]])
+    task = recipe.task(cfg, recipe.datamodule(cfg))
+    start = task.read_out_start
+    assert task.waveform is not None and task.waveform.n_bins == recipe.WAVEFORM_BINS
+    step = start["steps"][0]
+    assert step["adds"] == "waveform" and step["from"] == recipe.START_BAND_POWER and step["taken"]
+    assert step["gain"] > recipe.START_SE * step["paired_se"] > 0
+    assert "waveform" in start["features"] and start["cv"][recipe.START_WAVEFORM] > 0.9
+    assert task.waveform.out.weight.abs().sum() > 0
+    cfg = _config([evoked["power"]])
+    task = recipe.task(cfg, recipe.datamodule(cfg))
+    start = task.read_out_start
+    assert start["features"] == recipe.START_BAND_POWER, start
+    assert start["steps"][0]["adds"] == "waveform" and not start["steps"][0]["taken"]
+    assert start["cv"][recipe.START_BAND_POWER] > 0.9
+    assert not task.waveform.out.weight.abs().sum() and not task.waveform.out.bias.abs().sum()
+    assert task.band_power.out.weight.abs().sum() > 0
+
+
+def test_step_0_predicts_what_the_chosen_closed_form_fit_predicts(evoked, tmp_path):
+    """Before any step the fine-tune's logits are the chosen start's fit (here band power +
+    waveform, maybe + token mean: a logistic on those features of the training segments, as the
+    report fits its arms), on the test segments, up to float32; the read-outs' statistics are the
+    training segments'; the report and metrics.json say which start was taken."""
+    import torch
+
+    from neurofm.baselines import BandPowerRidge
+
+    cfg = _config([evoked["waveform"]])
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm).eval()
+    chosen = task.read_out_start["features"]
+    assert chosen.startswith(recipe.START_WAVEFORM)
+    bands = BandPowerRidge(cfg.model.sampling_rate)
+    with torch.no_grad():
+        train = recipe._segment_pass(dm.loader("train"), task.encoder, bands)
+        test = recipe._segment_pass(dm.loader("test"), task.encoder, bands, task=task)
+
+    expect = _chosen_fit_scores(chosen, train, test)
+    logits = test["pred"]
+    assert np.allclose(logits[:, 1] - logits[:, 0], expect, atol=1e-4)
+    wave = torch.as_tensor(train["wave"].reshape(len(train["y"]), -1))
+    torch.testing.assert_close(task.waveform.feature_mean, wave.mean(0))
+    torch.testing.assert_close(task.waveform.feature_std, wave.std(0, unbiased=False))
+    out = recipe.evaluate(cfg, task, dm, tmp_path / "run")
+    assert out["start"]["features"] == chosen and out["start"]["steps"][0]["taken"]
+    assert f"start: the head started at the {chosen} fit" in out["protocol"]
+    assert "the waveform's gain over band power" in (tmp_path / "run" / "decode_report.md").read_text()
+    # the report's waveform arm (waveform alone) and band-power arm stay as they were
+    assert out["baselines"][recipe.WAVEFORM_ARM]["test_auroc"] > 0.9
+    assert out["baselines"]["logistic on band power"]["test_auroc"] < 0.75
+
+
+def test_waveform_readout_survives_save_load_evaluate_and_checkpoint(evoked, tmp_path):
+    """The evoked-waveform read-out is part of the exported model (config.json ``waveform_bins``,
+    its weights and feature statistics): ``from_pretrained`` predicts from raw segments what the
+    task predicts, ``neurofm evaluate`` on the folder scores what the run scored, and a Lightning
+    checkpoint (resume) rebuilds it; ``task.waveform=false`` leaves it out, with a note."""
+    import json
+
+    import lightning as L
+    import torch
+
+    from neurofm.experiment import evaluate_pretrained
+    from neurofm.hub import load_pretrained
+
+    cfg = _config([evoked["waveform"]])
+    assert cfg.task.waveform is True
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm).eval()
+    assert task.waveform.out.weight.abs().sum() > 0
+    expected = recipe.evaluate(cfg, task, dm, tmp_path / "run")["metrics"]
+    folder = tmp_path / "ft"
+    recipe.export(task).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["config"]["waveform_bins"] == recipe.WAVEFORM_BINS
+    loaded = load_pretrained(folder).eval()
+    batch = next(iter(dm.loader("test")))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded({"x": batch["x"], "channel_mask": batch["channel_mask"],
+                                           "parcel": batch["parcel"]}), task(batch))
+        torch.testing.assert_close(loaded.waveform(batch["x"], batch["channel_mask"]),
+                                   task.waveform(batch["x"], batch["channel_mask"]))
+    over = [f"data.split.{k}={v}" for k, v in {"train": 0.6, "valid": 0.2, "test": 0.2, "gap": 2.0}.items()]
+    got = evaluate_pretrained(str(folder), [evoked["waveform"]], out_dir=tmp_path / "ev", task="decode",
+                              events="word_onset", overrides=over + ["data.segment_s=1.0", "data.n_patches=4"])
+    assert got["metrics"]["test_auroc"] == pytest.approx(expected["test_auroc"])
+    assert got["metrics"]["test_auroc"] > 0.9
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "ft.ckpt")
+    again = recipe.load_task(tmp_path / "ft.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch), task(batch))
+    off = recipe.task(_config([evoked["waveform"]], waveform=False), dm)
+    assert off.waveform is None and off.export_model().waveform is None
+    assert off.read_out_start["waveform_readout"] == "off (task.waveform=false)"
+    assert off.read_out_start["candidates"] == [recipe.START_BAND_POWER, recipe.START_BOTH]
