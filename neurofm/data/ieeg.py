@@ -806,7 +806,10 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             warnings.warn(f"{epath}: {int((~used).sum())} of {len(used)} electrodes match no channel of {in_path}"
                           + (f" (e.g. {extra})" if extra else "")
                           + f"; {int((neural & ~has_any).sum())} of {int(neural.sum())} neural channels have no electrode row"
-                          + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
+                          + (f" (e.g. {missing}; their coordinates and labels are unknown, and the model reads "
+                             f"them as brain signal: if they are no intracranial contacts (scalp EEG, a ground or "
+                             f"system channel), a channels.tsv (--channels) typing them MISC or marking them "
+                             f"status bad leaves them out)" if missing else ""),
                           stacklevel=3)
         mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
         xyz[has] = mm[row[has]]

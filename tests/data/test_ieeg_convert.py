@@ -209,6 +209,7 @@ def test_partial_match_keeps_and_counts(tmp_path):
     text = " ".join(str(w.message) for w in record)
     assert f"{tsv}: 2 of 4 electrodes match no channel" in text and "['Z9', 'Z10']" in text
     assert "2 of 4 neural channels have no electrode row" in text and "['B1', 'B2']" in text
+    assert "reads them as brain signal" in text and "typing them MISC or marking them status bad" in text
     assert "assumed millimetres" in text
     with Session(out) as s:
         ch = s.channels()
