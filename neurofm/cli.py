@@ -46,6 +46,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             from neurofm.data.ieeg import move_channels_to_behavior
             from neurofm.data.session import add_cos_sin
 
+            if args.trigger_channel:
+                raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
+                                 "convert ieeg RECORDING OUT.h5 --trigger-channel NAME=label`")
             if not args.behavior_channel and not args.angle:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
                                  "NAME[=as_name]) or adds an angle's cosine and sine (--angle NAME[=as_name]); "
@@ -65,6 +68,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if args.format == "nwb":
             from neurofm.data.nwb import convert_nwb
 
+            if args.trigger_channel:
+                raise ValueError("--trigger-channel is for iEEG recordings (EDF, BrainVision, ...); NWB events come "
+                                 "from its trials / epochs tables")
             if args.behavior_channel or args.rectify:
                 raise ValueError("--behavior-channel / --rectify are for iEEG recordings and session files; NWB "
                                  "behaviour comes "
@@ -86,7 +92,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                  "NAME[=as_name] too")
             out = convert_ieeg(args.input, args.output, electrodes=args.electrodes, channels_tsv=args.channels,
                                behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
-                               **common)
+                               trigger_channels=args.trigger_channel or (), **common)
     print(f"wrote {out}")
     return 0
 
@@ -588,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "/behavior/<as_name> (default: its name) and leaves /continuous (repeatable); its unit: a "
                         "BIDS channels.tsv's 'units', else the recording's. Without it such a channel stays in "
                         "/continuous typed non-neural (the convert warning lists them) and the model leaves it out")
+    c.add_argument("--trigger-channel", action="append", metavar="NAME[=label]",
+                   help="iEEG: a channel carrying trigger pulses (a clinical system's DC input fed TTL, a TRIG line): "
+                        "each pulse's rising edge becomes an event of /events/annotations labelled label (default: "
+                        "NAME), beside the file's own annotations (repeatable: one label per channel, e.g. --trigger-"
+                        "channel DC01=face --trigger-channel DC02=house); the channel stays in /continuous typed stim")
     c.add_argument("--rectify", action="store_true",
                    help="with --behavior-channel: store those channels full-wave rectified (|x|), so the mean over a "
                         "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "

@@ -52,7 +52,7 @@ import torch
 from neurofm import metrics
 from neurofm.atlas import SpatialVocab
 from neurofm.baselines import DEFAULT_ALPHAS, BandPowerRidge
-from neurofm.data.datasets import StreamingIEEGDataset
+from neurofm.data.datasets import StreamingIEEGDataset, event_classes
 from neurofm.data.segmenter import IEEGSegmenter, SegmentPlan, parse_contact, zscore
 from neurofm.data.session import NON_NEURAL_NAMES as _SESSION_NON_NEURAL_NAMES
 from neurofm.data.session import Channels, Session, channel_types_from_names
@@ -689,7 +689,7 @@ def event_data(session, protocol: EventProtocol | None = None, *, spatial_vocab=
     if protocol.events not in session.event_names:
         raise KeyError(f"{session.path}: /events/{protocol.events}: missing (available: {session.event_names}); "
                        f"set EventProtocol(events=...)")
-    file_labels = sorted({str(x) for x in session.events(protocol.events)["label"]})
+    file_labels = event_classes([session.events(protocol.events)["label"]])
     if protocol.labels is None:
         label_map = {lab: i for i, lab in enumerate(file_labels)}
     else:

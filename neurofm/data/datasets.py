@@ -672,7 +672,7 @@ class _IEEGReader:
                                      "lobe": np.zeros(C, np.int64)})
         self.label_map = dict(label_map) if label_map is not None else None
         if events is not None and event_locked and self.label_map is None:
-            labels = sorted({str(x) for s in sessions for x in s.events(events)["label"]})
+            labels = event_classes([s.events(events)["label"] for s in sessions])
             if len(labels) == 1:  # one kind of event: its segments against segments without one
                 labels = [BACKGROUND_LABEL] + labels
             self.label_map = {lab: i for i, lab in enumerate(labels)}
@@ -727,6 +727,16 @@ class _IEEGReader:
 #: onset labelled "grip"): segments that hold no event onset, so that a lab's single kind of
 #: annotation can be classified (event vs. background) and scored by AUROC.
 BACKGROUND_LABEL = "(no event)"
+
+
+def event_classes(label_arrays) -> list[str]:
+    """The classes an event-locked run learns when none are named: every label of the events,
+    sorted, except the unknown label ``""`` (a BIDS events.tsv ``n/a``: a pause or block marker
+    whose ``trial_type`` is not given) while other labels exist; those events are no class, so
+    no segment starts at them (they still keep background segments away)."""
+    labels = sorted({str(x) for arr in label_arrays for x in arr})
+    named = [lab for lab in labels if lab != ""]
+    return named or labels
 
 
 def _background_starts(blocks: Intervals, origin: float, stride: float, seg_s: float, onsets: np.ndarray

@@ -104,6 +104,7 @@ def convert_ieeg(
     behavior_channels: Sequence[str] = (),
     license: str | None = None,
     rectify_behavior: bool = False,
+    trigger_channels: Sequence[str] = (),
 ) -> Path:
     """Convert one iEEG recording to a neurofm session file; returns ``out_path``.
 
@@ -130,6 +131,12 @@ def convert_ieeg(
         ``rectified``), so the mean over a segment, what a BaRISTA regression predicts, is the
         channel's mean absolute amplitude: the envelope of a raw EMG, an accelerometer axis or
         a microphone, whose own mean over a segment is noise around zero.
+    trigger_channels : ``"NAME"`` or ``"NAME=label"`` per channel that carries trigger pulses
+        (a clinical system's DC input fed TTL pulses, a TRIG line): each pulse's rising edge
+        (:func:`trigger_pulses`) becomes an event of ``/events/annotations`` labelled ``label``
+        (default: the name as given), beside the file's own annotations; the channel stays in
+        /continuous typed ``stim``, which the model leaves out. A channel without pulses is an
+        error naming it.
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -166,15 +173,37 @@ def convert_ieeg(
 
     names = list(raw.ch_names)
     moves = select_behavior_channels(names, behavior_channels, in_path)
+    triggers = select_trigger_channels(names, trigger_channels, in_path)
+    clash = sorted({names[i] for i, _ in moves} & {names[i] for i, _ in triggers})
+    if clash:
+        raise ConvertError(in_path, "--trigger-channel", f"{clash} given as --behavior-channel too",
+                           "give a channel as one or the other")
     keep = np.setdiff1d(np.arange(len(names)), [i for i, _ in moves])
     if not keep.size:
         raise ConvertError(in_path, "--behavior-channel", f"would move all {len(names)} channels to /behavior",
                            "leave at least one neural channel in /continuous")
     # the channel table, its typing and its sidecar matching describe the channels that stay
     neural = raw if len(keep) == len(names) else raw.copy().pick(keep.tolist())
-    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit,
-                           moved=[names[i] for i, _ in moves])
     onset, duration, label, events_source = _events(raw, side)
+    table = _channel_table(neural, list(neural.ch_names), in_path, side, coordinate_unit,
+                           moved=[names[i] for i, _ in moves], triggers=[names[i] for i, _ in triggers],
+                           no_events=not onset.size and not triggers)
+    if triggers:  # pulses in trigger channels: events on the /continuous clock, beside the file's own
+        parts = [(onset, duration, label)]
+        rate = float(raw.info["sfreq"])
+        for i, lab in triggers:
+            values, _ = _file_unit_values(raw, i)
+            try:
+                rise, fall = trigger_pulses(values, rate, f"channel {names[i]!r}")
+            except ValueError as e:
+                raise ConvertError(in_path, "--trigger-channel", str(e), "give the channel that carries the "
+                                   "pulses (its trace steps from a baseline to a fixed level at each event)") from None
+            parts.append((raw.first_time + rise / rate, (fall - rise) / rate, np.full(len(rise), lab, dtype=object)))
+        onset, duration, label = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        order = np.argsort(onset, kind="stable")
+        onset, duration, label = onset[order], duration[order], label[order].astype(object)
+        events_source = "; ".join(x for x in [events_source] + [f"trigger channel {names[i]} ({lab})"
+                                                                for i, lab in triggers] if x)
     breaks = _discontinuities(raw, in_path)
     pauses, edf_breaks = _edf_plus_d(in_path, raw), np.zeros(0)
     if pauses is not None:  # EDF+D: records are not back to back in time; MNE reads them as if they were
@@ -520,14 +549,44 @@ def _norm(name: str) -> str:
     return "".join(str(name).split()).casefold()
 
 
+#: What clinical systems add around a contact's name: a signal-kind label before it (Nihon Kohden
+#: "POL A1", "EEG A1"; "SEEG", "ECOG") and the reference after it (Natus / NK "EEG LT1-Ref").
+_CLINICAL_NAME = re.compile(r"^(?:(?:EEG|POL|SEEG|ECOG|IEEG)\s+)?(?P<core>.+?)(?:-(?:REF|AVG|AV|AVERAGE))?$",
+                            re.IGNORECASE)
+
+
+def _clinical_core(name: str) -> str:
+    """``"POL A1"``, ``"EEG A1-Ref"``, ``"a 1"`` -> ``"a1"``: a name without the system's label
+    prefix and reference suffix, ignoring case and whitespace."""
+    m = _CLINICAL_NAME.match(str(name).strip())
+    return _norm(m.group("core") if m else name)
+
+
 def _match(channel_names: list[str], other: list[str]) -> np.ndarray:
     """Row of ``other`` for every channel (-1 if none): exact name first, then ignoring case
-    and whitespace."""
+    and whitespace, then ignoring a clinical system's label prefix and reference suffix
+    (``POL A1`` / ``EEG A1-Ref`` is the electrode ``A1``) where that leaves one name on each side."""
     exact = {nm: i for i, nm in enumerate(other)}
     loose = {}
     for i, nm in enumerate(other):
         loose.setdefault(_norm(nm), i)
-    return np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
+    rows = np.asarray([exact.get(nm, loose.get(_norm(nm), -1)) for nm in channel_names], dtype=np.int64)
+    if (rows < 0).any():
+        def unique_cores(names):
+            cores: dict[str, list[int]] = {}
+            for i, nm in enumerate(names):
+                cores.setdefault(_clinical_core(nm), []).append(i)
+            return {c: v[0] for c, v in cores.items() if len(v) == 1}
+
+        theirs, ours = unique_cores(other), unique_cores(channel_names)
+        taken = set(rows[rows >= 0].tolist())
+        for i in np.flatnonzero(rows < 0):
+            core = _clinical_core(channel_names[i])
+            j = theirs.get(core, -1)
+            if j >= 0 and ours.get(core) == i and j not in taken:
+                rows[i] = j
+                taken.add(j)
+    return rows
 
 
 def _check_not_too_close(xyz_mm: np.ndarray, scale: float, path: Path) -> None:
@@ -624,7 +683,8 @@ def _by_type(names: list[str], types: np.ndarray, mask: np.ndarray) -> str:
 
 
 def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyped: np.ndarray,
-                     typed_by_file: np.ndarray, in_path: Path, channels_tsv) -> None:
+                     typed_by_file: np.ndarray, in_path: Path, channels_tsv, triggers=None,
+                     no_events: bool = False) -> None:
     """One warning naming every channel the model will leave out as non-neural (the segmenter
     drops :data:`~neurofm.data.session.NON_NEURAL_TYPES`), why (its name, the channels.tsv, the
     file), and for the continuous ones the ``--behavior-channel NAME`` that makes a decoding
@@ -639,8 +699,10 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
         parts.append(f"{int(retyped.sum())} of {n} channels typed {'/'.join(sorted({str(t) for t in was[retyped]}))} "
                      f"by the file are named like non-neural inputs, so typed by their names "
                      f"({_by_type(names, types, retyped)})")
+    triggers = np.zeros(n, dtype=bool) if triggers is None else np.asarray(triggers, dtype=bool)
     for source, m in ((f"channels.tsv ({Path(channels_tsv).name})" if channels_tsv else "", leave_out & typed_by_file),
-                      ("the file", leave_out & ~typed_by_file & ~retyped)):
+                      ("--trigger-channel", triggers),
+                      ("the file", leave_out & ~typed_by_file & ~retyped & ~triggers)):
         if m.any():
             parts.append(f"{int(m.sum())}{' more' if parts else f' of {n} channels'} typed non-neural by {source} "
                          f"({_by_type(names, types, m)})")
@@ -656,6 +718,10 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
         shown = ", ".join(sensors[:6]) + (f" ... (+{len(sensors) - 6} more)" if len(sensors) > 6 else "")
         hint += (f". To decode a behaviour recorded as a channel (force, movement, ...), convert again "
                  f"with --behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
+    if no_events and (sensors or any(k in NOT_CONTINUOUS_TYPES for k in kind)):
+        hint += (". The recording has no events (no annotations, no events.tsv): if one of these channels carries "
+                 "trigger pulses (a DC input fed TTL, a TRIG line), convert again with --trigger-channel NAME=label "
+                 "(trigger_channels=[...]), which puts each pulse into /events/annotations")
     k = int(leave_out.sum())
     fix = (f"edit their type in {channels_tsv} to change that" if channels_tsv else
            "give a BIDS channels.tsv (channels_tsv=, CLI --channels) to set the types yourself")
@@ -668,9 +734,12 @@ _NEURAL_TYPES = _GENERIC_NEURAL_TYPES | frozenset({"meg", "megmag", "meggradaxia
 
 
 def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_unit,
-                   moved: Sequence[str] = ()) -> dict[str, Any]:
+                   moved: Sequence[str] = (), triggers: Sequence[str] = (), no_events: bool = False
+                   ) -> dict[str, Any]:
     """/channels columns for the recording's channels (in its order); ``moved``: channels
-    taken to /behavior (their electrodes rows are not reported as matching no channel)."""
+    taken to /behavior (their electrodes rows are not reported as matching no channel);
+    ``triggers``: channels read for trigger pulses, typed ``stim`` whatever else says;
+    ``no_events``: the recording has no events, so the warning names ``--trigger-channel``."""
     n = len(names)
     types = np.asarray(raw.get_channel_types(), dtype=object)
     bad = np.isin(names, raw.info["bads"])
@@ -701,7 +770,13 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             bad |= has & (status[np.maximum(row, 0)] == "bad")
     was = types
     types, retyped = _types_from_names(types, names, typed_by_file)
-    _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"))
+    is_trigger = np.isin(names, list(triggers))
+    if is_trigger.any():  # the user says what these carry: pulses, no brain signal and no behaviour
+        types = np.where(is_trigger, "stim", types).astype(object)
+        retyped = retyped & ~is_trigger
+        typed_by_file = typed_by_file & ~is_trigger
+    _warn_non_neural(names, types, was, retyped, typed_by_file, in_path, side.get("channels"), is_trigger,
+                     no_events)
     # an EKG, trigger or reference lead has no electrode row by nature: not worth a word
     neural = ~non_neural(types)
     xyz = np.full((n, 3), np.nan)
@@ -731,7 +806,10 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
             warnings.warn(f"{epath}: {int((~used).sum())} of {len(used)} electrodes match no channel of {in_path}"
                           + (f" (e.g. {extra})" if extra else "")
                           + f"; {int((neural & ~has_any).sum())} of {int(neural.sum())} neural channels have no electrode row"
-                          + (f" (e.g. {missing}; their coordinates and labels are unknown)" if missing else ""),
+                          + (f" (e.g. {missing}; their coordinates and labels are unknown, and the model reads "
+                             f"them as brain signal: if they are no intracranial contacts (scalp EEG, a ground or "
+                             f"system channel), a channels.tsv (--channels) typing them MISC or marking them "
+                             f"status bad leaves them out)" if missing else ""),
                           stacklevel=3)
         mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
         xyz[has] = mm[row[has]]
@@ -977,6 +1055,58 @@ def select_behavior_channels(names: Sequence[str], specs, source) -> list[tuple[
     if len(set(rows.tolist())) < len(rows):
         raise ConvertError(source, "--behavior-channel", "names the same channel twice", "give each channel once")
     return [(int(r), as_name) for r, (_, as_name) in zip(rows, pairs)]
+
+
+def select_trigger_channels(names: Sequence[str], specs, source) -> list[tuple[int, str]]:
+    """``(channel index, label)`` for each ``"NAME[=label]"`` of ``--trigger-channel`` (label
+    default: NAME as given); channels are found as :func:`select_behavior_channels` finds them
+    (``DC01`` is ``POL DC01``). A name matching no channel, or one given twice, is a
+    :class:`ConvertError`."""
+    pairs = [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in (str(v).strip() for v in specs or ())]
+    for name, lab in pairs:
+        if not name.strip() or not lab.strip():
+            raise ConvertError(source, "--trigger-channel", f"{name}={lab}: empty name or label",
+                               "give NAME or NAME=label")
+    pairs = [(n.strip(), lab.strip()) for n, lab in pairs]
+    rows = _match([n for n, _ in pairs], list(names))
+    missing = [n for (n, _), r in zip(pairs, rows) if r < 0]
+    if missing:
+        shown = ", ".join(map(str, names[:60])) + (f" ... (+{len(names) - 60} more)" if len(names) > 60 else "")
+        raise ConvertError(source, "--trigger-channel", f"no channel named {', '.join(map(repr, missing))}; "
+                           f"the {len(names)} channels are: {shown}", "give one of these names (NAME or NAME=label)")
+    if len(set(rows.tolist())) < len(rows):
+        raise ConvertError(source, "--trigger-channel", "names the same channel twice", "give each channel once")
+    return [(int(r), lab) for r, (_, lab) in zip(rows, pairs)]
+
+
+def trigger_pulses(values: np.ndarray, rate: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rise, fall)`` sample indices of the pulses of a trigger channel: the baseline is its
+    median, a pulse is where it lies past half-way from there to its extreme (upwards or, for
+    an active-low line, downwards); two pulses closer than 2 ms are one (a noisy edge). A pulse
+    already on at the first sample has no onset and is left out. A channel whose extreme is
+    within 10 robust standard deviations of its baseline has no pulses: a ``ValueError`` naming
+    ``what``."""
+    x = np.asarray(values, dtype=np.float64)
+    base = float(np.median(x))
+    up, down = float(x.max()) - base, base - float(x.min())
+    sign = 1.0 if up >= down else -1.0
+    height = max(up, down)
+    noise = 1.4826 * float(np.median(np.abs(x - base)))
+    if not np.isfinite(height) or height <= 10 * noise or height == 0:
+        raise ValueError(f"{what}: no trigger pulses: its largest excursion from the baseline ({height:.4g}) is "
+                         f"within 10 robust standard deviations of it ({10 * noise:.4g})")
+    on = sign * (x - base) > height / 2
+    d = np.diff(on.astype(np.int8))
+    rise, fall = np.flatnonzero(d == 1) + 1, np.flatnonzero(d == -1) + 1
+    if on[0]:
+        fall = fall[1:]
+    if on[-1]:
+        fall = np.append(fall, len(x))
+    gap = max(1, int(round(0.002 * rate)))
+    if rise.size > 1:  # join pulses split by a noisy edge
+        new = np.concatenate([[True], rise[1:] - fall[:-1] > gap])
+        rise, fall = rise[new], fall[np.append(new[1:], True)]
+    return rise, fall
 
 
 def _channels_tsv_units(channels_tsv, names: Sequence[str]) -> dict[str, str]:

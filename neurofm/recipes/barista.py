@@ -534,6 +534,15 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
                               f"recordings that sample these parcels, or one that encodes by lobe or coordinates")
         if cfg.task.pretrained:
             fix = (f"the pretrained model encodes channels by {scale}, so the sessions need {what}: {add}")
+            cols = sorted({str(k) for ch in channels for k in (ch.regions or {})})
+            if scale == "parcel" and cols:  # e.g. a clinic's DKT column: lobes, but not the model's parcels
+                fix += (f" (their atlas column{'s' if len(cols) > 1 else ''} {', '.join(cols)} "
+                        f"{'are' if len(cols) > 1 else 'is'} not {vocab.atlas}, the atlas of the model's parcels)")
+            usable = [sc for sc in ("coords", "lobe") if sc != scale and all(_known_at(vocab, ch, sc)
+                                                                            for ch in channels)]
+            if usable:
+                fix += (f"; or fine-tune a model pretrained with model.encode_scale={' or '.join(usable)}, which "
+                        f"these sessions have")
         else:
             other = [sc for sc in ("coords", "parcel", "lobe") if sc != scale and any(
                 _known_at(vocab, ch, sc) for ch in channels)]

@@ -209,6 +209,7 @@ def test_partial_match_keeps_and_counts(tmp_path):
     text = " ".join(str(w.message) for w in record)
     assert f"{tsv}: 2 of 4 electrodes match no channel" in text and "['Z9', 'Z10']" in text
     assert "2 of 4 neural channels have no electrode row" in text and "['B1', 'B2']" in text
+    assert "reads them as brain signal" in text and "typing them MISC or marking them status bad" in text
     assert "assumed millimetres" in text
     with Session(out) as s:
         ch = s.channels()
@@ -559,8 +560,11 @@ def test_behaviour_sensors_recorded_as_edf_channels_are_left_out_and_named(tmp_p
     text = " ".join(str(w.message) for w in record)
     assert ("4 of 7 channels typed eeg by the file are named like non-neural inputs, so typed by their names "
             "(misc: GRIP, MOV_RIGHT, ACC_X (3); stim: TRIG (1)); the model leaves these 4 out") in text
-    assert text.endswith("To decode a behaviour recorded as a channel (force, movement, ...), convert again with "
-                         "--behavior-channel NAME (behavior_channels=[NAME]); here: GRIP, MOV_RIGHT, ACC_X")  # no TRIG
+    assert ("To decode a behaviour recorded as a channel (force, movement, ...), convert again with "
+            "--behavior-channel NAME (behavior_channels=[NAME]); here: GRIP, MOV_RIGHT, ACC_X. The recording has no "
+            "events") in text  # no TRIG among the behaviours; the file has no events, so --trigger-channel is named
+    assert text.endswith("convert again with --trigger-channel NAME=label (trigger_channels=[...]), which puts each "
+                         "pulse into /events/annotations")
     with Session(tmp_path / "s.h5") as s:
         ch = s.channels()
         assert ch.types.tolist() == ["eeg"] * 3 + ["misc"] * 3 + ["stim"]
@@ -592,7 +596,7 @@ def test_bids_channel_types_are_honoured_and_named(tmp_path):
     assert "7 of 11 channels typed non-neural by channels.tsv (rec_channels.tsv)" in left_out
     # body signals (EMG, ECG, HEOG) are named as such, no behaviour; the hint lists the others
     assert "Body signals (emg: X3 (1); ecg: X4 (1); heog: X5 (1)) are no behaviour" in left_out
-    assert left_out.endswith("here: X1, X6, X7")  # not the trigger line X2
+    assert "here: X1, X6, X7. The recording has no events" in left_out  # not the trigger line X2
     with Session(tmp_path / "s.h5") as s:
         ch = s.channels()
         assert ch.types.tolist() == [t.lower() for t in tsv_types]
@@ -741,7 +745,7 @@ def test_an_ekg_is_not_offered_as_a_behaviour(tmp_path):
     (text,) = [str(w.message) for w in record if "/channels/type" in str(w.message)]
     assert ("Body signals (ecg: EKG1, EKG2 (2)) are no behaviour: typed non-neural, they stay out of the model and "
             "need nothing; only to decode one as a target, convert again with --behavior-channel NAME") in text
-    assert text.endswith("(behavior_channels=[NAME]); here: DC01")
+    assert "(behavior_channels=[NAME]); here: DC01. The recording has no events" in text
     with Session(tmp_path / "s.h5") as s:
         assert s.channels().types.tolist() == ["eeg"] * 3 + ["ecg", "ecg", "misc"]
 
@@ -925,3 +929,86 @@ def test_metre_coordinates_read_as_millimetres_are_warned_about(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convert_ieeg(vhdr, tmp_path / "m.h5", electrodes=tsv, coordinate_unit="m")  # the right unit: no warning
+
+
+def test_clinical_system_prefixes_match_the_electrodes_table(tmp_path):
+    """A Nihon Kohden / Natus export names its contacts "POL A1" and "EEG B1-Ref"; the clinic's
+    electrode localisation says A1, B1. They are the same contacts: the CLI default finds each
+    row, and --behavior-channel takes the bare name too."""
+    from neurofm.cli import main
+
+    names = ["POL A1", "POL A2", "EEG B1-Ref", "POL B2", "POL X1"]
+    data = np.concatenate([signal(n_ch=4), 20 * np.cos(np.arange(800) / SR)[:, None]], axis=1).astype(np.float32)
+    edf = write_edf(tmp_path / "EEG_0001.edf", data, names)
+    write_tsv(tmp_path / "EEG_0001_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--behavior-channel", "X1=force"]) == 0
+    with Session(tmp_path / "s.h5") as s:
+        ch = s.channels()
+        assert ch.names == names[:4]
+        np.testing.assert_allclose(ch.xyz[:3], [[10, 20, 30], [11, 21, 31], [-5, 2, 3]])
+        assert list(ch.regions["destrieux"][:3]) == ["ctx_lh_G_front_sup", "", "Left-Hippocampus"]
+        assert s.behavior_names == ["force"]
+    # two channels that both strip to A1 are ambiguous: neither takes the row
+    assert list(ieeg._match(["POL A1", "EEG A1-Ref", "POL B1"], ["A1", "B1"])) == [-1, -1, 1]
+
+
+def _ttl(n, onsets, level=3000.0, width_s=0.1, noise=5.0, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, noise, n)
+    for o in onsets:
+        x[int(round(o * SR)):int(round((o + width_s) * SR))] += level
+    return x
+
+
+def test_trigger_channel_pulses_become_events(tmp_path, capsys):
+    """A clinical EDF whose events are only TTL pulses on DC inputs (no annotation): with the CLI's
+    --trigger-channel each rising edge is an event labelled as asked, the channels are typed stim
+    (left out by the segmenter), and a channel without pulses is an error naming it."""
+    from neurofm.cli import main
+    from neurofm.data import IEEGSegmenter
+
+    n = 2000  # 10 s at 200 Hz
+    face, house = [1.0, 4.0, 7.5], [2.5, 6.0]
+    dc02 = -_ttl(n, house, seed=2)  # an active-low line: the pulses go down
+    data = np.concatenate([signal(n_t=n, n_ch=3), _ttl(n, face)[:, None], dc02[:, None],
+                           _ttl(n, [], seed=3)[:, None]], axis=1).astype(np.float32)
+    edf = write_edf(tmp_path / "rec.edf", data, ["POL A1", "POL A2", "POL B1", "POL DC01", "POL DC02", "POL DC03"])
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--trigger-channel", "DC01=face",
+                 "--trigger-channel", "DC02=house"]) == 0
+    assert "--trigger-channel NAME=label" not in capsys.readouterr().err  # events given: no hint
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        np.testing.assert_allclose(ev["onset"], sorted(face + house), atol=1 / SR)
+        assert list(ev["label"]) == ["face", "house", "face", "house", "face"]
+        np.testing.assert_allclose(ev["duration"], 0.1, atol=1 / SR)
+        ch = s.channels()
+        assert list(ch.types[3:5]) == ["stim", "stim"]
+        plan = IEEGSegmenter(segment_s=1.0, n_patches=4).channel_plan(ch)
+        assert [ch.names[i] for i in plan.keep] == ["POL A1", "POL A2", "POL B1"]
+        assert "trigger channel POL DC01 (face)" in s.attrs["events_source"]
+    # without the option the convert warning says how to get them
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "t.h5")]) == 0
+    assert "--trigger-channel NAME=label" in capsys.readouterr().err
+    assert main(["convert", "ieeg", str(edf), str(tmp_path / "u.h5"), "--trigger-channel", "DC03"]) == 2
+    err = capsys.readouterr().err
+    assert f"{edf}: --trigger-channel: channel 'POL DC03': no trigger pulses" in err
+    assert_nothing_written(tmp_path / "u.h5")
+
+
+def test_events_without_a_trial_type_are_no_class(tmp_path):
+    """A BIDS events.tsv's pause / block markers have trial_type n/a: they are kept (label "") but
+    an event-locked run's default classes are the named labels only, not a class "" ."""
+    from neurofm.data import IEEGSegmenter, IEEGSegmentDataset
+
+    vhdr = write_brainvision(tmp_path / "rec", signal(n_t=4000), NAMES)
+    write_tsv(tmp_path / "rec_electrodes.tsv", ELECTRODE_HEADER, electrode_rows())
+    write_tsv(tmp_path / "rec_events.tsv", ["onset", "duration", "trial_type", "value", "response_time"],
+              [[2.0, 0, "face", 1, 0.5], [6.0, 0, "house", 2, "n/a"], [10.0, 0, "face", 1, 0.6],
+               [14.0, 0, "house", 2, 0.7], [0.5, 0, "n/a", 99, "n/a"], [12.0, 0, "n/a", 98, "n/a"]])
+    convert_ieeg(vhdr, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        assert sorted(s.events("annotations")["label"]) == ["", "", "face", "face", "house", "house"]
+    ds = IEEGSegmentDataset([tmp_path / "s.h5"], IEEGSegmenter(segment_s=1.0, n_patches=4), None,
+                            events="annotations", event_locked=True)
+    assert ds.reader.label_map == {"face": 0, "house": 1}
+    assert sorted(float(ds[i]["t0"]) for i in range(len(ds))) == [2.0, 6.0, 10.0, 14.0]

@@ -313,6 +313,26 @@ def test_preflight_refuses_parcels_a_pretrained_model_never_learned(pretrained, 
         recipe.preflight(cfg)
 
 
+def test_a_clinics_desikan_column_is_named_when_a_parcel_model_cannot_use_it(pretrained, sessions, tmp_path):
+    """A clinical EDF localised with a DKT atlas (ctx-lh-fusiform) and a model pretrained on Destrieux
+    parcels: the refusal named only a destrieux column; it now names the file's own atlas column and
+    the scales (coords, lobe) that these sessions do have."""
+    def to_dkt(f):
+        n = len(f["channels/name"])
+        for key in list(f["channels/region"]):
+            del f[f"channels/region/{key}"]
+        f["channels/region"].create_dataset("DKT", data=np.array(["ctx-lh-fusiform"] * n, dtype=object),
+                                            dtype=h5py.string_dtype())
+
+    clinic = _edited_copy(sessions["new"], tmp_path / "clinic.h5", to_dkt)
+    cfg = recipe.prepare(_finetune(pretrained, [clinic]))
+    with pytest.raises(ConfigError, match=r"no channel of clinic.h5 has destrieux atlas labels .* \(their atlas column "
+                                          r"DKT is not destrieux, the atlas of the model's parcels\); or fine-tune a "
+                                          r"model pretrained with model.encode_scale=coords or lobe, which these "
+                                          r"sessions have"):
+        recipe.preflight(cfg)
+
+
 def test_protocol_states_the_split_used(sessions, tmp_path):
     from neurofm.data.session import set_intervals
 
