@@ -217,9 +217,8 @@ def convert_ieeg(
     onset, duration, label = onset[is_event], duration[is_event], label[is_event]
     events_source = events_source if onset.size else ""
     entities = _bids_entities(in_path)
-    subject = entities.get("sub") or (raw.info.get("subject_info") or {}).get("his_id") or ""
-    if subject == "X":  # EDF+/BDF+: 'X' marks a patient field as unknown (anonymised), not a subject named X
-        subject = ""
+    subject = entities.get("sub") or ""
+    _warn_patient_fields(in_path, raw.info.get("subject_info") or {})
     meas = raw.info.get("meas_date")
     attrs: dict[str, Any] = dict(
         session_id=session_id or _recording_prefix(in_path),
@@ -952,6 +951,23 @@ def _edf_plus_d(in_path: Path, raw) -> _RecordClock | None:
         raise ConvertError(in_path, "EDF Annotations", "data records overlap in time or go back (record starts "
                            f"{real[:5].tolist()} ... with {record_s:g} s records)", fix)
     return _RecordClock(real - real[0], record_s, tol, annotations)
+
+
+#: Header fields MNE reads from a recording's patient identification (EDF/BDF, BrainVision, FIF).
+PATIENT_FIELDS = ("his_id", "first_name", "middle_name", "last_name", "birthday")
+
+
+def _warn_patient_fields(in_path: Path, info: dict) -> None:
+    """A clinical export's header names the patient (a hospital code, a name, a birth date). None of
+    it is copied into the session file, whose attributes travel into model cards and pretrained
+    folders that labs publish; the subject is the BIDS ``sub-`` label or none. Say so, naming the
+    fields (never their values). EDF+ writes ``X`` for a field it does not know (anonymised)."""
+    found = [k for k in PATIENT_FIELDS if str(info.get(k) or "").strip() not in ("", "X")]
+    if found:
+        warnings.warn(f"{in_path}: the header identifies the patient ({', '.join(found)}); neurofm copies none of "
+                      f"it into the session file (its attributes go into model cards and pretrained folders). Check "
+                      f"that the file name, which the card lists as the data's source, does not identify the "
+                      f"patient either, and anonymise the export before sharing it", stacklevel=3)
 
 
 def _onto_sample_clock(clock: _RecordClock, raw, side, onset, duration, label, breaks, in_path: Path):

@@ -50,8 +50,9 @@ def write_brainvision(base: Path, data_uv: np.ndarray, names, sfreq=SR, markers=
     return base.with_suffix(".vhdr")
 
 
-def write_edf(path: Path, data_uv: np.ndarray, names, sfreq=SR, record_s=1.0) -> Path:
-    """A plain EDF (16-bit, one-second records), written by hand: (T, C) microvolts."""
+def write_edf(path: Path, data_uv: np.ndarray, names, sfreq=SR, record_s=1.0, patient="X X X X") -> Path:
+    """A plain EDF (16-bit, one-second records), written by hand: (T, C) microvolts; ``patient``:
+    the header's patient identification (EDF+: code, sex, birth date, name; X = unknown)."""
     n_t, n_ch = data_uv.shape
     per_record = int(sfreq * record_s)
     n_rec = n_t // per_record
@@ -61,7 +62,7 @@ def write_edf(path: Path, data_uv: np.ndarray, names, sfreq=SR, record_s=1.0) ->
     def field(values, width):
         return "".join(f"{v:<{width}}"[:width] for v in values)
 
-    header = (f"{'0':<8}{'X X X X':<80}{'Startdate 01-JAN-2020 X X X':<80}{'01.01.20':<8}{'00.00.00':<8}"
+    header = (f"{'0':<8}{patient:<80}{'Startdate 01-JAN-2020 X X X':<80}{'01.01.20':<8}{'00.00.00':<8}"
               f"{256 * (n_ch + 1):<8}{'':<44}{n_rec:<8}{record_s:<8g}{n_ch:<4}")
     header += (field(names, 16) + field(["electrode"] * n_ch, 80) + field(["uV"] * n_ch, 8)
                + field([pmin] * n_ch, 8) + field([pmax] * n_ch, 8) + field([dmin] * n_ch, 8) + field([dmax] * n_ch, 8)
@@ -318,6 +319,13 @@ def test_edf_and_truncated_edf(tmp_path):
         assert s.n_samples == 1000 and s.duration == pytest.approx(5.0)
         np.testing.assert_allclose(s.continuous(), data, atol=0.1)  # 16-bit resolution 0.1 uV
         assert s.attrs["subject_id"] == ""  # the header's patient 'X' is EDF+'s "unknown", not a subject X
+    # a clinical export names the patient in its header: none of it reaches the session file
+    named = write_edf(tmp_path / "named.edf", data, NAMES, patient="MRN0012345 M 02-MAR-1970 Doe_John")
+    with pytest.warns(UserWarning, match=r"identifies the patient \(his_id, .*last_name.*\); neurofm copies none"):
+        convert_ieeg(named, tmp_path / "named.h5")
+    with Session(tmp_path / "named.h5") as s:
+        text = " ".join(str(v) for v in s.attrs.values())
+    assert "MRN0012345" not in text and "Doe" not in text and "1970" not in text
     cut = tmp_path / "cut.edf"
     cut.write_bytes(edf.read_bytes()[: 256 * 5 + 2 * 4 * 200 * 3])  # 3 of 5 records
     out = tmp_path / "s.h5"
@@ -723,7 +731,7 @@ def test_a_model_fine_tuned_on_prefixed_labels_evaluates_on_the_file_converted_a
     def model(labels):
         return SimpleNamespace(config=SimpleNamespace(task="classification", label_names=labels),
                                hparams=SimpleNamespace(label_names=labels), head=torch.nn.Linear(3, 2),
-                               band_power=None)  # a folder written before the band-power read-out
+                               band_power=None, waveform=None)  # a folder written before either read-out
 
     old, new = model(["Comment/cue", "Comment/go"]), model(["cue", "go"])
     _load_finetuned_head(new, old, "RUN/pretrained")
