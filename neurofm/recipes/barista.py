@@ -43,7 +43,7 @@ from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import WAVEFORM_BINS, BaristaConfig, BaristaEncoder, TokenWeightingHead, evoked_waveform
-from neurofm.recipes import ensure_sessions, quiet_preparation, session_paths, time_pretraining
+from neurofm.recipes import ensure_sessions, progress, quiet_preparation, session_paths, time_pretraining
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
@@ -452,7 +452,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 absent = [k for k, v in per_class.items() if v == 0]
                 warnings.warn(f"{setting}: the {split} split ({where}) has no segment of the label(s) {absent} of "
                               f"/events/{events} ({per_class}); "
-                              + (("the head learns nothing for them" if kind == "classification" else
+                              + (("the head learns nothing for them, and the decode report leaves their test segments out" if kind == "classification" else
                                   "the probe leaves their test segments out (its AUROC averages over the labels "
                                   "it was trained on)") if split == "train" else
                                  "the test AUROC averages over the other classes only")
@@ -906,7 +906,8 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     bands = BandPowerRidge(readout.sampling_rate, readout.bands) if readout is not None else None
     was_training = task.encoder.training
     try:
-        train = _segment_pass(dm.loader("train"), task.encoder.eval(), bands)
+        train = _segment_pass(progress(dm.loader("train"), "the head's start, training segments"), task.encoder.eval(),
+                              bands)
     finally:
         task.encoder.train(was_training)
     tokens = train["feat"].astype(np.float64)
@@ -1232,7 +1233,7 @@ def _evaluate_pretraining(cfg, task, dm):
     dm.setup("test")
     outs: dict[str, list[float]] = {"loss": [], "trivial": [], "pred_std": [], "target_std": [], "power_mse": []}
     with torch.no_grad():
-        for i, batch in enumerate(dm.loader("test")):
+        for i, batch in enumerate(progress(dm.loader("test"), "evaluation, test segments")):
             g = torch.Generator().manual_seed(1_000_003 * (i + 1))
             out = task.model.pretrain_loss(batch, generator=g)
             loss, r2 = float(out["latent_mse"]), float(out["latent_r2"])  # the latent term alone
@@ -1416,8 +1417,9 @@ def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndar
     bands = BandPowerRidge(cfg.model.sampling_rate)
     arms, train, test = {}, None, None
     for name, enc in encoders.items():
-        train = _segment_pass(probe_dm.loader("train"), enc.eval(), bands)
-        test = _segment_pass(probe_dm.loader("test"), enc.eval(), bands)
+        train = _segment_pass(progress(probe_dm.loader("train"), f"probe ({name}), training segments"), enc.eval(),
+                              bands)
+        test = _segment_pass(progress(probe_dm.loader("test"), f"probe ({name}), test segments"), enc.eval(), bands)
         train, test = _trained_labels_only(train, test)
         n_classes = int(max(train["y"].max(), test["y"].max())) + 1
         arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]), n_classes)
@@ -1434,7 +1436,7 @@ def _evaluate_finetuned(cfg, task, dm) -> tuple[dict, dict]:
     dm.setup("test")
     preds, ys = [], []
     with torch.no_grad():
-        for i, batch in enumerate(dm.loader("test")):
+        for i, batch in enumerate(progress(dm.loader("test"), "evaluation, test segments")):
             _, p, y = task._loss(batch, torch.Generator().manual_seed(1_000_003 * (i + 1)))
             preds.append(p.numpy())
             ys.append(y.numpy())
@@ -1538,19 +1540,34 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     dm.setup("test")
     encoder0, start, source = _starting_encoder(cfg, task)
     bands = BandPowerRidge(cfg.model.sampling_rate)
-    train = _segment_pass(dm.loader("train"), encoder0, bands)
-    test = _segment_pass(dm.loader("test"), encoder0, bands, task=task)
+    train = _segment_pass(progress(dm.loader("train"), "decode report, training segments"), encoder0, bands)
+    test = _segment_pass(progress(dm.loader("test"), "decode report, test segments"), encoder0, bands, task=task)
     if len(test["y"]) < 2 or len(train["y"]) < 2:
         raise ConfigError(f"{cfg.task.finetune_task}: {len(train['y'])} training and {len(test['y'])} test segments "
                           f"in {cfg.data.sessions or 'the simulated session'}; the report needs at least 2 of each "
                           f"(use a longer recording, shorter data.segment_s or other data.split fractions)")
+    untrained = ""
+    if classify:
+        names = list(task.hparams.get("label_names", [])) or [str(k) for k in range(task.hparams.n_classes)]
+        trained = np.unique(train["y"]).astype(np.int64)
+        if len(trained) < len(names):  # a label with no training segment: the head learned nothing for it
+            absent = [names[k] for k in range(len(names)) if k not in set(trained.tolist())]
+            train, test = _trained_labels_only(train, test)
+            test["pred"] = test["pred"][:, trained]  # the model's logits of the classes it was trained on
+            names = [names[k] for k in trained]
+            untrained = (f"label(s) {absent} of /events/{cfg.data.events} have no training segment, so no arm "
+                         f"learned them: their {test['left_out']} test segment(s) are left out and every arm is "
+                         f"scored on the {len(names)} trained classes ({', '.join(names)})")
+            print(f"neurofm: {untrained}", file=sys.stderr)
+            if len(names) < 2 or len(np.unique(test["y"])) < 2:
+                raise ConfigError(f"data.labels: {untrained}, which leaves fewer than two classes to score; choose "
+                                  f"labels with training and test segments (data.labels=[...]) or move the split")
     C = max(train["bp"].shape[1], test["bp"].shape[1])
     pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
     bp_tr, bp_te = pad(train["bp"]), pad(test["bp"])
     probe = f"linear probe on the frozen {start} encoder"
     others = []  # baselines besides `baseline` whose verdict is a plain line too
     if classify:
-        names = list(task.hparams.get("label_names", [])) or [str(k) for k in range(task.hparams.n_classes)]
         y = test["y"].astype(np.int64)
         logits = test["pred"]
         model_scores = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
@@ -1600,7 +1617,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
-    limitations = [x for x in [line, *more] if x is not None]
+    limitations = [x for x in [line, *more, untrained] if x]
     _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe, names if classify else None)
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
                  f"features of {source}; every arm fitted on the same "
@@ -1609,7 +1626,8 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                  + (f"; evoked waveform (classification): each channel's time course in the model's input averaged "
                     f"in {WAVEFORM_BINS} bins, logistic, penalty chosen likewise" if others else "")
                  + f"; {report.confidence:.0%} CIs "
-                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period")
+                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period"
+                 + (f"; {untrained}" if untrained else ""))
 
     if started:
         protocol += f"; {started}"

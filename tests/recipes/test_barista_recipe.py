@@ -177,10 +177,15 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
         recipe.target_stats(bad, dm)
 
 
-def test_classification_report_and_roc_plot(session, tmp_path):
+def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypatch):
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
-    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path)
+    task = recipe.task(cfg, dm)
+    monkeypatch.setattr("neurofm.recipes.PROGRESS_EVERY_S", 0.0)  # every pass reports (a long one every 30 s)
+    out = recipe.evaluate(cfg, task, dm, tmp_path)
+    err = capsys.readouterr().err
+    for what in ("decode report, training segments", "decode report, test segments"):
+        assert f"neurofm: {what}: 1 of " in err and f"neurofm: {what}: done, " in err
     assert {"logistic on band power", "ridge on band power", "null (chance)"} <= set(out["baselines"])
     assert out["baselines"]["null (chance)"]["test_auroc"] == 0.5
     assert out["baselines"]["logistic on band power"]["test_auroc"] > 0.6
@@ -702,3 +707,33 @@ def test_waveform_readout_survives_save_load_evaluate_and_checkpoint(evoked, tmp
     assert off.waveform is None and off.export_model().waveform is None
     assert off.read_out_start["waveform_readout"] == "off (task.waveform=false)"
     assert off.read_out_start["candidates"] == [recipe.START_BAND_POWER, recipe.START_BOTH]
+
+
+def test_a_label_without_training_segments_is_left_out_of_every_arm(session, tmp_path):
+    """A label seen only in the test block (a seizure onset late in a recording): no arm learned
+    it, so scoring its test segments measured nothing but pulled the macro AUROC toward chance.
+    They are left out of every arm, and the report, protocol and limitations say so."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "late_label.h5"
+    shutil.copy(session, path)
+    with h5py.File(path, "r+") as f:
+        labels = f["events/word_onset/label"]
+        onset = f["events/word_onset/onset"][:]
+        late = np.flatnonzero(onset > 0.85 * 150.0)[:3]  # inside the test block (the last 20%)
+        new = labels[:].astype(object)
+        new[late] = b"seizure"
+        del f["events/word_onset/label"]
+        f.create_dataset("events/word_onset/label", data=new, dtype=h5py.string_dtype())
+    cfg = _config([str(path)])
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    assert list(task.hparams.label_names) == ["nonspeech", "seizure", "speech"]
+    out = recipe.evaluate(cfg, task, dm, tmp_path)
+    assert out["data"]["test_segments_per_class"].keys() == {"nonspeech", "speech"}
+    said = [x for x in out["limitations"] if "['seizure']" in x]
+    assert len(said) == 1 and "their 3 test segment(s) are left out" in said[0] and said[0] in out["protocol"]
+    assert out["baselines"]["null (chance)"]["test_auroc"] == 0.5
+    assert 0.5 < out["baselines"]["logistic on band power"]["test_auroc"] <= 1.0
