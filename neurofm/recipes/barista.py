@@ -452,7 +452,8 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                 absent = [k for k, v in per_class.items() if v == 0]
                 warnings.warn(f"{setting}: the {split} split ({where}) has no segment of the label(s) {absent} of "
                               f"/events/{events} ({per_class}); "
-                              + (("the head learns nothing for them, and the decode report leaves their test segments out" if kind == "classification" else
+                              + (("the head learns nothing for them, and the decode report leaves their test "
+                                  "segments out" if kind == "classification" else
                                   "the probe leaves their test segments out (its AUROC averages over the labels "
                                   "it was trained on)") if split == "train" else
                                  "the test AUROC averages over the other classes only")
