@@ -661,14 +661,15 @@ def test_cli_finetune_flags_reach_the_config(pretrained, tmp_path, monkeypatch):
 
 
 def test_label_draw_says_what_share_of_the_training_windows_the_label_fraction_labelled():
-    """--label-fraction 0.1 labels each 10 s chunk with probability 0.1 on its own: on a V1
+    """--label-fraction 0.1 once labelled each 10 s chunk with probability 0.1 on its own: on a V1
     session's 512 s training block it drew 2 of 51 chunks, 400 of 10,186 windows (3.9%), and the
-    report said "labels on 10%". The draw's counts now go into the protocol and metrics.json, and
-    a share under half (or over twice) the requested one is a limitation naming the numbers."""
+    report said "labels on 10%". The draw is now stratified in time (one chunk in every 100 s), so
+    every seed labels 10% to within two chunks; its counts go into the protocol and metrics.json,
+    and a share under half (or over twice) the requested one, which a block of a few chunks can
+    still give, is a limitation naming the numbers."""
     cfg = _config(["a.h5"], data={"sessions": ["a.h5"], "behavior": ["position"], "batch_size": 16,
                                   "label_fraction": 0.1})
     ends = np.arange(0.05, 512.0, 0.05)  # one session, 50 ms windows, 52 chunks of 10 s (the last partial)
-    shares = {}
     for seed in range(12):
         cfg.seed = seed
         d = recipe.label_draw(cfg, np.zeros(len(ends), dtype=np.int64), ends)
@@ -676,39 +677,43 @@ def test_label_draw_says_what_share_of_the_training_windows_the_label_fraction_l
         keep = recipe._label_subset(cfg)(torch.zeros(len(ends), dtype=torch.long), torch.as_tensor(ends)).numpy()
         assert d["n_windows_labelled"] == keep.sum() and d["share"] == pytest.approx(keep.mean())
         assert d["n_chunks_labelled"] == len(np.unique(np.floor(ends[keep] / 10.0)))
-        shares[seed] = d
-    far = [d for d in shares.values() if not 0.05 <= d["share"] <= 0.2]
-    near = [d for d in shares.values() if 0.05 <= d["share"] <= 0.2]
-    assert far and near  # twelve seeds: some draws land far from 10%
+        assert abs(d["n_chunks_labelled"] - 5.2) <= 2 and recipe.label_draw_limitation(d, 10.0) is None
+    short = np.arange(0.05, 30.0, 0.05)  # 3 chunks: a 100 s stratum's chunk falls in them or not
+    draws = []
+    for seed in range(12):
+        cfg.seed = seed
+        draws.append(recipe.label_draw(cfg, np.zeros(len(short), dtype=np.int64), short))
+    far = [d for d in draws if d["share"] > 0.2]
+    assert far and all(d["n_chunks_labelled"] <= 1 for d in draws)
     line = recipe.label_draw_limitation(far[0], 10.0)
-    assert line.startswith("--label-fraction 0.1 labelled ") and "of 52 10 s chunks drawn: " in line
-    assert recipe.label_draw_limitation(near[0], 10.0) is None and recipe.label_draw_limitation(None, 10.0) is None
+    assert line.startswith("--label-fraction 0.1 labelled ") and "1 of 3 10 s chunks drawn: " in line
+    assert recipe.label_draw_limitation(None, 10.0) is None
 
 
 def test_label_draw_counts_the_scored_training_windows_it_labelled():
-    """Chunks are drawn blind to movement: on a simulated open field with long rest, 0.1 drew
-    7 chunks, 280 of 5,026 training windows (5.6%, no limitation), of which 26 moving: 1.4% of
-    the 1,846 moving training windows that train every arm, and the report said "labels on 10%"
-    beside R2 -2.5 for every arm. With moving windows scored, the draw counts the scored windows
-    it labelled, and a scored share under half the request is a limitation naming the numbers."""
+    """Chunks are drawn blind to movement: on a simulated open field with long rest, the
+    independent draw labelled 7 chunks, 280 of 5,026 training windows (5.6%, no limitation), of
+    which 26 moving: 1.4% of the 1,846 moving training windows that train every arm, and the
+    report said "labels on 10%" beside R2 -2.5 for every arm. With moving windows scored, the draw
+    counts the scored windows it labelled, and a scored share under half the request is a
+    limitation naming the numbers. The stratified draw spreads chunks over run and rest alike,
+    yet a run that is a few chunks long can still fall between the drawn ones."""
     cfg = _config(["a.h5"], data={"sessions": ["a.h5"], "behavior": ["position"], "batch_size": 16,
                                   "label_fraction": 0.1})
     ends = np.arange(0.25, 1260.0, 0.25)  # 1,260 s of 250 ms windows
-    moving = (ends % 300.0) < 100.0  # runs of 100 s between 200 s of rest: a third of the windows
     sess = np.zeros(len(ends), dtype=np.int64)
-    found = {}
-    for seed in range(40):
-        cfg.seed = seed
-        d = recipe.label_draw(cfg, sess, ends, moving)
-        keep = recipe._label_subset(cfg)(torch.as_tensor(sess), torch.as_tensor(ends)).numpy()
-        assert d["n_scored_windows"] == moving.sum() and d["n_scored_labelled"] == (keep & moving).sum()
-        assert d["scored_share"] == pytest.approx((keep & moving).sum() / moving.sum())
-        overall_ok = 0.05 <= d["share"] <= 0.2
-        if overall_ok and d["scored_share"] < 0.05:
-            found["few"] = d
-        if overall_ok and 0.05 <= d["scored_share"] <= 0.2:
-            found["near"] = d
-    assert set(found) == {"few", "near"}  # forty seeds: both kinds of draw occur
+    for moving, kinds in (((ends % 300.0) < 100.0, {"near"}),  # runs of 100 s between 200 s of rest
+                          ((ends % 200.0) < 20.0, {"few", "near", "many"})):  # 20 s runs: a chunk hits or misses
+        found = {}
+        for seed in range(40):
+            cfg.seed = seed
+            d = recipe.label_draw(cfg, sess, ends, moving)
+            keep = recipe._label_subset(cfg)(torch.as_tensor(sess), torch.as_tensor(ends)).numpy()
+            assert d["n_scored_windows"] == moving.sum() and d["n_scored_labelled"] == (keep & moving).sum()
+            assert d["scored_share"] == pytest.approx((keep & moving).sum() / moving.sum())
+            assert 0.05 <= d["share"] <= 0.2  # stratified: the training share is always near 10%
+            found["few" if d["scored_share"] < 0.05 else "near" if d["scored_share"] <= 0.2 else "many"] = d
+        assert set(found) == kinds, (kinds, set(found))  # 100 s runs, one per stratum: every seed labels 10%
     line = recipe.label_draw_limitation(found["few"], 10.0)
     assert line.startswith(f"--label-fraction 0.1 labelled {found['few']['scored_share']:.1%} of the scored (moving) "
                            f"training windows") and f"of the {moving.sum():,} scored (moving) ones" in line

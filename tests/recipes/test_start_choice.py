@@ -190,13 +190,21 @@ def _tiny_pretrained(tmp_path: Path, path: str) -> str:
 
 
 def test_few_shot_draw_with_no_labelled_chunk_is_an_error_naming_the_setting(tmp_path):
-    """`--label-fraction 0.1` on a short recording can draw no 10 s chunk of the training block
-    (a seeded draw per chunk); the run crashed with "torch.cat(): expected a non-empty list of
-    Tensors". Now a ConfigError naming data.label_fraction and the fix, before any step."""
-    path = _place_session(tmp_path / "place.h5")  # 120 s: ~10 training chunks, seed 0 labels none
+    """`--label-fraction 0.1` on a short recording once drew no 10 s chunk of the training block
+    and the run crashed with "torch.cat(): expected a non-empty list of Tensors". The stratified
+    draw labels one chunk in every 1 / fraction of them, so a training block shorter than that can
+    still get none: 0.05 draws one chunk in every 200 s, and a 120 s recording trains on ~96 s.
+    A ConfigError naming data.label_fraction, the draw and the fix, before any step."""
+    from neurofm.data.splits import labelled_windows
+
+    path = _place_session(tmp_path / "place.h5")
+    ends = np.arange(0.5, 100.0, 0.5)  # the first 100 s hold every training window of this recording
+    seed = next(k for k in range(100) if not labelled_windows(np.zeros(len(ends), int), ends, 0.05, 10.0, k).any())
     cfg = recipe.prepare(recipe.finetune_config(_tiny_pretrained(tmp_path, path), [path], behavior=["position"],
-                                                label_fraction=0.1, run_dir=str(tmp_path / "run"), overrides=FEW))
-    with pytest.raises(ConfigError, match=r"data.label_fraction: 0.1 .*no labelled chunk in .*place.h5.*--label-fraction"):
+                                                label_fraction=0.05, run_dir=str(tmp_path / "run"),
+                                                overrides=FEW + [f"seed={seed}"]))
+    with pytest.raises(ConfigError, match=r"data.label_fraction: 0.05 .*no labelled chunk in .*place.h5 \(one chunk "
+                                          r"labelled at a seeded place in every 200 s.*--label-fraction"):
         recipe.task(cfg, recipe.datamodule(cfg))
 
 
