@@ -540,6 +540,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
+    if when == "moving":
+        _refuse_velocity(cfg)
     if when == "moving" and threshold <= 0:
         speeds, unit, source = [], "", ""
         for path in session_paths(cfg.data):
@@ -547,7 +549,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                 if e.moving_behavior not in s.behavior_names:
                     raise ConfigError(f"--score-when moving: {path} has no /behavior/{e.moving_behavior} to tell "
                                       f"moving windows by (it has {s.behavior_names or 'no behaviour'}); set "
-                                      f"eval.moving_behavior=NAME or use --score-when all")
+                                      f"eval.moving_behavior=NAME (a position, in a length unit) or use "
+                                      f"--score-when all")
                 d = session_position_data(s, _protocol_for(cfg, threshold=0.0), counts=False)
                 train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
                 unit = unit or d.unit
@@ -656,6 +659,27 @@ def test_block_variation(cfg: RunConfig, session, skip: tuple[str, ...] = ()) ->
 
 #: ``unit`` attrs of a position in pixels (lengths in metres, cm, mm... are known to mm_per_unit)
 _PIXEL_UNITS = ("px", "pixel", "pixels")
+
+
+def _refuse_velocity(cfg: RunConfig) -> None:
+    """A ``ConfigError`` when ``/behavior/<eval.moving_behavior>`` is in a velocity unit (``m/s``):
+    the moving rule smooths and differentiates a position, which of a velocity (a motor-cortex
+    cursor's, say) is its acceleration, and would have scored windows by that, silently."""
+    name = cfg.eval.moving_behavior
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            unit = s.behavior_unit(name).strip() if name in s.behavior_names else ""
+        if is_velocity_unit(unit):
+            raise ConfigError(f"--score-when moving: {path}: /behavior/{name} is in {unit}, a velocity, not a "
+                              f"position: the moving rule differentiates a position, and of a velocity that gives "
+                              f"its acceleration. Set eval.moving_behavior to a position (in a length unit), or "
+                              f"use --score-when all")
+
+
+def is_velocity_unit(unit: str) -> bool:
+    """Whether ``unit`` is a length per second (``m/s``, ``cm/s``, ``px/s``...): a velocity or speed."""
+    num, sep, den = str(unit).strip().lower().replace(" ", "").partition("/")
+    return bool(sep) and den in ("s", "sec", "second") and (mm_per_unit(num) is not None or num in _PIXEL_UNITS)
 
 
 def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConfig:
