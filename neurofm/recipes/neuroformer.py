@@ -1718,7 +1718,7 @@ def _scored_text(cfg: RunConfig, dm) -> str:
     if e.score_when == "moving":
         return (f"moving test windows: {_moving_speed_text(cfg, dm)} > {e.moving_threshold:.4g} "
                 f"{_unit_text(_behavior_unit(dm, e.moving_behavior))}/s in every 50 ms bin")
-    return "every test window"
+    return "every test window that holds a label"
 
 
 def _moving_speed_text(cfg: RunConfig, dm) -> str:
