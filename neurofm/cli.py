@@ -81,12 +81,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                  "electrodes table")
             series = args.electrical_series
             out = convert_nwb(args.input, args.output, electrical_series=False if series == "none" else series,
-                              **common)
+                              keep_noise_units=args.keep_noise_units, **common)
         else:
             from neurofm.data.ieeg import convert_ieeg
 
-            if args.electrical_series:
-                raise ValueError("--electrical-series is for NWB files")
+            if args.electrical_series or args.keep_noise_units:
+                raise ValueError("--electrical-series / --keep-noise-units are for NWB files")
             if args.rectify and not args.behavior_channel:
                 raise ValueError("--rectify rectifies the --behavior-channel channels: give --behavior-channel "
                                  "NAME[=as_name] too")
@@ -586,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channels", help="BIDS channels.tsv (type, status); iEEG only (default: found beside the recording)")
     c.add_argument("--electrical-series", help="NWB only: the ElectricalSeries to convert when there are several, "
                                                "or 'none' for spikes only")
+    c.add_argument("--keep-noise-units", action="store_true",
+                   help="NWB only: keep units a curation column (quality, KSLabel, phy's group...) labels 'noise' "
+                        "(default: left out, with a warning counting them and their spikes; 'mua' units are kept)")
     c.add_argument("--coordinate-unit", choices=["m", "cm", "mm", "um"],
                    help="unit of electrode x, y, z (overrides the input's own; default: what the input says, else "
                         "inferred with a warning)")

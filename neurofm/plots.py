@@ -129,6 +129,12 @@ def _tiling_edges(t0: float, t1: float, width: float) -> np.ndarray:
     return edges
 
 
+def _clock_ticks(ax: "Axes") -> None:
+    """Time ticks in the recording's own clock: matplotlib's default would write a few seconds of
+    an acquisition clock at 36,380 s as ticks 0..4 and a corner ``+3.638e4`` that is easy to miss."""
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
@@ -277,6 +283,7 @@ def raster_compare(real_times, real_units, gen_times, gen_units, t0: float, t1: 
         ax_rate.set_title("per unit", fontsize="small", color="0.3")
         ax_psth.stairs(psth[i], edges, color=colour, linewidth=1.3, label=name)
     ax_psth.set_xlim(t0, t1)
+    _clock_ticks(ax_psth)
     ax_psth.set_xlabel("time (s)")
     ax_psth.set_ylabel("population\nrate (spikes/s)")
     ax_psth.set_title(f"population PSTH, {_fmt_seconds(edges[1] - edges[0])} bins: "
@@ -497,6 +504,7 @@ def decoding_trace(t, true, pred, moving_mask=None, names: Sequence[str] | None 
                    frameon=False, fontsize="small")
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(edges[0], edges[-1])
+    _clock_ticks(axes[-1])
     head = title if r2_total is None else f"{title}: R² = {_fmt_r(r2_total)}"
     if baseline_r2:  # a baseline that could not be scored (NaN) reads n/a: a figure never fails a run
         head += "\n" + _wrap_entries([f"{k}: R² = {_fmt_r(float(v))}" for k, v in baseline_r2.items()])

@@ -392,6 +392,10 @@ class DecodeReport:
                 f"{f' ({self.n_fitted} labelled windows fitted)' if self.n_fitted is not None else ''}, "
                 f"the same for every arm; "
                 f"{self.confidence:.0%} CIs from a block bootstrap ({self.n_boot} resamples of whole blocks)")
+        if self.n_blocks < FEW_CI_BLOCKS:
+            text += (f"; ONLY {self.n_blocks} BLOCKS: a bootstrap over so few independent stretches has few distinct "
+                     f"resamples and its intervals come out too narrow; read the CIs as rough and hold out a longer "
+                     f"test block (`neurofm split`) for firm ones")
         return text + (f"; {self.protocol}" if self.protocol else "")
 
     def to_dict(self) -> dict:
@@ -420,6 +424,13 @@ class DecodeReport:
                 cells.append(f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
             lines.append(f"| {r.arm}{' (' + r.note + ')' if r.note else ''} | " + " | ".join(cells) + " |")
         return "\n".join(lines + self.verdicts())
+
+
+#: Under this many test blocks a decode report says its CIs are rough: the block bootstrap
+#: resamples K blocks with replacement, so K = 4 has 35 distinct resamples, and percentile
+#: intervals over so few independent units under-cover (a Utah-array session's default 10% test
+#: block, 40 s, held 4 blocks of 10 s).
+FEW_CI_BLOCKS = 10
 
 
 def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regression", target: str = "target",

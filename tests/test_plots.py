@@ -435,3 +435,18 @@ def test_recipe_decoding_plot_is_in_seconds_with_scores_and_shading(tmp_path):
     assert "R² = 0.812" in title and "ridge on window counts: R² = 0.500" in title
     assert "24 scored windows" in title  # labelled and scored, every session (as the R2)
     assert (tmp_path / "plots" / "decoding_speed.png").exists()
+
+
+def test_time_axes_read_the_recording_clock():
+    """An acquisition clock that starts at ~3.6e4 s (a Utah-array session) showed ticks 0..4 and a
+    corner '+3.638e4' on the raster and decoding plots; the ticks now read the clock itself."""
+    t0 = 36380.0
+    rt, ru = t0 + np.array([0.1, 1.2, 2.5, 3.9]), np.array([0, 1, 1, 0])
+    t = np.linspace(t0, t0 + 4.0, 81)
+    for fig in (plots.raster_compare(rt, ru, rt + 0.01, ru, t0, t0 + 4.0),
+                plots.decoding_trace(t, np.sin(t), np.sin(t) + 0.1, r2=0.5, unit="m/s", names=["vx"])):
+        fig.canvas.draw()
+        ax = [a for a in fig.axes if a.get_xlabel() == "time (s)"][0]
+        labels = [x.get_text().replace("\u2212", "-") for x in ax.get_xticklabels() if x.get_text()]
+        assert ax.xaxis.get_offset_text().get_text() == ""
+        assert labels and all(float(x.replace(",", "")) >= t0 - 1 for x in labels), labels

@@ -147,3 +147,17 @@ def test_a_baseline_at_the_metrics_ceiling_is_said_to_be_unbeatable():
     same = decode_report({"barista": perfect, "band power": perfect}, labels, time_blocks(np.arange(n), 12.0),
                          task="classification", n_boot=300)
     assert same.verdicts()[0].startswith("barista equals band power")
+
+
+def test_few_test_blocks_say_the_cis_are_rough():
+    """A Utah-array session's default test block (40 s) held 4 blocks of 10 s: its report gave 95%
+    CIs from 35 distinct resamples without a word. Under FEW_CI_BLOCKS blocks the report says so."""
+    from neurofm.report import FEW_CI_BLOCKS
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=400)
+    arms = {"model": y + rng.normal(0, 0.5, 400), "ridge": y + rng.normal(0, 0.6, 400)}
+    few = decode_report(arms, y, np.repeat(np.arange(4), 100), block_s=10.0)
+    assert "ONLY 4 BLOCKS" in few.describe() and "neurofm split" in few.describe()
+    many = decode_report(arms, y, np.repeat(np.arange(FEW_CI_BLOCKS), 40), block_s=10.0)
+    assert "ONLY" not in many.describe()

@@ -56,6 +56,16 @@ _UNIT_SKIP = {"spike_times", "obs_intervals", "waveforms", "spike_amplitudes"}
 #: from reading as pauses.
 PAUSE_MIN_ISIS = 100
 PAUSE_MIN_S = 10.0
+#: Two spikes of one unit closer than this are one spike counted twice (a spike sorter's template
+#: overlap, or a merge of two clusters that both caught it): no neuron fires again within its
+#: ~1 ms absolute refractory period, and threshold-crossing detectors have a dead time of that
+#: order. The later spike of each such pair is dropped (SpikeInterface's
+#: ``remove_duplicated_spikes`` uses the same 0.3 ms censored period).
+DUPLICATE_ISI_S = 3e-4
+#: Units-table columns where spike sorters and curation tools write a unit's label (phy:
+#: ``group`` / ``quality``, Kilosort: ``KSLabel``, SpikeInterface / others: ``quality``, ``label``),
+#: compared without case; a unit any of them labels ``noise`` is no neuron (an artefact cluster).
+CURATION_COLUMNS = ("quality", "kslabel", "group", "cluster_group", "label", "curation")
 
 
 def _pynwb():
@@ -77,6 +87,7 @@ def convert_nwb(
     electrical_series: str | bool | None = None,
     coordinate_unit: str | None = None,
     license: str | None = None,
+    keep_noise_units: bool = False,
 ) -> Path:
     """Convert one NWB file to a neurofm session file; returns ``out_path``.
 
@@ -97,6 +108,13 @@ def convert_nwb(
         about, with the unit that would fit.
     license : the data's licence as an SPDX id (e.g. ``"CC-BY-4.0"``), stored as the root attr
         ``license`` that model cards carry (NWB files do not record one; DANDI sets state it).
+    keep_noise_units : keep units a curation column (``quality``, ``KSLabel``, phy's ``group``...;
+        ``CURATION_COLUMNS``) labels ``noise``. By default they are left out, with a warning that
+        counts them and their spikes: a sorter's noise clusters are artefacts, and at their
+        rates they would be most of the tokens the model reads. ``mua`` units are kept.
+
+    Spikes of one unit within ``DUPLICATE_ISI_S`` (0.3 ms) of its previous spike are double
+    counts of one spike: the later one is dropped, with a warning naming the units.
 
     The session spans every spike, behaviour sample and trials/epochs/other interval (and
     the voltage traces when converted), not just first..last spike, so that time-block
@@ -128,7 +146,8 @@ def convert_nwb(
             raise ConvertError(in_path, "/", f"cannot be read as NWB: {type(e).__name__}: {e}",
                                "the file is damaged or not NWB 2: validate it with `pynwb-validate` and export it again") from None
         return _convert(nwb, in_path, out_path, session_id=session_id, nan_policy=nan_policy, overwrite=overwrite,
-                        electrical_series=electrical_series, coordinate_unit=coordinate_unit, license=license)
+                        electrical_series=electrical_series, coordinate_unit=coordinate_unit, license=license,
+                        keep_noise_units=keep_noise_units)
     except (FileExistsError, OutputError):  # the output's problem, already named as such
         raise
     except OSError as e:  # h5py: a read from a damaged input file failed mid-way (the writer has cleaned up)
@@ -139,7 +158,7 @@ def convert_nwb(
 
 
 def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, overwrite, electrical_series,
-             coordinate_unit, license=None) -> Path:
+             coordinate_unit, license=None, keep_noise_units=False) -> Path:
     pynwb = _pynwb()
     units = nwb.units if nwb.units is not None and len(nwb.units) > 0 else None
     series = _pick_electrical_series(nwb, in_path, electrical_series)
@@ -151,6 +170,8 @@ def _convert(nwb, in_path: Path, out_path: Path, *, session_id, nan_policy, over
     # Read and check everything small before the writer exists, so that input errors never
     # create even a temporary file.
     unit_ids, unit_cols, spike_t, spike_u = _read_units(units, nwb, in_path) if units is not None else (None,) * 4
+    if units is not None and not keep_noise_units:
+        unit_ids, unit_cols, spike_t, spike_u = _drop_noise_units(unit_ids, unit_cols, spike_t, spike_u, in_path)
     behaviour = list(_read_behaviour(nwb, in_path, pynwb))
     stimuli = list(_read_stimuli(nwb, in_path, pynwb))
     intervals = list(_read_intervals(nwb, in_path))
@@ -324,6 +345,7 @@ def _read_units(units, nwb, in_path: Path):
             bad_units = np.unique(unit_index[1:][backwards])
             warnings.warn(f"{in_path}: units/spike_times: spike times of {len(bad_units)} unit(s) were not sorted "
                           f"(e.g. unit {ids[bad_units[0]]}); sorted them", stacklevel=3)
+    flat, unit_index = _drop_duplicate_spikes(flat, unit_index, ids, in_path)
     order = np.argsort(flat, kind="stable")
     spike_t, spike_u = flat[order], unit_index[order]
 
@@ -358,6 +380,69 @@ def _read_units(units, nwb, in_path: Path):
     if "obs_intervals" in units.colnames:
         columns.update(_observed_spans(units, ids, in_path))
     return ids, columns, spike_t, spike_u
+
+
+def _drop_duplicate_spikes(t: np.ndarray, unit_index: np.ndarray, ids: np.ndarray, in_path: Path):
+    """``t`` and ``unit_index`` without the spikes within ``DUPLICATE_ISI_S`` of their unit's
+    previous spike (warned about, naming the units with the most)."""
+    if t.size < 2:
+        return t, unit_index
+    by_unit = np.lexsort((t, unit_index))  # each unit's spikes in time order
+    tu, uu = t[by_unit], unit_index[by_unit]
+    dup = np.zeros(t.size, dtype=bool)
+    dup[1:] = (uu[1:] == uu[:-1]) & (np.diff(tu) < DUPLICATE_ISI_S)
+    if not dup.any():
+        return t, unit_index
+    per_unit = np.bincount(uu[dup], minlength=len(ids))
+    total = np.bincount(uu, minlength=len(ids))
+    worst = np.argsort(-per_unit, kind="stable")[: min(3, int((per_unit > 0).sum()))]
+    named = ", ".join(f"unit {ids[u]}: {per_unit[u]:,} of {total[u]:,} ({100 * per_unit[u] / total[u]:.1f}%)"
+                      for u in worst)
+    warnings.warn(f"{in_path}: units/spike_times: {int(dup.sum()):,} spikes of {int((per_unit > 0).sum())} unit(s) "
+                  f"follow their unit's previous spike within {DUPLICATE_ISI_S * 1e3:.1f} ms ({named}): one spike "
+                  f"counted twice (no neuron fires again that soon); dropped the later of each. Remove duplicates "
+                  f"in the sorter's output to silence this", stacklevel=4)
+    keep = np.ones(t.size, dtype=bool)
+    keep[by_unit[dup]] = False
+    return t[keep], unit_index[keep]
+
+
+def noise_units(columns: dict[str, np.ndarray]) -> tuple[np.ndarray | None, list[str]]:
+    """``(mask, columns)``: units labelled ``noise`` by any curation column (``CURATION_COLUMNS``,
+    names compared without case), and the names of the columns that do; ``(None, [])`` when the
+    table has no such column."""
+    mask, used = None, []
+    for name, col in columns.items():
+        col = np.asarray(col)
+        if name.lower() not in CURATION_COLUMNS or col.ndim != 1 or col.dtype.kind not in "OUS":
+            continue
+        is_noise = np.char.lower(np.char.strip(col.astype(str))) == "noise"
+        mask = is_noise if mask is None else (mask | is_noise)
+        if is_noise.any():
+            used.append(name)
+    return mask, used
+
+
+def _drop_noise_units(ids, columns, spike_t, spike_u, in_path: Path):
+    """Leave out the units a curation column labels ``noise`` (and their spikes), with a warning."""
+    noise, used = noise_units(columns)
+    if noise is None or not noise.any():
+        return ids, columns, spike_t, spike_u
+    if noise.all():
+        raise ConvertError(in_path, f"units/{used[0]}", f"labels all {len(ids)} units noise",
+                           "curate the sorting (phy) before exporting, or pass --keep-noise-units "
+                           "(keep_noise_units=True) to convert them anyway")
+    n_spk = np.bincount(spike_u, minlength=len(ids))
+    dropped = int(n_spk[noise].sum())
+    warnings.warn(f"{in_path}: units/{'/'.join(used)}: left out {int(noise.sum())} of {len(ids)} units labelled "
+                  f"noise ({', '.join(ids[noise][:6])}{' ...' if noise.sum() > 6 else ''}) and their {dropped:,} "
+                  f"spikes ({100 * dropped / max(1, spike_t.size):.1f}% of all): a sorter's noise clusters are "
+                  f"artefacts, not neurons; 'mua' units are kept. --keep-noise-units (keep_noise_units=True) "
+                  f"keeps them", stacklevel=4)
+    new_index = np.cumsum(~noise) - 1  # old unit index -> new
+    keep_spk = ~noise[spike_u]
+    columns = {k: np.asarray(v)[~noise] for k, v in columns.items()}
+    return ids[~noise], columns, spike_t[keep_spk], new_index[spike_u[keep_spk]].astype(spike_u.dtype)
 
 
 def _observed_spans(units, ids: np.ndarray, in_path: Path) -> dict[str, np.ndarray]:

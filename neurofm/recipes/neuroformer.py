@@ -540,6 +540,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
+    if when == "moving":
+        _refuse_velocity(cfg)
     if when == "moving" and threshold <= 0:
         speeds, unit, source = [], "", ""
         for path in session_paths(cfg.data):
@@ -547,7 +549,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                 if e.moving_behavior not in s.behavior_names:
                     raise ConfigError(f"--score-when moving: {path} has no /behavior/{e.moving_behavior} to tell "
                                       f"moving windows by (it has {s.behavior_names or 'no behaviour'}); set "
-                                      f"eval.moving_behavior=NAME or use --score-when all")
+                                      f"eval.moving_behavior=NAME (a position, in a length unit) or use "
+                                      f"--score-when all")
                 d = session_position_data(s, _protocol_for(cfg, threshold=0.0), counts=False)
                 train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
                 unit = unit or d.unit
@@ -656,6 +659,27 @@ def test_block_variation(cfg: RunConfig, session, skip: tuple[str, ...] = ()) ->
 
 #: ``unit`` attrs of a position in pixels (lengths in metres, cm, mm... are known to mm_per_unit)
 _PIXEL_UNITS = ("px", "pixel", "pixels")
+
+
+def _refuse_velocity(cfg: RunConfig) -> None:
+    """A ``ConfigError`` when ``/behavior/<eval.moving_behavior>`` is in a velocity unit (``m/s``):
+    the moving rule smooths and differentiates a position, which of a velocity (a motor-cortex
+    cursor's, say) is its acceleration, and would have scored windows by that, silently."""
+    name = cfg.eval.moving_behavior
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            unit = s.behavior_unit(name).strip() if name in s.behavior_names else ""
+        if is_velocity_unit(unit):
+            raise ConfigError(f"--score-when moving: {path}: /behavior/{name} is in {unit}, a velocity, not a "
+                              f"position: the moving rule differentiates a position, and of a velocity that gives "
+                              f"its acceleration. Set eval.moving_behavior to a position (in a length unit), or "
+                              f"use --score-when all")
+
+
+def is_velocity_unit(unit: str) -> bool:
+    """Whether ``unit`` is a length per second (``m/s``, ``cm/s``, ``px/s``...): a velocity or speed."""
+    num, sep, den = str(unit).strip().lower().replace(" ", "").partition("/")
+    return bool(sep) and den in ("s", "sec", "second") and (mm_per_unit(num) is not None or num in _PIXEL_UNITS)
 
 
 def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConfig:
@@ -843,9 +867,16 @@ def datamodule(cfg: RunConfig):
             before = max(before, dm.dataset_kwargs["stimulus_window"] - m.window.curr)
             after = m.window.curr
         dm.splits = FewShotSplit(split, _label_subset(cfg), session_paths(cfg.data), before=before, after=after)
+    if _behavior_only(cfg) and _targets(cfg):
+        dm.splits = TargetSplit(dm.splits, cfg)
     if _moving_fit(cfg):
         dm.splits = MovingSplit(dm.splits, cfg)
     return dm
+
+
+def _targets(cfg: RunConfig) -> list[str]:
+    """The decoded behaviours: the ones that carry the behaviour loss."""
+    return [v.name for v in cfg.model.behavior if v.target]
 
 
 def _label_subset(cfg: RunConfig):
@@ -968,6 +999,51 @@ class MovingSplit:
         return keep & self._rules[key](np.zeros(len(ends), dtype=np.int64), np.asarray(ends, dtype=np.float64))
 
 
+class TargetSplit:
+    """Fine-tuning on behaviour alone: the ``train`` split keeps only the windows where a decoded
+    target was recorded.
+
+    A window whose current window holds no finite sample of any target (the rest box of a
+    sleep epoch, untracked; a cursor NaN between trials) has no label, so with behaviour the only
+    objective it carries no loss, yet costs a forward and backward pass, an optimizer step on
+    zero gradients in a batch of such windows, and a share of the step budget sized from the
+    windows the loader reads (:func:`resolve_trainer`). On a Kilosort export with a 20 min sleep
+    epoch before 20 min on a track, 4,798 of 7,676 training windows (62.5%) had no head
+    direction; on a Utah-array session 1,310 of 6,501 (20.2%) no cursor velocity. Each window is
+    judged as the data module labels it (:func:`~neurofm.data.datasets.behavior_features`:
+    a sample in ``[end - window.curr, end)``). Composes like :class:`MovingSplit`, which
+    ``train_all`` (the baselines' and the unigram null's windows) and the behaviour statistics
+    are left as the base has them.
+    """
+
+    def __init__(self, base, cfg: RunConfig):
+        self.base, self.targets, self.window = base, _targets(cfg), cfg.model.window.curr
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base.names)
+
+    def __call__(self, session) -> dict:
+        blocks = dict(self.base(session))
+        blocks.setdefault("train_all", blocks["train"])
+        return blocks
+
+    def select_windows(self, session, split: str, ends: np.ndarray) -> np.ndarray:
+        """Which of ``split``'s windows of ``session`` ending at ``ends`` to keep: under ``train``
+        those with a target sample (and whatever the base keeps); every window of another split."""
+        parent = getattr(self.base, "select_windows", None)
+        ends = np.asarray(ends, dtype=np.float64)
+        keep = np.ones(len(ends), dtype=bool) if parent is None else np.asarray(parent(session, split, ends), bool)
+        if split != "train":
+            return keep
+        labelled = np.zeros(len(ends), dtype=bool)
+        for name in self.targets:
+            if name in session.behavior_names:
+                ts, values = session.behavior(name)
+                labelled |= behavior_features(ts, values, ends - self.window, ends)["mask"]
+        return keep & labelled
+
+
 def _any_labelled(cfg: RunConfig, dm) -> bool:
     """Whether the few-shot draw labels any training window (every window does with all labels)."""
     if cfg.data.label_fraction >= 1.0:
@@ -994,9 +1070,9 @@ def check_moving_windows(cfg: RunConfig, dm) -> None:
 
 
 def _train_windows_loader(dm):
-    """Every training window, in time order (``train_all`` under :class:`FewShotSplit` or
-    :class:`MovingSplit`)."""
-    return dm.loader("train_all" if isinstance(dm.splits, (FewShotSplit, MovingSplit)) else "train")
+    """Every training window, in time order (``train_all`` under :class:`FewShotSplit`,
+    :class:`TargetSplit` or :class:`MovingSplit`)."""
+    return dm.loader("train_all" if isinstance(dm.splits, (FewShotSplit, TargetSplit, MovingSplit)) else "train")
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
@@ -1645,7 +1721,7 @@ def _scored_text(cfg: RunConfig, dm) -> str:
     if e.score_when == "moving":
         return (f"moving test windows: {_moving_speed_text(cfg, dm)} > {e.moving_threshold:.4g} "
                 f"{_unit_text(_behavior_unit(dm, e.moving_behavior))}/s in every 50 ms bin")
-    return "every test window"
+    return "every test window that holds a label"
 
 
 def _moving_speed_text(cfg: RunConfig, dm) -> str:

@@ -225,6 +225,54 @@ def test_unsorted_spike_times_are_sorted_with_warning(tmp_path):
     assert t.tolist() == [1.1, 1.2, 1.3, 1.5, 1.9] and u.tolist() == [0, 1, 1, 0, 0]
 
 
+def _sorter_export(path: Path, labels, spikes) -> Path:
+    """A spike sorter's export: units with a Kilosort `KSLabel` and a phy `quality` column."""
+    nwb = NWBFile(session_description="t", identifier="t",
+                  session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    nwb.add_unit_column("KSLabel", "Kilosort label")
+    nwb.add_unit_column("quality", "phy curation")
+    for (ks, q), times in zip(labels, spikes):
+        nwb.add_unit(spike_times=times, KSLabel=ks, quality=q)
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def test_noise_units_left_out_by_default(tmp_path):
+    """A Kilosort/phy export's noise clusters (here 'Noise' in phy's curation, 'good' by Kilosort)
+    are artefacts: left out of the session by default, with a warning counting them and their
+    spikes; mua units stay; --keep-noise-units keeps them; all-noise is an error naming the fix."""
+    path = _sorter_export(tmp_path / "ks.nwb", [("good", "good"), ("mua", "mua"), ("good", " Noise"), ("mua", "mua")],
+                          [[1.0, 2.0], [1.5], [1.1, 1.2, 1.3, 1.4], [2.5]])
+    with pytest.warns(UserWarning, match=r"units/quality: left out 1 of 4 units labelled noise \(2\) and their 4 "
+                                         r"spikes \(50\.0% of all\)"):
+        convert_nwb(path, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        t, u = s.spikes()
+        ids = s.unit_ids
+    assert list(ids) == ["0", "1", "3"]
+    assert t.tolist() == [1.0, 1.5, 2.0, 2.5] and u.tolist() == [0, 1, 0, 2]
+    convert_nwb(path, tmp_path / "k.h5", keep_noise_units=True)
+    with Session(tmp_path / "k.h5") as s:
+        assert len(s.unit_ids) == 4
+    bad = _sorter_export(tmp_path / "n.nwb", [("good", "noise")], [[1.0]])
+    with pytest.raises(ConvertError, match=r"units/quality.*all 1 units noise.*--keep-noise-units"):
+        convert_nwb(bad, tmp_path / "n.h5")
+
+
+def test_duplicated_spikes_dropped_with_warning(tmp_path):
+    """A sorter's double counts (one unit's spikes 0.1 ms apart) are one spike: the later is
+    dropped, named in a warning; 1 ms apart is two spikes and stays."""
+    path = _sorter_export(tmp_path / "d.nwb", [("good", "good"), ("good", "good")],
+                          [[1.0, 1.0001, 1.5, 1.501], [1.00005, 2.0]])
+    with pytest.warns(UserWarning, match=r"1 spikes of 1 unit\(s\) follow their unit's previous spike within 0\.3 ms "
+                                         r"\(unit 0: 1 of 4 \(25\.0%\)\)"):
+        convert_nwb(path, tmp_path / "s.h5")
+    with Session(tmp_path / "s.h5") as s:
+        t, u = s.spikes()
+    assert t.tolist() == [1.0, 1.00005, 1.5, 1.501, 2.0] and u.tolist() == [0, 1, 0, 0, 1]
+
+
 def test_columns_named_like_an_index_and_partial_unit_observation(tmp_path):
     """A motor-cortex file's own `target_index` trial column and `shank_index` unit column are
     data (only `tags_index` beside `tags` is a ragged index): both are kept; they were dropped

@@ -335,6 +335,33 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+def test_score_when_moving_refuses_a_velocity(tmp_path):
+    """A Utah-array session's only behaviour is a cursor velocity in m/s. `auto` scores it on every
+    window; `--score-when moving` named eval.moving_behavior=NAME as the fix, and with the velocity
+    named the moving rule differentiated it (its acceleration) and scored by that, silently. Now
+    a velocity as the moving behaviour is refused, naming file, field and fix."""
+    path = _session(tmp_path / "a.h5", still_after=60.0)
+    vel = tmp_path / "utah.h5"
+    with SessionWriter(vel, session_id="utah") as w, h5py.File(path) as f:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(f["spikes/times"][:], f["spikes/unit_index"][:], t_start=0.0, t_end=DURATION)
+        ts = f["behavior/position/timestamps"][:]
+        w.add_behavior("cursor_velocity", ts, np.stack([np.sin(ts), np.cos(ts)], 1), unit="m/s")
+    model = {"behavior": [{"name": "cursor_velocity", "dim": 2, "task": "regression", "target": True}]}
+    data = {"sessions": [str(vel)], "behavior": ["cursor_velocity"]}
+    assert recipe.resolve_scoring(_config([vel], model=model, data=data)).eval.score_when == "all"
+    with pytest.raises(ConfigError, match=r"has no /behavior/position .*eval.moving_behavior=NAME \(a position, in a "
+                                          r"length unit\)"):
+        recipe.resolve_scoring(_config([vel], model=model, data=data, eval={"score_when": "moving"}))
+    for extra in ({}, {"moving_threshold": 0.1}):
+        with pytest.raises(ConfigError, match=r"utah.h5: /behavior/cursor_velocity is in m/s, a velocity, not a "
+                                              r"position.*--score-when all"):
+            recipe.resolve_scoring(_config([vel], model=model, data=data,
+                                           eval={"score_when": "moving", "moving_behavior": "cursor_velocity", **extra}))
+    assert [recipe.is_velocity_unit(u) for u in ("m/s", "cm / s", "px/s", "m", "deg/s", "")] == \
+        [True, True, True, False, False, False]
+
+
 def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_path):
     """A new lab's NWB Position series keeps its own name (here ``led``, in metres): ``auto``
     scored it on every window, rest included, because only ``position`` counted as position.

@@ -8,11 +8,13 @@ import math
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from neurofm.config import from_dict
+from neurofm.data import datasets
 from neurofm.data.session import SessionWriter
 from neurofm.models.neuroformer import N_SPECIAL
 from neurofm.recipes import neuroformer as recipe
@@ -63,7 +65,8 @@ def test_few_shot_split_trains_on_exactly_the_labelled_windows(tmp_path):
     paths = [_session(tmp_path / "a.h5", seed=0), _session(tmp_path / "b.h5", seed=1)]
     cfg = _config(paths, label_fraction=0.3, label_chunk_s=4.0)
     dm = recipe.datamodule(cfg)
-    assert isinstance(dm.splits, recipe.FewShotSplit)
+    # the labelled windows (FewShotSplit), of those the ones with a target sample (TargetSplit: all here)
+    assert isinstance(dm.splits, recipe.TargetSplit) and isinstance(dm.splits.base, recipe.FewShotSplit)
     dm.setup("fit")
     fit = _windows(dm.datasets["train"])
     all_ds = recipe._train_windows_loader(dm).dataset
@@ -431,6 +434,40 @@ def test_training_split_holds_only_the_windows_that_carry_the_loss(tmp_path):
     dm = recipe.datamodule(both)
     assert not isinstance(dm.splits, recipe.MovingSplit)
     assert recipe.loss_windows(both, dm) == (len(dm.dataset("train")),) * 2
+
+
+def test_training_split_leaves_out_windows_without_a_target_sample(tmp_path):
+    """A sleep epoch in a rest box without tracking, then a track (position NaN for the first
+    half): scored on every window (a target that is no position, like head direction, or
+    `--score-when all`), the training loader read the untracked windows too, which carry no
+    loss, and the step budget counted them (62.5% of a Kilosort export's training windows).
+    The default fine-tuning path keeps only windows with a target sample; with another
+    objective besides behaviour every window stays."""
+    from neurofm.data.session import Session
+
+    path = Path(_session(tmp_path / "a.h5", still_after=DURATION))
+    with h5py.File(path, "r+") as f:
+        ts = f["behavior/position/timestamps"][:]
+        v = f["behavior/position/values"][:]
+        v[ts < DURATION / 2] = np.nan  # untracked sleep
+        f["behavior/position/values"][...] = v
+    cfg = _default_finetune(str(path))
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, score_when="all", moving_threshold=0.0))
+    dm = recipe.datamodule(cfg)
+    assert isinstance(dm.splits, recipe.TargetSplit)
+    s_fit, t_fit = _ends(dm.dataset("train"))
+    s_all, t_all = _ends(recipe._train_windows_loader(dm).dataset)  # the baselines' windows: all of them
+    assert len(t_all) > len(t_fit) > 0
+    with Session(path) as session:
+        ts, values = session.behavior("position")
+    has = datasets.behavior_features(ts, values, t_all - cfg.model.window.curr, t_all)["mask"]
+    assert (~has).sum() > len(t_all) / 4  # the sleep half
+    np.testing.assert_allclose(np.sort(t_fit), np.sort(t_all[has]))
+    assert recipe.loss_windows(cfg, dm) == (len(t_fit),) * 2
+    assert recipe.resolve_trainer(cfg, dm).max_steps == recipe.step_budget_for(len(t_fit), cfg.data.batch_size)
+    both = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, objectives=["id", "behavior"]))
+    dm = recipe.datamodule(both)
+    assert not isinstance(dm.splits, recipe.TargetSplit) and len(dm.dataset("train")) == len(t_all)
 
 
 def test_no_moving_training_window_is_an_error_naming_the_threshold(tmp_path):
