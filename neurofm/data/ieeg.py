@@ -1062,15 +1062,23 @@ def select_behavior_channels(names: Sequence[str], specs, source) -> list[tuple[
     """``(channel index, as_name)`` for each behaviour channel spec; a name matching no channel
     (exactly, else ignoring case and spaces) is a :class:`ConvertError` listing the channels."""
     pairs = parse_renames(specs, "--behavior-channel", "channels")  # "FORCE", "EMG_R=emg_right"
+    return _channels_named(names, pairs, source, "--behavior-channel", "NAME or NAME=as_name")
+
+
+def _channels_named(names: Sequence[str], pairs: list[tuple[str, str]], source, option: str,
+                    form: str) -> list[tuple[int, str]]:
+    """``(channel index, second)`` for each ``(name, second)`` of ``option``: a name matches a
+    channel exactly, else ignoring case, spaces and a clinical system's prefix; one matching no
+    channel, or a channel named twice, is a :class:`ConvertError` listing the channels."""
     rows = _match([c for c, _ in pairs], list(names))
     missing = [c for (c, _), r in zip(pairs, rows) if r < 0]
     if missing:
         shown = ", ".join(map(str, names[:60])) + (f" ... (+{len(names) - 60} more)" if len(names) > 60 else "")
-        raise ConvertError(source, "--behavior-channel", f"no channel named {', '.join(map(repr, missing))}; "
-                           f"the {len(names)} channels are: {shown}", "give one of these names (NAME or NAME=as_name)")
+        raise ConvertError(source, option, f"no channel named {', '.join(map(repr, missing))}; "
+                           f"the {len(names)} channels are: {shown}", f"give one of these names ({form})")
     if len(set(rows.tolist())) < len(rows):
-        raise ConvertError(source, "--behavior-channel", "names the same channel twice", "give each channel once")
-    return [(int(r), as_name) for r, (_, as_name) in zip(rows, pairs)]
+        raise ConvertError(source, option, "names the same channel twice", "give each channel once")
+    return [(int(r), second) for r, (_, second) in zip(rows, pairs)]
 
 
 def select_trigger_channels(names: Sequence[str], specs, source) -> list[tuple[int, str]]:
@@ -1084,15 +1092,7 @@ def select_trigger_channels(names: Sequence[str], specs, source) -> list[tuple[i
             raise ConvertError(source, "--trigger-channel", f"{name}={lab}: empty name or label",
                                "give NAME or NAME=label")
     pairs = [(n.strip(), lab.strip()) for n, lab in pairs]
-    rows = _match([n for n, _ in pairs], list(names))
-    missing = [n for (n, _), r in zip(pairs, rows) if r < 0]
-    if missing:
-        shown = ", ".join(map(str, names[:60])) + (f" ... (+{len(names) - 60} more)" if len(names) > 60 else "")
-        raise ConvertError(source, "--trigger-channel", f"no channel named {', '.join(map(repr, missing))}; "
-                           f"the {len(names)} channels are: {shown}", "give one of these names (NAME or NAME=label)")
-    if len(set(rows.tolist())) < len(rows):
-        raise ConvertError(source, "--trigger-channel", "names the same channel twice", "give each channel once")
-    return [(int(r), lab) for r, (_, lab) in zip(rows, pairs)]
+    return _channels_named(names, pairs, source, "--trigger-channel", "NAME or NAME=label")
 
 
 def trigger_pulses(values: np.ndarray, rate: float, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -952,7 +952,39 @@ class FewShotSplit:
         return blocks
 
 
-class MovingSplit:
+class _TrainingWindowFilter:
+    """A split that keeps the ``base`` split's blocks and, of the ``train`` split's windows, those
+    :meth:`_keep` keeps (and whatever the base keeps); ``train_all`` stays every window of the
+    training block (the baselines' and the unigram null's). Windows are judged by their end times,
+    so each still reads its previous window from the recording: blocks cannot say this, since two
+    runs of kept windows split by a gap shorter than a window's history would need overlapping
+    blocks."""
+
+    def __init__(self, base):
+        self.base = base
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base.names)
+
+    def __call__(self, session) -> dict:
+        blocks = dict(self.base(session))
+        blocks.setdefault("train_all", blocks["train"])
+        return blocks
+
+    def select_windows(self, session, split: str, ends: np.ndarray) -> np.ndarray:
+        """Which of ``split``'s windows of ``session`` ending at ``ends`` to keep: under ``train``
+        those :meth:`_keep` keeps (and whatever the base keeps); every window of another split."""
+        parent = getattr(self.base, "select_windows", None)
+        ends = np.asarray(ends, dtype=np.float64)
+        keep = np.ones(len(ends), dtype=bool) if parent is None else np.asarray(parent(session, split, ends), bool)
+        return keep if split != "train" else keep & self._keep(session, ends)
+
+    def _keep(self, session, ends: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MovingSplit(_TrainingWindowFilter):
     """Fine-tuning on behaviour alone, scored on moving windows: the ``train`` split keeps only
     the moving windows.
 
@@ -974,32 +1006,19 @@ class MovingSplit:
     """
 
     def __init__(self, base, cfg: RunConfig):
-        self.base, self.cfg = base, cfg
+        super().__init__(base)
+        self.cfg = cfg
         self._rules: dict[str, MovingWindows] = {}  # per session file: its bin grid, read once
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.base.names)
-
-    def __call__(self, session) -> dict:
-        blocks = dict(self.base(session))
-        blocks.setdefault("train_all", blocks["train"])
-        return blocks
-
-    def select_windows(self, session, split: str, ends: np.ndarray) -> np.ndarray:
-        """Which of ``split``'s windows of ``session`` ending at ``ends`` to keep: under ``train``
-        the moving ones (and whatever the base keeps); every window of another split."""
-        parent = getattr(self.base, "select_windows", None)
-        keep = np.ones(len(ends), dtype=bool) if parent is None else np.asarray(parent(session, split, ends), bool)
-        if split != "train":
-            return keep
+    def _keep(self, session, ends: np.ndarray) -> np.ndarray:
+        """The moving windows."""
         key = str(Path(session.path).resolve())
         if key not in self._rules:
             self._rules[key] = MovingWindows(self.cfg, [session])
-        return keep & self._rules[key](np.zeros(len(ends), dtype=np.int64), np.asarray(ends, dtype=np.float64))
+        return self._rules[key](np.zeros(len(ends), dtype=np.int64), ends)
 
 
-class TargetSplit:
+class TargetSplit(_TrainingWindowFilter):
     """Fine-tuning on behaviour alone: the ``train`` split keeps only the windows where a decoded
     target was recorded.
 
@@ -1017,31 +1036,17 @@ class TargetSplit:
     """
 
     def __init__(self, base, cfg: RunConfig):
-        self.base, self.targets, self.window = base, _targets(cfg), cfg.model.window.curr
+        super().__init__(base)
+        self.targets, self.window = _targets(cfg), cfg.model.window.curr
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.base.names)
-
-    def __call__(self, session) -> dict:
-        blocks = dict(self.base(session))
-        blocks.setdefault("train_all", blocks["train"])
-        return blocks
-
-    def select_windows(self, session, split: str, ends: np.ndarray) -> np.ndarray:
-        """Which of ``split``'s windows of ``session`` ending at ``ends`` to keep: under ``train``
-        those with a target sample (and whatever the base keeps); every window of another split."""
-        parent = getattr(self.base, "select_windows", None)
-        ends = np.asarray(ends, dtype=np.float64)
-        keep = np.ones(len(ends), dtype=bool) if parent is None else np.asarray(parent(session, split, ends), bool)
-        if split != "train":
-            return keep
+    def _keep(self, session, ends: np.ndarray) -> np.ndarray:
+        """The windows with a sample of some target."""
         labelled = np.zeros(len(ends), dtype=bool)
         for name in self.targets:
             if name in session.behavior_names:
                 ts, values = session.behavior(name)
                 labelled |= behavior_features(ts, values, ends - self.window, ends)["mask"]
-        return keep & labelled
+        return labelled
 
 
 def _any_labelled(cfg: RunConfig, dm) -> bool:
@@ -1072,7 +1077,7 @@ def check_moving_windows(cfg: RunConfig, dm) -> None:
 def _train_windows_loader(dm):
     """Every training window, in time order (``train_all`` under :class:`FewShotSplit`,
     :class:`TargetSplit` or :class:`MovingSplit`)."""
-    return dm.loader("train_all" if isinstance(dm.splits, (FewShotSplit, TargetSplit, MovingSplit)) else "train")
+    return dm.loader("train_all" if isinstance(dm.splits, (FewShotSplit, _TrainingWindowFilter)) else "train")
 
 
 def _behavior_stats(dm, names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
