@@ -219,17 +219,17 @@ def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarr
     return session.t_start + k * stride
 
 
-def training_window_counts(cfg: RunConfig, window=None) -> tuple[np.ndarray, np.ndarray]:
-    """Spikes per current and per previous window ``(W,)`` each, over every training window of
-    every session (``window``: a :class:`WindowConfig` other than the config's, e.g. for
-    ``neurofm inspect``)."""
+def training_window_counts(cfg: RunConfig, window=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Spikes per current and per previous window ``(W,)`` each, over every training window (or
+    ``split``'s) of every session (``window``: a :class:`WindowConfig` other than the config's,
+    e.g. for ``neurofm inspect``)."""
     if window is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window=window))
     w = cfg.model.window
     curr, prev = [], []
     for path in session_paths(cfg.data):
         with Session(path) as s:
-            ends = split_window_ends(cfg, s, "train")
+            ends = split_window_ends(cfg, s, split)
             # in chunks of COUNT_CHUNK_S of windows: memory is bounded by the spikes of one chunk,
             # not the session's (the counts are the same: each window's spikes lie in its chunk's read)
             for chunk in _time_chunks(ends, COUNT_CHUNK_S):
@@ -240,6 +240,10 @@ def training_window_counts(cfg: RunConfig, window=None) -> tuple[np.ndarray, np.
     return (np.concatenate(curr) if curr else np.zeros(0, np.int64)), \
         (np.concatenate(prev) if prev else np.zeros(0, np.int64))
 
+
+#: a block size that drops more than this share of a split's spikes is warned about (training windows)
+#: or is a limitation of the run (test windows)
+DROPPED_WARN = 0.01
 
 #: seconds of windows whose spikes training_window_counts reads at once
 COUNT_CHUNK_S = 60.0
@@ -303,7 +307,7 @@ def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
                   f"{int(counts.max())} spikes; this size drops {dropped_fraction(counts, size):.2%} of them)")
         else:
             lost = dropped_fraction(counts, size)
-            if lost > 0.01:
+            if lost > DROPPED_WARN:
                 warnings.warn(f"model.block_size.{key} = {size} (from {source}) drops {lost:.1%} of the "
                               f"{what}-window spikes of the training data ({what} windows hold up to "
                               f"{int(counts.max())} spikes, median {np.median(counts):g}); "
@@ -325,13 +329,33 @@ def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
 
 
 def block_size_report(cfg: RunConfig) -> dict[str, Any]:
-    """The block sizes of a run and what they drop on its training windows (metrics.json)."""
+    """The block sizes of a run and what they drop on its training and its test windows
+    (metrics.json): the sizes come from the training windows, and a test block denser than them
+    loses more of the spikes it is scored on."""
     curr, prev = training_window_counts(cfg)
+    test_curr, test_prev = training_window_counts(cfg, split="test")
     b = cfg.model.block_size
     return {"block_size": {"id": b.id, "prev_id": b.prev_id},
             "dropped_fraction_train": {"curr": dropped_fraction(curr, b.id), "prev": dropped_fraction(prev, b.prev_id)},
+            "dropped_fraction_test": {"curr": dropped_fraction(test_curr, b.id),
+                                      "prev": dropped_fraction(test_prev, b.prev_id)},
             "spikes_per_window_train": {"curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev)},
             "n_train_windows": int(len(curr))}
+
+
+def dropped_limitation(report: dict) -> str | None:
+    """A limitation line when the block sizes drop more than :data:`DROPPED_WARN` of the test
+    windows' current- or previous-window spikes (:func:`block_size_report`)."""
+    test, train = report.get("dropped_fraction_test", {}), report["dropped_fraction_train"]
+    over = [k for k in ("curr", "prev") if test.get(k, 0.0) > DROPPED_WARN]
+    if not over:
+        return None
+    what = {"curr": "current", "prev": "previous"}
+    b = report["block_size"]
+    return ("the block sizes (model.block_size id " + f"{b['id']}, prev_id {b['prev_id']}, chosen on the training "
+            "windows) drop " + ", ".join(f"{test[k]:.1%} of the test windows' {what[k]}-window spikes (training "
+            f"{train[k]:.1%})" for k in over) + ": the test block is denser than the training block, and the model "
+            "reads only the first spikes of its densest windows; pretrain with longer blocks or shorter windows")
 
 
 # -- the pretrained model's shape ---------------------------------------------------------------
@@ -1680,12 +1704,16 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
                            {k: row[f"{name}_r2"] for k, row in baselines.items() if f"{name}_r2" in row},
                            _behavior_unit(dm, name), run_dir)
     d = cfg.data
+    tokenizer = block_size_report(cfg)
+    if line := dropped_limitation(tokenizer):
+        print(f"neurofm: {line}", file=sys.stderr)
+        limitations.append(line)
     return {
         "name": Path(cfg.run_dir).name,
         "metrics": results,
         "baselines": baselines,
         "protocol": _protocol(cfg, dm, _with_labels(scored, test, regression), draw),
-        "tokenizer": block_size_report(cfg),
+        "tokenizer": tokenizer,
         **({"start": start} if (start := getattr(task, "read_out_start", None)) else {}),
         **({"decode_report": {k: r.to_dict() for k, r in reports.items()}} if reports else {}),
         **({"generation": generation} if generation else {}),

@@ -110,6 +110,7 @@ def test_unset_block_sizes_come_from_the_training_windows_and_are_recorded(tmp_p
     assert (chosen.id, chosen.prev_id) == (block_size_for(curr), block_size_for(prev))
     report = recipe.block_size_report(resolved)
     assert report["dropped_fraction_train"]["curr"] <= 0.005
+    assert set(report["dropped_fraction_test"]) == {"curr", "prev"}  # what the scored windows lose, too
     assert report["block_size"] == {"id": resolved.model.block_size.id, "prev_id": resolved.model.block_size.prev_id}
     # only training windows count: the 80% training block of a 60 s session, 0.25 s stride
     assert 0.75 * 48 / 0.25 < len(curr) <= 48 / 0.25
@@ -758,3 +759,27 @@ def test_an_angle_target_is_a_limitation_of_the_run():
     assert line.startswith("head_direction is an angle (radians): the model, every baseline and R2 read it as a line")
     assert recipe.angle_limitation("hd", " deg ") is not None
     assert recipe.angle_limitation("running_speed", "cm/s") is None and recipe.angle_limitation("x", "") is None
+
+
+def test_a_test_block_denser_than_training_is_a_limitation_with_both_drops(tmp_path):
+    """Block sizes come from the training windows. A test block denser than them (a later part of
+    a recording with more units active) lost up to 1.2% of its previous-window spikes on a new
+    lab's Kilosort export while metrics.json gave only the training drop. The report now gives
+    the test drop, and over 1% it is a limitation of the run naming both."""
+    path = tmp_path / "denser_late.h5"
+    rng = np.random.default_rng(0)
+    n = rng.poisson(5.0 * DURATION * 4)
+    times = rng.uniform(0.0, DURATION, n)
+    late = rng.uniform(0.9 * DURATION, DURATION, 4000)  # the test block (the last 10%) fires far more
+    times = np.sort(np.concatenate([times, late]))
+    with SessionWriter(path, session_id="late") as w:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(times, rng.integers(0, 4, len(times)), t_start=0.0, t_end=DURATION)
+    resolved = recipe.resolve_block_sizes(_config([str(path)]))
+    report = recipe.block_size_report(resolved)
+    assert report["dropped_fraction_train"]["curr"] <= 0.005 < 0.01 < report["dropped_fraction_test"]["curr"]
+    line = recipe.dropped_limitation(report)
+    assert line.startswith("the block sizes (model.block_size id ") and "of the test windows' current-window" in line
+    assert f"(training {report['dropped_fraction_train']['curr']:.1%})" in line
+    calm = recipe.block_size_report(recipe.resolve_block_sizes(_config([_session(tmp_path / "calm.h5")])))
+    assert recipe.dropped_limitation(calm) is None
