@@ -355,7 +355,7 @@ def dropped_limitation(report: dict) -> str | None:
     return ("the block sizes (model.block_size id " + f"{b['id']}, prev_id {b['prev_id']}, chosen on the training "
             "windows) drop " + ", ".join(f"{test[k]:.1%} of the test windows' {what[k]}-window spikes (training "
             f"{train[k]:.1%})" for k in over) + ": the test block is denser than the training block, and the model "
-            "reads only the first spikes of its densest windows; pretrain with longer blocks or shorter windows")
+            "never reads the earliest spikes of its densest windows; pretrain with longer blocks or shorter windows")
 
 
 # -- the pretrained model's shape ---------------------------------------------------------------
