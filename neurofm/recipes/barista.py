@@ -846,8 +846,13 @@ START_SE = 1.0
 START_FOLDS = 4
 
 
+def _in_order(parts) -> list[str]:
+    """The feature blocks ``parts`` in their one order (the order of the head's weight rows)."""
+    return [p for p in (PART_BAND_POWER, PART_WAVEFORM, PART_TOKENS) if p in parts]
+
+
 def _start_name(parts) -> str:
-    return " + ".join(p for p in (PART_BAND_POWER, PART_WAVEFORM, PART_TOKENS) if p in parts)
+    return " + ".join(_in_order(parts))
 
 
 def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
@@ -957,8 +962,7 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
                                              for c in itertools.combinations(ladder, r)])}
     else:
         parts_of = {START_TOKENS: (PART_TOKENS,)}
-    order_of = lambda parts: [p for p in (PART_BAND_POWER, PART_WAVEFORM, PART_TOKENS) if p in parts]  # noqa: E731
-    cands = {name: np.concatenate([blocks[p] for p in order_of(parts)], axis=1) for name, parts in parts_of.items()}
+    cands = {name: np.concatenate([blocks[p] for p in _in_order(parts)], axis=1) for name, parts in parts_of.items()}
     fits, cv, oof = {}, {}, {}
     try:
         for name, X in cands.items():
@@ -1000,7 +1004,7 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     W, b, alpha = fits[chosen]
     W = np.asarray(W, dtype=np.float64).reshape(W.shape[0], -1)
     rows, at = {}, 0  # feature block -> its rows of W
-    for part in order_of(parts_of[chosen]):
+    for part in _in_order(parts_of[chosen]):
         rows[part] = W[at:at + blocks[part].shape[1]]
         at += blocks[part].shape[1]
     with torch.no_grad():
