@@ -146,7 +146,7 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
     from neurofm.data.tokenizer import block_size_for, window_count_percentiles
     from neurofm.recipes.neuroformer import (RunConfig, suggest_window, test_block_motion, test_block_variation,
-                                             training_window_counts)
+                                             split_window_counts)
 
     import dataclasses
 
@@ -162,7 +162,7 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
         w.curr = args.window_curr
     if args.window_prev is not None:
         w.prev = args.window_prev
-    curr, prev = training_window_counts(cfg)
+    curr, prev = split_window_counts(cfg)
     hint = suggest_window(float(curr.mean()), w) if len(curr) else None
     motion = test_block_motion(cfg, session)
     return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),

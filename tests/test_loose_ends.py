@@ -118,7 +118,7 @@ def test_inspect_window_counts_stream_in_chunks_with_the_same_numbers(tmp_path, 
         return real(self, t0, t1)
 
     monkeypatch.setattr(Session, "spikes", bounded)
-    curr, prev = nf.training_window_counts(cfg)
+    curr, prev = nf.split_window_counts(cfg)
     np.testing.assert_array_equal(curr, ref_curr)
     np.testing.assert_array_equal(prev, ref_prev)
     assert len(reads) >= 3 and max(reads) <= nf.COUNT_CHUNK_S + w.curr + w.prev + 1.0 + 1e-6

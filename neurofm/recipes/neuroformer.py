@@ -219,10 +219,10 @@ def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarr
     return session.t_start + k * stride
 
 
-def training_window_counts(cfg: RunConfig, window=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Spikes per current and per previous window ``(W,)`` each, over every training window (or
-    ``split``'s) of every session (``window``: a :class:`WindowConfig` other than the config's,
-    e.g. for ``neurofm inspect``)."""
+def split_window_counts(cfg: RunConfig, window=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Spikes per current and per previous window ``(W,)`` each, over every window of ``split``
+    (the training windows by default) of every session (``window``: a :class:`WindowConfig`
+    other than the config's, e.g. for ``neurofm inspect``)."""
     if window is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window=window))
     w = cfg.model.window
@@ -245,7 +245,7 @@ def training_window_counts(cfg: RunConfig, window=None, split: str = "train") ->
 #: or is a limitation of the run (test windows)
 DROPPED_WARN = 0.01
 
-#: seconds of windows whose spikes training_window_counts reads at once
+#: seconds of windows whose spikes split_window_counts reads at once
 COUNT_CHUNK_S = 60.0
 
 
@@ -289,7 +289,7 @@ def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
     suggested window, when current windows hold under one spike on average.
     """
     m = cfg.model
-    curr, prev = training_window_counts(cfg)
+    curr, prev = split_window_counts(cfg)
     if not len(curr):
         if 0 in (m.block_size.id, m.block_size.prev_id):
             raise ConfigError(f"model.block_size: no training window fits in {session_paths(cfg.data)} (windows of "
@@ -332,8 +332,8 @@ def block_size_report(cfg: RunConfig) -> dict[str, Any]:
     """The block sizes of a run and what they drop on its training and its test windows
     (metrics.json): the sizes come from the training windows, and a test block denser than them
     loses more of the spikes it is scored on."""
-    curr, prev = training_window_counts(cfg)
-    test_curr, test_prev = training_window_counts(cfg, split="test")
+    curr, prev = split_window_counts(cfg)
+    test_curr, test_prev = split_window_counts(cfg, split="test")
     b = cfg.model.block_size
     return {"block_size": {"id": b.id, "prev_id": b.prev_id},
             "dropped_fraction_train": {"curr": dropped_fraction(curr, b.id), "prev": dropped_fraction(prev, b.prev_id)},

@@ -105,7 +105,7 @@ def test_unset_block_sizes_come_from_the_training_windows_and_are_recorded(tmp_p
     cfg = _config([path])
     assert (cfg.model.block_size.id, cfg.model.block_size.prev_id) == (0, 0)  # the default: auto
     resolved = recipe.resolve_block_sizes(cfg)
-    curr, prev = recipe.training_window_counts(resolved)
+    curr, prev = recipe.split_window_counts(resolved)
     chosen = resolved.model.block_size
     assert (chosen.id, chosen.prev_id) == (block_size_for(curr), block_size_for(prev))
     report = recipe.block_size_report(resolved)
