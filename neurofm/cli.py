@@ -40,6 +40,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     common = dict(session_id=args.session_id, nan_policy=args.nan, overwrite=not args.no_overwrite,
                   coordinate_unit=args.coordinate_unit, license=args.license)
+    if args.angle_unit and not args.angle:
+        raise ValueError("--angle-unit is the unit of the --angle behaviours: give --angle NAME too")
     with warnings.catch_warnings():
         warnings.showwarning = show
         if args.format == "session":
@@ -53,8 +55,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
                                  "NAME[=as_name]) or adds an angle's cosine and sine (--angle NAME[=as_name]); "
                                  "give one (each repeatable)")
-            if args.angle_unit and not args.angle:
-                raise ValueError("--angle-unit is the unit of the --angle behaviours: give --angle NAME too")
             out, source = args.output, args.input
             if args.behavior_channel:
                 out = move_channels_to_behavior(source, args.output, args.behavior_channel,
@@ -80,8 +80,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 raise ValueError("--electrodes / --channels are for iEEG recordings; an NWB file carries its own "
                                  "electrodes table")
             series = args.electrical_series
-            out = convert_nwb(args.input, args.output, electrical_series=False if series == "none" else series,
-                              keep_noise_units=args.keep_noise_units, **common)
+
+            def convert(out_path, **kw):
+                return convert_nwb(args.input, out_path, electrical_series=False if series == "none" else series,
+                                   keep_noise_units=args.keep_noise_units, **kw)
         else:
             from neurofm.data.ieeg import convert_ieeg
 
@@ -90,11 +92,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.rectify and not args.behavior_channel:
                 raise ValueError("--rectify rectifies the --behavior-channel channels: give --behavior-channel "
                                  "NAME[=as_name] too")
-            out = convert_ieeg(args.input, args.output, electrodes=args.electrodes, channels_tsv=args.channels,
-                               behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
-                               trigger_channels=args.trigger_channel or (), **common)
+
+            def convert(out_path, **kw):
+                return convert_ieeg(args.input, out_path, electrodes=args.electrodes, channels_tsv=args.channels,
+                                    behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
+                                    trigger_channels=args.trigger_channel or (), **kw)
+        out = _convert_with_angles(convert, args, common) if args.angle else convert(args.output, **common)
     print(f"wrote {out}")
     return 0
+
+
+def _convert_with_angles(convert, args: argparse.Namespace, common: dict) -> Path:
+    """``convert`` the recording, then add each ``--angle``'s cosine and sine
+    (:func:`~neurofm.data.session.add_cos_sin`), all in a temporary file beside the output:
+    the output appears only when both steps worked (an angle the recording lacks leaves no
+    converted file behind, and none without the angles)."""
+    from neurofm.atomic import atomic_output
+    from neurofm.data.session import add_cos_sin
+
+    with atomic_output(args.output, overwrite=common["overwrite"]) as tmp:
+        convert(tmp, **{**common, "overwrite": True})
+        add_cos_sin(tmp, tmp, args.angle, unit=args.angle_unit)
+    return Path(args.output)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -607,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "
                         "raw EMG, accelerometer or microphone channel, whose own segment mean is noise around 0")
     c.add_argument("--angle", action="append", metavar="NAME[=as_name]",
-                   help="session: an angle behaviour (head direction, ...) gets its cosine and sine as the 2-column "
+                   help="an angle behaviour (head direction, ...) gets its cosine and sine as the 2-column "
                         "/behavior/<as_name> (default NAME_cos_sin; repeatable): a target, ridge and R2 then see 359 "
                         "and 1 degree as neighbours. Radians or degrees from its unit attr (or --angle-unit)")
     c.add_argument("--angle-unit", choices=["rad", "deg"], help="with --angle: the angles' unit, when the file's "

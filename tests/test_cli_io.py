@@ -259,6 +259,43 @@ def test_convert_session_angle_errors_and_degrees(tmp_path, capsys):
         np.testing.assert_allclose(s.behavior("hd_nounit_cos_sin")[1], expect, atol=1e-6)
 
 
+def test_convert_nwb_angle_while_converting(tmp_path, capsys):
+    """`convert nwb --angle` adds the cosine and sine in the same command (it was ignored without
+    a word: only `convert session` read it); an angle the file lacks writes nothing at all."""
+    pynwb = pytest.importorskip("pynwb")
+    import datetime
+
+    from pynwb.behavior import CompassDirection, Position, SpatialSeries
+
+    nwb = pynwb.NWBFile(session_description="hd", identifier="hd",
+                        session_start_time=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+    for t in (0.5, 1.5, 2.5):
+        nwb.add_unit(spike_times=[t, t + 0.2])
+    ts = np.arange(0.0, 4.0, 0.02)
+    deg = np.mod(ts * 90.0, 360.0)
+    module = nwb.create_processing_module("behavior", "behaviour")
+    module.add(CompassDirection(spatial_series=SpatialSeries(name="head_direction", data=deg, timestamps=ts,
+                                                             reference_frame="room", unit="degrees")))
+    module.add(Position(spatial_series=SpatialSeries(name="position", data=np.stack([ts, ts], 1), timestamps=ts,
+                                                     reference_frame="room", unit="m")))
+    src = tmp_path / "hd.nwb"
+    with pynwb.NWBHDF5IO(str(src), "w") as io:
+        io.write(nwb)
+    out = tmp_path / "hd.h5"
+    assert main(["convert", "nwb", str(src), str(out), "--angle", "head_direction"]) == 0
+    with Session(out) as s:
+        assert "head_direction" in s.behavior_names  # the angle itself stays
+        np.testing.assert_allclose(s.behavior("head_direction_cos_sin")[1],
+                                   np.stack([np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))], 1), atol=1e-6)
+    capsys.readouterr()
+    bad = tmp_path / "bad.h5"
+    assert main(["convert", "nwb", str(src), str(bad), "--angle", "position"]) == 2
+    assert "/behavior/position" in capsys.readouterr().err
+    assert not bad.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hd.h5", "hd.nwb"]
+    assert main(["convert", "nwb", str(src), str(bad), "--angle-unit", "deg"]) == 2
+    assert "give --angle NAME too" in capsys.readouterr().err
+
+
 def test_split_clips_block_edges_just_outside_the_recording(tmp_path, capsys):
     """A recording spans its first to last sample: an open field whose video clock's first frame
     came 1.4 ms in spans 0.0014 .. 1799.99 s, and `neurofm split FILE --train 0:1065 ...` was
