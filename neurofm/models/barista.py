@@ -45,7 +45,8 @@ from neurofm.nn.transformer import Block
 __all__ = [
     "BaristaConfig", "CNNTokenizer", "SpatialEmbedding", "BaristaBackbone", "BaristaEncoder", "Barista",
     "Predictor", "TokenWeightingHead", "PooledHead", "BandPowerReadout", "WaveformReadout", "WAVEFORM_BINS",
-    "evoked_waveform", "ChannelReconstructionHead", "spatial_mask",
+    "evoked_waveform", "ChannelReconstructionHead", "BaristaFinetunedConfig", "BaristaFinetuned", "finetune_heads",
+    "head_output", "spatial_mask",
     "STATE_VERSION", "upgrade_state_dict",
 ]
 
@@ -1123,10 +1124,48 @@ class BaristaFinetunedConfig:
         self.encoder = _as_config(self.encoder)
 
 
+def finetune_heads(config: BaristaFinetunedConfig) -> tuple[nn.Module, BandPowerReadout | None,
+                                                              WaveformReadout | None]:
+    """What a fine-tuned BaRISTA puts on its encoder, built in this order: the head
+    (:class:`ChannelReconstructionHead`, :class:`TokenWeightingHead` or :class:`PooledHead`), the
+    :class:`BandPowerReadout` (``band_power_bands``) and the :class:`WaveformReadout`
+    (``waveform_bins``); a read-out is None when the config has none or the task is
+    reconstruction. The read-outs and the token-weighting head need ``n_channels``, one fixed layout."""
+    enc, out_dim, n_channels = config.encoder, config.out_dim, config.n_channels
+    if config.task == "reconstruction":
+        return ChannelReconstructionHead(enc), None, None
+    if config.head == "token_weighting":
+        if not n_channels:
+            raise ValueError("head='token_weighting' learns one weight per channel of a fixed layout: pass "
+                             "n_channels (or use head='pooled' for layouts that differ across sessions)")
+        head = TokenWeightingHead(enc.d_model, n_channels, enc.n_patches, out_dim, config.head_dropout)
+    else:
+        head = PooledHead(enc.d_model, out_dim, config.head_dropout)
+    for name, wanted in (("band_power_bands", config.band_power_bands), ("waveform_bins", config.waveform_bins)):
+        if wanted and not n_channels:
+            raise ValueError(f"{name}: the {'band-power' if name == 'band_power_bands' else 'evoked-waveform'} "
+                             f"read-out learns one weight per channel of a fixed layout: pass n_channels")
+    band_power = (BandPowerReadout(n_channels, enc.sampling_rate, config.band_power_bands, out_dim)
+                  if config.band_power_bands else None)
+    waveform = WaveformReadout(n_channels, config.waveform_bins, out_dim) if config.waveform_bins else None
+    return head, band_power, waveform
+
+
+def head_output(encoder: BaristaEncoder, head: nn.Module, readouts: tuple[_LinearReadout | None, ...],
+                batch: Mapping[str, Tensor]) -> Tensor:
+    """The head's output on the encoder's tokens plus each read-out's on the input: logits
+    (B, K), or the regression target standardised with the training statistics (B, D)."""
+    out = head(encoder(batch), batch.get("channel_mask"))
+    for readout in readouts:
+        if readout is not None:
+            out = out + readout(batch["x"], batch.get("channel_mask")).to(out.dtype)
+    return out
+
+
 class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
     """A fine-tuned BaRISTA: encoder + classification / regression / reconstruction head (plus,
     with ``band_power_bands``, a :class:`BandPowerReadout`, and with ``waveform_bins``, a
-    :class:`WaveformReadout`, added to the head's output).
+    :class:`WaveformReadout`, added to the head's output: :func:`finetune_heads`).
 
     ``forward(batch)`` gives logits (B, K) or outputs (B, D) (regression: in the recording's
     units, from the training statistics in the config); for reconstruction,
@@ -1140,32 +1179,15 @@ class BaristaFinetuned(nn.Module, _BaristaState, PretrainedMixin):
         if isinstance(config, Mapping):
             config = from_dict(BaristaFinetunedConfig, config, where="BaristaFinetunedConfig")
         self.config = config
-        enc = config.encoder
-        self.encoder = BaristaEncoder(enc)
-        if config.task == "reconstruction":
-            self.head = ChannelReconstructionHead(enc)
-        elif config.head == "token_weighting":
-            self.head = TokenWeightingHead(enc.d_model, config.n_channels, enc.n_patches, config.out_dim,
-                                           config.head_dropout)
-        else:
-            self.head = PooledHead(enc.d_model, config.out_dim, config.head_dropout)
-        self.band_power = None
-        if config.band_power_bands and config.task != "reconstruction":
-            self.band_power = BandPowerReadout(config.n_channels, enc.sampling_rate, config.band_power_bands,
-                                               config.out_dim)
-        self.waveform = None
-        if config.waveform_bins and config.task != "reconstruction":
-            self.waveform = WaveformReadout(config.n_channels, config.waveform_bins, config.out_dim)
+        self.encoder = BaristaEncoder(config.encoder)
+        self.head, self.band_power, self.waveform = finetune_heads(config)
 
     def forward(self, batch: Mapping[str, Tensor], mask: Tensor | None = None) -> Tensor:
         if self.config.task == "reconstruction":
             if mask is None:
                 raise ValueError("BaristaFinetuned (reconstruction): pass mask (B, C) of the channels to predict")
             return self.head(self.encoder(batch, mask=mask, mask_token=self.head.mask_token), mask)
-        out = self.head(self.encoder(batch), batch.get("channel_mask"))
-        for readout in (self.band_power, self.waveform):
-            if readout is not None:
-                out = out + readout(batch["x"], batch.get("channel_mask")).to(out.dtype)
+        out = head_output(self.encoder, self.head, (self.band_power, self.waveform), batch)
         if self.config.task == "regression" and self.config.target_std:  # standardised -> recording's units
             out = out * out.new_tensor(self.config.target_std) + out.new_tensor(self.config.target_mean)
         return out

@@ -23,11 +23,13 @@ objectives, optimisers, schedules and logging (DESIGN.md 4, 10).
   check truly improves on it (:class:`~neurofm.tasks.callbacks.StartingPoint`: by more than two
   paired block-bootstrap SEs of the gain, ``SELECTION_SE``; the recipe starts the head
   at the band-power fit, with the token mean when it gains on blocked CV, or at the linear
-  probe without a band-power read-out: :func:`neurofm.recipes.barista.init_probe_head`). With
-  ``band_power_bands`` a :class:`~neurofm.models.barista.BandPowerReadout` (each channel's log
-  band power, linearly mapped) is added to the head's output and trains at the head's lr, and with
-  ``waveform_bins`` a :class:`~neurofm.models.barista.WaveformReadout` (each channel's evoked
-  waveform, linearly mapped) likewise. Early stopping on the
+  probe without a band-power read-out: :func:`neurofm.recipes.barista.init_probe_head`). The
+  head and read-outs are the exported model's (:func:`~neurofm.models.barista.finetune_heads`,
+  :func:`~neurofm.models.barista.head_output`): with ``band_power_bands`` a
+  :class:`~neurofm.models.barista.BandPowerReadout` (each channel's log band power, linearly
+  mapped) is added to the head's output and trains at the head's lr, and with ``waveform_bins`` a
+  :class:`~neurofm.models.barista.WaveformReadout` (each channel's evoked waveform, linearly
+  mapped) likewise. Early stopping on the
   monitored metric (patience 15) comes with the task (:meth:`configure_callbacks`).
 """
 
@@ -49,12 +51,9 @@ from neurofm.models.barista import (
     BaristaEncoder,
     BaristaFinetuned,
     BaristaFinetunedConfig,
-    BandPowerReadout,
-    ChannelReconstructionHead,
-    WaveformReadout,
     STATE_VERSION,
-    PooledHead,
-    TokenWeightingHead,
+    finetune_heads,
+    head_output,
     spatial_mask,
     upgrade_state_dict,
 )
@@ -258,32 +257,18 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             encoder = BaristaEncoder(encoder)
         self.encoder = encoder
         cfg = encoder.config
-        d = cfg.d_model
-        if task == "reconstruction":
-            self.head = ChannelReconstructionHead(cfg)
-            if pretrained_head is not None:
-                self.head.init_from_pretraining(pretrained_head)
-        else:
-            out_dim = n_classes if task == "classification" else target_dim
-            if head == "token_weighting":
-                if n_channels is None:
-                    raise ValueError("head='token_weighting' learns one weight per channel of a fixed layout: pass "
-                                     "n_channels (or use head='pooled' for layouts that differ across sessions)")
-                self.head = TokenWeightingHead(d, n_channels, cfg.n_patches, out_dim, head_dropout)
-            else:
-                self.head = PooledHead(d, out_dim, head_dropout)
-        self.band_power = None
-        if band_power_bands and task != "reconstruction":
-            if not n_channels:
-                raise ValueError("band_power_bands: the band-power read-out learns one weight per channel and band "
-                                 "of a fixed layout: pass n_channels")
-            self.band_power = BandPowerReadout(n_channels, cfg.sampling_rate, band_power_bands, out_dim)
-        self.waveform = None
-        if waveform_bins and task != "reconstruction":
-            if not n_channels:
-                raise ValueError("waveform_bins: the evoked-waveform read-out learns one weight per channel and bin "
-                                 "of a fixed layout: pass n_channels")
-            self.waveform = WaveformReadout(n_channels, waveform_bins, out_dim)
+        # the fine-tuned model this task trains and exports (export_model)
+        self.model_config = BaristaFinetunedConfig(
+            encoder=cfg, task=task, head=head, out_dim=n_classes if task == "classification" else target_dim,
+            n_channels=n_channels or 0, head_dropout=head_dropout, label_names=list(label_names),
+            target_mean=[float(v) for v in np.ravel(target_mean)] if target_mean is not None else [],
+            target_std=[float(v) for v in np.ravel(target_std)] if target_std is not None else [],
+            band_power_bands={str(k): [float(v[0]), float(v[1])] for k, v in (band_power_bands or {}).items()}
+            if task != "reconstruction" else {},
+            waveform_bins=int(waveform_bins or 0) if task != "reconstruction" else 0)
+        self.head, self.band_power, self.waveform = finetune_heads(self.model_config)
+        if pretrained_head is not None and task == "reconstruction":
+            self.head.init_from_pretraining(pretrained_head)
         if recon_mask_scale not in ("channel", "parcel", "lobe"):
             raise ValueError(f"recon_mask_scale must be channel, parcel or lobe, got {recon_mask_scale!r}")
         self.save_hyperparameters({
@@ -294,8 +279,8 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             "early_stopping_patience": early_stopping_patience, "label_names": list(label_names),
             "target_mean": None if target_mean is None else [float(v) for v in np.ravel(target_mean)],
             "target_std": None if target_std is None else [float(v) for v in np.ravel(target_std)],
-            "band_power_bands": None if self.band_power is None else {k: list(v) for k, v in self.band_power.bands.items()},
-            "waveform_bins": 0 if self.waveform is None else self.waveform.n_bins,
+            "band_power_bands": self.model_config.band_power_bands or None,
+            "waveform_bins": self.model_config.waveform_bins,
         })
         mean, std = self.target_scale()
         if task == "regression" and mean.numel() not in (1, target_dim):
@@ -347,12 +332,7 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
             mask = self.recon_mask(batch) if mask is None else mask
             h = self.encoder(batch, mask=mask, mask_token=self.head.mask_token)
             return self.head(h, mask)
-        h = self.encoder(batch)
-        out = self.head(h, batch.get("channel_mask"))
-        for readout in (self.band_power, self.waveform):
-            if readout is not None:
-                out = out + readout(batch["x"], batch.get("channel_mask")).to(out.dtype)
-        return out
+        return head_output(self.encoder, self.head, (self.band_power, self.waveform), batch)
 
     def _loss(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
               ) -> tuple[Tensor, Tensor, Tensor]:
@@ -507,22 +487,10 @@ class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
     def export_model(self) -> BaristaFinetuned:
         """This task's encoder and head as one :class:`~neurofm.models.barista.BaristaFinetuned`
         (weights copied; what ``save_pretrained`` writes), described by the task's settings."""
-        hp = self.hparams
-        out_dim = hp.n_classes if hp.task == "classification" else hp.target_dim
-        config = BaristaFinetunedConfig(encoder=self.encoder.config, task=hp.task, head=hp.head, out_dim=out_dim,
-                                        n_channels=hp.n_channels or 0, head_dropout=hp.head_dropout,
-                                        label_names=list(hp.get("label_names", [])),
-                                        target_mean=list(hp.get("target_mean") or []),
-                                        target_std=list(hp.get("target_std") or []),
-                                        band_power_bands=dict(hp.get("band_power_bands") or {}),
-                                        waveform_bins=int(hp.get("waveform_bins") or 0))
-        model = BaristaFinetuned(config)
-        model.encoder.load_state_dict(self.encoder.state_dict())
-        model.head.load_state_dict(self.head.state_dict())
-        if self.band_power is not None:
-            model.band_power.load_state_dict(self.band_power.state_dict())
-        if self.waveform is not None:
-            model.waveform.load_state_dict(self.waveform.state_dict())
+        model = BaristaFinetuned(self.model_config)
+        for name in ("encoder", "head", "band_power", "waveform"):
+            if getattr(self, name) is not None:
+                getattr(model, name).load_state_dict(getattr(self, name).state_dict())
         return model.to(next(self.parameters()).device)
 
     def configure_callbacks(self):
