@@ -103,6 +103,24 @@ def split_hemisphere(label: str) -> tuple[str | None, str]:
     return None, s
 
 
+_OTHER_SIDE = {"lh": "rh", "rh": "lh", "left": "right", "right": "left"}
+
+
+def homologue(label: Any) -> str | None:
+    """The same region in the other hemisphere, written the same way: ``'ctx_rh_G_front_sup' ->
+    'ctx_lh_G_front_sup'``, ``'Right-Hippocampus' -> 'Left-Hippocampus'``; None for a label
+    without a hemisphere."""
+    s = str(label).strip()
+    for pattern in (_CORTEX_PREFIX, _HEMI_PREFIX, _ASEG_PREFIX):
+        m = pattern.match(s)
+        if m:
+            side = m.group(1)
+            other = _OTHER_SIDE[side.lower()]
+            other = other.upper() if side.isupper() else other.capitalize() if side[0].isupper() else other
+            return s[:m.start(1)] + other + s[m.end(1):]
+    return None
+
+
 def label_to_lobe(label: Any, x_mm: float = float("nan")) -> int:
     """Index into :data:`LOBES` of a Destrieux / Desikan-Killiany / aseg label (0 = unknown).
 
@@ -229,6 +247,19 @@ class SpatialVocab:
         return SpatialVocab(self.parcels + [p for p in new if p not in self._index], self.atlas, self.spaces)
 
     # -- encoding ------------------------------------------------------------------------------
+    def parcel_index(self, label: Any) -> tuple[int, str | None]:
+        """``label``'s row (0: unknown) and, when the label itself is not in the vocabulary but
+        its other hemisphere's homologue is (a right-hemisphere subject of a model pretrained on
+        left-hemisphere implants), that homologue, whose row it takes: the same region's
+        embedding is a better prior than the unknown row white matter shares."""
+        if is_unknown_label(label):
+            return 0, None
+        label = str(label).strip()
+        if label in self._index:
+            return self._index[label], None
+        twin = homologue(label)
+        return (self._index[twin], twin) if twin in self._index else (0, None)
+
     def encode(self, channels, scale: str | None = None) -> dict[str, np.ndarray]:
         """Category indices of one session's channels.
 
@@ -258,13 +289,18 @@ class SpatialVocab:
         parcel = np.zeros(n, dtype=np.int64)
         col = find_atlas_column(channels.regions, self.atlas)
         unseen: set[str] = set()
+        borrowed: dict[str, str] = {}
         if col is not None:
             for i, label in enumerate(channels.regions[col]):
-                if not is_unknown_label(label):
-                    idx = self._index.get(str(label).strip(), 0)
-                    parcel[i] = idx
-                    if idx == 0:
-                        unseen.add(str(label).strip())
+                parcel[i], twin = self.parcel_index(label)
+                if twin is not None:
+                    borrowed[str(label).strip()] = twin
+                elif parcel[i] == 0 and not is_unknown_label(label):
+                    unseen.add(str(label).strip())
+        if borrowed:
+            warnings.warn(f"SpatialVocab: {len(borrowed)} {self.atlas} labels are not in the vocabulary but their "
+                          f"other hemisphere's are, whose rows they take ("
+                          + ", ".join(f"{a} -> {b}" for a, b in sorted(borrowed.items())[:3]) + ")", stacklevel=2)
         if unseen:
             warnings.warn(f"SpatialVocab: {len(unseen)} {self.atlas} labels are not in the vocabulary "
                           f"({sorted(unseen)[:5]}) and map to 0 (unknown); extend the vocabulary with "

@@ -555,22 +555,33 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
 
 def _warn_unlearned_parcels(vocab, channels: list, names: list) -> None:
     """A fine-tuning session's atlas labels that the pretrained model's parcel table lacks map to
-    the 'unknown' embedding (``SpatialVocab.encode`` says so, but the data modules silence it):
-    name them, with how many channels carry each."""
-    learned = set(vocab.parcels)
+    the 'unknown' embedding, or, when their other hemisphere's homologue is in the table, take
+    that one's (``SpatialVocab.parcel_index``; ``SpatialVocab.encode`` says so, but the data
+    modules silence it): name them, with how many channels carry each."""
     for path, ch in zip(names, channels):
         col = find_atlas_column(ch.regions, vocab.atlas)
         if col is None:
             continue  # no labels at all: _check_spatial_scales' own message
         labels = [str(x).strip() for x in ch.regions[col] if not is_unknown_label(x)]
-        new = {lab: labels.count(lab) for lab in sorted(set(labels) - learned)}
+        found = {lab: vocab.parcel_index(lab) for lab in sorted(set(labels))}
+        twins = {lab: twin for lab, (_, twin) in found.items() if twin is not None}
+        new = {lab: labels.count(lab) for lab, (idx, _) in found.items() if idx == 0}
+
+        def shown(labs):
+            labs = [f"{lab}{' -> ' + twins[lab] if lab in twins else ''} ({labels.count(lab)} ch)" for lab in labs]
+            return ", ".join(labs[:6]) + (f" ... (+{len(labs) - 6} more)" if len(labs) > 6 else "")
+
+        if twins:
+            warnings.warn(f"model.encode_scale: parcel: {sum(labels.count(lab) for lab in twins)} of {len(ch.names)} "
+                          f"channels of {Path(path).name} carry {vocab.atlas} labels the pretrained model saw only "
+                          f"in the other hemisphere ({shown(twins)}); they take that homologue's parcel embedding",
+                          stacklevel=3)
         if new:
-            shown = ", ".join(f"{lab} ({n} ch)" for lab, n in list(new.items())[:6]) + \
-                (f" ... (+{len(new) - 6} more)" if len(new) > 6 else "")
             warnings.warn(f"model.encode_scale: parcel: {sum(new.values())} of {len(ch.names)} channels of "
-                          f"{Path(path).name} carry {vocab.atlas} labels the pretrained model never saw ({shown}); "
-                          f"they get the 'unknown' parcel embedding, like white matter. Pretrain on recordings that "
-                          f"sample these parcels, or use a model that encodes by lobe or coordinates", stacklevel=3)
+                          f"{Path(path).name} carry {vocab.atlas} labels the pretrained model never saw "
+                          f"({shown(new)}); they get the 'unknown' parcel embedding, like white matter. Pretrain on "
+                          f"recordings that sample these parcels, or use a model that encodes by lobe or coordinates",
+                          stacklevel=3)
 
 
 def _warn_coordinate_spaces(cfg: RunConfig, vocab, channels: list, names: list) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from neurofm.atlas import (
-    LOBES, N_COORD_BINS, SpatialVocab, coords_to_bins, is_unknown_label, label_to_lobe, lobe_table,
+    LOBES, N_COORD_BINS, SpatialVocab, coords_to_bins, homologue, is_unknown_label, label_to_lobe, lobe_table,
 )
 from neurofm.data.session import Channels
 
@@ -115,6 +115,32 @@ def test_unseen_labels_warn_and_extend_keeps_indices():
     bigger = vocab.extend(new)
     assert bigger.parcels[:2] == vocab.parcels and bigger.parcels[2] == "ctx_rh_G_insular_short"
     assert bigger.encode(new)["parcel"].tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("label, twin", [
+    ("ctx_rh_G_front_sup", "ctx_lh_G_front_sup"), ("ctx-lh-insula", "ctx-rh-insula"),
+    ("Right-Hippocampus", "Left-Hippocampus"), ("left_amygdala", "right_amygdala"), ("RH.G_cuneus", "LH.G_cuneus"),
+    ("G_front_sup", None), ("Brain-Stem", None),
+])
+def test_homologue_swaps_the_hemisphere_in_the_labels_own_spelling(label, twin):
+    assert homologue(label) == twin
+
+
+def test_a_label_seen_only_in_the_other_hemisphere_takes_its_homologues_row():
+    """A right-hemisphere implant on a model pretrained on left-hemisphere ones: the unseen
+    ctx_rh_* labels took the unknown row (white matter's); their homologue's row is a better prior.
+    A label known itself keeps its own row, and one with no homologue stays unknown."""
+    vocab = SpatialVocab.from_channels(channels(["ctx_lh_G_front_sup", "ctx_lh_G_cuneus", "Right-Amygdala"]))
+    new = channels(["ctx_rh_G_cuneus", "Right-Amygdala", "ctx_rh_G_insular_short", "Left-Amygdala", "n/a"])
+    with pytest.warns(UserWarning) as rec:
+        got = vocab.encode(new)["parcel"].tolist()
+    cuneus, front, amyg = (vocab.parcel_index(x)[0] for x in ("ctx_lh_G_cuneus", "ctx_lh_G_front_sup",
+                                                               "Right-Amygdala"))
+    assert got == [cuneus, amyg, 0, amyg, 0] and 0 not in (cuneus, front, amyg)
+    assert vocab.parcel_index("ctx_rh_G_cuneus") == (cuneus, "ctx_lh_G_cuneus")
+    text = " ".join(str(w.message) for w in rec)
+    assert "2 destrieux labels are not in the vocabulary but their other hemisphere's are" in text
+    assert "ctx_rh_G_cuneus -> ctx_lh_G_cuneus" in text and "(['ctx_rh_G_insular_short'])" in text
 
 
 def test_error_only_when_no_channel_is_known():

@@ -608,3 +608,16 @@ def test_fine_tuning_names_atlas_labels_the_pretrained_model_never_saw(pretraine
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         recipe._check_spatial_scales(recipe.prepare(_finetune(pretrained, [sessions["home"]])))
+
+    def right_hemisphere(f):  # the same implant, seen as its mirror image (a right-hemisphere patient)
+        key = "destrieux"
+        labels = f[f"channels/region/{key}"][()].astype(object)
+        f[f"channels/region/{key}"][...] = [lab.replace(b"_lh_", b"_rh_").replace(b"Left-", b"Right-")
+                                            for lab in labels]
+
+    mirror = _edited_copy(sessions["new"], tmp_path / "mirror.h5", right_hemisphere)
+    with pytest.warns(UserWarning, match=r"model.encode_scale: parcel: \d+ of \d+ channels of mirror.h5 carry "
+                                         r"destrieux labels the pretrained model saw only in the other hemisphere "
+                                         r"\(Right-Hippocampus -> Left-Hippocampus \(\d+ ch\), ctx_rh_\S+ -> ctx_lh_\S+ \(\d+ ch\)\); "
+                                         r"they take that homologue's parcel embedding"):
+        recipe.preflight(recipe.prepare(_finetune(pretrained, [mirror])))
