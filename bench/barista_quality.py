@@ -603,6 +603,19 @@ def _timed_run(tree: dict, label: str) -> dict:
     return out
 
 
+def _refusable_run(tree: dict, label: str) -> dict:
+    """:func:`_timed_run`, or, when the recipe refuses the run before training (too few labelled
+    events for ``--label-fraction``), ``{"refused": the message, "metrics": {}, "baselines": {}}``:
+    a result of the bench, not a crash of it."""
+    from neurofm.config import ConfigError
+
+    try:
+        return _timed_run(tree, label)
+    except ConfigError as e:
+        print(f"    refused: {e}", flush=True)
+        return {"refused": str(e), "metrics": {}, "baselines": {}}
+
+
 def _last_val(run_dir: str) -> dict[str, float]:
     """The last validation row the run logged (val/loss, val/pred_std, val/target_std)."""
     path = Path(run_dir) / "logs" / "metrics.csv"
@@ -863,7 +876,8 @@ def _subjects_data(sessions: list[str], segment: tuple[float, int], batch_size: 
 
 def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epochs: int | None,
              seeds: list[int] | None, partial: Path | None = None, scales: tuple[str, ...] = SCALES,
-             reuse_pretrain: bool = False, ft_patience: int = 0, model_extra: dict | None = None) -> dict:
+             reuse_pretrain: bool = False, ft_patience: int = 0, model_extra: dict | None = None,
+             label_fraction: float = 1.0) -> dict:
     """Per seed: simulate subjects (:func:`neurofm.data.synthetic.simulate_ieeg_subjects`),
     pretrain at each encoding scale on all but the last, then fine-tune event detection and
     grip-force regression on the last (held out), from the pretrained encoder and from a random
@@ -873,7 +887,9 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
     ``pretrained/``) is read instead of run again. ``ft_patience`` > 0: fine-tunes keep the best
     validation checkpoint (the step-0 start included) and score it; 0: the final weights.
     ``model_extra``: model settings added to the pretraining runs' (e.g. ``token_scales``,
-    ``power_target``)."""
+    ``power_target``). ``label_fraction`` < 1: the fine-tunes label that fraction of the held-out
+    subject's training segments (``neurofm finetune --label-fraction``: 10 s chunks, the same
+    segments for both arms and every baseline; run folders ``...-lf0.2``)."""
     from neurofm.data.synthetic import simulate_ieeg_subjects
 
     seeds = seeds if seeds is not None else _subject_size("seeds", quick)
@@ -883,6 +899,7 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
     ft_epochs = _subject_size("finetune_epochs", quick, ft_epochs)
     segment = _subject_size("segment", quick)
     runs: dict[str, Any] = {}
+    few = f"-lf{label_fraction:g}" if label_fraction < 1 else ""
     for seed in seeds:
         folder = out / f"subjects_seed{seed}_{n_pre}x{pre_s:.0f}s_{held_s:.0f}s"
         paths = sorted(folder.glob("sub-*.h5"))
@@ -908,10 +925,10 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
             runs[f"{tag}/pretrain"] = pre
             for kind, data in (("classification", {"events": "word_onset"}), ("regression", {"target": "grip_force"})):
                 for arm, scratch in (("pretrained", False), ("random", True)):
-                    runs[f"{tag}/{kind}/{arm}"] = _timed_run(
+                    runs[f"{tag}/{kind}/{arm}"] = _refusable_run(
                         {"family": "barista", "seed": seed, "resume": "none",
-                         "run_dir": str(out / f"subj{seed}-{kind}-{arm}-{scale}"),
-                         "data": {**_subjects_data(held, segment), **data},
+                         "run_dir": str(out / f"subj{seed}-{kind}-{arm}-{scale}{few}"),
+                         "data": {**_subjects_data(held, segment), **data, "label_fraction": label_fraction},
                          "task": {"mode": "finetune", "finetune_task": kind, "pretrained": pre["pretrained_dir"],
                                   "from_scratch": scratch},
                          "trainer": {**_trainer(ft_epochs), "early_stopping_patience": ft_patience}},
@@ -932,12 +949,13 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                 f"(pretrained and random init alike, heads started as the recipe starts them: the band-power fit, "
                 f"the evoked waveform then the token mean added each when its blocked-CV gain over the start so "
                 f"far exceeds one paired SE; {scored}); held-out "
-                f"subject's test block: "
+                f"subject's test block; labels on {label_fraction:.0%} of the held-out subject's training "
+                f"segments: "
                 f"{first['data'].get('test_segments')} event segments (seed {seeds[0]}); {first['protocol']}")
     return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol,
             "budget": {"pretrain_epochs": pre_epochs, "finetune_epochs": ft_epochs, "layers": layers,
                        "n_pretrain_subjects": n_pre, "pretrain_s": pre_s, "heldout_s": held_s,
-                       "segment_s": segment[0], "n_patches": segment[1]}}
+                       "segment_s": segment[0], "n_patches": segment[1], "label_fraction": label_fraction}}
 
 
 def _seed_ci(values: list[float]) -> dict[str, Any]:
@@ -1038,7 +1056,8 @@ def start_table(runs: dict, seeds: list[int]) -> str:
     """Per fine-tune run: its test score [block-bootstrap 95% CI], the start ``init_probe_head``
     chose (each step the rule considered: the block added, its blocked-CV gain +- paired SE on the
     training segments, taken or not), and whether a validation check replaced the start."""
-    head = "| seed | scale | task | arm | test score [95% CI] | start | start rule steps (gain +- SE) | scored |"
+    head = ("| seed | scale | task | arm | labelled training segments | test score [95% CI] | start | start rule "
+            "steps (gain +- SE) | scored |")
     lines = [head, "|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|"]
     for key in sorted(k for k in runs if not k.endswith("/pretrain") and int(k.split("/")[0]) in seeds):
         seed, scale, kind, arm = key.split("/")
@@ -1053,7 +1072,12 @@ def start_table(runs: dict, seeds: list[int]) -> str:
         steps = steps or "-"
         sel = (r.get("training") or {}).get("selection") or {}
         scored = "start (step 0)" if sel.get("kept") == "start" else f"step {sel.get('selected_step', '?')}"
-        lines.append(f"| {seed} | {scale} | {kind} | {arm} | "
+        data = r.get("data") or {}
+        draw = data.get("label_draw") or {}
+        labelled = str(data.get("n_labelled_train_segments", data.get("train_segments", "?")))
+        if draw.get("per_class_labelled"):
+            labelled += " (" + ", ".join(f"{k} {v}" for k, v in draw["per_class_labelled"].items()) + ")"
+        lines.append(f"| {seed} | {scale} | {kind} | {arm} | {labelled} | "
                      + ("-" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
                      + f" | {start.get('features', '-')} | {steps} | {scored} |")
     return "\n".join(lines)
@@ -1107,6 +1131,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--power-positions", choices=("masked", "all"), default="masked",
                     help="subjects part, with --power-target: the tokens whose patch power is predicted (model."
                          "power_positions): the masked ones (default) or all real ones")
+    ap.add_argument("--label-fraction", type=float, default=1.0,
+                    help="subjects part: fine-tune on this fraction of the held-out subject's training labels "
+                         "(neurofm finetune --label-fraction; run folders get a -lfP suffix)")
     ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
                     help="subjects part: print one table over the seeds of these --json files (seeds run as "
                          "separate processes) and write it to --json; runs nothing")
@@ -1138,7 +1165,8 @@ def main(argv=None) -> dict:
                                        model_extra={**({"token_scales": True} if args.token_scales else {}),
                                                     **({"power_target": args.power_target,
                                                         "power_positions": args.power_positions}
-                                                       if args.power_target else {})} or None)
+                                                       if args.power_target else {})} or None,
+                                       label_fraction=args.label_fraction)
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")
