@@ -949,9 +949,9 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                 f"(pretrained and random init alike, heads started as the recipe starts them: the band-power fit, "
                 f"the evoked waveform then the token mean added each when its blocked-CV gain over the start so "
                 f"far exceeds one paired SE; {scored}); held-out "
-                f"subject's test block; labels on {label_fraction:.0%} of the held-out subject's training "
-                f"segments: "
-                f"{first['data'].get('test_segments')} event segments (seed {seeds[0]}); {first['protocol']}")
+                f"subject's test block: {first.get('data', {}).get('test_segments')} event segments (seed {seeds[0]}); "
+                f"labels on {label_fraction:.0%} of the held-out subject's training segments (10 s chunks, the "
+                f"same for both arms and every baseline); {first.get('protocol') or first.get('refused')}")
     return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol,
             "budget": {"pretrain_epochs": pre_epochs, "finetune_epochs": ft_epochs, "layers": layers,
                        "n_pretrain_subjects": n_pre, "pretrain_s": pre_s, "heldout_s": held_s,

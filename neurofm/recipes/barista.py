@@ -779,6 +779,19 @@ def _check_few_labels(cfg: RunConfig) -> None:
             raise ConfigError(f"data.label_fraction: {what}, per class {draw['per_class_labelled']} of "
                               f"{draw['per_class']}; the head and its start's blocked CV ({START_FOLDS} folds) need "
                               f"at least {need} labelled segments of every class, and {few} have fewer: {fix}")
+        # the logistic fits (the head's start, the band-power and waveform arms) choose their penalty on
+        # the last val_fraction of the labelled segments in time order: two classes there, every one before
+        seg = _segments(cfg, "train")
+        val = Logistic().val_fraction
+        n_fit = int(len(seg["label"]) * (1 - val))
+        names = seg["names"]
+        inner, held = (dict(zip(names, np.bincount(part, minlength=len(names)).tolist()))
+                       for part in (seg["label"][:n_fit], seg["label"][n_fit:]))
+        if min(inner.values()) == 0 or sum(c > 0 for c in held.values()) < 2:
+            raise ConfigError(f"data.label_fraction: {what}; the head's start and the logistic baselines choose their "
+                              f"penalty on the last {val:.0%} of the labelled training segments in time order, which "
+                              f"hold {held} (the segments before them {inner}): that needs two classes there and "
+                              f"every class before them: {fix}")
     elif draw["n_segments_labelled"] < 2 * need:
         raise ConfigError(f"data.label_fraction: {what}; the head and its start's blocked CV ({START_FOLDS} folds, an "
                           f"R2 per fold) need at least {2 * need} labelled segments: {fix}")
