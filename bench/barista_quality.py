@@ -534,6 +534,7 @@ folders (config.yaml, metrics.json, logs, pretrained models) stay under ``--out`
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 threads on a shared 2-core machine are far slower
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -877,7 +878,7 @@ def _subjects_data(sessions: list[str], segment: tuple[float, int], batch_size: 
 def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epochs: int | None,
              seeds: list[int] | None, partial: Path | None = None, scales: tuple[str, ...] = SCALES,
              reuse_pretrain: bool = False, ft_patience: int = 0, model_extra: dict | None = None,
-             label_fraction: float = 1.0) -> dict:
+             label_fraction: float = 1.0, heldout_s: float | None = None) -> dict:
     """Per seed: simulate subjects (:func:`neurofm.data.synthetic.simulate_ieeg_subjects`),
     pretrain at each encoding scale on all but the last, then fine-tune event detection and
     grip-force regression on the last (held out), from the pretrained encoder and from a random
@@ -889,17 +890,21 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
     ``model_extra``: model settings added to the pretraining runs' (e.g. ``token_scales``,
     ``power_target``). ``label_fraction`` < 1: the fine-tunes label that fraction of the held-out
     subject's training segments (``neurofm finetune --label-fraction``: 10 s chunks, the same
-    segments for both arms and every baseline; run folders ``...-lf0.2``)."""
+    segments for both arms and every baseline; run folders ``...-lf0.2``). ``heldout_s``: the
+    held-out subject's length in place of the budget's (the pretraining subjects are the same files:
+    every subject draws from its own seed; run folders ``...-h600``)."""
     from neurofm.data.synthetic import simulate_ieeg_subjects
 
     seeds = seeds if seeds is not None else _subject_size("seeds", quick)
     n_pre = _subject_size("n_pretrain_subjects", quick)
-    pre_s, held_s = _subject_size("pretrain_s", quick), _subject_size("heldout_s", quick)
+    pre_s, held_s = _subject_size("pretrain_s", quick), _subject_size("heldout_s", quick, heldout_s)
     pre_epochs = _subject_size("pretrain_epochs", quick, pre_epochs)
     ft_epochs = _subject_size("finetune_epochs", quick, ft_epochs)
     segment = _subject_size("segment", quick)
     runs: dict[str, Any] = {}
     few = f"-lf{label_fraction:g}" if label_fraction < 1 else ""
+    if heldout_s is not None and heldout_s != _subject_size("heldout_s", quick):
+        few = f"-h{heldout_s:g}{few}"
     for seed in seeds:
         folder = out / f"subjects_seed{seed}_{n_pre}x{pre_s:.0f}s_{held_s:.0f}s"
         paths = sorted(folder.glob("sub-*.h5"))
@@ -1077,6 +1082,13 @@ def start_table(runs: dict, seeds: list[int]) -> str:
         labelled = str(data.get("n_labelled_train_segments", data.get("train_segments", "?")))
         if draw.get("per_class_labelled"):
             labelled += " (" + ", ".join(f"{k} {v}" for k, v in draw["per_class_labelled"].items()) + ")"
+        if r.get("refused"):  # refused before training (too few labelled events): the counts it gave
+            n = re.search(r"(\d+) of \d+ training segments", r["refused"])
+            per = re.search(r"per class (\{[^}]*\})", r["refused"]) or re.search(r"which hold (\{[^}]*\})",
+                                                                                 r["refused"])
+            labelled = (n.group(1) if n else "?") + (f" {per.group(1)}" if per else "")
+            lines.append(f"| {seed} | {scale} | {kind} | {arm} | {labelled} | refused before training | - | - | - |")
+            continue
         lines.append(f"| {seed} | {scale} | {kind} | {arm} | {labelled} | "
                      + ("-" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
                      + f" | {start.get('features', '-')} | {steps} | {scored} |")
@@ -1134,6 +1146,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--label-fraction", type=float, default=1.0,
                     help="subjects part: fine-tune on this fraction of the held-out subject's training labels "
                          "(neurofm finetune --label-fraction; run folders get a -lfP suffix)")
+    ap.add_argument("--heldout-s", type=float, default=None,
+                    help="subjects part: the held-out subject's length (s) in place of the budget's (the pretraining "
+                         "subjects stay the same files; fine-tune run folders get a -hS suffix)")
     ap.add_argument("--tabulate", type=Path, nargs="+", default=None, metavar="JSON",
                     help="subjects part: print one table over the seeds of these --json files (seeds run as "
                          "separate processes) and write it to --json; runs nothing")
@@ -1166,7 +1181,7 @@ def main(argv=None) -> dict:
                                                     **({"power_target": args.power_target,
                                                         "power_positions": args.power_positions}
                                                        if args.power_target else {})} or None,
-                                       label_fraction=args.label_fraction)
+                                       label_fraction=args.label_fraction, heldout_s=args.heldout_s)
     results["wall_time_s"] = round(time.time() - t0, 1)
     if "simulated" in results:
         print("\n## Simulated sEEG: event detection (test block)\n")
