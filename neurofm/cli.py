@@ -730,7 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = add("finetune", help="fine-tune a pretrained model on new recordings")
     finetune_args(f)
     f.add_argument("--label-fraction", type=float, default=1.0,
-                   help="fraction of training windows with behaviour labels (few-shot), in contiguous chunks")
+                   help="fraction of training windows (spikes) or segments (iEEG: classify / regress) with labels "
+                        "(few-shot), in contiguous chunks (data.label_chunk_s, 10 s)")
     f.add_argument("--freeze-backbone", action="store_true", help="train the heads (and new unit rows) only")
     f.add_argument("--from-scratch", action="store_true",
                    help="the same model shape and recipe from random init (the pretrained-vs-scratch control; the "
@@ -751,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print metrics, baselines and protocol as one JSON document (the full record is "
                         "OUT/metrics.json either way) instead of the summary finetune prints")
     e.add_argument("--label-fraction", type=float,
-                   help="labelled training windows the baselines (ridge) fit, as in finetune (default: the "
+                   help="labelled training windows / segments the baselines fit, as in finetune (default: the "
                         "fine-tuning run's, from RUN/config.yaml beside the pretrained folder, else 1.0)")
     e.set_defaults(func=_cmd_evaluate)
 

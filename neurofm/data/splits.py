@@ -17,6 +17,7 @@ spike windows): blocks cannot express a set of windows whose histories overlap.
 from __future__ import annotations
 
 import math
+import pathlib
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
@@ -389,3 +390,65 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+@dataclass(frozen=True)
+class LabelDraw:
+    """The few-shot label draw of a run: :func:`labelled_windows` with this ``fraction``,
+    ``chunk_s`` and ``seed`` (what :class:`FewShotSplit` cuts the training blocks to)."""
+
+    fraction: float
+    chunk_s: float
+    seed: int
+
+    def __call__(self, session, end) -> np.ndarray:
+        """``(n,)`` bool: which windows (session index, end time in s) are labelled."""
+        return labelled_windows(session, end, self.fraction, self.chunk_s, self.seed)
+
+
+class FewShotSplit:
+    """Few-shot fine-tuning: the ``train`` split keeps only labelled windows (or segments).
+
+    :func:`labelled_windows` labels a window when its end time falls in a drawn chunk
+    (``subset``: the draw's ``fraction``, ``chunk_s`` and ``seed``, e.g.
+    :class:`~neurofm.tasks.neuroformer.LabelSubset`). With behaviour (or a BaRISTA head's
+    classification / regression loss) as the only objective every other training window carries no
+    loss, yet costs a forward and backward pass and an optimizer step on zero gradients (in
+    which AdamW still moves the weights, by momentum and decay). So ``train`` is the training
+    blocks cut to the labelled chunks (the windows ending in chunk ``c`` read
+    ``[c * chunk_s - before, (c + 1) * chunk_s + after)``), and the extra ``train_all`` keeps the
+    whole training block for the baselines (ridge with every label) and the unigram null.
+    ``paths``: the data module's session files, in order (the draw is per session index).
+    ``before``: how far a window reaches back from its end (spikes: current + previous window;
+    a BaRISTA segment: its length, so a segment is kept exactly when its end falls in a drawn
+    chunk).
+    """
+
+    def __init__(self, base, subset, paths: list[str], *, before: float, after: float = 0.0):
+        self.base, self.subset, self.before, self.after = base, subset, float(before), float(after)
+        self.index = {str(pathlib.Path(p).resolve()): i for i, p in enumerate(paths)}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base.names)
+
+    def __call__(self, session) -> dict:
+        blocks = dict(self.base(session))
+        train = blocks["train"]
+        chunk_s = self.subset.chunk_s
+        chunks = np.arange(math.floor(session.t_start / chunk_s), math.floor(session.t_end / chunk_s) + 1)
+        s_idx = self.index[str(pathlib.Path(session.path).resolve())]
+        keep = labelled_windows(np.full(len(chunks), s_idx), (chunks + 0.5) * chunk_s, self.subset.fraction, chunk_s,
+                                self.subset.seed)
+        c = chunks[keep]
+        if len(c):  # one block per run of consecutive labelled chunks
+            first = np.concatenate([[True], np.diff(c) != 1])
+            last = np.concatenate([np.diff(c) != 1, [True]])
+            lab_start, lab_end = c[first] * chunk_s - self.before, (c[last] + 1) * chunk_s - 1e-6 + self.after
+        else:
+            lab_start = lab_end = np.zeros(0)
+        start = np.maximum(train.start[:, None], lab_start[None, :]).ravel()
+        end = np.minimum(train.end[:, None], lab_end[None, :]).ravel()
+        ok = end > start
+        blocks["train_all"], blocks["train"] = train, Intervals(start[ok], end[ok])
+        return blocks

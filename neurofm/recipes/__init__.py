@@ -137,3 +137,73 @@ def time_pretraining(cfg, task, loader, loss: Callable, n_steps: int = 3) -> dic
             "batch_size": int(cfg.data.batch_size), "steps_per_epoch": int(per_epoch), "steps": int(steps),
             "threads": int(threads), "seconds_per_step": per_step, "measured_steps": len(times),
             "estimate_s": steps * per_step, "long_s": LONG_PRETRAINING_S}
+
+
+# -- few-shot labels (--label-fraction): the draw of every family, in words ---------------------
+
+
+def label_draw(fraction: float, chunk_s: float, seed: int, session, end, scored=None, *,
+               unit: str = "windows") -> dict:
+    """What ``--label-fraction`` drew on these training windows or segments (``session`` index,
+    ``end`` time in s; ``unit`` names them in the keys): the ``chunk_s`` chunks of
+    :func:`~neurofm.data.splits.labelled_windows`' stratified draw, so the share of labelled
+    ones is the fraction asked for to within two chunks (an independent draw per chunk, before,
+    labelled 2 chunks of a 512 s training block, 400 of 10,186 windows (3.9%), which the report
+    called "10%").
+
+    ``scored``: (W,) bool, the training windows whose labels count (the moving ones when moving
+    windows are scored). When some are not, the draw also gives how many of them were labelled
+    (``n_scored_windows``, ``n_scored_labelled``, ``scored_share``): the chunks are drawn blind to
+    movement, so the labels that train every arm can be fewer than the fraction says (the
+    independent draw once labelled 26 of an open-field session's 1,846 moving training windows,
+    1.4%; the stratified draw spreads chunks over run and rest alike)."""
+    import numpy as np
+
+    from neurofm.data.splits import labelled_windows
+
+    session, end = np.asarray(session, dtype=np.int64), np.asarray(end, dtype=np.float64)
+    keep = labelled_windows(session, end, fraction, chunk_s, seed)
+    key = list(zip(session.tolist(), np.floor(end / chunk_s).astype(np.int64).tolist()))
+    chunks, drawn = set(key), {c for c, k in zip(key, keep.tolist()) if k}
+    n = int(len(keep))
+    out = {"requested": float(fraction), "n_chunks": len(chunks), "n_chunks_labelled": len(drawn),
+           f"n_{unit}": n, f"n_{unit}_labelled": int(keep.sum()), "share": float(keep.mean()) if n else 0.0}
+    if scored is not None and not np.asarray(scored, dtype=bool).all():
+        scored = np.asarray(scored, dtype=bool)
+        n_scored = int(scored.sum())
+        out.update(n_scored_windows=n_scored, n_scored_labelled=int((keep & scored).sum()),
+                   scored_share=float((keep & scored).sum() / n_scored) if n_scored else 0.0)
+    return out
+
+
+def draw_rule(fraction: float, chunk_s: float) -> str:
+    """The stratified label draw of :func:`~neurofm.data.splits.labelled_windows` in words."""
+    if fraction > 0.5:
+        return f"every chunk labelled but one at a seeded place in every {chunk_s / (1 - fraction):g} s"
+    return f"one chunk labelled at a seeded place in every {chunk_s / fraction:g} s"
+
+
+def label_draw_text(draw: dict, chunk_s: float, unit: str = "windows") -> str:
+    """:func:`label_draw`'s result in words."""
+    text = (f"{draw['n_chunks_labelled']} of {draw['n_chunks']} {chunk_s:g} s chunks drawn: "
+            f"{draw[f'n_{unit}_labelled']:,} of {draw[f'n_{unit}']:,} training {unit} ({draw['share']:.1%})")
+    if "scored_share" in draw:
+        text += (f", {draw['n_scored_labelled']:,} of the {draw['n_scored_windows']:,} scored (moving) ones "
+                 f"({draw['scored_share']:.1%})")
+    return text
+
+
+def finetuned_labels(pretrained, family: str) -> dict | None:
+    """The label draw of the ``family`` fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
+    beside ``RUN/config.yaml``): ``{"label_fraction", "seed", "label_chunk_s", "config"}``, or
+    None when the folder is not a fine-tuning run's (then the baselines use every label).
+    ``neurofm evaluate`` fits its baselines on these labels, as the fine-tuning run did."""
+    from neurofm.config import finetuning_run
+
+    found = finetuning_run(pretrained, family)
+    if found is None:
+        return None
+    path, run = found
+    data = run.get("data") or {}
+    return {"label_fraction": float(data.get("label_fraction", 1.0)), "seed": int(run.get("seed", 0)),
+            "label_chunk_s": float(data.get("label_chunk_s", 10.0)), "config": str(path)}

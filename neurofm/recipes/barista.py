@@ -43,7 +43,9 @@ from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import WAVEFORM_BINS, BaristaConfig, BaristaEncoder, TokenWeightingHead, evoked_waveform
-from neurofm.recipes import ensure_sessions, progress, quiet_preparation, session_paths, time_pretraining
+from neurofm.recipes import (draw_rule, ensure_sessions, label_draw, label_draw_text, progress, quiet_preparation,
+                             session_paths, time_pretraining)
+from neurofm.recipes import finetuned_labels as _finetuned_labels
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
@@ -52,7 +54,7 @@ from neurofm.evaluation import blocked_oof
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import IEEGSegmenter, Preprocessing, recording_mains
 from neurofm.data.session import Session, event_label
-from neurofm.data.splits import TimeBlockSplit
+from neurofm.data.splits import FewShotSplit, LabelDraw, TimeBlockSplit, labelled_windows
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
@@ -102,6 +104,11 @@ class IEEGDataConfig:
     # '(no event)' segments)
     labels: list[str] = field(default_factory=list)
     target: str = ""  # /behavior/<name> for regression
+    # fine-tuning with few labels (--label-fraction): only the training segments whose end falls in a
+    # drawn chunk of label_chunk_s seconds are labelled (neurofm.data.splits.labelled_windows, the
+    # spike side's stratified draw); the model, its start and every baseline fit those segments only
+    label_fraction: float = 1.0
+    label_chunk_s: float = 10.0
     batch_size: int = 8
     num_workers: int = 0
     streaming: bool = False
@@ -420,6 +427,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
                                   f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
     _check_spatial_scales(cfg)
+    _check_few_labels(cfg)
     splits = ("train", "valid", "test") if training else ("test",)
     locked = bool(events)
 
@@ -671,9 +679,133 @@ def _segmenter(cfg: RunConfig, segment_s: float | None = None):
                          drop_non_grey=bool(d.drop_non_grey))
 
 
-def _splits(cfg: RunConfig):
+def _splits(cfg: RunConfig, *, few_shot: bool = True):
+    """The run's train / valid / test blocks; with few labels (:func:`_few_shot`) the training
+    blocks cut to the drawn chunks (:class:`~neurofm.data.splits.FewShotSplit`: a segment is kept
+    when its end falls in one), so the model, its start and every baseline read the labelled
+    segments only (``few_shot=False``: every training segment, for the draw's counts)."""
     s = cfg.data.split
-    return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+    split = TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+    if few_shot and _few_shot(cfg):
+        d = cfg.data
+        # a segment ending exactly where a chunk ends is in the next chunk (labelled_windows floors the
+        # end time): `after` takes it out past the segment grid's float slack (grid_runs: 1e-6 strides)
+        split = FewShotSplit(split, LabelDraw(d.label_fraction, d.label_chunk_s, cfg.seed), session_paths(d),
+                             before=d.segment_s, after=-2e-6 * (d.stride_s or d.segment_s))
+    return split
+
+
+def _few_shot(cfg: RunConfig) -> bool:
+    """A classification / regression fine-tune whose labels are a fraction of the training segments."""
+    return (cfg.task.mode == "finetune" and cfg.task.finetune_task in ("classification", "regression")
+            and cfg.data.label_fraction < 1.0)
+
+
+def finetuned_labels(pretrained) -> dict[str, Any] | None:
+    """The label draw of the BaRISTA fine-tuning run that wrote ``pretrained``
+    (:func:`neurofm.recipes.finetuned_labels`); None when the folder is not one. ``neurofm
+    evaluate`` fits its baselines on those segments, as the fine-tuning run did."""
+    return _finetuned_labels(pretrained, "barista")
+
+
+#: Few labels: the fewest labelled training segments of each class (classification) or in all
+#: (regression, twice as many: an R2 per fold needs two) for the head's start, whose blocked CV has
+#: START_FOLDS contiguous folds: one segment of every class per fold on average.
+MIN_LABELLED_PER_CLASS_FOLDS = 1
+
+
+def _segments(cfg: RunConfig, split: str, *, few_shot: bool = True) -> dict[str, np.ndarray]:
+    """The segments of ``split`` without reading them: ``session`` (index), ``end`` (s) and
+    ``label`` (-1: none) each ``(n,)``, and the class ``names`` in label order."""
+    d = cfg.data
+    kind = cfg.task.finetune_task
+    events = d.events if kind == "classification" else ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no segment fits split X": the callers say it when it matters
+        ds = IEEGSegmentDataset(session_paths(d), _segmenter(cfg), split, splits=_splits(cfg, few_shot=few_shot),
+                                stride_s=d.stride_s or None, spatial_vocab=None, events=events or None,
+                                event_locked=bool(events), label_map=label_map(cfg) if events else None)
+    index = ds.index
+    t0 = np.concatenate([index.anchors(r) for r in range(index.n_runs)]) if index.n_runs else np.zeros(0)
+    names = sorted(ds.reader.label_map or {}, key=(ds.reader.label_map or {}).get)
+    return {"session": np.repeat(index.session, index.count), "end": t0 + d.segment_s,
+            "label": np.repeat(index.label, index.count), "names": names}
+
+
+def few_shot_draw(cfg: RunConfig) -> dict | None:
+    """What ``--label-fraction`` drew on the training segments (None with every label):
+    :func:`neurofm.recipes.label_draw` over every training segment (``n_segments``,
+    ``n_segments_labelled``, chunks, ``share``) and, for classification, per class
+    (``per_class``, ``per_class_labelled``)."""
+    if not _few_shot(cfg):
+        return None
+    d = cfg.data
+    seg = _segments(cfg, "train", few_shot=False)
+    draw = label_draw(d.label_fraction, d.label_chunk_s, cfg.seed, seg["session"], seg["end"], unit="segments")
+    if cfg.task.finetune_task == "classification":
+        keep = labelled_windows(seg["session"], seg["end"], d.label_fraction, d.label_chunk_s, cfg.seed)
+        lab = seg["label"]
+        draw["per_class"] = {n: int((lab == k).sum()) for k, n in enumerate(seg["names"])}
+        draw["per_class_labelled"] = {n: int(((lab == k) & keep).sum()) for k, n in enumerate(seg["names"])}
+    return draw
+
+
+def _few_shot_text(cfg: RunConfig, draw: dict) -> str:
+    """The draw in the protocol line's words."""
+    d = cfg.data
+    text = (f"labels on {d.label_fraction:.0%} of the training segments ({d.label_chunk_s:g} s chunks, seed "
+            f"{cfg.seed}; {draw_rule(d.label_fraction, d.label_chunk_s)}: "
+            f"{label_draw_text(draw, d.label_chunk_s, unit='segments')}")
+    if "per_class_labelled" in draw:
+        text += "; labelled per class " + ", ".join(f"{n} {draw['per_class_labelled'][n]} of {draw['per_class'][n]}"
+                                                    for n in draw["per_class"])
+    return text + ("), the same segments for the model, its start's blocked CV and every baseline; validation and "
+                   "test segments untouched")
+
+
+def _check_few_labels(cfg: RunConfig) -> None:
+    """Few labels: the setting in range, chunks longer than a segment, and enough labelled
+    training segments for the head's start (per class for classification), before any step."""
+    d = cfg.data
+    if not 0 < d.label_fraction <= 1:
+        raise ConfigError(f"data.label_fraction: {d.label_fraction:g} is not in (0, 1]; --label-fraction 0.2 labels "
+                          f"a fifth of the training segments")
+    if not _few_shot(cfg):
+        if d.label_fraction < 1 and cfg.task.mode == "finetune":
+            raise ConfigError(f"data.label_fraction: {d.label_fraction:g}, but a {cfg.task.finetune_task} fine-tune "
+                              f"has no labels to draw; --label-fraction is for classify and regress")
+        return
+    if not d.label_chunk_s > d.segment_s:
+        raise ConfigError(f"data.label_chunk_s: {d.label_chunk_s:g} s, but segments are {d.segment_s:g} s long; "
+                          f"labels are drawn in chunks longer than a segment (the default 10 s)")
+    draw = few_shot_draw(cfg)
+    need = START_FOLDS * MIN_LABELLED_PER_CLASS_FOLDS
+    fix = (f"raise --label-fraction (now {d.label_fraction:g}), give the training block more time (data.split.* "
+           f"fractions) or use a longer recording")
+    what = (f"--label-fraction {d.label_fraction:g} labelled {label_draw_text(draw, d.label_chunk_s, unit='segments')}"
+            f" (seed {cfg.seed})")
+    if "per_class_labelled" in draw:
+        few = {n: c for n, c in draw["per_class_labelled"].items() if c < need}
+        if few:
+            raise ConfigError(f"data.label_fraction: {what}, per class {draw['per_class_labelled']} of "
+                              f"{draw['per_class']}; the head and its start's blocked CV ({START_FOLDS} folds) need "
+                              f"at least {need} labelled segments of every class, and {few} have fewer: {fix}")
+        # the logistic fits (the head's start, the band-power and waveform arms) choose their penalty on
+        # the last val_fraction of the labelled segments in time order: two classes there, every one before
+        seg = _segments(cfg, "train")
+        val = Logistic().val_fraction
+        n_fit = int(len(seg["label"]) * (1 - val))
+        names = seg["names"]
+        inner, held = (dict(zip(names, np.bincount(part, minlength=len(names)).tolist()))
+                       for part in (seg["label"][:n_fit], seg["label"][n_fit:]))
+        if min(inner.values()) == 0 or sum(c > 0 for c in held.values()) < 2:
+            raise ConfigError(f"data.label_fraction: {what}; the head's start and the logistic baselines choose their "
+                              f"penalty on the last {val:.0%} of the labelled training segments in time order, which "
+                              f"hold {held} (the segments before them {inner}): that needs two classes there and "
+                              f"every class before them: {fix}")
+    elif draw["n_segments_labelled"] < 2 * need:
+        raise ConfigError(f"data.label_fraction: {what}; the head and its start's blocked CV ({START_FOLDS} folds, an "
+                          f"R2 per fold) need at least {2 * need} labelled segments: {fix}")
 
 
 def _warn_mixed_marker_kinds(path, events: str, labels: set[str], setting: str) -> None:
@@ -1176,6 +1308,9 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
                     freeze_backbone: bool = False, overrides: list[str] = (), from_scratch: bool = False) -> RunConfig:
     """A fine-tuning run of a pretrained BaRISTA encoder on ``sessions`` (or, for ``neurofm
     evaluate``, of a fine-tuned folder: ``task`` then defaults to the folder's own).
+    ``label_fraction`` < 1 (classify / regress): only the training segments whose end falls in a
+    drawn ``data.label_chunk_s`` chunk are labelled (the spike side's draw), and the model, its
+    start and every baseline fit those (``--from-scratch`` of the same seed: the same segments).
     ``from_scratch``: the same model shape and spatial vocabulary, randomly initialised: what
     pretraining adds."""
     meta = pretrained_config(pretrained)
@@ -1188,11 +1323,15 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
         raise ConfigError("BaRISTA classification needs --events NAME (a /events/<name> of the data)")
     if kind == "regression" and len(behavior) != 1:
         raise ConfigError("BaRISTA regression needs exactly one --behavior NAME")
-    if label_fraction != 1.0 or freeze_backbone:
-        raise ConfigError("BaRISTA fine-tuning does not take --label-fraction or --freeze-backbone (the CNN is "
-                          "frozen by default: task.freeze_cnn)")
+    if freeze_backbone:
+        raise ConfigError("BaRISTA fine-tuning does not take --freeze-backbone (the CNN is frozen by default: "
+                          "task.freeze_cnn)")
+    if label_fraction != 1.0 and kind == "reconstruction":
+        raise ConfigError("--label-fraction: reconstruction has no labels to draw; it is for --task classify and "
+                          "regress")
     base = {"family": "barista", "run_dir": run_dir or f"runs/finetune-{Path(sessions[0]).stem}",
-            "data": {"sessions": list(sessions), "events": events or "", "target": behavior[0] if behavior else ""},
+            "data": {"sessions": list(sessions), "events": events or "", "target": behavior[0] if behavior else "",
+                     "label_fraction": float(label_fraction)},
             "task": {"mode": "finetune", "finetune_task": kind, "pretrained": str(pretrained),
                      "from_scratch": bool(from_scratch)},
             "trainer": {"max_epochs": 30, "early_stopping_patience": 15}}
@@ -1621,7 +1760,8 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     notes.update({name: "same segments, the model's input" for name in others})
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
-                                  segment_s=cfg.data.segment_s, notes=notes)
+                                  segment_s=cfg.data.segment_s, notes=notes, label_fraction=cfg.data.label_fraction,
+                                  n_fitted=int(len(train["y"])))
     more = [_plain_line(report, MODEL_ARM, name, len(y)) for name in others]
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
@@ -1633,6 +1773,10 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         metrics["test_pearson_r"] = float(np.mean(pearson_r(y, test["pred"], multioutput="raw_values")))
         data.update(test_segments=int(len(y)), target=cfg.data.target)
     data["train_segments"] = int(len(train["y"]))
+    draw = few_shot_draw(cfg)
+    if draw is not None:
+        data.update(label_fraction=float(cfg.data.label_fraction), label_draw=draw,
+                    n_labelled_train_segments=int(len(train["y"])))
     limitations = [x for x in [line, *more, untrained] if x]
     _decode_plots(cfg, dm, run_dir, arms, y, test, report, baseline, probe, names if classify else None)
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
@@ -1643,7 +1787,9 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                     f"in {WAVEFORM_BINS} bins, logistic, penalty chosen likewise" if others else "")
                  + f"; {report.confidence:.0%} CIs "
                  f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period"
-                 + (f"; {untrained}" if untrained else ""))
+                 + (f"; {untrained}" if untrained else "")
+                 + (f"; {_few_shot_text(cfg, draw)}" if draw is not None else
+                    "; labels on every training segment (100%), for every arm"))
 
     if started:
         protocol += f"; {started}"
@@ -1678,7 +1824,8 @@ def _start_line(start: dict, arm: str | None) -> str:
 
 
 def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,
-                   baseline: str, seed: int, segment_s: float, notes: dict | None = None, protocol: str = ""):
+                   baseline: str, seed: int, segment_s: float, notes: dict | None = None, protocol: str = "",
+                   label_fraction: float = 1.0, n_fitted: int | None = None):
     """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
     contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`; the
     report's ``block_s`` is their mean length, :func:`~neurofm.evaluation_ieeg.block_span_s`, for
@@ -1689,7 +1836,7 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
     rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
                         scored=f"all {len(y)} test segments, in blocks of equal segment count (their mean length)",
                         block_s=round(span, 3) if np.isfinite(span) else None,
-                        notes=notes, protocol=protocol, seed=seed)
+                        notes=notes, protocol=protocol, seed=seed, label_fraction=label_fraction, n_fitted=n_fitted)
     return rep, _plain_line(rep, reference, baseline, len(y))
 
 

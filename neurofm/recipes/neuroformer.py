@@ -36,18 +36,20 @@ import numpy as np
 import torch
 
 from neurofm.atomic import atomic_write
-from neurofm.config import ConfigError, finetuning_run, from_dict
+from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import ANGLE_UNITS, Session, SessionWriter, mm_per_unit
 from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, NeuroformerConfig, window_count_features
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.recipes import ensure_sessions, progress, quiet_preparation, session_paths, time_pretraining
+from neurofm.recipes import (draw_rule, ensure_sessions, label_draw_text, progress, quiet_preparation, session_paths,
+                             time_pretraining)
+from neurofm.recipes import finetuned_labels as _finetuned_labels, label_draw as _label_draw
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
 from neurofm.baselines import PoissonBayesDecoder, Ridge
 from neurofm.data.datasets import WithinBinShuffle, behavior_features, split_blocks
-from neurofm.data.splits import Intervals, TimeBlockSplit, grid_runs
+from neurofm.data.splits import FewShotSplit, TimeBlockSplit, grid_runs
 from neurofm.data.synthetic import simulate_spikes
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
                                     log_orderings, spikes_per_window, window_count_percentiles)
@@ -476,17 +478,10 @@ def finetune_config(pretrained: str, sessions: list[str], *, behavior: list[str]
 
 
 def finetuned_labels(pretrained) -> dict[str, Any] | None:
-    """The label draw of the fine-tuning run that wrote ``pretrained`` (``RUN/pretrained``
-    beside ``RUN/config.yaml``): ``{"label_fraction", "seed", "label_chunk_s", "config"}``, or
-    None when the folder is not a fine-tuning run's (then ridge uses every label). ``neurofm
+    """The label draw of the Neuroformer fine-tuning run that wrote ``pretrained``
+    (:func:`neurofm.recipes.finetuned_labels`); None when the folder is not one. ``neurofm
     evaluate`` fits its ridge on these windows, as the fine-tuning run did."""
-    found = finetuning_run(pretrained, "neuroformer")
-    if found is None:
-        return None
-    path, run = found
-    data = run.get("data") or {}
-    return {"label_fraction": float(data.get("label_fraction", 1.0)), "seed": int(run.get("seed", 0)),
-            "label_chunk_s": float(data.get("label_chunk_s", 10.0)), "config": str(path)}
+    return _finetuned_labels(pretrained, "neuroformer")
 
 
 # -- which windows behaviour is scored on (test AND validation) ----------------------------------
@@ -932,48 +927,6 @@ def _cut_to(cfg: RunConfig) -> str:
     """Which training windows the recipe's ``train`` split keeps: "labelled", "moving",
     "labelled moving" (:class:`FewShotSplit`, :class:`MovingSplit`), or "" (every one)."""
     return " ".join(k for k, on in (("labelled", _few_shot_fit(cfg)), ("moving", _moving_fit(cfg))) if on)
-
-
-class FewShotSplit:
-    """Few-shot fine-tuning on behaviour alone: the ``train`` split keeps only labelled windows.
-
-    :class:`~neurofm.tasks.neuroformer.LabelSubset` labels a window when its end time falls in
-    a drawn chunk. With behaviour as the only objective every other training window carries no
-    loss, yet costs a forward and backward pass and an optimizer step on zero gradients (in
-    which AdamW still moves the weights, by momentum and decay). So ``train`` is the training
-    blocks cut to the labelled chunks (the windows ending in chunk ``c`` read
-    ``[c * chunk_s - before, (c + 1) * chunk_s + after)``), and the extra ``train_all`` keeps the
-    whole training block for the baselines (ridge with every label) and the unigram null.
-    ``paths``: the data module's session files, in order (LabelSubset draws per session index).
-    """
-
-    def __init__(self, base, subset, paths: list[str], *, before: float, after: float = 0.0):
-        self.base, self.subset, self.before, self.after = base, subset, float(before), float(after)
-        self.index = {str(Path(p).resolve()): i for i, p in enumerate(paths)}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.base.names)
-
-    def __call__(self, session) -> dict:
-        blocks = dict(self.base(session))
-        train = blocks["train"]
-        chunk_s = self.subset.chunk_s
-        chunks = np.arange(math.floor(session.t_start / chunk_s), math.floor(session.t_end / chunk_s) + 1)
-        s_idx = self.index[str(Path(session.path).resolve())]
-        keep = self.subset(torch.full((len(chunks),), s_idx), torch.as_tensor((chunks + 0.5) * chunk_s)).numpy()
-        c = chunks[keep]
-        if len(c):  # one block per run of consecutive labelled chunks
-            first = np.concatenate([[True], np.diff(c) != 1])
-            last = np.concatenate([np.diff(c) != 1, [True]])
-            lab_start, lab_end = c[first] * chunk_s - self.before, (c[last] + 1) * chunk_s - 1e-6 + self.after
-        else:
-            lab_start = lab_end = np.zeros(0)
-        start = np.maximum(train.start[:, None], lab_start[None, :]).ravel()
-        end = np.minimum(train.end[:, None], lab_end[None, :]).ravel()
-        ok = end > start
-        blocks["train_all"], blocks["train"] = train, Intervals(start[ok], end[ok])
-        return blocks
 
 
 class _TrainingWindowFilter:
@@ -1838,30 +1791,10 @@ def _training_length(cfg: RunConfig, dm) -> str:
 
 
 def label_draw(cfg: RunConfig, session: np.ndarray, interval: np.ndarray, scored: np.ndarray | None = None) -> dict:
-    """What ``--label-fraction`` drew on these training windows (session index, end time): the
-    ``data.label_chunk_s`` chunks of :func:`~neurofm.data.splits.labelled_windows`' stratified
-    draw, so the share of labelled windows is the fraction asked for to within two chunks (an
-    independent draw per chunk, before, labelled 2 chunks of a 512 s training block, 400 of
-    10,186 windows (3.9%), which the report called "10%").
-
-    ``scored``: (W,) bool, the training windows whose labels count (the moving ones when moving
-    windows are scored). When some are not, the draw also gives how many of them were labelled
-    (``n_scored_windows``, ``n_scored_labelled``, ``scored_share``): the chunks are drawn blind to
-    movement, so the labels that train every arm can be fewer than the fraction says (the
-    independent draw once labelled 26 of an open-field session's 1,846 moving training windows,
-    1.4%; the stratified draw spreads chunks over run and rest alike)."""
-    keep = _label_subset(cfg)(torch.as_tensor(session), torch.as_tensor(interval)).numpy()
-    key = list(zip(np.asarray(session).tolist(), np.floor(interval / cfg.data.label_chunk_s).astype(np.int64).tolist()))
-    chunks, drawn = set(key), {c for c, k in zip(key, keep.tolist()) if k}
-    n = int(len(keep))
-    out = {"requested": float(cfg.data.label_fraction), "n_chunks": len(chunks), "n_chunks_labelled": len(drawn),
-           "n_windows": n, "n_windows_labelled": int(keep.sum()), "share": float(keep.mean()) if n else 0.0}
-    if scored is not None and not np.asarray(scored, dtype=bool).all():
-        scored = np.asarray(scored, dtype=bool)
-        n_scored = int(scored.sum())
-        out.update(n_scored_windows=n_scored, n_scored_labelled=int((keep & scored).sum()),
-                   scored_share=float((keep & scored).sum() / n_scored) if n_scored else 0.0)
-    return out
+    """What ``--label-fraction`` drew on these training windows (session index, end time):
+    :func:`neurofm.recipes.label_draw` with the run's fraction, chunk length and seed
+    (``scored``: the training windows whose labels count, as there)."""
+    return _label_draw(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed, session, interval, scored)
 
 
 def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
@@ -1880,20 +1813,7 @@ def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
             f"draws other chunks, a longer training block or a smaller data.label_chunk_s brings the share closer")
 
 
-def _draw_rule(fraction: float, chunk_s: float) -> str:
-    """The stratified label draw of :func:`~neurofm.data.splits.labelled_windows` in words."""
-    if fraction > 0.5:
-        return f"every chunk labelled but one at a seeded place in every {chunk_s / (1 - fraction):g} s"
-    return f"one chunk labelled at a seeded place in every {chunk_s / fraction:g} s"
-
-
-def _label_draw_text(draw: dict, chunk_s: float) -> str:
-    text = (f"{draw['n_chunks_labelled']} of {draw['n_chunks']} {chunk_s:g} s chunks drawn: "
-            f"{draw['n_windows_labelled']:,} of {draw['n_windows']:,} training windows ({draw['share']:.1%})")
-    if "scored_share" in draw:
-        text += (f", {draw['n_scored_labelled']:,} of the {draw['n_scored_windows']:,} scored (moving) ones "
-                 f"({draw['scored_share']:.1%})")
-    return text
+_draw_rule, _label_draw_text = draw_rule, label_draw_text  # the words of the draw, shared with BaRISTA
 
 
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict | None = None) -> str:
