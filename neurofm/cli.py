@@ -312,6 +312,10 @@ def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
         fit = int(p["long_s"] // (p["steps_per_epoch"] * per_step))
         epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * p['steps_per_epoch'] * per_step)})"
                   if 1 <= fit < p["config_epochs"] else "")
+        if fit < 1:  # one epoch alone is over the budget (a long recording): stop within the first
+            steps = max(1, int(p["long_s"] // per_step))
+            epochs = (f"trainer.max_steps={steps} (about {_minutes(steps * per_step)}: {steps:,} of the "
+                      f"{p['steps_per_epoch']:,} batches of one epoch)")
         shorter = ("shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
                    "block sizes they give; a step's cost grows with id + prev_id)" if "block_size" in p else
                    "a smaller model (model.d_model, model.n_layers)")
