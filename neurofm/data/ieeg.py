@@ -536,8 +536,11 @@ def read_bids_physio(path: str | os.PathLike, taken: Sequence[str] = ()) -> dict
         if not isinstance(start, (int, float)) or isinstance(start, bool) or not np.isfinite(start):
             raise ConvertError(side, "StartTime", f"{start!r} is not a number of seconds",
                                "write the physio's first sample time relative to the recording's first sample (s)")
-        try:
-            values = np.genfromtxt(tsv, delimiter="\t", missing_values="n/a", filling_values=np.nan, ndmin=2)
+        try:  # loadtxt's C reader first (hours of a 1 kHz device); genfromtxt for n/a cells
+            try:
+                values = np.loadtxt(tsv, delimiter="\t", ndmin=2)
+            except ValueError:
+                values = np.genfromtxt(tsv, delimiter="\t", missing_values="n/a", filling_values=np.nan, ndmin=2)
         except ValueError as e:
             raise ConvertError(tsv, "data", f"unreadable as numbers ({e})",
                                "write one tab-separated row of numbers per sample, no header (BIDS)") from None

@@ -1041,13 +1041,22 @@ def _bids_with_physio(tmp_path, start=-0.25, rate=100.0, columns=("joystick_x", 
 def test_bids_physio_columns_become_behaviour_on_the_recordings_clock(tmp_path):
     """A joystick sampled by another device (BIDS *_physio.tsv.gz at 100 Hz, starting 0.25 s
     before the iEEG) was silently left out: no target to decode and no word."""
-    vhdr, joy, _ = _bids_with_physio(tmp_path)
+    vhdr, joy, side = _bids_with_physio(tmp_path)
+    import gzip
+    tsv = side.with_name(side.name.replace(".json", ".tsv.gz"))
+    with gzip.open(tsv, "rt") as f:
+        lines = f.read().splitlines()
+    lines[5] = lines[5].split("\t")[0] + "\tn/a"  # a device's dropped sample
+    with gzip.open(tsv, "wt") as f:
+        f.write("\n".join(lines) + "\n")
     out = convert_ieeg(vhdr, tmp_path / "s.h5")
     with Session(out) as s:
         assert set(s.behavior_names) == {"joystick_x", "joystick_y"}
         ts, x = s.behavior("joystick_x")
         np.testing.assert_allclose(ts[:3], [-0.25, -0.24, -0.23])
         np.testing.assert_allclose(x, joy[:, 0], atol=1e-5)
+        y = s.behavior("joystick_y")[1]
+        assert np.isnan(y[5]) and np.isfinite(np.delete(y, 5)).all()
         assert s.behavior_unit("joystick_x") == "deg" and s.behavior_unit("joystick_y") == ""
 
 
