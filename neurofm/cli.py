@@ -222,12 +222,15 @@ def _ieeg_stats(session) -> dict:
     """The notch a BaRISTA run would take for this file (its mains and where that comes from) and
     what the README's BaRISTA pretraining command costs on it (``neurofm inspect``)."""
     from neurofm.config import ConfigError
-    from neurofm.data.segmenter import recording_mains
+    from neurofm.data.segmenter import MAINS_PEAK_RATIO, recording_mains, session_mains_peaks
     from neurofm.experiment import load_config
     from neurofm.recipes.barista import pretraining_estimate
 
     hz, source = recording_mains(session)
     out: dict = {"mains": {"hz": hz, "source": source}}
+    if not hz:  # what was measured, so that a mild peak under the threshold is seen, not read as none
+        out["mains"].update(peaks={f"{f:g}": round(r, 2) for f, r in session_mains_peaks(session).items()},
+                            peak_ratio_needed=MAINS_PEAK_RATIO)
     cfg = load_config(BARISTA_PRETRAIN_CONFIG)
     cfg.data.sessions, cfg.data.events = [str(session.path)], ""
     try:
@@ -245,11 +248,20 @@ def _ieeg_stats(session) -> dict:
     return out
 
 
+def _peaks_text(m: dict) -> str:
+    """`` of 4x the power beside it: 50 Hz 1.0x, 60 Hz 3.0x`` (the measured mains peaks)."""
+    if not m.get("peaks"):
+        return ""
+    return (f" of {m['peak_ratio_needed']:g}x the power beside it: "
+            + ", ".join(f"{f} Hz {r:.1f}x" for f, r in m["peaks"].items()))
+
+
 def _describe_ieeg(w: dict) -> str:
     m = w["mains"]
     lines = [f"  mains      {m['hz']:g} Hz ({m['source']}): BaRISTA runs notch it (and its harmonics) unless "
              f"data.line_noise is set" if m["hz"] else
-             "  mains      none stated or found (no 50 / 60 Hz peak): no notch unless data.line_noise is set"]
+             "  mains      none stated or found (no 50 / 60 Hz peak" + _peaks_text(m) + "): no notch unless "
+             "data.line_noise is set"]
     p = w["pretraining"]
     if "error" in p:
         return "\n".join(lines + [f"  pretraining - ({p['error']})"])
@@ -331,6 +343,10 @@ def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
         fit = int(p["long_s"] // (p["steps_per_epoch"] * per_step))
         epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * p['steps_per_epoch'] * per_step)})"
                   if 1 <= fit < p["config_epochs"] else "")
+        if fit < 1:  # one epoch alone is over the budget (a long recording): stop within the first
+            steps = max(1, int(p["long_s"] // per_step))
+            epochs = (f"trainer.max_steps={steps} (about {_minutes(steps * per_step)}: {steps:,} of the "
+                      f"{p['steps_per_epoch']:,} batches of one epoch)")
         shorter = ("shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
                    "block sizes they give; a step's cost grows with id + prev_id)" if "block_size" in p else
                    "a smaller model (model.d_model, model.n_layers)")

@@ -28,6 +28,10 @@ What goes where::
         sensor, an accelerometer recorded as a channel)        from the sampling clock, values in
         the channel's own unit, attr ``unit``: the channels.tsv ``units`` where a BIDS sidecar
         gives one, else the recording's), and out of /continuous and /channels
+    BIDS ``*_physio.tsv.gz`` + ``*_physio.json`` beside  -> /behavior/<column> per ``Columns`` entry
+        the recording (a joystick, a respiration belt         (timestamps on the recording's clock:
+        recorded by another device)                            ``StartTime`` + k / ``SamplingFrequency``;
+                                                               attr ``unit`` from the column's ``Units``)
 
 Events go to ONE group with labels rather than a group per description: descriptions are
 free text (spaces, slashes, hundreds of distinct values in clinical files) and event
@@ -213,6 +217,7 @@ def convert_ieeg(
         warnings.warn(f"{in_path}: annotations: {dropped} that fall outside the recording's samples; their events "
                       f"are not in /events. Check that the annotations belong to this recording (a recording cut "
                       f"short, an export of part of a session, a clock offset)", stacklevel=2)
+    physio = read_bids_physio(in_path, taken=[as_name for _, as_name in moves])
     label, is_event = event_labels(label)  # "Comment/grip" -> "grip"; New Segment markers left out
     onset, duration, label = onset[is_event], duration[is_event], label[is_event]
     events_source = events_source if onset.size else ""
@@ -245,6 +250,8 @@ def convert_ieeg(
                 times = raw.first_time + np.arange(raw.n_times) / float(raw.info["sfreq"])
                 w.add_behavior(as_name, times, np.abs(values) if rectify_behavior else values, unit=unit,
                                source_channel=names[i], rectified=bool(rectify_behavior))
+            for name, (times, values, meta) in physio.items():
+                w.add_behavior(name, raw.first_time + times, values, **meta)
             if breaks.size:
                 why = np.where(np.isin(breaks, edf_breaks), "EDF+D pause", "New Segment").astype(object)
                 w.add_intervals(DISCONTINUITIES, breaks, breaks, label=why)
@@ -484,6 +491,73 @@ def _sidecars_by_name(path: Path, suffix: str, ext: str) -> list[Path]:
     return []
 
 
+def physio_files(path: str | os.PathLike) -> list[Path]:
+    """The BIDS continuous recordings of a recording (``<prefix>[_recording-<label>]_physio.tsv.gz``
+    beside it, most specific prefix first): behaviour or body signals sampled by another device."""
+    path = Path(path)
+    parts = _recording_prefix(path).split("_")
+    for n in range(len(parts), 0, -1):
+        prefix = "_".join(parts[:n])
+        hits = sorted(path.parent.glob(f"{prefix}_physio.tsv.gz")) + sorted(
+            path.parent.glob(f"{prefix}_recording-*_physio.tsv.gz"))
+        if hits:
+            return hits
+        if "-" not in parts[n - 1]:
+            break
+    return []
+
+
+def read_bids_physio(path: str | os.PathLike, taken: Sequence[str] = ()) -> dict[str, tuple]:
+    """``{column: (timestamps s from the recording's first sample, values (T,), attrs)}`` from the
+    BIDS ``*_physio.tsv.gz`` files beside the recording :func:`physio_files` finds (each with its
+    ``*_physio.json``: ``SamplingFrequency``, ``StartTime`` (s, the physio's first sample relative
+    to the recording's, negative when it started earlier) and ``Columns``; the TSV has no header).
+    ``taken``: /behavior names given already (``--behavior-channel``); a clash is an error."""
+    out: dict[str, tuple] = {}
+    for tsv in physio_files(path):
+        side = tsv.with_name(tsv.name[: -len(".tsv.gz")] + ".json")
+        if not side.exists():
+            raise ConvertError(tsv, "json", f"no sidecar {side.name} (SamplingFrequency, StartTime, Columns)",
+                               "write it as BIDS specifies for physiological recordings, or move the physio file away")
+        try:
+            meta = json.loads(side.read_text())
+        except ValueError as e:
+            raise ConvertError(side, "json", f"unreadable ({e})", "fix the JSON") from None
+        for key in ("SamplingFrequency", "Columns"):
+            if key not in meta:
+                raise ConvertError(side, key, "missing", "add it (BIDS: required for *_physio.json)")
+        rate, columns = meta["SamplingFrequency"], meta["Columns"]
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+            raise ConvertError(side, "SamplingFrequency", f"{rate!r} is not a positive number of Hz", "write the rate in Hz")
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
+            raise ConvertError(side, "Columns", f"{columns!r} is not a list of column names",
+                               'write one name per TSV column, e.g. ["joystick_x", "joystick_y"]')
+        start = meta.get("StartTime", 0.0)
+        if not isinstance(start, (int, float)) or isinstance(start, bool) or not np.isfinite(start):
+            raise ConvertError(side, "StartTime", f"{start!r} is not a number of seconds",
+                               "write the physio's first sample time relative to the recording's first sample (s)")
+        try:  # loadtxt's C reader first (hours of a 1 kHz device); genfromtxt for n/a cells
+            try:
+                values = np.loadtxt(tsv, delimiter="\t", ndmin=2)
+            except ValueError:
+                values = np.genfromtxt(tsv, delimiter="\t", missing_values="n/a", filling_values=np.nan, ndmin=2)
+        except ValueError as e:
+            raise ConvertError(tsv, "data", f"unreadable as numbers ({e})",
+                               "write one tab-separated row of numbers per sample, no header (BIDS)") from None
+        if values.shape[1] != len(columns):
+            raise ConvertError(tsv, "Columns", f"{values.shape[1]} columns in the file, {len(columns)} named in "
+                               f"{side.name}", "name every column of the TSV, in order, in Columns")
+        times = float(start) + np.arange(len(values)) / float(rate)
+        for j, name in enumerate(columns):
+            if name in out or name in taken:
+                raise ConvertError(side, "Columns", f"{name!r} is a /behavior name already (another physio file "
+                                   f"or --behavior-channel)", "rename the column, or give the channel another as_name")
+            unit = meta.get(name, {}).get("Units", "") if isinstance(meta.get(name), dict) else ""
+            out[name] = (times, values[:, j], dict(unit=str(unit), source_file=tsv.name,
+                                                    sampling_rate=float(rate), start_time=float(start)))
+    return out
+
+
 def read_tsv(path: str | os.PathLike) -> dict[str, list[str]]:
     """A BIDS TSV as ``{column: [cell, ...]}`` (strings, as written)."""
     path = Path(path)
@@ -619,6 +693,23 @@ def _bipolar_rows(names: list[str], electrodes: list[str], row: np.ndarray, neur
     return out
 
 
+def _warn_partial_positions(names: list[str], mm: np.ndarray, used: np.ndarray, path: Path) -> None:
+    """Warn when electrodes have some of x, y, z but not all (``z`` ``n/a``: a 2D layout read off a
+    photograph or a schematic): such a position is no place in the brain and is left unknown,
+    which without a word left every channel of a grid unplaced."""
+    partial = used & np.isfinite(mm).any(axis=1) & ~np.isfinite(mm).all(axis=1)
+    if not partial.any():
+        return
+    axes = np.asarray(["x", "y", "z"])
+    i = int(np.flatnonzero(partial)[0])
+    missing = "/".join(axes[~np.isfinite(mm[i])])
+    warnings.warn(f"{path}: x, y, z: {int(partial.sum())} of {int(used.sum())} electrodes have some coordinates but "
+                  f"not all (e.g. {names[i]}: {missing} n/a; a 2D layout from a photograph or a schematic): their "
+                  f"positions are left unknown, so BaRISTA's coords encoding cannot place them. Give x, y and z in "
+                  f"mm (in the space of the sessions you train with), or an atlas column of labels (e.g. "
+                  f"destrieux) for model.encode_scale parcel / lobe", stacklevel=4)
+
+
 def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> tuple[np.ndarray, str, float]:
     """Electrode coordinates in mm, the coordinate space's name and the mm per file unit used."""
     space = "unknown"
@@ -639,7 +730,9 @@ def _coords_to_mm(xyz: np.ndarray, side: dict, coordinate_unit: str | None) -> t
         if scale is None:  # a coordsystem.json's "pixels" (BIDS allows it for photos): no physical coordinates
             warnings.warn(f"{side['coordsystem']}: iEEGCoordinateUnits: coordinates are in {unit!r}, not a length; "
                           f"left unknown. Pass coordinate_unit= (CLI --coordinate-unit) if they are in m, cm, mm "
-                          f"or um", stacklevel=4)
+                          f"or um; otherwise BaRISTA can place these channels only by an atlas column of labels (e.g. "
+                          f"destrieux, read off the photograph) in the electrodes table, with model.encode_scale "
+                          f"parcel or lobe", stacklevel=4)
             return np.full_like(xyz, np.nan), space, 1.0
         return xyz * scale, space, scale
     if finite.size == 0:
@@ -811,6 +904,7 @@ def _channel_table(raw, names: list[str], in_path: Path, side: dict, coordinate_
                              f"status bad leaves them out)" if missing else ""),
                           stacklevel=3)
         mm, space, scale = _coords_to_mm(el["xyz"], side, coordinate_unit)
+        _warn_partial_positions(el["names"], mm, used, epath)
         xyz[has] = mm[row[has]]
         xyz[is_pair] = mm[pair[is_pair]].mean(axis=1)  # a bipolar derivation sits between its two contacts
         check_brain_coordinates(xyz[has_any], scale, epath, "x, y, z", stacklevel=4)

@@ -420,9 +420,19 @@ def recording_mains(session: Session, seconds: float = 60.0) -> tuple[float, str
         except (TypeError, ValueError):
             line = None
         return (float(line), "the simulation's mains") if line else (0.0, "")
+    peaks = {f: r for f, r in session_mains_peaks(session, seconds).items() if r >= MAINS_PEAK_RATIO}
+    if not peaks:
+        return 0.0, ""
+    line = max(peaks, key=peaks.get)
+    return line, f"{peaks[line]:.0f}x the power beside it, median over channels"
+
+
+def session_mains_peaks(session: Session, seconds: float = 60.0) -> dict[float, float]:
+    """:func:`mains_peaks` at :data:`MAINS_FREQUENCIES` over the first ``seconds`` of a session's
+    good neural channels (what :func:`recording_mains` weighs against :data:`MAINS_PEAK_RATIO`)."""
     rate = session.sampling_rate
     if not rate or not session.n_samples:
-        return 0.0, ""
+        return {}
     x = session.continuous_samples(0, min(session.n_samples, int(seconds * rate)))
     try:
         ch = session.channels()
@@ -432,11 +442,7 @@ def recording_mains(session: Session, seconds: float = 60.0) -> tuple[float, str
         x = x[:, good]
     except KeyError:
         pass
-    peaks = {f: r for f, r in mains_peaks(x, rate, MAINS_FREQUENCIES).items() if r >= MAINS_PEAK_RATIO}
-    if not peaks:
-        return 0.0, ""
-    line = max(peaks, key=peaks.get)
-    return line, f"{peaks[line]:.0f}x the power beside it, median over channels"
+    return mains_peaks(x, rate, MAINS_FREQUENCIES)
 
 
 def mains_peaks(samples: np.ndarray, rate: float, freqs: Sequence[float] = (50.0, 60.0)) -> dict[float, float]:

@@ -531,7 +531,8 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
             continue
         what = "electrode coordinates" if scale == "coords" else f"{vocab.atlas} atlas labels" if scale == "parcel" \
             else "atlas labels that map to a lobe"
-        add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" if scale == "coords" else
+        add = ("convert again with --electrodes electrodes.tsv (name, x, y, z in mm)" + _why_unplaced(channels)
+               if scale == "coords" else
                f"convert again with --electrodes electrodes.tsv carrying a {vocab.atlas} column" if scale == "parcel"
                else "convert again with --electrodes electrodes.tsv carrying a destrieux or desikan-killiany column")
         own = SpatialVocab.from_channels(channels, vocab.atlas).parcels
@@ -559,6 +560,19 @@ def _check_spatial_scales(cfg: RunConfig) -> None:
                 (" (model.mask_scale=channel masks whole channels)" if key == "model.mask_scale" else "")
         raise ConfigError(f"{key}: {scale}, but no channel of {', '.join(Path(p).name for p in names)} has {what} "
                           f"(every channel would get the 'unknown' category); {fix}")
+
+
+def _why_unplaced(channels: list) -> str:
+    """Why sessions converted WITH an electrodes table still have no position: coordinates in
+    pixels (BIDS ``Pixels``: a photograph) or rows with some of x, y, z ``n/a`` (a 2D layout)."""
+    partial = any((np.isfinite(ch.xyz).any(axis=1) & ~np.isfinite(ch.xyz).all(axis=1)).any() for ch in channels)
+    pixels = sorted({ch.coordinate_space for ch in channels if "pixel" in str(ch.coordinate_space).lower()})
+    if not partial and not pixels:
+        return ""
+    why = (f"their electrodes are in space {pixels[0]} (a photograph: no place in the brain)" if pixels else
+           "their electrodes have some of x, y, z but not all (z n/a: a 2D layout)")
+    return (f" ({why}; or label the contacts in an atlas column of that table, e.g. destrieux read off the "
+            f"photograph or schematic, and use model.encode_scale=parcel)")
 
 
 def _warn_unlearned_parcels(vocab, channels: list, names: list) -> None:

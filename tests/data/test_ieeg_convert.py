@@ -1020,3 +1020,67 @@ def test_events_without_a_trial_type_are_no_class(tmp_path):
                             events="annotations", event_locked=True)
     assert ds.reader.label_map == {"face": 0, "house": 1}
     assert sorted(float(ds[i]["t0"]) for i in range(len(ds))) == [2.0, 6.0, 10.0, 14.0]
+
+
+def _bids_with_physio(tmp_path, start=-0.25, rate=100.0, columns=("joystick_x", "joystick_y")):
+    """A BIDS-named BrainVision recording with a joystick recorded by another device as BIDS physio."""
+    folder = tmp_path / "sub-01" / "ieeg"
+    vhdr = write_brainvision(folder / "sub-01_task-joy_ieeg", signal(), NAMES)
+    n = int(4.25 * rate)
+    joy = np.c_[np.sin(np.arange(n) / rate), np.cos(np.arange(n) / rate)]
+    stem = folder / "sub-01_task-joy_recording-joystick_physio"
+    import gzip
+    with gzip.open(f"{stem}.tsv.gz", "wt") as f:
+        f.write("".join("\t".join(f"{v:.5f}" for v in row) + "\n" for row in joy))
+    meta = {"SamplingFrequency": rate, "StartTime": start, "Columns": list(columns),
+            "joystick_x": {"Units": "deg"}}
+    Path(f"{stem}.json").write_text(json.dumps(meta))
+    return vhdr, joy, Path(f"{stem}.json")
+
+
+def test_bids_physio_columns_become_behaviour_on_the_recordings_clock(tmp_path):
+    """A joystick sampled by another device (BIDS *_physio.tsv.gz at 100 Hz, starting 0.25 s
+    before the iEEG) was silently left out: no target to decode and no word."""
+    vhdr, joy, side = _bids_with_physio(tmp_path)
+    import gzip
+    tsv = side.with_name(side.name.replace(".json", ".tsv.gz"))
+    with gzip.open(tsv, "rt") as f:
+        lines = f.read().splitlines()
+    lines[5] = lines[5].split("\t")[0] + "\tn/a"  # a device's dropped sample
+    with gzip.open(tsv, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    out = convert_ieeg(vhdr, tmp_path / "s.h5")
+    with Session(out) as s:
+        assert set(s.behavior_names) == {"joystick_x", "joystick_y"}
+        ts, x = s.behavior("joystick_x")
+        np.testing.assert_allclose(ts[:3], [-0.25, -0.24, -0.23])
+        np.testing.assert_allclose(x, joy[:, 0], atol=1e-5)
+        y = s.behavior("joystick_y")[1]
+        assert np.isnan(y[5]) and np.isfinite(np.delete(y, 5)).all()
+        assert s.behavior_unit("joystick_x") == "deg" and s.behavior_unit("joystick_y") == ""
+
+
+def test_bids_physio_errors_name_the_file_and_field(tmp_path):
+    vhdr, _, side = _bids_with_physio(tmp_path, columns=("joystick_x",))  # 2 columns in the TSV, 1 named
+    with pytest.raises(ConvertError, match=r"_physio\.tsv\.gz: Columns: 2 columns in the file, 1 named"):
+        convert_ieeg(vhdr, tmp_path / "s.h5")
+    assert_nothing_written(tmp_path / "s.h5")
+    side.write_text(json.dumps({"SamplingFrequency": 100.0}))
+    with pytest.raises(ConvertError, match=r"_physio\.json: Columns: missing"):
+        convert_ieeg(vhdr, tmp_path / "s.h5")
+    vhdr, _, side = _bids_with_physio(tmp_path / "b")
+    with pytest.raises(ConvertError, match=r"'joystick_x' is a /behavior name already"):
+        convert_ieeg(vhdr, tmp_path / "t.h5", behavior_channels=["A1=joystick_x"])
+
+
+def test_electrodes_with_z_na_are_named_not_silently_unplaced(tmp_path):
+    """A grid read off a photograph or schematic (x, y; z n/a) left every channel without a
+    position and said nothing; BaRISTA then refused with 'add electrode coordinates'."""
+    vhdr = write_brainvision(tmp_path / "rec", signal(), NAMES)
+    rows = [[n, 10 + i, 20, "n/a"] for i, n in enumerate(NAMES)]
+    tsv = write_tsv(tmp_path / "coords.tsv", ["name", "x", "y", "z"], rows)
+    with pytest.warns(UserWarning, match=r"coords\.tsv: x, y, z: 4 of 4 electrodes have some coordinates but not "
+                                         r"all \(e\.g\. A1: z n/a"):
+        convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
+    with Session(tmp_path / "s.h5") as s:
+        assert not np.isfinite(s.channels().xyz).all(axis=1).any()  # no channel placed

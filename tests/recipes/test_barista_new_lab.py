@@ -282,6 +282,24 @@ def test_preflight_refuses_parcel_encoding_without_atlas(sessions, tmp_path):
     recipe.preflight(recipe.prepare(_pretrain_cfg([bare], "model.encode_scale=coords")))
 
 
+def test_preflight_says_why_a_grid_converted_with_electrodes_has_no_position(sessions, tmp_path):
+    """An ECoG grid whose electrodes.tsv is in BIDS Pixels (a photograph), or has z n/a: convert left
+    the positions unknown, and the refusal told the user to convert with the electrodes table they had given."""
+    def pixels(f):
+        f["channels"].attrs["coordinate_space"] = "Pixels"
+        f["channels/x"][...] = np.nan
+    def flat(f):
+        f["channels/z"][...] = np.nan
+    for edit, why in ((pixels, r"their electrodes are in space Pixels \(a photograph: no place in the brain\)"),
+                      (flat, r"their electrodes have some of x, y, z but not all \(z n/a: a 2D layout\)")):
+        grid = _edited_copy(sessions["home"], tmp_path / f"{edit.__name__}.h5", edit)
+        cfg = recipe.prepare(_pretrain_cfg([grid], "model.encode_scale=coords"))
+        with pytest.raises(ConfigError, match=r"model.encode_scale: coords, but no channel of \w+.h5 has electrode "
+                                              r"coordinates .*x, y, z in mm\) \(" + why + r"; or label the contacts in "
+                                              r"an atlas column .*model.encode_scale=parcel\)"):
+            recipe.preflight(cfg)
+
+
 def test_preflight_warns_when_one_of_several_sessions_has_no_atlas(sessions, tmp_path):
     """A BIDS dataset where one subject's electrodes.tsv has no atlas column: pretraining at parcel
     scale (the demo config's) ran without a word, every channel of that subject sharing one embedding."""

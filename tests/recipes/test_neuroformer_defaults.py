@@ -288,6 +288,12 @@ def test_inspect_estimates_what_the_readme_pretraining_will_cost(tmp_path, capsy
     lines = cli._describe_pretraining(long)
     assert len(lines) == 1 and "about 22 min. LONG (over 10 min): trainer.max_epochs=2 (about 8 min), or shorter " \
         "windows" in lines[0]
+    # one epoch alone over the budget (a 75-min clinical EDF: 197 batches of 3.6 s): no whole epoch fits, so
+    # a step count is the setting; it named only a smaller model
+    long = {**p, "steps_per_epoch": 197, "steps": 2955, "seconds_per_step": 3.6, "estimate_s": 2955 * 3.6}
+    lines = cli._describe_pretraining(long)
+    assert "LONG (over 10 min): trainer.max_steps=166 (about 10 min: 166 of the 197 batches of one epoch), or " \
+        "shorter windows" in lines[0]
 
 
 def test_unit_text_takes_the_behaviours_unit_string():

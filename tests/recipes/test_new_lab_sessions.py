@@ -151,18 +151,35 @@ def test_events_of_one_label_are_classified_against_segments_without_one(tmp_pat
     barista.preflight(cfg)
 
 
-def _ecog_with_mains(path: Path, mains: float, duration: float = 30.0, rate: float = 500.0) -> str:
-    """10 channels of 1/f-like noise with a mains sine (8 uV, 1/5 of the noise std) at ``mains`` Hz."""
+def _ecog_with_mains(path: Path, mains: float, duration: float = 30.0, rate: float = 500.0,
+                     amplitude: float = 8.0) -> str:
+    """10 channels of 1/f-like noise with a mains sine (``amplitude`` uV; 8: 1/5 of the noise std) at ``mains`` Hz."""
     rng = np.random.default_rng(13)
     n = int(duration * rate)
     x = np.cumsum(rng.normal(0.0, 1.0, (n, 10)), axis=0)
     x = 40.0 * (x - x.mean(0)) / x.std(0) + rng.normal(0.0, 5.0, (n, 10))
-    x += 8.0 * np.sin(2 * np.pi * mains * np.arange(n)[:, None] / rate + rng.uniform(0, 6.3, 10)[None])
+    x += amplitude * np.sin(2 * np.pi * mains * np.arange(n)[:, None] / rate + rng.uniform(0, 6.3, 10)[None])
     with SessionWriter(path, session_id=path.stem) as w:
         w.add_continuous(x.astype(np.float32), sampling_rate=rate)
         w.add_channels([f"G{k:02d}" for k in range(10)], x=np.full(10, -40.0), y=np.linspace(-30, 0, 10),
                        z=np.linspace(55, 45, 10), types=["ecog"] * 10)
     return str(path)
+
+
+def test_inspect_shows_a_mains_peak_too_mild_to_be_notched(tmp_path, capsys):
+    """A clinical EDF with a 60 Hz peak 3x the power beside it (under the 4x rule) was described as
+    having "no 50 / 60 Hz peak": the user could not tell a mild mains from none."""
+    from neurofm import cli, jsonio
+
+    path = _ecog_with_mains(tmp_path / "mild.h5", 60.0, duration=60.0, amplitude=0.8)
+    assert cli.main(["inspect", path, "--json"]) == 0
+    m = jsonio.loads_strict(capsys.readouterr().out)["ieeg"]["mains"]
+    assert m["hz"] == 0.0 and m["peak_ratio_needed"] == 4.0
+    assert 1.3 < m["peaks"]["60"] < 4.0 and m["peaks"]["50"] < 1.3
+    assert cli.main(["inspect", path]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"  mains      none stated or found \(no 50 / 60 Hz peak of 4x the power beside it: 50 Hz "
+                     r"1\.\dx, 60 Hz [1-3]\.\dx\): no notch unless data.line_noise is set", text)
 
 
 def test_mains_the_notch_misses_is_named_before_training(tmp_path):
