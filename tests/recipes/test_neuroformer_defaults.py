@@ -336,6 +336,45 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+def test_vr_teleports_are_no_movement(tmp_path):
+    """A head-fixed mouse in virtual reality: it runs the 180 cm track at 30 cm/s, licks still
+    for 3 s at its end, and the track teleports back to 0. The teleport was read as movement:
+    the speed of the smoothed position passed metres per second around every lap's end, the
+    default threshold (0.2 x the 95th-percentile speed) rose to 23 cm/s on such a recording (its
+    wheel said 9), and every licking stretch next to a teleport was scored as running. The
+    speed is now taken on each side of a jump separately (evaluation.position_jumps)."""
+    from neurofm import evaluation as ev
+
+    duration = 300.0
+    ts = np.arange(0.0, duration, 1 / 60)
+    lap = 6.0 + 3.0  # run 6 s, still 3 s, teleport
+    phase = ts % lap
+    x = np.where(phase < 6.0, 30.0 * phase, 180.0)
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0.0, duration, 4000))
+    path = tmp_path / "vr.h5"
+    with SessionWriter(path, session_id="vr") as w:
+        w.add_units(["u0", "u1"])
+        w.add_spikes(times, rng.integers(0, 2, len(times)), t_start=0.0, t_end=duration)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    out = recipe.resolve_scoring(_config([str(path)]))
+    assert out.eval.score_when == "moving"
+    assert 5.0 < out.eval.moving_threshold < 6.5  # a fifth of 30 cm/s; the teleports made it ~20
+    p = ev.DecodingProtocol(speed_threshold=out.eval.moving_threshold)
+    d = ev.session_position_data(path, p)
+    mid = d.bin_times + d.bin_size / 2
+    ph = mid % lap
+    still = (ph > 6.5) & (ph < 8.5)  # licking, away from the speed's smoothing at the run's end
+    running = (ph > 1.0) & (ph < 5.5)
+    assert d.moving[still].mean() == 0.0 and d.moving[running].mean() > 0.99
+    cuts, mixed = ev.position_jumps(d.position)
+    # one jump per lap end (two cuts around a bin that mixes both sides), none inside a run
+    assert 1 + int((np.diff(cuts) > 2).sum()) == int(duration // lap)
+    assert np.isnan(d.moving_speed(p.smooth_s)[mixed]).all() and not d.moving[mixed].any()
+    # an open field's fast run is no jump
+    assert len(ev.position_jumps(np.cumsum(np.full(200, 2.0)))[0]) == 0
+
+
 def test_score_when_moving_refuses_a_velocity(tmp_path):
     """A Utah-array session's only behaviour is a cursor velocity in m/s. `auto` scores it on every
     window; `--score-when moving` named eval.moving_behavior=NAME as the fix, and with the velocity
