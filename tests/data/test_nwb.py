@@ -469,3 +469,28 @@ def test_tracking_jumps_in_a_position_series_are_named(tmp_path):
         convert_nwb(tmp_path / "of.nwb", tmp_path / "of.h5")
     clean = np.delete(pos, [600, 2400, 2401], axis=0)
     assert nwb_mod.tracking_jumps(clean).size == 0  # the dash, the NaN run and the jitter are not jumps
+
+
+def test_acquisition_wheel_encoder_becomes_behaviour(tmp_path):
+    """A head-fixed mouse's wheel is a rotary encoder in `acquisition`: cumulative integer ticks
+    with `conversion` (ticks -> metres), `unit="m"`, as DANDI VR sessions store it. Conversion
+    read behaviour from processing/ only, so the wheel vanished without a word; it is now
+    /behavior/<name> in metres (ticks x conversion), beside processing's position, and the
+    acquisition ElectricalSeries still goes to /continuous, not /behavior."""
+    path = make_nwb(tmp_path / "vr.nwb", electrical=True)
+    with NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        conv = 2 * np.pi * 0.1 / 1024  # 10 cm wheel, 1024 ticks per turn
+        nwb.add_acquisition(TimeSeries(name="wheel_position", data=np.arange(0, 600, 10, dtype=np.int64),
+                                       unit="m", conversion=conv, starting_time=1.0, rate=60.0))
+        io.write(nwb)
+    out = tmp_path / "vr.h5"
+    with pytest.warns(UserWarning):
+        convert_nwb(path, out)
+    with Session(out) as s:
+        assert "wheel_position" in s.behavior_names and "position" in s.behavior_names
+        assert "raw" not in s.behavior_names and s.kinds == ["spikes", "continuous"]
+        t, v = s.behavior("wheel_position")
+        np.testing.assert_allclose(np.ravel(v), np.arange(0, 600, 10) * conv)
+        np.testing.assert_allclose(t, 1.0 + np.arange(60) / 60.0)
+        assert s.behavior_unit("wheel_position") == "m"
