@@ -192,8 +192,55 @@ def prepare(cfg: RunConfig) -> RunConfig:
                     what=f"session ({sim.n_units} units, {sim.duration:.0f} s)")
     cfg = resolve_block_sizes(cfg)
     cfg = resolve_scoring(cfg)
+    warn_unobserved_units(cfg)
     check_test_target(cfg)
     return cfg
+
+
+#: a unit unobserved for more than this share of a split's time is named before training
+UNOBSERVED_SHARE = 0.01
+
+
+def warn_unobserved_units(cfg: RunConfig) -> list[str]:
+    """Warn, per session, naming the units recorded for only part of it (``/units/obs_start``,
+    ``obs_end``: an NWB ``obs_intervals`` column, kept by ``convert``) whose observed span misses
+    over :data:`UNOBSERVED_SHARE` of the training, validation or test block. Outside its span a
+    unit has no spikes, which the model, ridge and the Bayes decoder all read as silence (a unit
+    lost half way fires in the training block and is "silent" in the test block). Returns the
+    warnings."""
+    out = []
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            table = s.unit_table()
+            if "obs_start" not in table or "obs_end" not in table:
+                continue
+            a = np.asarray(table["obs_start"], dtype=np.float64)
+            b = np.asarray(table["obs_end"], dtype=np.float64)
+            ids = [str(u) for u in table["id"]]
+            blocks = {name: split_blocks(s, name, _split(cfg)) for name in ("train", "valid", "test")}
+        missed: dict[str, list[str]] = {}
+        for name, iv in blocks.items():
+            total = iv.duration
+            if not total > 0:
+                continue
+            for i, u in enumerate(ids):
+                if not (np.isfinite(a[i]) and np.isfinite(b[i])):
+                    continue
+                seen = sum(max(0.0, min(e, b[i]) - max(st, a[i])) for st, e in iv.pairs())
+                share = 1.0 - seen / total
+                if share > UNOBSERVED_SHARE:
+                    missed.setdefault(u, []).append(f"{share:.0%} of {name}")
+        if missed:
+            listed = "; ".join(f"unit {u}: {', '.join(v)}" for u, v in list(missed.items())[:6])
+            more = f"; +{len(missed) - 6} more" if len(missed) > 6 else ""
+            msg = (f"{path}: /units/obs_start, obs_end: {len(missed)} unit(s) were not recorded over part of the "
+                   f"blocks this run uses ({listed}{more}); outside its observed span a unit has no spikes, which "
+                   f"the model and every baseline read as silence. Choose blocks inside their spans "
+                   f"(`neurofm split {path} --train A:B --valid C:D --test E:F`) or remove those units from the "
+                   f"NWB file and convert again (neurofm has no option that drops units)")
+            warnings.warn(msg, stacklevel=2)
+            out.append(msg)
+    return out
 
 
 # -- what the data decides: block sizes, window lengths ------------------------------------------

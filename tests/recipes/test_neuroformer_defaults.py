@@ -375,6 +375,30 @@ def test_vr_teleports_are_no_movement(tmp_path):
     assert len(ev.position_jumps(np.cumsum(np.full(200, 2.0)))[0]) == 0
 
 
+def test_units_lost_half_way_are_named_before_training(tmp_path):
+    """An NWB units table's obs_intervals (a unit lost half way) become /units/obs_start, obs_end;
+    convert warned, but a fine-tuning run read such a unit as silent in its test block without a
+    word. The run's preparation (the default path, recipe.prepare) now names each unit and the
+    share of each block it was not recorded over."""
+    rng = np.random.default_rng(1)
+    duration = 300.0
+    times = np.sort(rng.uniform(0.0, duration, 6000))
+    units = rng.integers(0, 3, len(times))
+    keep = ~((units == 2) & (times > 150.0))  # unit 2 lost half way
+    ts = np.arange(0.0, duration, 0.01)
+    x = 200.0 * np.abs(((ts * 100.0 / 200.0) % 2.0) - 1.0)
+    path = tmp_path / "lost.h5"
+    with SessionWriter(path, session_id="lost") as w:
+        w.add_units(["a", "b", "c"], obs_start=np.zeros(3), obs_end=np.array([duration, duration, 150.0]),
+                    obs_s=np.array([duration, duration, 150.0]))
+        w.add_spikes(times[keep], units[keep], t_start=0.0, t_end=duration)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    with pytest.warns(UserWarning, match=r"lost.h5: /units/obs_start, obs_end: 1 unit\(s\) .*unit c: \d+% of "
+                                         r"train, 100% of valid, 100% of test.*read as silence.*neurofm split"):
+        recipe.prepare(_config([str(path)]))
+    assert recipe.warn_unobserved_units(_config([_session(tmp_path / "full.h5")])) == []
+
+
 def test_score_when_moving_refuses_a_velocity(tmp_path):
     """A Utah-array session's only behaviour is a cursor velocity in m/s. `auto` scores it on every
     window; `--score-when moving` named eval.moving_behavior=NAME as the fix, and with the velocity
