@@ -846,3 +846,16 @@ def test_a_test_block_denser_than_training_is_a_limitation_with_both_drops(tmp_p
     assert f"(training {report['dropped_fraction_train']['curr']:.1%})" in line
     calm = recipe.block_size_report(recipe.resolve_block_sizes(_config([_session(tmp_path / "calm.h5")])))
     assert recipe.dropped_limitation(calm) is None
+
+
+def test_next_id_below_the_null_is_a_limitation_that_says_why():
+    """Fine-tuning trains behaviour only by default, so a new day's units never reach the next-ID
+    head: a simulated VR day of 89 new units reported -2.08 bits/spike beside the null's 0 in the
+    card, unexplained. Below the null is now a limitation, saying why for a behaviour-only run."""
+    cfg = from_dict(recipe.RunConfig, {"task": {"mode": "finetune"}}, where="test")  # finetune's default objectives
+    assert recipe._behavior_only(cfg)
+    line = recipe.id_bits_limitation(-2.077, recipe._behavior_only(cfg))
+    assert line.startswith("next-ID -2.077 bits/spike, below the firing-rate null") and "behaviour only" in line
+    pre = from_dict(recipe.RunConfig, {"task": {"mode": "pretrain"}}, where="test")
+    assert "worse than their firing rates" in recipe.id_bits_limitation(-0.1, recipe._behavior_only(pre))
+    assert recipe.id_bits_limitation(0.2, True) is None and recipe.id_bits_limitation(float("nan"), True) is None
