@@ -49,10 +49,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
                                  "convert ieeg RECORDING OUT.h5 --trigger-channel NAME=label`")
-            if not args.behavior_channel and not args.angle:
+            if not args.behavior_channel and not args.angle and not args.speed_from:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
-                                 "NAME[=as_name]) or adds an angle's cosine and sine (--angle NAME[=as_name]); "
-                                 "give one (each repeatable)")
+                                 "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]) or a "
+                                 "cumulative distance's speed (--speed-from NAME[=as_name]); give one (each repeatable)")
             if args.angle_unit and not args.angle:
                 raise ValueError("--angle-unit is the unit of the --angle behaviours: give --angle NAME too")
             out, source = args.output, args.input
@@ -63,6 +63,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.angle:
                 out = add_cos_sin(source, args.output, args.angle, unit=args.angle_unit,
                                   overwrite=not args.no_overwrite)
+                source = out
+            if args.speed_from:
+                from neurofm.data.session import add_speed
+
+                out = add_speed(source, args.output, args.speed_from, overwrite=not args.no_overwrite)
             print(f"wrote {out}")
             return 0
         if args.format == "nwb":
@@ -612,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and 1 degree as neighbours. Radians or degrees from its unit attr (or --angle-unit)")
     c.add_argument("--angle-unit", choices=["rad", "deg"], help="with --angle: the angles' unit, when the file's "
                                                                 "unit attr does not say")
+    c.add_argument("--speed-from", action="append", metavar="NAME[=as_name]",
+                   help="session: a cumulative distance (a head-fixed animal's wheel: an NWB rotary encoder's ticks x "
+                        "conversion, in metres) gets its speed |d/dt| as /behavior/<as_name> (default speed, which "
+                        "the moving rule then reads as the measured speed; repeatable)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.epilog = textwrap.fill(("iEEG events: annotations (or a BIDS events.tsv, which wins) go to /events/annotations, "
                               "one label each (`neurofm finetune --task classify --events annotations`); "

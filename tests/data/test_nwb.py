@@ -494,3 +494,37 @@ def test_acquisition_wheel_encoder_becomes_behaviour(tmp_path):
         np.testing.assert_allclose(np.ravel(v), np.arange(0, 600, 10) * conv)
         np.testing.assert_allclose(t, 1.0 + np.arange(60) / 60.0)
         assert s.behavior_unit("wheel_position") == "m"
+
+
+def test_speed_from_a_wheel_encoder(tmp_path, capsys):
+    """The wheel converted above is a distance; the speed a user decodes, and the moving rule
+    reads as measured speed, is its derivative: `neurofm convert session IN OUT --speed-from
+    wheel_position` writes /behavior/speed in m/s."""
+    from neurofm import cli, evaluation as ev
+
+    path = make_nwb(tmp_path / "vr.nwb", electrical=False)
+    conv = 2 * np.pi * 0.1 / 1024
+    ticks = np.floor(np.cumsum(np.full(60, 0.3 / 60.0)) / conv).astype(np.int64)  # 0.3 m/s for 1 s
+    with NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        nwb.add_acquisition(TimeSeries(name="wheel_position", data=ticks, unit="m", conversion=conv,
+                                       starting_time=1.0, rate=60.0))
+        io.write(nwb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(path, tmp_path / "vr.h5")
+    # this file has a /behavior/speed already (the treadmill's): refused, naming the fix
+    assert cli.main(["convert", "session", str(tmp_path / "vr.h5"), str(tmp_path / "vr_speed.h5"),
+                     "--speed-from", "wheel_position"]) == 2
+    assert "/behavior/speed: exists already" in capsys.readouterr().err
+    assert cli.main(["convert", "session", str(tmp_path / "vr.h5"), str(tmp_path / "vr_speed.h5"),
+                     "--speed-from", "wheel_position=wheel_speed"]) == 0
+    with Session(tmp_path / "vr_speed.h5") as s:
+        assert s.behavior_unit("wheel_speed") == "m/s"
+        t, v = s.behavior("wheel_speed")
+        assert abs(float(np.median(v)) - 0.3) < 0.02
+    data = ev.session_position_data(tmp_path / "vr_speed.h5", ev.DecodingProtocol(speed_name="wheel_speed"))
+    assert data.speed_measured and data.speed_source == "/behavior/wheel_speed"
+    assert cli.main(["convert", "session", str(tmp_path / "vr.h5"), str(tmp_path / "x.h5"), "--speed-from",
+                     "licks=lick_speed"]) == 2
+    assert "/behavior/licks attrs unit: a.u.: not a length or angle unit" in capsys.readouterr().err
