@@ -699,6 +699,25 @@ def test_the_linear_probe_of_a_from_scratch_run_reads_the_pretrained_features(pr
         assert np.array_equal(probes[0][part], probes[1][part])
 
 
+def test_the_linear_probe_on_a_new_days_units_is_one_arm_whatever_was_drawn_before(pretrained, tmp_path):
+    """A new day's units get random embedding rows in the probe's frozen model too; they were drawn
+    from the global RNG, so the pretrained and the --from-scratch run of one VR day (the scratch
+    run draws its random init first) reported the same "linear probe" arm as 0.409 and 0.550."""
+    folder, _ = pretrained
+    new_day = _session(tmp_path / "day2.h5", seed=5, still_after=60.0)
+    cfg = recipe.prepare(recipe.finetune_config(folder, [new_day], behavior=["position"], overrides=FEW))
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit"), dm.setup("test")
+    assert dm.vocab.units[-1].startswith("day2/")  # units the checkpoint never saw
+    test = recipe._collect(recipe.build_model(cfg, dm), dm.loader("test"))
+    probes = []
+    for draw in (1, 2):
+        torch.manual_seed(draw)  # what the run drew before the probe
+        probes.append(recipe._probe_features(cfg, dm, None, test))
+    for part in ("train", "test"):
+        assert np.array_equal(probes[0][part], probes[1][part])
+
+
 def test_evaluate_fits_ridge_on_the_fine_tuning_runs_labels(tmp_path):
     run = tmp_path / "ft"
     (run / "pretrained").mkdir(parents=True)
