@@ -7,7 +7,7 @@ session file in a temporary folder, then scores, on the same bins, folds and mov
 * **ridge** on every unit's counts in the current and 5 previous 50 ms bins, trained on all
   moving training bins (the floor DESIGN.md 8 quotes as R2 about 0.19, x and y averaged; that
   was measured when speed was the smoothed norm of the frame-to-frame change, which counted
-  jittery pauses as moving: with the speed of the smoothed position it is 0.259 on 6,790 bins);
+  jittery pauses as moving: with the speed of the smoothed position it is 0.252 on 6,766 bins);
 * **ridge, 10% labelled**: only 10% of the training bins labelled, in 5 s chunks (the
   few-shot floor), mean +- sd over ``--seeds`` draws of the chunks;
 * **null**: the training mean position (R2 near 0 by construction; slightly below 0 when

@@ -51,10 +51,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
                                  "convert ieeg RECORDING OUT.h5 --trigger-channel NAME=label`")
-            if not args.behavior_channel and not args.angle:
+            if not args.behavior_channel and not args.angle and not args.speed_from:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
-                                 "NAME[=as_name]) or adds an angle's cosine and sine (--angle NAME[=as_name]); "
-                                 "give one (each repeatable)")
+                                 "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]) or a "
+                                 "cumulative distance's speed (--speed-from NAME[=as_name]); give one (each repeatable)")
             out, source = args.output, args.input
             if args.behavior_channel:
                 out = move_channels_to_behavior(source, args.output, args.behavior_channel,
@@ -63,6 +63,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.angle:
                 out = add_cos_sin(source, args.output, args.angle, unit=args.angle_unit,
                                   overwrite=not args.no_overwrite)
+                source = out
+            if args.speed_from:
+                from neurofm.data.session import add_speed
+
+                out = add_speed(source, args.output, args.speed_from, overwrite=not args.no_overwrite)
             print(f"wrote {out}")
             return 0
         if args.format == "nwb":
@@ -97,22 +102,27 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 return convert_ieeg(args.input, out_path, electrodes=args.electrodes, channels_tsv=args.channels,
                                     behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
                                     trigger_channels=args.trigger_channel or (), **kw)
-        out = _convert_with_angles(convert, args, common) if args.angle else convert(args.output, **common)
+        out = (_convert_then_derive(convert, args, common) if args.angle or args.speed_from
+               else convert(args.output, **common))
     print(f"wrote {out}")
     return 0
 
 
-def _convert_with_angles(convert, args: argparse.Namespace, common: dict) -> Path:
+def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Path:
     """``convert`` the recording, then add each ``--angle``'s cosine and sine
-    (:func:`~neurofm.data.session.add_cos_sin`), all in a temporary file beside the output:
-    the output appears only when both steps worked (an angle the recording lacks leaves no
-    converted file behind, and none without the angles)."""
+    (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
+    (:func:`~neurofm.data.session.add_speed`), all in a temporary file beside the output: the
+    output appears only when every step worked (a behaviour the recording lacks leaves no
+    converted file behind, and none without what was asked for)."""
     from neurofm.atomic import atomic_output
-    from neurofm.data.session import add_cos_sin
+    from neurofm.data.session import add_cos_sin, add_speed
 
     with atomic_output(args.output, overwrite=common["overwrite"]) as tmp:
         convert(tmp, **{**common, "overwrite": True})
-        add_cos_sin(tmp, tmp, args.angle, unit=args.angle_unit)
+        if args.angle:
+            add_cos_sin(tmp, tmp, args.angle, unit=args.angle_unit)
+        if args.speed_from:
+            add_speed(tmp, tmp, args.speed_from)
     return Path(args.output)
 
 
@@ -647,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and 1 degree as neighbours. Radians or degrees from its unit attr (or --angle-unit)")
     c.add_argument("--angle-unit", choices=["rad", "deg"], help="with --angle: the angles' unit, when the file's "
                                                                 "unit attr does not say")
+    c.add_argument("--speed-from", action="append", metavar="NAME[=as_name]",
+                   help="a cumulative distance (a head-fixed animal's wheel: an NWB rotary encoder's ticks x "
+                        "conversion, in metres) gets its speed |d/dt| as /behavior/<as_name> (default speed, which "
+                        "the moving rule then reads as the measured speed; repeatable)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.epilog = textwrap.fill(("iEEG events: annotations (or a BIDS events.tsv, which wins) go to /events/annotations, "
                               "one label each (`neurofm finetune --task classify --events annotations`); "

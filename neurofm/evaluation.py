@@ -51,7 +51,7 @@ from neurofm.data.splits import Intervals, labelled_windows
 
 __all__ = [
     "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict", "blocked_oof",
-    "speed_from_position", "moving_speed", "moving_mask", "blocked_folds", "evaluate_decoder",
+    "speed_from_position", "position_jumps", "moving_speed", "moving_mask", "blocked_folds", "evaluate_decoder",
     "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
 ]
 
@@ -193,6 +193,39 @@ def _fill_nan(a: np.ndarray) -> np.ndarray:
     return a2.reshape(a.shape)
 
 
+#: A position jump (a virtual-reality teleport back to the start of the track, a wrapped
+#: circular coordinate): a change between neighbouring bins larger than JUMP_EXTENT_FRACTION of
+#: the trajectory's extent (its 1st-99th percentile span) and than JUMP_STEPS times its 90th
+#: percentile step (the step of running, however often a lap ends: a 9 s lap's teleport bins
+#: are over 1% of the bins). No animal crosses a quarter of its arena in one 50 ms bin; a jump
+#: read as movement makes a still mouse "run" at metres per second around every lap's end.
+JUMP_EXTENT_FRACTION = 0.25
+JUMP_STEPS = 10.0
+
+
+def position_jumps(position) -> tuple[np.ndarray, np.ndarray]:
+    """Where a binned trajectory (T,) or (T, D) jumps (:data:`JUMP_EXTENT_FRACTION`), NaN rows first
+    filled by interpolation: ``(cuts, mixed)``. ``cuts`` (K,) are the bins that start a new piece of
+    the trajectory (the bin after a jump); ``mixed`` (M,) are bins whose mean position mixes both
+    sides of a jump (a jump spread over two steps: it left before the bin and arrived after it),
+    which belong to neither side and have no speed."""
+    p = _fill_nan(np.asarray(position, dtype=np.float64))
+    p = p.reshape(len(p), -1)
+    empty = np.zeros(0, dtype=np.int64)
+    if len(p) < 3:
+        return empty, empty
+    step = np.linalg.norm(np.diff(p, axis=0), axis=1)  # step[i]: bin i -> i + 1
+    extent = float(np.linalg.norm(np.percentile(p, 99, axis=0) - np.percentile(p, 1, axis=0)))
+    limit = max(JUMP_EXTENT_FRACTION * extent, JUMP_STEPS * float(np.percentile(step, 90)))
+    if not limit > 0:
+        return empty, empty
+    one = step > limit
+    pair = np.linalg.norm(p[2:] - p[:-2], axis=1) > limit  # bin i + 1 between bins i and i + 2
+    mixed = np.flatnonzero(pair & ~one[:-1] & ~one[1:]) + 1
+    cuts = np.union1d(np.flatnonzero(one) + 1, np.concatenate([mixed, mixed + 1]))
+    return cuts.astype(np.int64), mixed.astype(np.int64)
+
+
 def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.ndarray:
     """Speed per bin, (T,) in position units per second, of the trajectory smoothed by ``smooth_s``.
 
@@ -205,6 +238,10 @@ def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.
     Smoothing comes *before* the norm on purpose: tracking jitter averages out of the position
     but not out of the norm of a jittery velocity, whose mean is positive however much it is
     smoothed afterwards (:func:`moving_speed`).
+
+    A jump of the position (:func:`position_jumps`: a VR teleport at the end of a lap) is no
+    movement: the trajectory is smoothed and differenced on each side of it separately, and a
+    bin mixing both sides, or a piece one bin long, has speed NaN (never moving).
     """
     position = np.asarray(position, dtype=np.float64)
     if position.ndim not in (1, 2) or len(position) < 2:
@@ -212,10 +249,17 @@ def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.
     if not bin_size > 0 or not smooth_s >= 0:
         raise ValueError(f"speed_from_position: need bin_size > 0 s and smooth_s >= 0 s, got {bin_size}, {smooth_s}")
     p = _fill_nan(position).reshape(len(position), -1)
-    if smooth_s > 0:
-        p = gaussian_filter1d(p, smooth_s / bin_size, axis=0, mode="nearest")
-    velocity = np.gradient(p, axis=0) / bin_size  # (T, D) units / s
-    return np.linalg.norm(velocity, axis=1)
+    cuts, mixed = position_jumps(p)
+    out = np.full(len(p), np.nan)
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(p)]):
+        if b - a < 2:
+            continue
+        q = p[a:b]
+        if smooth_s > 0:
+            q = gaussian_filter1d(q, smooth_s / bin_size, axis=0, mode="nearest")
+        out[a:b] = np.linalg.norm(np.gradient(q, axis=0) / bin_size, axis=1)  # (units / s)
+    out[mixed] = np.nan
+    return out
 
 
 def moving_speed(bin_size: float, smooth_s: float, *, position=None, speed=None) -> np.ndarray:

@@ -328,7 +328,8 @@ def test_linear_track_ridge_floor(tmp_path):
         path = convert_nwb(LINEAR_TRACK, tmp_path / "linear-track.h5")
     out = ev.ridge_floor(path, ev.DecodingProtocol())
     ridge, null = out["ridge"], out["null"]
-    # measured 0.259 (x 0.239, y 0.279), r 0.51, on 6,790 moving bins (17.3% of the bins). DESIGN.md 8
+    # measured 0.252 (x 0.241, y 0.264), r 0.50, on 6,766 moving bins (17.2% of the bins; 6,790 and 0.259
+    # before the tracker's start, a jump from a placeholder position, stopped counting as movement). DESIGN.md 8
     # says about 0.19: that was 0.191 on 10,812 bins when speed was the smoothed norm of the
     # frame-to-frame change, whose pixel jitter also counted 4,022 pauses and slow bins (speed of the
     # smoothed trajectory median 10 px/s) as moving; faster bins decode better (0.27 at 30 px/s)

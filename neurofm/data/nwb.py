@@ -9,6 +9,8 @@ What is taken from an NWB 2 file, and where it goes::
                               one) and, when the units table lacks them, ``location`` /
                               ``brain_region`` copied from that electrode's row
     processing/<module>     -> /behavior/<name>
+    acquisition TimeSeries  -> /behavior/<name> too (not ElectricalSeries or images: a wheel
+                              encoder's cumulative ticks become metres by ``conversion``)
       TimeSeries, SpatialSeries, and those inside Position / BehavioralTimeSeries /
       CompassDirection / PupilTracking ... containers; timestamps or starting_time + rate;
       data * conversion + offset (the series' own unit kept as an attribute)
@@ -493,11 +495,13 @@ def _first_electrode_columns(nwb, rows, ends, e_ids, unit_colnames) -> dict[str,
 
 
 def _series_in(container, pynwb) -> Iterator[tuple[str, Any]]:
-    """``(path, TimeSeries)`` inside a processing module: bare series and the ones held by
-    MultiContainerInterfaces (Position, BehavioralTimeSeries, ...)."""
+    """``(path, TimeSeries)`` inside a processing module, or in ``nwb.acquisition`` (a mapping of
+    name to object): bare series and the ones held by MultiContainerInterfaces (Position,
+    BehavioralTimeSeries, ...)."""
     from pynwb.ecephys import ElectricalSeries
 
-    for name, obj in container.data_interfaces.items():
+    objects = container.data_interfaces if hasattr(container, "data_interfaces") else container
+    for name, obj in objects.items():
         if isinstance(obj, pynwb.TimeSeries):
             yield name, obj
             continue
@@ -556,16 +560,20 @@ def _scaled(ts) -> np.ndarray:
 
 
 def _read_behaviour(nwb, in_path: Path, pynwb):
-    """``(name, timestamps, values, attrs)`` for every numeric series under processing/."""
+    """``(name, timestamps, values, attrs)`` for every numeric series under processing/ and, not
+    an ElectricalSeries or image, in acquisition/ (raw behaviour: a wheel's rotary encoder, a lick
+    sensor)."""
     from pynwb.ecephys import ElectricalSeries
     from pynwb.image import ImageSeries
 
     found = []
-    for module_name, module in nwb.processing.items():
+    places = [(f"processing/{m}", m, module) for m, module in nwb.processing.items()]
+    places.append(("acquisition", "acquisition", nwb.acquisition))
+    for where, module_name, module in places:
         for path, ts in _series_in(module, pynwb):
             if isinstance(ts, (ElectricalSeries, ImageSeries)):
                 continue  # LFP belongs to continuous data, images to stimulus
-            field = f"processing/{module_name}/{path}"
+            field = f"{where}/{path}"
             shape = getattr(ts.data, "shape", None) or np.shape(ts.data)
             dtype = getattr(ts.data, "dtype", np.asarray(ts.data[:1]).dtype)
             if len(shape) > 2 or np.dtype(dtype).kind not in "iufb":

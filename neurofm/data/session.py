@@ -1618,3 +1618,65 @@ def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles,
                 g.create_dataset("values", data=values, **_compression())
                 g.attrs.update(attrs)
     return out_path
+
+
+#: units a cumulative distance may carry (a wheel's rotary encoder converted to a length)
+_LENGTH_UNITS = {"m": "m/s", "meter": "m/s", "meters": "m/s", "metre": "m/s", "metres": "m/s", "cm": "cm/s",
+                 "mm": "mm/s", "um": "um/s", "px": "px/s", "pixels": "pixels/s", "deg": "deg/s", "rad": "rad/s"}
+
+
+def add_speed(in_path: str | os.PathLike, out_path: str | os.PathLike, distances, *,
+              overwrite: bool = True) -> Path:
+    """Copy a session file with the speed of each cumulative-distance behaviour added; returns ``out_path``.
+
+    ``distances``: ``"NAME"`` or ``"NAME=as_name"`` per behaviour (default ``as_name``: ``speed``,
+    the name the moving rule reads as a measured speed); NAME is one column that only accumulates,
+    such as a head-fixed animal's wheel (a rotary encoder's ticks times the NWB ``conversion``, in
+    metres). ``/behavior/<as_name>`` gets the same timestamps and ``|d NAME / dt|`` (central
+    differences on the samples' own times), in NAME's unit per second; no smoothing (the moving rule
+    smooths, and a decoder's 50 ms bins average). NaN samples stay NaN. A NAME with no length or
+    angle unit is an error naming the behaviour, as is a NAME that exists as ``as_name`` already.
+    Copied, edited and renamed into place: ``in_path`` is never modified.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    pairs = parse_renames(distances, "--speed-from", "distances", lambda name: "speed")
+    if not pairs:
+        raise ValueError("add_speed: name at least one cumulative-distance behaviour")
+    added = {}
+    with Session(in_path) as s:
+        for name, as_name in pairs:
+            if name not in s.behavior_names:
+                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
+                                         f"name a cumulative distance among the behaviours: {s.behavior_names}")
+            if as_name in s.behavior_names or as_name in added:
+                raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
+                                         "give the speed another name with NAME=as_name")
+            own = s.behavior_unit(name).strip()
+            if own.lower() not in _LENGTH_UNITS:
+                raise SessionFormatError(in_path, f"/behavior/{name} attrs unit",
+                                         f"{own or 'no unit'}: not a length or angle unit",
+                                         f"name a distance (m, cm, mm, px, deg, rad); one in {own or 'no unit'} "
+                                         "is not a distance whose derivative is a speed")
+            ts, values = s.behavior(name)
+            values = np.asarray(values, dtype=np.float64)
+            if values.ndim == 2 and values.shape[1] != 1:
+                raise SessionFormatError(in_path, f"/behavior/{name}", f"has {values.shape[1]} columns",
+                                         "name a one-column cumulative distance (a 2-D position's speed is "
+                                         "what the moving rule derives itself)")
+            if len(ts) < 2:
+                raise SessionFormatError(in_path, f"/behavior/{name}", f"{len(ts)} sample(s)",
+                                         "a speed needs two samples or more")
+            speed = np.abs(np.gradient(values.ravel(), np.asarray(ts, dtype=np.float64)))
+            added[as_name] = (ts, speed[:, None].astype(np.float32),
+                              {"unit": _LENGTH_UNITS[own.lower()], "source_behavior": name,
+                               "transform": f"|d/dt| of /behavior/{name} (central differences)"})
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:
+        shutil.copy2(in_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for as_name, (ts, values, attrs) in added.items():
+                g = f.require_group("behavior").create_group(as_name)
+                g.create_dataset("timestamps", data=ts, **_compression())
+                g.create_dataset("values", data=values, **_compression())
+                g.attrs.update(attrs)
+    return out_path

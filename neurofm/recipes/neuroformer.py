@@ -194,8 +194,55 @@ def prepare(cfg: RunConfig) -> RunConfig:
                     what=f"session ({sim.n_units} units, {sim.duration:.0f} s)")
     cfg = resolve_block_sizes(cfg)
     cfg = resolve_scoring(cfg)
+    warn_unobserved_units(cfg)
     check_test_target(cfg)
     return cfg
+
+
+#: a unit unobserved for more than this share of a split's time is named before training
+UNOBSERVED_SHARE = 0.01
+
+
+def warn_unobserved_units(cfg: RunConfig) -> list[str]:
+    """Warn, per session, naming the units recorded for only part of it (``/units/obs_start``,
+    ``obs_end``: an NWB ``obs_intervals`` column, kept by ``convert``) whose observed span misses
+    over :data:`UNOBSERVED_SHARE` of the training, validation or test block. Outside its span a
+    unit has no spikes, which the model, ridge and the Bayes decoder all read as silence (a unit
+    lost half way fires in the training block and is "silent" in the test block). Returns the
+    warnings."""
+    out = []
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            table = s.unit_table()
+            if "obs_start" not in table or "obs_end" not in table:
+                continue
+            a = np.asarray(table["obs_start"], dtype=np.float64)
+            b = np.asarray(table["obs_end"], dtype=np.float64)
+            ids = [str(u) for u in table["id"]]
+            blocks = {name: split_blocks(s, name, _split(cfg)) for name in ("train", "valid", "test")}
+        missed: dict[str, list[str]] = {}
+        for name, iv in blocks.items():
+            total = iv.duration
+            if not total > 0:
+                continue
+            for i, u in enumerate(ids):
+                if not (np.isfinite(a[i]) and np.isfinite(b[i])):
+                    continue
+                seen = sum(max(0.0, min(e, b[i]) - max(st, a[i])) for st, e in iv.pairs())
+                share = 1.0 - seen / total
+                if share > UNOBSERVED_SHARE:
+                    missed.setdefault(u, []).append(f"{share:.0%} of {name}")
+        if missed:
+            listed = "; ".join(f"unit {u}: {', '.join(v)}" for u, v in list(missed.items())[:6])
+            more = f"; +{len(missed) - 6} more" if len(missed) > 6 else ""
+            msg = (f"{path}: /units/obs_start, obs_end: {len(missed)} unit(s) were not recorded over part of the "
+                   f"blocks this run uses ({listed}{more}); outside its observed span a unit has no spikes, which "
+                   f"the model and every baseline read as silence. Choose blocks inside their spans "
+                   f"(`neurofm split {path} --train A:B --valid C:D --test E:F`) or remove those units from the "
+                   f"NWB file and convert again (neurofm has no option that drops units)")
+            warnings.warn(msg, stacklevel=2)
+            out.append(msg)
+    return out
 
 
 # -- what the data decides: block sizes, window lengths ------------------------------------------
@@ -905,6 +952,19 @@ def _label_subset(cfg: RunConfig):
     return LabelSubset(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed)
 
 
+def id_bits_limitation(bits: float, behavior_only: bool) -> str | None:
+    """A limitation line when next-ID prediction scores below the firing-rate null (bits < 0),
+    else None. Fine-tuning trains behaviour only by default, so the unit-ID head never learns a
+    new session's units (their embedding rows start random): on a simulated VR day of 89 new
+    units the card listed -2.08 bits/spike beside the null's 0 without a word."""
+    if not np.isfinite(bits) or bits >= 0:
+        return None
+    why = (" this run trained behaviour only (task.objectives), so the next-ID head never learned the units "
+           "new to the model: the spike metrics are not this model's spike prediction"
+           if behavior_only else " the model predicts this session's spikes worse than their firing rates")
+    return f"next-ID {bits:.3f} bits/spike, below the firing-rate null (0):{why}"
+
+
 def _behavior_only(cfg: RunConfig) -> bool:
     """Behaviour the only training objective (fine-tuning's default): a window whose label does
     not count carries no loss at all."""
@@ -1591,6 +1651,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         free = order_free_bits(test["order"], float(null.sum()), len(test["target_ids"]))
         results["id_bits_per_spike_order_free"] = free["order_free"]
         results["id_order_info_bits_per_spike"] = free["order_info"]
+        if line := id_bits_limitation(results["id_bits_per_spike"], _behavior_only(cfg)):
+            print(f"neurofm: {line}", file=sys.stderr)
+            limitations.append(line)
         if results["id_bits_per_spike"] > 0 >= free["order_free"]:
             limitations.append(
                 f"next-ID {results['id_bits_per_spike']:.3f} bits/spike over the firing-rate null, but "
@@ -1692,7 +1755,12 @@ def _probe_features(cfg: RunConfig, dm, model: Neuroformer, test: dict) -> dict 
         return None
     # the pretrained weights also for a --from-scratch run: the probe is the same arm in both
     pretrained = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, from_scratch=False))
-    frozen = build_model(pretrained, dm).eval()
+    # units the checkpoint never saw (a new day's) get random embedding rows: drawn from the run's
+    # seed, not from whatever the run drew before, so the probe is one arm in every run (a new VR
+    # day's probe read 0.409 in the pretrained run and 0.550 in the --from-scratch one)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        frozen = build_model(pretrained, dm).eval()
     train = _collect(frozen, progress(_train_windows_loader(dm), "linear probe, training windows"))
     test_f = _collect(frozen, progress(dm.loader("test"), "linear probe, test windows"))
     if len(test_f["interval"]) != len(test["interval"]) or not np.allclose(test_f["interval"], test["interval"]):

@@ -469,3 +469,67 @@ def test_tracking_jumps_in_a_position_series_are_named(tmp_path):
         convert_nwb(tmp_path / "of.nwb", tmp_path / "of.h5")
     clean = np.delete(pos, [600, 2400, 2401], axis=0)
     assert nwb_mod.tracking_jumps(clean).size == 0  # the dash, the NaN run and the jitter are not jumps
+
+
+def test_acquisition_wheel_encoder_becomes_behaviour(tmp_path):
+    """A head-fixed mouse's wheel is a rotary encoder in `acquisition`: cumulative integer ticks
+    with `conversion` (ticks -> metres), `unit="m"`, as DANDI VR sessions store it. Conversion
+    read behaviour from processing/ only, so the wheel vanished without a word; it is now
+    /behavior/<name> in metres (ticks x conversion), beside processing's position, and the
+    acquisition ElectricalSeries still goes to /continuous, not /behavior."""
+    path = make_nwb(tmp_path / "vr.nwb", electrical=True)
+    with NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        conv = 2 * np.pi * 0.1 / 1024  # 10 cm wheel, 1024 ticks per turn
+        nwb.add_acquisition(TimeSeries(name="wheel_position", data=np.arange(0, 600, 10, dtype=np.int64),
+                                       unit="m", conversion=conv, starting_time=1.0, rate=60.0))
+        io.write(nwb)
+    out = tmp_path / "vr.h5"
+    with pytest.warns(UserWarning):
+        convert_nwb(path, out)
+    with Session(out) as s:
+        assert "wheel_position" in s.behavior_names and "position" in s.behavior_names
+        assert "raw" not in s.behavior_names and s.kinds == ["spikes", "continuous"]
+        t, v = s.behavior("wheel_position")
+        np.testing.assert_allclose(np.ravel(v), np.arange(0, 600, 10) * conv)
+        np.testing.assert_allclose(t, 1.0 + np.arange(60) / 60.0)
+        assert s.behavior_unit("wheel_position") == "m"
+
+
+def test_speed_from_a_wheel_encoder(tmp_path, capsys):
+    """The wheel converted above is a distance; the speed a user decodes, and the moving rule
+    reads as measured speed, is its derivative: `neurofm convert session IN OUT --speed-from
+    wheel_position` writes /behavior/speed in m/s."""
+    from neurofm import cli, evaluation as ev
+
+    path = make_nwb(tmp_path / "vr.nwb", electrical=False)
+    conv = 2 * np.pi * 0.1 / 1024
+    ticks = np.floor(np.cumsum(np.full(60, 0.3 / 60.0)) / conv).astype(np.int64)  # 0.3 m/s for 1 s
+    with NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        nwb.add_acquisition(TimeSeries(name="wheel_position", data=ticks, unit="m", conversion=conv,
+                                       starting_time=1.0, rate=60.0))
+        io.write(nwb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_nwb(path, tmp_path / "vr.h5")
+    # this file has a /behavior/speed already (the treadmill's): refused, naming the fix
+    assert cli.main(["convert", "session", str(tmp_path / "vr.h5"), str(tmp_path / "vr_speed.h5"),
+                     "--speed-from", "wheel_position"]) == 2
+    assert "/behavior/speed: exists already" in capsys.readouterr().err
+    assert cli.main(["convert", "session", str(tmp_path / "vr.h5"), str(tmp_path / "vr_speed.h5"),
+                     "--speed-from", "wheel_position=wheel_speed"]) == 0
+    with Session(tmp_path / "vr_speed.h5") as s:
+        assert s.behavior_unit("wheel_speed") == "m/s"
+        t, v = s.behavior("wheel_speed")
+        assert abs(float(np.median(v)) - 0.3) < 0.02
+    data = ev.session_position_data(tmp_path / "vr_speed.h5", ev.DecodingProtocol(speed_name="wheel_speed"))
+    assert data.speed_measured and data.speed_source == "/behavior/wheel_speed"
+    assert cli.main(["convert", "session", str(tmp_path / "vr.h5"), str(tmp_path / "x.h5"), "--speed-from",
+                     "licks=lick_speed"]) == 2
+    assert "/behavior/licks attrs unit: a.u.: not a length or angle unit" in capsys.readouterr().err
+    # in one command while converting the NWB (it was read by `convert session` only)
+    assert cli.main(["convert", "nwb", str(path), str(tmp_path / "one.h5"), "--speed-from",
+                     "wheel_position=wheel_speed"]) == 0
+    with Session(tmp_path / "one.h5") as s:
+        np.testing.assert_allclose(s.behavior("wheel_speed")[1], v)

@@ -342,6 +342,69 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+def test_vr_teleports_are_no_movement(tmp_path):
+    """A head-fixed mouse in virtual reality: it runs the 180 cm track at 30 cm/s, licks still
+    for 3 s at its end, and the track teleports back to 0. The teleport was read as movement:
+    the speed of the smoothed position passed metres per second around every lap's end, the
+    default threshold (0.2 x the 95th-percentile speed) rose to 23 cm/s on such a recording (its
+    wheel said 9), and every licking stretch next to a teleport was scored as running. The
+    speed is now taken on each side of a jump separately (evaluation.position_jumps)."""
+    from neurofm import evaluation as ev
+
+    duration = 300.0
+    ts = np.arange(0.0, duration, 1 / 60)
+    lap = 6.0 + 3.0  # run 6 s, still 3 s, teleport
+    phase = ts % lap
+    x = np.where(phase < 6.0, 30.0 * phase, 180.0)
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0.0, duration, 4000))
+    path = tmp_path / "vr.h5"
+    with SessionWriter(path, session_id="vr") as w:
+        w.add_units(["u0", "u1"])
+        w.add_spikes(times, rng.integers(0, 2, len(times)), t_start=0.0, t_end=duration)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    out = recipe.resolve_scoring(_config([str(path)]))
+    assert out.eval.score_when == "moving"
+    assert 5.0 < out.eval.moving_threshold < 6.5  # a fifth of 30 cm/s; the teleports made it ~20
+    p = ev.DecodingProtocol(speed_threshold=out.eval.moving_threshold)
+    d = ev.session_position_data(path, p)
+    mid = d.bin_times + d.bin_size / 2
+    ph = mid % lap
+    still = (ph > 6.5) & (ph < 8.5)  # licking, away from the speed's smoothing at the run's end
+    running = (ph > 1.0) & (ph < 5.5)
+    assert d.moving[still].mean() == 0.0 and d.moving[running].mean() > 0.99
+    cuts, mixed = ev.position_jumps(d.position)
+    # one jump per lap end (two cuts around a bin that mixes both sides), none inside a run
+    assert 1 + int((np.diff(cuts) > 2).sum()) == int(duration // lap)
+    assert np.isnan(d.moving_speed(p.smooth_s)[mixed]).all() and not d.moving[mixed].any()
+    # an open field's fast run is no jump
+    assert len(ev.position_jumps(np.cumsum(np.full(200, 2.0)))[0]) == 0
+
+
+def test_units_lost_half_way_are_named_before_training(tmp_path):
+    """An NWB units table's obs_intervals (a unit lost half way) become /units/obs_start, obs_end;
+    convert warned, but a fine-tuning run read such a unit as silent in its test block without a
+    word. The run's preparation (the default path, recipe.prepare) now names each unit and the
+    share of each block it was not recorded over."""
+    rng = np.random.default_rng(1)
+    duration = 300.0
+    times = np.sort(rng.uniform(0.0, duration, 6000))
+    units = rng.integers(0, 3, len(times))
+    keep = ~((units == 2) & (times > 150.0))  # unit 2 lost half way
+    ts = np.arange(0.0, duration, 0.01)
+    x = 200.0 * np.abs(((ts * 100.0 / 200.0) % 2.0) - 1.0)
+    path = tmp_path / "lost.h5"
+    with SessionWriter(path, session_id="lost") as w:
+        w.add_units(["a", "b", "c"], obs_start=np.zeros(3), obs_end=np.array([duration, duration, 150.0]),
+                    obs_s=np.array([duration, duration, 150.0]))
+        w.add_spikes(times[keep], units[keep], t_start=0.0, t_end=duration)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    with pytest.warns(UserWarning, match=r"lost.h5: /units/obs_start, obs_end: 1 unit\(s\) .*unit c: \d+% of "
+                                         r"train, 100% of valid, 100% of test.*read as silence.*neurofm split"):
+        recipe.prepare(_config([str(path)]))
+    assert recipe.warn_unobserved_units(_config([_session(tmp_path / "full.h5")])) == []
+
+
 def test_score_when_moving_refuses_a_velocity(tmp_path):
     """A Utah-array session's only behaviour is a cursor velocity in m/s. `auto` scores it on every
     window; `--score-when moving` named eval.moving_behavior=NAME as the fix, and with the velocity
@@ -642,6 +705,25 @@ def test_the_linear_probe_of_a_from_scratch_run_reads_the_pretrained_features(pr
         assert np.array_equal(probes[0][part], probes[1][part])
 
 
+def test_the_linear_probe_on_a_new_days_units_is_one_arm_whatever_was_drawn_before(pretrained, tmp_path):
+    """A new day's units get random embedding rows in the probe's frozen model too; they were drawn
+    from the global RNG, so the pretrained and the --from-scratch run of one VR day (the scratch
+    run draws its random init first) reported the same "linear probe" arm as 0.409 and 0.550."""
+    folder, _ = pretrained
+    new_day = _session(tmp_path / "day2.h5", seed=5, still_after=60.0)
+    cfg = recipe.prepare(recipe.finetune_config(folder, [new_day], behavior=["position"], overrides=FEW))
+    dm = recipe.datamodule(cfg)
+    dm.setup("fit"), dm.setup("test")
+    assert dm.vocab.units[-1].startswith("day2/")  # units the checkpoint never saw
+    test = recipe._collect(recipe.build_model(cfg, dm), dm.loader("test"))
+    probes = []
+    for draw in (1, 2):
+        torch.manual_seed(draw)  # what the run drew before the probe
+        probes.append(recipe._probe_features(cfg, dm, None, test))
+    for part in ("train", "test"):
+        assert np.array_equal(probes[0][part], probes[1][part])
+
+
 def test_evaluate_fits_ridge_on_the_fine_tuning_runs_labels(tmp_path):
     run = tmp_path / "ft"
     (run / "pretrained").mkdir(parents=True)
@@ -789,3 +871,16 @@ def test_a_test_block_denser_than_training_is_a_limitation_with_both_drops(tmp_p
     assert f"(training {report['dropped_fraction_train']['curr']:.1%})" in line
     calm = recipe.block_size_report(recipe.resolve_block_sizes(_config([_session(tmp_path / "calm.h5")])))
     assert recipe.dropped_limitation(calm) is None
+
+
+def test_next_id_below_the_null_is_a_limitation_that_says_why():
+    """Fine-tuning trains behaviour only by default, so a new day's units never reach the next-ID
+    head: a simulated VR day of 89 new units reported -2.08 bits/spike beside the null's 0 in the
+    card, unexplained. Below the null is now a limitation, saying why for a behaviour-only run."""
+    cfg = from_dict(recipe.RunConfig, {"task": {"mode": "finetune"}}, where="test")  # finetune's default objectives
+    assert recipe._behavior_only(cfg)
+    line = recipe.id_bits_limitation(-2.077, recipe._behavior_only(cfg))
+    assert line.startswith("next-ID -2.077 bits/spike, below the firing-rate null") and "behaviour only" in line
+    pre = from_dict(recipe.RunConfig, {"task": {"mode": "pretrain"}}, where="test")
+    assert "worse than their firing rates" in recipe.id_bits_limitation(-0.1, recipe._behavior_only(pre))
+    assert recipe.id_bits_limitation(0.2, True) is None and recipe.id_bits_limitation(float("nan"), True) is None
