@@ -327,6 +327,7 @@ class DecodeReport:
     n_boot: int
     protocol: str = ""
     n_fitted: int | None = None  # labelled training windows every arm was fitted on (None: not stated)
+    unit: str = "windows"  # what a scored item is: spike windows, or an iEEG model's segments
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -387,9 +388,10 @@ class DecodeReport:
 
     def describe(self) -> str:
         blocks = f"{self.n_blocks} blocks" + (f" of {self.block_s:g} s" if self.block_s else "")
-        text = (f"{self.target}: {self.n_windows} scored windows ({self.scored}) in {blocks}; "
-                f"labels on {self.label_fraction:.0%} of the training windows"
-                f"{f' ({self.n_fitted} labelled windows fitted)' if self.n_fitted is not None else ''}, "
+        u = self.unit
+        text = (f"{self.target}: {self.n_windows} scored {u} ({self.scored}) in {blocks}; "
+                f"labels on {self.label_fraction:.0%} of the training {u}"
+                f"{f' ({self.n_fitted} labelled {u} fitted)' if self.n_fitted is not None else ''}, "
                 f"the same for every arm; "
                 f"{self.confidence:.0%} CIs from a block bootstrap ({self.n_boot} resamples of whole blocks)")
         if self.n_blocks < FEW_CI_BLOCKS:
@@ -437,7 +439,7 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
                   reference: str | None = None, label_fraction: float = 1.0, scored: str = "all test windows",
                   block_s: float | None = None, protocol: str = "", notes: Mapping[str, str] | None = None,
                   n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                  n_fitted: int | None = None) -> DecodeReport:
+                  n_fitted: int | None = None, unit: str = "windows") -> DecodeReport:
     """Score every arm on the same windows, with block-bootstrap CIs and paired differences.
 
     Parameters
@@ -451,6 +453,7 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     notes : optional {arm: short note} shown beside the arm (e.g. "frozen pretrained features").
     n_fitted : how many labelled training windows the arms were fitted on, stated beside the
         label fraction (with a moving rule, 10% of a resting animal's windows can be a few dozen).
+    unit : what the scored items are called in the report's words ("segments" for BaRISTA).
     """
     if task not in ("regression", "classification"):
         raise ValueError(f"decode_report: task must be 'regression' or 'classification', got {task!r}")
@@ -520,4 +523,4 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     return DecodeReport(target=target, task=task, rows=rows, reference=reference, label_fraction=float(label_fraction),
                         scored=scored, n_windows=n, n_blocks=K, block_s=block_s, confidence=confidence,
                         n_boot=int(n_boot), protocol=protocol,
-                        n_fitted=None if n_fitted is None else int(n_fitted))
+                        n_fitted=None if n_fitted is None else int(n_fitted), unit=unit)

@@ -1850,7 +1850,8 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
     rep = decode_report(arms, y, blocks, task=task, target=target, reference=reference,
                         scored=f"all {len(y)} test segments, in blocks of equal segment count (their mean length)",
                         block_s=round(span, 3) if np.isfinite(span) else None,
-                        notes=notes, protocol=protocol, seed=seed, label_fraction=label_fraction, n_fitted=n_fitted)
+                        notes=notes, protocol=protocol, seed=seed, label_fraction=label_fraction, n_fitted=n_fitted,
+                        unit="segments")
     return rep, _plain_line(rep, reference, baseline, len(y))
 
 

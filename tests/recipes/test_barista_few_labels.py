@@ -70,7 +70,7 @@ def test_label_fraction_labels_the_same_segments_for_every_arm_and_evaluate_refi
                 f"in every 20 s: {draw['n_chunks_labelled']} of {draw['n_chunks']} 10 s chunks drawn: "
                 f"{draw['n_segments_labelled']:,} of {draw['n_segments']:,} training segments")
         assert text in m[arm]["protocol"] and "validation and test segments untouched" in m[arm]["protocol"]
-        assert "labels on 50% of the training windows" in (runs[arm] / "decode_report.md").read_text()
+        assert "labels on 50% of the training segments" in (runs[arm] / "decode_report.md").read_text()
         assert "labels on 50% of the training segments" in (runs[arm] / "pretrained" / "README.md").read_text()
     # the baselines see the same segments in both arms, so they score the same
     for name in ("logistic on band power", "logistic on the evoked waveform"):
