@@ -500,7 +500,9 @@ class RidgeFitPredict:
     ``inner_folds``-fold blocked CV (:func:`blocked_folds` over the training rows in time
     order, ``gap`` rows removed each side: rows skip rest bins, so ``gap`` rows span at
     least ``gap`` bins), maximising the pooled R2 averaged over outputs; one
-    eigendecomposition per inner fold scores every alpha. ``"holdout"``: Ridge's own
+    eigendecomposition per inner fold scores every alpha. Too few rows for those folds and
+    gaps (a few labelled chunks): the penalty is chosen on the last 20% of the rows instead,
+    and ``cv_r2_`` is NaN. ``"holdout"``: Ridge's own
     choice on the last 20% of the training rows (after a gap). A number: fixed. The chosen
     alpha of each call is appended to ``alphas_``.
     """
@@ -557,7 +559,11 @@ class RidgeFitPredict:
         X_train = np.asarray(X_train, dtype=np.float64)
         Y2 = np.asarray(Y_train, dtype=np.float64).reshape(len(Y_train), -1)
         if self.alpha == "blocked_cv":
-            model = Ridge(self.choose_alpha(X_train, Y2))
+            try:
+                model = Ridge(self.choose_alpha(X_train, Y2))
+            except ValueError:  # too few rows for the inner folds and gaps (a few labelled chunks)
+                model = Ridge(self.alphas, val_fraction=0.2)  # the penalty on the last 20% of the rows
+                self.cv_r2_, self.cv_fold_r2_, self.cv_pred_ = float("nan"), None, None
         elif self.alpha == "holdout":
             model = Ridge(self.alphas, val_fraction=0.2, gap=self.gap)
         else:
