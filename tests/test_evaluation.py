@@ -387,3 +387,21 @@ def test_decoding_setup_scores_no_bin_whose_history_crosses_a_discontinuity(tmp_
         assert setup.train_mask[p.n_history - 1: k].any()
     out = ev.ridge_floor(None, setup=setup)
     assert out["ridge"]["r2_mean"] > 0.6
+
+
+def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_on_a_holdout():
+    """A few labelled chunks (170 bins with 5 s gaps of 100 bins) left no training rows in some
+    inner fold, and bench/linear_track.py's 10%-label row crashed; the penalty is now chosen on
+    the last 20% of the rows, and the blocked-CV score is NaN (not some other fit's)."""
+    from neurofm.evaluation import RidgeFitPredict
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(170, 5))
+    Y = X @ np.array([1.0, -2.0, 0.5, 0.0, 0.0]) + 0.1 * rng.normal(size=170)
+    rfp = RidgeFitPredict("blocked_cv", gap=100)
+    model = rfp.fit(X, Y)
+    assert np.isnan(rfp.cv_r2_) and rfp.cv_pred_ is None
+    assert np.corrcoef(model.predict(X).ravel(), Y)[0, 1] > 0.99
+    plenty = RidgeFitPredict("blocked_cv", gap=5)
+    plenty.fit(X, Y)
+    assert np.isfinite(plenty.cv_r2_) and plenty.cv_pred_.shape == (170, 1)
