@@ -1567,6 +1567,21 @@ def parse_renames(specs, option: str, what: str, default: Callable[[str], str] =
     return out
 
 
+def _with_behaviours(in_path: Path, out_path: Path, added: dict, overwrite: bool) -> Path:
+    """Copy ``in_path`` to ``out_path`` (which may be ``in_path``) with ``added`` ({as_name:
+    (timestamps, values, attrs)}) as new /behavior groups: copied, edited and renamed into place."""
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:
+        shutil.copy2(in_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for as_name, (ts, values, attrs) in added.items():
+                g = f.require_group("behavior").create_group(as_name)
+                g.create_dataset("timestamps", data=ts, **_compression())
+                g.create_dataset("values", data=values, **_compression())
+                g.attrs.update(attrs)
+    return out_path
+
+
 def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles, *, unit: str | None = None,
                 overwrite: bool = True) -> Path:
     """Copy a session file with each angle behaviour's cosine and sine added; returns ``out_path``.
@@ -1608,16 +1623,7 @@ def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles,
             added[as_name] = (ts, np.stack([np.cos(theta), np.sin(theta)], axis=1).astype(np.float32),
                               {"unit": "", "source_behavior": name, "columns": "cos, sin",
                                "transform": f"cosine and sine of /behavior/{name} ({u})"})
-    in_place = out_path.resolve() == in_path.resolve()
-    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:
-        shutil.copy2(in_path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            for as_name, (ts, values, attrs) in added.items():
-                g = f.require_group("behavior").create_group(as_name)
-                g.create_dataset("timestamps", data=ts, **_compression())
-                g.create_dataset("values", data=values, **_compression())
-                g.attrs.update(attrs)
-    return out_path
+    return _with_behaviours(in_path, out_path, added, overwrite)
 
 
 #: units a cumulative distance may carry (a wheel's rotary encoder converted to a length)
@@ -1636,7 +1642,7 @@ def add_speed(in_path: str | os.PathLike, out_path: str | os.PathLike, distances
     differences on the samples' own times), in NAME's unit per second; no smoothing (the moving rule
     smooths, and a decoder's 50 ms bins average). NaN samples stay NaN. A NAME with no length or
     angle unit is an error naming the behaviour, as is a NAME that exists as ``as_name`` already.
-    Copied, edited and renamed into place: ``in_path`` is never modified.
+    Copied, edited and renamed into place: ``in_path`` is never modified (``out_path`` may equal it).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     pairs = parse_renames(distances, "--speed-from", "distances", lambda name: "speed")
@@ -1670,13 +1676,4 @@ def add_speed(in_path: str | os.PathLike, out_path: str | os.PathLike, distances
             added[as_name] = (ts, speed[:, None].astype(np.float32),
                               {"unit": _LENGTH_UNITS[own.lower()], "source_behavior": name,
                                "transform": f"|d/dt| of /behavior/{name} (central differences)"})
-    in_place = out_path.resolve() == in_path.resolve()
-    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:
-        shutil.copy2(in_path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            for as_name, (ts, values, attrs) in added.items():
-                g = f.require_group("behavior").create_group(as_name)
-                g.create_dataset("timestamps", data=ts, **_compression())
-                g.create_dataset("values", data=values, **_compression())
-                g.attrs.update(attrs)
-    return out_path
+    return _with_behaviours(in_path, out_path, added, overwrite)
