@@ -1269,7 +1269,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         raise ConfigError(
             f"data.label_fraction: {d.label_fraction:g} of the training block's {d.label_chunk_s:g} s chunks "
             f"(data.label_chunk_s) drew no labelled chunk in {', '.join(session_paths(d))} "
-            f"({_draw_rule(d.label_fraction, d.label_chunk_s)}, seed {cfg.seed}), so fine-tuning has no labelled "
+            f"({draw_rule(d.label_fraction, d.label_chunk_s)}, seed {cfg.seed}), so fine-tuning has no labelled "
             f"training window; raise --label-fraction, shorten data.label_chunk_s, or use a longer recording")
     labelled = torch.ones(sum(len(s) for s in ses), dtype=torch.bool)
     if cfg.data.label_fraction < 1.0:
@@ -1876,12 +1876,9 @@ def label_draw_limitation(draw: dict | None, chunk_s: float) -> str | None:
     return (f"--label-fraction {draw['requested']:g} labelled "
             + (f"{draw['share']:.1%} of the training windows" if not 0.5 <= shares[0] / draw["requested"] <= 2.0
                else f"{draw['scored_share']:.1%} of the scored (moving) training windows")
-            + f" ({_label_draw_text(draw, chunk_s)}; the chunks are spread evenly in time, blind to movement, so "
+            + f" ({label_draw_text(draw, chunk_s)}; the chunks are spread evenly in time, blind to movement, so "
             f"few chunks or a few long bouts give a share far from it): every arm fitted those labels; seed=N "
             f"draws other chunks, a longer training block or a smaller data.label_chunk_s brings the share closer")
-
-
-_draw_rule, _label_draw_text = draw_rule, label_draw_text  # the words of the draw, shared with BaRISTA
 
 
 def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict | None = None) -> str:
@@ -1906,8 +1903,8 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict |
     if d.label_fraction < 1.0:
         text += (f"; behaviour labels on {d.label_fraction:.0%} of the training windows ({d.label_chunk_s:g} s "
                  f"chunks, seed {cfg.seed}"
-                 + (f"; {_draw_rule(d.label_fraction, d.label_chunk_s)}: "
-                    f"{_label_draw_text(draw, d.label_chunk_s)}" if draw else "")
+                 + (f"; {draw_rule(d.label_fraction, d.label_chunk_s)}: "
+                    f"{label_draw_text(draw, d.label_chunk_s)}" if draw else "")
                  + "), the same windows for the model and ridge")
     elif cfg.model.behavior_targets():
         text += "; behaviour labels on every training window (100%), for the model and ridge"
