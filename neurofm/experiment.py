@@ -542,7 +542,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from neurofm.tasks.callbacks import EarlyStoppingAfterValidation  # lazy: Lightning
+    from neurofm.tasks.callbacks import EarlyStoppingAfterValidation, LogProgress  # lazy: Lightning
 
     _quiet_lightning()
     ckpt_dir = run_dir / "checkpoints"
@@ -552,6 +552,10 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
     if tc.record_batches:
         callbacks.append(_batch_recorder(run_dir / "ranks"))
     callbacks += list(extra_callbacks)
+    # a progress bar on a terminal; into a log file (stderr redirected) plain lines every 30 s instead
+    bar = tc.progress_bar and _is_terminal(sys.stderr)
+    if tc.progress_bar and not bar:
+        callbacks.append(LogProgress())
     if monitor:
         callbacks.insert(1, ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                             save_top_k=1, auto_insert_metric_name=False,
@@ -572,11 +576,18 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
         gradient_clip_val=tc.gradient_clip_val or None,
         log_every_n_steps=tc.log_every_n_steps, **_validation_cadence(tc),
         limit_train_batches=tc.limit_train_batches, limit_val_batches=tc.limit_val_batches,
-        deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar,
+        deterministic=tc.deterministic, enable_progress_bar=bar,
         logger=_loggers(tc, run_dir, resume_step),
         callbacks=callbacks, plugins=[_checkpoint_io()],
         use_distributed_sampler=False,  # neurofm's samplers shard by rank themselves
     )
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
 
 
 def resume_path(resume: str, run_dir: Path) -> str | None:

@@ -209,6 +209,44 @@ def test_trainer_logs_csv_and_drops_lightning_noise_only(tmp_path, caplog):
     assert len(caplog.records) == n
 
 
+def test_training_into_a_log_file_prints_progress_lines(tmp_path, capsys, monkeypatch):
+    """The default progress bar, with stderr redirected to a log file (as under pytest): a
+    BaRISTA pretraining's log showed one final bar frame after 15 min. build_trainer then puts
+    plain lines (step, of how many, epoch, loss, time left) in its place; on a terminal the bar."""
+    import lightning as L
+    import torch
+
+    from neurofm.tasks.callbacks import LogProgress
+
+    trainer = build_trainer(TrainerConfig(accelerator="cpu", devices="1", max_epochs=2), tmp_path)
+    assert not trainer.progress_bar_callback
+    (log,) = [c for c in trainer.callbacks if isinstance(c, LogProgress)]
+    log.every_s = 0.0  # every step, not every 30 s
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.w(batch[0]).pow(2).mean()
+            self.log("train/loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(6, 2)), batch_size=2)
+    capsys.readouterr()
+    trainer.fit(Tiny(), data)
+    err = capsys.readouterr().err
+    assert "neurofm: training: step 1 of 6, epoch 1 of 2, loss " in err
+    assert "neurofm: training: step 6 of 6, epoch 2 of 2" in err and "neurofm: training: done, 6 steps in" in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    on_terminal = build_trainer(TrainerConfig(accelerator="cpu", devices="1"), tmp_path / "t")
+    assert on_terminal.progress_bar_callback and not [c for c in on_terminal.callbacks if isinstance(c, LogProgress)]
+
+
 def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
     """`neurofm evaluate` without --out wrote every evaluation to runs/evaluate, each replacing the
     last; the default now names the model (a fine-tuned RUN/pretrained by its run) and the data."""

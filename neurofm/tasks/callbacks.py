@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -14,7 +15,48 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from neurofm.report import paired_gain, r2_standard_error
 
-__all__ = ["EarlyStoppingAfterValidation", "StartingPoint", "SELECTION_RULE", "SELECTION_SE", "selection_windows"]
+__all__ = ["EarlyStoppingAfterValidation", "LogProgress", "StartingPoint", "SELECTION_RULE", "SELECTION_SE", "selection_windows"]
+
+
+class LogProgress(L.Callback):
+    """Training progress as plain lines on stderr, for a run whose stderr is a log file, not a
+    terminal (a progress bar's redraws land there as one final frame: a 15-min BaRISTA
+    pretraining showed nothing until its end). Once training has run ``every_s`` seconds, a
+    line every ``every_s`` seconds (the step, of how many, the epoch, the last training loss,
+    time so far and left) and one when training ends; a short run prints nothing. Rank 0 only."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = float(every_s)
+        self._start = self._last = 0.0
+        self._first_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.monotonic()
+        self._first_step = trainer.global_step
+
+    def _line(self, trainer, now: float) -> str:
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        done = step - self._first_step
+        of = f" of {int(total):,}" if math.isfinite(total) else ""
+        left = (f", about {(now - self._start) * (total - step) / done:.0f} s left"
+                if done > 0 and math.isfinite(total) else "")
+        loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
+        loss = f", loss {float(loss):.4g}" if loss is not None else ""
+        epochs = f" of {trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        return (f"neurofm: training: step {step:,}{of}, epoch {trainer.current_epoch + 1}{epochs}{loss}, "
+                f"{now - self._start:.0f} s{left}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s and trainer.is_global_zero:
+            self._last = now
+            print(self._line(trainer, now), file=sys.stderr, flush=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._last > self._start and trainer.is_global_zero:
+            now = time.monotonic()
+            print(f"neurofm: training: done, {trainer.global_step:,} steps in {now - self._start:.0f} s",
+                  file=sys.stderr, flush=True)
 
 
 class EarlyStoppingAfterValidation(EarlyStopping):
