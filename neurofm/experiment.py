@@ -552,7 +552,7 @@ def build_trainer(tc: TrainerConfig, run_dir: Path, monitor: str | None = None, 
     if tc.record_batches:
         callbacks.append(_batch_recorder(run_dir / "ranks"))
     callbacks += list(extra_callbacks)
-    # a progress bar on a terminal; into a log file (stderr redirected) plain lines every 30 s instead
+    # a progress bar on a terminal; into a log file (stderr redirected) plain lines instead (LogProgress)
     bar = tc.progress_bar and _is_terminal(sys.stderr)
     if tc.progress_bar and not bar:
         callbacks.append(LogProgress())

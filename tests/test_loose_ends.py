@@ -528,7 +528,7 @@ def test_a_recording_below_the_models_rate_is_upsampled_with_a_warning(lab, tmp_
 
 
 def test_progress_is_silent_on_a_short_pass_and_counts_a_long_one(capsys):
-    from neurofm.recipes import progress
+    from neurofm.progress import progress
 
     assert list(progress(range(4), "a short pass")) == [0, 1, 2, 3]  # under PROGRESS_EVERY_S: nothing printed
     assert capsys.readouterr().err == ""

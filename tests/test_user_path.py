@@ -120,7 +120,7 @@ def test_new_lab_convert_pretrain_finetune_evaluate_generate(tmp_path, capsys, m
     # evaluate the fine-tuned folder: position R2 on the held-out (test) block, printed as JSON (--json)
     # (every pass over the data reports its progress; a long one every 30 s, here every batch)
     ev = tmp_path / "eval"
-    monkeypatch.setattr("neurofm.recipes.PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("neurofm.progress.PROGRESS_EVERY_S", 0.0)
     assert cli.main(["evaluate", "--pretrained", str(ft / "pretrained"), "--data", str(data), "--behavior",
                      "position", "--out", str(ev), "--json", "data.stride=1.0"]) == 0
     out = capsys.readouterr()

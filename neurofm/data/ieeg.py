@@ -58,6 +58,7 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import OutputError, atomic_output, check_destination
+from neurofm.progress import progress
 from neurofm.data.session import (BAD_SEGMENTS, BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES,
                                   NOT_CONTINUOUS_TYPES, ConvertError, Session, non_neural, parse_renames,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
@@ -1109,7 +1110,7 @@ def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_po
     rows = max(1, BLOCK_VALUES // max(n_ch, 1))
     lo, hi = np.full(n_ch, np.inf), np.full(n_ch, -np.inf)
     n_lo, n_hi = np.zeros(n_ch, np.int64), np.zeros(n_ch, np.int64)
-    for i0 in range(0, n, rows):
+    for i0 in progress(range(0, n, rows), f"converting {in_path.name}", unit="blocks"):
         block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
         if i0 == 0:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterator
 
 #: A pretraining estimate above this many seconds is reported as long by ``neurofm inspect``,
 #: with the settings that shorten it: a run one would not wait for at the terminal. A reporting
@@ -53,34 +52,6 @@ def ensure_sessions(data, *, convert_hint: str, simulate: Callable[[], None], wh
     elif not Path(data.simulate.path).exists():
         print(f"neurofm: simulating the demo {what} -> {data.simulate.path}")
         simulate()
-
-
-#: A pass over the data that runs longer than this reports its progress every this many seconds
-#: (:func:`progress`): a silent minute at the terminal reads as a hung run.
-PROGRESS_EVERY_S = 30.0
-
-T = TypeVar("T")
-
-
-def progress(batches: Iterable[T], what: str, every_s: float | None = None) -> Iterator[T]:
-    """Yield ``batches``; once the pass has run ``every_s`` (default :data:`PROGRESS_EVERY_S`)
-    seconds, print a line to stderr every ``every_s`` seconds (batches done, of how many when
-    ``batches`` has a length, time so far and left) and one when it ends. A short pass prints
-    nothing."""
-    every_s = PROGRESS_EVERY_S if every_s is None else every_s
-    total = len(batches) if hasattr(batches, "__len__") else None
-    start = last = time.monotonic()
-    i = 0
-    for i, batch in enumerate(batches, 1):
-        yield batch
-        now = time.monotonic()
-        if now - last >= every_s:
-            last = now
-            left = f", about {(now - start) * (total - i) / i:.0f} s left" if total else ""
-            print(f"neurofm: {what}: {i:,}{f' of {total:,}' if total else ''} batches in {now - start:.0f} s{left}",
-                  file=sys.stderr, flush=True)
-    if last > start:
-        print(f"neurofm: {what}: done, {i:,} batches in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,8 @@ from neurofm.config import ConfigError, from_dict, to_dict
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import WAVEFORM_BINS, BaristaConfig, BaristaEncoder, TokenWeightingHead, evoked_waveform
-from neurofm.recipes import (draw_rule, ensure_sessions, label_draw, label_draw_text, progress, quiet_preparation,
+from neurofm.progress import progress
+from neurofm.recipes import (draw_rule, ensure_sessions, label_draw, label_draw_text, quiet_preparation,
                              session_paths, time_pretraining)
 from neurofm.recipes import finetuned_labels as _finetuned_labels
 from neurofm import plots

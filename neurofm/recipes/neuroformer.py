@@ -42,7 +42,8 @@ from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, 
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.recipes import (draw_rule, ensure_sessions, label_draw_text, progress, quiet_preparation, session_paths,
+from neurofm.progress import progress
+from neurofm.recipes import (draw_rule, ensure_sessions, label_draw_text, quiet_preparation, session_paths,
                              time_pretraining)
 from neurofm.recipes import finetuned_labels as _finetuned_labels, label_draw as _label_draw
 from neurofm import metrics as M, plots

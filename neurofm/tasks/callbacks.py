@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from neurofm.progress import PROGRESS_EVERY_S
 from neurofm.report import paired_gain, r2_standard_error
 
 __all__ = ["EarlyStoppingAfterValidation", "LogProgress", "StartingPoint", "SELECTION_RULE", "SELECTION_SE", "selection_windows"]
@@ -22,11 +23,11 @@ class LogProgress(L.Callback):
     """Training progress as plain lines on stderr, for a run whose stderr is a log file, not a
     terminal (a progress bar's redraws land there as one final frame: a 15-min BaRISTA
     pretraining showed nothing until its end). Once training has run ``every_s`` seconds, a
-    line every ``every_s`` seconds (the step, of how many, the epoch, the last training loss,
+    line every ``every_s`` seconds (default :data:`~neurofm.progress.PROGRESS_EVERY_S`; the step, of how many, the epoch, the last training loss,
     time so far and left) and one when training ends; a short run prints nothing. Rank 0 only."""
 
-    def __init__(self, every_s: float = 30.0):
-        self.every_s = float(every_s)
+    def __init__(self, every_s: float | None = None):
+        self.every_s = PROGRESS_EVERY_S if every_s is None else float(every_s)
         self._start = self._last = 0.0
         self._first_step = 0
 

@@ -1084,3 +1084,22 @@ def test_electrodes_with_z_na_are_named_not_silently_unplaced(tmp_path):
         convert_ieeg(vhdr, tmp_path / "s.h5", electrodes=tsv, coordinate_unit="mm")
     with Session(tmp_path / "s.h5") as s:
         assert not np.isfinite(s.channels().xyz).all(axis=1).any()  # no channel placed
+
+
+def test_a_long_conversion_says_how_far_it_is(tmp_path, monkeypatch, capsys):
+    """Converting a 75-min 64-channel EDF printed nothing for about 2 min; a conversion that runs
+    past PROGRESS_EVERY_S now prints its blocks done and the time left (and a short one nothing)."""
+    import neurofm.data.ieeg as ieeg_mod
+
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=4000), NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert_ieeg(edf, tmp_path / "quiet.h5")
+        assert "neurofm: converting" not in capsys.readouterr().err
+        monkeypatch.setattr("neurofm.progress.PROGRESS_EVERY_S", 0.0)
+        monkeypatch.setattr(ieeg_mod, "BLOCK_VALUES", 4 * 1000)  # 1000 samples of 4 channels a block
+        convert_ieeg(edf, tmp_path / "s.h5")
+    err = capsys.readouterr().err
+    assert "neurofm: converting rec.edf: 1 of 4 blocks in" in err and "neurofm: converting rec.edf: done, 4 blocks" in err
+    with Session(tmp_path / "s.h5") as a, Session(tmp_path / "quiet.h5") as b:
+        np.testing.assert_array_equal(a.continuous(), b.continuous())

@@ -181,7 +181,7 @@ def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypat
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
     task = recipe.task(cfg, dm)
-    monkeypatch.setattr("neurofm.recipes.PROGRESS_EVERY_S", 0.0)  # every pass reports (a long one every 30 s)
+    monkeypatch.setattr("neurofm.progress.PROGRESS_EVERY_S", 0.0)  # every pass reports (a long one every 30 s)
     out = recipe.evaluate(cfg, task, dm, tmp_path)
     err = capsys.readouterr().err
     for what in ("decode report, training segments", "decode report, test segments"):
