@@ -370,8 +370,12 @@ def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
     if hint is not None:
         warnings.warn(f"model.window.curr = {m.window.curr:g} s holds {curr.mean():.2f} spikes on average in the "
                       f"training data: most windows are empty. At this population rate "
-                      f"({curr.mean() / m.window.curr:.1f} spikes/s) try model.window.curr={hint[0]:g} "
-                      f"model.window.prev={hint[1]:g} (about {SUGGESTED_SPIKES_PER_WINDOW:g} spikes per window)",
+                      f"({curr.mean() / m.window.curr:.1f} spikes/s) windows of model.window.curr={hint[0]:g} "
+                      f"model.window.prev={hint[1]:g} hold about {SUGGESTED_SPIKES_PER_WINDOW:g} spikes; "
+                      + ("the windows are the pretrained model's (its shape), so that means pretraining again with "
+                         "them (README step 2), and a window that long averages the behaviour over its span"
+                         if cfg.task.pretrained else "set them (a window that long averages the behaviour over "
+                                                     "its span)"),
                       stacklevel=2)
     if (sizes["id"], sizes["prev_id"]) == (m.block_size.id, m.block_size.prev_id):
         return cfg

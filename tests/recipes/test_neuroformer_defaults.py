@@ -6,6 +6,8 @@ Tiny hand-made sessions, no training."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import shutil
 import warnings
@@ -140,10 +142,16 @@ def test_mostly_empty_windows_get_a_longer_window_suggested(tmp_path):
     path = _session(tmp_path / "a.h5", rate=0.5)  # 4 units x 0.5 Hz = 2 spikes/s: 0.1 per 50 ms window
     cfg = _config([path], model={"window": {"curr": 0.05, "prev": 0.1, "dt": 0.01}})
     # ~1.9 spikes/s measured: 4 spikes need 2.1 s, so the next round length, 5 s (prev scaled x100)
-    with pytest.warns(UserWarning, match=r"holds 0\.09 spikes on average.*try model.window.curr=5 "
-                                         r"model.window.prev=10 "):
+    with pytest.warns(UserWarning, match=r"holds 0\.09 spikes on average.*windows of model.window.curr=5 "
+                                         r"model.window.prev=10 hold about 4 spikes; set them"):
         recipe.resolve_block_sizes(cfg)
     assert recipe.suggest_window(1.5, cfg.model.window) is None
+    # fine-tuning: the windows are the checkpoint's shape, so the hint says it means pretraining again
+    # (it read "try model.window.curr=5", which a fine-tune cannot set)
+    tuned = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, pretrained="runs/pre/pretrained"))
+    with pytest.warns(UserWarning, match=r"hold about 4 spikes; the windows are the pretrained model's \(its shape\), "
+                                         r"so that means pretraining again"):
+        recipe.resolve_block_sizes(tuned)
 
 
 def test_inspect_shows_spikes_per_window(tmp_path, capsys):
