@@ -189,7 +189,8 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
     eval_results = []
     if scores:
         dataset_name = data.get("description") or "held-out test block"
-        dataset_type = _slug(data.get("datasets", [dataset_name])[0] if data.get("datasets") else dataset_name)
+        # every session the numbers come from (a two-day pretraining was typed as its first day alone)
+        dataset_type = _slug("-".join(map(str, data.get("datasets") or [dataset_name])))
         task_name = f"{family} evaluation on the held-out test block"
         rows = [(None, scores)] + list(baselines.items())
         for who, row in rows:

@@ -59,6 +59,7 @@ def test_run_card_embeds_the_weights_config_and_parses_as_a_hub_card(tmp_path):
     assert results[("speed_r2", "baseline: ridge on window counts")] == pytest.approx(0.8535)
     assert not any("n_scored" in k for k, _ in results)
     assert all(r.dataset_split == "test" for r in data.eval_results)
+    assert {r.dataset_type for r in data.eval_results} == {"neurofm-simulated-spikes"}
     # the embedded config is the exported model's (5 units), not the run YAML's request (n_units: 1)
     block = text.split("```json\n", 1)[1].split("\n```", 1)[0]
     embedded = json.loads(block)
@@ -69,6 +70,14 @@ def test_run_card_embeds_the_weights_config_and_parses_as_a_hub_card(tmp_path):
 
     assert cli.main(["card", str(run), "--out", str(tmp_path / "c.md"), "--repo-id", "my-lab/nf"]) == 0
     assert 'neurofm.from_pretrained("my-lab/nf")' in (tmp_path / "c.md").read_text()
+
+
+def test_a_run_on_several_sessions_names_them_all_as_its_dataset():
+    """A two-day pretraining's model-index typed its data as the first day alone ('ses1')."""
+    m = _metrics()
+    m["data"]["datasets"] = ["sub-M1_ses-1", "sub-M1_ses-2"]
+    card = ModelCard(render_card(m))
+    assert {r.dataset_type for r in card.data.eval_results} == {"sub-m1_ses-1-sub-m1_ses-2"}
 
 
 def test_counts_are_separate_from_metrics(tmp_path):
