@@ -46,7 +46,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         warnings.showwarning = show
         if args.format == "session":
             from neurofm.data.ieeg import move_channels_to_behavior
-            from neurofm.data.session import add_cos_sin
 
             if args.trigger_channel:
                 raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
@@ -55,22 +54,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
                                  "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]) or a "
                                  "cumulative distance's speed (--speed-from NAME[=as_name]); give one (each repeatable)")
-            out, source = args.output, args.input
             if args.behavior_channel:
-                out = move_channels_to_behavior(source, args.output, args.behavior_channel,
-                                                overwrite=not args.no_overwrite, rectify=args.rectify)
-                source = out
-            if args.angle:
-                out = add_cos_sin(source, args.output, args.angle, unit=args.angle_unit,
-                                  overwrite=not args.no_overwrite)
-                source = out
-            if args.speed_from:
-                from neurofm.data.session import add_speed
-
-                out = add_speed(source, args.output, args.speed_from, overwrite=not args.no_overwrite)
-            print(f"wrote {out}")
-            return 0
-        if args.format == "nwb":
+                def convert(out_path, overwrite=True, **_):  # a session file keeps its own id, licence, ...
+                    return move_channels_to_behavior(args.input, out_path, args.behavior_channel,
+                                                     overwrite=overwrite, rectify=args.rectify)
+            else:
+                convert = None  # the session file as it is, the behaviours derived from it added
+        elif args.format == "nwb":
             from neurofm.data.nwb import convert_nwb
 
             if args.trigger_channel:
@@ -109,20 +99,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Path:
-    """``convert`` the recording, then add each ``--angle``'s cosine and sine
-    (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
+    """``convert`` the input (None: a session file as it is), then add each ``--angle``'s cosine
+    and sine (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
     (:func:`~neurofm.data.session.add_speed`), all in a temporary file beside the output: the
     output appears only when every step worked (a behaviour the recording lacks leaves no
     converted file behind, and none without what was asked for)."""
     from neurofm.atomic import atomic_output
-    from neurofm.data.session import add_cos_sin, add_speed
+    from neurofm.data.session import ConvertError, add_cos_sin, add_speed
 
-    with atomic_output(args.output, overwrite=common["overwrite"]) as tmp:
-        convert(tmp, **{**common, "overwrite": True})
+    in_place = Path(args.output).resolve() == Path(args.input).resolve()
+    if in_place and args.format != "session":  # the converter would see the temporary file, not the input
+        raise ConvertError(args.input, "out_path", "is the input file itself", "write the session to another path")
+    with atomic_output(args.output, overwrite=common["overwrite"] or in_place) as tmp:  # a session edited in place
+        source = args.input if convert is None else convert(tmp, **{**common, "overwrite": True})
         if args.angle:
-            add_cos_sin(tmp, tmp, args.angle, unit=args.angle_unit)
+            source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
         if args.speed_from:
-            add_speed(tmp, tmp, args.speed_from)
+            add_speed(source, tmp, args.speed_from)
     return Path(args.output)
 
 

@@ -257,6 +257,14 @@ def test_convert_session_angle_errors_and_degrees(tmp_path, capsys):
     assert main(["convert", "session", str(src), str(bad), "--angle", "hd_nounit", "--angle-unit", "deg"]) == 0
     with Session(bad) as s:
         np.testing.assert_allclose(s.behavior("hd_nounit_cos_sin")[1], expect, atol=1e-6)
+    # --angle and --speed-from in one command: a step that fails leaves no output (the angle was
+    # written before the speed failed); a session file edited in place, --no-overwrite or not
+    assert main(["convert", "session", str(src), str(tmp_path / "two.h5"), "--angle", "hd", "--speed-from",
+                 "hd_nounit"]) == 2
+    assert "/behavior/hd_nounit attrs unit" in capsys.readouterr().err and not (tmp_path / "two.h5").exists()
+    assert main(["convert", "session", str(bad), str(bad), "--angle", "hd", "--no-overwrite"]) == 0
+    with Session(bad) as s:
+        assert {"hd_nounit_cos_sin", "hd_cos_sin"} <= set(s.behavior_names)
 
 
 def test_convert_nwb_angle_while_converting(tmp_path, capsys):
@@ -294,6 +302,11 @@ def test_convert_nwb_angle_while_converting(tmp_path, capsys):
     assert not bad.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hd.h5", "hd.nwb"]
     assert main(["convert", "nwb", str(src), str(bad), "--angle-unit", "deg"]) == 2
     assert "give --angle NAME too" in capsys.readouterr().err
+    # the NWB itself as the output: refused, as without --angle (the temporary file hid it from the
+    # converter, which would have replaced the recording by its session file)
+    before = src.read_bytes()
+    assert main(["convert", "nwb", str(src), str(src), "--angle", "head_direction"]) == 2
+    assert "is the input file itself" in capsys.readouterr().err and src.read_bytes() == before
 
 
 def test_split_clips_block_edges_just_outside_the_recording(tmp_path, capsys):
