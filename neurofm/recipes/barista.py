@@ -747,18 +747,27 @@ def _segments(cfg: RunConfig, split: str, *, few_shot: bool = True) -> dict[str,
             "label": np.repeat(index.label, index.count), "names": names}
 
 
-def few_shot_draw(cfg: RunConfig) -> dict | None:
+def _drawn_segments(cfg: RunConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every training segment (:func:`_segments`, in time order) and which of them the draw
+    labels, ``(n,)`` bool: the segments the few-shot split keeps (a segment is kept exactly when
+    its end falls in a drawn chunk), found without a second pass over the sessions."""
+    d = cfg.data
+    seg = _segments(cfg, "train", few_shot=False)
+    return seg, labelled_windows(seg["session"], seg["end"], d.label_fraction, d.label_chunk_s, cfg.seed)
+
+
+def few_shot_draw(cfg: RunConfig, drawn: tuple[dict, np.ndarray] | None = None) -> dict | None:
     """What ``--label-fraction`` drew on the training segments (None with every label):
     :func:`neurofm.recipes.label_draw` over every training segment (``n_segments``,
     ``n_segments_labelled``, chunks, ``share``) and, for classification, per class
-    (``per_class``, ``per_class_labelled``)."""
+    (``per_class``, ``per_class_labelled``). ``drawn``: :func:`_drawn_segments`, when the caller
+    has it."""
     if not _few_shot(cfg):
         return None
     d = cfg.data
-    seg = _segments(cfg, "train", few_shot=False)
+    seg, keep = drawn or _drawn_segments(cfg)
     draw = label_draw(d.label_fraction, d.label_chunk_s, cfg.seed, seg["session"], seg["end"], unit="segments")
     if cfg.task.finetune_task == "classification":
-        keep = labelled_windows(seg["session"], seg["end"], d.label_fraction, d.label_chunk_s, cfg.seed)
         lab = seg["label"]
         draw["per_class"] = {n: int((lab == k).sum()) for k, n in enumerate(seg["names"])}
         draw["per_class_labelled"] = {n: int(((lab == k) & keep).sum()) for k, n in enumerate(seg["names"])}
@@ -793,7 +802,8 @@ def _check_few_labels(cfg: RunConfig) -> None:
     if not d.label_chunk_s > d.segment_s:
         raise ConfigError(f"data.label_chunk_s: {d.label_chunk_s:g} s, but segments are {d.segment_s:g} s long; "
                           f"labels are drawn in chunks longer than a segment (the default 10 s)")
-    draw = few_shot_draw(cfg)
+    seg, keep = drawn = _drawn_segments(cfg)
+    draw = few_shot_draw(cfg, drawn)
     need = START_FOLDS * MIN_LABELLED_PER_CLASS_FOLDS
     fix = (f"raise --label-fraction (now {d.label_fraction:g}), give the training block more time (data.split.* "
            f"fractions) or use a longer recording")
@@ -807,12 +817,12 @@ def _check_few_labels(cfg: RunConfig) -> None:
                               f"at least {need} labelled segments of every class, and {few} have fewer: {fix}")
         # the logistic fits (the head's start, the band-power and waveform arms) choose their penalty on
         # the last val_fraction of the labelled segments in time order: two classes there, every one before
-        seg = _segments(cfg, "train")
+        labels = seg["label"][keep]
         val = Logistic().val_fraction
-        n_fit = int(len(seg["label"]) * (1 - val))
+        n_fit = int(len(labels) * (1 - val))
         names = seg["names"]
         inner, held = (dict(zip(names, np.bincount(part, minlength=len(names)).tolist()))
-                       for part in (seg["label"][:n_fit], seg["label"][n_fit:]))
+                       for part in (labels[:n_fit], labels[n_fit:]))
         if min(inner.values()) == 0 or sum(c > 0 for c in held.values()) < 2:
             raise ConfigError(f"data.label_fraction: {what}; the head's start and the logistic baselines choose their "
                               f"penalty on the last {val:.0%} of the labelled training segments in time order, which "
