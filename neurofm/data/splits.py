@@ -392,14 +392,13 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-@dataclass(frozen=True)
 class LabelDraw:
     """The few-shot label draw of a run: :func:`labelled_windows` with this ``fraction``,
-    ``chunk_s`` and ``seed`` (what :class:`FewShotSplit` cuts the training blocks to)."""
+    ``chunk_s`` and ``seed`` (what :class:`FewShotSplit` cuts the training blocks to; for
+    batches of tensors :class:`~neurofm.tasks.neuroformer.LabelSubset`)."""
 
-    fraction: float
-    chunk_s: float
-    seed: int
+    def __init__(self, fraction: float, chunk_s: float, seed: int):
+        self.fraction, self.chunk_s, self.seed = float(fraction), float(chunk_s), int(seed)
 
     def __call__(self, session, end) -> np.ndarray:
         """``(n,)`` bool: which windows (session index, end time in s) are labelled."""
@@ -410,8 +409,7 @@ class FewShotSplit:
     """Few-shot fine-tuning: the ``train`` split keeps only labelled windows (or segments).
 
     :func:`labelled_windows` labels a window when its end time falls in a drawn chunk
-    (``subset``: the draw's ``fraction``, ``chunk_s`` and ``seed``, e.g.
-    :class:`~neurofm.tasks.neuroformer.LabelSubset`). With behaviour (or a BaRISTA head's
+    (``subset``: a :class:`LabelDraw`). With behaviour (or a BaRISTA head's
     classification / regression loss) as the only objective every other training window carries no
     loss, yet costs a forward and backward pass and an optimizer step on zero gradients (in
     which AdamW still moves the weights, by momentum and decay). So ``train`` is the training

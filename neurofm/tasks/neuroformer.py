@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neurofm.data.splits import labelled_windows
+from neurofm.data.splits import LabelDraw
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
 from neurofm.report import time_blocks
 from neurofm.tasks.callbacks import StartingPoint
@@ -37,18 +37,14 @@ __all__ = ["NeuroformerTask"]
 _UNFREEZE_ORDER = ("self_att", "behavior", "stimulus", "state_history", "state", "embeddings")
 
 
-class LabelSubset:
-    """Which training windows keep their behaviour labels (few-shot fine-tuning): the task's
-    handle on :func:`neurofm.data.splits.labelled_windows` (the one definition, shared with
-    the few-shot split and every baseline arm) for batches of tensors."""
-
-    def __init__(self, fraction: float, chunk_s: float, seed: int):
-        self.fraction, self.chunk_s, self.seed = float(fraction), float(chunk_s), int(seed)
+class LabelSubset(LabelDraw):
+    """Which training windows keep their behaviour labels (few-shot fine-tuning): the run's
+    :class:`~neurofm.data.splits.LabelDraw` (the one definition, shared with the few-shot split
+    and every baseline arm) for batches of tensors."""
 
     def __call__(self, session: torch.Tensor, interval: torch.Tensor) -> torch.Tensor:
         """``(B,)`` bool: which windows (session index, end time in s) are labelled."""
-        keep = labelled_windows(session.detach().cpu().numpy(), interval.detach().cpu().double().numpy(),
-                                self.fraction, self.chunk_s, self.seed)
+        keep = super().__call__(session.detach().cpu().numpy(), interval.detach().cpu().double().numpy())
         return torch.from_numpy(keep).to(session.device)
 
 
