@@ -491,7 +491,7 @@ def _recipe_options(fn, family: str, **options) -> dict:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from neurofm.experiment import family_of, print_result, recipe_for, run
+    from neurofm.experiment import family_of, print_result, print_summary, recipe_for, run, run_folds
 
     _split_overrides(args)
     family = family_of(args.pretrained)
@@ -501,7 +501,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     cfg = recipe.finetune_config(args.pretrained, args.data, task=args.task, behavior=args.behavior,
                                  events=args.events, label_fraction=args.label_fraction, run_dir=args.run_dir,
                                  freeze_backbone=args.freeze_backbone, overrides=args.overrides, **extra)
-    print_result(run(cfg))
+    if not args.folds:
+        print_result(run(cfg))
+        return 0
+    result = run_folds(cfg, args.folds)
+    print(f"\n{(result.run_dir / 'decode_report.md').read_text()}")
+    print(f"cross-validation: {result.run_dir} (fine-tuned models: {result.run_dir}/fold-*/pretrained)")
+    print_summary(result.metrics, result.run_dir, ())
     return 0
 
 
@@ -759,6 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--from-scratch", action="store_true",
                    help="the same model shape and recipe from random init (the pretrained-vs-scratch control; the "
                         "label draw depends only on seed and --label-fraction, so both arms see the same labels)")
+    f.add_argument("--folds", type=int, metavar="K",
+                   help="blocked K-fold cross-validation: K fine-tunes (RUN/fold-1 ... fold-K), each testing one "
+                        "1/K of the recording (validation: data.split.valid right after it; training: the rest), "
+                        "and one decode report over every fold's test block: each window / segment scored once, "
+                        "K times the test data of one split, for a short recording (the plain split's test block "
+                        "is data.split.test, 10-20%%)")
     f.add_argument("--run-dir", help="default runs/finetune-<first data file>")
     f.set_defaults(func=_cmd_finetune)
 

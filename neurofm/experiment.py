@@ -811,6 +811,88 @@ def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     return RunResult(run_dir, pretrained_dir, metrics)
 
 
+def fold_configs(cfg, folds: int) -> list:
+    """The run configs of blocked ``folds``-fold cross-validation of ``cfg``: fold ``k`` (1 to
+    ``folds``) in ``RUN/fold-k`` with ``data.split.folds`` / ``data.split.fold`` set
+    (:func:`neurofm.recipes.block_split`), everything else as ``cfg``."""
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    base = Path(cfg.run_dir)
+    return [dataclasses.replace(cfg, run_dir=str(base / f"fold-{k}"), data=dataclasses.replace(
+        cfg.data, split=dataclasses.replace(cfg.data.split, folds=folds, fold=k))) for k in range(1, folds + 1)]
+
+
+def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult:
+    """``neurofm finetune --folds K``: the run ``cfg`` once per fold of blocked K-fold
+    cross-validation (:func:`fold_configs`; each fold a whole run in ``RUN/fold-k``, resumable as
+    any run), then one decode report per target over every fold's test block
+    (:func:`neurofm.report.pool_folds`): every moment of the recordings is scored once, by the
+    fold that held it out, so a short recording gives K times the test windows of one split, and
+    CIs to match. Every fold's pre-flight (data, events, targets, split sizes) runs before the
+    first fold trains. Writes ``RUN/metrics.json`` and ``RUN/decode_report.md``; the fine-tuned
+    models are the folds' (``RUN/fold-k/pretrained``): there is no single model of the whole run."""
+    from neurofm.report import DECODE_INPUTS, pool_folds
+
+    recipe = recipe_for(cfg.family)
+    cfgs = fold_configs(cfg, folds)
+    for k, c in enumerate(cfgs, 1):  # a fold refused after others trained would waste them
+        try:
+            c = recipe.prepare(c)
+            if hasattr(recipe, "preflight"):
+                recipe.preflight(c, training=True)
+        except ConfigError as e:
+            raise ConfigError(f"fold {k} of {folds} (--folds {folds}): {e}") from None
+    results = []
+    for k, c in enumerate(cfgs, 1):
+        log.info(f"neurofm: fold {k} of {folds} -> {c.run_dir}")
+        results.append(run(c, extra_callbacks))
+    base = Path(cfg.run_dir)
+    missing = [str(r.run_dir) for r in results if not (r.run_dir / DECODE_INPUTS).exists()]
+    if missing:
+        raise ConfigError(f"--folds: {', '.join(missing)} scored no decode report (nothing to pool): cross-validation "
+                          f"pools the decoded behaviour (spikes) or the classified events / regressed target (iEEG)")
+    reports = pool_folds([r.run_dir / DECODE_INPUTS for r in results], seed=cfg.seed)
+    per_fold = [{"fold": k, "run_dir": str(r.run_dir), "metrics": r.metrics.get("metrics", {}),
+                 "baselines": r.metrics.get("baselines", {})} for k, r in enumerate(results, 1)]
+    metrics: dict[str, Any] = {"name": base.name, "metrics": {}, "baselines": {}, "decode_report": {},
+                               "limitations": []}
+    for target, rep in reports.items():
+        for row in rep.rows:
+            into = metrics["metrics"] if row.arm == rep.reference else metrics["baselines"].setdefault(row.arm, {})
+            for m, v in row.values.items():
+                into[f"{target}_{m}"] = v
+                into[f"{target}_{m}_ci95"] = list(row.ci[m])
+        metrics["decode_report"][target] = rep.to_dict()
+        metrics["limitations"] += [f"{target}: {v}" for v in rep.verdicts() if " LOSES to " in v]
+    metrics["protocol"] = (f"blocked {folds}-fold cross-validation: each fold a whole fine-tuning run on the rest of "
+                           f"the recording, its test block the fold's 1/{folds} of each session; reports pool every "
+                           f"fold's test block; fold 1's protocol: {results[0].metrics.get('protocol', '')}")
+    metrics["cross_validation"] = {"folds": folds, "per_fold": per_fold}
+    import neurofm
+
+    metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
+    text = jsonio.dumps(metrics, default=_json_default)
+    atomic_write(base / "metrics.json", text + "\n")
+    atomic_write(base / "decode_report.md", "\n\n".join(r.to_text() for r in reports.values()) + "\n\n"
+                 + _fold_table(reports, results) + "\n")
+    return RunResult(base, None, json.loads(text))
+
+
+def _fold_table(reports: Mapping[str, Any], results: Sequence[RunResult]) -> str:
+    """Per fold, each arm's primary metric on that fold's own test block (markdown)."""
+    lines = []
+    for target, rep in reports.items():
+        arms, m = [r.arm for r in rep.rows], rep.primary
+        lines += [f"per fold ({target}, {m} on each fold's own test block):",
+                  "| fold | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        for k, r in enumerate(results, 1):
+            folded = (r.metrics.get("decode_report") or {}).get(target) or r.metrics.get("report") or {}
+            values = {row["arm"]: row.get(m) for row in folded.get("rows", [])}
+            lines.append(f"| {k} | " + " | ".join("-" if values.get(a) is None else f"{values[a]:.3f}" for a in arms)
+                         + " |")
+    return "\n".join(lines)
+
+
 def _previous_training(run_dir: Path) -> dict | None:
     """The ``training`` section of the run folder's metrics.json, if a finished run left one."""
     path = run_dir / "metrics.json"

@@ -34,6 +34,7 @@ averaged over output dimensions (x and y), Pearson r likewise.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -42,7 +43,7 @@ import numpy as np
 from neurofm import metrics as M
 
 __all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "start_gain",
-           "decode_report", "DecodeReport", "ArmRow"]
+           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "save_inputs", "pool_folds"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -328,6 +329,9 @@ class DecodeReport:
     protocol: str = ""
     n_fitted: int | None = None  # labelled training windows every arm was fitted on (None: not stated)
     unit: str = "windows"  # what a scored item is: spike windows, or an iEEG model's segments
+    # what it scored: {"arms": {name: predictions}, "targets", "blocks"} (save_inputs / pool_folds);
+    # not part of to_dict
+    inputs: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -397,7 +401,8 @@ class DecodeReport:
         if self.n_blocks < FEW_CI_BLOCKS:
             text += (f"; ONLY {self.n_blocks} BLOCKS: a bootstrap over so few independent stretches has few distinct "
                      f"resamples and its intervals come out too narrow; read the CIs as rough and hold out a longer "
-                     f"test block (`neurofm split`) for firm ones")
+                     f"test block (`neurofm split`) or cross-validate (`neurofm finetune --folds 5`: every "
+                     f"{u.rstrip('s')} scored once) for firm ones")
         return text + (f"; {self.protocol}" if self.protocol else "")
 
     def to_dict(self) -> dict:
@@ -523,4 +528,95 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     return DecodeReport(target=target, task=task, rows=rows, reference=reference, label_fraction=float(label_fraction),
                         scored=scored, n_windows=n, n_blocks=K, block_s=block_s, confidence=confidence,
                         n_boot=int(n_boot), protocol=protocol,
-                        n_fitted=None if n_fitted is None else int(n_fitted), unit=unit)
+                        n_fitted=None if n_fitted is None else int(n_fitted), unit=unit,
+                        inputs={"arms": preds, "targets": y, "blocks": blocks})
+
+
+# -- cross-validated runs: each fold's scored windows, pooled ------------------------------------
+
+#: the file beside a run's decode_report.md that holds what its reports scored (:func:`save_inputs`)
+DECODE_INPUTS = "decode_inputs.npz"
+
+
+def save_inputs(reports: Mapping[str, DecodeReport], path) -> None:
+    """Write what each report scored (every arm's predictions, the targets, the block ids) and how
+    (task, reference, label fraction, notes, ...) to ``path`` (``.npz``, written atomically), so
+    that :func:`pool_folds` can score the folds of a cross-validated run as one test set."""
+    import io
+    import json
+
+    from neurofm.atomic import atomic_write
+
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    for i, rep in enumerate(reports.values()):
+        if rep.inputs is None:
+            raise ValueError(f"save_inputs: the report of {rep.target!r} was not made by decode_report")
+        arrays[f"{i}/targets"] = np.asarray(rep.inputs["targets"])
+        arrays[f"{i}/blocks"] = np.asarray(rep.inputs["blocks"])
+        for j, p in enumerate(rep.inputs["arms"].values()):
+            arrays[f"{i}/arm{j}"] = np.asarray(p)
+        meta.append({"target": rep.target, "task": rep.task, "reference": rep.reference, "arms": list(rep.inputs["arms"]),
+                     "notes": {r.arm: r.note for r in rep.rows if r.note}, "label_fraction": rep.label_fraction,
+                     "scored": rep.scored, "unit": rep.unit, "confidence": rep.confidence, "n_boot": rep.n_boot,
+                     "n_fitted": rep.n_fitted, "block_s": rep.block_s})
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def _load_inputs(path) -> list[dict]:
+    import json
+
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        for i, m in enumerate(meta):
+            m["targets"], m["blocks"] = z[f"{i}/targets"], z[f"{i}/blocks"]
+            m["preds"] = {name: z[f"{i}/arm{j}"] for j, name in enumerate(m["arms"])}
+    return meta
+
+
+def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
+    """One decode report per target over the test blocks of every fold of a blocked K-fold run
+    (``paths``: each fold's :func:`save_inputs` file, in fold order): every arm's predictions and
+    the targets concatenated, each fold's test blocks kept as their own bootstrap blocks, so the
+    intervals resample stretches of the whole recording. Arms are those every fold scored (a fold
+    without an arm drops it from the pooled report); a note is kept when every fold gave the same.
+    Each fold's arms were fitted on that fold's training blocks, so the pooled rows are
+    cross-validated estimates; a classifier's scores come from K models, and the pooled AUROC
+    ranks them together (a fold whose scores sit higher or lower costs AUROC: conservative)."""
+    folds = [{m["target"]: m for m in _load_inputs(p)} for p in paths]
+    if len(folds) < 2:
+        raise ValueError(f"pool_folds: {len(folds)} fold(s); cross-validation pools at least 2")
+    out = {}
+    for target, first in folds[0].items():
+        parts = [f[target] for f in folds if target in f]
+        if len(parts) < len(folds):
+            continue  # a fold had no scored windows of it: no pooled report covers the whole recording
+        arms = [a for a in first["arms"] if all(a in m["preds"] for m in parts)]
+        blocks, offset = [], 0
+        for m in parts:
+            _, b = np.unique(m["blocks"], return_inverse=True)
+            blocks.append(b + offset)
+            offset += int(b.max()) + 1
+        notes = {a: n for a, n in first["notes"].items() if all(m["notes"].get(a) == n for m in parts)}
+        unit = first["unit"]
+        texts = [m["scored"] for m in parts]
+        if len({re.sub(r"\d+(\.\d+)?", "#", t) for t in texts}) == 1 and len(set(texts)) > 1:
+            # the same rule in every fold, with the fold's own counts or threshold
+            shown = f"{texts[0]} (fold 1; every fold alike, with its own counts and thresholds)"
+        else:
+            shown = texts[0] if len(set(texts)) == 1 else "; ".join(f"fold {k + 1}: {t}" for k, t in enumerate(texts))
+        text = (f"the test blocks of {len(parts)} blocked folds pooled, every {unit.rstrip('s')} scored by the fold "
+                f"that held it out: {shown}")
+        out[target] = decode_report(
+            {a: np.concatenate([m["preds"][a] for m in parts]) for a in arms},
+            np.concatenate([m["targets"] for m in parts]), np.concatenate(blocks), task=first["task"], target=target,
+            reference=first["reference"] if first["reference"] in arms else None, label_fraction=first["label_fraction"],
+            scored=text, block_s=first["block_s"], notes=notes, confidence=first["confidence"],
+            n_boot=first["n_boot"], seed=seed, unit=unit,
+            protocol="each fold's arms fitted on that fold's training blocks only"
+                     + ("; the scores of the folds' models ranked together (a fold scoring higher or lower overall "
+                        "costs AUROC)" if first["task"] == "classification" else ""))
+    return out

@@ -239,25 +239,47 @@ class BlockedKFold:
     """Blocked K-fold cross-validation: ``n_folds`` contiguous blocks; fold ``i`` tests block ``i``.
 
     The training set is the rest of the recording minus ``gap`` seconds on each side of the
-    test block. ``splitter(session)`` gives ``{"train", "test"}`` for ``self.fold``;
-    :meth:`folds` gives all of them.
+    held-out blocks. ``splitter(session)`` gives ``{"train", "test"}`` for ``self.fold``
+    (with ``valid`` > 0 also ``"valid"``); :meth:`folds` gives all of them.
+
+    ``valid``: a validation block of that fraction of the recording, for model selection inside
+    the fold, taken right after the test block (``gap`` seconds after it), or right before it
+    when the test block is the last one; training keeps ``gap`` seconds from both. Every
+    moment of the recording is then a test moment in exactly one fold, as in the
+    ``evaluation.blocked_folds`` layout. A session's own ``/intervals`` are not read: the folds
+    are the split.
     """
 
-    def __init__(self, n_folds: int = 5, fold: int = 0, gap: float = 5.0):
+    def __init__(self, n_folds: int = 5, fold: int = 0, gap: float = 5.0, valid: float = 0.0):
         if n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {n_folds}")
         if not 0 <= fold < n_folds:
             raise ValueError(f"fold must be in [0, {n_folds}), got {fold}")
-        self.n_folds, self.fold, self.gap = int(n_folds), int(fold), float(gap)
+        if not 0 <= valid < 1 - 1 / n_folds:
+            raise ValueError(f"valid must be a fraction in [0, {1 - 1 / n_folds:g}) with {n_folds} folds (the test "
+                             f"block takes 1/{n_folds}), got {valid}")
+        self.n_folds, self.fold, self.gap, self.valid = int(n_folds), int(fold), float(gap), float(valid)
 
-    names = ("train", "test")
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("train", "valid", "test") if self.valid > 0 else ("train", "test")
 
     def split_span(self, t_start: float, t_end: float, fold: int) -> dict[str, Intervals]:
         edges = np.linspace(t_start, t_end, self.n_folds + 1)
         a, b = edges[fold], edges[fold + 1]
-        train = [(t_start, a - self.gap), (b + self.gap, t_end)]
-        return {"train": Intervals.from_pairs([(s, e) for s, e in train if e > s]),
-                "test": Intervals([a], [b])}
+        out = {"test": Intervals([a], [b])}
+        lo, hi = a, b  # the held-out stretch training keeps clear of
+        if self.valid > 0:
+            v = self.valid * (t_end - t_start)
+            if b + self.gap + v <= t_end + _TOL:
+                va, vb = b + self.gap, min(b + self.gap + v, t_end)
+            else:
+                va, vb = a - self.gap - v, a - self.gap
+            out["valid"] = Intervals([va], [vb])
+            lo, hi = min(a, va), max(b, vb)
+        train = [(t_start, lo - self.gap), (hi + self.gap, t_end)]
+        out["train"] = Intervals.from_pairs([(s, e) for s, e in train if e > s])
+        return {name: out[name] for name in self.names}
 
     def folds(self, session: "Session") -> list[dict[str, Intervals]]:
         span = _session_span(session)
@@ -267,7 +289,7 @@ class BlockedKFold:
         return self.split_span(*_session_span(session), self.fold)
 
     def __repr__(self) -> str:
-        return f"BlockedKFold(n_folds={self.n_folds}, fold={self.fold}, gap={self.gap})"
+        return f"BlockedKFold(n_folds={self.n_folds}, fold={self.fold}, gap={self.gap}, valid={self.valid})"
 
 
 class TrialSplit:

@@ -54,6 +54,47 @@ def ensure_sessions(data, *, convert_hint: str, simulate: Callable[[], None], wh
         simulate()
 
 
+def block_split(split):
+    """The run's splitter from its ``data.split``: contiguous train / valid / test blocks by the
+    fractions (:class:`~neurofm.data.splits.TimeBlockSplit`, a session's own ``/intervals``
+    first), or with ``folds`` >= 2 fold ``fold`` (1 to ``folds``) of blocked K-fold
+    cross-validation (:class:`~neurofm.data.splits.BlockedKFold`: the test block is the fold's
+    1/``folds`` of each session, the validation block ``valid`` of it right after, ``gap``
+    seconds around both; ``/intervals`` are not read). ``neurofm finetune --folds K`` runs
+    every fold and pools their test blocks (:func:`neurofm.report.pool_folds`)."""
+    from neurofm.config import ConfigError
+    from neurofm.data.splits import BlockedKFold, TimeBlockSplit
+
+    s = split
+    if not s.folds:
+        return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+    if s.folds < 2 or not 1 <= s.fold <= s.folds:
+        raise ConfigError(f"data.split: folds={s.folds}, fold={s.fold}: cross-validation needs folds >= 2 and fold "
+                          f"in 1..folds (folds=0: one split by the train / valid / test fractions)")
+    try:
+        return BlockedKFold(s.folds, s.fold - 1, gap=s.gap, valid=s.valid)
+    except ValueError as e:
+        raise ConfigError(f"data.split: {e}") from None
+
+
+def split_text(split, sessions_with_intervals: int = 0, n_sessions: int = 1) -> str:
+    """How ``block_split(split)`` cuts the sessions, in the protocol's words."""
+    s = split
+    if s.folds:
+        ignored = (f"; the /intervals of {sessions_with_intervals} session file(s) not used"
+                   if sessions_with_intervals else "")
+        return (f"blocked {s.folds}-fold cross-validation, fold {s.fold} of {s.folds}: test block the fold's "
+                f"1/{s.folds} of each session, validation the next {s.valid:.0%} (the previous for the last fold), "
+                f"{s.gap:g} s gaps, training the rest{ignored}")
+    fractions = f"train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap:g} s gaps"
+    if sessions_with_intervals == 0:
+        return f"contiguous time blocks per session ({fractions})"
+    if sessions_with_intervals == n_sessions:
+        return "time blocks from each session file's /intervals/train, valid, test"
+    return (f"/intervals/train|valid|test in {sessions_with_intervals} of {n_sessions} session files, contiguous "
+            f"time blocks ({fractions}) elsewhere")
+
+
 @contextlib.contextmanager
 def quiet_preparation() -> Iterator[None]:
     """Silence a run's preparation (its log notes, printed lines and warnings) for a tool that

@@ -44,8 +44,8 @@ from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS, BARISTA_PRETRAIN_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import WAVEFORM_BINS, BaristaConfig, BaristaEncoder, TokenWeightingHead, evoked_waveform
 from neurofm.progress import progress
-from neurofm.recipes import (draw_rule, ensure_sessions, label_draw, label_draw_text, quiet_preparation,
-                             session_paths, time_pretraining)
+from neurofm.recipes import (block_split, draw_rule, ensure_sessions, label_draw, label_draw_text,
+                             quiet_preparation, session_paths, split_text, time_pretraining)
 from neurofm.recipes import finetuned_labels as _finetuned_labels
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
@@ -55,12 +55,12 @@ from neurofm.evaluation import blocked_oof
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import IEEGSegmenter, Preprocessing, recording_mains
 from neurofm.data.session import Session, event_label
-from neurofm.data.splits import FewShotSplit, LabelDraw, TimeBlockSplit, labelled_windows
+from neurofm.data.splits import FewShotSplit, LabelDraw, labelled_windows
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import decode_report, start_gain
+from neurofm.report import DECODE_INPUTS, decode_report, save_inputs, start_gain
 
 MONITOR = ("val/loss", "min")
 
@@ -79,10 +79,14 @@ class SimulateIEEGConfig:
 
 @dataclass
 class IEEGSplitConfig:
+    """As the spike side's ``SplitConfig``: fractions, or fold ``fold`` of ``folds``."""
+
     train: float = 0.7
     valid: float = 0.1
     test: float = 0.2
     gap: float = 2.0
+    folds: int = 0  # >= 2: blocked K-fold cross-validation (test = the fold's 1/folds, valid the next `valid`)
+    fold: int = 1  # which fold, 1..folds
 
 
 @dataclass
@@ -428,7 +432,7 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                                   f"{s.behavior_names or 'none'}); a behaviour recorded as a channel moves there with "
                                   f"`neurofm convert session {path} OUT.h5 --behavior-channel NAME={d.target}`")
     _check_spatial_scales(cfg)
-    _check_few_labels(cfg)
+    _check_labels(cfg)
     splits = ("train", "valid", "test") if training else ("test",)
     locked = bool(events)
 
@@ -647,18 +651,12 @@ def _known_at(vocab, channels, scale: str) -> bool:
 
 def _split_source(cfg: RunConfig) -> str:
     """How the run's train/valid/test blocks are chosen, in words (the protocol says it)."""
-    s = cfg.data.split
-    fractions = f"fractions train {s.train:.0%} / valid {s.valid:.0%} / test {s.test:.0%}, {s.gap:g} s gaps"
-    from_file = []
-    for path in session_paths(cfg.data):
+    paths = session_paths(cfg.data)
+    from_file = 0
+    for path in paths:
         with Session(path) as sess:
-            if {"train", "valid", "test"} <= set(sess.interval_names):
-                from_file.append(Path(path).name)
-    if not from_file:
-        return f"contiguous time blocks by {fractions}"
-    if len(from_file) == len(session_paths(cfg.data)):
-        return "the /intervals/train|valid|test blocks of the session file" + ("s" if len(from_file) > 1 else "")
-    return f"/intervals/train|valid|test in {', '.join(from_file)}, contiguous time blocks by {fractions} elsewhere"
+            from_file += {"train", "valid", "test"} <= set(sess.interval_names)
+    return split_text(cfg.data.split, from_file, len(paths))
 
 
 def _check_probe_length(cfg: RunConfig) -> None:
@@ -699,8 +697,7 @@ def _splits(cfg: RunConfig, *, few_shot: bool = True):
     blocks cut to the drawn chunks (:class:`~neurofm.data.splits.FewShotSplit`: a segment is kept
     when its end falls in one), so the model, its start and every baseline read the labelled
     segments only (``few_shot=False``: every training segment, for the draw's counts)."""
-    s = cfg.data.split
-    split = TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+    split = block_split(cfg.data.split)
     if few_shot and _few_shot(cfg):
         d = cfg.data
         # a segment ending exactly where a chunk ends is in the next chunk (labelled_windows floors the
@@ -787,9 +784,11 @@ def _few_shot_text(cfg: RunConfig, draw: dict) -> str:
                    "test segments untouched")
 
 
-def _check_few_labels(cfg: RunConfig) -> None:
-    """Few labels: the setting in range, chunks longer than a segment, and enough labelled
-    training segments for the head's start (per class for classification), before any step."""
+def _check_labels(cfg: RunConfig) -> None:
+    """The labels a fine-tune fits, before any step: ``data.label_fraction`` in range; with few
+    labels, chunks longer than a segment and enough labelled training segments for the head's
+    start (per class for classification); for every classification, the block where the logistic
+    fits choose their penalty (:func:`_check_penalty_block`)."""
     d = cfg.data
     if not 0 < d.label_fraction <= 1:
         raise ConfigError(f"data.label_fraction: {d.label_fraction:g} is not in (0, 1]; --label-fraction 0.2 labels "
@@ -798,6 +797,12 @@ def _check_few_labels(cfg: RunConfig) -> None:
         if d.label_fraction < 1 and cfg.task.mode == "finetune":
             raise ConfigError(f"data.label_fraction: {d.label_fraction:g}, but a {cfg.task.finetune_task} fine-tune "
                               f"has no labels to draw; --label-fraction is for classify and regress")
+        if cfg.task.mode == "finetune" and cfg.task.finetune_task == "classification":
+            seg = _segments(cfg, "train", few_shot=False)
+            if len(seg["label"]):  # none: the split check names the empty block
+                _check_penalty_block(seg["label"], seg["names"], f"the training block's {len(seg['label'])} segments",
+                                     "give the training block more time (data.split.* fractions; with --folds, fewer "
+                                     "folds) or use a longer recording")
         return
     if not d.label_chunk_s > d.segment_s:
         raise ConfigError(f"data.label_chunk_s: {d.label_chunk_s:g} s, but segments are {d.segment_s:g} s long; "
@@ -815,22 +820,25 @@ def _check_few_labels(cfg: RunConfig) -> None:
             raise ConfigError(f"data.label_fraction: {what}, per class {draw['per_class_labelled']} of "
                               f"{draw['per_class']}; the head and its start's blocked CV ({START_FOLDS} folds) need "
                               f"at least {need} labelled segments of every class, and {few} have fewer: {fix}")
-        # the logistic fits (the head's start, the band-power and waveform arms) choose their penalty on
-        # the last val_fraction of the labelled segments in time order: two classes there, every one before
-        labels = seg["label"][keep]
-        val = Logistic().val_fraction
-        n_fit = int(len(labels) * (1 - val))
-        names = seg["names"]
-        inner, held = (dict(zip(names, np.bincount(part, minlength=len(names)).tolist()))
-                       for part in (labels[:n_fit], labels[n_fit:]))
-        if min(inner.values()) == 0 or sum(c > 0 for c in held.values()) < 2:
-            raise ConfigError(f"data.label_fraction: {what}; the head's start and the logistic baselines choose their "
-                              f"penalty on the last {val:.0%} of the labelled training segments in time order, which "
-                              f"hold {held} (the segments before them {inner}): that needs two classes there and "
-                              f"every class before them: {fix}")
+        _check_penalty_block(seg["label"][keep], seg["names"], what, fix, setting="data.label_fraction")
     elif draw["n_segments_labelled"] < 2 * need:
         raise ConfigError(f"data.label_fraction: {what}; the head and its start's blocked CV ({START_FOLDS} folds, an "
                           f"R2 per fold) need at least {2 * need} labelled segments: {fix}")
+
+
+def _check_penalty_block(labels: np.ndarray, names: list[str], what: str, fix: str, setting: str = "data.split") -> None:
+    """The logistic fits (the head's start, the band-power and waveform arms) choose their penalty
+    on the last ``Logistic().val_fraction`` of the labelled training segments in time order: two
+    classes there, and every class before them, or they fail after training."""
+    val = Logistic().val_fraction
+    n_fit = int(len(labels) * (1 - val))
+    inner, held = (dict(zip(names, np.bincount(part, minlength=len(names)).tolist()))
+                   for part in (labels[:n_fit], labels[n_fit:]))
+    if min(inner.values()) == 0 or sum(c > 0 for c in held.values()) < 2:
+        raise ConfigError(f"{setting}: {what}; the head's start and the logistic baselines choose their "
+                          f"penalty on the last {val:.0%} of the labelled training segments in time order, which "
+                          f"hold {held} (the segments before them {inner}): that needs two classes there and "
+                          f"every class before them: {fix}")
 
 
 def _warn_mixed_marker_kinds(path, events: str, labels: set[str], setting: str) -> None:
@@ -1821,6 +1829,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     run_dir.mkdir(parents=True, exist_ok=True)
     text = report.to_text() + (f"\n\n{started}" if started else "")
     atomic_write(run_dir / "decode_report.md", text + "\n")
+    save_inputs({report.target: report}, run_dir / DECODE_INPUTS)  # what finetune --folds pools
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
             "data": data, "report": report.to_dict(), "limitations": limitations, **({"start": start} if start else {})}
 

@@ -43,20 +43,21 @@ from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
 from neurofm.progress import progress
-from neurofm.recipes import (draw_rule, ensure_sessions, label_draw_text, quiet_preparation, session_paths,
-                             time_pretraining)
+from neurofm.recipes import (block_split, draw_rule, ensure_sessions, label_draw_text, quiet_preparation,
+                             session_paths, split_text, time_pretraining)
 from neurofm.recipes import finetuned_labels as _finetuned_labels, label_draw as _label_draw
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
 from neurofm.baselines import PoissonBayesDecoder, Ridge
 from neurofm.data.datasets import WithinBinShuffle, behavior_features, split_blocks
-from neurofm.data.splits import FewShotSplit, TimeBlockSplit, grid_runs
+from neurofm.data.splits import FewShotSplit, grid_runs
 from neurofm.data.synthetic import simulate_spikes
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
                                     log_orderings, spikes_per_window, window_count_percentiles)
 from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import block_bootstrap_counts, decode_report, start_gain, time_blocks
+from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, save_inputs, start_gain,
+                            time_blocks)
 
 MONITOR = ("val/total", "min")
 
@@ -74,12 +75,16 @@ class SimulateSpikesConfig:
 
 @dataclass
 class SplitConfig:
-    """Contiguous time blocks per session, in this order, separated by ``gap`` seconds."""
+    """Contiguous time blocks per session, in this order, separated by ``gap`` seconds; or, with
+    ``folds`` >= 2, fold ``fold`` of blocked K-fold cross-validation
+    (:func:`neurofm.recipes.block_split`; ``neurofm finetune --folds K`` runs them all)."""
 
     train: float = 0.8
     valid: float = 0.1
     test: float = 0.1
     gap: float = 1.0
+    folds: int = 0  # >= 2: blocked K-fold cross-validation (test = the fold's 1/folds, valid the next `valid`)
+    fold: int = 1  # which fold, 1..folds
 
 
 @dataclass
@@ -250,8 +255,7 @@ def warn_unobserved_units(cfg: RunConfig) -> list[str]:
 
 
 def _split(cfg: RunConfig):
-    s = cfg.data.split
-    return TimeBlockSplit({"train": s.train, "valid": s.valid, "test": s.test}, gap=s.gap)
+    return block_split(cfg.data.split)
 
 
 def split_window_ends(cfg: RunConfig, session, split: str = "train") -> np.ndarray:
@@ -922,7 +926,7 @@ def datamodule(cfg: RunConfig):
             raise ConfigError(f"task.pretrained: {cfg.task.pretrained} does not name its units; it cannot be "
                               f"matched to new recordings")
         vocab = UnitVocab(pre["units"])
-    split = TimeBlockSplit({"train": d.split.train, "valid": d.split.valid, "test": d.split.test}, gap=d.split.gap)
+    split = _split(cfg)
     dm = SpikeDataModule(
         session_paths(cfg.data), window_curr=m.window.curr, window_prev=m.window.prev, dt=m.window.dt,
         block_size=m.block_size.id, block_size_prev=m.block_size.prev_id, vocab=vocab,
@@ -1702,6 +1706,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         print(rep.to_text(), file=sys.stderr)
     if reports:
         atomic_write(run_dir / "decode_report.md", "\n\n".join(r.to_text() for r in reports.values()) + "\n")
+        save_inputs(reports, run_dir / DECODE_INPUTS)  # what finetune --folds pools
 
     # generation: window F1 vs a mean-rate Poisson generator
     generation = None
@@ -1890,11 +1895,7 @@ def _protocol(cfg: RunConfig, dm, scored: np.ndarray | None = None, draw: dict |
     """The evaluation protocol in one line, as the numbers were produced."""
     s, w, e, d = cfg.data.split, cfg.model.window, cfg.eval, cfg.data
     names = ("train", "valid", "test")
-    if all(all(n in sess.interval_names for n in names) for sess in dm.sessions):
-        split = "time blocks from each session file's /intervals/train, valid, test"
-    else:
-        split = (f"contiguous time blocks per session (train {s.train:.0%} / valid {s.valid:.0%} / test "
-                 f"{s.test:.0%}, {s.gap} s gaps)")
+    split = split_text(s, sum(all(n in sess.interval_names for n in names) for sess in dm.sessions), len(dm.sessions))
     text = (f"{split}; windows of {w.curr * 1e3:.0f} ms (previous {w.prev * 1e3:.0f} ms, dt {w.dt * 1e3:.0f} ms); "
             f"all metrics on the test block; baselines fitted on the training block")
     t = cfg.task

@@ -7,6 +7,7 @@ writes the preprocessing and resumes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -257,8 +258,8 @@ def test_preflight_events_per_split(sessions, tmp_path):
         "data": {"sessions": [single], "events": "word_onset", "segment_s": 1.0, "n_patches": 4, "split": SPLIT},
         "model": TINY, "task": {"mode": "finetune"}, "trainer": {"early_stopping_patience": 15}}, where="test"))
     # one event, one label: its segment against background segments; the splits without it are refused
-    with pytest.raises(ConfigError, match=r"data.events: the valid split \(contiguous time blocks by fractions train "
-                                          r"50% / valid 25% / test 25%, 2 s gaps\) has \d+ event / background "
+    with pytest.raises(ConfigError, match=r"data.events: the valid split \(contiguous time blocks per session \(train "
+                                          r"50% / valid 25% / test 25%, 2 s gaps\)\) has \d+ event / background "
                                           r"segment\(s\) of /events/word_onset \(\{'\(no event\)': \d+, '\w+': 0\}\)"):
         recipe.preflight(cfg)
     # an empty validation split: before, a warning, then Lightning's "val/loss which is not available"
@@ -357,9 +358,13 @@ def test_protocol_states_the_split_used(sessions, tmp_path):
     path = tmp_path / "split.h5"
     shutil.copy(sessions["home"], path)
     cfg = recipe.prepare(_pretrain_cfg([str(path)]))
-    assert recipe._split_source(cfg).startswith("contiguous time blocks by fractions train 50%")
+    assert recipe._split_source(cfg).startswith("contiguous time blocks per session (train 50%")
     set_intervals(path, {"train": [(0, 80)], "valid": [(82, 110)], "test": [(112, 150)]})
-    assert recipe._split_source(cfg) == "the /intervals/train|valid|test blocks of the session file"
+    assert recipe._split_source(cfg) == "time blocks from each session file's /intervals/train, valid, test"
+    folds = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, split=dataclasses.replace(cfg.data.split, folds=5, fold=2)))
+    assert recipe._split_source(folds).startswith("blocked 5-fold cross-validation, fold 2 of 5")
+    assert recipe._split_source(folds).endswith("the /intervals of 1 session file(s) not used")
 
 
 # -- resume -------------------------------------------------------------------------------------------
