@@ -473,6 +473,11 @@ def write_card(run_dir: str | Path, out: str | Path | None = None, *, repo_id: s
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path}: missing; run training first (it writes metrics.json)")
     metrics = json.loads(metrics_path.read_text())
+    if "cross_validation" in metrics:  # no model of its own: the folds' are the models
+        folds = metrics["cross_validation"].get("folds", "K")
+        raise ValueError(f"{run_dir}: a cross-validation run (finetune --folds {folds}) has no model of its own; "
+                         f"each fold's model has its card: `neurofm card {run_dir / 'fold-1'}` (the pooled report "
+                         f"is {run_dir / 'decode_report.md'})")
     cfg_path = run_dir / "config.yaml"
     config_yaml = cfg_path.read_text() if cfg_path.exists() else ""
     meta_path = run_dir / "pretrained" / "config.json"

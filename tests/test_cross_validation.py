@@ -136,6 +136,10 @@ def test_finetune_folds_spikes(tmp_path, capsys):
     assert "2 blocked folds pooled" in out and "per fold (position" in out
     text = (run / "decode_report.md").read_text()
     assert text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    # no model of its own, so no card: each fold has one
+    assert main(["card", str(run)]) != 0
+    assert "has no model of its own; each fold's model has its card" in capsys.readouterr().err
+    assert main(["card", str(run / "fold-1")]) == 0 and not (run / "pretrained").exists()
 
 
 @pytest.fixture(scope="module")

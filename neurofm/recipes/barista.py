@@ -487,6 +487,11 @@ def preflight(cfg: RunConfig, *, training: bool = True) -> None:
                                   f"{d.segment_s:g} s; {metric}, which checkpointing and early stopping watch, needs "
                                   f"at least {need}. Give the split more time (data.split.* fractions, or "
                                   f"`neurofm split FILE --train ... --valid ... --test ...`) or shorten data.segment_s")
+    if training and kind == "classification" and not _few_shot(cfg):  # few labels: _check_labels did
+        seg = _segments(cfg, "train", few_shot=False)
+        _check_penalty_block(seg["label"], seg["names"], f"the training block's {len(seg['label'])} segments",
+                             "give the training block more time (data.split.* fractions; with --folds, fewer folds) "
+                             "or use a longer recording")
 
 
 def _check_spatial_scales(cfg: RunConfig) -> None:
@@ -787,8 +792,9 @@ def _few_shot_text(cfg: RunConfig, draw: dict) -> str:
 def _check_labels(cfg: RunConfig) -> None:
     """The labels a fine-tune fits, before any step: ``data.label_fraction`` in range; with few
     labels, chunks longer than a segment and enough labelled training segments for the head's
-    start (per class for classification); for every classification, the block where the logistic
-    fits choose their penalty (:func:`_check_penalty_block`)."""
+    start (per class for classification, and the block where the logistic fits choose their
+    penalty: :func:`_check_penalty_block`; with every label :func:`preflight` checks that block
+    after the splits)."""
     d = cfg.data
     if not 0 < d.label_fraction <= 1:
         raise ConfigError(f"data.label_fraction: {d.label_fraction:g} is not in (0, 1]; --label-fraction 0.2 labels "
@@ -797,12 +803,6 @@ def _check_labels(cfg: RunConfig) -> None:
         if d.label_fraction < 1 and cfg.task.mode == "finetune":
             raise ConfigError(f"data.label_fraction: {d.label_fraction:g}, but a {cfg.task.finetune_task} fine-tune "
                               f"has no labels to draw; --label-fraction is for classify and regress")
-        if cfg.task.mode == "finetune" and cfg.task.finetune_task == "classification":
-            seg = _segments(cfg, "train", few_shot=False)
-            if len(seg["label"]):  # none: the split check names the empty block
-                _check_penalty_block(seg["label"], seg["names"], f"the training block's {len(seg['label'])} segments",
-                                     "give the training block more time (data.split.* fractions; with --folds, fewer "
-                                     "folds) or use a longer recording")
         return
     if not d.label_chunk_s > d.segment_s:
         raise ConfigError(f"data.label_chunk_s: {d.label_chunk_s:g} s, but segments are {d.segment_s:g} s long; "
