@@ -104,16 +104,27 @@ def test_period_blocks(t0, session=None, n_blocks: int = 10, min_per_block: int 
     return blocks
 
 
-def block_bootstrap_counts(blocks, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def block_bootstrap_counts(blocks, n_boot: int, seed: int = 0, strata=None) -> tuple[np.ndarray, np.ndarray]:
     """``(n_boot, K)`` how many times each of the K blocks is drawn in each replicate (K draws
-    with replacement), and ``(n,)`` each window's block index into those K columns."""
+    with replacement), and ``(n,)`` each window's block index into those K columns.
+    ``strata`` ((n,), e.g. the fold of each window of a cross-validated run): the blocks of each
+    stratum are drawn among themselves, as many times as the stratum has blocks, so every
+    replicate keeps each stratum's share (a block must lie in one stratum)."""
     _, inv = np.unique(np.asarray(blocks).ravel(), return_inverse=True)
     K = int(inv.max()) + 1 if inv.size else 0
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, K, size=(int(n_boot), K)) if K else np.zeros((int(n_boot), 0), dtype=np.int64)
     counts = np.zeros((int(n_boot), K), dtype=np.float64)
-    if K:
-        np.add.at(counts, (np.repeat(np.arange(int(n_boot)), K), draws.ravel()), 1.0)
+    if not K:
+        return counts, inv
+    if strata is None:
+        groups = [np.arange(K)]
+    else:
+        block_stratum = np.full(K, -1)
+        block_stratum[inv] = np.asarray(strata).ravel()
+        groups = [np.flatnonzero(block_stratum == g) for g in np.unique(block_stratum)]
+    for members in groups:
+        draws = members[rng.integers(0, len(members), size=(int(n_boot), len(members)))]
+        np.add.at(counts, (np.repeat(np.arange(int(n_boot)), len(members)), draws.ravel()), 1.0)
     return counts, inv
 
 
@@ -277,7 +288,18 @@ def _r2_r_from_stats(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r2.mean(-1), r.mean(-1)
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+def _auroc(y: np.ndarray, s: np.ndarray, strata: np.ndarray | None = None) -> float:
+    """ROC-AUC; with ``strata``, the mean of each stratum's AUROC weighted by its windows (each
+    fold of a cross-validated run ranks its own model's scores)."""
+    if strata is not None:
+        values, weights = [], []
+        for g in np.unique(strata):
+            m = strata == g
+            values.append(_auroc(y[m], s[m]))
+            weights.append(m.sum())
+        values, weights = np.asarray(values), np.asarray(weights, dtype=np.float64)
+        ok = np.isfinite(values)
+        return float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
     try:
         return float(M.auroc(y, s))
     except ValueError:  # one class only in this resample
@@ -444,7 +466,7 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
                   reference: str | None = None, label_fraction: float = 1.0, scored: str = "all test windows",
                   block_s: float | None = None, protocol: str = "", notes: Mapping[str, str] | None = None,
                   n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                  n_fitted: int | None = None, unit: str = "windows") -> DecodeReport:
+                  n_fitted: int | None = None, unit: str = "windows", strata=None) -> DecodeReport:
     """Score every arm on the same windows, with block-bootstrap CIs and paired differences.
 
     Parameters
@@ -459,6 +481,10 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     n_fitted : how many labelled training windows the arms were fitted on, stated beside the
         label fraction (with a moving rule, 10% of a resting animal's windows can be a few dozen).
     unit : what the scored items are called in the report's words ("segments" for BaRISTA).
+    strata : optional (n,) group of each window (the fold of a cross-validated run,
+        :func:`pool_folds`): blocks are resampled within their group, and ROC-AUC is each
+        group's AUROC averaged, weighted by its windows (each fold's model ranks only its own
+        test windows; R2 and r stay pooled over all windows).
     """
     if task not in ("regression", "classification"):
         raise ValueError(f"decode_report: task must be 'regression' or 'classification', got {task!r}")
@@ -484,7 +510,11 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
         if not np.isfinite(p).all():
             raise ValueError(f"decode_report({target}): arm {name!r} has NaN/inf predictions")
         preds[name] = p
-    counts, inv = block_bootstrap_counts(blocks, n_boot, seed)
+    if strata is not None:
+        strata = np.asarray(strata).ravel()
+        if strata.shape != (n,):
+            raise ValueError(f"decode_report({target}): {n} targets but {strata.size} strata")
+    counts, inv = block_bootstrap_counts(blocks, n_boot, seed, strata=strata)
     K = counts.shape[1]
     alpha = (1 - confidence) / 2
     q = lambda a: tuple(float(v) for v in np.nanquantile(a, [alpha, 1 - alpha])) if np.isfinite(a).any() \
@@ -516,8 +546,8 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
         rng_idx = _replicate_windows(inv, counts)
         point, boot = {}, {}
         for name, p in preds.items():
-            point[name] = _auroc(labels, p)
-            boot[name] = np.array([_auroc(labels[ix], p[ix]) for ix in rng_idx])
+            point[name] = _auroc(labels, p, strata)
+            boot[name] = np.array([_auroc(labels[ix], p[ix], None if strata is None else strata[ix]) for ix in rng_idx])
         for name in names:
             row = ArmRow(name, note=(notes or {}).get(name, ""))
             row.values["auroc"] = point[name]
@@ -585,7 +615,10 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
     without an arm drops it from the pooled report); a note is kept when every fold gave the same.
     Each fold's arms were fitted on that fold's training blocks, so the pooled rows are
     cross-validated estimates; a classifier's scores come from K models, and the pooled AUROC
-    ranks them together (a fold whose scores sit higher or lower costs AUROC: conservative)."""
+    would rank them together, so a fold whose scores sit higher or lower overall would cost (or
+    earn) AUROC that no fold shows: ROC-AUC is each fold's, averaged weighted by its windows,
+    and the bootstrap resamples blocks within each fold (:func:`decode_report`'s ``strata``).
+    R2 and r are pooled over every fold's windows (a fold's offset is a real error there)."""
     folds = [{m["target"]: m for m in _load_inputs(p)} for p in paths]
     if len(folds) < 2:
         raise ValueError(f"pool_folds: {len(folds)} fold(s); cross-validation pools at least 2")
@@ -600,6 +633,7 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
             _, b = np.unique(m["blocks"], return_inverse=True)
             blocks.append(b + offset)
             offset += int(b.max()) + 1
+        fold = np.concatenate([np.full(len(m["targets"]), k) for k, m in enumerate(parts)])
         notes = {a: n for a, n in first["notes"].items() if all(m["notes"].get(a) == n for m in parts)}
         unit = first["unit"]
         texts = [m["scored"] for m in parts]
@@ -615,8 +649,9 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
             np.concatenate([m["targets"] for m in parts]), np.concatenate(blocks), task=first["task"], target=target,
             reference=first["reference"] if first["reference"] in arms else None, label_fraction=first["label_fraction"],
             scored=text, block_s=first["block_s"], notes=notes, confidence=first["confidence"],
-            n_boot=first["n_boot"], seed=seed, unit=unit,
-            protocol="each fold's arms fitted on that fold's training blocks only"
-                     + ("; the scores of the folds' models ranked together (a fold scoring higher or lower overall "
-                        "costs AUROC)" if first["task"] == "classification" else ""))
+            n_boot=first["n_boot"], seed=seed, unit=unit, strata=fold,
+            protocol="each fold's arms fitted on that fold's training blocks only; blocks resampled within their fold"
+                     + ("; AUROC: each fold's AUROC on its own test block (its model ranks its own scores), averaged "
+                        "weighted by the fold's segments" if first["task"] == "classification" else
+                        "; R2 and r over every fold's windows together"))
     return out

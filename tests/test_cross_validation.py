@@ -66,7 +66,8 @@ def test_pool_folds_scores_the_folds_test_windows_as_one_test_set(tmp_path):
     # the same numbers as one report over the concatenation, each fold's blocks kept apart
     blocks = np.concatenate([np.unique(b, return_inverse=True)[1] + 4 * k for k, (_, _, b) in enumerate(parts)])
     direct = decode_report({a: np.concatenate([p[0][a] for p in parts]) for a in ("model", "ridge", "noise")},
-                           np.concatenate([p[1] for p in parts]), blocks, target="speed", label_fraction=0.5)
+                           np.concatenate([p[1] for p in parts]), blocks, target="speed", label_fraction=0.5,
+                           strata=np.repeat([0, 1], [40, 37]))
     assert pooled.n_windows == 77 and pooled.n_blocks == 8 and pooled.label_fraction == 0.5
     for row, want in zip(pooled.rows, direct.rows):
         assert row.arm == want.arm and row.values == pytest.approx(want.values)
@@ -81,6 +82,24 @@ def test_pool_folds_scores_the_folds_test_windows_as_one_test_set(tmp_path):
     assert [r.arm for r in pool_folds([*paths, tmp_path / "f2.npz"])["speed"].rows] == ["model", "noise"]
     with pytest.raises(ValueError, match="at least 2"):
         pool_folds(paths[:1])
+
+
+def test_pooled_auroc_is_each_folds_auroc_averaged_not_the_folds_scores_ranked_together(tmp_path):
+    """Two folds whose models rank their own test segments perfectly, one scoring everything 5
+    higher: ranked together they would score 0.75; each fold's AUROC is 1."""
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    paths = []
+    for k, (lab, offset) in enumerate([(y[:4], 0.0), (y[4:], 5.0)]):
+        s = lab + offset
+        rep = decode_report({"model": s, "flat": np.zeros(4) + offset + np.arange(4) % 2 * 0.0}, lab, np.arange(4),
+                            task="classification", target="cue")
+        save_inputs({"cue": rep}, tmp_path / f"f{k}.npz")
+        paths.append(tmp_path / f"f{k}.npz")
+    pooled = pool_folds(paths)["cue"]
+    assert pooled.row("model").values["auroc"] == 1.0
+    assert decode_report({"model": np.r_[y[:4], y[4:] + 5.0]}, y, np.arange(8), task="classification").row(
+        "model").values["auroc"] == pytest.approx(0.75)
+    assert "AUROC: each fold's AUROC on its own test block" in pooled.describe()
 
 
 # -- the whole path, both families ---------------------------------------------------------------
