@@ -40,6 +40,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     common = dict(session_id=args.session_id, nan_policy=args.nan, overwrite=not args.no_overwrite,
                   coordinate_unit=args.coordinate_unit, license=args.license)
+    # --rectify alone: the --behavior-channel channels, as they are moved; --rectify NAME: a behaviour
+    # the conversion writes (a BIDS physio column, an NWB series), rectified once it is written
+    channels_rectified = True in (args.rectify or [])
+    args.rectify_names = [x for x in args.rectify or [] if x is not True]
+    if channels_rectified and not args.behavior_channel:
+        raise ValueError("--rectify alone rectifies the --behavior-channel channels: give --behavior-channel "
+                         "NAME[=as_name] too, or name the behaviour to rectify (a BIDS physio column, an NWB "
+                         "behaviour): --rectify NAME")
     if args.angle_unit and not args.angle:
         raise ValueError("--angle-unit is the unit of the --angle behaviours: give --angle NAME too")
     with warnings.catch_warnings():
@@ -50,14 +58,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
                                  "convert ieeg RECORDING OUT.h5 --trigger-channel NAME=label`")
-            if not args.behavior_channel and not args.angle and not args.speed_from:
+            if not args.behavior_channel and not args.angle and not args.speed_from and not args.rectify_names:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
                                  "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]) or a "
-                                 "cumulative distance's speed (--speed-from NAME[=as_name]); give one (each repeatable)")
+                                 "cumulative distance's speed (--speed-from NAME[=as_name]), or rectifies a "
+                                 "behaviour (--rectify NAME); give one (each repeatable)")
             if args.behavior_channel:
                 def convert(out_path, overwrite=True, **_):  # a session file keeps its own id, licence, ...
                     return move_channels_to_behavior(args.input, out_path, args.behavior_channel,
-                                                     overwrite=overwrite, rectify=args.rectify)
+                                                     overwrite=overwrite, rectify=channels_rectified)
             else:
                 convert = None  # the session file as it is, the behaviours derived from it added
         elif args.format == "nwb":
@@ -66,8 +75,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel is for iEEG recordings (EDF, BrainVision, ...); NWB events come "
                                  "from its trials / epochs tables")
-            if args.behavior_channel or args.rectify:
-                raise ValueError("--behavior-channel / --rectify are for iEEG recordings and session files; NWB "
+            if args.behavior_channel:
+                raise ValueError("--behavior-channel is for iEEG recordings and session files; NWB "
                                  "behaviour comes "
                                  "from processing modules (or convert, then `neurofm convert session IN.h5 OUT.h5 "
                                  "--behavior-channel NAME`)")
@@ -84,34 +93,34 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
             if args.electrical_series or args.keep_noise_units:
                 raise ValueError("--electrical-series / --keep-noise-units are for NWB files")
-            if args.rectify and not args.behavior_channel:
-                raise ValueError("--rectify rectifies the --behavior-channel channels: give --behavior-channel "
-                                 "NAME[=as_name] too")
 
             def convert(out_path, **kw):
                 return convert_ieeg(args.input, out_path, electrodes=args.electrodes, channels_tsv=args.channels,
-                                    behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
+                                    behavior_channels=args.behavior_channel or (), rectify_behavior=channels_rectified,
                                     trigger_channels=args.trigger_channel or (), **kw)
-        out = (_convert_then_derive(convert, args, common) if args.angle or args.speed_from
+        out = (_convert_then_derive(convert, args, common) if args.angle or args.speed_from or args.rectify_names
                else convert(args.output, **common))
     print(f"wrote {out}")
     return 0
 
 
 def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Path:
-    """``convert`` the input (None: a session file as it is), then add each ``--angle``'s cosine
-    and sine (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
+    """``convert`` the input (None: a session file as it is), then rectify each ``--rectify NAME``
+    (:func:`~neurofm.data.session.rectify_behaviors`), add each ``--angle``'s cosine and sine
+    (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
     (:func:`~neurofm.data.session.add_speed`), all in a temporary file beside the output: the
     output appears only when every step worked (a behaviour the recording lacks leaves no
     converted file behind, and none without what was asked for)."""
     from neurofm.atomic import atomic_output
-    from neurofm.data.session import ConvertError, add_cos_sin, add_speed
+    from neurofm.data.session import ConvertError, add_cos_sin, add_speed, rectify_behaviors
 
     in_place = Path(args.output).resolve() == Path(args.input).resolve()
     if in_place and args.format != "session":  # the converter would see the temporary file, not the input
         raise ConvertError(args.input, "out_path", "is the input file itself", "write the session to another path")
     with atomic_output(args.output, overwrite=common["overwrite"] or in_place) as tmp:  # a session edited in place
         source = args.input if convert is None else convert(tmp, **{**common, "overwrite": True})
+        if args.rectify_names:
+            source = rectify_behaviors(source, tmp, args.rectify_names)
         if args.angle:
             source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
         if args.speed_from:
@@ -640,10 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "each pulse's rising edge becomes an event of /events/annotations labelled label (default: "
                         "NAME), beside the file's own annotations (repeatable: one label per channel, e.g. --trigger-"
                         "channel DC01=face --trigger-channel DC02=house); the channel stays in /continuous typed stim")
-    c.add_argument("--rectify", action="store_true",
-                   help="with --behavior-channel: store those channels full-wave rectified (|x|), so the mean over a "
-                        "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "
-                        "raw EMG, accelerometer or microphone channel, whose own segment mean is noise around 0")
+    c.add_argument("--rectify", action="append", nargs="?", const=True, metavar="NAME",
+                   help="store behaviours full-wave rectified (|x|, attr rectified), so the mean over a segment, what "
+                        "BaRISTA regresses, is the mean absolute amplitude: the envelope of a raw EMG, accelerometer "
+                        "or microphone channel, a joystick's deflection, whose own segment mean is noise around 0. "
+                        "Bare: the --behavior-channel channels; --rectify NAME (repeatable): /behavior/NAME, e.g. a "
+                        "BIDS physio column, an NWB behaviour or a session file's behaviour")
     c.add_argument("--angle", action="append", metavar="NAME[=as_name]",
                    help="an angle behaviour (head direction, ...) gets its cosine and sine as the 2-column "
                         "/behavior/<as_name> (default NAME_cos_sin; repeatable): a target, ridge and R2 then see 359 "

@@ -1283,13 +1283,16 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
         # samples' std, a target near 0 everywhere, scored as if it were behaviour)
         kept = float((np.concatenate(seg_means).var(0) / std ** 2).max())
         if kept < SEGMENT_MEAN_MIN_VARIANCE:
-            source = next((x for x in sources if x), "NAME")
+            source = next((x for x in sources if x), "")
+            how = (f"convert the recording again with --behavior-channel {source}={name} --rectify" if source else
+                   f"`neurofm convert session {dm.sessions[0].path} OUT.h5 --rectify {name}` (or --rectify {name} "
+                   f"when converting the recording)")
             raise ConfigError(
                 f"data.target: /behavior/{name}'s mean over a {cfg.data.segment_s:g} s segment (what the model "
                 f"regresses and is scored on) keeps {kept:.2%} of its variance over the training blocks: the rest "
                 f"oscillates faster than a segment (a raw EMG, accelerometer or microphone channel), so the target "
-                f"would be noise around its mean. Regress its envelope: convert the recording again with "
-                f"--behavior-channel {source}={name} --rectify (the mean absolute amplitude per segment)")
+                f"would be noise around its mean. Regress its envelope: {how} (the mean absolute amplitude per "
+                f"segment)")
     return v.mean(0).tolist(), std.tolist()
 
 
