@@ -335,7 +335,9 @@ def _describe_test_variation(v: dict) -> list[str]:
 def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
     """``neurofm inspect``: what the README's pretraining command will cost on this file, and,
     when that is long, the settings that shorten it. ``unit``: what one training example is
-    (default: a spike window padded to the block sizes)."""
+    (default: a spike window padded to the block sizes). With the parts that come on top of
+    training (``validation``, ``evaluation``, spikes: ``generation``) a second line gives them
+    and the total, which is what LONG judges."""
     if "error" in p:
         return [f"  pretraining - ({p['error']})"]
     est, per_step = p["estimate_s"], p["seconds_per_step"]
@@ -350,19 +352,39 @@ def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
     lines = [f"  pretraining {p['config']} with these {'windows (README step 2)' if 'block_size' in p else 'settings'}:"
              f" {p['steps']:,} steps ({length}), {unit}; "
              f"{per_step * 1e3:.0f} ms per step measured here ({p['threads']} CPU thread"
-             f"{'s' if p['threads'] > 1 else ''}, {p['measured_steps']} steps): about {_minutes(est)}"]
-    if est > p["long_s"]:  # on the same line: one line, `grep -v "^  pretraining"` leaves it out
-        fit = int(p["long_s"] // (p["steps_per_epoch"] * per_step))
-        epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * p['steps_per_epoch'] * per_step)})"
+             f"{'s' if p['threads'] > 1 else ''}, {p['measured_steps']} steps): about {_minutes(est)}"
+             + (" of training" if "validation" in p else "")]
+    v, e, g = p.get("validation"), p.get("evaluation"), p.get("generation")
+    total, per_epoch, fixed = est, p["steps_per_epoch"] * per_step, 0.0
+    if v is not None:  # the parts after training, each timed on the file (recipes' after_training_estimate)
+        total = p["total_s"]
+        per_epoch += v["batches"] * v["seconds_per_batch"]  # validated once an epoch (the default cadence)
+        fixed = e["seconds"] + (g["seconds"] if g else 0.0)
+        read = (f"{e['train_batches']:,} batches of training-window counts" if "train_batches" in e else
+                f"{e['token_power_batches']:,} token-power batches")
+        parts = [f"validation {v['passes']:,} x {v['batches']:,} batches about {_minutes(v['seconds'])}",
+                 f"evaluation ({e['test_batches']:,} test batches, {read}) about {_minutes(e['seconds'])}"]
+        if g and g["windows"]:
+            parts.append(f"generation ({g['windows']:,} test windows x {g['draws']} draws, "
+                         f"{g['seconds_per_batch']:.2f} s a batch) about {_minutes(g['seconds'])}")
+        lines.append(f"  pretraining then: {', '.join(parts)}: about {_minutes(total)} in all")
+    if total > p["long_s"]:  # on the last line: `grep -v "^  pretraining"` leaves every line out
+        fit = int((p["long_s"] - fixed) // per_epoch)
+        epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * per_epoch + fixed)})"
                   if 1 <= fit < p["config_epochs"] else "")
         if fit < 1:  # one epoch alone is over the budget (a long recording): stop within the first
-            steps = max(1, int(p["long_s"] // per_step))
-            epochs = (f"trainer.max_steps={steps} (about {_minutes(steps * per_step)}: {steps:,} of the "
+            steps = max(1, int((p["long_s"] - fixed) // per_step))
+            epochs = (f"trainer.max_steps={steps} (about {_minutes(steps * per_step + fixed)}: {steps:,} of the "
                       f"{p['steps_per_epoch']:,} batches of one epoch)")
         shorter = ("shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
                    "block sizes they give; a step's cost grows with id + prev_id)" if "block_size" in p else
                    "a smaller model (model.d_model, model.n_layers)")
-        lines[0] += f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "") + shorter
+        if g and g["seconds"] > 0.25 * total and g["batches"] > 1:  # generation a large part: fewer windows
+            k = max(1, int(0.1 * p["long_s"] // (g["draws"] * g["seconds_per_batch"])))  # batches in a tenth
+            if k < g["batches"]:
+                shorter += (f", or fewer generated windows (eval.generate_windows={k * p['batch_size']}: generation "
+                            f"about {_minutes(k * g['draws'] * g['seconds_per_batch'])})")
+        lines[-1] += f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "") + shorter
     return lines
 
 
