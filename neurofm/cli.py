@@ -112,19 +112,24 @@ def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Pat
     output appears only when every step worked (a behaviour the recording lacks leaves no
     converted file behind, and none without what was asked for)."""
     from neurofm.atomic import atomic_output
-    from neurofm.data.session import ConvertError, add_cos_sin, add_speed, rectify_behaviors
+    from neurofm.data.session import ConvertError, SessionFormatError, add_cos_sin, add_speed, rectify_behaviors
 
     in_place = Path(args.output).resolve() == Path(args.input).resolve()
     if in_place and args.format != "session":  # the converter would see the temporary file, not the input
         raise ConvertError(args.input, "out_path", "is the input file itself", "write the session to another path")
     with atomic_output(args.output, overwrite=common["overwrite"] or in_place) as tmp:  # a session edited in place
         source = args.input if convert is None else convert(tmp, **{**common, "overwrite": True})
-        if args.rectify_names:
-            source = rectify_behaviors(source, tmp, args.rectify_names)
-        if args.angle:
-            source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
-        if args.speed_from:
-            add_speed(source, tmp, args.speed_from)
+        try:
+            if args.rectify_names:
+                source = rectify_behaviors(source, tmp, args.rectify_names)
+            if args.angle:
+                source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
+            if args.speed_from:
+                add_speed(source, tmp, args.speed_from)
+        except SessionFormatError as e:  # about the converted recording: name it, not the temporary file
+            if Path(e.file) != Path(tmp):
+                raise
+            raise ConvertError(args.input, e.field, f"{e.problem} (in the session converted from it)", e.fix) from None
     return Path(args.output)
 
 

@@ -607,11 +607,12 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
 #: Behaviour sampled at twice this rate or faster (a 30 kHz sync or analog line kept as a plain
 #: TimeSeries) is stored as the means of blocks of ``k = floor(rate / BEHAVIOR_MAX_RATE_HZ)``
 #: samples, at ``rate / k`` (1 to 2 kHz). The finest time a model reads a behaviour at is ~6 ms
-#: (Neuroformer's 8 interpolated input samples across its default 50 ms window; its dt tokens
-#: are 10 ms, BaRISTA's segments seconds) and its target is the time-weighted mean over a window
-#: or segment, which the block means keep to within one block (1 ms) at each edge; a block mean
-#: is also a (boxcar) anti-aliasing filter, so a faster component averages out instead of
-#: folding onto a slower one as plain decimation would. Read in blocks of rows: memory is bounded
+#: (Neuroformer's 8 interpolated input samples across its default 50 ms window; the demo's dt
+#: tokens are 5 ms, BaRISTA's segments seconds) and its target is the time-weighted mean over a
+#: window or segment, which the block means keep to within one block (<= 1 ms) at each edge. A
+#: block mean is also a (boxcar) low-pass: a component at a multiple of the stored rate averages
+#: out exactly and others faster than it are attenuated (sidelobes -13 dB and falling), where
+#: plain decimation would fold them onto slow ones at full amplitude. Read in blocks of rows: memory is bounded
 #: by ``BLOCK_VALUES`` and the stored rate, not the series' length (an hour at 30 kHz: 108 M
 #: samples in, 3.6 M stored).
 BEHAVIOR_MAX_RATE_HZ = 1000.0

@@ -1615,7 +1615,7 @@ def rectify_behaviors(in_path: str | os.PathLike, out_path: str | os.PathLike, n
         with h5py.File(tmp, "r+") as f:
             for name in dict.fromkeys(names):
                 values = f[f"behavior/{name}/values"]
-                rows = max(1, (1 << 22) // max(1, int(np.prod(values.shape[1:]))))
+                rows = max(1, (1 << 22) // max(1, int(np.prod(values.shape[1:]))))  # ~32 MB of float64 a block
                 for i0 in range(0, values.shape[0], rows):  # same shape and dtype: written in place
                     values[i0:i0 + rows] = np.abs(values[i0:i0 + rows])
                 f[f"behavior/{name}"].attrs["rectified"] = True

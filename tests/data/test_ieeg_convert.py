@@ -1095,7 +1095,8 @@ def test_rectify_reaches_bids_physio_columns(tmp_path, capsys):
     # a behaviour the file lacks: the error names it and lists those there; no output
     assert main(["convert", "ieeg", str(vhdr), str(tmp_path / "t.h5"), "--rectify", "joystick_z"]) == 2
     err = capsys.readouterr().err
-    assert "/behavior/joystick_z: missing" in err and "['joystick_x', 'joystick_y']" in err
+    assert f"error: {vhdr}: /behavior/joystick_z: missing (in the session converted from it)" in err  # not the temp
+    assert "['joystick_x', 'joystick_y']" in err
     assert_nothing_written(tmp_path / "t.h5")
     # a session file converted already, and a channel moved and rectified in the same command
     assert main(["convert", "session", str(out), str(tmp_path / "u.h5"), "--rectify", "joystick_y"]) == 0
