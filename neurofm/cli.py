@@ -40,6 +40,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     common = dict(session_id=args.session_id, nan_policy=args.nan, overwrite=not args.no_overwrite,
                   coordinate_unit=args.coordinate_unit, license=args.license)
+    # --rectify alone: the --behavior-channel channels, as they are moved; --rectify NAME: a behaviour
+    # the conversion writes (a BIDS physio column, an NWB series), rectified once it is written
+    channels_rectified = True in (args.rectify or [])
+    args.rectify_names = [x for x in args.rectify or [] if x is not True]
+    if channels_rectified and not args.behavior_channel:
+        raise ValueError("--rectify alone rectifies the --behavior-channel channels: give --behavior-channel "
+                         "NAME[=as_name] too, or name the behaviour to rectify (a BIDS physio column, an NWB "
+                         "behaviour): --rectify NAME")
     if args.angle_unit and not args.angle:
         raise ValueError("--angle-unit is the unit of the --angle behaviours: give --angle NAME too")
     with warnings.catch_warnings():
@@ -50,14 +58,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
                                  "convert ieeg RECORDING OUT.h5 --trigger-channel NAME=label`")
-            if not args.behavior_channel and not args.angle and not args.speed_from:
+            if not args.behavior_channel and not args.angle and not args.speed_from and not args.rectify_names:
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
                                  "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]) or a "
-                                 "cumulative distance's speed (--speed-from NAME[=as_name]); give one (each repeatable)")
+                                 "cumulative distance's speed (--speed-from NAME[=as_name]), or rectifies a "
+                                 "behaviour (--rectify NAME); give one (each repeatable)")
             if args.behavior_channel:
                 def convert(out_path, overwrite=True, **_):  # a session file keeps its own id, licence, ...
                     return move_channels_to_behavior(args.input, out_path, args.behavior_channel,
-                                                     overwrite=overwrite, rectify=args.rectify)
+                                                     overwrite=overwrite, rectify=channels_rectified)
             else:
                 convert = None  # the session file as it is, the behaviours derived from it added
         elif args.format == "nwb":
@@ -66,8 +75,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel is for iEEG recordings (EDF, BrainVision, ...); NWB events come "
                                  "from its trials / epochs tables")
-            if args.behavior_channel or args.rectify:
-                raise ValueError("--behavior-channel / --rectify are for iEEG recordings and session files; NWB "
+            if args.behavior_channel:
+                raise ValueError("--behavior-channel is for iEEG recordings and session files; NWB "
                                  "behaviour comes "
                                  "from processing modules (or convert, then `neurofm convert session IN.h5 OUT.h5 "
                                  "--behavior-channel NAME`)")
@@ -84,38 +93,43 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
             if args.electrical_series or args.keep_noise_units:
                 raise ValueError("--electrical-series / --keep-noise-units are for NWB files")
-            if args.rectify and not args.behavior_channel:
-                raise ValueError("--rectify rectifies the --behavior-channel channels: give --behavior-channel "
-                                 "NAME[=as_name] too")
 
             def convert(out_path, **kw):
                 return convert_ieeg(args.input, out_path, electrodes=args.electrodes, channels_tsv=args.channels,
-                                    behavior_channels=args.behavior_channel or (), rectify_behavior=args.rectify,
+                                    behavior_channels=args.behavior_channel or (), rectify_behavior=channels_rectified,
                                     trigger_channels=args.trigger_channel or (), **kw)
-        out = (_convert_then_derive(convert, args, common) if args.angle or args.speed_from
+        out = (_convert_then_derive(convert, args, common) if args.angle or args.speed_from or args.rectify_names
                else convert(args.output, **common))
     print(f"wrote {out}")
     return 0
 
 
 def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Path:
-    """``convert`` the input (None: a session file as it is), then add each ``--angle``'s cosine
-    and sine (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
+    """``convert`` the input (None: a session file as it is), then rectify each ``--rectify NAME``
+    (:func:`~neurofm.data.session.rectify_behaviors`), add each ``--angle``'s cosine and sine
+    (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
     (:func:`~neurofm.data.session.add_speed`), all in a temporary file beside the output: the
     output appears only when every step worked (a behaviour the recording lacks leaves no
     converted file behind, and none without what was asked for)."""
     from neurofm.atomic import atomic_output
-    from neurofm.data.session import ConvertError, add_cos_sin, add_speed
+    from neurofm.data.session import ConvertError, SessionFormatError, add_cos_sin, add_speed, rectify_behaviors
 
     in_place = Path(args.output).resolve() == Path(args.input).resolve()
     if in_place and args.format != "session":  # the converter would see the temporary file, not the input
         raise ConvertError(args.input, "out_path", "is the input file itself", "write the session to another path")
     with atomic_output(args.output, overwrite=common["overwrite"] or in_place) as tmp:  # a session edited in place
         source = args.input if convert is None else convert(tmp, **{**common, "overwrite": True})
-        if args.angle:
-            source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
-        if args.speed_from:
-            add_speed(source, tmp, args.speed_from)
+        try:
+            if args.rectify_names:
+                source = rectify_behaviors(source, tmp, args.rectify_names)
+            if args.angle:
+                source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
+            if args.speed_from:
+                add_speed(source, tmp, args.speed_from)
+        except SessionFormatError as e:  # about the converted recording: name it, not the temporary file
+            if Path(e.file) != Path(tmp):
+                raise
+            raise ConvertError(args.input, e.field, f"{e.problem} (in the session converted from it)", e.fix) from None
     return Path(args.output)
 
 
@@ -326,7 +340,9 @@ def _describe_test_variation(v: dict) -> list[str]:
 def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
     """``neurofm inspect``: what the README's pretraining command will cost on this file, and,
     when that is long, the settings that shorten it. ``unit``: what one training example is
-    (default: a spike window padded to the block sizes)."""
+    (default: a spike window padded to the block sizes). With the parts that come on top of
+    training (``validation``, ``evaluation``, spikes: ``generation``) a second line gives them
+    and the total, which is what LONG judges."""
     if "error" in p:
         return [f"  pretraining - ({p['error']})"]
     est, per_step = p["estimate_s"], p["seconds_per_step"]
@@ -341,19 +357,39 @@ def _describe_pretraining(p: dict, unit: str | None = None) -> list[str]:
     lines = [f"  pretraining {p['config']} with these {'windows (README step 2)' if 'block_size' in p else 'settings'}:"
              f" {p['steps']:,} steps ({length}), {unit}; "
              f"{per_step * 1e3:.0f} ms per step measured here ({p['threads']} CPU thread"
-             f"{'s' if p['threads'] > 1 else ''}, {p['measured_steps']} steps): about {_minutes(est)}"]
-    if est > p["long_s"]:  # on the same line: one line, `grep -v "^  pretraining"` leaves it out
-        fit = int(p["long_s"] // (p["steps_per_epoch"] * per_step))
-        epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * p['steps_per_epoch'] * per_step)})"
+             f"{'s' if p['threads'] > 1 else ''}, {p['measured_steps']} steps): about {_minutes(est)}"
+             + (" of training" if "validation" in p else "")]
+    v, e, g = p.get("validation"), p.get("evaluation"), p.get("generation")
+    total, per_epoch, fixed = est, p["steps_per_epoch"] * per_step, 0.0
+    if v is not None:  # the parts after training, each timed on the file (recipes' after_training_estimate)
+        total = p["total_s"]
+        per_epoch += v["batches"] * v["seconds_per_batch"]  # validated once an epoch (the default cadence)
+        fixed = e["seconds"] + (g["seconds"] if g else 0.0)
+        read = (f"{e['train_batches']:,} batches of training-window counts" if "train_batches" in e else
+                f"{e['token_power_batches']:,} token-power batches")
+        parts = [f"validation {v['passes']:,} x {v['batches']:,} batches about {_minutes(v['seconds'])}",
+                 f"evaluation ({e['test_batches']:,} test batches, {read}) about {_minutes(e['seconds'])}"]
+        if g and g["windows"]:
+            parts.append(f"generation ({g['windows']:,} test windows x {g['draws']} draws, "
+                         f"{g['seconds_per_batch']:.2f} s a batch) about {_minutes(g['seconds'])}")
+        lines.append(f"  pretraining then: {', '.join(parts)}: about {_minutes(total)} in all")
+    if total > p["long_s"]:  # on the last line: `grep -v "^  pretraining"` leaves every line out
+        fit = int((p["long_s"] - fixed) // per_epoch)
+        epochs = (f"trainer.max_epochs={fit} (about {_minutes(fit * per_epoch + fixed)})"
                   if 1 <= fit < p["config_epochs"] else "")
         if fit < 1:  # one epoch alone is over the budget (a long recording): stop within the first
-            steps = max(1, int(p["long_s"] // per_step))
-            epochs = (f"trainer.max_steps={steps} (about {_minutes(steps * per_step)}: {steps:,} of the "
+            steps = max(1, int((p["long_s"] - fixed) // per_step))
+            epochs = (f"trainer.max_steps={steps} (about {_minutes(steps * per_step + fixed)}: {steps:,} of the "
                       f"{p['steps_per_epoch']:,} batches of one epoch)")
         shorter = ("shorter windows (model.window.curr / prev: --window-curr / --window-prev here show the "
                    "block sizes they give; a step's cost grows with id + prev_id)" if "block_size" in p else
                    "a smaller model (model.d_model, model.n_layers)")
-        lines[0] += f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "") + shorter
+        if g and g["seconds"] > 0.25 * total and g["batches"] > 1:  # generation a large part: fewer windows
+            k = max(1, int(0.1 * p["long_s"] // (g["draws"] * g["seconds_per_batch"])))  # batches in a tenth
+            if k < g["batches"]:
+                shorter += (f", or fewer generated windows (eval.generate_windows={k * p['batch_size']}: generation "
+                            f"about {_minutes(k * g['draws'] * g['seconds_per_batch'])})")
+        lines[-1] += f". LONG (over {_minutes(p['long_s'])}): " + (f"{epochs}, or " if epochs else "") + shorter
     return lines
 
 
@@ -646,10 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "each pulse's rising edge becomes an event of /events/annotations labelled label (default: "
                         "NAME), beside the file's own annotations (repeatable: one label per channel, e.g. --trigger-"
                         "channel DC01=face --trigger-channel DC02=house); the channel stays in /continuous typed stim")
-    c.add_argument("--rectify", action="store_true",
-                   help="with --behavior-channel: store those channels full-wave rectified (|x|), so the mean over a "
-                        "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "
-                        "raw EMG, accelerometer or microphone channel, whose own segment mean is noise around 0")
+    c.add_argument("--rectify", action="append", nargs="?", const=True, metavar="NAME",
+                   help="store behaviours full-wave rectified (|x|, attr rectified), so the mean over a segment, what "
+                        "BaRISTA regresses, is the mean absolute amplitude: the envelope of a raw EMG, accelerometer "
+                        "or microphone channel, a joystick's deflection, whose own segment mean is noise around 0. "
+                        "Bare: the --behavior-channel channels; --rectify NAME (repeatable): /behavior/NAME, e.g. a "
+                        "BIDS physio column, an NWB behaviour or a session file's behaviour")
     c.add_argument("--angle", action="append", metavar="NAME[=as_name]",
                    help="an angle behaviour (head direction, ...) gets its cosine and sine as the 2-column "
                         "/behavior/<as_name> (default NAME_cos_sin; repeatable): a target, ridge and R2 then see 359 "

@@ -135,7 +135,9 @@ def convert_ieeg(
     rectify_behavior : store the ``behavior_channels`` full-wave rectified (``|x|``, attr
         ``rectified``), so the mean over a segment, what a BaRISTA regression predicts, is the
         channel's mean absolute amplitude: the envelope of a raw EMG, an accelerometer axis or
-        a microphone, whose own mean over a segment is noise around zero.
+        a microphone, whose own mean over a segment is noise around zero. A BIDS physio column
+        (or any behaviour of the written file) is rectified by
+        :func:`~neurofm.data.session.rectify_behaviors` (CLI ``--rectify NAME``).
     trigger_channels : ``"NAME"`` or ``"NAME=label"`` per channel that carries trigger pulses
         (a clinical system's DC input fed TTL pulses, a TRIG line): each pulse's rising edge
         (:func:`trigger_pulses`) becomes an event of ``/events/annotations`` labelled ``label``

@@ -13,7 +13,9 @@ What is taken from an NWB 2 file, and where it goes::
                               encoder's cumulative ticks become metres by ``conversion``)
       TimeSeries, SpatialSeries, and those inside Position / BehavioralTimeSeries /
       CompassDirection / PupilTracking ... containers; timestamps or starting_time + rate;
-      data * conversion + offset (the series' own unit kept as an attribute)
+      data * conversion + offset (the series' own unit kept as an attribute); a series at 2 kHz or
+      faster (a 30 kHz sync / analog line) is read in blocks and stored as block means at 1-2 kHz
+      (``BEHAVIOR_MAX_RATE_HZ``, warned; attrs ``source_rate_hz``, ``block_mean_samples``)
     acquisition ElectricalSeries -> /continuous (microvolts, streamed in blocks of rows)
       its electrodes table rows -> /channels: name, x, y, z (mm), location / brain_region /
       other region-like string columns -> /channels/region/<column>
@@ -550,8 +552,9 @@ def _drop_repeats(t: np.ndarray, values: np.ndarray, field: str, in_path: Path):
     return t, values
 
 
-def _scaled(ts) -> np.ndarray:
-    values = np.asarray(ts.data[:])
+def _scaled(ts, values=None) -> np.ndarray:
+    """``ts``' data (or ``values``, rows of it) x ``conversion`` + ``offset`` (numeric data only)."""
+    values = np.asarray(ts.data[:] if values is None else values)
     if values.dtype.kind in "iufb":
         conv = float(getattr(ts, "conversion", 1.0) or 1.0)
         offset = float(getattr(ts, "offset", 0.0) or 0.0)
@@ -580,12 +583,18 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
                 warnings.warn(f"{in_path}: {field}: shape {tuple(shape)} / dtype {dtype} is not a (T,) or (T, D) "
                               f"numeric series; left out of /behavior", stacklevel=3)
                 continue
-            t, values = _drop_repeats(_timestamps(ts, field, in_path), _scaled(ts), field, in_path)
+            rate = _series_rate(ts, shape[0])
+            k = int(rate / BEHAVIOR_MAX_RATE_HZ * (1 + 1e-9)) if rate else 1  # 20 kHz from timestamps: 19999.99 Hz
+            if k > 1:  # a sync / analog line at kHz: block means, read in blocks of rows
+                t, values = _block_means(ts, shape, k, rate, field, in_path)
+                extra = dict(source_rate_hz=rate, block_mean_samples=k)
+            else:
+                t, values, extra = *_drop_repeats(_timestamps(ts, field, in_path), _scaled(ts), field, in_path), {}
             if isinstance(ts, pynwb.behavior.SpatialSeries):
                 _warn_tracking_jumps(t, values, field, str(getattr(ts, "unit", "") or ""), in_path)
             found.append((module_name, path, ts.name, t, values,
                           dict(unit=str(getattr(ts, "unit", "") or ""), description=str(ts.description or ""),
-                               nwb_path=field)))
+                               nwb_path=field, **extra)))
     counts: dict[str, int] = {}
     for _, _, name, *_ in found:
         counts[name] = counts.get(name, 0) + 1
@@ -593,6 +602,65 @@ def _read_behaviour(nwb, in_path: Path, pynwb):
         # keep the series' own name ("position"); disambiguate only on collisions
         out_name = name if counts[name] == 1 else f"{module_name}_{path}".replace("/", "_")
         yield out_name, t, values, extra
+
+
+#: Behaviour sampled at twice this rate or faster (a 30 kHz sync or analog line kept as a plain
+#: TimeSeries) is stored as the means of blocks of ``k = floor(rate / BEHAVIOR_MAX_RATE_HZ)``
+#: samples, at ``rate / k`` (1 to 2 kHz). The finest time a model reads a behaviour at is ~6 ms
+#: (Neuroformer's 8 interpolated input samples across its default 50 ms window; the demo's dt
+#: tokens are 5 ms, BaRISTA's segments seconds) and its target is the time-weighted mean over a
+#: window or segment, which the block means keep to within one block (<= 1 ms) at each edge. A
+#: block mean is also a (boxcar) low-pass: a component at a multiple of the stored rate averages
+#: out exactly and others faster than it are attenuated (sidelobes -13 dB and falling), where
+#: plain decimation would fold them onto slow ones at full amplitude. Read in blocks of rows: memory is bounded
+#: by ``BLOCK_VALUES`` and the stored rate, not the series' length (an hour at 30 kHz: 108 M
+#: samples in, 3.6 M stored).
+BEHAVIOR_MAX_RATE_HZ = 1000.0
+
+
+def _series_rate(ts, n: int) -> float | None:
+    """Samples per second of a TimeSeries: its ``rate``, else from its first and last timestamps
+    (two reads, whatever its length); None when neither says (the full checks come later)."""
+    if ts.timestamps is None:
+        return float(ts.rate) if ts.rate else None
+    if n < 2 or len(ts.timestamps) != n:
+        return None
+    t0, t1 = float(ts.timestamps[0]), float(ts.timestamps[n - 1])
+    return (n - 1) / (t1 - t0) if np.isfinite(t1 - t0) and t1 > t0 else None
+
+
+def _block_means(ts, shape, k: int, rate: float, field: str, in_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, values)`` of a behaviour series as the means of blocks of ``k`` samples (the last
+    one of what is left), each at the mean time of its samples, read ``BLOCK_VALUES`` at a time
+    (see ``BEHAVIOR_MAX_RATE_HZ``); a NaN sample makes its block NaN (a gap, as readers skip)."""
+    n, width = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    rows = k * max(1, BLOCK_VALUES // (k * max(width, 1)))
+    stamps = ts.timestamps
+    t_out, v_out, last = [], [], -np.inf
+    for i0 in range(0, n, rows):
+        v = _scaled(ts, ts.data[i0:min(n, i0 + rows)]).astype(np.float64).reshape(-1, max(width, 1))
+        starts = np.arange(0, len(v), k)
+        count = np.diff(np.append(starts, len(v)))
+        if stamps is None:
+            t = float(ts.starting_time or 0.0) + (i0 + starts + (count - 1) / 2) / rate
+        else:
+            raw = np.asarray(stamps[i0:i0 + len(v)], dtype=np.float64)
+            back = np.diff(np.concatenate([[last], raw])) < 0
+            if not np.isfinite(raw).all() or back.any():
+                i = i0 + int(np.argmax(back if back.any() else ~np.isfinite(raw)))
+                raise ConvertError(in_path, f"{field}/timestamps", f"contain NaN or inf, or go back in time (at "
+                                   f"sample {i})", "drop those samples, or sort them by time in the NWB file")
+            last = raw[-1]
+            t = np.add.reduceat(raw, starts) / count
+        t_out.append(t)
+        v_out.append(np.add.reduceat(v, starts, axis=0) / count[:, None])
+    t, values = np.concatenate(t_out), np.concatenate(v_out)
+    values = values.reshape((len(values),) + tuple(shape[1:]))
+    warnings.warn(f"{in_path}: {field}: sampled at {rate:.6g} Hz ({n:,} samples): stored as the means of blocks of "
+                  f"{k} samples, {rate / k:.6g} Hz ({len(t):,} samples), the rate no model reads a behaviour "
+                  f"finer than (window and segment means are kept; neurofm.data.nwb.BEHAVIOR_MAX_RATE_HZ). A voltage "
+                  f"trace to model belongs in an ElectricalSeries (/continuous)", stacklevel=4)
+    return _drop_repeats(t, values, field, in_path)
 
 
 #: A tracking jump: a step between successive valid samples over JUMP_STEPS x the series' 99th

@@ -1582,6 +1582,46 @@ def _with_behaviours(in_path: Path, out_path: Path, added: dict, overwrite: bool
     return out_path
 
 
+def rectify_behaviors(in_path: str | os.PathLike, out_path: str | os.PathLike, names, *,
+                      overwrite: bool = True) -> Path:
+    """Copy a session file with the named behaviours stored full-wave rectified; returns ``out_path``.
+
+    ``names``: ``/behavior`` names (a BIDS physio column, an NWB behaviour, a channel moved by
+    ``--behavior-channel``). Each keeps its timestamps, unit and name, its values become ``|x|``
+    and its attr ``rectified`` true, as ``convert_ieeg``'s ``rectify_behavior`` stores channels:
+    the mean over a segment, what a BaRISTA regression predicts, is then the signal's mean
+    absolute amplitude (a joystick's deflection from centre, an EMG's envelope), where the raw
+    signal's own segment mean is noise around zero. NaN samples stay NaN. A name that is no
+    behaviour of the file is an error listing them. Rectified in blocks of rows (memory bounded),
+    copied, edited and renamed into place: ``in_path`` is never modified (``out_path`` may equal it).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    names = [str(n).strip() for n in names or ()]
+    if not names or not all(names):
+        raise ValueError("rectify_behaviors: name at least one behaviour (CLI --rectify NAME)")
+    with Session(in_path) as s:
+        for name in names:
+            if name not in s.behavior_names:
+                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
+                                         f"--rectify NAME names a behaviour of the file: one of {s.behavior_names} "
+                                         f"(a channel becomes one with --behavior-channel NAME[=as_name])")
+            if s.h5[f"behavior/{name}/values"].dtype.kind not in "iuf":
+                raise SessionFormatError(in_path, f"/behavior/{name}/values",
+                                         f"dtype {s.h5[f'behavior/{name}/values'].dtype} is not numeric",
+                                         "name a numeric behaviour")
+    in_place = out_path.resolve() == in_path.resolve()
+    with atomic_output(out_path, overwrite=overwrite or in_place) as tmp:
+        shutil.copy2(in_path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for name in dict.fromkeys(names):
+                values = f[f"behavior/{name}/values"]
+                rows = max(1, (1 << 22) // max(1, int(np.prod(values.shape[1:]))))  # ~32 MB of float64 a block
+                for i0 in range(0, values.shape[0], rows):  # same shape and dtype: written in place
+                    values[i0:i0 + rows] = np.abs(values[i0:i0 + rows])
+                f[f"behavior/{name}"].attrs["rectified"] = True
+    return out_path
+
+
 def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles, *, unit: str | None = None,
                 overwrite: bool = True) -> Path:
     """Copy a session file with each angle behaviour's cosine and sine added; returns ``out_path``.

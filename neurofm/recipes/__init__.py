@@ -151,6 +151,51 @@ def time_pretraining(cfg, task, loader, loss: Callable, n_steps: int = 3) -> dic
             "estimate_s": steps * per_step, "long_s": LONG_PRETRAINING_S}
 
 
+def time_batches(batches, fn: Callable, n_batches: int = 2, warm_up: bool = True) -> tuple[float, int]:
+    """``(median seconds per batch, batches timed)`` of ``fn(batch)`` without gradients over the
+    first ``n_batches`` of ``batches`` (an iterable; the batch read included), after one warm-up
+    batch (``warm_up``), as :func:`time_pretraining` times a step. A loader with one batch is
+    timed on it, warm-up or not; one with none costs nothing: ``(0.0, 0)``."""
+    import numpy as np
+    import torch
+
+    times: list[float] = []
+    it = iter(batches)
+    with torch.no_grad():
+        for i in range(n_batches + int(warm_up)):
+            start = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                break
+            fn(batch)
+            times.append(time.perf_counter() - start)
+    if warm_up and len(times) > 1:
+        times = times[1:]
+    return (float(np.median(times)) if times else 0.0), len(times)
+
+
+def validation_cost(trainer, steps: int, steps_per_epoch: int, valid_batches: int, per_batch: float) -> dict:
+    """What the validation passes of a run of ``steps`` training steps cost (``neurofm inspect``):
+    Lightning validates after every ``trainer.check_val_every_n_epoch``-th epoch (or every
+    ``val_check_every_n_steps`` steps) and where ``max_steps`` stops a run mid-epoch, each pass
+    over ``limit_val_batches`` of the ``valid_batches`` at ``per_batch`` seconds (the no-grad
+    forward and loss measured on them)."""
+    import math
+
+    if trainer.val_check_every_n_steps > 0:
+        passes = steps // trainer.val_check_every_n_steps
+    else:
+        passes = (steps // max(1, steps_per_epoch)) // max(1, trainer.check_val_every_n_epoch)
+    if steps % max(1, steps_per_epoch) and (trainer.val_check_every_n_steps <= 0
+                                             or steps % trainer.val_check_every_n_steps):
+        passes += 1  # a step limit inside an epoch: validated where it stops (experiment._validate_when_steps_run_out)
+    limit = trainer.limit_val_batches
+    batches = min(valid_batches, int(limit)) if isinstance(limit, int) or limit > 1 else \
+        int(math.floor(valid_batches * float(limit)))
+    return {"passes": int(passes), "batches": int(batches), "seconds_per_batch": per_batch,
+            "seconds": passes * batches * per_batch}
+
+
 # -- few-shot labels (--label-fraction): the draw of every family, in words ---------------------
 
 

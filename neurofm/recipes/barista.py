@@ -45,7 +45,8 @@ from neurofm.tasks.trainer import TrainerConfig
 from neurofm.models.barista import WAVEFORM_BINS, BaristaConfig, BaristaEncoder, TokenWeightingHead, evoked_waveform
 from neurofm.progress import progress
 from neurofm.recipes import (block_split, draw_rule, ensure_sessions, label_draw, label_draw_text,
-                             quiet_preparation, session_paths, split_text, time_pretraining)
+                             quiet_preparation, session_paths, split_text, time_batches, time_pretraining,
+                             validation_cost)
 from neurofm.recipes import finetuned_labels as _finetuned_labels
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
@@ -874,16 +875,56 @@ def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
     """What pretraining ``cfg`` on its sessions will cost (``neurofm inspect``), measured on them:
     the segments per epoch come from the recordings' length and the segment grid, a step's cost
     from their channels and the model (:func:`neurofm.recipes.time_pretraining`). Returns the
-    steps, seconds per step, the estimate (s) and the segment shape."""
+    steps, seconds per step, the estimate (s) and the segment shape, and what comes on top of
+    training (:func:`after_training_estimate`): ``validation``, ``evaluation``, ``total_s``."""
     with quiet_preparation():
         cfg = prepare(cfg)
         dm = datamodule(cfg)
         t = task(cfg, dm)
         dm.setup("fit")
         out = time_pretraining(cfg, t, dm.train_dataloader(), lambda batch: t.model.pretrain_loss(batch)["loss"], n_steps)
+        out.update(after_training_estimate(cfg, t, dm, out))
     m = cfg.model
     return {**out, "segment": {"n_patches": int(m.n_patches), "patch_len": int(m.patch_len),
                                "sampling_rate": float(m.sampling_rate), "line_noise": float(cfg.data.line_noise or 0)}}
+
+
+def after_training_estimate(cfg: RunConfig, t, dm, training: dict) -> dict:
+    """What a pretraining run of ``cfg`` costs besides its training steps (``training``:
+    :func:`neurofm.recipes.time_pretraining`'s figures), timed with the code that runs it on the
+    file's own first batches (:func:`neurofm.recipes.time_batches`): ``validation``, Lightning's
+    passes over the validation segments (:func:`neurofm.recipes.validation_cost`, the no-grad
+    ``pretrain_loss``), and ``evaluation``, :func:`_evaluate_pretraining`'s pass over the test
+    segments (the same loss) and the token-power check's (:func:`token_power_check`: the trained
+    and a random-init encoder, each over about ``TOKEN_POWER_SEGMENTS`` training and test segments,
+    band power included). A linear probe on events (``eval.probe_events``) is left out: its
+    passes depend on the events. Returns those and ``total_s``."""
+    from neurofm.threads import resolve_threads
+
+    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
+    torch.set_num_threads(threads)  # as the run, and time_pretraining, use
+    t.model.eval()
+    try:
+        dm.setup("test")
+        valid, test, train = dm.val_dataloader(), dm.test_dataloader(), dm.loader("train")
+        loss = lambda batch: t.model.pretrain_loss(batch)  # noqa: E731
+        v_s, _ = time_batches(valid, loss)
+        validation = validation_cost(cfg.trainer, training["steps"], training["steps_per_epoch"], len(valid), v_s)
+        test_s, _ = time_batches(test, loss)
+        bands = BandPowerRidge(cfg.model.sampling_rate, {b: BANDS[b] for b in TOKEN_POWER_BANDS})
+        enc = t.export_encoder().eval()
+        power_s, _ = (time_batches(test, lambda batch: _segment_pass([batch], enc, bands, channels=True))
+                      if bands.bands else (0.0, 0))
+        per = math.ceil(TOKEN_POWER_SEGMENTS / cfg.data.batch_size)
+        power_batches = 2 * (min(len(train), per) + min(len(test), per)) if bands.bands else 0
+        evaluation = {"test_batches": len(test), "seconds_per_test_batch": test_s,
+                      "token_power_batches": power_batches, "seconds_per_token_power_batch": power_s,
+                      "seconds": len(test) * test_s + power_batches * power_s}
+    finally:
+        t.model.train()
+        torch.set_num_threads(before)
+    return {"validation": validation, "evaluation": evaluation,
+            "total_s": training["estimate_s"] + validation["seconds"] + evaluation["seconds"]}
 
 
 def datamodule(cfg: RunConfig, *, events: str | None = None, event_locked: bool | None = None,
@@ -1291,13 +1332,16 @@ def target_stats(cfg: RunConfig, dm) -> tuple[list[float], list[float]]:
         # samples' std, a target near 0 everywhere, scored as if it were behaviour)
         kept = float((np.concatenate(seg_means).var(0) / std ** 2).max())
         if kept < SEGMENT_MEAN_MIN_VARIANCE:
-            source = next((x for x in sources if x), "NAME")
+            source = next((x for x in sources if x), "")
+            how = (f"convert the recording again with --behavior-channel {source}={name} --rectify" if source else
+                   f"`neurofm convert session {dm.sessions[0].path} OUT.h5 --rectify {name}` (or --rectify {name} "
+                   f"when converting the recording)")
             raise ConfigError(
                 f"data.target: /behavior/{name}'s mean over a {cfg.data.segment_s:g} s segment (what the model "
                 f"regresses and is scored on) keeps {kept:.2%} of its variance over the training blocks: the rest "
                 f"oscillates faster than a segment (a raw EMG, accelerometer or microphone channel), so the target "
-                f"would be noise around its mean. Regress its envelope: convert the recording again with "
-                f"--behavior-channel {source}={name} --rectify (the mean absolute amplitude per segment)")
+                f"would be noise around its mean. Regress its envelope: {how} (the mean absolute amplitude per "
+                f"segment)")
     return v.mean(0).tolist(), std.tolist()
 
 

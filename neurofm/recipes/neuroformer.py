@@ -42,9 +42,10 @@ from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, 
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
+from neurofm.threads import resolve_threads
 from neurofm.progress import progress
 from neurofm.recipes import (block_split, draw_rule, ensure_sessions, label_draw_text, quiet_preparation,
-                             session_paths, split_text, time_pretraining)
+                             session_paths, split_text, time_batches, time_pretraining, validation_cost)
 from neurofm.recipes import finetuned_labels as _finetuned_labels, label_draw as _label_draw
 from neurofm import metrics as M, plots
 from neurofm.plots import unit_order
@@ -652,16 +653,75 @@ def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
     assumed: the data decides the block sizes (:func:`prepare`), so the tokens a window is
     padded to (``id + prev_id``) and the training windows per epoch come from the recording
     (its population rate and length); :func:`neurofm.recipes.time_pretraining` gives the
-    steps and the seconds per step. Returns those, the estimate (s) and the block sizes."""
+    steps and the seconds per step. Returns those, the estimate (s) and the block sizes, and
+    what comes on top of training (:func:`after_training_estimate`): ``validation``,
+    ``evaluation``, ``generation`` and ``total_s``."""
     with quiet_preparation():
         cfg = prepare(cfg)
         dm = datamodule(cfg)
         t = task(cfg, dm)
         dm.setup("fit")
-        out = time_pretraining(cfg, t, dm.loader("train", train=True),
-                               lambda batch: t.model.loss(batch, t.model(batch), terms=t.objectives)["total"], n_steps)
+        loss = lambda batch: t.model.loss(batch, t.model(batch), terms=t.objectives)["total"]  # noqa: E731
+        out = time_pretraining(cfg, t, dm.loader("train", train=True), loss, n_steps)
+        out.update(after_training_estimate(cfg, t.model, dm, loss, out))
     b = cfg.model.block_size
     return {**out, "block_size": {"id": int(b.id), "prev_id": int(b.prev_id)}}
+
+
+def after_training_estimate(cfg: RunConfig, model: Neuroformer, dm, loss, training: dict) -> dict:
+    """What a run of ``cfg`` costs besides its training steps (``training``:
+    :func:`neurofm.recipes.time_pretraining`'s figures), each part timed with the code that runs it
+    on the file's own first batches (:func:`neurofm.recipes.time_batches`), so nothing is assumed:
+
+    * ``validation``: the passes over the validation windows (no-grad forward and loss) that
+      Lightning makes during training (:func:`neurofm.recipes.validation_cost`);
+    * ``evaluation``: :func:`evaluate`'s pass over the test windows (:func:`_collect`: two forwards
+      a batch, the tokenizer's order and the within-bin shuffle) and its read of every training
+      window's counts (data only);
+    * ``generation``: window F1's ``eval.generate_windows`` test windows, generated
+      ``eval.generate_draws`` times (:func:`_generation_metrics`), a batch at a time, timed on the
+      first test batch, where generation starts. The untrained model timed here seldom draws EOS
+      and fills each window's block (``id`` tokens): an upper bound on a trained model's, which
+      stops at EOS (on the demo's file, 0.040 s a batch against 0.029 s stopped after the batch's
+      fullest window).
+
+    The baselines' fits, the bootstrap and the plots are left out (about 2 s on the demo's file:
+    its 1-epoch run's evaluate took 7.3 s, of which 4.8 s the passes and 2.5 s generation with
+    its scoring and raster).
+    Returns those and ``total_s``: training, validation, evaluation and generation."""
+    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
+    torch.set_num_threads(threads)  # as the run, and time_pretraining, use
+    model.eval()
+    try:
+        dm.setup("test")
+        valid, test = dm.val_dataloader(), dm.test_dataloader()
+        v_s, _ = time_batches(valid, loss)
+        validation = validation_cost(cfg.trainer, training["steps"], training["steps_per_epoch"], len(valid), v_s)
+        test_s, _ = time_batches(test, lambda batch: _collect(model, [batch], order_free=True))
+        train_loader = _train_windows_loader(dm)
+        read_s, _ = time_batches(train_loader, lambda batch: _collect(model, [batch], run_model=False))
+        evaluation = {"test_batches": len(test), "seconds_per_test_batch": test_s,
+                      "train_batches": len(train_loader), "seconds_per_train_batch": read_s,
+                      "seconds": len(test) * test_s + len(train_loader) * read_s}
+        generation = {"windows": 0, "draws": 0, "batches": 0, "seconds_per_batch": 0.0, "seconds": 0.0}
+        if cfg.eval.generate_windows > 0:
+            batches = min(len(test), math.ceil(cfg.eval.generate_windows / cfg.data.batch_size))
+            draws = max(1, int(cfg.eval.generate_draws))
+
+            def generate(batch):
+                model.generate(batch, mode="teacher_forced", top_p_id=cfg.eval.top_p, top_p_dt=cfg.eval.top_p,
+                               seed=cfg.eval.seed)
+
+            # the first test batch, which generation starts with; no warm-up (one would double the cost
+            # of the slowest part, and the passes above have warmed the model's kernels)
+            gen_s, _ = time_batches(test, generate, n_batches=1, warm_up=False)
+            generation = {"windows": min(cfg.eval.generate_windows, batches * cfg.data.batch_size), "draws": draws,
+                          "batches": batches, "seconds_per_batch": gen_s, "seconds": batches * draws * gen_s}
+    finally:
+        model.train()
+        torch.set_num_threads(before)
+    total = training["estimate_s"] + validation["seconds"] + evaluation["seconds"] + generation["seconds"]
+    return {"validation": validation, "evaluation": evaluation, "generation": generation, "total_s": total}
 
 
 def test_block_motion(cfg: RunConfig, session) -> dict | None:

@@ -512,7 +512,9 @@ def test_behavior_channel_cli_errors(tmp_path, capsys):
         (["--behavior-channel", n] for n in NAMES), [])) == 2
     assert "would move all 4 channels" in capsys.readouterr().err
     assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--rectify"]) == 2
-    assert "--rectify rectifies the --behavior-channel channels: give --behavior-channel" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--rectify alone rectifies the --behavior-channel channels: give --behavior-channel" in err
+    assert "--rectify NAME" in err
     # --rectify: the channel's |x| (a raw EMG's envelope, whose segment mean BaRISTA can regress)
     assert main(["convert", "ieeg", str(edf), str(tmp_path / "s.h5"), "--behavior-channel", "B2=emg",
                  "--rectify"]) == 0
@@ -1071,6 +1073,40 @@ def test_bids_physio_errors_name_the_file_and_field(tmp_path):
     vhdr, _, side = _bids_with_physio(tmp_path / "b")
     with pytest.raises(ConvertError, match=r"'joystick_x' is a /behavior name already"):
         convert_ieeg(vhdr, tmp_path / "t.h5", behavior_channels=["A1=joystick_x"])
+
+
+def test_rectify_reaches_bids_physio_columns(tmp_path, capsys):
+    """--rectify rectified --behavior-channel channels only: a joystick recorded as BIDS physio
+    could not become a magnitude target without writing the file by hand. --rectify NAME now
+    stores /behavior/NAME as |x| (attr rectified, as a rectified channel), converting or on a
+    session file, and a name the file lacks is an error listing its behaviours."""
+    from neurofm.cli import main
+
+    vhdr, joy, _ = _bids_with_physio(tmp_path)
+    out = tmp_path / "s.h5"
+    assert main(["convert", "ieeg", str(vhdr), str(out), "--rectify", "joystick_x"]) == 0, capsys.readouterr().err
+    with Session(out) as s:
+        np.testing.assert_allclose(s.behavior("joystick_x")[1], np.abs(joy[:, 0]), atol=1e-5)
+        assert (joy[:, 0] < -0.5).any()  # the fixture's joystick does go negative
+        np.testing.assert_allclose(s.behavior("joystick_y")[1], joy[:, 1], atol=1e-5)  # not named: as recorded
+        assert s.h5["behavior/joystick_x"].attrs["rectified"] and "rectified" not in s.h5["behavior/joystick_y"].attrs
+        assert s.behavior_unit("joystick_x") == "deg"  # the column's Units kept
+        assert s.channels().names == NAMES  # nothing left /continuous
+    # a behaviour the file lacks: the error names it and lists those there; no output
+    assert main(["convert", "ieeg", str(vhdr), str(tmp_path / "t.h5"), "--rectify", "joystick_z"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {vhdr}: /behavior/joystick_z: missing (in the session converted from it)" in err  # not the temp
+    assert "['joystick_x', 'joystick_y']" in err
+    assert_nothing_written(tmp_path / "t.h5")
+    # a session file converted already, and a channel moved and rectified in the same command
+    assert main(["convert", "session", str(out), str(tmp_path / "u.h5"), "--rectify", "joystick_y"]) == 0
+    assert main(["convert", "ieeg", str(vhdr), str(tmp_path / "v.h5"), "--behavior-channel", "B2=emg",
+                 "--rectify", "--rectify", "joystick_y"]) == 0
+    with Session(tmp_path / "u.h5") as s, Session(tmp_path / "v.h5") as v:
+        np.testing.assert_allclose(s.behavior("joystick_y")[1], np.abs(joy[:, 1]), atol=1e-5)
+        assert s.h5["behavior/joystick_x"].attrs["rectified"]  # rectified before, still
+        assert (v.behavior("emg")[1] >= 0).all() and v.h5["behavior/emg"].attrs["rectified"]
+        assert (v.behavior("joystick_y")[1] >= 0).all() and (v.behavior("joystick_x")[1] < 0).any()
 
 
 def test_electrodes_with_z_na_are_named_not_silently_unplaced(tmp_path):

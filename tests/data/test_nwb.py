@@ -533,3 +533,61 @@ def test_speed_from_a_wheel_encoder(tmp_path, capsys):
                      "wheel_position=wheel_speed"]) == 0
     with Session(tmp_path / "one.h5") as s:
         np.testing.assert_allclose(s.behavior("wheel_speed")[1], v)
+
+
+def test_a_long_high_rate_acquisition_series_is_stored_as_block_means(tmp_path, monkeypatch):
+    """A 30 kHz sync / analog line kept in acquisition as a plain TimeSeries (100M+ samples an
+    hour) was read whole into memory and written whole into /behavior, where nothing reads it
+    finer than milliseconds. It is now read in blocks of rows and stored as block means at 1 kHz
+    (20 kHz x 60 s here), said in a warning and in attrs; window means are kept, and a fast
+    component averages out instead of aliasing as decimation would. A timestamped 20 kHz TTL line
+    becomes its fraction high per ms; a 1.5 kHz series is kept as recorded."""
+    import tracemalloc
+
+    from neurofm.data.datasets import behavior_features
+
+    rate, n = 20000.0, 1_200_000
+    t = np.arange(n) / rate
+    # a slow 2 Hz signal plus a 1 kHz one (a period is one block of 20 samples: picking every
+    # 20th sample would read it as an offset of +0.5)
+    analog = (np.sin(2 * np.pi * 2 * t) + 0.5 * np.cos(2 * np.pi * 1000 * t)).astype(np.float32)
+    ttl_t = 3.0 + np.arange(20000) / rate
+    ttl = (np.arange(20000) % 20) < 5  # high a quarter of each 1 ms cycle
+    path = make_nwb(tmp_path / "sync.nwb", electrical=False, intervals=False)
+    with NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        nwb.add_acquisition(TimeSeries(name="analog", data=analog, unit="V", conversion=2.0, starting_time=0.5,
+                                       rate=rate))
+        nwb.add_acquisition(TimeSeries(name="ttl", data=ttl, unit="n/a", timestamps=ttl_t))
+        nwb.add_acquisition(TimeSeries(name="lick", data=np.arange(1500.0), unit="V", starting_time=0.0,
+                                       rate=1500.0))
+        io.write(nwb)
+    monkeypatch.setattr(nwb_mod, "BLOCK_VALUES", 1 << 15)  # 32,760 rows a read: 37 reads of the analog line
+    out = tmp_path / "sync.h5"
+    tracemalloc.start()
+    with pytest.warns(UserWarning) as notes:
+        convert_nwb(path, out)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < n * 8 / 2  # never the whole line in float64 (9.6 MB), nor in float32
+    text = "\n".join(str(w.message) for w in notes)
+    assert ("acquisition/analog: sampled at 20000 Hz (1,200,000 samples): stored as the means of blocks of 20 "
+            "samples, 1000 Hz (60,000 samples)") in text
+    assert "acquisition/ttl: sampled at 20000 Hz (20,000 samples)" in text and "acquisition/lick" not in text
+    with Session(out) as s:
+        ts, v = s.behavior("analog")
+        assert v.shape == (60000,) and s.behavior_unit("analog") == "V"
+        np.testing.assert_allclose(ts[:2], 0.5 + np.array([9.5, 29.5]) / rate)
+        np.testing.assert_allclose(v, 2.0 * analog.astype(np.float64).reshape(-1, 20).mean(1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(v, 2.0 * np.sin(2 * np.pi * 2 * (ts - 0.5)), atol=1e-3)  # the 1 kHz part gone
+        assert np.abs(2.0 * analog[::20] - 2.0 * np.sin(2 * np.pi * 2 * t[::20])).min() > 0.99  # decimation aliases
+        a = s.h5["behavior/analog"].attrs
+        assert a["source_rate_hz"] == rate and a["block_mean_samples"] == 20
+        starts = np.array([1.0, 7.3, 42.125])  # window means (what a target reads) kept
+        raw_mean = behavior_features(0.5 + t, 2.0 * analog, starts, starts + 0.05)["mean"]
+        np.testing.assert_allclose(behavior_features(ts, v, starts, starts + 0.05)["mean"], raw_mean, atol=0.05)
+        ts, v = s.behavior("ttl")
+        assert v.shape == (1000,)
+        np.testing.assert_allclose(v, 0.25)
+        np.testing.assert_allclose(ts[0], ttl_t[:20].mean())
+        assert s.behavior("lick")[1].shape == (1500,)

@@ -579,6 +579,21 @@ def test_a_raw_emg_target_is_refused_and_its_rectified_envelope_regresses(pretra
     cfg = recipe.prepare(_finetune(pretrained, [str(rect)], task="regress", behavior=["emg"]))
     mean, std = recipe.target_stats(cfg, recipe.datamodule(cfg))
     assert mean[0] > 0 and std[0] > 0
+    # the same signal from another device (a BIDS physio column: no source channel) names --rectify NAME,
+    # and the session file that names it regresses
+    import h5py
+
+    from neurofm.data.session import rectify_behaviors
+
+    with h5py.File(raw, "r+") as f:
+        del f["behavior/emg"].attrs["source_channel"]
+    cfg = recipe.prepare(_finetune(pretrained, [str(raw)], task="regress", behavior=["emg"]))
+    with pytest.raises(ConfigError, match=r"Regress its envelope: `neurofm convert session \S*raw\.h5 OUT\.h5 "
+                                          r"--rectify emg`"):
+        recipe.target_stats(cfg, recipe.datamodule(cfg))
+    fixed = rectify_behaviors(raw, tmp_path / "fixed.h5", ["emg"])
+    cfg = recipe.prepare(_finetune(pretrained, [str(fixed)], task="regress", behavior=["emg"]))
+    assert recipe.target_stats(cfg, recipe.datamodule(cfg))[0][0] > 0
 
 
 def test_coordinates_in_another_space_than_the_pretrained_models_are_warned_about(sessions, tmp_path):

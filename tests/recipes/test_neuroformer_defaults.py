@@ -287,10 +287,44 @@ def test_inspect_estimates_what_the_readme_pretraining_will_cost(tmp_path, capsy
     assert p["steps"] == p["config_epochs"] * p["steps_per_epoch"]
     assert p["measured_steps"] >= 1 and p["seconds_per_step"] > 0
     assert p["estimate_s"] == pytest.approx(p["steps"] * p["seconds_per_step"])
+    # what comes after training, timed on the file (a run's evaluation and generation took about as
+    # long as two epochs, and the estimate left them out): validation once an epoch, the test pass
+    # (two forwards a batch), the training windows' counts, and generation's 256 windows x 4 draws
+    v, e, g = p["validation"], p["evaluation"], p["generation"]
+    assert v["passes"] == p["config_epochs"] and v["batches"] >= 1 and v["seconds_per_batch"] > 0
+    assert e["test_batches"] >= 1 and e["seconds_per_test_batch"] > 0 and e["seconds_per_train_batch"] > 0
+    assert e["train_batches"] == p["steps_per_epoch"]  # every training window's counts, read once
+    assert g["draws"] == demo.eval.generate_draws and g["seconds_per_batch"] > 0
+    assert g["batches"] == min(e["test_batches"], math.ceil(demo.eval.generate_windows / p["batch_size"]))
+    assert g["seconds"] == pytest.approx(g["batches"] * g["draws"] * g["seconds_per_batch"])
+    assert p["total_s"] == pytest.approx(p["estimate_s"] + v["seconds"] + e["seconds"] + g["seconds"])
     assert cli.main(["inspect", path, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"pretraining neuroformer/demo with these windows \(README step 2\): \d+ steps \(6 epochs x "
                      r"\d+ batches of 32\), each window padded to id \d+ \+ prev_id \d+ tokens; \d+ ms per step", text)
+    assert re.search(r"\n  pretraining then: validation 6 x \d+ batches about \d+ s, evaluation \(\d+ test batches, "
+                     r"\d+ batches of training-window counts\) about \d+ s, generation \(\d+ test windows x 4 draws, "
+                     r"[\d.]+ s a batch\) about \d+ s: about \d+ (s|min) in all\n", text)
+    # training under the 10 min line but the whole run over it: LONG, and the epochs that fit all of it
+    # (9 min of training, 1 min of validation, 30 s of evaluation, 32 s of generation)
+    after = {"validation": {**v, "passes": 6, "batches": 10, "seconds_per_batch": 1.0, "seconds": 60.0},
+             "evaluation": {**e, "seconds": 30.0},
+             "generation": {**g, "windows": 256, "batches": 8, "draws": 4, "seconds_per_batch": 1.0, "seconds": 32.0}}
+    over = {**p, **after, "steps_per_epoch": 100, "steps": 600, "seconds_per_step": 0.9, "estimate_s": 540.0,
+            "total_s": 662.0}
+    lines = cli._describe_pretraining(over)
+    assert len(lines) == 2 and "about 9 min of training" in lines[0] and "LONG" not in lines[0]
+    assert lines[1].endswith("about 11 min in all. LONG (over 10 min): trainer.max_epochs=5 (about 9 min), or shorter "
+                             "windows (model.window.curr / prev: --window-curr / --window-prev here show the block "
+                             "sizes they give; a step's cost grows with id + prev_id)")
+    assert "validation 6 x 10 batches about 60 s, evaluation" in lines[1] and "4 draws, 1.00 s a batch) about 32 s" \
+        in lines[1]
+    # generation the larger part (a dense recording's blocks fill slowly): fewer generated windows named
+    heavy = {**over, "generation": {**after["generation"], "seconds_per_batch": 20.0, "seconds": 640.0},
+             "total_s": 1270.0}
+    assert ("or fewer generated windows (eval.generate_windows=32: generation about 80 s)"
+            in cli._describe_pretraining(heavy)[-1])
+    p = {k: v for k, v in p.items() if k not in ("validation", "evaluation", "generation", "total_s")}  # training only
     # long (a dense recording's blocks): the settings that shorten it, sized from the same figures
     long = {**p, "steps_per_epoch": 900, "steps": 5400, "seconds_per_step": 0.25, "estimate_s": 1350.0}
     lines = cli._describe_pretraining(long)

@@ -306,8 +306,16 @@ def test_inspect_says_the_notch_and_what_barista_pretraining_will_cost(tmp_path,
     n_train = int(60.0 * demo.data.split.train // demo.data.stride_s)  # about: the split's gap takes a segment
     assert abs(p["steps_per_epoch"] - math.ceil(n_train / p["batch_size"])) <= 1
     assert p["steps"] == p["config_epochs"] * p["steps_per_epoch"] and p["seconds_per_step"] > 0
+    # what comes after training, timed on the file: validation once an epoch, the test pass and the
+    # token-power check (trained and random encoder over ~128 training and test segments each)
+    v, e = p["validation"], p["evaluation"]
+    assert v["passes"] == p["config_epochs"] and v["batches"] >= 1 and v["seconds_per_batch"] > 0
+    assert e["test_batches"] >= 1 and e["seconds_per_test_batch"] > 0 and e["token_power_batches"] >= 4
+    assert p["total_s"] == pytest.approx(p["estimate_s"] + v["seconds"] + e["seconds"]) and "generation" not in p
     assert cli.main(["inspect", path]) == 0
     text = capsys.readouterr().out
     assert "  mains      50 Hz (" in text and "BaRISTA runs notch it" in text
     assert re.search(r"pretraining barista/demo model.encode_scale=coords with these settings: \d+ steps \(\d+ epochs "
                      r"x \d+ batches of \d+\), segments of 4 x \d+ samples at 500 Hz \(1 s\); \d+ ms per step", text)
+    assert re.search(r"\n  pretraining then: validation \d+ x \d+ batches about \d+ s, evaluation \(\d+ test batches, "
+                     r"\d+ token-power batches\) about \d+ s: about \d+ (s|min) in all\n", text)
