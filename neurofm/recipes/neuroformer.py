@@ -957,15 +957,19 @@ def _label_subset(cfg: RunConfig):
     return LabelSubset(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed)
 
 
-def id_bits_limitation(bits: float, behavior_only: bool) -> str | None:
+def id_bits_limitation(bits: float, behavior_only: bool, from_scratch: bool = False) -> str | None:
     """A limitation line when next-ID prediction scores below the firing-rate null (bits < 0),
     else None. Fine-tuning trains behaviour only by default, so the unit-ID head never learns a
     new session's units (their embedding rows start random): on a simulated VR day of 89 new
-    units the card listed -2.08 bits/spike beside the null's 0 without a word."""
+    units the card listed -2.08 bits/spike beside the null's 0 without a word. A ``--from-scratch``
+    run's head never learned any unit, new or not: its line says so (it blamed units new to the
+    model on a session the pretrained model had been trained on)."""
     if not np.isfinite(bits) or bits >= 0:
         return None
-    why = (" this run trained behaviour only (task.objectives), so the next-ID head never learned the units "
-           "new to the model: the spike metrics are not this model's spike prediction"
+    untrained = ("any unit: --from-scratch starts every weight at random" if from_scratch
+                 else "the units new to the model")
+    why = (f" this run trained behaviour only (task.objectives), so the next-ID head never learned {untrained}: "
+           "the spike metrics are not this model's spike prediction"
            if behavior_only else " the model predicts this session's spikes worse than their firing rates")
     return f"next-ID {bits:.3f} bits/spike, below the firing-rate null (0):{why}"
 
@@ -1656,7 +1660,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         free = order_free_bits(test["order"], float(null.sum()), len(test["target_ids"]))
         results["id_bits_per_spike_order_free"] = free["order_free"]
         results["id_order_info_bits_per_spike"] = free["order_info"]
-        if line := id_bits_limitation(results["id_bits_per_spike"], _behavior_only(cfg)):
+        if line := id_bits_limitation(results["id_bits_per_spike"], _behavior_only(cfg), cfg.task.from_scratch):
             print(f"neurofm: {line}", file=sys.stderr)
             limitations.append(line)
         if results["id_bits_per_spike"] > 0 >= free["order_free"]:

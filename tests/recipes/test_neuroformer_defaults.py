@@ -892,3 +892,7 @@ def test_next_id_below_the_null_is_a_limitation_that_says_why():
     pre = from_dict(recipe.RunConfig, {"task": {"mode": "pretrain"}}, where="test")
     assert "worse than their firing rates" in recipe.id_bits_limitation(-0.1, recipe._behavior_only(pre))
     assert recipe.id_bits_limitation(0.2, True) is None and recipe.id_bits_limitation(float("nan"), True) is None
+    # --from-scratch on the session the model was pretrained on: no unit is new, every weight is random
+    scratch = recipe.id_bits_limitation(-0.557, True, from_scratch=True)
+    assert "never learned any unit: --from-scratch starts every weight at random" in scratch
+    assert "new to the model" not in scratch
