@@ -612,6 +612,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
     if when == "moving":
+        e = _position_of_derived(cfg, targets)
+        cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         _refuse_velocity(cfg)
     if when == "moving" and threshold <= 0:
         speeds, unit, source = [], "", ""
@@ -778,6 +780,37 @@ def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConf
           f"/behavior/{e.moving_behavior}: scoring it as the position (eval.moving_behavior={lengths[0]}; "
           f"--score-when all scores every window)")
     return dataclasses.replace(e, moving_behavior=lengths[0])
+
+
+def _position_of_derived(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConfig:
+    """``eval`` with ``moving_behavior`` set to the position a decoded target was derived from
+    (its ``source_behavior`` attr: ``convert --velocity-from hand`` writes ``hand_velocity`` from
+    ``hand``) when the sessions have no ``/behavior/<moving_behavior>``: ``--score-when moving
+    --behavior hand_velocity`` then scores the windows where the hand moves (it was refused,
+    naming ``eval.moving_behavior``, although the file says which position the velocity is of).
+    Unchanged otherwise (a ``moving_behavior`` the files have; no such source, or several)."""
+    e = cfg.eval
+    sources: set[str] = set()
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if e.moving_behavior in s.behavior_names:
+                return e
+            for name in targets:
+                if name not in s.behavior_names:
+                    continue
+                source = s.h5[f"behavior/{name}"].attrs.get("source_behavior")
+                source = source.decode() if isinstance(source, bytes) else source
+                if source in s.behavior_names:
+                    unit = s.behavior_unit(source).strip()
+                    if mm_per_unit(unit) is not None or unit.lower() in _PIXEL_UNITS:
+                        sources.add(str(source))
+    if len(sources) != 1:
+        return e
+    (source,) = sources
+    print(f"neurofm: --score-when moving: the sessions have no /behavior/{e.moving_behavior}; the decoded "
+          f"{', '.join(targets)} was derived from /behavior/{source} (its source_behavior), so the windows where it "
+          f"moves are scored (eval.moving_behavior={source})", file=sys.stderr)
+    return dataclasses.replace(e, moving_behavior=source)
 
 
 def _warn_if_angle(name: str, paths: list[str]) -> None:
