@@ -58,11 +58,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             if args.trigger_channel:
                 raise ValueError("--trigger-channel reads the recording itself: convert it again with `neurofm "
                                  "convert ieeg RECORDING OUT.h5 --trigger-channel NAME=label`")
-            if not args.behavior_channel and not args.angle and not args.speed_from and not args.rectify_names:
+            if (not args.behavior_channel and not args.angle and not args.speed_from and not args.velocity_from
+                    and not args.rectify_names):
                 raise ValueError("convert session IN.h5 OUT.h5 moves channels to /behavior (--behavior-channel "
-                                 "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]) or a "
-                                 "cumulative distance's speed (--speed-from NAME[=as_name]), or rectifies a "
-                                 "behaviour (--rectify NAME); give one (each repeatable)")
+                                 "NAME[=as_name]), adds an angle's cosine and sine (--angle NAME[=as_name]), a "
+                                 "cumulative distance's speed (--speed-from NAME[=as_name]) or a position's signed "
+                                 "velocity (--velocity-from NAME[=as_name]), or rectifies a behaviour (--rectify "
+                                 "NAME); give one (each repeatable)")
             if args.behavior_channel:
                 def convert(out_path, overwrite=True, **_):  # a session file keeps its own id, licence, ...
                     return move_channels_to_behavior(args.input, out_path, args.behavior_channel,
@@ -98,7 +100,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 return convert_ieeg(args.input, out_path, electrodes=args.electrodes, channels_tsv=args.channels,
                                     behavior_channels=args.behavior_channel or (), rectify_behavior=channels_rectified,
                                     trigger_channels=args.trigger_channel or (), **kw)
-        out = (_convert_then_derive(convert, args, common) if args.angle or args.speed_from or args.rectify_names
+        out = (_convert_then_derive(convert, args, common)
+               if args.angle or args.speed_from or args.velocity_from or args.rectify_names
                else convert(args.output, **common))
     print(f"wrote {out}")
     return 0
@@ -107,12 +110,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Path:
     """``convert`` the input (None: a session file as it is), then rectify each ``--rectify NAME``
     (:func:`~neurofm.data.session.rectify_behaviors`), add each ``--angle``'s cosine and sine
-    (:func:`~neurofm.data.session.add_cos_sin`) and each ``--speed-from``'s speed
-    (:func:`~neurofm.data.session.add_speed`), all in a temporary file beside the output: the
+    (:func:`~neurofm.data.session.add_cos_sin`), each ``--speed-from``'s speed
+    (:func:`~neurofm.data.session.add_speed`) and each ``--velocity-from``'s velocity
+    (:func:`~neurofm.data.session.add_velocity`), all in a temporary file beside the output: the
     output appears only when every step worked (a behaviour the recording lacks leaves no
     converted file behind, and none without what was asked for)."""
     from neurofm.atomic import atomic_output
-    from neurofm.data.session import ConvertError, SessionFormatError, add_cos_sin, add_speed, rectify_behaviors
+    from neurofm.data.session import (ConvertError, SessionFormatError, add_cos_sin, add_speed, add_velocity,
+                                      rectify_behaviors)
 
     in_place = Path(args.output).resolve() == Path(args.input).resolve()
     if in_place and args.format != "session":  # the converter would see the temporary file, not the input
@@ -125,7 +130,9 @@ def _convert_then_derive(convert, args: argparse.Namespace, common: dict) -> Pat
             if args.angle:
                 source = add_cos_sin(source, tmp, args.angle, unit=args.angle_unit)
             if args.speed_from:
-                add_speed(source, tmp, args.speed_from)
+                source = add_speed(source, tmp, args.speed_from)
+            if args.velocity_from:
+                add_velocity(source, tmp, args.velocity_from)
         except SessionFormatError as e:  # about the converted recording: name it, not the temporary file
             if Path(e.file) != Path(tmp):
                 raise
@@ -698,6 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cumulative distance (a head-fixed animal's wheel: an NWB rotary encoder's ticks x "
                         "conversion, in metres) gets its speed |d/dt| as /behavior/<as_name> (default speed, which "
                         "the moving rule then reads as the measured speed; repeatable)")
+    c.add_argument("--velocity-from", action="append", metavar="NAME[=as_name]",
+                   help="a position (a hand's x, y from a manipulandum, in a length unit) gets its signed velocity "
+                        "d/dt per column as /behavior/<as_name> (default NAME_velocity, in NAME's unit per second): "
+                        "the target of a motor-cortex velocity decoder, `finetune --behavior NAME_velocity` "
+                        "(repeatable)")
     c.add_argument("--session-id", help="defaults to the input file's stem")
     c.epilog = textwrap.fill(("iEEG events: annotations (or a BIDS events.tsv, which wins) go to /events/annotations, "
                               "one label each (`neurofm finetune --task classify --events annotations`); "

@@ -1671,6 +1671,43 @@ _LENGTH_UNITS = {"m": "m/s", "meter": "m/s", "meters": "m/s", "metre": "m/s", "m
                  "mm": "mm/s", "um": "um/s", "px": "px/s", "pixels": "pixels/s", "deg": "deg/s", "rad": "rad/s"}
 
 
+def _time_derivatives(in_path: Path, pairs, quantity: str, what: str, *, one_column: bool):
+    """``{as_name: (timestamps, d NAME / dt, unit per second)}`` for each ``(NAME, as_name)`` of
+    ``pairs``: central differences on the samples' own times, per column, unsmoothed (the moving
+    rule smooths, and a decoder's 50 ms windows average). NaN samples stay NaN. A NAME missing, in
+    no length or angle unit, with one sample, or (``one_column``) with several columns, or an
+    ``as_name`` that exists already, is a ``SessionFormatError`` naming the fix."""
+    out = {}
+    with Session(in_path) as s:
+        for name, as_name in pairs:
+            if name not in s.behavior_names:
+                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
+                                         f"name {what} among the behaviours: {s.behavior_names}")
+            if as_name in s.behavior_names or as_name in out:
+                raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
+                                         f"give the {quantity} another name with NAME=as_name")
+            own = s.behavior_unit(name).strip()
+            if own.lower() not in _LENGTH_UNITS:
+                raise SessionFormatError(in_path, f"/behavior/{name} attrs unit",
+                                         f"{own or 'no unit'}: not a length or angle unit",
+                                         f"name {what} (m, cm, mm, px, deg, rad); one in {own or 'no unit'} "
+                                         f"is not a distance whose derivative is a {quantity}")
+            ts, values = s.behavior(name)
+            values = np.asarray(values, dtype=np.float64)
+            values = values[:, None] if values.ndim == 1 else values.reshape(len(ts), -1)
+            if one_column and values.shape[1] != 1:
+                raise SessionFormatError(in_path, f"/behavior/{name}", f"has {values.shape[1]} columns",
+                                         "name a one-column cumulative distance (a 2-D position's speed is "
+                                         "what the moving rule derives itself; its signed velocity is "
+                                         f"--velocity-from {name})")
+            if len(ts) < 2:
+                raise SessionFormatError(in_path, f"/behavior/{name}", f"{len(ts)} sample(s)",
+                                         f"a {quantity} needs two samples or more")
+            out[as_name] = (ts, np.gradient(values, np.asarray(ts, dtype=np.float64), axis=0),
+                            _LENGTH_UNITS[own.lower()])
+    return out
+
+
 def add_speed(in_path: str | os.PathLike, out_path: str | os.PathLike, distances, *,
               overwrite: bool = True) -> Path:
     """Copy a session file with the speed of each cumulative-distance behaviour added; returns ``out_path``.
@@ -1688,32 +1725,39 @@ def add_speed(in_path: str | os.PathLike, out_path: str | os.PathLike, distances
     pairs = parse_renames(distances, "--speed-from", "distances", lambda name: "speed")
     if not pairs:
         raise ValueError("add_speed: name at least one cumulative-distance behaviour")
+    derived = _time_derivatives(in_path, pairs, "speed", "a cumulative distance", one_column=True)
     added = {}
-    with Session(in_path) as s:
-        for name, as_name in pairs:
-            if name not in s.behavior_names:
-                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
-                                         f"name a cumulative distance among the behaviours: {s.behavior_names}")
-            if as_name in s.behavior_names or as_name in added:
-                raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
-                                         "give the speed another name with NAME=as_name")
-            own = s.behavior_unit(name).strip()
-            if own.lower() not in _LENGTH_UNITS:
-                raise SessionFormatError(in_path, f"/behavior/{name} attrs unit",
-                                         f"{own or 'no unit'}: not a length or angle unit",
-                                         f"name a distance (m, cm, mm, px, deg, rad); one in {own or 'no unit'} "
-                                         "is not a distance whose derivative is a speed")
-            ts, values = s.behavior(name)
-            values = np.asarray(values, dtype=np.float64)
-            if values.ndim == 2 and values.shape[1] != 1:
-                raise SessionFormatError(in_path, f"/behavior/{name}", f"has {values.shape[1]} columns",
-                                         "name a one-column cumulative distance (a 2-D position's speed is "
-                                         "what the moving rule derives itself)")
-            if len(ts) < 2:
-                raise SessionFormatError(in_path, f"/behavior/{name}", f"{len(ts)} sample(s)",
-                                         "a speed needs two samples or more")
-            speed = np.abs(np.gradient(values.ravel(), np.asarray(ts, dtype=np.float64)))
-            added[as_name] = (ts, speed[:, None].astype(np.float32),
-                              {"unit": _LENGTH_UNITS[own.lower()], "source_behavior": name,
-                               "transform": f"|d/dt| of /behavior/{name} (central differences)"})
+    for name, as_name in pairs:
+        ts, d, unit = derived[as_name]
+        added[as_name] = (ts, np.abs(d).astype(np.float32),
+                          {"unit": unit, "source_behavior": name,
+                           "transform": f"|d/dt| of /behavior/{name} (central differences)"})
+    return _with_behaviours(in_path, out_path, added, overwrite)
+
+
+def add_velocity(in_path: str | os.PathLike, out_path: str | os.PathLike, positions, *,
+                 overwrite: bool = True) -> Path:
+    """Copy a session file with the signed velocity of each position behaviour added; returns ``out_path``.
+
+    ``positions``: ``"NAME"`` or ``"NAME=as_name"`` per behaviour (default ``as_name``:
+    ``<NAME>_velocity``); NAME is a position of any number of columns in a length (or angle) unit,
+    such as a hand's (x, y) from a manipulandum. ``/behavior/<as_name>`` gets the same timestamps
+    and ``d NAME / dt`` per column (central differences on the samples' own times), in NAME's unit
+    per second: the hand velocity a motor-cortex decoder is scored
+    on. No smoothing: a decoder's target is the mean over its window, in which the differences of
+    a sensor's noise cancel (a 50 ms mean of central differences is the displacement across it
+    over 50 ms). NaN samples stay NaN (and make their neighbours' differences NaN). Errors as
+    :func:`add_speed`. Copied, edited and renamed into place: ``in_path`` is never modified.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    pairs = parse_renames(positions, "--velocity-from", "positions", lambda name: f"{name}_velocity")
+    if not pairs:
+        raise ValueError("add_velocity: name at least one position behaviour")
+    derived = _time_derivatives(in_path, pairs, "velocity", "a position", one_column=False)
+    added = {}
+    for name, as_name in pairs:
+        ts, d, unit = derived[as_name]
+        added[as_name] = (ts, d.astype(np.float32),
+                          {"unit": unit, "source_behavior": name,
+                           "transform": f"d/dt of /behavior/{name} per column (central differences)"})
     return _with_behaviours(in_path, out_path, added, overwrite)

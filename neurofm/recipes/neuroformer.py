@@ -617,6 +617,8 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         when = "moving" if targets and (e.moving_behavior in targets or e.moving_threshold > 0) else "all"
     threshold = e.moving_threshold
     if when == "moving":
+        e = _position_of_derived(cfg, targets)
+        cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         _refuse_velocity(cfg)
     if when == "moving" and threshold <= 0:
         speeds, unit, source = [], "", ""
@@ -844,6 +846,37 @@ def _position_by_unit(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConf
     return dataclasses.replace(e, moving_behavior=lengths[0])
 
 
+def _position_of_derived(cfg: RunConfig, targets: list[str]) -> NeuroformerEvalConfig:
+    """``eval`` with ``moving_behavior`` set to the position a decoded target was derived from
+    (its ``source_behavior`` attr: ``convert --velocity-from hand`` writes ``hand_velocity`` from
+    ``hand``) when the sessions have no ``/behavior/<moving_behavior>``: ``--score-when moving
+    --behavior hand_velocity`` then scores the windows where the hand moves (it was refused,
+    naming ``eval.moving_behavior``, although the file says which position the velocity is of).
+    Unchanged otherwise (a ``moving_behavior`` the files have; no such source, or several)."""
+    e = cfg.eval
+    sources: set[str] = set()
+    for path in session_paths(cfg.data):
+        with Session(path) as s:
+            if e.moving_behavior in s.behavior_names:
+                return e
+            for name in targets:
+                if name not in s.behavior_names:
+                    continue
+                source = s.h5[f"behavior/{name}"].attrs.get("source_behavior")
+                source = source.decode() if isinstance(source, bytes) else source
+                if source in s.behavior_names:
+                    unit = s.behavior_unit(source).strip()
+                    if mm_per_unit(unit) is not None or unit.lower() in _PIXEL_UNITS:
+                        sources.add(str(source))
+    if len(sources) != 1:
+        return e
+    (source,) = sources
+    print(f"neurofm: --score-when moving: the sessions have no /behavior/{e.moving_behavior}; the decoded "
+          f"{', '.join(targets)} was derived from /behavior/{source} (its source_behavior), so the windows where it "
+          f"moves are scored (eval.moving_behavior={source})", file=sys.stderr)
+    return dataclasses.replace(e, moving_behavior=source)
+
+
 def _warn_if_angle(name: str, paths: list[str]) -> None:
     """Warn when ``/behavior/<name>`` is an angle (its ``unit``, e.g. head direction in radians):
     a regression head, ridge and R2 treat it as a line, so 359 and 1 degree read as far apart.
@@ -1021,15 +1054,19 @@ def _label_subset(cfg: RunConfig):
     return LabelSubset(cfg.data.label_fraction, cfg.data.label_chunk_s, cfg.seed)
 
 
-def id_bits_limitation(bits: float, behavior_only: bool) -> str | None:
+def id_bits_limitation(bits: float, behavior_only: bool, from_scratch: bool = False) -> str | None:
     """A limitation line when next-ID prediction scores below the firing-rate null (bits < 0),
     else None. Fine-tuning trains behaviour only by default, so the unit-ID head never learns a
     new session's units (their embedding rows start random): on a simulated VR day of 89 new
-    units the card listed -2.08 bits/spike beside the null's 0 without a word."""
+    units the card listed -2.08 bits/spike beside the null's 0 without a word. A ``--from-scratch``
+    run's head never learned any unit, new or not: its line says so (it blamed units new to the
+    model on a session the pretrained model had been trained on)."""
     if not np.isfinite(bits) or bits >= 0:
         return None
-    why = (" this run trained behaviour only (task.objectives), so the next-ID head never learned the units "
-           "new to the model: the spike metrics are not this model's spike prediction"
+    untrained = ("any unit: --from-scratch starts every weight at random" if from_scratch
+                 else "the units new to the model")
+    why = (f" this run trained behaviour only (task.objectives), so the next-ID head never learned {untrained}: "
+           "the spike metrics are not this model's spike prediction"
            if behavior_only else " the model predicts this session's spikes worse than their firing rates")
     return f"next-ID {bits:.3f} bits/spike, below the firing-rate null (0):{why}"
 
@@ -1720,7 +1757,7 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         free = order_free_bits(test["order"], float(null.sum()), len(test["target_ids"]))
         results["id_bits_per_spike_order_free"] = free["order_free"]
         results["id_order_info_bits_per_spike"] = free["order_info"]
-        if line := id_bits_limitation(results["id_bits_per_spike"], _behavior_only(cfg)):
+        if line := id_bits_limitation(results["id_bits_per_spike"], _behavior_only(cfg), cfg.task.from_scratch):
             print(f"neurofm: {line}", file=sys.stderr)
             limitations.append(line)
         if results["id_bits_per_spike"] > 0 >= free["order_free"]:

@@ -20,7 +20,7 @@ from pynwb.file import Subject  # noqa: E402
 
 import neurofm.data.nwb as nwb_mod  # noqa: E402
 from neurofm.data.nwb import convert_nwb  # noqa: E402
-from neurofm.data.session import ConvertError, Session  # noqa: E402
+from neurofm.data.session import ConvertError, Session, SessionWriter  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 LINEAR_TRACK = SHARED / "spikes" / "linear-track.nwb"
@@ -591,3 +591,51 @@ def test_a_long_high_rate_acquisition_series_is_stored_as_block_means(tmp_path, 
         np.testing.assert_allclose(v, 0.25)
         np.testing.assert_allclose(ts[0], ttl_t[:20].mean())
         assert s.behavior("lick")[1].shape == (1500,)
+
+
+def test_velocity_from_a_hand_position(tmp_path, capsys):
+    """A motor-cortex lab decodes the hand's signed velocity, which NWB files store only as the
+    hand's position (a manipulandum's SpatialSeries): there was no way to derive it (`--speed-from`
+    takes one column, and its |d/dt| loses the direction). `--velocity-from NAME` writes
+    /behavior/NAME_velocity, d/dt per column in NAME's unit per second, and a window's mean of it
+    is the displacement across the window over its length, even under sensor noise."""
+    from neurofm import cli
+    from neurofm.data.datasets import behavior_features
+
+    path = make_nwb(tmp_path / "reach.nwb", electrical=False)  # position (x, y) = (10 t, 20 t) cm
+    assert cli.main(["convert", "nwb", str(path), str(tmp_path / "one.h5"), "--velocity-from", "position"]) == 0
+    with Session(tmp_path / "one.h5") as s:
+        assert s.behavior_unit("position_velocity") == "cm/s"
+        t, v = s.behavior("position_velocity")
+        np.testing.assert_allclose(t, s.behavior("position")[0])
+        np.testing.assert_allclose(v, np.tile([10.0, 20.0], (len(t), 1)), rtol=1e-5)
+        assert s.h5["behavior/position_velocity"].attrs["source_behavior"] == "position"
+    # a 1 kHz manipulandum with 0.05 mm noise: a 50 ms window's mean velocity is the true one to ~2 mm/s
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 4, 1e-3)
+    true_v = np.stack([0.2 * np.sin(2 * np.pi * t), 0.1 * np.cos(2 * np.pi * t)], axis=1)  # m/s
+    pos = np.stack([0.2 * (1 - np.cos(2 * np.pi * t)), 0.1 * np.sin(2 * np.pi * t)], axis=1) / (2 * np.pi)
+    with SessionWriter(tmp_path / "hand.h5", session_id="hand") as w:
+        w.add_units(["u0"])
+        w.add_spikes([0.5, 1.0], [0, 0], t_start=0.0, t_end=4.0)
+        w.add_behavior("hand", t, pos + rng.normal(0, 5e-5, pos.shape), unit="meters")
+        w.add_behavior("licks", t, np.ones(len(t)), unit="a.u.")
+    assert cli.main(["convert", "session", str(tmp_path / "hand.h5"), str(tmp_path / "hand_v.h5"),
+                     "--velocity-from", "hand=hand_vel"]) == 0
+    ends = np.arange(0.1, 3.9, 0.05)
+    with Session(tmp_path / "hand_v.h5") as s:
+        assert s.behavior_unit("hand_vel") == "m/s" and "hand" in s.behavior_names
+        got = behavior_features(*s.behavior("hand_vel"), ends - 0.05, ends)["mean"]
+    want = np.stack([np.interp(ends - 0.025, t, true_v[:, d]) for d in range(2)], axis=1)
+    assert np.abs(got - want).max() < 5e-3
+    # no length unit, or a name taken: refused, naming the field, and nothing written
+    assert cli.main(["convert", "session", str(tmp_path / "hand.h5"), str(tmp_path / "x.h5"),
+                     "--velocity-from", "licks"]) == 2
+    assert "/behavior/licks attrs unit: a.u.: not a length or angle unit" in capsys.readouterr().err
+    assert cli.main(["convert", "session", str(tmp_path / "hand.h5"), str(tmp_path / "x.h5"),
+                     "--velocity-from", "hand=licks"]) == 2
+    assert "/behavior/licks: exists already" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
+    # --speed-from on a 2-D position names --velocity-from
+    assert cli.main(["convert", "session", str(tmp_path / "hand.h5"), str(tmp_path / "x.h5"),
+                     "--speed-from", "hand"]) == 2
+    assert "--velocity-from hand" in capsys.readouterr().err

@@ -474,6 +474,29 @@ def test_score_when_moving_refuses_a_velocity(tmp_path):
         [True, True, True, False, False, False]
 
 
+def test_score_when_moving_reads_the_position_a_velocity_was_derived_from(tmp_path, capsys):
+    """A reaching session: the NWB file stores the hand's position (`hand`, cm), and `convert
+    --velocity-from hand` adds `hand_velocity`. `--score-when moving --behavior hand_velocity` was
+    refused (no /behavior/position) though the velocity's `source_behavior` names its position;
+    now the hand's movement picks the scored windows, and `auto` still scores every window."""
+    from neurofm.data.session import add_velocity
+
+    path = _session(tmp_path / "a.h5", still_after=60.0)
+    reach = tmp_path / "reach.h5"
+    with SessionWriter(reach, session_id="reach") as w, h5py.File(path) as f:
+        w.add_units([f"u{i}" for i in range(4)])
+        w.add_spikes(f["spikes/times"][:], f["spikes/unit_index"][:], t_start=0.0, t_end=DURATION)
+        w.add_behavior("hand", f["behavior/position/timestamps"][:], f["behavior/position/values"][:], unit="cm")
+    add_velocity(reach, reach, ["hand"])
+    model = {"behavior": [{"name": "hand_velocity", "dim": 1, "task": "regression", "target": True}]}
+    data = {"sessions": [str(reach)], "behavior": ["hand_velocity"]}
+    assert recipe.resolve_scoring(_config([reach], model=model, data=data)).eval.score_when == "all"
+    out = recipe.resolve_scoring(_config([reach], model=model, data=data, eval={"score_when": "moving"}))
+    assert out.eval.score_when == "moving" and out.eval.moving_behavior == "hand"
+    assert 15.0 < out.eval.moving_threshold < 25.0  # a fifth of the hand's 100 cm/s
+    assert "derived from /behavior/hand (its source_behavior)" in capsys.readouterr().err
+
+
 def test_auto_scoring_finds_a_position_named_otherwise_by_its_length_unit(tmp_path):
     """A new lab's NWB Position series keeps its own name (here ``led``, in metres): ``auto``
     scored it on every window, rest included, because only ``position`` counted as position.
@@ -926,3 +949,7 @@ def test_next_id_below_the_null_is_a_limitation_that_says_why():
     pre = from_dict(recipe.RunConfig, {"task": {"mode": "pretrain"}}, where="test")
     assert "worse than their firing rates" in recipe.id_bits_limitation(-0.1, recipe._behavior_only(pre))
     assert recipe.id_bits_limitation(0.2, True) is None and recipe.id_bits_limitation(float("nan"), True) is None
+    # --from-scratch on the session the model was pretrained on: no unit is new, every weight is random
+    scratch = recipe.id_bits_limitation(-0.557, True, from_scratch=True)
+    assert "never learned any unit: --from-scratch starts every weight at random" in scratch
+    assert "new to the model" not in scratch
