@@ -43,7 +43,7 @@ import numpy as np
 from neurofm import metrics as M
 
 __all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "start_gain",
-           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "save_inputs", "pool_folds"]
+           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "save_inputs", "load_inputs", "pool_folds"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -596,7 +596,9 @@ def save_inputs(reports: Mapping[str, DecodeReport], path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _load_inputs(path) -> list[dict]:
+def load_inputs(path) -> list[dict]:
+    """What :func:`save_inputs` wrote: per report its settings (``target``, ``task``, ``arms``,
+    ...) with ``targets``, ``blocks`` and ``preds`` ({arm: predictions}) as arrays."""
     import json
 
     with np.load(path) as z:
@@ -619,7 +621,7 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
     earn) AUROC that no fold shows: ROC-AUC is each fold's, averaged weighted by its windows,
     and the bootstrap resamples blocks within each fold (:func:`decode_report`'s ``strata``).
     R2 and r are pooled over every fold's windows (a fold's offset is a real error there)."""
-    folds = [{m["target"]: m for m in _load_inputs(p)} for p in paths]
+    folds = [{m["target"]: m for m in load_inputs(p)} for p in paths]
     if len(folds) < 2:
         raise ValueError(f"pool_folds: {len(folds)} fold(s); cross-validation pools at least 2")
     out = {}
