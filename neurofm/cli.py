@@ -639,7 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iEEG: a channel carrying trigger pulses (a clinical system's DC input fed TTL, a TRIG line): "
                         "each pulse's rising edge becomes an event of /events/annotations labelled label (default: "
                         "NAME), beside the file's own annotations (repeatable: one label per channel, e.g. --trigger-"
-                        "channel DC01=face --trigger-channel DC02=house); the channel stays in /continuous typed stim")
+                        "channel DC01=face --trigger-channel DC02=house); a digital stim channel whose value is the event "
+                        "code (a FIF's STI 014) gives each code its own label, label_CODE (STI_1, STI_2); the "
+                        "channel stays in /continuous typed stim")
     c.add_argument("--rectify", action="store_true",
                    help="with --behavior-channel: store those channels full-wave rectified (|x|), so the mean over a "
                         "segment, what BaRISTA regresses, is the channel's mean absolute amplitude: the envelope of a "

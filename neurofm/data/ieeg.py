@@ -141,7 +141,8 @@ def convert_ieeg(
         (:func:`trigger_pulses`) becomes an event of ``/events/annotations`` labelled ``label``
         (default: the name as given), beside the file's own annotations; the channel stays in
         /continuous typed ``stim``, which the model leaves out. A channel without pulses is an
-        error naming it.
+        error naming it. A digital stim channel whose pulses carry several codes
+        (:func:`trigger_codes`) gives each code its own label, ``label_CODE`` (``STI_1``, ``STI_2``).
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -198,12 +199,24 @@ def convert_ieeg(
         rate = float(raw.info["sfreq"])
         for i, lab in triggers:
             values, _ = _file_unit_values(raw, i)
-            try:
-                rise, fall = trigger_pulses(values, rate, f"channel {names[i]!r}")
-            except ValueError as e:
-                raise ConvertError(in_path, "--trigger-channel", str(e), "give the channel that carries the "
-                                   "pulses (its trace steps from a baseline to a fixed level at each event)") from None
-            parts.append((raw.first_time + rise / rate, (fall - rise) / rate, np.full(len(rise), lab, dtype=object)))
+            coded = trigger_codes(values)
+            if coded is not None:  # a digital stim line (FIF STI 014...): each code its own event label
+                rise, fall, code = coded
+                labels = np.array([f"{lab}_{c}" for c in code], dtype=object)
+                kinds, counts = np.unique(code, return_counts=True)
+                warnings.warn(f"{in_path}: --trigger-channel {names[i]}: its pulses carry {len(kinds)} event codes "
+                              f"({', '.join(f'{k}: {c} pulses' for k, c in zip(kinds, counts))}), not one level, so "
+                              f"each code is its own label ({', '.join(f'{lab}_{k}' for k in kinds)}); to classify "
+                              f"some of them, name them with data.labels=[...]", stacklevel=2)
+            else:
+                try:
+                    rise, fall = trigger_pulses(values, rate, f"channel {names[i]!r}")
+                except ValueError as e:
+                    raise ConvertError(in_path, "--trigger-channel", str(e), "give the channel that carries the "
+                                       "pulses (its trace steps from a baseline to a fixed level at each event)"
+                                       ) from None
+                labels = np.full(len(rise), lab, dtype=object)
+            parts.append((raw.first_time + rise / rate, (fall - rise) / rate, labels))
         onset, duration, label = (np.concatenate([p[k] for p in parts]) for k in range(3))
         order = np.argsort(onset, kind="stable")
         onset, duration, label = onset[order], duration[order], label[order].astype(object)
@@ -1188,6 +1201,31 @@ def select_trigger_channels(names: Sequence[str], specs, source) -> list[tuple[i
                                "give NAME or NAME=label")
     pairs = [(n.strip(), lab.strip()) for n, lab in pairs]
     return _channels_named(names, pairs, source, "--trigger-channel", "NAME or NAME=label")
+
+
+def trigger_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(rise, fall, code)`` of a digital stim channel that carries event codes (MNE's FIF
+    ``STI 014``, a stim line whose value is the condition: 1, 2, 4...), else None. Such a channel
+    holds whole numbers, sits exactly on its baseline (its median) for most samples, and steps to
+    two or more levels; read with :func:`trigger_pulses`' half-way threshold, every code under
+    half the largest would be lost. An event starts wherever the value changes to a level other
+    than the baseline (a code that follows another without returning to the baseline is a new
+    event, as ``mne.find_events`` reads it); one already on at the first sample has no onset
+    and is left out. A channel with one level, or an analogue line (noise), gives None."""
+    x = np.asarray(values, dtype=np.float64)
+    if not x.size or not np.isfinite(x).all():
+        return None
+    r = np.round(x)
+    if np.max(np.abs(x - r)) > 1e-3:
+        return None
+    base = float(np.median(r))
+    off = r != base
+    if off.mean() > 0.5 or np.unique(r[off]).size < 2:
+        return None
+    change = np.flatnonzero(np.diff(r) != 0) + 1
+    ends = np.append(change, len(r))
+    keep = off[change]
+    return change[keep], ends[1:][keep], r[change[keep]].astype(np.int64)
 
 
 def trigger_pulses(values: np.ndarray, rate: float, what: str) -> tuple[np.ndarray, np.ndarray]:

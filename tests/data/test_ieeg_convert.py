@@ -1003,6 +1003,41 @@ def test_trigger_channel_pulses_become_events(tmp_path, capsys):
     assert_nothing_written(tmp_path / "u.h5")
 
 
+def test_coded_stim_channel_gives_one_label_per_code(tmp_path, capsys):
+    """A FIF whose events are codes on its stim channel (1 = intact, 2 = reversed sentences, as
+    MNE's STI 014 carries them): --trigger-channel STI made every pulse one label and, thresholding
+    half-way to the largest code, lost every code-1 pulse (35 of 66 sentences on the nui12 trial).
+    Each code is now its own label, at its own onsets; a code that follows another without a
+    return to the baseline is a new event; a noisy analogue line quantised to whole numbers is no
+    coded channel."""
+    import mne
+
+    from neurofm.cli import main
+
+    n = 2000  # 10 s at 200 Hz
+    sti = np.zeros(n)
+    onsets = {1: [1.0, 4.0, 7.5], 2: [2.5, 6.0]}
+    for code, ts in onsets.items():
+        for t in ts:
+            sti[int(t * SR):int(t * SR) + 4] = code
+    sti[int(8.5 * SR):int(8.5 * SR) + 4] = 1  # code 1 then, at once, code 2: two events
+    sti[int(8.5 * SR) + 4:int(8.5 * SR) + 8] = 2
+    info = mne.create_info(["A1", "A2", "STI"], SR, ["seeg", "seeg", "stim"])
+    data = np.vstack([signal(n_t=n, n_ch=2).T.astype(np.float64) * 1e-6, sti[None]])
+    fif = tmp_path / "rec_raw.fif"
+    mne.io.RawArray(data, info, verbose="error").save(fif, verbose="error")
+    assert main(["convert", "ieeg", str(fif), str(tmp_path / "s.h5"), "--trigger-channel", "STI"]) == 0
+    err = capsys.readouterr().err
+    assert "its pulses carry 2 event codes (1: 4 pulses, 2: 3 pulses)" in err and "STI_1, STI_2" in err
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        np.testing.assert_allclose(ev["onset"], [1.0, 2.5, 4.0, 6.0, 7.5, 8.5, 8.52], atol=1 / SR)
+        assert list(ev["label"]) == ["STI_1", "STI_2", "STI_1", "STI_2", "STI_1", "STI_1", "STI_2"]
+        np.testing.assert_allclose(ev["duration"], 4 / SR, atol=1 / SR)
+    assert ieeg.trigger_codes(np.round(_ttl(n, [1.0, 4.0]))) is None  # analogue noise in whole numbers
+    assert ieeg.trigger_codes((sti > 0).astype(float)) is None  # one level: the TTL reading
+
+
 def test_events_without_a_trial_type_are_no_class(tmp_path):
     """A BIDS events.tsv's pause / block markers have trial_type n/a: they are kept (label "") but
     an event-locked run's default classes are the named labels only, not a class "" ."""
