@@ -60,7 +60,7 @@ from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import decode_report, start_gain
+from neurofm.report import FEW_CI_BLOCKS, decode_report, start_gain
 
 MONITOR = ("val/loss", "min")
 
@@ -1466,10 +1466,10 @@ def _evaluate_pretraining(cfg, task, dm):
                 if test.get("left_out") else "")
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
                  f"the training block, {roc} on the test block ({len(y)} segments{left}; 95% CIs from a bootstrap "
-                 f"over {report.n_blocks} blocks of the test period)")
+                 f"over {report.n_blocks} blocks of the test period{_few_blocks(report)})")
         if line is not None:
             limitations.append(
-                line + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
+                line + _few_blocks(report) + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
                 "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
                 "not have left its trivial phase, where the predictor outputs the mean target.")
     return metrics, baselines, extra, limitations
@@ -1811,7 +1811,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                  + (f"; evoked waveform (classification): each channel's time course in the model's input averaged "
                     f"in {WAVEFORM_BINS} bins, logistic, penalty chosen likewise" if others else "")
                  + f"; {report.confidence:.0%} CIs "
-                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period"
+                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period{_few_blocks(report)}"
                  + (f"; {untrained}" if untrained else "")
                  + (f"; {_few_shot_text(cfg, draw)}" if draw is not None else
                     "; labels on every training segment (100%), for every arm"))
@@ -1864,6 +1864,16 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
                         notes=notes, protocol=protocol, seed=seed, label_fraction=label_fraction, n_fitted=n_fitted,
                         unit="segments")
     return rep, _plain_line(rep, reference, baseline, len(y))
+
+
+def _few_blocks(rep) -> str:
+    """``; ONLY n BLOCKS ...`` when a report's test period holds fewer blocks than a bootstrap
+    interval needs to be firm (the decode report's own caveat, for the protocol and verdict lines
+    a user reads first), else ``""``."""
+    if rep.n_blocks >= FEW_CI_BLOCKS:
+        return ""
+    return (f"; ONLY {rep.n_blocks} BLOCKS (under {FEW_CI_BLOCKS}): the intervals come out too narrow, read them "
+            f"as rough")
 
 
 def _plain_line(rep, reference: str, baseline: str, n: int) -> str | None:

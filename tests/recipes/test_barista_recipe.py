@@ -4,12 +4,16 @@ session's line noise. A small simulated session, a tiny model, no training."""
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from neurofm.config import ConfigError, from_dict
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.recipes import barista as recipe
+from neurofm.report import FEW_CI_BLOCKS
 
 N_CHANNELS = 16
 
@@ -255,6 +259,13 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     assert "own channel's band power" in out["limitations"][1] and "model.token_scales=true" in out["limitations"][1]
     assert "random-init encoder, same probe" in out["limitations"][2]
     assert "token MEAN" in out["limitations"][2] and "blocks of the test period" in out["protocol"]
+    # a short test block (the nui12 trial: 23 probe segments in 5 blocks) makes the intervals too
+    # narrow: the protocol and the LOSES line say so, as the decode report itself does
+    n_blocks = int(re.search(r"bootstrap over (\d+) blocks of the test period", out["protocol"]).group(1))
+    few = f"ONLY {n_blocks} BLOCKS (under {FEW_CI_BLOCKS})"
+    assert (few in out["protocol"]) == (few in out["limitations"][2]) == (n_blocks < FEW_CI_BLOCKS)
+    assert recipe._few_blocks(SimpleNamespace(n_blocks=FEW_CI_BLOCKS)) == ""
+    assert "ONLY 5 BLOCKS" in recipe._few_blocks(SimpleNamespace(n_blocks=5))
 
 
 def test_token_power_r2_reads_real_channels_only():
