@@ -1916,7 +1916,8 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
 def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
                   baseline: str, probe: str, names: list | None = None) -> None:
     """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
-    ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
+    ``plots/decoded_<target>.png`` (regression: the first test session's segments over time; with
+    several sessions the title names it and says the R² is over all of them)."""
     out = run_dir / "plots"
     try:
         if cfg.task.finetune_task == "classification":
@@ -1936,8 +1937,13 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
         order = np.argsort(test["t0"][first])
         seg = cfg.data.segment_s
         t = test["t0"][first][order] + seg / 2
-        unit = dm.sessions[int(test["session"].min())].behavior_unit(cfg.data.target)
-        title = (f"{cfg.data.target}, test block: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
+        shown = dm.sessions[int(test["session"].min())]
+        unit = shown.behavior_unit(cfg.data.target)
+        n_sessions = len(np.unique(test["session"]))
+        # several sessions: the trace is the first one's, the R² every session's test segments'
+        where = (f" of {shown.session_id} ({int(first.sum())} of the {len(y)} test segments; R² over all "
+                 f"{n_sessions} sessions)" if n_sessions > 1 else "")
+        title = (f"{cfg.data.target}, test block{where}: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
                  f"({baseline} {_value_ci(report, baseline)[0]:.3f})")
         true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]
         dims = true.shape[1] if true.ndim > 1 else 1

@@ -181,6 +181,34 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
         recipe.target_stats(bad, dm)
 
 
+def test_decoded_trace_of_several_sessions_says_which_it_shows(force_session, tmp_path, monkeypatch):
+    """Two runs fine-tuned together: plots/decoded_<target>.png traced the first run's test segments
+    under the title 'envelope, test block: R² = 0.755', the R² of both runs (nui12 trial: 59 of 118
+    segments shown); the title now names the session shown and says the R² is over all of them."""
+    import shutil
+
+    import h5py
+
+    second = tmp_path / "run-02.h5"
+    shutil.copy(force_session, second)
+    with h5py.File(second, "a") as h:
+        h.attrs["session_id"] = "run-02"
+    cfg = _regression_config([force_session, str(second)])
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    titles = []
+    monkeypatch.setattr(recipe.plots, "decoding_trace", lambda *a, **k: titles.append(k["title"]))
+    out = recipe.evaluate(cfg, task, dm, tmp_path / "run")
+    n = out["data"]["test_segments"]
+    first = dm.sessions[0].session_id
+    assert re.match(rf"grip_force, test block of {first} \({n // 2} of the {n} test segments; R² over all 2 "
+                    rf"sessions\): R² = ", titles[0]), titles
+    cfg1 = _regression_config([force_session])  # one session: the title as before
+    dm1 = recipe.datamodule(cfg1)
+    recipe.evaluate(cfg1, recipe.task(cfg1, dm1), dm1, tmp_path / "one")
+    assert titles[1].startswith("grip_force, test block: R² = ")
+
+
 def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypatch):
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
