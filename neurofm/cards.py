@@ -423,6 +423,14 @@ def _licence_section(sources: list[dict], licence: str | None, from_run: bool) -
 def _training_section(train: dict, config_yaml: str) -> list[str]:
     lines = ["## Training", ""]
     lines += [f"- {k}: {_fmt(v) if not isinstance(v, dict) else json.dumps(v)}" for k, v in train.items()]
+    trainer = _run_data(config_yaml, "trainer")
+    cap, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    # pretraining only: a fine-tune's config.yaml holds the recipe's step budget as max_steps (its schedule)
+    if (_run_data(config_yaml, "task").get("mode", "pretrain") == "pretrain" and isinstance(cap, int) and cap > 0 and isinstance(train.get("steps"), int) and train["steps"] >= cap
+            and isinstance(epochs, int) and isinstance(train.get("epochs"), int) and train["epochs"] < epochs):
+        # a pretraining cut short to fit a machine: 240 steps, 9 of the config's 15 epochs, read as a full run
+        lines.append(f"- stopped by the cap trainer.max_steps={cap}, in epoch {train['epochs']} of the config's "
+                     f"max_epochs={epochs}: a shortened run, not the config's schedule")
     if config_yaml:
         lines += ["", "<details><summary>Run config (config.yaml: data, task and trainer settings; the model's "
                   "shape is config.json above)</summary>", "", "```yaml", _without_model(config_yaml).rstrip(),

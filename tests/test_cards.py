@@ -308,3 +308,17 @@ def test_a_fine_tuned_models_card_says_what_it_decodes_and_what_it_started_from(
     assert "Neuroformer fine-tuned for decoding of speed on the recordings below, from the pretrained model" in spikes
     pretrain = card("  mode: pretrain", "  events: annotations")
     assert "Pretrained iEEG encoder for event detection" in pretrain  # pretraining: as before
+
+
+def test_card_says_when_trainer_max_steps_cut_the_run_short():
+    """The nui12 pretraining was capped at trainer.max_steps=240 to fit the machine (9 of the
+    config's 15 epochs); its card listed 'steps: 240, epochs: 9' as if that were the schedule."""
+    m = _metrics()
+    m["training"].update(steps=240, epochs=9)
+    capped = render_card(m, "trainer:\n  max_epochs: 15\n  max_steps: 240\n")
+    assert ("- stopped by the cap trainer.max_steps=240, in epoch 9 of the config's max_epochs=15: a shortened run, "
+            "not the config's schedule") in capped
+    assert "stopped by the cap" not in render_card(m, "trainer:\n  max_epochs: 9\n  max_steps: -1\n")
+    # a Neuroformer fine-tune's config.yaml holds the recipe's step budget as max_steps: its schedule, no cap
+    assert "stopped by the cap" not in render_card(m, "task:\n  mode: finetune\ntrainer:\n  max_epochs: 15\n"
+                                                      "  max_steps: 240\n")
