@@ -1915,7 +1915,7 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
                   baseline: str, probe: str, names: list | None = None) -> None:
-    """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
+    """``plots/roc.png`` (classification: model, band power, evoked waveform, probe; AUROC in the legend) or
     ``plots/decoded_<target>.png`` (regression: the first test session's segments over time; with
     several sessions the title names it and says the R² is over all of them)."""
     out = run_dir / "plots"
@@ -1929,7 +1929,10 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
                 plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments), "
                                  f"one-vs-rest per class", path=out / "roc.png")
                 return
-            curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
+            # every arm the report scores but the null: the waveform arm was left out, and on the nui12
+            # trial it was the one at the ceiling (AUROC 1.000, above the model's 0.993)
+            curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, WAVEFORM_ARM, probe)
+                      if name in arms}
             plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
                              path=out / "roc.png")
             return
