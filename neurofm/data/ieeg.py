@@ -1126,9 +1126,10 @@ def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_po
     for i0 in progress(range(0, n, rows), f"converting {in_path.name}", unit="blocks"):
         block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
-        if i0 == 0:
+        if i0 == 0:  # channels that are no voltage stay in their own unit, named beside the µV
+            own = {names[i]: _file_unit(raw, i) for i in np.flatnonzero(to_uv == 1.0)}
             w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
-                             nan_policy=nan_policy, channel_names=names)
+                             nan_policy=nan_policy, channel_names=names, channel_units=own)
         else:
             w.append_continuous(block)
         with np.errstate(invalid="ignore"):
@@ -1299,6 +1300,16 @@ def _in_tsv_unit(values: np.ndarray, unit: str, tsv_unit: str, name: str, channe
     return values, tsv_unit
 
 
+def _file_unit(raw, i: int) -> str:
+    """The unit of channel ``i`` as :func:`_file_unit_values` gives its values (``""`` unknown)."""
+    from mne.io.constants import FIFF
+
+    orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
+    if raw.info["chs"][i]["unit"] == FIFF.FIFF_UNIT_V and not orig:
+        orig = "V"
+    return "" if orig.strip().lower() in _NA else orig.strip()
+
+
 def _file_unit_values(raw, i: int) -> tuple[np.ndarray, str]:
     orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
     data = raw.get_data(picks=[i], verbose="error")[0]  # (T,)
@@ -1342,6 +1353,8 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                                    "give the channel another name with NAME=as_name")
         rate, t0, unit, n = s.sampling_rate, s.continuous_t_start, str(s.h5["continuous"].attrs.get("unit", "")), \
             s.n_samples
+        # channels the converter kept in their own unit (no voltage: an audio envelope read as µV before)
+        own_units = json.loads(str(s.h5["continuous"].attrs.get("channel_units", "") or "{}"))
         # the BIDS channels.tsv the session was converted with names the moved channels' units
         tsv = str(s.attrs.get("channels_file", "") or "")
         tsv_units = _channels_tsv_units(tsv, [names[i] for i in taken]) if tsv and Path(tsv).is_file() else {}
@@ -1391,8 +1404,12 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 # a voltage unit there is /continuous's µV already (the converter scaled volt channels);
                 # another one (mN) names a channel /continuous's blanket unit says nothing true of
                 named = tsv_units.get(names[i], "")
-                values, b_unit = _in_tsv_unit(moved[:, j], unit, "" if named.lower() in _VOLTS else named, names[i],
-                                              tsv, None)
+                if names[i] in own_units:  # not scaled to µV: its own unit, which a channels.tsv may name
+                    values, b_unit = _in_tsv_unit(moved[:, j], own_units[names[i]], named, names[i], tsv,
+                                                  "the recording")
+                else:
+                    values, b_unit = _in_tsv_unit(moved[:, j], unit, "" if named.lower() in _VOLTS else named,
+                                                  names[i], tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
                 b.create_dataset("values", data=np.abs(values) if rectify else values, compression="gzip",
