@@ -214,7 +214,8 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
         eval_results=eval_results or None,
     )
 
-    lines = [f"# {name}", "", _INTENDED.get(family, ""), ""]
+    intended = _finetuned_text(family, config_yaml) or _INTENDED.get(family, "")
+    lines = [f"# {name}", "", intended, ""]
     lines += _model_section(model_meta, m)
     lines += _usage_section(family, model_type, repo_id, model_meta, config_yaml)
     if metrics is not None:
@@ -231,7 +232,7 @@ def render_card(metrics: dict | None, config_yaml: str = "", *, model_meta: dict
                   "held-out metrics and baselines.", ""]
     lines += [
         "## Intended use", "",
-        _INTENDED.get(family, ""),
+        intended,
         "Research use on neural recordings; not a medical device and not for clinical decisions.", "",
         "## Limitations", "",
         *[f"- {x}" for x in _limitations(m)],
@@ -327,17 +328,43 @@ def _usage_section(family: str, model_type: str, repo_id: str | None, model_meta
     return lines
 
 
-def _run_data(config_yaml: str) -> dict:
-    """The ``data`` section of a run's config.yaml ({} when there is none or it does not parse)."""
+def _run_data(config_yaml: str, section: str = "data") -> dict:
+    """A section (``data``, ``task``) of a run's config.yaml ({} when there is none or it does not parse)."""
     if not config_yaml:
         return {}
     import yaml
 
     try:
-        data = (yaml.safe_load(config_yaml) or {}).get("data") or {}
+        data = (yaml.safe_load(config_yaml) or {}).get(section) or {}
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _finetuned_text(family: str, config_yaml: str) -> str:
+    """What a fine-tuning run's model is, from its config.yaml: what it decodes and what it started
+    from (the pretrained folder, or random init for ``--from-scratch``); ``""`` for any other run.
+    A fine-tuned envelope regressor's card read "Pretrained iEEG encoder for event detection,
+    behaviour regression and channel reconstruction after fine-tuning on a new subject"."""
+    task, data = _run_data(config_yaml, "task"), _run_data(config_yaml)
+    if task.get("mode") != "finetune":
+        return ""
+    if family == "barista":
+        kind = task.get("finetune_task", "")
+        what = {"classification": f"classification of the events '{data.get('events', '')}'"
+                + (f" ({', '.join(map(str, data['labels']))})" if data.get("labels") else ""),
+                "regression": f"regression of the behaviour '{data.get('target', '')}' (its mean over each segment)",
+                }.get(kind, f"{kind or 'the task in its config'}")
+        model = "BaRISTA model"
+    else:
+        names = [b.get("name", b) if isinstance(b, dict) else b for b in (data.get("behavior") or [])]
+        what = f"decoding of {', '.join(map(str, names)) or 'behaviour'}"
+        model = "Neuroformer"
+    start = (f"from random init in the shape of {task.get('pretrained', '?')} (--from-scratch: the control for "
+             f"what pretraining adds)" if task.get("from_scratch") else
+             f"from the pretrained model {task.get('pretrained') or '?'}")
+    return (f"{model} fine-tuned for {what} on the recordings below, {start}. Its numbers hold for these "
+            f"recordings (Evaluation); on another recording or subject, fine-tune again from the pretrained model.")
 
 
 def _barista_usage(where: str, model_type: str, config: dict, data: dict) -> list[str]:
@@ -396,6 +423,14 @@ def _licence_section(sources: list[dict], licence: str | None, from_run: bool) -
 def _training_section(train: dict, config_yaml: str) -> list[str]:
     lines = ["## Training", ""]
     lines += [f"- {k}: {_fmt(v) if not isinstance(v, dict) else json.dumps(v)}" for k, v in train.items()]
+    trainer = _run_data(config_yaml, "trainer")
+    cap, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    # pretraining only: a fine-tune's config.yaml holds the recipe's step budget as max_steps (its schedule)
+    if (_run_data(config_yaml, "task").get("mode", "pretrain") == "pretrain" and isinstance(cap, int) and cap > 0 and isinstance(train.get("steps"), int) and train["steps"] >= cap
+            and isinstance(epochs, int) and isinstance(train.get("epochs"), int) and train["epochs"] < epochs):
+        # a pretraining cut short to fit a machine: 240 steps, 9 of the config's 15 epochs, read as a full run
+        lines.append(f"- stopped by the cap trainer.max_steps={cap}, in epoch {train['epochs']} of the config's "
+                     f"max_epochs={epochs}: a shortened run, not the config's schedule")
     if config_yaml:
         lines += ["", "<details><summary>Run config (config.yaml: data, task and trainer settings; the model's "
                   "shape is config.json above)</summary>", "", "```yaml", _without_model(config_yaml).rstrip(),

@@ -144,27 +144,39 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from neurofm import jsonio
     from neurofm.data.session import Session
 
-    with Session(args.file) as s:
-        summary = s.summary()
-        windows = None
-        if summary["n_spikes"]:
-            try:
-                windows = _spike_window_stats(args, s)
-            except ValueError as e:  # e.g. a recording too short for the default split
-                windows = {"error": str(e)}
-        ieeg = _ieeg_stats(s) if s.n_samples and s.sampling_rate else None
-        if args.json:
+    summaries, ieeg_files = [], []
+    for path in args.file:
+        with Session(path) as s:
+            summary = s.summary()
+            windows = None
+            if summary["n_spikes"]:
+                try:
+                    windows = _spike_window_stats(args, s)
+                except ValueError as e:  # e.g. a recording too short for the default split
+                    windows = {"error": str(e)}
+            ieeg = _ieeg_stats(s) if s.n_samples and s.sampling_rate else None
+            if ieeg is not None:
+                ieeg_files.append(s.path)
             if windows is not None:
                 summary["spikes_per_window"] = windows
             if ieeg is not None:
                 summary["ieeg"] = ieeg
-            print(jsonio.dumps(summary, default=str))
-        else:
-            print(s.describe())
-            if windows is not None:
-                print(_describe_windows(windows))
-            if ieeg is not None:
-                print(_describe_ieeg(ieeg))
+            summaries.append(summary)
+            if not args.json:
+                print(s.describe())
+                if windows is not None:
+                    print(_describe_windows(windows))
+                if ieeg is not None:
+                    print(_describe_ieeg(ieeg))
+    # several recordings (runs, sessions) pretrain together: what that costs, not one file's share
+    together = _barista_pretraining(ieeg_files) if len(ieeg_files) > 1 else None
+    if args.json:
+        print(jsonio.dumps(summaries[0] if len(summaries) == 1 else
+                           {"sessions": summaries, **({"pretraining_together": together} if together else {})},
+                           default=str))
+    elif together:
+        print(f"all {len(ieeg_files)} iEEG files together (data.sessions='[{','.join(str(f) for f in ieeg_files)}]'):")
+        print("\n".join(_describe_barista_pretraining(together)))
     return 0
 
 
@@ -245,31 +257,43 @@ BARISTA_PRETRAIN_CONFIG = "barista/demo"
 def _ieeg_stats(session) -> dict:
     """The notch a BaRISTA run would take for this file (its mains and where that comes from) and
     what the README's BaRISTA pretraining command costs on it (``neurofm inspect``)."""
-    from neurofm.config import ConfigError
     from neurofm.data.segmenter import MAINS_PEAK_RATIO, recording_mains, session_mains_peaks
-    from neurofm.experiment import load_config
-    from neurofm.recipes.barista import pretraining_estimate
 
     hz, source = recording_mains(session)
     out: dict = {"mains": {"hz": hz, "source": source}}
     if not hz:  # what was measured, so that a mild peak under the threshold is seen, not read as none
         out["mains"].update(peaks={f"{f:g}": round(r, 2) for f, r in session_mains_peaks(session).items()},
                             peak_ratio_needed=MAINS_PEAK_RATIO)
+    out["pretraining"] = _barista_pretraining([session.path])
+    return out
+
+
+def _barista_pretraining(paths) -> dict:
+    """What the README's BaRISTA pretraining command costs on these session files together
+    (:func:`neurofm.recipes.barista.pretraining_estimate`), with ``model.encode_scale=coords`` when
+    none of them has atlas labels."""
+    from neurofm.config import ConfigError
+    from neurofm.experiment import load_config
+    from neurofm.data.session import Session
+    from neurofm.recipes.barista import pretraining_estimate
+
     cfg = load_config(BARISTA_PRETRAIN_CONFIG)
-    cfg.data.sessions, cfg.data.events = [str(session.path)], ""
-    try:
-        regions = session.channels().regions
-    except KeyError:
-        regions = {}
+    cfg.data.sessions, cfg.data.events = [str(p) for p in paths], ""
+    regions = False
+    for path in paths:
+        with Session(path) as s:
+            try:
+                regions = regions or bool(s.channels().regions)
+            except KeyError:
+                pass
     overrides = []
     if cfg.model.encode_scale == "parcel" and not regions:  # the demo's scale needs atlas labels (README)
         cfg.model.encode_scale = "coords"
         overrides.append("model.encode_scale=coords")
     try:
-        out["pretraining"] = {"config": BARISTA_PRETRAIN_CONFIG, "overrides": overrides, **pretraining_estimate(cfg)}
+        return {"config": BARISTA_PRETRAIN_CONFIG, "overrides": overrides, **pretraining_estimate(cfg)}
     except (ConfigError, ValueError) as e:
-        out["pretraining"] = {"error": str(e)}
-    return out
+        return {"error": str(e)}
 
 
 def _peaks_text(m: dict) -> str:
@@ -286,14 +310,17 @@ def _describe_ieeg(w: dict) -> str:
              f"data.line_noise is set" if m["hz"] else
              "  mains      none stated or found (no 50 / 60 Hz peak" + _peaks_text(m) + "): no notch unless "
              "data.line_noise is set"]
-    p = w["pretraining"]
+    return "\n".join(lines + _describe_barista_pretraining(w["pretraining"]))
+
+
+def _describe_barista_pretraining(p: dict) -> list[str]:
     if "error" in p:
-        return "\n".join(lines + [f"  pretraining - ({p['error']})"])
+        return [f"  pretraining - ({p['error']})"]
     s = p["segment"]
     seg = (f"segments of {s['n_patches']} x {s['patch_len']} samples at {s['sampling_rate']:g} Hz "
            f"({s['n_patches'] * s['patch_len'] / s['sampling_rate']:g} s)")
     config = " ".join([p["config"], *p["overrides"]])
-    return "\n".join(lines + _describe_pretraining({**p, "config": config}, seg))
+    return _describe_pretraining({**p, "config": config}, seg)
 
 
 def _describe_windows(w: dict) -> str:
@@ -688,7 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iEEG: a channel carrying trigger pulses (a clinical system's DC input fed TTL, a TRIG line): "
                         "each pulse's rising edge becomes an event of /events/annotations labelled label (default: "
                         "NAME), beside the file's own annotations (repeatable: one label per channel, e.g. --trigger-"
-                        "channel DC01=face --trigger-channel DC02=house); the channel stays in /continuous typed stim")
+                        "channel DC01=face --trigger-channel DC02=house); a digital stim channel whose value is the event "
+                        "code (a FIF's STI 014) gives each code its own label, label_CODE (STI_1, STI_2); the "
+                        "channel stays in /continuous typed stim")
     c.add_argument("--rectify", action="append", nargs="?", const=True, metavar="NAME",
                    help="store behaviours full-wave rectified (|x|, attr rectified), so the mean over a segment, what "
                         "BaRISTA regresses, is the mean absolute amplitude: the envelope of a raw EMG, accelerometer "
@@ -721,8 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output file")
     c.set_defaults(func=_cmd_convert)
 
-    i = add("inspect", help="summarise a session file")
-    i.add_argument("file", help="session file (.h5)")
+    i = add("inspect", help="summarise session files")
+    i.add_argument("file", nargs="+", help="session file(s) (.h5); several iEEG files (the runs you pretrain on "
+                                           "together) also get the pretraining estimate for all of them together")
     i.add_argument("--json", action="store_true", help="machine-readable summary (kinds, n_units, n_spikes, "
                                                        "duration_s, behavior, n_channels, sampling_rate, atlases, ...)")
     i.add_argument("--window-curr", type=float, help="spike files: current window (s) for the spikes-per-window "

@@ -283,3 +283,42 @@ def test_card_lists_a_decode_report_loss_as_a_limitation(tmp_path):
     (run / "metrics.json").write_text(json.dumps(m))
     limits = write_card(run).read_text().split("## Limitations", 1)[1].split("## Citation", 1)[0]
     assert limits.count("LOSES to Poisson Bayes") == 1
+
+
+def test_a_fine_tuned_models_card_says_what_it_decodes_and_what_it_started_from():
+    """A fine-tuned envelope regressor's card (nui12 trial) opened, and said under Intended use,
+    "Pretrained iEEG encoder for event detection, behaviour regression and channel reconstruction
+    after fine-tuning on a new subject": the pretraining run's text, for a model that is none of
+    that. A fine-tuning run's card now says what it decodes and what it started from."""
+    def card(task: str, data: str, family: str = "barista") -> str:
+        text = render_card({**_metrics(), "family": family}, f"data:\n{data}\ntask:\n{task}\n")
+        return text.split("---\n", 2)[2]
+
+    regress = card("  mode: finetune\n  finetune_task: regression\n  pretrained: runs/pre/pretrained\n"
+                   "  from_scratch: false", "  target: envelope\n  events: ''")
+    said = ("BaRISTA model fine-tuned for regression of the behaviour 'envelope' (its mean over each segment) on "
+            "the recordings below, from the pretrained model runs/pre/pretrained.")
+    assert said in regress.split("## Model", 1)[0] and said in regress.split("## Intended use", 1)[1]
+    assert "Pretrained iEEG encoder" not in regress
+    scratch = card("  mode: finetune\n  finetune_task: classification\n  pretrained: runs/pre/pretrained\n"
+                   "  from_scratch: true", "  events: annotations\n  labels: [intact, reversed]")
+    assert ("fine-tuned for classification of the events 'annotations' (intact, reversed) on the recordings below, "
+            "from random init in the shape of runs/pre/pretrained (--from-scratch") in scratch
+    spikes = card("  mode: finetune\n  pretrained: runs/p/pretrained", "  behavior: [speed]", family="neuroformer")
+    assert "Neuroformer fine-tuned for decoding of speed on the recordings below, from the pretrained model" in spikes
+    pretrain = card("  mode: pretrain", "  events: annotations")
+    assert "Pretrained iEEG encoder for event detection" in pretrain  # pretraining: as before
+
+
+def test_card_says_when_trainer_max_steps_cut_the_run_short():
+    """The nui12 pretraining was capped at trainer.max_steps=240 to fit the machine (9 of the
+    config's 15 epochs); its card listed 'steps: 240, epochs: 9' as if that were the schedule."""
+    m = _metrics()
+    m["training"].update(steps=240, epochs=9)
+    capped = render_card(m, "trainer:\n  max_epochs: 15\n  max_steps: 240\n")
+    assert ("- stopped by the cap trainer.max_steps=240, in epoch 9 of the config's max_epochs=15: a shortened run, "
+            "not the config's schedule") in capped
+    assert "stopped by the cap" not in render_card(m, "trainer:\n  max_epochs: 9\n  max_steps: -1\n")
+    # a Neuroformer fine-tune's config.yaml holds the recipe's step budget as max_steps: its schedule, no cap
+    assert "stopped by the cap" not in render_card(m, "task:\n  mode: finetune\ntrainer:\n  max_epochs: 15\n"
+                                                      "  max_steps: 240\n")

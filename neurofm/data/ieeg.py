@@ -143,7 +143,8 @@ def convert_ieeg(
         (:func:`trigger_pulses`) becomes an event of ``/events/annotations`` labelled ``label``
         (default: the name as given), beside the file's own annotations; the channel stays in
         /continuous typed ``stim``, which the model leaves out. A channel without pulses is an
-        error naming it.
+        error naming it. A digital stim channel whose pulses carry several codes
+        (:func:`trigger_codes`) gives each code its own label, ``label_CODE`` (``STI_1``, ``STI_2``).
     license : the data's licence (SPDX id), stored as the root attr ``license`` that model
         cards carry. Default: the ``License`` of the BIDS dataset's ``dataset_description.json``
         when the recording sits in one, else none.
@@ -200,12 +201,24 @@ def convert_ieeg(
         rate = float(raw.info["sfreq"])
         for i, lab in triggers:
             values, _ = _file_unit_values(raw, i)
-            try:
-                rise, fall = trigger_pulses(values, rate, f"channel {names[i]!r}")
-            except ValueError as e:
-                raise ConvertError(in_path, "--trigger-channel", str(e), "give the channel that carries the "
-                                   "pulses (its trace steps from a baseline to a fixed level at each event)") from None
-            parts.append((raw.first_time + rise / rate, (fall - rise) / rate, np.full(len(rise), lab, dtype=object)))
+            coded = trigger_codes(values)
+            if coded is not None:  # a digital stim line (FIF STI 014...): each code its own event label
+                rise, fall, code = coded
+                labels = np.array([f"{lab}_{c}" for c in code], dtype=object)
+                kinds, counts = np.unique(code, return_counts=True)
+                warnings.warn(f"{in_path}: --trigger-channel {names[i]}: its pulses carry {len(kinds)} event codes "
+                              f"({', '.join(f'{k}: {c} pulses' for k, c in zip(kinds, counts))}), not one level, so "
+                              f"each code is its own label ({', '.join(f'{lab}_{k}' for k in kinds)}); to classify "
+                              f"some of them, name them with data.labels=[...]", stacklevel=2)
+            else:
+                try:
+                    rise, fall = trigger_pulses(values, rate, f"channel {names[i]!r}")
+                except ValueError as e:
+                    raise ConvertError(in_path, "--trigger-channel", str(e), "give the channel that carries the "
+                                       "pulses (its trace steps from a baseline to a fixed level at each event)"
+                                       ) from None
+                labels = np.full(len(rise), lab, dtype=object)
+            parts.append((raw.first_time + rise / rate, (fall - rise) / rate, labels))
         onset, duration, label = (np.concatenate([p[k] for p in parts]) for k in range(3))
         order = np.argsort(onset, kind="stable")
         onset, duration, label = onset[order], duration[order], label[order].astype(object)
@@ -1115,9 +1128,10 @@ def _write_continuous(w: SessionWriter, raw, names, table, in_path: Path, nan_po
     for i0 in progress(range(0, n, rows), f"converting {in_path.name}", unit="blocks"):
         block = raw.get_data(start=i0, stop=min(n, i0 + rows), verbose="error")  # (C, T) SI units
         block = (block.T * to_uv).astype(np.float32)  # (T, C)
-        if i0 == 0:
+        if i0 == 0:  # channels that are no voltage stay in their own unit, named beside the µV
+            own = {names[i]: _file_unit(raw, i) for i in np.flatnonzero(to_uv == 1.0)}
             w.add_continuous(block, sampling_rate=float(raw.info["sfreq"]), unit="uV", t_start=float(raw.first_time),
-                             nan_policy=nan_policy, channel_names=names)
+                             nan_policy=nan_policy, channel_names=names, channel_units=own)
         else:
             w.append_continuous(block)
         with np.errstate(invalid="ignore"):
@@ -1192,6 +1206,31 @@ def select_trigger_channels(names: Sequence[str], specs, source) -> list[tuple[i
     return _channels_named(names, pairs, source, "--trigger-channel", "NAME or NAME=label")
 
 
+def trigger_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(rise, fall, code)`` of a digital stim channel that carries event codes (MNE's FIF
+    ``STI 014``, a stim line whose value is the condition: 1, 2, 4...), else None. Such a channel
+    holds whole numbers, sits exactly on its baseline (its median) for most samples, and steps to
+    two or more levels; read with :func:`trigger_pulses`' half-way threshold, every code under
+    half the largest would be lost. An event starts wherever the value changes to a level other
+    than the baseline (a code that follows another without returning to the baseline is a new
+    event, as ``mne.find_events`` reads it); one already on at the first sample has no onset
+    and is left out. A channel with one level, or an analogue line (noise), gives None."""
+    x = np.asarray(values, dtype=np.float64)
+    if not x.size or not np.isfinite(x).all():
+        return None
+    r = np.round(x)
+    if np.max(np.abs(x - r)) > 1e-3:
+        return None
+    base = float(np.median(r))
+    off = r != base
+    if off.mean() > 0.5 or np.unique(r[off]).size < 2:
+        return None
+    change = np.flatnonzero(np.diff(r) != 0) + 1
+    ends = np.append(change, len(r))
+    keep = off[change]
+    return change[keep], ends[1:][keep], r[change[keep]].astype(np.int64)
+
+
 def trigger_pulses(values: np.ndarray, rate: float, what: str) -> tuple[np.ndarray, np.ndarray]:
     """``(rise, fall)`` sample indices of the pulses of a trigger channel: the baseline is its
     median, a pulse is where it lies past half-way from there to its extreme (upwards or, for
@@ -1263,6 +1302,16 @@ def _in_tsv_unit(values: np.ndarray, unit: str, tsv_unit: str, name: str, channe
     return values, tsv_unit
 
 
+def _file_unit(raw, i: int) -> str:
+    """The unit of channel ``i`` as :func:`_file_unit_values` gives its values (``""`` unknown)."""
+    from mne.io.constants import FIFF
+
+    orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
+    if raw.info["chs"][i]["unit"] == FIFF.FIFF_UNIT_V and not orig:
+        orig = "V"
+    return "" if orig.strip().lower() in _NA else orig.strip()
+
+
 def _file_unit_values(raw, i: int) -> tuple[np.ndarray, str]:
     orig = str((getattr(raw, "_orig_units", None) or {}).get(raw.ch_names[i], "") or "")
     data = raw.get_data(picks=[i], verbose="error")[0]  # (T,)
@@ -1306,6 +1355,8 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                                    "give the channel another name with NAME=as_name")
         rate, t0, unit, n = s.sampling_rate, s.continuous_t_start, str(s.h5["continuous"].attrs.get("unit", "")), \
             s.n_samples
+        # channels the converter kept in their own unit (no voltage: an audio envelope read as µV before)
+        own_units = json.loads(str(s.h5["continuous"].attrs.get("channel_units", "") or "{}"))
         # the BIDS channels.tsv the session was converted with names the moved channels' units
         tsv = str(s.attrs.get("channels_file", "") or "")
         tsv_units = _channels_tsv_units(tsv, [names[i] for i in taken]) if tsv and Path(tsv).is_file() else {}
@@ -1355,8 +1406,12 @@ def move_channels_to_behavior(in_path: str | os.PathLike, out_path: str | os.Pat
                 # a voltage unit there is /continuous's µV already (the converter scaled volt channels);
                 # another one (mN) names a channel /continuous's blanket unit says nothing true of
                 named = tsv_units.get(names[i], "")
-                values, b_unit = _in_tsv_unit(moved[:, j], unit, "" if named.lower() in _VOLTS else named, names[i],
-                                              tsv, None)
+                if names[i] in own_units:  # not scaled to µV: its own unit, which a channels.tsv may name
+                    values, b_unit = _in_tsv_unit(moved[:, j], own_units[names[i]], named, names[i], tsv,
+                                                  "the recording")
+                else:
+                    values, b_unit = _in_tsv_unit(moved[:, j], unit, "" if named.lower() in _VOLTS else named,
+                                                  names[i], tsv, None)
                 b = dst.require_group("behavior").create_group(as_name)
                 b.create_dataset("timestamps", data=times, compression="gzip", compression_opts=4, shuffle=True)
                 b.create_dataset("values", data=np.abs(values) if rectify else values, compression="gzip",

@@ -28,6 +28,7 @@ the chunks a window needs.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -487,8 +488,14 @@ class SessionWriter:
     # -- continuous data ------------------------------------------------------------------
     @_writes
     def add_continuous(self, data, sampling_rate: float, unit: str = "uV", t_start: float = 0.0,
-                       nan_policy: str = "raise", channel_names=None) -> None:
+                       nan_policy: str = "raise", channel_names=None,
+                       channel_units: Mapping[str, str] | None = None) -> None:
         """Continuous samples ``data`` (T, C) float32 at ``sampling_rate`` Hz from ``t_start`` s.
+
+        ``unit`` is the data's unit; ``channel_units`` (``{channel name: unit}``, ``""`` =
+        unknown) names the channels stored in another one (an audio envelope, a force sensor:
+        not voltages), kept as the attr ``channel_units`` (JSON) that
+        ``neurofm convert session --behavior-channel`` reads.
 
         More samples can follow with :meth:`append_continuous` (for recordings too large to
         hold in memory). ``nan_policy``: ``"raise"`` (default) reports the first NaN/inf
@@ -515,6 +522,8 @@ class SessionWriter:
         g.create_dataset("data", shape=(0, n_ch), maxshape=(None, n_ch), dtype=np.float32,
                          chunks=(rows, n_ch), **_compression())
         g.attrs.update(sampling_rate=float(sampling_rate), unit=unit, t_start=float(t_start))
+        if channel_units:
+            g.attrs["channel_units"] = json.dumps({str(k): str(v) for k, v in channel_units.items()})
         self._sr, self._cont_t0 = float(sampling_rate), float(t_start)
         self.append_continuous(data)
 

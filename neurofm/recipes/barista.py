@@ -61,7 +61,7 @@ from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import DECODE_INPUTS, decode_report, save_inputs, start_gain
+from neurofm.report import DECODE_INPUTS, FEW_CI_BLOCKS, decode_report, save_inputs, start_gain
 
 MONITOR = ("val/loss", "min")
 
@@ -1518,10 +1518,10 @@ def _evaluate_pretraining(cfg, task, dm):
                 if test.get("left_out") else "")
         extra = (f"; linear probe: ridge on token-mean features of event-locked segments ('{events}'), fitted on "
                  f"the training block, {roc} on the test block ({len(y)} segments{left}; 95% CIs from a bootstrap "
-                 f"over {report.n_blocks} blocks of the test period)")
+                 f"over {report.n_blocks} blocks of the test period{_few_blocks(report)})")
         if line is not None:
             limitations.append(
-                line + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
+                line + _few_blocks(report) + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
                 "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
                 "not have left its trivial phase, where the predictor outputs the mean target.")
     return metrics, baselines, extra, limitations
@@ -1863,7 +1863,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                  + (f"; evoked waveform (classification): each channel's time course in the model's input averaged "
                     f"in {WAVEFORM_BINS} bins, logistic, penalty chosen likewise" if others else "")
                  + f"; {report.confidence:.0%} CIs "
-                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period"
+                 f"from a bootstrap over {report.n_blocks} contiguous blocks of the test period{_few_blocks(report)}"
                  + (f"; {untrained}" if untrained else "")
                  + (f"; {_few_shot_text(cfg, draw)}" if draw is not None else
                     "; labels on every training segment (100%), for every arm"))
@@ -1919,6 +1919,16 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
     return rep, _plain_line(rep, reference, baseline, len(y))
 
 
+def _few_blocks(rep) -> str:
+    """``; ONLY n BLOCKS ...`` when a report's test period holds fewer blocks than a bootstrap
+    interval needs to be firm (the decode report's own caveat, for the protocol and verdict lines
+    a user reads first), else ``""``."""
+    if rep.n_blocks >= FEW_CI_BLOCKS:
+        return ""
+    return (f"; ONLY {rep.n_blocks} BLOCKS (under {FEW_CI_BLOCKS}): the intervals come out too narrow, read them "
+            f"as rough")
+
+
 def _plain_line(rep, reference: str, baseline: str, n: int) -> str | None:
     """The report's plain line about ``baseline`` (None when ``reference`` beats it)."""
     m = rep.primary
@@ -1958,8 +1968,9 @@ def _pm_one(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, test: dict, report,
                   baseline: str, probe: str, names: list | None = None) -> None:
-    """``plots/roc.png`` (classification: model, band power, probe; AUROC in the legend) or
-    ``plots/decoded_<target>.png`` (regression: the first test session's segments over time)."""
+    """``plots/roc.png`` (classification: model, band power, evoked waveform, probe; AUROC in the legend) or
+    ``plots/decoded_<target>.png`` (regression: the first test session's segments over time; with
+    several sessions the title names it and says the R² is over all of them)."""
     out = run_dir / "plots"
     try:
         if cfg.task.finetune_task == "classification":
@@ -1971,7 +1982,10 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
                 plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments), "
                                  f"one-vs-rest per class", path=out / "roc.png")
                 return
-            curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, probe)}
+            # every arm the report scores but the null: the waveform arm was left out, and on the nui12
+            # trial it was the one at the ceiling (AUROC 1.000, above the model's 0.993)
+            curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, WAVEFORM_ARM, probe)
+                      if name in arms}
             plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
                              path=out / "roc.png")
             return
@@ -1979,8 +1993,13 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
         order = np.argsort(test["t0"][first])
         seg = cfg.data.segment_s
         t = test["t0"][first][order] + seg / 2
-        unit = dm.sessions[int(test["session"].min())].behavior_unit(cfg.data.target)
-        title = (f"{cfg.data.target}, test block: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
+        shown = dm.sessions[int(test["session"].min())]
+        unit = shown.behavior_unit(cfg.data.target)
+        n_sessions = len(np.unique(test["session"]))
+        # several sessions: the trace is the first one's, the R² every session's test segments'
+        where = (f" of {shown.session_id} ({int(first.sum())} of the {len(y)} test segments; R² over all "
+                 f"{n_sessions} sessions)" if n_sessions > 1 else "")
+        title = (f"{cfg.data.target}, test block{where}: R² = {_value_ci(report, MODEL_ARM)[0]:.3f} "
                  f"({baseline} {_value_ci(report, baseline)[0]:.3f})")
         true, pred = y[first][order], np.asarray(arms[MODEL_ARM])[first][order]
         dims = true.shape[1] if true.ndim > 1 else 1

@@ -488,7 +488,8 @@ def test_behavior_channels_from_brainvision_and_from_a_session_file(tmp_path):
         np.testing.assert_array_equal(a.continuous(), b.continuous())
         assert a.channels().types.tolist() == b.channels().types.tolist() == ["eeg"] * 3  # as BrainVision types them
         np.testing.assert_allclose(a.behavior("grip")[1], b.behavior("grip")[1])
-        assert a.h5["behavior/grip"].attrs["unit"] == "uV"  # what /continuous stored it in
+        # /continuous kept it in N (no voltage: not scaled), and now says so: it was labelled 'uV'
+        assert a.h5["behavior/grip"].attrs["unit"] == b.h5["behavior/grip"].attrs["unit"] == "N"
     with Session(tmp_path / "all.h5") as s, Session(tmp_path / "moved.h5") as a:
         assert s.n_channels == 5 and not s.behavior_names  # the input is never modified
         assert a.attrs == s.attrs and a.continuous_t_start == s.continuous_t_start  # the rest copied as it is
@@ -1003,6 +1004,70 @@ def test_trigger_channel_pulses_become_events(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{edf}: --trigger-channel: channel 'POL DC03': no trigger pulses" in err
     assert_nothing_written(tmp_path / "u.h5")
+
+
+def test_coded_stim_channel_gives_one_label_per_code(tmp_path, capsys):
+    """A FIF whose events are codes on its stim channel (1 = intact, 2 = reversed sentences, as
+    MNE's STI 014 carries them): --trigger-channel STI made every pulse one label and, thresholding
+    half-way to the largest code, lost every code-1 pulse (35 of 66 sentences on the nui12 trial).
+    Each code is now its own label, at its own onsets; a code that follows another without a
+    return to the baseline is a new event; a noisy analogue line quantised to whole numbers is no
+    coded channel."""
+    import mne
+
+    from neurofm.cli import main
+
+    n = 2000  # 10 s at 200 Hz
+    sti = np.zeros(n)
+    onsets = {1: [1.0, 4.0, 7.5], 2: [2.5, 6.0]}
+    for code, ts in onsets.items():
+        for t in ts:
+            sti[int(t * SR):int(t * SR) + 4] = code
+    sti[int(8.5 * SR):int(8.5 * SR) + 4] = 1  # code 1 then, at once, code 2: two events
+    sti[int(8.5 * SR) + 4:int(8.5 * SR) + 8] = 2
+    info = mne.create_info(["A1", "A2", "STI"], SR, ["seeg", "seeg", "stim"])
+    data = np.vstack([signal(n_t=n, n_ch=2).T.astype(np.float64) * 1e-6, sti[None]])
+    fif = tmp_path / "rec_raw.fif"
+    mne.io.RawArray(data, info, verbose="error").save(fif, verbose="error")
+    assert main(["convert", "ieeg", str(fif), str(tmp_path / "s.h5"), "--trigger-channel", "STI"]) == 0
+    err = capsys.readouterr().err
+    assert "its pulses carry 2 event codes (1: 4 pulses, 2: 3 pulses)" in err and "STI_1, STI_2" in err
+    with Session(tmp_path / "s.h5") as s:
+        ev = s.events("annotations")
+        np.testing.assert_allclose(ev["onset"], [1.0, 2.5, 4.0, 6.0, 7.5, 8.5, 8.52], atol=1 / SR)
+        assert list(ev["label"]) == ["STI_1", "STI_2", "STI_1", "STI_2", "STI_1", "STI_1", "STI_2"]
+        np.testing.assert_allclose(ev["duration"], 4 / SR, atol=1 / SR)
+    assert ieeg.trigger_codes(np.round(_ttl(n, [1.0, 4.0]))) is None  # analogue noise in whole numbers
+    assert ieeg.trigger_codes((sti > 0).astype(float)) is None  # one level: the TTL reading
+
+
+def test_a_channel_in_its_own_unit_keeps_it_when_moved_from_a_session_file(tmp_path):
+    """A BrainVision audio envelope with units n/a (nui12 trial): /continuous kept its values as
+    the file gave them, not in µV, but `convert session --behavior-channel` labelled the behaviour
+    with /continuous's blanket 'uV' (converting with --behavior-channel directly said ''). The
+    converter now names such channels' units (/continuous attr channel_units), and both routes give
+    the same values and unit for it; a voltage channel moved from the session file is µV as before."""
+    import mne
+    from mne.io.constants import FIFF
+
+    n = 800
+    env = np.abs(np.sin(np.arange(n) / 50.0)) * 1e-3  # an envelope, no voltage
+    info = mne.create_info(["A1", "A2", "ENV", "EMG"], SR, ["seeg", "seeg", "misc", "emg"])
+    data = np.vstack([signal(n_t=n, n_ch=2).T.astype(np.float64) * 1e-6, env[None], env[None] * 1e-3])
+    raw = mne.io.RawArray(data, info, verbose="error")
+    assert raw.info["chs"][2]["unit"] == FIFF.FIFF_UNIT_NONE  # MNE's misc: no unit (a BrainVision n/a too)
+    fif = tmp_path / "rec_raw.fif"
+    raw.save(fif, verbose="error")
+    convert_ieeg(fif, tmp_path / "direct.h5", behavior_channels=["ENV", "EMG"])
+    convert_ieeg(fif, tmp_path / "s.h5")
+    ieeg.move_channels_to_behavior(tmp_path / "s.h5", tmp_path / "moved.h5", ["ENV", "EMG"])
+    with Session(tmp_path / "direct.h5") as d, Session(tmp_path / "moved.h5") as m:
+        assert m.h5["behavior/ENV"].attrs["unit"] == d.h5["behavior/ENV"].attrs["unit"] == ""  # was 'uV'
+        np.testing.assert_allclose(m.behavior("ENV")[1], d.behavior("ENV")[1], rtol=1e-6)
+        # a volt channel: the recording's V directly, µV from /continuous (as before), the same signal
+        assert (m.h5["behavior/EMG"].attrs["unit"], d.h5["behavior/EMG"].attrs["unit"]) == ("uV", "V")
+        np.testing.assert_allclose(m.behavior("EMG")[1], d.behavior("EMG")[1] * 1e6, rtol=1e-5)
+        np.testing.assert_allclose(m.behavior("ENV")[1], env, rtol=1e-6)
 
 
 def test_events_without_a_trial_type_are_no_class(tmp_path):

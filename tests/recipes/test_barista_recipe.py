@@ -4,12 +4,16 @@ session's line noise. A small simulated session, a tiny model, no training."""
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from neurofm.config import ConfigError, from_dict
 from neurofm.data.synthetic import simulate_ieeg
 from neurofm.recipes import barista as recipe
+from neurofm.report import FEW_CI_BLOCKS
 
 N_CHANNELS = 16
 
@@ -177,6 +181,34 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
         recipe.target_stats(bad, dm)
 
 
+def test_decoded_trace_of_several_sessions_says_which_it_shows(force_session, tmp_path, monkeypatch):
+    """Two runs fine-tuned together: plots/decoded_<target>.png traced the first run's test segments
+    under the title 'envelope, test block: R² = 0.755', the R² of both runs (nui12 trial: 59 of 118
+    segments shown); the title now names the session shown and says the R² is over all of them."""
+    import shutil
+
+    import h5py
+
+    second = tmp_path / "run-02.h5"
+    shutil.copy(force_session, second)
+    with h5py.File(second, "a") as h:
+        h.attrs["session_id"] = "run-02"
+    cfg = _regression_config([force_session, str(second)])
+    dm = recipe.datamodule(cfg)
+    task = recipe.task(cfg, dm)
+    titles = []
+    monkeypatch.setattr(recipe.plots, "decoding_trace", lambda *a, **k: titles.append(k["title"]))
+    out = recipe.evaluate(cfg, task, dm, tmp_path / "run")
+    n = out["data"]["test_segments"]
+    first = dm.sessions[0].session_id
+    assert re.match(rf"grip_force, test block of {first} \({n // 2} of the {n} test segments; R² over all 2 "
+                    rf"sessions\): R² = ", titles[0]), titles
+    cfg1 = _regression_config([force_session])  # one session: the title as before
+    dm1 = recipe.datamodule(cfg1)
+    recipe.evaluate(cfg1, recipe.task(cfg1, dm1), dm1, tmp_path / "one")
+    assert titles[1].startswith("grip_force, test block: R² = ")
+
+
 def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypatch):
     cfg = _config([session])
     dm = recipe.datamodule(cfg)
@@ -191,6 +223,11 @@ def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypat
     assert out["baselines"]["logistic on band power"]["test_auroc"] > 0.6
     assert len(out["report"]["verdicts"]) == 5 and "blocks of the test period" in out["protocol"]
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
+    drawn = []  # every arm but the null is a curve: the waveform arm, which can beat the model, was missing
+    monkeypatch.setattr(recipe.plots, "roc_curves", lambda curves, **k: drawn.append(list(curves)))
+    recipe.evaluate(cfg, task, dm, tmp_path / "again")
+    assert drawn == [[recipe.MODEL_ARM, "logistic on band power", recipe.WAVEFORM_ARM,
+                      "linear probe on the frozen random-init encoder"]]
     # the evoked waveform (what band power discards: the phase-locked response) is an arm, with its plain line
     wave = out["baselines"][recipe.WAVEFORM_ARM]["test_auroc"]
     assert 0.5 < wave <= 1.0 and "evoked waveform (classification): each channel's time course" in out["protocol"]
@@ -255,6 +292,13 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     assert "own channel's band power" in out["limitations"][1] and "model.token_scales=true" in out["limitations"][1]
     assert "random-init encoder, same probe" in out["limitations"][2]
     assert "token MEAN" in out["limitations"][2] and "blocks of the test period" in out["protocol"]
+    # a short test block (the nui12 trial: 23 probe segments in 5 blocks) makes the intervals too
+    # narrow: the protocol and the LOSES line say so, as the decode report itself does
+    n_blocks = int(re.search(r"bootstrap over (\d+) blocks of the test period", out["protocol"]).group(1))
+    few = f"ONLY {n_blocks} BLOCKS (under {FEW_CI_BLOCKS})"
+    assert (few in out["protocol"]) == (few in out["limitations"][2]) == (n_blocks < FEW_CI_BLOCKS)
+    assert recipe._few_blocks(SimpleNamespace(n_blocks=FEW_CI_BLOCKS)) == ""
+    assert "ONLY 5 BLOCKS" in recipe._few_blocks(SimpleNamespace(n_blocks=5))
 
 
 def test_token_power_r2_reads_real_channels_only():

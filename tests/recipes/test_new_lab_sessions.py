@@ -319,3 +319,27 @@ def test_inspect_says_the_notch_and_what_barista_pretraining_will_cost(tmp_path,
                      r"x \d+ batches of \d+\), segments of 4 x \d+ samples at 500 Hz \(1 s\); \d+ ms per step", text)
     assert re.search(r"\n  pretraining then: validation \d+ x \d+ batches about \d+ s, evaluation \(\d+ test batches, "
                      r"\d+ token-power batches\) about \d+ s: about \d+ (s|min) in all\n", text)
+
+
+def test_inspect_sizes_pretraining_on_several_runs_together(tmp_path, capsys):
+    """A lab pretrains on a subject's runs together (`data.sessions=[run-01, run-02]`), but inspect
+    took one file and sized pretraining on it alone: on the nui12 trial's two 5-min sEEG runs it
+    said 210 steps for each, and the run on both took 405. Several files now also get the estimate
+    for all of them together, in the text and in --json."""
+    from neurofm import cli, jsonio
+
+    one = _ecog_with_mains(tmp_path / "run-01.h5", 50.0, duration=60.0)
+    two = _ecog_with_mains(tmp_path / "run-02.h5", 50.0, duration=60.0)
+    assert cli.main(["inspect", one, two, "--json"]) == 0
+    out = jsonio.loads_strict(capsys.readouterr().out)
+    each = [s["ieeg"]["pretraining"] for s in out["sessions"]]
+    both = out["pretraining_together"]
+    assert [s["session_id"] for s in out["sessions"]] == ["run-01", "run-02"]
+    assert both["config_epochs"] == each[0]["config_epochs"] and both["overrides"] == ["model.encode_scale=coords"]
+    assert abs(both["steps_per_epoch"] - (each[0]["steps_per_epoch"] + each[1]["steps_per_epoch"])) <= 1
+    assert cli.main(["inspect", one, two]) == 0
+    text = capsys.readouterr().out
+    assert text.count("  pretraining barista/demo") == 3
+    assert f"all 2 iEEG files together (data.sessions='[{one},{two}]'):" in text
+    assert cli.main(["inspect", one, "--json"]) == 0  # one file: the document as before
+    assert "ieeg" in jsonio.loads_strict(capsys.readouterr().out)
