@@ -835,6 +835,12 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
 
     recipe = recipe_for(cfg.family)
     cfgs = fold_configs(cfg, folds)
+    kind = getattr(cfg.task, "finetune_task", None)
+    decoded = [v for v in getattr(cfg.model, "behavior", []) if v.target and v.task == "regression"]
+    if kind == "reconstruction" or (cfg.family == "neuroformer" and not decoded):
+        raise ConfigError(f"--folds {folds}: cross-validation pools the decode reports of the folds, and this run makes "
+                          f"none ({'channel reconstruction' if kind else 'no regression behaviour target'}); "
+                          f"--folds is for decoding behaviour (spikes), classify and regress (iEEG)")
     for k, c in enumerate(cfgs, 1):  # a fold refused after others trained would waste them
         try:
             c = recipe.prepare(c)

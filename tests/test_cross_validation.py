@@ -217,3 +217,12 @@ def test_every_fold_is_checked_before_the_first_trains(ieeg_lab, tmp_path, capsy
     err = capsys.readouterr().err
     assert "error: fold 2 of 3 (--folds 3): data.events: the valid split (blocked 3-fold cross-validation" in err
     assert not list(run.rglob("*.ckpt")) and not (run / "fold-1" / "metrics.json").exists()
+
+
+def test_a_run_without_a_decode_report_is_refused_before_any_fold_trains(ieeg_lab, tmp_path, capsys):
+    run = tmp_path / "cv"
+    assert main(["finetune", "--pretrained", ieeg_lab["barista"], "--data", ieeg_lab["ieeg"], "--task", "reconstruct",
+                 "--folds", "2", "--run-dir", str(run), *QUIET]) != 0
+    assert "--folds 2: cross-validation pools the decode reports of the folds, and this run makes none (channel " \
+           "reconstruction)" in capsys.readouterr().err
+    assert not run.exists()
