@@ -145,12 +145,16 @@ def _moving(session, behavior: str) -> tuple[np.ndarray, np.ndarray]:
     """(bin times, moving): the recipe's moving rule with its data-derived threshold
     (:data:`~neurofm.recipes.neuroformer.MOVING_FRACTION` x the 95th-percentile speed, the rule's
     own speed: /behavior/speed smoothed when the file has it, else that of the smoothed position)."""
-    from neurofm.evaluation import DecodingProtocol, session_position_data
+    from neurofm.evaluation import DecodingProtocol, session_position_data, smoothing_from_jitter
     from neurofm.recipes.neuroformer import MOVING_FRACTION, NeuroformerEvalConfig
 
     d = session_position_data(session, DecodingProtocol(behavior="position" if "position" in session.behavior_names
                                                         else behavior))
     smooth_s = NeuroformerEvalConfig().speed_smooth_s
+    if smooth_s <= 0:  # from the data, as resolve_scoring chooses it
+        smooth_s = smoothing_from_jitter(d.jitter_sd(), d.bin_size,
+                                         lambda s: MOVING_FRACTION * np.nanpercentile(d.moving_speed(s), 95),
+                                         d.speed_measured)
     speed = d.moving_speed(smooth_s)
     return d.bin_times, d.moving_mask(MOVING_FRACTION * np.nanpercentile(speed, 95), smooth_s)
 

@@ -436,7 +436,8 @@ def _describe_test_block(t: dict) -> list[str]:
     share = lambda k: t[f"n_{k}_moving"] / t[f"n_{k}_windows"] if t[f"n_{k}_windows"] else 0.0  # noqa: E731
     lines = [f"  test block ({t['source']}): {t['n_test_moving']:,} of {t['n_test_windows']:,} windows moving "
              f"({share('test'):.0%}; training block {share('train'):.0%}): those are the windows finetune and "
-             f"evaluate score {t['moving_behavior']} on (speed > {t['moving_threshold']:.3g} {t['unit']}/s)"]
+             f"evaluate score {t['moving_behavior']} on (speed > {t['moving_threshold']:.3g} {t['unit']}/s, "
+             f"smoothing sigma {t['speed_smooth_s']:g} s)"]
     # a task that rests between movements (reaching: ~half the windows) is not "mostly rest"
     # unless its test block moves much less than the training block does
     if (share("test") < 0.5 and share("test") < 0.5 * share("train")) or t["n_test_moving"] < t["min_scored_windows"]:
@@ -831,7 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--score-when", choices=["auto", "moving", "all"],
                        help="Neuroformer: behaviour windows scored, in the test block and the validation block that "
                             "selects the model: 'moving' = every 50 ms bin of the window has the speed of the "
-                            "smoothed position (sigma eval.speed_smooth_s; tracking jitter is not movement) above "
+                            "smoothed position (sigma eval.speed_smooth_s, 0 = from the position's jitter; tracking jitter "
+                            "is not movement) above "
                             "eval.moving_threshold (the behaviour's units per second; default from the data: 0.2 x "
                             "the training blocks' 95th-percentile speed); 'all'; 'auto' (default) = moving when "
                             "decoding eval.moving_behavior (position), else all")

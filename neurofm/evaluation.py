@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from scipy.stats import chi2, norm
 
 from neurofm import metrics
 from neurofm.baselines import DEFAULT_ALPHAS, Ridge, _n_bins, bin_spikes, bin_timeseries, history_features
@@ -324,6 +325,67 @@ def moving_mask(speed, bin_size: float, threshold: float, smooth_s: float, *, po
         raise ValueError(f"moving_mask: need bin_size > 0 and smooth_s >= 0, got {bin_size}, {smooth_s}")
     s = moving_speed(bin_size, smooth_s, position=position, speed=speed)
     return np.isfinite(s) & (np.nan_to_num(s, nan=-np.inf) > threshold)
+
+
+#: The moving rule's smoothing sigmas (s) tried, smallest first, when it is chosen from the data
+#: (:func:`smoothing_from_jitter`). 0.5 s suits a camera-tracked rat; 0.05 s is one 50 ms bin.
+SMOOTH_LADDER = (0.05, 0.1, 0.25, 0.5, 1.0)
+#: The jitter alone must stay under this fraction of the threshold at its 99.9th percentile.
+JITTER_MARGIN = 0.5
+JITTER_QUANTILE = 0.999
+_D2_QUANTILE = 0.1  # |second difference| quantile the jitter is read from (a still tenth suffices)
+
+
+def jitter_sd(x, pieces=None) -> np.ndarray:
+    """(D,) the standard deviation of the white jitter of a binned trajectory (T,) or (T, D) per
+    coordinate (or of a measured speed (T,)), read from its second differences: on a still bin
+    they are the jitter's alone (variance 6 sd^2), and any movement only makes them larger, so
+    their 10th percentile over all bins, scaled to a Gaussian's, is the jitter's (an upper bound
+    when under a tenth of the bins is still). ``pieces``: slices of continuous stretches (no
+    difference is taken across a pause or a position jump); NaN differences are skipped."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    d2 = [np.diff(x[sl], n=2, axis=0) for sl in (pieces if pieces is not None else [slice(0, len(x))])]
+    d2 = np.abs(np.concatenate([d for d in d2 if len(d)] or [np.zeros((0, x.shape[1]))]))
+    d2 = d2[np.isfinite(d2).all(axis=1)]
+    if not len(d2):
+        return np.zeros(x.shape[1])
+    z = float(norm.ppf(0.5 + _D2_QUANTILE / 2))  # |N(0, 1)|'s 10th percentile
+    return np.percentile(d2, 100 * _D2_QUANTILE, axis=0) / (z * np.sqrt(6.0))
+
+
+def jitter_speed(sd, bin_size: float, smooth_s: float, measured: bool = False) -> float:
+    """The 99.9th percentile (:data:`JITTER_QUANTILE`) of the speed the moving rule reads off
+    white jitter alone, of standard deviation ``sd`` (D,) per coordinate, for sigma ``smooth_s``:
+    the position smoothed and differentiated (:func:`speed_from_position`, a linear filter h:
+    velocity sd ``sd * |h|`` per coordinate, speed its norm over D coordinates: the chi quantile
+    with D degrees of freedom of the largest sd, exact for equal sds and an upper bound otherwise),
+    or of a measured speed (``measured``) smoothed (filter g: a Gaussian's one-sided quantile)."""
+    sd = np.atleast_1d(np.asarray(sd, dtype=np.float64))
+    sigma = smooth_s / bin_size
+    n = int(np.ceil(4 * max(sigma, 1))) + 2
+    impulse = np.zeros(2 * n + 1)
+    impulse[n] = 1.0
+    g = gaussian_filter1d(impulse, sigma, mode="constant") if sigma > 0 else impulse
+    if measured:
+        return float(np.sqrt(np.sum(sd ** 2)) * np.linalg.norm(g) * norm.ppf(JITTER_QUANTILE))
+    h = np.gradient(g) / bin_size
+    return float(np.max(sd) * np.linalg.norm(h) * np.sqrt(chi2.ppf(JITTER_QUANTILE, len(sd))))
+
+
+def smoothing_from_jitter(sd, bin_size: float, threshold, measured: bool = False) -> float:
+    """The smallest sigma of :data:`SMOOTH_LADDER` whose jitter speed (:func:`jitter_speed` of
+    ``sd``) stays under :data:`JITTER_MARGIN` of the threshold (``threshold``: a number, or a
+    function of sigma: the data's threshold at that sigma); the largest when none does.
+
+    Less smoothing keeps short holds and pauses still (0.5 s blurs a 0.5 s hold between 1 s
+    reaches into movement); the smoothing is there only so that the tracker's jitter of a still
+    animal does not read as movement, so it is the least that achieves that."""
+    for s in SMOOTH_LADDER:
+        t = threshold(s) if callable(threshold) else threshold
+        if jitter_speed(sd, bin_size, s, measured) <= JITTER_MARGIN * t:
+            return s
+    return SMOOTH_LADDER[-1]
 
 
 def blocked_folds(bins, n_folds: int = 5, gap_s: float = 5.0, bin_size: float | None = None) -> list[Fold]:
@@ -649,6 +711,18 @@ class DecodingData:
             if key == "speed" or sl.stop - sl.start >= 2:
                 out[sl] = moving_speed(self.bin_size, smooth_s, **{key: x[sl]})
         return out
+
+    def jitter_sd(self) -> np.ndarray:
+        """(D,) the jitter of the moving rule's input (:func:`jitter_sd`): the position's per
+        coordinate, or the measured speed's, from second differences within each stretch between
+        discontinuities and, for position, between its jumps (:func:`position_jumps`)."""
+        (key, x), = self._speed_input().items()
+        pieces = []
+        for sl in self.stretches():
+            cuts = position_jumps(x[sl])[0] if key == "position" and sl.stop - sl.start >= 3 else []
+            edges = np.r_[sl.start, np.asarray(cuts, dtype=np.int64) + sl.start, sl.stop]
+            pieces += [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= 3]
+        return jitter_sd(x, pieces)
 
     def moving_mask(self, threshold: float, smooth_s: float) -> np.ndarray:
         """(T,) bool: :meth:`moving_speed` above ``threshold`` (:func:`moving_mask`'s rule), False

@@ -992,7 +992,7 @@ _STRIDE_KEYS = ("stride", "stride_s")
 
 #: Neuroformer ``eval`` keys that say which windows behaviour is scored on (``prepare`` writes
 #: the resolved ones to the run's config.yaml); evaluate of a fine-tuned folder uses the run's.
-_SCORING_KEYS = ("score_when", "moving_threshold", "moving_behavior")
+_SCORING_KEYS = ("score_when", "moving_threshold", "speed_smooth_s", "moving_behavior")
 
 
 def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict) -> tuple[list[str], dict]:

@@ -405,3 +405,70 @@ def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_on_a_ho
     plenty = RidgeFitPredict("blocked_cv", gap=5)
     plenty.fit(X, Y)
     assert np.isfinite(plenty.cv_r2_) and plenty.cv_pred_.shape == (170, 1)
+
+
+def _reaching(seed=0, n=120, fs=1000.0, noise=5e-5):
+    """Centre-out reaches (minimum-jerk, 8 cm, 0.8-1.2 s) between 0.4-0.6 s holds, a hand sampled
+    at 1 kHz with 0.05 mm sensor noise, binned to 50 ms: (binned position (T, 2) m, true speed (T,))."""
+    rng = np.random.default_rng(seed)
+    chunks, pos = [np.zeros((int(fs), 2))], np.zeros(2)
+    for k in range(n):
+        target = np.zeros(2) if k % 2 else 0.08 * np.array([np.cos(k), np.sin(k)])
+        m = int(rng.uniform(0.8, 1.2) * fs)
+        s = np.linspace(0, 1, m)[:, None]
+        chunks.append(pos + (10 * s**3 - 15 * s**4 + 6 * s**5) * (target - pos))
+        pos = target
+        chunks.append(np.repeat(pos[None], int(rng.uniform(0.4, 0.6) * fs), 0))
+    p = np.concatenate(chunks)
+    p = p[:len(p) // 50 * 50]
+    speed = np.linalg.norm(np.gradient(p, 1 / fs, axis=0), axis=1)
+    measured = p + rng.normal(0, noise, p.shape)
+    return measured.reshape(-1, 50, 2).mean(axis=1), speed.reshape(-1, 50).mean(axis=1)
+
+
+def test_jitter_speed_is_the_pipelines_own_on_white_noise():
+    """jitter_speed's closed form (the smoothing and difference as one linear filter, a chi norm)
+    against speed_from_position run on white jitter alone."""
+    for sd, low, high in (([2.0, 2.0], 0.93, 1.07), ([1.0, 2.0], 0.8, 1.0)):  # exact; a bound for unequal sds
+        noise = np.random.default_rng(1).normal(0.0, sd, (200_000, 2))
+        for s in ev.SMOOTH_LADDER:
+            empirical = np.percentile(ev.speed_from_position(noise, 0.05, s), 100 * ev.JITTER_QUANTILE)
+            assert low < empirical / ev.jitter_speed(sd, 0.05, s) < high, (sd, s)
+    one = np.random.default_rng(2).normal(0.0, 1.0, 200_000)
+    for s in ev.SMOOTH_LADDER:  # a measured speed's jitter: smoothed, not differenced
+        empirical = np.percentile(ev.moving_speed(0.05, s, speed=one), 100 * ev.JITTER_QUANTILE)
+        assert 0.93 < empirical / ev.jitter_speed([1.0], 0.05, s, measured=True) < 1.07, s
+    np.testing.assert_allclose(ev.jitter_sd(one), [1.0], rtol=0.05)
+    with_steps = one + np.repeat(np.arange(2000) * 10.0, 100)  # movement only adds to second differences
+    assert ev.jitter_sd(with_steps)[0] >= 0.99 * ev.jitter_sd(one)[0]
+
+
+def test_smoothing_from_jitter_keeps_holds_still_and_open_field_rest_unscored(jittered_open_field):
+    """A motor-cortex trial: sigma 0.5 s blurred the 0.5 s holds between reaches into movement, so
+    half the still bins were scored. The rule smooths only as much as the measured jitter needs."""
+    bs = 0.05
+    pos, true = _reaching()
+    sd = ev.jitter_sd(pos)
+    assert np.all(sd < 3e-5)  # 0.05 mm per 1 kHz sample, averaged over 50 samples a bin: 0.007 mm
+    thr = lambda s: 0.2 * np.percentile(ev.speed_from_position(pos, bs, s), 95)  # noqa: E731
+    sigma = ev.smoothing_from_jitter(sd, bs, thr)
+    assert sigma <= 0.1
+    still, moving = true < 0.002, true > 0.02
+    new = ev.moving_mask(None, bs, thr(sigma), sigma, position=pos)
+    old = ev.moving_mask(None, bs, thr(0.5), 0.5, position=pos)
+    assert old[still].mean() > 0.3 and new[still].mean() < 0.01 and new[moving].mean() > 0.85
+    # an open field at 30 Hz with 3 mm jitter (the README's example): more smoothing, rest unscored
+    from neurofm.baselines import bin_timeseries
+
+    path, _, ts, true_speed = jittered_open_field
+    data = ev.session_position_data(path, ev.DecodingProtocol(), counts=False)
+    sd = data.jitter_sd()
+    assert np.all((0.15 < sd) & (sd < 0.35))  # 0.3 cm a frame, 1.5 frames a bin
+    threshold = 0.2 * float(np.nanpercentile(data.moving_speed(0.5), 95))
+    sigma = ev.smoothing_from_jitter(sd, bs, threshold)
+    assert sigma > 0.05 and ev.jitter_speed(sd, bs, sigma) <= ev.JITTER_MARGIN * threshold
+    true = bin_timeseries(ts, true_speed, data.bin_times[0], data.bin_end[-1], bs)
+    m = data.moving_mask(threshold, sigma)
+    assert m[true == 0].mean() < 0.01 and m[true > 2 * threshold].mean() > 0.95
+    # none fits: the widest
+    assert ev.smoothing_from_jitter([1e3], bs, 1.0) == ev.SMOOTH_LADDER[-1]

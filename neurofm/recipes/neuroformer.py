@@ -55,7 +55,8 @@ from neurofm.data.splits import FewShotSplit, grid_runs
 from neurofm.data.synthetic import simulate_spikes
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction,
                                     log_orderings, spikes_per_window, window_count_percentiles)
-from neurofm.evaluation import DecodingProtocol, RidgeFitPredict, session_position_data
+from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, DecodingProtocol, RidgeFitPredict,
+                                jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, save_inputs, start_gain,
                             time_blocks)
@@ -152,7 +153,11 @@ class NeuroformerEvalConfig:
     # MOVING_FRACTION (a fifth) of the 95th percentile of that speed over the training blocks (a
     # fifth of the animal's running speed: 18 px/s on linear-track, where a still animal reads ~0 px/s as
     # its pixel position repeats). prepare() writes the resolved choice here
-    # (config.yaml). Bits/spike and window F1 stay on every test window.
+    # (config.yaml). speed_smooth_s 0 = from the data (evaluation.smoothing_from_jitter): the
+    # smallest sigma of 0.05, 0.1, 0.25, 0.5, 1 s under which the speed of the behaviour's own jitter
+    # (measured from its second differences) stays under half the threshold at its 99.9th
+    # percentile; resolved by prepare() and written here too. Bits/spike and window F1 stay on
+    # every test window.
     score_when: str = "auto"
     moving_threshold: float = 0.0
     speed_smooth_s: float = 0.5
@@ -548,9 +553,9 @@ MOVING_FRACTION = 0.2
 SCORE_WHEN = ("auto", "moving", "all")
 
 
-def _protocol_for(cfg: RunConfig, threshold: float | None = None):
+def _protocol_for(cfg: RunConfig, threshold: float | None = None, smooth_s: float | None = None):
     e = cfg.eval
-    return DecodingProtocol(behavior=e.moving_behavior, smooth_s=e.speed_smooth_s,
+    return DecodingProtocol(behavior=e.moving_behavior, smooth_s=e.speed_smooth_s if smooth_s is None else smooth_s,
                             speed_threshold=e.moving_threshold if threshold is None else threshold)
 
 
@@ -601,12 +606,17 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
     """``eval.score_when`` and, for ``moving``, ``eval.moving_threshold`` from the data.
 
     ``auto`` is ``moving`` when a decoded regression target is ``eval.moving_behavior`` (or a
-    threshold is set), else ``all``. A threshold left at 0 becomes :data:`MOVING_FRACTION` of
+    threshold is set), else ``all``. For ``moving``, a smoothing sigma ``eval.speed_smooth_s`` left
+    at 0 is chosen first (:func:`neurofm.evaluation.smoothing_from_jitter`, from the noisiest
+    session's jitter and, when the threshold is also left to the data, the threshold at each sigma). A threshold left at 0 becomes :data:`MOVING_FRACTION` of
     the 95th percentile of the moving rule's speed (:meth:`neurofm.evaluation.DecodingData.moving_speed`)
     over the training blocks' bins (all sessions): a fifth of the animal's running speed, in
     the behaviour's own units per second.
     """
     e = cfg.eval
+    if not e.speed_smooth_s >= 0:
+        raise ConfigError(f"eval.speed_smooth_s: {e.speed_smooth_s!r} s; the moving rule's smoothing sigma must be "
+                          f">= 0 (0 = from the data)")
     if e.score_when not in SCORE_WHEN:
         raise ConfigError(f"eval.score_when: {e.score_when!r} is not one of {SCORE_WHEN} (--score-when)")
     targets = [v.name for v in cfg.model.behavior if v.target and v.task == "regression"]
@@ -620,8 +630,9 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
         e = _position_of_derived(cfg, targets)
         cfg = dataclasses.replace(cfg, eval=e) if e is not cfg.eval else cfg
         _refuse_velocity(cfg)
-    if when == "moving" and threshold <= 0:
-        speeds, unit, source = [], "", ""
+    smooth_s = e.speed_smooth_s
+    if when == "moving" and (threshold <= 0 or smooth_s <= 0):
+        data, unit, source = [], "", ""
         for path in session_paths(cfg.data):
             with Session(path) as s:
                 if e.moving_behavior not in s.behavior_names:
@@ -629,25 +640,46 @@ def resolve_scoring(cfg: RunConfig) -> RunConfig:
                                       f"moving windows by (it has {s.behavior_names or 'no behaviour'}); set "
                                       f"eval.moving_behavior=NAME (a position, in a length unit) or use "
                                       f"--score-when all")
-                d = session_position_data(s, _protocol_for(cfg, threshold=0.0), counts=False)
+                d = session_position_data(s, _protocol_for(cfg, threshold=0.0, smooth_s=0.0), counts=False)
                 train = _split(cfg)(s)["train"].contains(d.bin_times, d.bin_end)
                 unit = unit or d.unit
                 source = source or ("smoothed " + d.speed_source if d.speed_measured
                                     else f"speed of the smoothed {e.moving_behavior}")
-            v = d.moving_speed(e.speed_smooth_s)  # NaN where position (or measured speed) is missing
-            speeds.append(v[train & np.isfinite(d.position).all(axis=1) & np.isfinite(v)])
-        speed = np.concatenate(speeds)
-        if not len(speed) or not np.percentile(speed, 95) > 0:
-            raise ConfigError(f"--score-when moving: the training blocks hold no movement of "
-                              f"/behavior/{e.moving_behavior} to set a threshold from; set eval.moving_threshold "
-                              f"(units per second) or use --score-when all")
-        threshold = float(MOVING_FRACTION * np.percentile(speed, 95))
-        print(f"neurofm: scoring behaviour on moving windows: {source} > "
-              f"{threshold:.4g} {unit or 'units'}/s ({MOVING_FRACTION:g} x the training blocks' 95th-percentile speed "
-              f"{np.percentile(speed, 95):.4g}; set eval.moving_threshold to choose)")
-    if (when, threshold) == (e.score_when, e.moving_threshold):
+            data.append((d, train & np.isfinite(d.position).all(axis=1)))
+
+        def training_speed(sigma):  # NaN where position (or measured speed) is missing
+            v = np.concatenate([d.moving_speed(sigma)[train] for d, train in data])
+            return v[np.isfinite(v)]
+
+        def data_threshold(sigma):
+            v = training_speed(sigma)
+            return float(MOVING_FRACTION * np.percentile(v, 95)) if len(v) else 0.0
+
+        if smooth_s <= 0:
+            jitter = np.max([d.jitter_sd() for d, _ in data], axis=0)  # the noisiest session's, per coordinate
+            measured = data[0][0].speed_measured
+            smooth_s = smoothing_from_jitter(jitter, data[0][0].bin_size,
+                                             threshold if threshold > 0 else data_threshold, measured)
+            print(f"neurofm: moving rule's smoothing sigma {smooth_s:g} s from the data: the smallest of "
+                  f"{', '.join(f'{x:g}' for x in SMOOTH_LADDER)} s whose speed of the tracking jitter alone "
+                  f"(sd {', '.join(f'{x:.3g}' for x in jitter)} {unit or 'units'} per 50 ms bin, from second "
+                  f"differences) stays under {JITTER_MARGIN:g} x the threshold at its "
+                  f"{JITTER_QUANTILE * 100:g}th percentile ({jitter_speed(jitter, data[0][0].bin_size, smooth_s, measured):.3g} "
+                  f"{unit or 'units'}/s); set eval.speed_smooth_s to choose")
+        if threshold <= 0:
+            speed = training_speed(smooth_s)
+            if not len(speed) or not np.percentile(speed, 95) > 0:
+                raise ConfigError(f"--score-when moving: the training blocks hold no movement of "
+                                  f"/behavior/{e.moving_behavior} to set a threshold from; set eval.moving_threshold "
+                                  f"(units per second) or use --score-when all")
+            threshold = float(MOVING_FRACTION * np.percentile(speed, 95))
+            print(f"neurofm: scoring behaviour on moving windows: {source} (sigma {smooth_s:g} s) > "
+                  f"{threshold:.4g} {unit or 'units'}/s ({MOVING_FRACTION:g} x the training blocks' 95th-percentile "
+                  f"speed {np.percentile(speed, 95):.4g}; set eval.moving_threshold to choose)")
+    if (when, threshold, smooth_s) == (e.score_when, e.moving_threshold, e.speed_smooth_s):
         return cfg
-    return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold))
+    return dataclasses.replace(cfg, eval=dataclasses.replace(e, score_when=when, moving_threshold=threshold,
+                                                             speed_smooth_s=smooth_s))
 
 
 def pretraining_estimate(cfg: RunConfig, n_steps: int = 3) -> dict:
@@ -751,6 +783,7 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
         return None
     moving = MovingWindows(cfg, [session])
     out = {"moving_behavior": e.moving_behavior, "moving_threshold": cfg.eval.moving_threshold,
+           "speed_smooth_s": cfg.eval.speed_smooth_s,
            "unit": _unit_text(session.behavior_unit(e.moving_behavior)),
            "source": ("/intervals/test" if "test" in session.interval_names else
                       f"default split: the last {cfg.data.split.test:.0%} of the recording")}

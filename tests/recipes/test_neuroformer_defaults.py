@@ -384,6 +384,47 @@ def test_auto_scoring_of_position_is_moving_with_a_threshold_from_the_data(tmp_p
     assert (set_by_user.eval.score_when, set_by_user.eval.moving_threshold) == ("moving", 7.0)
 
 
+
+def test_moving_rules_smoothing_from_the_data_is_printed_recorded_and_inspected(tmp_path, capsys):
+    """eval.speed_smooth_s=0: the sigma comes from the position's own jitter (evaluation.
+    smoothing_from_jitter), is printed beside the threshold, written to the config (as the
+    threshold is, so config.yaml and the protocol line state it) and used by inspect; a number
+    stays as given; a negative one is refused before any data is read."""
+    from neurofm import evaluation as ev
+
+    rng = np.random.default_rng(5)
+    ts = np.arange(0.0, DURATION, 1 / 30)  # a 30 Hz camera, 3 mm jitter, 1 s still between 2 s runs
+    phase = ts % 3.0
+    x = 40.0 * (ts // 3.0) + np.where(phase < 2.0, 20.0 * phase, 40.0) + rng.normal(0.0, 0.3, len(ts))
+    times = np.sort(rng.uniform(0.0, DURATION, int(20 * DURATION)))
+    path = tmp_path / "jitter.h5"
+    with SessionWriter(path, session_id="jitter") as w:
+        w.add_units(["u0", "u1"])
+        w.add_spikes(times, rng.integers(0, 2, len(times)), t_start=0.0, t_end=DURATION)
+        w.add_behavior("position", ts, x[:, None], unit="cm")
+    out = recipe.resolve_scoring(_config([path], eval={"speed_smooth_s": 0.0}))
+    printed = capsys.readouterr().out
+    sigma, threshold = out.eval.speed_smooth_s, out.eval.moving_threshold
+    d = ev.session_position_data(path, ev.DecodingProtocol(smooth_s=sigma), counts=False)
+    assert sigma == ev.smoothing_from_jitter(d.jitter_sd(), 0.05, lambda s: 0.2 * np.nanpercentile(
+        d.moving_speed(s)[:int(0.8 * d.n_bins)], 95))  # ~ the training blocks' (the first 80%)
+    assert 0.05 < sigma < 0.5  # 3 mm at 30 Hz needs some smoothing; 0.5 s would blur the 1 s stops
+    assert ev.jitter_speed(d.jitter_sd(), 0.05, sigma) <= ev.JITTER_MARGIN * threshold
+    assert f"smoothing sigma {sigma:g} s from the data" in printed and f"(sigma {sigma:g} s) > " in printed
+    assert f"sigma {sigma:g} s" in recipe._protocol_for(out).describe()
+    assert recipe.resolve_scoring(out) is out  # resolved once: config.yaml holds the number
+    given = recipe.resolve_scoring(_config([path], eval={"speed_smooth_s": 0.3}))
+    assert given.eval.speed_smooth_s == 0.3 and "from the data" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"eval.speed_smooth_s: -1.0 s"):
+        recipe.resolve_scoring(_config([path], eval={"speed_smooth_s": -1.0}))
+    # inspect applies the same rule and says which sigma
+    cfg = _config([path], eval={"speed_smooth_s": 0.0})
+    with Session(path) as s:
+        t = recipe.test_block_motion(cfg, s)
+    assert (t["speed_smooth_s"], t["moving_threshold"]) == (sigma, threshold)
+    assert f"smoothing sigma {sigma:g} s" in cli._describe_test_block(t)[0]
+
+
 def test_vr_teleports_are_no_movement(tmp_path):
     """A head-fixed mouse in virtual reality: it runs the 180 cm track at 30 cm/s, licks still
     for 3 s at its end, and the track teleports back to 0. The teleport was read as movement:
@@ -637,6 +678,14 @@ def test_evaluate_of_a_fine_tuned_folder_scores_the_windows_its_run_scored(pretr
     assert cli.main([*args, "--score-when", "moving", "--out", str(tmp_path / "ev2")]) == 0
     m = jsonio.loads_strict((tmp_path / "ev2" / "metrics.json").read_text())
     assert "where the animal moves" in m["protocol"]
+    # the run's moving rule, its smoothing sigma included (resolved from the data when it was 0)
+    (run / "config.yaml").write_text(
+        "family: neuroformer\ntask: {mode: finetune}\ndata: {behavior: [position]}\n"
+        "eval: {score_when: moving, moving_threshold: 5.0, speed_smooth_s: 0.25, moving_behavior: position}\n")
+    assert cli.main([*args, "--out", str(tmp_path / "ev3")]) == 0, capsys.readouterr().err
+    assert "speed_smooth_s 0.25" in capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev3" / "metrics.json").read_text())
+    assert "(sigma 0.25 s) > 5 cm/s" in m["protocol"]
 
 
 def _edited_copy_nan(src: str, dst: Path, t0: float, t1: float) -> str:
