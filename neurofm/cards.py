@@ -324,11 +324,11 @@ def _usage_section(family: str, model_type: str, repo_id: str | None, model_meta
                   f"neurofm evaluate --pretrained runs/ft/pretrained --data my_recording.h5 --behavior {behavior}",
                   "```", ""]
     elif family == "barista":
-        lines += _barista_usage(where, model_type, (model_meta or {}).get("config", {}), _run_data(config_yaml))
+        lines += _barista_usage(where, model_type, (model_meta or {}).get("config", {}), _config_section(config_yaml))
     return lines
 
 
-def _run_data(config_yaml: str, section: str = "data") -> dict:
+def _config_section(config_yaml: str, section: str = "data") -> dict:
     """A section (``data``, ``task``) of a run's config.yaml ({} when there is none or it does not parse)."""
     if not config_yaml:
         return {}
@@ -346,7 +346,7 @@ def _finetuned_text(family: str, config_yaml: str) -> str:
     from (the pretrained folder, or random init for ``--from-scratch``); ``""`` for any other run.
     A fine-tuned envelope regressor's card read "Pretrained iEEG encoder for event detection,
     behaviour regression and channel reconstruction after fine-tuning on a new subject"."""
-    task, data = _run_data(config_yaml, "task"), _run_data(config_yaml)
+    task, data = _config_section(config_yaml, "task"), _config_section(config_yaml)
     if task.get("mode") != "finetune":
         return ""
     if family == "barista":
@@ -423,11 +423,13 @@ def _licence_section(sources: list[dict], licence: str | None, from_run: bool) -
 def _training_section(train: dict, config_yaml: str) -> list[str]:
     lines = ["## Training", ""]
     lines += [f"- {k}: {_fmt(v) if not isinstance(v, dict) else json.dumps(v)}" for k, v in train.items()]
-    trainer = _run_data(config_yaml, "trainer")
+    trainer = _config_section(config_yaml, "trainer")
     cap, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
     # pretraining only: a fine-tune's config.yaml holds the recipe's step budget as max_steps (its schedule)
-    if (_run_data(config_yaml, "task").get("mode", "pretrain") == "pretrain" and isinstance(cap, int) and cap > 0 and isinstance(train.get("steps"), int) and train["steps"] >= cap
-            and isinstance(epochs, int) and isinstance(train.get("epochs"), int) and train["epochs"] < epochs):
+    pretraining = _config_section(config_yaml, "task").get("mode", "pretrain") == "pretrain"
+    steps, done = train.get("steps"), train.get("epochs")
+    if (pretraining and isinstance(cap, int) and cap > 0 and isinstance(steps, int) and steps >= cap
+            and isinstance(epochs, int) and isinstance(done, int) and done < epochs):
         # a pretraining cut short to fit a machine: 240 steps, 9 of the config's 15 epochs, read as a full run
         lines.append(f"- stopped by the cap trainer.max_steps={cap}, in epoch {train['epochs']} of the config's "
                      f"max_epochs={epochs}: a shortened run, not the config's schedule")
