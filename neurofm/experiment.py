@@ -786,7 +786,8 @@ def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
     train_seconds = time.time() - t_start
     if trainer.global_rank != 0:
         return RunResult(run_dir, None, {})
-    restored = _restore_best(trainer, task, monitor) if cfg.trainer.early_stopping_patience > 0 else None
+    restored = (_restore_best(trainer, task, monitor, _evaluated_before(trained_before, trainer))
+                if cfg.trainer.early_stopping_patience > 0 else None)
     metrics = recipe.evaluate(cfg, task, dm, run_dir)
     metrics.setdefault("training", {}).update(
         steps=int(trainer.global_step), epochs=int(trainer.current_epoch), wall_time_s=round(train_seconds, 1),
@@ -924,18 +925,31 @@ def _keep_provenance(before: dict | None, now: dict) -> dict:
             "resumed_at_step": int(before["steps"])}
 
 
-def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | None) -> dict | None:
-    """With early stopping, training ends ``patience`` epochs past the best one: put the best
-    checkpoint's weights back (they are what gets evaluated and exported). Returns what was
-    restored, or None when there is no best checkpoint to restore."""
-    best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == monitor and cb.best_model_path), None)
-    if best is None or not Path(best.best_model_path).exists():
+def _evaluated_before(before: dict | None, trainer: L.Trainer) -> dict | None:
+    """The checkpoint a finished run evaluated, when this session trained nothing more (a re-run
+    of a finished run): model selection does not run again then (Lightning skips the training
+    hooks), and checkpointing's own best may be a check that selection rejected for the start."""
+    if not before or int(before.get("steps", -1)) != int(trainer.global_step):
         return None
-    state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+    evaluated = before.get("evaluated_checkpoint") or {}
+    return evaluated if evaluated.get("path") and Path(evaluated["path"]).exists() else None
+
+
+def _restore_best(trainer: L.Trainer, task: L.LightningModule, monitor: str | None,
+                  previous: dict | None = None) -> dict | None:
+    """With early stopping, training ends ``patience`` epochs past the best one: put the best
+    checkpoint's weights back (they are what gets evaluated and exported), or the ``previous``
+    evaluated checkpoint's (what a finished run evaluated: :func:`_evaluated_before`). Returns
+    what was restored, or None when there is no best checkpoint to restore."""
+    best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == monitor and cb.best_model_path), None)
+    path = previous["path"] if previous else (best.best_model_path if best is not None else None)
+    if path is None or not Path(path).exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
     task.on_load_checkpoint(state)  # as Lightning does before loading weights (a task may migrate old keys)
     task.load_state_dict(state["state_dict"])
-    score = best.best_model_score
-    return {"path": str(best.best_model_path), "monitor": monitor, "epoch": int(state.get("epoch", -1)),
+    score = previous.get("score") if previous else best.best_model_score
+    return {"path": str(path), "monitor": monitor, "epoch": int(state.get("epoch", -1)),
             "step": int(state.get("global_step", -1)), "score": float(score) if score is not None else None}
 
 

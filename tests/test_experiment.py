@@ -405,3 +405,37 @@ def test_export_of_a_checkpoint_written_when_head_only_fraction_existed(run_a, t
                                          r"\(was 0\.25"):
         assert cli.main(["export", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
     _assert_same_weights(_weights(run_a / "pretrained"), _weights(out))
+
+
+def test_a_rerun_of_a_finished_run_evaluates_the_checkpoint_that_run_evaluated(tmp_path):
+    """Re-running a finished fine-tune trains nothing, so model selection (StartingPoint's
+    on_train_end) does not run again, and checkpointing's best may be a check selection rejected
+    for the start: a `--folds` trial's fold 5 went from 0.951 (the start) to 0.901 (the rejected
+    check) on a re-run while metrics.json still said the start was kept. The finished run's
+    evaluated checkpoint is restored instead; a session that trained more steps takes the best."""
+    from types import SimpleNamespace
+
+    from neurofm.experiment import _evaluated_before, _restore_best
+
+    class Task(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def on_load_checkpoint(self, state):
+            pass
+
+    for name, value, step in (("start", 1.0, 0), ("best", 2.0, 261)):
+        torch.save({"state_dict": {"w": torch.tensor([value])}, "epoch": 0, "global_step": step},
+                   tmp_path / f"{name}.ckpt")
+    callback = SimpleNamespace(monitor="val/auroc", best_model_path=str(tmp_path / "best.ckpt"),
+                               best_model_score=torch.tensor(0.96))
+    before = {"steps": 300, "evaluated_checkpoint": {"path": str(tmp_path / "start.ckpt"), "step": 0, "score": 0.94}}
+    task = Task()
+    rerun = SimpleNamespace(global_step=300, checkpoint_callbacks=[callback])
+    restored = _restore_best(rerun, task, "val/auroc", _evaluated_before(before, rerun))
+    assert task.w.item() == 1.0 and restored["path"].endswith("start.ckpt") and restored["score"] == 0.94
+    trained_on = SimpleNamespace(global_step=320, checkpoint_callbacks=[callback])
+    assert _evaluated_before(before, trained_on) is None
+    restored = _restore_best(trained_on, task, "val/auroc", _evaluated_before(before, trained_on))
+    assert task.w.item() == 2.0 and restored["path"].endswith("best.ckpt")
