@@ -1055,10 +1055,14 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
     split = data.get("split") or {}
     if split:
         overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
-        shown = ", ".join(f"{k} {v}" for k, v in split.items())
-        log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}; a session file with its own "
-                 f"/intervals/train, valid, test, as `neurofm split` writes, is split by those instead); "
-                 f"data.split.* to change")
+        if split.get("folds"):  # a fold of `finetune --folds`: the fractions and /intervals play no part
+            shown = (f"fold {split.get('fold')} of {split['folds']}-fold blocked cross-validation, valid "
+                     f"{split.get('valid')}, gap {split.get('gap')}; from {path}; a session file's /intervals are "
+                     f"not used")
+        else:
+            shown = (", ".join(f"{k} {v}" for k, v in split.items()) + f"; from {path}; a session file with its "
+                     f"own /intervals/train, valid, test, as `neurofm split` writes, is split by those instead")
+        log.info(f"neurofm: the fine-tuning run's split ({shown}); data.split.* to change")
     for key in _STRIDE_KEYS:
         if data.get(key):  # 0: the default, which evaluate uses too
             overrides = [f"data.{key}={data[key]}", *overrides]

@@ -216,6 +216,13 @@ def test_finetune_folds_barista(ieeg_lab, tmp_path, capsys):
         kept_start += sel["kept"] == "start"
     assert (f"{kept_start} of 3 folds kept their starting state" in report) == (kept_start > 0)
     assert any("kept their starting state" in x for x in m["limitations"]) == (kept_start == 3)
+    # evaluate of a fold's model scores that fold's test block, and says so
+    capsys.readouterr()
+    assert main(["evaluate", "--pretrained", str(run / "fold-2" / "pretrained"), "--data", ieeg_lab["ieeg"],
+                 "--run-dir", str(tmp_path / "ev"), *QUIET]) == 0
+    assert "the fine-tuning run's split (fold 2 of 3-fold blocked cross-validation" in capsys.readouterr().err
+    ev = loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["metrics"]["test_auroc"] == pytest.approx(folds[1]["metrics"]["test_auroc"])
 
 
 def test_every_fold_is_checked_before_the_first_trains(ieeg_lab, tmp_path, capsys):
