@@ -897,8 +897,11 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
 
 def _fold_start(metrics: Mapping[str, Any]) -> dict:
     """A fold run's read-out start (``start.features``) and the weights model selection kept
-    (``training.selection``: ``kept`` "start" = step 0, the start's fit), for the per-fold table."""
-    start = (metrics.get("start") or {}).get("features")
+    (``training.selection``: ``kept`` "start" = step 0, the start's fit), for the per-fold table.
+    BaRISTA's ``start`` is one read-out's; Neuroformer's has one per decoded behaviour."""
+    start = metrics.get("start") or {}
+    start = start.get("features") or ", ".join(f"{t}: {v['features']}" for t, v in start.items()
+                                                if isinstance(v, dict) and v.get("features"))
     sel = (metrics.get("training") or {}).get("selection") or {}
     out = {"start": start} if start else {}
     if sel.get("kept"):

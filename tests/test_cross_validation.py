@@ -155,6 +155,10 @@ def test_finetune_folds_spikes(tmp_path, capsys):
     assert "2 blocked folds pooled" in out and "per fold (position" in out
     text = (run / "decode_report.md").read_text()
     assert text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    # each fold's read-out start (one per behaviour in a Neuroformer run) beside its scores
+    for f, row in zip(folds, m["cross_validation"]["per_fold"]):
+        assert row["start"] == f"position: {f['start']['position']['features']}"
+    assert "| model: start | model: kept |" in text
     # no model of its own, so no card: each fold has one
     assert main(["card", str(run)]) != 0
     assert "has no model of its own; each fold's model has its card" in capsys.readouterr().err
