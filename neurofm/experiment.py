@@ -842,13 +842,21 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
         raise ConfigError(f"--folds {folds}: cross-validation pools the decode reports of the folds, and this run makes "
                           f"none ({'channel reconstruction' if kind else 'no regression behaviour target'}); "
                           f"--folds is for decoding behaviour (spikes), classify and regress (iEEG)")
+    level = log.level
     for k, c in enumerate(cfgs, 1):  # a fold refused after others trained would waste them
         try:
+            if k > 1:  # the settings each fold's checks log are fold 1's (each fold logs its own when it runs)
+                log.setLevel(max(level, logging.WARNING))
             c = recipe.prepare(c)
             if hasattr(recipe, "preflight"):
                 recipe.preflight(c, training=True)
         except ConfigError as e:
-            raise ConfigError(f"fold {k} of {folds} (--folds {folds}): {e}") from None
+            split = (f"; with --folds {folds} the split is the folds' (a session's /intervals and the data.split "
+                     f"train / test fractions are not used): each test block is 1/{folds} of the recording, so fewer "
+                     f"folds give each block more" if "split" in str(e) else "")
+            raise ConfigError(f"fold {k} of {folds} (--folds {folds}): {e}{split}") from None
+        finally:
+            log.setLevel(level)
     results = []
     for k, c in enumerate(cfgs, 1):
         log.info(f"neurofm: fold {k} of {folds} -> {c.run_dir}")
@@ -860,7 +868,8 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
                           f"pools the decoded behaviour (spikes) or the classified events / regressed target (iEEG)")
     reports = pool_folds([r.run_dir / DECODE_INPUTS for r in results], seed=cfg.seed)
     per_fold = [{"fold": k, "run_dir": str(r.run_dir), "metrics": r.metrics.get("metrics", {}),
-                 "baselines": r.metrics.get("baselines", {})} for k, r in enumerate(results, 1)]
+                 "baselines": r.metrics.get("baselines", {}), **_fold_start(r.metrics)}
+                for k, r in enumerate(results, 1)]
     metrics: dict[str, Any] = {"name": base.name, "metrics": {}, "baselines": {}, "decode_report": {},
                                "limitations": []}
     for target, rep in reports.items():
@@ -875,6 +884,8 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
                            f"the recording, its test block the fold's 1/{folds} of each session; reports pool every "
                            f"fold's test block; fold 1's protocol: {results[0].metrics.get('protocol', '')}")
     metrics["cross_validation"] = {"folds": folds, "per_fold": per_fold}
+    if _folds_kept_start(results) == len(results):
+        metrics["limitations"].append(_kept_start_note(results))
     import neurofm
 
     metrics.update(family=cfg.family, neurofm_version=neurofm.__version__)
@@ -885,19 +896,56 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
     return RunResult(base, None, json.loads(text))
 
 
+def _fold_start(metrics: Mapping[str, Any]) -> dict:
+    """A fold run's read-out start (``start.features``) and the weights model selection kept
+    (``training.selection``: ``kept`` "start" = step 0, the start's fit), for the per-fold table.
+    BaRISTA's ``start`` is one read-out's; Neuroformer's has one per decoded behaviour."""
+    start = metrics.get("start") or {}
+    start = start.get("features") or ", ".join(f"{t}: {v['features']}" for t, v in start.items()
+                                                if isinstance(v, dict) and v.get("features"))
+    sel = (metrics.get("training") or {}).get("selection") or {}
+    out = {"start": start} if start else {}
+    if sel.get("kept"):
+        out["kept"] = "start (step 0)" if sel["kept"] == "start" else f"step {sel.get('selected_step')}"
+    return out
+
+
 def _fold_table(reports: Mapping[str, Any], results: Sequence[RunResult]) -> str:
-    """Per fold, each arm's primary metric on that fold's own test block (markdown)."""
+    """Per fold, each arm's primary metric on that fold's own test block (markdown), with the
+    fold's read-out start and the weights model selection kept: a fold that kept its starting
+    state scores its start's linear fit (e.g. band power's), not trained weights, and the pooled
+    verdicts are then that fit's."""
     lines = []
+    starts = [_fold_start(r.metrics) for r in results]
+    extra = [c for c in ("start", "kept") if any(c in s for s in starts)]
     for target, rep in reports.items():
         arms, m = [r.arm for r in rep.rows], rep.primary
         lines += [f"per fold ({target}, {m} on each fold's own test block):",
-                  "| fold | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+                  "| fold | " + " | ".join(arms + [f"{rep.reference or 'model'}: {c}" for c in extra]) + " |",
+                  "|---" * (len(arms) + len(extra) + 1) + "|"]
         for k, r in enumerate(results, 1):
             folded = (r.metrics.get("decode_report") or {}).get(target) or r.metrics.get("report") or {}
             values = {row["arm"]: row.get(m) for row in folded.get("rows", [])}
-            lines.append(f"| {k} | " + " | ".join("-" if values.get(a) is None else f"{values[a]:.3f}" for a in arms)
-                         + " |")
+            lines.append(f"| {k} | " + " | ".join(["-" if values.get(a) is None else f"{values[a]:.3f}" for a in arms]
+                                                 + [str(starts[k - 1].get(c, "-")) for c in extra]) + " |")
+    if (note := _kept_start_note(results)):
+        lines += ["", note]
     return "\n".join(lines)
+
+
+def _folds_kept_start(results: Sequence[RunResult]) -> int:
+    return sum(_fold_start(r.metrics).get("kept", "").startswith("start") for r in results)
+
+
+def _kept_start_note(results: Sequence[RunResult]) -> str:
+    """How many folds kept their starting state (model selection found no check better than step 0)."""
+    kept = _folds_kept_start(results)
+    if not kept:
+        return ""
+    return (f"{kept} of {len(results)} folds kept their starting state (step 0: no validation check beat it by the "
+            f"selection margin): those folds score their starting state (the start column's fit, or the initial weights "
+            f"where there is none), not trained weights" + (
+                "; every fold did, so the pooled fine-tuned row is the starting state's" if kept == len(results) else ""))
 
 
 def _previous_training(run_dir: Path) -> dict | None:
@@ -1024,10 +1072,14 @@ def _as_fine_tuned(pretrained, family: str, overrides: list[str], options: dict)
     split = data.get("split") or {}
     if split:
         overrides = [*(f"data.split.{k}={v}" for k, v in split.items()), *overrides]
-        shown = ", ".join(f"{k} {v}" for k, v in split.items())
-        log.info(f"neurofm: the fine-tuning run's split ({shown}; from {path}; a session file with its own "
-                 f"/intervals/train, valid, test, as `neurofm split` writes, is split by those instead); "
-                 f"data.split.* to change")
+        if split.get("folds"):  # a fold of `finetune --folds`: the fractions and /intervals play no part
+            shown = (f"fold {split.get('fold')} of {split['folds']}-fold blocked cross-validation, valid "
+                     f"{split.get('valid')}, gap {split.get('gap')}; from {path}; a session file's /intervals are "
+                     f"not used")
+        else:
+            shown = (", ".join(f"{k} {v}" for k, v in split.items()) + f"; from {path}; a session file with its "
+                     f"own /intervals/train, valid, test, as `neurofm split` writes, is split by those instead")
+        log.info(f"neurofm: the fine-tuning run's split ({shown}); data.split.* to change")
     for key in _STRIDE_KEYS:
         if data.get(key):  # 0: the default, which evaluate uses too
             overrides = [f"data.{key}={data[key]}", *overrides]

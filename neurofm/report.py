@@ -609,6 +609,9 @@ def load_inputs(path) -> list[dict]:
     return meta
 
 
+_NUMBER = r"\d+(?:\.\d+)?"
+
+
 def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
     """One decode report per target over the test blocks of every fold of a blocked K-fold run
     (``paths``: each fold's :func:`save_inputs` file, in fold order): every arm's predictions and
@@ -639,9 +642,12 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
         notes = {a: n for a, n in first["notes"].items() if all(m["notes"].get(a) == n for m in parts)}
         unit = first["unit"]
         texts = [m["scored"] for m in parts]
-        if len({re.sub(r"\d+(\.\d+)?", "#", t) for t in texts}) == 1 and len(set(texts)) > 1:
-            # the same rule in every fold, with the fold's own counts or threshold
-            shown = f"{texts[0]} (fold 1; every fold alike, with its own counts and thresholds)"
+        if len({re.sub(_NUMBER, "#", t) for t in texts}) == 1 and len(set(texts)) > 1:
+            # the same rule in every fold, with the fold's own counts or thresholds: each number that
+            # differs is shown as the folds' values in fold order
+            per_fold = list(zip(*(re.findall(_NUMBER, t) for t in texts)))
+            values = iter(v[0] if len(set(v)) == 1 else "/".join(v) for v in per_fold)
+            shown = f"{re.sub(_NUMBER, lambda _: next(values), texts[0])} (a/b/...: folds 1 to {len(texts)})"
         else:
             shown = texts[0] if len(set(texts)) == 1 else "; ".join(f"fold {k + 1}: {t}" for k, t in enumerate(texts))
         text = (f"the test blocks of {len(parts)} blocked folds pooled, every {unit.rstrip('s')} scored by the fold "

@@ -155,6 +155,10 @@ def test_finetune_folds_spikes(tmp_path, capsys):
     assert "2 blocked folds pooled" in out and "per fold (position" in out
     text = (run / "decode_report.md").read_text()
     assert text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    # each fold's read-out start (one per behaviour in a Neuroformer run) beside its scores
+    for f, row in zip(folds, m["cross_validation"]["per_fold"]):
+        assert row["start"] == f"position: {f['start']['position']['features']}"
+    assert "| model: start | model: kept |" in text
     # no model of its own, so no card: each fold has one
     assert main(["card", str(run)]) != 0
     assert "has no model of its own; each fold's model has its card" in capsys.readouterr().err
@@ -181,10 +185,13 @@ def ieeg_lab(tmp_path_factory) -> dict[str, str]:
     return {"ieeg": str(ieeg), "barista": str(enc.save_pretrained(out / "barista"))}
 
 
-def test_finetune_folds_barista(ieeg_lab, tmp_path):
+def test_finetune_folds_barista(ieeg_lab, tmp_path, capsys):
     run = tmp_path / "cv"
     assert main(["finetune", "--pretrained", ieeg_lab["barista"], "--data", ieeg_lab["ieeg"], "--task", "classify",
                  "--events", "word_onset", "--folds", "3", "--run-dir", str(run), *QUIET]) == 0
+    # the settings taken from the model: logged by fold 1's pre-flight and by each fold's run, not
+    # once more by every other fold's pre-flight
+    assert capsys.readouterr().err.count("data.line_noise = 60: notch frequency") == 1 + 3
     m = loads_strict((run / "metrics.json").read_text())
     folds = [loads_strict((run / f"fold-{k}" / "metrics.json").read_text()) for k in (1, 2, 3)]
     assert m["decode_report"]["word_onset"]["n_windows"] == sum(f["data"]["test_segments"] for f in folds)
@@ -195,6 +202,31 @@ def test_finetune_folds_barista(ieeg_lab, tmp_path):
     assert m["metrics"]["word_onset_auroc"] == pytest.approx(m["decode_report"]["word_onset"]["rows"][0]["auroc"])
     for k in (1, 2, 3):
         assert (run / f"fold-{k}" / DECODE_INPUTS).exists()
+    # the pooled report names each fold's own test segment count, not fold 1's alone
+    counts = [f["data"]["test_segments"] for f in folds]
+    assert f"all {'/'.join(map(str, counts))} test segments" in m["decode_report"]["word_onset"]["scored"] \
+        or len(set(counts)) == 1
+    # each fold's start and the weights selection kept, beside its scores: a fold that kept its
+    # starting state scores that start's fit, and the pooled table says how many did
+    report = (run / "decode_report.md").read_text()
+    assert "| BaRISTA fine-tuned: start | BaRISTA fine-tuned: kept |" in report
+    kept_start = 0
+    for k, (f, row) in enumerate(zip(folds, m["cross_validation"]["per_fold"]), 1):
+        sel = f["training"]["selection"]
+        kept = "start (step 0)" if sel["kept"] == "start" else f"step {sel['selected_step']}"
+        assert row["start"] == f["start"]["features"] and row["kept"] == kept
+        line = next(x for x in report.splitlines() if x.startswith(f"| {k} | "))
+        assert line.endswith(f"| {f['start']['features']} | {kept} |")
+        kept_start += sel["kept"] == "start"
+    assert (f"{kept_start} of 3 folds kept their starting state" in report) == (kept_start > 0)
+    assert any("kept their starting state" in x for x in m["limitations"]) == (kept_start == 3)
+    # evaluate of a fold's model scores that fold's test block, and says so
+    capsys.readouterr()
+    assert main(["evaluate", "--pretrained", str(run / "fold-2" / "pretrained"), "--data", ieeg_lab["ieeg"],
+                 "--run-dir", str(tmp_path / "ev"), *QUIET]) == 0
+    assert "the fine-tuning run's split (fold 2 of 3-fold blocked cross-validation" in capsys.readouterr().err
+    ev = loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["metrics"]["test_auroc"] == pytest.approx(folds[1]["metrics"]["test_auroc"])
 
 
 def test_every_fold_is_checked_before_the_first_trains(ieeg_lab, tmp_path, capsys):
@@ -216,6 +248,9 @@ def test_every_fold_is_checked_before_the_first_trains(ieeg_lab, tmp_path, capsy
                  "--events", "word_onset", "--folds", "3", "--run-dir", str(run), *QUIET]) != 0
     err = capsys.readouterr().err
     assert "error: fold 2 of 3 (--folds 3): data.events: the valid split (blocked 3-fold cross-validation" in err
+    # the refusal's generic advice (data.split fractions, `neurofm split`) does not move a fold's blocks
+    assert "with --folds 3 the split is the folds' (a session's /intervals and the data.split train / test " \
+           "fractions are not used)" in err
     assert not list(run.rglob("*.ckpt")) and not (run / "fold-1" / "metrics.json").exists()
 
 
