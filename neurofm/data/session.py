@@ -1631,6 +1631,20 @@ def rectify_behaviors(in_path: str | os.PathLike, out_path: str | os.PathLike, n
     return out_path
 
 
+def _check_derived_name(s: "Session", in_path: Path, name: str, as_name: str, what: str, quantity: str,
+                        taken=()) -> None:
+    """A behaviour derived from ``/behavior/<name>`` (``--angle``, ``--speed-from``,
+    ``--velocity-from``) needs ``name`` in the file and ``as_name`` free, in the file and among
+    ``taken`` (the names this call adds already); else a ``SessionFormatError`` naming the fix
+    (``what``: the source asked for, ``quantity``: what is derived)."""
+    if name not in s.behavior_names:
+        raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
+                                 f"name {what} among the behaviours: {s.behavior_names}")
+    if as_name in s.behavior_names or as_name in taken:
+        raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
+                                 f"give the {quantity} another name with NAME=as_name")
+
+
 def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles, *, unit: str | None = None,
                 overwrite: bool = True) -> Path:
     """Copy a session file with each angle behaviour's cosine and sine added; returns ``out_path``.
@@ -1652,12 +1666,7 @@ def add_cos_sin(in_path: str | os.PathLike, out_path: str | os.PathLike, angles,
     added = {}
     with Session(in_path) as s:
         for name, as_name in pairs:
-            if name not in s.behavior_names:
-                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
-                                         f"name an angle among the behaviours: {s.behavior_names}")
-            if as_name in s.behavior_names:
-                raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
-                                         "give the cosine and sine another name with NAME=as_name")
+            _check_derived_name(s, in_path, name, as_name, "an angle", "cosine and sine")
             own = s.behavior_unit(name).strip()
             u = (unit or own).strip().lower()
             if u not in ANGLE_UNITS:
@@ -1689,12 +1698,7 @@ def _time_derivatives(in_path: Path, pairs, quantity: str, what: str, *, one_col
     out = {}
     with Session(in_path) as s:
         for name, as_name in pairs:
-            if name not in s.behavior_names:
-                raise SessionFormatError(in_path, f"/behavior/{name}", "missing",
-                                         f"name {what} among the behaviours: {s.behavior_names}")
-            if as_name in s.behavior_names or as_name in out:
-                raise SessionFormatError(in_path, f"/behavior/{as_name}", "exists already",
-                                         f"give the {quantity} another name with NAME=as_name")
+            _check_derived_name(s, in_path, name, as_name, what, quantity, taken=out)
             own = s.behavior_unit(name).strip()
             if own.lower() not in _LENGTH_UNITS:
                 raise SessionFormatError(in_path, f"/behavior/{name} attrs unit",
