@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neurofm.report import DECODE_INPUTS, load_inputs, decode_report  # noqa: E402
+from neurofm.report import DECODE_INPUTS, decode_report, fold_blocks, load_inputs  # noqa: E402
 
 TASKS = {"classify": ["--task", "classify", "--events", "word_onset"],
          "regress": ["--task", "regress", "--behavior", "grip_force"]}
@@ -79,12 +79,7 @@ def paired(runs: dict[str, Path], folds: int, seed: int):
     y = np.concatenate([m["targets"] for m in first])
     if not np.array_equal(y, np.concatenate([m["targets"] for m in parts["from scratch"]])):
         raise SystemExit("the two runs scored different segments")
-    blocks, strata, offset = [], [], 0
-    for k, m in enumerate(first):
-        _, b = np.unique(m["blocks"], return_inverse=True)
-        blocks.append(b + offset)
-        offset += int(b.max()) + 1
-        strata.append(np.full(len(b), k))
+    blocks, strata = fold_blocks(first)
     ref = first[0]["reference"]
     arms = {arm: np.concatenate([m["preds"][ref] for m in parts[arm]]) for arm in runs}
     for a in first[0]["arms"]:
@@ -93,8 +88,8 @@ def paired(runs: dict[str, Path], folds: int, seed: int):
     for arm in runs:
         probe = next(a for a in parts[arm][0]["arms"] if a.startswith("linear probe"))
         arms[f"frozen probe ({arm})"] = np.concatenate([m["preds"][probe] for m in parts[arm]])
-    return decode_report(arms, y, np.concatenate(blocks), task=first[0]["task"], target=first[0]["target"],
-                         strata=np.concatenate(strata), unit="segments", seed=seed,
+    return decode_report(arms, y, blocks, task=first[0]["task"], target=first[0]["target"],
+                         strata=strata, unit="segments", seed=seed,
                          scored=f"every segment once, {folds} blocked folds")
 
 

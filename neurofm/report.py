@@ -43,7 +43,7 @@ import numpy as np
 from neurofm import metrics as M
 
 __all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "start_gain",
-           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "save_inputs", "load_inputs", "pool_folds"]
+           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "save_inputs", "load_inputs", "fold_blocks", "pool_folds"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -612,6 +612,19 @@ def load_inputs(path) -> list[dict]:
 _NUMBER = r"\d+(?:\.\d+)?"
 
 
+def fold_blocks(parts) -> tuple[np.ndarray, np.ndarray]:
+    """``(blocks, fold)`` of the folds' scored windows concatenated in fold order (``parts``: one
+    :func:`load_inputs` report per fold): each fold's test blocks keep their own ids, numbered on
+    from the previous fold's, and ``fold`` is each window's fold (the bootstrap's strata)."""
+    blocks, offset = [], 0
+    for m in parts:
+        _, b = np.unique(m["blocks"], return_inverse=True)
+        blocks.append(b + offset)
+        offset += int(b.max()) + 1
+    fold = np.concatenate([np.full(len(m["targets"]), k) for k, m in enumerate(parts)])
+    return np.concatenate(blocks), fold
+
+
 def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
     """One decode report per target over the test blocks of every fold of a blocked K-fold run
     (``paths``: each fold's :func:`save_inputs` file, in fold order): every arm's predictions and
@@ -633,12 +646,7 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
         if len(parts) < len(folds):
             continue  # a fold had no scored windows of it: no pooled report covers the whole recording
         arms = [a for a in first["arms"] if all(a in m["preds"] for m in parts)]
-        blocks, offset = [], 0
-        for m in parts:
-            _, b = np.unique(m["blocks"], return_inverse=True)
-            blocks.append(b + offset)
-            offset += int(b.max()) + 1
-        fold = np.concatenate([np.full(len(m["targets"]), k) for k, m in enumerate(parts)])
+        blocks, fold = fold_blocks(parts)
         notes = {a: n for a, n in first["notes"].items() if all(m["notes"].get(a) == n for m in parts)}
         unit = first["unit"]
         texts = [m["scored"] for m in parts]
@@ -654,7 +662,7 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
                 f"that held it out: {shown}")
         out[target] = decode_report(
             {a: np.concatenate([m["preds"][a] for m in parts]) for a in arms},
-            np.concatenate([m["targets"] for m in parts]), np.concatenate(blocks), task=first["task"], target=target,
+            np.concatenate([m["targets"] for m in parts]), blocks, task=first["task"], target=target,
             reference=first["reference"] if first["reference"] in arms else None, label_fraction=first["label_fraction"],
             scored=text, block_s=first["block_s"], notes=notes, confidence=first["confidence"],
             n_boot=first["n_boot"], seed=seed, unit=unit, strata=fold,
