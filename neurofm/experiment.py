@@ -60,7 +60,7 @@ from neurofm.config import ConfigError, drop_retired, finetuning_run, from_dict,
 from neurofm.cards import data_sources, render_card, run_session_paths
 from neurofm.data.session import SessionFormatError
 from neurofm.hub import PretrainedError, model_meta, pretrained_config
-from neurofm.threads import available_cores, resolve_threads
+from neurofm.threads import available_cores, resolve_threads, torch_threads
 from neurofm.tasks.trainer import TrainerConfig  # noqa: F401 (part of this module's API)
 
 if TYPE_CHECKING:  # annotations only: Lightning is imported where a run needs it
@@ -745,11 +745,8 @@ def run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:
            if str(cfg.trainer.threads).strip().lower() == "auto" and hasattr(os, "getloadavg") else "set")
     log.info(f"neurofm: {threads} CPU thread{'s' if threads > 1 else ''} (trainer.threads={cfg.trainer.threads}; "
              f"{how}), {os.environ.get('OMP_WAIT_POLICY', 'default')} OpenMP wait policy")
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(cfg.trainer.threads):
         return _run(cfg, extra_callbacks)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(cfg, extra_callbacks: Sequence[Any] = ()) -> RunResult:

@@ -23,7 +23,9 @@ Two settings fix that, both overridable:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 from neurofm.config import ConfigError
 
@@ -74,3 +76,17 @@ def resolve_threads(setting: str | int) -> int:
                           f"(e.g. trainer.threads=1 on a busy machine, trainer.threads={available_cores()} on an "
                           f"idle one)")
     return n
+
+
+@contextlib.contextmanager
+def torch_threads(setting: str | int) -> Iterator[int]:
+    """torch's CPU threads set to ``trainer.threads`` (:func:`resolve_threads`) inside the block,
+    and what they were restored after it; yields the count."""
+    import torch
+
+    threads, before = resolve_threads(setting), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

@@ -119,18 +119,16 @@ def time_pretraining(cfg, task, loader, loss: Callable, n_steps: int = 3) -> dic
     import numpy as np
     import torch
 
-    from neurofm.threads import resolve_threads
+    from neurofm.threads import torch_threads
 
     per_epoch = len(loader)
     steps = cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else cfg.trainer.max_epochs * per_epoch
     if cfg.trainer.max_steps > 0 and cfg.trainer.max_epochs > 0:
         steps = min(steps, cfg.trainer.max_epochs * per_epoch)
-    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
-    torch.set_num_threads(threads)
     opt = torch.optim.AdamW(task.parameters(), lr=cfg.task.lr)
     task.train()
     times: list[float] = []
-    try:
+    with torch_threads(cfg.trainer.threads) as threads:
         batches = iter(loader)
         for i in range(n_steps + 1):
             start = time.perf_counter()
@@ -142,8 +140,6 @@ def time_pretraining(cfg, task, loader, loss: Callable, n_steps: int = 3) -> dic
             opt.zero_grad(set_to_none=True)
             if i:
                 times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
     per_step = float(np.median(times)) if times else float("nan")
     return {"config_epochs": int(cfg.trainer.max_epochs), "max_steps": int(cfg.trainer.max_steps),
             "batch_size": int(cfg.data.batch_size), "steps_per_epoch": int(per_epoch), "steps": int(steps),

@@ -899,30 +899,28 @@ def after_training_estimate(cfg: RunConfig, t, dm, training: dict) -> dict:
     and a random-init encoder, each over about ``TOKEN_POWER_SEGMENTS`` training and test segments,
     band power included). A linear probe on events (``eval.probe_events``) is left out: its
     passes depend on the events. Returns those and ``total_s``."""
-    from neurofm.threads import resolve_threads
+    from neurofm.threads import torch_threads
 
-    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
-    torch.set_num_threads(threads)  # as the run, and time_pretraining, use
     t.model.eval()
     try:
-        dm.setup("test")
-        valid, test, train = dm.val_dataloader(), dm.test_dataloader(), dm.loader("train")
-        loss = lambda batch: t.model.pretrain_loss(batch)  # noqa: E731
-        v_s, _ = time_batches(valid, loss)
-        validation = validation_cost(cfg.trainer, training["steps"], training["steps_per_epoch"], len(valid), v_s)
-        test_s, _ = time_batches(test, loss)
-        bands = BandPowerRidge(cfg.model.sampling_rate, {b: BANDS[b] for b in TOKEN_POWER_BANDS})
-        enc = t.export_encoder().eval()
-        power_s, _ = (time_batches(test, lambda batch: _segment_pass([batch], enc, bands, channels=True))
-                      if bands.bands else (0.0, 0))
-        per = math.ceil(TOKEN_POWER_SEGMENTS / cfg.data.batch_size)
-        power_batches = 2 * (min(len(train), per) + min(len(test), per)) if bands.bands else 0
-        evaluation = {"test_batches": len(test), "seconds_per_test_batch": test_s,
-                      "token_power_batches": power_batches, "seconds_per_token_power_batch": power_s,
-                      "seconds": len(test) * test_s + power_batches * power_s}
+        with torch_threads(cfg.trainer.threads):  # as the run, and time_pretraining, use
+            dm.setup("test")
+            valid, test, train = dm.val_dataloader(), dm.test_dataloader(), dm.loader("train")
+            loss = lambda batch: t.model.pretrain_loss(batch)  # noqa: E731
+            v_s, _ = time_batches(valid, loss)
+            validation = validation_cost(cfg.trainer, training["steps"], training["steps_per_epoch"], len(valid), v_s)
+            test_s, _ = time_batches(test, loss)
+            bands = BandPowerRidge(cfg.model.sampling_rate, {b: BANDS[b] for b in TOKEN_POWER_BANDS})
+            enc = t.export_encoder().eval()
+            power_s, _ = (time_batches(test, lambda batch: _segment_pass([batch], enc, bands, channels=True))
+                          if bands.bands else (0.0, 0))
+            per = math.ceil(TOKEN_POWER_SEGMENTS / cfg.data.batch_size)
+            power_batches = 2 * (min(len(train), per) + min(len(test), per)) if bands.bands else 0
+            evaluation = {"test_batches": len(test), "seconds_per_test_batch": test_s,
+                          "token_power_batches": power_batches, "seconds_per_token_power_batch": power_s,
+                          "seconds": len(test) * test_s + power_batches * power_s}
     finally:
         t.model.train()
-        torch.set_num_threads(before)
     return {"validation": validation, "evaluation": evaluation,
             "total_s": training["estimate_s"] + validation["seconds"] + evaluation["seconds"]}
 

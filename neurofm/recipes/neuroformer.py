@@ -42,7 +42,7 @@ from neurofm.models.neuroformer import BlockSizeConfig, N_SPECIAL, Neuroformer, 
 from neurofm.models.neuroformer_generate import GeneratedSpikes
 from neurofm.tasks.optim import NEUROFORMER_KNOBS
 from neurofm.tasks.trainer import TrainerConfig
-from neurofm.threads import resolve_threads
+from neurofm.threads import torch_threads
 from neurofm.progress import progress
 from neurofm.recipes import (block_split, draw_rule, ensure_sessions, label_draw_text, quiet_preparation,
                              session_paths, split_text, time_batches, time_pretraining, validation_cost)
@@ -723,37 +723,35 @@ def after_training_estimate(cfg: RunConfig, model: Neuroformer, dm, loss, traini
     its 1-epoch run's evaluate took 7.3 s, of which 4.8 s the passes and 2.5 s generation with
     its scoring and raster).
     Returns those and ``total_s``: training, validation, evaluation and generation."""
-    threads, before = resolve_threads(cfg.trainer.threads), torch.get_num_threads()
-    torch.set_num_threads(threads)  # as the run, and time_pretraining, use
     model.eval()
     try:
-        dm.setup("test")
-        valid, test = dm.val_dataloader(), dm.test_dataloader()
-        v_s, _ = time_batches(valid, loss)
-        validation = validation_cost(cfg.trainer, training["steps"], training["steps_per_epoch"], len(valid), v_s)
-        test_s, _ = time_batches(test, lambda batch: _collect(model, [batch], order_free=True))
-        train_loader = _train_windows_loader(dm)
-        read_s, _ = time_batches(train_loader, lambda batch: _collect(model, [batch], run_model=False))
-        evaluation = {"test_batches": len(test), "seconds_per_test_batch": test_s,
-                      "train_batches": len(train_loader), "seconds_per_train_batch": read_s,
-                      "seconds": len(test) * test_s + len(train_loader) * read_s}
-        generation = {"windows": 0, "draws": 0, "batches": 0, "seconds_per_batch": 0.0, "seconds": 0.0}
-        if cfg.eval.generate_windows > 0:
-            batches = min(len(test), math.ceil(cfg.eval.generate_windows / cfg.data.batch_size))
-            draws = max(1, int(cfg.eval.generate_draws))
+        with torch_threads(cfg.trainer.threads):  # as the run, and time_pretraining, use
+            dm.setup("test")
+            valid, test = dm.val_dataloader(), dm.test_dataloader()
+            v_s, _ = time_batches(valid, loss)
+            validation = validation_cost(cfg.trainer, training["steps"], training["steps_per_epoch"], len(valid), v_s)
+            test_s, _ = time_batches(test, lambda batch: _collect(model, [batch], order_free=True))
+            train_loader = _train_windows_loader(dm)
+            read_s, _ = time_batches(train_loader, lambda batch: _collect(model, [batch], run_model=False))
+            evaluation = {"test_batches": len(test), "seconds_per_test_batch": test_s,
+                          "train_batches": len(train_loader), "seconds_per_train_batch": read_s,
+                          "seconds": len(test) * test_s + len(train_loader) * read_s}
+            generation = {"windows": 0, "draws": 0, "batches": 0, "seconds_per_batch": 0.0, "seconds": 0.0}
+            if cfg.eval.generate_windows > 0:
+                batches = min(len(test), math.ceil(cfg.eval.generate_windows / cfg.data.batch_size))
+                draws = max(1, int(cfg.eval.generate_draws))
 
-            def generate(batch):
-                model.generate(batch, mode="teacher_forced", top_p_id=cfg.eval.top_p, top_p_dt=cfg.eval.top_p,
-                               seed=cfg.eval.seed)
+                def generate(batch):
+                    model.generate(batch, mode="teacher_forced", top_p_id=cfg.eval.top_p, top_p_dt=cfg.eval.top_p,
+                                   seed=cfg.eval.seed)
 
-            # the first test batch, which generation starts with; no warm-up (one would double the cost
-            # of the slowest part, and the passes above have warmed the model's kernels)
-            gen_s, _ = time_batches(test, generate, n_batches=1, warm_up=False)
-            generation = {"windows": min(cfg.eval.generate_windows, batches * cfg.data.batch_size), "draws": draws,
-                          "batches": batches, "seconds_per_batch": gen_s, "seconds": batches * draws * gen_s}
+                # the first test batch, which generation starts with; no warm-up (one would double the cost
+                # of the slowest part, and the passes above have warmed the model's kernels)
+                gen_s, _ = time_batches(test, generate, n_batches=1, warm_up=False)
+                generation = {"windows": min(cfg.eval.generate_windows, batches * cfg.data.batch_size), "draws": draws,
+                              "batches": batches, "seconds_per_batch": gen_s, "seconds": batches * draws * gen_s}
     finally:
         model.train()
-        torch.set_num_threads(before)
     total = training["estimate_s"] + validation["seconds"] + evaluation["seconds"] + generation["seconds"]
     return {"validation": validation, "evaluation": evaluation, "generation": generation, "total_s": total}
 
