@@ -1053,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/gpu.py: --device must be cuda[:N] or cpu, got {args.device!r}", file=sys.stderr)
         return 2
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
     if args.sdpa_cudnn and "cudnn" in _SDPA_BACKENDS and "cudnn" not in SDPA_ROWS:
         SDPA_ROWS.append("cudnn")
     budget = args.time_budget if args.time_budget is not None else (50.0 if args.quick else 240.0)

@@ -59,6 +59,7 @@ from neurofm.models.barista import (
 )
 from neurofm.report import test_period_blocks
 from neurofm.tasks.callbacks import EarlyStoppingAfterValidation, StartingPoint
+from neurofm.tasks.clipping import ClipGradients
 from neurofm.tasks.optim import BARISTA_FINETUNE_KNOBS as _FT
 from neurofm.tasks.optim import BARISTA_PRETRAIN_KNOBS as _PRE
 from neurofm.tasks.optim import adamw, param_groups, warmup_then_exponential_scheduler
@@ -106,7 +107,7 @@ class _VersionedCheckpoint:
                                                       int(checkpoint.get(CHECKPOINT_STATE_VERSION, 1)))
 
 
-class BaristaPretrainTask(_VersionedCheckpoint, L.LightningModule):
+class BaristaPretrainTask(_VersionedCheckpoint, ClipGradients, L.LightningModule):
     """Pretrain a :class:`~neurofm.models.barista.Barista` on BaRISTA batches.
 
     Args:
@@ -197,7 +198,7 @@ TASKS = ("classification", "regression", "reconstruction")
 HEADS = ("pooled", "token_weighting")
 
 
-class BaristaFinetuneTask(_VersionedCheckpoint, L.LightningModule):
+class BaristaFinetuneTask(_VersionedCheckpoint, ClipGradients, L.LightningModule):
     """Fine-tune an exported :class:`~neurofm.models.barista.BaristaEncoder`.
 
     Args:

@@ -5,7 +5,8 @@ task adds the objectives, the optimiser (AdamW (0.9, 0.95), decay on Linear weig
 warm-up + cosine schedule sized from ``trainer.estimated_stepping_batches``, logging and the
 NaN guard. Gradient clipping (norm 1.0, DESIGN.md 3) comes from the Trainer
 (``gradient_clip_val``); if the Trainer sets none, :meth:`configure_gradient_clipping`
-applies ``grad_clip`` itself, so the reference's clipping is never silently lost.
+applies ``grad_clip`` itself, so the reference's clipping is never silently lost
+(:func:`~neurofm.tasks.clipping.clip_gradients`: also with the fused AdamW under bf16).
 
 Modes:
 
@@ -29,6 +30,7 @@ from neurofm.data.splits import LabelDraw
 from neurofm.models.neuroformer import PAD, Neuroformer, NeuroformerConfig, batch_size, token_targets
 from neurofm.report import time_blocks
 from neurofm.tasks.callbacks import StartingPoint
+from neurofm.tasks.clipping import clip_gradients
 from neurofm.tasks.optim import NEUROFORMER_KNOBS, adamw, param_groups, warmup_cosine_scheduler
 
 __all__ = ["NeuroformerTask"]
@@ -322,9 +324,7 @@ class NeuroformerTask(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip,
-                                gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        clip_gradients(self, optimizer, clip, gradient_clip_algorithm)
 
 
 def _window_times(batch: Mapping[str, Any]) -> Tensor:
