@@ -96,6 +96,20 @@ def test_tokenizer_fast_kernels_equal_the_conv1d_reference_with_gradients():
         tok(torch.randn(2, 63))
 
 
+def test_tokenizer_runs_the_hand_kernels_on_cpu_only_and_larger_passes_on_cuda():
+    """On CUDA the hand kernels' per-tap products were ~30,000 launches per paper-size step
+    (bench/gpu.py on an H200): there the references run, CUDA_CHUNK_FACTOR x cnn_chunk patches
+    at a time. CPU is unchanged."""
+    from neurofm.models.barista import CUDA_CHUNK_FACTOR
+
+    tok = CNNTokenizer(BaristaConfig(d_model=8, patch_len=64, cnn_chunk=7))
+    assert tok._use_fast(torch.zeros(1, 64)) is True
+    assert tok._use_fast(torch.zeros(1, 64, device="meta")) is False  # any non-CPU device
+    assert not CNNTokenizer(BaristaConfig(fast_kernels=False))._use_fast(torch.zeros(1, 64))
+    assert tok._chunk_size("cpu") == 7 and tok._chunk_size("cuda") == 7 * CUDA_CHUNK_FACTOR
+    assert CNNTokenizer(BaristaConfig(cnn_chunk=0))._chunk_size("cuda") == 0  # 0: every patch in one pass
+
+
 def test_token_scales_are_what_the_layernorms_remove_on_both_paths_and_off_by_default():
     """``token_scales``: the tokenizer keeps the log standard deviation each parameter-free
     LayerNorm removes (42 maps at widths 1-5-5-5-5-1) and the patch's log RMS, and adds
