@@ -1002,3 +1002,26 @@ def test_next_id_below_the_null_is_a_limitation_that_says_why():
     scratch = recipe.id_bits_limitation(-0.557, True, from_scratch=True)
     assert "never learned any unit: --from-scratch starts every weight at random" in scratch
     assert "new to the model" not in scratch
+
+
+def test_packing_defaults_to_where_flash_attn_runs_the_packed_batches(monkeypatch):
+    """data.pack=auto (also in neuroformer/paper): packed only where flash-attn's varlen kernel
+    runs the batches. Without it attention pads them again, and a paper-size step ran 82 ms packed
+    vs 52 ms padded on an H200 (bench/gpu.py, flash-attn absent), which the paper config forced."""
+    from neurofm.experiment import load_config
+
+    assert load_config("neuroformer/paper").data.pack == "auto" and recipe.SpikeDataConfig().pack == "auto"
+    cfg = _config(["a.h5"])
+    monkeypatch.setattr(recipe, "HAS_FLASH_ATTN", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert recipe._pack(cfg) is False  # CUDA but no flash-attn: padded
+    monkeypatch.setattr(recipe, "HAS_FLASH_ATTN", True)
+    assert recipe._pack(cfg) is True  # flash-attn on CUDA
+    cfg.trainer.accelerator = "cpu"
+    assert recipe._pack(cfg) is False
+    for given, want in (("true", True), ("True", True), ("false", False)):  # YAML booleans arrive as "True"
+        cfg.data.pack = given
+        assert recipe._pack(cfg) is want
+    cfg.data.pack = "sometimes"
+    with pytest.raises(ConfigError, match="data.pack: 'sometimes'; use auto"):
+        recipe._pack(cfg)
