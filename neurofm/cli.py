@@ -42,8 +42,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                   coordinate_unit=args.coordinate_unit, license=args.license)
     # --rectify alone: the --behavior-channel channels, as they are moved; --rectify NAME: a behaviour
     # the conversion writes (a BIDS physio column, an NWB series), rectified once it is written
-    channels_rectified = True in (args.rectify or [])
-    args.rectify_names = [x for x in args.rectify or [] if x is not True]
+    channels_rectified = any(x is True or x == "" for x in args.rectify or [])  # "": bare (main's rewrite)
+    args.rectify_names = [x for x in args.rectify or [] if x is not True and x != ""]
     if channels_rectified and not args.behavior_channel:
         raise ValueError("--rectify alone rectifies the --behavior-channel channels: give --behavior-channel "
                          "NAME[=as_name] too, or name the behaviour to rectify (a BIDS physio column, an NWB "
@@ -901,6 +901,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bare_rectify_before_paths(argv: list[str]) -> list[str]:
+    """``convert ieeg --rectify in.edf out.h5``: ``--rectify`` takes an optional NAME, so argparse
+    read the input path as the behaviour's name and then said ``output`` was missing. A word after
+    ``--rectify`` that is an existing path or a session file (``.h5``) is no behaviour name: the flag
+    is bare there (``--rectify=``, an empty NAME, which :func:`_cmd_convert` reads as bare)."""
+    out = list(argv)
+    for i, word in enumerate(argv[:-1]):
+        following = argv[i + 1]
+        if word == "--rectify" and not following.startswith("-") and (
+                following.lower().endswith(".h5") or Path(following).exists()):
+            out[i] = "--rectify="
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from neurofm.threads import set_wait_policy
 
@@ -909,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # everything after `train` (--help too) is train.py's
         log_to_stderr()
         return _cmd_train(argparse.Namespace(args=argv[1:]))
+    if argv[:1] == ["convert"]:
+        argv = _bare_rectify_before_paths(argv)
     args = build_parser().parse_args(argv)
     log_to_stderr()
     if getattr(args, "nan", None) == "mark-bad":

@@ -523,6 +523,12 @@ def test_behavior_channel_cli_errors(tmp_path, capsys):
         np.testing.assert_allclose(s.behavior("emg")[1], np.abs(signal()[:, 3]), atol=0.1)  # EDF: 16 bit
         assert (s.behavior("emg")[1] >= 0).all() and (signal()[:, 3] < -1).any()
         assert s.h5["behavior/emg"].attrs["rectified"] and s.channels().names == NAMES[:3]
+    # the bare flag before the positionals: argparse read the input path as a behaviour's name
+    # and then said `output` was missing
+    assert main(["convert", "ieeg", "--rectify", str(edf), str(tmp_path / "t.h5"), "--behavior-channel",
+                 "B2=emg"]) == 0, capsys.readouterr().err
+    with Session(tmp_path / "t.h5") as s:
+        assert s.h5["behavior/emg"].attrs["rectified"]
 
 
 def test_body_leads_named_like_edf_systems_name_them_are_typed_non_neural(tmp_path):
