@@ -82,3 +82,13 @@ def jittered_open_field(tmp_path):
         w.add_spikes(times, units, t_start=t_start, t_end=t_end)
         w.add_behavior("position", ts, jittered.astype(np.float32), unit="cm")
     return path, sim, ts, np.asarray(speed, dtype=np.float64)
+
+
+@pytest.fixture(autouse=True)
+def _progress_silence_per_test():
+    """neurofm.progress shares one silence clock between passes that follow each other; each test
+    starts its own, so a line owed to an earlier test's passes never lands in another's stderr."""
+    from neurofm import progress
+
+    progress._silence.update(since=None, pass_ended=None)
+    yield

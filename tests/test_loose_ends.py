@@ -538,3 +538,25 @@ def test_progress_is_silent_on_a_short_pass_and_counts_a_long_one(capsys):
     assert err[-1].startswith("neurofm: a long pass: done, 3 batches in ")
     assert list(progress(iter("ab"), "no length", every_s=0.0)) == ["a", "b"]
     assert capsys.readouterr().err.splitlines()[0].startswith("neurofm: no length: 1 batches in ")
+
+
+def test_progress_speaks_during_a_run_of_short_passes(capsys):
+    """Evaluation after pretraining: a dozen passes of 10-20 s each, none of them 30 s long, and
+    2.5 silent minutes. The passes that follow each other share their silence."""
+    import time
+
+    from neurofm.progress import progress
+
+    def slow(n):
+        for i in range(n):
+            time.sleep(0.02)
+            yield i
+
+    list(progress(slow(2), "warm-up", every_s=10.0))  # a lone short pass: silent
+    assert capsys.readouterr().err == ""
+    time.sleep(0.25)  # a gap longer than every_s: what follows is a new run of passes
+    for k in range(5):  # each pass 0.06 s, under every_s = 0.1 s; together 0.3 s
+        list(progress(slow(3), f"pass {k}", every_s=0.1))
+    err = capsys.readouterr().err
+    assert "neurofm: pass " in err and "warm-up" not in err
+    assert not err.startswith("neurofm: pass 0:"), err  # pass 0 alone was short: the first line comes later
