@@ -1010,7 +1010,11 @@ def test_packing_defaults_to_where_flash_attn_runs_the_packed_batches(monkeypatc
     vs 52 ms padded on an H200 (bench/gpu.py, flash-attn absent), which the paper config forced."""
     from neurofm.experiment import load_config
 
-    assert load_config("neuroformer/paper").data.pack == "auto" and recipe.SpikeDataConfig().pack == "auto"
+    paper = load_config("neuroformer/paper")
+    assert paper.data.pack == "auto" and recipe.SpikeDataConfig().pack == "auto"
+    # and its block sizes come from the data: the paper's 100 / 100 (V1AL's) dropped 42% of the
+    # previous-window spikes of a simulated 200-unit session on the H200
+    assert (paper.model.block_size.id, paper.model.block_size.prev_id) == (0, 0)
     cfg = _config(["a.h5"])
     monkeypatch.setattr(recipe, "HAS_FLASH_ATTN", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
