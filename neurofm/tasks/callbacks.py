@@ -68,6 +68,13 @@ class EarlyStoppingAfterValidation(EarlyStopping):
     :func:`neurofm.experiment.build_trainer` adds, and what a fine-tuning task built with a
     patience brings itself (:meth:`neurofm.tasks.barista.BaristaFinetuneTask.configure_callbacks`)."""
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Resumed from the checkpoint of a run this rule stopped (its state says so): that run is
+        # finished. Lightning alone would train one more epoch, see no improvement and stop again,
+        # so re-running a finished run (resume=auto) trained an epoch and moved its results.
+        if self.stopped_epoch > 0:
+            trainer.should_stop = True
+
     def _run_early_stopping_check(self, trainer) -> None:
         validated = getattr(trainer.fit_loop.epoch_loop.val_loop, "_has_run", True)  # Lightning 2.x
         if self.monitor not in trainer.callback_metrics and not validated:
