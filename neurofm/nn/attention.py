@@ -140,7 +140,8 @@ def attention(
         # padded batches would otherwise keep one full mask per layer for the backward pass).
         kpm = key_padding_mask.bool()
         empty_b = ~kpm.any(-1)  # samples without a single real key
-        has_empty = bool(empty_b.any())
+        # on CUDA, always mend (cheap) rather than ask: bool() would stall the launch queue every layer
+        has_empty = True if q.is_cuda else bool(empty_b.any())
         if has_empty:
             kpm = kpm | empty_b[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=kpm[:, None, None, :], dropout_p=dropout_p)
