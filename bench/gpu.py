@@ -53,7 +53,11 @@ Sections
    every layer over all ``n_patches * C_real`` tokens. MFU = ``F_step / step time / peak``,
    with the peak dense bf16 throughput of the GPU from :data:`PEAK_BF16_TFLOPS` (n/a for an
    unknown device or CPU).
-4. **generate** -- :meth:`Neuroformer.generate` with the KV cache, small and paper sizes,
+4. **fit** -- the users' training path: each Lightning task (Neuroformer, BaRISTA pretraining and
+   fine-tuning) through :func:`neurofm.experiment.build_trainer` with the ``TrainerConfig``
+   defaults (gradient clip 1.0, ``precision: auto`` = bf16-mixed on CUDA, forced on CPU) and the
+   tasks' fused AdamW, a few steps: status and ms per step, Lightning's overhead included.
+5. **generate** -- :meth:`Neuroformer.generate` with the KV cache, small and paper sizes,
    batch 1 and 256, ``stop_at_eos=False`` and a fixed ``max_spikes``: windows/s.
 
 Output
@@ -64,7 +68,7 @@ The JSON (schema ``neurofm-bench-gpu/1``)::
                           bf16, cudnn, flash_attn ("absent" or its version), sdpa_backends,
                           peak_bf16_tflops (number or "n/a"), time},
      "args": {...},
-     "sections": {"correctness" | "attention" | "train" | "generate":
+     "sections": {"correctness" | "attention" | "train" | "fit" | "generate":
                       {"columns": [...the printed ones], "rows": [{...}], "error": null or text,
                        "skipped": null or the time-budget reason, "elapsed_s"}},
      "summary": {"complete", "elapsed_s", "correctness_failed": [...], "neurofm_failed": [...],
@@ -77,7 +81,8 @@ fields: correctness -- ``case, dtype, path, backend, rel_err, threshold``; atten
 ``problem, B, H, Dh, L, causal, lengths, real_frac, path, ms, tflops, useful_tflops``; train
 -- ``model, variant, precision, batch, params, size, step_ms, tokens_per_step, tokens_per_s,
 padded_tokens, peak_mem_gb (CUDA), flops {dense_fwd, attn_fwd, step...},
-model_tflop_per_step, achieved_tflops, mfu, loss``; generate -- ``model, batch, precision,
+model_tflop_per_step, achieved_tflops, mfu, loss``; fit -- ``task, size, precision, batch, steps, step_ms,
+loss``; generate -- ``model, batch, precision,
 max_spikes, s_per_call, windows_per_s, ms_per_token, spikes_per_window``.
 
 Usage::
@@ -93,12 +98,15 @@ on an H100. ``--compile`` is off by default: compiling the paper-size model can 
 minute, and torch.compile keeps its caches outside ``--out``'s folder (inductor's temp dir).
 
 Exit status: 0; 1 when a correctness row of neurofm's own paths (``neurofm.attention``,
-``neurofm.varlen_attention``, varlen vs padded) fails or errors; 2 for a bad command line.
+``neurofm.varlen_attention``, varlen vs padded) fails or errors, or a fit row errors; 2 for a bad
+command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import platform
@@ -131,7 +139,7 @@ from neurofm.nn.attention import (  # noqa: E402
 from neurofm.tasks.optim import adamw, param_groups  # noqa: E402
 
 SCHEMA = "neurofm-bench-gpu/1"
-SECTIONS = ("correctness", "attention", "train", "generate")
+SECTIONS = ("correctness", "attention", "train", "fit", "generate")
 THRESHOLDS = {"fp32": 1e-4, "bf16": 1e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -294,12 +302,15 @@ COLUMNS = {
                   ("real_frac", 9), ("status", 11)],
     "train": [("model", 12), ("variant", 18), ("precision", 9), ("batch", 5), ("step_ms", 9), ("tokens_per_s", 12),
               ("peak_mem_gb", 11), ("model_tflop_per_step", 20), ("mfu", 6), ("status", 11)],
+    "fit": [("task", 18), ("size", 6), ("precision", 10), ("batch", 5), ("steps", 5), ("step_ms", 9), ("loss", 8),
+            ("status", 11)],
     "generate": [("model", 10), ("batch", 5), ("precision", 9), ("max_spikes", 10), ("s_per_call", 10),
                  ("windows_per_s", 13), ("ms_per_token", 12), ("status", 11)],
 }
 
 
-_TEXT_COLUMNS = ("case", "path", "problem", "model", "variant", "backend", "status", "dtype", "precision")
+_TEXT_COLUMNS = ("case", "path", "problem", "model", "variant", "backend", "status", "dtype", "precision", "task",
+                 "size")
 
 
 def _fmt(value: Any, width: int, text: bool) -> str:
@@ -379,6 +390,9 @@ class Report:
         # disagreeing is worth seeing, but it is not a bug in this package
         s["neurofm_failed"] = [f"{r['case']} / {r['dtype']} / {r['path']}" for r in failed
                                if r["path"].startswith("neurofm.") or r["path"] == "varlen vs padded"]
+        # the users' training path failing is neurofm's bug too (out of memory is the machine's)
+        s["neurofm_failed"] += [f"fit / {r['task']}" for r in self.data["sections"]["fit"]["rows"]
+                                if r["status"] == "error"]
         s["skipped_rows"] = sum(r["status"] == "skipped" for sec in self.data["sections"].values()
                                 for r in sec["rows"])
         atomic_write(self.out, json.dumps(self.data, indent=1, default=_json_default))
@@ -965,7 +979,94 @@ def _train_barista(report, device, quick, precision, warmup, steps, need) -> Non
 
 
 # --------------------------------------------------------------------------------------------
-# 4. generation
+# 4. the users' training path
+# --------------------------------------------------------------------------------------------
+
+
+class _StepClock:
+    """A Lightning callback's clock: wall time after each optimizer step (device synchronised)."""
+
+    def __init__(self, device: torch.device, warmup: int):
+        import lightning as L
+
+        clock = self
+
+        class Clock(L.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                sync(device)
+                clock.times.append(time.perf_counter())
+                clock.loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+
+        self.callback, self.times, self.warmup, self.loss = Clock(), [], warmup, float("nan")
+
+    def ms(self) -> float:
+        t = self.times[self.warmup:]
+        return (t[-1] - t[0]) / (len(t) - 1) * 1e3 if len(t) > 1 else float("nan")
+
+
+def section_fit(report: Report, device: torch.device, quick: bool) -> None:
+    """Each Lightning task through :func:`neurofm.experiment.build_trainer` with the
+    :class:`~neurofm.tasks.trainer.TrainerConfig` defaults a run gets (gradient clip 1.0,
+    ``precision: auto`` = bf16-mixed on CUDA; on CPU bf16-mixed is forced, the GPU's path) and the
+    tasks' own optimizers (fused AdamW): the path ``neurofm train`` takes, which the ``train``
+    section's hand-written steps skip. Every GPU run stopped at its first step on this path until
+    Lightning's refusal to clip for a fused optimizer was handled (:mod:`neurofm.tasks.clipping`)."""
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from neurofm.experiment import build_trainer
+    from neurofm.tasks.barista import BaristaFinetuneTask, BaristaPretrainTask
+    from neurofm.tasks.neuroformer import NeuroformerTask
+    from neurofm.tasks.trainer import TrainerConfig
+
+    warmup, steps = (1, 3) if quick else (3, 13)
+    size = "tiny" if quick else "paper"
+    nf_cfg = NeuroformerConfig.small(N_UNITS) if quick else NeuroformerConfig.paper(N_UNITS)
+    ba_cfg = BaristaConfig(n_layers=2, n_patches=4, patch_len=64) if quick else BaristaConfig()
+    nf_batch, ba_batch = (4, 2) if quick else (64, 8)
+    channels, lo = (20, 12) if quick else (200, 120)
+
+    def barista_batches(labels: bool) -> list[dict]:
+        out = []
+        for i in range(steps):
+            batch, _ = barista_train_batch(ba_cfg, ba_batch, channels, lo, seed=i)
+            if labels:
+                batch["label"] = torch.arange(ba_batch) % 2
+            out.append(batch)
+        return out
+
+    tasks = {
+        "neuroformer": (lambda: NeuroformerTask(nf_cfg),
+                        lambda: [neuroformer_train_batch(nf_cfg, nf_batch, seed=i) for i in range(steps)], nf_batch),
+        "barista pretrain": (lambda: BaristaPretrainTask(ba_cfg), lambda: barista_batches(False), ba_batch),
+        "barista finetune": (lambda: BaristaFinetuneTask(Barista(ba_cfg).export_encoder(), task="classification",
+                                                         n_channels=channels),
+                             lambda: barista_batches(True), ba_batch),
+    }
+    tc = TrainerConfig(accelerator="gpu" if device.type == "cuda" else "cpu", devices="1", max_steps=steps,
+                       progress_bar=False, precision="auto" if device.type == "cuda" else "bf16-mixed",
+                       checkpoint_every_minutes=0)
+    for name, (make_task, make_batches, batch_size) in tasks.items():
+        def fn(make_task=make_task, make_batches=make_batches) -> dict:
+            torch.manual_seed(0)
+            task, clock = make_task(), _StepClock(device, warmup)
+            with (tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()),
+                  contextlib.redirect_stderr(io.StringIO())):
+                trainer = build_trainer(tc, Path(run_dir), extra_callbacks=[clock.callback])  # its summary: not ours
+                trainer.fit(task, DataLoader(make_batches(), batch_size=None))
+            row = dict(precision=str(trainer.precision), steps=int(trainer.global_step), step_ms=clock.ms(),
+                       loss=clock.loss)
+            if row["steps"] != steps:
+                row.update(status="error", note=f"trained {row['steps']} of {steps} steps")
+            return row
+
+        run_row(report, "fit", dict(task=name, size=size, batch=batch_size), fn, need_s=2.0 if quick else 20.0)
+        free_memory(device)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. generation
 # --------------------------------------------------------------------------------------------
 def section_generate(report: Report, device: torch.device, quick: bool) -> None:
     """Windows/s of :meth:`Neuroformer.generate` (KV cache, every window decoded to
@@ -1073,6 +1174,8 @@ def main(argv: list[str] | None = None) -> int:
                       lambda: section_attention(report, device, args.quick)),
         "train": ("optimizer steps on synthetic batches; tokens/s of real tokens; MFU from model FLOPs",
                   lambda: section_train(report, device, args.quick, args.compile)),
+        "fit": ("the users' path: each Lightning task through neurofm's Trainer, TrainerConfig defaults",
+                lambda: section_fit(report, device, args.quick)),
         "generate": ("Neuroformer.generate with the KV cache, stop_at_eos=False",
                      lambda: section_generate(report, device, args.quick)),
     }

@@ -56,6 +56,17 @@ def test_quick_run_has_every_section(quick_run):
         assert f"== {name}:" in proc.stdout
 
 
+def test_quick_run_fits_every_task_through_neurofms_trainer_under_bf16(quick_run):
+    """The users' path (build_trainer, default clip, the tasks' fused AdamW) under bf16-mixed, what
+    precision auto gives on CUDA: on an H200 every run stopped at its first step there."""
+    _, data = quick_run
+    rows = {r["task"]: r for r in _rows(data, "fit")}
+    assert set(rows) == {"neuroformer", "barista pretrain", "barista finetune"}
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row)
+        assert row["precision"] == "bf16-mixed" and row["steps"] == 3 and row["step_ms"] > 0, row
+
+
 def test_quick_run_correctness_rows_pass_on_cpu(quick_run):
     _, data = quick_run
     rows = _rows(data, "correctness")
