@@ -19,7 +19,7 @@ configs on tiny sessions (a CPU smoke run of this script, about 2 minutes on 2 c
 
 Usage::
 
-    python bench/gpu_user_path.py --out runs/user_path                # on the GPU machine, ~6 min
+    python bench/gpu_user_path.py --out runs/user_path                # on the GPU machine (not run there yet)
     python bench/gpu_user_path.py --quick --out /tmp/up --steps 2     # CPU smoke run
 
 Exit status: 0 when every command exited 0; 1 otherwise.
