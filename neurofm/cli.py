@@ -583,14 +583,22 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _evaluate_dir(pretrained: str, data: list[str]) -> str:
-    """``runs/evaluate-<model>-<first data file>``: the model is its run's folder name for a
-    fine-tuned ``RUN/pretrained`` (the folder's own name otherwise), so evaluating another model
-    or another recording never overwrites an earlier evaluation."""
+    """``runs/evaluate-<model>-<data files>``: the model is its run's folder name for a fine-tuned
+    ``RUN/pretrained`` (the folder's own name otherwise); the data files by name, joined with ``+``
+    (from four on: the first, how many more and a hash of them all), so evaluating another model or
+    another set of recordings never overwrites an earlier evaluation."""
+    import hashlib
     from pathlib import Path
 
     folder = Path(pretrained.rstrip("/"))
     model = folder.parent.name if folder.name == "pretrained" and folder.parent.name else folder.name
-    return f"runs/evaluate-{model}-{Path(data[0]).stem}" if data else f"runs/evaluate-{model}"
+    if not data:
+        return f"runs/evaluate-{model}"
+    stems = [Path(d).stem for d in data]
+    if len(stems) > 3:
+        digest = hashlib.sha1("\n".join(str(Path(d).resolve()) for d in data).encode()).hexdigest()[:8]
+        stems = [stems[0], f"{len(stems) - 1}more-{digest}"]
+    return f"runs/evaluate-{model}-{'+'.join(stems)}"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -862,8 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's own frozen encoder, and the report says so.")
     finetune_args(e)
     e.add_argument("--out", "--run-dir", dest="out",
-                   help="folder for metrics.json and plots (default runs/evaluate-<model>-<first data "
-                   "file>; the model is RUN for a fine-tuned RUN/pretrained); --run-dir, as finetune names it, "
+                   help="folder for metrics.json and plots (default runs/evaluate-<model>-<data files>, the "
+                   "files joined by +; the model is RUN for a fine-tuned RUN/pretrained); --run-dir, as finetune names it, "
                    "is the same option")
     e.add_argument("--json", action="store_true",
                    help="print metrics, baselines and protocol as one JSON document (the full record is "

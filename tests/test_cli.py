@@ -49,7 +49,7 @@ def test_version_and_top_level_description(capsys):
     ("convert", ["mark the channel bad", "nwb: NWB 2 file"]),
     ("generate", ["(default: teacher_forced)", "(default: 0.95)", "(default: 10.0)"]),
     ("finetune", ["(default: decode)", "(default: 1.0)"]),
-    ("evaluate", ["(default runs/evaluate-<model>-<first data file>"]),
+    ("evaluate", ["(default runs/evaluate-<model>-<data files>"]),
     ("config", ["neurofm config show barista/paper"]),
 ])
 def test_every_subcommand_help_shows_its_defaults(command, expected, capsys):
@@ -250,7 +250,11 @@ def test_training_into_a_log_file_prints_progress_lines(tmp_path, capsys, monkey
 def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
     """`neurofm evaluate` without --out wrote every evaluation to runs/evaluate, each replacing the
     last; the default now names the model (a fine-tuned RUN/pretrained by its run) and the data."""
-    assert cli._evaluate_dir("runs/ft-maze/pretrained", ["data/maze.h5", "data/b.h5"]) == "runs/evaluate-ft-maze-maze"
+    assert cli._evaluate_dir("runs/ft-maze/pretrained", ["data/maze.h5", "data/b.h5"]) == "runs/evaluate-ft-maze-maze+b"
+    # every file names the folder: [maze, c] no longer overwrites [maze, b] (the first file alone did)
+    assert cli._evaluate_dir("runs/ft-maze/pretrained", ["data/maze.h5", "data/c.h5"]) == "runs/evaluate-ft-maze-maze+c"
+    many = cli._evaluate_dir("m", [f"d{i}.h5" for i in range(5)])
+    assert many.startswith("runs/evaluate-m-d0+4more-") and many != cli._evaluate_dir("m", [f"e{i}.h5" for i in range(5)])
     assert cli._evaluate_dir("runs/ft-maze/pretrained/", ["maze.h5"]) == "runs/evaluate-ft-maze-maze"
     assert cli._evaluate_dir("models/neuroformer-demo", ["x/of.h5"]) == "runs/evaluate-neuroformer-demo-of"
 
