@@ -351,6 +351,7 @@ class DecodeReport:
     protocol: str = ""
     n_fitted: int | None = None  # labelled training windows every arm was fitted on (None: not stated)
     unit: str = "windows"  # what a scored item is: spike windows, or an iEEG model's segments
+    fold: str = ""  # "fold k of K" for one fold of a cross-validated run (its pooled report is the firm one)
     # what it scored: {"arms": {name: predictions}, "targets", "blocks"} (save_inputs / pool_folds);
     # not part of to_dict
     inputs: dict | None = field(default=None, repr=False, compare=False)
@@ -422,9 +423,11 @@ class DecodeReport:
                 f"{self.confidence:.0%} CIs from a block bootstrap ({self.n_boot} resamples of whole blocks)")
         if self.n_blocks < FEW_CI_BLOCKS:
             text += (f"; ONLY {self.n_blocks} BLOCKS: a bootstrap over so few independent stretches has few distinct "
-                     f"resamples and its intervals come out too narrow; read the CIs as rough and hold out a longer "
-                     f"test block (`neurofm split`) or cross-validate (`neurofm finetune --folds 5`: every "
-                     f"{u.rstrip('s')} scored once) for firm ones")
+                     f"resamples and its intervals come out too narrow; read the CIs as rough and "
+                     + (f"read the cross-validation's pooled report (this is {self.fold}; the pooled one, in the "
+                        f"folder above, scores every {u.rstrip('s')} once) for firm ones" if self.fold else
+                        f"hold out a longer test block (`neurofm split`) or cross-validate (`neurofm finetune --folds "
+                        f"5`: every {u.rstrip('s')} scored once) for firm ones"))
         return text + (f"; {self.protocol}" if self.protocol else "")
 
     def to_dict(self) -> dict:
@@ -466,7 +469,7 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
                   reference: str | None = None, label_fraction: float = 1.0, scored: str = "all test windows",
                   block_s: float | None = None, protocol: str = "", notes: Mapping[str, str] | None = None,
                   n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                  n_fitted: int | None = None, unit: str = "windows", strata=None) -> DecodeReport:
+                  n_fitted: int | None = None, unit: str = "windows", strata=None, fold: str = "") -> DecodeReport:
     """Score every arm on the same windows, with block-bootstrap CIs and paired differences.
 
     Parameters
@@ -481,6 +484,8 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     n_fitted : how many labelled training windows the arms were fitted on, stated beside the
         label fraction (with a moving rule, 10% of a resting animal's windows can be a few dozen).
     unit : what the scored items are called in the report's words ("segments" for BaRISTA).
+    fold : "fold k of K" when this is one fold of a cross-validated run (:func:`fold_name`): its
+        few-blocks caveat points to the pooled report rather than suggesting cross-validation.
     strata : optional (n,) group of each window (the fold of a cross-validated run,
         :func:`pool_folds`): blocks are resampled within their group, and ROC-AUC is each
         group's AUROC averaged, weighted by its windows (each fold's model ranks only its own
@@ -558,11 +563,16 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
     return DecodeReport(target=target, task=task, rows=rows, reference=reference, label_fraction=float(label_fraction),
                         scored=scored, n_windows=n, n_blocks=K, block_s=block_s, confidence=confidence,
                         n_boot=int(n_boot), protocol=protocol,
-                        n_fitted=None if n_fitted is None else int(n_fitted), unit=unit,
+                        n_fitted=None if n_fitted is None else int(n_fitted), unit=unit, fold=fold,
                         inputs={"arms": preds, "targets": y, "blocks": blocks})
 
 
 # -- cross-validated runs: each fold's scored windows, pooled ------------------------------------
+
+
+def fold_name(split) -> str:
+    """``"fold k of K"`` for a run config's ``data.split`` of one cross-validation fold, else ``""``."""
+    return f"fold {split.fold} of {split.folds}" if getattr(split, "folds", 0) else ""
 
 #: the file beside a run's decode_report.md that holds what its reports scored (:func:`save_inputs`)
 DECODE_INPUTS = "decode_inputs.npz"

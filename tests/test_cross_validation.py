@@ -155,6 +155,9 @@ def test_finetune_folds_spikes(tmp_path, capsys):
     assert "2 blocked folds pooled" in out and "per fold (position" in out
     text = (run / "decode_report.md").read_text()
     assert text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    # a fold's own report (few blocks) points to the pooled one; it suggested --folds before
+    fold_text = (run / "fold-1" / "decode_report.md").read_text()
+    assert "ONLY" in fold_text and "this is fold 1 of 2" in fold_text and "--folds" not in fold_text
     # each fold's read-out start (one per behaviour in a Neuroformer run) beside its scores
     for f, row in zip(folds, m["cross_validation"]["per_fold"]):
         assert row["start"] == f"position: {f['start']['position']['features']}"

@@ -159,5 +159,14 @@ def test_few_test_blocks_say_the_cis_are_rough():
     arms = {"model": y + rng.normal(0, 0.5, 400), "ridge": y + rng.normal(0, 0.6, 400)}
     few = decode_report(arms, y, np.repeat(np.arange(4), 100), block_s=10.0)
     assert "ONLY 4 BLOCKS" in few.describe() and "neurofm split" in few.describe()
+    # one fold of a cross-validated run points to the pooled report, not to --folds it already runs
+    fold = decode_report(arms, y, np.repeat(np.arange(4), 100), block_s=10.0, fold="fold 2 of 5")
+    assert "ONLY 4 BLOCKS" in fold.describe() and "this is fold 2 of 5" in fold.describe()
+    assert "--folds" not in fold.describe()
+    from types import SimpleNamespace
+
+    from neurofm.report import fold_name
+
+    assert fold_name(SimpleNamespace(folds=5, fold=2)) == "fold 2 of 5" and fold_name(SimpleNamespace(folds=0)) == ""
     many = decode_report(arms, y, np.repeat(np.arange(FEW_CI_BLOCKS), 40), block_s=10.0)
     assert "ONLY" not in many.describe()

@@ -61,7 +61,7 @@ from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import DECODE_INPUTS, FEW_CI_BLOCKS, decode_report, save_inputs, start_gain
+from neurofm.report import DECODE_INPUTS, FEW_CI_BLOCKS, decode_report, fold_name, save_inputs, start_gain
 
 MONITOR = ("val/loss", "min")
 
@@ -1836,7 +1836,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
                                   segment_s=cfg.data.segment_s, notes=notes, label_fraction=cfg.data.label_fraction,
-                                  n_fitted=int(len(train["y"])))
+                                  n_fitted=int(len(train["y"])), fold=fold_name(cfg.data.split))
     more = [_plain_line(report, MODEL_ARM, name, len(y)) for name in others]
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
@@ -1901,7 +1901,7 @@ def _start_line(start: dict, arm: str | None) -> str:
 
 def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: str, reference: str,
                    baseline: str, seed: int, segment_s: float, notes: dict | None = None, protocol: str = "",
-                   label_fraction: float = 1.0, n_fitted: int | None = None):
+                   label_fraction: float = 1.0, n_fitted: int | None = None, fold: str = ""):
     """:func:`neurofm.report.decode_report` of ``arms`` on the test segments (blocks: equal-count
     contiguous runs of the test period, :func:`neurofm.evaluation_ieeg.test_period_blocks`; the
     report's ``block_s`` is their mean length, :func:`~neurofm.evaluation_ieeg.block_span_s`, for
@@ -1913,7 +1913,7 @@ def _shared_report(arms: dict, y: np.ndarray, test: dict, *, task: str, target: 
                         scored=f"all {len(y)} test segments, in blocks of equal segment count (their mean length)",
                         block_s=round(span, 3) if np.isfinite(span) else None,
                         notes=notes, protocol=protocol, seed=seed, label_fraction=label_fraction, n_fitted=n_fitted,
-                        unit="segments")
+                        unit="segments", fold=fold)
     return rep, _plain_line(rep, reference, baseline, len(y))
 
 

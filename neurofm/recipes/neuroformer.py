@@ -59,7 +59,7 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
 from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, DecodingProtocol, RidgeFitPredict,
                                 jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, save_inputs, start_gain,
+from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, fold_name, save_inputs, start_gain,
                             time_blocks)
 
 MONITOR = ("val/total", "min")
@@ -1975,7 +1975,8 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
     block_s = cfg.data.label_chunk_s
     blocks = time_blocks(test["interval"][m] + 1e7 * test["session"][m], block_s)
     return decode_report(arms, y, blocks, target=name, label_fraction=cfg.data.label_fraction, scored=scored_text,
-                         block_s=block_s, notes=notes, seed=cfg.eval.seed, n_fitted=int(np.sum(mt)))
+                         block_s=block_s, notes=notes, seed=cfg.eval.seed, n_fitted=int(np.sum(mt)),
+                         fold=fold_name(cfg.data.split))
 
 
 def _with_labels(scored: np.ndarray, test: dict, targets) -> np.ndarray:
