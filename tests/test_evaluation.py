@@ -389,10 +389,10 @@ def test_decoding_setup_scores_no_bin_whose_history_crosses_a_discontinuity(tmp_
     assert out["ridge"]["r2_mean"] > 0.6
 
 
-def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_on_a_holdout():
+def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_without_gaps():
     """A few labelled chunks (170 bins with 5 s gaps of 100 bins) left no training rows in some
-    inner fold, and bench/linear_track.py's 10%-label row crashed; the penalty is now chosen on
-    the last 20% of the rows, and the blocked-CV score is NaN (not some other fit's)."""
+    inner fold, and bench/linear_track.py's 10%-label row crashed; the penalty is now chosen by
+    Ridge's own blocked CV without gaps, and the blocked-CV score is NaN (not some other fit's)."""
     from neurofm.evaluation import RidgeFitPredict
 
     rng = np.random.default_rng(0)
