@@ -1456,8 +1456,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                    f"the gain exceeds one SE")
         else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
             why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "
-                   f"too few for blocked CV, so counts alone, penalty {float(r.alpha_):g} chosen by blocked CV without gaps; "
-                   f"more labels (--label-fraction) give a penalty chosen by CV")
+                   f"too few for blocked CV with gaps, so counts alone, penalty {float(r.alpha_):g} chosen by "
+                   f"5-fold blocked CV without gaps; more labels (--label-fraction) give the gapped CV and its score")
         print(f"neurofm: the read-out of {v.name} starts at ridge on {features} ({why})", file=sys.stderr)
     return done
 
