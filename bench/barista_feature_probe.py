@@ -21,7 +21,7 @@ score the test block, on the same segments as the fine-tune's decode report
 
 For the pretrained encoder and a random one of the same shape (seeded as the recipe's
 random-init arm). Regression (``grip_force``): ridge (:class:`neurofm.baselines.Ridge`,
-penalty on the last 20% of the training segments), test R2; classification (``word_onset``):
+penalty by blocked 5-fold CV of the training segments), test R2; classification (``word_onset``):
 logistic (:class:`neurofm.baselines.Logistic`), test AUROC.
 
 Measured (2026-12-03 10:49-11:08, shared 2-core CPU at load ~7, one thread; the 9 cached

@@ -755,7 +755,7 @@ def simulated(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_ep
     protocol = (f"{first['protocol']}; simulated subject = seed (32 contacts, {duration:.0f} s, 256 Hz, notched at "
                 f"60 Hz); {n_test} test events per seed; pretraining {pre_epochs} epochs on 1 s grid segments of the "
                 f"training block, fine-tuning {ft_epochs} epochs (pretrained and random init alike; final weights "
-                f"scored); band-power ridge fitted on the same training segments, penalty by AUROC on their last 20%")
+                f"scored); band-power ridge fitted on the same training segments, penalty by AUROC in blocked 5-fold CV of them")
     return {"rows": rows, "runs": runs, "seeds": seeds, "protocol": protocol, "n_test_events": n_test,
             "budget": {"pretrain_epochs": pre_epochs, "finetune_epochs": ft_epochs, "layers": layers,
                        "duration_s": duration}}

@@ -9,7 +9,7 @@ blocks, without its 2 s gaps). Features: log band power per channel and band of 
 segment (the report's band-power arm), the evoked waveform (each channel's time course,
 z-scored per segment as the model reads it, in :data:`neurofm.recipes.barista.WAVEFORM_BINS`
 bins: the report's waveform arm), and both; an L2 logistic (:class:`neurofm.baselines.Logistic`,
-penalty by AUROC on the last 20% of the training events) per feature set; test ROC-AUC.
+penalty by AUROC in blocked 5-fold CV of the training events) per feature set; test ROC-AUC.
 
     python bench/barista_waveform.py --out runs/barista_waveform   # ~1 min per seed on 1 CPU thread
 """

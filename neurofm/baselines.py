@@ -29,10 +29,70 @@ from neurofm.nn.spectral import BANDS, bands_below_nyquist
 __all__ = [
     "bin_spikes", "bin_timeseries", "aligned_counts", "history_features", "band_power", "BANDS",
     "MeanRatePoisson", "PoissonGLM", "Ridge", "SpikeRidgeDecoder", "PoissonBayesDecoder", "BandPowerRidge",
-    "Logistic", "BandPowerLogistic",
+    "Logistic", "BandPowerLogistic", "blocked_splits", "penalty_folds", "PENALTY_FOLDS",
 ]
 
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
+#: inner folds that choose a penalty (:class:`Ridge`, :class:`Logistic`): every sample validates once,
+#: in a block of 1/5 of the samples, the size of the single holdout block those fits used before
+PENALTY_FOLDS = 5
+
+
+def blocked_splits(n: int, n_folds: int, gap: int = 0, unit: str = "samples") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Blocked K-fold over ``n`` samples in time order: ``[(train_idx, val_idx), ...]``.
+
+    Block ``k`` = samples ``[e_k, e_{k+1})`` with ``e = round(linspace(0, n, n_folds + 1))``, so
+    every sample is held out in exactly one fold; fold ``k`` trains on every other sample except
+    ``gap`` samples on each side of its block (autocorrelated neighbours do not leak).
+    ValueError when a fold has no training sample left (``unit`` names the samples in messages)."""
+    n, n_folds, gap = int(n), int(n_folds), int(gap)
+    if n_folds < 2 or n < n_folds:
+        raise ValueError(f"need 2 <= n_folds <= number of {unit}, got n_folds={n_folds}, n={n}")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0 {unit}, got {gap}")
+    edges = np.round(np.linspace(0, n, n_folds + 1)).astype(np.int64)
+    folds = []
+    for k in range(n_folds):
+        a, b = int(edges[k]), int(edges[k + 1])
+        train = np.concatenate([np.arange(0, max(a - gap, 0)), np.arange(min(b + gap, n), n)]).astype(np.int64)
+        if train.size == 0:
+            raise ValueError(f"fold {k} has no training {unit} left ({n} {unit}, {n_folds} folds, gap {gap}); "
+                             f"use fewer folds or a shorter gap")
+        folds.append((train, np.arange(a, b, dtype=np.int64)))
+    return folds
+
+
+def penalty_folds(n: int, gap: int = 0, n_folds: int = PENALTY_FOLDS, what: str = "penalty_folds"
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The inner folds on which :class:`Ridge` and :class:`Logistic` choose their penalty: ``n_folds``
+    contiguous blocks of the ``n`` time-ordered samples (:func:`blocked_splits`), fewer when the
+    samples are few (every block holds at least 2), ``gap`` samples dropped from training on each
+    side of each block. A ValueError naming ``what`` when no fold layout leaves every fold at
+    least 2 training samples."""
+    k = min(int(n_folds), int(n) // 2)
+    folds = None
+    if k >= 2:
+        try:
+            folds = blocked_splits(n, k, gap)
+        except ValueError:
+            folds = None
+    if folds is None or min(len(tr) for tr, _ in folds) < 2:
+        raise ValueError(f"{what}: {n} samples are too few to choose the penalty by blocked CV "
+                         f"({max(k, 2)} folds of at least 2 samples, {gap} dropped on each side of each "
+                         f"held-out block, at least 2 left to fit); pass a single alpha")
+    return folds
+
+
+def _n_folds(n_folds: int, val_fraction: float | None, who: str) -> int:
+    """The fold count, or ``round(1 / val_fraction)`` when a caller of the former holdout rule passes that."""
+    if val_fraction is not None:
+        if not 0 < val_fraction <= 0.5:
+            raise ValueError(f"{who}: val_fraction must be in (0, 0.5] (1 / the number of inner folds), "
+                             f"got {val_fraction}")
+        n_folds = int(round(1 / val_fraction))
+    if int(n_folds) < 2:
+        raise ValueError(f"{who}: n_folds must be >= 2, got {n_folds}")
+    return int(n_folds)
 
 
 def _n_bins(t0: float, t1: float, bin_size: float) -> int:
@@ -274,23 +334,30 @@ class PoissonGLM:
 
 
 class Ridge:
-    """Ridge regression in closed form, ``alpha`` chosen on a contiguous inner validation block.
+    """Ridge regression in closed form, ``alpha`` chosen by blocked K-fold inner cross-validation.
 
     Features are standardised with training statistics and targets centred, so ``alpha`` is
-    on the scale of the number of samples. With several ``alphas``, the model is fitted on
-    the first ``1 - val_fraction`` of the training samples (minus ``gap`` samples at the
-    boundary, so autocorrelated neighbours do not leak) and scored on the last
-    ``val_fraction``; the best alpha (``score``, default negative MSE) is refitted on all
-    training samples. Samples must be in time order. One eigendecomposition of ``X^T X``
-    serves every alpha.
+    on the scale of the number of samples. With several ``alphas``, the time-ordered training
+    samples are cut into ``n_folds`` contiguous blocks (:func:`penalty_folds`: 5, fewer when
+    the samples are few); each block is predicted by a fit on the others (minus ``gap``
+    samples on each side of it, so autocorrelated neighbours do not leak), and ``score``
+    (default negative MSE) of every alpha is computed once on all the held-out predictions
+    pooled (``val_scores_``): one score over every sample, so a block that holds little
+    variance (a stretch of rest) or one class does not get a score of its own to swing the
+    choice, and a ``score`` that falls back to another metric on such a block cannot mix
+    scales. The best alpha (``alpha_``) is refitted on all training samples. One
+    eigendecomposition of ``X^T X`` per fold serves every alpha. ``val_fraction`` (kept for
+    callers of the former single holdout block) sets ``n_folds = round(1 / val_fraction)``:
+    a held-out block of that share of the samples, each block in turn.
     """
 
-    def __init__(self, alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2, gap: int = 0,
-                 score: Callable[[np.ndarray, np.ndarray], float] | None = None):
+    def __init__(self, alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float | None = None,
+                 gap: int = 0, score: Callable[[np.ndarray, np.ndarray], float] | None = None,
+                 n_folds: int = PENALTY_FOLDS):
         self.alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
         if (self.alphas < 0).any():
             raise ValueError(f"Ridge: alphas must be >= 0, got {self.alphas}")
-        self.val_fraction, self.gap = float(val_fraction), int(gap)
+        self.n_folds, self.gap = _n_folds(n_folds, val_fraction, "Ridge"), int(gap)
         self.score = score or (lambda y, p: -float(np.mean((y - p) ** 2)))
 
     @staticmethod
@@ -316,6 +383,19 @@ class Ridge:
             weights.append(w)
         return mu, sd, y_mean, weights
 
+    def cv_predictions(self, X, Y, folds) -> np.ndarray:
+        """``(len(alphas), n, D)``: each fold's held-out rows predicted by every alpha's fit on that
+        fold's training rows (NaN on rows no fold holds out). ``X`` (n, F), ``Y`` (n, D)."""
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+        preds = np.full((self.alphas.size,) + Y.shape, np.nan)
+        for tr, te in folds:
+            mu, sd, y_mean, weights = self._solve(X[tr], Y[tr], self.alphas)
+            Z = (X[te] - mu) / sd
+            for i, w in enumerate(weights):
+                preds[i, te] = Z @ w + y_mean
+        return preds
+
     def fit(self, X, y) -> "Ridge":
         """``X`` (n, F) features, ``y`` (n,) or (n, D) targets, in time order."""
         X = np.asarray(X, dtype=np.float64)
@@ -328,14 +408,9 @@ class Ridge:
             raise ValueError("Ridge.fit: X or y contains NaN/inf; drop those samples first")
         alphas = self.alphas
         if alphas.size > 1:
-            n_fit = int(len(X) * (1 - self.val_fraction))
-            train, val = slice(0, max(n_fit - self.gap, 1)), slice(n_fit, len(X))
-            if n_fit - self.gap < 2 or len(X) - n_fit < 2:
-                raise ValueError(f"Ridge.fit: {len(X)} samples are too few to choose alpha on an inner "
-                                 f"validation block; pass a single alpha")
-            mu, sd, y_mean, weights = self._solve(X[train], Y[train], alphas)
-            Zv = (X[val] - mu) / sd
-            self.val_scores_ = np.array([self.score(Y[val], Zv @ w + y_mean) for w in weights])
+            folds = penalty_folds(len(X), self.gap, self.n_folds, "Ridge.fit")
+            preds = self.cv_predictions(X, Y, folds)
+            self.val_scores_ = np.array([self.score(Y, p) for p in preds])  # the folds' blocks cover every row
             self.alpha_ = float(alphas[int(np.nanargmax(self.val_scores_))])
         else:
             self.alpha_ = float(alphas[0])
@@ -367,7 +442,7 @@ class SpikeRidgeDecoder:
     """
 
     def __init__(self, n_history: int = 6, alphas: float | Sequence[float] = DEFAULT_ALPHAS,
-                 val_fraction: float = 0.2, gap: int = 0):
+                 val_fraction: float | None = None, gap: int = 0):
         self.n_history = int(n_history)
         self.ridge = Ridge(alphas, val_fraction=val_fraction, gap=gap)
 
@@ -483,12 +558,13 @@ class BandPowerRidge:
 
     Features: :func:`band_power` of every channel in each band below Nyquist, flattened
     (C * n_bands). Classes are regressed one-vs-rest on +-1 targets (binary: one column);
-    ``alpha`` is chosen by AUROC on the last ``val_fraction`` of the (time-ordered) training
-    segments. ``decision_function`` gives scores for :func:`neurofm.metrics.auroc`.
+    ``alpha`` is chosen by :class:`Ridge`'s blocked inner CV of the (time-ordered) training
+    segments, scored by AUROC over the pooled held-out predictions.
+    ``decision_function`` gives scores for :func:`neurofm.metrics.auroc`.
     """
 
     def __init__(self, sampling_rate: float, bands: Mapping[str, tuple[float, float]] | None = None,
-                 alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2):
+                 alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float | None = None):
         self.sampling_rate = float(sampling_rate)
         self.bands = bands_below_nyquist(self.sampling_rate, bands)
         self.alphas, self.val_fraction = alphas, val_fraction
@@ -505,7 +581,7 @@ class BandPowerRidge:
         labels = np.argmax(Y, axis=1) if Y.shape[1] > 1 else (Y[:, 0] > 0).astype(int)
         try:
             return metrics.auroc(labels, P if P.shape[1] > 1 else P[:, 0])
-        except ValueError:  # one class only in the validation block: fall back to MSE
+        except ValueError:  # one class only in the held-out rows: fall back to MSE
             return -float(np.mean((Y - P) ** 2))
 
     def fit(self, segments, labels) -> "BandPowerRidge":
@@ -534,25 +610,32 @@ class BandPowerRidge:
 
 
 class Logistic:
-    """L2-penalised logistic regression (one-vs-rest for K > 2), penalty chosen by AUROC on a
-    contiguous inner validation block.
+    """L2-penalised logistic regression (one-vs-rest for K > 2), penalty chosen by AUROC in blocked
+    K-fold inner cross-validation.
 
     Features are standardised with training statistics; the loss is the mean log-loss plus
     ``alpha / (2 n) * |w|^2`` (so ``alpha`` is on the scale of a number of samples, as in
-    :class:`Ridge`), minimised by L-BFGS. With several ``alphas`` each is fitted on the first
-    ``1 - val_fraction`` of the (time-ordered) samples and scored by AUROC on the rest; the
-    best is refitted on all of them.
+    :class:`Ridge`), minimised by L-BFGS. With several ``alphas`` the time-ordered samples are
+    cut into ``n_folds`` contiguous blocks (:func:`penalty_folds`, the folds of :class:`Ridge`;
+    ``gap`` samples dropped from training on each side of each block); every alpha is fitted on
+    each fold's training samples and scored by AUROC on its block, and ``val_scores_`` is the
+    AUROC averaged over the folds that can be scored (:meth:`scorable`: every class in the
+    fold's training samples, two classes in its block; per fold in ``fold_scores_``, NaN for
+    the others). AUROC is a ranking within one block, so it is averaged over folds rather
+    than pooled (each fold's fit has its own offset). The best alpha (``alpha_``) is refitted
+    on all samples. ``val_fraction`` sets ``n_folds = round(1 / val_fraction)`` as in :class:`Ridge`.
     """
 
-    def __init__(self, alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float = 0.2):
+    def __init__(self, alphas: float | Sequence[float] = DEFAULT_ALPHAS, val_fraction: float | None = None,
+                 gap: int = 0, n_folds: int = PENALTY_FOLDS):
         self.alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
         if (self.alphas <= 0).any():
             raise ValueError(f"Logistic: alphas must be > 0, got {self.alphas}")
-        self.val_fraction = float(val_fraction)
+        self.n_folds, self.gap = _n_folds(n_folds, val_fraction, "Logistic"), int(gap)
 
     @staticmethod
-    def _fit_binary(Z: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
-        """Weights (F + 1,) (intercept last) for 0/1 targets ``y``."""
+    def _fit_binary(Z: np.ndarray, y: np.ndarray, alpha: float, w0: np.ndarray | None = None) -> np.ndarray:
+        """Weights (F + 1,) (intercept last) for 0/1 targets ``y``, from ``w0`` (default zeros)."""
         n, F = Z.shape
         X1 = np.hstack([Z, np.ones((n, 1))])
 
@@ -564,21 +647,42 @@ class Logistic:
             grad[:F] += alpha / n * w[:F]
             return nll + reg, grad
 
-        return optimize.minimize(loss, np.zeros(F + 1), jac=True, method="L-BFGS-B",
+        return optimize.minimize(loss, np.zeros(F + 1) if w0 is None else w0, jac=True, method="L-BFGS-B",
                                  options={"maxiter": 500}).x
 
-    def _fit(self, X: np.ndarray, labels: np.ndarray, alpha: float):
+    def _fit(self, X: np.ndarray, labels: np.ndarray, alpha: float, W0: np.ndarray | None = None):
         mu, sd = X.mean(0), X.std(0)
         sd = np.where(sd > 0, sd, 1.0)
         Z = (X - mu) / sd
         cols = self.classes_[1:] if self.classes_.size == 2 else self.classes_
-        W = np.stack([self._fit_binary(Z, (labels == c).astype(np.float64), alpha) for c in cols], 1)  # (F+1, K')
+        W = np.stack([self._fit_binary(Z, (labels == c).astype(np.float64), alpha, None if W0 is None else W0[:, j])
+                      for j, c in enumerate(cols)], 1)  # (F+1, K')
         return mu, sd, W
 
     @staticmethod
     def _scores(X, mu, sd, W) -> np.ndarray:
         Z = (np.asarray(X, dtype=np.float64) - mu) / sd
         return Z @ W[:-1] + W[-1]
+
+    def scorable(self, labels, folds) -> np.ndarray:
+        """``(len(folds),)`` bool: the folds whose training samples hold every class of ``labels``
+        and whose held-out block holds two classes or more (those an AUROC can score)."""
+        labels = np.asarray(labels)
+        k = np.unique(labels).size
+        return np.array([np.unique(labels[tr]).size == k and np.unique(labels[te]).size >= 2 for tr, te in folds])
+
+    def penalty_folds(self, labels, what: str = "Logistic.fit") -> list[tuple[np.ndarray, np.ndarray]]:
+        """The inner folds :meth:`fit` chooses the penalty on for time-ordered ``labels`` (n,)
+        (:func:`penalty_folds`); a ValueError naming ``what`` when none of them can be scored."""
+        labels = np.asarray(labels)
+        folds = penalty_folds(len(labels), self.gap, self.n_folds, what)
+        if not self.scorable(labels, folds).any():
+            blocks = ", ".join(str(dict(zip(*np.unique(labels[te], return_counts=True)))) for _, te in folds)
+            raise ValueError(f"{what}: none of the {len(folds)} blocked inner folds of the {len(labels)} "
+                             f"time-ordered samples has every class in its training samples and two classes in "
+                             f"its held-out block (class counts per block: {blocks}); interleave the classes in "
+                             f"time, add samples, or pass a single alpha")
+        return folds
 
     def fit(self, X, labels) -> "Logistic":
         """``X`` (n, F) in time order, ``labels`` (n,) class labels (at least two classes)."""
@@ -593,18 +697,21 @@ class Logistic:
             raise ValueError("Logistic.fit: training labels hold a single class")
         alpha = float(self.alphas[0])
         if self.alphas.size > 1:
-            n_fit = int(len(X) * (1 - self.val_fraction))
-            inner, val = slice(0, n_fit), slice(n_fit, len(X))
-            if (np.unique(labels[inner]).size < self.classes_.size or np.unique(labels[val]).size < 2):
-                raise ValueError(f"Logistic.fit: {len(X)} samples leave a class missing from the inner fit or "
-                                 f"the validation block; pass a single alpha")
-            scores = []
-            for a in self.alphas:
-                s = self._scores(X[val], *self._fit(X[inner], labels[inner], a))
-                y = np.searchsorted(self.classes_, labels[val])
-                scores.append(metrics.auroc((y == 1).astype(int), s[:, 0]) if s.shape[1] == 1
-                              else metrics.auroc(y, s))
-            self.val_scores_ = np.asarray(scores)
+            folds = self.penalty_folds(labels)
+            ok = self.scorable(labels, folds)
+            y = np.searchsorted(self.classes_, labels)
+            order = np.argsort(-self.alphas)  # strong to weak penalty, each fit starting at the previous one
+            self.fold_scores_ = np.full((self.alphas.size, len(folds)), np.nan)
+            for f, (tr, te) in enumerate(folds):
+                if not ok[f]:
+                    continue
+                W = None
+                for i in order:
+                    mu, sd, W = self._fit(X[tr], labels[tr], self.alphas[i], W)
+                    s = self._scores(X[te], mu, sd, W)
+                    self.fold_scores_[i, f] = (metrics.auroc((y[te] == 1).astype(int), s[:, 0]) if s.shape[1] == 1
+                                               else metrics.auroc(y[te], s))
+            self.val_scores_ = self.fold_scores_[:, ok].mean(axis=1)
             alpha = float(self.alphas[int(np.nanargmax(self.val_scores_))])
         self.alpha_ = alpha
         self.x_mean_, self.x_std_, self.coef_ = self._fit(X, labels, alpha)
@@ -631,7 +738,7 @@ class BandPowerLogistic(BandPowerRidge):
 
     def fit_features(self, X, labels) -> "BandPowerLogistic":
         """Fit on precomputed ``features(segments)`` (B, C * n_bands)."""
-        self.model = Logistic(self.alphas, self.val_fraction).fit(X, labels)
+        self.model = Logistic(self.alphas, val_fraction=self.val_fraction).fit(X, labels)
         self.classes_ = self.model.classes_
         return self
 

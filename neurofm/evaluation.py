@@ -46,12 +46,13 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.stats import chi2, norm
 
 from neurofm import metrics
-from neurofm.baselines import DEFAULT_ALPHAS, Ridge, _n_bins, bin_spikes, bin_timeseries, history_features
+from neurofm.baselines import (DEFAULT_ALPHAS, Ridge, _n_bins, bin_spikes, bin_timeseries, blocked_splits,
+                               history_features)
 from neurofm.data.session import DISCONTINUITIES, Session, SessionFormatError
 from neurofm.data.splits import Intervals, labelled_windows
 
 __all__ = [
-    "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict", "blocked_oof",
+    "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict", "blocked_oof", "holdout_fold",
     "speed_from_position", "position_jumps", "moving_speed", "moving_mask", "blocked_folds", "evaluate_decoder",
     "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
 ]
@@ -103,7 +104,7 @@ class DecodingProtocol:
     seed : seeds the few-shot chunk choice.
     alpha : ridge penalty: "blocked_cv" (chosen per outer fold by ``inner_folds``-fold
         blocked CV on that fold's training bins, with the same gap, maximising pooled R2),
-        "holdout" (last 20% of the training bins, :class:`neurofm.baselines.Ridge`), or a
+        "holdout" (last 20% of the training bins, :func:`holdout_fold`: the former rule), or a
         number (fixed).
     alphas : candidate penalties (features are standardised, so alpha is in units of
         "number of bins").
@@ -399,7 +400,8 @@ def blocked_folds(bins, n_folds: int = 5, gap_s: float = 5.0, bin_size: float | 
     least ``gap_s`` seconds.
 
     This is :class:`neurofm.data.splits.BlockedKFold`'s layout (equal blocks, fold k tests
-    block k, gap on both sides) on the bin grid. ``BlockedKFold`` cuts the time axis in
+    block k, gap on both sides) on the bin grid: :func:`neurofm.baselines.blocked_splits`,
+    whose folds choose the baselines' penalties too. ``BlockedKFold`` cuts the time axis in
     seconds for windowed datasets; its block edges fall inside bins, and any rule turning
     those edges into bins either drops straddling bins from every test set or shortens the
     gap by up to a bin, so here the edges are whole bins.
@@ -434,16 +436,10 @@ def blocked_folds(bins, n_folds: int = 5, gap_s: float = 5.0, bin_size: float | 
     if gap_s < 0:
         raise ValueError(f"blocked_folds: gap_s must be >= 0, got {gap_s}")
     g = int(math.ceil(gap_s / bin_size - 1e-9))
-    edges = np.round(np.linspace(0, T, n_folds + 1)).astype(np.int64)
-    folds = []
-    for k in range(n_folds):
-        a, b = int(edges[k]), int(edges[k + 1])
-        train = np.concatenate([np.arange(0, max(a - g, 0)), np.arange(min(b + g, T), T)]).astype(np.int64)
-        if train.size == 0:
-            raise ValueError(f"blocked_folds: fold {k} has no training bins left ({T} bins, {n_folds} folds, "
-                             f"gap {gap_s} s = {g} bins); use fewer folds or a shorter gap")
-        folds.append((train, np.arange(a, b, dtype=np.int64)))
-    return folds
+    try:
+        return blocked_splits(T, n_folds, g, unit="bins")
+    except ValueError as e:
+        raise ValueError(f"blocked_folds: {e} (gap {gap_s} s = {g} bins)") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,6 +551,17 @@ def blocked_oof(fit_predict: Callable, X, Y, n_folds: int = 4, gap: int = 0) -> 
     return out
 
 
+def holdout_fold(n: int, gap: int = 0, val_fraction: float = 0.2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One fold: the last ``val_fraction`` of ``n`` time-ordered rows held out, the rows before it
+    less ``gap`` to fit; the single validation block on which the baselines chose their penalty
+    before blocked CV (:func:`neurofm.baselines.penalty_folds`), kept to compare against."""
+    n_fit = int(n * (1 - val_fraction))
+    if n_fit - gap < 2 or n - n_fit < 2:
+        raise ValueError(f"holdout_fold: {n} rows are too few for a holdout of the last {val_fraction:.0%} "
+                         f"after a gap of {gap}; pass a fixed alpha")
+    return [(np.arange(n_fit - gap), np.arange(n_fit, n))]
+
+
 class RidgeFitPredict:
     """Ridge (:class:`neurofm.baselines.Ridge`) as a ``fit_predict`` for :func:`evaluate_decoder`.
 
@@ -563,10 +570,12 @@ class RidgeFitPredict:
     order, ``gap`` rows removed each side: rows skip rest bins, so ``gap`` rows span at
     least ``gap`` bins), maximising the pooled R2 averaged over outputs; one
     eigendecomposition per inner fold scores every alpha. Too few rows for those folds and
-    gaps (a few labelled chunks): the penalty is chosen on the last 20% of the rows instead,
-    and ``cv_r2_`` is NaN. ``"holdout"``: Ridge's own
-    choice on the last 20% of the training rows (after a gap). A number: fixed. The chosen
-    alpha of each call is appended to ``alphas_``.
+    gaps (a few labelled chunks): :class:`~neurofm.baselines.Ridge`'s own blocked CV (5 folds,
+    fewer with few rows, no gap) instead, and ``cv_r2_`` is NaN. ``"holdout"``: the penalty
+    with the least squared error on one block, the last 20% of the training rows, fitted on
+    the rows before it less a gap (:func:`holdout_fold`; the rule Ridge had before blocked CV,
+    kept to compare against). A number: fixed. The chosen alpha of each call is appended to
+    ``alphas_``.
     """
 
     def __init__(self, alpha: str | float = "blocked_cv", alphas: Sequence[float] = DEFAULT_ALPHAS,
@@ -590,12 +599,7 @@ class RidgeFitPredict:
         except ValueError as e:
             raise ValueError(f"RidgeFitPredict: {n} training bins are too few for {self.inner_folds}-fold inner CV "
                              f"with a gap of {self.gap} bins ({e}); pass a fixed alpha") from None
-        preds = np.zeros((self.alphas.size,) + Y.shape)
-        for tr, te in folds:
-            mu, sd, y_mean, weights = Ridge._solve(X[tr], Y[tr], self.alphas)
-            Z = (X[te] - mu) / sd
-            for i, w in enumerate(weights):
-                preds[i, te] = Z @ w + y_mean
+        preds = Ridge(self.alphas).cv_predictions(X, Y, folds)
 
         def r2(y, p) -> float:  # averaged over outputs; an output that does not vary counts as 1 - SSE
             ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
@@ -624,10 +628,13 @@ class RidgeFitPredict:
             try:
                 model = Ridge(self.choose_alpha(X_train, Y2))
             except ValueError:  # too few rows for the inner folds and gaps (a few labelled chunks)
-                model = Ridge(self.alphas, val_fraction=0.2)  # the penalty on the last 20% of the rows
+                model = Ridge(self.alphas)  # its own blocked CV: more, shorter folds, no gap
                 self.cv_r2_, self.cv_fold_r2_, self.cv_pred_ = float("nan"), None, None
         elif self.alpha == "holdout":
-            model = Ridge(self.alphas, val_fraction=0.2, gap=self.gap)
+            fold = holdout_fold(len(X_train), self.gap)
+            te = fold[0][1]
+            preds = Ridge(self.alphas).cv_predictions(X_train, Y2, fold)[:, te]
+            model = Ridge(float(self.alphas[int(np.argmin(((preds - Y2[te]) ** 2).mean(axis=(1, 2))))]))
         else:
             model = Ridge(float(self.alpha))
         model.fit(X_train, Y2)

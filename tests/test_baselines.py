@@ -118,9 +118,59 @@ def test_ridge_closed_form_matches_normal_equations():
     w = np.linalg.solve(Z.T @ Z + 10.0 * np.eye(5), Z.T @ (y - y.mean()))
     np.testing.assert_allclose(model.coef_[:, 0], w, rtol=1e-8)
     assert model.predict(X).shape == (200,)
-    # alpha chosen on an inner block: tiny noise -> a small alpha wins
+    # alpha chosen by blocked inner CV: tiny noise -> a small alpha wins
     chosen = baselines.Ridge().fit(X, y)
     assert chosen.alpha_ <= 10.0 and metrics.r2_score(y, chosen.predict(X)) > 0.99
+
+
+def test_ridge_penalty_is_chosen_over_every_block_not_a_last_block_of_rest():
+    """Time-ordered training samples whose last 20% are a different regime (rest: the features
+    vary, the target does not follow them). The former rule chose alpha on that block alone and
+    took the largest penalty (predicting the mean: test R2 near 0); blocked 5-fold CV scores every
+    block, pooled, and keeps the fit."""
+    rng = np.random.default_rng(3)
+    F = 30
+    w = rng.standard_normal(F)
+
+    def active(n):
+        X = rng.standard_normal((n, F))
+        return X, X @ w + rng.standard_normal(n)
+
+    X, y = active(160)
+    X_rest = rng.standard_normal((40, F))
+    X, y = np.concatenate([X, X_rest]), np.concatenate([y, 0.1 * rng.standard_normal(40)])
+    model = baselines.Ridge().fit(X, y)
+    assert model.val_scores_.shape == model.alphas.shape and model.alpha_ <= 100.0
+    Xte, yte = active(300)
+    assert metrics.r2_score(yte, model.predict(Xte)) > 0.8
+    # the former rule, on the last block alone, chose a penalty that shrinks the fit to the mean
+    from neurofm.evaluation import holdout_fold
+
+    fold = holdout_fold(len(X))
+    te = fold[0][1]
+    held = baselines.Ridge().cv_predictions(X, y[:, None], fold)[:, te, 0]
+    old = model.alphas[np.argmin(((held - y[te]) ** 2).mean(axis=1))]
+    assert old >= 1e4 and metrics.r2_score(yte, baselines.Ridge(old).fit(X, y).predict(Xte)) < 0.3
+
+
+def test_penalty_folds_tile_the_samples_in_time_order_fewer_when_few():
+    folds = baselines.penalty_folds(103, gap=3)
+    assert len(folds) == baselines.PENALTY_FOLDS == 5
+    held = np.concatenate([te for _, te in folds])
+    np.testing.assert_array_equal(held, np.arange(103))  # every sample held out once, blocks in order
+    for tr, te in folds:
+        assert np.all(np.abs(tr[:, None] - te[None, :]) > 3)  # the gap on each side of the block
+        assert len(tr) == 103 - len(te) - 3 * (int(te[0] > 0) + int(te[-1] < 102))
+    assert len(baselines.penalty_folds(7)) == 3  # blocks of at least 2 samples
+    with pytest.raises(ValueError, match="Ridge.fit: 3 samples are too few to choose the penalty by blocked CV"):
+        baselines.Ridge().fit(np.arange(6.0).reshape(3, 2), np.arange(3.0))
+    assert baselines.Ridge(1.0).fit(np.arange(6.0).reshape(3, 2), np.arange(3.0)).alpha_ == 1.0
+    with pytest.raises(ValueError, match="pass a single alpha"):  # a gap that leaves no fold anything to fit
+        baselines.Ridge(gap=20).fit(np.random.default_rng(0).normal(size=(30, 2)), np.arange(30.0))
+    # the former holdout share maps to the fold count: a held-out block of that share, each in turn
+    assert baselines.Ridge(val_fraction=0.25).n_folds == 4 and baselines.Logistic(val_fraction=0.2).n_folds == 5
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        baselines.Ridge(val_fraction=0.9)
 
 
 def test_ridge_leaves_never_varying_columns_out_of_its_solve(monkeypatch):
@@ -271,6 +321,25 @@ def test_logistic_separates_and_picks_its_penalty_by_auroc():
     assert three.decision_function(xte).shape == (200, 3)
     with pytest.raises(ValueError, match="single class"):
         baselines.Logistic().fit(xtr, np.zeros(300))
+
+
+def test_logistic_scores_the_folds_that_hold_both_classes_and_says_when_none_does():
+    """The last 20% of the time-ordered samples hold one class: the former rule refused to fit
+    ("leave a class missing"); blocked CV leaves that fold out of the AUROC average. When no fold
+    has every class to fit and two to score (classes in long runs), the error says so."""
+    rng = np.random.default_rng(2)
+    y = np.concatenate([rng.integers(0, 2, 160), np.zeros(40, dtype=int)])
+    x = rng.normal(size=(200, 5))
+    x[:, 0] += 2.0 * y
+    model = baselines.Logistic().fit(x, y)
+    assert model.fold_scores_.shape == (model.alphas.size, 5)
+    assert np.isnan(model.fold_scores_[:, 4]).all() and np.isfinite(model.fold_scores_[:, :4]).all()
+    np.testing.assert_allclose(model.val_scores_, model.fold_scores_[:, :4].mean(axis=1))
+    assert model.val_scores_.max() > 0.8
+    runs = np.repeat([0, 1, 0, 1, 0], 20)  # every 20-sample block one class
+    with pytest.raises(ValueError, match="none of the 5 blocked inner folds of the 100 time-ordered samples"):
+        baselines.Logistic().fit(rng.normal(size=(100, 3)), runs)
+    assert baselines.Logistic(1.0).fit(rng.normal(size=(100, 3)), runs).alpha_ == 1.0
 
 
 def test_band_power_logistic_finds_a_high_gamma_burst():

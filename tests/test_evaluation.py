@@ -389,10 +389,10 @@ def test_decoding_setup_scores_no_bin_whose_history_crosses_a_discontinuity(tmp_
     assert out["ridge"]["r2_mean"] > 0.6
 
 
-def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_on_a_holdout():
+def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_without_gaps():
     """A few labelled chunks (170 bins with 5 s gaps of 100 bins) left no training rows in some
-    inner fold, and bench/linear_track.py's 10%-label row crashed; the penalty is now chosen on
-    the last 20% of the rows, and the blocked-CV score is NaN (not some other fit's)."""
+    inner fold, and bench/linear_track.py's 10%-label row crashed; the penalty is now chosen by
+    Ridge's own blocked CV without gaps, and the blocked-CV score is NaN (not some other fit's)."""
     from neurofm.evaluation import RidgeFitPredict
 
     rng = np.random.default_rng(0)
@@ -405,6 +405,24 @@ def test_ridge_with_too_few_rows_for_its_inner_folds_chooses_the_penalty_on_a_ho
     plenty = RidgeFitPredict("blocked_cv", gap=5)
     plenty.fit(X, Y)
     assert np.isfinite(plenty.cv_r2_) and plenty.cv_pred_.shape == (170, 1)
+
+
+def test_holdout_alpha_is_the_least_squared_error_on_the_last_fifth_after_a_gap():
+    """``alpha="holdout"`` keeps the former single-block rule (to compare against): fitted on the
+    rows before the last 20% less the gap, the alpha with the least squared error on that 20%."""
+    from neurofm.baselines import DEFAULT_ALPHAS, Ridge
+    from neurofm.evaluation import RidgeFitPredict, holdout_fold
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(150, 8))
+    Y = X @ rng.normal(size=8) + 2.0 * rng.normal(size=150)
+    model = RidgeFitPredict("holdout", gap=10).fit(X, Y)
+    (tr, te), = holdout_fold(150, 10)
+    assert tr[-1] == 109 and te[0] == 120 and te[-1] == 149
+    errors = [np.mean((Ridge(a).fit(X[tr], Y[tr]).predict(X[te]) - Y[te]) ** 2) for a in DEFAULT_ALPHAS]
+    assert model.alpha_ == DEFAULT_ALPHAS[int(np.argmin(errors))]
+    with pytest.raises(ValueError, match="too few for a holdout"):
+        RidgeFitPredict("holdout", gap=10).fit(X[:12], Y[:12])
 
 
 def _reaching(seed=0, n=120, fs=1000.0, noise=5e-5):

@@ -51,7 +51,7 @@ from neurofm.recipes import finetuned_labels as _finetuned_labels
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
-from neurofm.baselines import BANDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+from neurofm.baselines import BANDS, PENALTY_FOLDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
 from neurofm.evaluation import blocked_oof
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import IEEGSegmenter, Preprocessing, recording_mains
@@ -829,17 +829,16 @@ def _check_labels(cfg: RunConfig) -> None:
 
 def _check_penalty_block(labels: np.ndarray, names: list[str], what: str, fix: str, setting: str = "data.split") -> None:
     """The logistic fits (the head's start, the band-power and waveform arms) choose their penalty
-    on the last ``Logistic().val_fraction`` of the labelled training segments in time order: two
-    classes there, and every class before them, or they fail after training."""
-    val = Logistic().val_fraction
-    n_fit = int(len(labels) * (1 - val))
-    inner, held = (dict(zip(names, np.bincount(part, minlength=len(names)).tolist()))
-                   for part in (labels[:n_fit], labels[n_fit:]))
-    if min(inner.values()) == 0 or sum(c > 0 for c in held.values()) < 2:
-        raise ConfigError(f"{setting}: {what}; the head's start and the logistic baselines choose their "
-                          f"penalty on the last {val:.0%} of the labelled training segments in time order, which "
-                          f"hold {held} (the segments before them {inner}): that needs two classes there and "
-                          f"every class before them: {fix}")
+    by blocked CV over the labelled training segments in time order
+    (:meth:`neurofm.baselines.Logistic.penalty_folds`): some fold needs every class in its
+    training segments and two classes in its held-out block, or they fail after training."""
+    try:
+        Logistic().penalty_folds(labels, what="the logistic fits' penalty")
+    except ValueError as e:
+        counts = dict(zip(names, np.bincount(labels, minlength=len(names)).tolist()))
+        raise ConfigError(f"{setting}: {what} (per class {counts}); the head's start and the logistic baselines "
+                          f"choose their penalty by blocked CV over the labelled training segments in time order: "
+                          f"{e}. Fix: {fix}") from None
 
 
 def _warn_mixed_marker_kinds(path, events: str, labels: set[str], setting: str) -> None:
@@ -1077,8 +1076,8 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     replace it (:class:`~neurofm.tasks.callbacks.StartingPoint`, two paired SE).
 
     Candidates, each fitted as the decode report fits its arms (:mod:`neurofm.baselines`:
-    features standardised, penalty chosen on the last 20% of the training segments in time
-    order; regression: :class:`~neurofm.baselines.Ridge` to the target in the recording's units,
+    features standardised, penalty chosen by blocked CV over the training segments in time
+    order, :func:`~neurofm.baselines.penalty_folds`; regression: :class:`~neurofm.baselines.Ridge` to the target in the recording's units,
     its map then standardised with the task's training mean and std, which is what the head
     outputs; classification: :class:`~neurofm.baselines.Logistic`, L2, penalty by AUROC), on
     concatenated feature blocks:
@@ -1101,8 +1100,8 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
     order (:func:`neurofm.evaluation.blocked_oof`; about one segment length of segments dropped
     from training on each side of the held-out fold), each candidate refitted on the other folds
     with the penalty its fit on all the training segments chose (a penalty chosen again inside a
-    fold needs both classes in the fold's own inner validation block, which a few dozen segments
-    rarely give); scored by R2 (regression) or ROC-AUC (classification: the metric the report's
+    fold needs inner folds of that fold's segments holding both classes, which a few dozen
+    segments rarely give); scored by R2 (regression) or ROC-AUC (classification: the metric the report's
     verdict and model selection judge), the gain's SE over equal-count blocks of the training
     period (the report's CI blocks). Without a read-out (layouts that differ across sessions,
     ``task.band_power=false``): ``token mean`` alone, the linear probe arm.
@@ -1427,7 +1426,7 @@ def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
     """Ridge probe scores of the test features, fitted on the training features and labels
     (class indices): (N,) for two classes, else (N, n_classes), one-vs-rest on +-1 targets
     (:func:`_pm_one`), scored by macro AUROC."""
-    # Penalty chosen by AUROC on the last 20% of the training segments, as BandPowerRidge
+    # Penalty chosen by AUROC in Ridge's blocked inner CV of the training segments, as BandPowerRidge
     # chooses its own, so the probe and the band-power row are fitted alike (chosen by MSE on a
     # few dozen segments, the largest penalty wins almost always).
     (xtr, ytr), (xte, _) = train, test
@@ -1553,7 +1552,7 @@ TOKEN_POWER_SEGMENTS = 128
 
 def token_power_r2(train: dict, test: dict, bands: list[str]) -> dict[str, float]:
     """Does a channel's token carry that channel's own band power? Ridge (:class:`Ridge`, penalty
-    on the last 20% of the training pairs) from each real (segment, channel) token averaged over
+    by its blocked inner CV of the training pairs) from each real (segment, channel) token averaged over
     patches (``chan``, d values) to the same channel's log band power (``bp``), one band at a time,
     fitted on ``train``'s pairs, R2 on ``test``'s. ``train`` / ``test``: :func:`_segment_pass`
     outputs with ``channels=True`` and band power; ``bands`` names ``bp``'s last axis."""
@@ -1643,7 +1642,7 @@ def _trained_labels_only(train: dict, test: dict) -> tuple[dict, dict]:
 
 def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndarray, dict]:
     """Probe scores on the test segments of each frozen encoder, and of band power, all fitted
-    on the same training segments (ridge, penalty by AUROC on the last 20% of them)."""
+    on the same training segments (ridge, penalty by AUROC in blocked inner CV of them)."""
     bands = BandPowerRidge(cfg.model.sampling_rate)
     arms, train, test = {}, None, None
     for name, enc in encoders.items():
@@ -1857,7 +1856,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     protocol += (f"; {cfg.task.finetune_task} of {what} scored on the test block; linear probe on token-mean "
                  f"features of {source}; every arm fitted on the same "
                  f"training segments and scored on the same test segments; band power: log Welch power per channel "
-                 f"and band, penalty chosen on the last 20% of the training segments"
+                 f"and band, penalty chosen by {PENALTY_FOLDS}-fold blocked CV of the training segments"
                  + (f"; evoked waveform (classification): each channel's time course in the model's input averaged "
                     f"in {WAVEFORM_BINS} bins, logistic, penalty chosen likewise" if others else "")
                  + f"; {report.confidence:.0%} CIs "

@@ -1473,8 +1473,8 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
                    f"the gain exceeds one SE")
         else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
             why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "
-                   f"too few for blocked CV, so counts alone, penalty {float(r.alpha_):g} chosen on the last 20% of them; "
-                   f"more labels (--label-fraction) give a penalty chosen by CV")
+                   f"too few for blocked CV with gaps, so counts alone, penalty {float(r.alpha_):g} chosen by "
+                   f"5-fold blocked CV without gaps; more labels (--label-fraction) give the gapped CV and its score")
         print(f"neurofm: the read-out of {v.name} starts at ridge on {features} ({why})", file=sys.stderr)
     return done
 
@@ -2085,12 +2085,13 @@ def _ridge_fit(X: np.ndarray, Y: np.ndarray, stride: float, gap_s: float = 5.0
     over the training windows (in time order, ``gap_s`` of windows removed around each inner test
     block), maximising pooled R2. A single holdout block (the last 20% of the windows) picks
     badly when that block differs from the rest (on linear-track it chose the largest penalty
-    and shrank the predictions to the mean). Too few windows for 4 folds: the holdout choice.
+    and shrank the predictions to the mean). Too few windows for 4 folds and their gaps:
+    :class:`Ridge`'s own blocked CV (5 folds, fewer with few windows, no gap).
     Returns the fitted :class:`Ridge` (targets as (n, D)), its blocked-CV R2 and its
-    out-of-fold predictions, (n, D) (NaN and None for the holdout fallback). The decode
+    out-of-fold predictions, (n, D) (NaN and None for that fallback). The decode
     report's ridge arms and the fine-tuning start (:func:`init_count_heads`) are both this fit."""
     rfp = RidgeFitPredict("blocked_cv", gap=int(math.ceil(gap_s / stride)))
-    model = rfp.fit(X, Y)  # too few windows for the folds: the holdout choice, cv_r2_ NaN
+    model = rfp.fit(X, Y)  # too few windows for the folds and gaps: Ridge's own folds without gap, cv_r2_ NaN
     return model, rfp.cv_r2_, rfp.cv_pred_
 
 

@@ -119,21 +119,27 @@ def test_regression_with_few_labels_standardises_on_the_labelled_segments(lab, t
 
 def test_too_few_labelled_events_is_refused_before_training_with_the_counts(lab, tmp_path, capsys):
     """A fraction that labels fewer events of a class than the start's blocked CV needs, or whose
-    last labelled events hold one class only: exit 2 before the first step, naming the counts and
-    the fix; reconstruction has no labels to draw."""
+    labelled events leave the logistic fits' penalty CV no fold to score: exit 2 / a ConfigError
+    before the first step, naming the counts and the fix; reconstruction has no labels to draw."""
     run_dir = tmp_path / "few"
     assert _finetune(lab, run_dir, "--task", "classify", "--events", "word_onset", "--label-fraction", "0.05") == 2
     err = capsys.readouterr().err
     assert "data.label_fraction: --label-fraction 0.05 labelled" in err and "per class {" in err
     assert "need at least 4 labelled segments of every class" in err and "raise --label-fraction" in err
     assert "Traceback" not in err and not (run_dir / "checkpoints").exists()
-    # enough events of each class, but the last 20% of them in time (where the logistic fits choose
-    # their penalty) hold one class: before, the head kept a random init and the decode report
-    # crashed after training ("Logistic.fit: 9 samples leave a class missing ...")
-    assert _finetune(lab, run_dir, "--task", "classify", "--events", "word_onset", "--label-fraction", "0.3") == 2
-    err = capsys.readouterr().err
-    assert "choose their penalty on the last 20% of the labelled training segments in time order" in err
-    assert "raise --label-fraction (now 0.3)" in err and not (run_dir / "checkpoints").exists()
+    # enough events of each class, but no blocked inner fold of them in time (where the logistic fits
+    # choose their penalty) has every class to fit and two to score: refused before training (the
+    # head kept a random init and the decode report crashed after training, "Logistic.fit: 9
+    # samples leave a class missing ..."). A last block of one class alone no longer matters.
+    from neurofm.config import ConfigError
+    from neurofm.recipes.barista import _check_penalty_block
+
+    names, fix = ["nonspeech", "speech"], "raise --label-fraction (now 0.3)"
+    _check_penalty_block(np.array([0, 1] * 8 + [0] * 4), names, "20 segments", fix)  # last 20% one class: fine
+    with pytest.raises(ConfigError) as e:
+        _check_penalty_block(np.repeat([0, 1, 0, 1, 0], 4), names, "20 segments", fix)
+    assert "choose their penalty by blocked CV over the labelled training segments in time order" in str(e.value)
+    assert "per class {'nonspeech': 12, 'speech': 8}" in str(e.value) and fix in str(e.value)
     assert _finetune(lab, run_dir, "--task", "reconstruct", "--label-fraction", "0.5") == 2
     assert "reconstruction has no labels to draw" in capsys.readouterr().err
 

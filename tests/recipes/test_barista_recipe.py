@@ -336,8 +336,10 @@ def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_
     test segments, when blocked CV keeps band power alone: the same test R2 for the grip-force
     regression (neither the waveform nor the random encoder's token mean adds to it); for the
     classification head, pooled or token-weighting, with ``task.waveform=false`` the same scores
-    as the band-power logistic, and by default the chosen start's fit (the waveform taken).
-    metrics.json's ``start`` and the report say so."""
+    as the band-power logistic, and by default the chosen start's fit (on these 28 training
+    segments whether the waveform's gain passes one SE depends on the penalties chosen; the
+    evoked sessions of test_start_rule_takes_the_waveform_only_where_it_carries_the_events pin
+    that rule). metrics.json's ``start`` and the report say so."""
     import torch
 
     from neurofm.baselines import BandPowerLogistic, BandPowerRidge
@@ -363,7 +365,7 @@ def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_
         dm = recipe.datamodule(cfg)
         task = recipe.task(cfg, dm).eval()
         chosen = task.read_out_start["features"]
-        assert (chosen == recipe.START_BAND_POWER) != waveform, (head, chosen)
+        assert waveform or chosen == recipe.START_BAND_POWER, (head, chosen)
         bands = BandPowerRidge(cfg.model.sampling_rate)
         with torch.no_grad():
             train = recipe._segment_pass(dm.loader("train"), task.encoder, bands)
@@ -652,8 +654,9 @@ def test_start_rule_takes_the_waveform_only_where_it_carries_the_events(evoked):
     """The default path (one layout: band-power and waveform read-outs): where only the evoked
     waveform tells the classes apart, blocked CV adds it to band power (gain over one paired SE)
     and its read-out starts at the fit's weights; where the waveform carries nothing (the classes
-    differ in beta power only), the start is band power alone and the waveform read-out adds
-    nothing (weights 0)."""
+    differ in beta power only), the start leaves the waveform out and its read-out adds nothing
+    (weights 0). (The random encoder's token mean may pass one paired SE there: its blocked-CV
+    AUROC gain over band power's 0.992 was +0.006 +- 0.005.)"""
     cfg = _config([evoked["waveform"]])
     task = recipe.task(cfg, recipe.datamodule(cfg))
     start = task.read_out_start
@@ -666,7 +669,7 @@ def test_start_rule_takes_the_waveform_only_where_it_carries_the_events(evoked):
     cfg = _config([evoked["power"]])
     task = recipe.task(cfg, recipe.datamodule(cfg))
     start = task.read_out_start
-    assert start["features"] == recipe.START_BAND_POWER, start
+    assert "waveform" not in start["features"], start
     assert start["steps"][0]["adds"] == "waveform" and not start["steps"][0]["taken"]
     assert start["cv"][recipe.START_BAND_POWER] > 0.9
     assert not task.waveform.out.weight.abs().sum() and not task.waveform.out.bias.abs().sum()
