@@ -686,7 +686,7 @@ class DecodingData:
     ``counts`` (T, N) int64 spikes per unit per bin; ``position`` (T, D) float64, mean of the
     behaviour's samples in each bin (NaN where none); ``speed`` (T,) position units / s, per
     bin and unsmoothed: the file's speed channel (``speed_measured``) or the finite
-    differences of ``position`` (jitter included: threshold :meth:`moving_speed`, not this);
+    differences of ``position`` (glitches removed, jitter included: threshold :meth:`moving_speed`, not this);
     ``bin_times`` (T,) s, bin starts (bin t covers ``[bin_times[t], bin_times[t] + bin_size)``);
     ``moving`` (T,) bool (also False where position is NaN); ``breaks`` (K,) s, the recording's
     discontinuities inside the bins (``/intervals/discontinuities``): the moving rule's speed
