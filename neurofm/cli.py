@@ -840,8 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--score-when", choices=["auto", "moving", "all"],
                        help="Neuroformer: behaviour windows scored, in the test block and the validation block that "
                             "selects the model: 'moving' = every 50 ms bin of the window has the speed of the "
-                            "smoothed position (sigma eval.speed_smooth_s, 0 = from the position's jitter; tracking jitter "
-                            "is not movement) above "
+                            "smoothed position (sigma eval.speed_smooth_s, 0 = from the position's jitter; tracking "
+                            "jitter and glitches are not movement) above "
                             "eval.moving_threshold (the behaviour's units per second; default from the data: 0.2 x "
                             "the training blocks' 95th-percentile speed); 'all'; 'auto' (default) = moving when "
                             "decoding eval.moving_behavior (position), else all")

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter1d, median_filter
 from scipy.stats import chi2, norm
 
 from neurofm import metrics
@@ -53,7 +53,8 @@ from neurofm.data.splits import Intervals, labelled_windows
 
 __all__ = [
     "DecodingProtocol", "DecodingData", "DecodingSetup", "RidgeFitPredict", "blocked_oof", "holdout_fold",
-    "speed_from_position", "position_jumps", "moving_speed", "moving_mask", "blocked_folds", "evaluate_decoder",
+    "speed_from_position", "position_jumps", "remove_glitches", "moving_speed", "moving_mask", "blocked_folds",
+    "evaluate_decoder",
     "session_position_data", "decoding_setup", "mean_fit_predict", "ridge_floor",
 ]
 
@@ -228,6 +229,38 @@ def position_jumps(position) -> tuple[np.ndarray, np.ndarray]:
     return cuts.astype(np.int64), mixed.astype(np.int64)
 
 
+#: A tracker glitch (a frame far off its neighbours, then back) is a bin further than GLITCH_K
+#: robust SDs from the median of the GLITCH_BINS bins centred on it: a Hampel filter, which
+#: replaces such a bin by that median (:func:`remove_glitches`).
+GLITCH_BINS = 5
+GLITCH_K = 3.0
+_MAD_SD = 1.4826  # a Gaussian's sd per median absolute deviation
+
+
+def remove_glitches(x) -> np.ndarray:
+    """A binned trajectory (T,) or (T, D) with its tracker glitches replaced (a Hampel filter):
+    per coordinate, a bin further than :data:`GLITCH_K` robust SDs from the running median of
+    the :data:`GLITCH_BINS` bins centred on it takes that median's value.
+
+    A running median keeps exactly every stretch where a coordinate rises or falls monotonically
+    (a run, a reach, a step, a teleport), so only bins that go out and come back within two bins
+    (100 ms in 50 ms bins) deviate from it: a glitched frame (or two in a row), the tracker's
+    jitter, or the tip of a reversal sharper than the bins resolve. The robust SD is 1.4826 x the
+    median of the non-zero deviations over the input, that is of the jitter: a bin that equals
+    its running median says nothing about the noise, and on a quantised position at rest (pixels
+    repeating exactly) most bins do, which would put the SD at 0 and make every one-pixel wobble
+    a glitch. A glitch of centimetres under millimetres of jitter is tens of SDs out. ``x`` must
+    be finite (fill NaN first); one vectorised median filter, so long sessions cost little."""
+    x = np.asarray(x, dtype=np.float64)
+    x2 = x.reshape(len(x), -1)
+    if len(x2) < GLITCH_BINS:
+        return x
+    med = median_filter(x2, size=(GLITCH_BINS, 1), mode="nearest")
+    dev = np.abs(x2 - med)
+    scale = np.array([_MAD_SD * np.median(v[v > 0]) if (v > 0).any() else np.inf for v in dev.T])
+    return np.where(dev > GLITCH_K * scale, med, x2).reshape(x.shape)
+
+
 def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.ndarray:
     """Speed per bin, (T,) in position units per second, of the trajectory smoothed by ``smooth_s``.
 
@@ -243,7 +276,10 @@ def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.
 
     A jump of the position (:func:`position_jumps`: a VR teleport at the end of a lap) is no
     movement: the trajectory is smoothed and differenced on each side of it separately, and a
-    bin mixing both sides, or a piece one bin long, has speed NaN (never moving).
+    bin mixing both sides, or a piece one bin long, has speed NaN (never moving). A tracker
+    glitch (a frame far off its neighbours, then back) is no movement either: each piece's
+    glitched bins are replaced by their running median (:func:`remove_glitches`) before the
+    smoothing, whatever its sigma.
     """
     position = np.asarray(position, dtype=np.float64)
     if position.ndim not in (1, 2) or len(position) < 2:
@@ -256,7 +292,7 @@ def speed_from_position(position, bin_size: float, smooth_s: float = 0.0) -> np.
     for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(p)]):
         if b - a < 2:
             continue
-        q = p[a:b]
+        q = remove_glitches(p[a:b])
         if smooth_s > 0:
             q = gaussian_filter1d(q, smooth_s / bin_size, axis=0, mode="nearest")
         out[a:b] = np.linalg.norm(np.gradient(q, axis=0) / bin_size, axis=1)  # (units / s)
@@ -657,7 +693,7 @@ class DecodingData:
     ``counts`` (T, N) int64 spikes per unit per bin; ``position`` (T, D) float64, mean of the
     behaviour's samples in each bin (NaN where none); ``speed`` (T,) position units / s, per
     bin and unsmoothed: the file's speed channel (``speed_measured``) or the finite
-    differences of ``position`` (jitter included: threshold :meth:`moving_speed`, not this);
+    differences of ``position`` (glitches removed, jitter included: threshold :meth:`moving_speed`, not this);
     ``bin_times`` (T,) s, bin starts (bin t covers ``[bin_times[t], bin_times[t] + bin_size)``);
     ``moving`` (T,) bool (also False where position is NaN); ``breaks`` (K,) s, the recording's
     discontinuities inside the bins (``/intervals/discontinuities``): the moving rule's speed

@@ -321,7 +321,7 @@ def test_session_position_data_errors(tmp_path):
 
 
 @pytest.mark.skipif(not LINEAR_TRACK.exists(), reason="../shared/data is absent (real recordings not available)")
-def test_linear_track_ridge_floor(tmp_path):
+def test_linear_track_ridge_floor(tmp_path, monkeypatch):
     from neurofm.data.nwb import convert_nwb
 
     with pytest.warns(UserWarning, match="repeat"):
@@ -341,6 +341,16 @@ def test_linear_track_ridge_floor(tmp_path):
     # the animal runs in the first half only: the last two of five blocks hold no scored bin
     setup = out["setup"]
     assert [int(setup.score_mask[te].sum()) > 0 for _, te in setup.folds] == [True, True, True, False, False]
+    # the glitch filter moves no bin of the default rule here (it replaces 56 of 39,362 bins: the
+    # tracker's start and a few 2-20 px spikes), so the README's 6,766 bins stand
+    data, p = setup.data, setup.protocol
+    assert ridge["n_scored"] == 6766
+    with monkeypatch.context() as m:
+        m.setattr(ev, "remove_glitches", lambda x: np.asarray(x, dtype=np.float64))
+        np.testing.assert_array_equal(data.moving_mask(p.speed_threshold, p.smooth_s), data.moving)
+    # why the data's sigma is not the default: the pixel position repeats exactly at rest, the
+    # measured jitter is 0 and the rule would pick 0.05 s (8,663 moving bins, ridge 0.204)
+    np.testing.assert_array_equal(data.jitter_sd(), [0.0, 0.0])
 
 
 def test_position_data_without_counts_reads_two_spike_times_and_gives_the_same_grid(tmp_path, monkeypatch):
@@ -423,6 +433,102 @@ def test_holdout_alpha_is_the_least_squared_error_on_the_last_fifth_after_a_gap(
     assert model.alpha_ == DEFAULT_ALPHAS[int(np.argmin(errors))]
     with pytest.raises(ValueError, match="too few for a holdout"):
         RidgeFitPredict("holdout", gap=10).fit(X[:12], Y[:12])
+
+
+def _foraging(seed=0, T=12000, bs=0.05, jitter=0.05, glitches=0.0):
+    """An open field in 50 ms bins (cm): 5-10 s rests between 5-10 s runs at 10-30 cm/s that turn
+    smoothly, tracked with ``jitter`` cm of noise per bin, and a ``glitches`` fraction of the bins
+    displaced by N(0, 5 cm) per coordinate (a tracker's wrong frame): (position (T, 2), true speed (T,))."""
+    rng = np.random.default_rng(seed)
+    speed, t, run = np.zeros(T), 0, False
+    while t < T:
+        n = int(rng.uniform(5, 10) / bs)
+        speed[t:t + n] = rng.uniform(10, 30) if run else 0.0
+        t, run = t + n, not run
+    speed = np.convolve(speed, np.ones(10) / 10, mode="same")  # 0.5 s to speed up and slow down
+    heading = np.cumsum(rng.normal(0, 0.1, T))
+    pos = np.cumsum(speed[:, None] * np.c_[np.cos(heading), np.sin(heading)] * bs, axis=0)
+    pos += rng.normal(0, jitter, pos.shape)
+    g = rng.random(T) < glitches
+    pos[g] += rng.normal(0, 5.0, (g.sum(), 2))
+    return pos, speed
+
+
+def test_tracker_glitches_are_not_movement(monkeypatch):
+    """A tracker's isolated wrong frames (3% of the bins off by centimetres, then back) went unseen by
+    the jitter estimate (the stillest tenth of the bins), so the rule chose little smoothing and each
+    glitch read as movement: 15% of the still bins were scored. Glitches are removed (a Hampel filter
+    on the binned position) before either rule smooths."""
+    bs = 0.05
+    pos, true = _foraging(glitches=0.03)
+    still, moving = true < 1.0, true > 5.0
+    thr = lambda s: 0.2 * np.percentile(ev.speed_from_position(pos, bs, s), 95)  # noqa: E731
+    sigma = ev.smoothing_from_jitter(ev.jitter_sd(pos), bs, thr)
+    assert sigma == 0.05  # half a millimetre of jitter needs no more
+    clean, _ = _foraging(glitches=0.0)
+    for s in (sigma, ev.DecodingProtocol().smooth_s):  # the data's sigma and the default 0.5 s
+        m = ev.moving_mask(None, bs, thr(s), s, position=pos)
+        m0 = ev.moving_mask(None, bs, thr(s), s, position=clean)  # 0.5 s blurs the runs' ends into rest
+        assert m[still].mean() < m0[still].mean() + 0.002 and m[moving].mean() > 0.95, s
+    assert m0[still].mean() > 0.01  # the default's own cost, glitches or not
+    np.testing.assert_allclose(ev.speed_from_position(pos, bs, sigma)[still].mean(),
+                               ev.speed_from_position(clean, bs, sigma)[still].mean(), rtol=0.2)
+    # a glitch is replaced by the median of the bins around it: at rest, where it was; in a run, at
+    # most two bins' travel off (a neighbour's place)
+    error = np.abs(ev.remove_glitches(pos) - clean).max(axis=1)
+    assert error[still].max() < 0.5 and np.all(error < 2 * 30 * bs + 0.5)
+    # without the filter the glitches read as movement at the data's sigma
+    monkeypatch.setattr(ev, "remove_glitches", lambda x: np.asarray(x, dtype=np.float64))
+    assert ev.moving_mask(None, bs, thr(sigma), sigma, position=pos)[still].mean() > 0.05
+
+
+def test_glitch_filter_keeps_fast_real_movement():
+    """A running median keeps every monotonic stretch exactly: a 10 cm reach in 150 ms (three
+    50 ms bins) and back after a 0.3 s hold, a 2 m/s dash and a VR teleport come through the
+    glitch filter unchanged but for the jitter, and their speed with them."""
+    bs = 0.05
+    rng = np.random.default_rng(0)
+    s = np.linspace(0, 1, 4)[1:-1]
+    reach = 10 * (10 * s**3 - 15 * s**4 + 6 * s**5)
+    x = np.concatenate([np.zeros(40), reach, np.full(6, 10.0), reach[::-1], np.zeros(40),
+                        np.arange(1, 41) * 2.0 * 100 * bs, np.full(40, 400.0), np.full(40, 0.0)])
+    pos = np.c_[x, 0.5 * x] + rng.normal(0, 0.02, (len(x), 2))
+    fixed = ev.remove_glitches(pos)
+    assert np.abs(fixed - pos).max() < 0.1  # at most a jitter outlier replaced
+    for sigma in (0.05, 0.5):
+        np.testing.assert_allclose(ev.speed_from_position(fixed, bs, sigma), ev.speed_from_position(pos, bs, sigma),
+                                   atol=0.5)
+    peak = ev.speed_from_position(pos, bs, 0.05)[40:46].max()
+    assert peak > 0.4 * np.hypot(10, 5) / 0.15  # the reach is not flattened (0.15 s at mean speed)
+
+
+def test_quantised_position_repeats_at_rest_and_needs_no_jitter_floor():
+    """A pixel position (60 Hz camera, integer pixels, 0.3 px of noise before rounding) repeats exactly
+    at rest: the measured jitter is 0 and the rule picks the smallest sigma. A floor (the rounding
+    error of the binned position's smallest step, 1/3 px / sqrt(12)) would not change that: its
+    jitter speed at 0.05 s is a few px/s, far under half the threshold. The glitch filter leaves
+    one-pixel flicker alone (its SD is the non-zero deviations', not 0) and removes a glitch."""
+    bs, fs = 0.05, 60.0
+    rng = np.random.default_rng(1)
+    v = np.repeat(rng.choice([0.0, 100.0], 60) * rng.uniform(0.5, 1.5, 60), int(6 * fs))  # px/s, 6 s each
+    v = np.convolve(v, np.ones(18) / 18, mode="same")
+    frames = np.round(np.cumsum(v) / fs + 0.3 * rng.normal(size=len(v)) + 0.5)
+    pos = frames.reshape(-1, 3).mean(axis=1)  # 3 frames a bin
+    true = v.reshape(-1, 3).mean(axis=1)
+    still, moving = true < 5.0, true > 25.0
+    sd = ev.jitter_sd(pos)
+    assert sd[0] == 0.0
+    thr = lambda s: 0.2 * np.percentile(ev.speed_from_position(pos, bs, s), 95)  # noqa: E731
+    assert ev.smoothing_from_jitter(sd, bs, thr) == 0.05
+    assert ev.jitter_speed([1 / 3 / np.sqrt(12)], bs, 0.05) < 0.2 * ev.JITTER_MARGIN * thr(0.05)
+    assert (ev.remove_glitches(pos) != pos).mean() < 0.005
+    m = ev.moving_mask(None, bs, thr(0.05), 0.05, position=pos)
+    assert m[still].mean() < 0.005 and m[moving].mean() > 0.95
+    glitched = frames.copy()
+    rest = np.flatnonzero(np.repeat(still, 3))[::50]
+    glitched[rest] += np.round(rng.choice([-1, 1], len(rest)) * rng.uniform(20, 40, len(rest)))
+    gpos = glitched.reshape(-1, 3).mean(axis=1)
+    assert ev.moving_mask(None, bs, thr(0.05), 0.05, position=gpos)[still].mean() < 0.005
 
 
 def _reaching(seed=0, n=120, fs=1000.0, noise=5e-5):

@@ -153,7 +153,8 @@ class NeuroformerEvalConfig:
     # regression target is moving_behavior (position), else "all". A window is moving when every
     # 50 ms bin of its current window is: the speed of /behavior/<moving_behavior> Gaussian-smoothed
     # with sigma speed_smooth_s (position smoothed, then differentiated, so tracking jitter of a
-    # still animal is not movement), or the file's /behavior/speed smoothed the same way, above
+    # still animal is not movement; tracker glitches, a bin off its neighbours and back, are
+    # removed before: evaluation.remove_glitches), or the file's /behavior/speed smoothed the same way, above
     # moving_threshold (behaviour units per second). moving_threshold 0 = from the data:
     # MOVING_FRACTION (a fifth) of the 95th percentile of that speed over the training blocks (a
     # fifth of the animal's running speed: 18 px/s on linear-track, where a still animal reads ~0 px/s as
