@@ -11,7 +11,9 @@ reference that tests compare it with (values and gradients: ``tests/nn/test_kern
 
 The switch is :attr:`neurofm.models.barista.BaristaConfig.fast_kernels` (default on: these
 are several times faster on CPU and change no number beyond float round-off); ``False`` runs
-the references. The kernels know nothing about the models.
+the references. The tokenizer uses :class:`PatchConv` and :class:`Recompute` on CPU only: on
+CUDA each per-tap product is a kernel launch, and cuDNN's convolution is far faster there
+(:meth:`neurofm.models.barista.CNNTokenizer._use_fast`). The kernels know nothing about the models.
 """
 
 from __future__ import annotations
