@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurofm import metrics  # noqa: E402
-from neurofm.baselines import DEFAULT_ALPHAS, BandPowerRidge, Logistic, Ridge, history_features  # noqa: E402
+from neurofm.baselines import DEFAULT_ALPHAS, BandPowerRidge, Logistic, Ridge, auroc_or_mse, history_features  # noqa: E402
 from neurofm.data.session import Session  # noqa: E402
 from neurofm.data.splits import labelled_windows  # noqa: E402
 from neurofm.data.synthetic import simulate_ieeg, simulate_place_cells  # noqa: E402
@@ -80,11 +80,6 @@ TIE = 1e-3  # score differences below this count as ties
 
 def mse_score(y, p) -> float:
     return -float(np.mean((y - p) ** 2))
-
-
-def auroc_score(y, p) -> float:
-    """Ridge on +-1 targets (one column): AUROC, MSE when one class (BandPowerRidge's own score)."""
-    return BandPowerRidge._auroc_score(None, y, p)
 
 
 def ridge_alpha_old(X, Y, score) -> float | None:
@@ -132,7 +127,7 @@ def rule_scores(kind: str, Xtr, ytr, Xte, yte) -> dict[str, float]:
         except ValueError:
             new = None
     else:
-        score = auroc_score if kind == "ridge_auroc" else mse_score
+        score = auroc_or_mse if kind == "ridge_auroc" else mse_score
         old = ridge_alpha_old(Xtr, Y2, score)
         try:
             new = Ridge(score=score).fit(Xtr, Y2).alpha_

@@ -29,7 +29,7 @@ from neurofm.nn.spectral import BANDS, bands_below_nyquist
 __all__ = [
     "bin_spikes", "bin_timeseries", "aligned_counts", "history_features", "band_power", "BANDS",
     "MeanRatePoisson", "PoissonGLM", "Ridge", "SpikeRidgeDecoder", "PoissonBayesDecoder", "BandPowerRidge",
-    "Logistic", "BandPowerLogistic", "blocked_splits", "penalty_folds", "PENALTY_FOLDS",
+    "Logistic", "BandPowerLogistic", "blocked_splits", "penalty_folds", "PENALTY_FOLDS", "auroc_or_mse",
 ]
 
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
@@ -553,6 +553,16 @@ def band_power(x, sampling_rate: float, bands: Mapping[str, tuple[float, float]]
     return spectral.band_power(x, sampling_rate, bands, log=log).numpy()
 
 
+def auroc_or_mse(Y: np.ndarray, P: np.ndarray) -> float:
+    """Penalty score of a ridge classifier on +-1 one-vs-rest targets ``Y`` (n, K'): the AUROC of
+    its scores ``P``, or -MSE when the held-out rows hold one class (:class:`Ridge`'s ``score``)."""
+    labels = np.argmax(Y, axis=1) if Y.shape[1] > 1 else (Y[:, 0] > 0).astype(int)
+    try:
+        return float(metrics.auroc(labels, P if P.shape[1] > 1 else P[:, 0]))
+    except ValueError:  # one class only in the held-out rows: fall back to MSE
+        return -float(np.mean((Y - P) ** 2))
+
+
 class BandPowerRidge:
     """Ridge classifier on log band power per channel: the iEEG baseline of DESIGN.md 8.
 
@@ -577,12 +587,6 @@ class BandPowerRidge:
         bp = band_power(segments, self.sampling_rate, self.bands)
         return bp.reshape(len(segments), -1)
 
-    def _auroc_score(self, Y, P) -> float:
-        labels = np.argmax(Y, axis=1) if Y.shape[1] > 1 else (Y[:, 0] > 0).astype(int)
-        try:
-            return metrics.auroc(labels, P if P.shape[1] > 1 else P[:, 0])
-        except ValueError:  # one class only in the held-out rows: fall back to MSE
-            return -float(np.mean((Y - P) ** 2))
 
     def fit(self, segments, labels) -> "BandPowerRidge":
         """``segments`` (B, C, T) in time order, ``labels`` (B,) int class indices ``0..K-1``."""
@@ -595,7 +599,7 @@ class BandPowerRidge:
             raise ValueError("BandPowerRidge.fit: training labels hold a single class")
         onehot = (labels[:, None] == self.classes_[None, :]).astype(np.float64) * 2 - 1  # (B, K)
         Y = onehot[:, 1:] if self.classes_.size == 2 else onehot
-        self.ridge = Ridge(self.alphas, val_fraction=self.val_fraction, score=self._auroc_score).fit(X, Y)
+        self.ridge = Ridge(self.alphas, val_fraction=self.val_fraction, score=auroc_or_mse).fit(X, Y)
         return self
 
     def decision_function(self, segments) -> np.ndarray:

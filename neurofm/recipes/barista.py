@@ -51,7 +51,7 @@ from neurofm.recipes import finetuned_labels as _finetuned_labels
 from neurofm import plots
 from neurofm.atlas import SpatialVocab, coordinate_spaces, find_atlas_column, is_unknown_label
 from neurofm.atomic import atomic_write
-from neurofm.baselines import BANDS, PENALTY_FOLDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge
+from neurofm.baselines import BANDS, PENALTY_FOLDS, BandPowerLogistic, BandPowerRidge, Logistic, Ridge, auroc_or_mse
 from neurofm.evaluation import blocked_oof
 from neurofm.data.datasets import BACKGROUND_LABEL, IEEGSegmentDataset
 from neurofm.data.segmenter import IEEGSegmenter, Preprocessing, recording_mains
@@ -1431,7 +1431,7 @@ def _probe_scores(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, 
     # few dozen segments, the largest penalty wins almost always).
     (xtr, ytr), (xte, _) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    model = Ridge(score=_auroc_or_mse).fit((xtr - mu) / sd, _pm_one(ytr, n_classes))
+    model = Ridge(score=auroc_or_mse).fit((xtr - mu) / sd, _pm_one(ytr, n_classes))
     return _squeeze(model.predict((xte - mu) / sd))
 
 
@@ -1654,7 +1654,7 @@ def _probe_arms(cfg: RunConfig, probe_dm, encoders: dict) -> tuple[dict, np.ndar
         arms[name] = _probe_scores((train["feat"], train["y"]), (test["feat"], test["y"]), n_classes)
     C = max(train["bp"].shape[1], test["bp"].shape[1])
     pad = lambda b: np.pad(b, ((0, 0), (0, C - b.shape[1]), (0, 0))).reshape(len(b), -1)  # noqa: E731
-    arms["ridge on band power"] = _squeeze(Ridge(score=_auroc_or_mse).fit(
+    arms["ridge on band power"] = _squeeze(Ridge(score=auroc_or_mse).fit(
         pad(train["bp"]), _pm_one(train["y"], n_classes)).predict(pad(test["bp"])))
     return arms, test["y"].astype(np.int64), test
 
@@ -1803,7 +1803,7 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
         arms = {MODEL_ARM: model_scores,
                 "logistic on band power": BandPowerLogistic(bands.sampling_rate).fit_features(
                     bp_tr, train["y"]).model.decision_function(bp_te),
-                "ridge on band power": _squeeze(Ridge(score=_auroc_or_mse).fit(
+                "ridge on band power": _squeeze(Ridge(score=auroc_or_mse).fit(
                     bp_tr, _pm_one(train["y"], logits.shape[1])).predict(bp_te)),
                 WAVEFORM_ARM: Logistic().fit(pad(train["wave"]), train["y"]).decision_function(pad(test["wave"])),
                 probe: Logistic().fit(train["feat"], train["y"]).decision_function(test["feat"]),
@@ -1941,15 +1941,6 @@ def _value_ci(rep, arm: str) -> tuple[float, list[float]]:
     """(point estimate, [lo, hi]) of the report's primary metric for ``arm``."""
     row, m = rep.row(arm), rep.primary
     return float(row.values[m]), [float(v) for v in row.ci[m]]
-
-
-def _auroc_or_mse(y: np.ndarray, p: np.ndarray) -> float:
-    """Penalty score of a ridge classifier on +-1 targets: AUROC, or -MSE with one class."""
-    labels = (y[:, 0] > 0).astype(int) if y.shape[1] == 1 else np.argmax(y, 1)
-    try:
-        return float(auroc(labels, p[:, 0] if p.shape[1] == 1 else p))
-    except ValueError:
-        return -float(np.mean((y - p) ** 2))
 
 
 def _squeeze(scores: np.ndarray) -> np.ndarray:
