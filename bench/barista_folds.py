@@ -30,14 +30,17 @@ Pretrained minus band power (events): +0.034 [+0.005, +0.082], +0.026 [-0.033, +
 closed-form start, and both arms' starts took the same feature blocks except where the token
 mean joined (3 of 15 pretrained folds, 4 of 15 from scratch).
 
-Seed 0 rerun 2026-12-04 19:00-19:15 UTC, after the baselines' and starts' penalties moved from the
+Rerun 2026-12-04 (seed 0 19:00-19:15 UTC), after the baselines' and starts' penalties moved from the
 last 20% of the training segments to blocked 5-fold CV (3b711dd), same pretraining: events
 pretrained 0.987 [0.966, 1.000], from scratch 0.989 (-0.002 [-0.010, +0.000]), logistic on band
 power 0.947, ridge on band power 0.956, evoked waveform 0.977, probes 0.797 / 0.636; force
 pretrained 0.770 [0.735, 0.803], from scratch 0.775 = ridge on band power 0.775: pretrained LOSES
 by -0.005 [-0.009, -0.002], because in fold 3 its start took the pretrained token mean beside band
 power (blocked-CV gain on the training segments) and scored 0.809 on that fold's test block where
-band power alone scored 0.838. All 20 folds again kept their step-0 start.
+band power alone scored 0.838. Seeds 1 and 2, rerun 19:27-19:46: events 0.905 (was 0.931; now
+equal to logistic on band power 0.905, below the waveform's 0.917) and 0.970 (was 0.966; waveform
+0.973); force 0.840 and 0.745 (were 0.839 and 0.738), equal to from scratch and to ridge on band power.
+Pretrained = from scratch in every seed-1 and seed-2 arm. All 60 folds again kept their step-0 start.
 
 Usage::
 
