@@ -1689,12 +1689,14 @@ _LENGTH_UNITS = {"m": "m/s", "meter": "m/s", "meters": "m/s", "metre": "m/s", "m
                  "mm": "mm/s", "um": "um/s", "px": "px/s", "pixels": "pixels/s", "deg": "deg/s", "rad": "rad/s"}
 
 
-def _time_derivatives(in_path: Path, pairs, quantity: str, what: str, *, one_column: bool):
-    """``{as_name: (timestamps, d NAME / dt, unit per second)}`` for each ``(NAME, as_name)`` of
-    ``pairs``: central differences on the samples' own times, per column, unsmoothed (the moving
-    rule smooths, and a decoder's 50 ms windows average). NaN samples stay NaN. A NAME missing, in
-    no length or angle unit, with one sample, or (``one_column``) with several columns, or an
-    ``as_name`` that exists already, is a ``SessionFormatError`` naming the fix."""
+def _time_derivatives(in_path: Path, pairs, quantity: str, what: str, *, magnitude: bool):
+    """``{as_name: (timestamps, values, attrs)}``, what :func:`_with_behaviours` adds, for each
+    ``(NAME, as_name)`` of ``pairs``: ``d NAME / dt`` by central differences on the samples' own
+    times, per column, unsmoothed (the moving rule smooths, and a decoder's 50 ms windows average),
+    as float32 in NAME's unit per second, or with ``magnitude`` (a speed) ``|d NAME / dt|`` of a
+    one-column NAME; attrs ``unit``, ``source_behavior`` and ``transform``. NaN samples stay NaN.
+    A NAME missing, in no length or angle unit, with one sample, or (``magnitude``) with several
+    columns, or an ``as_name`` that exists already, is a ``SessionFormatError`` naming the fix."""
     out = {}
     with Session(in_path) as s:
         for name, as_name in pairs:
@@ -1708,7 +1710,7 @@ def _time_derivatives(in_path: Path, pairs, quantity: str, what: str, *, one_col
             ts, values = s.behavior(name)
             values = np.asarray(values, dtype=np.float64)
             values = values[:, None] if values.ndim == 1 else values.reshape(len(ts), -1)
-            if one_column and values.shape[1] != 1:
+            if magnitude and values.shape[1] != 1:
                 raise SessionFormatError(in_path, f"/behavior/{name}", f"has {values.shape[1]} columns",
                                          "name a one-column cumulative distance (a 2-D position's speed is "
                                          "what the moving rule derives itself; its signed velocity is "
@@ -1716,8 +1718,11 @@ def _time_derivatives(in_path: Path, pairs, quantity: str, what: str, *, one_col
             if len(ts) < 2:
                 raise SessionFormatError(in_path, f"/behavior/{name}", f"{len(ts)} sample(s)",
                                          f"a {quantity} needs two samples or more")
-            out[as_name] = (ts, np.gradient(values, np.asarray(ts, dtype=np.float64), axis=0),
-                            _LENGTH_UNITS[own.lower()])
+            d = np.gradient(values, np.asarray(ts, dtype=np.float64), axis=0)
+            out[as_name] = (ts, (np.abs(d) if magnitude else d).astype(np.float32),
+                            {"unit": _LENGTH_UNITS[own.lower()], "source_behavior": name,
+                             "transform": (f"|d/dt| of /behavior/{name}" if magnitude else
+                                           f"d/dt of /behavior/{name} per column") + " (central differences)"})
     return out
 
 
@@ -1738,13 +1743,7 @@ def add_speed(in_path: str | os.PathLike, out_path: str | os.PathLike, distances
     pairs = parse_renames(distances, "--speed-from", "distances", lambda name: "speed")
     if not pairs:
         raise ValueError("add_speed: name at least one cumulative-distance behaviour")
-    derived = _time_derivatives(in_path, pairs, "speed", "a cumulative distance", one_column=True)
-    added = {}
-    for name, as_name in pairs:
-        ts, d, unit = derived[as_name]
-        added[as_name] = (ts, np.abs(d).astype(np.float32),
-                          {"unit": unit, "source_behavior": name,
-                           "transform": f"|d/dt| of /behavior/{name} (central differences)"})
+    added = _time_derivatives(in_path, pairs, "speed", "a cumulative distance", magnitude=True)
     return _with_behaviours(in_path, out_path, added, overwrite)
 
 
@@ -1766,11 +1765,5 @@ def add_velocity(in_path: str | os.PathLike, out_path: str | os.PathLike, positi
     pairs = parse_renames(positions, "--velocity-from", "positions", lambda name: f"{name}_velocity")
     if not pairs:
         raise ValueError("add_velocity: name at least one position behaviour")
-    derived = _time_derivatives(in_path, pairs, "velocity", "a position", one_column=False)
-    added = {}
-    for name, as_name in pairs:
-        ts, d, unit = derived[as_name]
-        added[as_name] = (ts, d.astype(np.float32),
-                          {"unit": unit, "source_behavior": name,
-                           "transform": f"d/dt of /behavior/{name} per column (central differences)"})
+    added = _time_derivatives(in_path, pairs, "velocity", "a position", magnitude=False)
     return _with_behaviours(in_path, out_path, added, overwrite)
