@@ -668,8 +668,11 @@ def pool_folds(paths, *, seed: int = 0) -> dict[str, DecodeReport]:
             shown = f"{re.sub(_NUMBER, lambda _: next(values), texts[0])} (a/b/...: folds 1 to {len(texts)})"
         else:
             shown = texts[0] if len(set(texts)) == 1 else "; ".join(f"fold {k + 1}: {t}" for k, t in enumerate(texts))
+        fitted = [m.get("n_fitted") for m in parts]
+        fitted = (f"; every arm of fold k fitted on fold k's labelled training {unit} ({'/'.join(map(str, fitted))}, "
+                  f"folds 1 to {len(parts)})" if None not in fitted else "")
         text = (f"the test blocks of {len(parts)} blocked folds pooled, every {unit.rstrip('s')} scored by the fold "
-                f"that held it out: {shown}")
+                f"that held it out: {shown}{fitted}")
         out[target] = decode_report(
             {a: np.concatenate([m["preds"][a] for m in parts]) for a in arms},
             np.concatenate([m["targets"] for m in parts]), blocks, task=first["task"], target=target,

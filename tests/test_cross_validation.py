@@ -51,7 +51,7 @@ def _fold_report(rng, n, shift, note):
             "noise": rng.normal(size=n)}
     blocks = np.repeat(np.arange(4), n // 4 + 1)[:n] + 7  # a fold's own block ids
     return decode_report(arms, y, blocks, target="speed", label_fraction=0.5, scored="moving test windows",
-                         notes={"model": note, "ridge": "same windows"}), (arms, y, blocks)
+                         notes={"model": note, "ridge": "same windows"}, n_fitted=3 * n), (arms, y, blocks)
 
 
 def test_pool_folds_scores_the_folds_test_windows_as_one_test_set(tmp_path):
@@ -75,6 +75,8 @@ def test_pool_folds_scores_the_folds_test_windows_as_one_test_set(tmp_path):
     # a note every fold gave is kept; one that differs by fold is not (it would describe one fold)
     assert pooled.row("ridge").note == "same windows" and pooled.row("model").note == ""
     assert "2 blocked folds pooled" in pooled.scored and "moving test windows" in pooled.scored
+    # each fold's own labelled training windows, stated (the arms of fold k were fitted on fold k's)
+    assert "fitted on fold k's labelled training windows (120/111, folds 1 to 2)" in pooled.scored
     # an arm one fold lacks is left out of the pooled report rather than scored on part of it
     rep, _ = _fold_report(rng, 30, 0.0, "x")
     rep.inputs["arms"].pop("ridge")
