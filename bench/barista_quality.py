@@ -54,7 +54,8 @@ tasks and scored by the recipe's ``evaluate`` or by :mod:`neurofm.evaluation_iee
    Full mode (not run): 5 seeds, 4 x 900 s + 600 s, 1 s segments of 4 patches, pretraining
    12 epochs (about 2,700 steps), fine-tuning 20 epochs: about 9-10 h on that machine.
    Each fine-tune's head starts as ``neurofm finetune`` starts it (``init_probe_head``: the
-   band-power fit, or band power + token mean on a blocked-CV gain over one paired SE; until
+   band-power fit, or band power + token mean on a blocked-CV gain over two paired SE, one before
+   session 14; until
    session 7 the linear probe on the frozen starting encoder, the table's probe rows); ``--finetune-patience N`` scores the best
    validation check (the step-0 start included) instead of the final weights;
    ``--reuse-pretrain`` reads pretraining runs already in ``--out``; ``--tabulate A.json B.json
@@ -631,6 +632,7 @@ import torch  # noqa: E402
 from neurofm.config import from_dict  # noqa: E402
 from neurofm.experiment import run  # noqa: E402
 from neurofm.recipes.barista import WAVEFORM_ARM, RunConfig  # noqa: E402
+from neurofm.report import START_SE  # noqa: E402
 
 SEEG_EDF = ROOT / ".." / "shared" / "data" / "ieeg" / "sample_seeg.edf"
 SEEG_ELECTRODES = ROOT / ".." / "shared" / "data" / "ieeg" / "sample_seeg_electrodes.tsv"
@@ -1023,7 +1025,7 @@ def subjects(out: Path, quick: bool, layers: int, pre_epochs: int | None, ft_epo
                 f"pretraining subjects' training blocks; fine-tuning {ft_epochs} epochs on the held-out subject "
                 f"(pretrained and random init alike, heads started as the recipe starts them: the band-power fit, "
                 f"the evoked waveform then the token mean added each when its blocked-CV gain over the start so "
-                f"far exceeds one paired SE; {scored}); held-out "
+                f"far exceeds {START_SE:g} paired SE; {scored}); held-out "
                 f"subject's test block: {first.get('data', {}).get('test_segments')} event segments (seed {seeds[0]}); "
                 f"labels on {label_fraction:.0%} of the held-out subject's training segments (10 s chunks, the "
                 f"same for both arms and every baseline); {first.get('protocol') or first.get('refused')}")

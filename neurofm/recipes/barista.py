@@ -18,7 +18,7 @@ checkpoint and the exported model, so predictions come back in the recording's u
 one channel layout the head also reads each channel's log band power (``task.band_power``) and
 evoked waveform (its input time course in :data:`WAVEFORM_BINS` bins, ``task.waveform``) and
 starts at the report's band-power fit, the waveform and then the token mean joining only on a
-blocked-CV gain above one paired SE over the start so far (:func:`init_probe_head`; ``start`` in
+blocked-CV gain above two paired SE over the start so far (:func:`init_probe_head`; ``start`` in
 metrics.json), so the model cannot lose to band power except by noise.
 Reconstruction fine-tunes report R2 on the test block.
 """
@@ -61,7 +61,7 @@ from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import DECODE_INPUTS, FEW_CI_BLOCKS, decode_report, fold_name, save_inputs, start_gain
+from neurofm.report import DECODE_INPUTS, FEW_CI_BLOCKS, START_SE, decode_report, fold_name, save_inputs, start_gain
 
 MONITOR = ("val/loss", "min")
 
@@ -1054,9 +1054,6 @@ START_BAND_POWER, START_TOKENS = PART_BAND_POWER, PART_TOKENS
 START_WAVEFORM = f"{PART_BAND_POWER} + {PART_WAVEFORM}"
 START_BOTH = f"{PART_BAND_POWER} + {PART_TOKENS}"
 START_ALL = f"{PART_BAND_POWER} + {PART_WAVEFORM} + {PART_TOKENS}"
-#: a richer start (one more feature block) is taken only when its blocked-CV gain over the simpler one
-#: exceeds this many paired SE (:func:`neurofm.report.start_gain`, the spike side's rule too)
-START_SE = 1.0
 START_FOLDS = 4
 
 
@@ -1093,7 +1090,7 @@ def init_probe_head(task, dm, *, seed: int = 0) -> dict[str, Any]:
       linear probe reads).
 
     The rule grows the start from band power one block at a time, each only when its blocked-CV
-    gain over the start so far exceeds :data:`START_SE` (1) paired block-bootstrap SE
+    gain over the start so far exceeds :data:`~neurofm.report.START_SE` (2) paired block-bootstrap SE
     (:func:`neurofm.report.start_gain`, the rule of the spike side's count read-out): first the
     waveform, then the token mean (so ``band power``, ``band power + waveform``, ``band power +
     token mean`` or all three). Blocked CV: 4 contiguous folds of the training segments in time

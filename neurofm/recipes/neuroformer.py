@@ -59,8 +59,8 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
 from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, DecodingProtocol, RidgeFitPredict,
                                 jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, fold_name, save_inputs, start_gain,
-                            time_blocks)
+from neurofm.report import (DECODE_INPUTS, START_SE, block_bootstrap_counts, decode_report, fold_name, save_inputs,
+                            start_gain, time_blocks)
 
 MONITOR = ("val/total", "min")
 
@@ -492,7 +492,7 @@ def _plain(value):
 # pretrained features"), with the probe solved in closed form and kept unless fine-tuning beats it:
 # * each new regression head reads the pooled state AND every unit's counts in 50 ms bins
 #   (count_bin) and starts at ridge on the labelled windows from the counts alone, or counts +
-#   pooled state where that raises the blocked-CV R2 by more than one paired SE (init_count_heads), so
+#   pooled state where that raises the blocked-CV R2 by more than two paired SE (init_count_heads), so
 #   the starting model is the report's ridge arm unless the pretrained features add to it;
 # * the starting state is scored on the validation block before the first step and is the best
 #   checkpoint until a later validation check beats it (tasks.callbacks.StartingPoint), so
@@ -1374,9 +1374,9 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
 
     Both candidates are :func:`_ridge_fit` (4-fold blocked CV over the windows in time order
     picks the penalty; the same folds score both sets) on the standardised target; the pooled
-    state is used only when its blocked-CV R2 gain over counts alone exceeds one paired
-    block-bootstrap standard error of that gain (:func:`neurofm.report.start_gain`; StartingPoint asks two SE of a
-    validation check, the best of ~20, where this compares one candidate). Standardised and sharing one penalty with the counts, pooled features
+    state is used only when its blocked-CV R2 gain over counts alone exceeds
+    :data:`~neurofm.report.START_SE` (2) paired block-bootstrap standard errors of that gain
+    (:func:`neurofm.report.start_gain`; why two, there). Standardised and sharing one penalty with the counts, pooled features
     that carry little add noise (issue 10: on linear-track fold 2 the pooled state raised the
     inner folds' R2 by 0.006 +- 0.016 SE and the counts + pooled start scored 0.038 below ridge
     on counts on the test block). With
@@ -1452,7 +1452,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
         cv = {k: cv_r2 for k, (_, cv_r2, _) in fits.items()}
         blocks = time_blocks(intervals[keep] + 1e7 * sessions[keep], cfg.data.label_chunk_s)
         gain, se = start_gain(fits[START_COUNTS][2], fits[START_POOLED][2], Y[keep], blocks, seed=cfg.eval.seed)
-        chosen = START_POOLED if gain > se else START_COUNTS  # NaN (too few windows for CV): counts
+        chosen = START_POOLED if gain > START_SE * se else START_COUNTS  # NaN (too few windows for CV): counts
         r = fits[chosen][0]
         coef, bias = r.linear_map()  # (F, D): the counts' F_c rows, then the pooled state's
         head, pooled_head = model.count_heads[v.name], model.behavior_heads[v.name]
@@ -1471,7 +1471,7 @@ def init_count_heads(model: Neuroformer, cfg: RunConfig, dm, moving: "MovingWind
             scores = ", ".join(f"{k} {x:.3f}" for k, x in cv.items())
             why = (f"blocked-CV R2 on the {int(keep.sum())} labelled training windows: {scores}; the pooled state's "
                    f"gain {gain:+.3g} +- {se:.2g} paired SE over {cfg.data.label_chunk_s:g} s blocks: used only when "
-                   f"the gain exceeds one SE")
+                   f"the gain exceeds {START_SE:g} SE")
         else:  # too few labelled windows for 4 blocked folds with their gaps: no CV score to print
             why = (f"only {int(keep.sum())} labelled training windows{' that move' if moving is not None else ''}: "
                    f"too few for blocked CV with gaps, so counts alone, penalty {float(r.alpha_):g} chosen by "

@@ -337,7 +337,7 @@ def test_finetune_head_starts_at_the_band_power_arm(session, force_session, tmp_
     regression (neither the waveform nor the random encoder's token mean adds to it); for the
     classification head, pooled or token-weighting, with ``task.waveform=false`` the same scores
     as the band-power logistic, and by default the chosen start's fit (on these 28 training
-    segments whether the waveform's gain passes one SE depends on the penalties chosen; the
+    segments whether the waveform's gain passes the bar depends on the penalties chosen; the
     evoked sessions of test_start_rule_takes_the_waveform_only_where_it_carries_the_events pin
     that rule). metrics.json's ``start`` and the report say so."""
     import torch
@@ -476,7 +476,7 @@ def test_both_families_keep_their_starting_point_with_one_callback():
 
 def test_start_gain_scores_classification_by_auroc():
     """The shared start rule on classification scores (the BaRISTA head's start): token features
-    that only add noise to band power's scores do not clear one paired SE; scores that rank every
+    that only add noise to band power's scores do not clear the start's bar (START_SE paired SE); scores that rank every
     block's segments better do."""
     from neurofm.report import start_gain
 
@@ -652,10 +652,10 @@ def evoked(session, tmp_path_factory) -> dict[str, str]:
 
 def test_start_rule_takes_the_waveform_only_where_it_carries_the_events(evoked):
     """The default path (one layout: band-power and waveform read-outs): where only the evoked
-    waveform tells the classes apart, blocked CV adds it to band power (gain over one paired SE)
+    waveform tells the classes apart, blocked CV adds it to band power (gain over START_SE paired SE)
     and its read-out starts at the fit's weights; where the waveform carries nothing (the classes
     differ in beta power only), the start leaves the waveform out and its read-out adds nothing
-    (weights 0). (The random encoder's token mean may pass one paired SE there: its blocked-CV
+    (weights 0). (The random encoder's token mean passed one paired SE there, the bar before: its blocked-CV
     AUROC gain over band power's 0.992 was +0.006 +- 0.005.)"""
     cfg = _config([evoked["waveform"]])
     task = recipe.task(cfg, recipe.datamodule(cfg))
