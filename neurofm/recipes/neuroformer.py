@@ -357,6 +357,18 @@ def suggest_window(mean_spikes: float, window) -> tuple[float, float] | None:
     return curr, round(window.prev * curr / window.curr, 6)
 
 
+def demo_window_hint(mean_spikes: float, window, demo) -> tuple[float, float, float] | None:
+    """``(demo.curr, demo.prev, spikes per demo window)`` when ``window`` is longer than the
+    README pretraining's own (``demo``, the ``neuroformer/demo`` windows) and, at the population
+    rate ``mean_spikes`` per ``window.curr`` gives, the demo's current window already holds
+    :data:`SUGGESTED_SPIKES_PER_WINDOW` spikes or more on average: a dense recording, which README
+    step 2 pretrains with the demo's windows (longer ones pad every step with more tokens). Else None."""
+    if window.curr <= demo.curr or mean_spikes <= 0:
+        return None
+    in_demo = mean_spikes * demo.curr / window.curr
+    return (demo.curr, demo.prev, in_demo) if in_demo >= SUGGESTED_SPIKES_PER_WINDOW else None
+
+
 def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
     """Block sizes from the training data's spikes-per-window distribution.
 

@@ -165,6 +165,31 @@ def test_inspect_shows_spikes_per_window(tmp_path, capsys):
     assert info["curr"]["p90"] + 2 <= info["auto_block_size"]["id"] <= info["curr"]["max"] + 2
 
 
+def test_inspect_with_the_readme_windows_says_when_a_dense_recording_keeps_the_demo_s(tmp_path, capsys):
+    """README step 1 runs inspect with 0.25 / 0.5 s windows, and step 2 says a dense recording (several
+    spikes per 50 ms window) keeps the demo's 50 / 150 ms: inspect showed only the 250 ms counts (111
+    spikes a window, 219 + 352 tokens on a 70-unit 445 spikes/s recording), so the user had to work
+    out the 50 ms mean. It now says so; a sparse file, or the demo's own windows, get no such line."""
+    dense = _session(tmp_path / "dense.h5", rate=40.0)  # 4 units x 40 Hz = 160 spikes/s: 8 per 50 ms
+    assert cli.main(["inspect", dense, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if "dense:" in x)
+    mean = float(line.split("about ")[1].split()[0])
+    assert 6.5 < mean < 9.5 and "per 50 ms window" in line and "demo's 50 / 150 ms windows" in line
+    assert "leave model.window.* out" in line
+    assert cli.main(["inspect", dense]) == 0  # the demo's windows already
+    assert "dense:" not in capsys.readouterr().out
+    sparse = _session(tmp_path / "sparse.h5", rate=2.0)  # 8 spikes/s: 0.4 per 50 ms
+    assert cli.main(["inspect", sparse, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    assert "dense:" not in capsys.readouterr().out
+    from neurofm.experiment import load_config
+
+    demo = load_config("demo").model.window
+    long = dataclasses.replace(demo, curr=0.25, prev=0.5)
+    assert recipe.demo_window_hint(19.0, long, demo) is None  # 3.8 per 50 ms: under the 4 a window should hold
+    assert recipe.demo_window_hint(20.0, long, demo) == (demo.curr, demo.prev, 4.0)
+
+
 def test_inspect_defaults_are_the_windows_and_block_sizes_the_readme_pretraining_uses(tmp_path, capsys):
     """Without --window-curr/--window-prev, inspect showed RunConfig's 50 / 50 ms windows while the
     README's pretraining (`train.py demo`, no window override) reads a 150 ms previous window: on a
