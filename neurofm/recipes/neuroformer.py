@@ -995,6 +995,8 @@ def check_test_target(cfg: RunConfig) -> None:
         for k, path in enumerate(paths):
             with Session(path) as s:
                 ts, vals = s.behavior(v.name)
+                if k == 0:
+                    unit = s.behavior_unit(v.name)
                 for split in values:
                     ends = split_window_ends(cfg, s, split)
                     f = behavior_features(ts, vals, ends - w, ends)
@@ -1042,6 +1044,8 @@ def check_test_target(cfg: RunConfig) -> None:
         elif ratio < VARIANCE_WARN:
             warnings.warn(f"{numbers}: R2 on this test block rests on little variation. To change: {fix}",
                           stacklevel=2)
+        if line := off_range_text(v.name, test, train, unit):
+            warnings.warn(line, stacklevel=2)
 
 
 def _fmt(a: np.ndarray) -> str:
@@ -1051,6 +1055,37 @@ def _fmt(a: np.ndarray) -> str:
 #: A scored block whose target's variance is under these shares of the training windows' is
 #: refused (test; a warning for validation) / warned about: R2 there is meaningless / rests on little.
 VARIANCE_REFUSE, VARIANCE_WARN = 0.01, 0.1
+
+#: The training mean's R2 on the scored test windows under which their target lies off the training
+#: windows' range: per column that R2 is -(offset / sd)^2, so under -1 the training mean is, on average
+#: over the columns, more than one of the test windows' own SDs away from theirs.
+NULL_R2_OFF_RANGE = -1.0
+
+
+def off_range_text(name: str, test: np.ndarray, train: np.ndarray, unit: str = "") -> str | None:
+    """A plain line when the scored ``test`` values of target ``name`` lie off the ``train`` values'
+    range (the training mean's R2 on them under :data:`NULL_R2_OFF_RANGE`), else None. The variance
+    check passes such a block (a 70 s test block of a 200 cm arena in which a rat kept to one corner:
+    variance 13% of the training windows', mean 90 / 43 cm off): every arm then scores R2 far below 0
+    (the training mean -11.5, ridge -6.7), which reads as a broken decoder, not a test block that
+    covers little of the range the decoders learned."""
+    test = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
+    train = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
+    if len(test) < 2 or len(train) < 1:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a constant column: its R2 is NaN, left out
+        null_r2 = np.asarray(M.r2_score(test, np.broadcast_to(train.mean(0), test.shape), multioutput="raw_values"))
+    null_r2 = null_r2[np.isfinite(null_r2)]
+    if not len(null_r2) or null_r2.mean() >= NULL_R2_OFF_RANGE:
+        return None
+    u = f" {unit.strip()}" if unit.strip() else ""
+    return (f"{name}: the training mean scores R2 {null_r2.mean():.2f} on the {len(test)} scored test windows: their "
+            f"mean ({_fmt(test.mean(0))}{u}, sd {_fmt(test.std(0))}) lies off the training windows' "
+            f"({_fmt(train.mean(0))}{u}, sd {_fmt(train.std(0))}), so R2, which divides by the test windows' own "
+            f"variance, reads far below 0 for every arm and ranks the arms only against each other; hold out a test "
+            f"block whose range the training block covers (`neurofm split FILE --train A:B --valid C:D --test E:F`), "
+            f"or cross-validate (`neurofm finetune --folds 5`: every window scored once)")
 
 
 def variance_share(part: np.ndarray, train: np.ndarray) -> float | None:
@@ -1847,6 +1882,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         reports[name] = rep
         limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
         if line := angle_limitation(name, _behavior_unit(dm, name)):
+            limitations.append(line)
+        if line := off_range_text(name, y, train["beh_true"][name][mt], _behavior_unit(dm, name)):
+            print(f"neurofm: {line}", file=sys.stderr)
             limitations.append(line)
         results[f"{name}_r2"] = rep.row("model").values["r2"]
         results[f"{name}_pearson_r"] = rep.row("model").values["pearson_r"]

@@ -30,10 +30,11 @@ DURATION = 60.0  # s
 
 
 def _session(path: Path, *, still_after: float = 30.0, rate: float = 5.0, n_units: int = 4, seed: int = 0,
-             burst: bool = False) -> str:
+             burst: bool = False, drift_after: float | None = None) -> str:
     """Poisson spikes (``rate`` Hz per unit) and a 1-D position moving at 100 cm/s back and forth
     until ``still_after`` s, then still. ``burst``: one unit fires 40 extra spikes in 0.2 s every
-    5 s (dense windows that a small block overflows)."""
+    5 s (dense windows that a small block overflows). ``drift_after``: from then on the position
+    runs on at 30 cm/s, off the 0-200 cm it covered before."""
     rng = np.random.default_rng(seed)
     n = rng.poisson(rate * DURATION * n_units)
     times = rng.uniform(0.0, DURATION, n)
@@ -44,6 +45,8 @@ def _session(path: Path, *, still_after: float = 30.0, rate: float = 5.0, n_unit
     order = np.argsort(times)
     ts = np.arange(0.0, DURATION, 0.01)
     x = 200.0 * np.abs(((np.minimum(ts, still_after) * 100.0 / 200.0) % 2.0) - 1.0)
+    if drift_after is not None:
+        x = np.where(ts < drift_after, x, np.interp(drift_after, ts, x) + 30.0 * (ts - drift_after))
     with SessionWriter(path, session_id=path.stem) as w:
         w.add_units([f"u{i}" for i in range(n_units)])
         w.add_spikes(times[order], units[order], t_start=0.0, t_end=DURATION)
@@ -656,6 +659,42 @@ def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
     recipe.check_test_target(recipe.resolve_scoring(_config([moves], data={
         "sessions": [moves], "behavior": ["position"], "batch_size": 16,
         "split": {"train": 0.7, "valid": 0.1, "test": 0.2}})))
+
+
+def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_limitations(pretrained, tmp_path,
+                                                                                           capsys):
+    """A rat that kept to one corner of a 200 cm arena for the 70 s default test block: its variance
+    there was 13% of the training windows' (the variance check passes at 10%) but its mean 90 / 43 cm
+    off, so the training mean scored R2 -11.5 and ridge -6.7 after a 5-min fine-tune, with no word why.
+    The check before training and the run's limitations now say that the test block lies off the
+    range the decoders learned, with the numbers and the fix (split, or --folds)."""
+    folder, _ = pretrained
+    drift = _session(tmp_path / "drift.h5", still_after=60.0, drift_after=48.0)  # test block: x 380-560 cm
+    cfg = recipe.resolve_scoring(_config([drift], data={"sessions": [drift], "behavior": ["position"],
+                                                        "batch_size": 16}))
+    cfg.task.mode = "finetune"
+    with pytest.warns(UserWarning, match=r"position: the training mean scores R2 -\d+\.\d+ on the \d+ scored test "
+                                         r"windows: their mean \(\d+ cm, sd [\d.]+\) lies off the training windows' "
+                                         r".*neurofm finetune --folds 5"):
+        recipe.check_test_target(cfg)
+    code = cli.main(["evaluate", "--pretrained", folder, "--data", drift, "--behavior", "position",
+                     "--out", str(tmp_path / "ev"), *FEW])
+    assert code == 0, capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    line = next(x for x in m["limitations"] if "lies off the training windows'" in x)
+    null_r2 = m["baselines"]["null (training mean)"]["position_r2"]
+    assert f"the training mean scores R2 {null_r2:.2f} on the {m['metrics']['position_n_scored']} scored" in line
+    # a test block inside the training range: no such line, before training or after
+    moves = _session(tmp_path / "b.h5", still_after=60.0)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe.check_test_target(recipe.resolve_scoring(_config([moves], data={
+            "sessions": [moves], "behavior": ["position"], "batch_size": 16,
+            "split": {"train": 0.7, "valid": 0.1, "test": 0.2}})))
+    assert not [w for w in caught if "lies off" in str(w.message)]
+    assert recipe.off_range_text("x", np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) is None
 
 
 def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_path, capsys):
