@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from neurofm import __version__, log_to_stderr
+from neurofm import __version__, log_to_stderr, plain_warnings
 
 # Every other neurofm import is inside the command that needs it, on purpose: `neurofm --help`
 # then loads no torch or Lightning (0.1 s, against seconds for the recipes' imports).
@@ -947,7 +947,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "nan", None) == "mark-bad":
         args.nan = "mark_bad"
     try:
-        return args.func(args)
+        with plain_warnings(f"neurofm {args.command}"):
+            return args.func(args)
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stdout = open(os.devnull, "w")
         return 0

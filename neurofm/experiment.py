@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import jsonio, log_to_stderr
+from neurofm import jsonio, log_to_stderr, plain_warnings
 from neurofm.atomic import OutputError, atomic_output, atomic_write
 from neurofm.config import ConfigError, drop_retired, finetuning_run, from_dict, to_dict
 from neurofm.cards import data_sources, render_card, run_session_paths
@@ -1237,7 +1237,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python train.py") -> in
     log_to_stderr()
 
     try:
-        print_result(run(resolve_config(path, argv)))
+        with plain_warnings(prog):
+            print_result(run(resolve_config(path, argv)))
     except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError, OutputError) as e:
         # These name the file or key and the fix: show them without a traceback. Anything
         # else (a failure inside training) keeps its traceback.

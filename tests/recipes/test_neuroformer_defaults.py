@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurofm import cli, jsonio
+from neurofm import cli, jsonio, plain_warnings
 from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction, spikes_per_window,
@@ -675,8 +675,17 @@ def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_
     cfg.task.mode = "finetune"
     with pytest.warns(UserWarning, match=r"position: the training mean scores R2 -\d+\.\d+ on the \d+ scored test "
                                          r"windows: their mean \(\d+ cm, sd [\d.]+\) lies off the training windows' "
-                                         r".*neurofm finetune --folds 5"):
+                                         r".*neurofm finetune --folds 5") as caught:
         recipe.check_test_target(cfg)
+    # the command line prints it as a note, not as Python's `.../neuroformer.py:216: UserWarning: ...` + source line
+    import warnings
+
+    w = next(x for x in caught if "lies off" in str(x.message))  # raised from recipe.prepare under finetune
+    with plain_warnings("neurofm finetune"):
+        shown = warnings.formatwarning(w.message, w.category, recipe.__file__, 216)
+        other = warnings.formatwarning("x", UserWarning, "/elsewhere/lightning/trainer.py", 7)
+    assert shown == f"neurofm finetune: warning: {w.message}\n" and "trainer.py:7: UserWarning: x" in other
+    assert "neurofm finetune: warning" not in warnings.formatwarning(w.message, w.category, recipe.__file__, 216)
     code = cli.main(["evaluate", "--pretrained", folder, "--data", drift, "--behavior", "position",
                      "--out", str(tmp_path / "ev"), *FEW])
     assert code == 0, capsys.readouterr().err
@@ -686,8 +695,6 @@ def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_
     assert f"the training mean scores R2 {null_r2:.2f} on the {m['metrics']['position_n_scored']} scored" in line
     # a test block inside the training range: no such line, before training or after
     moves = _session(tmp_path / "b.h5", still_after=60.0)
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         recipe.check_test_target(recipe.resolve_scoring(_config([moves], data={
