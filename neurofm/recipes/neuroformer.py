@@ -60,7 +60,7 @@ from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, D
                                 jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, fold_name, save_inputs, start_gain,
-                            time_blocks)
+                            time_blocks, verdict)
 
 MONITOR = ("val/total", "min")
 
@@ -1056,6 +1056,23 @@ def _fmt(a: np.ndarray) -> str:
 #: refused (test; a warning for validation) / warned about: R2 there is meaningless / rests on little.
 VARIANCE_REFUSE, VARIANCE_WARN = 0.01, 0.1
 
+#: the decode report's arm that predicts the labelled training windows' mean everywhere
+NULL_ARM = "null (training mean)"
+
+
+def null_limitation(name: str, rep) -> str | None:
+    """A limitation line when the model of decode report ``rep`` does not beat its training-mean
+    null (a tie within the CI, or below it but within; a loss is already a ``LOSES to`` line): it
+    then decodes nothing of ``name`` that these windows can show. A 10%-label fine-tune whose R2
+    -9.67 "matched" the null's -10.31 (difference CI [-2.65, +2.78]) listed no limitation at all."""
+    if NULL_ARM not in [r.arm for r in rep.rows] or rep.primary not in rep.row(NULL_ARM).diff:
+        return None
+    if verdict(*rep.row(NULL_ARM).diff[rep.primary]) not in ("matches", "below", "equals"):
+        return None
+    said = next(v for v in rep.verdicts() if NULL_ARM in v)
+    return f"{name}: the model does not beat the training mean, so it decodes no {name} these windows can show: {said}"
+
+
 #: The training mean's R2 on the scored test windows under which their target lies off the training
 #: windows' range: per column that R2 is -(offset / sd)^2, so under -1 the training mean is, on average
 #: over the columns, more than one of the test windows' own SDs away from theirs.
@@ -1881,6 +1898,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
         reports[name] = rep
         limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
+        if line := null_limitation(name, rep):
+            print(f"neurofm: {line}", file=sys.stderr)
+            limitations.append(line)
         if line := angle_limitation(name, _behavior_unit(dm, name)):
             limitations.append(line)
         if line := off_range_text(name, y, train["beh_true"][name][mt], _behavior_unit(dm, name)):
@@ -2022,7 +2042,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
         c_te = test["binned"][m].reshape(-1, n_units, n_bins).sum(2)
         arms["Poisson Bayes"] = PoissonBayesDecoder().fit(c_tr, ytr).predict(c_te).reshape(y.shape)
         notes["Poisson Bayes"] = "place/tuning fields from the same counts"
-    arms["null (training mean)"] = np.broadcast_to(ytr.mean(0), y.shape).copy()
+    arms[NULL_ARM] = np.broadcast_to(ytr.mean(0), y.shape).copy()
     block_s = cfg.data.label_chunk_s
     blocks = time_blocks(test["interval"][m] + 1e7 * test["session"][m], block_s)
     return decode_report(arms, y, blocks, target=name, label_fraction=cfg.data.label_fraction, scored=scored_text,
