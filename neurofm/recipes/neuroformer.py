@@ -1044,7 +1044,7 @@ def check_test_target(cfg: RunConfig) -> None:
         elif ratio < VARIANCE_WARN:
             warnings.warn(f"{numbers}: R2 on this test block rests on little variation. To change: {fix}",
                           stacklevel=2)
-        if line := off_range_text(v.name, test, train, unit):
+        if line := off_range_text(v.name, test, train, unit, fold_name(cfg.data.split)):
             warnings.warn(line, stacklevel=2)
 
 
@@ -1079,13 +1079,14 @@ def null_limitation(name: str, rep) -> str | None:
 NULL_R2_OFF_RANGE = -1.0
 
 
-def off_range_text(name: str, test: np.ndarray, train: np.ndarray, unit: str = "") -> str | None:
+def off_range_text(name: str, test: np.ndarray, train: np.ndarray, unit: str = "", fold: str = "") -> str | None:
     """A plain line when the scored ``test`` values of target ``name`` lie off the ``train`` values'
     range (the training mean's R2 on them under :data:`NULL_R2_OFF_RANGE`), else None. The variance
     check passes such a block (a 70 s test block of a 200 cm arena in which a rat kept to one corner:
     variance 13% of the training windows', mean 90 / 43 cm off): every arm then scores R2 far below 0
     (the training mean -11.5, ridge -6.7), which reads as a broken decoder, not a test block that
-    covers little of the range the decoders learned."""
+    covers little of the range the decoders learned. ``fold``: "fold k of K" (:func:`fold_name`) for
+    one fold of a cross-validated run, whose fix is its pooled report, not cross-validation."""
     test = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
     train = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
     if len(test) < 2 or len(train) < 1:
@@ -1100,9 +1101,11 @@ def off_range_text(name: str, test: np.ndarray, train: np.ndarray, unit: str = "
     return (f"{name}: the training mean scores R2 {null_r2.mean():.2f} on the {len(test)} scored test windows: their "
             f"mean ({_fmt(test.mean(0))}{u}, sd {_fmt(test.std(0))}) lies off the training windows' "
             f"({_fmt(train.mean(0))}{u}, sd {_fmt(train.std(0))}), so R2, which divides by the test windows' own "
-            f"variance, reads far below 0 for every arm and ranks the arms only against each other; hold out a test "
-            f"block whose range the training block covers (`neurofm split FILE --train A:B --valid C:D --test E:F`), "
-            f"or cross-validate (`neurofm finetune --folds 5`: every window scored once)")
+            f"variance, reads far below 0 for every arm and ranks the arms only against each other; "
+            + (f"this is {fold}: read the pooled report over every fold's test block (the folder above), which "
+               "divides by the variance of all of them" if fold else
+               "hold out a test block whose range the training block covers (`neurofm split FILE --train A:B --valid "
+               "C:D --test E:F`), or cross-validate (`neurofm finetune --folds 5`: every window scored once)"))
 
 
 def variance_share(part: np.ndarray, train: np.ndarray) -> float | None:
@@ -1903,7 +1906,8 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
             limitations.append(line)
         if line := angle_limitation(name, _behavior_unit(dm, name)):
             limitations.append(line)
-        if line := off_range_text(name, y, train["beh_true"][name][mt], _behavior_unit(dm, name)):
+        if line := off_range_text(name, y, train["beh_true"][name][mt], _behavior_unit(dm, name),
+                                  fold_name(cfg.data.split)):
             print(f"neurofm: {line}", file=sys.stderr)
             limitations.append(line)
         results[f"{name}_r2"] = rep.row("model").values["r2"]
