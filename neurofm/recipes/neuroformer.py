@@ -60,7 +60,7 @@ from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, D
                                 jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import (DECODE_INPUTS, block_bootstrap_counts, decode_report, fold_name, save_inputs, start_gain,
-                            time_blocks, verdict)
+                            NULL_ARM, null_limitation, time_blocks)
 
 MONITOR = ("val/total", "min")
 
@@ -1055,23 +1055,6 @@ def _fmt(a: np.ndarray) -> str:
 #: A scored block whose target's variance is under these shares of the training windows' is
 #: refused (test; a warning for validation) / warned about: R2 there is meaningless / rests on little.
 VARIANCE_REFUSE, VARIANCE_WARN = 0.01, 0.1
-
-#: the decode report's arm that predicts the labelled training windows' mean everywhere
-NULL_ARM = "null (training mean)"
-
-
-def null_limitation(name: str, rep) -> str | None:
-    """A limitation line when the model of decode report ``rep`` does not beat its training-mean
-    null (a tie within the CI, or below it but within; a loss is already a ``LOSES to`` line): it
-    then decodes nothing of ``name`` that these windows can show. A 10%-label fine-tune whose R2
-    -9.67 "matched" the null's -10.31 (difference CI [-2.65, +2.78]) listed no limitation at all."""
-    if NULL_ARM not in [r.arm for r in rep.rows] or rep.primary not in rep.row(NULL_ARM).diff:
-        return None
-    if verdict(*rep.row(NULL_ARM).diff[rep.primary]) not in ("matches", "below", "equals"):
-        return None
-    said = next(v for v in rep.verdicts() if NULL_ARM in v)
-    return f"{name}: the model does not beat the training mean, so it decodes no {name} these windows can show: {said}"
-
 
 #: The training mean's R2 on the scored test windows under which their target lies off the training
 #: windows' range: per column that R2 is -(offset / sd)^2, so under -1 the training mean is, on average

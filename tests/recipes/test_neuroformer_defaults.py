@@ -709,29 +709,6 @@ def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_
     assert "this is fold 2 of 5: read the pooled report over every fold's test block" in fold and "--folds" not in fold
 
 
-def test_a_model_that_does_not_beat_the_training_mean_is_a_limitation():
-    """A 10%-label fine-tune scored R2 -9.67 against the training mean's -10.31 (the paired difference's
-    CI [-2.65, +2.78]): the report said "matches ... within the CI" and the run listed no limitation,
-    though the model decoded nothing those windows could show. Not beating the null is now one."""
-    from neurofm.report import decode_report
-
-    rng = np.random.default_rng(0)
-    y = rng.normal(size=(400, 2))
-    blocks = np.repeat(np.arange(20), 20)
-    null = np.full_like(y, 0.01)
-    arms = {"no signal": null + rng.normal(scale=0.05, size=y.shape), "decodes": y + rng.normal(scale=0.5, size=y.shape)}
-    lines = {k: recipe.null_limitation("position", decode_report({"model": p, recipe.NULL_ARM: null}, y, blocks,
-                                                                 target="position"))
-             for k, p in arms.items()}
-    assert lines["decodes"] is None
-    assert lines["no signal"].startswith("position: the model does not beat the training mean, so it decodes no "
-                                         "position these windows can show: model ")
-    assert "matches null (training mean) within the CI: r2" in lines["no signal"] and "CI [" in lines["no signal"]
-    # a report without the null arm (a classification report, or another caller's arms): nothing
-    assert recipe.null_limitation("position", decode_report({"model": arms["no signal"], "other": null}, y,
-                                                            blocks)) is None
-
-
 def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_path, capsys):
     folder, _ = pretrained
     rest = _session(tmp_path / "a.h5", still_after=30.0)  # the default test block (last 10%) is rest
