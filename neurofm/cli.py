@@ -454,6 +454,8 @@ def _describe_test_block(t: dict) -> list[str]:
                    if t["n_test_moving"] < t["min_scored_windows"] else "")
         lines.append(f"             mostly rest{refused}: hold out a block where the animal moves with "
                      f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
+    if t.get("off_range"):
+        lines.append(f"             {t['off_range']}")
     return lines
 
 

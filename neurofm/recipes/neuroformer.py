@@ -815,11 +815,18 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
            "unit": _unit_text(session.behavior_unit(e.moving_behavior)),
            "source": ("/intervals/test" if "test" in session.interval_names else
                       f"default split: the last {cfg.data.split.test:.0%} of the recording")}
+    ts, vals = session.behavior(e.moving_behavior)
+    scored = {}
     for split in ("train", "test"):
         ends = split_window_ends(cfg, session, split)
         m = moving(np.zeros(len(ends), dtype=np.int64), ends)
         out[f"n_{split}_windows"], out[f"n_{split}_moving"] = int(len(ends)), int(m.sum())
+        f = behavior_features(ts, vals, ends - cfg.model.window.curr, ends)
+        scored[split] = f["mean"][m & f["mask"]].astype(np.float64)
     out["min_scored_windows"] = e.min_scored_windows
+    # the warning finetune gives before training when the scored test windows lie off the training range
+    out["off_range"] = off_range_text(e.moving_behavior, scored["test"], scored["train"],
+                                      session.behavior_unit(e.moving_behavior))
     return out
 
 
@@ -1070,10 +1077,10 @@ def off_range_text(name: str, test: np.ndarray, train: np.ndarray, unit: str = "
     (the training mean -11.5, ridge -6.7), which reads as a broken decoder, not a test block that
     covers little of the range the decoders learned. ``fold``: "fold k of K" (:func:`fold_name`) for
     one fold of a cross-validated run, whose fix is its pooled report, not cross-validation."""
+    if len(test) < 2 or len(train) < 1:  # nothing scored (a test block of rest is refused as such)
+        return None
     test = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
     train = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
-    if len(test) < 2 or len(train) < 1:
-        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a constant column: its R2 is NaN, left out
         null_r2 = np.asarray(M.r2_score(test, np.broadcast_to(train.mean(0), test.shape), multioutput="raw_values"))

@@ -687,6 +687,10 @@ def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_
     assert shown == f"neurofm finetune: warning: {w.message}\n"
     assert "trainer.py:7: " in other and "neurofm" not in other  # another package's: the format it had
     assert "neurofm finetune: warning" not in warnings.formatwarning(w.message, w.category, recipe.__file__, 216)
+    capsys.readouterr()
+    assert cli.main(["inspect", drift]) == 0  # inspect, which README step 1 runs, says it too
+    line = next(x for x in capsys.readouterr().out.splitlines() if "lies off the training windows'" in x)
+    assert line.startswith("             position: the training mean scores R2 -")
     code = cli.main(["evaluate", "--pretrained", folder, "--data", drift, "--behavior", "position",
                      "--out", str(tmp_path / "ev"), *FEW])
     assert code == 0, capsys.readouterr().err
@@ -703,6 +707,7 @@ def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_
             "split": {"train": 0.7, "valid": 0.1, "test": 0.2}})))
     assert not [w for w in caught if "lies off" in str(w.message)]
     assert recipe.off_range_text("x", np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) is None
+    assert recipe.off_range_text("x", np.empty((0, 2)), np.ones((5, 2))) is None  # a test block of rest: said otherwise
     # one fold of `finetune --folds 5` (every fold's test block read -1.1 to -8.6 on the 700 s session): its fix
     # is the pooled report, not the cross-validation it already is
     fold = recipe.off_range_text("x", np.array([9.0, 10.0, 11.0]), np.array([0.0, 2.0, 4.0]), "cm", "fold 2 of 5")
