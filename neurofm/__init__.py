@@ -25,7 +25,7 @@ _LAZY = {
     "BaristaFinetuned": "neurofm.models.barista",
 }
 
-__all__ = ["__version__", "log_to_stderr", *_LAZY]
+__all__ = ["__version__", "log_to_stderr", "plain_warnings", *_LAZY]
 
 
 def __getattr__(name: str):
@@ -66,3 +66,36 @@ def log_to_stderr() -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+class plain_warnings:
+    """Within it, a warning raised by neurofm's own code prints as ``PROG: warning: MESSAGE`` (what
+    the command-line tools use): the default format put the package file, line and source line
+    before every message (``.../neurofm/recipes/neuroformer.py:216: UserWarning: ...`` then
+    ``  check_test_target(cfg)``), which read as a crash report. Other packages' warnings keep
+    Python's format. Only the format changes (``warnings.formatwarning``, restored on exit): what
+    is shown, and what ``warnings.catch_warnings(record=True)`` records, stay as they were."""
+
+    def __init__(self, prog: str):
+        self.prog = prog
+
+    def __enter__(self):
+        import os
+        import warnings
+
+        self._original = original = warnings.formatwarning
+        root = os.path.dirname(os.path.abspath(__file__)) + os.sep
+        prog = self.prog
+
+        def formatwarning(message, category, filename, lineno, line=None):
+            if os.path.abspath(str(filename)).startswith(root):
+                return f"{prog}: warning: {message}\n"
+            return original(message, category, filename, lineno, line)
+
+        warnings.formatwarning = formatwarning
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import warnings
+
+        warnings.formatwarning = self._original

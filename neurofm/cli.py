@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from neurofm import __version__, log_to_stderr
+from neurofm import __version__, log_to_stderr, plain_warnings
 
 # Every other neurofm import is inside the command that needs it, on purpose: `neurofm --help`
 # then loads no torch or Lightning (0.1 s, against seconds for the recipes' imports).
@@ -200,8 +200,8 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     """Spikes per current / previous window over the training block (the default split, or the
     file's /intervals/train), with the block sizes the data would choose (neurofm inspect)."""
     from neurofm.data.tokenizer import block_size_for, window_count_percentiles
-    from neurofm.recipes.neuroformer import (RunConfig, suggest_window, test_block_motion, test_block_variation,
-                                             split_window_counts)
+    from neurofm.recipes.neuroformer import (RunConfig, demo_window_hint, suggest_window, test_block_motion,
+                                             test_block_variation, split_window_counts)
 
     import dataclasses
 
@@ -212,18 +212,21 @@ def _spike_window_stats(args: argparse.Namespace, session) -> dict:
     # the windows the README's pretraining (neuroformer/demo) trains with when none are given:
     # RunConfig's 50 / 50 ms under-counted the demo's 150 ms previous window (prev_id 75 shown,
     # 202 chosen by the run, on a 72-unit 740 spikes/s recording) and so its cost
-    w = cfg.model.window = dataclasses.replace(load_config(PRETRAIN_CONFIG).model.window)
+    demo = load_config(PRETRAIN_CONFIG).model.window
+    w = cfg.model.window = dataclasses.replace(demo)
     if args.window_curr is not None:
         w.curr = args.window_curr
     if args.window_prev is not None:
         w.prev = args.window_prev
     curr, prev = split_window_counts(cfg)
     hint = suggest_window(float(curr.mean()), w) if len(curr) else None
+    dense = demo_window_hint(float(curr.mean()), w, demo) if len(curr) else None
     motion = test_block_motion(cfg, session)
     return {"window_curr_s": w.curr, "window_prev_s": w.prev, "n_train_windows": int(len(curr)),
             "curr": window_count_percentiles(curr), "prev": window_count_percentiles(prev),
             "auto_block_size": {"id": block_size_for(curr), "prev_id": block_size_for(prev)} if len(curr) else None,
             "suggested_window_s": {"curr": hint[0], "prev": hint[1]} if hint else None,
+            "dense_demo_window_s": {"curr": dense[0], "prev": dense[1], "mean_spikes": dense[2]} if dense else None,
             "test_block": motion,
             "test_block_variation": test_block_variation(cfg, session,
                                                          skip=(motion["moving_behavior"],) if motion else ()),
@@ -342,6 +345,12 @@ def _describe_windows(w: dict) -> str:
         sw = w["suggested_window_s"]
         lines.append(f"             mostly empty windows: try model.window.curr={sw['curr']:g} "
                      f"model.window.prev={sw['prev']:g}")
+    if w.get("dense_demo_window_s"):
+        d = w["dense_demo_window_s"]
+        lines.append(f"             dense: about {d['mean_spikes']:.3g} spikes per {d['curr'] * 1e3:g} ms window at this "
+                     f"rate; README step 2 keeps the demo's {d['curr'] * 1e3:g} / {d['prev'] * 1e3:g} ms windows for "
+                     f"such a recording (leave model.window.* out; `neurofm inspect FILE` without --window-curr / "
+                     f"--window-prev shows their block sizes and cost)")
     if w.get("test_block"):
         lines += _describe_test_block(w["test_block"])
     for v in w.get("test_block_variation", []):
@@ -445,6 +454,8 @@ def _describe_test_block(t: dict) -> list[str]:
                    if t["n_test_moving"] < t["min_scored_windows"] else "")
         lines.append(f"             mostly rest{refused}: hold out a block where the animal moves with "
                      f"`neurofm split FILE --train A:B --valid C:D --test E:F` (seconds)")
+    if t.get("off_range"):
+        lines.append(f"             {t['off_range']}")
     return lines
 
 
@@ -938,7 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "nan", None) == "mark-bad":
         args.nan = "mark_bad"
     try:
-        return args.func(args)
+        with plain_warnings(f"neurofm {args.command}"):
+            return args.func(args)
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stdout = open(os.devnull, "w")
         return 0

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from neurofm import jsonio, log_to_stderr
+from neurofm import jsonio, log_to_stderr, plain_warnings
 from neurofm.atomic import OutputError, atomic_output, atomic_write
 from neurofm.config import ConfigError, drop_retired, finetuning_run, from_dict, to_dict
 from neurofm.cards import data_sources, render_card, run_session_paths
@@ -829,7 +829,7 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
     CIs to match. Every fold's pre-flight (data, events, targets, split sizes) runs before the
     first fold trains. Writes ``RUN/metrics.json`` and ``RUN/decode_report.md``; the fine-tuned
     models are the folds' (``RUN/fold-k/pretrained``): there is no single model of the whole run."""
-    from neurofm.report import DECODE_INPUTS, pool_folds
+    from neurofm.report import DECODE_INPUTS, null_limitation, pool_folds
 
     recipe = recipe_for(cfg.family)
     cfgs = fold_configs(cfg, folds)
@@ -877,6 +877,8 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
                 into[f"{target}_{m}_ci95"] = list(row.ci[m])
         metrics["decode_report"][target] = rep.to_dict()
         metrics["limitations"] += [f"{target}: {v}" for v in rep.verdicts() if " LOSES to " in v]
+        if line := null_limitation(target, rep):
+            metrics["limitations"].append(line)
     metrics["protocol"] = (f"blocked {folds}-fold cross-validation: each fold a whole fine-tuning run on the rest of "
                            f"the recording, its test block the fold's 1/{folds} of each session; reports pool every "
                            f"fold's test block; fold 1's protocol: {results[0].metrics.get('protocol', '')}")
@@ -1237,7 +1239,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python train.py") -> in
     log_to_stderr()
 
     try:
-        print_result(run(resolve_config(path, argv)))
+        with plain_warnings(prog):
+            print_result(run(resolve_config(path, argv)))
     except (ConfigError, PretrainedError, SessionFormatError, FileNotFoundError, OutputError) as e:
         # These name the file or key and the fix: show them without a traceback. Anything
         # else (a failure inside training) keeps its traceback.

@@ -253,6 +253,10 @@ def read_config(folder: str | os.PathLike) -> dict:
     """The parsed ``config.json`` of a pretrained folder, validated."""
     path = Path(folder) / CONFIG_NAME
     if not path.exists():
+        inner = Path(folder) / "pretrained"  # a run folder given for the pretrained folder inside it
+        if (inner / CONFIG_NAME).exists():
+            raise PretrainedError(f"{path}: missing: {folder} is a run folder; its model is {inner} (give "
+                                  f"--pretrained {inner})")
         raise PretrainedError(f"{path}: missing (is {folder} a folder written by save_pretrained?)")
     try:
         meta = json.loads(path.read_text())

@@ -43,7 +43,7 @@ import numpy as np
 from neurofm import metrics as M
 
 __all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "start_gain",
-           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "save_inputs", "load_inputs", "fold_blocks", "pool_folds"]
+           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "NULL_ARM", "null_limitation", "save_inputs", "load_inputs", "fold_blocks", "pool_folds"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -577,6 +577,25 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
                         n_boot=int(n_boot), protocol=protocol,
                         n_fitted=None if n_fitted is None else int(n_fitted), unit=unit, fold=fold,
                         inputs={"arms": preds, "targets": y, "blocks": blocks})
+
+
+#: the decode report's arm that predicts the labelled training windows' mean everywhere
+NULL_ARM = "null (training mean)"
+
+
+def null_limitation(name: str, rep: DecodeReport) -> str | None:
+    """A limitation line when the model of decode report ``rep`` does not beat its training-mean
+    null (a tie within the CI, or below it but within; a loss is already a ``LOSES to`` line): it
+    then decodes nothing of ``name`` that these windows can show. A 10%-label fine-tune whose R2
+    -9.67 "matched" the null's -10.31 (difference CI [-2.65, +2.78]) listed no limitation at all; so
+    did the pooled report of its 5-fold cross-validation (-0.947 vs -0.931, "below but within the CI")."""
+    if NULL_ARM not in [r.arm for r in rep.rows] or rep.primary not in rep.row(NULL_ARM).diff:
+        return None
+    if verdict(*rep.row(NULL_ARM).diff[rep.primary]) not in ("matches", "below", "equals"):
+        return None
+    said = next(v for v in rep.verdicts() if NULL_ARM in v)
+    return f"{name}: the model does not beat the training mean, so it decodes no {name} these windows can show: {said}"
+
 
 
 # -- cross-validated runs: each fold's scored windows, pooled ------------------------------------

@@ -247,6 +247,45 @@ def test_training_into_a_log_file_prints_progress_lines(tmp_path, capsys, monkey
     assert on_terminal.progress_bar_callback and not [c for c in on_terminal.callbacks if isinstance(c, LogProgress)]
 
 
+def test_the_done_line_says_when_early_stopping_ended_training(tmp_path, capsys):
+    """A fine-tune's log read "step 91 of 300" then "training: done, 150 steps" and nothing about why:
+    the done line now says early stopping ended it, after how many checks, and of how many steps."""
+    import lightning as L
+    import torch
+
+    from neurofm.tasks.callbacks import EarlyStoppingAfterValidation, LogProgress
+
+    trainer = build_trainer(TrainerConfig(accelerator="cpu", devices="1", max_epochs=20), tmp_path)
+    (log,) = [c for c in trainer.callbacks if isinstance(c, LogProgress)]
+    log.every_s = 0.0
+    trainer.callbacks.append(EarlyStoppingAfterValidation(monitor="val/flat", mode="max", patience=2))
+
+    class Flat(L.LightningModule):  # a validation score that never improves
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/flat", 1.0)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(6, 2)), batch_size=2)
+    capsys.readouterr()
+    trainer.fit(Flat(), data, data)
+    err = capsys.readouterr().err
+    assert ("neurofm: training: done, 9 steps in" in err and "(of 60 planned: stopped early, val/flat did not "
+            "improve for 2 validation checks: trainer.early_stopping_patience)" in err), err
+    trainer = build_trainer(TrainerConfig(accelerator="cpu", devices="1", max_epochs=1), tmp_path / "b")
+    [c for c in trainer.callbacks if isinstance(c, LogProgress)][0].every_s = 0.0
+    trainer.fit(Flat(), data)
+    assert "stopped early" not in capsys.readouterr().err
+
+
 def test_evaluate_writes_to_a_folder_named_after_the_model_and_the_recording():
     """`neurofm evaluate` without --out wrote every evaluation to runs/evaluate, each replacing the
     last; the default now names the model (a fine-tuned RUN/pretrained by its run) and the data."""

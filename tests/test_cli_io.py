@@ -225,6 +225,33 @@ def test_split_writes_intervals_used_by_time_block_split(tmp_path):
         assert s.intervals("test")["end"].tolist() == [59.0]
 
 
+def test_split_refuses_blocks_that_overlap(tmp_path, capsys):
+    """`neurofm split FILE --train 0:500 --valid 490:560 --test 565:690` was written ("data modules
+    now split by them") and only the next run's data setup refused it. Overlapping blocks, across
+    splits or within one, and a block that overlaps a split the file keeps, are now refused by
+    split itself, naming the file, the blocks and the fix, and the file is left as it was."""
+    from neurofm.data.session import SessionFormatError, set_intervals
+
+    path = tmp_path / "s.h5"
+    with SessionWriter(path, session_id="s") as w:
+        w.add_units(["a", "b"])
+        w.add_spikes(np.linspace(0.5, 99.5, 200), np.arange(200) % 2, t_start=0.0, t_end=100.0)
+    assert main(["split", str(path), "--train", "0:50", "--valid", "48:60", "--test", "65:100"]) == 2
+    err = capsys.readouterr().err
+    assert (f"neurofm split: error: {path}: /intervals: split blocks 'train' and 'valid' overlap in time (a window "
+            f"could then be in both) (give blocks that do not overlap, with a gap between splits") in err
+    assert main(["split", str(path), "--train", "0:30", "--train", "20:50", "--valid", "55:60", "--test", "65:100"]) == 2
+    assert "/intervals/train: blocks [0.0, 30.0) and [20.0, 50.0) overlap (give blocks that do not overlap" in \
+        capsys.readouterr().err
+    with Session(path) as s:
+        assert "train" not in s.interval_names  # nothing written
+    assert main(["split", str(path), "--train", "0:50", "--valid", "55:60", "--test", "65:100"]) == 0
+    with pytest.raises(SessionFormatError, match="split blocks 'valid' and 'test' overlap"):
+        set_intervals(path, {"test": [(58.0, 100.0)]}, overwrite=True)  # against the file's own valid block
+    with Session(path) as s:
+        assert s.intervals("test")["start"].tolist() == [65.0]
+
+
 def test_convert_session_angle_errors_and_degrees(tmp_path, capsys):
     """`convert session --angle`: degrees from the unit attr (or --angle-unit), NaN kept, and
     errors that name the field and the fix, writing nothing."""

@@ -153,6 +153,10 @@ def test_finetune_folds_spikes(tmp_path, capsys):
     assert m["cross_validation"]["folds"] == 2 and len(m["cross_validation"]["per_fold"]) == 2
     assert m["metrics"]["position_r2"] == pytest.approx(pooled["rows"][0]["r2"])
     assert {"ridge on binned counts", "null (training mean)"} <= set(m["baselines"])
+    # the pooled model not beating the training mean is a limitation of the cross-validation, as of a run
+    null_verdict = next(v for v in pooled["verdicts"] if "null (training mean)" in v)
+    said = [x for x in m["limitations"] if "does not beat the training mean" in x]
+    assert len(said) == (0 if null_verdict.startswith("model beats") else 1), (null_verdict, m["limitations"])
     assert all((run / f"fold-{k}" / "pretrained" / "config.json").exists() for k in (1, 2))
     assert "2 blocked folds pooled" in out and "per fold (position" in out
     text = (run / "decode_report.md").read_text()

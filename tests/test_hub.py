@@ -92,6 +92,20 @@ def test_truncated_weights_fail_clearly(tmp_path):
         Tiny.from_pretrained(tmp_path / "m")
 
 
+def test_a_run_folder_given_for_its_pretrained_folder_names_the_one_inside(tmp_path):
+    """`neurofm finetune --pretrained runs/pre` (the run folder) said only "runs/pre/config.json: missing (is
+    runs/pre a folder written by save_pretrained?)"; it now names runs/pre/pretrained, the folder to give."""
+    from neurofm.hub import read_config
+
+    _model().save_pretrained(tmp_path / "run" / "pretrained")
+    with pytest.raises(PretrainedError, match=r"run is a run folder; its model is .*run/pretrained \(give "
+                                              r"--pretrained .*run/pretrained\)"):
+        read_config(tmp_path / "run")
+    with pytest.raises(PretrainedError, match=r"a folder written by save_pretrained\?"):
+        read_config(tmp_path)  # no pretrained/ inside either: the general message
+    assert read_config(tmp_path / "run" / "pretrained")["model_type"] == "Tiny"
+
+
 def test_older_folder_missing_a_key_loads_with_warning(tmp_path):
     _model().save_pretrained(tmp_path / "m")
     meta_path = tmp_path / "m" / "config.json"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neurofm import metrics as M
-from neurofm.report import block_bootstrap_counts, decode_report, time_blocks
+from neurofm.report import NULL_ARM, block_bootstrap_counts, decode_report, null_limitation, time_blocks
 
 
 def _data(n=600, seed=0):
@@ -170,3 +170,25 @@ def test_few_test_blocks_say_the_cis_are_rough():
     assert fold_name(SimpleNamespace(folds=5, fold=2)) == "fold 2 of 5" and fold_name(SimpleNamespace(folds=0)) == ""
     many = decode_report(arms, y, np.repeat(np.arange(FEW_CI_BLOCKS), 40), block_s=10.0)
     assert "ONLY" not in many.describe()
+
+
+def test_a_model_that_does_not_beat_the_training_mean_is_a_limitation():
+    """A 10%-label fine-tune scored R2 -9.67 against the training mean's -10.31 (the paired difference's
+    CI [-2.65, +2.78]): the report said "matches ... within the CI" and the run listed no limitation,
+    though the model decoded nothing those windows could show. Not beating the null is now one (the
+    fine-tuning run's and the pooled report of finetune --folds: tests/test_cross_validation.py)."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(400, 2))
+    blocks = np.repeat(np.arange(20), 20)
+    null = np.full_like(y, 0.01)
+    arms = {"no signal": null + rng.normal(scale=0.05, size=y.shape), "decodes": y + rng.normal(scale=0.5, size=y.shape)}
+    lines = {k: null_limitation("position", decode_report({"model": p, NULL_ARM: null}, y, blocks,
+                                                                 target="position"))
+             for k, p in arms.items()}
+    assert lines["decodes"] is None
+    assert lines["no signal"].startswith("position: the model does not beat the training mean, so it decodes no "
+                                         "position these windows can show: model ")
+    assert "matches null (training mean) within the CI: r2" in lines["no signal"] and "CI [" in lines["no signal"]
+    # a report without the null arm (a classification report, or another caller's arms): nothing
+    assert null_limitation("position", decode_report({"model": arms["no signal"], "other": null}, y,
+                                                            blocks)) is None

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from neurofm.atomic import atomic_output, check_destination, is_output_errno, output_error, publish, temp_beside
-from neurofm.data.splits import Intervals
+from neurofm.data.splits import Intervals, check_disjoint
 
 FORMAT_VERSION = 1
 INDEX_STEP_S = 1.0  # spacing of the coarse spike-time index
@@ -1514,6 +1514,8 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
     path = Path(path)
     with Session(path) as s:
         t0, t1 = s.t_start, s.t_end
+        kept = {n: np.stack([s.intervals(n)["start"], s.intervals(n)["end"]], axis=1)
+                for n in ("train", "valid", "test") if n in s.interval_names and n not in blocks}
     parsed = {}
     for name, pairs in blocks.items():
         arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
@@ -1533,6 +1535,23 @@ def set_intervals(path: str | os.PathLike, blocks: Mapping[str, Any], *, overwri
                                      f"blocks {arr.tolist()} must have end > start inside the recording "
                                      f"[{t0:.3f}, {t1:.3f}] s", "give start:end pairs in seconds inside that span")
         parsed[name] = arr
+    # the split blocks must not overlap, each with itself or with another split: a window in both
+    # would be trained on and scored (`neurofm split --train 0:500 --valid 490:560` was written, and
+    # only the data module refused it, at the next run's setup)
+    splits = {}
+    for name in ("train", "valid", "test"):  # the file's own blocks of a split not given stay, so count too
+        if name in parsed or name in kept:
+            try:
+                splits[name] = Intervals.from_pairs(parsed.get(name, kept.get(name)))
+            except ValueError as e:
+                raise SessionFormatError(path, f"/intervals/{name}", str(e).removeprefix("Intervals: "),
+                                         "give blocks that do not overlap (join them into one)") from None
+    try:
+        check_disjoint(splits, 0.0, f"{path}: /intervals")
+    except ValueError as e:
+        raise SessionFormatError(path, "/intervals", str(e).split(": ", 2)[-1].split("; ")[0],
+                                 "give blocks that do not overlap, with a gap between splits: windows that read "
+                                 "across it are in neither (finetune's data.split.gap, 5 s)") from None
     with atomic_output(path) as tmp:
         shutil.copy2(path, tmp)
         with h5py.File(tmp, "r+") as f:

@@ -135,7 +135,7 @@ def _session_span(session: "Session") -> tuple[float, float]:
     return t0, t1
 
 
-def _check_disjoint(blocks: Mapping[str, Intervals], gap: float, where: str) -> None:
+def check_disjoint(blocks: Mapping[str, Intervals], gap: float, where: str) -> None:
     names = list(blocks)
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
@@ -214,7 +214,7 @@ class TimeBlockSplit:
             else:  # {name: pairs}, the same for every session
                 spec = self.blocks
             out = {name: Intervals.from_pairs(pairs) for name, pairs in spec.items()}
-            _check_disjoint(out, self.gap, where)
+            check_disjoint(out, self.gap, where)
             return out
         names = list(self.fractions)
         in_file = [n for n in names if n in session.interval_names] if self.from_file else []
@@ -227,7 +227,7 @@ class TimeBlockSplit:
             for n in names:
                 iv = session.intervals(n)
                 out[n] = Intervals(iv["start"], iv["end"])
-            _check_disjoint(out, self.gap, f"{where}: /intervals")
+            check_disjoint(out, self.gap, f"{where}: /intervals")
             return out
         return time_blocks(*_session_span(session), self.fractions, self.gap)
 

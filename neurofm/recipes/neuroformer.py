@@ -59,8 +59,8 @@ from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, d
 from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, DecodingProtocol, RidgeFitPredict,
                                 jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
-from neurofm.report import (DECODE_INPUTS, START_SE, block_bootstrap_counts, decode_report, fold_name, save_inputs,
-                            start_gain, time_blocks)
+from neurofm.report import (DECODE_INPUTS, NULL_ARM, START_SE, block_bootstrap_counts, decode_report, fold_name,
+                            null_limitation, save_inputs, start_gain, time_blocks)
 
 MONITOR = ("val/total", "min")
 
@@ -355,6 +355,18 @@ def suggest_window(mean_spikes: float, window) -> tuple[float, float] | None:
     want = SUGGESTED_SPIKES_PER_WINDOW / rate if rate > 0 else _NICE_WINDOWS_S[-1]
     curr = next((x for x in _NICE_WINDOWS_S if x >= want - 1e-9), _NICE_WINDOWS_S[-1])
     return curr, round(window.prev * curr / window.curr, 6)
+
+
+def demo_window_hint(mean_spikes: float, window, demo) -> tuple[float, float, float] | None:
+    """``(demo.curr, demo.prev, spikes per demo window)`` when ``window`` is longer than the
+    README pretraining's own (``demo``, the ``neuroformer/demo`` windows) and, at the population
+    rate ``mean_spikes`` per ``window.curr`` gives, the demo's current window already holds
+    :data:`SUGGESTED_SPIKES_PER_WINDOW` spikes or more on average: a dense recording, which README
+    step 2 pretrains with the demo's windows (longer ones pad every step with more tokens). Else None."""
+    if window.curr <= demo.curr or mean_spikes <= 0:
+        return None
+    in_demo = mean_spikes * demo.curr / window.curr
+    return (demo.curr, demo.prev, in_demo) if in_demo >= SUGGESTED_SPIKES_PER_WINDOW else None
 
 
 def resolve_block_sizes(cfg: RunConfig) -> RunConfig:
@@ -803,11 +815,18 @@ def test_block_motion(cfg: RunConfig, session) -> dict | None:
            "unit": _unit_text(session.behavior_unit(e.moving_behavior)),
            "source": ("/intervals/test" if "test" in session.interval_names else
                       f"default split: the last {cfg.data.split.test:.0%} of the recording")}
+    ts, vals = session.behavior(e.moving_behavior)
+    scored = {}
     for split in ("train", "test"):
         ends = split_window_ends(cfg, session, split)
         m = moving(np.zeros(len(ends), dtype=np.int64), ends)
         out[f"n_{split}_windows"], out[f"n_{split}_moving"] = int(len(ends)), int(m.sum())
+        f = behavior_features(ts, vals, ends - cfg.model.window.curr, ends)
+        scored[split] = f["mean"][m & f["mask"]].astype(np.float64)
     out["min_scored_windows"] = e.min_scored_windows
+    # the warning finetune gives before training when the scored test windows lie off the training range
+    out["off_range"] = off_range_text(e.moving_behavior, scored["test"], scored["train"],
+                                      session.behavior_unit(e.moving_behavior))
     return out
 
 
@@ -983,6 +1002,8 @@ def check_test_target(cfg: RunConfig) -> None:
         for k, path in enumerate(paths):
             with Session(path) as s:
                 ts, vals = s.behavior(v.name)
+                if k == 0:
+                    unit = s.behavior_unit(v.name)
                 for split in values:
                     ends = split_window_ends(cfg, s, split)
                     f = behavior_features(ts, vals, ends - w, ends)
@@ -1030,6 +1051,8 @@ def check_test_target(cfg: RunConfig) -> None:
         elif ratio < VARIANCE_WARN:
             warnings.warn(f"{numbers}: R2 on this test block rests on little variation. To change: {fix}",
                           stacklevel=2)
+        if line := off_range_text(v.name, test, train, unit, fold_name(cfg.data.split)):
+            warnings.warn(line, stacklevel=2)
 
 
 def _fmt(a: np.ndarray) -> str:
@@ -1039,6 +1062,40 @@ def _fmt(a: np.ndarray) -> str:
 #: A scored block whose target's variance is under these shares of the training windows' is
 #: refused (test; a warning for validation) / warned about: R2 there is meaningless / rests on little.
 VARIANCE_REFUSE, VARIANCE_WARN = 0.01, 0.1
+
+#: The training mean's R2 on the scored test windows under which their target lies off the training
+#: windows' range: per column that R2 is -(offset / sd)^2, so under -1 the training mean is, on average
+#: over the columns, more than one of the test windows' own SDs away from theirs.
+NULL_R2_OFF_RANGE = -1.0
+
+
+def off_range_text(name: str, test: np.ndarray, train: np.ndarray, unit: str = "", fold: str = "") -> str | None:
+    """A plain line when the scored ``test`` values of target ``name`` lie off the ``train`` values'
+    range (the training mean's R2 on them under :data:`NULL_R2_OFF_RANGE`), else None. The variance
+    check passes such a block (a 70 s test block of a 200 cm arena in which a rat kept to one corner:
+    variance 13% of the training windows', mean 90 / 43 cm off): every arm then scores R2 far below 0
+    (the training mean -11.5, ridge -6.7), which reads as a broken decoder, not a test block that
+    covers little of the range the decoders learned. ``fold``: "fold k of K" (:func:`fold_name`) for
+    one fold of a cross-validated run, whose fix is its pooled report, not cross-validation."""
+    if len(test) < 2 or len(train) < 1:  # nothing scored (a test block of rest is refused as such)
+        return None
+    test = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
+    train = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a constant column: its R2 is NaN, left out
+        null_r2 = np.asarray(M.r2_score(test, np.broadcast_to(train.mean(0), test.shape), multioutput="raw_values"))
+    null_r2 = null_r2[np.isfinite(null_r2)]
+    if not len(null_r2) or null_r2.mean() >= NULL_R2_OFF_RANGE:
+        return None
+    u = f" {unit.strip()}" if unit.strip() else ""
+    return (f"{name}: the training mean scores R2 {null_r2.mean():.2f} on the {len(test)} scored test windows: their "
+            f"mean ({_fmt(test.mean(0))}{u}, sd {_fmt(test.std(0))}) lies off the training windows' "
+            f"({_fmt(train.mean(0))}{u}, sd {_fmt(train.std(0))}), so R2, which divides by the test windows' own "
+            f"variance, reads far below 0 for every arm and ranks the arms only against each other; "
+            + (f"this is {fold}: read the pooled report over every fold's test block (the folder above), which "
+               "divides by the variance of all of them" if fold else
+               "hold out a test block whose range the training block covers (`neurofm split FILE --train A:B --valid "
+               "C:D --test E:F`), or cross-validate (`neurofm finetune --folds 5`: every window scored once)"))
 
 
 def variance_share(part: np.ndarray, train: np.ndarray) -> float | None:
@@ -1834,7 +1891,14 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
         reports[name] = rep
         limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
+        if line := null_limitation(name, rep):
+            print(f"neurofm: {line}", file=sys.stderr)
+            limitations.append(line)
         if line := angle_limitation(name, _behavior_unit(dm, name)):
+            limitations.append(line)
+        if line := off_range_text(name, y, train["beh_true"][name][mt], _behavior_unit(dm, name),
+                                  fold_name(cfg.data.split)):
+            print(f"neurofm: {line}", file=sys.stderr)
             limitations.append(line)
         results[f"{name}_r2"] = rep.row("model").values["r2"]
         results[f"{name}_pearson_r"] = rep.row("model").values["pearson_r"]
@@ -1972,7 +2036,7 @@ def _decode_report(cfg: RunConfig, name: str, pred: np.ndarray, y: np.ndarray, t
         c_te = test["binned"][m].reshape(-1, n_units, n_bins).sum(2)
         arms["Poisson Bayes"] = PoissonBayesDecoder().fit(c_tr, ytr).predict(c_te).reshape(y.shape)
         notes["Poisson Bayes"] = "place/tuning fields from the same counts"
-    arms["null (training mean)"] = np.broadcast_to(ytr.mean(0), y.shape).copy()
+    arms[NULL_ARM] = np.broadcast_to(ytr.mean(0), y.shape).copy()
     block_s = cfg.data.label_chunk_s
     blocks = time_blocks(test["interval"][m] + 1e7 * test["session"][m], block_s)
     return decode_report(arms, y, blocks, target=name, label_fraction=cfg.data.label_fraction, scored=scored_text,

@@ -56,8 +56,20 @@ class LogProgress(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._last > self._start and trainer.is_global_zero:
             now = time.monotonic()
-            print(f"neurofm: training: done, {trainer.global_step:,} steps in {now - self._start:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(f"neurofm: training: done, {trainer.global_step:,} steps in {now - self._start:.0f} s"
+                  + _early_stop_note(trainer), file=sys.stderr, flush=True)
+
+
+def _early_stop_note(trainer) -> str:
+    """`` (stopped early: ...)`` when early stopping ended the run before its step budget: a
+    fine-tune's log read "step 91 of 300" and then "done, 150 steps" with no word why."""
+    total = trainer.estimated_stepping_batches
+    for cb in trainer.callbacks:
+        if isinstance(cb, EarlyStopping) and cb.patience and cb.wait_count >= cb.patience:
+            of = f"of {int(total):,} planned: " if math.isfinite(total) and trainer.global_step < total else ""
+            return (f" ({of}stopped early, {cb.monitor} did not improve for {cb.wait_count} validation checks: "
+                    f"trainer.early_stopping_patience)")
+    return ""
 
 
 class EarlyStoppingAfterValidation(EarlyStopping):

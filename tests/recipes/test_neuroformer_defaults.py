@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurofm import cli, jsonio
+from neurofm import cli, jsonio, plain_warnings
 from neurofm.config import ConfigError, from_dict
 from neurofm.data.session import Session, SessionWriter
 from neurofm.data.tokenizer import (SpikeTokenizer, UnitVocab, block_size_for, dropped_fraction, spikes_per_window,
@@ -30,10 +30,11 @@ DURATION = 60.0  # s
 
 
 def _session(path: Path, *, still_after: float = 30.0, rate: float = 5.0, n_units: int = 4, seed: int = 0,
-             burst: bool = False) -> str:
+             burst: bool = False, drift_after: float | None = None) -> str:
     """Poisson spikes (``rate`` Hz per unit) and a 1-D position moving at 100 cm/s back and forth
     until ``still_after`` s, then still. ``burst``: one unit fires 40 extra spikes in 0.2 s every
-    5 s (dense windows that a small block overflows)."""
+    5 s (dense windows that a small block overflows). ``drift_after``: from then on the position
+    runs on at 30 cm/s, off the 0-200 cm it covered before."""
     rng = np.random.default_rng(seed)
     n = rng.poisson(rate * DURATION * n_units)
     times = rng.uniform(0.0, DURATION, n)
@@ -44,6 +45,8 @@ def _session(path: Path, *, still_after: float = 30.0, rate: float = 5.0, n_unit
     order = np.argsort(times)
     ts = np.arange(0.0, DURATION, 0.01)
     x = 200.0 * np.abs(((np.minimum(ts, still_after) * 100.0 / 200.0) % 2.0) - 1.0)
+    if drift_after is not None:
+        x = np.where(ts < drift_after, x, np.interp(drift_after, ts, x) + 30.0 * (ts - drift_after))
     with SessionWriter(path, session_id=path.stem) as w:
         w.add_units([f"u{i}" for i in range(n_units)])
         w.add_spikes(times[order], units[order], t_start=0.0, t_end=DURATION)
@@ -163,6 +166,31 @@ def test_inspect_shows_spikes_per_window(tmp_path, capsys):
     info = jsonio.loads_strict(capsys.readouterr().out)["spikes_per_window"]
     assert info["window_curr_s"] == 0.25 and 15 < info["curr"]["p50"] < 25  # 80 spikes/s x 0.25 s
     assert info["curr"]["p90"] + 2 <= info["auto_block_size"]["id"] <= info["curr"]["max"] + 2
+
+
+def test_inspect_with_the_readme_windows_says_when_a_dense_recording_keeps_the_demo_s(tmp_path, capsys):
+    """README step 1 runs inspect with 0.25 / 0.5 s windows, and step 2 says a dense recording (several
+    spikes per 50 ms window) keeps the demo's 50 / 150 ms: inspect showed only the 250 ms counts (111
+    spikes a window, 219 + 352 tokens on a 70-unit 445 spikes/s recording), so the user had to work
+    out the 50 ms mean. It now says so; a sparse file, or the demo's own windows, get no such line."""
+    dense = _session(tmp_path / "dense.h5", rate=40.0)  # 4 units x 40 Hz = 160 spikes/s: 8 per 50 ms
+    assert cli.main(["inspect", dense, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if "dense:" in x)
+    mean = float(line.split("about ")[1].split()[0])
+    assert 6.5 < mean < 9.5 and "per 50 ms window" in line and "demo's 50 / 150 ms windows" in line
+    assert "leave model.window.* out" in line
+    assert cli.main(["inspect", dense]) == 0  # the demo's windows already
+    assert "dense:" not in capsys.readouterr().out
+    sparse = _session(tmp_path / "sparse.h5", rate=2.0)  # 8 spikes/s: 0.4 per 50 ms
+    assert cli.main(["inspect", sparse, "--window-curr", "0.25", "--window-prev", "0.5"]) == 0
+    assert "dense:" not in capsys.readouterr().out
+    from neurofm.experiment import load_config
+
+    demo = load_config("demo").model.window
+    long = dataclasses.replace(demo, curr=0.25, prev=0.5)
+    assert recipe.demo_window_hint(19.0, long, demo) is None  # 3.8 per 50 ms: under the 4 a window should hold
+    assert recipe.demo_window_hint(20.0, long, demo) == (demo.curr, demo.prev, 4.0)
 
 
 def test_inspect_defaults_are_the_windows_and_block_sizes_the_readme_pretraining_uses(tmp_path, capsys):
@@ -631,6 +659,59 @@ def test_a_test_block_of_rest_is_refused_before_training(tmp_path):
     recipe.check_test_target(recipe.resolve_scoring(_config([moves], data={
         "sessions": [moves], "behavior": ["position"], "batch_size": 16,
         "split": {"train": 0.7, "valid": 0.1, "test": 0.2}})))
+
+
+def test_a_test_block_off_the_training_range_is_said_before_training_and_in_the_limitations(pretrained, tmp_path,
+                                                                                           capsys):
+    """A rat that kept to one corner of a 200 cm arena for the 70 s default test block: its variance
+    there was 13% of the training windows' (the variance check passes at 10%) but its mean 90 / 43 cm
+    off, so the training mean scored R2 -11.5 and ridge -6.7 after a 5-min fine-tune, with no word why.
+    The check before training and the run's limitations now say that the test block lies off the
+    range the decoders learned, with the numbers and the fix (split, or --folds)."""
+    folder, _ = pretrained
+    drift = _session(tmp_path / "drift.h5", still_after=60.0, drift_after=48.0)  # test block: x 380-560 cm
+    cfg = recipe.resolve_scoring(_config([drift], data={"sessions": [drift], "behavior": ["position"],
+                                                        "batch_size": 16}))
+    cfg.task.mode = "finetune"
+    with pytest.warns(UserWarning, match=r"position: the training mean scores R2 -\d+\.\d+ on the \d+ scored test "
+                                         r"windows: their mean \(\d+ cm, sd [\d.]+\) lies off the training windows' "
+                                         r".*neurofm finetune --folds 5") as caught:
+        recipe.check_test_target(cfg)
+    # the command line prints it as a note, not as Python's `.../neuroformer.py:216: UserWarning: ...` + source line
+    import warnings
+
+    w = next(x for x in caught if "lies off" in str(x.message))  # raised from recipe.prepare under finetune
+    with plain_warnings("neurofm finetune"):
+        shown = warnings.formatwarning(w.message, w.category, recipe.__file__, 216)
+        other = warnings.formatwarning("x", UserWarning, "/elsewhere/lightning/trainer.py", 7)
+    assert shown == f"neurofm finetune: warning: {w.message}\n"
+    assert "trainer.py:7: " in other and "neurofm" not in other  # another package's: the format it had
+    assert "neurofm finetune: warning" not in warnings.formatwarning(w.message, w.category, recipe.__file__, 216)
+    capsys.readouterr()
+    assert cli.main(["inspect", drift]) == 0  # inspect, which README step 1 runs, says it too
+    line = next(x for x in capsys.readouterr().out.splitlines() if "lies off the training windows'" in x)
+    assert line.startswith("             position: the training mean scores R2 -")
+    code = cli.main(["evaluate", "--pretrained", folder, "--data", drift, "--behavior", "position",
+                     "--out", str(tmp_path / "ev"), *FEW])
+    assert code == 0, capsys.readouterr().err
+    m = jsonio.loads_strict((tmp_path / "ev" / "metrics.json").read_text())
+    line = next(x for x in m["limitations"] if "lies off the training windows'" in x)
+    null_r2 = m["baselines"]["null (training mean)"]["position_r2"]
+    assert f"the training mean scores R2 {null_r2:.2f} on the {m['metrics']['position_n_scored']} scored" in line
+    # a test block inside the training range: no such line, before training or after
+    moves = _session(tmp_path / "b.h5", still_after=60.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recipe.check_test_target(recipe.resolve_scoring(_config([moves], data={
+            "sessions": [moves], "behavior": ["position"], "batch_size": 16,
+            "split": {"train": 0.7, "valid": 0.1, "test": 0.2}})))
+    assert not [w for w in caught if "lies off" in str(w.message)]
+    assert recipe.off_range_text("x", np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) is None
+    assert recipe.off_range_text("x", np.empty((0, 2)), np.ones((5, 2))) is None  # a test block of rest: said otherwise
+    # one fold of `finetune --folds 5` (every fold's test block read -1.1 to -8.6 on the 700 s session): its fix
+    # is the pooled report, not the cross-validation it already is
+    fold = recipe.off_range_text("x", np.array([9.0, 10.0, 11.0]), np.array([0.0, 2.0, 4.0]), "cm", "fold 2 of 5")
+    assert "this is fold 2 of 5: read the pooled report over every fold's test block" in fold and "--folds" not in fold
 
 
 def test_evaluate_on_a_test_block_of_rest_is_an_error_not_a_nan(pretrained, tmp_path, capsys):
