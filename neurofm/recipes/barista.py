@@ -1521,6 +1521,12 @@ def _evaluate_pretraining(cfg, task, dm):
                 line + _few_blocks(report) + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
                 "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
                 "not have left its trivial phase, where the predictor outputs the mean target.")
+        bp = _plain_line(report, ref, "ridge on band power", len(y)) if report.n_blocks >= 5 else None
+        if bp is not None:  # under 5 blocks the line above already says no comparison is established
+            limitations.append(
+                bp + _few_blocks(report) + ". Band power is what the frozen encoder's features have to match for "
+                "these events: fine-tuning starts its head at band power's fit (task.band_power) and keeps a "
+                "later check only when it beats that start on validation.")
     return metrics, baselines, extra, limitations
 
 

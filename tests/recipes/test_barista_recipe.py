@@ -287,7 +287,13 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     assert set(k for k in m if k.startswith("token_own_power_r2")) == {"token_own_power_r2_beta"}
     assert m["token_own_power_r2_beta"] < recipe.TOKEN_POWER_R2
     assert set(out["baselines"]["random-init encoder, same read-out"]) == {"token_own_power_r2_beta"}
-    assert len(out["limitations"]) == 3
+    # the probe's AUROC beside band power's, said in words when it does not beat it (it was only in
+    # the baselines table: a pretrained encoder whose probe lost to band power read as a success)
+    assert m["probe_auroc"] < out["baselines"]["ridge on band power"]["probe_auroc"]
+    assert len(out["limitations"]) == 4
+    assert re.match(r"PRETRAINED ENCODER, LINEAR PROBE LOSES to ridge on band power|pretrained encoder, linear "
+                    r"probe is below ridge on band power", out["limitations"][3])
+    assert "task.band_power" in out["limitations"][3]
     assert "has not left its trivial phase" in out["limitations"][0] and "train/latent_r2" in out["limitations"][0]
     assert "own channel's band power" in out["limitations"][1] and "model.token_scales=true" in out["limitations"][1]
     assert "random-init encoder, same probe" in out["limitations"][2]
@@ -296,7 +302,8 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     # narrow: the protocol and the LOSES line say so, as the decode report itself does
     n_blocks = int(re.search(r"bootstrap over (\d+) blocks of the test period", out["protocol"]).group(1))
     few = f"ONLY {n_blocks} BLOCKS (under {FEW_CI_BLOCKS})"
-    assert (few in out["protocol"]) == (few in out["limitations"][2]) == (n_blocks < FEW_CI_BLOCKS)
+    assert (few in out["protocol"]) == (few in out["limitations"][2]) == (few in out["limitations"][3]) \
+        == (n_blocks < FEW_CI_BLOCKS)
     assert recipe._few_blocks(SimpleNamespace(n_blocks=FEW_CI_BLOCKS)) == ""
     assert "ONLY 5 BLOCKS" in recipe._few_blocks(SimpleNamespace(n_blocks=5))
 
