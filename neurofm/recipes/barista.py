@@ -1837,6 +1837,12 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     notes = {probe: f"frozen features of {source}", baseline: "same segments"}
     if start.get("features"):
         notes[MODEL_ARM] = f"started at {start['features']}"
+    kept = _kept_start(task, start)
+    if kept:  # the report's model row is then the start's fit: say so where the row is read
+        notes[MODEL_ARM] = f"{notes.get(MODEL_ARM, 'the initial weights')}; weights kept at step 0"
+        started = f"{started}; {kept}" if started else kept
+        if start:
+            start["summary"] = started
     notes.update({name: "same segments, the model's input" for name in others})
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
@@ -1879,6 +1885,19 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     save_inputs({report.target: report}, run_dir / DECODE_INPUTS)  # what finetune --folds pools
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
             "data": data, "report": report.to_dict(), "limitations": limitations, **({"start": start} if start else {})}
+
+
+def _kept_start(task, start: dict) -> str:
+    """One plain line when fine-tuning's model selection (``task.selection``, set by
+    :class:`~neurofm.tasks.callbacks.StartingPoint` after training) kept the starting state: the
+    evaluated and exported weights are then step 0's, the head's starting fit (``start``), not
+    trained ones; "" otherwise (a check was kept, or no selection ran)."""
+    sel = getattr(task, "selection", None) or {}
+    if sel.get("kept") != "start":
+        return ""
+    what = f"the {start['features']} fit the head started at" if start.get("features") else "the initial weights"
+    return (f"model selection kept the starting state (step 0: {sel.get('why', 'no check beat it')}), so the "
+            f"fine-tuned row scores {what}, not trained weights")
 
 
 def _start_line(start: dict, arm: str | None) -> str:

@@ -466,6 +466,13 @@ def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_sess
     band = m["baselines"]["ridge on band power"]["test_r2"]  # the start: band power (module docstring of the test)
     assert m["start"]["features"] == recipe.START_BAND_POWER
     assert m["metrics"]["test_r2"] == pytest.approx(band, abs=1e-5)
+    # the decode report's model row is the start's fit, and says so where it is read (it read
+    # "BaRISTA fine-tuned (started at band power)", as if training had earned its score)
+    report = (tmp_path / "run" / "decode_report.md").read_text()
+    assert "BaRISTA fine-tuned (started at band power; weights kept at step 0)" in report
+    assert "model selection kept the starting state (step 0: no validation check scored above the start)" in report
+    assert "scores the band power fit the head started at, not trained weights" in m["start"]["summary"]
+    assert "not trained weights" in m["protocol"]
 
 
 def test_both_families_keep_their_starting_point_with_one_callback():
