@@ -174,11 +174,29 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
     assert out["data"]["test_segments"] == out["report"]["n_windows"] > 10
     assert "decode report" in (tmp_path / "decode_report.md").read_text()
     assert out["limitations"] and "ridge on band power" in out["limitations"][0]  # the plain line: it loses
+    assert not [x for x in out["limitations"] if "better than the null" in x]  # it does decode the force
     assert (tmp_path / "plots" / "decoded_grip_force.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="no /behavior/speed"):
         bad = _regression_config([force_session])
         bad.data.target = "speed"
         recipe.target_stats(bad, dm)
+
+
+def test_a_target_no_channel_carries_is_reported_as_not_decoded_by_any_arm(tmp_path):
+    """A new lab's grip force recorded beside electrodes that miss the motor cortex (the nui14
+    trial: temporal and hippocampal shafts): every arm scored R2 -0.11 like the training mean,
+    and the printed summary said only that the model equals band power. It now says that
+    nothing decodes the target better than the null, and what to check."""
+    path = tmp_path / "elsewhere.h5"  # grip force from precentral / postcentral, shafts in 4 other regions
+    simulate_ieeg(path, n_channels=N_CHANNELS, duration=150.0, sampling_rate=128.0, n_regions=16, seed=1,
+                  regions=[0, 2, 1, 3], behavior="grip_force")
+    cfg = _regression_config([str(path)])
+    dm = recipe.datamodule(cfg)
+    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "run")
+    null = [x for x in out["limitations"] if "better than the null" in x]
+    assert len(null) == 1 and "no baseline's 95% CI lies above the null's r2 either" in null[0], out["limitations"]
+    assert "do the electrodes sample the regions that encode it?" in null[0]
+    assert out["baselines"]["ridge on band power"]["test_r2"] < 0.1
 
 
 def test_decoded_trace_of_several_sessions_says_which_it_shows(force_session, tmp_path, monkeypatch):
