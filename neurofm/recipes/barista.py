@@ -244,18 +244,18 @@ def _for_pretraining(cfg: RunConfig, mains: dict[str, tuple[float, str]]) -> Run
                           f"to the one rate the model should learn (they are resampled to it)")
     rate = d.sampling_rate or next(iter(rates.values()))
     segment_s, n_patches = d.segment_s or PRETRAIN_SEGMENT_S, d.n_patches or PRETRAIN_N_PATCHES
-    samples = segment_s * rate
-    patch = samples / n_patches
-    if abs(patch - round(patch)) > 1e-6 or round(patch) < 1:
-        raise ConfigError(f"data.segment_s: {segment_s} s at {rate:g} Hz is {samples:g} samples, which do not "
-                          f"split into {n_patches} patches (data.n_patches); change data.segment_s or data.n_patches, "
-                          f"or resample with data.sampling_rate")
+    try:  # the segmenter's own rule (a rate a header rounded, 2048.001 Hz, still gives 2048 samples)
+        patch = IEEGSegmenter(segment_s, n_patches).plan(rate).patch_len
+    except ValueError as e:
+        raise ConfigError(f"data.segment_s: {str(e).split('; ')[0]} (data.n_patches = {n_patches}; the recording's "
+                          f"rate is {rate:.10g} Hz); change data.segment_s or data.n_patches, or resample with "
+                          f"data.sampling_rate") from None
     prep = Preprocessing(line_noise=float(d.line_noise or 0.0), laplacian=bool(d.laplacian),
                          drop_non_grey=bool(d.drop_non_grey))
     _check_resampling(rates, d.sampling_rate or None)
     data = dataclasses.replace(d, segment_s=float(segment_s), n_patches=int(n_patches), line_noise=prep.line_noise,
                                laplacian=prep.laplacian, drop_non_grey=prep.drop_non_grey)
-    model = dataclasses.replace(cfg.model, patch_len=int(round(patch)), n_patches=int(n_patches),
+    model = dataclasses.replace(cfg.model, patch_len=int(patch), n_patches=int(n_patches),
                                 sampling_rate=float(rate), preprocessing=to_dict(prep))
     return dataclasses.replace(cfg, data=data, model=model)
 
