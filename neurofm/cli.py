@@ -9,6 +9,7 @@ done from Python. Heavy imports (torch, pynwb, mne) happen inside the handlers, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -923,6 +924,34 @@ def _bare_rectify_before_paths(argv: list[str]) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _plain_warnings(command: str):
+    """neurofm's own warnings (they name the file, the field and the fix) printed as one line,
+    ``neurofm COMMAND: warning: ...``, as errors are, not as Python shows them (the path of the
+    neurofm module that raised it, then its source line); other packages' warnings as Python shows
+    them. Only the text changes (``warnings.formatwarning``): filters and recording
+    (``catch_warnings(record=True)``, ``pytest.warns``) work as before."""
+    import warnings
+
+    package = Path(__file__).resolve().parent
+    default = warnings.formatwarning
+
+    def plain(message, category, filename, lineno, line=None):
+        try:
+            ours = Path(filename).resolve().is_relative_to(package)
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if ours:
+            return f"neurofm {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = plain
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def main(argv: list[str] | None = None) -> int:
     from neurofm.threads import set_wait_policy
 
@@ -930,7 +959,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # everything after `train` (--help too) is train.py's
         log_to_stderr()
-        return _cmd_train(argparse.Namespace(args=argv[1:]))
+        with _plain_warnings("train"):
+            return _cmd_train(argparse.Namespace(args=argv[1:]))
     if argv[:1] == ["convert"]:
         argv = _bare_rectify_before_paths(argv)
     args = build_parser().parse_args(argv)
@@ -938,7 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "nan", None) == "mark-bad":
         args.nan = "mark_bad"
     try:
-        return args.func(args)
+        with _plain_warnings(args.command):
+            return args.func(args)
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stdout = open(os.devnull, "w")
         return 0
