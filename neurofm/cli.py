@@ -930,7 +930,9 @@ def _plain_warnings(command: str):
     ``neurofm COMMAND: warning: ...``, as errors are, not as Python shows them (the path of the
     neurofm module that raised it, then its source line); other packages' warnings as Python shows
     them. Only the text changes (``warnings.formatwarning``): filters and recording
-    (``catch_warnings(record=True)``, ``pytest.warns``) work as before."""
+    (``catch_warnings(record=True)``, ``pytest.warns``) work as before. Lightning, imported during
+    a command, installs its own formatter, which hands every warning not raised in Lightning to the
+    one it found installed: this one."""
     import warnings
 
     package = Path(__file__).resolve().parent
