@@ -2016,8 +2016,10 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
             # trial it was the one at the ceiling (AUROC 1.000, above the model's 0.993)
             curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, WAVEFORM_ARM, probe)
                       if name in arms}
-            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
-                             path=out / "roc.png")
+            # the positive class (index 1: the score is logit 1 - logit 0), which a binary ROC hides
+            which = (f", {names[1]} vs {names[0]}" if names and len(names) == 2 else "")
+            plots.roc_curves(curves, title=f"Test block: {cfg.data.events}{which} ({report.n_windows} segments, "
+                             f"{int(np.sum(y == 1))} {names[1] if which else 'positive'})", path=out / "roc.png")
             return
         first = test["session"] == test["session"].min()
         order = np.argsort(test["t0"][first])

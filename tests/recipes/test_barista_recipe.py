@@ -242,10 +242,16 @@ def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypat
     assert len(out["report"]["verdicts"]) == 5 and "blocks of the test period" in out["protocol"]
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
     drawn = []  # every arm but the null is a curve: the waveform arm, which can beat the model, was missing
-    monkeypatch.setattr(recipe.plots, "roc_curves", lambda curves, **k: drawn.append(list(curves)))
+    titles = []
+    monkeypatch.setattr(recipe.plots, "roc_curves",
+                        lambda curves, **k: (drawn.append(list(curves)), titles.append(k["title"])))
     recipe.evaluate(cfg, task, dm, tmp_path / "again")
     assert drawn == [[recipe.MODEL_ARM, "logistic on band power", recipe.WAVEFORM_ARM,
                       "linear probe on the frozen random-init encoder"]]
+    # the title says which label the curve detects (it read "Test block: word_onset (N segments)")
+    n_speech = out["data"]["test_segments_per_class"]["speech"]
+    assert titles == [f"Test block: word_onset, speech vs nonspeech ({out['data']['test_segments']} segments, "
+                      f"{n_speech} speech)"]
     # the evoked waveform (what band power discards: the phase-locked response) is an arm, with its plain line
     wave = out["baselines"][recipe.WAVEFORM_ARM]["test_auroc"]
     assert 0.5 < wave <= 1.0 and "evoked waveform (classification): each channel's time course" in out["protocol"]
