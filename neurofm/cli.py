@@ -829,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", nargs="+", required=True, help="session files (.h5) of the new recording(s)")
         p.add_argument("--task", default="decode", choices=["decode", "classify", "regress", "reconstruct"],
                        help="decode behaviour (Neuroformer); classify events / regress behaviour / reconstruct "
-                            "channels (BaRISTA)")
+                            "channels (BaRISTA; left out, --events means classify and --behavior regress)")
         p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress (evaluate "
                                                                  "of a fine-tuned folder: default, the run's own)")
         p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes (evaluate of "

@@ -1390,9 +1390,16 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
     meta = pretrained_config(pretrained)
     if meta.get("model_type") == "BaristaFinetuned" and task in (None, "", "decode"):
         task = ACTIONS_OF_TASK[meta["config"].get("task", "classification")]  # what the fine-tuned model does
+    elif task in (None, "", "decode") and bool(events) != bool(behavior):
+        # the CLI's default (Neuroformer's behaviour decoding): --events or --behavior says which
+        task = "classify" if events else "regress"
+        logging.getLogger("neurofm").info(f"neurofm: --task {task} (a BaRISTA model, given --"
+                                          f"{'events' if events else 'behavior'})")
     kind = TASK_OF_ACTION.get(task)
     if kind is None:
-        raise ConfigError(f"BaRISTA fine-tuning: --task must be classify, regress or reconstruct, got {task!r}")
+        given = "" if task in (None, "", "decode") else f", got {task!r}"
+        raise ConfigError(f"BaRISTA fine-tuning: --task must be classify (with --events NAME), regress (with "
+                          f"--behavior NAME) or reconstruct{given}; {pretrained} is a BaRISTA model")
     if kind == "classification" and not events:
         raise ConfigError("BaRISTA classification needs --events NAME (a /events/<name> of the data)")
     if kind == "regression" and len(behavior) != 1:

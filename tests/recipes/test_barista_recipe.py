@@ -268,6 +268,31 @@ def test_evoked_waveform_bins_each_channels_time_course():
                                          x[1, 2, 12:16].mean()])
 
 
+def test_finetune_without_task_takes_it_from_events_or_behavior(session, tmp_path, capsys):
+    """`neurofm finetune --pretrained BARISTA --data x.h5 --events annotations` (no --task: the
+    CLI's default is Neuroformer's 'decode') stopped at "--task must be classify, regress or
+    reconstruct, got 'decode'", a value the user never typed. --events means classify,
+    --behavior regress; with neither (or both) the error names the pairs."""
+    from neurofm import cli
+
+    pre_cfg = _config([session])
+    pre_cfg.task.mode = "pretrain"
+    recipe.export(recipe.task(pre_cfg, recipe.datamodule(pre_cfg))).save_pretrained(tmp_path / "enc")
+    enc = str(tmp_path / "enc")
+    assert recipe.finetune_config(enc, [session], task="decode", events="word_onset").task.finetune_task == \
+        "classification"
+    assert recipe.finetune_config(enc, [session], task="decode", behavior=["grip_force"]).task.finetune_task == \
+        "regression"
+    for given in ({}, {"events": "word_onset", "behavior": ["grip_force"]}):
+        with pytest.raises(ConfigError, match=r"--task must be classify \(with --events NAME\), regress \(with "
+                                              r"--behavior NAME\) or reconstruct; .*enc is a BaRISTA model$"):
+            recipe.finetune_config(enc, [session], task="decode", **given)
+    capsys.readouterr()
+    assert cli.main(["finetune", "--pretrained", enc, "--data", session, "--run-dir", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert "got 'decode'" not in err and "--task must be classify (with --events NAME)" in err
+
+
 def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, tmp_path, capsys):
     import torch
 
