@@ -834,7 +834,8 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
     inputs = [n for n in sensors if _INPUT_LINE.match(n)]
     if inputs and not no_events and not triggers.any():
         # a DC / analog input carries a sensor or TTL pulses: its name cannot say which
-        shown = ", ".join(inputs[:6]) + (" ..." if len(inputs) > 6 else "")
+        shown = (("it" if len(inputs) == 1 else "these") if inputs == sensors  # the list just given
+                 else ", ".join(inputs[:6]) + (" ..." if len(inputs) > 6 else ""))
         hint += (f"; {shown} {'is an input' if len(inputs) == 1 else 'are inputs'} (DC / analog / AUX) that may "
                  f"carry trigger pulses instead: then --trigger-channel NAME=label puts each pulse into "
                  f"/events/annotations beside the file's events")
