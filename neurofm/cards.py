@@ -106,6 +106,8 @@ def _fmt(v) -> str:
         return f"{v:.4g}"
     if isinstance(v, int):
         return f"{v:,}"
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):  # a CI: [lo, hi]
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return str(v)
 
 

@@ -839,7 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", nargs="+", required=True, help="session files (.h5) of the new recording(s)")
         p.add_argument("--task", default="decode", choices=["decode", "classify", "regress", "reconstruct"],
                        help="decode behaviour (Neuroformer); classify events / regress behaviour / reconstruct "
-                            "channels (BaRISTA)")
+                            "channels (BaRISTA; left out, --events means classify and --behavior regress)")
         p.add_argument("--behavior", nargs="*", default=[], help="behaviour variables to decode / regress (evaluate "
                                                                  "of a fine-tuned folder: default, the run's own)")
         p.add_argument("--events", help="BaRISTA classify: /events/<name> whose labels are the classes (evaluate of "
@@ -941,7 +941,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # everything after `train` (--help too) is train.py's
         log_to_stderr()
-        return _cmd_train(argparse.Namespace(args=argv[1:]))
+        with plain_warnings("neurofm train"):
+            return _cmd_train(argparse.Namespace(args=argv[1:]))
     if argv[:1] == ["convert"]:
         argv = _bare_rectify_before_paths(argv)
     args = build_parser().parse_args(argv)

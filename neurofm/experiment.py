@@ -1169,6 +1169,8 @@ def print_summary(metrics: Mapping[str, Any], folder: Path, subfolders: Sequence
         if files:
             print(f"{sub + ':':<17} {folder / sub}/ ({', '.join(files)})")
     for k, v in metrics.get("metrics", {}).items():
+        if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):  # a CI: [lo, hi]
+            v = "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
         print(f"  {k:<28} {v:.4f}" if isinstance(v, float) else f"  {k:<28} {v}")
     for name, row in metrics.get("baselines", {}).items():
         print(f"  baseline: {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))

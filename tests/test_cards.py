@@ -232,6 +232,17 @@ def test_an_undefined_metric_reads_undefined_not_none(tmp_path):
     assert "None" not in row and "| undefined |" in row
 
 
+def test_a_confidence_interval_reads_as_its_metric(tmp_path):
+    """A BaRISTA card's Evaluation table showed probe_auroc_ci95 as [0.6510416666666666, 0.9221162518037518]."""
+    run, _ = _run_dir(tmp_path)
+    metrics = _metrics()
+    metrics["metrics"]["speed_r2_ci95"] = [0.6510416666666666, 0.9221162518037518]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text = write_card(run).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| this model |"))
+    assert "| [0.651, 0.9221] |" in row and "0.6510416" not in text
+
+
 def test_card_says_whether_generated_spikes_beat_the_poisson_generator():
     lose = ("generated spikes LOSE to the mean-rate Poisson generator: window F1 0.250 vs 0.300 "
             "(difference -0.050, 95% CI [-0.070, -0.030])")

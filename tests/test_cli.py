@@ -358,3 +358,25 @@ def test_errors_are_one_line_and_neurofm_traceback_shows_where(tmp_path, capsys,
     monkeypatch.setenv("NEUROFM_TRACEBACK", "1")
     with pytest.raises(OSError, match="missing.h5"):
         cli.main(["inspect", missing])
+
+
+def test_neurofm_warnings_print_as_one_line_naming_the_command(tmp_path):
+    """finetune / evaluate / config printed neurofm's warnings as Python does: the path of the
+    neurofm module that raised it, 'UserWarning', then its source line (a new lab's fine-tune:
+    '.../neurofm/recipes/barista.py:435: UserWarning: model.encode_scale: ... _check_spatial_scales(cfg)').
+    They now read 'neurofm COMMAND: warning: ...', as convert's and the errors do, and warnings stay
+    catchable (pytest.warns, catch_warnings(record=True) see them as before)."""
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"family": "neuroformer", "task": {"head_only_fraction": 0.25}}))
+    run = subprocess.run([sys.executable, "-m", "neurofm.cli", "config", "show", str(old)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(Path(neurofm.__file__).parent.parent)})
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith(f"neurofm config: warning: {old}: written by an older neurofm; 1 key(s) no longer "
+                                 "exist and are ignored: task.head_only_fraction")
+    assert "UserWarning" not in run.stderr and ".py:" not in run.stderr
+    import warnings
+
+    before = warnings.formatwarning  # Lightning's, once it is imported: it falls back to the one before it
+    with pytest.warns(UserWarning, match="task.head_only_fraction"):
+        assert cli.main(["config", "show", str(old)]) == 0
+    assert warnings.formatwarning is before  # put back after the command

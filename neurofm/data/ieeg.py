@@ -790,6 +790,11 @@ def _by_type(names: list[str], types: np.ndarray, mask: np.ndarray) -> str:
     return "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
 
 
+#: Names of an amplifier's general-purpose inputs (DC01, ADC1, ANALOG2, AUX1, after an optional
+#: ``EEG``/``POL`` label): a lab feeds them a sensor (force, a microphone) or TTL pulses alike.
+_INPUT_LINE = re.compile(r"^(?:(?:EEG|POL)\s+)?(?:DC|ADC|ANALOG|AUX)(?![A-Z])", re.IGNORECASE)
+
+
 def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyped: np.ndarray,
                      typed_by_file: np.ndarray, in_path: Path, channels_tsv, triggers=None,
                      no_events: bool = False) -> None:
@@ -826,6 +831,14 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
         shown = ", ".join(sensors[:6]) + (f" ... (+{len(sensors) - 6} more)" if len(sensors) > 6 else "")
         hint += (f". To decode a behaviour recorded as a channel (force, movement, ...), convert again "
                  f"with --behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
+    inputs = [n for n in sensors if _INPUT_LINE.match(n)]
+    if inputs and not no_events and not triggers.any():
+        # a DC / analog input carries a sensor or TTL pulses: its name cannot say which
+        shown = (("it" if len(inputs) == 1 else "these") if inputs == sensors  # the list just given
+                 else ", ".join(inputs[:6]) + (" ..." if len(inputs) > 6 else ""))
+        hint += (f"; {shown} {'is an input' if len(inputs) == 1 else 'are inputs'} (DC / analog / AUX) that may "
+                 f"carry trigger pulses instead: then --trigger-channel NAME=label puts each pulse into "
+                 f"/events/annotations beside the file's events")
     if no_events and (sensors or any(k in NOT_CONTINUOUS_TYPES for k in kind)):
         hint += (". The recording has no events (no annotations, no events.tsv): if one of these channels carries "
                  "trigger pulses (a DC input fed TTL, a TRIG line), convert again with --trigger-channel NAME=label "

@@ -1222,7 +1222,7 @@ class Session:
                              f"nothing about them")
         if "continuous" in s["kinds"]:
             lines.append(f"  continuous {s['n_channels']:,} channels x {s['n_samples']:,} samples at "
-                         f"{s['sampling_rate']:g} Hz ({s['signal_unit']}); {s['n_bad_channels']} bad")
+                         f"{s['sampling_rate']:.10g} Hz ({s['signal_unit']}); {s['n_bad_channels']} bad")
         if s["n_channels"] and s["coordinate_space"] is not None:
             types = ", ".join(f"{k} {v}" for k, v in s["channel_types"].items())
             lines.append(f"  channels   {s['n_channels_with_coords']}/{s['n_channels']} with coordinates "

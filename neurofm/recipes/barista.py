@@ -244,18 +244,18 @@ def _for_pretraining(cfg: RunConfig, mains: dict[str, tuple[float, str]]) -> Run
                           f"to the one rate the model should learn (they are resampled to it)")
     rate = d.sampling_rate or next(iter(rates.values()))
     segment_s, n_patches = d.segment_s or PRETRAIN_SEGMENT_S, d.n_patches or PRETRAIN_N_PATCHES
-    samples = segment_s * rate
-    patch = samples / n_patches
-    if abs(patch - round(patch)) > 1e-6 or round(patch) < 1:
-        raise ConfigError(f"data.segment_s: {segment_s} s at {rate:g} Hz is {samples:g} samples, which do not "
-                          f"split into {n_patches} patches (data.n_patches); change data.segment_s or data.n_patches, "
-                          f"or resample with data.sampling_rate")
+    try:  # the segmenter's own rule (a rate a header rounded, 2048.001 Hz, still gives 2048 samples)
+        patch = IEEGSegmenter(segment_s, n_patches).plan(rate).patch_len
+    except ValueError as e:
+        raise ConfigError(f"data.segment_s: {str(e).split('; ')[0]} (data.n_patches = {n_patches}; the recording's "
+                          f"rate is {rate:.10g} Hz); change data.segment_s or data.n_patches, or resample with "
+                          f"data.sampling_rate") from None
     prep = Preprocessing(line_noise=float(d.line_noise or 0.0), laplacian=bool(d.laplacian),
                          drop_non_grey=bool(d.drop_non_grey))
     _check_resampling(rates, d.sampling_rate or None)
     data = dataclasses.replace(d, segment_s=float(segment_s), n_patches=int(n_patches), line_noise=prep.line_noise,
                                laplacian=prep.laplacian, drop_non_grey=prep.drop_non_grey)
-    model = dataclasses.replace(cfg.model, patch_len=int(round(patch)), n_patches=int(n_patches),
+    model = dataclasses.replace(cfg.model, patch_len=int(patch), n_patches=int(n_patches),
                                 sampling_rate=float(rate), preprocessing=to_dict(prep))
     return dataclasses.replace(cfg, data=data, model=model)
 
@@ -1387,9 +1387,16 @@ def finetune_config(pretrained: str, sessions: list[str], *, task: str = "classi
     meta = pretrained_config(pretrained)
     if meta.get("model_type") == "BaristaFinetuned" and task in (None, "", "decode"):
         task = ACTIONS_OF_TASK[meta["config"].get("task", "classification")]  # what the fine-tuned model does
+    elif task in (None, "", "decode") and bool(events) != bool(behavior):
+        # the CLI's default (Neuroformer's behaviour decoding): --events or --behavior says which
+        task = "classify" if events else "regress"
+        logging.getLogger("neurofm").info(f"neurofm: --task {task} (a BaRISTA model, given --"
+                                          f"{'events' if events else 'behavior'})")
     kind = TASK_OF_ACTION.get(task)
     if kind is None:
-        raise ConfigError(f"BaRISTA fine-tuning: --task must be classify, regress or reconstruct, got {task!r}")
+        given = "" if task in (None, "", "decode") else f", got {task!r}"
+        raise ConfigError(f"BaRISTA fine-tuning: --task must be classify (with --events NAME), regress (with "
+                          f"--behavior NAME) or reconstruct{given}; {pretrained} is a BaRISTA model")
     if kind == "classification" and not events:
         raise ConfigError("BaRISTA classification needs --events NAME (a /events/<name> of the data)")
     if kind == "regression" and len(behavior) != 1:
@@ -1518,6 +1525,12 @@ def _evaluate_pretraining(cfg, task, dm):
                 line + _few_blocks(report) + ". The probe is a ridge on the token MEAN, which discards which channel and patch "
                 "carried the response; a short pretraining (see the masked-latent loss and the steps above) may "
                 "not have left its trivial phase, where the predictor outputs the mean target.")
+        bp = _plain_line(report, ref, "ridge on band power", len(y)) if report.n_blocks >= 5 else None
+        if bp is not None:  # under 5 blocks the line above already says no comparison is established
+            limitations.append(
+                bp + _few_blocks(report) + ". Band power is what the frozen encoder's features have to match for "
+                "these events: fine-tuning starts its head at band power's fit (task.band_power) and keeps a "
+                "later check only when it beats that start on validation.")
     return metrics, baselines, extra, limitations
 
 
@@ -1828,12 +1841,30 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     notes = {probe: f"frozen features of {source}", baseline: "same segments"}
     if start.get("features"):
         notes[MODEL_ARM] = f"started at {start['features']}"
+    kept = _kept_start(task, start)
+    if kept:  # the report's model row is then the start's fit: say so where the row is read
+        notes[MODEL_ARM] = f"{notes.get(MODEL_ARM, 'the initial weights')}; weights kept at step 0"
+        started = f"{started}; {kept}" if started else kept
+        if start:
+            start["summary"] = started
     notes.update({name: "same segments, the model's input" for name in others})
     report, line = _shared_report(arms, y, test, task=cfg.task.finetune_task, reference=MODEL_ARM, baseline=baseline,
                                   target=cfg.data.events if classify else cfg.data.target, seed=cfg.seed,
                                   segment_s=cfg.data.segment_s, notes=notes, label_fraction=cfg.data.label_fraction,
                                   n_fitted=int(len(train["y"])), fold=fold_name(cfg.data.split))
     more = [_plain_line(report, MODEL_ARM, name, len(y)) for name in others]
+    null = "null (chance)" if classify else "null (training mean)"
+    if report.n_blocks >= 5 and (no_better := _plain_line(report, MODEL_ARM, null, len(y))):
+        # the first thing to know: the model does not decode the target at all (under 5 blocks
+        # the band-power line already says no comparison is established)
+        m, floor = report.primary, report.row(null).values[report.primary]
+        above = [r.arm for r in report.rows if r.arm not in (MODEL_ARM, null) and r.ci[m][0] > floor]
+        more.insert(0, f"{no_better}: the model does not decode {what_target(cfg, classify)} better than the null "
+                       "on these test segments" + (
+                           f"; the 95% CI of {', '.join(above)} lies above the null's {m}" if above else
+                           f", and no baseline's 95% CI lies above the null's {m} either: the recorded channels may "
+                           "not carry it (do the electrodes sample the regions that encode it?), or the test block "
+                           "differs from the training block (a longer recording, or --folds 5)"))
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
@@ -1870,6 +1901,24 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     save_inputs({report.target: report}, run_dir / DECODE_INPUTS)  # what finetune --folds pools
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
             "data": data, "report": report.to_dict(), "limitations": limitations, **({"start": start} if start else {})}
+
+
+def what_target(cfg: RunConfig, classify: bool) -> str:
+    """``/events/NAME`` or ``/behavior/NAME``: what a BaRISTA classification / regression run decodes."""
+    return f"/events/{cfg.data.events}" if classify else f"/behavior/{cfg.data.target}"
+
+
+def _kept_start(task, start: dict) -> str:
+    """One plain line when fine-tuning's model selection (``task.selection``, set by
+    :class:`~neurofm.tasks.callbacks.StartingPoint` after training) kept the starting state: the
+    evaluated and exported weights are then step 0's, the head's starting fit (``start``), not
+    trained ones; "" otherwise (a check was kept, or no selection ran)."""
+    sel = getattr(task, "selection", None) or {}
+    if sel.get("kept") != "start":
+        return ""
+    what = f"the {start['features']} fit the head started at" if start.get("features") else "the initial weights"
+    return (f"model selection kept the starting state (step 0: {sel.get('why', 'no check beat it')}), so the "
+            f"fine-tuned row scores {what}, not trained weights")
 
 
 def _start_line(start: dict, arm: str | None) -> str:
@@ -1971,8 +2020,10 @@ def _decode_plots(cfg: RunConfig, dm, run_dir: Path, arms: dict, y: np.ndarray, 
             # trial it was the one at the ceiling (AUROC 1.000, above the model's 0.993)
             curves = {name: roc_curve(y, arms[name]) for name in (MODEL_ARM, baseline, WAVEFORM_ARM, probe)
                       if name in arms}
-            plots.roc_curves(curves, title=f"Test block: {cfg.data.events} ({report.n_windows} segments)",
-                             path=out / "roc.png")
+            # the positive class (index 1: the score is logit 1 - logit 0), which a binary ROC hides
+            which = (f", {names[1]} vs {names[0]}" if names and len(names) == 2 else "")
+            plots.roc_curves(curves, title=f"Test block: {cfg.data.events}{which} ({report.n_windows} segments, "
+                             f"{int(np.sum(y == 1))} {names[1] if which else 'positive'})", path=out / "roc.png")
             return
         first = test["session"] == test["session"].min()
         order = np.argsort(test["t0"][first])

@@ -293,6 +293,35 @@ def test_edf_non_neural_channels_typed_by_name_and_left_out_by_the_segmenter(tmp
         assert s.channels().types.tolist() == ["seeg"] * 3 + ["ecg"] + ["seeg"] * 3
 
 
+def test_a_dc_input_is_named_as_a_possible_trigger_line_too(tmp_path):
+    """A new lab's EDF with annotations and a DC01 input fed TTL at each event: the warning offered
+    DC01 only as a behaviour to decode (--behavior-channel); a DC / analog / AUX input carries a
+    sensor or pulses alike, so it now names --trigger-channel for it as well (a GRIP channel: no)."""
+    names = ["A1", "A2", "A3", "DC01", "GRIP"]
+    edf = write_edf(tmp_path / "rec.edf", signal(n_t=600, n_ch=len(names)), names)
+    write_tsv(tmp_path / "rec_events.tsv", ["onset", "duration", "trial_type"], [[1.0, 0.5, "go"], [3.0, 0.5, "go"]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "s.h5")
+    said = [str(w.message) for w in caught if "/channels/type" in str(w.message)]
+    assert len(said) == 1 and "--behavior-channel NAME (behavior_channels=[NAME]); here: DC01, GRIP; DC01 is an " \
+        "input (DC / analog / AUX) that may carry trigger pulses instead: then --trigger-channel NAME=label" in said[0]
+    with Session(tmp_path / "s.h5") as s:
+        assert s.events("annotations")["label"].tolist() == ["go", "go"]  # the file had events: no-events hint off
+    assert "The recording has no events" not in said[0]
+    # every channel offered is such an input: not listed twice
+    names = ["A1", "A2", "DC01", "DC02"]
+    edf = write_edf(tmp_path / "two.edf", signal(n_t=600, n_ch=len(names)), names)
+    write_tsv(tmp_path / "two_events.tsv", ["onset", "duration", "trial_type"], [[1.0, 0.5, "go"]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_ieeg(edf, tmp_path / "two.h5")
+    said = [str(w.message) for w in caught if "/channels/type" in str(w.message)]
+    assert said[0].endswith("here: DC01, DC02; these are inputs (DC / analog / AUX) that may carry trigger pulses "
+                            "instead: then --trigger-channel NAME=label puts each pulse into /events/annotations "
+                            "beside the file's events")
+
+
 def test_nan_samples_raise_or_mark_bad(tmp_path):
     data = signal()
     data[300, 2] = np.nan

@@ -659,3 +659,21 @@ def test_fine_tuning_names_atlas_labels_the_pretrained_model_never_saw(pretraine
                                          r"\(Right-Hippocampus -> Left-Hippocampus \(\d+ ch\), ctx_rh_\S+ -> ctx_lh_\S+ \(\d+ ch\)\); "
                                          r"they take that homologue's parcel embedding"):
         recipe.preflight(recipe.prepare(_finetune(pretrained, [mirror])))
+
+
+def test_pretraining_a_recording_whose_header_rounded_its_rate(tmp_path):
+    """A BrainVision file at 2048 Hz whose header says SamplingInterval=488.281 (us): MNE reads
+    2048.001 Hz. Pretraining was refused: "1.0 s at 2048 Hz is 2048 samples, which do not split
+    into 4 patches" (the check wanted 512.0003-sample patches whole to 1e-6; the segmenter, which
+    cuts the segments, takes 2048 samples). It now plans with the segmenter's own rule, and a
+    segment that really does not split names the rate in full."""
+    rate = 1e6 / 488.281
+    path = simulate_ieeg(tmp_path / "bv.h5", n_channels=4, duration=12.0, sampling_rate=rate, n_regions=2, seed=0)
+    cfg = recipe.prepare(_pretrain_cfg([str(path)]))
+    assert (cfg.model.patch_len, cfg.model.n_patches, cfg.model.sampling_rate) == (512, 4, rate)
+    with Session(path) as s:  # inspect shows the rate the file holds, not "2048 Hz"
+        assert "samples at 2048.001049 Hz" in s.describe()
+    with pytest.raises(ConfigError, match=r"data.segment_s: 1.0 s at 2048 Hz is 2048 samples, which does not split "
+                                          r"into 3 equal patches .*data.n_patches = 3; the recording's rate is "
+                                          r"2048.001049 Hz\); change data.segment_s or data.n_patches"):
+        recipe.prepare(_pretrain_cfg([str(path)], "data.n_patches=3"))

@@ -174,11 +174,29 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
     assert out["data"]["test_segments"] == out["report"]["n_windows"] > 10
     assert "decode report" in (tmp_path / "decode_report.md").read_text()
     assert out["limitations"] and "ridge on band power" in out["limitations"][0]  # the plain line: it loses
+    assert not [x for x in out["limitations"] if "better than the null" in x]  # it does decode the force
     assert (tmp_path / "plots" / "decoded_grip_force.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="no /behavior/speed"):
         bad = _regression_config([force_session])
         bad.data.target = "speed"
         recipe.target_stats(bad, dm)
+
+
+def test_a_target_no_channel_carries_is_reported_as_not_decoded_by_any_arm(tmp_path):
+    """A new lab's grip force recorded beside electrodes that miss the motor cortex (the nui14
+    trial: temporal and hippocampal shafts): every arm scored R2 -0.11 like the training mean,
+    and the printed summary said only that the model equals band power. It now says that
+    nothing decodes the target better than the null, and what to check."""
+    path = tmp_path / "elsewhere.h5"  # grip force from precentral / postcentral, shafts in 4 other regions
+    simulate_ieeg(path, n_channels=N_CHANNELS, duration=150.0, sampling_rate=128.0, n_regions=16, seed=1,
+                  regions=[0, 2, 1, 3], behavior="grip_force")
+    cfg = _regression_config([str(path)])
+    dm = recipe.datamodule(cfg)
+    out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "run")
+    null = [x for x in out["limitations"] if "better than the null" in x]
+    assert len(null) == 1 and "no baseline's 95% CI lies above the null's r2 either" in null[0], out["limitations"]
+    assert "do the electrodes sample the regions that encode it?" in null[0]
+    assert out["baselines"]["ridge on band power"]["test_r2"] < 0.1
 
 
 def test_decoded_trace_of_several_sessions_says_which_it_shows(force_session, tmp_path, monkeypatch):
@@ -224,10 +242,16 @@ def test_classification_report_and_roc_plot(session, tmp_path, capsys, monkeypat
     assert len(out["report"]["verdicts"]) == 5 and "blocks of the test period" in out["protocol"]
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 0
     drawn = []  # every arm but the null is a curve: the waveform arm, which can beat the model, was missing
-    monkeypatch.setattr(recipe.plots, "roc_curves", lambda curves, **k: drawn.append(list(curves)))
+    titles = []
+    monkeypatch.setattr(recipe.plots, "roc_curves",
+                        lambda curves, **k: (drawn.append(list(curves)), titles.append(k["title"])))
     recipe.evaluate(cfg, task, dm, tmp_path / "again")
     assert drawn == [[recipe.MODEL_ARM, "logistic on band power", recipe.WAVEFORM_ARM,
                       "linear probe on the frozen random-init encoder"]]
+    # the title says which label the curve detects (it read "Test block: word_onset (N segments)")
+    n_speech = out["data"]["test_segments_per_class"]["speech"]
+    assert titles == [f"Test block: word_onset, speech vs nonspeech ({out['data']['test_segments']} segments, "
+                      f"{n_speech} speech)"]
     # the evoked waveform (what band power discards: the phase-locked response) is an arm, with its plain line
     wave = out["baselines"][recipe.WAVEFORM_ARM]["test_auroc"]
     assert 0.5 < wave <= 1.0 and "evoked waveform (classification): each channel's time course" in out["protocol"]
@@ -242,6 +266,31 @@ def test_evoked_waveform_bins_each_channels_time_course():
     assert w.shape == (2, 3, 4)
     np.testing.assert_allclose(w[1, 2], [x[1, 2, 0:4].mean(), x[1, 2, 4:8].mean(), x[1, 2, 8:12].mean(),
                                          x[1, 2, 12:16].mean()])
+
+
+def test_finetune_without_task_takes_it_from_events_or_behavior(session, tmp_path, capsys):
+    """`neurofm finetune --pretrained BARISTA --data x.h5 --events annotations` (no --task: the
+    CLI's default is Neuroformer's 'decode') stopped at "--task must be classify, regress or
+    reconstruct, got 'decode'", a value the user never typed. --events means classify,
+    --behavior regress; with neither (or both) the error names the pairs."""
+    from neurofm import cli
+
+    pre_cfg = _config([session])
+    pre_cfg.task.mode = "pretrain"
+    recipe.export(recipe.task(pre_cfg, recipe.datamodule(pre_cfg))).save_pretrained(tmp_path / "enc")
+    enc = str(tmp_path / "enc")
+    assert recipe.finetune_config(enc, [session], task="decode", events="word_onset").task.finetune_task == \
+        "classification"
+    assert recipe.finetune_config(enc, [session], task="decode", behavior=["grip_force"]).task.finetune_task == \
+        "regression"
+    for given in ({}, {"events": "word_onset", "behavior": ["grip_force"]}):
+        with pytest.raises(ConfigError, match=r"--task must be classify \(with --events NAME\), regress \(with "
+                                              r"--behavior NAME\) or reconstruct; .*enc is a BaRISTA model$"):
+            recipe.finetune_config(enc, [session], task="decode", **given)
+    capsys.readouterr()
+    assert cli.main(["finetune", "--pretrained", enc, "--data", session, "--run-dir", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert "got 'decode'" not in err and "--task must be classify (with --events NAME)" in err
 
 
 def test_from_scratch_keeps_the_pretrained_shape_and_draws_new_weights(session, tmp_path, capsys):
@@ -287,7 +336,13 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     assert set(k for k in m if k.startswith("token_own_power_r2")) == {"token_own_power_r2_beta"}
     assert m["token_own_power_r2_beta"] < recipe.TOKEN_POWER_R2
     assert set(out["baselines"]["random-init encoder, same read-out"]) == {"token_own_power_r2_beta"}
-    assert len(out["limitations"]) == 3
+    # the probe's AUROC beside band power's, said in words when it does not beat it (it was only in
+    # the baselines table: a pretrained encoder whose probe lost to band power read as a success)
+    assert m["probe_auroc"] < out["baselines"]["ridge on band power"]["probe_auroc"]
+    assert len(out["limitations"]) == 4
+    assert re.match(r"PRETRAINED ENCODER, LINEAR PROBE LOSES to ridge on band power|pretrained encoder, linear "
+                    r"probe is below ridge on band power", out["limitations"][3])
+    assert "task.band_power" in out["limitations"][3]
     assert "has not left its trivial phase" in out["limitations"][0] and "train/latent_r2" in out["limitations"][0]
     assert "own channel's band power" in out["limitations"][1] and "model.token_scales=true" in out["limitations"][1]
     assert "random-init encoder, same probe" in out["limitations"][2]
@@ -296,7 +351,8 @@ def test_pretraining_probe_has_cis_and_says_when_it_does_not_beat_random_init(se
     # narrow: the protocol and the LOSES line say so, as the decode report itself does
     n_blocks = int(re.search(r"bootstrap over (\d+) blocks of the test period", out["protocol"]).group(1))
     few = f"ONLY {n_blocks} BLOCKS (under {FEW_CI_BLOCKS})"
-    assert (few in out["protocol"]) == (few in out["limitations"][2]) == (n_blocks < FEW_CI_BLOCKS)
+    assert (few in out["protocol"]) == (few in out["limitations"][2]) == (few in out["limitations"][3]) \
+        == (n_blocks < FEW_CI_BLOCKS)
     assert recipe._few_blocks(SimpleNamespace(n_blocks=FEW_CI_BLOCKS)) == ""
     assert "ONLY 5 BLOCKS" in recipe._few_blocks(SimpleNamespace(n_blocks=5))
 
@@ -459,6 +515,13 @@ def test_starting_state_is_validated_at_step_0_and_kept_unless_beaten(force_sess
     band = m["baselines"]["ridge on band power"]["test_r2"]  # the start: band power (module docstring of the test)
     assert m["start"]["features"] == recipe.START_BAND_POWER
     assert m["metrics"]["test_r2"] == pytest.approx(band, abs=1e-5)
+    # the decode report's model row is the start's fit, and says so where it is read (it read
+    # "BaRISTA fine-tuned (started at band power)", as if training had earned its score)
+    report = (tmp_path / "run" / "decode_report.md").read_text()
+    assert "BaRISTA fine-tuned (started at band power; weights kept at step 0)" in report
+    assert "model selection kept the starting state (step 0: no validation check scored above the start)" in report
+    assert "scores the band power fit the head started at, not trained weights" in m["start"]["summary"]
+    assert "not trained weights" in m["protocol"]
 
 
 def test_both_families_keep_their_starting_point_with_one_callback():

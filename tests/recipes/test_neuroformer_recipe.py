@@ -885,8 +885,12 @@ def test_generated_spikes_below_the_every_unit_arm_are_a_limitation(tmp_path, ca
     assert line in generation["limitations"]
     metrics = {**{"family": "neuroformer", "name": "g", "metrics": {}, "baselines": {}},
                "generation": generation, "limitations": generation["limitations"]}  # as evaluate assembles it
-    print_summary(metrics, tmp_path)
-    assert f"  LIMITATION: {line}" in capsys.readouterr().out
+    print_summary({**metrics, "metrics": {"test_auroc": 0.93491, "test_auroc_ci95": [0.8154761904761905, 1.0]}},
+                  tmp_path)
+    out = capsys.readouterr().out
+    assert f"  LIMITATION: {line}" in out
+    # a CI reads as the metric does (it printed [0.8154761904761905, 1.0])
+    assert "  test_auroc                   0.9349\n  test_auroc_ci95              [0.8155, 1.0000]\n" in out
     assert f"- {line}" in render_card(metrics).split("## Limitations", 1)[1]
     # a generator that replays the recorded spikes beats it: no such line
     replay = recipe._generation_metrics(cfg, _ReplayModel(n_units, true_sets), batches, rates * 500, 500, tmp_path)
