@@ -829,7 +829,7 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
     CIs to match. Every fold's pre-flight (data, events, targets, split sizes) runs before the
     first fold trains. Writes ``RUN/metrics.json`` and ``RUN/decode_report.md``; the fine-tuned
     models are the folds' (``RUN/fold-k/pretrained``): there is no single model of the whole run."""
-    from neurofm.report import DECODE_INPUTS, null_limitation, pool_folds
+    from neurofm.report import DECODE_INPUTS, limitation_lines, pool_folds
 
     recipe = recipe_for(cfg.family)
     cfgs = fold_configs(cfg, folds)
@@ -876,9 +876,7 @@ def run_folds(cfg, folds: int, extra_callbacks: Sequence[Any] = ()) -> RunResult
                 into[f"{target}_{m}"] = v
                 into[f"{target}_{m}_ci95"] = list(row.ci[m])
         metrics["decode_report"][target] = rep.to_dict()
-        metrics["limitations"] += [f"{target}: {v}" for v in rep.verdicts() if " LOSES to " in v]
-        if line := null_limitation(target, rep):
-            metrics["limitations"].append(line)
+        metrics["limitations"] += limitation_lines(target, rep)
     metrics["protocol"] = (f"blocked {folds}-fold cross-validation: each fold a whole fine-tuning run on the rest of "
                            f"the recording, its test block the fold's 1/{folds} of each session; reports pool every "
                            f"fold's test block; fold 1's protocol: {results[0].metrics.get('protocol', '')}")

@@ -43,7 +43,7 @@ import numpy as np
 from neurofm import metrics as M
 
 __all__ = ["time_blocks", "test_period_blocks", "verdict", "block_bootstrap_counts", "r2_standard_error", "paired_gain", "start_gain",
-           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "NULL_ARM", "null_limitation", "save_inputs", "load_inputs", "fold_blocks", "pool_folds"]
+           "decode_report", "DecodeReport", "ArmRow", "DECODE_INPUTS", "NULL_ARM", "null_limitation", "limitation_lines", "save_inputs", "load_inputs", "fold_blocks", "pool_folds"]
 
 REGRESSION_METRICS = ("r2", "pearson_r")
 CLASSIFICATION_METRICS = ("auroc",)
@@ -583,19 +583,44 @@ def decode_report(arms: Mapping[str, Any], targets, blocks, *, task: str = "regr
 NULL_ARM = "null (training mean)"
 
 
-def null_limitation(name: str, rep: DecodeReport) -> str | None:
-    """A limitation line when the model of decode report ``rep`` does not beat its training-mean
-    null (a tie within the CI, or below it but within; a loss is already a ``LOSES to`` line): it
-    then decodes nothing of ``name`` that these windows can show. A 10%-label fine-tune whose R2
-    -9.67 "matched" the null's -10.31 (difference CI [-2.65, +2.78]) listed no limitation at all; so
-    did the pooled report of its 5-fold cross-validation (-0.947 vs -0.931, "below but within the CI")."""
-    if NULL_ARM not in [r.arm for r in rep.rows] or rep.primary not in rep.row(NULL_ARM).diff:
+def null_limitation(name: str, rep: DecodeReport, hint: str = "") -> str | None:
+    """A limitation line when the model of decode report ``rep`` does not beat its null (the training
+    mean of a regression, chance of a classification: the report's ``null ...`` arm) -- a tie within
+    the CI, below it within the CI, or a loss (whose ``LOSES to`` verdict it quotes): it then decodes
+    nothing of ``name`` that these windows can show. The line names the baselines whose 95% CI lies above the
+    null's score (they decode what the model misses), or says that none does, followed by ``hint``
+    (what to check, in the family's words). Both families' runs and the pooled report of
+    ``finetune --folds`` use it. A 10%-label fine-tune whose R2 -9.67 "matched" the null's -10.31
+    (difference CI [-2.65, +2.78]) listed no limitation at all, nor did the pooled report of its 5-fold
+    cross-validation (-0.947 vs -0.931, "below but within the CI"); a new lab's grip force, recorded
+    beside electrodes that miss the motor cortex, scored R2 -0.11 like the training mean in every arm
+    while the summary said only that the model equals band power."""
+    nulls = [r.arm for r in rep.rows if r.arm.startswith("null")]
+    m = rep.primary
+    if not nulls or m not in rep.row(nulls[0]).diff:
         return None
-    if verdict(*rep.row(NULL_ARM).diff[rep.primary]) not in ("matches", "below", "equals"):
+    null = nulls[0]
+    if verdict(*rep.row(null).diff[m]) not in ("matches", "below", "equals", "LOSES"):
         return None
-    said = next(v for v in rep.verdicts() if NULL_ARM in v)
-    return f"{name}: the model does not beat the training mean, so it decodes no {name} these windows can show: {said}"
+    said = next(v for v in rep.verdicts() if null in v)
+    what = {NULL_ARM: "the training mean", "null (chance)": "chance"}.get(null, null)
+    floor = rep.row(null).values[m]
+    above = [r.arm for r in rep.rows if r.arm not in (rep.reference, null) and r.ci[m][0] > floor]
+    line = f"{name}: the model does not beat {what}, so it decodes no {name} these windows can show: {said}"
+    if above:
+        return f"{line}; the 95% CI of {', '.join(above)} lies above the null's {m}"
+    return f"{line}; no baseline's 95% CI lies above the null's {m} either" + (f": {hint}" if hint else "")
 
+
+def limitation_lines(name: str, rep: DecodeReport) -> list[str]:
+    """A decode report's limitation lines for target ``name``: every baseline the model LOSES to,
+    and :func:`null_limitation` when the model does not beat the null (which then stands for the
+    null's own LOSES line, quoting it)."""
+    null = null_limitation(name, rep)
+    loses = [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]
+    if null:
+        loses = [v for v in loses if " LOSES to null" not in v]
+    return loses + ([null] if null else [])
 
 
 # -- cross-validated runs: each fold's scored windows, pooled ------------------------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neurofm import metrics as M
-from neurofm.report import NULL_ARM, block_bootstrap_counts, decode_report, null_limitation, time_blocks
+from neurofm.report import NULL_ARM, block_bootstrap_counts, decode_report, limitation_lines, null_limitation, time_blocks
 
 
 def _data(n=600, seed=0):
@@ -192,3 +192,20 @@ def test_a_model_that_does_not_beat_the_training_mean_is_a_limitation():
     # a report without the null arm (a classification report, or another caller's arms): nothing
     assert null_limitation("position", decode_report({"model": arms["no signal"], "other": null}, y,
                                                             blocks)) is None
+
+
+def test_limitation_lines_say_a_loss_to_the_null_once():
+    """A model below the training mean (a LOSES verdict) gets the null line, which quotes that verdict,
+    instead of the LOSES line beside it; a loss to another baseline is still its own line. Both
+    families' runs and the pooled --folds report list these lines."""
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(400, 1))
+    blocks = np.repeat(np.arange(20), 20)
+    null = np.zeros_like(y)
+    rep = decode_report({"model": null + 0.5 + rng.normal(scale=0.05, size=y.shape), NULL_ARM: null,
+                         "ridge": y + rng.normal(scale=0.3, size=y.shape)}, y, blocks, target="speed")
+    lines = limitation_lines("speed", rep)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("speed: MODEL LOSES to ridge")
+    assert lines[1].startswith("speed: the model does not beat the training mean") and "LOSES to null" in lines[1]
+    assert "the 95% CI of ridge lies above the null's r2" in lines[1]

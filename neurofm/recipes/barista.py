@@ -61,7 +61,8 @@ from neurofm.data.synthetic import simulate_ieeg
 from neurofm.evaluation_ieeg import block_span_s, test_period_blocks
 from neurofm.hub import load_pretrained, load_state_strict, pretrained_config
 from neurofm.metrics import auroc, pearson_r, r2_score, roc_curve
-from neurofm.report import DECODE_INPUTS, FEW_CI_BLOCKS, START_SE, decode_report, fold_name, save_inputs, start_gain
+from neurofm.report import (DECODE_INPUTS, FEW_CI_BLOCKS, START_SE, decode_report, fold_name, null_limitation,
+                            save_inputs, start_gain)
 
 MONITOR = ("val/loss", "min")
 
@@ -1853,18 +1854,13 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
                                   segment_s=cfg.data.segment_s, notes=notes, label_fraction=cfg.data.label_fraction,
                                   n_fitted=int(len(train["y"])), fold=fold_name(cfg.data.split))
     more = [_plain_line(report, MODEL_ARM, name, len(y)) for name in others]
-    null = "null (chance)" if classify else "null (training mean)"
-    if report.n_blocks >= 5 and (no_better := _plain_line(report, MODEL_ARM, null, len(y))):
-        # the first thing to know: the model does not decode the target at all (under 5 blocks
-        # the band-power line already says no comparison is established)
-        m, floor = report.primary, report.row(null).values[report.primary]
-        above = [r.arm for r in report.rows if r.arm not in (MODEL_ARM, null) and r.ci[m][0] > floor]
-        more.insert(0, f"{no_better}: the model does not decode {what_target(cfg, classify)} better than the null "
-                       "on these test segments" + (
-                           f"; the 95% CI of {', '.join(above)} lies above the null's {m}" if above else
-                           f", and no baseline's 95% CI lies above the null's {m} either: the recorded channels may "
-                           "not carry it (do the electrodes sample the regions that encode it?), or the test block "
-                           "differs from the training block (a longer recording, or --folds 5)"))
+    # the first thing to know: the model decodes nothing (under 5 blocks the band-power line already
+    # says no comparison is established)
+    if report.n_blocks >= 5 and (no_better := null_limitation(
+            cfg.data.events if classify else cfg.data.target, report,
+            hint="the recorded channels may not carry it (do the electrodes sample the regions that encode it?), "
+                 "or the test block differs from the training block (a longer recording, or --folds 5)")):
+        more.insert(0, no_better)
     metrics: dict[str, Any] = dict(zip((key, f"{key}_ci95"), _value_ci(report, MODEL_ARM)))
     baselines = {name: dict(zip((key, f"{key}_ci95"), _value_ci(report, name))) for name in arms if name != MODEL_ARM}
     if classify:
@@ -1901,11 +1897,6 @@ def _decode_evaluation(cfg: RunConfig, task, dm, run_dir: Path, protocol: str, d
     save_inputs({report.target: report}, run_dir / DECODE_INPUTS)  # what finetune --folds pools
     return {"name": Path(cfg.run_dir).name, "metrics": metrics, "baselines": baselines, "protocol": protocol,
             "data": data, "report": report.to_dict(), "limitations": limitations, **({"start": start} if start else {})}
-
-
-def what_target(cfg: RunConfig, classify: bool) -> str:
-    """``/events/NAME`` or ``/behavior/NAME``: what a BaRISTA classification / regression run decodes."""
-    return f"/events/{cfg.data.events}" if classify else f"/behavior/{cfg.data.target}"
 
 
 def _kept_start(task, start: dict) -> str:

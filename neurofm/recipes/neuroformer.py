@@ -60,7 +60,7 @@ from neurofm.evaluation import (JITTER_MARGIN, JITTER_QUANTILE, SMOOTH_LADDER, D
                                 jitter_speed, session_position_data, smoothing_from_jitter)
 from neurofm.hub import load_pretrained, pretrained_config
 from neurofm.report import (DECODE_INPUTS, NULL_ARM, START_SE, block_bootstrap_counts, decode_report, fold_name,
-                            null_limitation, save_inputs, start_gain, time_blocks)
+                            limitation_lines, null_limitation, save_inputs, start_gain, time_blocks)
 
 MONITOR = ("val/total", "min")
 
@@ -1890,10 +1890,9 @@ def evaluate(cfg: RunConfig, task, dm, run_dir: Path) -> dict:
         y = test["beh_true"][name][m]
         rep = _decode_report(cfg, name, pred[m], y, test, m, train, mt, probe, scored_text=_scored_text(cfg, dm))
         reports[name] = rep
-        limitations += [f"{name}: {v}" for v in rep.verdicts() if " LOSES to " in v]  # as BaRISTA's runs say it
+        limitations += limitation_lines(name, rep)
         if line := null_limitation(name, rep):
             print(f"neurofm: {line}", file=sys.stderr)
-            limitations.append(line)
         if line := angle_limitation(name, _behavior_unit(dm, name)):
             limitations.append(line)
         if line := off_range_text(name, y, train["beh_true"][name][mt], _behavior_unit(dm, name),

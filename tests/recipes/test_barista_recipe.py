@@ -174,7 +174,7 @@ def test_regression_standardises_with_training_block_statistics_and_reports_ever
     assert out["data"]["test_segments"] == out["report"]["n_windows"] > 10
     assert "decode report" in (tmp_path / "decode_report.md").read_text()
     assert out["limitations"] and "ridge on band power" in out["limitations"][0]  # the plain line: it loses
-    assert not [x for x in out["limitations"] if "better than the null" in x]  # it does decode the force
+    assert not [x for x in out["limitations"] if "does not beat" in x]  # it does decode the force
     assert (tmp_path / "plots" / "decoded_grip_force.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="no /behavior/speed"):
         bad = _regression_config([force_session])
@@ -193,7 +193,7 @@ def test_a_target_no_channel_carries_is_reported_as_not_decoded_by_any_arm(tmp_p
     cfg = _regression_config([str(path)])
     dm = recipe.datamodule(cfg)
     out = recipe.evaluate(cfg, recipe.task(cfg, dm), dm, tmp_path / "run")
-    null = [x for x in out["limitations"] if "better than the null" in x]
+    null = [x for x in out["limitations"] if "the model does not beat the training mean" in x]
     assert len(null) == 1 and "no baseline's 95% CI lies above the null's r2 either" in null[0], out["limitations"]
     assert "do the electrodes sample the regions that encode it?" in null[0]
     assert out["baselines"]["ridge on band power"]["test_r2"] < 0.1
