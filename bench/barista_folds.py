@@ -42,6 +42,15 @@ equal to logistic on band power 0.905, below the waveform's 0.917) and 0.970 (wa
 0.973); force 0.840 and 0.745 (were 0.839 and 0.738), equal to from scratch and to ridge on band power.
 Pretrained = from scratch in every seed-1 and seed-2 arm. All 60 folds again kept their step-0 start.
 
+Rerun 2026-12-04 21:36-21:42 UTC after the start rule's bar rose from one paired SE to two
+(``neurofm.report.START_SE``): the 12 folds whose start had taken a feature block at 1-2 SE (the
+waveform in 9, the token mean in 3) were fine-tuned again, the other 48 re-evaluated unchanged.
+Seed 0: events pretrained 0.987 = from scratch 0.987 (was 0.989); force 0.775 = from scratch = ridge
+on band power (pretrained no longer loses). Seed 2 events: 0.919 [0.868, 0.961] in both arms (was
+0.970: the waveform no longer joins band power in 3 folds), matching logistic on band power (0.893)
+and below the waveform arm (0.973) within the CI. Every other arm unchanged. Pretrained = from
+scratch exactly, in every seed and task.
+
 Usage::
 
     OMP_NUM_THREADS=1 python bench/barista_quality.py --only subjects --quick --scales parcel \\
