@@ -62,7 +62,7 @@ from neurofm.progress import progress
 from neurofm.data.session import (BAD_SEGMENTS, BODY_SIGNAL_TYPES, DISCONTINUITIES, NON_NEURAL_TYPES,
                                   NOT_CONTINUOUS_TYPES, ConvertError, Session, non_neural, parse_renames,
                                   SessionFormatError, SessionWriter, channel_types_from_names, event_labels,
-                                  is_new_segment,
+                                  is_input_line, is_new_segment,
                                   check_brain_coordinates, clean_labels, coordinate_scale, mm_per_unit)
 
 #: Samples x channels converted per block (bounds memory for long clinical recordings).
@@ -790,11 +790,6 @@ def _by_type(names: list[str], types: np.ndarray, mask: np.ndarray) -> str:
     return "; ".join(f"{t}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''} ({len(v)})" for t, v in by_type.items())
 
 
-#: Names of an amplifier's general-purpose inputs (DC01, ADC1, ANALOG2, AUX1, after an optional
-#: ``EEG``/``POL`` label): a lab feeds them a sensor (force, a microphone) or TTL pulses alike.
-_INPUT_LINE = re.compile(r"^(?:(?:EEG|POL)\s+)?(?:DC|ADC|ANALOG|AUX)(?![A-Z])", re.IGNORECASE)
-
-
 def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyped: np.ndarray,
                      typed_by_file: np.ndarray, in_path: Path, channels_tsv, triggers=None,
                      no_events: bool = False) -> None:
@@ -831,7 +826,7 @@ def _warn_non_neural(names: list[str], types: np.ndarray, was: np.ndarray, retyp
         shown = ", ".join(sensors[:6]) + (f" ... (+{len(sensors) - 6} more)" if len(sensors) > 6 else "")
         hint += (f". To decode a behaviour recorded as a channel (force, movement, ...), convert again "
                  f"with --behavior-channel NAME (behavior_channels=[NAME]); here: {shown}")
-    inputs = [n for n in sensors if _INPUT_LINE.match(n)]
+    inputs = [n for n in sensors if is_input_line(n)]
     if inputs and not no_events and not triggers.any():
         # a DC / analog input carries a sensor or TTL pulses: its name cannot say which
         shown = (("it" if len(inputs) == 1 else "these") if inputs == sensors  # the list just given

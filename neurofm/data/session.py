@@ -168,6 +168,10 @@ def check_brain_coordinates(xyz_mm, scale: float, file: str | os.PathLike, field
 # "DCA1", "MOVA" no). Body and behaviour sensors (continuous: they can be decoding targets,
 # ``--behavior-channel``), event lines (stim) and references.
 _AXIS = r"(?:[_\s-]?(?:(?:L|R|LEFT|RIGHT)[_\s-]?)?[XYZ])"
+#: An amplifier's general-purpose inputs (DC01, ADC1, ANALOG2, AUX1: BrainAmp / ExG auxiliary
+#: inputs): typed misc by name, and fed a sensor (force, a microphone) or TTL pulses alike, so the
+#: name cannot say which (:func:`is_input_line`).
+INPUT_LINE_PATTERNS = ("DC", "ANALOG", "ADC", "AUX")
 _NON_NEURAL_PATTERNS = {
     "ecg": ("ECG", "EKG"),
     "emg": ("EMG",),
@@ -176,9 +180,9 @@ _NON_NEURAL_PATTERNS = {
     "stim": ("TRIG", "TRIGGER", "STI", "STIM", "STIMULUS", "MARK", "MARKER", "MARKERS", "EVENT", "EVENTS",
              "PHOTIC", "PHOTO", "PHOTODIODE", "PHOTOSENSOR"),
     "bio": ("SPO2", "PULSE", "PLETH", "OSAT"),
-    # behaviour / sensors recorded as channels (AUX1, AUX2: BrainAmp / ExG auxiliary inputs). ACC
-    # only with an axis ("ACC_X", "ACC_R_Z", "ACCX"): "ACC1".."ACC12" are anterior-cingulate sEEG shafts
-    "misc": ("DC", "ANALOG", "ADC", "AUX", "GRIP", "GRIPFORCE", "FORCE", "MOV", "MOVE", "MOVEMENT", "JOYSTICK",
+    # behaviour / sensors recorded as channels (the input lines too). ACC only with an axis
+    # ("ACC_X", "ACC_R_Z", "ACCX"): "ACC1".."ACC12" are anterior-cingulate sEEG shafts
+    "misc": (*INPUT_LINE_PATTERNS, "GRIP", "GRIPFORCE", "FORCE", "MOV", "MOVE", "MOVEMENT", "JOYSTICK",
              "ACC" + _AXIS, "ACCEL" + _AXIS + "?", "ACCELEROMETER" + _AXIS + "?", "GYRO" + _AXIS + "?",
              "GYROSCOPE" + _AXIS + "?", "EYE" + _AXIS + "?", "EYEGAZE", "PUPIL", "AUDIO", "MIC", "MICROPHONE",
              "SOUND"),
@@ -227,11 +231,20 @@ def _alternatives(patterns) -> str:
 #: A body lead's name also counts as a word of its own after a label ("Chin EMG", "Rt EMG",
 #: "X1-EKG"), never glued to a letter or digit before it. Use with ``re.IGNORECASE``; the
 #: named group that matched (``t_<type>`` or ``w_<type>``) says the type.
-NON_NEURAL_NAMES = (r"^(?:(?:EEG|POL|SEEG)\s+)?(?:"
+_LABEL = r"^(?:(?:EEG|POL|SEEG)\s+)?"  # a label some systems put before every channel name
+NON_NEURAL_NAMES = (_LABEL + r"(?:"
                     + "|".join(f"(?P<t_{t}>{_alternatives(ps)})" for t, ps in _NON_NEURAL_PATTERNS.items()) + r")"
                     + r"(?:(?<=" + "|".join(_SIDED_PREFIXES) + r")" + _SIDE + r")?(?![A-Z])"
                     + r"|(?<![A-Z0-9])(?:(?P<w_ecg>ECG|EKG)|(?P<w_emg>EMG)|(?P<w_eog>EOG))(?![A-Z])")
 _NON_NEURAL_RX = re.compile(NON_NEURAL_NAMES, re.IGNORECASE)
+_INPUT_LINE_RX = re.compile(_LABEL + r"(?:" + _alternatives(INPUT_LINE_PATTERNS) + r")(?![A-Z])", re.IGNORECASE)
+
+
+def is_input_line(name) -> bool:
+    """Whether channel ``name`` is one of :data:`INPUT_LINE_PATTERNS` by the rule of
+    :data:`NON_NEURAL_NAMES` (label prefix, then not followed by a letter: "DC01", "POL AUX1" yes,
+    "DCA1" no)."""
+    return bool(_INPUT_LINE_RX.match(str(name).strip()))
 
 
 def channel_types_from_names(names) -> np.ndarray:
